@@ -1,0 +1,584 @@
+//! Assertions on what a probe saw: keys (code, header, body, json, latency) compared with an
+//! operand by a relationship. Compiled once per check run (regexes and JSON paths included) and
+//! evaluated in process. Every result carries the expected and the actual value, and a failing one
+//! says why in words; evaluation never panics, whatever the body holds.
+
+use crate::checks::CheckType;
+use crate::config::{AssertionConfig, AssertionKey, Relationship};
+use serde::{Deserialize, Serialize};
+use serde_json_path::JsonPath;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// Compiled regexes may not grow beyond this, so a hostile pattern cannot eat the memory.
+const REGEX_SIZE_LIMIT: usize = 1 << 20;
+/// Longest `actual` reported in a result; the whole body is in the response already.
+const MAX_ACTUAL_CHARS: usize = 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AssertionError {
+    #[error("key `{key}` needs a `value` ({what})")]
+    MissingValue { key: &'static str, what: &'static str },
+    #[error("key `{0}` takes no `value`; remove it")]
+    UnexpectedValue(&'static str),
+    #[error("`{value}` is not a valid RFC 9535 JSON path: {reason}")]
+    JsonPath { value: String, reason: String },
+    #[error("regExp operand `{operand}` is not a valid regex: {reason}")]
+    Regex { operand: String, reason: String },
+    #[error("{relationship} needs a numeric operand, not `{operand}`")]
+    NotNumeric {
+        relationship: &'static str,
+        operand: String,
+    },
+    #[error("latency operand `{operand}` is not a duration (write e.g. `500ms` or `2s`): {reason}")]
+    NotDuration { operand: String, reason: String },
+    #[error("relationship {relationship} does not apply to latency; use equal, notEqual, greaterThan or lessThan")]
+    LatencyRelationship { relationship: &'static str },
+    #[error("key `{key}` does not apply to {check_type} checks")]
+    KeyNotForType {
+        key: &'static str,
+        check_type: CheckType,
+    },
+}
+
+pub fn key_name(key: AssertionKey) -> &'static str {
+    match key {
+        AssertionKey::Code => "code",
+        AssertionKey::Header => "header",
+        AssertionKey::Body => "body",
+        AssertionKey::Json => "json",
+        AssertionKey::Latency => "latency",
+    }
+}
+
+pub fn relationship_name(relationship: Relationship) -> &'static str {
+    match relationship {
+        Relationship::Equal => "equal",
+        Relationship::NotEqual => "notEqual",
+        Relationship::Empty => "empty",
+        Relationship::NotEmpty => "notEmpty",
+        Relationship::Contain => "contain",
+        Relationship::NotContain => "notContain",
+        Relationship::RegExp => "regExp",
+        Relationship::GreaterThan => "greaterThan",
+        Relationship::LessThan => "lessThan",
+    }
+}
+
+fn key_applies_to(key: AssertionKey, check_type: CheckType) -> bool {
+    match check_type {
+        CheckType::Http => matches!(
+            key,
+            AssertionKey::Code
+                | AssertionKey::Header
+                | AssertionKey::Body
+                | AssertionKey::Json
+                | AssertionKey::Latency
+        ),
+    }
+}
+
+/// The operand, prepared for the relationship that uses it.
+#[derive(Debug)]
+enum Operand {
+    Text(String),
+    Number(f64),
+    Regex(regex::Regex),
+}
+
+/// What an assertion reads, prepared for its key.
+#[derive(Debug)]
+enum Selector {
+    Code,
+    Header(String),
+    Body,
+    Json(JsonPath),
+    Latency,
+}
+
+#[derive(Debug)]
+pub struct CompiledAssertion {
+    config: AssertionConfig,
+    selector: Selector,
+    operand: Operand,
+}
+
+/// One assertion's verdict, as it appears in results.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AssertionResult {
+    pub key: AssertionKey,
+    pub value: String,
+    pub relationship: Relationship,
+    pub operand: String,
+    pub passing: bool,
+    pub actual: String,
+    /// Why it failed, in words; absent when it passed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// What a probe saw, as assertions read it. Header names are lowercase; repeated headers are
+/// joined with ", ".
+#[derive(Debug, Default)]
+pub struct Observation<'a> {
+    pub status: Option<u16>,
+    pub headers: Option<&'a BTreeMap<String, String>>,
+    pub body: &'a str,
+    pub latency: Duration,
+}
+
+impl CompiledAssertion {
+    pub fn compile(
+        config: &AssertionConfig,
+        check_type: CheckType,
+    ) -> Result<CompiledAssertion, AssertionError> {
+        let key = key_name(config.key);
+        if !key_applies_to(config.key, check_type) {
+            return Err(AssertionError::KeyNotForType { key, check_type });
+        }
+        let selector = match config.key {
+            AssertionKey::Header => {
+                if config.value.trim().is_empty() {
+                    return Err(AssertionError::MissingValue {
+                        key,
+                        what: "the header name",
+                    });
+                }
+                Selector::Header(config.value.trim().to_ascii_lowercase())
+            }
+            AssertionKey::Json => {
+                let path =
+                    JsonPath::parse(&config.value).map_err(|error| AssertionError::JsonPath {
+                        value: config.value.clone(),
+                        reason: error.to_string(),
+                    })?;
+                Selector::Json(path)
+            }
+            other => {
+                if !config.value.is_empty() {
+                    return Err(AssertionError::UnexpectedValue(key));
+                }
+                match other {
+                    AssertionKey::Code => Selector::Code,
+                    AssertionKey::Body => Selector::Body,
+                    _ => Selector::Latency,
+                }
+            }
+        };
+        let relationship = relationship_name(config.relationship);
+        let operand = if matches!(selector, Selector::Latency) {
+            match config.relationship {
+                Relationship::Equal
+                | Relationship::NotEqual
+                | Relationship::GreaterThan
+                | Relationship::LessThan => {
+                    let duration = humantime::parse_duration(config.operand.trim()).map_err(
+                        |error| AssertionError::NotDuration {
+                            operand: config.operand.clone(),
+                            reason: error.to_string(),
+                        },
+                    )?;
+                    Operand::Number(duration.as_secs_f64())
+                }
+                _ => return Err(AssertionError::LatencyRelationship { relationship }),
+            }
+        } else {
+            match config.relationship {
+                Relationship::RegExp => {
+                    let regex = regex::RegexBuilder::new(&config.operand)
+                        .size_limit(REGEX_SIZE_LIMIT)
+                        .dfa_size_limit(REGEX_SIZE_LIMIT)
+                        .build()
+                        .map_err(|error| AssertionError::Regex {
+                            operand: config.operand.clone(),
+                            reason: error.to_string(),
+                        })?;
+                    Operand::Regex(regex)
+                }
+                Relationship::GreaterThan | Relationship::LessThan => {
+                    let number = parse_number(&config.operand).ok_or_else(|| {
+                        AssertionError::NotNumeric {
+                            relationship,
+                            operand: config.operand.clone(),
+                        }
+                    })?;
+                    Operand::Number(number)
+                }
+                _ => Operand::Text(config.operand.clone()),
+            }
+        };
+        Ok(CompiledAssertion {
+            config: config.clone(),
+            selector,
+            operand,
+        })
+    }
+
+    pub fn config(&self) -> &AssertionConfig {
+        &self.config
+    }
+}
+
+/// Evaluates every assertion against one observation. The body is parsed as JSON at most once.
+pub fn evaluate_all(
+    assertions: &[CompiledAssertion],
+    observation: &Observation<'_>,
+) -> Vec<AssertionResult> {
+    let mut json: Option<Result<serde_json::Value, String>> = None;
+    assertions
+        .iter()
+        .map(|assertion| {
+            let actual = match &assertion.selector {
+                Selector::Code => Actual::Text(
+                    observation
+                        .status
+                        .map(|status| status.to_string())
+                        .unwrap_or_default(),
+                ),
+                Selector::Header(name) => Actual::Text(
+                    observation
+                        .headers
+                        .and_then(|headers| headers.get(name))
+                        .cloned()
+                        .unwrap_or_default(),
+                ),
+                Selector::Body => Actual::Text(observation.body.to_string()),
+                Selector::Latency => Actual::Seconds(observation.latency.as_secs_f64()),
+                Selector::Json(path) => {
+                    let parsed = json.get_or_insert_with(|| {
+                        serde_json::from_str::<serde_json::Value>(observation.body)
+                            .map_err(|error| format!("body is not JSON: {error}"))
+                    });
+                    match parsed {
+                        Ok(document) => Actual::Text(json_query_text(path, document)),
+                        Err(reason) => Actual::Unavailable(reason.clone()),
+                    }
+                }
+            };
+            assertion.judge(actual)
+        })
+        .collect()
+}
+
+enum Actual {
+    Text(String),
+    Seconds(f64),
+    /// The value could not be read at all; the assertion fails with this reason.
+    Unavailable(String),
+}
+
+impl CompiledAssertion {
+    fn judge(&self, actual: Actual) -> AssertionResult {
+        let (passing, actual_text, reason) = match actual {
+            Actual::Unavailable(reason) => (false, String::new(), Some(reason)),
+            Actual::Seconds(seconds) => {
+                let passing = match (&self.operand, self.config.relationship) {
+                    (Operand::Number(limit), Relationship::Equal) => seconds == *limit,
+                    (Operand::Number(limit), Relationship::NotEqual) => seconds != *limit,
+                    (Operand::Number(limit), Relationship::GreaterThan) => seconds > *limit,
+                    (Operand::Number(limit), Relationship::LessThan) => seconds < *limit,
+                    _ => false,
+                };
+                (passing, format!("{seconds:.6}s"), None)
+            }
+            Actual::Text(text) => {
+                let (passing, reason) = compare(self.config.relationship, &self.operand, &text);
+                (passing, text, reason)
+            }
+        };
+        let actual = truncate_chars(&actual_text, MAX_ACTUAL_CHARS);
+        let message = (!passing).then(|| {
+            let subject = match self.config.key {
+                AssertionKey::Header | AssertionKey::Json => {
+                    format!("{} {}", key_name(self.config.key), self.config.value)
+                }
+                key => key_name(key).to_string(),
+            };
+            let expectation = match self.config.relationship {
+                Relationship::Empty | Relationship::NotEmpty => {
+                    format!(
+                        "expected {subject} {}",
+                        relationship_name(self.config.relationship)
+                    )
+                }
+                relationship => format!(
+                    "expected {subject} {} {}",
+                    relationship_name(relationship),
+                    self.config.operand
+                ),
+            };
+            match reason {
+                Some(reason) => format!("{expectation}, but {reason}"),
+                None => format!("{expectation}, got `{}`", truncate_chars(&actual, 200)),
+            }
+        });
+        AssertionResult {
+            key: self.config.key,
+            value: self.config.value.clone(),
+            relationship: self.config.relationship,
+            operand: self.config.operand.clone(),
+            passing,
+            actual,
+            message,
+        }
+    }
+}
+
+/// Applies a relationship to a textual actual value. Returns whether it holds and, when it
+/// cannot even be decided, why.
+fn compare(relationship: Relationship, operand: &Operand, actual: &str) -> (bool, Option<String>) {
+    let operand_text = match operand {
+        Operand::Text(text) => text.as_str(),
+        _ => "",
+    };
+    match relationship {
+        Relationship::Equal => (equal(actual, operand_text), None),
+        Relationship::NotEqual => (!equal(actual, operand_text), None),
+        Relationship::Empty => (actual.is_empty(), None),
+        Relationship::NotEmpty => (!actual.is_empty(), None),
+        Relationship::Contain => (contains_ignoring_case(actual, operand_text), None),
+        Relationship::NotContain => (!contains_ignoring_case(actual, operand_text), None),
+        Relationship::RegExp => match operand {
+            Operand::Regex(regex) => (regex.is_match(actual), None),
+            _ => (false, Some("the regex was not compiled".to_string())),
+        },
+        Relationship::GreaterThan | Relationship::LessThan => {
+            let (Operand::Number(limit), Some(value)) = (operand, parse_number(actual)) else {
+                return (
+                    false,
+                    Some(format!(
+                        "actual value `{}` is not a number",
+                        truncate_chars(actual, 200)
+                    )),
+                );
+            };
+            let holds = if relationship == Relationship::GreaterThan {
+                value > *limit
+            } else {
+                value < *limit
+            };
+            (holds, None)
+        }
+    }
+}
+
+/// Numeric when both sides are numbers, so `200` equals `200.0`; textual otherwise.
+fn equal(actual: &str, operand: &str) -> bool {
+    match (parse_number(actual), parse_number(operand)) {
+        (Some(a), Some(b)) => a == b,
+        _ => actual == operand,
+    }
+}
+
+fn parse_number(text: &str) -> Option<f64> {
+    text.trim().parse::<f64>().ok().filter(|n| n.is_finite())
+}
+
+fn contains_ignoring_case(haystack: &str, needle: &str) -> bool {
+    haystack.to_lowercase().contains(&needle.to_lowercase())
+}
+
+/// One node: a string as itself, anything else as JSON text. No node: empty. Several: a JSON
+/// array of them.
+fn json_query_text(path: &JsonPath, document: &serde_json::Value) -> String {
+    let nodes = path.query(document).all();
+    match nodes.as_slice() {
+        [] => String::new(),
+        [serde_json::Value::String(text)] => text.clone(),
+        [single] => single.to_string(),
+        many => serde_json::Value::Array(many.iter().map(|&node| node.clone()).collect()).to_string(),
+    }
+}
+
+fn truncate_chars(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assertion(key: &str, value: &str, relationship: &str, operand: &str) -> AssertionConfig {
+        serde_json::from_value(serde_json::json!({
+            "key": key, "value": value, "relationship": relationship, "operand": operand
+        }))
+        .unwrap()
+    }
+
+    fn evaluate(config: &AssertionConfig, observation: &Observation<'_>) -> AssertionResult {
+        let compiled = CompiledAssertion::compile(config, CheckType::Http).unwrap();
+        evaluate_all(std::slice::from_ref(&compiled), observation).remove(0)
+    }
+
+    struct Case {
+        key: &'static str,
+        value: &'static str,
+        relationship: &'static str,
+        operand: &'static str,
+        passing: bool,
+        actual: &'static str,
+        message: Option<&'static str>,
+    }
+
+    fn case(
+        key: &'static str,
+        value: &'static str,
+        relationship: &'static str,
+        operand: &'static str,
+        passing: bool,
+        actual: &'static str,
+        message: Option<&'static str>,
+    ) -> Case {
+        Case {
+            key,
+            value,
+            relationship,
+            operand,
+            passing,
+            actual,
+            message,
+        }
+    }
+
+    #[test]
+    fn every_key_and_relationship() {
+        let headers: BTreeMap<String, String> = [
+            ("content-type", "application/json; charset=utf-8"),
+            ("x-multi", "a, b"),
+            ("x-empty", ""),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let body = r#"{"status":"UP","checks":[{"name":"db","ok":true},{"name":"cache","ok":false}],"count":3,"ratio":0.5}"#;
+        let observation = Observation {
+            status: Some(200),
+            headers: Some(&headers),
+            body,
+            latency: Duration::from_millis(250),
+        };
+        let cases = [
+            // code
+            case("code", "", "equal", "200", true, "200", None),
+            case("code", "", "equal", "200.0", true, "200", None),
+            case("code", "", "equal", "201", false, "200", Some("expected code equal 201, got `200`")),
+            case("code", "", "notEqual", "500", true, "200", None),
+            case("code", "", "notEqual", "200", false, "200", Some("expected code notEqual 200, got `200`")),
+            case("code", "", "greaterThan", "199", true, "200", None),
+            case("code", "", "greaterThan", "200", false, "200", Some("expected code greaterThan 200, got `200`")),
+            case("code", "", "lessThan", "300", true, "200", None),
+            case("code", "", "lessThan", "200", false, "200", Some("expected code lessThan 200, got `200`")),
+            case("code", "", "regExp", "^2\\d\\d$", true, "200", None),
+            case("code", "", "regExp", "^5", false, "200", Some("expected code regExp ^5, got `200`")),
+            case("code", "", "notEmpty", "", true, "200", None),
+            case("code", "", "empty", "", false, "200", Some("expected code empty, got `200`")),
+            // header, case-insensitive name, joined values
+            case("header", "Content-Type", "contain", "JSON", true, "application/json; charset=utf-8", None),
+            case("header", "content-type", "notContain", "xml", true, "application/json; charset=utf-8", None),
+            case("header", "content-type", "notContain", "json", false, "application/json; charset=utf-8",
+                Some("expected header content-type notContain json, got `application/json; charset=utf-8`")),
+            case("header", "X-Multi", "equal", "a, b", true, "a, b", None),
+            case("header", "x-missing", "empty", "", true, "", None),
+            case("header", "x-missing", "notEmpty", "", false, "", Some("expected header x-missing notEmpty, got ``")),
+            case("header", "x-empty", "empty", "", true, "", None),
+            case("header", "content-type", "regExp", "^application/(json|xml)", true, "application/json; charset=utf-8", None),
+            case("header", "content-type", "greaterThan", "1", false, "application/json; charset=utf-8",
+                Some("expected header content-type greaterThan 1, but actual value `application/json; charset=utf-8` is not a number")),
+            // body
+            case("body", "", "contain", "\"up\"", true, body, None),
+            case("body", "", "contain", "down", false, body, Some("expected body contain down, got `{\"status\":\"UP\",\"checks\":[{\"name\":\"db\",\"ok\":true},{\"name\":\"cache\",\"ok\":false}],\"count\":3,\"ratio\":0.5}`")),
+            case("body", "", "notContain", "error", true, body, None),
+            case("body", "", "equal", body, true, body, None),
+            case("body", "", "notEmpty", "", true, body, None),
+            case("body", "", "regExp", "\"count\":\\d+", true, body, None),
+            // json: strings unquoted, other values as JSON, many nodes as an array, none as empty
+            case("json", "$.status", "equal", "UP", true, "UP", None),
+            case("json", "$.status", "notEqual", "UP", false, "UP", Some("expected json $.status notEqual UP, got `UP`")),
+            case("json", "$.count", "equal", "3", true, "3", None),
+            case("json", "$.count", "greaterThan", "2", true, "3", None),
+            case("json", "$.ratio", "lessThan", "0.75", true, "0.5", None),
+            case("json", "$.checks[0].ok", "equal", "true", true, "true", None),
+            case("json", "$.checks[?@.ok == false].name", "equal", "cache", true, "cache", None),
+            case("json", "$.checks[*].name", "equal", "[\"db\",\"cache\"]", true, "[\"db\",\"cache\"]", None),
+            case("json", "$.checks[*].name", "contain", "CACHE", true, "[\"db\",\"cache\"]", None),
+            case("json", "$.missing", "empty", "", true, "", None),
+            case("json", "$.missing", "notEmpty", "", false, "", Some("expected json $.missing notEmpty, got ``")),
+            // latency: durations against the total time
+            case("latency", "", "lessThan", "500ms", true, "0.250000s", None),
+            case("latency", "", "lessThan", "100ms", false, "0.250000s", Some("expected latency lessThan 100ms, got `0.250000s`")),
+            case("latency", "", "greaterThan", "1ms", true, "0.250000s", None),
+            case("latency", "", "equal", "250ms", true, "0.250000s", None),
+            case("latency", "", "notEqual", "250ms", false, "0.250000s", Some("expected latency notEqual 250ms, got `0.250000s`")),
+        ];
+        for case in cases {
+            let config = assertion(case.key, case.value, case.relationship, case.operand);
+            let result = evaluate(&config, &observation);
+            let label = format!("{} {} {} {}", case.key, case.value, case.relationship, case.operand);
+            assert_eq!(result.passing, case.passing, "{label}: {result:?}");
+            assert_eq!(result.actual, case.actual, "{label}");
+            assert_eq!(result.message.as_deref(), case.message, "{label}");
+            assert_eq!(result.operand, case.operand, "{label}");
+        }
+    }
+
+    #[test]
+    fn json_on_a_body_that_is_not_json_fails_with_the_reason() {
+        let config = assertion("json", "$.status", "equal", "UP");
+        let result = evaluate(
+            &config,
+            &Observation {
+                status: Some(200),
+                body: "<html>",
+                ..Observation::default()
+            },
+        );
+        assert!(!result.passing);
+        let message = result.message.unwrap();
+        assert!(
+            message.starts_with("expected json $.status equal UP, but body is not JSON: "),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn bad_definitions_are_clear_errors() {
+        let cases = [
+            (assertion("json", "status", "equal", "UP"), "`status` is not a valid RFC 9535 JSON path"),
+            (assertion("body", "", "regExp", "(unclosed"), "regExp operand `(unclosed` is not a valid regex"),
+            (assertion("code", "", "greaterThan", "two hundred"), "greaterThan needs a numeric operand, not `two hundred`"),
+            (assertion("latency", "", "lessThan", "fast"), "latency operand `fast` is not a duration"),
+            (assertion("latency", "", "contain", "1s"), "relationship contain does not apply to latency"),
+            (assertion("header", "", "equal", "x"), "key `header` needs a `value` (the header name)"),
+            (assertion("code", "x", "equal", "200"), "key `code` takes no `value`; remove it"),
+        ];
+        for (config, expected) in cases {
+            let error = CompiledAssertion::compile(&config, CheckType::Http).unwrap_err();
+            assert!(error.to_string().starts_with(expected), "{error} !~ {expected}");
+        }
+    }
+
+    #[test]
+    fn huge_regexes_are_refused() {
+        let config = assertion("body", "", "regExp", "(a{1000}){1000}");
+        let error = CompiledAssertion::compile(&config, CheckType::Http).unwrap_err();
+        assert!(error.to_string().contains("not a valid regex"), "{error}");
+    }
+
+    #[test]
+    fn long_actual_values_are_truncated_on_a_char_boundary() {
+        let body = "é".repeat(5000);
+        let config = assertion("body", "", "empty", "");
+        let result = evaluate(
+            &config,
+            &Observation {
+                body: &body,
+                ..Observation::default()
+            },
+        );
+        assert_eq!(result.actual.chars().count(), MAX_ACTUAL_CHARS + 1);
+        assert!(result.actual.ends_with('…'));
+    }
+}

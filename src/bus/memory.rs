@@ -1,0 +1,175 @@
+//! The embedded bus: subjects and queue groups inside one process, no broker. Each subscription
+//! is a bounded channel; a publish that finds one full drops the message for that subscriber
+//! and reports it, so a stuck consumer can never stall the checker or grow memory.
+
+use super::{subject_matches, valid_subject, BoxFuture, Bus, BusError, Message, Subscription};
+use bytes::Bytes;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use tokio::sync::mpsc;
+
+/// Messages a subscription may hold before publishes to it are refused.
+pub const DEFAULT_SUBSCRIPTION_CAPACITY: usize = 4096;
+
+#[derive(Debug)]
+struct Subscriber {
+    pattern: String,
+    queue_group: Option<String>,
+    sender: mpsc::Sender<Message>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    subscribers: Vec<Subscriber>,
+    /// Round-robin position per queue group.
+    next_in_group: HashMap<String, usize>,
+}
+
+#[derive(Debug)]
+pub struct MemoryBus {
+    inner: Mutex<Inner>,
+    capacity: usize,
+}
+
+impl Default for MemoryBus {
+    fn default() -> Self {
+        MemoryBus::new(DEFAULT_SUBSCRIPTION_CAPACITY)
+    }
+}
+
+impl MemoryBus {
+    pub fn new(capacity: usize) -> MemoryBus {
+        MemoryBus {
+            inner: Mutex::new(Inner::default()),
+            capacity: capacity.max(1),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // The state stays consistent between statements, so a poisoned lock is still usable.
+        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn deliver(&self, subject: &str, payload: Bytes) -> Result<(), BusError> {
+        let mut inner = self.lock();
+        inner.subscribers.retain(|subscriber| !subscriber.sender.is_closed());
+        let message = Message {
+            subject: subject.to_string(),
+            payload,
+        };
+        let mut full = false;
+        let mut groups: HashMap<&str, Vec<&mpsc::Sender<Message>>> = HashMap::new();
+        for subscriber in &inner.subscribers {
+            if !subject_matches(&subscriber.pattern, subject) {
+                continue;
+            }
+            match &subscriber.queue_group {
+                Some(group) => groups.entry(group).or_default().push(&subscriber.sender),
+                None => full |= subscriber.sender.try_send(message.clone()).is_err(),
+            }
+        }
+        let mut chosen: Vec<(String, usize)> = Vec::new();
+        for (group, members) in groups {
+            let start = inner.next_in_group.get(group).copied().unwrap_or(0);
+            // One member gets it: the next in turn that has room.
+            let delivered = (0..members.len()).find(|offset| {
+                let index = (start + offset) % members.len();
+                members[index].try_send(message.clone()).is_ok()
+            });
+            match delivered {
+                Some(offset) => chosen.push((group.to_string(), start + offset + 1)),
+                None => full = true,
+            }
+        }
+        for (group, next) in chosen {
+            inner.next_in_group.insert(group, next);
+        }
+        if full {
+            return Err(BusError::Full(subject.to_string()));
+        }
+        Ok(())
+    }
+}
+
+impl Bus for MemoryBus {
+    fn publish(&self, subject: &str, payload: Bytes) -> BoxFuture<'_, Result<(), BusError>> {
+        let result = if valid_subject(subject, false) {
+            self.deliver(subject, payload)
+        } else {
+            Err(BusError::Subject(subject.to_string()))
+        };
+        Box::pin(async move { result })
+    }
+
+    fn subscribe(
+        &self,
+        pattern: &str,
+        queue_group: Option<&str>,
+    ) -> BoxFuture<'_, Result<Subscription, BusError>> {
+        let result = if valid_subject(pattern, true) {
+            let (sender, receiver) = mpsc::channel(self.capacity);
+            self.lock().subscribers.push(Subscriber {
+                pattern: pattern.to_string(),
+                queue_group: queue_group.map(str::to_string),
+                sender,
+            });
+            Ok(Subscription::new(receiver))
+        } else {
+            Err(BusError::Subject(pattern.to_string()))
+        };
+        Box::pin(async move { result })
+    }
+
+    fn is_connected(&self) -> bool {
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn plain_subscribers_all_receive_and_queue_groups_share() {
+        let bus = MemoryBus::new(16);
+        let mut plain = bus.subscribe("b.results.>", None).await.unwrap();
+        let mut first = bus.subscribe("b.checks.http", Some("runners")).await.unwrap();
+        let mut second = bus.subscribe("b.checks.http", Some("runners")).await.unwrap();
+        for n in 0..4u8 {
+            bus.publish("b.checks.http", Bytes::from(vec![n])).await.unwrap();
+        }
+        bus.publish("b.results.web", Bytes::from_static(b"r")).await.unwrap();
+        let mut got = Vec::new();
+        for _ in 0..2 {
+            got.push(first.next().await.unwrap().payload[0]);
+            got.push(second.next().await.unwrap().payload[0]);
+        }
+        got.sort_unstable();
+        assert_eq!(got, vec![0, 1, 2, 3], "each request reaches exactly one member");
+        let result = plain.next().await.unwrap();
+        assert_eq!(result.subject, "b.results.web");
+    }
+
+    #[tokio::test]
+    async fn a_full_subscriber_refuses_instead_of_blocking() {
+        let bus = MemoryBus::new(2);
+        let mut slow = bus.subscribe("x", None).await.unwrap();
+        bus.publish("x", Bytes::from_static(b"1")).await.unwrap();
+        bus.publish("x", Bytes::from_static(b"2")).await.unwrap();
+        let error = bus.publish("x", Bytes::from_static(b"3")).await.unwrap_err();
+        assert!(matches!(error, BusError::Full(_)), "{error}");
+        assert_eq!(&slow.next().await.unwrap().payload[..], b"1");
+        assert_eq!(&slow.next().await.unwrap().payload[..], b"2");
+    }
+
+    #[tokio::test]
+    async fn dropped_subscriptions_stop_receiving_and_bad_subjects_are_refused() {
+        let bus = MemoryBus::new(1);
+        let dropped = bus.subscribe("x", None).await.unwrap();
+        drop(dropped);
+        bus.publish("x", Bytes::new()).await.unwrap();
+        bus.publish("x", Bytes::new()).await.unwrap();
+        assert!(bus.publish("x.*", Bytes::new()).await.is_err());
+        assert!(bus.subscribe("a..b", None).await.is_err());
+    }
+}

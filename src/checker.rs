@@ -1,0 +1,285 @@
+//! The checker: one scheduler task for all checks, driven by a single timer over a heap of due
+//! times (no task or timer per check). Each check runs first at a stable offset inside its
+//! interval, derived from a hash of its name, so load spreads and the phase survives restarts;
+//! then every interval, without drift. A tick whose previous run is still in flight is skipped
+//! and counted, never queued. The checker never blocks on the bus: a refused publish is counted.
+
+use crate::bus::{Bus, BusError, Subjects, Subscription};
+use crate::config::CheckConfig;
+use crate::messages::{self, CheckRequest, MESSAGE_VERSION};
+use crate::metrics::{CheckLabels, Metrics, ReasonLabels, SubjectLabels};
+use prometheus_client::metrics::counter::Counter;
+use serde::Deserialize;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// Beyond the dispatch deadline and the timeout, how long a run may take to report back
+/// before the checker stops waiting for it (bus latency, result encoding).
+const RESULT_GRACE: Duration = Duration::from_secs(5);
+
+/// FNV-1a: stable across builds and platforms, unlike std's hasher.
+fn stable_hash(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// The check's offset inside its interval.
+pub fn phase_offset(name: &str, interval: Duration) -> Duration {
+    let interval_nanos = interval.as_nanos().max(1);
+    let offset = u128::from(stable_hash(name)) % interval_nanos;
+    Duration::from_nanos(u64::try_from(offset).unwrap_or(u64::MAX))
+}
+
+/// How long after `wall_now` the check is first due: the next wall-clock instant whose
+/// position inside the interval equals the check's offset.
+pub fn first_wait(name: &str, interval: Duration, wall_now: SystemTime) -> Duration {
+    let interval_nanos = interval.as_nanos().max(1);
+    let offset = phase_offset(name, interval).as_nanos();
+    let since_epoch = wall_now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    let position = since_epoch % interval_nanos;
+    let wait = (offset + interval_nanos - position) % interval_nanos;
+    Duration::from_nanos(u64::try_from(wait).unwrap_or(u64::MAX))
+}
+
+/// Only what the checker needs from a result: which run it closes.
+#[derive(Deserialize)]
+struct ResultHeader {
+    version: u32,
+    check: String,
+    run_id: u64,
+}
+
+struct Scheduled {
+    config: Arc<CheckConfig>,
+    subject: String,
+    /// The run waiting for its result, and when the checker stops waiting.
+    in_flight: Option<(u64, Instant)>,
+    /// How long a run can be in flight at most.
+    horizon: Duration,
+    scheduled: Counter,
+    skipped: Counter,
+    lost: Counter,
+}
+
+pub struct Checker {
+    checks: Vec<Scheduled>,
+    by_name: HashMap<String, usize>,
+    bus: Arc<dyn Bus>,
+    results: Subscription,
+    metrics: Arc<Metrics>,
+    publish_errors: Counter,
+    next_run_id: u64,
+}
+
+impl std::fmt::Debug for Checker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Checker")
+            .field("checks", &self.checks.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Checker {
+    /// Subscribes to results now, so that no result of a run it publishes is missed.
+    pub async fn build(
+        checks: &[CheckConfig],
+        dispatch_deadline: Duration,
+        bus: Arc<dyn Bus>,
+        subjects: &Subjects,
+        metrics: Arc<Metrics>,
+    ) -> Result<Checker, BusError> {
+        let results = bus.subscribe(&subjects.all_results(), None).await?;
+        let scheduled: Vec<Scheduled> = checks
+            .iter()
+            .map(|check| {
+                let labels = CheckLabels {
+                    check: check.name.clone(),
+                };
+                Scheduled {
+                    subject: subjects.checks(check.check_type()),
+                    in_flight: None,
+                    horizon: dispatch_deadline + check.timeout() + RESULT_GRACE,
+                    scheduled: metrics.checks_scheduled.get_or_create(&labels).clone(),
+                    skipped: metrics.schedule_skipped.get_or_create(&labels).clone(),
+                    lost: metrics.runs_lost.get_or_create(&labels).clone(),
+                    config: Arc::new(check.clone()),
+                }
+            })
+            .collect();
+        let by_name = scheduled
+            .iter()
+            .enumerate()
+            .map(|(index, check)| (check.config.name.clone(), index))
+            .collect();
+        // Run ids start from the clock so that a restarted checker does not reuse recent ones.
+        let next_run_id = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(1, |since| u64::try_from(since.as_micros()).unwrap_or(1));
+        let publish_errors = metrics
+            .bus_publish_errors
+            .get_or_create(&SubjectLabels { subject: "checks" })
+            .clone();
+        Ok(Checker {
+            checks: scheduled,
+            by_name,
+            bus,
+            results,
+            publish_errors,
+            metrics,
+            next_run_id,
+        })
+    }
+
+    /// Schedules until `stop` is cancelled.
+    pub async fn run(mut self, stop: CancellationToken) {
+        let start = Instant::now();
+        let wall_start = SystemTime::now();
+        let mut due: BinaryHeap<Reverse<(Instant, usize)>> = self
+            .checks
+            .iter()
+            .enumerate()
+            .map(|(index, check)| {
+                let wait = first_wait(&check.config.name, check.config.interval, wall_start);
+                Reverse((start + wait, index))
+            })
+            .collect();
+        tracing::info!(checks = self.checks.len(), "checker started");
+        loop {
+            let next = due.peek().map(|Reverse((at, _))| *at);
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = sleep_until_or_forever(next) => {
+                    let now = Instant::now();
+                    while let Some(&Reverse((at, index))) = due.peek() {
+                        if at > now {
+                            break;
+                        }
+                        due.pop();
+                        let next_at = self.fire(index, at, now).await;
+                        due.push(Reverse((next_at, index)));
+                    }
+                }
+                message = self.results.next() => match message {
+                    Some(message) => self.close_run(&message.payload),
+                    None => break,
+                },
+            }
+        }
+        tracing::info!("checker stopped");
+    }
+
+    /// Publishes one run of check `index`, due at `at`; returns when the check is next due.
+    async fn fire(&mut self, index: usize, at: Instant, now: Instant) -> Instant {
+        let lag = now.saturating_duration_since(at);
+        self.metrics.schedule_lag_seconds.observe(lag.as_secs_f64());
+        let run_id = self.next_run_id;
+        self.next_run_id += 1;
+        let check = &mut self.checks[index];
+        let interval = check.config.interval;
+        // Ticks missed entirely (the process was stopped, the machine slept) are skipped, not
+        // fired in a burst.
+        let mut next_at = at + interval;
+        while next_at <= now {
+            check.skipped.inc();
+            next_at += interval;
+        }
+        if let Some((_, expires)) = check.in_flight {
+            if expires > now {
+                check.skipped.inc();
+                tracing::debug!(check = %check.config.name, "previous run still in flight; tick skipped");
+                return next_at;
+            }
+            check.lost.inc();
+            tracing::warn!(check = %check.config.name, "a run's result never arrived");
+            check.in_flight = None;
+        }
+        let request = CheckRequest {
+            version: MESSAGE_VERSION,
+            run_id,
+            scheduled_at: SystemTime::now()
+                .checked_sub(lag)
+                .unwrap_or_else(SystemTime::now),
+            check: (*check.config).clone(),
+        };
+        let published = match messages::encode(&request) {
+            Ok(payload) => self
+                .bus
+                .publish(&check.subject, payload)
+                .await
+                .map_err(|error| error.to_string()),
+            Err(error) => Err(error.to_string()),
+        };
+        match published {
+            Ok(()) => {
+                check.scheduled.inc();
+                check.in_flight = Some((run_id, now + check.horizon));
+            }
+            Err(error) => {
+                self.publish_errors.inc();
+                tracing::warn!(check = %check.config.name, %error, "could not publish a check request");
+            }
+        }
+        next_at
+    }
+
+    fn close_run(&mut self, payload: &[u8]) {
+        let header: ResultHeader = match serde_json::from_slice(payload) {
+            Ok(header) => header,
+            Err(_) => {
+                // The result sink decodes the same message and reports why it is bad.
+                return;
+            }
+        };
+        if header.version != MESSAGE_VERSION {
+            self.metrics
+                .bus_decode_errors
+                .get_or_create(&ReasonLabels { reason: "version" })
+                .inc();
+            return;
+        }
+        if let Some(&index) = self.by_name.get(&header.check) {
+            let check = &mut self.checks[index];
+            if check.in_flight.is_some_and(|(run_id, _)| run_id == header.run_id) {
+                check.in_flight = None;
+            }
+        }
+    }
+}
+
+async fn sleep_until_or_forever(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offsets_are_stable_and_inside_the_interval() {
+        let interval = Duration::from_secs(10);
+        let offset = phase_offset("web", interval);
+        assert!(offset < interval);
+        assert_eq!(offset, phase_offset("web", interval), "same name, same offset");
+        assert_ne!(offset, phase_offset("api", interval), "names spread out");
+        // The first run lands on the same wall-clock phase whenever the process starts.
+        let epoch = SystemTime::UNIX_EPOCH;
+        for start in [0u64, 3, 7_777, 1_700_000_123] {
+            let wall = epoch + Duration::from_millis(start * 1000 + 123);
+            let first = wall + first_wait("web", interval, wall);
+            let position = first.duration_since(epoch).unwrap().as_nanos() % interval.as_nanos();
+            assert_eq!(position, offset.as_nanos(), "start {start}");
+            assert!(first_wait("web", interval, wall) < interval);
+        }
+    }
+}

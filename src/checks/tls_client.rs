@@ -1,0 +1,170 @@
+//! TLS client configurations for probes, built once per distinct setting and shared: loading the
+//! system's roots costs milliseconds, a probe must not pay it. Verification is on by default;
+//! `insecure_skip_verify` still checks handshake signatures, it only stops trusting the chain.
+
+use crate::config::TlsSettings;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsSetupError {
+    #[error("cannot read ca_file {path}: {reason}")]
+    CaFile { path: String, reason: String },
+    #[error("ca_file {0} holds no PEM certificates")]
+    CaFileEmpty(String),
+    #[error("no trusted root certificates: the system store is empty or unreadable ({0}); install ca-certificates or set tls.ca_file")]
+    NoRoots(String),
+    #[error("TLS setup failed: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+/// Shared cache of client configurations, keyed by the check's TLS settings.
+#[derive(Debug, Default)]
+pub struct TlsClientConfigs {
+    cache: Mutex<HashMap<TlsSettings, Arc<ClientConfig>>>,
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+impl TlsClientConfigs {
+    pub fn get(&self, settings: &TlsSettings) -> Result<Arc<ClientConfig>, TlsSetupError> {
+        if let Some(config) = self.lock().get(settings) {
+            return Ok(config.clone());
+        }
+        // Built outside the lock: reading files must not stall other probes. Two probes may build
+        // the same config at once; the second insert wins and both are equivalent.
+        let config = Arc::new(build(settings)?);
+        self.lock().insert(settings.clone(), config.clone());
+        Ok(config)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<TlsSettings, Arc<ClientConfig>>> {
+        // A poisoned cache only means another thread panicked mid-insert; the map is still valid.
+        self.cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+fn build(settings: &TlsSettings) -> Result<ClientConfig, TlsSetupError> {
+    let provider = provider();
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?;
+    let mut config = if settings.insecure_skip_verify {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate { provider }))
+            .with_no_client_auth()
+    } else {
+        builder
+            .with_root_certificates(roots(settings)?)
+            .with_no_client_auth()
+    };
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+fn roots(settings: &TlsSettings) -> Result<RootCertStore, TlsSetupError> {
+    let mut store = RootCertStore::empty();
+    if let Some(path) = &settings.ca_file {
+        let shown = path.display().to_string();
+        let pem = std::fs::read(path).map_err(|error| TlsSetupError::CaFile {
+            path: shown.clone(),
+            reason: error.to_string(),
+        })?;
+        let certs = CertificateDer::pem_slice_iter(&pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|error| TlsSetupError::CaFile {
+                path: shown.clone(),
+                reason: error.to_string(),
+            })?;
+        if certs.is_empty() {
+            return Err(TlsSetupError::CaFileEmpty(shown));
+        }
+        for cert in certs {
+            store.add(cert)?;
+        }
+    } else {
+        let loaded = rustls_native_certs::load_native_certs();
+        let (added, _ignored) = store.add_parsable_certificates(loaded.certs);
+        if added == 0 {
+            let reasons: Vec<String> = loaded.errors.iter().map(|e| e.to_string()).collect();
+            return Err(TlsSetupError::NoRoots(if reasons.is_empty() {
+                "no certificates found".to_string()
+            } else {
+                reasons.join("; ")
+            }));
+        }
+    }
+    Ok(store)
+}
+
+/// Trusts any chain, but still verifies that the server holds the key it presented.
+#[derive(Debug)]
+struct AcceptAnyCertificate {
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for AcceptAnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// The earliest not-after among the certificates a server sent, as Unix seconds.
+pub fn earliest_not_after(certs: &[CertificateDer<'_>]) -> Option<i64> {
+    certs
+        .iter()
+        .filter_map(|der| {
+            x509_parser::parse_x509_certificate(der.as_ref())
+                .ok()
+                .map(|(_, cert)| cert.validity().not_after.timestamp())
+        })
+        .min()
+}

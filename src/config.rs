@@ -1,0 +1,486 @@
+//! The configuration file: its shape, its defaults (all of them here, in one place), and its
+//! validation. Loading never panics: every problem becomes a `ConfigError` that names the file,
+//! and the line and column where the parser knows them.
+
+use crate::checks::{CheckDefinitionError, CheckType};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// This agent's identity and its own HTTP endpoints.
+    #[serde(default)]
+    pub agent: AgentConfig,
+    /// The message bus between the checker and the runners.
+    #[serde(default)]
+    pub bus: BusConfig,
+    /// How this agent runs probes.
+    #[serde(default)]
+    pub runner: RunnerConfig,
+    /// The checks to schedule.
+    #[serde(default)]
+    pub checks: Vec<CheckConfig>,
+}
+
+/// `[agent]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// The name this agent puts in every result. Default: the host name.
+    #[serde(default = "default_agent_id")]
+    pub id: String,
+    /// Address of the agent's own endpoints (`/metrics`, `/healthz`, `/readyz`, `/api/v1/checks`).
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// How long in-flight probes may run on shutdown before they are abandoned.
+    #[serde(default = "default_shutdown_grace", with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+/// `[bus]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BusConfig {
+    /// Which bus carries check requests and results.
+    #[serde(default)]
+    pub kind: BusKind,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BusKind {
+    /// In memory, inside this process: no broker needed.
+    #[default]
+    Embedded,
+}
+
+/// `[runner]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunnerConfig {
+    /// The longest a task may wait for a free worker before it is cancelled, unrun.
+    #[serde(default = "default_dispatch_deadline", with = "humantime_serde")]
+    pub dispatch_deadline: Duration,
+    /// How many bytes of a response body a probe reads at most.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// Workers per check type: how many probes of that type run at once.
+    #[serde(default)]
+    pub workers: WorkersConfig,
+    /// DNS servers (`ip` or `ip:port`) used to resolve targets. Empty: the system resolver.
+    #[serde(default)]
+    pub dns_servers: Vec<String>,
+}
+
+/// `[runner.workers]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkersConfig {
+    /// Concurrent HTTP probes.
+    #[serde(default = "default_workers")]
+    pub http: usize,
+}
+
+impl WorkersConfig {
+    pub fn for_type(&self, check_type: CheckType) -> usize {
+        match check_type {
+            CheckType::Http => self.http,
+        }
+    }
+}
+
+/// One `[[checks]]` entry. This is also the check definition every `CheckRequest` carries, so a
+/// runner needs no configuration of its own to run it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckConfig {
+    /// Unique name, `[a-z0-9_-]+`.
+    pub name: String,
+    /// How often the check runs; at least 1s.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// How long one probe may take. Default: 10s, or nine tenths of the interval when that is less.
+    #[serde(default, with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+    /// Addresses to probe (`ip` or `ip:port`) instead of every address the host resolves to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub instances: Vec<String>,
+    /// What a response must satisfy to pass. None: a 2xx status passes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub assertions: Vec<AssertionConfig>,
+    /// The type and its own settings.
+    #[serde(flatten)]
+    pub spec: CheckSpec,
+}
+
+impl CheckConfig {
+    /// The probe timeout, with its default applied.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+            .unwrap_or_else(|| DEFAULT_TIMEOUT.min(self.interval.mul_f64(0.9)))
+    }
+
+    pub fn check_type(&self) -> CheckType {
+        self.spec.check_type()
+    }
+}
+
+/// The type-specific part of a check, chosen by its `type` key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum CheckSpec {
+    Http(HttpSpec),
+}
+
+impl CheckSpec {
+    pub fn check_type(&self) -> CheckType {
+        match self {
+            CheckSpec::Http(_) => CheckType::Http,
+        }
+    }
+}
+
+/// Settings of a `type = "http"` check.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSpec {
+    /// `http://` or `https://` URL. Its host is resolved, and sent as Host and TLS SNI.
+    pub url: String,
+    /// Request method. Default: GET.
+    #[serde(default = "default_method")]
+    pub method: String,
+    /// Extra request headers.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    /// Request body.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub body: String,
+    /// Follow up to 10 redirects. Default: false, so a 3xx is reported as it is.
+    #[serde(default)]
+    pub follow_redirects: bool,
+    /// TLS verification settings for https URLs.
+    #[serde(default)]
+    pub tls: TlsSettings,
+}
+
+/// `tls = { ... }` of an HTTP check.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    /// Accept any certificate. For tests and broken internal services only.
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
+    /// PEM file of CA certificates to trust instead of the system's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+}
+
+/// One `[[checks.assertions]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AssertionConfig {
+    /// What to look at: code, header, body, json or latency.
+    pub key: AssertionKey,
+    /// The header name for `header`, the RFC 9535 path for `json`; empty otherwise.
+    #[serde(default)]
+    pub value: String,
+    /// How the actual value must relate to the operand.
+    pub relationship: Relationship,
+    /// The expected value. A humantime duration for `latency`.
+    #[serde(default)]
+    pub operand: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AssertionKey {
+    Code,
+    Header,
+    Body,
+    Json,
+    Latency,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Relationship {
+    Equal,
+    NotEqual,
+    Empty,
+    NotEmpty,
+    Contain,
+    NotContain,
+    RegExp,
+    GreaterThan,
+    LessThan,
+}
+
+// Every default, in one place.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
+/// Larger bodies would let one check hold this much memory per worker.
+pub const MAX_BODY_BYTES_LIMIT: usize = 64 * 1024 * 1024;
+
+fn default_agent_id() -> String {
+    // The kernel's host name; the environment as a fallback for unusual sandboxes.
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|name| name.trim().to_string())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "bastion".to_string())
+}
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9464))
+}
+fn default_shutdown_grace() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_dispatch_deadline() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_max_body_bytes() -> usize {
+    128 * 1024
+}
+fn default_workers() -> usize {
+    10
+}
+fn default_method() -> String {
+    "GET".to_string()
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            id: default_agent_id(),
+            listen: default_listen(),
+            shutdown_grace: default_shutdown_grace(),
+        }
+    }
+}
+impl Default for RunnerConfig {
+    fn default() -> Self {
+        RunnerConfig {
+            dispatch_deadline: default_dispatch_deadline(),
+            max_body_bytes: default_max_body_bytes(),
+            workers: WorkersConfig::default(),
+            dns_servers: Vec::new(),
+        }
+    }
+}
+impl Default for WorkersConfig {
+    fn default() -> Self {
+        WorkersConfig {
+            http: default_workers(),
+        }
+    }
+}
+
+/// Why a configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}:{column}: {message}")]
+    Syntax {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("{path}: {message}")]
+    SyntaxNoLocation { path: PathBuf, message: String },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+/// Which parser reads a file, chosen by its extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Toml,
+    Yaml,
+}
+
+impl Format {
+    pub fn for_path(path: &Path) -> Format {
+        match path.extension().and_then(|ext| ext.to_str()) {
+            Some("yaml" | "yml") => Format::Yaml,
+            _ => Format::Toml,
+        }
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(&text, Format::for_path(path), path)
+    }
+
+    /// Parses and validates `text`; `path` only names the source in errors.
+    pub fn parse(text: &str, format: Format, path: &Path) -> Result<Config, ConfigError> {
+        let config: Config = match format {
+            Format::Toml => toml::from_str(text).map_err(|error| toml_error(text, path, &error))?,
+            Format::Yaml => serde_saphyr::from_str(text).map_err(|error| yaml_error(path, &error))?,
+        };
+        config.validate().map_err(|message| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        })?;
+        Ok(config)
+    }
+
+    /// Checks what the types cannot: ranges, uniqueness, and that every check compiles.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.agent.id.trim().is_empty() {
+            return Err("agent.id must not be empty".to_string());
+        }
+        if self.runner.dispatch_deadline.is_zero() {
+            return Err("runner.dispatch_deadline must be longer than 0s".to_string());
+        }
+        if self.runner.max_body_bytes > MAX_BODY_BYTES_LIMIT {
+            return Err(format!(
+                "runner.max_body_bytes is {}; the most allowed is {MAX_BODY_BYTES_LIMIT}",
+                self.runner.max_body_bytes
+            ));
+        }
+        for server in &self.runner.dns_servers {
+            crate::resolve::parse_dns_server(server)
+                .map_err(|error| format!("runner.dns_servers: {error}"))?;
+        }
+        let mut seen: HashMap<&str, usize> = HashMap::new();
+        for (index, check) in self.checks.iter().enumerate() {
+            if let Some(first) = seen.insert(check.name.as_str(), index) {
+                return Err(format!(
+                    "check name `{}` is used twice (checks #{} and #{}); names must be unique",
+                    check.name,
+                    first + 1,
+                    index + 1
+                ));
+            }
+            crate::checks::CompiledCheck::compile(check).map_err(|error| match error {
+                CheckDefinitionError::Name(_) => format!("check #{}: {error}", index + 1),
+                _ => format!("check `{}`: {error}", check.name),
+            })?;
+            let check_type = check.check_type();
+            if self.runner.workers.for_type(check_type) == 0 {
+                return Err(format!(
+                    "check `{}` is of type {check_type}, but runner.workers.{check_type} is 0; \
+                     give that type at least one worker",
+                    check.name
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn toml_error(text: &str, path: &Path, error: &toml::de::Error) -> ConfigError {
+    let message = error.message().trim_end().to_string();
+    match error.span() {
+        Some(span) => {
+            let (line, column) = line_and_column(text, span.start);
+            ConfigError::Syntax {
+                path: path.to_path_buf(),
+                line,
+                column,
+                message,
+            }
+        }
+        None => ConfigError::SyntaxNoLocation {
+            path: path.to_path_buf(),
+            message,
+        },
+    }
+}
+
+fn yaml_error(path: &Path, error: &serde_saphyr::Error) -> ConfigError {
+    let message = error.to_string();
+    // The message may carry a rendered snippet; its first line is the explanation.
+    let message = message.lines().next().unwrap_or_default().trim().to_string();
+    match error.location() {
+        Some(location) if location.line() > 0 => ConfigError::Syntax {
+            path: path.to_path_buf(),
+            line: usize::try_from(location.line()).unwrap_or(usize::MAX),
+            column: usize::try_from(location.column()).unwrap_or(usize::MAX),
+            message,
+        },
+        _ => ConfigError::SyntaxNoLocation {
+            path: path.to_path_buf(),
+            message,
+        },
+    }
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |newline| newline + 1);
+    let column = before[line_start..].chars().count() + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_and_column_counts_from_one() {
+        let text = "a = 1\nbb = 2\n";
+        assert_eq!(line_and_column(text, 0), (1, 1));
+        assert_eq!(line_and_column(text, 6), (2, 1));
+        assert_eq!(line_and_column(text, 9), (2, 4));
+    }
+
+    #[test]
+    fn timeout_default_stays_below_short_intervals() {
+        let toml = r#"
+            name = "web"
+            type = "http"
+            interval = "5s"
+            url = "http://127.0.0.1/"
+        "#;
+        let check: CheckConfig = toml::from_str(toml).unwrap();
+        assert_eq!(check.timeout(), Duration::from_millis(4500));
+        let long = CheckConfig {
+            interval: Duration::from_secs(60),
+            ..check
+        };
+        assert_eq!(long.timeout(), Duration::from_secs(10));
+    }
+
+    #[test]
+    fn check_definition_round_trips_through_json() {
+        let toml = r#"
+            name = "web"
+            type = "http"
+            interval = "10s"
+            timeout = "2s"
+            url = "https://svc.internal:8443/health"
+            headers = { Accept = "application/json" }
+            tls = { insecure_skip_verify = true }
+            instances = ["127.0.0.2"]
+            [[assertions]]
+            key = "code"
+            relationship = "equal"
+            operand = "200"
+        "#;
+        let check: CheckConfig = toml::from_str(toml).unwrap();
+        let json = serde_json::to_string(&check).unwrap();
+        let back: CheckConfig = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, check);
+        assert!(json.contains(r#""type":"http""#), "{json}");
+    }
+}

@@ -1,0 +1,22 @@
+//! bastion: a check-runner daemon that probes the services it can reach and reports honest
+//! latency for every instance, on a bus and as Prometheus metrics.
+//!
+//! The library holds everything; `main.rs` only parses the command line and maps outcomes to
+//! exit codes. See `ARCHITECTURE.md` for the map.
+#![forbid(unsafe_code)]
+
+pub mod agent;
+pub mod assertions;
+pub mod bus;
+pub mod checker;
+pub mod checks;
+pub mod config;
+pub mod http;
+pub mod messages;
+pub mod metrics;
+pub mod resolve;
+pub mod results;
+pub mod runner;
+pub mod report;
+pub mod telemetry;
+mod time_format;

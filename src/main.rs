@@ -1,0 +1,169 @@
+//! The `bastion` binary: parses the command line, loads the config, starts logging, calls the
+//! library, and maps the outcome to an exit code (0 ok, 1 failing checks or a runtime error,
+//! 2 a config or usage error).
+#![forbid(unsafe_code)]
+
+use anyhow::Context;
+use bastion_agent::agent::{self, Agent};
+use bastion_agent::config::Config;
+use bastion_agent::report;
+use bastion_agent::telemetry::{self, LogFormat};
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(name = "bastion", version, about = "Probes the services it can reach and reports honest latency")]
+struct Cli {
+    /// Log line format on stderr. The level comes from RUST_LOG (default: info).
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon: schedule the checks, probe, serve metrics and the API.
+    Run(ConfigArg),
+    /// Check a config file; exit 0 when valid, 2 with the error otherwise.
+    Validate(ConfigArg),
+    /// Run each check once, now, and print the results; exit 0 if all pass, 1 if any fails.
+    Once {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Run only the check with this name.
+        #[arg(long)]
+        check: Option<String>,
+        /// Print one CheckResult JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args)]
+struct ConfigArg {
+    /// The config file (TOML; .yaml/.yml files are read as YAML).
+    #[arg(long, short = 'c', env = "BASTION_CONFIG")]
+    config: PathBuf,
+}
+
+const EXIT_FAILING: u8 = 1;
+const EXIT_CONFIG: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::from(EXIT_FAILING);
+        }
+    };
+    runtime.block_on(async {
+        match cli.command {
+            Command::Validate(arg) => match Config::load(&arg.config) {
+                Ok(config) => {
+                    println!(
+                        "{}: valid, {} check(s)",
+                        arg.config.display(),
+                        config.checks.len()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(error) => config_error(&error),
+            },
+            Command::Once {
+                config,
+                check,
+                json,
+            } => {
+                let config = match Config::load(&config.config) {
+                    Ok(config) => config,
+                    Err(error) => return config_error(&error),
+                };
+                match once(&config, check.as_deref(), json).await {
+                    Ok(true) => ExitCode::SUCCESS,
+                    Ok(false) => ExitCode::from(EXIT_FAILING),
+                    Err(error) => {
+                        eprintln!("error: {error:#}");
+                        ExitCode::from(EXIT_CONFIG)
+                    }
+                }
+            }
+            Command::Run(arg) => {
+                let config = match Config::load(&arg.config) {
+                    Ok(config) => config,
+                    Err(error) => return config_error(&error),
+                };
+                match run(config).await {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(error) => {
+                        eprintln!("error: {error:#}");
+                        ExitCode::from(EXIT_FAILING)
+                    }
+                }
+            }
+        }
+    })
+}
+
+fn config_error(error: &bastion_agent::config::ConfigError) -> ExitCode {
+    eprintln!("error: {error}");
+    ExitCode::from(EXIT_CONFIG)
+}
+
+async fn once(config: &Config, only: Option<&str>, json: bool) -> anyhow::Result<bool> {
+    let results = agent::run_once(config, only).await?;
+    let mut out = String::new();
+    if json {
+        for result in &results {
+            out.push_str(&serde_json::to_string(result).context("encoding a result")?);
+            out.push('\n');
+        }
+    } else {
+        out = report::table(&results);
+    }
+    print!("{out}");
+    Ok(results.iter().all(|result| result.passing))
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let agent = Agent::build(config).await.context("starting bastion")?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(watch_signals(shutdown.clone()));
+    agent.run(shutdown).await.context("running bastion")
+}
+
+/// SIGTERM or SIGINT starts a graceful shutdown; a second one exits at once.
+async fn watch_signals(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop bastion with SIGKILL");
+        return;
+    };
+    let mut received = 0;
+    loop {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+            _ = hup.recv() => {
+                // Without a handler SIGHUP would kill the daemon; reloading is not built yet.
+                tracing::warn!("SIGHUP received: this version does not reload its config; restart bastion to apply changes");
+                continue;
+            }
+        }
+        received += 1;
+        if received > 1 {
+            tracing::warn!("second signal: exiting now");
+            std::process::exit(130);
+        }
+        shutdown.cancel();
+    }
+}

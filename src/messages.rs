@@ -1,0 +1,219 @@
+//! The messages that travel on the bus: `CheckRequest` (checker to runners) and `CheckResult`
+//! (runners to whoever listens). Their JSON is a contract shared by the bus, the API and
+//! `bastion once --json`; every message carries `"version": 1`. Decoding is strict and bounded:
+//! a bad message is an error value, never a panic.
+
+use crate::assertions::AssertionResult;
+use crate::checks::{CheckType, ErrorKind, ProbeError};
+use crate::config::CheckConfig;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+/// The only message version this build reads and writes.
+pub const MESSAGE_VERSION: u32 = 1;
+/// Larger payloads are refused before parsing.
+pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
+
+/// A check that is due, with its whole definition, so runners need no configuration of it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckRequest {
+    pub version: u32,
+    /// Identifies this run; its result echoes it.
+    pub run_id: u64,
+    /// When the run was due.
+    #[serde(with = "crate::time_format")]
+    pub scheduled_at: SystemTime,
+    pub check: CheckConfig,
+}
+
+/// Every instance's response to one run of one check.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckResult {
+    pub version: u32,
+    pub check: String,
+    #[serde(rename = "type")]
+    pub check_type: CheckType,
+    /// The agent that ran the probes.
+    pub agent: String,
+    pub run_id: u64,
+    #[serde(with = "crate::time_format")]
+    pub scheduled_at: SystemTime,
+    #[serde(with = "crate::time_format")]
+    pub finished_at: SystemTime,
+    /// True when every response passes.
+    pub passing: bool,
+    /// Exactly one per instance.
+    pub responses: Vec<Response>,
+}
+
+/// What one instance answered.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Response {
+    /// The `ip:port` actually probed (or `host:port` when the host did not resolve).
+    pub target: String,
+    pub passing: bool,
+    /// Null when the transport succeeded.
+    pub error: Option<ProbeError>,
+    /// Null when no HTTP response arrived.
+    pub http: Option<HttpDetails>,
+    /// Null on plain connections.
+    #[serde(default)]
+    pub tls: Option<TlsDetails>,
+    pub timings: Timings,
+    pub assertions: Vec<AssertionResult>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HttpDetails {
+    pub status: u16,
+    /// `HTTP/1.1` or `HTTP/2`.
+    pub version: String,
+    /// Lowercase names; repeated headers joined with ", ".
+    pub headers: BTreeMap<String, String>,
+    /// Up to `max_body_bytes`, as text (invalid UTF-8 replaced).
+    pub body: String,
+    /// True when the body was longer than the cap and reading stopped there.
+    pub truncated: bool,
+    /// How many redirects were followed to get here.
+    #[serde(default)]
+    pub redirects: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TlsDetails {
+    /// e.g. `TLSv1.3`.
+    pub version: String,
+    /// The protocol chosen by ALPN, e.g. `h2`.
+    pub alpn: Option<String>,
+    /// The earliest not-after of the certificates the server sent.
+    #[serde(with = "crate::time_format")]
+    pub earliest_cert_expiry: SystemTime,
+}
+
+/// Phase durations in seconds. A phase not reached is 0; a phase cut short by the timeout
+/// holds the time it ran for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Timings {
+    pub resolve: f64,
+    pub connect: f64,
+    pub tls: f64,
+    /// From the request being written to the response head arriving.
+    pub processing: f64,
+    /// Reading the body.
+    pub transfer: f64,
+    /// Resolve plus every phase of the probe.
+    pub total: f64,
+}
+
+impl Response {
+    /// A response for an instance whose probe never produced anything but an error.
+    pub fn failed(target: String, error: ProbeError, timings: Timings) -> Response {
+        Response {
+            target,
+            passing: false,
+            error: Some(error),
+            http: None,
+            tls: None,
+            timings,
+            assertions: Vec::new(),
+        }
+    }
+
+    pub fn error_kind(&self) -> Option<ErrorKind> {
+        self.error.as_ref().map(|error| error.kind)
+    }
+}
+
+/// Why a bus payload was refused. The reason is a bounded metric label.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("payload of {0} bytes is larger than the {MAX_MESSAGE_BYTES} allowed")]
+    TooLarge(usize),
+    #[error("payload is not a valid message: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("message version {0} is not supported; this build reads version {MESSAGE_VERSION}")]
+    Version(u64),
+    #[error("check definition is invalid: {0}")]
+    Invalid(String),
+}
+
+impl DecodeError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            DecodeError::TooLarge(_) => "too_large",
+            DecodeError::Json(_) => "json",
+            DecodeError::Version(_) => "version",
+            DecodeError::Invalid(_) => "invalid",
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct VersionProbe {
+    version: u64,
+}
+
+/// Decodes a message: size first, then the version, then the body, so a message from a newer
+/// build is reported as such instead of as a shape error.
+pub fn decode<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Result<T, DecodeError> {
+    if payload.len() > MAX_MESSAGE_BYTES {
+        return Err(DecodeError::TooLarge(payload.len()));
+    }
+    let probe: VersionProbe = serde_json::from_slice(payload)?;
+    if probe.version != u64::from(MESSAGE_VERSION) {
+        return Err(DecodeError::Version(probe.version));
+    }
+    Ok(serde_json::from_slice(payload)?)
+}
+
+pub fn encode<T: Serialize>(message: &T) -> Result<bytes::Bytes, serde_json::Error> {
+    serde_json::to_vec(message).map(bytes::Bytes::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decode_refuses_bad_payloads_with_a_reason() {
+        let too_large = vec![b' '; MAX_MESSAGE_BYTES + 1];
+        let cases: [(&[u8], &str); 4] = [
+            (b"not json", "json"),
+            (br#"{"version":2,"run_id":1}"#, "version"),
+            (br#"{"version":1,"run_id":1}"#, "json"),
+            (&too_large, "too_large"),
+        ];
+        for (payload, reason) in cases {
+            let error = decode::<CheckRequest>(payload).unwrap_err();
+            assert_eq!(error.reason(), reason, "{error}");
+        }
+    }
+
+    #[test]
+    fn result_json_has_the_contract_shape() {
+        let result = CheckResult {
+            version: MESSAGE_VERSION,
+            check: "web".into(),
+            check_type: CheckType::Http,
+            agent: "bastion-1".into(),
+            run_id: 7,
+            scheduled_at: SystemTime::UNIX_EPOCH,
+            finished_at: SystemTime::UNIX_EPOCH + std::time::Duration::from_micros(1_500_001),
+            passing: false,
+            responses: vec![Response::failed(
+                "127.0.0.2:8443".into(),
+                ProbeError::new(ErrorKind::DispatchTimeout, "no http worker free within 30s"),
+                Timings::default(),
+            )],
+        };
+        let json: serde_json::Value = serde_json::to_value(&result).unwrap();
+        assert_eq!(json["type"], "http");
+        assert_eq!(json["finished_at"], "1970-01-01T00:00:01.500001Z");
+        assert_eq!(json["responses"][0]["error"]["kind"], "dispatch_timeout");
+        assert_eq!(json["responses"][0]["http"], serde_json::Value::Null);
+        assert_eq!(json["responses"][0]["timings"]["total"], 0.0);
+        let back: CheckResult = decode(&encode(&result).unwrap()).unwrap();
+        assert_eq!(back, result);
+    }
+}

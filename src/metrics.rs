@@ -1,0 +1,366 @@
+//! Prometheus metrics: blackbox_exporter's names for what probes saw (`probe_*`), `bastion_*`
+//! for the agent's own work. Seconds as units, true histograms, and label values only from
+//! bounded sets (check names, instance addresses, types, phases, fixed reasons); never error
+//! text or a raw URL. Rendered in the classic text format that every Prometheus reads.
+
+use crate::checks::{CheckType, ErrorKind};
+use crate::messages::Response;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+
+pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+type GaugeF64 = Gauge<f64, AtomicU64>;
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CheckTargetLabels {
+    pub check: String,
+    pub target: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CheckTargetPhaseLabels {
+    pub check: String,
+    pub target: String,
+    pub phase: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CheckLabels {
+    pub check: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TypeLabels {
+    pub r#type: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CheckTypeLabels {
+    pub check: String,
+    pub r#type: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TypeKindLabels {
+    pub r#type: &'static str,
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SubjectLabels {
+    pub subject: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VersionLabels {
+    version: &'static str,
+}
+
+/// The phases an HTTP probe reports, as metric label values.
+pub const HTTP_PHASES: [&str; 5] = ["resolve", "connect", "tls", "processing", "transfer"];
+
+fn latency_histogram() -> Histogram {
+    // From half a millisecond to a minute: scheduling lag and dispatch waits are usually tiny,
+    // and the interesting tail is seconds long.
+    Histogram::new([
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        30.0, 60.0,
+    ])
+}
+
+/// Every metric the agent exports.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub probe_success: Family<CheckTargetLabels, GaugeF64>,
+    pub probe_duration_seconds: Family<CheckTargetLabels, GaugeF64>,
+    pub probe_http_status_code: Family<CheckTargetLabels, GaugeF64>,
+    pub probe_http_duration_seconds: Family<CheckTargetPhaseLabels, GaugeF64>,
+    pub probe_ssl_earliest_cert_expiry: Family<CheckTargetLabels, GaugeF64>,
+    pub checks_scheduled: Family<CheckLabels, Counter>,
+    pub schedule_skipped: Family<CheckLabels, Counter>,
+    pub runs_lost: Family<CheckLabels, Counter>,
+    pub schedule_lag_seconds: Histogram,
+    pub dispatch_wait_seconds: HistogramFamily<TypeLabels>,
+    pub dispatch_timeouts: Family<TypeLabels, Counter>,
+    pub task_timeouts: Family<TypeLabels, Counter>,
+    pub probe_errors: Family<TypeKindLabels, Counter>,
+    pub check_duration_seconds: HistogramFamily<CheckTypeLabels>,
+    pub workers_busy: Family<TypeLabels, Gauge>,
+    pub workers: Family<TypeLabels, Gauge>,
+    pub bus_decode_errors: Family<ReasonLabels, Counter>,
+    pub bus_publish_errors: Family<SubjectLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::default();
+        let metrics = Metrics {
+            probe_success: Family::default(),
+            probe_duration_seconds: Family::default(),
+            probe_http_status_code: Family::default(),
+            probe_http_duration_seconds: Family::default(),
+            probe_ssl_earliest_cert_expiry: Family::default(),
+            checks_scheduled: Family::default(),
+            schedule_skipped: Family::default(),
+            runs_lost: Family::default(),
+            schedule_lag_seconds: latency_histogram(),
+            dispatch_wait_seconds: Family::new_with_constructor(latency_histogram),
+            dispatch_timeouts: Family::default(),
+            task_timeouts: Family::default(),
+            probe_errors: Family::default(),
+            check_duration_seconds: Family::new_with_constructor(latency_histogram),
+            workers_busy: Family::default(),
+            workers: Family::default(),
+            bus_decode_errors: Family::default(),
+            bus_publish_errors: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "probe_success",
+            "Whether the last probe of the instance passed (1) or failed (0)",
+            metrics.probe_success.clone(),
+        );
+        registry.register(
+            "probe_duration_seconds",
+            "How long the last probe of the instance took, resolve included",
+            metrics.probe_duration_seconds.clone(),
+        );
+        registry.register(
+            "probe_http_status_code",
+            "Status code of the last HTTP response of the instance (0 when none arrived)",
+            metrics.probe_http_status_code.clone(),
+        );
+        registry.register(
+            "probe_http_duration_seconds",
+            "Duration of each phase of the last HTTP probe of the instance",
+            metrics.probe_http_duration_seconds.clone(),
+        );
+        registry.register(
+            "probe_ssl_earliest_cert_expiry",
+            "Earliest not-after of the certificates the instance sent, in Unix seconds",
+            metrics.probe_ssl_earliest_cert_expiry.clone(),
+        );
+        registry.register(
+            "bastion_checks_scheduled",
+            "Check runs published by the checker",
+            metrics.checks_scheduled.clone(),
+        );
+        registry.register(
+            "bastion_schedule_skipped",
+            "Ticks skipped because the previous run of the check was still in flight",
+            metrics.schedule_skipped.clone(),
+        );
+        registry.register(
+            "bastion_runs_lost",
+            "Check runs whose result never arrived before the run could no longer be in flight",
+            metrics.runs_lost.clone(),
+        );
+        registry.register(
+            "bastion_schedule_lag_seconds",
+            "How late a check run was published against when it was due",
+            metrics.schedule_lag_seconds.clone(),
+        );
+        registry.register(
+            "bastion_dispatch_wait_seconds",
+            "How long tasks waited for a free worker",
+            metrics.dispatch_wait_seconds.clone(),
+        );
+        registry.register(
+            "bastion_dispatch_timeouts",
+            "Tasks cancelled unrun because no worker was free within the dispatch deadline",
+            metrics.dispatch_timeouts.clone(),
+        );
+        registry.register(
+            "bastion_task_timeouts",
+            "Probes cancelled because they ran past the check's timeout",
+            metrics.task_timeouts.clone(),
+        );
+        registry.register(
+            "bastion_probe_errors",
+            "Probes that failed at the transport, by error kind",
+            metrics.probe_errors.clone(),
+        );
+        registry.register(
+            "bastion_check_duration_seconds",
+            "How long a whole check run took, from dispatch to its last response",
+            metrics.check_duration_seconds.clone(),
+        );
+        registry.register(
+            "bastion_workers_busy",
+            "Workers running a probe now",
+            metrics.workers_busy.clone(),
+        );
+        registry.register(
+            "bastion_workers",
+            "Workers in the pool of each check type",
+            metrics.workers.clone(),
+        );
+        registry.register(
+            "bastion_bus_decode_errors",
+            "Bus messages dropped because they could not be decoded",
+            metrics.bus_decode_errors.clone(),
+        );
+        registry.register(
+            "bastion_bus_publish_errors",
+            "Bus messages that could not be published",
+            metrics.bus_publish_errors.clone(),
+        );
+        let build_info: Family<VersionLabels, Gauge> = Family::default();
+        build_info
+            .get_or_create(&VersionLabels {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+        registry.register(
+            "bastion_build_info",
+            "The running bastion version, as a label; always 1",
+            build_info,
+        );
+        for reason in ["json", "version", "too_large", "invalid"] {
+            // Present at zero from the start, so rate() sees the first error.
+            let _ = metrics
+                .bus_decode_errors
+                .get_or_create(&ReasonLabels { reason });
+        }
+        Metrics {
+            registry,
+            ..metrics
+        }
+    }
+
+    /// The exposition text.
+    pub fn render(&self) -> String {
+        let mut text = String::with_capacity(16 * 1024);
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::prometheus_text::encode(&mut text, &self.registry);
+        text
+    }
+
+    /// Declares a pool so its series exist (at zero) before the first probe.
+    pub fn register_pool(&self, check_type: CheckType, workers: usize) {
+        let labels = TypeLabels {
+            r#type: check_type.as_str(),
+        };
+        self.workers
+            .get_or_create(&labels)
+            .set(i64::try_from(workers).unwrap_or(i64::MAX));
+        let _ = self.workers_busy.get_or_create(&labels);
+        let _ = self.dispatch_timeouts.get_or_create(&labels);
+        let _ = self.task_timeouts.get_or_create(&labels);
+    }
+
+    pub fn count_probe_error(&self, check_type: CheckType, kind: ErrorKind) {
+        self.probe_errors
+            .get_or_create(&TypeKindLabels {
+                r#type: check_type.as_str(),
+                kind: kind.as_str(),
+            })
+            .inc();
+    }
+
+    /// Records the last probe of one instance.
+    pub fn record_response(&self, check: &str, check_type: CheckType, response: &Response) {
+        let labels = CheckTargetLabels {
+            check: check.to_string(),
+            target: response.target.clone(),
+        };
+        self.probe_success
+            .get_or_create(&labels)
+            .set(if response.passing { 1.0 } else { 0.0 });
+        self.probe_duration_seconds
+            .get_or_create(&labels)
+            .set(response.timings.total);
+        match &response.tls {
+            Some(tls) => {
+                self.probe_ssl_earliest_cert_expiry
+                    .get_or_create(&labels)
+                    .set(crate::time_format::unix_seconds(tls.earliest_cert_expiry));
+            }
+            None => {
+                self.probe_ssl_earliest_cert_expiry.remove(&labels);
+            }
+        }
+        match check_type {
+            CheckType::Http => {
+                self.probe_http_status_code
+                    .get_or_create(&labels)
+                    .set(response.http.as_ref().map_or(0.0, |http| f64::from(http.status)));
+                let timings = &response.timings;
+                let values = [
+                    timings.resolve,
+                    timings.connect,
+                    timings.tls,
+                    timings.processing,
+                    timings.transfer,
+                ];
+                for (phase, value) in HTTP_PHASES.into_iter().zip(values) {
+                    self.probe_http_duration_seconds
+                        .get_or_create(&CheckTargetPhaseLabels {
+                            check: check.to_string(),
+                            target: response.target.clone(),
+                            phase,
+                        })
+                        .set(value);
+                }
+            }
+        }
+    }
+
+    /// Removes every `probe_*` series of one instance, once it is no longer probed.
+    pub fn forget_target(&self, check: &str, target: &str) {
+        let labels = CheckTargetLabels {
+            check: check.to_string(),
+            target: target.to_string(),
+        };
+        self.probe_success.remove(&labels);
+        self.probe_duration_seconds.remove(&labels);
+        self.probe_http_status_code.remove(&labels);
+        self.probe_ssl_earliest_cert_expiry.remove(&labels);
+        for phase in HTTP_PHASES {
+            self.probe_http_duration_seconds
+                .remove(&CheckTargetPhaseLabels {
+                    check: check.to_string(),
+                    target: target.to_string(),
+                    phase,
+                });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_classic_text_with_build_info_and_histograms() {
+        let metrics = Metrics::new();
+        metrics.schedule_lag_seconds.observe(0.003);
+        metrics.register_pool(CheckType::Http, 4);
+        let text = metrics.render();
+        assert!(text.contains("bastion_build_info{version=\""), "{text}");
+        assert!(text.contains("# TYPE bastion_schedule_lag_seconds histogram"), "{text}");
+        assert!(text.contains("bastion_schedule_lag_seconds_bucket{le=\"0.005\"} 1"), "{text}");
+        assert!(text.contains("bastion_schedule_lag_seconds_bucket{le=\"0.0025\"} 0"), "{text}");
+        assert!(text.contains("bastion_workers{type=\"http\"} 4"), "{text}");
+        assert!(text.contains("bastion_dispatch_timeouts_total{type=\"http\"} 0"), "{text}");
+    }
+}

@@ -1,0 +1,321 @@
+//! The dispatcher turns one check run into one task per instance, hands each task to the
+//! worker pool of its type, and assembles exactly one response per instance.
+//!
+//! Each task is moved, whole, into the future that runs it: target, check and context are owned
+//! by that future, never borrowed from the loop that made it. The ancestor of this system once
+//! reported three responses from one instance because its tasks shared a loop variable; here
+//! each response is built from its own task's data and stored at its own task's index.
+
+use super::pool::{Worker, WorkerPool};
+use crate::assertions::{self, Observation};
+use crate::checks::{
+    http, CheckType, CompiledCheck, ErrorKind, ProbeContext, ProbeError, ProbePlan, ProbeRecord,
+};
+use crate::messages::{CheckResult, Response, Timings, MESSAGE_VERSION};
+use crate::metrics::{CheckTypeLabels, Metrics, TypeLabels};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+/// A run to dispatch: the compiled check and what identifies the run.
+#[derive(Debug, Clone)]
+pub struct RunOrder {
+    pub check: Arc<CompiledCheck>,
+    pub run_id: u64,
+    pub scheduled_at: SystemTime,
+}
+
+/// One probe of one instance, owning everything it uses.
+#[derive(Debug)]
+struct ProbeTask {
+    index: usize,
+    target: SocketAddr,
+    resolve_seconds: f64,
+    check: Arc<CompiledCheck>,
+    context: Arc<ProbeContext>,
+    metrics: Arc<Metrics>,
+}
+
+#[derive(Debug)]
+pub struct Dispatcher {
+    agent_id: String,
+    deadline: Duration,
+    pools: HashMap<CheckType, WorkerPool>,
+    context: Arc<ProbeContext>,
+    metrics: Arc<Metrics>,
+}
+
+impl Dispatcher {
+    pub fn new(
+        agent_id: String,
+        deadline: Duration,
+        pools: Vec<WorkerPool>,
+        context: Arc<ProbeContext>,
+        metrics: Arc<Metrics>,
+    ) -> Dispatcher {
+        Dispatcher {
+            agent_id,
+            deadline,
+            pools: pools
+                .into_iter()
+                .map(|pool| (pool.check_type(), pool))
+                .collect(),
+            context,
+            metrics,
+        }
+    }
+
+    /// Types this dispatcher has workers for.
+    pub fn check_types(&self) -> Vec<CheckType> {
+        let mut types: Vec<CheckType> = self
+            .pools
+            .iter()
+            .filter(|(_, pool)| pool.size() > 0)
+            .map(|(check_type, _)| *check_type)
+            .collect();
+        types.sort();
+        types
+    }
+
+    /// Runs every instance of one check and returns its result, one response per instance.
+    pub async fn run(&self, order: RunOrder) -> CheckResult {
+        let dispatched = Instant::now();
+        let check_type = order.check.check_type();
+        let responses = match self.pools.get(&check_type) {
+            Some(pool) => self.dispatch(&order.check, pool, dispatched).await,
+            None => vec![Response::failed(
+                instance_label(&order.check),
+                ProbeError::new(
+                    ErrorKind::DispatchTimeout,
+                    format!("this runner has no {check_type} workers"),
+                ),
+                Timings::default(),
+            )],
+        };
+        self.metrics
+            .check_duration_seconds
+            .get_or_create(&CheckTypeLabels {
+                check: order.check.name.clone(),
+                r#type: check_type.as_str(),
+            })
+            .observe(dispatched.elapsed().as_secs_f64());
+        CheckResult {
+            version: MESSAGE_VERSION,
+            check: order.check.name.clone(),
+            check_type,
+            agent: self.agent_id.clone(),
+            run_id: order.run_id,
+            scheduled_at: order.scheduled_at,
+            finished_at: SystemTime::now(),
+            passing: !responses.is_empty() && responses.iter().all(|response| response.passing),
+            responses,
+        }
+    }
+
+    async fn dispatch(
+        &self,
+        check: &Arc<CompiledCheck>,
+        pool: &WorkerPool,
+        dispatched: Instant,
+    ) -> Vec<Response> {
+        let deadline = dispatched + self.deadline;
+        let (targets, resolve_seconds) = match self.instances(check).await {
+            Ok(found) => found,
+            Err((error, timings)) => {
+                self.metrics.count_probe_error(check.check_type(), error.kind);
+                return vec![Response::failed(instance_label(check), error, timings)];
+            }
+        };
+        let mut responses: Vec<Option<Response>> = vec![None; targets.len()];
+        let mut running = JoinSet::new();
+        let mut index_of_task = HashMap::new();
+        for (index, target) in targets.into_iter().enumerate() {
+            // The worker is taken before the task is spawned and moves into it with the task.
+            let Some(worker) = pool.acquire_until(dispatched, deadline).await else {
+                let message = format!(
+                    "no {} worker free within {}",
+                    pool.check_type(),
+                    humantime::format_duration(self.deadline)
+                );
+                responses[index] = Some(Response::failed(
+                    target.to_string(),
+                    ProbeError::new(ErrorKind::DispatchTimeout, message),
+                    Timings {
+                        resolve: resolve_seconds,
+                        total: resolve_seconds,
+                        ..Timings::default()
+                    },
+                ));
+                continue;
+            };
+            let task = ProbeTask {
+                index,
+                target,
+                resolve_seconds,
+                check: Arc::clone(check),
+                context: Arc::clone(&self.context),
+                metrics: Arc::clone(&self.metrics),
+            };
+            let handle = running.spawn(run_task(task, worker));
+            index_of_task.insert(handle.id(), (index, target));
+        }
+        while let Some(joined) = running.join_next_with_id().await {
+            match joined {
+                Ok((_, (index, response))) => responses[index] = Some(response),
+                Err(error) => {
+                    // A panicking probe is a bug; report it on its own instance, keep the rest.
+                    if let Some(&(index, target)) = index_of_task.get(&error.id()) {
+                        tracing::error!(check = %check.name, %target, %error, "probe task failed");
+                        responses[index] = Some(Response::failed(
+                            target.to_string(),
+                            ProbeError::new(ErrorKind::Internal, format!("probe task failed: {error}")),
+                            Timings::default(),
+                        ));
+                    }
+                }
+            }
+        }
+        responses.into_iter().flatten().collect()
+    }
+
+    /// The addresses to probe and the time it took to find them.
+    async fn instances(
+        &self,
+        check: &CompiledCheck,
+    ) -> Result<(Vec<SocketAddr>, f64), (ProbeError, Timings)> {
+        let (host, port) = check.plan.host_and_port();
+        if !check.instances.is_empty() {
+            let targets = check
+                .instances
+                .iter()
+                .map(|instance| instance.with_default_port(port))
+                .collect();
+            return Ok((targets, 0.0));
+        }
+        let started = Instant::now();
+        let lookup = tokio::time::timeout(check.timeout, self.context.resolver.lookup(host, port)).await;
+        let seconds = started.elapsed().as_secs_f64();
+        let timings = Timings {
+            resolve: seconds,
+            total: seconds,
+            ..Timings::default()
+        };
+        match lookup {
+            Ok(Ok(targets)) => Ok((targets, seconds)),
+            Ok(Err(error)) => Err((error, timings)),
+            Err(_) => {
+                self.metrics
+                    .task_timeouts
+                    .get_or_create(&TypeLabels {
+                        r#type: check.check_type().as_str(),
+                    })
+                    .inc();
+                Err((
+                    ProbeError::new(
+                        ErrorKind::Timeout,
+                        format!(
+                            "resolving {host} took longer than the timeout of {}",
+                            humantime::format_duration(check.timeout)
+                        ),
+                    ),
+                    timings,
+                ))
+            }
+        }
+    }
+}
+
+/// How a check's target is named when no instance address is known.
+fn instance_label(check: &CompiledCheck) -> String {
+    let (host, port) = check.plan.host_and_port();
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// Runs one task on its worker, under the check's timeout, and judges the outcome.
+async fn run_task(task: ProbeTask, worker: Worker) -> (usize, Response) {
+    let ProbeTask {
+        index,
+        target,
+        resolve_seconds,
+        check,
+        context,
+        metrics,
+    } = task;
+    let mut record = ProbeRecord::default();
+    let started = Instant::now();
+    let outcome = match &check.plan {
+        ProbePlan::Http(plan) => {
+            tokio::time::timeout(check.timeout, http::probe(&context, plan, target, &mut record)).await
+        }
+    };
+    let in_phase = record.current_phase();
+    record.end();
+    drop(worker);
+    let mut timings = record.timings;
+    timings.resolve += resolve_seconds;
+    timings.total = resolve_seconds + started.elapsed().as_secs_f64();
+    let check_type = check.check_type();
+    let response = match outcome {
+        Err(_elapsed) => {
+            metrics
+                .task_timeouts
+                .get_or_create(&TypeLabels {
+                    r#type: check_type.as_str(),
+                })
+                .inc();
+            metrics.count_probe_error(check_type, ErrorKind::Timeout);
+            let during = in_phase.map_or(String::new(), |phase| format!(" during {}", phase.as_str()));
+            let mut response = Response::failed(
+                target.to_string(),
+                ProbeError::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "no complete answer within {}{during}",
+                        humantime::format_duration(check.timeout)
+                    ),
+                ),
+                timings,
+            );
+            response.tls = record.tls;
+            response
+        }
+        Ok(Err(error)) => {
+            metrics.count_probe_error(check_type, error.kind);
+            let mut response = Response::failed(target.to_string(), error, timings);
+            response.tls = record.tls;
+            response
+        }
+        Ok(Ok(outcome)) => {
+            let details = outcome.details;
+            let observation = Observation {
+                status: Some(details.status),
+                headers: Some(&details.headers),
+                body: &details.body,
+                latency: Duration::from_secs_f64(timings.total),
+            };
+            let results = assertions::evaluate_all(&check.assertions, &observation);
+            let passing = if results.is_empty() {
+                (200..300).contains(&details.status)
+            } else {
+                results.iter().all(|result| result.passing)
+            };
+            Response {
+                target: target.to_string(),
+                passing,
+                error: None,
+                http: Some(details),
+                tls: record.tls,
+                timings,
+                assertions: results,
+            }
+        }
+    };
+    (index, response)
+}

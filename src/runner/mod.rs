@@ -1,0 +1,198 @@
+//! The runner consumes check requests from the bus, runs them through its dispatcher, and
+//! publishes every result. It subscribes only to the types it has workers for, in the runners'
+//! queue group, so several runners share the work. A bad message is logged, counted and
+//! dropped; it never stops the runner.
+
+pub mod dispatcher;
+pub mod pool;
+
+use crate::bus::{Bus, BusError, Subjects, Subscription, RUNNER_QUEUE_GROUP};
+use crate::checks::{CompiledCheck, ProbeContext};
+use crate::config::Config;
+use crate::messages::{self, CheckRequest, DecodeError};
+use crate::metrics::{Metrics, ReasonLabels, SubjectLabels};
+use crate::resolve::{Resolver, ResolverSetupError};
+use dispatcher::{Dispatcher, RunOrder};
+use pool::WorkerPool;
+use std::sync::Arc;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Check runs one runner holds at once. Past this it stops reading the bus, so requests queue
+/// in the bounded subscription and further publishes are refused and counted.
+pub const MAX_RUNS_IN_FLIGHT: usize = 16 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunnerError {
+    #[error(transparent)]
+    Resolver(#[from] ResolverSetupError),
+    #[error("cannot subscribe to check requests: {0}")]
+    Subscribe(#[from] BusError),
+}
+
+/// Builds the dispatcher described by `[runner]`.
+pub fn build_dispatcher(config: &Config, metrics: Arc<Metrics>) -> Result<Dispatcher, RunnerError> {
+    let context = Arc::new(ProbeContext {
+        resolver: Arc::new(Resolver::from_servers(&config.runner.dns_servers)?),
+        tls: Arc::default(),
+        max_body_bytes: config.runner.max_body_bytes,
+    });
+    let pools = crate::checks::CheckType::ALL
+        .into_iter()
+        .map(|check_type| {
+            WorkerPool::new(check_type, config.runner.workers.for_type(check_type), &metrics)
+        })
+        .collect();
+    Ok(Dispatcher::new(
+        config.agent.id.clone(),
+        config.runner.dispatch_deadline,
+        pools,
+        context,
+        metrics,
+    ))
+}
+
+#[derive(Debug)]
+pub struct Runner {
+    bus: Arc<dyn Bus>,
+    subjects: Subjects,
+    dispatcher: Arc<Dispatcher>,
+    metrics: Arc<Metrics>,
+    subscriptions: Vec<Subscription>,
+    runs: TaskTracker,
+}
+
+impl Runner {
+    /// Subscribes now, so that nothing published after `build` returns is missed.
+    pub async fn build(
+        bus: Arc<dyn Bus>,
+        subjects: Subjects,
+        dispatcher: Dispatcher,
+        metrics: Arc<Metrics>,
+    ) -> Result<Runner, RunnerError> {
+        let mut subscriptions = Vec::new();
+        for check_type in dispatcher.check_types() {
+            subscriptions.push(
+                bus.subscribe(&subjects.checks(check_type), Some(RUNNER_QUEUE_GROUP))
+                    .await?,
+            );
+        }
+        Ok(Runner {
+            bus,
+            subjects,
+            dispatcher: Arc::new(dispatcher),
+            metrics,
+            subscriptions,
+            runs: TaskTracker::new(),
+        })
+    }
+
+    /// The runs in flight, to wait for on shutdown.
+    pub fn runs(&self) -> TaskTracker {
+        self.runs.clone()
+    }
+
+    /// Consumes requests until `stop` is cancelled. Runs already started go on; wait for them
+    /// with `runs()`.
+    pub async fn run(self, stop: CancellationToken) {
+        let slots = Arc::new(Semaphore::new(MAX_RUNS_IN_FLIGHT));
+        let mut consumers = tokio::task::JoinSet::new();
+        for subscription in self.subscriptions {
+            let consumer = Consumer {
+                bus: Arc::clone(&self.bus),
+                subjects: self.subjects.clone(),
+                dispatcher: Arc::clone(&self.dispatcher),
+                metrics: Arc::clone(&self.metrics),
+                runs: self.runs.clone(),
+                slots: Arc::clone(&slots),
+            };
+            consumers.spawn(consumer.consume(subscription, stop.clone()));
+        }
+        while consumers.join_next().await.is_some() {}
+        self.runs.close();
+    }
+}
+
+/// Reads one subscription; everything it uses it owns.
+struct Consumer {
+    bus: Arc<dyn Bus>,
+    subjects: Subjects,
+    dispatcher: Arc<Dispatcher>,
+    metrics: Arc<Metrics>,
+    runs: TaskTracker,
+    slots: Arc<Semaphore>,
+}
+
+impl Consumer {
+    async fn consume(self, mut subscription: Subscription, stop: CancellationToken) {
+        loop {
+            let slot = tokio::select! {
+                _ = stop.cancelled() => return,
+                slot = Arc::clone(&self.slots).acquire_owned() => match slot {
+                    Ok(slot) => slot,
+                    Err(_) => return,
+                },
+            };
+            let message = tokio::select! {
+                _ = stop.cancelled() => return,
+                message = subscription.next() => match message {
+                    Some(message) => message,
+                    None => return,
+                },
+            };
+            let order = match decode_request(&message.payload) {
+                Ok(order) => order,
+                Err(error) => {
+                    tracing::warn!(subject = %message.subject, reason = error.reason(), %error, "dropping a bad check request");
+                    self.metrics
+                        .bus_decode_errors
+                        .get_or_create(&ReasonLabels {
+                            reason: error.reason(),
+                        })
+                        .inc();
+                    continue;
+                }
+            };
+            let dispatcher = Arc::clone(&self.dispatcher);
+            let bus = Arc::clone(&self.bus);
+            let subject = self.subjects.results(&order.check.name);
+            let metrics = Arc::clone(&self.metrics);
+            self.runs.spawn(async move {
+                let _slot = slot;
+                let result = dispatcher.run(order).await;
+                publish_result(&*bus, &subject, &result, &metrics).await;
+            });
+        }
+    }
+}
+
+fn decode_request(payload: &[u8]) -> Result<RunOrder, DecodeError> {
+    let request: CheckRequest = messages::decode(payload)?;
+    let check = CompiledCheck::compile(&request.check)
+        .map_err(|error| DecodeError::Invalid(format!("check `{}`: {error}", request.check.name)))?;
+    Ok(RunOrder {
+        check: Arc::new(check),
+        run_id: request.run_id,
+        scheduled_at: request.scheduled_at,
+    })
+}
+
+async fn publish_result(
+    bus: &dyn Bus,
+    subject: &str,
+    result: &messages::CheckResult,
+    metrics: &Metrics,
+) {
+    let outcome = match messages::encode(result) {
+        Ok(payload) => bus.publish(subject, payload).await.map_err(|e| e.to_string()),
+        Err(error) => Err(error.to_string()),
+    };
+    if let Err(error) = outcome {
+        tracing::warn!(check = %result.check, %error, "could not publish a result");
+        metrics
+            .bus_publish_errors
+            .get_or_create(&SubjectLabels { subject: "results" })
+            .inc();
+    }
+}
