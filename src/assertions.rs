@@ -18,7 +18,10 @@ const MAX_ACTUAL_CHARS: usize = 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum AssertionError {
     #[error("key `{key}` needs a `value` ({what})")]
-    MissingValue { key: &'static str, what: &'static str },
+    MissingValue {
+        key: &'static str,
+        what: &'static str,
+    },
     #[error("key `{0}` takes no `value`; remove it")]
     UnexpectedValue(&'static str),
     #[error("`{value}` is not a valid RFC 9535 JSON path: {reason}")]
@@ -30,7 +33,9 @@ pub enum AssertionError {
         relationship: &'static str,
         operand: String,
     },
-    #[error("latency operand `{operand}` is not a duration (write e.g. `500ms` or `2s`): {reason}")]
+    #[error(
+        "latency operand `{operand}` is not a duration (write e.g. `500ms` or `2s`): {reason}"
+    )]
     NotDuration { operand: String, reason: String },
     #[error("relationship {relationship} does not apply to latency; use equal, notEqual, greaterThan or lessThan")]
     LatencyRelationship { relationship: &'static str },
@@ -172,12 +177,13 @@ impl CompiledAssertion {
                 | Relationship::NotEqual
                 | Relationship::GreaterThan
                 | Relationship::LessThan => {
-                    let duration = humantime::parse_duration(config.operand.trim()).map_err(
-                        |error| AssertionError::NotDuration {
-                            operand: config.operand.clone(),
-                            reason: error.to_string(),
-                        },
-                    )?;
+                    let duration =
+                        humantime::parse_duration(config.operand.trim()).map_err(|error| {
+                            AssertionError::NotDuration {
+                                operand: config.operand.clone(),
+                                reason: error.to_string(),
+                            }
+                        })?;
                     Operand::Number(duration.as_secs_f64())
                 }
                 _ => return Err(AssertionError::LatencyRelationship { relationship }),
@@ -386,7 +392,9 @@ fn json_query_text(path: &JsonPath, document: &serde_json::Value) -> String {
         [] => String::new(),
         [serde_json::Value::String(text)] => text.clone(),
         [single] => single.to_string(),
-        many => serde_json::Value::Array(many.iter().map(|&node| node.clone()).collect()).to_string(),
+        many => {
+            serde_json::Value::Array(many.iter().map(|&node| node.clone()).collect()).to_string()
+        }
     }
 }
 
@@ -516,7 +524,10 @@ mod tests {
         for case in cases {
             let config = assertion(case.key, case.value, case.relationship, case.operand);
             let result = evaluate(&config, &observation);
-            let label = format!("{} {} {} {}", case.key, case.value, case.relationship, case.operand);
+            let label = format!(
+                "{} {} {} {}",
+                case.key, case.value, case.relationship, case.operand
+            );
             assert_eq!(result.passing, case.passing, "{label}: {result:?}");
             assert_eq!(result.actual, case.actual, "{label}");
             assert_eq!(result.message.as_deref(), case.message, "{label}");
@@ -546,17 +557,41 @@ mod tests {
     #[test]
     fn bad_definitions_are_clear_errors() {
         let cases = [
-            (assertion("json", "status", "equal", "UP"), "`status` is not a valid RFC 9535 JSON path"),
-            (assertion("body", "", "regExp", "(unclosed"), "regExp operand `(unclosed` is not a valid regex"),
-            (assertion("code", "", "greaterThan", "two hundred"), "greaterThan needs a numeric operand, not `two hundred`"),
-            (assertion("latency", "", "lessThan", "fast"), "latency operand `fast` is not a duration"),
-            (assertion("latency", "", "contain", "1s"), "relationship contain does not apply to latency"),
-            (assertion("header", "", "equal", "x"), "key `header` needs a `value` (the header name)"),
-            (assertion("code", "x", "equal", "200"), "key `code` takes no `value`; remove it"),
+            (
+                assertion("json", "status", "equal", "UP"),
+                "`status` is not a valid RFC 9535 JSON path",
+            ),
+            (
+                assertion("body", "", "regExp", "(unclosed"),
+                "regExp operand `(unclosed` is not a valid regex",
+            ),
+            (
+                assertion("code", "", "greaterThan", "two hundred"),
+                "greaterThan needs a numeric operand, not `two hundred`",
+            ),
+            (
+                assertion("latency", "", "lessThan", "fast"),
+                "latency operand `fast` is not a duration",
+            ),
+            (
+                assertion("latency", "", "contain", "1s"),
+                "relationship contain does not apply to latency",
+            ),
+            (
+                assertion("header", "", "equal", "x"),
+                "key `header` needs a `value` (the header name)",
+            ),
+            (
+                assertion("code", "x", "equal", "200"),
+                "key `code` takes no `value`; remove it",
+            ),
         ];
         for (config, expected) in cases {
             let error = CompiledAssertion::compile(&config, CheckType::Http).unwrap_err();
-            assert!(error.to_string().starts_with(expected), "{error} !~ {expected}");
+            assert!(
+                error.to_string().starts_with(expected),
+                "{error} !~ {expected}"
+            );
         }
     }
 

@@ -247,7 +247,10 @@ impl Checker {
         }
         if let Some(&index) = self.by_name.get(&header.check) {
             let check = &mut self.checks[index];
-            if check.in_flight.is_some_and(|(run_id, _)| run_id == header.run_id) {
+            if check
+                .in_flight
+                .is_some_and(|(run_id, _)| run_id == header.run_id)
+            {
                 check.in_flight = None;
             }
         }
@@ -270,7 +273,11 @@ mod tests {
         let interval = Duration::from_secs(10);
         let offset = phase_offset("web", interval);
         assert!(offset < interval);
-        assert_eq!(offset, phase_offset("web", interval), "same name, same offset");
+        assert_eq!(
+            offset,
+            phase_offset("web", interval),
+            "same name, same offset"
+        );
         assert_ne!(offset, phase_offset("api", interval), "names spread out");
         // The first run lands on the same wall-clock phase whenever the process starts.
         let epoch = SystemTime::UNIX_EPOCH;

@@ -104,7 +104,11 @@ pub struct CheckConfig {
     #[serde(with = "humantime_serde")]
     pub interval: Duration,
     /// How long one probe may take. Default: 10s, or nine tenths of the interval when that is less.
-    #[serde(default, with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub timeout: Option<Duration>,
     /// Addresses to probe (`ip` or `ip:port`) instead of every address the host resolves to.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -331,7 +335,9 @@ impl Config {
     pub fn parse(text: &str, format: Format, path: &Path) -> Result<Config, ConfigError> {
         let config: Config = match format {
             Format::Toml => toml::from_str(text).map_err(|error| toml_error(text, path, &error))?,
-            Format::Yaml => serde_saphyr::from_str(text).map_err(|error| yaml_error(path, &error))?,
+            Format::Yaml => {
+                serde_saphyr::from_str(text).map_err(|error| yaml_error(path, &error))?
+            }
         };
         config.validate().map_err(|message| ConfigError::Invalid {
             path: path.to_path_buf(),
@@ -407,7 +413,12 @@ fn toml_error(text: &str, path: &Path, error: &toml::de::Error) -> ConfigError {
 fn yaml_error(path: &Path, error: &serde_saphyr::Error) -> ConfigError {
     let message = error.to_string();
     // The message may carry a rendered snippet; its first line is the explanation.
-    let message = message.lines().next().unwrap_or_default().trim().to_string();
+    let message = message
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_string();
     match error.location() {
         Some(location) if location.line() > 0 => ConfigError::Syntax {
             path: path.to_path_buf(),

@@ -14,7 +14,11 @@ use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(name = "bastion", version, about = "Probes the services it can reach and reports honest latency")]
+#[command(
+    name = "bastion",
+    version,
+    about = "Probes the services it can reach and reports honest latency"
+)]
 struct Cli {
     /// Log line format on stderr. The level comes from RUST_LOG (default: info).
     #[arg(long, global = true, value_enum, default_value = "text")]
@@ -55,7 +59,10 @@ const EXIT_CONFIG: u8 = 2;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init(cli.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: cannot start the async runtime: {error}");

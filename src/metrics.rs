@@ -75,8 +75,8 @@ fn latency_histogram() -> Histogram {
     // From half a millisecond to a minute: scheduling lag and dispatch waits are usually tiny,
     // and the interesting tail is seconds long.
     Histogram::new([
-        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-        30.0, 60.0,
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+        60.0,
     ])
 }
 
@@ -301,9 +301,12 @@ impl Metrics {
         }
         match check_type {
             CheckType::Http => {
-                self.probe_http_status_code
-                    .get_or_create(&labels)
-                    .set(response.http.as_ref().map_or(0.0, |http| f64::from(http.status)));
+                self.probe_http_status_code.get_or_create(&labels).set(
+                    response
+                        .http
+                        .as_ref()
+                        .map_or(0.0, |http| f64::from(http.status)),
+                );
                 let timings = &response.timings;
                 let values = [
                     timings.resolve,
@@ -357,10 +360,22 @@ mod tests {
         metrics.register_pool(CheckType::Http, 4);
         let text = metrics.render();
         assert!(text.contains("bastion_build_info{version=\""), "{text}");
-        assert!(text.contains("# TYPE bastion_schedule_lag_seconds histogram"), "{text}");
-        assert!(text.contains("bastion_schedule_lag_seconds_bucket{le=\"0.005\"} 1"), "{text}");
-        assert!(text.contains("bastion_schedule_lag_seconds_bucket{le=\"0.0025\"} 0"), "{text}");
+        assert!(
+            text.contains("# TYPE bastion_schedule_lag_seconds histogram"),
+            "{text}"
+        );
+        assert!(
+            text.contains("bastion_schedule_lag_seconds_bucket{le=\"0.005\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("bastion_schedule_lag_seconds_bucket{le=\"0.0025\"} 0"),
+            "{text}"
+        );
         assert!(text.contains("bastion_workers{type=\"http\"} 4"), "{text}");
-        assert!(text.contains("bastion_dispatch_timeouts_total{type=\"http\"} 0"), "{text}");
+        assert!(
+            text.contains("bastion_dispatch_timeouts_total{type=\"http\"} 0"),
+            "{text}"
+        );
     }
 }

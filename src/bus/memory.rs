@@ -47,12 +47,16 @@ impl MemoryBus {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         // The state stays consistent between statements, so a poisoned lock is still usable.
-        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn deliver(&self, subject: &str, payload: Bytes) -> Result<(), BusError> {
         let mut inner = self.lock();
-        inner.subscribers.retain(|subscriber| !subscriber.sender.is_closed());
+        inner
+            .subscribers
+            .retain(|subscriber| !subscriber.sender.is_closed());
         let message = Message {
             subject: subject.to_string(),
             payload,
@@ -133,19 +137,33 @@ mod tests {
     async fn plain_subscribers_all_receive_and_queue_groups_share() {
         let bus = MemoryBus::new(16);
         let mut plain = bus.subscribe("b.results.>", None).await.unwrap();
-        let mut first = bus.subscribe("b.checks.http", Some("runners")).await.unwrap();
-        let mut second = bus.subscribe("b.checks.http", Some("runners")).await.unwrap();
+        let mut first = bus
+            .subscribe("b.checks.http", Some("runners"))
+            .await
+            .unwrap();
+        let mut second = bus
+            .subscribe("b.checks.http", Some("runners"))
+            .await
+            .unwrap();
         for n in 0..4u8 {
-            bus.publish("b.checks.http", Bytes::from(vec![n])).await.unwrap();
+            bus.publish("b.checks.http", Bytes::from(vec![n]))
+                .await
+                .unwrap();
         }
-        bus.publish("b.results.web", Bytes::from_static(b"r")).await.unwrap();
+        bus.publish("b.results.web", Bytes::from_static(b"r"))
+            .await
+            .unwrap();
         let mut got = Vec::new();
         for _ in 0..2 {
             got.push(first.next().await.unwrap().payload[0]);
             got.push(second.next().await.unwrap().payload[0]);
         }
         got.sort_unstable();
-        assert_eq!(got, vec![0, 1, 2, 3], "each request reaches exactly one member");
+        assert_eq!(
+            got,
+            vec![0, 1, 2, 3],
+            "each request reaches exactly one member"
+        );
         let result = plain.next().await.unwrap();
         assert_eq!(result.subject, "b.results.web");
     }
@@ -156,7 +174,10 @@ mod tests {
         let mut slow = bus.subscribe("x", None).await.unwrap();
         bus.publish("x", Bytes::from_static(b"1")).await.unwrap();
         bus.publish("x", Bytes::from_static(b"2")).await.unwrap();
-        let error = bus.publish("x", Bytes::from_static(b"3")).await.unwrap_err();
+        let error = bus
+            .publish("x", Bytes::from_static(b"3"))
+            .await
+            .unwrap_err();
         assert!(matches!(error, BusError::Full(_)), "{error}");
         assert_eq!(&slow.next().await.unwrap().payload[..], b"1");
         assert_eq!(&slow.next().await.unwrap().payload[..], b"2");

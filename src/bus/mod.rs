@@ -139,13 +139,25 @@ mod tests {
     #[test]
     fn wildcards_match_like_nats() {
         assert!(subject_matches("bastion.results.>", "bastion.results.web"));
-        assert!(subject_matches("bastion.results.>", "bastion.results.web.x"));
+        assert!(subject_matches(
+            "bastion.results.>",
+            "bastion.results.web.x"
+        ));
         assert!(!subject_matches("bastion.results.>", "bastion.results"));
         assert!(subject_matches("bastion.*.http", "bastion.checks.http"));
         assert!(!subject_matches("bastion.*.http", "bastion.checks.tcp"));
-        assert!(subject_matches("bastion.checks.http", "bastion.checks.http"));
-        assert!(!subject_matches("bastion.checks.http", "bastion.checks.http.x"));
-        assert!(!subject_matches("bastion.checks.http.x", "bastion.checks.http"));
+        assert!(subject_matches(
+            "bastion.checks.http",
+            "bastion.checks.http"
+        ));
+        assert!(!subject_matches(
+            "bastion.checks.http",
+            "bastion.checks.http.x"
+        ));
+        assert!(!subject_matches(
+            "bastion.checks.http.x",
+            "bastion.checks.http"
+        ));
     }
 
     #[test]

@@ -54,7 +54,9 @@ impl Endpoint {
         if !text.contains("://") {
             return Err("it has no scheme; start it with http:// or https://".to_string());
         }
-        let uri: Uri = text.parse().map_err(|error: http::uri::InvalidUri| error.to_string())?;
+        let uri: Uri = text
+            .parse()
+            .map_err(|error: http::uri::InvalidUri| error.to_string())?;
         let https = match uri.scheme_str() {
             Some("http") => false,
             Some("https") => true,
@@ -66,7 +68,10 @@ impl Endpoint {
             .ok_or_else(|| "it has no host".to_string())?
             .clone();
         if authority.as_str().contains('@') {
-            return Err("credentials in the URL are not supported; send an Authorization header instead".to_string());
+            return Err(
+                "credentials in the URL are not supported; send an Authorization header instead"
+                    .to_string(),
+            );
         }
         let host = authority.host();
         let host = host
@@ -88,7 +93,9 @@ impl Endpoint {
     }
 
     fn same_origin(&self, other: &Endpoint) -> bool {
-        self.https == other.https && self.host.eq_ignore_ascii_case(&other.host) && self.port == other.port
+        self.https == other.https
+            && self.host.eq_ignore_ascii_case(&other.host)
+            && self.port == other.port
     }
 
     fn path_and_query(&self) -> &str {
@@ -109,10 +116,11 @@ pub struct HttpPlan {
 
 impl HttpPlan {
     pub fn compile(spec: &HttpSpec) -> Result<HttpPlan, HttpDefinitionError> {
-        let endpoint = Endpoint::parse(spec.url.trim()).map_err(|reason| HttpDefinitionError::Url {
-            url: spec.url.clone(),
-            reason,
-        })?;
+        let endpoint =
+            Endpoint::parse(spec.url.trim()).map_err(|reason| HttpDefinitionError::Url {
+                url: spec.url.clone(),
+                reason,
+            })?;
         let method = Method::from_bytes(spec.method.trim().to_ascii_uppercase().as_bytes())
             .map_err(|_| HttpDefinitionError::Method(spec.method.clone()))?;
         let mut headers = HeaderMap::new();
@@ -182,7 +190,10 @@ pub async fn probe(
                 if redirects >= MAX_REDIRECTS {
                     return Err(ProbeError::new(
                         ErrorKind::Http,
-                        format!("stopped after {MAX_REDIRECTS} redirects; the last pointed to {}", next.uri),
+                        format!(
+                            "stopped after {MAX_REDIRECTS} redirects; the last pointed to {}",
+                            next.uri
+                        ),
                     ));
                 }
                 redirects += 1;
@@ -192,7 +203,10 @@ pub async fn probe(
                     let addresses = ctx.resolver.lookup(&next.host, next.port).await;
                     record.end();
                     address = *addresses?.first().ok_or_else(|| {
-                        ProbeError::new(ErrorKind::Resolve, format!("{} has no addresses", next.host))
+                        ProbeError::new(
+                            ErrorKind::Resolve,
+                            format!("{} has no addresses", next.host),
+                        )
                     })?;
                 }
                 if status == StatusCode::SEE_OTHER
@@ -230,9 +244,9 @@ async fn exchange_once(
     record: &mut ProbeRecord,
 ) -> Result<(http::response::Parts, Vec<u8>, bool), ProbeError> {
     record.begin(Phase::Connect);
-    let tcp = TcpStream::connect(address)
-        .await
-        .map_err(|error| ProbeError::new(ErrorKind::Connect, format!("connect to {address}: {error}")))?;
+    let tcp = TcpStream::connect(address).await.map_err(|error| {
+        ProbeError::new(ErrorKind::Connect, format!("connect to {address}: {error}"))
+    })?;
     record.end();
     // Requests are small; do not let Nagle hold them back and inflate `processing`.
     let _ = tcp.set_nodelay(true);
@@ -303,7 +317,9 @@ fn build_request(
         .method(method.clone())
         .uri(uri)
         .body(Full::new(body.clone()))
-        .map_err(|error| ProbeError::new(ErrorKind::Http, format!("building the request: {error}")))?;
+        .map_err(|error| {
+            ProbeError::new(ErrorKind::Http, format!("building the request: {error}"))
+        })?;
     let headers = request.headers_mut();
     for (name, value) in &plan.headers {
         headers.append(name.clone(), value.clone());
@@ -388,7 +404,10 @@ async fn read_response(
     let mut truncated = false;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|error| {
-            ProbeError::new(ErrorKind::Body, format!("reading the body: {}", error_chain(&error)))
+            ProbeError::new(
+                ErrorKind::Body,
+                format!("reading the body: {}", error_chain(&error)),
+            )
         })?;
         let Ok(data) = frame.into_data() else {
             continue; // trailers
@@ -484,8 +503,12 @@ fn server_name(host: &str) -> Result<ServerName<'static>, ProbeError> {
     if let Ok(ip) = host.parse::<IpAddr>() {
         return Ok(ServerName::IpAddress(ip.into()));
     }
-    ServerName::try_from(host.to_string())
-        .map_err(|error| ProbeError::new(ErrorKind::Tls, format!("`{host}` is not a valid TLS server name: {error}")))
+    ServerName::try_from(host.to_string()).map_err(|error| {
+        ProbeError::new(
+            ErrorKind::Tls,
+            format!("`{host}` is not a valid TLS server name: {error}"),
+        )
+    })
 }
 
 fn tls_setup_error(error: TlsSetupError) -> ProbeError {
@@ -494,7 +517,10 @@ fn tls_setup_error(error: TlsSetupError) -> ProbeError {
 
 fn http_error(error: hyper::Error) -> ProbeError {
     let message = if error.is_incomplete_message() {
-        format!("the server closed the connection before a complete response: {}", error_chain(&error))
+        format!(
+            "the server closed the connection before a complete response: {}",
+            error_chain(&error)
+        )
     } else if error.is_parse() {
         format!("invalid HTTP response: {}", error_chain(&error))
     } else {
@@ -579,7 +605,11 @@ mod tests {
             ("https://other:8443/x", "https://other:8443/x"),
         ];
         for (reference, expected) in cases {
-            assert_eq!(resolve_reference(&base, reference).as_deref(), Some(expected), "{reference}");
+            assert_eq!(
+                resolve_reference(&base, reference).as_deref(),
+                Some(expected),
+                "{reference}"
+            );
         }
     }
 
@@ -588,7 +618,10 @@ mod tests {
         let bad = [
             ("ftp://host/", "scheme `ftp` is not http or https"),
             ("host/path", "it has no scheme"),
-            ("http://user:pw@host/", "credentials in the URL are not supported"),
+            (
+                "http://user:pw@host/",
+                "credentials in the URL are not supported",
+            ),
         ];
         for (url, expected) in bad {
             let error = Endpoint::parse(url).unwrap_err();

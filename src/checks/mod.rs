@@ -171,7 +171,10 @@ pub enum CheckDefinitionError {
     #[error("timeout must be longer than 0s")]
     TimeoutZero,
     #[error("timeout {} must be shorter than interval {}", humantime::format_duration(*.timeout), humantime::format_duration(*.interval))]
-    TimeoutNotBelowInterval { timeout: Duration, interval: Duration },
+    TimeoutNotBelowInterval {
+        timeout: Duration,
+        interval: Duration,
+    },
     #[error("instance `{0}` is not an address: write an IP (`10.0.0.5`, `::1`) or IP and port (`10.0.0.5:8443`, `[::1]:8443`)")]
     Instance(String),
     #[error("{0}")]
@@ -275,7 +278,8 @@ impl CompiledCheck {
             .instances
             .iter()
             .map(|text| {
-                InstanceAddr::parse(text).ok_or_else(|| CheckDefinitionError::Instance(text.clone()))
+                InstanceAddr::parse(text)
+                    .ok_or_else(|| CheckDefinitionError::Instance(text.clone()))
             })
             .collect::<Result<Vec<_>, _>>()?;
         let check_type = check.check_type();

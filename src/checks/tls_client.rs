@@ -47,7 +47,9 @@ impl TlsClientConfigs {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<TlsSettings, Arc<ClientConfig>>> {
         // A poisoned cache only means another thread panicked mid-insert; the map is still valid.
-        self.cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.cache
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 

@@ -125,7 +125,8 @@ impl Dispatcher {
         let (targets, resolve_seconds) = match self.instances(check).await {
             Ok(found) => found,
             Err((error, timings)) => {
-                self.metrics.count_probe_error(check.check_type(), error.kind);
+                self.metrics
+                    .count_probe_error(check.check_type(), error.kind);
                 return vec![Response::failed(instance_label(check), error, timings)];
             }
         };
@@ -171,7 +172,10 @@ impl Dispatcher {
                         tracing::error!(check = %check.name, %target, %error, "probe task failed");
                         responses[index] = Some(Response::failed(
                             target.to_string(),
-                            ProbeError::new(ErrorKind::Internal, format!("probe task failed: {error}")),
+                            ProbeError::new(
+                                ErrorKind::Internal,
+                                format!("probe task failed: {error}"),
+                            ),
                             Timings::default(),
                         ));
                     }
@@ -195,8 +199,12 @@ impl Dispatcher {
                 .collect();
             return Ok((targets, 0.0));
         }
+        if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+            return Ok((vec![SocketAddr::new(ip, port)], 0.0));
+        }
         let started = Instant::now();
-        let lookup = tokio::time::timeout(check.timeout, self.context.resolver.lookup(host, port)).await;
+        let lookup =
+            tokio::time::timeout(check.timeout, self.context.resolver.lookup(host, port)).await;
         let seconds = started.elapsed().as_secs_f64();
         let timings = Timings {
             resolve: seconds,
@@ -252,7 +260,11 @@ async fn run_task(task: ProbeTask, worker: Worker) -> (usize, Response) {
     let started = Instant::now();
     let outcome = match &check.plan {
         ProbePlan::Http(plan) => {
-            tokio::time::timeout(check.timeout, http::probe(&context, plan, target, &mut record)).await
+            tokio::time::timeout(
+                check.timeout,
+                http::probe(&context, plan, target, &mut record),
+            )
+            .await
         }
     };
     let in_phase = record.current_phase();
@@ -271,7 +283,8 @@ async fn run_task(task: ProbeTask, worker: Worker) -> (usize, Response) {
                 })
                 .inc();
             metrics.count_probe_error(check_type, ErrorKind::Timeout);
-            let during = in_phase.map_or(String::new(), |phase| format!(" during {}", phase.as_str()));
+            let during =
+                in_phase.map_or(String::new(), |phase| format!(" during {}", phase.as_str()));
             let mut response = Response::failed(
                 target.to_string(),
                 ProbeError::new(

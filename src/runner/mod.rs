@@ -41,7 +41,11 @@ pub fn build_dispatcher(config: &Config, metrics: Arc<Metrics>) -> Result<Dispat
     let pools = crate::checks::CheckType::ALL
         .into_iter()
         .map(|check_type| {
-            WorkerPool::new(check_type, config.runner.workers.for_type(check_type), &metrics)
+            WorkerPool::new(
+                check_type,
+                config.runner.workers.for_type(check_type),
+                &metrics,
+            )
         })
         .collect();
     Ok(Dispatcher::new(
@@ -169,8 +173,9 @@ impl Consumer {
 
 fn decode_request(payload: &[u8]) -> Result<RunOrder, DecodeError> {
     let request: CheckRequest = messages::decode(payload)?;
-    let check = CompiledCheck::compile(&request.check)
-        .map_err(|error| DecodeError::Invalid(format!("check `{}`: {error}", request.check.name)))?;
+    let check = CompiledCheck::compile(&request.check).map_err(|error| {
+        DecodeError::Invalid(format!("check `{}`: {error}", request.check.name))
+    })?;
     Ok(RunOrder {
         check: Arc::new(check),
         run_id: request.run_id,
@@ -185,7 +190,10 @@ async fn publish_result(
     metrics: &Metrics,
 ) {
     let outcome = match messages::encode(result) {
-        Ok(payload) => bus.publish(subject, payload).await.map_err(|e| e.to_string()),
+        Ok(payload) => bus
+            .publish(subject, payload)
+            .await
+            .map_err(|e| e.to_string()),
         Err(error) => Err(error.to_string()),
     };
     if let Err(error) = outcome {

@@ -1,0 +1,203 @@
+//! The checker's schedule under paused time: stable first offsets, no drift, skipped ticks
+//! while a run is in flight, and lost runs given up after their horizon.
+
+use bastion_agent::bus::memory::MemoryBus;
+use bastion_agent::bus::{Bus, Subjects};
+use bastion_agent::checker::{first_wait, Checker};
+use bastion_agent::config::{Config, Format};
+use bastion_agent::messages::{self, CheckRequest, CheckResult, MESSAGE_VERSION};
+use bastion_agent::metrics::Metrics;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio_util::sync::CancellationToken;
+
+fn config(interval: &str, timeout: &str) -> Config {
+    let text = format!(
+        r#"
+        [runner]
+        dispatch_deadline = "2s"
+        [[checks]]
+        name = "tick"
+        type = "http"
+        interval = "{interval}"
+        timeout = "{timeout}"
+        url = "http://127.0.0.1:1/"
+        "#
+    );
+    Config::parse(&text, Format::Toml, Path::new("test.toml")).unwrap()
+}
+
+struct Harness {
+    bus: Arc<MemoryBus>,
+    metrics: Arc<Metrics>,
+    requests: bastion_agent::bus::Subscription,
+    stop: CancellationToken,
+}
+
+async fn start(config: &Config) -> Harness {
+    let bus = Arc::new(MemoryBus::default());
+    let subjects = Subjects::default();
+    let metrics = Arc::new(Metrics::new());
+    let requests = bus.subscribe("bastion.checks.>", None).await.unwrap();
+    let checker = Checker::build(
+        &config.checks,
+        config.runner.dispatch_deadline,
+        bus.clone(),
+        &subjects,
+        metrics.clone(),
+    )
+    .await
+    .unwrap();
+    let stop = CancellationToken::new();
+    tokio::spawn(checker.run(stop.clone()));
+    Harness {
+        bus,
+        metrics,
+        requests,
+        stop,
+    }
+}
+
+fn counter(metrics: &Metrics, series: &str) -> f64 {
+    let text = metrics.render();
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{series} missing\n{text}"))
+}
+
+async fn reply(bus: &MemoryBus, request: &CheckRequest) {
+    let result = CheckResult {
+        version: MESSAGE_VERSION,
+        check: request.check.name.clone(),
+        check_type: request.check.check_type(),
+        agent: "test".into(),
+        run_id: request.run_id,
+        scheduled_at: request.scheduled_at,
+        finished_at: SystemTime::now(),
+        passing: true,
+        responses: Vec::new(),
+    };
+    let payload = messages::encode(&result).unwrap();
+    bus.publish("bastion.results.tick", payload).await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn runs_every_interval_without_drift_when_results_come_back() {
+    let config = config("10s", "1s");
+    let mut harness = start(&config).await;
+    let started = tokio::time::Instant::now();
+    let mut due_times = Vec::new();
+    let mut previous_run = 0;
+    for _ in 0..6 {
+        let message = harness.requests.next().await.unwrap();
+        due_times.push(started.elapsed());
+        let request: CheckRequest = messages::decode(&message.payload).unwrap();
+        assert!(request.run_id > previous_run, "run ids increase");
+        previous_run = request.run_id;
+        reply(&harness.bus, &request).await;
+    }
+    assert!(
+        due_times[0] < Duration::from_secs(10),
+        "first run inside the first interval"
+    );
+    for pair in due_times.windows(2) {
+        assert_eq!(
+            pair[1] - pair[0],
+            Duration::from_secs(10),
+            "no drift: {due_times:?}"
+        );
+    }
+    assert_eq!(
+        counter(
+            &harness.metrics,
+            "bastion_checks_scheduled_total{check=\"tick\"}"
+        ),
+        6.0
+    );
+    assert_eq!(
+        counter(
+            &harness.metrics,
+            "bastion_schedule_skipped_total{check=\"tick\"}"
+        ),
+        0.0
+    );
+    assert_eq!(
+        counter(&harness.metrics, "bastion_schedule_lag_seconds_count"),
+        6.0
+    );
+    // tokio's timer has millisecond resolution: each wake-up may come up to 1 ms late.
+    let lag = counter(&harness.metrics, "bastion_schedule_lag_seconds_sum");
+    assert!(lag <= 0.006, "lag {lag}");
+    harness.stop.cancel();
+}
+
+#[tokio::test(start_paused = true)]
+async fn ticks_are_skipped_while_a_run_is_in_flight_and_lost_runs_are_given_up() {
+    // Interval 1s; a run can be in flight for deadline 2s + timeout 500ms + 5s grace = 7.5s.
+    let config = config("1s", "500ms");
+    let mut harness = start(&config).await;
+    let first = harness.requests.next().await.unwrap();
+    let first_at = tokio::time::Instant::now();
+    let _: CheckRequest = messages::decode(&first.payload).unwrap();
+    // No result ever comes back: the next request only comes once the run is given up.
+    let second = harness.requests.next().await.unwrap();
+    let waited = tokio::time::Instant::now() - first_at;
+    assert_eq!(
+        waited,
+        Duration::from_secs(8),
+        "first tick after the 7.5s horizon"
+    );
+    let second: CheckRequest = messages::decode(&second.payload).unwrap();
+    assert_eq!(
+        counter(
+            &harness.metrics,
+            "bastion_schedule_skipped_total{check=\"tick\"}"
+        ),
+        7.0
+    );
+    assert_eq!(
+        counter(&harness.metrics, "bastion_runs_lost_total{check=\"tick\"}"),
+        1.0
+    );
+    // Once a result closes the run, the very next tick runs again.
+    reply(&harness.bus, &second).await;
+    let _third = harness.requests.next().await.unwrap();
+    assert_eq!(
+        tokio::time::Instant::now() - first_at,
+        Duration::from_secs(9)
+    );
+    assert_eq!(
+        counter(
+            &harness.metrics,
+            "bastion_checks_scheduled_total{check=\"tick\"}"
+        ),
+        3.0
+    );
+    harness.stop.cancel();
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_first_run_waits_for_the_names_phase_of_the_wall_clock() {
+    let config = config("10s", "1s");
+    let wall_before = SystemTime::now();
+    let virtual_start = tokio::time::Instant::now();
+    let mut harness = start(&config).await;
+    let _first = harness.requests.next().await.unwrap();
+    let waited = tokio::time::Instant::now() - virtual_start;
+    // The checker read the wall clock a little after `wall_before` (real time passes while
+    // virtual time is paused), so it waits that little less; tokio's timer rounds up to 1 ms.
+    let mut expected = first_wait("tick", Duration::from_secs(10), wall_before);
+    if expected < Duration::from_millis(100) && waited > Duration::from_secs(5) {
+        // The phase passed between the two clock reads; the checker rightly took the next one.
+        expected += Duration::from_secs(10);
+    }
+    let real_elapsed = wall_before.elapsed().unwrap();
+    assert!(
+        waited <= expected + Duration::from_millis(1)
+            && waited + real_elapsed + Duration::from_millis(1) >= expected,
+        "waited {waited:?}, expected about {expected:?}"
+    );
+    assert!(waited < Duration::from_secs(10));
+    harness.stop.cancel();
+}
