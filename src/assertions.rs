@@ -152,6 +152,12 @@ impl CompiledAssertion {
                 Selector::Header(config.value.trim().to_ascii_lowercase())
             }
             AssertionKey::Json => {
+                if config.value.trim().is_empty() {
+                    return Err(AssertionError::MissingValue {
+                        key,
+                        what: "an RFC 9535 JSON path such as `$.status`",
+                    });
+                }
                 let path =
                     JsonPath::parse(&config.value).map_err(|error| AssertionError::JsonPath {
                         value: config.value.clone(),
@@ -584,6 +590,10 @@ mod tests {
             (
                 assertion("code", "x", "equal", "200"),
                 "key `code` takes no `value`; remove it",
+            ),
+            (
+                assertion("json", "", "equal", "UP"),
+                "key `json` needs a `value` (an RFC 9535 JSON path",
             ),
         ];
         for (config, expected) in cases {

@@ -7,7 +7,7 @@
 use crate::bus::{Bus, BusError, Subjects, Subscription};
 use crate::config::CheckConfig;
 use crate::messages::{self, CheckRequest, MESSAGE_VERSION};
-use crate::metrics::{CheckLabels, Metrics, ReasonLabels, SubjectLabels};
+use crate::metrics::{CheckLabels, Metrics, SubjectLabels};
 use prometheus_client::metrics::counter::Counter;
 use serde::Deserialize;
 use std::cmp::Reverse;
@@ -239,11 +239,7 @@ impl Checker {
             }
         };
         if header.version != MESSAGE_VERSION {
-            self.metrics
-                .bus_decode_errors
-                .get_or_create(&ReasonLabels { reason: "version" })
-                .inc();
-            return;
+            return; // counted by the result sink, which decodes the same message
         }
         if let Some(&index) = self.by_name.get(&header.check) {
             let check = &mut self.checks[index];

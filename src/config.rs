@@ -315,7 +315,9 @@ pub enum Format {
 impl Format {
     pub fn for_path(path: &Path) -> Format {
         match path.extension().and_then(|ext| ext.to_str()) {
-            Some("yaml" | "yml") => Format::Yaml,
+            Some(ext) if ext.eq_ignore_ascii_case("yaml") || ext.eq_ignore_ascii_case("yml") => {
+                Format::Yaml
+            }
             _ => Format::Toml,
         }
     }
@@ -413,12 +415,18 @@ fn toml_error(text: &str, path: &Path, error: &toml::de::Error) -> ConfigError {
 fn yaml_error(path: &Path, error: &serde_saphyr::Error) -> ConfigError {
     let message = error.to_string();
     // The message may carry a rendered snippet; its first line is the explanation.
-    let message = message
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_string();
+    let mut message = message.lines().next().unwrap_or_default().trim();
+    message = message
+        .strip_prefix("error:")
+        .unwrap_or(message)
+        .trim_start();
+    // serde-saphyr starts with "line L column C: "; the location is shown once, in front.
+    if let Some(rest) = message.strip_prefix("line ") {
+        if let Some((_, after)) = rest.split_once(": ") {
+            message = after;
+        }
+    }
+    let message = message.to_string();
     match error.location() {
         Some(location) if location.line() > 0 => ConfigError::Syntax {
             path: path.to_path_buf(),

@@ -96,7 +96,16 @@ fn main() -> ExitCode {
                     Ok(false) => ExitCode::from(EXIT_FAILING),
                     Err(error) => {
                         eprintln!("error: {error:#}");
-                        ExitCode::from(EXIT_CONFIG)
+                        // Naming a check that is not there is a usage error; anything else
+                        // went wrong while running.
+                        let usage = matches!(
+                            error.downcast_ref::<agent::AgentError>(),
+                            Some(
+                                agent::AgentError::NoSuchCheck(_)
+                                    | agent::AgentError::InvalidCheck(..)
+                            )
+                        );
+                        ExitCode::from(if usage { EXIT_CONFIG } else { EXIT_FAILING })
                     }
                 }
             }

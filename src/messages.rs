@@ -86,9 +86,9 @@ pub struct TlsDetails {
     pub version: String,
     /// The protocol chosen by ALPN, e.g. `h2`.
     pub alpn: Option<String>,
-    /// The earliest not-after of the certificates the server sent.
-    #[serde(with = "crate::time_format")]
-    pub earliest_cert_expiry: SystemTime,
+    /// The earliest not-after of the certificates the server sent; null if none could be read.
+    #[serde(with = "crate::time_format::optional")]
+    pub earliest_cert_expiry: Option<SystemTime>,
 }
 
 /// Phase durations in seconds. A phase not reached is 0; a phase cut short by the timeout

@@ -289,11 +289,15 @@ impl Metrics {
         self.probe_duration_seconds
             .get_or_create(&labels)
             .set(response.timings.total);
-        match &response.tls {
-            Some(tls) => {
+        match response
+            .tls
+            .as_ref()
+            .and_then(|tls| tls.earliest_cert_expiry)
+        {
+            Some(expiry) => {
                 self.probe_ssl_earliest_cert_expiry
                     .get_or_create(&labels)
-                    .set(crate::time_format::unix_seconds(tls.earliest_cert_expiry));
+                    .set(crate::time_format::unix_seconds(expiry));
             }
             None => {
                 self.probe_ssl_earliest_cert_expiry.remove(&labels);

@@ -104,9 +104,19 @@ fn bad_configs_are_clear_errors_with_exit_code_2() {
             "syntax.toml:1:7:",
         ),
         (
+            "tls.toml",
+            "[[checks]]\nname = \"web\"\ntype = \"http\"\ninterval = \"5s\"\nurl = \"https://x/\"\ntls = { insecure_skip_verify = true, ca_file = \"/etc/hostname\" }\n",
+            "tls.toml: check `web`: tls.ca_file and tls.insecure_skip_verify contradict each other",
+        ),
+        (
+            "instance.toml",
+            "[[checks]]\nname = \"web\"\ntype = \"http\"\ninterval = \"5s\"\nurl = \"http://x/\"\ninstances = [\"db.internal\"]\n",
+            "instance.toml: check `web`: instance `db.internal` is not an address",
+        ),
+        (
             "bad.yaml",
             "agent:\n  id: a\n  nope: 1\n",
-            "bad.yaml:3:",
+            "bad.yaml:3:3: unknown field `nope`",
         ),
     ];
     for (name, text, expected) in cases {

@@ -35,6 +35,8 @@ pub enum HttpDefinitionError {
     Header { name: String, reason: String },
     #[error("tls.ca_file {0} cannot be read: {1}")]
     CaFile(String, String),
+    #[error("tls.ca_file and tls.insecure_skip_verify contradict each other: a CA is only used to verify; keep one")]
+    CaFileWithoutVerification,
 }
 
 /// Where one request goes: the URL's parts, parsed once.
@@ -137,6 +139,9 @@ impl HttpPlan {
                     reason: error.to_string(),
                 })?;
             headers.append(header_name, header_value);
+        }
+        if spec.tls.ca_file.is_some() && spec.tls.insecure_skip_verify {
+            return Err(HttpDefinitionError::CaFileWithoutVerification);
         }
         if let Some(path) = &spec.tls.ca_file {
             std::fs::metadata(path).map_err(|error| {
@@ -285,8 +290,7 @@ async fn exchange_once(
                     } else {
                         SystemTime::UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs())
                     }
-                })
-                .unwrap_or(SystemTime::UNIX_EPOCH),
+                }),
         });
         let request = build_request(plan, endpoint, method, body, h2)?;
         exchange(TokioIo::new(stream), h2, request, record, max_body).await

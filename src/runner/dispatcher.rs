@@ -86,14 +86,22 @@ impl Dispatcher {
         let check_type = order.check.check_type();
         let responses = match self.pools.get(&check_type) {
             Some(pool) => self.dispatch(&order.check, pool, dispatched).await,
-            None => vec![Response::failed(
-                instance_label(&order.check),
-                ProbeError::new(
-                    ErrorKind::DispatchTimeout,
-                    format!("this runner has no {check_type} workers"),
-                ),
-                Timings::default(),
-            )],
+            None => {
+                self.metrics
+                    .dispatch_timeouts
+                    .get_or_create(&TypeLabels {
+                        r#type: check_type.as_str(),
+                    })
+                    .inc();
+                vec![Response::failed(
+                    instance_label(&order.check),
+                    ProbeError::new(
+                        ErrorKind::DispatchTimeout,
+                        format!("this runner has no {check_type} workers"),
+                    ),
+                    Timings::default(),
+                )]
+            }
         };
         self.metrics
             .check_duration_seconds
@@ -258,13 +266,13 @@ async fn run_task(task: ProbeTask, worker: Worker) -> (usize, Response) {
     } = task;
     let mut record = ProbeRecord::default();
     let started = Instant::now();
+    // The timeout bounds the whole probe, the resolve that found this instance included.
+    let budget = check
+        .timeout
+        .saturating_sub(Duration::from_secs_f64(resolve_seconds));
     let outcome = match &check.plan {
         ProbePlan::Http(plan) => {
-            tokio::time::timeout(
-                check.timeout,
-                http::probe(&context, plan, target, &mut record),
-            )
-            .await
+            tokio::time::timeout(budget, http::probe(&context, plan, target, &mut record)).await
         }
     };
     let in_phase = record.current_phase();

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 /// Check runs one runner holds at once. Past this it stops reading the bus, so requests queue
 /// in the bounded subscription and further publishes are refused and counted.
@@ -162,11 +163,21 @@ impl Consumer {
             let bus = Arc::clone(&self.bus);
             let subject = self.subjects.results(&order.check.name);
             let metrics = Arc::clone(&self.metrics);
-            self.runs.spawn(async move {
-                let _slot = slot;
-                let result = dispatcher.run(order).await;
-                publish_result(&*bus, &subject, &result, &metrics).await;
-            });
+            let span =
+                tracing::debug_span!("check_run", check = %order.check.name, run_id = order.run_id);
+            self.runs.spawn(
+                async move {
+                    let _slot = slot;
+                    let result = dispatcher.run(order).await;
+                    tracing::debug!(
+                        passing = result.passing,
+                        responses = result.responses.len(),
+                        "run finished"
+                    );
+                    publish_result(&*bus, &subject, &result, &metrics).await;
+                }
+                .instrument(span),
+            );
         }
     }
 }
