@@ -49,7 +49,8 @@ async fn healthz() -> &'static str {
 
 async fn readyz(State(state): State<ApiState>) -> (StatusCode, &'static str) {
     if !state.started.load(Ordering::Acquire) {
-        (StatusCode::SERVICE_UNAVAILABLE, "starting\n")
+        // Not started yet, or shutting down.
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
     } else if !state.bus.is_connected() {
         (StatusCode::SERVICE_UNAVAILABLE, "bus disconnected\n")
     } else {

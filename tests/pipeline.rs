@@ -184,8 +184,7 @@ async fn a_server_that_never_answers_times_out_close_to_the_timeout() {
         url = "http://{address}/"
         "#
     ));
-    let (dispatcher, _) = dispatcher(&config);
-    let result = run_check(&dispatcher, &config, "silent").await;
+    let result = run_single(&config).await;
     let response = &result.responses[0];
     let error = response.error.as_ref().unwrap();
     assert_eq!(error.kind, ErrorKind::Timeout);
@@ -226,8 +225,7 @@ async fn processing_holds_the_servers_think_time_and_plain_http_has_no_tls() {
         url = "http://{address}/"
         "#
     ));
-    let (dispatcher, _) = dispatcher(&config);
-    let result = run_check(&dispatcher, &config, "slow").await;
+    let result = run_single(&config).await;
     let response = &result.responses[0];
     assert!(response.error.is_none(), "{response:?}");
     let timings = response.timings;
@@ -273,8 +271,7 @@ async fn an_endless_body_is_truncated_at_the_cap() {
         url = "http://{address}/"
         "#
     ));
-    let (dispatcher, _) = dispatcher(&config);
-    let result = run_check(&dispatcher, &config, "endless").await;
+    let result = run_single(&config).await;
     let response = &result.responses[0];
     assert!(response.error.is_none(), "{response:?}");
     let http = response.http.as_ref().unwrap();
@@ -302,8 +299,7 @@ async fn a_body_exactly_at_the_cap_is_not_truncated() {
         url = "http://{address}/"
         "#
     ));
-    let (dispatcher, _) = dispatcher(&config);
-    let result = run_check(&dispatcher, &config, "exact").await;
+    let result = run_single(&config).await;
     let http = result.responses[0].http.as_ref().unwrap();
     assert_eq!((http.body.as_str(), http.truncated), ("0123456789", false));
 }
@@ -336,21 +332,12 @@ async fn a_refused_connection_is_a_connect_error() {
 async fn assertions_decide_passing_and_report_actual_values() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                if read_head(&mut stream).await.is_some() {
-                    respond(
-                        &mut stream,
-                        "503 Service Unavailable",
-                        &[("content-type", "application/json")],
-                        r#"{"status":"DOWN"}"#,
-                    )
-                    .await;
-                }
-            });
-        }
-    });
+    serve_fixed(
+        listener,
+        "503 Service Unavailable",
+        &[("content-type", "application/json")],
+        r#"{"status":"DOWN"}"#,
+    );
     let config = config(&format!(
         r#"
         [[checks]]
@@ -374,8 +361,7 @@ async fn assertions_decide_passing_and_report_actual_values() {
         operand = "json"
         "#
     ));
-    let (dispatcher, _) = dispatcher(&config);
-    let result = run_check(&dispatcher, &config, "api").await;
+    let result = run_single(&config).await;
     let response = &result.responses[0];
     let verdicts: Vec<(bool, &str)> = response
         .assertions

@@ -127,8 +127,7 @@ async fn https_negotiates_http2_and_keeps_the_url_name_for_sni_and_authority() {
         "#,
         cert.ca_file.display()
     ));
-    let (dispatcher, _) = dispatcher(&config);
-    let result = run_check(&dispatcher, &config, "tls").await;
+    let result = run_single(&config).await;
     let response = &result.responses[0];
     assert!(response.error.is_none(), "{response:?}");
     assert_eq!(response.target, format!("127.0.0.2:{port}"));
@@ -164,8 +163,7 @@ async fn https_with_http1_only_sends_the_url_host_header() {
         "#,
         cert.ca_file.display()
     ));
-    let (dispatcher, _) = dispatcher(&config);
-    let result = run_check(&dispatcher, &config, "tls1").await;
+    let result = run_single(&config).await;
     let http = result.responses[0].http.as_ref().expect("a response");
     assert_eq!(http.version, "HTTP/1.1");
     assert_eq!(http.body, format!("svc.test|svc.test:{port}|HTTP/1.1"));

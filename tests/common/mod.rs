@@ -48,6 +48,17 @@ pub async fn run_check(dispatcher: &Dispatcher, config: &Config, name: &str) -> 
         .expect("a check run finishes")
 }
 
+/// Runs the one check of `config` once, on a dispatcher of its own.
+pub async fn run_single(config: &Config) -> CheckResult {
+    assert_eq!(
+        config.checks.len(),
+        1,
+        "run_single takes a config with one check"
+    );
+    let (dispatcher, _) = dispatcher(config);
+    run_check(&dispatcher, config, &config.checks[0].name).await
+}
+
 /// Binds the same free port on every given IP (127.0.0.2, 127.0.0.3, ...).
 pub async fn listeners_on_one_port(ips: &[&str]) -> (u16, Vec<TcpListener>) {
     'attempt: for _ in 0..50 {
@@ -104,17 +115,21 @@ pub async fn respond(stream: &mut TcpStream, status: &str, headers: &[(&str, &st
 
 /// Serves `200 OK` with `body` to every request, forever.
 pub fn serve_ok(listener: TcpListener, body: &'static str) {
+    serve_fixed(listener, "200 OK", &[("content-type", "text/plain")], body);
+}
+
+/// Serves the same response to every request, forever.
+pub fn serve_fixed(
+    listener: TcpListener,
+    status: &'static str,
+    headers: &'static [(&'static str, &'static str)],
+    body: &'static str,
+) {
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {
             tokio::spawn(async move {
                 if read_head(&mut stream).await.is_some() {
-                    respond(
-                        &mut stream,
-                        "200 OK",
-                        &[("content-type", "text/plain")],
-                        body,
-                    )
-                    .await;
+                    respond(&mut stream, status, headers, body).await;
                 }
             });
         }
