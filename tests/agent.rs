@@ -216,3 +216,149 @@ async fn shutdown_lets_runs_in_flight_finish_and_records_them() {
         "probe_success{{check=\"slow\",target=\"{target}\"}} 1"
     )));
 }
+
+/// A runner on the embedded bus: garbage, a wrong version and an oversized payload are counted
+/// and dropped, and the good request after them still runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_runner_counts_and_drops_bad_messages_and_keeps_running() {
+    use bastion_agent::bus::memory::MemoryBus;
+    use bastion_agent::bus::{Bus, Subjects};
+    use bastion_agent::messages::{self, CheckRequest, CheckResult, MAX_MESSAGE_BYTES};
+    use bastion_agent::runner::{build_dispatcher, Runner};
+    use std::sync::Arc;
+
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target = listener.local_addr().unwrap();
+    serve_ok(listener, "fine");
+    let config = config(&format!(
+        r#"
+        [[checks]]
+        name = "web"
+        type = "http"
+        interval = "5s"
+        url = "http://{target}/"
+        "#
+    ));
+    let bus = Arc::new(MemoryBus::default());
+    let subjects = Subjects::default();
+    let metrics = Arc::new(bastion_agent::metrics::Metrics::new());
+    let mut results = bus.subscribe("bastion.results.>", None).await.unwrap();
+    let dispatcher = build_dispatcher(&config, Arc::clone(&metrics)).unwrap();
+    let runner = Runner::build(bus.clone(), subjects, dispatcher, Arc::clone(&metrics))
+        .await
+        .unwrap();
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(runner.run(stop.clone()));
+
+    let good = CheckRequest {
+        version: 1,
+        run_id: 42,
+        scheduled_at: std::time::SystemTime::now(),
+        check: config.checks[0].clone(),
+    };
+    let mut wrong_version = serde_json::to_value(&good).unwrap();
+    wrong_version["version"] = 2.into();
+    let mut invalid = serde_json::to_value(&good).unwrap();
+    invalid["check"]["interval"] = "10ms".into();
+    let bad: Vec<Vec<u8>> = vec![
+        b"{not json".to_vec(),
+        serde_json::to_vec(&wrong_version).unwrap(),
+        vec![b' '; MAX_MESSAGE_BYTES + 1],
+        serde_json::to_vec(&invalid).unwrap(),
+    ];
+    for payload in bad {
+        bus.publish("bastion.checks.http", payload.into())
+            .await
+            .unwrap();
+    }
+    bus.publish("bastion.checks.http", messages::encode(&good).unwrap())
+        .await
+        .unwrap();
+    let message = tokio::time::timeout(PATIENCE, results.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(message.subject, "bastion.results.web");
+    let result: CheckResult = messages::decode(&message.payload).unwrap();
+    assert_eq!(result.run_id, 42);
+    assert!(result.passing, "{result:?}");
+    let text = metrics.render();
+    for reason in ["json", "version", "too_large", "invalid"] {
+        let series = format!("bastion_bus_decode_errors_total{{reason=\"{reason}\"}}");
+        assert_eq!(sample(&text, &series), Some(1.0), "{series}\n{text}");
+    }
+    stop.cancel();
+    tokio::time::timeout(PATIENCE, running)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+/// When an instance leaves a check's results (its address left DNS), its series go too.
+#[tokio::test]
+async fn the_result_sink_removes_series_of_vanished_instances() {
+    use bastion_agent::bus::memory::MemoryBus;
+    use bastion_agent::bus::Bus;
+    use bastion_agent::checks::CheckType;
+    use bastion_agent::messages::{self, CheckResult, Response, Timings};
+    use bastion_agent::results::{consume, ResultStore};
+    use std::sync::Arc;
+    use std::time::{Duration, SystemTime};
+
+    let bus = MemoryBus::default();
+    let subscription = bus.subscribe("bastion.results.>", None).await.unwrap();
+    let store = Arc::new(ResultStore::default());
+    let metrics = Arc::new(bastion_agent::metrics::Metrics::new());
+    let stop = CancellationToken::new();
+    let sink = tokio::spawn(consume(
+        subscription,
+        Arc::clone(&store),
+        Arc::clone(&metrics),
+        stop.clone(),
+    ));
+    let result = |targets: &[&str], at: SystemTime| CheckResult {
+        version: 1,
+        check: "lb".into(),
+        check_type: CheckType::Http,
+        agent: "a".into(),
+        run_id: 1,
+        scheduled_at: at,
+        finished_at: at,
+        passing: true,
+        responses: targets
+            .iter()
+            .map(|target| Response {
+                passing: true,
+                ..Response::failed(
+                    target.to_string(),
+                    bastion_agent::checks::ProbeError::new(
+                        bastion_agent::checks::ErrorKind::Http,
+                        "x",
+                    ),
+                    Timings::default(),
+                )
+            })
+            .collect(),
+    };
+    let now = SystemTime::now();
+    for (targets, at) in [
+        (vec!["10.0.0.1:80", "10.0.0.2:80"], now),
+        (vec!["10.0.0.2:80"], now + Duration::from_secs(10)),
+        // A late result of an older run changes nothing.
+        (vec!["10.0.0.1:80"], now + Duration::from_secs(5)),
+    ] {
+        let payload = messages::encode(&result(&targets, at)).unwrap();
+        bus.publish("bastion.results.lb", payload).await.unwrap();
+    }
+    stop.cancel();
+    tokio::time::timeout(PATIENCE, sink).await.unwrap().unwrap();
+    let text = metrics.render();
+    assert!(
+        text.contains("probe_success{check=\"lb\",target=\"10.0.0.2:80\"} 1"),
+        "{text}"
+    );
+    assert!(!text.contains("10.0.0.1:80"), "{text}");
+    let latest = store.latest("lb").unwrap();
+    assert_eq!(latest.responses.len(), 1);
+    assert_eq!(latest.responses[0].target, "10.0.0.2:80");
+}
