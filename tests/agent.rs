@@ -165,16 +165,11 @@ async fn shutdown_lets_runs_in_flight_finish_and_records_them() {
     let target = listener.local_addr().unwrap();
     let requests = std::sync::Arc::new(tokio::sync::Notify::new());
     let seen = std::sync::Arc::clone(&requests);
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            let seen = std::sync::Arc::clone(&seen);
-            tokio::spawn(async move {
-                if read_head(&mut stream).await.is_some() {
-                    seen.notify_one();
-                    tokio::time::sleep(Duration::from_millis(700)).await;
-                    respond(&mut stream, "200 OK", &[], "late but fine").await;
-                }
-            });
+    serve(listener, move |mut request| {
+        seen.notify_one();
+        async move {
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            respond(&mut request.stream, "200 OK", &[], "late but fine").await;
         }
     });
     let config = config(&format!(

@@ -19,18 +19,13 @@ async fn every_round_gives_one_response_per_instance_from_that_instance() {
     let ips = ["127.0.0.2", "127.0.0.3", "127.0.0.4"];
     let (port, listeners) = listeners_on_one_port(&ips).await;
     for (seed, listener) in listeners.into_iter().enumerate() {
-        tokio::spawn(async move {
-            let own = listener.local_addr().unwrap().to_string();
-            let mut rng = XorShift(0x9E37_79B9_7F4A_7C15 ^ (seed as u64 + 1));
-            while let Ok((mut stream, _)) = listener.accept().await {
-                let own = own.clone();
-                let delay = Duration::from_millis(rng.next() % 15);
-                tokio::spawn(async move {
-                    if read_head(&mut stream).await.is_some() {
-                        tokio::time::sleep(delay).await;
-                        respond(&mut stream, "200 OK", &[], &own).await;
-                    }
-                });
+        let rng = std::sync::Mutex::new(XorShift(0x9E37_79B9_7F4A_7C15 ^ (seed as u64 + 1)));
+        serve(listener, move |mut request| {
+            let delay = Duration::from_millis(rng.lock().unwrap().next() % 15);
+            async move {
+                tokio::time::sleep(delay).await;
+                let own = request.local.to_string();
+                respond(&mut request.stream, "200 OK", &[], &own).await;
             }
         });
     }
@@ -206,15 +201,9 @@ async fn a_server_that_never_answers_times_out_close_to_the_timeout() {
 async fn processing_holds_the_servers_think_time_and_plain_http_has_no_tls() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                if read_head(&mut stream).await.is_some() {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    respond(&mut stream, "200 OK", &[], "slow").await;
-                }
-            });
-        }
+    serve(listener, |mut request| async move {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        respond(&mut request.stream, "200 OK", &[], "slow").await;
     });
     let config = config(&format!(
         r#"
@@ -246,18 +235,13 @@ async fn processing_holds_the_servers_think_time_and_plain_http_has_no_tls() {
 async fn an_endless_body_is_truncated_at_the_cap() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                if read_head(&mut stream).await.is_some() {
-                    let _ = stream
-                        .write_all(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n")
-                        .await;
-                    let chunk = [b'x'; 8192];
-                    while stream.write_all(&chunk).await.is_ok() {}
-                }
-            });
-        }
+    serve(listener, |mut request| async move {
+        let stream = &mut request.stream;
+        let _ = stream
+            .write_all(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n")
+            .await;
+        let chunk = [b'x'; 8192];
+        while stream.write_all(&chunk).await.is_ok() {}
     });
     let config = config(&format!(
         r#"
@@ -384,20 +368,14 @@ async fn assertions_decide_passing_and_report_actual_values() {
 async fn redirects_are_reported_as_they_are_unless_followed() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let Some(head) = read_head(&mut stream).await else {
-                    return;
-                };
-                if head.starts_with("GET /old ") {
-                    respond(&mut stream, "302 Found", &[("location", "../new?x=1")], "").await;
-                } else if head.starts_with("GET /new?x=1 ") {
-                    respond(&mut stream, "200 OK", &[], "moved here").await;
-                } else {
-                    respond(&mut stream, "404 Not Found", &[], "").await;
-                }
-            });
+    serve(listener, |mut request| async move {
+        let stream = &mut request.stream;
+        if request.head.starts_with("GET /old ") {
+            respond(stream, "302 Found", &[("location", "../new?x=1")], "").await;
+        } else if request.head.starts_with("GET /new?x=1 ") {
+            respond(stream, "200 OK", &[], "moved here").await;
+        } else {
+            respond(stream, "404 Not Found", &[], "").await;
         }
     });
     let config = config(&format!(

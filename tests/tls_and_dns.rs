@@ -264,15 +264,10 @@ async fn every_address_of_the_name_is_probed_with_the_name_as_host() {
     let dns = dns_server().await;
     let (port, listeners) = listeners_on_one_port(&["127.0.0.2", "127.0.0.3", "127.0.0.4"]).await;
     for listener in listeners {
-        tokio::spawn(async move {
-            let own = listener.local_addr().unwrap().to_string();
-            while let Ok((mut stream, _)) = listener.accept().await {
-                let Some(head) = read_head(&mut stream).await else {
-                    continue;
-                };
-                let body = format!("{own}|{}", header(&head, "host").unwrap_or("-"));
-                respond(&mut stream, "200 OK", &[], &body).await;
-            }
+        serve(listener, |mut request| async move {
+            let host = header(&request.head, "host").unwrap_or("-");
+            let body = format!("{}|{host}", request.local);
+            respond(&mut request.stream, "200 OK", &[], &body).await;
         });
     }
     let config = config(&format!(

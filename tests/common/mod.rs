@@ -113,6 +113,40 @@ pub async fn respond(stream: &mut TcpStream, status: &str, headers: &[(&str, &st
     let _ = stream.shutdown().await;
 }
 
+/// One request as a test server sees it: the connection, the request head, and the address
+/// the server listens on.
+pub struct Incoming {
+    pub stream: TcpStream,
+    pub head: String,
+    pub local: SocketAddr,
+}
+
+/// Accepts forever; each connection gets its own task, which reads the request head and hands
+/// the connection to `handle`. Connections closed before a full head are dropped.
+pub fn serve<F, Fut>(listener: TcpListener, handle: F)
+where
+    F: Fn(Incoming) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let handle = Arc::new(handle);
+    tokio::spawn(async move {
+        let local = listener.local_addr().expect("listener address");
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let handle = Arc::clone(&handle);
+            tokio::spawn(async move {
+                if let Some(head) = read_head(&mut stream).await {
+                    handle(Incoming {
+                        stream,
+                        head,
+                        local,
+                    })
+                    .await;
+                }
+            });
+        }
+    });
+}
+
 /// Serves `200 OK` with `body` to every request, forever.
 pub fn serve_ok(listener: TcpListener, body: &'static str) {
     serve_fixed(listener, "200 OK", &[("content-type", "text/plain")], body);
@@ -125,14 +159,8 @@ pub fn serve_fixed(
     headers: &'static [(&'static str, &'static str)],
     body: &'static str,
 ) {
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                if read_head(&mut stream).await.is_some() {
-                    respond(&mut stream, status, headers, body).await;
-                }
-            });
-        }
+    serve(listener, move |mut request| async move {
+        respond(&mut request.stream, status, headers, body).await;
     });
 }
 
