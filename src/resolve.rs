@@ -2,7 +2,7 @@
 //! apply), or the DNS servers named in `[runner] dns_servers`, queried with no cache and a
 //! single attempt so that the time is real. Every address a name returns is kept, in order.
 
-use crate::checks::{ErrorKind, ProbeError};
+use crate::checks::{ErrorKind, InstanceAddr, ProbeError};
 use hickory_resolver::config::{
     LookupIpStrategy, NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts,
 };
@@ -27,17 +27,9 @@ pub enum Resolver {
 
 /// Parses `ip` or `ip:port` (port 53 by default).
 pub fn parse_dns_server(text: &str) -> Result<SocketAddr, String> {
-    let text = text.trim();
-    if let Ok(socket) = text.parse::<SocketAddr>() {
-        return Ok(socket);
-    }
-    let bare = text
-        .strip_prefix('[')
-        .and_then(|rest| rest.strip_suffix(']'))
-        .unwrap_or(text);
-    bare.parse::<IpAddr>()
-        .map(|ip| SocketAddr::new(ip, 53))
-        .map_err(|_| format!("`{text}` is not an IP address or IP:port"))
+    InstanceAddr::parse(text)
+        .map(|address| address.with_default_port(53))
+        .ok_or_else(|| format!("`{}` is not an IP address or IP:port", text.trim()))
 }
 
 impl Resolver {
@@ -102,5 +94,26 @@ impl Resolver {
             ));
         }
         Ok(addresses)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dns_servers_take_port_53_unless_given() {
+        assert_eq!(
+            parse_dns_server("10.0.0.53"),
+            Ok("10.0.0.53:53".parse().unwrap())
+        );
+        assert_eq!(
+            parse_dns_server("[::1]:5353"),
+            Ok("[::1]:5353".parse().unwrap())
+        );
+        assert_eq!(
+            parse_dns_server("dns.internal"),
+            Err("`dns.internal` is not an IP address or IP:port".to_string())
+        );
     }
 }

@@ -186,7 +186,7 @@ pub enum CheckDefinitionError {
     },
 }
 
-/// An address to probe, as configured in `instances`.
+/// An IP with an optional port, as written in `instances` (and in `runner.dns_servers`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InstanceAddr {
     /// An IP; the port comes from the check's URL or address.
