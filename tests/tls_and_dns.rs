@@ -304,3 +304,38 @@ async fn every_address_of_the_name_is_probed_with_the_name_as_host() {
     assert_eq!(response.target, format!("missing.test:{port}"));
     assert_eq!(response.error.as_ref().unwrap().kind, ErrorKind::Resolve);
 }
+
+#[tokio::test]
+async fn a_ca_file_without_certificates_fails_before_connecting() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = Arc::clone(&accepted);
+    tokio::spawn(async move {
+        while listener.accept().await.is_ok() {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    let not_pem = std::env::temp_dir().join(format!("bastion-not-pem-{}.txt", std::process::id()));
+    std::fs::write(&not_pem, "this is not a certificate\n").unwrap();
+    let config = config(&format!(
+        r#"
+        [[checks]]
+        name = "bad-ca"
+        type = "http"
+        interval = "5s"
+        url = "https://svc.test:{port}/"
+        instances = ["127.0.0.1"]
+        tls = {{ ca_file = "{}" }}
+        "#,
+        not_pem.display()
+    ));
+    let result = run_single(&config).await;
+    let error = result.responses[0].error.as_ref().unwrap();
+    assert_eq!(error.kind, ErrorKind::Tls);
+    assert_eq!(
+        error.message,
+        format!("ca_file {} holds no PEM certificates", not_pem.display())
+    );
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 0);
+}

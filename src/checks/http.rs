@@ -248,6 +248,14 @@ async fn exchange_once(
     body: &Bytes,
     record: &mut ProbeRecord,
 ) -> Result<(http::response::Parts, Vec<u8>, bool), ProbeError> {
+    // TLS settings are resolved before connecting: a bad CA file fails without touching the
+    // target, and building the client config never counts as a phase.
+    let tls = if endpoint.https {
+        let config = ctx.tls.get(&plan.tls).map_err(tls_setup_error)?;
+        Some((config, server_name(&endpoint.host)?))
+    } else {
+        None
+    };
     record.begin(Phase::Connect);
     let tcp = TcpStream::connect(address).await.map_err(|error| {
         ProbeError::new(ErrorKind::Connect, format!("connect to {address}: {error}"))
@@ -256,9 +264,7 @@ async fn exchange_once(
     // Requests are small; do not let Nagle hold them back and inflate `processing`.
     let _ = tcp.set_nodelay(true);
     let max_body = ctx.max_body_bytes;
-    if endpoint.https {
-        let config = ctx.tls.get(&plan.tls).map_err(tls_setup_error)?;
-        let server_name = server_name(&endpoint.host)?;
+    if let Some((config, server_name)) = tls {
         record.begin(Phase::Tls);
         let stream = tokio_rustls::TlsConnector::from(config)
             .connect(server_name, tcp)
