@@ -397,7 +397,8 @@ fn toml_error(text: &str, path: &Path, error: &toml::de::Error) -> ConfigError {
     let message = error.message().trim_end().to_string();
     match error.span() {
         Some(span) => {
-            let (line, column) = line_and_column(text, span.start);
+            let offset = unknown_key_offset(text, span.start, &message).unwrap_or(span.start);
+            let (line, column) = line_and_column(text, offset);
             ConfigError::Syntax {
                 path: path.to_path_buf(),
                 line,
@@ -441,6 +442,32 @@ fn yaml_error(path: &Path, error: &serde_saphyr::Error) -> ConfigError {
     }
 }
 
+/// Where an unknown key really stands. A check's type-specific keys are read through
+/// `serde(flatten)`, which hides positions: the parser then blames the check's whole table.
+/// This finds the named key inside the table that starts at `blamed` (or in a table nested in
+/// it, such as `tls`), so the error points at the key itself.
+fn unknown_key_offset(text: &str, blamed: usize, message: &str) -> Option<usize> {
+    let name = message.strip_prefix("unknown field `")?.split('`').next()?;
+    let document = toml::de::DeTable::parse(text).ok()?;
+    let checks = document.get_ref().get("checks")?;
+    let toml::de::DeValue::Array(checks) = checks.get_ref() else {
+        return None;
+    };
+    let check = checks.iter().find(|check| check.span().contains(&blamed))?;
+    let toml::de::DeValue::Table(table) = check.get_ref() else {
+        return None;
+    };
+    let nested = table.values().filter_map(|value| match value.get_ref() {
+        toml::de::DeValue::Table(inner) => Some(inner),
+        _ => None,
+    });
+    std::iter::once(table)
+        .chain(nested)
+        .flat_map(|table| table.keys())
+        .find(|key| key.get_ref() == name)
+        .map(|key| key.span().start)
+}
+
 /// 1-based line and column (in characters) of a byte offset.
 fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(text.len());
@@ -461,6 +488,36 @@ mod tests {
         assert_eq!(line_and_column(text, 0), (1, 1));
         assert_eq!(line_and_column(text, 6), (2, 1));
         assert_eq!(line_and_column(text, 9), (2, 4));
+    }
+
+    #[test]
+    fn unknown_keys_inside_a_check_point_at_the_key() {
+        let cases = [
+            (
+                "[agent]\nid = \"a\"\n\n[[checks]]\nname = \"web\"\ntype = \"http\"\ninterval = \"5s\"\nurl = \"http://x/\"\ncolour = \"red\"\n",
+                (9, 1),
+                "unknown field `colour`",
+            ),
+            (
+                "[[checks]]\nname = \"a\"\ntype = \"http\"\ninterval = \"5s\"\nurl = \"http://x/\"\n\n[[checks]]\nname = \"b\"\ntype = \"http\"\ninterval = \"5s\"\nurl = \"http://x/\"\ntls = { insecure_skip_verify = true, ca_fil = \"x\" }\n",
+                (12, 38),
+                "unknown field `ca_fil`",
+            ),
+        ];
+        for (text, (line, column), message) in cases {
+            match Config::parse(text, Format::Toml, Path::new("c.toml")) {
+                Err(ConfigError::Syntax {
+                    line: l,
+                    column: c,
+                    message: m,
+                    ..
+                }) => {
+                    assert_eq!((l, c), (line, column), "{m}");
+                    assert!(m.starts_with(message), "{m}");
+                }
+                other => panic!("expected a located error, got {other:?}"),
+            }
+        }
     }
 
     #[test]
