@@ -1,15 +1,20 @@
-//! The whole agent in one process: checker, embedded bus, runner, result sink and endpoints.
-//! Start-up goes in phases: `Config` (validated) -> `Agent::build` (binds, subscribes) ->
-//! `Agent::run(shutdown)`. Shutdown stops scheduling first, lets runs in flight finish for up
-//! to `shutdown_grace` so their results are still published and recorded, then stops the rest.
+//! The agent: the components one process runs for its role, wired together. `all` runs a
+//! checker, a runner and the result sink on one bus (the embedded one by default); `checker`
+//! and `runner` split them across processes over NATS. Start-up goes in phases: `Config`
+//! (validated) -> `Agent::build` (binds, connects, subscribes) -> `Agent::run(shutdown)`.
+//! Shutdown stops scheduling first, lets runs in flight finish for up to `shutdown_grace` so
+//! their results are still published and recorded, then stops the rest.
 
 use crate::bus::memory::MemoryBus;
+use crate::bus::nats::NatsBus;
 use crate::bus::{Bus, BusError, Subjects};
 use crate::checker::Checker;
 use crate::checks::CompiledCheck;
 use crate::config::{BusKind, Config};
+use crate::heartbeat::Heartbeats;
 use crate::http::ApiState;
-use crate::messages::CheckResult;
+use crate::lease::LeaseStore;
+use crate::messages::{self, CheckResult, TestFailure, TestRequest, MESSAGE_VERSION};
 use crate::metrics::Metrics;
 use crate::results::ResultStore;
 use crate::runner::dispatcher::RunOrder;
@@ -17,9 +22,53 @@ use crate::runner::{build_dispatcher, Runner, RunnerError};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 use tokio::net::TcpListener;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+
+/// Which components this process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Role {
+    /// Checker, runner and result sink in one process.
+    #[default]
+    All,
+    /// Schedules checks and records their results; probes nothing.
+    Checker,
+    /// Runs whatever checks arrive; needs no checks in its config.
+    Runner,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::All => "all",
+            Role::Checker => "checker",
+            Role::Runner => "runner",
+        }
+    }
+
+    fn schedules(self) -> bool {
+        matches!(self, Role::All | Role::Checker)
+    }
+
+    fn probes(self) -> bool {
+        matches!(self, Role::All | Role::Runner)
+    }
+}
+
+/// How to start, beyond the config file.
+#[derive(Debug, Clone, Default)]
+pub struct AgentOptions {
+    pub role: Role,
+    /// Overrides `bus.nats.connect_timeout`.
+    pub bus_connect_timeout: Option<Duration>,
+}
+
+/// How long `bastion once --remote` waits for NATS when neither the flag nor the config says.
+const REMOTE_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Beyond the dispatch deadline and the check's timeout, how long a test reply may take.
+const REPLY_GRACE: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -40,18 +89,29 @@ pub enum AgentError {
     InvalidCheck(String, String),
     #[error("a check run failed: {0}")]
     RunFailed(String),
+    #[error("role `{0}` needs a shared bus: set [bus] kind = \"nats\" with [bus.nats] url, or run with --role all")]
+    RoleNeedsNats(&'static str),
+    #[error("--remote runs checks on the runners of a NATS bus: set [bus] kind = \"nats\" in the config")]
+    RemoteNeedsNats,
+    #[error(
+        "no runner answers `{0}` checks on this bus; start one with `bastion run --role runner`"
+    )]
+    NoRunner(String),
 }
 
 /// A built agent, ready to run.
 pub struct Agent {
     config: Config,
+    role: Role,
     listener: TcpListener,
     bus: Arc<dyn Bus>,
+    subjects: Subjects,
     metrics: Arc<Metrics>,
     store: Arc<ResultStore>,
-    checker: Checker,
-    runner: Runner,
-    results: crate::bus::Subscription,
+    checker: Option<Checker>,
+    lease: Option<Arc<dyn LeaseStore>>,
+    runner: Option<Runner>,
+    results: Option<crate::bus::Subscription>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -62,14 +122,35 @@ impl std::fmt::Debug for Agent {
     }
 }
 
-fn build_bus(config: &Config) -> Arc<dyn Bus> {
-    match config.bus.kind {
-        BusKind::Embedded => Arc::new(MemoryBus::default()),
+/// Connects to NATS when the config says so.
+async fn connect_nats(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+    connect_timeout: Option<Duration>,
+) -> Result<Option<NatsBus>, AgentError> {
+    match (&config.bus.kind, &config.bus.nats) {
+        (BusKind::Nats, Some(nats)) => {
+            let timeout = connect_timeout.or(nats.connect_timeout);
+            Ok(Some(
+                NatsBus::connect(nats, &config.agent.id, Arc::clone(metrics), timeout).await?,
+            ))
+        }
+        _ => Ok(None),
     }
 }
 
 impl Agent {
+    /// Builds every component, in one process, on the configured bus.
     pub async fn build(config: Config) -> Result<Agent, AgentError> {
+        Agent::build_with(config, AgentOptions::default()).await
+    }
+
+    /// Builds the components of `options.role`.
+    pub async fn build_with(config: Config, options: AgentOptions) -> Result<Agent, AgentError> {
+        let role = options.role;
+        if role != Role::All && config.bus.kind == BusKind::Embedded {
+            return Err(AgentError::RoleNeedsNats(role.as_str()));
+        }
         let listener = TcpListener::bind(config.agent.listen)
             .await
             .map_err(|source| AgentError::Listen {
@@ -77,32 +158,69 @@ impl Agent {
                 source,
             })?;
         let metrics = Arc::new(Metrics::new());
-        let bus = build_bus(&config);
-        let subjects = Subjects::default();
-        let results = bus.subscribe(&subjects.all_results(), None).await?;
-        let dispatcher = build_dispatcher(&config, Arc::clone(&metrics))?;
-        let runner = Runner::build(
-            Arc::clone(&bus),
-            subjects.clone(),
-            dispatcher,
-            Arc::clone(&metrics),
-        )
-        .await?;
-        let checker = Checker::build(
-            &config.checks,
-            config.runner.dispatch_deadline,
-            Arc::clone(&bus),
-            &subjects,
-            Arc::clone(&metrics),
-        )
-        .await?;
+        let nats = connect_nats(&config, &metrics, options.bus_connect_timeout).await?;
+        let lease: Option<Arc<dyn LeaseStore>> = match &nats {
+            Some(nats) if role.schedules() && config.checker.ha => Some(Arc::new(
+                nats.lease_store(
+                    &config.checker.lease_bucket,
+                    &config.agent.id,
+                    config.checker.lease_ttl,
+                )
+                .await?,
+            )),
+            _ => None,
+        };
+        let bus: Arc<dyn Bus> = match nats {
+            Some(nats) => Arc::new(nats),
+            None => {
+                metrics.bus_connected.set(1);
+                Arc::new(MemoryBus::default())
+            }
+        };
+        let subjects = Subjects::new(config.subject_prefix());
+        let results = if role.schedules() {
+            Some(bus.subscribe(&subjects.all_results(), None).await?)
+        } else {
+            None
+        };
+        let runner = if role.probes() {
+            let dispatcher = build_dispatcher(&config, Arc::clone(&metrics))?;
+            Some(
+                Runner::build(
+                    Arc::clone(&bus),
+                    subjects.clone(),
+                    dispatcher,
+                    Arc::clone(&metrics),
+                )
+                .await?,
+            )
+        } else {
+            None
+        };
+        let checker = if role.schedules() {
+            Some(
+                Checker::build(
+                    &config.checks,
+                    config.runner.dispatch_deadline,
+                    Arc::clone(&bus),
+                    &subjects,
+                    Arc::clone(&metrics),
+                )
+                .await?,
+            )
+        } else {
+            None
+        };
         Ok(Agent {
             config,
+            role,
             listener,
             bus,
+            subjects,
             metrics,
             store: Arc::new(ResultStore::default()),
             checker,
+            lease,
             runner,
             results,
         })
@@ -125,11 +243,14 @@ impl Agent {
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), AgentError> {
         let Agent {
             config,
+            role,
             listener,
             bus,
+            subjects,
             metrics,
             store,
             checker,
+            lease,
             runner,
             results,
         } = self;
@@ -139,8 +260,12 @@ impl Agent {
         let state = ApiState {
             metrics: Arc::clone(&metrics),
             store: Arc::clone(&store),
-            checks: Arc::new(config.checks.clone()),
-            bus,
+            checks: Arc::new(if role.schedules() {
+                config.checks.clone()
+            } else {
+                Vec::new()
+            }),
+            bus: Arc::clone(&bus),
             started: Arc::clone(&started),
         };
         let server_stop = outlets.clone();
@@ -149,20 +274,55 @@ impl Agent {
                 .with_graceful_shutdown(async move { server_stop.cancelled().await })
                 .await
         });
-        let sink = tokio::spawn(crate::results::consume(
-            results,
-            store,
-            metrics,
-            outlets.clone(),
-        ));
-        let runs = runner.runs();
-        let runner_task = tokio::spawn(runner.run(intake.clone()));
-        let checker_task = tokio::spawn(checker.run(intake.clone()));
+        let sink = results.map(|results| {
+            tokio::spawn(crate::results::consume(
+                results,
+                store,
+                Arc::clone(&metrics),
+                outlets.clone(),
+            ))
+        });
+        let runs = runner.as_ref().map(Runner::runs);
+        let dispatcher = runner.as_ref().map(Runner::dispatcher);
+        let runner_task = runner.map(|runner| tokio::spawn(runner.run(intake.clone())));
+        let (leadership, lease_task) = match lease {
+            Some(store) => {
+                let (leadership, task) = crate::lease::spawn(
+                    store,
+                    config.agent.id.clone(),
+                    config.checker.lease_ttl,
+                    Arc::clone(&metrics),
+                    intake.clone(),
+                );
+                (Some(leadership), Some(task))
+            }
+            None => {
+                if role.schedules() {
+                    metrics.checker_leader.set(1);
+                }
+                (None, None)
+            }
+        };
+        let checker_task = checker.map(|checker| {
+            tokio::spawn(checker.run_while_leading(intake.clone(), leadership.clone()))
+        });
+        let heartbeats = Heartbeats {
+            bus: Arc::clone(&bus),
+            subjects,
+            agent: config.agent.id.clone(),
+            role: role.as_str(),
+            started: Instant::now(),
+            dispatcher,
+            leadership,
+            metrics: Arc::clone(&metrics),
+        };
+        let heartbeat_task = tokio::spawn(heartbeats.run(outlets.clone()));
         started.store(true, Ordering::Release);
         tracing::info!(
             agent = %config.agent.id,
+            role = role.as_str(),
             listen = %config.agent.listen,
-            checks = config.checks.len(),
+            checks = if role.schedules() { config.checks.len() } else { 0 },
             "bastion is running"
         );
 
@@ -181,18 +341,38 @@ impl Agent {
         tracing::info!("shutting down: scheduling stopped, waiting for runs in flight");
         started.store(false, Ordering::Release);
         intake.cancel();
-        let _ = checker_task.await;
-        let _ = runner_task.await;
-        let grace = config.agent.shutdown_grace;
-        if tokio::time::timeout(grace, runs.wait()).await.is_err() {
-            tracing::warn!(
-                runs = runs.len(),
-                grace = %humantime::format_duration(grace),
-                "runs still in flight when the shutdown grace expired; abandoning them"
-            );
+        if let Some(task) = checker_task {
+            let _ = task.await;
         }
+        if let Some(task) = lease_task {
+            let _ = task.await;
+        }
+        if let Some(task) = runner_task {
+            let _ = task.await;
+        }
+        let grace = config.agent.shutdown_grace;
+        let grace_ends = Instant::now() + grace;
+        if let Some(runs) = runs {
+            if tokio::time::timeout(grace, runs.wait()).await.is_err() {
+                tracing::warn!(
+                    runs = runs.len(),
+                    grace = %humantime::format_duration(grace),
+                    "runs still in flight when the shutdown grace expired; abandoning them"
+                );
+            }
+        }
+        // Results of the last runs may still be on their way to the server or the stream.
+        bus.flush(
+            grace_ends
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(500)),
+        )
+        .await;
         outlets.cancel();
-        let _ = sink.await;
+        if let Some(sink) = sink {
+            let _ = sink.await;
+        }
+        let _ = heartbeat_task.await;
         let _ = server.await;
         tracing::info!("bastion stopped");
         Ok(())
@@ -232,4 +412,87 @@ pub async fn run_once(config: &Config, only: Option<&str>) -> Result<Vec<CheckRe
     }
     results.sort_by_key(|(position, _)| *position);
     Ok(results.into_iter().map(|(_, result)| result).collect())
+}
+
+/// Runs each selected check once, now, on the runners of the NATS bus (the test-check
+/// request/reply), and returns the results in config order.
+pub async fn run_remote(
+    config: &Config,
+    only: Option<&str>,
+    connect_timeout: Option<Duration>,
+) -> Result<Vec<CheckResult>, AgentError> {
+    let checks: Vec<_> = config
+        .checks
+        .iter()
+        .filter(|check| only.is_none_or(|name| check.name == name))
+        .cloned()
+        .collect();
+    if let Some(name) = only {
+        if checks.is_empty() {
+            return Err(AgentError::NoSuchCheck(name.to_string()));
+        }
+    }
+    let Some(nats_config) = config
+        .bus
+        .nats
+        .as_ref()
+        .filter(|_| config.bus.kind == BusKind::Nats)
+    else {
+        return Err(AgentError::RemoteNeedsNats);
+    };
+    let metrics = Arc::new(Metrics::new());
+    let timeout = connect_timeout
+        .or(nats_config.connect_timeout)
+        .unwrap_or(REMOTE_CONNECT_TIMEOUT);
+    let bus: Arc<dyn Bus> =
+        Arc::new(NatsBus::connect(nats_config, &config.agent.id, metrics, Some(timeout)).await?);
+    let subjects = Subjects::new(config.subject_prefix());
+    let mut requests = tokio::task::JoinSet::new();
+    for (position, check) in checks.into_iter().enumerate() {
+        let bus = Arc::clone(&bus);
+        let subject = subjects.test(check.check_type());
+        let wait = config.runner.dispatch_deadline + check.timeout() + REPLY_GRACE;
+        requests
+            .spawn(async move { (position, test_remotely(&*bus, &subject, check, wait).await) });
+    }
+    let mut results = Vec::new();
+    while let Some(joined) = requests.join_next().await {
+        let (position, result) =
+            joined.map_err(|error| AgentError::RunFailed(error.to_string()))?;
+        results.push((position, result?));
+    }
+    results.sort_by_key(|(position, _)| *position);
+    Ok(results.into_iter().map(|(_, result)| result).collect())
+}
+
+async fn test_remotely(
+    bus: &dyn Bus,
+    subject: &str,
+    check: crate::config::CheckConfig,
+    wait: Duration,
+) -> Result<CheckResult, AgentError> {
+    let name = check.name.clone();
+    let check_type = check.check_type();
+    let request = TestRequest {
+        version: MESSAGE_VERSION,
+        check,
+    };
+    let payload = messages::encode(&request)
+        .map_err(|error| AgentError::RunFailed(format!("check `{name}`: {error}")))?;
+    let reply = bus
+        .request(subject, payload, wait)
+        .await
+        .map_err(|error| match error {
+            BusError::NoResponders(_) => AgentError::NoRunner(check_type.as_str().to_string()),
+            other => AgentError::RunFailed(format!("check `{name}`: {other}")),
+        })?;
+    if let Ok(result) = messages::decode::<CheckResult>(&reply) {
+        return Ok(result);
+    }
+    match messages::decode::<TestFailure>(&reply) {
+        Ok(failure) => Err(AgentError::InvalidCheck(name, failure.error)),
+        Err(error) => Err(AgentError::RunFailed(format!(
+            "check `{name}`: the runner's reply is not a result: {error}"
+        ))),
+    }
 }

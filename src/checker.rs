@@ -139,7 +139,51 @@ impl Checker {
     }
 
     /// Schedules until `stop` is cancelled.
-    pub async fn run(mut self, stop: CancellationToken) {
+    pub async fn run(self, stop: CancellationToken) {
+        self.run_while_leading(stop, None).await;
+    }
+
+    /// Schedules only while `leadership` says this checker leads (always, when None), until
+    /// `stop` is cancelled. On taking over, each check's phase comes from the wall clock, so
+    /// a new leader keeps the schedule of the old one.
+    pub async fn run_while_leading(
+        mut self,
+        stop: CancellationToken,
+        mut leadership: Option<crate::lease::Leadership>,
+    ) {
+        loop {
+            if let Some(leadership) = leadership.as_mut() {
+                tracing::info!("checker standing by for the lease");
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        leading = leadership.wait_for(|leading| *leading) => match leading {
+                            Ok(_) => break,
+                            Err(_) => return,
+                        },
+                        // Results keep arriving from the leader's runs; a standby reads and
+                        // drops them so its subscription never backs up.
+                        message = self.results.next() => if message.is_none() { return },
+                    }
+                }
+            }
+            if !self.schedule(&stop, leadership.as_mut()).await {
+                break;
+            }
+            // Leadership lost: whatever was in flight belongs to the past leader's term.
+            for check in &mut self.checks {
+                check.in_flight = None;
+            }
+        }
+        tracing::info!("checker stopped");
+    }
+
+    /// Schedules until stopped (returns false) or until leadership is lost (returns true).
+    async fn schedule(
+        &mut self,
+        stop: &CancellationToken,
+        mut leadership: Option<&mut crate::lease::Leadership>,
+    ) -> bool {
         let start = Instant::now();
         let wall_start = SystemTime::now();
         let mut due: BinaryHeap<Reverse<(Instant, usize)>> = self
@@ -151,11 +195,12 @@ impl Checker {
                 Reverse((start + wait, index))
             })
             .collect();
-        tracing::info!(checks = self.checks.len(), "checker started");
+        tracing::info!(checks = self.checks.len(), "checker scheduling");
         loop {
             let next = due.peek().map(|Reverse((at, _))| *at);
             tokio::select! {
-                _ = stop.cancelled() => break,
+                _ = stop.cancelled() => return false,
+                _ = until_lost(leadership.as_deref_mut()) => return true,
                 _ = sleep_until_or_forever(next) => {
                     let now = Instant::now();
                     while let Some(&Reverse((at, index))) = due.peek() {
@@ -169,11 +214,10 @@ impl Checker {
                 }
                 message = self.results.next() => match message {
                     Some(message) => self.close_run(&message.payload),
-                    None => break,
+                    None => return false,
                 },
             }
         }
-        tracing::info!("checker stopped");
     }
 
     /// Publishes one run of check `index`, due at `at`; returns when the check is next due.
@@ -250,6 +294,17 @@ impl Checker {
                 check.in_flight = None;
             }
         }
+    }
+}
+
+/// Returns once `leadership` says this checker no longer leads; never without one.
+async fn until_lost(leadership: Option<&mut crate::lease::Leadership>) {
+    match leadership {
+        Some(leadership) => {
+            // A closed channel means the lease keeper is gone: stop scheduling too.
+            let _ = leadership.wait_for(|leading| !*leading).await;
+        }
+        None => std::future::pending().await,
     }
 }
 

@@ -19,6 +19,9 @@ pub struct Config {
     /// The message bus between the checker and the runners.
     #[serde(default)]
     pub bus: BusConfig,
+    /// How the checker schedules.
+    #[serde(default)]
+    pub checker: CheckerConfig,
     /// How this agent runs probes.
     #[serde(default)]
     pub runner: RunnerConfig,
@@ -49,6 +52,9 @@ pub struct BusConfig {
     /// Which bus carries check requests and results.
     #[serde(default)]
     pub kind: BusKind,
+    /// The NATS connection; required when `kind = "nats"`.
+    #[serde(default)]
+    pub nats: Option<NatsConfig>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -57,6 +63,99 @@ pub enum BusKind {
     /// In memory, inside this process: no broker needed.
     #[default]
     Embedded,
+    /// A NATS server: a checker and any number of runners in separate processes.
+    Nats,
+}
+
+/// `[bus.nats]`. Secrets are named by file, never written in the config itself.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsConfig {
+    /// Server URL, or a list of them (`nats://host:4222`, `tls://host:4222`).
+    pub url: OneOrMany,
+    /// First token of every subject bastion uses.
+    #[serde(default = "default_subject_prefix")]
+    pub subject_prefix: String,
+    /// File holding the server's auth token.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// User name; goes with `password_file`.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// File holding the user's password.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// A NATS `.creds` file (JWT and nkey seed).
+    #[serde(default)]
+    pub creds_file: Option<PathBuf>,
+    /// File holding an nkey seed (`SU...`).
+    #[serde(default)]
+    pub nkey_seed_file: Option<PathBuf>,
+    /// TLS to the server: a CA to trust, and a client certificate for mutual TLS.
+    #[serde(default)]
+    pub tls: Option<NatsTlsConfig>,
+    /// Give up and exit when no server answers within this long at start-up. Default: keep
+    /// trying forever (`--bus-connect-timeout` overrides it).
+    #[serde(default, with = "humantime_serde")]
+    pub connect_timeout: Option<Duration>,
+    /// Publish results to the JetStream stream `BASTION_RESULTS`, acknowledged and retried.
+    #[serde(default)]
+    pub results_stream: bool,
+    /// How long the results stream keeps a result.
+    #[serde(default = "default_results_max_age", with = "humantime_serde")]
+    pub results_max_age: Duration,
+    /// Results waiting for the stream's acknowledgement at most; beyond it they are dropped
+    /// and counted.
+    #[serde(default = "default_results_buffer")]
+    pub results_buffer: usize,
+}
+
+/// `[bus.nats.tls]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsTlsConfig {
+    /// PEM file of the CA that signed the server's certificate. Default: the system roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate, for servers that verify clients; goes with `key_file`.
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of `cert_file`.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+}
+
+/// A value that may be written once or as a list.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    pub fn to_vec(&self) -> Vec<String> {
+        match self {
+            OneOrMany::One(one) => vec![one.clone()],
+            OneOrMany::Many(many) => many.clone(),
+        }
+    }
+}
+
+/// `[checker]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckerConfig {
+    /// Let several checkers run at once; one holds a lease in NATS and schedules, the others
+    /// wait to take over. Needs `bus.kind = "nats"` with JetStream.
+    #[serde(default)]
+    pub ha: bool,
+    /// How long the lease lasts unless renewed; it is renewed every third of it.
+    #[serde(default = "default_lease_ttl", with = "humantime_serde")]
+    pub lease_ttl: Duration,
+    /// The JetStream key-value bucket holding the lease.
+    #[serde(default = "default_lease_bucket")]
+    pub lease_bucket: String,
 }
 
 /// `[runner]`
@@ -253,6 +352,21 @@ fn default_max_body_bytes() -> usize {
 fn default_workers() -> usize {
     10
 }
+fn default_subject_prefix() -> String {
+    "bastion".to_string()
+}
+fn default_results_max_age() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+fn default_results_buffer() -> usize {
+    1024
+}
+fn default_lease_ttl() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_lease_bucket() -> String {
+    "bastion_checker".to_string()
+}
 fn default_method() -> String {
     "GET".to_string()
 }
@@ -263,6 +377,15 @@ impl Default for AgentConfig {
             id: default_agent_id(),
             listen: default_listen(),
             shutdown_grace: default_shutdown_grace(),
+        }
+    }
+}
+impl Default for CheckerConfig {
+    fn default() -> Self {
+        CheckerConfig {
+            ha: false,
+            lease_ttl: default_lease_ttl(),
+            lease_bucket: default_lease_bucket(),
         }
     }
 }
@@ -362,6 +485,7 @@ impl Config {
                 self.runner.max_body_bytes
             ));
         }
+        self.validate_bus()?;
         for server in &self.runner.dns_servers {
             crate::resolve::parse_dns_server(server)
                 .map_err(|error| format!("runner.dns_servers: {error}"))?;
@@ -388,6 +512,92 @@ impl Config {
                     check.name
                 ));
             }
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// The subject prefix on the configured bus.
+    pub fn subject_prefix(&self) -> &str {
+        match &self.bus.nats {
+            Some(nats) if self.bus.kind == BusKind::Nats => &nats.subject_prefix,
+            _ => "bastion",
+        }
+    }
+
+    fn validate_bus(&self) -> Result<(), String> {
+        let nats = match (self.bus.kind, &self.bus.nats) {
+            (BusKind::Embedded, None) => {
+                if self.checker.ha {
+                    return Err("checker.ha needs a shared bus: set [bus] kind = \"nats\" and [bus.nats] url".to_string());
+                }
+                return Ok(());
+            }
+            (BusKind::Embedded, Some(_)) => {
+                return Err("[bus.nats] is set but bus.kind is \"embedded\"; set kind = \"nats\" to use it, or remove [bus.nats]".to_string());
+            }
+            (BusKind::Nats, None) => {
+                return Err(
+                    "bus.kind is \"nats\" but [bus.nats] is missing; give at least its url"
+                        .to_string(),
+                );
+            }
+            (BusKind::Nats, Some(nats)) => nats,
+        };
+        let urls = nats.url.to_vec();
+        if urls.is_empty() {
+            return Err("bus.nats.url is an empty list; give at least one server".to_string());
+        }
+        for url in &urls {
+            crate::bus::nats::check_url(url).map_err(|error| format!("bus.nats.url: {error}"))?;
+        }
+        if !crate::bus::valid_subject(&nats.subject_prefix, false) {
+            return Err(format!(
+                "bus.nats.subject_prefix `{}` is not a valid subject: use dot-separated tokens without spaces or wildcards",
+                nats.subject_prefix
+            ));
+        }
+        let methods = [
+            nats.token_file.is_some(),
+            nats.user.is_some() || nats.password_file.is_some(),
+            nats.creds_file.is_some(),
+            nats.nkey_seed_file.is_some(),
+        ];
+        if methods.iter().filter(|set| **set).count() > 1 {
+            return Err("bus.nats sets more than one way to authenticate; use at most one of token_file, user + password_file, creds_file and nkey_seed_file".to_string());
+        }
+        if nats.user.is_some() != nats.password_file.is_some() {
+            return Err(
+                "bus.nats.user and bus.nats.password_file go together; set both or neither"
+                    .to_string(),
+            );
+        }
+        if let Some(tls) = &nats.tls {
+            if tls.cert_file.is_some() != tls.key_file.is_some() {
+                return Err(
+                    "bus.nats.tls.cert_file and key_file go together; set both or neither"
+                        .to_string(),
+                );
+            }
+        }
+        if nats.results_buffer == 0 {
+            return Err("bus.nats.results_buffer must be at least 1".to_string());
+        }
+        if nats.results_max_age < Duration::from_secs(1) {
+            return Err("bus.nats.results_max_age must be at least 1s".to_string());
+        }
+        if self.checker.lease_ttl < Duration::from_secs(3) {
+            return Err(
+                "checker.lease_ttl must be at least 3s: it is renewed every third of it"
+                    .to_string(),
+            );
+        }
+        if !crate::bus::nats::valid_bucket_name(&self.checker.lease_bucket) {
+            return Err(format!(
+                "checker.lease_bucket `{}` is not a valid bucket name: use letters, digits, `-` and `_`",
+                self.checker.lease_bucket
+            ));
         }
         Ok(())
     }

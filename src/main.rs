@@ -4,13 +4,14 @@
 #![forbid(unsafe_code)]
 
 use anyhow::Context;
-use bastion_agent::agent::{self, Agent};
+use bastion_agent::agent::{self, Agent, AgentOptions, Role};
 use bastion_agent::config::Config;
 use bastion_agent::report;
 use bastion_agent::telemetry::{self, LogFormat};
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -30,7 +31,16 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the daemon: schedule the checks, probe, serve metrics and the API.
-    Run(ConfigArg),
+    Run {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Which components to run: `all` in one process, or a `checker` or a `runner` of a
+        /// NATS deployment.
+        #[arg(long, value_enum, default_value = "all", env = "BASTION_ROLE")]
+        role: RoleArg,
+        #[command(flatten)]
+        bus: BusArgs,
+    },
     /// Check a config file; exit 0 when valid, 2 with the error otherwise.
     Validate(ConfigArg),
     /// Run each check once, now, and print the results; exit 0 if all pass, 1 if any fails.
@@ -43,7 +53,37 @@ enum Command {
         /// Print one CheckResult JSON object per line instead of a table.
         #[arg(long)]
         json: bool,
+        /// Run the checks on the runners of the NATS bus instead of in this process.
+        #[arg(long)]
+        remote: bool,
+        #[command(flatten)]
+        bus: BusArgs,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum RoleArg {
+    All,
+    Checker,
+    Runner,
+}
+
+impl From<RoleArg> for Role {
+    fn from(role: RoleArg) -> Role {
+        match role {
+            RoleArg::All => Role::All,
+            RoleArg::Checker => Role::Checker,
+            RoleArg::Runner => Role::Runner,
+        }
+    }
+}
+
+#[derive(Args)]
+struct BusArgs {
+    /// Exit with an error when no NATS server answers within this long at start-up (e.g.
+    /// `30s`), instead of retrying forever. Overrides bus.nats.connect_timeout.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    bus_connect_timeout: Option<Duration>,
 }
 
 #[derive(Args)]
@@ -86,12 +126,15 @@ fn main() -> ExitCode {
                 config,
                 check,
                 json,
+                remote,
+                bus,
             } => {
                 let config = match Config::load(&config.config) {
                     Ok(config) => config,
                     Err(error) => return config_error(&error),
                 };
-                match once(&config, check.as_deref(), json).await {
+                let remote = remote.then_some(bus.bus_connect_timeout);
+                match once(&config, check.as_deref(), json, remote).await {
                     Ok(true) => ExitCode::SUCCESS,
                     Ok(false) => ExitCode::from(EXIT_FAILING),
                     Err(error) => {
@@ -103,22 +146,31 @@ fn main() -> ExitCode {
                             Some(
                                 agent::AgentError::NoSuchCheck(_)
                                     | agent::AgentError::InvalidCheck(..)
+                                    | agent::AgentError::RemoteNeedsNats
                             )
                         );
                         ExitCode::from(if usage { EXIT_CONFIG } else { EXIT_FAILING })
                     }
                 }
             }
-            Command::Run(arg) => {
-                let config = match Config::load(&arg.config) {
+            Command::Run { config, role, bus } => {
+                let config = match Config::load(&config.config) {
                     Ok(config) => config,
                     Err(error) => return config_error(&error),
                 };
-                match run(config).await {
+                let options = AgentOptions {
+                    role: role.into(),
+                    bus_connect_timeout: bus.bus_connect_timeout,
+                };
+                match run(config, options).await {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(error) => {
                         eprintln!("error: {error:#}");
-                        ExitCode::from(EXIT_FAILING)
+                        let usage = matches!(
+                            error.downcast_ref::<agent::AgentError>(),
+                            Some(agent::AgentError::RoleNeedsNats(_))
+                        );
+                        ExitCode::from(if usage { EXIT_CONFIG } else { EXIT_FAILING })
                     }
                 }
             }
@@ -131,8 +183,17 @@ fn config_error(error: &bastion_agent::config::ConfigError) -> ExitCode {
     ExitCode::from(EXIT_CONFIG)
 }
 
-async fn once(config: &Config, only: Option<&str>, json: bool) -> anyhow::Result<bool> {
-    let results = agent::run_once(config, only).await?;
+/// `remote`: run on the bus's runners, with this connect timeout (None: the default).
+async fn once(
+    config: &Config,
+    only: Option<&str>,
+    json: bool,
+    remote: Option<Option<Duration>>,
+) -> anyhow::Result<bool> {
+    let results = match remote {
+        Some(connect_timeout) => agent::run_remote(config, only, connect_timeout).await?,
+        None => agent::run_once(config, only).await?,
+    };
     let mut out = String::new();
     if json {
         for result in &results {
@@ -146,10 +207,14 @@ async fn once(config: &Config, only: Option<&str>, json: bool) -> anyhow::Result
     Ok(results.iter().all(|result| result.passing))
 }
 
-async fn run(config: Config) -> anyhow::Result<()> {
-    let agent = Agent::build(config).await.context("starting bastion")?;
+async fn run(config: Config, options: AgentOptions) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     tokio::spawn(watch_signals(shutdown.clone()));
+    // Start-up may wait for NATS; a signal meanwhile stops it cleanly.
+    let agent = tokio::select! {
+        built = Agent::build_with(config, options) => built.context("starting bastion")?,
+        _ = shutdown.cancelled() => return Ok(()),
+    };
     agent.run(shutdown).await.context("running bastion")
 }
 

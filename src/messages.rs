@@ -1,5 +1,6 @@
-//! The messages that travel on the bus: `CheckRequest` (checker to runners) and `CheckResult`
-//! (runners to whoever listens). Their JSON is a contract shared by the bus, the API and
+//! The messages that travel on the bus: `CheckRequest` (checker to runners), `CheckResult`
+//! (runners to whoever listens), `TestRequest` (request/reply: run this check now) and
+//! `Heartbeat` (every agent, every 10 s). Their JSON is a contract shared by the bus, the API and
 //! `bastion once --json`; every message carries `"version": 1`. Decoding is strict and bounded:
 //! a bad message is an error value, never a panic.
 
@@ -25,6 +26,47 @@ pub struct CheckRequest {
     #[serde(with = "crate::time_format")]
     pub scheduled_at: SystemTime,
     pub check: CheckConfig,
+}
+
+/// Request/reply on `{prefix}.test.{type}`: run this check definition once, now, and reply
+/// with its `CheckResult` (or a `TestFailure`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TestRequest {
+    pub version: u32,
+    pub check: CheckConfig,
+}
+
+/// The reply to a `TestRequest` that could not be run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TestFailure {
+    pub version: u32,
+    pub error: String,
+}
+
+/// What each agent publishes on `{prefix}.heartbeat.{agent}` every 10 s.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub version: u32,
+    pub agent: String,
+    /// `all`, `checker` or `runner`.
+    pub role: String,
+    /// bastion's own version.
+    pub bastion_version: String,
+    #[serde(with = "crate::time_format")]
+    pub sent_at: SystemTime,
+    pub uptime_seconds: f64,
+    /// For a checker with `ha = true`: whether it schedules now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<bool>,
+    /// Per check type, for agents that run probes.
+    #[serde(default)]
+    pub workers: BTreeMap<CheckType, WorkerUsage>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerUsage {
+    pub busy: usize,
+    pub total: usize,
 }
 
 /// Every instance's response to one run of one check.

@@ -102,6 +102,12 @@ pub struct Metrics {
     pub workers: Family<TypeLabels, Gauge>,
     pub bus_decode_errors: Family<ReasonLabels, Counter>,
     pub bus_publish_errors: Family<SubjectLabels, Counter>,
+    pub bus_connected: Gauge,
+    pub bus_reconnects: Counter,
+    pub bus_dropped: Family<ReasonLabels, Counter>,
+    pub bus_publish_retries: Counter,
+    pub requests_expired: Family<TypeLabels, Counter>,
+    pub checker_leader: Gauge,
 }
 
 impl Default for Metrics {
@@ -132,6 +138,12 @@ impl Metrics {
             workers: Family::default(),
             bus_decode_errors: Family::default(),
             bus_publish_errors: Family::default(),
+            bus_connected: Gauge::default(),
+            bus_reconnects: Counter::default(),
+            bus_dropped: Family::default(),
+            bus_publish_retries: Counter::default(),
+            requests_expired: Family::default(),
+            checker_leader: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -224,6 +236,36 @@ impl Metrics {
             "Bus messages that could not be published",
             metrics.bus_publish_errors.clone(),
         );
+        registry.register(
+            "bastion_bus_connected",
+            "Whether the bus is connected now (1) or not (0)",
+            metrics.bus_connected.clone(),
+        );
+        registry.register(
+            "bastion_bus_reconnects",
+            "Times the bus connection was re-established after a loss",
+            metrics.bus_reconnects.clone(),
+        );
+        registry.register(
+            "bastion_bus_dropped",
+            "Bus messages dropped inside bastion, by reason",
+            metrics.bus_dropped.clone(),
+        );
+        registry.register(
+            "bastion_bus_publish_retries",
+            "Durable result publishes retried because the stream did not acknowledge them",
+            metrics.bus_publish_retries.clone(),
+        );
+        registry.register(
+            "bastion_requests_expired",
+            "Check requests that reached the runner after their dispatch deadline and were not run",
+            metrics.requests_expired.clone(),
+        );
+        registry.register(
+            "bastion_checker_leader",
+            "Whether this checker schedules now (1) or stands by (0)",
+            metrics.checker_leader.clone(),
+        );
         let build_info: Family<VersionLabels, Gauge> = Family::default();
         build_info
             .get_or_create(&VersionLabels {
@@ -240,6 +282,9 @@ impl Metrics {
             let _ = metrics
                 .bus_decode_errors
                 .get_or_create(&ReasonLabels { reason });
+        }
+        for reason in ["slow_consumer", "results_buffer_full", "results_rejected"] {
+            let _ = metrics.bus_dropped.get_or_create(&ReasonLabels { reason });
         }
         Metrics {
             registry,
@@ -266,6 +311,7 @@ impl Metrics {
         let _ = self.workers_busy.get_or_create(&labels);
         let _ = self.dispatch_timeouts.get_or_create(&labels);
         let _ = self.task_timeouts.get_or_create(&labels);
+        let _ = self.requests_expired.get_or_create(&labels);
     }
 
     pub fn count_probe_error(&self, check_type: CheckType, kind: ErrorKind) {

@@ -1,4 +1,4 @@
-//! Logging: tracing to stderr, as text or JSON lines, level from `RUST_LOG` (default `info`).
+//! Logging: tracing to stderr, as text or JSON lines, level from `RUST_LOG` (default `info`, with async-nats's own chatter at `warn`: bastion logs connection changes itself).
 
 use tracing_subscriber::EnvFilter;
 
@@ -10,7 +10,8 @@ pub enum LogFormat {
 
 /// Installs the global subscriber. A second call (tests) leaves the first in place.
 pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,async_nats=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -5,7 +5,9 @@
 use super::{subject_matches, valid_subject, BoxFuture, Bus, BusError, Message, Subscription};
 use bytes::Bytes;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::time::Duration;
 use tokio::sync::mpsc;
 
 /// Messages a subscription may hold before publishes to it are refused.
@@ -29,6 +31,7 @@ struct Inner {
 pub struct MemoryBus {
     inner: Mutex<Inner>,
     capacity: usize,
+    next_inbox: AtomicU64,
 }
 
 impl Default for MemoryBus {
@@ -42,6 +45,7 @@ impl MemoryBus {
         MemoryBus {
             inner: Mutex::new(Inner::default()),
             capacity: capacity.max(1),
+            next_inbox: AtomicU64::new(1),
         }
     }
 
@@ -52,7 +56,12 @@ impl MemoryBus {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn deliver(&self, subject: &str, payload: Bytes) -> Result<(), BusError> {
+    fn deliver(
+        &self,
+        subject: &str,
+        payload: Bytes,
+        reply: Option<String>,
+    ) -> Result<(), BusError> {
         let mut inner = self.lock();
         inner
             .subscribers
@@ -60,7 +69,9 @@ impl MemoryBus {
         let message = Message {
             subject: subject.to_string(),
             payload,
+            reply,
         };
+        let mut delivered_to_any = false;
         let mut full = false;
         let mut groups: HashMap<&str, Vec<&mpsc::Sender<Message>>> = HashMap::new();
         for subscriber in &inner.subscribers {
@@ -69,10 +80,14 @@ impl MemoryBus {
             }
             match &subscriber.queue_group {
                 Some(group) => groups.entry(group).or_default().push(&subscriber.sender),
-                None => full |= subscriber.sender.try_send(message.clone()).is_err(),
+                None => {
+                    delivered_to_any = true;
+                    full |= subscriber.sender.try_send(message.clone()).is_err();
+                }
             }
         }
         let mut chosen: Vec<(String, usize)> = Vec::new();
+        delivered_to_any |= !groups.is_empty();
         for (group, members) in groups {
             let start = inner.next_in_group.get(group).copied().unwrap_or(0);
             // One member gets it: the next in turn that has room.
@@ -91,14 +106,34 @@ impl MemoryBus {
         if full {
             return Err(BusError::Full(subject.to_string()));
         }
+        if !delivered_to_any && message.reply.is_some() {
+            return Err(BusError::NoResponders(subject.to_string()));
+        }
         Ok(())
+    }
+
+    fn subscribe_now(
+        &self,
+        pattern: &str,
+        queue_group: Option<&str>,
+    ) -> Result<Subscription, BusError> {
+        if !valid_subject(pattern, true) {
+            return Err(BusError::Subject(pattern.to_string()));
+        }
+        let (sender, receiver) = mpsc::channel(self.capacity);
+        self.lock().subscribers.push(Subscriber {
+            pattern: pattern.to_string(),
+            queue_group: queue_group.map(str::to_string),
+            sender,
+        });
+        Ok(Subscription::new(receiver))
     }
 }
 
 impl Bus for MemoryBus {
     fn publish(&self, subject: &str, payload: Bytes) -> BoxFuture<'_, Result<(), BusError>> {
         let result = if valid_subject(subject, false) {
-            self.deliver(subject, payload)
+            self.deliver(subject, payload, None)
         } else {
             Err(BusError::Subject(subject.to_string()))
         };
@@ -110,18 +145,33 @@ impl Bus for MemoryBus {
         pattern: &str,
         queue_group: Option<&str>,
     ) -> BoxFuture<'_, Result<Subscription, BusError>> {
-        let result = if valid_subject(pattern, true) {
-            let (sender, receiver) = mpsc::channel(self.capacity);
-            self.lock().subscribers.push(Subscriber {
-                pattern: pattern.to_string(),
-                queue_group: queue_group.map(str::to_string),
-                sender,
-            });
-            Ok(Subscription::new(receiver))
-        } else {
-            Err(BusError::Subject(pattern.to_string()))
-        };
+        let result = self.subscribe_now(pattern, queue_group);
         Box::pin(async move { result })
+    }
+
+    fn request(
+        &self,
+        subject: &str,
+        payload: Bytes,
+        timeout: Duration,
+    ) -> BoxFuture<'_, Result<Bytes, BusError>> {
+        let inbox = format!(
+            "_INBOX.memory.{}",
+            self.next_inbox.fetch_add(1, Ordering::Relaxed)
+        );
+        let subject = subject.to_string();
+        Box::pin(async move {
+            if !valid_subject(&subject, false) {
+                return Err(BusError::Subject(subject));
+            }
+            let mut replies = self.subscribe_now(&inbox, None)?;
+            self.deliver(&subject, payload, Some(inbox))?;
+            match tokio::time::timeout(timeout, replies.next()).await {
+                Ok(Some(reply)) => Ok(reply.payload),
+                Ok(None) => Err(BusError::Closed),
+                Err(_) => Err(BusError::TimedOut(subject)),
+            }
+        })
     }
 
     fn is_connected(&self) -> bool {
@@ -192,5 +242,37 @@ mod tests {
         bus.publish("x", Bytes::new()).await.unwrap();
         assert!(bus.publish("x.*", Bytes::new()).await.is_err());
         assert!(bus.subscribe("a..b", None).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn requests_get_the_reply_or_a_clear_error() {
+        let bus = std::sync::Arc::new(MemoryBus::new(4));
+        let error = bus
+            .request("t.http", Bytes::new(), Duration::from_secs(1))
+            .await
+            .unwrap_err();
+        assert!(matches!(error, BusError::NoResponders(_)), "{error}");
+        let mut server = bus.subscribe("t.http", Some("g")).await.unwrap();
+        let responder = {
+            let bus = std::sync::Arc::clone(&bus);
+            tokio::spawn(async move {
+                let request = server.next().await.unwrap();
+                let mut answer = b"re:".to_vec();
+                answer.extend_from_slice(&request.payload);
+                bus.publish(&request.reply.unwrap(), Bytes::from(answer))
+                    .await
+                    .unwrap();
+            })
+        };
+        let reply = bus
+            .request(
+                "t.http",
+                Bytes::from_static(b"ping"),
+                Duration::from_secs(30),
+            )
+            .await
+            .unwrap();
+        assert_eq!(&reply[..], b"re:ping");
+        responder.await.unwrap();
     }
 }

@@ -5,6 +5,7 @@
 //! every subscription is bounded, and what does not fit is refused and counted by the caller.
 
 pub mod memory;
+pub mod nats;
 
 use bytes::Bytes;
 use std::future::Future;
@@ -18,6 +19,8 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub struct Message {
     pub subject: String,
     pub payload: Bytes,
+    /// Where a request wants its reply, for request/reply subjects.
+    pub reply: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +31,28 @@ pub enum BusError {
     Full(String),
     #[error("the bus is closed")]
     Closed,
+    #[error("not connected to the bus; the message was dropped")]
+    Disconnected,
+    #[error("nobody serves `{0}` on this bus")]
+    NoResponders(String),
+    #[error("no reply on `{0}` in time")]
+    TimedOut(String),
+    #[error("cannot read {what} from {path}: {reason}")]
+    Secret {
+        what: &'static str,
+        path: std::path::PathBuf,
+        reason: String,
+    },
+    #[error("the NATS server at {servers} refused bastion's credentials ({reason}); check the token, user/password, creds or nkey file in [bus.nats]")]
+    Auth { servers: String, reason: String },
+    #[error("cannot connect to NATS at {servers}: {reason}")]
+    Connect { servers: String, reason: String },
+    #[error("no NATS server at {servers} answered within {waited}; start one, fix bus.nats.url, or raise the connect timeout")]
+    ConnectTimeout { servers: String, waited: String },
+    #[error("JetStream: {0}; JetStream must be enabled on the server (nats-server -js)")]
+    JetStream(String),
+    #[error("NATS: {0}")]
+    Nats(String),
 }
 
 /// A stream of messages for one subscription. Dropping it unsubscribes.
@@ -64,8 +89,22 @@ pub trait Bus: Send + Sync + std::fmt::Debug {
         queue_group: Option<&str>,
     ) -> BoxFuture<'_, Result<Subscription, BusError>>;
 
+    /// Sends a request and waits up to `timeout` for the first reply.
+    fn request(
+        &self,
+        subject: &str,
+        payload: Bytes,
+        timeout: std::time::Duration,
+    ) -> BoxFuture<'_, Result<Bytes, BusError>>;
+
     /// Whether the bus can carry messages right now.
     fn is_connected(&self) -> bool;
+
+    /// Waits, up to `within`, until what was accepted for publishing has left the process.
+    fn flush(&self, within: std::time::Duration) -> BoxFuture<'_, ()> {
+        let _ = within;
+        Box::pin(async {})
+    }
 }
 
 /// The subject names, all under one prefix.
@@ -94,6 +133,43 @@ impl Subjects {
 
     pub fn all_results(&self) -> String {
         format!("{}.results.>", self.prefix)
+    }
+
+    /// Request/reply: run this check definition now and reply with its result.
+    pub fn test(&self, check_type: crate::checks::CheckType) -> String {
+        format!("{}.test.{}", self.prefix, check_type.as_str())
+    }
+
+    /// Where an agent says it is alive. The id is reduced to one subject token.
+    pub fn heartbeat(&self, agent_id: &str) -> String {
+        format!("{}.heartbeat.{}", self.prefix, subject_token(agent_id))
+    }
+
+    pub fn all_heartbeats(&self) -> String {
+        format!("{}.heartbeat.>", self.prefix)
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+}
+
+/// `text` as one subject token: anything but letters, digits, `-` and `_` becomes `_`.
+pub fn subject_token(text: &str) -> String {
+    let token: String = text
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if token.is_empty() {
+        "_".to_string()
+    } else {
+        token
     }
 }
 

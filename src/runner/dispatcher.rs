@@ -80,6 +80,28 @@ impl Dispatcher {
         types
     }
 
+    /// Busy and total workers of each type.
+    pub fn usage(&self) -> std::collections::BTreeMap<CheckType, crate::messages::WorkerUsage> {
+        self.pools
+            .iter()
+            .filter(|(_, pool)| pool.size() > 0)
+            .map(|(check_type, pool)| {
+                (
+                    *check_type,
+                    crate::messages::WorkerUsage {
+                        busy: pool.busy(),
+                        total: pool.size(),
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// How long a task may wait for a worker.
+    pub fn deadline(&self) -> Duration {
+        self.deadline
+    }
+
     /// Runs every instance of one check and returns its result, one response per instance.
     pub async fn run(&self, order: RunOrder) -> CheckResult {
         let dispatched = Instant::now();

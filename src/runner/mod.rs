@@ -1,7 +1,10 @@
 //! The runner consumes check requests from the bus, runs them through its dispatcher, and
 //! publishes every result. It subscribes only to the types it has workers for, in the runners'
-//! queue group, so several runners share the work. A bad message is logged, counted and
-//! dropped; it never stops the runner.
+//! queue group, so several runners share the work. It also answers test requests
+//! (`{prefix}.test.{type}`: run this definition now, reply with the result). A bad message is
+//! logged, counted and dropped; it never stops the runner. A request that arrives after its
+//! dispatch deadline (held up in a reconnecting client, say) is counted and not run: it would
+//! report a moment that has passed.
 
 pub mod dispatcher;
 pub mod pool;
@@ -9,12 +12,13 @@ pub mod pool;
 use crate::bus::{Bus, BusError, Subjects, Subscription, RUNNER_QUEUE_GROUP};
 use crate::checks::{CompiledCheck, ProbeContext};
 use crate::config::Config;
-use crate::messages::{self, CheckRequest, DecodeError};
-use crate::metrics::{Metrics, ReasonLabels, SubjectLabels};
+use crate::messages::{self, CheckRequest, DecodeError, TestFailure, TestRequest, MESSAGE_VERSION};
+use crate::metrics::{Metrics, ReasonLabels, SubjectLabels, TypeLabels};
 use crate::resolve::{Resolver, ResolverSetupError};
 use dispatcher::{Dispatcher, RunOrder};
 use pool::WorkerPool;
 use std::sync::Arc;
+use std::time::SystemTime;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -64,8 +68,17 @@ pub struct Runner {
     subjects: Subjects,
     dispatcher: Arc<Dispatcher>,
     metrics: Arc<Metrics>,
-    subscriptions: Vec<Subscription>,
+    subscriptions: Vec<(Intake, Subscription)>,
     runs: TaskTracker,
+}
+
+/// What a subscription carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Intake {
+    /// Scheduled runs; their results go to `{prefix}.results.{check}`.
+    Scheduled(crate::checks::CheckType),
+    /// Test requests; each result is the reply.
+    Test,
 }
 
 impl Runner {
@@ -78,10 +91,16 @@ impl Runner {
     ) -> Result<Runner, RunnerError> {
         let mut subscriptions = Vec::new();
         for check_type in dispatcher.check_types() {
-            subscriptions.push(
+            subscriptions.push((
+                Intake::Scheduled(check_type),
                 bus.subscribe(&subjects.checks(check_type), Some(RUNNER_QUEUE_GROUP))
                     .await?,
-            );
+            ));
+            subscriptions.push((
+                Intake::Test,
+                bus.subscribe(&subjects.test(check_type), Some(RUNNER_QUEUE_GROUP))
+                    .await?,
+            ));
         }
         Ok(Runner {
             bus,
@@ -98,13 +117,19 @@ impl Runner {
         self.runs.clone()
     }
 
+    /// The dispatcher, to report its workers' usage.
+    pub fn dispatcher(&self) -> Arc<Dispatcher> {
+        Arc::clone(&self.dispatcher)
+    }
+
     /// Consumes requests until `stop` is cancelled. Runs already started go on; wait for them
     /// with `runs()`.
     pub async fn run(self, stop: CancellationToken) {
         let slots = Arc::new(Semaphore::new(MAX_RUNS_IN_FLIGHT));
         let mut consumers = tokio::task::JoinSet::new();
-        for subscription in self.subscriptions {
+        for (intake, subscription) in self.subscriptions {
             let consumer = Consumer {
+                intake,
                 bus: Arc::clone(&self.bus),
                 subjects: self.subjects.clone(),
                 dispatcher: Arc::clone(&self.dispatcher),
@@ -121,6 +146,7 @@ impl Runner {
 
 /// Reads one subscription; everything it uses it owns.
 struct Consumer {
+    intake: Intake,
     bus: Arc<dyn Bus>,
     subjects: Subjects,
     dispatcher: Arc<Dispatcher>,
@@ -146,7 +172,11 @@ impl Consumer {
                     None => return,
                 },
             };
-            let order = match decode_request(&message.payload) {
+            let decoded = match self.intake {
+                Intake::Scheduled(_) => decode_request(&message.payload),
+                Intake::Test => decode_test(&message.payload, message.reply.is_some()),
+            };
+            let order = match decoded {
                 Ok(order) => order,
                 Err(error) => {
                     tracing::warn!(subject = %message.subject, reason = error.reason(), %error, "dropping a bad check request");
@@ -156,12 +186,33 @@ impl Consumer {
                             reason: error.reason(),
                         })
                         .inc();
+                    if let (Intake::Test, Some(reply)) = (self.intake, &message.reply) {
+                        self.reply_failure(reply, &error).await;
+                    }
                     continue;
                 }
             };
+            if let Intake::Scheduled(check_type) = self.intake {
+                let age = SystemTime::now()
+                    .duration_since(order.scheduled_at)
+                    .unwrap_or_default();
+                if age > self.dispatcher.deadline() {
+                    tracing::warn!(check = %order.check.name, age = ?age, "a check request arrived after its dispatch deadline; not run");
+                    self.metrics
+                        .requests_expired
+                        .get_or_create(&TypeLabels {
+                            r#type: check_type.as_str(),
+                        })
+                        .inc();
+                    continue;
+                }
+            }
             let dispatcher = Arc::clone(&self.dispatcher);
             let bus = Arc::clone(&self.bus);
-            let subject = self.subjects.results(&order.check.name);
+            let subject = match (self.intake, message.reply) {
+                (Intake::Test, Some(reply)) => reply,
+                _ => self.subjects.results(&order.check.name),
+            };
             let metrics = Arc::clone(&self.metrics);
             let span =
                 tracing::debug_span!("check_run", check = %order.check.name, run_id = order.run_id);
@@ -180,6 +231,35 @@ impl Consumer {
             );
         }
     }
+}
+
+impl Consumer {
+    async fn reply_failure(&self, reply: &str, error: &DecodeError) {
+        let failure = TestFailure {
+            version: MESSAGE_VERSION,
+            error: error.to_string(),
+        };
+        if let Ok(payload) = messages::encode(&failure) {
+            let _ = self.bus.publish(reply, payload).await;
+        }
+    }
+}
+
+fn decode_test(payload: &[u8], has_reply: bool) -> Result<RunOrder, DecodeError> {
+    if !has_reply {
+        return Err(DecodeError::Invalid(
+            "a test request needs a reply subject; send it as a request".to_string(),
+        ));
+    }
+    let request: TestRequest = messages::decode(payload)?;
+    let check = CompiledCheck::compile(&request.check).map_err(|error| {
+        DecodeError::Invalid(format!("check `{}`: {error}", request.check.name))
+    })?;
+    Ok(RunOrder {
+        check: Arc::new(check),
+        run_id: 0,
+        scheduled_at: SystemTime::now(),
+    })
 }
 
 fn decode_request(payload: &[u8]) -> Result<RunOrder, DecodeError> {

@@ -59,6 +59,11 @@ impl WorkerPool {
         self.size
     }
 
+    /// Workers running a probe now.
+    pub fn busy(&self) -> usize {
+        self.size.saturating_sub(self.semaphore.available_permits())
+    }
+
     /// Waits for a worker until `deadline`. None means the deadline passed first; that is
     /// counted as a dispatch timeout.
     pub async fn acquire_until(&self, waiting_since: Instant, deadline: Instant) -> Option<Worker> {

@@ -2,6 +2,9 @@
 //! 127.0.0.x, minimal HTTP/1.1 servers with chosen misbehaviour, and a TLS server.
 #![allow(dead_code)]
 
+pub mod nats;
+pub mod process;
+
 use bastion_agent::checks::CompiledCheck;
 use bastion_agent::config::{Config, Format};
 use bastion_agent::messages::CheckResult;

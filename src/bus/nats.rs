@@ -1,0 +1,681 @@
+//! The NATS bus: the same `Bus` calls over a NATS server, so a checker and any number of
+//! runners can run as separate processes. This is the only module that imports `async_nats`.
+//!
+//! Publishing never waits on the network: a publish goes into a bounded outbox that one task
+//! drains, and while the connection is down it is refused at once and counted by the caller,
+//! so nothing piles up. With `results_stream`, results go to a JetStream stream instead,
+//! acknowledged and retried with backoff from their own bounded buffer. The connection
+//! reconnects forever with backoff and subscriptions resume; only the first connection can
+//! fail, clearly, on bad credentials or after the connect timeout.
+
+use super::{subject_matches, valid_subject, BoxFuture, Bus, BusError, Message, Subscription};
+use crate::config::NatsConfig;
+use crate::lease::LeaseStore;
+use crate::metrics::{Metrics, ReasonLabels};
+use async_nats::connection::State;
+use async_nats::jetstream::{self, kv, stream};
+use async_nats::{Client, ConnectErrorKind, ConnectOptions, Event, ServerAddr};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+/// Messages accepted for publishing but not yet handed to the connection.
+const OUTBOX_CAPACITY: usize = 8192;
+/// Messages a subscription holds before NATS counts its subscriber as slow and drops.
+const SUBSCRIPTION_CAPACITY: usize = 4096;
+/// The JetStream stream that keeps results when `results_stream` is on.
+pub const RESULTS_STREAM: &str = "BASTION_RESULTS";
+/// The key in the lease bucket.
+const LEASE_KEY: &str = "leader";
+/// How long one connection attempt may take at most.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Whether `url` is a NATS server address (`nats://host:port`, `tls://...`, or `host:port`).
+pub fn check_url(url: &str) -> Result<(), String> {
+    url.parse::<ServerAddr>().map(|_| ()).map_err(|error| {
+        format!("`{url}` is not a NATS server URL ({error}); write it as nats://host:4222")
+    })
+}
+
+/// JetStream bucket names: letters, digits, `-` and `_`.
+pub fn valid_bucket_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// A message waiting in an outbox.
+struct Outgoing {
+    subject: String,
+    payload: Bytes,
+    /// Stable across retries, so JetStream stores a retried result once.
+    message_id: String,
+}
+
+#[derive(Debug)]
+struct Durable {
+    sender: mpsc::Sender<Outgoing>,
+    /// Subjects that go to the stream.
+    pattern: String,
+}
+
+/// A connection to NATS, shared by the checker, the runner and the result sink.
+#[derive(Debug)]
+pub struct NatsBus {
+    client: Client,
+    jetstream: jetstream::Context,
+    outbox: mpsc::Sender<Outgoing>,
+    durable: Option<Durable>,
+    /// Accepted publishes not yet handed to the server (or, for results, acknowledged).
+    unsent: Arc<AtomicUsize>,
+    metrics: Arc<Metrics>,
+    next_message_id: AtomicU64,
+    /// Identifies this process in JetStream message ids.
+    instance: String,
+}
+
+/// The server list with any credentials left out, for messages.
+fn describe_servers(servers: &[ServerAddr]) -> String {
+    servers
+        .iter()
+        .map(|server| format!("{}:{}", server.host(), server.port()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn read_secret(path: &Path, what: &'static str) -> Result<String, BusError> {
+    let text = std::fs::read_to_string(path).map_err(|error| BusError::Secret {
+        what,
+        path: path.to_path_buf(),
+        reason: error.to_string(),
+    })?;
+    let secret = text.trim().to_string();
+    if secret.is_empty() {
+        return Err(BusError::Secret {
+            what,
+            path: path.to_path_buf(),
+            reason: "the file is empty".to_string(),
+        });
+    }
+    Ok(secret)
+}
+
+fn require_file(path: &Path, what: &'static str) -> Result<(), BusError> {
+    std::fs::metadata(path)
+        .map(|_| ())
+        .map_err(|error| BusError::Secret {
+            what,
+            path: path.to_path_buf(),
+            reason: error.to_string(),
+        })
+}
+
+/// The connection options from `[bus.nats]`, secrets read from their files.
+async fn options(
+    config: &NatsConfig,
+    name: &str,
+    metrics: &Arc<Metrics>,
+    connected_before: &Arc<AtomicBool>,
+) -> Result<ConnectOptions, BusError> {
+    let metrics = Arc::clone(metrics);
+    let connected_before = Arc::clone(connected_before);
+    let mut options = ConnectOptions::new()
+        .name(name)
+        .max_reconnects(None)
+        .subscription_capacity(SUBSCRIPTION_CAPACITY)
+        .connection_timeout(ATTEMPT_TIMEOUT)
+        .event_callback(move |event| {
+            let metrics = Arc::clone(&metrics);
+            let connected_before = Arc::clone(&connected_before);
+            async move { on_event(event, &metrics, &connected_before) }
+        });
+    if let Some(path) = &config.token_file {
+        options = options.token(read_secret(path, "the NATS token")?);
+    }
+    if let (Some(user), Some(path)) = (&config.user, &config.password_file) {
+        options = options.user_and_password(user.clone(), read_secret(path, "the NATS password")?);
+    }
+    if let Some(path) = &config.creds_file {
+        options = options
+            .credentials_file(path)
+            .await
+            .map_err(|error| BusError::Secret {
+                what: "the NATS credentials",
+                path: path.clone(),
+                reason: error.to_string(),
+            })?;
+    }
+    if let Some(path) = &config.nkey_seed_file {
+        options = options.nkey(read_secret(path, "the NATS nkey seed")?);
+    }
+    if let Some(tls) = &config.tls {
+        options = options.require_tls(true);
+        if let Some(ca) = &tls.ca_file {
+            require_file(ca, "the NATS CA certificate")?;
+            options = options.add_root_certificates(ca.clone());
+        }
+        if let (Some(cert), Some(key)) = (&tls.cert_file, &tls.key_file) {
+            require_file(cert, "the NATS client certificate")?;
+            require_file(key, "the NATS client key")?;
+            options = options.add_client_certificate(cert.clone(), key.clone());
+        }
+    }
+    Ok(options)
+}
+
+fn on_event(event: Event, metrics: &Metrics, connected_before: &AtomicBool) {
+    match event {
+        Event::Connected => {
+            metrics.bus_connected.set(1);
+            if connected_before.swap(true, Ordering::AcqRel) {
+                metrics.bus_reconnects.inc();
+                tracing::info!("reconnected to NATS");
+            }
+        }
+        Event::Disconnected => {
+            metrics.bus_connected.set(0);
+            tracing::warn!("lost the NATS connection; reconnecting");
+        }
+        Event::SlowConsumer(_) => {
+            metrics
+                .bus_dropped
+                .get_or_create(&ReasonLabels {
+                    reason: "slow_consumer",
+                })
+                .inc();
+            tracing::warn!("a subscription fell behind and NATS dropped messages for it");
+        }
+        Event::LameDuckMode => tracing::info!("the NATS server is shutting down (lame duck)"),
+        Event::ServerError(error) => tracing::warn!(%error, "NATS server error"),
+        Event::ClientError(error) => tracing::warn!(%error, "NATS client error"),
+        Event::Draining | Event::Closed => {}
+    }
+}
+
+impl NatsBus {
+    /// Connects, retrying with backoff while no server answers. Bad credentials or TLS fail
+    /// at once; so does `connect_timeout` running out.
+    pub async fn connect(
+        config: &NatsConfig,
+        agent_id: &str,
+        metrics: Arc<Metrics>,
+        connect_timeout: Option<Duration>,
+    ) -> Result<NatsBus, BusError> {
+        let servers: Vec<ServerAddr> = config
+            .url
+            .to_vec()
+            .iter()
+            .map(|url| {
+                url.parse::<ServerAddr>()
+                    .map_err(|error| BusError::Connect {
+                        servers: url.clone(),
+                        reason: error.to_string(),
+                    })
+            })
+            .collect::<Result<_, _>>()?;
+        let described = describe_servers(&servers);
+        let connected_before = Arc::new(AtomicBool::new(false));
+        let name = format!("bastion {agent_id}");
+        let started = Instant::now();
+        let mut backoff = Duration::from_millis(100);
+        let client = loop {
+            let options = options(config, &name, &metrics, &connected_before).await?;
+            match options.connect(servers.clone()).await {
+                Ok(client) => break client,
+                Err(error) => match error.kind() {
+                    ConnectErrorKind::AuthorizationViolation | ConnectErrorKind::Authentication => {
+                        return Err(BusError::Auth {
+                            servers: described,
+                            reason: error.to_string(),
+                        })
+                    }
+                    ConnectErrorKind::Tls | ConnectErrorKind::ServerParse => {
+                        return Err(BusError::Connect {
+                            servers: described,
+                            reason: error.to_string(),
+                        })
+                    }
+                    _ => {
+                        if let Some(limit) = connect_timeout {
+                            if started.elapsed() + backoff >= limit {
+                                return Err(BusError::ConnectTimeout {
+                                    servers: described,
+                                    waited: humantime::format_duration(limit).to_string(),
+                                });
+                            }
+                        }
+                        tracing::warn!(servers = %described, %error, retry_in = ?backoff, "NATS is not reachable yet; retrying");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    }
+                },
+            }
+        };
+        // The first `Connected` event marks `connected_before`; later ones are reconnects.
+        metrics.bus_connected.set(1);
+        tracing::info!(servers = %described, "connected to NATS");
+        let jetstream = jetstream::new(client.clone());
+        let unsent = Arc::new(AtomicUsize::new(0));
+        let (outbox, outbox_receiver) = mpsc::channel(OUTBOX_CAPACITY);
+        tokio::spawn(drain_outbox(
+            client.clone(),
+            outbox_receiver,
+            Arc::clone(&unsent),
+        ));
+        let durable = if config.results_stream {
+            let pattern = format!("{}.results.>", config.subject_prefix);
+            ensure_results_stream(&jetstream, &pattern, config.results_max_age).await?;
+            let (sender, receiver) = mpsc::channel(config.results_buffer);
+            tokio::spawn(drain_durable(
+                jetstream.clone(),
+                receiver,
+                Arc::clone(&unsent),
+                Arc::clone(&metrics),
+            ));
+            Some(Durable { sender, pattern })
+        } else {
+            None
+        };
+        let instance = format!(
+            "{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |since| since.as_micros())
+        );
+        Ok(NatsBus {
+            client,
+            jetstream,
+            outbox,
+            durable,
+            unsent,
+            metrics,
+            next_message_id: AtomicU64::new(1),
+            instance,
+        })
+    }
+
+    /// The checker lease in the JetStream key-value bucket `bucket`, whose entries expire
+    /// `ttl` after their last write. The bucket's stream is created here rather than with
+    /// `create_key_value`, which fails against nats-server 2.9 (its account info lacks
+    /// fields that call expects).
+    pub async fn lease_store(
+        &self,
+        bucket: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<NatsLease, BusError> {
+        let stream_name = format!("KV_{bucket}");
+        let wanted = stream::Config {
+            name: stream_name.clone(),
+            description: Some("bastion checker lease".to_string()),
+            subjects: vec![format!("$KV.{bucket}.>")],
+            max_messages_per_subject: 1,
+            max_age: ttl,
+            duplicate_window: ttl.min(Duration::from_secs(120)),
+            storage: stream::StorageType::Memory,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            discard: stream::DiscardPolicy::New,
+            num_replicas: 1,
+            ..Default::default()
+        };
+        let mut existing = self
+            .jetstream
+            .get_or_create_stream(wanted.clone())
+            .await
+            .map_err(|error| BusError::JetStream(format!("lease bucket `{bucket}`: {error}")))?;
+        let info = existing
+            .info()
+            .await
+            .map_err(|error| BusError::JetStream(format!("lease bucket `{bucket}`: {error}")))?;
+        if info.config.max_age != ttl {
+            // Every checker must agree on the TTL; the latest configuration wins.
+            self.jetstream
+                .update_stream(wanted)
+                .await
+                .map_err(|error| {
+                    BusError::JetStream(format!("lease bucket `{bucket}`: {error}"))
+                })?;
+        }
+        let store = self
+            .jetstream
+            .get_key_value(bucket)
+            .await
+            .map_err(|error| BusError::JetStream(format!("lease bucket `{bucket}`: {error}")))?;
+        Ok(NatsLease {
+            store,
+            holder: holder.to_string(),
+        })
+    }
+
+    fn next_message_id(&self) -> String {
+        let sequence = self.next_message_id.fetch_add(1, Ordering::Relaxed);
+        format!("{}-{sequence}", self.instance)
+    }
+
+    fn enqueue(
+        &self,
+        sender: &mpsc::Sender<Outgoing>,
+        subject: &str,
+        payload: Bytes,
+    ) -> Result<(), BusError> {
+        let outgoing = Outgoing {
+            subject: subject.to_string(),
+            payload,
+            message_id: self.next_message_id(),
+        };
+        self.unsent.fetch_add(1, Ordering::AcqRel);
+        sender.try_send(outgoing).map_err(|_| {
+            self.unsent.fetch_sub(1, Ordering::AcqRel);
+            BusError::Full(subject.to_string())
+        })
+    }
+}
+
+async fn ensure_results_stream(
+    jetstream: &jetstream::Context,
+    pattern: &str,
+    max_age: Duration,
+) -> Result<(), BusError> {
+    let wanted = stream::Config {
+        name: RESULTS_STREAM.to_string(),
+        description: Some("bastion check results".to_string()),
+        subjects: vec![pattern.to_string()],
+        max_age,
+        duplicate_window: max_age.min(Duration::from_secs(120)),
+        storage: stream::StorageType::File,
+        num_replicas: 1,
+        ..Default::default()
+    };
+    let mut existing = jetstream
+        .get_or_create_stream(wanted.clone())
+        .await
+        .map_err(|error| BusError::JetStream(format!("stream {RESULTS_STREAM}: {error}")))?;
+    let info = existing
+        .info()
+        .await
+        .map_err(|error| BusError::JetStream(format!("stream {RESULTS_STREAM}: {error}")))?;
+    if info.config.max_age != max_age || info.config.subjects != wanted.subjects {
+        jetstream
+            .update_stream(wanted)
+            .await
+            .map_err(|error| BusError::JetStream(format!("stream {RESULTS_STREAM}: {error}")))?;
+    }
+    Ok(())
+}
+
+/// Hands queued messages to the connection, in order. While the connection is down the
+/// client holds them (bounded by its own buffer) and sends them once it is back.
+async fn drain_outbox(
+    client: Client,
+    mut outbox: mpsc::Receiver<Outgoing>,
+    unsent: Arc<AtomicUsize>,
+) {
+    while let Some(outgoing) = outbox.recv().await {
+        if let Err(error) = client.publish(outgoing.subject, outgoing.payload).await {
+            tracing::warn!(%error, "NATS refused a publish");
+        }
+        unsent.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Publishes results to the stream, one at a time and in order, each retried with backoff
+/// until the stream acknowledges it. What waits meanwhile is bounded by the buffer.
+async fn drain_durable(
+    jetstream: jetstream::Context,
+    mut queue: mpsc::Receiver<Outgoing>,
+    unsent: Arc<AtomicUsize>,
+    metrics: Arc<Metrics>,
+) {
+    while let Some(outgoing) = queue.recv().await {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let publish = jetstream::message::PublishMessage::build()
+                .payload(outgoing.payload.clone())
+                .message_id(outgoing.message_id.as_str());
+            let outcome = match jetstream
+                .send_publish(outgoing.subject.clone(), publish)
+                .await
+            {
+                Ok(acknowledgement) => acknowledgement.await.map(|_| ()).map_err(|e| {
+                    (
+                        e.kind() == jetstream::context::PublishErrorKind::MaxPayloadExceeded,
+                        e.to_string(),
+                    )
+                }),
+                Err(e) => Err((
+                    e.kind() == jetstream::context::PublishErrorKind::MaxPayloadExceeded,
+                    e.to_string(),
+                )),
+            };
+            match outcome {
+                Ok(()) => break,
+                Err((true, error)) => {
+                    // Retrying cannot make it fit.
+                    tracing::warn!(subject = %outgoing.subject, %error, "the results stream rejected a result; dropped");
+                    metrics
+                        .bus_dropped
+                        .get_or_create(&ReasonLabels {
+                            reason: "results_rejected",
+                        })
+                        .inc();
+                    break;
+                }
+                Err((false, error)) => {
+                    metrics.bus_publish_retries.inc();
+                    tracing::debug!(subject = %outgoing.subject, %error, retry_in = ?backoff, "result not acknowledged by the stream; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        unsent.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Copies one NATS subscription into a bounded channel until either side goes away.
+async fn forward(mut subscriber: async_nats::Subscriber, sender: mpsc::Sender<Message>) {
+    loop {
+        let message = tokio::select! {
+            _ = sender.closed() => break,
+            message = subscriber.next() => match message {
+                Some(message) => message,
+                None => break,
+            },
+        };
+        let message = Message {
+            subject: message.subject.to_string(),
+            payload: message.payload,
+            reply: message.reply.map(|reply| reply.to_string()),
+        };
+        if sender.send(message).await.is_err() {
+            break;
+        }
+    }
+    let _ = subscriber.unsubscribe().await;
+}
+
+impl Bus for NatsBus {
+    fn publish(&self, subject: &str, payload: Bytes) -> BoxFuture<'_, Result<(), BusError>> {
+        let result = if !valid_subject(subject, false) {
+            Err(BusError::Subject(subject.to_string()))
+        } else if let Some(durable) = self
+            .durable
+            .as_ref()
+            .filter(|durable| subject_matches(&durable.pattern, subject))
+        {
+            // Results wait for the stream, within their buffer, even while disconnected.
+            self.enqueue(&durable.sender, subject, payload)
+                .inspect_err(|_| {
+                    self.metrics
+                        .bus_dropped
+                        .get_or_create(&ReasonLabels {
+                            reason: "results_buffer_full",
+                        })
+                        .inc();
+                })
+        } else if self.client.connection_state() != State::Connected {
+            Err(BusError::Disconnected)
+        } else {
+            self.enqueue(&self.outbox, subject, payload)
+        };
+        Box::pin(async move { result })
+    }
+
+    fn subscribe(
+        &self,
+        pattern: &str,
+        queue_group: Option<&str>,
+    ) -> BoxFuture<'_, Result<Subscription, BusError>> {
+        let pattern = pattern.to_string();
+        let queue_group = queue_group.map(str::to_string);
+        Box::pin(async move {
+            if !valid_subject(&pattern, true) {
+                return Err(BusError::Subject(pattern));
+            }
+            let subscriber = match queue_group {
+                Some(group) => self.client.queue_subscribe(pattern, group).await,
+                None => self.client.subscribe(pattern).await,
+            }
+            .map_err(|error| BusError::Nats(error.to_string()))?;
+            let (sender, receiver) = mpsc::channel(SUBSCRIPTION_CAPACITY);
+            tokio::spawn(forward(subscriber, sender));
+            Ok(Subscription::new(receiver))
+        })
+    }
+
+    fn request(
+        &self,
+        subject: &str,
+        payload: Bytes,
+        timeout: Duration,
+    ) -> BoxFuture<'_, Result<Bytes, BusError>> {
+        let subject = subject.to_string();
+        Box::pin(async move {
+            if !valid_subject(&subject, false) {
+                return Err(BusError::Subject(subject));
+            }
+            let request = async_nats::Request::new()
+                .payload(payload)
+                .timeout(Some(timeout));
+            match self.client.send_request(subject.clone(), request).await {
+                Ok(reply) => Ok(reply.payload),
+                Err(error) => Err(match error.kind() {
+                    async_nats::RequestErrorKind::NoResponders => BusError::NoResponders(subject),
+                    async_nats::RequestErrorKind::TimedOut => BusError::TimedOut(subject),
+                    _ => BusError::Nats(error.to_string()),
+                }),
+            }
+        })
+    }
+
+    fn is_connected(&self) -> bool {
+        self.client.connection_state() == State::Connected
+    }
+
+    fn flush(&self, within: Duration) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let deadline = Instant::now() + within;
+            while self.unsent.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let left = self.unsent.load(Ordering::Acquire);
+            if left > 0 {
+                tracing::warn!(
+                    messages = left,
+                    "messages still unsent when the flush time ran out"
+                );
+            }
+            let _ = tokio::time::timeout_at(deadline, self.client.flush()).await;
+        })
+    }
+}
+
+/// The checker lease as a key in a JetStream key-value bucket.
+pub struct NatsLease {
+    store: kv::Store,
+    holder: String,
+}
+
+impl std::fmt::Debug for NatsLease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsLease")
+            .field("holder", &self.holder)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LeaseStore for NatsLease {
+    fn acquire<'a>(&'a self, holder: &'a str) -> BoxFuture<'a, Result<Option<u64>, BusError>> {
+        Box::pin(async move {
+            match self
+                .store
+                .create(LEASE_KEY, Bytes::from(holder.to_string()))
+                .await
+            {
+                Ok(revision) => Ok(Some(revision)),
+                Err(error) if error.kind() == kv::CreateErrorKind::AlreadyExists => Ok(None),
+                Err(error) => Err(BusError::JetStream(format!("checker lease: {error}"))),
+            }
+        })
+    }
+
+    fn renew<'a>(
+        &'a self,
+        holder: &'a str,
+        revision: u64,
+    ) -> BoxFuture<'a, Result<Option<u64>, BusError>> {
+        Box::pin(async move {
+            match self
+                .store
+                .update(LEASE_KEY, Bytes::from(holder.to_string()), revision)
+                .await
+            {
+                Ok(revision) => Ok(Some(revision)),
+                Err(error) if error.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(None),
+                Err(error) => Err(BusError::JetStream(format!("checker lease: {error}"))),
+            }
+        })
+    }
+
+    fn release(&self, revision: u64) -> BoxFuture<'_, Result<(), BusError>> {
+        Box::pin(async move {
+            self.store
+                .delete_expect_revision(LEASE_KEY, Some(revision))
+                .await
+                .map_err(|error| BusError::JetStream(format!("checker lease: {error}")))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_and_bucket_names_are_checked() {
+        assert!(check_url("nats://127.0.0.1:4222").is_ok());
+        assert!(check_url("tls://nats.example:4443").is_ok());
+        assert!(check_url("http://[::1").is_err());
+        assert!(valid_bucket_name("bastion_checker-1"));
+        assert!(!valid_bucket_name("a.b"));
+        assert!(!valid_bucket_name(""));
+    }
+
+    #[test]
+    fn server_descriptions_leave_credentials_out() {
+        let servers = vec!["nats://alice:s3cret@127.0.0.1:4222"
+            .parse::<ServerAddr>()
+            .unwrap()];
+        let described = describe_servers(&servers);
+        assert_eq!(described, "127.0.0.1:4222");
+    }
+}

@@ -1,0 +1,322 @@
+//! Checker leadership for `[checker] ha = true`: several checkers run, one holds a lease and
+//! schedules, the others stand by. The lease lives in a store with a TTL (a JetStream
+//! key-value bucket, behind `LeaseStore`); this module holds the timing policy. A leader
+//! renews every third of the TTL and stops leading two thirds of a TTL after its last
+//! successful renewal, before the store can hand the lease to anyone else, so two checkers
+//! never schedule at once. It never schedules anything itself.
+
+use crate::bus::{BoxFuture, BusError};
+use crate::metrics::Metrics;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// Where the lease is kept. Each write returns the lease's new revision; writes are
+/// compare-and-set on it, and the store forgets the lease once a TTL has passed since the
+/// last write.
+pub trait LeaseStore: Send + Sync {
+    /// Takes the lease if nobody holds it. `None`: somebody does.
+    fn acquire<'a>(&'a self, holder: &'a str) -> BoxFuture<'a, Result<Option<u64>, BusError>>;
+    /// Extends the lease held at `revision`. `None`: it is no longer ours.
+    fn renew<'a>(
+        &'a self,
+        holder: &'a str,
+        revision: u64,
+    ) -> BoxFuture<'a, Result<Option<u64>, BusError>>;
+    /// Gives the lease up now, so a standby takes over without waiting for the TTL.
+    fn release(&self, revision: u64) -> BoxFuture<'_, Result<(), BusError>>;
+}
+
+/// Whether this checker leads now; it changes as the lease is won and lost.
+pub type Leadership = watch::Receiver<bool>;
+
+/// Holds the lease while `stop` is not cancelled, publishing leadership on the returned watch.
+pub fn spawn(
+    store: Arc<dyn LeaseStore>,
+    holder: String,
+    ttl: Duration,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+) -> (Leadership, tokio::task::JoinHandle<()>) {
+    let (leading, leadership) = watch::channel(false);
+    let task = tokio::spawn(hold(store, holder, ttl, metrics, stop, leading));
+    (leadership, task)
+}
+
+async fn hold(
+    store: Arc<dyn LeaseStore>,
+    holder: String,
+    ttl: Duration,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+    leading: watch::Sender<bool>,
+) {
+    let renew_every = ttl / 3;
+    // How long after the start of its last successful write a leader may go on leading. The
+    // store counts the TTL from when it received that write, which is later.
+    let valid_for = ttl * 2 / 3;
+    // A standby looks for a free lease this often; it bounds the takeover delay after expiry.
+    let poll_every = (ttl / 10).clamp(Duration::from_millis(100), Duration::from_secs(1));
+    let mut held: Option<(u64, Instant)> = None;
+    loop {
+        let attempt_at = Instant::now();
+        let outcome = match held {
+            None => {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    outcome = tokio::time::timeout(renew_every, store.acquire(&holder)) => outcome,
+                }
+            }
+            Some((revision, since)) => {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    outcome = tokio::time::timeout_at(since + valid_for, store.renew(&holder, revision)) => outcome,
+                }
+            }
+        };
+        match (held, outcome) {
+            (_, Ok(Ok(Some(revision)))) => {
+                if held.is_none() {
+                    tracing::info!(holder = %holder, "checker lease taken: this checker schedules now");
+                    metrics.checker_leader.set(1);
+                    leading.send_replace(true);
+                }
+                held = Some((revision, attempt_at));
+            }
+            (Some(_), Ok(Ok(None))) => {
+                tracing::warn!(holder = %holder, "checker lease lost to another checker; standing by");
+                held = None;
+                step_down(&leading, &metrics);
+            }
+            (None, Ok(Ok(None))) => {}
+            (Some((revision, since)), Ok(Err(error))) => {
+                if Instant::now() >= since + valid_for {
+                    tracing::warn!(%error, "cannot renew the checker lease in time; standing by");
+                    held = None;
+                    step_down(&leading, &metrics);
+                } else {
+                    tracing::warn!(%error, "cannot renew the checker lease; retrying");
+                    held = Some((revision, since));
+                }
+            }
+            (Some(_), Err(_)) => {
+                tracing::warn!("checker lease renewal timed out; standing by");
+                held = None;
+                step_down(&leading, &metrics);
+            }
+            (None, Ok(Err(error))) => {
+                tracing::debug!(%error, "cannot reach the checker lease");
+            }
+            (None, Err(_)) => {}
+        }
+        let next = match held {
+            Some((_, since)) if since == attempt_at => since + renew_every,
+            // A failed renewal is retried soon, but the lease still ends on time.
+            Some((_, since)) => (Instant::now() + poll_every).min(since + valid_for),
+            None => Instant::now() + poll_every,
+        };
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep_until(next) => {}
+        }
+    }
+    if let Some((revision, _)) = held {
+        step_down(&leading, &metrics);
+        match tokio::time::timeout(Duration::from_secs(2), store.release(revision)).await {
+            Ok(Ok(())) => tracing::info!("checker lease released"),
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "cannot release the checker lease; it expires by itself")
+            }
+            Err(_) => tracing::warn!("releasing the checker lease timed out; it expires by itself"),
+        }
+    }
+}
+
+fn step_down(leading: &watch::Sender<bool>, metrics: &Metrics) {
+    metrics.checker_leader.set(0);
+    leading.send_replace(false);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// A lease store kept in memory with the same rules as the key-value bucket: writes are
+    /// compare-and-set, and the lease vanishes one TTL after its last write.
+    #[derive(Default)]
+    struct MemoryLease {
+        state: Mutex<LeaseState>,
+    }
+
+    #[derive(Default)]
+    struct LeaseState {
+        holder: Option<(String, u64, Instant)>,
+        next_revision: u64,
+        ttl: Duration,
+        /// While set, every call fails, as when the server is unreachable.
+        unreachable: bool,
+    }
+
+    impl MemoryLease {
+        fn new(ttl: Duration) -> MemoryLease {
+            MemoryLease {
+                state: Mutex::new(LeaseState {
+                    ttl,
+                    next_revision: 1,
+                    ..LeaseState::default()
+                }),
+            }
+        }
+
+        fn holder(&self) -> Option<String> {
+            let mut state = self.state.lock().unwrap();
+            expire(&mut state);
+            state.holder.as_ref().map(|(holder, _, _)| holder.clone())
+        }
+    }
+
+    fn expire(state: &mut LeaseState) {
+        if let Some((_, _, written)) = &state.holder {
+            if written.elapsed() >= state.ttl {
+                state.holder = None;
+            }
+        }
+    }
+
+    impl LeaseStore for MemoryLease {
+        fn acquire<'a>(&'a self, holder: &'a str) -> BoxFuture<'a, Result<Option<u64>, BusError>> {
+            Box::pin(async move {
+                let mut state = self.state.lock().unwrap();
+                if state.unreachable {
+                    return Err(BusError::Disconnected);
+                }
+                expire(&mut state);
+                if state.holder.is_some() {
+                    return Ok(None);
+                }
+                let revision = state.next_revision;
+                state.next_revision += 1;
+                state.holder = Some((holder.to_string(), revision, Instant::now()));
+                Ok(Some(revision))
+            })
+        }
+
+        fn renew<'a>(
+            &'a self,
+            holder: &'a str,
+            revision: u64,
+        ) -> BoxFuture<'a, Result<Option<u64>, BusError>> {
+            Box::pin(async move {
+                let mut state = self.state.lock().unwrap();
+                if state.unreachable {
+                    return Err(BusError::Disconnected);
+                }
+                expire(&mut state);
+                match &state.holder {
+                    Some((_, current, _)) if *current == revision => {
+                        let next = state.next_revision;
+                        state.next_revision += 1;
+                        state.holder = Some((holder.to_string(), next, Instant::now()));
+                        Ok(Some(next))
+                    }
+                    _ => Ok(None),
+                }
+            })
+        }
+
+        fn release(&self, revision: u64) -> BoxFuture<'_, Result<(), BusError>> {
+            Box::pin(async move {
+                let mut state = self.state.lock().unwrap();
+                if matches!(&state.holder, Some((_, current, _)) if *current == revision) {
+                    state.holder = None;
+                }
+                Ok(())
+            })
+        }
+    }
+
+    const TTL: Duration = Duration::from_secs(9);
+
+    #[tokio::test(start_paused = true)]
+    async fn one_leader_at_a_time_and_a_standby_takes_over_after_expiry() {
+        let store = Arc::new(MemoryLease::new(TTL));
+        let stop_a = CancellationToken::new();
+        let stop_b = CancellationToken::new();
+        let metrics = Arc::new(Metrics::new());
+        let (a, task_a) = spawn(
+            store.clone(),
+            "a".into(),
+            TTL,
+            metrics.clone(),
+            stop_a.clone(),
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let (b, task_b) = spawn(
+            store.clone(),
+            "b".into(),
+            TTL,
+            Arc::new(Metrics::new()),
+            stop_b.clone(),
+        );
+        // Over many renewals, exactly one leads at every instant.
+        for _ in 0..300 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            assert!(*a.borrow() ^ *b.borrow(), "exactly one leader");
+        }
+        assert!(*a.borrow(), "the first to ask keeps the lease");
+        assert_eq!(store.holder().as_deref(), Some("a"));
+        assert_eq!(metrics.checker_leader.get(), 1);
+
+        // The leader vanishes without releasing (killed): b waits for the TTL, then leads.
+        task_a.abort();
+        let died = Instant::now();
+        let mut b_changes = b.clone();
+        b_changes.wait_for(|leading| *leading).await.unwrap();
+        let takeover = died.elapsed();
+        assert!(takeover <= TTL + Duration::from_secs(1), "{takeover:?}");
+        assert!(
+            takeover >= TTL - TTL / 3,
+            "not before a's lease ran out: {takeover:?}"
+        );
+        stop_b.cancel();
+        task_b.await.unwrap();
+        assert_eq!(store.holder(), None, "a stopping leader releases the lease");
+        drop(stop_a);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_leader_that_cannot_renew_steps_down_before_its_lease_expires() {
+        let store = Arc::new(MemoryLease::new(TTL));
+        let stop = CancellationToken::new();
+        let metrics = Arc::new(Metrics::new());
+        let (mut leading, task) = spawn(
+            store.clone(),
+            "a".into(),
+            TTL,
+            metrics.clone(),
+            stop.clone(),
+        );
+        leading.wait_for(|leading| *leading).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        store.state.lock().unwrap().unreachable = true;
+        let cut = Instant::now();
+        leading.wait_for(|leading| !*leading).await.unwrap();
+        // Its last write was at most a third of a TTL before the cut; the store keeps the
+        // lease a full TTL after that write, so stepping down now leaves no overlap.
+        let last_write = store.state.lock().unwrap().holder.as_ref().unwrap().2;
+        assert!(
+            Instant::now() < last_write + TTL,
+            "stepped down before expiry"
+        );
+        assert!(cut.elapsed() <= TTL * 2 / 3);
+        assert_eq!(metrics.checker_leader.get(), 0);
+        // Once the store is back and the old lease has expired, it leads again.
+        store.state.lock().unwrap().unreachable = false;
+        leading.wait_for(|leading| *leading).await.unwrap();
+        stop.cancel();
+        task.await.unwrap();
+    }
+}

@@ -1,0 +1,165 @@
+//! The real `bastion` binary as a child process: started with a config file, its stderr kept
+//! in a file, killed on drop. For tests where processes, signals and exits are the contract.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+pub struct Bastion {
+    pub name: String,
+    pub listen: u16,
+    pub dir: PathBuf,
+    child: Option<Child>,
+}
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// A fresh directory for one test's files.
+pub fn scratch_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "bastion-{tag}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir
+}
+
+impl Bastion {
+    /// Starts `bastion <args> --config <file holding config>`; the config should listen on
+    /// `listen`.
+    pub fn start(name: &str, listen: u16, config: &str, args: &[&str]) -> Bastion {
+        let dir = scratch_dir(name);
+        let path = dir.join("bastion.toml");
+        std::fs::write(&path, config).expect("config file");
+        let log = std::fs::File::create(dir.join("stderr.log")).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_bastion"))
+            .args(args)
+            .arg("--config")
+            .arg(&path)
+            .env_remove("BASTION_CONFIG")
+            .env_remove("BASTION_ROLE")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("the binary starts");
+        Bastion {
+            name: name.to_string(),
+            listen,
+            dir,
+            child: Some(child),
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("stderr.log")).unwrap_or_default()
+    }
+
+    /// Whether the process is still running.
+    pub fn alive(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(child) => child.try_wait().expect("wait").is_none(),
+            None => false,
+        }
+    }
+
+    /// SIGKILL: gone with no chance to clean up.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then waits for the exit.
+    pub fn terminate(&mut self) -> Option<ExitStatus> {
+        let mut child = self.child.take()?;
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+        wait_for_exit(&mut child, Duration::from_secs(60))
+    }
+
+    /// Waits for the process to exit by itself.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
+        let child = self.child.as_mut()?;
+        let status = wait_for_exit(child, within);
+        if status.is_some() {
+            self.child = None;
+        }
+        status
+    }
+
+    /// The text of `/metrics`, or None while it does not answer.
+    pub fn metrics(&self) -> Option<String> {
+        http_get_blocking(self.listen, "/metrics").map(|(_, body)| body)
+    }
+
+    /// One sample's value from `/metrics`, by its full series text (name and labels).
+    pub fn sample(&self, series: &str) -> Option<f64> {
+        let text = self.metrics()?;
+        text.lines().find_map(|line| {
+            let (name, value) = line.rsplit_once(' ')?;
+            (name == series).then(|| value.parse().ok()).flatten()
+        })
+    }
+
+    /// Waits until `/metrics` answers.
+    pub fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.metrics().is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "{} never served /metrics; its log:\n{}",
+                self.name,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Bastion {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn wait_for_exit(child: &mut Child, within: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A blocking HTTP GET on 127.0.0.1:`port`, for tests outside async code. None when nothing
+/// answers.
+pub fn http_get_blocking(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).ok()?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).ok()?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default();
+    Some((status, body))
+}
