@@ -118,6 +118,41 @@ fn bad_configs_are_clear_errors_with_exit_code_2() {
             "agent:\n  id: a\n  nope: 1\n",
             "bad.yaml:3:3: unknown field `nope`",
         ),
+        (
+            "nats-missing.toml",
+            "[bus]\nkind = \"nats\"\n",
+            "nats-missing.toml: bus.kind is \"nats\" but [bus.nats] is missing",
+        ),
+        (
+            "nats-unused.toml",
+            "[bus.nats]\nurl = \"nats://127.0.0.1:4222\"\n",
+            "nats-unused.toml: [bus.nats] is set but bus.kind is \"embedded\"",
+        ),
+        (
+            "nats-auth.toml",
+            "[bus]\nkind = \"nats\"\n[bus.nats]\nurl = \"nats://127.0.0.1:4222\"\ntoken_file = \"/t\"\ncreds_file = \"/c\"\n",
+            "nats-auth.toml: bus.nats sets more than one way to authenticate",
+        ),
+        (
+            "nats-user.toml",
+            "[bus]\nkind = \"nats\"\n[bus.nats]\nurl = \"nats://127.0.0.1:4222\"\nuser = \"alice\"\n",
+            "nats-user.toml: bus.nats.user and bus.nats.password_file go together",
+        ),
+        (
+            "nats-url.toml",
+            "[bus]\nkind = \"nats\"\n[bus.nats]\nurl = [\"nats://[::1\"]\n",
+            "nats-url.toml: bus.nats.url: `nats://[::1` is not a NATS server URL",
+        ),
+        (
+            "nats-prefix.toml",
+            "[bus]\nkind = \"nats\"\n[bus.nats]\nurl = \"nats://127.0.0.1:4222\"\nsubject_prefix = \"a.*\"\n",
+            "nats-prefix.toml: bus.nats.subject_prefix `a.*` is not a valid subject",
+        ),
+        (
+            "ha.toml",
+            "[checker]\nha = true\n",
+            "ha.toml: checker.ha needs a shared bus",
+        ),
     ];
     for (name, text, expected) in cases {
         let path = write_config(name, text);
@@ -132,6 +167,17 @@ fn bad_configs_are_clear_errors_with_exit_code_2() {
         );
         assert!(!message.contains("panicked"), "{message}");
     }
+    // A split role needs a bus that reaches other processes.
+    let embedded = write_config("embedded.toml", "[agent]\nlisten = \"127.0.0.1:0\"\n");
+    let output = bastion(&[
+        "run",
+        "--role",
+        "runner",
+        "--config",
+        embedded.to_str().unwrap(),
+    ]);
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(stderr(&output).contains("role `runner` needs a shared bus"));
     let missing = bastion(&["validate", "--config", "/nonexistent/bastion.toml"]);
     assert_eq!(missing.status.code(), Some(2));
     assert!(stderr(&missing).contains("cannot read config file /nonexistent/bastion.toml"));
