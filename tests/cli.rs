@@ -149,6 +149,11 @@ fn bad_configs_are_clear_errors_with_exit_code_2() {
             "nats-prefix.toml: bus.nats.subject_prefix `a.*` is not a valid subject",
         ),
         (
+            "nats-secret.toml",
+            "[bus]\nkind = \"nats\"\n[bus.nats]\nurl = \"nats://alice:pw@10.0.0.7:4222\"\n",
+            "nats-secret.toml: bus.nats.url: the URL of 10.0.0.7:4222 holds credentials",
+        ),
+        (
             "ha.toml",
             "[checker]\nha = true\n",
             "ha.toml: checker.ha needs a shared bus",

@@ -469,6 +469,53 @@ async fn token_auth_works_and_a_wrong_token_fails_clearly() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_nkey_seed_file_authenticates_and_an_unknown_nkey_is_refused() {
+    let user = nkeys::KeyPair::new_user();
+    let stranger = nkeys::KeyPair::new_user();
+    let server = NatsServer::start_with(&format!(
+        "authorization {{\n  users = [ {{ nkey: {} }} ]\n}}",
+        user.public_key()
+    ));
+    let target = target().await;
+    let dir = scratch_dir("nkey");
+    let seed = secret_file(&dir, "user.nk", &user.seed().unwrap());
+    let wrong_seed = stranger.seed().unwrap();
+    let wrong = secret_file(&dir, "stranger.nk", &wrong_seed);
+
+    let listen = free_port();
+    let config = format!(
+        "{}{}{}",
+        agent_section("a1", listen),
+        nats_section(&server.url(), &format!("nkey_seed_file = \"{seed}\"")),
+        checks(1, target, "1s")
+    );
+    let agent = Bastion::start("a1", listen, &config, &["run"]);
+    agent.wait_ready();
+    let succeeded = format!("probe_success{{check=\"web-0\",target=\"{target}\"}}");
+    eventually(
+        "a result over the nkey-authenticated bus",
+        Duration::from_secs(60),
+        || agent.sample(&succeeded) == Some(1.0),
+    )
+    .await;
+
+    let listen = free_port();
+    let config = format!(
+        "{}{}",
+        agent_section("a2", listen),
+        nats_section(&server.url(), &format!("nkey_seed_file = \"{wrong}\""))
+    );
+    let mut refused = Bastion::start("a2", listen, &config, &["run"]);
+    let status = refused
+        .wait_exit(PATIENCE)
+        .expect("an unknown nkey ends the process");
+    assert_eq!(status.code(), Some(1));
+    let log = refused.log();
+    assert!(log.contains("refused bastion's credentials"), "{log}");
+    assert!(!log.contains(&wrong_seed), "the seed is never logged");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn user_and_password_over_tls_work_and_a_wrong_password_fails_clearly() {
     let dir = scratch_dir("tls");
     let certified =

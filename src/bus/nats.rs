@@ -35,11 +35,21 @@ const LEASE_KEY: &str = "leader";
 /// How long one connection attempt may take at most.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Whether `url` is a NATS server address (`nats://host:port`, `tls://...`, or `host:port`).
+/// Whether `url` is a NATS server address (`nats://host:port`, `tls://...`, or `host:port`)
+/// without credentials: secrets belong in files, not in the config text.
 pub fn check_url(url: &str) -> Result<(), String> {
-    url.parse::<ServerAddr>().map(|_| ()).map_err(|error| {
+    let address = url.parse::<ServerAddr>().map_err(|error| {
         format!("`{url}` is not a NATS server URL ({error}); write it as nats://host:4222")
-    })
+    })?;
+    if address.username().is_some() || address.password().is_some() {
+        // Name the host only: the URL itself holds a secret.
+        return Err(format!(
+            "the URL of {}:{} holds credentials; keep secrets out of the config: use user + password_file, or token_file",
+            address.host(),
+            address.port()
+        ));
+    }
+    Ok(())
 }
 
 /// JetStream bucket names: letters, digits, `-` and `_`.
@@ -665,6 +675,9 @@ mod tests {
         assert!(check_url("nats://127.0.0.1:4222").is_ok());
         assert!(check_url("tls://nats.example:4443").is_ok());
         assert!(check_url("http://[::1").is_err());
+        let error = check_url("nats://alice:s3cret@127.0.0.1:4222").unwrap_err();
+        assert!(error.contains("holds credentials"), "{error}");
+        assert!(!error.contains("s3cret"), "{error}");
         assert!(valid_bucket_name("bastion_checker-1"));
         assert!(!valid_bucket_name("a.b"));
         assert!(!valid_bucket_name(""));
