@@ -16,14 +16,19 @@ use crate::http::ApiState;
 use crate::lease::LeaseStore;
 use crate::messages::{self, CheckResult, TestFailure, TestRequest, MESSAGE_VERSION};
 use crate::metrics::Metrics;
+use crate::reload::Reloader;
 use crate::results::ResultStore;
+use crate::results::{EventOutlet, SinkContext};
 use crate::runner::dispatcher::RunOrder;
 use crate::runner::{build_dispatcher, Runner, RunnerError};
+use crate::systemd::Notifier;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -63,6 +68,8 @@ pub struct AgentOptions {
     pub role: Role,
     /// Overrides `bus.nats.connect_timeout`.
     pub bus_connect_timeout: Option<Duration>,
+    /// The file the config came from, for reloads (SIGHUP, `POST /-/reload`).
+    pub config_path: Option<PathBuf>,
 }
 
 /// How long `bastion once --remote` waits for NATS when neither the flag nor the config says.
@@ -97,6 +104,8 @@ pub enum AgentError {
         "no runner answers `{0}` checks on this bus; start one with `bastion run --role runner`"
     )]
     NoRunner(String),
+    #[error(transparent)]
+    WebTls(#[from] crate::http::tls::WebTlsError),
 }
 
 /// A built agent, ready to run.
@@ -112,6 +121,11 @@ pub struct Agent {
     lease: Option<Arc<dyn LeaseStore>>,
     runner: Option<Runner>,
     results: Option<crate::bus::Subscription>,
+    /// The configured checks; reloads send new lists through it.
+    checks: watch::Sender<Arc<Vec<crate::config::CheckConfig>>>,
+    reloader: Option<Arc<Reloader>>,
+    notifier: Option<Arc<Notifier>>,
+    web_tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -151,6 +165,13 @@ impl Agent {
         if role != Role::All && config.bus.kind == BusKind::Embedded {
             return Err(AgentError::RoleNeedsNats(role.as_str()));
         }
+        let web_tls = match (
+            &config.agent.web.tls_cert_file,
+            &config.agent.web.tls_key_file,
+        ) {
+            (Some(cert), Some(key)) => Some(crate::http::tls::server_config(cert, key)?),
+            _ => None,
+        };
         let listener = TcpListener::bind(config.agent.listen)
             .await
             .map_err(|source| AgentError::Listen {
@@ -158,6 +179,18 @@ impl Agent {
                 source,
             })?;
         let metrics = Arc::new(Metrics::new());
+        metrics.record_config_load(true);
+        let notifier = Notifier::from_env().map(Arc::new);
+        let (checks, _) = watch::channel(Arc::new(config.checks.clone()));
+        let reloader = options.config_path.clone().map(|path| {
+            Arc::new(Reloader::new(
+                path,
+                config.clone(),
+                checks.clone(),
+                Arc::clone(&metrics),
+                notifier.clone(),
+            ))
+        });
         let nats = connect_nats(&config, &metrics, options.bus_connect_timeout).await?;
         let lease: Option<Arc<dyn LeaseStore>> = match &nats {
             Some(nats) if role.schedules() && config.checker.ha => Some(Arc::new(
@@ -206,7 +239,8 @@ impl Agent {
                     &subjects,
                     Arc::clone(&metrics),
                 )
-                .await?,
+                .await?
+                .follow(checks.subscribe()),
             )
         } else {
             None
@@ -223,7 +257,16 @@ impl Agent {
             lease,
             runner,
             results,
+            checks,
+            reloader,
+            notifier,
+            web_tls,
         })
+    }
+
+    /// Reloads the config file on demand (SIGHUP); None without a config path.
+    pub fn reloader(&self) -> Option<Arc<Reloader>> {
+        self.reloader.clone()
     }
 
     /// Where the endpoints listen (useful when `agent.listen` asked for port 0).
@@ -253,35 +296,53 @@ impl Agent {
             lease,
             runner,
             results,
+            checks,
+            reloader,
+            notifier,
+            web_tls,
         } = self;
         let intake = CancellationToken::new();
         let outlets = CancellationToken::new();
         let started = Arc::new(AtomicBool::new(false));
+        // A runner schedules nothing: its API lists no checks.
+        let api_checks = if role.schedules() {
+            checks.subscribe()
+        } else {
+            watch::channel(Arc::new(Vec::new())).1
+        };
         let state = ApiState {
             metrics: Arc::clone(&metrics),
             store: Arc::clone(&store),
-            checks: Arc::new(if role.schedules() {
-                config.checks.clone()
-            } else {
-                Vec::new()
-            }),
+            checks: api_checks,
             bus: Arc::clone(&bus),
             started: Arc::clone(&started),
+            reloader,
+            reload_endpoint: config.agent.web.reload_endpoint,
         };
+        let router = crate::http::router(state, &config.agent.web);
         let server_stop = outlets.clone();
-        let mut server = tokio::spawn(async move {
-            axum::serve(listener, crate::http::router(state))
-                .with_graceful_shutdown(async move { server_stop.cancelled().await })
-                .await
-        });
-        let sink = results.map(|results| {
-            tokio::spawn(crate::results::consume(
-                results,
-                store,
-                Arc::clone(&metrics),
-                outlets.clone(),
-            ))
-        });
+        let mut server = match web_tls {
+            Some(tls) => {
+                let listener =
+                    crate::http::tls::TlsListener::new(listener, tls).map_err(AgentError::Serve)?;
+                tokio::spawn(async move {
+                    axum::serve(listener, router)
+                        .with_graceful_shutdown(async move { server_stop.cancelled().await })
+                        .await
+                })
+            }
+            None => tokio::spawn(async move {
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(async move { server_stop.cancelled().await })
+                    .await
+            }),
+        };
+        let events = EventOutlet {
+            bus: Arc::clone(&bus),
+            subjects: subjects.clone(),
+            leadership: None,
+        };
+        let mut sink_parts = results.map(|results| (results, store.clone(), events));
         let runs = runner.as_ref().map(Runner::runs);
         let dispatcher = runner.as_ref().map(Runner::dispatcher);
         let runner_task = runner.map(|runner| tokio::spawn(runner.run(intake.clone())));
@@ -305,6 +366,25 @@ impl Agent {
         };
         let checker_task = checker.map(|checker| {
             tokio::spawn(checker.run_while_leading(intake.clone(), leadership.clone()))
+        });
+        let sink = sink_parts.take().map(|(results, store, mut events)| {
+            events.leadership = leadership.clone();
+            let context = SinkContext {
+                store,
+                metrics: Arc::clone(&metrics),
+                checks: checks.subscribe(),
+                events: Some(events),
+            };
+            tokio::spawn(crate::results::consume(results, context, outlets.clone()))
+        });
+        let systemd_task = notifier.clone().map(|notifier| {
+            tokio::spawn(report_to_systemd(
+                notifier,
+                checks.subscribe(),
+                Arc::clone(&store),
+                role,
+                outlets.clone(),
+            ))
         });
         let heartbeats = Heartbeats {
             bus: Arc::clone(&bus),
@@ -339,6 +419,9 @@ impl Agent {
             }
         }
         tracing::info!("shutting down: scheduling stopped, waiting for runs in flight");
+        if let Some(notifier) = &notifier {
+            notifier.stopping();
+        }
         started.store(false, Ordering::Release);
         intake.cancel();
         if let Some(task) = checker_task {
@@ -373,9 +456,86 @@ impl Agent {
             let _ = sink.await;
         }
         let _ = heartbeat_task.await;
+        if let Some(task) = systemd_task {
+            let _ = task.await;
+        }
         let _ = server.await;
         tracing::info!("bastion stopped");
         Ok(())
+    }
+}
+
+/// Asks the agent at `url` whether it is alive: a single GET that must answer 200, through
+/// the same probe the checks use.
+pub async fn healthcheck(url: &str, insecure: bool, timeout: Duration) -> Result<(), AgentError> {
+    let text = format!(
+        "[[checks]]\nname = \"healthcheck\"\ntype = \"http\"\nurl = {url}\ninterval = \"1h\"\ntimeout = \"{timeout}\"\ntls = {{ insecure_skip_verify = {insecure} }}\n[[checks.assertions]]\nkey = \"code\"\nrelationship = \"equal\"\noperand = \"200\"\n",
+        url = toml::Value::String(url.to_string()),
+        timeout = humantime::format_duration(timeout),
+    );
+    let config = Config::parse(
+        &text,
+        crate::config::Format::Toml,
+        std::path::Path::new("--url"),
+    )
+    .map_err(|error| AgentError::InvalidCheck("healthcheck".to_string(), error.to_string()))?;
+    let results = run_once(&config, None).await?;
+    let response = results
+        .first()
+        .and_then(|result| result.responses.first())
+        .ok_or_else(|| AgentError::RunFailed("no response".to_string()))?;
+    if response.passing {
+        return Ok(());
+    }
+    let reason = match (&response.error, &response.http) {
+        (Some(error), _) => error.to_string(),
+        (None, Some(http)) => format!("{url} answered {}", http.status),
+        (None, None) => "no answer".to_string(),
+    };
+    Err(AgentError::RunFailed(reason))
+}
+
+/// Tells systemd the agent is ready, then keeps its status line current and, when systemd
+/// watches, pets the watchdog at half its interval.
+async fn report_to_systemd(
+    notifier: Arc<Notifier>,
+    checks: watch::Receiver<Arc<Vec<crate::config::CheckConfig>>>,
+    store: Arc<ResultStore>,
+    role: Role,
+    stop: CancellationToken,
+) {
+    let summary = || {
+        if !role.schedules() {
+            return format!("{} runner", role.as_str());
+        }
+        let checks = Arc::clone(&checks.borrow());
+        let failing = checks
+            .iter()
+            .filter(|check| {
+                store
+                    .latest(&check.name)
+                    .is_some_and(|result| !result.passing)
+            })
+            .count();
+        format!("{} checks, {failing} failing", checks.len())
+    };
+    notifier.ready(&summary());
+    let watchdog = crate::systemd::watchdog_interval();
+    let every = watchdog.map_or(Duration::from_secs(10), |half| {
+        half.min(Duration::from_secs(10))
+    });
+    let mut ticks = tokio::time::interval(every);
+    ticks.tick().await;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = ticks.tick() => {}
+        }
+        if watchdog.is_some() {
+            notifier.notify(&format!("WATCHDOG=1\nSTATUS={}", summary()));
+        } else {
+            notifier.status(&summary());
+        }
     }
 }
 

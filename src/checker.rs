@@ -3,6 +3,8 @@
 //! interval, derived from a hash of its name, so load spreads and the phase survives restarts;
 //! then every interval, without drift. A tick whose previous run is still in flight is skipped
 //! and counted, never queued. The checker never blocks on the bus: a refused publish is counted.
+//! On a config reload it keeps each unchanged check's due time and run in flight, starts new
+//! and changed checks at their phase, and drops removed ones.
 
 use crate::bus::{Bus, BusError, Subjects, Subscription};
 use crate::config::CheckConfig;
@@ -14,6 +16,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -72,6 +75,10 @@ struct Scheduled {
 pub struct Checker {
     checks: Vec<Scheduled>,
     by_name: HashMap<String, usize>,
+    dispatch_deadline: Duration,
+    subjects: Subjects,
+    /// New check lists from config reloads.
+    updates: Option<watch::Receiver<Arc<Vec<CheckConfig>>>>,
     bus: Arc<dyn Bus>,
     results: Subscription,
     metrics: Arc<Metrics>,
@@ -99,26 +106,9 @@ impl Checker {
         let results = bus.subscribe(&subjects.all_results(), None).await?;
         let scheduled: Vec<Scheduled> = checks
             .iter()
-            .map(|check| {
-                let labels = CheckLabels {
-                    check: check.name.clone(),
-                };
-                Scheduled {
-                    subject: subjects.checks(check.check_type()),
-                    in_flight: None,
-                    horizon: dispatch_deadline + check.timeout() + RESULT_GRACE,
-                    scheduled: metrics.checks_scheduled.get_or_create(&labels).clone(),
-                    skipped: metrics.schedule_skipped.get_or_create(&labels).clone(),
-                    lost: metrics.runs_lost.get_or_create(&labels).clone(),
-                    config: Arc::new(check.clone()),
-                }
-            })
+            .map(|check| Scheduled::new(check, dispatch_deadline, subjects, &metrics))
             .collect();
-        let by_name = scheduled
-            .iter()
-            .enumerate()
-            .map(|(index, check)| (check.config.name.clone(), index))
-            .collect();
+        let by_name = index_by_name(&scheduled);
         // Run ids start from the clock so that a restarted checker does not reuse recent ones.
         let next_run_id = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
@@ -130,12 +120,85 @@ impl Checker {
         Ok(Checker {
             checks: scheduled,
             by_name,
+            dispatch_deadline,
+            subjects: subjects.clone(),
+            updates: None,
             bus,
             results,
             publish_errors,
             metrics,
             next_run_id,
         })
+    }
+
+    /// Follows the check lists sent on `updates` (config reloads).
+    pub fn follow(mut self, updates: watch::Receiver<Arc<Vec<CheckConfig>>>) -> Checker {
+        self.updates = Some(updates);
+        self
+    }
+
+    /// Replaces the checks with `configs`. Unchanged checks keep their state and, in `due`,
+    /// their next due time; new and changed ones are due at their phase from now.
+    fn apply(
+        &mut self,
+        configs: &[CheckConfig],
+        due: Option<&mut BinaryHeap<Reverse<(Instant, usize)>>>,
+    ) {
+        let mut due_at: HashMap<String, Instant> = HashMap::new();
+        if let Some(due) = &due {
+            for Reverse((at, index)) in due.iter() {
+                if let Some(check) = self.checks.get(*index) {
+                    due_at.insert(check.config.name.clone(), *at);
+                }
+            }
+        }
+        let mut old: HashMap<String, Scheduled> = self
+            .checks
+            .drain(..)
+            .map(|check| (check.config.name.clone(), check))
+            .collect();
+        let now = Instant::now();
+        let wall = SystemTime::now();
+        let mut next = Vec::with_capacity(configs.len());
+        let mut heap = BinaryHeap::with_capacity(configs.len());
+        for config in configs {
+            let kept = old
+                .remove(&config.name)
+                .filter(|scheduled| *scheduled.config == *config);
+            let (scheduled, at) = match kept {
+                Some(scheduled) => {
+                    let at = due_at.get(&config.name).copied();
+                    (scheduled, at)
+                }
+                None => {
+                    // A changed check starts over: its counters too.
+                    self.metrics.forget_check_schedule(&config.name);
+                    let scheduled = Scheduled::new(
+                        config,
+                        self.dispatch_deadline,
+                        &self.subjects,
+                        &self.metrics,
+                    );
+                    (scheduled, None)
+                }
+            };
+            let at = at.unwrap_or_else(|| now + first_wait(&config.name, config.interval, wall));
+            heap.push(Reverse((at, next.len())));
+            next.push(scheduled);
+        }
+        for removed in old.keys() {
+            self.metrics.forget_check_schedule(removed);
+        }
+        tracing::info!(
+            checks = next.len(),
+            removed = old.len(),
+            "checker applied a new check list"
+        );
+        self.checks = next;
+        self.by_name = index_by_name(&self.checks);
+        if let Some(due) = due {
+            *due = heap;
+        }
     }
 
     /// Schedules until `stop` is cancelled.
@@ -161,6 +224,7 @@ impl Checker {
                             Ok(_) => break,
                             Err(_) => return,
                         },
+                        Some(configs) = next_update(self.updates.as_mut()) => self.apply(&configs, None),
                         // Results keep arriving from the leader's runs; a standby reads and
                         // drops them so its subscription never backs up.
                         message = self.results.next() => if message.is_none() { return },
@@ -201,6 +265,7 @@ impl Checker {
             tokio::select! {
                 _ = stop.cancelled() => return false,
                 _ = until_lost(leadership.as_deref_mut()) => return true,
+                Some(configs) = next_update(self.updates.as_mut()) => self.apply(&configs, Some(&mut due)),
                 _ = sleep_until_or_forever(next) => {
                     let now = Instant::now();
                     while let Some(&Reverse((at, index))) = due.peek() {
@@ -293,6 +358,48 @@ impl Checker {
             {
                 check.in_flight = None;
             }
+        }
+    }
+}
+
+/// The next check list sent on `updates`; never, without updates or once their sender is gone.
+async fn next_update(
+    updates: Option<&mut watch::Receiver<Arc<Vec<CheckConfig>>>>,
+) -> Option<Arc<Vec<CheckConfig>>> {
+    if let Some(updates) = updates {
+        if updates.changed().await.is_ok() {
+            return Some(Arc::clone(&updates.borrow_and_update()));
+        }
+    }
+    std::future::pending().await
+}
+
+fn index_by_name(checks: &[Scheduled]) -> HashMap<String, usize> {
+    checks
+        .iter()
+        .enumerate()
+        .map(|(index, check)| (check.config.name.clone(), index))
+        .collect()
+}
+
+impl Scheduled {
+    fn new(
+        check: &CheckConfig,
+        dispatch_deadline: Duration,
+        subjects: &Subjects,
+        metrics: &Metrics,
+    ) -> Scheduled {
+        let labels = CheckLabels {
+            check: check.name.clone(),
+        };
+        Scheduled {
+            subject: subjects.checks(check.check_type()),
+            in_flight: None,
+            horizon: dispatch_deadline + check.timeout() + RESULT_GRACE,
+            scheduled: metrics.checks_scheduled.get_or_create(&labels).clone(),
+            skipped: metrics.schedule_skipped.get_or_create(&labels).clone(),
+            lost: metrics.runs_lost.get_or_create(&labels).clone(),
+            config: Arc::new(check.clone()),
         }
     }
 }

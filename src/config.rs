@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// The whole configuration file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// This agent's identity and its own HTTP endpoints.
@@ -31,7 +31,7 @@ pub struct Config {
 }
 
 /// `[agent]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentConfig {
     /// The name this agent puts in every result. Default: the host name.
@@ -43,10 +43,32 @@ pub struct AgentConfig {
     /// How long in-flight probes may run on shutdown before they are abandoned.
     #[serde(default = "default_shutdown_grace", with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// Protection of the agent's own endpoints.
+    #[serde(default)]
+    pub web: WebConfig,
+}
+
+/// `[agent.web]`: TLS and basic auth for `/metrics`, `/api` and `/-/reload`, the way
+/// Prometheus exporters do it. `/healthz` and `/readyz` stay open for probes.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebConfig {
+    /// PEM certificate (chain) to serve HTTPS with; goes with `tls_key_file`.
+    #[serde(default)]
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of `tls_cert_file`.
+    #[serde(default)]
+    pub tls_key_file: Option<PathBuf>,
+    /// User name to bcrypt hash (`htpasswd -nBC 10 user`). Empty: no authentication.
+    #[serde(default)]
+    pub basic_auth_users: BTreeMap<String, String>,
+    /// Serve `POST /-/reload`. SIGHUP reloads either way.
+    #[serde(default = "default_true")]
+    pub reload_endpoint: bool,
 }
 
 /// `[bus]`
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BusConfig {
     /// Which bus carries check requests and results.
@@ -68,7 +90,7 @@ pub enum BusKind {
 }
 
 /// `[bus.nats]`. Secrets are named by file, never written in the config itself.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NatsConfig {
     /// Server URL, or a list of them (`nats://host:4222`, `tls://host:4222`).
@@ -111,7 +133,7 @@ pub struct NatsConfig {
 }
 
 /// `[bus.nats.tls]`
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NatsTlsConfig {
     /// PEM file of the CA that signed the server's certificate. Default: the system roots.
@@ -143,7 +165,7 @@ impl OneOrMany {
 }
 
 /// `[checker]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CheckerConfig {
     /// Let several checkers run at once; one holds a lease in NATS and schedules, the others
@@ -159,7 +181,7 @@ pub struct CheckerConfig {
 }
 
 /// `[runner]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RunnerConfig {
     /// The longest a task may wait for a free worker before it is cancelled, unrun.
@@ -177,7 +199,7 @@ pub struct RunnerConfig {
 }
 
 /// `[runner.workers]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WorkersConfig {
     /// Concurrent HTTP probes.
@@ -215,6 +237,17 @@ pub struct CheckConfig {
     /// What a response must satisfy to pass. None: a 2xx status passes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub assertions: Vec<AssertionConfig>,
+    /// Failing instances that make the check fail; fewer (but some) is a warning. Default: 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_failing_count: Option<usize>,
+    /// How long the check must keep failing before it is FAIL, and keep passing before it is
+    /// OK again. Default: 90s.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub min_failing_time: Option<Duration>,
     /// The type and its own settings.
     #[serde(flatten)]
     pub spec: CheckSpec,
@@ -229,6 +262,14 @@ impl CheckConfig {
 
     pub fn check_type(&self) -> CheckType {
         self.spec.check_type()
+    }
+
+    /// The state machine's thresholds, with their defaults applied.
+    pub fn state_policy(&self) -> crate::state::StatePolicy {
+        crate::state::StatePolicy {
+            min_failing_count: self.min_failing_count.unwrap_or(1),
+            min_failing_time: self.min_failing_time.unwrap_or(DEFAULT_MIN_FAILING_TIME),
+        }
     }
 }
 
@@ -324,6 +365,7 @@ pub enum Relationship {
 
 // Every default, in one place.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_MIN_FAILING_TIME: Duration = Duration::from_secs(90);
 pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
 /// Larger bodies would let one check hold this much memory per worker.
 pub const MAX_BODY_BYTES_LIMIT: usize = 64 * 1024 * 1024;
@@ -352,6 +394,9 @@ fn default_max_body_bytes() -> usize {
 fn default_workers() -> usize {
     10
 }
+fn default_true() -> bool {
+    true
+}
 fn default_subject_prefix() -> String {
     "bastion".to_string()
 }
@@ -377,6 +422,17 @@ impl Default for AgentConfig {
             id: default_agent_id(),
             listen: default_listen(),
             shutdown_grace: default_shutdown_grace(),
+            web: WebConfig::default(),
+        }
+    }
+}
+impl Default for WebConfig {
+    fn default() -> Self {
+        WebConfig {
+            tls_cert_file: None,
+            tls_key_file: None,
+            basic_auth_users: BTreeMap::new(),
+            reload_endpoint: true,
         }
     }
 }
@@ -486,6 +542,7 @@ impl Config {
             ));
         }
         self.validate_bus()?;
+        self.validate_web()?;
         for server in &self.runner.dns_servers {
             crate::resolve::parse_dns_server(server)
                 .map_err(|error| format!("runner.dns_servers: {error}"))?;
@@ -498,6 +555,12 @@ impl Config {
                     check.name,
                     first + 1,
                     index + 1
+                ));
+            }
+            if check.min_failing_count == Some(0) {
+                return Err(format!(
+                    "check `{}`: min_failing_count must be at least 1",
+                    check.name
                 ));
             }
             crate::checks::CompiledCheck::compile(check).map_err(|error| match error {
@@ -524,6 +587,36 @@ impl Config {
             Some(nats) if self.bus.kind == BusKind::Nats => &nats.subject_prefix,
             _ => "bastion",
         }
+    }
+
+    fn validate_web(&self) -> Result<(), String> {
+        let web = &self.agent.web;
+        match (&web.tls_cert_file, &web.tls_key_file) {
+            (Some(cert), Some(key)) => {
+                for (what, path) in [("tls_cert_file", cert), ("tls_key_file", key)] {
+                    if let Err(error) = std::fs::metadata(path) {
+                        return Err(format!("agent.web.{what} {}: {error}", path.display()));
+                    }
+                }
+            }
+            (None, None) => {}
+            _ => {
+                return Err(
+                    "agent.web.tls_cert_file and tls_key_file go together; set both or neither"
+                        .to_string(),
+                )
+            }
+        }
+        for (user, hash) in &web.basic_auth_users {
+            if user.is_empty() || user.contains(':') {
+                return Err(format!(
+                    "agent.web.basic_auth_users: user name `{user}` must be non-empty and without `:`"
+                ));
+            }
+            crate::http::auth::check_hash(hash)
+                .map_err(|error| format!("agent.web.basic_auth_users.{user}: {error}"))?;
+        }
+        Ok(())
     }
 
     fn validate_bus(&self) -> Result<(), String> {

@@ -59,6 +59,19 @@ enum Command {
         #[command(flatten)]
         bus: BusArgs,
     },
+    /// Ask a running agent whether it is alive (for Docker's HEALTHCHECK, where there is no
+    /// curl); exit 0 when it answers 200, 1 otherwise.
+    Healthcheck {
+        /// The endpoint to ask.
+        #[arg(long, default_value = "http://127.0.0.1:9464/healthz")]
+        url: String,
+        /// Accept any certificate (an agent serving HTTPS with a self-signed one).
+        #[arg(long)]
+        insecure: bool,
+        /// How long to wait for the answer.
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -153,14 +166,31 @@ fn main() -> ExitCode {
                     }
                 }
             }
-            Command::Run { config, role, bus } => {
-                let config = match Config::load(&config.config) {
+            Command::Healthcheck {
+                url,
+                insecure,
+                timeout,
+            } => match agent::healthcheck(&url, insecure, timeout).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("unhealthy: {error}");
+                    ExitCode::from(EXIT_FAILING)
+                }
+            },
+            Command::Run {
+                config: path,
+                role,
+                bus,
+            } => {
+                let config = match Config::load(&path.config) {
                     Ok(config) => config,
                     Err(error) => return config_error(&error),
                 };
+                let config_path = path.config;
                 let options = AgentOptions {
                     role: role.into(),
                     bus_connect_timeout: bus.bus_connect_timeout,
+                    config_path: Some(config_path),
                 };
                 match run(config, options).await {
                     Ok(()) => ExitCode::SUCCESS,
@@ -209,17 +239,23 @@ async fn once(
 
 async fn run(config: Config, options: AgentOptions) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
-    tokio::spawn(watch_signals(shutdown.clone()));
+    let (reloader_sender, reloader) = tokio::sync::watch::channel(None);
+    tokio::spawn(watch_signals(shutdown.clone(), reloader));
     // Start-up may wait for NATS; a signal meanwhile stops it cleanly.
     let agent = tokio::select! {
         built = Agent::build_with(config, options) => built.context("starting bastion")?,
         _ = shutdown.cancelled() => return Ok(()),
     };
+    reloader_sender.send_replace(agent.reloader());
     agent.run(shutdown).await.context("running bastion")
 }
 
-/// SIGTERM or SIGINT starts a graceful shutdown; a second one exits at once.
-async fn watch_signals(shutdown: CancellationToken) {
+/// SIGTERM or SIGINT starts a graceful shutdown; a second one exits at once. SIGHUP reloads
+/// the config (once the agent is built; before that there is nothing to reload).
+async fn watch_signals(
+    shutdown: CancellationToken,
+    reloader: tokio::sync::watch::Receiver<Option<std::sync::Arc<bastion_agent::reload::Reloader>>>,
+) {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
@@ -235,8 +271,16 @@ async fn watch_signals(shutdown: CancellationToken) {
             _ = term.recv() => {}
             _ = int.recv() => {}
             _ = hup.recv() => {
-                // Without a handler SIGHUP would kill the daemon; reloading is not built yet.
-                tracing::warn!("SIGHUP received: this version does not reload its config; restart bastion to apply changes");
+                let current = reloader.borrow().clone();
+                match current {
+                    // The outcome is logged and counted by the reloader.
+                    Some(reloader) => {
+                        tokio::spawn(async move {
+                            let _ = reloader.reload().await;
+                        });
+                    }
+                    None => tracing::warn!("SIGHUP during start-up: nothing to reload yet"),
+                }
                 continue;
             }
         }

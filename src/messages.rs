@@ -43,6 +43,22 @@ pub struct TestFailure {
     pub error: String,
 }
 
+/// Published on `{prefix}.events.{check}` when a check changes state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StateEvent {
+    pub version: u32,
+    pub check: String,
+    pub from: crate::state::CheckState,
+    pub to: crate::state::CheckState,
+    /// When the result that caused it was taken.
+    #[serde(with = "crate::time_format")]
+    pub at: SystemTime,
+    /// Failing instances in that result.
+    pub failing: usize,
+    /// Instances in that result.
+    pub responses: usize,
+}
+
 /// What each agent publishes on `{prefix}.heartbeat.{agent}` every 10 s.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Heartbeat {

@@ -64,6 +64,18 @@ pub struct SubjectLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CheckStateLabels {
+    pub check: String,
+    pub state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CheckToLabels {
+    pub check: String,
+    pub to: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VersionLabels {
     version: &'static str,
 }
@@ -108,6 +120,10 @@ pub struct Metrics {
     pub bus_publish_retries: Counter,
     pub requests_expired: Family<TypeLabels, Counter>,
     pub checker_leader: Gauge,
+    pub check_state: Family<CheckStateLabels, Gauge>,
+    pub check_transitions: Family<CheckToLabels, Counter>,
+    pub config_last_reload_successful: Gauge,
+    pub config_last_reload_success_timestamp_seconds: GaugeF64,
 }
 
 impl Default for Metrics {
@@ -144,6 +160,10 @@ impl Metrics {
             bus_publish_retries: Counter::default(),
             requests_expired: Family::default(),
             checker_leader: Gauge::default(),
+            check_state: Family::default(),
+            check_transitions: Family::default(),
+            config_last_reload_successful: Gauge::default(),
+            config_last_reload_success_timestamp_seconds: GaugeF64::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -266,6 +286,26 @@ impl Metrics {
             "Whether this checker schedules now (1) or stands by (0)",
             metrics.checker_leader.clone(),
         );
+        registry.register(
+            "bastion_check_state",
+            "Each check's state: 1 for the current one (OK, WARN, FAIL_WAIT, FAIL, PASS_WAIT), 0 for the others",
+            metrics.check_state.clone(),
+        );
+        registry.register(
+            "bastion_check_transitions",
+            "Changes of check state, by the state entered",
+            metrics.check_transitions.clone(),
+        );
+        registry.register(
+            "bastion_config_last_reload_successful",
+            "Whether the last config load or reload succeeded (1) or not (0)",
+            metrics.config_last_reload_successful.clone(),
+        );
+        registry.register(
+            "bastion_config_last_reload_success_timestamp_seconds",
+            "When the config was last loaded or reloaded successfully, in Unix seconds",
+            metrics.config_last_reload_success_timestamp_seconds.clone(),
+        );
         let build_info: Family<VersionLabels, Gauge> = Family::default();
         build_info
             .get_or_create(&VersionLabels {
@@ -375,6 +415,60 @@ impl Metrics {
                         .set(value);
                 }
             }
+        }
+    }
+
+    /// Sets `bastion_check_state` for `check`: 1 for `state`, 0 for the others.
+    pub fn set_check_state(&self, check: &str, state: crate::state::CheckState) {
+        for each in crate::state::CheckState::ALL {
+            self.check_state
+                .get_or_create(&CheckStateLabels {
+                    check: check.to_string(),
+                    state: each.as_str(),
+                })
+                .set(i64::from(each == state));
+        }
+    }
+
+    /// Removes the series the result sink (and the runner) keep per check: its state, its
+    /// transitions and its run durations. The `probe_*` series go by target (`forget_target`).
+    pub fn forget_check_results(&self, check: &str) {
+        for state in crate::state::CheckState::ALL {
+            self.check_state.remove(&CheckStateLabels {
+                check: check.to_string(),
+                state: state.as_str(),
+            });
+            self.check_transitions.remove(&CheckToLabels {
+                check: check.to_string(),
+                to: state.as_str(),
+            });
+        }
+        for check_type in CheckType::ALL {
+            self.check_duration_seconds.remove(&CheckTypeLabels {
+                check: check.to_string(),
+                r#type: check_type.as_str(),
+            });
+        }
+    }
+
+    /// Removes the series the checker keeps per check.
+    pub fn forget_check_schedule(&self, check: &str) {
+        let labels = CheckLabels {
+            check: check.to_string(),
+        };
+        self.checks_scheduled.remove(&labels);
+        self.schedule_skipped.remove(&labels);
+        self.runs_lost.remove(&labels);
+    }
+
+    /// Records the outcome of a config load or reload.
+    pub fn record_config_load(&self, success: bool) {
+        self.config_last_reload_successful.set(i64::from(success));
+        if success {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |since| since.as_secs_f64());
+            self.config_last_reload_success_timestamp_seconds.set(now);
         }
     }
 

@@ -1,77 +1,198 @@
-//! The result sink: consumes every `CheckResult` on the bus, keeps each check's latest in
-//! memory for the API, and records the `probe_*` metrics. When an instance disappears from a
-//! check's results (its address left DNS, say), its series are removed, so `/metrics` never
-//! shows a stale instance as if it were still probed.
+//! The result sink: consumes every `CheckResult` on the bus, keeps each check's latest result
+//! and state in memory for the API, records the `probe_*` metrics, and moves each check
+//! through its state machine (`state.rs`), publishing an event on `<prefix>.events.<check>`
+//! for every transition. It follows the configured checks: a result for a check that is not
+//! configured (removed by a reload, or sent by a stranger) is dropped, and a removed or changed
+//! check's series, state and result are forgotten. When an instance disappears from a check's
+//! results (its address left DNS, say), its series are removed, so `/metrics` never shows a
+//! stale instance as if it were still probed.
 
-use crate::bus::{Message, Subscription};
-use crate::messages::{self, CheckResult};
-use crate::metrics::{Metrics, ReasonLabels};
+use crate::bus::{Bus, Message, Subjects, Subscription};
+use crate::config::CheckConfig;
+use crate::lease::Leadership;
+use crate::messages::{self, CheckResult, StateEvent, MESSAGE_VERSION};
+use crate::metrics::{CheckToLabels, Metrics, ReasonLabels, SubjectLabels};
+use crate::state::{CheckState, StateTracker};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
+use std::time::SystemTime;
+use tokio::sync::watch;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-/// The latest result of each check.
+/// The configured checks, as the current config says; reloads replace it.
+pub type ChecksWatch = watch::Receiver<Arc<Vec<CheckConfig>>>;
+
+/// What the API shows of one check.
+#[derive(Debug, Clone)]
+pub struct CheckStatus {
+    pub latest: Option<Arc<CheckResult>>,
+    pub state: CheckState,
+    pub since: SystemTime,
+}
+
+/// The latest result and state of each check.
 #[derive(Debug, Default)]
 pub struct ResultStore {
-    latest: RwLock<HashMap<String, Arc<CheckResult>>>,
+    checks: RwLock<HashMap<String, CheckStatus>>,
 }
 
 impl ResultStore {
     pub fn latest(&self, check: &str) -> Option<Arc<CheckResult>> {
+        self.read()
+            .get(check)
+            .and_then(|status| status.latest.clone())
+    }
+
+    pub fn status(&self, check: &str) -> Option<CheckStatus> {
         self.read().get(check).cloned()
     }
 
-    fn store(&self, result: Arc<CheckResult>) {
-        self.latest
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .insert(result.check.clone(), result);
+    fn update(&self, check: &str, status: CheckStatus) {
+        self.write().insert(check.to_string(), status);
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<CheckResult>>> {
-        // Readers only clone Arcs; a poisoned map is still consistent.
-        self.latest
+    fn remove(&self, check: &str) {
+        self.write().remove(check);
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, CheckStatus>> {
+        // Writers replace whole entries; a poisoned map is still consistent.
+        self.checks
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, CheckStatus>> {
+        self.checks
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Where transition events go. With HA checkers only the leader publishes them, so each
+/// transition is announced once; standbys track state all the same.
+#[derive(Debug)]
+pub struct EventOutlet {
+    pub bus: Arc<dyn Bus>,
+    pub subjects: Subjects,
+    pub leadership: Option<Leadership>,
+}
+
+/// What the sink works with.
+#[derive(Debug)]
+pub struct SinkContext {
+    pub store: Arc<ResultStore>,
+    pub metrics: Arc<Metrics>,
+    pub checks: ChecksWatch,
+    pub events: Option<EventOutlet>,
 }
 
 /// Consumes results from `subscription` until `stop` is cancelled; results already delivered
 /// by then are still recorded, so the last runs of a shutdown are not lost.
 pub async fn consume(
     mut subscription: Subscription,
-    store: Arc<ResultStore>,
-    metrics: Arc<Metrics>,
+    context: SinkContext,
     stop: CancellationToken,
 ) {
+    let SinkContext {
+        store,
+        metrics,
+        mut checks,
+        events,
+    } = context;
     let mut sink = Sink {
         store,
         metrics,
+        events,
+        known: HashMap::new(),
+        trackers: HashMap::new(),
         targets: HashMap::new(),
     };
+    let current = Arc::clone(&checks.borrow_and_update());
+    sink.apply_checks(&current);
+    // Without a config owner (it went away) the checks stay as they are.
+    let mut watching = true;
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
+            changed = checks.changed(), if watching => {
+                if changed.is_err() {
+                    watching = false;
+                    continue;
+                }
+                let current = Arc::clone(&checks.borrow_and_update());
+                sink.apply_checks(&current);
+            }
             message = subscription.next() => match message {
-                Some(message) => sink.handle(&message),
+                Some(message) => sink.handle(&message).await,
                 None => return,
             },
         }
     }
     while let Some(message) = subscription.try_next() {
-        sink.handle(&message);
+        sink.handle(&message).await;
     }
 }
 
 struct Sink {
     store: Arc<ResultStore>,
     metrics: Arc<Metrics>,
+    events: Option<EventOutlet>,
+    /// The configured checks, by name.
+    known: HashMap<String, CheckConfig>,
+    trackers: HashMap<String, StateTracker>,
     /// Targets last recorded per check, to remove the series of those that vanish.
     targets: HashMap<String, BTreeSet<String>>,
 }
 
 impl Sink {
-    fn handle(&mut self, message: &Message) {
+    /// Follows a new set of configured checks: removed and changed checks are forgotten (a
+    /// changed check starts over), new ones start `OK`.
+    fn apply_checks(&mut self, checks: &[CheckConfig]) {
+        let next: HashMap<String, CheckConfig> = checks
+            .iter()
+            .map(|check| (check.name.clone(), check.clone()))
+            .collect();
+        let stale: Vec<String> = self
+            .known
+            .iter()
+            .filter(|(name, config)| next.get(*name) != Some(*config))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in stale {
+            self.forget(&name);
+        }
+        for name in next.keys() {
+            if !self.trackers.contains_key(name) {
+                let tracker = StateTracker::new(Instant::now(), SystemTime::now());
+                self.metrics.set_check_state(name, tracker.state());
+                self.store.update(
+                    name,
+                    CheckStatus {
+                        latest: None,
+                        state: tracker.state(),
+                        since: tracker.since(),
+                    },
+                );
+                self.trackers.insert(name.clone(), tracker);
+            }
+        }
+        self.known = next;
+    }
+
+    fn forget(&mut self, check: &str) {
+        if let Some(targets) = self.targets.remove(check) {
+            for target in targets {
+                self.metrics.forget_target(check, &target);
+            }
+        }
+        self.metrics.forget_check_results(check);
+        self.trackers.remove(check);
+        self.store.remove(check);
+    }
+
+    async fn handle(&mut self, message: &Message) {
         let result: CheckResult = match messages::decode(&message.payload) {
             Ok(result) => result,
             Err(error) => {
@@ -85,8 +206,18 @@ impl Sink {
                 return;
             }
         };
-        if let Some(current) = self.store.latest(&result.check) {
-            if current.scheduled_at > result.scheduled_at {
+        let Some(config) = self.known.get(&result.check) else {
+            // A run that was in flight when its check was removed, or a check configured
+            // elsewhere: its label values must not enter /metrics. The runner in this process
+            // may have recorded the run's duration already; that goes too.
+            tracing::debug!(check = %result.check, "result of a check that is not configured; dropped");
+            self.metrics.forget_check_results(&result.check);
+            return;
+        };
+        let policy = config.state_policy();
+        let current = self.store.status(&result.check);
+        if let Some(latest) = current.as_ref().and_then(|status| status.latest.as_ref()) {
+            if latest.scheduled_at > result.scheduled_at {
                 return; // an older run arriving late says nothing about now
             }
         }
@@ -106,6 +237,72 @@ impl Sink {
         }
         tracing::debug!(check = %result.check, passing = result.passing, responses = result.responses.len(), "result");
         self.targets.insert(result.check.clone(), now);
-        self.store.store(Arc::new(result));
+
+        let failing = result.responses.iter().filter(|r| !r.passing).count();
+        let tracker = self
+            .trackers
+            .entry(result.check.clone())
+            .or_insert_with(|| StateTracker::new(Instant::now(), SystemTime::now()));
+        let transition = tracker.observe(failing, policy, Instant::now(), result.finished_at);
+        let status = CheckStatus {
+            latest: None,
+            state: tracker.state(),
+            since: tracker.since(),
+        };
+        let result = Arc::new(result);
+        self.store.update(
+            &result.check,
+            CheckStatus {
+                latest: Some(Arc::clone(&result)),
+                ..status
+            },
+        );
+        if let Some(transition) = transition {
+            self.metrics.set_check_state(&result.check, transition.to);
+            self.metrics
+                .check_transitions
+                .get_or_create(&CheckToLabels {
+                    check: result.check.clone(),
+                    to: transition.to.as_str(),
+                })
+                .inc();
+            tracing::info!(check = %result.check, from = %transition.from, to = %transition.to, failing, "check state changed");
+            let event = StateEvent {
+                version: MESSAGE_VERSION,
+                check: result.check.clone(),
+                from: transition.from,
+                to: transition.to,
+                at: result.finished_at,
+                failing,
+                responses: result.responses.len(),
+            };
+            self.publish(&event).await;
+        }
+    }
+
+    async fn publish(&self, event: &StateEvent) {
+        let Some(outlet) = &self.events else {
+            return;
+        };
+        if let Some(leadership) = &outlet.leadership {
+            if !*leadership.borrow() {
+                return;
+            }
+        }
+        let published = match messages::encode(event) {
+            Ok(payload) => outlet
+                .bus
+                .publish(&outlet.subjects.events(&event.check), payload)
+                .await
+                .map_err(|error| error.to_string()),
+            Err(error) => Err(error.to_string()),
+        };
+        if let Err(error) = published {
+            tracing::warn!(check = %event.check, %error, "could not publish a state event");
+            self.metrics
+                .bus_publish_errors
+                .get_or_create(&SubjectLabels { subject: "events" })
+                .inc();
+        }
     }
 }

@@ -296,7 +296,7 @@ async fn the_result_sink_removes_series_of_vanished_instances() {
     use bastion_agent::bus::Bus;
     use bastion_agent::checks::CheckType;
     use bastion_agent::messages::{self, CheckResult, Response, Timings};
-    use bastion_agent::results::{consume, ResultStore};
+    use bastion_agent::results::{consume, ResultStore, SinkContext};
     use std::sync::Arc;
     use std::time::{Duration, SystemTime};
 
@@ -305,12 +305,18 @@ async fn the_result_sink_removes_series_of_vanished_instances() {
     let store = Arc::new(ResultStore::default());
     let metrics = Arc::new(bastion_agent::metrics::Metrics::new());
     let stop = CancellationToken::new();
-    let sink = tokio::spawn(consume(
-        subscription,
-        Arc::clone(&store),
-        Arc::clone(&metrics),
-        stop.clone(),
-    ));
+    let checks = config(
+        "[[checks]]\nname = \"lb\"\ntype = \"http\"\nurl = \"http://lb.internal/\"\ninterval = \"10s\"\n",
+    )
+    .checks;
+    let (_checks, watched) = tokio::sync::watch::channel(Arc::new(checks));
+    let context = SinkContext {
+        store: Arc::clone(&store),
+        metrics: Arc::clone(&metrics),
+        checks: watched,
+        events: None,
+    };
+    let sink = tokio::spawn(consume(subscription, context, stop.clone()));
     let result = |targets: &[&str], at: SystemTime| CheckResult {
         version: 1,
         check: "lb".into(),

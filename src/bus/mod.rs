@@ -135,6 +135,11 @@ impl Subjects {
         format!("{}.results.>", self.prefix)
     }
 
+    /// State transitions of one check.
+    pub fn events(&self, check: &str) -> String {
+        format!("{}.events.{check}", self.prefix)
+    }
+
     /// Request/reply: run this check definition now and reply with its result.
     pub fn test(&self, check_type: crate::checks::CheckType) -> String {
         format!("{}.test.{}", self.prefix, check_type.as_str())
