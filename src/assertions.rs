@@ -1,5 +1,5 @@
-//! Assertions on what a probe saw: keys (code, header, body, json, latency) compared with an
-//! operand by a relationship. Compiled once per check run (regexes and JSON paths included) and
+//! Assertions on what a probe saw: keys (code, header, body, json, latency, and each check
+//! type's own) compared with an operand by a relationship. Compiled once per check run (regexes and JSON paths included) and
 //! evaluated in process. Every result carries the expected and the actual value, and a failing one
 //! says why in words; evaluation never panics, whatever the body holds.
 
@@ -37,8 +37,11 @@ pub enum AssertionError {
         "latency operand `{operand}` is not a duration (write e.g. `500ms` or `2s`): {reason}"
     )]
     NotDuration { operand: String, reason: String },
-    #[error("relationship {relationship} does not apply to latency; use equal, notEqual, greaterThan or lessThan")]
-    LatencyRelationship { relationship: &'static str },
+    #[error("relationship {relationship} does not apply to {key}; use equal, notEqual, greaterThan or lessThan")]
+    LatencyRelationship {
+        relationship: &'static str,
+        key: &'static str,
+    },
     #[error("key `{key}` does not apply to {check_type} checks")]
     KeyNotForType {
         key: &'static str,
@@ -53,6 +56,20 @@ pub fn key_name(key: AssertionKey) -> &'static str {
         AssertionKey::Body => "body",
         AssertionKey::Json => "json",
         AssertionKey::Latency => "latency",
+        AssertionKey::Connected => "connected",
+        AssertionKey::Rcode => "rcode",
+        AssertionKey::Answer => "answer",
+        AssertionKey::AnswerCount => "answer_count",
+        AssertionKey::CertExpiry => "cert_expiry",
+        AssertionKey::Issuer => "issuer",
+        AssertionKey::Subject => "subject",
+        AssertionKey::San => "san",
+        AssertionKey::TlsVersion => "tls_version",
+        AssertionKey::ChainValid => "chain_valid",
+        AssertionKey::Loss => "loss",
+        AssertionKey::RttAvg => "rtt_avg",
+        AssertionKey::RttMax => "rtt_max",
+        AssertionKey::Status => "status",
     }
 }
 
@@ -70,17 +87,32 @@ pub fn relationship_name(relationship: Relationship) -> &'static str {
     }
 }
 
-fn key_applies_to(key: AssertionKey, check_type: CheckType) -> bool {
-    match check_type {
-        CheckType::Http => matches!(
-            key,
-            AssertionKey::Code
-                | AssertionKey::Header
-                | AssertionKey::Body
-                | AssertionKey::Json
-                | AssertionKey::Latency
-        ),
-    }
+/// The keys each check type reports; `latency` applies to all.
+pub fn key_applies_to(key: AssertionKey, check_type: CheckType) -> bool {
+    use AssertionKey as K;
+    key == K::Latency
+        || match check_type {
+            CheckType::Http => matches!(key, K::Code | K::Header | K::Body | K::Json),
+            CheckType::Tcp => matches!(key, K::Connected | K::Body),
+            CheckType::Dns => matches!(key, K::Rcode | K::Answer | K::AnswerCount),
+            CheckType::Tls => matches!(
+                key,
+                K::CertExpiry | K::Issuer | K::Subject | K::San | K::TlsVersion | K::ChainValid
+            ),
+            CheckType::Icmp => matches!(key, K::Loss | K::RttAvg | K::RttMax),
+            CheckType::Grpc => matches!(key, K::Status),
+        }
+}
+
+/// Keys whose values are durations: their operands are humantime durations.
+fn is_duration_key(key: AssertionKey) -> bool {
+    matches!(
+        key,
+        AssertionKey::Latency
+            | AssertionKey::CertExpiry
+            | AssertionKey::RttAvg
+            | AssertionKey::RttMax
+    )
 }
 
 /// The operand, prepared for the relationship that uses it.
@@ -99,6 +131,8 @@ enum Selector {
     Body,
     Json(JsonPath),
     Latency,
+    /// A type-specific key, read from `Observation::values`.
+    Typed(AssertionKey),
 }
 
 #[derive(Debug)]
@@ -130,6 +164,17 @@ pub struct Observation<'a> {
     pub headers: Option<&'a BTreeMap<String, String>>,
     pub body: &'a str,
     pub latency: Duration,
+    /// The values of the type-specific keys (everything but code, header, body, json and
+    /// latency); a key missing here reads as unavailable.
+    pub values: Vec<(AssertionKey, Observed)>,
+}
+
+/// A type-specific value as assertions read it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Observed {
+    Text(String),
+    /// A duration in seconds (may be negative: a certificate that expired).
+    Seconds(f64),
 }
 
 impl CompiledAssertion {
@@ -172,12 +217,13 @@ impl CompiledAssertion {
                 match other {
                     AssertionKey::Code => Selector::Code,
                     AssertionKey::Body => Selector::Body,
-                    _ => Selector::Latency,
+                    AssertionKey::Latency => Selector::Latency,
+                    typed => Selector::Typed(typed),
                 }
             }
         };
         let relationship = relationship_name(config.relationship);
-        let operand = if matches!(selector, Selector::Latency) {
+        let operand = if is_duration_key(config.key) {
             match config.relationship {
                 Relationship::Equal
                 | Relationship::NotEqual
@@ -192,7 +238,7 @@ impl CompiledAssertion {
                         })?;
                     Operand::Number(duration.as_secs_f64())
                 }
-                _ => return Err(AssertionError::LatencyRelationship { relationship }),
+                _ => return Err(AssertionError::LatencyRelationship { relationship, key }),
             }
         } else {
             match config.relationship {
@@ -256,6 +302,15 @@ pub fn evaluate_all(
                 ),
                 Selector::Body => Actual::Text(observation.body.to_string()),
                 Selector::Latency => Actual::Seconds(observation.latency.as_secs_f64()),
+                Selector::Typed(key) => match observation
+                    .values
+                    .iter()
+                    .find(|(observed_key, _)| observed_key == key)
+                {
+                    Some((_, Observed::Text(text))) => Actual::Text(text.clone()),
+                    Some((_, Observed::Seconds(seconds))) => Actual::Seconds(*seconds),
+                    None => Actual::Unavailable(format!("no {} was observed", key_name(*key))),
+                },
                 Selector::Json(path) => {
                     let parsed = json.get_or_insert_with(|| {
                         serde_json::from_str::<serde_json::Value>(observation.body)
@@ -473,6 +528,7 @@ mod tests {
             headers: Some(&headers),
             body,
             latency: Duration::from_millis(250),
+            values: Vec::new(),
         };
         let cases = [
             // code
