@@ -34,9 +34,13 @@ pub enum AssertionError {
         operand: String,
     },
     #[error(
-        "latency operand `{operand}` is not a duration (write e.g. `500ms` or `2s`): {reason}"
+        "{key} operand `{operand}` is not a duration (write e.g. `500ms`, `2s` or `14d`): {reason}"
     )]
-    NotDuration { operand: String, reason: String },
+    NotDuration {
+        key: &'static str,
+        operand: String,
+        reason: String,
+    },
     #[error("relationship {relationship} does not apply to {key}; use equal, notEqual, greaterThan or lessThan")]
     LatencyRelationship {
         relationship: &'static str,
@@ -232,6 +236,7 @@ impl CompiledAssertion {
                     let duration =
                         humantime::parse_duration(config.operand.trim()).map_err(|error| {
                             AssertionError::NotDuration {
+                                key,
                                 operand: config.operand.clone(),
                                 reason: error.to_string(),
                             }
