@@ -124,13 +124,32 @@ pub async fn probe(
                 })?;
             record.end();
             record.tls = Some(session_details(stream.get_ref().1));
-            call(TokioIo::new(stream), request, record).await?
+            call(TokioIo::new(stream), request, record)
+                .await
+                .map_err(|error| with_hint(error, target))?
         }
-        None => call(TokioIo::new(tcp), request, record).await?,
+        None => call(TokioIo::new(tcp), request, record)
+            .await
+            .map_err(|error| with_hint(error, target))?,
     };
     let details = interpret(answer)?;
     record.grpc = Some(details);
     Ok(())
+}
+
+/// An HTTP/2 failure on a gRPC call usually means the peer is no gRPC server; say so.
+fn with_hint(error: ProbeError, target: SocketAddr) -> ProbeError {
+    if error.kind == ErrorKind::Http {
+        ProbeError::new(
+            error.kind,
+            format!(
+                "HTTP/2 call failed: {}; is {target} a gRPC server? (without tls = true, gRPC is spoken as h2c)",
+                error.message
+            ),
+        )
+    } else {
+        error
+    }
 }
 
 fn build_request(plan: &GrpcPlan) -> Result<Request<Full<Bytes>>, ProbeError> {
