@@ -419,6 +419,31 @@ mod tests {
     }
 
     #[test]
+    fn loss_and_round_trips_count_only_requests_sent() {
+        let now = Instant::now();
+        let mut record = ProbeRecord::default();
+        let sent = [Some(now), Some(now), Some(now), Some(now), None];
+        let rtts = [Some(0.002), None, Some(0.004), None, None];
+        update(&mut record, SocketKind::Raw, &sent, &rtts);
+        let icmp = record.icmp.unwrap();
+        assert_eq!((icmp.sent, icmp.received), (4, 2));
+        assert_eq!(icmp.loss, 50.0);
+        assert_eq!(
+            (icmp.rtt_min, icmp.rtt_avg, icmp.rtt_max),
+            (0.002, 0.003, 0.004)
+        );
+        let values = observed(&icmp);
+        assert_eq!(values[0], (AssertionKey::Loss, Observed::Text("50".into())));
+
+        let mut record = ProbeRecord::default();
+        update(&mut record, SocketKind::Datagram, &sent, &[None; 5]);
+        let icmp = record.icmp.unwrap();
+        assert_eq!((icmp.loss, icmp.rtt_avg, icmp.rtt_min), (100.0, 0.0, 0.0));
+        // No reply, no round trip to judge.
+        assert_eq!(observed(&icmp).len(), 1);
+    }
+
+    #[test]
     fn replies_are_matched_by_type_identifier_and_payload() {
         let mut reply = echo_request(false, 9, 3, b"xyz");
         reply[0] = ECHO_REPLY_V4;
