@@ -603,6 +603,167 @@ mod tests {
     }
 
     #[test]
+    fn type_specific_keys_read_their_observed_values() {
+        let observation = Observation {
+            latency: Duration::from_millis(20),
+            values: vec![
+                (AssertionKey::Rcode, Observed::Text("NXDOMAIN".into())),
+                (AssertionKey::AnswerCount, Observed::Text("0".into())),
+                (AssertionKey::CertExpiry, Observed::Seconds(-3600.0)),
+                (
+                    AssertionKey::Loss,
+                    Observed::Text("33.333333333333336".into()),
+                ),
+            ],
+            ..Observation::default()
+        };
+        /// key, type, relationship, operand, passing, actual, message
+        type Case = (
+            &'static str,
+            CheckType,
+            &'static str,
+            &'static str,
+            bool,
+            &'static str,
+            Option<&'static str>,
+        );
+        let cases: [Case; 8] = [
+            (
+                "rcode",
+                CheckType::Dns,
+                "equal",
+                "NXDOMAIN",
+                true,
+                "NXDOMAIN",
+                None,
+            ),
+            (
+                "rcode",
+                CheckType::Dns,
+                "equal",
+                "NOERROR",
+                false,
+                "NXDOMAIN",
+                Some("expected rcode equal NOERROR, got `NXDOMAIN`"),
+            ),
+            (
+                "answer_count",
+                CheckType::Dns,
+                "lessThan",
+                "1",
+                true,
+                "0",
+                None,
+            ),
+            (
+                "cert_expiry",
+                CheckType::Tls,
+                "lessThan",
+                "14d",
+                true,
+                "-3600.000000s",
+                None,
+            ),
+            (
+                "cert_expiry",
+                CheckType::Tls,
+                "greaterThan",
+                "0s",
+                false,
+                "-3600.000000s",
+                Some("expected cert_expiry greaterThan 0s, got `-3600.000000s`"),
+            ),
+            (
+                "loss",
+                CheckType::Icmp,
+                "lessThan",
+                "50",
+                true,
+                "33.333333333333336",
+                None,
+            ),
+            (
+                "rtt_avg",
+                CheckType::Icmp,
+                "lessThan",
+                "1s",
+                false,
+                "",
+                Some("expected rtt_avg lessThan 1s, but no rtt_avg was observed"),
+            ),
+            (
+                "latency",
+                CheckType::Grpc,
+                "lessThan",
+                "1s",
+                true,
+                "0.020000s",
+                None,
+            ),
+        ];
+        for (key, check_type, relationship, operand, passing, actual, message) in cases {
+            let config = assertion(key, "", relationship, operand);
+            let compiled = CompiledAssertion::compile(&config, check_type).unwrap();
+            let result = evaluate_all(std::slice::from_ref(&compiled), &observation).remove(0);
+            let label = format!("{key} {relationship} {operand}");
+            assert_eq!(result.passing, passing, "{label}: {result:?}");
+            assert_eq!(result.actual, actual, "{label}");
+            assert_eq!(result.message.as_deref(), message, "{label}");
+        }
+    }
+
+    #[test]
+    fn each_type_takes_only_its_own_keys_and_latency() {
+        let keys = [
+            ("code", CheckType::Http),
+            ("header", CheckType::Http),
+            ("json", CheckType::Http),
+            ("connected", CheckType::Tcp),
+            ("body", CheckType::Tcp),
+            ("rcode", CheckType::Dns),
+            ("answer", CheckType::Dns),
+            ("answer_count", CheckType::Dns),
+            ("cert_expiry", CheckType::Tls),
+            ("issuer", CheckType::Tls),
+            ("subject", CheckType::Tls),
+            ("san", CheckType::Tls),
+            ("tls_version", CheckType::Tls),
+            ("chain_valid", CheckType::Tls),
+            ("loss", CheckType::Icmp),
+            ("rtt_avg", CheckType::Icmp),
+            ("rtt_max", CheckType::Icmp),
+            ("status", CheckType::Grpc),
+        ];
+        for check_type in CheckType::ALL {
+            let latency = assertion("latency", "", "lessThan", "1s");
+            assert!(
+                CompiledAssertion::compile(&latency, check_type).is_ok(),
+                "{check_type}"
+            );
+            for (key, owner) in keys {
+                let applies =
+                    owner == check_type || (key == "body" && check_type == CheckType::Http);
+                let value = match key {
+                    "header" => "x",
+                    "json" => "$.x",
+                    _ => "",
+                };
+                // `equal` with a duration operand suits every key, durations included.
+                let config = assertion(key, value, "equal", "1s");
+                let compiled = CompiledAssertion::compile(&config, check_type);
+                match (applies, compiled) {
+                    (true, result) => assert!(result.is_ok(), "{key} on {check_type}: {result:?}"),
+                    (false, Err(error)) => assert_eq!(
+                        error.to_string(),
+                        format!("key `{key}` does not apply to {check_type} checks")
+                    ),
+                    (false, Ok(_)) => panic!("{key} should not apply to {check_type}"),
+                }
+            }
+        }
+    }
+
+    #[test]
     fn json_on_a_body_that_is_not_json_fails_with_the_reason() {
         let config = assertion("json", "$.status", "equal", "UP");
         let result = evaluate(
