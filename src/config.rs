@@ -744,6 +744,70 @@ mod tests {
     }
 
     #[test]
+    fn every_check_type_round_trips_through_json() {
+        let toml = r#"
+            [[checks]]
+            name = "tcp"
+            type = "tcp"
+            interval = "10s"
+            address = "db.internal:5432"
+            tls = true
+            server_name = "db"
+            insecure_skip_verify = true
+            [[checks.steps]]
+            send = "PING\r\n"
+            [[checks.steps]]
+            expect = "PONG"
+            [[checks]]
+            name = "dns"
+            type = "dns"
+            interval = "10s"
+            query = "svc.test"
+            record_type = "AAAA"
+            server = "10.0.0.53:5353"
+            transport = "tcp"
+            recursion_desired = false
+            [[checks]]
+            name = "tls"
+            type = "tls"
+            interval = "10s"
+            address = "svc.test:443"
+            server_name = "svc.test"
+            [[checks]]
+            name = "icmp"
+            type = "icmp"
+            interval = "10s"
+            host = "10.0.0.1"
+            count = 5
+            packet_interval = "250ms"
+            payload_size = 100
+            ip_version = 4
+            [[checks]]
+            name = "grpc"
+            type = "grpc"
+            interval = "10s"
+            address = "grpc.internal:50051"
+            service = "my.Service"
+            [[checks.assertions]]
+            key = "status"
+            relationship = "equal"
+            operand = "SERVING"
+        "#;
+        #[derive(Deserialize)]
+        struct Checks {
+            checks: Vec<CheckConfig>,
+        }
+        let checks: Checks = toml::from_str(toml).unwrap();
+        let types: Vec<CheckType> = checks.checks.iter().map(CheckConfig::check_type).collect();
+        assert_eq!(types, CheckType::ALL[1..]);
+        for check in checks.checks {
+            let json = serde_json::to_string(&check).unwrap();
+            let back: CheckConfig = serde_json::from_str(&json).unwrap();
+            assert_eq!(back, check, "{json}");
+        }
+    }
+
+    #[test]
     fn timeout_default_stays_below_short_intervals() {
         let toml = r#"
             name = "web"

@@ -230,52 +230,60 @@ pub async fn probe(
     update(record, kind, &sent_at, &rtts);
     record.begin(Phase::Rtt);
     loop {
+        // Deadlines and sends are handled here, before waiting, so a socket that is never
+        // quiet (a raw socket sees every ICMP packet of the host) cannot hold them back.
+        let now = Instant::now();
+        if now >= stop {
+            break;
+        }
         let answered = rtts.iter().filter(|rtt| rtt.is_some()).count();
         if next == count && answered == count {
             break;
         }
         let next_send = (next < count).then(|| started + plan.interval * next as u32);
-        let wake = next_send.map_or(stop, |at| at.min(stop));
-        tokio::select! {
-            biased;
-            received = socket.recv_from(&mut buffer) => {
-                let (length, from) = received.map_err(|error| {
-                    ProbeError::new(ErrorKind::Icmp, format!("receiving from {ip}: {error}"))
+        if next_send.is_some_and(|due| due <= now) {
+            let packet = echo_request(ipv6, identifier, next as u16, &payload);
+            socket
+                .send_to(&packet, destination)
+                .await
+                .map_err(|error| {
+                    ProbeError::new(
+                        ErrorKind::Icmp,
+                        format!("sending an echo request to {ip}: {error}"),
+                    )
                 })?;
-                let arrived = Instant::now();
-                if from.ip() != ip {
-                    continue;
-                }
-                let packet = match (kind, ipv6) {
-                    // A raw IPv4 socket hands over the IP header too.
-                    (SocketKind::Raw, false) => strip_ipv4_header(&buffer[..length]),
-                    _ => Some(&buffer[..length]),
-                };
-                let Some(sequence) = packet.and_then(|packet| {
-                    parse_reply(packet, ipv6, (kind == SocketKind::Raw).then_some(identifier), &payload)
-                }) else {
-                    continue;
-                };
-                let slot = usize::from(sequence);
-                if let (Some(Some(sent)), Some(rtt @ None)) = (sent_at.get(slot), rtts.get_mut(slot)) {
-                    *rtt = Some(arrived.duration_since(*sent).as_secs_f64());
-                    update(record, kind, &sent_at, &rtts);
-                }
-            }
-            _ = tokio::time::sleep_until(wake) => {
-                if Instant::now() >= stop {
-                    break;
-                }
-                if next < count {
-                    let packet = echo_request(ipv6, identifier, next as u16, &payload);
-                    socket.send_to(&packet, destination).await.map_err(|error| {
-                        ProbeError::new(ErrorKind::Icmp, format!("sending an echo request to {ip}: {error}"))
-                    })?;
-                    sent_at[next] = Some(Instant::now());
-                    next += 1;
-                    update(record, kind, &sent_at, &rtts);
-                }
-            }
+            sent_at[next] = Some(Instant::now());
+            next += 1;
+            update(record, kind, &sent_at, &rtts);
+            continue;
+        }
+        let wake = next_send.map_or(stop, |at| at.min(stop));
+        let received = tokio::select! {
+            received = socket.recv_from(&mut buffer) => received,
+            _ = tokio::time::sleep_until(wake) => continue,
+        };
+        let arrived = Instant::now();
+        let (length, from) = received.map_err(|error| {
+            ProbeError::new(ErrorKind::Icmp, format!("receiving from {ip}: {error}"))
+        })?;
+        if from.ip() != ip {
+            continue;
+        }
+        let packet = match (kind, ipv6) {
+            // A raw IPv4 socket hands over the IP header too.
+            (SocketKind::Raw, false) => strip_ipv4_header(&buffer[..length]),
+            _ => Some(&buffer[..length]),
+        };
+        let raw_identifier = (kind == SocketKind::Raw).then_some(identifier);
+        let Some(sequence) =
+            packet.and_then(|packet| parse_reply(packet, ipv6, raw_identifier, &payload))
+        else {
+            continue;
+        };
+        let slot = usize::from(sequence);
+        if let (Some(Some(sent)), Some(rtt @ None)) = (sent_at.get(slot), rtts.get_mut(slot)) {
+            *rtt = Some(arrived.duration_since(*sent).as_secs_f64());
+            update(record, kind, &sent_at, &rtts);
         }
     }
     record.end();
