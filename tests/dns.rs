@@ -329,7 +329,7 @@ async fn a_server_name_behind_several_addresses_gives_one_response_each() {
 #[tokio::test]
 async fn assertions_read_rcode_answer_and_answer_count() {
     let (server, _) = one_server().await;
-    let cases: &[(&str, &str, &str, bool, &str)] = &[
+    let rows: &[AssertionRow] = &[
         ("rcode", "equal", "NOERROR", true, "NOERROR"),
         ("rcode", "notEqual", "NOERROR", false, "NOERROR"),
         ("answer_count", "equal", "2", true, "2"),
@@ -357,20 +357,10 @@ async fn assertions_read_rcode_answer_and_answer_count() {
         ),
         ("latency", "lessThan", "30s", true, ""),
     ];
-    for &(key, relationship, operand, passing, actual) in cases {
-        let assertion = format!(
-            "[[checks.assertions]]\nkey = \"{key}\"\nrelationship = \"{relationship}\"\noperand = '{operand}'"
-        );
-        let config = config(&dns_check("asserted", server, "svc.test", &assertion));
-        let result = run_single(&config).await;
-        let label = format!("{key} {relationship} {operand}");
-        let assertion = &result.responses[0].assertions[0];
-        assert_eq!(assertion.passing, passing, "{label}: {assertion:?}");
-        assert_eq!(result.passing, passing, "{label}");
-        if !actual.is_empty() {
-            assert_eq!(assertion.actual, actual, "{label}");
-        }
-    }
+    assert_assertion_table(rows, |assertion| {
+        dns_check("asserted", server, "svc.test", assertion)
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -395,10 +385,7 @@ async fn bad_dns_definitions_are_refused_at_load() {
             "check `d`: assertion #1: key `status` does not apply to dns checks",
         ),
     ];
-    for (rest, expected) in cases {
-        let error = config_error(&format!("{base}{rest}"));
-        assert!(error.contains(expected), "{error}\n !~ {expected}");
-    }
+    assert_config_errors(base, &cases);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

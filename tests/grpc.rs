@@ -357,9 +357,7 @@ async fn assertions_read_status_and_latency() {
         ("bastion.Db", "latency", "greaterThan", "30s", false),
     ];
     for &(service, key, relationship, operand, passing) in cases {
-        let assertion = format!(
-            "[[checks.assertions]]\nkey = \"{key}\"\nrelationship = \"{relationship}\"\noperand = '{operand}'"
-        );
+        let assertion = assertion_toml(key, relationship, operand);
         let config = config(&grpc_check(
             "asserted",
             &address.to_string(),
@@ -388,10 +386,7 @@ async fn bad_grpc_definitions_are_refused_at_load() {
             "check `g`: assertion #1: key `code` does not apply to grpc checks",
         ),
     ];
-    for (rest, expected) in cases {
-        let error = config_error(&format!("{base}{rest}"));
-        assert!(error.contains(expected), "{error}\n !~ {expected}");
-    }
+    assert_config_errors(base, &cases);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

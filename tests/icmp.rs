@@ -132,7 +132,7 @@ async fn assertions_read_loss_and_round_trips() {
     if !icmp_available() {
         return;
     }
-    let cases: &[(&str, &str, &str, bool, &str)] = &[
+    let rows: &[AssertionRow] = &[
         ("loss", "equal", "0", true, "0"),
         ("loss", "lessThan", "50", true, "0"),
         ("loss", "greaterThan", "0", false, "0"),
@@ -141,20 +141,10 @@ async fn assertions_read_loss_and_round_trips() {
         ("rtt_max", "greaterThan", "5s", false, ""),
         ("latency", "greaterThan", "40ms", true, ""),
     ];
-    for &(key, relationship, operand, passing, actual) in cases {
-        let assertion = format!(
-            "[[checks.assertions]]\nkey = \"{key}\"\nrelationship = \"{relationship}\"\noperand = '{operand}'"
-        );
-        let config = config(&icmp_check("asserted", "127.0.0.1", &assertion));
-        let result = run_single(&config).await;
-        let label = format!("{key} {relationship} {operand}");
-        let assertion = &result.responses[0].assertions[0];
-        assert_eq!(assertion.passing, passing, "{label}: {assertion:?}");
-        assert_eq!(result.passing, passing, "{label}");
-        if !actual.is_empty() {
-            assert_eq!(assertion.actual, actual, "{label}");
-        }
-    }
+    assert_assertion_table(rows, |assertion| {
+        icmp_check("asserted", "127.0.0.1", assertion)
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -174,10 +164,7 @@ async fn bad_icmp_definitions_are_refused_at_load() {
             "check `p`: assertion #1: relationship contain does not apply to rtt_avg",
         ),
     ];
-    for (rest, expected) in cases {
-        let error = config_error(&format!("{base}{rest}"));
-        assert!(error.contains(expected), "{error}\n !~ {expected}");
-    }
+    assert_config_errors(base, &cases);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

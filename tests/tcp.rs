@@ -281,19 +281,20 @@ async fn assertions_read_connected_body_and_latency() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     serve_lines(listener);
-    let cases: &[(&str, &str, &str, bool, &str)] = &[
+    let body = format!("+OK {address}\r\nPONG\r\n");
+    let rows: &[AssertionRow] = &[
         ("connected", "equal", "true", true, "true"),
         ("connected", "notEqual", "true", false, "true"),
-        ("body", "contain", "pong", true, ""),
-        ("body", "notContain", "ERR", true, ""),
-        ("body", "regExp", "(?m)^PONG\\r$", true, ""),
-        ("body", "equal", "PONG", false, ""),
-        ("body", "notEmpty", "", true, ""),
+        ("body", "contain", "pong", true, &body),
+        ("body", "notContain", "ERR", true, &body),
+        ("body", "regExp", "(?m)^PONG\\r$", true, &body),
+        ("body", "equal", "PONG", false, &body),
+        ("body", "notEmpty", "", true, &body),
         ("latency", "lessThan", "30s", true, ""),
         ("latency", "greaterThan", "30s", false, ""),
     ];
-    for &(key, relationship, operand, passing, actual) in cases {
-        let config = config(&format!(
+    assert_assertion_table(rows, |assertion| {
+        format!(
             r#"
             [[checks]]
             name = "asserted"
@@ -301,26 +302,11 @@ async fn assertions_read_connected_body_and_latency() {
             interval = "5s"
             address = "{address}"
             {PING_STEPS}
-            [[checks.assertions]]
-            key = "{key}"
-            relationship = "{relationship}"
-            operand = '{operand}'
+            {assertion}
             "#
-        ));
-        let result = run_single(&config).await;
-        let response = &result.responses[0];
-        assert!(response.error.is_none(), "{response:?}");
-        let assertion = &response.assertions[0];
-        let label = format!("{key} {relationship} {operand}");
-        assert_eq!(assertion.passing, passing, "{label}: {assertion:?}");
-        assert_eq!(response.passing, passing, "{label}");
-        assert_eq!(assertion.message.is_none(), passing, "{label}");
-        if key == "body" {
-            assert_eq!(assertion.actual, format!("+OK {address}\r\nPONG\r\n"));
-        } else if !actual.is_empty() {
-            assert_eq!(assertion.actual, actual, "{label}");
-        }
-    }
+        )
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -348,10 +334,7 @@ async fn bad_tcp_definitions_are_refused_at_load() {
             "check `t`: assertion #1: key `code` does not apply to tcp checks",
         ),
     ];
-    for (rest, expected) in cases {
-        let error = config_error(&format!("{base}{rest}"));
-        assert!(error.contains(expected), "{error}\n !~ {expected}");
-    }
+    assert_config_errors(base, &cases);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

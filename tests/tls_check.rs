@@ -266,7 +266,7 @@ async fn refused_silent_and_plaintext_peers_are_errors() {
 async fn assertions_read_every_tls_key() {
     let ca = TestCa::new("bastion test CA");
     let address = serve_identity("127.0.0.1", &ca.leaf(&["svc.test", "alt.test"], days(30))).await;
-    let cases: &[(&str, &str, &str, bool, &str)] = &[
+    let rows: &[AssertionRow] = &[
         ("cert_expiry", "greaterThan", "14d", true, ""),
         ("cert_expiry", "lessThan", "14d", false, ""),
         (
@@ -297,20 +297,10 @@ async fn assertions_read_every_tls_key() {
         ("chain_valid", "equal", "true", true, "true"),
         ("latency", "lessThan", "30s", true, ""),
     ];
-    for &(key, relationship, operand, passing, actual) in cases {
-        let assertion = format!(
-            "[[checks.assertions]]\nkey = \"{key}\"\nrelationship = \"{relationship}\"\noperand = '{operand}'"
-        );
-        let config = config(&tls_check("asserted", address, &ca, &assertion));
-        let result = run_single(&config).await;
-        let label = format!("{key} {relationship} {operand}");
-        let assertion = &result.responses[0].assertions[0];
-        assert_eq!(assertion.passing, passing, "{label}: {assertion:?}");
-        assert_eq!(result.passing, passing, "{label}");
-        if !actual.is_empty() {
-            assert_eq!(assertion.actual, actual, "{label}");
-        }
-    }
+    assert_assertion_table(rows, |assertion| {
+        tls_check("asserted", address, &ca, assertion)
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -330,10 +320,7 @@ async fn bad_tls_definitions_are_refused_at_load() {
             "check `c`: assertion #1: cert_expiry operand `two weeks` is not a duration",
         ),
     ];
-    for (rest, expected) in cases {
-        let error = config_error(&format!("{base}{rest}"));
-        assert!(error.contains(expected), "{error}\n !~ {expected}");
-    }
+    assert_config_errors(base, &cases);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

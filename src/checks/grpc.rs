@@ -4,10 +4,12 @@
 //! HealthCheckResponse: field 1, the serving status) rather than through a protobuf stack.
 //! The call's outcome is read from grpc-status in the trailers (or a trailers-only answer).
 
-use super::http::{drive, error_chain, http_error, tls_setup_error};
+use super::http::{drive, error_chain, http_error};
 use super::tcp::{TcpDefinitionError, TlsTarget};
-use super::tls_client::session_details;
-use super::{split_host_port, ErrorKind, Phase, ProbeContext, ProbeError, ProbeRecord};
+use super::tls_client::handshake;
+use super::{
+    connect_tcp, split_host_port, ErrorKind, Phase, ProbeContext, ProbeError, ProbeRecord,
+};
 use crate::config::GrpcSpec;
 use crate::messages::GrpcDetails;
 use bytes::{Bytes, BytesMut};
@@ -16,7 +18,6 @@ use http::{HeaderMap, Method, Request, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::net::SocketAddr;
-use tokio::net::TcpStream;
 
 const HEALTH_CHECK_PATH: &str = "/grpc.health.v1.Health/Check";
 /// A health answer is a few bytes; anything longer than this is not one.
@@ -95,35 +96,14 @@ pub async fn probe(
     record: &mut ProbeRecord,
 ) -> Result<(), ProbeError> {
     let tls = match &plan.tls {
-        Some(tls) => Some((
-            ctx.tls
-                .get_with_alpn(&tls.settings, &[b"h2"])
-                .map_err(tls_setup_error)?,
-            tls.server_name.clone(),
-        )),
+        Some(tls) => Some(tls.client_config(ctx, &[b"h2"])?),
         None => None,
     };
     let request = build_request(plan)?;
-    record.begin(Phase::Connect);
-    let tcp = TcpStream::connect(target).await.map_err(|error| {
-        ProbeError::new(ErrorKind::Connect, format!("connect to {target}: {error}"))
-    })?;
-    record.end();
-    let _ = tcp.set_nodelay(true);
+    let tcp = connect_tcp(target, record).await?;
     let answer = match tls {
         Some((config, server_name)) => {
-            record.begin(Phase::Tls);
-            let stream = tokio_rustls::TlsConnector::from(config)
-                .connect(server_name, tcp)
-                .await
-                .map_err(|error| {
-                    ProbeError::new(
-                        ErrorKind::Tls,
-                        format!("TLS handshake with {target}: {}", error_chain(&error)),
-                    )
-                })?;
-            record.end();
-            record.tls = Some(session_details(stream.get_ref().1));
+            let stream = handshake(config, server_name, tcp, target, record).await?;
             call(TokioIo::new(stream), request, record)
                 .await
                 .map_err(|error| with_hint(error, target))?

@@ -354,6 +354,23 @@ impl ProbePlan {
     }
 }
 
+/// Opens a probe's fresh TCP connection, timed as the connect phase. Nagle is off: probes
+/// write small requests and must not wait to send them.
+pub async fn connect_tcp(
+    target: SocketAddr,
+    record: &mut ProbeRecord,
+) -> Result<tokio::net::TcpStream, ProbeError> {
+    record.begin(Phase::Connect);
+    let tcp = tokio::net::TcpStream::connect(target)
+        .await
+        .map_err(|error| {
+            ProbeError::new(ErrorKind::Connect, format!("connect to {target}: {error}"))
+        })?;
+    record.end();
+    let _ = tcp.set_nodelay(true);
+    Ok(tcp)
+}
+
 /// Splits `host:port` (`[v6]:port` for IPv6 literals) as written in a check's `address`.
 pub fn split_host_port(text: &str) -> Result<(String, u16), String> {
     let text = text.trim();

@@ -3,16 +3,19 @@
 //! stops at the first match, when the peer closes, or at `runner.max_body_bytes`, and never
 //! goes past that cap. One fresh connection per probe, one attempt.
 
-use super::http::{error_chain, server_name, tls_setup_error};
-use super::tls_client::session_details;
-use super::{split_host_port, ErrorKind, Phase, ProbeContext, ProbeError, ProbeRecord};
+use super::http::{server_name, tls_setup_error};
+use super::tls_client::handshake;
+use super::{
+    connect_tcp, split_host_port, ErrorKind, Phase, ProbeContext, ProbeError, ProbeRecord,
+};
 use crate::assertions::Observed;
 use crate::config::{AssertionKey, TcpSpec, TlsSettings};
 use crate::messages::TcpDetails;
 use rustls::pki_types::ServerName;
+use rustls::ClientConfig;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 /// Compiled regexes may not grow beyond this, as for assertions.
 const REGEX_SIZE_LIMIT: usize = 1 << 20;
@@ -92,6 +95,20 @@ impl TlsTarget {
             server_name,
         }))
     }
+
+    /// The client configuration (offering `alpn`) and the name to present. Called before
+    /// connecting, so a bad CA file fails without touching the target.
+    pub fn client_config(
+        &self,
+        ctx: &ProbeContext,
+        alpn: &[&[u8]],
+    ) -> Result<(Arc<ClientConfig>, ServerName<'static>), ProbeError> {
+        let config = ctx
+            .tls
+            .get_with_alpn(&self.settings, alpn)
+            .map_err(tls_setup_error)?;
+        Ok((config, self.server_name.clone()))
+    }
 }
 
 /// A compiled TCP check.
@@ -160,15 +177,9 @@ pub async fn probe(
     target: SocketAddr,
     record: &mut ProbeRecord,
 ) -> Result<(), ProbeError> {
-    // TLS settings are resolved before connecting: a bad CA file fails without touching the
-    // target. Raw TCP services speak no ALPN protocol, so none is offered.
+    // Raw TCP services speak no ALPN protocol, so none is offered.
     let tls = match &plan.tls {
-        Some(tls) => Some((
-            ctx.tls
-                .get_with_alpn(&tls.settings, &[])
-                .map_err(tls_setup_error)?,
-            tls.server_name.clone(),
-        )),
+        Some(tls) => Some(tls.client_config(ctx, &[])?),
         None => None,
     };
     record.tcp = Some(TcpDetails {
@@ -177,27 +188,11 @@ pub async fn probe(
         truncated: false,
         steps_done: 0,
     });
-    record.begin(Phase::Connect);
-    let tcp = TcpStream::connect(target).await.map_err(|error| {
-        ProbeError::new(ErrorKind::Connect, format!("connect to {target}: {error}"))
-    })?;
-    record.end();
-    let _ = tcp.set_nodelay(true);
+    let tcp = connect_tcp(target, record).await?;
     let max_bytes = ctx.max_body_bytes;
     match tls {
         Some((config, server_name)) => {
-            record.begin(Phase::Tls);
-            let stream = tokio_rustls::TlsConnector::from(config)
-                .connect(server_name, tcp)
-                .await
-                .map_err(|error| {
-                    ProbeError::new(
-                        ErrorKind::Tls,
-                        format!("TLS handshake with {target}: {}", error_chain(&error)),
-                    )
-                })?;
-            record.end();
-            record.tls = Some(session_details(stream.get_ref().1));
+            let stream = handshake(config, server_name, tcp, target, record).await?;
             exchange(stream, plan, target, record, max_bytes).await
         }
         None => exchange(tcp, plan, target, record, max_bytes).await,

@@ -4,9 +4,9 @@
 //! subject, issuer, names and expiry beside a clear error. Handshake signatures are always
 //! checked. One fresh connection per probe, one attempt.
 
-use super::http::{error_chain, server_name, tls_setup_error};
-use super::tls_client::{certificate_details, provider, session_details};
-use super::{split_host_port, ErrorKind, Phase, ProbeContext, ProbeError, ProbeRecord};
+use super::http::{server_name, tls_setup_error};
+use super::tls_client::{certificate_details, handshake, provider};
+use super::{connect_tcp, split_host_port, ErrorKind, ProbeContext, ProbeError, ProbeRecord};
 use crate::assertions::Observed;
 use crate::config::{AssertionKey, TlsSettings, TlsSpec};
 use crate::messages::{ChainDetails, TlsDetails};
@@ -17,7 +17,6 @@ use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
-use tokio::net::TcpStream;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsDefinitionError {
@@ -144,22 +143,15 @@ pub async fn probe(
         .dangerous()
         .with_custom_certificate_verifier(Arc::clone(&verifier) as Arc<dyn ServerCertVerifier>)
         .with_no_client_auth();
-    record.begin(Phase::Connect);
-    let tcp = TcpStream::connect(target).await.map_err(|error| {
-        ProbeError::new(ErrorKind::Connect, format!("connect to {target}: {error}"))
-    })?;
-    record.end();
-    record.begin(Phase::Tls);
-    let stream = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(plan.server_name.clone(), tcp)
-        .await
-        .map_err(|error| {
-            ProbeError::new(
-                ErrorKind::Tls,
-                format!("TLS handshake with {target}: {}", error_chain(&error)),
-            )
-        })?;
-    record.end();
+    let tcp = connect_tcp(target, record).await?;
+    let stream = handshake(
+        Arc::new(config),
+        plan.server_name.clone(),
+        tcp,
+        target,
+        record,
+    )
+    .await?;
     let session = stream.get_ref().1;
     let certificates = session
         .peer_certificates()
@@ -171,13 +163,13 @@ pub async fn probe(
         .unwrap_or_else(|poisoned| poisoned.into_inner())
         .take()
         .unwrap_or_else(|| Err("the server sent no certificate to verify".to_string()));
-    let mut details = session_details(session);
-    details.chain = Some(ChainDetails {
-        valid: verdict.is_ok(),
-        error: verdict.as_ref().err().cloned(),
-        certificates,
-    });
-    record.tls = Some(details);
+    if let Some(details) = record.tls.as_mut() {
+        details.chain = Some(ChainDetails {
+            valid: verdict.is_ok(),
+            error: verdict.as_ref().err().cloned(),
+            certificates,
+        });
+    }
     match verdict {
         Ok(()) => Ok(()),
         Err(reason) => Err(ProbeError::new(

@@ -2,6 +2,7 @@
 //! system's roots costs milliseconds, a probe must not pay it. Verification is on by default;
 //! `insecure_skip_verify` still checks handshake signatures, it only stops trusting the chain.
 
+use super::{ErrorKind, Phase, ProbeError, ProbeRecord};
 use crate::config::TlsSettings;
 use crate::messages::{CertificateDetails, TlsDetails};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -213,6 +214,33 @@ pub fn earliest_not_after(certs: &[CertificateDer<'_>]) -> Option<i64> {
                 .map(|(_, cert)| cert.validity().not_after.timestamp())
         })
         .min()
+}
+
+/// The TLS handshake over a probe's connection, timed as the tls phase; the session's details
+/// go into `record.tls` as soon as it succeeds.
+pub async fn handshake(
+    config: Arc<ClientConfig>,
+    server_name: ServerName<'static>,
+    tcp: tokio::net::TcpStream,
+    target: std::net::SocketAddr,
+    record: &mut ProbeRecord,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, ProbeError> {
+    record.begin(Phase::Tls);
+    let stream = tokio_rustls::TlsConnector::from(config)
+        .connect(server_name, tcp)
+        .await
+        .map_err(|error| {
+            ProbeError::new(
+                ErrorKind::Tls,
+                format!(
+                    "TLS handshake with {target}: {}",
+                    super::http::error_chain(&error)
+                ),
+            )
+        })?;
+    record.end();
+    record.tls = Some(session_details(stream.get_ref().1));
+    Ok(stream)
 }
 
 /// Unix seconds as a wall-clock time (before 1970 too).

@@ -325,3 +325,49 @@ pub fn config_error(toml: &str) -> String {
         Err(error) => error.to_string(),
     }
 }
+
+/// Asserts that each `base` + case text is refused with a message containing the case's
+/// expected text.
+pub fn assert_config_errors(base: &str, cases: &[(&str, &str)]) {
+    for (rest, expected) in cases {
+        let error = config_error(&format!("{base}{rest}"));
+        assert!(error.contains(expected), "{error}\n !~ {expected}");
+    }
+}
+
+/// One `[[checks.assertions]]` table.
+pub fn assertion_toml(key: &str, relationship: &str, operand: &str) -> String {
+    format!(
+        "[[checks.assertions]]\nkey = \"{key}\"\nrelationship = \"{relationship}\"\noperand = '{operand}'\n"
+    )
+}
+
+/// One row of an assertion table: key, relationship, operand, whether it passes, and the
+/// `actual` it must report ("" when that varies from run to run, e.g. a latency).
+pub type AssertionRow<'a> = (&'a str, &'a str, &'a str, bool, &'a str);
+
+/// Runs, for each row, the single-check config that `config_for` makes around the row's
+/// assertion, and checks the verdict, the `actual` and the message.
+pub async fn assert_assertion_table(
+    rows: &[AssertionRow<'_>],
+    config_for: impl Fn(&str) -> String,
+) {
+    for &(key, relationship, operand, passing, actual) in rows {
+        let config = config(&config_for(&assertion_toml(key, relationship, operand)));
+        let result = run_single(&config).await;
+        let label = format!("{key} {relationship} {operand}");
+        let response = &result.responses[0];
+        assert!(response.error.is_none(), "{label}: {response:?}");
+        let assertion = &response.assertions[0];
+        assert_eq!(assertion.passing, passing, "{label}: {assertion:?}");
+        assert_eq!(
+            assertion.message.is_none(),
+            passing,
+            "{label}: {assertion:?}"
+        );
+        assert_eq!(result.passing, passing, "{label}");
+        if !actual.is_empty() {
+            assert_eq!(assertion.actual, actual, "{label}");
+        }
+    }
+}
