@@ -668,7 +668,7 @@ fn yaml_error(path: &Path, error: &serde_saphyr::Error) -> ConfigError {
 /// Where an unknown key really stands. A check's type-specific keys are read through
 /// `serde(flatten)`, which hides positions: the parser then blames the check's whole table.
 /// This finds the named key inside the table that starts at `blamed` (or in a table nested in
-/// it, such as `tls`), so the error points at the key itself.
+/// it, such as `tls` or a TCP step), so the error points at the key itself.
 fn unknown_key_offset(text: &str, blamed: usize, message: &str) -> Option<usize> {
     let name = message.strip_prefix("unknown field `")?.split('`').next()?;
     let document = toml::de::DeTable::parse(text).ok()?;
@@ -680,9 +680,17 @@ fn unknown_key_offset(text: &str, blamed: usize, message: &str) -> Option<usize>
     let toml::de::DeValue::Table(table) = check.get_ref() else {
         return None;
     };
-    let nested = table.values().filter_map(|value| match value.get_ref() {
-        toml::de::DeValue::Table(inner) => Some(inner),
-        _ => None,
+    // Tables nested in the check (`tls`), and tables in its arrays (`[[checks.steps]]`).
+    let nested = table.values().flat_map(|value| match value.get_ref() {
+        toml::de::DeValue::Table(inner) => vec![inner],
+        toml::de::DeValue::Array(items) => items
+            .iter()
+            .filter_map(|item| match item.get_ref() {
+                toml::de::DeValue::Table(inner) => Some(inner),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
     });
     std::iter::once(table)
         .chain(nested)
@@ -725,6 +733,11 @@ mod tests {
                 "[[checks]]\nname = \"a\"\ntype = \"http\"\ninterval = \"5s\"\nurl = \"http://x/\"\n\n[[checks]]\nname = \"b\"\ntype = \"http\"\ninterval = \"5s\"\nurl = \"http://x/\"\ntls = { insecure_skip_verify = true, ca_fil = \"x\" }\n",
                 (12, 38),
                 "unknown field `ca_fil`",
+            ),
+            (
+                "[[checks]]\nname = \"t\"\ntype = \"tcp\"\ninterval = \"5s\"\naddress = \"h:1\"\n[[checks.steps]]\nsend = \"x\"\n[[checks.steps]]\nexpct = \"y\"\n",
+                (9, 1),
+                "unknown field `expct`",
             ),
         ];
         for (text, (line, column), message) in cases {
