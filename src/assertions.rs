@@ -1,5 +1,5 @@
-//! Assertions on what a probe saw: keys (code, header, body, json, latency) compared with an
-//! operand by a relationship. Compiled once per check run (regexes and JSON paths included) and
+//! Assertions on what a probe saw: keys (code, header, body, json, latency, and each check
+//! type's own) compared with an operand by a relationship. Compiled once per check run (regexes and JSON paths included) and
 //! evaluated in process. Every result carries the expected and the actual value, and a failing one
 //! says why in words; evaluation never panics, whatever the body holds.
 
@@ -34,11 +34,18 @@ pub enum AssertionError {
         operand: String,
     },
     #[error(
-        "latency operand `{operand}` is not a duration (write e.g. `500ms` or `2s`): {reason}"
+        "{key} operand `{operand}` is not a duration (write e.g. `500ms`, `2s` or `14d`): {reason}"
     )]
-    NotDuration { operand: String, reason: String },
-    #[error("relationship {relationship} does not apply to latency; use equal, notEqual, greaterThan or lessThan")]
-    LatencyRelationship { relationship: &'static str },
+    NotDuration {
+        key: &'static str,
+        operand: String,
+        reason: String,
+    },
+    #[error("relationship {relationship} does not apply to {key}; use equal, notEqual, greaterThan or lessThan")]
+    LatencyRelationship {
+        relationship: &'static str,
+        key: &'static str,
+    },
     #[error("key `{key}` does not apply to {check_type} checks")]
     KeyNotForType {
         key: &'static str,
@@ -53,6 +60,20 @@ pub fn key_name(key: AssertionKey) -> &'static str {
         AssertionKey::Body => "body",
         AssertionKey::Json => "json",
         AssertionKey::Latency => "latency",
+        AssertionKey::Connected => "connected",
+        AssertionKey::Rcode => "rcode",
+        AssertionKey::Answer => "answer",
+        AssertionKey::AnswerCount => "answer_count",
+        AssertionKey::CertExpiry => "cert_expiry",
+        AssertionKey::Issuer => "issuer",
+        AssertionKey::Subject => "subject",
+        AssertionKey::San => "san",
+        AssertionKey::TlsVersion => "tls_version",
+        AssertionKey::ChainValid => "chain_valid",
+        AssertionKey::Loss => "loss",
+        AssertionKey::RttAvg => "rtt_avg",
+        AssertionKey::RttMax => "rtt_max",
+        AssertionKey::Status => "status",
     }
 }
 
@@ -70,17 +91,32 @@ pub fn relationship_name(relationship: Relationship) -> &'static str {
     }
 }
 
-fn key_applies_to(key: AssertionKey, check_type: CheckType) -> bool {
-    match check_type {
-        CheckType::Http => matches!(
-            key,
-            AssertionKey::Code
-                | AssertionKey::Header
-                | AssertionKey::Body
-                | AssertionKey::Json
-                | AssertionKey::Latency
-        ),
-    }
+/// The keys each check type reports; `latency` applies to all.
+pub fn key_applies_to(key: AssertionKey, check_type: CheckType) -> bool {
+    use AssertionKey as K;
+    key == K::Latency
+        || match check_type {
+            CheckType::Http => matches!(key, K::Code | K::Header | K::Body | K::Json),
+            CheckType::Tcp => matches!(key, K::Connected | K::Body),
+            CheckType::Dns => matches!(key, K::Rcode | K::Answer | K::AnswerCount),
+            CheckType::Tls => matches!(
+                key,
+                K::CertExpiry | K::Issuer | K::Subject | K::San | K::TlsVersion | K::ChainValid
+            ),
+            CheckType::Icmp => matches!(key, K::Loss | K::RttAvg | K::RttMax),
+            CheckType::Grpc => matches!(key, K::Status),
+        }
+}
+
+/// Keys whose values are durations: their operands are humantime durations.
+fn is_duration_key(key: AssertionKey) -> bool {
+    matches!(
+        key,
+        AssertionKey::Latency
+            | AssertionKey::CertExpiry
+            | AssertionKey::RttAvg
+            | AssertionKey::RttMax
+    )
 }
 
 /// The operand, prepared for the relationship that uses it.
@@ -99,6 +135,8 @@ enum Selector {
     Body,
     Json(JsonPath),
     Latency,
+    /// A type-specific key, read from `Observation::values`.
+    Typed(AssertionKey),
 }
 
 #[derive(Debug)]
@@ -130,6 +168,17 @@ pub struct Observation<'a> {
     pub headers: Option<&'a BTreeMap<String, String>>,
     pub body: &'a str,
     pub latency: Duration,
+    /// The values of the type-specific keys (everything but code, header, body, json and
+    /// latency); a key missing here reads as unavailable.
+    pub values: Vec<(AssertionKey, Observed)>,
+}
+
+/// A type-specific value as assertions read it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Observed {
+    Text(String),
+    /// A duration in seconds (may be negative: a certificate that expired).
+    Seconds(f64),
 }
 
 impl CompiledAssertion {
@@ -172,12 +221,13 @@ impl CompiledAssertion {
                 match other {
                     AssertionKey::Code => Selector::Code,
                     AssertionKey::Body => Selector::Body,
-                    _ => Selector::Latency,
+                    AssertionKey::Latency => Selector::Latency,
+                    typed => Selector::Typed(typed),
                 }
             }
         };
         let relationship = relationship_name(config.relationship);
-        let operand = if matches!(selector, Selector::Latency) {
+        let operand = if is_duration_key(config.key) {
             match config.relationship {
                 Relationship::Equal
                 | Relationship::NotEqual
@@ -186,13 +236,14 @@ impl CompiledAssertion {
                     let duration =
                         humantime::parse_duration(config.operand.trim()).map_err(|error| {
                             AssertionError::NotDuration {
+                                key,
                                 operand: config.operand.clone(),
                                 reason: error.to_string(),
                             }
                         })?;
                     Operand::Number(duration.as_secs_f64())
                 }
-                _ => return Err(AssertionError::LatencyRelationship { relationship }),
+                _ => return Err(AssertionError::LatencyRelationship { relationship, key }),
             }
         } else {
             match config.relationship {
@@ -256,6 +307,15 @@ pub fn evaluate_all(
                 ),
                 Selector::Body => Actual::Text(observation.body.to_string()),
                 Selector::Latency => Actual::Seconds(observation.latency.as_secs_f64()),
+                Selector::Typed(key) => match observation
+                    .values
+                    .iter()
+                    .find(|(observed_key, _)| observed_key == key)
+                {
+                    Some((_, Observed::Text(text))) => Actual::Text(text.clone()),
+                    Some((_, Observed::Seconds(seconds))) => Actual::Seconds(*seconds),
+                    None => Actual::Unavailable(format!("no {} was observed", key_name(*key))),
+                },
                 Selector::Json(path) => {
                     let parsed = json.get_or_insert_with(|| {
                         serde_json::from_str::<serde_json::Value>(observation.body)
@@ -473,6 +533,7 @@ mod tests {
             headers: Some(&headers),
             body,
             latency: Duration::from_millis(250),
+            values: Vec::new(),
         };
         let cases = [
             // code
@@ -538,6 +599,167 @@ mod tests {
             assert_eq!(result.actual, case.actual, "{label}");
             assert_eq!(result.message.as_deref(), case.message, "{label}");
             assert_eq!(result.operand, case.operand, "{label}");
+        }
+    }
+
+    #[test]
+    fn type_specific_keys_read_their_observed_values() {
+        let observation = Observation {
+            latency: Duration::from_millis(20),
+            values: vec![
+                (AssertionKey::Rcode, Observed::Text("NXDOMAIN".into())),
+                (AssertionKey::AnswerCount, Observed::Text("0".into())),
+                (AssertionKey::CertExpiry, Observed::Seconds(-3600.0)),
+                (
+                    AssertionKey::Loss,
+                    Observed::Text("33.333333333333336".into()),
+                ),
+            ],
+            ..Observation::default()
+        };
+        /// key, type, relationship, operand, passing, actual, message
+        type Case = (
+            &'static str,
+            CheckType,
+            &'static str,
+            &'static str,
+            bool,
+            &'static str,
+            Option<&'static str>,
+        );
+        let cases: [Case; 8] = [
+            (
+                "rcode",
+                CheckType::Dns,
+                "equal",
+                "NXDOMAIN",
+                true,
+                "NXDOMAIN",
+                None,
+            ),
+            (
+                "rcode",
+                CheckType::Dns,
+                "equal",
+                "NOERROR",
+                false,
+                "NXDOMAIN",
+                Some("expected rcode equal NOERROR, got `NXDOMAIN`"),
+            ),
+            (
+                "answer_count",
+                CheckType::Dns,
+                "lessThan",
+                "1",
+                true,
+                "0",
+                None,
+            ),
+            (
+                "cert_expiry",
+                CheckType::Tls,
+                "lessThan",
+                "14d",
+                true,
+                "-3600.000000s",
+                None,
+            ),
+            (
+                "cert_expiry",
+                CheckType::Tls,
+                "greaterThan",
+                "0s",
+                false,
+                "-3600.000000s",
+                Some("expected cert_expiry greaterThan 0s, got `-3600.000000s`"),
+            ),
+            (
+                "loss",
+                CheckType::Icmp,
+                "lessThan",
+                "50",
+                true,
+                "33.333333333333336",
+                None,
+            ),
+            (
+                "rtt_avg",
+                CheckType::Icmp,
+                "lessThan",
+                "1s",
+                false,
+                "",
+                Some("expected rtt_avg lessThan 1s, but no rtt_avg was observed"),
+            ),
+            (
+                "latency",
+                CheckType::Grpc,
+                "lessThan",
+                "1s",
+                true,
+                "0.020000s",
+                None,
+            ),
+        ];
+        for (key, check_type, relationship, operand, passing, actual, message) in cases {
+            let config = assertion(key, "", relationship, operand);
+            let compiled = CompiledAssertion::compile(&config, check_type).unwrap();
+            let result = evaluate_all(std::slice::from_ref(&compiled), &observation).remove(0);
+            let label = format!("{key} {relationship} {operand}");
+            assert_eq!(result.passing, passing, "{label}: {result:?}");
+            assert_eq!(result.actual, actual, "{label}");
+            assert_eq!(result.message.as_deref(), message, "{label}");
+        }
+    }
+
+    #[test]
+    fn each_type_takes_only_its_own_keys_and_latency() {
+        let keys = [
+            ("code", CheckType::Http),
+            ("header", CheckType::Http),
+            ("json", CheckType::Http),
+            ("connected", CheckType::Tcp),
+            ("body", CheckType::Tcp),
+            ("rcode", CheckType::Dns),
+            ("answer", CheckType::Dns),
+            ("answer_count", CheckType::Dns),
+            ("cert_expiry", CheckType::Tls),
+            ("issuer", CheckType::Tls),
+            ("subject", CheckType::Tls),
+            ("san", CheckType::Tls),
+            ("tls_version", CheckType::Tls),
+            ("chain_valid", CheckType::Tls),
+            ("loss", CheckType::Icmp),
+            ("rtt_avg", CheckType::Icmp),
+            ("rtt_max", CheckType::Icmp),
+            ("status", CheckType::Grpc),
+        ];
+        for check_type in CheckType::ALL {
+            let latency = assertion("latency", "", "lessThan", "1s");
+            assert!(
+                CompiledAssertion::compile(&latency, check_type).is_ok(),
+                "{check_type}"
+            );
+            for (key, owner) in keys {
+                let applies =
+                    owner == check_type || (key == "body" && check_type == CheckType::Http);
+                let value = match key {
+                    "header" => "x",
+                    "json" => "$.x",
+                    _ => "",
+                };
+                // `equal` with a duration operand suits every key, durations included.
+                let config = assertion(key, value, "equal", "1s");
+                let compiled = CompiledAssertion::compile(&config, check_type);
+                match (applies, compiled) {
+                    (true, result) => assert!(result.is_ok(), "{key} on {check_type}: {result:?}"),
+                    (false, Err(error)) => assert_eq!(
+                        error.to_string(),
+                        format!("key `{key}` does not apply to {check_type} checks")
+                    ),
+                    (false, Ok(_)) => panic!("{key} should not apply to {check_type}"),
+                }
+            }
         }
     }
 

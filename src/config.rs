@@ -205,12 +205,32 @@ pub struct WorkersConfig {
     /// Concurrent HTTP probes.
     #[serde(default = "default_workers")]
     pub http: usize,
+    /// Concurrent TCP probes.
+    #[serde(default = "default_workers")]
+    pub tcp: usize,
+    /// Concurrent DNS probes.
+    #[serde(default = "default_workers")]
+    pub dns: usize,
+    /// Concurrent TLS certificate probes.
+    #[serde(default = "default_workers")]
+    pub tls: usize,
+    /// Concurrent ICMP echo probes.
+    #[serde(default = "default_workers")]
+    pub icmp: usize,
+    /// Concurrent gRPC health probes.
+    #[serde(default = "default_workers")]
+    pub grpc: usize,
 }
 
 impl WorkersConfig {
     pub fn for_type(&self, check_type: CheckType) -> usize {
         match check_type {
             CheckType::Http => self.http,
+            CheckType::Tcp => self.tcp,
+            CheckType::Dns => self.dns,
+            CheckType::Tls => self.tls,
+            CheckType::Icmp => self.icmp,
+            CheckType::Grpc => self.grpc,
         }
     }
 }
@@ -278,12 +298,22 @@ impl CheckConfig {
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum CheckSpec {
     Http(HttpSpec),
+    Tcp(TcpSpec),
+    Dns(DnsSpec),
+    Tls(TlsSpec),
+    Icmp(IcmpSpec),
+    Grpc(GrpcSpec),
 }
 
 impl CheckSpec {
     pub fn check_type(&self) -> CheckType {
         match self {
             CheckSpec::Http(_) => CheckType::Http,
+            CheckSpec::Tcp(_) => CheckType::Tcp,
+            CheckSpec::Dns(_) => CheckType::Dns,
+            CheckSpec::Tls(_) => CheckType::Tls,
+            CheckSpec::Icmp(_) => CheckType::Icmp,
+            CheckSpec::Grpc(_) => CheckType::Grpc,
         }
     }
 }
@@ -323,6 +353,145 @@ pub struct TlsSettings {
     pub ca_file: Option<PathBuf>,
 }
 
+/// Settings of a `type = "tcp"` check.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TcpSpec {
+    /// `host:port` (`[v6]:port`). The host is resolved unless instances are listed.
+    pub address: String,
+    /// Speak TLS over the connection before the steps. Default: false.
+    #[serde(default)]
+    pub tls: bool,
+    /// TLS server name (SNI and verification). Default: the address's host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+    /// PEM file of CA certificates to trust instead of the system's (with `tls`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// Accept any certificate chain (with `tls`). Default: false.
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
+    /// What to send and what to expect back, in order. Default: none (connecting is enough).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<TcpStep>,
+}
+
+/// One `[[checks.steps]]` entry of a TCP check: exactly one of `send` and `expect`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TcpStep {
+    /// Bytes to write, as text (escapes such as `\r\n` are TOML's own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub send: Option<String>,
+    /// A regex (Rust syntax) that the bytes read since the last match must match; reading
+    /// stops at the first match, when the peer closes, or at `runner.max_body_bytes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect: Option<String>,
+}
+
+/// Settings of a `type = "dns"` check.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsSpec {
+    /// The name to ask for.
+    pub query: String,
+    /// A, AAAA, CNAME, MX, TXT, NS, SOA, SRV, PTR or CAA. Default: A.
+    #[serde(default)]
+    pub record_type: DnsRecordType,
+    /// The server to ask, `host`, `ip`, `host:port` or `ip:port` (port 53 by default); a host
+    /// name is resolved and each address is an instance. Default: the name servers of
+    /// /etc/resolv.conf, each an instance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<String>,
+    /// `udp` or `tcp`. Default: udp.
+    #[serde(default)]
+    pub transport: DnsTransport,
+    /// Ask the server to recurse (the RD flag). Default: true.
+    #[serde(default = "default_true")]
+    pub recursion_desired: bool,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum DnsRecordType {
+    #[default]
+    A,
+    Aaaa,
+    Cname,
+    Mx,
+    Txt,
+    Ns,
+    Soa,
+    Srv,
+    Ptr,
+    Caa,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DnsTransport {
+    #[default]
+    Udp,
+    Tcp,
+}
+
+/// Settings of a `type = "tls"` check.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSpec {
+    /// `host:port` (`[v6]:port`). The host is resolved unless instances are listed.
+    pub address: String,
+    /// The name sent as SNI and verified against the certificate. Default: the address's host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+    /// PEM file of CA certificates to trust instead of the system's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+}
+
+/// Settings of a `type = "icmp"` check.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IcmpSpec {
+    /// Host name or IP to ping. A name is resolved and each address is an instance.
+    pub host: String,
+    /// Echo requests sent per probe, 1 to 100. Default: 3.
+    #[serde(default = "default_icmp_count")]
+    pub count: u16,
+    /// Time between two echo requests. Default: 100ms.
+    #[serde(default = "default_packet_interval", with = "humantime_serde")]
+    pub packet_interval: Duration,
+    /// Bytes of payload per echo request, 0 to 65000. Default: 56.
+    #[serde(default = "default_payload_size")]
+    pub payload_size: u16,
+    /// 4 or 6: probe only the addresses of that family. Default: every address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_version: Option<u8>,
+}
+
+/// Settings of a `type = "grpc"` check.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrpcSpec {
+    /// `host:port` (`[v6]:port`). The host is resolved unless instances are listed.
+    pub address: String,
+    /// The service name asked about; "" asks about the server as a whole. Default: "".
+    #[serde(default)]
+    pub service: String,
+    /// Call over TLS (h2 by ALPN). Default: false (h2c, HTTP/2 without TLS).
+    #[serde(default)]
+    pub tls: bool,
+    /// TLS server name (SNI, verification, :authority). Default: the address's host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+    /// PEM file of CA certificates to trust instead of the system's (with `tls`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// Accept any certificate chain (with `tls`). Default: false.
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
+}
+
 /// One `[[checks.assertions]]` entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -340,13 +509,41 @@ pub struct AssertionConfig {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum AssertionKey {
     Code,
     Header,
     Body,
     Json,
     Latency,
+    /// tcp: whether the connection (and TLS, when on) was made.
+    Connected,
+    /// dns: the response code (NOERROR, NXDOMAIN, SERVFAIL, ...).
+    Rcode,
+    /// dns: every answer record in presentation form, one per line.
+    Answer,
+    /// dns: how many answer records came back.
+    AnswerCount,
+    /// tls: time left before the earliest not-after of the chain.
+    CertExpiry,
+    /// tls: the leaf certificate's issuer.
+    Issuer,
+    /// tls: the leaf certificate's subject.
+    Subject,
+    /// tls: the leaf certificate's subject alternative names, one per line.
+    San,
+    /// tls: the negotiated version, e.g. TLSv1.3.
+    TlsVersion,
+    /// tls: whether the chain verified (true or false).
+    ChainValid,
+    /// icmp: the percentage of echo requests left unanswered.
+    Loss,
+    /// icmp: the mean round-trip time of the replies.
+    RttAvg,
+    /// icmp: the longest round-trip time of the replies.
+    RttMax,
+    /// grpc: the serving status (SERVING, NOT_SERVING, UNKNOWN, SERVICE_UNKNOWN).
+    Status,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -415,6 +612,15 @@ fn default_lease_bucket() -> String {
 fn default_method() -> String {
     "GET".to_string()
 }
+fn default_icmp_count() -> u16 {
+    3
+}
+fn default_packet_interval() -> Duration {
+    Duration::from_millis(100)
+}
+fn default_payload_size() -> u16 {
+    56
+}
 
 impl Default for AgentConfig {
     fn default() -> Self {
@@ -459,6 +665,11 @@ impl Default for WorkersConfig {
     fn default() -> Self {
         WorkersConfig {
             http: default_workers(),
+            tcp: default_workers(),
+            dns: default_workers(),
+            tls: default_workers(),
+            icmp: default_workers(),
+            grpc: default_workers(),
         }
     }
 }
@@ -575,6 +786,15 @@ impl Config {
                     check.name
                 ));
             }
+        }
+        // ICMP needs a socket this process may open; find out now, not at the first probe.
+        if let Some(check) = self
+            .checks
+            .iter()
+            .find(|check| check.check_type() == CheckType::Icmp)
+        {
+            crate::checks::icmp::ensure_sockets()
+                .map_err(|error| format!("check `{}`: {error}", check.name))?;
         }
         Ok(())
     }
@@ -748,7 +968,7 @@ fn yaml_error(path: &Path, error: &serde_saphyr::Error) -> ConfigError {
 /// Where an unknown key really stands. A check's type-specific keys are read through
 /// `serde(flatten)`, which hides positions: the parser then blames the check's whole table.
 /// This finds the named key inside the table that starts at `blamed` (or in a table nested in
-/// it, such as `tls`), so the error points at the key itself.
+/// it, such as `tls` or a TCP step), so the error points at the key itself.
 fn unknown_key_offset(text: &str, blamed: usize, message: &str) -> Option<usize> {
     let name = message.strip_prefix("unknown field `")?.split('`').next()?;
     let document = toml::de::DeTable::parse(text).ok()?;
@@ -760,9 +980,17 @@ fn unknown_key_offset(text: &str, blamed: usize, message: &str) -> Option<usize>
     let toml::de::DeValue::Table(table) = check.get_ref() else {
         return None;
     };
-    let nested = table.values().filter_map(|value| match value.get_ref() {
-        toml::de::DeValue::Table(inner) => Some(inner),
-        _ => None,
+    // Tables nested in the check (`tls`), and tables in its arrays (`[[checks.steps]]`).
+    let nested = table.values().flat_map(|value| match value.get_ref() {
+        toml::de::DeValue::Table(inner) => vec![inner],
+        toml::de::DeValue::Array(items) => items
+            .iter()
+            .filter_map(|item| match item.get_ref() {
+                toml::de::DeValue::Table(inner) => Some(inner),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
     });
     std::iter::once(table)
         .chain(nested)
@@ -806,6 +1034,11 @@ mod tests {
                 (12, 38),
                 "unknown field `ca_fil`",
             ),
+            (
+                "[[checks]]\nname = \"t\"\ntype = \"tcp\"\ninterval = \"5s\"\naddress = \"h:1\"\n[[checks.steps]]\nsend = \"x\"\n[[checks.steps]]\nexpct = \"y\"\n",
+                (9, 1),
+                "unknown field `expct`",
+            ),
         ];
         for (text, (line, column), message) in cases {
             match Config::parse(text, Format::Toml, Path::new("c.toml")) {
@@ -820,6 +1053,70 @@ mod tests {
                 }
                 other => panic!("expected a located error, got {other:?}"),
             }
+        }
+    }
+
+    #[test]
+    fn every_check_type_round_trips_through_json() {
+        let toml = r#"
+            [[checks]]
+            name = "tcp"
+            type = "tcp"
+            interval = "10s"
+            address = "db.internal:5432"
+            tls = true
+            server_name = "db"
+            insecure_skip_verify = true
+            [[checks.steps]]
+            send = "PING\r\n"
+            [[checks.steps]]
+            expect = "PONG"
+            [[checks]]
+            name = "dns"
+            type = "dns"
+            interval = "10s"
+            query = "svc.test"
+            record_type = "AAAA"
+            server = "10.0.0.53:5353"
+            transport = "tcp"
+            recursion_desired = false
+            [[checks]]
+            name = "tls"
+            type = "tls"
+            interval = "10s"
+            address = "svc.test:443"
+            server_name = "svc.test"
+            [[checks]]
+            name = "icmp"
+            type = "icmp"
+            interval = "10s"
+            host = "10.0.0.1"
+            count = 5
+            packet_interval = "250ms"
+            payload_size = 100
+            ip_version = 4
+            [[checks]]
+            name = "grpc"
+            type = "grpc"
+            interval = "10s"
+            address = "grpc.internal:50051"
+            service = "my.Service"
+            [[checks.assertions]]
+            key = "status"
+            relationship = "equal"
+            operand = "SERVING"
+        "#;
+        #[derive(Deserialize)]
+        struct Checks {
+            checks: Vec<CheckConfig>,
+        }
+        let checks: Checks = toml::from_str(toml).unwrap();
+        let types: Vec<CheckType> = checks.checks.iter().map(CheckConfig::check_type).collect();
+        assert_eq!(types, CheckType::ALL[1..]);
+        for check in checks.checks {
+            let json = serde_json::to_string(&check).unwrap();
+            let back: CheckConfig = serde_json::from_str(&json).unwrap();
+            assert_eq!(back, check, "{json}");
         }
     }
 

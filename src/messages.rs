@@ -118,6 +118,18 @@ pub struct Response {
     /// Null on plain connections.
     #[serde(default)]
     pub tls: Option<TlsDetails>,
+    /// tcp checks: what the connection carried. Absent for other types.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<TcpDetails>,
+    /// dns checks: the answer. Absent for other types, and when no answer arrived.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<DnsDetails>,
+    /// icmp checks: echo requests and replies. Absent for other types.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub icmp: Option<IcmpDetails>,
+    /// grpc checks: the health answer. Absent for other types, and when no answer arrived.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc: Option<GrpcDetails>,
     pub timings: Timings,
     pub assertions: Vec<AssertionResult>,
 }
@@ -147,6 +159,85 @@ pub struct TlsDetails {
     /// The earliest not-after of the certificates the server sent; null if none could be read.
     #[serde(with = "crate::time_format::optional")]
     pub earliest_cert_expiry: Option<SystemTime>,
+    /// tls checks: the certificate chain as the server sent it, and whether it verified.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain: Option<ChainDetails>,
+}
+
+/// The chain a server presented, leaf first, and the verdict on it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChainDetails {
+    /// True when the chain verified against the trusted roots for the server name.
+    pub valid: bool,
+    /// Why it did not verify; absent when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Leaf first, in the order sent.
+    pub certificates: Vec<CertificateDetails>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CertificateDetails {
+    /// RFC 4514 text, e.g. `CN=svc.test,O=Example`.
+    pub subject: String,
+    pub issuer: String,
+    /// Subject alternative names: DNS names and IPs.
+    pub san: Vec<String>,
+    #[serde(with = "crate::time_format")]
+    pub not_before: SystemTime,
+    #[serde(with = "crate::time_format")]
+    pub not_after: SystemTime,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TcpDetails {
+    /// True once the connection (and the TLS handshake, when on) succeeded.
+    pub connected: bool,
+    /// Every byte received during the steps, as text (invalid UTF-8 replaced).
+    pub body: String,
+    /// True when reading stopped at `runner.max_body_bytes`.
+    pub truncated: bool,
+    /// How many steps completed.
+    pub steps_done: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DnsDetails {
+    /// NOERROR, NXDOMAIN, SERVFAIL, REFUSED, ...
+    pub rcode: String,
+    /// Every answer record in presentation form (`name ttl class type data`).
+    pub answers: Vec<String>,
+    pub authorities: usize,
+    pub additionals: usize,
+    /// The AA flag.
+    pub authoritative: bool,
+    /// The TC flag (a UDP answer cut short; try transport tcp).
+    pub truncated: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IcmpDetails {
+    pub sent: u16,
+    pub received: u16,
+    /// Percentage of echo requests left unanswered, 0 to 100.
+    pub loss: f64,
+    /// Seconds; 0 when no reply arrived.
+    pub rtt_avg: f64,
+    pub rtt_min: f64,
+    pub rtt_max: f64,
+    /// `datagram` (unprivileged ICMP socket) or `raw` (CAP_NET_RAW).
+    pub socket: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GrpcDetails {
+    /// SERVING, NOT_SERVING, UNKNOWN or SERVICE_UNKNOWN.
+    pub status: String,
+    /// The grpc-status of the call (0 is OK).
+    pub grpc_status: u32,
+    /// The grpc-message, when the server sent one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc_message: Option<String>,
 }
 
 /// Phase durations in seconds. A phase not reached is 0; a phase cut short by the timeout
@@ -160,8 +251,21 @@ pub struct Timings {
     pub processing: f64,
     /// Reading the body.
     pub transfer: f64,
+    /// tcp: the send/expect steps.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub exchange: f64,
+    /// dns: from the query written to the answer read.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub request: f64,
+    /// icmp: the mean round-trip time of the replies.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub rtt: f64,
     /// Resolve plus every phase of the probe.
     pub total: f64,
+}
+
+fn is_zero(value: &f64) -> bool {
+    *value == 0.0
 }
 
 impl Response {
@@ -173,6 +277,10 @@ impl Response {
             error: Some(error),
             http: None,
             tls: None,
+            tcp: None,
+            dns: None,
+            icmp: None,
+            grpc: None,
             timings,
             assertions: Vec::new(),
         }

@@ -32,6 +32,20 @@ pub struct CheckTargetPhaseLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CheckTargetVersionLabels {
+    pub check: String,
+    pub target: String,
+    pub version: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CheckTargetServingLabels {
+    pub check: String,
+    pub target: String,
+    pub serving_status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CheckLabels {
     pub check: String,
 }
@@ -82,6 +96,21 @@ struct VersionLabels {
 
 /// The phases an HTTP probe reports, as metric label values.
 pub const HTTP_PHASES: [&str; 5] = ["resolve", "connect", "tls", "processing", "transfer"];
+/// The phases of a TCP probe.
+pub const TCP_PHASES: [&str; 4] = ["resolve", "connect", "tls", "exchange"];
+/// The phases of a DNS probe.
+pub const DNS_PHASES: [&str; 3] = ["resolve", "connect", "request"];
+/// The phases of a TLS certificate probe.
+pub const TLS_PHASES: [&str; 3] = ["resolve", "connect", "tls"];
+/// The phases of an ICMP probe.
+pub const ICMP_PHASES: [&str; 2] = ["resolve", "rtt"];
+/// The phases of a gRPC health probe.
+pub const GRPC_PHASES: [&str; 4] = ["resolve", "connect", "tls", "processing"];
+/// Every value of `probe_tls_version_info`'s `version` label.
+pub const TLS_VERSIONS: [&str; 2] = ["TLSv1.2", "TLSv1.3"];
+/// Every value of `probe_grpc_healthcheck_response`'s `serving_status` label.
+pub const GRPC_SERVING_STATUSES: [&str; 4] =
+    ["UNKNOWN", "SERVING", "NOT_SERVING", "SERVICE_UNKNOWN"];
 
 fn latency_histogram() -> Histogram {
     // From half a millisecond to a minute: scheduling lag and dispatch waits are usually tiny,
@@ -101,6 +130,15 @@ pub struct Metrics {
     pub probe_http_status_code: Family<CheckTargetLabels, GaugeF64>,
     pub probe_http_duration_seconds: Family<CheckTargetPhaseLabels, GaugeF64>,
     pub probe_ssl_earliest_cert_expiry: Family<CheckTargetLabels, GaugeF64>,
+    pub probe_tls_version_info: Family<CheckTargetVersionLabels, GaugeF64>,
+    pub probe_tcp_duration_seconds: Family<CheckTargetPhaseLabels, GaugeF64>,
+    pub probe_dns_duration_seconds: Family<CheckTargetPhaseLabels, GaugeF64>,
+    pub probe_dns_answer_rrs: Family<CheckTargetLabels, GaugeF64>,
+    pub probe_tls_duration_seconds: Family<CheckTargetPhaseLabels, GaugeF64>,
+    pub probe_icmp_duration_seconds: Family<CheckTargetPhaseLabels, GaugeF64>,
+    pub probe_icmp_packet_loss_ratio: Family<CheckTargetLabels, GaugeF64>,
+    pub probe_grpc_duration_seconds: Family<CheckTargetPhaseLabels, GaugeF64>,
+    pub probe_grpc_healthcheck_response: Family<CheckTargetServingLabels, GaugeF64>,
     pub checks_scheduled: Family<CheckLabels, Counter>,
     pub schedule_skipped: Family<CheckLabels, Counter>,
     pub runs_lost: Family<CheckLabels, Counter>,
@@ -141,6 +179,15 @@ impl Metrics {
             probe_http_status_code: Family::default(),
             probe_http_duration_seconds: Family::default(),
             probe_ssl_earliest_cert_expiry: Family::default(),
+            probe_tls_version_info: Family::default(),
+            probe_tcp_duration_seconds: Family::default(),
+            probe_dns_duration_seconds: Family::default(),
+            probe_dns_answer_rrs: Family::default(),
+            probe_tls_duration_seconds: Family::default(),
+            probe_icmp_duration_seconds: Family::default(),
+            probe_icmp_packet_loss_ratio: Family::default(),
+            probe_grpc_duration_seconds: Family::default(),
+            probe_grpc_healthcheck_response: Family::default(),
             checks_scheduled: Family::default(),
             schedule_skipped: Family::default(),
             runs_lost: Family::default(),
@@ -190,6 +237,51 @@ impl Metrics {
             "probe_ssl_earliest_cert_expiry",
             "Earliest not-after of the certificates the instance sent, in Unix seconds",
             metrics.probe_ssl_earliest_cert_expiry.clone(),
+        );
+        registry.register(
+            "probe_tls_version_info",
+            "The TLS version the instance negotiated, as the version label; always 1",
+            metrics.probe_tls_version_info.clone(),
+        );
+        registry.register(
+            "probe_tcp_duration_seconds",
+            "Duration of each phase of the last TCP probe of the instance",
+            metrics.probe_tcp_duration_seconds.clone(),
+        );
+        registry.register(
+            "probe_dns_duration_seconds",
+            "Duration of each phase of the last DNS probe of the instance",
+            metrics.probe_dns_duration_seconds.clone(),
+        );
+        registry.register(
+            "probe_dns_answer_rrs",
+            "Records in the answer section of the last DNS response of the instance",
+            metrics.probe_dns_answer_rrs.clone(),
+        );
+        registry.register(
+            "probe_tls_duration_seconds",
+            "Duration of each phase of the last TLS certificate probe of the instance",
+            metrics.probe_tls_duration_seconds.clone(),
+        );
+        registry.register(
+            "probe_icmp_duration_seconds",
+            "Duration of each phase of the last ICMP probe of the instance (rtt: mean round trip)",
+            metrics.probe_icmp_duration_seconds.clone(),
+        );
+        registry.register(
+            "probe_icmp_packet_loss_ratio",
+            "Share of the echo requests of the last ICMP probe left unanswered, 0 to 1",
+            metrics.probe_icmp_packet_loss_ratio.clone(),
+        );
+        registry.register(
+            "probe_grpc_duration_seconds",
+            "Duration of each phase of the last gRPC health probe of the instance",
+            metrics.probe_grpc_duration_seconds.clone(),
+        );
+        registry.register(
+            "probe_grpc_healthcheck_response",
+            "The serving status the instance last reported: 1 on its serving_status, 0 on the others",
+            metrics.probe_grpc_healthcheck_response.clone(),
         );
         registry.register(
             "bastion_checks_scheduled",
@@ -389,6 +481,22 @@ impl Metrics {
                 self.probe_ssl_earliest_cert_expiry.remove(&labels);
             }
         }
+        let negotiated = response.tls.as_ref().map(|tls| tls.version.as_str());
+        for version in TLS_VERSIONS {
+            let version_labels = CheckTargetVersionLabels {
+                check: check.to_string(),
+                target: response.target.clone(),
+                version,
+            };
+            if negotiated == Some(version) {
+                self.probe_tls_version_info
+                    .get_or_create(&version_labels)
+                    .set(1.0);
+            } else {
+                self.probe_tls_version_info.remove(&version_labels);
+            }
+        }
+        let timings = &response.timings;
         match check_type {
             CheckType::Http => {
                 self.probe_http_status_code.get_or_create(&labels).set(
@@ -397,7 +505,6 @@ impl Metrics {
                         .as_ref()
                         .map_or(0.0, |http| f64::from(http.status)),
                 );
-                let timings = &response.timings;
                 let values = [
                     timings.resolve,
                     timings.connect,
@@ -405,14 +512,110 @@ impl Metrics {
                     timings.processing,
                     timings.transfer,
                 ];
-                for (phase, value) in HTTP_PHASES.into_iter().zip(values) {
-                    self.probe_http_duration_seconds
-                        .get_or_create(&CheckTargetPhaseLabels {
-                            check: check.to_string(),
-                            target: response.target.clone(),
-                            phase,
-                        })
-                        .set(value);
+                set_phases(
+                    &self.probe_http_duration_seconds,
+                    check,
+                    &response.target,
+                    &HTTP_PHASES,
+                    &values,
+                );
+            }
+            CheckType::Tcp => {
+                let values = [
+                    timings.resolve,
+                    timings.connect,
+                    timings.tls,
+                    timings.exchange,
+                ];
+                set_phases(
+                    &self.probe_tcp_duration_seconds,
+                    check,
+                    &response.target,
+                    &TCP_PHASES,
+                    &values,
+                );
+            }
+            CheckType::Dns => {
+                let values = [timings.resolve, timings.connect, timings.request];
+                set_phases(
+                    &self.probe_dns_duration_seconds,
+                    check,
+                    &response.target,
+                    &DNS_PHASES,
+                    &values,
+                );
+                match &response.dns {
+                    Some(dns) => {
+                        self.probe_dns_answer_rrs
+                            .get_or_create(&labels)
+                            .set(dns.answers.len() as f64);
+                    }
+                    None => {
+                        self.probe_dns_answer_rrs.remove(&labels);
+                    }
+                }
+            }
+            CheckType::Tls => {
+                let values = [timings.resolve, timings.connect, timings.tls];
+                set_phases(
+                    &self.probe_tls_duration_seconds,
+                    check,
+                    &response.target,
+                    &TLS_PHASES,
+                    &values,
+                );
+            }
+            CheckType::Icmp => {
+                let values = [timings.resolve, timings.rtt];
+                set_phases(
+                    &self.probe_icmp_duration_seconds,
+                    check,
+                    &response.target,
+                    &ICMP_PHASES,
+                    &values,
+                );
+                match &response.icmp {
+                    Some(icmp) => {
+                        self.probe_icmp_packet_loss_ratio
+                            .get_or_create(&labels)
+                            .set(icmp.loss / 100.0);
+                    }
+                    None => {
+                        self.probe_icmp_packet_loss_ratio.remove(&labels);
+                    }
+                }
+            }
+            CheckType::Grpc => {
+                let values = [
+                    timings.resolve,
+                    timings.connect,
+                    timings.tls,
+                    timings.processing,
+                ];
+                set_phases(
+                    &self.probe_grpc_duration_seconds,
+                    check,
+                    &response.target,
+                    &GRPC_PHASES,
+                    &values,
+                );
+                let current = response.grpc.as_ref().map(|grpc| grpc.status.as_str());
+                for serving_status in GRPC_SERVING_STATUSES {
+                    let serving_labels = CheckTargetServingLabels {
+                        check: check.to_string(),
+                        target: response.target.clone(),
+                        serving_status,
+                    };
+                    match current {
+                        Some(status) => {
+                            self.probe_grpc_healthcheck_response
+                                .get_or_create(&serving_labels)
+                                .set(if status == serving_status { 1.0 } else { 0.0 });
+                        }
+                        None => {
+                            self.probe_grpc_healthcheck_response.remove(&serving_labels);
+                        }
+                    }
                 }
             }
         }
@@ -482,14 +685,60 @@ impl Metrics {
         self.probe_duration_seconds.remove(&labels);
         self.probe_http_status_code.remove(&labels);
         self.probe_ssl_earliest_cert_expiry.remove(&labels);
-        for phase in HTTP_PHASES {
-            self.probe_http_duration_seconds
-                .remove(&CheckTargetPhaseLabels {
+        self.probe_dns_answer_rrs.remove(&labels);
+        self.probe_icmp_packet_loss_ratio.remove(&labels);
+        for version in TLS_VERSIONS {
+            self.probe_tls_version_info
+                .remove(&CheckTargetVersionLabels {
+                    check: check.to_string(),
+                    target: target.to_string(),
+                    version,
+                });
+        }
+        for serving_status in GRPC_SERVING_STATUSES {
+            self.probe_grpc_healthcheck_response
+                .remove(&CheckTargetServingLabels {
+                    check: check.to_string(),
+                    target: target.to_string(),
+                    serving_status,
+                });
+        }
+        let phase_families: [(&Family<CheckTargetPhaseLabels, GaugeF64>, &[&'static str]); 6] = [
+            (&self.probe_http_duration_seconds, &HTTP_PHASES),
+            (&self.probe_tcp_duration_seconds, &TCP_PHASES),
+            (&self.probe_dns_duration_seconds, &DNS_PHASES),
+            (&self.probe_tls_duration_seconds, &TLS_PHASES),
+            (&self.probe_icmp_duration_seconds, &ICMP_PHASES),
+            (&self.probe_grpc_duration_seconds, &GRPC_PHASES),
+        ];
+        for (family, phases) in phase_families {
+            for &phase in phases {
+                family.remove(&CheckTargetPhaseLabels {
                     check: check.to_string(),
                     target: target.to_string(),
                     phase,
                 });
+            }
         }
+    }
+}
+
+/// Sets one gauge per phase of one instance.
+fn set_phases(
+    family: &Family<CheckTargetPhaseLabels, GaugeF64>,
+    check: &str,
+    target: &str,
+    phases: &[&'static str],
+    values: &[f64],
+) {
+    for (&phase, &value) in phases.iter().zip(values) {
+        family
+            .get_or_create(&CheckTargetPhaseLabels {
+                check: check.to_string(),
+                target: target.to_string(),
+                phase,
+            })
+            .set(value);
     }
 }
 

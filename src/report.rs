@@ -1,6 +1,6 @@
 //! Human-readable rendering of results, for `bastion once`: one line per instance.
 
-use crate::messages::CheckResult;
+use crate::messages::{CheckResult, Response};
 use std::fmt::Write;
 
 /// A fixed-width table: check, target, verdict, what was seen, total seconds.
@@ -14,21 +14,21 @@ pub fn table(results: &[CheckResult]) -> String {
     ]];
     for result in results {
         for response in &result.responses {
-            let detail = match (&response.error, &response.http) {
-                (Some(error), _) => format!("{}: {}", error.kind.as_str(), error.message),
-                (None, Some(http)) => {
+            let detail = match &response.error {
+                Some(error) => format!("{}: {}", error.kind.as_str(), error.message),
+                None => {
                     let failed: Vec<&str> = response
                         .assertions
                         .iter()
                         .filter_map(|assertion| assertion.message.as_deref())
                         .collect();
+                    let seen = seen(response);
                     if failed.is_empty() {
-                        format!("{} {}", http.status, http.version)
+                        seen
                     } else {
-                        format!("{} {}; {}", http.status, http.version, failed.join("; "))
+                        format!("{seen}; {}", failed.join("; "))
                     }
                 }
-                (None, None) => String::new(),
             };
             rows.push([
                 result.check.clone(),
@@ -53,4 +53,36 @@ pub fn table(results: &[CheckResult]) -> String {
         let _ = writeln!(out, "{}", row[4]);
     }
     out
+}
+
+/// What the probe saw, in a few words, by the section its type fills.
+fn seen(response: &Response) -> String {
+    if let Some(http) = &response.http {
+        return format!("{} {}", http.status, http.version);
+    }
+    if let Some(tcp) = &response.tcp {
+        return format!("connected, {} bytes received", tcp.body.len());
+    }
+    if let Some(dns) = &response.dns {
+        return format!("{}, {} answers", dns.rcode, dns.answers.len());
+    }
+    if let Some(icmp) = &response.icmp {
+        return format!(
+            "{}/{} replies, rtt avg {:.3}ms",
+            icmp.received,
+            icmp.sent,
+            icmp.rtt_avg * 1000.0
+        );
+    }
+    if let Some(grpc) = &response.grpc {
+        return grpc.status.clone();
+    }
+    if let Some(tls) = &response.tls {
+        let expiry = tls
+            .earliest_cert_expiry
+            .map(|expiry| format!(", expires {}", humantime::format_rfc3339_seconds(expiry)))
+            .unwrap_or_default();
+        return format!("{}{expiry}", tls.version);
+    }
+    String::new()
 }

@@ -120,11 +120,12 @@ fn results_per_run(results: &[(Instant, CheckResult)]) -> HashMap<(String, u64),
 fn start_runner(name: &str, url: &str, workers: usize) -> Bastion {
     let listen = free_port();
     let config = format!(
-        "{}{}[runner.workers]\nhttp = {workers}\n",
+        // HTTP workers only: a runner subscribes to the types it has workers for.
+        "{}{}[runner.workers]\nhttp = {workers}\ntcp = 0\ndns = 0\ntls = 0\nicmp = 0\ngrpc = 0\n",
         agent_section(name, listen),
         nats_section(url, "")
     );
-    let runner = Bastion::start(name, listen, &config, &["run", "--role", "runner"]);
+    let mut runner = Bastion::start(name, listen, &config, &["run", "--role", "runner"]);
     runner.wait_ready();
     runner
 }
@@ -434,7 +435,7 @@ async fn token_auth_works_and_a_wrong_token_fails_clearly() {
         nats_section(&server.url(), &format!("token_file = \"{good}\"")),
         checks(1, target, "1s")
     );
-    let agent = Bastion::start("a1", listen, &config, &["run"]);
+    let mut agent = Bastion::start("a1", listen, &config, &["run"]);
     agent.wait_ready();
     let succeeded = format!("probe_success{{check=\"web-0\",target=\"{target}\"}}");
     eventually(
@@ -489,7 +490,7 @@ async fn an_nkey_seed_file_authenticates_and_an_unknown_nkey_is_refused() {
         nats_section(&server.url(), &format!("nkey_seed_file = \"{seed}\"")),
         checks(1, target, "1s")
     );
-    let agent = Bastion::start("a1", listen, &config, &["run"]);
+    let mut agent = Bastion::start("a1", listen, &config, &["run"]);
     agent.wait_ready();
     let succeeded = format!("probe_success{{check=\"web-0\",target=\"{target}\"}}");
     eventually(
@@ -541,7 +542,7 @@ async fn user_and_password_over_tls_work_and_a_wrong_password_fails_clearly() {
         nats_section(&url, &tls),
         checks(1, target, "1s")
     );
-    let agent = Bastion::start("a1", listen, &config, &["run"]);
+    let mut agent = Bastion::start("a1", listen, &config, &["run"]);
     agent.wait_ready();
     let succeeded = format!("probe_success{{check=\"web-0\",target=\"{target}\"}}");
     eventually("a result over TLS", Duration::from_secs(60), || {
@@ -627,7 +628,7 @@ async fn ha_checkers_schedule_once_and_the_standby_takes_over_within_the_ttl() {
             Bastion::start(name, listen, &config, &["run", "--role", "checker"])
         })
         .collect();
-    for checker in &checkers {
+    for checker in &mut checkers {
         checker.wait_ready();
     }
     eventually("steady scheduling", Duration::from_secs(60), || {

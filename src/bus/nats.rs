@@ -337,9 +337,7 @@ impl NatsBus {
             num_replicas: 1,
             ..Default::default()
         };
-        let mut existing = self
-            .jetstream
-            .get_or_create_stream(wanted.clone())
+        let mut existing = get_or_create_stream(&self.jetstream, &wanted)
             .await
             .map_err(|error| BusError::JetStream(format!("lease bucket `{bucket}`: {error}")))?;
         let info = existing
@@ -390,6 +388,26 @@ impl NatsBus {
     }
 }
 
+/// Gets the stream, or creates it. Several processes starting at once may race to create
+/// it; the loser of the race finds it on a second look.
+async fn get_or_create_stream(
+    jetstream: &jetstream::Context,
+    wanted: &stream::Config,
+) -> Result<stream::Stream, String> {
+    let mut attempt = 0;
+    loop {
+        match jetstream.get_or_create_stream(wanted.clone()).await {
+            Ok(stream) => return Ok(stream),
+            Err(error) if attempt < 3 => {
+                tracing::debug!(%error, stream = %wanted.name, "creating the stream failed; looking again");
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+            }
+            Err(error) => return Err(error.to_string()),
+        }
+    }
+}
+
 async fn ensure_results_stream(
     jetstream: &jetstream::Context,
     pattern: &str,
@@ -405,8 +423,7 @@ async fn ensure_results_stream(
         num_replicas: 1,
         ..Default::default()
     };
-    let mut existing = jetstream
-        .get_or_create_stream(wanted.clone())
+    let mut existing = get_or_create_stream(jetstream, &wanted)
         .await
         .map_err(|error| BusError::JetStream(format!("stream {RESULTS_STREAM}: {error}")))?;
     let info = existing

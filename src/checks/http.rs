@@ -297,6 +297,7 @@ async fn exchange_once(
                         SystemTime::UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs())
                     }
                 }),
+            chain: None,
         });
         let request = build_request(plan, endpoint, method, body, h2)?;
         exchange(TokioIo::new(stream), h2, request, record, max_body).await
@@ -381,7 +382,7 @@ where
 
 /// Polls the connection and the exchange together, in this task: no background task outlives
 /// the probe, and dropping the probe (on timeout) closes the socket.
-async fn drive<C, W, T>(connection: C, work: W) -> Result<T, ProbeError>
+pub async fn drive<C, W, T>(connection: C, work: W) -> Result<T, ProbeError>
 where
     C: Future<Output = Result<(), hyper::Error>>,
     W: Future<Output = Result<T, ProbeError>>,
@@ -509,7 +510,7 @@ fn remove_dot_segments(path: &str) -> String {
     }
 }
 
-fn server_name(host: &str) -> Result<ServerName<'static>, ProbeError> {
+pub fn server_name(host: &str) -> Result<ServerName<'static>, ProbeError> {
     if let Ok(ip) = host.parse::<IpAddr>() {
         return Ok(ServerName::IpAddress(ip.into()));
     }
@@ -521,11 +522,11 @@ fn server_name(host: &str) -> Result<ServerName<'static>, ProbeError> {
     })
 }
 
-fn tls_setup_error(error: TlsSetupError) -> ProbeError {
+pub fn tls_setup_error(error: TlsSetupError) -> ProbeError {
     ProbeError::new(ErrorKind::Tls, error.to_string())
 }
 
-fn http_error(error: hyper::Error) -> ProbeError {
+pub fn http_error(error: hyper::Error) -> ProbeError {
     let message = if error.is_incomplete_message() {
         format!(
             "the server closed the connection before a complete response: {}",
@@ -565,7 +566,7 @@ fn version_text(version: Version) -> &'static str {
     }
 }
 
-fn tls_version_text(version: rustls::ProtocolVersion) -> String {
+pub fn tls_version_text(version: rustls::ProtocolVersion) -> String {
     match version {
         rustls::ProtocolVersion::TLSv1_2 => "TLSv1.2".to_string(),
         rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3".to_string(),

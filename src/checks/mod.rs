@@ -2,12 +2,17 @@
 //! target at a time. Check code never touches the bus, the metrics or the scheduler: it gets a
 //! target and returns what it saw.
 
+pub mod dns;
+pub mod grpc;
 pub mod http;
+pub mod icmp;
+pub mod tcp;
+pub mod tls;
 pub mod tls_client;
 
 use crate::assertions::{AssertionError, CompiledAssertion};
 use crate::config::{CheckConfig, CheckSpec, MIN_INTERVAL};
-use crate::messages::{Timings, TlsDetails};
+use crate::messages::{DnsDetails, GrpcDetails, IcmpDetails, TcpDetails, Timings, TlsDetails};
 use crate::resolve::Resolver;
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -32,6 +37,12 @@ pub enum Phase {
     Tls,
     Processing,
     Transfer,
+    /// TCP: the send/expect steps.
+    Exchange,
+    /// DNS: the query sent and its answer read.
+    Request,
+    /// ICMP: echo requests out, replies in.
+    Rtt,
 }
 
 impl Phase {
@@ -42,6 +53,9 @@ impl Phase {
             Phase::Tls => "tls",
             Phase::Processing => "processing",
             Phase::Transfer => "transfer",
+            Phase::Exchange => "exchange",
+            Phase::Request => "request",
+            Phase::Rtt => "rtt",
         }
     }
 }
@@ -52,6 +66,12 @@ impl Phase {
 pub struct ProbeRecord {
     pub timings: Timings,
     pub tls: Option<TlsDetails>,
+    /// The type-specific sections, filled in as the probe learns them, so a probe that fails
+    /// (or times out) part-way still reports what it saw.
+    pub tcp: Option<TcpDetails>,
+    pub dns: Option<DnsDetails>,
+    pub icmp: Option<IcmpDetails>,
+    pub grpc: Option<GrpcDetails>,
     current: Option<(Phase, Instant)>,
 }
 
@@ -77,6 +97,9 @@ impl ProbeRecord {
                 Phase::Tls => &mut self.timings.tls,
                 Phase::Processing => &mut self.timings.processing,
                 Phase::Transfer => &mut self.timings.transfer,
+                Phase::Exchange => &mut self.timings.exchange,
+                Phase::Request => &mut self.timings.request,
+                Phase::Rtt => &mut self.timings.rtt,
             };
             *slot += seconds;
         }
@@ -88,14 +111,31 @@ impl ProbeRecord {
 #[serde(rename_all = "lowercase")]
 pub enum CheckType {
     Http,
+    Tcp,
+    Dns,
+    Tls,
+    Icmp,
+    Grpc,
 }
 
 impl CheckType {
-    pub const ALL: [CheckType; 1] = [CheckType::Http];
+    pub const ALL: [CheckType; 6] = [
+        CheckType::Http,
+        CheckType::Tcp,
+        CheckType::Dns,
+        CheckType::Tls,
+        CheckType::Icmp,
+        CheckType::Grpc,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             CheckType::Http => "http",
+            CheckType::Tcp => "tcp",
+            CheckType::Dns => "dns",
+            CheckType::Tls => "tls",
+            CheckType::Icmp => "icmp",
+            CheckType::Grpc => "grpc",
         }
     }
 }
@@ -121,6 +161,14 @@ pub enum ErrorKind {
     Http,
     /// The response body could not be read to its end (or to the cap).
     Body,
+    /// TCP: an `expect` step found no match before the peer closed or the read cap.
+    Expect,
+    /// DNS: the server's answer was not a valid DNS response to the query.
+    Dns,
+    /// ICMP: the echo socket could not be opened or used.
+    Icmp,
+    /// gRPC: the call failed (a grpc-status other than OK, or a malformed answer).
+    Grpc,
     /// The probe did not finish within the check's timeout.
     Timeout,
     /// No worker was free within the dispatch deadline; the probe never ran.
@@ -137,6 +185,10 @@ impl ErrorKind {
             ErrorKind::Tls => "tls",
             ErrorKind::Http => "http",
             ErrorKind::Body => "body",
+            ErrorKind::Expect => "expect",
+            ErrorKind::Dns => "dns",
+            ErrorKind::Icmp => "icmp",
+            ErrorKind::Grpc => "grpc",
             ErrorKind::Timeout => "timeout",
             ErrorKind::DispatchTimeout => "dispatch_timeout",
             ErrorKind::Internal => "internal",
@@ -179,6 +231,16 @@ pub enum CheckDefinitionError {
     Instance(String),
     #[error("{0}")]
     Http(#[from] http::HttpDefinitionError),
+    #[error("{0}")]
+    Tcp(#[from] tcp::TcpDefinitionError),
+    #[error("{0}")]
+    Dns(#[from] dns::DnsDefinitionError),
+    #[error("{0}")]
+    Tls(#[from] tls::TlsDefinitionError),
+    #[error("{0}")]
+    Icmp(#[from] icmp::IcmpDefinitionError),
+    #[error("{0}")]
+    Grpc(#[from] grpc::GrpcDefinitionError),
     #[error("assertion #{index}: {source}")]
     Assertion {
         index: usize,
@@ -231,22 +293,120 @@ pub struct CompiledCheck {
 #[derive(Debug)]
 pub enum ProbePlan {
     Http(http::HttpPlan),
+    Tcp(tcp::TcpPlan),
+    Dns(dns::DnsPlan),
+    Tls(tls::TlsPlan),
+    Icmp(icmp::IcmpPlan),
+    Grpc(grpc::GrpcPlan),
 }
 
 impl ProbePlan {
     pub fn check_type(&self) -> CheckType {
         match self {
             ProbePlan::Http(_) => CheckType::Http,
+            ProbePlan::Tcp(_) => CheckType::Tcp,
+            ProbePlan::Dns(_) => CheckType::Dns,
+            ProbePlan::Tls(_) => CheckType::Tls,
+            ProbePlan::Icmp(_) => CheckType::Icmp,
+            ProbePlan::Grpc(_) => CheckType::Grpc,
         }
     }
 
     /// The host name whose addresses are the instances when none are listed, and the port
-    /// that instances without their own port use.
+    /// that instances without their own port use. A DNS check without a `server` names no
+    /// host: its instances are the system's name servers (`system_targets`).
     pub fn host_and_port(&self) -> (&str, u16) {
         match self {
             ProbePlan::Http(plan) => (plan.host(), plan.port()),
+            ProbePlan::Tcp(plan) => (plan.host(), plan.port()),
+            ProbePlan::Dns(plan) => (plan.server_host(), plan.server_port()),
+            ProbePlan::Tls(plan) => (plan.host(), plan.port()),
+            ProbePlan::Icmp(plan) => (plan.host(), 0),
+            ProbePlan::Grpc(plan) => (plan.host(), plan.port()),
         }
     }
+
+    /// Instances that come from the system rather than from a host name: the name servers of
+    /// `/etc/resolv.conf` for a DNS check without a `server`. None for every other check.
+    pub fn system_targets(&self) -> Option<Result<Vec<SocketAddr>, ProbeError>> {
+        match self {
+            ProbePlan::Dns(plan) if plan.uses_system_servers() => Some(dns::system_name_servers()),
+            _ => None,
+        }
+    }
+
+    /// Whether an address found for the host may be probed (ICMP's `ip_version` keeps one
+    /// family only).
+    pub fn accepts(&self, address: &SocketAddr) -> bool {
+        match self {
+            ProbePlan::Icmp(plan) => plan.accepts(address.ip()),
+            _ => true,
+        }
+    }
+
+    /// How a probed address is shown as the response's `target` and the `target` label:
+    /// `ip:port`, or the bare IP for ICMP, which has no ports.
+    pub fn target_label(&self, address: SocketAddr) -> String {
+        match self {
+            ProbePlan::Icmp(_) => address.ip().to_string(),
+            _ => address.to_string(),
+        }
+    }
+}
+
+/// Opens a probe's fresh TCP connection, timed as the connect phase. Nagle is off: probes
+/// write small requests and must not wait to send them.
+pub async fn connect_tcp(
+    target: SocketAddr,
+    record: &mut ProbeRecord,
+) -> Result<tokio::net::TcpStream, ProbeError> {
+    record.begin(Phase::Connect);
+    let tcp = tokio::net::TcpStream::connect(target)
+        .await
+        .map_err(|error| {
+            ProbeError::new(ErrorKind::Connect, format!("connect to {target}: {error}"))
+        })?;
+    record.end();
+    let _ = tcp.set_nodelay(true);
+    Ok(tcp)
+}
+
+/// Splits `host:port` (`[v6]:port` for IPv6 literals) as written in a check's `address`.
+pub fn split_host_port(text: &str) -> Result<(String, u16), String> {
+    let text = text.trim();
+    let (host, port) = if let Some(rest) = text.strip_prefix('[') {
+        let (host, after) = rest
+            .split_once(']')
+            .ok_or_else(|| "an IPv6 address needs its closing `]`".to_string())?;
+        let port = after
+            .strip_prefix(':')
+            .ok_or_else(|| "it has no port; write host:port".to_string())?;
+        (host, port)
+    } else {
+        let (host, port) = text
+            .rsplit_once(':')
+            .ok_or_else(|| "it has no port; write host:port".to_string())?;
+        if host.contains(':') {
+            return Err("write an IPv6 address in brackets: [::1]:port".to_string());
+        }
+        (host, port)
+    };
+    if host.is_empty() {
+        return Err("it has no host; write host:port".to_string());
+    }
+    if host
+        .chars()
+        .any(|c| c.is_whitespace() || c == '/' || c == '@')
+    {
+        return Err(format!("`{host}` is not a host name or IP"));
+    }
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("port `{port}` is not a number from 1 to 65535"))?;
+    if port == 0 {
+        return Err("port 0 cannot be probed; use 1 to 65535".to_string());
+    }
+    Ok((host.to_string(), port))
 }
 
 pub fn is_valid_check_name(name: &str) -> bool {
@@ -298,6 +458,11 @@ impl CompiledCheck {
             .collect::<Result<Vec<_>, _>>()?;
         let plan = match &check.spec {
             CheckSpec::Http(spec) => ProbePlan::Http(http::HttpPlan::compile(spec)?),
+            CheckSpec::Tcp(spec) => ProbePlan::Tcp(tcp::TcpPlan::compile(spec)?),
+            CheckSpec::Dns(spec) => ProbePlan::Dns(dns::DnsPlan::compile(spec)?),
+            CheckSpec::Tls(spec) => ProbePlan::Tls(tls::TlsPlan::compile(spec)?),
+            CheckSpec::Icmp(spec) => ProbePlan::Icmp(icmp::IcmpPlan::compile(spec, timeout)?),
+            CheckSpec::Grpc(spec) => ProbePlan::Grpc(grpc::GrpcPlan::compile(spec)?),
         };
         Ok(CompiledCheck {
             name: check.name.clone(),
@@ -332,6 +497,25 @@ mod tests {
             Some("[::1]:80".parse().unwrap())
         );
         assert_eq!(InstanceAddr::parse("svc.internal"), None);
+    }
+
+    #[test]
+    fn addresses_split_into_host_and_port() {
+        assert_eq!(
+            split_host_port("db.internal:5432"),
+            Ok(("db.internal".to_string(), 5432))
+        );
+        assert_eq!(split_host_port("[::1]:53"), Ok(("::1".to_string(), 53)));
+        for (bad, reason) in [
+            ("db.internal", "it has no port"),
+            ("::1:53", "in brackets"),
+            (":80", "it has no host"),
+            ("db:http", "is not a number"),
+            ("db:0", "port 0"),
+        ] {
+            let error = split_host_port(bad).unwrap_err();
+            assert!(error.contains(reason), "{bad}: {error}");
+        }
     }
 
     #[test]

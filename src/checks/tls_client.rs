@@ -2,14 +2,18 @@
 //! system's roots costs milliseconds, a probe must not pay it. Verification is on by default;
 //! `insecure_skip_verify` still checks handshake signatures, it only stops trusting the chain.
 
+use super::{ErrorKind, Phase, ProbeError, ProbeRecord};
 use crate::config::TlsSettings;
+use crate::messages::{CertificateDetails, TlsDetails};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsSetupError {
@@ -21,15 +25,20 @@ pub enum TlsSetupError {
     NoRoots(String),
     #[error("TLS setup failed: {0}")]
     Rustls(#[from] rustls::Error),
+    #[error("cannot build a certificate verifier: {0}")]
+    Verifier(String),
 }
 
 /// Shared cache of client configurations, keyed by the check's TLS settings.
 #[derive(Debug, Default)]
 pub struct TlsClientConfigs {
     cache: Mutex<HashMap<TlsSettings, Arc<ClientConfig>>>,
+    /// Verifiers over the trusted roots, for probes that record the verdict on a chain
+    /// instead of failing the handshake on it (the `tls` check type).
+    verifiers: Mutex<HashMap<TlsSettings, Arc<WebPkiServerVerifier>>>,
 }
 
-fn provider() -> Arc<CryptoProvider> {
+pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
@@ -43,6 +52,42 @@ impl TlsClientConfigs {
         let config = Arc::new(build(settings)?);
         self.lock().insert(settings.clone(), config.clone());
         Ok(config)
+    }
+
+    /// The configuration for `settings`, offering `alpn` instead of h2 and http/1.1.
+    pub fn get_with_alpn(
+        &self,
+        settings: &TlsSettings,
+        alpn: &[&[u8]],
+    ) -> Result<Arc<ClientConfig>, TlsSetupError> {
+        let mut config = (*self.get(settings)?).clone();
+        config.alpn_protocols = alpn.iter().map(|protocol| protocol.to_vec()).collect();
+        Ok(Arc::new(config))
+    }
+
+    /// A verifier over the roots `settings` trust (the system's, or `ca_file`'s), built once.
+    pub fn verifier(
+        &self,
+        settings: &TlsSettings,
+    ) -> Result<Arc<WebPkiServerVerifier>, TlsSetupError> {
+        let cached = self
+            .verifiers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(settings)
+            .cloned();
+        if let Some(verifier) = cached {
+            return Ok(verifier);
+        }
+        let verifier =
+            WebPkiServerVerifier::builder_with_provider(Arc::new(roots(settings)?), provider())
+                .build()
+                .map_err(|error| TlsSetupError::Verifier(error.to_string()))?;
+        self.verifiers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(settings.clone(), Arc::clone(&verifier));
+        Ok(verifier)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<TlsSettings, Arc<ClientConfig>>> {
@@ -169,4 +214,103 @@ pub fn earliest_not_after(certs: &[CertificateDer<'_>]) -> Option<i64> {
                 .map(|(_, cert)| cert.validity().not_after.timestamp())
         })
         .min()
+}
+
+/// The TLS handshake over a probe's connection, timed as the tls phase; the session's details
+/// go into `record.tls` as soon as it succeeds.
+pub async fn handshake(
+    config: Arc<ClientConfig>,
+    server_name: ServerName<'static>,
+    tcp: tokio::net::TcpStream,
+    target: std::net::SocketAddr,
+    record: &mut ProbeRecord,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, ProbeError> {
+    record.begin(Phase::Tls);
+    let stream = tokio_rustls::TlsConnector::from(config)
+        .connect(server_name, tcp)
+        .await
+        .map_err(|error| {
+            ProbeError::new(
+                ErrorKind::Tls,
+                format!(
+                    "TLS handshake with {target}: {}",
+                    super::http::error_chain(&error)
+                ),
+            )
+        })?;
+    record.end();
+    record.tls = Some(session_details(stream.get_ref().1));
+    Ok(stream)
+}
+
+/// Unix seconds as a wall-clock time (before 1970 too).
+pub fn unix_time(seconds: i64) -> SystemTime {
+    if seconds >= 0 {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(seconds.unsigned_abs())
+    } else {
+        SystemTime::UNIX_EPOCH - Duration::from_secs(seconds.unsigned_abs())
+    }
+}
+
+/// What a finished handshake tells: version, ALPN, earliest expiry of the chain sent.
+pub fn session_details(session: &rustls::ClientConnection) -> TlsDetails {
+    TlsDetails {
+        version: session
+            .protocol_version()
+            .map(super::http::tls_version_text)
+            .unwrap_or_default(),
+        alpn: session
+            .alpn_protocol()
+            .map(|protocol| String::from_utf8_lossy(protocol).into_owned()),
+        earliest_cert_expiry: session
+            .peer_certificates()
+            .and_then(earliest_not_after)
+            .map(unix_time),
+        chain: None,
+    }
+}
+
+/// Subject, issuer, names and validity of each certificate that parses, in the order sent.
+pub fn certificate_details(certs: &[CertificateDer<'_>]) -> Vec<CertificateDetails> {
+    certs
+        .iter()
+        .filter_map(|der| {
+            let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+            let san = match cert.subject_alternative_name() {
+                Ok(Some(extension)) => extension
+                    .value
+                    .general_names
+                    .iter()
+                    .filter_map(general_name_text)
+                    .collect(),
+                _ => Vec::new(),
+            };
+            Some(CertificateDetails {
+                subject: cert.subject().to_string(),
+                issuer: cert.issuer().to_string(),
+                san,
+                not_before: unix_time(cert.validity().not_before.timestamp()),
+                not_after: unix_time(cert.validity().not_after.timestamp()),
+            })
+        })
+        .collect()
+}
+
+fn general_name_text(name: &x509_parser::extensions::GeneralName<'_>) -> Option<String> {
+    use x509_parser::extensions::GeneralName;
+    match name {
+        GeneralName::DNSName(dns) => Some((*dns).to_string()),
+        GeneralName::RFC822Name(mail) => Some((*mail).to_string()),
+        GeneralName::URI(uri) => Some((*uri).to_string()),
+        GeneralName::IPAddress(bytes) => match bytes.len() {
+            4 => <[u8; 4]>::try_from(*bytes)
+                .ok()
+                .map(|octets| std::net::Ipv4Addr::from(octets).to_string()),
+            16 => <[u8; 16]>::try_from(*bytes)
+                .ok()
+                .map(|octets| std::net::Ipv6Addr::from(octets).to_string()),
+            _ => None,
+        },
+        _ => None,
+    }
 }

@@ -7,10 +7,12 @@
 //! each response is built from its own task's data and stored at its own task's index.
 
 use super::pool::{Worker, WorkerPool};
-use crate::assertions::{self, Observation};
+use crate::assertions::{self, Observation, Observed};
 use crate::checks::{
-    http, CheckType, CompiledCheck, ErrorKind, ProbeContext, ProbeError, ProbePlan, ProbeRecord,
+    dns, grpc, http, icmp, tcp, tls, CheckType, CompiledCheck, ErrorKind, ProbeContext, ProbeError,
+    ProbePlan, ProbeRecord,
 };
+use crate::config::AssertionKey;
 use crate::messages::{CheckResult, Response, Timings, MESSAGE_VERSION};
 use crate::metrics::{CheckTypeLabels, Metrics, TypeLabels};
 use std::collections::HashMap;
@@ -172,7 +174,7 @@ impl Dispatcher {
                     humantime::format_duration(self.deadline)
                 );
                 responses[index] = Some(Response::failed(
-                    target.to_string(),
+                    check.plan.target_label(target),
                     ProbeError::new(ErrorKind::DispatchTimeout, message),
                     Timings {
                         resolve: resolve_seconds,
@@ -201,7 +203,7 @@ impl Dispatcher {
                     if let Some(&(index, target)) = index_of_task.get(&error.id()) {
                         tracing::error!(check = %check.name, %target, %error, "probe task failed");
                         responses[index] = Some(Response::failed(
-                            target.to_string(),
+                            check.plan.target_label(target),
                             ProbeError::new(
                                 ErrorKind::Internal,
                                 format!("probe task failed: {error}"),
@@ -229,6 +231,11 @@ impl Dispatcher {
                 .collect();
             return Ok((targets, 0.0));
         }
+        if let Some(found) = check.plan.system_targets() {
+            return found
+                .map(|targets| (targets, 0.0))
+                .map_err(|error| (error, Timings::default()));
+        }
         if let Ok(ip) = host.parse::<std::net::IpAddr>() {
             return Ok((vec![SocketAddr::new(ip, port)], 0.0));
         }
@@ -242,7 +249,19 @@ impl Dispatcher {
             ..Timings::default()
         };
         match lookup {
-            Ok(Ok(targets)) => Ok((targets, seconds)),
+            Ok(Ok(mut targets)) => {
+                targets.retain(|target| check.plan.accepts(target));
+                if targets.is_empty() {
+                    return Err((
+                        ProbeError::new(
+                            ErrorKind::Resolve,
+                            format!("resolving {host}: no address of the IP version asked for"),
+                        ),
+                        timings,
+                    ));
+                }
+                Ok((targets, seconds))
+            }
             Ok(Err(error)) => Err((error, timings)),
             Err(_) => {
                 self.metrics
@@ -269,7 +288,12 @@ impl Dispatcher {
 /// How a check's target is named when no instance address is known.
 fn instance_label(check: &CompiledCheck) -> String {
     let (host, port) = check.plan.host_and_port();
-    if host.contains(':') {
+    if matches!(check.plan, ProbePlan::Icmp(_)) {
+        host.to_string()
+    } else if host.is_empty() {
+        // A DNS check on the system's name servers, which could not be read.
+        "/etc/resolv.conf".to_string()
+    } else if host.contains(':') {
         format!("[{host}]:{port}")
     } else {
         format!("{host}:{port}")
@@ -292,11 +316,28 @@ async fn run_task(task: ProbeTask, worker: Worker) -> (usize, Response) {
     let budget = check
         .timeout
         .saturating_sub(Duration::from_secs_f64(resolve_seconds));
-    let outcome = match &check.plan {
-        ProbePlan::Http(plan) => {
-            tokio::time::timeout(budget, http::probe(&context, plan, target, &mut record)).await
+    let deadline = started + budget;
+    let probe = async {
+        match &check.plan {
+            ProbePlan::Http(plan) => http::probe(&context, plan, target, &mut record)
+                .await
+                .map(Some),
+            ProbePlan::Tcp(plan) => tcp::probe(&context, plan, target, &mut record)
+                .await
+                .map(|()| None),
+            ProbePlan::Dns(plan) => dns::probe(plan, target, &mut record).await.map(|()| None),
+            ProbePlan::Tls(plan) => tls::probe(&context, plan, target, &mut record)
+                .await
+                .map(|()| None),
+            ProbePlan::Icmp(plan) => icmp::probe(plan, target, deadline, &mut record)
+                .await
+                .map(|()| None),
+            ProbePlan::Grpc(plan) => grpc::probe(&context, plan, target, &mut record)
+                .await
+                .map(|()| None),
         }
     };
+    let outcome = tokio::time::timeout(budget, probe).await;
     let in_phase = record.current_phase();
     record.end();
     drop(worker);
@@ -304,7 +345,8 @@ async fn run_task(task: ProbeTask, worker: Worker) -> (usize, Response) {
     timings.resolve += resolve_seconds;
     timings.total = resolve_seconds + started.elapsed().as_secs_f64();
     let check_type = check.check_type();
-    let response = match outcome {
+    let label = check.plan.target_label(target);
+    let (error, http_details) = match outcome {
         Err(_elapsed) => {
             metrics
                 .task_timeouts
@@ -312,53 +354,90 @@ async fn run_task(task: ProbeTask, worker: Worker) -> (usize, Response) {
                     r#type: check_type.as_str(),
                 })
                 .inc();
-            metrics.count_probe_error(check_type, ErrorKind::Timeout);
             let during =
                 in_phase.map_or(String::new(), |phase| format!(" during {}", phase.as_str()));
-            let mut response = Response::failed(
-                target.to_string(),
-                ProbeError::new(
-                    ErrorKind::Timeout,
-                    format!(
-                        "no complete answer within {}{during}",
-                        humantime::format_duration(check.timeout)
-                    ),
+            let error = ProbeError::new(
+                ErrorKind::Timeout,
+                format!(
+                    "no complete answer within {}{during}",
+                    humantime::format_duration(check.timeout)
                 ),
-                timings,
             );
-            response.tls = record.tls;
-            response
+            (Some(error), None)
         }
-        Ok(Err(error)) => {
-            metrics.count_probe_error(check_type, error.kind);
-            let mut response = Response::failed(target.to_string(), error, timings);
-            response.tls = record.tls;
-            response
+        Ok(Err(error)) => (Some(error), None),
+        Ok(Ok(details)) => (None, details.map(|outcome| outcome.details)),
+    };
+    if let Some(error) = &error {
+        metrics.count_probe_error(check_type, error.kind);
+    }
+    let mut response = Response {
+        target: label,
+        passing: false,
+        error,
+        http: http_details,
+        tls: record.tls,
+        tcp: record.tcp,
+        dns: record.dns,
+        icmp: record.icmp,
+        grpc: record.grpc,
+        timings,
+        assertions: Vec::new(),
+    };
+    judge(&check, &mut response);
+    (index, response)
+}
+
+/// Evaluates the assertions on what the probe saw and decides whether the instance passes.
+/// Assertions run whenever the type's own section is there, even beside an error (a TLS chain
+/// that did not verify still has an expiry to report); an error always fails the instance.
+fn judge(check: &CompiledCheck, response: &mut Response) {
+    let latency = Duration::from_secs_f64(response.timings.total);
+    let mut observation = Observation {
+        latency,
+        ..Observation::default()
+    };
+    let default_pass = match check.check_type() {
+        CheckType::Http => {
+            let Some(http) = &response.http else { return };
+            observation.status = Some(http.status);
+            observation.headers = Some(&http.headers);
+            observation.body = &http.body;
+            (200..300).contains(&http.status)
         }
-        Ok(Ok(outcome)) => {
-            let details = outcome.details;
-            let observation = Observation {
-                status: Some(details.status),
-                headers: Some(&details.headers),
-                body: &details.body,
-                latency: Duration::from_secs_f64(timings.total),
-            };
-            let results = assertions::evaluate_all(&check.assertions, &observation);
-            let passing = if results.is_empty() {
-                (200..300).contains(&details.status)
-            } else {
-                results.iter().all(|result| result.passing)
-            };
-            Response {
-                target: target.to_string(),
-                passing,
-                error: None,
-                http: Some(details),
-                tls: record.tls,
-                timings,
-                assertions: results,
-            }
+        CheckType::Tcp => {
+            let Some(tcp) = &response.tcp else { return };
+            observation.body = &tcp.body;
+            observation.values = tcp::observed(tcp);
+            tcp.connected
+        }
+        CheckType::Dns => {
+            let Some(dns) = &response.dns else { return };
+            observation.values = dns::observed(dns);
+            dns.rcode == "NOERROR"
+        }
+        CheckType::Tls => {
+            let Some(details) = &response.tls else { return };
+            observation.values = tls::observed(details, SystemTime::now());
+            details.chain.as_ref().is_some_and(|chain| chain.valid)
+        }
+        CheckType::Icmp => {
+            let Some(icmp) = &response.icmp else { return };
+            observation.values = icmp::observed(icmp);
+            icmp.received > 0
+        }
+        CheckType::Grpc => {
+            let Some(grpc) = &response.grpc else { return };
+            observation.values = vec![(AssertionKey::Status, Observed::Text(grpc.status.clone()))];
+            grpc.status == "SERVING"
         }
     };
-    (index, response)
+    let results = assertions::evaluate_all(&check.assertions, &observation);
+    let passing = if results.is_empty() {
+        default_pass
+    } else {
+        results.iter().all(|result| result.passing)
+    };
+    response.passing = response.error.is_none() && passing;
+    response.assertions = results;
 }

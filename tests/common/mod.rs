@@ -201,3 +201,176 @@ pub async fn http_get(address: SocketAddr, path: &str) -> (u16, String) {
         .unwrap_or_default();
     (status, body)
 }
+
+/// The value of one exposition line, found by its exact series name and labels.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// Runs a whole agent (checker, bus, runner, sink, endpoints) on `toml` until every check has
+/// a result, then returns `/api/v1/checks` as JSON and the `/metrics` text, as a scraper sees
+/// them. The config's `[agent]` table is added here.
+pub async fn agent_scrape(toml: &str) -> (serde_json::Value, String) {
+    let config = config(&format!(
+        "[agent]\nid = \"agent-under-test\"\nlisten = \"127.0.0.1:0\"\n{toml}"
+    ));
+    let agent = bastion_agent::agent::Agent::build(config)
+        .await
+        .expect("agent builds");
+    let api = agent.local_addr().expect("agent listens");
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let running = tokio::spawn(agent.run(shutdown.clone()));
+    let started = tokio::time::Instant::now();
+    let checks = loop {
+        let (status, body) = http_get(api, "/api/v1/checks").await;
+        assert_eq!(status, 200);
+        let checks: serde_json::Value = serde_json::from_str(&body).expect("checks JSON");
+        let all_ran = checks
+            .as_array()
+            .expect("an array")
+            .iter()
+            .all(|check| !check["latest"].is_null());
+        if all_ran {
+            break checks;
+        }
+        assert!(started.elapsed() < PATIENCE, "no results in time: {checks}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let (status, text) = http_get(api, "/metrics").await;
+    assert_eq!(status, 200);
+    shutdown.cancel();
+    let _ = tokio::time::timeout(PATIENCE, running).await;
+    (checks, text)
+}
+
+/// A certificate and its key, for test TLS servers.
+pub struct TestIdentity {
+    pub chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+    pub key: rustls::pki_types::PrivateKeyDer<'static>,
+}
+
+impl TestIdentity {
+    pub fn server_config(&self, alpn: &[&[u8]]) -> Arc<rustls::ServerConfig> {
+        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_no_client_auth()
+        .with_single_cert(self.chain.clone(), self.key.clone_key())
+        .expect("server certificate");
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Arc::new(config)
+    }
+}
+
+/// A test certificate authority: its PEM file (to use as `ca_file`) and its issuer.
+pub struct TestCa {
+    pub ca_file: std::path::PathBuf,
+    issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+}
+
+impl TestCa {
+    pub fn new(common_name: &str) -> TestCa {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, common_name);
+        let key = rcgen::KeyPair::generate().expect("key");
+        let issuer = rcgen::CertifiedIssuer::self_signed(params, key).expect("CA");
+        let ca_file = temp_path("ca", "pem");
+        std::fs::write(&ca_file, issuer.pem()).expect("write CA");
+        TestCa { ca_file, issuer }
+    }
+
+    /// A leaf for `names`, valid from a day before `not_after` (or from a year ago, for
+    /// long-lived ones) to `not_after`.
+    pub fn leaf(&self, names: &[&str], not_after: time::OffsetDateTime) -> TestIdentity {
+        let mut params = rcgen::CertificateParams::new(
+            names
+                .iter()
+                .map(|name| name.to_string())
+                .collect::<Vec<_>>(),
+        )
+        .expect("params");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, names[0]);
+        params.not_before = time::OffsetDateTime::now_utc() - time::Duration::days(365);
+        params.not_after = not_after;
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = params.signed_by(&key, &self.issuer).expect("leaf");
+        TestIdentity {
+            chain: vec![cert.der().clone()],
+            key: rustls::pki_types::PrivateKeyDer::Pkcs8(
+                rustls::pki_types::PrivatePkcs8KeyDer::from(key.serialize_der()),
+            ),
+        }
+    }
+}
+
+/// A fresh path in the temporary directory.
+pub fn temp_path(stem: &str, extension: &str) -> std::path::PathBuf {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    std::env::temp_dir().join(format!(
+        "bastion-test-{stem}-{}-{}.{extension}",
+        std::process::id(),
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+    ))
+}
+
+/// The message of a config that must not load.
+pub fn config_error(toml: &str) -> String {
+    match Config::parse(toml, Format::Toml, Path::new("test.toml")) {
+        Ok(_) => panic!("config should be refused:\n{toml}"),
+        Err(error) => error.to_string(),
+    }
+}
+
+/// Asserts that each `base` + case text is refused with a message containing the case's
+/// expected text.
+pub fn assert_config_errors(base: &str, cases: &[(&str, &str)]) {
+    for (rest, expected) in cases {
+        let error = config_error(&format!("{base}{rest}"));
+        assert!(error.contains(expected), "{error}\n !~ {expected}");
+    }
+}
+
+/// One `[[checks.assertions]]` table.
+pub fn assertion_toml(key: &str, relationship: &str, operand: &str) -> String {
+    format!(
+        "[[checks.assertions]]\nkey = \"{key}\"\nrelationship = \"{relationship}\"\noperand = '{operand}'\n"
+    )
+}
+
+/// One row of an assertion table: key, relationship, operand, whether it passes, and the
+/// `actual` it must report ("" when that varies from run to run, e.g. a latency).
+pub type AssertionRow<'a> = (&'a str, &'a str, &'a str, bool, &'a str);
+
+/// Runs, for each row, the single-check config that `config_for` makes around the row's
+/// assertion, and checks the verdict, the `actual` and the message.
+pub async fn assert_assertion_table(
+    rows: &[AssertionRow<'_>],
+    config_for: impl Fn(&str) -> String,
+) {
+    for &(key, relationship, operand, passing, actual) in rows {
+        let config = config(&config_for(&assertion_toml(key, relationship, operand)));
+        let result = run_single(&config).await;
+        let label = format!("{key} {relationship} {operand}");
+        let response = &result.responses[0];
+        assert!(response.error.is_none(), "{label}: {response:?}");
+        let assertion = &response.assertions[0];
+        assert_eq!(assertion.passing, passing, "{label}: {assertion:?}");
+        assert_eq!(
+            assertion.message.is_none(),
+            passing,
+            "{label}: {assertion:?}"
+        );
+        assert_eq!(result.passing, passing, "{label}");
+        if !actual.is_empty() {
+            assert_eq!(assertion.actual, actual, "{label}");
+        }
+    }
+}

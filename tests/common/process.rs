@@ -108,10 +108,16 @@ impl Bastion {
         })
     }
 
-    /// Waits until `/metrics` answers.
-    pub fn wait_ready(&self) {
+    /// Waits until `/metrics` answers; fails at once if the process exits instead.
+    pub fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         while self.metrics().is_none() {
+            assert!(
+                self.alive(),
+                "{} exited before serving /metrics; its log:\n{}",
+                self.name,
+                self.log()
+            );
             assert!(
                 Instant::now() < deadline,
                 "{} never served /metrics; its log:\n{}",

@@ -1,0 +1,366 @@
+//! The DNS probe: one query of one record type to one server over UDP or TCP, with hickory's
+//! wire format and no resolver in between (so no cache, no retries, no search domains): the
+//! time is the server's. Phases: connect (socket set up, or the TCP connection) and request
+//! (query written to answer read). An answer that is not a DNS response to the query is an
+//! error; NXDOMAIN or SERVFAIL is an answer, reported as its rcode.
+
+use super::{split_host_port, ErrorKind, InstanceAddr, Phase, ProbeError, ProbeRecord};
+use crate::assertions::Observed;
+use crate::config::{AssertionKey, DnsRecordType, DnsSpec, DnsTransport};
+use crate::messages::DnsDetails;
+use hickory_proto::op::{Message, MessageType, OpCode, Query};
+use hickory_proto::rr::{Name, RecordType};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicU16, Ordering};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
+
+/// The port of `server` when it names none.
+const DNS_PORT: u16 = 53;
+/// Where the system's name servers are listed.
+const RESOLV_CONF: &str = "/etc/resolv.conf";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DnsDefinitionError {
+    #[error("query `{query}` is not a valid domain name: {reason}")]
+    Query { query: String, reason: String },
+    #[error("server `{server}` is not valid: {reason}")]
+    Server { server: String, reason: String },
+}
+
+/// A compiled DNS check.
+#[derive(Debug)]
+pub struct DnsPlan {
+    name: Name,
+    record_type: RecordType,
+    /// The server's host (name or IP) and port; None: the system's name servers.
+    server: Option<(String, u16)>,
+    transport: DnsTransport,
+    recursion_desired: bool,
+}
+
+impl DnsPlan {
+    pub fn compile(spec: &DnsSpec) -> Result<DnsPlan, DnsDefinitionError> {
+        let query = spec.query.trim();
+        let query_error = |reason: String| DnsDefinitionError::Query {
+            query: spec.query.clone(),
+            reason,
+        };
+        if query.is_empty() {
+            return Err(query_error("it is empty".to_string()));
+        }
+        let mut name = Name::from_utf8(query).map_err(|error| query_error(error.to_string()))?;
+        // The query is always absolute: no search domains apply.
+        name.set_fqdn(true);
+        let server = match &spec.server {
+            None => None,
+            Some(text) => {
+                Some(
+                    parse_server(text).map_err(|reason| DnsDefinitionError::Server {
+                        server: text.clone(),
+                        reason,
+                    })?,
+                )
+            }
+        };
+        Ok(DnsPlan {
+            name,
+            record_type: record_type(spec.record_type),
+            server,
+            transport: spec.transport,
+            recursion_desired: spec.recursion_desired,
+        })
+    }
+
+    /// The server's host, resolved to find the instances; "" with the system's name servers.
+    pub fn server_host(&self) -> &str {
+        self.server.as_ref().map_or("", |(host, _)| host.as_str())
+    }
+
+    pub fn server_port(&self) -> u16 {
+        self.server.as_ref().map_or(DNS_PORT, |(_, port)| *port)
+    }
+
+    pub fn uses_system_servers(&self) -> bool {
+        self.server.is_none()
+    }
+}
+
+/// `ip`, `ip:port`, `host` or `host:port`; port 53 unless given.
+fn parse_server(text: &str) -> Result<(String, u16), String> {
+    if let Some(address) = InstanceAddr::parse(text) {
+        let socket = address.with_default_port(DNS_PORT);
+        return Ok((socket.ip().to_string(), socket.port()));
+    }
+    let text = text.trim();
+    if text.contains(':') {
+        return split_host_port(text);
+    }
+    if text.is_empty() || text.chars().any(|c| c.is_whitespace() || c == '/') {
+        return Err("write an IP, a host name, or either with :port".to_string());
+    }
+    Ok((text.to_string(), DNS_PORT))
+}
+
+fn record_type(record_type: DnsRecordType) -> RecordType {
+    match record_type {
+        DnsRecordType::A => RecordType::A,
+        DnsRecordType::Aaaa => RecordType::AAAA,
+        DnsRecordType::Cname => RecordType::CNAME,
+        DnsRecordType::Mx => RecordType::MX,
+        DnsRecordType::Txt => RecordType::TXT,
+        DnsRecordType::Ns => RecordType::NS,
+        DnsRecordType::Soa => RecordType::SOA,
+        DnsRecordType::Srv => RecordType::SRV,
+        DnsRecordType::Ptr => RecordType::PTR,
+        DnsRecordType::Caa => RecordType::CAA,
+    }
+}
+
+/// The name servers of /etc/resolv.conf, each on port 53, in order.
+pub fn system_name_servers() -> Result<Vec<SocketAddr>, ProbeError> {
+    let text = std::fs::read_to_string(RESOLV_CONF).map_err(|error| {
+        ProbeError::new(
+            ErrorKind::Resolve,
+            format!("cannot read {RESOLV_CONF} to find the system's name servers ({error}); set `server` in the check"),
+        )
+    })?;
+    let servers = name_servers_in(&text);
+    if servers.is_empty() {
+        return Err(ProbeError::new(
+            ErrorKind::Resolve,
+            format!("{RESOLV_CONF} lists no usable nameserver; set `server` in the check"),
+        ));
+    }
+    Ok(servers)
+}
+
+fn name_servers_in(text: &str) -> Vec<SocketAddr> {
+    let mut servers = Vec::new();
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        if words.next() != Some("nameserver") {
+            continue;
+        }
+        // A link-local IPv6 server may carry a zone (`fe80::1%eth0`), which SocketAddr cannot
+        // hold; such servers are skipped.
+        if let Some(Ok(ip)) = words.next().map(str::parse::<IpAddr>) {
+            let address = SocketAddr::new(ip, DNS_PORT);
+            if !servers.contains(&address) {
+                servers.push(address);
+            }
+        }
+    }
+    servers
+}
+
+/// Query ids only need to differ between queries in flight; a counter seeded from the clock
+/// does that without a random number generator.
+fn next_query_id() -> u16 {
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.subsec_nanos());
+    NEXT.fetch_add(1, Ordering::Relaxed) ^ (seed as u16)
+}
+
+/// Asks `target` the plan's question, recording phases and the answer in `record`.
+pub async fn probe(
+    plan: &DnsPlan,
+    target: SocketAddr,
+    record: &mut ProbeRecord,
+) -> Result<(), ProbeError> {
+    let id = next_query_id();
+    let mut query = Message::new(id, MessageType::Query, OpCode::Query);
+    query.metadata.recursion_desired = plan.recursion_desired;
+    query.add_query(Query::query(plan.name.clone(), plan.record_type));
+    let wire = query.to_vec().map_err(|error| {
+        ProbeError::new(
+            ErrorKind::Dns,
+            format!("cannot encode the query for {}: {error}", plan.name),
+        )
+    })?;
+    let answer = match plan.transport {
+        DnsTransport::Udp => exchange_udp(&wire, id, target, record).await?,
+        DnsTransport::Tcp => exchange_tcp(&wire, target, record).await?,
+    };
+    let message = Message::from_vec(&answer).map_err(|error| {
+        ProbeError::new(
+            ErrorKind::Dns,
+            format!("the answer from {target} is not a DNS message: {error}"),
+        )
+    })?;
+    if message.metadata.id != id || message.metadata.message_type != MessageType::Response {
+        return Err(ProbeError::new(
+            ErrorKind::Dns,
+            format!("{target} answered with a message that is not the response to query id {id}"),
+        ));
+    }
+    record.dns = Some(DnsDetails {
+        rcode: rcode_text(u16::from(message.metadata.response_code)),
+        answers: message.answers.iter().map(ToString::to_string).collect(),
+        authorities: message.authorities.len(),
+        additionals: message.additionals.len(),
+        authoritative: message.metadata.authoritative,
+        truncated: message.metadata.truncation,
+    });
+    Ok(())
+}
+
+/// The largest UDP answer read; a bigger one is cut and parsing says so.
+const MAX_UDP_ANSWER: usize = 65_535;
+
+async fn exchange_udp(
+    wire: &[u8],
+    id: u16,
+    target: SocketAddr,
+    record: &mut ProbeRecord,
+) -> Result<Vec<u8>, ProbeError> {
+    record.begin(Phase::Connect);
+    let local: SocketAddr = match target {
+        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+        SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    let socket = UdpSocket::bind(local).await.map_err(|error| {
+        ProbeError::new(
+            ErrorKind::Connect,
+            format!("cannot open a UDP socket: {error}"),
+        )
+    })?;
+    // A connected socket only takes datagrams from the server, and reports its ICMP errors.
+    socket.connect(target).await.map_err(|error| {
+        ProbeError::new(ErrorKind::Connect, format!("connect to {target}: {error}"))
+    })?;
+    record.begin(Phase::Request);
+    socket.send(wire).await.map_err(|error| {
+        ProbeError::new(
+            ErrorKind::Connect,
+            format!("sending the query to {target}: {error}"),
+        )
+    })?;
+    let mut buffer = vec![0u8; MAX_UDP_ANSWER];
+    loop {
+        let length = socket.recv(&mut buffer).await.map_err(|error| {
+            ProbeError::new(
+                ErrorKind::Connect,
+                format!("no answer from {target}: {error}"),
+            )
+        })?;
+        let answer = &buffer[..length];
+        // A stray or late datagram for another id is not this query's answer: keep waiting
+        // (the check's timeout bounds the wait).
+        if answer.len() >= 2 && u16::from_be_bytes([answer[0], answer[1]]) != id {
+            continue;
+        }
+        record.end();
+        return Ok(answer.to_vec());
+    }
+}
+
+async fn exchange_tcp(
+    wire: &[u8],
+    target: SocketAddr,
+    record: &mut ProbeRecord,
+) -> Result<Vec<u8>, ProbeError> {
+    let length = u16::try_from(wire.len())
+        .map_err(|_| ProbeError::new(ErrorKind::Dns, "the query is longer than 65535 bytes"))?;
+    record.begin(Phase::Connect);
+    let mut stream = TcpStream::connect(target).await.map_err(|error| {
+        ProbeError::new(ErrorKind::Connect, format!("connect to {target}: {error}"))
+    })?;
+    let _ = stream.set_nodelay(true);
+    record.begin(Phase::Request);
+    let mut framed = Vec::with_capacity(wire.len() + 2);
+    framed.extend_from_slice(&length.to_be_bytes());
+    framed.extend_from_slice(wire);
+    let io_error = |error: std::io::Error| {
+        let message = if error.kind() == std::io::ErrorKind::UnexpectedEof {
+            format!("{target} closed the connection before a complete answer")
+        } else {
+            format!("exchanging with {target}: {error}")
+        };
+        ProbeError::new(ErrorKind::Dns, message)
+    };
+    stream.write_all(&framed).await.map_err(io_error)?;
+    let mut prefix = [0u8; 2];
+    stream.read_exact(&mut prefix).await.map_err(io_error)?;
+    let mut answer = vec![0u8; usize::from(u16::from_be_bytes(prefix))];
+    stream.read_exact(&mut answer).await.map_err(io_error)?;
+    record.end();
+    Ok(answer)
+}
+
+/// The mnemonic of a response code (RFC 1035, 2136, 6895).
+fn rcode_text(code: u16) -> String {
+    match code {
+        0 => "NOERROR",
+        1 => "FORMERR",
+        2 => "SERVFAIL",
+        3 => "NXDOMAIN",
+        4 => "NOTIMP",
+        5 => "REFUSED",
+        6 => "YXDOMAIN",
+        7 => "YXRRSET",
+        8 => "NXRRSET",
+        9 => "NOTAUTH",
+        10 => "NOTZONE",
+        16 => "BADVERS",
+        other => return format!("RCODE{other}"),
+    }
+    .to_string()
+}
+
+/// The values of the dns assertion keys.
+pub fn observed(details: &DnsDetails) -> Vec<(AssertionKey, Observed)> {
+    vec![
+        (AssertionKey::Rcode, Observed::Text(details.rcode.clone())),
+        (
+            AssertionKey::Answer,
+            Observed::Text(details.answers.join("\n")),
+        ),
+        (
+            AssertionKey::AnswerCount,
+            Observed::Text(details.answers.len().to_string()),
+        ),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolv_conf_name_servers_are_read_in_order() {
+        let text = "# comment\nsearch example.org\nnameserver 10.0.0.2\nnameserver ::1\nnameserver fe80::1%eth0\nnameserver 10.0.0.2\noptions ndots:2\n";
+        assert_eq!(
+            name_servers_in(text),
+            vec![
+                "10.0.0.2:53".parse::<SocketAddr>().unwrap(),
+                "[::1]:53".parse().unwrap()
+            ]
+        );
+    }
+
+    #[test]
+    fn servers_take_port_53_unless_given() {
+        assert_eq!(parse_server("10.0.0.53"), Ok(("10.0.0.53".into(), 53)));
+        assert_eq!(parse_server("[::1]:5353"), Ok(("::1".into(), 5353)));
+        assert_eq!(
+            parse_server("dns.internal"),
+            Ok(("dns.internal".into(), 53))
+        );
+        assert_eq!(
+            parse_server("dns.internal:5300"),
+            Ok(("dns.internal".into(), 5300))
+        );
+        assert!(parse_server("dns internal").is_err());
+    }
+
+    #[test]
+    fn rcodes_have_their_mnemonics() {
+        assert_eq!(rcode_text(0), "NOERROR");
+        assert_eq!(rcode_text(3), "NXDOMAIN");
+        assert_eq!(rcode_text(2), "SERVFAIL");
+        assert_eq!(rcode_text(23), "RCODE23");
+    }
+}

@@ -1,0 +1,440 @@
+//! The gRPC health probe: one `grpc.health.v1.Health/Check` call on a fresh HTTP/2 connection
+//! (h2c, or h2 over TLS), on hyper's client. The two messages involved are tiny, so they are
+//! encoded and decoded here by hand (HealthCheckRequest: field 1, the service name;
+//! HealthCheckResponse: field 1, the serving status) rather than through a protobuf stack.
+//! The call's outcome is read from grpc-status in the trailers (or a trailers-only answer).
+
+use super::http::{drive, error_chain, http_error};
+use super::tcp::{TcpDefinitionError, TlsTarget};
+use super::tls_client::handshake;
+use super::{
+    connect_tcp, split_host_port, ErrorKind, Phase, ProbeContext, ProbeError, ProbeRecord,
+};
+use crate::config::GrpcSpec;
+use crate::messages::GrpcDetails;
+use bytes::{Bytes, BytesMut};
+use http::header::{HeaderValue, CONTENT_TYPE, TE, USER_AGENT};
+use http::{HeaderMap, Method, Request, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::net::SocketAddr;
+
+const HEALTH_CHECK_PATH: &str = "/grpc.health.v1.Health/Check";
+/// A health answer is a few bytes; anything longer than this is not one.
+const MAX_ANSWER_BYTES: usize = 64 * 1024;
+const USER_AGENT_TEXT: &str = concat!("bastion/", env!("CARGO_PKG_VERSION"));
+/// grpc-status NOT_FOUND: what Health/Check answers for a service it does not know.
+const GRPC_NOT_FOUND: u32 = 5;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GrpcDefinitionError {
+    #[error("address `{address}` is not valid: {reason}")]
+    Address { address: String, reason: String },
+    #[error("{0}")]
+    Tls(#[from] TcpDefinitionError),
+    #[error("address `{0}` does not make a valid :authority")]
+    Authority(String),
+}
+
+/// A compiled gRPC health check.
+#[derive(Debug)]
+pub struct GrpcPlan {
+    host: String,
+    port: u16,
+    service: String,
+    tls: Option<TlsTarget>,
+    uri: Uri,
+}
+
+impl GrpcPlan {
+    pub fn compile(spec: &GrpcSpec) -> Result<GrpcPlan, GrpcDefinitionError> {
+        let (host, port) =
+            split_host_port(&spec.address).map_err(|reason| GrpcDefinitionError::Address {
+                address: spec.address.clone(),
+                reason,
+            })?;
+        let tls = TlsTarget::compile(
+            spec.tls,
+            &host,
+            spec.server_name.as_deref(),
+            spec.ca_file.as_deref(),
+            spec.insecure_skip_verify,
+        )?;
+        let authority_host = spec.server_name.as_deref().unwrap_or(&host);
+        let authority = if authority_host.contains(':') {
+            format!("[{authority_host}]:{port}")
+        } else {
+            format!("{authority_host}:{port}")
+        };
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let uri: Uri = format!("{scheme}://{authority}{HEALTH_CHECK_PATH}")
+            .parse()
+            .map_err(|_| GrpcDefinitionError::Authority(spec.address.clone()))?;
+        Ok(GrpcPlan {
+            host,
+            port,
+            service: spec.service.clone(),
+            tls,
+            uri,
+        })
+    }
+
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+}
+
+/// Calls Health/Check on `target`, recording phases and the answer in `record`.
+pub async fn probe(
+    ctx: &ProbeContext,
+    plan: &GrpcPlan,
+    target: SocketAddr,
+    record: &mut ProbeRecord,
+) -> Result<(), ProbeError> {
+    let tls = match &plan.tls {
+        Some(tls) => Some(tls.client_config(ctx, &[b"h2"])?),
+        None => None,
+    };
+    let request = build_request(plan)?;
+    let tcp = connect_tcp(target, record).await?;
+    let answer = match tls {
+        Some((config, server_name)) => {
+            let stream = handshake(config, server_name, tcp, target, record).await?;
+            call(TokioIo::new(stream), request, record)
+                .await
+                .map_err(|error| with_hint(error, target))?
+        }
+        None => call(TokioIo::new(tcp), request, record)
+            .await
+            .map_err(|error| with_hint(error, target))?,
+    };
+    let details = interpret(answer)?;
+    record.grpc = Some(details);
+    Ok(())
+}
+
+/// An HTTP/2 failure on a gRPC call usually means the peer is no gRPC server; say so.
+fn with_hint(error: ProbeError, target: SocketAddr) -> ProbeError {
+    if error.kind == ErrorKind::Http {
+        ProbeError::new(
+            error.kind,
+            format!(
+                "HTTP/2 call failed: {}; is {target} a gRPC server? (without tls = true, gRPC is spoken as h2c)",
+                error.message
+            ),
+        )
+    } else {
+        error
+    }
+}
+
+fn build_request(plan: &GrpcPlan) -> Result<Request<Full<Bytes>>, ProbeError> {
+    let mut request = Request::builder()
+        .method(Method::POST)
+        .uri(plan.uri.clone())
+        .body(Full::new(encode_request(&plan.service)))
+        .map_err(|error| {
+            ProbeError::new(ErrorKind::Grpc, format!("building the request: {error}"))
+        })?;
+    let headers = request.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    headers.insert(TE, HeaderValue::from_static("trailers"));
+    headers.insert(USER_AGENT, HeaderValue::from_static(USER_AGENT_TEXT));
+    Ok(request)
+}
+
+/// What came back from one call: the HTTP status, headers, message bytes and trailers.
+struct Answer {
+    status: http::StatusCode,
+    headers: HeaderMap,
+    body: Vec<u8>,
+    trailers: Option<HeaderMap>,
+}
+
+async fn call<IO>(
+    io: IO,
+    request: Request<Full<Bytes>>,
+    record: &mut ProbeRecord,
+) -> Result<Answer, ProbeError>
+where
+    IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+        .await
+        .map_err(http_error)?;
+    drive(connection, async move {
+        record.begin(Phase::Processing);
+        let response = sender.send_request(request).await.map_err(http_error)?;
+        let (head, mut body) = response.into_parts();
+        let mut bytes = Vec::new();
+        let mut trailers = None;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|error| {
+                ProbeError::new(
+                    ErrorKind::Grpc,
+                    format!("reading the answer: {}", error_chain(&error)),
+                )
+            })?;
+            match frame.into_data() {
+                Ok(data) => {
+                    if bytes.len() + data.len() > MAX_ANSWER_BYTES {
+                        return Err(ProbeError::new(
+                            ErrorKind::Grpc,
+                            format!("the answer is longer than {MAX_ANSWER_BYTES} bytes; it is not a health answer"),
+                        ));
+                    }
+                    bytes.extend_from_slice(&data);
+                }
+                Err(frame) => {
+                    if let Ok(map) = frame.into_trailers() {
+                        trailers = Some(map);
+                    }
+                }
+            }
+        }
+        record.end();
+        Ok(Answer {
+            status: head.status,
+            headers: head.headers,
+            body: bytes,
+            trailers,
+        })
+    })
+    .await
+}
+
+/// Turns an answer into the serving status, or the reason it carries none.
+fn interpret(answer: Answer) -> Result<GrpcDetails, ProbeError> {
+    if answer.status != http::StatusCode::OK {
+        return Err(ProbeError::new(
+            ErrorKind::Grpc,
+            format!(
+                "HTTP status {} instead of 200; is this a gRPC server?",
+                answer.status.as_u16()
+            ),
+        ));
+    }
+    // grpc-status is in the trailers, or in the headers of a trailers-only answer.
+    let status_source = answer
+        .trailers
+        .as_ref()
+        .filter(|trailers| trailers.contains_key("grpc-status"))
+        .unwrap_or(&answer.headers);
+    let grpc_status = status_source
+        .get("grpc-status")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|text| text.trim().parse::<u32>().ok())
+        .ok_or_else(|| {
+            ProbeError::new(
+                ErrorKind::Grpc,
+                "the answer carries no valid grpc-status; is this a gRPC server?",
+            )
+        })?;
+    let grpc_message = status_source
+        .get("grpc-message")
+        .map(|value| percent_decode(value.as_bytes()));
+    match grpc_status {
+        0 => {
+            let status = decode_response(&answer.body)?;
+            Ok(GrpcDetails {
+                status: serving_status_name(status).to_string(),
+                grpc_status,
+                grpc_message,
+            })
+        }
+        GRPC_NOT_FOUND => Ok(GrpcDetails {
+            status: "SERVICE_UNKNOWN".to_string(),
+            grpc_status,
+            grpc_message,
+        }),
+        other => Err(ProbeError::new(
+            ErrorKind::Grpc,
+            format!(
+                "the call failed with grpc-status {other} ({}){}",
+                grpc_status_name(other),
+                grpc_message
+                    .map(|message| format!(": {message}"))
+                    .unwrap_or_default()
+            ),
+        )),
+    }
+}
+
+/// A length-prefixed gRPC message holding HealthCheckRequest { service = 1 }.
+fn encode_request(service: &str) -> Bytes {
+    let mut message = Vec::with_capacity(service.len() + 6);
+    if !service.is_empty() {
+        message.push(0x0a); // field 1, length-delimited
+        put_varint(&mut message, service.len() as u64);
+        message.extend_from_slice(service.as_bytes());
+    }
+    let mut framed = BytesMut::with_capacity(message.len() + 5);
+    framed.extend_from_slice(&[0]); // not compressed
+    framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    framed.extend_from_slice(&message);
+    framed.freeze()
+}
+
+fn put_varint(out: &mut Vec<u8>, mut value: u64) {
+    while value >= 0x80 {
+        out.push((value as u8 & 0x7f) | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}
+
+fn get_varint(bytes: &[u8], at: &mut usize) -> Option<u64> {
+    let mut value: u64 = 0;
+    for shift in (0..64).step_by(7) {
+        let byte = *bytes.get(*at)?;
+        *at += 1;
+        value |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Some(value);
+        }
+    }
+    None
+}
+
+/// Reads HealthCheckResponse { status = 1 } from one length-prefixed message. Unknown fields
+/// are skipped; a missing status is 0 (UNKNOWN), as proto3 says.
+fn decode_response(body: &[u8]) -> Result<u64, ProbeError> {
+    let bad = |reason: &str| {
+        ProbeError::new(
+            ErrorKind::Grpc,
+            format!("the answer is not a HealthCheckResponse: {reason}"),
+        )
+    };
+    let [flag, a, b, c, d, rest @ ..] = body else {
+        return Err(bad("it is shorter than a message header"));
+    };
+    if *flag != 0 {
+        return Err(bad("it is compressed, though no compression was offered"));
+    }
+    let length = u32::from_be_bytes([*a, *b, *c, *d]) as usize;
+    let message = rest
+        .get(..length)
+        .ok_or_else(|| bad("it is shorter than its length prefix"))?;
+    let mut status = 0;
+    let mut at = 0;
+    while at < message.len() {
+        let key = get_varint(message, &mut at).ok_or_else(|| bad("a field key is cut short"))?;
+        let (field, wire_type) = (key >> 3, key & 7);
+        match wire_type {
+            0 => {
+                let value =
+                    get_varint(message, &mut at).ok_or_else(|| bad("a varint is cut short"))?;
+                if field == 1 {
+                    status = value;
+                }
+            }
+            1 => at += 8,
+            2 => {
+                let length =
+                    get_varint(message, &mut at).ok_or_else(|| bad("a length is cut short"))?;
+                at = at.saturating_add(usize::try_from(length).unwrap_or(usize::MAX));
+            }
+            5 => at += 4,
+            other => return Err(bad(&format!("wire type {other} is not valid here"))),
+        }
+        if at > message.len() {
+            return Err(bad("a field runs past the end"));
+        }
+    }
+    Ok(status)
+}
+
+fn serving_status_name(status: u64) -> &'static str {
+    match status {
+        1 => "SERVING",
+        2 => "NOT_SERVING",
+        3 => "SERVICE_UNKNOWN",
+        _ => "UNKNOWN",
+    }
+}
+
+fn grpc_status_name(code: u32) -> &'static str {
+    match code {
+        0 => "OK",
+        1 => "CANCELLED",
+        2 => "UNKNOWN",
+        3 => "INVALID_ARGUMENT",
+        4 => "DEADLINE_EXCEEDED",
+        5 => "NOT_FOUND",
+        6 => "ALREADY_EXISTS",
+        7 => "PERMISSION_DENIED",
+        8 => "RESOURCE_EXHAUSTED",
+        9 => "FAILED_PRECONDITION",
+        10 => "ABORTED",
+        11 => "OUT_OF_RANGE",
+        12 => "UNIMPLEMENTED",
+        13 => "INTERNAL",
+        14 => "UNAVAILABLE",
+        15 => "DATA_LOSS",
+        16 => "UNAUTHENTICATED",
+        _ => "not a known code",
+    }
+}
+
+/// grpc-message is percent-encoded UTF-8; undecodable bytes are kept as they are.
+fn percent_decode(raw: &[u8]) -> String {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut index = 0;
+    while index < raw.len() {
+        if raw[index] == b'%' && index + 2 < raw.len() {
+            let hex = std::str::from_utf8(&raw[index + 1..index + 3]).ok();
+            if let Some(byte) = hex.and_then(|hex| u8::from_str_radix(hex, 16).ok()) {
+                out.push(byte);
+                index += 3;
+                continue;
+            }
+        }
+        out.push(raw[index]);
+        index += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_framed_protobuf() {
+        assert_eq!(&encode_request("")[..], &[0, 0, 0, 0, 0]);
+        assert_eq!(
+            &encode_request("db")[..],
+            &[0, 0, 0, 0, 4, 0x0a, 2, b'd', b'b']
+        );
+    }
+
+    #[test]
+    fn responses_decode_and_bad_ones_are_errors() {
+        assert_eq!(decode_response(&[0, 0, 0, 0, 2, 0x08, 1]).unwrap(), 1);
+        assert_eq!(decode_response(&[0, 0, 0, 0, 0]).unwrap(), 0);
+        // An unknown length-delimited field before the status is skipped.
+        assert_eq!(
+            decode_response(&[0, 0, 0, 0, 6, 0x12, 2, b'x', b'y', 0x08, 2]).unwrap(),
+            2
+        );
+        for bad in [
+            &[0u8, 0, 0][..],
+            &[1, 0, 0, 0, 2, 0x08, 1],
+            &[0, 0, 0, 0, 9, 0x08, 1],
+            &[0, 0, 0, 0, 2, 0x08, 0x80],
+            &[0, 0, 0, 0, 3, 0x12, 9, 1],
+        ] {
+            assert!(decode_response(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn grpc_messages_are_percent_decoded() {
+        assert_eq!(percent_decode(b"not%20found%"), "not found%");
+        assert_eq!(percent_decode(b"%zz"), "%zz");
+    }
+}

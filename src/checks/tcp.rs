@@ -1,0 +1,291 @@
+//! The TCP probe: connect, optionally TLS, then the check's send/expect steps, each phase timed
+//! on its own. An `expect` is a regex over the bytes read since the previous match; reading
+//! stops at the first match, when the peer closes, or at `runner.max_body_bytes`, and never
+//! goes past that cap. One fresh connection per probe, one attempt.
+
+use super::http::{server_name, tls_setup_error};
+use super::tls_client::handshake;
+use super::{
+    connect_tcp, split_host_port, ErrorKind, Phase, ProbeContext, ProbeError, ProbeRecord,
+};
+use crate::assertions::Observed;
+use crate::config::{AssertionKey, TcpSpec, TlsSettings};
+use crate::messages::TcpDetails;
+use rustls::pki_types::ServerName;
+use rustls::ClientConfig;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Compiled regexes may not grow beyond this, as for assertions.
+const REGEX_SIZE_LIMIT: usize = 1 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TcpDefinitionError {
+    #[error("address `{address}` is not valid: {reason}")]
+    Address { address: String, reason: String },
+    #[error("step #{0} must have exactly one of `send` and `expect`")]
+    Step(usize),
+    #[error("step #{index}: expect `{pattern}` is not a valid regex: {reason}")]
+    Regex {
+        index: usize,
+        pattern: String,
+        reason: String,
+    },
+    #[error("{0} only applies with tls = true; set tls = true or remove it")]
+    TlsSettingWithoutTls(&'static str),
+    #[error("ca_file and insecure_skip_verify contradict each other: a CA is only used to verify; keep one")]
+    CaFileWithoutVerification,
+    #[error("ca_file {0} cannot be read: {1}")]
+    CaFile(String, String),
+    #[error("server_name `{0}` is not a valid TLS server name")]
+    ServerName(String),
+}
+
+#[derive(Debug)]
+enum Step {
+    Send(Vec<u8>),
+    Expect(regex::bytes::Regex),
+}
+
+/// TLS on a TCP-based check: the verification settings and the name to present.
+#[derive(Debug, Clone)]
+pub struct TlsTarget {
+    pub settings: TlsSettings,
+    pub server_name: ServerName<'static>,
+}
+
+impl TlsTarget {
+    /// Validates the TLS keys shared by `tcp` and `grpc` checks.
+    pub fn compile(
+        tls: bool,
+        host: &str,
+        server_name_key: Option<&str>,
+        ca_file: Option<&std::path::Path>,
+        insecure_skip_verify: bool,
+    ) -> Result<Option<TlsTarget>, TcpDefinitionError> {
+        if !tls {
+            for (set, key) in [
+                (server_name_key.is_some(), "server_name"),
+                (ca_file.is_some(), "ca_file"),
+                (insecure_skip_verify, "insecure_skip_verify"),
+            ] {
+                if set {
+                    return Err(TcpDefinitionError::TlsSettingWithoutTls(key));
+                }
+            }
+            return Ok(None);
+        }
+        if ca_file.is_some() && insecure_skip_verify {
+            return Err(TcpDefinitionError::CaFileWithoutVerification);
+        }
+        if let Some(path) = ca_file {
+            std::fs::metadata(path).map_err(|error| {
+                TcpDefinitionError::CaFile(path.display().to_string(), error.to_string())
+            })?;
+        }
+        let name = server_name_key.unwrap_or(host);
+        let server_name =
+            server_name(name).map_err(|_| TcpDefinitionError::ServerName(name.to_string()))?;
+        Ok(Some(TlsTarget {
+            settings: TlsSettings {
+                insecure_skip_verify,
+                ca_file: ca_file.map(std::path::Path::to_path_buf),
+            },
+            server_name,
+        }))
+    }
+
+    /// The client configuration (offering `alpn`) and the name to present. Called before
+    /// connecting, so a bad CA file fails without touching the target.
+    pub fn client_config(
+        &self,
+        ctx: &ProbeContext,
+        alpn: &[&[u8]],
+    ) -> Result<(Arc<ClientConfig>, ServerName<'static>), ProbeError> {
+        let config = ctx
+            .tls
+            .get_with_alpn(&self.settings, alpn)
+            .map_err(tls_setup_error)?;
+        Ok((config, self.server_name.clone()))
+    }
+}
+
+/// A compiled TCP check.
+#[derive(Debug)]
+pub struct TcpPlan {
+    host: String,
+    port: u16,
+    tls: Option<TlsTarget>,
+    steps: Vec<Step>,
+}
+
+impl TcpPlan {
+    pub fn compile(spec: &TcpSpec) -> Result<TcpPlan, TcpDefinitionError> {
+        let (host, port) =
+            split_host_port(&spec.address).map_err(|reason| TcpDefinitionError::Address {
+                address: spec.address.clone(),
+                reason,
+            })?;
+        let tls = TlsTarget::compile(
+            spec.tls,
+            &host,
+            spec.server_name.as_deref(),
+            spec.ca_file.as_deref(),
+            spec.insecure_skip_verify,
+        )?;
+        let steps = spec
+            .steps
+            .iter()
+            .enumerate()
+            .map(|(index, step)| match (&step.send, &step.expect) {
+                (Some(send), None) => Ok(Step::Send(send.as_bytes().to_vec())),
+                (None, Some(pattern)) => regex::bytes::RegexBuilder::new(pattern)
+                    .size_limit(REGEX_SIZE_LIMIT)
+                    .dfa_size_limit(REGEX_SIZE_LIMIT)
+                    .build()
+                    .map(Step::Expect)
+                    .map_err(|error| TcpDefinitionError::Regex {
+                        index: index + 1,
+                        pattern: pattern.clone(),
+                        reason: error.to_string(),
+                    }),
+                _ => Err(TcpDefinitionError::Step(index + 1)),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(TcpPlan {
+            host,
+            port,
+            tls,
+            steps,
+        })
+    }
+
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+}
+
+/// Probes `target`, recording phases and what was received in `record` as they happen.
+pub async fn probe(
+    ctx: &ProbeContext,
+    plan: &TcpPlan,
+    target: SocketAddr,
+    record: &mut ProbeRecord,
+) -> Result<(), ProbeError> {
+    // Raw TCP services speak no ALPN protocol, so none is offered.
+    let tls = match &plan.tls {
+        Some(tls) => Some(tls.client_config(ctx, &[])?),
+        None => None,
+    };
+    record.tcp = Some(TcpDetails {
+        connected: false,
+        body: String::new(),
+        truncated: false,
+        steps_done: 0,
+    });
+    let tcp = connect_tcp(target, record).await?;
+    let max_bytes = ctx.max_body_bytes;
+    match tls {
+        Some((config, server_name)) => {
+            let stream = handshake(config, server_name, tcp, target, record).await?;
+            exchange(stream, plan, target, record, max_bytes).await
+        }
+        None => exchange(tcp, plan, target, record, max_bytes).await,
+    }
+}
+
+async fn exchange<S>(
+    mut stream: S,
+    plan: &TcpPlan,
+    target: SocketAddr,
+    record: &mut ProbeRecord,
+    max_bytes: usize,
+) -> Result<(), ProbeError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    set_details(record, |details| details.connected = true);
+    record.begin(Phase::Exchange);
+    let mut received: Vec<u8> = Vec::new();
+    // Where the next expect starts looking: just past the previous match.
+    let mut search_from = 0;
+    let mut chunk = vec![0u8; 16 * 1024];
+    for (index, step) in plan.steps.iter().enumerate() {
+        match step {
+            Step::Send(bytes) => {
+                stream.write_all(bytes).await.map_err(|error| {
+                    ProbeError::new(
+                        ErrorKind::Connect,
+                        format!("step #{}: sending to {target}: {error}", index + 1),
+                    )
+                })?;
+                stream.flush().await.map_err(|error| {
+                    ProbeError::new(
+                        ErrorKind::Connect,
+                        format!("step #{}: sending to {target}: {error}", index + 1),
+                    )
+                })?;
+            }
+            Step::Expect(regex) => loop {
+                if let Some(found) = regex.find(&received[search_from..]) {
+                    search_from += found.end();
+                    break;
+                }
+                if received.len() >= max_bytes {
+                    set_details(record, |details| details.truncated = true);
+                    return Err(ProbeError::new(
+                        ErrorKind::Expect,
+                        format!(
+                            "step #{}: expect `{}` found no match in the first {max_bytes} bytes (runner.max_body_bytes)",
+                            index + 1,
+                            regex.as_str()
+                        ),
+                    ));
+                }
+                let room = (max_bytes - received.len()).min(chunk.len());
+                let read = stream.read(&mut chunk[..room]).await.map_err(|error| {
+                    ProbeError::new(
+                        ErrorKind::Connect,
+                        format!("step #{}: reading from {target}: {error}", index + 1),
+                    )
+                })?;
+                if read == 0 {
+                    return Err(ProbeError::new(
+                        ErrorKind::Expect,
+                        format!(
+                            "step #{}: expect `{}` found no match before {target} closed the connection ({} bytes received)",
+                            index + 1,
+                            regex.as_str(),
+                            received.len()
+                        ),
+                    ));
+                }
+                received.extend_from_slice(&chunk[..read]);
+                let text = String::from_utf8_lossy(&received).into_owned();
+                set_details(record, |details| details.body = text);
+            },
+        }
+        set_details(record, |details| details.steps_done = index + 1);
+    }
+    record.end();
+    Ok(())
+}
+
+fn set_details(record: &mut ProbeRecord, change: impl FnOnce(&mut TcpDetails)) {
+    if let Some(details) = record.tcp.as_mut() {
+        change(details);
+    }
+}
+
+/// The values of the tcp assertion keys (`body` is read from the details directly).
+pub fn observed(details: &TcpDetails) -> Vec<(AssertionKey, Observed)> {
+    vec![(
+        AssertionKey::Connected,
+        Observed::Text(details.connected.to_string()),
+    )]
+}

@@ -1,0 +1,207 @@
+//! The TLS certificate probe: connect, handshake, read the chain the server sent. The chain is
+//! verified against the trusted roots for the server name, but its verdict is recorded rather
+//! than allowed to abort the handshake, so an expired or untrusted chain still reports its
+//! subject, issuer, names and expiry beside a clear error. Handshake signatures are always
+//! checked. One fresh connection per probe, one attempt.
+
+use super::http::{server_name, tls_setup_error};
+use super::tls_client::{certificate_details, handshake, provider};
+use super::{connect_tcp, split_host_port, ErrorKind, ProbeContext, ProbeError, ProbeRecord};
+use crate::assertions::Observed;
+use crate::config::{AssertionKey, TlsSettings, TlsSpec};
+use crate::messages::{ChainDetails, TlsDetails};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsDefinitionError {
+    #[error("address `{address}` is not valid: {reason}")]
+    Address { address: String, reason: String },
+    #[error("server_name `{0}` is not a valid TLS server name")]
+    ServerName(String),
+    #[error("ca_file {0} cannot be read: {1}")]
+    CaFile(String, String),
+}
+
+/// A compiled TLS certificate check.
+#[derive(Debug)]
+pub struct TlsPlan {
+    host: String,
+    port: u16,
+    server_name: ServerName<'static>,
+    settings: TlsSettings,
+}
+
+impl TlsPlan {
+    pub fn compile(spec: &TlsSpec) -> Result<TlsPlan, TlsDefinitionError> {
+        let (host, port) =
+            split_host_port(&spec.address).map_err(|reason| TlsDefinitionError::Address {
+                address: spec.address.clone(),
+                reason,
+            })?;
+        let name = spec.server_name.as_deref().unwrap_or(&host);
+        let server_name =
+            server_name(name).map_err(|_| TlsDefinitionError::ServerName(name.to_string()))?;
+        if let Some(path) = &spec.ca_file {
+            std::fs::metadata(path).map_err(|error| {
+                TlsDefinitionError::CaFile(path.display().to_string(), error.to_string())
+            })?;
+        }
+        Ok(TlsPlan {
+            host,
+            port,
+            server_name,
+            settings: TlsSettings {
+                insecure_skip_verify: false,
+                ca_file: spec.ca_file.clone(),
+            },
+        })
+    }
+
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+}
+
+/// Verifies the chain with the real verifier, writes down the verdict, and lets the handshake
+/// go on either way. Handshake signatures are verified for real.
+#[derive(Debug)]
+struct RecordingVerifier {
+    inner: Arc<WebPkiServerVerifier>,
+    verdict: Mutex<Option<Result<(), String>>>,
+}
+
+impl ServerCertVerifier for RecordingVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let verdict = self
+            .inner
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+            .map(|_| ())
+            .map_err(|error| error.to_string());
+        *self
+            .verdict
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(verdict);
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// Handshakes with `target` and records the chain and its verdict in `record.tls`.
+pub async fn probe(
+    ctx: &ProbeContext,
+    plan: &TlsPlan,
+    target: SocketAddr,
+    record: &mut ProbeRecord,
+) -> Result<(), ProbeError> {
+    // The trusted roots are loaded (once) before connecting; the configuration around the
+    // recording verifier is per probe, since the verdict is this probe's own.
+    let verifier = Arc::new(RecordingVerifier {
+        inner: ctx.tls.verifier(&plan.settings).map_err(tls_setup_error)?,
+        verdict: Mutex::new(None),
+    });
+    let config = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|error| ProbeError::new(ErrorKind::Tls, format!("TLS setup failed: {error}")))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::clone(&verifier) as Arc<dyn ServerCertVerifier>)
+        .with_no_client_auth();
+    let tcp = connect_tcp(target, record).await?;
+    let stream = handshake(
+        Arc::new(config),
+        plan.server_name.clone(),
+        tcp,
+        target,
+        record,
+    )
+    .await?;
+    let session = stream.get_ref().1;
+    let certificates = session
+        .peer_certificates()
+        .map(certificate_details)
+        .unwrap_or_default();
+    let verdict = verifier
+        .verdict
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .take()
+        .unwrap_or_else(|| Err("the server sent no certificate to verify".to_string()));
+    if let Some(details) = record.tls.as_mut() {
+        details.chain = Some(ChainDetails {
+            valid: verdict.is_ok(),
+            error: verdict.as_ref().err().cloned(),
+            certificates,
+        });
+    }
+    match verdict {
+        Ok(()) => Ok(()),
+        Err(reason) => Err(ProbeError::new(
+            ErrorKind::Tls,
+            format!("the certificate chain of {target} is not trusted: {reason}"),
+        )),
+    }
+}
+
+/// The values of the tls assertion keys, as of `now`.
+pub fn observed(details: &TlsDetails, now: SystemTime) -> Vec<(AssertionKey, Observed)> {
+    let mut values = vec![(
+        AssertionKey::TlsVersion,
+        Observed::Text(details.version.clone()),
+    )];
+    if let Some(expiry) = details.earliest_cert_expiry {
+        let left = match expiry.duration_since(now) {
+            Ok(left) => left.as_secs_f64(),
+            Err(past) => -past.duration().as_secs_f64(),
+        };
+        values.push((AssertionKey::CertExpiry, Observed::Seconds(left)));
+    }
+    if let Some(chain) = &details.chain {
+        values.push((
+            AssertionKey::ChainValid,
+            Observed::Text(chain.valid.to_string()),
+        ));
+        if let Some(leaf) = chain.certificates.first() {
+            values.push((AssertionKey::Subject, Observed::Text(leaf.subject.clone())));
+            values.push((AssertionKey::Issuer, Observed::Text(leaf.issuer.clone())));
+            values.push((AssertionKey::San, Observed::Text(leaf.san.join("\n"))));
+        }
+    }
+    values
+}

@@ -1,0 +1,441 @@
+//! DNS checks against a real responder started here, answering real wire messages on UDP and
+//! TCP: record types, rcodes (NXDOMAIN, SERVFAIL), a server name behind several addresses,
+//! failures (refused, silence, garbage), assertions, and the `/metrics` series.
+
+mod common;
+
+use bastion_agent::checks::ErrorKind;
+use common::*;
+use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
+use hickory_proto::rr::rdata::{A, MX, TXT};
+use hickory_proto::rr::{Name, RData, Record, RecordType};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, UdpSocket};
+
+/// What the responder did: queries seen per transport.
+#[derive(Default)]
+struct Seen {
+    udp: AtomicUsize,
+    tcp: AtomicUsize,
+}
+
+/// The zone:
+/// - `svc.test.`: A 127.0.0.2 and 127.0.0.3, MX 10 mail.svc.test., TXT "v=spf1 -all";
+/// - `ns.test.`: A 127.0.0.2 and 127.0.0.3 (the responder's own addresses);
+/// - `broken.test.`: SERVFAIL; `silent.test.`: no answer; `garbage.test.`: bytes that are no
+///   DNS message; anything else: NXDOMAIN.
+fn answer(query_bytes: &[u8]) -> Option<Vec<u8>> {
+    let query = Message::from_vec(query_bytes).ok()?;
+    let question = query.queries.first()?.clone();
+    let name = question.name().to_ascii().to_lowercase();
+    match name.as_str() {
+        "silent.test." => return None,
+        "garbage.test." => {
+            let mut bytes = query_bytes[..2].to_vec();
+            bytes.extend_from_slice(b"\x81");
+            return Some(bytes);
+        }
+        _ => {}
+    }
+    let mut answer = Message::new(query.metadata.id, MessageType::Response, OpCode::Query);
+    answer.metadata.recursion_desired = query.metadata.recursion_desired;
+    answer.metadata.authoritative = true;
+    answer.add_query(question.clone());
+    let owner = question.name().clone();
+    match (name.as_str(), question.query_type()) {
+        ("svc.test." | "ns.test.", RecordType::A) => {
+            for last in [2, 3] {
+                answer.add_answer(Record::from_rdata(
+                    owner.clone(),
+                    60,
+                    RData::A(A(Ipv4Addr::new(127, 0, 0, last))),
+                ));
+            }
+        }
+        ("svc.test.", RecordType::MX) => {
+            answer.add_answer(Record::from_rdata(
+                owner,
+                300,
+                RData::MX(MX::new(10, Name::from_ascii("mail.svc.test.").unwrap())),
+            ));
+        }
+        ("svc.test.", RecordType::TXT) => {
+            answer.add_answer(Record::from_rdata(
+                owner,
+                300,
+                RData::TXT(TXT::new(vec!["v=spf1 -all".to_string()])),
+            ));
+        }
+        ("svc.test." | "ns.test.", _) => {}
+        ("broken.test.", _) => answer.metadata.response_code = ResponseCode::ServFail,
+        _ => answer.metadata.response_code = ResponseCode::NXDomain,
+    }
+    answer.to_vec().ok()
+}
+
+/// Serves the zone on UDP and TCP at `ip:port`.
+async fn serve_dns(ip: &str, port: u16, seen: Arc<Seen>) -> SocketAddr {
+    let udp = UdpSocket::bind((ip, port)).await.unwrap();
+    let address = udp.local_addr().unwrap();
+    let tcp = TcpListener::bind(address).await.unwrap();
+    let udp_seen = Arc::clone(&seen);
+    tokio::spawn(async move {
+        let mut buffer = [0u8; 1500];
+        while let Ok((length, peer)) = udp.recv_from(&mut buffer).await {
+            udp_seen.udp.fetch_add(1, Ordering::SeqCst);
+            if let Some(bytes) = answer(&buffer[..length]) {
+                let _ = udp.send_to(&bytes, peer).await;
+            }
+        }
+    });
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = tcp.accept().await {
+            let seen = Arc::clone(&seen);
+            tokio::spawn(async move {
+                let mut prefix = [0u8; 2];
+                if stream.read_exact(&mut prefix).await.is_err() {
+                    return;
+                }
+                let mut query = vec![0u8; usize::from(u16::from_be_bytes(prefix))];
+                if stream.read_exact(&mut query).await.is_err() {
+                    return;
+                }
+                seen.tcp.fetch_add(1, Ordering::SeqCst);
+                match answer(&query) {
+                    Some(bytes) => {
+                        let mut framed = (bytes.len() as u16).to_be_bytes().to_vec();
+                        framed.extend_from_slice(&bytes);
+                        let _ = stream.write_all(&framed).await;
+                    }
+                    // Silence: hold the connection open without a word.
+                    None => tokio::time::sleep(PATIENCE).await,
+                }
+            });
+        }
+    });
+    address
+}
+
+/// A free port on which both UDP and TCP can bind at each of `ips`.
+async fn dns_port(ips: &[&str]) -> u16 {
+    'attempt: for _ in 0..50 {
+        let probe = UdpSocket::bind((ips[0], 0)).await.unwrap();
+        let port = probe.local_addr().unwrap().port();
+        drop(probe);
+        for ip in ips {
+            if UdpSocket::bind((*ip, port)).await.is_err()
+                || TcpListener::bind((*ip, port)).await.is_err()
+            {
+                continue 'attempt;
+            }
+        }
+        return port;
+    }
+    panic!("no port free for DNS on all of {ips:?}");
+}
+
+async fn one_server() -> (SocketAddr, Arc<Seen>) {
+    let seen = Arc::new(Seen::default());
+    let port = dns_port(&["127.0.0.1"]).await;
+    (serve_dns("127.0.0.1", port, Arc::clone(&seen)).await, seen)
+}
+
+fn dns_check(name: &str, server: SocketAddr, query: &str, extra: &str) -> String {
+    format!(
+        r#"
+        [[checks]]
+        name = "{name}"
+        type = "dns"
+        interval = "5s"
+        timeout = "1s"
+        server = "{server}"
+        query = "{query}"
+        {extra}
+        "#
+    )
+}
+
+#[tokio::test]
+async fn records_of_each_type_come_back_in_presentation_form_over_udp_and_tcp() {
+    let (server, seen) = one_server().await;
+    let config = config(
+        &[
+            dns_check("a-udp", server, "svc.test", ""),
+            dns_check(
+                "mx-tcp",
+                server,
+                "svc.test.",
+                "record_type = \"MX\"\ntransport = \"tcp\"",
+            ),
+            dns_check("txt", server, "svc.test", "record_type = \"TXT\""),
+            dns_check("aaaa-none", server, "svc.test", "record_type = \"AAAA\""),
+        ]
+        .concat(),
+    );
+    let (dispatcher, _) = dispatcher(&config);
+
+    let a = run_check(&dispatcher, &config, "a-udp").await;
+    let response = &a.responses[0];
+    assert_eq!(response.target, server.to_string());
+    assert!(response.error.is_none(), "{response:?}");
+    let dns = response.dns.as_ref().unwrap();
+    assert_eq!(dns.rcode, "NOERROR");
+    assert_eq!(
+        dns.answers,
+        ["svc.test. 60 IN A 127.0.0.2", "svc.test. 60 IN A 127.0.0.3"]
+    );
+    assert!(dns.authoritative);
+    assert!(response.timings.request > 0.0, "{:?}", response.timings);
+    assert!(a.passing);
+    assert_eq!(seen.udp.load(Ordering::SeqCst), 1);
+    assert_eq!(seen.tcp.load(Ordering::SeqCst), 0);
+
+    let mx = run_check(&dispatcher, &config, "mx-tcp").await;
+    let dns = mx.responses[0].dns.as_ref().unwrap();
+    assert_eq!(dns.answers, ["svc.test. 300 IN MX 10 mail.svc.test."]);
+    assert!(mx.passing);
+    assert_eq!(seen.tcp.load(Ordering::SeqCst), 1, "transport tcp uses TCP");
+    assert!(mx.responses[0].timings.connect > 0.0);
+
+    let txt = run_check(&dispatcher, &config, "txt").await;
+    let dns = txt.responses[0].dns.as_ref().unwrap();
+    assert_eq!(dns.answers, ["svc.test. 300 IN TXT v=spf1 -all"]);
+
+    let none = run_check(&dispatcher, &config, "aaaa-none").await;
+    let dns = none.responses[0].dns.as_ref().unwrap();
+    assert_eq!((dns.rcode.as_str(), dns.answers.len()), ("NOERROR", 0));
+    assert!(none.passing, "NOERROR with no records is an answer");
+}
+
+#[tokio::test]
+async fn nxdomain_and_servfail_fail_by_default_and_can_be_asserted() {
+    let (server, _) = one_server().await;
+    let expect_nxdomain =
+        "[[checks.assertions]]\nkey = \"rcode\"\nrelationship = \"equal\"\noperand = \"NXDOMAIN\"";
+    let config = config(
+        &[
+            dns_check("missing", server, "missing.test", ""),
+            dns_check("missing-expected", server, "missing.test", expect_nxdomain),
+            dns_check("broken", server, "broken.test", "transport = \"tcp\""),
+        ]
+        .concat(),
+    );
+    let (dispatcher, _) = dispatcher(&config);
+
+    let missing = run_check(&dispatcher, &config, "missing").await;
+    let response = &missing.responses[0];
+    assert!(
+        response.error.is_none(),
+        "an rcode is an answer, not an error"
+    );
+    assert_eq!(response.dns.as_ref().unwrap().rcode, "NXDOMAIN");
+    assert!(!missing.passing);
+
+    let expected = run_check(&dispatcher, &config, "missing-expected").await;
+    assert!(expected.passing, "{expected:?}");
+    assert_eq!(expected.responses[0].assertions[0].actual, "NXDOMAIN");
+
+    let broken = run_check(&dispatcher, &config, "broken").await;
+    assert_eq!(broken.responses[0].dns.as_ref().unwrap().rcode, "SERVFAIL");
+    assert!(!broken.passing);
+}
+
+#[tokio::test]
+async fn refused_silent_and_garbage_answers_are_errors() {
+    let (server, _) = one_server().await;
+    let closed = {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        listener.local_addr().unwrap()
+    };
+    let config = config(
+        &[
+            dns_check("refused", closed, "svc.test", "transport = \"tcp\""),
+            dns_check("silent-udp", server, "silent.test", ""),
+            dns_check("silent-tcp", server, "silent.test", "transport = \"tcp\""),
+            dns_check("garbage", server, "garbage.test", ""),
+        ]
+        .concat(),
+    );
+    let (dispatcher, _) = dispatcher(&config);
+
+    let refused = run_check(&dispatcher, &config, "refused").await;
+    let error = refused.responses[0].error.as_ref().unwrap();
+    assert_eq!(error.kind, ErrorKind::Connect);
+    assert!(refused.responses[0].dns.is_none());
+
+    for name in ["silent-udp", "silent-tcp"] {
+        let silent = run_check(&dispatcher, &config, name).await;
+        let error = silent.responses[0].error.as_ref().unwrap();
+        assert_eq!(error.kind, ErrorKind::Timeout, "{name}");
+        assert_eq!(
+            error.message, "no complete answer within 1s during request",
+            "{name}"
+        );
+    }
+
+    let garbage = run_check(&dispatcher, &config, "garbage").await;
+    let error = garbage.responses[0].error.as_ref().unwrap();
+    assert_eq!(error.kind, ErrorKind::Dns);
+    assert!(
+        error
+            .message
+            .starts_with(&format!("the answer from {server} is not a DNS message")),
+        "{}",
+        error.message
+    );
+    assert!(!garbage.passing);
+}
+
+#[tokio::test]
+async fn a_server_name_behind_several_addresses_gives_one_response_each() {
+    let seen = Arc::new(Seen::default());
+    let port = dns_port(&["127.0.0.2", "127.0.0.3"]).await;
+    let first = serve_dns("127.0.0.2", port, Arc::clone(&seen)).await;
+    serve_dns("127.0.0.3", port, Arc::clone(&seen)).await;
+    // ns.test resolves (through the responder itself) to 127.0.0.2 and 127.0.0.3.
+    let config = config(&format!(
+        r#"
+        [runner]
+        dns_servers = ["{first}"]
+        [[checks]]
+        name = "by-name"
+        type = "dns"
+        interval = "5s"
+        server = "ns.test:{port}"
+        query = "svc.test"
+        "#
+    ));
+    let result = run_single(&config).await;
+    let targets: Vec<&str> = result.responses.iter().map(|r| r.target.as_str()).collect();
+    assert_eq!(
+        targets,
+        [format!("127.0.0.2:{port}"), format!("127.0.0.3:{port}")]
+    );
+    for response in &result.responses {
+        assert_eq!(response.dns.as_ref().unwrap().answers.len(), 2);
+        assert!(
+            response.timings.resolve > 0.0,
+            "the server's name was resolved"
+        );
+    }
+    assert!(result.passing);
+    // ns.test looked up (A and AAAA), then one query per instance.
+    assert_eq!(seen.udp.load(Ordering::SeqCst), 4);
+}
+
+#[tokio::test]
+async fn assertions_read_rcode_answer_and_answer_count() {
+    let (server, _) = one_server().await;
+    let rows: &[AssertionRow] = &[
+        ("rcode", "equal", "NOERROR", true, "NOERROR"),
+        ("rcode", "notEqual", "NOERROR", false, "NOERROR"),
+        ("answer_count", "equal", "2", true, "2"),
+        ("answer_count", "greaterThan", "2", false, "2"),
+        (
+            "answer",
+            "contain",
+            "IN A 127.0.0.3",
+            true,
+            "svc.test. 60 IN A 127.0.0.2\nsvc.test. 60 IN A 127.0.0.3",
+        ),
+        (
+            "answer",
+            "regExp",
+            "(?m)^svc\\.test\\. \\d+ IN A 127\\.0\\.0\\.2$",
+            true,
+            "svc.test. 60 IN A 127.0.0.2\nsvc.test. 60 IN A 127.0.0.3",
+        ),
+        (
+            "answer",
+            "notContain",
+            "127.0.0.2",
+            false,
+            "svc.test. 60 IN A 127.0.0.2\nsvc.test. 60 IN A 127.0.0.3",
+        ),
+        ("latency", "lessThan", "30s", true, ""),
+    ];
+    assert_assertion_table(rows, |assertion| {
+        dns_check("asserted", server, "svc.test", assertion)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn bad_dns_definitions_are_refused_at_load() {
+    let base = "[[checks]]\nname = \"d\"\ntype = \"dns\"\ninterval = \"5s\"\n";
+    let cases = [
+        (
+            "query = \"svc.test\"\nrecord_type = \"AXFR\"\n",
+            "unknown variant `AXFR`",
+        ),
+        (
+            "query = \"svc.test\"\ntransport = \"quic\"\n",
+            "unknown variant `quic`",
+        ),
+        ("query = \"\"\n", "check `d`: query `` is not a valid domain name: it is empty"),
+        (
+            "query = \"svc.test\"\nserver = \"dns server\"\n",
+            "check `d`: server `dns server` is not valid",
+        ),
+        (
+            "query = \"svc.test\"\n[[checks.assertions]]\nkey = \"status\"\nrelationship = \"equal\"\noperand = \"SERVING\"\n",
+            "check `d`: assertion #1: key `status` does not apply to dns checks",
+        ),
+    ];
+    assert_config_errors(base, &cases);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_series_appear_in_metrics() {
+    let (server, _) = one_server().await;
+    let (checks, text) = agent_scrape(&format!(
+        r#"
+        [[checks]]
+        name = "svc"
+        type = "dns"
+        interval = "1s"
+        timeout = "900ms"
+        server = "{server}"
+        query = "svc.test"
+        [[checks]]
+        name = "missing"
+        type = "dns"
+        interval = "1s"
+        timeout = "900ms"
+        server = "{server}"
+        query = "missing.test"
+        "#
+    ))
+    .await;
+    assert_eq!(checks[0]["latest"]["passing"], true, "{checks}");
+    assert_eq!(
+        checks[0]["latest"]["responses"][0]["dns"]["rcode"],
+        "NOERROR"
+    );
+    let svc = format!("check=\"svc\",target=\"{server}\"");
+    let missing = format!("check=\"missing\",target=\"{server}\"");
+    assert_eq!(
+        metric(&text, &format!("probe_success{{{svc}}}")),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, &format!("probe_success{{{missing}}}")),
+        Some(0.0)
+    );
+    assert_eq!(
+        metric(&text, &format!("probe_dns_answer_rrs{{{svc}}}")),
+        Some(2.0)
+    );
+    assert_eq!(
+        metric(&text, &format!("probe_dns_answer_rrs{{{missing}}}")),
+        Some(0.0)
+    );
+    for phase in ["resolve", "connect", "request"] {
+        let series = format!("probe_dns_duration_seconds{{{svc},phase=\"{phase}\"}}");
+        assert!(metric(&text, &series).is_some(), "{series} missing\n{text}");
+    }
+}
