@@ -31,6 +31,17 @@ impl Bastion {
     /// Starts `bastion <args> --config <file holding config>`; the config should listen on
     /// `listen`.
     pub fn start(name: &str, listen: u16, config: &str, args: &[&str]) -> Bastion {
+        Bastion::start_with_env(name, listen, config, args, &[])
+    }
+
+    /// `start`, with extra environment variables.
+    pub fn start_with_env(
+        name: &str,
+        listen: u16,
+        config: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Bastion {
         let dir = scratch_dir(name);
         let path = dir.join("bastion.toml");
         std::fs::write(&path, config).expect("config file");
@@ -41,6 +52,10 @@ impl Bastion {
             .arg(&path)
             .env_remove("BASTION_CONFIG")
             .env_remove("BASTION_ROLE")
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("WATCHDOG_PID")
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
@@ -72,6 +87,23 @@ impl Bastion {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Sends a signal by name (`HUP`, `TERM`, ...) without waiting.
+    pub fn signal(&self, name: &str) {
+        if let Some(child) = &self.child {
+            let status = Command::new("kill")
+                .arg(format!("-{name}"))
+                .arg(child.id().to_string())
+                .status()
+                .expect("kill runs");
+            assert!(status.success(), "kill -{name} failed");
+        }
+    }
+
+    /// The config file it was started with, to rewrite before a reload.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("bastion.toml")
     }
 
     /// SIGTERM, then waits for the exit.
