@@ -4,6 +4,8 @@
 //! The library holds everything; `main.rs` only parses the command line and maps outcomes to
 //! exit codes. See `ARCHITECTURE.md` for the map.
 #![forbid(unsafe_code)]
+// No unwrap or expect outside tests: bad input is an error value, never a panic.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod agent;
 pub mod assertions;

@@ -2,6 +2,7 @@
 //! library, and maps the outcome to an exit code (0 ok, 1 failing checks or a runtime error,
 //! 2 a config or usage error).
 #![forbid(unsafe_code)]
+#![deny(clippy::unwrap_used, clippy::expect_used)]
 
 use anyhow::Context;
 use bastion_agent::agent::{self, Agent, AgentOptions, Role};
