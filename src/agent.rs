@@ -264,6 +264,11 @@ impl Agent {
         })
     }
 
+    /// The bus this agent runs on, for embedding: watch results or events in process.
+    pub fn bus(&self) -> Arc<dyn Bus> {
+        Arc::clone(&self.bus)
+    }
+
     /// Reloads the config file on demand (SIGHUP); None without a config path.
     pub fn reloader(&self) -> Option<Arc<Reloader>> {
         self.reloader.clone()

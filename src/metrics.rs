@@ -162,6 +162,7 @@ pub struct Metrics {
     pub check_transitions: Family<CheckToLabels, Counter>,
     pub config_last_reload_successful: Gauge,
     pub config_last_reload_success_timestamp_seconds: GaugeF64,
+    pub runtime_tasks_alive: Gauge,
 }
 
 impl Default for Metrics {
@@ -211,6 +212,7 @@ impl Metrics {
             check_transitions: Family::default(),
             config_last_reload_successful: Gauge::default(),
             config_last_reload_success_timestamp_seconds: GaugeF64::default(),
+            runtime_tasks_alive: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -398,6 +400,11 @@ impl Metrics {
             "When the config was last loaded or reloaded successfully, in Unix seconds",
             metrics.config_last_reload_success_timestamp_seconds.clone(),
         );
+        registry.register(
+            "bastion_runtime_tasks_alive",
+            "Tasks alive in the async runtime when /metrics was read; it follows the work in flight, not the number of checks",
+            metrics.runtime_tasks_alive.clone(),
+        );
         let build_info: Family<VersionLabels, Gauge> = Family::default();
         build_info
             .get_or_create(&VersionLabels {
@@ -426,6 +433,11 @@ impl Metrics {
 
     /// The exposition text.
     pub fn render(&self) -> String {
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let alive = runtime.metrics().num_alive_tasks();
+            self.runtime_tasks_alive
+                .set(i64::try_from(alive).unwrap_or(i64::MAX));
+        }
         let mut text = String::with_capacity(16 * 1024);
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::prometheus_text::encode(&mut text, &self.registry);
