@@ -501,3 +501,52 @@ async fn protected_endpoints_need_tls_and_the_right_password_but_healthz_stays_o
     );
     assert!(!agent.log().contains("s3cret-pass"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_exits_at_once_even_with_runs_in_flight() {
+    // Ten instances that accept and never answer, one worker: a run stays in flight for ten
+    // probe timeouts back to back.
+    let ips: Vec<String> = (2..12).map(|n| format!("127.0.0.{n}")).collect();
+    let ip_refs: Vec<&str> = ips.iter().map(String::as_str).collect();
+    let (port, listeners) = listeners_on_one_port(&ip_refs).await;
+    for listener in listeners {
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                held.push(stream);
+            }
+        });
+    }
+    let instances: Vec<String> = ips.iter().map(|ip| format!("\"{ip}\"")).collect();
+    let listen = free_port();
+    let config = format!(
+        "[agent]\nid = \"a1\"\nlisten = \"127.0.0.1:{listen}\"\nshutdown_grace = \"60s\"\n\
+         [runner.workers]\nhttp = 1\n\
+         [[checks]]\nname = \"hang\"\ntype = \"http\"\nurl = \"http://lb.internal:{port}/\"\n\
+         instances = [{}]\ninterval = \"2s\"\ntimeout = \"1900ms\"\n",
+        instances.join(", ")
+    );
+    let mut agent = Bastion::start("twice", listen, &config, &["run"]);
+    agent.wait_ready();
+    eventually("a run in flight", PATIENCE, || {
+        agent.sample("bastion_workers_busy{type=\"http\"}") == Some(1.0)
+    })
+    .await;
+    agent.signal("TERM");
+    eventually("the graceful shutdown to start", PATIENCE, || {
+        agent.log().contains("shutting down")
+    })
+    .await;
+    assert!(
+        agent.alive(),
+        "the first signal waits for the run in flight"
+    );
+    let second = Instant::now();
+    agent.signal("TERM");
+    let status = agent.wait_exit(PATIENCE).expect("exits");
+    assert_eq!(status.code(), Some(130));
+    assert!(
+        second.elapsed() < Duration::from_secs(10),
+        "at once, not after the run"
+    );
+}
