@@ -370,7 +370,10 @@ impl Agent {
             }
         };
         let checker_task = checker.map(|checker| {
-            tokio::spawn(checker.run_while_leading(intake.clone(), leadership.clone()))
+            spawn_on_own_thread(
+                "bastion-checker",
+                checker.run_while_leading(intake.clone(), leadership.clone()),
+            )
         });
         let sink = sink_parts.take().map(|(results, store, mut events)| {
             events.leadership = leadership.clone();
@@ -467,6 +470,57 @@ impl Agent {
         let _ = server.await;
         tracing::info!("bastion stopped");
         Ok(())
+    }
+}
+
+/// Runs `work` on a thread of its own with a single-threaded runtime, so that its timers fire
+/// on time however busy the probe workers are; the checker's schedule lag depends on it. The
+/// returned task ends when `work` does. Without a thread (the system refused one) it runs on
+/// the shared runtime instead.
+fn spawn_on_own_thread<F>(name: &str, work: F) -> tokio::task::JoinHandle<()>
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            tracing::warn!(%error, "cannot build a runtime for {name}; sharing the main one");
+            return tokio::spawn(work);
+        }
+    };
+    let (done, finished) = tokio::sync::oneshot::channel::<()>();
+    let work = std::sync::Arc::new(std::sync::Mutex::new(Some(work)));
+    let on_thread = std::sync::Arc::clone(&work);
+    let spawned = std::thread::Builder::new()
+        .name(name.to_string())
+        .spawn(move || {
+            let taken = on_thread
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .take();
+            if let Some(work) = taken {
+                runtime.block_on(work);
+            }
+            let _ = done.send(());
+        });
+    match spawned {
+        Ok(_) => tokio::spawn(async move {
+            let _ = finished.await;
+        }),
+        Err(error) => {
+            tracing::warn!(%error, "cannot start a thread for {name}; sharing the main runtime");
+            let taken = work
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .take();
+            match taken {
+                Some(work) => tokio::spawn(work),
+                None => tokio::spawn(async {}),
+            }
+        }
     }
 }
 
