@@ -4,6 +4,7 @@
 
 pub mod nats;
 pub mod process;
+pub mod tools;
 
 use bastion_agent::checks::CompiledCheck;
 use bastion_agent::config::{Config, Format};
