@@ -20,6 +20,22 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+/// Bytes of each response body kept with a check's latest result. The whole body (up to
+/// `runner.max_body_bytes`) travels on the bus; what the API keeps for every check is bounded
+/// so that many checks with large pages cannot fill memory.
+pub const STORED_BODY_BYTES: usize = 4096;
+
+/// `text` cut to at most `limit` bytes, on a character boundary.
+fn cut(text: &mut String, limit: usize) {
+    if text.len() > limit {
+        let mut end = limit;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+}
+
 /// The configured checks, as the current config says; reloads replace it.
 pub type ChecksWatch = watch::Receiver<Arc<Vec<CheckConfig>>>;
 
@@ -249,6 +265,15 @@ impl Sink {
             state: tracker.state(),
             since: tracker.since(),
         };
+        let mut result = result;
+        for response in &mut result.responses {
+            if let Some(http) = response.http.as_mut() {
+                cut(&mut http.body, STORED_BODY_BYTES);
+            }
+            if let Some(tcp) = response.tcp.as_mut() {
+                cut(&mut tcp.body, STORED_BODY_BYTES);
+            }
+        }
         let result = Arc::new(result);
         self.store.update(
             &result.check,
@@ -304,5 +329,20 @@ impl Sink {
                 .get_or_create(&SubjectLabels { subject: "events" })
                 .inc();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_bodies_are_cut_on_a_character_boundary() {
+        let mut text = "é".repeat(STORED_BODY_BYTES); // two bytes each
+        cut(&mut text, STORED_BODY_BYTES + 1);
+        assert_eq!(text.len(), STORED_BODY_BYTES);
+        let mut short = "ok".to_string();
+        cut(&mut short, STORED_BODY_BYTES);
+        assert_eq!(short, "ok");
     }
 }
