@@ -160,7 +160,10 @@ impl Agent {
     }
 
     /// Builds the components of `options.role`.
-    pub async fn build_with(config: Config, options: AgentOptions) -> Result<Agent, AgentError> {
+    pub async fn build_with(
+        mut config: Config,
+        options: AgentOptions,
+    ) -> Result<Agent, AgentError> {
         let role = options.role;
         if role != Role::All && config.bus.kind == BusKind::Embedded {
             return Err(AgentError::RoleNeedsNats(role.as_str()));
@@ -181,7 +184,9 @@ impl Agent {
         let metrics = Arc::new(Metrics::new());
         metrics.record_config_load(true);
         let notifier = Notifier::from_env().map(Arc::new);
-        let (checks, _) = watch::channel(Arc::new(config.checks.clone()));
+        // The check list lives in one place, the watch; `config` keeps the other sections.
+        let (checks, _) = watch::channel(Arc::new(std::mem::take(&mut config.checks)));
+        let initial_checks = Arc::clone(&checks.borrow());
         let reloader = options.config_path.clone().map(|path| {
             Arc::new(Reloader::new(
                 path,
@@ -233,7 +238,7 @@ impl Agent {
         let checker = if role.schedules() {
             Some(
                 Checker::build(
-                    &config.checks,
+                    &initial_checks,
                     config.runner.dispatch_deadline,
                     Arc::clone(&bus),
                     &subjects,
@@ -410,7 +415,7 @@ impl Agent {
             agent = %config.agent.id,
             role = role.as_str(),
             listen = %config.agent.listen,
-            checks = if role.schedules() { config.checks.len() } else { 0 },
+            checks = if role.schedules() { checks.borrow().len() } else { 0 },
             "bastion is running"
         );
 

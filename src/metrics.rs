@@ -12,6 +12,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 
@@ -125,20 +126,6 @@ fn latency_histogram() -> Histogram {
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
-    pub probe_success: Family<CheckTargetLabels, GaugeF64>,
-    pub probe_duration_seconds: Family<CheckTargetLabels, GaugeF64>,
-    pub probe_http_status_code: Family<CheckTargetLabels, GaugeF64>,
-    pub probe_http_duration_seconds: Family<CheckTargetPhaseLabels, GaugeF64>,
-    pub probe_ssl_earliest_cert_expiry: Family<CheckTargetLabels, GaugeF64>,
-    pub probe_tls_version_info: Family<CheckTargetVersionLabels, GaugeF64>,
-    pub probe_tcp_duration_seconds: Family<CheckTargetPhaseLabels, GaugeF64>,
-    pub probe_dns_duration_seconds: Family<CheckTargetPhaseLabels, GaugeF64>,
-    pub probe_dns_answer_rrs: Family<CheckTargetLabels, GaugeF64>,
-    pub probe_tls_duration_seconds: Family<CheckTargetPhaseLabels, GaugeF64>,
-    pub probe_icmp_duration_seconds: Family<CheckTargetPhaseLabels, GaugeF64>,
-    pub probe_icmp_packet_loss_ratio: Family<CheckTargetLabels, GaugeF64>,
-    pub probe_grpc_duration_seconds: Family<CheckTargetPhaseLabels, GaugeF64>,
-    pub probe_grpc_healthcheck_response: Family<CheckTargetServingLabels, GaugeF64>,
     pub checks_scheduled: Family<CheckLabels, Counter>,
     pub schedule_skipped: Family<CheckLabels, Counter>,
     pub runs_lost: Family<CheckLabels, Counter>,
@@ -158,11 +145,12 @@ pub struct Metrics {
     pub bus_publish_retries: Counter,
     pub requests_expired: Family<TypeLabels, Counter>,
     pub checker_leader: Gauge,
-    pub check_state: Family<CheckStateLabels, Gauge>,
     pub check_transitions: Family<CheckToLabels, Counter>,
     pub config_last_reload_successful: Gauge,
     pub config_last_reload_success_timestamp_seconds: GaugeF64,
     pub runtime_tasks_alive: Gauge,
+    /// Where the `probe_*` series come from.
+    results: std::sync::OnceLock<Arc<crate::results::ResultStore>>,
 }
 
 impl Default for Metrics {
@@ -175,20 +163,6 @@ impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::default();
         let metrics = Metrics {
-            probe_success: Family::default(),
-            probe_duration_seconds: Family::default(),
-            probe_http_status_code: Family::default(),
-            probe_http_duration_seconds: Family::default(),
-            probe_ssl_earliest_cert_expiry: Family::default(),
-            probe_tls_version_info: Family::default(),
-            probe_tcp_duration_seconds: Family::default(),
-            probe_dns_duration_seconds: Family::default(),
-            probe_dns_answer_rrs: Family::default(),
-            probe_tls_duration_seconds: Family::default(),
-            probe_icmp_duration_seconds: Family::default(),
-            probe_icmp_packet_loss_ratio: Family::default(),
-            probe_grpc_duration_seconds: Family::default(),
-            probe_grpc_healthcheck_response: Family::default(),
             checks_scheduled: Family::default(),
             schedule_skipped: Family::default(),
             runs_lost: Family::default(),
@@ -208,83 +182,13 @@ impl Metrics {
             bus_publish_retries: Counter::default(),
             requests_expired: Family::default(),
             checker_leader: Gauge::default(),
-            check_state: Family::default(),
             check_transitions: Family::default(),
             config_last_reload_successful: Gauge::default(),
             config_last_reload_success_timestamp_seconds: GaugeF64::default(),
             runtime_tasks_alive: Gauge::default(),
+            results: std::sync::OnceLock::new(),
             registry: Registry::default(),
         };
-        registry.register(
-            "probe_success",
-            "Whether the last probe of the instance passed (1) or failed (0)",
-            metrics.probe_success.clone(),
-        );
-        registry.register(
-            "probe_duration_seconds",
-            "How long the last probe of the instance took, resolve included",
-            metrics.probe_duration_seconds.clone(),
-        );
-        registry.register(
-            "probe_http_status_code",
-            "Status code of the last HTTP response of the instance (0 when none arrived)",
-            metrics.probe_http_status_code.clone(),
-        );
-        registry.register(
-            "probe_http_duration_seconds",
-            "Duration of each phase of the last HTTP probe of the instance",
-            metrics.probe_http_duration_seconds.clone(),
-        );
-        registry.register(
-            "probe_ssl_earliest_cert_expiry",
-            "Earliest not-after of the certificates the instance sent, in Unix seconds",
-            metrics.probe_ssl_earliest_cert_expiry.clone(),
-        );
-        registry.register(
-            "probe_tls_version_info",
-            "The TLS version the instance negotiated, as the version label; always 1",
-            metrics.probe_tls_version_info.clone(),
-        );
-        registry.register(
-            "probe_tcp_duration_seconds",
-            "Duration of each phase of the last TCP probe of the instance",
-            metrics.probe_tcp_duration_seconds.clone(),
-        );
-        registry.register(
-            "probe_dns_duration_seconds",
-            "Duration of each phase of the last DNS probe of the instance",
-            metrics.probe_dns_duration_seconds.clone(),
-        );
-        registry.register(
-            "probe_dns_answer_rrs",
-            "Records in the answer section of the last DNS response of the instance",
-            metrics.probe_dns_answer_rrs.clone(),
-        );
-        registry.register(
-            "probe_tls_duration_seconds",
-            "Duration of each phase of the last TLS certificate probe of the instance",
-            metrics.probe_tls_duration_seconds.clone(),
-        );
-        registry.register(
-            "probe_icmp_duration_seconds",
-            "Duration of each phase of the last ICMP probe of the instance (rtt: mean round trip)",
-            metrics.probe_icmp_duration_seconds.clone(),
-        );
-        registry.register(
-            "probe_icmp_packet_loss_ratio",
-            "Share of the echo requests of the last ICMP probe left unanswered, 0 to 1",
-            metrics.probe_icmp_packet_loss_ratio.clone(),
-        );
-        registry.register(
-            "probe_grpc_duration_seconds",
-            "Duration of each phase of the last gRPC health probe of the instance",
-            metrics.probe_grpc_duration_seconds.clone(),
-        );
-        registry.register(
-            "probe_grpc_healthcheck_response",
-            "The serving status the instance last reported: 1 on its serving_status, 0 on the others",
-            metrics.probe_grpc_healthcheck_response.clone(),
-        );
         registry.register(
             "bastion_checks_scheduled",
             "Check runs published by the checker",
@@ -381,11 +285,6 @@ impl Metrics {
             metrics.checker_leader.clone(),
         );
         registry.register(
-            "bastion_check_state",
-            "Each check's state: 1 for the current one (OK, WARN, FAIL_WAIT, FAIL, PASS_WAIT), 0 for the others",
-            metrics.check_state.clone(),
-        );
-        registry.register(
             "bastion_check_transitions",
             "Changes of check state, by the state entered",
             metrics.check_transitions.clone(),
@@ -441,7 +340,26 @@ impl Metrics {
         let mut text = String::with_capacity(16 * 1024);
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::prometheus_text::encode(&mut text, &self.registry);
+        if let Some(store) = self.results.get() {
+            let families = ResultFamilies::new();
+            for (check, status) in store.snapshot() {
+                families.set_check_state(&check, status.state);
+                if let Some(latest) = &status.latest {
+                    for response in &latest.responses {
+                        families.record_response(&check, latest.check_type, response);
+                    }
+                }
+            }
+            let _ =
+                prometheus_client::encoding::prometheus_text::encode(&mut text, &families.registry);
+        }
         text
+    }
+
+    /// Serves `probe_*` and `bastion_check_state` from `store` at every scrape. Set once, by
+    /// the result sink; a process without one (a runner) has no such series.
+    pub fn attach_results(&self, store: Arc<crate::results::ResultStore>) {
+        let _ = self.results.set(store);
     }
 
     /// Declares a pool so its series exist (at zero) before the first probe.
@@ -465,6 +383,171 @@ impl Metrics {
                 kind: kind.as_str(),
             })
             .inc();
+    }
+
+    /// Removes the series the result sink (and the runner) keep per check: its state, its
+    /// transitions and its run durations. The `probe_*` series go by target (`forget_target`).
+    pub fn forget_check_results(&self, check: &str) {
+        for state in crate::state::CheckState::ALL {
+            self.check_transitions.remove(&CheckToLabels {
+                check: check.to_string(),
+                to: state.as_str(),
+            });
+        }
+        for check_type in CheckType::ALL {
+            self.check_duration_seconds.remove(&CheckTypeLabels {
+                check: check.to_string(),
+                r#type: check_type.as_str(),
+            });
+        }
+    }
+
+    /// Removes the series the checker keeps per check.
+    pub fn forget_check_schedule(&self, check: &str) {
+        let labels = CheckLabels {
+            check: check.to_string(),
+        };
+        self.checks_scheduled.remove(&labels);
+        self.schedule_skipped.remove(&labels);
+        self.runs_lost.remove(&labels);
+    }
+
+    /// Records the outcome of a config load or reload.
+    pub fn record_config_load(&self, success: bool) {
+        self.config_last_reload_successful.set(i64::from(success));
+        if success {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |since| since.as_secs_f64());
+            self.config_last_reload_success_timestamp_seconds.set(now);
+        }
+    }
+}
+
+/// The series derived from each check's latest result and state (`probe_*` and
+/// `bastion_check_state`). They are built afresh from the result store at every scrape and
+/// dropped after it: a probe never updates a metric, removed checks and vanished instances
+/// leave no series behind, and memory holds each result once, not once more per series.
+#[derive(Debug)]
+struct ResultFamilies {
+    registry: Registry,
+    pub probe_success: Family<CheckTargetLabels, GaugeF64>,
+    pub probe_duration_seconds: Family<CheckTargetLabels, GaugeF64>,
+    pub probe_http_status_code: Family<CheckTargetLabels, GaugeF64>,
+    pub probe_http_duration_seconds: Family<CheckTargetPhaseLabels, GaugeF64>,
+    pub probe_ssl_earliest_cert_expiry: Family<CheckTargetLabels, GaugeF64>,
+    pub probe_tls_version_info: Family<CheckTargetVersionLabels, GaugeF64>,
+    pub probe_tcp_duration_seconds: Family<CheckTargetPhaseLabels, GaugeF64>,
+    pub probe_dns_duration_seconds: Family<CheckTargetPhaseLabels, GaugeF64>,
+    pub probe_dns_answer_rrs: Family<CheckTargetLabels, GaugeF64>,
+    pub probe_tls_duration_seconds: Family<CheckTargetPhaseLabels, GaugeF64>,
+    pub probe_icmp_duration_seconds: Family<CheckTargetPhaseLabels, GaugeF64>,
+    pub probe_icmp_packet_loss_ratio: Family<CheckTargetLabels, GaugeF64>,
+    pub probe_grpc_duration_seconds: Family<CheckTargetPhaseLabels, GaugeF64>,
+    pub probe_grpc_healthcheck_response: Family<CheckTargetServingLabels, GaugeF64>,
+    pub check_state: Family<CheckStateLabels, Gauge>,
+}
+
+impl ResultFamilies {
+    fn new() -> ResultFamilies {
+        let mut registry = Registry::default();
+        let metrics = ResultFamilies {
+            registry: Registry::default(),
+            probe_success: Family::default(),
+            probe_duration_seconds: Family::default(),
+            probe_http_status_code: Family::default(),
+            probe_http_duration_seconds: Family::default(),
+            probe_ssl_earliest_cert_expiry: Family::default(),
+            probe_tls_version_info: Family::default(),
+            probe_tcp_duration_seconds: Family::default(),
+            probe_dns_duration_seconds: Family::default(),
+            probe_dns_answer_rrs: Family::default(),
+            probe_tls_duration_seconds: Family::default(),
+            probe_icmp_duration_seconds: Family::default(),
+            probe_icmp_packet_loss_ratio: Family::default(),
+            probe_grpc_duration_seconds: Family::default(),
+            probe_grpc_healthcheck_response: Family::default(),
+            check_state: Family::default(),
+        };
+        registry.register(
+            "probe_success",
+            "Whether the last probe of the instance passed (1) or failed (0)",
+            metrics.probe_success.clone(),
+        );
+        registry.register(
+            "probe_duration_seconds",
+            "How long the last probe of the instance took, resolve included",
+            metrics.probe_duration_seconds.clone(),
+        );
+        registry.register(
+            "probe_http_status_code",
+            "Status code of the last HTTP response of the instance (0 when none arrived)",
+            metrics.probe_http_status_code.clone(),
+        );
+        registry.register(
+            "probe_http_duration_seconds",
+            "Duration of each phase of the last HTTP probe of the instance",
+            metrics.probe_http_duration_seconds.clone(),
+        );
+        registry.register(
+            "probe_ssl_earliest_cert_expiry",
+            "Earliest not-after of the certificates the instance sent, in Unix seconds",
+            metrics.probe_ssl_earliest_cert_expiry.clone(),
+        );
+        registry.register(
+            "probe_tls_version_info",
+            "The TLS version the instance negotiated, as the version label; always 1",
+            metrics.probe_tls_version_info.clone(),
+        );
+        registry.register(
+            "probe_tcp_duration_seconds",
+            "Duration of each phase of the last TCP probe of the instance",
+            metrics.probe_tcp_duration_seconds.clone(),
+        );
+        registry.register(
+            "probe_dns_duration_seconds",
+            "Duration of each phase of the last DNS probe of the instance",
+            metrics.probe_dns_duration_seconds.clone(),
+        );
+        registry.register(
+            "probe_dns_answer_rrs",
+            "Records in the answer section of the last DNS response of the instance",
+            metrics.probe_dns_answer_rrs.clone(),
+        );
+        registry.register(
+            "probe_tls_duration_seconds",
+            "Duration of each phase of the last TLS certificate probe of the instance",
+            metrics.probe_tls_duration_seconds.clone(),
+        );
+        registry.register(
+            "probe_icmp_duration_seconds",
+            "Duration of each phase of the last ICMP probe of the instance (rtt: mean round trip)",
+            metrics.probe_icmp_duration_seconds.clone(),
+        );
+        registry.register(
+            "probe_icmp_packet_loss_ratio",
+            "Share of the echo requests of the last ICMP probe left unanswered, 0 to 1",
+            metrics.probe_icmp_packet_loss_ratio.clone(),
+        );
+        registry.register(
+            "probe_grpc_duration_seconds",
+            "Duration of each phase of the last gRPC health probe of the instance",
+            metrics.probe_grpc_duration_seconds.clone(),
+        );
+        registry.register(
+            "probe_grpc_healthcheck_response",
+            "The serving status the instance last reported: 1 on its serving_status, 0 on the others",
+            metrics.probe_grpc_healthcheck_response.clone(),
+        );
+        registry.register(
+            "bastion_check_state",
+            "Each check's state: 1 for the current one (OK, WARN, FAIL_WAIT, FAIL, PASS_WAIT), 0 for the others",
+            metrics.check_state.clone(),
+        );
+        ResultFamilies {
+            registry,
+            ..metrics
+        }
     }
 
     /// Records the last probe of one instance.
@@ -642,95 +725,6 @@ impl Metrics {
                     state: each.as_str(),
                 })
                 .set(i64::from(each == state));
-        }
-    }
-
-    /// Removes the series the result sink (and the runner) keep per check: its state, its
-    /// transitions and its run durations. The `probe_*` series go by target (`forget_target`).
-    pub fn forget_check_results(&self, check: &str) {
-        for state in crate::state::CheckState::ALL {
-            self.check_state.remove(&CheckStateLabels {
-                check: check.to_string(),
-                state: state.as_str(),
-            });
-            self.check_transitions.remove(&CheckToLabels {
-                check: check.to_string(),
-                to: state.as_str(),
-            });
-        }
-        for check_type in CheckType::ALL {
-            self.check_duration_seconds.remove(&CheckTypeLabels {
-                check: check.to_string(),
-                r#type: check_type.as_str(),
-            });
-        }
-    }
-
-    /// Removes the series the checker keeps per check.
-    pub fn forget_check_schedule(&self, check: &str) {
-        let labels = CheckLabels {
-            check: check.to_string(),
-        };
-        self.checks_scheduled.remove(&labels);
-        self.schedule_skipped.remove(&labels);
-        self.runs_lost.remove(&labels);
-    }
-
-    /// Records the outcome of a config load or reload.
-    pub fn record_config_load(&self, success: bool) {
-        self.config_last_reload_successful.set(i64::from(success));
-        if success {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0.0, |since| since.as_secs_f64());
-            self.config_last_reload_success_timestamp_seconds.set(now);
-        }
-    }
-
-    /// Removes every `probe_*` series of one instance, once it is no longer probed.
-    pub fn forget_target(&self, check: &str, target: &str) {
-        let labels = CheckTargetLabels {
-            check: check.to_string(),
-            target: target.to_string(),
-        };
-        self.probe_success.remove(&labels);
-        self.probe_duration_seconds.remove(&labels);
-        self.probe_http_status_code.remove(&labels);
-        self.probe_ssl_earliest_cert_expiry.remove(&labels);
-        self.probe_dns_answer_rrs.remove(&labels);
-        self.probe_icmp_packet_loss_ratio.remove(&labels);
-        for version in TLS_VERSIONS {
-            self.probe_tls_version_info
-                .remove(&CheckTargetVersionLabels {
-                    check: check.to_string(),
-                    target: target.to_string(),
-                    version,
-                });
-        }
-        for serving_status in GRPC_SERVING_STATUSES {
-            self.probe_grpc_healthcheck_response
-                .remove(&CheckTargetServingLabels {
-                    check: check.to_string(),
-                    target: target.to_string(),
-                    serving_status,
-                });
-        }
-        let phase_families: [(&Family<CheckTargetPhaseLabels, GaugeF64>, &[&'static str]); 6] = [
-            (&self.probe_http_duration_seconds, &HTTP_PHASES),
-            (&self.probe_tcp_duration_seconds, &TCP_PHASES),
-            (&self.probe_dns_duration_seconds, &DNS_PHASES),
-            (&self.probe_tls_duration_seconds, &TLS_PHASES),
-            (&self.probe_icmp_duration_seconds, &ICMP_PHASES),
-            (&self.probe_grpc_duration_seconds, &GRPC_PHASES),
-        ];
-        for (family, phases) in phase_families {
-            for &phase in phases {
-                family.remove(&CheckTargetPhaseLabels {
-                    check: check.to_string(),
-                    target: target.to_string(),
-                    phase,
-                });
-            }
         }
     }
 }

@@ -57,7 +57,8 @@ impl fmt::Display for ReloadSummary {
 #[derive(Debug)]
 pub struct Reloader {
     path: PathBuf,
-    /// The running config; the lock also keeps reloads from overlapping.
+    /// The running config's sections other than the checks (those are in `checks`); the lock
+    /// also keeps reloads from overlapping.
     running: Mutex<Config>,
     checks: watch::Sender<Arc<Vec<CheckConfig>>>,
     metrics: Arc<Metrics>,
@@ -74,7 +75,10 @@ impl Reloader {
     ) -> Reloader {
         Reloader {
             path,
-            running: Mutex::new(running),
+            running: Mutex::new(Config {
+                checks: Vec::new(),
+                ..running
+            }),
             checks,
             metrics,
             notifier,
@@ -83,15 +87,15 @@ impl Reloader {
 
     /// Reads the file again and applies it, or keeps everything as it is.
     pub async fn reload(&self) -> Result<ReloadSummary, ReloadError> {
-        let mut running = self.running.lock().await;
+        let running = self.running.lock().await;
         if let Some(notifier) = &self.notifier {
             notifier.reloading();
         }
         let outcome = match Config::load(&self.path) {
             Ok(next) => {
-                let summary = diff(&running, &next);
-                running.checks = next.checks;
-                self.checks.send_replace(Arc::new(running.checks.clone()));
+                let current = Arc::clone(&self.checks.borrow());
+                let summary = diff(&running, &current, &next);
+                self.checks.send_replace(Arc::new(next.checks));
                 self.metrics.record_config_load(true);
                 tracing::info!(
                     added = summary.added.len(),
@@ -112,23 +116,32 @@ impl Reloader {
             }
         };
         if let Some(notifier) = &self.notifier {
-            notifier.ready(&format!("{} checks", running.checks.len()));
+            notifier.ready(&format!("{} checks", self.checks.borrow().len()));
         }
         outcome
     }
 }
 
-fn diff(running: &Config, next: &Config) -> ReloadSummary {
+fn diff(running: &Config, current: &[CheckConfig], next: &Config) -> ReloadSummary {
     let mut summary = ReloadSummary::default();
+    let before: std::collections::HashMap<&str, &CheckConfig> = current
+        .iter()
+        .map(|check| (check.name.as_str(), check))
+        .collect();
+    let after: std::collections::HashSet<&str> = next
+        .checks
+        .iter()
+        .map(|check| check.name.as_str())
+        .collect();
     for check in &next.checks {
-        match running.checks.iter().find(|old| old.name == check.name) {
+        match before.get(check.name.as_str()) {
             None => summary.added.push(check.name.clone()),
-            Some(old) if old == check => summary.unchanged += 1,
+            Some(old) if *old == check => summary.unchanged += 1,
             Some(_) => summary.changed.push(check.name.clone()),
         }
     }
-    for old in &running.checks {
-        if !next.checks.iter().any(|check| check.name == old.name) {
+    for old in current {
+        if !after.contains(old.name.as_str()) {
             summary.removed.push(old.name.clone());
         }
     }

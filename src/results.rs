@@ -1,11 +1,12 @@
 //! The result sink: consumes every `CheckResult` on the bus, keeps each check's latest result
-//! and state in memory for the API, records the `probe_*` metrics, and moves each check
-//! through its state machine (`state.rs`), publishing an event on `<prefix>.events.<check>`
-//! for every transition. It follows the configured checks: a result for a check that is not
-//! configured (removed by a reload, or sent by a stranger) is dropped, and a removed or changed
-//! check's series, state and result are forgotten. When an instance disappears from a check's
-//! results (its address left DNS, say), its series are removed, so `/metrics` never shows a
-//! stale instance as if it were still probed.
+//! and state in the `ResultStore` (which the API and the `probe_*` series of `/metrics` are
+//! derived from at each request), and moves each check through its state machine
+//! (`state.rs`), publishing an event on `<prefix>.events.<check>` for every transition. It
+//! follows the configured checks: a result for a check that is not configured (removed by a
+//! reload, or sent by a stranger) is dropped, and a removed or changed check's series, state
+//! and result are forgotten. Since the series come from the latest result, an instance that
+//! disappears from a check's results (its address left DNS, say) disappears from `/metrics`
+//! with it, never shown as if it were still probed.
 
 use crate::bus::{Bus, Message, Subjects, Subscription};
 use crate::config::CheckConfig;
@@ -13,7 +14,7 @@ use crate::lease::Leadership;
 use crate::messages::{self, CheckResult, StateEvent, MESSAGE_VERSION};
 use crate::metrics::{CheckToLabels, Metrics, ReasonLabels, SubjectLabels};
 use crate::state::{CheckState, StateTracker};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 use tokio::sync::watch;
@@ -62,6 +63,17 @@ impl ResultStore {
 
     pub fn status(&self, check: &str) -> Option<CheckStatus> {
         self.read().get(check).cloned()
+    }
+
+    /// Every check's status, sorted by name (results are shared, not copied).
+    pub fn snapshot(&self) -> Vec<(String, CheckStatus)> {
+        let mut all: Vec<(String, CheckStatus)> = self
+            .read()
+            .iter()
+            .map(|(name, status)| (name.clone(), status.clone()))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
     }
 
     fn update(&self, check: &str, status: CheckStatus) {
@@ -121,10 +133,12 @@ pub async fn consume(
         store,
         metrics,
         events,
-        known: HashMap::new(),
+        known: Arc::new(Vec::new()),
+        by_name: HashMap::new(),
         trackers: HashMap::new(),
-        targets: HashMap::new(),
     };
+    // /metrics derives probe_* and bastion_check_state from the store at each scrape.
+    sink.metrics.attach_results(Arc::clone(&sink.store));
     let current = Arc::clone(&checks.borrow_and_update());
     sink.apply_checks(&current);
     // Without a config owner (it went away) the checks stay as they are.
@@ -156,24 +170,29 @@ struct Sink {
     metrics: Arc<Metrics>,
     events: Option<EventOutlet>,
     /// The configured checks, by name.
-    known: HashMap<String, CheckConfig>,
+    known: Arc<Vec<CheckConfig>>,
+    /// Index of each configured check in `known`.
+    by_name: HashMap<String, usize>,
     trackers: HashMap<String, StateTracker>,
-    /// Targets last recorded per check, to remove the series of those that vanish.
-    targets: HashMap<String, BTreeSet<String>>,
 }
 
 impl Sink {
     /// Follows a new set of configured checks: removed and changed checks are forgotten (a
     /// changed check starts over), new ones start `OK`.
-    fn apply_checks(&mut self, checks: &[CheckConfig]) {
-        let next: HashMap<String, CheckConfig> = checks
+    fn apply_checks(&mut self, checks: &Arc<Vec<CheckConfig>>) {
+        let next: HashMap<String, usize> = checks
             .iter()
-            .map(|check| (check.name.clone(), check.clone()))
+            .enumerate()
+            .map(|(index, check)| (check.name.clone(), index))
             .collect();
         let stale: Vec<String> = self
-            .known
+            .by_name
             .iter()
-            .filter(|(name, config)| next.get(*name) != Some(*config))
+            .filter(|(name, index)| {
+                let before = self.known.get(**index);
+                let after = next.get(*name).and_then(|index| checks.get(*index));
+                before != after
+            })
             .map(|(name, _)| name.clone())
             .collect();
         for name in stale {
@@ -182,7 +201,6 @@ impl Sink {
         for name in next.keys() {
             if !self.trackers.contains_key(name) {
                 let tracker = StateTracker::new(Instant::now(), SystemTime::now());
-                self.metrics.set_check_state(name, tracker.state());
                 self.store.update(
                     name,
                     CheckStatus {
@@ -194,15 +212,11 @@ impl Sink {
                 self.trackers.insert(name.clone(), tracker);
             }
         }
-        self.known = next;
+        self.known = Arc::clone(checks);
+        self.by_name = next;
     }
 
     fn forget(&mut self, check: &str) {
-        if let Some(targets) = self.targets.remove(check) {
-            for target in targets {
-                self.metrics.forget_target(check, &target);
-            }
-        }
         self.metrics.forget_check_results(check);
         self.trackers.remove(check);
         self.store.remove(check);
@@ -222,7 +236,11 @@ impl Sink {
                 return;
             }
         };
-        let Some(config) = self.known.get(&result.check) else {
+        let Some(config) = self
+            .by_name
+            .get(&result.check)
+            .and_then(|index| self.known.get(*index))
+        else {
             // A run that was in flight when its check was removed, or a check configured
             // elsewhere: its label values must not enter /metrics. The runner in this process
             // may have recorded the run's duration already; that goes too.
@@ -237,22 +255,7 @@ impl Sink {
                 return; // an older run arriving late says nothing about now
             }
         }
-        let now: BTreeSet<String> = result
-            .responses
-            .iter()
-            .map(|response| response.target.clone())
-            .collect();
-        if let Some(before) = self.targets.get(&result.check) {
-            for gone in before.difference(&now) {
-                self.metrics.forget_target(&result.check, gone);
-            }
-        }
-        for response in &result.responses {
-            self.metrics
-                .record_response(&result.check, result.check_type, response);
-        }
         tracing::debug!(check = %result.check, passing = result.passing, responses = result.responses.len(), "result");
-        self.targets.insert(result.check.clone(), now);
 
         let failing = result.responses.iter().filter(|r| !r.passing).count();
         let tracker = self
@@ -266,7 +269,11 @@ impl Sink {
             since: tracker.since(),
         };
         let mut result = result;
+        // Decoding grows vectors by doubling; what is kept for every check should not carry
+        // the slack (a one-response result would hold room for four).
+        result.responses.shrink_to_fit();
         for response in &mut result.responses {
+            response.assertions.shrink_to_fit();
             if let Some(http) = response.http.as_mut() {
                 cut(&mut http.body, STORED_BODY_BYTES);
             }
@@ -283,7 +290,6 @@ impl Sink {
             },
         );
         if let Some(transition) = transition {
-            self.metrics.set_check_state(&result.check, transition.to);
             self.metrics
                 .check_transitions
                 .get_or_create(&CheckToLabels {
