@@ -168,6 +168,10 @@ impl Agent {
         if role != Role::All && config.bus.kind == BusKind::Embedded {
             return Err(AgentError::RoleNeedsNats(role.as_str()));
         }
+        if role.probes() {
+            // Too low a limit would make probes fail as the targets' fault: say so now.
+            crate::limits::warn_if_too_low(&config.runner.workers);
+        }
         let web_tls = match (
             &config.agent.web.tls_cert_file,
             &config.agent.web.tls_key_file,

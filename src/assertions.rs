@@ -14,6 +14,14 @@ use std::time::Duration;
 const REGEX_SIZE_LIMIT: usize = 1 << 20;
 /// Longest `actual` reported in a result; the whole body is in the response already.
 const MAX_ACTUAL_CHARS: usize = 1024;
+/// Longest JSON path compiled. Real paths are a few dozen bytes.
+pub const MAX_JSON_PATH_BYTES: usize = 1024;
+/// Deepest nesting of brackets and parentheses in a JSON path. serde_json_path parses
+/// recursively, with a cost that doubles with every level of nested filters: a few hundred
+/// levels overflow the stack (the whole process aborts) and twenty take seconds of CPU.
+/// Compiling happens on every run, on the runner, from a definition that may have come over
+/// the bus, so paths are bounded before they reach the parser.
+pub const MAX_JSON_PATH_NESTING: usize = 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AssertionError {
@@ -207,6 +215,12 @@ impl CompiledAssertion {
                         what: "an RFC 9535 JSON path such as `$.status`",
                     });
                 }
+                check_json_path_bounds(&config.value).map_err(|reason| {
+                    AssertionError::JsonPath {
+                        value: config.value.clone(),
+                        reason,
+                    }
+                })?;
                 let path =
                     JsonPath::parse(&config.value).map_err(|error| AssertionError::JsonPath {
                         value: config.value.clone(),
@@ -280,6 +294,46 @@ impl CompiledAssertion {
     pub fn config(&self) -> &AssertionConfig {
         &self.config
     }
+}
+
+/// Refuses a JSON path the parser could not handle safely: too long, or nested too deep.
+/// Brackets and parentheses inside quoted names (`$['a(b']`) do not count.
+fn check_json_path_bounds(path: &str) -> Result<(), String> {
+    if path.len() > MAX_JSON_PATH_BYTES {
+        return Err(format!(
+            "it is {} bytes long; at most {MAX_JSON_PATH_BYTES} are allowed",
+            path.len()
+        ));
+    }
+    let mut depth: usize = 0;
+    let mut quote: Option<char> = None;
+    let mut escaped = false;
+    for c in path.chars() {
+        if let Some(open) = quote {
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == open {
+                quote = None;
+            }
+            continue;
+        }
+        match c {
+            '\'' | '"' => quote = Some(c),
+            '[' | '(' => {
+                depth += 1;
+                if depth > MAX_JSON_PATH_NESTING {
+                    return Err(format!(
+                        "it nests brackets and parentheses more than {MAX_JSON_PATH_NESTING} deep; simplify it"
+                    ));
+                }
+            }
+            ']' | ')' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// Evaluates every assertion against one observation. The body is parsed as JSON at most once.
@@ -847,5 +901,47 @@ mod tests {
         );
         assert_eq!(result.actual.chars().count(), MAX_ACTUAL_CHARS + 1);
         assert!(result.actual.ends_with('…'));
+    }
+
+    /// Found while fuzzing (tests/fuzz.rs): serde_json_path 0.7 overflowed the stack on a few
+    /// hundred nested parentheses (the process aborted), and took 90 s of CPU on 22 unclosed
+    /// nested filters. Both are refused before the parser sees them, in well under a second.
+    #[test]
+    fn json_paths_nested_too_deep_are_refused_before_parsing() {
+        let started = std::time::Instant::now();
+        // 500 levels in 1007 bytes: under the length bound, over the stack's depth.
+        let parentheses = format!("$[?{}@.a{}]", "(".repeat(500), ")".repeat(500));
+        let filters = format!("$[?@{}]", "[?@".repeat(22));
+        let long = format!("$.{}", "a".repeat(MAX_JSON_PATH_BYTES));
+        for (path, expected) in [
+            (parentheses.as_str(), "more than 10 deep"),
+            (filters.as_str(), "more than 10 deep"),
+            (long.as_str(), "at most 1024 are allowed"),
+        ] {
+            let config = assertion("json", path, "notEmpty", "");
+            let error = CompiledAssertion::compile(&config, CheckType::Http).unwrap_err();
+            let AssertionError::JsonPath { reason, .. } = &error else {
+                panic!(
+                    "not a JSON path error: {}",
+                    truncate_chars(&error.to_string(), 80)
+                );
+            };
+            assert!(reason.contains(expected), "{reason}");
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    }
+
+    #[test]
+    fn json_path_nesting_counts_only_brackets_outside_quotes() {
+        let nested = "$.a[?@.b[?@.c[?@.d == 1]]]";
+        let quoted = format!("$['{}']", "([".repeat(50));
+        let escaped = format!("$[\"\\\"{}\"]", "(".repeat(50));
+        for path in [nested, quoted.as_str(), escaped.as_str()] {
+            let config = assertion("json", path, "notEmpty", "");
+            assert!(
+                CompiledAssertion::compile(&config, CheckType::Http).is_ok(),
+                "{path}"
+            );
+        }
     }
 }

@@ -16,6 +16,7 @@ pub mod config;
 pub mod heartbeat;
 pub mod http;
 pub mod lease;
+pub mod limits;
 pub mod messages;
 pub mod metrics;
 pub mod reload;

@@ -107,6 +107,25 @@ struct ConfigArg {
     config: PathBuf,
 }
 
+/// Writes to stderr, ignoring failure: `eprintln!` panics when stderr is a closed pipe, and
+/// a message nobody can read must not turn an exit code into a panic's 101.
+macro_rules! say_err {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
+/// Writes to stdout, ignoring failure (`bastion once | head -1` closes the pipe early).
+macro_rules! say_out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        let _ = write!(out, $($arg)*);
+        let _ = out.flush();
+    }};
+}
+
 const EXIT_FAILING: u8 = 1;
 const EXIT_CONFIG: u8 = 2;
 
@@ -119,7 +138,7 @@ fn main() -> ExitCode {
     {
         Ok(runtime) => runtime,
         Err(error) => {
-            eprintln!("error: cannot start the async runtime: {error}");
+            say_err!("error: cannot start the async runtime: {error}");
             return ExitCode::from(EXIT_FAILING);
         }
     };
@@ -127,8 +146,8 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Validate(arg) => match Config::load(&arg.config) {
                 Ok(config) => {
-                    println!(
-                        "{}: valid, {} check(s)",
+                    say_out!(
+                        "{}: valid, {} check(s)\n",
                         arg.config.display(),
                         config.checks.len()
                     );
@@ -152,7 +171,7 @@ fn main() -> ExitCode {
                     Ok(true) => ExitCode::SUCCESS,
                     Ok(false) => ExitCode::from(EXIT_FAILING),
                     Err(error) => {
-                        eprintln!("error: {error:#}");
+                        say_err!("error: {error:#}");
                         // Naming a check that is not there is a usage error; anything else
                         // went wrong while running.
                         let usage = matches!(
@@ -174,7 +193,7 @@ fn main() -> ExitCode {
             } => match agent::healthcheck(&url, insecure, timeout).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
-                    eprintln!("unhealthy: {error}");
+                    say_err!("unhealthy: {error}");
                     ExitCode::from(EXIT_FAILING)
                 }
             },
@@ -196,7 +215,7 @@ fn main() -> ExitCode {
                 match run(config, options).await {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(error) => {
-                        eprintln!("error: {error:#}");
+                        say_err!("error: {error:#}");
                         let usage = matches!(
                             error.downcast_ref::<agent::AgentError>(),
                             Some(agent::AgentError::RoleNeedsNats(_))
@@ -210,7 +229,7 @@ fn main() -> ExitCode {
 }
 
 fn config_error(error: &bastion_agent::config::ConfigError) -> ExitCode {
-    eprintln!("error: {error}");
+    say_err!("error: {error}");
     ExitCode::from(EXIT_CONFIG)
 }
 
@@ -234,7 +253,7 @@ async fn once(
     } else {
         out = report::table(&results);
     }
-    print!("{out}");
+    say_out!("{out}");
     Ok(results.iter().all(|result| result.passing))
 }
 

@@ -42,11 +42,33 @@ impl Bastion {
         args: &[&str],
         env: &[(&str, &str)],
     ) -> Bastion {
+        Bastion::start_under(&[], name, listen, config, args, env)
+    }
+
+    /// `start_with_env`, run through `wrapper` (e.g. `["prlimit", "--nofile=64:64", "--"]`),
+    /// which must exec the binary so that the child is bastion itself.
+    pub fn start_under(
+        wrapper: &[&str],
+        name: &str,
+        listen: u16,
+        config: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Bastion {
         let dir = scratch_dir(name);
         let path = dir.join("bastion.toml");
         std::fs::write(&path, config).expect("config file");
         let log = std::fs::File::create(dir.join("stderr.log")).expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_bastion"))
+        let binary = env!("CARGO_BIN_EXE_bastion");
+        let mut command = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut command = Command::new(program);
+                command.args(rest).arg(binary);
+                command
+            }
+            None => Command::new(binary),
+        };
+        let child = command
             .args(args)
             .arg("--config")
             .arg(&path)
