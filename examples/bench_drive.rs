@@ -33,17 +33,22 @@ async fn connect(address: &str) -> Option<Sender> {
     Some(sender)
 }
 
+/// Counts a failed probe, or keeps the processing time of a successful one.
 fn parse(body: &str, tally: &mut Tally) {
+    let mut processing = None;
+    let mut success = false;
     for line in body.lines() {
         if let Some(value) = line.strip_prefix("probe_http_duration_seconds{phase=\"processing\"} ")
         {
-            if let Ok(value) = value.trim().parse() {
-                tally.processing.push(value);
-            }
+            processing = value.trim().parse::<f64>().ok();
         }
-        if line.starts_with("probe_success ") && !line.ends_with(" 1") {
-            tally.failed += 1;
+        if line.starts_with("probe_success ") {
+            success = line.ends_with(" 1");
         }
+    }
+    match (success, processing) {
+        (true, Some(value)) => tally.processing.push(value),
+        _ => tally.failed += 1,
     }
 }
 
