@@ -7,11 +7,9 @@ mod common;
 
 use bastion_agent::bus::nats::NatsBus;
 use bastion_agent::bus::{Bus, BusError};
-use bastion_agent::config::NatsConfig;
 use bastion_agent::messages::{CheckRequest, CheckResult, Heartbeat};
-use bastion_agent::metrics::Metrics;
 use bytes::Bytes;
-use common::nats::{free_port, NatsServer};
+use common::nats::{free_port, observer, NatsServer};
 use common::process::{http_get_blocking, scratch_dir, Bastion};
 use common::*;
 use std::collections::{BTreeMap, HashMap};
@@ -43,21 +41,6 @@ async fn target() -> std::net::SocketAddr {
     let address = listener.local_addr().unwrap();
     serve_ok(listener, "ok");
     address
-}
-
-/// A NATS connection the test watches the bus through.
-async fn observer(url: &str) -> Arc<NatsBus> {
-    let config: NatsConfig = toml::from_str(&format!("url = \"{url}\"")).unwrap();
-    Arc::new(
-        NatsBus::connect(
-            &config,
-            "observer",
-            Arc::new(Metrics::new()),
-            Some(PATIENCE),
-        )
-        .await
-        .unwrap(),
-    )
 }
 
 /// Everything seen on a subject pattern, with when it arrived.
@@ -93,15 +76,6 @@ impl Seen {
             .iter()
             .map(|(at, payload)| (*at, serde_json::from_slice(payload).unwrap()))
             .collect()
-    }
-}
-
-/// Waits, without blocking the runtime, until `condition` holds.
-async fn eventually(what: &str, within: Duration, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

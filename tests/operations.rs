@@ -4,13 +4,10 @@
 
 mod common;
 
-use bastion_agent::bus::nats::NatsBus;
 use bastion_agent::bus::Bus;
-use bastion_agent::config::NatsConfig;
 use bastion_agent::messages::StateEvent;
-use bastion_agent::metrics::Metrics;
 use bastion_agent::state::CheckState;
-use common::nats::{free_port, NatsServer};
+use common::nats::{free_port, observer, NatsServer};
 use common::process::{http_get_blocking, scratch_dir, Bastion};
 use common::*;
 use std::os::unix::net::UnixDatagram;
@@ -18,14 +15,6 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
-
-async fn eventually(what: &str, within: Duration, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 /// An HTTP target whose status the test sets.
 async fn switchable_target() -> (std::net::SocketAddr, Arc<AtomicU16>) {
@@ -62,10 +51,7 @@ async fn a_failing_check_walks_the_states_and_publishes_each_transition() {
     let server = NatsServer::start();
     let (target, status) = switchable_target().await;
     status.store(500, Ordering::SeqCst);
-    let nats: NatsConfig = toml::from_str(&format!("url = \"{}\"", server.url())).unwrap();
-    let observer = NatsBus::connect(&nats, "observer", Arc::new(Metrics::new()), Some(PATIENCE))
-        .await
-        .unwrap();
+    let observer = observer(&server.url()).await;
     let mut subscription = observer.subscribe("bastion.events.>", None).await.unwrap();
     observer.flush(PATIENCE).await;
     let events: Arc<Mutex<Vec<StateEvent>>> = Arc::default();

@@ -180,6 +180,18 @@ impl XorShift {
     }
 }
 
+/// Waits, without blocking the runtime, until `condition` holds; fails naming `what`.
+pub async fn eventually(what: &str, within: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + within;
+    while !condition() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Plain HTTP GET over a fresh connection; returns status and body.
 pub async fn http_get(address: SocketAddr, path: &str) -> (u16, String) {
     let mut stream = TcpStream::connect(address).await.expect("connect");

@@ -3,10 +3,14 @@
 //! it is killed on drop. The binary comes from `NATS_SERVER`, else `nats-server` on PATH, else
 //! Debian's `/usr/sbin/nats-server`.
 
+use bastion_agent::bus::nats::NatsBus;
+use bastion_agent::config::NatsConfig;
+use bastion_agent::metrics::Metrics;
 use std::net::TcpListener as StdListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub struct NatsServer {
@@ -124,4 +128,18 @@ impl Drop for NatsServer {
         self.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// A NATS connection the test watches the bus through.
+pub async fn observer(url: &str) -> Arc<NatsBus> {
+    let config: NatsConfig = toml::from_str(&format!("url = \"{url}\"")).expect("nats config");
+    let bus = NatsBus::connect(
+        &config,
+        "observer",
+        Arc::new(Metrics::new()),
+        Some(super::PATIENCE),
+    )
+    .await
+    .expect("the observer connects");
+    Arc::new(bus)
 }
