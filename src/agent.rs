@@ -7,13 +7,13 @@
 
 use crate::bus::memory::MemoryBus;
 use crate::bus::nats::NatsBus;
-use crate::bus::{Bus, BusError, Subjects};
+use crate::bus::LeaseStore;
+use crate::bus::{Bus, BusError};
 use crate::checker::Checker;
 use crate::checks::CompiledCheck;
 use crate::config::{BusKind, Config};
 use crate::heartbeat::Heartbeats;
 use crate::http::ApiState;
-use crate::lease::LeaseStore;
 use crate::messages::{self, CheckResult, TestFailure, TestRequest, MESSAGE_VERSION};
 use crate::metrics::Metrics;
 use crate::reload::Reloader;
@@ -21,6 +21,7 @@ use crate::results::ResultStore;
 use crate::results::{EventOutlet, SinkContext};
 use crate::runner::dispatcher::RunOrder;
 use crate::runner::{build_dispatcher, Runner, RunnerError};
+use crate::subjects::Subjects;
 use crate::systemd::Notifier;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -541,7 +542,7 @@ pub async fn healthcheck(url: &str, insecure: bool, timeout: Duration) -> Result
         url = toml::Value::String(url.to_string()),
         timeout = humantime::format_duration(timeout),
     );
-    let config = Config::parse(
+    let config = crate::validate::parse(
         &text,
         crate::config::Format::Toml,
         std::path::Path::new("--url"),

@@ -3,9 +3,10 @@
 //! evaluated in process. Every result carries the expected and the actual value, and a failing one
 //! says why in words; evaluation never panics, whatever the body holds.
 
-use crate::checks::CheckType;
 use crate::config::{AssertionConfig, AssertionKey, Relationship};
-use serde::{Deserialize, Serialize};
+use crate::messages::AssertionResult;
+use crate::model::CheckType;
+
 use serde_json_path::JsonPath;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -152,20 +153,6 @@ pub struct CompiledAssertion {
     config: AssertionConfig,
     selector: Selector,
     operand: Operand,
-}
-
-/// One assertion's verdict, as it appears in results.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct AssertionResult {
-    pub key: AssertionKey,
-    pub value: String,
-    pub relationship: Relationship,
-    pub operand: String,
-    pub passing: bool,
-    pub actual: String,
-    /// Why it failed, in words; absent when it passed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub message: Option<String>,
 }
 
 /// What a probe saw, as assertions read it. Header names are lowercase; repeated headers are

@@ -6,10 +6,12 @@
 //! On a config reload it keeps each unchanged check's due time and run in flight, starts new
 //! and changed checks at their phase, and drops removed ones.
 
-use crate::bus::{Bus, BusError, Subjects, Subscription};
+use crate::bus::{Bus, BusError, Subscription};
+
 use crate::config::CheckConfig;
 use crate::messages::{self, CheckRequest, MESSAGE_VERSION};
 use crate::metrics::{CheckLabels, Metrics, SubjectLabels};
+use crate::subjects::Subjects;
 use prometheus_client::metrics::counter::Counter;
 use serde::Deserialize;
 use std::cmp::Reverse;

@@ -2,7 +2,7 @@
 //! validation. Loading never panics: every problem becomes a `ConfigError` that names the file,
 //! and the line and column where the parser knows them.
 
-use crate::checks::{CheckDefinitionError, CheckType};
+use crate::model::CheckType;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -284,12 +284,14 @@ impl CheckConfig {
         self.spec.check_type()
     }
 
-    /// The state machine's thresholds, with their defaults applied.
-    pub fn state_policy(&self) -> crate::state::StatePolicy {
-        crate::state::StatePolicy {
-            min_failing_count: self.min_failing_count.unwrap_or(1),
-            min_failing_time: self.min_failing_time.unwrap_or(DEFAULT_MIN_FAILING_TIME),
-        }
+    /// Failing instances that make the check fail, with its default applied.
+    pub fn min_failing_count(&self) -> usize {
+        self.min_failing_count.unwrap_or(1)
+    }
+
+    /// How long the check must keep failing (or passing) to change state, with its default.
+    pub fn min_failing_time(&self) -> Duration {
+        self.min_failing_time.unwrap_or(DEFAULT_MIN_FAILING_TIME)
     }
 }
 
@@ -714,7 +716,8 @@ impl Format {
 }
 
 impl Config {
-    /// Reads, parses and validates the file at `path`.
+    /// Reads and parses the file at `path`, and checks what the schema alone can check.
+    /// `validate::load` also checks what needs the probe engine, the bus and the endpoints.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
@@ -723,7 +726,8 @@ impl Config {
         Config::parse(&text, Format::for_path(path), path)
     }
 
-    /// Parses and validates `text`; `path` only names the source in errors.
+    /// Parses `text` and checks what the schema alone can check; `path` only names the source
+    /// in errors. `validate::parse` does all of it.
     pub fn parse(text: &str, format: Format, path: &Path) -> Result<Config, ConfigError> {
         let config: Config = match format {
             Format::Toml => toml::from_str(text).map_err(|error| toml_error(text, path, &error))?,
@@ -738,7 +742,9 @@ impl Config {
         Ok(config)
     }
 
-    /// Checks what the types cannot: ranges, uniqueness, and that every check compiles.
+    /// Checks what the types cannot but the schema alone can: ranges, uniqueness, settings that
+    /// go together. What needs the probe engine (compiling checks, opening ICMP sockets), the bus
+    /// (URLs, subjects) or the endpoints (password hashes) is checked by `validate`.
     pub fn validate(&self) -> Result<(), String> {
         if self.agent.id.trim().is_empty() {
             return Err("agent.id must not be empty".to_string());
@@ -754,10 +760,6 @@ impl Config {
         }
         self.validate_bus()?;
         self.validate_web()?;
-        for server in &self.runner.dns_servers {
-            crate::resolve::parse_dns_server(server)
-                .map_err(|error| format!("runner.dns_servers: {error}"))?;
-        }
         let mut seen: HashMap<&str, usize> = HashMap::new();
         for (index, check) in self.checks.iter().enumerate() {
             if let Some(first) = seen.insert(check.name.as_str(), index) {
@@ -774,10 +776,6 @@ impl Config {
                     check.name
                 ));
             }
-            crate::checks::CompiledCheck::compile(check).map_err(|error| match error {
-                CheckDefinitionError::Name(_) => format!("check #{}: {error}", index + 1),
-                _ => format!("check `{}`: {error}", check.name),
-            })?;
             let check_type = check.check_type();
             if self.runner.workers.for_type(check_type) == 0 {
                 return Err(format!(
@@ -786,15 +784,6 @@ impl Config {
                     check.name
                 ));
             }
-        }
-        // ICMP needs a socket this process may open; find out now, not at the first probe.
-        if let Some(check) = self
-            .checks
-            .iter()
-            .find(|check| check.check_type() == CheckType::Icmp)
-        {
-            crate::checks::icmp::ensure_sockets()
-                .map_err(|error| format!("check `{}`: {error}", check.name))?;
         }
         Ok(())
     }
@@ -833,7 +822,7 @@ impl Config {
                     "agent.web.basic_auth_users: user name `{user}` must be non-empty and without `:`"
                 ));
             }
-            crate::http::auth::check_hash(hash)
+            check_hash(hash)
                 .map_err(|error| format!("agent.web.basic_auth_users.{user}: {error}"))?;
         }
         Ok(())
@@ -861,15 +850,6 @@ impl Config {
         let urls = nats.url.to_vec();
         if urls.is_empty() {
             return Err("bus.nats.url is an empty list; give at least one server".to_string());
-        }
-        for url in &urls {
-            crate::bus::nats::check_url(url).map_err(|error| format!("bus.nats.url: {error}"))?;
-        }
-        if !crate::bus::valid_subject(&nats.subject_prefix, false) {
-            return Err(format!(
-                "bus.nats.subject_prefix `{}` is not a valid subject: use dot-separated tokens without spaces or wildcards",
-                nats.subject_prefix
-            ));
         }
         let methods = [
             nats.token_file.is_some(),
@@ -906,14 +886,16 @@ impl Config {
                     .to_string(),
             );
         }
-        if !crate::bus::nats::valid_bucket_name(&self.checker.lease_bucket) {
-            return Err(format!(
-                "checker.lease_bucket `{}` is not a valid bucket name: use letters, digits, `-` and `_`",
-                self.checker.lease_bucket
-            ));
-        }
         Ok(())
     }
+}
+
+/// Whether `hash` is a bcrypt hash bastion can verify against.
+pub fn check_hash(hash: &str) -> Result<(), String> {
+    hash.parse::<bcrypt::HashParts>().map(|_| ()).map_err(|_| {
+        "is not a bcrypt hash; make one with `htpasswd -nBC 10 USER` and keep the part after the colon"
+            .to_string()
+    })
 }
 
 fn toml_error(text: &str, path: &Path, error: &toml::de::Error) -> ConfigError {

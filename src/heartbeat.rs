@@ -2,11 +2,13 @@
 //! its role, version, uptime, whether it leads (HA checkers) and how busy its workers are. It
 //! only reads shared state and publishes; a refused publish is counted, never retried.
 
-use crate::bus::{Bus, Subjects};
+use crate::bus::Bus;
+
 use crate::lease::Leadership;
 use crate::messages::{self, Heartbeat, MESSAGE_VERSION};
 use crate::metrics::{Metrics, SubjectLabels};
 use crate::runner::dispatcher::Dispatcher;
+use crate::subjects::Subjects;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::time::Instant;

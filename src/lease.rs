@@ -5,29 +5,13 @@
 //! successful renewal, before the store can hand the lease to anyone else, so two checkers
 //! never schedule at once. It never schedules anything itself.
 
-use crate::bus::{BoxFuture, BusError};
+use crate::bus::LeaseStore;
 use crate::metrics::Metrics;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-
-/// Where the lease is kept. Each write returns the lease's new revision; writes are
-/// compare-and-set on it, and the store forgets the lease once a TTL has passed since the
-/// last write.
-pub trait LeaseStore: Send + Sync {
-    /// Takes the lease if nobody holds it. `None`: somebody does.
-    fn acquire<'a>(&'a self, holder: &'a str) -> BoxFuture<'a, Result<Option<u64>, BusError>>;
-    /// Extends the lease held at `revision`. `None`: it is no longer ours.
-    fn renew<'a>(
-        &'a self,
-        holder: &'a str,
-        revision: u64,
-    ) -> BoxFuture<'a, Result<Option<u64>, BusError>>;
-    /// Gives the lease up now, so a standby takes over without waiting for the TTL.
-    fn release(&self, revision: u64) -> BoxFuture<'_, Result<(), BusError>>;
-}
 
 /// Whether this checker leads now; it changes as the lease is won and lost.
 pub type Leadership = watch::Receiver<bool>;
@@ -142,6 +126,7 @@ fn step_down(leading: &watch::Sender<bool>, metrics: &Metrics) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bus::{BoxFuture, BusError};
     use std::sync::Mutex;
 
     /// A lease store kept in memory with the same rules as the key-value bucket: writes are

@@ -8,8 +8,8 @@
 //! It warns rather than refuses: the pools are caps, not demand, and a config with many workers
 //! and few checks runs fine under a low limit. It never changes the limit itself.
 
-use crate::checks::CheckType;
 use crate::config::WorkersConfig;
+use crate::model::CheckType;
 
 /// Descriptors beyond the worker pools: the listener and its clients (the API, scrapes),
 /// the NATS connection, stdio, the runtime's own, certificate and config files being read.

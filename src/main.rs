@@ -144,7 +144,7 @@ fn main() -> ExitCode {
     };
     runtime.block_on(async {
         match cli.command {
-            Command::Validate(arg) => match Config::load(&arg.config) {
+            Command::Validate(arg) => match bastion_agent::validate::load(&arg.config) {
                 Ok(config) => {
                     say_out!(
                         "{}: valid, {} check(s)\n",
@@ -162,7 +162,7 @@ fn main() -> ExitCode {
                 remote,
                 bus,
             } => {
-                let config = match Config::load(&config.config) {
+                let config = match bastion_agent::validate::load(&config.config) {
                     Ok(config) => config,
                     Err(error) => return config_error(&error),
                 };
@@ -202,7 +202,7 @@ fn main() -> ExitCode {
                 role,
                 bus,
             } => {
-                let config = match Config::load(&path.config) {
+                let config = match bastion_agent::validate::load(&path.config) {
                     Ok(config) => config,
                     Err(error) => return config_error(&error),
                 };

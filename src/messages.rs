@@ -4,9 +4,8 @@
 //! `bastion once --json`; every message carries `"version": 1`. Decoding is strict and bounded:
 //! a bad message is an error value, never a panic.
 
-use crate::assertions::AssertionResult;
-use crate::checks::{CheckType, ErrorKind, ProbeError};
-use crate::config::CheckConfig;
+use crate::config::{AssertionKey, CheckConfig, Relationship};
+use crate::model::{CheckType, ErrorKind, ProbeError};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::SystemTime;
@@ -48,8 +47,8 @@ pub struct TestFailure {
 pub struct StateEvent {
     pub version: u32,
     pub check: String,
-    pub from: crate::state::CheckState,
-    pub to: crate::state::CheckState,
+    pub from: crate::model::CheckState,
+    pub to: crate::model::CheckState,
     /// When the result that caused it was taken.
     #[serde(with = "crate::time_format")]
     pub at: SystemTime,
@@ -292,6 +291,20 @@ impl Response {
 }
 
 /// Why a bus payload was refused. The reason is a bounded metric label.
+/// One assertion's verdict, as it appears in results.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AssertionResult {
+    pub key: AssertionKey,
+    pub value: String,
+    pub relationship: Relationship,
+    pub operand: String,
+    pub passing: bool,
+    pub actual: String,
+    /// Why it failed, in words; absent when it passed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
     #[error("payload of {0} bytes is larger than the {MAX_MESSAGE_BYTES} allowed")]

@@ -3,8 +3,8 @@
 //! bounded sets (check names, instance addresses, types, phases, fixed reasons); never error
 //! text or a raw URL. Rendered in the classic text format that every Prometheus reads.
 
-use crate::checks::{CheckType, ErrorKind};
 use crate::messages::Response;
+use crate::model::{CheckType, ErrorKind};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -388,7 +388,7 @@ impl Metrics {
     /// Removes the series the result sink (and the runner) keep per check: its state, its
     /// transitions and its run durations. The `probe_*` series go by target (`forget_target`).
     pub fn forget_check_results(&self, check: &str) {
-        for state in crate::state::CheckState::ALL {
+        for state in crate::model::CheckState::ALL {
             self.check_transitions.remove(&CheckToLabels {
                 check: check.to_string(),
                 to: state.as_str(),
@@ -717,8 +717,8 @@ impl ResultFamilies {
     }
 
     /// Sets `bastion_check_state` for `check`: 1 for `state`, 0 for the others.
-    pub fn set_check_state(&self, check: &str, state: crate::state::CheckState) {
-        for each in crate::state::CheckState::ALL {
+    pub fn set_check_state(&self, check: &str, state: crate::model::CheckState) {
+        for each in crate::model::CheckState::ALL {
             self.check_state
                 .get_or_create(&CheckStateLabels {
                     check: check.to_string(),

@@ -91,7 +91,7 @@ impl Reloader {
         if let Some(notifier) = &self.notifier {
             notifier.reloading();
         }
-        let outcome = match Config::load(&self.path) {
+        let outcome = match crate::validate::load(&self.path) {
             Ok(next) => {
                 let current = Arc::clone(&self.checks.borrow());
                 let summary = diff(&running, &current, &next);

@@ -2,7 +2,7 @@
 //! apply), or the DNS servers named in `[runner] dns_servers`, queried with no cache and a
 //! single attempt so that the time is real. Every address a name returns is kept, in order.
 
-use crate::checks::{ErrorKind, InstanceAddr, ProbeError};
+use crate::model::{ErrorKind, InstanceAddr, ProbeError};
 use hickory_resolver::config::{
     LookupIpStrategy, NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts,
 };

@@ -8,12 +8,15 @@
 //! disappears from a check's results (its address left DNS, say) disappears from `/metrics`
 //! with it, never shown as if it were still probed.
 
-use crate::bus::{Bus, Message, Subjects, Subscription};
+use crate::bus::{Bus, Message, Subscription};
+
 use crate::config::CheckConfig;
 use crate::lease::Leadership;
 use crate::messages::{self, CheckResult, StateEvent, MESSAGE_VERSION};
 use crate::metrics::{CheckToLabels, Metrics, ReasonLabels, SubjectLabels};
-use crate::state::{CheckState, StateTracker};
+use crate::model::CheckState;
+use crate::state::{StatePolicy, StateTracker};
+use crate::subjects::Subjects;
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
@@ -248,7 +251,7 @@ impl Sink {
             self.metrics.forget_check_results(&result.check);
             return;
         };
-        let policy = config.state_policy();
+        let policy = StatePolicy::for_check(config);
         let current = self.store.status(&result.check);
         if let Some(latest) = current.as_ref().and_then(|status| status.latest.as_ref()) {
             if latest.scheduled_at > result.scheduled_at {

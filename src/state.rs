@@ -4,49 +4,10 @@
 //! `min_failing_count`, and how long it has been in the waiting states (`min_failing_time`).
 //! This module is pure: it decides transitions and never publishes or records anything.
 
-use serde::{Deserialize, Serialize};
+use crate::config::CheckConfig;
+use crate::model::CheckState;
 use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum CheckState {
-    #[serde(rename = "OK")]
-    Ok,
-    #[serde(rename = "WARN")]
-    Warn,
-    #[serde(rename = "FAIL_WAIT")]
-    FailWait,
-    #[serde(rename = "FAIL")]
-    Fail,
-    #[serde(rename = "PASS_WAIT")]
-    PassWait,
-}
-
-impl CheckState {
-    pub const ALL: [CheckState; 5] = [
-        CheckState::Ok,
-        CheckState::Warn,
-        CheckState::FailWait,
-        CheckState::Fail,
-        CheckState::PassWait,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CheckState::Ok => "OK",
-            CheckState::Warn => "WARN",
-            CheckState::FailWait => "FAIL_WAIT",
-            CheckState::Fail => "FAIL",
-            CheckState::PassWait => "PASS_WAIT",
-        }
-    }
-}
-
-impl std::fmt::Display for CheckState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// A check's thresholds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +16,16 @@ pub struct StatePolicy {
     pub min_failing_count: usize,
     /// How long it must keep failing before `FAIL`, and keep passing before it is `OK` again.
     pub min_failing_time: Duration,
+}
+
+impl StatePolicy {
+    /// The thresholds a check's configuration sets, defaults applied.
+    pub fn for_check(check: &CheckConfig) -> StatePolicy {
+        StatePolicy {
+            min_failing_count: check.min_failing_count(),
+            min_failing_time: check.min_failing_time(),
+        }
+    }
 }
 
 /// One change of state.

@@ -217,9 +217,10 @@ async fn shutdown_lets_runs_in_flight_finish_and_records_them() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_runner_counts_and_drops_bad_messages_and_keeps_running() {
     use bastion_agent::bus::memory::MemoryBus;
-    use bastion_agent::bus::{Bus, Subjects};
+    use bastion_agent::bus::Bus;
     use bastion_agent::messages::{self, CheckRequest, CheckResult, MAX_MESSAGE_BYTES};
     use bastion_agent::runner::{build_dispatcher, Runner};
+    use bastion_agent::subjects::Subjects;
     use std::sync::Arc;
 
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -294,8 +295,8 @@ async fn the_runner_counts_and_drops_bad_messages_and_keeps_running() {
 async fn the_result_sink_removes_series_of_vanished_instances() {
     use bastion_agent::bus::memory::MemoryBus;
     use bastion_agent::bus::Bus;
-    use bastion_agent::checks::CheckType;
     use bastion_agent::messages::{self, CheckResult, Response, Timings};
+    use bastion_agent::model::CheckType;
     use bastion_agent::results::{consume, ResultStore, SinkContext};
     use std::sync::Arc;
     use std::time::{Duration, SystemTime};
@@ -332,8 +333,8 @@ async fn the_result_sink_removes_series_of_vanished_instances() {
                 passing: true,
                 ..Response::failed(
                     target.to_string(),
-                    bastion_agent::checks::ProbeError::new(
-                        bastion_agent::checks::ErrorKind::Http,
+                    bastion_agent::model::ProbeError::new(
+                        bastion_agent::model::ErrorKind::Http,
                         "x",
                     ),
                     Timings::default(),

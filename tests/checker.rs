@@ -2,11 +2,12 @@
 //! while a run is in flight, and lost runs given up after their horizon.
 
 use bastion_agent::bus::memory::MemoryBus;
-use bastion_agent::bus::{Bus, Subjects};
+use bastion_agent::bus::Bus;
 use bastion_agent::checker::{first_wait, Checker};
 use bastion_agent::config::{Config, Format};
 use bastion_agent::messages::{self, CheckRequest, CheckResult, MESSAGE_VERSION};
 use bastion_agent::metrics::Metrics;
+use bastion_agent::subjects::Subjects;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -25,7 +26,7 @@ fn config(interval: &str, timeout: &str) -> Config {
         url = "http://127.0.0.1:1/"
         "#
     );
-    Config::parse(&text, Format::Toml, Path::new("test.toml")).unwrap()
+    bastion_agent::validate::parse(&text, Format::Toml, Path::new("test.toml")).unwrap()
 }
 
 struct Harness {

@@ -3,7 +3,6 @@
 
 mod common;
 
-use bastion_agent::config::Config;
 use common::*;
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -39,7 +38,7 @@ fn every_shipped_config_file_is_valid() {
             path.extension().and_then(|e| e.to_str()),
             Some("toml" | "yaml" | "yml")
         ) {
-            if let Err(error) = Config::load(&path) {
+            if let Err(error) = bastion_agent::validate::load(&path) {
                 panic!("{error}");
             }
             let output = bastion(&["validate", "--config", path.to_str().unwrap()]);

@@ -4,7 +4,7 @@
 
 mod common;
 
-use bastion_agent::checks::ErrorKind;
+use bastion_agent::model::ErrorKind;
 use common::*;
 use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::{A, MX, TXT};

@@ -12,11 +12,12 @@
 mod common;
 
 use bastion_agent::assertions::{evaluate_all, CompiledAssertion, Observation};
-use bastion_agent::checks::{CheckType, CompiledCheck, ErrorKind};
+use bastion_agent::checks::CompiledCheck;
 use bastion_agent::config::{AssertionConfig, AssertionKey, Config, Format, Relationship};
 use bastion_agent::messages::{
     self, CheckRequest, CheckResult, Heartbeat, TestRequest, MESSAGE_VERSION,
 };
+use bastion_agent::model::{CheckType, ErrorKind};
 use bastion_agent::runner::dispatcher::RunOrder;
 use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, TestRunner};
@@ -124,8 +125,16 @@ fn fuzz_config_text_never_panics() {
     let text = prop_oneof![any::<String>(), config_like_text()];
     runner
         .run(&text, |text| {
-            assert_config_outcome(Config::parse(&text, Format::Toml, Path::new("fuzz.toml")));
-            assert_config_outcome(Config::parse(&text, Format::Yaml, Path::new("fuzz.yaml")));
+            assert_config_outcome(bastion_agent::validate::parse(
+                &text,
+                Format::Toml,
+                Path::new("fuzz.toml"),
+            ));
+            assert_config_outcome(bastion_agent::validate::parse(
+                &text,
+                Format::Yaml,
+                Path::new("fuzz.yaml"),
+            ));
             Ok(())
         })
         .unwrap();
@@ -225,7 +234,11 @@ fn fuzz_config_mutations_never_panic() {
                 Format::Toml => "fuzz.toml",
                 Format::Yaml => "fuzz.yaml",
             };
-            assert_config_outcome(Config::parse(&mutated, *format, Path::new(name)));
+            assert_config_outcome(bastion_agent::validate::parse(
+                &mutated,
+                *format,
+                Path::new(name),
+            ));
             Ok(())
         })
         .unwrap();

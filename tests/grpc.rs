@@ -5,7 +5,7 @@
 
 mod common;
 
-use bastion_agent::checks::ErrorKind;
+use bastion_agent::model::ErrorKind;
 use bytes::Bytes;
 use common::*;
 use hyper::service::service_fn;

@@ -5,7 +5,7 @@
 mod common;
 
 use bastion_agent::checks::icmp;
-use bastion_agent::checks::ErrorKind;
+use bastion_agent::model::ErrorKind;
 use common::*;
 use tokio::net::UdpSocket;
 

@@ -6,7 +6,7 @@ mod common;
 
 use bastion_agent::bus::Bus;
 use bastion_agent::messages::StateEvent;
-use bastion_agent::state::CheckState;
+use bastion_agent::model::CheckState;
 use common::nats::{free_port, observer, NatsServer};
 use common::process::{http_get_blocking, scratch_dir, Bastion};
 use common::*;

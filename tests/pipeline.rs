@@ -4,7 +4,7 @@
 
 mod common;
 
-use bastion_agent::checks::ErrorKind;
+use bastion_agent::model::ErrorKind;
 use common::*;
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicUsize, Ordering};

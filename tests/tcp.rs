@@ -4,7 +4,7 @@
 
 mod common;
 
-use bastion_agent::checks::ErrorKind;
+use bastion_agent::model::ErrorKind;
 use common::*;
 use std::sync::Arc;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};

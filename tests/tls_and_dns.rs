@@ -3,7 +3,7 @@
 
 mod common;
 
-use bastion_agent::checks::ErrorKind;
+use bastion_agent::model::ErrorKind;
 use bytes::Bytes;
 use common::*;
 use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};

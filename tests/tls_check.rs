@@ -5,8 +5,8 @@
 
 mod common;
 
-use bastion_agent::checks::ErrorKind;
 use bastion_agent::messages::CheckResult;
+use bastion_agent::model::ErrorKind;
 use common::*;
 use std::net::SocketAddr;
 use std::time::SystemTime;

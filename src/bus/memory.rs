@@ -2,7 +2,8 @@
 //! is a bounded channel; a publish that finds one full drops the message for that subscriber
 //! and reports it, so a stuck consumer can never stall the checker or grow memory.
 
-use super::{subject_matches, valid_subject, BoxFuture, Bus, BusError, Message, Subscription};
+use super::{BoxFuture, Bus, BusError, Message, Subscription};
+use crate::subjects::{subject_matches, valid_subject};
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -8,10 +8,11 @@
 //! reconnects forever with backoff and subscriptions resume; only the first connection can
 //! fail, clearly, on bad credentials or after the connect timeout.
 
-use super::{subject_matches, valid_subject, BoxFuture, Bus, BusError, Message, Subscription};
+use super::LeaseStore;
+use super::{BoxFuture, Bus, BusError, Message, Subscription};
 use crate::config::NatsConfig;
-use crate::lease::LeaseStore;
 use crate::metrics::{Metrics, ReasonLabels};
+use crate::subjects::{subject_matches, valid_subject};
 use async_nats::connection::State;
 use async_nats::jetstream::{self, kv, stream};
 use async_nats::{Client, ConnectErrorKind, ConnectOptions, Event, ServerAddr};

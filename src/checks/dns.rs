@@ -4,10 +4,12 @@
 //! (query written to answer read). An answer that is not a DNS response to the query is an
 //! error; NXDOMAIN or SERVFAIL is an answer, reported as its rcode.
 
-use super::{split_host_port, ErrorKind, InstanceAddr, Phase, ProbeError, ProbeRecord};
+use super::{Phase, ProbeRecord};
+
 use crate::assertions::Observed;
 use crate::config::{AssertionKey, DnsRecordType, DnsSpec, DnsTransport};
 use crate::messages::DnsDetails;
+use crate::model::{split_host_port, ErrorKind, InstanceAddr, ProbeError};
 use hickory_proto::op::{Message, MessageType, OpCode, Query};
 use hickory_proto::rr::{Name, RecordType};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};

@@ -7,11 +7,10 @@
 use super::http::{drive, error_chain, http_error};
 use super::tcp::{TcpDefinitionError, TlsTarget};
 use super::tls_client::handshake;
-use super::{
-    connect_tcp, split_host_port, ErrorKind, Phase, ProbeContext, ProbeError, ProbeRecord,
-};
+use super::{connect_tcp, Phase, ProbeContext, ProbeRecord};
 use crate::config::GrpcSpec;
 use crate::messages::GrpcDetails;
+use crate::model::{split_host_port, ErrorKind, ProbeError};
 use bytes::{Bytes, BytesMut};
 use http::header::{HeaderValue, CONTENT_TYPE, TE, USER_AGENT};
 use http::{HeaderMap, Method, Request, Uri};

@@ -4,9 +4,10 @@
 //! pooling and no caches between probes. The body is read up to a cap and no further.
 
 use super::tls_client::{earliest_not_after, TlsSetupError};
-use super::{ErrorKind, Phase, ProbeContext, ProbeError, ProbeRecord};
+use super::{Phase, ProbeContext, ProbeRecord};
 use crate::config::{HttpSpec, TlsSettings};
 use crate::messages::{HttpDetails, TlsDetails};
+use crate::model::{ErrorKind, ProbeError};
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, HOST, LOCATION, USER_AGENT};
 use http::{HeaderMap, Method, Request, StatusCode, Uri, Version};

@@ -4,10 +4,12 @@
 //! otherwise; where neither opens, configs with icmp checks are refused at start-up. No unsafe
 //! code: the socket is made by socket2 and driven by tokio as a datagram socket.
 
-use super::{ErrorKind, Phase, ProbeError, ProbeRecord};
+use super::{Phase, ProbeRecord};
+
 use crate::assertions::Observed;
 use crate::config::{AssertionKey, IcmpSpec};
 use crate::messages::IcmpDetails;
+use crate::model::{ErrorKind, ProbeError};
 use socket2::{Domain, Protocol, Socket, Type};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU16, Ordering};

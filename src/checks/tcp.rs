@@ -5,12 +5,11 @@
 
 use super::http::{server_name, tls_setup_error};
 use super::tls_client::handshake;
-use super::{
-    connect_tcp, split_host_port, ErrorKind, Phase, ProbeContext, ProbeError, ProbeRecord,
-};
+use super::{connect_tcp, Phase, ProbeContext, ProbeRecord};
 use crate::assertions::Observed;
 use crate::config::{AssertionKey, TcpSpec, TlsSettings};
 use crate::messages::TcpDetails;
+use crate::model::{split_host_port, ErrorKind, ProbeError};
 use rustls::pki_types::ServerName;
 use rustls::ClientConfig;
 use std::net::SocketAddr;

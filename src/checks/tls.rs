@@ -6,10 +6,11 @@
 
 use super::http::{server_name, tls_setup_error};
 use super::tls_client::{certificate_details, handshake, provider};
-use super::{connect_tcp, split_host_port, ErrorKind, ProbeContext, ProbeError, ProbeRecord};
+use super::{connect_tcp, ProbeContext, ProbeRecord};
 use crate::assertions::Observed;
 use crate::config::{AssertionKey, TlsSettings, TlsSpec};
 use crate::messages::{ChainDetails, TlsDetails};
+use crate::model::{split_host_port, ErrorKind, ProbeError};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};

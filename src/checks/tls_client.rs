@@ -2,9 +2,11 @@
 //! system's roots costs milliseconds, a probe must not pay it. Verification is on by default;
 //! `insecure_skip_verify` still checks handshake signatures, it only stops trusting the chain.
 
-use super::{ErrorKind, Phase, ProbeError, ProbeRecord};
+use super::{Phase, ProbeRecord};
+
 use crate::config::TlsSettings;
 use crate::messages::{CertificateDetails, TlsDetails};
+use crate::model::{ErrorKind, ProbeError};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;

@@ -7,13 +7,13 @@ pub mod auth;
 pub mod tls;
 
 use crate::bus::Bus;
-use crate::checks::CheckType;
 use crate::config::WebConfig;
 use crate::messages::CheckResult;
 use crate::metrics::Metrics;
+use crate::model::CheckState;
+use crate::model::CheckType;
 use crate::reload::Reloader;
 use crate::results::{ChecksWatch, ResultStore};
-use crate::state::CheckState;
 use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;

@@ -9,12 +9,12 @@
 use super::pool::{Worker, WorkerPool};
 use crate::assertions::{self, Observation, Observed};
 use crate::checks::{
-    dns, grpc, http, icmp, tcp, tls, CheckType, CompiledCheck, ErrorKind, ProbeContext, ProbeError,
-    ProbePlan, ProbeRecord,
+    dns, grpc, http, icmp, tcp, tls, CompiledCheck, ProbeContext, ProbePlan, ProbeRecord,
 };
 use crate::config::AssertionKey;
 use crate::messages::{CheckResult, Response, Timings, MESSAGE_VERSION};
 use crate::metrics::{CheckTypeLabels, Metrics, TypeLabels};
+use crate::model::{CheckType, ErrorKind, ProbeError};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;

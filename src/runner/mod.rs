@@ -9,12 +9,14 @@
 pub mod dispatcher;
 pub mod pool;
 
-use crate::bus::{Bus, BusError, Subjects, Subscription, RUNNER_QUEUE_GROUP};
+use crate::bus::{Bus, BusError, Subscription};
+
 use crate::checks::{CompiledCheck, ProbeContext};
 use crate::config::Config;
 use crate::messages::{self, CheckRequest, DecodeError, TestFailure, TestRequest, MESSAGE_VERSION};
 use crate::metrics::{Metrics, ReasonLabels, SubjectLabels, TypeLabels};
 use crate::resolve::{Resolver, ResolverSetupError};
+use crate::subjects::{Subjects, RUNNER_QUEUE_GROUP};
 use dispatcher::{Dispatcher, RunOrder};
 use pool::WorkerPool;
 use std::sync::Arc;
@@ -43,7 +45,7 @@ pub fn build_dispatcher(config: &Config, metrics: Arc<Metrics>) -> Result<Dispat
         tls: Arc::default(),
         max_body_bytes: config.runner.max_body_bytes,
     });
-    let pools = crate::checks::CheckType::ALL
+    let pools = crate::model::CheckType::ALL
         .into_iter()
         .map(|check_type| {
             WorkerPool::new(
@@ -76,7 +78,7 @@ pub struct Runner {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Intake {
     /// Scheduled runs; their results go to `{prefix}.results.{check}`.
-    Scheduled(crate::checks::CheckType),
+    Scheduled(crate::model::CheckType),
     /// Test requests; each result is the reply.
     Test,
 }

@@ -2,8 +2,8 @@
 //! A task either gets a worker before its dispatch deadline or never runs; waiting longer would
 //! report a probe of a moment that has already passed.
 
-use crate::checks::CheckType;
 use crate::metrics::{Metrics, TypeLabels};
+use crate::model::CheckType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;

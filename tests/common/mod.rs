@@ -23,7 +23,7 @@ use tokio::net::{TcpListener, TcpStream};
 pub const PATIENCE: Duration = Duration::from_secs(30);
 
 pub fn config(toml: &str) -> Config {
-    match Config::parse(toml, Format::Toml, Path::new("test.toml")) {
+    match bastion_agent::validate::parse(toml, Format::Toml, Path::new("test.toml")) {
         Ok(config) => config,
         Err(error) => panic!("test config is invalid: {error}\n{toml}"),
     }
@@ -336,7 +336,7 @@ pub fn temp_path(stem: &str, extension: &str) -> std::path::PathBuf {
 
 /// The message of a config that must not load.
 pub fn config_error(toml: &str) -> String {
-    match Config::parse(toml, Format::Toml, Path::new("test.toml")) {
+    match bastion_agent::validate::parse(toml, Format::Toml, Path::new("test.toml")) {
         Ok(_) => panic!("config should be refused:\n{toml}"),
         Err(error) => error.to_string(),
     }

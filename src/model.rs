@@ -1,0 +1,279 @@
+//! The vocabulary every layer shares: check types, the fixed set of probe error kinds, probe
+//! errors, check states, instance addresses and `host:port` parsing. It sits at the bottom of
+//! the crate and must never import anything from it: everything else may import it.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+
+/// The kinds of check, each with its own worker pool and bus subject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckType {
+    Http,
+    Tcp,
+    Dns,
+    Tls,
+    Icmp,
+    Grpc,
+}
+
+impl CheckType {
+    pub const ALL: [CheckType; 6] = [
+        CheckType::Http,
+        CheckType::Tcp,
+        CheckType::Dns,
+        CheckType::Tls,
+        CheckType::Icmp,
+        CheckType::Grpc,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckType::Http => "http",
+            CheckType::Tcp => "tcp",
+            CheckType::Dns => "dns",
+            CheckType::Tls => "tls",
+            CheckType::Icmp => "icmp",
+            CheckType::Grpc => "grpc",
+        }
+    }
+}
+
+impl fmt::Display for CheckType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The fixed set of ways a probe can fail. Each is both the JSON `error.kind` and a bounded
+/// metric label, so the set stays small and never carries free text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The host name did not resolve.
+    Resolve,
+    /// The TCP connection could not be made.
+    Connect,
+    /// The TLS handshake failed, or the certificate was not trusted.
+    Tls,
+    /// The server broke the HTTP protocol, or closed before answering.
+    Http,
+    /// The response body could not be read to its end (or to the cap).
+    Body,
+    /// TCP: an `expect` step found no match before the peer closed or the read cap.
+    Expect,
+    /// DNS: the server's answer was not a valid DNS response to the query.
+    Dns,
+    /// ICMP: the echo socket could not be opened or used.
+    Icmp,
+    /// gRPC: the call failed (a grpc-status other than OK, or a malformed answer).
+    Grpc,
+    /// The probe did not finish within the check's timeout.
+    Timeout,
+    /// No worker was free within the dispatch deadline; the probe never ran.
+    DispatchTimeout,
+    /// The probe task itself failed; a bug, reported rather than hidden.
+    Internal,
+}
+
+impl ErrorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Resolve => "resolve",
+            ErrorKind::Connect => "connect",
+            ErrorKind::Tls => "tls",
+            ErrorKind::Http => "http",
+            ErrorKind::Body => "body",
+            ErrorKind::Expect => "expect",
+            ErrorKind::Dns => "dns",
+            ErrorKind::Icmp => "icmp",
+            ErrorKind::Grpc => "grpc",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::DispatchTimeout => "dispatch_timeout",
+            ErrorKind::Internal => "internal",
+        }
+    }
+}
+
+/// What went wrong in one probe: a kind from the fixed set, and a message for people.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{kind:?}: {message}")]
+pub struct ProbeError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl ProbeError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        ProbeError {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+/// An IP with an optional port, as written in `instances` (and in `runner.dns_servers`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InstanceAddr {
+    /// An IP; the port comes from the check's URL or address.
+    Ip(IpAddr),
+    /// An IP and its own port.
+    Socket(SocketAddr),
+}
+
+impl InstanceAddr {
+    pub fn parse(text: &str) -> Option<InstanceAddr> {
+        let text = text.trim();
+        if let Ok(socket) = text.parse::<SocketAddr>() {
+            return Some(InstanceAddr::Socket(socket));
+        }
+        let bare = text
+            .strip_prefix('[')
+            .and_then(|rest| rest.strip_suffix(']'))
+            .unwrap_or(text);
+        bare.parse::<IpAddr>().ok().map(InstanceAddr::Ip)
+    }
+
+    pub fn with_default_port(self, port: u16) -> SocketAddr {
+        match self {
+            InstanceAddr::Ip(ip) => SocketAddr::new(ip, port),
+            InstanceAddr::Socket(socket) => socket,
+        }
+    }
+}
+
+/// Splits `host:port` (`[v6]:port` for IPv6 literals) as written in a check's `address`.
+pub fn split_host_port(text: &str) -> Result<(String, u16), String> {
+    let text = text.trim();
+    let (host, port) = if let Some(rest) = text.strip_prefix('[') {
+        let (host, after) = rest
+            .split_once(']')
+            .ok_or_else(|| "an IPv6 address needs its closing `]`".to_string())?;
+        let port = after
+            .strip_prefix(':')
+            .ok_or_else(|| "it has no port; write host:port".to_string())?;
+        (host, port)
+    } else {
+        let (host, port) = text
+            .rsplit_once(':')
+            .ok_or_else(|| "it has no port; write host:port".to_string())?;
+        if host.contains(':') {
+            return Err("write an IPv6 address in brackets: [::1]:port".to_string());
+        }
+        (host, port)
+    };
+    if host.is_empty() {
+        return Err("it has no host; write host:port".to_string());
+    }
+    if host
+        .chars()
+        .any(|c| c.is_whitespace() || c == '/' || c == '@')
+    {
+        return Err(format!("`{host}` is not a host name or IP"));
+    }
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("port `{port}` is not a number from 1 to 65535"))?;
+    if port == 0 {
+        return Err("port 0 cannot be probed; use 1 to 65535".to_string());
+    }
+    Ok((host.to_string(), port))
+}
+
+pub fn is_valid_check_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// Where a check stands; the state machine in `state.rs` moves it.
+pub enum CheckState {
+    #[serde(rename = "OK")]
+    Ok,
+    #[serde(rename = "WARN")]
+    Warn,
+    #[serde(rename = "FAIL_WAIT")]
+    FailWait,
+    #[serde(rename = "FAIL")]
+    Fail,
+    #[serde(rename = "PASS_WAIT")]
+    PassWait,
+}
+
+impl CheckState {
+    pub const ALL: [CheckState; 5] = [
+        CheckState::Ok,
+        CheckState::Warn,
+        CheckState::FailWait,
+        CheckState::Fail,
+        CheckState::PassWait,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckState::Ok => "OK",
+            CheckState::Warn => "WARN",
+            CheckState::FailWait => "FAIL_WAIT",
+            CheckState::Fail => "FAIL",
+            CheckState::PassWait => "PASS_WAIT",
+        }
+    }
+}
+
+impl fmt::Display for CheckState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instance_addresses_parse_with_and_without_port() {
+        assert_eq!(
+            InstanceAddr::parse("127.0.0.2"),
+            Some(InstanceAddr::Ip("127.0.0.2".parse().unwrap()))
+        );
+        assert_eq!(
+            InstanceAddr::parse("127.0.0.3:8443").map(|a| a.with_default_port(1)),
+            Some("127.0.0.3:8443".parse().unwrap())
+        );
+        assert_eq!(
+            InstanceAddr::parse("[::1]").map(|a| a.with_default_port(80)),
+            Some("[::1]:80".parse().unwrap())
+        );
+        assert_eq!(InstanceAddr::parse("svc.internal"), None);
+    }
+
+    #[test]
+    fn addresses_split_into_host_and_port() {
+        assert_eq!(
+            split_host_port("db.internal:5432"),
+            Ok(("db.internal".to_string(), 5432))
+        );
+        assert_eq!(split_host_port("[::1]:53"), Ok(("::1".to_string(), 53)));
+        for (bad, reason) in [
+            ("db.internal", "it has no port"),
+            ("::1:53", "in brackets"),
+            (":80", "it has no host"),
+            ("db:http", "is not a number"),
+            ("db:0", "port 0"),
+        ] {
+            let error = split_host_port(bad).unwrap_err();
+            assert!(error.contains(reason), "{bad}: {error}");
+        }
+    }
+
+    #[test]
+    fn check_names_are_restricted() {
+        assert!(is_valid_check_name("web_1-a"));
+        assert!(!is_valid_check_name("Web"));
+        assert!(!is_valid_check_name(""));
+        assert!(!is_valid_check_name("a b"));
+    }
+}

@@ -1,0 +1,84 @@
+//! Whole-config validation: what the schema alone cannot check. A config is accepted only if
+//! every check compiles, every ICMP check can open a socket, every NATS URL, subject prefix and
+//! bucket name is one the bus accepts, and every DNS server is an address. It sits above the probe engine and the bus so that `config` needs neither; it
+//! never starts anything and never keeps what it built.
+
+use crate::checks::{CheckDefinitionError, CompiledCheck};
+use crate::config::{BusKind, Config, ConfigError, Format};
+use crate::model::CheckType;
+use std::path::Path;
+
+/// Reads, parses and validates the file at `path`: what a daemon, a reload or `bastion
+/// validate` accepts.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let config = Config::load(path)?;
+    invalid_at(path, validate(&config))?;
+    Ok(config)
+}
+
+/// Parses and validates `text`; `path` only names the source in errors.
+pub fn parse(text: &str, format: Format, path: &Path) -> Result<Config, ConfigError> {
+    let config = Config::parse(text, format, path)?;
+    invalid_at(path, validate(&config))?;
+    Ok(config)
+}
+
+fn invalid_at(path: &Path, outcome: Result<(), String>) -> Result<(), ConfigError> {
+    outcome.map_err(|message| ConfigError::Invalid {
+        path: path.to_path_buf(),
+        message,
+    })
+}
+
+/// Checks what needs the probe engine, the bus and the endpoints. The schema-level checks
+/// (`Config::validate`) have passed already.
+pub fn validate(config: &Config) -> Result<(), String> {
+    for server in &config.runner.dns_servers {
+        crate::resolve::parse_dns_server(server)
+            .map_err(|error| format!("runner.dns_servers: {error}"))?;
+    }
+    validate_bus(config)?;
+    for (index, check) in config.checks.iter().enumerate() {
+        CompiledCheck::compile(check).map_err(|error| match error {
+            CheckDefinitionError::Name(_) => format!("check #{}: {error}", index + 1),
+            _ => format!("check `{}`: {error}", check.name),
+        })?;
+    }
+    // ICMP needs a socket this process may open; find out now, not at the first probe.
+    if let Some(check) = config
+        .checks
+        .iter()
+        .find(|check| check.check_type() == CheckType::Icmp)
+    {
+        crate::checks::icmp::ensure_sockets()
+            .map_err(|error| format!("check `{}`: {error}", check.name))?;
+    }
+    Ok(())
+}
+
+fn validate_bus(config: &Config) -> Result<(), String> {
+    let Some(nats) = config
+        .bus
+        .nats
+        .as_ref()
+        .filter(|_| config.bus.kind == BusKind::Nats)
+    else {
+        return Ok(());
+    };
+    for url in &nats.url.to_vec() {
+        crate::bus::nats::check_url(url).map_err(|error| format!("bus.nats.url: {error}"))?;
+    }
+    if !crate::subjects::valid_subject(&nats.subject_prefix, false) {
+        return Err(format!(
+            "bus.nats.subject_prefix `{}` is not a valid subject: use dot-separated tokens without spaces or wildcards",
+            nats.subject_prefix
+        ));
+    }
+    if !crate::bus::nats::valid_bucket_name(&config.checker.lease_bucket) {
+        return Err(format!(
+            "checker.lease_bucket `{}` is not a valid bucket name: use letters, digits, `-` and `_`",
+            config.checker.lease_bucket
+        ));
+    }
+    Ok(())
+}
