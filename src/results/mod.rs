@@ -8,6 +8,8 @@
 //! disappears from a check's results (its address left DNS, say) disappears from `/metrics`
 //! with it, never shown as if it were still probed.
 
+pub mod exposition;
+
 use crate::bus::{Bus, Message, Subscription};
 
 use crate::config::CheckConfig;
@@ -141,7 +143,10 @@ pub async fn consume(
         trackers: HashMap::new(),
     };
     // /metrics derives probe_* and bastion_check_state from the store at each scrape.
-    sink.metrics.attach_results(Arc::clone(&sink.store));
+    sink.metrics
+        .attach_exposition(Arc::new(exposition::ProbeSeries::new(Arc::clone(
+            &sink.store,
+        ))));
     let current = Arc::clone(&checks.borrow_and_update());
     sink.apply_checks(&current);
     // Without a config owner (it went away) the checks stay as they are.
