@@ -1,0 +1,120 @@
+//! Every default of the configuration file, in one place: the constants, the functions serde
+//! calls for missing keys, and the `Default` impls of the sections that may be left out.
+
+use super::schema::*;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+pub(super) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+pub(super) const DEFAULT_MIN_FAILING_TIME: Duration = Duration::from_secs(90);
+pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
+/// Larger bodies would let one check hold this much memory per worker.
+pub const MAX_BODY_BYTES_LIMIT: usize = 64 * 1024 * 1024;
+
+pub(super) fn default_agent_id() -> String {
+    // The kernel's host name; the environment as a fallback for unusual sandboxes.
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|name| name.trim().to_string())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "bastion".to_string())
+}
+pub(super) fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9464))
+}
+pub(super) fn default_shutdown_grace() -> Duration {
+    Duration::from_secs(10)
+}
+pub(super) fn default_dispatch_deadline() -> Duration {
+    Duration::from_secs(30)
+}
+pub(super) fn default_max_body_bytes() -> usize {
+    128 * 1024
+}
+pub(super) fn default_workers() -> usize {
+    10
+}
+pub(super) fn default_true() -> bool {
+    true
+}
+pub(super) fn default_subject_prefix() -> String {
+    "bastion".to_string()
+}
+pub(super) fn default_results_max_age() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+pub(super) fn default_results_buffer() -> usize {
+    1024
+}
+pub(super) fn default_lease_ttl() -> Duration {
+    Duration::from_secs(10)
+}
+pub(super) fn default_lease_bucket() -> String {
+    "bastion_checker".to_string()
+}
+pub(super) fn default_method() -> String {
+    "GET".to_string()
+}
+pub(super) fn default_icmp_count() -> u16 {
+    3
+}
+pub(super) fn default_packet_interval() -> Duration {
+    Duration::from_millis(100)
+}
+pub(super) fn default_payload_size() -> u16 {
+    56
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            id: default_agent_id(),
+            listen: default_listen(),
+            shutdown_grace: default_shutdown_grace(),
+            web: WebConfig::default(),
+        }
+    }
+}
+impl Default for WebConfig {
+    fn default() -> Self {
+        WebConfig {
+            tls_cert_file: None,
+            tls_key_file: None,
+            basic_auth_users: BTreeMap::new(),
+            reload_endpoint: true,
+        }
+    }
+}
+impl Default for CheckerConfig {
+    fn default() -> Self {
+        CheckerConfig {
+            ha: false,
+            lease_ttl: default_lease_ttl(),
+            lease_bucket: default_lease_bucket(),
+        }
+    }
+}
+impl Default for RunnerConfig {
+    fn default() -> Self {
+        RunnerConfig {
+            dispatch_deadline: default_dispatch_deadline(),
+            max_body_bytes: default_max_body_bytes(),
+            workers: WorkersConfig::default(),
+            dns_servers: Vec::new(),
+        }
+    }
+}
+impl Default for WorkersConfig {
+    fn default() -> Self {
+        WorkersConfig {
+            http: default_workers(),
+            tcp: default_workers(),
+            dns: default_workers(),
+            tls: default_workers(),
+            icmp: default_workers(),
+            grpc: default_workers(),
+        }
+    }
+}

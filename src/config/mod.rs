@@ -1,0 +1,394 @@
+//! The configuration file: its shape (`schema.rs`), its defaults (`defaults.rs`, all of them,
+//! in one place), loading, and the checks the schema alone can make. Loading never panics: every
+//! problem becomes a `ConfigError` that names the file, and the line and column where the
+//! parser knows them (`locate.rs`). What needs the probe engine or the bus is checked a layer
+//! up, by `validate`.
+
+mod defaults;
+mod locate;
+mod schema;
+
+pub use defaults::{MAX_BODY_BYTES_LIMIT, MIN_INTERVAL};
+pub use schema::*;
+
+use locate::{toml_error, yaml_error};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Why a configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}:{column}: {message}")]
+    Syntax {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("{path}: {message}")]
+    SyntaxNoLocation { path: PathBuf, message: String },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+/// Which parser reads a file, chosen by its extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Toml,
+    Yaml,
+}
+
+impl Format {
+    pub fn for_path(path: &Path) -> Format {
+        match path.extension().and_then(|ext| ext.to_str()) {
+            Some(ext) if ext.eq_ignore_ascii_case("yaml") || ext.eq_ignore_ascii_case("yml") => {
+                Format::Yaml
+            }
+            _ => Format::Toml,
+        }
+    }
+}
+
+impl Config {
+    /// Reads and parses the file at `path`, and checks what the schema alone can check.
+    /// `validate::load` also checks what needs the probe engine, the bus and the endpoints.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(&text, Format::for_path(path), path)
+    }
+
+    /// Parses `text` and checks what the schema alone can check; `path` only names the source
+    /// in errors. `validate::parse` does all of it.
+    pub fn parse(text: &str, format: Format, path: &Path) -> Result<Config, ConfigError> {
+        let config: Config = match format {
+            Format::Toml => toml::from_str(text).map_err(|error| toml_error(text, path, &error))?,
+            Format::Yaml => {
+                serde_saphyr::from_str(text).map_err(|error| yaml_error(path, &error))?
+            }
+        };
+        config.validate().map_err(|message| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        })?;
+        Ok(config)
+    }
+
+    /// Checks what the types cannot but the schema alone can: ranges, uniqueness, settings that
+    /// go together. What needs the probe engine (compiling checks, opening ICMP sockets), the bus
+    /// (URLs, subjects) or the endpoints (password hashes) is checked by `validate`.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.agent.id.trim().is_empty() {
+            return Err("agent.id must not be empty".to_string());
+        }
+        if self.runner.dispatch_deadline.is_zero() {
+            return Err("runner.dispatch_deadline must be longer than 0s".to_string());
+        }
+        if self.runner.max_body_bytes > MAX_BODY_BYTES_LIMIT {
+            return Err(format!(
+                "runner.max_body_bytes is {}; the most allowed is {MAX_BODY_BYTES_LIMIT}",
+                self.runner.max_body_bytes
+            ));
+        }
+        self.validate_bus()?;
+        self.validate_web()?;
+        let mut seen: HashMap<&str, usize> = HashMap::new();
+        for (index, check) in self.checks.iter().enumerate() {
+            if let Some(first) = seen.insert(check.name.as_str(), index) {
+                return Err(format!(
+                    "check name `{}` is used twice (checks #{} and #{}); names must be unique",
+                    check.name,
+                    first + 1,
+                    index + 1
+                ));
+            }
+            if check.min_failing_count == Some(0) {
+                return Err(format!(
+                    "check `{}`: min_failing_count must be at least 1",
+                    check.name
+                ));
+            }
+            let check_type = check.check_type();
+            if self.runner.workers.for_type(check_type) == 0 {
+                return Err(format!(
+                    "check `{}` is of type {check_type}, but runner.workers.{check_type} is 0; \
+                     give that type at least one worker",
+                    check.name
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// The subject prefix on the configured bus.
+    pub fn subject_prefix(&self) -> &str {
+        match &self.bus.nats {
+            Some(nats) if self.bus.kind == BusKind::Nats => &nats.subject_prefix,
+            _ => "bastion",
+        }
+    }
+
+    fn validate_web(&self) -> Result<(), String> {
+        let web = &self.agent.web;
+        match (&web.tls_cert_file, &web.tls_key_file) {
+            (Some(cert), Some(key)) => {
+                for (what, path) in [("tls_cert_file", cert), ("tls_key_file", key)] {
+                    if let Err(error) = std::fs::metadata(path) {
+                        return Err(format!("agent.web.{what} {}: {error}", path.display()));
+                    }
+                }
+            }
+            (None, None) => {}
+            _ => {
+                return Err(
+                    "agent.web.tls_cert_file and tls_key_file go together; set both or neither"
+                        .to_string(),
+                )
+            }
+        }
+        for (user, hash) in &web.basic_auth_users {
+            if user.is_empty() || user.contains(':') {
+                return Err(format!(
+                    "agent.web.basic_auth_users: user name `{user}` must be non-empty and without `:`"
+                ));
+            }
+            check_hash(hash)
+                .map_err(|error| format!("agent.web.basic_auth_users.{user}: {error}"))?;
+        }
+        Ok(())
+    }
+
+    fn validate_bus(&self) -> Result<(), String> {
+        let nats = match (self.bus.kind, &self.bus.nats) {
+            (BusKind::Embedded, None) => {
+                if self.checker.ha {
+                    return Err("checker.ha needs a shared bus: set [bus] kind = \"nats\" and [bus.nats] url".to_string());
+                }
+                return Ok(());
+            }
+            (BusKind::Embedded, Some(_)) => {
+                return Err("[bus.nats] is set but bus.kind is \"embedded\"; set kind = \"nats\" to use it, or remove [bus.nats]".to_string());
+            }
+            (BusKind::Nats, None) => {
+                return Err(
+                    "bus.kind is \"nats\" but [bus.nats] is missing; give at least its url"
+                        .to_string(),
+                );
+            }
+            (BusKind::Nats, Some(nats)) => nats,
+        };
+        let urls = nats.url.to_vec();
+        if urls.is_empty() {
+            return Err("bus.nats.url is an empty list; give at least one server".to_string());
+        }
+        let methods = [
+            nats.token_file.is_some(),
+            nats.user.is_some() || nats.password_file.is_some(),
+            nats.creds_file.is_some(),
+            nats.nkey_seed_file.is_some(),
+        ];
+        if methods.iter().filter(|set| **set).count() > 1 {
+            return Err("bus.nats sets more than one way to authenticate; use at most one of token_file, user + password_file, creds_file and nkey_seed_file".to_string());
+        }
+        if nats.user.is_some() != nats.password_file.is_some() {
+            return Err(
+                "bus.nats.user and bus.nats.password_file go together; set both or neither"
+                    .to_string(),
+            );
+        }
+        if let Some(tls) = &nats.tls {
+            if tls.cert_file.is_some() != tls.key_file.is_some() {
+                return Err(
+                    "bus.nats.tls.cert_file and key_file go together; set both or neither"
+                        .to_string(),
+                );
+            }
+        }
+        if nats.results_buffer == 0 {
+            return Err("bus.nats.results_buffer must be at least 1".to_string());
+        }
+        if nats.results_max_age < Duration::from_secs(1) {
+            return Err("bus.nats.results_max_age must be at least 1s".to_string());
+        }
+        if self.checker.lease_ttl < Duration::from_secs(3) {
+            return Err(
+                "checker.lease_ttl must be at least 3s: it is renewed every third of it"
+                    .to_string(),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Whether `hash` is a bcrypt hash bastion can verify against.
+pub fn check_hash(hash: &str) -> Result<(), String> {
+    hash.parse::<bcrypt::HashParts>().map(|_| ()).map_err(|_| {
+        "is not a bcrypt hash; make one with `htpasswd -nBC 10 USER` and keep the part after the colon"
+            .to_string()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::locate::line_and_column;
+    use super::*;
+    use crate::model::CheckType;
+    use serde::Deserialize;
+
+    #[test]
+    fn line_and_column_counts_from_one() {
+        let text = "a = 1\nbb = 2\n";
+        assert_eq!(line_and_column(text, 0), (1, 1));
+        assert_eq!(line_and_column(text, 6), (2, 1));
+        assert_eq!(line_and_column(text, 9), (2, 4));
+    }
+
+    #[test]
+    fn unknown_keys_inside_a_check_point_at_the_key() {
+        let cases = [
+            (
+                "[agent]\nid = \"a\"\n\n[[checks]]\nname = \"web\"\ntype = \"http\"\ninterval = \"5s\"\nurl = \"http://x/\"\ncolour = \"red\"\n",
+                (9, 1),
+                "unknown field `colour`",
+            ),
+            (
+                "[[checks]]\nname = \"a\"\ntype = \"http\"\ninterval = \"5s\"\nurl = \"http://x/\"\n\n[[checks]]\nname = \"b\"\ntype = \"http\"\ninterval = \"5s\"\nurl = \"http://x/\"\ntls = { insecure_skip_verify = true, ca_fil = \"x\" }\n",
+                (12, 38),
+                "unknown field `ca_fil`",
+            ),
+            (
+                "[[checks]]\nname = \"t\"\ntype = \"tcp\"\ninterval = \"5s\"\naddress = \"h:1\"\n[[checks.steps]]\nsend = \"x\"\n[[checks.steps]]\nexpct = \"y\"\n",
+                (9, 1),
+                "unknown field `expct`",
+            ),
+        ];
+        for (text, (line, column), message) in cases {
+            match Config::parse(text, Format::Toml, Path::new("c.toml")) {
+                Err(ConfigError::Syntax {
+                    line: l,
+                    column: c,
+                    message: m,
+                    ..
+                }) => {
+                    assert_eq!((l, c), (line, column), "{m}");
+                    assert!(m.starts_with(message), "{m}");
+                }
+                other => panic!("expected a located error, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn every_check_type_round_trips_through_json() {
+        let toml = r#"
+            [[checks]]
+            name = "tcp"
+            type = "tcp"
+            interval = "10s"
+            address = "db.internal:5432"
+            tls = true
+            server_name = "db"
+            insecure_skip_verify = true
+            [[checks.steps]]
+            send = "PING\r\n"
+            [[checks.steps]]
+            expect = "PONG"
+            [[checks]]
+            name = "dns"
+            type = "dns"
+            interval = "10s"
+            query = "svc.test"
+            record_type = "AAAA"
+            server = "10.0.0.53:5353"
+            transport = "tcp"
+            recursion_desired = false
+            [[checks]]
+            name = "tls"
+            type = "tls"
+            interval = "10s"
+            address = "svc.test:443"
+            server_name = "svc.test"
+            [[checks]]
+            name = "icmp"
+            type = "icmp"
+            interval = "10s"
+            host = "10.0.0.1"
+            count = 5
+            packet_interval = "250ms"
+            payload_size = 100
+            ip_version = 4
+            [[checks]]
+            name = "grpc"
+            type = "grpc"
+            interval = "10s"
+            address = "grpc.internal:50051"
+            service = "my.Service"
+            [[checks.assertions]]
+            key = "status"
+            relationship = "equal"
+            operand = "SERVING"
+        "#;
+        #[derive(Deserialize)]
+        struct Checks {
+            checks: Vec<CheckConfig>,
+        }
+        let checks: Checks = toml::from_str(toml).unwrap();
+        let types: Vec<CheckType> = checks.checks.iter().map(CheckConfig::check_type).collect();
+        assert_eq!(types, CheckType::ALL[1..]);
+        for check in checks.checks {
+            let json = serde_json::to_string(&check).unwrap();
+            let back: CheckConfig = serde_json::from_str(&json).unwrap();
+            assert_eq!(back, check, "{json}");
+        }
+    }
+
+    #[test]
+    fn timeout_default_stays_below_short_intervals() {
+        let toml = r#"
+            name = "web"
+            type = "http"
+            interval = "5s"
+            url = "http://127.0.0.1/"
+        "#;
+        let check: CheckConfig = toml::from_str(toml).unwrap();
+        assert_eq!(check.timeout(), Duration::from_millis(4500));
+        let long = CheckConfig {
+            interval: Duration::from_secs(60),
+            ..check
+        };
+        assert_eq!(long.timeout(), Duration::from_secs(10));
+    }
+
+    #[test]
+    fn check_definition_round_trips_through_json() {
+        let toml = r#"
+            name = "web"
+            type = "http"
+            interval = "10s"
+            timeout = "2s"
+            url = "https://svc.internal:8443/health"
+            headers = { Accept = "application/json" }
+            tls = { insecure_skip_verify = true }
+            instances = ["127.0.0.2"]
+            [[assertions]]
+            key = "code"
+            relationship = "equal"
+            operand = "200"
+        "#;
+        let check: CheckConfig = toml::from_str(toml).unwrap();
+        let json = serde_json::to_string(&check).unwrap();
+        let back: CheckConfig = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, check);
+        assert!(json.contains(r#""type":"http""#), "{json}");
+    }
+}

@@ -1,0 +1,564 @@
+//! The configuration file's shape: serde structs with `deny_unknown_fields`, a doc comment on
+//! every field (it doubles as the reference in docs/configuration.md). Defaults live in
+//! `defaults.rs`; this file never decides a value itself.
+
+use super::defaults::*;
+use crate::model::CheckType;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// This agent's identity and its own HTTP endpoints.
+    #[serde(default)]
+    pub agent: AgentConfig,
+    /// The message bus between the checker and the runners.
+    #[serde(default)]
+    pub bus: BusConfig,
+    /// How the checker schedules.
+    #[serde(default)]
+    pub checker: CheckerConfig,
+    /// How this agent runs probes.
+    #[serde(default)]
+    pub runner: RunnerConfig,
+    /// The checks to schedule.
+    #[serde(default)]
+    pub checks: Vec<CheckConfig>,
+}
+
+/// `[agent]`
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// The name this agent puts in every result. Default: the host name.
+    #[serde(default = "default_agent_id")]
+    pub id: String,
+    /// Address of the agent's own endpoints (`/metrics`, `/healthz`, `/readyz`, `/api/v1/checks`).
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// How long in-flight probes may run on shutdown before they are abandoned.
+    #[serde(default = "default_shutdown_grace", with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// Protection of the agent's own endpoints.
+    #[serde(default)]
+    pub web: WebConfig,
+}
+
+/// `[agent.web]`: TLS and basic auth for `/metrics`, `/api` and `/-/reload`, the way
+/// Prometheus exporters do it. `/healthz` and `/readyz` stay open for probes.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebConfig {
+    /// PEM certificate (chain) to serve HTTPS with; goes with `tls_key_file`.
+    #[serde(default)]
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of `tls_cert_file`.
+    #[serde(default)]
+    pub tls_key_file: Option<PathBuf>,
+    /// User name to bcrypt hash (`htpasswd -nBC 10 user`). Empty: no authentication.
+    #[serde(default)]
+    pub basic_auth_users: BTreeMap<String, String>,
+    /// Serve `POST /-/reload`. SIGHUP reloads either way.
+    #[serde(default = "default_true")]
+    pub reload_endpoint: bool,
+}
+
+/// `[bus]`
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BusConfig {
+    /// Which bus carries check requests and results.
+    #[serde(default)]
+    pub kind: BusKind,
+    /// The NATS connection; required when `kind = "nats"`.
+    #[serde(default)]
+    pub nats: Option<NatsConfig>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BusKind {
+    /// In memory, inside this process: no broker needed.
+    #[default]
+    Embedded,
+    /// A NATS server: a checker and any number of runners in separate processes.
+    Nats,
+}
+
+/// `[bus.nats]`. Secrets are named by file, never written in the config itself.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsConfig {
+    /// Server URL, or a list of them (`nats://host:4222`, `tls://host:4222`).
+    pub url: OneOrMany,
+    /// First token of every subject bastion uses.
+    #[serde(default = "default_subject_prefix")]
+    pub subject_prefix: String,
+    /// File holding the server's auth token.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// User name; goes with `password_file`.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// File holding the user's password.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// A NATS `.creds` file (JWT and nkey seed).
+    #[serde(default)]
+    pub creds_file: Option<PathBuf>,
+    /// File holding an nkey seed (`SU...`).
+    #[serde(default)]
+    pub nkey_seed_file: Option<PathBuf>,
+    /// TLS to the server: a CA to trust, and a client certificate for mutual TLS.
+    #[serde(default)]
+    pub tls: Option<NatsTlsConfig>,
+    /// Give up and exit when no server answers within this long at start-up. Default: keep
+    /// trying forever (`--bus-connect-timeout` overrides it).
+    #[serde(default, with = "humantime_serde")]
+    pub connect_timeout: Option<Duration>,
+    /// Publish results to the JetStream stream `BASTION_RESULTS`, acknowledged and retried.
+    #[serde(default)]
+    pub results_stream: bool,
+    /// How long the results stream keeps a result.
+    #[serde(default = "default_results_max_age", with = "humantime_serde")]
+    pub results_max_age: Duration,
+    /// Results waiting for the stream's acknowledgement at most; beyond it they are dropped
+    /// and counted.
+    #[serde(default = "default_results_buffer")]
+    pub results_buffer: usize,
+}
+
+/// `[bus.nats.tls]`
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsTlsConfig {
+    /// PEM file of the CA that signed the server's certificate. Default: the system roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate, for servers that verify clients; goes with `key_file`.
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of `cert_file`.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+}
+
+/// A value that may be written once or as a list.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    pub fn to_vec(&self) -> Vec<String> {
+        match self {
+            OneOrMany::One(one) => vec![one.clone()],
+            OneOrMany::Many(many) => many.clone(),
+        }
+    }
+}
+
+/// `[checker]`
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckerConfig {
+    /// Let several checkers run at once; one holds a lease in NATS and schedules, the others
+    /// wait to take over. Needs `bus.kind = "nats"` with JetStream.
+    #[serde(default)]
+    pub ha: bool,
+    /// How long the lease lasts unless renewed; it is renewed every third of it.
+    #[serde(default = "default_lease_ttl", with = "humantime_serde")]
+    pub lease_ttl: Duration,
+    /// The JetStream key-value bucket holding the lease.
+    #[serde(default = "default_lease_bucket")]
+    pub lease_bucket: String,
+}
+
+/// `[runner]`
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunnerConfig {
+    /// The longest a task may wait for a free worker before it is cancelled, unrun.
+    #[serde(default = "default_dispatch_deadline", with = "humantime_serde")]
+    pub dispatch_deadline: Duration,
+    /// How many bytes of a response body a probe reads at most.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// Workers per check type: how many probes of that type run at once.
+    #[serde(default)]
+    pub workers: WorkersConfig,
+    /// DNS servers (`ip` or `ip:port`) used to resolve targets. Empty: the system resolver.
+    #[serde(default)]
+    pub dns_servers: Vec<String>,
+}
+
+/// `[runner.workers]`
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkersConfig {
+    /// Concurrent HTTP probes.
+    #[serde(default = "default_workers")]
+    pub http: usize,
+    /// Concurrent TCP probes.
+    #[serde(default = "default_workers")]
+    pub tcp: usize,
+    /// Concurrent DNS probes.
+    #[serde(default = "default_workers")]
+    pub dns: usize,
+    /// Concurrent TLS certificate probes.
+    #[serde(default = "default_workers")]
+    pub tls: usize,
+    /// Concurrent ICMP echo probes.
+    #[serde(default = "default_workers")]
+    pub icmp: usize,
+    /// Concurrent gRPC health probes.
+    #[serde(default = "default_workers")]
+    pub grpc: usize,
+}
+
+impl WorkersConfig {
+    pub fn for_type(&self, check_type: CheckType) -> usize {
+        match check_type {
+            CheckType::Http => self.http,
+            CheckType::Tcp => self.tcp,
+            CheckType::Dns => self.dns,
+            CheckType::Tls => self.tls,
+            CheckType::Icmp => self.icmp,
+            CheckType::Grpc => self.grpc,
+        }
+    }
+}
+
+/// One `[[checks]]` entry. This is also the check definition every `CheckRequest` carries, so a
+/// runner needs no configuration of its own to run it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckConfig {
+    /// Unique name, `[a-z0-9_-]+`.
+    pub name: String,
+    /// How often the check runs; at least 1s.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// How long one probe may take. Default: 10s, or nine tenths of the interval when that is less.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub timeout: Option<Duration>,
+    /// Addresses to probe (`ip` or `ip:port`) instead of every address the host resolves to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub instances: Vec<String>,
+    /// What a response must satisfy to pass. None: a 2xx status passes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub assertions: Vec<AssertionConfig>,
+    /// Failing instances that make the check fail; fewer (but some) is a warning. Default: 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_failing_count: Option<usize>,
+    /// How long the check must keep failing before it is FAIL, and keep passing before it is
+    /// OK again. Default: 90s.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub min_failing_time: Option<Duration>,
+    /// The type and its own settings.
+    #[serde(flatten)]
+    pub spec: CheckSpec,
+}
+
+impl CheckConfig {
+    /// The probe timeout, with its default applied.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+            .unwrap_or_else(|| DEFAULT_TIMEOUT.min(self.interval.mul_f64(0.9)))
+    }
+
+    pub fn check_type(&self) -> CheckType {
+        self.spec.check_type()
+    }
+
+    /// Failing instances that make the check fail, with its default applied.
+    pub fn min_failing_count(&self) -> usize {
+        self.min_failing_count.unwrap_or(1)
+    }
+
+    /// How long the check must keep failing (or passing) to change state, with its default.
+    pub fn min_failing_time(&self) -> Duration {
+        self.min_failing_time.unwrap_or(DEFAULT_MIN_FAILING_TIME)
+    }
+}
+
+/// The type-specific part of a check, chosen by its `type` key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum CheckSpec {
+    Http(HttpSpec),
+    Tcp(TcpSpec),
+    Dns(DnsSpec),
+    Tls(TlsSpec),
+    Icmp(IcmpSpec),
+    Grpc(GrpcSpec),
+}
+
+impl CheckSpec {
+    pub fn check_type(&self) -> CheckType {
+        match self {
+            CheckSpec::Http(_) => CheckType::Http,
+            CheckSpec::Tcp(_) => CheckType::Tcp,
+            CheckSpec::Dns(_) => CheckType::Dns,
+            CheckSpec::Tls(_) => CheckType::Tls,
+            CheckSpec::Icmp(_) => CheckType::Icmp,
+            CheckSpec::Grpc(_) => CheckType::Grpc,
+        }
+    }
+}
+
+/// Settings of a `type = "http"` check.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSpec {
+    /// `http://` or `https://` URL. Its host is resolved, and sent as Host and TLS SNI.
+    pub url: String,
+    /// Request method. Default: GET.
+    #[serde(default = "default_method")]
+    pub method: String,
+    /// Extra request headers.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    /// Request body.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub body: String,
+    /// Follow up to 10 redirects. Default: false, so a 3xx is reported as it is.
+    #[serde(default)]
+    pub follow_redirects: bool,
+    /// TLS verification settings for https URLs.
+    #[serde(default)]
+    pub tls: TlsSettings,
+}
+
+/// `tls = { ... }` of an HTTP check.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    /// Accept any certificate. For tests and broken internal services only.
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
+    /// PEM file of CA certificates to trust instead of the system's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+}
+
+/// Settings of a `type = "tcp"` check.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TcpSpec {
+    /// `host:port` (`[v6]:port`). The host is resolved unless instances are listed.
+    pub address: String,
+    /// Speak TLS over the connection before the steps. Default: false.
+    #[serde(default)]
+    pub tls: bool,
+    /// TLS server name (SNI and verification). Default: the address's host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+    /// PEM file of CA certificates to trust instead of the system's (with `tls`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// Accept any certificate chain (with `tls`). Default: false.
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
+    /// What to send and what to expect back, in order. Default: none (connecting is enough).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<TcpStep>,
+}
+
+/// One `[[checks.steps]]` entry of a TCP check: exactly one of `send` and `expect`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TcpStep {
+    /// Bytes to write, as text (escapes such as `\r\n` are TOML's own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub send: Option<String>,
+    /// A regex (Rust syntax) that the bytes read since the last match must match; reading
+    /// stops at the first match, when the peer closes, or at `runner.max_body_bytes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect: Option<String>,
+}
+
+/// Settings of a `type = "dns"` check.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsSpec {
+    /// The name to ask for.
+    pub query: String,
+    /// A, AAAA, CNAME, MX, TXT, NS, SOA, SRV, PTR or CAA. Default: A.
+    #[serde(default)]
+    pub record_type: DnsRecordType,
+    /// The server to ask, `host`, `ip`, `host:port` or `ip:port` (port 53 by default); a host
+    /// name is resolved and each address is an instance. Default: the name servers of
+    /// /etc/resolv.conf, each an instance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<String>,
+    /// `udp` or `tcp`. Default: udp.
+    #[serde(default)]
+    pub transport: DnsTransport,
+    /// Ask the server to recurse (the RD flag). Default: true.
+    #[serde(default = "default_true")]
+    pub recursion_desired: bool,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum DnsRecordType {
+    #[default]
+    A,
+    Aaaa,
+    Cname,
+    Mx,
+    Txt,
+    Ns,
+    Soa,
+    Srv,
+    Ptr,
+    Caa,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DnsTransport {
+    #[default]
+    Udp,
+    Tcp,
+}
+
+/// Settings of a `type = "tls"` check.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSpec {
+    /// `host:port` (`[v6]:port`). The host is resolved unless instances are listed.
+    pub address: String,
+    /// The name sent as SNI and verified against the certificate. Default: the address's host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+    /// PEM file of CA certificates to trust instead of the system's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+}
+
+/// Settings of a `type = "icmp"` check.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IcmpSpec {
+    /// Host name or IP to ping. A name is resolved and each address is an instance.
+    pub host: String,
+    /// Echo requests sent per probe, 1 to 100. Default: 3.
+    #[serde(default = "default_icmp_count")]
+    pub count: u16,
+    /// Time between two echo requests. Default: 100ms.
+    #[serde(default = "default_packet_interval", with = "humantime_serde")]
+    pub packet_interval: Duration,
+    /// Bytes of payload per echo request, 0 to 65000. Default: 56.
+    #[serde(default = "default_payload_size")]
+    pub payload_size: u16,
+    /// 4 or 6: probe only the addresses of that family. Default: every address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_version: Option<u8>,
+}
+
+/// Settings of a `type = "grpc"` check.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrpcSpec {
+    /// `host:port` (`[v6]:port`). The host is resolved unless instances are listed.
+    pub address: String,
+    /// The service name asked about; "" asks about the server as a whole. Default: "".
+    #[serde(default)]
+    pub service: String,
+    /// Call over TLS (h2 by ALPN). Default: false (h2c, HTTP/2 without TLS).
+    #[serde(default)]
+    pub tls: bool,
+    /// TLS server name (SNI, verification, :authority). Default: the address's host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+    /// PEM file of CA certificates to trust instead of the system's (with `tls`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// Accept any certificate chain (with `tls`). Default: false.
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
+}
+
+/// One `[[checks.assertions]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AssertionConfig {
+    /// What to look at: code, header, body, json or latency.
+    pub key: AssertionKey,
+    /// The header name for `header`, the RFC 9535 path for `json`; empty otherwise.
+    #[serde(default)]
+    pub value: String,
+    /// How the actual value must relate to the operand.
+    pub relationship: Relationship,
+    /// The expected value. A humantime duration for `latency`.
+    #[serde(default)]
+    pub operand: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AssertionKey {
+    Code,
+    Header,
+    Body,
+    Json,
+    Latency,
+    /// tcp: whether the connection (and TLS, when on) was made.
+    Connected,
+    /// dns: the response code (NOERROR, NXDOMAIN, SERVFAIL, ...).
+    Rcode,
+    /// dns: every answer record in presentation form, one per line.
+    Answer,
+    /// dns: how many answer records came back.
+    AnswerCount,
+    /// tls: time left before the earliest not-after of the chain.
+    CertExpiry,
+    /// tls: the leaf certificate's issuer.
+    Issuer,
+    /// tls: the leaf certificate's subject.
+    Subject,
+    /// tls: the leaf certificate's subject alternative names, one per line.
+    San,
+    /// tls: the negotiated version, e.g. TLSv1.3.
+    TlsVersion,
+    /// tls: whether the chain verified (true or false).
+    ChainValid,
+    /// icmp: the percentage of echo requests left unanswered.
+    Loss,
+    /// icmp: the mean round-trip time of the replies.
+    RttAvg,
+    /// icmp: the longest round-trip time of the replies.
+    RttMax,
+    /// grpc: the serving status (SERVING, NOT_SERVING, UNKNOWN, SERVICE_UNKNOWN).
+    Status,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Relationship {
+    Equal,
+    NotEqual,
+    Empty,
+    NotEmpty,
+    Contain,
+    NotContain,
+    RegExp,
+    GreaterThan,
+    LessThan,
+}
