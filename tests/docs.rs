@@ -201,7 +201,9 @@ fn every_relative_link_in_the_docs_resolves() {
                 }
                 let Some(anchor) = anchor else { continue };
                 if linked.extension().is_none_or(|ext| ext != "md") {
-                    broken.push(format!("{where_}: an anchor into a file that is not Markdown"));
+                    broken.push(format!(
+                        "{where_}: an anchor into a file that is not Markdown"
+                    ));
                     continue;
                 }
                 if !anchors(&read(&linked)).contains(anchor) {
@@ -257,7 +259,11 @@ fn walk(prefix: &str, table: &toml::Table, keys: &mut ReferenceKeys) {
             {
                 keys.headers.insert(path.replace("[]", ""));
                 for item in items {
-                    walk(&format!("{path}[]"), item.as_table().expect("a table"), keys);
+                    walk(
+                        &format!("{path}[]"),
+                        item.as_table().expect("a table"),
+                        keys,
+                    );
                 }
             }
             _ => {
@@ -349,7 +355,11 @@ fn every_config_key_the_docs_name_exists_and_every_key_is_documented() {
         if !in_table || line.starts_with("|---") {
             continue;
         }
-        let first_cell = line.trim_start_matches('|').split(" | ").next().unwrap_or("");
+        let first_cell = line
+            .trim_start_matches('|')
+            .split(" | ")
+            .next()
+            .unwrap_or("");
         let (spans, _) = code_spans(first_cell);
         if spans.is_empty() {
             problems.push(format!(
@@ -411,7 +421,10 @@ fn every_config_key_the_docs_name_exists_and_every_key_is_documented() {
          `{CONFIG_TABLE_HEADER}`?",
         documented.len()
     );
-    assert!(named > documented.len(), "found only {named} key names in the docs");
+    assert!(
+        named > documented.len(),
+        "found only {named} key names in the docs"
+    );
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
@@ -434,14 +447,23 @@ fn anchors_follow_github() {
 
 #[test]
 fn key_names_are_told_from_file_names_and_prose() {
-    assert_eq!(key_in_span("runner.max_body_bytes"), Some("runner.max_body_bytes"));
+    assert_eq!(
+        key_in_span("runner.max_body_bytes"),
+        Some("runner.max_body_bytes")
+    );
     assert_eq!(key_in_span("bus.kind = \"nats\""), Some("bus.kind"));
-    assert_eq!(key_in_span("checks[].assertions[].key"), Some("checks[].assertions[].key"));
+    assert_eq!(
+        key_in_span("checks[].assertions[].key"),
+        Some("checks[].assertions[].key")
+    );
     assert_eq!(key_in_span("agent.rs"), None);
     assert_eq!(key_in_span("checker.toml"), None);
     assert_eq!(key_in_span("runner.workers.<type>"), None);
     assert_eq!(key_in_span("checks"), None);
-    assert_eq!(header_in_span("[[checks.assertions]]"), Some("checks.assertions"));
+    assert_eq!(
+        header_in_span("[[checks.assertions]]"),
+        Some("checks.assertions")
+    );
     assert_eq!(header_in_span("[bus.nats]"), Some("bus.nats"));
     assert_eq!(header_in_span("[a-z0-9_-]+"), None);
 }
