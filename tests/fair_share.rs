@@ -116,7 +116,9 @@ async fn slow_dns_server(delay: Duration) -> SocketAddr {
                         }
                     }
                 }
-                let _ = socket.send_to(&answer.to_vec().expect("encode"), peer).await;
+                let _ = socket
+                    .send_to(&answer.to_vec().expect("encode"), peer)
+                    .await;
             });
         }
     });
@@ -156,8 +158,14 @@ async fn the_dispatch_wait_is_the_wait_for_a_worker_only() {
     // or the instances before, would make it at least 1.5 + 2 + 2.5 s.
     let (sum, count) = wait_seconds(&metrics.render());
     assert_eq!(count, 3.0);
-    assert!(sum >= 0.9, "the waits behind other probes are counted: {sum}");
-    assert!(sum < 4.5, "the dispatch wait counts more than the wait for a worker: {sum}");
+    assert!(
+        sum >= 0.9,
+        "the waits behind other probes are counted: {sum}"
+    );
+    assert!(
+        sum < 4.5,
+        "the dispatch wait counts more than the wait for a worker: {sum}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -171,7 +179,8 @@ async fn a_task_holds_its_worker_while_its_response_is_judged() {
         use tokio::io::AsyncWriteExt;
         // Answering after a second leaves time to see the worker taken.
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {BODY}\r\nconnection: close\r\n\r\n");
+        let head =
+            format!("HTTP/1.1 200 OK\r\ncontent-length: {BODY}\r\nconnection: close\r\n\r\n");
         let _ = request.stream.write_all(head.as_bytes()).await;
         let _ = request.stream.write_all(&vec![b'a'; BODY]).await;
     });
@@ -188,8 +197,14 @@ async fn a_task_holds_its_worker_while_its_response_is_judged() {
     let (dispatcher, metrics) = dispatcher(&config);
     let order = |name: &str| RunOrder {
         check: Arc::new(
-            CompiledCheck::compile(config.checks.iter().find(|c| c.name == name).expect("check"))
-                .expect("compiles"),
+            CompiledCheck::compile(
+                config
+                    .checks
+                    .iter()
+                    .find(|c| c.name == name)
+                    .expect("check"),
+            )
+            .expect("compiles"),
         ),
         run_id: 1,
         scheduled_at: SystemTime::now(),
@@ -198,8 +213,14 @@ async fn a_task_holds_its_worker_while_its_response_is_judged() {
     let started = tokio::time::Instant::now();
     let alone = dispatcher.run(order("big")).await;
     let judging = started.elapsed().as_secs_f64() - alone.responses[0].timings.total;
-    assert!(!alone.passing && alone.responses[0].error.is_none(), "{alone:?}");
-    assert!(judging > 0.2, "judging took only {judging} s: no time to watch the worker");
+    assert!(
+        !alone.passing && alone.responses[0].error.is_none(),
+        "{alone:?}"
+    );
+    assert!(
+        judging > 0.2,
+        "judging took only {judging} s: no time to watch the worker"
+    );
 
     let (sum_before, _) = wait_seconds(&metrics.render());
     let first = Arc::clone(&dispatcher);
@@ -220,7 +241,9 @@ async fn a_task_holds_its_worker_while_its_response_is_judged() {
     // `late` got its worker when `big` let go of it: after judging, at the end of big's run.
     let late_wait = sum_after - sum_before;
     let late_got_worker = late_asked + Duration::from_secs_f64(late_wait);
-    let early = big_done.saturating_duration_since(late_got_worker).as_secs_f64();
+    let early = big_done
+        .saturating_duration_since(late_got_worker)
+        .as_secs_f64();
     assert!(
         early < judging / 2.0,
         "the worker was free {early} s before big's run ended (judging takes {judging} s)"

@@ -329,9 +329,7 @@ impl WorkerPool {
         if matches!(granted, Ok(Ok(()))) {
             // Handed over after the deadline (this task was not polled in time): pass it on.
             waiting.granted = true;
-            self.shared
-                .lock()
-                .give_back(&waiting.check, Instant::now());
+            self.shared.lock().give_back(&waiting.check, Instant::now());
         }
         drop(waiting);
         self.dispatch_timeouts.inc();
@@ -398,7 +396,11 @@ mod tests {
         let deadline = Instant::now() + Duration::from_secs(1);
         let mut workers = Vec::new();
         for _ in 0..4 {
-            workers.push(pool.acquire_until("many", deadline).await.expect("a free worker"));
+            workers.push(
+                pool.acquire_until("many", deadline)
+                    .await
+                    .expect("a free worker"),
+            );
         }
         assert_eq!(pool.busy(), 4);
         assert!(pool.acquire_until("many", deadline).await.is_none());
@@ -417,14 +419,21 @@ mod tests {
         drop(pool.acquire_until("healthy", deadline).await);
         let mut hog = Vec::new();
         for _ in 0..3 {
-            hog.push(pool.acquire_until("hog", deadline).await.expect("a free worker"));
+            hog.push(
+                pool.acquire_until("hog", deadline)
+                    .await
+                    .expect("a free worker"),
+            );
         }
         assert!(
             pool.acquire_until("hog", deadline).await.is_none(),
             "the hog took the reserved worker"
         );
         let healthy = pool.acquire_until("healthy", deadline).await;
-        assert!(healthy.is_some(), "the reserved worker went to a check holding none");
+        assert!(
+            healthy.is_some(),
+            "the reserved worker went to a check holding none"
+        );
         drop(healthy);
         // Once the other check has been quiet for the reserve's memory, the hog may take all.
         tokio::time::sleep(RESERVE_MEMORY).await;
@@ -530,7 +539,12 @@ mod tests {
         let text = metrics.render();
         let value = |series: &str| {
             text.lines()
-                .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse::<f64>().ok())
+                .find_map(|line| {
+                    line.strip_prefix(series)?
+                        .strip_prefix(' ')?
+                        .parse::<f64>()
+                        .ok()
+                })
                 .unwrap_or_else(|| panic!("no {series} in\n{text}"))
         };
         (
@@ -542,10 +556,12 @@ mod tests {
     /// Polls `future` once (after letting other tasks run): Some(output) if it finished.
     async fn futures_poll<F: std::future::Future + Unpin>(future: &mut F) -> Option<F::Output> {
         settle().await;
-        std::future::poll_fn(|context| match std::pin::Pin::new(&mut *future).poll(context) {
-            std::task::Poll::Ready(output) => std::task::Poll::Ready(Some(output)),
-            std::task::Poll::Pending => std::task::Poll::Ready(None),
-        })
+        std::future::poll_fn(
+            |context| match std::pin::Pin::new(&mut *future).poll(context) {
+                std::task::Poll::Ready(output) => std::task::Poll::Ready(Some(output)),
+                std::task::Poll::Pending => std::task::Poll::Ready(None),
+            },
+        )
         .await
     }
 }
