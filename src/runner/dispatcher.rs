@@ -167,7 +167,9 @@ impl Dispatcher {
         let mut index_of_task = HashMap::new();
         for (index, target) in targets.into_iter().enumerate() {
             // The worker is taken before the task is spawned and moves into it with the task.
-            let Some(worker) = pool.acquire_until(dispatched, deadline).await else {
+            // The wait for it starts here: not before the resolve, not shared with the instances
+            // before this one (`bastion_dispatch_wait_seconds` measures only this wait).
+            let Some(worker) = pool.acquire_until(&check.name, deadline).await else {
                 let message = format!(
                     "no {} worker free within {}",
                     pool.check_type(),
@@ -340,7 +342,6 @@ async fn run_task(task: ProbeTask, worker: Worker) -> (usize, Response) {
     let outcome = tokio::time::timeout(budget, probe).await;
     let in_phase = record.current_phase();
     record.end();
-    drop(worker);
     let mut timings = record.timings;
     timings.resolve += resolve_seconds;
     timings.total = resolve_seconds + started.elapsed().as_secs_f64();
@@ -384,14 +385,19 @@ async fn run_task(task: ProbeTask, worker: Worker) -> (usize, Response) {
         timings,
         assertions: Vec::new(),
     };
-    judge(&check, &mut response);
+    // Judging (a JSON parse, regexes over a body of up to 64 MiB) is work of this task too: the
+    // worker is held until it is done, so a pool bounds the CPU its probes use, not only their
+    // sockets.
+    judge(&check, &mut response, &worker);
+    drop(worker);
     (index, response)
 }
 
 /// Evaluates the assertions on what the probe saw and decides whether the instance passes.
 /// Assertions run whenever the type's own section is there, even beside an error (a TLS chain
 /// that did not verify still has an expiry to report); an error always fails the instance.
-fn judge(check: &CompiledCheck, response: &mut Response) {
+/// It takes the task's worker to say that judging runs while the worker is held.
+fn judge(check: &CompiledCheck, response: &mut Response, _held: &Worker) {
     let latency = Duration::from_secs_f64(response.timings.total);
     let mut observation = Observation {
         latency,
