@@ -62,6 +62,11 @@ impl Phase {
 
 /// What a probe has recorded so far. It lives outside the probe's future, so when the timeout
 /// drops that future the phases it reached, and the one it was in, are still known.
+///
+/// The phases tile the probe: each one begins where the previous one ended (the first where the
+/// record started), so the work between two phases (building a request, reading a session's
+/// certificates) counts in the later one and no time falls between phases. `finish` returns the
+/// time from the start to the end of the last phase, so the phases add up to it exactly.
 #[derive(Debug, Default)]
 pub struct ProbeRecord {
     pub timings: Timings,
@@ -73,13 +78,29 @@ pub struct ProbeRecord {
     pub icmp: Option<IcmpDetails>,
     pub grpc: Option<GrpcDetails>,
     current: Option<(Phase, Instant)>,
+    /// When the record started, if it was started with `start`.
+    started: Option<Instant>,
+    /// When the last phase ended: where the next one begins.
+    last_end: Option<Instant>,
 }
 
 impl ProbeRecord {
-    /// Starts `phase`, ending the one in progress.
+    /// A record whose clock runs from now: the first phase begins here.
+    pub fn start() -> ProbeRecord {
+        ProbeRecord {
+            started: Some(Instant::now()),
+            ..ProbeRecord::default()
+        }
+    }
+
+    /// Starts `phase`, ending the one in progress. It begins where the last phase ended.
     pub fn begin(&mut self, phase: Phase) {
         self.end();
-        self.current = Some((phase, Instant::now()));
+        let began = self
+            .last_end
+            .or(self.started)
+            .unwrap_or_else(Instant::now);
+        self.current = Some((phase, began));
     }
 
     /// The phase in progress, if any.
@@ -89,8 +110,9 @@ impl ProbeRecord {
 
     /// Ends the phase in progress, adding its time (phases repeat across redirects).
     pub fn end(&mut self) {
-        if let Some((phase, started)) = self.current.take() {
-            let seconds = started.elapsed().as_secs_f64();
+        if let Some((phase, began)) = self.current.take() {
+            let now = Instant::now();
+            let seconds = now.saturating_duration_since(began).as_secs_f64();
             let slot = match phase {
                 Phase::Resolve => &mut self.timings.resolve,
                 Phase::Connect => &mut self.timings.connect,
@@ -102,7 +124,21 @@ impl ProbeRecord {
                 Phase::Rtt => &mut self.timings.rtt,
             };
             *slot += seconds;
+            self.last_end = Some(now);
         }
+    }
+
+    /// Ends the phase in progress and returns the seconds from the start to the end of the
+    /// last phase: the sum of the phases. What a probe does after its last phase (turning a
+    /// body into text, say) is bookkeeping, not time spent with the target. A record started
+    /// without `start`, or one whose probe failed before any phase, counts up to now.
+    pub fn finish(&mut self) -> f64 {
+        self.end();
+        let Some(started) = self.started else {
+            return 0.0;
+        };
+        let until = self.last_end.unwrap_or_else(Instant::now);
+        until.saturating_duration_since(started).as_secs_f64()
     }
 }
 
@@ -524,5 +560,35 @@ mod tests {
         assert!(!is_valid_check_name("Web"));
         assert!(!is_valid_check_name(""));
         assert!(!is_valid_check_name("a b"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn phases_tile_the_probe_and_add_up_to_its_time() {
+        let step = Duration::from_millis(7);
+        let mut record = ProbeRecord::start();
+        tokio::time::advance(step).await; // setup before the first phase: counts in connect
+        record.begin(Phase::Connect);
+        tokio::time::advance(step).await;
+        record.end();
+        tokio::time::advance(step).await; // between phases: counts in the next one
+        record.begin(Phase::Tls);
+        tokio::time::advance(step).await;
+        record.begin(Phase::Processing);
+        tokio::time::advance(step).await;
+        record.end();
+        tokio::time::advance(step).await; // after the last phase: not the target's time
+        let total = record.finish();
+        let timings = &record.timings;
+        assert_eq!(timings.connect, 0.014);
+        assert_eq!(timings.tls, 0.014);
+        assert_eq!(timings.processing, 0.007);
+        assert_eq!(total, 0.035);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_probe_that_failed_before_any_phase_counts_up_to_now() {
+        let mut record = ProbeRecord::start();
+        tokio::time::advance(Duration::from_millis(3)).await;
+        assert_eq!(record.finish(), 0.003);
     }
 }
