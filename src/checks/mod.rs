@@ -96,10 +96,7 @@ impl ProbeRecord {
     /// Starts `phase`, ending the one in progress. It begins where the last phase ended.
     pub fn begin(&mut self, phase: Phase) {
         self.end();
-        let began = self
-            .last_end
-            .or(self.started)
-            .unwrap_or_else(Instant::now);
+        let began = self.last_end.or(self.started).unwrap_or_else(Instant::now);
         self.current = Some((phase, began));
     }
 

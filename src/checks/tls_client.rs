@@ -127,8 +127,8 @@ pub enum Trust {
 /// report the certificates cached from an earlier probe instead of the ones the server holds
 /// now. Every probe makes a full handshake, as a new client would.
 pub fn client_config(trust: Trust) -> Result<ClientConfig, TlsSetupError> {
-    let builder = ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()?;
+    let builder =
+        ClientConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
     let mut config = match trust {
         Trust::Roots(roots) => builder.with_root_certificates(roots).with_no_client_auth(),
         Trust::Verifier(verifier) => builder
