@@ -63,10 +63,11 @@ impl Phase {
 /// What a probe has recorded so far. It lives outside the probe's future, so when the timeout
 /// drops that future the phases it reached, and the one it was in, are still known.
 ///
-/// The phases tile the probe: each one begins where the previous one ended (the first where the
-/// record started), so the work between two phases (building a request, reading a session's
-/// certificates) counts in the later one and no time falls between phases. `finish` returns the
-/// time from the start to the end of the last phase, so the phases add up to it exactly.
+/// The phases tile the probe: each one begins where the previous one ended, so the work between
+/// two phases (building a request, reading a session's certificates) counts in the later one
+/// and no time falls between phases. `finish` returns the time from the start of the first
+/// phase to the end of the last, so the phases add up to it exactly. Setup before the first
+/// phase (a TLS configuration built, a CA file read) is no time spent with the target.
 #[derive(Debug, Default)]
 pub struct ProbeRecord {
     pub timings: Timings,
@@ -80,12 +81,14 @@ pub struct ProbeRecord {
     current: Option<(Phase, Instant)>,
     /// When the record started, if it was started with `start`.
     started: Option<Instant>,
+    /// When the first phase began.
+    first_begin: Option<Instant>,
     /// When the last phase ended: where the next one begins.
     last_end: Option<Instant>,
 }
 
 impl ProbeRecord {
-    /// A record whose clock runs from now: the first phase begins here.
+    /// A record whose clock runs from now (what `finish` counts if no phase ever begins).
     pub fn start() -> ProbeRecord {
         ProbeRecord {
             started: Some(Instant::now()),
@@ -96,7 +99,8 @@ impl ProbeRecord {
     /// Starts `phase`, ending the one in progress. It begins where the last phase ended.
     pub fn begin(&mut self, phase: Phase) {
         self.end();
-        let began = self.last_end.or(self.started).unwrap_or_else(Instant::now);
+        let began = self.last_end.unwrap_or_else(Instant::now);
+        self.first_begin.get_or_insert(began);
         self.current = Some((phase, began));
     }
 
@@ -125,17 +129,18 @@ impl ProbeRecord {
         }
     }
 
-    /// Ends the phase in progress and returns the seconds from the start to the end of the
-    /// last phase: the sum of the phases. What a probe does after its last phase (turning a
-    /// body into text, say) is bookkeeping, not time spent with the target. A record started
-    /// without `start`, or one whose probe failed before any phase, counts up to now.
+    /// Ends the phase in progress and returns the seconds from the start of the first phase
+    /// to the end of the last: the sum of the phases. What a probe does before its first phase
+    /// or after its last (turning a body into text, say) is bookkeeping, not time spent with
+    /// the target. A probe that failed before any phase counts from `start` to now (0 for a
+    /// record made without `start`).
     pub fn finish(&mut self) -> f64 {
         self.end();
-        let Some(started) = self.started else {
-            return 0.0;
-        };
-        let until = self.last_end.unwrap_or_else(Instant::now);
-        until.saturating_duration_since(started).as_secs_f64()
+        match (self.first_begin, self.last_end, self.started) {
+            (Some(first), Some(last), _) => last.saturating_duration_since(first).as_secs_f64(),
+            (_, _, Some(started)) => started.elapsed().as_secs_f64(),
+            _ => 0.0,
+        }
     }
 }
 
@@ -563,7 +568,7 @@ mod tests {
     async fn phases_tile_the_probe_and_add_up_to_its_time() {
         let step = Duration::from_millis(7);
         let mut record = ProbeRecord::start();
-        tokio::time::advance(step).await; // setup before the first phase: counts in connect
+        tokio::time::advance(step).await; // setup before the first phase: not the target's time
         record.begin(Phase::Connect);
         tokio::time::advance(step).await;
         record.end();
@@ -576,10 +581,10 @@ mod tests {
         tokio::time::advance(step).await; // after the last phase: not the target's time
         let total = record.finish();
         let timings = &record.timings;
-        assert_eq!(timings.connect, 0.014);
+        assert_eq!(timings.connect, 0.007);
         assert_eq!(timings.tls, 0.014);
         assert_eq!(timings.processing, 0.007);
-        assert_eq!(total, 0.035);
+        assert_eq!(total, 0.028);
     }
 
     #[tokio::test(start_paused = true)]
