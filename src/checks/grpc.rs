@@ -162,11 +162,12 @@ async fn call<IO>(
 where
     IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
+    // The HTTP/2 connection preface and SETTINGS count in processing, as for an http probe.
+    record.begin(Phase::Processing);
     let (mut sender, connection) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
         .await
         .map_err(http_error)?;
     drive(connection, async move {
-        record.begin(Phase::Processing);
         let response = sender.send_request(request).await.map_err(http_error)?;
         let (head, mut body) = response.into_parts();
         let mut bytes = Vec::new();

@@ -357,13 +357,15 @@ async fn exchange<IO>(
 where
     IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
+    // Processing runs from the connection being ready (after TLS) to the response head, as in
+    // blackbox_exporter; the HTTP/2 connection preface and SETTINGS are part of it.
+    record.begin(Phase::Processing);
     if h2 {
         let (mut sender, connection) =
             hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
                 .await
                 .map_err(http_error)?;
         drive(connection, async move {
-            record.begin(Phase::Processing);
             let response = sender.send_request(request).await.map_err(http_error)?;
             read_response(response, record, max_body).await
         })
@@ -373,7 +375,6 @@ where
             .await
             .map_err(http_error)?;
         drive(connection, async move {
-            record.begin(Phase::Processing);
             let response = sender.send_request(request).await.map_err(http_error)?;
             read_response(response, record, max_body).await
         })

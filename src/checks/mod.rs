@@ -61,6 +61,12 @@ impl Phase {
 
 /// What a probe has recorded so far. It lives outside the probe's future, so when the timeout
 /// drops that future the phases it reached, and the one it was in, are still known.
+///
+/// The phases tile the probe: each one begins where the previous one ended, so the work between
+/// two phases (building a request, reading a session's certificates) counts in the later one
+/// and no time falls between phases. `finish` returns the time from the start of the first
+/// phase to the end of the last, so the phases add up to it exactly. Setup before the first
+/// phase (a TLS configuration built, a CA file read) is no time spent with the target.
 #[derive(Debug, Default)]
 pub struct ProbeRecord {
     pub timings: Timings,
@@ -72,13 +78,29 @@ pub struct ProbeRecord {
     pub icmp: Option<IcmpDetails>,
     pub grpc: Option<GrpcDetails>,
     current: Option<(Phase, Instant)>,
+    /// When the record started, if it was started with `start`.
+    started: Option<Instant>,
+    /// When the first phase began.
+    first_begin: Option<Instant>,
+    /// When the last phase ended: where the next one begins.
+    last_end: Option<Instant>,
 }
 
 impl ProbeRecord {
-    /// Starts `phase`, ending the one in progress.
+    /// A record whose clock runs from now (what `finish` counts if no phase ever begins).
+    pub fn start() -> ProbeRecord {
+        ProbeRecord {
+            started: Some(Instant::now()),
+            ..ProbeRecord::default()
+        }
+    }
+
+    /// Starts `phase`, ending the one in progress. It begins where the last phase ended.
     pub fn begin(&mut self, phase: Phase) {
         self.end();
-        self.current = Some((phase, Instant::now()));
+        let began = self.last_end.unwrap_or_else(Instant::now);
+        self.first_begin.get_or_insert(began);
+        self.current = Some((phase, began));
     }
 
     /// The phase in progress, if any.
@@ -88,8 +110,9 @@ impl ProbeRecord {
 
     /// Ends the phase in progress, adding its time (phases repeat across redirects).
     pub fn end(&mut self) {
-        if let Some((phase, started)) = self.current.take() {
-            let seconds = started.elapsed().as_secs_f64();
+        if let Some((phase, began)) = self.current.take() {
+            let now = Instant::now();
+            let seconds = now.saturating_duration_since(began).as_secs_f64();
             let slot = match phase {
                 Phase::Resolve => &mut self.timings.resolve,
                 Phase::Connect => &mut self.timings.connect,
@@ -101,6 +124,21 @@ impl ProbeRecord {
                 Phase::Rtt => &mut self.timings.rtt,
             };
             *slot += seconds;
+            self.last_end = Some(now);
+        }
+    }
+
+    /// Ends the phase in progress and returns the seconds from the start of the first phase
+    /// to the end of the last: the sum of the phases. What a probe does before its first phase
+    /// or after its last (turning a body into text, say) is bookkeeping, not time spent with
+    /// the target. A probe that failed before any phase counts from `start` to now (0 for a
+    /// record made without `start`).
+    pub fn finish(&mut self) -> f64 {
+        self.end();
+        match (self.first_begin, self.last_end, self.started) {
+            (Some(first), Some(last), _) => last.saturating_duration_since(first).as_secs_f64(),
+            (_, _, Some(started)) => started.elapsed().as_secs_f64(),
+            _ => 0.0,
         }
     }
 }
@@ -292,5 +330,40 @@ impl CompiledCheck {
 
     pub fn check_type(&self) -> CheckType {
         self.plan.check_type()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn phases_tile_the_probe_and_add_up_to_its_time() {
+        let step = Duration::from_millis(7);
+        let mut record = ProbeRecord::start();
+        tokio::time::advance(step).await; // setup before the first phase: not the target's time
+        record.begin(Phase::Connect);
+        tokio::time::advance(step).await;
+        record.end();
+        tokio::time::advance(step).await; // between phases: counts in the next one
+        record.begin(Phase::Tls);
+        tokio::time::advance(step).await;
+        record.begin(Phase::Processing);
+        tokio::time::advance(step).await;
+        record.end();
+        tokio::time::advance(step).await; // after the last phase: not the target's time
+        let total = record.finish();
+        let timings = &record.timings;
+        assert_eq!(timings.connect, 0.007);
+        assert_eq!(timings.tls, 0.014);
+        assert_eq!(timings.processing, 0.007);
+        assert_eq!(total, 0.028);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_probe_that_failed_before_any_phase_counts_up_to_now() {
+        let mut record = ProbeRecord::start();
+        tokio::time::advance(Duration::from_millis(3)).await;
+        assert_eq!(record.finish(), 0.003);
     }
 }

@@ -5,7 +5,7 @@
 //! checked. One fresh connection per probe, one attempt.
 
 use super::http::{server_name, tls_setup_error};
-use super::tls_client::{certificate_details, handshake, provider};
+use super::tls_client::{certificate_details, client_config, handshake, Trust};
 use super::{connect_tcp, ProbeContext, ProbeRecord};
 use crate::assertions::Observed;
 use crate::config::{AssertionKey, TlsSettings, TlsSpec};
@@ -14,7 +14,7 @@ use crate::model::{split_host_port, ErrorKind, ProbeError};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
+use rustls::{DigitallySignedStruct, SignatureScheme};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
@@ -138,12 +138,10 @@ pub async fn probe(
         inner: ctx.tls.verifier(&plan.settings).map_err(tls_setup_error)?,
         verdict: Mutex::new(None),
     });
-    let config = ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|error| ProbeError::new(ErrorKind::Tls, format!("TLS setup failed: {error}")))?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::clone(&verifier) as Arc<dyn ServerCertVerifier>)
-        .with_no_client_auth();
+    let config = client_config(Trust::Verifier(
+        Arc::clone(&verifier) as Arc<dyn ServerCertVerifier>
+    ))
+    .map_err(tls_setup_error)?;
     let tcp = connect_tcp(target, record).await?;
     let stream = handshake(
         Arc::new(config),

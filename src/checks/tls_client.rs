@@ -1,6 +1,8 @@
 //! TLS client configurations for probes, built once per distinct setting and shared: loading the
 //! system's roots costs milliseconds, a probe must not pay it. Verification is on by default;
 //! `insecure_skip_verify` still checks handshake signatures, it only stops trusting the chain.
+//! Every configuration a probe uses is made by `client_config`, which turns session resumption
+//! off: a shared configuration must never carry one probe's session into the next.
 
 use super::{Phase, ProbeRecord};
 
@@ -8,7 +10,7 @@ use crate::config::TlsSettings;
 use crate::messages::{CertificateDetails, TlsDetails};
 use crate::model::{ErrorKind, ProbeError};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::client::WebPkiServerVerifier;
+use rustls::client::{Resumption, WebPkiServerVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
@@ -101,20 +103,42 @@ impl TlsClientConfigs {
 }
 
 fn build(settings: &TlsSettings) -> Result<ClientConfig, TlsSetupError> {
-    let provider = provider();
-    let builder = ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()?;
-    let mut config = if settings.insecure_skip_verify {
-        builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate { provider }))
-            .with_no_client_auth()
+    let trust = if settings.insecure_skip_verify {
+        Trust::Verifier(Arc::new(AcceptAnyCertificate {
+            provider: provider(),
+        }))
     } else {
-        builder
-            .with_root_certificates(roots(settings)?)
-            .with_no_client_auth()
+        Trust::Roots(roots(settings)?)
     };
+    let mut config = client_config(trust)?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// What a client configuration trusts.
+pub enum Trust {
+    /// Chains that lead to these roots, checked by webpki.
+    Roots(RootCertStore),
+    /// Whatever this verifier accepts (it still checks handshake signatures).
+    Verifier(Arc<dyn ServerCertVerifier>),
+}
+
+/// The one place a probe's client configuration is made. Resumption is off, TLS 1.2 session
+/// ids and tickets and TLS 1.3 tickets alike: configurations are cached and shared, and a
+/// resumed handshake would time an abbreviated exchange as the `tls` phase and, on TLS 1.3,
+/// report the certificates cached from an earlier probe instead of the ones the server holds
+/// now. Every probe makes a full handshake, as a new client would.
+pub fn client_config(trust: Trust) -> Result<ClientConfig, TlsSetupError> {
+    let builder =
+        ClientConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
+    let mut config = match trust {
+        Trust::Roots(roots) => builder.with_root_certificates(roots).with_no_client_auth(),
+        Trust::Verifier(verifier) => builder
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_no_client_auth(),
+    };
+    config.resumption = Resumption::disabled();
     Ok(config)
 }
 
@@ -314,5 +338,38 @@ fn general_name_text(name: &x509_parser::extensions::GeneralName<'_>) -> Option<
             _ => None,
         },
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Resumption is turned off in `client_config` only: a configuration built anywhere else
+    /// would resume sessions again. This reads the sources so a new one cannot slip in.
+    #[test]
+    fn client_configurations_are_built_only_here() {
+        let mut offenders = Vec::new();
+        let mut folders = vec![std::path::PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/src"
+        ))];
+        while let Some(folder) = folders.pop() {
+            for entry in std::fs::read_dir(&folder).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    folders.push(path);
+                } else if path.extension().is_some_and(|extension| extension == "rs")
+                    && !path.ends_with("checks/tls_client.rs")
+                {
+                    let text = std::fs::read_to_string(&path).unwrap();
+                    if text.contains("ClientConfig::builder") || text.contains("ClientConfig {") {
+                        offenders.push(path.display().to_string());
+                    }
+                }
+            }
+        }
+        assert!(
+            offenders.is_empty(),
+            "build client configurations with tls_client::client_config: {offenders:?}"
+        );
     }
 }

@@ -312,7 +312,7 @@ async fn run_task(task: ProbeTask, worker: Worker) -> (usize, Response) {
         context,
         metrics,
     } = task;
-    let mut record = ProbeRecord::default();
+    let mut record = ProbeRecord::start();
     let started = Instant::now();
     // The timeout bounds the whole probe, the resolve that found this instance included.
     let budget = check
@@ -341,10 +341,11 @@ async fn run_task(task: ProbeTask, worker: Worker) -> (usize, Response) {
     };
     let outcome = tokio::time::timeout(budget, probe).await;
     let in_phase = record.current_phase();
-    record.end();
+    // The phases tile the probe, so they add up to its time (ICMP's rtt is a mean instead).
+    let probe_seconds = record.finish();
     let mut timings = record.timings;
     timings.resolve += resolve_seconds;
-    timings.total = resolve_seconds + started.elapsed().as_secs_f64();
+    timings.total = resolve_seconds + probe_seconds;
     let check_type = check.check_type();
     let label = check.plan.target_label(target);
     let (error, http_details) = match outcome {
