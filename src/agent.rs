@@ -186,6 +186,7 @@ impl Agent {
                 source,
             })?;
         let metrics = Arc::new(Metrics::new());
+        metrics.forget_checks_after(config.runner.forget_checks_after);
         metrics.record_config_load(true);
         let notifier = Notifier::from_env().map(Arc::new);
         // The check list lives in one place, the watch; `config` keeps the other sections.

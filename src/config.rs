@@ -196,6 +196,11 @@ pub struct RunnerConfig {
     /// DNS servers (`ip` or `ip:port`) used to resolve targets. Empty: the system resolver.
     #[serde(default)]
     pub dns_servers: Vec<String>,
+    /// How long a check's series (`bastion_check_duration_seconds`) stay after its last run
+    /// here, and at least three of its intervals: a runner learns check names from the bus,
+    /// so it forgets those that stop arriving.
+    #[serde(default = "default_forget_checks_after", with = "humantime_serde")]
+    pub forget_checks_after: Duration,
 }
 
 /// `[runner.workers]`
@@ -564,6 +569,8 @@ pub enum Relationship {
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_MIN_FAILING_TIME: Duration = Duration::from_secs(90);
 pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
+/// `runner.forget_checks_after` unless configured.
+pub const DEFAULT_FORGET_CHECKS_AFTER: Duration = Duration::from_secs(600);
 /// Larger bodies would let one check hold this much memory per worker.
 pub const MAX_BODY_BYTES_LIMIT: usize = 64 * 1024 * 1024;
 
@@ -584,6 +591,9 @@ fn default_shutdown_grace() -> Duration {
 }
 fn default_dispatch_deadline() -> Duration {
     Duration::from_secs(30)
+}
+fn default_forget_checks_after() -> Duration {
+    DEFAULT_FORGET_CHECKS_AFTER
 }
 fn default_max_body_bytes() -> usize {
     128 * 1024
@@ -658,6 +668,7 @@ impl Default for RunnerConfig {
             max_body_bytes: default_max_body_bytes(),
             workers: WorkersConfig::default(),
             dns_servers: Vec::new(),
+            forget_checks_after: default_forget_checks_after(),
         }
     }
 }
@@ -745,6 +756,9 @@ impl Config {
         }
         if self.runner.dispatch_deadline.is_zero() {
             return Err("runner.dispatch_deadline must be longer than 0s".to_string());
+        }
+        if self.runner.forget_checks_after.is_zero() {
+            return Err("runner.forget_checks_after must be longer than 0s".to_string());
         }
         if self.runner.max_body_bytes > MAX_BODY_BYTES_LIMIT {
             return Err(format!(

@@ -283,6 +283,9 @@ impl InstanceAddr {
 #[derive(Debug)]
 pub struct CompiledCheck {
     pub name: String,
+    /// How often the check runs; a runner forgets a check's series a few intervals after
+    /// its last run.
+    pub interval: Duration,
     pub timeout: Duration,
     pub instances: Vec<InstanceAddr>,
     pub assertions: Vec<CompiledAssertion>,
@@ -466,6 +469,7 @@ impl CompiledCheck {
         };
         Ok(CompiledCheck {
             name: check.name.clone(),
+            interval: check.interval,
             timeout,
             instances,
             assertions,
