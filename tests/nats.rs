@@ -899,3 +899,63 @@ async fn a_publish_the_client_refuses_after_the_outbox_is_counted() {
     })
     .await;
 }
+
+/// The checks a `/metrics` text has `bastion_check_duration_seconds` series for.
+fn checks_with_durations(text: &str) -> std::collections::BTreeSet<String> {
+    text.lines()
+        .filter_map(|line| line.strip_prefix("bastion_check_duration_seconds_count{check=\""))
+        .filter_map(|rest| rest.split('"').next())
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runner_forgets_the_series_of_checks_that_stop_arriving() {
+    let server = NatsServer::start();
+    let target = target().await;
+    let bus = observer(&server.url()).await;
+    let listen = free_port();
+    // Checks every second: their series go 3 s (three intervals) after their last run.
+    let config_text = format!(
+        "{}{}[runner]\nforget_checks_after = \"2s\"\n",
+        agent_section("r1", listen),
+        nats_section(&server.url(), "")
+    );
+    let mut runner = Bastion::start("r1", listen, &config_text, &["run", "--role", "runner"]);
+    runner.wait_ready();
+    let definitions = config(&checks(1000, target, "1s")).checks;
+    let send = |check: &bastion_agent::config::CheckConfig| {
+        let request = CheckRequest {
+            version: 1,
+            run_id: 1,
+            scheduled_at: std::time::SystemTime::now(),
+            check: check.clone(),
+        };
+        Bytes::from(serde_json::to_vec(&request).unwrap())
+    };
+    for check in &definitions {
+        bus.publish("bastion.checks.http", send(check)).await.unwrap();
+    }
+    eventually("series for 1,000 checks", Duration::from_secs(60), || {
+        runner
+            .metrics()
+            .is_some_and(|text| checks_with_durations(&text).len() == 1000)
+    })
+    .await;
+    // From now on only ten of them arrive, each second, for longer than the expiry.
+    let kept: std::collections::BTreeSet<String> =
+        definitions[..10].iter().map(|c| c.name.clone()).collect();
+    let until = Instant::now() + Duration::from_secs(6);
+    while Instant::now() < until {
+        for check in &definitions[..10] {
+            bus.publish("bastion.checks.http", send(check)).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let text = runner.metrics().expect("the runner serves /metrics");
+    assert_eq!(checks_with_durations(&text), kept);
+    assert!(
+        text.contains("bastion_check_series_forgotten_total{reason=\"expired\"} 990"),
+        "{text}"
+    );
+}
