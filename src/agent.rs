@@ -757,10 +757,7 @@ mod tests {
             .await
             .expect("the work ends")
             .expect("the task does not panic");
-        assert_eq!(
-            receiver.await.unwrap().as_deref(),
-            Some("bastion-test-own")
-        );
+        assert_eq!(receiver.await.unwrap().as_deref(), Some("bastion-test-own"));
     }
 
     #[tokio::test]

@@ -805,7 +805,10 @@ async fn runners_send_heartbeats_and_once_remote_runs_on_them() {
 }
 
 /// The NATS bus of a test, its metrics at hand.
-async fn bus_with_metrics(url: &str, extra: &str) -> (NatsBus, Arc<bastion_agent::metrics::Metrics>) {
+async fn bus_with_metrics(
+    url: &str,
+    extra: &str,
+) -> (NatsBus, Arc<bastion_agent::metrics::Metrics>) {
     let config: bastion_agent::config::NatsConfig =
         toml::from_str(&format!("url = \"{url}\"\n{extra}")).expect("nats config");
     let metrics = Arc::new(bastion_agent::metrics::Metrics::new());
@@ -841,8 +844,11 @@ async fn a_result_the_stream_keeps_refusing_holds_back_no_later_result() {
         })
         .await
         .unwrap();
-    let (bus, metrics) =
-        bus_with_metrics(&server.url(), "results_stream = true\nresults_max_age = \"1h\"").await;
+    let (bus, metrics) = bus_with_metrics(
+        &server.url(),
+        "results_stream = true\nresults_max_age = \"1h\"",
+    )
+    .await;
     bus.publish("bastion.results.big", Bytes::from(vec![b'x'; 8192]))
         .await
         .unwrap();
@@ -869,9 +875,11 @@ async fn a_result_the_stream_keeps_refusing_holds_back_no_later_result() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // The refused one is dropped in the end, and counted.
-    eventually("the refused result counted", Duration::from_secs(60), || {
-        dropped(&metrics, "results_rejected") == 1.0
-    })
+    eventually(
+        "the refused result counted",
+        Duration::from_secs(60),
+        || dropped(&metrics, "results_rejected") == 1.0,
+    )
     .await;
     let mut stream = jetstream.get_stream("BASTION_RESULTS").await.unwrap();
     assert_eq!(stream.info().await.unwrap().state.messages, 20);
@@ -895,7 +903,11 @@ async fn a_publish_the_client_refuses_after_the_outbox_is_counted() {
     })
     .await;
     eventually("the next message delivered", PATIENCE, || {
-        seen.0.lock().unwrap().iter().any(|(_, p)| p.as_ref() == b"small")
+        seen.0
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(_, p)| p.as_ref() == b"small")
     })
     .await;
 }
@@ -934,7 +946,9 @@ async fn a_runner_forgets_the_series_of_checks_that_stop_arriving() {
         Bytes::from(serde_json::to_vec(&request).unwrap())
     };
     for check in &definitions {
-        bus.publish("bastion.checks.http", send(check)).await.unwrap();
+        bus.publish("bastion.checks.http", send(check))
+            .await
+            .unwrap();
     }
     eventually("series for 1,000 checks", Duration::from_secs(60), || {
         runner
@@ -948,7 +962,9 @@ async fn a_runner_forgets_the_series_of_checks_that_stop_arriving() {
     let until = Instant::now() + Duration::from_secs(6);
     while Instant::now() < until {
         for check in &definitions[..10] {
-            bus.publish("bastion.checks.http", send(check)).await.unwrap();
+            bus.publish("bastion.checks.http", send(check))
+                .await
+                .unwrap();
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
