@@ -187,6 +187,7 @@ impl Agent {
                 source,
             })?;
         let metrics = Arc::new(Metrics::new());
+        metrics.forget_checks_after(config.runner.forget_checks_after);
         metrics.record_config_load(true);
         let notifier = Notifier::from_env().map(Arc::new);
         // The check list lives in one place, the watch; `config` keeps the other sections.
@@ -491,6 +492,18 @@ fn spawn_on_own_thread<F>(name: &str, work: F) -> tokio::task::JoinHandle<()>
 where
     F: std::future::Future<Output = ()> + Send + 'static,
 {
+    spawn_on_own_thread_with(name, work, |builder, body| builder.spawn(body).map(drop))
+}
+
+/// What runs on the checker's own thread.
+type ThreadBody = Box<dyn FnOnce() + Send + 'static>;
+
+/// `spawn_on_own_thread`, with the thread started by `start` (std's, or a refusal in tests).
+fn spawn_on_own_thread_with<F, S>(name: &str, work: F, start: S) -> tokio::task::JoinHandle<()>
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+    S: FnOnce(std::thread::Builder, ThreadBody) -> std::io::Result<()>,
+{
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -502,32 +515,37 @@ where
         }
     };
     let (done, finished) = tokio::sync::oneshot::channel::<()>();
-    let work = std::sync::Arc::new(std::sync::Mutex::new(Some(work)));
-    let on_thread = std::sync::Arc::clone(&work);
-    let spawned = std::thread::Builder::new()
-        .name(name.to_string())
-        .spawn(move || {
-            let taken = on_thread
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .take();
-            if let Some(work) = taken {
-                runtime.block_on(work);
-            }
-            let _ = done.send(());
-        });
-    match spawned {
-        Ok(_) => tokio::spawn(async move {
+    // The runtime and the work reach the thread through this slot rather than inside the
+    // closure: when the thread cannot start, std drops the closure right here, and dropping a
+    // runtime inside an async context panics. From the slot both can be taken back.
+    let slot = Arc::new(std::sync::Mutex::new(Some((runtime, work))));
+    let on_thread = Arc::clone(&slot);
+    let body: ThreadBody = Box::new(move || {
+        let taken = on_thread
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        if let Some((runtime, work)) = taken {
+            runtime.block_on(work);
+        }
+        let _ = done.send(());
+    });
+    match start(std::thread::Builder::new().name(name.to_string()), body) {
+        Ok(()) => tokio::spawn(async move {
             let _ = finished.await;
         }),
         Err(error) => {
             tracing::warn!(%error, "cannot start a thread for {name}; sharing the main runtime");
-            let taken = work
+            let taken = slot
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
                 .take();
             match taken {
-                Some(work) => tokio::spawn(work),
+                Some((runtime, work)) => {
+                    // Unlike a plain drop, this may be called from async code.
+                    runtime.shutdown_background();
+                    tokio::spawn(work)
+                }
                 None => tokio::spawn(async {}),
             }
         }
@@ -723,5 +741,46 @@ async fn test_remotely(
         Err(error) => Err(AgentError::RunFailed(format!(
             "check `{name}`: the runner's reply is not a result: {error}"
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_checker_thread_runs_the_work_on_a_thread_of_its_own() {
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        let task = spawn_on_own_thread("bastion-test-own", async move {
+            let _ = sender.send(std::thread::current().name().map(str::to_string));
+        });
+        tokio::time::timeout(Duration::from_secs(30), task)
+            .await
+            .expect("the work ends")
+            .expect("the task does not panic");
+        assert_eq!(receiver.await.unwrap().as_deref(), Some("bastion-test-own"));
+    }
+
+    #[tokio::test]
+    async fn without_a_thread_the_work_runs_on_the_shared_runtime_without_a_panic() {
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        let main_thread = std::thread::current().id();
+        let task = spawn_on_own_thread_with(
+            "bastion-test-refused",
+            async move {
+                let _ = sender.send(std::thread::current().id());
+            },
+            |_builder, body| {
+                // What std does when the system refuses a thread: the closure is dropped.
+                drop(body);
+                Err(std::io::Error::from(std::io::ErrorKind::WouldBlock))
+            },
+        );
+        tokio::time::timeout(Duration::from_secs(30), task)
+            .await
+            .expect("the work ends")
+            .expect("the task does not panic");
+        // A current-thread test runtime: the fallback ran the work on this very thread.
+        assert_eq!(receiver.await.unwrap(), main_thread);
     }
 }

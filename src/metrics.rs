@@ -10,8 +10,11 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
 
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 
@@ -77,6 +80,18 @@ pub trait Exposition: Send + Sync + std::fmt::Debug {
     fn encode(&self, text: &mut String);
 }
 
+/// Check names an agent keeps run-duration series for at most; past it the check whose series
+/// would expire first is forgotten (`capacity`). A runner learns names from the bus, so
+/// without a bound a stream of new names would grow /metrics and memory without end.
+pub const MAX_CHECK_SERIES: usize = 10_000;
+
+/// The checks with run-duration series, each with the instant its series go.
+#[derive(Debug)]
+struct SeenChecks {
+    forget_after: Duration,
+    expires: HashMap<String, Instant>,
+}
+
 /// Every metric the agent exports.
 #[derive(Debug)]
 pub struct Metrics {
@@ -104,6 +119,10 @@ pub struct Metrics {
     pub config_last_reload_successful: Gauge,
     pub config_last_reload_success_timestamp_seconds: GaugeF64,
     pub runtime_tasks_alive: Gauge,
+    /// Check names whose series were removed, by why: `expired` or `capacity`.
+    pub check_series_forgotten: Family<ReasonLabels, Counter>,
+    /// The checks `check_duration_seconds` has series for, and when each expires.
+    seen_checks: std::sync::Mutex<SeenChecks>,
     /// Where the `probe_*` series come from.
     exposition: std::sync::OnceLock<Arc<dyn Exposition>>,
 }
@@ -142,6 +161,11 @@ impl Metrics {
             config_last_reload_success_timestamp_seconds: GaugeF64::default(),
             runtime_tasks_alive: Gauge::default(),
             exposition: std::sync::OnceLock::new(),
+            check_series_forgotten: Family::default(),
+            seen_checks: std::sync::Mutex::new(SeenChecks {
+                forget_after: crate::config::DEFAULT_FORGET_CHECKS_AFTER,
+                expires: HashMap::new(),
+            }),
             registry: Registry::default(),
         };
         registry.register(
@@ -230,6 +254,11 @@ impl Metrics {
             metrics.bus_publish_retries.clone(),
         );
         registry.register(
+            "bastion_check_series_forgotten",
+            "Checks whose series this agent removed: not run here for forget_checks_after and three intervals (expired), or past the most it keeps (capacity)",
+            metrics.check_series_forgotten.clone(),
+        );
+        registry.register(
             "bastion_requests_expired",
             "Check requests that reached the runner after their dispatch deadline and were not run",
             metrics.requests_expired.clone(),
@@ -292,6 +321,7 @@ impl Metrics {
             self.runtime_tasks_alive
                 .set(i64::try_from(alive).unwrap_or(i64::MAX));
         }
+        self.forget_expired_checks(Instant::now());
         let mut text = String::with_capacity(16 * 1024);
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::prometheus_text::encode(&mut text, &self.registry);
@@ -339,12 +369,90 @@ impl Metrics {
                 to: state.as_str(),
             });
         }
+        self.lock_seen_checks().expires.remove(check);
+        self.remove_check_duration(check);
+    }
+
+    /// Sets how long a check's series stay after its last run here (`runner.forget_checks_after`).
+    pub fn forget_checks_after(&self, after: Duration) {
+        self.lock_seen_checks().forget_after = after;
+    }
+
+    /// Records a run of `check` that took `seconds`. Its series stay until neither
+    /// `forget_checks_after` nor three of its `interval`s have passed without another run.
+    pub fn observe_check_duration(
+        &self,
+        check: &str,
+        check_type: CheckType,
+        interval: Duration,
+        seconds: f64,
+    ) {
+        let now = Instant::now();
+        // Held while the series is created, so a concurrent expiry cannot remove it unseen.
+        let mut seen = self.lock_seen_checks();
+        let expires = now + seen.forget_after.max(interval.saturating_mul(3));
+        if !seen.expires.contains_key(check) && seen.expires.len() >= MAX_CHECK_SERIES {
+            self.forget_expired(&mut seen, now);
+            if seen.expires.len() >= MAX_CHECK_SERIES {
+                let oldest = seen
+                    .expires
+                    .iter()
+                    .min_by_key(|(_, expires)| **expires)
+                    .map(|(name, _)| name.clone());
+                if let Some(oldest) = oldest {
+                    seen.expires.remove(&oldest);
+                    self.remove_check_duration(&oldest);
+                    self.check_series_forgotten
+                        .get_or_create(&ReasonLabels { reason: "capacity" })
+                        .inc();
+                }
+            }
+        }
+        seen.expires.insert(check.to_string(), expires);
+        self.check_duration_seconds
+            .get_or_create(&CheckTypeLabels {
+                check: check.to_string(),
+                r#type: check_type.as_str(),
+            })
+            .observe(seconds);
+    }
+
+    /// Removes the series of every check whose expiry has passed by `now`.
+    pub fn forget_expired_checks(&self, now: Instant) {
+        let mut seen = self.lock_seen_checks();
+        self.forget_expired(&mut seen, now);
+    }
+
+    fn forget_expired(&self, seen: &mut SeenChecks, now: Instant) {
+        let expired: Vec<String> = seen
+            .expires
+            .iter()
+            .filter(|(_, expires)| **expires <= now)
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in expired {
+            seen.expires.remove(&name);
+            self.remove_check_duration(&name);
+            self.check_series_forgotten
+                .get_or_create(&ReasonLabels { reason: "expired" })
+                .inc();
+        }
+    }
+
+    fn remove_check_duration(&self, check: &str) {
         for check_type in CheckType::ALL {
             self.check_duration_seconds.remove(&CheckTypeLabels {
                 check: check.to_string(),
                 r#type: check_type.as_str(),
             });
         }
+    }
+
+    fn lock_seen_checks(&self) -> std::sync::MutexGuard<'_, SeenChecks> {
+        // The map stays consistent whatever panicked while holding it.
+        self.seen_checks
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Removes the series the checker keeps per check.
@@ -397,5 +505,76 @@ mod tests {
             text.contains("bastion_dispatch_timeouts_total{type=\"http\"} 0"),
             "{text}"
         );
+    }
+
+    /// The checks that have a `bastion_check_duration_seconds` series in `text`.
+    fn checks_with_durations(text: &str) -> std::collections::BTreeSet<String> {
+        text.lines()
+            .filter_map(|line| line.strip_prefix("bastion_check_duration_seconds_count{check=\""))
+            .filter_map(|rest| rest.split('"').next())
+            .map(str::to_string)
+            .collect()
+    }
+
+    fn forgotten(text: &str, reason: &str) -> String {
+        let prefix = format!("bastion_check_series_forgotten_total{{reason=\"{reason}\"}} ");
+        text.lines()
+            .find_map(|line| line.strip_prefix(prefix.as_str()))
+            .unwrap_or("absent")
+            .to_string()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn checks_that_stop_arriving_are_forgotten_after_the_expiry() {
+        let metrics = Metrics::new();
+        metrics.forget_checks_after(Duration::from_secs(600));
+        let minute = Duration::from_secs(60);
+        for n in 0..1000 {
+            metrics.observe_check_duration(&format!("gone-{n}"), CheckType::Http, minute, 0.01);
+        }
+        assert_eq!(checks_with_durations(&metrics.render()).len(), 1000);
+        // From now on only ten checks arrive, once a minute.
+        for _ in 0..10 {
+            tokio::time::advance(minute).await;
+            for n in 0..10 {
+                metrics.observe_check_duration(&format!("kept-{n}"), CheckType::Tcp, minute, 0.01);
+            }
+        }
+        let text = metrics.render();
+        let expected: std::collections::BTreeSet<String> =
+            (0..10).map(|n| format!("kept-{n}")).collect();
+        assert_eq!(checks_with_durations(&text), expected);
+        assert_eq!(forgotten(&text, "expired"), "1000");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_check_is_kept_for_three_of_its_intervals_at_least() {
+        let metrics = Metrics::new();
+        metrics.forget_checks_after(Duration::from_secs(600));
+        let hour = Duration::from_secs(3600);
+        metrics.observe_check_duration("hourly", CheckType::Dns, hour, 0.01);
+        tokio::time::advance(2 * hour).await;
+        assert!(checks_with_durations(&metrics.render()).contains("hourly"));
+        tokio::time::advance(hour).await;
+        assert!(checks_with_durations(&metrics.render()).is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn past_the_most_checks_kept_the_oldest_is_forgotten() {
+        let metrics = Metrics::new();
+        for n in 0..MAX_CHECK_SERIES + 5 {
+            metrics.observe_check_duration(
+                &format!("c-{n}"),
+                CheckType::Http,
+                Duration::from_secs(60),
+                0.01,
+            );
+            tokio::time::advance(Duration::from_millis(1)).await;
+        }
+        let text = metrics.render();
+        let kept = checks_with_durations(&text);
+        assert_eq!(kept.len(), MAX_CHECK_SERIES);
+        assert!(!kept.contains("c-0") && kept.contains(&format!("c-{}", MAX_CHECK_SERIES + 4)));
+        assert_eq!(forgotten(&text, "capacity"), "5");
     }
 }

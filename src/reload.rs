@@ -19,6 +19,8 @@ use tokio::sync::{watch, Mutex};
 pub enum ReloadError {
     #[error("the config was not reloaded, the running one stays: {0}")]
     Invalid(#[from] ConfigError),
+    #[error("the config was not reloaded, the running one stays: reading it stopped unexpectedly ({0}); try the reload again")]
+    Interrupted(String),
 }
 
 /// What a reload changed.
@@ -91,7 +93,14 @@ impl Reloader {
         if let Some(notifier) = &self.notifier {
             notifier.reloading();
         }
-        let outcome = match crate::validate::load(&self.path) {
+        // Reading the file and validating it (every check compiled, its regexes and JSON paths
+        // included) is blocking work: it must not hold one of the async workers.
+        let path = self.path.clone();
+        let loaded = match tokio::task::spawn_blocking(move || crate::validate::load(&path)).await {
+            Ok(loaded) => loaded.map_err(ReloadError::Invalid),
+            Err(error) => Err(ReloadError::Interrupted(error.to_string())),
+        };
+        let outcome = match loaded {
             Ok(next) => {
                 let current = Arc::clone(&self.checks.borrow());
                 let summary = diff(&running, &current, &next);
@@ -112,7 +121,7 @@ impl Reloader {
             Err(error) => {
                 self.metrics.record_config_load(false);
                 tracing::error!(%error, "config reload failed; the running config stays");
-                Err(ReloadError::Invalid(error))
+                Err(error)
             }
         };
         if let Some(notifier) = &self.notifier {
@@ -157,4 +166,65 @@ fn diff(running: &Config, current: &[CheckConfig], next: &Config) -> ReloadSumma
         .map(|(name, _)| name)
         .collect();
     summary
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    const CONFIG: &str = "[[checks]]\nname = \"web\"\ntype = \"tcp\"\naddress = \"127.0.0.1:9\"\ninterval = \"1m\"\n";
+
+    /// The file is a FIFO, so reading it blocks until a writer comes: on a single-threaded
+    /// runtime, a reload that read it on the async worker would stop every other task (the
+    /// timer below included) until then.
+    #[tokio::test]
+    async fn a_reload_reads_the_file_off_the_async_workers() {
+        let dir = std::env::temp_dir().join(format!("bastion-reload-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("bastion.toml");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&path)
+            .status()
+            .expect("mkfifo runs");
+        assert!(made.success());
+        let running = Config::parse(CONFIG, crate::config::Format::Toml, &path).unwrap();
+        let (checks, _) = watch::channel(Arc::new(running.checks.clone()));
+        let reloader = Arc::new(Reloader::new(
+            path.clone(),
+            running,
+            checks,
+            Arc::new(Metrics::new()),
+            None,
+        ));
+
+        // The writer waits for the async side to show it is alive, or 20 s, then writes.
+        let (alive, seen) = std::sync::mpsc::channel::<()>();
+        let writer = std::thread::spawn({
+            let path = path.clone();
+            move || {
+                let in_time = seen.recv_timeout(Duration::from_secs(20)).is_ok();
+                std::fs::write(&path, CONFIG).unwrap();
+                in_time
+            }
+        });
+        let reload = tokio::spawn({
+            let reloader = Arc::clone(&reloader);
+            async move { reloader.reload().await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let _ = alive.send(());
+        let summary = tokio::time::timeout(Duration::from_secs(60), reload)
+            .await
+            .expect("the reload ends once the file is written")
+            .unwrap()
+            .unwrap();
+        assert_eq!(summary.unchanged, 1);
+        assert!(
+            writer.join().unwrap(),
+            "the runtime stood still while the reload waited for the file"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

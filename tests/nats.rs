@@ -803,3 +803,175 @@ async fn runners_send_heartbeats_and_once_remote_runs_on_them() {
         .iter()
         .all(|r| r.agent == "runner-7.example" && r.passing));
 }
+
+/// The NATS bus of a test, its metrics at hand.
+async fn bus_with_metrics(
+    url: &str,
+    extra: &str,
+) -> (NatsBus, Arc<bastion_agent::metrics::Metrics>) {
+    let config: bastion_agent::config::NatsConfig =
+        toml::from_str(&format!("url = \"{url}\"\n{extra}")).expect("nats config");
+    let metrics = Arc::new(bastion_agent::metrics::Metrics::new());
+    let bus = NatsBus::connect(&config, "t", Arc::clone(&metrics), Some(PATIENCE))
+        .await
+        .expect("the bus connects");
+    (bus, metrics)
+}
+
+fn dropped(metrics: &bastion_agent::metrics::Metrics, reason: &str) -> f64 {
+    let line = format!("bastion_bus_dropped_total{{reason=\"{reason}\"}} ");
+    metrics
+        .render()
+        .lines()
+        .find_map(|l| l.strip_prefix(line.as_str()).map(|v| v.parse().unwrap()))
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_the_stream_keeps_refusing_holds_back_no_later_result() {
+    let server = NatsServer::start();
+    // The stream exists before bastion starts, with bastion's subjects and age but a message
+    // size limit that one result exceeds; bastion keeps an existing stream's other limits.
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let jetstream = async_nats::jetstream::new(client);
+    jetstream
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: "BASTION_RESULTS".to_string(),
+            subjects: vec!["bastion.results.>".to_string()],
+            max_age: Duration::from_secs(3600),
+            max_message_size: 4096,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let (bus, metrics) = bus_with_metrics(
+        &server.url(),
+        "results_stream = true\nresults_max_age = \"1h\"",
+    )
+    .await;
+    bus.publish("bastion.results.big", Bytes::from(vec![b'x'; 8192]))
+        .await
+        .unwrap();
+    for n in 0..20 {
+        bus.publish(
+            &format!("bastion.results.small-{n}"),
+            Bytes::from(format!("{{\"n\":{n}}}")),
+        )
+        .await
+        .unwrap();
+    }
+    // Every later result is acknowledged while the big one is still being retried.
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let mut stream = jetstream.get_stream("BASTION_RESULTS").await.unwrap();
+        let stored = stream.info().await.unwrap().state.messages;
+        if stored == 20 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {stored} of the 20 later results reached the stream"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The refused one is dropped in the end, and counted.
+    eventually(
+        "the refused result counted",
+        Duration::from_secs(60),
+        || dropped(&metrics, "results_rejected") == 1.0,
+    )
+    .await;
+    let mut stream = jetstream.get_stream("BASTION_RESULTS").await.unwrap();
+    assert_eq!(stream.info().await.unwrap().state.messages, 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_the_client_refuses_after_the_outbox_is_counted() {
+    let server = NatsServer::start_with("max_payload: 4096");
+    let (bus, metrics) = bus_with_metrics(&server.url(), "").await;
+    let watcher = observer(&server.url()).await;
+    let seen = Seen::watch(&watcher, "bastion.checks.>").await;
+    // Accepted into the outbox; the connection refuses it only later.
+    bus.publish("bastion.checks.http", Bytes::from(vec![b'x'; 8192]))
+        .await
+        .unwrap();
+    bus.publish("bastion.checks.http", Bytes::from_static(b"small"))
+        .await
+        .unwrap();
+    eventually("the refused publish counted", PATIENCE, || {
+        dropped(&metrics, "outbox_too_large") == 1.0
+    })
+    .await;
+    eventually("the next message delivered", PATIENCE, || {
+        seen.0
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(_, p)| p.as_ref() == b"small")
+    })
+    .await;
+}
+
+/// The checks a `/metrics` text has `bastion_check_duration_seconds` series for.
+fn checks_with_durations(text: &str) -> std::collections::BTreeSet<String> {
+    text.lines()
+        .filter_map(|line| line.strip_prefix("bastion_check_duration_seconds_count{check=\""))
+        .filter_map(|rest| rest.split('"').next())
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runner_forgets_the_series_of_checks_that_stop_arriving() {
+    let server = NatsServer::start();
+    let target = target().await;
+    let bus = observer(&server.url()).await;
+    let listen = free_port();
+    // Checks every second: their series go 3 s (three intervals) after their last run.
+    let config_text = format!(
+        "{}{}[runner]\nforget_checks_after = \"2s\"\n",
+        agent_section("r1", listen),
+        nats_section(&server.url(), "")
+    );
+    let mut runner = Bastion::start("r1", listen, &config_text, &["run", "--role", "runner"]);
+    runner.wait_ready();
+    let definitions = config(&checks(1000, target, "1s")).checks;
+    let send = |check: &bastion_agent::config::CheckConfig| {
+        let request = CheckRequest {
+            version: 1,
+            run_id: 1,
+            scheduled_at: std::time::SystemTime::now(),
+            check: check.clone(),
+        };
+        Bytes::from(serde_json::to_vec(&request).unwrap())
+    };
+    for check in &definitions {
+        bus.publish("bastion.checks.http", send(check))
+            .await
+            .unwrap();
+    }
+    eventually("series for 1,000 checks", Duration::from_secs(60), || {
+        runner
+            .metrics()
+            .is_some_and(|text| checks_with_durations(&text).len() == 1000)
+    })
+    .await;
+    // From now on only ten of them arrive, each second, for longer than the expiry.
+    let kept: std::collections::BTreeSet<String> =
+        definitions[..10].iter().map(|c| c.name.clone()).collect();
+    let until = Instant::now() + Duration::from_secs(6);
+    while Instant::now() < until {
+        for check in &definitions[..10] {
+            bus.publish("bastion.checks.http", send(check))
+                .await
+                .unwrap();
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let text = runner.metrics().expect("the runner serves /metrics");
+    assert_eq!(checks_with_durations(&text), kept);
+    assert!(
+        text.contains("bastion_check_series_forgotten_total{reason=\"expired\"} 990"),
+        "{text}"
+    );
+}

@@ -3,8 +3,10 @@
 //!
 //! Publishing never waits on the network: a publish goes into a bounded outbox that one task
 //! drains, and while the connection is down it is refused at once and counted by the caller,
-//! so nothing piles up. With `results_stream`, results go to a JetStream stream instead,
-//! acknowledged and retried with backoff from their own bounded buffer. The connection
+//! so nothing piles up; a message the client refuses later is counted too. With
+//! `results_stream`, results go to a JetStream stream instead, acknowledged and retried with
+//! backoff from their own bounded buffer, several at once, so one result the stream keeps
+//! refusing never holds back the others. The connection
 //! reconnects forever with backoff and subscriptions resume; only the first connection can
 //! fail, clearly, on bad credentials or after the connect timeout.
 
@@ -35,6 +37,16 @@ pub const RESULTS_STREAM: &str = "BASTION_RESULTS";
 const LEASE_KEY: &str = "leader";
 /// How long one connection attempt may take at most.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Results being published to the stream at once, each retried on its own: a result that
+/// keeps failing holds one of these places, never the queue behind it.
+pub const RESULTS_IN_FLIGHT: usize = 64;
+/// Attempts at a result the stream itself answers with an error (a result larger than the
+/// stream's `max_msg_size`, say) before it is dropped and counted as `results_rejected`. With
+/// the backoff that is about 11 s, long enough for a stream leader election to pass.
+const REFUSED_ATTEMPTS: u32 = 8;
+/// The first and the longest wait before a result is tried again.
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Whether `url` is a NATS server address (`nats://host:port`, `tls://...`, or `host:port`)
 /// without credentials: secrets belong in files, not in the config text.
@@ -278,6 +290,7 @@ impl NatsBus {
             client.clone(),
             outbox_receiver,
             Arc::clone(&unsent),
+            Arc::clone(&metrics),
         ));
         let durable = if config.results_stream {
             let pattern = format!("{}.results.>", config.subject_prefix);
@@ -441,71 +454,137 @@ async fn ensure_results_stream(
 }
 
 /// Hands queued messages to the connection, in order. While the connection is down the
-/// client holds them (bounded by its own buffer) and sends them once it is back.
+/// client holds them (bounded by its own buffer) and sends them once it is back. A message the
+/// client refuses (larger than the server's `max_payload`, or the client closed) is lost: it
+/// is counted in `bastion_bus_dropped_total`, since its publisher was already told yes.
 async fn drain_outbox(
     client: Client,
     mut outbox: mpsc::Receiver<Outgoing>,
     unsent: Arc<AtomicUsize>,
+    metrics: Arc<Metrics>,
 ) {
     while let Some(outgoing) = outbox.recv().await {
-        if let Err(error) = client.publish(outgoing.subject, outgoing.payload).await {
-            tracing::warn!(%error, "NATS refused a publish");
+        if let Err(error) = client
+            .publish(outgoing.subject.clone(), outgoing.payload)
+            .await
+        {
+            let reason = match error.kind() {
+                async_nats::client::PublishErrorKind::MaxPayloadExceeded => "outbox_too_large",
+                _ => "outbox_failed",
+            };
+            tracing::warn!(subject = %outgoing.subject, %error, reason, "NATS refused a publish; the message is dropped");
+            metrics
+                .bus_dropped
+                .get_or_create(&ReasonLabels { reason })
+                .inc();
         }
         unsent.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
-/// Publishes results to the stream, one at a time and in order, each retried with backoff
-/// until the stream acknowledges it. What waits meanwhile is bounded by the buffer.
+/// Publishes results to the stream, up to `RESULTS_IN_FLIGHT` at once, each retried with
+/// backoff until the stream acknowledges it (or refuses it for good). What waits meanwhile is
+/// bounded by the buffer; results may reach the stream out of order (the sink orders by run).
 async fn drain_durable(
     jetstream: jetstream::Context,
     mut queue: mpsc::Receiver<Outgoing>,
     unsent: Arc<AtomicUsize>,
     metrics: Arc<Metrics>,
 ) {
-    while let Some(outgoing) = queue.recv().await {
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            let publish = jetstream::message::PublishMessage::build()
-                .payload(outgoing.payload.clone())
-                .message_id(outgoing.message_id.as_str());
-            let outcome = match jetstream
-                .send_publish(outgoing.subject.clone(), publish)
-                .await
-            {
-                Ok(acknowledgement) => acknowledgement.await.map(|_| ()).map_err(|e| {
-                    (
-                        e.kind() == jetstream::context::PublishErrorKind::MaxPayloadExceeded,
-                        e.to_string(),
-                    )
-                }),
-                Err(e) => Err((
-                    e.kind() == jetstream::context::PublishErrorKind::MaxPayloadExceeded,
-                    e.to_string(),
-                )),
-            };
-            match outcome {
-                Ok(()) => break,
-                Err((true, error)) => {
-                    // Retrying cannot make it fit.
-                    tracing::warn!(subject = %outgoing.subject, %error, "the results stream rejected a result; dropped");
-                    metrics
-                        .bus_dropped
-                        .get_or_create(&ReasonLabels {
-                            reason: "results_rejected",
-                        })
-                        .inc();
-                    break;
+    let mut in_flight = futures_util::stream::FuturesUnordered::new();
+    loop {
+        tokio::select! {
+            Some(()) = in_flight.next(), if !in_flight.is_empty() => {
+                unsent.fetch_sub(1, Ordering::AcqRel);
+            }
+            next = queue.recv(), if in_flight.len() < RESULTS_IN_FLIGHT => match next {
+                Some(outgoing) => {
+                    in_flight.push(deliver_durably(jetstream.clone(), outgoing, Arc::clone(&metrics)));
                 }
-                Err((false, error)) => {
-                    metrics.bus_publish_retries.inc();
-                    tracing::debug!(subject = %outgoing.subject, %error, retry_in = ?backoff, "result not acknowledged by the stream; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                None => break,
+            },
+        }
+    }
+    while in_flight.next().await.is_some() {
+        unsent.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Why one attempt at publishing a result failed.
+enum Failure {
+    /// Retrying cannot make it fit the server's `max_payload`.
+    TooLarge(String),
+    /// The stream answered with an error (its `max_msg_size`, say): tried a few times more.
+    Refused(String),
+    /// No answer (disconnected, timed out, no stream yet): tried until it is acknowledged.
+    Unanswered(String),
+}
+
+fn classify(error: &jetstream::context::PublishError) -> Failure {
+    use jetstream::context::PublishErrorKind;
+    // The server's own JetStream error travels as the source of an `Other`.
+    let answer = std::error::Error::source(error)
+        .and_then(|source| source.downcast_ref::<jetstream::Error>());
+    match (error.kind(), answer) {
+        (PublishErrorKind::MaxPayloadExceeded, _) => Failure::TooLarge(error.to_string()),
+        (PublishErrorKind::WrongLastMessageId | PublishErrorKind::WrongLastSequence, _) => {
+            Failure::Refused(error.to_string())
+        }
+        (_, Some(answer)) => Failure::Refused(format!("{error}: {answer}")),
+        (_, None) => Failure::Unanswered(error.to_string()),
+    }
+}
+
+async fn publish_once(jetstream: &jetstream::Context, outgoing: &Outgoing) -> Result<(), Failure> {
+    let publish = jetstream::message::PublishMessage::build()
+        .payload(outgoing.payload.clone())
+        .message_id(outgoing.message_id.as_str());
+    let acknowledgement = jetstream
+        .send_publish(outgoing.subject.clone(), publish)
+        .await
+        .map_err(|error| classify(&error))?;
+    acknowledgement
+        .await
+        .map(|_| ())
+        .map_err(|error| classify(&error))
+}
+
+/// Publishes one result until the stream acknowledges it, or drops it, counted, once retrying
+/// cannot help. Its message id stays the same on every attempt, so the stream stores it once.
+async fn deliver_durably(jetstream: jetstream::Context, outgoing: Outgoing, metrics: Arc<Metrics>) {
+    let mut backoff = FIRST_BACKOFF;
+    let mut refusals = 0;
+    loop {
+        let given_up = match publish_once(&jetstream, &outgoing).await {
+            Ok(()) => return,
+            Err(Failure::TooLarge(error)) => Some(error),
+            Err(Failure::Refused(error)) => {
+                refusals += 1;
+                if refusals >= REFUSED_ATTEMPTS {
+                    Some(error)
+                } else {
+                    tracing::debug!(subject = %outgoing.subject, %error, retry_in = ?backoff, "the results stream refused a result; retrying");
+                    None
                 }
             }
+            Err(Failure::Unanswered(error)) => {
+                tracing::debug!(subject = %outgoing.subject, %error, retry_in = ?backoff, "result not acknowledged by the stream; retrying");
+                None
+            }
+        };
+        if let Some(error) = given_up {
+            tracing::warn!(subject = %outgoing.subject, %error, "the results stream rejected a result; dropped");
+            metrics
+                .bus_dropped
+                .get_or_create(&ReasonLabels {
+                    reason: "results_rejected",
+                })
+                .inc();
+            return;
         }
-        unsent.fetch_sub(1, Ordering::AcqRel);
+        metrics.bus_publish_retries.inc();
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
     }
 }
 

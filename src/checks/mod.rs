@@ -183,6 +183,9 @@ pub enum CheckDefinitionError {
 #[derive(Debug)]
 pub struct CompiledCheck {
     pub name: String,
+    /// How often the check runs; a runner forgets a check's series a few intervals after
+    /// its last run.
+    pub interval: Duration,
     pub timeout: Duration,
     pub instances: Vec<InstanceAddr>,
     pub assertions: Vec<CompiledAssertion>,
@@ -321,6 +324,7 @@ impl CompiledCheck {
         };
         Ok(CompiledCheck {
             name: check.name.clone(),
+            interval: check.interval,
             timeout,
             instances,
             assertions,

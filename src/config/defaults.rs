@@ -9,6 +9,8 @@ use std::time::Duration;
 pub(super) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 pub(super) const DEFAULT_MIN_FAILING_TIME: Duration = Duration::from_secs(90);
 pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
+/// `runner.forget_checks_after` unless configured.
+pub const DEFAULT_FORGET_CHECKS_AFTER: Duration = Duration::from_secs(600);
 /// Larger bodies would let one check hold this much memory per worker.
 pub const MAX_BODY_BYTES_LIMIT: usize = 64 * 1024 * 1024;
 
@@ -29,6 +31,9 @@ pub(super) fn default_shutdown_grace() -> Duration {
 }
 pub(super) fn default_dispatch_deadline() -> Duration {
     Duration::from_secs(30)
+}
+pub(super) fn default_forget_checks_after() -> Duration {
+    DEFAULT_FORGET_CHECKS_AFTER
 }
 pub(super) fn default_max_body_bytes() -> usize {
     128 * 1024
@@ -103,6 +108,7 @@ impl Default for RunnerConfig {
             max_body_bytes: default_max_body_bytes(),
             workers: WorkersConfig::default(),
             dns_servers: Vec::new(),
+            forget_checks_after: default_forget_checks_after(),
         }
     }
 }

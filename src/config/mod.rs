@@ -8,7 +8,7 @@ mod defaults;
 mod locate;
 mod schema;
 
-pub use defaults::{MAX_BODY_BYTES_LIMIT, MIN_INTERVAL};
+pub use defaults::{DEFAULT_FORGET_CHECKS_AFTER, MAX_BODY_BYTES_LIMIT, MIN_INTERVAL};
 pub use schema::*;
 
 use locate::{toml_error, yaml_error};
@@ -91,6 +91,9 @@ impl Config {
         }
         if self.runner.dispatch_deadline.is_zero() {
             return Err("runner.dispatch_deadline must be longer than 0s".to_string());
+        }
+        if self.runner.forget_checks_after.is_zero() {
+            return Err("runner.forget_checks_after must be longer than 0s".to_string());
         }
         if self.runner.max_body_bytes > MAX_BODY_BYTES_LIMIT {
             return Err(format!(

@@ -197,6 +197,11 @@ pub struct RunnerConfig {
     /// DNS servers (`ip` or `ip:port`) used to resolve targets. Empty: the system resolver.
     #[serde(default)]
     pub dns_servers: Vec<String>,
+    /// How long a check's series (`bastion_check_duration_seconds`) stay after its last run
+    /// here, and at least three of its intervals: a runner learns check names from the bus,
+    /// so it forgets those that stop arriving.
+    #[serde(default = "default_forget_checks_after", with = "humantime_serde")]
+    pub forget_checks_after: Duration,
 }
 
 /// `[runner.workers]`

@@ -13,7 +13,7 @@ use crate::checks::{
 };
 use crate::config::AssertionKey;
 use crate::messages::{CheckResult, Response, Timings, MESSAGE_VERSION};
-use crate::metrics::{CheckTypeLabels, Metrics, TypeLabels};
+use crate::metrics::{Metrics, TypeLabels};
 use crate::model::{CheckType, ErrorKind, ProbeError};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -127,13 +127,12 @@ impl Dispatcher {
                 )]
             }
         };
-        self.metrics
-            .check_duration_seconds
-            .get_or_create(&CheckTypeLabels {
-                check: order.check.name.clone(),
-                r#type: check_type.as_str(),
-            })
-            .observe(dispatched.elapsed().as_secs_f64());
+        self.metrics.observe_check_duration(
+            &order.check.name,
+            check_type,
+            order.check.interval,
+            dispatched.elapsed().as_secs_f64(),
+        );
         CheckResult {
             version: MESSAGE_VERSION,
             check: order.check.name.clone(),
