@@ -4,10 +4,9 @@
 //! HealthCheckResponse: field 1, the serving status) rather than through a protobuf stack.
 //! The call's outcome is read from grpc-status in the trailers (or a trailers-only answer).
 
-use super::http::{drive, error_chain, http_error};
-use super::tcp::{TcpDefinitionError, TlsTarget};
-use super::tls_client::handshake;
-use super::{connect_tcp, Phase, ProbeContext, ProbeRecord};
+use super::net::{connect_tcp, drive, error_chain, http_error};
+use super::tls_client::{handshake, TlsTarget, TlsTargetError};
+use super::{Phase, ProbeContext, ProbeRecord};
 use crate::config::GrpcSpec;
 use crate::messages::GrpcDetails;
 use crate::model::{split_host_port, ErrorKind, ProbeError};
@@ -30,7 +29,7 @@ pub enum GrpcDefinitionError {
     #[error("address `{address}` is not valid: {reason}")]
     Address { address: String, reason: String },
     #[error("{0}")]
-    Tls(#[from] TcpDefinitionError),
+    Tls(#[from] TlsTargetError),
     #[error("address `{0}` does not make a valid :authority")]
     Authority(String),
 }

@@ -3,7 +3,8 @@
 //! Every probe opens a fresh connection and makes one attempt; there are no hidden retries, no
 //! pooling and no caches between probes. The body is read up to a cap and no further.
 
-use super::tls_client::{earliest_not_after, TlsSetupError};
+use super::net::{drive, error_chain, http_error};
+use super::tls_client::{earliest_not_after, server_name, tls_setup_error, tls_version_text};
 use super::{Phase, ProbeContext, ProbeRecord};
 use crate::config::{HttpSpec, TlsSettings};
 use crate::messages::{HttpDetails, TlsDetails};
@@ -14,10 +15,8 @@ use http::{HeaderMap, Method, Request, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rustls::pki_types::ServerName;
 use std::collections::BTreeMap;
-use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 use tokio::net::TcpStream;
 
@@ -382,30 +381,6 @@ where
     }
 }
 
-/// Polls the connection and the exchange together, in this task: no background task outlives
-/// the probe, and dropping the probe (on timeout) closes the socket.
-pub async fn drive<C, W, T>(connection: C, work: W) -> Result<T, ProbeError>
-where
-    C: Future<Output = Result<(), hyper::Error>>,
-    W: Future<Output = Result<T, ProbeError>>,
-{
-    tokio::pin!(connection, work);
-    tokio::select! {
-        biased;
-        result = &mut work => result,
-        ended = &mut connection => {
-            // The connection is over; the exchange now sees its end too and says how it went.
-            let result = work.await;
-            match (result, ended) {
-                (Err(error), Err(cause)) if !error.message.contains(&cause.to_string()) => Err(
-                    ProbeError::new(error.kind, format!("{}: {}", error.message, error_chain(&cause))),
-                ),
-                (result, _) => result,
-            }
-        }
-    }
-}
-
 async fn read_response(
     response: hyper::Response<Incoming>,
     record: &mut ProbeRecord,
@@ -512,51 +487,6 @@ fn remove_dot_segments(path: &str) -> String {
     }
 }
 
-pub fn server_name(host: &str) -> Result<ServerName<'static>, ProbeError> {
-    if let Ok(ip) = host.parse::<IpAddr>() {
-        return Ok(ServerName::IpAddress(ip.into()));
-    }
-    ServerName::try_from(host.to_string()).map_err(|error| {
-        ProbeError::new(
-            ErrorKind::Tls,
-            format!("`{host}` is not a valid TLS server name: {error}"),
-        )
-    })
-}
-
-pub fn tls_setup_error(error: TlsSetupError) -> ProbeError {
-    ProbeError::new(ErrorKind::Tls, error.to_string())
-}
-
-pub fn http_error(error: hyper::Error) -> ProbeError {
-    let message = if error.is_incomplete_message() {
-        format!(
-            "the server closed the connection before a complete response: {}",
-            error_chain(&error)
-        )
-    } else if error.is_parse() {
-        format!("invalid HTTP response: {}", error_chain(&error))
-    } else {
-        error_chain(&error)
-    };
-    ProbeError::new(ErrorKind::Http, message)
-}
-
-/// An error and its causes, joined, without repeating a cause already in the text.
-pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
-}
-
 fn version_text(version: Version) -> &'static str {
     match version {
         Version::HTTP_09 => "HTTP/0.9",
@@ -565,14 +495,6 @@ fn version_text(version: Version) -> &'static str {
         Version::HTTP_2 => "HTTP/2",
         Version::HTTP_3 => "HTTP/3",
         _ => "HTTP/?",
-    }
-}
-
-pub fn tls_version_text(version: rustls::ProtocolVersion) -> String {
-    match version {
-        rustls::ProtocolVersion::TLSv1_2 => "TLSv1.2".to_string(),
-        rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3".to_string(),
-        other => format!("{other:?}"),
     }
 }
 

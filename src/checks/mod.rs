@@ -6,6 +6,7 @@ pub mod dns;
 pub mod grpc;
 pub mod http;
 pub mod icmp;
+pub mod net;
 pub mod tcp;
 pub mod tls;
 pub mod tls_client;
@@ -13,7 +14,7 @@ pub mod tls_client;
 use crate::assertions::{AssertionError, CompiledAssertion};
 use crate::config::{CheckConfig, CheckSpec, MIN_INTERVAL};
 use crate::messages::{DnsDetails, GrpcDetails, IcmpDetails, TcpDetails, Timings, TlsDetails};
-use crate::model::{is_valid_check_name, CheckType, ErrorKind, InstanceAddr, ProbeError};
+use crate::model::{is_valid_check_name, CheckType, InstanceAddr, ProbeError};
 use crate::resolve::Resolver;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -255,23 +256,6 @@ impl ProbePlan {
             _ => address.to_string(),
         }
     }
-}
-
-/// Opens a probe's fresh TCP connection, timed as the connect phase. Nagle is off: probes
-/// write small requests and must not wait to send them.
-pub async fn connect_tcp(
-    target: SocketAddr,
-    record: &mut ProbeRecord,
-) -> Result<tokio::net::TcpStream, ProbeError> {
-    record.begin(Phase::Connect);
-    let tcp = tokio::net::TcpStream::connect(target)
-        .await
-        .map_err(|error| {
-            ProbeError::new(ErrorKind::Connect, format!("connect to {target}: {error}"))
-        })?;
-    record.end();
-    let _ = tcp.set_nodelay(true);
-    Ok(tcp)
 }
 
 impl CompiledCheck {

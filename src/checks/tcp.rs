@@ -3,17 +3,14 @@
 //! stops at the first match, when the peer closes, or at `runner.max_body_bytes`, and never
 //! goes past that cap. One fresh connection per probe, one attempt.
 
-use super::http::{server_name, tls_setup_error};
-use super::tls_client::handshake;
-use super::{connect_tcp, Phase, ProbeContext, ProbeRecord};
+use super::net::connect_tcp;
+use super::tls_client::{handshake, TlsTarget, TlsTargetError};
+use super::{Phase, ProbeContext, ProbeRecord};
 use crate::assertions::Observed;
-use crate::config::{AssertionKey, TcpSpec, TlsSettings};
+use crate::config::{AssertionKey, TcpSpec};
 use crate::messages::TcpDetails;
 use crate::model::{split_host_port, ErrorKind, ProbeError};
-use rustls::pki_types::ServerName;
-use rustls::ClientConfig;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Compiled regexes may not grow beyond this, as for assertions.
@@ -31,83 +28,14 @@ pub enum TcpDefinitionError {
         pattern: String,
         reason: String,
     },
-    #[error("{0} only applies with tls = true; set tls = true or remove it")]
-    TlsSettingWithoutTls(&'static str),
-    #[error("ca_file and insecure_skip_verify contradict each other: a CA is only used to verify; keep one")]
-    CaFileWithoutVerification,
-    #[error("ca_file {0} cannot be read: {1}")]
-    CaFile(String, String),
-    #[error("server_name `{0}` is not a valid TLS server name")]
-    ServerName(String),
+    #[error("{0}")]
+    Tls(#[from] TlsTargetError),
 }
 
 #[derive(Debug)]
 enum Step {
     Send(Vec<u8>),
     Expect(regex::bytes::Regex),
-}
-
-/// TLS on a TCP-based check: the verification settings and the name to present.
-#[derive(Debug, Clone)]
-pub struct TlsTarget {
-    pub settings: TlsSettings,
-    pub server_name: ServerName<'static>,
-}
-
-impl TlsTarget {
-    /// Validates the TLS keys shared by `tcp` and `grpc` checks.
-    pub fn compile(
-        tls: bool,
-        host: &str,
-        server_name_key: Option<&str>,
-        ca_file: Option<&std::path::Path>,
-        insecure_skip_verify: bool,
-    ) -> Result<Option<TlsTarget>, TcpDefinitionError> {
-        if !tls {
-            for (set, key) in [
-                (server_name_key.is_some(), "server_name"),
-                (ca_file.is_some(), "ca_file"),
-                (insecure_skip_verify, "insecure_skip_verify"),
-            ] {
-                if set {
-                    return Err(TcpDefinitionError::TlsSettingWithoutTls(key));
-                }
-            }
-            return Ok(None);
-        }
-        if ca_file.is_some() && insecure_skip_verify {
-            return Err(TcpDefinitionError::CaFileWithoutVerification);
-        }
-        if let Some(path) = ca_file {
-            std::fs::metadata(path).map_err(|error| {
-                TcpDefinitionError::CaFile(path.display().to_string(), error.to_string())
-            })?;
-        }
-        let name = server_name_key.unwrap_or(host);
-        let server_name =
-            server_name(name).map_err(|_| TcpDefinitionError::ServerName(name.to_string()))?;
-        Ok(Some(TlsTarget {
-            settings: TlsSettings {
-                insecure_skip_verify,
-                ca_file: ca_file.map(std::path::Path::to_path_buf),
-            },
-            server_name,
-        }))
-    }
-
-    /// The client configuration (offering `alpn`) and the name to present. Called before
-    /// connecting, so a bad CA file fails without touching the target.
-    pub fn client_config(
-        &self,
-        ctx: &ProbeContext,
-        alpn: &[&[u8]],
-    ) -> Result<(Arc<ClientConfig>, ServerName<'static>), ProbeError> {
-        let config = ctx
-            .tls
-            .get_with_alpn(&self.settings, alpn)
-            .map_err(tls_setup_error)?;
-        Ok((config, self.server_name.clone()))
-    }
 }
 
 /// A compiled TCP check.

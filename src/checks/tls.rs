@@ -4,9 +4,11 @@
 //! subject, issuer, names and expiry beside a clear error. Handshake signatures are always
 //! checked. One fresh connection per probe, one attempt.
 
-use super::http::{server_name, tls_setup_error};
-use super::tls_client::{certificate_details, client_config, handshake, Trust};
-use super::{connect_tcp, ProbeContext, ProbeRecord};
+use super::net::connect_tcp;
+use super::tls_client::{
+    certificate_details, client_config, handshake, server_name, tls_setup_error, Trust,
+};
+use super::{ProbeContext, ProbeRecord};
 use crate::assertions::Observed;
 use crate::config::{AssertionKey, TlsSettings, TlsSpec};
 use crate::messages::{ChainDetails, TlsDetails};

@@ -4,7 +4,7 @@
 //! Every configuration a probe uses is made by `client_config`, which turns session resumption
 //! off: a shared configuration must never carry one probe's session into the next.
 
-use super::{Phase, ProbeRecord};
+use super::{Phase, ProbeContext, ProbeRecord};
 
 use crate::config::TlsSettings;
 use crate::messages::{CertificateDetails, TlsDetails};
@@ -16,6 +16,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -260,7 +261,7 @@ pub async fn handshake(
                 ErrorKind::Tls,
                 format!(
                     "TLS handshake with {target}: {}",
-                    super::http::error_chain(&error)
+                    super::net::error_chain(&error)
                 ),
             )
         })?;
@@ -283,7 +284,7 @@ pub fn session_details(session: &rustls::ClientConnection) -> TlsDetails {
     TlsDetails {
         version: session
             .protocol_version()
-            .map(super::http::tls_version_text)
+            .map(tls_version_text)
             .unwrap_or_default(),
         alpn: session
             .alpn_protocol()
@@ -338,6 +339,106 @@ fn general_name_text(name: &x509_parser::extensions::GeneralName<'_>) -> Option<
             _ => None,
         },
         _ => None,
+    }
+}
+
+/// Why the TLS keys of a `tcp` or `grpc` check cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsTargetError {
+    #[error("{0} only applies with tls = true; set tls = true or remove it")]
+    TlsSettingWithoutTls(&'static str),
+    #[error("ca_file and insecure_skip_verify contradict each other: a CA is only used to verify; keep one")]
+    CaFileWithoutVerification,
+    #[error("ca_file {0} cannot be read: {1}")]
+    CaFile(String, String),
+    #[error("server_name `{0}` is not a valid TLS server name")]
+    ServerName(String),
+}
+
+pub fn server_name(host: &str) -> Result<ServerName<'static>, ProbeError> {
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(ServerName::IpAddress(ip.into()));
+    }
+    ServerName::try_from(host.to_string()).map_err(|error| {
+        ProbeError::new(
+            ErrorKind::Tls,
+            format!("`{host}` is not a valid TLS server name: {error}"),
+        )
+    })
+}
+
+pub fn tls_setup_error(error: TlsSetupError) -> ProbeError {
+    ProbeError::new(ErrorKind::Tls, error.to_string())
+}
+
+pub fn tls_version_text(version: rustls::ProtocolVersion) -> String {
+    match version {
+        rustls::ProtocolVersion::TLSv1_2 => "TLSv1.2".to_string(),
+        rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3".to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// TLS on a TCP-based check: the verification settings and the name to present.
+#[derive(Debug, Clone)]
+pub struct TlsTarget {
+    pub settings: TlsSettings,
+    pub server_name: ServerName<'static>,
+}
+
+impl TlsTarget {
+    /// Validates the TLS keys shared by `tcp` and `grpc` checks.
+    pub fn compile(
+        tls: bool,
+        host: &str,
+        server_name_key: Option<&str>,
+        ca_file: Option<&std::path::Path>,
+        insecure_skip_verify: bool,
+    ) -> Result<Option<TlsTarget>, TlsTargetError> {
+        if !tls {
+            for (set, key) in [
+                (server_name_key.is_some(), "server_name"),
+                (ca_file.is_some(), "ca_file"),
+                (insecure_skip_verify, "insecure_skip_verify"),
+            ] {
+                if set {
+                    return Err(TlsTargetError::TlsSettingWithoutTls(key));
+                }
+            }
+            return Ok(None);
+        }
+        if ca_file.is_some() && insecure_skip_verify {
+            return Err(TlsTargetError::CaFileWithoutVerification);
+        }
+        if let Some(path) = ca_file {
+            std::fs::metadata(path).map_err(|error| {
+                TlsTargetError::CaFile(path.display().to_string(), error.to_string())
+            })?;
+        }
+        let name = server_name_key.unwrap_or(host);
+        let server_name =
+            server_name(name).map_err(|_| TlsTargetError::ServerName(name.to_string()))?;
+        Ok(Some(TlsTarget {
+            settings: TlsSettings {
+                insecure_skip_verify,
+                ca_file: ca_file.map(std::path::Path::to_path_buf),
+            },
+            server_name,
+        }))
+    }
+
+    /// The client configuration (offering `alpn`) and the name to present. Called before
+    /// connecting, so a bad CA file fails without touching the target.
+    pub fn client_config(
+        &self,
+        ctx: &ProbeContext,
+        alpn: &[&[u8]],
+    ) -> Result<(Arc<ClientConfig>, ServerName<'static>), ProbeError> {
+        let config = ctx
+            .tls
+            .get_with_alpn(&self.settings, alpn)
+            .map_err(tls_setup_error)?;
+        Ok((config, self.server_name.clone()))
     }
 }
 

@@ -1,0 +1,79 @@
+//! Network steps every probe type shares: the fresh TCP connection timed as the connect phase,
+//! driving a hyper connection and its exchange in the probe's own task, and error chains that
+//! say what failed without repeating a cause. Nothing here knows a check type; it must never
+//! reuse a connection or spawn a task that outlives the probe.
+
+use super::{Phase, ProbeRecord};
+use crate::model::{ErrorKind, ProbeError};
+use std::future::Future;
+use std::net::SocketAddr;
+
+/// Opens a probe's fresh TCP connection, timed as the connect phase. Nagle is off: probes
+/// write small requests and must not wait to send them.
+pub async fn connect_tcp(
+    target: SocketAddr,
+    record: &mut ProbeRecord,
+) -> Result<tokio::net::TcpStream, ProbeError> {
+    record.begin(Phase::Connect);
+    let tcp = tokio::net::TcpStream::connect(target)
+        .await
+        .map_err(|error| {
+            ProbeError::new(ErrorKind::Connect, format!("connect to {target}: {error}"))
+        })?;
+    record.end();
+    let _ = tcp.set_nodelay(true);
+    Ok(tcp)
+}
+
+/// Polls the connection and the exchange together, in this task: no background task outlives
+/// the probe, and dropping the probe (on timeout) closes the socket.
+pub async fn drive<C, W, T>(connection: C, work: W) -> Result<T, ProbeError>
+where
+    C: Future<Output = Result<(), hyper::Error>>,
+    W: Future<Output = Result<T, ProbeError>>,
+{
+    tokio::pin!(connection, work);
+    tokio::select! {
+        biased;
+        result = &mut work => result,
+        ended = &mut connection => {
+            // The connection is over; the exchange now sees its end too and says how it went.
+            let result = work.await;
+            match (result, ended) {
+                (Err(error), Err(cause)) if !error.message.contains(&cause.to_string()) => Err(
+                    ProbeError::new(error.kind, format!("{}: {}", error.message, error_chain(&cause))),
+                ),
+                (result, _) => result,
+            }
+        }
+    }
+}
+
+pub fn http_error(error: hyper::Error) -> ProbeError {
+    let message = if error.is_incomplete_message() {
+        format!(
+            "the server closed the connection before a complete response: {}",
+            error_chain(&error)
+        )
+    } else if error.is_parse() {
+        format!("invalid HTTP response: {}", error_chain(&error))
+    } else {
+        error_chain(&error)
+    };
+    ProbeError::new(ErrorKind::Http, message)
+}
+
+/// An error and its causes, joined, without repeating a cause already in the text.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
