@@ -307,7 +307,11 @@ mod tests {
         let back: CheckResult = messages::decode(&encoded.payload).unwrap();
         let response = &back.responses[0];
         let http = response.http.as_ref().unwrap();
-        assert_eq!(http.body, "x".repeat(BUS_BODY_BYTES - 1), "cut on a char boundary");
+        assert_eq!(
+            http.body,
+            "x".repeat(BUS_BODY_BYTES - 1),
+            "cut on a char boundary"
+        );
         assert!(http.truncated);
         assert_eq!(http.body_bytes, Some(BUS_BODY_BYTES + 1));
         assert_eq!(http.headers["x-long"].len(), BUS_TEXT_BYTES);
@@ -324,20 +328,31 @@ mod tests {
         let whole = result((0..8).map(|n| response(n, &big, n % 2 == 0)).collect());
         let bounded = encode_within(whole.clone(), MAX_MESSAGE_BYTES).unwrap();
         assert_eq!(bounded.degraded, None);
-        assert!(bounded.payload.len() < 100 * 1024, "{}", bounded.payload.len());
+        assert!(
+            bounded.payload.len() < 100 * 1024,
+            "{}",
+            bounded.payload.len()
+        );
 
         let dropped = encode_within(whole.clone(), bounded.payload.len() - 1).unwrap();
         assert_eq!(dropped.degraded, Some(DegradedForm::DetailDropped));
         let back: CheckResult = messages::decode(&dropped.payload).unwrap();
         assert_eq!(back.responses.len(), 8);
-        assert!(back.responses.iter().all(|r| r.http.as_ref().unwrap().body.is_empty()));
+        assert!(back
+            .responses
+            .iter()
+            .all(|r| r.http.as_ref().unwrap().body.is_empty()));
         assert_eq!(back.instances(), 8);
         assert_eq!(back.failing(), 4);
 
         let limit = 2000;
         let summarised = encode_within(whole, limit).unwrap();
         assert_eq!(summarised.degraded, Some(DegradedForm::Summarised));
-        assert!(summarised.payload.len() <= limit, "{}", summarised.payload.len());
+        assert!(
+            summarised.payload.len() <= limit,
+            "{}",
+            summarised.payload.len()
+        );
         let back: CheckResult = messages::decode(&summarised.payload).unwrap();
         let degraded = back.degraded.unwrap();
         assert_eq!((degraded.instances, degraded.failing), (8, 4));

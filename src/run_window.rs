@@ -101,7 +101,10 @@ mod tests {
         assert!(lost_after(D, T) > latest_end);
         assert_eq!(lost_after(D, T) - latest_end, RESULT_GRACE);
         assert_eq!(effective_deadline(Some(D), Duration::from_secs(30)), D);
-        assert_eq!(effective_deadline(Some(D), Duration::from_secs(3)), Duration::from_secs(3));
+        assert_eq!(
+            effective_deadline(Some(D), Duration::from_secs(3)),
+            Duration::from_secs(3)
+        );
         assert_eq!(effective_deadline(None, D), D);
         let start = Instant::now();
         assert_eq!(publish_by(start + D, T), start + lost_after(D, T));

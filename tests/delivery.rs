@@ -48,7 +48,9 @@ async fn watch_agent(
             started.elapsed() < within,
             "not done in time; last /metrics:\n{}",
             last.lines()
-                .filter(|line| line.starts_with("bastion_bus") || line.starts_with("bastion_results"))
+                .filter(
+                    |line| line.starts_with("bastion_bus") || line.starts_with("bastion_results")
+                )
                 .collect::<Vec<_>>()
                 .join("\n")
         );
@@ -105,7 +107,10 @@ async fn eight_instances_with_300_kib_bodies_reach_the_api_and_metrics_on_every_
         let responses = latest["responses"].as_array().expect("responses");
         assert_eq!(responses.len(), 8, "{latest}");
         for response in responses {
-            assert_eq!(response["passing"], true, "the whole body was judged: {response}");
+            assert_eq!(
+                response["passing"], true,
+                "the whole body was judged: {response}"
+            );
             let http = &response["http"];
             assert_eq!(http["body_bytes"], BODY_BYTES, "{http}");
             assert_eq!(http["truncated"], true);
@@ -168,8 +173,11 @@ async fn a_check_with_5000_instances_reaches_the_api_degraded_and_counted() {
         let counted = format!("bastion_results_degraded_total{{form=\"{form}\"}}");
         assert!(metric(metrics, &counted).unwrap_or(0.0) >= 1.0, "{counted}");
         assert_eq!(
-            metric(metrics, "bastion_bus_decode_errors_total{reason=\"too_large\"}")
-                .unwrap_or(0.0),
+            metric(
+                metrics,
+                "bastion_bus_decode_errors_total{reason=\"too_large\"}"
+            )
+            .unwrap_or(0.0),
             0.0,
             "nothing refused as too large"
         );
@@ -236,8 +244,6 @@ fn scheduled_at(request: &serde_json::Value) -> SystemTime {
 /// every request ends as one result or as a loss counted by both the checker and the runner.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_held_up_runner_never_leaves_two_runs_of_a_check_in_flight() {
-    // The checker's window: dispatch deadline (8 s) + timeout (900 ms) + the 5 s grace.
-    const LOST_AFTER: Duration = Duration::from_millis(8000 + 900 + 5000);
     let server = NatsServer::start();
     let seen = Observed::watch(&server.url()).await;
     // Twelve instances that accept (the kernel's backlog does) and never answer, probed one
@@ -295,6 +301,7 @@ async fn a_held_up_runner_never_leaves_two_runs_of_a_check_in_flight() {
     tokio::time::sleep(let_go.duration_since(SystemTime::now()).unwrap_or_default()).await;
     runner.signal("CONT");
     tokio::time::sleep(Duration::from_secs(14)).await;
+    assert_one_run_in_flight(&seen.runs_of("slow"));
 
     // Phase 2: stopped for longer than any run's window.
     runner.signal("STOP");
@@ -302,9 +309,15 @@ async fn a_held_up_runner_never_leaves_two_runs_of_a_check_in_flight() {
     runner.signal("CONT");
     tokio::time::sleep(Duration::from_secs(14)).await;
 
+    assert_one_run_in_flight(&seen.runs_of("slow"));
     let lost_series = "bastion_runs_lost_total{check=\"slow\"}";
-    let lost = checker.sample(lost_series).expect("the checker counts lost runs");
-    assert_eq!(checker.terminate().map(|status| status.code()), Some(Some(0)));
+    let lost = checker
+        .sample(lost_series)
+        .expect("the checker counts lost runs");
+    assert_eq!(
+        checker.terminate().map(|status| status.code()),
+        Some(Some(0))
+    );
     let runs = seen.runs_of("slow");
     let requests: Vec<&serde_json::Value> = runs
         .iter()
@@ -324,10 +337,33 @@ async fn a_held_up_runner_never_leaves_two_runs_of_a_check_in_flight() {
     .await;
     let runs = seen.runs_of("slow");
 
+    let (runs_seen, answered) = assert_one_run_in_flight(&runs);
+    assert!(answered.values().all(|count| *count == 1), "{answered:?}");
+    assert!(runs_seen >= 4, "{runs_seen} runs");
+    assert!(lost >= 1.0, "the long stop cost at least one run");
+    // Every lost run is counted by the runner too: refused as late, or held up past its window.
+    let expired = runner
+        .sample("bastion_requests_expired_total{type=\"http\"}")
+        .unwrap_or(0.0)
+        + runner
+            .sample("bastion_results_expired_total{type=\"http\"}")
+            .unwrap_or(0.0);
+    assert_eq!(expired, lost, "runner log:\n{}", runner.log());
+    drop(hanging);
+}
+
+/// Checks, over requests and results in delivery order, that no request was published while
+/// an earlier run could still deliver, and that no result came after a later run's request.
+/// Returns how many runs were requested and the results per run.
+fn assert_one_run_in_flight(
+    runs: &[(SystemTime, bool, serde_json::Value)],
+) -> (usize, HashMap<u64, usize>) {
+    // The checker's window: dispatch deadline (8 s) + timeout (900 ms) + the 5 s grace.
+    const LOST_AFTER: Duration = Duration::from_millis(8000 + 900 + 5000);
     let mut request_at: HashMap<u64, (SystemTime, SystemTime)> = HashMap::new();
     let mut open: Vec<u64> = Vec::new();
     let mut answered: HashMap<u64, usize> = HashMap::new();
-    for (at, is_request, json) in &runs {
+    for (at, is_request, json) in runs {
         let run_id = json["run_id"].as_u64().expect("run id");
         if *is_request {
             let scheduled = scheduled_at(json);
@@ -355,16 +391,5 @@ async fn a_held_up_runner_never_leaves_two_runs_of_a_check_in_flight() {
             open.retain(|id| *id != run_id);
         }
     }
-    assert!(answered.values().all(|count| *count == 1), "{answered:?}");
-    assert!(request_at.len() >= 4, "{} runs", request_at.len());
-    assert!(lost >= 1.0, "the long stop cost at least one run");
-    // Every lost run is counted by the runner too: refused as late, or held up past its window.
-    let expired = runner
-        .sample("bastion_requests_expired_total{type=\"http\"}")
-        .unwrap_or(0.0)
-        + runner
-            .sample("bastion_results_expired_total{type=\"http\"}")
-            .unwrap_or(0.0);
-    assert_eq!(expired, lost, "runner log:\n{}", runner.log());
-    drop(hanging);
+    (request_at.len(), answered)
 }
