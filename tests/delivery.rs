@@ -163,6 +163,7 @@ async fn a_check_with_5000_instances_reaches_the_api_degraded_and_counted() {
         assert_eq!(degraded["failing"], 5000, "{degraded}");
         let form = degraded["form"].as_str().expect("a degraded form");
         let carried = latest["responses"].as_array().expect("responses").len();
+        eprintln!("5000 instances: published {form}, {carried} responses carried");
         assert_eq!(
             carried + degraded["omitted"].as_u64().expect("omitted") as usize,
             5000
