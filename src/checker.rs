@@ -22,10 +22,6 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-/// Beyond the dispatch deadline and the timeout, how long a run may take to report back
-/// before the checker stops waiting for it (bus latency, result encoding).
-const RESULT_GRACE: Duration = Duration::from_secs(5);
-
 /// FNV-1a: stable across builds and platforms, unlike std's hasher.
 fn stable_hash(text: &str) -> u64 {
     text.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
@@ -57,7 +53,6 @@ pub fn first_wait(name: &str, interval: Duration, wall_now: SystemTime) -> Durat
 /// Only what the checker needs from a result: which run it closes.
 #[derive(Deserialize)]
 struct ResultHeader {
-    version: u32,
     check: String,
     run_id: u64,
 }
@@ -67,7 +62,7 @@ struct Scheduled {
     subject: String,
     /// The run waiting for its result, and when the checker stops waiting.
     in_flight: Option<(u64, Instant)>,
-    /// How long a run can be in flight at most.
+    /// How long after it was due a run can be in flight at most (`run_window::lost_after`).
     horizon: Duration,
     scheduled: Counter,
     skipped: Counter,
@@ -318,6 +313,7 @@ impl Checker {
             scheduled_at: SystemTime::now()
                 .checked_sub(lag)
                 .unwrap_or_else(SystemTime::now),
+            dispatch_deadline: Some(self.dispatch_deadline),
             check: (*check.config).clone(),
         };
         let published = match messages::encode(&request) {
@@ -331,7 +327,8 @@ impl Checker {
         match published {
             Ok(()) => {
                 check.scheduled.inc();
-                check.in_flight = Some((run_id, now + check.horizon));
+                // The window runs from when the run was due, as `scheduled_at` says.
+                check.in_flight = Some((run_id, at + check.horizon));
             }
             Err(error) => {
                 self.publish_errors.inc();
@@ -342,16 +339,13 @@ impl Checker {
     }
 
     fn close_run(&mut self, payload: &[u8]) {
-        let header: ResultHeader = match serde_json::from_slice(payload) {
+        // The same decoding the sink applies (size, then version, then shape), so a result
+        // the sink refuses does not end the run here either: the checker and the sink agree on
+        // which runs ended, and a refused one is counted lost. The sink counts why.
+        let header: ResultHeader = match messages::decode(payload) {
             Ok(header) => header,
-            Err(_) => {
-                // The result sink decodes the same message and reports why it is bad.
-                return;
-            }
+            Err(_) => return,
         };
-        if header.version != MESSAGE_VERSION {
-            return; // counted by the result sink, which decodes the same message
-        }
         if let Some(&index) = self.by_name.get(&header.check) {
             let check = &mut self.checks[index];
             if check
@@ -397,7 +391,7 @@ impl Scheduled {
         Scheduled {
             subject: subjects.checks(check.check_type()),
             in_flight: None,
-            horizon: dispatch_deadline + check.timeout() + RESULT_GRACE,
+            horizon: crate::run_window::lost_after(dispatch_deadline, check.timeout()),
             scheduled: metrics.checks_scheduled.get_or_create(&labels).clone(),
             skipped: metrics.schedule_skipped.get_or_create(&labels).clone(),
             lost: metrics.runs_lost.get_or_create(&labels).clone(),

@@ -24,6 +24,14 @@ pub struct CheckRequest {
     /// When the run was due.
     #[serde(with = "crate::time_format")]
     pub scheduled_at: SystemTime,
+    /// The checker's `runner.dispatch_deadline`: no probe of this run starts later than this
+    /// after `scheduled_at` (see `run_window.rs`). Absent from older checkers.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub dispatch_deadline: Option<std::time::Duration>,
     pub check: CheckConfig,
 }
 
@@ -100,8 +108,63 @@ pub struct CheckResult {
     pub finished_at: SystemTime,
     /// True when every response passes.
     pub passing: bool,
-    /// Exactly one per instance.
+    /// One per instance; fewer only when `degraded` says some were left out.
     pub responses: Vec<Response>,
+    /// Present when the result was too large for the bus and was published reduced (see
+    /// `delivery.rs`); it then holds the counts the state machine needs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub degraded: Option<Degraded>,
+}
+
+/// How a result too large for the bus was reduced, and the counts over every instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Degraded {
+    pub form: DegradedForm,
+    /// Instances probed in the run.
+    pub instances: usize,
+    /// Of those, how many failed.
+    pub failing: usize,
+    /// Responses left out of `responses`.
+    pub omitted: usize,
+}
+
+/// The reduced forms of a result, mildest first. Also the `form` label of
+/// `bastion_results_degraded_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DegradedForm {
+    /// Every response is there, without bodies, headers, certificate chains or DNS answers,
+    /// and with texts cut short.
+    DetailDropped,
+    /// As `DetailDropped`, but only the responses that fit, failing ones first.
+    Summarised,
+}
+
+impl DegradedForm {
+    pub const ALL: [DegradedForm; 2] = [DegradedForm::DetailDropped, DegradedForm::Summarised];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DegradedForm::DetailDropped => "detail_dropped",
+            DegradedForm::Summarised => "summarised",
+        }
+    }
+}
+
+impl CheckResult {
+    /// Instances probed in the run, including any left out of a degraded result.
+    pub fn instances(&self) -> usize {
+        self.degraded
+            .map_or(self.responses.len(), |degraded| degraded.instances)
+    }
+
+    /// Failing instances in the run, including any left out of a degraded result.
+    pub fn failing(&self) -> usize {
+        match self.degraded {
+            Some(degraded) => degraded.failing,
+            None => self.responses.iter().filter(|r| !r.passing).count(),
+        }
+    }
 }
 
 /// What one instance answered.
@@ -140,10 +203,18 @@ pub struct HttpDetails {
     pub version: String,
     /// Lowercase names; repeated headers joined with ", ".
     pub headers: BTreeMap<String, String>,
-    /// Up to `max_body_bytes`, as text (invalid UTF-8 replaced).
+    /// The body as text (invalid UTF-8 replaced): up to `max_body_bytes` as the probe read
+    /// it and assertions judged it; on the bus, its first 4 KiB.
     pub body: String,
-    /// True when the body was longer than the cap and reading stopped there.
+    /// True when `body` is not the whole body: reading stopped at `max_body_bytes`, or the
+    /// body was cut for the bus.
     pub truncated: bool,
+    /// On the bus: the length of the body the probe read (as text), before any cut.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_bytes: Option<usize>,
+    /// On the bus: true when headers were left out or cut to fit.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub headers_truncated: bool,
     /// How many redirects were followed to get here.
     #[serde(default)]
     pub redirects: u32,
@@ -192,10 +263,15 @@ pub struct CertificateDetails {
 pub struct TcpDetails {
     /// True once the connection (and the TLS handshake, when on) succeeded.
     pub connected: bool,
-    /// Every byte received during the steps, as text (invalid UTF-8 replaced).
+    /// Every byte received during the steps, as text (invalid UTF-8 replaced); on the bus,
+    /// the first 4 KiB of it.
     pub body: String,
-    /// True when reading stopped at `runner.max_body_bytes`.
+    /// True when `body` is not all that was received: reading stopped at
+    /// `runner.max_body_bytes`, or the text was cut for the bus.
     pub truncated: bool,
+    /// On the bus: the length of what was received (as text), before any cut.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_bytes: Option<usize>,
     /// How many steps completed.
     pub steps_done: usize,
 }
@@ -265,6 +341,10 @@ pub struct Timings {
 
 fn is_zero(value: &f64) -> bool {
     *value == 0.0
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
 }
 
 impl Response {
@@ -385,6 +465,7 @@ mod tests {
                 ProbeError::new(ErrorKind::DispatchTimeout, "no http worker free within 30s"),
                 Timings::default(),
             )],
+            degraded: None,
         };
         let json: serde_json::Value = serde_json::to_value(&result).unwrap();
         assert_eq!(json["type"], "http");

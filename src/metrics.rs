@@ -49,6 +49,11 @@ pub struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FormLabels {
+    pub form: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SubjectLabels {
     pub subject: &'static str,
 }
@@ -114,6 +119,8 @@ pub struct Metrics {
     pub bus_dropped: Family<ReasonLabels, Counter>,
     pub bus_publish_retries: Counter,
     pub requests_expired: Family<TypeLabels, Counter>,
+    pub results_degraded: Family<FormLabels, Counter>,
+    pub results_expired: Family<TypeLabels, Counter>,
     pub checker_leader: Gauge,
     pub check_transitions: Family<CheckToLabels, Counter>,
     pub config_last_reload_successful: Gauge,
@@ -155,6 +162,8 @@ impl Metrics {
             bus_dropped: Family::default(),
             bus_publish_retries: Counter::default(),
             requests_expired: Family::default(),
+            results_degraded: Family::default(),
+            results_expired: Family::default(),
             checker_leader: Gauge::default(),
             check_transitions: Family::default(),
             config_last_reload_successful: Gauge::default(),
@@ -264,6 +273,16 @@ impl Metrics {
             metrics.requests_expired.clone(),
         );
         registry.register(
+            "bastion_results_degraded",
+            "Results too large for the bus, published reduced, by the form they took",
+            metrics.results_degraded.clone(),
+        );
+        registry.register(
+            "bastion_results_expired",
+            "Results finished after their run's window, which the checker had counted lost; not published",
+            metrics.results_expired.clone(),
+        );
+        registry.register(
             "bastion_checker_leader",
             "Whether this checker schedules now (1) or stands by (0)",
             metrics.checker_leader.clone(),
@@ -349,6 +368,7 @@ impl Metrics {
         let _ = self.dispatch_timeouts.get_or_create(&labels);
         let _ = self.task_timeouts.get_or_create(&labels);
         let _ = self.requests_expired.get_or_create(&labels);
+        let _ = self.results_expired.get_or_create(&labels);
     }
 
     pub fn count_probe_error(&self, check_type: CheckType, kind: ErrorKind) {

@@ -250,6 +250,7 @@ async fn the_runner_counts_and_drops_bad_messages_and_keeps_running() {
         version: 1,
         run_id: 42,
         scheduled_at: std::time::SystemTime::now(),
+        dispatch_deadline: None,
         check: config.checks[0].clone(),
     };
     let mut wrong_version = serde_json::to_value(&good).unwrap();
@@ -341,6 +342,7 @@ async fn the_result_sink_removes_series_of_vanished_instances() {
                 )
             })
             .collect(),
+        degraded: None,
     };
     let now = SystemTime::now();
     for (targets, at) in [

@@ -14,6 +14,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("time_format", 0),
     ("systemd", 0),
     ("telemetry", 0),
+    ("run_window", 0),
     // The configuration file's schema, defaults and loading.
     ("config", 1),
     // The wire contract (messages, subject names) and config-derived facts.
@@ -26,6 +27,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("state", 3),
     ("metrics", 3),
     ("report", 3),
+    ("delivery", 3),
     ("checks", 4),
     // The pipeline.
     ("bus", 5),

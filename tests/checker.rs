@@ -78,6 +78,7 @@ async fn reply(bus: &MemoryBus, request: &CheckRequest) {
         finished_at: SystemTime::now(),
         passing: true,
         responses: Vec::new(),
+        degraded: None,
     };
     let payload = messages::encode(&result).unwrap();
     bus.publish("bastion.results.tick", payload).await.unwrap();

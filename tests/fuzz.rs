@@ -67,6 +67,7 @@ fn assert_config_outcome(result: Result<Config, bastion_agent::config::ConfigErr
                     version: MESSAGE_VERSION,
                     run_id: 1,
                     scheduled_at: SystemTime::UNIX_EPOCH,
+                    dispatch_deadline: None,
                     check: check.clone(),
                 };
                 let bytes = messages::encode(&request).expect("encodes");
@@ -303,6 +304,7 @@ fn valid_messages() -> Vec<Vec<u8>> {
             version: MESSAGE_VERSION,
             run_id: 42,
             scheduled_at: SystemTime::UNIX_EPOCH + Duration::from_micros(1_700_000_000_123_456),
+            dispatch_deadline: None,
             check: check.clone(),
         };
         messages.push(messages::encode(&request).unwrap().to_vec());

@@ -353,6 +353,7 @@ async fn bad_messages_are_counted_and_dropped_and_good_ones_still_run() {
         version: 1,
         run_id: 7,
         scheduled_at: std::time::SystemTime::now(),
+        dispatch_deadline: None,
         check: config(&checks(1, target, "10s")).checks[0].clone(),
     };
     let good_json = serde_json::to_vec(&good).unwrap();
@@ -941,6 +942,7 @@ async fn a_runner_forgets_the_series_of_checks_that_stop_arriving() {
             version: 1,
             run_id: 1,
             scheduled_at: std::time::SystemTime::now(),
+            dispatch_deadline: None,
             check: check.clone(),
         };
         Bytes::from(serde_json::to_vec(&request).unwrap())

@@ -232,6 +232,8 @@ pub async fn probe(
                 headers: header_map_text(&head.headers),
                 body: String::from_utf8_lossy(&body_bytes).into_owned(),
                 truncated,
+                body_bytes: None,
+                headers_truncated: false,
                 redirects,
             },
         });

@@ -113,6 +113,7 @@ pub async fn probe(
         connected: false,
         body: String::new(),
         truncated: false,
+        body_bytes: None,
         steps_done: 0,
     });
     let tcp = connect_tcp(target, record).await?;

@@ -13,6 +13,7 @@ pub mod exposition;
 use crate::bus::{Bus, Message, Subscription};
 
 use crate::config::CheckConfig;
+use crate::delivery::cut;
 use crate::lease::Leadership;
 use crate::messages::{self, CheckResult, StateEvent, MESSAGE_VERSION};
 use crate::metrics::{CheckToLabels, Metrics, ReasonLabels, SubjectLabels};
@@ -26,21 +27,10 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-/// Bytes of each response body kept with a check's latest result. The whole body (up to
-/// `runner.max_body_bytes`) travels on the bus; what the API keeps for every check is bounded
-/// so that many checks with large pages cannot fill memory.
-pub const STORED_BODY_BYTES: usize = 4096;
-
-/// `text` cut to at most `limit` bytes, on a character boundary.
-fn cut(text: &mut String, limit: usize) {
-    if text.len() > limit {
-        let mut end = limit;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text.truncate(end);
-    }
-}
+/// Bytes of each response body kept with a check's latest result. Runners publish the first
+/// `delivery::BUS_BODY_BYTES` of each body; the store cuts again so that a result from a
+/// runner of another build cannot make many checks with large pages fill memory.
+pub const STORED_BODY_BYTES: usize = crate::delivery::BUS_BODY_BYTES;
 
 /// The configured checks, as the current config says; reloads replace it.
 pub type ChecksWatch = watch::Receiver<Arc<Vec<CheckConfig>>>;
@@ -265,7 +255,8 @@ impl Sink {
         }
         tracing::debug!(check = %result.check, passing = result.passing, responses = result.responses.len(), "result");
 
-        let failing = result.responses.iter().filter(|r| !r.passing).count();
+        // A degraded result counts the instances it left out too.
+        let failing = result.failing();
         let tracker = self
             .trackers
             .entry(result.check.clone())
@@ -313,7 +304,7 @@ impl Sink {
                 to: transition.to,
                 at: result.finished_at,
                 failing,
-                responses: result.responses.len(),
+                responses: result.instances(),
             };
             self.publish(&event).await;
         }

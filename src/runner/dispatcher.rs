@@ -105,11 +105,19 @@ impl Dispatcher {
     }
 
     /// Runs every instance of one check and returns its result, one response per instance.
+    /// Its probes start within the dispatch deadline from now.
     pub async fn run(&self, order: RunOrder) -> CheckResult {
+        let start_probes_by = Instant::now() + self.deadline;
+        self.run_by(order, start_probes_by).await
+    }
+
+    /// `run`, with no probe started after `start_probes_by`: the run's one deadline, whatever
+    /// its tasks waited for (`run_window::start_probes_by`).
+    pub async fn run_by(&self, order: RunOrder, start_probes_by: Instant) -> CheckResult {
         let dispatched = Instant::now();
         let check_type = order.check.check_type();
         let responses = match self.pools.get(&check_type) {
-            Some(pool) => self.dispatch(&order.check, pool, dispatched).await,
+            Some(pool) => self.dispatch(&order.check, pool, start_probes_by).await,
             None => {
                 self.metrics
                     .dispatch_timeouts
@@ -143,6 +151,7 @@ impl Dispatcher {
             finished_at: SystemTime::now(),
             passing: !responses.is_empty() && responses.iter().all(|response| response.passing),
             responses,
+            degraded: None,
         }
     }
 
@@ -150,9 +159,8 @@ impl Dispatcher {
         &self,
         check: &Arc<CompiledCheck>,
         pool: &WorkerPool,
-        dispatched: Instant,
+        deadline: Instant,
     ) -> Vec<Response> {
-        let deadline = dispatched + self.deadline;
         let (targets, resolve_seconds) = match self.instances(check).await {
             Ok(found) => found,
             Err((error, timings)) => {

@@ -4,7 +4,9 @@
 //! (`{prefix}.test.{type}`: run this definition now, reply with the result). A bad message is
 //! logged, counted and dropped; it never stops the runner. A request that arrives after its
 //! dispatch deadline (held up in a reconnecting client, say) is counted and not run: it would
-//! report a moment that has passed.
+//! report a moment that has passed. The deadline is one per run, counted from when the run
+//! was due (`run_window.rs`), so the checker's lost window always covers what the runner may
+//! still do; a result finished past that window is counted, not published.
 
 pub mod dispatcher;
 pub mod pool;
@@ -14,14 +16,16 @@ use crate::bus::{Bus, BusError, Subscription};
 use crate::checks::{CompiledCheck, ProbeContext};
 use crate::config::Config;
 use crate::messages::{self, CheckRequest, DecodeError, TestFailure, TestRequest, MESSAGE_VERSION};
-use crate::metrics::{Metrics, ReasonLabels, SubjectLabels, TypeLabels};
+use crate::metrics::{FormLabels, Metrics, ReasonLabels, SubjectLabels, TypeLabels};
 use crate::resolve::{Resolver, ResolverSetupError};
+use crate::run_window;
 use crate::subjects::{Subjects, RUNNER_QUEUE_GROUP};
 use dispatcher::{Dispatcher, RunOrder};
 use pool::WorkerPool;
 use std::sync::Arc;
 use std::time::SystemTime;
 use tokio::sync::Semaphore;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -91,6 +95,11 @@ impl Runner {
         dispatcher: Dispatcher,
         metrics: Arc<Metrics>,
     ) -> Result<Runner, RunnerError> {
+        for form in crate::messages::DegradedForm::ALL {
+            let _ = metrics.results_degraded.get_or_create(&FormLabels {
+                form: form.as_str(),
+            });
+        }
         let mut subscriptions = Vec::new();
         for check_type in dispatcher.check_types() {
             subscriptions.push((
@@ -194,21 +203,34 @@ impl Consumer {
                     continue;
                 }
             };
-            if let Intake::Scheduled(check_type) = self.intake {
-                let age = SystemTime::now()
-                    .duration_since(order.scheduled_at)
-                    .unwrap_or_default();
-                if age > self.dispatcher.deadline() {
-                    tracing::warn!(check = %order.check.name, age = ?age, "a check request arrived after its dispatch deadline; not run");
-                    self.metrics
-                        .requests_expired
-                        .get_or_create(&TypeLabels {
-                            r#type: check_type.as_str(),
-                        })
-                        .inc();
-                    continue;
+            let (order, requested_deadline) = order;
+            // One absolute deadline per run, the rule the checker's lost window is built on.
+            let start_probes_by = match self.intake {
+                Intake::Scheduled(check_type) => {
+                    let deadline = run_window::effective_deadline(
+                        requested_deadline,
+                        self.dispatcher.deadline(),
+                    );
+                    let by = run_window::start_probes_by(
+                        order.scheduled_at,
+                        deadline,
+                        SystemTime::now(),
+                        Instant::now(),
+                    );
+                    let Some(by) = by else {
+                        tracing::warn!(check = %order.check.name, run_id = order.run_id, "a check request arrived after its dispatch deadline; not run");
+                        self.metrics
+                            .requests_expired
+                            .get_or_create(&TypeLabels {
+                                r#type: check_type.as_str(),
+                            })
+                            .inc();
+                        continue;
+                    };
+                    by
                 }
-            }
+                Intake::Test => Instant::now() + self.dispatcher.deadline(),
+            };
             let dispatcher = Arc::clone(&self.dispatcher);
             let bus = Arc::clone(&self.bus);
             let subject = match (self.intake, message.reply) {
@@ -216,18 +238,31 @@ impl Consumer {
                 _ => self.subjects.results(&order.check.name),
             };
             let metrics = Arc::clone(&self.metrics);
+            let scheduled = matches!(self.intake, Intake::Scheduled(_));
             let span =
                 tracing::debug_span!("check_run", check = %order.check.name, run_id = order.run_id);
             self.runs.spawn(
                 async move {
                     let _slot = slot;
-                    let result = dispatcher.run(order).await;
+                    let timeout = order.check.timeout;
+                    let check_type = order.check.check_type();
+                    let result = dispatcher.run_by(order, start_probes_by).await;
+                    if scheduled && Instant::now() > run_window::publish_by(start_probes_by, timeout) {
+                        tracing::warn!(check = %result.check, run_id = result.run_id, "a run finished after its window (the runner was held up); its result is not published");
+                        metrics
+                            .results_expired
+                            .get_or_create(&TypeLabels {
+                                r#type: check_type.as_str(),
+                            })
+                            .inc();
+                        return;
+                    }
                     tracing::debug!(
                         passing = result.passing,
                         responses = result.responses.len(),
                         "run finished"
                     );
-                    publish_result(&*bus, &subject, &result, &metrics).await;
+                    publish_result(&*bus, &subject, result, &metrics).await;
                 }
                 .instrument(span),
             );
@@ -247,7 +282,10 @@ impl Consumer {
     }
 }
 
-fn decode_test(payload: &[u8], has_reply: bool) -> Result<RunOrder, DecodeError> {
+fn decode_test(
+    payload: &[u8],
+    has_reply: bool,
+) -> Result<(RunOrder, Option<std::time::Duration>), DecodeError> {
     if !has_reply {
         return Err(DecodeError::Invalid(
             "a test request needs a reply subject; send it as a request".to_string(),
@@ -257,40 +295,54 @@ fn decode_test(payload: &[u8], has_reply: bool) -> Result<RunOrder, DecodeError>
     let check = CompiledCheck::compile(&request.check).map_err(|error| {
         DecodeError::Invalid(format!("check `{}`: {error}", request.check.name))
     })?;
-    Ok(RunOrder {
+    let order = RunOrder {
         check: Arc::new(check),
         run_id: 0,
         scheduled_at: SystemTime::now(),
-    })
+    };
+    Ok((order, None))
 }
 
-fn decode_request(payload: &[u8]) -> Result<RunOrder, DecodeError> {
+/// The run, and the dispatch deadline its request carries.
+fn decode_request(payload: &[u8]) -> Result<(RunOrder, Option<std::time::Duration>), DecodeError> {
     let request: CheckRequest = messages::decode(payload)?;
     let check = CompiledCheck::compile(&request.check).map_err(|error| {
         DecodeError::Invalid(format!("check `{}`: {error}", request.check.name))
     })?;
-    Ok(RunOrder {
+    let order = RunOrder {
         check: Arc::new(check),
         run_id: request.run_id,
         scheduled_at: request.scheduled_at,
-    })
+    };
+    Ok((order, request.dispatch_deadline))
 }
 
 async fn publish_result(
     bus: &dyn Bus,
     subject: &str,
-    result: &messages::CheckResult,
+    result: messages::CheckResult,
     metrics: &Metrics,
 ) {
-    let outcome = match messages::encode(result) {
-        Ok(payload) => bus
-            .publish(subject, payload)
-            .await
-            .map_err(|e| e.to_string()),
+    let check = result.check.clone();
+    let outcome = match crate::delivery::encode(result) {
+        Ok(encoded) => {
+            if let Some(form) = encoded.degraded {
+                tracing::warn!(%check, form = form.as_str(), "a result too large for the bus was published reduced");
+                metrics
+                    .results_degraded
+                    .get_or_create(&FormLabels {
+                        form: form.as_str(),
+                    })
+                    .inc();
+            }
+            bus.publish(subject, encoded.payload)
+                .await
+                .map_err(|e| e.to_string())
+        }
         Err(error) => Err(error.to_string()),
     };
     if let Err(error) = outcome {
-        tracing::warn!(check = %result.check, %error, "could not publish a result");
+        tracing::warn!(%check, %error, "could not publish a result");
         metrics
             .bus_publish_errors
             .get_or_create(&SubjectLabels { subject: "results" })
