@@ -100,23 +100,6 @@ pub fn relationship_name(relationship: Relationship) -> &'static str {
     }
 }
 
-/// The keys each check type reports; `latency` applies to all.
-pub fn key_applies_to(key: AssertionKey, check_type: CheckType) -> bool {
-    use AssertionKey as K;
-    key == K::Latency
-        || match check_type {
-            CheckType::Http => matches!(key, K::Code | K::Header | K::Body | K::Json),
-            CheckType::Tcp => matches!(key, K::Connected | K::Body),
-            CheckType::Dns => matches!(key, K::Rcode | K::Answer | K::AnswerCount),
-            CheckType::Tls => matches!(
-                key,
-                K::CertExpiry | K::Issuer | K::Subject | K::San | K::TlsVersion | K::ChainValid
-            ),
-            CheckType::Icmp => matches!(key, K::Loss | K::RttAvg | K::RttMax),
-            CheckType::Grpc => matches!(key, K::Status),
-        }
-}
-
 /// Keys whose values are durations: their operands are humantime durations.
 fn is_duration_key(key: AssertionKey) -> bool {
     matches!(
@@ -177,12 +160,15 @@ pub enum Observed {
 }
 
 impl CompiledAssertion {
+    /// Compiles one assertion of a `check_type` check, whose own keys are `type_keys`
+    /// (`latency` applies to every type).
     pub fn compile(
         config: &AssertionConfig,
         check_type: CheckType,
+        type_keys: &[AssertionKey],
     ) -> Result<CompiledAssertion, AssertionError> {
         let key = key_name(config.key);
-        if !key_applies_to(config.key, check_type) {
+        if config.key != AssertionKey::Latency && !type_keys.contains(&config.key) {
             return Err(AssertionError::KeyNotForType { key, check_type });
         }
         let selector = match config.key {
@@ -516,6 +502,15 @@ fn truncate_chars(text: &str, max: usize) -> String {
 mod tests {
     use super::*;
 
+    /// Compiles as a check of `check_type` does, with that type's registered keys.
+    fn compile_for(
+        config: &AssertionConfig,
+        check_type: CheckType,
+    ) -> Result<CompiledAssertion, AssertionError> {
+        let keys = crate::checks::kind(check_type).assertion_keys;
+        CompiledAssertion::compile(config, check_type, keys)
+    }
+
     fn assertion(key: &str, value: &str, relationship: &str, operand: &str) -> AssertionConfig {
         serde_json::from_value(serde_json::json!({
             "key": key, "value": value, "relationship": relationship, "operand": operand
@@ -524,7 +519,7 @@ mod tests {
     }
 
     fn evaluate(config: &AssertionConfig, observation: &Observation<'_>) -> AssertionResult {
-        let compiled = CompiledAssertion::compile(config, CheckType::Http).unwrap();
+        let compiled = compile_for(config, CheckType::Http).unwrap();
         evaluate_all(std::slice::from_ref(&compiled), observation).remove(0)
     }
 
@@ -744,7 +739,7 @@ mod tests {
         ];
         for (key, check_type, relationship, operand, passing, actual, message) in cases {
             let config = assertion(key, "", relationship, operand);
-            let compiled = CompiledAssertion::compile(&config, check_type).unwrap();
+            let compiled = compile_for(&config, check_type).unwrap();
             let result = evaluate_all(std::slice::from_ref(&compiled), &observation).remove(0);
             let label = format!("{key} {relationship} {operand}");
             assert_eq!(result.passing, passing, "{label}: {result:?}");
@@ -777,10 +772,7 @@ mod tests {
         ];
         for check_type in CheckType::ALL {
             let latency = assertion("latency", "", "lessThan", "1s");
-            assert!(
-                CompiledAssertion::compile(&latency, check_type).is_ok(),
-                "{check_type}"
-            );
+            assert!(compile_for(&latency, check_type).is_ok(), "{check_type}");
             for (key, owner) in keys {
                 let applies =
                     owner == check_type || (key == "body" && check_type == CheckType::Http);
@@ -791,7 +783,7 @@ mod tests {
                 };
                 // `equal` with a duration operand suits every key, durations included.
                 let config = assertion(key, value, "equal", "1s");
-                let compiled = CompiledAssertion::compile(&config, check_type);
+                let compiled = compile_for(&config, check_type);
                 match (applies, compiled) {
                     (true, result) => assert!(result.is_ok(), "{key} on {check_type}: {result:?}"),
                     (false, Err(error)) => assert_eq!(
@@ -860,7 +852,7 @@ mod tests {
             ),
         ];
         for (config, expected) in cases {
-            let error = CompiledAssertion::compile(&config, CheckType::Http).unwrap_err();
+            let error = compile_for(&config, CheckType::Http).unwrap_err();
             assert!(
                 error.to_string().starts_with(expected),
                 "{error} !~ {expected}"
@@ -871,7 +863,7 @@ mod tests {
     #[test]
     fn huge_regexes_are_refused() {
         let config = assertion("body", "", "regExp", "(a{1000}){1000}");
-        let error = CompiledAssertion::compile(&config, CheckType::Http).unwrap_err();
+        let error = compile_for(&config, CheckType::Http).unwrap_err();
         assert!(error.to_string().contains("not a valid regex"), "{error}");
     }
 
@@ -906,7 +898,7 @@ mod tests {
             (long.as_str(), "at most 1024 are allowed"),
         ] {
             let config = assertion("json", path, "notEmpty", "");
-            let error = CompiledAssertion::compile(&config, CheckType::Http).unwrap_err();
+            let error = compile_for(&config, CheckType::Http).unwrap_err();
             let AssertionError::JsonPath { reason, .. } = &error else {
                 panic!(
                     "not a JSON path error: {}",
@@ -925,10 +917,7 @@ mod tests {
         let escaped = format!("$[\"\\\"{}\"]", "(".repeat(50));
         for path in [nested, quoted.as_str(), escaped.as_str()] {
             let config = assertion("json", path, "notEmpty", "");
-            assert!(
-                CompiledAssertion::compile(&config, CheckType::Http).is_ok(),
-                "{path}"
-            );
+            assert!(compile_for(&config, CheckType::Http).is_ok(), "{path}");
         }
     }
 }

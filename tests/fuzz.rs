@@ -27,6 +27,10 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::io::AsyncWriteExt;
 
+/// The assertion keys of an http check, as the registry declares them.
+const HTTP_KEYS: &[bastion_agent::config::AssertionKey] =
+    bastion_agent::checks::http::KIND.assertion_keys;
+
 /// Cases per target: `PROPTEST_CASES`, else `default`.
 fn runner(default: u32) -> TestRunner {
     let cases = std::env::var("PROPTEST_CASES")
@@ -451,7 +455,8 @@ fn fuzz_assertions_never_panic_and_always_explain_failures() {
                     relationship,
                     operand,
                 };
-                let Ok(compiled) = CompiledAssertion::compile(&config, CheckType::Http) else {
+                let Ok(compiled) = CompiledAssertion::compile(&config, CheckType::Http, HTTP_KEYS)
+                else {
                     return Ok(());
                 };
                 let observation = Observation {
@@ -490,7 +495,7 @@ fn fuzz_regex_operands_are_literal_when_escaped() {
                 relationship: Relationship::RegExp,
                 operand: regex::escape(&needle),
             };
-            let compiled = CompiledAssertion::compile(&config, CheckType::Http)
+            let compiled = CompiledAssertion::compile(&config, CheckType::Http, HTTP_KEYS)
                 .map_err(|error| TestCaseError::fail(error.to_string()))?;
             let body = format!("{before}{needle}{after}");
             let observation = Observation {
@@ -804,7 +809,7 @@ fn fuzz_deeply_nested_paths_and_regexes_compile_or_refuse_quickly() {
                 }
             };
             let started = std::time::Instant::now();
-            let _ = CompiledAssertion::compile(&config, CheckType::Http);
+            let _ = CompiledAssertion::compile(&config, CheckType::Http, HTTP_KEYS);
             prop_assert!(
                 started.elapsed() < Duration::from_secs(5),
                 "compiling took {:?}",

@@ -6,14 +6,22 @@
 
 use super::{Phase, ProbeRecord};
 
+use super::series::{self, SeriesOut, SeriesSpec};
+use super::ProbeContext;
+use super::{CheckDefinitionError, CheckKind, Probe, ProbeFuture};
+use crate::assertions::Observation;
 use crate::assertions::Observed;
+use crate::config::CheckSpec;
 use crate::config::{AssertionKey, DnsRecordType, DnsSpec, DnsTransport};
 use crate::messages::DnsDetails;
+use crate::messages::Response;
+use crate::model::CheckType;
 use crate::model::{split_host_port, ErrorKind, InstanceAddr, ProbeError};
 use hickory_proto::op::{Message, MessageType, OpCode, Query};
 use hickory_proto::rr::{Name, RecordType};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
@@ -325,6 +333,96 @@ pub fn observed(details: &DnsDetails) -> Vec<(AssertionKey, Observed)> {
             Observed::Text(details.answers.len().to_string()),
         ),
     ]
+}
+
+/// The `dns` check type, registered in `checks::KINDS`.
+pub const KIND: CheckKind = CheckKind {
+    check_type: CheckType::Dns,
+    assertion_keys: &[
+        AssertionKey::Rcode,
+        AssertionKey::Answer,
+        AssertionKey::AnswerCount,
+    ],
+    compile: compile_spec,
+    judge,
+    series: &[
+        SeriesSpec {
+            name: "probe_dns_duration_seconds",
+            help: "Duration of each phase of the last DNS probe of the instance",
+        },
+        SeriesSpec {
+            name: "probe_dns_answer_rrs",
+            help: "Records in the answer section of the last DNS response of the instance",
+        },
+    ],
+    write_series,
+};
+
+fn compile_spec(
+    spec: &CheckSpec,
+    _timeout: Duration,
+) -> Result<Box<dyn Probe>, CheckDefinitionError> {
+    let CheckSpec::Dns(spec) = spec else {
+        return Err(CheckDefinitionError::wrong_spec(CheckType::Dns, spec));
+    };
+    let plan = DnsPlan::compile(spec).map_err(CheckDefinitionError::spec)?;
+    Ok(Box::new(plan))
+}
+
+impl Probe for DnsPlan {
+    fn host_and_port(&self) -> (&str, u16) {
+        (self.server_host(), self.server_port())
+    }
+
+    /// The name servers of `/etc/resolv.conf`, for a check without a `server`.
+    fn system_targets(&self) -> Option<Result<Vec<SocketAddr>, ProbeError>> {
+        self.uses_system_servers().then(system_name_servers)
+    }
+
+    fn unresolved_label(&self) -> String {
+        let (host, port) = self.host_and_port();
+        if host.is_empty() {
+            // The system's name servers, which could not be read.
+            "/etc/resolv.conf".to_string()
+        } else if host.contains(':') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        }
+    }
+
+    fn probe<'a>(
+        &'a self,
+        _context: &'a ProbeContext,
+        target: SocketAddr,
+        _deadline: tokio::time::Instant,
+        record: &'a mut ProbeRecord,
+    ) -> ProbeFuture<'a> {
+        Box::pin(probe(self, target, record))
+    }
+}
+
+/// The rcode and answers, for assertions; without them, NOERROR passes.
+fn judge<'a>(response: &'a Response, observation: &mut Observation<'a>) -> Option<bool> {
+    let dns = response.dns.as_ref()?;
+    observation.values = observed(dns);
+    Some(dns.rcode == "NOERROR")
+}
+
+fn write_series(response: &Response, out: &mut dyn SeriesOut) {
+    series::write_phases(
+        out,
+        "probe_dns_duration_seconds",
+        &response.timings,
+        &[
+            ("resolve", series::resolve),
+            ("connect", series::connect),
+            ("request", |timings| timings.request),
+        ],
+    );
+    if let Some(dns) = &response.dns {
+        out.gauge("probe_dns_answer_rrs", None, dns.answers.len() as f64);
+    }
 }
 
 #[cfg(test)]

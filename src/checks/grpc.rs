@@ -5,10 +5,18 @@
 //! The call's outcome is read from grpc-status in the trailers (or a trailers-only answer).
 
 use super::net::{connect_tcp, drive, error_chain, http_error};
+use super::series::{self, SeriesOut, SeriesSpec};
 use super::tls_client::{handshake, TlsTarget, TlsTargetError};
+use super::{CheckDefinitionError, CheckKind, Probe, ProbeFuture};
 use super::{Phase, ProbeContext, ProbeRecord};
+use crate::assertions::Observation;
+use crate::assertions::Observed;
+use crate::config::AssertionKey;
+use crate::config::CheckSpec;
 use crate::config::GrpcSpec;
 use crate::messages::GrpcDetails;
+use crate::messages::Response;
+use crate::model::CheckType;
 use crate::model::{split_host_port, ErrorKind, ProbeError};
 use bytes::{Bytes, BytesMut};
 use http::header::{HeaderValue, CONTENT_TYPE, TE, USER_AGENT};
@@ -16,6 +24,7 @@ use http::{HeaderMap, Method, Request, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::net::SocketAddr;
+use std::time::Duration;
 
 const HEALTH_CHECK_PATH: &str = "/grpc.health.v1.Health/Check";
 /// A health answer is a few bytes; anything longer than this is not one.
@@ -396,6 +405,86 @@ fn percent_decode(raw: &[u8]) -> String {
         index += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The `grpc` check type, registered in `checks::KINDS`.
+pub const KIND: CheckKind = CheckKind {
+    check_type: CheckType::Grpc,
+    assertion_keys: &[AssertionKey::Status],
+    compile: compile_spec,
+    judge,
+    series: &[
+        SeriesSpec {
+            name: "probe_grpc_duration_seconds",
+            help: "Duration of each phase of the last gRPC health probe of the instance",
+        },
+        SeriesSpec {
+            name: "probe_grpc_healthcheck_response",
+            help: "The serving status the instance last reported: 1 on its serving_status, 0 on the others",
+        },
+    ],
+    write_series,
+};
+
+/// Every value of `probe_grpc_healthcheck_response`'s `serving_status` label.
+const SERVING_STATUSES: [&str; 4] = ["UNKNOWN", "SERVING", "NOT_SERVING", "SERVICE_UNKNOWN"];
+
+fn compile_spec(
+    spec: &CheckSpec,
+    _timeout: Duration,
+) -> Result<Box<dyn Probe>, CheckDefinitionError> {
+    let CheckSpec::Grpc(spec) = spec else {
+        return Err(CheckDefinitionError::wrong_spec(CheckType::Grpc, spec));
+    };
+    let plan = GrpcPlan::compile(spec).map_err(CheckDefinitionError::spec)?;
+    Ok(Box::new(plan))
+}
+
+impl Probe for GrpcPlan {
+    fn host_and_port(&self) -> (&str, u16) {
+        (self.host(), self.port())
+    }
+
+    fn probe<'a>(
+        &'a self,
+        context: &'a ProbeContext,
+        target: SocketAddr,
+        _deadline: tokio::time::Instant,
+        record: &'a mut ProbeRecord,
+    ) -> ProbeFuture<'a> {
+        Box::pin(probe(context, self, target, record))
+    }
+}
+
+/// The serving status, for assertions; without them, SERVING passes.
+fn judge<'a>(response: &'a Response, observation: &mut Observation<'a>) -> Option<bool> {
+    let grpc = response.grpc.as_ref()?;
+    observation.values = vec![(AssertionKey::Status, Observed::Text(grpc.status.clone()))];
+    Some(grpc.status == "SERVING")
+}
+
+fn write_series(response: &Response, out: &mut dyn SeriesOut) {
+    series::write_phases(
+        out,
+        "probe_grpc_duration_seconds",
+        &response.timings,
+        &[
+            ("resolve", series::resolve),
+            ("connect", series::connect),
+            ("tls", series::tls),
+            ("processing", series::processing),
+        ],
+    );
+    if let Some(grpc) = &response.grpc {
+        for status in SERVING_STATUSES {
+            let value = if grpc.status == status { 1.0 } else { 0.0 };
+            out.gauge(
+                "probe_grpc_healthcheck_response",
+                Some(("serving_status", status)),
+                value,
+            );
+        }
+    }
 }
 
 #[cfg(test)]

@@ -4,10 +4,17 @@
 //! pooling and no caches between probes. The body is read up to a cap and no further.
 
 use super::net::{drive, error_chain, http_error};
+use super::series::{self, SeriesOut, SeriesSpec};
 use super::tls_client::{earliest_not_after, server_name, tls_setup_error, tls_version_text};
+use super::{CheckDefinitionError, CheckKind, Probe, ProbeFuture};
 use super::{Phase, ProbeContext, ProbeRecord};
+use crate::assertions::Observation;
+use crate::config::AssertionKey;
+use crate::config::CheckSpec;
 use crate::config::{HttpSpec, TlsSettings};
+use crate::messages::Response;
 use crate::messages::{HttpDetails, TlsDetails};
+use crate::model::CheckType;
 use crate::model::{ErrorKind, ProbeError};
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, HOST, LOCATION, USER_AGENT};
@@ -512,6 +519,90 @@ fn header_map_text(headers: &HeaderMap) -> BTreeMap<String, String> {
             .or_insert_with(|| value.into_owned());
     }
     map
+}
+
+/// The `http` check type, registered in `checks::KINDS`.
+pub const KIND: CheckKind = CheckKind {
+    check_type: CheckType::Http,
+    assertion_keys: &[
+        AssertionKey::Code,
+        AssertionKey::Header,
+        AssertionKey::Body,
+        AssertionKey::Json,
+    ],
+    compile: compile_spec,
+    judge,
+    series: &[
+        SeriesSpec {
+            name: "probe_http_status_code",
+            help: "Status code of the last HTTP response of the instance (0 when none arrived)",
+        },
+        SeriesSpec {
+            name: "probe_http_duration_seconds",
+            help: "Duration of each phase of the last HTTP probe of the instance",
+        },
+    ],
+    write_series,
+};
+
+fn compile_spec(
+    spec: &CheckSpec,
+    _timeout: Duration,
+) -> Result<Box<dyn Probe>, CheckDefinitionError> {
+    let CheckSpec::Http(spec) = spec else {
+        return Err(CheckDefinitionError::wrong_spec(CheckType::Http, spec));
+    };
+    let plan = HttpPlan::compile(spec).map_err(CheckDefinitionError::spec)?;
+    Ok(Box::new(plan))
+}
+
+impl Probe for HttpPlan {
+    fn host_and_port(&self) -> (&str, u16) {
+        (self.host(), self.port())
+    }
+
+    fn probe<'a>(
+        &'a self,
+        context: &'a ProbeContext,
+        target: SocketAddr,
+        _deadline: tokio::time::Instant,
+        record: &'a mut ProbeRecord,
+    ) -> ProbeFuture<'a> {
+        Box::pin(async move {
+            let outcome = probe(context, self, target, record).await?;
+            record.http = Some(outcome.details);
+            Ok(())
+        })
+    }
+}
+
+/// The status, headers and body for assertions; without them, a 2xx status passes.
+fn judge<'a>(response: &'a Response, observation: &mut Observation<'a>) -> Option<bool> {
+    let http = response.http.as_ref()?;
+    observation.status = Some(http.status);
+    observation.headers = Some(&http.headers);
+    observation.body = &http.body;
+    Some((200..300).contains(&http.status))
+}
+
+fn write_series(response: &Response, out: &mut dyn SeriesOut) {
+    let status = response
+        .http
+        .as_ref()
+        .map_or(0.0, |http| f64::from(http.status));
+    out.gauge("probe_http_status_code", None, status);
+    series::write_phases(
+        out,
+        "probe_http_duration_seconds",
+        &response.timings,
+        &[
+            ("resolve", series::resolve),
+            ("connect", series::connect),
+            ("tls", series::tls),
+            ("processing", series::processing),
+            ("transfer", |timings| timings.transfer),
+        ],
+    );
 }
 
 #[cfg(test)]

@@ -6,9 +6,16 @@
 
 use super::{Phase, ProbeRecord};
 
+use super::series::{self, SeriesOut, SeriesSpec};
+use super::ProbeContext;
+use super::{CheckDefinitionError, CheckKind, Probe, ProbeFuture};
+use crate::assertions::Observation;
 use crate::assertions::Observed;
+use crate::config::CheckSpec;
 use crate::config::{AssertionKey, IcmpSpec};
 use crate::messages::IcmpDetails;
+use crate::messages::Response;
+use crate::model::CheckType;
 use crate::model::{ErrorKind, ProbeError};
 use socket2::{Domain, Protocol, Socket, Type};
 use std::net::{IpAddr, SocketAddr};
@@ -413,6 +420,85 @@ pub fn observed(details: &IcmpDetails) -> Vec<(AssertionKey, Observed)> {
         values.push((AssertionKey::RttMax, Observed::Seconds(details.rtt_max)));
     }
     values
+}
+
+/// The `icmp` check type, registered in `checks::KINDS`.
+pub const KIND: CheckKind = CheckKind {
+    check_type: CheckType::Icmp,
+    assertion_keys: &[AssertionKey::Loss, AssertionKey::RttAvg, AssertionKey::RttMax],
+    compile: compile_spec,
+    judge,
+    series: &[
+        SeriesSpec {
+            name: "probe_icmp_duration_seconds",
+            help: "Duration of each phase of the last ICMP probe of the instance (rtt: mean round trip)",
+        },
+        SeriesSpec {
+            name: "probe_icmp_packet_loss_ratio",
+            help: "Share of the echo requests of the last ICMP probe left unanswered, 0 to 1",
+        },
+    ],
+    write_series,
+};
+
+fn compile_spec(
+    spec: &CheckSpec,
+    timeout: Duration,
+) -> Result<Box<dyn Probe>, CheckDefinitionError> {
+    let CheckSpec::Icmp(spec) = spec else {
+        return Err(CheckDefinitionError::wrong_spec(CheckType::Icmp, spec));
+    };
+    let plan = IcmpPlan::compile(spec, timeout).map_err(CheckDefinitionError::spec)?;
+    Ok(Box::new(plan))
+}
+
+impl Probe for IcmpPlan {
+    fn host_and_port(&self) -> (&str, u16) {
+        (self.host(), 0)
+    }
+
+    /// `ip_version` keeps one address family only.
+    fn accepts(&self, address: &SocketAddr) -> bool {
+        IcmpPlan::accepts(self, address.ip())
+    }
+
+    /// ICMP has no ports: the bare IP.
+    fn target_label(&self, address: SocketAddr) -> String {
+        address.ip().to_string()
+    }
+
+    fn unresolved_label(&self) -> String {
+        self.host().to_string()
+    }
+
+    fn probe<'a>(
+        &'a self,
+        _context: &'a ProbeContext,
+        target: SocketAddr,
+        deadline: Instant,
+        record: &'a mut ProbeRecord,
+    ) -> ProbeFuture<'a> {
+        Box::pin(probe(self, target, deadline, record))
+    }
+}
+
+/// Loss and round trips, for assertions; without them, one reply passes.
+fn judge<'a>(response: &'a Response, observation: &mut Observation<'a>) -> Option<bool> {
+    let icmp = response.icmp.as_ref()?;
+    observation.values = observed(icmp);
+    Some(icmp.received > 0)
+}
+
+fn write_series(response: &Response, out: &mut dyn SeriesOut) {
+    series::write_phases(
+        out,
+        "probe_icmp_duration_seconds",
+        &response.timings,
+        &[("resolve", series::resolve), ("rtt", |timings| timings.rtt)],
+    );
+    if let Some(icmp) = &response.icmp {
+        out.gauge("probe_icmp_packet_loss_ratio", None, icmp.loss / 100.0);
+    }
 }
 
 #[cfg(test)]

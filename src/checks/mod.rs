@@ -1,25 +1,123 @@
-//! Check types. Each type compiles its definition once per run (`CompiledCheck`) and probes one
-//! target at a time. Check code never touches the bus, the metrics or the scheduler: it gets a
-//! target and returns what it saw.
+//! Check types. Each type is one module that declares, in its `KIND`, everything bastion knows
+//! about it: how its spec compiles into a `Probe`, its assertion keys, how it judges a response
+//! and which `probe_*` series it reports. `KINDS` below registers them; the dispatcher, the
+//! sink and validation go through `kind()` and the `Probe` trait and never name a protocol.
+//! Check code never touches the bus, the metrics or the scheduler: it gets a target and
+//! returns what it saw.
 
 pub mod dns;
 pub mod grpc;
 pub mod http;
 pub mod icmp;
 pub mod net;
+pub mod series;
 pub mod tcp;
 pub mod tls;
 pub mod tls_client;
 
-use crate::assertions::{AssertionError, CompiledAssertion};
-use crate::config::{CheckConfig, CheckSpec, MIN_INTERVAL};
-use crate::messages::{DnsDetails, GrpcDetails, IcmpDetails, TcpDetails, Timings, TlsDetails};
+use crate::assertions::{AssertionError, CompiledAssertion, Observation};
+use crate::config::{AssertionKey, CheckConfig, CheckSpec, MIN_INTERVAL};
+use crate::messages::{
+    DnsDetails, GrpcDetails, HttpDetails, IcmpDetails, Response, TcpDetails, Timings, TlsDetails,
+};
 use crate::model::{is_valid_check_name, CheckType, InstanceAddr, ProbeError};
 use crate::resolve::Resolver;
+use series::{SeriesOut, SeriesSpec};
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
+
+/// Every check type bastion has. A new type is one module with its `KIND`, one line here, and
+/// its spec in `config/schema.rs` (the schema stays below the engine, so configs load alone).
+pub const KINDS: [&CheckKind; 6] = [
+    &http::KIND,
+    &tcp::KIND,
+    &dns::KIND,
+    &tls::KIND,
+    &icmp::KIND,
+    &grpc::KIND,
+];
+
+/// The registered kind of `check_type`.
+pub fn kind(check_type: CheckType) -> &'static CheckKind {
+    KINDS
+        .iter()
+        .find(|kind| kind.check_type == check_type)
+        .copied()
+        // Invariant, tested below: every CheckType has a kind in KINDS.
+        .unwrap_or(&http::KIND)
+}
+
+/// What bastion knows about one check type, declared by its module.
+#[derive(Debug)]
+pub struct CheckKind {
+    pub check_type: CheckType,
+    /// The type's own assertion keys; `latency` applies to every type.
+    pub assertion_keys: &'static [AssertionKey],
+    /// Compiles the type's spec (with the check's timeout) into its probe.
+    pub compile: CompileSpec,
+    /// Fills `observation` from the type's section of a response and returns the verdict
+    /// without assertions; None when the section is missing (the probe failed before it).
+    pub judge: for<'a> fn(&'a Response, &mut Observation<'a>) -> Option<bool>,
+    /// The `probe_*` series the type reports beside those every type has.
+    pub series: &'static [SeriesSpec],
+    /// Writes those series for one response.
+    pub write_series: fn(&Response, &mut dyn SeriesOut),
+}
+
+/// Compiles a type's spec, with the check's timeout, into its probe.
+pub type CompileSpec = fn(&CheckSpec, Duration) -> Result<Box<dyn Probe>, CheckDefinitionError>;
+
+/// A boxed future that borrows what the probe uses.
+pub type ProbeFuture<'a> = Pin<Box<dyn Future<Output = Result<(), ProbeError>> + Send + 'a>>;
+
+/// A check's compiled, type-specific part: what the dispatcher calls. It records what it sees
+/// in the `ProbeRecord`, so a probe cut short by its timeout still reports it.
+pub trait Probe: Send + Sync + std::fmt::Debug {
+    /// The host name whose addresses are the instances when none are listed, and the port
+    /// that instances without their own port use. A DNS check without a `server` names no
+    /// host: its instances are the system's name servers (`system_targets`).
+    fn host_and_port(&self) -> (&str, u16);
+
+    /// Instances that come from the system rather than from a host name.
+    fn system_targets(&self) -> Option<Result<Vec<SocketAddr>, ProbeError>> {
+        None
+    }
+
+    /// Whether an address found for the host may be probed.
+    fn accepts(&self, _address: &SocketAddr) -> bool {
+        true
+    }
+
+    /// How a probed address is shown as the response's `target` and the `target` label.
+    fn target_label(&self, address: SocketAddr) -> String {
+        address.to_string()
+    }
+
+    /// How the check's target is named when no instance address is known (it did not
+    /// resolve): `host:port`.
+    fn unresolved_label(&self) -> String {
+        let (host, port) = self.host_and_port();
+        if host.contains(':') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        }
+    }
+
+    /// Probes one instance. `deadline` is when the probe's timeout ends (ICMP stops sending
+    /// before it, so unanswered requests are loss rather than a timeout).
+    fn probe<'a>(
+        &'a self,
+        context: &'a ProbeContext,
+        target: SocketAddr,
+        deadline: Instant,
+        record: &'a mut ProbeRecord,
+    ) -> ProbeFuture<'a>;
+}
 
 /// What every probe shares, built once per runner.
 #[derive(Debug)]
@@ -71,6 +169,8 @@ impl Phase {
 #[derive(Debug, Default)]
 pub struct ProbeRecord {
     pub timings: Timings,
+    /// HTTP: the response, set once it was read.
+    pub http: Option<HttpDetails>,
     pub tls: Option<TlsDetails>,
     /// The type-specific sections, filled in as the probe learns them, so a probe that fails
     /// (or times out) part-way still reports what it saw.
@@ -160,23 +260,35 @@ pub enum CheckDefinitionError {
     },
     #[error("instance `{0}` is not an address: write an IP (`10.0.0.5`, `::1`) or IP and port (`10.0.0.5:8443`, `[::1]:8443`)")]
     Instance(String),
+    /// The type's own definition error, as its module words it.
     #[error("{0}")]
-    Http(#[from] http::HttpDefinitionError),
-    #[error("{0}")]
-    Tcp(#[from] tcp::TcpDefinitionError),
-    #[error("{0}")]
-    Dns(#[from] dns::DnsDefinitionError),
-    #[error("{0}")]
-    Tls(#[from] tls::TlsDefinitionError),
-    #[error("{0}")]
-    Icmp(#[from] icmp::IcmpDefinitionError),
-    #[error("{0}")]
-    Grpc(#[from] grpc::GrpcDefinitionError),
+    Spec(Box<dyn std::error::Error + Send + Sync>),
+    /// A spec of another type reached this type's compile: a bug, reported, never a panic.
+    #[error("internal error: a {found} spec was compiled as a {expected} check")]
+    WrongSpec {
+        expected: CheckType,
+        found: CheckType,
+    },
     #[error("assertion #{index}: {source}")]
     Assertion {
         index: usize,
         source: AssertionError,
     },
+}
+
+impl CheckDefinitionError {
+    /// Wraps a type's own definition error.
+    pub fn spec(error: impl std::error::Error + Send + Sync + 'static) -> CheckDefinitionError {
+        CheckDefinitionError::Spec(Box::new(error))
+    }
+
+    /// The error for a spec of the wrong type.
+    pub fn wrong_spec(expected: CheckType, spec: &CheckSpec) -> CheckDefinitionError {
+        CheckDefinitionError::WrongSpec {
+            expected,
+            found: spec.check_type(),
+        }
+    }
 }
 
 /// A check definition made ready to run: parsed, validated, regexes and paths compiled.
@@ -190,72 +302,8 @@ pub struct CompiledCheck {
     pub timeout: Duration,
     pub instances: Vec<InstanceAddr>,
     pub assertions: Vec<CompiledAssertion>,
-    pub plan: ProbePlan,
-}
-
-/// The type-specific, compiled part of a check.
-#[derive(Debug)]
-pub enum ProbePlan {
-    Http(http::HttpPlan),
-    Tcp(tcp::TcpPlan),
-    Dns(dns::DnsPlan),
-    Tls(tls::TlsPlan),
-    Icmp(icmp::IcmpPlan),
-    Grpc(grpc::GrpcPlan),
-}
-
-impl ProbePlan {
-    pub fn check_type(&self) -> CheckType {
-        match self {
-            ProbePlan::Http(_) => CheckType::Http,
-            ProbePlan::Tcp(_) => CheckType::Tcp,
-            ProbePlan::Dns(_) => CheckType::Dns,
-            ProbePlan::Tls(_) => CheckType::Tls,
-            ProbePlan::Icmp(_) => CheckType::Icmp,
-            ProbePlan::Grpc(_) => CheckType::Grpc,
-        }
-    }
-
-    /// The host name whose addresses are the instances when none are listed, and the port
-    /// that instances without their own port use. A DNS check without a `server` names no
-    /// host: its instances are the system's name servers (`system_targets`).
-    pub fn host_and_port(&self) -> (&str, u16) {
-        match self {
-            ProbePlan::Http(plan) => (plan.host(), plan.port()),
-            ProbePlan::Tcp(plan) => (plan.host(), plan.port()),
-            ProbePlan::Dns(plan) => (plan.server_host(), plan.server_port()),
-            ProbePlan::Tls(plan) => (plan.host(), plan.port()),
-            ProbePlan::Icmp(plan) => (plan.host(), 0),
-            ProbePlan::Grpc(plan) => (plan.host(), plan.port()),
-        }
-    }
-
-    /// Instances that come from the system rather than from a host name: the name servers of
-    /// `/etc/resolv.conf` for a DNS check without a `server`. None for every other check.
-    pub fn system_targets(&self) -> Option<Result<Vec<SocketAddr>, ProbeError>> {
-        match self {
-            ProbePlan::Dns(plan) if plan.uses_system_servers() => Some(dns::system_name_servers()),
-            _ => None,
-        }
-    }
-
-    /// Whether an address found for the host may be probed (ICMP's `ip_version` keeps one
-    /// family only).
-    pub fn accepts(&self, address: &SocketAddr) -> bool {
-        match self {
-            ProbePlan::Icmp(plan) => plan.accepts(address.ip()),
-            _ => true,
-        }
-    }
-
-    /// How a probed address is shown as the response's `target` and the `target` label:
-    /// `ip:port`, or the bare IP for ICMP, which has no ports.
-    pub fn target_label(&self, address: SocketAddr) -> String {
-        match self {
-            ProbePlan::Icmp(_) => address.ip().to_string(),
-            _ => address.to_string(),
-        }
-    }
+    pub check_type: CheckType,
+    pub probe: Box<dyn Probe>,
 }
 
 impl CompiledCheck {
@@ -285,45 +333,52 @@ impl CompiledCheck {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let check_type = check.check_type();
+        let kind = kind(check_type);
         let assertions = check
             .assertions
             .iter()
             .enumerate()
             .map(|(index, assertion)| {
-                CompiledAssertion::compile(assertion, check_type).map_err(|source| {
-                    CheckDefinitionError::Assertion {
+                CompiledAssertion::compile(assertion, check_type, kind.assertion_keys).map_err(
+                    |source| CheckDefinitionError::Assertion {
                         index: index + 1,
                         source,
-                    }
-                })
+                    },
+                )
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let plan = match &check.spec {
-            CheckSpec::Http(spec) => ProbePlan::Http(http::HttpPlan::compile(spec)?),
-            CheckSpec::Tcp(spec) => ProbePlan::Tcp(tcp::TcpPlan::compile(spec)?),
-            CheckSpec::Dns(spec) => ProbePlan::Dns(dns::DnsPlan::compile(spec)?),
-            CheckSpec::Tls(spec) => ProbePlan::Tls(tls::TlsPlan::compile(spec)?),
-            CheckSpec::Icmp(spec) => ProbePlan::Icmp(icmp::IcmpPlan::compile(spec, timeout)?),
-            CheckSpec::Grpc(spec) => ProbePlan::Grpc(grpc::GrpcPlan::compile(spec)?),
-        };
+        let probe = (kind.compile)(&check.spec, timeout)?;
         Ok(CompiledCheck {
             name: check.name.clone(),
             interval: check.interval,
             timeout,
             instances,
             assertions,
-            plan,
+            check_type,
+            probe,
         })
     }
 
     pub fn check_type(&self) -> CheckType {
-        self.plan.check_type()
+        self.check_type
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_check_type_has_one_kind() {
+        for check_type in CheckType::ALL {
+            let found = KINDS
+                .iter()
+                .filter(|kind| kind.check_type == check_type)
+                .count();
+            assert_eq!(found, 1, "{check_type}");
+            assert_eq!(kind(check_type).check_type, check_type);
+        }
+    }
 
     #[tokio::test(start_paused = true)]
     async fn phases_tile_the_probe_and_add_up_to_its_time() {

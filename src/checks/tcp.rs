@@ -4,13 +4,20 @@
 //! goes past that cap. One fresh connection per probe, one attempt.
 
 use super::net::connect_tcp;
+use super::series::{self, SeriesOut, SeriesSpec};
 use super::tls_client::{handshake, TlsTarget, TlsTargetError};
+use super::{CheckDefinitionError, CheckKind, Probe, ProbeFuture};
 use super::{Phase, ProbeContext, ProbeRecord};
+use crate::assertions::Observation;
 use crate::assertions::Observed;
+use crate::config::CheckSpec;
 use crate::config::{AssertionKey, TcpSpec};
+use crate::messages::Response;
 use crate::messages::TcpDetails;
+use crate::model::CheckType;
 use crate::model::{split_host_port, ErrorKind, ProbeError};
 use std::net::SocketAddr;
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Compiled regexes may not grow beyond this, as for assertions.
@@ -216,4 +223,66 @@ pub fn observed(details: &TcpDetails) -> Vec<(AssertionKey, Observed)> {
         AssertionKey::Connected,
         Observed::Text(details.connected.to_string()),
     )]
+}
+
+/// The `tcp` check type, registered in `checks::KINDS`.
+pub const KIND: CheckKind = CheckKind {
+    check_type: CheckType::Tcp,
+    assertion_keys: &[AssertionKey::Connected, AssertionKey::Body],
+    compile: compile_spec,
+    judge,
+    series: &[SeriesSpec {
+        name: "probe_tcp_duration_seconds",
+        help: "Duration of each phase of the last TCP probe of the instance",
+    }],
+    write_series,
+};
+
+fn compile_spec(
+    spec: &CheckSpec,
+    _timeout: Duration,
+) -> Result<Box<dyn Probe>, CheckDefinitionError> {
+    let CheckSpec::Tcp(spec) = spec else {
+        return Err(CheckDefinitionError::wrong_spec(CheckType::Tcp, spec));
+    };
+    let plan = TcpPlan::compile(spec).map_err(CheckDefinitionError::spec)?;
+    Ok(Box::new(plan))
+}
+
+impl Probe for TcpPlan {
+    fn host_and_port(&self) -> (&str, u16) {
+        (self.host(), self.port())
+    }
+
+    fn probe<'a>(
+        &'a self,
+        context: &'a ProbeContext,
+        target: SocketAddr,
+        _deadline: tokio::time::Instant,
+        record: &'a mut ProbeRecord,
+    ) -> ProbeFuture<'a> {
+        Box::pin(probe(context, self, target, record))
+    }
+}
+
+/// What arrived, for assertions; without them, a connection that opened passes.
+fn judge<'a>(response: &'a Response, observation: &mut Observation<'a>) -> Option<bool> {
+    let tcp = response.tcp.as_ref()?;
+    observation.body = &tcp.body;
+    observation.values = observed(tcp);
+    Some(tcp.connected)
+}
+
+fn write_series(response: &Response, out: &mut dyn SeriesOut) {
+    series::write_phases(
+        out,
+        "probe_tcp_duration_seconds",
+        &response.timings,
+        &[
+            ("resolve", series::resolve),
+            ("connect", series::connect),
+            ("tls", series::tls),
+            ("exchange", |timings| timings.exchange),
+        ],
+    );
 }

@@ -5,13 +5,19 @@
 //! checked. One fresh connection per probe, one attempt.
 
 use super::net::connect_tcp;
+use super::series::{self, SeriesOut, SeriesSpec};
 use super::tls_client::{
     certificate_details, client_config, handshake, server_name, tls_setup_error, Trust,
 };
+use super::{CheckDefinitionError, CheckKind, Probe, ProbeFuture};
 use super::{ProbeContext, ProbeRecord};
+use crate::assertions::Observation;
 use crate::assertions::Observed;
+use crate::config::CheckSpec;
 use crate::config::{AssertionKey, TlsSettings, TlsSpec};
+use crate::messages::Response;
 use crate::messages::{ChainDetails, TlsDetails};
+use crate::model::CheckType;
 use crate::model::{split_host_port, ErrorKind, ProbeError};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
@@ -19,6 +25,7 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use std::time::SystemTime;
 
 #[derive(Debug, thiserror::Error)]
@@ -205,4 +212,71 @@ pub fn observed(details: &TlsDetails, now: SystemTime) -> Vec<(AssertionKey, Obs
         }
     }
     values
+}
+
+/// The `tls` check type, registered in `checks::KINDS`.
+pub const KIND: CheckKind = CheckKind {
+    check_type: CheckType::Tls,
+    assertion_keys: &[
+        AssertionKey::CertExpiry,
+        AssertionKey::Issuer,
+        AssertionKey::Subject,
+        AssertionKey::San,
+        AssertionKey::TlsVersion,
+        AssertionKey::ChainValid,
+    ],
+    compile: compile_spec,
+    judge,
+    series: &[SeriesSpec {
+        name: "probe_tls_duration_seconds",
+        help: "Duration of each phase of the last TLS certificate probe of the instance",
+    }],
+    write_series,
+};
+
+fn compile_spec(
+    spec: &CheckSpec,
+    _timeout: Duration,
+) -> Result<Box<dyn Probe>, CheckDefinitionError> {
+    let CheckSpec::Tls(spec) = spec else {
+        return Err(CheckDefinitionError::wrong_spec(CheckType::Tls, spec));
+    };
+    let plan = TlsPlan::compile(spec).map_err(CheckDefinitionError::spec)?;
+    Ok(Box::new(plan))
+}
+
+impl Probe for TlsPlan {
+    fn host_and_port(&self) -> (&str, u16) {
+        (self.host(), self.port())
+    }
+
+    fn probe<'a>(
+        &'a self,
+        context: &'a ProbeContext,
+        target: SocketAddr,
+        _deadline: tokio::time::Instant,
+        record: &'a mut ProbeRecord,
+    ) -> ProbeFuture<'a> {
+        Box::pin(probe(context, self, target, record))
+    }
+}
+
+/// The certificate's facts, for assertions; without them, a chain that verified passes.
+fn judge<'a>(response: &'a Response, observation: &mut Observation<'a>) -> Option<bool> {
+    let details = response.tls.as_ref()?;
+    observation.values = observed(details, SystemTime::now());
+    Some(details.chain.as_ref().is_some_and(|chain| chain.valid))
+}
+
+fn write_series(response: &Response, out: &mut dyn SeriesOut) {
+    series::write_phases(
+        out,
+        "probe_tls_duration_seconds",
+        &response.timings,
+        &[
+            ("resolve", series::resolve),
+            ("connect", series::connect),
+            ("tls", series::tls),
+        ],
+    );
 }

@@ -1,367 +1,121 @@
 //! The `probe_*` series and `bastion_check_state`, derived from the result store at each
 //! scrape (blackbox_exporter's names, seconds as units). They are built afresh and dropped after
 //! each render: a probe never updates a metric, removed checks and vanished instances leave no
-//! series behind, and memory holds each result once. Label values come from bounded sets only.
+//! series behind, and memory holds each result once. The series every type has are declared
+//! here; each check type declares and writes its own (`checks::CheckKind::series`). Label values
+//! come from bounded sets only.
 
 use super::ResultStore;
+use crate::checks::series::{SeriesOut, SeriesSpec};
+use crate::checks::KINDS;
 use crate::messages::Response;
 use crate::metrics::Exposition;
-use crate::model::CheckType;
+use crate::model::{CheckState, CheckType};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 type GaugeF64 = Gauge<f64, AtomicU64>;
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct CheckTargetLabels {
-    pub check: String,
-    pub target: String,
-}
+/// `check`, `target`, then at most one label of the series' own (`phase`, `version`, ...).
+type SeriesLabels = Vec<(&'static str, String)>;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct CheckTargetPhaseLabels {
-    pub check: String,
-    pub target: String,
-    pub phase: &'static str,
+struct CheckStateLabels {
+    check: String,
+    state: &'static str,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct CheckTargetVersionLabels {
-    pub check: String,
-    pub target: String,
-    pub version: &'static str,
-}
+/// The series every check type reports.
+const COMMON_SERIES: [SeriesSpec; 4] = [
+    SeriesSpec {
+        name: "probe_success",
+        help: "Whether the last probe of the instance passed (1) or failed (0)",
+    },
+    SeriesSpec {
+        name: "probe_duration_seconds",
+        help: "How long the last probe of the instance took, resolve included",
+    },
+    SeriesSpec {
+        name: "probe_ssl_earliest_cert_expiry",
+        help: "Earliest not-after of the certificates the instance sent, in Unix seconds",
+    },
+    SeriesSpec {
+        name: "probe_tls_version_info",
+        help: "The TLS version the instance negotiated, as the version label; always 1",
+    },
+];
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct CheckTargetServingLabels {
-    pub check: String,
-    pub target: String,
-    pub serving_status: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct CheckStateLabels {
-    pub check: String,
-    pub state: &'static str,
-}
-
-/// The phases an HTTP probe reports, as metric label values.
-pub const HTTP_PHASES: [&str; 5] = ["resolve", "connect", "tls", "processing", "transfer"];
-/// The phases of a TCP probe.
-pub const TCP_PHASES: [&str; 4] = ["resolve", "connect", "tls", "exchange"];
-/// The phases of a DNS probe.
-pub const DNS_PHASES: [&str; 3] = ["resolve", "connect", "request"];
-/// The phases of a TLS certificate probe.
-pub const TLS_PHASES: [&str; 3] = ["resolve", "connect", "tls"];
-/// The phases of an ICMP probe.
-pub const ICMP_PHASES: [&str; 2] = ["resolve", "rtt"];
-/// The phases of a gRPC health probe.
-pub const GRPC_PHASES: [&str; 4] = ["resolve", "connect", "tls", "processing"];
 /// Every value of `probe_tls_version_info`'s `version` label.
-pub const TLS_VERSIONS: [&str; 2] = ["TLSv1.2", "TLSv1.3"];
-/// Every value of `probe_grpc_healthcheck_response`'s `serving_status` label.
-pub const GRPC_SERVING_STATUSES: [&str; 4] =
-    ["UNKNOWN", "SERVING", "NOT_SERVING", "SERVICE_UNKNOWN"];
+const TLS_VERSIONS: [&str; 2] = ["TLSv1.2", "TLSv1.3"];
 
-/// The series derived from each check's latest result and state (`probe_*` and
-/// `bastion_check_state`). They are built afresh from the result store at every scrape and
-/// dropped after it: a probe never updates a metric, removed checks and vanished instances
-/// leave no series behind, and memory holds each result once, not once more per series.
+/// One scrape's derived series: a family per declared series, and the check states.
 #[derive(Debug)]
-struct ResultFamilies {
+struct ScrapeFamilies {
     registry: Registry,
-    pub probe_success: Family<CheckTargetLabels, GaugeF64>,
-    pub probe_duration_seconds: Family<CheckTargetLabels, GaugeF64>,
-    pub probe_http_status_code: Family<CheckTargetLabels, GaugeF64>,
-    pub probe_http_duration_seconds: Family<CheckTargetPhaseLabels, GaugeF64>,
-    pub probe_ssl_earliest_cert_expiry: Family<CheckTargetLabels, GaugeF64>,
-    pub probe_tls_version_info: Family<CheckTargetVersionLabels, GaugeF64>,
-    pub probe_tcp_duration_seconds: Family<CheckTargetPhaseLabels, GaugeF64>,
-    pub probe_dns_duration_seconds: Family<CheckTargetPhaseLabels, GaugeF64>,
-    pub probe_dns_answer_rrs: Family<CheckTargetLabels, GaugeF64>,
-    pub probe_tls_duration_seconds: Family<CheckTargetPhaseLabels, GaugeF64>,
-    pub probe_icmp_duration_seconds: Family<CheckTargetPhaseLabels, GaugeF64>,
-    pub probe_icmp_packet_loss_ratio: Family<CheckTargetLabels, GaugeF64>,
-    pub probe_grpc_duration_seconds: Family<CheckTargetPhaseLabels, GaugeF64>,
-    pub probe_grpc_healthcheck_response: Family<CheckTargetServingLabels, GaugeF64>,
-    pub check_state: Family<CheckStateLabels, Gauge>,
+    gauges: HashMap<&'static str, Family<SeriesLabels, GaugeF64>>,
+    check_state: Family<CheckStateLabels, Gauge>,
 }
 
-impl ResultFamilies {
-    fn new() -> ResultFamilies {
+impl ScrapeFamilies {
+    /// Registers the common series, then each type's in the order of `KINDS`, so every family
+    /// is described even before any check of its type ran.
+    fn new() -> ScrapeFamilies {
         let mut registry = Registry::default();
-        let metrics = ResultFamilies {
-            registry: Registry::default(),
-            probe_success: Family::default(),
-            probe_duration_seconds: Family::default(),
-            probe_http_status_code: Family::default(),
-            probe_http_duration_seconds: Family::default(),
-            probe_ssl_earliest_cert_expiry: Family::default(),
-            probe_tls_version_info: Family::default(),
-            probe_tcp_duration_seconds: Family::default(),
-            probe_dns_duration_seconds: Family::default(),
-            probe_dns_answer_rrs: Family::default(),
-            probe_tls_duration_seconds: Family::default(),
-            probe_icmp_duration_seconds: Family::default(),
-            probe_icmp_packet_loss_ratio: Family::default(),
-            probe_grpc_duration_seconds: Family::default(),
-            probe_grpc_healthcheck_response: Family::default(),
-            check_state: Family::default(),
-        };
-        registry.register(
-            "probe_success",
-            "Whether the last probe of the instance passed (1) or failed (0)",
-            metrics.probe_success.clone(),
-        );
-        registry.register(
-            "probe_duration_seconds",
-            "How long the last probe of the instance took, resolve included",
-            metrics.probe_duration_seconds.clone(),
-        );
-        registry.register(
-            "probe_http_status_code",
-            "Status code of the last HTTP response of the instance (0 when none arrived)",
-            metrics.probe_http_status_code.clone(),
-        );
-        registry.register(
-            "probe_http_duration_seconds",
-            "Duration of each phase of the last HTTP probe of the instance",
-            metrics.probe_http_duration_seconds.clone(),
-        );
-        registry.register(
-            "probe_ssl_earliest_cert_expiry",
-            "Earliest not-after of the certificates the instance sent, in Unix seconds",
-            metrics.probe_ssl_earliest_cert_expiry.clone(),
-        );
-        registry.register(
-            "probe_tls_version_info",
-            "The TLS version the instance negotiated, as the version label; always 1",
-            metrics.probe_tls_version_info.clone(),
-        );
-        registry.register(
-            "probe_tcp_duration_seconds",
-            "Duration of each phase of the last TCP probe of the instance",
-            metrics.probe_tcp_duration_seconds.clone(),
-        );
-        registry.register(
-            "probe_dns_duration_seconds",
-            "Duration of each phase of the last DNS probe of the instance",
-            metrics.probe_dns_duration_seconds.clone(),
-        );
-        registry.register(
-            "probe_dns_answer_rrs",
-            "Records in the answer section of the last DNS response of the instance",
-            metrics.probe_dns_answer_rrs.clone(),
-        );
-        registry.register(
-            "probe_tls_duration_seconds",
-            "Duration of each phase of the last TLS certificate probe of the instance",
-            metrics.probe_tls_duration_seconds.clone(),
-        );
-        registry.register(
-            "probe_icmp_duration_seconds",
-            "Duration of each phase of the last ICMP probe of the instance (rtt: mean round trip)",
-            metrics.probe_icmp_duration_seconds.clone(),
-        );
-        registry.register(
-            "probe_icmp_packet_loss_ratio",
-            "Share of the echo requests of the last ICMP probe left unanswered, 0 to 1",
-            metrics.probe_icmp_packet_loss_ratio.clone(),
-        );
-        registry.register(
-            "probe_grpc_duration_seconds",
-            "Duration of each phase of the last gRPC health probe of the instance",
-            metrics.probe_grpc_duration_seconds.clone(),
-        );
-        registry.register(
-            "probe_grpc_healthcheck_response",
-            "The serving status the instance last reported: 1 on its serving_status, 0 on the others",
-            metrics.probe_grpc_healthcheck_response.clone(),
-        );
+        let mut gauges = HashMap::new();
+        let declared = COMMON_SERIES
+            .iter()
+            .chain(KINDS.iter().flat_map(|kind| kind.series.iter()));
+        for spec in declared {
+            let family = Family::<SeriesLabels, GaugeF64>::default();
+            registry.register(spec.name, spec.help, family.clone());
+            gauges.insert(spec.name, family);
+        }
+        let check_state = Family::<CheckStateLabels, Gauge>::default();
         registry.register(
             "bastion_check_state",
             "Each check's state: 1 for the current one (OK, WARN, FAIL_WAIT, FAIL, PASS_WAIT), 0 for the others",
-            metrics.check_state.clone(),
+            check_state.clone(),
         );
-        ResultFamilies {
+        ScrapeFamilies {
             registry,
-            ..metrics
+            gauges,
+            check_state,
         }
     }
 
-    /// Records the last probe of one instance.
-    pub fn record_response(&self, check: &str, check_type: CheckType, response: &Response) {
-        let labels = CheckTargetLabels {
-            check: check.to_string(),
-            target: response.target.clone(),
+    /// Records the last probe of one instance: the common series, then the type's own.
+    fn record_response(&self, check: &str, check_type: CheckType, response: &Response) {
+        let mut out = InstanceSeries {
+            families: self,
+            check,
+            target: &response.target,
         };
-        self.probe_success
-            .get_or_create(&labels)
-            .set(if response.passing { 1.0 } else { 0.0 });
-        self.probe_duration_seconds
-            .get_or_create(&labels)
-            .set(response.timings.total);
-        match response
-            .tls
-            .as_ref()
-            .and_then(|tls| tls.earliest_cert_expiry)
-        {
-            Some(expiry) => {
-                self.probe_ssl_earliest_cert_expiry
-                    .get_or_create(&labels)
-                    .set(crate::time_format::unix_seconds(expiry));
+        out.gauge(
+            "probe_success",
+            None,
+            if response.passing { 1.0 } else { 0.0 },
+        );
+        out.gauge("probe_duration_seconds", None, response.timings.total);
+        if let Some(tls) = &response.tls {
+            if let Some(expiry) = tls.earliest_cert_expiry {
+                let seconds = crate::time_format::unix_seconds(expiry);
+                out.gauge("probe_ssl_earliest_cert_expiry", None, seconds);
             }
-            None => {
-                self.probe_ssl_earliest_cert_expiry.remove(&labels);
+            if let Some(version) = TLS_VERSIONS.iter().find(|known| **known == tls.version) {
+                out.gauge("probe_tls_version_info", Some(("version", version)), 1.0);
             }
         }
-        let negotiated = response.tls.as_ref().map(|tls| tls.version.as_str());
-        for version in TLS_VERSIONS {
-            let version_labels = CheckTargetVersionLabels {
-                check: check.to_string(),
-                target: response.target.clone(),
-                version,
-            };
-            if negotiated == Some(version) {
-                self.probe_tls_version_info
-                    .get_or_create(&version_labels)
-                    .set(1.0);
-            } else {
-                self.probe_tls_version_info.remove(&version_labels);
-            }
-        }
-        let timings = &response.timings;
-        match check_type {
-            CheckType::Http => {
-                self.probe_http_status_code.get_or_create(&labels).set(
-                    response
-                        .http
-                        .as_ref()
-                        .map_or(0.0, |http| f64::from(http.status)),
-                );
-                let values = [
-                    timings.resolve,
-                    timings.connect,
-                    timings.tls,
-                    timings.processing,
-                    timings.transfer,
-                ];
-                set_phases(
-                    &self.probe_http_duration_seconds,
-                    check,
-                    &response.target,
-                    &HTTP_PHASES,
-                    &values,
-                );
-            }
-            CheckType::Tcp => {
-                let values = [
-                    timings.resolve,
-                    timings.connect,
-                    timings.tls,
-                    timings.exchange,
-                ];
-                set_phases(
-                    &self.probe_tcp_duration_seconds,
-                    check,
-                    &response.target,
-                    &TCP_PHASES,
-                    &values,
-                );
-            }
-            CheckType::Dns => {
-                let values = [timings.resolve, timings.connect, timings.request];
-                set_phases(
-                    &self.probe_dns_duration_seconds,
-                    check,
-                    &response.target,
-                    &DNS_PHASES,
-                    &values,
-                );
-                match &response.dns {
-                    Some(dns) => {
-                        self.probe_dns_answer_rrs
-                            .get_or_create(&labels)
-                            .set(dns.answers.len() as f64);
-                    }
-                    None => {
-                        self.probe_dns_answer_rrs.remove(&labels);
-                    }
-                }
-            }
-            CheckType::Tls => {
-                let values = [timings.resolve, timings.connect, timings.tls];
-                set_phases(
-                    &self.probe_tls_duration_seconds,
-                    check,
-                    &response.target,
-                    &TLS_PHASES,
-                    &values,
-                );
-            }
-            CheckType::Icmp => {
-                let values = [timings.resolve, timings.rtt];
-                set_phases(
-                    &self.probe_icmp_duration_seconds,
-                    check,
-                    &response.target,
-                    &ICMP_PHASES,
-                    &values,
-                );
-                match &response.icmp {
-                    Some(icmp) => {
-                        self.probe_icmp_packet_loss_ratio
-                            .get_or_create(&labels)
-                            .set(icmp.loss / 100.0);
-                    }
-                    None => {
-                        self.probe_icmp_packet_loss_ratio.remove(&labels);
-                    }
-                }
-            }
-            CheckType::Grpc => {
-                let values = [
-                    timings.resolve,
-                    timings.connect,
-                    timings.tls,
-                    timings.processing,
-                ];
-                set_phases(
-                    &self.probe_grpc_duration_seconds,
-                    check,
-                    &response.target,
-                    &GRPC_PHASES,
-                    &values,
-                );
-                let current = response.grpc.as_ref().map(|grpc| grpc.status.as_str());
-                for serving_status in GRPC_SERVING_STATUSES {
-                    let serving_labels = CheckTargetServingLabels {
-                        check: check.to_string(),
-                        target: response.target.clone(),
-                        serving_status,
-                    };
-                    match current {
-                        Some(status) => {
-                            self.probe_grpc_healthcheck_response
-                                .get_or_create(&serving_labels)
-                                .set(if status == serving_status { 1.0 } else { 0.0 });
-                        }
-                        None => {
-                            self.probe_grpc_healthcheck_response.remove(&serving_labels);
-                        }
-                    }
-                }
-            }
-        }
+        (crate::checks::kind(check_type).write_series)(response, &mut out);
     }
 
     /// Sets `bastion_check_state` for `check`: 1 for `state`, 0 for the others.
-    pub fn set_check_state(&self, check: &str, state: crate::model::CheckState) {
-        for each in crate::model::CheckState::ALL {
+    fn set_check_state(&self, check: &str, state: CheckState) {
+        for each in CheckState::ALL {
             self.check_state
                 .get_or_create(&CheckStateLabels {
                     check: check.to_string(),
@@ -372,22 +126,36 @@ impl ResultFamilies {
     }
 }
 
-/// Sets one gauge per phase of one instance.
-fn set_phases(
-    family: &Family<CheckTargetPhaseLabels, GaugeF64>,
-    check: &str,
-    target: &str,
-    phases: &[&'static str],
-    values: &[f64],
-) {
-    for (&phase, &value) in phases.iter().zip(values) {
-        family
-            .get_or_create(&CheckTargetPhaseLabels {
-                check: check.to_string(),
-                target: target.to_string(),
-                phase,
-            })
-            .set(value);
+/// The series of one check's one target, as a check type writes them.
+struct InstanceSeries<'a> {
+    families: &'a ScrapeFamilies,
+    check: &'a str,
+    target: &'a str,
+}
+
+impl SeriesOut for InstanceSeries<'_> {
+    fn gauge(
+        &mut self,
+        name: &'static str,
+        label: Option<(&'static str, &'static str)>,
+        value: f64,
+    ) {
+        // A series a type did not declare is a bug in that type; it is left out, not invented.
+        let Some(family) = self.families.gauges.get(name) else {
+            tracing::warn!(
+                series = name,
+                "a check type wrote a series it did not declare"
+            );
+            return;
+        };
+        let mut labels = vec![
+            ("check", self.check.to_string()),
+            ("target", self.target.to_string()),
+        ];
+        if let Some((key, label_value)) = label {
+            labels.push((key, label_value.to_string()));
+        }
+        family.get_or_create(&labels).set(value);
     }
 }
 
@@ -405,7 +173,7 @@ impl ProbeSeries {
 
 impl Exposition for ProbeSeries {
     fn encode(&self, text: &mut String) {
-        let families = ResultFamilies::new();
+        let families = ScrapeFamilies::new();
         for (check, status) in self.store.snapshot() {
             families.set_check_state(&check, status.state);
             if let Some(latest) = &status.latest {
@@ -416,5 +184,23 @@ impl Exposition for ProbeSeries {
         }
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::prometheus_text::encode(text, &families.registry);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn every_declared_series_has_one_name() {
+        let mut seen = HashSet::new();
+        let declared = COMMON_SERIES
+            .iter()
+            .chain(KINDS.iter().flat_map(|kind| kind.series.iter()));
+        for spec in declared {
+            assert!(spec.name.starts_with("probe_"), "{}", spec.name);
+            assert!(seen.insert(spec.name), "{} declared twice", spec.name);
+        }
     }
 }

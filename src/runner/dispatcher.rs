@@ -7,11 +7,8 @@
 //! each response is built from its own task's data and stored at its own task's index.
 
 use super::pool::{Worker, WorkerPool};
-use crate::assertions::{self, Observation, Observed};
-use crate::checks::{
-    dns, grpc, http, icmp, tcp, tls, CompiledCheck, ProbeContext, ProbePlan, ProbeRecord,
-};
-use crate::config::AssertionKey;
+use crate::assertions::{self, Observation};
+use crate::checks::{CompiledCheck, ProbeContext, ProbeRecord};
 use crate::messages::{CheckResult, Response, Timings, MESSAGE_VERSION};
 use crate::metrics::{Metrics, TypeLabels};
 use crate::model::{CheckType, ErrorKind, ProbeError};
@@ -126,7 +123,7 @@ impl Dispatcher {
                     })
                     .inc();
                 vec![Response::failed(
-                    instance_label(&order.check),
+                    order.check.probe.unresolved_label(),
                     ProbeError::new(
                         ErrorKind::DispatchTimeout,
                         format!("this runner has no {check_type} workers"),
@@ -166,7 +163,11 @@ impl Dispatcher {
             Err((error, timings)) => {
                 self.metrics
                     .count_probe_error(check.check_type(), error.kind);
-                return vec![Response::failed(instance_label(check), error, timings)];
+                return vec![Response::failed(
+                    check.probe.unresolved_label(),
+                    error,
+                    timings,
+                )];
             }
         };
         let mut responses: Vec<Option<Response>> = vec![None; targets.len()];
@@ -183,7 +184,7 @@ impl Dispatcher {
                     humantime::format_duration(self.deadline)
                 );
                 responses[index] = Some(Response::failed(
-                    check.plan.target_label(target),
+                    check.probe.target_label(target),
                     ProbeError::new(ErrorKind::DispatchTimeout, message),
                     Timings {
                         resolve: resolve_seconds,
@@ -212,7 +213,7 @@ impl Dispatcher {
                     if let Some(&(index, target)) = index_of_task.get(&error.id()) {
                         tracing::error!(check = %check.name, %target, %error, "probe task failed");
                         responses[index] = Some(Response::failed(
-                            check.plan.target_label(target),
+                            check.probe.target_label(target),
                             ProbeError::new(
                                 ErrorKind::Internal,
                                 format!("probe task failed: {error}"),
@@ -231,7 +232,7 @@ impl Dispatcher {
         &self,
         check: &CompiledCheck,
     ) -> Result<(Vec<SocketAddr>, f64), (ProbeError, Timings)> {
-        let (host, port) = check.plan.host_and_port();
+        let (host, port) = check.probe.host_and_port();
         if !check.instances.is_empty() {
             let targets = check
                 .instances
@@ -240,7 +241,7 @@ impl Dispatcher {
                 .collect();
             return Ok((targets, 0.0));
         }
-        if let Some(found) = check.plan.system_targets() {
+        if let Some(found) = check.probe.system_targets() {
             return found
                 .map(|targets| (targets, 0.0))
                 .map_err(|error| (error, Timings::default()));
@@ -259,7 +260,7 @@ impl Dispatcher {
         };
         match lookup {
             Ok(Ok(mut targets)) => {
-                targets.retain(|target| check.plan.accepts(target));
+                targets.retain(|target| check.probe.accepts(target));
                 if targets.is_empty() {
                     return Err((
                         ProbeError::new(
@@ -294,21 +295,6 @@ impl Dispatcher {
     }
 }
 
-/// How a check's target is named when no instance address is known.
-fn instance_label(check: &CompiledCheck) -> String {
-    let (host, port) = check.plan.host_and_port();
-    if matches!(check.plan, ProbePlan::Icmp(_)) {
-        host.to_string()
-    } else if host.is_empty() {
-        // A DNS check on the system's name servers, which could not be read.
-        "/etc/resolv.conf".to_string()
-    } else if host.contains(':') {
-        format!("[{host}]:{port}")
-    } else {
-        format!("{host}:{port}")
-    }
-}
-
 /// Runs one task on its worker, under the check's timeout, and judges the outcome.
 async fn run_task(task: ProbeTask, worker: Worker) -> (usize, Response) {
     let ProbeTask {
@@ -326,26 +312,7 @@ async fn run_task(task: ProbeTask, worker: Worker) -> (usize, Response) {
         .timeout
         .saturating_sub(Duration::from_secs_f64(resolve_seconds));
     let deadline = started + budget;
-    let probe = async {
-        match &check.plan {
-            ProbePlan::Http(plan) => http::probe(&context, plan, target, &mut record)
-                .await
-                .map(Some),
-            ProbePlan::Tcp(plan) => tcp::probe(&context, plan, target, &mut record)
-                .await
-                .map(|()| None),
-            ProbePlan::Dns(plan) => dns::probe(plan, target, &mut record).await.map(|()| None),
-            ProbePlan::Tls(plan) => tls::probe(&context, plan, target, &mut record)
-                .await
-                .map(|()| None),
-            ProbePlan::Icmp(plan) => icmp::probe(plan, target, deadline, &mut record)
-                .await
-                .map(|()| None),
-            ProbePlan::Grpc(plan) => grpc::probe(&context, plan, target, &mut record)
-                .await
-                .map(|()| None),
-        }
-    };
+    let probe = check.probe.probe(&context, target, deadline, &mut record);
     let outcome = tokio::time::timeout(budget, probe).await;
     let in_phase = record.current_phase();
     // The phases tile the probe, so they add up to its time (ICMP's rtt is a mean instead).
@@ -354,8 +321,8 @@ async fn run_task(task: ProbeTask, worker: Worker) -> (usize, Response) {
     timings.resolve += resolve_seconds;
     timings.total = resolve_seconds + probe_seconds;
     let check_type = check.check_type();
-    let label = check.plan.target_label(target);
-    let (error, http_details) = match outcome {
+    let label = check.probe.target_label(target);
+    let error = match outcome {
         Err(_elapsed) => {
             metrics
                 .task_timeouts
@@ -372,10 +339,10 @@ async fn run_task(task: ProbeTask, worker: Worker) -> (usize, Response) {
                     humantime::format_duration(check.timeout)
                 ),
             );
-            (Some(error), None)
+            Some(error)
         }
-        Ok(Err(error)) => (Some(error), None),
-        Ok(Ok(details)) => (None, details.map(|outcome| outcome.details)),
+        Ok(Err(error)) => Some(error),
+        Ok(Ok(())) => None,
     };
     if let Some(error) = &error {
         metrics.count_probe_error(check_type, error.kind);
@@ -384,7 +351,7 @@ async fn run_task(task: ProbeTask, worker: Worker) -> (usize, Response) {
         target: label,
         passing: false,
         error,
-        http: http_details,
+        http: record.http,
         tls: record.tls,
         tcp: record.tcp,
         dns: record.dns,
@@ -411,40 +378,9 @@ fn judge(check: &CompiledCheck, response: &mut Response, _held: &Worker) {
         latency,
         ..Observation::default()
     };
-    let default_pass = match check.check_type() {
-        CheckType::Http => {
-            let Some(http) = &response.http else { return };
-            observation.status = Some(http.status);
-            observation.headers = Some(&http.headers);
-            observation.body = &http.body;
-            (200..300).contains(&http.status)
-        }
-        CheckType::Tcp => {
-            let Some(tcp) = &response.tcp else { return };
-            observation.body = &tcp.body;
-            observation.values = tcp::observed(tcp);
-            tcp.connected
-        }
-        CheckType::Dns => {
-            let Some(dns) = &response.dns else { return };
-            observation.values = dns::observed(dns);
-            dns.rcode == "NOERROR"
-        }
-        CheckType::Tls => {
-            let Some(details) = &response.tls else { return };
-            observation.values = tls::observed(details, SystemTime::now());
-            details.chain.as_ref().is_some_and(|chain| chain.valid)
-        }
-        CheckType::Icmp => {
-            let Some(icmp) = &response.icmp else { return };
-            observation.values = icmp::observed(icmp);
-            icmp.received > 0
-        }
-        CheckType::Grpc => {
-            let Some(grpc) = &response.grpc else { return };
-            observation.values = vec![(AssertionKey::Status, Observed::Text(grpc.status.clone()))];
-            grpc.status == "SERVING"
-        }
+    let judge_type = crate::checks::kind(check.check_type()).judge;
+    let Some(default_pass) = judge_type(response, &mut observation) else {
+        return;
     };
     let results = assertions::evaluate_all(&check.assertions, &observation);
     let passing = if results.is_empty() {
