@@ -1,7 +1,7 @@
 //! The whole agent in one process, scraped over HTTP like Prometheus would: the checker
 //! schedules, the runner probes, the sink records, and the endpoints show it.
 
-mod common;
+use crate::common;
 
 use bastion_agent::agent::Agent;
 use common::*;

@@ -2,7 +2,7 @@
 //! TCP: record types, rcodes (NXDOMAIN, SERVFAIL), a server name behind several addresses,
 //! failures (refused, silence, garbage), assertions, and the `/metrics` series.
 
-mod common;
+use crate::common;
 
 use bastion_agent::checks::ErrorKind;
 use common::*;

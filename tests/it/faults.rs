@@ -2,7 +2,7 @@
 //! something unreadable before a reload (logged, counted, nothing changes, it keeps running),
 //! and its stderr closed under it (logging fails silently; it keeps serving and probing).
 
-mod common;
+use crate::common;
 
 use common::nats::free_port;
 use common::process::{http_get_blocking, Bastion};

@@ -9,7 +9,7 @@
 //! `PROPTEST_CASES=20000 cargo nextest run --test fuzz`. A failure prints the minimal input
 //! that proptest shrank it to: make that a named regression test next to the code.
 
-mod common;
+use crate::common;
 
 use bastion_agent::assertions::{evaluate_all, CompiledAssertion, Observation};
 use bastion_agent::checks::{CheckType, CompiledCheck, ErrorKind};

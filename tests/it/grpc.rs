@@ -3,7 +3,7 @@
 //! HTTP/1 server, a server without the health service, an answer that is no health answer);
 //! assertions; and the `/metrics` series.
 
-mod common;
+use crate::common;
 
 use bastion_agent::checks::ErrorKind;
 use bytes::Bytes;

@@ -2,7 +2,7 @@
 //! datagram socket, or a raw one as root). Each test skips, saying why, only where neither kind
 //! can be opened; CI runs as root, so it runs them.
 
-mod common;
+use crate::common;
 
 use bastion_agent::checks::icmp;
 use bastion_agent::checks::ErrorKind;

@@ -3,7 +3,7 @@
 //! restarts, bad messages, auth and TLS, checker failover, durable results, heartbeats and
 //! `once --remote`. Run against another server build with `NATS_SERVER=/path/to/nats-server`.
 
-mod common;
+use crate::common;
 
 use bastion_agent::bus::nats::NatsBus;
 use bastion_agent::bus::{Bus, BusError};

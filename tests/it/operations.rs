@@ -2,7 +2,7 @@
 //! (SIGHUP and `POST /-/reload`, valid and invalid), the systemd notify protocol on a socket
 //! the test binds, and the protected endpoints (HTTPS and basic auth).
 
-mod common;
+use crate::common;
 
 use bastion_agent::bus::Bus;
 use bastion_agent::messages::StateEvent;

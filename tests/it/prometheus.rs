@@ -3,7 +3,7 @@
 //! answers queries about it, so the exposition format is proven against Prometheus's own
 //! parser, not only ours.
 
-mod common;
+use crate::common;
 
 use common::nats::free_port;
 use common::process::{scratch_dir, Bastion};

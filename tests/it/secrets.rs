@@ -3,7 +3,7 @@
 //! appear in none of stderr, `/api/v1/checks`, `/metrics` or the answer to a failed reload,
 //! and a refused NATS token is reported without its value.
 
-mod common;
+use crate::common;
 
 use common::nats::{free_port, NatsServer};
 use common::process::{scratch_dir, Bastion};

@@ -2,7 +2,7 @@
 //! instance of an address, failures (refused, a peer that closes, one that never answers, one
 //! that talks past the cap), assertions, and the `/metrics` series.
 
-mod common;
+use crate::common;
 
 use bastion_agent::checks::ErrorKind;
 use common::*;

@@ -1,7 +1,7 @@
 //! HTTPS against a real rustls server (HTTP/2 by ALPN, SNI and Host kept on the URL's name,
 //! verification on by default), and instances found through a real DNS server.
 
-mod common;
+use crate::common;
 
 use bastion_agent::checks::ErrorKind;
 use bytes::Bytes;

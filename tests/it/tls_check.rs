@@ -3,7 +3,7 @@
 //! silence, a peer that speaks no TLS), assertions, and the `/metrics` series, including
 //! `probe_ssl_earliest_cert_expiry` from an HTTPS check.
 
-mod common;
+use crate::common;
 
 use bastion_agent::checks::ErrorKind;
 use bastion_agent::messages::CheckResult;
