@@ -6,7 +6,7 @@
 //! never panic, and keep the invariants stated beside it.
 //!
 //! Case counts are small by default so the file runs in seconds in CI; raise them locally with
-//! `PROPTEST_CASES=20000 cargo nextest run --test fuzz`. A failure prints the minimal input
+//! `PROPTEST_CASES=20000 cargo nextest run --test it -E 'test(/^fuzz::/)'`. A failure prints the minimal input
 //! that proptest shrank it to: make that a named regression test next to the code.
 
 use crate::common;
@@ -583,26 +583,9 @@ fn fuzz_tcp_expect_finds_what_was_sent_within_the_cap() {
         .unwrap();
 }
 
-/// A valid DNS response to `query`, with two A records.
+/// A valid DNS response to `query` (for `svc.test`: two A records), from the tests' zone.
 fn dns_answer(query: &[u8]) -> Vec<u8> {
-    use hickory_proto::op::{Message, MessageType, OpCode};
-    use hickory_proto::rr::rdata::A;
-    use hickory_proto::rr::{RData, Record};
-    let Ok(request) = Message::from_vec(query) else {
-        return Vec::new();
-    };
-    let mut response = Message::new(request.metadata.id, MessageType::Response, OpCode::Query);
-    for question in &request.queries {
-        response.add_query(question.clone());
-        for ip in [[10, 0, 0, 1], [10, 0, 0, 2]] {
-            response.add_answer(Record::from_rdata(
-                question.name().clone(),
-                60,
-                RData::A(A::from(std::net::Ipv4Addr::from(ip))),
-            ));
-        }
-    }
-    response.to_vec().unwrap_or_default()
+    common::dns::answer(&common::dns::SVC_TEST, query).unwrap_or_default()
 }
 
 /// How a fuzzed server answers a DNS query.
