@@ -231,12 +231,31 @@ fn fuzz_config_mutations_never_panic() {
         .unwrap();
 }
 
+/// The reason `messages::decode::<T>` must give for `payload`, worked out from the wire
+/// contract without it: the size first, then JSON carrying a whole-number `version`, then that
+/// version, then the message's shape. None when the payload is a valid `T` of this version.
+/// (JSON as serde_json reads it: strings in fields a message ignores are skipped unchecked.)
+fn expected_decode_reason<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Option<&'static str> {
+    #[derive(serde::Deserialize)]
+    struct Versioned {
+        version: u64,
+    }
+    if payload.len() > messages::MAX_MESSAGE_BYTES {
+        return Some("too_large");
+    }
+    match serde_json::from_slice::<Versioned>(payload) {
+        Err(_) => Some("json"),
+        Ok(Versioned { version }) if version != u64::from(MESSAGE_VERSION) => Some("version"),
+        Ok(_) => serde_json::from_slice::<T>(payload).err().map(|_| "json"),
+    }
+}
+
+/// `decode` accepts exactly the valid messages and names the first defect of the others.
 fn assert_decode_outcome<T: serde::de::DeserializeOwned>(payload: &[u8]) {
-    if let Err(error) = messages::decode::<T>(payload) {
-        assert!(
-            ["too_large", "json", "version", "invalid"].contains(&error.reason()),
-            "{error}"
-        );
+    let expected = expected_decode_reason::<T>(payload);
+    match messages::decode::<T>(payload) {
+        Ok(_) => assert_eq!(expected, None, "decoded although {expected:?}"),
+        Err(error) => assert_eq!(Some(error.reason()), expected, "{error}"),
     }
 }
 
@@ -327,6 +346,19 @@ fn fuzz_bus_messages_from_mutated_valid_json_never_panic() {
             || messages::decode::<CheckResult>(seed).is_ok()
             || messages::decode::<Heartbeat>(seed).is_ok();
         assert!(ok, "{}", String::from_utf8_lossy(seed));
+        decode_all(seed);
+        // The same message from a newer build is refused for its version, whatever its shape.
+        let text = String::from_utf8_lossy(seed);
+        let newer = text.replacen("\"version\":1", "\"version\":2", 1);
+        assert_ne!(newer, text, "the seed carries its version");
+        for reason in [
+            messages::decode::<CheckRequest>(newer.as_bytes()).err(),
+            messages::decode::<CheckResult>(newer.as_bytes()).err(),
+            messages::decode::<Heartbeat>(newer.as_bytes()).err(),
+        ] {
+            assert_eq!(reason.map(|error| error.reason()), Some("version"));
+        }
+        decode_all(newer.as_bytes());
     }
     let mut runner = runner(1024);
     let edit = prop_oneof![
@@ -782,3 +814,4 @@ fn fuzz_deeply_nested_paths_and_regexes_compile_or_refuse_quickly() {
         })
         .unwrap();
 }
+
