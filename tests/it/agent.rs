@@ -16,10 +16,7 @@ async fn a_running_agent_exposes_results_metrics_and_health() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let target = listener.local_addr().unwrap();
     serve_ok(listener, "fine");
-    let refused = {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        listener.local_addr().unwrap()
-    };
+    let refused = refused_address().await;
     let config = config(&format!(
         r#"
         [agent]

@@ -169,6 +169,22 @@ pub fn serve_fixed(
     });
 }
 
+/// An address on 127.0.0.1 where nothing listens any more: connecting is refused.
+pub async fn refused_address() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    listener.local_addr().expect("listener address")
+}
+
+/// Accepts forever and never says a word: every connection stays open, unread and silent.
+pub fn serve_silent(listener: TcpListener) {
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+}
+
 /// A tiny deterministic generator for test delays (no dependency needed).
 pub struct XorShift(pub u64);
 
