@@ -814,4 +814,3 @@ fn fuzz_deeply_nested_paths_and_regexes_compile_or_refuse_quickly() {
         })
         .unwrap();
 }
-

@@ -6,8 +6,8 @@
 use crate::common;
 
 use common::nats::free_port;
-use common::raw_request_blocking;
 use common::process::{scratch_dir, Bastion};
+use common::raw_request_blocking;
 use common::tools::{prometheus, promtool};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -164,7 +164,10 @@ impl Drop for Prometheus {
 
 /// A GET in HTTP/1.0: Go's server then closes the connection after an unchunked body.
 fn http_get_1_0(port: u16, path: &str) -> Option<(u16, String)> {
-    raw_request_blocking(port, &format!("GET {path} HTTP/1.0\r\nhost: 127.0.0.1\r\n\r\n"))
+    raw_request_blocking(
+        port,
+        &format!("GET {path} HTTP/1.0\r\nhost: 127.0.0.1\r\n\r\n"),
+    )
 }
 
 fn percent_encode(text: &str) -> String {

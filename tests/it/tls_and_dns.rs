@@ -221,7 +221,6 @@ async fn an_untrusted_certificate_fails_unless_verification_is_skipped() {
     assert!(lax.passing, "{lax:?}");
 }
 
-
 #[tokio::test]
 async fn every_address_of_the_name_is_probed_with_the_name_as_host() {
     // svc.test has three A records, anything else is NXDOMAIN.
