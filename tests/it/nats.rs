@@ -597,7 +597,15 @@ async fn without_a_server_it_retries_until_one_appears_or_the_connect_timeout() 
     );
 
     let mut patient = Bastion::start("patient", listen, &config, &["run"]);
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The daemon's own word that it tried again, three times, rather than a pause.
+    eventually("three retries", PATIENCE, || {
+        patient
+            .log()
+            .matches("NATS is not reachable yet; retrying")
+            .count()
+            >= 3
+    })
+    .await;
     assert!(patient.alive(), "keeps trying: {}", patient.log());
     server.resume();
     patient.wait_ready();
