@@ -2,12 +2,11 @@
 //! datagram socket, or a raw one as root). Each test skips, saying why, only where neither kind
 //! can be opened; CI runs as root, so it runs them.
 
-mod common;
+use crate::common;
 
 use bastion_agent::checks::icmp;
 use bastion_agent::model::ErrorKind;
 use common::*;
-use tokio::net::UdpSocket;
 
 /// False (after saying why) where this process can open no ICMP socket at all.
 fn icmp_available() -> bool {
@@ -68,32 +67,7 @@ async fn a_host_name_resolves_and_ip_version_keeps_one_family() {
         return;
     }
     // A DNS server that answers svc.test with 127.0.0.2 (A) and nothing for AAAA.
-    let dns = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let dns_address = dns.local_addr().unwrap();
-    tokio::spawn(async move {
-        use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
-        use hickory_proto::rr::{rdata::A, RData, Record, RecordType};
-        let mut buffer = [0u8; 1500];
-        while let Ok((length, peer)) = dns.recv_from(&mut buffer).await {
-            let Ok(query) = Message::from_vec(&buffer[..length]) else {
-                continue;
-            };
-            let mut answer = Message::new(query.metadata.id, MessageType::Response, OpCode::Query);
-            answer.add_queries(query.queries.clone());
-            if let Some(question) = query.queries.first() {
-                if question.name().to_ascii() != "svc.test." {
-                    answer.metadata.response_code = ResponseCode::NXDomain;
-                } else if question.query_type() == RecordType::A {
-                    answer.add_answer(Record::from_rdata(
-                        question.name().clone(),
-                        60,
-                        RData::A(A(std::net::Ipv4Addr::new(127, 0, 0, 2))),
-                    ));
-                }
-            }
-            let _ = dns.send_to(&answer.to_vec().unwrap(), peer).await;
-        }
-    });
+    let dns_address = common::dns::dns_server(&[std::net::Ipv4Addr::new(127, 0, 0, 2)]).await;
     let config = config(&format!(
         "[runner]\ndns_servers = [\"{dns_address}\"]\n{}{}{}",
         icmp_check("by-name", "svc.test", "ip_version = 4"),

@@ -2,7 +2,7 @@
 //! instance of an address, failures (refused, a peer that closes, one that never answers, one
 //! that talks past the cap), assertions, and the `/metrics` series.
 
-mod common;
+use crate::common;
 
 use bastion_agent::model::ErrorKind;
 use common::*;
@@ -165,10 +165,7 @@ async fn tls_is_spoken_before_the_steps() {
 #[tokio::test]
 async fn failures_are_reported_with_their_kind() {
     // Refused: nothing listens on this port any more.
-    let refused = {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        listener.local_addr().unwrap()
-    };
+    let refused = refused_address().await;
     // A peer that says something else and closes.
     let closing = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let closing_address = closing.local_addr().unwrap();
@@ -181,12 +178,7 @@ async fn failures_are_reported_with_their_kind() {
     // A peer that accepts and never says anything.
     let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let silent_address = silent.local_addr().unwrap();
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((stream, _)) = silent.accept().await {
-            held.push(stream);
-        }
-    });
+    serve_silent(silent);
     // A peer that talks forever without the expected word.
     let chatty = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let chatty_address = chatty.local_addr().unwrap();

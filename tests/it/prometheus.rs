@@ -3,12 +3,12 @@
 //! answers queries about it, so the exposition format is proven against Prometheus's own
 //! parser, not only ours.
 
-mod common;
+use crate::common;
 
 use common::nats::free_port;
 use common::process::{scratch_dir, Bastion};
+use common::raw_request_blocking;
 use common::tools::{prometheus, promtool};
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -164,19 +164,10 @@ impl Drop for Prometheus {
 
 /// A GET in HTTP/1.0: Go's server then closes the connection after an unchunked body.
 fn http_get_1_0(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .ok()?;
-    stream
-        .write_all(format!("GET {path} HTTP/1.0\r\nhost: 127.0.0.1\r\n\r\n").as_bytes())
-        .ok()?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).ok()?;
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let status = text.split_whitespace().nth(1)?.parse().ok()?;
-    let (_, body) = text.split_once("\r\n\r\n")?;
-    Some((status, body.to_string()))
+    raw_request_blocking(
+        port,
+        &format!("GET {path} HTTP/1.0\r\nhost: 127.0.0.1\r\n\r\n"),
+    )
 }
 
 fn percent_encode(text: &str) -> String {

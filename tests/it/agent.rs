@@ -1,29 +1,22 @@
 //! The whole agent in one process, scraped over HTTP like Prometheus would: the checker
 //! schedules, the runner probes, the sink records, and the endpoints show it.
 
-mod common;
+use crate::common;
 
 use bastion_agent::agent::Agent;
 use common::*;
+// Under the name its calls here use; one parser for every test.
+use common::metric as sample;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-
-/// The value of one exposition line, found by its exact series name and labels.
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_running_agent_exposes_results_metrics_and_health() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let target = listener.local_addr().unwrap();
     serve_ok(listener, "fine");
-    let refused = {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        listener.local_addr().unwrap()
-    };
+    let refused = refused_address().await;
     let config = config(&format!(
         r#"
         [agent]

@@ -1,6 +1,7 @@
 //! The checker's schedule under paused time: stable first offsets, no drift, skipped ticks
 //! while a run is in flight, and lost runs given up after their horizon.
 
+use crate::common::metric;
 use bastion_agent::bus::memory::MemoryBus;
 use bastion_agent::bus::Bus;
 use bastion_agent::checker::{first_wait, Checker};
@@ -62,9 +63,7 @@ async fn start(config: &Config) -> Harness {
 
 fn counter(metrics: &Metrics, series: &str) -> f64 {
     let text = metrics.render();
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("{series} missing\n{text}"))
+    metric(&text, series).unwrap_or_else(|| panic!("{series} missing\n{text}"))
 }
 
 async fn reply(bus: &MemoryBus, request: &CheckRequest) {

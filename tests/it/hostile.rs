@@ -6,7 +6,7 @@
 //! once the probe and the server are gone. A last test repeats the heavy cases and bounds the
 //! growth of the resident memory.
 
-mod common;
+use crate::common;
 
 use bastion_agent::messages::Response;
 use bastion_agent::model::ErrorKind;

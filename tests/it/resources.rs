@@ -2,7 +2,7 @@
 //! against the open-file limit (`prlimit` from util-linux sets it for the child), and a limit
 //! too low for them is a warning with the numbers and the fix, while the agent keeps running.
 
-mod common;
+use crate::common;
 
 use common::nats::free_port;
 use common::process::{http_get_blocking, Bastion};

@@ -2,10 +2,11 @@
 //! something unreadable before a reload (logged, counted, nothing changes, it keeps running),
 //! and its stderr closed under it (logging fails silently; it keeps serving and probing).
 
-mod common;
+use crate::common;
 
 use common::nats::free_port;
 use common::process::{http_get_blocking, Bastion};
+use common::{eventually_blocking, metric};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -26,18 +27,12 @@ fn config(listen: u16) -> String {
 /// One sample of `/metrics` on `port` by its full series text.
 fn sample(port: u16, series: &str) -> Option<f64> {
     let (_, text) = http_get_blocking(port, "/metrics")?;
-    text.lines().find_map(|line| {
-        let (name, value) = line.rsplit_once(' ')?;
-        (name == series).then(|| value.parse().ok()).flatten()
-    })
+    metric(&text, series)
 }
 
-fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+/// `eventually_blocking` with this file's bound.
+fn eventually(what: &str, condition: impl FnMut() -> bool) {
+    eventually_blocking(what, Duration::from_secs(60), condition);
 }
 
 const SCHEDULED: &str = "bastion_checks_scheduled_total{check=\"self\"}";

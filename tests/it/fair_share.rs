@@ -3,7 +3,7 @@
 //! deadline), what `bastion_dispatch_wait_seconds` measures, and that a task holds its worker
 //! while its response is judged.
 
-mod common;
+use crate::common;
 
 use bastion_agent::bus::Bus;
 use bastion_agent::checks::CompiledCheck;

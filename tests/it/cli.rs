@@ -1,7 +1,7 @@
 //! The real binary, where the command line is the contract: exit codes, error messages that
 //! name file, line and column, `once` in table and JSON form; and every shipped config parses.
 
-mod common;
+use crate::common;
 
 use common::*;
 use std::path::{Path, PathBuf};

@@ -2,7 +2,7 @@
 //! docs/*.md reaches a file (and, with `#anchor`, a heading of it), and every config key the
 //! docs name is a real key.
 //!
-//! Config keys are held to `config/reference.toml`, which `tests/cli.rs` loads against the
+//! Config keys are held to `config/reference.toml`, which `tests/it/cli.rs` loads against the
 //! real schema. Its commented-out keys are uncommented here and deserialized into `Config`
 //! (every table has `deny_unknown_fields`), so they are schema keys too. The convention for
 //! the docs, stated again at the top of docs/configuration.md:

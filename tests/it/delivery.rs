@@ -6,7 +6,7 @@
 //! around the deadlines never leaves two runs of one check in flight, and every scheduled run
 //! ends as a result or a counted loss.
 
-mod common;
+use crate::common;
 
 use bastion_agent::bus::Bus;
 use common::nats::{free_port, observer, NatsServer};

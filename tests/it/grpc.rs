@@ -3,7 +3,7 @@
 //! HTTP/1 server, a server without the health service, an answer that is no health answer);
 //! assertions; and the `/metrics` series.
 
-mod common;
+use crate::common;
 
 use bastion_agent::model::ErrorKind;
 use bytes::Bytes;
@@ -237,18 +237,10 @@ fn futures_stream(
 
 #[tokio::test]
 async fn refused_silent_and_wrong_peers_are_errors() {
-    let refused = {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        listener.local_addr().unwrap()
-    };
+    let refused = refused_address().await;
     let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let silent_address = silent.local_addr().unwrap();
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((stream, _)) = silent.accept().await {
-            held.push(stream);
-        }
-    });
+    serve_silent(silent);
     let http1 = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let http1_address = http1.local_addr().unwrap();
     serve_ok(http1, "I speak HTTP/1.1");

@@ -3,7 +3,7 @@
 //! restarts, bad messages, auth and TLS, checker failover, durable results, heartbeats and
 //! `once --remote`. Run against another server build with `NATS_SERVER=/path/to/nats-server`.
 
-mod common;
+use crate::common;
 
 use bastion_agent::bus::nats::NatsBus;
 use bastion_agent::bus::{Bus, BusError};
@@ -138,8 +138,34 @@ async fn the_nats_bus_carries_messages_queue_groups_and_requests() {
     .unwrap();
     got.sort_unstable();
     assert_eq!(got, (0..20).collect::<Vec<u8>>(), "each exactly once");
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(first.try_next().is_none() && second.try_next().is_none());
+    // End markers instead of a pause: NATS keeps one publisher's order on each subscription,
+    // so once a member has received a marker published after the 20, any second copy of them
+    // for that member arrived before it. Each marker goes to one member, at random: publish
+    // them one at a time until both members have had one.
+    const END: u8 = u8::MAX;
+    let mut ended = [false, false];
+    let mut extra = Vec::new();
+    tokio::time::timeout(PATIENCE, async {
+        while ended != [true, true] {
+            bus.publish("t.checks.http", Bytes::from_static(&[END]))
+                .await
+                .unwrap();
+            loop {
+                let (member, message) = tokio::select! {
+                    Some(message) = first.next() => (0, message),
+                    Some(message) = second.next() => (1, message),
+                };
+                if message.payload[..] == [END] {
+                    ended[member] = true;
+                    break;
+                }
+                extra.push(message.payload[0]);
+            }
+        }
+    })
+    .await
+    .expect("both members get an end marker");
+    assert_eq!(extra, Vec::<u8>::new(), "nothing more after the 20");
 
     let error = bus
         .request("t.test.http", Bytes::new(), Duration::from_secs(5))
@@ -572,7 +598,15 @@ async fn without_a_server_it_retries_until_one_appears_or_the_connect_timeout() 
     );
 
     let mut patient = Bastion::start("patient", listen, &config, &["run"]);
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The daemon's own word that it tried again, three times, rather than a pause.
+    eventually("three retries", PATIENCE, || {
+        patient
+            .log()
+            .matches("NATS is not reachable yet; retrying")
+            .count()
+            >= 3
+    })
+    .await;
     assert!(patient.alive(), "keeps trying: {}", patient.log());
     server.resume();
     patient.wait_ready();

@@ -1,24 +1,22 @@
 //! HTTPS against a real rustls server (HTTP/2 by ALPN, SNI and Host kept on the URL's name,
 //! verification on by default), and instances found through a real DNS server.
 
-mod common;
+use crate::common;
 
 use bastion_agent::model::ErrorKind;
 use bytes::Bytes;
+use common::dns::dns_server;
 use common::*;
-use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
-use hickory_proto::rr::rdata::A;
-use hickory_proto::rr::{RData, Record, RecordType};
 use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use std::collections::BTreeSet;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::SystemTime;
-use tokio::net::{TcpListener, UdpSocket};
+use tokio::net::TcpListener;
 
 struct TestCert {
     ca_file: PathBuf,
@@ -223,45 +221,10 @@ async fn an_untrusted_certificate_fails_unless_verification_is_skipped() {
     assert!(lax.passing, "{lax:?}");
 }
 
-/// A DNS server on UDP: `svc.test` has three A records, anything else is NXDOMAIN.
-async fn dns_server() -> SocketAddr {
-    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let address = socket.local_addr().unwrap();
-    tokio::spawn(async move {
-        let mut buffer = [0u8; 1500];
-        while let Ok((length, peer)) = socket.recv_from(&mut buffer).await {
-            let Ok(query) = Message::from_vec(&buffer[..length]) else {
-                continue;
-            };
-            let mut answer = Message::new(query.metadata.id, MessageType::Response, OpCode::Query);
-            answer.metadata.recursion_desired = query.metadata.recursion_desired;
-            answer.metadata.recursion_available = true;
-            answer.add_queries(query.queries.clone());
-            if let Some(question) = query.queries.first() {
-                let name = question.name().to_ascii().to_lowercase();
-                if name == "svc.test." {
-                    if question.query_type() == RecordType::A {
-                        for last in 2..=4 {
-                            answer.add_answer(Record::from_rdata(
-                                question.name().clone(),
-                                60,
-                                RData::A(A(Ipv4Addr::new(127, 0, 0, last))),
-                            ));
-                        }
-                    }
-                } else {
-                    answer.metadata.response_code = ResponseCode::NXDomain;
-                }
-            }
-            let _ = socket.send_to(&answer.to_vec().unwrap(), peer).await;
-        }
-    });
-    address
-}
-
 #[tokio::test]
 async fn every_address_of_the_name_is_probed_with_the_name_as_host() {
-    let dns = dns_server().await;
+    // svc.test has three A records, anything else is NXDOMAIN.
+    let dns = dns_server(&[2, 3, 4].map(|last| Ipv4Addr::new(127, 0, 0, last))).await;
     let (port, listeners) = listeners_on_one_port(&["127.0.0.2", "127.0.0.3", "127.0.0.4"]).await;
     for listener in listeners {
         serve(listener, |mut request| async move {

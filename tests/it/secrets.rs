@@ -3,7 +3,7 @@
 //! appear in none of stderr, `/api/v1/checks`, `/metrics` or the answer to a failed reload,
 //! and a refused NATS token is reported without its value.
 
-mod common;
+use crate::common;
 
 use common::nats::{free_port, NatsServer};
 use common::process::{scratch_dir, Bastion};
@@ -20,29 +20,10 @@ const WRONG_TOKEN: &str = "wrong-t0ken-SECRET-4";
 /// A blocking request with basic auth; returns status and body.
 fn request(port: u16, method: &str, path: &str, password: &str) -> (u16, String) {
     use base64::Engine;
-    use std::io::{Read, Write};
     let credentials = base64::engine::general_purpose::STANDARD.encode(format!("prom:{password}"));
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .expect("timeout");
-    let text = format!(
-        "{method} {path} HTTP/1.1\r\nhost: localhost\r\nauthorization: Basic {credentials}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-    );
-    stream.write_all(text.as_bytes()).expect("write");
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).expect("read");
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .expect("status line");
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_string())
-        .unwrap_or_default();
-    (status, body)
+    let authorization = format!("Basic {credentials}");
+    http_request_blocking(port, method, path, &[("authorization", &authorization)])
+        .expect("an HTTP answer")
 }
 
 fn assert_no_secret(place: &str, text: &str, secrets: &[&str]) {

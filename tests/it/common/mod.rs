@@ -2,6 +2,7 @@
 //! 127.0.0.x, minimal HTTP/1.1 servers with chosen misbehaviour, and a TLS server.
 #![allow(dead_code)]
 
+pub mod dns;
 pub mod nats;
 pub mod process;
 pub mod tools;
@@ -168,6 +169,22 @@ pub fn serve_fixed(
     });
 }
 
+/// An address on 127.0.0.1 where nothing listens any more: connecting is refused.
+pub async fn refused_address() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    listener.local_addr().expect("listener address")
+}
+
+/// Accepts forever and never says a word: every connection stays open, unread and silent.
+pub fn serve_silent(listener: TcpListener) {
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+}
+
 /// A tiny deterministic generator for test delays (no dependency needed).
 pub struct XorShift(pub u64);
 
@@ -192,6 +209,18 @@ pub async fn eventually(what: &str, within: Duration, mut condition: impl FnMut(
     }
 }
 
+/// `eventually` for tests that block (child processes, blocking sockets), outside a runtime.
+pub fn eventually_blocking(what: &str, within: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + within;
+    while !condition() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Plain HTTP GET over a fresh connection; returns status and body.
 pub async fn http_get(address: SocketAddr, path: &str) -> (u16, String) {
     let mut stream = TcpStream::connect(address).await.expect("connect");
@@ -202,20 +231,53 @@ pub async fn http_get(address: SocketAddr, path: &str) -> (u16, String) {
         .await
         .expect("response in time")
         .expect("read");
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .expect("status line");
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_string())
-        .unwrap_or_default();
-    (status, body)
+    parse_response(&raw).expect("a status line and a whole head")
 }
 
-/// The value of one exposition line, found by its exact series name and labels.
+/// One request over a fresh blocking connection to 127.0.0.1:`port`: `request` is the whole
+/// request text, and the server must close the connection after its answer. Status and body;
+/// None when nothing answers within `PATIENCE` or the answer is no HTTP response.
+pub fn raw_request_blocking(port: u16, request: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(PATIENCE)).ok()?;
+    stream.write_all(request.as_bytes()).ok()?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).ok()?;
+    parse_response(&raw)
+}
+
+/// An HTTP/1.1 request with `headers` and no body, over a fresh blocking connection to
+/// 127.0.0.1:`port` that closes after the answer; None when nothing answers.
+pub fn http_request_blocking(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Option<(u16, String)> {
+    let mut request = format!("{method} {path} HTTP/1.1\r\nhost: localhost\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    if method != "GET" {
+        request.push_str("content-length: 0\r\n");
+    }
+    request.push_str("connection: close\r\n\r\n");
+    raw_request_blocking(port, &request)
+}
+
+/// The status and body of a whole HTTP/1 response as read off the wire (the body as sent:
+/// these servers answer with a length, not chunks). None without a status line and a
+/// complete head.
+pub fn parse_response(raw: &[u8]) -> Option<(u16, String)> {
+    let text = String::from_utf8_lossy(raw);
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let (_, body) = text.split_once("\r\n\r\n")?;
+    Some((status, body.to_string()))
+}
+
+/// The value of one exposition line, found by its exact series name and labels: the one
+/// parser of `/metrics` text in the tests.
 pub fn metric(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())

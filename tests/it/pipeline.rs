@@ -2,7 +2,7 @@
 //! instance, the dispatch deadline, the probe timeout, honest phases, the body cap, HTTPS with
 //! HTTP/2, and instances found by DNS.
 
-mod common;
+use crate::common;
 
 use bastion_agent::model::ErrorKind;
 use common::*;

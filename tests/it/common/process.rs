@@ -155,11 +155,7 @@ impl Bastion {
 
     /// One sample's value from `/metrics`, by its full series text (name and labels).
     pub fn sample(&self, series: &str) -> Option<f64> {
-        let text = self.metrics()?;
-        text.lines().find_map(|line| {
-            let (name, value) = line.rsplit_once(' ')?;
-            (name == series).then(|| value.parse().ok()).flatten()
-        })
+        super::metric(&self.metrics()?, series)
     }
 
     /// Waits until `/metrics` answers; fails at once if the process exits instead.
@@ -206,20 +202,5 @@ fn wait_for_exit(child: &mut Child, within: Duration) -> Option<ExitStatus> {
 /// A blocking HTTP GET on 127.0.0.1:`port`, for tests outside async code. None when nothing
 /// answers.
 pub fn http_get_blocking(port: u16, path: &str) -> Option<(u16, String)> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .ok()?;
-    let request = format!("GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).ok()?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).ok()?;
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let status = text.split_whitespace().nth(1)?.parse().ok()?;
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_string())
-        .unwrap_or_default();
-    Some((status, body))
+    super::http_request_blocking(port, "GET", path, &[])
 }

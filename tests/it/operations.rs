@@ -2,7 +2,7 @@
 //! (SIGHUP and `POST /-/reload`, valid and invalid), the systemd notify protocol on a socket
 //! the test binds, and the protected endpoints (HTTPS and basic auth).
 
-mod common;
+use crate::common;
 
 use bastion_agent::bus::Bus;
 use bastion_agent::messages::StateEvent;
@@ -146,22 +146,7 @@ fn http_check(name: &str, target: std::net::SocketAddr, path: &str, extra: &str)
 
 /// A blocking POST with no body.
 fn post(port: u16, path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    stream.set_read_timeout(Some(PATIENCE)).unwrap();
-    write!(
-        stream,
-        "POST {path} HTTP/1.1\r\nhost: localhost\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut raw = String::new();
-    stream.read_to_string(&mut raw).unwrap();
-    let status = raw.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let body = raw
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
+    http_request_blocking(port, "POST", path, &[]).expect("an HTTP answer")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -414,12 +399,7 @@ async fn https_get(
         .await
         .unwrap()
         .ok();
-    String::from_utf8_lossy(&raw)
-        .split_whitespace()
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap()
+    parse_response(&raw).expect("an HTTP answer").0
 }
 
 fn basic(user: &str, password: &str) -> String {
@@ -496,12 +476,7 @@ async fn a_second_signal_exits_at_once_even_with_runs_in_flight() {
     let ip_refs: Vec<&str> = ips.iter().map(String::as_str).collect();
     let (port, listeners) = listeners_on_one_port(&ip_refs).await;
     for listener in listeners {
-        tokio::spawn(async move {
-            let mut held = Vec::new();
-            while let Ok((stream, _)) = listener.accept().await {
-                held.push(stream);
-            }
-        });
+        serve_silent(listener);
     }
     let instances: Vec<String> = ips.iter().map(|ip| format!("\"{ip}\"")).collect();
     let listen = free_port();

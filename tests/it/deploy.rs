@@ -3,7 +3,7 @@
 //! healthcheck` subcommand that the Docker image's HEALTHCHECK runs, against a real agent,
 //! a closed port and a server answering 503.
 
-mod common;
+use crate::common;
 
 use common::nats::free_port;
 use common::process::{scratch_dir, Bastion};

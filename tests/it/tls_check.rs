@@ -3,7 +3,7 @@
 //! silence, a peer that speaks no TLS), assertions, and the `/metrics` series, including
 //! `probe_ssl_earliest_cert_expiry` from an HTTPS check.
 
-mod common;
+use crate::common;
 
 use bastion_agent::messages::CheckResult;
 use bastion_agent::model::ErrorKind;
@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::time::SystemTime;
 use time::OffsetDateTime;
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 /// Serves TLS handshakes with `identity` (and, after one, an HTTP/1.1 `200 ok` to a request).
 async fn serve_identity(ip: &str, identity: &TestIdentity) -> SocketAddr {
@@ -208,18 +208,10 @@ async fn expired_and_unknown_ca_chains_fail_clearly_and_still_report_the_chain()
 #[tokio::test]
 async fn refused_silent_and_plaintext_peers_are_errors() {
     let ca = TestCa::new("bastion test CA");
-    let refused = {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        listener.local_addr().unwrap()
-    };
+    let refused = refused_address().await;
     let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let silent_address = silent.local_addr().unwrap();
-    tokio::spawn(async move {
-        let mut held: Vec<TcpStream> = Vec::new();
-        while let Ok((stream, _)) = silent.accept().await {
-            held.push(stream);
-        }
-    });
+    serve_silent(silent);
     let plaintext = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let plaintext_address = plaintext.local_addr().unwrap();
     // A peer that greets in plain text, as an SSH server would, and closes.

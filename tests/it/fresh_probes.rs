@@ -5,7 +5,7 @@
 //! probes is the one reported on the very next probe. And over every type, the phases of a
 //! successful probe add up to its total.
 
-mod common;
+use crate::common;
 
 use bastion_agent::config::Config;
 use bastion_agent::messages::{CheckResult, Response};

@@ -1,0 +1,33 @@
+//! The integration tests, as one binary: a module per area, each starting real servers on
+//! 127.0.0.x, a real nats-server or the real `bastion` binary, and one copy of every helper
+//! they share in `common`. One binary links the crate once instead of once per area; nextest
+//! still runs every test in a process of its own, so tests that change process-wide state
+//! (the open-file limit, `/proc/self/fd` baselines) stay isolated. Run one area with
+//! `cargo nextest run --test it -E 'test(/^nats::/)'`.
+
+mod common;
+
+mod agent;
+mod architecture;
+mod checker;
+mod cli;
+mod delivery;
+mod deploy;
+mod dns;
+mod docs;
+mod fair_share;
+mod faults;
+mod fresh_probes;
+mod fuzz;
+mod grpc;
+mod hostile;
+mod icmp;
+mod nats;
+mod operations;
+mod pipeline;
+mod prometheus;
+mod resources;
+mod secrets;
+mod tcp;
+mod tls_and_dns;
+mod tls_check;
