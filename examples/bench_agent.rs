@@ -9,7 +9,6 @@
 
 use bastion_agent::agent::Agent;
 use bastion_agent::config::Config;
-use bastion_agent::messages::CheckResult;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -43,7 +42,7 @@ async fn main() {
             _ = &mut watch => break,
             message = results.next() => {
                 let Some(message) = message else { break };
-                let Ok(result) = serde_json::from_slice::<CheckResult>(&message.payload) else { continue };
+                let Ok(result) = message.payload.result() else { continue };
                 seen += 1;
                 for response in &result.responses {
                     responses += 1;

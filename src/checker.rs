@@ -9,7 +9,7 @@
 use crate::bus::{Bus, BusError, Subscription};
 
 use crate::config::CheckConfig;
-use crate::messages::{self, CheckRequest, MESSAGE_VERSION};
+use crate::messages::{CheckRequest, Payload, MESSAGE_VERSION};
 use crate::metrics::{CheckLabels, Metrics, SubjectLabels};
 use crate::subjects::Subjects;
 use prometheus_client::metrics::counter::Counter;
@@ -314,16 +314,14 @@ impl Checker {
                 .checked_sub(lag)
                 .unwrap_or_else(SystemTime::now),
             dispatch_deadline: Some(self.dispatch_deadline),
-            check: (*check.config).clone(),
+            // Shared, not copied: on the embedded bus the runner reads this very definition.
+            check: Arc::clone(&check.config),
         };
-        let published = match messages::encode(&request) {
-            Ok(payload) => self
-                .bus
-                .publish(&check.subject, payload)
-                .await
-                .map_err(|error| error.to_string()),
-            Err(error) => Err(error.to_string()),
-        };
+        let published = self
+            .bus
+            .publish(&check.subject, Payload::Request(Arc::new(request)))
+            .await
+            .map_err(|error| error.to_string());
         match published {
             Ok(()) => {
                 check.scheduled.inc();
@@ -338,13 +336,20 @@ impl Checker {
         next_at
     }
 
-    fn close_run(&mut self, payload: &[u8]) {
+    fn close_run(&mut self, payload: &Payload) {
         // The same decoding the sink applies (size, then version, then shape), so a result
         // the sink refuses does not end the run here either: the checker and the sink agree on
-        // which runs ended, and a refused one is counted lost. The sink counts why.
-        let header: ResultHeader = match messages::decode(payload) {
-            Ok(header) => header,
-            Err(_) => return,
+        // which runs ended, and a refused one is counted lost. The sink counts why. A result
+        // from this process is typed already.
+        let header = match payload {
+            Payload::Result(result) => ResultHeader {
+                check: result.check.clone(),
+                run_id: result.run_id,
+            },
+            _ => match payload.decode::<ResultHeader>() {
+                Ok(header) => header,
+                Err(_) => return,
+            },
         };
         if let Some(&index) = self.by_name.get(&header.check) {
             let check = &mut self.checks[index];

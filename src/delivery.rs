@@ -54,10 +54,17 @@ pub fn encode(result: CheckResult) -> Result<Encoded, serde_json::Error> {
     encode_within(result, MAX_MESSAGE_BYTES)
 }
 
-fn encode_within(mut result: CheckResult, limit: usize) -> Result<Encoded, serde_json::Error> {
+/// `result` with every field bounded as on the bus (bodies, headers, texts, lists), for a
+/// result that stays in the process: no encoding, and no size limit that would reduce it.
+pub fn bound(mut result: CheckResult) -> CheckResult {
     for response in &mut result.responses {
-        bound(response);
+        bound_response(response);
     }
+    result
+}
+
+fn encode_within(result: CheckResult, limit: usize) -> Result<Encoded, serde_json::Error> {
+    let mut result = bound(result);
     let payload = serde_json::to_vec(&result)?;
     if payload.len() <= limit {
         return Ok(Encoded {
@@ -144,7 +151,7 @@ fn summarise(
 }
 
 /// The bounds every published response keeps.
-fn bound(response: &mut Response) {
+fn bound_response(response: &mut Response) {
     if let Some(error) = response.error.as_mut() {
         cut(&mut error.message, BUS_TEXT_BYTES);
     }

@@ -60,7 +60,7 @@ impl Heartbeats {
             let published = match messages::encode(&self.current()) {
                 Ok(payload) => self
                     .bus
-                    .publish(&subject, payload)
+                    .publish(&subject, payload.into())
                     .await
                     .map_err(|e| e.to_string()),
                 Err(error) => Err(error.to_string()),

@@ -32,7 +32,7 @@ pub struct CheckRequest {
         skip_serializing_if = "Option::is_none"
     )]
     pub dispatch_deadline: Option<std::time::Duration>,
-    pub check: CheckConfig,
+    pub check: std::sync::Arc<CheckConfig>,
 }
 
 /// Request/reply on `{prefix}.test.{type}`: run this check definition once, now, and reply
@@ -370,7 +370,6 @@ impl Response {
     }
 }
 
-/// Why a bus payload was refused. The reason is a bounded metric label.
 /// One assertion's verdict, as it appears in results.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AssertionResult {
@@ -385,6 +384,7 @@ pub struct AssertionResult {
     pub message: Option<String>,
 }
 
+/// Why a bus payload was refused. The reason is a bounded metric label.
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
     #[error("payload of {0} bytes is larger than the {MAX_MESSAGE_BYTES} allowed")]
@@ -395,6 +395,11 @@ pub enum DecodeError {
     Version(u64),
     #[error("check definition is invalid: {0}")]
     Invalid(String),
+    #[error("a {found} arrived where a {expected} was expected")]
+    UnexpectedType {
+        expected: &'static str,
+        found: &'static str,
+    },
 }
 
 impl DecodeError {
@@ -404,6 +409,77 @@ impl DecodeError {
             DecodeError::Json(_) => "json",
             DecodeError::Version(_) => "version",
             DecodeError::Invalid(_) => "invalid",
+            DecodeError::UnexpectedType { .. } => "unexpected_type",
+        }
+    }
+}
+
+/// What a bus message carries. Between components of one process (the embedded bus) a request
+/// or a result travels as the typed value itself, shared and never copied or encoded; JSON is
+/// made only where bytes leave the process (NATS, the API, `once --json`). A consumer takes
+/// either form through `request()` or `result()`, so it need not know which bus it is on.
+#[derive(Debug, Clone)]
+pub enum Payload {
+    /// Bytes from outside the process, or a message that is bytes by nature.
+    Bytes(bytes::Bytes),
+    Request(std::sync::Arc<CheckRequest>),
+    Result(std::sync::Arc<CheckResult>),
+}
+
+impl From<bytes::Bytes> for Payload {
+    fn from(bytes: bytes::Bytes) -> Payload {
+        Payload::Bytes(bytes)
+    }
+}
+
+impl Payload {
+    /// The request carried, decoded from bytes if it came as bytes.
+    pub fn request(&self) -> Result<std::sync::Arc<CheckRequest>, DecodeError> {
+        match self {
+            Payload::Request(request) => Ok(std::sync::Arc::clone(request)),
+            Payload::Bytes(bytes) => decode(bytes).map(std::sync::Arc::new),
+            Payload::Result(_) => Err(self.unexpected("request")),
+        }
+    }
+
+    /// The result carried, decoded from bytes if it came as bytes.
+    pub fn result(&self) -> Result<std::sync::Arc<CheckResult>, DecodeError> {
+        match self {
+            Payload::Result(result) => Ok(std::sync::Arc::clone(result)),
+            Payload::Bytes(bytes) => decode(bytes).map(std::sync::Arc::new),
+            Payload::Request(_) => Err(self.unexpected("result")),
+        }
+    }
+
+    /// Decodes a bytes payload as `T` (a typed payload is refused: it is not a `T`).
+    pub fn decode<T: serde::de::DeserializeOwned>(&self) -> Result<T, DecodeError> {
+        match self {
+            Payload::Bytes(bytes) => decode(bytes),
+            _ => Err(self.unexpected("message in bytes")),
+        }
+    }
+
+    /// The payload as bytes for the network: typed values are encoded to their JSON.
+    pub fn to_bytes(&self) -> Result<bytes::Bytes, serde_json::Error> {
+        match self {
+            Payload::Bytes(bytes) => Ok(bytes.clone()),
+            Payload::Request(request) => encode(&**request),
+            Payload::Result(result) => encode(&**result),
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            Payload::Bytes(_) => "message in bytes",
+            Payload::Request(_) => "request",
+            Payload::Result(_) => "result",
+        }
+    }
+
+    fn unexpected(&self, expected: &'static str) -> DecodeError {
+        DecodeError::UnexpectedType {
+            expected,
+            found: self.kind(),
         }
     }
 }

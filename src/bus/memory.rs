@@ -3,6 +3,7 @@
 //! and reports it, so a stuck consumer can never stall the checker or grow memory.
 
 use super::{BoxFuture, Bus, BusError, Message, Subscription};
+use crate::messages::Payload;
 use crate::subjects::{subject_matches, valid_subject};
 use bytes::Bytes;
 use std::collections::HashMap;
@@ -60,7 +61,7 @@ impl MemoryBus {
     fn deliver(
         &self,
         subject: &str,
-        payload: Bytes,
+        payload: Payload,
         reply: Option<String>,
     ) -> Result<(), BusError> {
         let mut inner = self.lock();
@@ -132,7 +133,11 @@ impl MemoryBus {
 }
 
 impl Bus for MemoryBus {
-    fn publish(&self, subject: &str, payload: Bytes) -> BoxFuture<'_, Result<(), BusError>> {
+    fn in_process(&self) -> bool {
+        true
+    }
+
+    fn publish(&self, subject: &str, payload: Payload) -> BoxFuture<'_, Result<(), BusError>> {
         let result = if valid_subject(subject, false) {
             self.deliver(subject, payload, None)
         } else {
@@ -166,9 +171,11 @@ impl Bus for MemoryBus {
                 return Err(BusError::Subject(subject));
             }
             let mut replies = self.subscribe_now(&inbox, None)?;
-            self.deliver(&subject, payload, Some(inbox))?;
+            self.deliver(&subject, Payload::Bytes(payload), Some(inbox))?;
             match tokio::time::timeout(timeout, replies.next()).await {
-                Ok(Some(reply)) => Ok(reply.payload),
+                Ok(Some(reply)) => reply.payload.to_bytes().map_err(|error| {
+                    BusError::Nats(format!("a typed reply could not be encoded: {error}"))
+                }),
                 Ok(None) => Err(BusError::Closed),
                 Err(_) => Err(BusError::TimedOut(subject)),
             }
@@ -197,17 +204,17 @@ mod tests {
             .await
             .unwrap();
         for n in 0..4u8 {
-            bus.publish("b.checks.http", Bytes::from(vec![n]))
+            bus.publish("b.checks.http", Bytes::from(vec![n]).into())
                 .await
                 .unwrap();
         }
-        bus.publish("b.results.web", Bytes::from_static(b"r"))
+        bus.publish("b.results.web", Bytes::from_static(b"r").into())
             .await
             .unwrap();
         let mut got = Vec::new();
         for _ in 0..2 {
-            got.push(first.next().await.unwrap().payload[0]);
-            got.push(second.next().await.unwrap().payload[0]);
+            got.push(first.next().await.unwrap().payload.to_bytes().unwrap()[0]);
+            got.push(second.next().await.unwrap().payload.to_bytes().unwrap()[0]);
         }
         got.sort_unstable();
         assert_eq!(
@@ -223,15 +230,25 @@ mod tests {
     async fn a_full_subscriber_refuses_instead_of_blocking() {
         let bus = MemoryBus::new(2);
         let mut slow = bus.subscribe("x", None).await.unwrap();
-        bus.publish("x", Bytes::from_static(b"1")).await.unwrap();
-        bus.publish("x", Bytes::from_static(b"2")).await.unwrap();
+        bus.publish("x", Bytes::from_static(b"1").into())
+            .await
+            .unwrap();
+        bus.publish("x", Bytes::from_static(b"2").into())
+            .await
+            .unwrap();
         let error = bus
-            .publish("x", Bytes::from_static(b"3"))
+            .publish("x", Bytes::from_static(b"3").into())
             .await
             .unwrap_err();
         assert!(matches!(error, BusError::Full(_)), "{error}");
-        assert_eq!(&slow.next().await.unwrap().payload[..], b"1");
-        assert_eq!(&slow.next().await.unwrap().payload[..], b"2");
+        assert_eq!(
+            &slow.next().await.unwrap().payload.to_bytes().unwrap()[..],
+            b"1"
+        );
+        assert_eq!(
+            &slow.next().await.unwrap().payload.to_bytes().unwrap()[..],
+            b"2"
+        );
     }
 
     #[tokio::test]
@@ -239,9 +256,9 @@ mod tests {
         let bus = MemoryBus::new(1);
         let dropped = bus.subscribe("x", None).await.unwrap();
         drop(dropped);
-        bus.publish("x", Bytes::new()).await.unwrap();
-        bus.publish("x", Bytes::new()).await.unwrap();
-        assert!(bus.publish("x.*", Bytes::new()).await.is_err());
+        bus.publish("x", Bytes::new().into()).await.unwrap();
+        bus.publish("x", Bytes::new().into()).await.unwrap();
+        assert!(bus.publish("x.*", Bytes::new().into()).await.is_err());
         assert!(bus.subscribe("a..b", None).await.is_err());
     }
 
@@ -259,8 +276,8 @@ mod tests {
             tokio::spawn(async move {
                 let request = server.next().await.unwrap();
                 let mut answer = b"re:".to_vec();
-                answer.extend_from_slice(&request.payload);
-                bus.publish(&request.reply.unwrap(), Bytes::from(answer))
+                answer.extend_from_slice(&request.payload.to_bytes().unwrap());
+                bus.publish(&request.reply.unwrap(), Bytes::from(answer).into())
                     .await
                     .unwrap();
             })

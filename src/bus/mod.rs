@@ -1,4 +1,4 @@
-//! The bus between the checker and the runners: subjects carrying byte payloads, with
+//! The bus between the checker and the runners: subjects carrying payloads, with
 //! NATS-style wildcards and queue groups. It is a trait so that the embedded bus (`memory`)
 //! and a broker can stand behind the same calls. Check code never touches the bus; only the
 //! checker, the runner and the result sink do. Publishing never blocks on a slow consumer:
@@ -7,6 +7,7 @@
 pub mod memory;
 pub mod nats;
 
+use crate::messages::Payload;
 use bytes::Bytes;
 use std::future::Future;
 use std::pin::Pin;
@@ -18,7 +19,8 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 #[derive(Debug, Clone)]
 pub struct Message {
     pub subject: String,
-    pub payload: Bytes,
+    /// Bytes, or on the embedded bus the typed value itself.
+    pub payload: Payload,
     /// Where a request wants its reply, for request/reply subjects.
     pub reply: Option<String>,
 }
@@ -78,8 +80,14 @@ impl Subscription {
 }
 
 pub trait Bus: Send + Sync + std::fmt::Debug {
-    /// Publishes without waiting for any consumer.
-    fn publish(&self, subject: &str, payload: Bytes) -> BoxFuture<'_, Result<(), BusError>>;
+    /// Publishes without waiting for any consumer. A bus that leaves the process encodes a
+    /// typed payload to its JSON; the embedded bus hands it on as it is.
+    fn publish(&self, subject: &str, payload: Payload) -> BoxFuture<'_, Result<(), BusError>>;
+
+    /// Whether messages stay in this process, so typed payloads travel without encoding.
+    fn in_process(&self) -> bool {
+        false
+    }
 
     /// Subscribes to a subject pattern (`*` matches one token, a final `>` the rest). Within a
     /// queue group, each message goes to one member only.

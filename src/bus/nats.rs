@@ -13,6 +13,7 @@
 use super::LeaseStore;
 use super::{BoxFuture, Bus, BusError, Message, Subscription};
 use crate::config::NatsConfig;
+use crate::messages::Payload;
 use crate::metrics::{Metrics, ReasonLabels};
 use crate::subjects::{subject_matches, valid_subject};
 use async_nats::connection::State;
@@ -600,7 +601,7 @@ async fn forward(mut subscriber: async_nats::Subscriber, sender: mpsc::Sender<Me
         };
         let message = Message {
             subject: message.subject.to_string(),
-            payload: message.payload,
+            payload: Payload::Bytes(message.payload),
             reply: message.reply.map(|reply| reply.to_string()),
         };
         if sender.send(message).await.is_err() {
@@ -611,7 +612,15 @@ async fn forward(mut subscriber: async_nats::Subscriber, sender: mpsc::Sender<Me
 }
 
 impl Bus for NatsBus {
-    fn publish(&self, subject: &str, payload: Bytes) -> BoxFuture<'_, Result<(), BusError>> {
+    fn publish(&self, subject: &str, payload: Payload) -> BoxFuture<'_, Result<(), BusError>> {
+        // Bytes leave the process here: a typed payload becomes its JSON.
+        let payload = match payload.to_bytes() {
+            Ok(bytes) => bytes,
+            Err(error) => {
+                let error = BusError::Nats(format!("a message could not be encoded: {error}"));
+                return Box::pin(async move { Err(error) });
+            }
+        };
         let result = if !valid_subject(subject, false) {
             Err(BusError::Subject(subject.to_string()))
         } else if let Some(durable) = self

@@ -15,7 +15,7 @@ use crate::bus::{Bus, Message, Subscription};
 use crate::config::CheckConfig;
 use crate::delivery::cut;
 use crate::lease::Leadership;
-use crate::messages::{self, CheckResult, StateEvent, MESSAGE_VERSION};
+use crate::messages::{self, CheckResult, Payload, StateEvent, MESSAGE_VERSION};
 use crate::metrics::{CheckToLabels, Metrics, ReasonLabels, SubjectLabels};
 use crate::model::CheckState;
 use crate::state::{StatePolicy, StateTracker};
@@ -90,6 +90,21 @@ impl ResultStore {
         self.checks
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Cuts what a decoded result keeps to what the API holds: the vectors' slack, and bodies past
+/// `STORED_BODY_BYTES`.
+fn trim(result: &mut CheckResult) {
+    result.responses.shrink_to_fit();
+    for response in &mut result.responses {
+        response.assertions.shrink_to_fit();
+        if let Some(http) = response.http.as_mut() {
+            cut(&mut http.body, STORED_BODY_BYTES);
+        }
+        if let Some(tcp) = response.tcp.as_mut() {
+            cut(&mut tcp.body, STORED_BODY_BYTES);
+        }
     }
 }
 
@@ -221,7 +236,7 @@ impl Sink {
     }
 
     async fn handle(&mut self, message: &Message) {
-        let result: CheckResult = match messages::decode(&message.payload) {
+        let result = match message.payload.result() {
             Ok(result) => result,
             Err(error) => {
                 tracing::warn!(subject = %message.subject, reason = error.reason(), %error, "dropping a bad result");
@@ -267,20 +282,18 @@ impl Sink {
             state: tracker.state(),
             since: tracker.since(),
         };
-        let mut result = result;
-        // Decoding grows vectors by doubling; what is kept for every check should not carry
-        // the slack (a one-response result would hold room for four).
-        result.responses.shrink_to_fit();
-        for response in &mut result.responses {
-            response.assertions.shrink_to_fit();
-            if let Some(http) = response.http.as_mut() {
-                cut(&mut http.body, STORED_BODY_BYTES);
+        // A result from this process was bounded by its runner, as the bus bounds them, and is
+        // kept as it came (shared with nobody else once the checker has read it). One decoded
+        // from bytes is trimmed: decoding grows vectors by doubling, and what is kept for every
+        // check should not carry the slack.
+        let result = match Arc::try_unwrap(result) {
+            Ok(mut owned) if matches!(message.payload, Payload::Bytes(_)) => {
+                trim(&mut owned);
+                Arc::new(owned)
             }
-            if let Some(tcp) = response.tcp.as_mut() {
-                cut(&mut tcp.body, STORED_BODY_BYTES);
-            }
-        }
-        let result = Arc::new(result);
+            Ok(owned) => Arc::new(owned),
+            Err(shared) => shared,
+        };
         self.store.update(
             &result.check,
             CheckStatus {
@@ -322,7 +335,7 @@ impl Sink {
         let published = match messages::encode(event) {
             Ok(payload) => outlet
                 .bus
-                .publish(&outlet.subjects.events(&event.check), payload)
+                .publish(&outlet.subjects.events(&event.check), payload.into())
                 .await
                 .map_err(|error| error.to_string()),
             Err(error) => Err(error.to_string()),

@@ -14,8 +14,9 @@ pub mod pool;
 use crate::bus::{Bus, BusError, Subscription};
 
 use crate::checks::{CompiledCheck, ProbeContext};
+use crate::config::CheckConfig;
 use crate::config::Config;
-use crate::messages::{self, CheckRequest, DecodeError, TestFailure, TestRequest, MESSAGE_VERSION};
+use crate::messages::{self, DecodeError, Payload, TestFailure, TestRequest, MESSAGE_VERSION};
 use crate::metrics::{FormLabels, Metrics, ReasonLabels, SubjectLabels, TypeLabels};
 use crate::resolve::{Resolver, ResolverSetupError};
 use crate::run_window;
@@ -141,6 +142,7 @@ impl Runner {
         for (intake, subscription) in self.subscriptions {
             let consumer = Consumer {
                 intake,
+                compiled: CompiledChecks::default(),
                 bus: Arc::clone(&self.bus),
                 subjects: self.subjects.clone(),
                 dispatcher: Arc::clone(&self.dispatcher),
@@ -155,9 +157,61 @@ impl Runner {
     }
 }
 
+/// Compiled checks a consumer keeps at most. Past it, one entry is dropped for each new one;
+/// the check it held is compiled again on its next run.
+pub const MAX_COMPILED_CHECKS: usize = 64 * 1024;
+
+/// Each check compiled once per definition, not once per run: regexes, JSON paths, URLs and
+/// TLS settings are prepared the first time a definition arrives and reused while it stays the
+/// same. On the embedded bus a request shares the checker's definition, so the match is a
+/// pointer comparison; over NATS it is a comparison of the decoded definition.
+#[derive(Debug)]
+struct CompiledChecks {
+    by_name: std::collections::HashMap<String, (Arc<CheckConfig>, Arc<CompiledCheck>)>,
+    capacity: usize,
+}
+
+impl Default for CompiledChecks {
+    fn default() -> Self {
+        CompiledChecks::with_capacity(MAX_COMPILED_CHECKS)
+    }
+}
+
+impl CompiledChecks {
+    fn with_capacity(capacity: usize) -> CompiledChecks {
+        CompiledChecks {
+            by_name: std::collections::HashMap::new(),
+            capacity: capacity.max(1),
+        }
+    }
+
+    fn get(&mut self, config: &Arc<CheckConfig>) -> Result<Arc<CompiledCheck>, DecodeError> {
+        if let Some((known, compiled)) = self.by_name.get(&config.name) {
+            if Arc::ptr_eq(known, config) || **known == **config {
+                return Ok(Arc::clone(compiled));
+            }
+        }
+        let compiled =
+            Arc::new(CompiledCheck::compile(config).map_err(|error| {
+                DecodeError::Invalid(format!("check `{}`: {error}", config.name))
+            })?);
+        if self.by_name.len() >= self.capacity && !self.by_name.contains_key(&config.name) {
+            if let Some(evicted) = self.by_name.keys().next().cloned() {
+                self.by_name.remove(&evicted);
+            }
+        }
+        self.by_name.insert(
+            config.name.clone(),
+            (Arc::clone(config), Arc::clone(&compiled)),
+        );
+        Ok(compiled)
+    }
+}
+
 /// Reads one subscription; everything it uses it owns.
 struct Consumer {
     intake: Intake,
+    compiled: CompiledChecks,
     bus: Arc<dyn Bus>,
     subjects: Subjects,
     dispatcher: Arc<Dispatcher>,
@@ -167,7 +221,7 @@ struct Consumer {
 }
 
 impl Consumer {
-    async fn consume(self, mut subscription: Subscription, stop: CancellationToken) {
+    async fn consume(mut self, mut subscription: Subscription, stop: CancellationToken) {
         loop {
             let slot = tokio::select! {
                 _ = stop.cancelled() => return,
@@ -184,7 +238,7 @@ impl Consumer {
                 },
             };
             let decoded = match self.intake {
-                Intake::Scheduled(_) => decode_request(&message.payload),
+                Intake::Scheduled(_) => self.decode_request(&message.payload),
                 Intake::Test => decode_test(&message.payload, message.reply.is_some()),
             };
             let order = match decoded {
@@ -277,13 +331,13 @@ impl Consumer {
             error: error.to_string(),
         };
         if let Ok(payload) = messages::encode(&failure) {
-            let _ = self.bus.publish(reply, payload).await;
+            let _ = self.bus.publish(reply, payload.into()).await;
         }
     }
 }
 
 fn decode_test(
-    payload: &[u8],
+    payload: &Payload,
     has_reply: bool,
 ) -> Result<(RunOrder, Option<std::time::Duration>), DecodeError> {
     if !has_reply {
@@ -291,7 +345,7 @@ fn decode_test(
             "a test request needs a reply subject; send it as a request".to_string(),
         ));
     }
-    let request: TestRequest = messages::decode(payload)?;
+    let request: TestRequest = payload.decode()?;
     let check = CompiledCheck::compile(&request.check).map_err(|error| {
         DecodeError::Invalid(format!("check `{}`: {error}", request.check.name))
     })?;
@@ -303,18 +357,20 @@ fn decode_test(
     Ok((order, None))
 }
 
-/// The run, and the dispatch deadline its request carries.
-fn decode_request(payload: &[u8]) -> Result<(RunOrder, Option<std::time::Duration>), DecodeError> {
-    let request: CheckRequest = messages::decode(payload)?;
-    let check = CompiledCheck::compile(&request.check).map_err(|error| {
-        DecodeError::Invalid(format!("check `{}`: {error}", request.check.name))
-    })?;
-    let order = RunOrder {
-        check: Arc::new(check),
-        run_id: request.run_id,
-        scheduled_at: request.scheduled_at,
-    };
-    Ok((order, request.dispatch_deadline))
+impl Consumer {
+    /// The run, and the dispatch deadline its request carries.
+    fn decode_request(
+        &mut self,
+        payload: &Payload,
+    ) -> Result<(RunOrder, Option<std::time::Duration>), DecodeError> {
+        let request = payload.request()?;
+        let order = RunOrder {
+            check: self.compiled.get(&request.check)?,
+            run_id: request.run_id,
+            scheduled_at: request.scheduled_at,
+        };
+        Ok((order, request.dispatch_deadline))
+    }
 }
 
 async fn publish_result(
@@ -324,22 +380,31 @@ async fn publish_result(
     metrics: &Metrics,
 ) {
     let check = result.check.clone();
-    let outcome = match crate::delivery::encode(result) {
-        Ok(encoded) => {
-            if let Some(form) = encoded.degraded {
-                tracing::warn!(%check, form = form.as_str(), "a result too large for the bus was published reduced");
-                metrics
-                    .results_degraded
-                    .get_or_create(&FormLabels {
-                        form: form.as_str(),
-                    })
-                    .inc();
+    let outcome = if bus.in_process() {
+        // The result never leaves the process: it travels as itself, with every field
+        // bounded as on the network, and no size limit to reduce it for.
+        let result = crate::delivery::bound(result);
+        bus.publish(subject, Payload::Result(Arc::new(result)))
+            .await
+            .map_err(|e| e.to_string())
+    } else {
+        match crate::delivery::encode(result) {
+            Ok(encoded) => {
+                if let Some(form) = encoded.degraded {
+                    tracing::warn!(%check, form = form.as_str(), "a result too large for the bus was published reduced");
+                    metrics
+                        .results_degraded
+                        .get_or_create(&FormLabels {
+                            form: form.as_str(),
+                        })
+                        .inc();
+                }
+                bus.publish(subject, encoded.payload.into())
+                    .await
+                    .map_err(|e| e.to_string())
             }
-            bus.publish(subject, encoded.payload)
-                .await
-                .map_err(|e| e.to_string())
+            Err(error) => Err(error.to_string()),
         }
-        Err(error) => Err(error.to_string()),
     };
     if let Err(error) = outcome {
         tracing::warn!(%check, %error, "could not publish a result");
@@ -347,5 +412,62 @@ async fn publish_result(
             .bus_publish_errors
             .get_or_create(&SubjectLabels { subject: "results" })
             .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(name: &str, url: &str) -> Arc<CheckConfig> {
+        let text = format!(
+            "[[checks]]\nname = \"{name}\"\ntype = \"http\"\nurl = \"{url}\"\ninterval = \"10s\"\n"
+        );
+        let config = Config::parse(
+            &text,
+            crate::config::Format::Toml,
+            std::path::Path::new("t.toml"),
+        )
+        .unwrap();
+        Arc::new(config.checks[0].clone())
+    }
+
+    #[test]
+    fn a_definition_is_compiled_once_and_again_only_when_it_changes() {
+        let mut compiled = CompiledChecks::default();
+        let shared = check("web", "http://127.0.0.1:1/");
+        let first = compiled.get(&shared).unwrap();
+        // The same shared definition (the embedded bus), and an equal one decoded afresh (NATS).
+        assert!(Arc::ptr_eq(&first, &compiled.get(&shared).unwrap()));
+        let decoded = check("web", "http://127.0.0.1:1/");
+        assert!(Arc::ptr_eq(&first, &compiled.get(&decoded).unwrap()));
+        // A changed definition of the same check is compiled again, and then kept.
+        let changed = check("web", "http://127.0.0.1:2/");
+        let second = compiled.get(&changed).unwrap();
+        assert!(!Arc::ptr_eq(&first, &second));
+        assert_eq!(second.probe.host_and_port(), ("127.0.0.1", 2));
+        assert!(Arc::ptr_eq(&second, &compiled.get(&changed).unwrap()));
+    }
+
+    #[test]
+    fn the_compiled_checks_kept_are_bounded() {
+        let mut compiled = CompiledChecks::with_capacity(3);
+        for n in 0..10 {
+            compiled
+                .get(&check(&format!("c{n}"), "http://127.0.0.1:1/"))
+                .unwrap();
+            assert!(compiled.by_name.len() <= 3);
+        }
+        assert!(compiled.by_name.contains_key("c9"));
+    }
+
+    #[test]
+    fn a_definition_that_does_not_compile_is_an_invalid_request() {
+        let mut compiled = CompiledChecks::default();
+        let mut bad = (*check("web", "http://127.0.0.1:1/")).clone();
+        bad.name = "Not Valid".to_string();
+        let error = compiled.get(&Arc::new(bad)).unwrap_err();
+        assert_eq!(error.reason(), "invalid");
+        assert!(compiled.by_name.is_empty());
     }
 }

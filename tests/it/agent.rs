@@ -211,7 +211,7 @@ async fn shutdown_lets_runs_in_flight_finish_and_records_them() {
 async fn the_runner_counts_and_drops_bad_messages_and_keeps_running() {
     use bastion_agent::bus::memory::MemoryBus;
     use bastion_agent::bus::Bus;
-    use bastion_agent::messages::{self, CheckRequest, CheckResult, MAX_MESSAGE_BYTES};
+    use bastion_agent::messages::{self, CheckRequest, MAX_MESSAGE_BYTES};
     use bastion_agent::runner::{build_dispatcher, Runner};
     use bastion_agent::subjects::Subjects;
     use std::sync::Arc;
@@ -244,7 +244,7 @@ async fn the_runner_counts_and_drops_bad_messages_and_keeps_running() {
         run_id: 42,
         scheduled_at: std::time::SystemTime::now(),
         dispatch_deadline: None,
-        check: config.checks[0].clone(),
+        check: std::sync::Arc::new(config.checks[0].clone()),
     };
     let mut wrong_version = serde_json::to_value(&good).unwrap();
     wrong_version["version"] = 2.into();
@@ -257,19 +257,22 @@ async fn the_runner_counts_and_drops_bad_messages_and_keeps_running() {
         serde_json::to_vec(&invalid).unwrap(),
     ];
     for payload in bad {
-        bus.publish("bastion.checks.http", payload.into())
+        bus.publish("bastion.checks.http", bytes::Bytes::from(payload).into())
             .await
             .unwrap();
     }
-    bus.publish("bastion.checks.http", messages::encode(&good).unwrap())
-        .await
-        .unwrap();
+    bus.publish(
+        "bastion.checks.http",
+        messages::encode(&good).unwrap().into(),
+    )
+    .await
+    .unwrap();
     let message = tokio::time::timeout(PATIENCE, results.next())
         .await
         .unwrap()
         .unwrap();
     assert_eq!(message.subject, "bastion.results.web");
-    let result: CheckResult = messages::decode(&message.payload).unwrap();
+    let result = message.payload.result().unwrap();
     assert_eq!(result.run_id, 42);
     assert!(result.passing, "{result:?}");
     let text = metrics.render();
@@ -345,7 +348,9 @@ async fn the_result_sink_removes_series_of_vanished_instances() {
         (vec!["10.0.0.1:80"], now + Duration::from_secs(5)),
     ] {
         let payload = messages::encode(&result(&targets, at)).unwrap();
-        bus.publish("bastion.results.lb", payload).await.unwrap();
+        bus.publish("bastion.results.lb", payload.into())
+            .await
+            .unwrap();
     }
     stop.cancel();
     tokio::time::timeout(PATIENCE, sink).await.unwrap().unwrap();
@@ -358,4 +363,53 @@ async fn the_result_sink_removes_series_of_vanished_instances() {
     let latest = store.latest("lb").unwrap();
     assert_eq!(latest.responses.len(), 1);
     assert_eq!(latest.responses[0].target, "10.0.0.2:80");
+}
+
+/// In one process, requests and results travel as typed values, shared rather than encoded:
+/// what a subscriber of the embedded bus receives is the checker's request and the runner's
+/// result themselves, and the request shares the check definition the checker holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_and_results_travel_typed_in_one_process() {
+    use bastion_agent::messages::Payload;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target = listener.local_addr().unwrap();
+    serve_ok(listener, "ok");
+    let config = config(&format!(
+        "[agent]\nlisten = \"127.0.0.1:0\"\n[[checks]]\nname = \"typed\"\ntype = \"http\"\nurl = \"http://{target}/\"\ninterval = \"1s\"\n"
+    ));
+    let agent = Agent::build(config).await.unwrap();
+    let bus = agent.bus();
+    let mut requests = bus.subscribe("bastion.checks.>", None).await.unwrap();
+    let mut results = bus.subscribe("bastion.results.>", None).await.unwrap();
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(agent.run(shutdown.clone()));
+    let within = Duration::from_secs(30);
+    let request = tokio::time::timeout(within, requests.next())
+        .await
+        .expect("a request in time")
+        .expect("a request");
+    let Payload::Request(first) = &request.payload else {
+        panic!("the request was not typed: {:?}", request.payload);
+    };
+    let result = tokio::time::timeout(within, results.next())
+        .await
+        .expect("a result in time")
+        .expect("a result");
+    let Payload::Result(finished) = &result.payload else {
+        panic!("the result was not typed: {:?}", result.payload);
+    };
+    assert_eq!(finished.check, "typed");
+    assert_eq!(finished.run_id, first.run_id);
+    assert!(finished.passing, "{finished:?}");
+    // The next run's request carries the very definition the first one did: not a copy.
+    let next = tokio::time::timeout(within, requests.next())
+        .await
+        .expect("a second request in time")
+        .expect("a second request");
+    let Payload::Request(second) = &next.payload else {
+        panic!("the request was not typed: {:?}", next.payload);
+    };
+    assert!(std::sync::Arc::ptr_eq(&first.check, &second.check));
+    shutdown.cancel();
+    running.await.unwrap().unwrap();
 }

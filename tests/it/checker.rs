@@ -80,7 +80,9 @@ async fn reply(bus: &MemoryBus, request: &CheckRequest) {
         degraded: None,
     };
     let payload = messages::encode(&result).unwrap();
-    bus.publish("bastion.results.tick", payload).await.unwrap();
+    bus.publish("bastion.results.tick", payload.into())
+        .await
+        .unwrap();
 }
 
 #[tokio::test(start_paused = true)]
@@ -93,7 +95,7 @@ async fn runs_every_interval_without_drift_when_results_come_back() {
     for _ in 0..6 {
         let message = harness.requests.next().await.unwrap();
         due_times.push(started.elapsed());
-        let request: CheckRequest = messages::decode(&message.payload).unwrap();
+        let request = message.payload.request().unwrap();
         assert!(request.run_id > previous_run, "run ids increase");
         previous_run = request.run_id;
         reply(&harness.bus, &request).await;
@@ -140,7 +142,7 @@ async fn ticks_are_skipped_while_a_run_is_in_flight_and_lost_runs_are_given_up()
     let mut harness = start(&config).await;
     let first = harness.requests.next().await.unwrap();
     let first_at = tokio::time::Instant::now();
-    let _: CheckRequest = messages::decode(&first.payload).unwrap();
+    let _ = first.payload.request().unwrap();
     // No result ever comes back: the next request only comes once the run is given up.
     let second = harness.requests.next().await.unwrap();
     let waited = tokio::time::Instant::now() - first_at;
@@ -149,7 +151,7 @@ async fn ticks_are_skipped_while_a_run_is_in_flight_and_lost_runs_are_given_up()
         Duration::from_secs(8),
         "first tick after the 7.5s horizon"
     );
-    let second: CheckRequest = messages::decode(&second.payload).unwrap();
+    let second = second.payload.request().unwrap();
     assert_eq!(
         counter(
             &harness.metrics,

@@ -129,17 +129,13 @@ async fn eight_instances_with_300_kib_bodies_reach_the_api_and_metrics_on_every_
     .await;
 }
 
-/// Five thousand instances where nothing listens (connections refused at once): the result is
-/// larger than the bus allows even without bodies, so it travels degraded, is counted, and the
-/// check's state and counts still come from it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_check_with_5000_instances_reaches_the_api_degraded_and_counted() {
-    let port = free_port();
+/// A tcp check of five thousand instances where nothing listens (connections refused at once).
+fn wide_check(port: u16) -> String {
     let instances = (0..5000)
         .map(|n| format!("\"127.0.{}.{}:{port}\"", 20 + n / 250, 1 + n % 250))
         .collect::<Vec<_>>()
         .join(", ");
-    let toml = format!(
+    format!(
         r#"
         [runner.workers]
         tcp = 100
@@ -151,6 +147,48 @@ async fn a_check_with_5000_instances_reaches_the_api_degraded_and_counted() {
         address = "svc.internal:{port}"
         instances = [{instances}]
         "#
+    )
+}
+
+/// On the embedded bus a result never becomes bytes, so no size limit applies: the result of
+/// five thousand instances reaches the API whole, every response carried, nothing reduced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_check_with_5000_instances_reaches_the_api_whole_in_one_process() {
+    let toml = wide_check(free_port());
+    watch_agent(&toml, Duration::from_secs(120), |checks, metrics| {
+        let latest = &checks[0]["latest"];
+        if latest.is_null() {
+            return false;
+        }
+        assert_eq!(latest["passing"], false);
+        assert!(
+            latest.get("degraded").is_none(),
+            "nothing reduced in process"
+        );
+        let responses = latest["responses"].as_array().expect("responses");
+        assert_eq!(responses.len(), 5000);
+        for response in responses {
+            assert_eq!(response["error"]["kind"], "connect", "{response}");
+        }
+        for form in ["detail_dropped", "summarised"] {
+            let counted = format!("bastion_results_degraded_total{{form=\"{form}\"}}");
+            assert_eq!(metric(metrics, &counted).unwrap_or(0.0), 0.0, "{counted}");
+        }
+        assert_ne!(checks[0]["state"], "OK", "{}", checks[0]["state"]);
+        true
+    })
+    .await;
+}
+
+/// Over NATS the same result is larger than the bus allows even without bodies, so it travels
+/// degraded, is counted, and the check's state and counts still come from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_check_with_5000_instances_reaches_the_api_degraded_and_counted_over_nats() {
+    let server = NatsServer::start();
+    let toml = format!(
+        "[bus]\nkind = \"nats\"\n[bus.nats]\nurl = \"{}\"\n{}",
+        server.url(),
+        wide_check(free_port())
     );
     watch_agent(&toml, Duration::from_secs(120), |checks, metrics| {
         let latest = &checks[0]["latest"];
@@ -203,7 +241,8 @@ impl Observed {
         tokio::spawn(async move {
             let _bus = bus;
             while let Some(message) = subscription.next().await {
-                let json = serde_json::from_slice(&message.payload).unwrap_or_default();
+                let json = serde_json::from_slice(&message.payload.to_bytes().unwrap())
+                    .unwrap_or_default();
                 sink.0
                     .lock()
                     .unwrap()

@@ -7,7 +7,7 @@ use crate::common;
 
 use bastion_agent::bus::Bus;
 use bastion_agent::checks::CompiledCheck;
-use bastion_agent::messages::{self, CheckResult};
+use bastion_agent::messages::CheckResult;
 use bastion_agent::runner::dispatcher::RunOrder;
 use common::nats::{free_port, observer, NatsServer};
 use common::process::Bastion;
@@ -64,7 +64,7 @@ async fn a_check_with_hanging_instances_does_not_starve_a_healthy_one() {
     let mut failed = Vec::new();
     let watch = tokio::time::Instant::now() + Duration::from_secs(30);
     while let Ok(Some(message)) = tokio::time::timeout_at(watch, results.next()).await {
-        let result: CheckResult = messages::decode(&message.payload).expect("a result");
+        let result: CheckResult = message.payload.decode().expect("a result");
         if result.passing {
             passed += 1;
         } else {

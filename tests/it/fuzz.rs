@@ -72,7 +72,7 @@ fn assert_config_outcome(result: Result<Config, bastion_agent::config::ConfigErr
                     run_id: 1,
                     scheduled_at: SystemTime::UNIX_EPOCH,
                     dispatch_deadline: None,
-                    check: check.clone(),
+                    check: std::sync::Arc::new(check.clone()),
                 };
                 let bytes = messages::encode(&request).expect("encodes");
                 let back: CheckRequest = messages::decode(&bytes).expect("decodes");
@@ -328,7 +328,7 @@ fn valid_messages() -> Vec<Vec<u8>> {
             run_id: 42,
             scheduled_at: SystemTime::UNIX_EPOCH + Duration::from_micros(1_700_000_000_123_456),
             dispatch_deadline: None,
-            check: check.clone(),
+            check: std::sync::Arc::new(check.clone()),
         };
         messages.push(messages::encode(&request).unwrap().to_vec());
     }

@@ -57,7 +57,7 @@ impl Seen {
                 sink.0
                     .lock()
                     .unwrap()
-                    .push((Instant::now(), message.payload));
+                    .push((Instant::now(), message.payload.to_bytes().unwrap()));
             }
         });
         // A round trip, so the subscription is known to the server before anything is sent.
@@ -113,11 +113,11 @@ async fn the_nats_bus_carries_messages_queue_groups_and_requests() {
     let mut second = bus.subscribe("t.checks.http", Some("g")).await.unwrap();
     bus.flush(PATIENCE).await;
     for n in 0..20u8 {
-        bus.publish("t.checks.http", Bytes::from(vec![n]))
+        bus.publish("t.checks.http", Bytes::from(vec![n]).into())
             .await
             .unwrap();
     }
-    bus.publish("t.results.web", Bytes::from_static(b"r"))
+    bus.publish("t.results.web", Bytes::from_static(b"r").into())
         .await
         .unwrap();
     let result = tokio::time::timeout(PATIENCE, plain.next())
@@ -129,8 +129,8 @@ async fn the_nats_bus_carries_messages_queue_groups_and_requests() {
     tokio::time::timeout(PATIENCE, async {
         while got.len() < 20 {
             tokio::select! {
-                Some(message) = first.next() => got.push(message.payload[0]),
-                Some(message) = second.next() => got.push(message.payload[0]),
+                Some(message) = first.next() => got.push(message.payload.to_bytes().unwrap()[0]),
+                Some(message) = second.next() => got.push(message.payload.to_bytes().unwrap()[0]),
             }
         }
     })
@@ -147,7 +147,7 @@ async fn the_nats_bus_carries_messages_queue_groups_and_requests() {
     let mut extra = Vec::new();
     tokio::time::timeout(PATIENCE, async {
         while ended != [true, true] {
-            bus.publish("t.checks.http", Bytes::from_static(&[END]))
+            bus.publish("t.checks.http", Bytes::from_static(&[END]).into())
                 .await
                 .unwrap();
             loop {
@@ -155,11 +155,11 @@ async fn the_nats_bus_carries_messages_queue_groups_and_requests() {
                     Some(message) = first.next() => (0, message),
                     Some(message) = second.next() => (1, message),
                 };
-                if message.payload[..] == [END] {
+                if message.payload.to_bytes().unwrap()[..] == [END] {
                     ended[member] = true;
                     break;
                 }
-                extra.push(message.payload[0]);
+                extra.push(message.payload.to_bytes().unwrap()[0]);
             }
         }
     })
@@ -177,7 +177,7 @@ async fn the_nats_bus_carries_messages_queue_groups_and_requests() {
     tokio::spawn(async move {
         let request = responder.next().await.unwrap();
         replier
-            .publish(&request.reply.unwrap(), Bytes::from_static(b"pong"))
+            .publish(&request.reply.unwrap(), Bytes::from_static(b"pong").into())
             .await
             .unwrap();
     });
@@ -380,7 +380,7 @@ async fn bad_messages_are_counted_and_dropped_and_good_ones_still_run() {
         run_id: 7,
         scheduled_at: std::time::SystemTime::now(),
         dispatch_deadline: None,
-        check: config(&checks(1, target, "10s")).checks[0].clone(),
+        check: std::sync::Arc::new(config(&checks(1, target, "10s")).checks[0].clone()),
     };
     let good_json = serde_json::to_vec(&good).unwrap();
     let wrong_version =
@@ -397,7 +397,9 @@ async fn bad_messages_are_counted_and_dropped_and_good_ones_still_run() {
         Bytes::from(too_large),
         Bytes::from(good_json),
     ] {
-        bus.publish("bastion.checks.http", payload).await.unwrap();
+        bus.publish("bastion.checks.http", payload.into())
+            .await
+            .unwrap();
     }
     eventually("the good request's result", PATIENCE, || results.len() == 1).await;
     let result = &results.decoded::<CheckResult>()[0].1;
@@ -884,13 +886,13 @@ async fn a_result_the_stream_keeps_refusing_holds_back_no_later_result() {
         "results_stream = true\nresults_max_age = \"1h\"",
     )
     .await;
-    bus.publish("bastion.results.big", Bytes::from(vec![b'x'; 8192]))
+    bus.publish("bastion.results.big", Bytes::from(vec![b'x'; 8192]).into())
         .await
         .unwrap();
     for n in 0..20 {
         bus.publish(
             &format!("bastion.results.small-{n}"),
-            Bytes::from(format!("{{\"n\":{n}}}")),
+            Bytes::from(format!("{{\"n\":{n}}}")).into(),
         )
         .await
         .unwrap();
@@ -927,10 +929,10 @@ async fn a_publish_the_client_refuses_after_the_outbox_is_counted() {
     let watcher = observer(&server.url()).await;
     let seen = Seen::watch(&watcher, "bastion.checks.>").await;
     // Accepted into the outbox; the connection refuses it only later.
-    bus.publish("bastion.checks.http", Bytes::from(vec![b'x'; 8192]))
+    bus.publish("bastion.checks.http", Bytes::from(vec![b'x'; 8192]).into())
         .await
         .unwrap();
-    bus.publish("bastion.checks.http", Bytes::from_static(b"small"))
+    bus.publish("bastion.checks.http", Bytes::from_static(b"small").into())
         .await
         .unwrap();
     eventually("the refused publish counted", PATIENCE, || {
@@ -977,12 +979,12 @@ async fn a_runner_forgets_the_series_of_checks_that_stop_arriving() {
             run_id: 1,
             scheduled_at: std::time::SystemTime::now(),
             dispatch_deadline: None,
-            check: check.clone(),
+            check: std::sync::Arc::new(check.clone()),
         };
         Bytes::from(serde_json::to_vec(&request).unwrap())
     };
     for check in &definitions {
-        bus.publish("bastion.checks.http", send(check))
+        bus.publish("bastion.checks.http", send(check).into())
             .await
             .unwrap();
     }
@@ -998,7 +1000,7 @@ async fn a_runner_forgets_the_series_of_checks_that_stop_arriving() {
     let until = Instant::now() + Duration::from_secs(6);
     while Instant::now() < until {
         for check in &definitions[..10] {
-            bus.publish("bastion.checks.http", send(check))
+            bus.publish("bastion.checks.http", send(check).into())
                 .await
                 .unwrap();
         }

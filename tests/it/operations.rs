@@ -61,7 +61,7 @@ async fn a_failing_check_walks_the_states_and_publishes_each_transition() {
             assert_eq!(message.subject, "bastion.events.flappy");
             sink.lock()
                 .unwrap()
-                .push(serde_json::from_slice(&message.payload).unwrap());
+                .push(serde_json::from_slice(&message.payload.to_bytes().unwrap()).unwrap());
         }
     });
 
