@@ -171,92 +171,8 @@ impl CompiledAssertion {
         if config.key != AssertionKey::Latency && !type_keys.contains(&config.key) {
             return Err(AssertionError::KeyNotForType { key, check_type });
         }
-        let selector = match config.key {
-            AssertionKey::Header => {
-                if config.value.trim().is_empty() {
-                    return Err(AssertionError::MissingValue {
-                        key,
-                        what: "the header name",
-                    });
-                }
-                Selector::Header(config.value.trim().to_ascii_lowercase())
-            }
-            AssertionKey::Json => {
-                if config.value.trim().is_empty() {
-                    return Err(AssertionError::MissingValue {
-                        key,
-                        what: "an RFC 9535 JSON path such as `$.status`",
-                    });
-                }
-                check_json_path_bounds(&config.value).map_err(|reason| {
-                    AssertionError::JsonPath {
-                        value: config.value.clone(),
-                        reason,
-                    }
-                })?;
-                let path =
-                    JsonPath::parse(&config.value).map_err(|error| AssertionError::JsonPath {
-                        value: config.value.clone(),
-                        reason: error.to_string(),
-                    })?;
-                Selector::Json(path)
-            }
-            other => {
-                if !config.value.is_empty() {
-                    return Err(AssertionError::UnexpectedValue(key));
-                }
-                match other {
-                    AssertionKey::Code => Selector::Code,
-                    AssertionKey::Body => Selector::Body,
-                    AssertionKey::Latency => Selector::Latency,
-                    typed => Selector::Typed(typed),
-                }
-            }
-        };
-        let relationship = relationship_name(config.relationship);
-        let operand = if is_duration_key(config.key) {
-            match config.relationship {
-                Relationship::Equal
-                | Relationship::NotEqual
-                | Relationship::GreaterThan
-                | Relationship::LessThan => {
-                    let duration =
-                        humantime::parse_duration(config.operand.trim()).map_err(|error| {
-                            AssertionError::NotDuration {
-                                key,
-                                operand: config.operand.clone(),
-                                reason: error.to_string(),
-                            }
-                        })?;
-                    Operand::Number(duration.as_secs_f64())
-                }
-                _ => return Err(AssertionError::LatencyRelationship { relationship, key }),
-            }
-        } else {
-            match config.relationship {
-                Relationship::RegExp => {
-                    let regex = regex::RegexBuilder::new(&config.operand)
-                        .size_limit(REGEX_SIZE_LIMIT)
-                        .dfa_size_limit(REGEX_SIZE_LIMIT)
-                        .build()
-                        .map_err(|error| AssertionError::Regex {
-                            operand: config.operand.clone(),
-                            reason: error.to_string(),
-                        })?;
-                    Operand::Regex(regex)
-                }
-                Relationship::GreaterThan | Relationship::LessThan => {
-                    let number = parse_number(&config.operand).ok_or_else(|| {
-                        AssertionError::NotNumeric {
-                            relationship,
-                            operand: config.operand.clone(),
-                        }
-                    })?;
-                    Operand::Number(number)
-                }
-                _ => Operand::Text(config.operand.clone()),
-            }
-        };
+        let selector = compile_selector(config, key)?;
+        let operand = compile_operand(config, key)?;
         Ok(CompiledAssertion {
             config: config.clone(),
             selector,
@@ -267,6 +183,101 @@ impl CompiledAssertion {
     pub fn config(&self) -> &AssertionConfig {
         &self.config
     }
+}
+
+/// What an assertion reads: the key, with its value (a header name, a JSON path) checked.
+fn compile_selector(
+    config: &AssertionConfig,
+    key: &'static str,
+) -> Result<Selector, AssertionError> {
+    Ok(match config.key {
+        AssertionKey::Header => {
+            if config.value.trim().is_empty() {
+                return Err(AssertionError::MissingValue {
+                    key,
+                    what: "the header name",
+                });
+            }
+            Selector::Header(config.value.trim().to_ascii_lowercase())
+        }
+        AssertionKey::Json => {
+            if config.value.trim().is_empty() {
+                return Err(AssertionError::MissingValue {
+                    key,
+                    what: "an RFC 9535 JSON path such as `$.status`",
+                });
+            }
+            check_json_path_bounds(&config.value).map_err(|reason| AssertionError::JsonPath {
+                value: config.value.clone(),
+                reason,
+            })?;
+            let path =
+                JsonPath::parse(&config.value).map_err(|error| AssertionError::JsonPath {
+                    value: config.value.clone(),
+                    reason: error.to_string(),
+                })?;
+            Selector::Json(path)
+        }
+        other => {
+            if !config.value.is_empty() {
+                return Err(AssertionError::UnexpectedValue(key));
+            }
+            match other {
+                AssertionKey::Code => Selector::Code,
+                AssertionKey::Body => Selector::Body,
+                AssertionKey::Latency => Selector::Latency,
+                typed => Selector::Typed(typed),
+            }
+        }
+    })
+}
+
+/// What an assertion compares against: a duration for the duration keys, else a regex, a
+/// number or text by relationship.
+fn compile_operand(config: &AssertionConfig, key: &'static str) -> Result<Operand, AssertionError> {
+    let relationship = relationship_name(config.relationship);
+    Ok(if is_duration_key(config.key) {
+        match config.relationship {
+            Relationship::Equal
+            | Relationship::NotEqual
+            | Relationship::GreaterThan
+            | Relationship::LessThan => {
+                let duration =
+                    humantime::parse_duration(config.operand.trim()).map_err(|error| {
+                        AssertionError::NotDuration {
+                            key,
+                            operand: config.operand.clone(),
+                            reason: error.to_string(),
+                        }
+                    })?;
+                Operand::Number(duration.as_secs_f64())
+            }
+            _ => return Err(AssertionError::LatencyRelationship { relationship, key }),
+        }
+    } else {
+        match config.relationship {
+            Relationship::RegExp => {
+                let regex = regex::RegexBuilder::new(&config.operand)
+                    .size_limit(REGEX_SIZE_LIMIT)
+                    .dfa_size_limit(REGEX_SIZE_LIMIT)
+                    .build()
+                    .map_err(|error| AssertionError::Regex {
+                        operand: config.operand.clone(),
+                        reason: error.to_string(),
+                    })?;
+                Operand::Regex(regex)
+            }
+            Relationship::GreaterThan | Relationship::LessThan => {
+                let number =
+                    parse_number(&config.operand).ok_or_else(|| AssertionError::NotNumeric {
+                        relationship,
+                        operand: config.operand.clone(),
+                    })?;
+                Operand::Number(number)
+            }
+            _ => Operand::Text(config.operand.clone()),
+        }
+    })
 }
 
 /// Refuses a JSON path the parser could not handle safely: too long, or nested too deep.
@@ -553,6 +564,8 @@ mod tests {
         }
     }
 
+    // Long on purpose: one table of cases, read top to bottom; split, it would hide which
+    // key and relationship pairs are covered.
     #[test]
     fn every_key_and_relationship() {
         let headers: BTreeMap<String, String> = [
@@ -638,6 +651,7 @@ mod tests {
         }
     }
 
+    // Long on purpose: one observation and a table of the assertions that read it.
     #[test]
     fn type_specific_keys_read_their_observed_values() {
         let observation = Observation {

@@ -37,12 +37,7 @@ async fn hold(
     stop: CancellationToken,
     leading: watch::Sender<bool>,
 ) {
-    let renew_every = ttl / 3;
-    // How long after the start of its last successful write a leader may go on leading. The
-    // store counts the TTL from when it received that write, which is later.
-    let valid_for = ttl * 2 / 3;
-    // A standby looks for a free lease this often; it bounds the takeover delay after expiry.
-    let poll_every = (ttl / 10).clamp(Duration::from_millis(100), Duration::from_secs(1));
+    let timing = Timing::for_ttl(ttl);
     let mut held: Option<(u64, Instant)> = None;
     loop {
         let attempt_at = Instant::now();
@@ -50,13 +45,13 @@ async fn hold(
             None => {
                 tokio::select! {
                     _ = stop.cancelled() => break,
-                    outcome = tokio::time::timeout(renew_every, store.acquire(&holder)) => outcome,
+                    outcome = tokio::time::timeout(timing.renew_every, store.acquire(&holder)) => outcome,
                 }
             }
             Some((revision, since)) => {
                 tokio::select! {
                     _ = stop.cancelled() => break,
-                    outcome = tokio::time::timeout_at(since + valid_for, store.renew(&holder, revision)) => outcome,
+                    outcome = tokio::time::timeout_at(since + timing.valid_for, store.renew(&holder, revision)) => outcome,
                 }
             }
         };
@@ -76,7 +71,7 @@ async fn hold(
             }
             (None, Ok(Ok(None))) => {}
             (Some((revision, since)), Ok(Err(error))) => {
-                if Instant::now() >= since + valid_for {
+                if Instant::now() >= since + timing.valid_for {
                     tracing::warn!(%error, "cannot renew the checker lease in time; standing by");
                     held = None;
                     step_down(&leading, &metrics);
@@ -95,12 +90,7 @@ async fn hold(
             }
             (None, Err(_)) => {}
         }
-        let next = match held {
-            Some((_, since)) if since == attempt_at => since + renew_every,
-            // A failed renewal is retried soon, but the lease still ends on time.
-            Some((_, since)) => (Instant::now() + poll_every).min(since + valid_for),
-            None => Instant::now() + poll_every,
-        };
+        let next = timing.next_attempt(held, attempt_at);
         tokio::select! {
             _ = stop.cancelled() => break,
             _ = tokio::time::sleep_until(next) => {}
@@ -108,13 +98,49 @@ async fn hold(
     }
     if let Some((revision, _)) = held {
         step_down(&leading, &metrics);
-        match tokio::time::timeout(Duration::from_secs(2), store.release(revision)).await {
-            Ok(Ok(())) => tracing::info!("checker lease released"),
-            Ok(Err(error)) => {
-                tracing::warn!(%error, "cannot release the checker lease; it expires by itself")
-            }
-            Err(_) => tracing::warn!("releasing the checker lease timed out; it expires by itself"),
+        release(&*store, revision).await;
+    }
+}
+
+/// The lease's timing, all derived from its TTL.
+#[derive(Debug, Clone, Copy)]
+struct Timing {
+    renew_every: Duration,
+    /// How long after the start of its last successful write a leader may go on leading. The
+    /// store counts the TTL from when it received that write, which is later.
+    valid_for: Duration,
+    /// A standby looks for a free lease this often; it bounds the takeover delay after expiry.
+    poll_every: Duration,
+}
+
+impl Timing {
+    fn for_ttl(ttl: Duration) -> Timing {
+        Timing {
+            renew_every: ttl / 3,
+            valid_for: ttl * 2 / 3,
+            poll_every: (ttl / 10).clamp(Duration::from_millis(100), Duration::from_secs(1)),
         }
+    }
+
+    /// When to try next, after the attempt begun at `attempt_at` left the lease `held`.
+    fn next_attempt(&self, held: Option<(u64, Instant)>, attempt_at: Instant) -> Instant {
+        match held {
+            Some((_, since)) if since == attempt_at => since + self.renew_every,
+            // A failed renewal is retried soon, but the lease still ends on time.
+            Some((_, since)) => (Instant::now() + self.poll_every).min(since + self.valid_for),
+            None => Instant::now() + self.poll_every,
+        }
+    }
+}
+
+/// Gives the lease back at shutdown, so a standby takes over without waiting for the TTL.
+async fn release(store: &dyn LeaseStore, revision: u64) {
+    match tokio::time::timeout(Duration::from_secs(2), store.release(revision)).await {
+        Ok(Ok(())) => tracing::info!("checker lease released"),
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "cannot release the checker lease; it expires by itself")
+        }
+        Err(_) => tracing::warn!("releasing the checker lease timed out; it expires by itself"),
     }
 }
 

@@ -10,7 +10,7 @@ use bastion_agent::config::Config;
 use bastion_agent::report;
 use bastion_agent::telemetry::{self, LogFormat};
 use clap::{Args, Parser, Subcommand};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -144,17 +144,7 @@ fn main() -> ExitCode {
     };
     runtime.block_on(async {
         match cli.command {
-            Command::Validate(arg) => match bastion_agent::validate::load(&arg.config) {
-                Ok(config) => {
-                    say_out!(
-                        "{}: valid, {} check(s)\n",
-                        arg.config.display(),
-                        config.checks.len()
-                    );
-                    ExitCode::SUCCESS
-                }
-                Err(error) => config_error(&error),
-            },
+            Command::Validate(arg) => validate_command(&arg.config),
             Command::Once {
                 config,
                 check,
@@ -162,29 +152,8 @@ fn main() -> ExitCode {
                 remote,
                 bus,
             } => {
-                let config = match bastion_agent::validate::load(&config.config) {
-                    Ok(config) => config,
-                    Err(error) => return config_error(&error),
-                };
                 let remote = remote.then_some(bus.bus_connect_timeout);
-                match once(&config, check.as_deref(), json, remote).await {
-                    Ok(true) => ExitCode::SUCCESS,
-                    Ok(false) => ExitCode::from(EXIT_FAILING),
-                    Err(error) => {
-                        say_err!("error: {error:#}");
-                        // Naming a check that is not there is a usage error; anything else
-                        // went wrong while running.
-                        let usage = matches!(
-                            error.downcast_ref::<agent::AgentError>(),
-                            Some(
-                                agent::AgentError::NoSuchCheck(_)
-                                    | agent::AgentError::InvalidCheck(..)
-                                    | agent::AgentError::RemoteNeedsNats
-                            )
-                        );
-                        ExitCode::from(if usage { EXIT_CONFIG } else { EXIT_FAILING })
-                    }
-                }
+                once_command(&config.config, check.as_deref(), json, remote).await
             }
             Command::Healthcheck {
                 url,
@@ -201,31 +170,79 @@ fn main() -> ExitCode {
                 config: path,
                 role,
                 bus,
-            } => {
-                let config = match bastion_agent::validate::load(&path.config) {
-                    Ok(config) => config,
-                    Err(error) => return config_error(&error),
-                };
-                let config_path = path.config;
-                let options = AgentOptions {
-                    role: role.into(),
-                    bus_connect_timeout: bus.bus_connect_timeout,
-                    config_path: Some(config_path),
-                };
-                match run(config, options).await {
-                    Ok(()) => ExitCode::SUCCESS,
-                    Err(error) => {
-                        say_err!("error: {error:#}");
-                        let usage = matches!(
-                            error.downcast_ref::<agent::AgentError>(),
-                            Some(agent::AgentError::RoleNeedsNats(_))
-                        );
-                        ExitCode::from(if usage { EXIT_CONFIG } else { EXIT_FAILING })
-                    }
-                }
-            }
+            } => run_command(path.config, role, bus).await,
         }
     })
+}
+
+/// `bastion validate`.
+fn validate_command(path: &Path) -> ExitCode {
+    match bastion_agent::validate::load(path) {
+        Ok(config) => {
+            say_out!(
+                "{}: valid, {} check(s)\n",
+                path.display(),
+                config.checks.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => config_error(&error),
+    }
+}
+
+/// `bastion once`; `remote` as for [`once`].
+async fn once_command(
+    path: &Path,
+    check: Option<&str>,
+    json: bool,
+    remote: Option<Option<Duration>>,
+) -> ExitCode {
+    let config = match bastion_agent::validate::load(path) {
+        Ok(config) => config,
+        Err(error) => return config_error(&error),
+    };
+    match once(&config, check, json, remote).await {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(EXIT_FAILING),
+        Err(error) => {
+            say_err!("error: {error:#}");
+            // Naming a check that is not there is a usage error; anything else
+            // went wrong while running.
+            let usage = matches!(
+                error.downcast_ref::<agent::AgentError>(),
+                Some(
+                    agent::AgentError::NoSuchCheck(_)
+                        | agent::AgentError::InvalidCheck(..)
+                        | agent::AgentError::RemoteNeedsNats
+                )
+            );
+            ExitCode::from(if usage { EXIT_CONFIG } else { EXIT_FAILING })
+        }
+    }
+}
+
+/// `bastion run`.
+async fn run_command(config_path: PathBuf, role: RoleArg, bus: BusArgs) -> ExitCode {
+    let config = match bastion_agent::validate::load(&config_path) {
+        Ok(config) => config,
+        Err(error) => return config_error(&error),
+    };
+    let options = AgentOptions {
+        role: role.into(),
+        bus_connect_timeout: bus.bus_connect_timeout,
+        config_path: Some(config_path),
+    };
+    match run(config, options).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            say_err!("error: {error:#}");
+            let usage = matches!(
+                error.downcast_ref::<agent::AgentError>(),
+                Some(agent::AgentError::RoleNeedsNats(_))
+            );
+            ExitCode::from(if usage { EXIT_CONFIG } else { EXIT_FAILING })
+        }
+    }
 }
 
 fn config_error(error: &bastion_agent::config::ConfigError) -> ExitCode {

@@ -177,135 +177,166 @@ impl Metrics {
             }),
             registry: Registry::default(),
         };
+        metrics.register_scheduling(&mut registry);
+        metrics.register_dispatch(&mut registry);
+        metrics.register_bus(&mut registry);
+        metrics.register_dropped(&mut registry);
+        metrics.register_agent_state(&mut registry);
+        metrics.preset_error_series();
+        Metrics {
+            registry,
+            ..metrics
+        }
+    }
+
+    /// Registers the checker's scheduling: runs published, skipped and lost, and their lag.
+    fn register_scheduling(&self, registry: &mut Registry) {
         registry.register(
             "bastion_checks_scheduled",
             "Check runs published by the checker",
-            metrics.checks_scheduled.clone(),
+            self.checks_scheduled.clone(),
         );
         registry.register(
             "bastion_schedule_skipped",
             "Ticks skipped because the previous run of the check was still in flight",
-            metrics.schedule_skipped.clone(),
+            self.schedule_skipped.clone(),
         );
         registry.register(
             "bastion_runs_lost",
             "Check runs whose result never arrived before the run could no longer be in flight",
-            metrics.runs_lost.clone(),
+            self.runs_lost.clone(),
         );
         registry.register(
             "bastion_schedule_lag_seconds",
             "How late a check run was published against when it was due",
-            metrics.schedule_lag_seconds.clone(),
+            self.schedule_lag_seconds.clone(),
         );
+    }
+
+    /// Registers the runner's dispatch and worker pools: waits, timeouts, probe errors, run durations.
+    fn register_dispatch(&self, registry: &mut Registry) {
         registry.register(
             "bastion_dispatch_wait_seconds",
             "How long tasks waited for a free worker",
-            metrics.dispatch_wait_seconds.clone(),
+            self.dispatch_wait_seconds.clone(),
         );
         registry.register(
             "bastion_dispatch_timeouts",
             "Tasks cancelled unrun because no worker was free within the dispatch deadline",
-            metrics.dispatch_timeouts.clone(),
+            self.dispatch_timeouts.clone(),
         );
         registry.register(
             "bastion_task_timeouts",
             "Probes cancelled because they ran past the check's timeout",
-            metrics.task_timeouts.clone(),
+            self.task_timeouts.clone(),
         );
         registry.register(
             "bastion_probe_errors",
             "Probes that failed at the transport, by error kind",
-            metrics.probe_errors.clone(),
+            self.probe_errors.clone(),
         );
         registry.register(
             "bastion_check_duration_seconds",
             "How long a whole check run took, from dispatch to its last response",
-            metrics.check_duration_seconds.clone(),
+            self.check_duration_seconds.clone(),
         );
         registry.register(
             "bastion_workers_busy",
             "Workers running a probe now",
-            metrics.workers_busy.clone(),
+            self.workers_busy.clone(),
         );
         registry.register(
             "bastion_workers",
             "Workers in the pool of each check type",
-            metrics.workers.clone(),
+            self.workers.clone(),
         );
+    }
+
+    /// Registers the bus: decoding, publishing, the connection and what was dropped.
+    fn register_bus(&self, registry: &mut Registry) {
         registry.register(
             "bastion_bus_decode_errors",
             "Bus messages dropped because they could not be decoded",
-            metrics.bus_decode_errors.clone(),
+            self.bus_decode_errors.clone(),
         );
         registry.register(
             "bastion_bus_publish_errors",
             "Bus messages that could not be published",
-            metrics.bus_publish_errors.clone(),
+            self.bus_publish_errors.clone(),
         );
         registry.register(
             "bastion_bus_connected",
             "Whether the bus is connected now (1) or not (0)",
-            metrics.bus_connected.clone(),
+            self.bus_connected.clone(),
         );
         registry.register(
             "bastion_bus_reconnects",
             "Times the bus connection was re-established after a loss",
-            metrics.bus_reconnects.clone(),
+            self.bus_reconnects.clone(),
         );
         registry.register(
             "bastion_bus_dropped",
             "Bus messages dropped inside bastion, by reason",
-            metrics.bus_dropped.clone(),
+            self.bus_dropped.clone(),
         );
         registry.register(
             "bastion_bus_publish_retries",
             "Durable result publishes retried because the stream did not acknowledge them",
-            metrics.bus_publish_retries.clone(),
+            self.bus_publish_retries.clone(),
         );
+    }
+
+    /// Registers series, requests and results the agent forgot, refused or reduced.
+    fn register_dropped(&self, registry: &mut Registry) {
         registry.register(
             "bastion_check_series_forgotten",
             "Checks whose series this agent removed: not run here for forget_checks_after and three intervals (expired), or past the most it keeps (capacity)",
-            metrics.check_series_forgotten.clone(),
+            self.check_series_forgotten.clone(),
         );
         registry.register(
             "bastion_requests_expired",
             "Check requests that reached the runner after their dispatch deadline and were not run",
-            metrics.requests_expired.clone(),
+            self.requests_expired.clone(),
         );
         registry.register(
             "bastion_results_degraded",
             "Results too large for the bus, published reduced, by the form they took",
-            metrics.results_degraded.clone(),
+            self.results_degraded.clone(),
         );
         registry.register(
             "bastion_results_expired",
             "Results finished after their run's window, which the checker had counted lost; not published",
-            metrics.results_expired.clone(),
+            self.results_expired.clone(),
         );
+    }
+
+    /// Registers the agent's own state: leadership, check states, config loads, the runtime
+    /// and the version.
+    fn register_agent_state(&self, registry: &mut Registry) {
         registry.register(
             "bastion_checker_leader",
             "Whether this checker schedules now (1) or stands by (0)",
-            metrics.checker_leader.clone(),
+            self.checker_leader.clone(),
         );
         registry.register(
             "bastion_check_transitions",
             "Changes of check state, by the state entered",
-            metrics.check_transitions.clone(),
+            self.check_transitions.clone(),
         );
         registry.register(
             "bastion_config_last_reload_successful",
             "Whether the last config load or reload succeeded (1) or not (0)",
-            metrics.config_last_reload_successful.clone(),
+            self.config_last_reload_successful.clone(),
         );
         registry.register(
             "bastion_config_last_reload_success_timestamp_seconds",
             "When the config was last loaded or reloaded successfully, in Unix seconds",
-            metrics.config_last_reload_success_timestamp_seconds.clone(),
+            self.config_last_reload_success_timestamp_seconds.clone(),
         );
         registry.register(
             "bastion_runtime_tasks_alive",
             "Tasks alive in the async runtime when /metrics was read; it follows the work in flight, not the number of checks",
-            metrics.runtime_tasks_alive.clone(),
+            self.runtime_tasks_alive.clone(),
         );
         let build_info: Family<VersionLabels, Gauge> = Family::default();
         build_info
@@ -318,18 +349,18 @@ impl Metrics {
             "The running bastion version, as a label; always 1",
             build_info,
         );
+    }
+
+    /// Creates the error and drop series at zero, so `rate()` sees the first one.
+    fn preset_error_series(&self) {
         for reason in ["json", "version", "too_large", "invalid"] {
             // Present at zero from the start, so rate() sees the first error.
-            let _ = metrics
+            let _ = self
                 .bus_decode_errors
                 .get_or_create(&ReasonLabels { reason });
         }
         for reason in ["slow_consumer", "results_buffer_full", "results_rejected"] {
-            let _ = metrics.bus_dropped.get_or_create(&ReasonLabels { reason });
-        }
-        Metrics {
-            registry,
-            ..metrics
+            let _ = self.bus_dropped.get_or_create(&ReasonLabels { reason });
         }
     }
 

@@ -222,6 +222,82 @@ fn on_event(event: Event, metrics: &Metrics, connected_before: &AtomicBool) {
     }
 }
 
+/// The servers of `url`, parsed; a malformed one is a connect error naming it.
+fn server_addrs(config: &NatsConfig) -> Result<Vec<ServerAddr>, BusError> {
+    config
+        .url
+        .to_vec()
+        .iter()
+        .map(|url| {
+            url.parse::<ServerAddr>()
+                .map_err(|error| BusError::Connect {
+                    servers: url.clone(),
+                    reason: error.to_string(),
+                })
+        })
+        .collect()
+}
+
+/// Connects to `servers`, retrying with backoff (100 ms doubling up to 5 s) while none
+/// answers. Bad credentials or TLS fail at once; so does `connect_timeout` running out.
+async fn connect_with_retry(
+    config: &NatsConfig,
+    agent_id: &str,
+    metrics: &Arc<Metrics>,
+    servers: &[ServerAddr],
+    described: &str,
+    connect_timeout: Option<Duration>,
+) -> Result<Client, BusError> {
+    let connected_before = Arc::new(AtomicBool::new(false));
+    let name = format!("bastion {agent_id}");
+    let started = Instant::now();
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let options = options(config, &name, metrics, &connected_before).await?;
+        match options.connect(servers.to_vec()).await {
+            Ok(client) => return Ok(client),
+            Err(error) => match error.kind() {
+                ConnectErrorKind::AuthorizationViolation | ConnectErrorKind::Authentication => {
+                    return Err(BusError::Auth {
+                        servers: described.to_string(),
+                        reason: error.to_string(),
+                    })
+                }
+                ConnectErrorKind::Tls | ConnectErrorKind::ServerParse => {
+                    return Err(BusError::Connect {
+                        servers: described.to_string(),
+                        reason: error.to_string(),
+                    })
+                }
+                _ => {
+                    if let Some(limit) = connect_timeout {
+                        if started.elapsed() + backoff >= limit {
+                            return Err(BusError::ConnectTimeout {
+                                servers: described.to_string(),
+                                waited: humantime::format_duration(limit).to_string(),
+                            });
+                        }
+                    }
+                    tracing::warn!(servers = %described, %error, retry_in = ?backoff, "NATS is not reachable yet; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            },
+        }
+    }
+}
+
+/// Tells this process's messages from another's with the same agent id: pid and start time.
+fn instance_id() -> String {
+    format!(
+        "{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_micros())
+    )
+}
+
 impl NatsBus {
     /// Connects, retrying with backoff while no server answers. Bad credentials or TLS fail
     /// at once; so does `connect_timeout` running out.
@@ -231,56 +307,17 @@ impl NatsBus {
         metrics: Arc<Metrics>,
         connect_timeout: Option<Duration>,
     ) -> Result<NatsBus, BusError> {
-        let servers: Vec<ServerAddr> = config
-            .url
-            .to_vec()
-            .iter()
-            .map(|url| {
-                url.parse::<ServerAddr>()
-                    .map_err(|error| BusError::Connect {
-                        servers: url.clone(),
-                        reason: error.to_string(),
-                    })
-            })
-            .collect::<Result<_, _>>()?;
+        let servers = server_addrs(config)?;
         let described = describe_servers(&servers);
-        let connected_before = Arc::new(AtomicBool::new(false));
-        let name = format!("bastion {agent_id}");
-        let started = Instant::now();
-        let mut backoff = Duration::from_millis(100);
-        let client = loop {
-            let options = options(config, &name, &metrics, &connected_before).await?;
-            match options.connect(servers.clone()).await {
-                Ok(client) => break client,
-                Err(error) => match error.kind() {
-                    ConnectErrorKind::AuthorizationViolation | ConnectErrorKind::Authentication => {
-                        return Err(BusError::Auth {
-                            servers: described,
-                            reason: error.to_string(),
-                        })
-                    }
-                    ConnectErrorKind::Tls | ConnectErrorKind::ServerParse => {
-                        return Err(BusError::Connect {
-                            servers: described,
-                            reason: error.to_string(),
-                        })
-                    }
-                    _ => {
-                        if let Some(limit) = connect_timeout {
-                            if started.elapsed() + backoff >= limit {
-                                return Err(BusError::ConnectTimeout {
-                                    servers: described,
-                                    waited: humantime::format_duration(limit).to_string(),
-                                });
-                            }
-                        }
-                        tracing::warn!(servers = %described, %error, retry_in = ?backoff, "NATS is not reachable yet; retrying");
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
-                    }
-                },
-            }
-        };
+        let client = connect_with_retry(
+            config,
+            agent_id,
+            &metrics,
+            &servers,
+            &described,
+            connect_timeout,
+        )
+        .await?;
         // The first `Connected` event marks `connected_before`; later ones are reconnects.
         metrics.bus_connected.set(1);
         tracing::info!(servers = %described, "connected to NATS");
@@ -307,13 +344,7 @@ impl NatsBus {
         } else {
             None
         };
-        let instance = format!(
-            "{}-{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |since| since.as_micros())
-        );
+        let instance = instance_id();
         Ok(NatsBus {
             client,
             jetstream,

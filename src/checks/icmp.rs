@@ -213,26 +213,14 @@ pub async fn probe(
 ) -> Result<(), ProbeError> {
     let ip = target.ip();
     let ipv6 = ip.is_ipv6();
-    let (socket, kind) = open_socket(ipv6).map_err(|(datagram, raw)| {
-        ProbeError::new(
-            ErrorKind::Icmp,
-            format!("cannot open an ICMP socket: datagram: {datagram}; raw: {raw}"),
-        )
-    })?;
-    let socket = into_tokio(socket)?;
+    let (socket, kind) = open(ipv6)?;
     let identifier = next_identifier();
     let payload: Vec<u8> = (0..plan.payload_size).map(|i| (i % 251) as u8).collect();
     let destination = SocketAddr::new(ip, 0);
     let count = usize::from(plan.count);
     let mut sent_at: Vec<Option<Instant>> = vec![None; count];
     let mut rtts: Vec<Option<f64>> = vec![None; count];
-    // Replies are awaited a little short of the deadline, so the probe ends on its own terms
-    // (with its losses counted) rather than by the timeout.
-    let margin = deadline
-        .saturating_duration_since(Instant::now())
-        .div_f64(20.0)
-        .min(Duration::from_millis(100));
-    let stop = deadline.checked_sub(margin).unwrap_or(deadline);
+    let stop = stop_waiting_at(deadline);
     let started = Instant::now();
     let mut buffer = vec![0u8; usize::from(plan.payload_size) + 128];
     let mut next = 0usize;
@@ -278,14 +266,7 @@ pub async fn probe(
         if from.ip() != ip {
             continue;
         }
-        let packet = match (kind, ipv6) {
-            // A raw IPv4 socket hands over the IP header too.
-            (SocketKind::Raw, false) => strip_ipv4_header(&buffer[..length]),
-            _ => Some(&buffer[..length]),
-        };
-        let raw_identifier = (kind == SocketKind::Raw).then_some(identifier);
-        let Some(sequence) =
-            packet.and_then(|packet| parse_reply(packet, ipv6, raw_identifier, &payload))
+        let Some(sequence) = reply_sequence(&buffer[..length], kind, ipv6, identifier, &payload)
         else {
             continue;
         };
@@ -299,6 +280,44 @@ pub async fn probe(
     let average = record.icmp.as_ref().map_or(0.0, |icmp| icmp.rtt_avg);
     record.timings.rtt = average;
     Ok(())
+}
+
+/// An ICMP socket for the address family, datagram if the system allows, raw otherwise.
+fn open(ipv6: bool) -> Result<(UdpSocket, SocketKind), ProbeError> {
+    let (socket, kind) = open_socket(ipv6).map_err(|(datagram, raw)| {
+        ProbeError::new(
+            ErrorKind::Icmp,
+            format!("cannot open an ICMP socket: datagram: {datagram}; raw: {raw}"),
+        )
+    })?;
+    Ok((into_tokio(socket)?, kind))
+}
+
+/// When to stop waiting for replies: a little short of the deadline, so the probe ends on
+/// its own terms (with its losses counted) rather than by the timeout.
+fn stop_waiting_at(deadline: Instant) -> Instant {
+    let margin = deadline
+        .saturating_duration_since(Instant::now())
+        .div_f64(20.0)
+        .min(Duration::from_millis(100));
+    deadline.checked_sub(margin).unwrap_or(deadline)
+}
+
+/// The sequence number of `received` when it is a reply to this probe's requests.
+fn reply_sequence(
+    received: &[u8],
+    kind: SocketKind,
+    ipv6: bool,
+    identifier: u16,
+    payload: &[u8],
+) -> Option<u16> {
+    let packet = match (kind, ipv6) {
+        // A raw IPv4 socket hands over the IP header too.
+        (SocketKind::Raw, false) => strip_ipv4_header(received),
+        _ => Some(received),
+    }?;
+    let raw_identifier = (kind == SocketKind::Raw).then_some(identifier);
+    parse_reply(packet, ipv6, raw_identifier, payload)
 }
 
 fn into_tokio(socket: Socket) -> Result<UdpSocket, ProbeError> {

@@ -18,7 +18,7 @@ use crate::lease::Leadership;
 use crate::messages::{self, CheckResult, Payload, StateEvent, MESSAGE_VERSION};
 use crate::metrics::{CheckToLabels, Metrics, ReasonLabels, SubjectLabels};
 use crate::model::CheckState;
-use crate::state::{StatePolicy, StateTracker};
+use crate::state::{StatePolicy, StateTracker, Transition};
 use crate::subjects::Subjects;
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -90,6 +90,21 @@ impl ResultStore {
         self.checks
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// The result as the store keeps it. A result from this process was bounded by its runner, as
+/// the bus bounds them, and is kept as it came (shared with nobody else once the checker has
+/// read it). One decoded from bytes is trimmed: decoding grows vectors by doubling, and what
+/// is kept for every check should not carry the slack.
+fn to_keep(result: Arc<CheckResult>, payload: &Payload) -> Arc<CheckResult> {
+    match Arc::try_unwrap(result) {
+        Ok(mut owned) if matches!(payload, Payload::Bytes(_)) => {
+            trim(&mut owned);
+            Arc::new(owned)
+        }
+        Ok(owned) => Arc::new(owned),
+        Err(shared) => shared,
     }
 }
 
@@ -282,18 +297,7 @@ impl Sink {
             state: tracker.state(),
             since: tracker.since(),
         };
-        // A result from this process was bounded by its runner, as the bus bounds them, and is
-        // kept as it came (shared with nobody else once the checker has read it). One decoded
-        // from bytes is trimmed: decoding grows vectors by doubling, and what is kept for every
-        // check should not carry the slack.
-        let result = match Arc::try_unwrap(result) {
-            Ok(mut owned) if matches!(message.payload, Payload::Bytes(_)) => {
-                trim(&mut owned);
-                Arc::new(owned)
-            }
-            Ok(owned) => Arc::new(owned),
-            Err(shared) => shared,
-        };
+        let result = to_keep(result, &message.payload);
         self.store.update(
             &result.check,
             CheckStatus {
@@ -302,25 +306,30 @@ impl Sink {
             },
         );
         if let Some(transition) = transition {
-            self.metrics
-                .check_transitions
-                .get_or_create(&CheckToLabels {
-                    check: result.check.clone(),
-                    to: transition.to.as_str(),
-                })
-                .inc();
-            tracing::info!(check = %result.check, from = %transition.from, to = %transition.to, failing, "check state changed");
-            let event = StateEvent {
-                version: MESSAGE_VERSION,
-                check: result.check.clone(),
-                from: transition.from,
-                to: transition.to,
-                at: result.finished_at,
-                failing,
-                responses: result.instances(),
-            };
-            self.publish(&event).await;
+            self.announce(&result, transition, failing).await;
         }
+    }
+
+    /// Counts a change of state, logs it and publishes its event.
+    async fn announce(&self, result: &CheckResult, transition: Transition, failing: usize) {
+        self.metrics
+            .check_transitions
+            .get_or_create(&CheckToLabels {
+                check: result.check.clone(),
+                to: transition.to.as_str(),
+            })
+            .inc();
+        tracing::info!(check = %result.check, from = %transition.from, to = %transition.to, failing, "check state changed");
+        let event = StateEvent {
+            version: MESSAGE_VERSION,
+            check: result.check.clone(),
+            from: transition.from,
+            to: transition.to,
+            at: result.finished_at,
+            failing,
+            responses: result.instances(),
+        };
+        self.publish(&event).await;
     }
 
     async fn publish(&self, event: &StateEvent) {

@@ -11,7 +11,7 @@
 pub mod dispatcher;
 pub mod pool;
 
-use crate::bus::{Bus, BusError, Subscription};
+use crate::bus::{Bus, BusError, Message, Subscription};
 
 use crate::checks::{CompiledCheck, ProbeContext};
 use crate::config::CheckConfig;
@@ -237,53 +237,11 @@ impl Consumer {
                     None => return,
                 },
             };
-            let decoded = match self.intake {
-                Intake::Scheduled(_) => self.decode_request(&message.payload),
-                Intake::Test => decode_test(&message.payload, message.reply.is_some()),
+            let Some((order, requested_deadline)) = self.decode(&message).await else {
+                continue;
             };
-            let order = match decoded {
-                Ok(order) => order,
-                Err(error) => {
-                    tracing::warn!(subject = %message.subject, reason = error.reason(), %error, "dropping a bad check request");
-                    self.metrics
-                        .bus_decode_errors
-                        .get_or_create(&ReasonLabels {
-                            reason: error.reason(),
-                        })
-                        .inc();
-                    if let (Intake::Test, Some(reply)) = (self.intake, &message.reply) {
-                        self.reply_failure(reply, &error).await;
-                    }
-                    continue;
-                }
-            };
-            let (order, requested_deadline) = order;
-            // One absolute deadline per run, the rule the checker's lost window is built on.
-            let start_probes_by = match self.intake {
-                Intake::Scheduled(check_type) => {
-                    let deadline = run_window::effective_deadline(
-                        requested_deadline,
-                        self.dispatcher.deadline(),
-                    );
-                    let by = run_window::start_probes_by(
-                        order.scheduled_at,
-                        deadline,
-                        SystemTime::now(),
-                        Instant::now(),
-                    );
-                    let Some(by) = by else {
-                        tracing::warn!(check = %order.check.name, run_id = order.run_id, "a check request arrived after its dispatch deadline; not run");
-                        self.metrics
-                            .requests_expired
-                            .get_or_create(&TypeLabels {
-                                r#type: check_type.as_str(),
-                            })
-                            .inc();
-                        continue;
-                    };
-                    by
-                }
-                Intake::Test => Instant::now() + self.dispatcher.deadline(),
+            let Some(start_probes_by) = self.start_probes_by(&order, requested_deadline) else {
+                continue;
             };
             let dispatcher = Arc::clone(&self.dispatcher);
             let bus = Arc::clone(&self.bus);
@@ -325,6 +283,67 @@ impl Consumer {
 }
 
 impl Consumer {
+    /// The run a message asks for, with the dispatch deadline it requests; None for a bad
+    /// message, which is logged, counted and (for a test request) answered with the failure.
+    async fn decode(
+        &mut self,
+        message: &Message,
+    ) -> Option<(RunOrder, Option<std::time::Duration>)> {
+        let decoded = match self.intake {
+            Intake::Scheduled(_) => self.decode_request(&message.payload),
+            Intake::Test => decode_test(&message.payload, message.reply.is_some()),
+        };
+        match decoded {
+            Ok(order) => Some(order),
+            Err(error) => {
+                tracing::warn!(subject = %message.subject, reason = error.reason(), %error, "dropping a bad check request");
+                self.metrics
+                    .bus_decode_errors
+                    .get_or_create(&ReasonLabels {
+                        reason: error.reason(),
+                    })
+                    .inc();
+                if let (Intake::Test, Some(reply)) = (self.intake, &message.reply) {
+                    self.reply_failure(reply, &error).await;
+                }
+                None
+            }
+        }
+    }
+
+    /// When the run's probes must have started: one absolute deadline per run, the rule the
+    /// checker's lost window is built on. None for a scheduled run that arrived too late to
+    /// start (logged and counted, not run).
+    fn start_probes_by(
+        &self,
+        order: &RunOrder,
+        requested_deadline: Option<std::time::Duration>,
+    ) -> Option<Instant> {
+        match self.intake {
+            Intake::Scheduled(check_type) => {
+                let deadline =
+                    run_window::effective_deadline(requested_deadline, self.dispatcher.deadline());
+                let by = run_window::start_probes_by(
+                    order.scheduled_at,
+                    deadline,
+                    SystemTime::now(),
+                    Instant::now(),
+                );
+                if by.is_none() {
+                    tracing::warn!(check = %order.check.name, run_id = order.run_id, "a check request arrived after its dispatch deadline; not run");
+                    self.metrics
+                        .requests_expired
+                        .get_or_create(&TypeLabels {
+                            r#type: check_type.as_str(),
+                        })
+                        .inc();
+                }
+                by
+            }
+            Intake::Test => Some(Instant::now() + self.dispatcher.deadline()),
+        }
+    }
+
     async fn reply_failure(&self, reply: &str, error: &DecodeError) {
         let failure = TestFailure {
             version: MESSAGE_VERSION,

@@ -1,0 +1,412 @@
+//! The agent: the components one process runs for its role, wired together. `all` runs a
+//! checker, a runner and the result sink on one bus (the embedded one by default); `checker`
+//! and `runner` split them across processes over NATS. Start-up goes in phases: `Config`
+//! (validated) -> `Agent::build` (binds, connects, subscribes) -> `Agent::run(shutdown)`.
+//! Shutdown stops scheduling first, lets runs in flight finish for up to `shutdown_grace` so
+//! their results are still published and recorded, then stops the rest.
+//!
+//! This file holds the agent itself (roles, build, run); `tasks` what a running agent holds
+//! and the order it stops in, `thread` the checker's own thread, `status` the systemd
+//! reporting, `once` the one-shot commands. The agent wires components together: it must
+//! never probe, schedule or judge anything itself.
+
+mod once;
+mod status;
+mod tasks;
+mod thread;
+
+pub use once::{healthcheck, run_once, run_remote};
+
+use crate::bus::memory::MemoryBus;
+use crate::bus::nats::NatsBus;
+use crate::bus::LeaseStore;
+use crate::bus::{Bus, BusError};
+use crate::checker::Checker;
+use crate::config::{BusKind, Config};
+use crate::metrics::Metrics;
+use crate::reload::Reloader;
+use crate::results::ResultStore;
+use crate::runner::{build_dispatcher, Runner, RunnerError};
+use crate::subjects::Subjects;
+use crate::systemd::Notifier;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tasks::{Running, Shared};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// Which components this process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Role {
+    /// Checker, runner and result sink in one process.
+    #[default]
+    All,
+    /// Schedules checks and records their results; probes nothing.
+    Checker,
+    /// Runs whatever checks arrive; needs no checks in its config.
+    Runner,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::All => "all",
+            Role::Checker => "checker",
+            Role::Runner => "runner",
+        }
+    }
+
+    fn schedules(self) -> bool {
+        matches!(self, Role::All | Role::Checker)
+    }
+
+    fn probes(self) -> bool {
+        matches!(self, Role::All | Role::Runner)
+    }
+}
+
+/// How to start, beyond the config file.
+#[derive(Debug, Clone, Default)]
+pub struct AgentOptions {
+    pub role: Role,
+    /// Overrides `bus.nats.connect_timeout`.
+    pub bus_connect_timeout: Option<Duration>,
+    /// The file the config came from, for reloads (SIGHUP, `POST /-/reload`).
+    pub config_path: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("cannot listen on {address}: {source}; set agent.listen to a free address")]
+    Listen {
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Runner(#[from] RunnerError),
+    #[error("bus: {0}")]
+    Bus(#[from] BusError),
+    #[error("the HTTP server failed: {0}")]
+    Serve(std::io::Error),
+    #[error("no check is named `{0}`")]
+    NoSuchCheck(String),
+    #[error("check `{0}` cannot run: {1}")]
+    InvalidCheck(String, String),
+    #[error("a check run failed: {0}")]
+    RunFailed(String),
+    #[error("role `{0}` needs a shared bus: set [bus] kind = \"nats\" with [bus.nats] url, or run with --role all")]
+    RoleNeedsNats(&'static str),
+    #[error("--remote runs checks on the runners of a NATS bus: set [bus] kind = \"nats\" in the config")]
+    RemoteNeedsNats,
+    #[error(
+        "no runner answers `{0}` checks on this bus; start one with `bastion run --role runner`"
+    )]
+    NoRunner(String),
+    #[error(transparent)]
+    WebTls(#[from] crate::http::tls::WebTlsError),
+}
+
+/// A built agent, ready to run.
+pub struct Agent {
+    shared: Shared,
+    listener: TcpListener,
+    checker: Option<Checker>,
+    lease: Option<Arc<dyn LeaseStore>>,
+    runner: Option<Runner>,
+    results: Option<crate::bus::Subscription>,
+    reloader: Option<Arc<Reloader>>,
+    web_tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent")
+            .field("listen", &self.listener.local_addr().ok())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The TLS config of the agent's endpoints, when `agent.web` names a certificate and a key.
+fn web_tls(config: &Config) -> Result<Option<Arc<rustls::ServerConfig>>, AgentError> {
+    match (
+        &config.agent.web.tls_cert_file,
+        &config.agent.web.tls_key_file,
+    ) {
+        (Some(cert), Some(key)) => Ok(Some(crate::http::tls::server_config(cert, key)?)),
+        _ => Ok(None),
+    }
+}
+
+async fn bind(config: &Config) -> Result<TcpListener, AgentError> {
+    TcpListener::bind(config.agent.listen)
+        .await
+        .map_err(|source| AgentError::Listen {
+            address: config.agent.listen,
+            source,
+        })
+}
+
+/// Connects to NATS when the config says so.
+async fn connect_nats(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+    connect_timeout: Option<Duration>,
+) -> Result<Option<NatsBus>, AgentError> {
+    match (&config.bus.kind, &config.bus.nats) {
+        (BusKind::Nats, Some(nats)) => {
+            let timeout = connect_timeout.or(nats.connect_timeout);
+            Ok(Some(
+                NatsBus::connect(nats, &config.agent.id, Arc::clone(metrics), timeout).await?,
+            ))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// The bus (NATS when configured, else the embedded one) and, for a scheduling role in HA
+/// mode, the checker's lease store on the same connection.
+async fn connect_bus(
+    config: &Config,
+    role: Role,
+    metrics: &Arc<Metrics>,
+    connect_timeout: Option<Duration>,
+) -> Result<(Arc<dyn Bus>, Option<Arc<dyn LeaseStore>>), AgentError> {
+    let nats = connect_nats(config, metrics, connect_timeout).await?;
+    let lease: Option<Arc<dyn LeaseStore>> = match &nats {
+        Some(nats) if role.schedules() && config.checker.ha => Some(Arc::new(
+            nats.lease_store(
+                &config.checker.lease_bucket,
+                &config.agent.id,
+                config.checker.lease_ttl,
+            )
+            .await?,
+        )),
+        _ => None,
+    };
+    let bus: Arc<dyn Bus> = match nats {
+        Some(nats) => Arc::new(nats),
+        None => {
+            metrics.bus_connected.set(1);
+            Arc::new(MemoryBus::default())
+        }
+    };
+    Ok((bus, lease))
+}
+
+async fn build_runner(
+    config: &Config,
+    bus: &Arc<dyn Bus>,
+    subjects: &Subjects,
+    metrics: &Arc<Metrics>,
+) -> Result<Runner, AgentError> {
+    let dispatcher = build_dispatcher(config, Arc::clone(metrics))?;
+    Ok(Runner::build(
+        Arc::clone(bus),
+        subjects.clone(),
+        dispatcher,
+        Arc::clone(metrics),
+    )
+    .await?)
+}
+
+/// The checker, scheduling `checks` and following the reloads sent through the watch.
+async fn build_checker(
+    config: &Config,
+    checks: &watch::Sender<Arc<Vec<crate::config::CheckConfig>>>,
+    bus: &Arc<dyn Bus>,
+    subjects: &Subjects,
+    metrics: &Arc<Metrics>,
+) -> Result<Checker, AgentError> {
+    let initial_checks = Arc::clone(&checks.borrow());
+    Ok(Checker::build(
+        &initial_checks,
+        config.runner.dispatch_deadline,
+        Arc::clone(bus),
+        subjects,
+        Arc::clone(metrics),
+    )
+    .await?
+    .follow(checks.subscribe()))
+}
+
+impl Agent {
+    /// Builds every component, in one process, on the configured bus.
+    pub async fn build(config: Config) -> Result<Agent, AgentError> {
+        Agent::build_with(config, AgentOptions::default()).await
+    }
+
+    /// Builds the components of `options.role`.
+    pub async fn build_with(
+        mut config: Config,
+        options: AgentOptions,
+    ) -> Result<Agent, AgentError> {
+        let role = options.role;
+        if role != Role::All && config.bus.kind == BusKind::Embedded {
+            return Err(AgentError::RoleNeedsNats(role.as_str()));
+        }
+        if role.probes() {
+            // Too low a limit would make probes fail as the targets' fault: say so now.
+            crate::limits::warn_if_too_low(&config.runner.workers);
+        }
+        let web_tls = web_tls(&config)?;
+        let listener = bind(&config).await?;
+        let metrics = Arc::new(Metrics::new());
+        metrics.forget_checks_after(config.runner.forget_checks_after);
+        metrics.record_config_load(true);
+        let notifier = Notifier::from_env().map(Arc::new);
+        // The check list lives in one place, the watch; `config` keeps the other sections.
+        let (checks, _) = watch::channel(Arc::new(std::mem::take(&mut config.checks)));
+        let reloader = options.config_path.clone().map(|path| {
+            Arc::new(Reloader::new(
+                path,
+                config.clone(),
+                checks.clone(),
+                Arc::clone(&metrics),
+                notifier.clone(),
+            ))
+        });
+        let (bus, lease) =
+            connect_bus(&config, role, &metrics, options.bus_connect_timeout).await?;
+        let subjects = Subjects::new(config.subject_prefix());
+        let results = if role.schedules() {
+            Some(bus.subscribe(&subjects.all_results(), None).await?)
+        } else {
+            None
+        };
+        let runner = if role.probes() {
+            Some(build_runner(&config, &bus, &subjects, &metrics).await?)
+        } else {
+            None
+        };
+        let checker = if role.schedules() {
+            Some(build_checker(&config, &checks, &bus, &subjects, &metrics).await?)
+        } else {
+            None
+        };
+        Ok(Agent {
+            shared: Shared {
+                config,
+                role,
+                bus,
+                subjects,
+                metrics,
+                store: Arc::new(ResultStore::default()),
+                checks,
+                notifier,
+            },
+            listener,
+            checker,
+            lease,
+            runner,
+            results,
+            reloader,
+            web_tls,
+        })
+    }
+
+    /// The bus this agent runs on, for embedding: watch results or events in process.
+    pub fn bus(&self) -> Arc<dyn Bus> {
+        Arc::clone(&self.shared.bus)
+    }
+
+    /// Reloads the config file on demand (SIGHUP); None without a config path.
+    pub fn reloader(&self) -> Option<Arc<Reloader>> {
+        self.reloader.clone()
+    }
+
+    /// Where the endpoints listen (useful when `agent.listen` asked for port 0).
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.listener.local_addr().ok()
+    }
+
+    pub fn metrics(&self) -> Arc<Metrics> {
+        Arc::clone(&self.shared.metrics)
+    }
+
+    pub fn store(&self) -> Arc<ResultStore> {
+        Arc::clone(&self.shared.store)
+    }
+
+    /// Runs until `shutdown` is cancelled, then shuts down gracefully.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), AgentError> {
+        let mut running = self.start()?;
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            served = &mut running.server => {
+                running.intake.cancel();
+                running.outlets.cancel();
+                return match served {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(error)) => Err(AgentError::Serve(error)),
+                    Err(join) => Err(AgentError::Serve(std::io::Error::other(join.to_string()))),
+                };
+            }
+        }
+        running.shut_down().await;
+        Ok(())
+    }
+
+    /// Serves the endpoints and starts every component's task, each after what it needs
+    /// (the checker after the lease that lets it lead, the sink after the leadership its
+    /// events carry); the agent reports itself started at the end.
+    fn start(self) -> Result<Running, AgentError> {
+        let Agent {
+            shared,
+            listener,
+            checker,
+            lease,
+            runner,
+            results,
+            reloader,
+            web_tls,
+        } = self;
+        let intake = CancellationToken::new();
+        let outlets = CancellationToken::new();
+        let started = Arc::new(AtomicBool::new(false));
+        let router = crate::http::router(
+            shared.api_state(&started, reloader),
+            &shared.config.agent.web,
+        );
+        let server = tasks::serve(listener, web_tls, router, outlets.clone())?;
+        let runs = runner.as_ref().map(Runner::runs);
+        let dispatcher = runner.as_ref().map(Runner::dispatcher);
+        let runner_task = runner.map(|runner| tokio::spawn(runner.run(intake.clone())));
+        let (leadership, lease_task) = shared.start_lease(lease, &intake);
+        let checker_task = checker.map(|checker| {
+            thread::spawn_on_own_thread(
+                "bastion-checker",
+                checker.run_while_leading(intake.clone(), leadership.clone()),
+            )
+        });
+        let sink = results.map(|results| shared.spawn_sink(results, leadership.clone(), &outlets));
+        let systemd = shared.spawn_systemd_status(&outlets);
+        let heartbeat = shared.spawn_heartbeats(dispatcher, leadership, &outlets);
+        started.store(true, Ordering::Release);
+        let role = shared.role;
+        tracing::info!(
+            agent = %shared.config.agent.id,
+            role = role.as_str(),
+            listen = %shared.config.agent.listen,
+            checks = if role.schedules() { shared.checks.borrow().len() } else { 0 },
+            "bastion is running"
+        );
+        Ok(Running {
+            shared,
+            intake,
+            outlets,
+            started,
+            server,
+            checker: checker_task,
+            lease: lease_task,
+            runner: runner_task,
+            runs,
+            sink,
+            heartbeat,
+            systemd,
+        })
+    }
+}

@@ -1,0 +1,248 @@
+//! What a running agent holds: the parts its tasks share, the tasks it starts, and the order
+//! in which shutdown stops them (scheduling first, runs in flight given `shutdown_grace`, the
+//! bus flushed, then the outlets). It wires and waits; it must never drop a result that a
+//! finished run published before the outlets stop.
+
+use super::{AgentError, Role};
+use crate::bus::Bus;
+use crate::config::{CheckConfig, Config};
+use crate::heartbeat::Heartbeats;
+use crate::http::ApiState;
+use crate::lease::Leadership;
+use crate::metrics::Metrics;
+use crate::reload::Reloader;
+use crate::results::{EventOutlet, ResultStore, SinkContext};
+use crate::runner::dispatcher::Dispatcher;
+use crate::subjects::Subjects;
+use crate::systemd::Notifier;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// What the agent's components share while it runs; each task gets its own clone of a part.
+pub(super) struct Shared {
+    pub(super) config: Config,
+    pub(super) role: Role,
+    pub(super) bus: Arc<dyn Bus>,
+    pub(super) subjects: Subjects,
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) store: Arc<ResultStore>,
+    /// The configured checks; reloads send new lists through it.
+    pub(super) checks: watch::Sender<Arc<Vec<CheckConfig>>>,
+    pub(super) notifier: Option<Arc<Notifier>>,
+}
+
+impl Shared {
+    /// What the endpoints read.
+    pub(super) fn api_state(
+        &self,
+        started: &Arc<AtomicBool>,
+        reloader: Option<Arc<Reloader>>,
+    ) -> ApiState {
+        // A runner schedules nothing: its API lists no checks.
+        let api_checks = if self.role.schedules() {
+            self.checks.subscribe()
+        } else {
+            watch::channel(Arc::new(Vec::new())).1
+        };
+        ApiState {
+            metrics: Arc::clone(&self.metrics),
+            store: Arc::clone(&self.store),
+            checks: api_checks,
+            bus: Arc::clone(&self.bus),
+            started: Arc::clone(started),
+            reloader,
+            reload_endpoint: self.config.agent.web.reload_endpoint,
+        }
+    }
+
+    /// Holds the checker's lease when there is one; without one, a scheduling agent leads.
+    pub(super) fn start_lease(
+        &self,
+        lease: Option<Arc<dyn crate::bus::LeaseStore>>,
+        stop: &CancellationToken,
+    ) -> (Option<Leadership>, Option<JoinHandle<()>>) {
+        match lease {
+            Some(store) => {
+                let (leadership, task) = crate::lease::spawn(
+                    store,
+                    self.config.agent.id.clone(),
+                    self.config.checker.lease_ttl,
+                    Arc::clone(&self.metrics),
+                    stop.clone(),
+                );
+                (Some(leadership), Some(task))
+            }
+            None => {
+                if self.role.schedules() {
+                    self.metrics.checker_leader.set(1);
+                }
+                (None, None)
+            }
+        }
+    }
+
+    /// Records the results arriving on `results` and publishes their events.
+    pub(super) fn spawn_sink(
+        &self,
+        results: crate::bus::Subscription,
+        leadership: Option<Leadership>,
+        stop: &CancellationToken,
+    ) -> JoinHandle<()> {
+        let events = EventOutlet {
+            bus: Arc::clone(&self.bus),
+            subjects: self.subjects.clone(),
+            leadership,
+        };
+        let context = SinkContext {
+            store: Arc::clone(&self.store),
+            metrics: Arc::clone(&self.metrics),
+            checks: self.checks.subscribe(),
+            events: Some(events),
+        };
+        tokio::spawn(crate::results::consume(results, context, stop.clone()))
+    }
+
+    /// Reports this agent to systemd, when systemd started it.
+    pub(super) fn spawn_systemd_status(&self, stop: &CancellationToken) -> Option<JoinHandle<()>> {
+        self.notifier.clone().map(|notifier| {
+            tokio::spawn(super::status::report_to_systemd(
+                notifier,
+                self.checks.subscribe(),
+                Arc::clone(&self.store),
+                self.role,
+                stop.clone(),
+            ))
+        })
+    }
+
+    /// Publishes this agent's heartbeats on the bus.
+    pub(super) fn spawn_heartbeats(
+        &self,
+        dispatcher: Option<Arc<Dispatcher>>,
+        leadership: Option<Leadership>,
+        stop: &CancellationToken,
+    ) -> JoinHandle<()> {
+        let heartbeats = Heartbeats {
+            bus: Arc::clone(&self.bus),
+            subjects: self.subjects.clone(),
+            agent: self.config.agent.id.clone(),
+            role: self.role.as_str(),
+            started: Instant::now(),
+            dispatcher,
+            leadership,
+            metrics: Arc::clone(&self.metrics),
+        };
+        tokio::spawn(heartbeats.run(stop.clone()))
+    }
+}
+
+/// Serves the agent's endpoints on `listener`, over TLS when `tls` is set, until `stop`.
+pub(super) fn serve(
+    listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    router: axum::Router,
+    stop: CancellationToken,
+) -> Result<JoinHandle<std::io::Result<()>>, AgentError> {
+    Ok(match tls {
+        Some(tls) => {
+            let listener =
+                crate::http::tls::TlsListener::new(listener, tls).map_err(AgentError::Serve)?;
+            tokio::spawn(async move {
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(async move { stop.cancelled().await })
+                    .await
+            })
+        }
+        None => tokio::spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await
+        }),
+    })
+}
+
+/// A started agent: its tasks, and the two tokens that stop them in two steps. `intake` stops
+/// what takes new work (checker, lease, runner); `outlets` what carries results out.
+pub(super) struct Running {
+    pub(super) shared: Shared,
+    pub(super) intake: CancellationToken,
+    pub(super) outlets: CancellationToken,
+    /// Set while every component runs; `/readyz` reads it.
+    pub(super) started: Arc<AtomicBool>,
+    pub(super) server: JoinHandle<std::io::Result<()>>,
+    pub(super) checker: Option<JoinHandle<()>>,
+    pub(super) lease: Option<JoinHandle<()>>,
+    pub(super) runner: Option<JoinHandle<()>>,
+    /// The runner's runs in flight.
+    pub(super) runs: Option<TaskTracker>,
+    pub(super) sink: Option<JoinHandle<()>>,
+    pub(super) heartbeat: JoinHandle<()>,
+    pub(super) systemd: Option<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops scheduling, lets runs in flight finish for up to `shutdown_grace` and their
+    /// results leave, then stops the outlets and the endpoints.
+    pub(super) async fn shut_down(self) {
+        let Running {
+            shared,
+            intake,
+            outlets,
+            started,
+            server,
+            checker,
+            lease,
+            runner,
+            runs,
+            sink,
+            heartbeat,
+            systemd,
+        } = self;
+        tracing::info!("shutting down: scheduling stopped, waiting for runs in flight");
+        if let Some(notifier) = &shared.notifier {
+            notifier.stopping();
+        }
+        started.store(false, Ordering::Release);
+        intake.cancel();
+        for task in [checker, lease, runner].into_iter().flatten() {
+            let _ = task.await;
+        }
+        let grace = shared.config.agent.shutdown_grace;
+        let grace_ends = Instant::now() + grace;
+        if let Some(runs) = runs {
+            if tokio::time::timeout(grace, runs.wait()).await.is_err() {
+                tracing::warn!(
+                    runs = runs.len(),
+                    grace = %humantime::format_duration(grace),
+                    "runs still in flight when the shutdown grace expired; abandoning them"
+                );
+            }
+        }
+        // Results of the last runs may still be on their way to the server or the stream.
+        shared
+            .bus
+            .flush(
+                grace_ends
+                    .saturating_duration_since(Instant::now())
+                    .max(Duration::from_millis(500)),
+            )
+            .await;
+        outlets.cancel();
+        if let Some(sink) = sink {
+            let _ = sink.await;
+        }
+        let _ = heartbeat.await;
+        if let Some(task) = systemd {
+            let _ = task.await;
+        }
+        let _ = server.await;
+        tracing::info!("bastion stopped");
+    }
+}
