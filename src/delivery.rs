@@ -59,7 +59,12 @@ pub fn encode(result: CheckResult) -> Result<Encoded, serde_json::Error> {
 pub fn bound(mut result: CheckResult) -> CheckResult {
     for response in &mut result.responses {
         bound_response(response);
+        response.assertions.shrink_to_fit();
     }
+    // The dispatcher collects responses through an iterator without an exact size, so the
+    // vector may hold room for several times as many; the sink keeps each result for as long
+    // as its check exists, so it keeps no slack.
+    result.responses.shrink_to_fit();
     result
 }
 

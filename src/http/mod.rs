@@ -79,10 +79,24 @@ async fn require_auth(
 }
 
 async fn metrics(State(state): State<ApiState>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
-        state.metrics.render(),
-    )
+    // Rendering thousands of checks' series is CPU work of tens of milliseconds: on the
+    // blocking pool it cannot hold up the probes that share the async workers.
+    let metrics = Arc::clone(&state.metrics);
+    match tokio::task::spawn_blocking(move || metrics.render()).await {
+        Ok(text) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+            text,
+        ),
+        Err(error) => {
+            tracing::warn!(%error, "rendering /metrics failed");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+                "rendering the metrics failed; see the agent's log\n".to_string(),
+            )
+        }
+    }
 }
 
 async fn healthz() -> &'static str {

@@ -21,8 +21,29 @@ use std::sync::Arc;
 
 type GaugeF64 = Gauge<f64, AtomicU64>;
 
-/// `check`, `target`, then at most one label of the series' own (`phase`, `version`, ...).
-type SeriesLabels = Vec<(&'static str, String)>;
+/// `check`, `target`, then at most one label of the series' own (`phase`, `version`, ...),
+/// whose key and value come from the fixed lists the check types declare.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+struct SeriesLabels {
+    check: String,
+    target: String,
+    own: Option<(&'static str, &'static str)>,
+}
+
+impl EncodeLabelSet for SeriesLabels {
+    fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::LabelSetEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeLabel;
+        ("check", self.check.as_str()).encode(encoder.encode_label())?;
+        ("target", self.target.as_str()).encode(encoder.encode_label())?;
+        if let Some(own) = self.own {
+            own.encode(encoder.encode_label())?;
+        }
+        Ok(())
+    }
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CheckStateLabels {
@@ -148,13 +169,11 @@ impl SeriesOut for InstanceSeries<'_> {
             );
             return;
         };
-        let mut labels = vec![
-            ("check", self.check.to_string()),
-            ("target", self.target.to_string()),
-        ];
-        if let Some((key, label_value)) = label {
-            labels.push((key, label_value.to_string()));
-        }
+        let labels = SeriesLabels {
+            check: self.check.to_string(),
+            target: self.target.to_string(),
+            own: label,
+        };
         family.get_or_create(&labels).set(value);
     }
 }
