@@ -459,7 +459,14 @@ impl Metrics {
                 }
             }
         }
-        seen.expires.insert(check.to_string(), expires);
+        // Every run of every check passes here: refresh the entry in place, and allocate the
+        // name only for a check seen for the first time.
+        match seen.expires.get_mut(check) {
+            Some(at) => *at = expires,
+            None => {
+                seen.expires.insert(check.to_string(), expires);
+            }
+        }
         self.check_duration_seconds
             .get_or_create(&CheckTypeLabels {
                 check: check.to_string(),
