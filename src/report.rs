@@ -1,9 +1,10 @@
-//! Human-readable rendering of results, for `bastion once`: one line per instance.
+//! Human-readable rendering of results, for `bastion once`: one line per instance, with
+//! durations written for people (`2.3ms`, `1.20s`); `--json` keeps seconds for machines.
 
 use crate::messages::{CheckResult, Response};
 use std::fmt::Write;
 
-/// A fixed-width table: check, target, verdict, what was seen, total seconds.
+/// A fixed-width table: check, target, verdict, total time, what was seen.
 pub fn table(results: &[CheckResult]) -> String {
     let mut rows: Vec<[String; 5]> = vec![[
         "CHECK".into(),
@@ -34,7 +35,7 @@ pub fn table(results: &[CheckResult]) -> String {
                 result.check.clone(),
                 response.target.clone(),
                 if response.passing { "PASS" } else { "FAIL" }.into(),
-                format!("{:.4}s", response.timings.total),
+                human_duration(response.timings.total),
                 detail,
             ]);
         }
@@ -53,6 +54,36 @@ pub fn table(results: &[CheckResult]) -> String {
         let _ = writeln!(out, "{}", row[4]);
     }
     out
+}
+
+/// Seconds as a person reads them, with two or three significant digits: `850ns`, `42µs`,
+/// `2.3ms`, `120ms`, `1.20s`, `12.5s`, `2m05s`. Negative or non-finite input (never produced by
+/// a probe) reads `-`.
+pub fn human_duration(seconds: f64) -> String {
+    if !seconds.is_finite() || seconds < 0.0 {
+        return "-".to_string();
+    }
+    let scaled = |value: f64, unit: &str| {
+        if value < 9.95 {
+            format!("{value:.1}{unit}")
+        } else {
+            format!("{value:.0}{unit}")
+        }
+    };
+    if seconds < 0.9995e-6 {
+        format!("{:.0}ns", seconds * 1e9)
+    } else if seconds < 0.9995e-3 {
+        scaled(seconds * 1e6, "µs")
+    } else if seconds < 0.9995 {
+        scaled(seconds * 1e3, "ms")
+    } else if seconds < 9.995 {
+        format!("{seconds:.2}s")
+    } else if seconds < 59.95 {
+        format!("{seconds:.1}s")
+    } else {
+        let whole = seconds.round() as u64;
+        format!("{}m{:02}s", whole / 60, whole % 60)
+    }
 }
 
 /// What the probe saw, in a few words, by the section its type fills.
@@ -85,4 +116,31 @@ fn seen(response: &Response) -> String {
         return format!("{}{expiry}", tls.version);
     }
     String::new()
+}
+
+#[cfg(test)]
+mod duration_tests {
+    use super::human_duration;
+
+    #[test]
+    fn durations_read_as_people_write_them() {
+        let cases = [
+            (0.0, "0ns"),
+            (0.000_000_85, "850ns"),
+            (0.000_042, "42µs"),
+            (0.000_999_9, "1.0ms"),
+            (0.0023, "2.3ms"),
+            (0.009_96, "10ms"),
+            (0.120_4, "120ms"),
+            (0.999_9, "1.00s"),
+            (1.2, "1.20s"),
+            (12.54, "12.5s"),
+            (125.0, "2m05s"),
+            (-1.0, "-"),
+            (f64::NAN, "-"),
+        ];
+        for (seconds, shown) in cases {
+            assert_eq!(human_duration(seconds), shown, "{seconds}");
+        }
+    }
 }
