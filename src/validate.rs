@@ -4,45 +4,47 @@
 //! never starts anything and never keeps what it built.
 
 use crate::checks::{CheckDefinitionError, CompiledCheck};
-use crate::config::{BusKind, Config, ConfigError, Format};
+use crate::config::{BusKind, Config, ConfigError, Format, Problems};
 use crate::model::CheckType;
 use std::path::Path;
 
 /// Reads, parses and validates the file at `path`: what a daemon, a reload or `bastion
-/// validate` accepts.
+/// validate` accepts. Every mistake found is reported, not only the first.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let config = Config::load(path)?;
-    invalid_at(path, validate(&config))?;
-    Ok(config)
-}
-
-/// Parses and validates `text`; `path` only names the source in errors.
-pub fn parse(text: &str, format: Format, path: &Path) -> Result<Config, ConfigError> {
-    let config = Config::parse(text, format, path)?;
-    invalid_at(path, validate(&config))?;
-    Ok(config)
-}
-
-fn invalid_at(path: &Path, outcome: Result<(), String>) -> Result<(), ConfigError> {
-    outcome.map_err(|message| ConfigError::Invalid {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_path_buf(),
-        message,
-    })
+        source,
+    })?;
+    parse(&text, Format::for_path(path), path)
 }
 
-/// Checks what needs the probe engine, the bus and the endpoints. The schema-level checks
-/// (`Config::validate`) have passed already.
-pub fn validate(config: &Config) -> Result<(), String> {
+/// Parses and validates `text`; `path` only names the source in errors. The schema's own
+/// checks and the ones below run together, so one run lists every problem.
+pub fn parse(text: &str, format: Format, path: &Path) -> Result<Config, ConfigError> {
+    Config::parse_with(text, format, path, validate)
+}
+
+/// Checks what needs the probe engine, the bus and the endpoints, and reports all that fail.
+/// The schema-level checks (`Config::validate`) are separate.
+pub fn validate(config: &Config) -> Result<(), Problems> {
+    let mut problems = Problems::default();
     for server in &config.runner.dns_servers {
-        crate::resolve::parse_dns_server(server)
-            .map_err(|error| format!("runner.dns_servers: {error}"))?;
+        problems.check(
+            crate::resolve::parse_dns_server(server)
+                .map(|_| ())
+                .map_err(|error| format!("runner.dns_servers: {error}")),
+        );
     }
-    validate_bus(config)?;
+    problems.check(validate_bus(config));
     for (index, check) in config.checks.iter().enumerate() {
-        CompiledCheck::compile(check).map_err(|error| match error {
-            CheckDefinitionError::Name(_) => format!("check #{}: {error}", index + 1),
-            _ => format!("check `{}`: {error}", check.name),
-        })?;
+        problems.check(
+            CompiledCheck::compile(check)
+                .map(|_| ())
+                .map_err(|error| match error {
+                    CheckDefinitionError::Name(_) => format!("check #{}: {error}", index + 1),
+                    _ => format!("check `{}`: {error}", check.name),
+                }),
+        );
     }
     // ICMP needs a socket this process may open; find out now, not at the first probe.
     if let Some(check) = config
@@ -50,10 +52,13 @@ pub fn validate(config: &Config) -> Result<(), String> {
         .iter()
         .find(|check| check.check_type() == CheckType::Icmp)
     {
-        crate::checks::icmp::ensure_sockets()
-            .map_err(|error| format!("check `{}`: {error}", check.name))?;
+        problems.check(
+            crate::checks::icmp::ensure_sockets()
+                .map(|_| ())
+                .map_err(|error| format!("check `{}`: {error}", check.name)),
+        );
     }
-    Ok(())
+    problems.into_result()
 }
 
 fn validate_bus(config: &Config) -> Result<(), String> {

@@ -1,9 +1,14 @@
 //! Where a configuration error stands: turns the TOML and YAML parsers' errors into
 //! `ConfigError`s with file, line and column, pointing at the offending key itself even where
-//! `serde(flatten)` hides its position from the parser.
+//! `serde(flatten)` hides its position from the parser. It also finds every mistake it can in
+//! one pass (`parse_toml_all`), and where a validation message's subject stands
+//! (`problem_offset`), so `bastion validate` lists them all, each with its line and column.
 
-use super::ConfigError;
+use super::{Config, ConfigError};
+use serde::Deserialize;
 use std::path::Path;
+use toml::de::{DeArray, DeString, DeTable, DeValue};
+use toml::Spanned;
 
 pub(super) fn toml_error(text: &str, path: &Path, error: &toml::de::Error) -> ConfigError {
     let message = error.message().trim_end().to_string();
@@ -96,4 +101,260 @@ pub(super) fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
     let line_start = before.rfind('\n').map_or(0, |newline| newline + 1);
     let column = before[line_start..].chars().count() + 1;
     (line, column)
+}
+
+/// A TOML document read as far as it goes: every mistake found, the config made of the
+/// sections and checks that have none (to validate further), and the document it was made
+/// from (to place validation messages).
+pub(super) struct TomlParse<'i> {
+    pub config: Option<Config>,
+    pub errors: Vec<ConfigError>,
+    pub document: Option<Spanned<DeTable<'i>>>,
+    /// For each check in `config`, its 0-based position in the file (they differ when an
+    /// earlier check did not parse).
+    pub check_positions: Vec<usize>,
+}
+
+/// Parses a TOML document and deserializes it, reporting every mistake found rather than the
+/// first: all syntax errors the parser recovers from, then, when the whole document does not
+/// deserialize, each top-level section and each `[[checks]]` entry on its own (every section
+/// has a default, so each one alone is a complete config). Within one section serde still
+/// stops at the first mistake. The sections and checks without mistakes make up `config`.
+pub(super) fn parse_toml_all<'i>(text: &'i str, path: &Path) -> TomlParse<'i> {
+    let (document, syntax) = DeTable::parse_recoverable(text);
+    if !syntax.is_empty() {
+        return TomlParse {
+            config: None,
+            errors: syntax
+                .iter()
+                .map(|error| toml_error(text, path, error))
+                .collect(),
+            document: None,
+            check_positions: Vec::new(),
+        };
+    }
+    let first = match Config::deserialize(toml::de::Deserializer::from(document.clone())) {
+        Ok(config) => {
+            return TomlParse {
+                check_positions: (0..config.checks.len()).collect(),
+                config: Some(config),
+                errors: Vec::new(),
+                document: Some(document),
+            }
+        }
+        Err(error) => error,
+    };
+    let span = document.span();
+    let as_document = |table: DeTable<'i>| Spanned::new(span.clone(), table);
+    let mut errors: Vec<toml::de::Error> = Vec::new();
+    let mut good = DeTable::new();
+    let mut check_positions = Vec::new();
+    let mut try_part = |key: &Spanned<DeString<'i>>, value: Spanned<DeValue<'i>>| {
+        let mut part = DeTable::new();
+        part.insert(key.clone(), value);
+        match Config::deserialize(toml::de::Deserializer::from(as_document(part))) {
+            Ok(_) => true,
+            Err(error) => {
+                errors.push(error);
+                false
+            }
+        }
+    };
+    for (key, value) in document.get_ref().iter() {
+        match value.get_ref() {
+            DeValue::Array(checks) if key.get_ref() == "checks" => {
+                let mut kept = DeArray::new();
+                for (position, check) in checks.iter().enumerate() {
+                    let mut one = DeArray::new();
+                    one.push(check.clone());
+                    if try_part(key, Spanned::new(value.span(), DeValue::Array(one))) {
+                        kept.push(check.clone());
+                        check_positions.push(position);
+                    }
+                }
+                good.insert(
+                    key.clone(),
+                    Spanned::new(value.span(), DeValue::Array(kept)),
+                );
+            }
+            _ => {
+                if try_part(key, value.clone()) {
+                    good.insert(key.clone(), value.clone());
+                }
+            }
+        }
+    }
+    if errors.is_empty() {
+        errors.push(first);
+    }
+    let good = as_document(good);
+    TomlParse {
+        config: Config::deserialize(toml::de::Deserializer::from(good.clone())).ok(),
+        errors: errors
+            .iter()
+            .map(|error| toml_error(text, path, error))
+            .collect(),
+        document: Some(good),
+        check_positions,
+    }
+}
+
+/// Rewrites the check numbers in a validation message about a config whose checks are a
+/// subset of the file's (`check #2: ...`, `(checks #1 and #2)`), so they count in the file.
+pub(super) fn renumber_checks(message: &str, positions: &[usize]) -> String {
+    let numbered = message.starts_with("check #") || message.starts_with("check name `");
+    let Some(start) = message
+        .find("check #")
+        .or_else(|| message.find("(checks #"))
+    else {
+        return message.to_string();
+    };
+    if !numbered {
+        return message.to_string();
+    }
+    // Only the numbers of the leading "check #N" or the "(checks #A and #B)" part.
+    let end = message[start..]
+        .find([':', ')'])
+        .map_or(message.len(), |offset| start + offset);
+    let mut out = message[..start].to_string();
+    let mut rest = &message[start..end];
+    while let Some(hash) = rest.find('#') {
+        out.push_str(&rest[..=hash]);
+        rest = &rest[hash + 1..];
+        let digits = rest.chars().take_while(char::is_ascii_digit).count();
+        let renumbered = rest[..digits]
+            .parse::<usize>()
+            .ok()
+            .and_then(|number| positions.get(number.checked_sub(1)?))
+            .map(|position| (position + 1).to_string());
+        out.push_str(renumbered.as_deref().unwrap_or(&rest[..digits]));
+        rest = &rest[digits..];
+    }
+    out.push_str(rest);
+    out.push_str(&message[end..]);
+    out
+}
+
+/// Where a validation message's subject stands in a TOML document, as a byte offset. The
+/// message names its subject the way every validation message here does: a dotted key in
+/// front (`agent.web.tls_cert_file ...`, `[bus.nats] is set ...`), a check by name
+/// (``check `web`: timeout 5s ...``, pointing at `timeout` inside that check when it is one of
+/// its keys), by position (`check #3: ...`), or a duplicated name (`(checks #1 and #2)`).
+/// New config sections get locations for free when their messages start with their key.
+pub(super) fn problem_offset(root: &DeTable<'_>, message: &str) -> Option<usize> {
+    let checks: Vec<&DeTable<'_>> = match root.get("checks").map(|value| value.get_ref()) {
+        Some(DeValue::Array(checks)) => checks
+            .iter()
+            .filter_map(|check| check.get_ref().as_table())
+            .collect(),
+        _ => Vec::new(),
+    };
+    let name_of = |table: &DeTable<'_>| {
+        table
+            .get("name")
+            .and_then(|name| name.get_ref().as_str().map(str::to_string))
+    };
+    if message.starts_with("check name `") {
+        // "check name `x` is used twice (checks #1 and #2)": the second one.
+        let second = message.rsplit("and #").next()?.split(')').next()?;
+        let check = checks.get(second.trim().parse::<usize>().ok()?.checked_sub(1)?)?;
+        return key_offset(check, "name");
+    }
+    if let Some(rest) = message.strip_prefix("check `") {
+        let (name, detail) = rest.split_once('`')?;
+        let check = checks
+            .iter()
+            .find(|check| name_of(check).as_deref() == Some(name))?;
+        let detail = detail.trim_start_matches(':').trim_start();
+        // "instance `x` is not an address" is about the `instances` list.
+        return assertion_offset(check, detail)
+            .or_else(|| path_offset(check, leading_key(detail)))
+            .or_else(|| key_offset(check, &format!("{}s", leading_key(detail))))
+            .or_else(|| key_offset(check, "name"));
+    }
+    if let Some(rest) = message.strip_prefix("check #") {
+        let (number, detail) = rest.split_once(':').unwrap_or((rest, ""));
+        let check = checks.get(number.trim().parse::<usize>().ok()?.checked_sub(1)?)?;
+        return path_offset(check, leading_key(detail.trim_start()))
+            .or_else(|| key_offset(check, "name"));
+    }
+    path_offset(root, leading_key(message))
+}
+
+/// "assertion #N: ...": the first key of the check's Nth assertion.
+fn assertion_offset(check: &DeTable<'_>, detail: &str) -> Option<usize> {
+    let number = detail.strip_prefix("assertion #")?.split(':').next()?;
+    let index = number.trim().parse::<usize>().ok()?.checked_sub(1)?;
+    let DeValue::Array(assertions) = check.get("assertions")?.get_ref() else {
+        return None;
+    };
+    let assertion = assertions.get(index)?.get_ref().as_table()?;
+    assertion.iter().map(|(key, _)| key.span().start).min()
+}
+
+/// The dotted key a message starts with (`[bus.nats]`, `agent.id`, `` `x` ``), or "".
+fn leading_key(message: &str) -> &str {
+    let word = message
+        .split([' ', ':', ','])
+        .next()
+        .unwrap_or_default()
+        .trim_matches(['[', ']', '`']);
+    if word
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+    {
+        word
+    } else {
+        ""
+    }
+}
+
+/// The deepest key of `dotted` found in `table`, as the offset of that key.
+fn path_offset(table: &DeTable<'_>, dotted: &str) -> Option<usize> {
+    let mut table = table;
+    let mut found = None;
+    for segment in dotted.split('.').filter(|segment| !segment.is_empty()) {
+        let Some((key, value)) = table.iter().find(|(key, _)| key.get_ref() == segment) else {
+            break;
+        };
+        found = Some(key.span().start);
+        match value.get_ref() {
+            DeValue::Table(inner) => table = inner,
+            _ => break,
+        }
+    }
+    found
+}
+
+fn key_offset(table: &DeTable<'_>, name: &str) -> Option<usize> {
+    table
+        .iter()
+        .find(|(key, _)| key.get_ref() == name)
+        .map(|(key, _)| key.span().start)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::renumber_checks;
+
+    #[test]
+    fn check_numbers_count_in_the_file() {
+        // The file's checks 1 and 3 did not parse: the config holds its 2nd, 4th and 5th.
+        let positions = [1, 3, 4];
+        assert_eq!(
+            renumber_checks(
+                "check name `a` is used twice (checks #1 and #3); names must be unique",
+                &positions
+            ),
+            "check name `a` is used twice (checks #2 and #5); names must be unique"
+        );
+        assert_eq!(
+            renumber_checks("check #2: name must not be empty", &positions),
+            "check #4: name must not be empty"
+        );
+        assert_eq!(
+            renumber_checks("check `a`: assertion #1: bad", &positions),
+            "check `a`: assertion #1: bad"
+        );
+    }
 }

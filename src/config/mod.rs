@@ -11,7 +11,7 @@ mod schema;
 pub use defaults::{DEFAULT_FORGET_CHECKS_AFTER, MAX_BODY_BYTES_LIMIT, MIN_INTERVAL};
 pub use schema::*;
 
-use locate::{toml_error, yaml_error};
+use locate::{parse_toml_all, yaml_error};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -35,6 +35,87 @@ pub enum ConfigError {
     SyntaxNoLocation { path: PathBuf, message: String },
     #[error("{path}: {message}")]
     Invalid { path: PathBuf, message: String },
+    /// A semantic mistake whose place in the file is known.
+    #[error("{path}:{line}:{column}: {message}")]
+    InvalidAt {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    /// More than one mistake, in file order; `bastion validate` prints one per line.
+    #[error("{}", join(.0))]
+    Several(Vec<ConfigError>),
+}
+
+fn join(errors: &[ConfigError]) -> String {
+    let shown: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    shown.join("; ")
+}
+
+impl ConfigError {
+    /// Each mistake on its own (one for every variant but `Several`).
+    pub fn each(&self) -> Vec<&ConfigError> {
+        match self {
+            ConfigError::Several(errors) => errors.iter().flat_map(ConfigError::each).collect(),
+            one => vec![one],
+        }
+    }
+
+    /// One error for a list: the error itself when there is one, `Several` otherwise, sorted
+    /// by line and column (those without a place last), without repeats.
+    pub fn from_list(mut errors: Vec<ConfigError>) -> ConfigError {
+        errors.sort_by_key(|error| match error {
+            ConfigError::Syntax { line, column, .. }
+            | ConfigError::InvalidAt { line, column, .. } => (*line, *column),
+            _ => (usize::MAX, usize::MAX),
+        });
+        let mut seen = std::collections::HashSet::new();
+        errors.retain(|error| seen.insert(error.to_string()));
+        if errors.len() == 1 {
+            errors.remove(0)
+        } else {
+            ConfigError::Several(errors)
+        }
+    }
+}
+
+/// Every validation message found, each naming its subject first (a dotted key such as
+/// `agent.id`, or ``check `name`:``), which is how `from_problems` finds its line. A function
+/// returning `Result<(), String>` adds its message with `?` (that stops at it) or, better,
+/// with [`Problems::check`] (which goes on to the next).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Problems(pub Vec<String>);
+
+impl From<String> for Problems {
+    fn from(message: String) -> Problems {
+        Problems(vec![message])
+    }
+}
+
+impl Problems {
+    /// Keeps the message of a failed check and goes on.
+    pub fn check(&mut self, outcome: Result<(), String>) {
+        if let Err(message) = outcome {
+            self.0.push(message);
+        }
+    }
+
+    pub fn push(&mut self, message: String) {
+        self.0.push(message);
+    }
+
+    pub fn extend(&mut self, other: Problems) {
+        self.0.extend(other.0);
+    }
+
+    pub fn into_result(self) -> Result<(), Problems> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(self)
+        }
+    }
 }
 
 /// Which parser reads a file, chosen by its extension.
@@ -66,47 +147,96 @@ impl Config {
         Config::parse(&text, Format::for_path(path), path)
     }
 
-    /// Parses `text` and checks what the schema alone can check; `path` only names the source
-    /// in errors. `validate::parse` does all of it.
+    /// Parses `text` and checks what the schema alone can check, reporting every mistake
+    /// found; `path` only names the source in errors. `validate::parse` does all of it.
     pub fn parse(text: &str, format: Format, path: &Path) -> Result<Config, ConfigError> {
-        let config: Config = match format {
-            Format::Toml => toml::from_str(text).map_err(|error| toml_error(text, path, &error))?,
-            Format::Yaml => {
-                serde_saphyr::from_str(text).map_err(|error| yaml_error(path, &error))?
+        Config::parse_with(text, format, path, |_| Ok(()))
+    }
+
+    /// Parses `text`, runs [`Config::validate`] and `more` (the checks that need layers above
+    /// this one), and reports every mistake found by any of them in one error, each placed at
+    /// its line and column where known. When some sections or checks of a TOML file do not
+    /// parse, the rest is still validated, so one run shows mistakes of both kinds.
+    pub fn parse_with(
+        text: &str,
+        format: Format,
+        path: &Path,
+        more: impl FnOnce(&Config) -> Result<(), Problems>,
+    ) -> Result<Config, ConfigError> {
+        let (config, mut errors, document, positions) = match format {
+            Format::Toml => {
+                let parsed = parse_toml_all(text, path);
+                let positions = parsed.check_positions;
+                (parsed.config, parsed.errors, parsed.document, positions)
             }
+            Format::Yaml => match serde_saphyr::from_str::<Config>(text) {
+                Ok(config) => {
+                    let positions = (0..config.checks.len()).collect();
+                    (Some(config), Vec::new(), None, positions)
+                }
+                Err(error) => (None, vec![yaml_error(path, &error)], None, Vec::new()),
+            },
         };
-        config.validate().map_err(|message| ConfigError::Invalid {
-            path: path.to_path_buf(),
-            message,
-        })?;
-        Ok(config)
+        let Some(config) = config else {
+            return Err(ConfigError::from_list(errors));
+        };
+        let mut problems = config.validate().err().unwrap_or_default();
+        problems.extend(more(&config).err().unwrap_or_default());
+        for message in problems.0 {
+            let offset = document
+                .as_ref()
+                .and_then(|document| locate::problem_offset(document.get_ref(), &message));
+            let message = locate::renumber_checks(&message, &positions);
+            errors.push(match offset {
+                Some(offset) => {
+                    let (line, column) = locate::line_and_column(text, offset);
+                    ConfigError::InvalidAt {
+                        path: path.to_path_buf(),
+                        line,
+                        column,
+                        message,
+                    }
+                }
+                None => ConfigError::Invalid {
+                    path: path.to_path_buf(),
+                    message,
+                },
+            });
+        }
+        if errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::from_list(errors))
+        }
     }
 
     /// Checks what the types cannot but the schema alone can: ranges, uniqueness, settings that
-    /// go together. What needs the probe engine (compiling checks, opening ICMP sockets), the bus
-    /// (URLs, subjects) or the endpoints (password hashes) is checked by `validate`.
-    pub fn validate(&self) -> Result<(), String> {
+    /// go together, and reports all that fail. What needs the probe engine (compiling checks,
+    /// opening ICMP sockets), the bus (URLs, subjects) or the endpoints (password hashes) is
+    /// checked by `validate`.
+    pub fn validate(&self) -> Result<(), Problems> {
+        let mut problems = Problems::default();
         if self.agent.id.trim().is_empty() {
-            return Err("agent.id must not be empty".to_string());
+            problems.push("agent.id must not be empty".to_string());
         }
         if self.runner.dispatch_deadline.is_zero() {
-            return Err("runner.dispatch_deadline must be longer than 0s".to_string());
+            problems.push("runner.dispatch_deadline must be longer than 0s".to_string());
         }
         if self.runner.forget_checks_after.is_zero() {
-            return Err("runner.forget_checks_after must be longer than 0s".to_string());
+            problems.push("runner.forget_checks_after must be longer than 0s".to_string());
         }
         if self.runner.max_body_bytes > MAX_BODY_BYTES_LIMIT {
-            return Err(format!(
+            problems.push(format!(
                 "runner.max_body_bytes is {}; the most allowed is {MAX_BODY_BYTES_LIMIT}",
                 self.runner.max_body_bytes
             ));
         }
-        self.validate_bus()?;
-        self.validate_web()?;
+        problems.check(self.validate_bus());
+        problems.check(self.validate_web());
         let mut seen: HashMap<&str, usize> = HashMap::new();
         for (index, check) in self.checks.iter().enumerate() {
             if let Some(first) = seen.insert(check.name.as_str(), index) {
-                return Err(format!(
+                problems.push(format!(
                     "check name `{}` is used twice (checks #{} and #{}); names must be unique",
                     check.name,
                     first + 1,
@@ -114,21 +244,21 @@ impl Config {
                 ));
             }
             if check.min_failing_count == Some(0) {
-                return Err(format!(
+                problems.push(format!(
                     "check `{}`: min_failing_count must be at least 1",
                     check.name
                 ));
             }
             let check_type = check.check_type();
             if self.runner.workers.for_type(check_type) == 0 {
-                return Err(format!(
+                problems.push(format!(
                     "check `{}` is of type {check_type}, but runner.workers.{check_type} is 0; \
                      give that type at least one worker",
                     check.name
                 ));
             }
         }
-        Ok(())
+        problems.into_result()
     }
 }
 
