@@ -9,7 +9,7 @@ use bastion_agent::agent::{self, Agent, AgentOptions, Role};
 use bastion_agent::config::Config;
 use bastion_agent::report;
 use bastion_agent::telemetry::{self, LogFormat};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 #[command(
     name = "bastion",
     version,
+    long_version = LONG_VERSION,
     about = "Probes the services it can reach and reports honest latency"
 )]
 struct Cli {
@@ -73,6 +74,19 @@ enum Command {
         #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
         timeout: Duration,
     },
+    /// Print a shell completion script, e.g. `bastion completions bash >
+    /// /etc/bash_completion.d/bastion` (packages install them for bash, zsh and fish).
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page bastion(1), or write one page per command into a directory.
+    Man {
+        /// Write bastion.1, bastion-run.1, ... into this directory instead of printing bastion(1).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -126,11 +140,26 @@ macro_rules! say_out {
     }};
 }
 
+/// `bastion --version`: the version, the git commit and the target it was built for (build.rs).
+const LONG_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    "\ncommit: ",
+    env!("BASTION_GIT_COMMIT"),
+    "\ntarget: ",
+    env!("BASTION_TARGET"),
+);
+
 const EXIT_FAILING: u8 = 1;
 const EXIT_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Generated from the command line definition: nothing to load, no runtime needed.
+    match cli.command {
+        Command::Completions { shell } => return completions_command(shell),
+        Command::Man { dir } => return man_command(dir.as_deref()),
+        _ => {}
+    }
     telemetry::init(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -171,8 +200,41 @@ fn main() -> ExitCode {
                 role,
                 bus,
             } => run_command(path.config, role, bus).await,
+            Command::Completions { .. } | Command::Man { .. } => ExitCode::SUCCESS,
         }
     })
+}
+
+/// `bastion completions SHELL`.
+fn completions_command(shell: clap_complete::Shell) -> ExitCode {
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "bastion", &mut script);
+    say_out!("{}", String::from_utf8_lossy(&script));
+    ExitCode::SUCCESS
+}
+
+/// `bastion man [--dir DIR]`.
+fn man_command(dir: Option<&Path>) -> ExitCode {
+    let command = Cli::command();
+    let outcome = match dir {
+        Some(dir) => std::fs::create_dir_all(dir)
+            .and_then(|()| clap_mangen::generate_to(command, dir))
+            .map_err(|error| format!("cannot write man pages into {}: {error}", dir.display())),
+        None => {
+            let mut page = Vec::new();
+            clap_mangen::Man::new(command)
+                .render(&mut page)
+                .map(|()| say_out!("{}", String::from_utf8_lossy(&page)))
+                .map_err(|error| format!("cannot render the man page: {error}"))
+        }
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            say_err!("error: {error}");
+            ExitCode::from(EXIT_FAILING)
+        }
+    }
 }
 
 /// `bastion validate`.
@@ -245,8 +307,16 @@ async fn run_command(config_path: PathBuf, role: RoleArg, bus: BusArgs) -> ExitC
     }
 }
 
+/// Prints every mistake found, one per line, and exits 2.
 fn config_error(error: &bastion_agent::config::ConfigError) -> ExitCode {
-    say_err!("error: {error}");
+    let all = error.each();
+    for one in &all {
+        // A message of several lines (a regex parser's) stays visibly one error.
+        say_err!("error: {}", one.to_string().replace('\n', "\n    "));
+    }
+    if all.len() > 1 {
+        say_err!("{} errors in the config", all.len());
+    }
     ExitCode::from(EXIT_CONFIG)
 }
 

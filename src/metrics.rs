@@ -67,6 +67,10 @@ pub struct CheckToLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VersionLabels {
     version: &'static str,
+    /// The git commit the binary was built from (build.rs), `unknown` outside git.
+    commit: &'static str,
+    /// The target triple it was built for.
+    target: &'static str,
 }
 
 fn latency_histogram() -> Histogram {
@@ -342,11 +346,13 @@ impl Metrics {
         build_info
             .get_or_create(&VersionLabels {
                 version: env!("CARGO_PKG_VERSION"),
+                commit: env!("BASTION_GIT_COMMIT"),
+                target: env!("BASTION_TARGET"),
             })
             .set(1);
         registry.register(
             "bastion_build_info",
-            "The running bastion version, as a label; always 1",
+            "The running bastion version, git commit and target, as labels; always 1",
             build_info,
         );
     }

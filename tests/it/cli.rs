@@ -70,27 +70,27 @@ fn bad_configs_are_clear_errors_with_exit_code_2() {
         (
             "timeout.toml",
             "[[checks]]\nname = \"web\"\ntype = \"http\"\ninterval = \"5s\"\ntimeout = \"5s\"\nurl = \"http://x/\"\n",
-            "timeout.toml: check `web`: timeout 5s must be shorter than interval 5s",
+            "timeout.toml:5:1: check `web`: timeout 5s must be shorter than interval 5s",
         ),
         (
             "duplicate.toml",
             "[[checks]]\nname = \"web\"\ntype = \"http\"\ninterval = \"5s\"\nurl = \"http://x/\"\n[[checks]]\nname = \"web\"\ntype = \"http\"\ninterval = \"5s\"\nurl = \"http://y/\"\n",
-            "duplicate.toml: check name `web` is used twice (checks #1 and #2); names must be unique",
+            "duplicate.toml:7:1: check name `web` is used twice (checks #1 and #2); names must be unique",
         ),
         (
             "regex.toml",
             "[[checks]]\nname = \"web\"\ntype = \"http\"\ninterval = \"5s\"\nurl = \"http://x/\"\n[[checks.assertions]]\nkey = \"body\"\nrelationship = \"regExp\"\noperand = \"(\"\n",
-            "regex.toml: check `web`: assertion #1: regExp operand `(` is not a valid regex",
+            "regex.toml:7:1: check `web`: assertion #1: regExp operand `(` is not a valid regex",
         ),
         (
             "jsonpath.toml",
             "[[checks]]\nname = \"web\"\ntype = \"http\"\ninterval = \"5s\"\nurl = \"http://x/\"\n[[checks.assertions]]\nkey = \"json\"\nvalue = \"$[\"\nrelationship = \"equal\"\noperand = \"1\"\n",
-            "jsonpath.toml: check `web`: assertion #1: `$[` is not a valid RFC 9535 JSON path",
+            "jsonpath.toml:7:1: check `web`: assertion #1: `$[` is not a valid RFC 9535 JSON path",
         ),
         (
             "short.toml",
             "[[checks]]\nname = \"web\"\ntype = \"http\"\ninterval = \"500ms\"\ntimeout = \"100ms\"\nurl = \"http://x/\"\n",
-            "short.toml: check `web`: interval 500ms is too short; the least is 1s",
+            "short.toml:4:1: check `web`: interval 500ms is too short; the least is 1s",
         ),
         (
             "type.toml",
@@ -105,12 +105,12 @@ fn bad_configs_are_clear_errors_with_exit_code_2() {
         (
             "tls.toml",
             "[[checks]]\nname = \"web\"\ntype = \"http\"\ninterval = \"5s\"\nurl = \"https://x/\"\ntls = { insecure_skip_verify = true, ca_file = \"/etc/hostname\" }\n",
-            "tls.toml: check `web`: tls.ca_file and tls.insecure_skip_verify contradict each other",
+            "tls.toml:6:38: check `web`: tls.ca_file and tls.insecure_skip_verify contradict each other",
         ),
         (
             "instance.toml",
             "[[checks]]\nname = \"web\"\ntype = \"http\"\ninterval = \"5s\"\nurl = \"http://x/\"\ninstances = [\"db.internal\"]\n",
-            "instance.toml: check `web`: instance `db.internal` is not an address",
+            "instance.toml:6:1: check `web`: instance `db.internal` is not an address",
         ),
         (
             "bad.yaml",
@@ -120,42 +120,42 @@ fn bad_configs_are_clear_errors_with_exit_code_2() {
         (
             "nats-missing.toml",
             "[bus]\nkind = \"nats\"\n",
-            "nats-missing.toml: bus.kind is \"nats\" but [bus.nats] is missing",
+            "nats-missing.toml:2:1: bus.kind is \"nats\" but [bus.nats] is missing",
         ),
         (
             "nats-unused.toml",
             "[bus.nats]\nurl = \"nats://127.0.0.1:4222\"\n",
-            "nats-unused.toml: [bus.nats] is set but bus.kind is \"embedded\"",
+            "nats-unused.toml:1:6: [bus.nats] is set but bus.kind is \"embedded\"",
         ),
         (
             "nats-auth.toml",
             "[bus]\nkind = \"nats\"\n[bus.nats]\nurl = \"nats://127.0.0.1:4222\"\ntoken_file = \"/t\"\ncreds_file = \"/c\"\n",
-            "nats-auth.toml: bus.nats sets more than one way to authenticate",
+            "nats-auth.toml:3:6: bus.nats sets more than one way to authenticate",
         ),
         (
             "nats-user.toml",
             "[bus]\nkind = \"nats\"\n[bus.nats]\nurl = \"nats://127.0.0.1:4222\"\nuser = \"alice\"\n",
-            "nats-user.toml: bus.nats.user and bus.nats.password_file go together",
+            "nats-user.toml:5:1: bus.nats.user and bus.nats.password_file go together",
         ),
         (
             "nats-url.toml",
             "[bus]\nkind = \"nats\"\n[bus.nats]\nurl = [\"nats://[::1\"]\n",
-            "nats-url.toml: bus.nats.url: `nats://[::1` is not a NATS server URL",
+            "nats-url.toml:4:1: bus.nats.url: `nats://[::1` is not a NATS server URL",
         ),
         (
             "nats-prefix.toml",
             "[bus]\nkind = \"nats\"\n[bus.nats]\nurl = \"nats://127.0.0.1:4222\"\nsubject_prefix = \"a.*\"\n",
-            "nats-prefix.toml: bus.nats.subject_prefix `a.*` is not a valid subject",
+            "nats-prefix.toml:5:1: bus.nats.subject_prefix `a.*` is not a valid subject",
         ),
         (
             "nats-secret.toml",
             "[bus]\nkind = \"nats\"\n[bus.nats]\nurl = \"nats://alice:pw@10.0.0.7:4222\"\n",
-            "nats-secret.toml: bus.nats.url: the URL of 10.0.0.7:4222 holds credentials",
+            "nats-secret.toml:4:1: bus.nats.url: the URL of 10.0.0.7:4222 holds credentials",
         ),
         (
             "ha.toml",
             "[checker]\nha = true\n",
-            "ha.toml: checker.ha needs a shared bus",
+            "ha.toml:2:1: checker.ha needs a shared bus",
         ),
     ];
     for (name, text, expected) in cases {
@@ -266,4 +266,166 @@ async fn once_exits_0_when_all_pass_1_when_any_fails_and_prints_json_lines() {
     let unknown = run(args(&["--check", "nope"])).await.unwrap();
     assert_eq!(unknown.status.code(), Some(2));
     assert!(stderr(&unknown).contains("no check is named `nope`"));
+}
+
+/// A file with several mistakes of different kinds (an unknown key, a bad duration, a
+/// timeout as long as its interval, a duplicated check name) lists them all in one run, in
+/// file order, each with its line and column, and counts them.
+#[test]
+fn validate_reports_every_mistake_with_its_line_and_column() {
+    let text = "\
+[agent]
+id = \"a\"
+lisen = \"127.0.0.1:1\"
+
+[[checks]]
+name = \"web\"
+type = \"http\"
+interval = \"10 parsecs\"
+url = \"http://x/\"
+
+[[checks]]
+name = \"db\"
+type = \"tcp\"
+interval = \"5s\"
+timeout = \"5s\"
+address = \"db.internal:5432\"
+
+[[checks]]
+name = \"db\"
+type = \"http\"
+interval = \"5s\"
+url = \"http://y/\"
+";
+    let path = write_config("three.toml", text);
+    let output = bastion(&["validate", "--config", path.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    let shown = path.display().to_string();
+    let lines: Vec<String> = stderr(&output).lines().map(str::to_string).collect();
+    let expected = [
+        format!("error: {shown}:3:1: unknown field `lisen`"),
+        format!("error: {shown}:8:12: invalid value: string \"10 parsecs\", expected a duration"),
+        format!("error: {shown}:15:1: check `db`: timeout 5s must be shorter than interval 5s"),
+        format!("error: {shown}:19:1: check name `db` is used twice (checks #2 and #3)"),
+    ];
+    assert_eq!(lines.len(), expected.len() + 1, "{lines:#?}");
+    for (line, expected) in lines.iter().zip(&expected) {
+        assert!(
+            line.starts_with(expected.as_str()),
+            "{line}\n !~ {expected}"
+        );
+    }
+    assert_eq!(lines[expected.len()], "4 errors in the config");
+    // Three syntax errors in one file: all three, located.
+    let path = write_config("syntax3.toml", "[agent\nid = \"a\"\n[runner\n[checker\n");
+    let output = bastion(&["validate", "--config", path.to_str().unwrap()]);
+    let message = stderr(&output);
+    for line in [1, 3, 4] {
+        assert!(
+            message.contains(&format!("syntax3.toml:{line}:")),
+            "line {line}:\n{message}"
+        );
+    }
+    assert!(message.contains("3 errors in the config"), "{message}");
+}
+
+#[test]
+fn version_names_the_commit_and_the_target() {
+    let output = bastion(&["--version"]);
+    assert!(output.status.success());
+    let text = String::from_utf8(output.stdout).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(
+        lines.next(),
+        Some(format!("bastion {}", env!("CARGO_PKG_VERSION")).as_str())
+    );
+    let commit = lines.next().unwrap().strip_prefix("commit: ").unwrap();
+    // Built from this git checkout: the commit git names for HEAD (or the override).
+    let expected = std::env::var("BASTION_GIT_COMMIT").unwrap_or_else(|_| {
+        let head = std::process::Command::new("git")
+            .args(["rev-parse", "--short=12", "HEAD"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .unwrap();
+        String::from_utf8(head.stdout).unwrap().trim().to_string()
+    });
+    assert_eq!(commit, expected);
+    let target = lines.next().unwrap().strip_prefix("target: ").unwrap();
+    assert!(
+        target.starts_with(std::env::consts::ARCH) && target.contains("linux"),
+        "{target}"
+    );
+}
+
+#[test]
+fn completions_and_the_man_page_come_from_the_command_line_definition() {
+    for (shell, marker) in [
+        ("bash", "complete -F _bastion"),
+        ("zsh", "#compdef bastion"),
+        ("fish", "complete -c bastion"),
+    ] {
+        let output = bastion(&["completions", shell]);
+        assert!(output.status.success(), "{shell}: {}", stderr(&output));
+        let script = String::from_utf8(output.stdout).unwrap();
+        assert!(script.contains(marker), "{shell}:\n{script}");
+        // Every subcommand and a long option are offered.
+        for word in ["run", "validate", "once", "healthcheck", "log-format"] {
+            assert!(script.contains(word), "{shell} lacks {word}");
+        }
+    }
+    // bash accepts the script and completes `bastion va` to `validate`.
+    let script = String::from_utf8(bastion(&["completions", "bash"]).stdout).unwrap();
+    let dir = write_config("completion.bash", &script);
+    let probe = format!(
+        "source {}; COMP_WORDS=(bastion va); COMP_CWORD=1; _bastion bastion va bastion; echo \"${{COMPREPLY[@]}}\"",
+        dir.display()
+    );
+    let completed = std::process::Command::new("bash")
+        .args(["-c", &probe])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&completed.stdout).trim(),
+        "validate",
+        "{}",
+        String::from_utf8_lossy(&completed.stderr)
+    );
+    let page = bastion(&["man"]);
+    assert!(page.status.success());
+    let page = String::from_utf8(page.stdout).unwrap();
+    assert!(page.contains(".TH bastion 1"), "{page}");
+    assert!(page.contains("validate"), "{page}");
+    let dir = common::process::scratch_dir("man");
+    let written = bastion(&["man", "--dir", dir.to_str().unwrap()]);
+    assert!(written.status.success(), "{}", stderr(&written));
+    for name in [
+        "bastion.1",
+        "bastion-run.1",
+        "bastion-validate.1",
+        "bastion-once.1",
+    ] {
+        let text = std::fs::read_to_string(dir.join(name)).unwrap();
+        assert!(text.starts_with(".ie") || text.contains(".TH"), "{name}");
+    }
+    // man renders it without warnings where man is installed.
+    if let Ok(output) = std::process::Command::new("man")
+        .args(["--warnings", "-l", "-Tutf8"])
+        .arg(dir.join("bastion-run.1"))
+        .env("MANWIDTH", "80")
+        .output()
+    {
+        // Without a terminal, man emboldens by overstriking (`c\x08c`): keep the last of each.
+        let mut shown = String::new();
+        for c in String::from_utf8_lossy(&output.stdout).chars() {
+            if c == '\x08' {
+                shown.pop();
+            } else {
+                shown.push(c);
+            }
+        }
+        let warnings = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success() && warnings.is_empty(), "{warnings}");
+        assert!(shown.contains("-c, --config <CONFIG>"), "{shown}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
 }
