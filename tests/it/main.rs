@@ -22,6 +22,7 @@ mod fuzz;
 mod grpc;
 mod hostile;
 mod icmp;
+mod logs;
 mod nats;
 mod operations;
 mod pipeline;
