@@ -25,6 +25,7 @@ mod icmp;
 mod logs;
 mod nats;
 mod operations;
+mod package;
 mod pipeline;
 mod prometheus;
 mod resources;

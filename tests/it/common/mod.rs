@@ -2,6 +2,7 @@
 //! 127.0.0.x, minimal HTTP/1.1 servers with chosen misbehaviour, and a TLS server.
 #![allow(dead_code)]
 
+pub mod debian;
 pub mod dns;
 pub mod nats;
 pub mod process;
