@@ -11,6 +11,7 @@ mod agent;
 mod architecture;
 mod checker;
 mod cli;
+mod container;
 mod delivery;
 mod deploy;
 mod dns;
