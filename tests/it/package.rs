@@ -44,7 +44,7 @@ fn stage(root: &Root, deb: &Path) -> String {
 #[test]
 fn the_deb_installs_upgrades_keeping_a_changed_config_and_purges() {
     require_root("the package test");
-    let tree = cached_tree("debian-bookworm-systemd", "ca-certificates,systemd,procps");
+    let tree = cached_tree();
     let scratch = scratch_dir("deb");
     let first = build_deb(&scratch, 1);
     let root = Root::copy_of(&tree, &scratch);

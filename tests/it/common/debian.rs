@@ -27,21 +27,64 @@ pub fn require_root(what: &str) {
     );
 }
 
-/// The cached tree `name` (a minbase system plus `include`, comma-separated packages),
-/// built by debootstrap when absent. Two tests building the same tree at once each build
-/// their own and the first rename wins.
-pub fn cached_tree(name: &str, include: &str) -> PathBuf {
+/// The packages both the package and the container tests need on top of minbase: CA roots
+/// (the image's https checks), systemd (to verify the installed unit) and procps (`kill`,
+/// which the unit's ExecReload runs). One tree serves both, so a fresh machine runs
+/// debootstrap once.
+pub const INCLUDE: &str = "ca-certificates,systemd,procps";
+
+/// The cached Debian root (minbase plus [`INCLUDE`]), built by debootstrap when absent. Tests
+/// that need it at once wait for the first one to build it.
+pub fn cached_tree() -> PathBuf {
     let dir = cache_dir();
-    let tree = dir.join(name);
+    let name = format!("debian-{SUITE}-systemd");
+    let tree = dir.join(&name);
     if tree.join("etc/debian_version").is_file() {
         return tree;
     }
+    std::fs::create_dir_all(&dir).unwrap();
+    let lock = dir.join(format!("{name}.lock"));
+    let deadline = Instant::now() + std::time::Duration::from_secs(900);
+    loop {
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&lock)
+        {
+            Ok(_) => break,
+            Err(_) if Instant::now() < deadline => {
+                if tree.join("etc/debian_version").is_file() {
+                    return tree;
+                }
+                // A lock left by a run that died: older than any debootstrap takes.
+                let stale = std::fs::metadata(&lock)
+                    .and_then(|metadata| metadata.modified())
+                    .ok()
+                    .and_then(|modified| modified.elapsed().ok())
+                    .is_some_and(|age| age > std::time::Duration::from_secs(900));
+                if stale {
+                    let _ = std::fs::remove_file(&lock);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(500));
+            }
+            Err(error) => panic!("waiting for {}: {error}", lock.display()),
+        }
+    }
+    let built = build_tree(&dir, &name, &tree);
+    let _ = std::fs::remove_file(&lock);
+    built
+}
+
+fn build_tree(dir: &Path, name: &str, tree: &Path) -> PathBuf {
+    if tree.join("etc/debian_version").is_file() {
+        return tree.to_path_buf();
+    }
+    let include = INCLUDE;
     let debootstrap = ["/usr/sbin/debootstrap", "/sbin/debootstrap"]
         .into_iter()
         .map(Path::new)
         .find(|path| path.is_file())
         .expect("debootstrap is not installed: apt-get install debootstrap (.ci/test does)");
-    std::fs::create_dir_all(&dir).unwrap();
     let partial = dir.join(format!("{name}.partial-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&partial);
     let mirror = std::env::var("BASTION_DEBIAN_MIRROR")
@@ -64,10 +107,10 @@ pub fn cached_tree(name: &str, include: &str) -> PathBuf {
         started.elapsed().as_secs_f64(),
         tree.display()
     );
-    if std::fs::rename(&partial, &tree).is_err() {
+    if std::fs::rename(&partial, tree).is_err() {
         let _ = std::fs::remove_dir_all(&partial);
     }
-    tree
+    tree.to_path_buf()
 }
 
 /// A fresh copy of a cached tree, removed on drop.
