@@ -333,6 +333,141 @@ fn key_offset(table: &DeTable<'_>, name: &str) -> Option<usize> {
         .map(|(key, _)| key.span().start)
 }
 
+/// Where a validation message's subject stands in a YAML file, as (line, column), found by
+/// reading the lines (serde-saphyr keeps no positions in a deserialized value): the same
+/// subjects as [`problem_offset`], for block-style YAML (`key: value` lines, checks as `- `
+/// items). None where the subject cannot be found that way.
+pub(super) fn yaml_problem_place(text: &str, message: &str) -> Option<(usize, usize)> {
+    let lines: Vec<&str> = text.lines().collect();
+    let checks = yaml_find(&lines, 0, lines.len(), None, "checks")?;
+    let items = yaml_items(&lines, checks + 1);
+    let place = |line: usize| {
+        let column = lines[line].len() - lines[line].trim_start_matches([' ', '-']).len() + 1;
+        (line + 1, column)
+    };
+    let check_by_number = |number: &str| {
+        let index = number.trim().parse::<usize>().ok()?.checked_sub(1)?;
+        items.get(index).copied()
+    };
+    let within = |(start, end): (usize, usize), detail: &str| {
+        let key = leading_key(detail);
+        let first = key.split('.').next().unwrap_or_default();
+        let fallback = format!("{first}s");
+        let keys = [first, fallback.as_str()];
+        let found = keys
+            .into_iter()
+            .filter(|key| !key.is_empty())
+            .find_map(|key| yaml_find(&lines, start, end, None, key));
+        found
+            .or_else(|| yaml_find(&lines, start, end, None, "name"))
+            .unwrap_or(start)
+    };
+    if message.starts_with("check name `") {
+        let second = message.rsplit("and #").next()?.split(')').next()?;
+        let item = check_by_number(second)?;
+        return Some(place(
+            yaml_find(&lines, item.0, item.1, None, "name").unwrap_or(item.0),
+        ));
+    }
+    if let Some(rest) = message.strip_prefix("check `") {
+        let (name, detail) = rest.split_once('`')?;
+        let item = items.iter().copied().find(|&(start, end)| {
+            yaml_find(&lines, start, end, None, "name").is_some_and(|line| {
+                let value = lines[line].split_once(':').map(|(_, value)| value.trim());
+                value.map(|value| value.trim_matches(['"', '\''])) == Some(name)
+            })
+        })?;
+        let detail = detail.trim_start_matches(':').trim_start();
+        return Some(place(within(item, detail)));
+    }
+    if let Some(rest) = message.strip_prefix("check #") {
+        let (number, detail) = rest.split_once(':').unwrap_or((rest, ""));
+        let item = check_by_number(number)?;
+        return Some(place(within(item, detail.trim_start())));
+    }
+    // A dotted key from the top.
+    let mut found = None;
+    let (mut start, mut end, mut indent) = (0, lines.len(), Some(0));
+    for segment in leading_key(message).split('.').filter(|s| !s.is_empty()) {
+        let Some(line) = yaml_find(&lines, start, end, indent, segment) else {
+            break;
+        };
+        found = Some(line);
+        let own = yaml_indent(lines[line]);
+        start = line + 1;
+        end = (start..lines.len())
+            .find(|&next| !yaml_blank(lines[next]) && yaml_indent(lines[next]) <= own)
+            .unwrap_or(lines.len());
+        indent = None;
+    }
+    found.map(place)
+}
+
+fn yaml_indent(line: &str) -> usize {
+    line.len() - line.trim_start().len()
+}
+
+fn yaml_blank(line: &str) -> bool {
+    let trimmed = line.trim();
+    trimmed.is_empty() || trimmed.starts_with('#')
+}
+
+/// The first line in `start..end` holding `key:` (after any `- `), at exactly `indent` when
+/// given.
+fn yaml_find(
+    lines: &[&str],
+    start: usize,
+    end: usize,
+    indent: Option<usize>,
+    key: &str,
+) -> Option<usize> {
+    (start..end.min(lines.len())).find(|&index| {
+        let line = lines[index];
+        let body = line.trim_start().trim_start_matches("- ").trim_start();
+        let at = line.len() - body.len();
+        let quoted = [
+            format!("{key}:"),
+            format!("\"{key}\":"),
+            format!("'{key}':"),
+        ];
+        quoted
+            .iter()
+            .any(|prefix| body.starts_with(prefix.as_str()))
+            && indent.is_none_or(|indent| at == indent || yaml_indent(line) == indent)
+    })
+}
+
+/// The `- ` items of the block list starting at `from`, as (first line, end) ranges.
+fn yaml_items(lines: &[&str], from: usize) -> Vec<(usize, usize)> {
+    let Some(first) = (from..lines.len()).find(|&index| !yaml_blank(lines[index])) else {
+        return Vec::new();
+    };
+    if !lines[first].trim_start().starts_with('-') {
+        return Vec::new();
+    }
+    let indent = yaml_indent(lines[first]);
+    let mut starts = Vec::new();
+    let mut end = lines.len();
+    for (index, line) in lines.iter().enumerate().skip(first) {
+        if yaml_blank(line) {
+            continue;
+        }
+        let own = yaml_indent(line);
+        if own < indent || (own == indent && !line.trim_start().starts_with('-')) {
+            end = index;
+            break;
+        }
+        if own == indent {
+            starts.push(index);
+        }
+    }
+    starts
+        .iter()
+        .enumerate()
+        .map(|(i, &start)| (start, starts.get(i + 1).copied().unwrap_or(end)))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::renumber_checks;

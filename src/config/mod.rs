@@ -183,20 +183,21 @@ impl Config {
         let mut problems = config.validate().err().unwrap_or_default();
         problems.extend(more(&config).err().unwrap_or_default());
         for message in problems.0 {
-            let offset = document
-                .as_ref()
-                .and_then(|document| locate::problem_offset(document.get_ref(), &message));
+            let place = match format {
+                Format::Toml => document
+                    .as_ref()
+                    .and_then(|document| locate::problem_offset(document.get_ref(), &message))
+                    .map(|offset| locate::line_and_column(text, offset)),
+                Format::Yaml => locate::yaml_problem_place(text, &message),
+            };
             let message = locate::renumber_checks(&message, &positions);
-            errors.push(match offset {
-                Some(offset) => {
-                    let (line, column) = locate::line_and_column(text, offset);
-                    ConfigError::InvalidAt {
-                        path: path.to_path_buf(),
-                        line,
-                        column,
-                        message,
-                    }
-                }
+            errors.push(match place {
+                Some((line, column)) => ConfigError::InvalidAt {
+                    path: path.to_path_buf(),
+                    line,
+                    column,
+                    message,
+                },
                 None => ConfigError::Invalid {
                     path: path.to_path_buf(),
                     message,

@@ -258,6 +258,19 @@ async fn once_exits_0_when_all_pass_1_when_any_fails_and_prints_json_lines() {
     let table = String::from_utf8(all.stdout).unwrap();
     assert!(table.starts_with("CHECK"), "{table}");
     assert!(table.contains("good") && table.contains("PASS"), "{table}");
+    // The TOTAL column is for people: `2.3ms`, `850µs`, `1.20s`, never `0.0023s`.
+    let good_row = table.lines().find(|line| line.starts_with("good")).unwrap();
+    let total = good_row.split_whitespace().nth(3).unwrap();
+    let (number, unit) = total.split_at(
+        total
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(total.len()),
+    );
+    assert!(
+        ["ns", "µs", "ms", "s"].contains(&unit) && number.parse::<f64>().is_ok(),
+        "{total} in {good_row}"
+    );
+    assert!(!number.starts_with("0.0"), "{total}");
     assert!(
         table.contains("FAIL") && table.contains("expected body contain goodbye, got `hello`"),
         "{table}"
@@ -316,6 +329,22 @@ url = \"http://y/\"
         );
     }
     assert_eq!(lines[expected.len()], "4 errors in the config");
+    // YAML: the validation messages are placed too.
+    let path = write_config(
+        "three.yaml",
+        "agent:\n  id: \" \"\nchecks:\n  - name: db\n    type: tcp\n    interval: 5s\n    timeout: 5s\n    address: \"db.internal:5432\"\n  - name: db\n    type: http\n    interval: 5s\n    url: http://y/\n",
+    );
+    let output = bastion(&["validate", "--config", path.to_str().unwrap()]);
+    let message = stderr(&output);
+    let shown = path.display().to_string();
+    for expected in [
+        format!("error: {shown}:2:3: agent.id must not be empty"),
+        format!("error: {shown}:7:5: check `db`: timeout 5s must be shorter than interval 5s"),
+        format!("error: {shown}:9:5: check name `db` is used twice (checks #1 and #2)"),
+        "3 errors in the config".to_string(),
+    ] {
+        assert!(message.contains(&expected), "{expected}\n !~ {message}");
+    }
     // Three syntax errors in one file: all three, located.
     let path = write_config("syntax3.toml", "[agent\nid = \"a\"\n[runner\n[checker\n");
     let output = bastion(&["validate", "--config", path.to_str().unwrap()]);
