@@ -131,9 +131,10 @@ async fn a_running_agent_exposes_results_metrics_and_health() {
         Some(0.0)
     );
     assert!(text.contains(&format!(
-        "bastion_build_info{{version=\"{}\"}} 1",
+        "bastion_build_info{{version=\"{}\",commit=\"",
         env!("CARGO_PKG_VERSION")
     )));
+    assert!(text.contains(&format!("\",target=\"{}-", std::env::consts::ARCH)));
     assert!(text.contains("# TYPE bastion_schedule_lag_seconds histogram"));
 
     assert_eq!(http_get(api, "/healthz").await, (200, "ok\n".to_string()));

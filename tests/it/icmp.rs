@@ -242,7 +242,7 @@ fn without_any_icmp_socket_an_icmp_config_is_refused_at_start_up() {
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(
         stderr.contains(&format!(
-            "{}: check `ping`: icmp checks need an ICMP socket, and none can be opened: an unprivileged datagram socket failed (Permission denied",
+            "{}:2:1: check `ping`: icmp checks need an ICMP socket, and none can be opened: an unprivileged datagram socket failed (Permission denied",
             config.display()
         )),
         "{stderr}"
