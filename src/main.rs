@@ -200,6 +200,7 @@ fn main() -> ExitCode {
                 role,
                 bus,
             } => run_command(path.config, role, bus).await,
+            // Answered above, before logging and the runtime start.
             Command::Completions { .. } | Command::Man { .. } => ExitCode::SUCCESS,
         }
     })
