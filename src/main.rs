@@ -73,6 +73,24 @@ enum Command {
         #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
         timeout: Duration,
     },
+    /// Notifications: check a notifier's wiring before the first outage.
+    Notify {
+        #[command(subcommand)]
+        command: NotifyCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum NotifyCommand {
+    /// Send one test notification to a notifier, once; exit 0 with the receiver's answer when
+    /// it took it, 1 with the reason when not, 2 for a config error or an unknown notifier.
+    Test {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The `name` of the [[notifiers]] entry.
+        #[arg(long)]
+        notifier: String,
+    },
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -171,6 +189,9 @@ fn main() -> ExitCode {
                 role,
                 bus,
             } => run_command(path.config, role, bus).await,
+            Command::Notify {
+                command: NotifyCommand::Test { config, notifier },
+            } => notify_test_command(&config.config, &notifier).await,
         }
     })
 }
@@ -241,6 +262,32 @@ async fn run_command(config_path: PathBuf, role: RoleArg, bus: BusArgs) -> ExitC
                 Some(agent::AgentError::RoleNeedsNats(_))
             );
             ExitCode::from(if usage { EXIT_CONFIG } else { EXIT_FAILING })
+        }
+    }
+}
+
+/// `bastion notify test`.
+async fn notify_test_command(path: &Path, notifier: &str) -> ExitCode {
+    use bastion_agent::notify::{send_test, NotifyError};
+    let config = match bastion_agent::validate::load(path) {
+        Ok(config) => config,
+        Err(error) => return config_error(&error),
+    };
+    match send_test(&config, notifier).await {
+        Ok(answer) => {
+            say_out!(
+                "{notifier}: delivered; the receiver answered {}\n",
+                answer.0
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error @ NotifyError::TestFailed { .. }) => {
+            say_err!("error: {error}");
+            ExitCode::from(EXIT_FAILING)
+        }
+        Err(error) => {
+            say_err!("error: {error}");
+            ExitCode::from(EXIT_CONFIG)
         }
     }
 }

@@ -159,6 +159,8 @@ fn diff(running: &Config, current: &[CheckConfig], next: &Config) -> ReloadSumma
         ("[bus]", running.bus != next.bus),
         ("[checker]", running.checker != next.checker),
         ("[runner]", running.runner != next.runner),
+        ("[[notifiers]]", running.notifiers != next.notifiers),
+        ("[[maintenance]]", running.maintenance != next.maintenance),
     ];
     summary.needs_restart = sections
         .into_iter()

@@ -1,6 +1,6 @@
 //! Whole-config validation: what the schema alone cannot check. A config is accepted only if
 //! every check compiles, every ICMP check can open a socket, every NATS URL, subject prefix and
-//! bucket name is one the bus accepts, and every DNS server is an address. It sits above the probe engine and the bus so that `config` needs neither; it
+//! bucket name is one the bus accepts, and every DNS server is an address, and every notifier can be built (its secret files read). It sits above the probe engine and the bus so that `config` needs neither; it
 //! never starts anything and never keeps what it built.
 
 use crate::checks::{CheckDefinitionError, CompiledCheck};
@@ -44,6 +44,9 @@ pub fn validate(config: &Config) -> Result<(), String> {
             _ => format!("check `{}`: {error}", check.name),
         })?;
     }
+    // Secret files are read and every notifier built now, not at the first outage.
+    crate::notify::build_all(config).map_err(|error| error.to_string())?;
+    crate::notify::Maintenance::compile(&config.maintenance)?;
     // ICMP needs a socket this process may open; find out now, not at the first probe.
     if let Some(check) = config
         .checks

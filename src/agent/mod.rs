@@ -108,6 +108,10 @@ pub enum AgentError {
     NoRunner(String),
     #[error(transparent)]
     WebTls(#[from] crate::http::tls::WebTlsError),
+    #[error(transparent)]
+    Notify(#[from] crate::notify::NotifyError),
+    #[error("{0}")]
+    Maintenance(String),
 }
 
 /// A built agent, ready to run.
@@ -120,6 +124,8 @@ pub struct Agent {
     results: Option<crate::bus::Subscription>,
     reloader: Option<Arc<Reloader>>,
     web_tls: Option<Arc<rustls::ServerConfig>>,
+    /// The notifiers, built (secrets read) for a scheduling role; started with the sink.
+    notify: Option<tasks::NotifySetup>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -287,6 +293,16 @@ impl Agent {
         } else {
             None
         };
+        // Runners never notify: the checker owns the states.
+        let notify = if role.schedules() && !config.notifiers.is_empty() {
+            Some(tasks::NotifySetup {
+                notifiers: crate::notify::build_all(&config)?,
+                maintenance: crate::notify::Maintenance::compile(&config.maintenance)
+                    .map_err(AgentError::Maintenance)?,
+            })
+        } else {
+            None
+        };
         Ok(Agent {
             shared: Shared {
                 config,
@@ -305,6 +321,7 @@ impl Agent {
             results,
             reloader,
             web_tls,
+            notify,
         })
     }
 
@@ -363,6 +380,7 @@ impl Agent {
             results,
             reloader,
             web_tls,
+            notify,
         } = self;
         let intake = CancellationToken::new();
         let outlets = CancellationToken::new();
@@ -382,7 +400,14 @@ impl Agent {
                 checker.run_while_leading(intake.clone(), leadership.clone()),
             )
         });
-        let sink = results.map(|results| shared.spawn_sink(results, leadership.clone(), &outlets));
+        let notify_stop = CancellationToken::new();
+        let notify_tasks = tokio_util::task::TaskTracker::new();
+        let notifications = notify.map(|setup| {
+            shared.start_notifications(setup, leadership.clone(), &notify_stop, &notify_tasks)
+        });
+        let sink = results.map(|results| {
+            shared.spawn_sink(results, leadership.clone(), notifications.clone(), &outlets)
+        });
         let systemd = shared.spawn_systemd_status(&outlets);
         let heartbeat = shared.spawn_heartbeats(dispatcher, leadership, &outlets);
         started.store(true, Ordering::Release);
@@ -407,6 +432,9 @@ impl Agent {
             sink,
             heartbeat,
             systemd,
+            notifications,
+            notify_stop,
+            notify_tasks,
         })
     }
 }
