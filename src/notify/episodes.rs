@@ -536,11 +536,8 @@ fn failures(result: &CheckResult) -> Vec<Failure> {
         .iter()
         .filter(|response| !response.passing)
         .take(MAX_FAILURES_LISTED)
-        .map(|response| Failure {
-            instance: response.target.clone(),
-            error_kind: response.error.as_ref().map(|error| error.kind.as_str()),
-            error: response.error.as_ref().map(|error| error.message.clone()),
-            assertions: response
+        .map(|response| {
+            let mut assertions: Vec<FailedAssertion> = response
                 .assertions
                 .iter()
                 .filter(|assertion| !assertion.passing)
@@ -557,7 +554,24 @@ fn failures(result: &CheckResult) -> Vec<Failure> {
                     actual: assertion.actual.clone(),
                     message: assertion.message.clone(),
                 })
-                .collect(),
+                .collect();
+            // Without assertions an HTTP check passes on a 2xx status: say that one failed.
+            if let (None, true, Some(http)) =
+                (&response.error, assertions.is_empty(), &response.http)
+            {
+                assertions.push(FailedAssertion {
+                    key: "status_code".to_string(),
+                    expected: "2xx".to_string(),
+                    actual: http.status.to_string(),
+                    message: Some(format!("status {} is not a 2xx", http.status)),
+                });
+            }
+            Failure {
+                instance: response.target.clone(),
+                error_kind: response.error.as_ref().map(|error| error.kind.as_str()),
+                error: response.error.as_ref().map(|error| error.message.clone()),
+                assertions,
+            }
         })
         .collect()
 }

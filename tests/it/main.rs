@@ -23,6 +23,7 @@ mod grpc;
 mod hostile;
 mod icmp;
 mod nats;
+mod notify;
 mod operations;
 mod pipeline;
 mod prometheus;

@@ -5,6 +5,7 @@
 pub mod dns;
 pub mod nats;
 pub mod process;
+pub mod receiver;
 pub mod tools;
 
 use bastion_agent::checks::CompiledCheck;
