@@ -66,7 +66,7 @@ pub(super) fn default_notify_queue_size() -> usize {
     256
 }
 pub(super) fn default_notify_max_attempts() -> u32 {
-    8
+    12
 }
 pub(super) fn default_notify_retry_backoff() -> Duration {
     Duration::from_secs(1)

@@ -34,7 +34,7 @@ pub struct NotifierConfig {
     #[serde(default = "default_notify_queue_size")]
     pub queue_size: usize,
     /// Attempts per notification (network errors, timeouts, 429 and 5xx are retried; other
-    /// answers are not). Default: 8.
+    /// answers are not). Default: 12.
     #[serde(default = "default_notify_max_attempts")]
     pub max_attempts: u32,
     /// Wait before the first retry; it doubles at each retry, with jitter. Default: 1s.

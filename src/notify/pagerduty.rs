@@ -3,7 +3,8 @@
 //! `timestamp`, `component`, `class` and `custom_details`). The `dedup_key` is the episode's
 //! id, so a retry, a reminder or a trigger from another checker after a failover joins the
 //! same incident, and the resolve closes it. PagerDuty answers 202; 400 for an invalid event,
-//! 429 when throttled.
+//! 429 when throttled. A test notification (`bastion notify test`) is an `info` trigger
+//! resolved right after, so it leaves no incident open.
 
 use super::post::post_json;
 use super::{
@@ -93,15 +94,28 @@ pub fn event(notification: &Notification, routing_key: &str) -> serde_json::Valu
     }
 }
 
+impl Pagerduty {
+    async fn post(&self, notification: &Notification) -> Result<Answer, SendError> {
+        let body = serde_json::to_vec(&event(notification, self.routing_key.expose()))
+            .map_err(|error| SendError::Reject(format!("cannot encode the event: {error}")))?;
+        post_json(&self.client, &self.url, body, &[], self.timeout).await
+    }
+}
+
 impl Notifier for Pagerduty {
     fn send<'a>(
         &'a self,
         notification: &'a Notification,
     ) -> BoxFuture<'a, Result<Answer, SendError>> {
         Box::pin(async move {
-            let body = serde_json::to_vec(&event(notification, self.routing_key.expose()))
-                .map_err(|error| SendError::Reject(format!("cannot encode the event: {error}")))?;
-            post_json(&self.client, &self.url, body, &[], self.timeout).await
+            let answer = self.post(notification).await?;
+            if notification.event == Event::Test {
+                // A test must not leave an incident open: resolve it at once.
+                let mut resolve = notification.clone();
+                resolve.event = Event::Resolved;
+                self.post(&resolve).await?;
+            }
+            Ok(answer)
         })
     }
 }
