@@ -32,6 +32,8 @@ use tokio_util::task::TaskTracker;
 
 /// How long a closed episode's resolve is kept to send again on taking the lease.
 pub const RECENT_RESOLVES_FOR: Duration = Duration::from_secs(600);
+/// Resolves kept for that at most (the oldest go first).
+const MAX_RECENT_RESOLVES: usize = 1024;
 /// How often reminders, window ends and leadership are looked at.
 const TICK: Duration = Duration::from_secs(1);
 
@@ -211,6 +213,9 @@ impl Notifications {
                 let resolved = self.resolved(&episode, state, result);
                 let routes = episode.routes.clone();
                 self.deliver_resolve(&episode, &resolved, leading);
+                if state_lock.recent.len() >= MAX_RECENT_RESOLVES {
+                    state_lock.recent.remove(0);
+                }
                 state_lock.recent.push(Recent {
                     resolved: Arc::new(resolved),
                     routes,
@@ -579,6 +584,172 @@ fn failures(result: &CheckResult) -> Vec<Failure> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::notify::{Answer, Notifier, SendError};
+    use futures_util::future::BoxFuture;
+
+    /// A receiver that takes everything and remembers it.
+    #[derive(Debug, Default)]
+    struct Recorder(Mutex<Vec<Notification>>);
+
+    impl Notifier for Recorder {
+        fn send<'a>(
+            &'a self,
+            notification: &'a Notification,
+        ) -> BoxFuture<'a, Result<Answer, SendError>> {
+            self.0.lock().unwrap().push(notification.clone());
+            Box::pin(async { Ok(Answer("ok".to_string())) })
+        }
+    }
+
+    impl Recorder {
+        fn taken(&self) -> Vec<Notification> {
+            self.0.lock().unwrap().clone()
+        }
+
+        async fn wait_for(&self, count: usize) -> Vec<Notification> {
+            for _ in 0..500 {
+                if self.taken().len() >= count {
+                    return self.taken();
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            panic!("expected {count} notifications, got {:?}", self.taken());
+        }
+    }
+
+    fn setup(
+        check_toml: &str,
+        leadership: Option<watch::Receiver<bool>>,
+    ) -> (
+        Arc<Notifications>,
+        Arc<Recorder>,
+        CheckConfig,
+        CancellationToken,
+    ) {
+        let notifier: crate::config::NotifierConfig = toml::from_str(
+            "name = \"rec\"\ntype = \"webhook\"\nurl = \"http://x/\"\ndefault = true",
+        )
+        .unwrap();
+        let recorder = Arc::new(Recorder::default());
+        let stop = CancellationToken::new();
+        let notifications = Notifications::start(
+            NotificationsOptions {
+                notifiers: vec![(notifier, Arc::clone(&recorder) as Arc<dyn Notifier>)],
+                maintenance: Maintenance::default(),
+                agent: "test".to_string(),
+                link_base: "http://127.0.0.1:9464".to_string(),
+                metrics: Arc::new(Metrics::new()),
+                leadership,
+            },
+            &stop,
+            &TaskTracker::new(),
+        );
+        let check: CheckConfig = toml::from_str(check_toml).unwrap();
+        (notifications, recorder, check, stop)
+    }
+
+    const CHECK: &str =
+        "name = \"web\"\ntype = \"http\"\nurl = \"http://127.0.0.1/\"\ninterval = \"1s\"\n";
+
+    /// A result of run `run` (scheduled `run` seconds after the epoch) with `failing` of two
+    /// instances failing.
+    fn result(run: u64, failing: usize) -> CheckResult {
+        let at =
+            humantime::format_rfc3339_micros(SystemTime::UNIX_EPOCH + Duration::from_secs(run));
+        serde_json::from_value(serde_json::json!({
+            "version": 1, "check": "web", "type": "http", "agent": "runner", "run_id": run,
+            "scheduled_at": at.to_string(), "finished_at": at.to_string(),
+            "passing": failing == 0, "responses": [],
+            "degraded": {"form": "summarised", "instances": 2, "failing": failing, "omitted": 2}
+        }))
+        .unwrap()
+    }
+
+    fn start_of(run: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(run)
+    }
+
+    #[tokio::test]
+    async fn a_standby_tells_nobody_and_on_taking_over_repeats_open_episodes_and_recent_resolves() {
+        let (leading, leadership) = watch::channel(false);
+        let (notifications, recorder, check, stop) = setup(CHECK, Some(leadership));
+        // Episode A fails and recovers, episode B fails: all while standing by.
+        notifications.observe(&check, CheckState::FailWait, &result(10, 2));
+        notifications.observe(&check, CheckState::Fail, &result(11, 2));
+        notifications.observe(&check, CheckState::Ok, &result(12, 0));
+        notifications.observe(&check, CheckState::Fail, &result(13, 2));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(recorder.taken().is_empty(), "a standby delivers nothing");
+        leading.send_replace(true);
+        let taken = recorder.wait_for(2).await;
+        assert_eq!(
+            taken
+                .iter()
+                .map(|n| (n.event, n.episode_id.clone()))
+                .collect::<Vec<_>>(),
+            [
+                (Event::Resolved, episode_id("web", start_of(10))),
+                (Event::Firing, episode_id("web", start_of(13))),
+            ],
+            "the recent resolve, then the open episode, under the ids every checker computes"
+        );
+        notifications.observe(&check, CheckState::Ok, &result(14, 0));
+        let taken = recorder.wait_for(3).await;
+        assert_eq!(taken[2].event, Event::Resolved);
+        assert_eq!(taken[2].episode_id, episode_id("web", start_of(13)));
+        assert_eq!(taken[2].started_at, start_of(13));
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn warnings_notify_when_asked_and_a_worse_state_keeps_the_episode() {
+        let check = format!("{CHECK}notify_on = [\"fail\", \"warn\"]\n");
+        let (notifications, recorder, check, stop) = setup(&check, None);
+        notifications.observe(&check, CheckState::Warn, &result(20, 1));
+        notifications.observe(&check, CheckState::FailWait, &result(21, 2));
+        notifications.observe(&check, CheckState::Fail, &result(22, 2));
+        notifications.observe(&check, CheckState::PassWait, &result(23, 0));
+        notifications.observe(&check, CheckState::Ok, &result(24, 0));
+        let taken = recorder.wait_for(3).await;
+        let summary: Vec<(Event, Severity, Option<Severity>)> = taken
+            .iter()
+            .map(|n| (n.event, n.severity, n.previous_severity))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (Event::Firing, Severity::Warning, None),
+                (Event::Firing, Severity::Critical, Some(Severity::Warning)),
+                (Event::Resolved, Severity::Critical, None),
+            ]
+        );
+        for notification in &taken {
+            assert_eq!(notification.episode_id, episode_id("web", start_of(20)));
+        }
+        assert_eq!(taken[1].failing, 2);
+        assert_eq!(taken[2].failing, 0);
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn without_warn_a_warning_is_calm_and_ends_nothing_it_did_not_start() {
+        let (notifications, recorder, check, stop) = setup(CHECK, None);
+        notifications.observe(&check, CheckState::Warn, &result(30, 1));
+        notifications.observe(&check, CheckState::FailWait, &result(31, 2));
+        notifications.observe(&check, CheckState::Warn, &result(32, 1));
+        notifications.observe(&check, CheckState::FailWait, &result(33, 2));
+        notifications.observe(&check, CheckState::Fail, &result(34, 2));
+        notifications.observe(&check, CheckState::Warn, &result(35, 1));
+        let taken = recorder.wait_for(2).await;
+        assert_eq!(
+            taken.iter().map(|n| n.event).collect::<Vec<_>>(),
+            [Event::Firing, Event::Resolved]
+        );
+        // The episode began with the failing run after the last calm one.
+        assert_eq!(taken[0].episode_id, episode_id("web", start_of(33)));
+        assert_eq!(taken[1].state, CheckState::Warn);
+        stop.cancel();
+    }
 
     #[test]
     fn episode_ids_depend_on_the_check_and_the_start_only() {

@@ -256,6 +256,91 @@ mod tests {
         );
     }
 
+    /// Takes notifications only when let through, and remembers their checks.
+    #[derive(Debug)]
+    struct Gate {
+        open: tokio::sync::Semaphore,
+        taken: Mutex<Vec<String>>,
+    }
+
+    impl Notifier for Gate {
+        fn send<'a>(
+            &'a self,
+            notification: &'a Notification,
+        ) -> futures_util::future::BoxFuture<'a, Result<super::super::Answer, SendError>> {
+            Box::pin(async move {
+                self.open.acquire().await.unwrap().forget();
+                self.taken.lock().unwrap().push(notification.check.clone());
+                Ok(super::super::Answer("ok".to_string()))
+            })
+        }
+    }
+
+    fn notification(check: &str) -> Arc<Notification> {
+        let now = std::time::SystemTime::now();
+        Arc::new(Notification {
+            event: super::super::Event::Firing,
+            reminder: false,
+            episode_id: "e".to_string(),
+            check: check.to_string(),
+            check_type: crate::model::CheckType::Http,
+            severity: super::super::Severity::Critical,
+            previous_severity: None,
+            state: crate::model::CheckState::Fail,
+            started_at: now,
+            at: now,
+            failing: 1,
+            instances: 1,
+            failures: Vec::new(),
+            link: String::new(),
+            agent: "a".to_string(),
+        })
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_drops_the_oldest_waiting_notification() {
+        let gate = Arc::new(Gate {
+            open: tokio::sync::Semaphore::new(0),
+            taken: Mutex::new(Vec::new()),
+        });
+        let metrics = Arc::new(Metrics::new());
+        let delivery = Arc::new(Delivery::new(
+            "gate".to_string(),
+            Arc::clone(&gate) as Arc<dyn Notifier>,
+            POLICY,
+            2,
+            Arc::clone(&metrics),
+        ));
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(Arc::clone(&delivery).run(stop.clone()));
+        delivery.push(notification("first"));
+        while delivery.waiting() > 0 {
+            tokio::task::yield_now().await;
+        }
+        // "first" is under way; of the next four, only the newest two stay.
+        for check in ["second", "third", "fourth", "fifth"] {
+            delivery.push(notification(check));
+        }
+        assert_eq!(delivery.waiting(), 2);
+        let dropped = |metrics: &Metrics| {
+            metrics
+                .notifications
+                .get_or_create(&crate::metrics::NotifierOutcomeLabels {
+                    notifier: "gate".to_string(),
+                    outcome: "dropped",
+                })
+                .get()
+        };
+        assert_eq!(dropped(&metrics), 2);
+        gate.open.add_permits(3);
+        while !delivery.idle() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(*gate.taken.lock().unwrap(), ["first", "fourth", "fifth"]);
+        stop.cancel();
+        task.await.unwrap();
+    }
+
     #[test]
     fn jitter_stays_in_range() {
         for _ in 0..1000 {

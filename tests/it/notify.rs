@@ -162,6 +162,14 @@ fn a_webhook_gets_one_signed_firing_and_one_resolve_per_episode() {
         "the failing assertion with its actual value: {firing}"
     );
     assert_eq!(received[1].json()["state"], "OK");
+    // The link answers with this check alone.
+    let link = firing["check"]["link"].as_str().unwrap().to_string();
+    let path = link.split_once(&format!("127.0.0.1:{listen}")).unwrap().1;
+    let (status, body) = crate::common::http_request_blocking(listen, "GET", path, &[]).unwrap();
+    assert_eq!(status, 200);
+    let linked: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(linked.as_array().unwrap().len(), 1, "{linked}");
+    assert_eq!(linked[0]["name"], "web");
     assert_eq!(sample(&agent, &outcome("hook", "sent")), 2.0);
     assert_eq!(sample(&agent, &outcome("hook", "failed")), 0.0);
     assert_eq!(
@@ -856,6 +864,30 @@ fn notify_test_exits_with_the_receivers_answer() {
     let out = run(&config(&refused), "hook");
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot connect"));
+
+    // PagerDuty: an info trigger, resolved at once so that no incident stays open.
+    let pd = Receiver::start(Reply::new(202, r#"{"status":"success"}"#));
+    let key = write(&dir, "pd.key", "R0UTINGKEY0123456789abcdef012345");
+    let pd_config = write(
+        &dir,
+        "pd.toml",
+        &format!(
+            "[[notifiers]]\nname = \"oncall\"\ntype = \"pagerduty\"\nrouting_key_file = \"{}\"\nurl = \"{}/v2/enqueue\"\n",
+            key.display(),
+            pd.url()
+        ),
+    );
+    let out = run(&pd_config, "oncall");
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let events: Vec<serde_json::Value> = pd.received().iter().map(Received::json).collect();
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[0]["event_action"], "trigger");
+    assert_eq!(events[0]["payload"]["severity"], "info");
+    assert_eq!(events[1]["event_action"], "resolve");
+    assert_eq!(events[0]["dedup_key"], events[1]["dedup_key"]);
+    for event in &events {
+        assert_pagerduty_event(event, "R0UTINGKEY0123456789abcdef012345");
+    }
 
     let out = run(&path, "nobody");
     assert_eq!(out.status.code(), Some(2));
