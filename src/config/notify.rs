@@ -43,6 +43,9 @@ pub struct NotifierConfig {
     /// The longest wait between two attempts, a receiver's `Retry-After` included. Default: 5m.
     #[serde(default = "default_notify_retry_backoff_max", with = "humantime_serde")]
     pub retry_backoff_max: Duration,
+    /// PEM file of CA certificates to trust for the receiver instead of the system's.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
     /// The receiver's type and its own settings.
     #[serde(flatten)]
     pub spec: NotifierSpec,
@@ -145,9 +148,6 @@ pub struct EmailSpec {
     pub from: String,
     /// Recipient addresses.
     pub to: Vec<String>,
-    /// PEM file of CA certificates to trust for the SMTP server instead of the system's.
-    #[serde(default)]
-    pub ca_file: Option<PathBuf>,
 }
 
 impl EmailSpec {

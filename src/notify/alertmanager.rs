@@ -47,7 +47,7 @@ fn build(
     };
     let resend = config.repeat_interval.unwrap_or(ALERTMANAGER_RESEND);
     Ok(Arc::new(Alertmanager {
-        client: context.http.clone(),
+        client: context.client_for(config)?,
         endpoint: format!("{}/api/v2/alerts", spec.url.trim_end_matches('/')),
         labels: spec.labels.clone(),
         timeout: config.timeout,

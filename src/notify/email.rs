@@ -49,7 +49,7 @@ fn build(
         return Err(invalid(config, "not an email notifier".to_string()));
     };
     let mut tls = TlsParameters::builder(spec.smtp_host.clone());
-    if let Some(ca_file) = &spec.ca_file {
+    if let Some(ca_file) = &config.ca_file {
         let pem = std::fs::read(ca_file).map_err(|error| {
             invalid(
                 config,

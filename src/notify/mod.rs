@@ -253,8 +253,30 @@ pub trait Notifier: Send + Sync + fmt::Debug {
 /// What building a notifier may need beyond its config.
 #[derive(Debug, Clone)]
 pub struct BuildContext {
-    /// The HTTP client every HTTP receiver shares (rustls with ring).
+    /// The HTTP client HTTP receivers share (rustls with ring, the system's roots).
     pub http: reqwest::Client,
+}
+
+impl BuildContext {
+    /// The client for `config`: the shared one, or one of its own trusting its `ca_file`.
+    pub fn client_for(&self, config: &NotifierConfig) -> Result<reqwest::Client, NotifyError> {
+        match &config.ca_file {
+            None => Ok(self.http.clone()),
+            Some(ca_file) => {
+                let settings = crate::config::TlsSettings {
+                    insecure_skip_verify: false,
+                    ca_file: Some(ca_file.clone()),
+                };
+                let tls = crate::checks::tls_client::TlsClientConfigs::default()
+                    .get(&settings)
+                    .map_err(|error| NotifyError::Invalid {
+                        notifier: config.name.clone(),
+                        reason: error.to_string(),
+                    })?;
+                client_with((*tls).clone())
+            }
+        }
+    }
 }
 
 /// How a receiver type builds a notifier from its config.
@@ -336,13 +358,24 @@ pub fn read_secret(notifier: &str, path: &Path) -> Result<Secret, NotifyError> {
 
 /// The HTTP client of every HTTP receiver: rustls with ring and the system's roots, HTTP/1.1,
 /// no redirects (a receiver that redirects is misconfigured, and a redirect could carry a
-/// signed body elsewhere).
+/// signed body elsewhere). Without a readable system store it still builds, with a warning:
+/// `http://` receivers work, and `https://` ones fail with a TLS error that says why.
 pub fn http_client() -> Result<reqwest::Client, NotifyError> {
-    let configs = crate::checks::tls_client::TlsClientConfigs::default();
-    let tls = configs
-        .get(&crate::config::TlsSettings::default())
-        .map_err(|error| NotifyError::Tls(error.to_string()))?;
-    let mut tls = (*tls).clone();
+    use crate::checks::tls_client::{client_config, TlsClientConfigs, Trust};
+    let configs = TlsClientConfigs::default();
+    let tls = match configs.get(&crate::config::TlsSettings::default()) {
+        Ok(tls) => (*tls).clone(),
+        Err(error) => {
+            tracing::warn!(%error, "no system root certificates: https:// notifiers will fail; install ca-certificates");
+            client_config(Trust::Roots(rustls::RootCertStore::empty()))
+                .map_err(|error| NotifyError::Tls(error.to_string()))?
+        }
+    };
+    client_with(tls)
+}
+
+/// A reqwest client over `tls`, HTTP/1.1, no redirects.
+fn client_with(mut tls: rustls::ClientConfig) -> Result<reqwest::Client, NotifyError> {
     tls.alpn_protocols = vec![b"http/1.1".to_vec()];
     reqwest::Client::builder()
         .use_preconfigured_tls(tls)

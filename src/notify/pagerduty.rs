@@ -44,7 +44,7 @@ fn build(
         });
     };
     Ok(Arc::new(Pagerduty {
-        client: context.http.clone(),
+        client: context.client_for(config)?,
         url: spec.url.clone(),
         routing_key: read_secret(&config.name, &spec.routing_key_file)?,
         timeout: config.timeout,

@@ -50,7 +50,7 @@ fn build(
         }
     };
     Ok(Arc::new(Slack {
-        client: context.http.clone(),
+        client: context.client_for(config)?,
         url,
         timeout: config.timeout,
     }))

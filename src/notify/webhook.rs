@@ -65,7 +65,7 @@ fn build(
         None => None,
     };
     Ok(Arc::new(Webhook {
-        client: context.http.clone(),
+        client: context.client_for(config)?,
         url,
         key,
         timeout: config.timeout,

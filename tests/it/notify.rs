@@ -178,6 +178,56 @@ fn a_webhook_gets_one_signed_firing_and_one_resolve_per_episode() {
     );
 }
 
+#[test]
+fn an_https_receiver_is_reached_over_rustls_and_its_certificate_checked() {
+    let ca = TestCa::new("bastion test receiver CA");
+    let identity = ca.leaf(
+        &["127.0.0.1"],
+        time::OffsetDateTime::now_utc() + time::Duration::days(30),
+    );
+    let hook = Receiver::start_tls(
+        Reply::new(202, "taken"),
+        identity.server_config(&[b"http/1.1"]),
+    );
+    let dir = scratch_dir("notify-https");
+    let config = |ca_file: Option<&Path>| {
+        let ca = ca_file
+            .map(|path| format!("ca_file = \"{}\"\n", path.display()))
+            .unwrap_or_default();
+        write(
+            &dir,
+            "https.toml",
+            &format!(
+                "[[notifiers]]\nname = \"hook\"\ntype = \"webhook\"\nurl = \"{}/in\"\n{ca}",
+                hook.https_url()
+            ),
+        )
+    };
+    let run = |path: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_bastion"))
+            .args(["notify", "test", "--notifier", "hook", "--config"])
+            .arg(path)
+            .output()
+            .unwrap()
+    };
+    // Trusting the receiver's CA: delivered over TLS.
+    let out = run(&config(Some(&ca.ca_file)));
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("HTTP 202: taken"));
+    assert_eq!(hook.received().len(), 1);
+    assert_eq!(hook.received()[0].json()["event"], "test");
+    // With only the system's roots the certificate is refused, and nothing arrives.
+    let out = run(&config(None));
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("certificate"), "{stderr}");
+    assert!(
+        !stderr.contains("/in"),
+        "the URL is not in the error: {stderr}"
+    );
+    assert_eq!(hook.received().len(), 1);
+}
+
 /// Slack's incoming-webhook payload: `text`, and blocks of documented types.
 fn assert_slack_shape(body: &serde_json::Value) {
     let object = body.as_object().expect("a JSON object");

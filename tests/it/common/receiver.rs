@@ -81,6 +81,16 @@ impl Receiver {
 
     /// `start`, on a chosen address.
     pub fn start_on(bind: &str, default: Reply) -> Receiver {
+        Receiver::start_with(bind, default, None)
+    }
+
+    /// `start`, speaking HTTPS with `tls`.
+    pub fn start_tls(default: Reply, tls: Arc<rustls::ServerConfig>) -> Receiver {
+        Receiver::start_with("127.0.0.1:0", default, Some(tls))
+    }
+
+    fn start_with(bind: &str, default: Reply, tls: Option<Arc<rustls::ServerConfig>>) -> Receiver {
+        let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
         let shared = Arc::new(Shared {
             received: Mutex::new(Vec::new()),
             script: Mutex::new(VecDeque::new()),
@@ -105,13 +115,24 @@ impl Receiver {
                         while let Ok((stream, _)) = listener.accept().await {
                             let shared = Arc::clone(&shared);
                             let gate = gate.clone();
+                            let acceptor = acceptor.clone();
                             tokio::spawn(async move {
                                 let service = hyper::service::service_fn(move |request| {
                                     answer(Arc::clone(&shared), gate.clone(), request)
                                 });
-                                let _ = hyper::server::conn::http1::Builder::new()
-                                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                                    .await;
+                                let http = hyper::server::conn::http1::Builder::new();
+                                match acceptor {
+                                    Some(acceptor) => {
+                                        if let Ok(stream) = acceptor.accept(stream).await {
+                                            let io = hyper_util::rt::TokioIo::new(stream);
+                                            let _ = http.serve_connection(io, service).await;
+                                        }
+                                    }
+                                    None => {
+                                        let io = hyper_util::rt::TokioIo::new(stream);
+                                        let _ = http.serve_connection(io, service).await;
+                                    }
+                                }
                             });
                         }
                     };
@@ -134,6 +155,11 @@ impl Receiver {
     /// `http://127.0.0.1:port`.
     pub fn url(&self) -> String {
         format!("http://{}", self.address)
+    }
+
+    /// `https://127.0.0.1:port`, for a receiver started with `start_tls`.
+    pub fn https_url(&self) -> String {
+        format!("https://{}", self.address)
     }
 
     /// The next requests get these replies, in order; then the default again.
