@@ -153,6 +153,14 @@ fn a_webhook_gets_one_signed_firing_and_one_resolve_per_episode() {
         );
         assert_webhook_v1(&request.json());
     }
+    for request in &received {
+        let result_at = humantime::parse_rfc3339(request.json()["at"].as_str().unwrap()).unwrap();
+        let delivered = request.wall.duration_since(result_at).unwrap_or_default();
+        eprintln!(
+            "{} delivered {delivered:?} after the result that caused it",
+            request.json()["event"]
+        );
+    }
     let firing = firing[0].json();
     assert_eq!(firing["state"], "FAIL");
     assert_eq!(firing["failing"], 1);

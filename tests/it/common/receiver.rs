@@ -44,6 +44,8 @@ pub struct Received {
     pub headers: BTreeMap<String, String>,
     pub body: Vec<u8>,
     pub at: Instant,
+    /// The same, on the wall clock.
+    pub wall: std::time::SystemTime,
     /// The status it was answered with.
     pub status: u16,
 }
@@ -245,6 +247,7 @@ async fn answer(
     request: hyper::Request<hyper::body::Incoming>,
 ) -> Result<hyper::Response<Full<Bytes>>, std::convert::Infallible> {
     let at = Instant::now();
+    let wall = std::time::SystemTime::now();
     let method = request.method().to_string();
     let path = request
         .uri()
@@ -278,6 +281,7 @@ async fn answer(
         headers,
         body,
         at,
+        wall,
         status: reply.status,
     });
     let mut response = hyper::Response::builder().status(reply.status);
