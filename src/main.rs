@@ -198,7 +198,11 @@ fn main() -> ExitCode {
 
 /// `bastion validate`.
 fn validate_command(path: &Path) -> ExitCode {
-    match bastion_agent::validate::load(path) {
+    let loaded = bastion_agent::validate::load(path).and_then(|config| {
+        bastion_agent::validate::notifiers(path, &config)?;
+        Ok(config)
+    });
+    match loaded {
         Ok(config) => {
             say_out!(
                 "{}: valid, {} check(s)\n",
@@ -248,6 +252,12 @@ async fn run_command(config_path: PathBuf, role: RoleArg, bus: BusArgs) -> ExitC
         Ok(config) => config,
         Err(error) => return config_error(&error),
     };
+    // The notifiers' secret files: a scheduling agent notifies, a runner never does.
+    if !matches!(role, RoleArg::Runner) {
+        if let Err(error) = bastion_agent::validate::notifiers(&config_path, &config) {
+            return config_error(&error);
+        }
+    }
     let options = AgentOptions {
         role: role.into(),
         bus_connect_timeout: bus.bus_connect_timeout,

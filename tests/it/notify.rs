@@ -953,6 +953,35 @@ fn notify_test_exits_with_the_receivers_answer() {
 }
 
 #[test]
+fn a_missing_secret_file_is_a_config_error_before_the_first_outage() {
+    let dir = scratch_dir("notify-missing");
+    let listen = free_port();
+    let config = write(
+        &dir,
+        "bastion.toml",
+        &format!(
+            "[agent]\nlisten = \"127.0.0.1:{listen}\"\n\
+             [[notifiers]]\nname = \"oncall\"\ntype = \"pagerduty\"\nrouting_key_file = \"{}\"\n",
+            dir.join("absent.key").display()
+        ),
+    );
+    for args in [&["validate"][..], &["run"][..]] {
+        let out = Command::new(env!("CARGO_BIN_EXE_bastion"))
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("notifier `oncall`: cannot read") && stderr.contains("absent.key"),
+            "{args:?}: {stderr}"
+        );
+    }
+}
+
+#[test]
 fn secrets_appear_in_no_log_line_api_answer_metric_or_error() {
     let target = target();
     let dir = scratch_dir("notify-secrets");
@@ -1108,7 +1137,8 @@ fn ha_failover_mid_episode_resolves_with_the_same_dedup_key() {
         runner_listen,
         &format!(
             "[agent]\nid = \"runner\"\nlisten = \"127.0.0.1:{runner_listen}\"\n{nats}\
-             [[notifiers]]\nname = \"hook\"\ntype = \"webhook\"\ndefault = true\nurl = \"{}/\"\n",
+             [[notifiers]]\nname = \"hook\"\ntype = \"webhook\"\ndefault = true\nurl = \"{}/\"\n\
+             [[notifiers]]\nname = \"oncall\"\ntype = \"pagerduty\"\nrouting_key_file = \"/nonexistent/pd.key\"\n",
             hook.url()
         ),
         &["run", "--role", "runner"],
