@@ -266,14 +266,22 @@ impl Agent {
         let notifier = Notifier::from_env().map(Arc::new);
         // The check list lives in one place, the watch; `config` keeps the other sections.
         let (checks, _) = watch::channel(Arc::new(std::mem::take(&mut config.checks)));
+        // Notifications follow reloaded maintenance windows (a scheduling role with notifiers).
+        let notifies = role.schedules() && !config.notifiers.is_empty();
+        let (windows, window_updates) = watch::channel(Arc::new(config.maintenance.clone()));
         let reloader = options.config_path.clone().map(|path| {
-            Arc::new(Reloader::new(
+            let reloader = Reloader::new(
                 path,
                 config.clone(),
                 checks.clone(),
                 Arc::clone(&metrics),
                 notifier.clone(),
-            ))
+            );
+            Arc::new(if notifies {
+                reloader.follow_maintenance(windows)
+            } else {
+                reloader
+            })
         });
         let (bus, lease) =
             connect_bus(&config, role, &metrics, options.bus_connect_timeout).await?;
@@ -294,11 +302,12 @@ impl Agent {
             None
         };
         // Runners never notify: the checker owns the states.
-        let notify = if role.schedules() && !config.notifiers.is_empty() {
+        let notify = if notifies {
             Some(tasks::NotifySetup {
                 notifiers: crate::notify::build_all(&config)?,
                 maintenance: crate::notify::Maintenance::compile(&config.maintenance)
                     .map_err(AgentError::Maintenance)?,
+                maintenance_updates: window_updates,
             })
         } else {
             None

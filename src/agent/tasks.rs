@@ -28,11 +28,10 @@ use tokio_util::task::TaskTracker;
 
 /// The notifiers of a scheduling agent, built before it starts.
 pub(super) struct NotifySetup {
-    pub(super) notifiers: Vec<(
-        crate::config::NotifierConfig,
-        Arc<dyn crate::notify::Notifier>,
-    )>,
+    pub(super) notifiers: Vec<crate::notify::Built>,
     pub(super) maintenance: crate::notify::Maintenance,
+    /// The windows of each reloaded config.
+    pub(super) maintenance_updates: watch::Receiver<Arc<Vec<crate::config::MaintenanceConfig>>>,
 }
 
 /// What the agent's components share while it runs; each task gets its own clone of a part.
@@ -110,6 +109,7 @@ impl Shared {
             NotificationsOptions {
                 notifiers: setup.notifiers,
                 maintenance: setup.maintenance,
+                maintenance_updates: Some(setup.maintenance_updates),
                 agent: self.config.agent.id.clone(),
                 link_base: crate::notify::api_base(&self.config),
                 metrics: Arc::clone(&self.metrics),

@@ -18,7 +18,7 @@
 use super::maintenance::Maintenance;
 use super::queue::{Delivery, RetryPolicy};
 use super::{Event, FailedAssertion, Failure, Notification, Severity, MAX_FAILURES_LISTED};
-use crate::config::{CheckConfig, NotifyOn};
+use crate::config::{CheckConfig, MaintenanceConfig, NotifyOn};
 use crate::messages::CheckResult;
 use crate::metrics::Metrics;
 use crate::model::CheckState;
@@ -52,6 +52,8 @@ pub fn episode_id(check: &str, started: SystemTime) -> String {
 pub struct NotificationsOptions {
     pub notifiers: Vec<super::Built>,
     pub maintenance: Maintenance,
+    /// New `[[maintenance]]` windows from reloads, when they apply without a restart.
+    pub maintenance_updates: Option<watch::Receiver<Arc<Vec<MaintenanceConfig>>>>,
     pub agent: String,
     /// The agent's API base for links (`http://host:port`).
     pub link_base: String,
@@ -110,7 +112,9 @@ struct State {
 #[derive(Debug)]
 pub struct Notifications {
     routes: HashMap<String, Route>,
-    maintenance: Maintenance,
+    /// The windows in force; a reload replaces them.
+    maintenance: Mutex<Arc<Maintenance>>,
+    maintenance_updates: Option<watch::Receiver<Arc<Vec<MaintenanceConfig>>>>,
     agent: String,
     link_base: String,
     metrics: Arc<Metrics>,
@@ -159,7 +163,8 @@ impl Notifications {
             .is_none_or(|leadership| *leadership.borrow());
         let notifications = Arc::new(Notifications {
             routes,
-            maintenance: options.maintenance,
+            maintenance: Mutex::new(Arc::new(options.maintenance)),
+            maintenance_updates: options.maintenance_updates,
             agent: options.agent,
             link_base: options.link_base,
             metrics: options.metrics,
@@ -368,9 +373,8 @@ impl Notifications {
     /// of them with `again`), except while a maintenance window covers the check: then it is
     /// held back, counted `suppressed` once, and sent when the window ends.
     fn deliver_firing(&self, episode: &mut Episode, again: bool) {
-        let window = self
-            .maintenance
-            .in_force(&episode.latest.check, SystemTime::now());
+        let windows = self.windows();
+        let window = windows.in_force(&episode.latest.check, SystemTime::now());
         let shared = Arc::new(episode.latest.clone());
         for name in &episode.routes {
             if !again && episode.told.contains_key(name) {
@@ -420,13 +424,51 @@ impl Notifications {
         }
     }
 
+    /// The maintenance windows in force now.
+    fn windows(&self) -> Arc<Maintenance> {
+        Arc::clone(
+            &self
+                .maintenance
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        )
+    }
+
+    /// Takes the windows of a reloaded config (validated already, so they compile).
+    fn replace_windows(&self, configs: &[MaintenanceConfig]) {
+        match Maintenance::compile(configs) {
+            Ok(compiled) => {
+                *self
+                    .maintenance
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(compiled);
+            }
+            Err(error) => tracing::error!(%error, "maintenance windows not replaced"),
+        }
+    }
+
     /// Once a second: leadership changes, window ends, reminders, old resolves.
     async fn tick(self: Arc<Self>, stop: CancellationToken) {
         let mut leadership = self.leadership.clone();
+        let mut windows = self.maintenance_updates.clone();
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(TICK) => {}
+                changed = async {
+                    match windows.as_mut() {
+                        Some(w) => w.changed().await,
+                        None => std::future::pending().await,
+                    }
+                } => match changed {
+                    Ok(()) => {
+                        let configs = windows.as_mut().map(|w| Arc::clone(&w.borrow_and_update()));
+                        if let Some(configs) = configs {
+                            self.replace_windows(&configs);
+                        }
+                    }
+                    Err(_) => windows = None,
+                },
                 changed = async {
                     match leadership.as_mut() {
                         Some(l) => l.changed().await,
@@ -471,9 +513,8 @@ impl Notifications {
             };
             // A window that ended with the check still failing: notify now.
             self.deliver_firing(episode, false);
-            let window = self
-                .maintenance
-                .in_force(&episode.latest.check, SystemTime::now());
+            let windows = self.windows();
+            let window = windows.in_force(&episode.latest.check, SystemTime::now());
             let mut reminder = episode.latest.clone();
             reminder.reminder = true;
             reminder.previous_severity = None;
@@ -636,6 +677,7 @@ mod tests {
             NotificationsOptions {
                 notifiers: vec![(notifier, Arc::clone(&recorder) as Arc<dyn Notifier>)],
                 maintenance: Maintenance::default(),
+                maintenance_updates: None,
                 agent: "test".to_string(),
                 link_base: "http://127.0.0.1:9464".to_string(),
                 metrics: Arc::new(Metrics::new()),

@@ -566,6 +566,57 @@ fn a_maintenance_window_suppresses_and_the_check_notifies_when_it_ends() {
 }
 
 #[test]
+fn a_maintenance_window_added_by_a_reload_applies_at_once_and_ends_when_removed() {
+    let target = target();
+    let hook = Receiver::start(Reply::new(202, ""));
+    let listen = free_port();
+    let config = format!(
+        "{}[[notifiers]]\nname = \"hook\"\ntype = \"webhook\"\ndefault = true\nurl = \"{}/\"\n",
+        base(listen, &target),
+        hook.url()
+    );
+    let agent = start(listen, &config);
+    let reload = |text: &str, count: usize| {
+        std::fs::write(agent.config_path(), text).unwrap();
+        agent.signal("HUP");
+        let deadline = Instant::now() + WAIT;
+        while agent.log().matches("config reloaded").count() < count {
+            assert!(Instant::now() < deadline, "no reload:\n{}", agent.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let with_window = format!(
+        "{config}[[maintenance]]\nname = \"ad-hoc\"\nchecks = [\"web\"]\nstart = \"{}\"\nend = \"{}\"\n",
+        rfc3339_in(-60),
+        rfc3339_in(3600)
+    );
+    reload(&with_window, 1);
+    assert!(
+        !agent.log().contains("apply only after a restart"),
+        "maintenance applies on reload: {}",
+        agent.log()
+    );
+    std::thread::sleep(Duration::from_millis(1500)); // the ticker takes the new windows
+    fail(&target);
+    let deadline = Instant::now() + WAIT;
+    while sample(&agent, &outcome("hook", "suppressed")) < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "not suppressed:\n{}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(hook.received().is_empty());
+    // The window goes with the next reload: the check, still failing, notifies.
+    reload(&config, 2);
+    let received = hook.wait_for("the firing once the window is gone", WAIT, |r| {
+        !r.is_empty()
+    });
+    assert_eq!(events(&received, "event"), ["firing"]);
+}
+
+#[test]
 fn a_full_queue_drops_the_oldest_notification_and_counts_it() {
     let target = target();
     let hook = Receiver::start(Reply::new(202, ""));
