@@ -1004,6 +1004,81 @@ fn notify_test_exits_with_the_receivers_answer() {
 }
 
 #[test]
+fn notifier_and_maintenance_mistakes_are_config_errors_that_say_what_to_fix() {
+    let base = "[[checks]]\nname = \"web\"\ntype = \"http\"\nurl = \"http://127.0.0.1/\"\ninterval = \"10s\"\n";
+    let hook = |extra: &str| {
+        format!("[[notifiers]]\nname = \"hook\"\ntype = \"webhook\"\nurl = \"http://127.0.0.1/\"\n{extra}")
+    };
+    crate::common::assert_config_errors(
+        base,
+        &[
+            (&hook("bogus = 1\n"), "test.toml:10:1: unknown field `bogus`"),
+            (
+                "[[notifiers]]\nname = \"x\"\ntype = \"sms\"\n",
+                "unknown variant `sms`, expected one of `alertmanager`, `webhook`, `slack`, `pagerduty`, `email`",
+            ),
+            (&format!("{}{}", hook(""), hook("")), "notifier name `hook` is used twice"),
+            (&hook("url_file = \"/x\"\n"), "set exactly one of url and url_file"),
+            (&hook("queue_size = 0\n"), "queue_size must be at least 1"),
+            (&hook("max_attempts = 0\n"), "max_attempts must be at least 1"),
+            (
+                "[[notifiers]]\nname = \"am\"\ntype = \"alertmanager\"\nurl = \"ftp://x\"\n",
+                "url must start with http:// or https://",
+            ),
+            (
+                "[[notifiers]]\nname = \"am\"\ntype = \"alertmanager\"\nurl = \"http://x\"\nlabels = { severity = \"low\" }\n",
+                "labels.severity is set by bastion",
+            ),
+            (
+                "[[notifiers]]\nname = \"m\"\ntype = \"email\"\nsmtp_host = \"h\"\nfrom = \"a@b.c\"\nto = []\n",
+                "to needs at least one address",
+            ),
+            (
+                "[[notifiers]]\nname = \"m\"\ntype = \"email\"\nsmtp_host = \"h\"\nfrom = \"a@b.c\"\nto = [\"x\"]\nusername = \"u\"\n",
+                "username and password_file go together",
+            ),
+            (
+                "[[maintenance]]\nname = \"w\"\nchecks = [\"*\"]\nstart = \"2026-01-01T00:00:00Z\"\nat = \"02:00\"\nduration = \"1h\"\n",
+                "not both",
+            ),
+            (
+                "[[maintenance]]\nname = \"w\"\nchecks = [\"*\"]\nstart = \"2026-01-02T00:00:00Z\"\nend = \"2026-01-01T00:00:00Z\"\n",
+                "end must be after start",
+            ),
+            (
+                "[[maintenance]]\nname = \"w\"\nchecks = [\"*\"]\nstart = \"tomorrow\"\nend = \"2026-01-01T00:00:00Z\"\n",
+                "is not an RFC 3339 time with an offset",
+            ),
+            (
+                "[[maintenance]]\nname = \"w\"\nchecks = [\"*\"]\nat = \"02:00\"\nduration = \"1h\"\ndays = [\"someday\"]\n",
+                "day `someday` is not one of mon",
+            ),
+            (
+                "[[maintenance]]\nname = \"w\"\nchecks = [\"*\"]\nat = \"02:00\"\nduration = \"8d\"\n",
+                "at most 7d",
+            ),
+            (
+                "[[maintenance]]\nname = \"w\"\nchecks = [\"*\"]\nat = \"02:00\"\nduration = \"1h\"\ntime_zone = \"Mars/Olympus\"\n",
+                "is not a known IANA time zone",
+            ),
+        ],
+    );
+    let notify = |line: &str| {
+        base.replace(
+            "interval = \"10s\"\n",
+            &format!("interval = \"10s\"\n{line}"),
+        )
+    };
+    let error = crate::common::config_error(&notify("notify = [\"nobody\"]\n"));
+    assert!(
+        error.contains("check `web` notifies `nobody`, but no [[notifiers]] entry has that name"),
+        "{error}"
+    );
+    let error = crate::common::config_error(&notify("notify_on = [\"warn\"]\n"));
+    assert!(error.contains("notify_on must include \"fail\""), "{error}");
+}
+
+#[test]
 fn a_missing_secret_file_is_a_config_error_before_the_first_outage() {
     let dir = scratch_dir("notify-missing");
     let listen = free_port();
