@@ -179,11 +179,6 @@ impl Notifications {
         notifications
     }
 
-    /// Whether any notifier is configured.
-    pub fn is_empty(&self) -> bool {
-        self.routes.is_empty()
-    }
-
     /// Waits until every queue is empty and no delivery is under way, or `until`.
     pub async fn drain(&self, until: Instant) {
         while Instant::now() < until {
@@ -192,13 +187,6 @@ impl Notifications {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-    }
-
-    /// Notifications waiting for `notifier`, if it exists.
-    pub fn waiting(&self, notifier: &str) -> Option<usize> {
-        self.routes
-            .get(notifier)
-            .map(|route| route.delivery.waiting())
     }
 
     /// Takes one result of `check`, which left the check in `state`.

@@ -461,16 +461,16 @@ fn a_flapping_check_within_min_failing_time_notifies_nothing() {
     let listen = free_port();
     let config = format!(
         "{}[[notifiers]]\nname = \"hook\"\ntype = \"webhook\"\ndefault = true\nurl = \"{}/\"\n",
-        base(listen, &target).replace("min_failing_time = \"0s\"", "min_failing_time = \"4s\""),
+        base(listen, &target).replace("min_failing_time = \"0s\"", "min_failing_time = \"3s\""),
         hook.url()
     );
     let agent = start(listen, &config);
-    // Fails for about one run at a time, far less than the 4s it must keep failing.
-    for _ in 0..3 {
+    // Fails for about one run at a time, far less than the 3s it must keep failing.
+    for _ in 0..2 {
         fail(&target);
         std::thread::sleep(Duration::from_millis(1200));
         recover(&target);
-        std::thread::sleep(Duration::from_millis(2500));
+        std::thread::sleep(Duration::from_millis(2000));
     }
     let waits = sample(
         &agent,
