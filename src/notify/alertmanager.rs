@@ -7,8 +7,8 @@
 
 use super::post::post_json;
 use super::{
-    Answer, BuildContext, Event, Notification, Notifier, NotifierKind, NotifyError, SendError,
-    Severity,
+    wrong_kind, Answer, BuildContext, Event, Notification, Notifier, NotifierKind, NotifyError,
+    SendError, Severity,
 };
 use crate::config::{NotifierConfig, NotifierSpec, ALERTMANAGER_RESEND};
 use futures_util::future::BoxFuture;
@@ -40,10 +40,7 @@ fn build(
     context: &BuildContext,
 ) -> Result<Arc<dyn Notifier>, NotifyError> {
     let NotifierSpec::Alertmanager(spec) = &config.spec else {
-        return Err(NotifyError::Invalid {
-            notifier: config.name.clone(),
-            reason: "not an alertmanager notifier".to_string(),
-        });
+        return Err(wrong_kind(config, "alertmanager"));
     };
     let resend = config.repeat_interval.unwrap_or(ALERTMANAGER_RESEND);
     Ok(Arc::new(Alertmanager {

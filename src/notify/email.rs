@@ -46,7 +46,7 @@ fn build(
     _context: &BuildContext,
 ) -> Result<Arc<dyn Notifier>, NotifyError> {
     let NotifierSpec::Email(spec) = &config.spec else {
-        return Err(invalid(config, "not an email notifier".to_string()));
+        return Err(super::wrong_kind(config, "email"));
     };
     let mut tls = TlsParameters::builder(spec.smtp_host.clone());
     if let Some(ca_file) = &config.ca_file {

@@ -338,6 +338,31 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// The URL of a notifier that takes `url` or `url_file` (the config has exactly one), kept as
+/// a secret either way: such URLs carry tokens.
+pub fn url_or_file(
+    config: &NotifierConfig,
+    url: &Option<String>,
+    file: &Option<std::path::PathBuf>,
+) -> Result<Secret, NotifyError> {
+    match (url, file) {
+        (Some(url), _) => Ok(Secret(url.clone())),
+        (None, Some(file)) => read_secret(&config.name, file),
+        (None, None) => Err(NotifyError::Invalid {
+            notifier: config.name.clone(),
+            reason: "set url or url_file".to_string(),
+        }),
+    }
+}
+
+/// A kind's build function was handed another kind's config (a registry mistake).
+pub fn wrong_kind(config: &NotifierConfig, kind: &str) -> NotifyError {
+    NotifyError::Invalid {
+        notifier: config.name.clone(),
+        reason: format!("not a {kind} notifier"),
+    }
+}
+
 /// Reads a notifier's secret file. The error names the file, never its content.
 pub fn read_secret(notifier: &str, path: &Path) -> Result<Secret, NotifyError> {
     let shown = path.display().to_string();

@@ -8,8 +8,8 @@
 
 use super::post::post_json;
 use super::{
-    read_secret, Answer, BuildContext, Event, Notification, Notifier, NotifierKind, NotifyError,
-    Secret, SendError, Severity,
+    read_secret, wrong_kind, Answer, BuildContext, Event, Notification, Notifier, NotifierKind,
+    NotifyError, Secret, SendError, Severity,
 };
 use crate::config::{NotifierConfig, NotifierSpec};
 use futures_util::future::BoxFuture;
@@ -38,10 +38,7 @@ fn build(
     context: &BuildContext,
 ) -> Result<Arc<dyn Notifier>, NotifyError> {
     let NotifierSpec::Pagerduty(spec) = &config.spec else {
-        return Err(NotifyError::Invalid {
-            notifier: config.name.clone(),
-            reason: "not a pagerduty notifier".to_string(),
-        });
+        return Err(wrong_kind(config, "pagerduty"));
     };
     Ok(Arc::new(Pagerduty {
         client: context.client_for(config)?,

@@ -5,8 +5,8 @@
 
 use super::post::post_json;
 use super::{
-    read_secret, Answer, BuildContext, Event, Notification, Notifier, NotifierKind, NotifyError,
-    Secret, SendError,
+    url_or_file, wrong_kind, Answer, BuildContext, Event, Notification, Notifier, NotifierKind,
+    NotifyError, Secret, SendError,
 };
 use crate::config::{NotifierConfig, NotifierSpec};
 use futures_util::future::BoxFuture;
@@ -34,21 +34,9 @@ fn build(
     context: &BuildContext,
 ) -> Result<Arc<dyn Notifier>, NotifyError> {
     let NotifierSpec::Slack(spec) = &config.spec else {
-        return Err(NotifyError::Invalid {
-            notifier: config.name.clone(),
-            reason: "not a slack notifier".to_string(),
-        });
+        return Err(wrong_kind(config, "slack"));
     };
-    let url = match (&spec.url, &spec.url_file) {
-        (Some(url), _) => Secret(url.clone()),
-        (None, Some(file)) => read_secret(&config.name, file)?,
-        (None, None) => {
-            return Err(NotifyError::Invalid {
-                notifier: config.name.clone(),
-                reason: "set url or url_file".to_string(),
-            })
-        }
-    };
+    let url = url_or_file(config, &spec.url, &spec.url_file)?;
     Ok(Arc::new(Slack {
         client: context.client_for(config)?,
         url,

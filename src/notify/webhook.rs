@@ -7,8 +7,8 @@
 
 use super::post::post_json;
 use super::{
-    read_secret, Answer, BuildContext, Event, Failure, Notification, Notifier, NotifierKind,
-    NotifyError, Secret, SendError, Severity,
+    read_secret, url_or_file, wrong_kind, Answer, BuildContext, Event, Failure, Notification,
+    Notifier, NotifierKind, NotifyError, Secret, SendError, Severity,
 };
 use crate::config::{NotifierConfig, NotifierSpec};
 use futures_util::future::BoxFuture;
@@ -39,21 +39,9 @@ fn build(
     context: &BuildContext,
 ) -> Result<Arc<dyn Notifier>, NotifyError> {
     let NotifierSpec::Webhook(spec) = &config.spec else {
-        return Err(NotifyError::Invalid {
-            notifier: config.name.clone(),
-            reason: "not a webhook notifier".to_string(),
-        });
+        return Err(wrong_kind(config, "webhook"));
     };
-    let url = match (&spec.url, &spec.url_file) {
-        (Some(url), _) => Secret(url.clone()),
-        (None, Some(file)) => read_secret(&config.name, file)?,
-        (None, None) => {
-            return Err(NotifyError::Invalid {
-                notifier: config.name.clone(),
-                reason: "set url or url_file".to_string(),
-            })
-        }
-    };
+    let url = url_or_file(config, &spec.url, &spec.url_file)?;
     let key = match &spec.secret_file {
         Some(file) => {
             let secret = read_secret(&config.name, file)?;
