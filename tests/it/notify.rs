@@ -829,8 +829,9 @@ fn smtp_python() -> PathBuf {
     python
 }
 
-/// A real SMTP server requiring STARTTLS and AUTH; messages land in `dir/<n>.eml`.
-fn smtp_server(dir: &Path, user: &str, password: &str) -> (Killed, u16, PathBuf) {
+/// A real SMTP server requiring STARTTLS (`mode` "starttls") or speaking TLS from the first
+/// byte ("tls"), and AUTH; messages land in `dir/outbox/<n>.eml`.
+fn smtp_server(dir: &Path, user: &str, password: &str, mode: &str) -> (Killed, u16, PathBuf) {
     let ca = TestCa::new("bastion test SMTP CA");
     let leaf = ca.leaf(
         &["127.0.0.1"],
@@ -850,6 +851,7 @@ fn smtp_server(dir: &Path, user: &str, password: &str) -> (Killed, u16, PathBuf)
         .arg(user)
         .arg(password)
         .arg(&outbox)
+        .arg(mode)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -866,7 +868,7 @@ fn smtp_server(dir: &Path, user: &str, password: &str) -> (Killed, u16, PathBuf)
 #[test]
 fn email_arrives_over_starttls_with_authentication() {
     let dir = scratch_dir("notify-email");
-    let (_smtp, port, ca_file) = smtp_server(&dir, "bastion", "Sm7p-pa55word");
+    let (_smtp, port, ca_file) = smtp_server(&dir, "bastion", "Sm7p-pa55word", "starttls");
     let password = write(&dir, "smtp.password", "Sm7p-pa55word\n");
     let target = target();
     let listen = free_port();
@@ -934,6 +936,37 @@ fn email_arrives_over_starttls_with_authentication() {
         !stderr.contains("wrong"),
         "the password is not shown: {stderr}"
     );
+}
+
+#[test]
+fn email_arrives_over_tls_from_the_first_byte() {
+    let dir = scratch_dir("notify-smtps");
+    let (_smtp, port, ca_file) = smtp_server(&dir, "bastion", "Sm7p-pa55word", "tls");
+    let password = write(&dir, "smtp.password", "Sm7p-pa55word\n");
+    let config = write(
+        &dir,
+        "smtps.toml",
+        &format!(
+            "[[notifiers]]\nname = \"mail\"\ntype = \"email\"\nsmtp_host = \"127.0.0.1\"\nsmtp_port = {port}\n\
+             starttls = false\nusername = \"bastion\"\npassword_file = \"{}\"\nfrom = \"bastion@example.com\"\nto = [\"oncall@example.com\"]\nca_file = \"{}\"\n",
+            password.display(),
+            ca_file.display()
+        ),
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_bastion"))
+        .args(["notify", "test", "--notifier", "mail", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("SMTP 250"));
+    let mail = std::fs::read_to_string(dir.join("outbox/1.eml")).unwrap();
+    assert!(
+        mail.contains("Subject: [bastion] bastion test notification"),
+        "{mail}"
+    );
+    let auth = std::fs::read_to_string(dir.join("outbox/auth.log")).unwrap();
+    assert_eq!(auth.trim(), "PLAIN ok tls=True");
 }
 
 #[test]

@@ -1,7 +1,8 @@
 """A real SMTP server for tests/it/notify.rs: aiosmtpd on 127.0.0.1:PORT that requires
-STARTTLS before anything else, then AUTH (PLAIN or LOGIN) with one user, and writes each
-message it accepts to OUTDIR/<n>.eml. Usage: smtp_server.py PORT CERT KEY USER PASSWORD OUTDIR.
-It prints "ready" once listening and runs until killed."""
+STARTTLS before anything else (or, with MODE "tls", speaks TLS from the first byte), then
+AUTH (PLAIN or LOGIN) with one user, and writes each message it accepts to OUTDIR/<n>.eml.
+Usage: smtp_server.py PORT CERT KEY USER PASSWORD OUTDIR [MODE]. It prints "ready" once
+listening and runs until killed."""
 
 import os
 import ssl
@@ -12,6 +13,7 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
 port, cert, key, user, password, outdir = sys.argv[1:7]
+mode = sys.argv[7] if len(sys.argv) > 7 else "starttls"
 
 
 class Store:
@@ -33,24 +35,37 @@ def authenticate(server, session, envelope, mechanism, auth_data):
         and auth_data.login == user.encode()
         and auth_data.password == password.encode()
     )
+    tls = session.ssl is not None or mode == "tls"
     with open(os.path.join(outdir, "auth.log"), "a") as f:
-        f.write(f"{mechanism} {'ok' if ok else 'refused'} tls={session.ssl is not None}\n")
+        f.write(f"{mechanism} {'ok' if ok else 'refused'} tls={tls}\n")
     # handled=False: aiosmtpd answers 535 itself on a refusal.
     return AuthResult(success=ok, handled=False)
 
 
 context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
 context.load_cert_chain(cert, key)
-controller = Controller(
-    Store(),
-    hostname="127.0.0.1",
-    port=int(port),
-    tls_context=context,
-    require_starttls=True,
-    auth_required=True,
-    auth_require_tls=True,
-    authenticator=authenticate,
-)
+if mode == "tls":
+    # The whole connection is TLS: there is no STARTTLS to require.
+    controller = Controller(
+        Store(),
+        hostname="127.0.0.1",
+        port=int(port),
+        ssl_context=context,
+        auth_required=True,
+        auth_require_tls=False,
+        authenticator=authenticate,
+    )
+else:
+    controller = Controller(
+        Store(),
+        hostname="127.0.0.1",
+        port=int(port),
+        tls_context=context,
+        require_starttls=True,
+        auth_required=True,
+        auth_require_tls=True,
+        authenticator=authenticate,
+    )
 controller.start()
 print("ready", flush=True)
 while True:
