@@ -21,6 +21,7 @@ pub mod limits;
 pub mod messages;
 pub mod metrics;
 pub mod model;
+pub mod notify;
 pub mod reload;
 pub mod report;
 pub mod resolve;

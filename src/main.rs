@@ -87,6 +87,24 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
     },
+    /// Notifications: check a notifier's wiring before the first outage.
+    Notify {
+        #[command(subcommand)]
+        command: NotifyCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum NotifyCommand {
+    /// Send one test notification to a notifier, once; exit 0 with the receiver's answer when
+    /// it took it, 1 with the reason when not, 2 for a config error or an unknown notifier.
+    Test {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The `name` of the [[notifiers]] entry.
+        #[arg(long)]
+        notifier: String,
+    },
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -202,6 +220,9 @@ fn main() -> ExitCode {
             } => run_command(path.config, role, bus).await,
             // Answered above, before logging and the runtime start.
             Command::Completions { .. } | Command::Man { .. } => ExitCode::SUCCESS,
+            Command::Notify {
+                command: NotifyCommand::Test { config, notifier },
+            } => notify_test_command(&config.config, &notifier).await,
         }
     })
 }
@@ -240,7 +261,11 @@ fn man_command(dir: Option<&Path>) -> ExitCode {
 
 /// `bastion validate`.
 fn validate_command(path: &Path) -> ExitCode {
-    match bastion_agent::validate::load(path) {
+    let loaded = bastion_agent::validate::load(path).and_then(|config| {
+        bastion_agent::validate::notifiers(path, &config)?;
+        Ok(config)
+    });
+    match loaded {
         Ok(config) => {
             say_out!(
                 "{}: valid, {} check(s)\n",
@@ -290,6 +315,12 @@ async fn run_command(config_path: PathBuf, role: RoleArg, bus: BusArgs) -> ExitC
         Ok(config) => config,
         Err(error) => return config_error(&error),
     };
+    // The notifiers' secret files: a scheduling agent notifies, a runner never does.
+    if !matches!(role, RoleArg::Runner) {
+        if let Err(error) = bastion_agent::validate::notifiers(&config_path, &config) {
+            return config_error(&error);
+        }
+    }
     let options = AgentOptions {
         role: role.into(),
         bus_connect_timeout: bus.bus_connect_timeout,
@@ -304,6 +335,32 @@ async fn run_command(config_path: PathBuf, role: RoleArg, bus: BusArgs) -> ExitC
                 Some(agent::AgentError::RoleNeedsNats(_))
             );
             ExitCode::from(if usage { EXIT_CONFIG } else { EXIT_FAILING })
+        }
+    }
+}
+
+/// `bastion notify test`.
+async fn notify_test_command(path: &Path, notifier: &str) -> ExitCode {
+    use bastion_agent::notify::{send_test, NotifyError};
+    let config = match bastion_agent::validate::load(path) {
+        Ok(config) => config,
+        Err(error) => return config_error(&error),
+    };
+    match send_test(&config, notifier).await {
+        Ok(answer) => {
+            say_out!(
+                "{notifier}: delivered; the receiver answered {}\n",
+                answer.0
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error @ NotifyError::TestFailed { .. }) => {
+            say_err!("error: {error}");
+            ExitCode::from(EXIT_FAILING)
+        }
+        Err(error) => {
+            say_err!("error: {error}");
+            ExitCode::from(EXIT_CONFIG)
         }
     }
 }

@@ -65,6 +65,21 @@ pub struct CheckToLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NotifierLabels {
+    pub notifier: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NotifierOutcomeLabels {
+    pub notifier: String,
+    pub outcome: &'static str,
+}
+
+/// The outcomes `bastion_notifications_total` counts per notifier.
+pub const NOTIFICATION_OUTCOMES: [&str; 5] =
+    ["sent", "failed", "rejected", "dropped", "suppressed"];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VersionLabels {
     version: &'static str,
     /// The git commit the binary was built from (build.rs), `unknown` outside git.
@@ -130,6 +145,12 @@ pub struct Metrics {
     pub config_last_reload_successful: Gauge,
     pub config_last_reload_success_timestamp_seconds: GaugeF64,
     pub runtime_tasks_alive: Gauge,
+    /// Notifications by notifier and outcome (`NOTIFICATION_OUTCOMES`).
+    pub notifications: Family<NotifierOutcomeLabels, Counter>,
+    /// Time of each delivery attempt, by notifier.
+    pub notification_duration_seconds: HistogramFamily<NotifierLabels>,
+    /// Notifications waiting, by notifier.
+    pub notification_queue: Family<NotifierLabels, Gauge>,
     /// Check names whose series were removed, by why: `expired` or `capacity`.
     pub check_series_forgotten: Family<ReasonLabels, Counter>,
     /// The checks `check_duration_seconds` has series for, and when each expires.
@@ -174,6 +195,9 @@ impl Metrics {
             config_last_reload_success_timestamp_seconds: GaugeF64::default(),
             runtime_tasks_alive: Gauge::default(),
             exposition: std::sync::OnceLock::new(),
+            notifications: Family::default(),
+            notification_duration_seconds: Family::new_with_constructor(latency_histogram),
+            notification_queue: Family::default(),
             check_series_forgotten: Family::default(),
             seen_checks: std::sync::Mutex::new(SeenChecks {
                 forget_after: crate::config::DEFAULT_FORGET_CHECKS_AFTER,
@@ -186,6 +210,7 @@ impl Metrics {
         metrics.register_bus(&mut registry);
         metrics.register_dropped(&mut registry);
         metrics.register_agent_state(&mut registry);
+        metrics.register_notifications(&mut registry);
         metrics.preset_error_series();
         Metrics {
             registry,
@@ -312,6 +337,50 @@ impl Metrics {
             "Results finished after their run's window, which the checker had counted lost; not published",
             self.results_expired.clone(),
         );
+    }
+
+    /// Registers the notifiers' deliveries.
+    fn register_notifications(&self, registry: &mut Registry) {
+        registry.register(
+            "bastion_notifications",
+            "Notifications by notifier and outcome: sent, failed (retries exhausted), rejected (a 4xx answer: fix the config), dropped (queue full, oldest first), suppressed (maintenance)",
+            self.notifications.clone(),
+        );
+        registry.register(
+            "bastion_notification_duration_seconds",
+            "Time of each attempt to deliver a notification, by notifier",
+            self.notification_duration_seconds.clone(),
+        );
+        registry.register(
+            "bastion_notification_queue",
+            "Notifications waiting for delivery, by notifier",
+            self.notification_queue.clone(),
+        );
+    }
+
+    /// Creates a notifier's series at zero, so they exist before the first notification.
+    pub fn register_notifier(&self, notifier: &str) {
+        for outcome in NOTIFICATION_OUTCOMES {
+            let _ = self.notifications.get_or_create(&NotifierOutcomeLabels {
+                notifier: notifier.to_string(),
+                outcome,
+            });
+        }
+        let labels = NotifierLabels {
+            notifier: notifier.to_string(),
+        };
+        let _ = self.notification_duration_seconds.get_or_create(&labels);
+        let _ = self.notification_queue.get_or_create(&labels);
+    }
+
+    /// Counts one notification's outcome.
+    pub fn count_notification(&self, notifier: &str, outcome: &'static str) {
+        self.notifications
+            .get_or_create(&NotifierOutcomeLabels {
+                notifier: notifier.to_string(),
+                outcome,
+            })
+            .inc();
     }
 
     /// Registers the agent's own state: leadership, check states, config loads, the runtime

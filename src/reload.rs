@@ -3,11 +3,12 @@
 //! logged, `bastion_config_last_reload_successful` reads 0). A valid one replaces the list of
 //! checks, which the checker and the result sink apply check by check: unchanged checks keep
 //! their phase, state and latest result; removed ones stop and their series go; added ones
-//! start; changed ones restart. Runs in flight finish normally. Changes outside `[[checks]]`
-//! (listen address, bus, workers) need a restart; a reload says so and keeps them as they are.
+//! start; changed ones restart. Runs in flight finish normally. `[[maintenance]]` windows
+//! apply too, when the agent notifies. Other changes outside `[[checks]]` (listen address,
+//! bus, workers, notifiers) need a restart; a reload says so and keeps them as they are.
 //! Reloads never overlap.
 
-use crate::config::{CheckConfig, Config, ConfigError};
+use crate::config::{CheckConfig, Config, ConfigError, MaintenanceConfig};
 use crate::metrics::Metrics;
 use crate::systemd::Notifier;
 use std::fmt;
@@ -65,6 +66,8 @@ pub struct Reloader {
     checks: watch::Sender<Arc<Vec<CheckConfig>>>,
     metrics: Arc<Metrics>,
     notifier: Option<Arc<Notifier>>,
+    /// Where new maintenance windows go, when notifications follow them.
+    maintenance: Option<watch::Sender<Arc<Vec<MaintenanceConfig>>>>,
 }
 
 impl Reloader {
@@ -84,12 +87,23 @@ impl Reloader {
             checks,
             metrics,
             notifier,
+            maintenance: None,
         }
+    }
+
+    /// Sends the `[[maintenance]]` windows of each reloaded file through `windows`, so that
+    /// they apply without a restart.
+    pub fn follow_maintenance(
+        mut self,
+        windows: watch::Sender<Arc<Vec<MaintenanceConfig>>>,
+    ) -> Reloader {
+        self.maintenance = Some(windows);
+        self
     }
 
     /// Reads the file again and applies it, or keeps everything as it is.
     pub async fn reload(&self) -> Result<ReloadSummary, ReloadError> {
-        let running = self.running.lock().await;
+        let mut running = self.running.lock().await;
         if let Some(notifier) = &self.notifier {
             notifier.reloading();
         }
@@ -103,7 +117,17 @@ impl Reloader {
         let outcome = match loaded {
             Ok(next) => {
                 let current = Arc::clone(&self.checks.borrow());
-                let summary = diff(&running, &current, &next);
+                let summary = diff(&running, &current, &next, self.maintenance.is_some());
+                if let Some(windows) = &self.maintenance {
+                    if running.maintenance != next.maintenance {
+                        tracing::info!(
+                            windows = next.maintenance.len(),
+                            "maintenance windows reloaded"
+                        );
+                        windows.send_replace(Arc::new(next.maintenance.clone()));
+                        running.maintenance = next.maintenance.clone();
+                    }
+                }
                 self.checks.send_replace(Arc::new(next.checks));
                 self.metrics.record_config_load(true);
                 tracing::info!(
@@ -131,7 +155,13 @@ impl Reloader {
     }
 }
 
-fn diff(running: &Config, current: &[CheckConfig], next: &Config) -> ReloadSummary {
+/// What changed; `maintenance_follows`: maintenance windows apply on reload.
+fn diff(
+    running: &Config,
+    current: &[CheckConfig],
+    next: &Config,
+    maintenance_follows: bool,
+) -> ReloadSummary {
     let mut summary = ReloadSummary::default();
     let before: std::collections::HashMap<&str, &CheckConfig> = current
         .iter()
@@ -159,6 +189,11 @@ fn diff(running: &Config, current: &[CheckConfig], next: &Config) -> ReloadSumma
         ("[bus]", running.bus != next.bus),
         ("[checker]", running.checker != next.checker),
         ("[runner]", running.runner != next.runner),
+        ("[[notifiers]]", running.notifiers != next.notifiers),
+        (
+            "[[maintenance]]",
+            !maintenance_follows && running.maintenance != next.maintenance,
+        ),
     ];
     summary.needs_restart = sections
         .into_iter()

@@ -1,6 +1,8 @@
 //! Whole-config validation: what the schema alone cannot check. A config is accepted only if
 //! every check compiles, every ICMP check can open a socket, every NATS URL, subject prefix and
-//! bucket name is one the bus accepts, and every DNS server is an address. It sits above the probe engine and the bus so that `config` needs neither; it
+//! bucket name is one the bus accepts, every DNS server is an address and every maintenance
+//! window compiles; `notifiers`, apart because runners need no secret files, builds every
+//! notifier. It sits above the probe engine and the bus so that `config` needs neither; it
 //! never starts anything and never keeps what it built.
 
 use crate::checks::{CheckDefinitionError, CompiledCheck};
@@ -46,6 +48,7 @@ pub fn validate(config: &Config) -> Result<(), Problems> {
                 }),
         );
     }
+    problems.check(crate::notify::Maintenance::compile(&config.maintenance).map(|_| ()));
     // ICMP needs a socket this process may open; find out now, not at the first probe.
     if let Some(check) = config
         .checks
@@ -59,6 +62,18 @@ pub fn validate(config: &Config) -> Result<(), Problems> {
         );
     }
     problems.into_result()
+}
+
+/// Builds every notifier, reading its secret files: what `bastion validate` and a scheduling
+/// agent's start-up check, so a missing file is found before the first outage. Runners never
+/// notify and need none of these files.
+pub fn notifiers(path: &Path, config: &Config) -> Result<(), ConfigError> {
+    crate::notify::build_all(config)
+        .map(|_| ())
+        .map_err(|error| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message: error.to_string(),
+        })
 }
 
 fn validate_bus(config: &Config) -> Result<(), String> {

@@ -108,6 +108,10 @@ pub enum AgentError {
     NoRunner(String),
     #[error(transparent)]
     WebTls(#[from] crate::http::tls::WebTlsError),
+    #[error(transparent)]
+    Notify(#[from] crate::notify::NotifyError),
+    #[error("{0}")]
+    Maintenance(String),
 }
 
 /// A built agent, ready to run.
@@ -120,6 +124,8 @@ pub struct Agent {
     results: Option<crate::bus::Subscription>,
     reloader: Option<Arc<Reloader>>,
     web_tls: Option<Arc<rustls::ServerConfig>>,
+    /// The notifiers, built (secrets read) for a scheduling role; started with the sink.
+    notify: Option<tasks::NotifySetup>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -260,14 +266,22 @@ impl Agent {
         let notifier = Notifier::from_env().map(Arc::new);
         // The check list lives in one place, the watch; `config` keeps the other sections.
         let (checks, _) = watch::channel(Arc::new(std::mem::take(&mut config.checks)));
+        // Notifications follow reloaded maintenance windows (a scheduling role with notifiers).
+        let notifies = role.schedules() && !config.notifiers.is_empty();
+        let (windows, window_updates) = watch::channel(Arc::new(config.maintenance.clone()));
         let reloader = options.config_path.clone().map(|path| {
-            Arc::new(Reloader::new(
+            let reloader = Reloader::new(
                 path,
                 config.clone(),
                 checks.clone(),
                 Arc::clone(&metrics),
                 notifier.clone(),
-            ))
+            );
+            Arc::new(if notifies {
+                reloader.follow_maintenance(windows)
+            } else {
+                reloader
+            })
         });
         let (bus, lease) =
             connect_bus(&config, role, &metrics, options.bus_connect_timeout).await?;
@@ -284,6 +298,17 @@ impl Agent {
         };
         let checker = if role.schedules() {
             Some(build_checker(&config, &checks, &bus, &subjects, &metrics).await?)
+        } else {
+            None
+        };
+        // Runners never notify: the checker owns the states.
+        let notify = if notifies {
+            Some(tasks::NotifySetup {
+                notifiers: crate::notify::build_all(&config)?,
+                maintenance: crate::notify::Maintenance::compile(&config.maintenance)
+                    .map_err(AgentError::Maintenance)?,
+                maintenance_updates: window_updates,
+            })
         } else {
             None
         };
@@ -305,6 +330,7 @@ impl Agent {
             results,
             reloader,
             web_tls,
+            notify,
         })
     }
 
@@ -363,6 +389,7 @@ impl Agent {
             results,
             reloader,
             web_tls,
+            notify,
         } = self;
         let intake = CancellationToken::new();
         let outlets = CancellationToken::new();
@@ -382,7 +409,14 @@ impl Agent {
                 checker.run_while_leading(intake.clone(), leadership.clone()),
             )
         });
-        let sink = results.map(|results| shared.spawn_sink(results, leadership.clone(), &outlets));
+        let notify_stop = CancellationToken::new();
+        let notify_tasks = tokio_util::task::TaskTracker::new();
+        let notifications = notify.map(|setup| {
+            shared.start_notifications(setup, leadership.clone(), &notify_stop, &notify_tasks)
+        });
+        let sink = results.map(|results| {
+            shared.spawn_sink(results, leadership.clone(), notifications.clone(), &outlets)
+        });
         let systemd = shared.spawn_systemd_status(&outlets);
         let heartbeat = shared.spawn_heartbeats(dispatcher, leadership, &outlets);
         started.store(true, Ordering::Release);
@@ -407,6 +441,9 @@ impl Agent {
             sink,
             heartbeat,
             systemd,
+            notifications,
+            notify_stop,
+            notify_tasks,
         })
     }
 }

@@ -10,6 +10,7 @@ use crate::heartbeat::Heartbeats;
 use crate::http::ApiState;
 use crate::lease::Leadership;
 use crate::metrics::Metrics;
+use crate::notify::{Notifications, NotificationsOptions};
 use crate::reload::Reloader;
 use crate::results::{EventOutlet, ResultStore, SinkContext};
 use crate::runner::dispatcher::Dispatcher;
@@ -24,6 +25,14 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+/// The notifiers of a scheduling agent, built before it starts.
+pub(super) struct NotifySetup {
+    pub(super) notifiers: Vec<crate::notify::Built>,
+    pub(super) maintenance: crate::notify::Maintenance,
+    /// The windows of each reloaded config.
+    pub(super) maintenance_updates: watch::Receiver<Arc<Vec<crate::config::MaintenanceConfig>>>,
+}
 
 /// What the agent's components share while it runs; each task gets its own clone of a part.
 pub(super) struct Shared {
@@ -88,11 +97,36 @@ impl Shared {
         }
     }
 
-    /// Records the results arriving on `results` and publishes their events.
+    /// Starts the notifiers' queues and episodes; they deliver only while this agent leads.
+    pub(super) fn start_notifications(
+        &self,
+        setup: NotifySetup,
+        leadership: Option<Leadership>,
+        stop: &CancellationToken,
+        tasks: &TaskTracker,
+    ) -> Arc<Notifications> {
+        Notifications::start(
+            NotificationsOptions {
+                notifiers: setup.notifiers,
+                maintenance: setup.maintenance,
+                maintenance_updates: Some(setup.maintenance_updates),
+                agent: self.config.agent.id.clone(),
+                link_base: crate::notify::api_base(&self.config),
+                metrics: Arc::clone(&self.metrics),
+                leadership,
+            },
+            stop,
+            tasks,
+        )
+    }
+
+    /// Records the results arriving on `results`, publishes their events and tells the
+    /// notifiers.
     pub(super) fn spawn_sink(
         &self,
         results: crate::bus::Subscription,
         leadership: Option<Leadership>,
+        notifications: Option<Arc<Notifications>>,
         stop: &CancellationToken,
     ) -> JoinHandle<()> {
         let events = EventOutlet {
@@ -105,6 +139,7 @@ impl Shared {
             metrics: Arc::clone(&self.metrics),
             checks: self.checks.subscribe(),
             events: Some(events),
+            notifications,
         };
         tokio::spawn(crate::results::consume(results, context, stop.clone()))
     }
@@ -185,6 +220,10 @@ pub(super) struct Running {
     pub(super) sink: Option<JoinHandle<()>>,
     pub(super) heartbeat: JoinHandle<()>,
     pub(super) systemd: Option<JoinHandle<()>>,
+    pub(super) notifications: Option<Arc<Notifications>>,
+    /// Stops the notifiers' deliveries, after they had a chance to drain.
+    pub(super) notify_stop: CancellationToken,
+    pub(super) notify_tasks: TaskTracker,
 }
 
 impl Running {
@@ -204,6 +243,9 @@ impl Running {
             sink,
             heartbeat,
             systemd,
+            notifications,
+            notify_stop,
+            notify_tasks,
         } = self;
         tracing::info!("shutting down: scheduling stopped, waiting for runs in flight");
         if let Some(notifier) = &shared.notifier {
@@ -238,6 +280,14 @@ impl Running {
         if let Some(sink) = sink {
             let _ = sink.await;
         }
+        // The last transitions' notifications get what is left of the grace, at least 2 s.
+        if let Some(notifications) = notifications {
+            let until = grace_ends.max(Instant::now() + Duration::from_secs(2));
+            notifications.drain(until).await;
+        }
+        notify_stop.cancel();
+        notify_tasks.close();
+        let _ = tokio::time::timeout(Duration::from_secs(2), notify_tasks.wait()).await;
         let _ = heartbeat.await;
         if let Some(task) = systemd {
             let _ = task.await;

@@ -59,6 +59,29 @@ pub(super) fn default_lease_ttl() -> Duration {
 pub(super) fn default_lease_bucket() -> String {
     "bastion_checker".to_string()
 }
+pub(super) fn default_notify_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+pub(super) fn default_notify_queue_size() -> usize {
+    256
+}
+pub(super) fn default_notify_max_attempts() -> u32 {
+    12
+}
+pub(super) fn default_notify_retry_backoff() -> Duration {
+    Duration::from_secs(1)
+}
+pub(super) fn default_notify_retry_backoff_max() -> Duration {
+    Duration::from_secs(300)
+}
+pub(super) fn default_pagerduty_url() -> String {
+    "https://events.pagerduty.com/v2/enqueue".to_string()
+}
+pub(super) fn default_time_zone() -> String {
+    "UTC".to_string()
+}
+/// How often an `alertmanager` notifier re-sends a firing alert unless `repeat_interval` says.
+pub const ALERTMANAGER_RESEND: Duration = Duration::from_secs(60);
 pub(super) fn default_method() -> String {
     "GET".to_string()
 }
@@ -79,6 +102,7 @@ impl Default for AgentConfig {
             listen: default_listen(),
             shutdown_grace: default_shutdown_grace(),
             web: WebConfig::default(),
+            external_url: None,
         }
     }
 }

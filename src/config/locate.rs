@@ -59,18 +59,23 @@ pub(super) fn yaml_error(path: &Path, error: &serde_saphyr::Error) -> ConfigErro
     }
 }
 
-/// Where an unknown key really stands. A check's type-specific keys are read through
-/// `serde(flatten)`, which hides positions: the parser then blames the check's whole table.
+/// Where an unknown key really stands. A check's (or a notifier's) type-specific keys are read
+/// through `serde(flatten)`, which hides positions: the parser then blames the whole table.
 /// This finds the named key inside the table that starts at `blamed` (or in a table nested in
 /// it, such as `tls` or a TCP step), so the error points at the key itself.
 fn unknown_key_offset(text: &str, blamed: usize, message: &str) -> Option<usize> {
     let name = message.strip_prefix("unknown field `")?.split('`').next()?;
     let document = toml::de::DeTable::parse(text).ok()?;
-    let checks = document.get_ref().get("checks")?;
-    let toml::de::DeValue::Array(checks) = checks.get_ref() else {
-        return None;
-    };
-    let check = checks.iter().find(|check| check.span().contains(&blamed))?;
+    // Checks and notifiers both read their type's keys through `serde(flatten)`.
+    let check = ["checks", "notifiers"]
+        .iter()
+        .filter_map(|section| document.get_ref().get(*section))
+        .filter_map(|entries| match entries.get_ref() {
+            toml::de::DeValue::Array(entries) => Some(entries),
+            _ => None,
+        })
+        .flat_map(|entries| entries.iter())
+        .find(|entry| entry.span().contains(&blamed))?;
     let toml::de::DeValue::Table(table) = check.get_ref() else {
         return None;
     };

@@ -6,9 +6,13 @@
 
 mod defaults;
 mod locate;
+mod notify;
 mod schema;
 
-pub use defaults::{DEFAULT_FORGET_CHECKS_AFTER, MAX_BODY_BYTES_LIMIT, MIN_INTERVAL};
+pub use defaults::{
+    ALERTMANAGER_RESEND, DEFAULT_FORGET_CHECKS_AFTER, MAX_BODY_BYTES_LIMIT, MIN_INTERVAL,
+};
+pub use notify::*;
 pub use schema::*;
 
 use locate::{parse_toml_all, yaml_error};
@@ -234,6 +238,7 @@ impl Config {
         }
         problems.check(self.validate_bus());
         problems.check(self.validate_web());
+        problems.check(notify::validate(self));
         let mut seen: HashMap<&str, usize> = HashMap::new();
         for (index, check) in self.checks.iter().enumerate() {
             if let Some(first) = seen.insert(check.name.as_str(), index) {

@@ -29,6 +29,12 @@ pub struct Config {
     /// The checks to schedule.
     #[serde(default)]
     pub checks: Vec<CheckConfig>,
+    /// Receivers of failure and recovery notifications.
+    #[serde(default)]
+    pub notifiers: Vec<super::notify::NotifierConfig>,
+    /// Windows during which notifications are held back.
+    #[serde(default)]
+    pub maintenance: Vec<super::notify::MaintenanceConfig>,
 }
 
 /// `[agent]`
@@ -47,6 +53,10 @@ pub struct AgentConfig {
     /// Protection of the agent's own endpoints.
     #[serde(default)]
     pub web: WebConfig,
+    /// The URL people reach this agent's API at, for links in notifications. Default:
+    /// `http://` and `listen`.
+    #[serde(default)]
+    pub external_url: Option<String>,
 }
 
 /// `[agent.web]`: TLS and basic auth for `/metrics`, `/api` and `/-/reload`, the way
@@ -274,6 +284,13 @@ pub struct CheckConfig {
         skip_serializing_if = "Option::is_none"
     )]
     pub min_failing_time: Option<Duration>,
+    /// Notifiers to tell when this check fails and recovers. Default: every notifier with
+    /// `default = true`; `[]` for none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify: Option<Vec<String>>,
+    /// States that notify: `fail`, and `warn` too if listed. Default: `["fail"]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify_on: Option<Vec<super::notify::NotifyOn>>,
     /// The type and its own settings.
     #[serde(flatten)]
     pub spec: CheckSpec,

@@ -146,11 +146,24 @@ struct CheckSummary {
     latest: Option<Arc<CheckResult>>,
 }
 
-async fn checks(State(state): State<ApiState>) -> Json<Vec<CheckSummary>> {
+/// `?check=NAME` keeps only that check (the link in notifications); other parameters are
+/// ignored.
+fn only_check(query: Option<&str>) -> Option<&str> {
+    query?
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("check="))
+}
+
+async fn checks(
+    State(state): State<ApiState>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> Json<Vec<CheckSummary>> {
     let checks = Arc::clone(&state.checks.borrow());
+    let only = only_check(query.as_deref());
     Json(
         checks
             .iter()
+            .filter(|check| only.is_none_or(|name| check.name == name))
             .map(|check| {
                 let status = state.store.status(&check.name);
                 CheckSummary {

@@ -18,6 +18,7 @@ use crate::lease::Leadership;
 use crate::messages::{self, CheckResult, Payload, StateEvent, MESSAGE_VERSION};
 use crate::metrics::{CheckToLabels, Metrics, ReasonLabels, SubjectLabels};
 use crate::model::CheckState;
+use crate::notify::Notifications;
 use crate::state::{StatePolicy, StateTracker, Transition};
 use crate::subjects::Subjects;
 use std::collections::HashMap;
@@ -139,6 +140,8 @@ pub struct SinkContext {
     pub metrics: Arc<Metrics>,
     pub checks: ChecksWatch,
     pub events: Option<EventOutlet>,
+    /// Where failures and recoveries are told, when notifiers are configured.
+    pub notifications: Option<Arc<Notifications>>,
 }
 
 /// Consumes results from `subscription` until `stop` is cancelled; results already delivered
@@ -153,11 +156,13 @@ pub async fn consume(
         metrics,
         mut checks,
         events,
+        notifications,
     } = context;
     let mut sink = Sink {
         store,
         metrics,
         events,
+        notifications,
         known: Arc::new(Vec::new()),
         by_name: HashMap::new(),
         trackers: HashMap::new(),
@@ -197,6 +202,7 @@ struct Sink {
     store: Arc<ResultStore>,
     metrics: Arc<Metrics>,
     events: Option<EventOutlet>,
+    notifications: Option<Arc<Notifications>>,
     /// The configured checks, by name.
     known: Arc<Vec<CheckConfig>>,
     /// Index of each configured check in `known`.
@@ -248,6 +254,9 @@ impl Sink {
         self.metrics.forget_check_results(check);
         self.trackers.remove(check);
         self.store.remove(check);
+        if let Some(notifications) = &self.notifications {
+            notifications.forget(check);
+        }
     }
 
     async fn handle(&mut self, message: &Message) {
@@ -264,10 +273,11 @@ impl Sink {
                 return;
             }
         };
+        let known = Arc::clone(&self.known);
         let Some(config) = self
             .by_name
             .get(&result.check)
-            .and_then(|index| self.known.get(*index))
+            .and_then(|index| known.get(*index))
         else {
             // A run that was in flight when its check was removed, or a check configured
             // elsewhere: its label values must not enter /metrics. The runner in this process
@@ -305,6 +315,9 @@ impl Sink {
                 ..status
             },
         );
+        if let Some(notifications) = &self.notifications {
+            notifications.observe(config, status.state, &result);
+        }
         if let Some(transition) = transition {
             self.announce(&result, transition, failing).await;
         }

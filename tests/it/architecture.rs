@@ -31,6 +31,8 @@ const LAYERS: &[(&str, u8)] = &[
     ("checks", 4),
     // The pipeline.
     ("bus", 5),
+    // Notifications: receivers, delivery queues, episodes, maintenance windows.
+    ("notify", 5),
     ("lease", 6),
     ("runner", 6),
     ("validate", 6),
@@ -45,7 +47,9 @@ const LAYERS: &[(&str, u8)] = &[
 
 /// Folders whose files must not import each other in a circle (a file may use its parent's
 /// `mod.rs`, which declares it).
-const FOLDERS: &[&str] = &["agent", "bus", "checks", "http", "results", "runner"];
+const FOLDERS: &[&str] = &[
+    "agent", "bus", "checks", "http", "notify", "results", "runner",
+];
 
 fn src_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("src")
@@ -331,7 +335,22 @@ fn the_invariants_of_architecture_md_hold() {
         !imports("checker", "runner") && !imports("runner", "checker"),
         "the checker and the runner never import each other"
     );
+    for forbidden in ["bus", "results", "checker", "runner"] {
+        assert!(
+            !imports("notify", forbidden),
+            "notifiers never touch {forbidden}: the sink hands them results"
+        );
+    }
     for source in &sources {
+        if !source.path.starts_with("notify/") {
+            for client in ["reqwest::", "lettre::"] {
+                assert!(
+                    !source.code.contains(client),
+                    "only src/notify/ may use {client} (probes stay on hyper), but {} does",
+                    source.path
+                );
+            }
+        }
         if source.path != "bus/nats.rs" {
             // A path, not a mention: telemetry names the crate in a log filter.
             assert!(

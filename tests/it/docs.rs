@@ -21,10 +21,22 @@ use std::path::{Path, PathBuf};
 
 /// Tables whose keys are the user's (header names, user names), not the schema's: they are
 /// documented as one key and their entries are not walked.
-const MAP_KEYS: &[&str] = &["agent.web.basic_auth_users", "checks[].headers"];
+const MAP_KEYS: &[&str] = &[
+    "agent.web.basic_auth_users",
+    "checks[].headers",
+    "notifiers[].labels",
+];
 
 /// The first segment of every config key.
-const KEY_ROOTS: &[&str] = &["agent", "bus", "checker", "runner", "checks"];
+const KEY_ROOTS: &[&str] = &[
+    "agent",
+    "bus",
+    "checker",
+    "runner",
+    "checks",
+    "notifiers",
+    "maintenance",
+];
 
 /// Spans ending like this are file names (`agent.rs`, `checker.toml`), not keys.
 const FILE_SUFFIXES: &[&str] = &[".rs", ".toml", ".yaml", ".yml", ".md", ".json"];

@@ -560,6 +560,8 @@ async fn tcp_expect(pattern: &str, sent: Vec<u8>) -> Option<bastion_agent::messa
         assertions: Vec::new(),
         min_failing_count: None,
         min_failing_time: None,
+        notify: None,
+        notify_on: None,
         spec: bastion_agent::config::CheckSpec::Tcp(bastion_agent::config::TcpSpec {
             address: address.to_string(),
             tls: false,

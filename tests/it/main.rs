@@ -25,6 +25,7 @@ mod hostile;
 mod icmp;
 mod logs;
 mod nats;
+mod notify;
 mod operations;
 mod package;
 mod pipeline;

@@ -1,0 +1,400 @@
+//! The notification sections of the configuration file: `[[notifiers]]` (who is told, over
+//! which receiver's API), `[[maintenance]]` (when nobody is told), and what a check adds
+//! (`notify`, `notify_on`). Shapes and the checks the schema alone can make; the notifiers
+//! themselves are built by `notify/`, which also reads their secret files. This file never
+//! reads a secret.
+
+use super::defaults::*;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// One `[[notifiers]]` entry: a receiver and how deliveries to it are retried.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct NotifierConfig {
+    /// Unique name, used in a check's `notify` list, in logs and as the `notifier` label.
+    pub name: String,
+    /// Checks without a `notify` list notify every notifier with `default = true`.
+    #[serde(default)]
+    pub default: bool,
+    /// Send the firing notification again this often while the check stays failing (a
+    /// reminder). Default: never, except `alertmanager`, which is re-sent every 1m as
+    /// Alertmanager expects of its clients.
+    #[serde(default, with = "humantime_serde")]
+    pub repeat_interval: Option<Duration>,
+    /// Also send a notification when the check recovers. Default: true.
+    #[serde(default = "default_true")]
+    pub send_resolved: bool,
+    /// How long one request to the receiver may take. Default: 10s.
+    #[serde(default = "default_notify_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Notifications waiting for this receiver; when full, the oldest is dropped and counted.
+    /// Default: 256.
+    #[serde(default = "default_notify_queue_size")]
+    pub queue_size: usize,
+    /// Attempts per notification (network errors, timeouts, 429 and 5xx are retried; other
+    /// answers are not). Default: 12.
+    #[serde(default = "default_notify_max_attempts")]
+    pub max_attempts: u32,
+    /// Wait before the first retry; it doubles at each retry, with jitter. Default: 1s.
+    #[serde(default = "default_notify_retry_backoff", with = "humantime_serde")]
+    pub retry_backoff: Duration,
+    /// The longest wait between two attempts, a receiver's `Retry-After` included. Default: 5m.
+    #[serde(default = "default_notify_retry_backoff_max", with = "humantime_serde")]
+    pub retry_backoff_max: Duration,
+    /// PEM file of CA certificates to trust for the receiver instead of the system's.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// The receiver's type and its own settings.
+    #[serde(flatten)]
+    pub spec: NotifierSpec,
+}
+
+/// The receiver-specific part of a notifier, chosen by its `type` key.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum NotifierSpec {
+    Alertmanager(AlertmanagerSpec),
+    Webhook(WebhookSpec),
+    Slack(SlackSpec),
+    Pagerduty(PagerdutySpec),
+    Email(EmailSpec),
+}
+
+impl NotifierSpec {
+    /// The `type` key's value.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            NotifierSpec::Alertmanager(_) => "alertmanager",
+            NotifierSpec::Webhook(_) => "webhook",
+            NotifierSpec::Slack(_) => "slack",
+            NotifierSpec::Pagerduty(_) => "pagerduty",
+            NotifierSpec::Email(_) => "email",
+        }
+    }
+}
+
+/// Settings of a `type = "alertmanager"` notifier.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertmanagerSpec {
+    /// Alertmanager's base URL, such as `http://127.0.0.1:9093`; alerts go to `/api/v2/alerts`.
+    pub url: String,
+    /// Extra labels on every alert (such as `team`); they cannot replace `alertname`, `check`,
+    /// `type` or `severity`.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Settings of a `type = "webhook"` notifier.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSpec {
+    /// Where the JSON body is POSTed. Use `url_file` instead when the URL holds a token.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// File holding the URL (one line), kept out of the config and the logs.
+    #[serde(default)]
+    pub url_file: Option<PathBuf>,
+    /// File holding the HMAC-SHA256 key; each body is then signed in `X-Bastion-Signature`.
+    #[serde(default)]
+    pub secret_file: Option<PathBuf>,
+}
+
+/// Settings of a `type = "slack"` notifier.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlackSpec {
+    /// The incoming-webhook URL. It embeds a token: prefer `url_file`.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// File holding the incoming-webhook URL (one line).
+    #[serde(default)]
+    pub url_file: Option<PathBuf>,
+}
+
+/// Settings of a `type = "pagerduty"` notifier.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PagerdutySpec {
+    /// File holding the integration's routing key (Events API v2).
+    pub routing_key_file: PathBuf,
+    /// The Events API v2 endpoint. Default: `https://events.pagerduty.com/v2/enqueue`.
+    #[serde(default = "default_pagerduty_url")]
+    pub url: String,
+}
+
+/// Settings of a `type = "email"` notifier.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmailSpec {
+    /// The SMTP server's host name (also the name its certificate must carry).
+    pub smtp_host: String,
+    /// The SMTP server's port. Default: 587 with `starttls`, 465 without (TLS from the start).
+    #[serde(default)]
+    pub smtp_port: Option<u16>,
+    /// Upgrade a plain connection with STARTTLS (true), or speak TLS from the first byte
+    /// (false). Both require TLS: there is no clear-text mode. Default: true.
+    #[serde(default = "default_true")]
+    pub starttls: bool,
+    /// SMTP user name; goes with `password_file`.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// File holding the SMTP password.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// The sender address, such as `bastion <bastion@example.com>`.
+    pub from: String,
+    /// Recipient addresses.
+    pub to: Vec<String>,
+}
+
+impl EmailSpec {
+    /// The port, with its default applied.
+    pub fn port(&self) -> u16 {
+        self.smtp_port
+            .unwrap_or(if self.starttls { 587 } else { 465 })
+    }
+}
+
+/// Which states of a check notify.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NotifyOn {
+    /// The check is `FAIL` (after `min_failing_time`).
+    Fail,
+    /// Some instances fail, fewer than `min_failing_count`.
+    Warn,
+}
+
+/// One `[[maintenance]]` entry: a window during which the matching checks notify nobody.
+/// Either a one-off window (`start` and `end`) or a recurring one (`at` and `duration`, on
+/// `days`, in `time_zone`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaintenanceConfig {
+    /// A name for logs.
+    pub name: String,
+    /// Check names or globs (`*` any run of characters, `?` one) the window covers.
+    pub checks: Vec<String>,
+    /// Start of a one-off window, RFC 3339 with an offset (`2026-12-24T22:00:00+01:00`).
+    #[serde(default)]
+    pub start: Option<String>,
+    /// End of a one-off window, RFC 3339 with an offset.
+    #[serde(default)]
+    pub end: Option<String>,
+    /// Local start time of a recurring window, `HH:MM`.
+    #[serde(default)]
+    pub at: Option<String>,
+    /// Length of a recurring window (at most 7 days).
+    #[serde(default, with = "humantime_serde")]
+    pub duration: Option<Duration>,
+    /// Days a recurring window starts on (`mon` ... `sun`). Default: every day.
+    #[serde(default)]
+    pub days: Vec<String>,
+    /// IANA time zone of `at` and `days`, such as `Europe/Berlin`. Default: `UTC`.
+    #[serde(default = "default_time_zone")]
+    pub time_zone: String,
+}
+
+/// The names `days` accepts, Monday first.
+pub const WEEKDAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
+
+/// Checks the notification sections against themselves and the checks.
+pub(super) fn validate(config: &super::Config) -> Result<(), String> {
+    let mut names = HashSet::new();
+    for notifier in &config.notifiers {
+        let name = &notifier.name;
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_-".contains(c))
+        {
+            return Err(format!(
+                "notifier name `{name}` must be non-empty and made of letters, digits, `_` and `-`"
+            ));
+        }
+        if !names.insert(name.as_str()) {
+            return Err(format!(
+                "notifier name `{name}` is used twice; names must be unique"
+            ));
+        }
+        if notifier.queue_size == 0 {
+            return Err(format!("notifier `{name}`: queue_size must be at least 1"));
+        }
+        if notifier.max_attempts == 0 {
+            return Err(format!(
+                "notifier `{name}`: max_attempts must be at least 1"
+            ));
+        }
+        if notifier.timeout.is_zero() {
+            return Err(format!("notifier `{name}`: timeout must be longer than 0s"));
+        }
+        if notifier
+            .repeat_interval
+            .is_some_and(|every| every < Duration::from_secs(1))
+        {
+            return Err(format!(
+                "notifier `{name}`: repeat_interval must be at least 1s"
+            ));
+        }
+        validate_spec(name, &notifier.spec)?;
+    }
+    for check in &config.checks {
+        if let Some(states) = &check.notify_on {
+            if !states.contains(&NotifyOn::Fail) {
+                return Err(format!(
+                    "check `{}`: notify_on must include \"fail\" (\"warn\" adds warnings to it)",
+                    check.name
+                ));
+            }
+        }
+        for wanted in check.notify.iter().flatten() {
+            if !names.contains(wanted.as_str()) {
+                return Err(format!(
+                    "check `{}` notifies `{wanted}`, but no [[notifiers]] entry has that name",
+                    check.name
+                ));
+            }
+        }
+    }
+    for window in &config.maintenance {
+        validate_window(window)?;
+    }
+    Ok(())
+}
+
+fn validate_spec(name: &str, spec: &NotifierSpec) -> Result<(), String> {
+    let one_url = |url: &Option<String>, file: &Option<PathBuf>| match (url, file) {
+        (Some(_), None) | (None, Some(_)) => Ok(()),
+        _ => Err(format!(
+            "notifier `{name}`: set exactly one of url and url_file"
+        )),
+    };
+    match spec {
+        NotifierSpec::Alertmanager(am) => {
+            http_url(name, &am.url)?;
+            for reserved in ["alertname", "check", "type", "severity"] {
+                if am.labels.contains_key(reserved) {
+                    return Err(format!(
+                        "notifier `{name}`: labels.{reserved} is set by bastion; choose another label name"
+                    ));
+                }
+            }
+            Ok(())
+        }
+        NotifierSpec::Webhook(webhook) => {
+            one_url(&webhook.url, &webhook.url_file)?;
+            webhook
+                .url
+                .as_deref()
+                .map_or(Ok(()), |url| http_url(name, url))
+        }
+        NotifierSpec::Slack(slack) => {
+            one_url(&slack.url, &slack.url_file)?;
+            slack
+                .url
+                .as_deref()
+                .map_or(Ok(()), |url| http_url(name, url))
+        }
+        NotifierSpec::Pagerduty(pd) => http_url(name, &pd.url),
+        NotifierSpec::Email(email) => {
+            if email.to.is_empty() {
+                return Err(format!("notifier `{name}`: to needs at least one address"));
+            }
+            if email.username.is_some() != email.password_file.is_some() {
+                return Err(format!(
+                    "notifier `{name}`: username and password_file go together; set both or neither"
+                ));
+            }
+            Ok(())
+        }
+    }
+}
+
+/// An `http://` or `https://` URL; the text is not repeated in the error, it may hold a token.
+fn http_url(name: &str, url: &str) -> Result<(), String> {
+    let lower = url.to_ascii_lowercase();
+    if lower.starts_with("http://") || lower.starts_with("https://") {
+        Ok(())
+    } else {
+        Err(format!(
+            "notifier `{name}`: url must start with http:// or https://"
+        ))
+    }
+}
+
+fn validate_window(window: &MaintenanceConfig) -> Result<(), String> {
+    let name = &window.name;
+    if window.checks.is_empty() {
+        return Err(format!(
+            "maintenance `{name}`: checks is empty; list check names or globs (\"*\" for all)"
+        ));
+    }
+    let one_off = window.start.is_some() || window.end.is_some();
+    let recurring = window.at.is_some() || window.duration.is_some() || !window.days.is_empty();
+    match (one_off, recurring) {
+        (true, true) => Err(format!(
+            "maintenance `{name}`: give start and end (one-off) or at and duration (recurring), not both"
+        )),
+        (false, false) => Err(format!(
+            "maintenance `{name}`: give start and end (one-off) or at and duration (recurring)"
+        )),
+        (true, false) => {
+            let (Some(start), Some(end)) = (&window.start, &window.end) else {
+                return Err(format!("maintenance `{name}`: start and end go together"));
+            };
+            let start = parse_timestamp(name, "start", start)?;
+            let end = parse_timestamp(name, "end", end)?;
+            if end <= start {
+                return Err(format!("maintenance `{name}`: end must be after start"));
+            }
+            Ok(())
+        }
+        (false, true) => {
+            let (Some(at), Some(duration)) = (&window.at, window.duration) else {
+                return Err(format!("maintenance `{name}`: at and duration go together"));
+            };
+            parse_time_of_day(at)
+                .ok_or_else(|| format!("maintenance `{name}`: at `{at}` is not a time HH:MM"))?;
+            if duration.is_zero() || duration > Duration::from_secs(7 * 24 * 3600) {
+                return Err(format!(
+                    "maintenance `{name}`: duration must be longer than 0s and at most 7d"
+                ));
+            }
+            for day in &window.days {
+                if !WEEKDAYS.contains(&day.as_str()) {
+                    return Err(format!(
+                        "maintenance `{name}`: day `{day}` is not one of mon, tue, wed, thu, fri, sat, sun"
+                    ));
+                }
+            }
+            jiff::tz::TimeZone::get(&window.time_zone).map_err(|_| {
+                format!(
+                    "maintenance `{name}`: time_zone `{}` is not a known IANA time zone (such as Europe/Berlin or UTC)",
+                    window.time_zone
+                )
+            })?;
+            Ok(())
+        }
+    }
+}
+
+/// An RFC 3339 timestamp with an offset.
+pub fn parse_timestamp(name: &str, key: &str, text: &str) -> Result<jiff::Timestamp, String> {
+    text.parse::<jiff::Timestamp>().map_err(|_| {
+        format!("maintenance `{name}`: {key} `{text}` is not an RFC 3339 time with an offset, such as 2026-12-24T22:00:00+01:00")
+    })
+}
+
+/// `HH:MM` as (hour, minute).
+pub fn parse_time_of_day(text: &str) -> Option<(i8, i8)> {
+    let (hour, minute) = text.split_once(':')?;
+    if hour.len() != 2 || minute.len() != 2 {
+        return None;
+    }
+    let hour: i8 = hour.parse().ok()?;
+    let minute: i8 = minute.parse().ok()?;
+    ((0..24).contains(&hour) && (0..60).contains(&minute)).then_some((hour, minute))
+}

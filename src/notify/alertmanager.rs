@@ -1,0 +1,130 @@
+//! Alertmanager API v2: `POST <url>/api/v2/alerts` with a list of postable alerts (labels,
+//! annotations, `startsAt`, `endsAt`, `generatorURL`). The labels `alertname`, `check`, `type`
+//! and `severity` (plus the configured extra labels) identify the alert, so the same check
+//! always maps to the same alert whichever checker sends it. A firing alert is re-sent every
+//! `repeat_interval` (default 1m) with `endsAt` four intervals ahead, as Prometheus does, so it
+//! expires by itself if bastion goes away; a resolve sets `endsAt` to the recovery time.
+
+use super::post::post_json;
+use super::{
+    wrong_kind, Answer, BuildContext, Event, Notification, Notifier, NotifierKind, NotifyError,
+    SendError, Severity,
+};
+use crate::config::{NotifierConfig, NotifierSpec, ALERTMANAGER_RESEND};
+use futures_util::future::BoxFuture;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+pub const KIND: NotifierKind = NotifierKind {
+    name: "alertmanager",
+    build,
+};
+
+/// The `alertname` of every alert bastion sends.
+pub const ALERTNAME: &str = "BastionCheckFailing";
+
+#[derive(Debug)]
+struct Alertmanager {
+    client: reqwest::Client,
+    endpoint: String,
+    labels: BTreeMap<String, String>,
+    timeout: Duration,
+    /// How long a firing alert stays valid without being re-sent.
+    valid_for: Duration,
+}
+
+fn build(
+    config: &NotifierConfig,
+    context: &BuildContext,
+) -> Result<Arc<dyn Notifier>, NotifyError> {
+    let NotifierSpec::Alertmanager(spec) = &config.spec else {
+        return Err(wrong_kind(config, "alertmanager"));
+    };
+    let resend = config.repeat_interval.unwrap_or(ALERTMANAGER_RESEND);
+    Ok(Arc::new(Alertmanager {
+        client: context.client_for(config)?,
+        endpoint: format!("{}/api/v2/alerts", spec.url.trim_end_matches('/')),
+        labels: spec.labels.clone(),
+        timeout: config.timeout,
+        valid_for: resend * 4,
+    }))
+}
+
+/// One postable alert of the v2 API.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct PostableAlert {
+    labels: BTreeMap<String, String>,
+    annotations: BTreeMap<String, String>,
+    starts_at: String,
+    ends_at: String,
+    #[serde(rename = "generatorURL")]
+    generator_url: String,
+}
+
+impl Alertmanager {
+    fn labels(&self, notification: &Notification, severity: Severity) -> BTreeMap<String, String> {
+        let mut labels = self.labels.clone();
+        labels.insert("alertname".to_string(), ALERTNAME.to_string());
+        labels.insert("check".to_string(), notification.check.clone());
+        labels.insert("type".to_string(), notification.check_type.to_string());
+        labels.insert("severity".to_string(), severity.as_str().to_string());
+        labels
+    }
+
+    fn alerts(&self, notification: &Notification) -> Vec<PostableAlert> {
+        let mut annotations = BTreeMap::new();
+        annotations.insert("summary".to_string(), notification.summary());
+        annotations.insert("description".to_string(), notification.details());
+        annotations.insert("episode_id".to_string(), notification.episode_id.clone());
+        annotations.insert(
+            "failing_instances".to_string(),
+            format!("{} of {}", notification.failing, notification.instances),
+        );
+        let starts_at = super::rfc3339(notification.started_at);
+        let ends_at = match notification.event {
+            Event::Resolved => notification.at,
+            Event::Firing | Event::Test => SystemTime::now() + self.valid_for,
+        };
+        let mut alerts = vec![PostableAlert {
+            labels: self.labels(notification, notification.severity),
+            annotations: annotations.clone(),
+            starts_at: starts_at.clone(),
+            ends_at: super::rfc3339(ends_at),
+            generator_url: notification.link.clone(),
+        }];
+        // The severity label is part of the alert's identity: the alert of the old severity
+        // ends now, or it would stay active beside the new one until it expired.
+        if let Some(previous) = notification.previous_severity {
+            if previous != notification.severity && notification.event == Event::Firing {
+                alerts.push(PostableAlert {
+                    labels: self.labels(notification, previous),
+                    annotations,
+                    starts_at,
+                    ends_at: super::rfc3339(notification.at),
+                    generator_url: notification.link.clone(),
+                });
+            }
+        }
+        alerts
+    }
+}
+
+impl Notifier for Alertmanager {
+    fn send<'a>(
+        &'a self,
+        notification: &'a Notification,
+    ) -> BoxFuture<'a, Result<Answer, SendError>> {
+        Box::pin(async move {
+            let body = serde_json::to_vec(&self.alerts(notification))
+                .map_err(|error| SendError::Reject(format!("cannot encode the alert: {error}")))?;
+            post_json(&self.client, &self.endpoint, body, &[], self.timeout).await
+        })
+    }
+
+    fn default_repeat(&self) -> Option<Duration> {
+        Some(ALERTMANAGER_RESEND)
+    }
+}

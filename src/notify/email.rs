@@ -1,0 +1,148 @@
+//! Email over SMTP with lettre: STARTTLS on a plain connection (`starttls = true`, port 587)
+//! or TLS from the first byte (port 465), always with rustls (ring) and certificate
+//! verification; authentication with `username` and the password from `password_file`. The
+//! subject names the check and what happened; the body lists the failing instances and why.
+//! A 4xx SMTP answer (transient) is retried, a 5xx one (permanent) is not.
+
+use super::{
+    read_secret, Answer, BuildContext, Notification, Notifier, NotifierKind, NotifyError, SendError,
+};
+use crate::config::{NotifierConfig, NotifierSpec};
+use futures_util::future::BoxFuture;
+use lettre::message::{header::ContentType, Mailbox};
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::{Certificate, CertificateStore, Tls, TlsParameters};
+use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use std::sync::Arc;
+
+pub const KIND: NotifierKind = NotifierKind {
+    name: "email",
+    build,
+};
+
+struct Email {
+    transport: AsyncSmtpTransport<Tokio1Executor>,
+    from: Mailbox,
+    to: Vec<Mailbox>,
+}
+
+impl std::fmt::Debug for Email {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Email")
+            .field("from", &self.from.to_string())
+            .finish_non_exhaustive()
+    }
+}
+
+fn invalid(config: &NotifierConfig, reason: String) -> NotifyError {
+    NotifyError::Invalid {
+        notifier: config.name.clone(),
+        reason,
+    }
+}
+
+fn build(
+    config: &NotifierConfig,
+    _context: &BuildContext,
+) -> Result<Arc<dyn Notifier>, NotifyError> {
+    let NotifierSpec::Email(spec) = &config.spec else {
+        return Err(super::wrong_kind(config, "email"));
+    };
+    let mut tls = TlsParameters::builder(spec.smtp_host.clone());
+    if let Some(ca_file) = &config.ca_file {
+        let pem = std::fs::read(ca_file).map_err(|error| {
+            invalid(
+                config,
+                format!("cannot read ca_file {}: {error}", ca_file.display()),
+            )
+        })?;
+        let certificate = Certificate::from_pem(&pem).map_err(|_| {
+            invalid(
+                config,
+                format!("ca_file {} holds no PEM certificates", ca_file.display()),
+            )
+        })?;
+        tls = tls
+            .certificate_store(CertificateStore::None)
+            .add_root_certificate(certificate);
+    }
+    let tls = tls
+        .build_rustls()
+        .map_err(|error| invalid(config, format!("cannot set up TLS: {error}")))?;
+    let tls = if spec.starttls {
+        Tls::Required(tls)
+    } else {
+        Tls::Wrapper(tls)
+    };
+    let mut transport =
+        AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(spec.smtp_host.clone())
+            .port(spec.port())
+            .tls(tls)
+            .timeout(Some(config.timeout));
+    if let (Some(user), Some(password_file)) = (&spec.username, &spec.password_file) {
+        let password = read_secret(&config.name, password_file)?;
+        transport = transport.credentials(Credentials::new(
+            user.clone(),
+            password.expose().to_string(),
+        ));
+    }
+    let from: Mailbox = spec.from.parse().map_err(|error| {
+        invalid(
+            config,
+            format!("from `{}` is not an address: {error}", spec.from),
+        )
+    })?;
+    let to = spec
+        .to
+        .iter()
+        .map(|address| {
+            address.parse::<Mailbox>().map_err(|error| {
+                invalid(config, format!("to `{address}` is not an address: {error}"))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Arc::new(Email {
+        transport: transport.build(),
+        from,
+        to,
+    }))
+}
+
+/// The subject line: `[bastion] FIRING web: ...`.
+pub fn subject(notification: &Notification) -> String {
+    format!("[bastion] {}", notification.summary())
+}
+
+impl Notifier for Email {
+    fn send<'a>(
+        &'a self,
+        notification: &'a Notification,
+    ) -> BoxFuture<'a, Result<Answer, SendError>> {
+        Box::pin(async move {
+            let mut message = Message::builder()
+                .from(self.from.clone())
+                .subject(subject(notification))
+                .header(ContentType::TEXT_PLAIN);
+            for to in &self.to {
+                message = message.to(to.clone());
+            }
+            let message = message
+                .body(notification.details())
+                .map_err(|error| SendError::Reject(format!("cannot build the message: {error}")))?;
+            match self.transport.send(message).await {
+                Ok(response) => Ok(Answer(format!(
+                    "SMTP {}: {}",
+                    response.code(),
+                    response.message().collect::<Vec<_>>().join(" ")
+                ))),
+                Err(error) if error.is_permanent() => {
+                    Err(SendError::Reject(format!("SMTP: {error}")))
+                }
+                Err(error) => Err(SendError::Retry {
+                    reason: format!("SMTP: {error}"),
+                    after: None,
+                }),
+            }
+        })
+    }
+}

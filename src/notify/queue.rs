@@ -1,0 +1,351 @@
+//! Delivery: one bounded queue and one task per notifier, so a slow or broken receiver delays
+//! only its own notifications, never a probe, the schedule or another receiver. Notifications
+//! leave in order. A full queue drops its oldest notification (counted as `dropped`). Each
+//! notification gets up to `max_attempts` attempts, each bounded by the notifier's `timeout`;
+//! network errors, timeouts, 408, 429 and 5xx are retried after an exponential backoff with
+//! jitter (or the receiver's `Retry-After`, whichever is longer, capped at
+//! `retry_backoff_max`); any other refusal is not retried (counted as `rejected`, logged as a
+//! config problem).
+
+use super::{Notification, Notifier, SendError};
+use crate::metrics::{Metrics, NotifierLabels};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// How deliveries to one notifier are retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    pub max_attempts: u32,
+    pub timeout: Duration,
+    pub backoff: Duration,
+    pub backoff_max: Duration,
+}
+
+impl RetryPolicy {
+    /// The wait after failed attempt number `attempt` (1-based): `backoff * 2^(attempt-1)`,
+    /// capped, then jittered into its upper half; never shorter than `retry_after`, but capped
+    /// at `backoff_max` even then.
+    pub fn wait(&self, attempt: u32, retry_after: Option<Duration>, jitter: f64) -> Duration {
+        let exponent = attempt.saturating_sub(1).min(30);
+        let base = self
+            .backoff
+            .saturating_mul(1u32 << exponent)
+            .min(self.backoff_max);
+        let jittered = base.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0));
+        jittered
+            .max(retry_after.unwrap_or(Duration::ZERO))
+            .min(self.backoff_max)
+    }
+}
+
+/// One notifier's queue and the task that empties it.
+#[derive(Debug)]
+pub struct Delivery {
+    name: String,
+    notifier: Arc<dyn Notifier>,
+    policy: RetryPolicy,
+    capacity: usize,
+    pending: Mutex<VecDeque<Arc<Notification>>>,
+    wake: Notify,
+    /// A notification is being delivered (it left the queue).
+    busy: AtomicBool,
+    metrics: Arc<Metrics>,
+}
+
+impl Delivery {
+    pub fn new(
+        name: String,
+        notifier: Arc<dyn Notifier>,
+        policy: RetryPolicy,
+        capacity: usize,
+        metrics: Arc<Metrics>,
+    ) -> Delivery {
+        metrics.register_notifier(&name);
+        Delivery {
+            name,
+            notifier,
+            policy,
+            capacity: capacity.max(1),
+            pending: Mutex::new(VecDeque::new()),
+            wake: Notify::new(),
+            busy: AtomicBool::new(false),
+            metrics,
+        }
+    }
+
+    /// Queues a notification; when the queue is full, the oldest waiting one goes.
+    pub fn push(&self, notification: Arc<Notification>) {
+        let dropped = {
+            let mut pending = self.lock();
+            let dropped = if pending.len() >= self.capacity {
+                pending.pop_front()
+            } else {
+                None
+            };
+            pending.push_back(notification);
+            self.set_gauge(pending.len());
+            dropped
+        };
+        if let Some(dropped) = dropped {
+            tracing::warn!(notifier = %self.name, check = %dropped.check, event = dropped.event.as_str(), queue_size = self.capacity, "notification queue full; dropped the oldest notification");
+            self.metrics.count_notification(&self.name, "dropped");
+        }
+        self.wake.notify_one();
+    }
+
+    /// Nothing waits and nothing is being delivered.
+    pub fn idle(&self) -> bool {
+        let pending = self.lock();
+        pending.is_empty() && !self.busy.load(Ordering::Acquire)
+    }
+
+    /// Notifications waiting (not counting one being delivered).
+    pub fn waiting(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Delivers queued notifications until `stop`; what is still queued then is logged.
+    pub async fn run(self: Arc<Self>, stop: CancellationToken) {
+        loop {
+            let next = {
+                let mut pending = self.lock();
+                let next = pending.pop_front();
+                self.busy.store(next.is_some(), Ordering::Release);
+                self.set_gauge(pending.len());
+                next
+            };
+            match next {
+                Some(notification) => {
+                    let finished = self.deliver(&notification, &stop).await;
+                    self.busy.store(false, Ordering::Release);
+                    if !finished {
+                        break;
+                    }
+                }
+                None => {
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = self.wake.notified() => {}
+                    }
+                }
+            }
+        }
+        let left = self.waiting();
+        if left > 0 {
+            tracing::warn!(notifier = %self.name, left, "stopping with notifications not delivered");
+        }
+    }
+
+    /// Makes the attempts for one notification; false when `stop` interrupted them.
+    async fn deliver(&self, notification: &Notification, stop: &CancellationToken) -> bool {
+        let labels = NotifierLabels {
+            notifier: self.name.clone(),
+        };
+        for attempt in 1..=self.policy.max_attempts {
+            let started = Instant::now();
+            let outcome = tokio::select! {
+                _ = stop.cancelled() => return false,
+                outcome = tokio::time::timeout(self.policy.timeout, self.notifier.send(notification)) => outcome,
+            };
+            self.metrics
+                .notification_duration_seconds
+                .get_or_create(&labels)
+                .observe(started.elapsed().as_secs_f64());
+            let (reason, retry_after) = match outcome {
+                Ok(Ok(answer)) => {
+                    tracing::info!(notifier = %self.name, check = %notification.check, event = notification.event.as_str(), episode = %notification.episode_id, attempt, answer = %answer.0, "notification delivered");
+                    self.metrics.count_notification(&self.name, "sent");
+                    return true;
+                }
+                Ok(Err(SendError::Reject(reason))) => {
+                    tracing::error!(notifier = %self.name, check = %notification.check, event = notification.event.as_str(), %reason, "the receiver refused the notification; not retrying: check this notifier's settings");
+                    self.metrics.count_notification(&self.name, "rejected");
+                    return true;
+                }
+                Ok(Err(SendError::Retry { reason, after })) => (reason, after),
+                Err(_) => (
+                    format!(
+                        "no answer within {}",
+                        humantime::format_duration(self.policy.timeout)
+                    ),
+                    None,
+                ),
+            };
+            if attempt == self.policy.max_attempts {
+                tracing::error!(notifier = %self.name, check = %notification.check, event = notification.event.as_str(), attempts = attempt, %reason, "notification not delivered; giving up");
+                self.metrics.count_notification(&self.name, "failed");
+                return true;
+            }
+            let wait = self.policy.wait(attempt, retry_after, jitter());
+            tracing::warn!(notifier = %self.name, check = %notification.check, event = notification.event.as_str(), attempt, %reason, retry_in = %humantime::format_duration(wait), "notification not delivered yet; retrying");
+            tokio::select! {
+                _ = stop.cancelled() => return false,
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+        true
+    }
+
+    fn set_gauge(&self, waiting: usize) {
+        self.metrics
+            .notification_queue
+            .get_or_create(&NotifierLabels {
+                notifier: self.name.clone(),
+            })
+            .set(i64::try_from(waiting).unwrap_or(i64::MAX));
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Arc<Notification>>> {
+        // Pushes and pops leave the queue consistent; a poisoned one is still usable.
+        self.pending
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// A uniform number in [0, 1) from the system's random source (0.5 if it fails).
+fn jitter() -> f64 {
+    use ring::rand::SecureRandom;
+    let mut bytes = [0u8; 4];
+    match ring::rand::SystemRandom::new().fill(&mut bytes) {
+        Ok(()) => f64::from(u32::from_le_bytes(bytes)) / (f64::from(u32::MAX) + 1.0),
+        Err(_) => 0.5,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POLICY: RetryPolicy = RetryPolicy {
+        max_attempts: 8,
+        timeout: Duration::from_secs(10),
+        backoff: Duration::from_secs(1),
+        backoff_max: Duration::from_secs(300),
+    };
+
+    #[test]
+    fn backoff_doubles_with_jitter_in_its_upper_half_and_is_capped() {
+        assert_eq!(POLICY.wait(1, None, 0.0), Duration::from_millis(500));
+        let top = POLICY.wait(1, None, 0.999_999);
+        assert!(top > Duration::from_millis(999) && top < Duration::from_secs(1));
+        assert_eq!(POLICY.wait(3, None, 1.0), Duration::from_secs(4));
+        assert_eq!(POLICY.wait(3, None, 0.0), Duration::from_secs(2));
+        assert_eq!(POLICY.wait(20, None, 1.0), Duration::from_secs(300));
+        assert_eq!(POLICY.wait(u32::MAX, None, 1.0), Duration::from_secs(300));
+    }
+
+    #[test]
+    fn retry_after_lengthens_the_wait_up_to_the_cap() {
+        assert_eq!(
+            POLICY.wait(1, Some(Duration::from_secs(7)), 0.0),
+            Duration::from_secs(7)
+        );
+        assert_eq!(
+            POLICY.wait(1, Some(Duration::from_secs(3600)), 0.0),
+            Duration::from_secs(300)
+        );
+        assert_eq!(
+            POLICY.wait(4, Some(Duration::from_secs(1)), 1.0),
+            Duration::from_secs(8)
+        );
+    }
+
+    /// Takes notifications only when let through, and remembers their checks.
+    #[derive(Debug)]
+    struct Gate {
+        open: tokio::sync::Semaphore,
+        taken: Mutex<Vec<String>>,
+    }
+
+    impl Notifier for Gate {
+        fn send<'a>(
+            &'a self,
+            notification: &'a Notification,
+        ) -> futures_util::future::BoxFuture<'a, Result<super::super::Answer, SendError>> {
+            Box::pin(async move {
+                self.open.acquire().await.unwrap().forget();
+                self.taken.lock().unwrap().push(notification.check.clone());
+                Ok(super::super::Answer("ok".to_string()))
+            })
+        }
+    }
+
+    fn notification(check: &str) -> Arc<Notification> {
+        let now = std::time::SystemTime::now();
+        Arc::new(Notification {
+            event: super::super::Event::Firing,
+            reminder: false,
+            episode_id: "e".to_string(),
+            check: check.to_string(),
+            check_type: crate::model::CheckType::Http,
+            severity: super::super::Severity::Critical,
+            previous_severity: None,
+            state: crate::model::CheckState::Fail,
+            started_at: now,
+            at: now,
+            failing: 1,
+            instances: 1,
+            failures: Vec::new(),
+            link: String::new(),
+            agent: "a".to_string(),
+        })
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_drops_the_oldest_waiting_notification() {
+        let gate = Arc::new(Gate {
+            open: tokio::sync::Semaphore::new(0),
+            taken: Mutex::new(Vec::new()),
+        });
+        let metrics = Arc::new(Metrics::new());
+        let delivery = Arc::new(Delivery::new(
+            "gate".to_string(),
+            Arc::clone(&gate) as Arc<dyn Notifier>,
+            POLICY,
+            2,
+            Arc::clone(&metrics),
+        ));
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(Arc::clone(&delivery).run(stop.clone()));
+        delivery.push(notification("first"));
+        while delivery.waiting() > 0 {
+            tokio::task::yield_now().await;
+        }
+        // "first" is under way; of the next four, only the newest two stay.
+        for check in ["second", "third", "fourth", "fifth"] {
+            delivery.push(notification(check));
+        }
+        assert_eq!(delivery.waiting(), 2);
+        let dropped = |metrics: &Metrics| {
+            metrics
+                .notifications
+                .get_or_create(&crate::metrics::NotifierOutcomeLabels {
+                    notifier: "gate".to_string(),
+                    outcome: "dropped",
+                })
+                .get()
+        };
+        assert_eq!(dropped(&metrics), 2);
+        gate.open.add_permits(3);
+        while !delivery.idle() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(*gate.taken.lock().unwrap(), ["first", "fourth", "fifth"]);
+        stop.cancel();
+        task.await.unwrap();
+    }
+
+    #[test]
+    fn jitter_stays_in_range() {
+        for _ in 0..1000 {
+            let j = jitter();
+            assert!((0.0..1.0).contains(&j));
+        }
+    }
+}
