@@ -159,6 +159,7 @@ fn diff(running: &Config, current: &[CheckConfig], next: &Config) -> ReloadSumma
         ("[bus]", running.bus != next.bus),
         ("[checker]", running.checker != next.checker),
         ("[runner]", running.runner != next.runner),
+        ("[history]", running.history != next.history),
     ];
     summary.needs_restart = sections
         .into_iter()

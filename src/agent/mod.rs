@@ -108,6 +108,8 @@ pub enum AgentError {
     NoRunner(String),
     #[error(transparent)]
     WebTls(#[from] crate::http::tls::WebTlsError),
+    #[error(transparent)]
+    History(#[from] crate::history::HistoryError),
 }
 
 /// A built agent, ready to run.
@@ -120,6 +122,9 @@ pub struct Agent {
     results: Option<crate::bus::Subscription>,
     reloader: Option<Arc<Reloader>>,
     web_tls: Option<Arc<rustls::ServerConfig>>,
+    /// The sink's side of history; moved into the sink, so the writer stops after it.
+    recorder: Option<crate::history::Recorder>,
+    history_writer: Option<crate::history::writer::Writer>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -287,6 +292,23 @@ impl Agent {
         } else {
             None
         };
+        // History is kept where results are recorded.
+        let history = if role.schedules() && config.history.enabled {
+            Some(crate::history::History::open(
+                &config.history,
+                Arc::clone(&metrics),
+            )?)
+        } else {
+            None
+        };
+        let (recorder, history_reader, history_writer) = match history {
+            Some(history) => (
+                Some(history.recorder),
+                Some(history.reader),
+                Some(history.writer),
+            ),
+            None => (None, None, None),
+        };
         Ok(Agent {
             shared: Shared {
                 config,
@@ -297,6 +319,7 @@ impl Agent {
                 store: Arc::new(ResultStore::default()),
                 checks,
                 notifier,
+                history: history_reader,
             },
             listener,
             checker,
@@ -305,6 +328,8 @@ impl Agent {
             results,
             reloader,
             web_tls,
+            recorder,
+            history_writer,
         })
     }
 
@@ -363,6 +388,8 @@ impl Agent {
             results,
             reloader,
             web_tls,
+            recorder,
+            history_writer,
         } = self;
         let intake = CancellationToken::new();
         let outlets = CancellationToken::new();
@@ -382,7 +409,9 @@ impl Agent {
                 checker.run_while_leading(intake.clone(), leadership.clone()),
             )
         });
-        let sink = results.map(|results| shared.spawn_sink(results, leadership.clone(), &outlets));
+        let history = history_writer.map(|writer| tokio::spawn(writer.run()));
+        let sink = results
+            .map(|results| shared.spawn_sink(results, leadership.clone(), recorder, &outlets));
         let systemd = shared.spawn_systemd_status(&outlets);
         let heartbeat = shared.spawn_heartbeats(dispatcher, leadership, &outlets);
         started.store(true, Ordering::Release);
@@ -405,6 +434,7 @@ impl Agent {
             runner: runner_task,
             runs,
             sink,
+            history,
             heartbeat,
             systemd,
         })

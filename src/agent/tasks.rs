@@ -36,6 +36,8 @@ pub(super) struct Shared {
     /// The configured checks; reloads send new lists through it.
     pub(super) checks: watch::Sender<Arc<Vec<CheckConfig>>>,
     pub(super) notifier: Option<Arc<Notifier>>,
+    /// Read access to history, for the endpoints.
+    pub(super) history: Option<crate::history::HistoryReader>,
 }
 
 impl Shared {
@@ -59,6 +61,8 @@ impl Shared {
             started: Arc::clone(started),
             reloader,
             reload_endpoint: self.config.agent.web.reload_endpoint,
+            history: self.history.clone(),
+            status_page: self.config.agent.web.status_page,
         }
     }
 
@@ -93,6 +97,7 @@ impl Shared {
         &self,
         results: crate::bus::Subscription,
         leadership: Option<Leadership>,
+        history: Option<crate::history::Recorder>,
         stop: &CancellationToken,
     ) -> JoinHandle<()> {
         let events = EventOutlet {
@@ -105,6 +110,7 @@ impl Shared {
             metrics: Arc::clone(&self.metrics),
             checks: self.checks.subscribe(),
             events: Some(events),
+            history,
         };
         tokio::spawn(crate::results::consume(results, context, stop.clone()))
     }
@@ -183,6 +189,8 @@ pub(super) struct Running {
     /// The runner's runs in flight.
     pub(super) runs: Option<TaskTracker>,
     pub(super) sink: Option<JoinHandle<()>>,
+    /// The history writer; it ends once the sink has and its last batch is written.
+    pub(super) history: Option<JoinHandle<()>>,
     pub(super) heartbeat: JoinHandle<()>,
     pub(super) systemd: Option<JoinHandle<()>>,
 }
@@ -202,6 +210,7 @@ impl Running {
             runner,
             runs,
             sink,
+            history,
             heartbeat,
             systemd,
         } = self;
@@ -237,6 +246,15 @@ impl Running {
         outlets.cancel();
         if let Some(sink) = sink {
             let _ = sink.await;
+        }
+        if let Some(history) = history {
+            // The writer writes its last batch (giving up after a few seconds).
+            if tokio::time::timeout(Duration::from_secs(10), history)
+                .await
+                .is_err()
+            {
+                tracing::warn!("the history writer did not stop in time");
+            }
         }
         let _ = heartbeat.await;
         if let Some(task) = systemd {

@@ -20,6 +20,7 @@ mod faults;
 mod fresh_probes;
 mod fuzz;
 mod grpc;
+mod history;
 mod hostile;
 mod icmp;
 mod nats;
