@@ -17,7 +17,7 @@ fn upper(index: usize) -> f64 {
 }
 
 fn bucket_of(seconds: f64) -> u8 {
-    if !(seconds > FIRST) {
+    if seconds.is_nan() || seconds <= FIRST {
         return 0; // zero, negative or NaN go to the first bucket
     }
     let index = ((seconds / FIRST).ln() / FACTOR.ln()).ceil();

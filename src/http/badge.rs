@@ -29,8 +29,8 @@ fn text_width(text: &str) -> f64 {
 
 /// A two-part badge: `label` on grey, `value` on `colour`.
 pub fn svg(label: &str, value: &str, colour: &str) -> String {
-    let label = super::status_page::esc(label);
-    let value = super::status_page::esc(value);
+    let label = super::html::esc(label);
+    let value = super::html::esc(value);
     let left = text_width(&label) + 12.0;
     let right = text_width(&value) + 12.0;
     let total = left + right;
@@ -115,6 +115,6 @@ pub(super) async fn uptime(
     };
     respond(
         StatusCode::OK,
-        svg(&label, &super::status_page::percent(value), colour),
+        svg(&label, &super::html::percent(value), colour),
     )
 }

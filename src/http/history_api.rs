@@ -41,12 +41,12 @@ fn error_response(status: StatusCode, message: impl Into<String>) -> Response {
     error(status, message)
 }
 
-pub(super) fn reader(state: &ApiState) -> Result<&HistoryReader, Response> {
+pub(super) fn reader(state: &ApiState) -> Result<&HistoryReader, Box<Response>> {
     state.history.as_ref().ok_or_else(|| {
-        error(
+        Box::new(error(
             StatusCode::NOT_FOUND,
             "this agent keeps no history ([history] enabled = false, or a runner)",
-        )
+        ))
     })
 }
 
@@ -103,7 +103,7 @@ pub(super) async fn history(
 ) -> Response {
     let history = match reader(&state) {
         Ok(history) => history,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     if !state.checks.borrow().iter().any(|check| check.name == name) {
         return error(StatusCode::NOT_FOUND, format!("no check is named `{name}`"));
@@ -156,7 +156,7 @@ pub(super) async fn incidents(
 ) -> Response {
     let history = match reader(&state) {
         Ok(history) => history,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let now = SystemTime::now();
     let from = match params.from.as_deref() {

@@ -6,6 +6,7 @@
 pub mod auth;
 pub mod badge;
 pub mod history_api;
+pub mod html;
 pub mod status_page;
 pub mod tls;
 

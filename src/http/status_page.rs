@@ -8,6 +8,7 @@
 //! text from the config or a result is escaped by `esc`.
 
 use super::history_api::parse_time;
+pub use super::html::{esc, percent};
 use super::{ApiState, CheckFilter};
 use crate::config::{CheckConfig, CheckSpec, StatusPageMode};
 use crate::history::query::{DayBar, Incident, Point, Uptimes};
@@ -70,22 +71,6 @@ async fn js() -> Response {
         .into_response()
 }
 
-/// Escapes text for HTML content and attribute values.
-pub fn esc(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
 /// Escapes a query-string value.
 fn url_part(text: &str) -> String {
     let mut out = String::new();
@@ -97,11 +82,6 @@ fn url_part(text: &str) -> String {
         }
     }
     out
-}
-
-/// `99.95%`, or an en dash without data.
-pub fn percent(value: Option<f64>) -> String {
-    value.map_or_else(|| "–".to_string(), |value| format!("{:.2}%", value * 100.0))
 }
 
 fn millis_text(seconds: f64) -> String {

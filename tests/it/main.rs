@@ -29,6 +29,7 @@ mod pipeline;
 mod prometheus;
 mod resources;
 mod secrets;
+mod status_page;
 mod tcp;
 mod tls_and_dns;
 mod tls_check;
