@@ -1,6 +1,7 @@
 //! History write cost and size, for bench/RESULTS.md (run by `bench/history`).
 //!
 //!     bench_history <db-file> [checks] [minutes]
+//!     bench_history --simulate-30d <db-file> [checks]
 //!
 //! Feeds `minutes` of synthetic results for `checks` checks at a 60 s interval (one instance
 //! each, one run in a hundred failing) through the real path: the sink's `Recorder` into the
@@ -12,7 +13,8 @@
 //! dbstat, from which 30 days are extrapolated with the default retention.
 
 use bastion_agent::config::{CheckConfig, HistoryConfig};
-use bastion_agent::history::History;
+use bastion_agent::history::histogram::{varint, Histograms};
+use bastion_agent::history::{Db, History};
 use bastion_agent::messages::{CheckResult, Response, Timings, MESSAGE_VERSION};
 use bastion_agent::metrics::Metrics;
 use bastion_agent::model::{CheckType, ErrorKind, ProbeError};
@@ -65,9 +67,233 @@ fn result(check: &str, at: SystemTime, failing: bool) -> CheckResult {
     }
 }
 
+/// A run's detail as the writer stores it: instance id, outcome code, six phases in µs.
+fn detail(instance: u64, code: u8, jitter: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16);
+    varint(&mut out, instance);
+    out.push(code);
+    for micros in [
+        0,
+        300 + jitter % 100,
+        0,
+        2100 + jitter % 400,
+        20,
+        2500 + jitter % 500,
+    ] {
+        varint(&mut out, micros);
+    }
+    out
+}
+
+fn histogram(samples: u64, seed: u64) -> Vec<u8> {
+    let mut histograms = Histograms::default();
+    for i in 0..samples {
+        let jitter = ((i * 7919 + seed) % 1000) as f64 * 1e-6;
+        histograms.observe(&[
+            0.0,
+            0.0003 + jitter / 10.0,
+            0.0,
+            0.0021 + jitter / 2.0,
+            0.00002,
+            0.0025 + jitter,
+        ]);
+    }
+    histograms.encode()
+}
+
+/// Inserts `rows` with one multi-row INSERT per 500, in transactions of 50,000.
+async fn insert_many(
+    pool: &sqlx::SqlitePool,
+    table_and_columns: &str,
+    columns: usize,
+    rows: impl Iterator<Item = Vec<Value>>,
+) {
+    let mut chunk: Vec<Vec<Value>> = Vec::with_capacity(500);
+    let mut tx = pool.begin().await.expect("begin");
+    let mut in_tx = 0usize;
+    let flush = |chunk: Vec<Vec<Value>>| {
+        let placeholders: Vec<String> = (0..chunk.len())
+            .map(|row| {
+                let cells: Vec<String> = (0..columns)
+                    .map(|c| format!("${}", row * columns + c + 1))
+                    .collect();
+                format!("({})", cells.join(", "))
+            })
+            .collect();
+        (
+            format!(
+                "INSERT INTO {table_and_columns} VALUES {}",
+                placeholders.join(", ")
+            ),
+            chunk,
+        )
+    };
+    for row in rows {
+        chunk.push(row);
+        if chunk.len() == 500 {
+            let (sql, values) = flush(std::mem::take(&mut chunk));
+            run(&mut tx, &sql, values).await;
+            in_tx += 500;
+            if in_tx >= 50_000 {
+                tx.commit().await.expect("commit");
+                tx = pool.begin().await.expect("begin");
+                in_tx = 0;
+            }
+        }
+    }
+    if !chunk.is_empty() {
+        let (sql, values) = flush(chunk);
+        run(&mut tx, &sql, values).await;
+    }
+    tx.commit().await.expect("commit");
+}
+
+enum Value {
+    Int(i64),
+    Text(String),
+    Blob(Vec<u8>),
+}
+
+async fn run(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, sql: &str, values: Vec<Vec<Value>>) {
+    let mut query = sqlx::query(sql);
+    for value in values.into_iter().flatten() {
+        query = match value {
+            Value::Int(v) => query.bind(v),
+            Value::Text(v) => query.bind(v),
+            Value::Blob(v) => query.bind(v),
+        };
+    }
+    query.execute(&mut **tx).await.expect("insert");
+}
+
+/// The database 30 days into a run of `checks` checks at 60 s, at the default retention:
+/// one day of runs, 8 days of hourly rollups, 30 days of daily ones (earlier rows have been
+/// expired), inserted directly in the writer's encoding.
+async fn simulate_30_days(path: &str, checks: i64) {
+    let config = HistoryConfig {
+        path: path.into(),
+        ..HistoryConfig::default()
+    };
+    let db = bastion_agent::history::Db::lazy(&config).expect("db");
+    db.ensure_schema().await.expect("schema");
+    let Db::Sqlite(pool) = db else { return };
+    let started = std::time::Instant::now();
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    insert_many(
+        &pool,
+        "checks (id, name)",
+        2,
+        (1..=checks).map(|id| vec![Value::Int(id), Value::Text(format!("check-{id:05}"))]),
+    )
+    .await;
+    insert_many(
+        &pool,
+        "instances (id, check_id, address)",
+        3,
+        (1..=checks).map(|id| {
+            vec![
+                Value::Int(id),
+                Value::Int(id),
+                Value::Text(format!(
+                    "10.{}.{}.{}:443",
+                    id / 65536,
+                    id / 256 % 256,
+                    id % 256
+                )),
+            ]
+        }),
+    )
+    .await;
+    // One day of runs: each check once a minute, one run in a hundred down.
+    let first = (now - 86_400) * 1000;
+    insert_many(
+        &pool,
+        "runs (check_id, at_ms, outcome, detail)",
+        4,
+        (0..1440i64).flat_map(move |minute| {
+            (1..=checks).map(move |id| {
+                let down = (minute * checks + id) % 100 == 7;
+                let seed = (minute * 31 + id * 17) as u64;
+                vec![
+                    Value::Int(id),
+                    Value::Int(first + minute * 60_000 + id % 60_000),
+                    Value::Int(i64::from(down)),
+                    Value::Blob(detail(id as u64, if down { 3 } else { 0 }, seed)),
+                ]
+            })
+        }),
+    )
+    .await;
+    println!(
+        "inserted 1 day of runs ({} rows) in {:.0?}",
+        checks * 1440,
+        started.elapsed()
+    );
+    // Rollups: per check and per instance, 8 days hourly, 30 days daily.
+    for (tier, span, buckets, samples) in
+        [(1i64, 3_600i64, 8 * 24i64, 60u64), (2, 86_400, 30, 1440)]
+    {
+        let last = now - now.rem_euclid(span);
+        insert_many(
+            &pool,
+            "rollups (tier, check_id, instance_id, bucket, runs, down, unmeasured, hist)",
+            8,
+            (0..buckets).flat_map(move |b| {
+                (1..=checks).flat_map(move |id| {
+                    [0, id].into_iter().map(move |instance| {
+                        vec![
+                            Value::Int(tier),
+                            Value::Int(id),
+                            Value::Int(instance),
+                            Value::Int(last - b * span),
+                            Value::Int(samples as i64),
+                            Value::Int(samples as i64 / 100),
+                            Value::Int(0),
+                            Value::Blob(histogram(samples - samples / 100, (b * 13 + id) as u64)),
+                        ]
+                    })
+                })
+            }),
+        )
+        .await;
+    }
+    sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+        .execute(&pool)
+        .await
+        .ok();
+    let bytes: u64 = ["", "-wal"]
+        .iter()
+        .map(|suffix| {
+            std::fs::metadata(format!("{path}{suffix}"))
+                .map(|m| m.len())
+                .unwrap_or(0)
+        })
+        .sum();
+    println!(
+        "30 simulated days, {checks} checks: database {:.2} GiB ({bytes} bytes), inserted in {:.0?}",
+        bytes as f64 / (1024.0 * 1024.0 * 1024.0),
+        started.elapsed()
+    );
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--simulate-30d") {
+        let path = args
+            .get(2)
+            .cloned()
+            .unwrap_or_else(|| "/tmp/bench-history-30d.db".into());
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{path}{suffix}"));
+        }
+        let checks = args.get(3).and_then(|v| v.parse().ok()).unwrap_or(10_000);
+        simulate_30_days(&path, checks).await;
+        return;
+    }
     let path = args
         .get(1)
         .cloned()
@@ -83,7 +309,7 @@ async fn main() {
         ..HistoryConfig::default()
     };
     let metrics = Arc::new(Metrics::new());
-    let history = History::open(&config, Arc::clone(&metrics)).expect("history opens");
+    let history = History::open(&config, Arc::clone(&metrics), true).expect("history opens");
     let writer = tokio::spawn(history.writer.run());
     let recorder = history.recorder;
     let definitions: Vec<CheckConfig> = (0..checks)

@@ -297,6 +297,7 @@ impl Agent {
             Some(crate::history::History::open(
                 &config.history,
                 Arc::clone(&metrics),
+                !config.checker.ha,
             )?)
         } else {
             None

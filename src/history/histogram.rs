@@ -118,7 +118,8 @@ fn add(buckets: &mut Vec<(u8, u64)>, bucket: u8, count: u64) {
     }
 }
 
-pub(super) fn varint(out: &mut Vec<u8>, mut value: u64) {
+/// Appends `value` as a LEB128 varint.
+pub fn varint(out: &mut Vec<u8>, mut value: u64) {
     loop {
         let byte = (value & 0x7f) as u8;
         value >>= 7;

@@ -181,18 +181,8 @@ pub fn run_record(result: &CheckResult, min_failing_count: usize) -> RunRecord {
                 Outcome::Down
             };
             let t = &response.timings;
-            let message = (!response.passing).then(|| {
-                let text = match &response.error {
-                    Some(error) => error.message.clone(),
-                    None => response
-                        .assertions
-                        .iter()
-                        .find(|assertion| !assertion.passing)
-                        .and_then(|assertion| assertion.message.clone())
-                        .unwrap_or_else(|| "an assertion failed".to_string()),
-                };
-                cut(text, CAUSE_MESSAGE_BYTES)
-            });
+            let message =
+                (!response.passing).then(|| cut(failure(response).1, CAUSE_MESSAGE_BYTES));
             Sample {
                 instance: response.target.clone(),
                 outcome,
@@ -230,6 +220,39 @@ pub fn run_record(result: &CheckResult, min_failing_count: usize) -> RunRecord {
         outcome,
         samples,
     }
+}
+
+/// Why a failing response failed, as a label (`kind`: an error kind, `assertion` or `status`)
+/// and a message for people: the error, the first failing assertion, or the status that the
+/// type's default verdict refused (an HTTP status outside 2xx, a gRPC health other than
+/// SERVING).
+pub fn failure(response: &crate::messages::Response) -> (&'static str, String) {
+    if let Some(error) = &response.error {
+        return (error.kind.as_str(), error.message.clone());
+    }
+    if let Some(message) = response
+        .assertions
+        .iter()
+        .find(|assertion| !assertion.passing)
+        .map(|assertion| {
+            assertion
+                .message
+                .clone()
+                .unwrap_or_else(|| format!("{} was {}", assertion.value, assertion.actual))
+        })
+    {
+        return ("assertion", message);
+    }
+    if let Some(http) = &response.http {
+        return ("status", format!("HTTP status {}", http.status));
+    }
+    if let Some(grpc) = &response.grpc {
+        return ("status", format!("health status {}", grpc.status));
+    }
+    (
+        "assertion",
+        "the check's default verdict failed".to_string(),
+    )
 }
 
 fn cut(mut text: String, bytes: usize) -> String {
@@ -290,7 +313,13 @@ impl History {
     /// Prepares history as configured. The database is opened lazily: a database that is
     /// down or unwritable now is retried by the writer, never refused here. Only settings
     /// that can never work (an unreadable password file, a malformed URL) are errors.
-    pub fn open(config: &HistoryConfig, metrics: Arc<Metrics>) -> Result<History, HistoryError> {
+    /// `sole_writer` (no HA checkers) lets the writer close, at start, the incidents a
+    /// previous run of this agent left open; with HA a standby must not close the leader's.
+    pub fn open(
+        config: &HistoryConfig,
+        metrics: Arc<Metrics>,
+        sole_writer: bool,
+    ) -> Result<History, HistoryError> {
         let db = Db::lazy(config)?;
         let (sender, receiver) = mpsc::channel(config.buffer);
         let reader = HistoryReader::new(db.clone(), config.clone());
@@ -300,6 +329,7 @@ impl History {
             receiver,
             Arc::clone(&metrics),
             reader.ready_flag(),
+            sole_writer,
         );
         Ok(History {
             recorder: Recorder { sender, metrics },

@@ -297,6 +297,8 @@ impl HistoryReader {
             .max(1);
         let step = match step {
             Some(step) => step.as_secs().max(1),
+            // About 60 points: 10 s steps and up, whole minutes past a minute.
+            None if range <= 3_600 => (range / 60).max(10).div_ceil(10) * 10,
             None if range <= 2 * 86_400 => (range / 60).max(60).div_ceil(60) * 60,
             None if range <= 14 * 86_400 => 3_600,
             None => 86_400,

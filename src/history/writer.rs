@@ -112,6 +112,8 @@ pub struct Writer {
     expiring: Vec<i64>,
     next_expiry: Instant,
     failures: u32,
+    /// Close incidents left open by a previous run at start (not with HA checkers).
+    sole_writer: bool,
 }
 
 impl Writer {
@@ -121,6 +123,7 @@ impl Writer {
         receiver: mpsc::Receiver<Record>,
         metrics: Arc<Metrics>,
         ready: Arc<AtomicBool>,
+        sole_writer: bool,
     ) -> Writer {
         Writer {
             db,
@@ -136,6 +139,7 @@ impl Writer {
             expiring: Vec::new(),
             next_expiry: Instant::now(),
             failures: 0,
+            sole_writer,
         }
     }
 
@@ -271,7 +275,9 @@ impl Writer {
     async fn write_pending(&mut self) -> Result<usize, super::HistoryError> {
         if !self.ready.load(Ordering::Acquire) {
             self.db.ensure_schema().await?;
-            self.close_interrupted().await?;
+            if self.sole_writer {
+                self.close_interrupted().await?;
+            }
             self.ready.store(true, Ordering::Release);
             tracing::info!(backend = self.db.backend(), "history database ready");
         }
@@ -290,6 +296,8 @@ impl Writer {
 
     /// Incidents still open from a previous run of the agent end at that check's last
     /// recorded run, marked interrupted: what happened while the agent was down is unknown.
+    /// (With HA checkers the standbys track state too, so the new leader closes the old
+    /// leader's incident when the check recovers; nothing is closed at start then.)
     async fn close_interrupted(&self) -> Result<(), super::HistoryError> {
         on_pool!(&self.db, pool => {
             sqlx::query(

@@ -396,10 +396,7 @@ fn failing_instances(body: &mut String, status: Option<&CheckStatus>, public: bo
         return;
     }
     if public {
-        let mut kinds: Vec<&str> = failing
-            .iter()
-            .map(|r| r.error_kind().map_or("assertion", |kind| kind.as_str()))
-            .collect();
+        let mut kinds: Vec<&str> = failing.iter().map(|r| describe(r).0).collect();
         kinds.dedup();
         let _ = write!(
             body,
@@ -429,20 +426,9 @@ fn failing_instances(body: &mut String, status: Option<&CheckStatus>, public: bo
     }
 }
 
-/// An instance's error kind and message (the first failing assertion's, without an error).
+/// An instance's error kind and message.
 fn describe(response: &crate::messages::Response) -> (&'static str, String) {
-    match &response.error {
-        Some(error) => (error.kind.as_str(), error.message.clone()),
-        None => (
-            "assertion",
-            response
-                .assertions
-                .iter()
-                .find(|a| !a.passing)
-                .and_then(|a| a.message.clone())
-                .unwrap_or_else(|| "an assertion failed".to_string()),
-        ),
-    }
+    crate::history::failure(response)
 }
 
 /// A 120×24 line of hourly medians.
@@ -465,11 +451,30 @@ fn sparkline(body: &mut String, values: &[Option<f64>]) {
             None => pen_up = true,
         }
     }
+    // An hour with no neighbour still shows, as a dot.
+    let mut dots = String::new();
+    for (index, value) in values.iter().enumerate() {
+        let alone = |other: Option<usize>| {
+            other
+                .and_then(|o| values.get(o))
+                .is_none_or(Option::is_none)
+        };
+        if let Some(value) = value {
+            if alone(index.checked_sub(1)) && alone(Some(index + 1)) {
+                let _ = write!(
+                    dots,
+                    "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"1.8\"/>",
+                    index as f64 * step,
+                    22.0 - value / max * 20.0
+                );
+            }
+        }
+    }
     let last = values.iter().rev().flatten().next().copied().unwrap_or(0.0);
     let _ = write!(
         body,
         "<svg width=\"120\" height=\"24\" viewBox=\"0 0 120 24\" role=\"img\" aria-label=\"median latency per hour, last {}\">\
-         <path d=\"{path}\" fill=\"none\" stroke=\"currentColor\" stroke-width=\"1.5\"/></svg> \
+         <path d=\"{path}\" fill=\"none\" stroke=\"currentColor\" stroke-width=\"1.5\"/><g fill=\"currentColor\">{dots}</g></svg> \
          <span class=\"muted\">{}</span>",
         millis_text(last),
         millis_text(last)
@@ -481,7 +486,7 @@ pub(super) struct CheckParams {
     range: Option<String>,
 }
 
-const RANGES: [&str; 5] = ["1h", "6h", "24h", "7d", "30d"];
+const RANGES: [&str; 6] = ["15m", "1h", "6h", "24h", "7d", "30d"];
 
 async fn check_page(
     State(state): State<ApiState>,
@@ -659,6 +664,7 @@ fn latency_chart(body: &mut String, points: &[Point], from: SystemTime, to: Syst
     );
     for (phase, colour) in CHART_PHASES {
         let mut path = String::new();
+        let mut dots = String::new();
         let mut pen_up = true;
         for point in points {
             match point.latency.get(phase) {
@@ -666,6 +672,14 @@ fn latency_chart(body: &mut String, points: &[Point], from: SystemTime, to: Syst
                     let x = x_of(point.start);
                     let y = 8.0 + plot_h - figures.p50 / max * plot_h;
                     let _ = write!(path, "{}{x:.1},{y:.1} ", if pen_up { "M" } else { "L" });
+                    let _ = write!(
+                        dots,
+                        "<circle cx=\"{x:.1}\" cy=\"{y:.1}\" r=\"1.8\"><title>{phase} {}: p50 {}, p90 {}, p99 {}</title></circle>",
+                        when(point.start),
+                        millis_text(figures.p50),
+                        millis_text(figures.p90),
+                        millis_text(figures.p99)
+                    );
                     pen_up = false;
                 }
                 _ => pen_up = true,
@@ -674,7 +688,7 @@ fn latency_chart(body: &mut String, points: &[Point], from: SystemTime, to: Syst
         if !path.is_empty() {
             let _ = write!(
                 body,
-                "<path d=\"{path}\" fill=\"none\" stroke=\"{colour}\" stroke-width=\"1.8\"><title>{phase}</title></path>"
+                "<path d=\"{path}\" fill=\"none\" stroke=\"{colour}\" stroke-width=\"1.8\"><title>{phase}</title></path><g fill=\"{colour}\">{dots}</g>"
             );
         }
     }
@@ -739,7 +753,9 @@ fn incident_html(body: &mut String, incident: &Incident, public: bool) {
     }
     body.push_str("<div class=\"failing\">");
     for cause in &incident.cause {
-        let kind = cause.error_kind.map_or("assertion", |kind| kind.as_str());
+        let kind = cause
+            .error_kind
+            .map_or("status or assertion", |kind| kind.as_str());
         if public {
             let _ = write!(body, "<div>{}</div>", esc(kind));
         } else {

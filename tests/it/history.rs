@@ -485,3 +485,49 @@ async fn an_unwritable_database_never_stops_probing_and_counts_what_it_drops() {
     );
     running.stop().await;
 }
+
+/// An incident still open when the agent stops is closed at the next start, at the check's
+/// last recorded run, and marked interrupted; the check, still failing, opens a new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_incident_open_at_shutdown_is_closed_as_interrupted_at_the_next_start() {
+    let backend = Backend::sqlite();
+    let target = scripted_target(1..=100_000).await;
+    let toml = format!(
+        "{}{}",
+        backend.toml(),
+        FLAKY
+            .replace("TARGET", &target.to_string())
+            .replace("min_failing_time = \"2s\"", "min_failing_time = \"0s\"")
+    );
+    let first = Running::start(&toml).await;
+    poll(&first, "/api/v1/incidents?check=flaky", |body| {
+        body.as_array()
+            .is_some_and(|all| all.len() == 1 && all[0]["open"] == true)
+    })
+    .await;
+    first.wait_results("flaky", 3).await;
+    let seen = Arc::clone(&first.results);
+    first.stop().await;
+    let mut runs: Vec<SystemTime> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|r| r.scheduled_at)
+        .collect();
+    runs.sort();
+    let second = Running::start(&toml).await;
+    let incidents = poll(&second, "/api/v1/incidents?check=flaky", |body| {
+        body.as_array().is_some_and(|all| all.len() == 2)
+    })
+    .await;
+    // Newest first: the new one is open, the old one was closed by the restart.
+    assert_eq!(incidents[0]["open"], true);
+    assert_eq!(incidents[1]["open"], false);
+    assert_eq!(incidents[1]["interrupted"], true);
+    let ended = api_ms(&incidents[1]["ended_at"]);
+    assert!(
+        ended >= ms(runs[0]) && ended <= ms(*runs.last().unwrap()),
+        "{incidents}"
+    );
+    second.stop().await;
+}

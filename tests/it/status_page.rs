@@ -175,7 +175,7 @@ async fn chromium_shows_states_uptime_and_the_incident() {
     let (_, incidents) = running.get_json("/api/v1/incidents?check=flaky").await;
     assert_eq!(Some(duration), incidents[0]["duration_seconds"].as_f64());
 
-    for (page, name) in [("/", "overview"), ("/checks/flaky?range=1h", "check")] {
+    for (page, name) in [("/", "overview"), ("/checks/flaky?range=15m", "check")] {
         screenshot(
             &format!("{base}{page}"),
             &format!("{name}-desktop.png"),
