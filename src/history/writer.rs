@@ -15,7 +15,7 @@ use super::episodes::{Episodes, IncidentOp};
 use super::histogram::{varint, Histograms};
 use super::{millis, HistoryConfig, Outcome, Record, RunRecord, TransitionRecord, ERROR_KINDS};
 use crate::metrics::{Metrics, ReasonLabels};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -320,6 +320,7 @@ impl Writer {
             self.instance_ids.clear();
         }
         let mut checks: Vec<Arc<str>> = Vec::new();
+        let mut listed: HashSet<Arc<str>> = HashSet::new();
         for check in self
             .pending
             .runs
@@ -330,7 +331,7 @@ impl Writer {
                 IncidentOp::Open { check, .. } | IncidentOp::Close { check, .. } => check,
             }))
         {
-            if !self.check_ids.contains_key(check) && !checks.contains(check) {
+            if !self.check_ids.contains_key(check) && listed.insert(Arc::clone(check)) {
                 checks.push(Arc::clone(check));
             }
         }
@@ -348,11 +349,12 @@ impl Writer {
             self.check_ids.insert(check, id);
         }
         let mut instances: Vec<(i64, String)> = Vec::new();
+        let mut seen: HashSet<(i64, String)> = HashSet::new();
         for run in &self.pending.runs {
             let check_id = self.check_ids.get(&run.check).copied().unwrap_or_default();
             for sample in &run.samples {
                 let key = (check_id, sample.instance.clone());
-                if !self.instance_ids.contains_key(&key) && !instances.contains(&key) {
+                if !self.instance_ids.contains_key(&key) && seen.insert(key.clone()) {
                     instances.push(key);
                 }
             }

@@ -473,7 +473,7 @@ fn sparkline(body: &mut String, values: &[Option<f64>]) {
     let last = values.iter().rev().flatten().next().copied().unwrap_or(0.0);
     let _ = write!(
         body,
-        "<svg width=\"120\" height=\"24\" viewBox=\"0 0 120 24\" role=\"img\" aria-label=\"median latency per hour, last {}\">\
+        "<svg width=\"124\" height=\"26\" viewBox=\"-2 -1 124 26\" role=\"img\" aria-label=\"median latency per hour, last {}\">\
          <path d=\"{path}\" fill=\"none\" stroke=\"currentColor\" stroke-width=\"1.5\"/><g fill=\"currentColor\">{dots}</g></svg> \
          <span class=\"muted\">{}</span>",
         millis_text(last),
