@@ -264,7 +264,9 @@ impl Writer {
                         attempts = self.failures,
                         records = self.pending.len(),
                         error = %super::db::redact(&error.to_string()),
-                        "cannot write history; keeping the batch and retrying (probes and metrics go on)"
+                        "cannot write history; keeping the batch and retrying (probes and metrics go on). \
+                         Check [history] path (its directory must exist and be writable) or url, \
+                         or set [history] enabled = false"
                     );
                 }
                 false
