@@ -488,9 +488,7 @@ async fn an_unwritable_database_never_stops_probing_and_counts_what_it_drops() {
 
 /// An incident still open when the agent stops is closed at the next start, at the check's
 /// last recorded run, and marked interrupted; the check, still failing, opens a new one.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_incident_open_at_shutdown_is_closed_as_interrupted_at_the_next_start() {
-    let backend = Backend::sqlite();
+async fn an_incident_open_at_shutdown_is_closed_as_interrupted_at_the_next_start(backend: Backend) {
     let target = scripted_target(1..=100_000).await;
     let toml = format!(
         "{}{}",
@@ -530,4 +528,19 @@ async fn an_incident_open_at_shutdown_is_closed_as_interrupted_at_the_next_start
         "{incidents}"
     );
     second.stop().await;
+    backend.drop_database().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_an_incident_open_at_shutdown_is_closed_as_interrupted_at_the_next_start() {
+    an_incident_open_at_shutdown_is_closed_as_interrupted_at_the_next_start(Backend::sqlite())
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_an_incident_open_at_shutdown_is_closed_as_interrupted_at_the_next_start() {
+    an_incident_open_at_shutdown_is_closed_as_interrupted_at_the_next_start(
+        Backend::postgres().await,
+    )
+    .await;
 }
