@@ -72,6 +72,35 @@ impl Backend {
     }
 }
 
+/// A test that panics still drops its database.
+impl Drop for Backend {
+    fn drop(&mut self) {
+        if let Backend::Postgres { name, .. } = self {
+            let name = name.clone();
+            let _ = std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                runtime.block_on(async {
+                    if let Ok(admin) = sqlx::postgres::PgPoolOptions::new()
+                        .max_connections(1)
+                        .connect("postgres://postgres@127.0.0.1:5432/postgres")
+                        .await
+                    {
+                        let _ =
+                            sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                                .execute(&admin)
+                                .await;
+                        admin.close().await;
+                    }
+                });
+            })
+            .join();
+        }
+    }
+}
+
 async fn admin() -> sqlx::PgPool {
     sqlx::postgres::PgPoolOptions::new()
         .max_connections(1)
