@@ -15,6 +15,7 @@ pub mod checks;
 pub mod config;
 pub mod delivery;
 pub mod heartbeat;
+pub mod history;
 pub mod http;
 pub mod lease;
 pub mod limits;

@@ -153,6 +153,17 @@ pub struct Metrics {
     pub notification_queue: Family<NotifierLabels, Gauge>,
     /// Check names whose series were removed, by why: `expired` or `capacity`.
     pub check_series_forgotten: Family<ReasonLabels, Counter>,
+    /// History records dropped, by why: `buffer_full` (the writer is behind or the database
+    /// cannot be written) or `stopped`.
+    pub history_dropped: Family<ReasonLabels, Counter>,
+    /// History records (runs and state changes) written to the database.
+    pub history_written: Counter,
+    /// Failed attempts to write a batch of history (retried).
+    pub history_write_errors: Counter,
+    /// History records waiting to be written.
+    pub history_buffered: Gauge,
+    /// How long writing one batch of history took.
+    pub history_write_seconds: Histogram,
     /// The checks `check_duration_seconds` has series for, and when each expires.
     seen_checks: std::sync::Mutex<SeenChecks>,
     /// Where the `probe_*` series come from.
@@ -199,6 +210,11 @@ impl Metrics {
             notification_duration_seconds: Family::new_with_constructor(latency_histogram),
             notification_queue: Family::default(),
             check_series_forgotten: Family::default(),
+            history_dropped: Family::default(),
+            history_written: Counter::default(),
+            history_write_errors: Counter::default(),
+            history_buffered: Gauge::default(),
+            history_write_seconds: latency_histogram(),
             seen_checks: std::sync::Mutex::new(SeenChecks {
                 forget_after: crate::config::DEFAULT_FORGET_CHECKS_AFTER,
                 expires: HashMap::new(),
@@ -211,6 +227,7 @@ impl Metrics {
         metrics.register_dropped(&mut registry);
         metrics.register_agent_state(&mut registry);
         metrics.register_notifications(&mut registry);
+        metrics.register_history(&mut registry);
         metrics.preset_error_series();
         Metrics {
             registry,
@@ -383,6 +400,35 @@ impl Metrics {
             .inc();
     }
 
+    /// Registers the history writer's work: records written, dropped and buffered.
+    fn register_history(&self, registry: &mut Registry) {
+        registry.register(
+            "bastion_history_dropped",
+            "History records (runs, state changes) dropped: the buffer was full (the database is slow or cannot be written) or the writer had stopped",
+            self.history_dropped.clone(),
+        );
+        registry.register(
+            "bastion_history_written",
+            "History records (runs, state changes) written to the history database",
+            self.history_written.clone(),
+        );
+        registry.register(
+            "bastion_history_write_errors",
+            "Failed attempts to write a batch of history; the batch is kept and retried",
+            self.history_write_errors.clone(),
+        );
+        registry.register(
+            "bastion_history_buffered",
+            "History records waiting to be written",
+            self.history_buffered.clone(),
+        );
+        registry.register(
+            "bastion_history_write_seconds",
+            "Time to write one batch of history in one transaction",
+            self.history_write_seconds.clone(),
+        );
+    }
+
     /// Registers the agent's own state: leadership, check states, config loads, the runtime
     /// and the version.
     fn register_agent_state(&self, registry: &mut Registry) {
@@ -436,6 +482,9 @@ impl Metrics {
         }
         for reason in ["slow_consumer", "results_buffer_full", "results_rejected"] {
             let _ = self.bus_dropped.get_or_create(&ReasonLabels { reason });
+        }
+        for reason in ["buffer_full", "stopped"] {
+            let _ = self.history_dropped.get_or_create(&ReasonLabels { reason });
         }
     }
 

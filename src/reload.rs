@@ -194,6 +194,7 @@ fn diff(
             "[[maintenance]]",
             !maintenance_follows && running.maintenance != next.maintenance,
         ),
+        ("[history]", running.history != next.history),
     ];
     summary.needs_restart = sections
         .into_iter()

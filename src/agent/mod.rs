@@ -112,6 +112,8 @@ pub enum AgentError {
     Notify(#[from] crate::notify::NotifyError),
     #[error("{0}")]
     Maintenance(String),
+    #[error(transparent)]
+    History(#[from] crate::history::HistoryError),
 }
 
 /// A built agent, ready to run.
@@ -126,6 +128,9 @@ pub struct Agent {
     web_tls: Option<Arc<rustls::ServerConfig>>,
     /// The notifiers, built (secrets read) for a scheduling role; started with the sink.
     notify: Option<tasks::NotifySetup>,
+    /// The sink's side of history; moved into the sink, so the writer stops after it.
+    recorder: Option<crate::history::Recorder>,
+    history_writer: Option<crate::history::writer::Writer>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -312,6 +317,24 @@ impl Agent {
         } else {
             None
         };
+        // History is kept where results are recorded.
+        let history = if role.schedules() && config.history.enabled {
+            Some(crate::history::History::open(
+                &config.history,
+                Arc::clone(&metrics),
+                !config.checker.ha,
+            )?)
+        } else {
+            None
+        };
+        let (recorder, history_reader, history_writer) = match history {
+            Some(history) => (
+                Some(history.recorder),
+                Some(history.reader),
+                Some(history.writer),
+            ),
+            None => (None, None, None),
+        };
         Ok(Agent {
             shared: Shared {
                 config,
@@ -322,6 +345,7 @@ impl Agent {
                 store: Arc::new(ResultStore::default()),
                 checks,
                 notifier,
+                history: history_reader,
             },
             listener,
             checker,
@@ -331,6 +355,8 @@ impl Agent {
             reloader,
             web_tls,
             notify,
+            recorder,
+            history_writer,
         })
     }
 
@@ -390,6 +416,8 @@ impl Agent {
             reloader,
             web_tls,
             notify,
+            recorder,
+            history_writer,
         } = self;
         let intake = CancellationToken::new();
         let outlets = CancellationToken::new();
@@ -414,8 +442,15 @@ impl Agent {
         let notifications = notify.map(|setup| {
             shared.start_notifications(setup, leadership.clone(), &notify_stop, &notify_tasks)
         });
+        let history = history_writer.map(|writer| tokio::spawn(writer.run()));
         let sink = results.map(|results| {
-            shared.spawn_sink(results, leadership.clone(), notifications.clone(), &outlets)
+            shared.spawn_sink(
+                results,
+                leadership.clone(),
+                notifications.clone(),
+                recorder,
+                &outlets,
+            )
         });
         let systemd = shared.spawn_systemd_status(&outlets);
         let heartbeat = shared.spawn_heartbeats(dispatcher, leadership, &outlets);
@@ -439,6 +474,7 @@ impl Agent {
             runner: runner_task,
             runs,
             sink,
+            history,
             heartbeat,
             systemd,
             notifications,

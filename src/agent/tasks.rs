@@ -45,6 +45,8 @@ pub(super) struct Shared {
     /// The configured checks; reloads send new lists through it.
     pub(super) checks: watch::Sender<Arc<Vec<CheckConfig>>>,
     pub(super) notifier: Option<Arc<Notifier>>,
+    /// Read access to history, for the endpoints.
+    pub(super) history: Option<crate::history::HistoryReader>,
 }
 
 impl Shared {
@@ -68,6 +70,8 @@ impl Shared {
             started: Arc::clone(started),
             reloader,
             reload_endpoint: self.config.agent.web.reload_endpoint,
+            history: self.history.clone(),
+            status_page: self.config.agent.web.status_page,
         }
     }
 
@@ -127,6 +131,7 @@ impl Shared {
         results: crate::bus::Subscription,
         leadership: Option<Leadership>,
         notifications: Option<Arc<Notifications>>,
+        history: Option<crate::history::Recorder>,
         stop: &CancellationToken,
     ) -> JoinHandle<()> {
         let events = EventOutlet {
@@ -140,6 +145,7 @@ impl Shared {
             checks: self.checks.subscribe(),
             events: Some(events),
             notifications,
+            history,
         };
         tokio::spawn(crate::results::consume(results, context, stop.clone()))
     }
@@ -218,6 +224,8 @@ pub(super) struct Running {
     /// The runner's runs in flight.
     pub(super) runs: Option<TaskTracker>,
     pub(super) sink: Option<JoinHandle<()>>,
+    /// The history writer; it ends once the sink has and its last batch is written.
+    pub(super) history: Option<JoinHandle<()>>,
     pub(super) heartbeat: JoinHandle<()>,
     pub(super) systemd: Option<JoinHandle<()>>,
     pub(super) notifications: Option<Arc<Notifications>>,
@@ -241,6 +249,7 @@ impl Running {
             runner,
             runs,
             sink,
+            history,
             heartbeat,
             systemd,
             notifications,
@@ -288,6 +297,15 @@ impl Running {
         notify_stop.cancel();
         notify_tasks.close();
         let _ = tokio::time::timeout(Duration::from_secs(2), notify_tasks.wait()).await;
+        if let Some(history) = history {
+            // The writer writes its last batch (giving up after a few seconds).
+            if tokio::time::timeout(Duration::from_secs(10), history)
+                .await
+                .is_err()
+            {
+                tracing::warn!("the history writer did not stop in time");
+            }
+        }
         let _ = heartbeat.await;
         if let Some(task) = systemd {
             let _ = task.await;

@@ -4,6 +4,7 @@
 use super::schema::*;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 pub(super) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -95,6 +96,50 @@ pub(super) fn default_payload_size() -> u16 {
     56
 }
 
+pub(super) fn default_history_path() -> PathBuf {
+    // systemd's StateDirectory= says where the state directory is; /var/lib/bastion otherwise.
+    let directory = std::env::var_os("STATE_DIRECTORY")
+        .map(PathBuf::from)
+        .filter(|dir| dir.is_absolute())
+        .unwrap_or_else(|| PathBuf::from("/var/lib/bastion"));
+    directory.join("history.db")
+}
+pub(super) fn default_history_flush_interval() -> Duration {
+    Duration::from_secs(1)
+}
+pub(super) fn default_history_buffer() -> usize {
+    65_536
+}
+pub(super) fn default_history_raw_retention() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+pub(super) fn default_history_hourly_retention() -> Duration {
+    Duration::from_secs(8 * 24 * 3600)
+}
+pub(super) fn default_history_daily_retention() -> Duration {
+    Duration::from_secs(400 * 24 * 3600)
+}
+pub(super) fn default_history_event_retention() -> Duration {
+    Duration::from_secs(400 * 24 * 3600)
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        HistoryConfig {
+            enabled: true,
+            path: default_history_path(),
+            url: None,
+            password_file: None,
+            flush_interval: default_history_flush_interval(),
+            buffer: default_history_buffer(),
+            raw_retention: default_history_raw_retention(),
+            hourly_retention: default_history_hourly_retention(),
+            daily_retention: default_history_daily_retention(),
+            event_retention: default_history_event_retention(),
+        }
+    }
+}
+
 impl Default for AgentConfig {
     fn default() -> Self {
         AgentConfig {
@@ -113,6 +158,7 @@ impl Default for WebConfig {
             tls_key_file: None,
             basic_auth_users: BTreeMap::new(),
             reload_endpoint: true,
+            status_page: StatusPageMode::default(),
         }
     }
 }

@@ -239,6 +239,7 @@ impl Config {
         problems.check(self.validate_bus());
         problems.check(self.validate_web());
         problems.check(notify::validate(self));
+        problems.check(self.validate_history());
         let mut seen: HashMap<&str, usize> = HashMap::new();
         for (index, check) in self.checks.iter().enumerate() {
             if let Some(first) = seen.insert(check.name.as_str(), index) {
@@ -303,6 +304,54 @@ impl Config {
             }
             check_hash(hash)
                 .map_err(|error| format!("agent.web.basic_auth_users.{user}: {error}"))?;
+        }
+        Ok(())
+    }
+
+    fn validate_history(&self) -> Result<(), String> {
+        let history = &self.history;
+        if history.flush_interval.is_zero() {
+            return Err("history.flush_interval must be longer than 0s".to_string());
+        }
+        if history.buffer == 0 {
+            return Err("history.buffer must be at least 1".to_string());
+        }
+        let hour = std::time::Duration::from_secs(3600);
+        for (key, value, least) in [
+            ("raw_retention", history.raw_retention, hour),
+            ("hourly_retention", history.hourly_retention, hour * 2),
+            ("daily_retention", history.daily_retention, hour * 48),
+            ("event_retention", history.event_retention, hour),
+        ] {
+            if value < least {
+                return Err(format!(
+                    "history.{key} is {}; keep at least {}",
+                    humantime::format_duration(value),
+                    humantime::format_duration(least)
+                ));
+            }
+        }
+        if let Some(url) = &history.url {
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                return Err(
+                    "history.url must be a PostgreSQL URL (postgres://user@host:5432/db); leave it out to keep history in SQLite at history.path"
+                        .to_string(),
+                );
+            }
+            if url.split_once("://").is_some_and(|(_, rest)| {
+                rest.split('/').next().is_some_and(|authority| {
+                    authority.contains('@')
+                        && authority
+                            .split('@')
+                            .next()
+                            .is_some_and(|user| user.contains(':'))
+                })
+            }) {
+                return Err(
+                    "history.url holds a password; put it in a file named by history.password_file"
+                        .to_string(),
+                );
+            }
         }
         Ok(())
     }

@@ -35,6 +35,50 @@ pub struct Config {
     /// Windows during which notifications are held back.
     #[serde(default)]
     pub maintenance: Vec<super::notify::MaintenanceConfig>,
+    /// Where the history of runs, state changes and incidents is kept.
+    #[serde(default)]
+    pub history: HistoryConfig,
+}
+
+/// `[history]`: every run's outcome for a recent window, rollups beyond it, state changes and
+/// incidents; in SQLite (`path`) unless `url` names a PostgreSQL database.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryConfig {
+    /// Keep history. Only agents that record results keep it (roles `all` and `checker`).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// The SQLite database file. Default: `history.db` in `$STATE_DIRECTORY` (systemd's
+    /// `StateDirectory=`), else in `/var/lib/bastion`. Its directory must exist.
+    #[serde(default = "default_history_path")]
+    pub path: PathBuf,
+    /// A PostgreSQL URL (`postgres://user@host:5432/db`) to keep history there instead, shared
+    /// by HA checkers. Put no password in it: use `password_file`.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// File holding the PostgreSQL password.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// How often buffered results are written, in one transaction: a crash loses at most
+    /// this much history (plus what waits while the database cannot be written).
+    #[serde(default = "default_history_flush_interval", with = "humantime_serde")]
+    pub flush_interval: Duration,
+    /// Records (runs and state changes) waiting to be written at most; beyond it new ones
+    /// are dropped and counted in `bastion_history_dropped_total`.
+    #[serde(default = "default_history_buffer")]
+    pub buffer: usize,
+    /// How long every run's outcome and phase latencies are kept.
+    #[serde(default = "default_history_raw_retention", with = "humantime_serde")]
+    pub raw_retention: Duration,
+    /// How long the hourly rollups (runs, failures, latency buckets per phase) are kept.
+    #[serde(default = "default_history_hourly_retention", with = "humantime_serde")]
+    pub hourly_retention: Duration,
+    /// How long the daily rollups are kept.
+    #[serde(default = "default_history_daily_retention", with = "humantime_serde")]
+    pub daily_retention: Duration,
+    /// How long state changes and incidents are kept.
+    #[serde(default = "default_history_event_retention", with = "humantime_serde")]
+    pub event_retention: Duration,
 }
 
 /// `[agent]`
@@ -76,6 +120,24 @@ pub struct WebConfig {
     /// Serve `POST /-/reload`. SIGHUP reloads either way.
     #[serde(default = "default_true")]
     pub reload_endpoint: bool,
+    /// The status page at `/` and the badges: `private` (behind `basic_auth_users`, like the
+    /// API), `public` (open to all, without targets, addresses, bodies or error messages) or
+    /// `off`.
+    #[serde(default)]
+    pub status_page: StatusPageMode,
+}
+
+/// Who may see the status page and the badges.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StatusPageMode {
+    /// Served with the API's protection (basic auth when users are configured).
+    #[default]
+    Private,
+    /// Served to anyone, showing states, uptime and latency only.
+    Public,
+    /// Not served.
+    Off,
 }
 
 /// `[bus]`
@@ -257,6 +319,9 @@ impl WorkersConfig {
 pub struct CheckConfig {
     /// Unique name, `[a-z0-9_-]+`.
     pub name: String,
+    /// A group to file the check under on the status page (`payments`, `edge`...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
     /// How often the check runs; at least 1s.
     #[serde(with = "humantime_serde")]
     pub interval: Duration,

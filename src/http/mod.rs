@@ -4,17 +4,21 @@
 //! to reload; nothing here schedules or probes.
 
 pub mod auth;
+pub mod badge;
+pub mod history_api;
+pub mod html;
+pub mod status_page;
 pub mod tls;
 
 use crate::bus::Bus;
-use crate::config::WebConfig;
+use crate::config::{CheckConfig, StatusPageMode, WebConfig};
 use crate::messages::CheckResult;
 use crate::metrics::Metrics;
 use crate::model::CheckState;
 use crate::model::CheckType;
 use crate::reload::Reloader;
 use crate::results::{ChecksWatch, ResultStore};
-use axum::extract::{Request, State};
+use axum::extract::{Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -38,6 +42,10 @@ pub struct ApiState {
     /// None when the agent was built without a config file to reload.
     pub reloader: Option<Arc<Reloader>>,
     pub reload_endpoint: bool,
+    /// History, when this agent keeps it.
+    pub history: Option<crate::history::HistoryReader>,
+    /// Who may see the status page and the badges.
+    pub status_page: StatusPageMode,
 }
 
 /// The endpoints; `auth` (when users are configured) guards all but the health checks.
@@ -45,7 +53,16 @@ pub fn router(state: ApiState, web: &WebConfig) -> Router {
     let mut protected = Router::new()
         .route("/metrics", get(metrics))
         .route("/api/v1/checks", get(checks))
+        .route("/api/v1/checks/{name}", get(history_api::check))
+        .route("/api/v1/checks/{name}/history", get(history_api::history))
+        .route("/api/v1/incidents", get(history_api::incidents))
         .route("/-/reload", post(reload));
+    let mut open = Router::new();
+    match web.status_page {
+        StatusPageMode::Private => protected = protected.merge(status_page::routes()),
+        StatusPageMode::Public => open = open.merge(status_page::routes()),
+        StatusPageMode::Off => {}
+    }
     if !web.basic_auth_users.is_empty() {
         let auth = Arc::new(auth::BasicAuth::new(web.basic_auth_users.clone()));
         protected = protected.layer(axum::middleware::from_fn_with_state(auth, require_auth));
@@ -53,6 +70,7 @@ pub fn router(state: ApiState, web: &WebConfig) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .merge(open)
         .merge(protected)
         .with_state(state)
 }
@@ -135,50 +153,124 @@ async fn reload(State(state): State<ApiState>) -> (StatusCode, String) {
 }
 
 #[derive(Serialize)]
-struct CheckSummary {
-    name: String,
+pub(crate) struct CheckSummary {
+    pub(crate) name: String,
     #[serde(rename = "type")]
-    check_type: CheckType,
-    interval: String,
-    state: CheckState,
+    pub(crate) check_type: CheckType,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) group: Option<String>,
+    pub(crate) interval: String,
+    pub(crate) state: CheckState,
     #[serde(with = "crate::time_format")]
-    state_since: SystemTime,
-    latest: Option<Arc<CheckResult>>,
+    pub(crate) state_since: SystemTime,
+    pub(crate) latest: Option<Arc<CheckResult>>,
 }
 
-/// `?check=NAME` keeps only that check (the link in notifications); other parameters are
-/// ignored.
-fn only_check(query: Option<&str>) -> Option<&str> {
-    query?
-        .split('&')
-        .find_map(|pair| pair.strip_prefix("check="))
+/// One check as the API shows it.
+pub(crate) fn summary(state: &ApiState, check: &CheckConfig) -> CheckSummary {
+    let status = state.store.status(&check.name);
+    CheckSummary {
+        name: check.name.clone(),
+        check_type: check.check_type(),
+        group: check.group.clone(),
+        interval: humantime::format_duration(check.interval).to_string(),
+        state: status
+            .as_ref()
+            .map_or(CheckState::Ok, |status| status.state),
+        state_since: status
+            .as_ref()
+            .map_or_else(SystemTime::now, |status| status.since),
+        latest: status.and_then(|status| status.latest),
+    }
 }
 
-async fn checks(
-    State(state): State<ApiState>,
-    axum::extract::RawQuery(query): axum::extract::RawQuery,
-) -> Json<Vec<CheckSummary>> {
+/// `?state=FAIL,WARN&type=http&group=edge`: each a comma-separated list; a check matches
+/// when it matches every parameter given. `?check=NAME` keeps only that check (the link in
+/// notifications).
+#[derive(Debug, Default, serde::Deserialize)]
+pub(crate) struct CheckFilter {
+    pub(crate) state: Option<String>,
+    #[serde(rename = "type")]
+    pub(crate) check_type: Option<String>,
+    pub(crate) group: Option<String>,
+    pub(crate) check: Option<String>,
+}
+
+impl CheckFilter {
+    /// Refuses values that match nothing by construction (an unknown state or type).
+    pub(crate) fn validate(&self) -> Result<(), String> {
+        for state in list(&self.state) {
+            if !CheckState::ALL
+                .iter()
+                .any(|known| known.as_str().eq_ignore_ascii_case(state))
+            {
+                return Err(format!(
+                    "state `{state}` is not one of OK, WARN, FAIL_WAIT, FAIL, PASS_WAIT"
+                ));
+            }
+        }
+        for check_type in list(&self.check_type) {
+            if !CheckType::ALL
+                .iter()
+                .any(|known| known.as_str().eq_ignore_ascii_case(check_type))
+            {
+                return Err(format!(
+                    "type `{check_type}` is not one of http, tcp, dns, tls, icmp, grpc"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn matches(&self, check: &CheckConfig, state: CheckState) -> bool {
+        let states = list(&self.state);
+        let types = list(&self.check_type);
+        let groups = list(&self.group);
+        self.check.as_deref().is_none_or(|name| check.name == name)
+            && (states.is_empty()
+                || states
+                    .iter()
+                    .any(|s| s.eq_ignore_ascii_case(state.as_str())))
+            && (types.is_empty()
+                || types
+                    .iter()
+                    .any(|t| t.eq_ignore_ascii_case(check.check_type().as_str())))
+            && (groups.is_empty()
+                || groups
+                    .iter()
+                    .any(|g| check.group.as_deref().unwrap_or("") == *g))
+    }
+}
+
+fn list(value: &Option<String>) -> Vec<&str> {
+    value
+        .as_deref()
+        .map(|text| {
+            text.split(',')
+                .map(str::trim)
+                .filter(|item| !item.is_empty())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+async fn checks(State(state): State<ApiState>, Query(filter): Query<CheckFilter>) -> Response {
+    if let Err(message) = filter.validate() {
+        return history_api::error(StatusCode::BAD_REQUEST, message);
+    }
     let checks = Arc::clone(&state.checks.borrow());
-    let only = only_check(query.as_deref());
     Json(
         checks
             .iter()
-            .filter(|check| only.is_none_or(|name| check.name == name))
-            .map(|check| {
-                let status = state.store.status(&check.name);
-                CheckSummary {
-                    name: check.name.clone(),
-                    check_type: check.check_type(),
-                    interval: humantime::format_duration(check.interval).to_string(),
-                    state: status
-                        .as_ref()
-                        .map_or(CheckState::Ok, |status| status.state),
-                    state_since: status
-                        .as_ref()
-                        .map_or_else(SystemTime::now, |status| status.since),
-                    latest: status.and_then(|status| status.latest),
-                }
+            .filter(|check| {
+                let current = state
+                    .store
+                    .status(&check.name)
+                    .map_or(CheckState::Ok, |status| status.state);
+                filter.matches(check, current)
             })
-            .collect(),
+            .map(|check| summary(&state, check))
+            .collect::<Vec<_>>(),
     )
+    .into_response()
 }

@@ -14,6 +14,7 @@ use crate::bus::{Bus, Message, Subscription};
 
 use crate::config::CheckConfig;
 use crate::delivery::cut;
+use crate::history::{Recorder, TransitionRecord};
 use crate::lease::Leadership;
 use crate::messages::{self, CheckResult, Payload, StateEvent, MESSAGE_VERSION};
 use crate::metrics::{CheckToLabels, Metrics, ReasonLabels, SubjectLabels};
@@ -142,6 +143,8 @@ pub struct SinkContext {
     pub events: Option<EventOutlet>,
     /// Where failures and recoveries are told, when notifiers are configured.
     pub notifications: Option<Arc<Notifications>>,
+    /// Where runs and state changes go to be kept (only while leading, with HA).
+    pub history: Option<Recorder>,
 }
 
 /// Consumes results from `subscription` until `stop` is cancelled; results already delivered
@@ -157,12 +160,14 @@ pub async fn consume(
         mut checks,
         events,
         notifications,
+        history,
     } = context;
     let mut sink = Sink {
         store,
         metrics,
         events,
         notifications,
+        history,
         known: Arc::new(Vec::new()),
         by_name: HashMap::new(),
         trackers: HashMap::new(),
@@ -203,6 +208,7 @@ struct Sink {
     metrics: Arc<Metrics>,
     events: Option<EventOutlet>,
     notifications: Option<Arc<Notifications>>,
+    history: Option<Recorder>,
     /// The configured checks, by name.
     known: Arc<Vec<CheckConfig>>,
     /// Index of each configured check in `known`.
@@ -307,6 +313,9 @@ impl Sink {
             state: tracker.state(),
             since: tracker.since(),
         };
+        if let Some(history) = self.history.as_ref().filter(|_| self.leads()) {
+            history.run(&result, config);
+        }
         let result = to_keep(result, &message.payload);
         self.store.update(
             &result.check,
@@ -333,6 +342,16 @@ impl Sink {
             })
             .inc();
         tracing::info!(check = %result.check, from = %transition.from, to = %transition.to, failing, "check state changed");
+        if let Some(history) = self.history.as_ref().filter(|_| self.leads()) {
+            history.transition(TransitionRecord {
+                check: Arc::from(result.check.as_str()),
+                from: transition.from,
+                to: transition.to,
+                at: result.finished_at,
+                failing,
+                instances: result.instances(),
+            });
+        }
         let event = StateEvent {
             version: MESSAGE_VERSION,
             check: result.check.clone(),
@@ -343,6 +362,18 @@ impl Sink {
             responses: result.instances(),
         };
         self.publish(&event).await;
+    }
+
+    /// Whether this sink's checker leads (always, without HA).
+    fn leads(&self) -> bool {
+        match self
+            .events
+            .as_ref()
+            .and_then(|outlet| outlet.leadership.as_ref())
+        {
+            Some(leadership) => *leadership.borrow(),
+            None => true,
+        }
     }
 
     async fn publish(&self, event: &StateEvent) {

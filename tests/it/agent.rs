@@ -315,6 +315,7 @@ async fn the_result_sink_removes_series_of_vanished_instances() {
         checks: watched,
         events: None,
         notifications: None,
+        history: None,
     };
     let sink = tokio::spawn(consume(subscription, context, stop.clone()));
     let result = |targets: &[&str], at: SystemTime| CheckResult {

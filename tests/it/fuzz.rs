@@ -554,6 +554,7 @@ async fn tcp_expect(pattern: &str, sent: Vec<u8>) -> Option<bastion_agent::messa
     });
     let check = bastion_agent::config::CheckConfig {
         name: "fuzz".into(),
+        group: None,
         interval: Duration::from_secs(10),
         timeout: Some(Duration::from_secs(5)),
         instances: Vec::new(),

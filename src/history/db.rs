@@ -1,0 +1,170 @@
+//! The two backends behind one type: SQLite (a file, WAL journal) or PostgreSQL, both through
+//! sqlx pools that connect lazily, so a database that is down at start-up is retried by the
+//! writer rather than refused. The schema is the same on both but for the few words the two
+//! dialects spell differently (auto-increment keys, blobs); every query after it is the same
+//! SQL, written once and run through `on_pool!`. Nothing here logs a URL or a password.
+
+use super::HistoryError;
+use crate::config::HistoryConfig;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{
+    SqliteAutoVacuum, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteSynchronous,
+};
+use std::str::FromStr;
+use std::time::Duration;
+
+/// Schema version stored in `meta`; a newer one found in the database is refused.
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// A pool on either backend.
+#[derive(Debug, Clone)]
+pub enum Db {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// Runs `$body` with `$pool` bound to the backend's pool: the same SQL on both.
+macro_rules! on_pool {
+    ($db:expr, $pool:ident => $body:expr) => {
+        match $db {
+            $crate::history::db::Db::Sqlite($pool) => $body,
+            $crate::history::db::Db::Postgres($pool) => $body,
+        }
+    };
+}
+pub(crate) use on_pool;
+
+const SQLITE_SCHEMA: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BIGINT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS checks (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE)",
+    "CREATE TABLE IF NOT EXISTS instances (id INTEGER PRIMARY KEY, check_id BIGINT NOT NULL, \
+     address TEXT NOT NULL, UNIQUE (check_id, address))",
+    "CREATE TABLE IF NOT EXISTS runs (check_id BIGINT NOT NULL, at_ms BIGINT NOT NULL, \
+     outcome SMALLINT NOT NULL, detail BLOB NOT NULL, PRIMARY KEY (check_id, at_ms)) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS rollups (tier SMALLINT NOT NULL, check_id BIGINT NOT NULL, \
+     instance_id BIGINT NOT NULL, bucket BIGINT NOT NULL, runs BIGINT NOT NULL, \
+     down BIGINT NOT NULL, unmeasured BIGINT NOT NULL, hist BLOB NOT NULL, \
+     PRIMARY KEY (tier, check_id, instance_id, bucket)) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS transitions (check_id BIGINT NOT NULL, at_ms BIGINT NOT NULL, \
+     from_state TEXT NOT NULL, to_state TEXT NOT NULL, \
+     failing BIGINT NOT NULL, instances BIGINT NOT NULL, PRIMARY KEY (check_id, at_ms))",
+    "CREATE TABLE IF NOT EXISTS incidents (id INTEGER PRIMARY KEY, check_id BIGINT NOT NULL, \
+     started_ms BIGINT NOT NULL, confirmed_ms BIGINT NOT NULL, ended_ms BIGINT, \
+     interrupted SMALLINT NOT NULL DEFAULT 0, cause TEXT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS incidents_by_check ON incidents (check_id, started_ms)",
+    "CREATE INDEX IF NOT EXISTS incidents_by_start ON incidents (started_ms)",
+];
+
+const POSTGRES_SCHEMA: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BIGINT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS checks (id BIGSERIAL PRIMARY KEY, name TEXT NOT NULL UNIQUE)",
+    "CREATE TABLE IF NOT EXISTS instances (id BIGSERIAL PRIMARY KEY, check_id BIGINT NOT NULL, \
+     address TEXT NOT NULL, UNIQUE (check_id, address))",
+    "CREATE TABLE IF NOT EXISTS runs (check_id BIGINT NOT NULL, at_ms BIGINT NOT NULL, \
+     outcome SMALLINT NOT NULL, detail BYTEA NOT NULL, PRIMARY KEY (check_id, at_ms))",
+    "CREATE TABLE IF NOT EXISTS rollups (tier SMALLINT NOT NULL, check_id BIGINT NOT NULL, \
+     instance_id BIGINT NOT NULL, bucket BIGINT NOT NULL, runs BIGINT NOT NULL, \
+     down BIGINT NOT NULL, unmeasured BIGINT NOT NULL, hist BYTEA NOT NULL, \
+     PRIMARY KEY (tier, check_id, instance_id, bucket))",
+    "CREATE TABLE IF NOT EXISTS transitions (check_id BIGINT NOT NULL, at_ms BIGINT NOT NULL, \
+     from_state TEXT NOT NULL, to_state TEXT NOT NULL, \
+     failing BIGINT NOT NULL, instances BIGINT NOT NULL, PRIMARY KEY (check_id, at_ms))",
+    "CREATE TABLE IF NOT EXISTS incidents (id BIGSERIAL PRIMARY KEY, check_id BIGINT NOT NULL, \
+     started_ms BIGINT NOT NULL, confirmed_ms BIGINT NOT NULL, ended_ms BIGINT, \
+     interrupted SMALLINT NOT NULL DEFAULT 0, cause TEXT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS incidents_by_check ON incidents (check_id, started_ms)",
+    "CREATE INDEX IF NOT EXISTS incidents_by_start ON incidents (started_ms)",
+];
+
+impl Db {
+    /// A pool that connects on first use.
+    pub fn lazy(config: &HistoryConfig) -> Result<Db, HistoryError> {
+        match &config.url {
+            Some(url) => {
+                let mut options = PgConnectOptions::from_str(url)
+                    .map_err(|error| HistoryError::Url(redact(&error.to_string())))?
+                    .application_name("bastion");
+                if let Some(path) = &config.password_file {
+                    let password = std::fs::read_to_string(path).map_err(|source| {
+                        HistoryError::PasswordFile {
+                            path: path.display().to_string(),
+                            source,
+                        }
+                    })?;
+                    options = options.password(password.trim_end_matches(['\r', '\n']));
+                }
+                Ok(Db::Postgres(
+                    PgPoolOptions::new()
+                        .max_connections(4)
+                        .acquire_timeout(Duration::from_secs(5))
+                        .connect_lazy_with(options),
+                ))
+            }
+            None => {
+                let options = SqliteConnectOptions::new()
+                    .filename(&config.path)
+                    .create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(SqliteSynchronous::Normal)
+                    .auto_vacuum(SqliteAutoVacuum::Incremental)
+                    .busy_timeout(Duration::from_secs(5));
+                Ok(Db::Sqlite(
+                    SqlitePoolOptions::new()
+                        .max_connections(4)
+                        .acquire_timeout(Duration::from_secs(5))
+                        .connect_lazy_with(options),
+                ))
+            }
+        }
+    }
+
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Db::Sqlite(_) => "sqlite",
+            Db::Postgres(_) => "postgres",
+        }
+    }
+
+    /// Creates the tables when missing and checks the schema version.
+    pub async fn ensure_schema(&self) -> Result<(), HistoryError> {
+        let statements = match self {
+            Db::Sqlite(_) => SQLITE_SCHEMA,
+            Db::Postgres(_) => POSTGRES_SCHEMA,
+        };
+        on_pool!(self, pool => {
+            for statement in statements {
+                sqlx::query(statement).execute(pool).await?;
+            }
+            sqlx::query(
+                "INSERT INTO meta (key, value) VALUES ('schema_version', $1) ON CONFLICT (key) DO NOTHING",
+            )
+            .bind(SCHEMA_VERSION)
+            .execute(pool)
+            .await?;
+            let found: i64 = sqlx::query_scalar("SELECT value FROM meta WHERE key = 'schema_version'")
+                .fetch_one(pool)
+                .await?;
+            if found > SCHEMA_VERSION {
+                return Err(HistoryError::BadQuery(format!(
+                    "the history database has schema version {found}, newer than this build's {SCHEMA_VERSION}; use a newer bastion or another database"
+                )));
+            }
+        });
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        on_pool!(self, pool => pool.close().await);
+    }
+}
+
+/// Drops anything between `://` and `@` from a text that may quote a URL.
+pub fn redact(text: &str) -> String {
+    match (text.find("://"), text.find('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://…{}", &text[..scheme], &text[at..])
+        }
+        _ => text.to_string(),
+    }
+}

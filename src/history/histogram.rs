@@ -1,0 +1,220 @@
+//! Latency distributions in fixed buckets, one per phase, so that rollups can be merged and
+//! percentiles computed later. Bucket `i` holds values up to `0.0001 s * 1.25^i` (61 bounds,
+//! 100 µs to 65 s, then one overflow bucket): a percentile read from a rollup is within 25 % of
+//! the true value. Stored sparse (only non-empty buckets) as varints, so a phase whose probes
+//! all took about the same time costs a few bytes. Decoding never panics on bad bytes: what
+//! cannot be read is skipped.
+
+use super::PHASES;
+
+/// Upper bounds, seconds: `0.0001 * 1.25^i`.
+const BOUNDS: usize = 61;
+const FIRST: f64 = 0.0001;
+const FACTOR: f64 = 1.25;
+
+fn upper(index: usize) -> f64 {
+    FIRST * FACTOR.powi(i32::try_from(index).unwrap_or(i32::MAX))
+}
+
+fn bucket_of(seconds: f64) -> u8 {
+    if seconds.is_nan() || seconds <= FIRST {
+        return 0; // zero, negative or NaN go to the first bucket
+    }
+    let index = ((seconds / FIRST).ln() / FACTOR.ln()).ceil();
+    // ceil can land one below because of rounding; the bound check fixes it.
+    let mut index = if index.is_finite() {
+        index as usize
+    } else {
+        BOUNDS
+    };
+    if index < BOUNDS && seconds > upper(index) {
+        index += 1;
+    }
+    u8::try_from(index.min(BOUNDS)).unwrap_or(u8::MAX)
+}
+
+/// One distribution per phase (`PHASES` order), each a sorted list of (bucket, count).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Histograms {
+    phases: [Vec<(u8, u64)>; PHASES.len()],
+}
+
+impl Histograms {
+    pub fn observe(&mut self, phases: &[f64; PHASES.len()]) {
+        for (phase, value) in phases.iter().enumerate() {
+            add(&mut self.phases[phase], bucket_of(*value), 1);
+        }
+    }
+
+    pub fn merge(&mut self, other: &Histograms) {
+        for (mine, theirs) in self.phases.iter_mut().zip(&other.phases) {
+            for (bucket, count) in theirs {
+                add(mine, *bucket, *count);
+            }
+        }
+    }
+
+    pub fn count(&self, phase: usize) -> u64 {
+        self.phases[phase].iter().map(|(_, count)| count).sum()
+    }
+
+    /// The `q` quantile (0..=1) of a phase, interpolated inside its bucket; None when empty.
+    pub fn quantile(&self, phase: usize, q: f64) -> Option<f64> {
+        let buckets = &self.phases[phase];
+        let total = self.count(phase);
+        if total == 0 {
+            return None;
+        }
+        let rank = (q * total as f64).ceil().max(1.0);
+        let mut below = 0u64;
+        for (bucket, count) in buckets {
+            if (below + count) as f64 >= rank {
+                let index = usize::from(*bucket);
+                let low = if index == 0 { 0.0 } else { upper(index - 1) };
+                if index >= BOUNDS {
+                    return Some(upper(BOUNDS - 1));
+                }
+                let high = upper(index);
+                let within = (rank - below as f64) / *count as f64;
+                return Some(low + (high - low) * within);
+            }
+            below += count;
+        }
+        None
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(32);
+        for buckets in &self.phases {
+            varint(&mut out, buckets.len() as u64);
+            for (bucket, count) in buckets {
+                out.push(*bucket);
+                varint(&mut out, *count);
+            }
+        }
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Histograms {
+        let mut histograms = Histograms::default();
+        let mut reader = Reader { bytes, at: 0 };
+        for buckets in histograms.phases.iter_mut() {
+            let Some(len) = reader.varint() else { break };
+            for _ in 0..len.min(256) {
+                let (Some(bucket), Some(count)) = (reader.byte(), reader.varint()) else {
+                    return histograms;
+                };
+                add(buckets, bucket.min(BOUNDS as u8), count);
+            }
+        }
+        histograms
+    }
+}
+
+fn add(buckets: &mut Vec<(u8, u64)>, bucket: u8, count: u64) {
+    match buckets.binary_search_by_key(&bucket, |(b, _)| *b) {
+        Ok(at) => buckets[at].1 = buckets[at].1.saturating_add(count),
+        Err(at) => buckets.insert(at, (bucket, count)),
+    }
+}
+
+/// Appends `value` as a LEB128 varint.
+pub fn varint(out: &mut Vec<u8>, mut value: u64) {
+    loop {
+        let byte = (value & 0x7f) as u8;
+        value >>= 7;
+        if value == 0 {
+            out.push(byte);
+            return;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
+pub(super) struct Reader<'a> {
+    pub(super) bytes: &'a [u8],
+    pub(super) at: usize,
+}
+
+impl Reader<'_> {
+    pub(super) fn byte(&mut self) -> Option<u8> {
+        let byte = *self.bytes.get(self.at)?;
+        self.at += 1;
+        Some(byte)
+    }
+
+    pub(super) fn varint(&mut self) -> Option<u64> {
+        let mut value = 0u64;
+        for shift in (0..64).step_by(7) {
+            let byte = self.byte()?;
+            value |= u64::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                return Some(value);
+            }
+        }
+        None
+    }
+}
+
+/// The `q` quantile of exact values (nearest rank); None when empty. Sorts `values`.
+pub fn exact_quantile(values: &mut [f64], q: f64) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_by(|a, b| a.total_cmp(b));
+    let rank = (q * values.len() as f64).ceil().max(1.0) as usize;
+    values.get(rank.min(values.len()) - 1).copied()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_hold_their_values_and_quantiles_stay_within_a_bucket() {
+        for value in [
+            0.0, 0.00005, 0.0001, 0.00011, 0.003, 0.05, 0.2, 1.0, 64.0, 1000.0,
+        ] {
+            let bucket = usize::from(bucket_of(value));
+            if bucket < BOUNDS {
+                assert!(value <= upper(bucket) + 1e-12, "{value} in {bucket}");
+                if bucket > 0 {
+                    assert!(value > upper(bucket - 1), "{value} above {bucket}");
+                }
+            }
+        }
+        let mut histograms = Histograms::default();
+        for ms in 1..=100 {
+            histograms.observe(&[0.0, ms as f64 / 1000.0, 0.0, 0.0, 0.0, 0.0]);
+        }
+        let p50 = histograms.quantile(1, 0.5).unwrap();
+        assert!((0.04..=0.0625).contains(&p50), "{p50}");
+        let p99 = histograms.quantile(1, 0.99).unwrap();
+        assert!((0.079..=0.125).contains(&p99), "{p99}");
+        assert!(histograms.quantile(2, 0.5).unwrap() <= 0.0001);
+        assert_eq!(histograms.quantile(3, 0.5), Some(0.0001 * 0.5));
+    }
+
+    #[test]
+    fn encoding_round_trips_and_merges_add() {
+        let mut a = Histograms::default();
+        a.observe(&[0.001, 0.002, 0.0, 0.05, 0.001, 0.06]);
+        a.observe(&[0.001, 0.004, 0.0, 0.05, 0.001, 0.07]);
+        let back = Histograms::decode(&a.encode());
+        assert_eq!(back, a);
+        let mut b = back.clone();
+        b.merge(&a);
+        assert_eq!(b.count(1), 4);
+        assert!(a.encode().len() < 40, "{}", a.encode().len());
+        // Garbage decodes to something, without panicking.
+        let _ = Histograms::decode(&[0xff, 0xff, 0x01, 0x02]);
+    }
+
+    #[test]
+    fn exact_quantiles_use_the_nearest_rank() {
+        let mut values = vec![5.0, 1.0, 3.0, 2.0, 4.0];
+        assert_eq!(exact_quantile(&mut values, 0.5), Some(3.0));
+        assert_eq!(exact_quantile(&mut values, 0.99), Some(5.0));
+        assert_eq!(exact_quantile(&mut [], 0.5), None);
+    }
+}

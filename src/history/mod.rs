@@ -1,0 +1,400 @@
+//! History: every run's outcome for a recent window, hourly and daily rollups beyond it
+//! (runs, down runs, latency buckets per phase), every state change and every incident (a
+//! `FAIL` episode), in SQLite (`[history] path`) or PostgreSQL (`[history] url`) with the same
+//! SQL. The result sink hands each run and transition to a `Recorder`, which only puts a small
+//! record into a bounded channel (`try_send`, never awaiting the database); one writer task
+//! (`writer.rs`) batches them into one transaction per `flush_interval`, retries a failed
+//! batch while the channel fills, and expires old rows in the background. Queries for the API
+//! and the status page are in `query.rs`.
+//!
+//! How uptime is computed (the README says the same): from runs, not from time in state. A
+//! run is *down* when its failing instances, not counting those that never ran for want of a
+//! worker (`dispatch_timeout`), reach the check's `min_failing_count`; fewer failing (a `WARN`)
+//! is up. A run whose every instance hit `dispatch_timeout` measured nothing: it is counted as
+//! `unmeasured`, neither up nor down. Skipped ticks and lost runs produce no result, so they
+//! are not runs. Uptime = (runs - down) / runs over measured runs; none when there were none.
+//! Latency percentiles come from passing instances only (a refused connection is fast).
+//!
+//! This module never touches the bus or the probe path, and never blocks a caller on the
+//! database: a full buffer drops the record and counts it in `bastion_history_dropped_total`.
+
+pub mod db;
+pub mod episodes;
+pub mod histogram;
+pub mod query;
+pub mod writer;
+
+use crate::config::{CheckConfig, HistoryConfig};
+use crate::messages::CheckResult;
+use crate::metrics::{Metrics, ReasonLabels};
+use crate::model::{CheckState, ErrorKind};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::mpsc;
+
+pub use db::Db;
+pub use query::HistoryReader;
+
+/// The phases kept, in this order everywhere (raw detail, histograms, API). Type-specific
+/// waiting phases count as `processing`: tcp `exchange`, dns `request`, icmp `rtt`.
+pub const PHASES: [&str; 6] = [
+    "resolve",
+    "connect",
+    "tls",
+    "processing",
+    "transfer",
+    "total",
+];
+
+/// Error kinds by code, for the compact raw detail. Append only: codes are stored.
+pub const ERROR_KINDS: [ErrorKind; 12] = [
+    ErrorKind::Resolve,
+    ErrorKind::Connect,
+    ErrorKind::Tls,
+    ErrorKind::Http,
+    ErrorKind::Body,
+    ErrorKind::Expect,
+    ErrorKind::Dns,
+    ErrorKind::Icmp,
+    ErrorKind::Grpc,
+    ErrorKind::Timeout,
+    ErrorKind::DispatchTimeout,
+    ErrorKind::Internal,
+];
+
+/// Longest error message kept with an incident's cause.
+const CAUSE_MESSAGE_BYTES: usize = 256;
+/// Failing instances kept with an incident's cause.
+pub const CAUSE_INSTANCES: usize = 10;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HistoryError {
+    #[error("history database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("history.password_file {path}: {source}")]
+    PasswordFile {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("history.url is not a valid PostgreSQL URL: {0}")]
+    Url(String),
+    #[error("history is not available yet: the database has not been opened")]
+    NotReady,
+    #[error("{0}")]
+    BadQuery(String),
+}
+
+/// How a run (or one instance of it) counts for uptime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Up,
+    Down,
+    /// Nothing was measured: the probe never ran (`dispatch_timeout`).
+    Unmeasured,
+}
+
+impl Outcome {
+    pub fn code(self) -> i64 {
+        match self {
+            Outcome::Up => 0,
+            Outcome::Down => 1,
+            Outcome::Unmeasured => 2,
+        }
+    }
+
+    pub fn from_code(code: i64) -> Outcome {
+        match code {
+            0 => Outcome::Up,
+            1 => Outcome::Down,
+            _ => Outcome::Unmeasured,
+        }
+    }
+}
+
+/// One instance's part of a run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub instance: String,
+    pub outcome: Outcome,
+    /// None when passing, or failing by assertions with no transport error.
+    pub error: Option<ErrorKind>,
+    /// Seconds, in `PHASES` order.
+    pub phases: [f64; 6],
+    /// Why it failed (cut short); None when passing.
+    pub message: Option<String>,
+}
+
+/// One run of one check, as history keeps it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunRecord {
+    pub check: Arc<str>,
+    /// When the run was due (unique per check).
+    pub scheduled_at: SystemTime,
+    pub finished_at: SystemTime,
+    pub outcome: Outcome,
+    pub samples: Vec<Sample>,
+}
+
+/// One change of a check's state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TransitionRecord {
+    pub check: Arc<str>,
+    pub from: CheckState,
+    pub to: CheckState,
+    pub at: SystemTime,
+    pub failing: usize,
+    pub instances: usize,
+}
+
+/// What the writer receives.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Record {
+    Run(RunRecord),
+    Transition(TransitionRecord),
+}
+
+/// Milliseconds since the Unix epoch (0 before it).
+pub fn millis(at: SystemTime) -> i64 {
+    at.duration_since(UNIX_EPOCH).map_or(0, |elapsed| {
+        i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX)
+    })
+}
+
+/// The instant `ms` milliseconds after the Unix epoch.
+pub fn from_millis(ms: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+}
+
+/// Turns a result into what history keeps of it: per instance the outcome, the error kind and
+/// the phase latencies. `min_failing_count` is the check's (default applied).
+pub fn run_record(result: &CheckResult, min_failing_count: usize) -> RunRecord {
+    let samples: Vec<Sample> = result
+        .responses
+        .iter()
+        .map(|response| {
+            let kind = response.error_kind();
+            let outcome = if kind == Some(ErrorKind::DispatchTimeout) {
+                Outcome::Unmeasured
+            } else if response.passing {
+                Outcome::Up
+            } else {
+                Outcome::Down
+            };
+            let t = &response.timings;
+            let message =
+                (!response.passing).then(|| cut(failure(response).1, CAUSE_MESSAGE_BYTES));
+            Sample {
+                instance: response.target.clone(),
+                outcome,
+                error: kind,
+                phases: [
+                    t.resolve,
+                    t.connect,
+                    t.tls,
+                    t.processing + t.exchange + t.request + t.rtt,
+                    t.transfer,
+                    t.total,
+                ],
+                message,
+            }
+        })
+        .collect();
+    let unmeasured = samples
+        .iter()
+        .filter(|sample| sample.outcome == Outcome::Unmeasured)
+        .count();
+    // A degraded result counts the instances it left out as well.
+    let instances = result.instances();
+    let failing = result.failing().saturating_sub(unmeasured);
+    let outcome = if instances == 0 || unmeasured >= instances {
+        Outcome::Unmeasured
+    } else if failing >= min_failing_count.max(1) {
+        Outcome::Down
+    } else {
+        Outcome::Up
+    };
+    RunRecord {
+        check: Arc::from(result.check.as_str()),
+        scheduled_at: result.scheduled_at,
+        finished_at: result.finished_at,
+        outcome,
+        samples,
+    }
+}
+
+/// Why a failing response failed, as a label (`kind`: an error kind, `assertion` or `status`)
+/// and a message for people: the error, the first failing assertion, or the status that the
+/// type's default verdict refused (an HTTP status outside 2xx, a gRPC health other than
+/// SERVING).
+pub fn failure(response: &crate::messages::Response) -> (&'static str, String) {
+    if let Some(error) = &response.error {
+        return (error.kind.as_str(), error.message.clone());
+    }
+    if let Some(message) = response
+        .assertions
+        .iter()
+        .find(|assertion| !assertion.passing)
+        .map(|assertion| {
+            assertion
+                .message
+                .clone()
+                .unwrap_or_else(|| format!("{} was {}", assertion.value, assertion.actual))
+        })
+    {
+        return ("assertion", message);
+    }
+    if let Some(http) = &response.http {
+        return ("status", format!("HTTP status {}", http.status));
+    }
+    if let Some(grpc) = &response.grpc {
+        return ("status", format!("health status {}", grpc.status));
+    }
+    (
+        "assertion",
+        "the check's default verdict failed".to_string(),
+    )
+}
+
+fn cut(mut text: String, bytes: usize) -> String {
+    if text.len() > bytes {
+        let mut end = bytes;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
+}
+
+/// The sink's side: hands records to the writer without ever waiting for it.
+#[derive(Debug, Clone)]
+pub struct Recorder {
+    sender: mpsc::Sender<Record>,
+    metrics: Arc<Metrics>,
+}
+
+impl Recorder {
+    pub fn run(&self, result: &CheckResult, check: &CheckConfig) {
+        self.send(Record::Run(run_record(result, check.min_failing_count())));
+    }
+
+    pub fn transition(&self, record: TransitionRecord) {
+        self.send(Record::Transition(record));
+    }
+
+    fn send(&self, record: Record) {
+        let reason = match self.sender.try_send(record) {
+            Ok(()) => return,
+            Err(mpsc::error::TrySendError::Full(_)) => "buffer_full",
+            Err(mpsc::error::TrySendError::Closed(_)) => "stopped",
+        };
+        self.metrics
+            .history_dropped
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+}
+
+/// History for one agent: the recorder for the sink, the reader for the endpoints, and the
+/// writer task to spawn.
+pub struct History {
+    pub recorder: Recorder,
+    pub reader: HistoryReader,
+    pub writer: writer::Writer,
+}
+
+impl std::fmt::Debug for History {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("History").finish_non_exhaustive()
+    }
+}
+
+impl History {
+    /// Prepares history as configured. The database is opened lazily: a database that is
+    /// down or unwritable now is retried by the writer, never refused here. Only settings
+    /// that can never work (an unreadable password file, a malformed URL) are errors.
+    /// `sole_writer` (no HA checkers) lets the writer close, at start, the incidents a
+    /// previous run of this agent left open; with HA a standby must not close the leader's.
+    pub fn open(
+        config: &HistoryConfig,
+        metrics: Arc<Metrics>,
+        sole_writer: bool,
+    ) -> Result<History, HistoryError> {
+        let db = Db::lazy(config)?;
+        let (sender, receiver) = mpsc::channel(config.buffer);
+        let reader = HistoryReader::new(db.clone(), config.clone());
+        let writer = writer::Writer::new(
+            db,
+            config.clone(),
+            receiver,
+            Arc::clone(&metrics),
+            reader.ready_flag(),
+            sole_writer,
+        );
+        Ok(History {
+            recorder: Recorder { sender, metrics },
+            reader,
+            writer,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::messages::{Response, Timings, MESSAGE_VERSION};
+    use crate::model::{CheckType, ProbeError};
+
+    fn result(responses: Vec<Response>) -> CheckResult {
+        CheckResult {
+            version: MESSAGE_VERSION,
+            check: "web".into(),
+            check_type: CheckType::Http,
+            agent: "a".into(),
+            run_id: 1,
+            scheduled_at: UNIX_EPOCH,
+            finished_at: UNIX_EPOCH,
+            passing: responses.iter().all(|r| r.passing),
+            responses,
+            degraded: None,
+        }
+    }
+
+    fn failed(kind: ErrorKind) -> Response {
+        Response::failed(
+            "127.0.0.1:1".into(),
+            ProbeError::new(kind, "boom"),
+            Timings::default(),
+        )
+    }
+
+    fn passed() -> Response {
+        let mut response = failed(ErrorKind::Connect);
+        response.passing = true;
+        response.error = None;
+        response
+    }
+
+    #[test]
+    fn a_run_is_down_at_the_failing_count_and_unmeasured_without_any_probe() {
+        let two_of_three = result(vec![
+            failed(ErrorKind::Connect),
+            failed(ErrorKind::Timeout),
+            passed(),
+        ]);
+        assert_eq!(run_record(&two_of_three, 2).outcome, Outcome::Down);
+        assert_eq!(run_record(&two_of_three, 3).outcome, Outcome::Up);
+        let dispatch = result(vec![
+            failed(ErrorKind::DispatchTimeout),
+            failed(ErrorKind::Connect),
+        ]);
+        // The dispatch timeout is not the target's failure.
+        assert_eq!(run_record(&dispatch, 2).outcome, Outcome::Up);
+        assert_eq!(run_record(&dispatch, 1).outcome, Outcome::Down);
+        let none = result(vec![failed(ErrorKind::DispatchTimeout)]);
+        assert_eq!(run_record(&none, 1).outcome, Outcome::Unmeasured);
+        let record = run_record(&dispatch, 1);
+        assert_eq!(record.samples[0].outcome, Outcome::Unmeasured);
+        assert_eq!(record.samples[1].message.as_deref(), Some("boom"));
+    }
+}

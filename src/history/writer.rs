@@ -1,0 +1,649 @@
+//! The history writer: one task that owns the database's write side. It takes records from
+//! the bounded channel the sink fills, and every `flush_interval` writes what it holds in one
+//! transaction: the runs (with their compact per-instance detail), the hourly and daily
+//! rollups they change (merged with the stored row, kept in a cache of open buckets), the
+//! state changes and the incidents they open or close. A batch that fails is kept and retried
+//! with a backoff (1 s doubling to 30 s) while new records wait in the channel; once both are
+//! full, new records are dropped and counted. So a crash loses at most the last
+//! `flush_interval` of history plus what waited while the database could not be written.
+//! Between batches it deletes expired rows, a few hundred checks at a time, so no statement
+//! holds the database for long. It never runs on the probe path and never panics on a
+//! database error.
+
+use super::db::{on_pool, Db};
+use super::episodes::{Episodes, IncidentOp};
+use super::histogram::{varint, Histograms};
+use super::{millis, HistoryConfig, Outcome, Record, RunRecord, TransitionRecord, ERROR_KINDS};
+use crate::metrics::{Metrics, ReasonLabels};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+/// The hourly rollup tier.
+pub const HOURLY: i64 = 1;
+/// The daily rollup tier.
+pub const DAILY: i64 = 2;
+/// Seconds per bucket of each tier.
+pub fn tier_seconds(tier: i64) -> i64 {
+    if tier == DAILY {
+        86_400
+    } else {
+        3_600
+    }
+}
+
+/// How often expired rows are deleted.
+const EXPIRE_EVERY: Duration = Duration::from_secs(600);
+/// Checks whose expired rows one step deletes.
+const EXPIRE_STEP: usize = 200;
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How long the last batch may take at shutdown.
+const FINAL_FLUSH: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct RollupKey {
+    tier: i64,
+    check_id: i64,
+    instance_id: i64,
+    bucket: i64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Rollup {
+    runs: i64,
+    down: i64,
+    unmeasured: i64,
+    hist: Histograms,
+}
+
+impl Rollup {
+    fn add(&mut self, outcome: Outcome, phases: &[f64; 6]) {
+        match outcome {
+            Outcome::Up => {
+                self.runs += 1;
+                self.hist.observe(phases);
+            }
+            Outcome::Down => {
+                self.runs += 1;
+                self.down += 1;
+            }
+            Outcome::Unmeasured => self.unmeasured += 1,
+        }
+    }
+
+    fn merge(&mut self, other: &Rollup) {
+        self.runs += other.runs;
+        self.down += other.down;
+        self.unmeasured += other.unmeasured;
+        self.hist.merge(&other.hist);
+    }
+}
+
+/// What waits to be written.
+#[derive(Debug, Default)]
+struct Batch {
+    runs: Vec<RunRecord>,
+    transitions: Vec<TransitionRecord>,
+    incidents: Vec<IncidentOp>,
+}
+
+impl Batch {
+    fn len(&self) -> usize {
+        self.runs.len() + self.transitions.len() + self.incidents.len()
+    }
+}
+
+/// The writer task's state; `run` consumes it.
+pub struct Writer {
+    db: Db,
+    config: HistoryConfig,
+    receiver: mpsc::Receiver<Record>,
+    metrics: Arc<Metrics>,
+    ready: Arc<AtomicBool>,
+    pending: Batch,
+    episodes: Episodes,
+    check_ids: HashMap<Arc<str>, i64>,
+    instance_ids: HashMap<(i64, String), i64>,
+    rollups: HashMap<RollupKey, Rollup>,
+    /// Check ids still to expire in the current expiry pass.
+    expiring: Vec<i64>,
+    next_expiry: Instant,
+    failures: u32,
+    /// Close incidents left open by a previous run at start (not with HA checkers).
+    sole_writer: bool,
+}
+
+impl Writer {
+    pub(super) fn new(
+        db: Db,
+        config: HistoryConfig,
+        receiver: mpsc::Receiver<Record>,
+        metrics: Arc<Metrics>,
+        ready: Arc<AtomicBool>,
+        sole_writer: bool,
+    ) -> Writer {
+        Writer {
+            db,
+            config,
+            receiver,
+            metrics,
+            ready,
+            pending: Batch::default(),
+            episodes: Episodes::default(),
+            check_ids: HashMap::new(),
+            instance_ids: HashMap::new(),
+            rollups: HashMap::new(),
+            expiring: Vec::new(),
+            next_expiry: Instant::now(),
+            failures: 0,
+            sole_writer,
+        }
+    }
+
+    /// Writes until every `Recorder` is gone (the sink stopped), then writes what is left,
+    /// trying for at most a few seconds.
+    pub async fn run(mut self) {
+        let mut closed = false;
+        // Ensure the schema (and close incidents a previous run left open) at once.
+        let mut next_attempt = if self.attempt().await {
+            Instant::now() + self.config.flush_interval
+        } else {
+            Instant::now() + self.backoff()
+        };
+        while !closed {
+            let room = self.pending.len() < self.config.buffer;
+            tokio::select! {
+                record = self.receiver.recv(), if room => match record {
+                    Some(record) => self.accept(record),
+                    None => closed = true,
+                },
+                _ = tokio::time::sleep_until(next_attempt) => {}
+            }
+            while !closed && self.pending.len() < self.config.buffer {
+                match self.receiver.try_recv() {
+                    Ok(record) => self.accept(record),
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => closed = true,
+                }
+            }
+            self.report_buffered();
+            if closed || Instant::now() >= next_attempt {
+                next_attempt = if self.attempt().await {
+                    Instant::now() + self.config.flush_interval
+                } else {
+                    Instant::now() + self.backoff()
+                };
+            }
+        }
+        if self.pending.len() > 0 {
+            // The last attempt above failed: one more, bounded, if the database has worked
+            // at all; then count what is lost.
+            let written = self.ready.load(Ordering::Acquire)
+                && tokio::time::timeout(FINAL_FLUSH, self.attempt())
+                    .await
+                    .unwrap_or(false);
+            if !written {
+                self.metrics
+                    .history_dropped
+                    .get_or_create(&ReasonLabels { reason: "stopped" })
+                    .inc_by(self.pending.len() as u64);
+                tracing::warn!(
+                    records = self.pending.len(),
+                    "history could not be written before shutdown; these records are lost"
+                );
+            }
+        }
+        self.metrics.history_buffered.set(0);
+        self.db.close().await;
+    }
+
+    fn backoff(&self) -> Duration {
+        let exponent = self.failures.saturating_sub(1).min(5);
+        Duration::from_secs(1u64 << exponent).min(MAX_BACKOFF)
+    }
+
+    fn report_buffered(&self) {
+        let waiting = self.pending.len() + self.receiver.len();
+        self.metrics
+            .history_buffered
+            .set(i64::try_from(waiting).unwrap_or(i64::MAX));
+    }
+
+    fn accept(&mut self, record: Record) {
+        match record {
+            Record::Run(run) => {
+                self.episodes.on_run(&run);
+                self.pending.runs.push(run);
+            }
+            Record::Transition(transition) => {
+                if let Some(op) = self.episodes.on_transition(&transition) {
+                    self.pending.incidents.push(op);
+                }
+                self.pending.transitions.push(transition);
+            }
+        }
+    }
+
+    /// One attempt: open the schema if needed, write the batch, expire a step. True on
+    /// success (or nothing to do).
+    async fn attempt(&mut self) -> bool {
+        let started = Instant::now();
+        let outcome = self.write_pending().await;
+        match outcome {
+            Ok(written) => {
+                if written > 0 {
+                    self.metrics
+                        .history_write_seconds
+                        .observe(started.elapsed().as_secs_f64());
+                    self.metrics.history_written.inc_by(written as u64);
+                }
+                if self.failures > 0 {
+                    tracing::info!(
+                        backend = self.db.backend(),
+                        "history is written again after {} failed attempts",
+                        self.failures
+                    );
+                }
+                self.failures = 0;
+                if let Err(error) = self.expire_step().await {
+                    tracing::warn!(%error, "deleting expired history failed; retried later");
+                }
+                true
+            }
+            Err(error) => {
+                self.failures += 1;
+                self.metrics.history_write_errors.inc();
+                // Once, then every tenth attempt: a database that stays down must not flood
+                // the log.
+                if self.failures == 1 || self.failures % 10 == 0 {
+                    tracing::warn!(
+                        backend = self.db.backend(),
+                        attempts = self.failures,
+                        records = self.pending.len(),
+                        error = %super::db::redact(&error.to_string()),
+                        "cannot write history; keeping the batch and retrying (probes and metrics go on). \
+                         Check [history] path (its directory must exist and be writable) or url, \
+                         or set [history] enabled = false"
+                    );
+                }
+                false
+            }
+        }
+    }
+
+    async fn write_pending(&mut self) -> Result<usize, super::HistoryError> {
+        if !self.ready.load(Ordering::Acquire) {
+            self.db.ensure_schema().await?;
+            if self.sole_writer {
+                self.close_interrupted().await?;
+            }
+            self.ready.store(true, Ordering::Release);
+            tracing::info!(backend = self.db.backend(), "history database ready");
+        }
+        let count = self.pending.len();
+        if count == 0 {
+            return Ok(0);
+        }
+        self.resolve_ids().await?;
+        let deltas = self.rollup_deltas();
+        let merged = self.write_batch(deltas).await?;
+        self.rollups.extend(merged);
+        self.evict_closed_buckets();
+        self.pending = Batch::default();
+        Ok(count)
+    }
+
+    /// Incidents still open from a previous run of the agent end at that check's last
+    /// recorded run, marked interrupted: what happened while the agent was down is unknown.
+    /// (With HA checkers the standbys track state too, so the new leader closes the old
+    /// leader's incident when the check recovers; nothing is closed at start then.)
+    async fn close_interrupted(&self) -> Result<(), super::HistoryError> {
+        on_pool!(&self.db, pool => {
+            sqlx::query(
+                "UPDATE incidents SET interrupted = 1, ended_ms = COALESCE(\
+                 (SELECT MAX(r.at_ms) FROM runs r WHERE r.check_id = incidents.check_id \
+                 AND r.at_ms >= incidents.started_ms), incidents.confirmed_ms) \
+                 WHERE ended_ms IS NULL",
+            )
+            .execute(pool)
+            .await?;
+        });
+        Ok(())
+    }
+
+    /// Ids for the checks and instances of the batch, created when new.
+    async fn resolve_ids(&mut self) -> Result<(), super::HistoryError> {
+        // Renamed and removed checks would otherwise stay cached forever.
+        if self.check_ids.len() > 100_000 || self.instance_ids.len() > 1_000_000 {
+            self.check_ids.clear();
+            self.instance_ids.clear();
+        }
+        let mut checks: Vec<Arc<str>> = Vec::new();
+        let mut listed: HashSet<Arc<str>> = HashSet::new();
+        for check in self
+            .pending
+            .runs
+            .iter()
+            .map(|run| &run.check)
+            .chain(self.pending.transitions.iter().map(|t| &t.check))
+            .chain(self.pending.incidents.iter().map(|op| match op {
+                IncidentOp::Open { check, .. } | IncidentOp::Close { check, .. } => check,
+            }))
+        {
+            if !self.check_ids.contains_key(check) && listed.insert(Arc::clone(check)) {
+                checks.push(Arc::clone(check));
+            }
+        }
+        for check in checks {
+            let id = on_pool!(&self.db, pool => {
+                sqlx::query("INSERT INTO checks (name) VALUES ($1) ON CONFLICT (name) DO NOTHING")
+                    .bind(&*check)
+                    .execute(pool)
+                    .await?;
+                sqlx::query_scalar::<_, i64>("SELECT id FROM checks WHERE name = $1")
+                    .bind(&*check)
+                    .fetch_one(pool)
+                    .await?
+            });
+            self.check_ids.insert(check, id);
+        }
+        let mut instances: Vec<(i64, String)> = Vec::new();
+        let mut seen: HashSet<(i64, String)> = HashSet::new();
+        for run in &self.pending.runs {
+            let check_id = self.check_ids.get(&run.check).copied().unwrap_or_default();
+            for sample in &run.samples {
+                let key = (check_id, sample.instance.clone());
+                if !self.instance_ids.contains_key(&key) && seen.insert(key.clone()) {
+                    instances.push(key);
+                }
+            }
+        }
+        for (check_id, address) in instances {
+            let id = on_pool!(&self.db, pool => {
+                sqlx::query(
+                    "INSERT INTO instances (check_id, address) VALUES ($1, $2) \
+                     ON CONFLICT (check_id, address) DO NOTHING",
+                )
+                .bind(check_id)
+                .bind(&address)
+                .execute(pool)
+                .await?;
+                sqlx::query_scalar::<_, i64>(
+                    "SELECT id FROM instances WHERE check_id = $1 AND address = $2",
+                )
+                .bind(check_id)
+                .bind(&address)
+                .fetch_one(pool)
+                .await?
+            });
+            self.instance_ids.insert((check_id, address), id);
+        }
+        Ok(())
+    }
+
+    fn check_id(&self, check: &Arc<str>) -> i64 {
+        self.check_ids.get(check).copied().unwrap_or_default()
+    }
+
+    fn instance_id(&self, check_id: i64, address: &str) -> i64 {
+        self.instance_ids
+            .get(&(check_id, address.to_string()))
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// What the batch adds to each rollup row: per tier, the whole check (instance 0) and
+    /// each instance.
+    fn rollup_deltas(&self) -> HashMap<RollupKey, Rollup> {
+        let mut deltas: HashMap<RollupKey, Rollup> = HashMap::new();
+        for run in &self.pending.runs {
+            let check_id = self.check_id(&run.check);
+            let seconds = millis(run.scheduled_at) / 1000;
+            for tier in [HOURLY, DAILY] {
+                let span = tier_seconds(tier);
+                let bucket = seconds - seconds.rem_euclid(span);
+                let whole = deltas
+                    .entry(RollupKey {
+                        tier,
+                        check_id,
+                        instance_id: 0,
+                        bucket,
+                    })
+                    .or_default();
+                match run.outcome {
+                    Outcome::Up => whole.runs += 1,
+                    Outcome::Down => {
+                        whole.runs += 1;
+                        whole.down += 1;
+                    }
+                    Outcome::Unmeasured => whole.unmeasured += 1,
+                }
+                for sample in &run.samples {
+                    if sample.outcome == Outcome::Up {
+                        whole.hist.observe(&sample.phases);
+                    }
+                }
+                for sample in &run.samples {
+                    let instance_id = self.instance_id(check_id, &sample.instance);
+                    deltas
+                        .entry(RollupKey {
+                            tier,
+                            check_id,
+                            instance_id,
+                            bucket,
+                        })
+                        .or_default()
+                        .add(sample.outcome, &sample.phases);
+                }
+            }
+        }
+        deltas
+    }
+
+    /// Writes the batch in one transaction; returns the merged rollups to cache.
+    async fn write_batch(
+        &self,
+        deltas: HashMap<RollupKey, Rollup>,
+    ) -> Result<HashMap<RollupKey, Rollup>, super::HistoryError> {
+        let mut merged: HashMap<RollupKey, Rollup> = HashMap::with_capacity(deltas.len());
+        on_pool!(&self.db, pool => {
+            let mut tx = pool.begin().await?;
+            for run in &self.pending.runs {
+                let check_id = self.check_id(&run.check);
+                sqlx::query(
+                    "INSERT INTO runs (check_id, at_ms, outcome, detail) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (check_id, at_ms) DO NOTHING",
+                )
+                .bind(check_id)
+                .bind(millis(run.scheduled_at))
+                .bind(run.outcome.code() as i16)
+                .bind(self.detail(check_id, run))
+                .execute(&mut *tx)
+                .await?;
+            }
+            for (key, delta) in deltas {
+                let base = match self.rollups.get(&key) {
+                    Some(cached) => Some(cached.clone()),
+                    None => sqlx::query_as::<_, (i64, i64, i64, Vec<u8>)>(
+                        "SELECT runs, down, unmeasured, hist FROM rollups \
+                         WHERE tier = $1 AND check_id = $2 AND instance_id = $3 AND bucket = $4",
+                    )
+                    .bind(key.tier as i16)
+                    .bind(key.check_id)
+                    .bind(key.instance_id)
+                    .bind(key.bucket)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .map(|(runs, down, unmeasured, hist)| Rollup {
+                        runs,
+                        down,
+                        unmeasured,
+                        hist: Histograms::decode(&hist),
+                    }),
+                };
+                let mut row = base.unwrap_or_default();
+                row.merge(&delta);
+                sqlx::query(
+                    "INSERT INTO rollups (tier, check_id, instance_id, bucket, runs, down, unmeasured, hist) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                     ON CONFLICT (tier, check_id, instance_id, bucket) DO UPDATE SET \
+                     runs = excluded.runs, down = excluded.down, \
+                     unmeasured = excluded.unmeasured, hist = excluded.hist",
+                )
+                .bind(key.tier as i16)
+                .bind(key.check_id)
+                .bind(key.instance_id)
+                .bind(key.bucket)
+                .bind(row.runs)
+                .bind(row.down)
+                .bind(row.unmeasured)
+                .bind(row.hist.encode())
+                .execute(&mut *tx)
+                .await?;
+                merged.insert(key, row);
+            }
+            for transition in &self.pending.transitions {
+                sqlx::query(
+                    "INSERT INTO transitions (check_id, at_ms, from_state, to_state, failing, instances) \
+                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (check_id, at_ms) DO NOTHING",
+                )
+                .bind(self.check_id(&transition.check))
+                .bind(millis(transition.at))
+                .bind(transition.from.as_str())
+                .bind(transition.to.as_str())
+                .bind(i64::try_from(transition.failing).unwrap_or(i64::MAX))
+                .bind(i64::try_from(transition.instances).unwrap_or(i64::MAX))
+                .execute(&mut *tx)
+                .await?;
+            }
+            for op in &self.pending.incidents {
+                match op {
+                    IncidentOp::Open { check, started_at, confirmed_at, cause } => {
+                        let check_id = self.check_id(check);
+                        // One open incident per check: one left open (its close was lost)
+                        // ends where this one starts.
+                        sqlx::query(
+                            "UPDATE incidents SET ended_ms = $1, interrupted = 1 \
+                             WHERE check_id = $2 AND ended_ms IS NULL",
+                        )
+                        .bind(millis(*started_at))
+                        .bind(check_id)
+                        .execute(&mut *tx)
+                        .await?;
+                        sqlx::query(
+                            "INSERT INTO incidents (check_id, started_ms, confirmed_ms, ended_ms, interrupted, cause) \
+                             VALUES ($1, $2, $3, NULL, 0, $4)",
+                        )
+                        .bind(check_id)
+                        .bind(millis(*started_at))
+                        .bind(millis(*confirmed_at))
+                        .bind(serde_json::to_string(cause).unwrap_or_else(|_| "[]".to_string()))
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                    IncidentOp::Close { check, ended_at } => {
+                        sqlx::query(
+                            "UPDATE incidents SET ended_ms = $1 WHERE check_id = $2 AND ended_ms IS NULL",
+                        )
+                        .bind(millis(*ended_at))
+                        .bind(self.check_id(check))
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                }
+            }
+            tx.commit().await?;
+        });
+        Ok(merged)
+    }
+
+    /// A run's per-instance detail: instance id, outcome code, phases in microseconds.
+    fn detail(&self, check_id: i64, run: &RunRecord) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 * run.samples.len());
+        for sample in &run.samples {
+            varint(
+                &mut out,
+                u64::try_from(self.instance_id(check_id, &sample.instance)).unwrap_or(0),
+            );
+            out.push(sample_code(sample.outcome, sample.error));
+            for value in sample.phases {
+                let micros = (value.max(0.0) * 1e6).round();
+                varint(&mut out, if micros.is_finite() { micros as u64 } else { 0 });
+            }
+        }
+        out
+    }
+
+    /// Keeps only the current and previous bucket of each tier in the cache.
+    fn evict_closed_buckets(&mut self) {
+        let now = millis(SystemTime::now()) / 1000;
+        self.rollups.retain(|key, _| {
+            let span = tier_seconds(key.tier);
+            key.bucket >= now - now.rem_euclid(span) - span
+        });
+    }
+
+    /// Deletes expired rows for up to `EXPIRE_STEP` checks; starts a pass every
+    /// `EXPIRE_EVERY`.
+    async fn expire_step(&mut self) -> Result<(), super::HistoryError> {
+        if self.expiring.is_empty() {
+            if Instant::now() < self.next_expiry {
+                return Ok(());
+            }
+            self.next_expiry = Instant::now() + EXPIRE_EVERY;
+            self.expiring = on_pool!(&self.db, pool => {
+                sqlx::query_scalar::<_, i64>("SELECT id FROM checks").fetch_all(pool).await?
+            });
+            if self.expiring.is_empty() {
+                return Ok(());
+            }
+        }
+        let now = millis(SystemTime::now());
+        let ms =
+            |retention: Duration| now - i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+        let raw = ms(self.config.raw_retention);
+        let hourly = ms(self.config.hourly_retention) / 1000;
+        let daily = ms(self.config.daily_retention) / 1000;
+        let events = ms(self.config.event_retention);
+        let take = self.expiring.len().min(EXPIRE_STEP);
+        let step: Vec<i64> = self.expiring.drain(..take).collect();
+        on_pool!(&self.db, pool => {
+            for check_id in &step {
+                sqlx::query("DELETE FROM runs WHERE check_id = $1 AND at_ms < $2")
+                    .bind(check_id).bind(raw).execute(pool).await?;
+                for (tier, before) in [(HOURLY, hourly), (DAILY, daily)] {
+                    sqlx::query("DELETE FROM rollups WHERE tier = $1 AND check_id = $2 AND bucket < $3")
+                        .bind(tier as i16).bind(check_id).bind(before).execute(pool).await?;
+                }
+                sqlx::query("DELETE FROM transitions WHERE check_id = $1 AND at_ms < $2")
+                    .bind(check_id).bind(events).execute(pool).await?;
+                sqlx::query("DELETE FROM incidents WHERE check_id = $1 AND ended_ms IS NOT NULL AND ended_ms < $2")
+                    .bind(check_id).bind(events).execute(pool).await?;
+            }
+        });
+        if self.expiring.is_empty() {
+            if let Db::Sqlite(pool) = &self.db {
+                // Give freed pages back to the file system (auto_vacuum = INCREMENTAL).
+                sqlx::query("PRAGMA incremental_vacuum")
+                    .execute(pool)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An instance's outcome in one byte: 0 up, 1 down by assertions, 2 + kind for an error.
+pub fn sample_code(outcome: Outcome, error: Option<crate::model::ErrorKind>) -> u8 {
+    match (outcome, error) {
+        (Outcome::Up, _) => 0,
+        (_, Some(kind)) => ERROR_KINDS
+            .iter()
+            .position(|known| *known == kind)
+            .map_or(1, |at| 2 + at as u8),
+        (_, None) => 1,
+    }
+}

@@ -1,0 +1,832 @@
+//! The status page, rendered on the server: `/` (every check's state, uptime over 24 h / 7 d /
+//! 30 d, a latency sparkline and the failing instances, paged and filtered by state, type,
+//! group and name) and `/checks/{name}` (latency per phase over a chosen range, 90 daily
+//! uptime bars, incidents, and each instance's last result). Charts are inline SVG; the CSS and
+//! the small live-refresh script are embedded in the binary, so the page loads nothing from
+//! the internet and works with JavaScript off. In public mode it never shows targets,
+//! addresses, bodies or error messages: only states, error kinds, uptime and latency. Every
+//! text from the config or a result is escaped by `esc`.
+
+use super::history_api::parse_time;
+pub use super::html::{esc, percent};
+use super::{ApiState, CheckFilter};
+use crate::config::{CheckConfig, CheckSpec, StatusPageMode};
+use crate::history::query::{DayBar, Incident, Point, Uptimes};
+use crate::model::CheckState;
+use crate::results::CheckStatus;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use std::collections::HashMap;
+use std::fmt::Write;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+const CSS: &str = include_str!("../../assets/status.css");
+const JS: &str = include_str!("../../assets/status.js");
+/// Checks per page unless `per` says otherwise, and the most it may say.
+const PER_PAGE: usize = 50;
+const MAX_PER_PAGE: usize = 500;
+/// The phases the latency chart draws, with their colours.
+const CHART_PHASES: [(&str, &str); 5] = [
+    ("resolve", "#8250df"),
+    ("connect", "#0969da"),
+    ("tls", "#1a7f37"),
+    ("processing", "#bc4c00"),
+    ("transfer", "#cf222e"),
+];
+
+/// The page's routes (the router decides who may see them).
+pub fn routes() -> Router<ApiState> {
+    Router::new()
+        .route("/", get(overview))
+        .route("/checks/{name}", get(check_page))
+        .route("/assets/status.css", get(css))
+        .route("/assets/status.js", get(js))
+        .route("/badge/{check}/status.svg", get(super::badge::status))
+        .route("/badge/{check}/uptime/{window}", get(super::badge::uptime))
+}
+
+async fn css() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CACHE_CONTROL, "max-age=3600"),
+        ],
+        CSS,
+    )
+        .into_response()
+}
+
+async fn js() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "max-age=3600"),
+        ],
+        JS,
+    )
+        .into_response()
+}
+
+/// Escapes a query-string value.
+fn url_part(text: &str) -> String {
+    let mut out = String::new();
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-_.~".contains(&byte) {
+            out.push(char::from(byte));
+        } else {
+            let _ = write!(out, "%{byte:02X}");
+        }
+    }
+    out
+}
+
+fn millis_text(seconds: f64) -> String {
+    if seconds >= 1.0 {
+        format!("{seconds:.2} s")
+    } else {
+        format!("{:.1} ms", seconds * 1000.0)
+    }
+}
+
+fn when(at: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(at)
+        .to_string()
+        .replace('T', " ")
+        .replace('Z', " UTC")
+}
+
+fn span(seconds: f64) -> String {
+    humantime::format_duration(Duration::from_secs(seconds.max(0.0) as u64)).to_string()
+}
+
+fn page(title: &str, body: &str) -> Response {
+    let mut html = String::with_capacity(body.len() + 1024);
+    let _ = write!(
+        html,
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <title>{}</title><link rel=\"stylesheet\" href=\"/assets/status.css\"></head><body>\
+         <header><h1><a href=\"/\">bastion status</a></h1>\
+         <span class=\"muted\" id=\"refreshed\">refresh the page for news</span></header>\
+         {body}<script src=\"/assets/status.js\" defer></script></body></html>",
+        esc(title)
+    );
+    ([(header::CACHE_CONTROL, "no-store")], Html(html)).into_response()
+}
+
+fn not_found(what: &str) -> Response {
+    let mut response = page("not found", &format!("<main><p>{}</p></main>", esc(what)));
+    *response.status_mut() = StatusCode::NOT_FOUND;
+    response
+}
+
+fn state_html(state: CheckState) -> String {
+    format!(
+        "<span class=\"state s-{0}\" data-state=\"{0}\">{0}</span>",
+        state.as_str()
+    )
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+pub(super) struct OverviewParams {
+    state: Option<String>,
+    #[serde(rename = "type")]
+    check_type: Option<String>,
+    group: Option<String>,
+    q: Option<String>,
+    page: Option<usize>,
+    per: Option<usize>,
+}
+
+impl OverviewParams {
+    /// The query string for another page with the same filters.
+    fn link(&self, page: usize) -> String {
+        let mut parts = Vec::new();
+        for (key, value) in [
+            ("state", &self.state),
+            ("type", &self.check_type),
+            ("group", &self.group),
+            ("q", &self.q),
+        ] {
+            if let Some(value) = value.as_deref().filter(|v| !v.is_empty()) {
+                parts.push(format!("{key}={}", url_part(value)));
+            }
+        }
+        if let Some(per) = self.per {
+            parts.push(format!("per={per}"));
+        }
+        parts.push(format!("page={page}"));
+        format!("/?{}", parts.join("&amp;"))
+    }
+}
+
+fn status_of(state: &ApiState, check: &CheckConfig) -> (CheckState, Option<CheckStatus>) {
+    let status = state.store.status(&check.name);
+    (
+        status
+            .as_ref()
+            .map_or(CheckState::Ok, |status| status.state),
+        status,
+    )
+}
+
+async fn overview(State(state): State<ApiState>, Query(params): Query<OverviewParams>) -> Response {
+    let public = state.status_page == StatusPageMode::Public;
+    let filter = CheckFilter {
+        state: params.state.clone().filter(|s| !s.is_empty()),
+        check_type: params.check_type.clone().filter(|s| !s.is_empty()),
+        group: params.group.clone().filter(|s| !s.is_empty()),
+        check: None,
+    };
+    if let Err(message) = filter.validate() {
+        let mut response = page(
+            "bad filter",
+            &format!("<main><p>{}</p></main>", esc(&message)),
+        );
+        *response.status_mut() = StatusCode::BAD_REQUEST;
+        return response;
+    }
+    let query = params.q.as_deref().unwrap_or("").trim().to_lowercase();
+    let checks = Arc::clone(&state.checks.borrow());
+    let mut counts: HashMap<CheckState, usize> = HashMap::new();
+    let mut groups: Vec<&str> = Vec::new();
+    let mut matching: Vec<(&CheckConfig, CheckState, Option<CheckStatus>)> = Vec::new();
+    for check in checks.iter() {
+        let (current, status) = status_of(&state, check);
+        *counts.entry(current).or_default() += 1;
+        if let Some(group) = check.group.as_deref() {
+            if !groups.contains(&group) {
+                groups.push(group);
+            }
+        }
+        if filter.matches(check, current)
+            && (query.is_empty() || check.name.to_lowercase().contains(&query))
+        {
+            matching.push((check, current, status));
+        }
+    }
+    groups.sort_unstable();
+    // Failing checks first, then by name.
+    matching.sort_by(|a, b| {
+        severity(b.1)
+            .cmp(&severity(a.1))
+            .then_with(|| a.0.name.cmp(&b.0.name))
+    });
+    let per = params.per.unwrap_or(PER_PAGE).clamp(1, MAX_PER_PAGE);
+    let pages = matching.len().div_ceil(per).max(1);
+    let current_page = params.page.unwrap_or(1).clamp(1, pages);
+    let shown: Vec<_> = matching
+        .iter()
+        .skip((current_page - 1) * per)
+        .take(per)
+        .collect();
+    let names: Vec<String> = shown
+        .iter()
+        .map(|(check, _, _)| check.name.clone())
+        .collect();
+    let now = SystemTime::now();
+    let (uptimes, sparks) = match &state.history {
+        Some(history) => (
+            history.uptimes(&names, now).await.unwrap_or_default(),
+            history
+                .sparklines(&names, 24, now)
+                .await
+                .unwrap_or_default(),
+        ),
+        None => (HashMap::new(), HashMap::new()),
+    };
+
+    let mut body = String::with_capacity(4096 + shown.len() * 1024);
+    body.push_str("<main>");
+    body.push_str("<ul class=\"counts\" aria-label=\"checks by state\">");
+    let _ = write!(
+        body,
+        "<li><a href=\"/\">all <b>{}</b></a></li>",
+        checks.len()
+    );
+    for known in CheckState::ALL {
+        let _ = write!(
+            body,
+            "<li><a href=\"/?state={0}\">{1} <b>{2}</b></a></li>",
+            known.as_str(),
+            state_html(known),
+            counts.get(&known).copied().unwrap_or(0)
+        );
+    }
+    body.push_str("</ul>");
+    filters_form(&mut body, &params, &groups);
+    let _ = write!(
+        body,
+        "<p class=\"muted\" id=\"matching\" data-matching=\"{0}\">{0} checks match; page {1} of {2}.</p>",
+        matching.len(),
+        current_page,
+        pages
+    );
+    body.push_str(
+        "<div class=\"table\"><table id=\"checks\"><thead><tr><th>check</th><th>state</th>\
+         <th>24 h</th><th>7 d</th><th>30 d</th><th class=\"wide\">latency, 24 h</th>\
+         <th class=\"wide\">failing</th></tr></thead><tbody>",
+    );
+    for (check, current, status) in shown {
+        let uptime = uptimes.get(&check.name).copied().unwrap_or_default();
+        let _ = write!(
+            body,
+            "<tr data-check=\"{name}\"><td><a href=\"/checks/{link}\">{name}</a>\
+             <div class=\"muted\">{kind}{group}</div></td><td>{state}</td>",
+            name = esc(&check.name),
+            link = url_part(&check.name),
+            kind = check.check_type(),
+            group = check
+                .group
+                .as_deref()
+                .map(|g| format!(" · {}", esc(g)))
+                .unwrap_or_default(),
+            state = state_html(*current),
+        );
+        uptime_cells(&mut body, &uptime);
+        body.push_str("<td class=\"wide\">");
+        if let Some(line) = sparks.get(&check.name) {
+            sparkline(&mut body, line);
+        }
+        body.push_str("</td><td class=\"wide failing\">");
+        failing_instances(&mut body, status.as_ref(), public);
+        body.push_str("</td></tr>");
+    }
+    body.push_str("</tbody></table></div><nav class=\"pages\">");
+    if current_page > 1 {
+        let _ = write!(
+            body,
+            "<a href=\"{}\" rel=\"prev\">← previous</a>",
+            params.link(current_page - 1)
+        );
+    }
+    if current_page < pages {
+        let _ = write!(
+            body,
+            "<a href=\"{}\" rel=\"next\">next →</a>",
+            params.link(current_page + 1)
+        );
+    }
+    body.push_str("</nav></main>");
+    page("bastion status", &body)
+}
+
+fn severity(state: CheckState) -> u8 {
+    match state {
+        CheckState::Fail => 4,
+        CheckState::PassWait => 3,
+        CheckState::FailWait => 2,
+        CheckState::Warn => 1,
+        CheckState::Ok => 0,
+    }
+}
+
+fn filters_form(body: &mut String, params: &OverviewParams, groups: &[&str]) {
+    let selected = |value: &Option<String>, option: &str| {
+        if value.as_deref() == Some(option) {
+            " selected"
+        } else {
+            ""
+        }
+    };
+    body.push_str("<form class=\"filters\" method=\"get\" action=\"/\"><label>state<select name=\"state\"><option value=\"\">any</option>");
+    for known in CheckState::ALL {
+        let _ = write!(
+            body,
+            "<option{}>{}</option>",
+            selected(&params.state, known.as_str()),
+            known.as_str()
+        );
+    }
+    body.push_str(
+        "</select></label><label>type<select name=\"type\"><option value=\"\">any</option>",
+    );
+    for known in crate::model::CheckType::ALL {
+        let _ = write!(
+            body,
+            "<option{}>{}</option>",
+            selected(&params.check_type, known.as_str()),
+            known.as_str()
+        );
+    }
+    body.push_str(
+        "</select></label><label>group<select name=\"group\"><option value=\"\">any</option>",
+    );
+    for group in groups {
+        let _ = write!(
+            body,
+            "<option{}>{}</option>",
+            selected(&params.group, group),
+            esc(group)
+        );
+    }
+    let _ = write!(
+        body,
+        "</select></label><label>name<input name=\"q\" value=\"{}\" size=\"14\"></label>\
+         <button type=\"submit\">filter</button></form>",
+        esc(params.q.as_deref().unwrap_or(""))
+    );
+}
+
+fn uptime_cells(body: &mut String, uptime: &Uptimes) {
+    for (window, value) in [
+        ("24h", uptime.day),
+        ("7d", uptime.week),
+        ("30d", uptime.month),
+    ] {
+        let _ = write!(
+            body,
+            "<td class=\"num\" data-uptime-{window}=\"{}\">{}</td>",
+            value.map_or_else(String::new, |v| format!("{v:.6}")),
+            percent(value)
+        );
+    }
+}
+
+fn failing_instances(body: &mut String, status: Option<&CheckStatus>, public: bool) {
+    let Some(latest) = status.and_then(|status| status.latest.as_ref()) else {
+        body.push_str("<span class=\"muted\">no result yet</span>");
+        return;
+    };
+    let failing: Vec<_> = latest.responses.iter().filter(|r| !r.passing).collect();
+    if failing.is_empty() {
+        return;
+    }
+    if public {
+        let mut kinds: Vec<&str> = failing.iter().map(|r| describe(r).0).collect();
+        kinds.dedup();
+        let _ = write!(
+            body,
+            "{} of {} instances: {}",
+            latest.failing(),
+            latest.instances(),
+            esc(&kinds.join(", "))
+        );
+        return;
+    }
+    for response in failing.iter().take(3) {
+        let (kind, message) = describe(response);
+        let _ = write!(
+            body,
+            "<div><code>{}</code> {}: {}</div>",
+            esc(&response.target),
+            esc(kind),
+            esc(&message)
+        );
+    }
+    if failing.len() > 3 {
+        let _ = write!(
+            body,
+            "<div class=\"muted\">and {} more</div>",
+            failing.len() - 3
+        );
+    }
+}
+
+/// An instance's error kind and message.
+fn describe(response: &crate::messages::Response) -> (&'static str, String) {
+    crate::history::failure(response)
+}
+
+/// A 120×24 line of hourly medians.
+fn sparkline(body: &mut String, values: &[Option<f64>]) {
+    let max = values.iter().flatten().fold(0.0f64, |a, b| a.max(*b));
+    if max <= 0.0 {
+        return;
+    }
+    let step = 120.0 / (values.len().max(2) - 1) as f64;
+    let mut path = String::new();
+    let mut pen_up = true;
+    for (index, value) in values.iter().enumerate() {
+        match value {
+            Some(value) => {
+                let x = index as f64 * step;
+                let y = 22.0 - value / max * 20.0;
+                let _ = write!(path, "{}{x:.1},{y:.1} ", if pen_up { "M" } else { "L" });
+                pen_up = false;
+            }
+            None => pen_up = true,
+        }
+    }
+    // An hour with no neighbour still shows, as a dot.
+    let mut dots = String::new();
+    for (index, value) in values.iter().enumerate() {
+        let alone = |other: Option<usize>| {
+            other
+                .and_then(|o| values.get(o))
+                .is_none_or(Option::is_none)
+        };
+        if let Some(value) = value {
+            if alone(index.checked_sub(1)) && alone(Some(index + 1)) {
+                let _ = write!(
+                    dots,
+                    "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"1.8\"/>",
+                    index as f64 * step,
+                    22.0 - value / max * 20.0
+                );
+            }
+        }
+    }
+    let last = values.iter().rev().flatten().next().copied().unwrap_or(0.0);
+    let _ = write!(
+        body,
+        "<svg width=\"124\" height=\"26\" viewBox=\"-2 -1 124 26\" role=\"img\" aria-label=\"median latency per hour, last {}\">\
+         <path d=\"{path}\" fill=\"none\" stroke=\"currentColor\" stroke-width=\"1.5\"/><g fill=\"currentColor\">{dots}</g></svg> \
+         <span class=\"muted\">{}</span>",
+        millis_text(last),
+        millis_text(last)
+    );
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+pub(super) struct CheckParams {
+    range: Option<String>,
+}
+
+const RANGES: [&str; 6] = ["15m", "1h", "6h", "24h", "7d", "30d"];
+
+async fn check_page(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+    Query(params): Query<CheckParams>,
+) -> Response {
+    let public = state.status_page == StatusPageMode::Public;
+    let checks = Arc::clone(&state.checks.borrow());
+    let Some(check) = checks.iter().find(|check| check.name == name) else {
+        return not_found(&format!("no check is named `{name}`"));
+    };
+    let range = params
+        .range
+        .as_deref()
+        .filter(|range| RANGES.contains(range))
+        .unwrap_or("24h");
+    let now = SystemTime::now();
+    let from = parse_time(range, now).unwrap_or(now);
+    let (current, status) = status_of(&state, check);
+    let mut body = String::with_capacity(16 * 1024);
+    let _ = write!(
+        body,
+        "<main><p><a href=\"/\">← all checks</a></p><h2 id=\"check\" data-check=\"{name}\">{name} {state}</h2>\
+         <dl class=\"facts\"><dt>type</dt><dd>{kind}</dd><dt>every</dt><dd>{every}</dd>\
+         <dt>since</dt><dd>{since}</dd>",
+        name = esc(&check.name),
+        state = state_html(current),
+        kind = check.check_type(),
+        every = humantime::format_duration(check.interval),
+        since = status.as_ref().map_or_else(String::new, |s| when(s.since)),
+    );
+    if let Some(group) = &check.group {
+        let _ = write!(body, "<dt>group</dt><dd>{}</dd>", esc(group));
+    }
+    if !public {
+        let _ = write!(
+            body,
+            "<dt>target</dt><dd><code>{}</code></dd>",
+            esc(&target(check))
+        );
+    }
+    let Some(history) = &state.history else {
+        body.push_str("</dl>");
+        instances_table(&mut body, status.as_ref(), public);
+        body.push_str("<p class=\"muted\">This agent keeps no history.</p></main>");
+        return page(&check.name, &body);
+    };
+    let uptime = history
+        .uptimes(std::slice::from_ref(&name), now)
+        .await
+        .ok()
+        .and_then(|mut all| all.remove(&name))
+        .unwrap_or_default();
+    for (window, value) in [
+        ("24h", uptime.day),
+        ("7d", uptime.week),
+        ("30d", uptime.month),
+    ] {
+        let _ = write!(
+            body,
+            "<dt>uptime {window}</dt><dd data-uptime-{window}=\"{}\">{}</dd>",
+            value.map_or_else(String::new, |v| format!("{v:.6}")),
+            percent(value)
+        );
+    }
+    body.push_str("</dl>");
+
+    body.push_str("<section><h2>Latency, median per phase</h2><p class=\"ranges\">");
+    for option in RANGES {
+        let _ = write!(
+            body,
+            "<a href=\"/checks/{}?range={option}\"{}>{option}</a>",
+            url_part(&check.name),
+            if option == range { " class=\"on\"" } else { "" }
+        );
+    }
+    body.push_str("</p>");
+    match history.series(&name, from, now, None, false).await {
+        Ok(series) => latency_chart(&mut body, &series.points, from, now),
+        Err(error) => {
+            let _ = write!(body, "<p class=\"muted\">{}</p>", esc(&error.to_string()));
+        }
+    }
+    body.push_str("</section><section><h2>Uptime per day, last 90 days</h2>");
+    if let Ok(bars) = history.daily_bars(&name, 90, now).await {
+        uptime_bars(&mut body, &bars);
+    }
+    body.push_str("</section><section><h2>Incidents, last 90 days</h2>");
+    let since = now
+        .checked_sub(Duration::from_secs(90 * 86_400))
+        .unwrap_or(now);
+    match history.incidents(Some(&name), since, 50, now).await {
+        Ok(incidents) if incidents.is_empty() => body.push_str("<p class=\"muted\">None.</p>"),
+        Ok(incidents) => {
+            body.push_str("<div id=\"incidents\">");
+            for incident in &incidents {
+                incident_html(&mut body, incident, public);
+            }
+            body.push_str("</div>");
+        }
+        Err(error) => {
+            let _ = write!(body, "<p class=\"muted\">{}</p>", esc(&error.to_string()));
+        }
+    }
+    body.push_str("</section>");
+    instances_table(&mut body, status.as_ref(), public);
+    body.push_str("</main>");
+    page(&check.name, &body)
+}
+
+/// What a check probes, for private pages only.
+fn target(check: &CheckConfig) -> String {
+    match &check.spec {
+        CheckSpec::Http(spec) => spec.url.clone(),
+        CheckSpec::Tcp(spec) => spec.address.clone(),
+        CheckSpec::Dns(spec) => format!("{:?} {}", spec.record_type, spec.query),
+        CheckSpec::Tls(spec) => spec.address.clone(),
+        CheckSpec::Icmp(spec) => spec.host.clone(),
+        CheckSpec::Grpc(spec) => spec.address.clone(),
+    }
+}
+
+/// A 720×220 chart of the p50 of each phase per step.
+fn latency_chart(body: &mut String, points: &[Point], from: SystemTime, to: SystemTime) {
+    let (width, height, left, bottom) = (720.0, 220.0, 56.0, 24.0);
+    let plot_w = width - left - 8.0;
+    let plot_h = height - bottom - 8.0;
+    let max = points
+        .iter()
+        .flat_map(|p| {
+            CHART_PHASES
+                .iter()
+                .filter_map(|(phase, _)| p.latency.get(phase))
+        })
+        .fold(0.0f64, |a, b| a.max(b.p50));
+    if max <= 0.0 {
+        body.push_str("<p class=\"muted\">No passing runs in this range.</p>");
+        return;
+    }
+    let span = to
+        .duration_since(from)
+        .unwrap_or_default()
+        .as_secs_f64()
+        .max(1.0);
+    let x_of = |at: SystemTime| {
+        left + at.duration_since(from).unwrap_or_default().as_secs_f64() / span * plot_w
+    };
+    let _ = write!(
+        body,
+        "<svg class=\"chart\" id=\"latency\" viewBox=\"0 0 {width} {height}\" role=\"img\" aria-label=\"median latency per phase\">\
+         <g stroke=\"currentColor\" stroke-opacity=\".2\">"
+    );
+    for tick in 0..=4 {
+        let y = 8.0 + plot_h * f64::from(tick) / 4.0;
+        let value = max * f64::from(4 - tick) / 4.0;
+        let _ = write!(
+            body,
+            "<line x1=\"{left}\" x2=\"{}\" y1=\"{y:.1}\" y2=\"{y:.1}\"/>\
+             <text x=\"{}\" y=\"{:.1}\" fill=\"currentColor\" fill-opacity=\"1\" stroke=\"none\" font-size=\"10\" text-anchor=\"end\">{}</text>",
+            width - 8.0,
+            left - 4.0,
+            y + 3.0,
+            millis_text(value)
+        );
+    }
+    let _ = write!(
+        body,
+        "</g><text x=\"{left}\" y=\"{}\" font-size=\"10\" fill=\"currentColor\">{}</text>\
+         <text x=\"{}\" y=\"{}\" font-size=\"10\" fill=\"currentColor\" text-anchor=\"end\">{}</text>",
+        height - 6.0,
+        when(from),
+        width - 8.0,
+        height - 6.0,
+        when(to)
+    );
+    for (phase, colour) in CHART_PHASES {
+        let mut path = String::new();
+        let mut dots = String::new();
+        let mut pen_up = true;
+        for point in points {
+            match point.latency.get(phase) {
+                Some(figures) if figures.samples > 0 => {
+                    let x = x_of(point.start);
+                    let y = 8.0 + plot_h - figures.p50 / max * plot_h;
+                    let _ = write!(path, "{}{x:.1},{y:.1} ", if pen_up { "M" } else { "L" });
+                    let _ = write!(
+                        dots,
+                        "<circle cx=\"{x:.1}\" cy=\"{y:.1}\" r=\"1.8\"><title>{phase} {}: p50 {}, p90 {}, p99 {}</title></circle>",
+                        when(point.start),
+                        millis_text(figures.p50),
+                        millis_text(figures.p90),
+                        millis_text(figures.p99)
+                    );
+                    pen_up = false;
+                }
+                _ => pen_up = true,
+            }
+        }
+        if !path.is_empty() {
+            let _ = write!(
+                body,
+                "<path d=\"{path}\" fill=\"none\" stroke=\"{colour}\" stroke-width=\"1.8\"><title>{phase}</title></path><g fill=\"{colour}\">{dots}</g>"
+            );
+        }
+    }
+    body.push_str("</svg><ul class=\"legend\">");
+    for (phase, colour) in CHART_PHASES {
+        let _ = write!(
+            body,
+            "<li><i style=\"background:{colour}\"></i>{phase}</li>"
+        );
+    }
+    body.push_str("</ul>");
+}
+
+fn bar_colour(uptime: Option<f64>) -> &'static str {
+    match uptime {
+        None => "var(--none)",
+        Some(u) if u >= 0.999 => "var(--ok)",
+        Some(u) if u >= 0.99 => "var(--warn)",
+        Some(_) => "var(--fail)",
+    }
+}
+
+fn uptime_bars(body: &mut String, bars: &[DayBar]) {
+    let width = bars.len() as f64 * 8.0;
+    let _ = write!(
+        body,
+        "<svg class=\"chart\" id=\"daily\" viewBox=\"0 0 {width} 34\" role=\"img\" aria-label=\"uptime per day\">"
+    );
+    for (index, bar) in bars.iter().enumerate() {
+        let day = humantime::format_rfc3339_seconds(bar.day).to_string();
+        let _ = write!(
+            body,
+            "<rect x=\"{}\" y=\"2\" width=\"6\" height=\"30\" rx=\"1\" style=\"fill:{}\"><title>{}: {} ({} runs, {} down)</title></rect>",
+            index as f64 * 8.0,
+            bar_colour(bar.uptime),
+            &day[..10.min(day.len())],
+            percent(bar.uptime),
+            bar.runs,
+            bar.down
+        );
+    }
+    body.push_str("</svg><p class=\"muted\">Green: at least 99.9 %; amber: at least 99 %; red: less; grey: no runs.</p>");
+}
+
+fn incident_html(body: &mut String, incident: &Incident, public: bool) {
+    let _ = write!(
+        body,
+        "<div class=\"incident{}\" data-incident=\"{}\" data-duration=\"{}\"><b>{}</b> from {} {}, {}",
+        if incident.open { "" } else { " ended" },
+        incident.id,
+        incident.duration_seconds,
+        if incident.open { "ongoing" } else { "ended" },
+        when(incident.started_at),
+        incident
+            .ended_at
+            .map(|end| format!("to {}", when(end)))
+            .unwrap_or_default(),
+        span(incident.duration_seconds),
+    );
+    if incident.interrupted {
+        body.push_str(" <span class=\"muted\">(closed by a restart of the agent)</span>");
+    }
+    body.push_str("<div class=\"failing\">");
+    for cause in &incident.cause {
+        let kind = cause
+            .error_kind
+            .map_or("status or assertion", |kind| kind.as_str());
+        if public {
+            let _ = write!(body, "<div>{}</div>", esc(kind));
+        } else {
+            let _ = write!(
+                body,
+                "<div><code>{}</code> {}: {}</div>",
+                esc(&cause.instance),
+                esc(kind),
+                esc(cause.message.as_deref().unwrap_or(""))
+            );
+        }
+    }
+    body.push_str("</div></div>");
+}
+
+fn instances_table(body: &mut String, status: Option<&CheckStatus>, public: bool) {
+    body.push_str("<section><h2>Instances, last run</h2>");
+    let Some(latest) = status.and_then(|status| status.latest.as_ref()) else {
+        body.push_str("<p class=\"muted\">No result yet.</p></section>");
+        return;
+    };
+    let _ = write!(
+        body,
+        "<p class=\"muted\">Run at {}.</p><div class=\"table\"><table id=\"instances\"><thead><tr>\
+         <th>instance</th><th>result</th><th>total</th><th class=\"wide\">error</th></tr></thead><tbody>",
+        when(latest.finished_at)
+    );
+    for (index, response) in latest.responses.iter().enumerate() {
+        let name = if public {
+            format!("instance {}", index + 1)
+        } else {
+            response.target.clone()
+        };
+        let result = if response.passing {
+            "<span class=\"state s-OK\">pass</span>"
+        } else {
+            "<span class=\"state s-FAIL\">fail</span>"
+        };
+        let error = if response.passing {
+            String::new()
+        } else {
+            let (kind, message) = describe(response);
+            if public {
+                esc(kind)
+            } else {
+                format!("{}: {}", esc(kind), esc(&message))
+            }
+        };
+        let _ = write!(
+            body,
+            "<tr><td><code>{}</code></td><td>{result}</td><td class=\"num\">{}</td><td class=\"wide\">{error}</td></tr>",
+            esc(&name),
+            millis_text(response.timings.total)
+        );
+    }
+    body.push_str("</tbody></table></div></section>");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_is_escaped_for_html_and_urls() {
+        assert_eq!(
+            esc("<a href=\"x\">&'"),
+            "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
+        );
+        assert_eq!(url_part("a b/c"), "a%20b%2Fc");
+        assert_eq!(percent(Some(0.99951)), "99.95%");
+        assert_eq!(percent(None), "–");
+    }
+}
