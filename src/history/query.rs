@@ -85,6 +85,13 @@ pub struct Uptimes {
     pub month: Option<f64>,
 }
 
+impl Uptimes {
+    /// Each window with its name as the API spells it, shortest first.
+    pub fn windows(&self) -> [(&'static str, Option<f64>); 3] {
+        [("24h", self.day), ("7d", self.week), ("30d", self.month)]
+    }
+}
+
 /// One day's bar.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct DayBar {

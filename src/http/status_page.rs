@@ -373,11 +373,7 @@ fn filters_form(body: &mut String, params: &OverviewParams, groups: &[&str]) {
 }
 
 fn uptime_cells(body: &mut String, uptime: &Uptimes) {
-    for (window, value) in [
-        ("24h", uptime.day),
-        ("7d", uptime.week),
-        ("30d", uptime.month),
-    ] {
+    for (window, value) in uptime.windows() {
         let _ = write!(
             body,
             "<td class=\"num\" data-uptime-{window}=\"{}\">{}</td>",
@@ -541,11 +537,7 @@ async fn check_page(
         .ok()
         .and_then(|mut all| all.remove(&name))
         .unwrap_or_default();
-    for (window, value) in [
-        ("24h", uptime.day),
-        ("7d", uptime.week),
-        ("30d", uptime.month),
-    ] {
+    for (window, value) in uptime.windows() {
         let _ = write!(
             body,
             "<dt>uptime {window}</dt><dd data-uptime-{window}=\"{}\">{}</dd>",
