@@ -452,9 +452,10 @@ pub fn api_base(config: &Config) -> String {
         .to_string()
 }
 
-/// The link to the agent's API for a check.
+/// The link to the agent's API for a check: the one-check endpoint (check names are made of
+/// `a-z0-9_-`, so they need no escaping in a path).
 pub fn check_link(api_base: &str, check: &str) -> String {
-    format!("{api_base}/api/v1/checks?check={check}")
+    format!("{api_base}/api/v1/checks/{check}")
 }
 
 /// `bastion notify test`: sends one test notification to the named notifier, once, without
