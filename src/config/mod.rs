@@ -346,7 +346,8 @@ impl Config {
                             .next()
                             .is_some_and(|user| user.contains(':'))
                 })
-            }) {
+            }) || url.to_ascii_lowercase().contains("password=")
+            {
                 return Err(
                     "history.url holds a password; put it in a file named by history.password_file"
                         .to_string(),
@@ -432,6 +433,23 @@ mod tests {
     use super::*;
     use crate::model::CheckType;
     use serde::Deserialize;
+
+    #[test]
+    fn a_history_url_with_a_password_is_refused_in_either_form() {
+        for url in [
+            "postgres://bastion:secret@db:5432/history",
+            "postgres://bastion@db:5432/history?password=secret",
+        ] {
+            let text = format!("[history]\nurl = \"{url}\"\n");
+            let error = Config::parse(&text, Format::Toml, Path::new("c.toml"))
+                .expect_err("a password in the URL is refused");
+            let shown = error.to_string();
+            assert!(shown.contains("history.password_file"), "{shown}");
+            assert!(!shown.contains("secret"), "{shown}");
+        }
+        let text = "[history]\nurl = \"postgres://bastion@db:5432/history\"\n";
+        assert!(Config::parse(text, Format::Toml, Path::new("c.toml")).is_ok());
+    }
 
     #[test]
     fn line_and_column_counts_from_one() {

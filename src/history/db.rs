@@ -159,12 +159,67 @@ impl Db {
     }
 }
 
-/// Drops anything between `://` and `@` from a text that may quote a URL.
+/// Drops the user information (`user:password@`) of every URL in a text that may quote one,
+/// and the value of any `password=` parameter: error texts of the database driver can quote
+/// the URL they were given.
 pub fn redact(text: &str) -> String {
-    match (text.find("://"), text.find('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            format!("{}://…{}", &text[..scheme], &text[at..])
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(scheme) = rest.find("://") {
+        let (head, tail) = rest.split_at(scheme + 3);
+        out.push_str(head);
+        let end = tail
+            .find(|c: char| c == '/' || c == '?' || c == '#' || c.is_whitespace())
+            .unwrap_or(tail.len());
+        let authority = &tail[..end];
+        // The last `@` ends the user information: a password may hold an unencoded `@`.
+        match authority.rfind('@') {
+            Some(at) => {
+                out.push('…');
+                out.push_str(&authority[at..]);
+            }
+            None => out.push_str(authority),
         }
-        _ => text.to_string(),
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    redact_password_parameters(&out)
+}
+
+fn redact_password_parameters(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.to_ascii_lowercase().find("password=") {
+        let (head, tail) = rest.split_at(at + "password=".len());
+        out.push_str(head);
+        out.push('…');
+        let end = tail
+            .find(|c: char| c == '&' || c == '#' || c.is_whitespace())
+            .unwrap_or(tail.len());
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn redact_drops_user_information_and_password_parameters() {
+        assert_eq!(
+            redact("cannot connect to postgres://u:p@ss@db:5432/h: refused"),
+            "cannot connect to postgres://…@db:5432/h: refused"
+        );
+        assert_eq!(
+            redact("user@example: postgres://bastion:secret@db/h and http://x/y"),
+            "user@example: postgres://…@db/h and http://x/y"
+        );
+        assert_eq!(
+            redact("postgres://db/h?sslmode=disable&Password=s3cret&x=1"),
+            "postgres://db/h?sslmode=disable&Password=…&x=1"
+        );
+        assert_eq!(redact("no url here"), "no url here");
     }
 }

@@ -372,6 +372,14 @@ fn filters_form(body: &mut String, params: &OverviewParams, groups: &[&str]) {
     );
 }
 
+/// What a page says when history cannot be read: a fixed sentence, never the database's own
+/// text (it may name hosts and users, and a public page shows no error message); the
+/// redacted error goes to the log.
+fn unreadable_history(body: &mut String, error: &crate::history::HistoryError) {
+    tracing::warn!(error = %crate::history::db::redact(&error.to_string()), "history query failed");
+    body.push_str("<p class=\"muted\">History could not be read; the agent's log says why.</p>");
+}
+
 fn uptime_cells(body: &mut String, uptime: &Uptimes) {
     for (window, value) in uptime.windows() {
         let _ = write!(
@@ -559,9 +567,7 @@ async fn check_page(
     body.push_str("</p>");
     match history.series(&name, from, now, None, false).await {
         Ok(series) => latency_chart(&mut body, &series.points, from, now),
-        Err(error) => {
-            let _ = write!(body, "<p class=\"muted\">{}</p>", esc(&error.to_string()));
-        }
+        Err(error) => unreadable_history(&mut body, &error),
     }
     body.push_str("</section><section><h2>Uptime per day, last 90 days</h2>");
     if let Ok(bars) = history.daily_bars(&name, 90, now).await {
@@ -580,9 +586,7 @@ async fn check_page(
             }
             body.push_str("</div>");
         }
-        Err(error) => {
-            let _ = write!(body, "<p class=\"muted\">{}</p>", esc(&error.to_string()));
-        }
+        Err(error) => unreadable_history(&mut body, &error),
     }
     body.push_str("</section>");
     instances_table(&mut body, status.as_ref(), public);
