@@ -82,6 +82,9 @@ fn the_deb_installs_upgrades_keeping_a_changed_config_and_purges() {
         unit.contains("ExecStart=/usr/bin/bastion run --config /etc/bastion/bastion.toml"),
         "{unit}"
     );
+    // The static user that owns /var/lib/bastion runs it, not a dynamic one.
+    assert!(unit.contains("\nUser=bastion\nGroup=bastion\n"), "{unit}");
+    assert!(!unit.contains("DynamicUser="), "{unit}");
     let version = root.ok(&["bastion", "--version"]);
     assert!(version.starts_with("bastion 0.1.0\ncommit: "), "{version}");
 
