@@ -201,6 +201,10 @@ pub struct MaintenanceConfig {
 /// The names `days` accepts, Monday first.
 pub const WEEKDAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
 
+/// The longest `repeat_interval`: a reminder rarer than monthly is no reminder, and
+/// Alertmanager alerts last four of them.
+const MAX_REPEAT_INTERVAL: Duration = Duration::from_secs(30 * 86_400);
+
 /// Checks the notification sections against themselves and the checks.
 pub(super) fn validate(config: &super::Config) -> Result<(), String> {
     let mut names = HashSet::new();
@@ -233,10 +237,10 @@ pub(super) fn validate(config: &super::Config) -> Result<(), String> {
         }
         if notifier
             .repeat_interval
-            .is_some_and(|every| every < Duration::from_secs(1))
+            .is_some_and(|every| every < Duration::from_secs(1) || every > MAX_REPEAT_INTERVAL)
         {
             return Err(format!(
-                "notifier `{name}`: repeat_interval must be at least 1s"
+                "notifier `{name}`: repeat_interval must be between 1s and 30days; leave it out to send no reminders"
             ));
         }
         validate_spec(name, &notifier.spec)?;

@@ -25,6 +25,12 @@ pub const KIND: NotifierKind = NotifierKind {
 /// The `alertname` of every alert bastion sends.
 pub const ALERTNAME: &str = "BastionCheckFailing";
 
+/// The `alertname` of the alert `bastion notify test` sends.
+pub const TEST_ALERTNAME: &str = "BastionNotificationTest";
+
+/// How long the test alert stays active in Alertmanager.
+const TEST_ALERT_LASTS: Duration = Duration::from_secs(300);
+
 #[derive(Debug)]
 struct Alertmanager {
     client: reqwest::Client,
@@ -48,8 +54,14 @@ fn build(
         endpoint: format!("{}/api/v2/alerts", spec.url.trim_end_matches('/')),
         labels: spec.labels.clone(),
         timeout: config.timeout,
-        valid_for: resend * 4,
+        valid_for: resend.saturating_mul(4),
     }))
+}
+
+/// `now + after`, or now when that lies beyond what the clock can hold.
+fn later(after: Duration) -> SystemTime {
+    let now = SystemTime::now();
+    now.checked_add(after).unwrap_or(now)
 }
 
 /// One postable alert of the v2 API.
@@ -67,10 +79,16 @@ struct PostableAlert {
 impl Alertmanager {
     fn labels(&self, notification: &Notification, severity: Severity) -> BTreeMap<String, String> {
         let mut labels = self.labels.clone();
-        labels.insert("alertname".to_string(), ALERTNAME.to_string());
+        // A test (`bastion notify test`) must reach Alertmanager's routes without paging
+        // anyone as a failure would: its own alertname and an `info` severity.
+        let (alertname, severity) = match notification.event {
+            Event::Test => (TEST_ALERTNAME, "info"),
+            Event::Firing | Event::Resolved => (ALERTNAME, severity.as_str()),
+        };
+        labels.insert("alertname".to_string(), alertname.to_string());
         labels.insert("check".to_string(), notification.check.clone());
         labels.insert("type".to_string(), notification.check_type.to_string());
-        labels.insert("severity".to_string(), severity.as_str().to_string());
+        labels.insert("severity".to_string(), severity.to_string());
         labels
     }
 
@@ -86,7 +104,9 @@ impl Alertmanager {
         let starts_at = super::rfc3339(notification.started_at);
         let ends_at = match notification.event {
             Event::Resolved => notification.at,
-            Event::Firing | Event::Test => SystemTime::now() + self.valid_for,
+            Event::Firing => later(self.valid_for),
+            // A test alert ends by itself: nothing will resolve it.
+            Event::Test => later(TEST_ALERT_LASTS),
         };
         let mut alerts = vec![PostableAlert {
             labels: self.labels(notification, notification.severity),

@@ -699,9 +699,9 @@ fn get_json(port: u16, path: &str) -> Option<serde_json::Value> {
     (status == 200).then(|| serde_json::from_str(&body).ok())?
 }
 
-#[test]
-fn alertmanager_shows_the_alert_while_failing_and_resolves_it_after_recovery() {
-    let dir = scratch_dir("notify-am");
+/// A real Alertmanager on a random port with a route to nowhere, answering its API.
+fn start_alertmanager(name: &str) -> (Killed, u16) {
+    let dir = scratch_dir(name);
     let am_config = write(
         &dir,
         "alertmanager.yml",
@@ -724,6 +724,46 @@ fn alertmanager_shows_the_alert_while_failing_and_resolves_it_after_recovery() {
         assert!(Instant::now() < deadline, "alertmanager never answered");
         std::thread::sleep(Duration::from_millis(100));
     }
+    (am, am_port)
+}
+
+#[test]
+fn notify_test_reaches_alertmanager_as_an_info_alert_that_ends_by_itself() {
+    let (_am, am_port) = start_alertmanager("notify-am-test");
+    let dir = scratch_dir("notify-am-test-config");
+    let path = write(
+        &dir,
+        "notify.toml",
+        &format!("[[notifiers]]\nname = \"am\"\ntype = \"alertmanager\"\nurl = \"http://127.0.0.1:{am_port}\"\n"),
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_bastion"))
+        .args(["notify", "test", "--notifier", "am", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let alerts = get_json(am_port, "/api/v2/alerts").expect("alertmanager answers");
+    let alerts = alerts.as_array().unwrap();
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    let alert = &alerts[0];
+    // Routed apart from failures: no `BastionCheckFailing`, no paging severity.
+    assert_eq!(alert["labels"]["alertname"], "BastionNotificationTest");
+    assert_eq!(alert["labels"]["severity"], "info");
+    assert_eq!(alert["labels"]["check"], "bastion-test");
+    assert_eq!(alert["status"]["state"], "active");
+    let ends = humantime::parse_rfc3339_weak(alert["endsAt"].as_str().unwrap()).unwrap();
+    let left = ends
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or_default();
+    assert!(
+        left > Duration::from_secs(60) && left <= Duration::from_secs(300),
+        "the test alert ends by itself within 5 minutes: {left:?}"
+    );
+}
+
+#[test]
+fn alertmanager_shows_the_alert_while_failing_and_resolves_it_after_recovery() {
+    let (am, am_port) = start_alertmanager("notify-am");
     let target = target();
     let listen = free_port();
     let config = format!(
@@ -1056,6 +1096,10 @@ fn notifier_and_maintenance_mistakes_are_config_errors_that_say_what_to_fix() {
             (&hook("url_file = \"/x\"\n"), "set exactly one of url and url_file"),
             (&hook("queue_size = 0\n"), "queue_size must be at least 1"),
             (&hook("max_attempts = 0\n"), "max_attempts must be at least 1"),
+            (
+                "[[notifiers]]\nname = \"am\"\ntype = \"alertmanager\"\nurl = \"http://x\"\nrepeat_interval = \"200000000000y\"\n",
+                "repeat_interval must be between 1s and 30days",
+            ),
             (
                 "[[notifiers]]\nname = \"am\"\ntype = \"alertmanager\"\nurl = \"ftp://x\"\n",
                 "url must start with http:// or https://",
