@@ -19,6 +19,9 @@ use std::time::{Duration, SystemTime};
 /// The most points one series may have.
 pub const MAX_POINTS: u64 = 2_000;
 
+/// The longest step a query may ask for: ten years, beyond any retention.
+const MAX_STEP_SECONDS: u64 = 10 * 366 * 86_400;
+
 /// Read access to history; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct HistoryReader {
@@ -303,6 +306,13 @@ impl HistoryReader {
             .as_secs()
             .max(1);
         let step = match step {
+            Some(step) if step.as_secs() > MAX_STEP_SECONDS => {
+                return Err(HistoryError::BadQuery(format!(
+                    "a step of {} is longer than the {} history can span; use a shorter step",
+                    humantime::format_duration(step),
+                    humantime::format_duration(Duration::from_secs(MAX_STEP_SECONDS))
+                )));
+            }
             Some(step) => step.as_secs().max(1),
             // About 60 points: 10 s steps and up, whole minutes past a minute.
             None if range <= 3_600 => (range / 60).max(10).div_ceil(10) * 10,
@@ -357,8 +367,11 @@ impl HistoryReader {
         };
         let start_ms = millis(from);
         let step_ms = i64::try_from(step).unwrap_or(i64::MAX / 1000) * 1000;
-        let steps =
-            usize::try_from(((millis(to) - start_ms).max(1) + step_ms - 1) / step_ms).unwrap_or(1);
+        // `plan` bounds the count; the clamp keeps a mistake there from becoming an allocation
+        // the size of the request's numbers.
+        let steps = usize::try_from(((millis(to) - start_ms).max(1) + step_ms - 1) / step_ms)
+            .unwrap_or(1)
+            .min(MAX_POINTS as usize + 1);
         let mut whole: Vec<Acc> = vec![Acc::default(); steps];
         let mut per_instance: BTreeMap<i64, Vec<Acc>> = BTreeMap::new();
         let exact = source == Source::Runs;
