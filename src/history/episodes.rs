@@ -35,6 +35,9 @@ pub enum IncidentOp {
     Close {
         check: Arc<str>,
         ended_at: SystemTime,
+        /// The check left the config while failing: how the incident would have ended is
+        /// unknown.
+        interrupted: bool,
     },
 }
 
@@ -111,6 +114,7 @@ impl Episodes {
             (Fail | PassWait, Ok | Warn) => Some(IncidentOp::Close {
                 check: Arc::clone(&transition.check),
                 ended_at: episode.recovering_since.take().unwrap_or(transition.at),
+                interrupted: false,
             }),
             (FailWait, _) => {
                 episode.pending = None;
@@ -120,10 +124,20 @@ impl Episodes {
         }
     }
 
-    /// Forgets a check's episode (it was removed); an open incident stays open in the table
-    /// until the check fails and recovers again or history closes it at the next start.
-    pub fn forget(&mut self, check: &str) {
-        self.checks.remove(check);
+    /// Forgets a check's episode (a reload removed or changed it); an incident still open is
+    /// closed at `at`, marked interrupted.
+    pub fn forget(
+        &mut self,
+        check: Arc<str>,
+        incident_open: bool,
+        at: SystemTime,
+    ) -> Option<IncidentOp> {
+        self.checks.remove(&check);
+        incident_open.then_some(IncidentOp::Close {
+            check,
+            ended_at: at,
+            interrupted: true,
+        })
     }
 }
 
@@ -194,9 +208,32 @@ mod tests {
             close,
             Some(IncidentOp::Close {
                 check: Arc::from("web"),
-                ended_at: at(300)
+                ended_at: at(300),
+                interrupted: false,
             })
         );
+    }
+
+    #[test]
+    fn forgetting_a_failing_check_closes_its_incident_as_interrupted() {
+        let mut episodes = Episodes::default();
+        assert!(matches!(
+            episodes.on_transition(&change(10, Ok, Fail)),
+            Some(IncidentOp::Open { .. })
+        ));
+        assert_eq!(
+            episodes.forget(Arc::from("web"), true, at(50)),
+            Some(IncidentOp::Close {
+                check: Arc::from("web"),
+                ended_at: at(50),
+                interrupted: true,
+            })
+        );
+        assert!(
+            episodes.checks.is_empty(),
+            "the episode is gone with the check"
+        );
+        assert_eq!(episodes.forget(Arc::from("web"), false, at(60)), None);
     }
 
     #[test]

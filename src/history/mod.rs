@@ -151,6 +151,13 @@ pub struct TransitionRecord {
 pub enum Record {
     Run(RunRecord),
     Transition(TransitionRecord),
+    /// A reload removed or changed the check: its episode ends here, and an incident still
+    /// open (`incident_open`) is closed as interrupted at `at`.
+    Forget {
+        check: Arc<str>,
+        incident_open: bool,
+        at: SystemTime,
+    },
 }
 
 /// Milliseconds since the Unix epoch (0 before it).
@@ -280,6 +287,15 @@ impl Recorder {
 
     pub fn transition(&self, record: TransitionRecord) {
         self.send(Record::Transition(record));
+    }
+
+    /// The check was removed or changed by a reload.
+    pub fn forget(&self, check: &str, incident_open: bool, at: SystemTime) {
+        self.send(Record::Forget {
+            check: Arc::from(check),
+            incident_open,
+            at,
+        });
     }
 
     fn send(&self, record: Record) {

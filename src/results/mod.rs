@@ -258,7 +258,15 @@ impl Sink {
 
     fn forget(&mut self, check: &str) {
         self.metrics.forget_check_results(check);
-        self.trackers.remove(check);
+        let tracker = self.trackers.remove(check);
+        // An incident open for a check that a reload removed or changed would otherwise
+        // stay open: nothing will ever record its recovery.
+        let incident_open = tracker.is_some_and(|tracker| {
+            matches!(tracker.state(), CheckState::Fail | CheckState::PassWait)
+        });
+        if let Some(history) = self.history.as_ref().filter(|_| self.leads()) {
+            history.forget(check, incident_open, SystemTime::now());
+        }
         self.store.remove(check);
         if let Some(notifications) = &self.notifications {
             notifications.forget(check);
