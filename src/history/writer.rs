@@ -224,6 +224,15 @@ impl Writer {
                 }
                 self.pending.transitions.push(transition);
             }
+            Record::Forget {
+                check,
+                incident_open,
+                at,
+            } => {
+                if let Some(op) = self.episodes.forget(check, incident_open, at) {
+                    self.pending.incidents.push(op);
+                }
+            }
         }
     }
 
@@ -449,6 +458,14 @@ impl Writer {
         deltas: HashMap<RollupKey, Rollup>,
     ) -> Result<HashMap<RollupKey, Rollup>, super::HistoryError> {
         let mut merged: HashMap<RollupKey, Rollup> = HashMap::with_capacity(deltas.len());
+        let lock = match &self.db {
+            super::db::Db::Postgres(_) if !self.sole_writer => " FOR UPDATE",
+            _ => "",
+        };
+        let rollup_select = format!(
+            "SELECT runs, down, unmeasured, hist FROM rollups \
+             WHERE tier = $1 AND check_id = $2 AND instance_id = $3 AND bucket = $4{lock}"
+        );
         on_pool!(&self.db, pool => {
             let mut tx = pool.begin().await?;
             for run in &self.pending.runs {
@@ -465,12 +482,13 @@ impl Writer {
                 .await?;
             }
             for (key, delta) in deltas {
-                let base = match self.rollups.get(&key) {
+                // The cache holds what this writer wrote last. With HA checkers another one
+                // may have written since (the lease moved there and back), so the row is read
+                // again, locked on PostgreSQL until the transaction ends.
+                let cached = if self.sole_writer { self.rollups.get(&key) } else { None };
+                let base = match cached {
                     Some(cached) => Some(cached.clone()),
-                    None => sqlx::query_as::<_, (i64, i64, i64, Vec<u8>)>(
-                        "SELECT runs, down, unmeasured, hist FROM rollups \
-                         WHERE tier = $1 AND check_id = $2 AND instance_id = $3 AND bucket = $4",
-                    )
+                    None => sqlx::query_as::<_, (i64, i64, i64, Vec<u8>)>(&rollup_select)
                     .bind(key.tier as i16)
                     .bind(key.check_id)
                     .bind(key.instance_id)
@@ -544,11 +562,13 @@ impl Writer {
                         .execute(&mut *tx)
                         .await?;
                     }
-                    IncidentOp::Close { check, ended_at } => {
+                    IncidentOp::Close { check, ended_at, interrupted } => {
                         sqlx::query(
-                            "UPDATE incidents SET ended_ms = $1 WHERE check_id = $2 AND ended_ms IS NULL",
+                            "UPDATE incidents SET ended_ms = $1, interrupted = $2 \
+                             WHERE check_id = $3 AND ended_ms IS NULL",
                         )
                         .bind(millis(*ended_at))
+                        .bind(i16::from(*interrupted))
                         .bind(self.check_id(check))
                         .execute(&mut *tx)
                         .await?;
