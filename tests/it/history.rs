@@ -15,7 +15,7 @@ use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -368,6 +368,18 @@ async fn scripted_failures_give_exact_uptime_and_incident(backend: Backend) {
     assert_eq!(status, 400);
     let (status, _) = running.get_json("/api/v1/checks/nope").await;
     assert_eq!(status, 404);
+    // Hostile steps are refused before anything is allocated for them: a step whose
+    // milliseconds overflow, one longer than any retention, and too many points.
+    for path in [
+        "/api/v1/checks/flaky/history?from=1970-01-01T00:00:00Z&step=8559289250201232000s",
+        "/api/v1/checks/flaky/history?from=1970-01-01T00:00:00Z&to=9999-12-31T00:00:00Z&step=18446744073709551615s",
+        "/api/v1/checks/flaky/history?from=1970-01-01T00:00:00Z&to=9999-12-31T00:00:00Z&step=1d",
+    ] {
+        let (status, body) = running.get_json(path).await;
+        assert_eq!(status, 400, "{path}: {body}");
+    }
+    let (status, _) = running.get_json("/api/v1/checks/flaky").await;
+    assert_eq!(status, 200, "the agent still answers");
     running.stop().await;
     backend.drop_database().await;
 }
@@ -572,4 +584,138 @@ async fn postgres_an_incident_open_at_shutdown_is_closed_as_interrupted_at_the_n
         Backend::postgres().await,
     )
     .await;
+}
+
+/// A reload that removes (or changes) a failing check closes its open incident, marked
+/// interrupted, at the reload: nothing would ever record its recovery.
+async fn a_reload_that_removes_a_failing_check_closes_its_incident(backend: Backend) {
+    let target = scripted_target(1..=100_000).await;
+    let listen = free_port();
+    let base = format!(
+        "[agent]\nlisten = \"127.0.0.1:{listen}\"\n{}",
+        backend.toml()
+    );
+    let flaky = FLAKY
+        .replace("TARGET", &target.to_string())
+        .replace("min_failing_time = \"2s\"", "min_failing_time = \"0s\"");
+    let steady =
+        "[[checks]]\nname = \"steady\"\ntype = \"tcp\"\naddress = \"TARGET\"\ninterval = \"1s\"\n"
+            .replace("TARGET", &target.to_string());
+    let mut agent = crate::common::process::Bastion::start(
+        "history-reload",
+        listen,
+        &format!("{base}{flaky}{steady}"),
+        &["run"],
+    );
+    agent.wait_ready();
+    let open = tokio::task::spawn_blocking(move || {
+        wait_blocking(listen, "/api/v1/incidents?check=flaky", |body| {
+            body.as_array()
+                .is_some_and(|all| all.len() == 1 && all[0]["open"] == true)
+        })
+    })
+    .await
+    .unwrap();
+    assert_eq!(open[0]["interrupted"], false, "{open}");
+
+    std::fs::write(agent.config_path(), format!("{base}{steady}")).unwrap();
+    let before_reload = SystemTime::now();
+    let (status, body) = tokio::task::spawn_blocking(move || {
+        crate::common::http_request_blocking(listen, "POST", "/-/reload", &[])
+    })
+    .await
+    .unwrap()
+    .expect("the agent answers the reload");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("1 removed"), "{body}");
+    let closed = tokio::task::spawn_blocking(move || {
+        wait_blocking(listen, "/api/v1/incidents?check=flaky", |body| {
+            body.as_array()
+                .is_some_and(|all| all.len() == 1 && all[0]["open"] == false)
+        })
+    })
+    .await
+    .unwrap();
+    assert_eq!(closed[0]["interrupted"], true, "{closed}");
+    assert!(
+        api_ms(&closed[0]["ended_at"]) + 1_000 >= ms(before_reload),
+        "it ends at the reload: {closed}"
+    );
+    drop(agent);
+    backend.drop_database().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_reload_that_removes_a_failing_check_closes_its_incident() {
+    a_reload_that_removes_a_failing_check_closes_its_incident(Backend::sqlite()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_reload_that_removes_a_failing_check_closes_its_incident() {
+    a_reload_that_removes_a_failing_check_closes_its_incident(Backend::postgres().await).await;
+}
+
+/// HA checkers share one PostgreSQL history and take turns as the lease moves (A, then B,
+/// then A again within the same hour): every run each wrote is counted in the rollups, none
+/// overwritten by a writer's stale idea of the row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ha_writers_taking_turns_count_every_run_in_the_rollups() {
+    use bastion_agent::history::History;
+    use bastion_agent::metrics::Metrics;
+    let backend = Backend::postgres().await;
+    let target = scripted_target(0..=0).await;
+    let toml = format!(
+        "{}flush_interval = \"100ms\"\n{}",
+        backend.toml(),
+        FLAKY.replace("TARGET", &target.to_string())
+    );
+    let config = config(&toml);
+    let check = config.checks[0].clone();
+    let sample = crate::common::run_single(&config).await;
+    assert!(sample.passing, "{sample:?}");
+    let metrics = Arc::new(Metrics::new());
+    let a = History::open(&config.history, Arc::clone(&metrics), false).unwrap();
+    let b = History::open(&config.history, Arc::clone(&metrics), false).unwrap();
+    let reader = a.reader.clone();
+    let writers = [tokio::spawn(a.writer.run()), tokio::spawn(b.writer.run())];
+    // Whole seconds into the current hour, so that every run lands in one hourly bucket.
+    let now = SystemTime::now();
+    let hour_start = UNIX_EPOCH
+        + Duration::from_secs(now.duration_since(UNIX_EPOCH).unwrap().as_secs() / 3600 * 3600);
+    let mut written = 0u64;
+    for recorder in [&a.recorder, &b.recorder, &a.recorder] {
+        for _ in 0..5 {
+            written += 1;
+            let mut run = sample.clone();
+            run.scheduled_at = hour_start + Duration::from_millis(written * 10);
+            recorder.run(&run, &check);
+        }
+        let started = std::time::Instant::now();
+        loop {
+            let runs: u64 = reader
+                .series(
+                    "flaky",
+                    hour_start,
+                    hour_start + Duration::from_secs(3600),
+                    Some(Duration::from_secs(3600)),
+                    false,
+                )
+                .await
+                .map(|series| series.points.iter().map(|p| p.runs).sum())
+                .unwrap_or(0);
+            if runs == written {
+                break;
+            }
+            assert!(
+                started.elapsed() < PATIENCE && runs < written,
+                "the hourly rollup counts {runs} runs of the {written} written"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    drop((a.recorder, b.recorder));
+    for writer in writers {
+        let _ = tokio::time::timeout(PATIENCE, writer).await;
+    }
+    backend.drop_database().await;
 }
