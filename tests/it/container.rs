@@ -252,6 +252,15 @@ fn the_image_runs_hardened_healthy_and_stops_cleanly() {
         metrics.contains("bastion_build_info{version=\""),
         "{metrics}"
     );
+    // History is written into the image's /var/lib/bastion volume under a read-only root.
+    wait_until("history written in the volume", || {
+        let (_, body) = http_get_blocking(port, "/metrics")?;
+        body.lines()
+            .find_map(|line| line.strip_prefix("bastion_history_written_total "))
+            .and_then(|value| value.trim().parse::<f64>().ok())
+            .filter(|written| *written >= 1.0)
+            .map(|_| body.clone())
+    });
 
     // SIGTERM drains and exits 0, well within docker stop's 10s.
     let started = Instant::now();
