@@ -118,6 +118,13 @@ impl Shared {
                 link_base: crate::notify::api_base(&self.config),
                 metrics: Arc::clone(&self.metrics),
                 leadership,
+                episodes_file: Some(crate::notify::episodes_file(&self.config)),
+                checks: self
+                    .checks
+                    .borrow()
+                    .iter()
+                    .map(|c| c.name.clone())
+                    .collect(),
             },
             stop,
             tasks,

@@ -14,6 +14,11 @@
 //!
 //! The sink calls in for each result (it never waits: notifications go onto the queues), a
 //! ticker once a second; the state is behind one mutex that is never held across an await.
+//!
+//! Open episodes outlive a restart: the ticker saves them (id, start, notifiers told) to
+//! `notifications.json` beside the history database whenever they change, and at shutdown;
+//! the next start resumes them, so a check still failing keeps its episode (no second
+//! trigger) and one that recovered meanwhile is resolved under the id its trigger carried.
 
 use super::maintenance::Maintenance;
 use super::queue::{Delivery, RetryPolicy};
@@ -21,8 +26,10 @@ use super::{Event, FailedAssertion, Failure, Notification, Severity, MAX_FAILURE
 use crate::config::{CheckConfig, MaintenanceConfig, NotifyOn};
 use crate::messages::CheckResult;
 use crate::metrics::Metrics;
-use crate::model::CheckState;
+use crate::model::{CheckState, CheckType};
+use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
@@ -60,7 +67,38 @@ pub struct NotificationsOptions {
     pub metrics: Arc<Metrics>,
     /// With HA checkers, whether this one leads; None: it always does.
     pub leadership: Option<watch::Receiver<bool>>,
+    /// Where open episodes are saved across restarts; None: they are not.
+    pub episodes_file: Option<PathBuf>,
+    /// The configured checks: a saved episode of a check no longer configured is resolved.
+    pub checks: Vec<String>,
 }
+
+/// What is kept of an open episode across a restart.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct SavedEpisode {
+    check: String,
+    id: String,
+    #[serde(with = "humantime_serde")]
+    started_at: SystemTime,
+    severity: Severity,
+    state: CheckState,
+    check_type: CheckType,
+    failing: usize,
+    instances: usize,
+    /// The notifiers of the check when the episode opened.
+    routes: Vec<String>,
+    /// Those told of the firing.
+    told: Vec<String>,
+}
+
+/// The file's content; `version` changes if its meaning does.
+#[derive(Debug, Serialize, Deserialize)]
+struct SavedEpisodes {
+    version: u32,
+    episodes: Vec<SavedEpisode>,
+}
+
+const SAVED_EPISODES_VERSION: u32 = 1;
 
 /// One notifier as episodes see it.
 #[derive(Debug)]
@@ -120,6 +158,7 @@ pub struct Notifications {
     metrics: Arc<Metrics>,
     leadership: Option<watch::Receiver<bool>>,
     state: Mutex<State>,
+    episodes_file: Option<PathBuf>,
 }
 
 impl Notifications {
@@ -174,9 +213,155 @@ impl Notifications {
                 recent: Vec::new(),
                 leading,
             }),
+            episodes_file: options.episodes_file,
         });
+        if let Some(path) = &notifications.episodes_file {
+            notifications.resume(path, &options.checks);
+        }
         tasks.spawn(Arc::clone(&notifications).tick(stop.clone()));
         notifications
+    }
+
+    /// Takes back the episodes a previous run saved. Runs once, before the first result.
+    fn resume(&self, path: &std::path::Path, checks: &[String]) {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return,
+            Err(error) => {
+                tracing::warn!(path = %path.display(), %error, "cannot read the saved failure episodes; open episodes of the last run will not be resolved");
+                return;
+            }
+        };
+        let saved = match serde_json::from_str::<SavedEpisodes>(&text) {
+            Ok(saved) if saved.version == SAVED_EPISODES_VERSION => saved,
+            Ok(saved) => {
+                tracing::warn!(path = %path.display(), version = saved.version, "saved failure episodes of another version are ignored");
+                return;
+            }
+            Err(error) => {
+                tracing::warn!(path = %path.display(), %error, "saved failure episodes are not readable and are ignored");
+                return;
+            }
+        };
+        let mut gone: Vec<String> = Vec::new();
+        {
+            let mut state = self.lock();
+            for saved in saved.episodes {
+                if !checks.contains(&saved.check) {
+                    gone.push(saved.check.clone());
+                }
+                tracing::info!(check = %saved.check, episode = %saved.id, "failure episode resumed from the last run");
+                let now = Instant::now();
+                let told = saved
+                    .told
+                    .iter()
+                    .filter_map(|name| {
+                        let route = self.routes.get(name)?;
+                        Some((name.clone(), route.repeat.map(|every| now + every)))
+                    })
+                    .collect();
+                let latest = Notification {
+                    event: Event::Firing,
+                    reminder: false,
+                    episode_id: saved.id.clone(),
+                    check: saved.check.clone(),
+                    check_type: saved.check_type,
+                    severity: saved.severity,
+                    previous_severity: None,
+                    state: saved.state,
+                    started_at: saved.started_at,
+                    at: saved.started_at,
+                    failing: saved.failing,
+                    instances: saved.instances,
+                    failures: Vec::new(),
+                    link: super::check_link(&self.link_base, &saved.check),
+                    agent: self.agent.clone(),
+                };
+                state.checks.insert(
+                    saved.check.clone(),
+                    CheckEpisodes {
+                        failing_since: Some(saved.started_at),
+                        episode: Some(Episode {
+                            id: saved.id,
+                            started_at: saved.started_at,
+                            severity: saved.severity,
+                            latest,
+                            routes: saved.routes,
+                            told,
+                            held_back: HashSet::new(),
+                        }),
+                    },
+                );
+            }
+        }
+        // Removed while the agent was down: nothing will ever resolve them otherwise.
+        for check in gone {
+            self.forget(&check);
+        }
+    }
+
+    /// The open episodes as the file keeps them.
+    fn saved(&self) -> String {
+        let state = self.lock();
+        let mut episodes: Vec<SavedEpisode> = state
+            .checks
+            .values()
+            .filter_map(|entry| entry.episode.as_ref())
+            .map(|episode| {
+                let mut told: Vec<String> = episode.told.keys().cloned().collect();
+                told.sort();
+                SavedEpisode {
+                    check: episode.latest.check.clone(),
+                    id: episode.id.clone(),
+                    started_at: episode.started_at,
+                    severity: episode.severity,
+                    state: episode.latest.state,
+                    check_type: episode.latest.check_type,
+                    failing: episode.latest.failing,
+                    instances: episode.latest.instances,
+                    routes: episode.routes.clone(),
+                    told,
+                }
+            })
+            .collect();
+        drop(state);
+        episodes.sort_by(|a, b| a.check.cmp(&b.check));
+        serde_json::to_string_pretty(&SavedEpisodes {
+            version: SAVED_EPISODES_VERSION,
+            episodes,
+        })
+        .unwrap_or_default()
+    }
+
+    /// Writes the open episodes when they changed since `last` (then updates it): to a
+    /// temporary file renamed over the old one, so a crash leaves one or the other whole.
+    async fn save(&self, last: &mut String, failed_before: &mut bool) {
+        let Some(path) = &self.episodes_file else {
+            return;
+        };
+        let text = self.saved();
+        if text.is_empty() || text == *last {
+            return;
+        }
+        let temporary = path.with_extension("json.tmp");
+        let written = async {
+            tokio::fs::write(&temporary, text.as_bytes()).await?;
+            tokio::fs::rename(&temporary, path).await
+        }
+        .await;
+        match written {
+            Ok(()) => {
+                *last = text;
+                *failed_before = false;
+            }
+            Err(error) => {
+                // Once per failing stretch: a missing directory must not flood the log.
+                if !*failed_before {
+                    tracing::warn!(path = %path.display(), %error, "cannot save open failure episodes; a restart will not resume them");
+                }
+                *failed_before = true;
+            }
+        }
     }
 
     /// Waits until every queue is empty and no delivery is under way, or `until`.
@@ -439,9 +624,16 @@ impl Notifications {
     async fn tick(self: Arc<Self>, stop: CancellationToken) {
         let mut leadership = self.leadership.clone();
         let mut windows = self.maintenance_updates.clone();
+        // What the file holds now as far as this run knows: nothing is written until the
+        // episodes differ from what was resumed (no empty file where none was needed).
+        let mut last_saved = self.saved();
+        let mut save_failed = false;
         loop {
             tokio::select! {
-                _ = stop.cancelled() => return,
+                _ = stop.cancelled() => {
+                    self.save(&mut last_saved, &mut save_failed).await;
+                    return;
+                }
                 _ = tokio::time::sleep(TICK) => {}
                 changed = async {
                     match windows.as_mut() {
@@ -470,6 +662,7 @@ impl Notifications {
             }
             let leading = leadership.as_ref().is_none_or(|l| *l.borrow());
             self.catch_up(leading);
+            self.save(&mut last_saved, &mut save_failed).await;
         }
     }
 
@@ -670,6 +863,8 @@ mod tests {
                 link_base: "http://127.0.0.1:9464".to_string(),
                 metrics: Arc::new(Metrics::new()),
                 leadership,
+                episodes_file: None,
+                checks: vec!["web".to_string()],
             },
             &stop,
             &TaskTracker::new(),

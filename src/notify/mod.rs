@@ -56,7 +56,7 @@ impl Event {
 }
 
 /// How bad it is: `critical` for FAIL, `warning` for WARN.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Severity {
     Critical,
@@ -450,6 +450,17 @@ pub fn api_base(config: &Config) -> String {
         .unwrap_or_else(|| format!("http://{}", config.agent.listen))
         .trim_end_matches('/')
         .to_string()
+}
+
+/// Where open failure episodes are saved across restarts: `notifications.json` beside the
+/// history database (the agent's state directory by default).
+pub fn episodes_file(config: &Config) -> std::path::PathBuf {
+    config
+        .history
+        .path
+        .parent()
+        .unwrap_or_else(|| std::path::Path::new(""))
+        .join("notifications.json")
 }
 
 /// The link to the agent's API for a check: the one-check endpoint (check names are made of

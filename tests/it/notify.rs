@@ -1432,3 +1432,93 @@ fn ha_failover_mid_episode_resolves_with_the_same_dedup_key() {
     );
     assert!(!runner.log().contains("notification"), "{}", runner.log());
 }
+
+/// An episode open when the agent stops is resumed at the next start (saved beside the
+/// history database): the check still failing sends no second trigger, and its recovery is
+/// resolved under the id the trigger carried, so no receiver is left with an open incident.
+#[test]
+fn an_episode_open_across_a_restart_keeps_its_id_and_is_resolved() {
+    let target = target();
+    let hook = Receiver::start(Reply::new(202, "accepted"));
+    let dir = scratch_dir("notify-restart");
+    let listen = free_port();
+    let config = format!(
+        "{}[[notifiers]]\nname = \"hook\"\ntype = \"webhook\"\ndefault = true\nurl = \"{}/hook\"\n\
+         [history]\npath = \"{}\"\n",
+        base(listen, &target),
+        hook.url(),
+        dir.join("history.db").display()
+    );
+    let mut first = start(listen, &config);
+    fail(&target);
+    let firing = hook.wait_for("the firing notification", WAIT, |r| has_event(r, "firing"));
+    assert_eq!(events(&firing, "event"), ["firing"]);
+    let id = events(&firing, "episode_id")[0].clone();
+    assert_eq!(
+        first.terminate().and_then(|s| s.code()),
+        Some(0),
+        "{}",
+        first.log()
+    );
+    let saved = std::fs::read_to_string(dir.join("notifications.json")).unwrap();
+    assert!(saved.contains(&id), "{saved}");
+
+    let second = start(listen, &config);
+    // Still failing after the restart: the resumed episode goes on, no new trigger.
+    let deadline = Instant::now() + WAIT;
+    while sample(&second, "bastion_check_state{check=\"web\",state=\"FAIL\"}") != 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "web never failed again: {}",
+            second.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    recover(&target);
+    let received = hook.wait_for("the resolve", WAIT, |r| has_event(r, "resolved"));
+    assert_eq!(
+        events(&received, "event"),
+        ["firing", "resolved"],
+        "one trigger before the restart, its resolve after: {}",
+        second.log()
+    );
+    assert_eq!(events(&received, "episode_id"), [id.clone(), id]);
+    assert!(second
+        .log()
+        .contains("failure episode resumed from the last run"));
+}
+
+/// A check removed while the agent was down has its saved episode resolved at the next start.
+#[test]
+fn an_episode_of_a_check_removed_while_down_is_resolved_at_start() {
+    let target = target();
+    let hook = Receiver::start(Reply::new(202, "accepted"));
+    let dir = scratch_dir("notify-restart-removed");
+    let listen = free_port();
+    let rest = format!(
+        "[[notifiers]]\nname = \"hook\"\ntype = \"webhook\"\ndefault = true\nurl = \"{}/hook\"\n\
+         [history]\npath = \"{}\"\n",
+        hook.url(),
+        dir.join("history.db").display()
+    );
+    let config = format!("{}{rest}", base(listen, &target));
+    let mut first = start(listen, &config);
+    fail(&target);
+    let firing = hook.wait_for("the firing notification", WAIT, |r| has_event(r, "firing"));
+    let id = events(&firing, "episode_id")[0].clone();
+    assert_eq!(first.terminate().and_then(|s| s.code()), Some(0));
+
+    let renamed =
+        format!("{}{rest}", base(listen, &target)).replace("name = \"web\"", "name = \"web2\"");
+    let second = start(listen, &renamed);
+    let received = hook.wait_for("the resolve", WAIT, |r| has_event(r, "resolved"));
+    let resolved: Vec<_> = received
+        .iter()
+        .map(|r| r.json())
+        .filter(|body| body["event"] == "resolved")
+        .collect();
+    assert_eq!(resolved.len(), 1, "{}", second.log());
+    assert_eq!(resolved[0]["episode_id"], id.as_str());
+    assert_eq!(resolved[0]["check"]["name"], "web");
+}
