@@ -932,21 +932,35 @@ async fn a_publish_the_client_refuses_after_the_outbox_is_counted() {
     bus.publish("bastion.checks.http", Bytes::from(vec![b'x'; 8192]).into())
         .await
         .unwrap();
-    bus.publish("bastion.checks.http", Bytes::from_static(b"small").into())
-        .await
-        .unwrap();
     eventually("the refused publish counted", PATIENCE, || {
         dropped(&metrics, "outbox_too_large") == 1.0
     })
     .await;
-    eventually("the next message delivered", PATIENCE, || {
-        seen.0
+    // The bus goes on after the refusal. Core NATS delivers at most once (CI saw one small
+    // message published right behind the refused one lost once against nats-server 2.15), so
+    // the later message is published again until it arrives: what this asserts is that the
+    // publisher still delivers, not that no core message is ever lost.
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        bus.publish("bastion.checks.http", Bytes::from_static(b"small").into())
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if seen
+            .0
             .lock()
             .unwrap()
             .iter()
             .any(|(_, p)| p.as_ref() == b"small")
-    })
-    .await;
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no message delivered after the refused one"
+        );
+    }
+    assert_eq!(dropped(&metrics, "outbox_too_large"), 1.0);
 }
 
 /// The checks a `/metrics` text has `bastion_check_duration_seconds` series for.
