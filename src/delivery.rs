@@ -79,6 +79,7 @@ fn encode_within(result: CheckResult, limit: usize) -> Result<Encoded, serde_jso
     }
     let instances = result.instances();
     let failing = result.failing();
+    let unmeasured = result.unmeasured();
     for response in &mut result.responses {
         drop_detail(response);
     }
@@ -87,6 +88,7 @@ fn encode_within(result: CheckResult, limit: usize) -> Result<Encoded, serde_jso
         instances,
         failing,
         omitted: 0,
+        unmeasured,
     });
     let payload = serde_json::to_vec(&result)?;
     if payload.len() <= limit {
@@ -109,6 +111,7 @@ fn summarise(
     failing: usize,
     limit: usize,
 ) -> Result<(), serde_json::Error> {
+    let unmeasured = result.unmeasured();
     let responses = std::mem::take(&mut result.responses);
     // The frame is measured with the largest `omitted` it can hold, so the count never
     // outgrows the room left for it.
@@ -117,6 +120,7 @@ fn summarise(
         instances,
         failing,
         omitted: responses.len(),
+        unmeasured,
     });
     let frame = serde_json::to_vec(&*result)?.len();
     let mut room = limit.saturating_sub(frame);
@@ -151,6 +155,7 @@ fn summarise(
         instances,
         failing,
         omitted,
+        unmeasured,
     });
     Ok(())
 }

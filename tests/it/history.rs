@@ -24,7 +24,12 @@ const PATIENCE: Duration = Duration::from_secs(60);
 /// Where a test keeps its history.
 pub enum Backend {
     Sqlite(PathBuf),
-    Postgres { url: String, name: String },
+    /// `state` is the test's own directory for `episodes.json` (beside `history.path`).
+    Postgres {
+        url: String,
+        name: String,
+        state: PathBuf,
+    },
 }
 
 impl Backend {
@@ -51,13 +56,25 @@ impl Backend {
         Backend::Postgres {
             url: format!("postgres://postgres@127.0.0.1:5432/{name}"),
             name,
+            state: scratch_dir("history-pg"),
         }
     }
 
     pub fn toml(&self) -> String {
         match self {
             Backend::Sqlite(path) => format!("[history]\npath = \"{}\"\n", path.display()),
-            Backend::Postgres { url, .. } => format!("[history]\nurl = \"{url}\"\n"),
+            Backend::Postgres { url, state, .. } => format!(
+                "[history]\nurl = \"{url}\"\npath = \"{}\"\n",
+                state.join("history.db").display()
+            ),
+        }
+    }
+
+    /// The agent's saved state (`episodes.json`, beside `history.path`).
+    pub fn episodes_file(&self) -> PathBuf {
+        match self {
+            Backend::Sqlite(path) => path.with_file_name("episodes.json"),
+            Backend::Postgres { state, .. } => state.join("episodes.json"),
         }
     }
 
@@ -529,7 +546,7 @@ async fn an_unwritable_database_never_stops_probing_and_counts_what_it_drops() {
 
 /// An incident still open when the agent stops is closed at the next start, at the check's
 /// last recorded run, and marked interrupted; the check, still failing, opens a new one.
-async fn an_incident_open_at_shutdown_is_closed_as_interrupted_at_the_next_start(backend: Backend) {
+async fn an_incident_open_at_shutdown_goes_on_after_a_restart(backend: Backend) {
     let target = scripted_target(1..=100_000).await;
     let toml = format!(
         "{}{}",
@@ -539,7 +556,7 @@ async fn an_incident_open_at_shutdown_is_closed_as_interrupted_at_the_next_start
             .replace("min_failing_time = \"2s\"", "min_failing_time = \"0s\"")
     );
     let first = Running::start(&toml).await;
-    poll(&first, "/api/v1/incidents?check=flaky", |body| {
+    let before = poll(&first, "/api/v1/incidents?check=flaky", |body| {
         body.as_array()
             .is_some_and(|all| all.len() == 1 && all[0]["open"] == true)
     })
@@ -554,8 +571,25 @@ async fn an_incident_open_at_shutdown_is_closed_as_interrupted_at_the_next_start
         .map(|r| r.scheduled_at)
         .collect();
     runs.sort();
+
+    // Still failing after the restart: the same incident goes on, no second one.
     let second = Running::start(&toml).await;
-    let incidents = poll(&second, "/api/v1/incidents?check=flaky", |body| {
+    second.wait_results("flaky", 3).await;
+    let (_, during) = second.get_json("/api/v1/incidents?check=flaky").await;
+    assert_eq!(during.as_array().map(Vec::len), Some(1), "{during}");
+    assert_eq!(during[0]["open"], true);
+    assert_eq!(during[0]["id"], before[0]["id"], "{during}");
+    assert_eq!(during[0]["started_at"], before[0]["started_at"]);
+    let (_, check) = second.get_json("/api/v1/checks/flaky").await;
+    assert_eq!(check["state"], "FAIL", "the state resumed too: {check}");
+    second.stop().await;
+
+    // Without the saved state (deleted, or a disk replaced), nobody follows the old incident
+    // any more: the next start closes it as interrupted at its last run, and the failing
+    // check opens a new one.
+    std::fs::remove_file(backend.episodes_file()).expect("the agent saved its episodes");
+    let third = Running::start(&toml).await;
+    let incidents = poll(&third, "/api/v1/incidents?check=flaky", |body| {
         body.as_array().is_some_and(|all| all.len() == 2)
     })
     .await;
@@ -563,27 +597,21 @@ async fn an_incident_open_at_shutdown_is_closed_as_interrupted_at_the_next_start
     assert_eq!(incidents[0]["open"], true);
     assert_eq!(incidents[1]["open"], false);
     assert_eq!(incidents[1]["interrupted"], true);
+    assert_eq!(incidents[1]["end_reason"], "interrupted");
     let ended = api_ms(&incidents[1]["ended_at"]);
-    assert!(
-        ended >= ms(runs[0]) && ended <= ms(*runs.last().unwrap()),
-        "{incidents}"
-    );
-    second.stop().await;
+    assert!(ended >= ms(runs[0]), "{incidents}");
+    third.stop().await;
     backend.drop_database().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_an_incident_open_at_shutdown_is_closed_as_interrupted_at_the_next_start() {
-    an_incident_open_at_shutdown_is_closed_as_interrupted_at_the_next_start(Backend::sqlite())
-        .await;
+async fn sqlite_an_incident_open_at_shutdown_goes_on_after_a_restart() {
+    an_incident_open_at_shutdown_goes_on_after_a_restart(Backend::sqlite()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_an_incident_open_at_shutdown_is_closed_as_interrupted_at_the_next_start() {
-    an_incident_open_at_shutdown_is_closed_as_interrupted_at_the_next_start(
-        Backend::postgres().await,
-    )
-    .await;
+async fn postgres_an_incident_open_at_shutdown_goes_on_after_a_restart() {
+    an_incident_open_at_shutdown_goes_on_after_a_restart(Backend::postgres().await).await;
 }
 
 /// A reload that removes (or changes) a failing check closes its open incident, marked

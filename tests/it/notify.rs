@@ -425,6 +425,8 @@ fn pagerduty_waits_for_retry_after_and_resolves_with_the_same_dedup_key() {
     assert_eq!(sample(&agent, &outcome("oncall", "sent")), 2.0);
 }
 
+/// A refused firing is not retried, and since the receiver never accepted the episode, it
+/// gets no resolve for it either: the next thing it hears of is the next episode.
 #[test]
 fn a_client_error_is_not_retried_and_is_counted_as_rejected() {
     let target = target();
@@ -440,15 +442,31 @@ fn a_client_error_is_not_retried_and_is_counted_as_rejected() {
     fail(&target);
     hook.wait_for("the refused firing", WAIT, |r| !r.is_empty());
     recover(&target);
-    let received = hook.wait_for("the resolve", WAIT, |r| has_event(r, "resolved"));
+    let deadline = Instant::now() + WAIT;
+    while sample(&agent, "bastion_check_state{check=\"web\",state=\"OK\"}") != 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "web never recovered: {}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The next episode is the end marker: anything queued for the first would come before it.
+    fail(&target);
+    let received = hook.wait_for("the next firing", WAIT, |r| r.len() >= 2);
     assert_eq!(
         received
             .iter()
             .map(|r| (r.status, r.json()["event"].as_str().unwrap().to_string()))
             .collect::<Vec<_>>(),
-        [(400, "firing".to_string()), (202, "resolved".to_string())],
-        "the refused firing was not sent again"
+        [(400, "firing".to_string()), (202, "firing".to_string())],
+        "the refused firing was not sent again, and no resolve followed it"
     );
+    let ids: Vec<String> = received
+        .iter()
+        .map(|r| r.json()["episode_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_ne!(ids[0], ids[1], "two episodes");
     assert_eq!(sample(&agent, &outcome("hook", "rejected")), 1.0);
     assert!(agent
         .log()
@@ -1460,7 +1478,7 @@ fn an_episode_open_across_a_restart_keeps_its_id_and_is_resolved() {
         "{}",
         first.log()
     );
-    let saved = std::fs::read_to_string(dir.join("notifications.json")).unwrap();
+    let saved = std::fs::read_to_string(dir.join("episodes.json")).unwrap();
     assert!(saved.contains(&id), "{saved}");
 
     let second = start(listen, &config);
