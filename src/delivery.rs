@@ -383,6 +383,30 @@ mod tests {
         );
     }
 
+    /// A summarised result still says how many of the instances it left out never ran for
+    /// want of a worker, so they count as unmeasured, not down (one rule with the state).
+    #[test]
+    fn a_summarised_result_counts_the_dispatch_timeouts_it_left_out() {
+        let responses: Vec<Response> = (0..20_000)
+            .map(|n| {
+                let mut response = response(n, "ok", false);
+                if n % 4 != 0 {
+                    response.error = Some(ProbeError::new(ErrorKind::DispatchTimeout, "no worker"));
+                }
+                response
+            })
+            .collect();
+        let encoded = encode(result(responses)).unwrap();
+        assert_eq!(encoded.degraded, Some(DegradedForm::Summarised));
+        let back: CheckResult = messages::decode(&encoded.payload).unwrap();
+        assert!(back.degraded.unwrap().omitted > 0);
+        let counts = back.counts();
+        assert_eq!(
+            (counts.instances, counts.failing, counts.unmeasured),
+            (20_000, 5_000, 15_000)
+        );
+    }
+
     #[test]
     fn thousands_of_instances_fit_in_one_message() {
         let many = result((0..20_000).map(|n| response(n, "ok", false)).collect());

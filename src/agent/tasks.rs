@@ -323,13 +323,15 @@ impl Running {
             let _ = sink.await;
         }
         // The last transitions' notifications get what is left of the grace, at least 2 s.
-        if let Some(notifications) = notifications {
+        if let Some(notifications) = &notifications {
             let until = grace_ends.max(Instant::now() + Duration::from_secs(2));
             notifications.drain(until).await;
         }
         notify_stop.cancel();
         notify_tasks.close();
         let _ = tokio::time::timeout(Duration::from_secs(2), notify_tasks.wait()).await;
+        // Held until here: the deliveries report what they could not send as they stop.
+        drop(notifications);
         if let Some(history) = history {
             // The writer writes its last batch (giving up after a few seconds).
             if tokio::time::timeout(Duration::from_secs(10), history)

@@ -14,17 +14,20 @@
 pub mod alertmanager;
 pub mod email;
 mod maintenance;
+mod message;
 pub mod pagerduty;
 mod post;
 mod queue;
 mod routing;
+mod saved;
 pub mod slack;
 mod ticker;
 pub mod webhook;
 
 pub use crate::episode::{EndReason, Severity};
 pub use maintenance::Maintenance;
-pub use routing::{Notifications, NotificationsOptions, SAVED_DELIVERIES};
+pub use routing::{Notifications, NotificationsOptions};
+pub use saved::SAVED_DELIVERIES;
 
 use crate::config::{Config, NotifierConfig};
 use crate::model::{CheckState, CheckType};

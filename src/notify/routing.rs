@@ -21,15 +21,15 @@
 //! costs O(1) per result (plus the receivers of the check when an event happens).
 
 use super::maintenance::Maintenance;
-use super::queue::{Delivery, Outcome, Outcomes, RetryPolicy};
-use super::{Event, FailedAssertion, Failure, Notification, Severity, MAX_FAILURES_LISTED};
+use super::message::{Origin, ResolveFacts};
+use super::queue::{Delivery, Outcomes, RetryPolicy};
+use super::{Notification, Severity};
 use crate::config::{CheckConfig, MaintenanceConfig};
 use crate::episode::{EndReason, Episode, EpisodeEvent};
 use crate::messages::CheckResult;
 use crate::metrics::Metrics;
 use crate::model::{CheckState, CheckType};
 use crate::saved_state::SavedState;
-use serde::{Deserialize, Serialize};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, Weak};
@@ -39,15 +39,13 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// The section of the saved state that holds who accepted what.
-pub const SAVED_DELIVERIES: &str = "deliveries";
 /// How long a closed episode's resolve is kept to send again on taking the lease.
 pub const RECENT_RESOLVES_FOR: Duration = Duration::from_secs(600);
 /// Resolves kept for that at most (the oldest go first).
 const MAX_RECENT_RESOLVES: usize = 1024;
 /// Ended episodes whose resolve still waits for a receiver, at most (the oldest go first,
 /// logged): a receiver that stays down through thousands of episodes cannot grow this.
-const MAX_RESOLVING: usize = 16_384;
+pub(super) const MAX_RESOLVING: usize = 16_384;
 
 /// What the notifications of an agent are built from.
 pub struct NotificationsOptions {
@@ -67,36 +65,6 @@ pub struct NotificationsOptions {
     pub resumed: BTreeMap<String, serde_json::Value>,
 }
 
-/// One entry of the `deliveries` section, by episode id.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-enum SavedDelivery {
-    /// An open episode: the receivers that accepted its firing, and at which severity.
-    Open {
-        check: String,
-        check_type: CheckType,
-        accepted: BTreeMap<String, Severity>,
-    },
-    /// An ended episode whose resolve these receivers have yet to accept.
-    Resolving {
-        resolve: SavedResolve,
-        pending: BTreeSet<String>,
-    },
-}
-
-/// A resolve as it is saved (the failing instances are not: a resolve lists few or none).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct SavedResolve {
-    episode: Episode,
-    check_type: CheckType,
-    state: CheckState,
-    reason: EndReason,
-    #[serde(with = "humantime_serde")]
-    at: SystemTime,
-    failing: usize,
-    instances: usize,
-}
-
 /// One notifier as routing sees it.
 #[derive(Debug)]
 pub(super) struct Route {
@@ -112,9 +80,12 @@ pub(super) struct Receiver {
     /// The severity of the last firing notification it accepted.
     pub(super) accepted: Option<Severity>,
     /// The severity of a firing notification on its way to it.
-    queued: Option<Severity>,
+    pub(super) queued: Option<Severity>,
+    /// Before the last restart a firing was on its way to it, with no outcome known (the
+    /// agent crashed): it may have been told.
+    pub(super) maybe_told: bool,
     /// A maintenance window held its firing notification back (counted once).
-    held_back: bool,
+    pub(super) held_back: bool,
     /// When its next reminder is due.
     pub(super) reminder_due: Option<Instant>,
 }
@@ -126,9 +97,9 @@ pub(super) struct Open {
     pub(super) check_type: CheckType,
     pub(super) state: CheckState,
     /// The check's `notify` that `routes` were made from.
-    notify: Option<Vec<String>>,
+    pub(super) notify: Option<Vec<String>>,
     /// The check's notifiers, sorted.
-    routes: Vec<String>,
+    pub(super) routes: Vec<String>,
     /// The latest result; None after a restart until the first one arrives.
     pub(super) latest: Option<Arc<CheckResult>>,
     pub(super) receivers: HashMap<String, Receiver>,
@@ -136,10 +107,10 @@ pub(super) struct Open {
 
 /// An ended episode whose resolve some receivers have yet to accept.
 #[derive(Debug)]
-struct Resolving {
-    resolve: Arc<Notification>,
-    saved: SavedResolve,
-    pending: BTreeSet<String>,
+pub(super) struct Resolving {
+    pub(super) resolve: Arc<Notification>,
+    pub(super) saved: ResolveFacts,
+    pub(super) pending: BTreeSet<String>,
 }
 
 /// A resolve sent lately, for a checker that takes the lease.
@@ -150,6 +121,14 @@ pub(super) struct Recent {
     pub(super) at: Instant,
 }
 
+/// What the last run saved of an open episode's receivers.
+#[derive(Debug, Clone)]
+pub(super) struct Resumed {
+    pub(super) check_type: CheckType,
+    pub(super) accepted: BTreeMap<String, Severity>,
+    pub(super) pending: BTreeSet<String>,
+}
+
 /// A reminder due: when, for which check and notifier.
 pub(super) type Reminder = Reverse<(Instant, String, String)>;
 
@@ -158,11 +137,11 @@ pub(super) struct State {
     /// Open episodes, by check.
     pub(super) open: HashMap<String, Open>,
     /// Ended episodes whose resolve waits for receivers, by episode id, oldest first.
-    resolving: HashMap<String, Resolving>,
-    resolving_order: VecDeque<String>,
+    pub(super) resolving: HashMap<String, Resolving>,
+    pub(super) resolving_order: VecDeque<String>,
     /// The receivers that accepted each open episode of the last run, by episode id, until
     /// the sink resumes (or ends) the episode.
-    resumed: HashMap<String, (CheckType, BTreeMap<String, Severity>)>,
+    pub(super) resumed: HashMap<String, Resumed>,
     pub(super) recent: VecDeque<Recent>,
     pub(super) reminders: BinaryHeap<Reminder>,
     /// Checks with a firing notification a maintenance window holds back.
@@ -177,11 +156,10 @@ pub struct Notifications {
     /// The windows in force; a reload replaces them.
     maintenance: Mutex<Arc<Maintenance>>,
     pub(super) maintenance_updates: Option<watch::Receiver<Arc<Vec<MaintenanceConfig>>>>,
-    agent: String,
-    link_base: String,
+    pub(super) origin: Origin,
     pub(super) metrics: Arc<Metrics>,
     pub(super) leadership: Option<watch::Receiver<bool>>,
-    saved: Arc<SavedState>,
+    pub(super) saved: Arc<SavedState>,
     state: Mutex<State>,
 }
 
@@ -243,8 +221,7 @@ impl Notifications {
                 routes,
                 maintenance: Mutex::new(Arc::new(maintenance)),
                 maintenance_updates,
-                agent,
-                link_base,
+                origin: Origin { agent, link_base },
                 metrics,
                 leadership,
                 saved,
@@ -268,54 +245,6 @@ impl Notifications {
         notifications
     }
 
-    /// Takes back what the last run saved; undelivered resolves go out now when leading
-    /// (else on taking the lease).
-    fn take_back(&self, resumed: BTreeMap<String, serde_json::Value>) {
-        let mut state = self.lock();
-        for (id, value) in resumed {
-            match serde_json::from_value::<SavedDelivery>(value) {
-                Ok(SavedDelivery::Open {
-                    check_type,
-                    accepted,
-                    ..
-                }) => {
-                    state.resumed.insert(id, (check_type, accepted));
-                }
-                Ok(SavedDelivery::Resolving { resolve, pending }) => {
-                    let notification = Arc::new(self.resolve_of(&resolve));
-                    tracing::info!(check = %resolve.episode.check, episode = %id, receivers = pending.len(), "resolve not delivered by the last run; sending it again");
-                    self.saved.put(
-                        SAVED_DELIVERIES,
-                        &id,
-                        &SavedDelivery::Resolving {
-                            resolve: resolve.clone(),
-                            pending: pending.clone(),
-                        },
-                    );
-                    if state.leading {
-                        for name in &pending {
-                            if let Some(route) = self.routes.get(name) {
-                                route.delivery.push(Arc::clone(&notification));
-                            }
-                        }
-                    }
-                    state.resolving_order.push_back(id.clone());
-                    state.resolving.insert(
-                        id,
-                        Resolving {
-                            resolve: notification,
-                            saved: resolve,
-                            pending,
-                        },
-                    );
-                }
-                Err(error) => {
-                    tracing::warn!(episode = %id, %error, "a saved notification entry is not readable and is ignored");
-                }
-            }
-        }
-    }
-
     /// Waits until every queue is empty and no delivery is under way, or `until`.
     pub async fn drain(&self, until: Instant) {
         while Instant::now() < until {
@@ -324,53 +253,6 @@ impl Notifications {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-    }
-
-    /// The sink resumed `episode` of `check` from the last run, the check being in `state`:
-    /// its receivers are those that had accepted it, and the rest are told with the first
-    /// result that shows it still open.
-    pub fn resume(&self, check: &CheckConfig, episode: &Episode, state: CheckState) {
-        if self.routes.is_empty() {
-            return;
-        }
-        let mut guard = self.lock();
-        let accepted = guard
-            .resumed
-            .remove(&episode.id)
-            .map(|(_, accepted)| accepted)
-            .unwrap_or_default();
-        let now = Instant::now();
-        let mut receivers = HashMap::new();
-        for (name, severity) in accepted {
-            let Some(route) = self.routes.get(&name) else {
-                continue;
-            };
-            let due = route.repeat.map(|every| now + every);
-            if let Some(due) = due {
-                guard
-                    .reminders
-                    .push(Reverse((due, check.name.clone(), name.clone())));
-            }
-            receivers.insert(
-                name,
-                Receiver {
-                    accepted: Some(severity),
-                    reminder_due: due,
-                    ..Receiver::default()
-                },
-            );
-        }
-        let open = Open {
-            episode: episode.clone(),
-            check_type: check.check_type(),
-            state,
-            notify: check.notify.clone(),
-            routes: self.routes_of(check),
-            latest: None,
-            receivers,
-        };
-        self.save_open(&open);
-        guard.open.insert(check.name.clone(), open);
     }
 
     /// Takes one result of `check`, which left it in `state`, and the episode event it
@@ -479,11 +361,12 @@ impl Notifications {
                     let accepted = open
                         .receivers
                         .iter()
-                        .filter(|(_, receiver)| receiver.accepted.is_some())
+                        .filter(|(_, receiver)| receiver.accepted.is_some() || receiver.maybe_told)
                         .map(|(name, _)| name.clone())
                         .collect();
                     for (name, receiver) in &open.receivers {
-                        if receiver.accepted.is_none() && receiver.held_back {
+                        if receiver.accepted.is_none() && !receiver.maybe_told && receiver.held_back
+                        {
                             // Never told of the firing (a window held it back): nothing to resolve.
                             self.metrics.count_notification(name, "suppressed");
                         }
@@ -494,17 +377,21 @@ impl Notifications {
                 None => {
                     // Never resumed (its check was changed or removed while the agent was
                     // down): those that accepted its trigger in the last run.
-                    let Some((check_type, accepted)) = guard.resumed.remove(&episode.id) else {
+                    let Some(resumed) = guard.resumed.remove(&episode.id) else {
                         return;
                     };
-                    let accepted: Vec<String> = accepted.into_keys().collect();
-                    (accepted.clone(), accepted, check_type, None)
+                    let accepted: Vec<String> = resumed
+                        .accepted
+                        .into_keys()
+                        .chain(resumed.pending)
+                        .collect();
+                    (accepted.clone(), accepted, resumed.check_type, None)
                 }
             };
-        self.saved.remove(SAVED_DELIVERIES, &episode.id);
+        self.unsave(&episode.id);
         tracing::info!(check = %episode.check, episode = %episode.id, reason = reason.as_str(), "failure episode ends");
         let latest = result.cloned().or(latest);
-        let saved = SavedResolve {
+        let saved = ResolveFacts {
             episode: episode.clone(),
             check_type,
             state,
@@ -513,11 +400,7 @@ impl Notifications {
             failing: latest.as_ref().map_or(0, |r| r.counts().failing),
             instances: latest.as_ref().map_or(0, |r| r.instances()),
         };
-        let mut resolve = self.resolve_of(&saved);
-        if let Some(result) = &latest {
-            resolve.failures = failures(result);
-        }
-        let resolve = Arc::new(resolve);
+        let resolve = Arc::new(self.origin.resolve(&saved, latest.as_deref()));
         if guard.recent.len() >= MAX_RECENT_RESOLVES {
             guard.recent.pop_front();
         }
@@ -547,43 +430,6 @@ impl Notifications {
         }
     }
 
-    /// Keeps a resolve (saved) until every receiver in `pending` accepted it or gave up.
-    fn keep_resolving(
-        &self,
-        guard: &mut State,
-        resolve: Arc<Notification>,
-        saved: SavedResolve,
-        pending: BTreeSet<String>,
-    ) {
-        let id = resolve.episode_id.clone();
-        while guard.resolving.len() >= MAX_RESOLVING {
-            let Some(oldest) = guard.resolving_order.pop_front() else {
-                break;
-            };
-            if let Some(gone) = guard.resolving.remove(&oldest) {
-                tracing::warn!(check = %gone.resolve.check, episode = %oldest, "too many resolves wait for receivers; the oldest is no longer kept across restarts");
-                self.saved.remove(SAVED_DELIVERIES, &oldest);
-            }
-        }
-        self.saved.put(
-            SAVED_DELIVERIES,
-            &id,
-            &SavedDelivery::Resolving {
-                resolve: saved.clone(),
-                pending: pending.clone(),
-            },
-        );
-        guard.resolving_order.push_back(id.clone());
-        guard.resolving.insert(
-            id,
-            Resolving {
-                resolve,
-                saved,
-                pending,
-            },
-        );
-    }
-
     /// Queues the episode's firing notification for each of its receivers that has not
     /// accepted (and is not about to get) its current severity, except while a maintenance
     /// window covers the check: then it is held back, counted `suppressed` once, and sent
@@ -593,6 +439,7 @@ impl Notifications {
         let windows = self.windows();
         let window = windows.in_force(&open.episode.check, SystemTime::now());
         let mut built: HashMap<Option<Severity>, Arc<Notification>> = HashMap::new();
+        let mut sends: Vec<(&Route, Arc<Notification>)> = Vec::new();
         let mut held = false;
         for name in &open.routes {
             let Some(route) = self.routes.get(name) else {
@@ -618,7 +465,7 @@ impl Notifications {
             // An escalation (or de-escalation) says what it was before, to this receiver.
             let previous = receiver.accepted.filter(|before| *before != severity);
             let notification = built.entry(previous).or_insert_with(|| {
-                Arc::new(self.firing(
+                Arc::new(self.origin.firing(
                     &open.episode,
                     open.check_type,
                     open.state,
@@ -626,8 +473,15 @@ impl Notifications {
                     open.latest.as_deref(),
                 ))
             });
-            route.delivery.push(Arc::clone(notification));
+            sends.push((route, Arc::clone(notification)));
             receiver.queued = Some(severity);
+        }
+        if !sends.is_empty() {
+            // Saved before anything leaves: a crash after the send still knows it may have.
+            self.save_open(open);
+            for (route, notification) in sends {
+                route.delivery.push(notification);
+            }
         }
         if held {
             guard.held.insert(open.episode.check.clone());
@@ -637,7 +491,7 @@ impl Notifications {
     }
 
     /// The notifiers of `check` that exist.
-    fn routes_of(&self, check: &CheckConfig) -> Vec<String> {
+    pub(super) fn routes_of(&self, check: &CheckConfig) -> Vec<String> {
         let mut names: Vec<String> = match &check.notify {
             Some(names) => names
                 .iter()
@@ -653,78 +507,6 @@ impl Notifications {
         };
         names.sort();
         names
-    }
-
-    /// The firing notification of `episode`, with the details of `latest` when known.
-    pub(super) fn firing(
-        &self,
-        episode: &Episode,
-        check_type: CheckType,
-        state: CheckState,
-        previous_severity: Option<Severity>,
-        latest: Option<&CheckResult>,
-    ) -> Notification {
-        Notification {
-            event: Event::Firing,
-            reminder: false,
-            episode_id: episode.id.clone(),
-            check: episode.check.clone(),
-            check_type,
-            severity: episode.severity,
-            previous_severity,
-            state,
-            started_at: episode.started_at,
-            at: latest.map_or(episode.opened_at, |result| result.finished_at),
-            reason: None,
-            failing: latest.map_or(0, |result| result.counts().failing),
-            instances: latest.map_or(0, |result| result.instances()),
-            failures: latest.map(failures).unwrap_or_default(),
-            link: super::check_link(&self.link_base, &episode.check),
-            agent: self.agent.clone(),
-        }
-    }
-
-    fn resolve_of(&self, saved: &SavedResolve) -> Notification {
-        Notification {
-            event: Event::Resolved,
-            reminder: false,
-            episode_id: saved.episode.id.clone(),
-            check: saved.episode.check.clone(),
-            check_type: saved.check_type,
-            severity: saved.episode.severity,
-            previous_severity: None,
-            state: saved.state,
-            started_at: saved.episode.started_at,
-            at: saved.at,
-            reason: Some(saved.reason),
-            failing: saved.failing,
-            instances: saved.instances,
-            failures: Vec::new(),
-            link: super::check_link(&self.link_base, &saved.episode.check),
-            agent: self.agent.clone(),
-        }
-    }
-
-    /// Saves who accepted `open` (nothing when nobody has).
-    fn save_open(&self, open: &Open) {
-        let accepted: BTreeMap<String, Severity> = open
-            .receivers
-            .iter()
-            .filter_map(|(name, receiver)| receiver.accepted.map(|s| (name.clone(), s)))
-            .collect();
-        if accepted.is_empty() {
-            self.saved.remove(SAVED_DELIVERIES, &open.episode.id);
-        } else {
-            self.saved.put(
-                SAVED_DELIVERIES,
-                &open.episode.id,
-                &SavedDelivery::Open {
-                    check: open.episode.check.clone(),
-                    check_type: open.check_type,
-                    accepted,
-                },
-            );
-        }
     }
 
     /// This checker just took the lease: repeat what the old leader may not have delivered.
@@ -802,115 +584,6 @@ impl Notifications {
     }
 }
 
-impl Outcomes for Notifications {
-    /// A receiver accepted (or will never get) a notification: remember it, and save it.
-    fn outcome(&self, notifier: &str, notification: &Notification, outcome: Outcome) {
-        let mut guard = self.lock();
-        match (notification.event, outcome) {
-            (Event::Firing, Outcome::Accepted | Outcome::Lost) => {
-                let Some(open) = guard
-                    .open
-                    .get_mut(&notification.check)
-                    .filter(|open| open.episode.id == notification.episode_id)
-                else {
-                    return;
-                };
-                let Some(receiver) = open.receivers.get_mut(notifier) else {
-                    return;
-                };
-                if receiver.queued == Some(notification.severity) {
-                    receiver.queued = None;
-                }
-                if outcome == Outcome::Lost || notification.reminder {
-                    return;
-                }
-                receiver.accepted = Some(notification.severity);
-                let first_reminder = match (receiver.reminder_due, self.routes.get(notifier)) {
-                    (None, Some(route)) => route.repeat.map(|every| Instant::now() + every),
-                    _ => None,
-                };
-                if let Some(due) = first_reminder {
-                    receiver.reminder_due = Some(due);
-                }
-                let check = open.episode.check.clone();
-                self.save_open(open);
-                if let Some(due) = first_reminder {
-                    guard
-                        .reminders
-                        .push(Reverse((due, check, notifier.to_string())));
-                }
-            }
-            (Event::Resolved, Outcome::Accepted | Outcome::Lost) => {
-                let id = &notification.episode_id;
-                let Some(resolving) = guard.resolving.get_mut(id) else {
-                    return;
-                };
-                resolving.pending.remove(notifier);
-                if resolving.pending.is_empty() {
-                    guard.resolving.remove(id);
-                    guard.resolving_order.retain(|other| other != id);
-                    self.saved.remove(SAVED_DELIVERIES, id);
-                } else {
-                    self.saved.put(
-                        SAVED_DELIVERIES,
-                        id,
-                        &SavedDelivery::Resolving {
-                            resolve: resolving.saved.clone(),
-                            pending: resolving.pending.clone(),
-                        },
-                    );
-                }
-            }
-            // Unsent at stop: it stays not accepted (firing) or pending (resolve), and the
-            // saved state says so for the next start.
-            _ => {}
-        }
-    }
-}
-
-/// The failing instances of a result and why, at most `MAX_FAILURES_LISTED`.
-pub(super) fn failures(result: &CheckResult) -> Vec<Failure> {
-    result
-        .responses
-        .iter()
-        .filter(|response| !response.passing)
-        .take(MAX_FAILURES_LISTED)
-        .map(|response| {
-            let mut assertions: Vec<FailedAssertion> = response
-                .assertions
-                .iter()
-                .filter(|assertion| !assertion.passing)
-                .map(|assertion| FailedAssertion {
-                    key: crate::assertions::key_name(assertion.key).to_string(),
-                    expected: format!(
-                        "{} {} {}",
-                        assertion.value,
-                        crate::assertions::relationship_name(assertion.relationship),
-                        assertion.operand
-                    )
-                    .trim()
-                    .to_string(),
-                    actual: assertion.actual.clone(),
-                    message: assertion.message.clone(),
-                })
-                .collect();
-            // Without assertions an HTTP check passes on a 2xx status: say that one failed.
-            if let (None, true, Some(http)) =
-                (&response.error, assertions.is_empty(), &response.http)
-            {
-                assertions.push(FailedAssertion {
-                    key: "status_code".to_string(),
-                    expected: "2xx".to_string(),
-                    actual: http.status.to_string(),
-                    message: Some(format!("status {} is not a 2xx", http.status)),
-                });
-            }
-            Failure {
-                instance: response.target.clone(),
-                error_kind: response.error.as_ref().map(|error| error.kind.as_str()),
-                error: response.error.as_ref().map(|error| error.message.clone()),
-                assertions,
-            }
-        })
-        .collect()
-}
+#[cfg(test)]
+#[path = "routing_tests.rs"]
+mod tests;

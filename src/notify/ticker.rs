@@ -133,7 +133,7 @@ impl Notifications {
                 tracing::debug!(check = %check, notifier = %notifier, maintenance = window, "reminder suppressed by a maintenance window");
                 self.metrics.count_notification(&notifier, "suppressed");
             } else {
-                let mut reminder = self.firing(
+                let mut reminder = self.origin.firing(
                     &open.episode,
                     open.check_type,
                     open.state,

@@ -14,23 +14,23 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const WAIT: Duration = Duration::from_secs(60);
+pub(crate) const WAIT: Duration = Duration::from_secs(60);
 
 /// A check target: 200 while healthy, 503 while failing.
-fn target() -> Receiver {
+pub(crate) fn target() -> Receiver {
     Receiver::start(Reply::new(200, "ok"))
 }
 
-fn fail(target: &Receiver) {
+pub(crate) fn fail(target: &Receiver) {
     target.set_default(Reply::new(503, "down"));
 }
 
-fn recover(target: &Receiver) {
+pub(crate) fn recover(target: &Receiver) {
     target.set_default(Reply::new(200, "ok"));
 }
 
 /// `[agent]` and one http check `web` on `target`, every second, FAIL at the first failure.
-fn base(listen: u16, target: &Receiver) -> String {
+pub(crate) fn base(listen: u16, target: &Receiver) -> String {
     format!(
         "[agent]\nid = \"notify-agent\"\nlisten = \"127.0.0.1:{listen}\"\nshutdown_grace = \"3s\"\n\
          [[checks]]\nname = \"web\"\ntype = \"http\"\nurl = \"{}/health\"\ninterval = \"1s\"\nmin_failing_time = \"0s\"\n",
@@ -44,24 +44,24 @@ fn write(dir: &Path, name: &str, content: &str) -> PathBuf {
     path
 }
 
-fn start(listen: u16, config: &str) -> Bastion {
+pub(crate) fn start(listen: u16, config: &str) -> Bastion {
     let mut agent = Bastion::start("notify", listen, config, &["run"]);
     agent.wait_ready();
     agent
 }
 
-fn sample(agent: &Bastion, series: &str) -> f64 {
+pub(crate) fn sample(agent: &Bastion, series: &str) -> f64 {
     agent
         .metrics()
         .and_then(|text| metric(&text, series))
         .unwrap_or(-1.0)
 }
 
-fn outcome(notifier: &str, outcome: &str) -> String {
+pub(crate) fn outcome(notifier: &str, outcome: &str) -> String {
     format!("bastion_notifications_total{{notifier=\"{notifier}\",outcome=\"{outcome}\"}}")
 }
 
-fn events(received: &[Received], field: &str) -> Vec<String> {
+pub(crate) fn events(received: &[Received], field: &str) -> Vec<String> {
     received
         .iter()
         .filter(|r| (200..300).contains(&r.status))
@@ -69,7 +69,7 @@ fn events(received: &[Received], field: &str) -> Vec<String> {
         .collect()
 }
 
-fn has_event(received: &[Received], event: &str) -> bool {
+pub(crate) fn has_event(received: &[Received], event: &str) -> bool {
     events(received, "event").iter().any(|e| e == event)
 }
 
