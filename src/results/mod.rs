@@ -192,9 +192,14 @@ pub async fn consume(
             &sink.store,
         ))));
     let current = Arc::clone(&checks.borrow_and_update());
+    // Leading or not from the start, so that episodes the start ends reach history first;
+    // then history learns which are open.
+    sink.leading = sink.leads();
     sink.resume(&current, resumed);
     sink.apply_checks(&current);
-    sink.follow_leadership();
+    if sink.leading {
+        sink.reconcile();
+    }
     // Without a config owner (it went away) the checks stay as they are.
     let mut watching = true;
     loop {
@@ -385,17 +390,24 @@ impl Sink {
     /// are open, so it writes those it lacks and ends those nobody follows any more.
     fn follow_leadership(&mut self) {
         let leading = self.leads();
-        if leading && !self.leading {
-            if let Some(history) = &self.history {
-                let open = self
-                    .followed
-                    .values()
-                    .filter_map(|followed| followed.track.open().cloned())
-                    .collect();
-                history.incident(IncidentOp::Reconcile { open });
-            }
-        }
+        let took_over = leading && !self.leading;
         self.leading = leading;
+        if took_over {
+            self.reconcile();
+        }
+    }
+
+    /// Tells history which episodes are open, so it writes those it lacks and ends those
+    /// nobody follows any more.
+    fn reconcile(&self) {
+        if let Some(history) = &self.history {
+            let open = self
+                .followed
+                .values()
+                .filter_map(|followed| followed.track.open().cloned())
+                .collect();
+            history.incident(IncidentOp::Reconcile { open });
+        }
     }
 
     /// Hands an episode event to history (while leading) and to notifications; `result` is

@@ -817,9 +817,8 @@ async fn a_long_database_outage_loses_runs_but_every_incident_opens_and_closes()
             .replace("min_failing_time = \"2s\"", "min_failing_time = \"0s\"")
     );
     // Steady checks whose runs fill every buffer before the failure begins.
-    let steady = crate::common::receiver::Receiver::start(crate::common::receiver::Reply::new(
-        200, "ok",
-    ));
+    let steady =
+        crate::common::receiver::Receiver::start(crate::common::receiver::Reply::new(200, "ok"));
     for n in 0..10 {
         toml.push_str(&format!(
             "[[checks]]\nname = \"steady{n}\"\ntype = \"http\"\nurl = \"{}/\"\ninterval = \"1s\"\n",
@@ -1110,4 +1109,31 @@ fn a_checker_stopped_with_its_database_down_counts_what_it_could_not_write() {
     assert!(!log.contains("did not stop in time"), "{log}");
     assert!(took < Duration::from_secs(30), "stopping took {took:?}");
     runtime.block_on(lock.release());
+}
+
+/// A check removed from the config while the agent was down: its incident ends at the next
+/// start, saying so (`check_removed`), not as if nobody knew what became of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_incident_of_a_check_removed_while_the_agent_was_down_ends_at_start() {
+    let target = scripted_target(1..=100_000).await;
+    let backend = Backend::sqlite();
+    let flaky = FLAKY
+        .replace("TARGET", &target.to_string())
+        .replace("min_failing_time = \"2s\"", "min_failing_time = \"0s\"");
+    let first = Running::start(&format!("{}{flaky}", backend.toml())).await;
+    poll(&first, "/api/v1/incidents?check=flaky", |body| {
+        body.as_array()
+            .is_some_and(|all| all.len() == 1 && all[0]["open"] == true)
+    })
+    .await;
+    first.stop().await;
+    let renamed = flaky.replace("name = \"flaky\"", "name = \"steady\"");
+    let second = Running::start(&format!("{}{renamed}", backend.toml())).await;
+    let incidents = poll(&second, "/api/v1/incidents?check=flaky", |body| {
+        body.as_array()
+            .is_some_and(|all| all.len() == 1 && all[0]["open"] == false)
+    })
+    .await;
+    assert_eq!(incidents[0]["end_reason"], "check_removed", "{incidents}");
+    second.stop().await;
 }
