@@ -167,6 +167,15 @@ pub struct Track {
 }
 
 impl Track {
+    /// A track with `episode` open since `first_run` (an earlier version's saved episode).
+    pub fn resumed(episode: Episode, first_run: RunTimes) -> Track {
+        Track {
+            failing_since: Some(first_run),
+            recovering_since: None,
+            open: Some(episode),
+        }
+    }
+
     /// The open episode, if any.
     pub fn open(&self) -> Option<&Episode> {
         self.open.as_ref()

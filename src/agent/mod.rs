@@ -10,6 +10,7 @@
 //! reporting, `once` the one-shot commands. The agent wires components together: it must
 //! never probe, schedule or judge anything itself.
 
+mod legacy;
 mod once;
 mod status;
 mod tasks;
@@ -352,9 +353,16 @@ impl Agent {
             ),
             None => (None, None, None),
         };
-        let saved = role
-            .schedules()
-            .then(|| crate::saved_state::SavedState::open(Some(episodes_file(&config))));
+        let saved = role.schedules().then(|| {
+            let path = episodes_file(&config);
+            let fresh = !path.exists();
+            let (saved, loaded) = crate::saved_state::SavedState::open(Some(path.clone()));
+            let loaded = match fresh.then(|| legacy::take_over(&path, &checks.borrow())) {
+                Some(Some(older)) => older,
+                _ => loaded,
+            };
+            (saved, loaded)
+        });
         Ok(Agent {
             shared: Shared {
                 config,

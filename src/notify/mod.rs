@@ -27,7 +27,7 @@ pub mod webhook;
 pub use crate::episode::{EndReason, Severity};
 pub use maintenance::Maintenance;
 pub use routing::{Notifications, NotificationsOptions};
-pub use saved::SAVED_DELIVERIES;
+pub use saved::{open_delivery, SAVED_DELIVERIES};
 
 use crate::config::{Config, NotifierConfig};
 use crate::model::{CheckState, CheckType};

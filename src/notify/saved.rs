@@ -43,6 +43,22 @@ pub(super) enum SavedDelivery {
     },
 }
 
+/// The saved entry of an open episode whose trigger `accepted` took: for an earlier
+/// version's saved state, taken over at start.
+pub fn open_delivery(
+    check: &str,
+    check_type: CheckType,
+    accepted: BTreeMap<String, Severity>,
+) -> serde_json::Value {
+    serde_json::to_value(SavedDelivery::Open {
+        check: check.to_string(),
+        check_type,
+        accepted,
+        pending: BTreeSet::new(),
+    })
+    .unwrap_or(serde_json::Value::Null)
+}
+
 impl Notifications {
     /// Forgets what was saved of an episode's deliveries.
     pub(super) fn unsave(&self, episode_id: &str) {

@@ -328,3 +328,53 @@ fn an_incident_ends_when_every_ha_checker_restarts_and_the_check_recovered_meanw
     drop(checkers);
     drop(runner);
 }
+
+/// An upgrade in the middle of an outage: the open episode the previous version saved in
+/// `notifications.json` is taken over, so the check still failing sends no second trigger
+/// under a new id, and its recovery resolves the episode its receivers know.
+#[test]
+fn an_upgrade_takes_over_the_episodes_an_earlier_version_saved() {
+    let target = target();
+    let hook = Receiver::start(Reply::new(202, "accepted"));
+    let dir = scratch_dir("episodes-upgrade");
+    let started = std::time::SystemTime::now() - Duration::from_secs(600);
+    let id = "0123456789abcdef0123456789abcdef";
+    std::fs::write(
+        dir.join("notifications.json"),
+        serde_json::json!({
+            "version": 1,
+            "episodes": [{
+                "check": "web", "id": id,
+                "started_at": humantime::format_rfc3339_micros(started).to_string(),
+                "severity": "critical", "state": "FAIL", "check_type": "http",
+                "failing": 1, "instances": 1, "routes": ["hook"], "told": ["hook"]
+            }]
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let listen = free_port();
+    let config = format!(
+        "{}{}{}",
+        base(listen, &target),
+        webhook(&hook.url(), ""),
+        history_in(&dir)
+    );
+    fail(&target);
+    let agent = start(listen, &config);
+    wait_until("web is probed", &agent, || {
+        agent
+            .metrics()
+            .is_some_and(|text| text.contains("probe_success{check=\"web\""))
+    });
+    recover(&target);
+    let received = hook.wait_for("the resolve", WAIT, |r| has_event(r, "resolved"));
+    assert_eq!(
+        events(&received, "event"),
+        ["resolved"],
+        "no second trigger: {}",
+        agent.log()
+    );
+    assert_eq!(events(&received, "episode_id"), [id.to_string()]);
+    assert!(dir.join("notifications.json.migrated").exists());
+}
