@@ -79,6 +79,7 @@ fn encode_within(result: CheckResult, limit: usize) -> Result<Encoded, serde_jso
     }
     let instances = result.instances();
     let failing = result.failing();
+    let unmeasured = result.unmeasured();
     for response in &mut result.responses {
         drop_detail(response);
     }
@@ -87,6 +88,7 @@ fn encode_within(result: CheckResult, limit: usize) -> Result<Encoded, serde_jso
         instances,
         failing,
         omitted: 0,
+        unmeasured,
     });
     let payload = serde_json::to_vec(&result)?;
     if payload.len() <= limit {
@@ -109,6 +111,7 @@ fn summarise(
     failing: usize,
     limit: usize,
 ) -> Result<(), serde_json::Error> {
+    let unmeasured = result.unmeasured();
     let responses = std::mem::take(&mut result.responses);
     // The frame is measured with the largest `omitted` it can hold, so the count never
     // outgrows the room left for it.
@@ -117,6 +120,7 @@ fn summarise(
         instances,
         failing,
         omitted: responses.len(),
+        unmeasured,
     });
     let frame = serde_json::to_vec(&*result)?.len();
     let mut room = limit.saturating_sub(frame);
@@ -151,6 +155,7 @@ fn summarise(
         instances,
         failing,
         omitted,
+        unmeasured,
     });
     Ok(())
 }
@@ -375,6 +380,30 @@ mod tests {
         assert!(
             kept_failing == 4 || back.responses.iter().all(|r| !r.passing),
             "failing responses get the room first"
+        );
+    }
+
+    /// A summarised result still says how many of the instances it left out never ran for
+    /// want of a worker, so they count as unmeasured, not down (one rule with the state).
+    #[test]
+    fn a_summarised_result_counts_the_dispatch_timeouts_it_left_out() {
+        let responses: Vec<Response> = (0..20_000)
+            .map(|n| {
+                let mut response = response(n, "ok", false);
+                if n % 4 != 0 {
+                    response.error = Some(ProbeError::new(ErrorKind::DispatchTimeout, "no worker"));
+                }
+                response
+            })
+            .collect();
+        let encoded = encode(result(responses)).unwrap();
+        assert_eq!(encoded.degraded, Some(DegradedForm::Summarised));
+        let back: CheckResult = messages::decode(&encoded.payload).unwrap();
+        assert!(back.degraded.unwrap().omitted > 0);
+        let counts = back.counts();
+        assert_eq!(
+            (counts.instances, counts.failing, counts.unmeasured),
+            (20_000, 5_000, 15_000)
         );
     }
 

@@ -126,6 +126,31 @@ pub struct Degraded {
     pub failing: usize,
     /// Responses left out of `responses`.
     pub omitted: usize,
+    /// Of the instances, how many never ran for want of a worker (`dispatch_timeout`);
+    /// they are among `failing`. Absent from runners of older builds (read as 0).
+    #[serde(default)]
+    pub unmeasured: usize,
+}
+
+/// How the instances of one run count: the one rule the state machine and history share.
+/// An instance that never ran for want of a worker (`dispatch_timeout`) measured nothing
+/// about the target, so it is neither failing nor passing; a run where no instance was
+/// measured moves no state and is `unmeasured` in history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunCounts {
+    /// Instances in the run, measured or not.
+    pub instances: usize,
+    /// Instances that ran and failed.
+    pub failing: usize,
+    /// Instances that never ran (`dispatch_timeout`).
+    pub unmeasured: usize,
+}
+
+impl RunCounts {
+    /// No instance was measured (or there were none).
+    pub fn nothing_measured(&self) -> bool {
+        self.instances == 0 || self.unmeasured >= self.instances
+    }
 }
 
 /// The reduced forms of a result, mildest first. Also the `form` label of
@@ -158,11 +183,35 @@ impl CheckResult {
             .map_or(self.responses.len(), |degraded| degraded.instances)
     }
 
-    /// Failing instances in the run, including any left out of a degraded result.
+    /// Failing instances in the run, including any left out of a degraded result, and
+    /// including those that never ran (`dispatch_timeout`): what `passing` says.
     pub fn failing(&self) -> usize {
         match self.degraded {
             Some(degraded) => degraded.failing,
             None => self.responses.iter().filter(|r| !r.passing).count(),
+        }
+    }
+
+    /// Instances that never ran for want of a worker, including any left out of a degraded
+    /// result.
+    pub fn unmeasured(&self) -> usize {
+        match self.degraded {
+            Some(degraded) => degraded.unmeasured,
+            None => self
+                .responses
+                .iter()
+                .filter(|r| r.error_kind() == Some(crate::model::ErrorKind::DispatchTimeout))
+                .count(),
+        }
+    }
+
+    /// How the run's instances count for its check's state and its history.
+    pub fn counts(&self) -> RunCounts {
+        let unmeasured = self.unmeasured();
+        RunCounts {
+            instances: self.instances(),
+            failing: self.failing().saturating_sub(unmeasured),
+            unmeasured,
         }
     }
 }

@@ -76,8 +76,14 @@ pub struct NotifierOutcomeLabels {
 }
 
 /// The outcomes `bastion_notifications_total` counts per notifier.
-pub const NOTIFICATION_OUTCOMES: [&str; 5] =
-    ["sent", "failed", "rejected", "dropped", "suppressed"];
+pub const NOTIFICATION_OUTCOMES: [&str; 6] = [
+    "sent",
+    "failed",
+    "rejected",
+    "dropped",
+    "suppressed",
+    "unsent",
+];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VersionLabels {
@@ -153,8 +159,9 @@ pub struct Metrics {
     pub notification_queue: Family<NotifierLabels, Gauge>,
     /// Check names whose series were removed, by why: `expired` or `capacity`.
     pub check_series_forgotten: Family<ReasonLabels, Counter>,
-    /// History records dropped, by why: `buffer_full` (the writer is behind or the database
-    /// cannot be written) or `stopped`.
+    /// History records dropped, by why: `buffer_full` (runs or state changes: the writer is
+    /// behind or the database cannot be written), `incidents_full` (incident changes, whose
+    /// lane holds at least 16,384) or `stopped`.
     pub history_dropped: Family<ReasonLabels, Counter>,
     /// History records (runs and state changes) written to the database.
     pub history_written: Counter,
@@ -404,7 +411,7 @@ impl Metrics {
     fn register_history(&self, registry: &mut Registry) {
         registry.register(
             "bastion_history_dropped",
-            "History records (runs, state changes) dropped: the buffer was full (the database is slow or cannot be written) or the writer had stopped",
+            "History records (runs, state changes, incident changes) dropped: their lane was full (the database is slow or cannot be written) or the writer had stopped",
             self.history_dropped.clone(),
         );
         registry.register(
@@ -483,7 +490,7 @@ impl Metrics {
         for reason in ["slow_consumer", "results_buffer_full", "results_rejected"] {
             let _ = self.bus_dropped.get_or_create(&ReasonLabels { reason });
         }
-        for reason in ["buffer_full", "stopped"] {
+        for reason in ["buffer_full", "incidents_full", "stopped"] {
             let _ = self.history_dropped.get_or_create(&ReasonLabels { reason });
         }
     }

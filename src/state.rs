@@ -53,6 +53,17 @@ impl StateTracker {
         }
     }
 
+    /// A check resumed in `state`, entered at `wall` by the wall clock as a previous run of
+    /// the agent saved it; its time in state counts from `now` (the monotonic clock of the
+    /// last run is gone), so a waiting state waits its full time again.
+    pub fn resume(state: CheckState, now: Instant, wall: SystemTime) -> StateTracker {
+        StateTracker {
+            state,
+            entered: now,
+            since: wall,
+        }
+    }
+
     pub fn state(&self) -> CheckState {
         self.state
     }

@@ -10,6 +10,7 @@
 //! reporting, `once` the one-shot commands. The agent wires components together: it must
 //! never probe, schedule or judge anything itself.
 
+mod legacy;
 mod once;
 mod status;
 mod tasks;
@@ -131,6 +132,23 @@ pub struct Agent {
     /// The sink's side of history; moved into the sink, so the writer stops after it.
     recorder: Option<crate::history::Recorder>,
     history_writer: Option<crate::history::writer::Writer>,
+    /// What a scheduling role keeps across restarts, and what the last run kept.
+    saved: Option<(
+        Arc<crate::saved_state::SavedState>,
+        crate::saved_state::Loaded,
+    )>,
+}
+
+/// Where a scheduling agent keeps its checks' states, failure episodes and who was told of
+/// them across restarts: `episodes.json` beside the history database (the agent's state
+/// directory by default), whether or not history is enabled.
+pub fn episodes_file(config: &Config) -> std::path::PathBuf {
+    config
+        .history
+        .path
+        .parent()
+        .unwrap_or_else(|| std::path::Path::new(""))
+        .join("episodes.json")
 }
 
 impl std::fmt::Debug for Agent {
@@ -335,6 +353,16 @@ impl Agent {
             ),
             None => (None, None, None),
         };
+        let saved = role.schedules().then(|| {
+            let path = episodes_file(&config);
+            let fresh = !path.exists();
+            let (saved, loaded) = crate::saved_state::SavedState::open(Some(path.clone()));
+            let loaded = match fresh.then(|| legacy::take_over(&path, &checks.borrow())) {
+                Some(Some(older)) => older,
+                _ => loaded,
+            };
+            (saved, loaded)
+        });
         Ok(Agent {
             shared: Shared {
                 config,
@@ -357,6 +385,7 @@ impl Agent {
             notify,
             recorder,
             history_writer,
+            saved,
         })
     }
 
@@ -418,6 +447,7 @@ impl Agent {
             notify,
             recorder,
             history_writer,
+            saved,
         } = self;
         let intake = CancellationToken::new();
         let outlets = CancellationToken::new();
@@ -439,16 +469,36 @@ impl Agent {
         });
         let notify_stop = CancellationToken::new();
         let notify_tasks = tokio_util::task::TaskTracker::new();
+        // Without a scheduling role nothing is saved: the state lives in memory only.
+        let (saved, mut loaded) =
+            saved.unwrap_or_else(|| crate::saved_state::SavedState::open(None));
+        let saved_stop = CancellationToken::new();
+        let saver = tokio::spawn(Arc::clone(&saved).run(saved_stop.clone()));
         let notifications = notify.map(|setup| {
-            shared.start_notifications(setup, leadership.clone(), &notify_stop, &notify_tasks)
+            shared.start_notifications(
+                setup,
+                leadership.clone(),
+                Arc::clone(&saved),
+                loaded
+                    .remove(crate::notify::SAVED_DELIVERIES)
+                    .unwrap_or_default(),
+                &notify_stop,
+                &notify_tasks,
+            )
         });
         let history = history_writer.map(|writer| tokio::spawn(writer.run()));
+        let resumed = tasks::saved_checks(
+            loaded
+                .remove(crate::results::SAVED_CHECKS)
+                .unwrap_or_default(),
+        );
         let sink = results.map(|results| {
             shared.spawn_sink(
                 results,
                 leadership.clone(),
                 notifications.clone(),
                 recorder,
+                (Arc::clone(&saved), resumed),
                 &outlets,
             )
         });
@@ -480,6 +530,8 @@ impl Agent {
             notifications,
             notify_stop,
             notify_tasks,
+            saver,
+            saved_stop,
         })
     }
 }

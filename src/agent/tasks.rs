@@ -6,6 +6,7 @@
 use super::{AgentError, Role};
 use crate::bus::Bus;
 use crate::config::{CheckConfig, Config};
+use crate::episode::SavedCheck;
 use crate::heartbeat::Heartbeats;
 use crate::http::ApiState;
 use crate::lease::Leadership;
@@ -14,6 +15,7 @@ use crate::notify::{Notifications, NotificationsOptions};
 use crate::reload::Reloader;
 use crate::results::{EventOutlet, ResultStore, SinkContext};
 use crate::runner::dispatcher::Dispatcher;
+use crate::saved_state::SavedState;
 use crate::subjects::Subjects;
 use crate::systemd::Notifier;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,6 +27,25 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+/// The checks' states and episodes the last run saved; an entry that cannot be read is
+/// logged and left out (that check starts afresh).
+pub(super) fn saved_checks(
+    section: std::collections::BTreeMap<String, serde_json::Value>,
+) -> Vec<SavedCheck> {
+    section
+        .into_iter()
+        .filter_map(
+            |(check, value)| match serde_json::from_value::<SavedCheck>(value) {
+                Ok(saved) => Some(saved),
+                Err(error) => {
+                    tracing::warn!(%check, %error, "a saved check state is not readable; the check starts afresh");
+                    None
+                }
+            },
+        )
+        .collect()
+}
 
 /// The notifiers of a scheduling agent, built before it starts.
 pub(super) struct NotifySetup {
@@ -101,11 +122,13 @@ impl Shared {
         }
     }
 
-    /// Starts the notifiers' queues and episodes; they deliver only while this agent leads.
+    /// Starts the notifiers' queues and routing; they deliver only while this agent leads.
     pub(super) fn start_notifications(
         &self,
         setup: NotifySetup,
         leadership: Option<Leadership>,
+        saved: Arc<SavedState>,
+        resumed: std::collections::BTreeMap<String, serde_json::Value>,
         stop: &CancellationToken,
         tasks: &TaskTracker,
     ) -> Arc<Notifications> {
@@ -118,13 +141,8 @@ impl Shared {
                 link_base: crate::notify::api_base(&self.config),
                 metrics: Arc::clone(&self.metrics),
                 leadership,
-                episodes_file: Some(crate::notify::episodes_file(&self.config)),
-                checks: self
-                    .checks
-                    .borrow()
-                    .iter()
-                    .map(|c| c.name.clone())
-                    .collect(),
+                saved,
+                resumed,
             },
             stop,
             tasks,
@@ -139,6 +157,7 @@ impl Shared {
         leadership: Option<Leadership>,
         notifications: Option<Arc<Notifications>>,
         history: Option<crate::history::Recorder>,
+        (saved, resumed): (Arc<SavedState>, Vec<SavedCheck>),
         stop: &CancellationToken,
     ) -> JoinHandle<()> {
         let events = EventOutlet {
@@ -153,6 +172,8 @@ impl Shared {
             events: Some(events),
             notifications,
             history,
+            saved,
+            resumed,
         };
         tokio::spawn(crate::results::consume(results, context, stop.clone()))
     }
@@ -239,6 +260,9 @@ pub(super) struct Running {
     /// Stops the notifiers' deliveries, after they had a chance to drain.
     pub(super) notify_stop: CancellationToken,
     pub(super) notify_tasks: TaskTracker,
+    /// Writes the saved state; stopped last, after everything that changes it.
+    pub(super) saver: JoinHandle<()>,
+    pub(super) saved_stop: CancellationToken,
 }
 
 impl Running {
@@ -262,6 +286,8 @@ impl Running {
             notifications,
             notify_stop,
             notify_tasks,
+            saver,
+            saved_stop,
         } = self;
         tracing::info!("shutting down: scheduling stopped, waiting for runs in flight");
         if let Some(notifier) = &shared.notifier {
@@ -297,13 +323,15 @@ impl Running {
             let _ = sink.await;
         }
         // The last transitions' notifications get what is left of the grace, at least 2 s.
-        if let Some(notifications) = notifications {
+        if let Some(notifications) = &notifications {
             let until = grace_ends.max(Instant::now() + Duration::from_secs(2));
             notifications.drain(until).await;
         }
         notify_stop.cancel();
         notify_tasks.close();
         let _ = tokio::time::timeout(Duration::from_secs(2), notify_tasks.wait()).await;
+        // Held until here: the deliveries report what they could not send as they stop.
+        drop(notifications);
         if let Some(history) = history {
             // The writer writes its last batch (giving up after a few seconds).
             if tokio::time::timeout(Duration::from_secs(10), history)
@@ -313,6 +341,9 @@ impl Running {
                 tracing::warn!("the history writer did not stop in time");
             }
         }
+        // The last word on episodes and deliveries: written after all of them.
+        saved_stop.cancel();
+        let _ = saver.await;
         let _ = heartbeat.await;
         if let Some(task) = systemd {
             let _ = task.await;

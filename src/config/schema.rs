@@ -381,6 +381,38 @@ impl CheckConfig {
     pub fn min_failing_time(&self) -> Duration {
         self.min_failing_time.unwrap_or(DEFAULT_MIN_FAILING_TIME)
     }
+
+    /// The definition without what does not change what is probed or how a response is
+    /// judged: where it is filed (`group`), who is told (`notify`, `notify_on`), how often it
+    /// runs and its state thresholds. A reload that changes only those keeps the check's
+    /// state and failure episode.
+    fn probed(&self) -> CheckConfig {
+        CheckConfig {
+            group: None,
+            interval: Duration::ZERO,
+            min_failing_count: None,
+            min_failing_time: None,
+            notify: None,
+            notify_on: None,
+            ..self.clone()
+        }
+    }
+
+    /// Whether `other` probes the same thing the same way (see `probed`).
+    pub fn same_probe(&self, other: &CheckConfig) -> bool {
+        self.probed() == other.probed()
+    }
+
+    /// A short digest of what `same_probe` compares, saved with a check's state so that a
+    /// check changed while the agent was down starts afresh.
+    pub fn probe_fingerprint(&self) -> String {
+        let text = serde_json::to_string(&self.probed()).unwrap_or_default();
+        let digest = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
+        digest.as_ref()[..12]
+            .iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect()
+    }
 }
 
 /// The type-specific part of a check, chosen by its `type` key.

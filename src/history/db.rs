@@ -15,7 +15,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 /// Schema version stored in `meta`; a newer one found in the database is refused.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// A pool on either backend.
 #[derive(Debug, Clone)]
@@ -51,10 +51,23 @@ const SQLITE_SCHEMA: &[&str] = &[
      failing BIGINT NOT NULL, instances BIGINT NOT NULL, PRIMARY KEY (check_id, at_ms))",
     "CREATE TABLE IF NOT EXISTS incidents (id INTEGER PRIMARY KEY, check_id BIGINT NOT NULL, \
      started_ms BIGINT NOT NULL, confirmed_ms BIGINT NOT NULL, ended_ms BIGINT, \
-     interrupted SMALLINT NOT NULL DEFAULT 0, cause TEXT NOT NULL)",
+     interrupted SMALLINT NOT NULL DEFAULT 0, cause TEXT NOT NULL, \
+     episode_id TEXT, severity TEXT, end_reason TEXT)",
     "CREATE INDEX IF NOT EXISTS incidents_by_check ON incidents (check_id, started_ms)",
     "CREATE INDEX IF NOT EXISTS incidents_by_start ON incidents (started_ms)",
 ];
+
+/// What version 2 added (failure episodes shared with notifications): run on a version 1
+/// database before the statements after it.
+const MIGRATE_TO_2: &[&str] = &[
+    "ALTER TABLE incidents ADD COLUMN episode_id TEXT",
+    "ALTER TABLE incidents ADD COLUMN severity TEXT",
+    "ALTER TABLE incidents ADD COLUMN end_reason TEXT",
+];
+
+/// Indexes on columns a migration may have added: created after it.
+const LATE_INDEXES: &[&str] =
+    &["CREATE UNIQUE INDEX IF NOT EXISTS incidents_by_episode ON incidents (episode_id)"];
 
 const POSTGRES_SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BIGINT NOT NULL)",
@@ -72,7 +85,8 @@ const POSTGRES_SCHEMA: &[&str] = &[
      failing BIGINT NOT NULL, instances BIGINT NOT NULL, PRIMARY KEY (check_id, at_ms))",
     "CREATE TABLE IF NOT EXISTS incidents (id BIGSERIAL PRIMARY KEY, check_id BIGINT NOT NULL, \
      started_ms BIGINT NOT NULL, confirmed_ms BIGINT NOT NULL, ended_ms BIGINT, \
-     interrupted SMALLINT NOT NULL DEFAULT 0, cause TEXT NOT NULL)",
+     interrupted SMALLINT NOT NULL DEFAULT 0, cause TEXT NOT NULL, \
+     episode_id TEXT, severity TEXT, end_reason TEXT)",
     "CREATE INDEX IF NOT EXISTS incidents_by_check ON incidents (check_id, started_ms)",
     "CREATE INDEX IF NOT EXISTS incidents_by_start ON incidents (started_ms)",
 ];
@@ -126,30 +140,47 @@ impl Db {
         }
     }
 
-    /// Creates the tables when missing and checks the schema version.
+    /// Creates the tables when missing, brings an older schema up to this version, and
+    /// refuses a newer one.
     pub async fn ensure_schema(&self) -> Result<(), HistoryError> {
         let statements = match self {
             Db::Sqlite(_) => SQLITE_SCHEMA,
             Db::Postgres(_) => POSTGRES_SCHEMA,
         };
         on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
             for statement in statements {
-                sqlx::query(statement).execute(pool).await?;
+                sqlx::query(statement).execute(&mut *tx).await?;
             }
+            // A new database is created at this version; an old one keeps the one it had.
             sqlx::query(
                 "INSERT INTO meta (key, value) VALUES ('schema_version', $1) ON CONFLICT (key) DO NOTHING",
             )
             .bind(SCHEMA_VERSION)
-            .execute(pool)
+            .execute(&mut *tx)
             .await?;
             let found: i64 = sqlx::query_scalar("SELECT value FROM meta WHERE key = 'schema_version'")
-                .fetch_one(pool)
+                .fetch_one(&mut *tx)
                 .await?;
             if found > SCHEMA_VERSION {
                 return Err(HistoryError::BadQuery(format!(
                     "the history database has schema version {found}, newer than this build's {SCHEMA_VERSION}; use a newer bastion or another database"
                 )));
             }
+            if found < 2 {
+                for statement in MIGRATE_TO_2 {
+                    sqlx::query(statement).execute(&mut *tx).await?;
+                }
+                tracing::info!(from = found, to = SCHEMA_VERSION, "history database schema upgraded");
+            }
+            for statement in LATE_INDEXES {
+                sqlx::query(statement).execute(&mut *tx).await?;
+            }
+            sqlx::query("UPDATE meta SET value = $1 WHERE key = 'schema_version'")
+                .bind(SCHEMA_VERSION)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
         });
         Ok(())
     }

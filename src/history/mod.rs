@@ -28,6 +28,7 @@ use crate::config::{CheckConfig, HistoryConfig};
 use crate::messages::CheckResult;
 use crate::metrics::{Metrics, ReasonLabels};
 use crate::model::{CheckState, ErrorKind};
+pub use episodes::{Cause, IncidentOp};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
@@ -63,7 +64,7 @@ pub const ERROR_KINDS: [ErrorKind; 12] = [
 ];
 
 /// Longest error message kept with an incident's cause.
-const CAUSE_MESSAGE_BYTES: usize = 256;
+pub const CAUSE_MESSAGE_BYTES: usize = 256;
 /// Failing instances kept with an incident's cause.
 pub const CAUSE_INSTANCES: usize = 10;
 
@@ -146,20 +147,6 @@ pub struct TransitionRecord {
     pub instances: usize,
 }
 
-/// What the writer receives.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Record {
-    Run(RunRecord),
-    Transition(TransitionRecord),
-    /// A reload removed or changed the check: its episode ends here, and an incident still
-    /// open (`incident_open`) is closed as interrupted at `at`.
-    Forget {
-        check: Arc<str>,
-        incident_open: bool,
-        at: SystemTime,
-    },
-}
-
 /// Milliseconds since the Unix epoch (0 before it).
 pub fn millis(at: SystemTime) -> i64 {
     at.duration_since(UNIX_EPOCH).map_or(0, |elapsed| {
@@ -206,16 +193,12 @@ pub fn run_record(result: &CheckResult, min_failing_count: usize) -> RunRecord {
             }
         })
         .collect();
-    let unmeasured = samples
-        .iter()
-        .filter(|sample| sample.outcome == Outcome::Unmeasured)
-        .count();
-    // A degraded result counts the instances it left out as well.
-    let instances = result.instances();
-    let failing = result.failing().saturating_sub(unmeasured);
-    let outcome = if instances == 0 || unmeasured >= instances {
+    // The one rule the state machine shares (`CheckResult::counts`); a degraded result
+    // counts the instances it left out as well.
+    let counts = result.counts();
+    let outcome = if counts.nothing_measured() {
         Outcome::Unmeasured
-    } else if failing >= min_failing_count.max(1) {
+    } else if counts.failing >= min_failing_count.max(1) {
         Outcome::Down
     } else {
         Outcome::Up
@@ -262,7 +245,7 @@ pub fn failure(response: &crate::messages::Response) -> (&'static str, String) {
     )
 }
 
-fn cut(mut text: String, bytes: usize) -> String {
+pub(crate) fn cut(mut text: String, bytes: usize) -> String {
     if text.len() > bytes {
         let mut end = bytes;
         while !text.is_char_boundary(end) {
@@ -273,41 +256,95 @@ fn cut(mut text: String, bytes: usize) -> String {
     text
 }
 
-/// The sink's side: hands records to the writer without ever waiting for it.
+/// The sink's side: hands records to the writer without ever waiting for it. Runs, state
+/// changes and incident operations travel in lanes of their own, so a database that stays
+/// down fills the runs' lane first and loses runs (counted) while every state change and
+/// incident still waits to be written: incidents match the state even after a long outage.
 #[derive(Debug, Clone)]
 pub struct Recorder {
-    sender: mpsc::Sender<Record>,
+    runs: mpsc::Sender<RunRecord>,
+    transitions: mpsc::Sender<TransitionRecord>,
+    incidents: mpsc::Sender<IncidentOp>,
     metrics: Arc<Metrics>,
+    /// Cancels `Lanes::closed` when the last clone is dropped.
+    _closes: Arc<tokio_util::sync::DropGuard>,
 }
 
+/// The writer's side of the lanes.
+#[derive(Debug)]
+pub struct Lanes {
+    pub runs: mpsc::Receiver<RunRecord>,
+    pub transitions: mpsc::Receiver<TransitionRecord>,
+    pub incidents: mpsc::Receiver<IncidentOp>,
+    /// Cancelled when the last `Recorder` is gone: nothing more will arrive.
+    pub closed: tokio_util::sync::CancellationToken,
+}
+
+/// Incident operations waiting at most, whatever `history.buffer` says: one open and one
+/// close per episode, so this many episodes can open and end while the database is down
+/// before the first is lost.
+pub const MIN_INCIDENT_LANE: usize = 16_384;
+
 impl Recorder {
+    /// The recorder and the lanes it fills: `buffer` runs and `buffer` state changes, and at
+    /// least `MIN_INCIDENT_LANE` incident operations.
+    pub fn new(buffer: usize, metrics: Arc<Metrics>) -> (Recorder, Lanes) {
+        let buffer = buffer.max(1);
+        let (runs, run_lane) = mpsc::channel(buffer);
+        let (transitions, transition_lane) = mpsc::channel(buffer);
+        let (incidents, incident_lane) = mpsc::channel(buffer.max(MIN_INCIDENT_LANE));
+        let closed = tokio_util::sync::CancellationToken::new();
+        (
+            Recorder {
+                runs,
+                transitions,
+                incidents,
+                metrics,
+                _closes: Arc::new(closed.clone().drop_guard()),
+            },
+            Lanes {
+                runs: run_lane,
+                transitions: transition_lane,
+                incidents: incident_lane,
+                closed,
+            },
+        )
+    }
+
     pub fn run(&self, result: &CheckResult, check: &CheckConfig) {
-        self.send(Record::Run(run_record(result, check.min_failing_count())));
+        let record = run_record(result, check.min_failing_count());
+        self.count(self.runs.try_send(record).err().map(|error| match error {
+            mpsc::error::TrySendError::Full(_) => "buffer_full",
+            mpsc::error::TrySendError::Closed(_) => "stopped",
+        }));
     }
 
     pub fn transition(&self, record: TransitionRecord) {
-        self.send(Record::Transition(record));
+        self.count(
+            self.transitions
+                .try_send(record)
+                .err()
+                .map(|error| match error {
+                    mpsc::error::TrySendError::Full(_) => "buffer_full",
+                    mpsc::error::TrySendError::Closed(_) => "stopped",
+                }),
+        );
     }
 
-    /// The check was removed or changed by a reload.
-    pub fn forget(&self, check: &str, incident_open: bool, at: SystemTime) {
-        self.send(Record::Forget {
-            check: Arc::from(check),
-            incident_open,
-            at,
-        });
+    pub fn incident(&self, op: IncidentOp) {
+        self.count(self.incidents.try_send(op).err().map(|error| match error {
+            mpsc::error::TrySendError::Full(_) => "incidents_full",
+            mpsc::error::TrySendError::Closed(_) => "stopped",
+        }));
     }
 
-    fn send(&self, record: Record) {
-        let reason = match self.sender.try_send(record) {
-            Ok(()) => return,
-            Err(mpsc::error::TrySendError::Full(_)) => "buffer_full",
-            Err(mpsc::error::TrySendError::Closed(_)) => "stopped",
-        };
-        self.metrics
-            .history_dropped
-            .get_or_create(&ReasonLabels { reason })
-            .inc();
+    fn count(&self, dropped: Option<&'static str>) {
+        if let Some(reason) = dropped {
+            self.metrics
+                .history_dropped
+                .get_or_create(&ReasonLabels { reason })
+                .inc();
+        }
     }
 }
 
@@ -329,26 +366,26 @@ impl History {
     /// Prepares history as configured. The database is opened lazily: a database that is
     /// down or unwritable now is retried by the writer, never refused here. Only settings
     /// that can never work (an unreadable password file, a malformed URL) are errors.
-    /// `sole_writer` (no HA checkers) lets the writer close, at start, the incidents a
-    /// previous run of this agent left open; with HA a standby must not close the leader's.
+    /// `sole_writer` (no HA checkers) lets the writer trust its cache of the rollup rows it
+    /// wrote; with HA another checker may have written them since.
     pub fn open(
         config: &HistoryConfig,
         metrics: Arc<Metrics>,
         sole_writer: bool,
     ) -> Result<History, HistoryError> {
         let db = Db::lazy(config)?;
-        let (sender, receiver) = mpsc::channel(config.buffer);
+        let (recorder, lanes) = Recorder::new(config.buffer, Arc::clone(&metrics));
         let reader = HistoryReader::new(db.clone(), config.clone());
         let writer = writer::Writer::new(
             db,
             config.clone(),
-            receiver,
-            Arc::clone(&metrics),
+            lanes,
+            metrics,
             reader.ready_flag(),
             sole_writer,
         );
         Ok(History {
-            recorder: Recorder { sender, metrics },
+            recorder,
             reader,
             writer,
         })

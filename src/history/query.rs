@@ -120,8 +120,17 @@ pub struct Incident {
     /// Until `ended_at`, or until now while it is open.
     pub duration_seconds: f64,
     pub open: bool,
-    /// Ended by a restart of the agent, at the check's last run recorded before it.
+    /// Not ended by the check's recovery: see `end_reason`.
     pub interrupted: bool,
+    /// Why it ended: `recovered`, `check_changed` (a reload changed what the check probes),
+    /// `check_removed`, or `interrupted` (nobody followed it any more: the agent's saved
+    /// state was lost, or it predates saved episodes); null while open.
+    pub end_reason: Option<String>,
+    /// The worst it got: `critical` (FAIL) or `warning` (WARN, with `notify_on` warn).
+    pub severity: String,
+    /// The failure episode's id, the one its notifications carry (null for incidents
+    /// recorded before episodes had ids).
+    pub episode_id: Option<String>,
     pub cause: Vec<super::episodes::Cause>,
 }
 
@@ -686,12 +695,24 @@ impl HistoryReader {
             ""
         };
         let sql = format!(
-            "SELECT i.id, c.name, i.started_ms, i.confirmed_ms, i.ended_ms, i.interrupted, i.cause \
+            "SELECT i.id, c.name, i.started_ms, i.confirmed_ms, i.ended_ms, i.interrupted, i.cause, \
+             i.end_reason, i.severity, i.episode_id \
              FROM incidents i JOIN checks c ON c.id = i.check_id \
              WHERE (i.ended_ms IS NULL OR i.ended_ms >= $1){filter} \
              ORDER BY i.started_ms DESC, i.id DESC LIMIT $2"
         );
-        type Row = (i64, String, i64, i64, Option<i64>, i16, String);
+        type Row = (
+            i64,
+            String,
+            i64,
+            i64,
+            Option<i64>,
+            i16,
+            String,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+        );
         let limit = i64::try_from(limit).unwrap_or(1000);
         let rows: Vec<Row> = on_pool!(&self.db, pool => {
             let mut query = sqlx::query_as(&sql).bind(millis(from)).bind(limit);
@@ -703,7 +724,18 @@ impl HistoryReader {
         Ok(rows
             .into_iter()
             .map(
-                |(id, check, started, confirmed, ended, interrupted, cause)| {
+                |(
+                    id,
+                    check,
+                    started,
+                    confirmed,
+                    ended,
+                    interrupted,
+                    cause,
+                    end_reason,
+                    severity,
+                    episode_id,
+                )| {
                     let end = ended.unwrap_or_else(|| millis(now));
                     Incident {
                         id,
@@ -714,6 +746,19 @@ impl HistoryReader {
                         duration_seconds: (end - started).max(0) as f64 / 1000.0,
                         open: ended.is_none(),
                         interrupted: interrupted != 0,
+                        // Rows from before reasons were kept: ended by a recovery, or not.
+                        end_reason: end_reason.or_else(|| {
+                            ended.map(|_| {
+                                if interrupted != 0 {
+                                    "interrupted"
+                                } else {
+                                    "recovered"
+                                }
+                                .to_string()
+                            })
+                        }),
+                        severity: severity.unwrap_or_else(|| "critical".to_string()),
+                        episode_id,
                         cause: serde_json::from_str(&cause).unwrap_or_default(),
                     }
                 },

@@ -11,16 +11,18 @@
 //! database error.
 
 use super::db::{on_pool, Db};
-use super::episodes::{Episodes, IncidentOp};
+use super::episodes::IncidentOp;
 use super::histogram::{varint, Histograms};
-use super::{millis, HistoryConfig, Outcome, Record, RunRecord, TransitionRecord, ERROR_KINDS};
+use super::{millis, HistoryConfig, Lanes, Outcome, RunRecord, TransitionRecord, ERROR_KINDS};
+use crate::episode::EndReason;
 use crate::metrics::{Metrics, ReasonLabels};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
-use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TryRecvError;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 /// The hourly rollup tier.
 pub const HOURLY: i64 = 1;
@@ -41,7 +43,10 @@ const EXPIRE_EVERY: Duration = Duration::from_secs(600);
 const EXPIRE_STEP: usize = 200;
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// How long the last batch may take at shutdown.
-const FINAL_FLUSH: Duration = Duration::from_secs(5);
+pub const FINAL_FLUSH: Duration = Duration::from_secs(5);
+/// How long one attempt may take before it is given up (and retried): a database that
+/// hangs must not hold the batch, or the shutdown, for ever.
+const ATTEMPT_LIMIT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct RollupKey {
@@ -82,7 +87,7 @@ impl Rollup {
     }
 }
 
-/// What waits to be written.
+/// What waits to be written: each lane's records, bounded like the lane.
 #[derive(Debug, Default)]
 struct Batch {
     runs: Vec<RunRecord>,
@@ -100,11 +105,10 @@ impl Batch {
 pub struct Writer {
     db: Db,
     config: HistoryConfig,
-    receiver: mpsc::Receiver<Record>,
+    lanes: Lanes,
     metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
     pending: Batch,
-    episodes: Episodes,
     check_ids: HashMap<Arc<str>, i64>,
     instance_ids: HashMap<(i64, String), i64>,
     rollups: HashMap<RollupKey, Rollup>,
@@ -112,7 +116,7 @@ pub struct Writer {
     expiring: Vec<i64>,
     next_expiry: Instant,
     failures: u32,
-    /// Close incidents left open by a previous run at start (not with HA checkers).
+    /// No HA checkers: the rollup cache holds what is in the database.
     sole_writer: bool,
 }
 
@@ -120,7 +124,7 @@ impl Writer {
     pub(super) fn new(
         db: Db,
         config: HistoryConfig,
-        receiver: mpsc::Receiver<Record>,
+        lanes: Lanes,
         metrics: Arc<Metrics>,
         ready: Arc<AtomicBool>,
         sole_writer: bool,
@@ -128,11 +132,10 @@ impl Writer {
         Writer {
             db,
             config,
-            receiver,
+            lanes,
             metrics,
             ready,
             pending: Batch::default(),
-            episodes: Episodes::default(),
             check_ids: HashMap::new(),
             instance_ids: HashMap::new(),
             rollups: HashMap::new(),
@@ -144,47 +147,41 @@ impl Writer {
     }
 
     /// Writes until every `Recorder` is gone (the sink stopped), then writes what is left,
-    /// trying for at most a few seconds.
+    /// trying for at most `FINAL_FLUSH`; whatever it cannot write then is counted as dropped
+    /// (`stopped`) and logged, never lost silently.
     pub async fn run(mut self) {
-        let mut closed = false;
-        // Ensure the schema (and close incidents a previous run left open) at once.
-        let mut next_attempt = if self.attempt().await {
-            Instant::now() + self.config.flush_interval
-        } else {
-            Instant::now() + self.backoff()
-        };
-        while !closed {
-            let room = self.pending.len() < self.config.buffer;
+        let closed = self.lanes.closed.clone();
+        // Ensure the schema at once.
+        let mut next_attempt = self.attempt_until_closed(&closed).await;
+        while !closed.is_cancelled() {
+            let buffer = self.config.buffer.max(1);
+            let room_runs = self.pending.runs.len() < buffer;
+            let room_transitions = self.pending.transitions.len() < buffer;
+            let room_incidents =
+                self.pending.incidents.len() < buffer.max(super::MIN_INCIDENT_LANE);
             tokio::select! {
-                record = self.receiver.recv(), if room => match record {
-                    Some(record) => self.accept(record),
-                    None => closed = true,
-                },
-                _ = tokio::time::sleep_until(next_attempt) => {}
-            }
-            while !closed && self.pending.len() < self.config.buffer {
-                match self.receiver.try_recv() {
-                    Ok(record) => self.accept(record),
-                    Err(mpsc::error::TryRecvError::Empty) => break,
-                    Err(mpsc::error::TryRecvError::Disconnected) => closed = true,
+                Some(run) = self.lanes.runs.recv(), if room_runs => self.pending.runs.push(run),
+                Some(transition) = self.lanes.transitions.recv(), if room_transitions => {
+                    self.pending.transitions.push(transition);
                 }
+                Some(op) = self.lanes.incidents.recv(), if room_incidents => {
+                    self.pending.incidents.push(op);
+                }
+                _ = tokio::time::sleep_until(next_attempt) => {}
+                _ = closed.cancelled() => {}
             }
+            self.take_waiting(false);
             self.report_buffered();
-            if closed || Instant::now() >= next_attempt {
-                next_attempt = if self.attempt().await {
-                    Instant::now() + self.config.flush_interval
-                } else {
-                    Instant::now() + self.backoff()
-                };
+            if !closed.is_cancelled() && Instant::now() >= next_attempt {
+                next_attempt = self.attempt_until_closed(&closed).await;
             }
         }
+        // The sink is done: everything it sent is in the lanes now.
+        self.take_waiting(true);
         if self.pending.len() > 0 {
-            // The last attempt above failed: one more, bounded, if the database has worked
-            // at all; then count what is lost.
-            let written = self.ready.load(Ordering::Acquire)
-                && tokio::time::timeout(FINAL_FLUSH, self.attempt())
-                    .await
-                    .unwrap_or(false);
+            let written = tokio::time::timeout(FINAL_FLUSH, self.attempt())
+                .await
+                .unwrap_or(false);
             if !written {
                 self.metrics
                     .history_dropped
@@ -192,6 +189,9 @@ impl Writer {
                     .inc_by(self.pending.len() as u64);
                 tracing::warn!(
                     records = self.pending.len(),
+                    runs = self.pending.runs.len(),
+                    state_changes = self.pending.transitions.len(),
+                    incident_changes = self.pending.incidents.len(),
                     "history could not be written before shutdown; these records are lost"
                 );
             }
@@ -200,40 +200,58 @@ impl Writer {
         self.db.close().await;
     }
 
+    /// One attempt, given up when the sink closes (the final attempt follows); returns when
+    /// to try next.
+    async fn attempt_until_closed(&mut self, closed: &CancellationToken) -> Instant {
+        let written = tokio::select! {
+            written = tokio::time::timeout(ATTEMPT_LIMIT, self.attempt()) => written.unwrap_or(false),
+            _ = closed.cancelled() => false,
+        };
+        if written {
+            Instant::now() + self.config.flush_interval
+        } else {
+            Instant::now() + self.backoff()
+        }
+    }
+
+    /// Moves what waits in the lanes into the batch: as far as the batch has room, or all of
+    /// it once the sink is done (the lanes are bounded, so the batch stays bounded too).
+    fn take_waiting(&mut self, all: bool) {
+        let buffer = self.config.buffer.max(1);
+        let incident_room = buffer.max(super::MIN_INCIDENT_LANE);
+        while all || self.pending.runs.len() < buffer {
+            match self.lanes.runs.try_recv() {
+                Ok(run) => self.pending.runs.push(run),
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+            }
+        }
+        while all || self.pending.transitions.len() < buffer {
+            match self.lanes.transitions.try_recv() {
+                Ok(transition) => self.pending.transitions.push(transition),
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+            }
+        }
+        while all || self.pending.incidents.len() < incident_room {
+            match self.lanes.incidents.try_recv() {
+                Ok(op) => self.pending.incidents.push(op),
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+            }
+        }
+    }
+
     fn backoff(&self) -> Duration {
         let exponent = self.failures.saturating_sub(1).min(5);
         Duration::from_secs(1u64 << exponent).min(MAX_BACKOFF)
     }
 
     fn report_buffered(&self) {
-        let waiting = self.pending.len() + self.receiver.len();
+        let waiting = self.pending.len()
+            + self.lanes.runs.len()
+            + self.lanes.transitions.len()
+            + self.lanes.incidents.len();
         self.metrics
             .history_buffered
             .set(i64::try_from(waiting).unwrap_or(i64::MAX));
-    }
-
-    fn accept(&mut self, record: Record) {
-        match record {
-            Record::Run(run) => {
-                self.episodes.on_run(&run);
-                self.pending.runs.push(run);
-            }
-            Record::Transition(transition) => {
-                if let Some(op) = self.episodes.on_transition(&transition) {
-                    self.pending.incidents.push(op);
-                }
-                self.pending.transitions.push(transition);
-            }
-            Record::Forget {
-                check,
-                incident_open,
-                at,
-            } => {
-                if let Some(op) = self.episodes.forget(check, incident_open, at) {
-                    self.pending.incidents.push(op);
-                }
-            }
-        }
     }
 
     /// One attempt: open the schema if needed, write the batch, expire a step. True on
@@ -286,9 +304,6 @@ impl Writer {
     async fn write_pending(&mut self) -> Result<usize, super::HistoryError> {
         if !self.ready.load(Ordering::Acquire) {
             self.db.ensure_schema().await?;
-            if self.sole_writer {
-                self.close_interrupted().await?;
-            }
             self.ready.store(true, Ordering::Release);
             tracing::info!(backend = self.db.backend(), "history database ready");
         }
@@ -297,30 +312,11 @@ impl Writer {
             return Ok(0);
         }
         self.resolve_ids().await?;
-        let deltas = self.rollup_deltas();
-        let merged = self.write_batch(deltas).await?;
+        let merged = self.write_batch().await?;
         self.rollups.extend(merged);
         self.evict_closed_buckets();
         self.pending = Batch::default();
         Ok(count)
-    }
-
-    /// Incidents still open from a previous run of the agent end at that check's last
-    /// recorded run, marked interrupted: what happened while the agent was down is unknown.
-    /// (With HA checkers the standbys track state too, so the new leader closes the old
-    /// leader's incident when the check recovers; nothing is closed at start then.)
-    async fn close_interrupted(&self) -> Result<(), super::HistoryError> {
-        on_pool!(&self.db, pool => {
-            sqlx::query(
-                "UPDATE incidents SET interrupted = 1, ended_ms = COALESCE(\
-                 (SELECT MAX(r.at_ms) FROM runs r WHERE r.check_id = incidents.check_id \
-                 AND r.at_ms >= incidents.started_ms), incidents.confirmed_ms) \
-                 WHERE ended_ms IS NULL",
-            )
-            .execute(pool)
-            .await?;
-        });
-        Ok(())
     }
 
     /// Ids for the checks and instances of the batch, created when new.
@@ -338,12 +334,19 @@ impl Writer {
             .iter()
             .map(|run| &run.check)
             .chain(self.pending.transitions.iter().map(|t| &t.check))
-            .chain(self.pending.incidents.iter().map(|op| match op {
-                IncidentOp::Open { check, .. } | IncidentOp::Close { check, .. } => check,
+            .cloned()
+            .chain(self.pending.incidents.iter().flat_map(|op| {
+                match op {
+                    IncidentOp::Reconcile { open } => open
+                        .iter()
+                        .map(|episode| Arc::from(episode.check.as_str()))
+                        .collect::<Vec<Arc<str>>>(),
+                    other => other.check().map(Arc::from).into_iter().collect(),
+                }
             }))
         {
-            if !self.check_ids.contains_key(check) && listed.insert(Arc::clone(check)) {
-                checks.push(Arc::clone(check));
+            if !self.check_ids.contains_key(&check) && listed.insert(Arc::clone(&check)) {
+                checks.push(check);
             }
         }
         for check in checks {
@@ -393,7 +396,7 @@ impl Writer {
         Ok(())
     }
 
-    fn check_id(&self, check: &Arc<str>) -> i64 {
+    fn check_id(&self, check: &str) -> i64 {
         self.check_ids.get(check).copied().unwrap_or_default()
     }
 
@@ -404,11 +407,14 @@ impl Writer {
             .unwrap_or_default()
     }
 
-    /// What the batch adds to each rollup row: per tier, the whole check (instance 0) and
-    /// each instance.
-    fn rollup_deltas(&self) -> HashMap<RollupKey, Rollup> {
+    /// What `runs` add to each rollup row: per tier, the whole check (instance 0) and each
+    /// instance.
+    fn rollup_deltas<'a>(
+        &self,
+        runs: impl Iterator<Item = &'a RunRecord>,
+    ) -> HashMap<RollupKey, Rollup> {
         let mut deltas: HashMap<RollupKey, Rollup> = HashMap::new();
-        for run in &self.pending.runs {
+        for run in runs {
             let check_id = self.check_id(&run.check);
             let seconds = millis(run.scheduled_at) / 1000;
             for tier in [HOURLY, DAILY] {
@@ -452,12 +458,11 @@ impl Writer {
         deltas
     }
 
-    /// Writes the batch in one transaction; returns the merged rollups to cache.
-    async fn write_batch(
-        &self,
-        deltas: HashMap<RollupKey, Rollup>,
-    ) -> Result<HashMap<RollupKey, Rollup>, super::HistoryError> {
-        let mut merged: HashMap<RollupKey, Rollup> = HashMap::with_capacity(deltas.len());
+    /// Writes the batch in one transaction; returns the merged rollups to cache. Only runs
+    /// actually inserted are rolled up: a result delivered twice (a JetStream publish retried
+    /// after a lost acknowledgement) is one run, in the runs and in the rollups.
+    async fn write_batch(&self) -> Result<HashMap<RollupKey, Rollup>, super::HistoryError> {
+        let mut merged: HashMap<RollupKey, Rollup> = HashMap::new();
         let lock = match &self.db {
             super::db::Db::Postgres(_) if !self.sole_writer => " FOR UPDATE",
             _ => "",
@@ -468,9 +473,10 @@ impl Writer {
         );
         on_pool!(&self.db, pool => {
             let mut tx = pool.begin().await?;
+            let mut inserted: Vec<&RunRecord> = Vec::with_capacity(self.pending.runs.len());
             for run in &self.pending.runs {
                 let check_id = self.check_id(&run.check);
-                sqlx::query(
+                let done = sqlx::query(
                     "INSERT INTO runs (check_id, at_ms, outcome, detail) VALUES ($1, $2, $3, $4) \
                      ON CONFLICT (check_id, at_ms) DO NOTHING",
                 )
@@ -480,7 +486,12 @@ impl Writer {
                 .bind(self.detail(check_id, run))
                 .execute(&mut *tx)
                 .await?;
+                if done.rows_affected() > 0 {
+                    inserted.push(run);
+                }
             }
+            let deltas = self.rollup_deltas(inserted.into_iter());
+            merged.reserve(deltas.len());
             for (key, delta) in deltas {
                 // The cache holds what this writer wrote last. With HA checkers another one
                 // may have written since (the lease moved there and back), so the row is read
@@ -539,39 +550,93 @@ impl Writer {
             }
             for op in &self.pending.incidents {
                 match op {
-                    IncidentOp::Open { check, started_at, confirmed_at, cause } => {
-                        let check_id = self.check_id(check);
-                        // One open incident per check: one left open (its close was lost)
-                        // ends where this one starts.
+                    IncidentOp::Open { episode, cause } => {
+                        let check_id = self.check_id(&episode.check);
+                        // One open incident per check: another one left open (its end was
+                        // lost) ends where this one starts.
                         sqlx::query(
-                            "UPDATE incidents SET ended_ms = $1, interrupted = 1 \
-                             WHERE check_id = $2 AND ended_ms IS NULL",
+                            "UPDATE incidents SET ended_ms = $1, interrupted = 1, end_reason = $2 \
+                             WHERE check_id = $3 AND ended_ms IS NULL \
+                             AND (episode_id IS NULL OR episode_id <> $4)",
                         )
-                        .bind(millis(*started_at))
+                        .bind(millis(episode.started_at))
+                        .bind(EndReason::Interrupted.as_str())
                         .bind(check_id)
+                        .bind(&episode.id)
                         .execute(&mut *tx)
                         .await?;
                         sqlx::query(
-                            "INSERT INTO incidents (check_id, started_ms, confirmed_ms, ended_ms, interrupted, cause) \
-                             VALUES ($1, $2, $3, NULL, 0, $4)",
+                            "INSERT INTO incidents (check_id, episode_id, started_ms, confirmed_ms, ended_ms, \
+                             interrupted, cause, severity, end_reason) \
+                             VALUES ($1, $2, $3, $4, NULL, 0, $5, $6, NULL) ON CONFLICT (episode_id) DO NOTHING",
                         )
                         .bind(check_id)
-                        .bind(millis(*started_at))
-                        .bind(millis(*confirmed_at))
+                        .bind(&episode.id)
+                        .bind(millis(episode.started_at))
+                        .bind(millis(episode.opened_at))
                         .bind(serde_json::to_string(cause).unwrap_or_else(|_| "[]".to_string()))
+                        .bind(episode.peak.as_str())
                         .execute(&mut *tx)
                         .await?;
                     }
-                    IncidentOp::Close { check, ended_at, interrupted } => {
+                    IncidentOp::Severity { episode } => {
+                        sqlx::query("UPDATE incidents SET severity = $1 WHERE episode_id = $2")
+                            .bind(episode.peak.as_str())
+                            .bind(&episode.id)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                    IncidentOp::Close { episode, ended_at, reason } => {
                         sqlx::query(
-                            "UPDATE incidents SET ended_ms = $1, interrupted = $2 \
-                             WHERE check_id = $3 AND ended_ms IS NULL",
+                            "UPDATE incidents SET ended_ms = $1, interrupted = $2, end_reason = $3, \
+                             severity = $4 WHERE episode_id = $5 AND ended_ms IS NULL",
                         )
                         .bind(millis(*ended_at))
-                        .bind(i16::from(*interrupted))
-                        .bind(self.check_id(check))
+                        .bind(i16::from(*reason != EndReason::Recovered))
+                        .bind(reason.as_str())
+                        .bind(episode.peak.as_str())
+                        .bind(&episode.id)
                         .execute(&mut *tx)
                         .await?;
+                    }
+                    IncidentOp::Reconcile { open } => {
+                        for episode in open {
+                            sqlx::query(
+                                "INSERT INTO incidents (check_id, episode_id, started_ms, confirmed_ms, \
+                                 ended_ms, interrupted, cause, severity, end_reason) \
+                                 VALUES ($1, $2, $3, $4, NULL, 0, '[]', $5, NULL) \
+                                 ON CONFLICT (episode_id) DO NOTHING",
+                            )
+                            .bind(self.check_id(&episode.check))
+                            .bind(&episode.id)
+                            .bind(millis(episode.started_at))
+                            .bind(millis(episode.opened_at))
+                            .bind(episode.peak.as_str())
+                            .execute(&mut *tx)
+                            .await?;
+                        }
+                        let known: HashSet<&str> = open.iter().map(|e| e.id.as_str()).collect();
+                        let still_open: Vec<(i64, Option<String>)> = sqlx::query_as(
+                            "SELECT id, episode_id FROM incidents WHERE ended_ms IS NULL",
+                        )
+                        .fetch_all(&mut *tx)
+                        .await?;
+                        for (row, episode_id) in still_open {
+                            if episode_id.as_deref().is_some_and(|id| known.contains(id)) {
+                                continue;
+                            }
+                            // Nobody follows it any more: it ends at its check's last run.
+                            sqlx::query(
+                                "UPDATE incidents SET interrupted = 1, end_reason = $1, ended_ms = COALESCE(\
+                                 (SELECT MAX(r.at_ms) FROM runs r WHERE r.check_id = incidents.check_id \
+                                 AND r.at_ms >= incidents.started_ms), incidents.confirmed_ms) \
+                                 WHERE id = $2",
+                            )
+                            .bind(EndReason::Interrupted.as_str())
+                            .bind(row)
+                            .execute(&mut *tx)
+                            .await?;
+                        }
                     }
                 }
             }

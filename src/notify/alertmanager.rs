@@ -97,6 +97,9 @@ impl Alertmanager {
         annotations.insert("summary".to_string(), notification.summary());
         annotations.insert("description".to_string(), notification.details());
         annotations.insert("episode_id".to_string(), notification.episode_id.clone());
+        if let Some(reason) = notification.reason {
+            annotations.insert("end_reason".to_string(), reason.as_str().to_string());
+        }
         annotations.insert(
             "failing_instances".to_string(),
             format!("{} of {}", notification.failing, notification.instances),

@@ -59,6 +59,15 @@ impl Maintenance {
             .map(|window| window.name.as_str())
     }
 
+    /// Which windows are in force at `now`, in their order. Compared from one second to the
+    /// next, it says when any window began or ended, without looking at any check.
+    pub fn in_force_at(&self, now: SystemTime) -> Vec<bool> {
+        match Timestamp::try_from(now) {
+            Ok(now) => self.windows.iter().map(|w| w.when.covers(now)).collect(),
+            Err(_) => vec![false; self.windows.len()],
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.windows.is_empty()
     }
@@ -249,6 +258,23 @@ mod tests {
         );
         // Not on Fridays.
         assert_eq!(m.in_force("web", at("2026-07-03T21:45:00Z")), None);
+    }
+
+    #[test]
+    fn the_windows_in_force_change_at_their_boundaries_only() {
+        let m = window(
+            r#"name = "upgrade"
+               checks = ["db-*"]
+               start = "2026-12-24T22:00:00+01:00"
+               end = "2026-12-24T23:00:00+01:00""#,
+        );
+        assert_eq!(m.in_force_at(at("2026-12-24T20:59:59Z")), [false]);
+        assert_eq!(m.in_force_at(at("2026-12-24T21:00:00Z")), [true]);
+        assert_eq!(m.in_force_at(at("2026-12-24T21:59:59Z")), [true]);
+        assert_eq!(m.in_force_at(at("2026-12-24T22:00:00Z")), [false]);
+        assert!(Maintenance::default()
+            .in_force_at(at("2026-12-24T22:00:00Z"))
+            .is_empty());
     }
 
     #[test]

@@ -13,16 +13,21 @@
 
 pub mod alertmanager;
 pub mod email;
-mod episodes;
 mod maintenance;
+mod message;
 pub mod pagerduty;
 mod post;
 mod queue;
+mod routing;
+mod saved;
 pub mod slack;
+mod ticker;
 pub mod webhook;
 
-pub use episodes::{Notifications, NotificationsOptions};
+pub use crate::episode::{EndReason, Severity};
 pub use maintenance::Maintenance;
+pub use routing::{Notifications, NotificationsOptions};
+pub use saved::{open_delivery, SAVED_DELIVERIES};
 
 use crate::config::{Config, NotifierConfig};
 use crate::model::{CheckState, CheckType};
@@ -51,23 +56,6 @@ impl Event {
             Event::Firing => "firing",
             Event::Resolved => "resolved",
             Event::Test => "test",
-        }
-    }
-}
-
-/// How bad it is: `critical` for FAIL, `warning` for WARN.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Severity {
-    Critical,
-    Warning,
-}
-
-impl Severity {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Severity::Critical => "critical",
-            Severity::Warning => "warning",
         }
     }
 }
@@ -117,6 +105,9 @@ pub struct Notification {
     pub started_at: SystemTime,
     /// When this happened (the result that caused it, or now for reminders and tests).
     pub at: SystemTime,
+    /// For a resolve: why the episode ended (`recovered`, or a reload changed or removed the
+    /// check). None for other events.
+    pub reason: Option<EndReason>,
     pub failing: usize,
     pub instances: usize,
     /// Up to `MAX_FAILURES_LISTED` failing instances of the latest result.
@@ -135,11 +126,28 @@ impl Notification {
                 "bastion test notification from {}: notifications reach this receiver",
                 self.agent
             ),
-            Event::Resolved => format!(
-                "[RESOLVED] {} is OK again (was failing since {})",
-                self.check,
-                rfc3339(self.started_at)
-            ),
+            Event::Resolved => match self.reason {
+                Some(EndReason::CheckChanged) => format!(
+                    "[RESOLVED] {}: a reload changed what the check probes, so its episode (failing since {}) ends; the new definition is judged afresh",
+                    self.check,
+                    rfc3339(self.started_at)
+                ),
+                Some(EndReason::CheckRemoved) => format!(
+                    "[RESOLVED] {}: the check was removed from the configuration, so its episode (failing since {}) ends",
+                    self.check,
+                    rfc3339(self.started_at)
+                ),
+                Some(EndReason::Interrupted) => format!(
+                    "[RESOLVED] {}: no longer followed, so its episode (failing since {}) ends",
+                    self.check,
+                    rfc3339(self.started_at)
+                ),
+                Some(EndReason::Recovered) | None => format!(
+                    "[RESOLVED] {} is OK again (was failing since {})",
+                    self.check,
+                    rfc3339(self.started_at)
+                ),
+            },
             Event::Firing => {
                 let what = match self.severity {
                     Severity::Critical => "FAILING",
@@ -452,17 +460,6 @@ pub fn api_base(config: &Config) -> String {
         .to_string()
 }
 
-/// Where open failure episodes are saved across restarts: `notifications.json` beside the
-/// history database (the agent's state directory by default).
-pub fn episodes_file(config: &Config) -> std::path::PathBuf {
-    config
-        .history
-        .path
-        .parent()
-        .unwrap_or_else(|| std::path::Path::new(""))
-        .join("notifications.json")
-}
-
 /// The link to the agent's API for a check: the one-check endpoint (check names are made of
 /// `a-z0-9_-`, so they need no escaping in a path).
 pub fn check_link(api_base: &str, check: &str) -> String {
@@ -483,7 +480,7 @@ pub async fn send_test(config: &Config, name: &str) -> Result<Answer, NotifyErro
     let notification = Notification {
         event: Event::Test,
         reminder: false,
-        episode_id: format!("test-{}", episodes::episode_id("bastion-test", now)),
+        episode_id: format!("test-{}", crate::episode::episode_id("bastion-test", now)),
         check: "bastion-test".to_string(),
         check_type: CheckType::Http,
         severity: Severity::Warning,
@@ -491,6 +488,7 @@ pub async fn send_test(config: &Config, name: &str) -> Result<Answer, NotifyErro
         state: CheckState::Ok,
         started_at: now,
         at: now,
+        reason: None,
         failing: 0,
         instances: 0,
         failures: Vec::new(),

@@ -6,16 +6,52 @@
 //! jitter (or the receiver's `Retry-After`, whichever is longer, capped at
 //! `retry_backoff_max`); any other refusal is not retried (counted as `rejected`, logged as a
 //! config problem).
+//!
+//! Each outcome goes back to routing (`Outcomes`): a receiver counts as told of an event only
+//! once it accepted it, so one that never did is told again after a restart. Nothing is sent
+//! before the agent's saved state holds what made it (the generation the notification was
+//! queued at, waited for at most `WRITE_AHEAD_LIMIT`): a crash right after a first trigger
+//! then still resumes that episode, instead of triggering a second one. At stop, what is
+//! still queued or being retried is logged and counted (`unsent`); routing has kept it as not
+//! yet accepted, so the next start sends it again.
 
 use super::{Notification, Notifier, SendError};
 use crate::metrics::{Metrics, NotifierLabels};
+use crate::saved_state::SavedState;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+
+/// How long a notification waits for the saved state to hold what made it; past it, it is
+/// sent anyway (a slow disk must not hold an alert back).
+pub const WRITE_AHEAD_LIMIT: Duration = Duration::from_secs(2);
+
+/// What became of one notification at one receiver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The receiver accepted it.
+    Accepted,
+    /// Refused, given up after its attempts, or dropped from a full queue: it will not be sent.
+    Lost,
+    /// Still queued or being retried when the agent stopped.
+    Unsent,
+}
+
+/// Where outcomes go: routing, which remembers who accepted what.
+pub trait Outcomes: Send + Sync + std::fmt::Debug {
+    fn outcome(&self, notifier: &str, notification: &Notification, outcome: Outcome);
+}
+
+/// A notification waiting for delivery, and the generation of the saved state it waits for.
+#[derive(Debug)]
+struct Queued {
+    notification: Arc<Notification>,
+    generation: u64,
+}
 
 /// How deliveries to one notifier are retried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,11 +86,16 @@ pub struct Delivery {
     notifier: Arc<dyn Notifier>,
     policy: RetryPolicy,
     capacity: usize,
-    pending: Mutex<VecDeque<Arc<Notification>>>,
+    pending: Mutex<VecDeque<Queued>>,
+    /// Dropped from the full queue, to report from the delivery task: `push` is called
+    /// with routing's state locked, so it must never call back into routing itself.
+    dropped: Mutex<Vec<Arc<Notification>>>,
     wake: Notify,
     /// A notification is being delivered (it left the queue).
     busy: AtomicBool,
     metrics: Arc<Metrics>,
+    saved: Arc<SavedState>,
+    outcomes: Weak<dyn Outcomes>,
 }
 
 impl Delivery {
@@ -64,6 +105,8 @@ impl Delivery {
         policy: RetryPolicy,
         capacity: usize,
         metrics: Arc<Metrics>,
+        saved: Arc<SavedState>,
+        outcomes: Weak<dyn Outcomes>,
     ) -> Delivery {
         metrics.register_notifier(&name);
         Delivery {
@@ -72,14 +115,19 @@ impl Delivery {
             policy,
             capacity: capacity.max(1),
             pending: Mutex::new(VecDeque::new()),
+            dropped: Mutex::new(Vec::new()),
             wake: Notify::new(),
             busy: AtomicBool::new(false),
             metrics,
+            saved,
+            outcomes,
         }
     }
 
-    /// Queues a notification; when the queue is full, the oldest waiting one goes.
+    /// Queues a notification, to be sent once the saved state holds its generation as it is
+    /// now; when the queue is full, the oldest waiting one goes.
     pub fn push(&self, notification: Arc<Notification>) {
+        let generation = self.saved.generation();
         let dropped = {
             let mut pending = self.lock();
             let dropped = if pending.len() >= self.capacity {
@@ -87,13 +135,20 @@ impl Delivery {
             } else {
                 None
             };
-            pending.push_back(notification);
+            pending.push_back(Queued {
+                notification,
+                generation,
+            });
             self.set_gauge(pending.len());
             dropped
         };
         if let Some(dropped) = dropped {
-            tracing::warn!(notifier = %self.name, check = %dropped.check, event = dropped.event.as_str(), queue_size = self.capacity, "notification queue full; dropped the oldest notification");
+            tracing::warn!(notifier = %self.name, check = %dropped.notification.check, event = dropped.notification.event.as_str(), queue_size = self.capacity, "notification queue full; dropped the oldest notification");
             self.metrics.count_notification(&self.name, "dropped");
+            self.dropped
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .push(dropped.notification);
         }
         self.wake.notify_one();
     }
@@ -105,13 +160,17 @@ impl Delivery {
     }
 
     /// Notifications waiting (not counting one being delivered).
+    #[cfg(test)]
     pub fn waiting(&self) -> usize {
         self.lock().len()
     }
 
-    /// Delivers queued notifications until `stop`; what is still queued then is logged.
+    /// Delivers queued notifications until `stop`; what is still queued or being retried
+    /// then is logged and counted as `unsent` (routing sends it again after the next start).
     pub async fn run(self: Arc<Self>, stop: CancellationToken) {
+        let mut interrupted: Option<Arc<Notification>> = None;
         loop {
+            self.report_dropped();
             let next = {
                 let mut pending = self.lock();
                 let next = pending.pop_front();
@@ -120,10 +179,11 @@ impl Delivery {
                 next
             };
             match next {
-                Some(notification) => {
-                    let finished = self.deliver(&notification, &stop).await;
+                Some(queued) => {
+                    let finished = self.deliver(&queued, &stop).await;
                     self.busy.store(false, Ordering::Release);
                     if !finished {
+                        interrupted = Some(queued.notification);
                         break;
                     }
                 }
@@ -135,14 +195,36 @@ impl Delivery {
                 }
             }
         }
-        let left = self.waiting();
-        if left > 0 {
-            tracing::warn!(notifier = %self.name, left, "stopping with notifications not delivered");
+        self.report_dropped();
+        let left: Vec<Arc<Notification>> = interrupted
+            .into_iter()
+            .chain(self.lock().drain(..).map(|queued| queued.notification))
+            .collect();
+        self.set_gauge(0);
+        if !left.is_empty() {
+            let firing = left
+                .iter()
+                .filter(|n| n.event == super::Event::Firing)
+                .count();
+            tracing::warn!(notifier = %self.name, unsent = left.len(), firing, resolved = left.len() - firing, "stopping with notifications not delivered; they are sent again after the next start");
+            for notification in &left {
+                self.metrics.count_notification(&self.name, "unsent");
+                self.report(notification, Outcome::Unsent);
+            }
         }
     }
 
     /// Makes the attempts for one notification; false when `stop` interrupted them.
-    async fn deliver(&self, notification: &Notification, stop: &CancellationToken) -> bool {
+    async fn deliver(&self, queued: &Queued, stop: &CancellationToken) -> bool {
+        let notification = &queued.notification;
+        tokio::select! {
+            _ = stop.cancelled() => return false,
+            saved = self.saved.written(queued.generation, WRITE_AHEAD_LIMIT) => {
+                if !saved {
+                    tracing::warn!(notifier = %self.name, check = %notification.check, "the agent's state was not saved in time; notifying anyway");
+                }
+            }
+        }
         let labels = NotifierLabels {
             notifier: self.name.clone(),
         };
@@ -160,11 +242,13 @@ impl Delivery {
                 Ok(Ok(answer)) => {
                     tracing::info!(notifier = %self.name, check = %notification.check, event = notification.event.as_str(), episode = %notification.episode_id, attempt, answer = %answer.0, "notification delivered");
                     self.metrics.count_notification(&self.name, "sent");
+                    self.report(notification, Outcome::Accepted);
                     return true;
                 }
                 Ok(Err(SendError::Reject(reason))) => {
                     tracing::error!(notifier = %self.name, check = %notification.check, event = notification.event.as_str(), %reason, "the receiver refused the notification; not retrying: check this notifier's settings");
                     self.metrics.count_notification(&self.name, "rejected");
+                    self.report(notification, Outcome::Lost);
                     return true;
                 }
                 Ok(Err(SendError::Retry { reason, after })) => (reason, after),
@@ -179,6 +263,7 @@ impl Delivery {
             if attempt == self.policy.max_attempts {
                 tracing::error!(notifier = %self.name, check = %notification.check, event = notification.event.as_str(), attempts = attempt, %reason, "notification not delivered; giving up");
                 self.metrics.count_notification(&self.name, "failed");
+                self.report(notification, Outcome::Lost);
                 return true;
             }
             let wait = self.policy.wait(attempt, retry_after, jitter());
@@ -191,6 +276,25 @@ impl Delivery {
         true
     }
 
+    /// Tells routing of the notifications dropped from the full queue since last time.
+    fn report_dropped(&self) {
+        let dropped = std::mem::take(
+            &mut *self
+                .dropped
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        );
+        for notification in dropped {
+            self.report(&notification, Outcome::Lost);
+        }
+    }
+
+    fn report(&self, notification: &Notification, outcome: Outcome) {
+        if let Some(outcomes) = self.outcomes.upgrade() {
+            outcomes.outcome(&self.name, notification, outcome);
+        }
+    }
+
     fn set_gauge(&self, waiting: usize) {
         self.metrics
             .notification_queue
@@ -200,7 +304,7 @@ impl Delivery {
             .set(i64::try_from(waiting).unwrap_or(i64::MAX));
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Arc<Notification>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Queued>> {
         // Pushes and pops leave the queue consistent; a poisoned one is still usable.
         self.pending
             .lock()
@@ -276,6 +380,123 @@ mod tests {
         }
     }
 
+    /// Remembers every outcome reported.
+    #[derive(Debug, Default)]
+    struct Recorded(Mutex<Vec<(String, Outcome)>>);
+
+    impl Outcomes for Recorded {
+        fn outcome(&self, _notifier: &str, notification: &Notification, outcome: Outcome) {
+            self.0
+                .lock()
+                .unwrap()
+                .push((notification.check.clone(), outcome));
+        }
+    }
+
+    impl Recorded {
+        fn taken(&self) -> Vec<(String, Outcome)> {
+            self.0.lock().unwrap().clone()
+        }
+    }
+
+    /// Never answers.
+    #[derive(Debug)]
+    struct Silent;
+
+    impl Notifier for Silent {
+        fn send<'a>(
+            &'a self,
+            _notification: &'a Notification,
+        ) -> futures_util::future::BoxFuture<'a, Result<super::super::Answer, SendError>> {
+            Box::pin(std::future::pending())
+        }
+    }
+
+    fn count(metrics: &Metrics, outcome: &'static str) -> u64 {
+        metrics
+            .notifications
+            .get_or_create(&crate::metrics::NotifierOutcomeLabels {
+                notifier: "gate".to_string(),
+                outcome,
+            })
+            .get()
+    }
+
+    /// The one being retried and those queued behind it are counted and reported `unsent`
+    /// at stop, never dropped silently; dropped ones are reported `lost`.
+    #[tokio::test]
+    async fn at_stop_the_notification_being_retried_and_the_queued_ones_are_unsent() {
+        let metrics = Arc::new(Metrics::new());
+        let outcomes = Arc::new(Recorded::default());
+        let delivery = Arc::new(Delivery::new(
+            "gate".to_string(),
+            Arc::new(Silent) as Arc<dyn Notifier>,
+            POLICY,
+            8,
+            Arc::clone(&metrics),
+            SavedState::open(None).0,
+            Arc::downgrade(&outcomes) as Weak<dyn Outcomes>,
+        ));
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(Arc::clone(&delivery).run(stop.clone()));
+        delivery.push(notification("under-way"));
+        while delivery.waiting() > 0 {
+            tokio::task::yield_now().await;
+        }
+        delivery.push(notification("queued"));
+        stop.cancel();
+        task.await.unwrap();
+        assert_eq!(
+            outcomes.taken(),
+            [
+                ("under-way".to_string(), Outcome::Unsent),
+                ("queued".to_string(), Outcome::Unsent)
+            ]
+        );
+        assert_eq!(count(&metrics, "unsent"), 2);
+    }
+
+    /// Nothing leaves before the saved state holds the generation it was queued at.
+    #[tokio::test]
+    async fn a_notification_waits_until_the_saved_state_holds_what_made_it() {
+        let dir = std::env::temp_dir().join(format!("bastion-write-ahead-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (saved, _) = SavedState::open(Some(dir.join("episodes.json")));
+        let gate = Arc::new(Gate {
+            open: tokio::sync::Semaphore::new(10),
+            taken: Mutex::new(Vec::new()),
+        });
+        let outcomes = Arc::new(Recorded::default());
+        let delivery = Arc::new(Delivery::new(
+            "gate".to_string(),
+            Arc::clone(&gate) as Arc<dyn Notifier>,
+            POLICY,
+            8,
+            Arc::new(Metrics::new()),
+            Arc::clone(&saved),
+            Arc::downgrade(&outcomes) as Weak<dyn Outcomes>,
+        ));
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(Arc::clone(&delivery).run(stop.clone()));
+        saved.put("checks", "web", &"failing");
+        delivery.push(notification("web"));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(
+            gate.taken.lock().unwrap().is_empty(),
+            "sent before it was saved"
+        );
+        saved.flush().await;
+        while !delivery.idle() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(*gate.taken.lock().unwrap(), ["web"]);
+        assert_eq!(outcomes.taken(), [("web".to_string(), Outcome::Accepted)]);
+        assert!(dir.join("episodes.json").exists());
+        stop.cancel();
+        task.await.unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     fn notification(check: &str) -> Arc<Notification> {
         let now = std::time::SystemTime::now();
         Arc::new(Notification {
@@ -289,6 +510,7 @@ mod tests {
             state: crate::model::CheckState::Fail,
             started_at: now,
             at: now,
+            reason: None,
             failing: 1,
             instances: 1,
             failures: Vec::new(),
@@ -304,12 +526,15 @@ mod tests {
             taken: Mutex::new(Vec::new()),
         });
         let metrics = Arc::new(Metrics::new());
+        let outcomes = Arc::new(Recorded::default());
         let delivery = Arc::new(Delivery::new(
             "gate".to_string(),
             Arc::clone(&gate) as Arc<dyn Notifier>,
             POLICY,
             2,
             Arc::clone(&metrics),
+            SavedState::open(None).0,
+            Arc::downgrade(&outcomes) as Weak<dyn Outcomes>,
         ));
         let stop = CancellationToken::new();
         let task = tokio::spawn(Arc::clone(&delivery).run(stop.clone()));
@@ -322,21 +547,25 @@ mod tests {
             delivery.push(notification(check));
         }
         assert_eq!(delivery.waiting(), 2);
-        let dropped = |metrics: &Metrics| {
-            metrics
-                .notifications
-                .get_or_create(&crate::metrics::NotifierOutcomeLabels {
-                    notifier: "gate".to_string(),
-                    outcome: "dropped",
-                })
-                .get()
-        };
-        assert_eq!(dropped(&metrics), 2);
+        assert_eq!(count(&metrics, "dropped"), 2);
         gate.open.add_permits(3);
         while !delivery.idle() {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         assert_eq!(*gate.taken.lock().unwrap(), ["first", "fourth", "fifth"]);
+        let mut reported = outcomes.taken();
+        reported.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(
+            reported,
+            [
+                ("fifth".to_string(), Outcome::Accepted),
+                ("first".to_string(), Outcome::Accepted),
+                ("fourth".to_string(), Outcome::Accepted),
+                ("second".to_string(), Outcome::Lost),
+                ("third".to_string(), Outcome::Lost),
+            ],
+            "the dropped ones are reported lost, from the delivery task"
+        );
         stop.cancel();
         task.await.unwrap();
     }

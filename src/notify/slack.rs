@@ -44,6 +44,22 @@ fn build(
     }))
 }
 
+/// Text as Slack shows it literally: `&`, `<` and `>` are Slack's control characters
+/// (`<!channel>` pings a channel, `<https://x|text>` makes a link), so every text that is not
+/// bastion's own markup is escaped. Failure reasons quote the target, up to its body.
+pub fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// The message body.
 pub fn message(notification: &Notification) -> serde_json::Value {
     let emoji = match notification.event {
@@ -51,11 +67,17 @@ pub fn message(notification: &Notification) -> serde_json::Value {
         Event::Resolved => ":large_green_circle:",
         Event::Test => ":white_check_mark:",
     };
-    let summary = format!("{emoji} {}", notification.summary());
+    let summary = format!("{emoji} {}", escape(&notification.summary()));
     let mut detail: String = notification
         .failures
         .iter()
-        .map(|failure| format!("• `{}` {}\n", failure.instance, failure.reason()))
+        .map(|failure| {
+            format!(
+                "• `{}` {}\n",
+                escape(&failure.instance).replace('`', "'"),
+                escape(&failure.reason())
+            )
+        })
         .collect();
     if notification.failing > notification.failures.len() {
         detail.push_str(&format!(
@@ -81,7 +103,7 @@ pub fn message(notification: &Notification) -> serde_json::Value {
             "text": format!("episode `{}` · since {} · <{}|API>",
                 notification.episode_id,
                 super::rfc3339(notification.started_at),
-                notification.link)
+                escape(&notification.link))
         }]
     }));
     json!({ "text": summary, "blocks": blocks })
@@ -98,5 +120,58 @@ impl Notifier for Slack {
             })?;
             post_json(&self.client, self.url.expose(), body, &[], self.timeout).await
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::notify::{FailedAssertion, Failure, Severity};
+    use std::time::SystemTime;
+
+    /// A failing page that holds Slack markup: none of it may reach Slack as markup.
+    #[test]
+    fn text_from_the_target_is_escaped() {
+        let hostile = "<!channel> <https://evil.example|Reset password> & <@U123>";
+        let now = SystemTime::now();
+        let notification = Notification {
+            event: Event::Firing,
+            reminder: false,
+            episode_id: "e".to_string(),
+            check: "web".to_string(),
+            check_type: crate::model::CheckType::Http,
+            severity: Severity::Critical,
+            previous_severity: None,
+            state: crate::model::CheckState::Fail,
+            started_at: now,
+            at: now,
+            reason: None,
+            failing: 1,
+            instances: 1,
+            failures: vec![Failure {
+                instance: "10.0.0.1:80".to_string(),
+                error_kind: None,
+                error: None,
+                assertions: vec![FailedAssertion {
+                    key: "body".to_string(),
+                    expected: "body contain ok".to_string(),
+                    actual: hostile.to_string(),
+                    message: Some(hostile.to_string()),
+                }],
+            }],
+            link: "http://127.0.0.1:9464/api/v1/checks/web".to_string(),
+            agent: "a".to_string(),
+        };
+        let text = message(&notification).to_string();
+        assert!(!text.contains("<!channel>"), "{text}");
+        assert!(!text.contains("<https://evil"), "{text}");
+        assert!(!text.contains("<@U123>"), "{text}");
+        assert!(text.contains("&lt;!channel&gt;"), "{text}");
+        assert!(text.contains("&amp;"), "{text}");
+        // bastion's own link stays a link.
+        assert!(
+            text.contains("<http://127.0.0.1:9464/api/v1/checks/web|API>"),
+            "{text}"
+        );
     }
 }

@@ -7,8 +7,8 @@
 
 use super::post::post_json;
 use super::{
-    read_secret, url_or_file, wrong_kind, Answer, BuildContext, Event, Failure, Notification,
-    Notifier, NotifierKind, NotifyError, Secret, SendError, Severity,
+    read_secret, url_or_file, wrong_kind, Answer, BuildContext, EndReason, Event, Failure,
+    Notification, Notifier, NotifierKind, NotifyError, Secret, SendError, Severity,
 };
 use crate::config::{NotifierConfig, NotifierSpec};
 use futures_util::future::BoxFuture;
@@ -81,6 +81,9 @@ pub struct WebhookBody<'a> {
     pub at: SystemTime,
     #[serde(with = "crate::time_format")]
     pub sent_at: SystemTime,
+    /// For `resolved`: why the episode ended (`recovered`, `check_changed`, `check_removed`);
+    /// null otherwise.
+    pub end_reason: Option<EndReason>,
     pub failing: usize,
     pub instances: usize,
     pub failures: &'a [Failure],
@@ -112,6 +115,7 @@ pub fn body(notification: &Notification) -> WebhookBody<'_> {
         started_at: notification.started_at,
         at: notification.at,
         sent_at: SystemTime::now(),
+        end_reason: notification.reason,
         failing: notification.failing,
         instances: notification.instances,
         failures: &notification.failures,

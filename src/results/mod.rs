@@ -12,14 +12,16 @@ pub mod exposition;
 
 use crate::bus::{Bus, Message, Subscription};
 
-use crate::config::CheckConfig;
+use crate::config::{CheckConfig, NotifyOn};
 use crate::delivery::cut;
-use crate::history::{Recorder, TransitionRecord};
+use crate::episode::{EndReason, EpisodeEvent, RunTimes, SavedCheck, Track};
+use crate::history::{IncidentOp, Recorder, TransitionRecord};
 use crate::lease::Leadership;
 use crate::messages::{self, CheckResult, Payload, StateEvent, MESSAGE_VERSION};
 use crate::metrics::{CheckToLabels, Metrics, ReasonLabels, SubjectLabels};
 use crate::model::CheckState;
 use crate::notify::Notifications;
+use crate::saved_state::SavedState;
 use crate::state::{StatePolicy, StateTracker, Transition};
 use crate::subjects::Subjects;
 use std::collections::HashMap;
@@ -145,7 +147,14 @@ pub struct SinkContext {
     pub notifications: Option<Arc<Notifications>>,
     /// Where runs and state changes go to be kept (only while leading, with HA).
     pub history: Option<Recorder>,
+    /// Where troubled checks' states and episodes are kept across restarts.
+    pub saved: Arc<SavedState>,
+    /// What the last run saved of them (the `checks` section).
+    pub resumed: Vec<SavedCheck>,
 }
+
+/// The section of the saved state that holds checks' states and episodes.
+pub const SAVED_CHECKS: &str = "checks";
 
 /// Consumes results from `subscription` until `stop` is cancelled; results already delivered
 /// by then are still recorded, so the last runs of a shutdown are not lost.
@@ -161,16 +170,21 @@ pub async fn consume(
         events,
         notifications,
         history,
+        saved,
+        resumed,
     } = context;
+    let mut leadership = events.as_ref().and_then(|outlet| outlet.leadership.clone());
     let mut sink = Sink {
         store,
         metrics,
         events,
         notifications,
         history,
+        saved,
         known: Arc::new(Vec::new()),
         by_name: HashMap::new(),
-        trackers: HashMap::new(),
+        followed: HashMap::new(),
+        leading: false,
     };
     // /metrics derives probe_* and bastion_check_state from the store at each scrape.
     sink.metrics
@@ -178,7 +192,14 @@ pub async fn consume(
             &sink.store,
         ))));
     let current = Arc::clone(&checks.borrow_and_update());
+    // Leading or not from the start, so that episodes the start ends reach history first;
+    // then history learns which are open.
+    sink.leading = sink.leads();
+    sink.resume(&current, resumed);
     sink.apply_checks(&current);
+    if sink.leading {
+        sink.reconcile();
+    }
     // Without a config owner (it went away) the checks stay as they are.
     let mut watching = true;
     loop {
@@ -192,6 +213,17 @@ pub async fn consume(
                 let current = Arc::clone(&checks.borrow_and_update());
                 sink.apply_checks(&current);
             }
+            changed = async {
+                match leadership.as_mut() {
+                    Some(watch) => watch.changed().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                if changed.is_err() {
+                    leadership = None;
+                }
+                sink.follow_leadership();
+            }
             message = subscription.next() => match message {
                 Some(message) => sink.handle(&message).await,
                 None => return,
@@ -203,43 +235,117 @@ pub async fn consume(
     }
 }
 
+/// A configured check as the sink follows it: its state and its failure episode.
+#[derive(Debug)]
+struct Followed {
+    tracker: StateTracker,
+    track: Track,
+}
+
 struct Sink {
     store: Arc<ResultStore>,
     metrics: Arc<Metrics>,
     events: Option<EventOutlet>,
     notifications: Option<Arc<Notifications>>,
     history: Option<Recorder>,
+    saved: Arc<SavedState>,
     /// The configured checks, by name.
     known: Arc<Vec<CheckConfig>>,
     /// Index of each configured check in `known`.
     by_name: HashMap<String, usize>,
-    trackers: HashMap<String, StateTracker>,
+    followed: HashMap<String, Followed>,
+    /// Whether this sink's checker led when last looked at (history written, events sent).
+    leading: bool,
+}
+
+/// Whether `WARN` opens a failure episode for `check`.
+fn warn_opens(check: &CheckConfig) -> bool {
+    check
+        .notify_on
+        .as_deref()
+        .is_some_and(|states| states.contains(&NotifyOn::Warn))
 }
 
 impl Sink {
-    /// Follows a new set of configured checks: removed and changed checks are forgotten (a
-    /// changed check starts over), new ones start `OK`.
+    /// Takes back what the last run saved: a check still configured to probe the same thing
+    /// continues in its state and episode; the episode of one removed or changed while the
+    /// agent was down ends now, for that reason.
+    fn resume(&mut self, checks: &[CheckConfig], resumed: Vec<SavedCheck>) {
+        let now = SystemTime::now();
+        for saved in resumed {
+            let config = checks.iter().find(|check| check.name == saved.check);
+            let reason = match config {
+                Some(config) if config.probe_fingerprint() == saved.fingerprint => {
+                    let tracker = StateTracker::resume(saved.state, Instant::now(), saved.since);
+                    if let Some(episode) = saved.track.open() {
+                        tracing::info!(check = %saved.check, episode = %episode.id, state = %saved.state, "failure episode resumed from the last run");
+                        if let Some(notifications) = &self.notifications {
+                            notifications.resume(config, episode, saved.state);
+                        }
+                    }
+                    self.store.update(
+                        &saved.check,
+                        CheckStatus {
+                            latest: None,
+                            state: tracker.state(),
+                            since: tracker.since(),
+                        },
+                    );
+                    self.saved.put(SAVED_CHECKS, &saved.check, &saved);
+                    self.followed.insert(
+                        saved.check.clone(),
+                        Followed {
+                            tracker,
+                            track: saved.track,
+                        },
+                    );
+                    continue;
+                }
+                Some(_) => EndReason::CheckChanged,
+                None => EndReason::CheckRemoved,
+            };
+            let mut track = saved.track;
+            if let Some(event) = track.end(reason, now) {
+                tracing::info!(check = %saved.check, reason = reason.as_str(), "check removed or changed while the agent was down; its failure episode ends");
+                self.episode_event(config, &event, None, CheckState::Ok);
+            }
+        }
+    }
+
+    /// Follows a new set of configured checks: removed checks and checks that now probe
+    /// something else are forgotten (their episodes end, and a changed one starts over);
+    /// a check whose only changes are where it is filed, who is told, how often it runs or
+    /// its thresholds keeps its state and episode. New ones start `OK`.
     fn apply_checks(&mut self, checks: &Arc<Vec<CheckConfig>>) {
         let next: HashMap<String, usize> = checks
             .iter()
             .enumerate()
             .map(|(index, check)| (check.name.clone(), index))
             .collect();
-        let stale: Vec<String> = self
+        let stale: Vec<(String, EndReason)> = self
             .by_name
             .iter()
-            .filter(|(name, index)| {
-                let before = self.known.get(**index);
-                let after = next.get(*name).and_then(|index| checks.get(*index));
-                before != after
+            .filter_map(|(name, index)| {
+                let before = self.known.get(*index)?;
+                match next.get(name).and_then(|index| checks.get(*index)) {
+                    None => Some((name.clone(), EndReason::CheckRemoved)),
+                    Some(after) if !before.same_probe(after) => {
+                        Some((name.clone(), EndReason::CheckChanged))
+                    }
+                    Some(_) => None,
+                }
             })
-            .map(|(name, _)| name.clone())
             .collect();
-        for name in stale {
-            self.forget(&name);
+        for (name, reason) in stale {
+            let config = self
+                .by_name
+                .get(&name)
+                .and_then(|index| self.known.get(*index))
+                .cloned();
+            self.forget(&name, config.as_ref(), reason);
         }
         for name in next.keys() {
-            if !self.trackers.contains_key(name) {
+            if !self.followed.contains_key(name) {
                 let tracker = StateTracker::new(Instant::now(), SystemTime::now());
                 self.store.update(
                     name,
@@ -249,27 +355,113 @@ impl Sink {
                         since: tracker.since(),
                     },
                 );
-                self.trackers.insert(name.clone(), tracker);
+                self.followed.insert(
+                    name.clone(),
+                    Followed {
+                        tracker,
+                        track: Track::default(),
+                    },
+                );
             }
         }
         self.known = Arc::clone(checks);
         self.by_name = next;
     }
 
-    fn forget(&mut self, check: &str) {
+    /// A reload removed the check or changed what it probes: its series, state, result and
+    /// saved state go, and its open episode ends for `reason`.
+    fn forget(&mut self, check: &str, config: Option<&CheckConfig>, reason: EndReason) {
         self.metrics.forget_check_results(check);
-        let tracker = self.trackers.remove(check);
-        // An incident open for a check that a reload removed or changed would otherwise
-        // stay open: nothing will ever record its recovery.
-        let incident_open = tracker.is_some_and(|tracker| {
-            matches!(tracker.state(), CheckState::Fail | CheckState::PassWait)
-        });
-        if let Some(history) = self.history.as_ref().filter(|_| self.leads()) {
-            history.forget(check, incident_open, SystemTime::now());
+        if let Some(mut followed) = self.followed.remove(check) {
+            if let Some(event) = followed.track.end(reason, SystemTime::now()) {
+                tracing::info!(
+                    check,
+                    reason = reason.as_str(),
+                    "check removed or changed by a reload; its failure episode ends"
+                );
+                self.episode_event(config, &event, None, followed.tracker.state());
+            }
         }
+        self.saved.remove(SAVED_CHECKS, check);
         self.store.remove(check);
-        if let Some(notifications) = &self.notifications {
-            notifications.forget(check);
+    }
+
+    /// Checks leadership: on taking it (or at start, leading), history learns which episodes
+    /// are open, so it writes those it lacks and ends those nobody follows any more.
+    fn follow_leadership(&mut self) {
+        let leading = self.leads();
+        let took_over = leading && !self.leading;
+        self.leading = leading;
+        if took_over {
+            self.reconcile();
+        }
+    }
+
+    /// Tells history which episodes are open, so it writes those it lacks and ends those
+    /// nobody follows any more.
+    fn reconcile(&self) {
+        if let Some(history) = &self.history {
+            let open = self
+                .followed
+                .values()
+                .filter_map(|followed| followed.track.open().cloned())
+                .collect();
+            history.incident(IncidentOp::Reconcile { open });
+        }
+    }
+
+    /// Hands an episode event to history (while leading) and to notifications; `result` is
+    /// the run that caused it, None when a reload or the start ended it.
+    fn episode_event(
+        &self,
+        config: Option<&CheckConfig>,
+        event: &EpisodeEvent,
+        result: Option<&Arc<CheckResult>>,
+        state: CheckState,
+    ) {
+        if let Some(history) = self.history.as_ref().filter(|_| self.leading) {
+            let op = match (result, event) {
+                (Some(result), event) => IncidentOp::of(event, result),
+                (
+                    None,
+                    EpisodeEvent::Closed {
+                        episode,
+                        reason,
+                        at,
+                    },
+                ) => IncidentOp::Close {
+                    episode: episode.clone(),
+                    ended_at: *at,
+                    reason: *reason,
+                },
+                (None, other) => IncidentOp::Severity {
+                    episode: other.episode().clone(),
+                },
+            };
+            history.incident(op);
+        }
+        // With a result, `observe` tells notifications; without one, this is all they hear.
+        if let (None, Some(notifications)) = (result, &self.notifications) {
+            notifications.ended(config, event, state);
+        }
+    }
+
+    /// Saves a check's state and episode when it is troubled, and forgets them once calm.
+    fn save(&self, check: &str, config: &CheckConfig, followed: &Followed) {
+        if followed.tracker.state() == CheckState::Ok && followed.track.is_calm() {
+            self.saved.remove(SAVED_CHECKS, check);
+        } else {
+            self.saved.put(
+                SAVED_CHECKS,
+                check,
+                &SavedCheck {
+                    check: check.to_string(),
+                    fingerprint: config.probe_fingerprint(),
+                    state: followed.tracker.state(),
+                    since: followed.tracker.since(),
+                    track: followed.track.clone(),
+                },
+            );
         }
     }
 
@@ -309,19 +501,43 @@ impl Sink {
         }
         tracing::debug!(check = %result.check, passing = result.passing, responses = result.responses.len(), "result");
 
-        // A degraded result counts the instances it left out too.
-        let failing = result.failing();
-        let tracker = self
-            .trackers
-            .entry(result.check.clone())
-            .or_insert_with(|| StateTracker::new(Instant::now(), SystemTime::now()));
-        let transition = tracker.observe(failing, policy, Instant::now(), result.finished_at);
+        // One rule with history: instances that never ran for want of a worker measured
+        // nothing, and a run that measured nothing moves no state.
+        let counts = result.counts();
+        let Some(followed) = self.followed.get_mut(&result.check) else {
+            return;
+        };
+        let (transition, event) = if counts.nothing_measured() {
+            (None, None)
+        } else {
+            let transition = followed.tracker.observe(
+                counts.failing,
+                policy,
+                Instant::now(),
+                result.finished_at,
+            );
+            let event = followed.track.observe(
+                &result.check,
+                warn_opens(config),
+                followed.tracker.state(),
+                RunTimes {
+                    scheduled_at: result.scheduled_at,
+                    finished_at: result.finished_at,
+                },
+            );
+            (transition, event)
+        };
         let status = CheckStatus {
             latest: None,
-            state: tracker.state(),
-            since: tracker.since(),
+            state: followed.tracker.state(),
+            since: followed.tracker.since(),
         };
-        if let Some(history) = self.history.as_ref().filter(|_| self.leads()) {
+        if transition.is_some() || event.is_some() {
+            if let Some(followed) = self.followed.get(&result.check) {
+                self.save(&result.check, config, followed);
+            }
+        }
+        if let Some(history) = self.history.as_ref().filter(|_| self.leading) {
             history.run(&result, config);
         }
         let result = to_keep(result, &message.payload);
@@ -332,11 +548,14 @@ impl Sink {
                 ..status
             },
         );
+        if let Some(event) = &event {
+            self.episode_event(Some(config), event, Some(&result), status.state);
+        }
         if let Some(notifications) = &self.notifications {
-            notifications.observe(config, status.state, &result);
+            notifications.observe(config, status.state, &result, event.as_ref());
         }
         if let Some(transition) = transition {
-            self.announce(&result, transition, failing).await;
+            self.announce(&result, transition, counts.failing).await;
         }
     }
 
@@ -350,7 +569,7 @@ impl Sink {
             })
             .inc();
         tracing::info!(check = %result.check, from = %transition.from, to = %transition.to, failing, "check state changed");
-        if let Some(history) = self.history.as_ref().filter(|_| self.leads()) {
+        if let Some(history) = self.history.as_ref().filter(|_| self.leading) {
             history.transition(TransitionRecord {
                 check: Arc::from(result.check.as_str()),
                 from: transition.from,

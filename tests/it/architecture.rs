@@ -15,6 +15,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("systemd", 0),
     ("telemetry", 0),
     ("run_window", 0),
+    ("saved_state", 0),
     // The configuration file's schema, defaults and loading.
     ("config", 1),
     // The wire contract (messages, subject names) and config-derived facts.
@@ -25,6 +26,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("assertions", 3),
     ("resolve", 3),
     ("state", 3),
+    ("episode", 3),
     ("metrics", 3),
     ("report", 3),
     ("delivery", 3),

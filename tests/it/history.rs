@@ -24,7 +24,12 @@ const PATIENCE: Duration = Duration::from_secs(60);
 /// Where a test keeps its history.
 pub enum Backend {
     Sqlite(PathBuf),
-    Postgres { url: String, name: String },
+    /// `state` is the test's own directory for `episodes.json` (beside `history.path`).
+    Postgres {
+        url: String,
+        name: String,
+        state: PathBuf,
+    },
 }
 
 impl Backend {
@@ -51,13 +56,25 @@ impl Backend {
         Backend::Postgres {
             url: format!("postgres://postgres@127.0.0.1:5432/{name}"),
             name,
+            state: scratch_dir("history-pg"),
         }
     }
 
     pub fn toml(&self) -> String {
         match self {
             Backend::Sqlite(path) => format!("[history]\npath = \"{}\"\n", path.display()),
-            Backend::Postgres { url, .. } => format!("[history]\nurl = \"{url}\"\n"),
+            Backend::Postgres { url, state, .. } => format!(
+                "[history]\nurl = \"{url}\"\npath = \"{}\"\n",
+                state.join("history.db").display()
+            ),
+        }
+    }
+
+    /// The agent's saved state (`episodes.json`, beside `history.path`).
+    pub fn episodes_file(&self) -> PathBuf {
+        match self {
+            Backend::Sqlite(path) => path.with_file_name("episodes.json"),
+            Backend::Postgres { state, .. } => state.join("episodes.json"),
         }
     }
 
@@ -68,6 +85,27 @@ impl Backend {
                 .execute(&admin)
                 .await;
             admin.close().await;
+        }
+    }
+}
+
+/// A throwaway PostgreSQL database for tests that run the binary without an async runtime
+/// of their own; dropped with it.
+pub struct TestDatabase(Backend);
+
+impl TestDatabase {
+    pub fn create() -> TestDatabase {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        TestDatabase(runtime.block_on(Backend::postgres()))
+    }
+
+    pub fn url(&self) -> String {
+        match &self.0 {
+            Backend::Postgres { url, .. } => url.clone(),
+            Backend::Sqlite(_) => unreachable!("a PostgreSQL backend"),
         }
     }
 }
@@ -529,7 +567,7 @@ async fn an_unwritable_database_never_stops_probing_and_counts_what_it_drops() {
 
 /// An incident still open when the agent stops is closed at the next start, at the check's
 /// last recorded run, and marked interrupted; the check, still failing, opens a new one.
-async fn an_incident_open_at_shutdown_is_closed_as_interrupted_at_the_next_start(backend: Backend) {
+async fn an_incident_open_at_shutdown_goes_on_after_a_restart(backend: Backend) {
     let target = scripted_target(1..=100_000).await;
     let toml = format!(
         "{}{}",
@@ -539,7 +577,7 @@ async fn an_incident_open_at_shutdown_is_closed_as_interrupted_at_the_next_start
             .replace("min_failing_time = \"2s\"", "min_failing_time = \"0s\"")
     );
     let first = Running::start(&toml).await;
-    poll(&first, "/api/v1/incidents?check=flaky", |body| {
+    let before = poll(&first, "/api/v1/incidents?check=flaky", |body| {
         body.as_array()
             .is_some_and(|all| all.len() == 1 && all[0]["open"] == true)
     })
@@ -554,8 +592,25 @@ async fn an_incident_open_at_shutdown_is_closed_as_interrupted_at_the_next_start
         .map(|r| r.scheduled_at)
         .collect();
     runs.sort();
+
+    // Still failing after the restart: the same incident goes on, no second one.
     let second = Running::start(&toml).await;
-    let incidents = poll(&second, "/api/v1/incidents?check=flaky", |body| {
+    second.wait_results("flaky", 3).await;
+    let (_, during) = second.get_json("/api/v1/incidents?check=flaky").await;
+    assert_eq!(during.as_array().map(Vec::len), Some(1), "{during}");
+    assert_eq!(during[0]["open"], true);
+    assert_eq!(during[0]["id"], before[0]["id"], "{during}");
+    assert_eq!(during[0]["started_at"], before[0]["started_at"]);
+    let (_, check) = second.get_json("/api/v1/checks/flaky").await;
+    assert_eq!(check["state"], "FAIL", "the state resumed too: {check}");
+    second.stop().await;
+
+    // Without the saved state (deleted, or a disk replaced), nobody follows the old incident
+    // any more: the next start closes it as interrupted at its last run, and the failing
+    // check opens a new one.
+    std::fs::remove_file(backend.episodes_file()).expect("the agent saved its episodes");
+    let third = Running::start(&toml).await;
+    let incidents = poll(&third, "/api/v1/incidents?check=flaky", |body| {
         body.as_array().is_some_and(|all| all.len() == 2)
     })
     .await;
@@ -563,27 +618,21 @@ async fn an_incident_open_at_shutdown_is_closed_as_interrupted_at_the_next_start
     assert_eq!(incidents[0]["open"], true);
     assert_eq!(incidents[1]["open"], false);
     assert_eq!(incidents[1]["interrupted"], true);
+    assert_eq!(incidents[1]["end_reason"], "interrupted");
     let ended = api_ms(&incidents[1]["ended_at"]);
-    assert!(
-        ended >= ms(runs[0]) && ended <= ms(*runs.last().unwrap()),
-        "{incidents}"
-    );
-    second.stop().await;
+    assert!(ended >= ms(runs[0]), "{incidents}");
+    third.stop().await;
     backend.drop_database().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_an_incident_open_at_shutdown_is_closed_as_interrupted_at_the_next_start() {
-    an_incident_open_at_shutdown_is_closed_as_interrupted_at_the_next_start(Backend::sqlite())
-        .await;
+async fn sqlite_an_incident_open_at_shutdown_goes_on_after_a_restart() {
+    an_incident_open_at_shutdown_goes_on_after_a_restart(Backend::sqlite()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_an_incident_open_at_shutdown_is_closed_as_interrupted_at_the_next_start() {
-    an_incident_open_at_shutdown_is_closed_as_interrupted_at_the_next_start(
-        Backend::postgres().await,
-    )
-    .await;
+async fn postgres_an_incident_open_at_shutdown_goes_on_after_a_restart() {
+    an_incident_open_at_shutdown_goes_on_after_a_restart(Backend::postgres().await).await;
 }
 
 /// A reload that removes (or changes) a failing check closes its open incident, marked
@@ -718,4 +767,373 @@ async fn ha_writers_taking_turns_count_every_run_in_the_rollups() {
         let _ = tokio::time::timeout(PATIENCE, writer).await;
     }
     backend.drop_database().await;
+}
+
+/// A connection of the test's own that holds SQLite's write lock until dropped (or
+/// `release`d): the agent's writer cannot write meanwhile, as with a database that is down.
+pub struct SqliteLock(Option<sqlx::SqliteConnection>);
+
+impl SqliteLock {
+    pub async fn take(path: &std::path::Path) -> SqliteLock {
+        use sqlx::Connection;
+        let mut connection =
+            sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
+                .await
+                .expect("the history file opens");
+        sqlx::query("BEGIN EXCLUSIVE")
+            .execute(&mut connection)
+            .await
+            .expect("the write lock");
+        SqliteLock(Some(connection))
+    }
+
+    pub async fn release(mut self) {
+        use sqlx::Connection;
+        if let Some(mut connection) = self.0.take() {
+            sqlx::query("ROLLBACK")
+                .execute(&mut connection)
+                .await
+                .unwrap();
+            connection.close().await.unwrap();
+        }
+    }
+}
+
+/// A database outage long enough to fill every buffer (4 records): runs are lost, and
+/// counted, but the state changes and the incident wait in their own lane, so once the
+/// database is back the incident opens and closes as the check did. Before, the incident's
+/// end was dropped with the runs and it stayed open for ever while the check was OK.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_database_outage_loses_runs_but_every_incident_opens_and_closes() {
+    let target =
+        crate::common::receiver::Receiver::start(crate::common::receiver::Reply::new(200, "ok"));
+    let dir = scratch_dir("history-outage");
+    let path = dir.join("history.db");
+    let mut toml = format!(
+        "[history]\npath = \"{}\"\nbuffer = 4\nflush_interval = \"200ms\"\n{}",
+        path.display(),
+        FLAKY
+            .replace("http://TARGET/", &format!("{}/", target.url()))
+            .replace("min_failing_time = \"2s\"", "min_failing_time = \"0s\"")
+    );
+    // Steady checks whose runs fill every buffer before the failure begins.
+    let steady =
+        crate::common::receiver::Receiver::start(crate::common::receiver::Reply::new(200, "ok"));
+    for n in 0..10 {
+        toml.push_str(&format!(
+            "[[checks]]\nname = \"steady{n}\"\ntype = \"http\"\nurl = \"{}/\"\ninterval = \"1s\"\n",
+            steady.url()
+        ));
+    }
+    let running = Running::start(&toml).await;
+    poll(&running, "/api/v1/checks/flaky/history?from=15m", |_| true).await;
+    let lock = SqliteLock::take(&path).await;
+    let filled = running.results_of("steady0").len();
+    running.wait_results("steady0", filled + 3).await;
+    let before = running.results_of("flaky").len();
+    target.set_default(crate::common::receiver::Reply::new(503, "down"));
+    running.wait_results("flaky", before + 3).await;
+    target.set_default(crate::common::receiver::Reply::new(200, "ok"));
+    // Enough passing runs after the recovery to overflow the runs' lane.
+    running.wait_results("flaky", before + 12).await;
+    let (_, metrics) = http_get(running.api, "/metrics").await;
+    let dropped = metric(
+        &metrics,
+        "bastion_history_dropped_total{reason=\"buffer_full\"}",
+    );
+    assert!(
+        dropped.is_some_and(|d| d > 0.0),
+        "runs were dropped: {metrics}"
+    );
+    lock.release().await;
+    let incidents = poll(&running, "/api/v1/incidents?check=flaky&from=1h", |body| {
+        body.as_array()
+            .is_some_and(|all| !all.is_empty() && all.iter().all(|i| i["open"] == false))
+    })
+    .await;
+    assert_eq!(incidents.as_array().unwrap().len(), 1, "{incidents}");
+    assert_eq!(incidents[0]["end_reason"], "recovered");
+    let (_, check) = running.get_json("/api/v1/checks/flaky").await;
+    assert_eq!(check["state"], "OK");
+    running.stop().await;
+}
+
+/// One rule for the state machine and history: instances that never ran for want of a
+/// worker (`dispatch_timeout`) measured nothing about the target. A check whose every
+/// instance timed out in dispatch stays OK (before: FAIL, an incident, a page, while its
+/// uptime read 100 %), its runs are unmeasured; and with `min_failing_count = 2`, one
+/// real failure beside a dispatch timeout is a warning, not a failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dispatch_timeouts_count_the_same_for_the_state_and_for_uptime() {
+    use bastion_agent::messages::{Payload, Response, Timings};
+    use bastion_agent::model::{CheckType, ErrorKind, ProbeError};
+    let dir = scratch_dir("history-dispatch");
+    let toml = format!(
+        "[agent]\nid = \"history-test\"\nlisten = \"127.0.0.1:0\"\n\
+         [history]\npath = \"{}\"\nflush_interval = \"200ms\"\n\
+         [[checks]]\nname = \"overloaded\"\ntype = \"http\"\nurl = \"http://127.0.0.1:9/\"\n\
+         interval = \"24h\"\nmin_failing_time = \"0s\"\nmin_failing_count = 2\n",
+        dir.join("history.db").display()
+    );
+    let agent = Agent::build(config(&toml)).await.expect("agent builds");
+    let api = agent.local_addr().unwrap();
+    let bus = agent.bus();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(agent.run(stop.clone()));
+    let running = Running {
+        api,
+        results: Arc::new(Mutex::new(Vec::new())),
+        stop,
+        task,
+    };
+    let response = |target: &str, kind: ErrorKind| {
+        Response::failed(
+            target.to_string(),
+            ProbeError::new(kind, "no worker"),
+            Timings::default(),
+        )
+    };
+    let start = SystemTime::now() - Duration::from_secs(60);
+    let runs: Vec<Vec<Response>> = vec![
+        vec![
+            response("10.0.0.1:80", ErrorKind::DispatchTimeout),
+            response("10.0.0.2:80", ErrorKind::DispatchTimeout),
+        ],
+        vec![
+            response("10.0.0.1:80", ErrorKind::DispatchTimeout),
+            response("10.0.0.2:80", ErrorKind::DispatchTimeout),
+        ],
+        vec![
+            response("10.0.0.1:80", ErrorKind::DispatchTimeout),
+            response("10.0.0.2:80", ErrorKind::Connect),
+        ],
+    ];
+    for (index, responses) in runs.into_iter().enumerate() {
+        let at = start + Duration::from_secs(10 * index as u64);
+        let result = CheckResult {
+            version: 1,
+            check: "overloaded".into(),
+            check_type: CheckType::Http,
+            agent: "runner".into(),
+            run_id: index as u64,
+            scheduled_at: at,
+            finished_at: at,
+            passing: false,
+            responses,
+            degraded: None,
+        };
+        bus.publish(
+            "bastion.results.overloaded",
+            Payload::Result(Arc::new(result)),
+        )
+        .await
+        .unwrap();
+    }
+    let series = poll(
+        &running,
+        "/api/v1/checks/overloaded/history?from=15m&step=15m",
+        |body| {
+            body["points"]
+                .as_array()
+                .is_some_and(|points| points.iter().any(|p| p["unmeasured"] == 2))
+        },
+    )
+    .await;
+    let point = series["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["unmeasured"] == 2)
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (point["runs"].as_u64(), point["down"].as_u64()),
+        (Some(1), Some(0)),
+        "{series}"
+    );
+    let (_, check) = running.get_json("/api/v1/checks/overloaded").await;
+    assert_eq!(
+        check["state"], "WARN",
+        "one real failure of two is a warning: {check}"
+    );
+    let (_, incidents) = running.get_json("/api/v1/incidents?check=overloaded").await;
+    assert_eq!(incidents, serde_json::json!([]), "no incident");
+    let (_, metrics) = http_get(running.api, "/metrics").await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "bastion_check_transitions_total{check=\"overloaded\",to=\"FAIL\"}"
+        ),
+        None,
+        "never FAIL: {metrics}"
+    );
+    running.stop().await;
+}
+
+/// A result delivered twice (a JetStream publish retried after a lost acknowledgement) is
+/// one run: in the raw runs, and in the hourly rollup (before: counted twice there).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_delivered_twice_is_one_run_in_the_rollups_too() {
+    use bastion_agent::messages::{Payload, Response, Timings};
+    use bastion_agent::model::{CheckType, ErrorKind, ProbeError};
+    let dir = scratch_dir("history-twice");
+    let toml = format!(
+        "[agent]\nid = \"history-test\"\nlisten = \"127.0.0.1:0\"\n\
+         [history]\npath = \"{}\"\nflush_interval = \"200ms\"\n\
+         [[checks]]\nname = \"twice\"\ntype = \"http\"\nurl = \"http://127.0.0.1:9/\"\ninterval = \"24h\"\n",
+        dir.join("history.db").display()
+    );
+    let agent = Agent::build(config(&toml)).await.expect("agent builds");
+    let api = agent.local_addr().unwrap();
+    let bus = agent.bus();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(agent.run(stop.clone()));
+    let running = Running {
+        api,
+        results: Arc::new(Mutex::new(Vec::new())),
+        stop,
+        task,
+    };
+    // Three hours ago: an hour of its own in the rollups, whatever runs now.
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let hour = now - now % 3600 - 3 * 3600;
+    let at = UNIX_EPOCH + Duration::from_secs(hour + 60);
+    let mut response = Response::failed(
+        "10.0.0.1:80".to_string(),
+        ProbeError::new(ErrorKind::Connect, "x"),
+        Timings::default(),
+    );
+    response.passing = true;
+    response.error = None;
+    let result = Arc::new(CheckResult {
+        version: 1,
+        check: "twice".into(),
+        check_type: CheckType::Http,
+        agent: "runner".into(),
+        run_id: 1,
+        scheduled_at: at,
+        finished_at: at,
+        passing: true,
+        responses: vec![response],
+        degraded: None,
+    });
+    for _ in 0..2 {
+        bus.publish(
+            "bastion.results.twice",
+            Payload::Result(Arc::clone(&result)),
+        )
+        .await
+        .unwrap();
+    }
+    let from = rfc3339(UNIX_EPOCH + Duration::from_secs(hour));
+    let to = rfc3339(UNIX_EPOCH + Duration::from_secs(hour + 3600));
+    let raw = poll(
+        &running,
+        &format!("/api/v1/checks/twice/history?from={from}&to={to}&step=30m"),
+        |body| body["points"][0]["runs"].as_u64().is_some_and(|r| r > 0),
+    )
+    .await;
+    assert_eq!(raw["source"], "runs", "{raw}");
+    assert_eq!(raw["points"][0]["runs"], 1);
+    // The hourly rollup of that hour, read as the 7-day view does.
+    let week = poll(
+        &running,
+        "/api/v1/checks/twice/history?from=7d&step=1h",
+        |body| {
+            body["points"]
+                .as_array()
+                .is_some_and(|points| points.iter().any(|p| p["runs"].as_u64() > Some(0)))
+        },
+    )
+    .await;
+    assert_eq!(week["source"], "hourly", "{week}");
+    let runs: u64 = week["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["runs"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(runs, 1, "one run, not two: {week}");
+    running.stop().await;
+}
+
+/// Stopped while its database is locked and every buffer is full, the checker still stops
+/// in time, and what it could not write is counted and logged (before: the writer stopped
+/// reading, missed the end of the sink, was cut off after 10 s, and counted nothing).
+#[test]
+fn a_checker_stopped_with_its_database_down_counts_what_it_could_not_write() {
+    let target =
+        crate::common::receiver::Receiver::start(crate::common::receiver::Reply::new(200, "ok"));
+    let dir = scratch_dir("history-stop");
+    let path = dir.join("history.db");
+    let listen = crate::common::nats::free_port();
+    let mut config = format!(
+        "[agent]\nlisten = \"127.0.0.1:{listen}\"\nshutdown_grace = \"1s\"\n\
+         [history]\npath = \"{}\"\nbuffer = 8\nflush_interval = \"200ms\"\n",
+        path.display()
+    );
+    for n in 0..20 {
+        config.push_str(&format!(
+            "[[checks]]\nname = \"c{n}\"\ntype = \"http\"\nurl = \"{}/\"\ninterval = \"1s\"\n",
+            target.url()
+        ));
+    }
+    let mut agent =
+        crate::common::process::Bastion::start("history-stop", listen, &config, &["run"]);
+    agent.wait_ready();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    crate::common::eventually_blocking("history is ready", PATIENCE, || {
+        crate::common::process::http_get_blocking(listen, "/api/v1/checks/c0/history?from=15m")
+            .is_some_and(|(status, _)| status == 200)
+    });
+    let lock = runtime.block_on(SqliteLock::take(&path));
+    crate::common::eventually_blocking("every buffer fills", PATIENCE, || {
+        agent
+            .sample("bastion_history_dropped_total{reason=\"buffer_full\"}")
+            .is_some_and(|dropped| dropped > 0.0)
+    });
+    let stopping = std::time::Instant::now();
+    assert_eq!(agent.terminate().and_then(|s| s.code()), Some(0));
+    let took = stopping.elapsed();
+    let log = agent.log();
+    assert!(
+        log.contains("history could not be written before shutdown; these records are lost"),
+        "{log}"
+    );
+    assert!(!log.contains("did not stop in time"), "{log}");
+    assert!(took < Duration::from_secs(30), "stopping took {took:?}");
+    runtime.block_on(lock.release());
+}
+
+/// A check removed from the config while the agent was down: its incident ends at the next
+/// start, saying so (`check_removed`), not as if nobody knew what became of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_incident_of_a_check_removed_while_the_agent_was_down_ends_at_start() {
+    let target = scripted_target(1..=100_000).await;
+    let backend = Backend::sqlite();
+    let flaky = FLAKY
+        .replace("TARGET", &target.to_string())
+        .replace("min_failing_time = \"2s\"", "min_failing_time = \"0s\"");
+    let first = Running::start(&format!("{}{flaky}", backend.toml())).await;
+    poll(&first, "/api/v1/incidents?check=flaky", |body| {
+        body.as_array()
+            .is_some_and(|all| all.len() == 1 && all[0]["open"] == true)
+    })
+    .await;
+    first.stop().await;
+    let renamed = flaky.replace("name = \"flaky\"", "name = \"steady\"");
+    let second = Running::start(&format!("{}{renamed}", backend.toml())).await;
+    let incidents = poll(&second, "/api/v1/incidents?check=flaky", |body| {
+        body.as_array()
+            .is_some_and(|all| all.len() == 1 && all[0]["open"] == false)
+    })
+    .await;
+    assert_eq!(incidents[0]["end_reason"], "check_removed", "{incidents}");
+    second.stop().await;
 }

@@ -16,6 +16,7 @@ mod delivery;
 mod deploy;
 mod dns;
 mod docs;
+mod episodes;
 mod fair_share;
 mod faults;
 mod fresh_probes;

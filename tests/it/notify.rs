@@ -14,23 +14,23 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const WAIT: Duration = Duration::from_secs(60);
+pub(crate) const WAIT: Duration = Duration::from_secs(60);
 
 /// A check target: 200 while healthy, 503 while failing.
-fn target() -> Receiver {
+pub(crate) fn target() -> Receiver {
     Receiver::start(Reply::new(200, "ok"))
 }
 
-fn fail(target: &Receiver) {
+pub(crate) fn fail(target: &Receiver) {
     target.set_default(Reply::new(503, "down"));
 }
 
-fn recover(target: &Receiver) {
+pub(crate) fn recover(target: &Receiver) {
     target.set_default(Reply::new(200, "ok"));
 }
 
 /// `[agent]` and one http check `web` on `target`, every second, FAIL at the first failure.
-fn base(listen: u16, target: &Receiver) -> String {
+pub(crate) fn base(listen: u16, target: &Receiver) -> String {
     format!(
         "[agent]\nid = \"notify-agent\"\nlisten = \"127.0.0.1:{listen}\"\nshutdown_grace = \"3s\"\n\
          [[checks]]\nname = \"web\"\ntype = \"http\"\nurl = \"{}/health\"\ninterval = \"1s\"\nmin_failing_time = \"0s\"\n",
@@ -44,24 +44,24 @@ fn write(dir: &Path, name: &str, content: &str) -> PathBuf {
     path
 }
 
-fn start(listen: u16, config: &str) -> Bastion {
+pub(crate) fn start(listen: u16, config: &str) -> Bastion {
     let mut agent = Bastion::start("notify", listen, config, &["run"]);
     agent.wait_ready();
     agent
 }
 
-fn sample(agent: &Bastion, series: &str) -> f64 {
+pub(crate) fn sample(agent: &Bastion, series: &str) -> f64 {
     agent
         .metrics()
         .and_then(|text| metric(&text, series))
         .unwrap_or(-1.0)
 }
 
-fn outcome(notifier: &str, outcome: &str) -> String {
+pub(crate) fn outcome(notifier: &str, outcome: &str) -> String {
     format!("bastion_notifications_total{{notifier=\"{notifier}\",outcome=\"{outcome}\"}}")
 }
 
-fn events(received: &[Received], field: &str) -> Vec<String> {
+pub(crate) fn events(received: &[Received], field: &str) -> Vec<String> {
     received
         .iter()
         .filter(|r| (200..300).contains(&r.status))
@@ -69,7 +69,7 @@ fn events(received: &[Received], field: &str) -> Vec<String> {
         .collect()
 }
 
-fn has_event(received: &[Received], event: &str) -> bool {
+pub(crate) fn has_event(received: &[Received], event: &str) -> bool {
     events(received, "event").iter().any(|e| e == event)
 }
 
@@ -425,6 +425,8 @@ fn pagerduty_waits_for_retry_after_and_resolves_with_the_same_dedup_key() {
     assert_eq!(sample(&agent, &outcome("oncall", "sent")), 2.0);
 }
 
+/// A refused firing is not retried, and since the receiver never accepted the episode, it
+/// gets no resolve for it either: the next thing it hears of is the next episode.
 #[test]
 fn a_client_error_is_not_retried_and_is_counted_as_rejected() {
     let target = target();
@@ -440,15 +442,31 @@ fn a_client_error_is_not_retried_and_is_counted_as_rejected() {
     fail(&target);
     hook.wait_for("the refused firing", WAIT, |r| !r.is_empty());
     recover(&target);
-    let received = hook.wait_for("the resolve", WAIT, |r| has_event(r, "resolved"));
+    let deadline = Instant::now() + WAIT;
+    while sample(&agent, "bastion_check_state{check=\"web\",state=\"OK\"}") != 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "web never recovered: {}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The next episode is the end marker: anything queued for the first would come before it.
+    fail(&target);
+    let received = hook.wait_for("the next firing", WAIT, |r| r.len() >= 2);
     assert_eq!(
         received
             .iter()
             .map(|r| (r.status, r.json()["event"].as_str().unwrap().to_string()))
             .collect::<Vec<_>>(),
-        [(400, "firing".to_string()), (202, "resolved".to_string())],
-        "the refused firing was not sent again"
+        [(400, "firing".to_string()), (202, "firing".to_string())],
+        "the refused firing was not sent again, and no resolve followed it"
     );
+    let ids: Vec<String> = received
+        .iter()
+        .map(|r| r.json()["episode_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_ne!(ids[0], ids[1], "two episodes");
     assert_eq!(sample(&agent, &outcome("hook", "rejected")), 1.0);
     assert!(agent
         .log()
@@ -1460,7 +1478,7 @@ fn an_episode_open_across_a_restart_keeps_its_id_and_is_resolved() {
         "{}",
         first.log()
     );
-    let saved = std::fs::read_to_string(dir.join("notifications.json")).unwrap();
+    let saved = std::fs::read_to_string(dir.join("episodes.json")).unwrap();
     assert!(saved.contains(&id), "{saved}");
 
     let second = start(listen, &config);

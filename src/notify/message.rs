@@ -1,0 +1,136 @@
+//! What a notification of an episode says: the firing notification (with the failing
+//! instances of the latest result and why) and the resolve (with why the episode ended), as
+//! this agent signs them (`Origin`: its name and the base of its links). Pure: it builds
+//! notifications and sends nothing.
+
+use super::{Event, FailedAssertion, Failure, Notification, Severity, MAX_FAILURES_LISTED};
+use crate::episode::{EndReason, Episode};
+use crate::messages::CheckResult;
+use crate::model::{CheckState, CheckType};
+use serde::{Deserialize, Serialize};
+use std::time::SystemTime;
+
+/// Who sends: the agent's name, and the base of the links to its API.
+#[derive(Debug, Clone)]
+pub(super) struct Origin {
+    pub(super) agent: String,
+    pub(super) link_base: String,
+}
+
+/// What a resolve says, kept until every receiver accepted it (and saved so across a
+/// restart: the failing instances are not, a resolve lists few or none).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct ResolveFacts {
+    pub(super) episode: Episode,
+    pub(super) check_type: CheckType,
+    pub(super) state: CheckState,
+    pub(super) reason: EndReason,
+    #[serde(with = "humantime_serde")]
+    pub(super) at: SystemTime,
+    pub(super) failing: usize,
+    pub(super) instances: usize,
+}
+
+impl Origin {
+    /// The firing notification of `episode`, with the details of `latest` when known.
+    pub(super) fn firing(
+        &self,
+        episode: &Episode,
+        check_type: CheckType,
+        state: CheckState,
+        previous_severity: Option<Severity>,
+        latest: Option<&CheckResult>,
+    ) -> Notification {
+        Notification {
+            event: Event::Firing,
+            reminder: false,
+            episode_id: episode.id.clone(),
+            check: episode.check.clone(),
+            check_type,
+            severity: episode.severity,
+            previous_severity,
+            state,
+            started_at: episode.started_at,
+            at: latest.map_or(episode.opened_at, |result| result.finished_at),
+            reason: None,
+            failing: latest.map_or(0, |result| result.counts().failing),
+            instances: latest.map_or(0, |result| result.instances()),
+            failures: latest.map(failures).unwrap_or_default(),
+            link: super::check_link(&self.link_base, &episode.check),
+            agent: self.agent.clone(),
+        }
+    }
+
+    /// The resolve `facts` describe, with the failing instances of `latest` when known.
+    pub(super) fn resolve(
+        &self,
+        facts: &ResolveFacts,
+        latest: Option<&CheckResult>,
+    ) -> Notification {
+        Notification {
+            event: Event::Resolved,
+            reminder: false,
+            episode_id: facts.episode.id.clone(),
+            check: facts.episode.check.clone(),
+            check_type: facts.check_type,
+            severity: facts.episode.severity,
+            previous_severity: None,
+            state: facts.state,
+            started_at: facts.episode.started_at,
+            at: facts.at,
+            reason: Some(facts.reason),
+            failing: facts.failing,
+            instances: facts.instances,
+            failures: latest.map(failures).unwrap_or_default(),
+            link: super::check_link(&self.link_base, &facts.episode.check),
+            agent: self.agent.clone(),
+        }
+    }
+}
+
+/// The failing instances of a result and why, at most `MAX_FAILURES_LISTED`.
+fn failures(result: &CheckResult) -> Vec<Failure> {
+    result
+        .responses
+        .iter()
+        .filter(|response| !response.passing)
+        .take(MAX_FAILURES_LISTED)
+        .map(|response| {
+            let mut assertions: Vec<FailedAssertion> = response
+                .assertions
+                .iter()
+                .filter(|assertion| !assertion.passing)
+                .map(|assertion| FailedAssertion {
+                    key: crate::assertions::key_name(assertion.key).to_string(),
+                    expected: format!(
+                        "{} {} {}",
+                        assertion.value,
+                        crate::assertions::relationship_name(assertion.relationship),
+                        assertion.operand
+                    )
+                    .trim()
+                    .to_string(),
+                    actual: assertion.actual.clone(),
+                    message: assertion.message.clone(),
+                })
+                .collect();
+            // Without assertions an HTTP check passes on a 2xx status: say that one failed.
+            if let (None, true, Some(http)) =
+                (&response.error, assertions.is_empty(), &response.http)
+            {
+                assertions.push(FailedAssertion {
+                    key: "status_code".to_string(),
+                    expected: "2xx".to_string(),
+                    actual: http.status.to_string(),
+                    message: Some(format!("status {} is not a 2xx", http.status)),
+                });
+            }
+            Failure {
+                instance: response.target.clone(),
+                error_kind: response.error.as_ref().map(|error| error.kind.as_str()),
+                error: response.error.as_ref().map(|error| error.message.clone()),
+                assertions,
+            }
+        })
+        .collect()
+}

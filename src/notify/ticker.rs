@@ -1,0 +1,150 @@
+//! What time brings to notifications, looked at once a second: leadership changes (a new
+//! leader repeats open episodes and recent resolves; one that steps down forgets who it
+//! told), the start and end of maintenance windows (a check still failing when the window
+//! that held its notification back ends is notified then), reminders every `repeat_interval`
+//! while an episode stays open, and old resolves aged out.
+//!
+//! A tick costs the same with one open episode or ten thousand: reminders wait in a heap of
+//! due times and only the due ones are touched; the windows are evaluated once per tick, not
+//! per check, and the checks held back by a window are looked at again only when the set of
+//! windows in force changed.
+
+use super::routing::{Notifications, RECENT_RESOLVES_FOR};
+use std::cmp::Reverse;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// How often reminders, window ends and leadership are looked at.
+const TICK: Duration = Duration::from_secs(1);
+
+impl Notifications {
+    /// Once a second until `stop`: leadership changes, window ends, reminders, old resolves.
+    pub(super) async fn tick(self: Arc<Self>, stop: CancellationToken) {
+        let mut leadership = self.leadership.clone();
+        let mut windows = self.maintenance_updates.clone();
+        let mut in_force = self.windows().in_force_at(SystemTime::now());
+        loop {
+            let mut replaced = false;
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(TICK) => {}
+                changed = async {
+                    match windows.as_mut() {
+                        Some(w) => w.changed().await,
+                        None => std::future::pending().await,
+                    }
+                } => match changed {
+                    Ok(()) => {
+                        let configs = windows.as_mut().map(|w| Arc::clone(&w.borrow_and_update()));
+                        if let Some(configs) = configs {
+                            self.replace_windows(&configs);
+                            replaced = true;
+                        }
+                    }
+                    Err(_) => windows = None,
+                },
+                changed = async {
+                    match leadership.as_mut() {
+                        Some(l) => l.changed().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    if changed.is_err() {
+                        leadership = None;
+                    }
+                }
+            }
+            let leading = leadership.as_ref().is_none_or(|l| *l.borrow());
+            let now_in_force = self.windows().in_force_at(SystemTime::now());
+            let windows_changed = replaced || now_in_force != in_force;
+            in_force = now_in_force;
+            self.catch_up(leading, windows_changed);
+        }
+    }
+
+    fn catch_up(&self, leading: bool, windows_changed: bool) {
+        let mut guard = self.lock();
+        if guard.leading && !leading {
+            self.step_down(&mut guard);
+        }
+        let took_over = leading && !guard.leading;
+        guard.leading = leading;
+        while guard
+            .recent
+            .front()
+            .is_some_and(|recent| recent.at.elapsed() >= RECENT_RESOLVES_FOR)
+        {
+            guard.recent.pop_front();
+        }
+        if took_over {
+            self.take_over(&mut guard);
+        }
+        if !leading {
+            return;
+        }
+        if windows_changed {
+            // A window began or ended: what it held back may go now.
+            let held: Vec<String> = guard.held.iter().cloned().collect();
+            for check in held {
+                if let Some(mut open) = guard.open.remove(&check) {
+                    self.fire(&mut guard, &mut open);
+                    guard.open.insert(check, open);
+                }
+            }
+        }
+        self.remind(&mut guard);
+    }
+
+    /// Sends the reminders that are due, each to one receiver that accepted the episode,
+    /// and schedules the next.
+    fn remind(&self, guard: &mut super::routing::State) {
+        let now = Instant::now();
+        let windows = self.windows();
+        let wall = SystemTime::now();
+        while let Some(Reverse((due, _, _))) = guard.reminders.peek() {
+            if *due > now {
+                break;
+            }
+            let Some(Reverse((due, check, notifier))) = guard.reminders.pop() else {
+                break;
+            };
+            let Some(route) = self.routes.get(&notifier) else {
+                continue;
+            };
+            let Some(open) = guard.open.get_mut(&check) else {
+                continue; // the episode ended
+            };
+            let Some(receiver) = open.receivers.get_mut(&notifier) else {
+                continue;
+            };
+            // Superseded (the receiver was told afresh since), or never accepted.
+            if receiver.reminder_due != Some(due) || receiver.accepted.is_none() {
+                continue;
+            }
+            let Some(every) = route.repeat else {
+                receiver.reminder_due = None;
+                continue;
+            };
+            let next = now + every;
+            receiver.reminder_due = Some(next);
+            if let Some(window) = windows.in_force(&check, wall) {
+                tracing::debug!(check = %check, notifier = %notifier, maintenance = window, "reminder suppressed by a maintenance window");
+                self.metrics.count_notification(&notifier, "suppressed");
+            } else {
+                let mut reminder = self.origin.firing(
+                    &open.episode,
+                    open.check_type,
+                    open.state,
+                    None,
+                    open.latest.as_deref(),
+                );
+                reminder.reminder = true;
+                reminder.at = wall;
+                route.delivery.push(Arc::new(reminder));
+            }
+            guard.reminders.push(Reverse((next, check, notifier)));
+        }
+    }
+}
