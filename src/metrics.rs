@@ -587,7 +587,7 @@ impl Metrics {
     ) {
         let now = Instant::now();
         // Held while the series is created, so a concurrent expiry cannot remove it unseen.
-        let mut series = self.lock_check_series();
+        let mut series = self.follow_reload(self.lock_check_series());
         let admitted = series.admit(check, interval, now, &mut |gone, why| self.gone(gone, why));
         match admitted {
             Ok(()) => self
@@ -610,8 +610,24 @@ impl Metrics {
     /// Removes the series that are due to go by `now`: those of checks that stopped running on
     /// a runner, or that a reload removed.
     pub fn tidy_check_series(&self, now: Instant) {
-        let mut series = self.lock_check_series();
+        let mut series = self.follow_reload(self.lock_check_series());
         series.tidy(now, &mut |gone, why| self.gone(gone, why));
+    }
+
+    /// Takes up a reloaded check list, building its names with the lock released: O(n) once
+    /// per reload, never with every run waiting on it.
+    fn follow_reload<'a>(
+        &'a self,
+        series: std::sync::MutexGuard<'a, CheckSeries>,
+    ) -> std::sync::MutexGuard<'a, CheckSeries> {
+        let Some(reload) = series.reloaded() else {
+            return series;
+        };
+        drop(series);
+        let prepared = reload.prepare();
+        let mut series = self.lock_check_series();
+        series.install(prepared, &mut |gone, why| self.gone(gone, why));
+        series
     }
 
     fn gone(&self, check: &str, why: Gone) {

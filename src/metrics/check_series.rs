@@ -105,6 +105,21 @@ impl CheckSeries {
         }
     }
 
+    /// The check list a reload sent and this has not taken up yet; prepare it without the
+    /// lock, then `install` it.
+    pub(super) fn reloaded(&self) -> Option<Reload> {
+        match self {
+            CheckSeries::Configured(configured) => configured.reloaded(),
+            CheckSeries::Learned(_) => None,
+        }
+    }
+
+    pub(super) fn install(&mut self, prepared: Prepared, forget: &mut dyn FnMut(&str, Gone)) {
+        if let CheckSeries::Configured(configured) = self {
+            configured.install(prepared, forget);
+        }
+    }
+
     /// `check`'s series were removed from outside (the sink forgot the check).
     pub(super) fn removed(&mut self, check: &str) {
         if let CheckSeries::Learned(learned) = self {
@@ -131,21 +146,67 @@ pub(super) struct Configured {
     names: HashSet<String>,
 }
 
+/// A check list a reload sent that `Configured` has not taken up yet.
+pub(super) struct Reload {
+    old: Arc<Vec<CheckConfig>>,
+    new: Arc<Vec<CheckConfig>>,
+}
+
+/// A reload's names, made without holding the lock: O(n) once per reload.
+pub(super) struct Prepared {
+    old: Arc<Vec<CheckConfig>>,
+    new: Arc<Vec<CheckConfig>>,
+    names: HashSet<String>,
+    removed: Vec<String>,
+}
+
+impl Reload {
+    pub(super) fn prepare(self) -> Prepared {
+        let names: HashSet<String> = self.new.iter().map(|check| check.name.clone()).collect();
+        let removed = self
+            .old
+            .iter()
+            .filter(|check| !names.contains(&check.name))
+            .map(|check| check.name.clone())
+            .collect();
+        Prepared {
+            old: self.old,
+            new: self.new,
+            names,
+            removed,
+        }
+    }
+}
+
 impl Configured {
-    /// Takes up the latest list when a reload sent one (a pointer comparison otherwise): the
+    /// The list a reload sent, if it is not the one taken up (a pointer comparison). The
     /// reloader sends it before the checker can schedule a check it adds, so no run of a new
     /// check finds the old list.
-    fn follow(&mut self, forget: &mut dyn FnMut(&str, Gone)) {
+    fn reloaded(&self) -> Option<Reload> {
         let current = Arc::clone(&self.checks.borrow());
-        if Arc::ptr_eq(&current, &self.list) {
+        (!Arc::ptr_eq(&current, &self.list)).then(|| Reload {
+            old: Arc::clone(&self.list),
+            new: current,
+        })
+    }
+
+    /// Takes up `prepared`, unless another list was taken up since it was made (then the
+    /// next run or scrape prepares again). O(checks removed).
+    fn install(&mut self, prepared: Prepared, forget: &mut dyn FnMut(&str, Gone)) {
+        if !Arc::ptr_eq(&prepared.old, &self.list) {
             return;
         }
-        let names: HashSet<String> = current.iter().map(|check| check.name.clone()).collect();
-        for gone in self.names.difference(&names) {
+        for gone in &prepared.removed {
             forget(gone, Gone::Removed);
         }
-        self.names = names;
-        self.list = current;
+        self.names = prepared.names;
+        self.list = prepared.new;
+    }
+
+    fn follow(&mut self, forget: &mut dyn FnMut(&str, Gone)) {
+        if let Some(reload) = self.reloaded() {
+            self.install(reload.prepare(), forget);
+        }
     }
 }
 
@@ -370,6 +431,25 @@ mod tests {
         )
         .unwrap();
         Arc::new(config.checks)
+    }
+
+    #[test]
+    fn a_reload_prepared_from_an_older_list_is_not_taken_up() {
+        let now = Instant::now();
+        let (sender, receiver) = watch::channel(checks(&["a"]));
+        let mut series = CheckSeries::configured(receiver);
+        series.tidy(now, &mut |_, _| {});
+        sender.send_replace(checks(&["a", "b"]));
+        let slow = series.reloaded().expect("a reload").prepare();
+        sender.send_replace(checks(&["c"]));
+        let quick = series.reloaded().expect("a reload").prepare();
+        let mut gone = Vec::new();
+        series.install(quick, &mut |name, _| gone.push(name.to_string()));
+        series.install(slow, &mut |name, _| gone.push(name.to_string()));
+        assert_eq!(gone, ["a"]);
+        assert!(series.reloaded().is_none());
+        assert_eq!(admit(&mut series, "c", now), (Ok(()), vec![]));
+        assert_eq!(admit(&mut series, "b", now).0, Err(Refusal::Unconfigured));
     }
 
     #[test]
