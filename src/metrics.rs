@@ -3,14 +3,17 @@
 //! bounded sets (check names, instance addresses, types, phases, fixed reasons); never error
 //! text or a raw URL. Rendered in the classic text format that every Prometheus reads.
 
+mod check_series;
+
+use crate::config::CheckConfig;
 use crate::model::{CheckType, ErrorKind};
+use check_series::{CheckSeries, Gone};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
@@ -110,18 +113,6 @@ pub trait Exposition: Send + Sync + std::fmt::Debug {
     fn encode(&self, text: &mut String);
 }
 
-/// Check names an agent keeps run-duration series for at most; past it the check whose series
-/// would expire first is forgotten (`capacity`). A runner learns names from the bus, so
-/// without a bound a stream of new names would grow /metrics and memory without end.
-pub const MAX_CHECK_SERIES: usize = 10_000;
-
-/// The checks with run-duration series, each with the instant its series go.
-#[derive(Debug)]
-struct SeenChecks {
-    forget_after: Duration,
-    expires: HashMap<String, Instant>,
-}
-
 /// Every metric the agent exports.
 #[derive(Debug)]
 pub struct Metrics {
@@ -157,8 +148,12 @@ pub struct Metrics {
     pub notification_duration_seconds: HistogramFamily<NotifierLabels>,
     /// Notifications waiting, by notifier.
     pub notification_queue: Family<NotifierLabels, Gauge>,
-    /// Check names whose series were removed, by why: `expired` or `capacity`.
+    /// Check names whose series a runner removed because they stopped running (`expired`).
     pub check_series_forgotten: Family<ReasonLabels, Counter>,
+    /// Runs that got no duration series, by why: `capacity` (a runner at
+    /// `runner.max_check_series`) or `unconfigured` (an agent that schedules, for a check it
+    /// does not have).
+    pub check_series_refused: Family<ReasonLabels, Counter>,
     /// History records dropped, by why: `buffer_full` (runs or state changes: the writer is
     /// behind or the database cannot be written), `incidents_full` (incident changes, whose
     /// lane holds at least 16,384) or `stopped`.
@@ -171,8 +166,8 @@ pub struct Metrics {
     pub history_buffered: Gauge,
     /// How long writing one batch of history took.
     pub history_write_seconds: Histogram,
-    /// The checks `check_duration_seconds` has series for, and when each expires.
-    seen_checks: std::sync::Mutex<SeenChecks>,
+    /// Which checks `check_duration_seconds` has series for (`check_series.rs`).
+    check_series: std::sync::Mutex<CheckSeries>,
     /// Where the `probe_*` series come from.
     exposition: std::sync::OnceLock<Arc<dyn Exposition>>,
 }
@@ -217,15 +212,16 @@ impl Metrics {
             notification_duration_seconds: Family::new_with_constructor(latency_histogram),
             notification_queue: Family::default(),
             check_series_forgotten: Family::default(),
+            check_series_refused: Family::default(),
             history_dropped: Family::default(),
             history_written: Counter::default(),
             history_write_errors: Counter::default(),
             history_buffered: Gauge::default(),
             history_write_seconds: latency_histogram(),
-            seen_checks: std::sync::Mutex::new(SeenChecks {
-                forget_after: crate::config::DEFAULT_FORGET_CHECKS_AFTER,
-                expires: HashMap::new(),
-            }),
+            check_series: std::sync::Mutex::new(CheckSeries::learned(
+                crate::config::DEFAULT_MAX_CHECK_SERIES,
+                crate::config::DEFAULT_FORGET_CHECKS_AFTER,
+            )),
             registry: Registry::default(),
         };
         metrics.register_scheduling(&mut registry);
@@ -343,8 +339,13 @@ impl Metrics {
     fn register_dropped(&self, registry: &mut Registry) {
         registry.register(
             "bastion_check_series_forgotten",
-            "Checks whose series this agent removed: not run here for forget_checks_after and three intervals (expired), or past the most it keeps (capacity)",
+            "Checks whose bastion_check_duration_seconds series this runner removed: not run here for forget_checks_after and three intervals (expired)",
             self.check_series_forgotten.clone(),
+        );
+        registry.register(
+            "bastion_check_series_refused",
+            "Check runs that got no bastion_check_duration_seconds series: a runner already keeping runner.max_check_series checks (capacity), or a check this scheduling agent does not have configured (unconfigured)",
+            self.check_series_refused.clone(),
         );
         registry.register(
             "bastion_requests_expired",
@@ -493,6 +494,14 @@ impl Metrics {
         for reason in ["buffer_full", "incidents_full", "stopped"] {
             let _ = self.history_dropped.get_or_create(&ReasonLabels { reason });
         }
+        let _ = self
+            .check_series_forgotten
+            .get_or_create(&ReasonLabels { reason: "expired" });
+        for reason in ["capacity", "unconfigured"] {
+            let _ = self
+                .check_series_refused
+                .get_or_create(&ReasonLabels { reason });
+        }
     }
 
     /// The exposition text.
@@ -502,7 +511,7 @@ impl Metrics {
             self.runtime_tasks_alive
                 .set(i64::try_from(alive).unwrap_or(i64::MAX));
         }
-        self.forget_expired_checks(Instant::now());
+        self.tidy_check_series(Instant::now());
         let mut text = String::with_capacity(16 * 1024);
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::prometheus_text::encode(&mut text, &self.registry);
@@ -551,17 +560,31 @@ impl Metrics {
                 to: state.as_str(),
             });
         }
-        self.lock_seen_checks().expires.remove(check);
+        let mut series = self.lock_check_series();
+        series.removed(check);
         self.remove_check_duration(check);
     }
 
-    /// Sets how long a check's series stay after its last run here (`runner.forget_checks_after`).
-    pub fn forget_checks_after(&self, after: Duration) {
-        self.lock_seen_checks().forget_after = after;
+    /// A runner's bound on checks with run-duration series (`runner.max_check_series`) and how
+    /// long a check's series stay after its last run here (`runner.forget_checks_after`).
+    pub fn limit_check_series(&self, max_checks: usize, forget_after: Duration) {
+        self.lock_check_series()
+            .set_learned(max_checks, forget_after);
     }
 
-    /// Records a run of `check` that took `seconds`. Its series stay until neither
-    /// `forget_checks_after` nor three of its `interval`s have passed without another run.
+    /// Makes the run-duration series follow the configured checks (an agent that schedules and
+    /// probes): every configured check gets one, with no bound and no expiry, and a check's
+    /// go when a reload removes it. `checks` is the reload watch.
+    pub fn follow_configured_checks(
+        &self,
+        checks: tokio::sync::watch::Receiver<Arc<Vec<CheckConfig>>>,
+    ) {
+        *self.lock_check_series() = CheckSeries::configured(checks);
+    }
+
+    /// Records a run of `check` that took `seconds`, if it may have a series (see
+    /// `check_series.rs`); a run refused one is counted. O(1) (amortised) whatever the number
+    /// of checks.
     pub fn observe_check_duration(
         &self,
         check: &str,
@@ -571,57 +594,52 @@ impl Metrics {
     ) {
         let now = Instant::now();
         // Held while the series is created, so a concurrent expiry cannot remove it unseen.
-        let mut seen = self.lock_seen_checks();
-        let expires = now + seen.forget_after.max(interval.saturating_mul(3));
-        if !seen.expires.contains_key(check) && seen.expires.len() >= MAX_CHECK_SERIES {
-            self.forget_expired(&mut seen, now);
-            if seen.expires.len() >= MAX_CHECK_SERIES {
-                let oldest = seen
-                    .expires
-                    .iter()
-                    .min_by_key(|(_, expires)| **expires)
-                    .map(|(name, _)| name.clone());
-                if let Some(oldest) = oldest {
-                    seen.expires.remove(&oldest);
-                    self.remove_check_duration(&oldest);
-                    self.check_series_forgotten
-                        .get_or_create(&ReasonLabels { reason: "capacity" })
-                        .inc();
-                }
+        let mut series = self.follow_reload(self.lock_check_series());
+        let admitted = series.admit(check, interval, now, &mut |gone, why| self.gone(gone, why));
+        match admitted {
+            Ok(()) => self
+                .check_duration_seconds
+                .get_or_create(&CheckTypeLabels {
+                    check: check.to_string(),
+                    r#type: check_type.as_str(),
+                })
+                .observe(seconds),
+            Err(refusal) => {
+                self.check_series_refused
+                    .get_or_create(&ReasonLabels {
+                        reason: refusal.as_str(),
+                    })
+                    .inc();
             }
         }
-        // Every run of every check passes here: refresh the entry in place, and allocate the
-        // name only for a check seen for the first time.
-        match seen.expires.get_mut(check) {
-            Some(at) => *at = expires,
-            None => {
-                seen.expires.insert(check.to_string(), expires);
-            }
-        }
-        self.check_duration_seconds
-            .get_or_create(&CheckTypeLabels {
-                check: check.to_string(),
-                r#type: check_type.as_str(),
-            })
-            .observe(seconds);
     }
 
-    /// Removes the series of every check whose expiry has passed by `now`.
-    pub fn forget_expired_checks(&self, now: Instant) {
-        let mut seen = self.lock_seen_checks();
-        self.forget_expired(&mut seen, now);
+    /// Removes the series that are due to go by `now`: those of checks that stopped running on
+    /// a runner, or that a reload removed.
+    pub fn tidy_check_series(&self, now: Instant) {
+        let mut series = self.follow_reload(self.lock_check_series());
+        series.tidy(now, &mut |gone, why| self.gone(gone, why));
     }
 
-    fn forget_expired(&self, seen: &mut SeenChecks, now: Instant) {
-        let expired: Vec<String> = seen
-            .expires
-            .iter()
-            .filter(|(_, expires)| **expires <= now)
-            .map(|(name, _)| name.clone())
-            .collect();
-        for name in expired {
-            seen.expires.remove(&name);
-            self.remove_check_duration(&name);
+    /// Takes up a reloaded check list, building its names with the lock released: O(n) once
+    /// per reload, never with every run waiting on it.
+    fn follow_reload<'a>(
+        &'a self,
+        series: std::sync::MutexGuard<'a, CheckSeries>,
+    ) -> std::sync::MutexGuard<'a, CheckSeries> {
+        let Some(reload) = series.reloaded() else {
+            return series;
+        };
+        drop(series);
+        let prepared = reload.prepare();
+        let mut series = self.lock_check_series();
+        series.install(prepared, &mut |gone, why| self.gone(gone, why));
+        series
+    }
+
+    fn gone(&self, check: &str, why: Gone) {
+        self.remove_check_duration(check);
+        if why == Gone::Expired {
             self.check_series_forgotten
                 .get_or_create(&ReasonLabels { reason: "expired" })
                 .inc();
@@ -637,9 +655,9 @@ impl Metrics {
         }
     }
 
-    fn lock_seen_checks(&self) -> std::sync::MutexGuard<'_, SeenChecks> {
-        // The map stays consistent whatever panicked while holding it.
-        self.seen_checks
+    fn lock_check_series(&self) -> std::sync::MutexGuard<'_, CheckSeries> {
+        // The state stays consistent whatever panicked while holding it.
+        self.check_series
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -716,7 +734,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn checks_that_stop_arriving_are_forgotten_after_the_expiry() {
         let metrics = Metrics::new();
-        metrics.forget_checks_after(Duration::from_secs(600));
+        metrics.limit_check_series(10_000, Duration::from_secs(600));
         let minute = Duration::from_secs(60);
         for n in 0..1000 {
             metrics.observe_check_duration(&format!("gone-{n}"), CheckType::Http, minute, 0.01);
@@ -739,7 +757,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_check_is_kept_for_three_of_its_intervals_at_least() {
         let metrics = Metrics::new();
-        metrics.forget_checks_after(Duration::from_secs(600));
+        metrics.limit_check_series(10_000, Duration::from_secs(600));
         let hour = Duration::from_secs(3600);
         metrics.observe_check_duration("hourly", CheckType::Dns, hour, 0.01);
         tokio::time::advance(2 * hour).await;
@@ -748,22 +766,102 @@ mod tests {
         assert!(checks_with_durations(&metrics.render()).is_empty());
     }
 
+    fn refused(text: &str, reason: &str) -> String {
+        let prefix = format!("bastion_check_series_refused_total{{reason=\"{reason}\"}} ");
+        text.lines()
+            .find_map(|line| line.strip_prefix(prefix.as_str()))
+            .unwrap_or("absent")
+            .to_string()
+    }
+
+    fn observe_all(metrics: &Metrics, names: impl Iterator<Item = String>) {
+        for name in names {
+            metrics.observe_check_duration(&name, CheckType::Http, Duration::from_secs(60), 0.01);
+        }
+    }
+
     #[tokio::test(start_paused = true)]
-    async fn past_the_most_checks_kept_the_oldest_is_forgotten() {
+    async fn a_runner_at_its_bound_keeps_every_series_and_refuses_new_names() {
         let metrics = Metrics::new();
-        for n in 0..MAX_CHECK_SERIES + 5 {
-            metrics.observe_check_duration(
-                &format!("c-{n}"),
-                CheckType::Http,
-                Duration::from_secs(60),
-                0.01,
-            );
-            tokio::time::advance(Duration::from_millis(1)).await;
+        metrics.limit_check_series(10_000, Duration::from_secs(600));
+        // Exactly the bound: every check has its series, nothing is refused.
+        observe_all(&metrics, (0..10_000).map(|n| format!("c-{n}")));
+        let text = metrics.render();
+        assert_eq!(checks_with_durations(&text).len(), 10_000);
+        assert_eq!(refused(&text, "capacity"), "0");
+        // One past it, run by run: the new name gets no series, and no kept check loses its.
+        for _ in 0..3 {
+            observe_all(&metrics, (0..10_001).map(|n| format!("c-{n}")));
         }
         let text = metrics.render();
         let kept = checks_with_durations(&text);
-        assert_eq!(kept.len(), MAX_CHECK_SERIES);
-        assert!(!kept.contains("c-0") && kept.contains(&format!("c-{}", MAX_CHECK_SERIES + 4)));
-        assert_eq!(forgotten(&text, "capacity"), "5");
+        assert_eq!(kept.len(), 10_000);
+        assert!(kept.contains("c-0") && !kept.contains("c-10000"));
+        assert_eq!(refused(&text, "capacity"), "3");
+        assert_eq!(forgotten(&text, "expired"), "0");
+        assert!(
+            text.contains("bastion_check_duration_seconds_count{check=\"c-0\",type=\"http\"} 4")
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_runner_makes_room_only_as_checks_expire() {
+        let metrics = Metrics::new();
+        metrics.limit_check_series(2, Duration::from_secs(600));
+        observe_all(&metrics, ["a", "b", "c"].map(String::from).into_iter());
+        tokio::time::advance(Duration::from_secs(300)).await;
+        observe_all(&metrics, ["a"].map(String::from).into_iter());
+        tokio::time::advance(Duration::from_secs(301)).await;
+        // b has not run for ten minutes and went; c takes its place, a stays.
+        observe_all(&metrics, ["c"].map(String::from).into_iter());
+        let text = metrics.render();
+        let expected: std::collections::BTreeSet<String> =
+            ["a", "c"].map(String::from).into_iter().collect();
+        assert_eq!(checks_with_durations(&text), expected);
+        assert_eq!(forgotten(&text, "expired"), "1");
+        assert_eq!(refused(&text, "capacity"), "1");
+    }
+
+    fn configured(names: std::ops::Range<usize>) -> Arc<Vec<CheckConfig>> {
+        let text: String = names
+            .map(|n| {
+                format!("[[checks]]\nname = \"c-{n}\"\ntype = \"http\"\nurl = \"http://127.0.0.1:1/\"\ninterval = \"10s\"\n")
+            })
+            .collect();
+        let config = crate::config::Config::parse(
+            &text,
+            crate::config::Format::Toml,
+            std::path::Path::new("t.toml"),
+        )
+        .unwrap();
+        Arc::new(config.checks)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_agent_that_schedules_keeps_a_series_for_every_configured_check() {
+        let metrics = Metrics::new();
+        let (checks, updates) = tokio::sync::watch::channel(configured(0..12_000));
+        metrics.follow_configured_checks(updates);
+        observe_all(&metrics, (0..12_000).map(|n| format!("c-{n}")));
+        observe_all(&metrics, (0..12_000).map(|n| format!("c-{n}")));
+        observe_all(&metrics, ["stranger".to_string()].into_iter());
+        // A day without runs forgets nothing.
+        tokio::time::advance(Duration::from_secs(86_400)).await;
+        let text = metrics.render();
+        assert_eq!(checks_with_durations(&text).len(), 12_000);
+        assert_eq!(forgotten(&text, "expired"), "0");
+        assert_eq!(refused(&text, "capacity"), "0");
+        assert_eq!(refused(&text, "unconfigured"), "1");
+        // A reload removes the first 2,000 and adds 8,000 more: the removed go at once (the
+        // next scrape), the added get series on their first run.
+        checks.send_replace(configured(2_000..20_000));
+        assert_eq!(checks_with_durations(&metrics.render()).len(), 10_000);
+        observe_all(&metrics, (0..20_000).map(|n| format!("c-{n}")));
+        let text = metrics.render();
+        let kept = checks_with_durations(&text);
+        assert_eq!(kept.len(), 18_000);
+        assert!(!kept.contains("c-1999") && kept.contains("c-2000") && kept.contains("c-19999"));
+        assert_eq!(refused(&text, "unconfigured"), "2001");
+        assert_eq!(forgotten(&text, "expired"), "0");
     }
 }

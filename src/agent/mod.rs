@@ -284,11 +284,18 @@ impl Agent {
         let web_tls = web_tls(&config)?;
         let listener = bind(&config).await?;
         let metrics = Arc::new(Metrics::new());
-        metrics.forget_checks_after(config.runner.forget_checks_after);
+        metrics.limit_check_series(
+            config.runner.max_check_series,
+            config.runner.forget_checks_after,
+        );
         metrics.record_config_load(true);
         let notifier = Notifier::from_env().map(Arc::new);
         // The check list lives in one place, the watch; `config` keeps the other sections.
         let (checks, _) = watch::channel(Arc::new(std::mem::take(&mut config.checks)));
+        if role == Role::All {
+            // Run durations follow the configured checks here; a runner learns its from the bus.
+            metrics.follow_configured_checks(checks.subscribe());
+        }
         // Notifications follow reloaded maintenance windows (a scheduling role with notifiers).
         let notifies = role.schedules() && !config.notifiers.is_empty();
         let (windows, window_updates) = watch::channel(Arc::new(config.maintenance.clone()));

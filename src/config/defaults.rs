@@ -12,6 +12,10 @@ pub(super) const DEFAULT_MIN_FAILING_TIME: Duration = Duration::from_secs(90);
 pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
 /// `runner.forget_checks_after` unless configured.
 pub const DEFAULT_FORGET_CHECKS_AFTER: Duration = Duration::from_secs(600);
+/// `runner.max_check_series` unless configured.
+pub const DEFAULT_MAX_CHECK_SERIES: usize = 10_000;
+/// The most `runner.max_check_series` may be: each series is about 17 lines of `/metrics`.
+pub const MAX_CHECK_SERIES_LIMIT: usize = 1_000_000;
 /// Larger bodies would let one check hold this much memory per worker.
 pub const MAX_BODY_BYTES_LIMIT: usize = 64 * 1024 * 1024;
 
@@ -35,6 +39,9 @@ pub(super) fn default_dispatch_deadline() -> Duration {
 }
 pub(super) fn default_forget_checks_after() -> Duration {
     DEFAULT_FORGET_CHECKS_AFTER
+}
+pub(super) fn default_max_check_series() -> usize {
+    DEFAULT_MAX_CHECK_SERIES
 }
 pub(super) fn default_max_body_bytes() -> usize {
     128 * 1024
@@ -179,6 +186,7 @@ impl Default for RunnerConfig {
             workers: WorkersConfig::default(),
             dns_servers: Vec::new(),
             forget_checks_after: default_forget_checks_after(),
+            max_check_series: default_max_check_series(),
         }
     }
 }

@@ -10,7 +10,8 @@ mod notify;
 mod schema;
 
 pub use defaults::{
-    ALERTMANAGER_RESEND, DEFAULT_FORGET_CHECKS_AFTER, MAX_BODY_BYTES_LIMIT, MIN_INTERVAL,
+    ALERTMANAGER_RESEND, DEFAULT_FORGET_CHECKS_AFTER, DEFAULT_MAX_CHECK_SERIES,
+    MAX_BODY_BYTES_LIMIT, MAX_CHECK_SERIES_LIMIT, MIN_INTERVAL,
 };
 pub use notify::*;
 pub use schema::*;
@@ -229,6 +230,12 @@ impl Config {
         }
         if self.runner.forget_checks_after.is_zero() {
             problems.push("runner.forget_checks_after must be longer than 0s".to_string());
+        }
+        if self.runner.max_check_series > MAX_CHECK_SERIES_LIMIT {
+            problems.push(format!(
+                "runner.max_check_series is {}; the most allowed is {MAX_CHECK_SERIES_LIMIT}",
+                self.runner.max_check_series
+            ));
         }
         if self.runner.max_body_bytes > MAX_BODY_BYTES_LIMIT {
             problems.push(format!(

@@ -274,6 +274,12 @@ pub struct RunnerConfig {
     /// so it forgets those that stop arriving.
     #[serde(default = "default_forget_checks_after", with = "humantime_serde")]
     pub forget_checks_after: Duration,
+    /// The most checks a runner (`--role runner`, which learns check names from the bus) keeps
+    /// `bastion_check_duration_seconds` series for; a new name past it gets none (counted in
+    /// `bastion_check_series_refused_total{reason="capacity"}`) until others expire. An agent
+    /// that schedules (roles `all`, `checker`) keeps a series for every configured check.
+    #[serde(default = "default_max_check_series")]
+    pub max_check_series: usize,
 }
 
 /// `[runner.workers]`

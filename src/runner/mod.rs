@@ -157,18 +157,35 @@ impl Runner {
     }
 }
 
-/// Compiled checks a consumer keeps at most. Past it, one entry is dropped for each new one;
-/// the check it held is compiled again on its next run.
+/// Compiled checks a consumer keeps at most. Past it, the least recently used one makes room
+/// once it has not run for three of its intervals (its check was removed, renamed or moved to
+/// other runners); while every kept check still runs, a new one is compiled for its run and not
+/// kept, so a runner that sees more checks than this recompiles only the excess, never all.
 pub const MAX_COMPILED_CHECKS: usize = 64 * 1024;
 
 /// Each check compiled once per definition, not once per run: regexes, JSON paths, URLs and
 /// TLS settings are prepared the first time a definition arrives and reused while it stays the
 /// same. On the embedded bus a request shares the checker's definition, so the match is a
-/// pointer comparison; over NATS it is a comparison of the decoded definition.
+/// pointer comparison; over NATS it is a comparison of the decoded definition. Entries are kept
+/// in order of last use (a linked hash map): a lookup, an insertion and an eviction are O(1).
 #[derive(Debug)]
 struct CompiledChecks {
-    by_name: std::collections::HashMap<String, (Arc<CheckConfig>, Arc<CompiledCheck>)>,
+    by_name: hashlink::LruCache<String, Compiled>,
     capacity: usize,
+}
+
+#[derive(Debug)]
+struct Compiled {
+    config: Arc<CheckConfig>,
+    check: Arc<CompiledCheck>,
+    used: Instant,
+}
+
+impl Compiled {
+    /// Has its check gone quiet: no run for three of its intervals?
+    fn quiet(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.used) > self.config.interval.saturating_mul(3)
+    }
 }
 
 impl Default for CompiledChecks {
@@ -179,32 +196,54 @@ impl Default for CompiledChecks {
 
 impl CompiledChecks {
     fn with_capacity(capacity: usize) -> CompiledChecks {
+        let capacity = capacity.max(1);
         CompiledChecks {
-            by_name: std::collections::HashMap::new(),
-            capacity: capacity.max(1),
+            // Never more than `capacity`: `keep` makes room itself before inserting.
+            by_name: hashlink::LruCache::new_unbounded(),
+            capacity,
         }
     }
 
     fn get(&mut self, config: &Arc<CheckConfig>) -> Result<Arc<CompiledCheck>, DecodeError> {
-        if let Some((known, compiled)) = self.by_name.get(&config.name) {
-            if Arc::ptr_eq(known, config) || **known == **config {
-                return Ok(Arc::clone(compiled));
+        let now = Instant::now();
+        if let Some(known) = self.by_name.get_mut(&config.name) {
+            if Arc::ptr_eq(&known.config, config) || *known.config == **config {
+                known.used = now;
+                return Ok(Arc::clone(&known.check));
             }
         }
         let compiled =
             Arc::new(CompiledCheck::compile(config).map_err(|error| {
                 DecodeError::Invalid(format!("check `{}`: {error}", config.name))
             })?);
-        if self.by_name.len() >= self.capacity && !self.by_name.contains_key(&config.name) {
-            if let Some(evicted) = self.by_name.keys().next().cloned() {
-                self.by_name.remove(&evicted);
-            }
-        }
-        self.by_name.insert(
-            config.name.clone(),
-            (Arc::clone(config), Arc::clone(&compiled)),
-        );
+        self.keep(config, &compiled, now);
         Ok(compiled)
+    }
+
+    /// Keeps `compiled` if there is room, or the least recently used check has gone quiet.
+    fn keep(&mut self, config: &Arc<CheckConfig>, compiled: &Arc<CompiledCheck>, now: Instant) {
+        let kept = Compiled {
+            config: Arc::clone(config),
+            check: Arc::clone(compiled),
+            used: now,
+        };
+        if let Some(known) = self.by_name.get_mut(&config.name) {
+            // A changed definition replaces the old one in place.
+            *known = kept;
+            return;
+        }
+        if self.by_name.len() >= self.capacity {
+            let quiet = self
+                .by_name
+                .iter()
+                .next()
+                .is_some_and(|(_, oldest)| oldest.quiet(now));
+            if !quiet {
+                return;
+            }
+            self.by_name.remove_lru();
+        }
+        self.by_name.insert(config.name.clone(), kept);
     }
 }
 
@@ -437,6 +476,7 @@ async fn publish_result(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn check(name: &str, url: &str) -> Arc<CheckConfig> {
         let text = format!(
@@ -468,16 +508,69 @@ mod tests {
         assert!(Arc::ptr_eq(&second, &compiled.get(&changed).unwrap()));
     }
 
-    #[test]
-    fn the_compiled_checks_kept_are_bounded() {
+    fn kept(compiled: &CompiledChecks) -> Vec<String> {
+        compiled
+            .by_name
+            .iter()
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_compiled_checks_kept_are_bounded() {
         let mut compiled = CompiledChecks::with_capacity(3);
         for n in 0..10 {
             compiled
                 .get(&check(&format!("c{n}"), "http://127.0.0.1:1/"))
                 .unwrap();
             assert!(compiled.by_name.len() <= 3);
+            // Each check runs every 10 s; these stop after one run.
+            tokio::time::advance(Duration::from_secs(31)).await;
         }
-        assert!(compiled.by_name.contains_key("c9"));
+        assert_eq!(kept(&compiled), ["c7", "c8", "c9"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn past_the_bound_the_checks_that_still_run_stay_compiled() {
+        // Four checks every 10 s through a cache of three: each round, the three kept are found
+        // and only the fourth is compiled again. (Evicting the least recently used one for it
+        // would recompile every run: a cycle longer than the cache defeats plain LRU.)
+        let mut compiled = CompiledChecks::with_capacity(3);
+        let checks: Vec<Arc<CheckConfig>> = (0..4)
+            .map(|n| check(&format!("c{n}"), "http://127.0.0.1:1/"))
+            .collect();
+        let first: Vec<Arc<CompiledCheck>> =
+            checks.iter().map(|c| compiled.get(c).unwrap()).collect();
+        for _ in 0..5 {
+            tokio::time::advance(Duration::from_secs(10)).await;
+            for (n, check) in checks.iter().enumerate() {
+                let again = compiled.get(check).unwrap();
+                assert_eq!(Arc::ptr_eq(&first[n], &again), n < 3, "c{n}");
+            }
+        }
+        assert_eq!(kept(&compiled), ["c0", "c1", "c2"]);
+        // c1 stops running: once quiet for three of its intervals, the newcomer takes its place.
+        tokio::time::advance(Duration::from_secs(31)).await;
+        let others = [&checks[0], &checks[2]];
+        for check in others {
+            compiled.get(check).unwrap();
+        }
+        compiled.get(&checks[3]).unwrap();
+        assert_eq!(kept(&compiled), ["c0", "c2", "c3"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lookup_marks_the_check_used() {
+        let mut compiled = CompiledChecks::with_capacity(2);
+        let a = check("a", "http://127.0.0.1:1/");
+        let b = check("b", "http://127.0.0.1:1/");
+        compiled.get(&a).unwrap();
+        compiled.get(&b).unwrap();
+        tokio::time::advance(Duration::from_secs(60)).await;
+        // a runs again; b has been quiet for six of its intervals and makes room for c.
+        compiled.get(&a).unwrap();
+        compiled.get(&check("c", "http://127.0.0.1:1/")).unwrap();
+        assert_eq!(kept(&compiled), ["a", "c"]);
     }
 
     #[test]

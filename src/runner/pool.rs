@@ -15,7 +15,11 @@
 //! It must never hand out a worker after a task's deadline, never lose one (a worker handed to
 //! a waiter that has just given up goes to the next waiter or back to the pool), and never hold
 //! its lock across an `.await`. Its state is bounded: a check's entry exists only while the
-//! check holds or waits for a worker.
+//! check holds or waits for a worker, and the rotation holds at most twice the checks waiting
+//! (plus a few). No step scans every check: a check whose last waiter gives up leaves its place
+//! in the rotation behind, stale (its ticket no longer matches), to be dropped when it comes up
+//! or when stale places outnumber live ones; so a mass of waiters timing out costs O(1) each,
+//! not a scan of the rotation each.
 
 use crate::metrics::{Metrics, TypeLabels};
 use crate::model::CheckType;
@@ -58,8 +62,11 @@ struct State {
     reserved: usize,
     /// Checks that hold or wait for a worker; an entry goes when it does neither.
     checks: HashMap<Arc<str>, Share>,
-    /// Checks with waiters, in the order they are served.
-    rotation: VecDeque<Arc<str>>,
+    /// Checks with waiters, in the order they are served, each with the ticket it queued under:
+    /// a place whose ticket is not its check's `Share::ticket` any more is stale.
+    rotation: VecDeque<(u64, Arc<str>)>,
+    /// Places in `rotation` that are not stale: the checks with a ticket.
+    queued: usize,
     next_waiter: u64,
     /// The check that took a worker last, and when.
     latest: Option<(Arc<str>, Instant)>,
@@ -72,6 +79,8 @@ struct Share {
     held: usize,
     /// Ordered by id: ids only grow.
     waiters: VecDeque<Waiter>,
+    /// The check's place in the rotation, while it has waiters (a waiter's id, unique).
+    ticket: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -185,26 +194,39 @@ impl State {
     }
 
     /// Serves the rotation: the first check in it that may take a worker gets one for its
-    /// oldest waiter and moves to the back. Checks that may not take one keep their place.
+    /// oldest waiter and moves to the back. Checks that may not take one keep their place;
+    /// stale places met on the way are dropped.
     fn hand_out(&mut self, now: Instant) {
         'worker: while self.free > 0 {
-            for position in 0..self.rotation.len() {
-                let check = Arc::clone(&self.rotation[position]);
+            let mut position = 0;
+            while position < self.rotation.len() {
+                if !self.live(&self.rotation[position]) {
+                    self.rotation.remove(position);
+                    continue;
+                }
+                let (ticket, check) = &self.rotation[position];
+                let (ticket, check) = (*ticket, Arc::clone(check));
                 if !self.may_take(&check, now) {
+                    position += 1;
                     continue;
                 }
                 let Some(share) = self.checks.get_mut(&check) else {
                     self.rotation.remove(position);
-                    continue 'worker;
+                    continue;
                 };
                 let Some(waiter) = share.waiters.pop_front() else {
+                    // A live place always has a waiter; were it not so, drop the place.
+                    share.ticket = None;
+                    self.queued -= 1;
                     self.rotation.remove(position);
                     continue 'worker;
                 };
-                let more = !share.waiters.is_empty();
                 self.rotation.remove(position);
-                if more {
-                    self.rotation.push_back(Arc::clone(&check));
+                if share.waiters.is_empty() {
+                    share.ticket = None;
+                    self.queued -= 1;
+                } else {
+                    self.rotation.push_back((ticket, Arc::clone(&check)));
                 }
                 // The waiter leaves the queue and gets its worker under one lock, so a waiter
                 // that is not queued any more always finds its worker in the channel.
@@ -227,8 +249,10 @@ impl State {
         self.next_waiter += 1;
         let (grant, granted) = oneshot::channel();
         let share = self.checks.entry(Arc::clone(check)).or_default();
-        if share.waiters.is_empty() {
-            self.rotation.push_back(Arc::clone(check));
+        if share.ticket.is_none() {
+            share.ticket = Some(id);
+            self.queued += 1;
+            self.rotation.push_back((id, Arc::clone(check)));
         }
         share.waiters.push_back(Waiter { id, grant });
         (id, granted)
@@ -244,12 +268,41 @@ impl State {
         };
         share.waiters.remove(position);
         if share.waiters.is_empty() {
-            self.rotation.retain(|queued| &**queued != check);
+            // Its place in the rotation goes stale, to be dropped when it comes up.
+            share.ticket = None;
+            self.queued -= 1;
             if share.held == 0 {
                 self.checks.remove(check);
             }
+            self.compact();
         }
         true
+    }
+
+    /// Is this place in the rotation still its check's?
+    fn live(&self, (ticket, check): &(u64, Arc<str>)) -> bool {
+        self.checks
+            .get(check)
+            .is_some_and(|share| share.ticket == Some(*ticket))
+    }
+
+    /// Drops stale places at either end of the rotation (each place is dropped once, so this
+    /// is O(1) amortised), and all of them once they outnumber the live ones (and a few):
+    /// O(places) once in every O(places) removals, so the rotation stays within twice the
+    /// checks waiting.
+    fn compact(&mut self) {
+        while self.rotation.front().is_some_and(|place| !self.live(place)) {
+            self.rotation.pop_front();
+        }
+        while self.rotation.back().is_some_and(|place| !self.live(place)) {
+            self.rotation.pop_back();
+        }
+        if self.rotation.len() <= 2 * self.queued + 16 {
+            return;
+        }
+        let mut rotation = std::mem::take(&mut self.rotation);
+        rotation.retain(|place| self.live(place));
+        self.rotation = rotation;
     }
 }
 
@@ -268,6 +321,7 @@ impl WorkerPool {
                     reserved: RESERVED_WORKERS.min(size.saturating_sub(1)),
                     checks: HashMap::new(),
                     rotation: VecDeque::new(),
+                    queued: 0,
                     next_waiter: 0,
                     latest: None,
                     other_since: None,
@@ -509,6 +563,92 @@ mod tests {
         }
         drop(holder);
         assert!(pool.shared.lock().checks.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_check_that_left_and_came_back_queues_at_the_back() {
+        let (pool, _metrics) = pool(1);
+        let pool = Arc::new(pool);
+        let far = Instant::now() + HOUR;
+        let holder = pool
+            .acquire_until("busy", far)
+            .await
+            .expect("a free worker");
+        let served = Arc::new(StdMutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        for task in ["b1", "a1", "c1"] {
+            let (pool, served) = (Arc::clone(&pool), Arc::clone(&served));
+            tasks.push(tokio::spawn(async move {
+                let worker = pool.acquire_until(&task[..1], far).await;
+                served.lock().unwrap().push(task);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                drop(worker);
+            }));
+            settle().await;
+        }
+        // a gives up: its place between b and c goes stale. It comes back after c.
+        tasks[1].abort();
+        settle().await;
+        {
+            let state = pool.shared.lock();
+            assert_eq!((state.queued, state.rotation.len()), (2, 3));
+        }
+        let (again, done) = (Arc::clone(&pool), Arc::clone(&served));
+        tokio::spawn(async move {
+            let worker = again.acquire_until("a", far).await;
+            done.lock().unwrap().push("a2");
+            drop(worker);
+        });
+        settle().await;
+        drop(holder);
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(*served.lock().unwrap(), ["b1", "c1", "a2"]);
+        let state = pool.shared.lock();
+        assert!(state.checks.is_empty() && state.rotation.is_empty() && state.queued == 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiters_of_many_checks_give_up_at_constant_cost_each() {
+        // 50,000 checks wait for the one busy worker, then give up in a scattered order (their
+        // runs cancelled or timed out). Each leaving used to scan the whole rotation under the
+        // pool's lock: 1.25e9 comparisons here, seconds even in a release build.
+        const CHECKS: usize = 50_000;
+        let (pool, _metrics) = pool(1);
+        let holder = pool.acquire_until("busy", Instant::now() + HOUR).await;
+        assert!(holder.is_some());
+        let names: Vec<String> = (0..CHECKS).map(|n| format!("check-{n}")).collect();
+        let mut waiting = Vec::with_capacity(CHECKS);
+        for name in &names {
+            let mut waiter = Box::pin(pool.acquire_until(name, Instant::now() + HOUR));
+            assert!(futures_poll(&mut waiter).await.is_none());
+            waiting.push(Some(waiter));
+        }
+        assert_eq!(pool.shared.lock().queued, CHECKS);
+        let started = std::time::Instant::now();
+        // A fixed scatter: every 7,919th (a prime, so each is visited once).
+        for step in 0..CHECKS {
+            drop(waiting[(step * 7_919) % CHECKS].take());
+            let state = pool.shared.lock();
+            assert!(state.rotation.len() <= 2 * state.queued + 16 + 2);
+        }
+        let elapsed = started.elapsed();
+        assert!(waiting.iter().all(Option::is_none));
+        {
+            let state = pool.shared.lock();
+            assert_eq!(state.queued, 0);
+            assert!(
+                state.rotation.is_empty(),
+                "{} places left",
+                state.rotation.len()
+            );
+            assert_eq!(state.checks.len(), 1, "only the holder's entry remains");
+        }
+        assert!(
+            elapsed < Duration::from_secs(3),
+            "50,000 waiters took {elapsed:?} to leave"
+        );
+        drop(holder);
+        assert_eq!(pool.busy(), 0);
     }
 
     #[tokio::test(start_paused = true)]

@@ -33,6 +33,7 @@ mod package;
 mod pipeline;
 mod prometheus;
 mod resources;
+mod scale;
 mod secrets;
 mod status_page;
 mod tcp;
