@@ -58,7 +58,7 @@ fn respond(status: StatusCode, body: String) -> Response {
 }
 
 fn configured(state: &ApiState, check: &str) -> bool {
-    state.checks.borrow().iter().any(|c| c.name == check)
+    state.checks.current().get(check).is_some()
 }
 
 pub(super) async fn status(State(state): State<ApiState>, Path(check): Path<String>) -> Response {

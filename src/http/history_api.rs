@@ -10,7 +10,6 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 /// Incidents one request returns at most.
@@ -76,8 +75,8 @@ pub(super) struct HistoryParams {
 }
 
 pub(super) async fn check(State(state): State<ApiState>, Path(name): Path<String>) -> Response {
-    let checks = Arc::clone(&state.checks.borrow());
-    let Some(check) = checks.iter().find(|check| check.name == name) else {
+    let checks = state.checks.current();
+    let Some(check) = checks.get(&name) else {
         return error(StatusCode::NOT_FOUND, format!("no check is named `{name}`"));
     };
     let mut body = match serde_json::to_value(summary(&state, check)) {
@@ -105,7 +104,7 @@ pub(super) async fn history(
         Ok(history) => history,
         Err(response) => return *response,
     };
-    if !state.checks.borrow().iter().any(|check| check.name == name) {
+    if state.checks.current().get(&name).is_none() {
         return error(StatusCode::NOT_FOUND, format!("no check is named `{name}`"));
     }
     let now = SystemTime::now();
