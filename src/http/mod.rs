@@ -293,8 +293,10 @@ impl CheckFilter {
     pub(crate) fn matches(&self, check: &CheckConfig, state: CheckState) -> bool {
         // Each list is split where it is read: nothing is allocated per check.
         let any = |value: &Option<String>, accepts: &dyn Fn(&str) -> bool| {
-            let mut items = list(value).peekable();
-            items.peek().is_none() || items.any(accepts)
+            value.is_none() || {
+                let mut items = list(value).peekable();
+                items.peek().is_none() || items.any(accepts)
+            }
         };
         self.check.as_deref().is_none_or(|name| check.name == name)
             && any(&self.state, &|s| s.eq_ignore_ascii_case(state.as_str()))
