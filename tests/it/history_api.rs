@@ -489,3 +489,59 @@ async fn postgres_that_stops_answering_never_holds_up_a_page() {
     running.stop().await;
     backend.drop_database().await;
 }
+
+/// The readers' pool carries the limit to the database itself: PostgreSQL cancels a read
+/// statement after 2 s (so the server stops working for a reader that gave up), and SQLite
+/// waits at most 2 s for a lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_connections_carry_the_time_limit() {
+    use bastion_agent::history::db::{Db, READ_TIME_LIMIT};
+    assert_eq!(READ_TIME_LIMIT, Duration::from_secs(2));
+    let backend = Backend::postgres().await;
+    let Backend::Postgres { url, .. } = &backend else {
+        unreachable!()
+    };
+    let config = bastion_agent::config::HistoryConfig {
+        url: Some(url.clone()),
+        ..Default::default()
+    };
+    let Db::Postgres(pool) = Db::lazy(&config).unwrap().for_reading() else {
+        unreachable!()
+    };
+    let setting: String = sqlx::query_scalar("SHOW statement_timeout")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(setting, "2s");
+    let started = Instant::now();
+    let error = sqlx::query("SELECT pg_sleep(5)")
+        .execute(&pool)
+        .await
+        .unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(4));
+    let code = error
+        .as_database_error()
+        .and_then(|e| e.code().map(|c| c.to_string()));
+    assert_eq!(code.as_deref(), Some("57014"), "{error}");
+    pool.close().await;
+    backend.drop_database().await;
+
+    let sqlite = Backend::sqlite();
+    let Backend::Sqlite(path) = &sqlite else {
+        unreachable!()
+    };
+    let config = bastion_agent::config::HistoryConfig {
+        path: path.clone(),
+        ..Default::default()
+    };
+    let writer = Db::lazy(&config).unwrap();
+    writer.ensure_schema().await.unwrap();
+    let Db::Sqlite(pool) = writer.for_reading() else {
+        unreachable!()
+    };
+    let busy: i64 = sqlx::query_scalar("PRAGMA busy_timeout")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(busy, 2_000);
+}
