@@ -69,7 +69,44 @@ pub struct Point {
     /// (runs - down) / runs; null without runs.
     pub uptime: Option<f64>,
     /// Per phase, over passing instances.
-    pub latency: BTreeMap<&'static str, Percentiles>,
+    pub latency: Latency,
+}
+
+/// The percentiles of each phase that had samples, in `PHASES` order, held inline (an answer
+/// holds tens of thousands of points); it reads and serializes as a map from phase name.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Latency([Option<Percentiles>; PHASES.len()]);
+
+impl Latency {
+    /// The figures of one phase (`connect`, `total`, ...), when it had samples.
+    pub fn get(&self, phase: &str) -> Option<&Percentiles> {
+        let at = PHASES.iter().position(|known| *known == phase)?;
+        self.0.get(at)?.as_ref()
+    }
+
+    fn set(&mut self, phase: usize, figures: Percentiles) {
+        if let Some(slot) = self.0.get_mut(phase) {
+            *slot = Some(figures);
+        }
+    }
+}
+
+impl Serialize for Latency {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        // By name, as the map it used to be: connect, processing, resolve, tls, total, transfer.
+        let mut phases: Vec<(&str, &Percentiles)> = PHASES
+            .iter()
+            .zip(&self.0)
+            .filter_map(|(name, figures)| Some((*name, figures.as_ref()?)))
+            .collect();
+        phases.sort_unstable_by_key(|(name, _)| *name);
+        let mut map = serializer.serialize_map(Some(phases.len()))?;
+        for (name, figures) in phases {
+            map.serialize_entry(name, figures)?;
+        }
+        map.end()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -385,7 +422,7 @@ struct Acc {
     /// The bucketed distribution: rollups, or raw samples past `MAX_EXACT_SAMPLES`.
     hist: Histograms,
     /// Percentiles worked out once the step was complete (raw runs arrive in time order).
-    settled: Option<BTreeMap<&'static str, Percentiles>>,
+    settled: Option<Latency>,
 }
 
 impl Acc {
@@ -396,12 +433,12 @@ impl Acc {
         }
     }
 
-    fn latency(&mut self) -> BTreeMap<&'static str, Percentiles> {
+    fn latency(&mut self) -> Latency {
         if let Some(settled) = self.settled.take() {
             return settled;
         }
-        let mut latency = BTreeMap::new();
-        for (phase, name) in PHASES.iter().enumerate() {
+        let mut latency = Latency::default();
+        for phase in 0..PHASES.len() {
             let figures = match self.exact.as_mut() {
                 Some(values) => {
                     let values = &mut values[phase];
@@ -421,7 +458,7 @@ impl Acc {
                 }),
             };
             if let Some(figures) = figures {
-                latency.insert(*name, figures);
+                latency.set(phase, figures);
             }
         }
         latency
@@ -1327,6 +1364,28 @@ mod tests {
         assert!(refusal(plan(&config, &bad_order, false)).contains("before"));
     }
 
+    #[test]
+    fn latency_reads_and_serializes_as_a_map_of_the_phases_with_samples() {
+        let mut latency = Latency::default();
+        assert_eq!(serde_json::to_string(&latency).unwrap(), "{}");
+        let figures = |p50| Percentiles {
+            p50,
+            p90: p50,
+            p99: p50,
+            samples: 1,
+        };
+        latency.set(5, figures(0.5));
+        latency.set(1, figures(0.25));
+        assert_eq!(latency.get("connect"), Some(&figures(0.25)));
+        assert_eq!(latency.get("tls"), None);
+        assert_eq!(latency.get("nonsense"), None);
+        assert_eq!(
+            serde_json::to_string(&latency).unwrap(),
+            "{\"connect\":{\"p50\":0.25,\"p90\":0.25,\"p99\":0.25,\"samples\":1},\
+             \"total\":{\"p50\":0.5,\"p90\":0.5,\"p99\":0.5,\"samples\":1}}"
+        );
+    }
+
     /// The raw detail of one run: `(instance id, passing)` each, 1 ms per phase.
     fn detail(instances: impl Iterator<Item = (u64, bool)>) -> Vec<u8> {
         let mut out = Vec::new();
@@ -1411,13 +1470,13 @@ mod tests {
         }
         assert_eq!(builder.live, 3_000);
         let series = builder.finish("web", &HashMap::new());
-        let first = &series.points[0].latency["total"];
+        let first = &series.points[0].latency.get("total").unwrap();
         assert_eq!(first.samples, 300_000);
         assert!(
             (first.p50 - 0.001).abs() < 0.00025,
             "within a bucket: {first:?}"
         );
-        let second = &series.points[1].latency["total"];
+        let second = &series.points[1].latency.get("total").unwrap();
         assert_eq!((second.samples, second.p50), (3_000, 0.001));
     }
 }

@@ -7,10 +7,11 @@
 //! live state of a check never waits for it.
 
 use super::{summary, ApiState};
-use crate::history::query::{Instances, SeriesQuery};
+use crate::history::query::{Instances, Series, SeriesQuery};
 use crate::history::{HistoryError, HistoryReader};
+use axum::body::Body;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
@@ -250,9 +251,69 @@ pub(super) async fn history(
         Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
     match history.series(&name, &query).await {
-        Ok(series) => Json(series).into_response(),
+        Ok(series) => series_response(series),
         Err(error) => history_error(error),
     }
+}
+
+/// Counts what is written to it.
+#[derive(Default)]
+struct Counter(usize);
+
+impl std::io::Write for Counter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0 += bytes.len();
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A series as JSON, written as the client reads it: the whole check's part, then one
+/// instance series at a time, so an answer of 20,000 instance points is never one buffer
+/// in memory (nor the doublings of one). The text is the same as serializing the series at
+/// once, and its length is counted first (without keeping it) for the Content-Length.
+fn series_response(mut series: Series) -> Response {
+    let json = [(header::CONTENT_TYPE, "application/json")];
+    let instances = series.instances.take();
+    let mut head = match serde_json::to_vec(&series) {
+        Ok(head) => head,
+        Err(error) => return error_response(StatusCode::INTERNAL_SERVER_ERROR, error.to_string()),
+    };
+    let Some(instances) = instances else {
+        return (json, head).into_response();
+    };
+    // `{..."points":[...]}`: the instances go before the closing brace.
+    head.pop();
+    head.extend_from_slice(b",\"instances\":[");
+    let mut length = head.len() + instances.len().saturating_sub(1) + 2;
+    for instance in &instances {
+        let mut counter = Counter::default();
+        if let Err(error) = serde_json::to_writer(&mut counter, instance) {
+            return error_response(StatusCode::INTERNAL_SERVER_ERROR, error.to_string());
+        }
+        length += counter.0;
+    }
+    let chunks = std::iter::once(head)
+        .chain(instances.into_iter().enumerate().map(|(at, instance)| {
+            let mut chunk = Vec::with_capacity(16 * 1024);
+            if at > 0 {
+                chunk.push(b',');
+            }
+            // Counted above: it serializes.
+            let _ = serde_json::to_writer(&mut chunk, &instance);
+            chunk
+        }))
+        .chain(std::iter::once(b"]}".to_vec()))
+        .map(|chunk| Ok::<_, std::convert::Infallible>(bytes::Bytes::from(chunk)));
+    (
+        json,
+        [(header::CONTENT_LENGTH, length.to_string())],
+        Body::from_stream(futures_util::stream::iter(chunks)),
+    )
+        .into_response()
 }
 
 #[derive(Debug, Deserialize)]
@@ -304,6 +365,59 @@ mod tests {
             Ok(SystemTime::UNIX_EPOCH + Duration::from_secs(10))
         );
         assert!(parse_time("yesterday", now).is_err());
+    }
+
+    /// The streamed answer is the text serde would write at once, with its exact length.
+    #[tokio::test]
+    async fn a_series_streams_the_same_json_with_its_length() {
+        use crate::history::query::{InstanceSeries, Point};
+        let start = SystemTime::UNIX_EPOCH + Duration::from_secs(3_600);
+        let point = |runs| Point {
+            start,
+            runs,
+            down: 1,
+            unmeasured: 0,
+            uptime: Some(0.5),
+            latency: Default::default(),
+        };
+        let mut series = Series {
+            check: "web \"edge\"".into(),
+            from: start,
+            to: start + Duration::from_secs(60),
+            step_seconds: 60,
+            source: "runs",
+            points: vec![point(2)],
+            instances: None,
+        };
+        for instances in [None, Some(vec![]), Some(vec![1, 2, 3])] {
+            series.instances = instances.map(|all: Vec<u64>| {
+                all.into_iter()
+                    .map(|n| InstanceSeries {
+                        instance: format!("10.0.0.{n}:80"),
+                        points: vec![point(n), point(n + 1)],
+                    })
+                    .collect()
+            });
+            let expected = serde_json::to_vec(&series).unwrap();
+            let streamed = series.instances.is_some();
+            let response = series_response(series.clone());
+            assert_eq!(response.status(), StatusCode::OK);
+            let length = response
+                .headers()
+                .get(header::CONTENT_LENGTH)
+                .map(|value| value.to_str().unwrap().to_string());
+            let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+                .await
+                .unwrap();
+            assert_eq!(
+                String::from_utf8_lossy(&body),
+                String::from_utf8_lossy(&expected)
+            );
+            // A whole body gets its length from the server; a stream carries it here.
+            if streamed {
+                assert_eq!(length, Some(expected.len().to_string()));
+            }
+        }
     }
 
     fn params(by: Option<&str>, instance: Option<&str>) -> HistoryParams {
