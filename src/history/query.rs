@@ -411,57 +411,90 @@ fn too_many_instance_points(plan: &Plan, instances: u64, at_least: bool) -> Hist
     ))
 }
 
-/// One step's accumulator.
+/// One step's accumulator: small (40 bytes) until samples arrive, since an answer allocates
+/// one per point of every series before reading.
 #[derive(Debug, Default, Clone)]
 struct Acc {
     runs: u64,
     down: u64,
     unmeasured: u64,
-    /// Every passing sample's phases, for exact percentiles (raw runs only).
-    exact: Option<[Vec<f64>; 6]>,
-    /// The bucketed distribution: rollups, or raw samples past `MAX_EXACT_SAMPLES`.
-    hist: Histograms,
-    /// Percentiles worked out once the step was complete (raw runs arrive in time order).
-    settled: Option<Latency>,
+    samples: Samples,
+}
+
+/// The latency samples of one step.
+#[derive(Debug, Clone)]
+enum Samples {
+    /// Every passing sample's phases (raw runs), for exact percentiles; boxed at the first.
+    Exact(Option<Box<[Vec<f64>; 6]>>),
+    /// A bucketed distribution: rollups, or raw samples past `MAX_EXACT_SAMPLES`.
+    Buckets(Option<Box<Histograms>>),
+    /// Worked out once the step was complete (raw runs arrive in time order); None when the
+    /// step had no passing sample.
+    Settled(Option<Box<Latency>>),
+}
+
+impl Default for Samples {
+    fn default() -> Samples {
+        Samples::Buckets(None)
+    }
+}
+
+fn exact_latency(values: &mut [Vec<f64>; 6]) -> Latency {
+    let mut latency = Latency::default();
+    for (phase, values) in values.iter_mut().enumerate() {
+        let samples = values.len() as u64;
+        if let Some(p50) = exact_quantile(values, 0.5) {
+            latency.set(
+                phase,
+                Percentiles {
+                    p50,
+                    p90: exact_quantile(values, 0.9).unwrap_or(p50),
+                    p99: exact_quantile(values, 0.99).unwrap_or(p50),
+                    samples,
+                },
+            );
+        }
+    }
+    latency
+}
+
+fn bucket_latency(hist: &Histograms) -> Latency {
+    let mut latency = Latency::default();
+    for phase in 0..PHASES.len() {
+        if let Some(p50) = hist.quantile(phase, 0.5) {
+            latency.set(
+                phase,
+                Percentiles {
+                    p50,
+                    p90: hist.quantile(phase, 0.9).unwrap_or(p50),
+                    p99: hist.quantile(phase, 0.99).unwrap_or(p50),
+                    samples: hist.count(phase),
+                },
+            );
+        }
+    }
+    latency
 }
 
 impl Acc {
     fn new(exact: bool) -> Acc {
         Acc {
-            exact: exact.then(Default::default),
+            samples: if exact {
+                Samples::Exact(None)
+            } else {
+                Samples::Buckets(None)
+            },
             ..Acc::default()
         }
     }
 
     fn latency(&mut self) -> Latency {
-        if let Some(settled) = self.settled.take() {
-            return settled;
+        match &mut self.samples {
+            Samples::Settled(latency) => latency.take().map(|latency| *latency),
+            Samples::Exact(values) => values.as_deref_mut().map(exact_latency),
+            Samples::Buckets(hist) => hist.as_deref().map(bucket_latency),
         }
-        let mut latency = Latency::default();
-        for phase in 0..PHASES.len() {
-            let figures = match self.exact.as_mut() {
-                Some(values) => {
-                    let values = &mut values[phase];
-                    let samples = values.len() as u64;
-                    exact_quantile(values, 0.5).map(|p50| Percentiles {
-                        p50,
-                        p90: exact_quantile(values, 0.9).unwrap_or(p50),
-                        p99: exact_quantile(values, 0.99).unwrap_or(p50),
-                        samples,
-                    })
-                }
-                None => self.hist.quantile(phase, 0.5).map(|p50| Percentiles {
-                    p50,
-                    p90: self.hist.quantile(phase, 0.9).unwrap_or(p50),
-                    p99: self.hist.quantile(phase, 0.99).unwrap_or(p50),
-                    samples: self.hist.count(phase),
-                }),
-            };
-            if let Some(figures) = figures {
-                latency.set(phase, figures);
-            }
-        }
-        latency
+        .unwrap_or_default()
     }
 
     fn point(mut self, start: SystemTime) -> Point {
@@ -490,44 +523,65 @@ impl Acc {
     /// Adds a passing sample's phases; `live` counts the exact samples held by every
     /// accumulator of the series. Past `MAX_EXACT_SAMPLES` this step goes to buckets.
     fn observe(&mut self, phases: &[f64; 6], live: &mut usize) {
-        if self.exact.is_some() && *live >= MAX_EXACT_SAMPLES {
-            self.spill(live);
-        }
-        match self.exact.as_mut() {
-            Some(values) => {
+        if let Samples::Exact(values) = &mut self.samples {
+            if *live < MAX_EXACT_SAMPLES {
+                let values = values.get_or_insert_with(Default::default);
                 for (values, value) in values.iter_mut().zip(phases) {
                     values.push(*value);
                 }
                 *live += 1;
+                return;
             }
-            None => self.hist.observe(phases),
+        }
+        if let Some(hist) = self.buckets(live) {
+            hist.observe(phases);
         }
     }
 
-    /// Moves the exact samples into buckets.
-    fn spill(&mut self, live: &mut usize) {
-        if let Some(values) = self.exact.take() {
-            let held = values[0].len();
-            for at in 0..held {
-                let mut phases = [0.0; 6];
-                for (phase, column) in phases.iter_mut().zip(&values) {
-                    *phase = column.get(at).copied().unwrap_or(0.0);
+    /// The step's buckets, its exact samples moved into them first (and no longer counted
+    /// in `live`); None once the step is settled.
+    fn buckets(&mut self, live: &mut usize) -> Option<&mut Histograms> {
+        let hist = match std::mem::take(&mut self.samples) {
+            Samples::Buckets(hist) => hist.unwrap_or_default(),
+            Samples::Exact(values) => {
+                let mut hist = Box::<Histograms>::default();
+                if let Some(values) = values {
+                    let held = values[0].len();
+                    for at in 0..held {
+                        let mut phases = [0.0; 6];
+                        for (phase, column) in phases.iter_mut().zip(values.iter()) {
+                            *phase = column.get(at).copied().unwrap_or(0.0);
+                        }
+                        hist.observe(&phases);
+                    }
+                    *live = live.saturating_sub(held);
                 }
-                self.hist.observe(&phases);
+                hist
             }
-            *live = live.saturating_sub(held);
+            settled @ Samples::Settled(_) => {
+                self.samples = settled;
+                return None;
+            }
+        };
+        self.samples = Samples::Buckets(Some(hist));
+        match &mut self.samples {
+            Samples::Buckets(Some(hist)) => Some(hist),
+            _ => None,
         }
     }
 
     /// Works out the percentiles of a complete step and frees its samples.
     fn settle(&mut self, live: &mut usize) {
-        if self.settled.is_none() {
-            let held = self.exact.as_ref().map_or(0, |values| values[0].len());
-            let latency = self.latency();
-            self.settled = Some(latency);
-            self.exact = None;
-            *live = live.saturating_sub(held);
+        if matches!(self.samples, Samples::Settled(_)) {
+            return;
         }
+        let held = match &self.samples {
+            Samples::Exact(Some(values)) => values[0].len(),
+            _ => 0,
+        };
+        let latency = self.latency();
+        self.samples = Samples::Settled((latency != Latency::default()).then(|| Box::new(latency)));
+        *live = live.saturating_sub(held);
     }
 }
 
@@ -676,7 +730,10 @@ impl Builder {
             acc.runs += u64::try_from(runs).unwrap_or(0);
             acc.down += u64::try_from(down).unwrap_or(0);
             acc.unmeasured += u64::try_from(unmeasured).unwrap_or(0);
-            acc.hist.merge(&Histograms::decode(hist));
+            let mut none = 0;
+            if let Some(buckets) = acc.buckets(&mut none) {
+                buckets.merge(&Histograms::decode(hist));
+            }
         }
         Ok(())
     }
@@ -1451,6 +1508,12 @@ mod tests {
         assert_eq!(instances.len(), 1);
         assert_eq!(instances[0].instance, "10.0.0.3:80");
         assert_eq!(instances[0].points[0].down, 1);
+    }
+
+    #[test]
+    fn an_accumulator_is_small_until_samples_arrive() {
+        // One per point of every series is allocated before the rows are read.
+        assert!(std::mem::size_of::<Acc>() <= 48, "{}", std::mem::size_of::<Acc>());
     }
 
     #[test]
