@@ -393,7 +393,7 @@ fn plan(config: &HistoryConfig, query: &SeriesQuery, coarse: bool) -> Result<Pla
 
 /// The refusal of a `by=instance` answer that would hold more than `MAX_INSTANCE_POINTS`
 /// points, saying what would fit.
-fn too_many_instance_points(plan: &Plan, instances: u64, at_least: bool) -> HistoryError {
+fn too_many_instance_points(plan: &Plan, instances: u64) -> HistoryError {
     let fit_points = MAX_INSTANCE_POINTS / instances.max(1);
     let fit_instances = MAX_INSTANCE_POINTS / plan.points.max(1);
     let fewer_points = if fit_points > 0 {
@@ -405,8 +405,7 @@ fn too_many_instance_points(plan: &Plan, instances: u64, at_least: bool) -> Hist
         String::new()
     };
     bad(format!(
-        "by=instance: {}{instances} instances × {} points is more than the {MAX_INSTANCE_POINTS} points one answer may hold; ask for {fewer_points}or for at most {fit_instances} instances at this step with instance=ADDRESS,ADDRESS",
-        if at_least { "at least " } else { "" },
+        "by=instance: {instances} instances × {} points is more than the {MAX_INSTANCE_POINTS} points one answer may hold; ask for {fewer_points}or for at most {fit_instances} instances at this step with instance=ADDRESS,ADDRESS",
         plan.points,
     ))
 }
@@ -590,7 +589,9 @@ fn ratio(runs: u64, down: u64) -> Option<f64> {
 }
 
 /// Folds the rows of one series into its points, holding at most `MAX_EXACT_SAMPLES` samples
-/// and `MAX_INSTANCE_POINTS` instance points at any time.
+/// and `MAX_INSTANCE_POINTS` instance points at any time. An answer found past the instance
+/// bound drops what it built and only counts the instances to the end, so its refusal names
+/// the real count and a step that fits.
 struct Builder {
     plan: Plan,
     start_ms: i64,
@@ -600,6 +601,8 @@ struct Builder {
     instances: Option<BTreeMap<i64, Vec<Acc>>>,
     /// Only the instances already in `instances` (they were asked for by address).
     only: bool,
+    /// Set past the instance bound: every instance id seen.
+    counting: Option<HashSet<i64>>,
     /// Raw runs arrive in time order: steps before this one are complete.
     open_step: usize,
     /// Exact samples held.
@@ -623,6 +626,7 @@ impl Builder {
             whole: vec![Acc::new(exact); points],
             instances,
             only: only.is_some(),
+            counting: None,
             open_step: 0,
             live: 0,
         }
@@ -634,45 +638,65 @@ impl Builder {
             .filter(|index| *index < self.whole.len())
     }
 
-    /// The accumulators of one instance: None when the answer is not by instance, or the
-    /// instance was not asked for. A new one past the bound refuses the whole answer.
+    /// The accumulators of one instance: None when the answer is not by instance, the
+    /// instance was not asked for, or the answer went past the instance bound (then what was
+    /// built is dropped and the instances are only counted).
     fn instance<'a>(
         instances: &'a mut Option<BTreeMap<i64, Vec<Acc>>>,
+        counting: &mut Option<HashSet<i64>>,
         plan: &Plan,
         only: bool,
         id: i64,
-    ) -> Result<Option<&'a mut Vec<Acc>>, HistoryError> {
-        let Some(instances) = instances.as_mut() else {
-            return Ok(None);
-        };
-        if !instances.contains_key(&id) {
+    ) -> Option<&'a mut Vec<Acc>> {
+        if let Some(seen) = counting.as_mut() {
+            seen.insert(id);
+            return None;
+        }
+        let known = instances.as_ref()?.contains_key(&id);
+        if !known {
             if only {
-                return Ok(None);
+                return None;
             }
-            let count = instances.len() as u64 + 1;
+            let count = instances.as_ref().map_or(0, BTreeMap::len) as u64 + 1;
             if count.saturating_mul(plan.points) > MAX_INSTANCE_POINTS {
-                return Err(too_many_instance_points(plan, count, true));
+                let mut seen: HashSet<i64> = instances
+                    .take()
+                    .map(|all| all.into_keys().collect())
+                    .unwrap_or_default();
+                seen.insert(id);
+                *counting = Some(seen);
+                return None;
             }
         }
         let points = usize::try_from(plan.points).unwrap_or(1);
         let exact = plan.source == Source::Runs;
-        Ok(Some(
+        Some(
             instances
+                .as_mut()?
                 .entry(id)
                 .or_insert_with(|| vec![Acc::new(exact); points]),
-        ))
+        )
     }
 
     /// One raw run (rows come in time order).
-    fn run(&mut self, at_ms: i64, outcome: i16, detail: &[u8]) -> Result<(), HistoryError> {
+    fn run(&mut self, at_ms: i64, outcome: i16, detail: &[u8]) {
         let Some(index) = self.index(at_ms) else {
-            return Ok(());
+            return;
         };
+        if let Some(seen) = self.counting.as_mut() {
+            seen.extend(
+                decode_detail(detail)
+                    .iter()
+                    .map(|sample| sample.instance_id),
+            );
+            return;
+        }
         let Builder {
             plan,
             whole,
             instances,
             only,
+            counting,
             open_step,
             live,
             ..
@@ -690,14 +714,15 @@ impl Builder {
             *open_step += 1;
         }
         let Some(acc) = whole.get_mut(index) else {
-            return Ok(());
+            return;
         };
         acc.count(Outcome::from_code(i64::from(outcome)));
         for sample in decode_detail(detail) {
             if sample.outcome == Outcome::Up {
                 acc.observe(&sample.phases, live);
             }
-            if let Some(accs) = Builder::instance(instances, plan, *only, sample.instance_id)? {
+            let id = sample.instance_id;
+            if let Some(accs) = Builder::instance(instances, counting, plan, *only, id) {
                 if let Some(instance) = accs.get_mut(index) {
                     instance.count(sample.outcome);
                     if sample.outcome == Outcome::Up {
@@ -706,7 +731,6 @@ impl Builder {
                 }
             }
         }
-        Ok(())
     }
 
     /// One rollup row: instance 0 is the whole check.
@@ -716,15 +740,21 @@ impl Builder {
         bucket: i64,
         (runs, down, unmeasured): (i64, i64, i64),
         hist: &[u8],
-    ) -> Result<(), HistoryError> {
+    ) {
         let Some(index) = bucket.checked_mul(1000).and_then(|at| self.index(at)) else {
-            return Ok(());
+            return;
         };
         let acc = if instance_id == 0 {
             self.whole.get_mut(index)
         } else {
-            Builder::instance(&mut self.instances, &self.plan, self.only, instance_id)?
-                .and_then(|accs| accs.get_mut(index))
+            Builder::instance(
+                &mut self.instances,
+                &mut self.counting,
+                &self.plan,
+                self.only,
+                instance_id,
+            )
+            .and_then(|accs| accs.get_mut(index))
         };
         if let Some(acc) = acc {
             acc.runs += u64::try_from(runs).unwrap_or(0);
@@ -735,16 +765,20 @@ impl Builder {
                 buckets.merge(&Histograms::decode(hist));
             }
         }
-        Ok(())
     }
 
-    fn finish(self, check: &str, names: &HashMap<i64, String>) -> Series {
+    /// The series, or the refusal of an answer past the instance bound.
+    fn finish(self, check: &str, names: &HashMap<i64, String>) -> Result<Series, HistoryError> {
         let Builder {
             plan,
             whole,
             instances,
+            counting,
             ..
         } = self;
+        if let Some(seen) = counting {
+            return Err(too_many_instance_points(&plan, seen.len() as u64));
+        }
         let instances = instances.map(|all| {
             let mut list: Vec<InstanceSeries> = all
                 .into_iter()
@@ -756,7 +790,7 @@ impl Builder {
             list.sort_by(|a, b| a.instance.cmp(&b.instance));
             list
         });
-        Series {
+        Ok(Series {
             check: check.to_string(),
             from: plan.start,
             to: plan.to,
@@ -764,7 +798,7 @@ impl Builder {
             source: plan.source.name(),
             points: points(whole, plan.start, plan.step),
             instances,
-        }
+        })
     }
 }
 
@@ -895,7 +929,7 @@ impl HistoryReader {
             if let Some(address) = wanted.as_ref().and_then(|all| all.first()) {
                 return Err(unknown_instance(address));
             }
-            return Ok(Builder::new(plan, by_instance, None).finish(check, &HashMap::new()));
+            return Builder::new(plan, by_instance, None).finish(check, &HashMap::new());
         };
         if plan.source == Source::Runs {
             let bytes = self.raw_bytes(check_id, plan.start, plan.to).await?;
@@ -913,7 +947,7 @@ impl HistoryReader {
         if let Some(addresses) = &wanted {
             let count = addresses.len() as u64;
             if count.saturating_mul(plan.points) > MAX_INSTANCE_POINTS {
-                return Err(too_many_instance_points(&plan, count, false));
+                return Err(too_many_instance_points(&plan, count));
             }
         }
         let names: HashMap<i64, String> = if by_instance {
@@ -959,7 +993,7 @@ impl HistoryReader {
                     .bind(to_ms)
                     .fetch(pool);
                     while let Some((at, outcome, detail)) = rows.try_next().await? {
-                        builder.run(at, outcome, &detail)?;
+                        builder.run(at, outcome, &detail);
                     }
                 });
             }
@@ -983,12 +1017,12 @@ impl HistoryReader {
                     while let Some((instance, bucket, runs, down, unmeasured, hist)) =
                         rows.try_next().await?
                     {
-                        builder.rollup(instance, bucket, (runs, down, unmeasured), &hist)?;
+                        builder.rollup(instance, bucket, (runs, down, unmeasured), &hist);
                     }
                 });
             }
         }
-        Ok(builder.finish(check, &names))
+        builder.finish(check, &names)
     }
 
     /// Bytes of raw detail a range holds, read from the rows' lengths (the blobs themselves
@@ -1467,44 +1501,50 @@ mod tests {
 
     #[test]
     fn instance_points_are_bounded_on_both_sides_of_the_limit() {
-        let run = |plan: Plan, instances: u64| {
+        // Two runs: the first names `first` instances, the second `second`.
+        let build = |plan: Plan, first: u64, second: u64| {
             let mut builder = Builder::new(plan, true, None);
-            let detail = detail((1..=instances).map(|id| (id, true)));
-            builder
-                .run(millis(plan.start), 0, &detail)
-                .map(|()| builder)
+            let start = millis(plan.start);
+            builder.run(start, 0, &detail((1..=first).map(|id| (id, true))));
+            builder.run(start + 1_000, 0, &detail((1..=second).map(|id| (id, true))));
+            builder.finish("web", &HashMap::new())
         };
         // 20 instances × 1,000 points: exactly the limit.
-        let builder = run(raw_plan(1_000), 20).unwrap();
-        let series = builder.finish("web", &HashMap::new());
+        let series = build(raw_plan(1_000), 20, 20).unwrap();
         let instances = series.instances.unwrap();
         assert_eq!(instances.len(), 20);
         assert!(instances.iter().all(|i| i.points.len() == 1_000));
         assert_eq!(instances[0].points[0].runs, 1);
-        // One point more, or one instance more: refused, saying what would fit.
-        let Err(HistoryError::BadQuery(message)) = run(raw_plan(1_001), 20) else {
+        // One point more: refused, saying what would fit.
+        let Err(HistoryError::BadQuery(message)) = build(raw_plan(1_001), 20, 20) else {
             panic!("20 × 1,001 points answered");
         };
         assert!(
-            message.contains("at least 20 instances × 1001 points"),
+            message.contains("by=instance: 20 instances × 1001 points"),
             "{message}"
         );
         assert!(message.contains("a step of at least 2s"), "{message}");
         assert!(message.contains("at most 19 instances"), "{message}");
-        assert!(run(raw_plan(1_000), 21).is_err());
+        // One instance more, met late: refused with the real count, not the first one over.
+        let Err(HistoryError::BadQuery(message)) = build(raw_plan(1_000), 20, 1_000) else {
+            panic!("1,000 × 1,000 points answered");
+        };
+        assert!(
+            message.contains(": 1000 instances × 1000 points"),
+            "{message}"
+        );
+        assert!(message.contains("a step of at least 50s"), "{message}");
         // Asked for by id, only those count.
         let only = [(3, "10.0.0.3:80".to_string())];
         let plan = raw_plan(1_001);
         let mut builder = Builder::new(plan, true, Some(&only));
-        builder
-            .run(
-                millis(plan.start),
-                0,
-                &detail((1..=100).map(|id| (id, id != 3))),
-            )
-            .unwrap();
-        let series = builder.finish("web", &HashMap::from([(3, "10.0.0.3:80".to_string())]));
-        let instances = series.instances.unwrap();
+        builder.run(
+            millis(plan.start),
+            0,
+            &detail((1..=100).map(|id| (id, id != 3))),
+        );
+        let names = HashMap::from([(3, "10.0.0.3:80".to_string())]);
+        let instances = builder.finish("web", &names).unwrap().instances.unwrap();
         assert_eq!(instances.len(), 1);
         assert_eq!(instances[0].instance, "10.0.0.3:80");
         assert_eq!(instances[0].points[0].down, 1);
@@ -1513,7 +1553,11 @@ mod tests {
     #[test]
     fn an_accumulator_is_small_until_samples_arrive() {
         // One per point of every series is allocated before the rows are read.
-        assert!(std::mem::size_of::<Acc>() <= 48, "{}", std::mem::size_of::<Acc>());
+        assert!(
+            std::mem::size_of::<Acc>() <= 48,
+            "{}",
+            std::mem::size_of::<Acc>()
+        );
     }
 
     #[test]
@@ -1524,15 +1568,15 @@ mod tests {
         let wide = detail((1..=1_000).map(|id| (id, true)));
         // 300 runs of 1,000 instances in the first step: past MAX_EXACT_SAMPLES.
         for _ in 0..300 {
-            builder.run(start, 0, &wide).unwrap();
+            builder.run(start, 0, &wide);
             assert!(builder.live <= MAX_EXACT_SAMPLES);
         }
         // Three runs in the second step: the first step is settled and its samples freed.
         for _ in 0..3 {
-            builder.run(start + 1_000, 0, &wide).unwrap();
+            builder.run(start + 1_000, 0, &wide);
         }
         assert_eq!(builder.live, 3_000);
-        let series = builder.finish("web", &HashMap::new());
+        let series = builder.finish("web", &HashMap::new()).unwrap();
         let first = &series.points[0].latency.get("total").unwrap();
         assert_eq!(first.samples, 300_000);
         assert!(
