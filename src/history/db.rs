@@ -128,14 +128,18 @@ impl Db {
     /// never queue behind the writer's connections, and every read is bounded: PostgreSQL
     /// connections carry `statement_timeout`, SQLite ones a busy timeout, both
     /// `READ_TIME_LIMIT`, and a connection is waited for no longer. It never creates the
-    /// database: reads start once the writer has opened it.
+    /// database (reads start once the writer has opened it), and opening a SQLite read
+    /// connection takes no lock a writer could hold.
     pub fn for_reading(&self) -> Db {
         let limit = READ_TIME_LIMIT;
         match self {
             Db::Sqlite(pool) => {
-                let options = (*pool.connect_options())
-                    .clone()
-                    .create_if_missing(false)
+                // Only what a reader needs: the writer's `auto_vacuum` pragma takes the write
+                // lock when a connection opens, so a reader opened during a long write
+                // transaction would wait for it.
+                let options = SqliteConnectOptions::new()
+                    .filename(pool.connect_options().get_filename())
+                    .journal_mode(SqliteJournalMode::Wal)
                     .busy_timeout(limit);
                 Db::Sqlite(
                     SqlitePoolOptions::new()

@@ -544,4 +544,34 @@ async fn read_connections_carry_the_time_limit() {
         .await
         .unwrap();
     assert_eq!(busy, 2_000);
+    // A read connection opened while a writer holds its transaction reads at once: opening
+    // one takes no lock (the writer's `auto_vacuum` pragma would wait for the write lock).
+    let mut holder = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(path)
+        .connect()
+        .await
+        .unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO meta (key, value) VALUES ('test_lock', 1)")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    let Db::Sqlite(fresh) = writer.for_reading() else {
+        unreachable!()
+    };
+    let started = Instant::now();
+    let version: i64 = sqlx::query_scalar("SELECT value FROM meta WHERE key = 'schema_version'")
+        .fetch_one(&fresh)
+        .await
+        .unwrap();
+    assert_eq!(version, 1);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "a new reader waited {:?} for the writer",
+        started.elapsed()
+    );
+    sqlx::query("ROLLBACK").execute(&mut holder).await.unwrap();
 }
