@@ -86,7 +86,7 @@ impl Shared {
         ApiState {
             metrics: Arc::clone(&self.metrics),
             store: Arc::clone(&self.store),
-            checks: api_checks,
+            checks: crate::http::Checks::new(api_checks),
             bus: Arc::clone(&self.bus),
             started: Arc::clone(started),
             reloader,

@@ -14,6 +14,11 @@ use sqlx::sqlite::{
 use std::str::FromStr;
 use std::time::Duration;
 
+/// How long one read of history may take, from asking the pool for a connection to the last
+/// row: past it the read fails with `HistoryError::TimedOut`. PostgreSQL read connections
+/// carry the same `statement_timeout`, so the server stops too.
+pub const READ_TIME_LIMIT: Duration = Duration::from_secs(2);
+
 /// Schema version stored in `meta`; a newer one found in the database is refused.
 pub const SCHEMA_VERSION: i64 = 2;
 
@@ -129,6 +134,44 @@ impl Db {
                         .acquire_timeout(Duration::from_secs(5))
                         .connect_lazy_with(options),
                 ))
+            }
+        }
+    }
+
+    /// A second pool on the same database for reads (the API and the pages), so that reads
+    /// never queue behind the writer's connections, and every read is bounded: PostgreSQL
+    /// connections carry `statement_timeout`, SQLite ones a busy timeout, both
+    /// `READ_TIME_LIMIT`, and a connection is waited for no longer. It never creates the
+    /// database (reads start once the writer has opened it), and opening a SQLite read
+    /// connection takes no lock a writer could hold.
+    pub fn for_reading(&self) -> Db {
+        let limit = READ_TIME_LIMIT;
+        match self {
+            Db::Sqlite(pool) => {
+                // Only what a reader needs: the writer's `auto_vacuum` pragma takes the write
+                // lock when a connection opens, so a reader opened during a long write
+                // transaction would wait for it.
+                let options = SqliteConnectOptions::new()
+                    .filename(pool.connect_options().get_filename())
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .busy_timeout(limit);
+                Db::Sqlite(
+                    SqlitePoolOptions::new()
+                        .max_connections(4)
+                        .acquire_timeout(limit)
+                        .connect_lazy_with(options),
+                )
+            }
+            Db::Postgres(pool) => {
+                let options = (*pool.connect_options())
+                    .clone()
+                    .options([("statement_timeout", limit.as_millis())]);
+                Db::Postgres(
+                    PgPoolOptions::new()
+                        .max_connections(4)
+                        .acquire_timeout(limit)
+                        .connect_lazy_with(options),
+                )
             }
         }
     }

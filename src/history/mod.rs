@@ -81,6 +81,9 @@ pub enum HistoryError {
     Url(String),
     #[error("history is not available yet: the database has not been opened")]
     NotReady,
+    /// A read took longer than `query::READ_TIME_LIMIT` (a slow or unreachable database).
+    #[error("the history database did not answer within {}", humantime::format_duration(*.0))]
+    TimedOut(Duration),
     #[error("{0}")]
     BadQuery(String),
 }

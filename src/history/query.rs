@@ -10,8 +10,9 @@ use super::histogram::{exact_quantile, Histograms, Reader};
 use super::writer::{tier_seconds, DAILY, HOURLY};
 use super::{from_millis, millis, HistoryConfig, HistoryError, Outcome, ERROR_KINDS, PHASES};
 use crate::model::ErrorKind;
+use futures_util::TryStreamExt;
 use serde::Serialize;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -19,8 +20,24 @@ use std::time::{Duration, SystemTime};
 /// The most points one series may have.
 pub const MAX_POINTS: u64 = 2_000;
 
+/// The most points the instance series of one answer may hold together (instances × points
+/// per series): about 12 MB of JSON. Past it a `by=instance` request is refused with what to
+/// ask instead.
+pub const MAX_INSTANCE_POINTS: u64 = 20_000;
+
+/// The most bytes of raw runs (their compact per-instance detail) one series reads: about two
+/// million instance results, a few hundred milliseconds of decoding. Past it a request without
+/// a step is served from the hourly rollups, and one with a step under an hour is refused.
+pub const MAX_RAW_BYTES: i64 = 16 * 1024 * 1024;
+
+/// Latency samples held at once for exact percentiles (six phases of 8 bytes each: 12 MB).
+/// A step that would need more reads its percentiles from buckets instead (within 25 %).
+const MAX_EXACT_SAMPLES: usize = 250_000;
+
 /// The longest step a query may ask for: ten years, beyond any retention.
 const MAX_STEP_SECONDS: u64 = 10 * 366 * 86_400;
+
+pub use super::db::READ_TIME_LIMIT;
 
 /// Read access to history; cheap to clone.
 #[derive(Debug, Clone)]
@@ -52,7 +69,44 @@ pub struct Point {
     /// (runs - down) / runs; null without runs.
     pub uptime: Option<f64>,
     /// Per phase, over passing instances.
-    pub latency: BTreeMap<&'static str, Percentiles>,
+    pub latency: Latency,
+}
+
+/// The percentiles of each phase that had samples, in `PHASES` order, held inline (an answer
+/// holds tens of thousands of points); it reads and serializes as a map from phase name.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Latency([Option<Percentiles>; PHASES.len()]);
+
+impl Latency {
+    /// The figures of one phase (`connect`, `total`, ...), when it had samples.
+    pub fn get(&self, phase: &str) -> Option<&Percentiles> {
+        let at = PHASES.iter().position(|known| *known == phase)?;
+        self.0.get(at)?.as_ref()
+    }
+
+    fn set(&mut self, phase: usize, figures: Percentiles) {
+        if let Some(slot) = self.0.get_mut(phase) {
+            *slot = Some(figures);
+        }
+    }
+}
+
+impl Serialize for Latency {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        // By name, as the map it used to be: connect, processing, resolve, tls, total, transfer.
+        let mut phases: Vec<(&str, &Percentiles)> = PHASES
+            .iter()
+            .zip(&self.0)
+            .filter_map(|(name, figures)| Some((*name, figures.as_ref()?)))
+            .collect();
+        phases.sort_unstable_by_key(|(name, _)| *name);
+        let mut map = serializer.serialize_map(Some(phases.len()))?;
+        for (name, figures) in phases {
+            map.serialize_entry(name, figures)?;
+        }
+        map.end()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -134,6 +188,31 @@ pub struct Incident {
     pub cause: Vec<super::episodes::Cause>,
 }
 
+/// Which instances a series covers beside the whole check.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Instances {
+    /// The whole check only.
+    #[default]
+    None,
+    /// Every instance with history in the range.
+    All,
+    /// These instances, by address as results name them (`10.0.0.7:443`).
+    Only(Vec<String>),
+}
+
+/// What a series asks for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SeriesQuery {
+    pub from: SystemTime,
+    pub to: SystemTime,
+    /// None picks about 60 points, on the finest tier whose retention still reaches `from`.
+    pub step: Option<Duration>,
+    pub instances: Instances,
+    /// The request's time, taken once per request: retention horizons are measured from it,
+    /// so a range that starts exactly at a horizon (`from=24h` with a day of raw runs) is in.
+    pub now: SystemTime,
+}
+
 /// Where a series reads from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Source {
@@ -141,42 +220,293 @@ enum Source {
     Rollup(i64),
 }
 
-/// One step's accumulator.
+impl Source {
+    /// The tier a step reads: under an hour the raw runs, under a day the hourly rollups.
+    fn for_step(step: u64) -> Source {
+        if step < 3_600 {
+            Source::Runs
+        } else if step < 86_400 {
+            Source::Rollup(HOURLY)
+        } else {
+            Source::Rollup(DAILY)
+        }
+    }
+
+    /// Seconds per row of the tier; its steps are whole multiples of it.
+    fn span(self) -> u64 {
+        match self {
+            Source::Runs => 1,
+            Source::Rollup(tier) => u64::try_from(tier_seconds(tier)).unwrap_or(86_400),
+        }
+    }
+
+    fn coarser(self) -> Option<Source> {
+        match self {
+            Source::Runs => Some(Source::Rollup(HOURLY)),
+            Source::Rollup(HOURLY) => Some(Source::Rollup(DAILY)),
+            Source::Rollup(_) => None,
+        }
+    }
+
+    fn retention(self, config: &HistoryConfig) -> Duration {
+        match self {
+            Source::Runs => config.raw_retention,
+            Source::Rollup(HOURLY) => config.hourly_retention,
+            Source::Rollup(_) => config.daily_retention,
+        }
+    }
+
+    /// What the tier keeps, for messages.
+    fn what(self) -> &'static str {
+        match self {
+            Source::Runs => "every run",
+            Source::Rollup(HOURLY) => "the hourly rollups",
+            Source::Rollup(_) => "the daily rollups",
+        }
+    }
+
+    /// The `source` of a series.
+    fn name(self) -> &'static str {
+        match self {
+            Source::Runs => "runs",
+            Source::Rollup(HOURLY) => "hourly",
+            Source::Rollup(_) => "daily",
+        }
+    }
+}
+
+/// How one series is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Plan {
+    source: Source,
+    /// Seconds, a whole multiple of the source's span.
+    step: u64,
+    /// `from`, rounded down to the source's span.
+    start: SystemTime,
+    to: SystemTime,
+    /// Points of each series: the steps from `start` to `to`, the last one maybe partial.
+    points: u64,
+}
+
+impl Plan {
+    /// The shortest step (a multiple of the source's span) that gives at most `points`.
+    fn step_for(&self, points: u64) -> Duration {
+        let span_ms = u64::try_from(millis(self.to) - millis(self.start))
+            .unwrap_or(0)
+            .max(1);
+        let step = span_ms.div_ceil(points.max(1) * 1000);
+        let unit = self.source.span();
+        Duration::from_secs(step.max(1).div_ceil(unit) * unit)
+    }
+}
+
+fn bad(message: String) -> HistoryError {
+    HistoryError::BadQuery(message)
+}
+
+fn duration_text(duration: Duration) -> String {
+    humantime::format_duration(duration).to_string()
+}
+
+/// Picks the source, step and points of a series. An asked step under an hour reads the raw
+/// runs, under a day the hourly rollups, else the daily ones; without a step, about 60
+/// points, on the finest tier whose retention still reaches `from` (with `coarse`, no finer
+/// than the hourly rollups). A range that starts before what its tier keeps (measured from
+/// the request's `now`), or that would have more than `MAX_POINTS` points, is refused with
+/// what to ask instead.
+fn plan(config: &HistoryConfig, query: &SeriesQuery, coarse: bool) -> Result<Plan, HistoryError> {
+    let range = query
+        .to
+        .duration_since(query.from)
+        .map_err(|_| bad("`from` must be before `to`".to_string()))?
+        .as_secs()
+        .max(1);
+    let asked = match query.step {
+        Some(step) if step.as_secs() > MAX_STEP_SECONDS => {
+            return Err(bad(format!(
+                "a step of {} is longer than the {} history can span; use a shorter step",
+                duration_text(step),
+                duration_text(Duration::from_secs(MAX_STEP_SECONDS))
+            )));
+        }
+        Some(step) => Some(step.as_secs().max(1)),
+        None => None,
+    };
+    let wanted = asked.unwrap_or(match range {
+        // About 60 points: 10 s steps and up, whole minutes past a minute.
+        0..=3_600 => (range / 60).max(10).div_ceil(10) * 10,
+        3_601..=172_800 => (range / 60).max(60).div_ceil(60) * 60,
+        172_801..=1_209_600 => 3_600,
+        _ => 86_400,
+    });
+    let mut source = Source::for_step(wanted);
+    if coarse && source == Source::Runs {
+        source = Source::Rollup(HOURLY);
+    }
+    loop {
+        let retention = source.retention(config);
+        let horizon = query
+            .now
+            .checked_sub(retention)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        if query.from >= horizon {
+            break;
+        }
+        let kept = format!(
+            "{} is kept for {} only; ask from {} on",
+            source.what(),
+            duration_text(retention),
+            humantime::format_rfc3339_millis(horizon)
+        );
+        match source.coarser() {
+            Some(next) if asked.is_none() => source = next,
+            Some(next) => {
+                return Err(bad(format!(
+                    "{kept}, or use a step of at least {}",
+                    duration_text(Duration::from_secs(next.span()))
+                )))
+            }
+            None => return Err(bad(kept)),
+        }
+    }
+    let unit = source.span();
+    let step = wanted.max(unit).div_ceil(unit) * unit;
+    let start = match source {
+        Source::Runs => query.from,
+        Source::Rollup(_) => {
+            let seconds = millis(query.from) / 1000;
+            let unit = i64::try_from(unit).unwrap_or(86_400);
+            from_millis((seconds - seconds.rem_euclid(unit)) * 1000)
+        }
+    };
+    let span_ms = u64::try_from(millis(query.to) - millis(start))
+        .unwrap_or(0)
+        .max(1);
+    let points = span_ms.div_ceil(step.saturating_mul(1000));
+    let plan = Plan {
+        source,
+        step,
+        start,
+        to: query.to,
+        points,
+    };
+    if points > MAX_POINTS {
+        return Err(bad(format!(
+            "{points} steps of {} is more than the {MAX_POINTS} points a series may have; use a step of at least {} or a shorter range",
+            duration_text(Duration::from_secs(step)),
+            duration_text(plan.step_for(MAX_POINTS))
+        )));
+    }
+    Ok(plan)
+}
+
+/// The refusal of a `by=instance` answer that would hold more than `MAX_INSTANCE_POINTS`
+/// points, saying what would fit.
+fn too_many_instance_points(plan: &Plan, instances: u64) -> HistoryError {
+    let fit_points = MAX_INSTANCE_POINTS / instances.max(1);
+    let fit_instances = MAX_INSTANCE_POINTS / plan.points.max(1);
+    let fewer_points = if fit_points > 0 {
+        format!(
+            "a step of at least {} (or a shorter range), ",
+            duration_text(plan.step_for(fit_points))
+        )
+    } else {
+        String::new()
+    };
+    bad(format!(
+        "by=instance: {instances} instances × {} points is more than the {MAX_INSTANCE_POINTS} points one answer may hold; ask for {fewer_points}or for at most {fit_instances} instances at this step with instance=ADDRESS,ADDRESS",
+        plan.points,
+    ))
+}
+
+/// One step's accumulator: small (40 bytes) until samples arrive, since an answer allocates
+/// one per point of every series before reading.
 #[derive(Debug, Default, Clone)]
 struct Acc {
     runs: u64,
     down: u64,
     unmeasured: u64,
-    exact: Option<[Vec<f64>; 6]>,
-    hist: Histograms,
+    samples: Samples,
+}
+
+/// The latency samples of one step.
+#[derive(Debug, Clone)]
+enum Samples {
+    /// Every passing sample's phases (raw runs), for exact percentiles; boxed at the first.
+    Exact(Option<Box<[Vec<f64>; 6]>>),
+    /// A bucketed distribution: rollups, or raw samples past `MAX_EXACT_SAMPLES`.
+    Buckets(Option<Box<Histograms>>),
+    /// Worked out once the step was complete (raw runs arrive in time order); None when the
+    /// step had no passing sample.
+    Settled(Option<Box<Latency>>),
+}
+
+impl Default for Samples {
+    fn default() -> Samples {
+        Samples::Buckets(None)
+    }
+}
+
+fn exact_latency(values: &mut [Vec<f64>; 6]) -> Latency {
+    let mut latency = Latency::default();
+    for (phase, values) in values.iter_mut().enumerate() {
+        let samples = values.len() as u64;
+        if let Some(p50) = exact_quantile(values, 0.5) {
+            latency.set(
+                phase,
+                Percentiles {
+                    p50,
+                    p90: exact_quantile(values, 0.9).unwrap_or(p50),
+                    p99: exact_quantile(values, 0.99).unwrap_or(p50),
+                    samples,
+                },
+            );
+        }
+    }
+    latency
+}
+
+fn bucket_latency(hist: &Histograms) -> Latency {
+    let mut latency = Latency::default();
+    for phase in 0..PHASES.len() {
+        if let Some(p50) = hist.quantile(phase, 0.5) {
+            latency.set(
+                phase,
+                Percentiles {
+                    p50,
+                    p90: hist.quantile(phase, 0.9).unwrap_or(p50),
+                    p99: hist.quantile(phase, 0.99).unwrap_or(p50),
+                    samples: hist.count(phase),
+                },
+            );
+        }
+    }
+    latency
 }
 
 impl Acc {
-    fn point(mut self, start: SystemTime) -> Point {
-        let mut latency = BTreeMap::new();
-        for (phase, name) in PHASES.iter().enumerate() {
-            let figures = match self.exact.as_mut() {
-                Some(values) => {
-                    let values = &mut values[phase];
-                    let samples = values.len() as u64;
-                    exact_quantile(values, 0.5).map(|p50| Percentiles {
-                        p50,
-                        p90: exact_quantile(values, 0.9).unwrap_or(p50),
-                        p99: exact_quantile(values, 0.99).unwrap_or(p50),
-                        samples,
-                    })
-                }
-                None => self.hist.quantile(phase, 0.5).map(|p50| Percentiles {
-                    p50,
-                    p90: self.hist.quantile(phase, 0.9).unwrap_or(p50),
-                    p99: self.hist.quantile(phase, 0.99).unwrap_or(p50),
-                    samples: self.hist.count(phase),
-                }),
-            };
-            if let Some(figures) = figures {
-                latency.insert(*name, figures);
-            }
+    fn new(exact: bool) -> Acc {
+        Acc {
+            samples: if exact {
+                Samples::Exact(None)
+            } else {
+                Samples::Buckets(None)
+            },
+            ..Acc::default()
         }
+    }
+
+    fn latency(&mut self) -> Latency {
+        match &mut self.samples {
+            Samples::Settled(latency) => latency.take().map(|latency| *latency),
+            Samples::Exact(values) => values.as_deref_mut().map(exact_latency),
+            Samples::Buckets(hist) => hist.as_deref().map(bucket_latency),
+        }
+        .unwrap_or_default()
+    }
+
+    fn point(mut self, start: SystemTime) -> Point {
+        let latency = self.latency();
         Point {
             start,
             runs: self.runs,
@@ -197,10 +527,288 @@ impl Acc {
             Outcome::Unmeasured => self.unmeasured += 1,
         }
     }
+
+    /// Adds a passing sample's phases; `live` counts the exact samples held by every
+    /// accumulator of the series. Past `MAX_EXACT_SAMPLES` this step goes to buckets.
+    fn observe(&mut self, phases: &[f64; 6], live: &mut usize) {
+        if let Samples::Exact(values) = &mut self.samples {
+            if *live < MAX_EXACT_SAMPLES {
+                let values = values.get_or_insert_with(Default::default);
+                for (values, value) in values.iter_mut().zip(phases) {
+                    values.push(*value);
+                }
+                *live += 1;
+                return;
+            }
+        }
+        if let Some(hist) = self.buckets(live) {
+            hist.observe(phases);
+        }
+    }
+
+    /// The step's buckets, its exact samples moved into them first (and no longer counted
+    /// in `live`); None once the step is settled.
+    fn buckets(&mut self, live: &mut usize) -> Option<&mut Histograms> {
+        let hist = match std::mem::take(&mut self.samples) {
+            Samples::Buckets(hist) => hist.unwrap_or_default(),
+            Samples::Exact(values) => {
+                let mut hist = Box::<Histograms>::default();
+                if let Some(values) = values {
+                    let held = values[0].len();
+                    for at in 0..held {
+                        let mut phases = [0.0; 6];
+                        for (phase, column) in phases.iter_mut().zip(values.iter()) {
+                            *phase = column.get(at).copied().unwrap_or(0.0);
+                        }
+                        hist.observe(&phases);
+                    }
+                    *live = live.saturating_sub(held);
+                }
+                hist
+            }
+            settled @ Samples::Settled(_) => {
+                self.samples = settled;
+                return None;
+            }
+        };
+        self.samples = Samples::Buckets(Some(hist));
+        match &mut self.samples {
+            Samples::Buckets(Some(hist)) => Some(hist),
+            _ => None,
+        }
+    }
+
+    /// Works out the percentiles of a complete step and frees its samples.
+    fn settle(&mut self, live: &mut usize) {
+        if matches!(self.samples, Samples::Settled(_)) {
+            return;
+        }
+        let held = match &self.samples {
+            Samples::Exact(Some(values)) => values[0].len(),
+            _ => 0,
+        };
+        let latency = self.latency();
+        self.samples = Samples::Settled((latency != Latency::default()).then(|| Box::new(latency)));
+        *live = live.saturating_sub(held);
+    }
 }
 
 fn ratio(runs: u64, down: u64) -> Option<f64> {
     (runs > 0).then(|| (runs - down.min(runs)) as f64 / runs as f64)
+}
+
+/// Folds the rows of one series into its points, holding at most `MAX_EXACT_SAMPLES` samples
+/// and `MAX_INSTANCE_POINTS` instance points at any time. An answer found past the instance
+/// bound drops what it built and only counts the instances to the end, so its refusal names
+/// the real count and a step that fits.
+struct Builder {
+    plan: Plan,
+    start_ms: i64,
+    step_ms: i64,
+    whole: Vec<Acc>,
+    /// Per instance id, with `by=instance`.
+    instances: Option<BTreeMap<i64, Vec<Acc>>>,
+    /// Only the instances already in `instances` (they were asked for by address).
+    only: bool,
+    /// Set past the instance bound: every instance id seen.
+    counting: Option<HashSet<i64>>,
+    /// Raw runs arrive in time order: steps before this one are complete.
+    open_step: usize,
+    /// Exact samples held.
+    live: usize,
+}
+
+impl Builder {
+    fn new(plan: Plan, by_instance: bool, only: Option<&[(i64, String)]>) -> Builder {
+        let points = usize::try_from(plan.points).unwrap_or(1);
+        let exact = plan.source == Source::Runs;
+        let instances = by_instance.then(|| {
+            only.unwrap_or_default()
+                .iter()
+                .map(|(id, _)| (*id, vec![Acc::new(exact); points]))
+                .collect()
+        });
+        Builder {
+            plan,
+            start_ms: millis(plan.start),
+            step_ms: i64::try_from(plan.step.saturating_mul(1000)).unwrap_or(i64::MAX),
+            whole: vec![Acc::new(exact); points],
+            instances,
+            only: only.is_some(),
+            counting: None,
+            open_step: 0,
+            live: 0,
+        }
+    }
+
+    fn index(&self, at_ms: i64) -> Option<usize> {
+        usize::try_from(at_ms.checked_sub(self.start_ms)? / self.step_ms)
+            .ok()
+            .filter(|index| *index < self.whole.len())
+    }
+
+    /// The accumulators of one instance: None when the answer is not by instance, the
+    /// instance was not asked for, or the answer went past the instance bound (then what was
+    /// built is dropped and the instances are only counted).
+    fn instance<'a>(
+        instances: &'a mut Option<BTreeMap<i64, Vec<Acc>>>,
+        counting: &mut Option<HashSet<i64>>,
+        plan: &Plan,
+        only: bool,
+        id: i64,
+    ) -> Option<&'a mut Vec<Acc>> {
+        if let Some(seen) = counting.as_mut() {
+            seen.insert(id);
+            return None;
+        }
+        let known = instances.as_ref()?.contains_key(&id);
+        if !known {
+            if only {
+                return None;
+            }
+            let count = instances.as_ref().map_or(0, BTreeMap::len) as u64 + 1;
+            if count.saturating_mul(plan.points) > MAX_INSTANCE_POINTS {
+                let mut seen: HashSet<i64> = instances
+                    .take()
+                    .map(|all| all.into_keys().collect())
+                    .unwrap_or_default();
+                seen.insert(id);
+                *counting = Some(seen);
+                return None;
+            }
+        }
+        let points = usize::try_from(plan.points).unwrap_or(1);
+        let exact = plan.source == Source::Runs;
+        Some(
+            instances
+                .as_mut()?
+                .entry(id)
+                .or_insert_with(|| vec![Acc::new(exact); points]),
+        )
+    }
+
+    /// One raw run (rows come in time order).
+    fn run(&mut self, at_ms: i64, outcome: i16, detail: &[u8]) {
+        let Some(index) = self.index(at_ms) else {
+            return;
+        };
+        if let Some(seen) = self.counting.as_mut() {
+            seen.extend(
+                decode_detail(detail)
+                    .iter()
+                    .map(|sample| sample.instance_id),
+            );
+            return;
+        }
+        let Builder {
+            plan,
+            whole,
+            instances,
+            only,
+            counting,
+            open_step,
+            live,
+            ..
+        } = self;
+        // Steps before this one are complete: their samples become percentiles.
+        while *open_step < index {
+            if let Some(acc) = whole.get_mut(*open_step) {
+                acc.settle(live);
+            }
+            for accs in instances.iter_mut().flat_map(|all| all.values_mut()) {
+                if let Some(acc) = accs.get_mut(*open_step) {
+                    acc.settle(live);
+                }
+            }
+            *open_step += 1;
+        }
+        let Some(acc) = whole.get_mut(index) else {
+            return;
+        };
+        acc.count(Outcome::from_code(i64::from(outcome)));
+        for sample in decode_detail(detail) {
+            if sample.outcome == Outcome::Up {
+                acc.observe(&sample.phases, live);
+            }
+            let id = sample.instance_id;
+            if let Some(accs) = Builder::instance(instances, counting, plan, *only, id) {
+                if let Some(instance) = accs.get_mut(index) {
+                    instance.count(sample.outcome);
+                    if sample.outcome == Outcome::Up {
+                        instance.observe(&sample.phases, live);
+                    }
+                }
+            }
+        }
+    }
+
+    /// One rollup row: instance 0 is the whole check.
+    fn rollup(
+        &mut self,
+        instance_id: i64,
+        bucket: i64,
+        (runs, down, unmeasured): (i64, i64, i64),
+        hist: &[u8],
+    ) {
+        let Some(index) = bucket.checked_mul(1000).and_then(|at| self.index(at)) else {
+            return;
+        };
+        let acc = if instance_id == 0 {
+            self.whole.get_mut(index)
+        } else {
+            Builder::instance(
+                &mut self.instances,
+                &mut self.counting,
+                &self.plan,
+                self.only,
+                instance_id,
+            )
+            .and_then(|accs| accs.get_mut(index))
+        };
+        if let Some(acc) = acc {
+            acc.runs += u64::try_from(runs).unwrap_or(0);
+            acc.down += u64::try_from(down).unwrap_or(0);
+            acc.unmeasured += u64::try_from(unmeasured).unwrap_or(0);
+            let mut none = 0;
+            if let Some(buckets) = acc.buckets(&mut none) {
+                buckets.merge(&Histograms::decode(hist));
+            }
+        }
+    }
+
+    /// The series, or the refusal of an answer past the instance bound.
+    fn finish(self, check: &str, names: &HashMap<i64, String>) -> Result<Series, HistoryError> {
+        let Builder {
+            plan,
+            whole,
+            instances,
+            counting,
+            ..
+        } = self;
+        if let Some(seen) = counting {
+            return Err(too_many_instance_points(&plan, seen.len() as u64));
+        }
+        let instances = instances.map(|all| {
+            let mut list: Vec<InstanceSeries> = all
+                .into_iter()
+                .map(|(id, accs)| InstanceSeries {
+                    instance: names.get(&id).cloned().unwrap_or_else(|| format!("#{id}")),
+                    points: points(accs, plan.start, plan.step),
+                })
+                .collect();
+            list.sort_by(|a, b| a.instance.cmp(&b.instance));
+            list
+        });
+        Ok(Series {
+            check: check.to_string(),
+            from: plan.start,
+            to: plan.to,
+            step_seconds: plan.step,
+            source: plan.source.name(),
+            points: points(whole, plan.start, plan.step),
+            instances,
+        })
+    }
 }
 
 /// A decoded sample of the raw detail.
@@ -248,9 +856,10 @@ fn placeholders(first: usize, count: usize) -> String {
 }
 
 impl HistoryReader {
+    /// A reader on its own pool of `db`'s database (`Db::for_reading`).
     pub(super) fn new(db: Db, config: HistoryConfig) -> HistoryReader {
         HistoryReader {
-            db,
+            db: db.for_reading(),
             config,
             ready: Arc::new(AtomicBool::new(false)),
         }
@@ -301,149 +910,101 @@ impl HistoryReader {
         }))
     }
 
-    /// Picks the step and the source for a range: under an hour, the raw runs (which must
-    /// reach back to `from`); under a day, hourly rollups; else daily ones.
-    fn plan(
-        &self,
-        from: SystemTime,
-        to: SystemTime,
-        step: Option<Duration>,
-    ) -> Result<(Source, u64), HistoryError> {
-        let range = to
-            .duration_since(from)
-            .map_err(|_| HistoryError::BadQuery("`from` must be before `to`".to_string()))?
-            .as_secs()
-            .max(1);
-        let step = match step {
-            Some(step) if step.as_secs() > MAX_STEP_SECONDS => {
-                return Err(HistoryError::BadQuery(format!(
-                    "a step of {} is longer than the {} history can span; use a shorter step",
-                    humantime::format_duration(step),
-                    humantime::format_duration(Duration::from_secs(MAX_STEP_SECONDS))
-                )));
-            }
-            Some(step) => step.as_secs().max(1),
-            // About 60 points: 10 s steps and up, whole minutes past a minute.
-            None if range <= 3_600 => (range / 60).max(10).div_ceil(10) * 10,
-            None if range <= 2 * 86_400 => (range / 60).max(60).div_ceil(60) * 60,
-            None if range <= 14 * 86_400 => 3_600,
-            None => 86_400,
-        };
-        let raw_horizon = SystemTime::now()
-            .checked_sub(self.config.raw_retention)
-            .unwrap_or(SystemTime::UNIX_EPOCH);
-        let (source, step) = if step < 3_600 {
-            if from < raw_horizon {
-                return Err(HistoryError::BadQuery(format!(
-                    "every run is kept for {} only; ask from {} on, or use a step of at least 1h",
-                    humantime::format_duration(self.config.raw_retention),
-                    humantime::format_rfc3339_seconds(raw_horizon)
-                )));
-            }
-            (Source::Runs, step)
-        } else if step < 86_400 {
-            (Source::Rollup(HOURLY), step.div_ceil(3_600) * 3_600)
-        } else {
-            (Source::Rollup(DAILY), step.div_ceil(86_400) * 86_400)
-        };
-        if range / step > MAX_POINTS {
-            return Err(HistoryError::BadQuery(format!(
-                "{} steps of {step}s is more than the {MAX_POINTS} points allowed; use a longer step",
-                range / step
-            )));
-        }
-        Ok((source, step))
+    /// A check's series (steps start at `from`, rounded down to the hour or day for rollups),
+    /// per instance as well when asked. Bounded: at most `MAX_POINTS` points a series,
+    /// `MAX_INSTANCE_POINTS` instance points, `MAX_RAW_BYTES` of raw runs read, and
+    /// `READ_TIME_LIMIT`; past a bound the answer is refused with what to ask instead.
+    pub async fn series(&self, check: &str, query: &SeriesQuery) -> Result<Series, HistoryError> {
+        self.check_ready()?;
+        within(self.read_series(check, query)).await
     }
 
-    /// A check's series from `from` to `to` (steps start at `from`, rounded down to the step
-    /// for rollups), per instance as well with `by_instance`.
-    pub async fn series(
-        &self,
-        check: &str,
-        from: SystemTime,
-        to: SystemTime,
-        step: Option<Duration>,
-        by_instance: bool,
-    ) -> Result<Series, HistoryError> {
-        self.check_ready()?;
-        let (source, step) = self.plan(from, to, step)?;
-        let from = match source {
-            Source::Runs => from,
-            Source::Rollup(tier) => {
-                let seconds = millis(from) / 1000;
-                from_millis((seconds - seconds.rem_euclid(tier_seconds(tier))) * 1000)
+    async fn read_series(&self, check: &str, query: &SeriesQuery) -> Result<Series, HistoryError> {
+        let mut plan = plan(&self.config, query, false)?;
+        let wanted: Option<Vec<&str>> = match &query.instances {
+            Instances::Only(addresses) => {
+                let mut seen = HashSet::with_capacity(addresses.len());
+                let unique: Vec<&str> = addresses
+                    .iter()
+                    .map(|address| address.trim())
+                    .filter(|address| !address.is_empty() && seen.insert(*address))
+                    .collect();
+                Some(unique)
             }
+            _ => None,
         };
-        let start_ms = millis(from);
-        let step_ms = i64::try_from(step).unwrap_or(i64::MAX / 1000) * 1000;
-        // `plan` bounds the count; the clamp keeps a mistake there from becoming an allocation
-        // the size of the request's numbers.
-        let steps = usize::try_from(((millis(to) - start_ms).max(1) + step_ms - 1) / step_ms)
-            .unwrap_or(1)
-            .min(MAX_POINTS as usize + 1);
-        let mut whole: Vec<Acc> = vec![Acc::default(); steps];
-        let mut per_instance: BTreeMap<i64, Vec<Acc>> = BTreeMap::new();
-        let exact = source == Source::Runs;
-        if exact {
-            for acc in whole.iter_mut() {
-                acc.exact = Some(Default::default());
+        let by_instance = query.instances != Instances::None;
+        let Some(check_id) = self.check_id(check).await? else {
+            if let Some(address) = wanted.as_ref().and_then(|all| all.first()) {
+                return Err(unknown_instance(address));
+            }
+            return Builder::new(plan, by_instance, None).finish(check, &HashMap::new());
+        };
+        if plan.source == Source::Runs {
+            let bytes = self.raw_bytes(check_id, plan.start, plan.to).await?;
+            if bytes > MAX_RAW_BYTES {
+                if query.step.is_some() {
+                    return Err(bad(format!(
+                        "the runs in this range hold {} MiB, more than the {} MiB one series reads; use a step of at least 1h (the hourly rollups) or a shorter range",
+                        (bytes + (1 << 20) - 1) >> 20,
+                        MAX_RAW_BYTES >> 20
+                    )));
+                }
+                plan = self::plan(&self.config, query, true)?;
             }
         }
-        let Some(check_id) = self.check_id(check).await? else {
-            return Ok(self.finish(check, from, to, step, source, whole, None));
-        };
-        let empty = || {
-            let mut accs = vec![Acc::default(); steps];
-            if exact {
-                for acc in accs.iter_mut() {
-                    acc.exact = Some(Default::default());
-                }
+        if let Some(addresses) = &wanted {
+            let count = addresses.len() as u64;
+            if count.saturating_mul(plan.points) > MAX_INSTANCE_POINTS {
+                return Err(too_many_instance_points(&plan, count));
             }
-            accs
+        }
+        let names: HashMap<i64, String> = if by_instance {
+            on_pool!(&self.db, pool => {
+                sqlx::query_as::<_, (i64, String)>(
+                    "SELECT id, address FROM instances WHERE check_id = $1",
+                )
+                .bind(check_id)
+                .fetch_all(pool)
+                .await?
+                .into_iter()
+                .collect()
+            })
+        } else {
+            HashMap::new()
         };
-        match source {
+        let only: Option<Vec<(i64, String)>> = match wanted {
+            Some(addresses) => {
+                let ids: HashMap<&str, i64> = names
+                    .iter()
+                    .map(|(id, address)| (address.as_str(), *id))
+                    .collect();
+                let mut only = Vec::with_capacity(addresses.len());
+                for address in addresses {
+                    let id = ids.get(address).ok_or_else(|| unknown_instance(address))?;
+                    only.push((*id, address.to_string()));
+                }
+                Some(only)
+            }
+            None => None,
+        };
+        let mut builder = Builder::new(plan, by_instance, only.as_deref());
+        let to_ms = millis(plan.to);
+        match plan.source {
             Source::Runs => {
-                let rows: Vec<(i64, i16, Vec<u8>)> = on_pool!(&self.db, pool => {
-                    sqlx::query_as(
+                on_pool!(&self.db, pool => {
+                    let mut rows = sqlx::query_as::<_, (i64, i16, Vec<u8>)>(
                         "SELECT at_ms, outcome, detail FROM runs \
                          WHERE check_id = $1 AND at_ms >= $2 AND at_ms < $3 ORDER BY at_ms",
                     )
                     .bind(check_id)
-                    .bind(start_ms)
-                    .bind(millis(to))
-                    .fetch_all(pool)
-                    .await?
-                });
-                for (at, outcome, detail) in rows {
-                    let Ok(index) = usize::try_from((at - start_ms) / step_ms) else {
-                        continue;
-                    };
-                    let Some(acc) = whole.get_mut(index) else {
-                        continue;
-                    };
-                    acc.count(Outcome::from_code(i64::from(outcome)));
-                    for sample in decode_detail(&detail) {
-                        if sample.outcome == Outcome::Up {
-                            if let Some(values) = acc.exact.as_mut() {
-                                for (phase, value) in sample.phases.iter().enumerate() {
-                                    values[phase].push(*value);
-                                }
-                            }
-                        }
-                        if by_instance {
-                            let accs = per_instance.entry(sample.instance_id).or_insert_with(empty);
-                            let instance = &mut accs[index];
-                            instance.count(sample.outcome);
-                            if sample.outcome == Outcome::Up {
-                                if let Some(values) = instance.exact.as_mut() {
-                                    for (phase, value) in sample.phases.iter().enumerate() {
-                                        values[phase].push(*value);
-                                    }
-                                }
-                            }
-                        }
+                    .bind(builder.start_ms)
+                    .bind(to_ms)
+                    .fetch(pool);
+                    while let Some((at, outcome, detail)) = rows.try_next().await? {
+                        builder.run(at, outcome, &detail);
                     }
-                }
+                });
             }
             Source::Rollup(tier) => {
                 let instance_filter = if by_instance {
@@ -455,86 +1016,43 @@ impl HistoryReader {
                     "SELECT instance_id, bucket, runs, down, unmeasured, hist FROM rollups \
                      WHERE tier = $1 AND check_id = $2 AND bucket >= $3 AND bucket < $4{instance_filter}"
                 );
-                let rows: Vec<(i64, i64, i64, i64, i64, Vec<u8>)> = on_pool!(&self.db, pool => {
-                    sqlx::query_as(&sql)
+                on_pool!(&self.db, pool => {
+                    let mut rows = sqlx::query_as::<_, (i64, i64, i64, i64, i64, Vec<u8>)>(&sql)
                         .bind(tier as i16)
                         .bind(check_id)
-                        .bind(start_ms / 1000)
-                        .bind(millis(to) / 1000)
-                        .fetch_all(pool)
-                        .await?
-                });
-                for (instance_id, bucket, runs, down, unmeasured, hist) in rows {
-                    let Ok(index) = usize::try_from((bucket * 1000 - start_ms) / step_ms) else {
-                        continue;
-                    };
-                    let acc = if instance_id == 0 {
-                        whole.get_mut(index)
-                    } else {
-                        per_instance
-                            .entry(instance_id)
-                            .or_insert_with(empty)
-                            .get_mut(index)
-                    };
-                    if let Some(acc) = acc {
-                        acc.runs += u64::try_from(runs).unwrap_or(0);
-                        acc.down += u64::try_from(down).unwrap_or(0);
-                        acc.unmeasured += u64::try_from(unmeasured).unwrap_or(0);
-                        acc.hist.merge(&Histograms::decode(&hist));
+                        .bind(builder.start_ms / 1000)
+                        .bind(to_ms.div_euclid(1000) + i64::from(to_ms.rem_euclid(1000) > 0))
+                        .fetch(pool);
+                    while let Some((instance, bucket, runs, down, unmeasured, hist)) =
+                        rows.try_next().await?
+                    {
+                        builder.rollup(instance, bucket, (runs, down, unmeasured), &hist);
                     }
-                }
+                });
             }
         }
-        let instances = if by_instance {
-            let names: HashMap<i64, String> = on_pool!(&self.db, pool => {
-                sqlx::query_as::<_, (i64, String)>(
-                    "SELECT id, address FROM instances WHERE check_id = $1",
-                )
-                .bind(check_id)
-                .fetch_all(pool)
-                .await?
-                .into_iter()
-                .collect()
-            });
-            let mut list: Vec<InstanceSeries> = per_instance
-                .into_iter()
-                .map(|(id, accs)| InstanceSeries {
-                    instance: names.get(&id).cloned().unwrap_or_else(|| format!("#{id}")),
-                    points: points(accs, from, step),
-                })
-                .collect();
-            list.sort_by(|a, b| a.instance.cmp(&b.instance));
-            Some(list)
-        } else {
-            None
-        };
-        Ok(self.finish(check, from, to, step, source, whole, instances))
+        builder.finish(check, &names)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn finish(
+    /// Bytes of raw detail a range holds, read from the rows' lengths (the blobs themselves
+    /// are not read).
+    async fn raw_bytes(
         &self,
-        check: &str,
+        check_id: i64,
         from: SystemTime,
         to: SystemTime,
-        step: u64,
-        source: Source,
-        whole: Vec<Acc>,
-        instances: Option<Vec<InstanceSeries>>,
-    ) -> Series {
-        Series {
-            check: check.to_string(),
-            from,
-            to,
-            step_seconds: step,
-            source: match source {
-                Source::Runs => "runs",
-                Source::Rollup(HOURLY) => "hourly",
-                Source::Rollup(_) => "daily",
-            },
-            points: points(whole, from, step),
-            instances,
-        }
+    ) -> Result<i64, HistoryError> {
+        Ok(on_pool!(&self.db, pool => {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT CAST(COALESCE(SUM(LENGTH(detail)), 0) AS BIGINT) FROM runs \
+                 WHERE check_id = $1 AND at_ms >= $2 AND at_ms < $3",
+            )
+            .bind(check_id)
+            .bind(millis(from))
+            .bind(millis(to))
+            .fetch_one(pool)
+            .await?
+        }))
     }
 
     /// Uptime over 24 h and 7 d (from the hourly rollups of the hours that overlap the
@@ -545,6 +1063,14 @@ impl HistoryReader {
         now: SystemTime,
     ) -> Result<HashMap<String, Uptimes>, HistoryError> {
         self.check_ready()?;
+        within(self.read_uptimes(checks, now)).await
+    }
+
+    async fn read_uptimes(
+        &self,
+        checks: &[String],
+        now: SystemTime,
+    ) -> Result<HashMap<String, Uptimes>, HistoryError> {
         let ids = self.check_ids(checks).await?;
         let mut out = HashMap::new();
         if ids.is_empty() {
@@ -602,6 +1128,15 @@ impl HistoryReader {
         now: SystemTime,
     ) -> Result<HashMap<String, Vec<Option<f64>>>, HistoryError> {
         self.check_ready()?;
+        within(self.read_sparklines(checks, hours, now)).await
+    }
+
+    async fn read_sparklines(
+        &self,
+        checks: &[String],
+        hours: usize,
+        now: SystemTime,
+    ) -> Result<HashMap<String, Vec<Option<f64>>>, HistoryError> {
         let ids = self.check_ids(checks).await?;
         let mut out: HashMap<String, Vec<Option<f64>>> = HashMap::new();
         if ids.is_empty() {
@@ -643,6 +1178,15 @@ impl HistoryReader {
         now: SystemTime,
     ) -> Result<Vec<DayBar>, HistoryError> {
         self.check_ready()?;
+        within(self.read_daily_bars(check, days, now)).await
+    }
+
+    async fn read_daily_bars(
+        &self,
+        check: &str,
+        days: usize,
+        now: SystemTime,
+    ) -> Result<Vec<DayBar>, HistoryError> {
         let seconds = millis(now) / 1000;
         let today = seconds - seconds.rem_euclid(86_400);
         let first = today - 86_400 * (i64::try_from(days).unwrap_or(90) - 1);
@@ -689,6 +1233,16 @@ impl HistoryReader {
         now: SystemTime,
     ) -> Result<Vec<Incident>, HistoryError> {
         self.check_ready()?;
+        within(self.read_incidents(check, from, limit, now)).await
+    }
+
+    async fn read_incidents(
+        &self,
+        check: Option<&str>,
+        from: SystemTime,
+        limit: usize,
+        now: SystemTime,
+    ) -> Result<Vec<Incident>, HistoryError> {
         let filter = if check.is_some() {
             " AND c.name = $3"
         } else {
@@ -772,4 +1326,309 @@ fn points(accs: Vec<Acc>, from: SystemTime, step: u64) -> Vec<Point> {
         .enumerate()
         .map(|(index, acc)| acc.point(from + Duration::from_secs(step * index as u64)))
         .collect()
+}
+
+/// Runs one read within `READ_TIME_LIMIT`. Whichever limit ends it (this one, the pool's
+/// wait for a connection, PostgreSQL's `statement_timeout`, SQLite's busy timeout), the error
+/// is the same `TimedOut`.
+async fn within<T>(
+    read: impl std::future::Future<Output = Result<T, HistoryError>>,
+) -> Result<T, HistoryError> {
+    match tokio::time::timeout(READ_TIME_LIMIT, read).await {
+        Ok(Err(HistoryError::Database(error))) if timed_out(&error) => {
+            Err(HistoryError::TimedOut(READ_TIME_LIMIT))
+        }
+        Ok(result) => result,
+        Err(_) => Err(HistoryError::TimedOut(READ_TIME_LIMIT)),
+    }
+}
+
+/// Whether a database error is one of the read limits running out.
+fn timed_out(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::PoolTimedOut => true,
+        sqlx::Error::Database(error) => {
+            let code = error.code();
+            if error
+                .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+                .is_some()
+            {
+                // query_canceled: the statement_timeout.
+                code.as_deref() == Some("57014")
+            } else {
+                // SQLITE_BUSY, in any of its extended forms.
+                code.and_then(|code| code.parse::<i32>().ok())
+                    .is_some_and(|code| code & 0xff == 5)
+            }
+        }
+        _ => false,
+    }
+}
+
+fn unknown_instance(address: &str) -> HistoryError {
+    bad(format!(
+        "instance `{address}` has no history for this check; by=instance lists the instances that have"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::histogram::varint;
+    use super::*;
+
+    const HOUR: u64 = 3_600;
+    const DAY: u64 = 86_400;
+
+    /// A whole hour, so that rollup steps start at `from` exactly.
+    fn now() -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(20_000 * DAY + 12 * HOUR)
+    }
+
+    fn query(ago: Duration, step: Option<u64>) -> SeriesQuery {
+        SeriesQuery {
+            from: now() - ago,
+            to: now(),
+            step: step.map(Duration::from_secs),
+            instances: Instances::None,
+            now: now(),
+        }
+    }
+
+    fn source(result: &Result<Plan, HistoryError>) -> &'static str {
+        match result {
+            Ok(plan) => plan.source.name(),
+            Err(error) => panic!("refused: {error}"),
+        }
+    }
+
+    fn refusal(result: Result<Plan, HistoryError>) -> String {
+        match result {
+            Err(HistoryError::BadQuery(message)) => message,
+            other => panic!("not refused as a bad query: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_range_the_page_offers_is_read_from_the_finest_tier_that_holds_it() {
+        let config = HistoryConfig::default();
+        for (range, expected) in [
+            ("15m", "runs"),
+            ("1h", "runs"),
+            ("6h", "runs"),
+            ("24h", "runs"),
+            ("7d", "hourly"),
+            ("30d", "daily"),
+        ] {
+            let ago = humantime::parse_duration(range).unwrap();
+            let planned = plan(&config, &query(ago, None), false);
+            assert_eq!(source(&planned), expected, "{range}");
+            let points = planned.unwrap().points;
+            assert!(
+                (7..=MAX_POINTS).contains(&points),
+                "{range}: {points} points"
+            );
+        }
+    }
+
+    #[test]
+    fn each_tier_is_read_up_to_its_retention_exactly_and_refused_a_millisecond_before() {
+        let config = HistoryConfig::default();
+        let ms = Duration::from_millis(1);
+        for (retention, step, tier, coarser) in [
+            (config.raw_retention, 600, "runs", Some("hourly")),
+            (config.hourly_retention, HOUR, "hourly", Some("daily")),
+            (config.daily_retention, DAY, "daily", None),
+        ] {
+            // At the horizon: in, with the step asked for and without one.
+            assert_eq!(
+                source(&plan(&config, &query(retention, Some(step)), false)),
+                tier
+            );
+            // One millisecond older: a step of this tier is refused, saying what to ask.
+            let message = refusal(plan(&config, &query(retention + ms, Some(step)), false));
+            assert!(message.contains("is kept for"), "{message}");
+            assert!(message.contains("ask from"), "{message}");
+            // Without a step the next tier serves it, if there is one.
+            let auto = plan(&config, &query(retention + ms, None), false);
+            match coarser {
+                Some(next) => assert_eq!(source(&auto), next, "{tier}"),
+                None => assert!(refusal(auto).contains("daily rollups")),
+            }
+        }
+        // Too many runs to read: without a step, the hourly rollups.
+        let coarse = plan(&config, &query(Duration::from_secs(600), None), true).unwrap();
+        assert_eq!((coarse.source.name(), coarse.step), ("hourly", HOUR));
+    }
+
+    #[test]
+    fn the_request_now_is_the_only_now() {
+        // A horizon measured at another instant than the range would refuse `from=24h`.
+        let config = HistoryConfig::default();
+        let mut asked = query(config.raw_retention, Some(600));
+        assert!(plan(&config, &asked, false).is_ok());
+        asked.now += Duration::from_micros(1);
+        assert!(plan(&config, &asked, false).is_err());
+    }
+
+    #[test]
+    fn a_series_has_at_most_max_points() {
+        let config = HistoryConfig::default();
+        let at_limit = plan(
+            &config,
+            &query(Duration::from_secs(MAX_POINTS), Some(1)),
+            false,
+        );
+        assert_eq!(at_limit.unwrap().points, MAX_POINTS);
+        let message = refusal(plan(
+            &config,
+            &query(Duration::from_secs(MAX_POINTS + 1), Some(1)),
+            false,
+        ));
+        assert!(message.contains("use a step of at least 2s"), "{message}");
+        // Rollup steps count from the hour the range starts in.
+        let hourly = plan(
+            &config,
+            &query(Duration::from_secs(7 * DAY), Some(HOUR)),
+            false,
+        );
+        assert_eq!(hourly.unwrap().points, 7 * 24);
+        let bad_order = SeriesQuery {
+            from: now(),
+            to: now() - Duration::from_secs(1),
+            ..query(Duration::ZERO, None)
+        };
+        assert!(refusal(plan(&config, &bad_order, false)).contains("before"));
+    }
+
+    #[test]
+    fn latency_reads_and_serializes_as_a_map_of_the_phases_with_samples() {
+        let mut latency = Latency::default();
+        assert_eq!(serde_json::to_string(&latency).unwrap(), "{}");
+        let figures = |p50| Percentiles {
+            p50,
+            p90: p50,
+            p99: p50,
+            samples: 1,
+        };
+        latency.set(5, figures(0.5));
+        latency.set(1, figures(0.25));
+        assert_eq!(latency.get("connect"), Some(&figures(0.25)));
+        assert_eq!(latency.get("tls"), None);
+        assert_eq!(latency.get("nonsense"), None);
+        assert_eq!(
+            serde_json::to_string(&latency).unwrap(),
+            "{\"connect\":{\"p50\":0.25,\"p90\":0.25,\"p99\":0.25,\"samples\":1},\
+             \"total\":{\"p50\":0.5,\"p90\":0.5,\"p99\":0.5,\"samples\":1}}"
+        );
+    }
+
+    /// The raw detail of one run: `(instance id, passing)` each, 1 ms per phase.
+    fn detail(instances: impl Iterator<Item = (u64, bool)>) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (id, passing) in instances {
+            varint(&mut out, id);
+            out.push(if passing { 0 } else { 1 });
+            for _ in 0..6 {
+                varint(&mut out, 1_000);
+            }
+        }
+        out
+    }
+
+    fn raw_plan(points: u64) -> Plan {
+        plan(
+            &HistoryConfig::default(),
+            &query(Duration::from_secs(points), Some(1)),
+            false,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn instance_points_are_bounded_on_both_sides_of_the_limit() {
+        // Two runs: the first names `first` instances, the second `second`.
+        let build = |plan: Plan, first: u64, second: u64| {
+            let mut builder = Builder::new(plan, true, None);
+            let start = millis(plan.start);
+            builder.run(start, 0, &detail((1..=first).map(|id| (id, true))));
+            builder.run(start + 1_000, 0, &detail((1..=second).map(|id| (id, true))));
+            builder.finish("web", &HashMap::new())
+        };
+        // 20 instances × 1,000 points: exactly the limit.
+        let series = build(raw_plan(1_000), 20, 20).unwrap();
+        let instances = series.instances.unwrap();
+        assert_eq!(instances.len(), 20);
+        assert!(instances.iter().all(|i| i.points.len() == 1_000));
+        assert_eq!(instances[0].points[0].runs, 1);
+        // One point more: refused, saying what would fit.
+        let Err(HistoryError::BadQuery(message)) = build(raw_plan(1_001), 20, 20) else {
+            panic!("20 × 1,001 points answered");
+        };
+        assert!(
+            message.contains("by=instance: 20 instances × 1001 points"),
+            "{message}"
+        );
+        assert!(message.contains("a step of at least 2s"), "{message}");
+        assert!(message.contains("at most 19 instances"), "{message}");
+        // One instance more, met late: refused with the real count, not the first one over.
+        let Err(HistoryError::BadQuery(message)) = build(raw_plan(1_000), 20, 1_000) else {
+            panic!("1,000 × 1,000 points answered");
+        };
+        assert!(
+            message.contains(": 1000 instances × 1000 points"),
+            "{message}"
+        );
+        assert!(message.contains("a step of at least 50s"), "{message}");
+        // Asked for by id, only those count.
+        let only = [(3, "10.0.0.3:80".to_string())];
+        let plan = raw_plan(1_001);
+        let mut builder = Builder::new(plan, true, Some(&only));
+        builder.run(
+            millis(plan.start),
+            0,
+            &detail((1..=100).map(|id| (id, id != 3))),
+        );
+        let names = HashMap::from([(3, "10.0.0.3:80".to_string())]);
+        let instances = builder.finish("web", &names).unwrap().instances.unwrap();
+        assert_eq!(instances.len(), 1);
+        assert_eq!(instances[0].instance, "10.0.0.3:80");
+        assert_eq!(instances[0].points[0].down, 1);
+    }
+
+    #[test]
+    fn an_accumulator_is_small_until_samples_arrive() {
+        // One per point of every series is allocated before the rows are read.
+        assert!(
+            std::mem::size_of::<Acc>() <= 48,
+            "{}",
+            std::mem::size_of::<Acc>()
+        );
+    }
+
+    #[test]
+    fn exact_samples_are_bounded_and_past_the_bound_percentiles_come_from_buckets() {
+        let plan = raw_plan(100);
+        let start = millis(plan.start);
+        let mut builder = Builder::new(plan, false, None);
+        let wide = detail((1..=1_000).map(|id| (id, true)));
+        // 300 runs of 1,000 instances in the first step: past MAX_EXACT_SAMPLES.
+        for _ in 0..300 {
+            builder.run(start, 0, &wide);
+            assert!(builder.live <= MAX_EXACT_SAMPLES);
+        }
+        // Three runs in the second step: the first step is settled and its samples freed.
+        for _ in 0..3 {
+            builder.run(start + 1_000, 0, &wide);
+        }
+        assert_eq!(builder.live, 3_000);
+        let series = builder.finish("web", &HashMap::new()).unwrap();
+        let first = &series.points[0].latency.get("total").unwrap();
+        assert_eq!(first.samples, 300_000);
+        assert!(
+            (first.p50 - 0.001).abs() < 0.00025,
+            "within a bucket: {first:?}"
+        );
+        let second = &series.points[1].latency.get("total").unwrap();
+        assert_eq!((second.samples, second.p50), (3_000, 0.001));
+    }
 }

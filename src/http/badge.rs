@@ -1,13 +1,16 @@
 //! Badges for READMEs and wikis: `/badge/{check}/status.svg` (the state, in words and colour)
 //! and `/badge/{check}/uptime/{24h,7d,30d}.svg`, flat SVG in the usual two-part shape, drawn
-//! here with no font or image to fetch. They show nothing a public status page would not.
+//! here with no font or image to fetch. They show nothing a public status page would not. An
+//! uptime badge waits for history at most `PAGE_HISTORY_BUDGET`, then says it is unavailable.
 
+use super::history_api::{for_page, unavailable, PAGE_HISTORY_BUDGET};
 use super::ApiState;
 use crate::model::CheckState;
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use std::time::SystemTime;
+use tokio::time::Instant;
 
 const GREEN: &str = "#2ea043";
 const AMBER: &str = "#bf8700";
@@ -58,7 +61,7 @@ fn respond(status: StatusCode, body: String) -> Response {
 }
 
 fn configured(state: &ApiState, check: &str) -> bool {
-    state.checks.borrow().iter().any(|c| c.name == check)
+    state.checks.current().get(check).is_some()
 }
 
 pub(super) async fn status(State(state): State<ApiState>, Path(check): Path<String>) -> Response {
@@ -82,6 +85,8 @@ pub(super) async fn uptime(
     State(state): State<ApiState>,
     Path((check, window)): Path<(String, String)>,
 ) -> Response {
+    let now = SystemTime::now();
+    let deadline = Instant::now() + PAGE_HISTORY_BUDGET;
     let window = window.strip_suffix(".svg").unwrap_or(&window).to_string();
     if !["24h", "7d", "30d"].contains(&window.as_str()) {
         return respond(
@@ -96,12 +101,14 @@ pub(super) async fn uptime(
     let Some(history) = &state.history else {
         return respond(StatusCode::OK, svg(&label, "no history", GREY));
     };
-    let uptimes = history
-        .uptimes(std::slice::from_ref(&check), SystemTime::now())
-        .await
-        .ok()
-        .and_then(|mut all| all.remove(&check))
-        .unwrap_or_default();
+    let uptimes = match for_page(deadline, history.uptimes(std::slice::from_ref(&check), now)).await
+    {
+        Ok(mut all) => all.remove(&check).unwrap_or_default(),
+        Err(error) => {
+            unavailable(&error);
+            return respond(StatusCode::OK, svg(&label, "unavailable", GREY));
+        }
+    };
     let value = match window.as_str() {
         "24h" => uptimes.day,
         "7d" => uptimes.week,

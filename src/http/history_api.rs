@@ -1,20 +1,40 @@
 //! The history endpoints: one check (`GET /api/v1/checks/{name}`, with its latest result and
-//! uptime), its series (`/history?from=&to=&step=&by=instance`) and incidents
+//! uptime), its series (`/history?from=&to=&step=&by=instance&instance=`) and incidents
 //! (`GET /api/v1/incidents?check=&from=&limit=`). Times are RFC 3339 or a duration meaning
-//! "that long ago" (`from=24h`); a bad parameter is a 400 saying what to send. They only read.
+//! "that long ago" (`from=24h`), measured from one "now" taken when the request arrives; a
+//! bad parameter, or an answer past a bound, is a 400 saying what to send instead. They only
+//! read, each read within a time limit: a slow or unreachable database is a quick 503, and the
+//! live state of a check never waits for it.
 
 use super::{summary, ApiState};
+use crate::history::query::{Instances, Series, SeriesQuery};
 use crate::history::{HistoryError, HistoryReader};
+use axum::body::Body;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
-use std::sync::Arc;
+use std::future::Future;
 use std::time::{Duration, SystemTime};
+use tokio::time::Instant;
 
 /// Incidents one request returns at most.
 const MAX_INCIDENTS: usize = 1000;
+
+/// How long a page (the status page, a check's page, a badge, one check's summary) waits for
+/// history before it renders the live state without it, with a notice.
+pub(super) const PAGE_HISTORY_BUDGET: Duration = Duration::from_millis(750);
+
+/// Reads history for a page, giving up at `deadline` (one deadline for every read of a page).
+pub(super) async fn for_page<T>(
+    deadline: Instant,
+    read: impl Future<Output = Result<T, HistoryError>>,
+) -> Result<T, HistoryError> {
+    tokio::time::timeout_at(deadline, read)
+        .await
+        .unwrap_or(Err(HistoryError::TimedOut(PAGE_HISTORY_BUDGET)))
+}
 
 pub(super) fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(serde_json::json!({ "error": message.into() }))).into_response()
@@ -27,8 +47,18 @@ pub(super) fn history_error(error: HistoryError) -> Response {
             StatusCode::SERVICE_UNAVAILABLE,
             "history is not available yet: the database has not been opened (see the agent's log)",
         ),
+        HistoryError::TimedOut(limit) => {
+            log_failure(&HistoryError::TimedOut(limit));
+            error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "the history database did not answer within {}; it is slow or unreachable (see the agent's log), try again later",
+                    humantime::format_duration(limit)
+                ),
+            )
+        }
         other => {
-            tracing::warn!(error = %crate::history::db::redact(&other.to_string()), "history query failed");
+            log_failure(&other);
             error_response(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the history database could not be read; see the agent's log",
@@ -39,6 +69,36 @@ pub(super) fn history_error(error: HistoryError) -> Response {
 
 fn error_response(status: StatusCode, message: impl Into<String>) -> Response {
     error(status, message)
+}
+
+/// Failed history reads logged at most once per this long: while the database is down, every
+/// view of every page would log one otherwise.
+const LOG_FAILURES_EVERY: Duration = Duration::from_secs(10);
+
+/// When a failure was last logged, and how many went unlogged since.
+static LAST_LOGGED: std::sync::Mutex<Option<(Instant, u64)>> = std::sync::Mutex::new(None);
+
+/// Logs a failed history read (its text redacted: driver errors may quote the URL), at most
+/// once per `LOG_FAILURES_EVERY`, with the count of those not logged in between.
+fn log_failure(error: &HistoryError) {
+    let now = Instant::now();
+    let suppressed = {
+        let mut last = LAST_LOGGED
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match last.as_mut() {
+            Some((at, count)) if now.duration_since(*at) < LOG_FAILURES_EVERY => {
+                *count += 1;
+                return;
+            }
+            _ => last.replace((now, 0)).map_or(0, |(_, count)| count),
+        }
+    };
+    tracing::warn!(
+        error = %crate::history::db::redact(&error.to_string()),
+        not_logged_since = suppressed,
+        "a history read failed; pages show the live state without history meanwhile"
+    );
 }
 
 pub(super) fn reader(state: &ApiState) -> Result<&HistoryReader, Box<Response>> {
@@ -73,52 +133,19 @@ pub(super) struct HistoryParams {
     to: Option<String>,
     step: Option<String>,
     by: Option<String>,
+    /// Comma-separated instance addresses: their series only (implies `by=instance`).
+    instance: Option<String>,
 }
 
-pub(super) async fn check(State(state): State<ApiState>, Path(name): Path<String>) -> Response {
-    let checks = Arc::clone(&state.checks.borrow());
-    let Some(check) = checks.iter().find(|check| check.name == name) else {
-        return error(StatusCode::NOT_FOUND, format!("no check is named `{name}`"));
-    };
-    let mut body = match serde_json::to_value(summary(&state, check)) {
-        Ok(body) => body,
-        Err(error) => return error_response(StatusCode::INTERNAL_SERVER_ERROR, error.to_string()),
-    };
-    if let Some(history) = &state.history {
-        let uptime = history
-            .uptimes(std::slice::from_ref(&name), SystemTime::now())
-            .await
-            .ok()
-            .and_then(|mut all| all.remove(&name))
-            .map(|uptime| serde_json::to_value(uptime).unwrap_or_default());
-        body["uptime"] = uptime.unwrap_or(serde_json::Value::Null);
-    }
-    Json(body).into_response()
-}
-
-pub(super) async fn history(
-    State(state): State<ApiState>,
-    Path(name): Path<String>,
-    Query(params): Query<HistoryParams>,
-) -> Response {
-    let history = match reader(&state) {
-        Ok(history) => history,
-        Err(response) => return *response,
-    };
-    if !state.checks.borrow().iter().any(|check| check.name == name) {
-        return error(StatusCode::NOT_FOUND, format!("no check is named `{name}`"));
-    }
-    let now = SystemTime::now();
-    let parsed = (|| -> Result<(SystemTime, SystemTime, Option<Duration>, bool), String> {
-        let to = params
-            .to
-            .as_deref()
-            .map_or(Ok(now), |t| parse_time(t, now))?;
-        let from = match params.from.as_deref() {
+impl HistoryParams {
+    /// The query these parameters ask for, with every time measured from `now`.
+    fn query(&self, now: SystemTime) -> Result<SeriesQuery, String> {
+        let to = self.to.as_deref().map_or(Ok(now), |t| parse_time(t, now))?;
+        let from = match self.from.as_deref() {
             Some(from) => parse_time(from, now)?,
             None => to.checked_sub(Duration::from_secs(86_400)).unwrap_or(to),
         };
-        let step = params
+        let step = self
             .step
             .as_deref()
             .map(|step| {
@@ -126,21 +153,167 @@ pub(super) async fn history(
                     .map_err(|_| format!("step `{step}` is not a duration such as 5m or 1h"))
             })
             .transpose()?;
-        let by_instance = match params.by.as_deref() {
-            None | Some("check") => false,
-            Some("instance") => true,
-            Some(other) => return Err(format!("by=`{other}`: use by=instance, or leave it out")),
+        let instances = match (self.by.as_deref(), self.instance.as_deref()) {
+            (None | Some("instance"), Some(list)) => Instances::Only(
+                list.split(',')
+                    .map(str::trim)
+                    .filter(|address| !address.is_empty())
+                    .map(str::to_string)
+                    .collect(),
+            ),
+            (Some("check"), Some(_)) => {
+                return Err(
+                    "instance= asks for instance series: use by=instance or leave by out"
+                        .to_string(),
+                )
+            }
+            (None | Some("check"), None) => Instances::None,
+            (Some("instance"), None) => Instances::All,
+            (Some(other), _) => {
+                return Err(format!("by=`{other}`: use by=instance, or leave it out"))
+            }
         };
-        Ok((from, to, step, by_instance))
-    })();
-    let (from, to, step, by_instance) = match parsed {
-        Ok(parsed) => parsed,
+        if instances == Instances::Only(Vec::new()) {
+            return Err("instance= names no instance: give addresses, comma-separated".to_string());
+        }
+        Ok(SeriesQuery {
+            from,
+            to,
+            step,
+            instances,
+            now,
+        })
+    }
+}
+
+pub(super) async fn check(State(state): State<ApiState>, Path(name): Path<String>) -> Response {
+    let now = SystemTime::now();
+    let deadline = Instant::now() + PAGE_HISTORY_BUDGET;
+    let checks = state.checks.current();
+    let Some(check) = checks.get(&name) else {
+        return error(StatusCode::NOT_FOUND, format!("no check is named `{name}`"));
+    };
+    let mut body = match serde_json::to_value(summary(&state, check)) {
+        Ok(body) => body,
+        Err(error) => return error_response(StatusCode::INTERNAL_SERVER_ERROR, error.to_string()),
+    };
+    if let Some(history) = &state.history {
+        // The live state never waits for the database: past the page's budget the answer
+        // goes without uptime, and says why.
+        match for_page(deadline, history.uptimes(std::slice::from_ref(&name), now)).await {
+            Ok(mut all) => {
+                body["uptime"] = all
+                    .remove(&name)
+                    .and_then(|uptime| serde_json::to_value(uptime).ok())
+                    .unwrap_or(serde_json::Value::Null);
+            }
+            Err(error) => {
+                body["uptime"] = serde_json::Value::Null;
+                body["history_error"] = serde_json::Value::from(unavailable(&error));
+            }
+        }
+    }
+    Json(body).into_response()
+}
+
+/// What a page or summary says when history could not be read: a fixed sentence (never the
+/// database's own text, which may name hosts and users); the redacted error goes to the log.
+pub(super) fn unavailable(error: &HistoryError) -> &'static str {
+    match error {
+        HistoryError::TimedOut(_) => {
+            log_failure(error);
+            "the history database did not answer in time"
+        }
+        HistoryError::NotReady => "the history database has not been opened yet",
+        other => {
+            log_failure(other);
+            "the history database could not be read"
+        }
+    }
+}
+
+pub(super) async fn history(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+    Query(params): Query<HistoryParams>,
+) -> Response {
+    // One "now" for the whole request: parsing the range and the retention horizons alike.
+    let now = SystemTime::now();
+    let history = match reader(&state) {
+        Ok(history) => history,
+        Err(response) => return *response,
+    };
+    if state.checks.current().get(&name).is_none() {
+        return error(StatusCode::NOT_FOUND, format!("no check is named `{name}`"));
+    }
+    let query = match params.query(now) {
+        Ok(query) => query,
         Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
-    match history.series(&name, from, to, step, by_instance).await {
-        Ok(series) => Json(series).into_response(),
+    match history.series(&name, &query).await {
+        Ok(series) => series_response(series),
         Err(error) => history_error(error),
     }
+}
+
+/// Counts what is written to it.
+#[derive(Default)]
+struct Counter(usize);
+
+impl std::io::Write for Counter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0 += bytes.len();
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A series as JSON, written as the client reads it: the whole check's part, then one
+/// instance series at a time, so an answer of 20,000 instance points is never one buffer
+/// in memory (nor the doublings of one). The text is the same as serializing the series at
+/// once, and its length is counted first (without keeping it) for the Content-Length.
+fn series_response(mut series: Series) -> Response {
+    let json = [(header::CONTENT_TYPE, "application/json")];
+    let instances = series.instances.take();
+    let mut head = match serde_json::to_vec(&series) {
+        Ok(head) => head,
+        Err(error) => return error_response(StatusCode::INTERNAL_SERVER_ERROR, error.to_string()),
+    };
+    let Some(instances) = instances else {
+        return (json, head).into_response();
+    };
+    // `{..."points":[...]}`: the instances go before the closing brace.
+    head.pop();
+    head.extend_from_slice(b",\"instances\":[");
+    let mut length = head.len() + instances.len().saturating_sub(1) + 2;
+    for instance in &instances {
+        let mut counter = Counter::default();
+        if let Err(error) = serde_json::to_writer(&mut counter, instance) {
+            return error_response(StatusCode::INTERNAL_SERVER_ERROR, error.to_string());
+        }
+        length += counter.0;
+    }
+    let chunks = std::iter::once(head)
+        .chain(instances.into_iter().enumerate().map(|(at, instance)| {
+            let mut chunk = Vec::with_capacity(16 * 1024);
+            if at > 0 {
+                chunk.push(b',');
+            }
+            // Counted above: it serializes.
+            let _ = serde_json::to_writer(&mut chunk, &instance);
+            chunk
+        }))
+        .chain(std::iter::once(b"]}".to_vec()))
+        .map(|chunk| Ok::<_, std::convert::Infallible>(bytes::Bytes::from(chunk)));
+    (
+        json,
+        [(header::CONTENT_LENGTH, length.to_string())],
+        Body::from_stream(futures_util::stream::iter(chunks)),
+    )
+        .into_response()
 }
 
 #[derive(Debug, Deserialize)]
@@ -154,11 +327,11 @@ pub(super) async fn incidents(
     State(state): State<ApiState>,
     Query(params): Query<IncidentParams>,
 ) -> Response {
+    let now = SystemTime::now();
     let history = match reader(&state) {
         Ok(history) => history,
         Err(response) => return *response,
     };
-    let now = SystemTime::now();
     let from = match params.from.as_deref() {
         Some(from) => match parse_time(from, now) {
             Ok(from) => from,
@@ -192,5 +365,93 @@ mod tests {
             Ok(SystemTime::UNIX_EPOCH + Duration::from_secs(10))
         );
         assert!(parse_time("yesterday", now).is_err());
+    }
+
+    /// The streamed answer is the text serde would write at once, with its exact length.
+    #[tokio::test]
+    async fn a_series_streams_the_same_json_with_its_length() {
+        use crate::history::query::{InstanceSeries, Point};
+        let start = SystemTime::UNIX_EPOCH + Duration::from_secs(3_600);
+        let point = |runs| Point {
+            start,
+            runs,
+            down: 1,
+            unmeasured: 0,
+            uptime: Some(0.5),
+            latency: Default::default(),
+        };
+        let mut series = Series {
+            check: "web \"edge\"".into(),
+            from: start,
+            to: start + Duration::from_secs(60),
+            step_seconds: 60,
+            source: "runs",
+            points: vec![point(2)],
+            instances: None,
+        };
+        for instances in [None, Some(vec![]), Some(vec![1, 2, 3])] {
+            series.instances = instances.map(|all: Vec<u64>| {
+                all.into_iter()
+                    .map(|n| InstanceSeries {
+                        instance: format!("10.0.0.{n}:80"),
+                        points: vec![point(n), point(n + 1)],
+                    })
+                    .collect()
+            });
+            let expected = serde_json::to_vec(&series).unwrap();
+            let streamed = series.instances.is_some();
+            let response = series_response(series.clone());
+            assert_eq!(response.status(), StatusCode::OK);
+            let length = response
+                .headers()
+                .get(header::CONTENT_LENGTH)
+                .map(|value| value.to_str().unwrap().to_string());
+            let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+                .await
+                .unwrap();
+            assert_eq!(
+                String::from_utf8_lossy(&body),
+                String::from_utf8_lossy(&expected)
+            );
+            // A whole body gets its length from the server; a stream carries it here.
+            if streamed {
+                assert_eq!(length, Some(expected.len().to_string()));
+            }
+        }
+    }
+
+    fn params(by: Option<&str>, instance: Option<&str>) -> HistoryParams {
+        HistoryParams {
+            from: None,
+            to: None,
+            step: None,
+            by: by.map(str::to_string),
+            instance: instance.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn instances_are_asked_with_by_or_by_address() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let instances = |by, instance| params(by, instance).query(now).map(|q| q.instances);
+        assert_eq!(instances(None, None), Ok(Instances::None));
+        assert_eq!(instances(Some("check"), None), Ok(Instances::None));
+        assert_eq!(instances(Some("instance"), None), Ok(Instances::All));
+        let two = Instances::Only(vec!["10.0.0.1:80".into(), "[::1]:80".into()]);
+        assert_eq!(
+            instances(None, Some("10.0.0.1:80, [::1]:80,")),
+            Ok(two.clone())
+        );
+        assert_eq!(
+            instances(Some("instance"), Some("10.0.0.1:80,[::1]:80")),
+            Ok(two)
+        );
+        assert!(instances(Some("check"), Some("10.0.0.1:80")).is_err());
+        assert!(instances(None, Some(" , ")).is_err());
+        assert!(instances(Some("host"), None).is_err());
+        // One now for everything: the default range ends at it and starts a day before.
+        let query = params(None, None).query(now).unwrap();
+        assert_eq!((query.now, query.to), (now, now));
+        assert_eq!(query.from, now - Duration::from_secs(86_400));
     }
 }

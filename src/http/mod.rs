@@ -25,9 +25,77 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Serialize;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
+
+/// The configured checks as the endpoints see them: the list the reloads send, and an index
+/// of it by name, rebuilt once per new list (on the first request after a reload), so a
+/// lookup by name is a hash lookup and never a scan of every check.
+#[derive(Debug, Clone)]
+pub struct Checks {
+    watch: ChecksWatch,
+    index: Arc<RwLock<Arc<CheckIndex>>>,
+}
+
+/// One list of checks and where each name is in it.
+#[derive(Debug)]
+pub struct CheckIndex {
+    list: Arc<Vec<CheckConfig>>,
+    by_name: HashMap<String, usize>,
+}
+
+impl CheckIndex {
+    fn new(list: Arc<Vec<CheckConfig>>) -> CheckIndex {
+        let mut by_name = HashMap::with_capacity(list.len());
+        for (at, check) in list.iter().enumerate() {
+            by_name.entry(check.name.clone()).or_insert(at);
+        }
+        CheckIndex { list, by_name }
+    }
+
+    /// The check of that name.
+    pub fn get(&self, name: &str) -> Option<&CheckConfig> {
+        self.by_name.get(name).and_then(|at| self.list.get(*at))
+    }
+
+    /// Every check, in the config's order.
+    pub fn all(&self) -> &[CheckConfig] {
+        &self.list
+    }
+}
+
+impl Checks {
+    pub fn new(watch: ChecksWatch) -> Checks {
+        let index = CheckIndex::new(Arc::clone(&watch.borrow()));
+        Checks {
+            watch,
+            index: Arc::new(RwLock::new(Arc::new(index))),
+        }
+    }
+
+    /// The current checks and their index.
+    pub fn current(&self) -> Arc<CheckIndex> {
+        let list = Arc::clone(&self.watch.borrow());
+        {
+            let cached = self
+                .index
+                .read()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if Arc::ptr_eq(&cached.list, &list) {
+                return Arc::clone(&cached);
+            }
+        }
+        // A reload sent a new list. Two requests may both rebuild; either result is right.
+        let fresh = Arc::new(CheckIndex::new(list));
+        *self
+            .index
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::clone(&fresh);
+        fresh
+    }
+}
 
 /// What the endpoints read.
 #[derive(Debug, Clone)]
@@ -35,7 +103,7 @@ pub struct ApiState {
     pub metrics: Arc<Metrics>,
     pub store: Arc<ResultStore>,
     /// The configured checks (empty for a runner).
-    pub checks: ChecksWatch,
+    pub checks: Checks,
     pub bus: Arc<dyn Bus>,
     /// Set once the config is loaded and every component has started.
     pub started: Arc<AtomicBool>,
@@ -223,54 +291,90 @@ impl CheckFilter {
     }
 
     pub(crate) fn matches(&self, check: &CheckConfig, state: CheckState) -> bool {
-        let states = list(&self.state);
-        let types = list(&self.check_type);
-        let groups = list(&self.group);
+        // Each list is split where it is read: nothing is allocated per check.
+        let any = |value: &Option<String>, accepts: &dyn Fn(&str) -> bool| {
+            value.is_none() || {
+                let mut items = list(value).peekable();
+                items.peek().is_none() || items.any(accepts)
+            }
+        };
         self.check.as_deref().is_none_or(|name| check.name == name)
-            && (states.is_empty()
-                || states
-                    .iter()
-                    .any(|s| s.eq_ignore_ascii_case(state.as_str())))
-            && (types.is_empty()
-                || types
-                    .iter()
-                    .any(|t| t.eq_ignore_ascii_case(check.check_type().as_str())))
-            && (groups.is_empty()
-                || groups
-                    .iter()
-                    .any(|g| check.group.as_deref().unwrap_or("") == *g))
+            && any(&self.state, &|s| s.eq_ignore_ascii_case(state.as_str()))
+            && any(&self.check_type, &|t| {
+                t.eq_ignore_ascii_case(check.check_type().as_str())
+            })
+            && any(&self.group, &|g| check.group.as_deref().unwrap_or("") == g)
     }
 }
 
-fn list(value: &Option<String>) -> Vec<&str> {
+fn list(value: &Option<String>) -> impl Iterator<Item = &str> {
     value
         .as_deref()
-        .map(|text| {
-            text.split(',')
-                .map(str::trim)
-                .filter(|item| !item.is_empty())
-                .collect()
-        })
-        .unwrap_or_default()
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
 }
 
 async fn checks(State(state): State<ApiState>, Query(filter): Query<CheckFilter>) -> Response {
     if let Err(message) = filter.validate() {
         return history_api::error(StatusCode::BAD_REQUEST, message);
     }
-    let checks = Arc::clone(&state.checks.borrow());
+    let checks = state.checks.current();
+    let state_of = |check: &CheckConfig| {
+        state
+            .store
+            .status(&check.name)
+            .map_or(CheckState::Ok, |status| status.state)
+    };
+    // `?check=NAME` (the link in every notification) looks the one check up by name.
+    let candidates: Vec<&CheckConfig> = match filter.check.as_deref() {
+        Some(name) => checks.get(name).into_iter().collect(),
+        None => checks.all().iter().collect(),
+    };
     Json(
-        checks
-            .iter()
-            .filter(|check| {
-                let current = state
-                    .store
-                    .status(&check.name)
-                    .map_or(CheckState::Ok, |status| status.state);
-                filter.matches(check, current)
-            })
+        candidates
+            .into_iter()
+            .filter(|check| filter.matches(check, state_of(check)))
             .map(|check| summary(&state, check))
             .collect::<Vec<_>>(),
     )
     .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, Format};
+    use tokio::sync::watch;
+
+    fn checks(names: &[&str]) -> Arc<Vec<CheckConfig>> {
+        let toml: String = names
+            .iter()
+            .map(|name| {
+                format!("[[checks]]\nname = \"{name}\"\ntype = \"tcp\"\naddress = \"127.0.0.1:1\"\ninterval = \"60s\"\n")
+            })
+            .collect();
+        let config = Config::parse(&toml, Format::Toml, std::path::Path::new("t.toml"))
+            .unwrap_or_else(|error| panic!("{error}"));
+        Arc::new(config.checks)
+    }
+
+    #[test]
+    fn lookups_by_name_use_an_index_that_follows_reloads() {
+        let (sender, receiver) = watch::channel(checks(&["a", "b"]));
+        let configured = Checks::new(receiver);
+        let first = configured.current();
+        assert_eq!(first.get("b").map(|c| c.name.as_str()), Some("b"));
+        assert!(first.get("c").is_none());
+        assert!(
+            Arc::ptr_eq(&first, &configured.current()),
+            "the index is built once per list"
+        );
+        sender.send_replace(checks(&["b", "c"]));
+        let next = configured.current();
+        assert!(next.get("a").is_none());
+        assert_eq!(next.get("c").map(|c| c.name.as_str()), Some("c"));
+        assert_eq!(next.all().len(), 2);
+    }
 }

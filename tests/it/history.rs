@@ -709,6 +709,7 @@ async fn postgres_a_reload_that_removes_a_failing_check_closes_its_incident() {
 /// overwritten by a writer's stale idea of the row.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ha_writers_taking_turns_count_every_run_in_the_rollups() {
+    use bastion_agent::history::query::{Instances, SeriesQuery};
     use bastion_agent::history::History;
     use bastion_agent::metrics::Metrics;
     let backend = Backend::postgres().await;
@@ -744,10 +745,13 @@ async fn ha_writers_taking_turns_count_every_run_in_the_rollups() {
             let runs: u64 = reader
                 .series(
                     "flaky",
-                    hour_start,
-                    hour_start + Duration::from_secs(3600),
-                    Some(Duration::from_secs(3600)),
-                    false,
+                    &SeriesQuery {
+                        from: hour_start,
+                        to: hour_start + Duration::from_secs(3600),
+                        step: Some(Duration::from_secs(3600)),
+                        instances: Instances::None,
+                        now: SystemTime::now(),
+                    },
                 )
                 .await
                 .map(|series| series.points.iter().map(|p| p.runs).sum())

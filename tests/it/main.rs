@@ -23,6 +23,7 @@ mod fresh_probes;
 mod fuzz;
 mod grpc;
 mod history;
+mod history_api;
 mod hostile;
 mod icmp;
 mod logs;
