@@ -567,7 +567,7 @@ async fn read_connections_carry_the_time_limit() {
         .fetch_one(&fresh)
         .await
         .unwrap();
-    assert_eq!(version, 1);
+    assert_eq!(version, bastion_agent::history::db::SCHEMA_VERSION);
     assert!(
         started.elapsed() < Duration::from_secs(1),
         "a new reader waited {:?} for the writer",
