@@ -283,6 +283,24 @@ pub(super) fn problem_offset(root: &DeTable<'_>, message: &str) -> Option<usize>
         return path_offset(check, leading_key(detail.trim_start()))
             .or_else(|| key_offset(check, "name"));
     }
+    // "notifier `x`: queue_size ..." and "maintenance `x`: duration ...": the key in that entry.
+    for (prefix, section) in [
+        ("notifier `", "notifiers"),
+        ("maintenance `", "maintenance"),
+    ] {
+        if let Some(rest) = message.strip_prefix(prefix) {
+            let (name, detail) = rest.split_once('`')?;
+            let DeValue::Array(entries) = root.get(section)?.get_ref() else {
+                return None;
+            };
+            let entry = entries
+                .iter()
+                .filter_map(|entry| entry.get_ref().as_table())
+                .find(|entry| name_of(entry).as_deref() == Some(name))?;
+            let detail = detail.trim_start_matches(':').trim_start();
+            return path_offset(entry, leading_key(detail)).or_else(|| key_offset(entry, "name"));
+        }
+    }
     path_offset(root, leading_key(message))
 }
 

@@ -4,6 +4,7 @@
 //! parser knows them (`locate.rs`). What needs the probe engine or the bus is checked a layer
 //! up, by `validate`.
 
+pub mod bounds;
 mod defaults;
 mod locate;
 mod notify;
@@ -15,6 +16,7 @@ pub use defaults::{
 pub use notify::*;
 pub use schema::*;
 
+use crate::model::CheckType;
 use locate::{parse_toml_all, yaml_error};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -224,18 +226,7 @@ impl Config {
         if self.agent.id.trim().is_empty() {
             problems.push("agent.id must not be empty".to_string());
         }
-        if self.runner.dispatch_deadline.is_zero() {
-            problems.push("runner.dispatch_deadline must be longer than 0s".to_string());
-        }
-        if self.runner.forget_checks_after.is_zero() {
-            problems.push("runner.forget_checks_after must be longer than 0s".to_string());
-        }
-        if self.runner.max_body_bytes > MAX_BODY_BYTES_LIMIT {
-            problems.push(format!(
-                "runner.max_body_bytes is {}; the most allowed is {MAX_BODY_BYTES_LIMIT}",
-                self.runner.max_body_bytes
-            ));
-        }
+        problems.extend(self.validate_ranges());
         problems.check(self.validate_bus());
         problems.check(self.validate_web());
         problems.check(notify::validate(self));
@@ -250,12 +241,7 @@ impl Config {
                     index + 1
                 ));
             }
-            if check.min_failing_count == Some(0) {
-                problems.push(format!(
-                    "check `{}`: min_failing_count must be at least 1",
-                    check.name
-                ));
-            }
+            problems.extend(check_ranges(check));
             let check_type = check.check_type();
             if self.runner.workers.for_type(check_type) == 0 {
                 problems.push(format!(
@@ -276,6 +262,45 @@ impl Config {
             Some(nats) if self.bus.kind == BusKind::Nats => &nats.subject_prefix,
             _ => "bastion",
         }
+    }
+
+    /// Every numeric and duration key of the sections against its range (`bounds.rs`); the
+    /// keys of checks, notifiers and windows are checked with them.
+    fn validate_ranges(&self) -> Problems {
+        use bounds::*;
+        let mut problems = Problems::default();
+        let mut duration = |bound: &Bound, value: Duration| {
+            problems.check(bound.check_duration(None, value));
+        };
+        duration(&SHUTDOWN_GRACE, self.agent.shutdown_grace);
+        duration(&LEASE_TTL, self.checker.lease_ttl);
+        duration(&FLUSH_INTERVAL, self.history.flush_interval);
+        duration(&RAW_RETENTION, self.history.raw_retention);
+        duration(&HOURLY_RETENTION, self.history.hourly_retention);
+        duration(&DAILY_RETENTION, self.history.daily_retention);
+        duration(&EVENT_RETENTION, self.history.event_retention);
+        duration(&DISPATCH_DEADLINE, self.runner.dispatch_deadline);
+        duration(&FORGET_CHECKS_AFTER, self.runner.forget_checks_after);
+        if let Some(nats) = &self.bus.nats {
+            duration(&RESULTS_MAX_AGE, nats.results_max_age);
+            if let Some(timeout) = nats.connect_timeout {
+                duration(&CONNECT_TIMEOUT, timeout);
+            }
+        }
+        let mut count = |bound: &Bound, value: usize| {
+            problems.check(bound.check_count(None, value as u64));
+        };
+        count(&HISTORY_BUFFER, self.history.buffer);
+        count(&MAX_BODY_BYTES, self.runner.max_body_bytes);
+        if let Some(nats) = &self.bus.nats {
+            count(&RESULTS_BUFFER, nats.results_buffer);
+        }
+        for check_type in CheckType::ALL {
+            if let Some(bound) = bound(&format!("runner.workers.{check_type}")) {
+                count(bound, self.runner.workers.for_type(check_type));
+            }
+        }
+        problems
     }
 
     fn validate_web(&self) -> Result<(), String> {
@@ -310,27 +335,6 @@ impl Config {
 
     fn validate_history(&self) -> Result<(), String> {
         let history = &self.history;
-        if history.flush_interval.is_zero() {
-            return Err("history.flush_interval must be longer than 0s".to_string());
-        }
-        if history.buffer == 0 {
-            return Err("history.buffer must be at least 1".to_string());
-        }
-        let hour = std::time::Duration::from_secs(3600);
-        for (key, value, least) in [
-            ("raw_retention", history.raw_retention, hour),
-            ("hourly_retention", history.hourly_retention, hour * 2),
-            ("daily_retention", history.daily_retention, hour * 48),
-            ("event_retention", history.event_retention, hour),
-        ] {
-            if value < least {
-                return Err(format!(
-                    "history.{key} is {}; keep at least {}",
-                    humantime::format_duration(value),
-                    humantime::format_duration(least)
-                ));
-            }
-        }
         if let Some(url) = &history.url {
             if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
                 return Err(
@@ -403,20 +407,39 @@ impl Config {
                 );
             }
         }
-        if nats.results_buffer == 0 {
-            return Err("bus.nats.results_buffer must be at least 1".to_string());
-        }
-        if nats.results_max_age < Duration::from_secs(1) {
-            return Err("bus.nats.results_max_age must be at least 1s".to_string());
-        }
-        if self.checker.lease_ttl < Duration::from_secs(3) {
-            return Err(
-                "checker.lease_ttl must be at least 3s: it is renewed every third of it"
-                    .to_string(),
-            );
-        }
         Ok(())
     }
+}
+
+/// A check's numeric and duration keys against their ranges (`bounds.rs`). The least
+/// interval, timeout and the ICMP keys' lower ends are the check compiler's to refuse (it
+/// also refuses definitions from the bus), so only the side it leaves is checked here.
+fn check_ranges(check: &CheckConfig) -> Problems {
+    use bounds::*;
+    let owner = format!("check `{}`", check.name);
+    let owner = Some(owner.as_str());
+    let mut problems = Problems::default();
+    if check.interval >= MIN_INTERVAL {
+        problems.check(CHECK_INTERVAL.check_duration(owner, check.interval));
+    }
+    if let Some(timeout) = check
+        .timeout
+        .filter(|t| !t.is_zero() && *t < check.interval)
+    {
+        problems.check(CHECK_TIMEOUT.check_duration(owner, timeout));
+    }
+    if let Some(count) = check.min_failing_count {
+        problems.check(MIN_FAILING_COUNT.check_count(owner, count as u64));
+    }
+    if let Some(time) = check.min_failing_time {
+        problems.check(MIN_FAILING_TIME.check_duration(owner, time));
+    }
+    if let CheckSpec::Icmp(icmp) = &check.spec {
+        if icmp.packet_interval > PACKET_INTERVAL.cap_duration(icmp.packet_interval) {
+            problems.check(PACKET_INTERVAL.check_duration(owner, icmp.packet_interval));
+        }
+    }
+    problems
 }
 
 /// Whether `hash` is a bcrypt hash bastion can verify against.
