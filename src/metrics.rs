@@ -565,7 +565,14 @@ impl Metrics {
         let now = Instant::now();
         // Held while the series is created, so a concurrent expiry cannot remove it unseen.
         let mut seen = self.lock_seen_checks();
-        let expires = now + seen.forget_after.max(interval.saturating_mul(3));
+        // Capped as validation caps them: a definition from the bus was never validated here.
+        let keep = crate::config::bounds::FORGET_CHECKS_AFTER.cap_duration(seen.forget_after);
+        let expires = now
+            + keep.max(
+                crate::config::bounds::CHECK_INTERVAL
+                    .cap_duration(interval)
+                    .saturating_mul(3),
+            );
         if !seen.expires.contains_key(check) && seen.expires.len() >= MAX_CHECK_SERIES {
             self.forget_expired(&mut seen, now);
             if seen.expires.len() >= MAX_CHECK_SERIES {

@@ -337,7 +337,8 @@ impl History {
         sole_writer: bool,
     ) -> Result<History, HistoryError> {
         let db = Db::lazy(config)?;
-        let (sender, receiver) = mpsc::channel(config.buffer);
+        let (sender, receiver) =
+            mpsc::channel(crate::config::bounds::HISTORY_BUFFER.clamp_count(config.buffer));
         let reader = HistoryReader::new(db.clone(), config.clone());
         let writer = writer::Writer::new(
             db,
