@@ -11,7 +11,8 @@ mod notify;
 mod schema;
 
 pub use defaults::{
-    ALERTMANAGER_RESEND, DEFAULT_FORGET_CHECKS_AFTER, MAX_BODY_BYTES_LIMIT, MIN_INTERVAL,
+    default_history_path, ALERTMANAGER_RESEND, DEFAULT_FORGET_CHECKS_AFTER, MAX_BODY_BYTES_LIMIT,
+    MIN_INTERVAL,
 };
 pub use notify::*;
 pub use schema::*;
@@ -65,6 +66,32 @@ impl ConfigError {
         match self {
             ConfigError::Several(errors) => errors.iter().flat_map(ConfigError::each).collect(),
             one => vec![one],
+        }
+    }
+
+    /// `message` (which names its key first, as validation messages do) about the config
+    /// file at `path`, placed at that key's line and column when the file writes it: for the
+    /// checks that need more than the text, such as files the running agent must open.
+    pub fn about_key(path: &Path, message: String) -> ConfigError {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let place = match Format::for_path(path) {
+            Format::Toml => toml::de::DeTable::parse(&text).ok().and_then(|document| {
+                locate::problem_offset(document.get_ref(), &message)
+                    .map(|offset| locate::line_and_column(&text, offset))
+            }),
+            Format::Yaml => locate::yaml_problem_place(&text, &message),
+        };
+        match place {
+            Some((line, column)) => ConfigError::InvalidAt {
+                path: path.to_path_buf(),
+                line,
+                column,
+                message,
+            },
+            None => ConfigError::Invalid {
+                path: path.to_path_buf(),
+                message,
+            },
         }
     }
 
