@@ -283,6 +283,26 @@ impl Config {
 }
 
 impl Config {
+    /// The warning to log at start when the status page is `private` but nothing guards it:
+    /// no `basic_auth_users`, and a listener that other hosts may reach (not loopback). The
+    /// page, the API and `/metrics` (targets, addresses, error messages) are then open to
+    /// anyone who reaches `agent.listen`. None when that is not so.
+    pub fn open_endpoints_warning(&self) -> Option<String> {
+        let web = &self.agent.web;
+        let listen = self.agent.listen;
+        let loopback = listen.ip().to_canonical().is_loopback();
+        (web.status_page == StatusPageMode::Private && web.basic_auth_users.is_empty() && !loopback)
+            .then(|| {
+                format!(
+                    "agent.web.status_page is \"private\" but agent.web.basic_auth_users is empty, \
+                     and agent.listen {listen} is not a loopback address: the status page, the API \
+                     and /metrics (targets, addresses, error messages) are open to anyone who \
+                     reaches it; add basic_auth_users, listen on 127.0.0.1, or set status_page = \
+                     \"public\" (states, uptime and latency only) or \"off\""
+                )
+            })
+    }
+
     /// The subject prefix on the configured bus.
     pub fn subject_prefix(&self) -> &str {
         match &self.bus.nats {
@@ -499,6 +519,47 @@ mod tests {
         }
         let text = "[history]\nurl = \"postgres://bastion@db:5432/history\"\n";
         assert!(Config::parse(text, Format::Toml, Path::new("c.toml")).is_ok());
+    }
+
+    #[test]
+    fn a_private_status_page_without_users_on_a_reachable_listener_is_warned_of() {
+        let warned = |text: &str| {
+            Config::parse(text, Format::Toml, Path::new("c.toml"))
+                .expect("valid")
+                .open_endpoints_warning()
+        };
+        let users = "[agent.web.basic_auth_users]\nprom = \"$2y$10$0oOq0i5DhG8hA2lT6aZ6d.wZ8B0M8n1J3tQ3Jm5sWq3cJ7fQf3l8a\"\n";
+        for (listen, extra, expected) in [
+            ("0.0.0.0:9464", "", true),
+            ("[::]:9464", "", true),
+            ("10.1.2.3:9464", "", true),
+            ("127.0.0.1:9464", "", false),
+            ("127.0.0.2:9464", "", false),
+            ("[::1]:9464", "", false),
+            ("[::ffff:127.0.0.1]:9464", "", false),
+            (
+                "0.0.0.0:9464",
+                "[agent.web]\nstatus_page = \"public\"\n",
+                false,
+            ),
+            (
+                "0.0.0.0:9464",
+                "[agent.web]\nstatus_page = \"off\"\n",
+                false,
+            ),
+            ("0.0.0.0:9464", users, false),
+        ] {
+            let text = format!("[agent]\nlisten = \"{listen}\"\n{extra}");
+            let warning = warned(&text);
+            assert_eq!(warning.is_some(), expected, "{listen} {extra}: {warning:?}");
+            if let Some(warning) = warning {
+                assert!(
+                    warning.starts_with("agent.web.status_page is \"private\""),
+                    "{warning}"
+                );
+                assert!(warning.contains(listen), "{warning}");
+            }
+        }
     }
 
     #[test]

@@ -553,3 +553,29 @@ fn run_refuses_a_history_database_it_could_never_write() {
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A `private` status page without `basic_auth_users` on a listener other hosts can reach is
+/// open to all of them: the agent says so at start. On loopback it does not.
+#[test]
+fn a_private_status_page_open_to_other_hosts_is_warned_of_at_start() {
+    use crate::common::process::Bastion;
+    const WARNING: &str = "agent.web.status_page is \"private\" but agent.web.basic_auth_users \
+                           is empty, and agent.listen 0.0.0.0:";
+    for (address, warned) in [("0.0.0.0", true), ("127.0.0.1", false)] {
+        let listen = crate::common::nats::free_port();
+        let config = format!("[agent]\nlisten = \"{address}:{listen}\"\n");
+        let mut agent = Bastion::start("open-page", listen, &config, &["run"]);
+        agent.wait_ready();
+        crate::common::eventually_blocking("bastion is running", crate::common::PATIENCE, || {
+            agent.log().contains("bastion is running")
+        });
+        let log = agent.log();
+        assert_eq!(log.contains(WARNING), warned, "{address}:\n{log}");
+        assert_eq!(
+            log.contains("open to anyone who reaches it"),
+            warned,
+            "{address}:\n{log}"
+        );
+        assert_eq!(agent.terminate().and_then(|status| status.code()), Some(0));
+    }
+}
