@@ -8,6 +8,7 @@
 //! `tests/it/fuzz.rs` reads this table and the reference, and fails on a numeric key without
 //! a range.
 
+use super::defaults::{MAX_BODY_BYTES_LIMIT, MIN_INTERVAL};
 use std::time::Duration;
 
 const MS: Duration = Duration::from_millis(1);
@@ -170,7 +171,8 @@ pub const DAILY_RETENTION: Bound = Bound::duration(
 pub const EVENT_RETENTION: Bound =
     Bound::duration("history.event_retention", HOUR, YEAR.saturating_mul(10));
 pub const DISPATCH_DEADLINE: Bound = Bound::duration("runner.dispatch_deadline", POSITIVE, HOUR);
-pub const MAX_BODY_BYTES: Bound = Bound::count("runner.max_body_bytes", 0, 64 * 1024 * 1024);
+pub const MAX_BODY_BYTES: Bound =
+    Bound::count("runner.max_body_bytes", 0, MAX_BODY_BYTES_LIMIT as u64);
 pub const FORGET_CHECKS_AFTER: Bound = Bound::duration(
     "runner.forget_checks_after",
     POSITIVE,
@@ -187,7 +189,7 @@ pub const WORKERS: [Bound; 6] = [
 ];
 const MAX_WORKERS: u64 = 100_000;
 pub const CHECK_INTERVAL: Bound =
-    Bound::duration("checks[].interval", SECOND, DAY.saturating_mul(30));
+    Bound::duration("checks[].interval", MIN_INTERVAL, DAY.saturating_mul(30));
 /// Also shorter than the check's interval.
 pub const CHECK_TIMEOUT: Bound =
     Bound::duration("checks[].timeout", POSITIVE, MINUTE.saturating_mul(10));
