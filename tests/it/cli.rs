@@ -579,3 +579,39 @@ fn a_private_status_page_open_to_other_hosts_is_warned_of_at_start() {
         assert_eq!(agent.terminate().and_then(|status| status.code()), Some(0));
     }
 }
+
+/// What docs/results.md says basic auth guards: with users, a `public` status page, its
+/// assets and badges, `/healthz` and `/readyz` stay open; `/metrics`, the API and any other
+/// path ask for a password. A `private` page asks too.
+#[test]
+fn basic_auth_guards_what_the_docs_say_in_each_status_page_mode() {
+    use crate::common::process::{http_get_blocking, Bastion};
+    let hash = bcrypt::hash("s3cret-pass", 4).unwrap();
+    for (mode, page_open) in [("public", true), ("private", false)] {
+        let listen = crate::common::nats::free_port();
+        let config = format!(
+            "[agent]\nlisten = \"127.0.0.1:{listen}\"\n[agent.web]\nstatus_page = \"{mode}\"\n\
+             basic_auth_users = {{ prom = \"{hash}\" }}\n"
+        );
+        let mut agent = Bastion::start("auth-paths", listen, &config, &["run"]);
+        crate::common::eventually_blocking("/healthz", crate::common::PATIENCE, || {
+            http_get_blocking(listen, "/healthz").is_some()
+        });
+        let status = |path: &str| http_get_blocking(listen, path).map(|(status, _)| status);
+        for path in ["/healthz", "/readyz"] {
+            assert_ne!(status(path), Some(401), "{mode}: {path}");
+        }
+        for path in ["/", "/assets/status.css", "/badge/nothing/status.svg"] {
+            assert_eq!(status(path) != Some(401), page_open, "{mode}: {path}");
+        }
+        for path in [
+            "/metrics",
+            "/api/v1/checks",
+            "/api/v1/incidents",
+            "/no-such-path",
+        ] {
+            assert_eq!(status(path), Some(401), "{mode}: {path}");
+        }
+        assert_eq!(agent.terminate().and_then(|status| status.code()), Some(0));
+    }
+}
