@@ -39,6 +39,8 @@ pub fn phase_offset(name: &str, interval: Duration) -> Duration {
 /// How long after `wall_now` the check is first due: the next wall-clock instant whose
 /// position inside the interval equals the check's offset.
 pub fn first_wait(name: &str, interval: Duration, wall_now: SystemTime) -> Duration {
+    // Capped as validation caps it, so `now + first_wait(..)` cannot overflow.
+    let interval = crate::config::bounds::CHECK_INTERVAL.cap_duration(interval);
     let interval_nanos = interval.as_nanos().max(1);
     let offset = phase_offset(name, interval).as_nanos();
     let since_epoch = wall_now
@@ -289,7 +291,7 @@ impl Checker {
         let run_id = self.next_run_id;
         self.next_run_id += 1;
         let check = &mut self.checks[index];
-        let interval = check.config.interval;
+        let interval = crate::config::bounds::CHECK_INTERVAL.cap_duration(check.config.interval);
         // Ticks missed entirely (the process was stopped, the machine slept) are skipped, not
         // fired in a burst.
         let mut next_at = at + interval;
@@ -396,7 +398,11 @@ impl Scheduled {
         Scheduled {
             subject: subjects.checks(check.check_type()),
             in_flight: None,
-            horizon: crate::run_window::lost_after(dispatch_deadline, check.timeout()),
+            // Capped as validation caps them, so `at + horizon` cannot overflow.
+            horizon: crate::run_window::lost_after(
+                crate::config::bounds::DISPATCH_DEADLINE.cap_duration(dispatch_deadline),
+                crate::config::bounds::CHECK_TIMEOUT.cap_duration(check.timeout()),
+            ),
             scheduled: metrics.checks_scheduled.get_or_create(&labels).clone(),
             skipped: metrics.schedule_skipped.get_or_create(&labels).clone(),
             lost: metrics.runs_lost.get_or_create(&labels).clone(),

@@ -115,6 +115,7 @@ struct Timing {
 
 impl Timing {
     fn for_ttl(ttl: Duration) -> Timing {
+        let ttl = crate::config::bounds::LEASE_TTL.cap_duration(ttl);
         Timing {
             renew_every: ttl / 3,
             valid_for: ttl * 2 / 3,

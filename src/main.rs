@@ -316,8 +316,11 @@ async fn run_command(config_path: PathBuf, role: RoleArg, bus: BusArgs) -> ExitC
         Err(error) => return config_error(&error),
     };
     // The notifiers' secret files: a scheduling agent notifies, a runner never does.
+    // ... and the history database it keeps.
     if !matches!(role, RoleArg::Runner) {
-        if let Err(error) = bastion_agent::validate::notifiers(&config_path, &config) {
+        if let Err(error) = bastion_agent::validate::notifiers(&config_path, &config)
+            .and_then(|()| bastion_agent::validate::history(&config_path, &config))
+        {
             return config_error(&error);
         }
     }

@@ -27,7 +27,9 @@ pub const RESULT_GRACE: Duration = Duration::from_secs(5);
 /// Checker side: how long after a run was due its result can still arrive. Past this, the run
 /// is counted lost and the check may fire again.
 pub fn lost_after(dispatch_deadline: Duration, timeout: Duration) -> Duration {
-    dispatch_deadline + timeout + RESULT_GRACE
+    dispatch_deadline
+        .saturating_add(timeout)
+        .saturating_add(RESULT_GRACE)
 }
 
 /// Runner side: the instant (on the runner's monotonic clock) after which no probe of a run
@@ -45,7 +47,12 @@ pub fn start_probes_by(
     if left.is_zero() {
         return None;
     }
-    Some(now + left.min(dispatch_deadline))
+    // A deadline past what the clock holds (never from a validated config) waits 30 years.
+    let wait = left.min(dispatch_deadline);
+    Some(
+        now.checked_add(wait)
+            .unwrap_or_else(|| now + Duration::from_secs(30 * 365 * 86_400)),
+    )
 }
 
 /// Runner side: until when a result of a run whose probes had to start by `start_probes_by`

@@ -76,6 +76,98 @@ pub fn notifiers(path: &Path, config: &Config) -> Result<(), ConfigError> {
         })
 }
 
+/// The SQLite file a scheduling agent keeps history in can be opened: its directory exists
+/// and it (or, for a new file, its directory) can be written. What a scheduling agent's
+/// start checks, so a history that could never be written is a config error (exit 2)
+/// rather than records piling up in memory until the buffer drops them. Not checked with
+/// `history.enabled = false`, with PostgreSQL (a server down at start is retried), by
+/// `bastion validate` (the default file depends on the service's `$STATE_DIRECTORY`, which
+/// an operator's shell does not have) or by runners (which keep no history). A database
+/// that fails later, a full disk say, is the writer's to retry and count.
+pub fn history(path: &Path, config: &Config) -> Result<(), ConfigError> {
+    let history = &config.history;
+    if !history.enabled || history.url.is_some() {
+        return Ok(());
+    }
+    match sqlite_file_problem(&history.path) {
+        None => Ok(()),
+        Some(problem) => {
+            let default = if history.path == crate::config::default_history_path() {
+                " (the default: history.db in $STATE_DIRECTORY, else in /var/lib/bastion)"
+            } else {
+                ""
+            };
+            Err(ConfigError::about_key(
+                path,
+                format!(
+                    "history.path {}{default}: {problem}; point history.path at a file in \
+                     a directory bastion can write (create it first), or set \
+                     history.enabled = false",
+                    history.path.display()
+                ),
+            ))
+        }
+    }
+}
+
+/// Why SQLite could not keep a database at `file`, or None when it can: the directory
+/// must exist and take new files (the database, its -wal and -shm files), and an existing
+/// file must be a file this process can write.
+fn sqlite_file_problem(file: &Path) -> Option<String> {
+    let directory = match file.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    match std::fs::metadata(directory) {
+        Err(error) => {
+            return Some(format!(
+                "its directory {} cannot be used: {error}",
+                directory.display()
+            ))
+        }
+        Ok(metadata) if !metadata.is_dir() => {
+            return Some(format!("{} is not a directory", directory.display()))
+        }
+        Ok(_) => {}
+    }
+    match std::fs::metadata(file) {
+        Ok(metadata) if metadata.is_dir() => return Some("is a directory, not a file".to_string()),
+        Ok(_) => {
+            if let Err(error) = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(file)
+            {
+                return Some(format!("cannot be opened for writing: {error}"));
+            }
+        }
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+            return Some(format!("cannot be read: {error}"));
+        }
+        Err(_) => {}
+    }
+    // Whether new files can be made there: one, removed at once.
+    let name = file
+        .file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let probe = directory.join(format!(".{name}.bastion-{}", std::process::id()));
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+    {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&probe);
+            None
+        }
+        Err(error) => Some(format!(
+            "no file can be created in {}: {error}",
+            directory.display()
+        )),
+    }
+}
+
 fn validate_bus(config: &Config) -> Result<(), String> {
     let Some(nats) = config
         .bus

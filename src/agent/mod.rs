@@ -281,6 +281,9 @@ impl Agent {
             // Too low a limit would make probes fail as the targets' fault: say so now.
             crate::limits::warn_if_too_low(&config.runner.workers);
         }
+        if let Some(warning) = config.open_endpoints_warning().filter(|_| role.schedules()) {
+            tracing::warn!("{warning}");
+        }
         let web_tls = web_tls(&config)?;
         let listener = bind(&config).await?;
         let metrics = Arc::new(Metrics::new());

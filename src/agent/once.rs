@@ -123,7 +123,11 @@ pub async fn run_remote(
     for (position, check) in checks.into_iter().enumerate() {
         let bus = Arc::clone(&bus);
         let subject = subjects.test(check.check_type());
-        let wait = config.runner.dispatch_deadline + check.timeout() + REPLY_GRACE;
+        let wait = config
+            .runner
+            .dispatch_deadline
+            .saturating_add(check.timeout())
+            .saturating_add(REPLY_GRACE);
         requests
             .spawn(async move { (position, test_remotely(&*bus, &subject, check, wait).await) });
     }

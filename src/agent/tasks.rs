@@ -298,7 +298,8 @@ impl Running {
         for task in [checker, lease, runner].into_iter().flatten() {
             let _ = task.await;
         }
-        let grace = shared.config.agent.shutdown_grace;
+        let grace =
+            crate::config::bounds::SHUTDOWN_GRACE.cap_duration(shared.config.agent.shutdown_grace);
         let grace_ends = Instant::now() + grace;
         if let Some(runs) = runs {
             if tokio::time::timeout(grace, runs.wait()).await.is_err() {

@@ -333,7 +333,9 @@ impl NatsBus {
         let durable = if config.results_stream {
             let pattern = format!("{}.results.>", config.subject_prefix);
             ensure_results_stream(&jetstream, &pattern, config.results_max_age).await?;
-            let (sender, receiver) = mpsc::channel(config.results_buffer);
+            let (sender, receiver) = mpsc::channel(
+                crate::config::bounds::RESULTS_BUFFER.clamp_count(config.results_buffer),
+            );
             tokio::spawn(drain_durable(
                 jetstream.clone(),
                 receiver,

@@ -164,7 +164,10 @@ impl IcmpPlan {
                 }
             }
         }
-        let sending = spec.packet_interval * u32::from(spec.count - 1);
+        let sending = spec
+            .packet_interval
+            .checked_mul(u32::from(spec.count - 1))
+            .unwrap_or(Duration::MAX);
         if sending >= timeout {
             return Err(IcmpDefinitionError::TooSlow {
                 count: spec.count,

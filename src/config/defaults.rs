@@ -103,8 +103,9 @@ pub(super) fn default_payload_size() -> u16 {
     56
 }
 
-pub(super) fn default_history_path() -> PathBuf {
-    // systemd's StateDirectory= says where the state directory is; /var/lib/bastion otherwise.
+/// `history.path` unless configured: `history.db` in systemd's `StateDirectory=` (an absolute
+/// `$STATE_DIRECTORY`), else in `/var/lib/bastion`.
+pub fn default_history_path() -> PathBuf {
     let directory = std::env::var_os("STATE_DIRECTORY")
         .map(PathBuf::from)
         .filter(|dir| dir.is_absolute())

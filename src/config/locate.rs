@@ -14,7 +14,9 @@ pub(super) fn toml_error(text: &str, path: &Path, error: &toml::de::Error) -> Co
     let message = error.message().trim_end().to_string();
     match error.span() {
         Some(span) => {
-            let offset = unknown_key_offset(text, span.start, &message).unwrap_or(span.start);
+            let offset = unknown_key_offset(text, span.start, &message)
+                .or_else(|| bad_value_offset(text, span.start, &message))
+                .unwrap_or(span.start);
             let (line, column) = line_and_column(text, offset);
             ConfigError::Syntax {
                 path: path.to_path_buf(),
@@ -96,6 +98,53 @@ fn unknown_key_offset(text: &str, blamed: usize, message: &str) -> Option<usize>
         .flat_map(|table| table.keys())
         .find(|key| key.get_ref() == name)
         .map(|key| key.span().start)
+}
+
+/// Where a bad value of a check or notifier really stands. Their type's keys are read
+/// through `serde(flatten)`, so for `invalid value: integer `65536`, expected u16` the parser
+/// blames the whole entry; this finds the key of that entry (or of a table nested in it)
+/// holding the value the message quotes.
+fn bad_value_offset(text: &str, blamed: usize, message: &str) -> Option<usize> {
+    let quoted = message
+        .strip_prefix("invalid value: ")
+        .or_else(|| message.strip_prefix("invalid type: "))?;
+    let (kind, rest) = quoted.split_once(' ')?;
+    let literal = match kind {
+        "integer" => rest.strip_prefix('`')?.split('`').next()?.to_string(),
+        "string" => rest
+            .strip_prefix('"')?
+            .split("\", expected")
+            .next()?
+            .to_string(),
+        _ => return None,
+    };
+    let document = DeTable::parse(text).ok()?;
+    let entry = ["checks", "notifiers"]
+        .iter()
+        .filter_map(|section| document.get_ref().get(*section))
+        .filter_map(|entries| match entries.get_ref() {
+            DeValue::Array(entries) => Some(entries),
+            _ => None,
+        })
+        .flat_map(|entries| entries.iter())
+        .find(|entry| entry.span().contains(&blamed))?;
+    let DeValue::Table(table) = entry.get_ref() else {
+        return None;
+    };
+    let holds = |value: &DeValue<'_>| match value {
+        DeValue::Integer(integer) => kind == "integer" && integer.as_str() == literal,
+        DeValue::String(string) => kind == "string" && string.as_ref() == literal,
+        _ => false,
+    };
+    let nested = table.values().filter_map(|value| match value.get_ref() {
+        DeValue::Table(inner) => Some(inner),
+        _ => None,
+    });
+    std::iter::once(table)
+        .chain(nested)
+        .flat_map(|table| table.iter())
+        .find(|(_, value)| holds(value.get_ref()))
+        .map(|(key, _)| key.span().start)
 }
 
 /// 1-based line and column (in characters) of a byte offset.
@@ -282,6 +331,24 @@ pub(super) fn problem_offset(root: &DeTable<'_>, message: &str) -> Option<usize>
         let check = checks.get(number.trim().parse::<usize>().ok()?.checked_sub(1)?)?;
         return path_offset(check, leading_key(detail.trim_start()))
             .or_else(|| key_offset(check, "name"));
+    }
+    // "notifier `x`: queue_size ..." and "maintenance `x`: duration ...": the key in that entry.
+    for (prefix, section) in [
+        ("notifier `", "notifiers"),
+        ("maintenance `", "maintenance"),
+    ] {
+        if let Some(rest) = message.strip_prefix(prefix) {
+            let (name, detail) = rest.split_once('`')?;
+            let DeValue::Array(entries) = root.get(section)?.get_ref() else {
+                return None;
+            };
+            let entry = entries
+                .iter()
+                .filter_map(|entry| entry.get_ref().as_table())
+                .find(|entry| name_of(entry).as_deref() == Some(name))?;
+            let detail = detail.trim_start_matches(':').trim_start();
+            return path_offset(entry, leading_key(detail)).or_else(|| key_offset(entry, "name"));
+        }
     }
     path_offset(root, leading_key(message))
 }

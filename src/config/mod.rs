@@ -4,18 +4,20 @@
 //! parser knows them (`locate.rs`). What needs the probe engine or the bus is checked a layer
 //! up, by `validate`.
 
+pub mod bounds;
 mod defaults;
 mod locate;
 mod notify;
 mod schema;
 
 pub use defaults::{
-    ALERTMANAGER_RESEND, DEFAULT_FORGET_CHECKS_AFTER, DEFAULT_MAX_CHECK_SERIES,
-    MAX_BODY_BYTES_LIMIT, MAX_CHECK_SERIES_LIMIT, MIN_INTERVAL,
+    default_history_path, ALERTMANAGER_RESEND, DEFAULT_FORGET_CHECKS_AFTER, DEFAULT_MAX_CHECK_SERIES,
+    MAX_BODY_BYTES_LIMIT, MIN_INTERVAL,
 };
 pub use notify::*;
 pub use schema::*;
 
+use crate::model::CheckType;
 use locate::{parse_toml_all, yaml_error};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -64,6 +66,32 @@ impl ConfigError {
         match self {
             ConfigError::Several(errors) => errors.iter().flat_map(ConfigError::each).collect(),
             one => vec![one],
+        }
+    }
+
+    /// `message` (which names its key first, as validation messages do) about the config
+    /// file at `path`, placed at that key's line and column when the file writes it: for the
+    /// checks that need more than the text, such as files the running agent must open.
+    pub fn about_key(path: &Path, message: String) -> ConfigError {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let place = match Format::for_path(path) {
+            Format::Toml => toml::de::DeTable::parse(&text).ok().and_then(|document| {
+                locate::problem_offset(document.get_ref(), &message)
+                    .map(|offset| locate::line_and_column(&text, offset))
+            }),
+            Format::Yaml => locate::yaml_problem_place(&text, &message),
+        };
+        match place {
+            Some((line, column)) => ConfigError::InvalidAt {
+                path: path.to_path_buf(),
+                line,
+                column,
+                message,
+            },
+            None => ConfigError::Invalid {
+                path: path.to_path_buf(),
+                message,
+            },
         }
     }
 
@@ -225,24 +253,7 @@ impl Config {
         if self.agent.id.trim().is_empty() {
             problems.push("agent.id must not be empty".to_string());
         }
-        if self.runner.dispatch_deadline.is_zero() {
-            problems.push("runner.dispatch_deadline must be longer than 0s".to_string());
-        }
-        if self.runner.forget_checks_after.is_zero() {
-            problems.push("runner.forget_checks_after must be longer than 0s".to_string());
-        }
-        if self.runner.max_check_series > MAX_CHECK_SERIES_LIMIT {
-            problems.push(format!(
-                "runner.max_check_series is {}; the most allowed is {MAX_CHECK_SERIES_LIMIT}",
-                self.runner.max_check_series
-            ));
-        }
-        if self.runner.max_body_bytes > MAX_BODY_BYTES_LIMIT {
-            problems.push(format!(
-                "runner.max_body_bytes is {}; the most allowed is {MAX_BODY_BYTES_LIMIT}",
-                self.runner.max_body_bytes
-            ));
-        }
+        problems.extend(self.validate_ranges());
         problems.check(self.validate_bus());
         problems.check(self.validate_web());
         problems.check(notify::validate(self));
@@ -257,12 +268,7 @@ impl Config {
                     index + 1
                 ));
             }
-            if check.min_failing_count == Some(0) {
-                problems.push(format!(
-                    "check `{}`: min_failing_count must be at least 1",
-                    check.name
-                ));
-            }
+            problems.extend(check_ranges(check));
             let check_type = check.check_type();
             if self.runner.workers.for_type(check_type) == 0 {
                 problems.push(format!(
@@ -277,12 +283,72 @@ impl Config {
 }
 
 impl Config {
+    /// The warning to log at start when the status page is `private` but nothing guards it:
+    /// no `basic_auth_users`, and a listener that other hosts may reach (not loopback). The
+    /// page, the API and `/metrics` (targets, addresses, error messages) are then open to
+    /// anyone who reaches `agent.listen`. None when that is not so.
+    pub fn open_endpoints_warning(&self) -> Option<String> {
+        let web = &self.agent.web;
+        let listen = self.agent.listen;
+        let loopback = listen.ip().to_canonical().is_loopback();
+        (web.status_page == StatusPageMode::Private && web.basic_auth_users.is_empty() && !loopback)
+            .then(|| {
+                format!(
+                    "agent.web.status_page is \"private\" but agent.web.basic_auth_users is empty, \
+                     and agent.listen {listen} is not a loopback address: the status page, the API \
+                     and /metrics (targets, addresses, error messages) are open to anyone who \
+                     reaches it; add basic_auth_users, listen on 127.0.0.1, or set status_page = \
+                     \"public\" (states, uptime and latency only) or \"off\""
+                )
+            })
+    }
+
     /// The subject prefix on the configured bus.
     pub fn subject_prefix(&self) -> &str {
         match &self.bus.nats {
             Some(nats) if self.bus.kind == BusKind::Nats => &nats.subject_prefix,
             _ => "bastion",
         }
+    }
+
+    /// Every numeric and duration key of the sections against its range (`bounds.rs`); the
+    /// keys of checks, notifiers and windows are checked with them.
+    fn validate_ranges(&self) -> Problems {
+        use bounds::*;
+        let mut problems = Problems::default();
+        let mut duration = |bound: &Bound, value: Duration| {
+            problems.check(bound.check_duration(None, value));
+        };
+        duration(&SHUTDOWN_GRACE, self.agent.shutdown_grace);
+        duration(&LEASE_TTL, self.checker.lease_ttl);
+        duration(&FLUSH_INTERVAL, self.history.flush_interval);
+        duration(&RAW_RETENTION, self.history.raw_retention);
+        duration(&HOURLY_RETENTION, self.history.hourly_retention);
+        duration(&DAILY_RETENTION, self.history.daily_retention);
+        duration(&EVENT_RETENTION, self.history.event_retention);
+        duration(&DISPATCH_DEADLINE, self.runner.dispatch_deadline);
+        duration(&FORGET_CHECKS_AFTER, self.runner.forget_checks_after);
+        if let Some(nats) = &self.bus.nats {
+            duration(&RESULTS_MAX_AGE, nats.results_max_age);
+            if let Some(timeout) = nats.connect_timeout {
+                duration(&CONNECT_TIMEOUT, timeout);
+            }
+        }
+        let mut count = |bound: &Bound, value: usize| {
+            problems.check(bound.check_count(None, value as u64));
+        };
+        count(&HISTORY_BUFFER, self.history.buffer);
+        count(&MAX_BODY_BYTES, self.runner.max_body_bytes);
+        count(&MAX_CHECK_SERIES, self.runner.max_check_series);
+        if let Some(nats) = &self.bus.nats {
+            count(&RESULTS_BUFFER, nats.results_buffer);
+        }
+        for check_type in CheckType::ALL {
+            if let Some(bound) = bound(&format!("runner.workers.{check_type}")) {
+                count(bound, self.runner.workers.for_type(check_type));
+            }
+        }
+        problems
     }
 
     fn validate_web(&self) -> Result<(), String> {
@@ -317,27 +383,6 @@ impl Config {
 
     fn validate_history(&self) -> Result<(), String> {
         let history = &self.history;
-        if history.flush_interval.is_zero() {
-            return Err("history.flush_interval must be longer than 0s".to_string());
-        }
-        if history.buffer == 0 {
-            return Err("history.buffer must be at least 1".to_string());
-        }
-        let hour = std::time::Duration::from_secs(3600);
-        for (key, value, least) in [
-            ("raw_retention", history.raw_retention, hour),
-            ("hourly_retention", history.hourly_retention, hour * 2),
-            ("daily_retention", history.daily_retention, hour * 48),
-            ("event_retention", history.event_retention, hour),
-        ] {
-            if value < least {
-                return Err(format!(
-                    "history.{key} is {}; keep at least {}",
-                    humantime::format_duration(value),
-                    humantime::format_duration(least)
-                ));
-            }
-        }
         if let Some(url) = &history.url {
             if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
                 return Err(
@@ -410,20 +455,39 @@ impl Config {
                 );
             }
         }
-        if nats.results_buffer == 0 {
-            return Err("bus.nats.results_buffer must be at least 1".to_string());
-        }
-        if nats.results_max_age < Duration::from_secs(1) {
-            return Err("bus.nats.results_max_age must be at least 1s".to_string());
-        }
-        if self.checker.lease_ttl < Duration::from_secs(3) {
-            return Err(
-                "checker.lease_ttl must be at least 3s: it is renewed every third of it"
-                    .to_string(),
-            );
-        }
         Ok(())
     }
+}
+
+/// A check's numeric and duration keys against their ranges (`bounds.rs`). The least
+/// interval, timeout and the ICMP keys' lower ends are the check compiler's to refuse (it
+/// also refuses definitions from the bus), so only the side it leaves is checked here.
+fn check_ranges(check: &CheckConfig) -> Problems {
+    use bounds::*;
+    let owner = format!("check `{}`", check.name);
+    let owner = Some(owner.as_str());
+    let mut problems = Problems::default();
+    if check.interval >= MIN_INTERVAL {
+        problems.check(CHECK_INTERVAL.check_duration(owner, check.interval));
+    }
+    if let Some(timeout) = check
+        .timeout
+        .filter(|t| !t.is_zero() && *t < check.interval)
+    {
+        problems.check(CHECK_TIMEOUT.check_duration(owner, timeout));
+    }
+    if let Some(count) = check.min_failing_count {
+        problems.check(MIN_FAILING_COUNT.check_count(owner, count as u64));
+    }
+    if let Some(time) = check.min_failing_time {
+        problems.check(MIN_FAILING_TIME.check_duration(owner, time));
+    }
+    if let CheckSpec::Icmp(icmp) = &check.spec {
+        if icmp.packet_interval > PACKET_INTERVAL.cap_duration(icmp.packet_interval) {
+            problems.check(PACKET_INTERVAL.check_duration(owner, icmp.packet_interval));
+        }
+    }
+    problems
 }
 
 /// Whether `hash` is a bcrypt hash bastion can verify against.
@@ -456,6 +520,47 @@ mod tests {
         }
         let text = "[history]\nurl = \"postgres://bastion@db:5432/history\"\n";
         assert!(Config::parse(text, Format::Toml, Path::new("c.toml")).is_ok());
+    }
+
+    #[test]
+    fn a_private_status_page_without_users_on_a_reachable_listener_is_warned_of() {
+        let warned = |text: &str| {
+            Config::parse(text, Format::Toml, Path::new("c.toml"))
+                .expect("valid")
+                .open_endpoints_warning()
+        };
+        let users = "[agent.web.basic_auth_users]\nprom = \"$2y$10$0oOq0i5DhG8hA2lT6aZ6d.wZ8B0M8n1J3tQ3Jm5sWq3cJ7fQf3l8a\"\n";
+        for (listen, extra, expected) in [
+            ("0.0.0.0:9464", "", true),
+            ("[::]:9464", "", true),
+            ("10.1.2.3:9464", "", true),
+            ("127.0.0.1:9464", "", false),
+            ("127.0.0.2:9464", "", false),
+            ("[::1]:9464", "", false),
+            ("[::ffff:127.0.0.1]:9464", "", false),
+            (
+                "0.0.0.0:9464",
+                "[agent.web]\nstatus_page = \"public\"\n",
+                false,
+            ),
+            (
+                "0.0.0.0:9464",
+                "[agent.web]\nstatus_page = \"off\"\n",
+                false,
+            ),
+            ("0.0.0.0:9464", users, false),
+        ] {
+            let text = format!("[agent]\nlisten = \"{listen}\"\n{extra}");
+            let warning = warned(&text);
+            assert_eq!(warning.is_some(), expected, "{listen} {extra}: {warning:?}");
+            if let Some(warning) = warning {
+                assert!(
+                    warning.starts_with("agent.web.status_page is \"private\""),
+                    "{warning}"
+                );
+                assert!(warning.contains(listen), "{warning}");
+            }
+        }
     }
 
     #[test]

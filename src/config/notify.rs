@@ -4,6 +4,7 @@
 //! themselves are built by `notify/`, which also reads their secret files. This file never
 //! reads a secret.
 
+use super::bounds::*;
 use super::defaults::*;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
@@ -201,10 +202,6 @@ pub struct MaintenanceConfig {
 /// The names `days` accepts, Monday first.
 pub const WEEKDAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
 
-/// The longest `repeat_interval`: a reminder rarer than monthly is no reminder, and
-/// Alertmanager alerts last four of them.
-const MAX_REPEAT_INTERVAL: Duration = Duration::from_secs(30 * 86_400);
-
 /// Checks the notification sections against themselves and the checks.
 pub(super) fn validate(config: &super::Config) -> Result<(), String> {
     let mut names = HashSet::new();
@@ -224,24 +221,23 @@ pub(super) fn validate(config: &super::Config) -> Result<(), String> {
                 "notifier name `{name}` is used twice; names must be unique"
             ));
         }
-        if notifier.queue_size == 0 {
-            return Err(format!("notifier `{name}`: queue_size must be at least 1"));
-        }
-        if notifier.max_attempts == 0 {
-            return Err(format!(
-                "notifier `{name}`: max_attempts must be at least 1"
-            ));
-        }
-        if notifier.timeout.is_zero() {
-            return Err(format!("notifier `{name}`: timeout must be longer than 0s"));
-        }
-        if notifier
-            .repeat_interval
-            .is_some_and(|every| every < Duration::from_secs(1) || every > MAX_REPEAT_INTERVAL)
+        let owner = format!("notifier `{name}`");
+        let owner = Some(owner.as_str());
+        QUEUE_SIZE.check_count(owner, notifier.queue_size as u64)?;
+        MAX_ATTEMPTS.check_count(owner, u64::from(notifier.max_attempts))?;
+        NOTIFY_TIMEOUT.check_duration(owner, notifier.timeout)?;
+        RETRY_BACKOFF.check_duration(owner, notifier.retry_backoff)?;
+        RETRY_BACKOFF_MAX.check_duration(owner, notifier.retry_backoff_max)?;
+        if let (Some(every), Range::Duration { min, max }) =
+            (notifier.repeat_interval, REPEAT_INTERVAL.range)
         {
-            return Err(format!(
-                "notifier `{name}`: repeat_interval must be between 1s and 30days; leave it out to send no reminders"
-            ));
+            if every < min || every > max {
+                return Err(format!(
+                    "notifier `{name}`: repeat_interval must be between {} and {}; leave it out to send no reminders",
+                    humantime::format_duration(min),
+                    humantime::format_duration(max),
+                ));
+            }
         }
         validate_spec(name, &notifier.spec)?;
     }
@@ -304,6 +300,9 @@ fn validate_spec(name: &str, spec: &NotifierSpec) -> Result<(), String> {
         }
         NotifierSpec::Pagerduty(pd) => http_url(name, &pd.url),
         NotifierSpec::Email(email) => {
+            if let Some(port) = email.smtp_port {
+                SMTP_PORT.check_count(Some(&format!("notifier `{name}`")), u64::from(port))?;
+            }
             if email.to.is_empty() {
                 return Err(format!("notifier `{name}`: to needs at least one address"));
             }
@@ -362,7 +361,7 @@ fn validate_window(window: &MaintenanceConfig) -> Result<(), String> {
             };
             parse_time_of_day(at)
                 .ok_or_else(|| format!("maintenance `{name}`: at `{at}` is not a time HH:MM"))?;
-            if duration.is_zero() || duration > Duration::from_secs(7 * 24 * 3600) {
+            if WINDOW_DURATION.check_duration(None, duration).is_err() {
                 return Err(format!(
                     "maintenance `{name}`: duration must be longer than 0s and at most 7d"
                 ));

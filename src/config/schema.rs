@@ -49,7 +49,8 @@ pub struct HistoryConfig {
     #[serde(default = "default_true")]
     pub enabled: bool,
     /// The SQLite database file. Default: `history.db` in `$STATE_DIRECTORY` (systemd's
-    /// `StateDirectory=`), else in `/var/lib/bastion`. Its directory must exist.
+    /// `StateDirectory=`), else in `/var/lib/bastion`. Its directory must exist and be
+    /// writable when a scheduling agent starts, or it refuses to (`validate::history`).
     #[serde(default = "default_history_path")]
     pub path: PathBuf,
     /// A PostgreSQL URL (`postgres://user@host:5432/db`) to keep history there instead, shared

@@ -377,7 +377,10 @@ impl History {
         sole_writer: bool,
     ) -> Result<History, HistoryError> {
         let db = Db::lazy(config)?;
-        let (recorder, lanes) = Recorder::new(config.buffer, Arc::clone(&metrics));
+        let (recorder, lanes) = Recorder::new(
+            crate::config::bounds::HISTORY_BUFFER.clamp_count(config.buffer),
+            Arc::clone(&metrics),
+        );
         let reader = HistoryReader::new(db.clone(), config.clone());
         let writer = writer::Writer::new(
             db,

@@ -131,7 +131,12 @@ impl Writer {
     ) -> Writer {
         Writer {
             db,
-            config,
+            // Capped as validation caps it, so `now + flush_interval` cannot overflow.
+            config: HistoryConfig {
+                flush_interval: crate::config::bounds::FLUSH_INTERVAL
+                    .cap_duration(config.flush_interval),
+                ..config
+            },
             lanes,
             metrics,
             ready,

@@ -230,7 +230,10 @@ struct Kept {
 
 impl Learned {
     fn admit(&mut self, check: &str, interval: Duration, now: Instant) -> Result<(), Refusal> {
-        let expires = now + self.forget_after.max(interval.saturating_mul(3));
+        // Capped as validation caps them: a definition from the bus was never validated here.
+        let keep = crate::config::bounds::FORGET_CHECKS_AFTER.cap_duration(self.forget_after);
+        let interval = crate::config::bounds::CHECK_INTERVAL.cap_duration(interval);
+        let expires = now + keep.max(interval.saturating_mul(3));
         if let Some(kept) = self.kept.get_mut(check) {
             // Never earlier: the heap entry must not come after the expiry it stands for.
             kept.expires = kept.expires.max(expires);

@@ -191,7 +191,10 @@ impl Notifications {
             let outcomes: Weak<dyn Outcomes> = weak.clone();
             let mut routes = HashMap::new();
             for (config, notifier) in notifiers {
-                let repeat = config.repeat_interval.or_else(|| notifier.default_repeat());
+                let repeat = config
+                    .repeat_interval
+                    .or_else(|| notifier.default_repeat())
+                    .map(|every| crate::config::bounds::REPEAT_INTERVAL.cap_duration(every));
                 let policy = RetryPolicy {
                     max_attempts: config.max_attempts,
                     timeout: config.timeout,

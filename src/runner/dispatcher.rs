@@ -57,7 +57,7 @@ impl Dispatcher {
     ) -> Dispatcher {
         Dispatcher {
             agent_id,
-            deadline,
+            deadline: crate::config::bounds::DISPATCH_DEADLINE.cap_duration(deadline),
             pools: pools
                 .into_iter()
                 .map(|pool| (pool.check_type(), pool))

@@ -458,3 +458,160 @@ fn completions_and_the_man_page_come_from_the_command_line_definition() {
     }
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A scheduling agent refuses to start (exit 2, naming `history.path` and its line) when its
+/// SQLite history could never be written: a missing directory, a file where the directory
+/// should be, a directory where the file should be; the default path too, when neither
+/// `$STATE_DIRECTORY` nor `/var/lib/bastion` gives it a directory. `history.enabled = false`
+/// runs all the same, and `bastion validate` does not look (the default depends on the
+/// service's environment).
+#[test]
+fn run_refuses_a_history_database_it_could_never_write() {
+    use crate::common::process::Bastion;
+    let dir = crate::common::process::scratch_dir("history-path");
+    let missing = dir.join("no-such-directory");
+    let agent = |listen: u16| format!("[agent]\nlisten = \"127.0.0.1:{listen}\"\n");
+    let cases = [
+        (
+            "missing directory",
+            format!(
+                "[history]\npath = \"{}\"\n",
+                missing.join("history.db").display()
+            ),
+            None,
+            format!(
+                ":4:1: history.path {}: its directory {} cannot be used",
+                missing.join("history.db").display(),
+                missing.display()
+            ),
+        ),
+        (
+            "a directory",
+            format!("[history]\npath = \"{}\"\n", dir.display()),
+            None,
+            ":4:1: history.path".to_string(),
+        ),
+        (
+            "a file as the directory",
+            "[history]\npath = \"/etc/hostname/history.db\"\n".to_string(),
+            None,
+            ":4:1: history.path /etc/hostname/history.db: /etc/hostname is not a directory"
+                .to_string(),
+        ),
+        (
+            "the default, with a state directory that does not exist",
+            String::new(),
+            Some(missing.display().to_string()),
+            format!(
+                "bastion.toml: history.path {}/history.db (the default",
+                missing.display()
+            ),
+        ),
+    ];
+    for (what, history, state, expected) in cases {
+        let listen = crate::common::nats::free_port();
+        let config = format!("{}{history}", agent(listen));
+        let env: Vec<(&str, &str)> = state
+            .as_deref()
+            .map(|state| vec![("STATE_DIRECTORY", state)])
+            .unwrap_or_default();
+        let mut agent_process =
+            Bastion::start_with_env("history-path", listen, &config, &["run"], &env);
+        let status = agent_process.wait_exit(std::time::Duration::from_secs(30));
+        let log = agent_process.log();
+        assert_eq!(
+            status.and_then(|status| status.code()),
+            Some(2),
+            "{what}: {log}"
+        );
+        assert!(log.contains(&expected), "{what}: `{expected}` in\n{log}");
+        assert!(log.contains("or set history.enabled = false"), "{log}");
+        // `validate` leaves the database to the agent that opens it.
+        let output = bastion(&[
+            "validate",
+            "--config",
+            agent_process.config_path().to_str().unwrap(),
+        ]);
+        assert_eq!(output.status.code(), Some(0), "{what}: {}", stderr(&output));
+    }
+    // History off: nothing to open, so it runs and stops cleanly.
+    let listen = crate::common::nats::free_port();
+    let config = format!(
+        "{}[history]\nenabled = false\npath = \"{}\"\n",
+        agent(listen),
+        missing.join("history.db").display()
+    );
+    let mut off = Bastion::start("history-off", listen, &config, &["run"]);
+    off.wait_ready();
+    off.signal("INT");
+    let status = off.wait_exit(std::time::Duration::from_secs(30));
+    assert_eq!(
+        status.and_then(|status| status.code()),
+        Some(0),
+        "{}",
+        off.log()
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A `private` status page without `basic_auth_users` on a listener other hosts can reach is
+/// open to all of them: the agent says so at start. On loopback it does not.
+#[test]
+fn a_private_status_page_open_to_other_hosts_is_warned_of_at_start() {
+    use crate::common::process::Bastion;
+    const WARNING: &str = "agent.web.status_page is \"private\" but agent.web.basic_auth_users \
+                           is empty, and agent.listen 0.0.0.0:";
+    for (address, warned) in [("0.0.0.0", true), ("127.0.0.1", false)] {
+        let listen = crate::common::nats::free_port();
+        let config = format!("[agent]\nlisten = \"{address}:{listen}\"\n");
+        let mut agent = Bastion::start("open-page", listen, &config, &["run"]);
+        agent.wait_ready();
+        crate::common::eventually_blocking("bastion is running", crate::common::PATIENCE, || {
+            agent.log().contains("bastion is running")
+        });
+        let log = agent.log();
+        assert_eq!(log.contains(WARNING), warned, "{address}:\n{log}");
+        assert_eq!(
+            log.contains("open to anyone who reaches it"),
+            warned,
+            "{address}:\n{log}"
+        );
+        assert_eq!(agent.terminate().and_then(|status| status.code()), Some(0));
+    }
+}
+
+/// What docs/results.md says basic auth guards: with users, a `public` status page, its
+/// assets and badges, `/healthz` and `/readyz` stay open; `/metrics`, the API and any other
+/// path ask for a password. A `private` page asks too.
+#[test]
+fn basic_auth_guards_what_the_docs_say_in_each_status_page_mode() {
+    use crate::common::process::{http_get_blocking, Bastion};
+    let hash = bcrypt::hash("s3cret-pass", 4).unwrap();
+    for (mode, page_open) in [("public", true), ("private", false)] {
+        let listen = crate::common::nats::free_port();
+        let config = format!(
+            "[agent]\nlisten = \"127.0.0.1:{listen}\"\n[agent.web]\nstatus_page = \"{mode}\"\n\
+             basic_auth_users = {{ prom = \"{hash}\" }}\n"
+        );
+        let mut agent = Bastion::start("auth-paths", listen, &config, &["run"]);
+        crate::common::eventually_blocking("/healthz", crate::common::PATIENCE, || {
+            http_get_blocking(listen, "/healthz").is_some()
+        });
+        let status = |path: &str| http_get_blocking(listen, path).map(|(status, _)| status);
+        for path in ["/healthz", "/readyz"] {
+            assert_ne!(status(path), Some(401), "{mode}: {path}");
+        }
+        for path in ["/", "/assets/status.css", "/badge/nothing/status.svg"] {
+            assert_eq!(status(path) != Some(401), page_open, "{mode}: {path}");
+        }
+        for path in [
+            "/metrics",
+            "/api/v1/checks",
+            "/api/v1/incidents",
+            "/no-such-path",
+        ] {
+            assert_eq!(status(path), Some(401), "{mode}: {path}");
+        }
+        assert_eq!(agent.terminate().and_then(|status| status.code()), Some(0));
+    }
+}

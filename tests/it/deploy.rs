@@ -1,7 +1,9 @@
 //! The deployment artefacts as an operator meets them: the systemd unit, checked by the real
 //! `systemd-analyze` (verify, and a sandboxing exposure of at most 2.9), and the `bastion
 //! healthcheck` subcommand that the Docker image's HEALTHCHECK runs, against a real agent,
-//! a closed port and a server answering 503.
+//! a closed port and a server answering 503; and the stop timeouts (the unit's, the Debian
+//! unit's, Docker's) against the stop sequence docs/operations.md states and a real agent
+//! stopped with every step slow.
 
 use crate::common;
 
@@ -11,6 +13,7 @@ use common::tools::systemd_analyze;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::Duration;
 
 const UNIT: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -222,4 +225,164 @@ fn healthcheck_exits_1_when_the_answer_is_503() {
         stderr.contains(&format!("{url} answered 503")),
         "stderr: {stderr}"
     );
+}
+
+/// The worst stop beyond `agent.shutdown_grace` (docs/operations.md, "Stopping"): 2 s to
+/// release an HA lease, 0.5 s of bus flush, 2 s of notifications, 2 s for the notifiers'
+/// tasks and 10 s for the history writer (`agent/tasks.rs`, `Running::shut_down`).
+const STOP_BEYOND_GRACE: Duration = Duration::from_millis(16_500);
+/// `agent.shutdown_grace` unless configured.
+const DEFAULT_GRACE: Duration = Duration::from_secs(10);
+
+fn repo_file(path: &str) -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(path))
+        .unwrap_or_else(|error| panic!("{path}: {error}"))
+}
+
+/// Every number that follows `marker` in `text` (`--stop-timeout 30`, `stop -t 30`).
+fn numbers_after(text: &str, marker: &str) -> Vec<u64> {
+    text.match_indices(marker)
+        .filter_map(|(at, _)| {
+            let rest = &text[at + marker.len()..];
+            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse().ok()
+        })
+        .collect()
+}
+
+#[test]
+fn the_stop_timeouts_cover_the_documented_stop_sequence() {
+    let unit = repo_file("deploy/systemd/bastion.service");
+    let timeout = unit
+        .lines()
+        .find_map(|line| line.strip_prefix("TimeoutStopSec="))
+        .expect("the unit sets TimeoutStopSec");
+    let timeout = humantime::parse_duration(timeout).expect("TimeoutStopSec is a duration");
+    assert!(
+        timeout >= DEFAULT_GRACE + STOP_BEYOND_GRACE,
+        "TimeoutStopSec={timeout:?} is shorter than the worst stop with the default grace, \
+         {:?}",
+        DEFAULT_GRACE + STOP_BEYOND_GRACE
+    );
+    // The Debian package's unit is this one, with only the binary's path and the user changed.
+    let build_deb = repo_file("deploy/debian/build-deb");
+    let sed = build_deb
+        .lines()
+        .skip_while(|line| !line.starts_with("sed "))
+        .take_while(|line| !line.starts_with("grep "))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        sed.contains("\"$repo/deploy/systemd/bastion.service\"") && !sed.contains("Timeout"),
+        "build-deb should install deploy/systemd/bastion.service with its stop timeout: {sed}"
+    );
+    // The docs state the same figures, and Docker is told the same timeout.
+    let seconds = timeout.as_secs();
+    let operations = repo_file("docs/operations.md");
+    for figure in [
+        "`agent.shutdown_grace` + 16.5 s".to_string(),
+        format!("`TimeoutStopSec={seconds}s`"),
+        format!("`--stop-timeout {seconds}`"),
+    ] {
+        assert!(
+            operations.contains(&figure),
+            "docs/operations.md should say {figure}"
+        );
+    }
+    for (file, marker) in [
+        ("README.md", "--stop-timeout "),
+        ("docs/operations.md", "--stop-timeout "),
+        ("deploy/docker/Dockerfile", "--stop-timeout "),
+        ("deploy/docker/Dockerfile", "docker stop -t "),
+    ] {
+        let found = numbers_after(&repo_file(file), marker);
+        assert!(!found.is_empty(), "{file}: no `{marker}N`");
+        assert!(
+            found.iter().all(|found| *found == seconds),
+            "{file}: `{marker}{found:?}` should be the unit's {seconds}"
+        );
+    }
+}
+
+/// A stop with every step as slow as it may be (a run hanging past the grace, a notification
+/// being retried, the history database locked by another writer) ends within the grace plus
+/// the documented figure, with exit status 0.
+#[test]
+fn a_stop_with_every_step_slow_ends_within_the_grace_plus_the_documented_figure() {
+    // A target that accepts and never answers, so a run is always in flight.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let silent_port = silent.local_addr().expect("address").port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in silent.incoming().flatten() {
+            held.push(stream);
+        }
+    });
+    let refused = free_port();
+    let listen = free_port();
+    let dir = scratch_dir("slow-stop");
+    let database = dir.join("history.db");
+    let grace = Duration::from_secs(1);
+    let config = format!(
+        r#"
+        [agent]
+        listen = "127.0.0.1:{listen}"
+        shutdown_grace = "1s"
+        [history]
+        path = "{}"
+        [[checks]]
+        name = "hanging"
+        type = "http"
+        url = "http://127.0.0.1:{silent_port}/"
+        interval = "2s"
+        timeout = "1800ms"
+        min_failing_time = "0s"
+        [[notifiers]]
+        name = "hook"
+        type = "webhook"
+        default = true
+        url = "http://127.0.0.1:{refused}/"
+        retry_backoff = "100ms"
+        "#,
+        database.display()
+    );
+    let mut agent = Bastion::start("slow-stop", listen, &config, &["run"]);
+    agent.wait_ready();
+    common::eventually_blocking(
+        "history written and a notification retried",
+        common::PATIENCE,
+        || {
+            let log = agent.log();
+            log.contains("history database ready") && log.contains("notification not delivered yet")
+        },
+    );
+    // Another writer holds the database: every batch waits for SQLite's busy timeout.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let _lock = runtime.block_on(async {
+        use sqlx::Connection;
+        let mut connection =
+            sqlx::SqliteConnection::connect(&format!("sqlite://{}", database.display()))
+                .await
+                .expect("the history database opens");
+        sqlx::query("BEGIN EXCLUSIVE")
+            .execute(&mut connection)
+            .await
+            .expect("the lock is taken");
+        connection
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let stopping = std::time::Instant::now();
+    let status = agent.terminate();
+    let took = stopping.elapsed();
+    let log = agent.log();
+    assert_eq!(status.and_then(|status| status.code()), Some(0), "{log}");
+    assert!(
+        took <= grace + STOP_BEYOND_GRACE + Duration::from_secs(1),
+        "the stop took {took:?}, past the grace + {STOP_BEYOND_GRACE:?}:\n{log}"
+    );
+    assert!(log.contains("bastion stopped"), "{log}");
+    eprintln!("a stop with every step slow took {took:?}");
 }

@@ -88,6 +88,7 @@ fn a_closed_stderr_does_not_stop_the_daemon() {
         .args(["run", "--config"])
         .arg(&path)
         .env("RUST_LOG", "debug")
+        .env("STATE_DIRECTORY", &dir)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

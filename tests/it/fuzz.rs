@@ -11,6 +11,8 @@
 
 use crate::common;
 
+mod extremes;
+
 use bastion_agent::assertions::{evaluate_all, CompiledAssertion, Observation};
 use bastion_agent::checks::CompiledCheck;
 use bastion_agent::config::{AssertionConfig, AssertionKey, Config, Format, Relationship};

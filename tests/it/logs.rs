@@ -19,7 +19,10 @@ fn config_file(dir: &Path, port: u16) -> PathBuf {
     let path = dir.join("bastion.toml");
     std::fs::write(
         &path,
-        format!("[agent]\nlisten = \"127.0.0.1:{port}\"\nshutdown_grace = \"1s\"\n"),
+        format!(
+            "[agent]\nlisten = \"127.0.0.1:{port}\"\nshutdown_grace = \"1s\"\n[history]\npath = \"{}\"\n",
+            dir.join("history.db").display()
+        ),
     )
     .unwrap();
     path

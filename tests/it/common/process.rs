@@ -29,7 +29,8 @@ pub fn scratch_dir(tag: &str) -> PathBuf {
 
 impl Bastion {
     /// Starts `bastion <args> --config <file holding config>`; the config should listen on
-    /// `listen`.
+    /// `listen`. `$STATE_DIRECTORY` is its own directory, so each agent has a history
+    /// database of its own.
     pub fn start(name: &str, listen: u16, config: &str, args: &[&str]) -> Bastion {
         Bastion::start_with_env(name, listen, config, args, &[])
     }
@@ -77,6 +78,9 @@ impl Bastion {
             .env_remove("NOTIFY_SOCKET")
             .env_remove("WATCHDOG_USEC")
             .env_remove("WATCHDOG_PID")
+            // The default history database goes into this run's own directory, as systemd's
+            // StateDirectory= would put it (unless the config names one, or `env` another).
+            .env("STATE_DIRECTORY", &dir)
             .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())

@@ -1,0 +1,344 @@
+//! The range of every numeric and duration key of the configuration file, in one table
+//! (`BOUNDS`), named by the key's path in `config/reference.toml`. Validation refuses a value
+//! outside its range with a message that names the key; the code that uses a value caps it
+//! to the same range (`cap_duration`, `clamp_count`) where arithmetic on it could overflow,
+//! so a value that slipped past validation (a library caller, a definition from the bus)
+//! never panics. The ranges are far beyond what an operator needs and far below what
+//! overflows anything: no duration past ten years, no queue past a million entries.
+//! `tests/it/fuzz.rs` reads this table and the reference, and fails on a numeric key without
+//! a range.
+
+use super::defaults::{MAX_BODY_BYTES_LIMIT, MAX_CHECK_SERIES_LIMIT, MIN_INTERVAL};
+use std::time::Duration;
+
+const MS: Duration = Duration::from_millis(1);
+const SECOND: Duration = Duration::from_secs(1);
+const MINUTE: Duration = Duration::from_secs(60);
+const HOUR: Duration = Duration::from_secs(3600);
+const DAY: Duration = Duration::from_secs(86_400);
+/// humantime's year (365.25 days), so that the bound prints as `10years`.
+const YEAR: Duration = Duration::from_secs(31_557_600);
+/// The least "longer than 0s".
+const POSITIVE: Duration = Duration::from_nanos(1);
+
+/// What a key may hold, both ends included.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Range {
+    /// A whole number.
+    Count { min: u64, max: u64 },
+    /// A duration; a `min` of 1ns reads "longer than 0s".
+    Duration { min: Duration, max: Duration },
+}
+
+/// One key's range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bound {
+    /// The key's path as `config/reference.toml` writes it: `history.buffer`,
+    /// `checks[].timeout`, `notifiers[].queue_size`.
+    pub key: &'static str,
+    pub range: Range,
+}
+
+impl Bound {
+    const fn count(key: &'static str, min: u64, max: u64) -> Bound {
+        Bound {
+            key,
+            range: Range::Count { min, max },
+        }
+    }
+
+    const fn duration(key: &'static str, min: Duration, max: Duration) -> Bound {
+        Bound {
+            key,
+            range: Range::Duration { min, max },
+        }
+    }
+
+    /// The key's own name (`timeout` for `checks[].timeout`), for messages about one entry.
+    pub fn name(&self) -> &'static str {
+        self.key.rsplit('.').next().unwrap_or(self.key)
+    }
+
+    /// How a message names the key: the dotted key for a section's key, ``check `web`:
+    /// timeout`` for a key of an entry (`owner` is ``check `web` `` then).
+    pub fn subject(&self, owner: Option<&str>) -> String {
+        match owner {
+            Some(owner) => format!("{owner}: {}", self.name()),
+            None => self.key.to_string(),
+        }
+    }
+
+    /// Checks a count, naming it as [`Bound::subject`] does.
+    pub fn check_count(&self, owner: Option<&str>, value: u64) -> Result<(), String> {
+        let Range::Count { min, max } = self.range else {
+            return Err(format!("{}: internal error: not a count", self.key));
+        };
+        if value < min {
+            Err(format!("{} must be at least {min}", self.subject(owner)))
+        } else if value > max {
+            Err(format!(
+                "{} is {value}; the most allowed is {max}",
+                self.subject(owner)
+            ))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Checks a duration, naming it as [`Bound::subject`] does.
+    pub fn check_duration(&self, owner: Option<&str>, value: Duration) -> Result<(), String> {
+        let Range::Duration { min, max } = self.range else {
+            return Err(format!("{}: internal error: not a duration", self.key));
+        };
+        let shown = |duration: Duration| humantime::format_duration(duration).to_string();
+        if value < min && min == POSITIVE {
+            Err(format!("{} must be longer than 0s", self.subject(owner)))
+        } else if value < min {
+            Err(format!(
+                "{} is {}; the least allowed is {}",
+                self.subject(owner),
+                shown(value),
+                shown(min)
+            ))
+        } else if value > max {
+            Err(format!(
+                "{} is {}; the most allowed is {}",
+                self.subject(owner),
+                shown(value),
+                shown(max)
+            ))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// `value`, or the range's top when it is above it: where a duration is used, so one that
+    /// was never validated cannot overflow the arithmetic done on it. (Below the range
+    /// nothing overflows; the value is left as it is.)
+    pub fn cap_duration(&self, value: Duration) -> Duration {
+        match self.range {
+            Range::Duration { max, .. } => value.min(max),
+            Range::Count { .. } => value,
+        }
+    }
+
+    /// `value` brought into the range: where a size is used, so that neither 0 nor a size
+    /// no allocator can hold reaches a channel or a queue.
+    pub fn clamp_count(&self, value: usize) -> usize {
+        match self.range {
+            Range::Count { min, max } => {
+                let min = usize::try_from(min).unwrap_or(usize::MAX);
+                let max = usize::try_from(max).unwrap_or(usize::MAX);
+                value.clamp(min, max.max(min))
+            }
+            Range::Duration { .. } => value,
+        }
+    }
+}
+
+pub const SHUTDOWN_GRACE: Bound = Bound::duration(
+    "agent.shutdown_grace",
+    Duration::ZERO,
+    MINUTE.saturating_mul(10),
+);
+pub const CONNECT_TIMEOUT: Bound = Bound::duration("bus.nats.connect_timeout", SECOND, DAY);
+pub const RESULTS_MAX_AGE: Bound =
+    Bound::duration("bus.nats.results_max_age", SECOND, DAY.saturating_mul(30));
+pub const RESULTS_BUFFER: Bound = Bound::count("bus.nats.results_buffer", 1, 1 << 20);
+pub const LEASE_TTL: Bound = Bound::duration(
+    "checker.lease_ttl",
+    Duration::from_secs(3),
+    MINUTE.saturating_mul(10),
+);
+pub const FLUSH_INTERVAL: Bound = Bound::duration(
+    "history.flush_interval",
+    MS.saturating_mul(10),
+    MINUTE.saturating_mul(10),
+);
+pub const HISTORY_BUFFER: Bound = Bound::count("history.buffer", 1, 1 << 20);
+pub const RAW_RETENTION: Bound =
+    Bound::duration("history.raw_retention", HOUR, YEAR.saturating_mul(10));
+pub const HOURLY_RETENTION: Bound = Bound::duration(
+    "history.hourly_retention",
+    HOUR.saturating_mul(2),
+    YEAR.saturating_mul(10),
+);
+pub const DAILY_RETENTION: Bound = Bound::duration(
+    "history.daily_retention",
+    DAY.saturating_mul(2),
+    YEAR.saturating_mul(10),
+);
+pub const EVENT_RETENTION: Bound =
+    Bound::duration("history.event_retention", HOUR, YEAR.saturating_mul(10));
+pub const DISPATCH_DEADLINE: Bound = Bound::duration("runner.dispatch_deadline", POSITIVE, HOUR);
+pub const MAX_BODY_BYTES: Bound =
+    Bound::count("runner.max_body_bytes", 0, MAX_BODY_BYTES_LIMIT as u64);
+pub const FORGET_CHECKS_AFTER: Bound = Bound::duration(
+    "runner.forget_checks_after",
+    POSITIVE,
+    DAY.saturating_mul(30),
+);
+pub const MAX_CHECK_SERIES: Bound = Bound::count(
+    "runner.max_check_series",
+    0,
+    MAX_CHECK_SERIES_LIMIT as u64,
+);
+/// Every `runner.workers.<type>` key has this range; 0 is refused only for a type with checks.
+pub const WORKERS: [Bound; 6] = [
+    Bound::count("runner.workers.http", 0, MAX_WORKERS),
+    Bound::count("runner.workers.tcp", 0, MAX_WORKERS),
+    Bound::count("runner.workers.dns", 0, MAX_WORKERS),
+    Bound::count("runner.workers.tls", 0, MAX_WORKERS),
+    Bound::count("runner.workers.icmp", 0, MAX_WORKERS),
+    Bound::count("runner.workers.grpc", 0, MAX_WORKERS),
+];
+const MAX_WORKERS: u64 = 100_000;
+pub const CHECK_INTERVAL: Bound =
+    Bound::duration("checks[].interval", MIN_INTERVAL, DAY.saturating_mul(30));
+/// Also shorter than the check's interval.
+pub const CHECK_TIMEOUT: Bound =
+    Bound::duration("checks[].timeout", POSITIVE, MINUTE.saturating_mul(10));
+pub const MIN_FAILING_COUNT: Bound = Bound::count("checks[].min_failing_count", 1, 100_000);
+pub const MIN_FAILING_TIME: Bound = Bound::duration(
+    "checks[].min_failing_time",
+    Duration::ZERO,
+    DAY.saturating_mul(7),
+);
+pub const ICMP_COUNT: Bound = Bound::count("checks[].count", 1, 100);
+/// Also `(count - 1) × packet_interval` shorter than the timeout.
+pub const PACKET_INTERVAL: Bound = Bound::duration("checks[].packet_interval", MS, MINUTE);
+pub const PAYLOAD_SIZE: Bound = Bound::count("checks[].payload_size", 0, 65_000);
+/// 4 or 6: 5 is refused too.
+pub const IP_VERSION: Bound = Bound::count("checks[].ip_version", 4, 6);
+pub const REPEAT_INTERVAL: Bound = Bound::duration(
+    "notifiers[].repeat_interval",
+    SECOND,
+    DAY.saturating_mul(30),
+);
+pub const NOTIFY_TIMEOUT: Bound =
+    Bound::duration("notifiers[].timeout", POSITIVE, MINUTE.saturating_mul(10));
+pub const QUEUE_SIZE: Bound = Bound::count("notifiers[].queue_size", 1, 65_536);
+pub const MAX_ATTEMPTS: Bound = Bound::count("notifiers[].max_attempts", 1, 1_000);
+pub const RETRY_BACKOFF: Bound = Bound::duration("notifiers[].retry_backoff", Duration::ZERO, HOUR);
+pub const RETRY_BACKOFF_MAX: Bound =
+    Bound::duration("notifiers[].retry_backoff_max", Duration::ZERO, DAY);
+pub const SMTP_PORT: Bound = Bound::count("notifiers[].smtp_port", 1, 65_535);
+pub const WINDOW_DURATION: Bound =
+    Bound::duration("maintenance[].duration", POSITIVE, DAY.saturating_mul(7));
+
+/// Every numeric and duration key of the configuration file.
+pub const BOUNDS: &[Bound] = &[
+    SHUTDOWN_GRACE,
+    CONNECT_TIMEOUT,
+    RESULTS_MAX_AGE,
+    RESULTS_BUFFER,
+    LEASE_TTL,
+    FLUSH_INTERVAL,
+    HISTORY_BUFFER,
+    RAW_RETENTION,
+    HOURLY_RETENTION,
+    DAILY_RETENTION,
+    EVENT_RETENTION,
+    DISPATCH_DEADLINE,
+    MAX_BODY_BYTES,
+    FORGET_CHECKS_AFTER,
+    MAX_CHECK_SERIES,
+    WORKERS[0],
+    WORKERS[1],
+    WORKERS[2],
+    WORKERS[3],
+    WORKERS[4],
+    WORKERS[5],
+    CHECK_INTERVAL,
+    CHECK_TIMEOUT,
+    MIN_FAILING_COUNT,
+    MIN_FAILING_TIME,
+    ICMP_COUNT,
+    PACKET_INTERVAL,
+    PAYLOAD_SIZE,
+    IP_VERSION,
+    REPEAT_INTERVAL,
+    NOTIFY_TIMEOUT,
+    QUEUE_SIZE,
+    MAX_ATTEMPTS,
+    RETRY_BACKOFF,
+    RETRY_BACKOFF_MAX,
+    SMTP_PORT,
+    WINDOW_DURATION,
+];
+
+/// The range of `key` (a path as in [`Bound::key`]).
+pub fn bound(key: &str) -> Option<&'static Bound> {
+    BOUNDS.iter().find(|bound| bound.key == key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_key_once_and_every_range_ordered() {
+        let mut keys: Vec<&str> = BOUNDS.iter().map(|bound| bound.key).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        assert_eq!(keys.len(), BOUNDS.len(), "a key is listed twice");
+        for bound in BOUNDS {
+            match bound.range {
+                Range::Count { min, max } => assert!(min <= max, "{}", bound.key),
+                Range::Duration { min, max } => {
+                    assert!(min <= max, "{}", bound.key);
+                    // Far below what any Instant or SystemTime addition overflows.
+                    assert!(max <= YEAR.saturating_mul(10), "{}", bound.key);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn both_sides_of_a_bound() {
+        assert_eq!(HISTORY_BUFFER.check_count(None, 1 << 20), Ok(()));
+        assert_eq!(
+            HISTORY_BUFFER.check_count(None, (1 << 20) + 1),
+            Err("history.buffer is 1048577; the most allowed is 1048576".to_string())
+        );
+        assert_eq!(
+            HISTORY_BUFFER.check_count(None, 0),
+            Err("history.buffer must be at least 1".to_string())
+        );
+        assert_eq!(
+            CHECK_TIMEOUT.check_duration(Some("check `web`"), MINUTE * 10),
+            Ok(())
+        );
+        assert_eq!(
+            CHECK_TIMEOUT.check_duration(Some("check `web`"), MINUTE * 10 + POSITIVE),
+            Err("check `web`: timeout is 10m 1ns; the most allowed is 10m".to_string())
+        );
+        assert_eq!(
+            CHECK_TIMEOUT.check_duration(Some("check `web`"), Duration::ZERO),
+            Err("check `web`: timeout must be longer than 0s".to_string())
+        );
+        assert_eq!(
+            LEASE_TTL.check_duration(None, SECOND),
+            Err("checker.lease_ttl is 1s; the least allowed is 3s".to_string())
+        );
+        assert_eq!(
+            RAW_RETENTION.check_duration(None, Duration::MAX),
+            Err(format!(
+                "history.raw_retention is {}; the most allowed is 10years",
+                humantime::format_duration(Duration::MAX)
+            ))
+        );
+    }
+
+    #[test]
+    fn clamping_keeps_a_value_in_its_range() {
+        assert_eq!(SHUTDOWN_GRACE.cap_duration(Duration::MAX), MINUTE * 10);
+        assert_eq!(SHUTDOWN_GRACE.cap_duration(SECOND), SECOND);
+        assert_eq!(
+            DISPATCH_DEADLINE.cap_duration(Duration::ZERO),
+            Duration::ZERO
+        );
+        assert_eq!(HISTORY_BUFFER.clamp_count(0), 1);
+        assert_eq!(HISTORY_BUFFER.clamp_count(usize::MAX), 1 << 20);
+    }
+}
