@@ -10,6 +10,8 @@ pub mod grpc;
 pub mod http;
 pub mod icmp;
 pub mod net;
+pub mod oauth2;
+pub mod proxy;
 pub mod series;
 pub mod tcp;
 pub mod tls;
@@ -132,6 +134,8 @@ pub struct ProbeContext {
 pub enum Phase {
     Resolve,
     Connect,
+    /// HTTP through a proxy: the CONNECT request and the proxy's answer (the tunnel).
+    Proxy,
     Tls,
     Processing,
     Transfer,
@@ -148,6 +152,7 @@ impl Phase {
         match self {
             Phase::Resolve => "resolve",
             Phase::Connect => "connect",
+            Phase::Proxy => "proxy",
             Phase::Tls => "tls",
             Phase::Processing => "processing",
             Phase::Transfer => "transfer",
@@ -217,6 +222,7 @@ impl ProbeRecord {
             let slot = match phase {
                 Phase::Resolve => &mut self.timings.resolve,
                 Phase::Connect => &mut self.timings.connect,
+                Phase::Proxy => &mut self.timings.proxy,
                 Phase::Tls => &mut self.timings.tls,
                 Phase::Processing => &mut self.timings.processing,
                 Phase::Transfer => &mut self.timings.transfer,

@@ -50,6 +50,11 @@ where
 }
 
 pub fn http_error(error: hyper::Error) -> ProbeError {
+    // A TLS alert during the exchange (a server refusing the client certificate after a TLS
+    // 1.3 handshake) is a TLS failure, not the server breaking HTTP.
+    if super::tls_client::is_tls_failure(&error) {
+        return ProbeError::new(ErrorKind::Tls, format!("TLS: {}", error_chain(&error)));
+    }
     let message = if error.is_incomplete_message() {
         format!(
             "the server closed the connection before a complete response: {}",

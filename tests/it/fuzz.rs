@@ -565,7 +565,7 @@ async fn tcp_expect(pattern: &str, sent: Vec<u8>) -> Option<bastion_agent::messa
         notify_on: None,
         spec: bastion_agent::config::CheckSpec::Tcp(bastion_agent::config::TcpSpec {
             address: address.to_string(),
-            tls: false,
+            tls: bastion_agent::config::TlsOption::Off,
             server_name: None,
             ca_file: None,
             insecure_skip_verify: false,

@@ -6,7 +6,9 @@ pub mod debian;
 pub mod dns;
 pub mod nats;
 pub mod process;
+pub mod proxy;
 pub mod receiver;
+pub mod tls_server;
 pub mod tools;
 
 use bastion_agent::checks::CompiledCheck;
