@@ -514,7 +514,9 @@ pub fn is_tls_failure(error: &(dyn std::error::Error + 'static)) -> bool {
                 .and_then(h2::Error::get_io)
         });
         if let Some(io) = io {
-            if io.get_ref().is_some_and(|inner| inner.is::<rustls::Error>())
+            if io
+                .get_ref()
+                .is_some_and(|inner| inner.is::<rustls::Error>())
                 || (io.kind() == std::io::ErrorKind::InvalidData
                     && io.to_string().starts_with("received fatal alert"))
             {

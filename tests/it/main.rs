@@ -23,6 +23,7 @@ mod fuzz;
 mod grpc;
 mod history;
 mod hostile;
+mod http_oauth2;
 mod http_proxy;
 mod icmp;
 mod logs;
