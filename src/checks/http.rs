@@ -68,6 +68,14 @@ pub enum HttpDefinitionError {
     SecretMissing(String),
     #[error("{0}: the file's first line is not a valid header value")]
     SecretHeader(String),
+    #[error("valid_status_codes: {0} is not a status code (100 to 599)")]
+    StatusCode(u16),
+    #[error("valid_http_versions: `{0}` is not HTTP/1.0, HTTP/1.1 or HTTP/2")]
+    HttpVersion(String),
+    #[error("fail_if_ssl and fail_if_not_ssl are both set, so every response fails; keep one")]
+    SslBothWays,
+    #[error("valid_http_versions lists only HTTP/2, but enable_http2 is false; allow HTTP/1.1 or enable HTTP/2")]
+    Http2Disabled,
 }
 
 /// Where one request goes: the URL's parts, parsed once.
@@ -156,6 +164,14 @@ pub struct HttpPlan {
     secrets: Vec<String>,
     /// The check's timeout: a token must stay valid for this long to be sent.
     timeout: Duration,
+    /// `valid_status_codes`; empty: any 2xx.
+    valid_status_codes: Vec<u16>,
+    /// `valid_http_versions`; empty: any.
+    valid_http_versions: Vec<Version>,
+    fail_if_ssl: bool,
+    fail_if_not_ssl: bool,
+    /// ALPN offered to https URLs: h2 and http/1.1, or http/1.1 alone.
+    alpn: &'static [&'static [u8]],
 }
 
 impl HttpPlan {
@@ -245,6 +261,34 @@ impl HttpPlan {
         if let Some(body) = &spec.secrets.body {
             secrets.push(body.expose().to_string());
         }
+        if let Some(code) = spec
+            .valid_status_codes
+            .iter()
+            .find(|code| !(100..=599).contains(*code))
+        {
+            return Err(HttpDefinitionError::StatusCode(*code));
+        }
+        let valid_http_versions = spec
+            .valid_http_versions
+            .iter()
+            .map(|text| match text.trim().to_ascii_uppercase().as_str() {
+                "HTTP/1.0" => Ok(Version::HTTP_10),
+                "HTTP/1.1" => Ok(Version::HTTP_11),
+                "HTTP/2" | "HTTP/2.0" => Ok(Version::HTTP_2),
+                _ => Err(HttpDefinitionError::HttpVersion(text.clone())),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if spec.fail_if_ssl && spec.fail_if_not_ssl {
+            return Err(HttpDefinitionError::SslBothWays);
+        }
+        if !spec.enable_http2
+            && !valid_http_versions.is_empty()
+            && valid_http_versions
+                .iter()
+                .all(|version| *version == Version::HTTP_2)
+        {
+            return Err(HttpDefinitionError::Http2Disabled);
+        }
         secrets.retain(|secret| !secret.trim().is_empty());
         secrets.sort_by_key(|secret| std::cmp::Reverse(secret.len()));
         secrets.dedup();
@@ -260,7 +304,54 @@ impl HttpPlan {
             oauth2,
             secrets,
             timeout,
+            valid_status_codes: spec.valid_status_codes.clone(),
+            valid_http_versions,
+            fail_if_ssl: spec.fail_if_ssl,
+            fail_if_not_ssl: spec.fail_if_not_ssl,
+            alpn: if spec.enable_http2 {
+                &[b"h2", b"http/1.1"]
+            } else {
+                &[b"http/1.1"]
+            },
         })
+    }
+
+    /// What the final response broke of `valid_status_codes`, `valid_http_versions`,
+    /// `fail_if_ssl` and `fail_if_not_ssl`, if anything.
+    fn violation(
+        &self,
+        details: &HttpDetails,
+        version: Version,
+        https: bool,
+    ) -> Option<ProbeError> {
+        let broken = |message: String| Some(ProbeError::new(ErrorKind::Http, message));
+        if !self.valid_status_codes.is_empty() && !self.valid_status_codes.contains(&details.status)
+        {
+            return broken(format!(
+                "the status {} is not one of valid_status_codes {:?}",
+                details.status, self.valid_status_codes
+            ));
+        }
+        if !self.valid_http_versions.is_empty() && !self.valid_http_versions.contains(&version) {
+            let valid: Vec<&str> = self
+                .valid_http_versions
+                .iter()
+                .map(|version| version_text(*version))
+                .collect();
+            return broken(format!(
+                "the response came over {}, not one of valid_http_versions {valid:?}",
+                details.version
+            ));
+        }
+        if self.fail_if_ssl && https {
+            return broken("the final response came over TLS (fail_if_ssl)".to_string());
+        }
+        if self.fail_if_not_ssl && !https {
+            return broken(
+                "the final response did not come over TLS (fail_if_not_ssl)".to_string(),
+            );
+        }
+        None
     }
 
     pub fn host(&self) -> &str {
@@ -371,10 +462,13 @@ fn credentials(
     Ok((credential_headers, secrets))
 }
 
-/// What a successful HTTP probe saw.
+/// What an HTTP probe that got a response saw.
 #[derive(Debug)]
 pub struct HttpOutcome {
     pub details: HttpDetails,
+    /// The response broke a condition of the check (`valid_status_codes`, ...): the probe
+    /// fails with this error, and the response is still reported.
+    pub violation: Option<ProbeError>,
 }
 
 /// Probes `target` (the instance) for `plan`, recording phases in `record` as they pass, so
@@ -404,6 +498,9 @@ pub async fn probe(
             plan.redact(&mut details.body, token);
             for value in details.headers.values_mut() {
                 plan.redact(value, token);
+            }
+            if let Some(violation) = outcome.violation.as_mut() {
+                plan.redact(&mut violation.message, token);
             }
             Ok(outcome)
         }
@@ -471,18 +568,18 @@ async fn follow(
                 continue;
             }
         }
-        return Ok(HttpOutcome {
-            details: HttpDetails {
-                status: status.as_u16(),
-                version: version_text(head.version).to_string(),
-                headers: header_map_text(&head.headers),
-                body: String::from_utf8_lossy(&body_bytes).into_owned(),
-                truncated,
-                body_bytes: None,
-                headers_truncated: false,
-                redirects,
-            },
-        });
+        let details = HttpDetails {
+            status: status.as_u16(),
+            version: version_text(head.version).to_string(),
+            headers: header_map_text(&head.headers),
+            body: String::from_utf8_lossy(&body_bytes).into_owned(),
+            truncated,
+            body_bytes: None,
+            headers_truncated: false,
+            redirects,
+        };
+        let violation = plan.violation(&details, head.version, endpoint.https);
+        return Ok(HttpOutcome { details, violation });
     }
 }
 
@@ -510,7 +607,10 @@ async fn exchange_once(
     // TLS settings are resolved before connecting: a bad CA file fails without touching the
     // target, and building the client config never counts as a phase.
     let tls = if endpoint.https {
-        let config = ctx.tls.get(&plan.tls.settings).map_err(tls_setup_error)?;
+        let config = ctx
+            .tls
+            .get_with_alpn(&plan.tls.settings, plan.alpn)
+            .map_err(tls_setup_error)?;
         let name = if own_origin {
             plan.tls.server_name.clone()
         } else {
@@ -817,8 +917,13 @@ impl Probe for HttpPlan {
         Box::pin(async move {
             let outcome = probe(context, self, target, deadline, record).await?;
             record.http = Some(outcome.details);
-            Ok(())
+            outcome.violation.map_or(Ok(()), Err)
         })
+    }
+
+    /// With `valid_status_codes`, any status that raised no error is one of them.
+    fn passes_by_default(&self, type_verdict: bool) -> bool {
+        type_verdict || !self.valid_status_codes.is_empty()
     }
 }
 

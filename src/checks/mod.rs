@@ -94,6 +94,12 @@ pub trait Probe: Send + Sync + std::fmt::Debug {
         true
     }
 
+    /// The verdict without assertions, given the type's own (`type_verdict`): a check may
+    /// widen it by its settings (an http check's `valid_status_codes`).
+    fn passes_by_default(&self, type_verdict: bool) -> bool {
+        type_verdict
+    }
+
     /// How a probed address is shown as the response's `target` and the `target` label.
     fn target_label(&self, address: SocketAddr) -> String {
         address.to_string()

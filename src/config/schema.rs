@@ -461,6 +461,23 @@ pub struct HttpSpec {
     /// Credentials for `proxy_url`, sent as `Proxy-Authorization: Basic`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy_basic_auth: Option<BasicAuth>,
+    /// Status codes that pass (`[200, 204, 404]`) instead of any 2xx; a status outside the
+    /// list is an `http` error, whatever the assertions say. Default: any 2xx.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub valid_status_codes: Vec<u16>,
+    /// HTTP versions the final response may come over (`HTTP/1.0`, `HTTP/1.1`, `HTTP/2`);
+    /// another is an `http` error. Default: any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub valid_http_versions: Vec<String>,
+    /// Fail when the final response (after redirects) came over TLS. Default: false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fail_if_ssl: bool,
+    /// Fail when the final response (after redirects) did not come over TLS. Default: false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fail_if_not_ssl: bool,
+    /// Offer HTTP/2 by ALPN to https URLs. false: HTTP/1.1 only. Default: true.
+    #[serde(default = "default_true", skip_serializing_if = "is_true")]
+    pub enable_http2: bool,
     /// What the `*_file` keys held when the config was loaded; filled in by bastion, never
     /// written in a config file.
     #[serde(default, skip_serializing_if = "HttpSecrets::is_empty")]

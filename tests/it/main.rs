@@ -24,6 +24,7 @@ mod grpc;
 mod history;
 mod hostile;
 mod http_oauth2;
+mod http_options;
 mod http_proxy;
 mod icmp;
 mod logs;
