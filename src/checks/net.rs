@@ -52,7 +52,7 @@ where
 pub fn http_error(error: hyper::Error) -> ProbeError {
     // A TLS alert during the exchange (a server refusing the client certificate after a TLS
     // 1.3 handshake) is a TLS failure, not the server breaking HTTP.
-    if super::tls_client::is_tls_failure(&error) {
+    if is_tls_failure(&error) {
         return ProbeError::new(ErrorKind::Tls, format!("TLS: {}", error_chain(&error)));
     }
     let message = if error.is_incomplete_message() {
@@ -81,4 +81,35 @@ pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
         source = cause.source();
     }
     text
+}
+
+/// Whether `error` (or one of its causes) is a TLS failure, such as the server's alert that
+/// refuses a client certificate after a TLS 1.3 handshake.
+pub fn is_tls_failure(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(error);
+    while let Some(error) = current {
+        if error.is::<rustls::Error>() {
+            return true;
+        }
+        // io::Error and h2::Error keep their cause out of `source()`: look inside. h2 keeps
+        // only the kind and text of an I/O error, so a rustls alert read by an HTTP/2
+        // connection is known by those (tokio-rustls reports rustls errors as InvalidData).
+        let io = error.downcast_ref::<std::io::Error>().or_else(|| {
+            error
+                .downcast_ref::<h2::Error>()
+                .and_then(h2::Error::get_io)
+        });
+        if let Some(io) = io {
+            if io
+                .get_ref()
+                .is_some_and(|inner| inner.is::<rustls::Error>())
+                || (io.kind() == std::io::ErrorKind::InvalidData
+                    && io.to_string().starts_with("received fatal alert"))
+            {
+                return true;
+            }
+        }
+        current = error.source();
+    }
+    false
 }

@@ -3,11 +3,10 @@
 //! stops at the first match, when the peer closes, or at `runner.max_body_bytes`, and never
 //! goes past that cap. One fresh connection per probe, one attempt.
 
-use super::net::connect_tcp;
+use super::net::{connect_tcp, is_tls_failure};
 use super::series::{self, SeriesOut, SeriesSpec};
 use super::tls_client::{
-    await_client_auth_verdict, handshake, is_tls_failure, watch_client_auth, TlsKeys, TlsTarget,
-    TlsTargetError,
+    await_client_auth_verdict, handshake, watch_client_auth, TlsKeys, TlsTarget, TlsTargetError,
 };
 use super::{CheckDefinitionError, CheckKind, Probe, ProbeFuture};
 use super::{Phase, ProbeContext, ProbeRecord};
