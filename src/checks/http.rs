@@ -18,14 +18,15 @@ use super::{Phase, ProbeContext, ProbeRecord};
 use crate::assertions::Observation;
 use crate::config::AssertionKey;
 use crate::config::CheckSpec;
-use crate::config::{HttpSpec, Secret};
+use crate::config::{Compression, HttpSpec, Secret};
 use crate::messages::HttpDetails;
 use crate::messages::Response;
 use crate::model::CheckType;
 use crate::model::{ErrorKind, ProbeError};
 use bytes::Bytes;
 use http::header::{
-    HeaderName, HeaderValue, AUTHORIZATION, HOST, LOCATION, PROXY_AUTHORIZATION, USER_AGENT,
+    HeaderName, HeaderValue, ACCEPT_ENCODING, AUTHORIZATION, CONTENT_ENCODING, HOST, LOCATION,
+    PROXY_AUTHORIZATION, USER_AGENT,
 };
 use http::{HeaderMap, Method, Request, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Full};
@@ -172,6 +173,8 @@ pub struct HttpPlan {
     fail_if_not_ssl: bool,
     /// ALPN offered to https URLs: h2 and http/1.1, or http/1.1 alone.
     alpn: &'static [&'static [u8]],
+    /// `compression`: the coding asked for and decoded.
+    compression: Option<Compression>,
 }
 
 impl HttpPlan {
@@ -313,6 +316,7 @@ impl HttpPlan {
             } else {
                 &[b"http/1.1"]
             },
+            compression: spec.compression,
         })
     }
 
@@ -636,11 +640,27 @@ async fn exchange_once(
         let stream = handshake(config, server_name, tcp, address, record).await?;
         let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
         let built = build_request(plan, request, own_origin, h2, None)?;
-        exchange(TokioIo::new(stream), h2, built, record, max_body).await
+        exchange(
+            TokioIo::new(stream),
+            h2,
+            built,
+            record,
+            max_body,
+            plan.compression,
+        )
+        .await
     } else {
         // Through a proxy, plain http is forwarded: the request names the instance.
         let built = build_request(plan, request, own_origin, false, proxy)?;
-        exchange(TokioIo::new(tcp), false, built, record, max_body).await
+        exchange(
+            TokioIo::new(tcp),
+            false,
+            built,
+            record,
+            max_body,
+            plan.compression,
+        )
+        .await
     }
 }
 
@@ -698,6 +718,14 @@ fn build_request(
     if !headers.contains_key(USER_AGENT) {
         headers.insert(USER_AGENT, HeaderValue::from_static(DEFAULT_USER_AGENT));
     }
+    if let Some(compression) = plan.compression {
+        if !headers.contains_key(ACCEPT_ENCODING) {
+            headers.insert(
+                ACCEPT_ENCODING,
+                HeaderValue::from_static(compression.as_str()),
+            );
+        }
+    }
     Ok(built)
 }
 
@@ -707,6 +735,7 @@ async fn exchange<IO>(
     request: Request<Full<Bytes>>,
     record: &mut ProbeRecord,
     max_body: usize,
+    compression: Option<Compression>,
 ) -> Result<(http::response::Parts, Vec<u8>, bool), ProbeError>
 where
     IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
@@ -721,7 +750,7 @@ where
                 .map_err(http_error)?;
         drive(connection, async move {
             let response = sender.send_request(request).await.map_err(http_error)?;
-            read_response(response, record, max_body).await
+            read_response(response, record, max_body, compression).await
         })
         .await
     } else {
@@ -730,7 +759,7 @@ where
             .map_err(http_error)?;
         drive(connection, async move {
             let response = sender.send_request(request).await.map_err(http_error)?;
-            read_response(response, record, max_body).await
+            read_response(response, record, max_body, compression).await
         })
         .await
     }
@@ -740,6 +769,7 @@ async fn read_response(
     response: hyper::Response<Incoming>,
     record: &mut ProbeRecord,
     max_body: usize,
+    compression: Option<Compression>,
 ) -> Result<(http::response::Parts, Vec<u8>, bool), ProbeError> {
     record.begin(Phase::Transfer);
     let (head, mut body) = response.into_parts();
@@ -766,8 +796,142 @@ async fn read_response(
             break;
         }
     }
+    // Decoding is part of the transfer: the body is not there until it is decoded.
+    if let Some(compression) = compression {
+        if let Some(encoding) = content_encoding(&head.headers) {
+            if encoding != compression.as_str() {
+                return Err(body_error(format!(
+                    "the body came with Content-Encoding `{encoding}`, not the {} that compression asked for",
+                    compression.as_str()
+                )));
+            }
+            if truncated {
+                return Err(body_error(format!(
+                    "the {} body is longer than runner.max_body_bytes ({max_body} bytes) before it is even decoded",
+                    compression.as_str()
+                )));
+            }
+            bytes = decode(compression, &bytes, max_body)?;
+        }
+    }
     record.end();
     Ok((head, bytes, truncated))
+}
+
+fn body_error(message: String) -> ProbeError {
+    ProbeError::new(ErrorKind::Body, message)
+}
+
+/// The response's content coding, lowercase; None for none or `identity`.
+fn content_encoding(headers: &HeaderMap) -> Option<String> {
+    let codings: Vec<String> = headers
+        .get_all(CONTENT_ENCODING)
+        .iter()
+        .flat_map(|value| {
+            String::from_utf8_lossy(value.as_bytes())
+                .split(',')
+                .map(|coding| coding.trim().to_ascii_lowercase())
+                .collect::<Vec<_>>()
+        })
+        .filter(|coding| !coding.is_empty() && coding != "identity")
+        .collect();
+    if codings.is_empty() {
+        None
+    } else {
+        Some(codings.join(", "))
+    }
+}
+
+/// The largest zstd window accepted: what RFC 9659 asks HTTP decoders to support.
+const MAX_ZSTD_WINDOW: u64 = 8 * 1024 * 1024;
+
+/// Decodes `compressed`, never holding more than `max` decoded bytes (plus one, to know that
+/// there was more): a body that decodes to more is refused as a decompression bomb.
+fn decode(compression: Compression, compressed: &[u8], max: usize) -> Result<Vec<u8>, ProbeError> {
+    use std::io::Read;
+    let name = compression.as_str();
+    let limit = u64::try_from(max).unwrap_or(u64::MAX).saturating_add(1);
+    let mut decoded = Vec::new();
+    let read = match compression {
+        Compression::Gzip => flate2::read::GzDecoder::new(compressed)
+            .take(limit)
+            .read_to_end(&mut decoded),
+        // RFC 9110's deflate is the zlib format; some servers send raw deflate.
+        Compression::Deflate if has_zlib_header(compressed) => {
+            flate2::read::ZlibDecoder::new(compressed)
+                .take(limit)
+                .read_to_end(&mut decoded)
+        }
+        Compression::Deflate => flate2::read::DeflateDecoder::new(compressed)
+            .take(limit)
+            .read_to_end(&mut decoded),
+        Compression::Br => brotli_decompressor::Decompressor::new(compressed, 4096)
+            .take(limit)
+            .read_to_end(&mut decoded),
+        Compression::Zstd => {
+            // The decoder sets aside the window the frame asks for before decoding: refuse
+            // one larger than HTTP allows, or than the body may be, first.
+            if let Some((window, single_segment)) = zstd_window(compressed) {
+                let most = if single_segment {
+                    limit
+                } else {
+                    MAX_ZSTD_WINDOW
+                };
+                if window > most {
+                    return Err(body_error(format!(
+                        "the zstd body asks for a {window}-byte window, more than the {most} bytes allowed; refused as a decompression bomb"
+                    )));
+                }
+            }
+            match ruzstd::decoding::StreamingDecoder::new(compressed) {
+                Ok(decoder) => decoder.take(limit).read_to_end(&mut decoded),
+                Err(error) => {
+                    return Err(body_error(format!("decoding the zstd body: {error}")));
+                }
+            }
+        }
+    };
+    read.map_err(|error| body_error(format!("decoding the {name} body: {error}")))?;
+    if decoded.len() > max {
+        return Err(body_error(format!(
+            "the {name} body decodes to more than runner.max_body_bytes ({max} bytes); refused as a decompression bomb"
+        )));
+    }
+    Ok(decoded)
+}
+
+fn has_zlib_header(data: &[u8]) -> bool {
+    match data {
+        [first, second, ..] => {
+            first & 0x0F == 8 && (u16::from(*first) << 8 | u16::from(*second)) % 31 == 0
+        }
+        _ => false,
+    }
+}
+
+/// The window a zstd frame asks for (RFC 8878 3.1.1.1), and whether it is a single segment
+/// (its window is then its whole content); None when it is no zstd frame.
+fn zstd_window(data: &[u8]) -> Option<(u64, bool)> {
+    if data.get(..4)? != [0x28, 0xB5, 0x2F, 0xFD] {
+        return None;
+    }
+    let descriptor = *data.get(4)?;
+    if descriptor & 0x20 == 0 {
+        let window = *data.get(5)?;
+        let base = 1u64 << (10 + u32::from(window >> 3));
+        return Some((base + base / 8 * u64::from(window & 7), false));
+    }
+    let dictionary_bytes = [0usize, 1, 2, 4][usize::from(descriptor & 3)];
+    let size_bytes = [1usize, 2, 4, 8][usize::from(descriptor >> 6)];
+    let start = 5 + dictionary_bytes;
+    let field = data.get(start..start + size_bytes)?;
+    let mut size = field.iter().enumerate().fold(0u64, |size, (index, byte)| {
+        size | u64::from(*byte) << (8 * index)
+    });
+    if size_bytes == 2 {
+        size += 256;
+    }
+    Some((size, true))
 }
 
 fn redirect_target(current: &Endpoint, headers: &HeaderMap) -> Option<Endpoint> {
@@ -1021,6 +1185,40 @@ mod tests {
         assert_eq!(endpoint.path_and_query(), "/x?y");
         let endpoint = Endpoint::parse("http://svc.internal").unwrap();
         assert_eq!((endpoint.port, endpoint.path_and_query()), (80, "/"));
+    }
+
+    #[test]
+    fn zstd_windows_are_read_from_the_frame_header() {
+        // Window descriptor 0x58: exponent 11, mantissa 0: 2^21 bytes.
+        assert_eq!(
+            zstd_window(&[0x28, 0xB5, 0x2F, 0xFD, 0x00, 0x58, 0, 0]),
+            Some((2 * 1024 * 1024, false))
+        );
+        // 0x88: exponent 17, 2^27 bytes: more than HTTP allows.
+        assert_eq!(
+            zstd_window(&[0x28, 0xB5, 0x2F, 0xFD, 0x00, 0x88]),
+            Some((128 * 1024 * 1024, false))
+        );
+        // Single segment, a 2-byte content size (value + 256).
+        assert_eq!(
+            zstd_window(&[0x28, 0xB5, 0x2F, 0xFD, 0x60, 0x10, 0x00]),
+            Some((0x10 + 256, true))
+        );
+        assert_eq!(zstd_window(b"not zstd"), None);
+        assert!(has_zlib_header(&[0x78, 0x9C]));
+        assert!(!has_zlib_header(&[0xCB, 0x48]));
+    }
+
+    #[test]
+    fn content_codings_are_read_without_identity() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(content_encoding(&headers), None);
+        headers.insert(CONTENT_ENCODING, HeaderValue::from_static("identity"));
+        assert_eq!(content_encoding(&headers), None);
+        headers.insert(CONTENT_ENCODING, HeaderValue::from_static(" GZip "));
+        assert_eq!(content_encoding(&headers).as_deref(), Some("gzip"));
+        headers.append(CONTENT_ENCODING, HeaderValue::from_static("br"));
+        assert_eq!(content_encoding(&headers).as_deref(), Some("gzip, br"));
     }
 
     #[test]

@@ -120,6 +120,29 @@ impl<'de> Deserialize<'de> for TlsOption {
     }
 }
 
+/// `compression` of an http check: the content coding asked for (`Accept-Encoding`) and
+/// decoded before the body is judged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    Gzip,
+    Deflate,
+    Br,
+    Zstd,
+}
+
+impl Compression {
+    /// The content-coding name, as in `Accept-Encoding` and `Content-Encoding`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Compression::Gzip => "gzip",
+            Compression::Deflate => "deflate",
+            Compression::Br => "br",
+            Compression::Zstd => "zstd",
+        }
+    }
+}
+
 /// `basic_auth = { username, password_file }` (and `proxy_basic_auth`): a user name and the
 /// file holding its password.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -3,7 +3,7 @@
 //! `defaults.rs`; this file never decides a value itself.
 
 use super::defaults::*;
-use super::probe::{BasicAuth, HttpSecrets, OAuth2Config, TlsOption, TlsSettings};
+use super::probe::{BasicAuth, Compression, HttpSecrets, OAuth2Config, TlsOption, TlsSettings};
 use crate::model::CheckType;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -475,6 +475,11 @@ pub struct HttpSpec {
     /// Fail when the final response (after redirects) did not come over TLS. Default: false.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub fail_if_not_ssl: bool,
+    /// Ask for this content coding (`gzip`, `deflate`, `br`, `zstd`) and decode the body
+    /// before judging it, up to `runner.max_body_bytes` decoded. Default: none (the body is
+    /// judged as it comes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression: Option<Compression>,
     /// Offer HTTP/2 by ALPN to https URLs. false: HTTP/1.1 only. Default: true.
     #[serde(default = "default_true", skip_serializing_if = "is_true")]
     pub enable_http2: bool,
