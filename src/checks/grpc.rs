@@ -51,6 +51,7 @@ pub struct GrpcPlan {
     service: String,
     tls: Option<TlsTarget>,
     uri: Uri,
+    source_ip: Option<std::net::IpAddr>,
 }
 
 impl GrpcPlan {
@@ -88,6 +89,7 @@ impl GrpcPlan {
             service: spec.service.clone(),
             tls,
             uri,
+            source_ip: spec.source_ip,
         })
     }
 
@@ -112,7 +114,7 @@ pub async fn probe(
         None => None,
     };
     let request = build_request(plan)?;
-    let tcp = connect_tcp(target, record).await?;
+    let tcp = connect_tcp(target, plan.source_ip, record).await?;
     let answer = match tls {
         Some((config, server_name)) => {
             let stream = handshake(config, server_name, tcp, target, record).await?;

@@ -175,6 +175,8 @@ pub struct HttpPlan {
     alpn: &'static [&'static [u8]],
     /// `compression`: the coding asked for and decoded.
     compression: Option<Compression>,
+    /// `source_ip`: where the probe's connections leave from.
+    source_ip: Option<std::net::IpAddr>,
 }
 
 impl HttpPlan {
@@ -317,6 +319,7 @@ impl HttpPlan {
                 &[b"http/1.1"]
             },
             compression: spec.compression,
+            source_ip: spec.source_ip,
         })
     }
 
@@ -629,8 +632,8 @@ async fn exchange_once(
         .as_ref()
         .filter(|proxy| proxy.applies(&endpoint.host, address));
     let mut tcp = match proxy {
-        Some(proxy) => proxy.connect(ctx, record).await?,
-        None => connect_tcp(address, record).await?,
+        Some(proxy) => proxy.connect(ctx, plan.source_ip, record).await?,
+        None => connect_tcp(address, plan.source_ip, record).await?,
     };
     let max_body = ctx.max_body_bytes;
     if let Some((config, server_name)) = tls {

@@ -6,23 +6,52 @@
 use super::{Phase, ProbeRecord};
 use crate::model::{ErrorKind, ProbeError};
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
-/// Opens a probe's fresh TCP connection, timed as the connect phase. Nagle is off: probes
-/// write small requests and must not wait to send them.
+/// Opens a probe's fresh TCP connection, timed as the connect phase, from `source` when the
+/// check has a `source_ip`. Nagle is off: probes write small requests and must not wait to
+/// send them.
 pub async fn connect_tcp(
     target: SocketAddr,
+    source: Option<IpAddr>,
     record: &mut ProbeRecord,
 ) -> Result<tokio::net::TcpStream, ProbeError> {
+    let socket = match source {
+        Some(source) => Some(bound_socket(source, target)?),
+        None => None,
+    };
     record.begin(Phase::Connect);
-    let tcp = tokio::net::TcpStream::connect(target)
-        .await
-        .map_err(|error| {
-            ProbeError::new(ErrorKind::Connect, format!("connect to {target}: {error}"))
-        })?;
+    let connected = match socket {
+        Some(socket) => socket.connect(target).await,
+        None => tokio::net::TcpStream::connect(target).await,
+    };
+    let tcp = connected.map_err(|error| {
+        ProbeError::new(ErrorKind::Connect, format!("connect to {target}: {error}"))
+    })?;
     record.end();
     let _ = tcp.set_nodelay(true);
     Ok(tcp)
+}
+
+/// A socket bound to `source`, to connect to `target` from: both of one family, and the
+/// address one of this host's.
+fn bound_socket(source: IpAddr, target: SocketAddr) -> Result<tokio::net::TcpSocket, ProbeError> {
+    let fail = |message: String| ProbeError::new(ErrorKind::Connect, message);
+    if source.is_ipv4() != target.is_ipv4() {
+        return Err(fail(format!(
+            "source_ip {source} and the instance {target} are not of one IP version; set ip_protocol to match"
+        )));
+    }
+    let socket = if target.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .map_err(|error| fail(format!("opening a socket: {error}")))?;
+    socket
+        .bind(SocketAddr::new(source, 0))
+        .map_err(|error| fail(format!("binding source_ip {source}: {error}")))?;
+    Ok(socket)
 }
 
 /// Polls the connection and the exchange together, in this task: no background task outlives

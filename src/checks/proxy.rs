@@ -201,6 +201,7 @@ impl ProxyPlan {
     pub async fn connect(
         &self,
         ctx: &ProbeContext,
+        source: Option<IpAddr>,
         record: &mut ProbeRecord,
     ) -> Result<TcpStream, ProbeError> {
         let address = match self.host.parse::<IpAddr>() {
@@ -223,7 +224,7 @@ impl ProxyPlan {
                 })?
             }
         };
-        connect_tcp(address, record).await.map_err(|error| {
+        connect_tcp(address, source, record).await.map_err(|error| {
             ProbeError::new(
                 error.kind,
                 format!("proxy {}: {}", self.shown, error.message),

@@ -55,6 +55,7 @@ pub struct TcpPlan {
     port: u16,
     tls: Option<TlsTarget>,
     steps: Vec<Step>,
+    source_ip: Option<std::net::IpAddr>,
 }
 
 impl TcpPlan {
@@ -97,6 +98,7 @@ impl TcpPlan {
             port,
             tls,
             steps,
+            source_ip: spec.source_ip,
         })
     }
 
@@ -135,7 +137,7 @@ pub async fn probe(
         body_bytes: None,
         steps_done: 0,
     });
-    let tcp = connect_tcp(target, record).await?;
+    let tcp = connect_tcp(target, plan.source_ip, record).await?;
     let max_bytes = ctx.max_body_bytes;
     match tls {
         Some((config, server_name, watch)) => {

@@ -43,6 +43,7 @@ pub struct TlsPlan {
     host: String,
     port: u16,
     tls: TlsTarget,
+    source_ip: Option<std::net::IpAddr>,
 }
 
 impl TlsPlan {
@@ -62,7 +63,12 @@ impl TlsPlan {
             &host,
         )?
         .ok_or(TlsTargetError::TlsSettingWithoutTls("tls"))?;
-        Ok(TlsPlan { host, port, tls })
+        Ok(TlsPlan {
+            host,
+            port,
+            tls,
+            source_ip: spec.source_ip,
+        })
     }
 
     pub fn host(&self) -> &str {
@@ -152,7 +158,7 @@ pub async fn probe(
         .dangerous()
         .set_certificate_verifier(Arc::clone(&verifier) as Arc<dyn ServerCertVerifier>);
     let client_auth = watch_client_auth(&mut config);
-    let tcp = connect_tcp(target, record).await?;
+    let tcp = connect_tcp(target, plan.source_ip, record).await?;
     let mut stream = handshake(
         Arc::new(config),
         plan.tls.server_name.clone(),

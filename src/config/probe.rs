@@ -120,6 +120,19 @@ impl<'de> Deserialize<'de> for TlsOption {
     }
 }
 
+/// `ip_protocol` of a check: which of the addresses its host resolves to are instances.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IpProtocol {
+    /// IPv4 addresses only (the IPv6 ones with `ip_protocol_fallback` when there is none).
+    Ip4,
+    /// IPv6 addresses only (the IPv4 ones with `ip_protocol_fallback` when there is none).
+    Ip6,
+    /// Every address.
+    #[default]
+    Any,
+}
+
 /// `compression` of an http check: the content coding asked for (`Accept-Encoding`) and
 /// decoded before the body is judged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -3,7 +3,9 @@
 //! `defaults.rs`; this file never decides a value itself.
 
 use super::defaults::*;
-use super::probe::{BasicAuth, Compression, HttpSecrets, OAuth2Config, TlsOption, TlsSettings};
+use super::probe::{
+    BasicAuth, Compression, HttpSecrets, IpProtocol, OAuth2Config, TlsOption, TlsSettings,
+};
 use crate::model::CheckType;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -357,6 +359,14 @@ pub struct CheckConfig {
     /// States that notify: `fail`, and `warn` too if listed. Default: `["fail"]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notify_on: Option<Vec<super::notify::NotifyOn>>,
+    /// Which addresses the host resolves to are instances: `ip4`, `ip6` or `any`. Listed
+    /// `instances` are kept as they are. Default: `any`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_protocol: Option<IpProtocol>,
+    /// With `ip_protocol`, take the other family's addresses when the host has none of the
+    /// one asked for. Default: true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_protocol_fallback: Option<bool>,
     /// The type and its own settings.
     #[serde(flatten)]
     pub spec: CheckSpec,
@@ -433,6 +443,10 @@ pub struct HttpSpec {
     /// TLS settings for https URLs (`[checks.tls]`).
     #[serde(default, skip_serializing_if = "TlsSettings::is_default")]
     pub tls: TlsSettings,
+    /// The local address the probe's connections leave from (`10.0.0.7`, `::1`). Default: the
+    /// system's choice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_ip: Option<std::net::IpAddr>,
     /// Request headers whose values are read from files at load and reload, by header name
     /// (`{ Authorization = "/etc/bastion/token" }`): each file's first line.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -508,6 +522,9 @@ pub struct TcpSpec {
     /// Older spelling of `tls.insecure_skip_verify`, still accepted.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub insecure_skip_verify: bool,
+    /// The local address the probe's connection leaves from. Default: the system's choice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_ip: Option<std::net::IpAddr>,
     /// What to send and what to expect back, in order. Default: none (connecting is enough).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub steps: Vec<TcpStep>,
@@ -587,6 +604,9 @@ pub struct TlsSpec {
     /// Older spelling of `tls.ca_file`, still accepted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<PathBuf>,
+    /// The local address the probe's connection leaves from. Default: the system's choice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_ip: Option<std::net::IpAddr>,
 }
 
 /// Settings of a `type = "icmp"` check.
@@ -631,6 +651,9 @@ pub struct GrpcSpec {
     /// Older spelling of `tls.insecure_skip_verify`, still accepted.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub insecure_skip_verify: bool,
+    /// The local address the probe's connection leaves from. Default: the system's choice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_ip: Option<std::net::IpAddr>,
 }
 
 /// One `[[checks.assertions]]` entry.

@@ -261,6 +261,7 @@ impl Dispatcher {
         match lookup {
             Ok(Ok(mut targets)) => {
                 targets.retain(|target| check.probe.accepts(target));
+                let targets = check.select_family(targets);
                 if targets.is_empty() {
                     return Err((
                         ProbeError::new(

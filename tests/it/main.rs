@@ -23,6 +23,7 @@ mod fuzz;
 mod grpc;
 mod history;
 mod hostile;
+mod http_addresses;
 mod http_compression;
 mod http_oauth2;
 mod http_options;
