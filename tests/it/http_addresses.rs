@@ -175,3 +175,82 @@ fn ip_protocol_fallback_needs_ip_protocol() {
         ],
     );
 }
+
+/// Every type probes an instance on ::1: http, tcp, tls, grpc (with TLS), dns (a server on
+/// ::1) and icmp (where this process may open an ICMP socket).
+#[tokio::test]
+async fn every_type_probes_an_ipv6_instance() {
+    use common::tls_server::{plain_config, TlsServer};
+    let ca = TestCa::new("v6 CA");
+    let identity = ca.leaf(
+        &["svc.test"],
+        time::OffsetDateTime::now_utc() + time::Duration::days(30),
+    );
+    let tls = TlsServer::start_on("::1", plain_config(&identity, &[&rustls::version::TLS13])).await;
+    let http = tokio::net::TcpListener::bind("[::1]:0").await.unwrap();
+    let http_address = http.local_addr().unwrap();
+    serve_ok(http, "ok");
+    let lines = telling_peers(&["::1"]).await;
+    let dns = common::dns::serve_zone("::1", 0, &SVC_TEST, std::sync::Arc::default()).await;
+    let ca = ca.ca_file.display();
+    let mut toml = format!(
+        r#"
+        [[checks]]
+        name = "http"
+        type = "http"
+        interval = "5s"
+        timeout = "2s"
+        url = "http://{http_address}/"
+        [[checks]]
+        name = "tcp"
+        type = "tcp"
+        interval = "5s"
+        timeout = "2s"
+        address = "[::1]:{lines}"
+        [[checks.steps]]
+        expect = "from ::1"
+        [[checks]]
+        name = "tls"
+        type = "tls"
+        interval = "5s"
+        timeout = "2s"
+        address = "{tls_address}"
+        tls = {{ server_name = "svc.test", ca_file = "{ca}" }}
+        [[checks]]
+        name = "grpc"
+        type = "grpc"
+        interval = "5s"
+        timeout = "2s"
+        address = "{tls_address}"
+        tls = {{ server_name = "svc.test", ca_file = "{ca}" }}
+        [[checks]]
+        name = "dns"
+        type = "dns"
+        interval = "5s"
+        timeout = "2s"
+        server = "{dns}"
+        query = "svc.test"
+        "#,
+        tls_address = tls.address,
+    );
+    let mut names = vec!["http", "tcp", "tls", "grpc", "dns"];
+    match bastion_agent::checks::icmp::ensure_sockets() {
+        Ok(_) => {
+            toml.push_str("[[checks]]\nname = \"icmp\"\ntype = \"icmp\"\ninterval = \"5s\"\ntimeout = \"2s\"\nhost = \"::1\"\ncount = 2\npacket_interval = \"20ms\"\n");
+            names.push("icmp");
+        }
+        Err(error) => println!("icmp over ::1 skipped: {error}"),
+    }
+    let config = config(&toml);
+    let (dispatcher, _) = dispatcher(&config);
+    for name in names {
+        let result = run_check(&dispatcher, &config, name).await;
+        let response = &result.responses[0];
+        assert!(response.passing, "{name}: {response:?}");
+        assert!(
+            response.target.starts_with("[::1]:") || response.target == "::1",
+            "{name}: {}",
+            response.target
+        );
+    }
+}
