@@ -45,6 +45,9 @@ const DEFAULT_USER_AGENT: &str = concat!("bastion/", env!("CARGO_PKG_VERSION"));
 /// What stands in a result where a secret was.
 const REDACTED: &str = "[redacted]";
 
+/// The shortest `body_file` content searched for in results (credentials of any length are).
+const MIN_REDACTED_BODY: usize = 8;
+
 #[derive(Debug, thiserror::Error)]
 pub enum HttpDefinitionError {
     #[error("url `{url}` is not valid: {reason}")]
@@ -263,8 +266,12 @@ impl HttpPlan {
         if let Some(secret) = &spec.secrets.oauth2_client_secret {
             secrets.push(secret.expose().to_string());
         }
+        // A body file is redacted where it is long enough to hold a secret: a short one (`{}`,
+        // `ping`) would erase ordinary answers that happen to contain it.
         if let Some(body) = &spec.secrets.body {
-            secrets.push(body.expose().to_string());
+            if body.expose().trim().len() >= MIN_REDACTED_BODY {
+                secrets.push(body.expose().to_string());
+            }
         }
         if let Some(code) = spec
             .valid_status_codes
