@@ -72,6 +72,8 @@ pub enum HttpDefinitionError {
     SecretMissing(String),
     #[error("{0}: the file's first line is not a valid header value")]
     SecretHeader(String),
+    #[error("{0}.username holds a `:`, which basic auth cannot carry in a user name")]
+    UsernameColon(&'static str),
     #[error("valid_status_codes: {0} is not a status code (100 to 599)")]
     StatusCode(u16),
     #[error("valid_http_versions: `{0}` is not HTTP/1.0, HTTP/1.1 or HTTP/2")]
@@ -222,6 +224,9 @@ impl HttpPlan {
         let proxy = match &spec.proxy_url {
             Some(url) => {
                 let credentials = match &spec.proxy_basic_auth {
+                    Some(auth) if auth.username.contains(':') => {
+                        return Err(HttpDefinitionError::UsernameColon("proxy_basic_auth"))
+                    }
                     Some(auth) => Some((
                         auth.username.as_str(),
                         secret_of(
@@ -456,6 +461,9 @@ fn credentials(
         credential_headers.insert(AUTHORIZATION, value);
     }
     if let Some(auth) = &spec.basic_auth {
+        if auth.username.contains(':') {
+            return Err(HttpDefinitionError::UsernameColon("basic_auth"));
+        }
         authorization.push("basic_auth".to_string());
         let password = secret_of(&spec.secrets.basic_password, "basic_auth.password_file")?;
         let value = basic_authorization(&auth.username, password.expose())

@@ -146,7 +146,19 @@ async fn a_token_is_fetched_once_reused_and_refreshed_before_it_expires() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_endpoint_that_fails_is_an_auth_error() {
     let target = Receiver::start(Reply::new(200, "ok"));
-    let cases: [(Reply, &str); 4] = [
+    let huge = format!(
+        r#"{{"access_token":"tok-huge","padding":"{}"}}"#,
+        "x".repeat(100_000)
+    );
+    let cases: [(Reply, &str); 6] = [
+        (
+            Reply::new(200, &huge),
+            "the answer is longer than 65536 bytes",
+        ),
+        (
+            Reply::new(302, "").header("location", "https://elsewhere.test/token"),
+            "answered 302",
+        ),
         (
             Reply::new(
                 401,
@@ -179,7 +191,7 @@ async fn a_token_endpoint_that_fails_is_an_auth_error() {
             error.message
         );
         let json = serde_json::to_string(&response).unwrap();
-        for secret in [CLIENT_SECRET, "tok-garbage", "tok-mac"] {
+        for secret in [CLIENT_SECRET, "tok-garbage", "tok-mac", "tok-huge"] {
             assert!(!json.contains(secret), "{json}");
         }
         assert!(response.http.is_none());

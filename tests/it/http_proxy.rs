@@ -358,3 +358,40 @@ fn proxy_keys_are_checked_at_load() {
     ));
     assert!(!error.contains("hunter2"), "{error}");
 }
+
+/// A proxy that takes the connection and never answers CONNECT: the probe ends at its timeout,
+/// and says it was in the proxy phase.
+#[tokio::test]
+async fn a_silent_proxy_times_out_in_the_proxy_phase() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy = listener.local_addr().unwrap();
+    serve_silent(listener);
+    let config = config(&format!(
+        "[[checks]]\nname = \"h\"\ntype = \"http\"\ninterval = \"5s\"\ntimeout = \"500ms\"\nurl = \"https://svc.test/\"\ninstances = [\"127.0.0.1:1\"]\nproxy_url = \"http://{proxy}\"\ntls = {{ insecure_skip_verify = true }}\n"
+    ));
+    let started = std::time::Instant::now();
+    let response = run_single(&config).await.responses.remove(0);
+    let error = response.error.expect("a timeout");
+    assert_eq!(error.kind, ErrorKind::Timeout, "{error:?}");
+    assert!(error.message.ends_with("during proxy"), "{}", error.message);
+    assert!(response.timings.proxy > 0.4, "{:?}", response.timings);
+    assert!(started.elapsed() < std::time::Duration::from_secs(3));
+}
+
+#[test]
+fn a_user_name_with_a_colon_is_refused() {
+    let base = "[[checks]]\nname = \"h\"\ntype = \"http\"\ninterval = \"5s\"\nurl = \"https://svc.test/\"\n";
+    assert_config_errors(
+        base,
+        &[
+            (
+                "basic_auth = { username = \"a:b\", password_file = \"/etc/hostname\" }\n",
+                "check `h`: basic_auth.username holds a `:`",
+            ),
+            (
+                "proxy_url = \"http://proxy:3128\"\nproxy_basic_auth = { username = \"a:b\", password_file = \"/etc/hostname\" }\n",
+                "check `h`: proxy_basic_auth.username holds a `:`",
+            ),
+        ],
+    );
+}

@@ -367,3 +367,37 @@ async fn tls_versions_and_the_server_name_change_the_outcome() {
     .await;
     assert!(response.passing, "{response:?}");
 }
+
+/// A client certificate replaced on disk is presented by the very next probe: the cached
+/// configuration is built again when its files change. Here the trusted identity is replaced
+/// by one the server does not trust, so the next probe is refused.
+#[tokio::test]
+async fn a_replaced_client_certificate_is_used_by_the_next_probe() {
+    let server_ca = TestCa::new("server CA");
+    let identity = server_ca.leaf(&["svc.test"], days(30));
+    let client_ca = TestCa::new("client CA");
+    let (cert, key) = write_identity(&client_ca.leaf(&["probe.client"], days(30)));
+    let stranger_ca = TestCa::new("stranger CA");
+    let (stranger_cert, stranger_key) =
+        write_identity(&stranger_ca.leaf(&["probe.client"], days(30)));
+    let server = TlsServer::start(mtls_config(
+        &identity,
+        &client_ca,
+        &[&rustls::version::TLS12],
+    ))
+    .await;
+    let config = config(&format!(
+        "[[checks]]\nname = \"h\"\ntype = \"http\"\ninterval = \"5s\"\ntimeout = \"3s\"\nurl = \"https://svc.test:{}/\"\ninstances = [\"127.0.0.1\"]\ntls = {{ ca_file = \"{}\", cert_file = \"{}\", key_file = \"{}\" }}\n",
+        server.address.port(),
+        server_ca.ca_file.display(),
+        cert.display(),
+        key.display()
+    ));
+    let (dispatcher, _) = dispatcher(&config);
+    assert!(run_check(&dispatcher, &config, "h").await.passing);
+    std::fs::copy(&stranger_cert, &cert).unwrap();
+    std::fs::copy(&stranger_key, &key).unwrap();
+    let result = run_check(&dispatcher, &config, "h").await;
+    let error = result.responses[0].error.as_ref().expect("refused");
+    assert_eq!(error.kind, ErrorKind::Tls, "{error:?}");
+}
