@@ -370,6 +370,9 @@ pub struct GrpcDetails {
 pub struct Timings {
     pub resolve: f64,
     pub connect: f64,
+    /// http through a proxy: the CONNECT request and the proxy's answer.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub proxy: f64,
     pub tls: f64,
     /// From the request being written to the response head arriving.
     pub processing: f64,

@@ -69,6 +69,9 @@ pub enum ErrorKind {
     Icmp,
     /// gRPC: the call failed (a grpc-status other than OK, or a malformed answer).
     Grpc,
+    /// HTTP: no credentials to send: the OAuth2 token endpoint failed, refused the client or
+    /// gave no usable token.
+    Auth,
     /// The probe did not finish within the check's timeout.
     Timeout,
     /// No worker was free within the dispatch deadline; the probe never ran.
@@ -89,6 +92,7 @@ impl ErrorKind {
             ErrorKind::Dns => "dns",
             ErrorKind::Icmp => "icmp",
             ErrorKind::Grpc => "grpc",
+            ErrorKind::Auth => "auth",
             ErrorKind::Timeout => "timeout",
             ErrorKind::DispatchTimeout => "dispatch_timeout",
             ErrorKind::Internal => "internal",

@@ -6,7 +6,7 @@
 
 use super::net::{connect_tcp, drive, error_chain, http_error};
 use super::series::{self, SeriesOut, SeriesSpec};
-use super::tls_client::{handshake, TlsTarget, TlsTargetError};
+use super::tls_client::{handshake, TlsKeys, TlsTarget, TlsTargetError};
 use super::{CheckDefinitionError, CheckKind, Probe, ProbeFuture};
 use super::{Phase, ProbeContext, ProbeRecord};
 use crate::assertions::Observation;
@@ -51,6 +51,7 @@ pub struct GrpcPlan {
     service: String,
     tls: Option<TlsTarget>,
     uri: Uri,
+    source_ip: Option<std::net::IpAddr>,
 }
 
 impl GrpcPlan {
@@ -61,13 +62,18 @@ impl GrpcPlan {
                 reason,
             })?;
         let tls = TlsTarget::compile(
-            spec.tls,
+            TlsKeys {
+                table: spec.tls.settings(),
+                server_name: spec.server_name.as_deref(),
+                ca_file: spec.ca_file.as_deref(),
+                insecure_skip_verify: spec.insecure_skip_verify,
+            },
             &host,
-            spec.server_name.as_deref(),
-            spec.ca_file.as_deref(),
-            spec.insecure_skip_verify,
         )?;
-        let authority_host = spec.server_name.as_deref().unwrap_or(&host);
+        let authority_host = tls
+            .as_ref()
+            .and_then(|tls| tls.settings.server_name.as_deref())
+            .unwrap_or(&host);
         let authority = if authority_host.contains(':') {
             format!("[{authority_host}]:{port}")
         } else {
@@ -83,6 +89,7 @@ impl GrpcPlan {
             service: spec.service.clone(),
             tls,
             uri,
+            source_ip: spec.source_ip,
         })
     }
 
@@ -107,7 +114,7 @@ pub async fn probe(
         None => None,
     };
     let request = build_request(plan)?;
-    let tcp = connect_tcp(target, record).await?;
+    let tcp = connect_tcp(target, plan.source_ip, record).await?;
     let answer = match tls {
         Some((config, server_name)) => {
             let stream = handshake(config, server_name, tcp, target, record).await?;

@@ -1,36 +1,52 @@
 //! The HTTP(S) probe, on hyper 1 + tokio-rustls so that every phase is awaited on its own and
-//! timed honestly: connect, TLS, processing (request written to response head), transfer (body).
-//! Every probe opens a fresh connection and makes one attempt; there are no hidden retries, no
-//! pooling and no caches between probes. The body is read up to a cap and no further.
+//! timed honestly: connect, proxy (the CONNECT tunnel, through a proxy), TLS, processing
+//! (request written to response head), transfer (body). Every probe opens a fresh connection
+//! and makes one attempt; there are no hidden retries, no pooling and no caches between probes
+//! (an OAuth2 token, fetched before the first phase, is the one thing kept). The body is read
+//! up to a cap and no further. Credentials (from files, OAuth2) go only to the URL's own
+//! origin, and what the server echoes of them is redacted from the result.
 
-use super::net::{drive, error_chain, http_error};
+use super::net::{connect_tcp, drive, error_chain, http_error};
+use super::oauth2::{AccessToken, OAuth2DefinitionError, TokenSource};
+use super::proxy::{basic_authorization, ProxyDefinitionError, ProxyPlan};
 use super::series::{self, SeriesOut, SeriesSpec};
-use super::tls_client::{earliest_not_after, server_name, tls_setup_error, tls_version_text};
+use super::tls_client::{
+    handshake, server_name, tls_setup_error, TlsKeys, TlsTarget, TlsTargetError,
+};
 use super::{CheckDefinitionError, CheckKind, Probe, ProbeFuture};
 use super::{Phase, ProbeContext, ProbeRecord};
 use crate::assertions::Observation;
 use crate::config::AssertionKey;
 use crate::config::CheckSpec;
-use crate::config::{HttpSpec, TlsSettings};
+use crate::config::{Compression, HttpSpec, Secret};
+use crate::messages::HttpDetails;
 use crate::messages::Response;
-use crate::messages::{HttpDetails, TlsDetails};
 use crate::model::CheckType;
 use crate::model::{ErrorKind, ProbeError};
 use bytes::Bytes;
-use http::header::{HeaderName, HeaderValue, HOST, LOCATION, USER_AGENT};
+use http::header::{
+    HeaderName, HeaderValue, ACCEPT_ENCODING, AUTHORIZATION, CONTENT_ENCODING, HOST, LOCATION,
+    PROXY_AUTHORIZATION, USER_AGENT,
+};
 use http::{HeaderMap, Method, Request, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::time::{Duration, SystemTime};
-use tokio::net::TcpStream;
+use std::time::Duration;
+use tokio::time::Instant;
 
 /// Redirects followed at most, when `follow_redirects` is on.
 pub const MAX_REDIRECTS: u32 = 10;
 
 const DEFAULT_USER_AGENT: &str = concat!("bastion/", env!("CARGO_PKG_VERSION"));
+
+/// What stands in a result where a secret was.
+const REDACTED: &str = "[redacted]";
+
+/// The shortest `body_file` content searched for in results (credentials of any length are).
+const MIN_REDACTED_BODY: usize = 8;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HttpDefinitionError {
@@ -40,10 +56,32 @@ pub enum HttpDefinitionError {
     Method(String),
     #[error("header `{name}` is not valid: {reason}")]
     Header { name: String, reason: String },
-    #[error("tls.ca_file {0} cannot be read: {1}")]
-    CaFile(String, String),
-    #[error("tls.ca_file and tls.insecure_skip_verify contradict each other: a CA is only used to verify; keep one")]
-    CaFileWithoutVerification,
+    #[error("{0}")]
+    Tls(#[from] TlsTargetError),
+    #[error("{0}")]
+    Proxy(#[from] ProxyDefinitionError),
+    #[error("{0}")]
+    OAuth2(#[from] OAuth2DefinitionError),
+    #[error("{0} and {1} both set the Authorization header; keep one")]
+    TwoAuthorizations(String, String),
+    #[error("headers_from_files.{0} is also in headers; keep one")]
+    HeaderTwice(String),
+    #[error("body and body_file are both set; keep one")]
+    TwoBodies,
+    #[error("{0}: its file was not read into the check definition; the config loader reads it (is the agent that scheduled this check older than this runner?)")]
+    SecretMissing(String),
+    #[error("{0}: the file's first line is not a valid header value")]
+    SecretHeader(String),
+    #[error("{0}.username holds a `:`, which basic auth cannot carry in a user name")]
+    UsernameColon(&'static str),
+    #[error("valid_status_codes: {0} is not a status code (100 to 599)")]
+    StatusCode(u16),
+    #[error("valid_http_versions: `{0}` is not HTTP/1.0, HTTP/1.1 or HTTP/2")]
+    HttpVersion(String),
+    #[error("fail_if_ssl and fail_if_not_ssl are both set, so every response fails; keep one")]
+    SslBothWays,
+    #[error("valid_http_versions lists only HTTP/2, but enable_http2 is false; allow HTTP/1.1 or enable HTTP/2")]
+    Http2Disabled,
 }
 
 /// Where one request goes: the URL's parts, parsed once.
@@ -117,14 +155,37 @@ impl Endpoint {
 pub struct HttpPlan {
     endpoint: Endpoint,
     method: Method,
+    /// `headers`: sent on every request, redirects included.
     headers: HeaderMap,
+    /// Headers that carry credentials (`headers_from_files`, `bearer_token_file`,
+    /// `basic_auth`), marked sensitive: sent only to the URL's own origin.
+    credential_headers: HeaderMap,
     body: Bytes,
     follow_redirects: bool,
-    tls: TlsSettings,
+    /// TLS for the URL's origin (its `tls.server_name`, if any, applies to it alone).
+    tls: TlsTarget,
+    proxy: Option<ProxyPlan>,
+    oauth2: Option<TokenSource>,
+    /// Secrets the check sends, which a result must never show (a server may echo them).
+    secrets: Vec<String>,
+    /// The check's timeout: a token must stay valid for this long to be sent.
+    timeout: Duration,
+    /// `valid_status_codes`; empty: any 2xx.
+    valid_status_codes: Vec<u16>,
+    /// `valid_http_versions`; empty: any.
+    valid_http_versions: Vec<Version>,
+    fail_if_ssl: bool,
+    fail_if_not_ssl: bool,
+    /// ALPN offered to https URLs: h2 and http/1.1, or http/1.1 alone.
+    alpn: &'static [&'static [u8]],
+    /// `compression`: the coding asked for and decoded.
+    compression: Option<Compression>,
+    /// `source_ip`: where the probe's connections leave from.
+    source_ip: Option<std::net::IpAddr>,
 }
 
 impl HttpPlan {
-    pub fn compile(spec: &HttpSpec) -> Result<HttpPlan, HttpDefinitionError> {
+    pub fn compile(spec: &HttpSpec, timeout: Duration) -> Result<HttpPlan, HttpDefinitionError> {
         let endpoint =
             Endpoint::parse(spec.url.trim()).map_err(|reason| HttpDefinitionError::Url {
                 url: spec.url.clone(),
@@ -134,12 +195,7 @@ impl HttpPlan {
             .map_err(|_| HttpDefinitionError::Method(spec.method.clone()))?;
         let mut headers = HeaderMap::new();
         for (name, value) in &spec.headers {
-            let header_name = HeaderName::from_bytes(name.as_bytes()).map_err(|error| {
-                HttpDefinitionError::Header {
-                    name: name.clone(),
-                    reason: error.to_string(),
-                }
-            })?;
+            let header_name = header_name(name)?;
             let header_value =
                 HeaderValue::from_str(value).map_err(|error| HttpDefinitionError::Header {
                     name: name.clone(),
@@ -147,22 +203,174 @@ impl HttpPlan {
                 })?;
             headers.append(header_name, header_value);
         }
-        if spec.tls.ca_file.is_some() && spec.tls.insecure_skip_verify {
-            return Err(HttpDefinitionError::CaFileWithoutVerification);
+        let (credential_headers, secrets) = credentials(spec, &headers)?;
+        let body = match (&spec.body_file, spec.body.is_empty()) {
+            (Some(_), false) => return Err(HttpDefinitionError::TwoBodies),
+            (Some(_), true) => Bytes::from(
+                secret_of(&spec.secrets.body, "body_file")?
+                    .expose()
+                    .to_string(),
+            ),
+            (None, _) => Bytes::from(spec.body.clone()),
+        };
+        let tls = TlsTarget::compile(
+            TlsKeys {
+                table: Some(&spec.tls),
+                ..TlsKeys::default()
+            },
+            &endpoint.host,
+        )?
+        .ok_or(TlsTargetError::TlsSettingWithoutTls("tls"))?;
+        let proxy = match &spec.proxy_url {
+            Some(url) => {
+                let credentials = match &spec.proxy_basic_auth {
+                    Some(auth) if auth.username.contains(':') => {
+                        return Err(HttpDefinitionError::UsernameColon("proxy_basic_auth"))
+                    }
+                    Some(auth) => Some((
+                        auth.username.as_str(),
+                        secret_of(
+                            &spec.secrets.proxy_password,
+                            "proxy_basic_auth.password_file",
+                        )?,
+                    )),
+                    None => None,
+                };
+                Some(ProxyPlan::compile(url, &spec.no_proxy, credentials)?)
+            }
+            None => {
+                if !spec.no_proxy.is_empty() {
+                    return Err(ProxyDefinitionError::WithoutProxy("no_proxy").into());
+                }
+                if spec.proxy_basic_auth.is_some() {
+                    return Err(ProxyDefinitionError::WithoutProxy("proxy_basic_auth").into());
+                }
+                None
+            }
+        };
+        let oauth2 = match &spec.oauth2 {
+            Some(config) => Some(TokenSource::compile(
+                config,
+                secret_of(
+                    &spec.secrets.oauth2_client_secret,
+                    "oauth2.client_secret_file",
+                )?,
+                &spec.tls,
+            )?),
+            None => None,
+        };
+        let mut secrets = secrets;
+        if let Some(auth) = &spec.proxy_basic_auth {
+            if let Some(password) = &spec.secrets.proxy_password {
+                secrets.push(password.expose().to_string());
+                if let Some(value) = basic_authorization(&auth.username, password.expose()) {
+                    secrets.push(credential_of(&value));
+                }
+            }
         }
-        if let Some(path) = &spec.tls.ca_file {
-            std::fs::metadata(path).map_err(|error| {
-                HttpDefinitionError::CaFile(path.display().to_string(), error.to_string())
-            })?;
+        if let Some(secret) = &spec.secrets.oauth2_client_secret {
+            secrets.push(secret.expose().to_string());
         }
+        // A body file is redacted where it is long enough to hold a secret: a short one (`{}`,
+        // `ping`) would erase ordinary answers that happen to contain it.
+        if let Some(body) = &spec.secrets.body {
+            if body.expose().trim().len() >= MIN_REDACTED_BODY {
+                secrets.push(body.expose().to_string());
+            }
+        }
+        if let Some(code) = spec
+            .valid_status_codes
+            .iter()
+            .find(|code| !(100..=599).contains(*code))
+        {
+            return Err(HttpDefinitionError::StatusCode(*code));
+        }
+        let valid_http_versions = spec
+            .valid_http_versions
+            .iter()
+            .map(|text| match text.trim().to_ascii_uppercase().as_str() {
+                "HTTP/1.0" => Ok(Version::HTTP_10),
+                "HTTP/1.1" => Ok(Version::HTTP_11),
+                "HTTP/2" | "HTTP/2.0" => Ok(Version::HTTP_2),
+                _ => Err(HttpDefinitionError::HttpVersion(text.clone())),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if spec.fail_if_ssl && spec.fail_if_not_ssl {
+            return Err(HttpDefinitionError::SslBothWays);
+        }
+        if !spec.enable_http2
+            && !valid_http_versions.is_empty()
+            && valid_http_versions
+                .iter()
+                .all(|version| *version == Version::HTTP_2)
+        {
+            return Err(HttpDefinitionError::Http2Disabled);
+        }
+        secrets.retain(|secret| !secret.trim().is_empty());
+        secrets.sort_by_key(|secret| std::cmp::Reverse(secret.len()));
+        secrets.dedup();
         Ok(HttpPlan {
             endpoint,
             method,
             headers,
-            body: Bytes::from(spec.body.clone()),
+            credential_headers,
+            body,
             follow_redirects: spec.follow_redirects,
-            tls: spec.tls.clone(),
+            tls,
+            proxy,
+            oauth2,
+            secrets,
+            timeout,
+            valid_status_codes: spec.valid_status_codes.clone(),
+            valid_http_versions,
+            fail_if_ssl: spec.fail_if_ssl,
+            fail_if_not_ssl: spec.fail_if_not_ssl,
+            alpn: if spec.enable_http2 {
+                &[b"h2", b"http/1.1"]
+            } else {
+                &[b"http/1.1"]
+            },
+            compression: spec.compression,
+            source_ip: spec.source_ip,
         })
+    }
+
+    /// What the final response broke of `valid_status_codes`, `valid_http_versions`,
+    /// `fail_if_ssl` and `fail_if_not_ssl`, if anything.
+    fn violation(
+        &self,
+        details: &HttpDetails,
+        version: Version,
+        https: bool,
+    ) -> Option<ProbeError> {
+        let broken = |message: String| Some(ProbeError::new(ErrorKind::Http, message));
+        if !self.valid_status_codes.is_empty() && !self.valid_status_codes.contains(&details.status)
+        {
+            return broken(format!(
+                "the status {} is not one of valid_status_codes {:?}",
+                details.status, self.valid_status_codes
+            ));
+        }
+        if !self.valid_http_versions.is_empty() && !self.valid_http_versions.contains(&version) {
+            let valid: Vec<&str> = self
+                .valid_http_versions
+                .iter()
+                .map(|version| version_text(*version))
+                .collect();
+            return broken(format!(
+                "the response came over {}, not one of valid_http_versions {valid:?}",
+                details.version
+            ));
+        }
+        if self.fail_if_ssl && https {
+            return broken("the final response came over TLS (fail_if_ssl)".to_string());
+        }
+        if self.fail_if_not_ssl && !https {
+            return broken(
+                "the final response did not come over TLS (fail_if_not_ssl)".to_string(),
+            );
+        }
+        None
     }
 
     pub fn host(&self) -> &str {
@@ -172,20 +380,164 @@ impl HttpPlan {
     pub fn port(&self) -> u16 {
         self.endpoint.port
     }
+
+    /// Replaces every secret this probe sent (and `token`) in `text` with `[redacted]`.
+    fn redact(&self, text: &mut String, token: Option<&AccessToken>) {
+        let token = token.map(|token| token.token.expose());
+        for secret in self.secrets.iter().map(String::as_str).chain(token) {
+            if !secret.is_empty() && text.contains(secret) {
+                *text = text.replace(secret, REDACTED);
+            }
+        }
+    }
 }
 
-/// What a successful HTTP probe saw.
+fn header_name(name: &str) -> Result<HeaderName, HttpDefinitionError> {
+    HeaderName::from_bytes(name.as_bytes()).map_err(|error| HttpDefinitionError::Header {
+        name: name.to_string(),
+        reason: error.to_string(),
+    })
+}
+
+/// The secret a `*_file` key was read into at load.
+fn secret_of<'a>(secret: &'a Option<Secret>, key: &str) -> Result<&'a Secret, HttpDefinitionError> {
+    secret
+        .as_ref()
+        .ok_or_else(|| HttpDefinitionError::SecretMissing(key.to_string()))
+}
+
+/// The part of `Basic xxx` or `Bearer xxx` after the scheme: what a result must not show.
+fn credential_of(value: &HeaderValue) -> String {
+    let text = String::from_utf8_lossy(value.as_bytes());
+    text.split_once(' ')
+        .map_or(text.as_ref(), |(_, credential)| credential)
+        .to_string()
+}
+
+/// The headers made from secret files, and every secret text a result must not show. At
+/// most one source sets Authorization.
+fn credentials(
+    spec: &HttpSpec,
+    headers: &HeaderMap,
+) -> Result<(HeaderMap, Vec<String>), HttpDefinitionError> {
+    let mut credential_headers = HeaderMap::new();
+    let mut secrets: Vec<String> = Vec::new();
+    let mut authorization: Vec<String> = Vec::new();
+    if headers.contains_key(AUTHORIZATION) {
+        authorization.push("headers.Authorization".to_string());
+    }
+    for (name, path_key) in spec.headers_from_files.keys().map(|name| {
+        let key = format!("headers_from_files.{name}");
+        (name, key)
+    }) {
+        let header_name = header_name(name)?;
+        if headers.contains_key(&header_name) {
+            return Err(HttpDefinitionError::HeaderTwice(name.clone()));
+        }
+        if header_name == AUTHORIZATION {
+            authorization.push(path_key.clone());
+        }
+        let secret = spec
+            .secrets
+            .headers
+            .get(name)
+            .ok_or_else(|| HttpDefinitionError::SecretMissing(path_key.clone()))?;
+        let mut value = HeaderValue::from_str(secret.expose())
+            .map_err(|_| HttpDefinitionError::SecretHeader(path_key.clone()))?;
+        value.set_sensitive(true);
+        secrets.push(secret.expose().to_string());
+        if header_name == AUTHORIZATION {
+            secrets.push(credential_of(&value));
+        }
+        credential_headers.append(header_name, value);
+    }
+    if spec.bearer_token_file.is_some() {
+        authorization.push("bearer_token_file".to_string());
+        let token = secret_of(&spec.secrets.bearer_token, "bearer_token_file")?;
+        let mut value = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
+            .map_err(|_| HttpDefinitionError::SecretHeader("bearer_token_file".to_string()))?;
+        value.set_sensitive(true);
+        secrets.push(token.expose().to_string());
+        credential_headers.insert(AUTHORIZATION, value);
+    }
+    if let Some(auth) = &spec.basic_auth {
+        if auth.username.contains(':') {
+            return Err(HttpDefinitionError::UsernameColon("basic_auth"));
+        }
+        authorization.push("basic_auth".to_string());
+        let password = secret_of(&spec.secrets.basic_password, "basic_auth.password_file")?;
+        let value = basic_authorization(&auth.username, password.expose())
+            .ok_or_else(|| HttpDefinitionError::SecretHeader("basic_auth".to_string()))?;
+        secrets.push(password.expose().to_string());
+        secrets.push(credential_of(&value));
+        credential_headers.insert(AUTHORIZATION, value);
+    }
+    if spec.oauth2.is_some() {
+        authorization.push("oauth2".to_string());
+    }
+    if authorization.len() > 1 {
+        return Err(HttpDefinitionError::TwoAuthorizations(
+            authorization[0].clone(),
+            authorization[1].clone(),
+        ));
+    }
+    Ok((credential_headers, secrets))
+}
+
+/// What an HTTP probe that got a response saw.
 #[derive(Debug)]
 pub struct HttpOutcome {
     pub details: HttpDetails,
+    /// The response broke a condition of the check (`valid_status_codes`, ...): the probe
+    /// fails with this error, and the response is still reported.
+    pub violation: Option<ProbeError>,
 }
 
 /// Probes `target` (the instance) for `plan`, recording phases in `record` as they pass, so
-/// that a probe cut short by its timeout still shows where the time went.
+/// that a probe cut short by its timeout still shows where the time went. `deadline` is when
+/// the check's timeout ends. Nothing a result shows holds a secret the probe sent.
 pub async fn probe(
     ctx: &ProbeContext,
     plan: &HttpPlan,
     target: SocketAddr,
+    deadline: Instant,
+    record: &mut ProbeRecord,
+) -> Result<HttpOutcome, ProbeError> {
+    // The OAuth2 token comes before the first phase: it is no time spent with the target, and
+    // fetching it may take half the timeout at most.
+    let token = match &plan.oauth2 {
+        Some(source) => {
+            let limit = (Instant::now() + plan.timeout / 2).min(deadline);
+            Some(source.token(ctx, plan.timeout, limit).await?)
+        }
+        None => None,
+    };
+    let outcome = follow(ctx, plan, target, token.as_deref(), record).await;
+    let token = token.as_deref();
+    match outcome {
+        Ok(mut outcome) => {
+            let details = &mut outcome.details;
+            plan.redact(&mut details.body, token);
+            for value in details.headers.values_mut() {
+                plan.redact(value, token);
+            }
+            if let Some(violation) = outcome.violation.as_mut() {
+                plan.redact(&mut violation.message, token);
+            }
+            Ok(outcome)
+        }
+        Err(mut error) => {
+            plan.redact(&mut error.message, token);
+            Err(error)
+        }
+    }
+}
+
+async fn follow(
+    ctx: &ProbeContext,
+    plan: &HttpPlan,
+    target: SocketAddr,
+    token: Option<&AccessToken>,
     record: &mut ProbeRecord,
 ) -> Result<HttpOutcome, ProbeError> {
     let mut endpoint = plan.endpoint.clone();
@@ -194,8 +546,14 @@ pub async fn probe(
     let mut body = plan.body.clone();
     let mut redirects = 0;
     loop {
-        let (head, body_bytes, truncated) =
-            exchange_once(ctx, plan, &endpoint, address, &method, &body, record).await?;
+        let request = RequestPlan {
+            endpoint: &endpoint,
+            address,
+            method: &method,
+            body: &body,
+            token,
+        };
+        let (head, body_bytes, truncated) = exchange_once(ctx, plan, &request, record).await?;
         let status = head.status;
         if plan.follow_redirects && status.is_redirection() {
             if let Some(next) = redirect_target(&endpoint, &head.headers) {
@@ -232,117 +590,143 @@ pub async fn probe(
                 continue;
             }
         }
-        return Ok(HttpOutcome {
-            details: HttpDetails {
-                status: status.as_u16(),
-                version: version_text(head.version).to_string(),
-                headers: header_map_text(&head.headers),
-                body: String::from_utf8_lossy(&body_bytes).into_owned(),
-                truncated,
-                body_bytes: None,
-                headers_truncated: false,
-                redirects,
-            },
-        });
+        let details = HttpDetails {
+            status: status.as_u16(),
+            version: version_text(head.version).to_string(),
+            headers: header_map_text(&head.headers),
+            body: String::from_utf8_lossy(&body_bytes).into_owned(),
+            truncated,
+            body_bytes: None,
+            headers_truncated: false,
+            redirects,
+        };
+        let violation = plan.violation(&details, head.version, endpoint.https);
+        return Ok(HttpOutcome { details, violation });
     }
 }
 
-/// One request on one fresh connection.
+/// One request of a probe: where it goes and what it carries.
+struct RequestPlan<'a> {
+    endpoint: &'a Endpoint,
+    /// The instance (or, after a redirect to another origin, the address found for it).
+    address: SocketAddr,
+    method: &'a Method,
+    body: &'a Bytes,
+    token: Option<&'a AccessToken>,
+}
+
+/// One request on one fresh connection: directly, or through the proxy (a CONNECT tunnel for
+/// https, a forwarded request for http).
 async fn exchange_once(
     ctx: &ProbeContext,
     plan: &HttpPlan,
-    endpoint: &Endpoint,
-    address: SocketAddr,
-    method: &Method,
-    body: &Bytes,
+    request: &RequestPlan<'_>,
     record: &mut ProbeRecord,
 ) -> Result<(http::response::Parts, Vec<u8>, bool), ProbeError> {
+    let endpoint = request.endpoint;
+    let address = request.address;
+    let own_origin = endpoint.same_origin(&plan.endpoint);
     // TLS settings are resolved before connecting: a bad CA file fails without touching the
     // target, and building the client config never counts as a phase.
     let tls = if endpoint.https {
-        let config = ctx.tls.get(&plan.tls).map_err(tls_setup_error)?;
-        Some((config, server_name(&endpoint.host)?))
+        let config = ctx
+            .tls
+            .get_with_alpn(&plan.tls.settings, plan.alpn)
+            .map_err(tls_setup_error)?;
+        let name = if own_origin {
+            plan.tls.server_name.clone()
+        } else {
+            server_name(&endpoint.host)?
+        };
+        Some((config, name))
     } else {
         None
     };
-    record.begin(Phase::Connect);
-    let tcp = TcpStream::connect(address).await.map_err(|error| {
-        ProbeError::new(ErrorKind::Connect, format!("connect to {address}: {error}"))
-    })?;
-    record.end();
-    // Requests are small; do not let Nagle hold them back and inflate `processing`.
-    let _ = tcp.set_nodelay(true);
+    let proxy = plan
+        .proxy
+        .as_ref()
+        .filter(|proxy| proxy.applies(&endpoint.host, address));
+    let mut tcp = match proxy {
+        Some(proxy) => proxy.connect(ctx, plan.source_ip, record).await?,
+        None => connect_tcp(address, plan.source_ip, record).await?,
+    };
     let max_body = ctx.max_body_bytes;
     if let Some((config, server_name)) = tls {
-        record.begin(Phase::Tls);
-        let stream = tokio_rustls::TlsConnector::from(config)
-            .connect(server_name, tcp)
-            .await
-            .map_err(|error| {
-                ProbeError::new(
-                    ErrorKind::Tls,
-                    format!("TLS handshake with {address}: {}", error_chain(&error)),
-                )
-            })?;
-        record.end();
-        let session = stream.get_ref().1;
-        let alpn = session
-            .alpn_protocol()
-            .map(|protocol| String::from_utf8_lossy(protocol).into_owned());
-        let h2 = alpn.as_deref() == Some("h2");
-        record.tls = Some(TlsDetails {
-            version: session
-                .protocol_version()
-                .map(tls_version_text)
-                .unwrap_or_default(),
-            alpn,
-            earliest_cert_expiry: session
-                .peer_certificates()
-                .and_then(earliest_not_after)
-                .map(|secs| {
-                    if secs >= 0 {
-                        SystemTime::UNIX_EPOCH + Duration::from_secs(secs.unsigned_abs())
-                    } else {
-                        SystemTime::UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs())
-                    }
-                }),
-            chain: None,
-        });
-        let request = build_request(plan, endpoint, method, body, h2)?;
-        exchange(TokioIo::new(stream), h2, request, record, max_body).await
+        if let Some(proxy) = proxy {
+            proxy.tunnel(&mut tcp, address, record).await?;
+        }
+        let stream = handshake(config, server_name, tcp, address, record).await?;
+        let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+        let built = build_request(plan, request, own_origin, h2, None)?;
+        exchange(
+            TokioIo::new(stream),
+            h2,
+            built,
+            record,
+            max_body,
+            plan.compression,
+        )
+        .await
     } else {
-        let request = build_request(plan, endpoint, method, body, false)?;
-        exchange(TokioIo::new(tcp), false, request, record, max_body).await
+        // Through a proxy, plain http is forwarded: the request names the instance.
+        let built = build_request(plan, request, own_origin, false, proxy)?;
+        exchange(
+            TokioIo::new(tcp),
+            false,
+            built,
+            record,
+            max_body,
+            plan.compression,
+        )
+        .await
     }
 }
 
 fn build_request(
     plan: &HttpPlan,
-    endpoint: &Endpoint,
-    method: &Method,
-    body: &Bytes,
+    request: &RequestPlan<'_>,
+    own_origin: bool,
     h2: bool,
+    forward_through: Option<&ProxyPlan>,
 ) -> Result<Request<Full<Bytes>>, ProbeError> {
+    let endpoint = request.endpoint;
     // HTTP/1 takes the origin form plus a Host header; HTTP/2 takes the absolute URI, from which
-    // hyper sends :authority.
+    // hyper sends :authority. A forwarding proxy gets the absolute form with the instance's
+    // address, and the URL's host in Host.
     let uri: Uri = if h2 {
         endpoint.uri.clone()
+    } else if forward_through.is_some() {
+        format!("http://{}{}", request.address, endpoint.path_and_query())
+            .parse()
+            .map_err(|error| ProbeError::new(ErrorKind::Http, format!("request target: {error}")))?
     } else {
         endpoint
             .path_and_query()
             .parse()
             .map_err(|error| ProbeError::new(ErrorKind::Http, format!("request target: {error}")))?
     };
-    let mut request = Request::builder()
-        .method(method.clone())
+    let mut built = Request::builder()
+        .method(request.method.clone())
         .uri(uri)
-        .body(Full::new(body.clone()))
+        .body(Full::new(request.body.clone()))
         .map_err(|error| {
             ProbeError::new(ErrorKind::Http, format!("building the request: {error}"))
         })?;
-    let headers = request.headers_mut();
+    let headers = built.headers_mut();
     for (name, value) in &plan.headers {
         headers.append(name.clone(), value.clone());
+    }
+    // Credentials go to the URL's own origin only, never to where a redirect leads.
+    if own_origin {
+        for (name, value) in &plan.credential_headers {
+            headers.append(name.clone(), value.clone());
+        }
+        if let Some(token) = request.token {
+            headers.insert(AUTHORIZATION, token.header.clone());
+        }
+    }
+    if let Some(authorization) = forward_through.and_then(ProxyPlan::authorization) {
+        headers.insert(PROXY_AUTHORIZATION, authorization.clone());
     }
     if !h2 && !headers.contains_key(HOST) {
         let host = HeaderValue::from_str(&endpoint.authority)
@@ -352,7 +736,15 @@ fn build_request(
     if !headers.contains_key(USER_AGENT) {
         headers.insert(USER_AGENT, HeaderValue::from_static(DEFAULT_USER_AGENT));
     }
-    Ok(request)
+    if let Some(compression) = plan.compression {
+        if !headers.contains_key(ACCEPT_ENCODING) {
+            headers.insert(
+                ACCEPT_ENCODING,
+                HeaderValue::from_static(compression.as_str()),
+            );
+        }
+    }
+    Ok(built)
 }
 
 async fn exchange<IO>(
@@ -361,6 +753,7 @@ async fn exchange<IO>(
     request: Request<Full<Bytes>>,
     record: &mut ProbeRecord,
     max_body: usize,
+    compression: Option<Compression>,
 ) -> Result<(http::response::Parts, Vec<u8>, bool), ProbeError>
 where
     IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
@@ -375,7 +768,7 @@ where
                 .map_err(http_error)?;
         drive(connection, async move {
             let response = sender.send_request(request).await.map_err(http_error)?;
-            read_response(response, record, max_body).await
+            read_response(response, record, max_body, compression).await
         })
         .await
     } else {
@@ -384,7 +777,7 @@ where
             .map_err(http_error)?;
         drive(connection, async move {
             let response = sender.send_request(request).await.map_err(http_error)?;
-            read_response(response, record, max_body).await
+            read_response(response, record, max_body, compression).await
         })
         .await
     }
@@ -394,6 +787,7 @@ async fn read_response(
     response: hyper::Response<Incoming>,
     record: &mut ProbeRecord,
     max_body: usize,
+    compression: Option<Compression>,
 ) -> Result<(http::response::Parts, Vec<u8>, bool), ProbeError> {
     record.begin(Phase::Transfer);
     let (head, mut body) = response.into_parts();
@@ -420,8 +814,142 @@ async fn read_response(
             break;
         }
     }
+    // Decoding is part of the transfer: the body is not there until it is decoded.
+    if let Some(compression) = compression {
+        if let Some(encoding) = content_encoding(&head.headers) {
+            if encoding != compression.as_str() {
+                return Err(body_error(format!(
+                    "the body came with Content-Encoding `{encoding}`, not the {} that compression asked for",
+                    compression.as_str()
+                )));
+            }
+            if truncated {
+                return Err(body_error(format!(
+                    "the {} body is longer than runner.max_body_bytes ({max_body} bytes) before it is even decoded",
+                    compression.as_str()
+                )));
+            }
+            bytes = decode(compression, &bytes, max_body)?;
+        }
+    }
     record.end();
     Ok((head, bytes, truncated))
+}
+
+fn body_error(message: String) -> ProbeError {
+    ProbeError::new(ErrorKind::Body, message)
+}
+
+/// The response's content coding, lowercase; None for none or `identity`.
+fn content_encoding(headers: &HeaderMap) -> Option<String> {
+    let codings: Vec<String> = headers
+        .get_all(CONTENT_ENCODING)
+        .iter()
+        .flat_map(|value| {
+            String::from_utf8_lossy(value.as_bytes())
+                .split(',')
+                .map(|coding| coding.trim().to_ascii_lowercase())
+                .collect::<Vec<_>>()
+        })
+        .filter(|coding| !coding.is_empty() && coding != "identity")
+        .collect();
+    if codings.is_empty() {
+        None
+    } else {
+        Some(codings.join(", "))
+    }
+}
+
+/// The largest zstd window accepted: what RFC 9659 asks HTTP decoders to support.
+const MAX_ZSTD_WINDOW: u64 = 8 * 1024 * 1024;
+
+/// Decodes `compressed`, never holding more than `max` decoded bytes (plus one, to know that
+/// there was more): a body that decodes to more is refused as a decompression bomb.
+fn decode(compression: Compression, compressed: &[u8], max: usize) -> Result<Vec<u8>, ProbeError> {
+    use std::io::Read;
+    let name = compression.as_str();
+    let limit = u64::try_from(max).unwrap_or(u64::MAX).saturating_add(1);
+    let mut decoded = Vec::new();
+    let read = match compression {
+        Compression::Gzip => flate2::read::GzDecoder::new(compressed)
+            .take(limit)
+            .read_to_end(&mut decoded),
+        // RFC 9110's deflate is the zlib format; some servers send raw deflate.
+        Compression::Deflate if has_zlib_header(compressed) => {
+            flate2::read::ZlibDecoder::new(compressed)
+                .take(limit)
+                .read_to_end(&mut decoded)
+        }
+        Compression::Deflate => flate2::read::DeflateDecoder::new(compressed)
+            .take(limit)
+            .read_to_end(&mut decoded),
+        Compression::Br => brotli_decompressor::Decompressor::new(compressed, 4096)
+            .take(limit)
+            .read_to_end(&mut decoded),
+        Compression::Zstd => {
+            // The decoder sets aside the window the frame asks for before decoding: refuse
+            // one larger than HTTP allows, or than the body may be, first.
+            if let Some((window, single_segment)) = zstd_window(compressed) {
+                let most = if single_segment {
+                    limit
+                } else {
+                    MAX_ZSTD_WINDOW
+                };
+                if window > most {
+                    return Err(body_error(format!(
+                        "the zstd body asks for a {window}-byte window, more than the {most} bytes allowed; refused as a decompression bomb"
+                    )));
+                }
+            }
+            match ruzstd::decoding::StreamingDecoder::new(compressed) {
+                Ok(decoder) => decoder.take(limit).read_to_end(&mut decoded),
+                Err(error) => {
+                    return Err(body_error(format!("decoding the zstd body: {error}")));
+                }
+            }
+        }
+    };
+    read.map_err(|error| body_error(format!("decoding the {name} body: {error}")))?;
+    if decoded.len() > max {
+        return Err(body_error(format!(
+            "the {name} body decodes to more than runner.max_body_bytes ({max} bytes); refused as a decompression bomb"
+        )));
+    }
+    Ok(decoded)
+}
+
+fn has_zlib_header(data: &[u8]) -> bool {
+    match data {
+        [first, second, ..] => {
+            first & 0x0F == 8 && (u16::from(*first) << 8 | u16::from(*second)) % 31 == 0
+        }
+        _ => false,
+    }
+}
+
+/// The window a zstd frame asks for (RFC 8878 3.1.1.1), and whether it is a single segment
+/// (its window is then its whole content); None when it is no zstd frame.
+fn zstd_window(data: &[u8]) -> Option<(u64, bool)> {
+    if data.get(..4)? != [0x28, 0xB5, 0x2F, 0xFD] {
+        return None;
+    }
+    let descriptor = *data.get(4)?;
+    if descriptor & 0x20 == 0 {
+        let window = *data.get(5)?;
+        let base = 1u64 << (10 + u32::from(window >> 3));
+        return Some((base + base / 8 * u64::from(window & 7), false));
+    }
+    let dictionary_bytes = [0usize, 1, 2, 4][usize::from(descriptor & 3)];
+    let size_bytes = [1usize, 2, 4, 8][usize::from(descriptor >> 6)];
+    let start = 5 + dictionary_bytes;
+    let field = data.get(start..start + size_bytes)?;
+    let mut size = field.iter().enumerate().fold(0u64, |size, (index, byte)| {
+        size | u64::from(*byte) << (8 * index)
+    });
+    if size_bytes == 2 {
+        size += 256;
+    }
+    Some((size, true))
 }
 
 fn redirect_target(current: &Endpoint, headers: &HeaderMap) -> Option<Endpoint> {
@@ -547,12 +1075,12 @@ pub const KIND: CheckKind = CheckKind {
 
 fn compile_spec(
     spec: &CheckSpec,
-    _timeout: Duration,
+    timeout: Duration,
 ) -> Result<Box<dyn Probe>, CheckDefinitionError> {
     let CheckSpec::Http(spec) = spec else {
         return Err(CheckDefinitionError::wrong_spec(CheckType::Http, spec));
     };
-    let plan = HttpPlan::compile(spec).map_err(CheckDefinitionError::spec)?;
+    let plan = HttpPlan::compile(spec, timeout).map_err(CheckDefinitionError::spec)?;
     Ok(Box::new(plan))
 }
 
@@ -565,14 +1093,19 @@ impl Probe for HttpPlan {
         &'a self,
         context: &'a ProbeContext,
         target: SocketAddr,
-        _deadline: tokio::time::Instant,
+        deadline: tokio::time::Instant,
         record: &'a mut ProbeRecord,
     ) -> ProbeFuture<'a> {
         Box::pin(async move {
-            let outcome = probe(context, self, target, record).await?;
+            let outcome = probe(context, self, target, deadline, record).await?;
             record.http = Some(outcome.details);
-            Ok(())
+            outcome.violation.map_or(Ok(()), Err)
         })
+    }
+
+    /// With `valid_status_codes`, any status that raised no error is one of them.
+    fn passes_by_default(&self, type_verdict: bool) -> bool {
+        type_verdict || !self.valid_status_codes.is_empty()
     }
 }
 
@@ -603,6 +1136,15 @@ fn write_series(response: &Response, out: &mut dyn SeriesOut) {
             ("transfer", |timings| timings.transfer),
         ],
     );
+    // Only probes that went through a proxy's tunnel have this phase.
+    if response.timings.proxy > 0.0 {
+        series::write_phases(
+            out,
+            "probe_http_duration_seconds",
+            &response.timings,
+            &[("proxy", |timings| timings.proxy)],
+        );
+    }
 }
 
 #[cfg(test)]
@@ -661,6 +1203,40 @@ mod tests {
         assert_eq!(endpoint.path_and_query(), "/x?y");
         let endpoint = Endpoint::parse("http://svc.internal").unwrap();
         assert_eq!((endpoint.port, endpoint.path_and_query()), (80, "/"));
+    }
+
+    #[test]
+    fn zstd_windows_are_read_from_the_frame_header() {
+        // Window descriptor 0x58: exponent 11, mantissa 0: 2^21 bytes.
+        assert_eq!(
+            zstd_window(&[0x28, 0xB5, 0x2F, 0xFD, 0x00, 0x58, 0, 0]),
+            Some((2 * 1024 * 1024, false))
+        );
+        // 0x88: exponent 17, 2^27 bytes: more than HTTP allows.
+        assert_eq!(
+            zstd_window(&[0x28, 0xB5, 0x2F, 0xFD, 0x00, 0x88]),
+            Some((128 * 1024 * 1024, false))
+        );
+        // Single segment, a 2-byte content size (value + 256).
+        assert_eq!(
+            zstd_window(&[0x28, 0xB5, 0x2F, 0xFD, 0x60, 0x10, 0x00]),
+            Some((0x10 + 256, true))
+        );
+        assert_eq!(zstd_window(b"not zstd"), None);
+        assert!(has_zlib_header(&[0x78, 0x9C]));
+        assert!(!has_zlib_header(&[0xCB, 0x48]));
+    }
+
+    #[test]
+    fn content_codings_are_read_without_identity() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(content_encoding(&headers), None);
+        headers.insert(CONTENT_ENCODING, HeaderValue::from_static("identity"));
+        assert_eq!(content_encoding(&headers), None);
+        headers.insert(CONTENT_ENCODING, HeaderValue::from_static(" GZip "));
+        assert_eq!(content_encoding(&headers).as_deref(), Some("gzip"));
+        headers.append(CONTENT_ENCODING, HeaderValue::from_static("br"));
+        assert_eq!(content_encoding(&headers).as_deref(), Some("gzip, br"));
     }
 
     #[test]

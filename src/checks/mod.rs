@@ -10,13 +10,15 @@ pub mod grpc;
 pub mod http;
 pub mod icmp;
 pub mod net;
+pub mod oauth2;
+pub mod proxy;
 pub mod series;
 pub mod tcp;
 pub mod tls;
 pub mod tls_client;
 
 use crate::assertions::{AssertionError, CompiledAssertion, Observation};
-use crate::config::{AssertionKey, CheckConfig, CheckSpec, MIN_INTERVAL};
+use crate::config::{AssertionKey, CheckConfig, CheckSpec, IpProtocol, MIN_INTERVAL};
 use crate::messages::{
     DnsDetails, GrpcDetails, HttpDetails, IcmpDetails, Response, TcpDetails, Timings, TlsDetails,
 };
@@ -92,6 +94,12 @@ pub trait Probe: Send + Sync + std::fmt::Debug {
         true
     }
 
+    /// The verdict without assertions, given the type's own (`type_verdict`): a check may
+    /// widen it by its settings (an http check's `valid_status_codes`).
+    fn passes_by_default(&self, type_verdict: bool) -> bool {
+        type_verdict
+    }
+
     /// How a probed address is shown as the response's `target` and the `target` label.
     fn target_label(&self, address: SocketAddr) -> String {
         address.to_string()
@@ -132,6 +140,8 @@ pub struct ProbeContext {
 pub enum Phase {
     Resolve,
     Connect,
+    /// HTTP through a proxy: the CONNECT request and the proxy's answer (the tunnel).
+    Proxy,
     Tls,
     Processing,
     Transfer,
@@ -148,6 +158,7 @@ impl Phase {
         match self {
             Phase::Resolve => "resolve",
             Phase::Connect => "connect",
+            Phase::Proxy => "proxy",
             Phase::Tls => "tls",
             Phase::Processing => "processing",
             Phase::Transfer => "transfer",
@@ -217,6 +228,7 @@ impl ProbeRecord {
             let slot = match phase {
                 Phase::Resolve => &mut self.timings.resolve,
                 Phase::Connect => &mut self.timings.connect,
+                Phase::Proxy => &mut self.timings.proxy,
                 Phase::Tls => &mut self.timings.tls,
                 Phase::Processing => &mut self.timings.processing,
                 Phase::Transfer => &mut self.timings.transfer,
@@ -269,6 +281,8 @@ pub enum CheckDefinitionError {
         expected: CheckType,
         found: CheckType,
     },
+    #[error("ip_protocol_fallback only applies with ip_protocol = \"ip4\" or \"ip6\"; set one or remove it")]
+    FallbackWithoutProtocol,
     #[error("assertion #{index}: {source}")]
     Assertion {
         index: usize,
@@ -304,6 +318,10 @@ pub struct CompiledCheck {
     pub assertions: Vec<CompiledAssertion>,
     pub check_type: CheckType,
     pub probe: Box<dyn Probe>,
+    /// Which resolved addresses are instances (`ip_protocol`), and whether the other family
+    /// stands in when the host has none of it (`ip_protocol_fallback`).
+    pub ip_protocol: IpProtocol,
+    pub ip_protocol_fallback: bool,
 }
 
 impl CompiledCheck {
@@ -348,7 +366,13 @@ impl CompiledCheck {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let probe = (kind.compile)(&check.spec, timeout)?;
+        let ip_protocol = check.ip_protocol.unwrap_or_default();
+        if check.ip_protocol_fallback.is_some() && ip_protocol == IpProtocol::Any {
+            return Err(CheckDefinitionError::FallbackWithoutProtocol);
+        }
         Ok(CompiledCheck {
+            ip_protocol,
+            ip_protocol_fallback: check.ip_protocol_fallback.unwrap_or(true),
             name: check.name.clone(),
             interval: check.interval,
             timeout,
@@ -361,6 +385,24 @@ impl CompiledCheck {
 
     pub fn check_type(&self) -> CheckType {
         self.check_type
+    }
+
+    /// The addresses of `found` that `ip_protocol` keeps: those of the family asked for, or,
+    /// when there are none and `ip_protocol_fallback` allows, those of the other.
+    pub fn select_family(&self, found: Vec<SocketAddr>) -> Vec<SocketAddr> {
+        let wanted = |address: &SocketAddr| match self.ip_protocol {
+            IpProtocol::Ip4 => address.is_ipv4(),
+            IpProtocol::Ip6 => address.is_ipv6(),
+            IpProtocol::Any => true,
+        };
+        if found.iter().any(wanted) || !self.ip_protocol_fallback {
+            found
+                .into_iter()
+                .filter(|address| wanted(address))
+                .collect()
+        } else {
+            found
+        }
     }
 }
 

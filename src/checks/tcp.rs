@@ -3,9 +3,11 @@
 //! stops at the first match, when the peer closes, or at `runner.max_body_bytes`, and never
 //! goes past that cap. One fresh connection per probe, one attempt.
 
-use super::net::connect_tcp;
+use super::net::{connect_tcp, is_tls_failure};
 use super::series::{self, SeriesOut, SeriesSpec};
-use super::tls_client::{handshake, TlsTarget, TlsTargetError};
+use super::tls_client::{
+    await_client_auth_verdict, handshake, watch_client_auth, TlsKeys, TlsTarget, TlsTargetError,
+};
 use super::{CheckDefinitionError, CheckKind, Probe, ProbeFuture};
 use super::{Phase, ProbeContext, ProbeRecord};
 use crate::assertions::Observation;
@@ -17,6 +19,7 @@ use crate::messages::TcpDetails;
 use crate::model::CheckType;
 use crate::model::{split_host_port, ErrorKind, ProbeError};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -52,6 +55,7 @@ pub struct TcpPlan {
     port: u16,
     tls: Option<TlsTarget>,
     steps: Vec<Step>,
+    source_ip: Option<std::net::IpAddr>,
 }
 
 impl TcpPlan {
@@ -62,11 +66,13 @@ impl TcpPlan {
                 reason,
             })?;
         let tls = TlsTarget::compile(
-            spec.tls,
+            TlsKeys {
+                table: spec.tls.settings(),
+                server_name: spec.server_name.as_deref(),
+                ca_file: spec.ca_file.as_deref(),
+                insecure_skip_verify: spec.insecure_skip_verify,
+            },
             &host,
-            spec.server_name.as_deref(),
-            spec.ca_file.as_deref(),
-            spec.insecure_skip_verify,
         )?;
         let steps = spec
             .steps
@@ -92,6 +98,7 @@ impl TcpPlan {
             port,
             tls,
             steps,
+            source_ip: spec.source_ip,
         })
     }
 
@@ -109,11 +116,18 @@ pub async fn probe(
     ctx: &ProbeContext,
     plan: &TcpPlan,
     target: SocketAddr,
+    deadline: tokio::time::Instant,
     record: &mut ProbeRecord,
 ) -> Result<(), ProbeError> {
-    // Raw TCP services speak no ALPN protocol, so none is offered.
+    // Raw TCP services speak no ALPN protocol, so none is offered. The probe's own copy of the
+    // configuration notes whether the server asks for a client certificate.
     let tls = match &plan.tls {
-        Some(tls) => Some(tls.client_config(ctx, &[])?),
+        Some(tls) => {
+            let (config, server_name) = tls.client_config(ctx, &[])?;
+            let mut config = Arc::unwrap_or_clone(config);
+            let watch = watch_client_auth(&mut config);
+            Some((Arc::new(config), server_name, watch))
+        }
         None => None,
     };
     record.tcp = Some(TcpDetails {
@@ -123,12 +137,24 @@ pub async fn probe(
         body_bytes: None,
         steps_done: 0,
     });
-    let tcp = connect_tcp(target, record).await?;
+    let tcp = connect_tcp(target, plan.source_ip, record).await?;
     let max_bytes = ctx.max_body_bytes;
     match tls {
-        Some((config, server_name)) => {
-            let stream = handshake(config, server_name, tcp, target, record).await?;
-            exchange(stream, plan, target, record, max_bytes).await
+        Some((config, server_name, watch)) => {
+            let mut stream = handshake(config, server_name, tcp, target, record).await?;
+            let handshake_seconds = record.timings.tls;
+            exchange(&mut stream, plan, target, record, max_bytes).await?;
+            // Without an expect step nothing was read: a TLS 1.3 server's refusal of the client
+            // certificate would go unseen.
+            if !plan
+                .steps
+                .iter()
+                .any(|step| matches!(step, Step::Expect(_)))
+            {
+                await_client_auth_verdict(&mut stream, &watch, target, handshake_seconds, deadline)
+                    .await?;
+            }
+            Ok(())
         }
         None => exchange(tcp, plan, target, record, max_bytes).await,
     }
@@ -184,8 +210,15 @@ where
                 }
                 let room = (max_bytes - received.len()).min(chunk.len());
                 let read = stream.read(&mut chunk[..room]).await.map_err(|error| {
+                    // A TLS alert here is the server refusing the session (on TLS 1.3, its
+                    // verdict on the client certificate comes after the handshake).
+                    let kind = if is_tls_failure(&error) {
+                        ErrorKind::Tls
+                    } else {
+                        ErrorKind::Connect
+                    };
                     ProbeError::new(
-                        ErrorKind::Connect,
+                        kind,
                         format!("step #{}: reading from {target}: {error}", index + 1),
                     )
                 })?;
@@ -258,10 +291,10 @@ impl Probe for TcpPlan {
         &'a self,
         context: &'a ProbeContext,
         target: SocketAddr,
-        _deadline: tokio::time::Instant,
+        deadline: tokio::time::Instant,
         record: &'a mut ProbeRecord,
     ) -> ProbeFuture<'a> {
-        Box::pin(probe(context, self, target, record))
+        Box::pin(probe(context, self, target, deadline, record))
     }
 }
 

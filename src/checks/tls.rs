@@ -7,14 +7,15 @@
 use super::net::connect_tcp;
 use super::series::{self, SeriesOut, SeriesSpec};
 use super::tls_client::{
-    certificate_details, client_config, handshake, server_name, tls_setup_error, Trust,
+    await_client_auth_verdict, certificate_details, handshake, tls_setup_error, watch_client_auth,
+    TlsKeys, TlsTarget, TlsTargetError,
 };
 use super::{CheckDefinitionError, CheckKind, Probe, ProbeFuture};
 use super::{ProbeContext, ProbeRecord};
 use crate::assertions::Observation;
 use crate::assertions::Observed;
 use crate::config::CheckSpec;
-use crate::config::{AssertionKey, TlsSettings, TlsSpec};
+use crate::config::{AssertionKey, TlsSpec};
 use crate::messages::Response;
 use crate::messages::{ChainDetails, TlsDetails};
 use crate::model::CheckType;
@@ -32,10 +33,8 @@ use std::time::SystemTime;
 pub enum TlsDefinitionError {
     #[error("address `{address}` is not valid: {reason}")]
     Address { address: String, reason: String },
-    #[error("server_name `{0}` is not a valid TLS server name")]
-    ServerName(String),
-    #[error("ca_file {0} cannot be read: {1}")]
-    CaFile(String, String),
+    #[error("{0}")]
+    Tls(#[from] TlsTargetError),
 }
 
 /// A compiled TLS certificate check.
@@ -43,8 +42,8 @@ pub enum TlsDefinitionError {
 pub struct TlsPlan {
     host: String,
     port: u16,
-    server_name: ServerName<'static>,
-    settings: TlsSettings,
+    tls: TlsTarget,
+    source_ip: Option<std::net::IpAddr>,
 }
 
 impl TlsPlan {
@@ -54,22 +53,21 @@ impl TlsPlan {
                 address: spec.address.clone(),
                 reason,
             })?;
-        let name = spec.server_name.as_deref().unwrap_or(&host);
-        let server_name =
-            server_name(name).map_err(|_| TlsDefinitionError::ServerName(name.to_string()))?;
-        if let Some(path) = &spec.ca_file {
-            std::fs::metadata(path).map_err(|error| {
-                TlsDefinitionError::CaFile(path.display().to_string(), error.to_string())
-            })?;
-        }
+        let tls = TlsTarget::compile(
+            TlsKeys {
+                table: Some(&spec.tls),
+                server_name: spec.server_name.as_deref(),
+                ca_file: spec.ca_file.as_deref(),
+                insecure_skip_verify: false,
+            },
+            &host,
+        )?
+        .ok_or(TlsTargetError::TlsSettingWithoutTls("tls"))?;
         Ok(TlsPlan {
             host,
             port,
-            server_name,
-            settings: TlsSettings {
-                insecure_skip_verify: false,
-                ca_file: spec.ca_file.clone(),
-            },
+            tls,
+            source_ip: spec.source_ip,
         })
     }
 
@@ -139,22 +137,31 @@ pub async fn probe(
     ctx: &ProbeContext,
     plan: &TlsPlan,
     target: SocketAddr,
+    deadline: tokio::time::Instant,
     record: &mut ProbeRecord,
 ) -> Result<(), ProbeError> {
     // The trusted roots are loaded (once) before connecting; the configuration around the
-    // recording verifier is per probe, since the verdict is this probe's own.
+    // recording verifier is per probe, since the verdict is this probe's own. It is the
+    // check's shared configuration (versions, client certificate, no resumption) with the
+    // verifier swapped in and no ALPN.
+    let settings = &plan.tls.settings;
     let verifier = Arc::new(RecordingVerifier {
-        inner: ctx.tls.verifier(&plan.settings).map_err(tls_setup_error)?,
+        inner: ctx.tls.verifier(settings).map_err(tls_setup_error)?,
         verdict: Mutex::new(None),
     });
-    let config = client_config(Trust::Verifier(
-        Arc::clone(&verifier) as Arc<dyn ServerCertVerifier>
-    ))
-    .map_err(tls_setup_error)?;
-    let tcp = connect_tcp(target, record).await?;
-    let stream = handshake(
+    let mut config = Arc::unwrap_or_clone(
+        ctx.tls
+            .get_with_alpn(settings, &[])
+            .map_err(tls_setup_error)?,
+    );
+    config
+        .dangerous()
+        .set_certificate_verifier(Arc::clone(&verifier) as Arc<dyn ServerCertVerifier>);
+    let client_auth = watch_client_auth(&mut config);
+    let tcp = connect_tcp(target, plan.source_ip, record).await?;
+    let mut stream = handshake(
         Arc::new(config),
-        plan.server_name.clone(),
+        plan.tls.server_name.clone(),
         tcp,
         target,
         record,
@@ -178,8 +185,22 @@ pub async fn probe(
             certificates,
         });
     }
+    // A TLS 1.3 server that asked for a client certificate says what it made of it only now.
+    let handshake_seconds = record.timings.tls;
+    record.end();
+    await_client_auth_verdict(
+        &mut stream,
+        &client_auth,
+        target,
+        handshake_seconds,
+        deadline,
+    )
+    .await?;
     match verdict {
         Ok(()) => Ok(()),
+        // With insecure_skip_verify an untrusted chain is reported (chain_valid false), not
+        // an error.
+        Err(_) if settings.insecure_skip_verify => Ok(()),
         Err(reason) => Err(ProbeError::new(
             ErrorKind::Tls,
             format!("the certificate chain of {target} is not trusted: {reason}"),
@@ -254,10 +275,10 @@ impl Probe for TlsPlan {
         &'a self,
         context: &'a ProbeContext,
         target: SocketAddr,
-        _deadline: tokio::time::Instant,
+        deadline: tokio::time::Instant,
         record: &'a mut ProbeRecord,
     ) -> ProbeFuture<'a> {
-        Box::pin(probe(context, self, target, record))
+        Box::pin(probe(context, self, target, deadline, record))
     }
 }
 
@@ -265,7 +286,8 @@ impl Probe for TlsPlan {
 fn judge<'a>(response: &'a Response, observation: &mut Observation<'a>) -> Option<bool> {
     let details = response.tls.as_ref()?;
     observation.values = observed(details, SystemTime::now());
-    Some(details.chain.as_ref().is_some_and(|chain| chain.valid))
+    // A chain that did not verify is an error unless insecure_skip_verify said otherwise.
+    Some(details.chain.as_ref().is_some_and(|chain| chain.valid) || response.error.is_none())
 }
 
 fn write_series(response: &Response, out: &mut dyn SeriesOut) {

@@ -6,17 +6,19 @@
 
 use super::{Phase, ProbeContext, ProbeRecord};
 
-use crate::config::TlsSettings;
+use crate::config::{TlsSettings, TlsVersion};
 use crate::messages::{CertificateDetails, TlsDetails};
 use crate::model::{ErrorKind, ProbeError};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::client::{Resumption, WebPkiServerVerifier};
+use rustls::client::{ResolvesClientCert, Resumption, WebPkiServerVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -28,19 +30,62 @@ pub enum TlsSetupError {
     CaFileEmpty(String),
     #[error("no trusted root certificates: the system store is empty or unreadable ({0}); install ca-certificates or set tls.ca_file")]
     NoRoots(String),
+    #[error("cannot read tls.cert_file {path}: {reason}")]
+    CertFile { path: String, reason: String },
+    #[error("tls.cert_file {0} holds no PEM certificates")]
+    CertFileEmpty(String),
+    #[error("cannot read tls.key_file {path}: {reason}; give a PEM private key (PKCS#8, PKCS#1 or SEC1)")]
+    KeyFile { path: String, reason: String },
+    #[error(
+        "tls.key_file {key} does not belong to the certificate in tls.cert_file {cert}: {reason}"
+    )]
+    KeyMismatch {
+        key: String,
+        cert: String,
+        reason: String,
+    },
+    #[error("tls.min_version is newer than tls.max_version; no TLS version is left to offer")]
+    NoVersions,
     #[error("TLS setup failed: {0}")]
     Rustls(#[from] rustls::Error),
     #[error("cannot build a certificate verifier: {0}")]
     Verifier(String),
 }
 
+/// What a file looked like when a configuration was built from it: a changed file (a renewed
+/// client certificate, a new CA bundle) makes the next probe build the configuration again.
+type FileStamps = Vec<Option<(SystemTime, u64)>>;
+
+/// The files `settings` reads, in a fixed order.
+fn files_of(settings: &TlsSettings) -> impl Iterator<Item = &std::path::Path> {
+    [&settings.ca_file, &settings.cert_file, &settings.key_file]
+        .into_iter()
+        .filter_map(|path| path.as_deref())
+}
+
+fn stamps(settings: &TlsSettings) -> FileStamps {
+    files_of(settings)
+        .map(|path| {
+            std::fs::metadata(path).ok().map(|meta| {
+                (
+                    meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                    meta.len(),
+                )
+            })
+        })
+        .collect()
+}
+
+/// A verifier over the roots of one `ca_file` (or the system's), and what its file was like.
+type Verifier = (FileStamps, Arc<WebPkiServerVerifier>);
+
 /// Shared cache of client configurations, keyed by the check's TLS settings.
 #[derive(Debug, Default)]
 pub struct TlsClientConfigs {
-    cache: Mutex<HashMap<TlsSettings, Arc<ClientConfig>>>,
+    cache: Mutex<HashMap<TlsSettings, (FileStamps, Arc<ClientConfig>)>>,
     /// Verifiers over the trusted roots, for probes that record the verdict on a chain
     /// instead of failing the handshake on it (the `tls` check type).
-    verifiers: Mutex<HashMap<TlsSettings, Arc<WebPkiServerVerifier>>>,
+    verifiers: Mutex<HashMap<Option<std::path::PathBuf>, Verifier>>,
 }
 
 pub fn provider() -> Arc<CryptoProvider> {
@@ -48,14 +93,20 @@ pub fn provider() -> Arc<CryptoProvider> {
 }
 
 impl TlsClientConfigs {
+    /// The configuration for `settings`, offering h2 and http/1.1 by ALPN. Built the first
+    /// time, and again only when one of its files changed (a stat of each, no read).
     pub fn get(&self, settings: &TlsSettings) -> Result<Arc<ClientConfig>, TlsSetupError> {
-        if let Some(config) = self.lock().get(settings) {
-            return Ok(config.clone());
+        let current = stamps(settings);
+        if let Some((built_from, config)) = self.lock().get(settings) {
+            if *built_from == current {
+                return Ok(config.clone());
+            }
         }
         // Built outside the lock: reading files must not stall other probes. Two probes may build
         // the same config at once; the second insert wins and both are equivalent.
         let config = Arc::new(build(settings)?);
-        self.lock().insert(settings.clone(), config.clone());
+        self.lock()
+            .insert(settings.clone(), (current, config.clone()));
         Ok(config)
     }
 
@@ -75,12 +126,19 @@ impl TlsClientConfigs {
         &self,
         settings: &TlsSettings,
     ) -> Result<Arc<WebPkiServerVerifier>, TlsSetupError> {
+        let key = settings.ca_file.clone();
+        let roots_only = TlsSettings {
+            ca_file: key.clone(),
+            ..TlsSettings::default()
+        };
+        let current = stamps(&roots_only);
         let cached = self
             .verifiers
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .get(settings)
-            .cloned();
+            .get(&key)
+            .filter(|(built_from, _)| *built_from == current)
+            .map(|(_, verifier)| Arc::clone(verifier));
         if let Some(verifier) = cached {
             return Ok(verifier);
         }
@@ -91,11 +149,13 @@ impl TlsClientConfigs {
         self.verifiers
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .insert(settings.clone(), Arc::clone(&verifier));
+            .insert(key, (current, Arc::clone(&verifier)));
         Ok(verifier)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<TlsSettings, Arc<ClientConfig>>> {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<TlsSettings, (FileStamps, Arc<ClientConfig>)>> {
         // A poisoned cache only means another thread panicked mid-insert; the map is still valid.
         self.cache
             .lock()
@@ -111,7 +171,7 @@ fn build(settings: &TlsSettings) -> Result<ClientConfig, TlsSetupError> {
     } else {
         Trust::Roots(roots(settings)?)
     };
-    let mut config = client_config(trust)?;
+    let mut config = client_config(trust, settings)?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
 }
@@ -124,23 +184,94 @@ pub enum Trust {
     Verifier(Arc<dyn ServerCertVerifier>),
 }
 
-/// The one place a probe's client configuration is made. Resumption is off, TLS 1.2 session
+/// The one place a probe's client configuration is made: the TLS versions and the client
+/// certificate of `settings` (its trust comes in `trust`). Resumption is off, TLS 1.2 session
 /// ids and tickets and TLS 1.3 tickets alike: configurations are cached and shared, and a
 /// resumed handshake would time an abbreviated exchange as the `tls` phase and, on TLS 1.3,
 /// report the certificates cached from an earlier probe instead of the ones the server holds
 /// now. Every probe makes a full handshake, as a new client would.
-pub fn client_config(trust: Trust) -> Result<ClientConfig, TlsSetupError> {
+pub fn client_config(trust: Trust, settings: &TlsSettings) -> Result<ClientConfig, TlsSetupError> {
+    let versions = protocol_versions(settings)?;
     let builder =
-        ClientConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
-    let mut config = match trust {
-        Trust::Roots(roots) => builder.with_root_certificates(roots).with_no_client_auth(),
+        ClientConfig::builder_with_provider(provider()).with_protocol_versions(&versions)?;
+    let builder = match trust {
+        Trust::Roots(roots) => builder.with_root_certificates(roots),
         Trust::Verifier(verifier) => builder
             .dangerous()
-            .with_custom_certificate_verifier(verifier)
-            .with_no_client_auth(),
+            .with_custom_certificate_verifier(verifier),
+    };
+    let mut config = match client_identity(settings)? {
+        Some((chain, key)) => builder.with_client_auth_cert(chain, key).map_err(|error| {
+            TlsSetupError::KeyMismatch {
+                key: shown(&settings.key_file),
+                cert: shown(&settings.cert_file),
+                reason: error.to_string(),
+            }
+        })?,
+        None => builder.with_no_client_auth(),
     };
     config.resumption = Resumption::disabled();
     Ok(config)
+}
+
+fn shown(path: &Option<std::path::PathBuf>) -> String {
+    path.as_deref()
+        .map(|path| path.display().to_string())
+        .unwrap_or_default()
+}
+
+/// The versions between `min_version` and `max_version` (TLS 1.2 and 1.3 by default).
+fn protocol_versions(
+    settings: &TlsSettings,
+) -> Result<Vec<&'static rustls::SupportedProtocolVersion>, TlsSetupError> {
+    let min = settings.min_version.unwrap_or(TlsVersion::Tls12);
+    let max = settings.max_version.unwrap_or(TlsVersion::Tls13);
+    let versions: Vec<&'static rustls::SupportedProtocolVersion> = [
+        (TlsVersion::Tls12, &rustls::version::TLS12),
+        (TlsVersion::Tls13, &rustls::version::TLS13),
+    ]
+    .into_iter()
+    .filter(|(version, _)| (min..=max).contains(version))
+    .map(|(_, supported)| supported)
+    .collect();
+    if versions.is_empty() {
+        return Err(TlsSetupError::NoVersions);
+    }
+    Ok(versions)
+}
+
+/// The client certificate chain and key of `settings`, when it has them.
+#[allow(clippy::type_complexity)]
+fn client_identity(
+    settings: &TlsSettings,
+) -> Result<Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>, TlsSetupError> {
+    let (Some(cert_file), Some(key_file)) = (&settings.cert_file, &settings.key_file) else {
+        return Ok(None);
+    };
+    let cert_shown = cert_file.display().to_string();
+    let pem = std::fs::read(cert_file).map_err(|error| TlsSetupError::CertFile {
+        path: cert_shown.clone(),
+        reason: error.to_string(),
+    })?;
+    let chain = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|error| TlsSetupError::CertFile {
+            path: cert_shown.clone(),
+            reason: error.to_string(),
+        })?;
+    if chain.is_empty() {
+        return Err(TlsSetupError::CertFileEmpty(cert_shown));
+    }
+    // The key's own errors never quote the file: it holds a secret.
+    let key_pem = std::fs::read(key_file).map_err(|error| TlsSetupError::KeyFile {
+        path: key_file.display().to_string(),
+        reason: error.kind().to_string(),
+    })?;
+    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|_| TlsSetupError::KeyFile {
+        path: key_file.display().to_string(),
+        reason: "no PEM private key in it".to_string(),
+    })?;
+    Ok(Some((chain, key)))
 }
 
 fn roots(settings: &TlsSettings) -> Result<RootCertStore, TlsSetupError> {
@@ -270,6 +401,102 @@ pub async fn handshake(
     Ok(stream)
 }
 
+/// What happened to client authentication in one handshake.
+#[derive(Debug, Default)]
+pub struct ClientAuthWatch {
+    /// The server asked for a client certificate.
+    asked: AtomicBool,
+    /// One was offered.
+    offered: AtomicBool,
+}
+
+/// Records whether the server asked for a client certificate during a handshake.
+#[derive(Debug)]
+struct WatchClientAuth {
+    inner: Arc<dyn ResolvesClientCert>,
+    watch: Arc<ClientAuthWatch>,
+}
+
+impl ResolvesClientCert for WatchClientAuth {
+    fn resolve(
+        &self,
+        root_hint_subjects: &[&[u8]],
+        sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        self.watch.asked.store(true, Ordering::Relaxed);
+        let found = self.inner.resolve(root_hint_subjects, sigschemes);
+        self.watch.offered.store(found.is_some(), Ordering::Relaxed);
+        found
+    }
+
+    fn only_raw_public_keys(&self) -> bool {
+        self.inner.only_raw_public_keys()
+    }
+
+    fn has_certs(&self) -> bool {
+        self.inner.has_certs()
+    }
+}
+
+/// Makes `config` (a probe's own copy) note whether the server asks for a client certificate.
+pub fn watch_client_auth(config: &mut ClientConfig) -> Arc<ClientAuthWatch> {
+    let watch = Arc::new(ClientAuthWatch::default());
+    config.client_auth_cert_resolver = Arc::new(WatchClientAuth {
+        inner: Arc::clone(&config.client_auth_cert_resolver),
+        watch: Arc::clone(&watch),
+    });
+    watch
+}
+
+/// The least a probe waits for a TLS 1.3 server's verdict on its client certificate.
+const LEAST_VERDICT_WAIT: Duration = Duration::from_millis(100);
+
+/// On TLS 1.3 a server that asked for a client certificate judges it after the client's side
+/// of the handshake is over, and a refusal arrives as an alert just after. A probe that reads
+/// nothing after its handshake (a `tls` check, a `tcp` check without `expect`) would miss it,
+/// so once its phases are over it waits for that verdict: for as long as the handshake took
+/// (at least 100ms, never past `deadline`). The wait is in no phase and not in the total: a
+/// server that takes the certificate says nothing. An alert or reset is a `tls` error;
+/// silence, data or a clean close mean the certificate was taken.
+pub async fn await_client_auth_verdict<S>(
+    stream: &mut tokio_rustls::client::TlsStream<S>,
+    watch: &ClientAuthWatch,
+    target: std::net::SocketAddr,
+    handshake_seconds: f64,
+    deadline: tokio::time::Instant,
+) -> Result<(), ProbeError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::AsyncReadExt;
+    let tls13 = stream.get_ref().1.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3);
+    if !tls13 || !watch.asked.load(Ordering::Relaxed) {
+        return Ok(());
+    }
+    let sent_certificate = watch.offered.load(Ordering::Relaxed);
+    let wait = Duration::from_secs_f64(handshake_seconds.max(0.0)).max(LEAST_VERDICT_WAIT);
+    let until = (tokio::time::Instant::now() + wait).min(deadline);
+    let mut buffer = vec![0u8; 4096];
+    match tokio::time::timeout_at(until, stream.read(&mut buffer)).await {
+        Err(_) | Ok(Ok(_)) => Ok(()),
+        Ok(Err(error)) if error.kind() == std::io::ErrorKind::UnexpectedEof => Ok(()),
+        Ok(Err(error)) => {
+            let what = if sent_certificate {
+                "refused the client certificate of tls.cert_file"
+            } else {
+                "asked for a client certificate and ended the connection without one (set tls.cert_file and tls.key_file)"
+            };
+            Err(ProbeError::new(
+                ErrorKind::Tls,
+                format!(
+                    "TLS handshake with {target}: the server {what}: {}",
+                    super::net::error_chain(&error)
+                ),
+            ))
+        }
+    }
+}
+
 /// Unix seconds as a wall-clock time (before 1970 too).
 pub fn unix_time(seconds: i64) -> SystemTime {
     if seconds >= 0 {
@@ -342,17 +569,24 @@ fn general_name_text(name: &x509_parser::extensions::GeneralName<'_>) -> Option<
     }
 }
 
-/// Why the TLS keys of a `tcp` or `grpc` check cannot be used.
+/// Why the TLS keys of a check cannot be used. Each message names the key as it was written:
+/// `tls.ca_file` in the `[checks.tls]` table, `ca_file` at the top of the check.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsTargetError {
     #[error("{0} only applies with tls = true; set tls = true or remove it")]
     TlsSettingWithoutTls(&'static str),
-    #[error("ca_file and insecure_skip_verify contradict each other: a CA is only used to verify; keep one")]
-    CaFileWithoutVerification,
-    #[error("ca_file {0} cannot be read: {1}")]
-    CaFile(String, String),
-    #[error("server_name `{0}` is not a valid TLS server name")]
-    ServerName(String),
+    #[error("{0} is set twice, at the top of the check and as tls.{0}; keep tls.{0}")]
+    Twice(&'static str),
+    #[error("{0} and {1} contradict each other: a CA is only used to verify; keep one")]
+    CaFileWithoutVerification(String, String),
+    #[error("{0} {1} cannot be read: {2}")]
+    File(String, String, String),
+    #[error("tls.cert_file and tls.key_file go together; set both or neither")]
+    CertWithoutKey,
+    #[error("{0} `{1}` is not a valid TLS server name")]
+    ServerName(String, String),
+    #[error("{0}")]
+    Setup(#[from] TlsSetupError),
 }
 
 pub fn server_name(host: &str) -> Result<ServerName<'static>, ProbeError> {
@@ -379,7 +613,18 @@ pub fn tls_version_text(version: rustls::ProtocolVersion) -> String {
     }
 }
 
-/// TLS on a TCP-based check: the verification settings and the name to present.
+/// The TLS keys of a check as written: the `[checks.tls]` table (None when TLS is off) and
+/// the older spellings at the top of a tcp, tls or grpc check, still accepted.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TlsKeys<'a> {
+    pub table: Option<&'a TlsSettings>,
+    pub server_name: Option<&'a str>,
+    pub ca_file: Option<&'a std::path::Path>,
+    pub insecure_skip_verify: bool,
+}
+
+/// TLS of a check: its settings (the cache key of its client configuration) and the name
+/// to present.
 #[derive(Debug, Clone)]
 pub struct TlsTarget {
     pub settings: TlsSettings,
@@ -387,42 +632,80 @@ pub struct TlsTarget {
 }
 
 impl TlsTarget {
-    /// Validates the TLS keys shared by `tcp` and `grpc` checks.
-    pub fn compile(
-        tls: bool,
-        host: &str,
-        server_name_key: Option<&str>,
-        ca_file: Option<&std::path::Path>,
-        insecure_skip_verify: bool,
-    ) -> Result<Option<TlsTarget>, TlsTargetError> {
-        if !tls {
-            for (set, key) in [
-                (server_name_key.is_some(), "server_name"),
-                (ca_file.is_some(), "ca_file"),
-                (insecure_skip_verify, "insecure_skip_verify"),
-            ] {
-                if set {
-                    return Err(TlsTargetError::TlsSettingWithoutTls(key));
-                }
+    /// Validates a check's TLS keys, `host` being the name presented unless
+    /// `tls.server_name` says otherwise. None when TLS is off. The client certificate and key
+    /// are read and matched here, so a key that does not belong to its certificate is a config
+    /// error, not a probe failure.
+    pub fn compile(keys: TlsKeys<'_>, host: &str) -> Result<Option<TlsTarget>, TlsTargetError> {
+        let top_level = [
+            (keys.server_name.is_some(), "server_name"),
+            (keys.ca_file.is_some(), "ca_file"),
+            (keys.insecure_skip_verify, "insecure_skip_verify"),
+        ];
+        let Some(table) = keys.table else {
+            if let Some((_, key)) = top_level.iter().find(|(set, _)| *set) {
+                return Err(TlsTargetError::TlsSettingWithoutTls(key));
             }
             return Ok(None);
+        };
+        let mut settings = table.clone();
+        let mut written_at_top: Vec<&'static str> = Vec::new();
+        if let Some(name) = keys.server_name {
+            if settings.server_name.is_some() {
+                return Err(TlsTargetError::Twice("server_name"));
+            }
+            settings.server_name = Some(name.to_string());
+            written_at_top.push("server_name");
         }
-        if ca_file.is_some() && insecure_skip_verify {
-            return Err(TlsTargetError::CaFileWithoutVerification);
+        if let Some(path) = keys.ca_file {
+            if settings.ca_file.is_some() {
+                return Err(TlsTargetError::Twice("ca_file"));
+            }
+            settings.ca_file = Some(path.to_path_buf());
+            written_at_top.push("ca_file");
         }
-        if let Some(path) = ca_file {
-            std::fs::metadata(path).map_err(|error| {
-                TlsTargetError::CaFile(path.display().to_string(), error.to_string())
-            })?;
+        if keys.insecure_skip_verify {
+            if settings.insecure_skip_verify {
+                return Err(TlsTargetError::Twice("insecure_skip_verify"));
+            }
+            settings.insecure_skip_verify = true;
+            written_at_top.push("insecure_skip_verify");
         }
-        let name = server_name_key.unwrap_or(host);
-        let server_name =
-            server_name(name).map_err(|_| TlsTargetError::ServerName(name.to_string()))?;
+        let key = |name: &'static str| {
+            if written_at_top.contains(&name) {
+                name.to_string()
+            } else {
+                format!("tls.{name}")
+            }
+        };
+        if settings.ca_file.is_some() && settings.insecure_skip_verify {
+            return Err(TlsTargetError::CaFileWithoutVerification(
+                key("ca_file"),
+                key("insecure_skip_verify"),
+            ));
+        }
+        if settings.cert_file.is_some() != settings.key_file.is_some() {
+            return Err(TlsTargetError::CertWithoutKey);
+        }
+        for (name, path) in [
+            ("ca_file", &settings.ca_file),
+            ("cert_file", &settings.cert_file),
+            ("key_file", &settings.key_file),
+        ] {
+            if let Some(path) = path {
+                std::fs::metadata(path).map_err(|error| {
+                    TlsTargetError::File(key(name), path.display().to_string(), error.to_string())
+                })?;
+            }
+        }
+        let name = settings.server_name.as_deref().unwrap_or(host);
+        let server_name = server_name(name)
+            .map_err(|_| TlsTargetError::ServerName(key("server_name"), name.to_string()))?;
+        // Versions and the client identity are checked by building a configuration that
+        // trusts nothing: no roots are loaded for it.
+        client_config(Trust::Roots(RootCertStore::empty()), &settings)?;
         Ok(Some(TlsTarget {
-            settings: TlsSettings {
-                insecure_skip_verify,
-                ca_file: ca_file.map(std::path::Path::to_path_buf),
-            },
+            settings,
             server_name,
         }))
     }

@@ -52,6 +52,9 @@ pub(super) fn default_workers() -> usize {
 pub(super) fn default_true() -> bool {
     true
 }
+pub(super) fn is_true(value: &bool) -> bool {
+    *value
+}
 pub(super) fn default_subject_prefix() -> String {
     "bastion".to_string()
 }

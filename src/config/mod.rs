@@ -8,6 +8,7 @@ pub mod bounds;
 mod defaults;
 mod locate;
 mod notify;
+mod probe;
 mod schema;
 
 pub use defaults::{
@@ -15,6 +16,7 @@ pub use defaults::{
     MAX_BODY_BYTES_LIMIT, MIN_INTERVAL,
 };
 pub use notify::*;
+pub use probe::*;
 pub use schema::*;
 
 use crate::model::CheckType;
@@ -210,10 +212,11 @@ impl Config {
                 Err(error) => (None, vec![yaml_error(path, &error)], None, Vec::new()),
             },
         };
-        let Some(config) = config else {
+        let Some(mut config) = config else {
             return Err(ConfigError::from_list(errors));
         };
-        let mut problems = config.validate().err().unwrap_or_default();
+        let mut problems = Problems(config.read_secret_files());
+        problems.extend(config.validate().err().unwrap_or_default());
         problems.extend(more(&config).err().unwrap_or_default());
         for message in problems.0 {
             let place = match format {

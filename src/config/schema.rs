@@ -3,6 +3,9 @@
 //! `defaults.rs`; this file never decides a value itself.
 
 use super::defaults::*;
+use super::probe::{
+    BasicAuth, Compression, HttpSecrets, IpProtocol, OAuth2Config, TlsOption, TlsSettings,
+};
 use crate::model::CheckType;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -363,6 +366,14 @@ pub struct CheckConfig {
     /// States that notify: `fail`, and `warn` too if listed. Default: `["fail"]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notify_on: Option<Vec<super::notify::NotifyOn>>,
+    /// Which addresses the host resolves to are instances: `ip4`, `ip6` or `any`. Listed
+    /// `instances` are kept as they are. Default: `any`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_protocol: Option<IpProtocol>,
+    /// With `ip_protocol`, take the other family's addresses when the host has none of the
+    /// one asked for. Default: true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_protocol_fallback: Option<bool>,
     /// The type and its own settings.
     #[serde(flatten)]
     pub spec: CheckSpec,
@@ -425,6 +436,9 @@ impl CheckConfig {
 /// The type-specific part of a check, chosen by its `type` key.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
+// A definition is made once per config load and shared behind an Arc: the size of its largest
+// variant costs nothing per probe, and a box would only add an indirection to every match.
+#[allow(clippy::large_enum_variant)]
 pub enum CheckSpec {
     Http(HttpSpec),
     Tcp(TcpSpec),
@@ -465,21 +479,67 @@ pub struct HttpSpec {
     /// Follow up to 10 redirects. Default: false, so a 3xx is reported as it is.
     #[serde(default)]
     pub follow_redirects: bool,
-    /// TLS verification settings for https URLs.
-    #[serde(default)]
+    /// TLS settings for https URLs (`[checks.tls]`).
+    #[serde(default, skip_serializing_if = "TlsSettings::is_default")]
     pub tls: TlsSettings,
-}
-
-/// `tls = { ... }` of an HTTP check.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TlsSettings {
-    /// Accept any certificate. For tests and broken internal services only.
-    #[serde(default)]
-    pub insecure_skip_verify: bool,
-    /// PEM file of CA certificates to trust instead of the system's.
+    /// The local address the probe's connections leave from (`10.0.0.7`, `::1`). Default: the
+    /// system's choice.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ca_file: Option<PathBuf>,
+    pub source_ip: Option<std::net::IpAddr>,
+    /// Request headers whose values are read from files at load and reload, by header name
+    /// (`{ Authorization = "/etc/bastion/token" }`): each file's first line.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers_from_files: BTreeMap<String, PathBuf>,
+    /// File whose content is the request body, read at load and reload; instead of `body`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_file: Option<PathBuf>,
+    /// File holding a token sent as `Authorization: Bearer <token>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bearer_token_file: Option<PathBuf>,
+    /// HTTP basic auth, the password read from a file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub basic_auth: Option<BasicAuth>,
+    /// OAuth2 client credentials: a token fetched (and cached) before the probe, sent as
+    /// `Authorization: Bearer <token>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oauth2: Option<OAuth2Config>,
+    /// An `http://host:port` proxy: https targets are reached through a CONNECT tunnel,
+    /// http targets by forwarding. Default: none (connect directly).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_url: Option<String>,
+    /// Hosts reached directly instead of through `proxy_url`: a name (and its subdomains),
+    /// `.domain`, an IP, a CIDR block (matched against the instance), or `*`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub no_proxy: Vec<String>,
+    /// Credentials for `proxy_url`, sent as `Proxy-Authorization: Basic`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_basic_auth: Option<BasicAuth>,
+    /// Status codes that pass (`[200, 204, 404]`) instead of any 2xx; a status outside the
+    /// list is an `http` error, whatever the assertions say. Default: any 2xx.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub valid_status_codes: Vec<u16>,
+    /// HTTP versions the final response may come over (`HTTP/1.0`, `HTTP/1.1`, `HTTP/2`);
+    /// another is an `http` error. Default: any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub valid_http_versions: Vec<String>,
+    /// Fail when the final response (after redirects) came over TLS. Default: false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fail_if_ssl: bool,
+    /// Fail when the final response (after redirects) did not come over TLS. Default: false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fail_if_not_ssl: bool,
+    /// Ask for this content coding (`gzip`, `deflate`, `br`, `zstd`) and decode the body
+    /// before judging it, up to `runner.max_body_bytes` decoded. Default: none (the body is
+    /// judged as it comes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression: Option<Compression>,
+    /// Offer HTTP/2 by ALPN to https URLs. false: HTTP/1.1 only. Default: true.
+    #[serde(default = "default_true", skip_serializing_if = "is_true")]
+    pub enable_http2: bool,
+    /// What the `*_file` keys held when the config was loaded; filled in by bastion, never
+    /// written in a config file.
+    #[serde(default, skip_serializing_if = "HttpSecrets::is_empty")]
+    pub secrets: HttpSecrets,
 }
 
 /// Settings of a `type = "tcp"` check.
@@ -488,18 +548,22 @@ pub struct TlsSettings {
 pub struct TcpSpec {
     /// `host:port` (`[v6]:port`). The host is resolved unless instances are listed.
     pub address: String,
-    /// Speak TLS over the connection before the steps. Default: false.
-    #[serde(default)]
-    pub tls: bool,
-    /// TLS server name (SNI and verification). Default: the address's host.
+    /// Speak TLS over the connection before the steps: `true`, or a `[checks.tls]` table.
+    /// Default: false.
+    #[serde(default, skip_serializing_if = "TlsOption::is_off")]
+    pub tls: TlsOption,
+    /// Older spelling of `tls.server_name`, still accepted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server_name: Option<String>,
-    /// PEM file of CA certificates to trust instead of the system's (with `tls`).
+    /// Older spelling of `tls.ca_file`, still accepted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<PathBuf>,
-    /// Accept any certificate chain (with `tls`). Default: false.
-    #[serde(default)]
+    /// Older spelling of `tls.insecure_skip_verify`, still accepted.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub insecure_skip_verify: bool,
+    /// The local address the probe's connection leaves from. Default: the system's choice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_ip: Option<std::net::IpAddr>,
     /// What to send and what to expect back, in order. Default: none (connecting is enough).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub steps: Vec<TcpStep>,
@@ -570,12 +634,18 @@ pub enum DnsTransport {
 pub struct TlsSpec {
     /// `host:port` (`[v6]:port`). The host is resolved unless instances are listed.
     pub address: String,
-    /// The name sent as SNI and verified against the certificate. Default: the address's host.
+    /// TLS settings (`[checks.tls]`).
+    #[serde(default, skip_serializing_if = "TlsSettings::is_default")]
+    pub tls: TlsSettings,
+    /// Older spelling of `tls.server_name`, still accepted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server_name: Option<String>,
-    /// PEM file of CA certificates to trust instead of the system's.
+    /// Older spelling of `tls.ca_file`, still accepted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<PathBuf>,
+    /// The local address the probe's connection leaves from. Default: the system's choice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_ip: Option<std::net::IpAddr>,
 }
 
 /// Settings of a `type = "icmp"` check.
@@ -607,18 +677,22 @@ pub struct GrpcSpec {
     /// The service name asked about; "" asks about the server as a whole. Default: "".
     #[serde(default)]
     pub service: String,
-    /// Call over TLS (h2 by ALPN). Default: false (h2c, HTTP/2 without TLS).
-    #[serde(default)]
-    pub tls: bool,
-    /// TLS server name (SNI, verification, :authority). Default: the address's host.
+    /// Call over TLS (h2 by ALPN): `true`, or a `[checks.tls]` table. Default: false (h2c,
+    /// HTTP/2 without TLS). `tls.server_name` is also the call's `:authority`.
+    #[serde(default, skip_serializing_if = "TlsOption::is_off")]
+    pub tls: TlsOption,
+    /// Older spelling of `tls.server_name`, still accepted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server_name: Option<String>,
-    /// PEM file of CA certificates to trust instead of the system's (with `tls`).
+    /// Older spelling of `tls.ca_file`, still accepted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<PathBuf>,
-    /// Accept any certificate chain (with `tls`). Default: false.
-    #[serde(default)]
+    /// Older spelling of `tls.insecure_skip_verify`, still accepted.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub insecure_skip_verify: bool,
+    /// The local address the probe's connection leaves from. Default: the system's choice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_ip: Option<std::net::IpAddr>,
 }
 
 /// One `[[checks.assertions]]` entry.

@@ -37,7 +37,8 @@ pub use db::Db;
 pub use query::HistoryReader;
 
 /// The phases kept, in this order everywhere (raw detail, histograms, API). Type-specific
-/// waiting phases count as `processing`: tcp `exchange`, dns `request`, icmp `rtt`.
+/// waiting phases count as `processing`: tcp `exchange`, dns `request`, icmp `rtt`; an http
+/// probe's `proxy` (the CONNECT exchange) counts as `connect`.
 pub const PHASES: [&str; 6] = [
     "resolve",
     "connect",
@@ -48,7 +49,7 @@ pub const PHASES: [&str; 6] = [
 ];
 
 /// Error kinds by code, for the compact raw detail. Append only: codes are stored.
-pub const ERROR_KINDS: [ErrorKind; 12] = [
+pub const ERROR_KINDS: [ErrorKind; 13] = [
     ErrorKind::Resolve,
     ErrorKind::Connect,
     ErrorKind::Tls,
@@ -61,6 +62,7 @@ pub const ERROR_KINDS: [ErrorKind; 12] = [
     ErrorKind::Timeout,
     ErrorKind::DispatchTimeout,
     ErrorKind::Internal,
+    ErrorKind::Auth,
 ];
 
 /// Longest error message kept with an incident's cause.
@@ -186,7 +188,7 @@ pub fn run_record(result: &CheckResult, min_failing_count: usize) -> RunRecord {
                 error: kind,
                 phases: [
                     t.resolve,
-                    t.connect,
+                    t.connect + t.proxy,
                     t.tls,
                     t.processing + t.exchange + t.request + t.rtt,
                     t.transfer,

@@ -272,8 +272,8 @@ impl BuildContext {
             None => Ok(self.http.clone()),
             Some(ca_file) => {
                 let settings = crate::config::TlsSettings {
-                    insecure_skip_verify: false,
                     ca_file: Some(ca_file.clone()),
+                    ..crate::config::TlsSettings::default()
                 };
                 let tls = crate::checks::tls_client::TlsClientConfigs::default()
                     .get(&settings)
@@ -400,8 +400,11 @@ pub fn http_client() -> Result<reqwest::Client, NotifyError> {
         Ok(tls) => (*tls).clone(),
         Err(error) => {
             tracing::warn!(%error, "no system root certificates: https:// notifiers will fail; install ca-certificates");
-            client_config(Trust::Roots(rustls::RootCertStore::empty()))
-                .map_err(|error| NotifyError::Tls(error.to_string()))?
+            client_config(
+                Trust::Roots(rustls::RootCertStore::empty()),
+                &crate::config::TlsSettings::default(),
+            )
+            .map_err(|error| NotifyError::Tls(error.to_string()))?
         }
     };
     client_with(tls)

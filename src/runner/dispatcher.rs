@@ -261,6 +261,7 @@ impl Dispatcher {
         match lookup {
             Ok(Ok(mut targets)) => {
                 targets.retain(|target| check.probe.accepts(target));
+                let targets = check.select_family(targets);
                 if targets.is_empty() {
                     return Err((
                         ProbeError::new(
@@ -379,9 +380,10 @@ fn judge(check: &CompiledCheck, response: &mut Response, _held: &Worker) {
         ..Observation::default()
     };
     let judge_type = crate::checks::kind(check.check_type()).judge;
-    let Some(default_pass) = judge_type(response, &mut observation) else {
+    let Some(type_verdict) = judge_type(response, &mut observation) else {
         return;
     };
+    let default_pass = check.probe.passes_by_default(type_verdict);
     let results = assertions::evaluate_all(&check.assertions, &observation);
     let passing = if results.is_empty() {
         default_pass

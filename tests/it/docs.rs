@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 const MAP_KEYS: &[&str] = &[
     "agent.web.basic_auth_users",
     "checks[].headers",
+    "checks[].headers_from_files",
     "notifiers[].labels",
 ];
 

@@ -10,126 +10,17 @@ use crate::common;
 use bastion_agent::config::Config;
 use bastion_agent::messages::{CheckResult, Response};
 use bastion_agent::runner::dispatcher::Dispatcher;
-use bytes::Bytes;
+use common::tls_server::TlsServer;
 use common::*;
 use hickory_proto::op::{Message, MessageType, OpCode};
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use rustls::HandshakeKind;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::SystemTime;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
 
 /// Probes of each type against the counting servers; enough that any resumption would show.
 const PROBES: usize = 6;
-
-/// The answer to Health/Check: SERVING (field 1 = 1), as one length-prefixed message.
-const SERVING: &[u8] = &[0, 0, 0, 0, 2, 0x08, 1];
-
-/// A TLS server that counts full and resumed handshakes and serves what the client came for:
-/// HTTP/2 (plain requests and gRPC health calls) or HTTP/1.1 by ALPN, and without ALPN a
-/// `hello` line for a tcp check. Its configuration can be swapped between connections.
-struct TlsServer {
-    address: SocketAddr,
-    config: Arc<Mutex<Arc<rustls::ServerConfig>>>,
-    full: Arc<AtomicUsize>,
-    resumed: Arc<AtomicUsize>,
-}
-
-impl TlsServer {
-    async fn start(config: Arc<rustls::ServerConfig>) -> TlsServer {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let server = TlsServer {
-            address: listener.local_addr().unwrap(),
-            config: Arc::new(Mutex::new(config)),
-            full: Arc::new(AtomicUsize::new(0)),
-            resumed: Arc::new(AtomicUsize::new(0)),
-        };
-        let (config, full, resumed) = (
-            Arc::clone(&server.config),
-            Arc::clone(&server.full),
-            Arc::clone(&server.resumed),
-        );
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let acceptor = tokio_rustls::TlsAcceptor::from(config.lock().unwrap().clone());
-                let (full, resumed) = (Arc::clone(&full), Arc::clone(&resumed));
-                tokio::spawn(async move {
-                    let Ok(mut tls) = acceptor.accept(stream).await else {
-                        return;
-                    };
-                    let session = tls.get_ref().1;
-                    match session.handshake_kind() {
-                        Some(HandshakeKind::Resumed) => resumed.fetch_add(1, Ordering::SeqCst),
-                        _ => full.fetch_add(1, Ordering::SeqCst),
-                    };
-                    match session.alpn_protocol() {
-                        Some(b"h2") => {
-                            let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                                .serve_connection(TokioIo::new(tls), service_fn(answer))
-                                .await;
-                        }
-                        Some(_) => {
-                            let _ = hyper::server::conn::http1::Builder::new()
-                                .serve_connection(TokioIo::new(tls), service_fn(answer))
-                                .await;
-                        }
-                        None => {
-                            let _ = tls.write_all(b"hello\n").await;
-                            let _ = tls.flush().await;
-                            let mut rest = Vec::new();
-                            let _ = tls.read_to_end(&mut rest).await;
-                        }
-                    }
-                });
-            }
-        });
-        server
-    }
-
-    /// Serves `config` to every later connection.
-    fn swap(&self, config: Arc<rustls::ServerConfig>) {
-        *self.config.lock().unwrap() = config;
-    }
-
-    fn counts(&self) -> (usize, usize) {
-        (
-            self.full.load(Ordering::SeqCst),
-            self.resumed.load(Ordering::SeqCst),
-        )
-    }
-}
-
-type AnswerBody = http_body_util::StreamBody<
-    tokio_stream::Iter<std::vec::IntoIter<Result<hyper::body::Frame<Bytes>, std::io::Error>>>,
->;
-
-/// A gRPC health answer (SERVING) to a gRPC call, `ok` to anything else.
-async fn answer(
-    request: hyper::Request<hyper::body::Incoming>,
-) -> Result<hyper::Response<AnswerBody>, std::io::Error> {
-    let grpc = request
-        .headers()
-        .get("content-type")
-        .is_some_and(|value| value.as_bytes().starts_with(b"application/grpc"));
-    let mut frames = Vec::new();
-    let mut response = hyper::Response::builder();
-    if grpc {
-        frames.push(Ok(hyper::body::Frame::data(Bytes::from_static(SERVING))));
-        let mut trailers = http::HeaderMap::new();
-        trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
-        frames.push(Ok(hyper::body::Frame::trailers(trailers)));
-        response = response.header("content-type", "application/grpc");
-    } else {
-        frames.push(Ok(hyper::body::Frame::data(Bytes::from_static(b"ok"))));
-    }
-    Ok(response
-        .body(http_body_util::StreamBody::new(tokio_stream::iter(frames)))
-        .unwrap())
-}
 
 /// A server configuration for `identity` that keeps sessions (the default cache) and issues
 /// tickets, on the given TLS versions: everything a client needs to resume.
@@ -322,8 +213,15 @@ async fn a_replaced_certificate_is_reported_on_the_very_next_probe() {
 /// The phases of a response and its total.
 fn phases_and_total(response: &Response) -> (f64, f64) {
     let t = &response.timings;
-    let sum =
-        t.resolve + t.connect + t.tls + t.processing + t.transfer + t.exchange + t.request + t.rtt;
+    let sum = t.resolve
+        + t.connect
+        + t.proxy
+        + t.tls
+        + t.processing
+        + t.transfer
+        + t.exchange
+        + t.request
+        + t.rtt;
     (sum, t.total)
 }
 
@@ -358,9 +256,10 @@ async fn run_all(
     responses
 }
 
-/// Over HTTP/1.1 (plain and over TLS), h2 (TLS with ALPN h2), tls, tcp (plain and with tls), dns
-/// and grpc (over TLS), the phases of every successful probe add up to its total: the h2
-/// handshake, building requests and reading certificates all fall inside a phase.
+/// Over HTTP/1.1 (plain and over TLS), h2 (TLS with ALPN h2), tls, tcp (plain and with tls), dns,
+/// grpc (over TLS) and http through a proxy (https in a CONNECT tunnel, http forwarded), the
+/// phases of every successful probe add up to its total: the h2 handshake, the CONNECT
+/// exchange, building requests and reading certificates all fall inside a phase.
 #[tokio::test]
 async fn the_phases_of_every_successful_probe_add_up_to_its_total() {
     let ca = TestCa::new("bastion test CA");
@@ -391,6 +290,7 @@ async fn the_phases_of_every_successful_probe_add_up_to_its_total() {
         }
     });
     let dns = dns_server().await;
+    let proxy = common::proxy::Tinyproxy::start("");
 
     let addresses: Vec<(&str, SocketAddr)> = tls_servers
         .iter()
@@ -428,9 +328,26 @@ async fn the_phases_of_every_successful_probe_add_up_to_its_total() {
         timeout = "3s"
         server = "{dns}"
         query = "svc.test"
+        [[checks]]
+        name = "https-proxy"
+        type = "http"
+        interval = "5s"
+        timeout = "3s"
+        url = "https://svc.test:{h1_port}/"
+        instances = ["127.0.0.1"]
+        proxy_url = "{proxy_url}"
+        tls = {{ ca_file = "{ca}" }}
+        [[checks]]
+        name = "http-proxy"
+        type = "http"
+        interval = "5s"
+        timeout = "3s"
+        url = "http://{plain_address}/"
+        proxy_url = "{proxy_url}"
         "#,
         h1_port = h1.address.port(),
         ca = ca.ca_file.display(),
+        proxy_url = proxy.url(),
     ));
     let config = config(&toml);
     let (dispatcher, _) = dispatcher(&config);
@@ -443,6 +360,8 @@ async fn the_phases_of_every_successful_probe_add_up_to_its_total() {
         "tls",
         "grpc",
         "dns",
+        "https-proxy",
+        "http-proxy",
     ];
     let mut checked = 0;
     let mut apart = Vec::new();
@@ -450,6 +369,13 @@ async fn the_phases_of_every_successful_probe_add_up_to_its_total() {
         for (name, response) in run_all(&dispatcher, &config, &names).await {
             let (sum, total) = phases_and_total(&response);
             assert!(total > 0.0, "{name}: {:?}", response.timings);
+            if name == "https-proxy" {
+                assert!(
+                    response.timings.proxy > 0.0,
+                    "{name}: {:?}",
+                    response.timings
+                );
+            }
             // The phases tile the probe, so they add up exactly but for float rounding: far
             // inside the promised millisecond.
             if (sum - total).abs() >= 1e-6 {

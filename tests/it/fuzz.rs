@@ -565,12 +565,15 @@ async fn tcp_expect(pattern: &str, sent: Vec<u8>) -> Option<bastion_agent::messa
         min_failing_time: None,
         notify: None,
         notify_on: None,
+        ip_protocol: None,
+        ip_protocol_fallback: None,
         spec: bastion_agent::config::CheckSpec::Tcp(bastion_agent::config::TcpSpec {
             address: address.to_string(),
-            tls: false,
+            tls: bastion_agent::config::TlsOption::Off,
             server_name: None,
             ca_file: None,
             insecure_skip_verify: false,
+            source_ip: None,
             steps: vec![bastion_agent::config::TcpStep {
                 send: None,
                 expect: Some(pattern.to_string()),

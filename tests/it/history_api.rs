@@ -7,7 +7,7 @@
 //! never touch it.
 
 use crate::common::process::Bastion;
-use crate::common::proxy::FreezableProxy;
+use crate::common::tcp_relay::FreezableProxy;
 use crate::common::{http_get, serve_ok};
 use crate::history::{poll, Backend, Running};
 use serde_json::Value;

@@ -4,7 +4,7 @@
 
 use super::PATIENCE;
 use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
-use hickory_proto::rr::rdata::{A, MX, TXT};
+use hickory_proto::rr::rdata::{A, AAAA, MX, TXT};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -27,6 +27,7 @@ pub const SVC_TEST: [Ipv4Addr; 2] = [Ipv4Addr::new(127, 0, 0, 2), Ipv4Addr::new(
 /// - `svc.test.`: A `svc` (in that order), MX 10 mail.svc.test., TXT "v=spf1 -all", no other
 ///   records (an AAAA question gets an empty answer);
 /// - `ns.test.`: A 127.0.0.2 and 127.0.0.3 (where tests run several responders);
+/// - `dual.test.`: A 127.0.0.1 and AAAA ::1;
 /// - `broken.test.`: SERVFAIL; `silent.test.`: no answer; `garbage.test.`: bytes that are no
 ///   DNS message; anything else: NXDOMAIN.
 pub fn answer(svc: &[Ipv4Addr], query_bytes: &[u8]) -> Option<Vec<u8>> {
@@ -72,6 +73,21 @@ pub fn answer(svc: &[Ipv4Addr], query_bytes: &[u8]) -> Option<Vec<u8>> {
             ));
         }
         ("svc.test." | "ns.test.", _) => {}
+        ("dual.test.", RecordType::A) => {
+            answer.add_answer(Record::from_rdata(
+                owner,
+                60,
+                RData::A(A(Ipv4Addr::LOCALHOST)),
+            ));
+        }
+        ("dual.test.", RecordType::AAAA) => {
+            answer.add_answer(Record::from_rdata(
+                owner,
+                60,
+                RData::AAAA(AAAA(std::net::Ipv6Addr::LOCALHOST)),
+            ));
+        }
+        ("dual.test.", _) => {}
         ("broken.test.", _) => answer.metadata.response_code = ResponseCode::ServFail,
         _ => answer.metadata.response_code = ResponseCode::NXDomain,
     }

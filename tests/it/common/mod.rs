@@ -7,7 +7,9 @@ pub mod dns;
 pub mod nats;
 pub mod process;
 pub mod proxy;
+pub mod tcp_relay;
 pub mod receiver;
+pub mod tls_server;
 pub mod tools;
 
 use bastion_agent::checks::CompiledCheck;

@@ -1,88 +1,93 @@
-//! A TCP proxy that can go silent: it relays to an upstream (the machine's PostgreSQL) until
-//! `freeze`, then holds every connection open and relays nothing more, and accepts new ones
-//! without a word, as a database host behind a dead network path does. `thaw` closes what it
-//! held and relays again. For tests of what waits on a database that stopped answering.
+//! A real HTTP proxy for the proxy tests: Debian's tinyproxy (`$TINYPROXY`, else on PATH,
+//! else /usr/bin/tinyproxy; `.ci/test` installs tinyproxy-bin), run in the foreground on a free
+//! port of 127.0.0.1 with a config written to a temporary directory, its log kept there, and
+//! killed on drop. A missing tinyproxy fails the test with what to install.
 
+use super::nats::free_port;
+use super::tools::tool;
 use std::net::SocketAddr;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
-pub struct FreezableProxy {
+pub struct Tinyproxy {
     pub address: SocketAddr,
-    frozen: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<()>,
+    dir: PathBuf,
+    child: Child,
 }
 
-impl FreezableProxy {
-    pub async fn start(upstream: SocketAddr) -> FreezableProxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let address = listener.local_addr().expect("proxy address");
-        let (frozen, state) = watch::channel(false);
-        let task = tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
-                tokio::spawn(relay(client, upstream, state.clone()));
-            }
-        });
-        FreezableProxy {
-            address,
-            frozen,
-            task,
-        }
-    }
-
-    /// From now on nothing is relayed, on old connections or new ones.
-    pub fn freeze(&self) {
-        self.frozen.send_replace(true);
-    }
-
-    /// Closes every connection held while frozen; new ones are relayed again.
-    pub fn thaw(&self) {
-        self.frozen.send_replace(false);
-    }
-}
-
-impl Drop for FreezableProxy {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-/// Waits while frozen; true once thawed, false when the proxy is gone.
-async fn until_thawed(state: &mut watch::Receiver<bool>) -> bool {
-    state.wait_for(|frozen| !frozen).await.is_ok()
-}
-
-async fn relay(mut client: TcpStream, upstream: SocketAddr, mut state: watch::Receiver<bool>) {
-    if *state.borrow_and_update() {
-        // Accepted, never answered; closed at the thaw.
-        until_thawed(&mut state).await;
-        return;
-    }
-    let Ok(mut server) = TcpStream::connect(upstream).await else {
-        return;
-    };
-    let (mut from_client, mut to_client) = client.split();
-    let (mut from_server, mut to_server) = server.split();
-    let mut up = vec![0u8; 16 * 1024];
-    let mut down = vec![0u8; 16 * 1024];
-    loop {
-        tokio::select! {
-            changed = state.changed() => {
-                if changed.is_err() || *state.borrow_and_update() {
-                    // Both sockets stay open and unread until the thaw closes them.
-                    until_thawed(&mut state).await;
-                    return;
+impl Tinyproxy {
+    /// Starts tinyproxy allowing 127.0.0.1, with `extra` config lines (`BasicAuth user pass`,
+    /// `ConnectPort 443`).
+    pub fn start(extra: &str) -> Tinyproxy {
+        let binary = tool(
+            "TINYPROXY",
+            "tinyproxy",
+            "/usr/bin/tinyproxy",
+            "install tinyproxy (apt-get install tinyproxy-bin)",
+        );
+        let dir = super::temp_path("tinyproxy", "d");
+        std::fs::create_dir_all(&dir).expect("tinyproxy directory");
+        for _ in 0..20 {
+            let port = free_port();
+            let conf = dir.join("tinyproxy.conf");
+            std::fs::write(
+                &conf,
+                format!(
+                    "Port {port}\nListen 127.0.0.1\nTimeout 15\nMaxClients 100\nAllow 127.0.0.1\n\
+                     DisableViaHeader Yes\nLogLevel Connect\n{extra}\n"
+                ),
+            )
+            .expect("tinyproxy config");
+            let log = std::fs::File::create(dir.join("tinyproxy.log")).expect("tinyproxy log");
+            let mut child = Command::new(&binary)
+                .arg("-d")
+                .arg("-c")
+                .arg(&conf)
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().expect("log"))
+                .stderr(log)
+                .spawn()
+                .expect("tinyproxy starts");
+            let address = SocketAddr::from(([127, 0, 0, 1], port));
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break; // the port was taken meanwhile: try another
                 }
+                if std::net::TcpStream::connect(address).is_ok() {
+                    return Tinyproxy {
+                        address,
+                        dir,
+                        child,
+                    };
+                }
+                std::thread::sleep(Duration::from_millis(20));
             }
-            read = from_client.read(&mut up) => match read {
-                Ok(0) | Err(_) => return,
-                Ok(n) => if to_server.write_all(&up[..n]).await.is_err() { return },
-            },
-            read = from_server.read(&mut down) => match read {
-                Ok(0) | Err(_) => return,
-                Ok(n) => if to_client.write_all(&down[..n]).await.is_err() { return },
-            },
+            let _ = child.kill();
+            let _ = child.wait();
         }
+        panic!(
+            "tinyproxy did not start; its log:\n{}",
+            std::fs::read_to_string(dir.join("tinyproxy.log")).unwrap_or_default()
+        );
+    }
+
+    /// `http://127.0.0.1:PORT`, for `proxy_url`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.address)
+    }
+
+    /// What tinyproxy logged so far (one line per connection and request).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("tinyproxy.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Tinyproxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
