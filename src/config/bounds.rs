@@ -178,11 +178,8 @@ pub const FORGET_CHECKS_AFTER: Bound = Bound::duration(
     POSITIVE,
     DAY.saturating_mul(30),
 );
-pub const MAX_CHECK_SERIES: Bound = Bound::count(
-    "runner.max_check_series",
-    0,
-    MAX_CHECK_SERIES_LIMIT as u64,
-);
+pub const MAX_CHECK_SERIES: Bound =
+    Bound::count("runner.max_check_series", 0, MAX_CHECK_SERIES_LIMIT as u64);
 /// Every `runner.workers.<type>` key has this range; 0 is refused only for a type with checks.
 pub const WORKERS: [Bound; 6] = [
     Bound::count("runner.workers.http", 0, MAX_WORKERS),

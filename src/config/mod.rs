@@ -12,8 +12,8 @@ mod probe;
 mod schema;
 
 pub use defaults::{
-    default_history_path, ALERTMANAGER_RESEND, DEFAULT_FORGET_CHECKS_AFTER, DEFAULT_MAX_CHECK_SERIES,
-    MAX_BODY_BYTES_LIMIT, MIN_INTERVAL,
+    default_history_path, ALERTMANAGER_RESEND, DEFAULT_FORGET_CHECKS_AFTER,
+    DEFAULT_MAX_CHECK_SERIES, MAX_BODY_BYTES_LIMIT, MIN_INTERVAL,
 };
 pub use notify::*;
 pub use probe::*;

@@ -7,8 +7,8 @@ pub mod dns;
 pub mod nats;
 pub mod process;
 pub mod proxy;
-pub mod tcp_relay;
 pub mod receiver;
+pub mod tcp_relay;
 pub mod tls_server;
 pub mod tools;
 
