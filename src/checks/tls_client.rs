@@ -79,6 +79,9 @@ fn stamps(settings: &TlsSettings) -> FileStamps {
 /// A verifier over the roots of one `ca_file` (or the system's), and what its file was like.
 type Verifier = (FileStamps, Arc<WebPkiServerVerifier>);
 
+/// Distinct client configurations kept at most.
+const MAX_CLIENT_CONFIGS: usize = 1024;
+
 /// Shared cache of client configurations, keyed by the check's TLS settings.
 #[derive(Debug, Default)]
 pub struct TlsClientConfigs {
@@ -96,17 +99,28 @@ impl TlsClientConfigs {
     /// The configuration for `settings`, offering h2 and http/1.1 by ALPN. Built the first
     /// time, and again only when one of its files changed (a stat of each, no read).
     pub fn get(&self, settings: &TlsSettings) -> Result<Arc<ClientConfig>, TlsSetupError> {
-        let current = stamps(settings);
-        if let Some((built_from, config)) = self.lock().get(settings) {
+        // The name sent as SNI is given per connection, not by the configuration: checks that
+        // differ only in `server_name` share one configuration (and one load of the roots).
+        let key = TlsSettings {
+            server_name: None,
+            ..settings.clone()
+        };
+        let current = stamps(&key);
+        if let Some((built_from, config)) = self.lock().get(&key) {
             if *built_from == current {
                 return Ok(config.clone());
             }
         }
         // Built outside the lock: reading files must not stall other probes. Two probes may build
         // the same config at once; the second insert wins and both are equivalent.
-        let config = Arc::new(build(settings)?);
-        self.lock()
-            .insert(settings.clone(), (current, config.clone()));
+        let config = Arc::new(build(&key)?);
+        let mut cache = self.lock();
+        if cache.len() >= MAX_CLIENT_CONFIGS && !cache.contains_key(&key) {
+            // More distinct TLS settings than any real configuration holds (each is a set of
+            // files): start over rather than grow; the next probes rebuild what they use.
+            cache.clear();
+        }
+        cache.insert(key, (current, config.clone()));
         Ok(config)
     }
 
@@ -727,6 +741,29 @@ impl TlsTarget {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn checks_that_differ_only_in_server_name_share_one_configuration() {
+        let configs = TlsClientConfigs::default();
+        let settings = |name: &str| TlsSettings {
+            insecure_skip_verify: true,
+            server_name: Some(name.to_string()),
+            ..TlsSettings::default()
+        };
+        let first = configs.get(&settings("a.example")).unwrap();
+        for index in 0..3 * MAX_CLIENT_CONFIGS {
+            let other = configs
+                .get(&settings(&format!("host-{index}.example")))
+                .unwrap();
+            assert!(
+                Arc::ptr_eq(&first, &other),
+                "rebuilt for server name {index}"
+            );
+        }
+        assert_eq!(configs.lock().len(), 1);
+    }
+
     /// Resumption is turned off in `client_config` only: a configuration built anywhere else
     /// would resume sessions again. This reads the sources so a new one cannot slip in.
     #[test]
