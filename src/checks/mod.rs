@@ -265,6 +265,9 @@ pub enum CheckDefinitionError {
     IntervalTooShort(Duration),
     #[error("timeout must be longer than 0s")]
     TimeoutZero,
+    /// The interval or timeout is beyond its range (a message from the bus).
+    #[error("{0}")]
+    OutOfRange(String),
     #[error("timeout {} must be shorter than interval {}", humantime::format_duration(*.timeout), humantime::format_duration(*.interval))]
     TimeoutNotBelowInterval {
         timeout: Duration,
@@ -331,6 +334,18 @@ impl CompiledCheck {
         }
         if check.interval < MIN_INTERVAL {
             return Err(CheckDefinitionError::IntervalTooShort(check.interval));
+        }
+        // Checked here too, not only when the file is read: a check from the bus was never
+        // read from a file, and deadlines are computed from these.
+        for (bound, value) in [
+            (&crate::config::bounds::CHECK_INTERVAL, check.interval),
+            (&crate::config::bounds::CHECK_TIMEOUT, check.timeout()),
+        ] {
+            if value > bound.cap_duration(value) {
+                return Err(CheckDefinitionError::OutOfRange(
+                    bound.check_duration(None, value).err().unwrap_or_default(),
+                ));
+            }
         }
         let timeout = check.timeout();
         if timeout.is_zero() {
@@ -420,6 +435,42 @@ mod tests {
             assert_eq!(found, 1, "{check_type}");
             assert_eq!(kind(check_type).check_type, check_type);
         }
+    }
+
+    /// A check from the bus was never range-checked as a file is: one with a timeout that
+    /// would overflow the probe's deadline is refused, not run.
+    #[test]
+    fn a_check_beyond_the_ranges_is_refused_at_compile() {
+        let check: CheckConfig = toml::from_str(
+            r#"
+            name = "web"
+            type = "tcp"
+            address = "127.0.0.1:80"
+            interval = "10s"
+            timeout = "2s"
+        "#,
+        )
+        .unwrap();
+        assert!(CompiledCheck::compile(&check).is_ok());
+        let endless = CheckConfig {
+            interval: Duration::from_secs(u64::MAX / 2),
+            timeout: Some(Duration::from_secs(u64::MAX / 4)),
+            ..check.clone()
+        };
+        let error = CompiledCheck::compile(&endless).unwrap_err().to_string();
+        assert!(error.contains("the most allowed is 30days"), "{error}");
+        let long_timeout = CheckConfig {
+            interval: Duration::from_secs(3600),
+            timeout: Some(Duration::from_secs(601)),
+            ..check
+        };
+        let error = CompiledCheck::compile(&long_timeout)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("checks[].timeout is 10m 1s; the most allowed is 10m"),
+            "{error}"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -27,6 +27,9 @@ use tokio::time::Instant;
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
 /// How long a token that comes without `expires_in` is used.
 pub const LIFETIME_WITHOUT_EXPIRY: Duration = Duration::from_secs(300);
+/// The longest a token is used, whatever its `expires_in` says: a server that answers with a
+/// huge number (or a hostile one) still sees a new token asked for daily.
+pub const LONGEST_LIFETIME: Duration = Duration::from_secs(86_400);
 const USER_AGENT_TEXT: &str = concat!("bastion/", env!("CARGO_PKG_VERSION"));
 
 #[derive(Debug, thiserror::Error)]
@@ -327,7 +330,7 @@ impl TokenSource {
             Some(value) => value
                 .as_u64()
                 .or_else(|| value.as_str().and_then(|text| text.trim().parse().ok()))
-                .map(Duration::from_secs)
+                .map(|seconds| Duration::from_secs(seconds).min(LONGEST_LIFETIME))
                 .ok_or_else(|| self.fail("its expires_in is not a number of seconds"))?,
         };
         let mut header = HeaderValue::from_str(&format!("Bearer {token}"))
@@ -439,6 +442,12 @@ mod tests {
             .read_token(http::StatusCode::OK, lasting, sent)
             .unwrap();
         assert_eq!(token.expires, sent + LIFETIME_WITHOUT_EXPIRY);
+        // The largest number JSON may carry here would overflow an Instant: it is capped.
+        let endless = br#"{"access_token":"t0ken","expires_in":18446744073709551615}"#;
+        let token = source
+            .read_token(http::StatusCode::OK, endless, sent)
+            .unwrap();
+        assert_eq!(token.expires, sent + LONGEST_LIFETIME);
         let cases: [(u16, &[u8], &str); 5] = [
             (
                 401,

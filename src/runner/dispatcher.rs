@@ -309,8 +309,9 @@ async fn run_task(task: ProbeTask, worker: Worker) -> (usize, Response) {
     let mut record = ProbeRecord::start();
     let started = Instant::now();
     // The timeout bounds the whole probe, the resolve that found this instance included.
-    let budget = check
-        .timeout
+    // Capped as well as compile refuses it: an Instant must never overflow in a probe.
+    let budget = crate::config::bounds::CHECK_TIMEOUT
+        .cap_duration(check.timeout)
         .saturating_sub(Duration::from_secs_f64(resolve_seconds));
     let deadline = started + budget;
     let probe = check.probe.probe(&context, target, deadline, &mut record);
