@@ -402,9 +402,15 @@ impl CheckConfig {
 
     /// The definition without what does not change what is probed or how a response is
     /// judged: where it is filed (`group`), who is told (`notify`, `notify_on`), how often it
-    /// runs and its state thresholds. A reload that changes only those keeps the check's
-    /// state and failure episode.
+    /// runs, its state thresholds, and the contents of its secret files (a rotated token or
+    /// password is the same probe; the files' names still count). A reload that changes only
+    /// those keeps the check's state and failure episode. Leaving the secrets out also keeps
+    /// them out of `probe_fingerprint`, which is saved to disk.
     fn probed(&self) -> CheckConfig {
+        let mut spec = self.spec.clone();
+        if let CheckSpec::Http(http) = &mut spec {
+            http.secrets = HttpSecrets::default();
+        }
         CheckConfig {
             group: None,
             interval: Duration::ZERO,
@@ -412,6 +418,7 @@ impl CheckConfig {
             min_failing_time: None,
             notify: None,
             notify_on: None,
+            spec,
             ..self.clone()
         }
     }
@@ -761,4 +768,49 @@ pub enum Relationship {
     RegExp,
     GreaterThan,
     LessThan,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(toml: &str) -> CheckConfig {
+        toml::from_str(toml).unwrap()
+    }
+
+    const WEB: &str = "name = \"web\"\ntype = \"http\"\nurl = \"http://10.0.0.1/\"\ninterval = \"10s\"\nbearer_token_file = \"/etc/bastion/token\"\n";
+
+    /// Routing, schedule, thresholds and rotated secrets keep the probe; its target does not.
+    #[test]
+    fn only_a_change_to_what_is_probed_is_another_probe() {
+        let before = check(WEB);
+        let filed = check(&format!(
+            "{WEB}group = \"edge\"\nnotify = []\nnotify_on = [\"fail\", \"warn\"]\nmin_failing_count = 2\nmin_failing_time = \"5m\"\n"
+        ))
+        .clone();
+        let filed = CheckConfig {
+            interval: Duration::from_secs(60),
+            ..filed
+        };
+        assert!(before.same_probe(&filed));
+        let moved = check(&WEB.replace("10.0.0.1", "10.0.0.2"));
+        assert!(!before.same_probe(&moved));
+        assert_ne!(before.probe_fingerprint(), moved.probe_fingerprint());
+    }
+
+    /// A rotated token is the same probe, and no secret enters the saved fingerprint.
+    #[test]
+    fn a_rotated_secret_is_the_same_probe_and_not_in_the_fingerprint() {
+        let with = |token: &str| {
+            let mut config = check(WEB);
+            if let CheckSpec::Http(http) = &mut config.spec {
+                http.secrets.bearer_token = Some(crate::config::Secret::new(token));
+            }
+            config
+        };
+        let (old, new) = (with("hunter2"), with("correct horse"));
+        assert!(old.same_probe(&new));
+        assert_eq!(old.probe_fingerprint(), new.probe_fingerprint());
+        assert_eq!(old.probe_fingerprint(), check(WEB).probe_fingerprint());
+    }
 }
