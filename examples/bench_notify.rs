@@ -53,7 +53,8 @@ async fn main() {
     let idle: u64 = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(20);
     let dir = std::env::temp_dir().join(format!("bastion-bench-notify-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("a scratch directory");
-    let (saved, _) = SavedState::open(Some(dir.join("episodes.json")));
+    let (saved, _) =
+        SavedState::open(Some(dir.join("episodes.json"))).expect("the saved state opens");
     let stop = CancellationToken::new();
     let saver = tokio::spawn(Arc::clone(&saved).run(stop.clone()));
     let windows: Vec<MaintenanceConfig> = ["mon", "wed", "fri"]

@@ -335,7 +335,7 @@ async fn run_command(config_path: PathBuf, role: RoleArg, bus: BusArgs) -> ExitC
             say_err!("error: {error:#}");
             let usage = matches!(
                 error.downcast_ref::<agent::AgentError>(),
-                Some(agent::AgentError::RoleNeedsNats(_))
+                Some(agent::AgentError::RoleNeedsNats(_) | agent::AgentError::SavedState(_))
             );
             ExitCode::from(if usage { EXIT_CONFIG } else { EXIT_FAILING })
         }

@@ -32,16 +32,27 @@ pub type Loaded = BTreeMap<String, BTreeMap<String, serde_json::Value>>;
 
 #[derive(Debug, Default)]
 struct Inner {
-    /// Section, then key, then the entry as JSON text.
-    sections: BTreeMap<&'static str, BTreeMap<String, String>>,
+    /// Section, then key, then the entry as JSON text (shared, so that a write copies
+    /// pointers under the lock and renders the file outside it).
+    sections: BTreeMap<&'static str, BTreeMap<String, Arc<str>>>,
     /// Bumped by every change.
     generation: u64,
+}
+
+/// Why the saved state cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SavedStateError {
+    #[error("{0} is in use by another bastion process; give each checker a state directory of its own (the directory of history.path)")]
+    InUse(String),
 }
 
 /// The agent's saved state: cheap to share, never waits on the disk for a `put`.
 #[derive(Debug)]
 pub struct SavedState {
     path: Option<PathBuf>,
+    /// Held while this process owns the file: two processes writing one file would each
+    /// overwrite what the other saved.
+    _lock: Option<std::fs::File>,
     inner: Mutex<Inner>,
     wake: Notify,
     /// The newest generation the file holds (or that counts as written).
@@ -49,18 +60,37 @@ pub struct SavedState {
 }
 
 impl SavedState {
-    /// State saved in `path` (None: nothing is saved), and what the file held.
-    pub fn open(path: Option<PathBuf>) -> (Arc<SavedState>, Loaded) {
+    /// State saved in `path` (None: nothing is saved), and what the file held. Refused when
+    /// another process holds the file (`<path>.lock`); a directory that cannot be written is
+    /// not refused here (saving says so, once).
+    pub fn open(path: Option<PathBuf>) -> Result<(Arc<SavedState>, Loaded), SavedStateError> {
+        let lock = match path.as_deref() {
+            Some(path) => take_lock(path)?,
+            None => None,
+        };
         let loaded = path.as_deref().map(load).unwrap_or_default();
-        let state = Arc::new(SavedState {
+        // Entries are carried over only as their owners put them back: one that nobody
+        // claims (a check gone while the agent was down, its episode resolved) is dropped.
+        let state = SavedState {
+            _lock: lock,
+            ..SavedState::empty(path)
+        };
+        Ok((Arc::new(state), loaded))
+    }
+
+    /// Saved state that lives only in memory.
+    pub fn in_memory() -> Arc<SavedState> {
+        Arc::new(SavedState::empty(None))
+    }
+
+    fn empty(path: Option<PathBuf>) -> SavedState {
+        SavedState {
             path,
+            _lock: None,
             inner: Mutex::new(Inner::default()),
             wake: Notify::new(),
             written: watch::channel(0).0,
-        });
-        // Entries are carried over only as their owners put them back: one that nobody
-        // claims (a check gone while the agent was down, its episode resolved) is dropped.
-        (state, loaded)
+        }
     }
 
     /// Where the state is saved.
@@ -80,10 +110,10 @@ impl SavedState {
         };
         let mut inner = self.lock();
         let entries = inner.sections.entry(section).or_default();
-        if entries.get(key) == Some(&text) {
+        if entries.get(key).is_some_and(|saved| **saved == *text) {
             return inner.generation;
         }
-        entries.insert(key.to_string(), text);
+        entries.insert(key.to_string(), Arc::from(text));
         self.changed(inner)
     }
 
@@ -153,13 +183,14 @@ impl SavedState {
         let Some(path) = &self.path else {
             return;
         };
-        let (generation, text) = {
+        let (generation, sections) = {
             let inner = self.lock();
             if inner.generation <= *self.written.borrow() {
                 return;
             }
-            (inner.generation, render(&inner))
+            (inner.generation, inner.sections.clone())
         };
+        let text = render(&sections);
         let result = write_atomically(path, text.into_bytes()).await;
         match result {
             Ok(()) => {
@@ -196,9 +227,8 @@ impl SavedState {
 
 /// The file's text: `{"version":2,"sections":{"<section>":{"<key>":<entry>,...},...}}`, built
 /// from the entries' saved text without parsing them again.
-fn render(inner: &Inner) -> String {
-    let size: usize = inner
-        .sections
+fn render(sections: &BTreeMap<&'static str, BTreeMap<String, Arc<str>>>) -> String {
+    let size: usize = sections
         .values()
         .flat_map(|entries| entries.iter())
         .map(|(key, entry)| key.len() + entry.len() + 8)
@@ -207,7 +237,7 @@ fn render(inner: &Inner) -> String {
     out.push_str(&format!(
         "{{\"version\":{SAVED_STATE_VERSION},\"sections\":{{"
     ));
-    for (index, (section, entries)) in inner.sections.iter().enumerate() {
+    for (index, (section, entries)) in sections.iter().enumerate() {
         if index > 0 {
             out.push(',');
         }
@@ -237,14 +267,45 @@ async fn write_atomically(path: &Path, bytes: Vec<u8>) -> std::io::Result<()> {
     // Blocking calls (sync_all) belong on the blocking pool, never on an async worker.
     tokio::task::spawn_blocking(move || {
         use std::io::Write;
-        let temporary = path.with_extension("json.tmp");
-        let mut file = std::fs::File::create(&temporary)?;
+        // A name of this process's own: never another writer's half-written file.
+        let temporary = path.with_extension(format!("json.{}.tmp", std::process::id()));
+        let mut file = create_private(&temporary)?;
         file.write_all(&bytes)?;
         file.sync_all()?;
         std::fs::rename(&temporary, &path)
     })
     .await
     .map_err(std::io::Error::other)?
+}
+
+/// A new file only its owner may read (episode ids and check names are not for everyone).
+fn create_private(path: &Path) -> std::io::Result<std::fs::File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)
+}
+
+/// Takes `<path>.lock` for this process, or says who has it. A directory that does not
+/// exist or cannot be written gives no lock (and no error: saving will say why).
+fn take_lock(path: &Path) -> Result<Option<std::fs::File>, SavedStateError> {
+    let lock_path = path.with_extension("lock");
+    let Ok(file) = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&lock_path)
+    else {
+        return Ok(None);
+    };
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            Err(SavedStateError::InUse(path.display().to_string()))
+        }
+        Err(std::fs::TryLockError::Error(_)) => Ok(None),
+    }
 }
 
 /// What the file at `path` holds; nothing (with a warning) when it cannot be read.
@@ -307,7 +368,7 @@ mod tests {
     async fn entries_survive_a_restart_and_unchanged_puts_change_nothing() {
         let dir = TempDir::new("restart");
         let path = dir.path().join("episodes.json");
-        let (state, loaded) = SavedState::open(Some(path.clone()));
+        let (state, loaded) = SavedState::open(Some(path.clone())).unwrap();
         assert!(loaded.is_empty());
         let stop = CancellationToken::new();
         let task = tokio::spawn(Arc::clone(&state).run(stop.clone()));
@@ -321,19 +382,40 @@ mod tests {
         assert!(state.written(second, Duration::from_secs(5)).await);
         stop.cancel();
         task.await.unwrap();
+        // Another process (here: another open) cannot take the file while it is held.
+        let error = SavedState::open(Some(path.clone())).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("in use by another bastion process"),
+            "{error}"
+        );
+        drop(state);
 
-        let (_, loaded) = SavedState::open(Some(path.clone()));
+        let (_, loaded) = SavedState::open(Some(path.clone())).unwrap();
         let checks = &loaded["checks"];
         assert_eq!(checks["web"], serde_json::json!({"state": "FAIL"}));
         assert_eq!(checks["api \"quoted\""], serde_json::json!([1, 2]));
-        assert!(!path.with_extension("json.tmp").exists());
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name())
+            .filter(|name| name.to_string_lossy().ends_with(".tmp"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(
+            mode & 0o777,
+            0o600,
+            "private: it names checks and receivers"
+        );
     }
 
     #[tokio::test]
     async fn removing_writes_the_file_without_the_entry() {
         let dir = TempDir::new("remove");
         let path = dir.path().join("episodes.json");
-        let (state, _) = SavedState::open(Some(path.clone()));
+        let (state, _) = SavedState::open(Some(path.clone())).unwrap();
         state.put("checks", "web", &1);
         state.flush().await;
         let generation = state.remove("checks", "web");
@@ -344,28 +426,29 @@ mod tests {
         );
         state.flush().await;
         assert!(state.written(generation, Duration::ZERO).await);
-        let (_, loaded) = SavedState::open(Some(path));
+        drop(state);
+        let (_, loaded) = SavedState::open(Some(path)).unwrap();
         assert!(loaded["checks"].is_empty());
     }
 
     #[tokio::test]
     async fn an_unwritable_file_counts_as_written_and_a_bad_one_is_ignored() {
         let dir = TempDir::new("unwritable");
-        let (state, _) = SavedState::open(Some(dir.path().join("missing/episodes.json")));
+        let (state, _) = SavedState::open(Some(dir.path().join("missing/episodes.json"))).unwrap();
         let generation = state.put("checks", "web", &1);
         state.flush().await;
         assert!(state.written(generation, Duration::ZERO).await);
 
         let bad = dir.path().join("bad.json");
         std::fs::write(&bad, "{not json").unwrap();
-        assert!(SavedState::open(Some(bad.clone())).1.is_empty());
+        assert!(SavedState::open(Some(bad.clone())).unwrap().1.is_empty());
         std::fs::write(&bad, "{\"version\": 1, \"episodes\": []}").unwrap();
-        assert!(SavedState::open(Some(bad)).1.is_empty());
+        assert!(SavedState::open(Some(bad)).unwrap().1.is_empty());
     }
 
     #[tokio::test]
     async fn without_a_file_every_change_is_written_at_once() {
-        let (state, loaded) = SavedState::open(None);
+        let (state, loaded) = (SavedState::in_memory(), Loaded::new());
         assert!(loaded.is_empty());
         let generation = state.put("checks", "web", &1);
         assert!(state.written(generation, Duration::ZERO).await);

@@ -115,6 +115,8 @@ pub enum AgentError {
     Maintenance(String),
     #[error(transparent)]
     History(#[from] crate::history::HistoryError),
+    #[error(transparent)]
+    SavedState(#[from] crate::saved_state::SavedStateError),
 }
 
 /// A built agent, ready to run.
@@ -363,16 +365,20 @@ impl Agent {
             ),
             None => (None, None, None),
         };
-        let saved = role.schedules().then(|| {
+        let saved = if role.schedules() {
             let path = episodes_file(&config);
             let fresh = !path.exists();
-            let (saved, loaded) = crate::saved_state::SavedState::open(Some(path.clone()));
-            let loaded = match fresh.then(|| legacy::take_over(&path, &checks.borrow())) {
-                Some(Some(older)) => older,
-                _ => loaded,
+            let (saved, loaded) = crate::saved_state::SavedState::open(Some(path.clone()))?;
+            let older = if fresh {
+                legacy::take_over(&path, &checks.borrow())
+            } else {
+                legacy::retire(&path);
+                None
             };
-            (saved, loaded)
-        });
+            Some((saved, older.unwrap_or(loaded)))
+        } else {
+            None
+        };
         Ok(Agent {
             shared: Shared {
                 config,
@@ -480,8 +486,12 @@ impl Agent {
         let notify_stop = CancellationToken::new();
         let notify_tasks = tokio_util::task::TaskTracker::new();
         // Without a scheduling role nothing is saved: the state lives in memory only.
-        let (saved, mut loaded) =
-            saved.unwrap_or_else(|| crate::saved_state::SavedState::open(None));
+        let (saved, mut loaded) = saved.unwrap_or_else(|| {
+            (
+                crate::saved_state::SavedState::in_memory(),
+                crate::saved_state::Loaded::new(),
+            )
+        });
         let saved_stop = CancellationToken::new();
         let saver = tokio::spawn(Arc::clone(&saved).run(saved_stop.clone()));
         let notifications = notify.map(|setup| {

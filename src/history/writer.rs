@@ -290,7 +290,7 @@ impl Writer {
                 self.metrics.history_write_errors.inc();
                 // Once, then every tenth attempt: a database that stays down must not flood
                 // the log.
-                if self.failures == 1 || self.failures % 10 == 0 {
+                if self.failures == 1 || self.failures.is_multiple_of(10) {
                     tracing::warn!(
                         backend = self.db.backend(),
                         attempts = self.failures,

@@ -316,7 +316,7 @@ async fn the_result_sink_removes_series_of_vanished_instances() {
         events: None,
         notifications: None,
         history: None,
-        saved: bastion_agent::saved_state::SavedState::open(None).0,
+        saved: bastion_agent::saved_state::SavedState::in_memory(),
         resumed: Vec::new(),
     };
     let sink = tokio::spawn(consume(subscription, context, stop.clone()));
