@@ -142,9 +142,16 @@ impl Notification {
                     self.check,
                     rfc3339(self.started_at)
                 ),
-                Some(EndReason::Recovered) | None => format!(
+                Some(EndReason::Recovered) | None if self.state == CheckState::Ok => format!(
                     "[RESOLVED] {} is OK again (was failing since {})",
                     self.check,
+                    rfc3339(self.started_at)
+                ),
+                // Recovered below the episode's threshold, not to OK: say what it is now.
+                Some(EndReason::Recovered) | None => format!(
+                    "[RESOLVED] {} is no longer failing, now {} (was failing since {})",
+                    self.check,
+                    self.state,
                     rfc3339(self.started_at)
                 ),
             },

@@ -35,8 +35,12 @@ pub const WRITE_AHEAD_LIMIT: Duration = Duration::from_secs(2);
 pub enum Outcome {
     /// The receiver accepted it.
     Accepted,
-    /// Refused, given up after its attempts, or dropped from a full queue: it will not be sent.
-    Lost,
+    /// The receiver refused it (a 4xx other than 408 and 429): the notifier's settings are
+    /// wrong, and sending it again would be refused again.
+    Refused,
+    /// Given up after its attempts, or dropped from a full queue: the receiver may take it
+    /// later (routing sends it again).
+    GaveUp,
     /// Still queued or being retried when the agent stopped.
     Unsent,
 }
@@ -248,7 +252,7 @@ impl Delivery {
                 Ok(Err(SendError::Reject(reason))) => {
                     tracing::error!(notifier = %self.name, check = %notification.check, event = notification.event.as_str(), %reason, "the receiver refused the notification; not retrying: check this notifier's settings");
                     self.metrics.count_notification(&self.name, "rejected");
-                    self.report(notification, Outcome::Lost);
+                    self.report(notification, Outcome::Refused);
                     return true;
                 }
                 Ok(Err(SendError::Retry { reason, after })) => (reason, after),
@@ -263,7 +267,7 @@ impl Delivery {
             if attempt == self.policy.max_attempts {
                 tracing::error!(notifier = %self.name, check = %notification.check, event = notification.event.as_str(), attempts = attempt, %reason, "notification not delivered; giving up");
                 self.metrics.count_notification(&self.name, "failed");
-                self.report(notification, Outcome::Lost);
+                self.report(notification, Outcome::GaveUp);
                 return true;
             }
             let wait = self.policy.wait(attempt, retry_after, jitter());
@@ -285,7 +289,7 @@ impl Delivery {
                 .unwrap_or_else(|poisoned| poisoned.into_inner()),
         );
         for notification in dropped {
-            self.report(&notification, Outcome::Lost);
+            self.report(&notification, Outcome::GaveUp);
         }
     }
 
@@ -434,7 +438,7 @@ mod tests {
             POLICY,
             8,
             Arc::clone(&metrics),
-            SavedState::open(None).0,
+            SavedState::in_memory(),
             Arc::downgrade(&outcomes) as Weak<dyn Outcomes>,
         ));
         let stop = CancellationToken::new();
@@ -461,7 +465,7 @@ mod tests {
     async fn a_notification_waits_until_the_saved_state_holds_what_made_it() {
         let dir = std::env::temp_dir().join(format!("bastion-write-ahead-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let (saved, _) = SavedState::open(Some(dir.join("episodes.json")));
+        let (saved, _) = SavedState::open(Some(dir.join("episodes.json"))).unwrap();
         let gate = Arc::new(Gate {
             open: tokio::sync::Semaphore::new(10),
             taken: Mutex::new(Vec::new()),
@@ -533,7 +537,7 @@ mod tests {
             POLICY,
             2,
             Arc::clone(&metrics),
-            SavedState::open(None).0,
+            SavedState::in_memory(),
             Arc::downgrade(&outcomes) as Weak<dyn Outcomes>,
         ));
         let stop = CancellationToken::new();
@@ -561,10 +565,10 @@ mod tests {
                 ("fifth".to_string(), Outcome::Accepted),
                 ("first".to_string(), Outcome::Accepted),
                 ("fourth".to_string(), Outcome::Accepted),
-                ("second".to_string(), Outcome::Lost),
-                ("third".to_string(), Outcome::Lost),
+                ("second".to_string(), Outcome::GaveUp),
+                ("third".to_string(), Outcome::GaveUp),
             ],
-            "the dropped ones are reported lost, from the delivery task"
+            "the dropped ones are reported given up, from the delivery task"
         );
         stop.cancel();
         task.await.unwrap();

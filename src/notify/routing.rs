@@ -46,6 +46,10 @@ const MAX_RECENT_RESOLVES: usize = 1024;
 /// Ended episodes whose resolve still waits for a receiver, at most (the oldest go first,
 /// logged): a receiver that stays down through thousands of episodes cannot grow this.
 pub(super) const MAX_RESOLVING: usize = 16_384;
+/// After a trigger or a resolve was given up (the receiver stayed down through every
+/// attempt, or its queue overflowed), how long until it is sent again, for notifiers without
+/// `repeat_interval` (those with one are told again at the next reminder).
+pub(super) const RETRIGGER_AFTER: Duration = Duration::from_secs(300);
 
 /// What the notifications of an agent are built from.
 pub struct NotificationsOptions {
@@ -71,7 +75,7 @@ pub(super) struct Route {
     pub(super) delivery: Arc<Delivery>,
     default: bool,
     pub(super) repeat: Option<Duration>,
-    send_resolved: bool,
+    pub(super) send_resolved: bool,
 }
 
 /// What one receiver knows of an open episode.
@@ -144,6 +148,8 @@ pub(super) struct State {
     pub(super) resumed: HashMap<String, Resumed>,
     pub(super) recent: VecDeque<Recent>,
     pub(super) reminders: BinaryHeap<Reminder>,
+    /// Resolves given up, to send again: when, the episode id and the notifier.
+    pub(super) resolve_retries: BinaryHeap<Reminder>,
     /// Checks with a firing notification a maintenance window holds back.
     pub(super) held: HashSet<String>,
     pub(super) leading: bool,
@@ -235,6 +241,7 @@ impl Notifications {
                     resumed: HashMap::new(),
                     recent: VecDeque::new(),
                     reminders: BinaryHeap::new(),
+                    resolve_retries: BinaryHeap::new(),
                     held: HashSet::new(),
                     leading,
                 }),
@@ -305,7 +312,15 @@ impl Notifications {
                 reason,
                 at,
             }) => {
-                self.close(&mut guard, episode, *reason, *at, state, Some(result));
+                self.close(
+                    &mut guard,
+                    episode,
+                    *reason,
+                    *at,
+                    state,
+                    Some(result),
+                    false,
+                );
             }
             None => {
                 let Some(open) = guard.open.get_mut(&check.name) else {
@@ -332,7 +347,16 @@ impl Notifications {
 
     /// An episode ended without a result: a reload changed or removed its check, or the
     /// start found it changed or removed (`check` is the definition it had, if known).
-    pub fn ended(&self, check: Option<&CheckConfig>, event: &EpisodeEvent, state: CheckState) {
+    /// `at_start`: the start found it so (from the saved state of the last run); its
+    /// resolve is then kept until delivered even by a checker that does not lead yet, since
+    /// no other checker may know of it.
+    pub fn ended(
+        &self,
+        check: Option<&CheckConfig>,
+        event: &EpisodeEvent,
+        state: CheckState,
+        at_start: bool,
+    ) {
         if self.routes.is_empty() {
             return;
         }
@@ -344,11 +368,13 @@ impl Notifications {
         {
             let mut guard = self.lock();
             tracing::debug!(check = ?check.map(|c| &c.name), episode = %episode.id, "episode ended without a result");
-            self.close(&mut guard, episode, *reason, *at, state, None);
+            self.close(&mut guard, episode, *reason, *at, state, None, at_start);
         }
     }
 
-    /// Ends `episode`: its resolve goes to each receiver that accepted its firing.
+    /// Ends `episode`: its resolve goes to each receiver that accepted its firing (kept by a
+    /// standby too when `keep`, to send on taking the lease).
+    #[allow(clippy::too_many_arguments)]
     fn close(
         &self,
         guard: &mut State,
@@ -357,6 +383,7 @@ impl Notifications {
         at: SystemTime,
         state: CheckState,
         result: Option<&Arc<CheckResult>>,
+        keep: bool,
     ) {
         let (accepted, routes, check_type, latest): (Vec<String>, Vec<String>, CheckType, _) =
             match guard.open.remove(&episode.check) {
@@ -412,7 +439,7 @@ impl Notifications {
             routes,
             at: Instant::now(),
         });
-        if !guard.leading {
+        if !guard.leading && !keep {
             return;
         }
         let pending: BTreeSet<String> = accepted
@@ -423,9 +450,11 @@ impl Notifications {
                     .is_some_and(|route| route.send_resolved)
             })
             .collect();
-        for name in &pending {
-            if let Some(route) = self.routes.get(name) {
-                route.delivery.push(Arc::clone(&resolve));
+        if guard.leading {
+            for name in &pending {
+                if let Some(route) = self.routes.get(name) {
+                    route.delivery.push(Arc::clone(&resolve));
+                }
             }
         }
         if !pending.is_empty() {

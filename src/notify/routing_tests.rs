@@ -12,6 +12,8 @@ use std::collections::BTreeSet;
 struct Recorder {
     taken: Mutex<Vec<Notification>>,
     refusing: std::sync::atomic::AtomicBool,
+    /// Answers as a receiver that is down (worth another attempt, later).
+    down: std::sync::atomic::AtomicBool,
 }
 
 impl Notifier for Recorder {
@@ -21,8 +23,14 @@ impl Notifier for Recorder {
     ) -> BoxFuture<'a, Result<Answer, SendError>> {
         self.taken.lock().unwrap().push(notification.clone());
         let refusing = self.refusing.load(std::sync::atomic::Ordering::SeqCst);
+        let down = self.down.load(std::sync::atomic::Ordering::SeqCst);
         Box::pin(async move {
-            if refusing {
+            if down {
+                Err(SendError::Retry {
+                    reason: "down".to_string(),
+                    after: None,
+                })
+            } else if refusing {
                 Err(SendError::Reject("no".to_string()))
             } else {
                 Ok(Answer("ok".to_string()))
@@ -98,7 +106,7 @@ fn setup_with(
             link_base: "http://127.0.0.1:9464".to_string(),
             metrics: Arc::new(Metrics::new()),
             leadership,
-            saved: SavedState::open(None).0,
+            saved: SavedState::in_memory(),
             resumed: BTreeMap::new(),
         },
         &stop,
@@ -352,5 +360,104 @@ async fn a_resumed_episode_tells_only_the_receivers_that_had_not_accepted_it() {
     );
     let other = s.receivers[0].wait_for(2).await;
     assert_eq!(other[1].0, Event::Resolved);
+    s.stop.cancel();
+}
+
+/// A receiver down through every attempt of a trigger gets it again later (not only the
+/// next trigger), and one down through a resolve gets the resolve again; neither is lost.
+#[tokio::test(start_paused = true)]
+async fn triggers_and_resolves_given_up_are_sent_again() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let mut s = setup(CHECK, None, false);
+    let receiver = Arc::clone(&s.receivers[0]);
+    let id = episode_id("web", start_of(80));
+    receiver.down.store(true, SeqCst);
+    s.run(80, CheckState::Fail, 2);
+    receiver.wait_for(1).await;
+    tokio::time::sleep(RETRIGGER_AFTER - Duration::from_secs(10)).await;
+    assert_eq!(receiver.taken().len(), 1, "not before its time");
+    receiver.down.store(false, SeqCst);
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    assert_eq!(
+        receiver.taken(),
+        [
+            (Event::Firing, id.clone(), Severity::Critical),
+            (Event::Firing, id.clone(), Severity::Critical),
+        ],
+        "the trigger again, under the same id"
+    );
+    // Accepted now: no more triggers without `repeat_interval`.
+    tokio::time::sleep(RETRIGGER_AFTER * 2).await;
+    assert_eq!(receiver.taken().len(), 2);
+    // Down again when the check recovers: the resolve is given up, then sent again.
+    receiver.down.store(true, SeqCst);
+    s.run(81, CheckState::Ok, 0);
+    receiver.wait_for(3).await;
+    receiver.down.store(false, SeqCst);
+    tokio::time::sleep(RETRIGGER_AFTER + Duration::from_secs(10)).await;
+    let taken = receiver.taken();
+    assert_eq!(
+        taken[2..],
+        [
+            (Event::Resolved, id.clone(), Severity::Critical),
+            (Event::Resolved, id.clone(), Severity::Critical),
+        ]
+    );
+    assert!(
+        s.notifications.lock().resolving.is_empty(),
+        "delivered, forgotten"
+    );
+    tokio::time::sleep(RETRIGGER_AFTER * 2).await;
+    assert_eq!(receiver.taken().len(), 4, "nothing after it was taken");
+    s.stop.cancel();
+}
+
+/// A resolve the last run could not deliver goes out again at start, only to receivers still
+/// configured with `send_resolved`; one whose notifier was removed is not kept waiting.
+#[tokio::test]
+async fn resolves_taken_back_go_only_to_receivers_that_still_exist() {
+    let s = setup(CHECK, None, false);
+    let episode = Episode {
+        id: episode_id("web", start_of(90)),
+        check: "web".to_string(),
+        started_at: start_of(90),
+        opened_at: start_of(90),
+        severity: Severity::Critical,
+        peak: Severity::Critical,
+    };
+    let resolve = ResolveFacts {
+        episode: episode.clone(),
+        check_type: CheckType::Http,
+        state: CheckState::Ok,
+        reason: crate::episode::EndReason::Recovered,
+        at: start_of(95),
+        failing: 0,
+        instances: 2,
+    };
+    let entry = |pending: &[&str]| {
+        serde_json::to_value(crate::notify::saved::SavedDelivery::Resolving {
+            resolve: resolve.clone(),
+            pending: pending.iter().map(|name| name.to_string()).collect(),
+        })
+        .unwrap()
+    };
+    s.notifications.take_back(BTreeMap::from([
+        ("gone".to_string(), entry(&["removed"])),
+        (episode.id.clone(), entry(&["rec", "removed"])),
+    ]));
+    let taken = s.receivers[0].wait_for(1).await;
+    assert_eq!(
+        taken,
+        [(Event::Resolved, episode.id.clone(), Severity::Critical)]
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let state = s.notifications.lock();
+    assert!(!state.resolving.contains_key("gone"), "nobody left to tell");
+    assert!(
+        state.resolving.is_empty(),
+        "rec took it: {:?}",
+        state.resolving.keys().collect::<Vec<_>>()
+    );
+    drop(state);
     s.stop.cancel();
 }

@@ -8,7 +8,9 @@
 
 use super::message::ResolveFacts;
 use super::queue::{Outcome, Outcomes};
-use super::routing::{Notifications, Open, Receiver, Resolving, Resumed, State, MAX_RESOLVING};
+use super::routing::{
+    Notifications, Open, Receiver, Resolving, Resumed, State, MAX_RESOLVING, RETRIGGER_AFTER,
+};
 use super::{Event, Notification, Severity};
 use crate::config::CheckConfig;
 use crate::episode::Episode;
@@ -43,18 +45,18 @@ pub(super) enum SavedDelivery {
     },
 }
 
-/// The saved entry of an open episode whose trigger `accepted` took: for an earlier
-/// version's saved state, taken over at start.
+/// The saved entry of an open episode whose trigger was on its way to `maybe_told`: for an
+/// earlier version's saved state, taken over at start.
 pub fn open_delivery(
     check: &str,
     check_type: CheckType,
-    accepted: BTreeMap<String, Severity>,
+    maybe_told: BTreeSet<String>,
 ) -> serde_json::Value {
     serde_json::to_value(SavedDelivery::Open {
         check: check.to_string(),
         check_type,
-        accepted,
-        pending: BTreeSet::new(),
+        accepted: BTreeMap::new(),
+        pending: maybe_told,
     })
     .unwrap_or(serde_json::Value::Null)
 }
@@ -87,16 +89,20 @@ impl Notifications {
                     );
                 }
                 Ok(SavedDelivery::Resolving { resolve, pending }) => {
+                    // A notifier removed (or renamed) since will never answer: leave it out.
+                    let pending: BTreeSet<String> = pending
+                        .into_iter()
+                        .filter(|name| {
+                            self.routes
+                                .get(name)
+                                .is_some_and(|route| route.send_resolved)
+                        })
+                        .collect();
+                    if pending.is_empty() {
+                        continue;
+                    }
                     let notification = Arc::new(self.origin.resolve(&resolve, None));
                     tracing::info!(check = %resolve.episode.check, episode = %id, receivers = pending.len(), "resolve not delivered by the last run; sending it again");
-                    self.saved.put(
-                        SAVED_DELIVERIES,
-                        &id,
-                        &SavedDelivery::Resolving {
-                            resolve: resolve.clone(),
-                            pending: pending.clone(),
-                        },
-                    );
                     if state.leading {
                         for name in &pending {
                             if let Some(route) = self.routes.get(name) {
@@ -104,15 +110,7 @@ impl Notifications {
                             }
                         }
                     }
-                    state.resolving_order.push_back(id.clone());
-                    state.resolving.insert(
-                        id,
-                        Resolving {
-                            resolve: notification,
-                            saved: resolve,
-                            pending,
-                        },
-                    );
+                    self.keep_resolving(&mut state, notification, resolve, pending);
                 }
                 Err(error) => {
                     tracing::warn!(episode = %id, %error, "a saved notification entry is not readable and is ignored");
@@ -208,6 +206,12 @@ impl Notifications {
                 pending,
             },
         );
+        // Ids of resolves delivered since stay in the order until met; drop them in one go
+        // once they outnumber the live ones, so the order stays within twice the live count.
+        if guard.resolving_order.len() > 2 * guard.resolving.len() + 1024 {
+            let live = &guard.resolving;
+            guard.resolving_order.retain(|id| live.contains_key(id));
+        }
     }
 
     /// Saves who accepted `open`, and to whom a firing is on its way (nothing when neither).
@@ -241,11 +245,15 @@ impl Notifications {
 }
 
 impl Outcomes for Notifications {
-    /// A receiver accepted (or will never get) a notification: remember it, and save it.
+    /// What became of a notification at a receiver: remembered, and saved. A trigger or a
+    /// resolve given up (the receiver stayed down through every attempt, or its queue
+    /// overflowed) is sent again later, while its episode lasts or its resolve is due; one
+    /// refused (the receiver's settings are wrong) is not.
     fn outcome(&self, notifier: &str, notification: &Notification, outcome: Outcome) {
         let mut guard = self.lock();
-        match (notification.event, outcome) {
-            (Event::Firing, _) => {
+        let guard = &mut *guard;
+        match notification.event {
+            Event::Firing => {
                 let Some(open) = guard
                     .open
                     .get_mut(&notification.check)
@@ -261,33 +269,59 @@ impl Outcomes for Notifications {
                 }
                 // The outcome is known now, whatever it was.
                 receiver.maybe_told = false;
-                let mut first_reminder = None;
-                if outcome == Outcome::Accepted && !notification.reminder {
-                    receiver.accepted = Some(notification.severity);
-                    if let (None, Some(route)) = (receiver.reminder_due, self.routes.get(notifier))
-                    {
-                        first_reminder = route.repeat.map(|every| Instant::now() + every);
-                        receiver.reminder_due = first_reminder;
+                let route = self.routes.get(notifier);
+                let next = match outcome {
+                    Outcome::Accepted if !notification.reminder => {
+                        receiver.accepted = Some(notification.severity);
+                        route.and_then(|route| route.repeat)
                     }
-                }
+                    // Told again at the next reminder, or after `RETRIGGER_AFTER`.
+                    Outcome::GaveUp if receiver.accepted != Some(notification.severity) => Some(
+                        route
+                            .and_then(|route| route.repeat)
+                            .unwrap_or(RETRIGGER_AFTER),
+                    ),
+                    _ => None,
+                };
+                // A reminder already scheduled stays; otherwise schedule this one.
+                let due = match (receiver.reminder_due, next) {
+                    (None, Some(after)) => {
+                        let due = Instant::now() + after;
+                        receiver.reminder_due = Some(due);
+                        Some(due)
+                    }
+                    _ => None,
+                };
                 let check = open.episode.check.clone();
                 self.save_open(open);
-                if let Some(due) = first_reminder {
+                if let Some(due) = due {
                     guard
                         .reminders
                         .push(Reverse((due, check, notifier.to_string())));
                 }
             }
-            (Event::Resolved, Outcome::Accepted | Outcome::Lost) => {
+            Event::Resolved => {
                 let id = &notification.episode_id;
                 let Some(resolving) = guard.resolving.get_mut(id) else {
                     return;
                 };
-                resolving.pending.remove(notifier);
+                match outcome {
+                    Outcome::Accepted | Outcome::Refused => {
+                        resolving.pending.remove(notifier);
+                    }
+                    Outcome::GaveUp => {
+                        guard.resolve_retries.push(Reverse((
+                            Instant::now() + RETRIGGER_AFTER,
+                            id.clone(),
+                            notifier.to_string(),
+                        )));
+                        return;
+                    }
+                    Outcome::Unsent => return,
+                }
                 if resolving.pending.is_empty() {
                     guard.resolving.remove(id);
-                    guard.resolving_order.retain(|other| other != id);
-                    self.saved.remove(SAVED_DELIVERIES, id);
+                    self.unsave(id);
                 } else {
                     self.saved.put(
                         SAVED_DELIVERIES,
@@ -299,8 +333,7 @@ impl Outcomes for Notifications {
                     );
                 }
             }
-            // A resolve unsent at stop stays pending, and saved so, for the next start.
-            _ => {}
+            Event::Test => {}
         }
     }
 }

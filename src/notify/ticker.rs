@@ -9,7 +9,7 @@
 //! per check, and the checks held back by a window are looked at again only when the set of
 //! windows in force changed.
 
-use super::routing::{Notifications, RECENT_RESOLVES_FOR};
+use super::routing::{Notifications, RECENT_RESOLVES_FOR, RETRIGGER_AFTER};
 use std::cmp::Reverse;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -97,8 +97,10 @@ impl Notifications {
         self.remind(&mut guard);
     }
 
-    /// Sends the reminders that are due, each to one receiver that accepted the episode,
-    /// and schedules the next.
+    /// Sends what is due: reminders to the receivers that accepted an episode, the trigger
+    /// again to those that never did (it was given up), each with its next time; and
+    /// resolves given up, again. Stale entries (the episode ended, the receiver was told
+    /// afresh) are dropped as they come due, and in one go once they outnumber live ones.
     fn remind(&self, guard: &mut super::routing::State) {
         let now = Instant::now();
         let windows = self.windows();
@@ -119,20 +121,24 @@ impl Notifications {
             let Some(receiver) = open.receivers.get_mut(&notifier) else {
                 continue;
             };
-            // Superseded (the receiver was told afresh since), or never accepted.
-            if receiver.reminder_due != Some(due) || receiver.accepted.is_none() {
-                continue;
+            if receiver.reminder_due != Some(due) {
+                continue; // superseded: the receiver was told afresh since
             }
-            let Some(every) = route.repeat else {
-                receiver.reminder_due = None;
-                continue;
+            let told = receiver.accepted.is_some();
+            let every = match (told, route.repeat) {
+                (_, Some(every)) => every,
+                (false, None) => RETRIGGER_AFTER,
+                (true, None) => {
+                    receiver.reminder_due = None;
+                    continue;
+                }
             };
             let next = now + every;
             receiver.reminder_due = Some(next);
             if let Some(window) = windows.in_force(&check, wall) {
                 tracing::debug!(check = %check, notifier = %notifier, maintenance = window, "reminder suppressed by a maintenance window");
                 self.metrics.count_notification(&notifier, "suppressed");
-            } else {
+            } else if told {
                 let mut reminder = self.origin.firing(
                     &open.episode,
                     open.check_type,
@@ -143,8 +149,68 @@ impl Notifications {
                 reminder.reminder = true;
                 reminder.at = wall;
                 route.delivery.push(Arc::new(reminder));
+            } else if receiver.queued.is_none() {
+                // Never accepted (given up before): the trigger itself, once more.
+                tracing::info!(check = %check, notifier = %notifier, episode = %open.episode.id, "sending the trigger again: the receiver never took it");
+                receiver.queued = Some(open.episode.severity);
+                route.delivery.push(Arc::new(self.origin.firing(
+                    &open.episode,
+                    open.check_type,
+                    open.state,
+                    None,
+                    open.latest.as_deref(),
+                )));
             }
             guard.reminders.push(Reverse((next, check, notifier)));
         }
+        while let Some(Reverse((due, _, _))) = guard.resolve_retries.peek() {
+            if *due > now {
+                break;
+            }
+            let Some(Reverse((_, id, notifier))) = guard.resolve_retries.pop() else {
+                break;
+            };
+            let (Some(resolving), Some(route)) =
+                (guard.resolving.get(&id), self.routes.get(&notifier))
+            else {
+                continue;
+            };
+            if resolving.pending.contains(&notifier) {
+                tracing::info!(check = %resolving.resolve.check, notifier = %notifier, episode = %id, "sending the resolve again: the receiver never took it");
+                route.delivery.push(Arc::clone(&resolving.resolve));
+            }
+        }
+        self.compact_reminders(guard);
+    }
+
+    /// Rebuilds the reminders heap from the live entries once stale ones outnumber them
+    /// (episodes that ended, receivers told afresh), so it stays within twice the live
+    /// count: amortised O(1) per entry.
+    fn compact_reminders(&self, guard: &mut super::routing::State) {
+        // At most one live entry per receiver of an open episode: below twice that, nothing to
+        // do, and nothing is counted (a tick stays O(1) in the open episodes).
+        let most = guard.open.len().saturating_mul(self.routes.len().max(1));
+        if guard.reminders.len() <= 2 * most + 1024 {
+            return;
+        }
+        let live: usize = guard
+            .open
+            .values()
+            .map(|open| {
+                open.receivers
+                    .values()
+                    .filter(|r| r.reminder_due.is_some())
+                    .count()
+            })
+            .sum();
+        if guard.reminders.len() <= 2 * live + 1024 {
+            return;
+        }
+        let open = &guard.open;
+        guard.reminders.retain(|Reverse((due, check, notifier))| {
+            open.get(check)
+                .and_then(|open| open.receivers.get(notifier))
+                .is_some_and(|receiver| receiver.reminder_due == Some(*due))
+        });
     }
 }

@@ -272,8 +272,12 @@ impl Sink {
     /// agent was down ends now, for that reason.
     fn resume(&mut self, checks: &[CheckConfig], resumed: Vec<SavedCheck>) {
         let now = SystemTime::now();
+        let by_name: HashMap<&str, &CheckConfig> = checks
+            .iter()
+            .map(|check| (check.name.as_str(), check))
+            .collect();
         for saved in resumed {
-            let config = checks.iter().find(|check| check.name == saved.check);
+            let config = by_name.get(saved.check.as_str()).copied();
             let reason = match config {
                 Some(config) if config.probe_fingerprint() == saved.fingerprint => {
                     let tracker = StateTracker::resume(saved.state, Instant::now(), saved.since);
@@ -307,7 +311,7 @@ impl Sink {
             let mut track = saved.track;
             if let Some(event) = track.end(reason, now) {
                 tracing::info!(check = %saved.check, reason = reason.as_str(), "check removed or changed while the agent was down; its failure episode ends");
-                self.episode_event(config, &event, None, CheckState::Ok);
+                self.episode_event(config, &event, None, CheckState::Ok, true);
             }
         }
     }
@@ -379,7 +383,7 @@ impl Sink {
                     reason = reason.as_str(),
                     "check removed or changed by a reload; its failure episode ends"
                 );
-                self.episode_event(config, &event, None, followed.tracker.state());
+                self.episode_event(config, &event, None, followed.tracker.state(), false);
             }
         }
         self.saved.remove(SAVED_CHECKS, check);
@@ -418,6 +422,7 @@ impl Sink {
         event: &EpisodeEvent,
         result: Option<&Arc<CheckResult>>,
         state: CheckState,
+        at_start: bool,
     ) {
         if let Some(history) = self.history.as_ref().filter(|_| self.leading) {
             let op = match (result, event) {
@@ -442,7 +447,7 @@ impl Sink {
         }
         // With a result, `observe` tells notifications; without one, this is all they hear.
         if let (None, Some(notifications)) = (result, &self.notifications) {
-            notifications.ended(config, event, state);
+            notifications.ended(config, event, state, at_start);
         }
     }
 
@@ -549,7 +554,7 @@ impl Sink {
             },
         );
         if let Some(event) = &event {
-            self.episode_event(Some(config), event, Some(&result), status.state);
+            self.episode_event(Some(config), event, Some(&result), status.state, false);
         }
         if let Some(notifications) = &self.notifications {
             notifications.observe(config, status.state, &result, event.as_ref());
