@@ -3,14 +3,15 @@
 //! An upgrade in the middle of an outage must not trigger a second episode and leave the
 //! first unresolved, so when `episodes.json` does not exist yet, its episodes become the
 //! saved checks and deliveries the current version resumes. The old file is renamed
-//! `notifications.json.migrated` once read.
+//! `notifications.json.migrated` by the first start that finds `episodes.json` written: a
+//! crash before the taken-over state was saved anew must not lose it.
 
 use crate::config::CheckConfig;
 use crate::episode::{Episode, RunTimes, SavedCheck, Severity, Track};
 use crate::model::{CheckState, CheckType};
 use crate::saved_state::Loaded;
 use serde::Deserialize;
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::SystemTime;
 
@@ -77,23 +78,36 @@ pub(super) fn take_over(episodes: &Path, checks: &[CheckConfig]) -> Option<Loade
                 .or_default()
                 .insert(episode.check.clone(), value);
         }
-        let accepted: BTreeMap<String, Severity> = episode
-            .told
-            .into_iter()
-            .map(|name| (name, episode.severity))
-            .collect();
+        // Version 1 counted a receiver told once the firing was queued for it, not when the
+        // receiver accepted it: whether it got it is unknown, so it is told again (under the
+        // same episode id, which receivers deduplicate) and counts as told for the resolve.
+        let maybe_told: BTreeSet<String> = episode.told.into_iter().collect();
         loaded
             .entry(crate::notify::SAVED_DELIVERIES.to_string())
             .or_default()
             .insert(
                 episode.id,
-                crate::notify::open_delivery(&episode.check, episode.check_type, accepted),
+                crate::notify::open_delivery(&episode.check, episode.check_type, maybe_told),
             );
-    }
-    let migrated = old.with_extension("json.migrated");
-    if let Err(error) = std::fs::rename(&old, &migrated) {
-        tracing::warn!(path = %old.display(), %error, "cannot rename notifications.json after taking it over");
     }
     tracing::info!(path = %old.display(), "open episodes of an earlier version taken over");
     Some(loaded)
+}
+
+/// Renames `notifications.json` beside `episodes` out of the way, if it is still there: the
+/// state it held was taken over by an earlier start and is now in `episodes`.
+pub(super) fn retire(episodes: &Path) {
+    let old = episodes.with_file_name("notifications.json");
+    if !old.exists() {
+        return;
+    }
+    let migrated = old.with_extension("json.migrated");
+    match std::fs::rename(&old, &migrated) {
+        Ok(()) => {
+            tracing::info!(path = %migrated.display(), "notifications.json of an earlier version, taken over, renamed")
+        }
+        Err(error) => {
+            tracing::warn!(path = %old.display(), %error, "cannot rename notifications.json after taking it over")
+        }
+    }
 }
