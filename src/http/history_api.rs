@@ -6,11 +6,11 @@
 //! read, each read within a time limit: a slow or unreachable database is a quick 503, and the
 //! live state of a check never waits for it.
 
-use super::{summary, ApiState};
+use super::{summary, ApiPath, ApiQuery, ApiState};
 use crate::history::query::{Instances, Series, SeriesQuery};
 use crate::history::{HistoryError, HistoryReader};
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -110,6 +110,24 @@ pub(super) fn reader(state: &ApiState) -> Result<&HistoryReader, Box<Response>> 
     })
 }
 
+fn timestamp_to_system(at: &jiff::Timestamp) -> Option<SystemTime> {
+    let seconds = at.as_second();
+    let nanos = u32::try_from(at.subsec_nanosecond()).ok();
+    let whole = Duration::from_secs(seconds.unsigned_abs());
+    let base = if seconds >= 0 {
+        SystemTime::UNIX_EPOCH.checked_add(whole)?
+    } else {
+        SystemTime::UNIX_EPOCH.checked_sub(whole)?
+    };
+    match nanos {
+        Some(nanos) => base.checked_add(Duration::from_nanos(u64::from(nanos))),
+        // A negative fraction (before 1970): subtract it.
+        None => base.checked_sub(Duration::from_nanos(
+            at.subsec_nanosecond().unsigned_abs().into(),
+        )),
+    }
+}
+
 /// A time: RFC 3339, `now`, or a duration before now (`90m`, `7d`).
 pub fn parse_time(text: &str, now: SystemTime) -> Result<SystemTime, String> {
     let text = text.trim();
@@ -117,6 +135,14 @@ pub fn parse_time(text: &str, now: SystemTime) -> Result<SystemTime, String> {
         return Ok(now);
     }
     if let Ok(at) = humantime::parse_rfc3339_weak(text) {
+        return Ok(at);
+    }
+    // RFC 3339 with an offset other than Z (`2026-01-02T04:04:05+01:00`).
+    if let Some(at) = text
+        .parse::<jiff::Timestamp>()
+        .ok()
+        .and_then(|at| timestamp_to_system(&at))
+    {
         return Ok(at);
     }
     humantime::parse_duration(text.trim_start_matches('-'))
@@ -128,6 +154,7 @@ pub fn parse_time(text: &str, now: SystemTime) -> Result<SystemTime, String> {
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(super) struct HistoryParams {
     from: Option<String>,
     to: Option<String>,
@@ -186,14 +213,18 @@ impl HistoryParams {
     }
 }
 
-pub(super) async fn check(State(state): State<ApiState>, Path(name): Path<String>) -> Response {
+pub(super) async fn check(
+    State(state): State<ApiState>,
+    ApiPath(name): ApiPath<String>,
+) -> Response {
     let now = SystemTime::now();
     let deadline = Instant::now() + PAGE_HISTORY_BUDGET;
     let checks = state.checks.current();
     let Some(check) = checks.get(&name) else {
         return error(StatusCode::NOT_FOUND, format!("no check is named `{name}`"));
     };
-    let mut body = match serde_json::to_value(summary(&state, check)) {
+    let status = state.store.status(&name);
+    let mut body = match serde_json::to_value(summary(&checks, check, status.as_ref())) {
         Ok(body) => body,
         Err(error) => return error_response(StatusCode::INTERNAL_SERVER_ERROR, error.to_string()),
     };
@@ -234,8 +265,8 @@ pub(super) fn unavailable(error: &HistoryError) -> &'static str {
 
 pub(super) async fn history(
     State(state): State<ApiState>,
-    Path(name): Path<String>,
-    Query(params): Query<HistoryParams>,
+    ApiPath(name): ApiPath<String>,
+    ApiQuery(params): ApiQuery<HistoryParams>,
 ) -> Response {
     // One "now" for the whole request: parsing the range and the retention horizons alike.
     let now = SystemTime::now();
@@ -317,6 +348,7 @@ fn series_response(mut series: Series) -> Response {
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(super) struct IncidentParams {
     check: Option<String>,
     from: Option<String>,
@@ -325,7 +357,7 @@ pub(super) struct IncidentParams {
 
 pub(super) async fn incidents(
     State(state): State<ApiState>,
-    Query(params): Query<IncidentParams>,
+    ApiQuery(params): ApiQuery<IncidentParams>,
 ) -> Response {
     let now = SystemTime::now();
     let history = match reader(&state) {
@@ -362,6 +394,10 @@ mod tests {
         assert_eq!(parse_time("1h", now), Ok(now - Duration::from_secs(3600)));
         assert_eq!(
             parse_time("1970-01-01T00:00:10Z", now),
+            Ok(SystemTime::UNIX_EPOCH + Duration::from_secs(10))
+        );
+        assert_eq!(
+            parse_time("1970-01-01T01:00:10+01:00", now),
             Ok(SystemTime::UNIX_EPOCH + Duration::from_secs(10))
         );
         assert!(parse_time("yesterday", now).is_err());

@@ -12,19 +12,19 @@ pub mod tls;
 
 use crate::bus::Bus;
 use crate::config::{CheckConfig, StatusPageMode, WebConfig};
-use crate::messages::CheckResult;
 use crate::metrics::Metrics;
 use crate::model::CheckState;
 use crate::model::CheckType;
 use crate::reload::Reloader;
-use crate::results::{ChecksWatch, ResultStore};
+use crate::results::{CheckStatus, ChecksWatch, ResultStore};
 use axum::extract::{Query, Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Router;
 use serde::Serialize;
+use serde_json::value::RawValue;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
@@ -44,7 +44,17 @@ pub struct Checks {
 pub struct CheckIndex {
     list: Arc<Vec<CheckConfig>>,
     by_name: HashMap<String, usize>,
+    /// Positions in `list`, in the order of the names: pages follow it, so a cursor (the
+    /// last name of a page) stays meaningful across reloads.
+    sorted: Vec<usize>,
+    /// When this list was first seen: the `state_since` of a check with no state yet.
+    loaded_at: SystemTime,
+    /// Tells lists apart in ETags (a reload may change a check's group or interval).
+    generation: u64,
 }
+
+/// The generation of the next list of checks.
+static NEXT_GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 impl CheckIndex {
     fn new(list: Arc<Vec<CheckConfig>>) -> CheckIndex {
@@ -52,7 +62,23 @@ impl CheckIndex {
         for (at, check) in list.iter().enumerate() {
             by_name.entry(check.name.clone()).or_insert(at);
         }
-        CheckIndex { list, by_name }
+        let mut sorted: Vec<usize> = by_name.values().copied().collect();
+        sorted.sort_unstable_by(|a, b| list[*a].name.cmp(&list[*b].name));
+        CheckIndex {
+            list,
+            by_name,
+            sorted,
+            loaded_at: SystemTime::now(),
+            generation: NEXT_GENERATION.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+
+    /// The checks whose names come after `after`, in the order of the names.
+    fn after<'a>(&'a self, after: &'a str) -> impl Iterator<Item = &'a CheckConfig> + 'a {
+        let start = self
+            .sorted
+            .partition_point(|at| self.list[*at].name.as_str() <= after);
+        self.sorted[start..].iter().map(|at| &self.list[*at])
     }
 
     /// The check of that name.
@@ -138,8 +164,12 @@ pub fn router(state: ApiState, web: &WebConfig) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/api/v1/openapi.json", get(openapi))
         .merge(open)
         .merge(protected)
+        // gzip when the client accepts it (Prometheus does for /metrics); small answers are
+        // left as they are by the layer itself.
+        .layer(tower_http::compression::CompressionLayer::new())
         .with_state(state)
 }
 
@@ -185,6 +215,13 @@ async fn metrics(State(state): State<ApiState>) -> impl IntoResponse {
     }
 }
 
+/// The API's contract (docs/openapi.json, built into the binary).
+pub const OPENAPI: &str = include_str!("../../docs/openapi.json");
+
+async fn openapi() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI)
+}
+
 async fn healthz() -> &'static str {
     "ok\n"
 }
@@ -220,35 +257,36 @@ async fn reload(State(state): State<ApiState>) -> (StatusCode, String) {
     }
 }
 
+/// One check as the API shows it, borrowed from the config and the store: its latest result
+/// is the JSON the store keeps encoded, copied as it is.
 #[derive(Serialize)]
-pub(crate) struct CheckSummary {
-    pub(crate) name: String,
+pub(crate) struct CheckSummary<'a> {
+    name: &'a str,
     #[serde(rename = "type")]
-    pub(crate) check_type: CheckType,
+    check_type: CheckType,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) group: Option<String>,
-    pub(crate) interval: String,
-    pub(crate) state: CheckState,
+    group: Option<&'a str>,
+    interval: String,
+    state: CheckState,
     #[serde(with = "crate::time_format")]
-    pub(crate) state_since: SystemTime,
-    pub(crate) latest: Option<Arc<CheckResult>>,
+    state_since: SystemTime,
+    latest: Option<&'a RawValue>,
 }
 
-/// One check as the API shows it.
-pub(crate) fn summary(state: &ApiState, check: &CheckConfig) -> CheckSummary {
-    let status = state.store.status(&check.name);
+/// One check as the API shows it, from its status in the store (None: not followed yet).
+pub(crate) fn summary<'a>(
+    checks: &CheckIndex,
+    check: &'a CheckConfig,
+    status: Option<&'a CheckStatus>,
+) -> CheckSummary<'a> {
     CheckSummary {
-        name: check.name.clone(),
+        name: &check.name,
         check_type: check.check_type(),
-        group: check.group.clone(),
+        group: check.group.as_deref(),
         interval: humantime::format_duration(check.interval).to_string(),
-        state: status
-            .as_ref()
-            .map_or(CheckState::Ok, |status| status.state),
-        state_since: status
-            .as_ref()
-            .map_or_else(SystemTime::now, |status| status.since),
-        latest: status.and_then(|status| status.latest),
+        state: status.map_or(CheckState::Ok, |status| status.state),
+        state_since: status.map_or(checks.loaded_at, |status| status.since),
+        latest: status.and_then(CheckStatus::latest_json),
     }
 }
 
@@ -316,30 +354,241 @@ fn list(value: &Option<String>) -> impl Iterator<Item = &str> {
         .filter(|item| !item.is_empty())
 }
 
-async fn checks(State(state): State<ApiState>, Query(filter): Query<CheckFilter>) -> Response {
+/// The most checks one page of `/api/v1/checks` holds.
+pub const MAX_PAGE: usize = 1000;
+
+/// `GET /api/v1/checks`'s parameters: the filters, and paging.
+#[derive(Debug, Default, serde::Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct ChecksParams {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    state: Option<String>,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    check_type: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    group: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    check: Option<String>,
+    /// At most this many checks, in the order of their names (1 to `MAX_PAGE`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    limit: Option<u32>,
+    /// Only checks whose names come after this one (the last name of the previous page).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    after: Option<String>,
+}
+
+async fn checks(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    ApiQuery(params): ApiQuery<ChecksParams>,
+) -> Response {
+    let filter = CheckFilter {
+        state: params.state.clone(),
+        check_type: params.check_type.clone(),
+        group: params.group.clone(),
+        check: params.check.clone(),
+    };
+    let states: Vec<&str> = CheckState::ALL.iter().map(|state| state.as_str()).collect();
+    let types: Vec<&str> = CheckType::ALL.iter().map(|kind| kind.as_str()).collect();
+    for (name, value, known) in [
+        ("state", &params.state, &states),
+        ("type", &params.check_type, &types),
+    ] {
+        if let Err(message) = exact_list(name, value.as_deref(), known) {
+            return history_api::error(StatusCode::BAD_REQUEST, message);
+        }
+    }
     if let Err(message) = filter.validate() {
         return history_api::error(StatusCode::BAD_REQUEST, message);
     }
+    let limit = match params.limit {
+        None if params.after.is_none() => None,
+        None => Some(MAX_PAGE),
+        Some(limit) if (1..=MAX_PAGE as u32).contains(&limit) => Some(limit as usize),
+        Some(limit) => {
+            return history_api::error(
+                StatusCode::BAD_REQUEST,
+                format!("limit is {limit}; ask for 1 to {MAX_PAGE} checks a page and follow the Link header for the next"),
+            )
+        }
+    };
     let checks = state.checks.current();
-    let state_of = |check: &CheckConfig| {
-        state
-            .store
-            .status(&check.name)
-            .map_or(CheckState::Ok, |status| status.state)
+    // `?check=NAME` (the link in every notification) looks the one check up by name; a page
+    // goes in the order of the names from its cursor; otherwise every check, in the
+    // config's order.
+    let candidates: Box<dyn Iterator<Item = &CheckConfig>> = match filter.check.as_deref() {
+        Some(name) => Box::new(checks.get(name).into_iter()),
+        None if limit.is_some() => Box::new(checks.after(params.after.as_deref().unwrap_or(""))),
+        None => Box::new(checks.all().iter()),
     };
-    // `?check=NAME` (the link in every notification) looks the one check up by name.
-    let candidates: Vec<&CheckConfig> = match filter.check.as_deref() {
-        Some(name) => checks.get(name).into_iter().collect(),
-        None => checks.all().iter().collect(),
+    let mut chosen: Vec<(&CheckConfig, Option<CheckStatus>)> = Vec::new();
+    let mut more = false;
+    for check in candidates {
+        let status = state.store.status(&check.name);
+        let now = status
+            .as_ref()
+            .map_or(CheckState::Ok, |status| status.state);
+        if !filter.matches(check, now) {
+            continue;
+        }
+        if limit.is_some_and(|limit| chosen.len() == limit) {
+            more = true;
+            break;
+        }
+        chosen.push((check, status));
+    }
+    let tag = etag(&checks, &chosen);
+    let mut response_headers = HeaderMap::new();
+    if let Ok(value) = HeaderValue::from_str(&tag) {
+        response_headers.insert(header::ETAG, value);
+    }
+    // Cached answers are asked about again each time: the ETag makes that cheap.
+    response_headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    if more {
+        let last = chosen.last().map(|(check, _)| check.name.clone());
+        let next = ChecksParams {
+            limit: limit.and_then(|limit| u32::try_from(limit).ok()),
+            after: last,
+            ..params
+        };
+        if let Ok(query) = serde_urlencoded::to_string(&next) {
+            if let Ok(value) =
+                HeaderValue::from_str(&format!("</api/v1/checks?{query}>; rel=\"next\""))
+            {
+                response_headers.insert(header::LINK, value);
+            }
+        }
+    }
+    if not_modified(&headers, &tag) {
+        return (StatusCode::NOT_MODIFIED, response_headers).into_response();
+    }
+    let summaries: Vec<CheckSummary> = chosen
+        .iter()
+        .map(|(check, status)| summary(&checks, check, status.as_ref()))
+        .collect();
+    match serde_json::to_vec(&summaries) {
+        Ok(body) => {
+            response_headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            (StatusCode::OK, response_headers, body).into_response()
+        }
+        Err(error) => history_api::error(StatusCode::INTERNAL_SERVER_ERROR, error.to_string()),
+    }
+}
+
+/// The API reads `state=` and `type=` exactly as its contract spells them: comma-separated
+/// values, each one of `known` in upper or lower case, none empty. (The status page's form is
+/// more forgiving: it sends empty fields.)
+fn exact_list(name: &str, value: Option<&str>, known: &[&str]) -> Result<(), String> {
+    let Some(value) = value else {
+        return Ok(());
     };
-    Json(
-        candidates
-            .into_iter()
-            .filter(|check| filter.matches(check, state_of(check)))
-            .map(|check| summary(&state, check))
-            .collect::<Vec<_>>(),
-    )
-    .into_response()
+    let listed = known.join(", ");
+    for item in value.split(',') {
+        let fits = known.iter().any(|known| {
+            item == *known
+                || item == known.to_ascii_lowercase()
+                || item == known.to_ascii_uppercase()
+        });
+        if !fits {
+            let shown: String = item.chars().take(40).collect();
+            return Err(if item.is_empty() {
+                format!("{name}= has an empty value: name one or more of {listed}, comma-separated, or leave {name} out")
+            } else {
+                format!("{name} `{shown}` is not one of {listed}")
+            });
+        }
+    }
+    Ok(())
+}
+
+/// A weak ETag of an answer made of `chosen`: from the list of checks it came from and
+/// each check's version in the store, so it is known without encoding the answer. Equal
+/// tags mean equal answers within one run of the agent; the process's start is part of it
+/// so that a tag from before a restart never matches.
+fn etag(checks: &CheckIndex, chosen: &[(&CheckConfig, Option<CheckStatus>)]) -> String {
+    use std::hash::{Hash, Hasher};
+    static STARTED: std::sync::OnceLock<u128> = std::sync::OnceLock::new();
+    let started = STARTED.get_or_init(|| {
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |since| since.as_nanos())
+    });
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    started.hash(&mut hasher);
+    checks.generation.hash(&mut hasher);
+    for (check, status) in chosen {
+        check.name.hash(&mut hasher);
+        status
+            .as_ref()
+            .map_or(0, |status| status.version)
+            .hash(&mut hasher);
+    }
+    format!("W/\"{:016x}\"", hasher.finish())
+}
+
+/// Whether `If-None-Match` names `tag` (weak comparison, as RFC 9110 asks for GET).
+pub(crate) fn not_modified(headers: &HeaderMap, tag: &str) -> bool {
+    let opaque = |candidate: &str| candidate.trim().trim_start_matches("W/").to_string();
+    let ours = opaque(tag);
+    headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|candidate| candidate.trim() == "*" || opaque(candidate) == ours)
+}
+
+/// `Query`, refusing what it cannot read with the API's error body (a 400 that says which
+/// parameter is wrong), not axum's plain text.
+pub(crate) struct ApiQuery<T>(pub T);
+
+impl<T, S> axum::extract::FromRequestParts<S> for ApiQuery<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Response> {
+        match Query::<T>::from_request_parts(parts, state).await {
+            Ok(Query(value)) => Ok(ApiQuery(value)),
+            Err(rejection) => Err(history_api::error(
+                StatusCode::BAD_REQUEST,
+                rejection.body_text(),
+            )),
+        }
+    }
+}
+
+/// `Path`, refusing what it cannot read (a name that is not UTF-8, say) with the API's
+/// error body.
+pub(crate) struct ApiPath<T>(pub T);
+
+impl<T, S> axum::extract::FromRequestParts<S> for ApiPath<T>
+where
+    T: serde::de::DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Response> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(value)) => Ok(ApiPath(value)),
+            Err(rejection) => Err(history_api::error(
+                StatusCode::BAD_REQUEST,
+                rejection.body_text(),
+            )),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -358,6 +607,87 @@ mod tests {
         let config = Config::parse(&toml, Format::Toml, std::path::Path::new("t.toml"))
             .unwrap_or_else(|error| panic!("{error}"));
         Arc::new(config.checks)
+    }
+
+    /// docs/openapi.json names every route the agent serves, and its enums are the code's.
+    #[test]
+    fn the_openapi_document_matches_the_routes_and_the_enums() {
+        let document: serde_json::Value = serde_json::from_str(OPENAPI).unwrap();
+        let paths = document["paths"].as_object().unwrap();
+        let mut routes = Vec::new();
+        let folder = concat!(env!("CARGO_MANIFEST_DIR"), "/src/http");
+        for entry in std::fs::read_dir(folder).unwrap() {
+            let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+            for piece in text.split(".route(\"").skip(1) {
+                routes.push(piece.split('"').next().unwrap().to_string());
+            }
+        }
+        assert!(routes.len() >= 12, "{routes:?}");
+        for route in &routes {
+            assert!(
+                paths.contains_key(route),
+                "{route} is not in docs/openapi.json"
+            );
+        }
+        for path in paths.keys() {
+            assert!(
+                routes.contains(path),
+                "docs/openapi.json has {path}, the agent does not"
+            );
+        }
+        let schemas = &document["components"]["schemas"];
+        let listed = |name: &str| -> Vec<String> {
+            schemas[name]["enum"]
+                .as_array()
+                .unwrap_or_else(|| panic!("{name} has an enum"))
+                .iter()
+                .map(|value| value.as_str().unwrap().to_string())
+                .collect()
+        };
+        let mut kinds: Vec<String> = crate::history::ERROR_KINDS
+            .iter()
+            .map(|kind| kind.as_str().to_string())
+            .collect();
+        kinds.sort();
+        let mut documented = listed("ErrorKind");
+        documented.sort();
+        assert_eq!(documented, kinds);
+        let types: Vec<String> = CheckType::ALL
+            .iter()
+            .map(|t| t.as_str().to_string())
+            .collect();
+        assert_eq!(listed("CheckType"), types);
+        let states: Vec<String> = CheckState::ALL
+            .iter()
+            .map(|s| s.as_str().to_string())
+            .collect();
+        assert_eq!(listed("CheckState"), states);
+    }
+
+    #[test]
+    fn an_etag_is_matched_weakly_in_a_list_or_by_star() {
+        let ours = "W/\"00ff\"";
+        let with = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::IF_NONE_MATCH, HeaderValue::from_str(value).unwrap());
+            not_modified(&headers, ours)
+        };
+        assert!(with("W/\"00ff\""));
+        assert!(with("\"00ff\""));
+        assert!(with("\"a\", W/\"00ff\""));
+        assert!(with("*"));
+        assert!(!with("W/\"00fe\""));
+        assert!(!not_modified(&HeaderMap::new(), ours));
+    }
+
+    #[test]
+    fn exact_lists_refuse_empty_items_and_other_cases() {
+        let known = ["OK", "FAIL"];
+        assert!(exact_list("state", None, &known).is_ok());
+        assert!(exact_list("state", Some("OK,fail"), &known).is_ok());
+        for bad in ["", ",", "OK,", " OK", "Ok", "BROKEN"] {
+            assert!(exact_list("state", Some(bad), &known).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -24,8 +24,10 @@ use crate::notify::Notifications;
 use crate::saved_state::SavedState;
 use crate::state::{StatePolicy, StateTracker, Transition};
 use crate::subjects::Subjects;
+use serde_json::value::RawValue;
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::SystemTime;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -45,12 +47,44 @@ pub struct CheckStatus {
     pub latest: Option<Arc<CheckResult>>,
     pub state: CheckState,
     pub since: SystemTime,
+    /// Which update of the store this is (set by the store): it changes whenever anything
+    /// above does, so a list of them tells whether an answer changed without encoding it.
+    pub version: u64,
+    /// `latest` as JSON, encoded by the first request that shows it and shared by every later
+    /// one: a poll of every check copies bytes instead of encoding every result again.
+    encoded: Arc<OnceLock<Option<Box<RawValue>>>>,
+}
+
+impl CheckStatus {
+    pub fn new(latest: Option<Arc<CheckResult>>, state: CheckState, since: SystemTime) -> Self {
+        CheckStatus {
+            latest,
+            state,
+            since,
+            version: 0,
+            encoded: Arc::default(),
+        }
+    }
+
+    /// The latest result as JSON (None before the first result).
+    pub fn latest_json(&self) -> Option<&RawValue> {
+        self.encoded
+            .get_or_init(|| {
+                let latest = self.latest.as_deref()?;
+                // A result is plain data: encoding it cannot fail short of running out of
+                // memory; if it ever did, the check shows no latest result rather than none.
+                serde_json::value::to_raw_value(latest).ok()
+            })
+            .as_deref()
+    }
 }
 
 /// The latest result and state of each check.
 #[derive(Debug, Default)]
 pub struct ResultStore {
     checks: RwLock<HashMap<String, CheckStatus>>,
+    /// The version the next update gets.
+    next_version: AtomicU64,
 }
 
 impl ResultStore {
@@ -75,7 +109,8 @@ impl ResultStore {
         all
     }
 
-    fn update(&self, check: &str, status: CheckStatus) {
+    fn update(&self, check: &str, mut status: CheckStatus) {
+        status.version = self.next_version.fetch_add(1, Ordering::Relaxed) + 1;
         self.write().insert(check.to_string(), status);
     }
 
@@ -289,11 +324,7 @@ impl Sink {
                     }
                     self.store.update(
                         &saved.check,
-                        CheckStatus {
-                            latest: None,
-                            state: tracker.state(),
-                            since: tracker.since(),
-                        },
+                        CheckStatus::new(None, tracker.state(), tracker.since()),
                     );
                     self.saved.put(SAVED_CHECKS, &saved.check, &saved);
                     self.followed.insert(
@@ -353,11 +384,7 @@ impl Sink {
                 let tracker = StateTracker::new(Instant::now(), SystemTime::now());
                 self.store.update(
                     name,
-                    CheckStatus {
-                        latest: None,
-                        state: tracker.state(),
-                        since: tracker.since(),
-                    },
+                    CheckStatus::new(None, tracker.state(), tracker.since()),
                 );
                 self.followed.insert(
                     name.clone(),
@@ -532,11 +559,7 @@ impl Sink {
             );
             (transition, event)
         };
-        let status = CheckStatus {
-            latest: None,
-            state: followed.tracker.state(),
-            since: followed.tracker.since(),
-        };
+        let (state, since) = (followed.tracker.state(), followed.tracker.since());
         if transition.is_some() || event.is_some() {
             if let Some(followed) = self.followed.get(&result.check) {
                 self.save(&result.check, config, followed);
@@ -548,16 +571,13 @@ impl Sink {
         let result = to_keep(result, &message.payload);
         self.store.update(
             &result.check,
-            CheckStatus {
-                latest: Some(Arc::clone(&result)),
-                ..status
-            },
+            CheckStatus::new(Some(Arc::clone(&result)), state, since),
         );
         if let Some(event) = &event {
-            self.episode_event(Some(config), event, Some(&result), status.state, false);
+            self.episode_event(Some(config), event, Some(&result), state, false);
         }
         if let Some(notifications) = &self.notifications {
-            notifications.observe(config, status.state, &result, event.as_ref());
+            notifications.observe(config, state, &result, event.as_ref());
         }
         if let Some(transition) = transition {
             self.announce(&result, transition, counts.failing).await;

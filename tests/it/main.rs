@@ -8,6 +8,7 @@
 mod common;
 
 mod agent;
+mod api_contract;
 mod architecture;
 mod build_script;
 mod checker;

@@ -1,0 +1,200 @@
+#!/usr/bin/env python3
+"""Writes docs/openapi.json, the agent's API contract: `python3 tools/openapi.py docs/openapi.json`.
+
+Edit the API's document here, then regenerate: tests/it/api_contract.rs checks that the file is
+what this writes, that the agent serves it, that its enums and routes are the code's (the http
+module's unit test), and schemathesis fuzzes it against a live agent. Rules: docs/api.md.
+"""
+import json
+T = {"type": "string", "format": "date-time", "description": "RFC 3339, UTC"}
+def ref(n): return {"$ref": f"#/components/schemas/{n}"}
+def nullable(s): return {"oneOf": [s, {"type": "null"}]}
+def obj(props, required=None, desc=None):
+    o = {"type": "object", "properties": props, "required": required if required is not None else list(props)}
+    if desc: o["description"] = desc
+    return o
+num = {"type": "number", "minimum": 0}
+cnt = {"type": "integer", "minimum": 0}
+text = {"type": "string"}
+boolean = {"type": "boolean"}
+err_json = {"application/json": {"schema": ref("Error")}}
+def err(desc): return {"description": desc, "content": err_json}
+plain = {"text/plain": {"schema": text}}
+
+schemas = {
+ "Error": obj({"error": {"type": "string", "description": "What was wrong, and what to ask instead."}}, desc="The body of every JSON API error."),
+ "CheckState": {"type": "string", "enum": ["OK", "WARN", "FAIL_WAIT", "FAIL", "PASS_WAIT"]},
+ "CheckType": {"type": "string", "enum": ["http", "tcp", "dns", "tls", "icmp", "grpc"]},
+ "ErrorKind": {"type": "string", "enum": ["resolve", "connect", "tls", "http", "body", "expect", "dns", "icmp", "grpc", "auth", "timeout", "dispatch_timeout", "internal"]},
+ "ProbeError": obj({"kind": ref("ErrorKind"), "message": text}),
+ "Timings": obj({
+    "resolve": num, "connect": num, "proxy": num, "tls": num, "processing": num, "transfer": num,
+    "exchange": num, "request": num, "rtt": num, "total": num},
+    required=["resolve", "connect", "tls", "processing", "transfer", "total"],
+    desc="Phase durations in seconds; a phase not reached is 0. proxy, exchange, request and rtt appear only when not 0."),
+ "HttpDetails": obj({
+    "status": {"type": "integer", "minimum": 0, "maximum": 65535},
+    "version": text,
+    "headers": {"type": "object", "additionalProperties": text},
+    "body": text, "truncated": boolean, "body_bytes": cnt, "headers_truncated": boolean,
+    "redirects": cnt}, required=["status", "version", "headers", "body", "truncated", "redirects"]),
+ "CertificateDetails": obj({"subject": text, "issuer": text, "san": {"type": "array", "items": text}, "not_before": T, "not_after": T}),
+ "ChainDetails": obj({"valid": boolean, "error": text, "certificates": {"type": "array", "items": ref("CertificateDetails")}}, required=["valid", "certificates"]),
+ "TlsDetails": obj({"version": text, "alpn": nullable(text), "earliest_cert_expiry": nullable(T), "chain": ref("ChainDetails")}, required=["version", "alpn", "earliest_cert_expiry"]),
+ "TcpDetails": obj({"connected": boolean, "body": text, "truncated": boolean, "body_bytes": cnt, "steps_done": cnt}, required=["connected", "body", "truncated", "steps_done"]),
+ "DnsDetails": obj({"rcode": text, "answers": {"type": "array", "items": text}, "authorities": cnt, "additionals": cnt, "authoritative": boolean, "truncated": boolean}),
+ "IcmpDetails": obj({"sent": cnt, "received": cnt, "loss": {"type": "number", "minimum": 0, "maximum": 100}, "rtt_avg": num, "rtt_min": num, "rtt_max": num, "socket": {"type": "string", "enum": ["datagram", "raw"]}}),
+ "GrpcDetails": obj({"status": text, "grpc_status": cnt, "grpc_message": text}, required=["status", "grpc_status"]),
+ "AssertionResult": obj({"key": text, "value": text, "relationship": text, "operand": text, "passing": boolean, "actual": text, "message": text}, required=["key", "value", "relationship", "operand", "passing", "actual"]),
+ "Response": obj({
+    "target": {"type": "string", "description": "The ip:port probed (host:port when the host did not resolve)."},
+    "passing": boolean,
+    "error": nullable(ref("ProbeError")),
+    "http": nullable(ref("HttpDetails")),
+    "tls": nullable(ref("TlsDetails")),
+    "tcp": ref("TcpDetails"), "dns": ref("DnsDetails"), "icmp": ref("IcmpDetails"), "grpc": ref("GrpcDetails"),
+    "timings": ref("Timings"),
+    "assertions": {"type": "array", "items": ref("AssertionResult")}},
+    required=["target", "passing", "error", "http", "tls", "timings", "assertions"],
+    desc="What one instance answered."),
+ "Degraded": obj({"form": {"type": "string", "enum": ["detail_dropped", "summarised"]}, "instances": cnt, "failing": cnt, "omitted": cnt, "unmeasured": cnt}),
+ "CheckResult": obj({
+    "version": {"type": "integer", "minimum": 1},
+    "check": text, "type": ref("CheckType"),
+    "agent": {"type": "string", "description": "The agent that ran the probes."},
+    "run_id": cnt, "scheduled_at": T, "finished_at": T, "passing": boolean,
+    "responses": {"type": "array", "items": ref("Response")},
+    "degraded": ref("Degraded")},
+    required=["version", "check", "type", "agent", "run_id", "scheduled_at", "finished_at", "passing", "responses"],
+    desc="Every instance's response to one run of one check (docs/results.md)."),
+ "CheckSummary": obj({
+    "name": text, "type": ref("CheckType"), "group": text,
+    "interval": {"type": "string", "description": "A duration as humantime writes it, e.g. `30s`, `1m 30s`."},
+    "state": ref("CheckState"), "state_since": T,
+    "latest": nullable(ref("CheckResult"))},
+    required=["name", "type", "interval", "state", "state_since", "latest"]),
+ "Uptimes": obj({"24h": nullable(num), "7d": nullable(num), "30d": nullable(num)}),
+ "CheckDetail": {"allOf": [ref("CheckSummary"), {"type": "object", "properties": {
+    "uptime": nullable(ref("Uptimes")),
+    "history_error": {"type": "string", "description": "Why uptime is missing: the history database did not answer in time, or is not open."}}}]},
+ "Percentiles": obj({"p50": num, "p90": num, "p99": num, "samples": cnt}),
+ "Latency": {"type": "object", "description": "Per phase that had samples (over passing instances), seconds.",
+    "properties": {p: ref("Percentiles") for p in ["resolve", "connect", "tls", "processing", "transfer", "total"]},
+    "additionalProperties": False},
+ "Point": obj({"start": T, "runs": cnt, "down": cnt, "unmeasured": cnt, "uptime": nullable({"type": "number", "minimum": 0, "maximum": 1}), "latency": ref("Latency")}),
+ "InstanceSeries": obj({"instance": text, "points": {"type": "array", "items": ref("Point")}}),
+ "Series": obj({"check": text, "from": T, "to": T, "step_seconds": {"type": "integer", "minimum": 1},
+    "source": {"type": "string", "enum": ["runs", "hourly", "daily"]},
+    "points": {"type": "array", "items": ref("Point")},
+    "instances": {"type": "array", "items": ref("InstanceSeries")}},
+    required=["check", "from", "to", "step_seconds", "source", "points"]),
+ "Cause": obj({"instance": text, "error_kind": nullable(ref("ErrorKind")), "message": nullable(text)}),
+ "Incident": obj({"id": {"type": "integer"}, "check": text, "started_at": T, "confirmed_at": T, "ended_at": nullable(T),
+    "duration_seconds": num, "open": boolean, "interrupted": boolean,
+    "end_reason": nullable({"type": "string", "enum": ["recovered", "check_changed", "check_removed", "interrupted"]}),
+    "severity": {"type": "string", "enum": ["critical", "warning"]},
+    "episode_id": nullable(text),
+    "cause": {"type": "array", "items": ref("Cause")}}),
+}
+
+name_param = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}, "description": "The check's name."}
+unauth = {"description": "Basic auth is configured and the request carries no valid credentials.", "content": plain,
+          "headers": {"WWW-Authenticate": {"schema": text}}}
+secured = [{"basicAuth": []}, {}]
+def q(name, desc, schema=None, **kw):
+    p = {"name": name, "in": "query", "required": False, "schema": schema or text, "description": desc}
+    p.update(kw); return p
+def csv_enum(name, values, desc, min_items=1):
+    both = values + [v.lower() if v.isupper() else v.upper() for v in values]
+    return {"name": name, "in": "query", "required": False, "style": "form", "explode": False,
+            "schema": {"type": "array", "minItems": min_items, "items": {"type": "string", "enum": both}}, "description": desc}
+STATES = ["OK", "WARN", "FAIL_WAIT", "FAIL", "PASS_WAIT"]
+TYPES = ["http", "tcp", "dns", "tls", "icmp", "grpc"]
+listq = lambda desc: {"type": "string", "description": desc}
+
+paths = {
+ "/healthz": {"get": {"operationId": "healthz", "summary": "Liveness: the process answers.", "tags": ["health"],
+    "responses": {"200": {"description": "Alive.", "content": plain}}}},
+ "/readyz": {"get": {"operationId": "readyz", "summary": "Readiness: started and connected to its bus.", "tags": ["health"],
+    "responses": {"200": {"description": "Ready.", "content": plain}, "503": {"description": "Starting, stopping, or the bus is disconnected.", "content": plain}}}},
+ "/metrics": {"get": {"operationId": "metrics", "summary": "Prometheus text exposition of the probe_* and bastion_* series (docs/metrics.md).", "tags": ["metrics"], "security": secured,
+    "responses": {"200": {"description": "The series.", "content": {"text/plain": {"schema": text}}}, "401": unauth}}},
+ "/api/v1/openapi.json": {"get": {"operationId": "openapi", "summary": "This document.", "tags": ["api"],
+    "responses": {"200": {"description": "The OpenAPI 3.1 document.", "content": {"application/json": {"schema": {"type": "object"}}}}}}},
+ "/api/v1/checks": {"get": {"operationId": "listChecks", "summary": "Every configured check with its state and latest result.", "tags": ["api"], "security": secured,
+    "description": "Without `limit` or `after`, every check in the configuration's order. With either, one page in the order of the names: at most `limit` checks (1000 when only `after` is given), and a `Link: <...>; rel=\"next\"` header while more match. Filters are comma-separated lists; a check matches when it matches every filter given.",
+    "parameters": [
+        csv_enum("state", STATES, "States to keep, comma-separated (any case)."),
+        csv_enum("type", TYPES, "Check types to keep, comma-separated (any case)."),
+        q("group", "Groups to keep, comma-separated (empty: checks without a group)."),
+        q("check", "Only the check of this name."),
+        q("limit", "At most this many checks: one page, in the order of the names.", {"type": "integer", "minimum": 1, "maximum": 1000}),
+        q("after", "Only checks whose names come after this one: the last name of the previous page."),
+        {"name": "If-None-Match", "in": "header", "required": False, "schema": text, "description": "An ETag of an earlier answer: 304 when nothing in it changed."}],
+    "responses": {
+        "200": {"description": "The checks.", "headers": {"ETag": {"schema": text}, "Link": {"schema": text, "description": "The next page, while more checks match."}},
+                "content": {"application/json": {"schema": {"type": "array", "items": ref("CheckSummary")}}}},
+        "304": {"description": "Nothing changed since the ETag given.", "headers": {"ETag": {"schema": text}}},
+        "400": err("A parameter is unknown or its value is not valid."),
+        "401": unauth}}},
+ "/api/v1/checks/{name}": {"get": {"operationId": "getCheck", "summary": "One check: its state, latest result and uptime.", "tags": ["api"], "security": secured,
+    "parameters": [name_param],
+    "responses": {"200": {"description": "The check.", "content": {"application/json": {"schema": ref("CheckDetail")}}},
+        "400": err("The name is not readable (not UTF-8)."), "404": err("No check has that name."), "401": unauth}}},
+ "/api/v1/checks/{name}/history": {"get": {"operationId": "getCheckHistory", "summary": "A check's uptime and latency over a range (docs/history.md).", "tags": ["api"], "security": secured,
+    "parameters": [name_param,
+        q("from", "Start: RFC 3339, `now`, or a duration ago such as `24h`. Default: 24 h before `to`."),
+        q("to", "End: as `from`. Default: now."),
+        q("step", "The width of a point, a duration such as `5m`. Default: about 60 points."),
+        q("by", "`instance` adds one series per instance.", {"type": "string", "enum": ["check", "instance"]}),
+        q("instance", "Comma-separated instance addresses: their series only (implies by=instance).")],
+    "responses": {"200": {"description": "The series.", "content": {"application/json": {"schema": ref("Series")}}},
+        "400": err("A parameter is unknown or not valid, or the answer would be too large (the message says what to ask instead)."),
+        "404": err("No check has that name, or history is off."),
+        "503": err("The history database did not answer in time, or is not open yet."), "401": unauth}}},
+ "/api/v1/incidents": {"get": {"operationId": "listIncidents", "summary": "Failure incidents, newest first.", "tags": ["api"], "security": secured,
+    "parameters": [q("check", "Only this check's incidents."),
+        q("from", "Incidents that started after this time (as `from` above). Default: 30 days ago."),
+        q("limit", "At most this many (1000 at most). Default: 100.", {"type": "integer", "minimum": 0})],
+    "responses": {"200": {"description": "The incidents.", "content": {"application/json": {"schema": {"type": "array", "items": ref("Incident")}}}},
+        "400": err("A parameter is unknown or not valid."), "404": err("History is off."),
+        "503": err("The history database did not answer in time, or is not open yet."), "401": unauth}}},
+ "/-/reload": {"post": {"operationId": "reload", "summary": "Reload the configuration, as SIGHUP does.", "tags": ["operations"], "security": secured,
+    "responses": {"200": {"description": "Reloaded: what changed.", "content": plain},
+        "403": {"description": "agent.web.reload_endpoint is false.", "content": plain},
+        "500": {"description": "The new configuration is not valid; the running one is kept. The body says why.", "content": plain},
+        "503": {"description": "This agent has no configuration file to reload.", "content": plain}, "401": unauth}}},
+ "/": {"get": {"operationId": "statusPage", "summary": "The status page (when agent.web.status_page is not off).", "tags": ["pages"], "security": secured,
+    "parameters": [csv_enum("state", STATES, "States to show, comma-separated (any case; empty: all).", 0), csv_enum("type", TYPES, "Check types to show, comma-separated (any case; empty: all).", 0),
+        q("group", "Groups to show, comma-separated."), q("q", "Checks whose names contain this."),
+        q("page", "The page of the list, from 1.", {"type": "integer", "minimum": 0}),
+        q("per", "Checks a page.", {"type": "integer", "minimum": 0})],
+    "responses": {"200": {"description": "HTML.", "content": {"text/html": {"schema": text}}},
+        "400": {"description": "A parameter is not valid: an HTML page saying which, or plain text for a number that is not one.", "content": {"text/html": {"schema": text}, "text/plain": {"schema": text}}},
+        "401": unauth}}},
+ "/checks/{name}": {"get": {"operationId": "checkPage", "summary": "One check's page.", "tags": ["pages"], "security": secured,
+    "parameters": [name_param, q("range", "The chart's range: 15m, 1h, 6h, 24h (the default, also for any other value), 7d or 30d.")],
+    "responses": {"200": {"description": "HTML.", "content": {"text/html": {"schema": text}}}, "404": {"description": "No check has that name.", "content": {"text/html": {"schema": text}}}, "401": unauth}}},
+ "/assets/status.css": {"get": {"operationId": "statusCss", "summary": "The status page's style sheet.", "tags": ["pages"], "security": secured,
+    "responses": {"200": {"description": "CSS.", "content": {"text/css": {"schema": text}}}, "401": unauth}}},
+ "/assets/status.js": {"get": {"operationId": "statusJs", "summary": "The status page's live-refresh script.", "tags": ["pages"], "security": secured,
+    "responses": {"200": {"description": "JavaScript.", "content": {"text/javascript": {"schema": text}}}, "401": unauth}}},
+ "/badge/{check}/status.svg": {"get": {"operationId": "statusBadge", "summary": "A badge of the check's state.", "tags": ["pages"], "security": secured,
+    "parameters": [{"name": "check", "in": "path", "required": True, "schema": text}],
+    "responses": {"200": {"description": "SVG.", "content": {"image/svg+xml": {"schema": text}}}, "404": {"description": "Unknown check (a grey badge).", "content": {"image/svg+xml": {"schema": text}}}, "401": unauth}}},
+ "/badge/{check}/uptime/{window}": {"get": {"operationId": "uptimeBadge", "summary": "A badge of the check's uptime.", "tags": ["pages"], "security": secured,
+    "parameters": [{"name": "check", "in": "path", "required": True, "schema": text},
+                   {"name": "window", "in": "path", "required": True, "schema": {"type": "string", "enum": ["24h", "7d", "30d", "24h.svg", "7d.svg", "30d.svg"]}}],
+    "responses": {"200": {"description": "SVG.", "content": {"image/svg+xml": {"schema": text}}}, "404": {"description": "Unknown check or window (a grey badge).", "content": {"image/svg+xml": {"schema": text}}}, "401": unauth}}},
+}
+
+doc = {
+ "openapi": "3.1.0",
+ "info": {"title": "bastion agent API", "version": "1",
+          "description": "The HTTP API of a bastion agent. Rules (versioning, errors, authentication, paging, caching): docs/api.md."},
+ "paths": paths,
+ "components": {"schemas": schemas, "securitySchemes": {"basicAuth": {"type": "http", "scheme": "basic", "description": "When agent.web.basic_auth_users is set."}}},
+}
+import sys
+json.dump(doc, open(sys.argv[1], "w"), indent=2)
+open(sys.argv[1], "a").write("\n")
