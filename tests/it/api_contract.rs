@@ -442,6 +442,8 @@ async fn the_document_holds_under_fuzzing(backend: crate::history::Backend) {
     let url = format!("http://127.0.0.1:{}/api/v1/openapi.json", agent.listen);
     let output = tokio::task::spawn_blocking(move || {
         std::process::Command::new(schemathesis())
+            // It keeps a cache of what it found in its working directory: not in the repository.
+            .current_dir(crate::common::process::scratch_dir("schemathesis"))
             .args(["--config-file", config, "run", &url])
             .args(["--checks", "all"])
             .args(["--phases", "examples,coverage,fuzzing,stateful"])
