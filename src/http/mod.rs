@@ -194,15 +194,17 @@ async fn require_auth(
     }
 }
 
-async fn metrics(State(state): State<ApiState>) -> impl IntoResponse {
-    // Rendering thousands of checks' series is CPU work of tens of milliseconds: on the
-    // blocking pool it cannot hold up the probes that share the async workers.
+async fn metrics(State(state): State<ApiState>, headers: HeaderMap) -> Response {
+    // Rendering thousands of checks' series (and gzipping them: Prometheus asks for gzip) is
+    // CPU work of tens to hundreds of milliseconds: on the blocking pool it cannot hold up the
+    // probes that share the async workers.
     let metrics = Arc::clone(&state.metrics);
-    match tokio::task::spawn_blocking(move || metrics.render()).await {
-        Ok(text) => (
+    let gzip = accepts_gzip(&headers);
+    match tokio::task::spawn_blocking(move || encode(metrics.render().into_bytes(), gzip)).await {
+        Ok(body) => body.respond(
             StatusCode::OK,
-            [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
-            text,
+            crate::metrics::CONTENT_TYPE,
+            HeaderMap::new(),
         ),
         Err(error) => {
             tracing::warn!(%error, "rendering /metrics failed");
@@ -211,7 +213,73 @@ async fn metrics(State(state): State<ApiState>) -> impl IntoResponse {
                 [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
                 "rendering the metrics failed; see the agent's log\n".to_string(),
             )
+                .into_response()
         }
+    }
+}
+
+/// Answers smaller than this go as they are: gzip would save little and cost a header.
+const GZIP_FROM: usize = 1024;
+
+/// Whether the client takes gzip: `Accept-Encoding` names it (or `*`) with a q above 0.
+pub(crate) fn accepts_gzip(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|item| {
+            let mut parts = item.split(';');
+            let coding = parts.next().unwrap_or("").trim();
+            let quality = parts
+                .find_map(|part| part.trim().strip_prefix("q="))
+                .map_or(1.0, |q| q.trim().parse::<f32>().unwrap_or(0.0));
+            (coding.eq_ignore_ascii_case("gzip") || coding == "*") && quality > 0.0
+        })
+}
+
+/// An answer's body, gzipped or not.
+pub(crate) struct Encoded {
+    body: Vec<u8>,
+    gzipped: bool,
+}
+
+/// `body` as the client takes it: gzipped (at the fastest level: the agent's CPU is for
+/// probes) when it accepts gzip and the body is large enough to be worth it. Called on the
+/// blocking pool for large bodies; the tower-http layer leaves an answer that already has a
+/// `Content-Encoding` alone.
+pub(crate) fn encode(body: Vec<u8>, gzip: bool) -> Encoded {
+    if gzip && body.len() >= GZIP_FROM {
+        use std::io::Write;
+        let mut encoder = flate2::write::GzEncoder::new(
+            Vec::with_capacity(body.len() / 8),
+            flate2::Compression::fast(),
+        );
+        if encoder.write_all(&body).is_ok() {
+            if let Ok(zipped) = encoder.finish() {
+                return Encoded {
+                    body: zipped,
+                    gzipped: true,
+                };
+            }
+        }
+    }
+    Encoded {
+        body,
+        gzipped: false,
+    }
+}
+
+impl Encoded {
+    fn respond(self, status: StatusCode, content_type: &str, mut headers: HeaderMap) -> Response {
+        if let Ok(value) = HeaderValue::from_str(content_type) {
+            headers.insert(header::CONTENT_TYPE, value);
+        }
+        headers.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+        if self.gzipped {
+            headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        }
+        (status, headers, self.body).into_response()
     }
 }
 
@@ -413,6 +481,30 @@ async fn checks(
         }
     };
     let checks = state.checks.current();
+    let store = Arc::clone(&state.store);
+    let gzip = accepts_gzip(&headers);
+    // Choosing, tagging and encoding ten thousand checks is milliseconds of CPU: off the async
+    // workers, which time the probes.
+    let answer = tokio::task::spawn_blocking(move || {
+        list_checks(&checks, &store, &filter, params, limit, &headers, gzip)
+    })
+    .await;
+    match answer {
+        Ok(response) => response,
+        Err(error) => history_api::error(StatusCode::INTERNAL_SERVER_ERROR, error.to_string()),
+    }
+}
+
+/// The answer of `GET /api/v1/checks` once its parameters are known to be good.
+fn list_checks(
+    checks: &CheckIndex,
+    store: &ResultStore,
+    filter: &CheckFilter,
+    params: ChecksParams,
+    limit: Option<usize>,
+    request: &HeaderMap,
+    gzip: bool,
+) -> Response {
     // `?check=NAME` (the link in every notification) looks the one check up by name; a page
     // goes in the order of the names from its cursor; otherwise every check, in the
     // config's order.
@@ -424,7 +516,7 @@ async fn checks(
     let mut chosen: Vec<(&CheckConfig, Option<CheckStatus>)> = Vec::new();
     let mut more = false;
     for check in candidates {
-        let status = state.store.status(&check.name);
+        let status = store.status(&check.name);
         let now = status
             .as_ref()
             .map_or(CheckState::Ok, |status| status.state);
@@ -437,13 +529,13 @@ async fn checks(
         }
         chosen.push((check, status));
     }
-    let tag = etag(&checks, &chosen);
-    let mut response_headers = HeaderMap::new();
+    let tag = etag(checks, &chosen);
+    let mut headers = HeaderMap::new();
     if let Ok(value) = HeaderValue::from_str(&tag) {
-        response_headers.insert(header::ETAG, value);
+        headers.insert(header::ETAG, value);
     }
     // Cached answers are asked about again each time: the ETag makes that cheap.
-    response_headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     if more {
         let last = chosen.last().map(|(check, _)| check.name.clone());
         let next = ChecksParams {
@@ -455,25 +547,19 @@ async fn checks(
             if let Ok(value) =
                 HeaderValue::from_str(&format!("</api/v1/checks?{query}>; rel=\"next\""))
             {
-                response_headers.insert(header::LINK, value);
+                headers.insert(header::LINK, value);
             }
         }
     }
-    if not_modified(&headers, &tag) {
-        return (StatusCode::NOT_MODIFIED, response_headers).into_response();
+    if not_modified(request, &tag) {
+        return (StatusCode::NOT_MODIFIED, headers).into_response();
     }
     let summaries: Vec<CheckSummary> = chosen
         .iter()
-        .map(|(check, status)| summary(&checks, check, status.as_ref()))
+        .map(|(check, status)| summary(checks, check, status.as_ref()))
         .collect();
     match serde_json::to_vec(&summaries) {
-        Ok(body) => {
-            response_headers.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            (StatusCode::OK, response_headers, body).into_response()
-        }
+        Ok(body) => encode(body, gzip).respond(StatusCode::OK, "application/json", headers),
         Err(error) => history_api::error(StatusCode::INTERNAL_SERVER_ERROR, error.to_string()),
     }
 }
@@ -678,6 +764,29 @@ mod tests {
         assert!(with("*"));
         assert!(!with("W/\"00fe\""));
         assert!(!not_modified(&HeaderMap::new(), ours));
+    }
+
+    #[test]
+    fn gzip_is_taken_when_named_with_a_quality_above_zero() {
+        let takes = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                header::ACCEPT_ENCODING,
+                HeaderValue::from_str(value).unwrap(),
+            );
+            accepts_gzip(&headers)
+        };
+        assert!(takes("gzip"));
+        assert!(takes("br;q=1.0, GZIP;q=0.5, identity"));
+        assert!(takes("*"));
+        assert!(!takes("gzip;q=0"));
+        assert!(!takes("gzip;q=nonsense"));
+        assert!(!takes("br, deflate"));
+        assert!(!accepts_gzip(&HeaderMap::new()));
+        let small = encode(b"tiny".to_vec(), true);
+        assert!(!small.gzipped, "below GZIP_FROM nothing is gained");
+        let large = encode(vec![b'a'; 10 * GZIP_FROM], true);
+        assert!(large.gzipped && large.body.len() < GZIP_FROM);
     }
 
     #[test]
