@@ -267,8 +267,15 @@ fn validate_command(path: &Path) -> ExitCode {
     });
     match loaded {
         Ok(config) => {
+            let modules = config.blackbox.as_ref().map_or(String::new(), |blackbox| {
+                format!(
+                    ", {} blackbox module(s) from {}",
+                    blackbox.modules.len(),
+                    blackbox.path.display()
+                )
+            });
             say_out!(
-                "{}: valid, {} check(s)\n",
+                "{}: valid, {} check(s){modules}\n",
                 path.display(),
                 config.checks.len()
             );
