@@ -652,8 +652,9 @@ fn tcp(keys: &mut Keys, check: &mut Map<String, Value>, target: &str) -> Result<
     for (index, item) in keys.list("query_response")?.into_iter().enumerate() {
         let mut step = Keys::new(&format!("{}[{index}]", keys.key("query_response")), &item)?;
         // blackbox_exporter waits for `expect` first, then writes `send` and a newline.
+        // Its regexes match line by line, so `^` and `$` are line boundaries.
         if let Some(expect) = step.string("expect")? {
-            steps.push(json!({ "expect": expect }));
+            steps.push(json!({ "expect": format!("(?m){expect}") }));
         }
         if let Some(send) = step.string("send")? {
             if send.contains("${") {

@@ -666,6 +666,14 @@ fn write_grpc(out: &mut Out, response: &ProbeResponse) {
         "Response gRPC status code",
         grpc.map_or(0.0, |grpc| f64::from(grpc.grpc_status)),
     );
+    if response.tls.is_none() {
+        // blackbox_exporter's grpc prober always has it: 0 without TLS.
+        out.gauge(
+            "probe_ssl_earliest_cert_expiry",
+            "Returns last SSL chain expiry in unixtime",
+            0.0,
+        );
+    }
 }
 
 /// `&debug=true`: what happened, the series, the result and the check that ran.

@@ -9,6 +9,7 @@ mod common;
 
 mod agent;
 mod architecture;
+mod blackbox_probe;
 mod build_script;
 mod checker;
 mod cli;
