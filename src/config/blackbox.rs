@@ -356,7 +356,12 @@ impl Keys {
             let key = self.key(name);
             let generic = strip_indices(&key);
             return Err(
-                match UNSUPPORTED.iter().find(|(known, _)| *known == generic) {
+                match UNSUPPORTED.iter().find(|(known, _)| {
+                    generic == *known
+                        || generic
+                            .strip_prefix(known)
+                            .is_some_and(|rest| rest.starts_with('.'))
+                }) {
                     Some((_, instead)) => {
                         format!("`{key}` is a blackbox_exporter key bastion does not support: {instead}")
                     }
@@ -623,6 +628,13 @@ fn http(keys: &mut Keys, check: &mut Map<String, Value>, target: &str) -> Result
         let scopes = oauth.strings("scopes")?;
         if !scopes.is_empty() {
             out.insert("scopes".into(), json!(scopes));
+        }
+        if let Some(raw) = oauth.take("endpoint_params") {
+            let mut params = Keys::new(&oauth.key("endpoint_params"), &raw)?;
+            if let Some(audience) = params.string("audience")? {
+                out.insert("audience".into(), json!(audience));
+            }
+            params.finish()?;
         }
         oauth.finish()?;
         check.insert("oauth2".into(), Value::Object(out));

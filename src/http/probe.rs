@@ -230,6 +230,11 @@ fn prepare(
             ))
         }
     };
+    if params.contains_key("hostname") {
+        return Err(
+            "the hostname parameter is not supported: set a Host header or tls_config.server_name in the module".to_string(),
+        );
+    }
     let modules = endpoint.modules.borrow().clone();
     let Some(modules) = modules else {
         return Err(format!(
