@@ -23,12 +23,20 @@ pub enum BlackboxError {
     },
     #[error("{path} is not a blackbox_exporter module file: {reason}")]
     Syntax { path: PathBuf, reason: String },
-    #[error("{path}: module `{module}`: {reason}")]
-    Module {
+    /// Every module that cannot be used, each with why.
+    #[error("{}", modules_text(.path, .problems))]
+    Modules {
         path: PathBuf,
-        module: String,
-        reason: String,
+        problems: Vec<(String, String)>,
     },
+}
+
+fn modules_text(path: &Path, problems: &[(String, String)]) -> String {
+    problems
+        .iter()
+        .map(|(module, reason)| format!("{}: module `{module}`: {reason}", path.display()))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// The modules of one file, by name.
@@ -44,6 +52,9 @@ pub struct BlackboxModule {
     pub prober: CheckType,
     /// The module's `timeout`; None: the scrape's timeout decides.
     pub timeout: Option<Duration>,
+    /// Whether the module sets `preferred_ip_protocol` itself (else blackbox_exporter's
+    /// default, ip6, stands in).
+    pub explicit_ip_protocol: bool,
     /// The check, its target a placeholder (`SAMPLE_TARGET` of its type).
     template: CheckConfig,
 }
@@ -158,13 +169,20 @@ impl BlackboxModules {
         };
         let file: FileShape = serde_saphyr::from_str(text).map_err(|e| syntax(e.to_string()))?;
         let mut modules = BTreeMap::new();
+        let mut problems = Vec::new();
         for (name, raw) in file.modules {
-            let module = translate(&raw).map_err(|reason| BlackboxError::Module {
+            match translate(&raw) {
+                Ok(module) => {
+                    modules.insert(name, module);
+                }
+                Err(reason) => problems.push((name, reason)),
+            }
+        }
+        if !problems.is_empty() {
+            return Err(BlackboxError::Modules {
                 path: path.to_path_buf(),
-                module: name.clone(),
-                reason,
-            })?;
-            modules.insert(name, module);
+                problems,
+            });
         }
         Ok(BlackboxModules {
             path: path.to_path_buf(),
@@ -434,6 +452,7 @@ fn translate(raw: &Value) -> Result<BlackboxModule, String> {
         CheckType::Grpc => grpc(&mut inner, &mut check, target)?,
         CheckType::Tls => {}
     }
+    let explicit_ip_protocol = inner.map.contains_key("preferred_ip_protocol");
     ip_protocol(&mut inner, &mut check)?;
     inner.finish()?;
     let template: CheckConfig = serde_json::from_value(Value::Object(check))
@@ -441,6 +460,7 @@ fn translate(raw: &Value) -> Result<BlackboxModule, String> {
     Ok(BlackboxModule {
         prober,
         timeout,
+        explicit_ip_protocol,
         template,
     })
 }

@@ -5,6 +5,7 @@
 //! up, by `validate`.
 
 pub mod blackbox;
+pub mod blackbox_import;
 pub mod bounds;
 mod defaults;
 mod locate;

@@ -679,3 +679,84 @@ fn bad_parameters_are_400s_that_say_what_to_fix_and_a_reload_reads_the_modules_a
         agent.log()
     );
 }
+
+#[test]
+fn import_blackbox_writes_checks_that_run() {
+    let server = slow_server(Duration::ZERO);
+    let dir = scratch_dir("import-blackbox");
+    let modules = dir.join("blackbox.yml");
+    std::fs::write(
+        &modules,
+        "modules:\n  http_2xx:\n    prober: http\n    timeout: 2s\n  tcp_connect:\n    prober: tcp\n    tcp:\n      preferred_ip_protocol: ip4\n",
+    )
+    .expect("blackbox.yml");
+    let prometheus = dir.join("prometheus.yml");
+    std::fs::write(
+        &prometheus,
+        format!(
+            "global:\n  scrape_interval: 15s\nscrape_configs:\n\
+             \x20 - job_name: self\n    static_configs: [{{targets: [\"127.0.0.1:9\"]}}]\n\
+             \x20 - job_name: blackbox\n    metrics_path: /probe\n    params:\n      module: [http_2xx]\n\
+             \x20   static_configs:\n      - targets: [\"http://127.0.0.1:{server}/\"]\n\
+             \x20 - job_name: blackbox-tcp\n    metrics_path: /probe\n    scrape_interval: 5s\n\
+             \x20   params:\n      module: [tcp_connect]\n\
+             \x20   static_configs:\n      - targets: [\"127.0.0.1:{server}\"]\n"
+        ),
+    )
+    .expect("prometheus.yml");
+    let bastion = env!("CARGO_BIN_EXE_bastion");
+    let output = Command::new(bastion)
+        .arg("import-blackbox")
+        .arg(&modules)
+        .arg("--prometheus")
+        .arg(&prometheus)
+        .output()
+        .expect("bastion runs");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("name = \"http_2xx-127-0-0-1"), "{stdout}");
+    assert!(stdout.contains("interval = \"15s\""), "{stdout}");
+    assert!(stdout.contains("interval = \"5s\""), "{stdout}");
+    assert!(stdout.contains("ip_protocol = \"ip4\""), "{stdout}");
+    // The http module named no preferred_ip_protocol: its check probes every address.
+    assert_eq!(stdout.matches("ip_protocol = ").count(), 1, "{stdout}");
+    // What it printed runs: both checks pass.
+    let config = dir.join("imported.toml");
+    std::fs::write(&config, &stdout).expect("imported.toml");
+    let once = Command::new(bastion)
+        .args(["once", "--config"])
+        .arg(&config)
+        .output()
+        .expect("bastion runs");
+    assert!(
+        once.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&once.stdout),
+        String::from_utf8_lossy(&once.stderr)
+    );
+    // A module it cannot translate is an error naming it, and nothing is printed.
+    std::fs::write(
+        &modules,
+        "modules:\n  http_2xx:\n    prober: http\n    http:\n      enable_http3: true\n",
+    )
+    .expect("blackbox.yml");
+    let refused = Command::new(bastion)
+        .arg("import-blackbox")
+        .arg(&modules)
+        .arg("--prometheus")
+        .arg(&prometheus)
+        .output()
+        .expect("bastion runs");
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(refused.stdout.is_empty());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("module `http_2xx`: `http.enable_http3`"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
