@@ -756,9 +756,14 @@ fn debug_output(prepared: &Prepared, result: &CheckResult, metrics: &str) -> Str
     let json = serde_json::to_string_pretty(result).unwrap_or_default();
     text.push_str(&json);
     text.push_str("\n\n\nCheck that ran (bastion's definition of the module for this target):\n");
+    // The definition carries the secrets its files held; the debug output never shows them.
+    let mut definition = prepared.definition.clone();
+    if let crate::config::CheckSpec::Http(spec) = &mut definition.spec {
+        spec.secrets = Default::default();
+    }
     text.push_str(
         &toml::to_string(&Definition {
-            checks: vec![&prepared.definition],
+            checks: vec![&definition],
         })
         .unwrap_or_default(),
     );

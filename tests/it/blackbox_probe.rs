@@ -760,3 +760,57 @@ fn import_blackbox_writes_checks_that_run() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_modules_secrets_reach_the_target_and_never_the_debug_output() {
+    use std::io::{Read, Write};
+    const TOKEN: &str = "probe-t0ken-SECRET-5";
+    // The target echoes the request it got, Authorization header included.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let target = listener.local_addr().expect("address").port();
+    let seen = Arc::new(std::sync::Mutex::new(String::new()));
+    let record = Arc::clone(&seen);
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut buffer = [0u8; 4096];
+            let read = stream.read(&mut buffer).unwrap_or(0);
+            let request = String::from_utf8_lossy(&buffer[..read]).into_owned();
+            record.lock().expect("lock").push_str(&request);
+            let _ = stream.write_all(
+                format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{request}",
+                    request.len()
+                )
+                .as_bytes(),
+            );
+        }
+    });
+    let dir = scratch_dir("probe-secrets");
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).expect("token");
+    let modules = format!(
+        "modules:\n  with_token:\n    prober: http\n    http:\n      preferred_ip_protocol: ip4\n      bearer_token_file: {}\n",
+        token_file.display()
+    );
+    let (agent, _file) = agent_with_modules("probe-secrets", &modules, "");
+    let path = format!(
+        "{}&debug=true",
+        probe_path(&format!("http://127.0.0.1:{target}/"), "with_token")
+    );
+    let (status, body) = http_get_blocking(agent.listen, &path).expect("an answer");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("probe_success 1"), "{body}");
+    assert!(
+        seen.lock()
+            .expect("lock")
+            .contains(&format!("Bearer {TOKEN}")),
+        "the target never got the token"
+    );
+    assert!(
+        !body.contains(TOKEN),
+        "the debug output shows the token:\n{body}"
+    );
+    assert!(!agent.log().contains(TOKEN), "the log shows the token");
+    let _ = std::fs::remove_dir_all(&dir);
+}
