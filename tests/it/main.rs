@@ -14,6 +14,7 @@ mod build_script;
 mod checker;
 mod cli;
 mod container;
+mod dashboard;
 mod delivery;
 mod deploy;
 mod dns;
