@@ -814,3 +814,84 @@ fn a_modules_secrets_reach_the_target_and_never_the_debug_output() {
     assert!(!agent.log().contains(TOKEN), "the log shows the token");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// An HTTP server on 127.0.0.1 that holds every answer until the gate opens, then answers 200.
+fn gated_server() -> (u16, Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>) {
+    use std::io::{Read, Write};
+    let gate = Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("address").port();
+    let shared = Arc::clone(&gate);
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let gate = Arc::clone(&shared);
+            std::thread::spawn(move || {
+                let mut buffer = [0u8; 4096];
+                let _ = stream.read(&mut buffer);
+                let (open, changed) = &*gate;
+                let mut is_open = open.lock().expect("gate");
+                while !*is_open {
+                    is_open = changed.wait(is_open).expect("gate");
+                }
+                drop(is_open);
+                let _ = stream.write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\nconnection: close\r\n\r\nok\n",
+                );
+            });
+        }
+    });
+    (port, gate)
+}
+
+#[test]
+fn past_256_requests_in_flight_a_probe_is_refused_at_once() {
+    let (gated, gate) = gated_server();
+    let modules = "modules:\n  http_2xx:\n    prober: http\n    timeout: 20s\n    http:\n      preferred_ip_protocol: ip4\n";
+    // One http worker: the first request holds it until the gate opens, the others wait.
+    let (agent, _file) = agent_with_modules(
+        "request-bound",
+        modules,
+        "\n[runner]\ndispatch_deadline = \"20s\"\n[runner.workers]\nhttp = 1\n",
+    );
+    let port = agent.listen;
+    let path = Arc::new(probe_path(
+        &format!("http://127.0.0.1:{gated}/"),
+        "http_2xx",
+    ));
+    let held: Vec<_> = (0..256)
+        .map(|_| {
+            let path = Arc::clone(&path);
+            std::thread::spawn(move || http_get_blocking(port, &path))
+        })
+        .collect();
+    eventually_blocking("256 requests in flight", Duration::from_secs(15), || {
+        agent.sample(r#"bastion_probe_requests_total{outcome="probed"}"#) == Some(256.0)
+    });
+    let started = Instant::now();
+    let (status, body) = http_get_blocking(port, &path).expect("an answer");
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("too many /probe requests at once (the limit is 256"),
+        "{body}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "the refusal waited"
+    );
+    assert_eq!(
+        agent.sample(r#"bastion_probe_requests_total{outcome="refused"}"#),
+        Some(1.0)
+    );
+    // The gate opens: the one worker runs the 256 probes one after another, each passing.
+    *gate.0.lock().expect("gate") = true;
+    gate.1.notify_all();
+    for request in held {
+        let (status, body) = request.join().expect("thread").expect("an answer");
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(probe_success(&body), Some(1.0), "{body}");
+    }
+    // Once they are done, /probe takes requests again.
+    let (status, body) = http_get_blocking(port, &path).expect("an answer");
+    assert_eq!((status, probe_success(&body)), (200, Some(1.0)), "{body}");
+}
