@@ -231,6 +231,62 @@ pub fn to_toml(checks: &[CheckConfig], source: &str) -> String {
 mod tests {
     use super::*;
 
+    fn file(name: &str, text: &str) -> PathBuf {
+        let path =
+            std::env::temp_dir().join(format!("bastion-import-{}-{name}", std::process::id()));
+        std::fs::write(&path, text).unwrap_or_else(|error| panic!("{error}"));
+        path
+    }
+
+    #[test]
+    fn targets_come_from_probe_jobs_and_file_sd_groups() {
+        let prometheus = file(
+            "prometheus.yml",
+            "global:\n  scrape_interval: 20s\nscrape_configs:\n\
+             - job_name: self\n  static_configs: [{targets: [a:1]}]\n\
+             - job_name: web\n  metrics_path: /probe\n  static_configs: [{targets: [https://x.example]}]\n\
+             - job_name: db\n  metrics_path: /probe\n  scrape_interval: 5s\n  params: {module: [tcp_connect]}\n  static_configs: [{targets: ['db:5432', 'db2:5432']}]\n",
+        );
+        let found = targets_from_prometheus(&prometheus).unwrap_or_else(|e| panic!("{e}"));
+        let listed: Vec<(&str, &str, Option<u64>)> = found
+            .iter()
+            .map(|t| {
+                (
+                    t.module.as_str(),
+                    t.target.as_str(),
+                    t.interval.map(|i| i.as_secs()),
+                )
+            })
+            .collect();
+        assert_eq!(
+            listed,
+            [
+                ("http_2xx", "https://x.example", Some(20)),
+                ("tcp_connect", "db:5432", Some(5)),
+                ("tcp_connect", "db2:5432", Some(5)),
+            ]
+        );
+        let sd = file(
+            "targets.yml",
+            "- targets: [a.example, b.example]\n- targets: ['c:22']\n  labels: {module: ssh_banner}\n",
+        );
+        let found = targets_from_file(&sd, "http_2xx").unwrap_or_else(|e| panic!("{e}"));
+        let modules: Vec<&str> = found.iter().map(|t| t.module.as_str()).collect();
+        assert_eq!(modules, ["http_2xx", "http_2xx", "ssh_banner"]);
+        let with_sd = file(
+            "sd.yml",
+            "scrape_configs:\n- job_name: x\n  metrics_path: /probe\n  file_sd_configs: [{files: [t.yml]}]\n",
+        );
+        let refused = targets_from_prometheus(&with_sd)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(refused.contains("--targets FILE"), "{refused}");
+        for path in [prometheus, sd, with_sd] {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+
     #[test]
     fn names_are_check_names_and_unique() {
         let mut taken = HashSet::new();
