@@ -895,3 +895,62 @@ fn past_256_requests_in_flight_a_probe_is_refused_at_once() {
     let (status, body) = http_get_blocking(port, &path).expect("an answer");
     assert_eq!((status, probe_success(&body)), (200, Some(1.0)), "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_all_probes_every_address_behind_the_name() {
+    // svc.test resolves to 127.0.0.2 and 127.0.0.3; only .2 listens on the port.
+    let dns = common::dns::dns_server(&common::dns::SVC_TEST).await;
+    let (port, mut listeners) = common::listeners_on_one_port(&["127.0.0.2", "127.0.0.3"]).await;
+    drop(listeners.pop());
+    let listener = listeners.pop().expect("the listener on 127.0.0.2");
+    tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            open.push(stream);
+        }
+    });
+    let modules =
+        "modules:\n  tcp_connect:\n    prober: tcp\n    tcp:\n      preferred_ip_protocol: ip4\n";
+    let (agent, _file) = agent_with_modules(
+        "instances-all",
+        modules,
+        &format!("\n[runner]\ndns_servers = [\"{dns}\"]\n"),
+    );
+    let path = probe_path(&format!("svc.test:{port}"), "tcp_connect");
+    let (one, all) = tokio::task::block_in_place(|| {
+        (
+            http_get_blocking(agent.listen, &path),
+            http_get_blocking(agent.listen, &format!("{path}&instances=all")),
+        )
+    });
+    // blackbox_exporter's way: one address, the first the name resolves to.
+    let (status, one) = one.expect("an answer");
+    assert_eq!(status, 200, "{one}");
+    assert_eq!(probe_success(&one), Some(1.0), "{one}");
+    assert!(!one.contains("instance_address"), "{one}");
+    // Every address, each labelled.
+    let (status, all) = all.expect("an answer");
+    assert_eq!(status, 200, "{all}");
+    let success = families(&all);
+    let by_address: BTreeMap<String, f64> = success["probe_success"]
+        .samples
+        .iter()
+        .map(|(labels, value)| (labels["instance_address"].clone(), *value))
+        .collect();
+    assert_eq!(
+        by_address,
+        BTreeMap::from([
+            ("127.0.0.2".to_string(), 1.0),
+            ("127.0.0.3".to_string(), 0.0)
+        ]),
+        "{all}"
+    );
+    for (name, family) in &success {
+        for (labels, _) in &family.samples {
+            assert!(
+                labels.contains_key("instance_address"),
+                "{name} without instance_address:\n{all}"
+            );
+        }
+    }
+}
