@@ -172,8 +172,35 @@ fn probe_path(target: &str, module: &str) -> String {
     format!("/probe?target={}&module={module}", encode(target))
 }
 
-/// A bastion agent whose config names `blackbox.yml` (written from `modules`) and `extra`.
-fn agent_with_modules(name: &str, modules: &str, extra: &str) -> (Bastion, PathBuf) {
+/// A bastion agent whose config names `blackbox.yml` (its `file`, written from the modules),
+/// in a directory removed on drop.
+struct ProbeAgent {
+    agent: Bastion,
+    file: PathBuf,
+    dir: PathBuf,
+}
+
+impl std::ops::Deref for ProbeAgent {
+    type Target = Bastion;
+    fn deref(&self) -> &Bastion {
+        &self.agent
+    }
+}
+
+impl std::ops::DerefMut for ProbeAgent {
+    fn deref_mut(&mut self) -> &mut Bastion {
+        &mut self.agent
+    }
+}
+
+impl Drop for ProbeAgent {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Starts an agent with `modules` as its `blackbox.yml` and `extra` after its `[agent]`.
+fn agent_with_modules(name: &str, modules: &str, extra: &str) -> ProbeAgent {
     let dir = scratch_dir(name);
     let file = dir.join("blackbox.yml");
     std::fs::write(&file, modules).expect("blackbox.yml");
@@ -188,7 +215,7 @@ fn agent_with_modules(name: &str, modules: &str, extra: &str) -> (Bastion, PathB
         &["run"],
     );
     agent.wait_ready();
-    (agent, file)
+    ProbeAgent { agent, file, dir }
 }
 
 /// A TCP server that greets, answers PING with PONG (`greeting` "hello bastion"), or says bye.
@@ -288,7 +315,8 @@ async fn bastion_and_blackbox_exporter_agree_on_the_same_modules() {
     let tcp_bad = line_server("bye").await;
     let grpc = grpc_server().await;
     let refused = common::refused_address().await.port();
-    let (agent, file) = agent_with_modules("side-by-side", SIDE_BY_SIDE_MODULES, "");
+    let agent = agent_with_modules("side-by-side", SIDE_BY_SIDE_MODULES, "");
+    let file = agent.file.clone();
     let exporter_dir = scratch_dir("blackbox-exporter");
     let exporter = tokio::task::block_in_place(|| BlackboxExporter::start(&file, &exporter_dir));
     let own = agent.listen;
@@ -384,7 +412,7 @@ fn prometheus_scrapes_probe_through_the_readme_relabelling() {
     let refused = free_port();
     let modules =
         "modules:\n  http_2xx:\n    prober: http\n    http:\n      preferred_ip_protocol: ip4\n";
-    let (mut agent, _file) = agent_with_modules("relabelled", modules, "");
+    let mut agent = agent_with_modules("relabelled", modules, "");
     let listen = agent.listen;
     let passing = format!("http://127.0.0.1:{listen}/healthz");
     let failing = format!("http://127.0.0.1:{refused}/");
@@ -480,7 +508,7 @@ fn a_burst_of_200_probes_on_10_workers_ends_within_the_scrape_timeout() {
     let modules =
         "modules:\n  http_2xx:\n    prober: http\n    http:\n      preferred_ip_protocol: ip4\n";
     // A scheduled check shares the pool with the burst and must keep its schedule.
-    let (agent, _file) = agent_with_modules(
+    let agent = agent_with_modules(
         "burst",
         modules,
         &format!(
@@ -575,7 +603,7 @@ fn a_burst_of_200_probes_on_10_workers_ends_within_the_scrape_timeout() {
 fn a_probe_that_finds_no_worker_fails_with_the_reason_in_its_debug_output() {
     let slow = slow_server(Duration::from_secs(3));
     let modules = "modules:\n  http_2xx:\n    prober: http\n    timeout: 4s\n    http:\n      preferred_ip_protocol: ip4\n";
-    let (agent, _file) = agent_with_modules(
+    let agent = agent_with_modules(
         "no-worker",
         modules,
         "\n[runner]\ndispatch_deadline = \"200ms\"\n[runner.workers]\nhttp = 1\n",
@@ -606,7 +634,8 @@ fn a_probe_that_finds_no_worker_fails_with_the_reason_in_its_debug_output() {
 #[test]
 fn bad_parameters_are_400s_that_say_what_to_fix_and_a_reload_reads_the_modules_again() {
     let modules = "modules:\n  tcp_connect:\n    prober: tcp\n";
-    let (agent, file) = agent_with_modules("bad-params", modules, "");
+    let agent = agent_with_modules("bad-params", modules, "");
+    let file = agent.file.clone();
     let port = agent.listen;
     let cases = [
         (
@@ -793,7 +822,7 @@ fn a_modules_secrets_reach_the_target_and_never_the_debug_output() {
         "modules:\n  with_token:\n    prober: http\n    http:\n      preferred_ip_protocol: ip4\n      bearer_token_file: {}\n",
         token_file.display()
     );
-    let (agent, _file) = agent_with_modules("probe-secrets", &modules, "");
+    let agent = agent_with_modules("probe-secrets", &modules, "");
     let path = format!(
         "{}&debug=true",
         probe_path(&format!("http://127.0.0.1:{target}/"), "with_token")
@@ -849,7 +878,7 @@ fn past_256_requests_in_flight_a_probe_is_refused_at_once() {
     let (gated, gate) = gated_server();
     let modules = "modules:\n  http_2xx:\n    prober: http\n    timeout: 20s\n    http:\n      preferred_ip_protocol: ip4\n";
     // One http worker: the first request holds it until the gate opens, the others wait.
-    let (agent, _file) = agent_with_modules(
+    let agent = agent_with_modules(
         "request-bound",
         modules,
         "\n[runner]\ndispatch_deadline = \"20s\"\n[runner.workers]\nhttp = 1\n",
@@ -911,7 +940,7 @@ async fn instances_all_probes_every_address_behind_the_name() {
     });
     let modules =
         "modules:\n  tcp_connect:\n    prober: tcp\n    tcp:\n      preferred_ip_protocol: ip4\n";
-    let (agent, _file) = agent_with_modules(
+    let agent = agent_with_modules(
         "instances-all",
         modules,
         &format!("\n[runner]\ndns_servers = [\"{dns}\"]\n"),
