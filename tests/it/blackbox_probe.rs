@@ -259,6 +259,15 @@ async fn grpc_server() -> u16 {
 }
 
 const SIDE_BY_SIDE_MODULES: &str = r#"modules:
+  https_ca:
+    prober: http
+    timeout: 5s
+    http:
+      preferred_ip_protocol: ip4
+      fail_if_not_ssl: true
+      tls_config:
+        ca_file: CA_FILE
+        server_name: svc.test
   http_2xx:
     prober: http
     timeout: 5s
@@ -315,12 +324,25 @@ async fn bastion_and_blackbox_exporter_agree_on_the_same_modules() {
     let tcp_bad = line_server("bye").await;
     let grpc = grpc_server().await;
     let refused = common::refused_address().await.port();
-    let agent = agent_with_modules("side-by-side", SIDE_BY_SIDE_MODULES, "");
+    let ca = common::TestCa::new("bastion test CA");
+    let leaf = ca.leaf(
+        &["svc.test"],
+        time::OffsetDateTime::now_utc() + time::Duration::days(90),
+    );
+    let tls = common::tls_server::TlsServer::start(leaf.server_config(&[b"http/1.1"])).await;
+    let modules = SIDE_BY_SIDE_MODULES.replace("CA_FILE", &ca.ca_file.display().to_string());
+    let agent = agent_with_modules("side-by-side", &modules, "");
     let file = agent.file.clone();
     let exporter_dir = scratch_dir("blackbox-exporter");
     let exporter = tokio::task::block_in_place(|| BlackboxExporter::start(&file, &exporter_dir));
     let own = agent.listen;
     let mut cases: Vec<(&str, String, f64)> = vec![
+        (
+            "https_ca",
+            format!("https://127.0.0.1:{}/", tls.address.port()),
+            1.0,
+        ),
+        ("https_ca", format!("http://127.0.0.1:{own}/healthz"), 0.0),
         ("http_2xx", format!("http://127.0.0.1:{own}/healthz"), 1.0),
         ("http_2xx", format!("http://127.0.0.1:{refused}/"), 0.0),
         ("http_regex", format!("http://127.0.0.1:{own}/healthz"), 1.0),
@@ -389,6 +411,24 @@ async fn bastion_and_blackbox_exporter_agree_on_the_same_modules() {
                 )),
                 Some(_) => {}
             }
+        }
+        if *module == "https_ca" && *expected == 1.0 {
+            // The same certificate: the same expiry, the same TLS version label.
+            let expiry = |families: &BTreeMap<String, Family>| {
+                families
+                    .get("probe_ssl_earliest_cert_expiry")
+                    .and_then(|family| family.samples.first().map(|(_, value)| *value))
+            };
+            let version = |families: &BTreeMap<String, Family>| {
+                families
+                    .get("probe_tls_version_info")
+                    .and_then(|family| family.samples.first())
+                    .and_then(|(labels, _)| labels.get("version").cloned())
+            };
+            assert!(expiry(&their_families).is_some(), "{theirs}");
+            assert_eq!(expiry(&their_families), expiry(&our_families), "{what}");
+            assert!(version(&their_families).is_some(), "{theirs}");
+            assert_eq!(version(&their_families), version(&our_families), "{what}");
         }
         if *module == "http_regex" && target.ends_with("/readyz") {
             for (who, text) in [("blackbox_exporter", &theirs), ("bastion", &ours)] {
