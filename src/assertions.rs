@@ -95,6 +95,7 @@ pub fn relationship_name(relationship: Relationship) -> &'static str {
         Relationship::Contain => "contain",
         Relationship::NotContain => "notContain",
         Relationship::RegExp => "regExp",
+        Relationship::NotRegExp => "notRegExp",
         Relationship::GreaterThan => "greaterThan",
         Relationship::LessThan => "lessThan",
     }
@@ -256,7 +257,7 @@ fn compile_operand(config: &AssertionConfig, key: &'static str) -> Result<Operan
         }
     } else {
         match config.relationship {
-            Relationship::RegExp => {
+            Relationship::RegExp | Relationship::NotRegExp => {
                 let regex = regex::RegexBuilder::new(&config.operand)
                     .size_limit(REGEX_SIZE_LIMIT)
                     .dfa_size_limit(REGEX_SIZE_LIMIT)
@@ -450,6 +451,10 @@ fn compare(relationship: Relationship, operand: &Operand, actual: &str) -> (bool
         Relationship::NotContain => (!contains_ignoring_case(actual, operand_text), None),
         Relationship::RegExp => match operand {
             Operand::Regex(regex) => (regex.is_match(actual), None),
+            _ => (false, Some("the regex was not compiled".to_string())),
+        },
+        Relationship::NotRegExp => match operand {
+            Operand::Regex(regex) => (!regex.is_match(actual), None),
             _ => (false, Some("the regex was not compiled".to_string())),
         },
         Relationship::GreaterThan | Relationship::LessThan => {

@@ -92,6 +92,26 @@ enum Command {
         #[command(subcommand)]
         command: NotifyCommand,
     },
+    /// Print the [[checks]] that do what Prometheus does through blackbox_exporter's /probe:
+    /// the modules of BLACKBOX_YML applied to the /probe jobs of a Prometheus config
+    /// (--prometheus) or to a file_sd targets file (--targets, with --module).
+    ImportBlackbox {
+        /// blackbox_exporter's module file.
+        blackbox_yml: PathBuf,
+        /// A Prometheus config: every job whose metrics_path is /probe, its static targets,
+        /// its params.module and its scrape_interval.
+        #[arg(long, value_name = "FILE", conflicts_with = "targets")]
+        prometheus: Option<PathBuf>,
+        /// A file_sd targets file (`- targets: [...]`); a group's `module` label picks its module.
+        #[arg(long, value_name = "FILE", required_unless_present = "prometheus")]
+        targets: Option<PathBuf>,
+        /// The module of --targets' groups without a `module` label.
+        #[arg(long, default_value = "http_2xx")]
+        module: String,
+        /// The interval of checks whose job names no scrape_interval.
+        #[arg(long, default_value = "1m", value_parser = humantime::parse_duration)]
+        interval: Duration,
+    },
 }
 
 #[derive(Subcommand)]
@@ -223,6 +243,19 @@ fn main() -> ExitCode {
             Command::Notify {
                 command: NotifyCommand::Test { config, notifier },
             } => notify_test_command(&config.config, &notifier).await,
+            Command::ImportBlackbox {
+                blackbox_yml,
+                prometheus,
+                targets,
+                module,
+                interval,
+            } => import_blackbox_command(
+                &blackbox_yml,
+                prometheus.as_deref(),
+                targets.as_deref(),
+                &module,
+                interval,
+            ),
         }
     })
 }
@@ -259,6 +292,57 @@ fn man_command(dir: Option<&Path>) -> ExitCode {
     }
 }
 
+/// `bastion import-blackbox`: the checks, validated as a config of their own, on stdout.
+fn import_blackbox_command(
+    blackbox_yml: &Path,
+    prometheus: Option<&Path>,
+    targets: Option<&Path>,
+    module: &str,
+    interval: Duration,
+) -> ExitCode {
+    use bastion_agent::config::blackbox::BlackboxModules;
+    use bastion_agent::config::blackbox_import as import;
+    let imported = (|| {
+        let modules = BlackboxModules::load(blackbox_yml)?;
+        let (source, found) = match (prometheus, targets) {
+            (Some(file), _) => (file, import::targets_from_prometheus(file)?),
+            (None, Some(file)) => (file, import::targets_from_file(file, module)?),
+            (None, None) => {
+                return Err(import::ImportError::Targets {
+                    path: blackbox_yml.to_path_buf(),
+                    reason: "say where the targets are: --prometheus FILE or --targets FILE"
+                        .to_string(),
+                })
+            }
+        };
+        if found.is_empty() {
+            return Err(import::ImportError::NoTargets(source.to_path_buf()));
+        }
+        let checks = import::checks(&modules, &found, interval)?;
+        Ok(import::to_toml(
+            &checks,
+            &format!("{} and {}", blackbox_yml.display(), source.display()),
+        ))
+    })();
+    let text = match imported {
+        Ok(text) => text,
+        Err(error) => {
+            say_err!("error: {error}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    // What is printed must be a config bastion accepts.
+    if let Err(error) = bastion_agent::validate::parse(
+        &text,
+        bastion_agent::config::Format::Toml,
+        Path::new("<imported checks>"),
+    ) {
+        return config_error(&error);
+    }
+    say_out!("{text}");
+    ExitCode::SUCCESS
+}
+
 /// `bastion validate`.
 fn validate_command(path: &Path) -> ExitCode {
     let loaded = bastion_agent::validate::load(path).and_then(|config| {
@@ -267,8 +351,15 @@ fn validate_command(path: &Path) -> ExitCode {
     });
     match loaded {
         Ok(config) => {
+            let modules = config.blackbox.as_ref().map_or(String::new(), |blackbox| {
+                format!(
+                    ", {} blackbox module(s) from {}",
+                    blackbox.modules.len(),
+                    blackbox.path.display()
+                )
+            });
             say_out!(
-                "{}: valid, {} check(s)\n",
+                "{}: valid, {} check(s){modules}\n",
                 path.display(),
                 config.checks.len()
             );

@@ -29,6 +29,12 @@ pub struct CheckLabels {
     pub check: String,
 }
 
+/// `outcome` of a `/probe` request: `probed`, `bad_request`, `refused` (too many at once).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProbeRequestLabels {
+    pub outcome: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TypeLabels {
     pub r#type: &'static str,
@@ -123,6 +129,8 @@ pub struct Metrics {
     pub schedule_lag_seconds: Histogram,
     pub dispatch_wait_seconds: HistogramFamily<TypeLabels>,
     pub dispatch_timeouts: Family<TypeLabels, Counter>,
+    /// `/probe` requests by outcome.
+    pub probe_requests: Family<ProbeRequestLabels, Counter>,
     pub task_timeouts: Family<TypeLabels, Counter>,
     pub probe_errors: Family<TypeKindLabels, Counter>,
     pub check_duration_seconds: HistogramFamily<CheckTypeLabels>,
@@ -188,6 +196,7 @@ impl Metrics {
             schedule_lag_seconds: latency_histogram(),
             dispatch_wait_seconds: Family::new_with_constructor(latency_histogram),
             dispatch_timeouts: Family::default(),
+            probe_requests: Family::default(),
             task_timeouts: Family::default(),
             probe_errors: Family::default(),
             check_duration_seconds: Family::new_with_constructor(latency_histogram),
@@ -273,6 +282,11 @@ impl Metrics {
             "bastion_dispatch_timeouts",
             "Tasks cancelled unrun because no worker was free within the dispatch deadline",
             self.dispatch_timeouts.clone(),
+        );
+        registry.register(
+            "bastion_probe_requests",
+            "Requests to /probe (blackbox_exporter's endpoint) by outcome: probed, bad_request, refused (too many at once)",
+            self.probe_requests.clone(),
         );
         registry.register(
             "bastion_task_timeouts",

@@ -8,6 +8,7 @@
 //! bus, workers, notifiers) need a restart; a reload says so and keeps them as they are.
 //! Reloads never overlap.
 
+use crate::config::blackbox::BlackboxModules;
 use crate::config::{CheckConfig, Config, ConfigError, MaintenanceConfig};
 use crate::metrics::Metrics;
 use crate::systemd::Notifier;
@@ -68,6 +69,8 @@ pub struct Reloader {
     notifier: Option<Arc<Notifier>>,
     /// Where new maintenance windows go, when notifications follow them.
     maintenance: Option<watch::Sender<Arc<Vec<MaintenanceConfig>>>>,
+    /// Where the modules of `agent.blackbox_modules` go, read again at every reload.
+    blackbox: Option<watch::Sender<Option<Arc<BlackboxModules>>>>,
 }
 
 impl Reloader {
@@ -88,7 +91,18 @@ impl Reloader {
             metrics,
             notifier,
             maintenance: None,
+            blackbox: None,
         }
+    }
+
+    /// Sends the blackbox_exporter modules of each reloaded file through `modules`, so that
+    /// `/probe` takes up an edited `blackbox.yml` (or a new `agent.blackbox_modules`).
+    pub fn follow_blackbox(
+        mut self,
+        modules: watch::Sender<Option<Arc<BlackboxModules>>>,
+    ) -> Reloader {
+        self.blackbox = Some(modules);
+        self
     }
 
     /// Sends the `[[maintenance]]` windows of each reloaded file through `windows`, so that
@@ -127,6 +141,16 @@ impl Reloader {
                         windows.send_replace(Arc::new(next.maintenance.clone()));
                         running.maintenance = next.maintenance.clone();
                     }
+                }
+                if let Some(modules) = &self.blackbox {
+                    if *modules.borrow() != next.blackbox {
+                        tracing::info!(
+                            modules = next.blackbox.as_ref().map_or(0, |m| m.modules.len()),
+                            "blackbox modules reloaded"
+                        );
+                    }
+                    modules.send_replace(next.blackbox.clone());
+                    running.agent.blackbox_modules = next.agent.blackbox_modules.clone();
                 }
                 self.checks.send_replace(Arc::new(next.checks));
                 self.metrics.record_config_load(true);
@@ -185,7 +209,17 @@ fn diff(
         }
     }
     let sections = [
-        ("[agent]", running.agent != next.agent),
+        // agent.blackbox_modules is read again at every reload.
+        (
+            "[agent]",
+            crate::config::AgentConfig {
+                blackbox_modules: None,
+                ..running.agent.clone()
+            } != crate::config::AgentConfig {
+                blackbox_modules: None,
+                ..next.agent.clone()
+            },
+        ),
         ("[bus]", running.bus != next.bus),
         ("[checker]", running.checker != next.checker),
         ("[runner]", running.runner != next.runner),

@@ -48,6 +48,20 @@ pub fn validate(config: &Config) -> Result<(), Problems> {
                 }),
         );
     }
+    if let Some(blackbox) = &config.blackbox {
+        for (name, module) in &blackbox.modules {
+            problems.check(
+                CompiledCheck::compile(module.template())
+                    .map(|_| ())
+                    .map_err(|error| {
+                        format!(
+                            "agent.blackbox_modules: {}: module `{name}`: {error}",
+                            blackbox.path.display()
+                        )
+                    }),
+            );
+        }
+    }
     problems.check(crate::notify::Maintenance::compile(&config.maintenance).map(|_| ()));
     // ICMP needs a socket this process may open; find out now, not at the first probe.
     if let Some(check) = config

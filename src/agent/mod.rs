@@ -134,6 +134,8 @@ pub struct Agent {
     /// The sink's side of history; moved into the sink, so the writer stops after it.
     recorder: Option<crate::history::Recorder>,
     history_writer: Option<crate::history::writer::Writer>,
+    /// The blackbox_exporter modules `/probe` runs, as the reloads send them.
+    blackbox: watch::Receiver<Option<Arc<crate::config::blackbox::BlackboxModules>>>,
     /// What a scheduling role keeps across restarts, and what the last run kept.
     saved: Option<(
         Arc<crate::saved_state::SavedState>,
@@ -304,6 +306,7 @@ impl Agent {
         // Notifications follow reloaded maintenance windows (a scheduling role with notifiers).
         let notifies = role.schedules() && !config.notifiers.is_empty();
         let (windows, window_updates) = watch::channel(Arc::new(config.maintenance.clone()));
+        let (blackbox_updates, blackbox) = watch::channel(config.blackbox.clone());
         let reloader = options.config_path.clone().map(|path| {
             let reloader = Reloader::new(
                 path,
@@ -311,7 +314,8 @@ impl Agent {
                 checks.clone(),
                 Arc::clone(&metrics),
                 notifier.clone(),
-            );
+            )
+            .follow_blackbox(blackbox_updates);
             Arc::new(if notifies {
                 reloader.follow_maintenance(windows)
             } else {
@@ -401,6 +405,7 @@ impl Agent {
             notify,
             recorder,
             history_writer,
+            blackbox,
             saved,
         })
     }
@@ -463,13 +468,21 @@ impl Agent {
             notify,
             recorder,
             history_writer,
+            blackbox,
             saved,
         } = self;
         let intake = CancellationToken::new();
         let outlets = CancellationToken::new();
         let started = Arc::new(AtomicBool::new(false));
+        let probe = runner.as_ref().map(|runner| {
+            Arc::new(crate::http::probe::ProbeEndpoint::new(
+                runner.dispatcher(),
+                blackbox,
+                Arc::clone(&shared.metrics),
+            ))
+        });
         let router = crate::http::router(
-            shared.api_state(&started, reloader),
+            shared.api_state(&started, reloader, probe),
             &shared.config.agent.web,
         );
         let server = tasks::serve(listener, web_tls, router, outlets.clone())?;

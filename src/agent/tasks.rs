@@ -76,6 +76,7 @@ impl Shared {
         &self,
         started: &Arc<AtomicBool>,
         reloader: Option<Arc<Reloader>>,
+        probe: Option<Arc<crate::http::probe::ProbeEndpoint>>,
     ) -> ApiState {
         // A runner schedules nothing: its API lists no checks.
         let api_checks = if self.role.schedules() {
@@ -93,6 +94,7 @@ impl Shared {
             reload_endpoint: self.config.agent.web.reload_endpoint,
             history: self.history.clone(),
             status_page: self.config.agent.web.status_page,
+            probe,
         }
     }
 

@@ -159,6 +159,7 @@ impl Default for AgentConfig {
             shutdown_grace: default_shutdown_grace(),
             web: WebConfig::default(),
             external_url: None,
+            blackbox_modules: None,
         }
     }
 }

@@ -4,6 +4,8 @@
 //! parser knows them (`locate.rs`). What needs the probe engine or the bus is checked a layer
 //! up, by `validate`.
 
+pub mod blackbox;
+pub mod blackbox_import;
 pub mod bounds;
 mod defaults;
 mod locate;
@@ -216,6 +218,7 @@ impl Config {
             return Err(ConfigError::from_list(errors));
         };
         let mut problems = Problems(config.read_secret_files());
+        problems.check(blackbox::read_into(&mut config, path));
         problems.extend(config.validate().err().unwrap_or_default());
         problems.extend(more(&config).err().unwrap_or_default());
         for message in problems.0 {

@@ -261,7 +261,7 @@ fn read_text(key: &str, path: &Path) -> Result<String, String> {
 
 /// Reads every secret file of one HTTP check into its `secrets`, reporting each file that
 /// cannot be read (prefixed with the check, so it is placed at its key).
-fn read_http_secrets(name: &str, spec: &mut HttpSpec, problems: &mut Vec<String>) {
+pub(super) fn read_http_secrets(name: &str, spec: &mut HttpSpec, problems: &mut Vec<String>) {
     if !spec.secrets.is_empty() {
         problems.push(format!(
             "check `{name}`: secrets is filled in by bastion from the *_file keys; remove it"

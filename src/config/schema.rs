@@ -41,6 +41,9 @@ pub struct Config {
     /// Where the history of runs, state changes and incidents is kept.
     #[serde(default)]
     pub history: HistoryConfig,
+    /// The modules of `agent.blackbox_modules`, read at every load; never written in a config.
+    #[serde(skip)]
+    pub blackbox: Option<std::sync::Arc<super::blackbox::BlackboxModules>>,
 }
 
 /// `[history]`: every run's outcome for a recent window, rollups beyond it, state changes and
@@ -105,6 +108,11 @@ pub struct AgentConfig {
     /// `http://` and `listen`.
     #[serde(default)]
     pub external_url: Option<String>,
+    /// A blackbox_exporter module file (`blackbox.yml`) whose modules `GET /probe?target=…&module=…`
+    /// runs, as blackbox_exporter would; read again at every reload. Default: none (`/probe`
+    /// answers 404 for every module).
+    #[serde(default)]
+    pub blackbox_modules: Option<PathBuf>,
 }
 
 /// `[agent.web]`: TLS and basic auth for `/metrics`, `/api` and `/-/reload`, the way
@@ -766,6 +774,8 @@ pub enum Relationship {
     Contain,
     NotContain,
     RegExp,
+    /// The regex does not match anywhere in the value.
+    NotRegExp,
     GreaterThan,
     LessThan,
 }

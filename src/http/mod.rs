@@ -1,4 +1,4 @@
-//! The agent's own HTTP endpoints: `/metrics`, `/healthz`, `/readyz`, `/api/v1/checks` and
+//! The agent's own HTTP endpoints: `/metrics`, `/probe` (blackbox_exporter's), `/healthz`, `/readyz`, `/api/v1/checks` and
 //! `POST /-/reload`, over HTTP or HTTPS (`tls`), with optional basic auth (`auth`) on
 //! everything but `/healthz` and `/readyz`. They only read shared state and ask the reloader
 //! to reload; nothing here schedules or probes.
@@ -7,6 +7,7 @@ pub mod auth;
 pub mod badge;
 pub mod history_api;
 pub mod html;
+pub mod probe;
 pub mod status_page;
 pub mod tls;
 
@@ -140,12 +141,15 @@ pub struct ApiState {
     pub history: Option<crate::history::HistoryReader>,
     /// Who may see the status page and the badges.
     pub status_page: StatusPageMode,
+    /// `/probe` (blackbox_exporter's endpoint), on agents that probe.
+    pub probe: Option<Arc<probe::ProbeEndpoint>>,
 }
 
 /// The endpoints; `auth` (when users are configured) guards all but the health checks.
 pub fn router(state: ApiState, web: &WebConfig) -> Router {
     let mut protected = Router::new()
         .route("/metrics", get(metrics))
+        .route("/probe", get(probe::probe))
         .route("/api/v1/checks", get(checks))
         .route("/api/v1/checks/{name}", get(history_api::check))
         .route("/api/v1/checks/{name}/history", get(history_api::history))

@@ -923,6 +923,7 @@ mod tests {
             reload_endpoint: false,
             history: None,
             status_page: StatusPageMode::Private,
+            probe: None,
         };
         let params = OverviewParams {
             group: Some("g0007".into()),

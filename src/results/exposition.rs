@@ -1,5 +1,5 @@
 //! The `probe_*` series and `bastion_check_state`, derived from the result store at each
-//! scrape (blackbox_exporter's names, seconds as units). They are built afresh and dropped after
+//! scrape, and `bastion_check_info` from the configured checks (blackbox_exporter's names, seconds as units). They are built afresh and dropped after
 //! each render: a probe never updates a metric, removed checks and vanished instances leave no
 //! series behind, and memory holds each result once. The series every type has are declared
 //! here; each check type declares and writes its own (`checks::CheckKind::series`). Label values
@@ -46,6 +46,13 @@ impl EncodeLabelSet for SeriesLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CheckInfoLabels {
+    check: String,
+    group: String,
+    r#type: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CheckStateLabels {
     check: String,
     state: &'static str,
@@ -80,6 +87,7 @@ struct ScrapeFamilies {
     registry: Registry,
     gauges: HashMap<&'static str, Family<SeriesLabels, GaugeF64>>,
     check_state: Family<CheckStateLabels, Gauge>,
+    check_info: Family<CheckInfoLabels, Gauge>,
 }
 
 impl ScrapeFamilies {
@@ -102,10 +110,17 @@ impl ScrapeFamilies {
             "Each check's state: 1 for the current one (OK, WARN, FAIL_WAIT, FAIL, PASS_WAIT), 0 for the others",
             check_state.clone(),
         );
+        let check_info = Family::<CheckInfoLabels, Gauge>::default();
+        registry.register(
+            "bastion_check_info",
+            "Each configured check's group (empty when none) and type; always 1. Join on check to filter by group",
+            check_info.clone(),
+        );
         ScrapeFamilies {
             registry,
             gauges,
             check_state,
+            check_info,
         }
     }
 
@@ -178,21 +193,34 @@ impl SeriesOut for InstanceSeries<'_> {
     }
 }
 
-/// The result store as the source of the derived series.
+/// The result store as the source of the derived series, and the configured checks for
+/// `bastion_check_info`.
 #[derive(Debug)]
 pub struct ProbeSeries {
     store: Arc<ResultStore>,
+    checks: super::ChecksWatch,
 }
 
 impl ProbeSeries {
-    pub fn new(store: Arc<ResultStore>) -> ProbeSeries {
-        ProbeSeries { store }
+    pub fn new(store: Arc<ResultStore>, checks: super::ChecksWatch) -> ProbeSeries {
+        ProbeSeries { store, checks }
     }
 }
 
 impl Exposition for ProbeSeries {
     fn encode(&self, text: &mut String) {
         let families = ScrapeFamilies::new();
+        let configured = std::sync::Arc::clone(&self.checks.borrow());
+        for check in configured.iter() {
+            families
+                .check_info
+                .get_or_create(&CheckInfoLabels {
+                    check: check.name.clone(),
+                    group: check.group.clone().unwrap_or_default(),
+                    r#type: check.check_type().as_str(),
+                })
+                .set(1);
+        }
         for (check, status) in self.store.snapshot() {
             families.set_check_state(&check, status.state);
             if let Some(latest) = &status.latest {

@@ -223,9 +223,10 @@ pub async fn consume(
     };
     // /metrics derives probe_* and bastion_check_state from the store at each scrape.
     sink.metrics
-        .attach_exposition(Arc::new(exposition::ProbeSeries::new(Arc::clone(
-            &sink.store,
-        ))));
+        .attach_exposition(Arc::new(exposition::ProbeSeries::new(
+            Arc::clone(&sink.store),
+            checks.clone(),
+        )));
     let current = Arc::clone(&checks.borrow_and_update());
     // Leading or not from the start, so that episodes the start ends reach history first;
     // then history learns which are open.

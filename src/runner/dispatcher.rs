@@ -27,9 +27,19 @@ pub struct RunOrder {
     pub scheduled_at: SystemTime,
 }
 
+/// How a run asked for on `/probe` differs from a scheduled one.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OnDemand {
+    /// No probe runs past this, whatever the check's timeout (the scrape's deadline).
+    pub finish_by: Option<Instant>,
+    /// Probe only the first address found, as blackbox_exporter does.
+    pub first_only: bool,
+}
+
 /// One probe of one instance, owning everything it uses.
 #[derive(Debug)]
 struct ProbeTask {
+    finish_by: Option<Instant>,
     index: usize,
     target: SocketAddr,
     resolve_seconds: f64,
@@ -111,10 +121,38 @@ impl Dispatcher {
     /// `run`, with no probe started after `start_probes_by`: the run's one deadline, whatever
     /// its tasks waited for (`run_window::start_probes_by`).
     pub async fn run_by(&self, order: RunOrder, start_probes_by: Instant) -> CheckResult {
+        self.run_with(order, start_probes_by, None).await
+    }
+
+    /// A run asked for on `/probe`: the same pools and dispatch deadline as scheduled runs,
+    /// and `on_demand`'s limits; it records no run duration (its check is not configured).
+    pub async fn run_on_demand(
+        &self,
+        order: RunOrder,
+        start_probes_by: Instant,
+        on_demand: OnDemand,
+    ) -> CheckResult {
+        self.run_with(order, start_probes_by, Some(on_demand)).await
+    }
+
+    async fn run_with(
+        &self,
+        order: RunOrder,
+        start_probes_by: Instant,
+        on_demand: Option<OnDemand>,
+    ) -> CheckResult {
         let dispatched = Instant::now();
         let check_type = order.check.check_type();
         let responses = match self.pools.get(&check_type) {
-            Some(pool) => self.dispatch(&order.check, pool, start_probes_by).await,
+            Some(pool) => {
+                self.dispatch(
+                    &order.check,
+                    pool,
+                    start_probes_by,
+                    on_demand.unwrap_or_default(),
+                )
+                .await
+            }
             None => {
                 self.metrics
                     .dispatch_timeouts
@@ -132,12 +170,14 @@ impl Dispatcher {
                 )]
             }
         };
-        self.metrics.observe_check_duration(
-            &order.check.name,
-            check_type,
-            order.check.interval,
-            dispatched.elapsed().as_secs_f64(),
-        );
+        if on_demand.is_none() {
+            self.metrics.observe_check_duration(
+                &order.check.name,
+                check_type,
+                order.check.interval,
+                dispatched.elapsed().as_secs_f64(),
+            );
+        }
         CheckResult {
             version: MESSAGE_VERSION,
             check: order.check.name.clone(),
@@ -157,9 +197,15 @@ impl Dispatcher {
         check: &Arc<CompiledCheck>,
         pool: &WorkerPool,
         deadline: Instant,
+        on_demand: OnDemand,
     ) -> Vec<Response> {
         let (targets, resolve_seconds) = match self.instances(check).await {
-            Ok(found) => found,
+            Ok((mut targets, seconds)) => {
+                if on_demand.first_only {
+                    targets.truncate(1);
+                }
+                (targets, seconds)
+            }
             Err((error, timings)) => {
                 self.metrics
                     .count_probe_error(check.check_type(), error.kind);
@@ -195,6 +241,7 @@ impl Dispatcher {
                 continue;
             };
             let task = ProbeTask {
+                finish_by: on_demand.finish_by,
                 index,
                 target,
                 resolve_seconds,
@@ -299,6 +346,7 @@ impl Dispatcher {
 /// Runs one task on its worker, under the check's timeout, and judges the outcome.
 async fn run_task(task: ProbeTask, worker: Worker) -> (usize, Response) {
     let ProbeTask {
+        finish_by,
         index,
         target,
         resolve_seconds,
@@ -310,9 +358,12 @@ async fn run_task(task: ProbeTask, worker: Worker) -> (usize, Response) {
     let started = Instant::now();
     // The timeout bounds the whole probe, the resolve that found this instance included.
     // Capped as well as compile refuses it: an Instant must never overflow in a probe.
-    let budget = crate::config::bounds::CHECK_TIMEOUT
+    let mut budget = crate::config::bounds::CHECK_TIMEOUT
         .cap_duration(check.timeout)
         .saturating_sub(Duration::from_secs_f64(resolve_seconds));
+    if let Some(finish_by) = finish_by {
+        budget = budget.min(finish_by.saturating_duration_since(started));
+    }
     let deadline = started + budget;
     let probe = check.probe.probe(&context, target, deadline, &mut record);
     let outcome = tokio::time::timeout(budget, probe).await;

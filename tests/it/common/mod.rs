@@ -6,6 +6,7 @@ pub mod debian;
 pub mod dns;
 pub mod nats;
 pub mod process;
+pub mod prometheus;
 pub mod proxy;
 pub mod receiver;
 pub mod tcp_relay;

@@ -1,4 +1,5 @@
-//! External programs the deployment tests drive (systemd-analyze, promtool, prometheus):
+//! External programs the deployment tests drive (systemd-analyze, promtool, prometheus,
+//! blackbox_exporter):
 //! found through an environment variable, else PATH, else their Debian location. A missing
 //! one fails the test with what to install; it is never skipped.
 
@@ -59,5 +60,15 @@ pub fn prometheus() -> PathBuf {
         "prometheus",
         "/usr/bin/prometheus",
         "install Prometheus (apt-get install prometheus)",
+    )
+}
+
+/// Debian's blackbox_exporter, for the side-by-side tests of `/probe`.
+pub fn blackbox_exporter() -> PathBuf {
+    tool(
+        "BLACKBOX_EXPORTER",
+        "prometheus-blackbox-exporter",
+        "/usr/bin/prometheus-blackbox-exporter",
+        "install blackbox_exporter (apt-get install prometheus-blackbox-exporter)",
     )
 }
