@@ -135,8 +135,8 @@ paths = {
  "/api/v1/checks": {"get": {"operationId": "listChecks", "summary": "Every configured check with its state and latest result.", "tags": ["api"], "security": secured,
     "description": "Without `limit` or `after`, every check in the configuration's order. With either, one page in the order of the names: at most `limit` checks (1000 when only `after` is given), and a `Link: <...>; rel=\"next\"` header while more match. Filters are comma-separated lists; a check matches when it matches every filter given.",
     "parameters": [
-        csv_enum("state", STATES, "States to keep, comma-separated (any case)."),
-        csv_enum("type", TYPES, "Check types to keep, comma-separated (any case)."),
+        csv_enum("state", STATES, "States to keep, comma-separated, in any case; no empty or padded values."),
+        csv_enum("type", TYPES, "Check types to keep, comma-separated, in any case; no empty or padded values."),
         q("group", "Groups to keep, comma-separated (empty: checks without a group)."),
         q("check", "Only the check of this name."),
         q("limit", "At most this many checks: one page, in the order of the names.", {"type": "integer", "minimum": 1, "maximum": 1000}),

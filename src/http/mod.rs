@@ -226,20 +226,27 @@ async fn metrics(State(state): State<ApiState>, headers: HeaderMap) -> Response 
 const GZIP_FROM: usize = 1024;
 
 /// Whether the client takes gzip: `Accept-Encoding` names it (or `*`) with a q above 0.
+/// gzip named explicitly decides; `*` only when gzip is not named (RFC 9110, 12.5.3).
 pub(crate) fn accepts_gzip(headers: &HeaderMap) -> bool {
-    headers
+    let (mut gzip, mut any) = (None, None);
+    for item in headers
         .get_all(header::ACCEPT_ENCODING)
         .iter()
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(','))
-        .any(|item| {
-            let mut parts = item.split(';');
-            let coding = parts.next().unwrap_or("").trim();
-            let quality = parts
-                .find_map(|part| part.trim().strip_prefix("q="))
-                .map_or(1.0, |q| q.trim().parse::<f32>().unwrap_or(0.0));
-            (coding.eq_ignore_ascii_case("gzip") || coding == "*") && quality > 0.0
-        })
+    {
+        let mut parts = item.split(';');
+        let coding = parts.next().unwrap_or("").trim();
+        let quality = parts
+            .find_map(|part| part.trim().strip_prefix("q="))
+            .map_or(1.0, |q| q.trim().parse::<f32>().unwrap_or(0.0));
+        if coding.eq_ignore_ascii_case("gzip") {
+            gzip = Some(quality);
+        } else if coding == "*" {
+            any = Some(quality);
+        }
+    }
+    gzip.or(any).is_some_and(|quality| quality > 0.0)
 }
 
 /// An answer's body, gzipped or not.
@@ -556,6 +563,7 @@ fn list_checks(
         }
     }
     if not_modified(request, &tag) {
+        headers.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
         return (StatusCode::NOT_MODIFIED, headers).into_response();
     }
     let summaries: Vec<CheckSummary> = chosen
@@ -568,8 +576,8 @@ fn list_checks(
     }
 }
 
-/// The API reads `state=` and `type=` exactly as its contract spells them: comma-separated
-/// values, each one of `known` in upper or lower case, none empty. (The status page's form is
+/// The API reads `state=` and `type=` as its contract spells them: comma-separated values,
+/// each one of `known` in any case, none empty and none padded. (The status page's form is
 /// more forgiving: it sends empty fields.)
 fn exact_list(name: &str, value: Option<&str>, known: &[&str]) -> Result<(), String> {
     let Some(value) = value else {
@@ -577,11 +585,7 @@ fn exact_list(name: &str, value: Option<&str>, known: &[&str]) -> Result<(), Str
     };
     let listed = known.join(", ");
     for item in value.split(',') {
-        let fits = known.iter().any(|known| {
-            item == *known
-                || item == known.to_ascii_lowercase()
-                || item == known.to_ascii_uppercase()
-        });
+        let fits = known.iter().any(|known| item.eq_ignore_ascii_case(known));
         if !fits {
             let shown: String = item.chars().take(40).collect();
             return Err(if item.is_empty() {
@@ -786,6 +790,11 @@ mod tests {
         assert!(!takes("gzip;q=0"));
         assert!(!takes("gzip;q=nonsense"));
         assert!(!takes("br, deflate"));
+        assert!(
+            !takes("gzip;q=0, *"),
+            "named and refused beats the wildcard"
+        );
+        assert!(takes("*, br;q=0"));
         assert!(!accepts_gzip(&HeaderMap::new()));
         let small = encode(b"tiny".to_vec(), true);
         assert!(!small.gzipped, "below GZIP_FROM nothing is gained");
@@ -798,7 +807,8 @@ mod tests {
         let known = ["OK", "FAIL"];
         assert!(exact_list("state", None, &known).is_ok());
         assert!(exact_list("state", Some("OK,fail"), &known).is_ok());
-        for bad in ["", ",", "OK,", " OK", "Ok", "BROKEN"] {
+        assert!(exact_list("state", Some("Ok,fAIL"), &known).is_ok());
+        for bad in ["", ",", "OK,", " OK", "OK ", "BROKEN"] {
             assert!(exact_list("state", Some(bad), &known).is_err(), "{bad:?}");
         }
     }

@@ -118,8 +118,10 @@ pub fn probe_timeout(
             TIMEOUT_OFFSET.as_secs_f64()
         ));
     }
-    // Capped at an hour: a timeout is what the check compiles with.
-    Ok(Duration::from_secs_f64(seconds.min(3600.0)))
+    // Capped at the longest timeout a check compiles with (10 minutes): a longer scrape
+    // timeout is honoured up to it rather than refused.
+    let most = crate::config::bounds::CHECK_TIMEOUT.cap_duration(Duration::MAX);
+    Ok(Duration::from_secs_f64(seconds.min(most.as_secs_f64())))
 }
 
 /// `GET /probe`.
@@ -760,6 +762,12 @@ fn debug_output(prepared: &Prepared, result: &CheckResult, metrics: &str) -> Str
     let mut definition = prepared.definition.clone();
     if let crate::config::CheckSpec::Http(spec) = &mut definition.spec {
         spec.secrets = Default::default();
+        // Credentials written into the module's headers are as secret as those in files.
+        for (name, value) in spec.headers.iter_mut() {
+            if is_sensitive_header(name) {
+                *value = "[redacted]".to_string();
+            }
+        }
     }
     text.push_str(
         &toml::to_string(&Definition {
@@ -770,6 +778,21 @@ fn debug_output(prepared: &Prepared, result: &CheckResult, metrics: &str) -> Str
     text
 }
 
+/// Header names whose values are credentials: never shown in debug output.
+fn is_sensitive_header(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    [
+        "authorization",
+        "proxy-authorization",
+        "cookie",
+        "set-cookie",
+    ]
+    .contains(&name.as_str())
+        || ["key", "token", "secret", "password", "auth"]
+            .iter()
+            .any(|word| name.contains(word))
+}
+
 #[derive(serde::Serialize)]
 struct Definition<'a> {
     checks: Vec<&'a crate::config::CheckConfig>,
@@ -778,6 +801,34 @@ struct Definition<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_scrape_timeout_past_the_longest_check_timeout_is_honoured_up_to_it() {
+        assert_eq!(
+            probe_timeout(Some("700"), None),
+            Ok(Duration::from_secs(600))
+        );
+        assert_eq!(
+            probe_timeout(Some("700"), Some(Duration::from_secs(30))),
+            Ok(Duration::from_secs(30))
+        );
+    }
+
+    #[test]
+    fn credential_headers_are_recognised() {
+        for name in [
+            "Authorization",
+            "cookie",
+            "X-Api-Key",
+            "X-Auth-Token",
+            "Proxy-Authorization",
+        ] {
+            assert!(is_sensitive_header(name), "{name}");
+        }
+        for name in ["Accept", "User-Agent", "Host", "X-Request-Id"] {
+            assert!(!is_sensitive_header(name), "{name}");
+        }
+    }
 
     #[test]
     fn the_timeout_follows_blackbox_exporter() {

@@ -50,6 +50,9 @@ pub(super) const MAX_RESOLVING: usize = 16_384;
 /// attempt, or its queue overflowed), how long until it is sent again, for notifiers without
 /// `repeat_interval` (those with one are told again at the next reminder).
 pub(super) const RETRIGGER_AFTER: Duration = Duration::from_secs(300);
+/// How long after its episode ended a resolve is still sent again to a receiver that has
+/// not taken it (a trigger is sent again for as long as its episode stays open).
+pub(super) const RESOLVE_FOR: Duration = Duration::from_secs(86_400);
 
 /// What the notifications of an agent are built from.
 pub struct NotificationsOptions {

@@ -370,9 +370,14 @@ async fn triggers_and_resolves_given_up_are_sent_again() {
     use std::sync::atomic::Ordering::SeqCst;
     let mut s = setup(CHECK, None, false);
     let receiver = Arc::clone(&s.receivers[0]);
-    let id = episode_id("web", start_of(80));
+    // Runs of today: a resolve is sent again for a day after its episode ended.
+    let today = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let id = episode_id("web", start_of(today));
     receiver.down.store(true, SeqCst);
-    s.run(80, CheckState::Fail, 2);
+    s.run(today, CheckState::Fail, 2);
     receiver.wait_for(1).await;
     tokio::time::sleep(RETRIGGER_AFTER - Duration::from_secs(10)).await;
     assert_eq!(receiver.taken().len(), 1, "not before its time");
@@ -391,7 +396,7 @@ async fn triggers_and_resolves_given_up_are_sent_again() {
     assert_eq!(receiver.taken().len(), 2);
     // Down again when the check recovers: the resolve is given up, then sent again.
     receiver.down.store(true, SeqCst);
-    s.run(81, CheckState::Ok, 0);
+    s.run(today + 1, CheckState::Ok, 0);
     receiver.wait_for(3).await;
     receiver.down.store(false, SeqCst);
     tokio::time::sleep(RETRIGGER_AFTER + Duration::from_secs(10)).await;
@@ -459,5 +464,62 @@ async fn resolves_taken_back_go_only_to_receivers_that_still_exist() {
         state.resolving.keys().collect::<Vec<_>>()
     );
     drop(state);
+    s.stop.cancel();
+}
+
+/// A warning taken, then the failure given up (the receiver went down as it escalated): the
+/// failure is sent again once the receiver is back, saying what it escalated from, even
+/// without `repeat_interval`.
+#[tokio::test(start_paused = true)]
+async fn an_escalation_given_up_is_sent_again() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let check = format!("{CHECK}notify_on = [\"fail\", \"warn\"]\n");
+    let mut s = setup(&check, None, false);
+    let receiver = Arc::clone(&s.receivers[0]);
+    let id = episode_id("web", start_of(300));
+    s.run(300, CheckState::Warn, 1);
+    receiver.wait_for(1).await;
+    receiver.down.store(true, SeqCst);
+    s.run(301, CheckState::FailWait, 2);
+    s.run(302, CheckState::Fail, 2);
+    receiver.wait_for(2).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    receiver.down.store(false, SeqCst);
+    for n in 0..20u64 {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        s.run(303 + n, CheckState::Fail, 2);
+    }
+    assert_eq!(
+        receiver.taken(),
+        [
+            (Event::Firing, id.clone(), Severity::Warning),
+            (Event::Firing, id.clone(), Severity::Critical),
+            (Event::Firing, id.clone(), Severity::Critical),
+        ]
+    );
+    let previous = receiver.taken.lock().unwrap()[2].previous_severity;
+    assert_eq!(previous, Some(Severity::Warning));
+    s.stop.cancel();
+}
+
+/// A resolve to a receiver that never takes it is sent again for a day after its episode
+/// ended, then given up: a dead receiver is not sent every resolve for ever. (Here the episode
+/// ended in 1970, so the first failure is the last.)
+#[tokio::test(start_paused = true)]
+async fn a_resolve_never_taken_is_given_up_a_day_after_its_episode_ended() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let mut s = setup(CHECK, None, false);
+    let receiver = Arc::clone(&s.receivers[0]);
+    s.run(400, CheckState::Fail, 2);
+    receiver.wait_for(1).await;
+    receiver.down.store(true, SeqCst);
+    s.run(401, CheckState::Ok, 0);
+    receiver.wait_for(2).await;
+    tokio::time::sleep(Duration::from_secs(7 * 24 * 3600)).await;
+    assert_eq!(receiver.taken().len(), 2, "{:?}", receiver.taken());
+    assert!(
+        s.notifications.lock().resolving.is_empty(),
+        "given up, forgotten"
+    );
     s.stop.cancel();
 }

@@ -9,7 +9,8 @@
 use super::message::ResolveFacts;
 use super::queue::{Outcome, Outcomes};
 use super::routing::{
-    Notifications, Open, Receiver, Resolving, Resumed, State, MAX_RESOLVING, RETRIGGER_AFTER,
+    Notifications, Open, Receiver, Resolving, Resumed, State, MAX_RESOLVING, RESOLVE_FOR,
+    RETRIGGER_AFTER,
 };
 use super::{Event, Notification, Severity};
 use crate::config::CheckConfig;
@@ -307,6 +308,18 @@ impl Outcomes for Notifications {
                 };
                 match outcome {
                     Outcome::Accepted | Outcome::Refused => {
+                        resolving.pending.remove(notifier);
+                    }
+                    Outcome::GaveUp
+                        if resolving
+                            .saved
+                            .at
+                            .elapsed()
+                            .is_ok_and(|age| age >= RESOLVE_FOR) =>
+                    {
+                        // A receiver down for a day will not want a day-old resolve any more
+                        // than it can take it: stop, and say so.
+                        tracing::error!(check = %resolving.saved.episode.check, episode = %id, notifier, "the resolve was never accepted in a day of trying; giving it up");
                         resolving.pending.remove(notifier);
                     }
                     Outcome::GaveUp => {

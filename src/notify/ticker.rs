@@ -124,7 +124,9 @@ impl Notifications {
             if receiver.reminder_due != Some(due) {
                 continue; // superseded: the receiver was told afresh since
             }
-            let told = receiver.accepted.is_some();
+            // Told means told of the episode as it is now: a receiver that took the warning
+            // but never the failure is sent the failure again, not reminded of the warning.
+            let told = receiver.accepted == Some(open.episode.severity);
             let every = match (told, route.repeat) {
                 (_, Some(every)) => every,
                 (false, None) => RETRIGGER_AFTER,
@@ -152,12 +154,14 @@ impl Notifications {
             } else if receiver.queued.is_none() {
                 // Never accepted (given up before): the trigger itself, once more.
                 tracing::info!(check = %check, notifier = %notifier, episode = %open.episode.id, "sending the trigger again: the receiver never took it");
-                receiver.queued = Some(open.episode.severity);
+                let severity = open.episode.severity;
+                receiver.queued = Some(severity);
+                let previous = receiver.accepted.filter(|before| *before != severity);
                 route.delivery.push(Arc::new(self.origin.firing(
                     &open.episode,
                     open.check_type,
                     open.state,
-                    None,
+                    previous,
                     open.latest.as_deref(),
                 )));
             }
