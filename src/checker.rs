@@ -318,6 +318,7 @@ impl Checker {
             dispatch_deadline: Some(self.dispatch_deadline),
             // Shared, not copied: on the embedded bus the runner reads this very definition.
             check: Arc::clone(&check.config),
+            discovered: None,
         };
         let published = self
             .bus

@@ -298,6 +298,7 @@ mod tests {
             grpc: None,
             timings: Timings::default(),
             assertions: Vec::new(),
+            labels: BTreeMap::new(),
         }
     }
 

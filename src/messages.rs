@@ -33,6 +33,21 @@ pub struct CheckRequest {
     )]
     pub dispatch_deadline: Option<std::time::Duration>,
     pub check: std::sync::Arc<CheckConfig>,
+    /// For a check with `instances_from = { file }`: the target groups the checker read last
+    /// (shared, never copied, in one process). Absent for other checks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discovered: Option<std::sync::Arc<Vec<TargetGroup>>>,
+}
+
+/// One group of a Prometheus file_sd file: targets and the labels they share. A checker that
+/// discovers a check's instances from a file sends the groups it last read with each run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetGroup {
+    /// `ip`, `ip:port`, `[v6]:port` or `host:port`.
+    pub targets: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// Request/reply on `{prefix}.test.{type}`: run this check definition once, now, and reply
@@ -243,6 +258,10 @@ pub struct Response {
     pub grpc: Option<GrpcDetails>,
     pub timings: Timings,
     pub assertions: Vec<AssertionResult>,
+    /// The check's `labels` and the instance's own (from discovery), as on its `probe_*`
+    /// series. Absent when there are none.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -414,6 +433,7 @@ impl Response {
             grpc: None,
             timings,
             assertions: Vec::new(),
+            labels: BTreeMap::new(),
         }
     }
 

@@ -74,6 +74,7 @@ pub async fn run_once(config: &Config, only: Option<&str>) -> Result<Vec<CheckRe
             check: Arc::new(compiled),
             run_id: u64::try_from(position).unwrap_or(u64::MAX),
             scheduled_at: SystemTime::now(),
+            discovered: None,
         };
         let dispatcher = Arc::clone(&dispatcher);
         runs.spawn(async move { (position, dispatcher.run(order).await) });

@@ -345,6 +345,15 @@ pub struct CheckConfig {
     /// Addresses to probe (`ip` or `ip:port`) instead of every address the host resolves to.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub instances: Vec<String>,
+    /// Where the instances come from instead: `{ file = "/etc/bastion/targets/web.json" }`
+    /// (Prometheus file_sd, watched) or `{ srv = "_http._tcp.web.internal" }` (DNS SRV,
+    /// resolved on the runner). Not together with `instances`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instances_from: Option<InstancesFrom>,
+    /// Labels added to the check's `probe_*` series and to each response of its results
+    /// (`{ team = "payments" }`): Prometheus label names, none of bastion's own.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
     /// What a response must satisfy to pass. None: a 2xx status passes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub assertions: Vec<AssertionConfig>,
@@ -401,7 +410,7 @@ impl CheckConfig {
     }
 
     /// The definition without what does not change what is probed or how a response is
-    /// judged: where it is filed (`group`), who is told (`notify`, `notify_on`), how often it
+    /// judged: where it is filed (`group`), its `labels`, who is told (`notify`, `notify_on`), how often it
     /// runs and its state thresholds. A reload that changes only those keeps the check's
     /// state and failure episode.
     fn probed(&self) -> CheckConfig {
@@ -412,6 +421,7 @@ impl CheckConfig {
             min_failing_time: None,
             notify: None,
             notify_on: None,
+            labels: BTreeMap::new(),
             ..self.clone()
         }
     }
@@ -431,6 +441,19 @@ impl CheckConfig {
             .map(|byte| format!("{byte:02x}"))
             .collect()
     }
+}
+
+/// Where a check's instances are discovered.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum InstancesFrom {
+    /// A Prometheus file_sd file (JSON, or YAML for `.yaml`/`.yml`): a list of
+    /// `{ targets = [...], labels = {...} }`. The checker watches it and sends the current
+    /// targets with each run.
+    File(PathBuf),
+    /// A DNS SRV name: each target and port it lists is an instance, resolved to addresses
+    /// on the runner that probes.
+    Srv(String),
 }
 
 /// The type-specific part of a check, chosen by its `type` key.

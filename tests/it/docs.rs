@@ -25,6 +25,7 @@ const MAP_KEYS: &[&str] = &[
     "agent.web.basic_auth_users",
     "checks[].headers",
     "checks[].headers_from_files",
+    "checks[].labels",
     "notifiers[].labels",
 ];
 

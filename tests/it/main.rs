@@ -15,6 +15,7 @@ mod cli;
 mod container;
 mod delivery;
 mod deploy;
+mod discovery;
 mod dns;
 mod docs;
 mod episodes;
