@@ -184,6 +184,13 @@ fn bound_response(response: &mut Response) {
             }
         }
     }
+    if let Some(udp) = response.udp.as_mut() {
+        udp.body_bytes = Some(udp.body_bytes.unwrap_or(udp.body.len()));
+        if udp.body.len() > BUS_BODY_BYTES {
+            cut(&mut udp.body, BUS_BODY_BYTES);
+            udp.truncated = true;
+        }
+    }
     if let Some(tcp) = response.tcp.as_mut() {
         tcp.body_bytes = Some(tcp.body_bytes.unwrap_or(tcp.body.len()));
         if tcp.body.len() > BUS_BODY_BYTES {
@@ -236,6 +243,10 @@ fn drop_detail(response: &mut Response) {
         http.truncated = true;
         http.headers_truncated |= !http.headers.is_empty();
         http.headers.clear();
+    }
+    if let Some(udp) = response.udp.as_mut() {
+        udp.body.clear();
+        udp.truncated = true;
     }
     if let Some(tcp) = response.tcp.as_mut() {
         tcp.body.clear();
@@ -296,6 +307,7 @@ mod tests {
             dns: None,
             icmp: None,
             grpc: None,
+            udp: None,
             timings: Timings::default(),
             assertions: Vec::new(),
             labels: BTreeMap::new(),

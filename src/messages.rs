@@ -256,6 +256,9 @@ pub struct Response {
     /// grpc checks: the health answer. Absent for other types, and when no answer arrived.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grpc: Option<GrpcDetails>,
+    /// udp checks: the datagram sent and the reply. Absent for other types.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub udp: Option<UdpDetails>,
     pub timings: Timings,
     pub assertions: Vec<AssertionResult>,
     /// The check's `labels` and the instance's own (from discovery), as on its `probe_*`
@@ -345,6 +348,21 @@ pub struct TcpDetails {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UdpDetails {
+    /// Bytes of the datagram sent.
+    pub sent_bytes: usize,
+    /// True once a reply arrived.
+    pub replied: bool,
+    /// The reply as text (invalid UTF-8 replaced); on the bus, its first 4 KiB.
+    pub body: String,
+    /// True when `body` is not the whole reply: cut at `runner.max_body_bytes` or for the bus.
+    pub truncated: bool,
+    /// On the bus: the length of the reply (as text), before any cut.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_bytes: Option<usize>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DnsDetails {
     /// NOERROR, NXDOMAIN, SERVFAIL, REFUSED, ...
     pub rcode: String,
@@ -431,6 +449,7 @@ impl Response {
             dns: None,
             icmp: None,
             grpc: None,
+            udp: None,
             timings,
             assertions: Vec::new(),
             labels: BTreeMap::new(),

@@ -16,16 +16,18 @@ pub enum CheckType {
     Tls,
     Icmp,
     Grpc,
+    Udp,
 }
 
 impl CheckType {
-    pub const ALL: [CheckType; 6] = [
+    pub const ALL: [CheckType; 7] = [
         CheckType::Http,
         CheckType::Tcp,
         CheckType::Dns,
         CheckType::Tls,
         CheckType::Icmp,
         CheckType::Grpc,
+        CheckType::Udp,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -36,6 +38,7 @@ impl CheckType {
             CheckType::Tls => "tls",
             CheckType::Icmp => "icmp",
             CheckType::Grpc => "grpc",
+            CheckType::Udp => "udp",
         }
     }
 }

@@ -16,6 +16,7 @@ pub mod series;
 pub mod tcp;
 pub mod tls;
 pub mod tls_client;
+pub mod udp;
 
 use crate::assertions::{AssertionError, CompiledAssertion, Observation};
 use crate::config::{
@@ -23,6 +24,7 @@ use crate::config::{
 };
 use crate::messages::{
     DnsDetails, GrpcDetails, HttpDetails, IcmpDetails, Response, TcpDetails, Timings, TlsDetails,
+    UdpDetails,
 };
 use crate::model::{is_valid_check_name, labels_problem, CheckType, InstanceAddr, ProbeError};
 use crate::resolve::Resolver;
@@ -37,13 +39,14 @@ use tokio::time::Instant;
 
 /// Every check type bastion has. A new type is one module with its `KIND`, one line here, and
 /// its spec in `config/schema.rs` (the schema stays below the engine, so configs load alone).
-pub const KINDS: [&CheckKind; 6] = [
+pub const KINDS: [&CheckKind; 7] = [
     &http::KIND,
     &tcp::KIND,
     &dns::KIND,
     &tls::KIND,
     &icmp::KIND,
     &grpc::KIND,
+    &udp::KIND,
 ];
 
 /// The registered kind of `check_type`.
@@ -150,7 +153,7 @@ pub enum Phase {
     Transfer,
     /// TCP: the send/expect steps.
     Exchange,
-    /// DNS: the query sent and its answer read.
+    /// DNS and UDP: the query (datagram) sent and its answer read.
     Request,
     /// ICMP: echo requests out, replies in.
     Rtt,
@@ -192,6 +195,7 @@ pub struct ProbeRecord {
     pub dns: Option<DnsDetails>,
     pub icmp: Option<IcmpDetails>,
     pub grpc: Option<GrpcDetails>,
+    pub udp: Option<UdpDetails>,
     current: Option<(Phase, Instant)>,
     /// When the record started, if it was started with `start`.
     started: Option<Instant>,

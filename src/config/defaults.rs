@@ -203,6 +203,7 @@ impl Default for WorkersConfig {
             tls: default_workers(),
             icmp: default_workers(),
             grpc: default_workers(),
+            udp: default_workers(),
         }
     }
 }

@@ -658,6 +658,13 @@ mod tests {
             key = "status"
             relationship = "equal"
             operand = "SERVING"
+            [[checks]]
+            name = "udp"
+            type = "udp"
+            interval = "10s"
+            address = "10.0.0.7:5140"
+            send_hex = "70 69 6e 67"
+            expect = "^pong"
         "#;
         #[derive(Deserialize)]
         struct Checks {

@@ -308,6 +308,9 @@ pub struct WorkersConfig {
     /// Concurrent gRPC health probes.
     #[serde(default = "default_workers")]
     pub grpc: usize,
+    /// Concurrent UDP probes.
+    #[serde(default = "default_workers")]
+    pub udp: usize,
 }
 
 impl WorkersConfig {
@@ -319,6 +322,7 @@ impl WorkersConfig {
             CheckType::Tls => self.tls,
             CheckType::Icmp => self.icmp,
             CheckType::Grpc => self.grpc,
+            CheckType::Udp => self.udp,
         }
     }
 }
@@ -469,6 +473,7 @@ pub enum CheckSpec {
     Tls(TlsSpec),
     Icmp(IcmpSpec),
     Grpc(GrpcSpec),
+    Udp(UdpSpec),
 }
 
 impl CheckSpec {
@@ -480,6 +485,7 @@ impl CheckSpec {
             CheckSpec::Tls(_) => CheckType::Tls,
             CheckSpec::Icmp(_) => CheckType::Icmp,
             CheckSpec::Grpc(_) => CheckType::Grpc,
+            CheckSpec::Udp(_) => CheckType::Udp,
         }
     }
 }
@@ -603,6 +609,26 @@ pub struct TcpStep {
     /// stops at the first match, when the peer closes, or at `runner.max_body_bytes`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expect: Option<String>,
+}
+
+/// Settings of a `type = "udp"` check: one datagram out, one reply expected.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UdpSpec {
+    /// `host:port` (`[v6]:port`). The host is resolved unless instances are listed.
+    pub address: String,
+    /// The datagram to send, as text. Exactly one of `send` and `send_hex`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub send: Option<String>,
+    /// The datagram to send, as hex digits (`"deadbeef"`; spaces allowed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub send_hex: Option<String>,
+    /// A regex (Rust syntax) the reply must match. Default: any reply passes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect: Option<String>,
+    /// The local address the probe's datagram leaves from. Default: the system's choice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_ip: Option<std::net::IpAddr>,
 }
 
 /// Settings of a `type = "dns"` check.

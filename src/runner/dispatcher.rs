@@ -559,6 +559,7 @@ async fn run_task(task: ProbeTask, worker: Worker) -> (usize, Response) {
         dns: record.dns,
         icmp: record.icmp,
         grpc: record.grpc,
+        udp: record.udp,
         timings,
         assertions: Vec::new(),
         labels,

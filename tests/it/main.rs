@@ -48,3 +48,4 @@ mod tcp;
 mod tls_and_dns;
 mod tls_check;
 mod tls_settings;
+mod udp;
