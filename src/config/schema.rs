@@ -449,7 +449,7 @@ impl CheckConfig {
 
 /// Where a check's instances are discovered.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase", deny_unknown_fields)]
+#[serde(rename_all = "lowercase", try_from = "InstancesFromTable")]
 pub enum InstancesFrom {
     /// A Prometheus file_sd file (JSON, or YAML for `.yaml`/`.yml`): a list of
     /// `{ targets = [...], labels = {...} }`. The checker watches it and sends the current
@@ -458,6 +458,26 @@ pub enum InstancesFrom {
     /// A DNS SRV name: each target and port it lists is an instance, resolved to addresses
     /// on the runner that probes.
     Srv(String),
+}
+
+/// `instances_from` as written: a table with one of its keys.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InstancesFromTable {
+    file: Option<PathBuf>,
+    srv: Option<String>,
+}
+
+impl TryFrom<InstancesFromTable> for InstancesFrom {
+    type Error = String;
+
+    fn try_from(table: InstancesFromTable) -> Result<InstancesFrom, String> {
+        match (table.file, table.srv) {
+            (Some(file), None) => Ok(InstancesFrom::File(file)),
+            (None, Some(srv)) => Ok(InstancesFrom::Srv(srv)),
+            _ => Err("instances_from takes exactly one of `file` and `srv`: { file = \"/etc/bastion/targets/web.json\" } or { srv = \"_http._tcp.web.internal\" }".to_string()),
+        }
+    }
 }
 
 /// The type-specific part of a check, chosen by its `type` key.

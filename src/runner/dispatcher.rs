@@ -13,6 +13,7 @@ use crate::config::InstancesFrom;
 use crate::messages::{CheckResult, Response, TargetGroup, Timings, MESSAGE_VERSION};
 use crate::metrics::{Metrics, TypeLabels};
 use crate::model::{split_host_port, CheckType, ErrorKind, InstanceAddr, ProbeError};
+use crate::resolve::SrvCache;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -66,6 +67,8 @@ pub struct Dispatcher {
     pools: HashMap<CheckType, WorkerPool>,
     context: Arc<ProbeContext>,
     metrics: Arc<Metrics>,
+    /// SRV answers of `instances_from = { srv }`, kept for their TTL.
+    srv: SrvCache,
 }
 
 impl Dispatcher {
@@ -85,6 +88,7 @@ impl Dispatcher {
                 .collect(),
             context,
             metrics,
+            srv: SrvCache::default(),
         }
     }
 
@@ -203,6 +207,9 @@ impl Dispatcher {
                 }))],
             };
         }
+        if let Some(InstancesFrom::Srv(name)) = &check.instances_from {
+            return self.plan_srv(check, name).await;
+        }
         match self.instances(check).await {
             Ok((targets, resolve_seconds)) => targets
                 .into_iter()
@@ -223,6 +230,70 @@ impl Dispatcher {
                 }))]
             }
         }
+    }
+
+    /// The instances of an SRV name: each target and port it lists, resolved as a discovered
+    /// `host:port` is; the SRV lookup's time (none while its answer is kept) is part of each
+    /// instance's resolve. A failed lookup is one response named by the SRV name.
+    async fn plan_srv(&self, check: &Arc<CompiledCheck>, name: &str) -> Vec<Planned> {
+        let started = Instant::now();
+        let lookup =
+            tokio::time::timeout(check.timeout, self.srv.lookup(&self.context.resolver, name))
+                .await;
+        let seconds = started.elapsed().as_secs_f64();
+        let targets = match lookup {
+            Ok(Ok((targets, _cached))) => targets,
+            outcome => {
+                let error = match outcome {
+                    Ok(Err(error)) => error,
+                    _ => ProbeError::new(
+                        ErrorKind::Timeout,
+                        format!(
+                            "SRV {name}: the lookup took longer than the timeout of {}",
+                            humantime::format_duration(check.timeout)
+                        ),
+                    ),
+                };
+                self.metrics
+                    .count_probe_error(check.check_type(), error.kind);
+                return vec![Planned::Done(Box::new(Response {
+                    labels: check.labels.clone(),
+                    ..Response::failed(
+                        name.to_string(),
+                        error,
+                        Timings {
+                            resolve: seconds,
+                            total: seconds,
+                            ..Timings::default()
+                        },
+                    )
+                }))];
+            }
+        };
+        let group = TargetGroup {
+            targets: targets
+                .iter()
+                .map(|(host, port)| {
+                    if host.contains(':') {
+                        format!("[{host}]:{port}")
+                    } else {
+                        format!("{host}:{port}")
+                    }
+                })
+                .collect(),
+            labels: BTreeMap::new(),
+        };
+        let mut planned = self.plan_groups(check, std::slice::from_ref(&group)).await;
+        for entry in &mut planned {
+            match entry {
+                Planned::Probe(instance) => instance.resolve_seconds += seconds,
+                Planned::Done(response) => {
+                    response.timings.resolve += seconds;
+                    response.timings.total += seconds;
+                }
+            }
+        }
+        planned
     }
 
     /// The instances of file_sd target groups: an IP target as it is (with the check's port

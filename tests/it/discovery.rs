@@ -210,3 +210,166 @@ fn file_discovery_follows_the_file_and_keeps_the_last_good_list() {
         wanted(&agent, &last)
     });
 }
+
+/// What the SRV responder answers now: the SRV targets of `_web._tcp.srv.test.` (each
+/// `<name>.srv.test.` with a port), and the SRV queries it has seen.
+#[derive(Default)]
+struct SrvZone {
+    targets: std::sync::Mutex<Vec<(&'static str, u16)>>,
+    srv_queries: std::sync::atomic::AtomicUsize,
+}
+
+/// Answers SRV for `_web._tcp.srv.test.` (TTL 2s) from `zone`, and A for `a.srv.test.`
+/// (127.0.0.2) and `b.srv.test.` (127.0.0.3); anything else NXDOMAIN. UDP only.
+async fn serve_srv(zone: std::sync::Arc<SrvZone>) -> std::net::SocketAddr {
+    use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
+    use hickory_proto::rr::rdata::{A, SRV};
+    use hickory_proto::rr::{Name, RData, Record, RecordType};
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let address = socket.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buffer = [0u8; 1500];
+        while let Ok((length, peer)) = socket.recv_from(&mut buffer).await {
+            let Ok(query) = Message::from_vec(&buffer[..length]) else {
+                continue;
+            };
+            let Some(question) = query.queries.first().cloned() else {
+                continue;
+            };
+            let mut answer = Message::new(query.metadata.id, MessageType::Response, OpCode::Query);
+            answer.metadata.recursion_desired = query.metadata.recursion_desired;
+            answer.metadata.authoritative = true;
+            answer.add_query(question.clone());
+            let owner = question.name().clone();
+            let name = owner.to_ascii().to_lowercase();
+            match (name.as_str(), question.query_type()) {
+                ("_web._tcp.srv.test.", RecordType::SRV) => {
+                    zone.srv_queries
+                        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    for (target, port) in zone.targets.lock().unwrap().iter() {
+                        let target = Name::from_ascii(format!("{target}.srv.test.")).unwrap();
+                        answer.add_answer(Record::from_rdata(
+                            owner.clone(),
+                            2,
+                            RData::SRV(SRV::new(10, 5, *port, target)),
+                        ));
+                    }
+                }
+                ("a.srv.test.", RecordType::A) => {
+                    answer.add_answer(Record::from_rdata(
+                        owner,
+                        60,
+                        RData::A(A::new(127, 0, 0, 2)),
+                    ));
+                }
+                ("b.srv.test.", RecordType::A) => {
+                    answer.add_answer(Record::from_rdata(
+                        owner,
+                        60,
+                        RData::A(A::new(127, 0, 0, 3)),
+                    ));
+                }
+                ("a.srv.test." | "b.srv.test.", _) => {}
+                _ => answer.metadata.response_code = ResponseCode::NXDomain,
+            }
+            if let Ok(bytes) = answer.to_vec() {
+                let _ = socket.send_to(&bytes, peer).await;
+            }
+        }
+    });
+    address
+}
+
+fn srv_line(target: std::net::SocketAddr) -> String {
+    format!("probe_success{{check=\"srv\",target=\"{target}\"}} 1.0")
+}
+
+#[test]
+fn srv_discovery_follows_the_record_within_its_ttl() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let zone = std::sync::Arc::new(SrvZone::default());
+    let dns = runtime.block_on(serve_srv(std::sync::Arc::clone(&zone)));
+    let a = accepting("127.0.0.2");
+    let b = accepting("127.0.0.3");
+    *zone.targets.lock().unwrap() = vec![("a", a.port())];
+    let listen = free_port();
+    let config = format!(
+        "[agent]\nid = \"srv\"\nlisten = \"127.0.0.1:{listen}\"\n\
+         [runner]\ndns_servers = [\"{dns}\"]\n\
+         [[checks]]\nname = \"srv\"\ntype = \"tcp\"\ninterval = \"1s\"\ntimeout = \"900ms\"\n\
+         address = \"srv.test:9\"\ninstances_from = {{ srv = \"_web._tcp.srv.test\" }}\n"
+    );
+    let mut agent = Bastion::start("srv-sd", listen, &config, &["run"]);
+    agent.wait_ready();
+    let series = |agent: &Bastion| -> Vec<String> {
+        agent
+            .metrics()
+            .unwrap_or_default()
+            .lines()
+            .filter(|line| line.starts_with("probe_success{check=\"srv\""))
+            .map(str::to_string)
+            .collect()
+    };
+    eventually_blocking("the SRV record's one instance", PATIENCE, || {
+        series(&agent) == vec![srv_line(a)]
+    });
+
+    // The record changes: the next lookup, once the 2s TTL has passed, has both.
+    *zone.targets.lock().unwrap() = vec![("a", a.port()), ("b", b.port())];
+    eventually_blocking("both SRV instances", PATIENCE, || {
+        let now = series(&agent);
+        now.len() == 2 && now.contains(&srv_line(a)) && now.contains(&srv_line(b))
+    });
+    // The TTL was honoured: fewer lookups than runs.
+    let runs = agent
+        .sample("bastion_checks_scheduled_total{check=\"srv\"}")
+        .unwrap_or(0.0);
+    let lookups = zone.srv_queries.load(std::sync::atomic::Ordering::SeqCst) as f64;
+    assert!(
+        lookups >= 2.0 && lookups < runs,
+        "{lookups} SRV lookups in {runs} runs"
+    );
+
+    // b leaves the record: its series vanish.
+    *zone.targets.lock().unwrap() = vec![("b", b.port())];
+    eventually_blocking("only b", PATIENCE, || series(&agent) == vec![srv_line(b)]);
+    drop(agent);
+    drop(runtime);
+}
+
+#[test]
+fn bad_discovery_sources_are_refused_with_the_fix() {
+    let base = r#"
+        [[checks]]
+        name = "web"
+        type = "tcp"
+        interval = "10s"
+        address = "127.0.0.1:80"
+    "#;
+    assert_config_errors(
+        base,
+        &[
+            (
+                "instances = [\"127.0.0.2\"]\ninstances_from = { file = \"/tmp/x.json\" }",
+                "check `web`: instances and instances_from both name the instances; keep one",
+            ),
+            (
+                "instances_from = { srv = \"bad name\" }",
+                "instances_from: srv `bad name` is not a DNS name",
+            ),
+            (
+                "instances_from = { file = \"\" }",
+                "instances_from: file is empty",
+            ),
+            (
+                "instances_from = { consul = \"web\" }",
+                "unknown field `consul`, expected `file` or `srv`",
+            ),
+            (
+                "instances_from = { file = \"a.json\", srv = \"_x._tcp.y\" }",
+                "instances_from takes exactly one of `file` and `srv`",
+            ),
+            ("instances_from = {}", "instances_from takes exactly one"),
+        ],
+    );
+}
