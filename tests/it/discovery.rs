@@ -373,3 +373,84 @@ fn bad_discovery_sources_are_refused_with_the_fix() {
         ],
     );
 }
+
+#[test]
+fn over_nats_the_discovered_targets_travel_in_the_request() {
+    let server = crate::common::nats::NatsServer::start();
+    let a = accepting("127.0.0.2");
+    let b = accepting("127.0.0.3");
+    // The file lives in the checker's own directory; the runner is told nothing about it.
+    let dir = scratch_dir("file-sd-nats");
+    let targets = dir.join("web.yaml");
+    replace_file(
+        &targets,
+        &format!("- targets: ['{a}']\n  labels:\n    zone: a\n"),
+    );
+    let runner_listen = free_port();
+    let runner_config = format!(
+        "[agent]\nid = \"r1\"\nlisten = \"127.0.0.1:{runner_listen}\"\n\
+         [bus]\nkind = \"nats\"\n[bus.nats]\nurl = \"{}\"\n",
+        server.url()
+    );
+    let mut runner = Bastion::start(
+        "sd-runner",
+        runner_listen,
+        &runner_config,
+        &["run", "--role", "runner"],
+    );
+    runner.wait_ready();
+    let listen = free_port();
+    let config = format!(
+        "[agent]\nid = \"c1\"\nlisten = \"127.0.0.1:{listen}\"\n\
+         [bus]\nkind = \"nats\"\n[bus.nats]\nurl = \"{}\"\n\
+         [[checks]]\nname = \"disc\"\ntype = \"tcp\"\ninterval = \"1s\"\ntimeout = \"900ms\"\n\
+         address = \"127.0.0.1:9\"\nlabels = {{ team = \"web\" }}\n\
+         instances_from = {{ file = \"{}\" }}\n",
+        server.url(),
+        targets.display()
+    );
+    let mut checker = Bastion::start("sd-checker", listen, &config, &["run", "--role", "checker"]);
+    checker.wait_ready();
+    let latest = |agent: &Bastion| -> serde_json::Value {
+        crate::common::process::http_get_blocking(agent.listen, "/api/v1/checks")
+            .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok())
+            .map(|checks| checks[0]["latest"].clone())
+            .unwrap_or_default()
+    };
+    eventually_blocking(
+        "a result of the file's instance from the runner",
+        PATIENCE,
+        || {
+            let latest = latest(&checker);
+            latest["agent"] == "r1"
+                && latest["responses"][0]["target"] == a.to_string()
+                && latest["responses"][0]["labels"]["zone"] == "a"
+                && latest["responses"][0]["passing"] == true
+        },
+    );
+    replace_file(
+        &targets,
+        &format!("- targets: ['{a}', '{b}']\n  labels:\n    zone: b\n"),
+    );
+    eventually_blocking(
+        "the runner probes the changed file's instances",
+        PATIENCE,
+        || {
+            let latest = latest(&checker);
+            latest["agent"] == "r1"
+                && latest["responses"].as_array().map(Vec::len) == Some(2)
+                && latest["responses"][1]["target"] == b.to_string()
+        },
+    );
+    assert_eq!(
+        checker.sample(&format!(
+            "probe_success{{check=\"disc\",target=\"{b}\",team=\"web\",zone=\"b\"}}"
+        )),
+        Some(1.0)
+    );
+    assert!(
+        !runner.log().contains("web.yaml"),
+        "the runner never reads the file: {}",
+        runner.log()
+    );
+}
