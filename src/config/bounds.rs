@@ -247,6 +247,7 @@ pub const BOUNDS: &[Bound] = &[
     WORKERS[3],
     WORKERS[4],
     WORKERS[5],
+    WORKERS[6],
     CHECK_INTERVAL,
     CHECK_TIMEOUT,
     MIN_FAILING_COUNT,
