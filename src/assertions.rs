@@ -789,7 +789,11 @@ mod tests {
             assert!(compile_for(&latency, check_type).is_ok(), "{check_type}");
             for (key, owner) in keys {
                 let applies = owner == check_type
-                    || (key == "body" && matches!(check_type, CheckType::Http | CheckType::Udp));
+                    || (key == "body"
+                        && matches!(
+                            check_type,
+                            CheckType::Http | CheckType::Udp | CheckType::Websocket
+                        ));
                 let value = match key {
                     "header" => "x",
                     "json" => "$.x",

@@ -184,6 +184,13 @@ fn bound_response(response: &mut Response) {
             }
         }
     }
+    if let Some(websocket) = response.websocket.as_mut() {
+        websocket.body_bytes = Some(websocket.body_bytes.unwrap_or(websocket.body.len()));
+        if websocket.body.len() > BUS_BODY_BYTES {
+            cut(&mut websocket.body, BUS_BODY_BYTES);
+            websocket.truncated = true;
+        }
+    }
     if let Some(udp) = response.udp.as_mut() {
         udp.body_bytes = Some(udp.body_bytes.unwrap_or(udp.body.len()));
         if udp.body.len() > BUS_BODY_BYTES {
@@ -243,6 +250,10 @@ fn drop_detail(response: &mut Response) {
         http.truncated = true;
         http.headers_truncated |= !http.headers.is_empty();
         http.headers.clear();
+    }
+    if let Some(websocket) = response.websocket.as_mut() {
+        websocket.body.clear();
+        websocket.truncated = true;
     }
     if let Some(udp) = response.udp.as_mut() {
         udp.body.clear();
@@ -308,6 +319,7 @@ mod tests {
             icmp: None,
             grpc: None,
             udp: None,
+            websocket: None,
             timings: Timings::default(),
             assertions: Vec::new(),
             labels: BTreeMap::new(),

@@ -259,6 +259,9 @@ pub struct Response {
     /// udp checks: the datagram sent and the reply. Absent for other types.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub udp: Option<UdpDetails>,
+    /// websocket checks: the upgrade and the message back. Absent for other types.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub websocket: Option<WebsocketDetails>,
     pub timings: Timings,
     pub assertions: Vec<AssertionResult>,
     /// The check's `labels` and the instance's own (from discovery), as on its `probe_*`
@@ -345,6 +348,22 @@ pub struct TcpDetails {
     pub body_bytes: Option<usize>,
     /// How many steps completed.
     pub steps_done: usize,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct WebsocketDetails {
+    /// The status the upgrade was answered with; absent before an answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// True once the server switched protocols with the right `Sec-WebSocket-Accept`.
+    pub upgraded: bool,
+    /// The first message back (as text), when a message was sent; on the bus, its first 4 KiB.
+    pub body: String,
+    /// True when `body` is not the whole message: cut at `runner.max_body_bytes` or for the bus.
+    pub truncated: bool,
+    /// On the bus: the length of the message (as text), before any cut.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_bytes: Option<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -450,6 +469,7 @@ impl Response {
             icmp: None,
             grpc: None,
             udp: None,
+            websocket: None,
             timings,
             assertions: Vec::new(),
             labels: BTreeMap::new(),

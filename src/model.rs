@@ -17,10 +17,11 @@ pub enum CheckType {
     Icmp,
     Grpc,
     Udp,
+    Websocket,
 }
 
 impl CheckType {
-    pub const ALL: [CheckType; 7] = [
+    pub const ALL: [CheckType; 8] = [
         CheckType::Http,
         CheckType::Tcp,
         CheckType::Dns,
@@ -28,6 +29,7 @@ impl CheckType {
         CheckType::Icmp,
         CheckType::Grpc,
         CheckType::Udp,
+        CheckType::Websocket,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -39,6 +41,7 @@ impl CheckType {
             CheckType::Icmp => "icmp",
             CheckType::Grpc => "grpc",
             CheckType::Udp => "udp",
+            CheckType::Websocket => "websocket",
         }
     }
 }

@@ -17,6 +17,7 @@ pub mod tcp;
 pub mod tls;
 pub mod tls_client;
 pub mod udp;
+pub mod websocket;
 
 use crate::assertions::{AssertionError, CompiledAssertion, Observation};
 use crate::config::{
@@ -24,7 +25,7 @@ use crate::config::{
 };
 use crate::messages::{
     DnsDetails, GrpcDetails, HttpDetails, IcmpDetails, Response, TcpDetails, Timings, TlsDetails,
-    UdpDetails,
+    UdpDetails, WebsocketDetails,
 };
 use crate::model::{is_valid_check_name, labels_problem, CheckType, InstanceAddr, ProbeError};
 use crate::resolve::Resolver;
@@ -39,7 +40,7 @@ use tokio::time::Instant;
 
 /// Every check type bastion has. A new type is one module with its `KIND`, one line here, and
 /// its spec in `config/schema.rs` (the schema stays below the engine, so configs load alone).
-pub const KINDS: [&CheckKind; 7] = [
+pub const KINDS: [&CheckKind; 8] = [
     &http::KIND,
     &tcp::KIND,
     &dns::KIND,
@@ -47,6 +48,7 @@ pub const KINDS: [&CheckKind; 7] = [
     &icmp::KIND,
     &grpc::KIND,
     &udp::KIND,
+    &websocket::KIND,
 ];
 
 /// The registered kind of `check_type`.
@@ -196,6 +198,7 @@ pub struct ProbeRecord {
     pub icmp: Option<IcmpDetails>,
     pub grpc: Option<GrpcDetails>,
     pub udp: Option<UdpDetails>,
+    pub websocket: Option<WebsocketDetails>,
     current: Option<(Phase, Instant)>,
     /// When the record started, if it was started with `start`.
     started: Option<Instant>,

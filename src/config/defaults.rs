@@ -204,6 +204,7 @@ impl Default for WorkersConfig {
             icmp: default_workers(),
             grpc: default_workers(),
             udp: default_workers(),
+            websocket: default_workers(),
         }
     }
 }

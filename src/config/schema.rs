@@ -311,6 +311,9 @@ pub struct WorkersConfig {
     /// Concurrent UDP probes.
     #[serde(default = "default_workers")]
     pub udp: usize,
+    /// Concurrent WebSocket probes.
+    #[serde(default = "default_workers")]
+    pub websocket: usize,
 }
 
 impl WorkersConfig {
@@ -323,6 +326,7 @@ impl WorkersConfig {
             CheckType::Icmp => self.icmp,
             CheckType::Grpc => self.grpc,
             CheckType::Udp => self.udp,
+            CheckType::Websocket => self.websocket,
         }
     }
 }
@@ -494,6 +498,7 @@ pub enum CheckSpec {
     Icmp(IcmpSpec),
     Grpc(GrpcSpec),
     Udp(UdpSpec),
+    Websocket(WebsocketSpec),
 }
 
 impl CheckSpec {
@@ -506,6 +511,7 @@ impl CheckSpec {
             CheckSpec::Icmp(_) => CheckType::Icmp,
             CheckSpec::Grpc(_) => CheckType::Grpc,
             CheckSpec::Udp(_) => CheckType::Udp,
+            CheckSpec::Websocket(_) => CheckType::Websocket,
         }
     }
 }
@@ -649,6 +655,26 @@ pub struct UdpSpec {
     /// The local address the probe's datagram leaves from. Default: the system's choice.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_ip: Option<std::net::IpAddr>,
+}
+
+/// Settings of a `type = "websocket"` check: the upgrade, then optionally one message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebsocketSpec {
+    /// `ws://` or `wss://` URL. Its host is resolved, and sent as Host and TLS SNI.
+    pub url: String,
+    /// A text message to send once upgraded. Default: none (the upgrade is enough).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub send: Option<String>,
+    /// A regex (Rust syntax) the first message back must match; needs `send`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect: Option<String>,
+    /// Extra headers of the upgrade request.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    /// TLS settings for wss URLs (`[checks.tls]`).
+    #[serde(default, skip_serializing_if = "TlsSettings::is_default")]
+    pub tls: TlsSettings,
 }
 
 /// Settings of a `type = "dns"` check.

@@ -670,6 +670,7 @@ fn target(check: &CheckConfig) -> String {
         CheckSpec::Icmp(spec) => spec.host.clone(),
         CheckSpec::Grpc(spec) => spec.address.clone(),
         CheckSpec::Udp(spec) => spec.address.clone(),
+        CheckSpec::Websocket(spec) => spec.url.clone(),
     }
 }
 

@@ -631,6 +631,7 @@ async fn run_task(task: ProbeTask, worker: Worker) -> (usize, Response) {
         icmp: record.icmp,
         grpc: record.grpc,
         udp: record.udp,
+        websocket: record.websocket,
         timings,
         assertions: Vec::new(),
         labels,

@@ -49,3 +49,4 @@ mod tls_and_dns;
 mod tls_check;
 mod tls_settings;
 mod udp;
+mod websocket;

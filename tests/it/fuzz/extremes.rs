@@ -290,6 +290,7 @@ fn check_spec(check_type: CheckType, refused: u16) -> String {
         // A name, so that either ip_version is accepted.
         CheckType::Icmp => "host = \"localhost\"\n".to_string(),
         CheckType::Udp => format!("address = \"127.0.0.1:{refused}\"\nsend = \"ping\"\n"),
+        CheckType::Websocket => format!("url = \"ws://127.0.0.1:{refused}/\"\n"),
     }
 }
 
