@@ -443,6 +443,9 @@ pub struct Timings {
     /// icmp: the mean round-trip time of the replies.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub rtt: f64,
+    /// tcp and tls with `starttls`: the plaintext exchange that asked for TLS.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub starttls: f64,
     /// Resolve plus every phase of the probe.
     pub total: f64,
 }

@@ -13,6 +13,7 @@ pub mod net;
 pub mod oauth2;
 pub mod proxy;
 pub mod series;
+pub mod starttls;
 pub mod tcp;
 pub mod tls;
 pub mod tls_client;
@@ -159,6 +160,8 @@ pub enum Phase {
     Request,
     /// ICMP: echo requests out, replies in.
     Rtt,
+    /// TCP and TLS with `starttls`: the plaintext exchange before the handshake.
+    Starttls,
 }
 
 impl Phase {
@@ -173,6 +176,7 @@ impl Phase {
             Phase::Exchange => "exchange",
             Phase::Request => "request",
             Phase::Rtt => "rtt",
+            Phase::Starttls => "starttls",
         }
     }
 }
@@ -245,6 +249,7 @@ impl ProbeRecord {
                 Phase::Exchange => &mut self.timings.exchange,
                 Phase::Request => &mut self.timings.request,
                 Phase::Rtt => &mut self.timings.rtt,
+                Phase::Starttls => &mut self.timings.starttls,
             };
             *slot += seconds;
             self.last_end = Some(now);

@@ -622,6 +622,10 @@ pub struct TcpSpec {
     /// What to send and what to expect back, in order. Default: none (connecting is enough).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub steps: Vec<TcpStep>,
+    /// Ask for TLS in this protocol's plaintext first (`smtp`, `imap`, `pop3`, `ftp`,
+    /// `postgres`, `ldap`); turns TLS on. Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub starttls: Option<Starttls>,
 }
 
 /// One `[[checks.steps]]` entry of a TCP check: exactly one of `send` and `expect`.
@@ -741,6 +745,35 @@ pub struct TlsSpec {
     /// The local address the probe's connection leaves from. Default: the system's choice.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_ip: Option<std::net::IpAddr>,
+    /// Ask for TLS in this protocol's plaintext first: `smtp`, `imap`, `pop3`, `ftp`,
+    /// `postgres` or `ldap`. Default: TLS from the first byte.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub starttls: Option<Starttls>,
+}
+
+/// The protocols whose STARTTLS a `tcp` or `tls` check speaks before its TLS handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Starttls {
+    Smtp,
+    Imap,
+    Pop3,
+    Ftp,
+    Postgres,
+    Ldap,
+}
+
+impl Starttls {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Starttls::Smtp => "smtp",
+            Starttls::Imap => "imap",
+            Starttls::Pop3 => "pop3",
+            Starttls::Ftp => "ftp",
+            Starttls::Postgres => "postgres",
+            Starttls::Ldap => "ldap",
+        }
+    }
 }
 
 /// Settings of a `type = "icmp"` check.

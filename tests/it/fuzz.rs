@@ -582,6 +582,7 @@ async fn tcp_expect(pattern: &str, sent: Vec<u8>) -> Option<bastion_agent::messa
                 send: None,
                 expect: Some(pattern.to_string()),
             }],
+            starttls: None,
         }),
     };
     let compiled = CompiledCheck::compile(&check).ok();

@@ -43,6 +43,7 @@ mod prometheus;
 mod resources;
 mod scale;
 mod secrets;
+mod starttls;
 mod status_page;
 mod tcp;
 mod tls_and_dns;
