@@ -821,6 +821,17 @@ pub struct GrpcSpec {
     /// The local address the probe's connection leaves from. Default: the system's choice.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_ip: Option<std::net::IpAddr>,
+    /// Metadata sent with the call (`{ "x-tenant" = "a" }`): lowercase gRPC metadata keys.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
+    /// Metadata whose values are read from files at load and reload, by key
+    /// (`{ authorization = "/etc/bastion/grpc-token" }`): each file's first line.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata_from_files: BTreeMap<String, PathBuf>,
+    /// What `metadata_from_files` held when the config was loaded; filled in by bastion,
+    /// never written in a config file.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata_secrets: BTreeMap<String, super::probe::Secret>,
 }
 
 /// One `[[checks.assertions]]` entry.

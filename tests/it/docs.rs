@@ -26,6 +26,8 @@ const MAP_KEYS: &[&str] = &[
     "checks[].headers",
     "checks[].headers_from_files",
     "checks[].labels",
+    "checks[].metadata",
+    "checks[].metadata_from_files",
     "notifiers[].labels",
 ];
 
