@@ -36,7 +36,18 @@ pub enum DnsDefinitionError {
     Query { query: String, reason: String },
     #[error("server `{server}` is not valid: {reason}")]
     Server { server: String, reason: String },
+    #[error(
+        "transport = \"tls\" needs a server (the name servers of /etc/resolv.conf speak plain DNS)"
+    )]
+    TlsWithoutServer,
+    #[error("tls settings apply to transport = \"tls\" only")]
+    TlsWithoutTransport,
+    #[error("{0}")]
+    Tls(#[from] super::tls_client::TlsTargetError),
 }
+
+/// The port of a DNS over TLS server that names none (RFC 7858).
+const DOT_PORT: u16 = 853;
 
 /// A compiled DNS check.
 #[derive(Debug)]
@@ -47,6 +58,8 @@ pub struct DnsPlan {
     server: Option<(String, u16)>,
     transport: DnsTransport,
     recursion_desired: bool,
+    /// DNS over TLS: the settings and the name the certificate must carry.
+    tls: Option<super::tls_client::TlsTarget>,
 }
 
 impl DnsPlan {
@@ -62,16 +75,33 @@ impl DnsPlan {
         let mut name = Name::from_utf8(query).map_err(|error| query_error(error.to_string()))?;
         // The query is always absolute: no search domains apply.
         name.set_fqdn(true);
+        let default_port = if spec.transport == DnsTransport::Tls {
+            DOT_PORT
+        } else {
+            DNS_PORT
+        };
         let server = match &spec.server {
             None => None,
-            Some(text) => {
-                Some(
-                    parse_server(text).map_err(|reason| DnsDefinitionError::Server {
-                        server: text.clone(),
-                        reason,
-                    })?,
-                )
-            }
+            Some(text) => Some(parse_server(text, default_port).map_err(|reason| {
+                DnsDefinitionError::Server {
+                    server: text.clone(),
+                    reason,
+                }
+            })?),
+        };
+        let tls = match (&server, spec.transport) {
+            (None, DnsTransport::Tls) => return Err(DnsDefinitionError::TlsWithoutServer),
+            (Some((host, _)), DnsTransport::Tls) => super::tls_client::TlsTarget::compile(
+                super::tls_client::TlsKeys {
+                    table: Some(&spec.tls),
+                    server_name: None,
+                    ca_file: None,
+                    insecure_skip_verify: false,
+                },
+                host,
+            )?,
+            _ if !spec.tls.is_default() => return Err(DnsDefinitionError::TlsWithoutTransport),
+            _ => None,
         };
         Ok(DnsPlan {
             name,
@@ -79,6 +109,7 @@ impl DnsPlan {
             server,
             transport: spec.transport,
             recursion_desired: spec.recursion_desired,
+            tls,
         })
     }
 
@@ -97,9 +128,9 @@ impl DnsPlan {
 }
 
 /// `ip`, `ip:port`, `host` or `host:port`; port 53 unless given.
-fn parse_server(text: &str) -> Result<(String, u16), String> {
+fn parse_server(text: &str, default_port: u16) -> Result<(String, u16), String> {
     if let Some(address) = InstanceAddr::parse(text) {
-        let socket = address.with_default_port(DNS_PORT);
+        let socket = address.with_default_port(default_port);
         return Ok((socket.ip().to_string(), socket.port()));
     }
     let text = text.trim();
@@ -109,7 +140,7 @@ fn parse_server(text: &str) -> Result<(String, u16), String> {
     if text.is_empty() || text.chars().any(|c| c.is_whitespace() || c == '/') {
         return Err("write an IP, a host name, or either with :port".to_string());
     }
-    Ok((text.to_string(), DNS_PORT))
+    Ok((text.to_string(), default_port))
 }
 
 fn record_type(record_type: DnsRecordType) -> RecordType {
@@ -176,6 +207,7 @@ fn next_query_id() -> u16 {
 
 /// Asks `target` the plan's question, recording phases and the answer in `record`.
 pub async fn probe(
+    ctx: &ProbeContext,
     plan: &DnsPlan,
     target: SocketAddr,
     record: &mut ProbeRecord,
@@ -193,6 +225,20 @@ pub async fn probe(
     let answer = match plan.transport {
         DnsTransport::Udp => exchange_udp(&wire, id, target, record).await?,
         DnsTransport::Tcp => exchange_tcp(&wire, target, record).await?,
+        DnsTransport::Tls => {
+            let Some(tls) = &plan.tls else {
+                return Err(ProbeError::new(
+                    ErrorKind::Internal,
+                    "a DNS over TLS check was compiled without its TLS settings",
+                ));
+            };
+            // RFC 7858's ALPN name.
+            let (config, server_name) = tls.client_config(ctx, &[b"dot"])?;
+            let tcp = super::net::connect_tcp(target, None, record).await?;
+            let stream =
+                super::tls_client::handshake(config, server_name, tcp, target, record).await?;
+            exchange_framed(stream, &wire, target, record).await?
+        }
     };
     let message = Message::from_vec(&answer).map_err(|error| {
         ProbeError::new(
@@ -272,13 +318,24 @@ async fn exchange_tcp(
     target: SocketAddr,
     record: &mut ProbeRecord,
 ) -> Result<Vec<u8>, ProbeError> {
-    let length = u16::try_from(wire.len())
-        .map_err(|_| ProbeError::new(ErrorKind::Dns, "the query is longer than 65535 bytes"))?;
     record.begin(Phase::Connect);
-    let mut stream = TcpStream::connect(target).await.map_err(|error| {
+    let stream = TcpStream::connect(target).await.map_err(|error| {
         ProbeError::new(ErrorKind::Connect, format!("connect to {target}: {error}"))
     })?;
     let _ = stream.set_nodelay(true);
+    exchange_framed(stream, wire, target, record).await
+}
+
+/// One query and its answer with two-byte length framing (RFC 1035 over TCP, RFC 7858 over
+/// TLS), timed as the request phase.
+async fn exchange_framed<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    mut stream: S,
+    wire: &[u8],
+    target: SocketAddr,
+    record: &mut ProbeRecord,
+) -> Result<Vec<u8>, ProbeError> {
+    let length = u16::try_from(wire.len())
+        .map_err(|_| ProbeError::new(ErrorKind::Dns, "the query is longer than 65535 bytes"))?;
     record.begin(Phase::Request);
     let mut framed = Vec::with_capacity(wire.len() + 2);
     framed.extend_from_slice(&length.to_be_bytes());
@@ -393,12 +450,12 @@ impl Probe for DnsPlan {
 
     fn probe<'a>(
         &'a self,
-        _context: &'a ProbeContext,
+        context: &'a ProbeContext,
         target: SocketAddr,
         _deadline: tokio::time::Instant,
         record: &'a mut ProbeRecord,
     ) -> ProbeFuture<'a> {
-        Box::pin(probe(self, target, record))
+        Box::pin(probe(context, self, target, record))
     }
 }
 
@@ -417,6 +474,7 @@ fn write_series(response: &Response, out: &mut dyn SeriesOut) {
         &[
             ("resolve", series::resolve),
             ("connect", series::connect),
+            ("tls", series::tls),
             ("request", |timings| timings.request),
         ],
     );
@@ -443,17 +501,17 @@ mod tests {
 
     #[test]
     fn servers_take_port_53_unless_given() {
-        assert_eq!(parse_server("10.0.0.53"), Ok(("10.0.0.53".into(), 53)));
-        assert_eq!(parse_server("[::1]:5353"), Ok(("::1".into(), 5353)));
+        assert_eq!(parse_server("10.0.0.53", 53), Ok(("10.0.0.53".into(), 53)));
+        assert_eq!(parse_server("[::1]:5353", 53), Ok(("::1".into(), 5353)));
         assert_eq!(
-            parse_server("dns.internal"),
+            parse_server("dns.internal", 53),
             Ok(("dns.internal".into(), 53))
         );
         assert_eq!(
-            parse_server("dns.internal:5300"),
+            parse_server("dns.internal:5300", 53),
             Ok(("dns.internal".into(), 5300))
         );
-        assert!(parse_server("dns internal").is_err());
+        assert!(parse_server("dns internal", 53).is_err());
     }
 
     #[test]

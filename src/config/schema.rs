@@ -695,12 +695,16 @@ pub struct DnsSpec {
     /// /etc/resolv.conf, each an instance.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server: Option<String>,
-    /// `udp` or `tcp`. Default: udp.
+    /// `udp`, `tcp`, or `tls` (DNS over TLS, RFC 7858: port 853 unless the server names one,
+    /// the certificate verified as `[checks.tls]` says). Default: udp.
     #[serde(default)]
     pub transport: DnsTransport,
     /// Ask the server to recurse (the RD flag). Default: true.
     #[serde(default = "default_true")]
     pub recursion_desired: bool,
+    /// TLS settings for `transport = "tls"` (`[checks.tls]`).
+    #[serde(default, skip_serializing_if = "TlsSettings::is_default")]
+    pub tls: TlsSettings,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -725,6 +729,7 @@ pub enum DnsTransport {
     #[default]
     Udp,
     Tcp,
+    Tls,
 }
 
 /// Settings of a `type = "tls"` check.
