@@ -9,7 +9,7 @@
 //! ends when the checker drops its receiver. It must never block the checker: reads run on
 //! the blocking pool of the runtime it was started on.
 
-use super::{DiscoveryError, TargetSet, MAX_TARGETS};
+use super::{DiscoveryError, TargetSet, MAX_ENCODED_BYTES, MAX_TARGETS};
 use crate::messages::TargetGroup;
 use crate::model::{labels_problem, split_host_port, InstanceAddr};
 use prometheus_client::metrics::counter::Counter;
@@ -70,6 +70,12 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<Vec<TargetGroup>, DiscoveryErr
             reason: error.to_string(),
         })?
     };
+    if groups.len() > MAX_TARGETS {
+        return Err(DiscoveryError::TooManyGroups {
+            path: shown(),
+            count: groups.len(),
+        });
+    }
     let count: usize = groups.iter().map(|group| group.targets.len()).sum();
     if count > MAX_TARGETS {
         return Err(DiscoveryError::TooMany {
@@ -97,6 +103,14 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<Vec<TargetGroup>, DiscoveryErr
                 });
             }
         }
+    }
+    // YAML aliases can make a small file a large set; what travels is what counts.
+    let bytes = serde_json::to_vec(&groups).map_or(usize::MAX, |encoded| encoded.len());
+    if bytes > MAX_ENCODED_BYTES {
+        return Err(DiscoveryError::TooLargeEncoded {
+            path: shown(),
+            bytes,
+        });
     }
     Ok(groups)
 }
@@ -259,6 +273,36 @@ mod tests {
         assert!(parsed("t.json", &many)
             .unwrap_err()
             .contains("has 10001 targets; the most allowed is 10000"));
+        let groups = format!(
+            "[{}]",
+            vec![r#"{"targets": []}"#; MAX_TARGETS + 1].join(",")
+        );
+        assert!(parsed("t.json", &groups)
+            .unwrap_err()
+            .contains("has 10001 target groups"));
+        // A group repeated by YAML aliases: the reader's alias budget refuses it (and had it
+        // not, the group count would).
+        let mut repeated = String::from("- &g {targets: ['10.0.0.1']}\n");
+        repeated.push_str(&"- *g\n".repeat(MAX_TARGETS));
+        let error = parsed("t.yaml", &repeated).unwrap_err();
+        assert!(
+            error.contains("budget breached") || error.contains("has 10001 target groups"),
+            "{error}"
+        );
+        let long = format!(
+            r#"[{{"targets": ["10.0.0.1"], "labels": {{ {} }}}}]"#,
+            (0..32)
+                .map(|n| format!(r#""l{n}": "{}""#, "v".repeat(1000)))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        let many_groups = format!(
+            "[{}]",
+            vec![long.trim_matches(|c| c == '[' || c == ']'); 40].join(",")
+        );
+        assert!(parsed("t.json", &many_groups)
+            .unwrap_err()
+            .contains("more than a run's request carries"));
         let bytes = [0xff, 0xfe];
         assert!(parse(Path::new("t.json"), &bytes)
             .unwrap_err()

@@ -13,8 +13,12 @@ use std::sync::Arc;
 /// The target groups a watched source holds now.
 pub type TargetSet = Arc<Vec<TargetGroup>>;
 
-/// At most this many targets in one source; past it the source is refused as broken.
+/// At most this many targets (and target groups) in one source; past it the source is
+/// refused as broken.
 pub const MAX_TARGETS: usize = 10_000;
+/// The target groups travel in every run's request; past this many bytes of JSON they are
+/// refused, so a request always fits the bus (`messages::MAX_MESSAGE_BYTES`, 1 MiB).
+pub const MAX_ENCODED_BYTES: usize = 768 * 1024;
 
 /// Why a discovery source could not be used; each message names the source and the fix.
 #[derive(Debug, thiserror::Error)]
@@ -42,4 +46,8 @@ pub enum DiscoveryError {
     },
     #[error("{path}: has {count} targets; the most allowed is {MAX_TARGETS}")]
     TooMany { path: String, count: usize },
+    #[error("{path}: has {count} target groups; the most allowed is {MAX_TARGETS}; merge groups that share their labels")]
+    TooManyGroups { path: String, count: usize },
+    #[error("{path}: its targets and labels come to {bytes} bytes, more than a run's request carries ({MAX_ENCODED_BYTES}); split them over several checks")]
+    TooLargeEncoded { path: String, bytes: usize },
 }
