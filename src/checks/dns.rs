@@ -37,17 +37,21 @@ pub enum DnsDefinitionError {
     #[error("server `{server}` is not valid: {reason}")]
     Server { server: String, reason: String },
     #[error(
-        "transport = \"tls\" needs a server (the name servers of /etc/resolv.conf speak plain DNS)"
+        "transport = \"tls\" or \"https\" needs a server (the name servers of /etc/resolv.conf speak plain DNS)"
     )]
     TlsWithoutServer,
-    #[error("tls settings apply to transport = \"tls\" only")]
+    #[error("tls settings apply to transport = \"tls\" or \"https\" only")]
     TlsWithoutTransport,
+    #[error("https_path `{0}` must start with `/`, and applies to transport = \"https\" only")]
+    HttpsPath(String),
     #[error("{0}")]
     Tls(#[from] super::tls_client::TlsTargetError),
 }
 
 /// The port of a DNS over TLS server that names none (RFC 7858).
 const DOT_PORT: u16 = 853;
+/// An answer over HTTPS is read up to this (a DNS message is at most 64 KiB).
+const MAX_DOH_ANSWER: usize = 65_535;
 
 /// A compiled DNS check.
 #[derive(Debug)]
@@ -58,8 +62,10 @@ pub struct DnsPlan {
     server: Option<(String, u16)>,
     transport: DnsTransport,
     recursion_desired: bool,
-    /// DNS over TLS: the settings and the name the certificate must carry.
+    /// DNS over TLS or HTTPS: the settings and the name the certificate must carry.
     tls: Option<super::tls_client::TlsTarget>,
+    /// DNS over HTTPS: the request's URI (`https://host:port/path`).
+    https_uri: Option<http::Uri>,
 }
 
 impl DnsPlan {
@@ -75,10 +81,10 @@ impl DnsPlan {
         let mut name = Name::from_utf8(query).map_err(|error| query_error(error.to_string()))?;
         // The query is always absolute: no search domains apply.
         name.set_fqdn(true);
-        let default_port = if spec.transport == DnsTransport::Tls {
-            DOT_PORT
-        } else {
-            DNS_PORT
+        let default_port = match spec.transport {
+            DnsTransport::Tls => DOT_PORT,
+            DnsTransport::Https => 443,
+            DnsTransport::Udp | DnsTransport::Tcp => DNS_PORT,
         };
         let server = match &spec.server {
             None => None,
@@ -89,9 +95,10 @@ impl DnsPlan {
                 }
             })?),
         };
-        let tls = match (&server, spec.transport) {
-            (None, DnsTransport::Tls) => return Err(DnsDefinitionError::TlsWithoutServer),
-            (Some((host, _)), DnsTransport::Tls) => super::tls_client::TlsTarget::compile(
+        let secure = matches!(spec.transport, DnsTransport::Tls | DnsTransport::Https);
+        let tls = match (&server, secure) {
+            (None, true) => return Err(DnsDefinitionError::TlsWithoutServer),
+            (Some((host, _)), true) => super::tls_client::TlsTarget::compile(
                 super::tls_client::TlsKeys {
                     table: Some(&spec.tls),
                     server_name: None,
@@ -103,6 +110,26 @@ impl DnsPlan {
             _ if !spec.tls.is_default() => return Err(DnsDefinitionError::TlsWithoutTransport),
             _ => None,
         };
+        let https_uri = match (&server, spec.transport, &spec.https_path) {
+            (Some((host, port)), DnsTransport::Https, path) => {
+                let path = path.as_deref().unwrap_or("/dns-query");
+                if !path.starts_with('/') {
+                    return Err(DnsDefinitionError::HttpsPath(path.to_string()));
+                }
+                let host = if host.contains(':') {
+                    format!("[{host}]")
+                } else {
+                    host.clone()
+                };
+                Some(
+                    format!("https://{host}:{port}{path}")
+                        .parse::<http::Uri>()
+                        .map_err(|_| DnsDefinitionError::HttpsPath(path.to_string()))?,
+                )
+            }
+            (_, _, Some(path)) => return Err(DnsDefinitionError::HttpsPath(path.clone())),
+            _ => None,
+        };
         Ok(DnsPlan {
             name,
             record_type: record_type(spec.record_type),
@@ -110,6 +137,7 @@ impl DnsPlan {
             transport: spec.transport,
             recursion_desired: spec.recursion_desired,
             tls,
+            https_uri,
         })
     }
 
@@ -239,6 +267,19 @@ pub async fn probe(
                 super::tls_client::handshake(config, server_name, tcp, target, record).await?;
             exchange_framed(stream, &wire, target, record).await?
         }
+        DnsTransport::Https => {
+            let (Some(tls), Some(uri)) = (&plan.tls, &plan.https_uri) else {
+                return Err(ProbeError::new(
+                    ErrorKind::Internal,
+                    "a DNS over HTTPS check was compiled without its TLS settings",
+                ));
+            };
+            let (config, server_name) = tls.client_config(ctx, &[b"http/1.1"])?;
+            let tcp = super::net::connect_tcp(target, None, record).await?;
+            let stream =
+                super::tls_client::handshake(config, server_name, tcp, target, record).await?;
+            exchange_https(stream, uri, wire.clone(), target, record).await?
+        }
     };
     let message = Message::from_vec(&answer).map_err(|error| {
         ProbeError::new(
@@ -324,6 +365,84 @@ async fn exchange_tcp(
     })?;
     let _ = stream.set_nodelay(true);
     exchange_framed(stream, wire, target, record).await
+}
+
+/// One query POSTed as `application/dns-message` (RFC 8484) over HTTP/1.1, and the answer's
+/// body, timed as the request phase. Anything but a 200 with that content type is a `dns`
+/// error; the body is read up to 64 KiB.
+async fn exchange_https<S>(
+    stream: S,
+    uri: &http::Uri,
+    wire: Vec<u8>,
+    target: SocketAddr,
+    record: &mut ProbeRecord,
+) -> Result<Vec<u8>, ProbeError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use http_body_util::BodyExt;
+    record.begin(Phase::Request);
+    let request = http::Request::builder()
+        .method(http::Method::POST)
+        .uri(uri.path())
+        .header(
+            http::header::HOST,
+            uri.authority().map_or("", |authority| authority.as_str()),
+        )
+        .header(http::header::CONTENT_TYPE, "application/dns-message")
+        .header(http::header::ACCEPT, "application/dns-message")
+        .header(
+            http::header::USER_AGENT,
+            concat!("bastion/", env!("CARGO_PKG_VERSION")),
+        )
+        .body(http_body_util::Full::new(bytes::Bytes::from(wire)))
+        .map_err(|error| {
+            ProbeError::new(ErrorKind::Dns, format!("building the request: {error}"))
+        })?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(super::net::http_error)?;
+    let answer = super::net::drive(connection, async move {
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(super::net::http_error)?;
+        let status = response.status();
+        let content_type = response
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        if status != http::StatusCode::OK || !content_type.starts_with("application/dns-message")
+        {
+            let shown = if content_type.is_empty() {
+                "no content type".to_string()
+            } else {
+                content_type.chars().take(100).collect()
+            };
+            return Err(ProbeError::new(
+                ErrorKind::Dns,
+                format!(
+                    "{target} answered the DNS over HTTPS query with {status} ({shown}); expected 200 application/dns-message"
+                ),
+            ));
+        }
+        let body = http_body_util::Limited::new(response.into_body(), MAX_DOH_ANSWER)
+            .collect()
+            .await
+            .map_err(|error| {
+                ProbeError::new(
+                    ErrorKind::Dns,
+                    format!("reading the answer from {target}: {error}"),
+                )
+            })?;
+        Ok(body.to_bytes().to_vec())
+    })
+    .await?;
+    record.end();
+    Ok(answer)
 }
 
 /// One query and its answer with two-byte length framing (RFC 1035 over TCP, RFC 7858 over

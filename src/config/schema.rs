@@ -695,14 +695,18 @@ pub struct DnsSpec {
     /// /etc/resolv.conf, each an instance.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server: Option<String>,
-    /// `udp`, `tcp`, or `tls` (DNS over TLS, RFC 7858: port 853 unless the server names one,
-    /// the certificate verified as `[checks.tls]` says). Default: udp.
+    /// `udp`, `tcp`, `tls` (DNS over TLS, RFC 7858: port 853 unless the server names one)
+    /// or `https` (DNS over HTTPS, RFC 8484: a POST to `https_path` on port 443 unless the
+    /// server names one), the certificate verified as `[checks.tls]` says. Default: udp.
     #[serde(default)]
     pub transport: DnsTransport,
     /// Ask the server to recurse (the RD flag). Default: true.
     #[serde(default = "default_true")]
     pub recursion_desired: bool,
-    /// TLS settings for `transport = "tls"` (`[checks.tls]`).
+    /// DNS over HTTPS: the path queries are POSTed to. Default: `/dns-query`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub https_path: Option<String>,
+    /// TLS settings for `transport = "tls"` and `"https"` (`[checks.tls]`).
     #[serde(default, skip_serializing_if = "TlsSettings::is_default")]
     pub tls: TlsSettings,
 }
@@ -730,6 +734,7 @@ pub enum DnsTransport {
     Udp,
     Tcp,
     Tls,
+    Https,
 }
 
 /// Settings of a `type = "tls"` check.

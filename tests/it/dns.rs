@@ -382,16 +382,31 @@ async fn dns_over_tls_verifies_the_server_and_answers() {
 }
 
 #[test]
-fn dns_over_tls_needs_a_server_and_defaults_to_port_853() {
+fn dns_over_tls_and_https_need_a_server_and_take_their_ports() {
     let base =
         "[[checks]]\nname = \"dot\"\ntype = \"dns\"\ninterval = \"5s\"\nquery = \"svc.test\"\n";
     assert_config_errors(
         base,
         &[
-            ("transport = \"tls\"", "transport = \"tls\" needs a server"),
+            (
+                "transport = \"tls\"",
+                "transport = \"tls\" or \"https\" needs a server",
+            ),
+            (
+                "transport = \"https\"",
+                "transport = \"tls\" or \"https\" needs a server",
+            ),
             (
                 "server = \"127.0.0.1\"\ntls = { insecure_skip_verify = true }",
-                "tls settings apply to transport = \"tls\" only",
+                "tls settings apply to transport = \"tls\" or \"https\" only",
+            ),
+            (
+                "server = \"127.0.0.1\"\nhttps_path = \"/q\"",
+                "https_path `/q` must start with `/`, and applies to transport = \"https\" only",
+            ),
+            (
+                "server = \"127.0.0.1\"\ntransport = \"https\"\nhttps_path = \"q\"",
+                "https_path `q` must start with `/`",
             ),
         ],
     );
@@ -403,4 +418,96 @@ fn dns_over_tls_needs_a_server_and_defaults_to_port_853() {
     )
     .unwrap();
     assert_eq!(compiled.probe.host_and_port(), ("127.0.0.1", 853));
+    let compiled = bastion_agent::checks::CompiledCheck::compile(
+        &config(&format!(
+            "{base}server = \"127.0.0.1\"\ntransport = \"https\"\n"
+        ))
+        .checks[0],
+    )
+    .unwrap();
+    assert_eq!(compiled.probe.host_and_port(), ("127.0.0.1", 443));
+}
+
+/// A DNS over HTTPS responder (RFC 8484): POSTs of `application/dns-message` to
+/// `/dns-query` answered from the test zone over HTTP/1.1 in TLS; anything else 404.
+async fn serve_doh(ca: &TestCa) -> SocketAddr {
+    use http_body_util::BodyExt;
+    let leaf = ca.leaf(
+        &["127.0.0.1"],
+        time::OffsetDateTime::now_utc() + time::Duration::days(30),
+    );
+    let acceptor = tokio_rustls::TlsAcceptor::from(leaf.server_config(&[b"http/1.1"]));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let service = hyper::service::service_fn(
+                    |request: hyper::Request<hyper::body::Incoming>| async move {
+                        let wanted = request.method() == hyper::Method::POST
+                            && request.uri().path() == "/dns-query"
+                            && request.headers().get("content-type").map(|v| v.as_bytes())
+                                == Some(b"application/dns-message".as_slice());
+                        let query = request
+                            .into_body()
+                            .collect()
+                            .await
+                            .map(|body| body.to_bytes())
+                            .unwrap_or_default();
+                        let answer = wanted
+                            .then(|| common::dns::answer(&common::dns::SVC_TEST, &query))
+                            .flatten();
+                        let response = match answer {
+                            Some(bytes) => hyper::Response::builder()
+                                .header("content-type", "application/dns-message")
+                                .body(http_body_util::Full::new(bytes::Bytes::from(bytes))),
+                            None => hyper::Response::builder()
+                                .status(404)
+                                .header("content-type", "text/plain")
+                                .body(http_body_util::Full::new(bytes::Bytes::from_static(b"no"))),
+                        };
+                        Ok::<_, std::convert::Infallible>(response.unwrap())
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    address
+}
+
+#[tokio::test]
+async fn dns_over_https_posts_the_query_and_reads_the_answer() {
+    let ca = TestCa::new("bastion test DoH CA");
+    let server = serve_doh(&ca).await;
+    let check = |extra: &str| {
+        format!(
+            "[[checks]]\nname = \"doh\"\ntype = \"dns\"\ninterval = \"5s\"\ntimeout = \"2s\"\nquery = \"svc.test\"\nserver = \"{server}\"\ntransport = \"https\"\n{extra}\n[checks.tls]\nca_file = \"{}\"\n",
+            ca.ca_file.display()
+        )
+    };
+    let result = run_single(&config(&check(""))).await;
+    assert!(result.passing, "{result:?}");
+    let response = &result.responses[0];
+    assert_eq!(
+        response.dns.as_ref().unwrap().answers,
+        ["svc.test. 60 IN A 127.0.0.2", "svc.test. 60 IN A 127.0.0.3"]
+    );
+    assert!(response.timings.tls > 0.0 && response.timings.request > 0.0);
+
+    let result = run_single(&config(&check("https_path = \"/wrong\""))).await;
+    let error = result.responses[0].error.as_ref().unwrap();
+    assert_eq!(error.kind, ErrorKind::Dns, "{error:?}");
+    assert!(
+        error
+            .message
+            .contains("with 404 Not Found (text/plain); expected 200 application/dns-message"),
+        "{error:?}"
+    );
 }
