@@ -793,8 +793,12 @@ mod tests {
             let latency = assertion("latency", "", "lessThan", "1s");
             assert!(compile_for(&latency, check_type).is_ok(), "{check_type}");
             for (key, owner) in keys {
-                let applies =
-                    owner == check_type || (key == "body" && check_type == CheckType::Http);
+                let applies = owner == check_type
+                    || (key == "body"
+                        && matches!(
+                            check_type,
+                            CheckType::Http | CheckType::Udp | CheckType::Websocket
+                        ));
                 let value = match key {
                     "header" => "x",
                     "json" => "$.x",

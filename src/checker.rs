@@ -69,6 +69,8 @@ struct Scheduled {
     scheduled: Counter,
     skipped: Counter,
     lost: Counter,
+    /// With `instances_from = { file }`: the target groups its watcher read last.
+    discovered: Option<watch::Receiver<crate::discovery::TargetSet>>,
 }
 
 pub struct Checker {
@@ -83,6 +85,9 @@ pub struct Checker {
     metrics: Arc<Metrics>,
     publish_errors: Counter,
     next_run_id: u64,
+    /// Where discovery watchers run: the runtime the checker was built on, not the
+    /// checker's own thread.
+    discovery: tokio::runtime::Handle,
 }
 
 impl std::fmt::Debug for Checker {
@@ -103,9 +108,10 @@ impl Checker {
         metrics: Arc<Metrics>,
     ) -> Result<Checker, BusError> {
         let results = bus.subscribe(&subjects.all_results(), None).await?;
+        let discovery = tokio::runtime::Handle::current();
         let scheduled: Vec<Scheduled> = checks
             .iter()
-            .map(|check| Scheduled::new(check, dispatch_deadline, subjects, &metrics))
+            .map(|check| Scheduled::new(check, dispatch_deadline, subjects, &metrics, &discovery))
             .collect();
         let by_name = index_by_name(&scheduled);
         // Run ids start from the clock so that a restarted checker does not reuse recent ones.
@@ -127,6 +133,7 @@ impl Checker {
             publish_errors,
             metrics,
             next_run_id,
+            discovery,
         })
     }
 
@@ -177,6 +184,7 @@ impl Checker {
                         self.dispatch_deadline,
                         &self.subjects,
                         &self.metrics,
+                        &self.discovery,
                     );
                     (scheduled, None)
                 }
@@ -318,6 +326,11 @@ impl Checker {
             dispatch_deadline: Some(self.dispatch_deadline),
             // Shared, not copied: on the embedded bus the runner reads this very definition.
             check: Arc::clone(&check.config),
+            // The set the watcher handed over last: a clone of an Arc, never a wait.
+            discovered: check
+                .discovered
+                .as_ref()
+                .map(|set| Arc::clone(&set.borrow())),
         };
         let published = self
             .bus
@@ -391,11 +404,22 @@ impl Scheduled {
         dispatch_deadline: Duration,
         subjects: &Subjects,
         metrics: &Metrics,
+        discovery: &tokio::runtime::Handle,
     ) -> Scheduled {
         let labels = CheckLabels {
             check: check.name.clone(),
         };
+        let discovered = match &check.instances_from {
+            Some(crate::config::InstancesFrom::File(path)) => Some(crate::discovery::file::watch(
+                discovery,
+                &check.name,
+                path.clone(),
+                metrics.discovery_errors.get_or_create(&labels).clone(),
+            )),
+            _ => None,
+        };
         Scheduled {
+            discovered,
             subject: subjects.checks(check.check_type()),
             in_flight: None,
             // Capped as validation caps them, so `at + horizon` cannot overflow.

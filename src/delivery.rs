@@ -184,6 +184,20 @@ fn bound_response(response: &mut Response) {
             }
         }
     }
+    if let Some(websocket) = response.websocket.as_mut() {
+        websocket.body_bytes = Some(websocket.body_bytes.unwrap_or(websocket.body.len()));
+        if websocket.body.len() > BUS_BODY_BYTES {
+            cut(&mut websocket.body, BUS_BODY_BYTES);
+            websocket.truncated = true;
+        }
+    }
+    if let Some(udp) = response.udp.as_mut() {
+        udp.body_bytes = Some(udp.body_bytes.unwrap_or(udp.body.len()));
+        if udp.body.len() > BUS_BODY_BYTES {
+            cut(&mut udp.body, BUS_BODY_BYTES);
+            udp.truncated = true;
+        }
+    }
     if let Some(tcp) = response.tcp.as_mut() {
         tcp.body_bytes = Some(tcp.body_bytes.unwrap_or(tcp.body.len()));
         if tcp.body.len() > BUS_BODY_BYTES {
@@ -236,6 +250,14 @@ fn drop_detail(response: &mut Response) {
         http.truncated = true;
         http.headers_truncated |= !http.headers.is_empty();
         http.headers.clear();
+    }
+    if let Some(websocket) = response.websocket.as_mut() {
+        websocket.body.clear();
+        websocket.truncated = true;
+    }
+    if let Some(udp) = response.udp.as_mut() {
+        udp.body.clear();
+        udp.truncated = true;
     }
     if let Some(tcp) = response.tcp.as_mut() {
         tcp.body.clear();
@@ -296,8 +318,11 @@ mod tests {
             dns: None,
             icmp: None,
             grpc: None,
+            udp: None,
+            websocket: None,
             timings: Timings::default(),
             assertions: Vec::new(),
+            labels: BTreeMap::new(),
         }
     }
 

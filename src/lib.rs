@@ -14,6 +14,7 @@ pub mod checker;
 pub mod checks;
 pub mod config;
 pub mod delivery;
+pub mod discovery;
 pub mod episode;
 pub mod heartbeat;
 pub mod history;

@@ -119,19 +119,19 @@ Max locked memory         8388608              8388608              bytes
     #[test]
     fn the_pools_plus_headroom_must_fit_under_the_limit() {
         let mut workers = WorkersConfig::default();
-        assert_eq!(probe_sockets(&workers), 60);
-        assert_eq!(shortfall(Limit::Files(124), 60), None);
+        assert_eq!(probe_sockets(&workers), 80);
+        assert_eq!(shortfall(Limit::Files(144), 80), None);
         assert_eq!(shortfall(Limit::Unlimited, u64::MAX), None);
         workers.http = 500;
         let warning = shortfall(Limit::Files(64), probe_sockets(&workers)).unwrap();
         assert!(
             warning.starts_with(
-                "the open-file limit is 64, but the worker pools may hold 550 probe sockets"
+                "the open-file limit is 64, but the worker pools may hold 570 probe sockets"
             ),
             "{warning}"
         );
-        assert!(warning.contains("LimitNOFILE=614"), "{warning}");
-        assert!(warning.contains("ulimit -n 614"), "{warning}");
+        assert!(warning.contains("LimitNOFILE=634"), "{warning}");
+        assert!(warning.contains("ulimit -n 634"), "{warning}");
         workers.tcp = usize::MAX;
         assert_eq!(probe_sockets(&workers), u64::MAX);
     }

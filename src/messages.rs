@@ -33,6 +33,21 @@ pub struct CheckRequest {
     )]
     pub dispatch_deadline: Option<std::time::Duration>,
     pub check: std::sync::Arc<CheckConfig>,
+    /// For a check with `instances_from = { file }`: the target groups the checker read last
+    /// (shared, never copied, in one process). Absent for other checks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discovered: Option<std::sync::Arc<Vec<TargetGroup>>>,
+}
+
+/// One group of a Prometheus file_sd file: targets and the labels they share. A checker that
+/// discovers a check's instances from a file sends the groups it last read with each run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetGroup {
+    /// `ip`, `ip:port`, `[v6]:port` or `host:port`.
+    pub targets: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// Request/reply on `{prefix}.test.{type}`: run this check definition once, now, and reply
@@ -241,8 +256,18 @@ pub struct Response {
     /// grpc checks: the health answer. Absent for other types, and when no answer arrived.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grpc: Option<GrpcDetails>,
+    /// udp checks: the datagram sent and the reply. Absent for other types.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub udp: Option<UdpDetails>,
+    /// websocket checks: the upgrade and the message back. Absent for other types.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub websocket: Option<WebsocketDetails>,
     pub timings: Timings,
     pub assertions: Vec<AssertionResult>,
+    /// The check's `labels` and the instance's own (from discovery), as on its `probe_*`
+    /// series. Absent when there are none.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -325,6 +350,37 @@ pub struct TcpDetails {
     pub steps_done: usize,
 }
 
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct WebsocketDetails {
+    /// The status the upgrade was answered with; absent before an answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// True once the server switched protocols with the right `Sec-WebSocket-Accept`.
+    pub upgraded: bool,
+    /// The first message back (as text), when a message was sent; on the bus, its first 4 KiB.
+    pub body: String,
+    /// True when `body` is not the whole message: cut at `runner.max_body_bytes` or for the bus.
+    pub truncated: bool,
+    /// On the bus: the length of the message (as text), before any cut.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_bytes: Option<usize>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UdpDetails {
+    /// Bytes of the datagram sent.
+    pub sent_bytes: usize,
+    /// True once a reply arrived.
+    pub replied: bool,
+    /// The reply as text (invalid UTF-8 replaced); on the bus, its first 4 KiB.
+    pub body: String,
+    /// True when `body` is not the whole reply: cut at `runner.max_body_bytes` or for the bus.
+    pub truncated: bool,
+    /// On the bus: the length of the reply (as text), before any cut.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_bytes: Option<usize>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DnsDetails {
     /// NOERROR, NXDOMAIN, SERVFAIL, REFUSED, ...
@@ -387,6 +443,9 @@ pub struct Timings {
     /// icmp: the mean round-trip time of the replies.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub rtt: f64,
+    /// tcp and tls with `starttls`: the plaintext exchange that asked for TLS.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub starttls: f64,
     /// Resolve plus every phase of the probe.
     pub total: f64,
 }
@@ -412,8 +471,11 @@ impl Response {
             dns: None,
             icmp: None,
             grpc: None,
+            udp: None,
+            websocket: None,
             timings,
             assertions: Vec::new(),
+            labels: BTreeMap::new(),
         }
     }
 

@@ -126,6 +126,8 @@ pub struct Metrics {
     pub checks_scheduled: Family<CheckLabels, Counter>,
     pub schedule_skipped: Family<CheckLabels, Counter>,
     pub runs_lost: Family<CheckLabels, Counter>,
+    /// Discovery sources of a check that could not be used (a broken file_sd file).
+    pub discovery_errors: Family<CheckLabels, Counter>,
     pub schedule_lag_seconds: Histogram,
     pub dispatch_wait_seconds: HistogramFamily<TypeLabels>,
     pub dispatch_timeouts: Family<TypeLabels, Counter>,
@@ -192,6 +194,7 @@ impl Metrics {
         let metrics = Metrics {
             checks_scheduled: Family::default(),
             schedule_skipped: Family::default(),
+            discovery_errors: Family::default(),
             runs_lost: Family::default(),
             schedule_lag_seconds: latency_histogram(),
             dispatch_wait_seconds: Family::new_with_constructor(latency_histogram),
@@ -263,6 +266,11 @@ impl Metrics {
             "bastion_runs_lost",
             "Check runs whose result never arrived before the run could no longer be in flight",
             self.runs_lost.clone(),
+        );
+        registry.register(
+            "bastion_discovery_errors",
+            "Times a check's discovery source could not be used (each distinct problem once); the last good instances stay",
+            self.discovery_errors.clone(),
         );
         registry.register(
             "bastion_schedule_lag_seconds",
@@ -684,6 +692,7 @@ impl Metrics {
         self.checks_scheduled.remove(&labels);
         self.schedule_skipped.remove(&labels);
         self.runs_lost.remove(&labels);
+        self.discovery_errors.remove(&labels);
     }
 
     /// Records the outcome of a config load or reload.

@@ -16,16 +16,20 @@ pub enum CheckType {
     Tls,
     Icmp,
     Grpc,
+    Udp,
+    Websocket,
 }
 
 impl CheckType {
-    pub const ALL: [CheckType; 6] = [
+    pub const ALL: [CheckType; 8] = [
         CheckType::Http,
         CheckType::Tcp,
         CheckType::Dns,
         CheckType::Tls,
         CheckType::Icmp,
         CheckType::Grpc,
+        CheckType::Udp,
+        CheckType::Websocket,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -36,6 +40,8 @@ impl CheckType {
             CheckType::Tls => "tls",
             CheckType::Icmp => "icmp",
             CheckType::Grpc => "grpc",
+            CheckType::Udp => "udp",
+            CheckType::Websocket => "websocket",
         }
     }
 }
@@ -185,6 +191,72 @@ pub fn split_host_port(text: &str) -> Result<(String, u16), String> {
     Ok((host.to_string(), port))
 }
 
+/// The labels bastion itself puts on `probe_*` series (and Prometheus adds at scrape): a
+/// check's or a discovered target's own labels may not use them.
+pub const RESERVED_LABEL_NAMES: [&str; 7] = [
+    "check",
+    "target",
+    "phase",
+    "version",
+    "serving_status",
+    "instance",
+    "job",
+];
+
+/// At most this many labels on one check, and on one discovered target.
+pub const MAX_LABELS: usize = 32;
+/// At most this many bytes in one label value.
+pub const MAX_LABEL_VALUE_BYTES: usize = 1024;
+
+/// Why a label cannot be put on a series; `None` when it can: a Prometheus label name
+/// (`[a-zA-Z_][a-zA-Z0-9_]*`, not starting with `__`, which Prometheus reserves), none of
+/// bastion's own (`RESERVED_LABEL_NAMES`), and a value of at most `MAX_LABEL_VALUE_BYTES`.
+pub fn label_problem(name: &str, value: &str) -> Option<String> {
+    let mut bytes = name.bytes();
+    let valid = bytes
+        .next()
+        .is_some_and(|first| first.is_ascii_alphabetic() || first == b'_')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if !valid {
+        return Some(format!(
+            "label name `{name}` is not a Prometheus label name: use a-z, A-Z, 0-9 and `_`, not starting with a digit"
+        ));
+    }
+    if name.starts_with("__") {
+        return Some(format!(
+            "label name `{name}` starts with `__`, which Prometheus reserves; rename it"
+        ));
+    }
+    if RESERVED_LABEL_NAMES.contains(&name) {
+        return Some(format!(
+            "label name `{name}` is one bastion sets itself ({}); rename it",
+            RESERVED_LABEL_NAMES.join(", ")
+        ));
+    }
+    if value.len() > MAX_LABEL_VALUE_BYTES {
+        return Some(format!(
+            "label `{name}` has a value of {} bytes; the most allowed is {MAX_LABEL_VALUE_BYTES}",
+            value.len()
+        ));
+    }
+    None
+}
+
+/// The first problem of a label set (`label_problem`, and at most `MAX_LABELS` labels).
+pub fn labels_problem<'a>(
+    labels: impl ExactSizeIterator<Item = (&'a String, &'a String)>,
+) -> Option<String> {
+    if labels.len() > MAX_LABELS {
+        return Some(format!(
+            "{} labels; the most allowed is {MAX_LABELS}",
+            labels.len()
+        ));
+    }
+    labels
+        .into_iter()
+        .find_map(|(name, value)| label_problem(name, value))
+}
+
 pub fn is_valid_check_name(name: &str) -> bool {
     !name.is_empty()
         && name
@@ -276,6 +348,12 @@ mod tests {
     #[test]
     fn check_names_are_restricted() {
         assert!(is_valid_check_name("web_1-a"));
+        assert_eq!(label_problem("team", "payments"), None);
+        assert_eq!(label_problem("_Env2", ""), None);
+        for bad in ["2x", "a-b", "", "__meta", "check", "target", "phase", "é"] {
+            assert!(label_problem(bad, "v").is_some(), "{bad}");
+        }
+        assert!(label_problem("team", &"x".repeat(MAX_LABEL_VALUE_BYTES + 1)).is_some());
         assert!(!is_valid_check_name("Web"));
         assert!(!is_valid_check_name(""));
         assert!(!is_valid_check_name("a b"));

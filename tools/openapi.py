@@ -24,14 +24,14 @@ plain = {"text/plain": {"schema": text}}
 schemas = {
  "Error": obj({"error": {"type": "string", "description": "What was wrong, and what to ask instead."}}, desc="The body of every JSON API error."),
  "CheckState": {"type": "string", "enum": ["OK", "WARN", "FAIL_WAIT", "FAIL", "PASS_WAIT"]},
- "CheckType": {"type": "string", "enum": ["http", "tcp", "dns", "tls", "icmp", "grpc"]},
+ "CheckType": {"type": "string", "enum": ["http", "tcp", "dns", "tls", "icmp", "grpc", "udp", "websocket"]},
  "ErrorKind": {"type": "string", "enum": ["resolve", "connect", "tls", "http", "body", "expect", "dns", "icmp", "grpc", "auth", "timeout", "dispatch_timeout", "internal"]},
  "ProbeError": obj({"kind": ref("ErrorKind"), "message": text}),
  "Timings": obj({
-    "resolve": num, "connect": num, "proxy": num, "tls": num, "processing": num, "transfer": num,
+    "resolve": num, "connect": num, "proxy": num, "starttls": num, "tls": num, "processing": num, "transfer": num,
     "exchange": num, "request": num, "rtt": num, "total": num},
     required=["resolve", "connect", "tls", "processing", "transfer", "total"],
-    desc="Phase durations in seconds; a phase not reached is 0. proxy, exchange, request and rtt appear only when not 0."),
+    desc="Phase durations in seconds; a phase not reached is 0. proxy, starttls, exchange, request and rtt appear only when not 0."),
  "HttpDetails": obj({
     "status": {"type": "integer", "minimum": 0, "maximum": 65535},
     "version": text,
@@ -44,6 +44,8 @@ schemas = {
  "TcpDetails": obj({"connected": boolean, "body": text, "truncated": boolean, "body_bytes": cnt, "steps_done": cnt}, required=["connected", "body", "truncated", "steps_done"]),
  "DnsDetails": obj({"rcode": text, "answers": {"type": "array", "items": text}, "authorities": cnt, "additionals": cnt, "authoritative": boolean, "truncated": boolean}),
  "IcmpDetails": obj({"sent": cnt, "received": cnt, "loss": {"type": "number", "minimum": 0, "maximum": 100}, "rtt_avg": num, "rtt_min": num, "rtt_max": num, "socket": {"type": "string", "enum": ["datagram", "raw"]}}),
+ "UdpDetails": obj({"sent_bytes": cnt, "replied": boolean, "body": text, "truncated": boolean, "body_bytes": cnt}, required=["sent_bytes", "replied", "body", "truncated"]),
+ "WebsocketDetails": obj({"status": {"type": "integer", "minimum": 0, "maximum": 65535}, "upgraded": boolean, "body": text, "truncated": boolean, "body_bytes": cnt}, required=["upgraded", "body", "truncated"]),
  "GrpcDetails": obj({"status": text, "grpc_status": cnt, "grpc_message": text}, required=["status", "grpc_status"]),
  "AssertionResult": obj({"key": text, "value": text, "relationship": text, "operand": text, "passing": boolean, "actual": text, "message": text}, required=["key", "value", "relationship", "operand", "passing", "actual"]),
  "Response": obj({
@@ -53,6 +55,8 @@ schemas = {
     "http": nullable(ref("HttpDetails")),
     "tls": nullable(ref("TlsDetails")),
     "tcp": ref("TcpDetails"), "dns": ref("DnsDetails"), "icmp": ref("IcmpDetails"), "grpc": ref("GrpcDetails"),
+    "udp": ref("UdpDetails"), "websocket": ref("WebsocketDetails"),
+    "labels": {"type": "object", "additionalProperties": text, "description": "The check's labels and the instance's own (file discovery); absent when none."},
     "timings": ref("Timings"),
     "assertions": {"type": "array", "items": ref("AssertionResult")}},
     required=["target", "passing", "error", "http", "tls", "timings", "assertions"],
@@ -109,7 +113,7 @@ def csv_enum(name, values, desc, min_items=1):
     return {"name": name, "in": "query", "required": False, "style": "form", "explode": False,
             "schema": {"type": "array", "minItems": min_items, "items": {"type": "string", "enum": both}}, "description": desc}
 STATES = ["OK", "WARN", "FAIL_WAIT", "FAIL", "PASS_WAIT"]
-TYPES = ["http", "tcp", "dns", "tls", "icmp", "grpc"]
+TYPES = ["http", "tcp", "dns", "tls", "icmp", "grpc", "udp", "websocket"]
 listq = lambda desc: {"type": "string", "description": desc}
 
 paths = {

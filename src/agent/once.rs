@@ -70,10 +70,20 @@ pub async fn run_once(config: &Config, only: Option<&str>) -> Result<Vec<CheckRe
         // Config::validate compiled every check already; a failure here is reported, not hidden.
         let compiled = CompiledCheck::compile(check)
             .map_err(|error| AgentError::InvalidCheck(check.name.clone(), error.to_string()))?;
+        // No checker here: a discovery file is read once, now, as the checker would.
+        let discovered = match &check.instances_from {
+            Some(crate::config::InstancesFrom::File(path)) => {
+                Some(Arc::new(crate::discovery::file::read(path).map_err(
+                    |error| AgentError::InvalidCheck(check.name.clone(), error.to_string()),
+                )?))
+            }
+            _ => None,
+        };
         let order = RunOrder {
             check: Arc::new(compiled),
             run_id: u64::try_from(position).unwrap_or(u64::MAX),
             scheduled_at: SystemTime::now(),
+            discovered,
         };
         let dispatcher = Arc::clone(&dispatcher);
         runs.spawn(async move { (position, dispatcher.run(order).await) });

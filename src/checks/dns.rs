@@ -36,7 +36,22 @@ pub enum DnsDefinitionError {
     Query { query: String, reason: String },
     #[error("server `{server}` is not valid: {reason}")]
     Server { server: String, reason: String },
+    #[error(
+        "transport = \"tls\" or \"https\" needs a server (the name servers of /etc/resolv.conf speak plain DNS)"
+    )]
+    TlsWithoutServer,
+    #[error("tls settings apply to transport = \"tls\" or \"https\" only")]
+    TlsWithoutTransport,
+    #[error("https_path `{0}` must start with `/`, and applies to transport = \"https\" only")]
+    HttpsPath(String),
+    #[error("{0}")]
+    Tls(#[from] super::tls_client::TlsTargetError),
 }
+
+/// The port of a DNS over TLS server that names none (RFC 7858).
+const DOT_PORT: u16 = 853;
+/// An answer over HTTPS is read up to this (a DNS message is at most 64 KiB).
+const MAX_DOH_ANSWER: usize = 65_535;
 
 /// A compiled DNS check.
 #[derive(Debug)]
@@ -47,6 +62,10 @@ pub struct DnsPlan {
     server: Option<(String, u16)>,
     transport: DnsTransport,
     recursion_desired: bool,
+    /// DNS over TLS or HTTPS: the settings and the name the certificate must carry.
+    tls: Option<super::tls_client::TlsTarget>,
+    /// DNS over HTTPS: the request's URI (`https://host:port/path`).
+    https_uri: Option<http::Uri>,
 }
 
 impl DnsPlan {
@@ -62,16 +81,54 @@ impl DnsPlan {
         let mut name = Name::from_utf8(query).map_err(|error| query_error(error.to_string()))?;
         // The query is always absolute: no search domains apply.
         name.set_fqdn(true);
+        let default_port = match spec.transport {
+            DnsTransport::Tls => DOT_PORT,
+            DnsTransport::Https => 443,
+            DnsTransport::Udp | DnsTransport::Tcp => DNS_PORT,
+        };
         let server = match &spec.server {
             None => None,
-            Some(text) => {
+            Some(text) => Some(parse_server(text, default_port).map_err(|reason| {
+                DnsDefinitionError::Server {
+                    server: text.clone(),
+                    reason,
+                }
+            })?),
+        };
+        let secure = matches!(spec.transport, DnsTransport::Tls | DnsTransport::Https);
+        let tls = match (&server, secure) {
+            (None, true) => return Err(DnsDefinitionError::TlsWithoutServer),
+            (Some((host, _)), true) => super::tls_client::TlsTarget::compile(
+                super::tls_client::TlsKeys {
+                    table: Some(&spec.tls),
+                    server_name: None,
+                    ca_file: None,
+                    insecure_skip_verify: false,
+                },
+                host,
+            )?,
+            _ if !spec.tls.is_default() => return Err(DnsDefinitionError::TlsWithoutTransport),
+            _ => None,
+        };
+        let https_uri = match (&server, spec.transport, &spec.https_path) {
+            (Some((host, port)), DnsTransport::Https, path) => {
+                let path = path.as_deref().unwrap_or("/dns-query");
+                if !path.starts_with('/') {
+                    return Err(DnsDefinitionError::HttpsPath(path.to_string()));
+                }
+                let host = if host.contains(':') {
+                    format!("[{host}]")
+                } else {
+                    host.clone()
+                };
                 Some(
-                    parse_server(text).map_err(|reason| DnsDefinitionError::Server {
-                        server: text.clone(),
-                        reason,
-                    })?,
+                    format!("https://{host}:{port}{path}")
+                        .parse::<http::Uri>()
+                        .map_err(|_| DnsDefinitionError::HttpsPath(path.to_string()))?,
                 )
             }
+            (_, _, Some(path)) => return Err(DnsDefinitionError::HttpsPath(path.clone())),
+            _ => None,
         };
         Ok(DnsPlan {
             name,
@@ -79,6 +136,8 @@ impl DnsPlan {
             server,
             transport: spec.transport,
             recursion_desired: spec.recursion_desired,
+            tls,
+            https_uri,
         })
     }
 
@@ -97,9 +156,9 @@ impl DnsPlan {
 }
 
 /// `ip`, `ip:port`, `host` or `host:port`; port 53 unless given.
-fn parse_server(text: &str) -> Result<(String, u16), String> {
+fn parse_server(text: &str, default_port: u16) -> Result<(String, u16), String> {
     if let Some(address) = InstanceAddr::parse(text) {
-        let socket = address.with_default_port(DNS_PORT);
+        let socket = address.with_default_port(default_port);
         return Ok((socket.ip().to_string(), socket.port()));
     }
     let text = text.trim();
@@ -109,7 +168,7 @@ fn parse_server(text: &str) -> Result<(String, u16), String> {
     if text.is_empty() || text.chars().any(|c| c.is_whitespace() || c == '/') {
         return Err("write an IP, a host name, or either with :port".to_string());
     }
-    Ok((text.to_string(), DNS_PORT))
+    Ok((text.to_string(), default_port))
 }
 
 fn record_type(record_type: DnsRecordType) -> RecordType {
@@ -176,6 +235,7 @@ fn next_query_id() -> u16 {
 
 /// Asks `target` the plan's question, recording phases and the answer in `record`.
 pub async fn probe(
+    ctx: &ProbeContext,
     plan: &DnsPlan,
     target: SocketAddr,
     record: &mut ProbeRecord,
@@ -193,6 +253,33 @@ pub async fn probe(
     let answer = match plan.transport {
         DnsTransport::Udp => exchange_udp(&wire, id, target, record).await?,
         DnsTransport::Tcp => exchange_tcp(&wire, target, record).await?,
+        DnsTransport::Tls => {
+            let Some(tls) = &plan.tls else {
+                return Err(ProbeError::new(
+                    ErrorKind::Internal,
+                    "a DNS over TLS check was compiled without its TLS settings",
+                ));
+            };
+            // RFC 7858's ALPN name.
+            let (config, server_name) = tls.client_config(ctx, &[b"dot"])?;
+            let tcp = super::net::connect_tcp(target, None, record).await?;
+            let stream =
+                super::tls_client::handshake(config, server_name, tcp, target, record).await?;
+            exchange_framed(stream, &wire, target, record).await?
+        }
+        DnsTransport::Https => {
+            let (Some(tls), Some(uri)) = (&plan.tls, &plan.https_uri) else {
+                return Err(ProbeError::new(
+                    ErrorKind::Internal,
+                    "a DNS over HTTPS check was compiled without its TLS settings",
+                ));
+            };
+            let (config, server_name) = tls.client_config(ctx, &[b"http/1.1"])?;
+            let tcp = super::net::connect_tcp(target, None, record).await?;
+            let stream =
+                super::tls_client::handshake(config, server_name, tcp, target, record).await?;
+            exchange_https(stream, uri, wire.clone(), target, record).await?
+        }
     };
     let message = Message::from_vec(&answer).map_err(|error| {
         ProbeError::new(
@@ -272,13 +359,102 @@ async fn exchange_tcp(
     target: SocketAddr,
     record: &mut ProbeRecord,
 ) -> Result<Vec<u8>, ProbeError> {
-    let length = u16::try_from(wire.len())
-        .map_err(|_| ProbeError::new(ErrorKind::Dns, "the query is longer than 65535 bytes"))?;
     record.begin(Phase::Connect);
-    let mut stream = TcpStream::connect(target).await.map_err(|error| {
+    let stream = TcpStream::connect(target).await.map_err(|error| {
         ProbeError::new(ErrorKind::Connect, format!("connect to {target}: {error}"))
     })?;
     let _ = stream.set_nodelay(true);
+    exchange_framed(stream, wire, target, record).await
+}
+
+/// One query POSTed as `application/dns-message` (RFC 8484) over HTTP/1.1, and the answer's
+/// body, timed as the request phase. Anything but a 200 with that content type is a `dns`
+/// error; the body is read up to 64 KiB.
+async fn exchange_https<S>(
+    stream: S,
+    uri: &http::Uri,
+    wire: Vec<u8>,
+    target: SocketAddr,
+    record: &mut ProbeRecord,
+) -> Result<Vec<u8>, ProbeError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use http_body_util::BodyExt;
+    record.begin(Phase::Request);
+    let request = http::Request::builder()
+        .method(http::Method::POST)
+        .uri(uri.path())
+        .header(
+            http::header::HOST,
+            uri.authority().map_or("", |authority| authority.as_str()),
+        )
+        .header(http::header::CONTENT_TYPE, "application/dns-message")
+        .header(http::header::ACCEPT, "application/dns-message")
+        .header(
+            http::header::USER_AGENT,
+            concat!("bastion/", env!("CARGO_PKG_VERSION")),
+        )
+        .body(http_body_util::Full::new(bytes::Bytes::from(wire)))
+        .map_err(|error| {
+            ProbeError::new(ErrorKind::Dns, format!("building the request: {error}"))
+        })?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(super::net::http_error)?;
+    let answer = super::net::drive(connection, async move {
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(super::net::http_error)?;
+        let status = response.status();
+        let content_type = response
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        if status != http::StatusCode::OK || !content_type.starts_with("application/dns-message")
+        {
+            let shown = if content_type.is_empty() {
+                "no content type".to_string()
+            } else {
+                content_type.chars().take(100).collect()
+            };
+            return Err(ProbeError::new(
+                ErrorKind::Dns,
+                format!(
+                    "{target} answered the DNS over HTTPS query with {status} ({shown}); expected 200 application/dns-message"
+                ),
+            ));
+        }
+        let body = http_body_util::Limited::new(response.into_body(), MAX_DOH_ANSWER)
+            .collect()
+            .await
+            .map_err(|error| {
+                ProbeError::new(
+                    ErrorKind::Dns,
+                    format!("reading the answer from {target}: {error}"),
+                )
+            })?;
+        Ok(body.to_bytes().to_vec())
+    })
+    .await?;
+    record.end();
+    Ok(answer)
+}
+
+/// One query and its answer with two-byte length framing (RFC 1035 over TCP, RFC 7858 over
+/// TLS), timed as the request phase.
+async fn exchange_framed<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    mut stream: S,
+    wire: &[u8],
+    target: SocketAddr,
+    record: &mut ProbeRecord,
+) -> Result<Vec<u8>, ProbeError> {
+    let length = u16::try_from(wire.len())
+        .map_err(|_| ProbeError::new(ErrorKind::Dns, "the query is longer than 65535 bytes"))?;
     record.begin(Phase::Request);
     let mut framed = Vec::with_capacity(wire.len() + 2);
     framed.extend_from_slice(&length.to_be_bytes());
@@ -393,12 +569,12 @@ impl Probe for DnsPlan {
 
     fn probe<'a>(
         &'a self,
-        _context: &'a ProbeContext,
+        context: &'a ProbeContext,
         target: SocketAddr,
         _deadline: tokio::time::Instant,
         record: &'a mut ProbeRecord,
     ) -> ProbeFuture<'a> {
-        Box::pin(probe(self, target, record))
+        Box::pin(probe(context, self, target, record))
     }
 }
 
@@ -417,6 +593,7 @@ fn write_series(response: &Response, out: &mut dyn SeriesOut) {
         &[
             ("resolve", series::resolve),
             ("connect", series::connect),
+            ("tls", series::tls),
             ("request", |timings| timings.request),
         ],
     );
@@ -443,17 +620,17 @@ mod tests {
 
     #[test]
     fn servers_take_port_53_unless_given() {
-        assert_eq!(parse_server("10.0.0.53"), Ok(("10.0.0.53".into(), 53)));
-        assert_eq!(parse_server("[::1]:5353"), Ok(("::1".into(), 5353)));
+        assert_eq!(parse_server("10.0.0.53", 53), Ok(("10.0.0.53".into(), 53)));
+        assert_eq!(parse_server("[::1]:5353", 53), Ok(("::1".into(), 5353)));
         assert_eq!(
-            parse_server("dns.internal"),
+            parse_server("dns.internal", 53),
             Ok(("dns.internal".into(), 53))
         );
         assert_eq!(
-            parse_server("dns.internal:5300"),
+            parse_server("dns.internal:5300", 53),
             Ok(("dns.internal".into(), 5300))
         );
-        assert!(parse_server("dns internal").is_err());
+        assert!(parse_server("dns internal", 53).is_err());
     }
 
     #[test]

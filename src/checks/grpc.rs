@@ -41,6 +41,14 @@ pub enum GrpcDefinitionError {
     Tls(#[from] TlsTargetError),
     #[error("address `{0}` does not make a valid :authority")]
     Authority(String),
+    #[error("metadata key `{0}` is not valid: use lowercase a-z, 0-9, `-`, `_` and `.` (binary `-bin` keys are not supported)")]
+    MetadataKey(String),
+    #[error("metadata key `{0}` is one bastion sets for the call; remove it")]
+    MetadataReserved(String),
+    #[error("metadata `{0}` has a value that is not printable ASCII")]
+    MetadataValue(String),
+    #[error("metadata key `{0}` is set twice (metadata and metadata_from_files)")]
+    MetadataTwice(String),
 }
 
 /// A compiled gRPC health check.
@@ -52,6 +60,10 @@ pub struct GrpcPlan {
     tls: Option<TlsTarget>,
     uri: Uri,
     source_ip: Option<std::net::IpAddr>,
+    /// Sent with each call; values from files are marked sensitive (kept out of HPACK tables).
+    metadata: Vec<(http::HeaderName, HeaderValue)>,
+    /// The values read from files, replaced by `[redacted]` wherever the answer echoes them.
+    secrets: Vec<String>,
 }
 
 impl GrpcPlan {
@@ -83,6 +95,49 @@ impl GrpcPlan {
         let uri: Uri = format!("{scheme}://{authority}{HEALTH_CHECK_PATH}")
             .parse()
             .map_err(|_| GrpcDefinitionError::Authority(spec.address.clone()))?;
+        let mut metadata = Vec::new();
+        let from_files = spec
+            .metadata_secrets
+            .iter()
+            .map(|(key, secret)| (key, secret.expose(), true));
+        for (key, value, sensitive) in spec
+            .metadata
+            .iter()
+            .map(|(key, value)| (key, value.as_str(), false))
+            .chain(from_files)
+        {
+            let valid = !key.is_empty()
+                && !key.ends_with("-bin")
+                && key.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.')
+                });
+            if !valid {
+                return Err(GrpcDefinitionError::MetadataKey(key.clone()));
+            }
+            if key.starts_with("grpc-")
+                || ["content-type", "te", "user-agent"].contains(&key.as_str())
+            {
+                return Err(GrpcDefinitionError::MetadataReserved(key.clone()));
+            }
+            if metadata
+                .iter()
+                .any(|(name, _): &(http::HeaderName, HeaderValue)| name.as_str() == key)
+            {
+                return Err(GrpcDefinitionError::MetadataTwice(key.clone()));
+            }
+            let name = http::HeaderName::from_bytes(key.as_bytes())
+                .map_err(|_| GrpcDefinitionError::MetadataKey(key.clone()))?;
+            let mut value = HeaderValue::from_str(value)
+                .map_err(|_| GrpcDefinitionError::MetadataValue(key.clone()))?;
+            value.set_sensitive(sensitive);
+            metadata.push((name, value));
+        }
+        let secrets = spec
+            .metadata_secrets
+            .values()
+            .map(|secret| secret.expose().to_string())
+            .filter(|secret| !secret.is_empty())
+            .collect();
         Ok(GrpcPlan {
             host,
             port,
@@ -90,6 +145,8 @@ impl GrpcPlan {
             tls,
             uri,
             source_ip: spec.source_ip,
+            metadata,
+            secrets,
         })
     }
 
@@ -158,6 +215,9 @@ fn build_request(plan: &GrpcPlan) -> Result<Request<Full<Bytes>>, ProbeError> {
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
     headers.insert(TE, HeaderValue::from_static("trailers"));
     headers.insert(USER_AGENT, HeaderValue::from_static(USER_AGENT_TEXT));
+    for (name, value) in &plan.metadata {
+        headers.insert(name.clone(), value.clone());
+    }
     Ok(request)
 }
 
@@ -459,7 +519,28 @@ impl Probe for GrpcPlan {
         _deadline: tokio::time::Instant,
         record: &'a mut ProbeRecord,
     ) -> ProbeFuture<'a> {
-        Box::pin(probe(context, self, target, record))
+        Box::pin(async move {
+            let outcome = probe(context, self, target, record).await;
+            // A server that echoes a secret sent as metadata never gets it into a result.
+            let redact = |text: &mut String| {
+                for secret in &self.secrets {
+                    if text.contains(secret.as_str()) {
+                        *text = text.replace(secret.as_str(), "[redacted]");
+                    }
+                }
+            };
+            if let Some(message) = record
+                .grpc
+                .as_mut()
+                .and_then(|grpc| grpc.grpc_message.as_mut())
+            {
+                redact(message);
+            }
+            outcome.map_err(|mut error| {
+                redact(&mut error.message);
+                error
+            })
+        })
     }
 }
 

@@ -13,18 +13,25 @@ pub mod net;
 pub mod oauth2;
 pub mod proxy;
 pub mod series;
+pub mod starttls;
 pub mod tcp;
 pub mod tls;
 pub mod tls_client;
+pub mod udp;
+pub mod websocket;
 
 use crate::assertions::{AssertionError, CompiledAssertion, Observation};
-use crate::config::{AssertionKey, CheckConfig, CheckSpec, IpProtocol, MIN_INTERVAL};
+use crate::config::{
+    AssertionKey, CheckConfig, CheckSpec, InstancesFrom, IpProtocol, MIN_INTERVAL,
+};
 use crate::messages::{
     DnsDetails, GrpcDetails, HttpDetails, IcmpDetails, Response, TcpDetails, Timings, TlsDetails,
+    UdpDetails, WebsocketDetails,
 };
-use crate::model::{is_valid_check_name, CheckType, InstanceAddr, ProbeError};
+use crate::model::{is_valid_check_name, labels_problem, CheckType, InstanceAddr, ProbeError};
 use crate::resolve::Resolver;
 use series::{SeriesOut, SeriesSpec};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -34,13 +41,15 @@ use tokio::time::Instant;
 
 /// Every check type bastion has. A new type is one module with its `KIND`, one line here, and
 /// its spec in `config/schema.rs` (the schema stays below the engine, so configs load alone).
-pub const KINDS: [&CheckKind; 6] = [
+pub const KINDS: [&CheckKind; 8] = [
     &http::KIND,
     &tcp::KIND,
     &dns::KIND,
     &tls::KIND,
     &icmp::KIND,
     &grpc::KIND,
+    &udp::KIND,
+    &websocket::KIND,
 ];
 
 /// The registered kind of `check_type`.
@@ -147,10 +156,12 @@ pub enum Phase {
     Transfer,
     /// TCP: the send/expect steps.
     Exchange,
-    /// DNS: the query sent and its answer read.
+    /// DNS and UDP: the query (datagram) sent and its answer read.
     Request,
     /// ICMP: echo requests out, replies in.
     Rtt,
+    /// TCP and TLS with `starttls`: the plaintext exchange before the handshake.
+    Starttls,
 }
 
 impl Phase {
@@ -165,6 +176,7 @@ impl Phase {
             Phase::Exchange => "exchange",
             Phase::Request => "request",
             Phase::Rtt => "rtt",
+            Phase::Starttls => "starttls",
         }
     }
 }
@@ -189,6 +201,8 @@ pub struct ProbeRecord {
     pub dns: Option<DnsDetails>,
     pub icmp: Option<IcmpDetails>,
     pub grpc: Option<GrpcDetails>,
+    pub udp: Option<UdpDetails>,
+    pub websocket: Option<WebsocketDetails>,
     current: Option<(Phase, Instant)>,
     /// When the record started, if it was started with `start`.
     started: Option<Instant>,
@@ -235,6 +249,7 @@ impl ProbeRecord {
                 Phase::Exchange => &mut self.timings.exchange,
                 Phase::Request => &mut self.timings.request,
                 Phase::Rtt => &mut self.timings.rtt,
+                Phase::Starttls => &mut self.timings.starttls,
             };
             *slot += seconds;
             self.last_end = Some(now);
@@ -286,6 +301,12 @@ pub enum CheckDefinitionError {
     },
     #[error("ip_protocol_fallback only applies with ip_protocol = \"ip4\" or \"ip6\"; set one or remove it")]
     FallbackWithoutProtocol,
+    #[error("labels: {0}")]
+    Labels(String),
+    #[error("instances and instances_from both name the instances; keep one")]
+    InstancesTwice,
+    #[error("instances_from: {0}")]
+    InstancesFrom(String),
     #[error("assertion #{index}: {source}")]
     Assertion {
         index: usize,
@@ -325,6 +346,10 @@ pub struct CompiledCheck {
     /// stands in when the host has none of it (`ip_protocol_fallback`).
     pub ip_protocol: IpProtocol,
     pub ip_protocol_fallback: bool,
+    /// The check's own labels, on every response and `probe_*` series.
+    pub labels: BTreeMap<String, String>,
+    /// Where the instances are discovered, if not from `instances` or the host.
+    pub instances_from: Option<InstancesFrom>,
 }
 
 impl CompiledCheck {
@@ -365,6 +390,15 @@ impl CompiledCheck {
                     .ok_or_else(|| CheckDefinitionError::Instance(text.clone()))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        if let Some(problem) = labels_problem(check.labels.iter()) {
+            return Err(CheckDefinitionError::Labels(problem));
+        }
+        if let Some(source) = &check.instances_from {
+            if !check.instances.is_empty() {
+                return Err(CheckDefinitionError::InstancesTwice);
+            }
+            instances_from_problem(source).map_err(CheckDefinitionError::InstancesFrom)?;
+        }
         let check_type = check.check_type();
         let kind = kind(check_type);
         let assertions = check
@@ -389,6 +423,8 @@ impl CompiledCheck {
             ip_protocol,
             ip_protocol_fallback: check.ip_protocol_fallback.unwrap_or(true),
             name: check.name.clone(),
+            labels: check.labels.clone(),
+            instances_from: check.instances_from.clone(),
             interval: check.interval,
             timeout,
             instances,
@@ -400,6 +436,18 @@ impl CompiledCheck {
 
     pub fn check_type(&self) -> CheckType {
         self.check_type
+    }
+
+    /// The labels of one instance's response: the check's, then the instance's own (from
+    /// discovery), which win where both name the same label.
+    pub fn labels_with(&self, instance: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+        let mut labels = self.labels.clone();
+        labels.extend(
+            instance
+                .iter()
+                .map(|(name, value)| (name.clone(), value.clone())),
+        );
+        labels
     }
 
     /// The addresses of `found` that `ip_protocol` keeps: those of the family asked for, or,
@@ -417,6 +465,35 @@ impl CompiledCheck {
                 .collect()
         } else {
             found
+        }
+    }
+}
+
+/// What makes an `instances_from` unusable, said as what to fix.
+fn instances_from_problem(source: &InstancesFrom) -> Result<(), String> {
+    match source {
+        InstancesFrom::File(path) if path.as_os_str().is_empty() => {
+            Err("file is empty; name a Prometheus file_sd file (JSON or YAML)".to_string())
+        }
+        InstancesFrom::File(_) => Ok(()),
+        InstancesFrom::Srv(name) => {
+            let name = name.trim_end_matches('.');
+            let valid = !name.is_empty()
+                && name.len() <= 253
+                && name.split('.').all(|part| {
+                    !part.is_empty()
+                        && part.len() <= 63
+                        && part
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                });
+            if valid {
+                Ok(())
+            } else {
+                Err(format!(
+                    "srv `{name}` is not a DNS name; write one like `_http._tcp.web.service.internal`"
+                ))
+            }
         }
     }
 }

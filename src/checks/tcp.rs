@@ -56,6 +56,7 @@ pub struct TcpPlan {
     tls: Option<TlsTarget>,
     steps: Vec<Step>,
     source_ip: Option<std::net::IpAddr>,
+    starttls: Option<crate::config::Starttls>,
 }
 
 impl TcpPlan {
@@ -65,9 +66,15 @@ impl TcpPlan {
                 address: spec.address.clone(),
                 reason,
             })?;
+        // STARTTLS turns TLS on, with the default settings unless the table gives others.
+        let default_settings = crate::config::TlsSettings::default();
+        let table = match (spec.tls.settings(), spec.starttls) {
+            (None, Some(_)) => Some(&default_settings),
+            (table, _) => table,
+        };
         let tls = TlsTarget::compile(
             TlsKeys {
-                table: spec.tls.settings(),
+                table,
                 server_name: spec.server_name.as_deref(),
                 ca_file: spec.ca_file.as_deref(),
                 insecure_skip_verify: spec.insecure_skip_verify,
@@ -99,6 +106,7 @@ impl TcpPlan {
             tls,
             steps,
             source_ip: spec.source_ip,
+            starttls: spec.starttls,
         })
     }
 
@@ -137,7 +145,10 @@ pub async fn probe(
         body_bytes: None,
         steps_done: 0,
     });
-    let tcp = connect_tcp(target, plan.source_ip, record).await?;
+    let mut tcp = connect_tcp(target, plan.source_ip, record).await?;
+    if let Some(protocol) = plan.starttls {
+        super::starttls::negotiate(&mut tcp, protocol, target, record).await?;
+    }
     let max_bytes = ctx.max_body_bytes;
     match tls {
         Some((config, server_name, watch)) => {
@@ -314,6 +325,7 @@ fn write_series(response: &Response, out: &mut dyn SeriesOut) {
         &[
             ("resolve", series::resolve),
             ("connect", series::connect),
+            ("starttls", |timings| timings.starttls),
             ("tls", series::tls),
             ("exchange", |timings| timings.exchange),
         ],

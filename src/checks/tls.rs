@@ -44,6 +44,7 @@ pub struct TlsPlan {
     port: u16,
     tls: TlsTarget,
     source_ip: Option<std::net::IpAddr>,
+    starttls: Option<crate::config::Starttls>,
 }
 
 impl TlsPlan {
@@ -68,6 +69,7 @@ impl TlsPlan {
             port,
             tls,
             source_ip: spec.source_ip,
+            starttls: spec.starttls,
         })
     }
 
@@ -158,7 +160,10 @@ pub async fn probe(
         .dangerous()
         .set_certificate_verifier(Arc::clone(&verifier) as Arc<dyn ServerCertVerifier>);
     let client_auth = watch_client_auth(&mut config);
-    let tcp = connect_tcp(target, plan.source_ip, record).await?;
+    let mut tcp = connect_tcp(target, plan.source_ip, record).await?;
+    if let Some(protocol) = plan.starttls {
+        super::starttls::negotiate(&mut tcp, protocol, target, record).await?;
+    }
     let mut stream = handshake(
         Arc::new(config),
         plan.tls.server_name.clone(),
@@ -298,6 +303,7 @@ fn write_series(response: &Response, out: &mut dyn SeriesOut) {
         &[
             ("resolve", series::resolve),
             ("connect", series::connect),
+            ("starttls", |timings| timings.starttls),
             ("tls", series::tls),
         ],
     );

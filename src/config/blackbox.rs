@@ -91,7 +91,8 @@ impl BlackboxModule {
             }
             CheckSpec::Dns(spec) => spec.server = Some(target.to_string()),
             CheckSpec::Icmp(spec) => spec.host = target.to_string(),
-            CheckSpec::Tls(_) => {}
+            // blackbox_exporter has no such probers: no module compiles into these.
+            CheckSpec::Tls(_) | CheckSpec::Udp(_) | CheckSpec::Websocket(_) => {}
         }
         Ok(check)
     }
@@ -450,7 +451,7 @@ fn translate(raw: &Value) -> Result<BlackboxModule, String> {
         CheckType::Dns => dns(&mut inner, &mut check, target)?,
         CheckType::Icmp => icmp(&mut inner, &mut check, target)?,
         CheckType::Grpc => grpc(&mut inner, &mut check, target)?,
-        CheckType::Tls => {}
+        CheckType::Tls | CheckType::Udp | CheckType::Websocket => {}
     }
     let explicit_ip_protocol = inner.map.contains_key("preferred_ip_protocol");
     ip_protocol(&mut inner, &mut check)?;

@@ -181,13 +181,15 @@ pub const FORGET_CHECKS_AFTER: Bound = Bound::duration(
 pub const MAX_CHECK_SERIES: Bound =
     Bound::count("runner.max_check_series", 0, MAX_CHECK_SERIES_LIMIT as u64);
 /// Every `runner.workers.<type>` key has this range; 0 is refused only for a type with checks.
-pub const WORKERS: [Bound; 6] = [
+pub const WORKERS: [Bound; 8] = [
     Bound::count("runner.workers.http", 0, MAX_WORKERS),
     Bound::count("runner.workers.tcp", 0, MAX_WORKERS),
     Bound::count("runner.workers.dns", 0, MAX_WORKERS),
     Bound::count("runner.workers.tls", 0, MAX_WORKERS),
     Bound::count("runner.workers.icmp", 0, MAX_WORKERS),
     Bound::count("runner.workers.grpc", 0, MAX_WORKERS),
+    Bound::count("runner.workers.udp", 0, MAX_WORKERS),
+    Bound::count("runner.workers.websocket", 0, MAX_WORKERS),
 ];
 const MAX_WORKERS: u64 = 100_000;
 pub const CHECK_INTERVAL: Bound =
@@ -246,6 +248,8 @@ pub const BOUNDS: &[Bound] = &[
     WORKERS[3],
     WORKERS[4],
     WORKERS[5],
+    WORKERS[6],
+    WORKERS[7],
     CHECK_INTERVAL,
     CHECK_TIMEOUT,
     MIN_FAILING_COUNT,

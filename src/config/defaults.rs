@@ -204,6 +204,8 @@ impl Default for WorkersConfig {
             tls: default_workers(),
             icmp: default_workers(),
             grpc: default_workers(),
+            udp: default_workers(),
+            websocket: default_workers(),
         }
     }
 }

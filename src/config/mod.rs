@@ -661,6 +661,22 @@ mod tests {
             key = "status"
             relationship = "equal"
             operand = "SERVING"
+            [[checks]]
+            name = "udp"
+            type = "udp"
+            interval = "10s"
+            address = "10.0.0.7:5140"
+            send_hex = "70 69 6e 67"
+            expect = "^pong"
+            [[checks]]
+            name = "websocket"
+            type = "websocket"
+            interval = "10s"
+            url = "wss://chat.internal/socket"
+            send = "ping"
+            expect = "^pong"
+            headers = { Origin = "https://chat.internal" }
+            tls = { insecure_skip_verify = true }
         "#;
         #[derive(Deserialize)]
         struct Checks {

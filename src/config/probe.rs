@@ -5,7 +5,7 @@
 //! that probes it (a runner needs no files of its own); its `Debug` never shows it, and no
 //! message made here ever quotes it.
 
-use super::schema::{CheckSpec, HttpSpec};
+use super::schema::{CheckSpec, GrpcSpec, HttpSpec};
 use super::Config;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::collections::BTreeMap;
@@ -312,6 +312,26 @@ pub(super) fn read_http_secrets(name: &str, spec: &mut HttpSpec, problems: &mut 
     spec.secrets = secrets;
 }
 
+/// Reads a gRPC check's `metadata_from_files` into its `metadata_secrets`.
+fn read_grpc_secrets(name: &str, spec: &mut GrpcSpec, problems: &mut Vec<String>) {
+    if !spec.metadata_secrets.is_empty() {
+        problems.push(format!(
+            "check `{name}`: metadata_secrets is filled in by bastion from metadata_from_files; remove it"
+        ));
+    }
+    let mut secrets = BTreeMap::new();
+    for (key, path) in &spec.metadata_from_files {
+        let value = read_line_secret(&format!("metadata_from_files.{key}"), path).unwrap_or_else(
+            |message| {
+                problems.push(format!("check `{name}`: {message}"));
+                Secret::default()
+            },
+        );
+        secrets.insert(key.clone(), value);
+    }
+    spec.metadata_secrets = secrets;
+}
+
 impl Config {
     /// Reads the secret files of every check (`headers_from_files`, `body_file`,
     /// `bearer_token_file`, `basic_auth`, `proxy_basic_auth`, `oauth2`) into the check's
@@ -320,8 +340,10 @@ impl Config {
     pub fn read_secret_files(&mut self) -> Vec<String> {
         let mut problems = Vec::new();
         for check in &mut self.checks {
-            if let CheckSpec::Http(spec) = &mut check.spec {
-                read_http_secrets(&check.name, spec, &mut problems);
+            match &mut check.spec {
+                CheckSpec::Http(spec) => read_http_secrets(&check.name, spec, &mut problems),
+                CheckSpec::Grpc(spec) => read_grpc_secrets(&check.name, spec, &mut problems),
+                _ => {}
             }
         }
         problems

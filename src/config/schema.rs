@@ -316,6 +316,12 @@ pub struct WorkersConfig {
     /// Concurrent gRPC health probes.
     #[serde(default = "default_workers")]
     pub grpc: usize,
+    /// Concurrent UDP probes.
+    #[serde(default = "default_workers")]
+    pub udp: usize,
+    /// Concurrent WebSocket probes.
+    #[serde(default = "default_workers")]
+    pub websocket: usize,
 }
 
 impl WorkersConfig {
@@ -327,6 +333,8 @@ impl WorkersConfig {
             CheckType::Tls => self.tls,
             CheckType::Icmp => self.icmp,
             CheckType::Grpc => self.grpc,
+            CheckType::Udp => self.udp,
+            CheckType::Websocket => self.websocket,
         }
     }
 }
@@ -353,6 +361,15 @@ pub struct CheckConfig {
     /// Addresses to probe (`ip` or `ip:port`) instead of every address the host resolves to.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub instances: Vec<String>,
+    /// Where the instances come from instead: `{ file = "/etc/bastion/targets/web.json" }`
+    /// (Prometheus file_sd, watched) or `{ srv = "_http._tcp.web.internal" }` (DNS SRV,
+    /// resolved on the runner). Not together with `instances`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instances_from: Option<InstancesFrom>,
+    /// Labels added to the check's `probe_*` series and to each response of its results
+    /// (`{ team = "payments" }`): Prometheus label names, none of bastion's own.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
     /// What a response must satisfy to pass. None: a 2xx status passes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub assertions: Vec<AssertionConfig>,
@@ -409,11 +426,11 @@ impl CheckConfig {
     }
 
     /// The definition without what does not change what is probed or how a response is
-    /// judged: where it is filed (`group`), who is told (`notify`, `notify_on`), how often it
-    /// runs, its state thresholds, and the contents of its secret files (a rotated token or
-    /// password is the same probe; the files' names still count). A reload that changes only
-    /// those keeps the check's state and failure episode. Leaving the secrets out also keeps
-    /// them out of `probe_fingerprint`, which is saved to disk.
+    /// judged: where it is filed (`group`), its `labels`, who is told (`notify`, `notify_on`),
+    /// how often it runs, its state thresholds, and the contents of its secret files (a
+    /// rotated token or password is the same probe; the files' names still count). A reload
+    /// that changes only those keeps the check's state and failure episode. Leaving the
+    /// secrets out also keeps them out of `probe_fingerprint`, which is saved to disk.
     fn probed(&self) -> CheckConfig {
         let mut spec = self.spec.clone();
         if let CheckSpec::Http(http) = &mut spec {
@@ -427,6 +444,7 @@ impl CheckConfig {
             notify: None,
             notify_on: None,
             spec,
+            labels: BTreeMap::new(),
             ..self.clone()
         }
     }
@@ -448,6 +466,39 @@ impl CheckConfig {
     }
 }
 
+/// Where a check's instances are discovered.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", try_from = "InstancesFromTable")]
+pub enum InstancesFrom {
+    /// A Prometheus file_sd file (JSON, or YAML for `.yaml`/`.yml`): a list of
+    /// `{ targets = [...], labels = {...} }`. The checker watches it and sends the current
+    /// targets with each run.
+    File(PathBuf),
+    /// A DNS SRV name: each target and port it lists is an instance, resolved to addresses
+    /// on the runner that probes.
+    Srv(String),
+}
+
+/// `instances_from` as written: a table with one of its keys.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InstancesFromTable {
+    file: Option<PathBuf>,
+    srv: Option<String>,
+}
+
+impl TryFrom<InstancesFromTable> for InstancesFrom {
+    type Error = String;
+
+    fn try_from(table: InstancesFromTable) -> Result<InstancesFrom, String> {
+        match (table.file, table.srv) {
+            (Some(file), None) => Ok(InstancesFrom::File(file)),
+            (None, Some(srv)) => Ok(InstancesFrom::Srv(srv)),
+            _ => Err("instances_from takes exactly one of `file` and `srv`: { file = \"/etc/bastion/targets/web.json\" } or { srv = \"_http._tcp.web.internal\" }".to_string()),
+        }
+    }
+}
+
 /// The type-specific part of a check, chosen by its `type` key.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
@@ -461,6 +512,8 @@ pub enum CheckSpec {
     Tls(TlsSpec),
     Icmp(IcmpSpec),
     Grpc(GrpcSpec),
+    Udp(UdpSpec),
+    Websocket(WebsocketSpec),
 }
 
 impl CheckSpec {
@@ -472,6 +525,8 @@ impl CheckSpec {
             CheckSpec::Tls(_) => CheckType::Tls,
             CheckSpec::Icmp(_) => CheckType::Icmp,
             CheckSpec::Grpc(_) => CheckType::Grpc,
+            CheckSpec::Udp(_) => CheckType::Udp,
+            CheckSpec::Websocket(_) => CheckType::Websocket,
         }
     }
 }
@@ -582,6 +637,10 @@ pub struct TcpSpec {
     /// What to send and what to expect back, in order. Default: none (connecting is enough).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub steps: Vec<TcpStep>,
+    /// Ask for TLS in this protocol's plaintext first (`smtp`, `imap`, `pop3`, `ftp`,
+    /// `postgres`, `ldap`); turns TLS on. Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub starttls: Option<Starttls>,
 }
 
 /// One `[[checks.steps]]` entry of a TCP check: exactly one of `send` and `expect`.
@@ -595,6 +654,46 @@ pub struct TcpStep {
     /// stops at the first match, when the peer closes, or at `runner.max_body_bytes`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expect: Option<String>,
+}
+
+/// Settings of a `type = "udp"` check: one datagram out, one reply expected.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UdpSpec {
+    /// `host:port` (`[v6]:port`). The host is resolved unless instances are listed.
+    pub address: String,
+    /// The datagram to send, as text. Exactly one of `send` and `send_hex`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub send: Option<String>,
+    /// The datagram to send, as hex digits (`"deadbeef"`; spaces allowed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub send_hex: Option<String>,
+    /// A regex (Rust syntax) the reply must match. Default: any reply passes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect: Option<String>,
+    /// The local address the probe's datagram leaves from. Default: the system's choice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_ip: Option<std::net::IpAddr>,
+}
+
+/// Settings of a `type = "websocket"` check: the upgrade, then optionally one message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebsocketSpec {
+    /// `ws://` or `wss://` URL. Its host is resolved, and sent as Host and TLS SNI.
+    pub url: String,
+    /// A text message to send once upgraded. Default: none (the upgrade is enough).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub send: Option<String>,
+    /// A regex (Rust syntax) the first message back must match; needs `send`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect: Option<String>,
+    /// Extra headers of the upgrade request.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    /// TLS settings for wss URLs (`[checks.tls]`).
+    #[serde(default, skip_serializing_if = "TlsSettings::is_default")]
+    pub tls: TlsSettings,
 }
 
 /// Settings of a `type = "dns"` check.
@@ -611,12 +710,20 @@ pub struct DnsSpec {
     /// /etc/resolv.conf, each an instance.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server: Option<String>,
-    /// `udp` or `tcp`. Default: udp.
+    /// `udp`, `tcp`, `tls` (DNS over TLS, RFC 7858: port 853 unless the server names one)
+    /// or `https` (DNS over HTTPS, RFC 8484: a POST to `https_path` on port 443 unless the
+    /// server names one), the certificate verified as `[checks.tls]` says. Default: udp.
     #[serde(default)]
     pub transport: DnsTransport,
     /// Ask the server to recurse (the RD flag). Default: true.
     #[serde(default = "default_true")]
     pub recursion_desired: bool,
+    /// DNS over HTTPS: the path queries are POSTed to. Default: `/dns-query`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub https_path: Option<String>,
+    /// TLS settings for `transport = "tls"` and `"https"` (`[checks.tls]`).
+    #[serde(default, skip_serializing_if = "TlsSettings::is_default")]
+    pub tls: TlsSettings,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -641,6 +748,8 @@ pub enum DnsTransport {
     #[default]
     Udp,
     Tcp,
+    Tls,
+    Https,
 }
 
 /// Settings of a `type = "tls"` check.
@@ -661,6 +770,35 @@ pub struct TlsSpec {
     /// The local address the probe's connection leaves from. Default: the system's choice.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_ip: Option<std::net::IpAddr>,
+    /// Ask for TLS in this protocol's plaintext first: `smtp`, `imap`, `pop3`, `ftp`,
+    /// `postgres` or `ldap`. Default: TLS from the first byte.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub starttls: Option<Starttls>,
+}
+
+/// The protocols whose STARTTLS a `tcp` or `tls` check speaks before its TLS handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Starttls {
+    Smtp,
+    Imap,
+    Pop3,
+    Ftp,
+    Postgres,
+    Ldap,
+}
+
+impl Starttls {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Starttls::Smtp => "smtp",
+            Starttls::Imap => "imap",
+            Starttls::Pop3 => "pop3",
+            Starttls::Ftp => "ftp",
+            Starttls::Postgres => "postgres",
+            Starttls::Ldap => "ldap",
+        }
+    }
 }
 
 /// Settings of a `type = "icmp"` check.
@@ -708,6 +846,17 @@ pub struct GrpcSpec {
     /// The local address the probe's connection leaves from. Default: the system's choice.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_ip: Option<std::net::IpAddr>,
+    /// Metadata sent with the call (`{ "x-tenant" = "a" }`): lowercase gRPC metadata keys.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
+    /// Metadata whose values are read from files at load and reload, by key
+    /// (`{ authorization = "/etc/bastion/grpc-token" }`): each file's first line.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata_from_files: BTreeMap<String, PathBuf>,
+    /// What `metadata_from_files` held when the config was loaded; filled in by bastion,
+    /// never written in a config file.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata_secrets: BTreeMap<String, super::probe::Secret>,
 }
 
 /// One `[[checks.assertions]]` entry.

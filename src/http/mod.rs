@@ -399,8 +399,10 @@ impl CheckFilter {
                 .iter()
                 .any(|known| known.as_str().eq_ignore_ascii_case(check_type))
             {
+                let known: Vec<&str> = CheckType::ALL.iter().map(|t| t.as_str()).collect();
                 return Err(format!(
-                    "type `{check_type}` is not one of http, tcp, dns, tls, icmp, grpc"
+                    "type `{check_type}` is not one of {}",
+                    known.join(", ")
                 ));
             }
         }

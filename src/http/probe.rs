@@ -161,6 +161,7 @@ pub async fn probe(
         check: Arc::clone(&prepared.check),
         run_id: 0,
         scheduled_at: SystemTime::now(),
+        discovered: None,
     };
     let result = endpoint
         .dispatcher
@@ -487,7 +488,8 @@ fn write_response(
             }
         }
         CheckType::Grpc => write_grpc(out, response),
-        CheckType::Tls => {}
+        // Not blackbox_exporter probers: /probe never runs them.
+        CheckType::Tls | CheckType::Udp | CheckType::Websocket => {}
     }
     write_tls(out, response);
 }

@@ -669,6 +669,8 @@ fn target(check: &CheckConfig) -> String {
         CheckSpec::Tls(spec) => spec.address.clone(),
         CheckSpec::Icmp(spec) => spec.host.clone(),
         CheckSpec::Grpc(spec) => spec.address.clone(),
+        CheckSpec::Udp(spec) => spec.address.clone(),
+        CheckSpec::Websocket(spec) => spec.url.clone(),
     }
 }
 

@@ -21,12 +21,15 @@ use std::sync::Arc;
 
 type GaugeF64 = Gauge<f64, AtomicU64>;
 
-/// `check`, `target`, then at most one label of the series' own (`phase`, `version`, ...),
-/// whose key and value come from the fixed lists the check types declare.
+/// `check`, `target`, the response's `labels` (the check's and its instance's, names checked
+/// when they were configured or discovered), then at most one label of the series' own
+/// (`phase`, `version`, ...), whose key and value come from the fixed lists the check types
+/// declare.
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
 struct SeriesLabels {
     check: String,
     target: String,
+    extra: Arc<Vec<(String, String)>>,
     own: Option<(&'static str, &'static str)>,
 }
 
@@ -38,6 +41,9 @@ impl EncodeLabelSet for SeriesLabels {
         use prometheus_client::encoding::EncodeLabel;
         ("check", self.check.as_str()).encode(encoder.encode_label())?;
         ("target", self.target.as_str()).encode(encoder.encode_label())?;
+        for (name, value) in self.extra.iter() {
+            (name.as_str(), value.as_str()).encode(encoder.encode_label())?;
+        }
         if let Some(own) = self.own {
             own.encode(encoder.encode_label())?;
         }
@@ -126,10 +132,19 @@ impl ScrapeFamilies {
 
     /// Records the last probe of one instance: the common series, then the type's own.
     fn record_response(&self, check: &str, check_type: CheckType, response: &Response) {
+        // A label from a result off the bus is checked again: one that breaks the rules (a
+        // runner of another build, a hostile peer) is left out rather than break the page.
+        let extra = response
+            .labels
+            .iter()
+            .filter(|(name, value)| crate::model::label_problem(name, value).is_none())
+            .map(|(name, value)| (name.clone(), value.clone()))
+            .collect();
         let mut out = InstanceSeries {
             families: self,
             check,
             target: &response.target,
+            extra: Arc::new(extra),
         };
         out.gauge(
             "probe_success",
@@ -167,6 +182,7 @@ struct InstanceSeries<'a> {
     families: &'a ScrapeFamilies,
     check: &'a str,
     target: &'a str,
+    extra: Arc<Vec<(String, String)>>,
 }
 
 impl SeriesOut for InstanceSeries<'_> {
@@ -187,6 +203,7 @@ impl SeriesOut for InstanceSeries<'_> {
         let labels = SeriesLabels {
             check: self.check.to_string(),
             target: self.target.to_string(),
+            extra: Arc::clone(&self.extra),
             own: label,
         };
         family.get_or_create(&labels).set(value);

@@ -9,10 +9,12 @@
 use super::pool::{Worker, WorkerPool};
 use crate::assertions::{self, Observation};
 use crate::checks::{CompiledCheck, ProbeContext, ProbeRecord};
-use crate::messages::{CheckResult, Response, Timings, MESSAGE_VERSION};
+use crate::config::InstancesFrom;
+use crate::messages::{CheckResult, Response, TargetGroup, Timings, MESSAGE_VERSION};
 use crate::metrics::{Metrics, TypeLabels};
-use crate::model::{CheckType, ErrorKind, ProbeError};
-use std::collections::HashMap;
+use crate::model::{split_host_port, CheckType, ErrorKind, InstanceAddr, ProbeError};
+use crate::resolve::SrvCache;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -25,6 +27,25 @@ pub struct RunOrder {
     pub check: Arc<CompiledCheck>,
     pub run_id: u64,
     pub scheduled_at: SystemTime,
+    /// For a check with `instances_from = { file }`: the target groups its request carried.
+    pub discovered: Option<Arc<Vec<TargetGroup>>>,
+}
+
+/// One instance to probe: its address, its labels (the check's and its own), and the time
+/// the resolve that found it took.
+#[derive(Debug)]
+struct Instance {
+    address: SocketAddr,
+    labels: BTreeMap<String, String>,
+    resolve_seconds: f64,
+}
+
+/// What the dispatcher found for one entry of a run: an instance to probe, or a response
+/// already decided (a target that did not resolve).
+#[derive(Debug)]
+enum Planned {
+    Probe(Instance),
+    Done(Box<Response>),
 }
 
 /// How a run asked for on `/probe` differs from a scheduled one.
@@ -42,6 +63,7 @@ struct ProbeTask {
     finish_by: Option<Instant>,
     index: usize,
     target: SocketAddr,
+    labels: BTreeMap<String, String>,
     resolve_seconds: f64,
     check: Arc<CompiledCheck>,
     context: Arc<ProbeContext>,
@@ -55,6 +77,8 @@ pub struct Dispatcher {
     pools: HashMap<CheckType, WorkerPool>,
     context: Arc<ProbeContext>,
     metrics: Arc<Metrics>,
+    /// SRV answers of `instances_from = { srv }`, kept for their TTL.
+    srv: SrvCache,
 }
 
 impl Dispatcher {
@@ -74,6 +98,7 @@ impl Dispatcher {
                 .collect(),
             context,
             metrics,
+            srv: SrvCache::default(),
         }
     }
 
@@ -145,13 +170,14 @@ impl Dispatcher {
         let check_type = order.check.check_type();
         let responses = match self.pools.get(&check_type) {
             Some(pool) => {
-                self.dispatch(
-                    &order.check,
-                    pool,
-                    start_probes_by,
-                    on_demand.unwrap_or_default(),
-                )
-                .await
+                let mut planned = self.plan(&order).await;
+                let on_demand = on_demand.unwrap_or_default();
+                if on_demand.first_only {
+                    // As blackbox_exporter: the first address found, nothing more.
+                    planned.truncate(1);
+                }
+                self.dispatch(&order.check, planned, pool, start_probes_by, on_demand)
+                    .await
             }
             None => {
                 self.metrics
@@ -160,14 +186,17 @@ impl Dispatcher {
                         r#type: check_type.as_str(),
                     })
                     .inc();
-                vec![Response::failed(
-                    order.check.probe.unresolved_label(),
-                    ProbeError::new(
-                        ErrorKind::DispatchTimeout,
-                        format!("this runner has no {check_type} workers"),
-                    ),
-                    Timings::default(),
-                )]
+                vec![Response {
+                    labels: order.check.labels.clone(),
+                    ..Response::failed(
+                        order.check.probe.unresolved_label(),
+                        ProbeError::new(
+                            ErrorKind::DispatchTimeout,
+                            format!("this runner has no {check_type} workers"),
+                        ),
+                        Timings::default(),
+                    )
+                }]
             }
         };
         if on_demand.is_none() {
@@ -192,34 +221,210 @@ impl Dispatcher {
         }
     }
 
+    /// The instances of one run: its discovered targets, or the listed instances, or what
+    /// the host resolves to; each failed resolve a response of its own.
+    async fn plan(&self, order: &RunOrder) -> Vec<Planned> {
+        let check = &order.check;
+        if let Some(InstancesFrom::File(path)) = &check.instances_from {
+            return match &order.discovered {
+                Some(groups) => self.plan_groups(check, groups).await,
+                None => vec![Planned::Done(Box::new(Response {
+                    labels: check.labels.clone(),
+                    ..Response::failed(
+                        check.probe.unresolved_label(),
+                        ProbeError::new(
+                            ErrorKind::Resolve,
+                            format!(
+                                "no targets came with this run from {}: run it from a checker, which reads the file",
+                                path.display()
+                            ),
+                        ),
+                        Timings::default(),
+                    )
+                }))],
+            };
+        }
+        if let Some(InstancesFrom::Srv(name)) = &check.instances_from {
+            return self.plan_srv(check, name).await;
+        }
+        match self.instances(check).await {
+            Ok((targets, resolve_seconds)) => targets
+                .into_iter()
+                .map(|address| {
+                    Planned::Probe(Instance {
+                        address,
+                        labels: check.labels.clone(),
+                        resolve_seconds,
+                    })
+                })
+                .collect(),
+            Err((error, timings)) => {
+                self.metrics
+                    .count_probe_error(check.check_type(), error.kind);
+                vec![Planned::Done(Box::new(Response {
+                    labels: check.labels.clone(),
+                    ..Response::failed(check.probe.unresolved_label(), error, timings)
+                }))]
+            }
+        }
+    }
+
+    /// The instances of an SRV name: each target and port it lists, resolved as a discovered
+    /// `host:port` is; the SRV lookup's time (none while its answer is kept) is part of each
+    /// instance's resolve. A failed lookup is one response named by the SRV name.
+    async fn plan_srv(&self, check: &Arc<CompiledCheck>, name: &str) -> Vec<Planned> {
+        let started = Instant::now();
+        let lookup =
+            tokio::time::timeout(check.timeout, self.srv.lookup(&self.context.resolver, name))
+                .await;
+        let seconds = started.elapsed().as_secs_f64();
+        let targets = match lookup {
+            Ok(Ok((targets, _cached))) => targets,
+            outcome => {
+                let error = match outcome {
+                    Ok(Err(error)) => error,
+                    _ => ProbeError::new(
+                        ErrorKind::Timeout,
+                        format!(
+                            "SRV {name}: the lookup took longer than the timeout of {}",
+                            humantime::format_duration(check.timeout)
+                        ),
+                    ),
+                };
+                self.metrics
+                    .count_probe_error(check.check_type(), error.kind);
+                return vec![Planned::Done(Box::new(Response {
+                    labels: check.labels.clone(),
+                    ..Response::failed(
+                        name.to_string(),
+                        error,
+                        Timings {
+                            resolve: seconds,
+                            total: seconds,
+                            ..Timings::default()
+                        },
+                    )
+                }))];
+            }
+        };
+        let group = TargetGroup {
+            targets: targets
+                .iter()
+                .map(|(host, port)| {
+                    if host.contains(':') {
+                        format!("[{host}]:{port}")
+                    } else {
+                        format!("{host}:{port}")
+                    }
+                })
+                .collect(),
+            labels: BTreeMap::new(),
+        };
+        let mut planned = self.plan_groups(check, std::slice::from_ref(&group)).await;
+        for entry in &mut planned {
+            match entry {
+                Planned::Probe(instance) => instance.resolve_seconds += seconds,
+                Planned::Done(response) => {
+                    response.timings.resolve += seconds;
+                    response.timings.total += seconds;
+                }
+            }
+        }
+        planned
+    }
+
+    /// The instances of file_sd target groups: an IP target as it is (with the check's port
+    /// when it has none), a `host:port` target every address its host resolves to (all
+    /// resolved at once, each within the check's timeout), each with the group's labels.
+    async fn plan_groups(
+        &self,
+        check: &Arc<CompiledCheck>,
+        groups: &[TargetGroup],
+    ) -> Vec<Planned> {
+        let (_, default_port) = check.probe.host_and_port();
+        let mut planned: Vec<Option<Planned>> = Vec::new();
+        let mut lookups = JoinSet::new();
+        for group in groups {
+            let labels = check.labels_with(&group.labels);
+            for target in &group.targets {
+                if let Some(address) = InstanceAddr::parse(target) {
+                    planned.push(Some(Planned::Probe(Instance {
+                        address: address.with_default_port(default_port),
+                        labels: labels.clone(),
+                        resolve_seconds: 0.0,
+                    })));
+                    continue;
+                }
+                let slot = planned.len();
+                planned.push(None);
+                let resolver = Arc::clone(&self.context.resolver);
+                let check = Arc::clone(check);
+                let target = target.clone();
+                let labels = labels.clone();
+                lookups.spawn(async move {
+                    let found = resolve_target(&resolver, &check, &target).await;
+                    (slot, target, labels, found)
+                });
+            }
+        }
+        let mut resolved: Vec<Vec<Planned>> = (0..planned.len()).map(|_| Vec::new()).collect();
+        while let Some(joined) = lookups.join_next().await {
+            let Ok((slot, target, labels, found)) = joined else {
+                continue;
+            };
+            let Some(entries) = resolved.get_mut(slot) else {
+                continue;
+            };
+            match found {
+                Ok((addresses, resolve_seconds)) => {
+                    entries.extend(addresses.into_iter().map(|address| {
+                        Planned::Probe(Instance {
+                            address,
+                            labels: labels.clone(),
+                            resolve_seconds,
+                        })
+                    }));
+                }
+                Err((error, timings)) => {
+                    self.metrics
+                        .count_probe_error(check.check_type(), error.kind);
+                    entries.push(Planned::Done(Box::new(Response {
+                        labels,
+                        ..Response::failed(target, error, timings)
+                    })));
+                }
+            }
+        }
+        planned
+            .into_iter()
+            .zip(resolved)
+            .flat_map(|(direct, found)| direct.into_iter().chain(found))
+            .collect()
+    }
+
     async fn dispatch(
         &self,
         check: &Arc<CompiledCheck>,
+        planned: Vec<Planned>,
         pool: &WorkerPool,
         deadline: Instant,
         on_demand: OnDemand,
     ) -> Vec<Response> {
-        let (targets, resolve_seconds) = match self.instances(check).await {
-            Ok((mut targets, seconds)) => {
-                if on_demand.first_only {
-                    targets.truncate(1);
-                }
-                (targets, seconds)
-            }
-            Err((error, timings)) => {
-                self.metrics
-                    .count_probe_error(check.check_type(), error.kind);
-                return vec![Response::failed(
-                    check.probe.unresolved_label(),
-                    error,
-                    timings,
-                )];
-            }
-        };
-        let mut responses: Vec<Option<Response>> = vec![None; targets.len()];
+        let mut responses: Vec<Option<Response>> = vec![None; planned.len()];
         let mut running = JoinSet::new();
         let mut index_of_task = HashMap::new();
-        for (index, target) in targets.into_iter().enumerate() {
+        for (index, entry) in planned.into_iter().enumerate() {
+            let Instance {
+                address: target,
+                labels,
+                resolve_seconds,
+            } = match entry {
+                Planned::Probe(instance) => instance,
+                Planned::Done(response) => {
+                    responses[index] = Some(*response);
+                    continue;
+                }
+            };
             // The worker is taken before the task is spawned and moves into it with the task.
             // The wait for it starts here: not before the resolve, not shared with the instances
             // before this one (`bastion_dispatch_wait_seconds` measures only this wait).
@@ -229,21 +434,25 @@ impl Dispatcher {
                     pool.check_type(),
                     humantime::format_duration(self.deadline)
                 );
-                responses[index] = Some(Response::failed(
-                    check.probe.target_label(target),
-                    ProbeError::new(ErrorKind::DispatchTimeout, message),
-                    Timings {
-                        resolve: resolve_seconds,
-                        total: resolve_seconds,
-                        ..Timings::default()
-                    },
-                ));
+                responses[index] = Some(Response {
+                    labels,
+                    ..Response::failed(
+                        check.probe.target_label(target),
+                        ProbeError::new(ErrorKind::DispatchTimeout, message),
+                        Timings {
+                            resolve: resolve_seconds,
+                            total: resolve_seconds,
+                            ..Timings::default()
+                        },
+                    )
+                });
                 continue;
             };
             let task = ProbeTask {
                 finish_by: on_demand.finish_by,
                 index,
                 target,
+                labels,
                 resolve_seconds,
                 check: Arc::clone(check),
                 context: Arc::clone(&self.context),
@@ -259,14 +468,17 @@ impl Dispatcher {
                     // A panicking probe is a bug; report it on its own instance, keep the rest.
                     if let Some(&(index, target)) = index_of_task.get(&error.id()) {
                         tracing::error!(check = %check.name, %target, %error, "probe task failed");
-                        responses[index] = Some(Response::failed(
-                            check.probe.target_label(target),
-                            ProbeError::new(
-                                ErrorKind::Internal,
-                                format!("probe task failed: {error}"),
-                            ),
-                            Timings::default(),
-                        ));
+                        responses[index] = Some(Response {
+                            labels: check.labels.clone(),
+                            ..Response::failed(
+                                check.probe.target_label(target),
+                                ProbeError::new(
+                                    ErrorKind::Internal,
+                                    format!("probe task failed: {error}"),
+                                ),
+                                Timings::default(),
+                            )
+                        });
                     }
                 }
             }
@@ -343,12 +555,64 @@ impl Dispatcher {
     }
 }
 
+/// The addresses of one `host:port` target of a discovery file (those of the family
+/// `ip_protocol` asks for), and the seconds the resolve took, within the check's timeout.
+async fn resolve_target(
+    resolver: &crate::resolve::Resolver,
+    check: &CompiledCheck,
+    target: &str,
+) -> Result<(Vec<SocketAddr>, f64), (ProbeError, Timings)> {
+    let started = Instant::now();
+    let found = match split_host_port(target) {
+        Ok((host, port)) => {
+            match tokio::time::timeout(check.timeout, resolver.lookup(&host, port)).await {
+                Ok(found) => found,
+                Err(_) => Err(ProbeError::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "resolving {host} took longer than the timeout of {}",
+                        humantime::format_duration(check.timeout)
+                    ),
+                )),
+            }
+        }
+        Err(problem) => Err(ProbeError::new(
+            ErrorKind::Resolve,
+            format!("target `{target}`: {problem}"),
+        )),
+    };
+    let seconds = started.elapsed().as_secs_f64();
+    let timings = Timings {
+        resolve: seconds,
+        total: seconds,
+        ..Timings::default()
+    };
+    match found {
+        Ok(mut addresses) => {
+            addresses.retain(|address| check.probe.accepts(address));
+            let addresses = check.select_family(addresses);
+            if addresses.is_empty() {
+                return Err((
+                    ProbeError::new(
+                        ErrorKind::Resolve,
+                        format!("resolving {target}: no address of the IP version asked for"),
+                    ),
+                    timings,
+                ));
+            }
+            Ok((addresses, seconds))
+        }
+        Err(error) => Err((error, timings)),
+    }
+}
+
 /// Runs one task on its worker, under the check's timeout, and judges the outcome.
 async fn run_task(task: ProbeTask, worker: Worker) -> (usize, Response) {
     let ProbeTask {
         finish_by,
         index,
         target,
+        labels,
         resolve_seconds,
         check,
         context,
@@ -410,8 +674,11 @@ async fn run_task(task: ProbeTask, worker: Worker) -> (usize, Response) {
         dns: record.dns,
         icmp: record.icmp,
         grpc: record.grpc,
+        udp: record.udp,
+        websocket: record.websocket,
         timings,
         assertions: Vec::new(),
+        labels,
     };
     // Judging (a JSON parse, regexes over a body of up to 64 MiB) is work of this task too: the
     // worker is held until it is done, so a pool bounds the CPU its probes use, not only their

@@ -411,6 +411,7 @@ fn decode_test(
         check: Arc::new(check),
         run_id: 0,
         scheduled_at: SystemTime::now(),
+        discovered: None,
     };
     Ok((order, None))
 }
@@ -426,6 +427,7 @@ impl Consumer {
             check: self.compiled.get(&request.check)?,
             run_id: request.run_id,
             scheduled_at: request.scheduled_at,
+            discovered: request.discovered.clone(),
         };
         Ok((order, request.dispatch_deadline))
     }

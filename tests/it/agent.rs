@@ -246,6 +246,7 @@ async fn the_runner_counts_and_drops_bad_messages_and_keeps_running() {
         scheduled_at: std::time::SystemTime::now(),
         dispatch_deadline: None,
         check: std::sync::Arc::new(config.checks[0].clone()),
+        discovered: None,
     };
     let mut wrong_version = serde_json::to_value(&good).unwrap();
     wrong_version["version"] = 2.into();

@@ -25,6 +25,7 @@ const LAYERS: &[(&str, u8)] = &[
     // The probe engine's parts, the agent's own metrics and pure policies.
     ("assertions", 3),
     ("resolve", 3),
+    ("discovery", 3),
     ("state", 3),
     ("episode", 3),
     ("metrics", 3),

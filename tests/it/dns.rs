@@ -314,3 +314,200 @@ async fn dns_series_appear_in_metrics() {
         assert!(metric(&text, &series).is_some(), "{series} missing\n{text}");
     }
 }
+
+/// A DNS over TLS responder (RFC 7858): the test zone, two-byte framing inside TLS, with a
+/// certificate of `ca` for 127.0.0.1, and ALPN `dot`.
+async fn serve_dot(ca: &TestCa) -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let leaf = ca.leaf(
+        &["127.0.0.1"],
+        time::OffsetDateTime::now_utc() + time::Duration::days(30),
+    );
+    let acceptor = tokio_rustls::TlsAcceptor::from(leaf.server_config(&[b"dot"]));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let mut prefix = [0u8; 2];
+                if tls.read_exact(&mut prefix).await.is_err() {
+                    return;
+                }
+                let mut query = vec![0u8; usize::from(u16::from_be_bytes(prefix))];
+                if tls.read_exact(&mut query).await.is_err() {
+                    return;
+                }
+                if let Some(bytes) = common::dns::answer(&common::dns::SVC_TEST, &query) {
+                    let mut framed = (bytes.len() as u16).to_be_bytes().to_vec();
+                    framed.extend_from_slice(&bytes);
+                    let _ = tls.write_all(&framed).await;
+                    let _ = tls.shutdown().await;
+                }
+            });
+        }
+    });
+    address
+}
+
+#[tokio::test]
+async fn dns_over_tls_verifies_the_server_and_answers() {
+    let ca = TestCa::new("bastion test DoT CA");
+    let server = serve_dot(&ca).await;
+    let check = |ca_file: &std::path::Path| {
+        format!(
+            "[[checks]]\nname = \"dot\"\ntype = \"dns\"\ninterval = \"5s\"\ntimeout = \"2s\"\nquery = \"svc.test\"\nserver = \"{server}\"\ntransport = \"tls\"\n[checks.tls]\nca_file = \"{}\"\n",
+            ca_file.display()
+        )
+    };
+    let result = run_single(&config(&check(&ca.ca_file))).await;
+    assert!(result.passing, "{result:?}");
+    let response = &result.responses[0];
+    assert_eq!(
+        response.dns.as_ref().unwrap().answers,
+        ["svc.test. 60 IN A 127.0.0.2", "svc.test. 60 IN A 127.0.0.3"]
+    );
+    let tls = response.tls.as_ref().unwrap();
+    assert_eq!(tls.alpn.as_deref(), Some("dot"));
+    assert!(response.timings.tls > 0.0 && response.timings.request > 0.0);
+
+    // A certificate from a CA the check does not trust is a tls error.
+    let other = TestCa::new("another CA");
+    let result = run_single(&config(&check(&other.ca_file))).await;
+    let error = result.responses[0].error.as_ref().unwrap();
+    assert_eq!(error.kind, ErrorKind::Tls, "{error:?}");
+}
+
+#[test]
+fn dns_over_tls_and_https_need_a_server_and_take_their_ports() {
+    let base =
+        "[[checks]]\nname = \"dot\"\ntype = \"dns\"\ninterval = \"5s\"\nquery = \"svc.test\"\n";
+    assert_config_errors(
+        base,
+        &[
+            (
+                "transport = \"tls\"",
+                "transport = \"tls\" or \"https\" needs a server",
+            ),
+            (
+                "transport = \"https\"",
+                "transport = \"tls\" or \"https\" needs a server",
+            ),
+            (
+                "server = \"127.0.0.1\"\ntls = { insecure_skip_verify = true }",
+                "tls settings apply to transport = \"tls\" or \"https\" only",
+            ),
+            (
+                "server = \"127.0.0.1\"\nhttps_path = \"/q\"",
+                "https_path `/q` must start with `/`, and applies to transport = \"https\" only",
+            ),
+            (
+                "server = \"127.0.0.1\"\ntransport = \"https\"\nhttps_path = \"q\"",
+                "https_path `q` must start with `/`",
+            ),
+        ],
+    );
+    let compiled = bastion_agent::checks::CompiledCheck::compile(
+        &config(&format!(
+            "{base}server = \"127.0.0.1\"\ntransport = \"tls\"\n"
+        ))
+        .checks[0],
+    )
+    .unwrap();
+    assert_eq!(compiled.probe.host_and_port(), ("127.0.0.1", 853));
+    let compiled = bastion_agent::checks::CompiledCheck::compile(
+        &config(&format!(
+            "{base}server = \"127.0.0.1\"\ntransport = \"https\"\n"
+        ))
+        .checks[0],
+    )
+    .unwrap();
+    assert_eq!(compiled.probe.host_and_port(), ("127.0.0.1", 443));
+}
+
+/// A DNS over HTTPS responder (RFC 8484): POSTs of `application/dns-message` to
+/// `/dns-query` answered from the test zone over HTTP/1.1 in TLS; anything else 404.
+async fn serve_doh(ca: &TestCa) -> SocketAddr {
+    use http_body_util::BodyExt;
+    let leaf = ca.leaf(
+        &["127.0.0.1"],
+        time::OffsetDateTime::now_utc() + time::Duration::days(30),
+    );
+    let acceptor = tokio_rustls::TlsAcceptor::from(leaf.server_config(&[b"http/1.1"]));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let service = hyper::service::service_fn(
+                    |request: hyper::Request<hyper::body::Incoming>| async move {
+                        let wanted = request.method() == hyper::Method::POST
+                            && request.uri().path() == "/dns-query"
+                            && request.headers().get("content-type").map(|v| v.as_bytes())
+                                == Some(b"application/dns-message".as_slice());
+                        let query = request
+                            .into_body()
+                            .collect()
+                            .await
+                            .map(|body| body.to_bytes())
+                            .unwrap_or_default();
+                        let answer = wanted
+                            .then(|| common::dns::answer(&common::dns::SVC_TEST, &query))
+                            .flatten();
+                        let response = match answer {
+                            Some(bytes) => hyper::Response::builder()
+                                .header("content-type", "application/dns-message")
+                                .body(http_body_util::Full::new(bytes::Bytes::from(bytes))),
+                            None => hyper::Response::builder()
+                                .status(404)
+                                .header("content-type", "text/plain")
+                                .body(http_body_util::Full::new(bytes::Bytes::from_static(b"no"))),
+                        };
+                        Ok::<_, std::convert::Infallible>(response.unwrap())
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    address
+}
+
+#[tokio::test]
+async fn dns_over_https_posts_the_query_and_reads_the_answer() {
+    let ca = TestCa::new("bastion test DoH CA");
+    let server = serve_doh(&ca).await;
+    let check = |extra: &str| {
+        format!(
+            "[[checks]]\nname = \"doh\"\ntype = \"dns\"\ninterval = \"5s\"\ntimeout = \"2s\"\nquery = \"svc.test\"\nserver = \"{server}\"\ntransport = \"https\"\n{extra}\n[checks.tls]\nca_file = \"{}\"\n",
+            ca.ca_file.display()
+        )
+    };
+    let result = run_single(&config(&check(""))).await;
+    assert!(result.passing, "{result:?}");
+    let response = &result.responses[0];
+    assert_eq!(
+        response.dns.as_ref().unwrap().answers,
+        ["svc.test. 60 IN A 127.0.0.2", "svc.test. 60 IN A 127.0.0.3"]
+    );
+    assert!(response.timings.tls > 0.0 && response.timings.request > 0.0);
+
+    let result = run_single(&config(&check("https_path = \"/wrong\""))).await;
+    let error = result.responses[0].error.as_ref().unwrap();
+    assert_eq!(error.kind, ErrorKind::Dns, "{error:?}");
+    assert!(
+        error
+            .message
+            .contains("with 404 Not Found (text/plain); expected 200 application/dns-message"),
+        "{error:?}"
+    );
+}

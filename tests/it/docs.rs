@@ -25,6 +25,9 @@ const MAP_KEYS: &[&str] = &[
     "agent.web.basic_auth_users",
     "checks[].headers",
     "checks[].headers_from_files",
+    "checks[].labels",
+    "checks[].metadata",
+    "checks[].metadata_from_files",
     "notifiers[].labels",
 ];
 

@@ -208,6 +208,7 @@ async fn a_task_holds_its_worker_while_its_response_is_judged() {
         ),
         run_id: 1,
         scheduled_at: SystemTime::now(),
+        discovered: None,
     };
     // Alone, a run of `big` lasts its probe plus its judging.
     let started = tokio::time::Instant::now();

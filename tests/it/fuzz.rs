@@ -75,6 +75,7 @@ fn assert_config_outcome(result: Result<Config, bastion_agent::config::ConfigErr
                     scheduled_at: SystemTime::UNIX_EPOCH,
                     dispatch_deadline: None,
                     check: std::sync::Arc::new(check.clone()),
+                    discovered: None,
                 };
                 let bytes = messages::encode(&request).expect("encodes");
                 let back: CheckRequest = messages::decode(&bytes).expect("decodes");
@@ -331,6 +332,7 @@ fn valid_messages() -> Vec<Vec<u8>> {
             scheduled_at: SystemTime::UNIX_EPOCH + Duration::from_micros(1_700_000_000_123_456),
             dispatch_deadline: None,
             check: std::sync::Arc::new(check.clone()),
+            discovered: None,
         };
         messages.push(messages::encode(&request).unwrap().to_vec());
     }
@@ -560,6 +562,8 @@ async fn tcp_expect(pattern: &str, sent: Vec<u8>) -> Option<bastion_agent::messa
         interval: Duration::from_secs(10),
         timeout: Some(Duration::from_secs(5)),
         instances: Vec::new(),
+        instances_from: None,
+        labels: Default::default(),
         assertions: Vec::new(),
         min_failing_count: None,
         min_failing_time: None,
@@ -578,6 +582,7 @@ async fn tcp_expect(pattern: &str, sent: Vec<u8>) -> Option<bastion_agent::messa
                 send: None,
                 expect: Some(pattern.to_string()),
             }],
+            starttls: None,
         }),
     };
     let compiled = CompiledCheck::compile(&check).ok();
@@ -590,6 +595,7 @@ async fn tcp_expect(pattern: &str, sent: Vec<u8>) -> Option<bastion_agent::messa
                     check: Arc::new(compiled),
                     run_id: 1,
                     scheduled_at: SystemTime::now(),
+                    discovered: None,
                 })
                 .await;
             Some(result.responses.into_iter().next().expect("one response"))

@@ -424,3 +424,112 @@ async fn grpc_series_appear_in_metrics() {
         }
     }
 }
+
+/// A health server that answers only calls carrying `authorization: Bearer s3cret-token` and
+/// `x-tenant: blue`; any other call is refused UNAUTHENTICATED with a message that echoes the
+/// token it wanted.
+async fn guarded_health_server() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let (reporter, service) = tonic_health::server::health_reporter();
+    reporter
+        .set_service_status("bastion.Db", ServingStatus::Serving)
+        .await;
+    let guarded = tonic::service::interceptor::InterceptedService::new(
+        service,
+        |request: tonic::Request<()>| {
+            let value = |key: &str| {
+                request
+                    .metadata()
+                    .get(key)
+                    .and_then(|value| value.to_str().ok())
+                    .map(str::to_string)
+            };
+            if value("authorization").as_deref() == Some("Bearer s3cret-token")
+                && value("x-tenant").as_deref() == Some("blue")
+            {
+                Ok(request)
+            } else {
+                Err(tonic::Status::unauthenticated(
+                    "wanted Bearer s3cret-token for tenant blue",
+                ))
+            }
+        },
+    );
+    tokio::spawn(async move {
+        let _reporter = reporter;
+        let _ = tonic::transport::Server::builder()
+            .add_service(guarded)
+            .serve_with_incoming(TcpIncoming::from(listener))
+            .await;
+    });
+    address
+}
+
+#[tokio::test]
+async fn metadata_is_sent_with_the_call_and_secrets_stay_out_of_results() {
+    let address = guarded_health_server().await.to_string();
+    let dir = crate::common::process::scratch_dir("grpc-metadata");
+    let token = dir.join("token");
+    std::fs::write(&token, "Bearer s3cret-token\n").unwrap();
+    let with = |tenant: &str| {
+        grpc_check(
+            "g",
+            &address,
+            "bastion.Db",
+            &format!(
+                "metadata = {{ x-tenant = \"{tenant}\" }}\nmetadata_from_files = {{ authorization = \"{}\" }}",
+                token.display()
+            ),
+        )
+    };
+    let result = run_single(&config(&with("blue"))).await;
+    assert!(result.passing, "{result:?}");
+    assert_eq!(result.responses[0].grpc.as_ref().unwrap().status, "SERVING");
+
+    // Refused: the server's message echoes the secret, which the result must not carry.
+    let result = run_single(&config(&with("green"))).await;
+    let response = &result.responses[0];
+    assert!(!result.passing);
+    let text = serde_json::to_string(&result).unwrap();
+    assert!(!text.contains("s3cret-token"), "{text}");
+    assert!(text.contains("[redacted]"), "{text}");
+    assert_eq!(
+        response.error.as_ref().map(|error| error.kind),
+        Some(ErrorKind::Grpc)
+    );
+
+    // Without the metadata the call is refused.
+    let result = run_single(&config(&grpc_check("g", &address, "bastion.Db", ""))).await;
+    assert!(!result.passing);
+}
+
+#[test]
+fn bad_metadata_is_refused_at_load() {
+    let base = "[[checks]]\nname = \"g\"\ntype = \"grpc\"\ninterval = \"5s\"\naddress = \"grpc.test:50051\"\n";
+    assert_config_errors(
+        base,
+        &[
+            (
+                "metadata = { X-Tenant = \"a\" }",
+                "metadata key `X-Tenant` is not valid",
+            ),
+            (
+                "metadata = { te = \"a\" }",
+                "metadata key `te` is one bastion sets",
+            ),
+            (
+                "metadata = { grpc-timeout = \"1S\" }",
+                "metadata key `grpc-timeout` is one bastion sets",
+            ),
+            (
+                "metadata = { key-bin = \"a\" }",
+                "metadata key `key-bin` is not valid",
+            ),
+            (
+                "metadata_from_files = { authorization = \"/nonexistent/token\" }",
+                "check `g`: metadata_from_files.authorization: cannot read /nonexistent/token",
+            ),
+        ],
+    );
+}

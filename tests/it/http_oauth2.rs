@@ -50,6 +50,7 @@ async fn run_compiled(dispatcher: &Dispatcher, check: &Arc<CompiledCheck>) -> Re
         check: Arc::clone(check),
         run_id: 1,
         scheduled_at: SystemTime::now(),
+        discovered: None,
     };
     let mut result = tokio::time::timeout(PATIENCE, dispatcher.run(order))
         .await

@@ -381,6 +381,7 @@ async fn bad_messages_are_counted_and_dropped_and_good_ones_still_run() {
         scheduled_at: std::time::SystemTime::now(),
         dispatch_deadline: None,
         check: std::sync::Arc::new(config(&checks(1, target, "10s")).checks[0].clone()),
+        discovered: None,
     };
     let good_json = serde_json::to_vec(&good).unwrap();
     let wrong_version =
@@ -994,6 +995,7 @@ async fn a_runner_forgets_the_series_of_checks_that_stop_arriving() {
             scheduled_at: std::time::SystemTime::now(),
             dispatch_deadline: None,
             check: std::sync::Arc::new(check.clone()),
+            discovered: None,
         };
         Bytes::from(serde_json::to_vec(&request).unwrap())
     };

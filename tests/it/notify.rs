@@ -702,7 +702,7 @@ fn alertmanager_binary() -> PathBuf {
     )
 }
 
-struct Killed(Child);
+pub(crate) struct Killed(Child);
 
 impl Drop for Killed {
     fn drop(&mut self) {
@@ -891,7 +891,12 @@ fn smtp_python() -> PathBuf {
 
 /// A real SMTP server requiring STARTTLS (`mode` "starttls") or speaking TLS from the first
 /// byte ("tls"), and AUTH; messages land in `dir/outbox/<n>.eml`.
-fn smtp_server(dir: &Path, user: &str, password: &str, mode: &str) -> (Killed, u16, PathBuf) {
+pub(crate) fn smtp_server(
+    dir: &Path,
+    user: &str,
+    password: &str,
+    mode: &str,
+) -> (Killed, u16, PathBuf) {
     let ca = TestCa::new("bastion test SMTP CA");
     let leaf = ca.leaf(
         &["127.0.0.1"],

@@ -52,13 +52,13 @@ fn an_open_file_limit_below_the_pools_is_a_warning_with_the_fix() {
     );
     agent.wait_ready();
     let log = wait_for_log(&agent, "the open-file limit is 64");
-    // 500 http workers and 10 of each of the five other types, plus the headroom.
+    // 500 http workers and 10 of each of the seven other types, plus the headroom.
     assert!(
-        log.contains("the worker pools may hold 550 probe sockets at once"),
+        log.contains("the worker pools may hold 570 probe sockets at once"),
         "{log}"
     );
-    assert!(log.contains("LimitNOFILE=614"), "{log}");
-    assert!(log.contains("ulimit -n 614"), "{log}");
+    assert!(log.contains("LimitNOFILE=634"), "{log}");
+    assert!(log.contains("ulimit -n 634"), "{log}");
     // A warning, not a refusal: the agent serves and probes.
     assert_eq!(
         http_get_blocking(listen, "/healthz").map(|(status, _)| status),

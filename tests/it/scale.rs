@@ -224,6 +224,7 @@ async fn request_runs(
             scheduled_at: std::time::SystemTime::now(),
             dispatch_deadline: None,
             check: std::sync::Arc::new(check.clone()),
+            discovered: None,
         };
         let payload = bytes::Bytes::from(serde_json::to_vec(&request).expect("encode"));
         bus.publish("bastion.checks.tcp", payload.into())

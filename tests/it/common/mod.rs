@@ -53,6 +53,7 @@ pub async fn run_check(dispatcher: &Dispatcher, config: &Config, name: &str) -> 
         check: Arc::new(CompiledCheck::compile(check).expect("check compiles")),
         run_id: 1,
         scheduled_at: SystemTime::now(),
+        discovered: None,
     };
     tokio::time::timeout(PATIENCE, dispatcher.run(order))
         .await

@@ -289,6 +289,8 @@ fn check_spec(check_type: CheckType, refused: u16) -> String {
         CheckType::Dns => format!("query = \"example.com\"\nserver = \"127.0.0.1:{refused}\"\n"),
         // A name, so that either ip_version is accepted.
         CheckType::Icmp => "host = \"localhost\"\n".to_string(),
+        CheckType::Udp => format!("address = \"127.0.0.1:{refused}\"\nsend = \"ping\"\n"),
+        CheckType::Websocket => format!("url = \"ws://127.0.0.1:{refused}/\"\n"),
     }
 }
 
