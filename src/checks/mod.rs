@@ -368,7 +368,7 @@ impl CompiledCheck {
         ] {
             if value > bound.cap_duration(value) {
                 return Err(CheckDefinitionError::OutOfRange(
-                    bound.check_duration(None, value).err().unwrap_or_default(),
+                    bound.check_entry_duration(value).err().unwrap_or_default(),
                 ));
             }
         }
@@ -545,7 +545,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            error.contains("checks[].timeout is 10m 1s; the most allowed is 10m"),
+            error.starts_with("timeout is 10m 1s; the most allowed is 10m"),
             "{error}"
         );
     }

@@ -112,6 +112,13 @@ impl Bound {
         }
     }
 
+    /// Checks a duration of an entry, naming it by its own name alone (`timeout is 11m; ...`),
+    /// for a message its owner prefixes (``check `web`: ``), as the config's own are.
+    pub fn check_entry_duration(&self, value: Duration) -> Result<(), String> {
+        self.check_duration(None, value)
+            .map_err(|message| message.replacen(self.key, self.name(), 1))
+    }
+
     /// `value`, or the range's top when it is above it: where a duration is used, so one that
     /// was never validated cannot overflow the arithmetic done on it. (Below the range
     /// nothing overflows; the value is left as it is.)

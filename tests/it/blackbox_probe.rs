@@ -918,10 +918,11 @@ fn past_256_requests_in_flight_a_probe_is_refused_at_once() {
     let (gated, gate) = gated_server();
     let modules = "modules:\n  http_2xx:\n    prober: http\n    timeout: 20s\n    http:\n      preferred_ip_protocol: ip4\n";
     // One http worker: the first request holds it until the gate opens, the others wait.
+    // One of each other type too, so that the bound is its floor of 256 (four per worker).
     let agent = agent_with_modules(
         "request-bound",
         modules,
-        "\n[runner]\ndispatch_deadline = \"20s\"\n[runner.workers]\nhttp = 1\n",
+        "\n[runner]\ndispatch_deadline = \"20s\"\n[runner.workers]\nhttp = 1\ntcp = 1\ndns = 1\ntls = 1\nicmp = 1\ngrpc = 1\nudp = 1\nwebsocket = 1\n",
     );
     let port = agent.listen;
     let path = Arc::new(probe_path(

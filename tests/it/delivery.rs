@@ -311,7 +311,7 @@ async fn a_held_up_runner_never_leaves_two_runs_of_a_check_in_flight() {
         &section(
             "runner",
             runner_listen,
-            "[runner.workers]\nhttp = 1\ntcp = 0\ndns = 0\ntls = 0\nicmp = 0\ngrpc = 0\n",
+            "[runner.workers]\nhttp = 1\ntcp = 0\ndns = 0\ntls = 0\nicmp = 0\ngrpc = 0\nudp = 0\nwebsocket = 0\n",
         ),
         &["run", "--role", "runner"],
     );

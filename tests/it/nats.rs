@@ -95,7 +95,7 @@ fn start_runner(name: &str, url: &str, workers: usize) -> Bastion {
     let listen = free_port();
     let config = format!(
         // HTTP workers only: a runner subscribes to the types it has workers for.
-        "{}{}[runner.workers]\nhttp = {workers}\ntcp = 0\ndns = 0\ntls = 0\nicmp = 0\ngrpc = 0\n",
+        "{}{}[runner.workers]\nhttp = {workers}\ntcp = 0\ndns = 0\ntls = 0\nicmp = 0\ngrpc = 0\nudp = 0\nwebsocket = 0\n",
         agent_section(name, listen),
         nats_section(url, "")
     );
