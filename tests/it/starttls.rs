@@ -172,3 +172,97 @@ async fn the_machines_postgresql_upgrades_to_tls() {
     assert!(!tls.chain.as_ref().unwrap().certificates.is_empty());
     assert!(response.timings.starttls > 0.0);
 }
+
+/// A real IMAP server (Debian's dovecot, $DOVECOT overrides it) on a free port with a
+/// certificate of `ca`; stopped when dropped.
+struct Dovecot {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Dovecot {
+    fn start(ca: &TestCa) -> Dovecot {
+        let binary = std::env::var("DOVECOT").unwrap_or_else(|_| "/usr/sbin/dovecot".to_string());
+        assert!(
+            std::path::Path::new(&binary).exists(),
+            "dovecot not found at {binary} ($DOVECOT): install dovecot-imapd, or run .ci/test, which installs it"
+        );
+        let dir = scratch_dir("starttls-dovecot");
+        for sub in ["run", "state", "home"] {
+            std::fs::create_dir_all(dir.join(sub)).unwrap();
+        }
+        let (cert, key) =
+            crate::common::tls_server::write_identity(&ca.leaf(&["127.0.0.1"], far_future()));
+        let port = crate::common::nats::free_port();
+        let d = dir.display();
+        let config = format!(
+            "base_dir = {d}/run\nstate_dir = {d}/state\nlog_path = {d}/dovecot.log\n\
+             protocols = imap\nlisten = 127.0.0.1\nssl = yes\n\
+             ssl_cert = <{}\nssl_key = <{}\ndisable_plaintext_auth = yes\n\
+             mail_location = maildir:{d}/home/Maildir\n\
+             passdb {{\n  driver = static\n  args = password=unused\n}}\n\
+             userdb {{\n  driver = static\n  args = uid=65534 gid=65534 home={d}/home\n}}\n\
+             service imap-login {{\n  chroot =\n  inet_listener imap {{\n    port = {port}\n  }}\n  inet_listener imaps {{\n    port = 0\n  }}\n}}\n\
+             service anvil {{\n  chroot =\n}}\n",
+            cert.display(),
+            key.display()
+        );
+        let path = dir.join("dovecot.conf");
+        std::fs::write(&path, config).unwrap();
+        let child = std::process::Command::new(&binary)
+            .arg("-F")
+            .arg("-c")
+            .arg(&path)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("dovecot starts");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "dovecot never listened: {}",
+                std::fs::read_to_string(dir.join("dovecot.log")).unwrap_or_default()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Dovecot { child, port }
+    }
+}
+
+impl Drop for Dovecot {
+    fn drop(&mut self) {
+        // SIGTERM: the master stops its login and auth processes with it.
+        let _ = std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+fn far_future() -> time::OffsetDateTime {
+    time::OffsetDateTime::now_utc() + time::Duration::days(30)
+}
+
+/// IMAP STARTTLS against a real dovecot: the upgrade, the handshake timed as `tls`, the
+/// certificate verified against its CA; with another CA the same server is a `tls` failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_imap_server_upgrades_and_its_certificate_is_checked() {
+    let ca = TestCa::new("bastion test imap CA");
+    let dovecot = Dovecot::start(&ca);
+    let address: SocketAddr = format!("127.0.0.1:{}", dovecot.port).parse().unwrap();
+    let result = run_single(&config(&tls_check(address, "imap", &ca.ca_file))).await;
+    assert!(result.passing, "{result:?}");
+    let response = &result.responses[0];
+    let chain = response.tls.as_ref().unwrap().chain.as_ref().unwrap();
+    assert!(chain.valid, "{chain:?}");
+    assert!(response.timings.starttls > 0.0 && response.timings.tls > 0.0);
+
+    let stranger = TestCa::new("another CA");
+    let result = run_single(&config(&tls_check(address, "imap", &stranger.ca_file))).await;
+    assert!(!result.passing, "{result:?}");
+    let chain = result.responses[0].tls.as_ref().unwrap().chain.as_ref().unwrap();
+    assert!(!chain.valid, "{chain:?}");
+    drop(dovecot);
+}
