@@ -262,7 +262,13 @@ async fn a_real_imap_server_upgrades_and_its_certificate_is_checked() {
     let stranger = TestCa::new("another CA");
     let result = run_single(&config(&tls_check(address, "imap", &stranger.ca_file))).await;
     assert!(!result.passing, "{result:?}");
-    let chain = result.responses[0].tls.as_ref().unwrap().chain.as_ref().unwrap();
+    let chain = result.responses[0]
+        .tls
+        .as_ref()
+        .unwrap()
+        .chain
+        .as_ref()
+        .unwrap();
     assert!(!chain.valid, "{chain:?}");
     drop(dovecot);
 }
