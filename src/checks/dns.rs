@@ -8,10 +8,9 @@ use super::{Phase, ProbeRecord};
 
 use super::series::{self, SeriesOut, SeriesSpec};
 use super::ProbeContext;
-use super::{CheckDefinitionError, CheckKind, Probe, ProbeFuture};
+use super::{CheckKind, Probe, ProbeFuture};
 use crate::assertions::Observation;
 use crate::assertions::Observed;
-use crate::config::CheckSpec;
 use crate::config::{AssertionKey, DnsRecordType, DnsSpec, DnsTransport};
 use crate::messages::DnsDetails;
 use crate::messages::Response;
@@ -21,7 +20,6 @@ use hickory_proto::op::{Message, MessageType, OpCode, Query};
 use hickory_proto::rr::{Name, RecordType};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU16, Ordering};
-use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
@@ -511,7 +509,7 @@ pub fn observed(details: &DnsDetails) -> Vec<(AssertionKey, Observed)> {
     ]
 }
 
-/// The `dns` check type, registered in `checks::KINDS`.
+/// The `dns` check type, listed in `checks::KINDS`.
 pub const KIND: CheckKind = CheckKind {
     check_type: CheckType::Dns,
     assertion_keys: &[
@@ -519,7 +517,6 @@ pub const KIND: CheckKind = CheckKind {
         AssertionKey::Answer,
         AssertionKey::AnswerCount,
     ],
-    compile: compile_spec,
     judge,
     series: &[
         SeriesSpec {
@@ -533,17 +530,6 @@ pub const KIND: CheckKind = CheckKind {
     ],
     write_series,
 };
-
-fn compile_spec(
-    spec: &CheckSpec,
-    _timeout: Duration,
-) -> Result<Box<dyn Probe>, CheckDefinitionError> {
-    let CheckSpec::Dns(spec) = spec else {
-        return Err(CheckDefinitionError::wrong_spec(CheckType::Dns, spec));
-    };
-    let plan = DnsPlan::compile(spec).map_err(CheckDefinitionError::spec)?;
-    Ok(Box::new(plan))
-}
 
 impl Probe for DnsPlan {
     fn host_and_port(&self) -> (&str, u16) {

@@ -7,12 +7,11 @@
 use super::net::{connect_tcp, drive, error_chain, http_error};
 use super::series::{self, SeriesOut, SeriesSpec};
 use super::tls_client::{handshake, TlsKeys, TlsTarget, TlsTargetError};
-use super::{CheckDefinitionError, CheckKind, Probe, ProbeFuture};
+use super::{CheckKind, Probe, ProbeFuture};
 use super::{Phase, ProbeContext, ProbeRecord};
 use crate::assertions::Observation;
 use crate::assertions::Observed;
 use crate::config::AssertionKey;
-use crate::config::CheckSpec;
 use crate::config::GrpcSpec;
 use crate::messages::GrpcDetails;
 use crate::messages::Response;
@@ -24,7 +23,6 @@ use http::{HeaderMap, Method, Request, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::net::SocketAddr;
-use std::time::Duration;
 
 const HEALTH_CHECK_PATH: &str = "/grpc.health.v1.Health/Check";
 /// A health answer is a few bytes; anything longer than this is not one.
@@ -474,11 +472,10 @@ fn percent_decode(raw: &[u8]) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// The `grpc` check type, registered in `checks::KINDS`.
+/// The `grpc` check type, listed in `checks::KINDS`.
 pub const KIND: CheckKind = CheckKind {
     check_type: CheckType::Grpc,
     assertion_keys: &[AssertionKey::Status],
-    compile: compile_spec,
     judge,
     series: &[
         SeriesSpec {
@@ -495,17 +492,6 @@ pub const KIND: CheckKind = CheckKind {
 
 /// Every value of `probe_grpc_healthcheck_response`'s `serving_status` label.
 const SERVING_STATUSES: [&str; 4] = ["UNKNOWN", "SERVING", "NOT_SERVING", "SERVICE_UNKNOWN"];
-
-fn compile_spec(
-    spec: &CheckSpec,
-    _timeout: Duration,
-) -> Result<Box<dyn Probe>, CheckDefinitionError> {
-    let CheckSpec::Grpc(spec) = spec else {
-        return Err(CheckDefinitionError::wrong_spec(CheckType::Grpc, spec));
-    };
-    let plan = GrpcPlan::compile(spec).map_err(CheckDefinitionError::spec)?;
-    Ok(Box::new(plan))
-}
 
 impl Probe for GrpcPlan {
     fn host_and_port(&self) -> (&str, u16) {

@@ -13,11 +13,10 @@ use super::series::{self, SeriesOut, SeriesSpec};
 use super::tls_client::{
     handshake, server_name, tls_setup_error, TlsKeys, TlsTarget, TlsTargetError,
 };
-use super::{CheckDefinitionError, CheckKind, Probe, ProbeFuture};
+use super::{CheckKind, Probe, ProbeFuture};
 use super::{Phase, ProbeContext, ProbeRecord};
 use crate::assertions::Observation;
 use crate::config::AssertionKey;
-use crate::config::CheckSpec;
 use crate::config::{Compression, HttpSpec, Secret};
 use crate::messages::HttpDetails;
 use crate::messages::Response;
@@ -1049,7 +1048,7 @@ fn header_map_text(headers: &HeaderMap) -> BTreeMap<String, String> {
     map
 }
 
-/// The `http` check type, registered in `checks::KINDS`.
+/// The `http` check type, listed in `checks::KINDS`.
 pub const KIND: CheckKind = CheckKind {
     check_type: CheckType::Http,
     assertion_keys: &[
@@ -1058,7 +1057,6 @@ pub const KIND: CheckKind = CheckKind {
         AssertionKey::Body,
         AssertionKey::Json,
     ],
-    compile: compile_spec,
     judge,
     series: &[
         SeriesSpec {
@@ -1072,17 +1070,6 @@ pub const KIND: CheckKind = CheckKind {
     ],
     write_series,
 };
-
-fn compile_spec(
-    spec: &CheckSpec,
-    timeout: Duration,
-) -> Result<Box<dyn Probe>, CheckDefinitionError> {
-    let CheckSpec::Http(spec) = spec else {
-        return Err(CheckDefinitionError::wrong_spec(CheckType::Http, spec));
-    };
-    let plan = HttpPlan::compile(spec, timeout).map_err(CheckDefinitionError::spec)?;
-    Ok(Box::new(plan))
-}
 
 impl Probe for HttpPlan {
     fn host_and_port(&self) -> (&str, u16) {

@@ -8,10 +8,9 @@ use super::{Phase, ProbeRecord};
 
 use super::series::{self, SeriesOut, SeriesSpec};
 use super::ProbeContext;
-use super::{CheckDefinitionError, CheckKind, Probe, ProbeFuture};
+use super::{CheckKind, Probe, ProbeFuture};
 use crate::assertions::Observation;
 use crate::assertions::Observed;
-use crate::config::CheckSpec;
 use crate::config::{AssertionKey, IcmpSpec};
 use crate::messages::IcmpDetails;
 use crate::messages::Response;
@@ -444,11 +443,10 @@ pub fn observed(details: &IcmpDetails) -> Vec<(AssertionKey, Observed)> {
     values
 }
 
-/// The `icmp` check type, registered in `checks::KINDS`.
+/// The `icmp` check type, listed in `checks::KINDS`.
 pub const KIND: CheckKind = CheckKind {
     check_type: CheckType::Icmp,
     assertion_keys: &[AssertionKey::Loss, AssertionKey::RttAvg, AssertionKey::RttMax],
-    compile: compile_spec,
     judge,
     series: &[
         SeriesSpec {
@@ -462,17 +460,6 @@ pub const KIND: CheckKind = CheckKind {
     ],
     write_series,
 };
-
-fn compile_spec(
-    spec: &CheckSpec,
-    timeout: Duration,
-) -> Result<Box<dyn Probe>, CheckDefinitionError> {
-    let CheckSpec::Icmp(spec) = spec else {
-        return Err(CheckDefinitionError::wrong_spec(CheckType::Icmp, spec));
-    };
-    let plan = IcmpPlan::compile(spec, timeout).map_err(CheckDefinitionError::spec)?;
-    Ok(Box::new(plan))
-}
 
 impl Probe for IcmpPlan {
     fn host_and_port(&self) -> (&str, u16) {

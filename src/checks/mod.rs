@@ -1,7 +1,9 @@
 //! Check types. Each type is one module that declares, in its `KIND`, everything bastion knows
-//! about it: how its spec compiles into a `Probe`, its assertion keys, how it judges a response
-//! and which `probe_*` series it reports. `KINDS` below registers them; the dispatcher, the
-//! sink and validation go through `kind()` and the `Probe` trait and never name a protocol.
+//! about it: its assertion keys, how it judges a response and which `probe_*` series it
+//! reports; its plan's `compile` turns its spec into a `Probe`. `kind()` and `compile_probe`
+//! below reach every type by an exhaustive match (`KINDS` lists them for iteration); the
+//! dispatcher, the sink and validation go through them and the `Probe` trait and never name a
+//! protocol.
 //! Check code never touches the bus, the metrics or the scheduler: it gets a target and
 //! returns what it saw.
 
@@ -39,8 +41,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// Every check type bastion has. A new type is one module with its `KIND`, one line here, and
-/// its spec in `config/schema.rs` (the schema stays below the engine, so configs load alone).
+/// Every check type bastion has, in the order their series are registered. A new type is one
+/// module with its `KIND`, a line here and one in each match below, and its spec in
+/// `config/schema.rs` (the schema stays below the engine, so configs load alone).
 pub const KINDS: [&CheckKind; 8] = [
     &http::KIND,
     &tcp::KIND,
@@ -52,14 +55,42 @@ pub const KINDS: [&CheckKind; 8] = [
     &websocket::KIND,
 ];
 
-/// The registered kind of `check_type`.
+/// The kind of `check_type`. Exhaustive: a new `CheckType` without its line here does not
+/// compile.
 pub fn kind(check_type: CheckType) -> &'static CheckKind {
-    KINDS
-        .iter()
-        .find(|kind| kind.check_type == check_type)
-        .copied()
-        // Invariant, tested below: every CheckType has a kind in KINDS.
-        .unwrap_or(&http::KIND)
+    match check_type {
+        CheckType::Http => &http::KIND,
+        CheckType::Tcp => &tcp::KIND,
+        CheckType::Dns => &dns::KIND,
+        CheckType::Tls => &tls::KIND,
+        CheckType::Icmp => &icmp::KIND,
+        CheckType::Grpc => &grpc::KIND,
+        CheckType::Udp => &udp::KIND,
+        CheckType::Websocket => &websocket::KIND,
+    }
+}
+
+/// The probe of `spec`, compiled with the check's timeout. Exhaustive over the specs: each
+/// type's plan is built from its own spec, and no type ever sees another's.
+fn compile_probe(
+    spec: &CheckSpec,
+    timeout: Duration,
+) -> Result<Box<dyn Probe>, CheckDefinitionError> {
+    fn boxed<P: Probe + 'static, E: std::error::Error + Send + Sync + 'static>(
+        plan: Result<P, E>,
+    ) -> Result<Box<dyn Probe>, CheckDefinitionError> {
+        Ok(Box::new(plan.map_err(CheckDefinitionError::spec)?))
+    }
+    match spec {
+        CheckSpec::Http(spec) => boxed(http::HttpPlan::compile(spec, timeout)),
+        CheckSpec::Tcp(spec) => boxed(tcp::TcpPlan::compile(spec)),
+        CheckSpec::Dns(spec) => boxed(dns::DnsPlan::compile(spec)),
+        CheckSpec::Tls(spec) => boxed(tls::TlsPlan::compile(spec)),
+        CheckSpec::Icmp(spec) => boxed(icmp::IcmpPlan::compile(spec, timeout)),
+        CheckSpec::Grpc(spec) => boxed(grpc::GrpcPlan::compile(spec)),
+        CheckSpec::Udp(spec) => boxed(udp::UdpPlan::compile(spec)),
+        CheckSpec::Websocket(spec) => boxed(websocket::WebsocketPlan::compile(spec)),
+    }
 }
 
 /// What bastion knows about one check type, declared by its module.
@@ -68,8 +99,6 @@ pub struct CheckKind {
     pub check_type: CheckType,
     /// The type's own assertion keys; `latency` applies to every type.
     pub assertion_keys: &'static [AssertionKey],
-    /// Compiles the type's spec (with the check's timeout) into its probe.
-    pub compile: CompileSpec,
     /// Fills `observation` from the type's section of a response and returns the verdict
     /// without assertions; None when the section is missing (the probe failed before it).
     pub judge: for<'a> fn(&'a Response, &mut Observation<'a>) -> Option<bool>,
@@ -78,9 +107,6 @@ pub struct CheckKind {
     /// Writes those series for one response.
     pub write_series: fn(&Response, &mut dyn SeriesOut),
 }
-
-/// Compiles a type's spec, with the check's timeout, into its probe.
-pub type CompileSpec = fn(&CheckSpec, Duration) -> Result<Box<dyn Probe>, CheckDefinitionError>;
 
 /// A boxed future that borrows what the probe uses.
 pub type ProbeFuture<'a> = Pin<Box<dyn Future<Output = Result<(), ProbeError>> + Send + 'a>>;
@@ -293,12 +319,6 @@ pub enum CheckDefinitionError {
     /// The type's own definition error, as its module words it.
     #[error("{0}")]
     Spec(Box<dyn std::error::Error + Send + Sync>),
-    /// A spec of another type reached this type's compile: a bug, reported, never a panic.
-    #[error("internal error: a {found} spec was compiled as a {expected} check")]
-    WrongSpec {
-        expected: CheckType,
-        found: CheckType,
-    },
     #[error("ip_protocol_fallback only applies with ip_protocol = \"ip4\" or \"ip6\"; set one or remove it")]
     FallbackWithoutProtocol,
     #[error("labels: {0}")]
@@ -318,14 +338,6 @@ impl CheckDefinitionError {
     /// Wraps a type's own definition error.
     pub fn spec(error: impl std::error::Error + Send + Sync + 'static) -> CheckDefinitionError {
         CheckDefinitionError::Spec(Box::new(error))
-    }
-
-    /// The error for a spec of the wrong type.
-    pub fn wrong_spec(expected: CheckType, spec: &CheckSpec) -> CheckDefinitionError {
-        CheckDefinitionError::WrongSpec {
-            expected,
-            found: spec.check_type(),
-        }
     }
 }
 
@@ -414,7 +426,7 @@ impl CompiledCheck {
                 )
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let probe = (kind.compile)(&check.spec, timeout)?;
+        let probe = compile_probe(&check.spec, timeout)?;
         let ip_protocol = check.ip_protocol.unwrap_or_default();
         if check.ip_protocol_fallback.is_some() && ip_protocol == IpProtocol::Any {
             return Err(CheckDefinitionError::FallbackWithoutProtocol);

@@ -8,11 +8,10 @@ use super::series::{self, SeriesOut, SeriesSpec};
 use super::tls_client::{
     await_client_auth_verdict, handshake, watch_client_auth, TlsKeys, TlsTarget, TlsTargetError,
 };
-use super::{CheckDefinitionError, CheckKind, Probe, ProbeFuture};
+use super::{CheckKind, Probe, ProbeFuture};
 use super::{Phase, ProbeContext, ProbeRecord};
 use crate::assertions::Observation;
 use crate::assertions::Observed;
-use crate::config::CheckSpec;
 use crate::config::{AssertionKey, TcpSpec};
 use crate::messages::Response;
 use crate::messages::TcpDetails;
@@ -20,7 +19,6 @@ use crate::model::CheckType;
 use crate::model::{split_host_port, ErrorKind, ProbeError};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Compiled regexes may not grow beyond this, as for assertions.
@@ -269,11 +267,10 @@ pub fn observed(details: &TcpDetails) -> Vec<(AssertionKey, Observed)> {
     )]
 }
 
-/// The `tcp` check type, registered in `checks::KINDS`.
+/// The `tcp` check type, listed in `checks::KINDS`.
 pub const KIND: CheckKind = CheckKind {
     check_type: CheckType::Tcp,
     assertion_keys: &[AssertionKey::Connected, AssertionKey::Body],
-    compile: compile_spec,
     judge,
     series: &[SeriesSpec {
         name: "probe_tcp_duration_seconds",
@@ -281,17 +278,6 @@ pub const KIND: CheckKind = CheckKind {
     }],
     write_series,
 };
-
-fn compile_spec(
-    spec: &CheckSpec,
-    _timeout: Duration,
-) -> Result<Box<dyn Probe>, CheckDefinitionError> {
-    let CheckSpec::Tcp(spec) = spec else {
-        return Err(CheckDefinitionError::wrong_spec(CheckType::Tcp, spec));
-    };
-    let plan = TcpPlan::compile(spec).map_err(CheckDefinitionError::spec)?;
-    Ok(Box::new(plan))
-}
 
 impl Probe for TcpPlan {
     fn host_and_port(&self) -> (&str, u16) {

@@ -10,11 +10,10 @@ use super::tls_client::{
     await_client_auth_verdict, certificate_details, handshake, tls_setup_error, watch_client_auth,
     TlsKeys, TlsTarget, TlsTargetError,
 };
-use super::{CheckDefinitionError, CheckKind, Probe, ProbeFuture};
+use super::{CheckKind, Probe, ProbeFuture};
 use super::{ProbeContext, ProbeRecord};
 use crate::assertions::Observation;
 use crate::assertions::Observed;
-use crate::config::CheckSpec;
 use crate::config::{AssertionKey, TlsSpec};
 use crate::messages::Response;
 use crate::messages::{ChainDetails, TlsDetails};
@@ -26,7 +25,6 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 use std::time::SystemTime;
 
 #[derive(Debug, thiserror::Error)]
@@ -240,7 +238,7 @@ pub fn observed(details: &TlsDetails, now: SystemTime) -> Vec<(AssertionKey, Obs
     values
 }
 
-/// The `tls` check type, registered in `checks::KINDS`.
+/// The `tls` check type, listed in `checks::KINDS`.
 pub const KIND: CheckKind = CheckKind {
     check_type: CheckType::Tls,
     assertion_keys: &[
@@ -251,7 +249,6 @@ pub const KIND: CheckKind = CheckKind {
         AssertionKey::TlsVersion,
         AssertionKey::ChainValid,
     ],
-    compile: compile_spec,
     judge,
     series: &[SeriesSpec {
         name: "probe_tls_duration_seconds",
@@ -259,17 +256,6 @@ pub const KIND: CheckKind = CheckKind {
     }],
     write_series,
 };
-
-fn compile_spec(
-    spec: &CheckSpec,
-    _timeout: Duration,
-) -> Result<Box<dyn Probe>, CheckDefinitionError> {
-    let CheckSpec::Tls(spec) = spec else {
-        return Err(CheckDefinitionError::wrong_spec(CheckType::Tls, spec));
-    };
-    let plan = TlsPlan::compile(spec).map_err(CheckDefinitionError::spec)?;
-    Ok(Box::new(plan))
-}
 
 impl Probe for TlsPlan {
     fn host_and_port(&self) -> (&str, u16) {

@@ -6,15 +6,12 @@
 //! `runner.max_body_bytes` of it.
 
 use super::series::{self, SeriesOut, SeriesSpec};
-use super::{
-    CheckDefinitionError, CheckKind, Phase, Probe, ProbeContext, ProbeFuture, ProbeRecord,
-};
+use super::{CheckKind, Phase, Probe, ProbeContext, ProbeFuture, ProbeRecord};
 use crate::assertions::Observation;
-use crate::config::{AssertionKey, CheckSpec, UdpSpec};
+use crate::config::{AssertionKey, UdpSpec};
 use crate::messages::{Response, UdpDetails};
 use crate::model::{split_host_port, CheckType, ErrorKind, ProbeError};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::time::Duration;
 use tokio::net::UdpSocket;
 
 /// Compiled regexes may not grow beyond this, as for assertions.
@@ -176,11 +173,10 @@ fn unreachable_or(error: std::io::Error, target: SocketAddr, doing: &str) -> Pro
     }
 }
 
-/// The `udp` check type, registered in `checks::KINDS`.
+/// The `udp` check type, listed in `checks::KINDS`.
 pub const KIND: CheckKind = CheckKind {
     check_type: CheckType::Udp,
     assertion_keys: &[AssertionKey::Body],
-    compile: compile_spec,
     judge,
     series: &[SeriesSpec {
         name: "probe_udp_duration_seconds",
@@ -188,17 +184,6 @@ pub const KIND: CheckKind = CheckKind {
     }],
     write_series,
 };
-
-fn compile_spec(
-    spec: &CheckSpec,
-    _timeout: Duration,
-) -> Result<Box<dyn Probe>, CheckDefinitionError> {
-    let CheckSpec::Udp(spec) = spec else {
-        return Err(CheckDefinitionError::wrong_spec(CheckType::Udp, spec));
-    };
-    let plan = UdpPlan::compile(spec).map_err(CheckDefinitionError::spec)?;
-    Ok(Box::new(plan))
-}
 
 impl Probe for UdpPlan {
     fn host_and_port(&self) -> (&str, u16) {

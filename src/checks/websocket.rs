@@ -9,16 +9,13 @@
 use super::net::connect_tcp;
 use super::series::{self, SeriesOut, SeriesSpec};
 use super::tls_client::{handshake, TlsKeys, TlsTarget, TlsTargetError};
-use super::{
-    CheckDefinitionError, CheckKind, Phase, Probe, ProbeContext, ProbeFuture, ProbeRecord,
-};
+use super::{CheckKind, Phase, Probe, ProbeContext, ProbeFuture, ProbeRecord};
 use crate::assertions::Observation;
-use crate::config::{AssertionKey, CheckSpec, WebsocketSpec};
+use crate::config::{AssertionKey, WebsocketSpec};
 use crate::messages::{Response, WebsocketDetails};
 use crate::model::{CheckType, ErrorKind, ProbeError};
 use base64::Engine;
 use std::net::SocketAddr;
-use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Compiled regexes may not grow beyond this, as for assertions.
@@ -435,11 +432,10 @@ async fn read_message<S: AsyncRead + Unpin>(
     }
 }
 
-/// The `websocket` check type, registered in `checks::KINDS`.
+/// The `websocket` check type, listed in `checks::KINDS`.
 pub const KIND: CheckKind = CheckKind {
     check_type: CheckType::Websocket,
     assertion_keys: &[AssertionKey::Body],
-    compile: compile_spec,
     judge,
     series: &[SeriesSpec {
         name: "probe_websocket_duration_seconds",
@@ -447,17 +443,6 @@ pub const KIND: CheckKind = CheckKind {
     }],
     write_series,
 };
-
-fn compile_spec(
-    spec: &CheckSpec,
-    _timeout: Duration,
-) -> Result<Box<dyn Probe>, CheckDefinitionError> {
-    let CheckSpec::Websocket(spec) = spec else {
-        return Err(CheckDefinitionError::wrong_spec(CheckType::Websocket, spec));
-    };
-    let plan = WebsocketPlan::compile(spec).map_err(CheckDefinitionError::spec)?;
-    Ok(Box::new(plan))
-}
 
 impl Probe for WebsocketPlan {
     fn host_and_port(&self) -> (&str, u16) {

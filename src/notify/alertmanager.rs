@@ -7,20 +7,14 @@
 
 use super::post::post_json;
 use super::{
-    wrong_kind, Answer, BuildContext, Event, Notification, Notifier, NotifierKind, NotifyError,
-    SendError, Severity,
+    Answer, BuildContext, Event, Notification, Notifier, NotifyError, SendError, Severity,
 };
-use crate::config::{NotifierConfig, NotifierSpec, ALERTMANAGER_RESEND};
+use crate::config::{AlertmanagerSpec, NotifierConfig, ALERTMANAGER_RESEND};
 use futures_util::future::BoxFuture;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
-
-pub const KIND: NotifierKind = NotifierKind {
-    name: "alertmanager",
-    build,
-};
 
 /// The `alertname` of every alert bastion sends.
 pub const ALERTNAME: &str = "BastionCheckFailing";
@@ -41,13 +35,12 @@ struct Alertmanager {
     valid_for: Duration,
 }
 
-fn build(
+/// Builds the notifier `config` describes, from its alertmanager section.
+pub(super) fn build(
     config: &NotifierConfig,
+    spec: &AlertmanagerSpec,
     context: &BuildContext,
 ) -> Result<Arc<dyn Notifier>, NotifyError> {
-    let NotifierSpec::Alertmanager(spec) = &config.spec else {
-        return Err(wrong_kind(config, "alertmanager"));
-    };
     let resend = config.repeat_interval.unwrap_or(ALERTMANAGER_RESEND);
     Ok(Arc::new(Alertmanager {
         client: context.client_for(config)?,

@@ -4,21 +4,14 @@
 //! subject names the check and what happened; the body lists the failing instances and why.
 //! A 4xx SMTP answer (transient) is retried, a 5xx one (permanent) is not.
 
-use super::{
-    read_secret, Answer, BuildContext, Notification, Notifier, NotifierKind, NotifyError, SendError,
-};
-use crate::config::{NotifierConfig, NotifierSpec};
+use super::{read_secret, Answer, BuildContext, Notification, Notifier, NotifyError, SendError};
+use crate::config::{EmailSpec, NotifierConfig};
 use futures_util::future::BoxFuture;
 use lettre::message::{header::ContentType, Mailbox};
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Certificate, CertificateStore, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use std::sync::Arc;
-
-pub const KIND: NotifierKind = NotifierKind {
-    name: "email",
-    build,
-};
 
 struct Email {
     transport: AsyncSmtpTransport<Tokio1Executor>,
@@ -41,13 +34,12 @@ fn invalid(config: &NotifierConfig, reason: String) -> NotifyError {
     }
 }
 
-fn build(
+/// Builds the notifier `config` describes, from its email section.
+pub(super) fn build(
     config: &NotifierConfig,
+    spec: &EmailSpec,
     _context: &BuildContext,
 ) -> Result<Arc<dyn Notifier>, NotifyError> {
-    let NotifierSpec::Email(spec) = &config.spec else {
-        return Err(super::wrong_kind(config, "email"));
-    };
     let mut tls = TlsParameters::builder(spec.smtp_host.clone());
     if let Some(ca_file) = &config.ca_file {
         let pem = std::fs::read(ca_file).map_err(|error| {

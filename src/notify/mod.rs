@@ -1,7 +1,7 @@
 //! Notifications: telling people when a check fails and when it recovers. This file holds what
 //! every receiver shares: the `Notification` (one event of one failure episode), the
-//! `Notifier` trait each receiver type implements in its own file, and `KINDS`, the registry
-//! from a notifier's `type` to the function that builds it. Around them: `episodes` decides
+//! `Notifier` trait each receiver type implements in its own file, and `build`, one
+//! exhaustive match from a notifier's spec to its type's build function. Around them: `episodes` decides
 //! what to send and when (episodes, reminders, leadership, maintenance), `queue` delivers
 //! (one bounded queue per notifier, retries with backoff), `maintenance` says which windows
 //! are in force, `post` is the HTTP request every HTTP receiver makes.
@@ -29,7 +29,7 @@ pub use maintenance::Maintenance;
 pub use routing::{Notifications, NotificationsOptions};
 pub use saved::{open_delivery, SAVED_DELIVERIES};
 
-use crate::config::{Config, NotifierConfig};
+use crate::config::{Config, NotifierConfig, NotifierSpec};
 use crate::model::{CheckState, CheckType};
 use futures_util::future::BoxFuture;
 use serde::Serialize;
@@ -294,26 +294,8 @@ impl BuildContext {
     }
 }
 
-/// How a receiver type builds a notifier from its config.
-pub type BuildFn = fn(&NotifierConfig, &BuildContext) -> Result<Arc<dyn Notifier>, NotifyError>;
-
 /// A configured notifier and what its config built.
 pub type Built = (NotifierConfig, Arc<dyn Notifier>);
-
-/// One receiver type: its `type` name and how it is built from its config.
-pub struct NotifierKind {
-    pub name: &'static str,
-    pub build: BuildFn,
-}
-
-/// Every receiver type. Adding one is a file and a line here.
-pub const KINDS: &[NotifierKind] = &[
-    alertmanager::KIND,
-    webhook::KIND,
-    slack::KIND,
-    pagerduty::KIND,
-    email::KIND,
-];
 
 #[derive(Debug, thiserror::Error)]
 pub enum NotifyError {
@@ -331,8 +313,6 @@ pub enum NotifyError {
     Tls(String),
     #[error("no notifier is named `{0}`; the config's [[notifiers]] names are the ones to use")]
     NoSuchNotifier(String),
-    #[error("notifier `{notifier}` is of type `{kind}`, which this build does not know")]
-    UnknownKind { notifier: String, kind: String },
     #[error("notifier `{notifier}`: the receiver did not take the test notification: {reason}")]
     TestFailed { notifier: String, reason: String },
 }
@@ -367,14 +347,6 @@ pub fn url_or_file(
             notifier: config.name.clone(),
             reason: "set url or url_file".to_string(),
         }),
-    }
-}
-
-/// A kind's build function was handed another kind's config (a registry mistake).
-pub fn wrong_kind(config: &NotifierConfig, kind: &str) -> NotifyError {
-    NotifyError::Invalid {
-        notifier: config.name.clone(),
-        reason: format!("not a {kind} notifier"),
     }
 }
 
@@ -428,19 +400,19 @@ fn client_with(mut tls: rustls::ClientConfig) -> Result<reqwest::Client, NotifyE
         .map_err(|error| NotifyError::Tls(error.without_url().to_string()))
 }
 
-/// Builds one notifier through its kind.
+/// Builds one notifier from its type's section. Exhaustive: a new receiver type without its
+/// line here does not compile.
 pub fn build(
     config: &NotifierConfig,
     context: &BuildContext,
 ) -> Result<Arc<dyn Notifier>, NotifyError> {
-    let kind = config.spec.kind();
-    let Some(entry) = KINDS.iter().find(|entry| entry.name == kind) else {
-        return Err(NotifyError::UnknownKind {
-            notifier: config.name.clone(),
-            kind: kind.to_string(),
-        });
-    };
-    (entry.build)(config, context)
+    match &config.spec {
+        NotifierSpec::Alertmanager(spec) => alertmanager::build(config, spec, context),
+        NotifierSpec::Webhook(spec) => webhook::build(config, spec, context),
+        NotifierSpec::Slack(spec) => slack::build(config, spec, context),
+        NotifierSpec::Pagerduty(spec) => pagerduty::build(config, spec, context),
+        NotifierSpec::Email(spec) => email::build(config, spec, context),
+    }
 }
 
 /// Builds every configured notifier, reading their secret files: what `bastion validate` and

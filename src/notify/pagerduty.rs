@@ -8,19 +8,14 @@
 
 use super::post::post_json;
 use super::{
-    read_secret, wrong_kind, Answer, BuildContext, Event, Notification, Notifier, NotifierKind,
-    NotifyError, Secret, SendError, Severity,
+    read_secret, Answer, BuildContext, Event, Notification, Notifier, NotifyError, Secret,
+    SendError, Severity,
 };
-use crate::config::{NotifierConfig, NotifierSpec};
+use crate::config::{NotifierConfig, PagerdutySpec};
 use futures_util::future::BoxFuture;
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
-
-pub const KIND: NotifierKind = NotifierKind {
-    name: "pagerduty",
-    build,
-};
 
 /// PagerDuty's limit on `payload.summary`.
 const SUMMARY_CHARS: usize = 1024;
@@ -33,13 +28,12 @@ struct Pagerduty {
     timeout: Duration,
 }
 
-fn build(
+/// Builds the notifier `config` describes, from its pagerduty section.
+pub(super) fn build(
     config: &NotifierConfig,
+    spec: &PagerdutySpec,
     context: &BuildContext,
 ) -> Result<Arc<dyn Notifier>, NotifyError> {
-    let NotifierSpec::Pagerduty(spec) = &config.spec else {
-        return Err(wrong_kind(config, "pagerduty"));
-    };
     Ok(Arc::new(Pagerduty {
         client: context.client_for(config)?,
         url: spec.url.clone(),

@@ -5,19 +5,14 @@
 
 use super::post::post_json;
 use super::{
-    url_or_file, wrong_kind, Answer, BuildContext, Event, Notification, Notifier, NotifierKind,
-    NotifyError, Secret, SendError,
+    url_or_file, Answer, BuildContext, Event, Notification, Notifier, NotifyError, Secret,
+    SendError,
 };
-use crate::config::{NotifierConfig, NotifierSpec};
+use crate::config::{NotifierConfig, SlackSpec};
 use futures_util::future::BoxFuture;
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
-
-pub const KIND: NotifierKind = NotifierKind {
-    name: "slack",
-    build,
-};
 
 /// Slack cuts a section's text at 3000 characters.
 const SECTION_CHARS: usize = 2900;
@@ -29,13 +24,12 @@ struct Slack {
     timeout: Duration,
 }
 
-fn build(
+/// Builds the notifier `config` describes, from its slack section.
+pub(super) fn build(
     config: &NotifierConfig,
+    spec: &SlackSpec,
     context: &BuildContext,
 ) -> Result<Arc<dyn Notifier>, NotifyError> {
-    let NotifierSpec::Slack(spec) = &config.spec else {
-        return Err(wrong_kind(config, "slack"));
-    };
     let url = url_or_file(config, &spec.url, &spec.url_file)?;
     Ok(Arc::new(Slack {
         client: context.client_for(config)?,

@@ -7,19 +7,14 @@
 
 use super::post::post_json;
 use super::{
-    read_secret, url_or_file, wrong_kind, Answer, BuildContext, EndReason, Event, Failure,
-    Notification, Notifier, NotifierKind, NotifyError, Secret, SendError, Severity,
+    read_secret, url_or_file, Answer, BuildContext, EndReason, Event, Failure, Notification,
+    Notifier, NotifyError, Secret, SendError, Severity,
 };
-use crate::config::{NotifierConfig, NotifierSpec};
+use crate::config::{NotifierConfig, WebhookSpec};
 use futures_util::future::BoxFuture;
 use serde::Serialize;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
-
-pub const KIND: NotifierKind = NotifierKind {
-    name: "webhook",
-    build,
-};
 
 /// The body's version.
 pub const WEBHOOK_VERSION: u32 = 1;
@@ -34,13 +29,12 @@ struct Webhook {
     timeout: Duration,
 }
 
-fn build(
+/// Builds the notifier `config` describes, from its webhook section.
+pub(super) fn build(
     config: &NotifierConfig,
+    spec: &WebhookSpec,
     context: &BuildContext,
 ) -> Result<Arc<dyn Notifier>, NotifyError> {
-    let NotifierSpec::Webhook(spec) = &config.spec else {
-        return Err(wrong_kind(config, "webhook"));
-    };
     let url = url_or_file(config, &spec.url, &spec.url_file)?;
     let key = match &spec.secret_file {
         Some(file) => {
