@@ -206,10 +206,19 @@ async fn a_checker_and_two_runners_share_the_work_exactly_once() {
         checks(6, target, "1s")
     );
     let mut checker = Bastion::start("c1", listen, &config, &["run", "--role", "checker"]);
-    eventually("40 scheduled runs", Duration::from_secs(60), || {
-        requests.len() >= 40
-    })
-    .await;
+    // Serving (its port was free) before anything is awaited of it; if its runs never come,
+    // its log says why.
+    checker.wait_ready();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while requests.len() < 40 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} of 40 scheduled runs; the checker's log:\n{}",
+            requests.len(),
+            checker.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(checker.terminate().map(|s| s.code()), Some(Some(0)));
     let scheduled = requests.decoded::<CheckRequest>();
     eventually("a result for every run", PATIENCE, || {
