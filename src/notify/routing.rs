@@ -375,6 +375,19 @@ impl Notifications {
         }
     }
 
+    /// Of `names`, the notifiers still configured that are sent resolves (`send_resolved`):
+    /// one removed or renamed since will never answer.
+    pub(super) fn resolvable(&self, names: impl IntoIterator<Item = String>) -> BTreeSet<String> {
+        names
+            .into_iter()
+            .filter(|name| {
+                self.routes
+                    .get(name)
+                    .is_some_and(|route| route.send_resolved)
+            })
+            .collect()
+    }
+
     /// Ends `episode`: its resolve goes to each receiver that accepted its firing (kept by a
     /// standby too when `keep`, to send on taking the lease).
     #[allow(clippy::too_many_arguments)]
@@ -445,14 +458,7 @@ impl Notifications {
         if !guard.leading && !keep {
             return;
         }
-        let pending: BTreeSet<String> = accepted
-            .into_iter()
-            .filter(|name| {
-                self.routes
-                    .get(name)
-                    .is_some_and(|route| route.send_resolved)
-            })
-            .collect();
+        let pending = self.resolvable(accepted);
         if guard.leading {
             for name in &pending {
                 if let Some(route) = self.routes.get(name) {

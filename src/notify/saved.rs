@@ -90,15 +90,7 @@ impl Notifications {
                     );
                 }
                 Ok(SavedDelivery::Resolving { resolve, pending }) => {
-                    // A notifier removed (or renamed) since will never answer: leave it out.
-                    let pending: BTreeSet<String> = pending
-                        .into_iter()
-                        .filter(|name| {
-                            self.routes
-                                .get(name)
-                                .is_some_and(|route| route.send_resolved)
-                        })
-                        .collect();
+                    let pending = self.resolvable(pending);
                     if pending.is_empty() {
                         continue;
                     }
