@@ -152,41 +152,14 @@ impl Notifier for Email {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::notify::{Event, FailedAssertion, Failure, Severity};
-    use std::time::SystemTime;
 
     /// A failing page that tries to add a header through the subject line.
     #[test]
     fn the_subject_is_one_line_however_hostile_the_target() {
-        let now = SystemTime::now();
-        let notification = Notification {
-            event: Event::Firing,
-            reminder: false,
-            episode_id: "e".to_string(),
-            check: "web".to_string(),
-            check_type: crate::model::CheckType::Http,
-            severity: Severity::Critical,
-            previous_severity: None,
-            state: crate::model::CheckState::Fail,
-            started_at: now,
-            at: now,
-            reason: None,
-            failing: 1,
-            instances: 1,
-            failures: vec![Failure {
-                instance: "10.0.0.1:80".to_string(),
-                error_kind: None,
-                error: None,
-                assertions: vec![FailedAssertion {
-                    key: "body".to_string(),
-                    expected: "body contain ok".to_string(),
-                    actual: format!("x\r\nBcc: victim@example.com\r\n\r\n{}", "y".repeat(5000)),
-                    message: None,
-                }],
-            }],
-            link: String::new(),
-            agent: "a".to_string(),
-        };
+        let notification = crate::notify::firing_with_assertion(
+            &format!("x\r\nBcc: victim@example.com\r\n\r\n{}", "y".repeat(5000)),
+            None,
+        );
         let subject = subject(&notification);
         assert!(
             !subject.contains('\r') && !subject.contains('\n'),

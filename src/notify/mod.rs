@@ -493,3 +493,38 @@ pub async fn send_test(config: &Config, name: &str) -> Result<Answer, NotifyErro
         }),
     }
 }
+
+/// A firing notification of check `web` whose one failing assertion saw `actual` (with
+/// `message`), for the receivers' tests of hostile text from a target.
+#[cfg(test)]
+pub(crate) fn firing_with_assertion(actual: &str, message: Option<&str>) -> Notification {
+    let now = SystemTime::now();
+    Notification {
+        event: Event::Firing,
+        reminder: false,
+        episode_id: "e".to_string(),
+        check: "web".to_string(),
+        check_type: CheckType::Http,
+        severity: Severity::Critical,
+        previous_severity: None,
+        state: CheckState::Fail,
+        started_at: now,
+        at: now,
+        reason: None,
+        failing: 1,
+        instances: 1,
+        failures: vec![Failure {
+            instance: "10.0.0.1:80".to_string(),
+            error_kind: None,
+            error: None,
+            assertions: vec![FailedAssertion {
+                key: "body".to_string(),
+                expected: "body contain ok".to_string(),
+                actual: actual.to_string(),
+                message: message.map(str::to_string),
+            }],
+        }],
+        link: "http://127.0.0.1:9464/api/v1/checks/web".to_string(),
+        agent: "a".to_string(),
+    }
+}

@@ -120,42 +120,12 @@ impl Notifier for Slack {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::notify::{FailedAssertion, Failure, Severity};
-    use std::time::SystemTime;
 
     /// A failing page that holds Slack markup: none of it may reach Slack as markup.
     #[test]
     fn text_from_the_target_is_escaped() {
         let hostile = "<!channel> <https://evil.example|Reset password> & <@U123>";
-        let now = SystemTime::now();
-        let notification = Notification {
-            event: Event::Firing,
-            reminder: false,
-            episode_id: "e".to_string(),
-            check: "web".to_string(),
-            check_type: crate::model::CheckType::Http,
-            severity: Severity::Critical,
-            previous_severity: None,
-            state: crate::model::CheckState::Fail,
-            started_at: now,
-            at: now,
-            reason: None,
-            failing: 1,
-            instances: 1,
-            failures: vec![Failure {
-                instance: "10.0.0.1:80".to_string(),
-                error_kind: None,
-                error: None,
-                assertions: vec![FailedAssertion {
-                    key: "body".to_string(),
-                    expected: "body contain ok".to_string(),
-                    actual: hostile.to_string(),
-                    message: Some(hostile.to_string()),
-                }],
-            }],
-            link: "http://127.0.0.1:9464/api/v1/checks/web".to_string(),
-            agent: "a".to_string(),
-        };
+        let notification = crate::notify::firing_with_assertion(hostile, Some(hostile));
         let text = message(&notification).to_string();
         assert!(!text.contains("<!channel>"), "{text}");
         assert!(!text.contains("<https://evil"), "{text}");
