@@ -58,6 +58,7 @@ fn result(check: &str, at: SystemTime, failing: bool) -> CheckResult {
         check: check.to_string(),
         check_type: CheckType::Http,
         agent: "bench".into(),
+        location: None,
         run_id: 1,
         scheduled_at: at,
         finished_at: at + Duration::from_millis(3),

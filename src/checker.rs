@@ -5,12 +5,22 @@
 //! and counted, never queued. The checker never blocks on the bus: a refused publish is counted.
 //! On a config reload it keeps each unchanged check's due time and run in flight, starts new
 //! and changed checks at their phase, and drops removed ones.
+//!
+//! A check with `locations` is run at each tick in every location it names (or, with `["*"]`,
+//! in every location with a live runner), on that location's subject: each location has its
+//! own run in flight, skips and losses, so a slow location never holds up another. The
+//! checker follows the runners' heartbeats (`locations.rs`); a location with no live runner
+//! gets no request but a `no_runner` result of its own, published as a runner would.
 
 use crate::bus::{Bus, BusError, Subscription};
 
 use crate::config::CheckConfig;
-use crate::messages::{CheckRequest, Payload, MESSAGE_VERSION};
-use crate::metrics::{CheckLabels, Metrics, SubjectLabels};
+use crate::locations::{Heard, LiveLocations};
+use crate::messages::{
+    CheckRequest, CheckResult, Heartbeat, Payload, Response, Timings, MESSAGE_VERSION,
+};
+use crate::metrics::{CheckLabels, CheckLocationLabels, Metrics, SubjectLabels};
+use crate::model::{ErrorKind, ProbeError};
 use crate::subjects::Subjects;
 use prometheus_client::metrics::counter::Counter;
 use serde::Deserialize;
@@ -52,18 +62,48 @@ pub fn first_wait(name: &str, interval: Duration, wall_now: SystemTime) -> Durat
     Duration::from_nanos(u64::try_from(wait).unwrap_or(u64::MAX))
 }
 
-/// Only what the checker needs from a result: which run it closes.
+/// Only what the checker needs from a result: which run it closes, and where it ran.
 #[derive(Deserialize)]
 struct ResultHeader {
     check: String,
     run_id: u64,
+    #[serde(default)]
+    location: Option<String>,
+}
+
+/// The target a `no_runner` result names: nothing was resolved or probed.
+pub const NO_RUNNER_TARGET: &str = "(no runner)";
+
+/// Where one check's runs go: to any runner (a check without `locations`), or to the runners
+/// of one location.
+struct Place {
+    location: Option<Arc<str>>,
+    subject: String,
+    /// The run waiting for its result, and when the checker stops waiting.
+    in_flight: Option<(u64, Instant)>,
+}
+
+impl Place {
+    fn new(location: Option<&str>, check: &CheckConfig, subjects: &Subjects) -> Place {
+        let check_type = check.check_type();
+        Place {
+            location: location.map(Arc::from),
+            subject: match location {
+                Some(location) => subjects.checks_at(location, check_type),
+                None => subjects.checks(check_type),
+            },
+            in_flight: None,
+        }
+    }
 }
 
 struct Scheduled {
     config: Arc<CheckConfig>,
-    subject: String,
-    /// The run waiting for its result, and when the checker stops waiting.
-    in_flight: Option<(u64, Instant)>,
+    /// One place without `locations`; one per location with them (with `["*"]`, one per
+    /// location that had a live runner at the last tick).
+    places: Vec<Place>,
+    /// Locations whose `bastion_runs_no_runner_total` series exist, to forget with the check.
+    no_runner_seen: std::collections::BTreeSet<String>,
     /// How long after it was due a run can be in flight at most (`run_window::lost_after`).
     horizon: Duration,
     scheduled: Counter,
@@ -71,6 +111,17 @@ struct Scheduled {
     lost: Counter,
     /// With `instances_from = { file }`: the target groups its watcher read last.
     discovered: Option<watch::Receiver<crate::discovery::TargetSet>>,
+}
+
+/// What the checker knows of where it runs.
+#[derive(Debug, Clone)]
+pub struct Whereabouts {
+    /// This agent's id.
+    pub agent: String,
+    /// How often agents send heartbeats (`agent.heartbeat_interval`), unless theirs say.
+    pub heartbeat_interval: Duration,
+    /// The location of the runner in this very process (role `all`): always live.
+    pub local_location: Option<String>,
 }
 
 pub struct Checker {
@@ -82,6 +133,11 @@ pub struct Checker {
     updates: Option<watch::Receiver<Arc<Vec<CheckConfig>>>>,
     bus: Arc<dyn Bus>,
     results: Subscription,
+    /// Every agent's heartbeats: which locations have live runners.
+    heartbeats: Subscription,
+    live: LiveLocations,
+    /// This agent's id: the agent of its `no_runner` results.
+    agent: String,
     metrics: Arc<Metrics>,
     publish_errors: Counter,
     next_run_id: u64,
@@ -99,15 +155,18 @@ impl std::fmt::Debug for Checker {
 }
 
 impl Checker {
-    /// Subscribes to results now, so that no result of a run it publishes is missed.
+    /// Subscribes to results now, so that no result of a run it publishes is missed, and to
+    /// heartbeats, to learn where runners are.
     pub async fn build(
         checks: &[CheckConfig],
         dispatch_deadline: Duration,
         bus: Arc<dyn Bus>,
         subjects: &Subjects,
         metrics: Arc<Metrics>,
+        whereabouts: Whereabouts,
     ) -> Result<Checker, BusError> {
         let results = bus.subscribe(&subjects.all_results(), None).await?;
+        let heartbeats = bus.subscribe(&subjects.all_heartbeats(), None).await?;
         let discovery = tokio::runtime::Handle::current();
         let scheduled: Vec<Scheduled> = checks
             .iter()
@@ -130,6 +189,13 @@ impl Checker {
             updates: None,
             bus,
             results,
+            heartbeats,
+            live: LiveLocations::new(
+                whereabouts.heartbeat_interval,
+                whereabouts.local_location,
+                Instant::now(),
+            ),
+            agent: whereabouts.agent,
             publish_errors,
             metrics,
             next_run_id,
@@ -179,6 +245,12 @@ impl Checker {
                 None => {
                     // A changed check starts over: its counters too.
                     self.metrics.forget_check_schedule(&config.name);
+                    if let Some(before) = old.get(&config.name) {
+                        self.metrics.forget_no_runner(
+                            &config.name,
+                            before.no_runner_seen.iter().map(String::as_str),
+                        );
+                    }
                     let scheduled = Scheduled::new(
                         config,
                         self.dispatch_deadline,
@@ -193,8 +265,10 @@ impl Checker {
             heap.push(Reverse((at, next.len())));
             next.push(scheduled);
         }
-        for removed in old.keys() {
+        for (removed, scheduled) in &old {
             self.metrics.forget_check_schedule(removed);
+            self.metrics
+                .forget_no_runner(removed, scheduled.no_runner_seen.iter().map(String::as_str));
         }
         tracing::info!(
             checks = next.len(),
@@ -235,6 +309,11 @@ impl Checker {
                         // Results keep arriving from the leader's runs; a standby reads and
                         // drops them so its subscription never backs up.
                         message = self.results.next() => if message.is_none() { return },
+                        // It follows the runners all the same, to know them when it leads.
+                        message = self.heartbeats.next() => match message {
+                            Some(message) => self.heard(&message.payload),
+                            None => return,
+                        },
                     }
                 }
             }
@@ -243,7 +322,9 @@ impl Checker {
             }
             // Leadership lost: whatever was in flight belongs to the past leader's term.
             for check in &mut self.checks {
-                check.in_flight = None;
+                for place in &mut check.places {
+                    place.in_flight = None;
+                }
             }
         }
         tracing::info!("checker stopped");
@@ -288,16 +369,39 @@ impl Checker {
                     Some(message) => self.close_run(&message.payload),
                     None => return false,
                 },
+                message = self.heartbeats.next() => match message {
+                    Some(message) => self.heard(&message.payload),
+                    None => return false,
+                },
             }
         }
     }
 
-    /// Publishes one run of check `index`, due at `at`; returns when the check is next due.
+    /// Takes one heartbeat into the live locations.
+    fn heard(&mut self, payload: &Payload) {
+        let heartbeat: Heartbeat = match payload.decode() {
+            Ok(heartbeat) => heartbeat,
+            Err(error) => {
+                tracing::debug!(reason = error.reason(), %error, "dropping a bad heartbeat");
+                return;
+            }
+        };
+        if self.live.heard(&heartbeat, Instant::now()) == Heard::Refused {
+            tracing::warn!(agent = %heartbeat.agent, followed = crate::locations::MAX_AGENTS, "too many runners to follow; this one's location is not counted as live until others go quiet");
+        }
+    }
+
+    /// Publishes one run of check `index`, due at `at`, to each of its places; returns when
+    /// the check is next due.
     async fn fire(&mut self, index: usize, at: Instant, now: Instant) -> Instant {
         let lag = now.saturating_duration_since(at);
         self.metrics.schedule_lag_seconds.observe(lag.as_secs_f64());
         let run_id = self.next_run_id;
         self.next_run_id += 1;
+        let scheduled_at = SystemTime::now()
+            .checked_sub(lag)
+            .unwrap_or_else(SystemTime::now);
+        let left = self.follow_every_location(index, now);
         let check = &mut self.checks[index];
         let interval = crate::config::bounds::CHECK_INTERVAL.cap_duration(check.config.interval);
         // Ticks missed entirely (the process was stopped, the machine slept) are skipped, not
@@ -307,48 +411,175 @@ impl Checker {
             check.skipped.inc();
             next_at += interval;
         }
-        if let Some((_, expires)) = check.in_flight {
-            if expires > now {
-                check.skipped.inc();
-                tracing::debug!(check = %check.config.name, "previous run still in flight; tick skipped");
-                return next_at;
+        let mut requests = Vec::with_capacity(check.places.len());
+        let mut no_runner = left;
+        for (place_index, place) in check.places.iter_mut().enumerate() {
+            if let Some((_, expires)) = place.in_flight {
+                if expires > now {
+                    check.skipped.inc();
+                    tracing::debug!(check = %check.config.name, location = place.location.as_deref(), "previous run still in flight; tick skipped");
+                    continue;
+                }
+                check.lost.inc();
+                tracing::warn!(check = %check.config.name, location = place.location.as_deref(), "a run's result never arrived");
+                place.in_flight = None;
             }
-            check.lost.inc();
-            tracing::warn!(check = %check.config.name, "a run's result never arrived");
-            check.in_flight = None;
+            if let Some(location) = &place.location {
+                if !self.live.is_live(location, now) {
+                    no_runner.push(Arc::clone(location));
+                    continue;
+                }
+            }
+            let request = CheckRequest {
+                version: MESSAGE_VERSION,
+                run_id,
+                location: place.location.as_deref().map(str::to_string),
+                scheduled_at,
+                dispatch_deadline: Some(self.dispatch_deadline),
+                // Shared, not copied: on the embedded bus the runner reads this very
+                // definition.
+                check: Arc::clone(&check.config),
+                // The set the watcher handed over last: a clone of an Arc, never a wait.
+                discovered: check
+                    .discovered
+                    .as_ref()
+                    .map(|set| Arc::clone(&set.borrow())),
+            };
+            requests.push((place_index, place.subject.clone(), request));
         }
-        let request = CheckRequest {
-            version: MESSAGE_VERSION,
-            run_id,
-            scheduled_at: SystemTime::now()
-                .checked_sub(lag)
-                .unwrap_or_else(SystemTime::now),
-            dispatch_deadline: Some(self.dispatch_deadline),
-            // Shared, not copied: on the embedded bus the runner reads this very definition.
-            check: Arc::clone(&check.config),
-            // The set the watcher handed over last: a clone of an Arc, never a wait.
-            discovered: check
-                .discovered
-                .as_ref()
-                .map(|set| Arc::clone(&set.borrow())),
-        };
-        let published = self
-            .bus
-            .publish(&check.subject, Payload::Request(Arc::new(request)))
-            .await
-            .map_err(|error| error.to_string());
-        match published {
-            Ok(()) => {
-                check.scheduled.inc();
-                // The window runs from when the run was due, as `scheduled_at` says.
-                check.in_flight = Some((run_id, at + check.horizon));
+        for (place_index, subject, request) in requests {
+            let published = self
+                .bus
+                .publish(&subject, Payload::Request(Arc::new(request)))
+                .await
+                .map_err(|error| error.to_string());
+            let check = &mut self.checks[index];
+            match published {
+                Ok(()) => {
+                    check.scheduled.inc();
+                    // The window runs from when the run was due, as `scheduled_at` says.
+                    if let Some(place) = check.places.get_mut(place_index) {
+                        place.in_flight = Some((run_id, at + check.horizon));
+                    }
+                }
+                Err(error) => {
+                    self.publish_errors.inc();
+                    tracing::warn!(check = %check.config.name, %error, "could not publish a check request");
+                }
             }
-            Err(error) => {
-                self.publish_errors.inc();
-                tracing::warn!(check = %check.config.name, %error, "could not publish a check request");
-            }
+        }
+        for location in no_runner {
+            self.publish_no_runner(index, run_id, scheduled_at, &location)
+                .await;
         }
         next_at
+    }
+
+    /// For a check with `locations = ["*"]`: a place for each location with a live runner
+    /// now. Returns the locations that had a place and lost their last runner since, each to
+    /// get one `no_runner` result, so the check stops counting what they saw last.
+    fn follow_every_location(&mut self, index: usize, now: Instant) -> Vec<Arc<str>> {
+        let Some(check) = self.checks.get_mut(index) else {
+            return Vec::new();
+        };
+        if !check.config.every_location() {
+            return Vec::new();
+        }
+        let live = self.live.live(now);
+        let mut left = Vec::new();
+        check.places.retain(|place| match &place.location {
+            Some(location) if !live.contains(&**location) => {
+                left.push(Arc::clone(location));
+                false
+            }
+            _ => true,
+        });
+        for location in live {
+            let known = check
+                .places
+                .iter()
+                .any(|place| place.location.as_deref() == Some(location.as_str()));
+            if !known {
+                check
+                    .places
+                    .push(Place::new(Some(&location), &check.config, &self.subjects));
+            }
+        }
+        check
+            .places
+            .sort_by(|a, b| a.location.as_deref().cmp(&b.location.as_deref()));
+        left
+    }
+
+    /// Publishes the result of a run that `location` could not take: one response, failing
+    /// with `no_runner`, which measured nothing (it moves no state), as a runner would publish
+    /// its result.
+    async fn publish_no_runner(
+        &mut self,
+        index: usize,
+        run_id: u64,
+        scheduled_at: SystemTime,
+        location: &str,
+    ) {
+        let check = &mut self.checks[index];
+        let name = check.config.name.clone();
+        if check.no_runner_seen.len() < crate::config::bounds::MAX_LOCATIONS
+            || check.no_runner_seen.contains(location)
+        {
+            check.no_runner_seen.insert(location.to_string());
+            self.metrics
+                .runs_no_runner
+                .get_or_create(&CheckLocationLabels {
+                    check: name.clone(),
+                    location: location.to_string(),
+                })
+                .inc();
+        }
+        tracing::debug!(check = %name, location, "no live runner in the location; run not made");
+        let result = CheckResult {
+            version: MESSAGE_VERSION,
+            check: name.clone(),
+            check_type: check.config.check_type(),
+            agent: self.agent.clone(),
+            location: Some(location.to_string()),
+            run_id,
+            scheduled_at,
+            finished_at: SystemTime::now(),
+            passing: false,
+            responses: vec![Response {
+                labels: check.config.labels.clone(),
+                ..Response::failed(
+                    NO_RUNNER_TARGET.to_string(),
+                    ProbeError::new(
+                        ErrorKind::NoRunner,
+                        format!(
+                            "no runner of location `{location}` was alive when the run was due: \
+                             start one with runner.location = \"{location}\", or remove the \
+                             location from the check"
+                        ),
+                    ),
+                    Timings::default(),
+                )
+            }],
+            degraded: None,
+        };
+        let payload = if self.bus.in_process() {
+            Ok(Payload::Result(Arc::new(result)))
+        } else {
+            crate::messages::encode(&result).map(Payload::from)
+        };
+        let published = match payload {
+            Ok(payload) => self
+                .bus
+                .publish(&self.subjects.results(&name), payload)
+                .await
+                .map_err(|error| error.to_string()),
+            Err(error) => Err(error.to_string()),
+        };
+        if let Err(error) = published {
+            self.publish_errors.inc();
+            tracing::warn!(check = %name, location, %error, "could not publish a no_runner result");
+        }
     }
 
     fn close_run(&mut self, payload: &Payload) {
@@ -360,6 +591,7 @@ impl Checker {
             Payload::Result(result) => ResultHeader {
                 check: result.check.clone(),
                 run_id: result.run_id,
+                location: result.location.clone(),
             },
             _ => match payload.decode::<ResultHeader>() {
                 Ok(header) => header,
@@ -368,11 +600,17 @@ impl Checker {
         };
         if let Some(&index) = self.by_name.get(&header.check) {
             let check = &mut self.checks[index];
-            if check
-                .in_flight
-                .is_some_and(|(run_id, _)| run_id == header.run_id)
-            {
-                check.in_flight = None;
+            let place = check
+                .places
+                .iter_mut()
+                .find(|place| place.location.as_deref() == header.location.as_deref());
+            if let Some(place) = place {
+                if place
+                    .in_flight
+                    .is_some_and(|(run_id, _)| run_id == header.run_id)
+                {
+                    place.in_flight = None;
+                }
             }
         }
     }
@@ -418,10 +656,19 @@ impl Scheduled {
             )),
             _ => None,
         };
+        let places = match check.locations.as_deref() {
+            None => vec![Place::new(None, check, subjects)],
+            // Filled at each tick from the live locations.
+            Some(_) if check.every_location() => Vec::new(),
+            Some(locations) => locations
+                .iter()
+                .map(|location| Place::new(Some(location), check, subjects))
+                .collect(),
+        };
         Scheduled {
             discovered,
-            subject: subjects.checks(check.check_type()),
-            in_flight: None,
+            places,
+            no_runner_seen: std::collections::BTreeSet::new(),
             // Capped as validation caps them, so `at + horizon` cannot overflow.
             horizon: crate::run_window::lost_after(
                 crate::config::bounds::DISPATCH_DEADLINE.cap_duration(dispatch_deadline),

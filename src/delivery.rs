@@ -332,6 +332,7 @@ mod tests {
             check: "web".into(),
             check_type: CheckType::Http,
             agent: "a".into(),
+            location: None,
             run_id: 1,
             scheduled_at: SystemTime::UNIX_EPOCH,
             finished_at: SystemTime::UNIX_EPOCH,

@@ -21,6 +21,7 @@
 
 use crate::model::CheckState;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::time::SystemTime;
 
 /// How bad an episode is: `critical` for `FAIL` (and `PASS_WAIT`), `warning` for `WARN`.
@@ -265,6 +266,17 @@ pub struct SavedCheck {
     #[serde(with = "humantime_serde")]
     pub since: SystemTime,
     pub track: Track,
+    /// For a check with `locations`: each location's own state, and since when.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub locations: BTreeMap<String, SavedLocation>,
+}
+
+/// What is kept of one location of a troubled check.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedLocation {
+    pub state: CheckState,
+    #[serde(with = "humantime_serde")]
+    pub since: SystemTime,
 }
 
 #[cfg(test)]

@@ -21,6 +21,7 @@ pub mod history;
 pub mod http;
 pub mod lease;
 pub mod limits;
+pub mod locations;
 pub mod messages;
 pub mod metrics;
 pub mod model;

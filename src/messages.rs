@@ -37,6 +37,10 @@ pub struct CheckRequest {
     /// (shared, never copied, in one process). Absent for other checks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub discovered: Option<std::sync::Arc<Vec<TargetGroup>>>,
+    /// For a check with `locations`: the location this run is for. Only runners of that
+    /// location receive it (its subject says so too); its result carries it back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
 }
 
 /// One group of a Prometheus file_sd file: targets and the labels they share. A checker that
@@ -99,6 +103,18 @@ pub struct Heartbeat {
     /// Per check type, for agents that run probes.
     #[serde(default)]
     pub workers: BTreeMap<CheckType, WorkerUsage>,
+    /// For agents that run probes: the location they probe from (`runner.location`).
+    /// Absent from older agents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
+    /// The agent's last heartbeat: it is shutting down, so checkers stop counting on it now
+    /// instead of when its heartbeats stop.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub leaving: bool,
+    /// How often the agent sends heartbeats (`agent.heartbeat_interval`), so a checker knows
+    /// when one is overdue. Absent from older agents (the checker then assumes its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval_seconds: Option<f64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -114,8 +130,11 @@ pub struct CheckResult {
     pub check: String,
     #[serde(rename = "type")]
     pub check_type: CheckType,
-    /// The agent that ran the probes.
+    /// The agent that ran the probes (the checker itself for a `no_runner` result).
     pub agent: String,
+    /// For a check with `locations`: the location the run was for, whose runner ran it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
     pub run_id: u64,
     #[serde(with = "crate::time_format")]
     pub scheduled_at: SystemTime,
@@ -215,7 +234,7 @@ impl CheckResult {
             None => self
                 .responses
                 .iter()
-                .filter(|r| r.error_kind() == Some(crate::model::ErrorKind::DispatchTimeout))
+                .filter(|r| r.error_kind().is_some_and(ErrorKind::is_unmeasured))
                 .count(),
         }
     }
@@ -646,6 +665,7 @@ mod tests {
             check: "web".into(),
             check_type: CheckType::Http,
             agent: "bastion-1".into(),
+            location: None,
             run_id: 7,
             scheduled_at: SystemTime::UNIX_EPOCH,
             finished_at: SystemTime::UNIX_EPOCH + std::time::Duration::from_micros(1_500_001),

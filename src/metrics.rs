@@ -29,6 +29,12 @@ pub struct CheckLabels {
     pub check: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CheckLocationLabels {
+    pub check: String,
+    pub location: String,
+}
+
 /// `outcome` of a `/probe` request: `probed`, `bad_request`, `refused` (too many at once).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ProbeRequestLabels {
@@ -126,6 +132,8 @@ pub struct Metrics {
     pub checks_scheduled: Family<CheckLabels, Counter>,
     pub schedule_skipped: Family<CheckLabels, Counter>,
     pub runs_lost: Family<CheckLabels, Counter>,
+    /// Runs of a check with `locations` not made in a location with no live runner.
+    pub runs_no_runner: Family<CheckLocationLabels, Counter>,
     /// Discovery sources of a check that could not be used (a broken file_sd file).
     pub discovery_errors: Family<CheckLabels, Counter>,
     pub schedule_lag_seconds: Histogram,
@@ -196,6 +204,7 @@ impl Metrics {
             schedule_skipped: Family::default(),
             discovery_errors: Family::default(),
             runs_lost: Family::default(),
+            runs_no_runner: Family::default(),
             schedule_lag_seconds: latency_histogram(),
             dispatch_wait_seconds: Family::new_with_constructor(latency_histogram),
             dispatch_timeouts: Family::default(),
@@ -266,6 +275,11 @@ impl Metrics {
             "bastion_runs_lost",
             "Check runs whose result never arrived before the run could no longer be in flight",
             self.runs_lost.clone(),
+        );
+        registry.register(
+            "bastion_runs_no_runner",
+            "Runs of a check with locations that a location could not take: no runner of it was alive when the run was due (the result says no_runner)",
+            self.runs_no_runner.clone(),
         );
         registry.register(
             "bastion_discovery_errors",
@@ -693,6 +707,16 @@ impl Metrics {
         self.schedule_skipped.remove(&labels);
         self.runs_lost.remove(&labels);
         self.discovery_errors.remove(&labels);
+    }
+
+    /// Forgets `bastion_runs_no_runner_total` of a check's locations.
+    pub fn forget_no_runner<'a>(&self, check: &str, locations: impl IntoIterator<Item = &'a str>) {
+        for location in locations {
+            self.runs_no_runner.remove(&CheckLocationLabels {
+                check: check.to_string(),
+                location: location.to_string(),
+            });
+        }
     }
 
     /// Records the outcome of a config load or reload.

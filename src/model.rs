@@ -82,6 +82,8 @@ pub enum ErrorKind {
     Timeout,
     /// No worker was free within the dispatch deadline; the probe never ran.
     DispatchTimeout,
+    /// A check's location had no live runner when its run was due; nothing ran there.
+    NoRunner,
     /// The probe task itself failed; a bug, reported rather than hidden.
     Internal,
 }
@@ -101,8 +103,15 @@ impl ErrorKind {
             ErrorKind::Auth => "auth",
             ErrorKind::Timeout => "timeout",
             ErrorKind::DispatchTimeout => "dispatch_timeout",
+            ErrorKind::NoRunner => "no_runner",
             ErrorKind::Internal => "internal",
         }
+    }
+
+    /// Whether an instance with this error measured nothing about its target: the probe
+    /// never ran (no worker in time, or no runner where the check asked to run).
+    pub fn is_unmeasured(self) -> bool {
+        matches!(self, ErrorKind::DispatchTimeout | ErrorKind::NoRunner)
     }
 }
 
@@ -193,8 +202,9 @@ pub fn split_host_port(text: &str) -> Result<(String, u16), String> {
 
 /// The labels bastion itself puts on `probe_*` series (and Prometheus adds at scrape): a
 /// check's or a discovered target's own labels may not use them.
-pub const RESERVED_LABEL_NAMES: [&str; 7] = [
+pub const RESERVED_LABEL_NAMES: [&str; 8] = [
     "check",
+    "location",
     "target",
     "phase",
     "version",

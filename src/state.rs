@@ -122,6 +122,22 @@ impl StateTracker {
         self.since = wall;
         Some(transition)
     }
+
+    /// Moves to `next`, a state decided elsewhere (a check judged across its locations,
+    /// `locations.rs`); returns the transition, if it is one.
+    pub fn set(&mut self, next: CheckState, now: Instant, wall: SystemTime) -> Option<Transition> {
+        if next == self.state {
+            return None;
+        }
+        let transition = Transition {
+            from: self.state,
+            to: next,
+        };
+        self.state = next;
+        self.entered = now;
+        self.since = wall;
+        Some(transition)
+    }
 }
 
 #[cfg(test)]

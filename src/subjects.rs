@@ -13,6 +13,11 @@ pub struct Subjects {
 /// The queue group that runners share check requests through.
 pub const RUNNER_QUEUE_GROUP: &str = "bastion-runners";
 
+/// The queue group the runners of one location share that location's runs through.
+pub fn location_queue_group(location: &str) -> String {
+    format!("{RUNNER_QUEUE_GROUP}-{}", subject_token(location))
+}
+
 impl Subjects {
     pub fn new(prefix: &str) -> Subjects {
         Subjects {
@@ -22,6 +27,17 @@ impl Subjects {
 
     pub fn checks(&self, check_type: CheckType) -> String {
         format!("{}.checks.{}", self.prefix, check_type.as_str())
+    }
+
+    /// Runs of checks with `locations`, for one location's runners only. A location name is
+    /// one token (`config::location_name`), so this never meets `checks.<type>`.
+    pub fn checks_at(&self, location: &str, check_type: CheckType) -> String {
+        format!(
+            "{}.checks.{}.{}",
+            self.prefix,
+            subject_token(location),
+            check_type.as_str()
+        )
     }
 
     pub fn results(&self, check: &str) -> String {

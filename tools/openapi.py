@@ -25,7 +25,7 @@ schemas = {
  "Error": obj({"error": {"type": "string", "description": "What was wrong, and what to ask instead."}}, desc="The body of every JSON API error."),
  "CheckState": {"type": "string", "enum": ["OK", "WARN", "FAIL_WAIT", "FAIL", "PASS_WAIT"]},
  "CheckType": {"type": "string", "enum": ["http", "tcp", "dns", "tls", "icmp", "grpc", "udp", "websocket"]},
- "ErrorKind": {"type": "string", "enum": ["resolve", "connect", "tls", "http", "body", "expect", "dns", "icmp", "grpc", "auth", "timeout", "dispatch_timeout", "internal"]},
+ "ErrorKind": {"type": "string", "enum": ["resolve", "connect", "tls", "http", "body", "expect", "dns", "icmp", "grpc", "auth", "timeout", "dispatch_timeout", "no_runner", "internal"]},
  "ProbeError": obj({"kind": ref("ErrorKind"), "message": text}),
  "Timings": obj({
     "resolve": num, "connect": num, "proxy": num, "starttls": num, "tls": num, "processing": num, "transfer": num,
@@ -65,7 +65,8 @@ schemas = {
  "CheckResult": obj({
     "version": {"type": "integer", "minimum": 1},
     "check": text, "type": ref("CheckType"),
-    "agent": {"type": "string", "description": "The agent that ran the probes."},
+    "agent": {"type": "string", "description": "The agent that ran the probes (the checker, for a no_runner result)."},
+    "location": {"type": "string", "description": "For a check with locations: the location the run was for. Absent otherwise."},
     "run_id": cnt, "scheduled_at": T, "finished_at": T, "passing": boolean,
     "responses": {"type": "array", "items": ref("Response")},
     "degraded": ref("Degraded")},
@@ -75,8 +76,13 @@ schemas = {
     "name": text, "type": ref("CheckType"), "group": text,
     "interval": {"type": "string", "description": "A duration as humantime writes it, e.g. `30s`, `1m 30s`."},
     "state": ref("CheckState"), "state_since": T,
-    "latest": nullable(ref("CheckResult"))},
+    "latest": nullable(ref("CheckResult")),
+    "locations": {"type": "array", "items": ref("LocationSummary"),
+        "description": "For a check with locations: each location's own state and latest result; state is then the judgement across them. Absent otherwise."}},
     required=["name", "type", "interval", "state", "state_since", "latest"]),
+ "LocationSummary": obj({"location": text, "state": ref("CheckState"), "state_since": T,
+    "latest": nullable(ref("CheckResult"))},
+    required=["location", "state", "state_since", "latest"]),
  "Uptimes": obj({"24h": nullable(num), "7d": nullable(num), "30d": nullable(num)}),
  "CheckDetail": {"allOf": [ref("CheckSummary"), {"type": "object", "properties": {
     "uptime": nullable(ref("Uptimes")),

@@ -71,6 +71,7 @@ pub(super) fn take_over(episodes: &Path, checks: &[CheckConfig]) -> Option<Loade
             state: episode.state,
             since: episode.started_at,
             track: Track::resumed(open, first),
+            locations: Default::default(),
         };
         if let Ok(value) = serde_json::to_value(&check) {
             loaded

@@ -242,6 +242,7 @@ async fn build_runner(
         subjects.clone(),
         dispatcher,
         Arc::clone(metrics),
+        &config.runner.location,
     )
     .await?)
 }
@@ -253,14 +254,22 @@ async fn build_checker(
     bus: &Arc<dyn Bus>,
     subjects: &Subjects,
     metrics: &Arc<Metrics>,
+    role: Role,
 ) -> Result<Checker, AgentError> {
     let initial_checks = Arc::clone(&checks.borrow());
+    let whereabouts = crate::checker::Whereabouts {
+        agent: config.agent.id.clone(),
+        heartbeat_interval: crate::config::bounds::HEARTBEAT_INTERVAL
+            .cap_duration(config.agent.heartbeat_interval),
+        local_location: role.probes().then(|| config.runner.location.clone()),
+    };
     Ok(Checker::build(
         &initial_checks,
         config.runner.dispatch_deadline,
         Arc::clone(bus),
         subjects,
         Arc::clone(metrics),
+        whereabouts,
     )
     .await?
     .follow(checks.subscribe()))
@@ -336,7 +345,7 @@ impl Agent {
             None
         };
         let checker = if role.schedules() {
-            Some(build_checker(&config, &checks, &bus, &subjects, &metrics).await?)
+            Some(build_checker(&config, &checks, &bus, &subjects, &metrics, role).await?)
         } else {
             None
         };
@@ -536,7 +545,9 @@ impl Agent {
             )
         });
         let systemd = shared.spawn_systemd_status(&outlets);
-        let heartbeat = shared.spawn_heartbeats(dispatcher, leadership, &outlets);
+        // Heartbeats stop with the intake: the last one says the agent is leaving, so checkers
+        // stop sending runs to its location at once, while its runs in flight finish.
+        let heartbeat = shared.spawn_heartbeats(dispatcher, leadership, &intake);
         started.store(true, Ordering::Release);
         let role = shared.role;
         tracing::info!(

@@ -206,6 +206,11 @@ impl Shared {
             agent: self.config.agent.id.clone(),
             role: self.role.as_str(),
             started: Instant::now(),
+            interval: crate::config::bounds::HEARTBEAT_INTERVAL
+                .cap_duration(self.config.agent.heartbeat_interval),
+            location: dispatcher
+                .as_ref()
+                .map(|_| self.config.runner.location.clone()),
             dispatcher,
             leadership,
             metrics: Arc::clone(&self.metrics),

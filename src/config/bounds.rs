@@ -178,6 +178,8 @@ pub const DAILY_RETENTION: Bound = Bound::duration(
 pub const EVENT_RETENTION: Bound =
     Bound::duration("history.event_retention", HOUR, YEAR.saturating_mul(10));
 pub const DISPATCH_DEADLINE: Bound = Bound::duration("runner.dispatch_deadline", POSITIVE, HOUR);
+pub const HEARTBEAT_INTERVAL: Bound =
+    Bound::duration("agent.heartbeat_interval", SECOND, MINUTE.saturating_mul(5));
 pub const MAX_BODY_BYTES: Bound =
     Bound::count("runner.max_body_bytes", 0, MAX_BODY_BYTES_LIMIT as u64);
 pub const FORGET_CHECKS_AFTER: Bound = Bound::duration(
@@ -205,6 +207,11 @@ pub const CHECK_INTERVAL: Bound =
 pub const CHECK_TIMEOUT: Bound =
     Bound::duration("checks[].timeout", POSITIVE, MINUTE.saturating_mul(10));
 pub const MIN_FAILING_COUNT: Bound = Bound::count("checks[].min_failing_count", 1, 100_000);
+/// Also at most the number of locations the check names.
+pub const MIN_FAILING_LOCATIONS: Bound =
+    Bound::count("checks[].min_failing_locations", 1, MAX_LOCATIONS as u64);
+/// Locations one check may name.
+pub const MAX_LOCATIONS: usize = 100;
 pub const MIN_FAILING_TIME: Bound = Bound::duration(
     "checks[].min_failing_time",
     Duration::ZERO,
@@ -246,6 +253,7 @@ pub const BOUNDS: &[Bound] = &[
     DAILY_RETENTION,
     EVENT_RETENTION,
     DISPATCH_DEADLINE,
+    HEARTBEAT_INTERVAL,
     MAX_BODY_BYTES,
     FORGET_CHECKS_AFTER,
     MAX_CHECK_SERIES,
@@ -260,6 +268,7 @@ pub const BOUNDS: &[Bound] = &[
     CHECK_INTERVAL,
     CHECK_TIMEOUT,
     MIN_FAILING_COUNT,
+    MIN_FAILING_LOCATIONS,
     MIN_FAILING_TIME,
     ICMP_COUNT,
     PACKET_INTERVAL,

@@ -40,6 +40,14 @@ pub(super) fn default_dispatch_deadline() -> Duration {
 pub(super) fn default_forget_checks_after() -> Duration {
     DEFAULT_FORGET_CHECKS_AFTER
 }
+pub(super) fn default_heartbeat_interval() -> Duration {
+    Duration::from_secs(10)
+}
+
+pub(super) fn default_location() -> String {
+    "default".to_string()
+}
+
 pub(super) fn default_max_check_series() -> usize {
     DEFAULT_MAX_CHECK_SERIES
 }
@@ -160,6 +168,7 @@ impl Default for AgentConfig {
             web: WebConfig::default(),
             external_url: None,
             blackbox_modules: None,
+            heartbeat_interval: default_heartbeat_interval(),
         }
     }
 }
@@ -192,6 +201,7 @@ impl Default for RunnerConfig {
             dns_servers: Vec::new(),
             forget_checks_after: default_forget_checks_after(),
             max_check_series: default_max_check_series(),
+            location: default_location(),
         }
     }
 }

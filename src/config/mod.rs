@@ -264,6 +264,9 @@ impl Config {
         problems.check(self.validate_web());
         problems.check(notify::validate(self));
         problems.check(self.validate_history());
+        if let Err(message) = location_name(&self.runner.location) {
+            problems.push(format!("runner.location {message}"));
+        }
         let mut seen: HashMap<&str, usize> = HashMap::new();
         for (index, check) in self.checks.iter().enumerate() {
             if let Some(first) = seen.insert(check.name.as_str(), index) {
@@ -275,6 +278,7 @@ impl Config {
                 ));
             }
             problems.extend(check_ranges(check));
+            problems.extend(self.check_locations(check));
             let check_type = check.check_type();
             if self.runner.workers.for_type(check_type) == 0 {
                 problems.push(format!(
@@ -333,6 +337,7 @@ impl Config {
         duration(&DAILY_RETENTION, self.history.daily_retention);
         duration(&EVENT_RETENTION, self.history.event_retention);
         duration(&DISPATCH_DEADLINE, self.runner.dispatch_deadline);
+        duration(&HEARTBEAT_INTERVAL, self.agent.heartbeat_interval);
         duration(&FORGET_CHECKS_AFTER, self.runner.forget_checks_after);
         if let Some(nats) = &self.bus.nats {
             duration(&RESULTS_MAX_AGE, nats.results_max_age);
@@ -352,6 +357,83 @@ impl Config {
         for check_type in CheckType::ALL {
             if let Some(bound) = bound(&format!("runner.workers.{check_type}")) {
                 count(bound, self.runner.workers.for_type(check_type));
+            }
+        }
+        problems
+    }
+
+    /// A check's `locations` and `min_failing_locations`: names a runner can have, each once,
+    /// `*` alone, and a threshold the named locations can reach. On the embedded bus the one
+    /// location is this agent's own runner's.
+    fn check_locations(&self, check: &CheckConfig) -> Problems {
+        let mut problems = Problems::default();
+        let name = &check.name;
+        let Some(locations) = &check.locations else {
+            if check.min_failing_locations.is_some() {
+                problems.push(format!(
+                    "check `{name}`: min_failing_locations needs locations; name the locations \
+                     the check runs from (locations = [\"eu-west\", \"us-east\"])"
+                ));
+            }
+            return problems;
+        };
+        if locations.is_empty() {
+            problems.push(format!(
+                "check `{name}`: locations is empty; name at least one (a runner.location), \
+                 [\"*\"] for every live location, or leave the key out"
+            ));
+        }
+        if locations.len() > bounds::MAX_LOCATIONS {
+            problems.push(format!(
+                "check `{name}`: locations names {} locations; at most {} are allowed",
+                locations.len(),
+                bounds::MAX_LOCATIONS
+            ));
+        }
+        let every = check.every_location();
+        if every && locations.len() > 1 {
+            problems.push(format!(
+                "check `{name}`: locations = [\"*\"] already means every live location; \
+                 give \"*\" alone or only names"
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for location in locations
+            .iter()
+            .filter(|location| *location != EVERY_LOCATION)
+        {
+            if let Err(message) = location_name(location) {
+                problems.push(format!("check `{name}`: locations: {message}"));
+            } else if !seen.insert(location.as_str()) {
+                problems.push(format!(
+                    "check `{name}`: locations names `{location}` twice"
+                ));
+            }
+        }
+        if let Some(min) = check.min_failing_locations {
+            problems.check(
+                bounds::MIN_FAILING_LOCATIONS
+                    .check_count(Some(&format!("check `{name}`")), min as u64),
+            );
+            if !every && min > locations.len() && !locations.is_empty() {
+                problems.push(format!(
+                    "check `{name}`: min_failing_locations is {min} but the check runs from {} \
+                     location(s), so it could never fail; lower it or add locations",
+                    locations.len()
+                ));
+            }
+        }
+        if self.bus.kind == BusKind::Embedded {
+            let own = &self.runner.location;
+            if let Some(other) = locations
+                .iter()
+                .find(|location| *location != EVERY_LOCATION && *location != own)
+            {
+                problems.push(format!(
+                    "check `{name}`: locations names `{other}`, but on the embedded bus the only \
+                     location is this agent's runner.location `{own}`; run the check from \
+                     several locations over NATS (docs/distributed.md#locations), or name `{own}`"
+                ));
             }
         }
         problems
@@ -494,6 +576,24 @@ fn check_ranges(check: &CheckConfig) -> Problems {
         }
     }
     problems
+}
+
+/// Whether `name` can be a location: one NATS subject token of letters, digits, `-` and `_`,
+/// at most 64 bytes. The error says why not, starting after the key.
+pub fn location_name(name: &str) -> Result<(), String> {
+    let valid = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_');
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{name}` is not a location name; use 1 to 64 letters, digits, `-` and `_` (it is \
+             part of NATS subjects)"
+        ))
+    }
 }
 
 /// Whether `hash` is a bcrypt hash bastion can verify against.

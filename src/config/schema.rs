@@ -113,6 +113,10 @@ pub struct AgentConfig {
     /// answers 404 for every module).
     #[serde(default)]
     pub blackbox_modules: Option<PathBuf>,
+    /// How often the agent says it is alive on the bus. Checkers count a location as live
+    /// while one of its runners was heard from within one and a half of these.
+    #[serde(default = "default_heartbeat_interval", with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
 }
 
 /// `[agent.web]`: TLS and basic auth for `/metrics`, `/api` and `/-/reload`, the way
@@ -292,6 +296,11 @@ pub struct RunnerConfig {
     /// that schedules (roles `all`, `checker`) keeps a series for every configured check.
     #[serde(default = "default_max_check_series")]
     pub max_check_series: usize,
+    /// Where this runner probes from: it takes the runs of checks whose `locations` name it
+    /// (and, as every runner does, the runs of checks without `locations`). Letters, digits,
+    /// `-` and `_`.
+    #[serde(default = "default_location")]
+    pub location: String,
 }
 
 /// `[runner.workers]`
@@ -338,6 +347,9 @@ impl WorkersConfig {
         }
     }
 }
+
+/// `locations = ["*"]`: every location with a live runner.
+pub const EVERY_LOCATION: &str = "*";
 
 /// One `[[checks]]` entry. This is also the check definition every `CheckRequest` carries, so a
 /// runner needs no configuration of its own to run it.
@@ -399,6 +411,15 @@ pub struct CheckConfig {
     /// one asked for. Default: true.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip_protocol_fallback: Option<bool>,
+    /// Where the check runs from: each named location (a `runner.location`) runs it on every
+    /// tick and is judged on its own, or `["*"]` for every location with a live runner.
+    /// Default: none, and any one runner takes each run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locations: Option<Vec<String>>,
+    /// With `locations`: how many must see the check failing for it to fail; fewer (but
+    /// some) is a warning. Default: 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_failing_locations: Option<usize>,
     /// The type and its own settings.
     #[serde(flatten)]
     pub spec: CheckSpec,
@@ -418,6 +439,18 @@ impl CheckConfig {
     /// Failing instances that make the check fail, with its default applied.
     pub fn min_failing_count(&self) -> usize {
         self.min_failing_count.unwrap_or(1)
+    }
+
+    /// Locations that must see the check failing for it to fail, with its default applied.
+    pub fn min_failing_locations(&self) -> usize {
+        self.min_failing_locations.unwrap_or(1)
+    }
+
+    /// Whether the check runs in every location with a live runner (`locations = ["*"]`).
+    pub fn every_location(&self) -> bool {
+        self.locations
+            .as_deref()
+            .is_some_and(|locations| locations.iter().any(|location| location == EVERY_LOCATION))
     }
 
     /// How long the check must keep failing (or passing) to change state, with its default.
@@ -440,6 +473,7 @@ impl CheckConfig {
             group: None,
             interval: Duration::ZERO,
             min_failing_count: None,
+            min_failing_locations: None,
             min_failing_time: None,
             notify: None,
             notify_on: None,

@@ -85,7 +85,7 @@ pub fn cause(result: &CheckResult) -> Vec<Cause> {
         .iter()
         .filter(|response| !response.passing)
         .collect();
-    failing.sort_by_key(|response| response.error_kind() == Some(ErrorKind::DispatchTimeout));
+    failing.sort_by_key(|response| response.error_kind().is_some_and(ErrorKind::is_unmeasured));
     failing
         .into_iter()
         .take(CAUSE_INSTANCES)
@@ -118,6 +118,7 @@ mod tests {
             check: "web".into(),
             check_type: CheckType::Http,
             agent: "a".into(),
+            location: None,
             run_id: 1,
             scheduled_at: UNIX_EPOCH,
             finished_at: UNIX_EPOCH,

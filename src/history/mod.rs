@@ -49,7 +49,7 @@ pub const PHASES: [&str; 6] = [
 ];
 
 /// Error kinds by code, for the compact raw detail. Append only: codes are stored.
-pub const ERROR_KINDS: [ErrorKind; 13] = [
+pub const ERROR_KINDS: [ErrorKind; 14] = [
     ErrorKind::Resolve,
     ErrorKind::Connect,
     ErrorKind::Tls,
@@ -63,6 +63,7 @@ pub const ERROR_KINDS: [ErrorKind; 13] = [
     ErrorKind::DispatchTimeout,
     ErrorKind::Internal,
     ErrorKind::Auth,
+    ErrorKind::NoRunner,
 ];
 
 /// Longest error message kept with an incident's cause.
@@ -172,7 +173,7 @@ pub fn run_record(result: &CheckResult, min_failing_count: usize) -> RunRecord {
         .iter()
         .map(|response| {
             let kind = response.error_kind();
-            let outcome = if kind == Some(ErrorKind::DispatchTimeout) {
+            let outcome = if kind.is_some_and(ErrorKind::is_unmeasured) {
                 Outcome::Unmeasured
             } else if response.passing {
                 Outcome::Up
@@ -412,6 +413,7 @@ mod tests {
             check: "web".into(),
             check_type: CheckType::Http,
             agent: "a".into(),
+            location: None,
             run_id: 1,
             scheduled_at: UNIX_EPOCH,
             finished_at: UNIX_EPOCH,

@@ -9,7 +9,6 @@ use super::db::{on_pool, Db};
 use super::histogram::{exact_quantile, Histograms, Reader};
 use super::writer::{tier_seconds, DAILY, HOURLY};
 use super::{from_millis, millis, HistoryConfig, HistoryError, Outcome, ERROR_KINDS, PHASES};
-use crate::model::ErrorKind;
 use futures_util::TryStreamExt;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -829,13 +828,13 @@ fn decode_detail(bytes: &[u8]) -> Vec<RawSample> {
         for phase in phases.iter_mut() {
             *phase = reader.varint().unwrap_or(0) as f64 / 1e6;
         }
-        let dispatch = ERROR_KINDS
-            .iter()
-            .position(|kind| *kind == ErrorKind::DispatchTimeout)
-            .map(|at| at as u8 + 2);
+        let unmeasured = code
+            .checked_sub(2)
+            .and_then(|at| ERROR_KINDS.get(usize::from(at)))
+            .is_some_and(|kind| kind.is_unmeasured());
         let outcome = match code {
             0 => Outcome::Up,
-            code if Some(code) == dispatch => Outcome::Unmeasured,
+            _ if unmeasured => Outcome::Unmeasured,
             _ => Outcome::Down,
         };
         samples.push(RawSample {

@@ -350,6 +350,20 @@ pub(crate) struct CheckSummary<'a> {
     #[serde(with = "crate::time_format")]
     state_since: SystemTime,
     latest: Option<&'a RawValue>,
+    /// For a check with `locations`: each location's own state and latest result; `state`
+    /// is then the judgement across them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    locations: Option<Vec<LocationSummary<'a>>>,
+}
+
+/// One location of a check with `locations`, as the API shows it.
+#[derive(Serialize)]
+pub(crate) struct LocationSummary<'a> {
+    location: &'a str,
+    state: CheckState,
+    #[serde(with = "crate::time_format")]
+    state_since: SystemTime,
+    latest: Option<&'a RawValue>,
 }
 
 /// One check as the API shows it, from its status in the store (None: not followed yet).
@@ -366,6 +380,19 @@ pub(crate) fn summary<'a>(
         state: status.map_or(CheckState::Ok, |status| status.state),
         state_since: status.map_or(checks.loaded_at, |status| status.since),
         latest: status.and_then(CheckStatus::latest_json),
+        locations: check.locations.as_ref().map(|_| {
+            status
+                .and_then(|status| status.locations.as_deref())
+                .into_iter()
+                .flatten()
+                .map(|(location, seen)| LocationSummary {
+                    location,
+                    state: seen.state,
+                    state_since: seen.since,
+                    latest: seen.latest_json(),
+                })
+                .collect()
+        }),
     }
 }
 

@@ -131,7 +131,14 @@ impl ScrapeFamilies {
     }
 
     /// Records the last probe of one instance: the common series, then the type's own.
-    fn record_response(&self, check: &str, check_type: CheckType, response: &Response) {
+    /// `location` is the location the response was seen from, for a check with `locations`.
+    fn record_response(
+        &self,
+        check: &str,
+        check_type: CheckType,
+        response: &Response,
+        location: Option<&str>,
+    ) {
         // A label from a result off the bus is checked again: one that breaks the rules (a
         // runner of another build, a hostile peer) is left out rather than break the page.
         let extra = response
@@ -139,6 +146,7 @@ impl ScrapeFamilies {
             .iter()
             .filter(|(name, value)| crate::model::label_problem(name, value).is_none())
             .map(|(name, value)| (name.clone(), value.clone()))
+            .chain(location.map(|location| ("location".to_string(), location.to_string())))
             .collect();
         let mut out = InstanceSeries {
             families: self,
@@ -240,9 +248,27 @@ impl Exposition for ProbeSeries {
         }
         for (check, status) in self.store.snapshot() {
             families.set_check_state(&check, status.state);
-            if let Some(latest) = &status.latest {
-                for response in &latest.responses {
-                    families.record_response(&check, latest.check_type, response);
+            match &status.locations {
+                // Each location's latest result, under its name.
+                Some(locations) => {
+                    for (location, seen) in locations.iter() {
+                        let Some(latest) = &seen.latest else { continue };
+                        for response in &latest.responses {
+                            families.record_response(
+                                &check,
+                                latest.check_type,
+                                response,
+                                Some(location),
+                            );
+                        }
+                    }
+                }
+                None => {
+                    if let Some(latest) = &status.latest {
+                        for response in &latest.responses {
+                            families.record_response(&check, latest.check_type, response, None);
+                        }
+                    }
                 }
             }
         }

@@ -14,9 +14,10 @@ use crate::bus::{Bus, Message, Subscription};
 
 use crate::config::{CheckConfig, NotifyOn};
 use crate::delivery::cut;
-use crate::episode::{EndReason, EpisodeEvent, RunTimes, SavedCheck, Track};
+use crate::episode::{EndReason, EpisodeEvent, RunTimes, SavedCheck, SavedLocation, Track};
 use crate::history::{IncidentOp, Recorder, TransitionRecord};
 use crate::lease::Leadership;
+use crate::locations::{across_locations, LocationCounts};
 use crate::messages::{self, CheckResult, Payload, StateEvent, MESSAGE_VERSION};
 use crate::metrics::{CheckToLabels, Metrics, ReasonLabels, SubjectLabels};
 use crate::model::CheckState;
@@ -25,7 +26,7 @@ use crate::saved_state::SavedState;
 use crate::state::{StatePolicy, StateTracker, Transition};
 use crate::subjects::Subjects;
 use serde_json::value::RawValue;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::SystemTime;
@@ -53,6 +54,9 @@ pub struct CheckStatus {
     /// `latest` as JSON, encoded by the first request that shows it and shared by every later
     /// one: a poll of every check copies bytes instead of encoding every result again.
     encoded: Arc<OnceLock<Option<Box<RawValue>>>>,
+    /// For a check with `locations`: each location's own state and latest result, by name.
+    /// `state` is then the judgement across them, and `latest` the last result of any.
+    pub locations: Option<Arc<BTreeMap<String, LocationStatus>>>,
 }
 
 impl CheckStatus {
@@ -63,20 +67,53 @@ impl CheckStatus {
             since,
             version: 0,
             encoded: Arc::default(),
+            locations: None,
         }
     }
 
     /// The latest result as JSON (None before the first result).
     pub fn latest_json(&self) -> Option<&RawValue> {
-        self.encoded
-            .get_or_init(|| {
-                let latest = self.latest.as_deref()?;
-                // A result is plain data: encoding it cannot fail short of running out of
-                // memory; if it ever did, the check shows no latest result rather than none.
-                serde_json::value::to_raw_value(latest).ok()
-            })
-            .as_deref()
+        encoded_once(&self.encoded, self.latest.as_deref())
     }
+}
+
+/// One location of a check with `locations`: its own state over its instances, and its
+/// latest result.
+#[derive(Debug, Clone)]
+pub struct LocationStatus {
+    pub latest: Option<Arc<CheckResult>>,
+    pub state: CheckState,
+    pub since: SystemTime,
+    encoded: Arc<OnceLock<Option<Box<RawValue>>>>,
+}
+
+impl LocationStatus {
+    fn new(latest: Option<Arc<CheckResult>>, state: CheckState, since: SystemTime) -> Self {
+        LocationStatus {
+            latest,
+            state,
+            since,
+            encoded: Arc::default(),
+        }
+    }
+
+    /// The location's latest result as JSON (None before its first result).
+    pub fn latest_json(&self) -> Option<&RawValue> {
+        encoded_once(&self.encoded, self.latest.as_deref())
+    }
+}
+
+/// `latest` as JSON, encoded by the first caller and kept in `cell` for every later one.
+fn encoded_once<'a>(
+    cell: &'a OnceLock<Option<Box<RawValue>>>,
+    latest: Option<&CheckResult>,
+) -> Option<&'a RawValue> {
+    cell.get_or_init(|| {
+        // A result is plain data: encoding it cannot fail short of running out of memory; if
+        // it ever did, the check shows no latest result rather than none.
+        serde_json::value::to_raw_value(latest?).ok()
+    })
+    .as_deref()
 }
 
 /// The latest result and state of each check.
@@ -276,6 +313,39 @@ pub async fn consume(
 struct Followed {
     tracker: StateTracker,
     track: Track,
+    /// For a check with `locations`: each location's own state and latest result.
+    locations: BTreeMap<String, Place>,
+}
+
+impl Followed {
+    fn new(tracker: StateTracker, track: Track) -> Followed {
+        Followed {
+            tracker,
+            track,
+            locations: BTreeMap::new(),
+        }
+    }
+
+    /// The locations as the store shows them; None for a check without `locations`.
+    fn location_statuses(
+        &self,
+        config: &CheckConfig,
+    ) -> Option<Arc<BTreeMap<String, LocationStatus>>> {
+        config.locations.as_ref()?;
+        Some(Arc::new(
+            self.locations
+                .iter()
+                .map(|(name, place)| (name.clone(), place.status.clone()))
+                .collect(),
+        ))
+    }
+}
+
+/// One location of a check with `locations`, as the sink follows it.
+#[derive(Debug)]
+struct Place {
+    tracker: StateTracker,
+    status: LocationStatus,
 }
 
 struct Sink {
@@ -292,6 +362,78 @@ struct Sink {
     followed: HashMap<String, Followed>,
     /// Whether this sink's checker led when last looked at (history written, events sent).
     leading: bool,
+}
+
+/// Takes one location's result of a check with `locations`: the location's own state moves
+/// over its instances as a check's would, then the check's state is judged across its
+/// locations (`locations::across_locations`). A run that measured nothing moves no state; a
+/// location of `["*"]` that lost its last runner (a `no_runner` result) leaves the judgement.
+fn observe_location(
+    followed: &mut Followed,
+    config: &CheckConfig,
+    location: &str,
+    result: &Arc<CheckResult>,
+    policy: StatePolicy,
+) -> (Option<Transition>, Option<EpisodeEvent>) {
+    let now = Instant::now();
+    let counts = result.counts();
+    let no_runner = !result.responses.is_empty()
+        && result
+            .responses
+            .iter()
+            .all(|response| response.error_kind() == Some(crate::model::ErrorKind::NoRunner));
+    if no_runner && config.every_location() {
+        followed.locations.remove(location);
+    } else {
+        if !followed.locations.contains_key(location)
+            && followed.locations.len() >= crate::config::bounds::MAX_LOCATIONS
+        {
+            return (None, None);
+        }
+        let place = followed
+            .locations
+            .entry(location.to_string())
+            .or_insert_with(|| {
+                let tracker = StateTracker::new(now, result.finished_at);
+                Place {
+                    tracker,
+                    status: LocationStatus::new(None, tracker.state(), tracker.since()),
+                }
+            });
+        if !counts.nothing_measured() {
+            place
+                .tracker
+                .observe(counts.failing, policy, now, result.finished_at);
+        }
+        place.status = LocationStatus::new(
+            Some(Arc::clone(result)),
+            place.tracker.state(),
+            place.tracker.since(),
+        );
+        if counts.nothing_measured() {
+            return (None, None);
+        }
+    }
+    let judged = across_locations(
+        LocationCounts::of(
+            followed
+                .locations
+                .values()
+                .map(|place| place.tracker.state()),
+        ),
+        config.min_failing_locations(),
+    );
+    let transition = followed.tracker.set(judged, now, result.finished_at);
+    let event = followed.track.observe(
+        &result.check,
+        warn_opens(config),
+        followed.tracker.state(),
+        RunTimes {
+            scheduled_at: result.scheduled_at,
+            finished_at: result.finished_at,
+        },
+    );
+    (transition, event)
 }
 
 /// Whether `WARN` opens a failure episode for `check`.
@@ -323,18 +465,25 @@ impl Sink {
                             notifications.resume(config, episode, saved.state);
                         }
                     }
-                    self.store.update(
-                        &saved.check,
-                        CheckStatus::new(None, tracker.state(), tracker.since()),
-                    );
+                    let mut followed = Followed::new(tracker, saved.track.clone());
+                    for (location, kept) in &saved.locations {
+                        followed.locations.insert(
+                            location.clone(),
+                            Place {
+                                tracker: StateTracker::resume(
+                                    kept.state,
+                                    Instant::now(),
+                                    kept.since,
+                                ),
+                                status: LocationStatus::new(None, kept.state, kept.since),
+                            },
+                        );
+                    }
+                    let mut status = CheckStatus::new(None, tracker.state(), tracker.since());
+                    status.locations = followed.location_statuses(config);
+                    self.store.update(&saved.check, status);
                     self.saved.put(SAVED_CHECKS, &saved.check, &saved);
-                    self.followed.insert(
-                        saved.check.clone(),
-                        Followed {
-                            tracker,
-                            track: saved.track,
-                        },
-                    );
+                    self.followed.insert(saved.check.clone(), followed);
                     continue;
                 }
                 Some(_) => EndReason::CheckChanged,
@@ -380,20 +529,16 @@ impl Sink {
                 .cloned();
             self.forget(&name, config.as_ref(), reason);
         }
-        for name in next.keys() {
+        for (name, index) in &next {
             if !self.followed.contains_key(name) {
                 let tracker = StateTracker::new(Instant::now(), SystemTime::now());
-                self.store.update(
-                    name,
-                    CheckStatus::new(None, tracker.state(), tracker.since()),
-                );
-                self.followed.insert(
-                    name.clone(),
-                    Followed {
-                        tracker,
-                        track: Track::default(),
-                    },
-                );
+                let followed = Followed::new(tracker, Track::default());
+                let mut status = CheckStatus::new(None, tracker.state(), tracker.since());
+                if let Some(config) = checks.get(*index) {
+                    status.locations = followed.location_statuses(config);
+                }
+                self.store.update(name, status);
+                self.followed.insert(name.clone(), followed);
             }
         }
         self.known = Arc::clone(checks);
@@ -493,6 +638,17 @@ impl Sink {
                     state: followed.tracker.state(),
                     since: followed.tracker.since(),
                     track: followed.track.clone(),
+                    locations: followed
+                        .locations
+                        .iter()
+                        .map(|(name, place)| {
+                            let saved = SavedLocation {
+                                state: place.tracker.state(),
+                                since: place.tracker.since(),
+                            };
+                            (name.clone(), saved)
+                        })
+                        .collect(),
                 },
             );
         }
@@ -526,42 +682,90 @@ impl Sink {
             return;
         };
         let policy = StatePolicy::for_check(config);
-        let current = self.store.status(&result.check);
-        if let Some(latest) = current.as_ref().and_then(|status| status.latest.as_ref()) {
-            if latest.scheduled_at > result.scheduled_at {
-                return; // an older run arriving late says nothing about now
+        // A result must be for where the check runs: a run of a check that has just gained or
+        // lost `locations`, or one from a location it no longer names, says nothing about it.
+        let location = match (&config.locations, result.location.as_deref()) {
+            (None, None) => None,
+            (Some(_), Some(location))
+                if config.every_location()
+                    || config
+                        .locations
+                        .iter()
+                        .flatten()
+                        .any(|named| named == location) =>
+            {
+                Some(location.to_string())
             }
+            _ => {
+                tracing::debug!(check = %result.check, location = result.location.as_deref(), "result for a location the check does not run from; dropped");
+                return;
+            }
+        };
+        let Some(followed) = self.followed.get(&result.check) else {
+            return;
+        };
+        let last_scheduled = match &location {
+            Some(location) => followed
+                .locations
+                .get(location)
+                .and_then(|place| place.status.latest.as_ref())
+                .map(|latest| latest.scheduled_at),
+            None => self
+                .store
+                .latest(&result.check)
+                .map(|latest| latest.scheduled_at),
+        };
+        if last_scheduled.is_some_and(|at| at > result.scheduled_at) {
+            return; // an older run arriving late says nothing about now
         }
-        tracing::debug!(check = %result.check, passing = result.passing, responses = result.responses.len(), "result");
+        tracing::debug!(check = %result.check, location = location.as_deref(), passing = result.passing, responses = result.responses.len(), "result");
 
-        // One rule with history: instances that never ran for want of a worker measured
+        // One rule with history: instances that never ran (no worker, no runner) measured
         // nothing, and a run that measured nothing moves no state.
         let counts = result.counts();
+        let result = to_keep(result, &message.payload);
         let Some(followed) = self.followed.get_mut(&result.check) else {
             return;
         };
-        let (transition, event) = if counts.nothing_measured() {
-            (None, None)
-        } else {
-            let transition = followed.tracker.observe(
-                counts.failing,
-                policy,
-                Instant::now(),
-                result.finished_at,
-            );
-            let event = followed.track.observe(
-                &result.check,
-                warn_opens(config),
-                followed.tracker.state(),
-                RunTimes {
-                    scheduled_at: result.scheduled_at,
-                    finished_at: result.finished_at,
-                },
-            );
-            (transition, event)
+        let mut moved = false;
+        let (transition, event) = match &location {
+            Some(location) => {
+                let before = followed
+                    .locations
+                    .get(location)
+                    .map(|place| place.tracker.state());
+                let judged = observe_location(followed, config, location, &result, policy);
+                let after = followed
+                    .locations
+                    .get(location)
+                    .map(|place| place.tracker.state());
+                moved = before != after;
+                judged
+            }
+            None if counts.nothing_measured() => (None, None),
+            None => {
+                let transition = followed.tracker.observe(
+                    counts.failing,
+                    policy,
+                    Instant::now(),
+                    result.finished_at,
+                );
+                let event = followed.track.observe(
+                    &result.check,
+                    warn_opens(config),
+                    followed.tracker.state(),
+                    RunTimes {
+                        scheduled_at: result.scheduled_at,
+                        finished_at: result.finished_at,
+                    },
+                );
+                (transition, event)
+            }
         };
         let (state, since) = (followed.tracker.state(), followed.tracker.since());
-        if transition.is_some() || event.is_some() {
+        let mut status = CheckStatus::new(Some(Arc::clone(&result)), state, since);
+        status.locations = followed.location_statuses(config);
+        if transition.is_some() || event.is_some() || moved {
             if let Some(followed) = self.followed.get(&result.check) {
                 self.save(&result.check, config, followed);
             }
@@ -569,11 +773,7 @@ impl Sink {
         if let Some(history) = self.history.as_ref().filter(|_| self.leading) {
             history.run(&result, config);
         }
-        let result = to_keep(result, &message.payload);
-        self.store.update(
-            &result.check,
-            CheckStatus::new(Some(Arc::clone(&result)), state, since),
-        );
+        self.store.update(&result.check, status);
         if let Some(event) = &event {
             self.episode_event(Some(config), event, Some(&result), state, false);
         }

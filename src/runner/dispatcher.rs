@@ -212,6 +212,7 @@ impl Dispatcher {
             check: order.check.name.clone(),
             check_type,
             agent: self.agent_id.clone(),
+            location: None,
             run_id: order.run_id,
             scheduled_at: order.scheduled_at,
             finished_at: SystemTime::now(),

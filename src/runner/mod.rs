@@ -20,7 +20,7 @@ use crate::messages::{self, DecodeError, Payload, TestFailure, TestRequest, MESS
 use crate::metrics::{FormLabels, Metrics, ReasonLabels, SubjectLabels, TypeLabels};
 use crate::resolve::{Resolver, ResolverSetupError};
 use crate::run_window;
-use crate::subjects::{Subjects, RUNNER_QUEUE_GROUP};
+use crate::subjects::{location_queue_group, Subjects, RUNNER_QUEUE_GROUP};
 use dispatcher::{Dispatcher, RunOrder};
 use pool::WorkerPool;
 use std::sync::Arc;
@@ -77,6 +77,8 @@ pub struct Runner {
     metrics: Arc<Metrics>,
     subscriptions: Vec<(Intake, Subscription)>,
     runs: TaskTracker,
+    /// Where this runner probes from (`runner.location`).
+    location: Arc<str>,
 }
 
 /// What a subscription carries.
@@ -84,6 +86,9 @@ pub struct Runner {
 enum Intake {
     /// Scheduled runs; their results go to `{prefix}.results.{check}`.
     Scheduled(crate::model::CheckType),
+    /// Scheduled runs of checks with `locations`, for this runner's location only; their
+    /// results say so.
+    Located(crate::model::CheckType),
     /// Test requests; each result is the reply.
     Test,
 }
@@ -95,6 +100,7 @@ impl Runner {
         subjects: Subjects,
         dispatcher: Dispatcher,
         metrics: Arc<Metrics>,
+        location: &str,
     ) -> Result<Runner, RunnerError> {
         for form in crate::messages::DegradedForm::ALL {
             let _ = metrics.results_degraded.get_or_create(&FormLabels {
@@ -109,6 +115,14 @@ impl Runner {
                     .await?,
             ));
             subscriptions.push((
+                Intake::Located(check_type),
+                bus.subscribe(
+                    &subjects.checks_at(location, check_type),
+                    Some(&location_queue_group(location)),
+                )
+                .await?,
+            ));
+            subscriptions.push((
                 Intake::Test,
                 bus.subscribe(&subjects.test(check_type), Some(RUNNER_QUEUE_GROUP))
                     .await?,
@@ -121,6 +135,7 @@ impl Runner {
             metrics,
             subscriptions,
             runs: TaskTracker::new(),
+            location: Arc::from(location),
         })
     }
 
@@ -149,6 +164,7 @@ impl Runner {
                 metrics: Arc::clone(&self.metrics),
                 runs: self.runs.clone(),
                 slots: Arc::clone(&slots),
+                location: Arc::clone(&self.location),
             };
             consumers.spawn(consumer.consume(subscription, stop.clone()));
         }
@@ -257,6 +273,7 @@ struct Consumer {
     metrics: Arc<Metrics>,
     runs: TaskTracker,
     slots: Arc<Semaphore>,
+    location: Arc<str>,
 }
 
 impl Consumer {
@@ -289,7 +306,9 @@ impl Consumer {
                 _ => self.subjects.results(&order.check.name),
             };
             let metrics = Arc::clone(&self.metrics);
-            let scheduled = matches!(self.intake, Intake::Scheduled(_));
+            let scheduled = matches!(self.intake, Intake::Scheduled(_) | Intake::Located(_));
+            let location =
+                matches!(self.intake, Intake::Located(_)).then(|| self.location.to_string());
             let span =
                 tracing::debug_span!("check_run", check = %order.check.name, run_id = order.run_id);
             self.runs.spawn(
@@ -297,7 +316,8 @@ impl Consumer {
                     let _slot = slot;
                     let timeout = order.check.timeout;
                     let check_type = order.check.check_type();
-                    let result = dispatcher.run_by(order, start_probes_by).await;
+                    let mut result = dispatcher.run_by(order, start_probes_by).await;
+                    result.location = location;
                     if scheduled && Instant::now() > run_window::publish_by(start_probes_by, timeout) {
                         tracing::warn!(check = %result.check, run_id = result.run_id, "a run finished after its window (the runner was held up); its result is not published");
                         metrics
@@ -329,7 +349,7 @@ impl Consumer {
         message: &Message,
     ) -> Option<(RunOrder, Option<std::time::Duration>)> {
         let decoded = match self.intake {
-            Intake::Scheduled(_) => self.decode_request(&message.payload),
+            Intake::Scheduled(_) | Intake::Located(_) => self.decode_request(&message.payload),
             Intake::Test => decode_test(&message.payload, message.reply.is_some()),
         };
         match decoded {
@@ -359,7 +379,7 @@ impl Consumer {
         requested_deadline: Option<std::time::Duration>,
     ) -> Option<Instant> {
         match self.intake {
-            Intake::Scheduled(check_type) => {
+            Intake::Scheduled(check_type) | Intake::Located(check_type) => {
                 let deadline =
                     run_window::effective_deadline(requested_deadline, self.dispatcher.deadline());
                 let by = run_window::start_probes_by(
@@ -423,6 +443,18 @@ impl Consumer {
         payload: &Payload,
     ) -> Result<(RunOrder, Option<std::time::Duration>), DecodeError> {
         let request = payload.request()?;
+        // Subjects keep runs where they belong; a request that names another location (a
+        // publisher with its own idea of subjects) is refused rather than run in the wrong
+        // place, and one for no location arriving on a location's subject likewise.
+        let expected = matches!(self.intake, Intake::Located(_)).then_some(&*self.location);
+        if request.location.as_deref() != expected {
+            return Err(DecodeError::Invalid(format!(
+                "check `{}`: a run for location {} reached a runner taking runs for {}; not run",
+                request.check.name,
+                request.location.as_deref().unwrap_or("(any)"),
+                expected.unwrap_or("(any)")
+            )));
+        }
         let order = RunOrder {
             check: self.compiled.get(&request.check)?,
             run_id: request.run_id,

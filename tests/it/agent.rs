@@ -234,15 +234,22 @@ async fn the_runner_counts_and_drops_bad_messages_and_keeps_running() {
     let metrics = Arc::new(bastion_agent::metrics::Metrics::new());
     let mut results = bus.subscribe("bastion.results.>", None).await.unwrap();
     let dispatcher = build_dispatcher(&config, Arc::clone(&metrics)).unwrap();
-    let runner = Runner::build(bus.clone(), subjects, dispatcher, Arc::clone(&metrics))
-        .await
-        .unwrap();
+    let runner = Runner::build(
+        bus.clone(),
+        subjects,
+        dispatcher,
+        Arc::clone(&metrics),
+        "default",
+    )
+    .await
+    .unwrap();
     let stop = CancellationToken::new();
     let running = tokio::spawn(runner.run(stop.clone()));
 
     let good = CheckRequest {
         version: 1,
         run_id: 42,
+        location: None,
         scheduled_at: std::time::SystemTime::now(),
         dispatch_deadline: None,
         check: std::sync::Arc::new(config.checks[0].clone()),
@@ -326,6 +333,7 @@ async fn the_result_sink_removes_series_of_vanished_instances() {
         check: "lb".into(),
         check_type: CheckType::Http,
         agent: "a".into(),
+        location: None,
         run_id: 1,
         scheduled_at: at,
         finished_at: at,

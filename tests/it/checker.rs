@@ -48,6 +48,11 @@ async fn start(config: &Config) -> Harness {
         bus.clone(),
         &subjects,
         metrics.clone(),
+        bastion_agent::checker::Whereabouts {
+            agent: "test".into(),
+            heartbeat_interval: Duration::from_secs(10),
+            local_location: Some("default".into()),
+        },
     )
     .await
     .unwrap();
@@ -72,6 +77,7 @@ async fn reply(bus: &MemoryBus, request: &CheckRequest) {
         check: request.check.name.clone(),
         check_type: request.check.check_type(),
         agent: "test".into(),
+        location: None,
         run_id: request.run_id,
         scheduled_at: request.scheduled_at,
         finished_at: SystemTime::now(),

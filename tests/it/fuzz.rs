@@ -72,6 +72,7 @@ fn assert_config_outcome(result: Result<Config, bastion_agent::config::ConfigErr
                 let request = CheckRequest {
                     version: MESSAGE_VERSION,
                     run_id: 1,
+                    location: None,
                     scheduled_at: SystemTime::UNIX_EPOCH,
                     dispatch_deadline: None,
                     check: std::sync::Arc::new(check.clone()),
@@ -329,6 +330,7 @@ fn valid_messages() -> Vec<Vec<u8>> {
         let request = CheckRequest {
             version: MESSAGE_VERSION,
             run_id: 42,
+            location: None,
             scheduled_at: SystemTime::UNIX_EPOCH + Duration::from_micros(1_700_000_000_123_456),
             dispatch_deadline: None,
             check: std::sync::Arc::new(check.clone()),
@@ -571,6 +573,8 @@ async fn tcp_expect(pattern: &str, sent: Vec<u8>) -> Option<bastion_agent::messa
         notify_on: None,
         ip_protocol: None,
         ip_protocol_fallback: None,
+        locations: None,
+        min_failing_locations: None,
         spec: bastion_agent::config::CheckSpec::Tcp(bastion_agent::config::TcpSpec {
             address: address.to_string(),
             tls: bastion_agent::config::TlsOption::Off,

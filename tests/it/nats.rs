@@ -387,6 +387,7 @@ async fn bad_messages_are_counted_and_dropped_and_good_ones_still_run() {
     let good = CheckRequest {
         version: 1,
         run_id: 7,
+        location: None,
         scheduled_at: std::time::SystemTime::now(),
         dispatch_deadline: None,
         check: std::sync::Arc::new(config(&checks(1, target, "10s")).checks[0].clone()),
@@ -1001,6 +1002,7 @@ async fn a_runner_forgets_the_series_of_checks_that_stop_arriving() {
         let request = CheckRequest {
             version: 1,
             run_id: 1,
+            location: None,
             scheduled_at: std::time::SystemTime::now(),
             dispatch_deadline: None,
             check: std::sync::Arc::new(check.clone()),

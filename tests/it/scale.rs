@@ -221,6 +221,7 @@ async fn request_runs(
         let request = bastion_agent::messages::CheckRequest {
             version: 1,
             run_id: 1,
+            location: None,
             scheduled_at: std::time::SystemTime::now(),
             dispatch_deadline: None,
             check: std::sync::Arc::new(check.clone()),
