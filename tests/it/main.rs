@@ -38,6 +38,7 @@ mod http_proxy;
 mod icmp;
 mod logs;
 mod nats;
+mod netns_harness;
 mod notify;
 mod operations;
 mod package;

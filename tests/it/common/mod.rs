@@ -5,6 +5,7 @@
 pub mod debian;
 pub mod dns;
 pub mod nats;
+pub mod netns;
 pub mod process;
 pub mod prometheus;
 pub mod proxy;

@@ -14,6 +14,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub struct NatsServer {
+    /// The address it listens on: 127.0.0.1 unless started with `start_on`.
+    pub host: String,
     pub port: u16,
     pub dir: PathBuf,
     conf: PathBuf,
@@ -37,7 +39,12 @@ fn binary() -> PathBuf {
 
 /// A port nobody listens on right now.
 pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
+    free_port_on("127.0.0.1")
+}
+
+/// A port nobody listens on right now at `host`.
+pub fn free_port_on(host: &str) -> u16 {
+    StdListener::bind((host, 0))
         .and_then(|listener| listener.local_addr())
         .map(|address| address.port())
         .expect("a free port")
@@ -53,6 +60,16 @@ impl NatsServer {
 
     /// A server with `extra` appended to its config file (auth, TLS, limits).
     pub fn start_with(extra: &str) -> NatsServer {
+        NatsServer::start_at("127.0.0.1", extra)
+    }
+
+    /// A server with JetStream and no auth that listens on `host` (an address this machine
+    /// has, e.g. the bridge of a `netns::Topology`) instead of 127.0.0.1.
+    pub fn start_on(host: &str) -> NatsServer {
+        NatsServer::start_at(host, "")
+    }
+
+    fn start_at(host: &str, extra: &str) -> NatsServer {
         let dir = std::env::temp_dir().join(format!(
             "bastion-nats-{}-{}",
             std::process::id(),
@@ -60,14 +77,15 @@ impl NatsServer {
         ));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("nats dir");
-        let port = free_port();
+        let port = free_port_on(host);
         let conf = dir.join("nats.conf");
         let text = format!(
-            "host: 127.0.0.1\nport: {port}\njetstream {{\n  store_dir: \"{}\"\n}}\n{extra}\n",
+            "host: {host}\nport: {port}\njetstream {{\n  store_dir: \"{}\"\n}}\n{extra}\n",
             dir.join("js").display()
         );
         std::fs::write(&conf, text).expect("nats conf");
         let mut server = NatsServer {
+            host: host.to_string(),
             port,
             dir,
             conf,
@@ -78,7 +96,7 @@ impl NatsServer {
     }
 
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        format!("nats://{}:{}", self.host, self.port)
     }
 
     /// Starts the server (again) on its port and waits until it accepts connections.
@@ -99,7 +117,7 @@ impl NatsServer {
             });
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+        while std::net::TcpStream::connect((self.host.as_str(), self.port)).is_err() {
             assert!(
                 Instant::now() < deadline,
                 "nats-server did not start; see {}",
