@@ -36,6 +36,7 @@ mod http_oauth2;
 mod http_options;
 mod http_proxy;
 mod icmp;
+mod locations;
 mod logs;
 mod nats;
 mod netns_harness;
