@@ -79,10 +79,14 @@ pub struct StateEvent {
     /// When the result that caused it was taken.
     #[serde(with = "crate::time_format")]
     pub at: SystemTime,
-    /// Failing instances in that result.
+    /// Failing instances in that result (for a check with `locations`, in the latest run of
+    /// every location).
     pub failing: usize,
-    /// Instances in that result.
+    /// Instances in that result (likewise).
     pub responses: usize,
+    /// For a check with `locations`: each location's own state, by name. Absent otherwise.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub locations: BTreeMap<String, crate::model::CheckState>,
 }
 
 /// What each agent publishes on `{prefix}.heartbeat.{agent}` every 10 s.

@@ -200,11 +200,15 @@ pub fn split_host_port(text: &str) -> Result<(String, u16), String> {
     Ok((host.to_string(), port))
 }
 
+/// The label bastion puts on the `probe_*` series of a check with `locations` (and on each
+/// response of a check's combined view across them).
+pub const LOCATION_LABEL: &str = "location";
+
 /// The labels bastion itself puts on `probe_*` series (and Prometheus adds at scrape): a
 /// check's or a discovered target's own labels may not use them.
 pub const RESERVED_LABEL_NAMES: [&str; 8] = [
     "check",
-    "location",
+    LOCATION_LABEL,
     "target",
     "phase",
     "version",

@@ -3,7 +3,9 @@
 //! this agent signs them (`Origin`: its name and the base of its links). Pure: it builds
 //! notifications and sends nothing.
 
-use super::{Event, FailedAssertion, Failure, Notification, Severity, MAX_FAILURES_LISTED};
+use super::{
+    Event, FailedAssertion, Failure, LocationLine, Notification, Severity, MAX_FAILURES_LISTED,
+};
 use crate::episode::{EndReason, Episode};
 use crate::messages::CheckResult;
 use crate::model::{CheckState, CheckType};
@@ -56,6 +58,7 @@ impl Origin {
             failing: latest.map_or(0, |result| result.counts().failing),
             instances: latest.map_or(0, |result| result.instances()),
             failures: latest.map(failures).unwrap_or_default(),
+            locations: latest.map(locations).unwrap_or_default(),
             link: super::check_link(&self.link_base, &episode.check),
             agent: self.agent.clone(),
         }
@@ -82,10 +85,46 @@ impl Origin {
             failing: facts.failing,
             instances: facts.instances,
             failures: latest.map(failures).unwrap_or_default(),
+            locations: latest.map(locations).unwrap_or_default(),
             link: super::check_link(&self.link_base, &facts.episode.check),
             agent: self.agent.clone(),
         }
     }
+}
+
+/// For a check with `locations`: what each location saw, from the check's combined view (a
+/// result whose responses carry a `location` label, made by the sink); empty otherwise.
+fn locations(result: &CheckResult) -> Vec<LocationLine> {
+    let mut lines: Vec<LocationLine> = Vec::new();
+    for response in &result.responses {
+        let Some(location) = response.labels.get(crate::model::LOCATION_LABEL) else {
+            continue;
+        };
+        let line = match lines.iter_mut().find(|line| line.location == *location) {
+            Some(line) => line,
+            None => {
+                if lines.len() >= crate::config::bounds::MAX_LOCATIONS {
+                    continue;
+                }
+                lines.push(LocationLine {
+                    location: location.clone(),
+                    failing: 0,
+                    instances: 0,
+                });
+                let last = lines.len() - 1;
+                &mut lines[last]
+            }
+        };
+        line.instances += 1;
+        // A location with no runner measured nothing: it is not seen failing.
+        let unmeasured = response
+            .error_kind()
+            .is_some_and(crate::model::ErrorKind::is_unmeasured);
+        if !response.passing && !unmeasured {
+            line.failing += 1;
+        }
+    }
+    lines
 }
 
 /// The failing instances of a result and why, at most `MAX_FAILURES_LISTED`.

@@ -60,6 +60,15 @@ impl Event {
     }
 }
 
+/// What one location of a check with `locations` saw in its latest run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LocationLine {
+    pub location: String,
+    /// Its instances that failed.
+    pub failing: usize,
+    pub instances: usize,
+}
+
 /// One failing instance: where, and why.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Failure {
@@ -110,8 +119,12 @@ pub struct Notification {
     pub reason: Option<EndReason>,
     pub failing: usize,
     pub instances: usize,
-    /// Up to `MAX_FAILURES_LISTED` failing instances of the latest result.
+    /// Up to `MAX_FAILURES_LISTED` failing instances of the latest result (for a check with
+    /// `locations`, each named `location/ip:port`).
     pub failures: Vec<Failure>,
+    /// For a check with `locations`: what each location saw in its latest run, by name;
+    /// empty otherwise.
+    pub locations: Vec<LocationLine>,
     /// The agent's API for the check.
     pub link: String,
     /// The agent that sent it.
@@ -160,10 +173,25 @@ impl Notification {
                     Severity::Critical => "FAILING",
                     Severity::Warning => "WARNING",
                 };
-                let mut line = format!(
-                    "[{what}] {}: {} of {} instances failing",
-                    self.check, self.failing, self.instances
-                );
+                let mut line = format!("[{what}] {}: ", self.check);
+                if !self.locations.is_empty() {
+                    let seeing: Vec<&str> = self
+                        .locations
+                        .iter()
+                        .filter(|location| location.failing > 0)
+                        .map(|location| location.location.as_str())
+                        .collect();
+                    line.push_str(&format!(
+                        "failing from {} of {} locations ({}); ",
+                        seeing.len(),
+                        self.locations.len(),
+                        seeing.join(", ")
+                    ));
+                }
+                line.push_str(&format!(
+                    "{} of {} instances failing",
+                    self.failing, self.instances
+                ));
                 if let Some(reason) = self.failures.first().map(Failure::reason) {
                     line.push_str(&format!(" ({reason})"));
                 }
@@ -184,6 +212,12 @@ impl Notification {
                 self.state,
                 rfc3339(self.started_at),
                 self.episode_id
+            ));
+        }
+        for location in &self.locations {
+            text.push_str(&format!(
+                "location {}: {} of {} instances failing\n",
+                location.location, location.failing, location.instances
             ));
         }
         for failure in &self.failures {
@@ -474,6 +508,7 @@ pub async fn send_test(config: &Config, name: &str) -> Result<Answer, NotifyErro
         failing: 0,
         instances: 0,
         failures: Vec::new(),
+        locations: Vec::new(),
         link: check_link(&api_base(config), "bastion-test"),
         agent: config.agent.id.clone(),
     };
@@ -524,6 +559,7 @@ pub(crate) fn firing_with_assertion(actual: &str, message: Option<&str>) -> Noti
                 message: message.map(str::to_string),
             }],
         }],
+        locations: Vec::new(),
         link: "http://127.0.0.1:9464/api/v1/checks/web".to_string(),
         agent: "a".to_string(),
     }

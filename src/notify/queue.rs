@@ -518,6 +518,7 @@ mod tests {
             failing: 1,
             instances: 1,
             failures: Vec::new(),
+            locations: Vec::new(),
             link: String::new(),
             agent: "a".to_string(),
         })

@@ -81,6 +81,10 @@ pub struct WebhookBody<'a> {
     pub failing: usize,
     pub instances: usize,
     pub failures: &'a [Failure],
+    /// For a check with `locations`: what each location saw in its latest run. Absent
+    /// otherwise.
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    pub locations: &'a [super::LocationLine],
     pub agent: &'a str,
 }
 
@@ -113,6 +117,7 @@ pub fn body(notification: &Notification) -> WebhookBody<'_> {
         failing: notification.failing,
         instances: notification.instances,
         failures: &notification.failures,
+        locations: &notification.locations,
         agent: &notification.agent,
     }
 }

@@ -146,7 +146,12 @@ impl ScrapeFamilies {
             .iter()
             .filter(|(name, value)| crate::model::label_problem(name, value).is_none())
             .map(|(name, value)| (name.clone(), value.clone()))
-            .chain(location.map(|location| ("location".to_string(), location.to_string())))
+            .chain(location.map(|location| {
+                (
+                    crate::model::LOCATION_LABEL.to_string(),
+                    location.to_string(),
+                )
+            }))
             .collect();
         let mut out = InstanceSeries {
             families: self,

@@ -436,6 +436,39 @@ fn observe_location(
     (transition, event)
 }
 
+/// A check with `locations` as every location saw it last: one result holding each
+/// location's latest responses, each named `location/target` and labelled with its location,
+/// so an incident's cause and a notification's failures say where each failure was seen.
+fn combined_view(followed: &Followed, result: &CheckResult) -> Arc<CheckResult> {
+    let mut responses = Vec::new();
+    for (location, place) in &followed.locations {
+        let Some(latest) = &place.status.latest else {
+            continue;
+        };
+        for response in &latest.responses {
+            let mut response = response.clone();
+            response.target = format!("{location}/{}", response.target);
+            response
+                .labels
+                .insert(crate::model::LOCATION_LABEL.to_string(), location.clone());
+            responses.push(response);
+        }
+    }
+    Arc::new(CheckResult {
+        version: result.version,
+        check: result.check.clone(),
+        check_type: result.check_type,
+        agent: result.agent.clone(),
+        location: None,
+        run_id: result.run_id,
+        scheduled_at: result.scheduled_at,
+        finished_at: result.finished_at,
+        passing: responses.iter().all(|response| response.passing),
+        responses,
+        degraded: None,
+    })
+}
+
 /// Whether `WARN` opens a failure episode for `check`.
 fn warn_opens(check: &CheckConfig) -> bool {
     check
@@ -765,6 +798,20 @@ impl Sink {
         let (state, since) = (followed.tracker.state(), followed.tracker.since());
         let mut status = CheckStatus::new(Some(Arc::clone(&result)), state, since);
         status.locations = followed.location_statuses(config);
+        // What incidents, notifications and events describe: for a check with locations, the
+        // latest run of every location (made only while there is something to tell).
+        let troubled = state != CheckState::Ok || transition.is_some() || event.is_some();
+        let (view, location_states) = match &location {
+            Some(_) if troubled => (
+                combined_view(followed, &result),
+                followed
+                    .locations
+                    .iter()
+                    .map(|(name, place)| (name.clone(), place.tracker.state()))
+                    .collect(),
+            ),
+            _ => (Arc::clone(&result), BTreeMap::new()),
+        };
         if transition.is_some() || event.is_some() || moved {
             if let Some(followed) = self.followed.get(&result.check) {
                 self.save(&result.check, config, followed);
@@ -775,18 +822,30 @@ impl Sink {
         }
         self.store.update(&result.check, status);
         if let Some(event) = &event {
-            self.episode_event(Some(config), event, Some(&result), state, false);
+            self.episode_event(Some(config), event, Some(&view), state, false);
         }
         if let Some(notifications) = &self.notifications {
-            notifications.observe(config, state, &result, event.as_ref());
+            notifications.observe(config, state, &view, event.as_ref());
         }
         if let Some(transition) = transition {
-            self.announce(&result, transition, counts.failing).await;
+            let failing = if location.is_some() {
+                view.counts().failing
+            } else {
+                counts.failing
+            };
+            self.announce(&view, transition, failing, location_states)
+                .await;
         }
     }
 
     /// Counts a change of state, logs it and publishes its event.
-    async fn announce(&self, result: &CheckResult, transition: Transition, failing: usize) {
+    async fn announce(
+        &self,
+        result: &CheckResult,
+        transition: Transition,
+        failing: usize,
+        locations: BTreeMap<String, CheckState>,
+    ) {
         self.metrics
             .check_transitions
             .get_or_create(&CheckToLabels {
@@ -813,6 +872,7 @@ impl Sink {
             at: result.finished_at,
             failing,
             responses: result.instances(),
+            locations,
         };
         self.publish(&event).await;
     }

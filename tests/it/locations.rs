@@ -11,6 +11,7 @@ use bastion_agent::messages::CheckResult;
 use common::nats::{free_port, observer, NatsServer};
 use common::netns::Topology;
 use common::process::Bastion;
+use common::receiver::{Receiver, Reply};
 use common::*;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -159,10 +160,13 @@ async fn netns_a_check_is_judged_across_three_locations_with_their_own_paths() {
     }
     let service = topology.service(port);
     let listen = free_port();
+    let hook = Receiver::start(Reply::new(200, "ok"));
     let check = format!(
         "[[checks]]\nname = \"web\"\ntype = \"http\"\nurl = \"http://{service}/\"\n\
          interval = \"1s\"\ntimeout = \"900ms\"\nmin_failing_time = \"0s\"\n\
-         locations = [\"eu-west\", \"us-east\", \"ap-south\"]\nmin_failing_locations = 2\n"
+         locations = [\"eu-west\", \"us-east\", \"ap-south\"]\nmin_failing_locations = 2\n\
+         [[notifiers]]\nname = \"hook\"\ntype = \"webhook\"\ndefault = true\nurl = \"{}/hook\"\n",
+        hook.url()
     );
     let mut checker = Bastion::start(
         "checker",
@@ -239,9 +243,51 @@ async fn netns_a_check_is_judged_across_three_locations_with_their_own_paths() {
             "{series}\n{metrics}"
         );
     }
+    // The firing notification says which locations see the check failing, and where each
+    // failure was seen; the one location that failed before warned nobody.
+    let received = hook.wait_for("a firing notification", PATIENCE, |received| {
+        !received.is_empty()
+    });
+    let firing = received[0].json();
+    assert_eq!(firing["event"], "firing", "{firing}");
+    assert_eq!(firing["severity"], "critical");
+    let summary = firing["summary"].as_str().unwrap();
+    assert!(
+        summary.contains("failing from 2 of 3 locations (ap-south, us-east)"),
+        "{summary}"
+    );
+    let seen: Vec<(String, u64)> = firing["locations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|line| {
+            (
+                line["location"].as_str().unwrap().to_string(),
+                line["failing"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            ("ap-south".to_string(), 1),
+            ("eu-west".to_string(), 0),
+            ("us-east".to_string(), 1)
+        ]
+    );
+    for failure in firing["failures"].as_array().unwrap() {
+        let instance = failure["instance"].as_str().unwrap();
+        assert!(
+            instance.starts_with("ap-south/") || instance.starts_with("us-east/"),
+            "{instance}"
+        );
+    }
     topology.restore(1);
     topology.restore(2);
     wait_for_states(listen, "web", "OK", &ok).await;
+    let received = hook.wait_for("the resolve", PATIENCE, |received| received.len() >= 2);
+    assert_eq!(received[1].json()["event"], "resolved");
+    assert_eq!(received.len(), 2, "one firing, one resolve");
 
     // Every runner of one location stops: it is `no_runner` within one heartbeat interval
     // and the dispatch deadline (it says it is leaving as it stops), counted, and it moves
