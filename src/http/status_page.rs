@@ -408,33 +408,64 @@ fn uptime_cells(body: &mut String, uptime: &Uptimes) {
     }
 }
 
+/// The latest run the page shows: the check's, or for a check with `locations` each
+/// location's, with its name.
+fn latest_runs(status: &CheckStatus) -> Vec<(Option<&str>, &crate::messages::CheckResult)> {
+    match &status.locations {
+        Some(locations) => locations
+            .iter()
+            .filter_map(|(name, seen)| Some((Some(name.as_str()), seen.latest.as_deref()?)))
+            .collect(),
+        None => status
+            .latest
+            .as_deref()
+            .map(|latest| (None, latest))
+            .into_iter()
+            .collect(),
+    }
+}
+
 fn failing_instances(body: &mut String, status: Option<&CheckStatus>, public: bool) {
-    let Some(latest) = status.and_then(|status| status.latest.as_ref()) else {
+    let runs = status.map(latest_runs).unwrap_or_default();
+    if runs.is_empty() {
         body.push_str("<span class=\"muted\">no result yet</span>");
         return;
-    };
-    let failing: Vec<_> = latest.responses.iter().filter(|r| !r.passing).collect();
+    }
+    let failing: Vec<_> = runs
+        .iter()
+        .flat_map(|(location, run)| {
+            run.responses
+                .iter()
+                .filter(|r| !r.passing)
+                .map(move |response| (*location, response))
+        })
+        .collect();
     if failing.is_empty() {
         return;
     }
     if public {
-        let mut kinds: Vec<&str> = failing.iter().map(|r| describe(r).0).collect();
+        let mut kinds: Vec<&str> = failing.iter().map(|(_, r)| describe(r).0).collect();
+        kinds.sort_unstable();
         kinds.dedup();
         let _ = write!(
             body,
             "{} of {} instances: {}",
-            latest.failing(),
-            latest.instances(),
+            runs.iter().map(|(_, run)| run.failing()).sum::<usize>(),
+            runs.iter().map(|(_, run)| run.instances()).sum::<usize>(),
             esc(&kinds.join(", "))
         );
         return;
     }
-    for response in failing.iter().take(3) {
+    for (location, response) in failing.iter().take(3) {
         let (kind, message) = describe(response);
+        let target = match location {
+            Some(location) => format!("{location}/{}", response.target),
+            None => response.target.clone(),
+        };
         let _ = write!(
             body,
             "<div><code>{}</code> {}: {}</div>",
-            esc(&response.target),
+            esc(&target),
             esc(kind),
             esc(&message)
         );
@@ -539,6 +570,7 @@ async fn check_page(
     let Some(history) = &state.history else {
         facts(&mut body, check, status.as_ref(), public);
         body.push_str("</dl>");
+        locations_table(&mut body, status.as_ref());
         instances_table(&mut body, status.as_ref(), public);
         body.push_str("<p class=\"muted\">This agent keeps no history.</p></main>");
         return page(&check.name, &body);
@@ -584,6 +616,7 @@ async fn check_page(
         );
     }
     body.push_str("</dl>");
+    locations_table(&mut body, status.as_ref());
 
     body.push_str("<section><h2>Latency, median per phase</h2><p class=\"ranges\">");
     for option in RANGES {
@@ -836,9 +869,62 @@ fn incident_html(body: &mut String, incident: &Incident, public: bool) {
     body.push_str("</div></div>");
 }
 
+/// For a check with `locations`: each location's own state, since when, and the median
+/// total time of its latest run's instances, beside the combined state in the heading. Shows
+/// no address or message, so public pages have it too.
+fn locations_table(body: &mut String, status: Option<&CheckStatus>) {
+    let Some(locations) = status.and_then(|status| status.locations.as_deref()) else {
+        return;
+    };
+    body.push_str(
+        "<section><h2>Locations</h2><div class=\"table\"><table id=\"locations\"><thead><tr>\
+         <th>location</th><th>state</th><th>since</th><th>latency, last run</th>\
+         <th>failing</th></tr></thead><tbody>",
+    );
+    if locations.is_empty() {
+        body.push_str("<tr><td colspan=\"5\" class=\"muted\">No location has reported yet.</td></tr>");
+    }
+    for (location, seen) in locations.iter() {
+        let (latency, failing) = match &seen.latest {
+            Some(latest) => {
+                let mut totals: Vec<f64> = latest
+                    .responses
+                    .iter()
+                    .filter(|response| response.error.is_none())
+                    .map(|response| response.timings.total)
+                    .collect();
+                totals.sort_by(f64::total_cmp);
+                let median = totals.get(totals.len() / 2).copied();
+                (
+                    median.map_or_else(|| "—".to_string(), millis_text),
+                    format!("{} of {}", latest.counts().failing, latest.instances()),
+                )
+            }
+            None => ("—".to_string(), "—".to_string()),
+        };
+        let _ = write!(
+            body,
+            "<tr data-location=\"{name}\" data-state=\"{state_name}\"><td>{name}</td><td>{state}</td>\
+             <td>{since}</td><td class=\"num\">{latency}</td><td class=\"num\">{failing}</td></tr>",
+            name = esc(location),
+            state_name = seen.state,
+            state = state_html(seen.state),
+            since = when(seen.since),
+        );
+    }
+    body.push_str("</tbody></table></div></section>");
+}
+
 fn instances_table(body: &mut String, status: Option<&CheckStatus>, public: bool) {
     body.push_str("<section><h2>Instances, last run</h2>");
-    let Some(latest) = status.and_then(|status| status.latest.as_ref()) else {
+    let Some(status) = status else {
+        body.push_str("<p class=\"muted\">No result yet.</p></section>");
+        return;
+    };
+    // For a check with locations, every location's latest run, each instance under its
+    // location's name.
+    let runs = latest_runs(status);
+    let Some(last) = runs.iter().map(|(_, run)| run.finished_at).max() else {
         body.push_str("<p class=\"muted\">No result yet.</p></section>");
         return;
     };
@@ -846,13 +932,17 @@ fn instances_table(body: &mut String, status: Option<&CheckStatus>, public: bool
         body,
         "<p class=\"muted\">Run at {}.</p><div class=\"table\"><table id=\"instances\"><thead><tr>\
          <th>instance</th><th>result</th><th>total</th><th class=\"wide\">error</th></tr></thead><tbody>",
-        when(latest.finished_at)
+        when(last)
     );
-    for (index, response) in latest.responses.iter().enumerate() {
-        let name = if public {
-            format!("instance {}", index + 1)
-        } else {
-            response.target.clone()
+    let responses = runs
+        .iter()
+        .flat_map(|(location, run)| run.responses.iter().map(move |response| (*location, response)));
+    for (index, (location, response)) in responses.enumerate() {
+        let name = match (public, location) {
+            (true, None) => format!("instance {}", index + 1),
+            (true, Some(location)) => format!("{location}: instance {}", index + 1),
+            (false, None) => response.target.clone(),
+            (false, Some(location)) => format!("{location}/{}", response.target),
         };
         let result = if response.passing {
             "<span class=\"state s-OK\">pass</span>"

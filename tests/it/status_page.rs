@@ -22,7 +22,7 @@ fn chromium() -> PathBuf {
 }
 
 /// Runs headless chromium with `args` on `url`; returns its stdout.
-fn browse(args: &[&str], url: &str) -> String {
+pub(crate) fn browse(args: &[&str], url: &str) -> String {
     let profile = crate::common::process::scratch_dir("chromium");
     let output = Command::new(chromium())
         .args([
