@@ -563,3 +563,71 @@ async fn one_process_runs_a_located_check_on_its_own_location() {
     assert_eq!(check["locations"][0]["state"], "OK");
     assert_eq!(check["latest"]["location"], "here");
 }
+
+/// A located check failing when the agent restarts: its state and each location's come back
+/// from the saved state, so the restart neither resolves the episode nor opens another; the
+/// recovery after it resolves the one episode.
+#[test]
+fn a_restart_in_the_middle_of_an_episode_keeps_each_locations_state() {
+    use crate::notify::{fail, recover, target, WAIT};
+    let target = target();
+    let hook = Receiver::start(Reply::new(200, "ok"));
+    let dir = common::process::scratch_dir("locations-restart");
+    let listen = free_port();
+    let config = format!(
+        "[agent]\nid = \"one\"\nlisten = \"127.0.0.1:{listen}\"\nshutdown_grace = \"3s\"\n\
+         [runner]\nlocation = \"here\"\n\
+         [history]\npath = \"{}\"\n\
+         [[checks]]\nname = \"web\"\ntype = \"http\"\nurl = \"{}/health\"\ninterval = \"2s\"\n\
+         min_failing_time = \"0s\"\nlocations = [\"here\"]\n\
+         [[notifiers]]\nname = \"hook\"\ntype = \"webhook\"\ndefault = true\nurl = \"{}/hook\"\n",
+        dir.join("history.db").display(),
+        target.url(),
+        hook.url()
+    );
+    let api = |listen: u16| -> serde_json::Value {
+        let (_, body) = common::process::http_get_blocking(listen, "/api/v1/checks/web").unwrap();
+        serde_json::from_str(&body).unwrap()
+    };
+    let mut first = Bastion::start("locations-restart-1", listen, &config, &["run"]);
+    first.wait_ready();
+    fail(&target);
+    let fired = hook.wait_for("the firing", WAIT, |received| !received.is_empty());
+    let episode = fired[0].json()["episode_id"].as_str().unwrap().to_string();
+    let check = api(listen);
+    assert_eq!(check["state"], "FAIL", "{check}");
+    assert_eq!(check["locations"][0]["state"], "FAIL", "{check}");
+    assert_eq!(first.terminate().and_then(|status| status.code()), Some(0));
+
+    let mut second = Bastion::start("locations-restart-2", listen, &config, &["run"]);
+    second.wait_ready();
+    // Before its first run: resumed, not started afresh.
+    let check = api(listen);
+    assert_eq!(check["state"], "FAIL", "{check}");
+    assert_eq!(check["locations"][0]["location"], "here", "{check}");
+    assert_eq!(check["locations"][0]["state"], "FAIL", "{check}");
+    recover(&target);
+    let received = hook.wait_for("the resolve", WAIT, |received| {
+        received.iter().any(|r| r.json()["event"] == "resolved")
+    });
+    let events: Vec<(String, String)> = received
+        .iter()
+        .map(|r| {
+            let body = r.json();
+            (
+                body["event"].as_str().unwrap().to_string(),
+                body["episode_id"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    // The restart re-sends nothing the receiver accepted, and the resolve ends the same one.
+    assert_eq!(
+        events,
+        vec![
+            ("firing".to_string(), episode.clone()),
+            ("resolved".to_string(), episode)
+        ],
+        "{}",
+        second.log()
+    );
+}
