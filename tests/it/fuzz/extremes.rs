@@ -322,6 +322,8 @@ fn companions(place: &Place) -> &'static str {
             | "checks[].ip_version",
             _,
         ) => "interval = \"11m\"\ntimeout = \"10m\"\n",
+        // `["*"]`: any number of locations may be live, so every threshold can be met.
+        ("checks[].min_failing_locations", _) => "interval = \"2s\"\nlocations = [\"*\"]\n",
         _ => "interval = \"2s\"\n",
     }
 }
