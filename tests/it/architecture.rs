@@ -27,6 +27,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("resolve", 3),
     ("discovery", 3),
     ("state", 3),
+    ("locations", 3),
     ("episode", 3),
     ("metrics", 3),
     ("report", 3),
