@@ -738,7 +738,7 @@ async fn ha_writers_taking_turns_count_every_run_in_the_rollups() {
             written += 1;
             let mut run = sample.clone();
             run.scheduled_at = hour_start + Duration::from_millis(written * 10);
-            recorder.run(&run, &check);
+            recorder.run(&run, &check, 0);
         }
         let started = std::time::Instant::now();
         loop {
