@@ -14,6 +14,9 @@
 //! `unmeasured`, neither up nor down. Skipped ticks and lost runs produce no result, so they
 //! are not runs. Uptime = (runs - down) / runs over measured runs; none when there were none.
 //! Latency percentiles come from passing instances only (a refused connection is fast).
+//! A check with `locations` has each location's runs judged so, kept under `check@location`
+//! (`location_check`), and one combined run per tick under its own name (`ticks.rs`), which
+//! uptime reads: down when `min_failing_locations` locations were down.
 //!
 //! This module never touches the bus or the probe path, and never blocks a caller on the
 //! database: a full buffer drops the record and counts it in `bastion_history_dropped_total`.
