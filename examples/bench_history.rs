@@ -329,7 +329,7 @@ async fn main() {
         let slot = (second % 60) as usize;
         for check in definitions.iter().skip(slot * per_second).take(per_second) {
             let at = start + Duration::from_secs(second);
-            recorder.run(&result(&check.name, at, sent % 100 == 7), check);
+            recorder.run(&result(&check.name, at, sent % 100 == 7), check, 0);
             sent += 1;
         }
         // Wait for the writer to take this second's batch, as a live agent would.

@@ -527,7 +527,7 @@ impl Metrics {
         for reason in ["slow_consumer", "results_buffer_full", "results_rejected"] {
             let _ = self.bus_dropped.get_or_create(&ReasonLabels { reason });
         }
-        for reason in ["buffer_full", "incidents_full", "stopped"] {
+        for reason in ["buffer_full", "incidents_full", "ticks_full", "stopped"] {
             let _ = self.history_dropped.get_or_create(&ReasonLabels { reason });
         }
         let _ = self

@@ -473,6 +473,7 @@ impl CheckConfig {
             group: None,
             interval: Duration::ZERO,
             min_failing_count: None,
+            // A threshold across locations, like the others: where it runs from is kept.
             min_failing_locations: None,
             min_failing_time: None,
             notify: None,

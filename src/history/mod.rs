@@ -14,6 +14,9 @@
 //! `unmeasured`, neither up nor down. Skipped ticks and lost runs produce no result, so they
 //! are not runs. Uptime = (runs - down) / runs over measured runs; none when there were none.
 //! Latency percentiles come from passing instances only (a refused connection is fast).
+//! A check with `locations` has each location's runs judged so, kept under `check@location`
+//! (`location_check`), and one combined run per tick under its own name (`ticks.rs`), which
+//! uptime reads: down when `min_failing_locations` locations were down.
 //!
 //! This module never touches the bus or the probe path, and never blocks a caller on the
 //! database: a full buffer drops the record and counts it in `bastion_history_dropped_total`.
@@ -22,6 +25,7 @@ pub mod db;
 pub mod episodes;
 pub mod histogram;
 pub mod query;
+pub mod ticks;
 pub mod writer;
 
 use crate::config::{CheckConfig, HistoryConfig};
@@ -35,6 +39,7 @@ use tokio::sync::mpsc;
 
 pub use db::Db;
 pub use query::HistoryReader;
+pub use ticks::LocationRun;
 
 /// The phases kept, in this order everywhere (raw detail, histograms, API). Type-specific
 /// waiting phases count as `processing`: tcp `exchange`, dns `request`, icmp `rtt`; an http
@@ -140,6 +145,16 @@ pub struct RunRecord {
     pub finished_at: SystemTime,
     pub outcome: Outcome,
     pub samples: Vec<Sample>,
+    /// A location's run of a check with `locations` (`check` is then `check@location`): how
+    /// it joins the check's combined run. None for every other run.
+    pub location: Option<LocationRun>,
+}
+
+/// The name a location's own runs are stored under: `check@location`. `@` occurs in no check
+/// name (`[a-z0-9_-]+`) nor location name, so it never meets a real check; it is history's
+/// own, and the API never shows it.
+pub fn location_check(check: &str, location: &str) -> String {
+    format!("{check}@{location}")
 }
 
 /// One change of a check's state.
@@ -215,6 +230,7 @@ pub fn run_record(result: &CheckResult, min_failing_count: usize) -> RunRecord {
         finished_at: result.finished_at,
         outcome,
         samples,
+        location: None,
     }
 }
 
@@ -317,8 +333,31 @@ impl Recorder {
         )
     }
 
-    pub fn run(&self, result: &CheckResult, check: &CheckConfig) {
-        let record = run_record(result, check.min_failing_count());
+    /// Hands over one run. A location's result of a check with `locations` is kept as that
+    /// location's run and joins the check's combined run of its tick (`ticks.rs`);
+    /// `followed_locations` is how many locations the sink follows for the check, the
+    /// locations a tick of `["*"]` waits for (a named list waits for every name).
+    pub fn run(&self, result: &CheckResult, check: &CheckConfig, followed_locations: usize) {
+        let mut record = run_record(result, check.min_failing_count());
+        if let (Some(named), Some(location)) = (&check.locations, &result.location) {
+            let every_location = check.every_location();
+            record.location = Some(LocationRun {
+                check: Arc::clone(&record.check),
+                location: Arc::from(location.as_str()),
+                expected: if every_location {
+                    followed_locations
+                } else {
+                    named.len()
+                },
+                every_location,
+                min_failing_locations: check.min_failing_locations(),
+                wait: check
+                    .interval
+                    .saturating_mul(2)
+                    .saturating_add(check.timeout()),
+            });
+            record.check = Arc::from(location_check(&result.check, location));
+        }
         self.count(self.runs.try_send(record).err().map(|error| match error {
             mpsc::error::TrySendError::Full(_) => "buffer_full",
             mpsc::error::TrySendError::Closed(_) => "stopped",

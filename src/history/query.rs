@@ -114,10 +114,22 @@ pub struct InstanceSeries {
     pub points: Vec<Point>,
 }
 
+/// One location's series of a check with `locations` (`by=location`): that location's own
+/// runs, judged over its instances.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LocationSeries {
+    pub location: String,
+    pub points: Vec<Point>,
+}
+
 /// A check's history over a range.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Series {
     pub check: String,
+    /// Set when the series is one location's runs (`location=`); absent for the check's own
+    /// (combined) runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
     #[serde(with = "crate::time_format")]
     pub from: SystemTime,
     #[serde(with = "crate::time_format")]
@@ -126,6 +138,9 @@ pub struct Series {
     /// `runs`, `hourly` or `daily`: where the figures come from.
     pub source: &'static str,
     pub points: Vec<Point>,
+    /// With `by=location`: one series per location, beside the combined `points`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub locations: Option<Vec<LocationSeries>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub instances: Option<Vec<InstanceSeries>>,
 }
@@ -415,6 +430,33 @@ fn too_many_instance_points(plan: &Plan, instances: u64) -> HistoryError {
     bad(format!(
         "by=instance: {instances} instances × {} points is more than the {MAX_INSTANCE_POINTS} points one answer may hold; ask for {fewer_points}or for at most {fit_instances} instances at this step with instance=ADDRESS,ADDRESS",
         plan.points,
+    ))
+}
+
+/// The refusal of a `by=location` answer that would hold more than `MAX_INSTANCE_POINTS`
+/// location points, saying what would fit.
+fn too_many_location_points(plan: &Plan, locations: u64) -> HistoryError {
+    let fit_points = MAX_INSTANCE_POINTS / locations.max(1);
+    let step = if fit_points > 0 {
+        format!(
+            "a step of at least {} (or a shorter range), or ",
+            duration_text(plan.step_for(fit_points))
+        )
+    } else {
+        String::new()
+    };
+    bad(format!(
+        "by=location: {locations} locations × {} points is more than the {MAX_INSTANCE_POINTS} points one answer may hold; ask for {step}for one location at a time with location=NAME",
+        plan.points,
+    ))
+}
+
+/// The refusal of raw runs past `MAX_RAW_BYTES` at an asked step.
+fn too_many_raw_bytes(bytes: i64) -> HistoryError {
+    bad(format!(
+        "the runs in this range hold {} MiB, more than the {} MiB one series reads; use a step of at least 1h (the hourly rollups) or a shorter range",
+        (bytes + (1 << 20) - 1) >> 20,
+        MAX_RAW_BYTES >> 20
     ))
 }
 
@@ -800,11 +842,13 @@ impl Builder {
         });
         Ok(Series {
             check: check.to_string(),
+            location: None,
             from: plan.start,
             to: plan.to,
             step_seconds: plan.step,
             source: plan.source.name(),
             points: points(whole, plan.start, plan.step),
+            locations: None,
             instances,
         })
     }
@@ -918,6 +962,160 @@ impl HistoryReader {
         within(self.read_series(check, query)).await
     }
 
+    /// One location's series of a check with `locations`: that location's own runs (stored
+    /// under `check@location`), judged over its instances, named as the check with `location`
+    /// set. Bounded as `series`; `by=instance` reads that location's instances.
+    pub async fn location_series(
+        &self,
+        check: &str,
+        location: &str,
+        query: &SeriesQuery,
+    ) -> Result<Series, HistoryError> {
+        self.check_ready()?;
+        within(async {
+            let mut series = self
+                .read_series(&super::location_check(check, location), query)
+                .await?;
+            series.check = check.to_string();
+            series.location = Some(location.to_string());
+            Ok(series)
+        })
+        .await
+    }
+
+    /// The check's combined series and, beside it, one series per location (`by=location`):
+    /// the `locations` named, or with None every location with history (`["*"]`). One plan for
+    /// them all: at most `MAX_INSTANCE_POINTS` location points, and at most `MAX_RAW_BYTES` of
+    /// raw runs read together (past it, without a step, the hourly rollups, as for one
+    /// series); past a bound the answer is refused with what to ask instead.
+    pub async fn series_by_location(
+        &self,
+        check: &str,
+        locations: Option<&[String]>,
+        query: &SeriesQuery,
+    ) -> Result<Series, HistoryError> {
+        self.check_ready()?;
+        within(self.read_by_location(check, locations, query)).await
+    }
+
+    async fn read_by_location(
+        &self,
+        check: &str,
+        locations: Option<&[String]>,
+        query: &SeriesQuery,
+    ) -> Result<Series, HistoryError> {
+        let mut plan = plan(&self.config, query, false)?;
+        let mut names: Vec<String> = match locations {
+            Some(named) => named.to_vec(),
+            None => self.locations_with_history(check).await?,
+        };
+        names.sort_unstable();
+        names.dedup();
+        let count = names.len() as u64;
+        if count.saturating_mul(plan.points) > MAX_INSTANCE_POINTS {
+            return Err(too_many_location_points(&plan, count));
+        }
+        let stored: Vec<String> = names
+            .iter()
+            .map(|location| super::location_check(check, location))
+            .chain(std::iter::once(check.to_string()))
+            .collect();
+        let ids: HashMap<String, i64> = self
+            .check_ids(&stored)
+            .await?
+            .into_iter()
+            .map(|(id, name)| (name, id))
+            .collect();
+        if plan.source == Source::Runs {
+            let all: Vec<i64> = ids.values().copied().collect();
+            let bytes = self.raw_bytes_of(&all, plan.start, plan.to).await?;
+            if bytes > MAX_RAW_BYTES {
+                if query.step.is_some() {
+                    return Err(too_many_raw_bytes(bytes));
+                }
+                plan = self::plan(&self.config, query, true)?;
+            }
+        }
+        let none = HashMap::new();
+        let mut whole = Builder::new(plan, false, None);
+        if let Some(id) = ids.get(check) {
+            self.fill(&mut whole, *id, false).await?;
+        }
+        let mut series = whole.finish(check, &none)?;
+        // One location at a time: each builder is done (its samples percentiles) before the
+        // next one reads.
+        let mut list = Vec::with_capacity(names.len());
+        for (location, name) in names.into_iter().zip(&stored) {
+            let mut builder = Builder::new(plan, false, None);
+            if let Some(id) = ids.get(name) {
+                self.fill(&mut builder, *id, false).await?;
+            }
+            list.push(LocationSeries {
+                location,
+                points: builder.finish(check, &none)?.points,
+            });
+        }
+        series.locations = Some(list);
+        Ok(series)
+    }
+
+    /// The locations of `check` with runs stored (`check@location`), by name; more than
+    /// `MAX_INSTANCE_POINTS` are never needed (no answer could hold them).
+    async fn locations_with_history(&self, check: &str) -> Result<Vec<String>, HistoryError> {
+        let prefix = super::location_check(check, "");
+        // `_` is a LIKE wildcard and occurs in names; `!` escapes it.
+        let mut pattern = String::with_capacity(prefix.len() + 4);
+        for c in prefix.chars() {
+            if matches!(c, '%' | '_' | '!') {
+                pattern.push('!');
+            }
+            pattern.push(c);
+        }
+        pattern.push('%');
+        let names: Vec<String> = on_pool!(&self.db, pool => {
+            sqlx::query_scalar::<_, String>(
+                "SELECT name FROM checks WHERE name LIKE $1 ESCAPE '!' ORDER BY name LIMIT $2",
+            )
+            .bind(&pattern)
+            .bind(i64::try_from(MAX_INSTANCE_POINTS).unwrap_or(i64::MAX) + 1)
+            .fetch_all(pool)
+            .await?
+        });
+        // SQLite's LIKE ignores ASCII case; the prefix itself must match exactly.
+        Ok(names
+            .into_iter()
+            .filter_map(|name| name.strip_prefix(&prefix).map(str::to_string))
+            .collect())
+    }
+
+    /// Bytes of raw detail the range holds over several stored checks.
+    async fn raw_bytes_of(
+        &self,
+        check_ids: &[i64],
+        from: SystemTime,
+        to: SystemTime,
+    ) -> Result<i64, HistoryError> {
+        let mut total: i64 = 0;
+        for chunk in check_ids.chunks(500) {
+            let sql = format!(
+                "SELECT CAST(COALESCE(SUM(LENGTH(detail)), 0) AS BIGINT) FROM runs \
+                 WHERE at_ms >= $1 AND at_ms < $2 AND check_id IN ({})",
+                placeholders(3, chunk.len())
+            );
+            let bytes = on_pool!(&self.db, pool => {
+                let mut query = sqlx::query_scalar::<_, i64>(&sql)
+                    .bind(millis(from))
+                    .bind(millis(to));
+                for id in chunk {
+                    query = query.bind(*id);
+                }
+                query.fetch_one(pool).await?
+            });
+            total = total.saturating_add(bytes);
+        }
+        Ok(total)
+    }
+
     async fn read_series(&self, check: &str, query: &SeriesQuery) -> Result<Series, HistoryError> {
         let mut plan = plan(&self.config, query, false)?;
         let wanted: Option<Vec<&str>> = match &query.instances {
@@ -943,11 +1141,7 @@ impl HistoryReader {
             let bytes = self.raw_bytes(check_id, plan.start, plan.to).await?;
             if bytes > MAX_RAW_BYTES {
                 if query.step.is_some() {
-                    return Err(bad(format!(
-                        "the runs in this range hold {} MiB, more than the {} MiB one series reads; use a step of at least 1h (the hourly rollups) or a shorter range",
-                        (bytes + (1 << 20) - 1) >> 20,
-                        MAX_RAW_BYTES >> 20
-                    )));
+                    return Err(too_many_raw_bytes(bytes));
                 }
                 plan = self::plan(&self.config, query, true)?;
             }
@@ -988,6 +1182,19 @@ impl HistoryReader {
             None => None,
         };
         let mut builder = Builder::new(plan, by_instance, only.as_deref());
+        self.fill(&mut builder, check_id, by_instance).await?;
+        builder.finish(check, &names)
+    }
+
+    /// Reads one stored check's rows of the builder's range into it: the raw runs in time
+    /// order, or the rollups (only the whole check's, unless `by_instance`).
+    async fn fill(
+        &self,
+        builder: &mut Builder,
+        check_id: i64,
+        by_instance: bool,
+    ) -> Result<(), HistoryError> {
+        let plan = builder.plan;
         let to_ms = millis(plan.to);
         match plan.source {
             Source::Runs => {
@@ -1030,7 +1237,7 @@ impl HistoryReader {
                 });
             }
         }
-        builder.finish(check, &names)
+        Ok(())
     }
 
     /// Bytes of raw detail a range holds, read from the rows' lengths (the blobs themselves

@@ -13,6 +13,7 @@
 use super::db::{on_pool, Db};
 use super::episodes::IncidentOp;
 use super::histogram::{varint, Histograms};
+use super::ticks::{Offered, Ticks};
 use super::{millis, HistoryConfig, Lanes, Outcome, RunRecord, TransitionRecord, ERROR_KINDS};
 use crate::episode::EndReason;
 use crate::metrics::{Metrics, ReasonLabels};
@@ -118,6 +119,8 @@ pub struct Writer {
     failures: u32,
     /// No HA checkers: the rollup cache holds what is in the database.
     sole_writer: bool,
+    /// The ticks of checks with `locations` being gathered into combined runs.
+    ticks: Ticks,
 }
 
 impl Writer {
@@ -148,6 +151,7 @@ impl Writer {
             next_expiry: Instant::now(),
             failures: 0,
             sole_writer,
+            ticks: Ticks::default(),
         }
     }
 
@@ -165,7 +169,7 @@ impl Writer {
             let room_incidents =
                 self.pending.incidents.len() < buffer.max(super::MIN_INCIDENT_LANE);
             tokio::select! {
-                Some(run) = self.lanes.runs.recv(), if room_runs => self.pending.runs.push(run),
+                Some(run) = self.lanes.runs.recv(), if room_runs => self.take_run(run),
                 Some(transition) = self.lanes.transitions.recv(), if room_transitions => {
                     self.pending.transitions.push(transition);
                 }
@@ -181,8 +185,10 @@ impl Writer {
                 next_attempt = self.attempt_until_closed(&closed).await;
             }
         }
-        // The sink is done: everything it sent is in the lanes now.
+        // The sink is done: everything it sent is in the lanes now, and the ticks still
+        // gathered are complete with what they have.
         self.take_waiting(true);
+        self.ticks.drain(&mut self.pending.runs);
         if self.pending.len() > 0 {
             let written = tokio::time::timeout(FINAL_FLUSH, self.attempt())
                 .await
@@ -226,7 +232,7 @@ impl Writer {
         let incident_room = buffer.max(super::MIN_INCIDENT_LANE);
         while all || self.pending.runs.len() < buffer {
             match self.lanes.runs.try_recv() {
-                Ok(run) => self.pending.runs.push(run),
+                Ok(run) => self.take_run(run),
                 Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
             }
         }
@@ -242,6 +248,27 @@ impl Writer {
                 Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
             }
         }
+    }
+
+    /// Takes one run into the batch; a location's run also joins its check's tick, and the
+    /// combined runs that completes join the batch too (at most one per location run, so the
+    /// batch stays within twice its bound).
+    fn take_run(&mut self, run: RunRecord) {
+        if let Some(place) = &run.location {
+            if self
+                .ticks
+                .offer(&run, place, Instant::now(), &mut self.pending.runs)
+                == Offered::Full
+            {
+                self.metrics
+                    .history_dropped
+                    .get_or_create(&ReasonLabels {
+                        reason: "ticks_full",
+                    })
+                    .inc();
+            }
+        }
+        self.pending.runs.push(run);
     }
 
     fn backoff(&self) -> Duration {
@@ -263,6 +290,8 @@ impl Writer {
     /// success (or nothing to do).
     async fn attempt(&mut self) -> bool {
         let started = Instant::now();
+        // Ticks that waited their time go with this batch, with what they have.
+        self.ticks.expire(started, &mut self.pending.runs);
         let outcome = self.write_pending().await;
         match outcome {
             Ok(written) => {

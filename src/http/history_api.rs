@@ -1,5 +1,7 @@
 //! The history endpoints: one check (`GET /api/v1/checks/{name}`, with its latest result and
-//! uptime), its series (`/history?from=&to=&step=&by=instance&instance=`) and incidents
+//! uptime), its series (`/history?from=&to=&step=&by=instance&instance=`, and for a check with
+//! `locations` one location's runs with `location=` or every location's with `by=location`)
+//! and incidents
 //! (`GET /api/v1/incidents?check=&from=&limit=`). Times are RFC 3339 or a duration meaning
 //! "that long ago" (`from=24h`), measured from one "now" taken when the request arrives; a
 //! bad parameter, or an answer past a bound, is a 400 saying what to send instead. They only
@@ -7,6 +9,7 @@
 //! live state of a check never waits for it.
 
 use super::{summary, ApiPath, ApiQuery, ApiState};
+use crate::config::CheckConfig;
 use crate::history::query::{Instances, Series, SeriesQuery};
 use crate::history::{HistoryError, HistoryReader};
 use axum::body::Body;
@@ -162,6 +165,54 @@ pub(super) struct HistoryParams {
     by: Option<String>,
     /// Comma-separated instance addresses: their series only (implies `by=instance`).
     instance: Option<String>,
+    /// For a check with `locations`: that location's own runs instead of the combined ones.
+    location: Option<String>,
+}
+
+/// Which runs of a check a series reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum View {
+    /// The check's own runs: for a check with `locations`, the combined ones.
+    Check,
+    /// One location's runs (`location=`).
+    Location(String),
+    /// The combined runs and one series per location (`by=location`): these locations, or
+    /// None for every location with history (`["*"]`).
+    ByLocation(Option<Vec<String>>),
+}
+
+/// The view `location=` and `by=location` ask of `check`, or what to ask instead.
+fn view(check: &CheckConfig, location: Option<&str>, by: Option<&str>) -> Result<View, String> {
+    let by_location = by == Some("location");
+    let name = &check.name;
+    let location = location.map(str::trim);
+    if location.is_none() && !by_location {
+        return Ok(View::Check);
+    }
+    let Some(named) = &check.locations else {
+        return Err(format!(
+            "check `{name}` runs from no locations (it has no `locations`): leave {} out; by=instance gives one series per instance",
+            if by_location { "by=location" } else { "location=" }
+        ));
+    };
+    let Some(location) = location else {
+        let every = check.every_location();
+        return Ok(View::ByLocation((!every).then(|| named.clone())));
+    };
+    if by_location {
+        return Err(
+            "location= reads one location and by=location every one: use one or the other"
+                .to_string(),
+        );
+    }
+    crate::config::location_name(location).map_err(|message| format!("location={message}"))?;
+    if !check.every_location() && !named.iter().any(|known| known == location) {
+        return Err(format!(
+            "check `{name}` does not run from `{location}`; ask for one of its locations ({}), or by=location for all of them",
+            named.join(", ")
+        ));
+    }
+    Ok(View::Location(location.to_string()))
 }
 
 impl HistoryParams {
@@ -194,10 +245,18 @@ impl HistoryParams {
                         .to_string(),
                 )
             }
-            (None | Some("check"), None) => Instances::None,
+            (Some("location"), Some(_)) => {
+                return Err(
+                    "instance= asks for instance series and by=location for location series: use one or the other (with location=NAME, instance= reads that location's instances)"
+                        .to_string(),
+                )
+            }
+            (None | Some("check" | "location"), None) => Instances::None,
             (Some("instance"), None) => Instances::All,
             (Some(other), _) => {
-                return Err(format!("by=`{other}`: use by=instance, or leave it out"))
+                return Err(format!(
+                    "by=`{other}`: use by=instance or by=location, or leave it out"
+                ))
             }
         };
         if instances == Instances::Only(Vec::new()) {
@@ -274,14 +333,26 @@ pub(super) async fn history(
         Ok(history) => history,
         Err(response) => return *response,
     };
-    if state.checks.current().get(&name).is_none() {
+    let checks = state.checks.current();
+    let Some(check) = checks.get(&name) else {
         return error(StatusCode::NOT_FOUND, format!("no check is named `{name}`"));
-    }
-    let query = match params.query(now) {
-        Ok(query) => query,
+    };
+    let (query, view) = match params.query(now).and_then(|query| {
+        view(check, params.location.as_deref(), params.by.as_deref()).map(|view| (query, view))
+    }) {
+        Ok(asked) => asked,
         Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
-    match history.series(&name, &query).await {
+    let series = match &view {
+        View::Check => history.series(&name, &query).await,
+        View::Location(location) => history.location_series(&name, location, &query).await,
+        View::ByLocation(locations) => {
+            history
+                .series_by_location(&name, locations.as_deref(), &query)
+                .await
+        }
+    };
+    match series {
         Ok(series) => series_response(series),
         Err(error) => history_error(error),
     }
@@ -303,38 +374,54 @@ impl std::io::Write for Counter {
 }
 
 /// A series as JSON, written as the client reads it: the whole check's part, then one
-/// instance series at a time, so an answer of 20,000 instance points is never one buffer
+/// instance (or location) series at a time, so an answer of 20,000 instance points is never one buffer
 /// in memory (nor the doublings of one). The text is the same as serializing the series at
 /// once, and its length is counted first (without keeping it) for the Content-Length.
 fn series_response(mut series: Series) -> Response {
-    let json = [(header::CONTENT_TYPE, "application/json")];
     let instances = series.instances.take();
-    let mut head = match serde_json::to_vec(&series) {
+    // Never both in one answer (by=location reads no instances); were they, the locations
+    // would stay in the head, before the instances, as serde orders them.
+    let locations = match instances {
+        None => series.locations.take(),
+        Some(_) => None,
+    };
+    let head = match serde_json::to_vec(&series) {
         Ok(head) => head,
         Err(error) => return error_response(StatusCode::INTERNAL_SERVER_ERROR, error.to_string()),
     };
-    let Some(instances) = instances else {
-        return (json, head).into_response();
-    };
-    // `{..."points":[...]}`: the instances go before the closing brace.
+    match (instances, locations) {
+        (Some(instances), _) => streamed(head, "instances", instances),
+        (None, Some(locations)) => streamed(head, "locations", locations),
+        (None, None) => ([(header::CONTENT_TYPE, "application/json")], head).into_response(),
+    }
+}
+
+/// `head` (a JSON object) with `key: [items]` added last, written one item at a time.
+fn streamed<T: serde::Serialize + Send + 'static>(
+    mut head: Vec<u8>,
+    key: &str,
+    items: Vec<T>,
+) -> Response {
+    let json = [(header::CONTENT_TYPE, "application/json")];
+    // `{..."points":[...]}`: the items go before the closing brace.
     head.pop();
-    head.extend_from_slice(b",\"instances\":[");
-    let mut length = head.len() + instances.len().saturating_sub(1) + 2;
-    for instance in &instances {
+    head.extend_from_slice(format!(",\"{key}\":[").as_bytes());
+    let mut length = head.len() + items.len().saturating_sub(1) + 2;
+    for item in &items {
         let mut counter = Counter::default();
-        if let Err(error) = serde_json::to_writer(&mut counter, instance) {
+        if let Err(error) = serde_json::to_writer(&mut counter, item) {
             return error_response(StatusCode::INTERNAL_SERVER_ERROR, error.to_string());
         }
         length += counter.0;
     }
     let chunks = std::iter::once(head)
-        .chain(instances.into_iter().enumerate().map(|(at, instance)| {
+        .chain(items.into_iter().enumerate().map(|(at, item)| {
             let mut chunk = Vec::with_capacity(16 * 1024);
             if at > 0 {
                 chunk.push(b',');
             }
             // Counted above: it serializes.
-            let _ = serde_json::to_writer(&mut chunk, &instance);
+            let _ = serde_json::to_writer(&mut chunk, &item);
             chunk
         }))
         .chain(std::iter::once(b"]}".to_vec()))
@@ -406,7 +493,7 @@ mod tests {
     /// The streamed answer is the text serde would write at once, with its exact length.
     #[tokio::test]
     async fn a_series_streams_the_same_json_with_its_length() {
-        use crate::history::query::{InstanceSeries, Point};
+        use crate::history::query::{InstanceSeries, LocationSeries, Point};
         let start = SystemTime::UNIX_EPOCH + Duration::from_secs(3_600);
         let point = |runs| Point {
             start,
@@ -418,14 +505,34 @@ mod tests {
         };
         let mut series = Series {
             check: "web \"edge\"".into(),
+            location: None,
             from: start,
             to: start + Duration::from_secs(60),
             step_seconds: 60,
             source: "runs",
             points: vec![point(2)],
+            locations: None,
             instances: None,
         };
-        for instances in [None, Some(vec![]), Some(vec![1, 2, 3])] {
+        let locations = |names: &[&str]| {
+            names
+                .iter()
+                .map(|location| LocationSeries {
+                    location: location.to_string(),
+                    points: vec![point(3), point(4)],
+                })
+                .collect::<Vec<_>>()
+        };
+        for (places, instances) in [
+            (None, None),
+            (None, Some(vec![])),
+            (None, Some(vec![1, 2, 3])),
+            (Some(locations(&[])), None),
+            (Some(locations(&["eu-west", "us-east"])), None),
+            (Some(locations(&["eu-west"])), Some(vec![1])),
+        ] {
+            series.locations = places;
+            series.location = series.locations.is_none().then(|| "eu-west".to_string());
             series.instances = instances.map(|all: Vec<u64>| {
                 all.into_iter()
                     .map(|n| InstanceSeries {
@@ -435,7 +542,7 @@ mod tests {
                     .collect()
             });
             let expected = serde_json::to_vec(&series).unwrap();
-            let streamed = series.instances.is_some();
+            let streamed = series.instances.is_some() || series.locations.is_some();
             let response = series_response(series.clone());
             assert_eq!(response.status(), StatusCode::OK);
             let length = response
@@ -463,6 +570,7 @@ mod tests {
             step: None,
             by: by.map(str::to_string),
             instance: instance.map(str::to_string),
+            location: None,
         }
     }
 
@@ -489,5 +597,74 @@ mod tests {
         let query = params(None, None).query(now).unwrap();
         assert_eq!((query.now, query.to), (now, now));
         assert_eq!(query.from, now - Duration::from_secs(86_400));
+    }
+
+    fn check(locations: &str) -> CheckConfig {
+        let toml = format!(
+            "[bus]\nkind = \"nats\"\n[bus.nats]\nurl = \"nats://127.0.0.1:4222\"\n[[checks]]\nname = \"web\"\ntype = \"tcp\"\naddress = \"127.0.0.1:1\"\ninterval = \"60s\"\n{locations}"
+        );
+        let config = crate::config::Config::parse(
+            &toml,
+            crate::config::Format::Toml,
+            std::path::Path::new("t.toml"),
+        )
+        .unwrap_or_else(|error| panic!("{error}"));
+        config.checks.into_iter().next().unwrap()
+    }
+
+    #[test]
+    fn location_and_by_location_are_asked_of_checks_with_locations_only() {
+        let plain = check("");
+        let named = check("locations = [\"eu-west\", \"us-east\"]\n");
+        let every = check("locations = [\"*\"]\n");
+        assert_eq!(view(&plain, None, None), Ok(View::Check));
+        assert_eq!(view(&named, None, Some("instance")), Ok(View::Check));
+        assert_eq!(
+            view(&named, Some("eu-west"), None),
+            Ok(View::Location("eu-west".into()))
+        );
+        assert_eq!(
+            view(&named, None, Some("location")),
+            Ok(View::ByLocation(Some(vec![
+                "eu-west".into(),
+                "us-east".into()
+            ])))
+        );
+        assert_eq!(
+            view(&every, None, Some("location")),
+            Ok(View::ByLocation(None))
+        );
+        assert_eq!(
+            view(&every, Some("ap-south"), None),
+            Ok(View::Location("ap-south".into()))
+        );
+        let refused = |check: &CheckConfig, location, by| view(check, location, by).unwrap_err();
+        let message = refused(&plain, Some("eu-west"), None);
+        assert!(
+            message.contains("runs from no locations") && message.contains("location="),
+            "{message}"
+        );
+        let message = refused(&plain, None, Some("location"));
+        assert!(
+            message.contains("by=location") && message.contains("by=instance"),
+            "{message}"
+        );
+        let message = refused(&named, Some("ap-south"), None);
+        assert!(message.contains("eu-west, us-east"), "{message}");
+        let message = refused(&named, Some("eu west"), None);
+        assert!(message.contains("not a location name"), "{message}");
+        // The internal name of a location's runs is never a way in.
+        assert!(refused(&every, Some("web@eu-west"), None).contains("not a location name"));
+        assert!(refused(&named, Some("eu-west"), Some("location")).contains("one or the other"));
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        assert_eq!(
+            params(Some("location"), None)
+                .query(now)
+                .map(|q| q.instances),
+            Ok(Instances::None)
+        );
+        assert!(params(Some("location"), Some("10.0.0.1:80"))
+            .query(now)
+            .is_err());
     }
 }

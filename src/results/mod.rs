@@ -818,7 +818,11 @@ impl Sink {
             }
         }
         if let Some(history) = self.history.as_ref().filter(|_| self.leading) {
-            history.run(&result, config);
+            history.run(
+                &result,
+                config,
+                status.locations.as_ref().map_or(0, |all| all.len()),
+            );
         }
         self.store.update(&result.check, status);
         if let Some(event) = &event {

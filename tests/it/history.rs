@@ -738,7 +738,7 @@ async fn ha_writers_taking_turns_count_every_run_in_the_rollups() {
             written += 1;
             let mut run = sample.clone();
             run.scheduled_at = hour_start + Duration::from_millis(written * 10);
-            recorder.run(&run, &check);
+            recorder.run(&run, &check, 0);
         }
         let started = std::time::Instant::now();
         loop {
@@ -1142,4 +1142,212 @@ async fn the_incident_of_a_check_removed_while_the_agent_was_down_ends_at_start(
     .await;
     assert_eq!(incidents[0]["end_reason"], "check_removed", "{incidents}");
     second.stop().await;
+}
+
+/// A check run from two locations with `min_failing_locations = 2`: each location's results
+/// are its own series (`location=`, `by=location`), and the check's uptime follows the
+/// combined judgement, one run per tick: one location down is up, both down is down, no
+/// runner anywhere is unmeasured; a location delivered twice counts once. A check without
+/// `locations`, a location the check does not name, or history's internal name is a 400.
+async fn locations_keep_their_own_runs_and_uptime_follows_them_combined(backend: Backend) {
+    use bastion_agent::bus::Bus;
+    use bastion_agent::messages::{Payload, Response, Timings};
+    use bastion_agent::model::{CheckType, ErrorKind, ProbeError};
+    let nats = crate::common::nats::NatsServer::start();
+    let toml = format!(
+        "{}flush_interval = \"200ms\"\n[bus]\nkind = \"nats\"\n[bus.nats]\nurl = \"{}\"\n\
+         [[checks]]\nname = \"edge\"\ntype = \"http\"\nurl = \"http://127.0.0.1:9/\"\n\
+         interval = \"24h\"\nlocations = [\"eu-west\", \"us-east\"]\nmin_failing_locations = 2\n\
+         [[checks]]\nname = \"plain\"\ntype = \"http\"\nurl = \"http://127.0.0.1:9/\"\ninterval = \"24h\"\n",
+        backend.toml(),
+        nats.url()
+    );
+    let running = Running::start(&toml).await;
+    let bus = crate::common::nats::observer(&nats.url()).await;
+    // Three hours ago: raw runs and an hourly rollup of their own.
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let hour = now - now % 3600 - 3 * 3600;
+    let result = |tick: u64, location: &str, outcome: Option<ErrorKind>| {
+        let at = UNIX_EPOCH + Duration::from_secs(hour + 60 * tick);
+        let mut response = Response::failed(
+            "10.0.0.1:80".to_string(),
+            ProbeError::new(outcome.unwrap_or(ErrorKind::Connect), "refused"),
+            Timings::default(),
+        );
+        if outcome.is_none() {
+            response.passing = true;
+            response.error = None;
+        }
+        Arc::new(CheckResult {
+            version: 1,
+            check: "edge".into(),
+            check_type: CheckType::Http,
+            agent: format!("runner-{location}"),
+            location: Some(location.to_string()),
+            run_id: tick,
+            scheduled_at: at,
+            finished_at: at + Duration::from_millis(20),
+            passing: outcome.is_none(),
+            responses: vec![response],
+            degraded: None,
+        })
+    };
+    let down = Some(ErrorKind::Connect);
+    let no_runner = Some(ErrorKind::NoRunner);
+    let ticks = [
+        // Both up: up.
+        (None, None),
+        // One of two down, two needed: up.
+        (down, None),
+        // Both down: down.
+        (down, down),
+        // No runner anywhere: unmeasured.
+        (no_runner, no_runner),
+    ];
+    for (tick, (eu, us)) in ticks.into_iter().enumerate() {
+        let tick = tick as u64 + 1;
+        let mut sent = vec![result(tick, "eu-west", eu), result(tick, "us-east", us)];
+        if tick == 3 {
+            // Delivered twice (a retried publish): still one location down.
+            sent.insert(1, result(tick, "eu-west", eu));
+        }
+        for result in sent {
+            bus.publish("bastion.results.edge", Payload::Result(result))
+                .await
+                .unwrap();
+        }
+    }
+    let range = format!(
+        "from={}&to={}&step=30m",
+        rfc3339(UNIX_EPOCH + Duration::from_secs(hour)),
+        rfc3339(UNIX_EPOCH + Duration::from_secs(hour + 3600))
+    );
+    let counts = |point: &Value| {
+        (
+            point["runs"].as_u64().unwrap(),
+            point["down"].as_u64().unwrap(),
+            point["unmeasured"].as_u64().unwrap(),
+        )
+    };
+    let combined = poll(
+        &running,
+        &format!("/api/v1/checks/edge/history?{range}"),
+        |body| {
+            body["points"][0]["runs"].as_u64().unwrap_or(0)
+                + body["points"][0]["unmeasured"].as_u64().unwrap_or(0)
+                >= 4
+        },
+    )
+    .await;
+    assert_eq!(combined["source"], "runs", "{combined}");
+    assert_eq!(counts(&combined["points"][0]), (3, 1, 1), "{combined}");
+    assert_eq!(combined["points"][0]["uptime"].as_f64(), Some(2.0 / 3.0));
+    assert!(combined.get("location").is_none(), "{combined}");
+    // Each location judged on its own.
+    let (status, eu) = running
+        .get_json(&format!(
+            "/api/v1/checks/edge/history?{range}&location=eu-west"
+        ))
+        .await;
+    assert_eq!(status, 200, "{eu}");
+    assert_eq!(
+        (&eu["check"], &eu["location"]),
+        (&Value::from("edge"), &Value::from("eu-west"))
+    );
+    assert_eq!(counts(&eu["points"][0]), (3, 2, 1), "{eu}");
+    let (_, us) = running
+        .get_json(&format!(
+            "/api/v1/checks/edge/history?{range}&location=us-east"
+        ))
+        .await;
+    assert_eq!(counts(&us["points"][0]), (3, 1, 1), "{us}");
+    // A location's own instances.
+    let (_, eu_instances) = running
+        .get_json(&format!(
+            "/api/v1/checks/edge/history?{range}&location=eu-west&by=instance"
+        ))
+        .await;
+    assert_eq!(
+        eu_instances["instances"][0]["instance"], "10.0.0.1:80",
+        "{eu_instances}"
+    );
+    // by=location: the combined points and one series per location.
+    let (status, all) = running
+        .get_json(&format!("/api/v1/checks/edge/history?{range}&by=location"))
+        .await;
+    assert_eq!(status, 200, "{all}");
+    assert_eq!(all["points"], combined["points"]);
+    let locations = all["locations"].as_array().unwrap();
+    let names: Vec<&str> = locations
+        .iter()
+        .map(|l| l["location"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["eu-west", "us-east"]);
+    assert_eq!(locations[0]["points"], eu["points"]);
+    assert_eq!(locations[1]["points"], us["points"]);
+    // The combined runs' instances are named by location.
+    let (_, by_instance) = running
+        .get_json(&format!("/api/v1/checks/edge/history?{range}&by=instance"))
+        .await;
+    let instances: Vec<&str> = by_instance["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["instance"].as_str().unwrap())
+        .collect();
+    assert_eq!(instances, ["eu-west/10.0.0.1:80", "us-east/10.0.0.1:80"]);
+    // The hourly rollup, which uptime reads, holds the combined runs.
+    let week = poll(
+        &running,
+        "/api/v1/checks/edge/history?from=7d&step=1h",
+        |body| {
+            body["points"]
+                .as_array()
+                .is_some_and(|points| points.iter().any(|p| p["runs"].as_u64() > Some(0)))
+        },
+    )
+    .await;
+    let hourly: Vec<_> = week["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["runs"].as_u64() > Some(0) || p["unmeasured"].as_u64() > Some(0))
+        .map(counts)
+        .collect();
+    assert_eq!(hourly, [(3, 1, 1)], "{week}");
+    let check = poll(&running, "/api/v1/checks/edge", |body| {
+        !body["uptime"]["24h"].is_null()
+    })
+    .await;
+    assert_eq!(check["uptime"]["24h"].as_f64(), Some(2.0 / 3.0), "{check}");
+    // What to ask instead.
+    for (path, says) in [
+        ("edge/history?location=ap-south", "eu-west, us-east"),
+        ("edge/history?location=edge@eu-west", "not a location name"),
+        (
+            "edge/history?location=eu-west&by=location",
+            "one or the other",
+        ),
+        ("plain/history?location=eu-west", "runs from no locations"),
+        ("plain/history?by=location", "runs from no locations"),
+    ] {
+        let (status, body) = running.get_json(&format!("/api/v1/checks/{path}")).await;
+        assert_eq!(status, 400, "{path}: {body}");
+        let message = body["error"].as_str().unwrap_or_default();
+        assert!(message.contains(says), "{path}: {message}");
+    }
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_locations_keep_their_own_runs_and_uptime_follows_them_combined() {
+    locations_keep_their_own_runs_and_uptime_follows_them_combined(Backend::sqlite()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_locations_keep_their_own_runs_and_uptime_follows_them_combined() {
+    locations_keep_their_own_runs_and_uptime_follows_them_combined(Backend::postgres().await).await;
 }

@@ -332,6 +332,146 @@ impl Drop for WalReadLocks {
 }
 
 /// GETs `path` and returns the status, the body and how long the answer took.
+/// `by=location` holds at most 20,000 location points: ten locations at 1,964 points answer,
+/// eleven are a 400 that says what to ask instead, and what it suggests answers. For a check
+/// with `locations = ["*"]`, `by=location` lists the locations with runs kept (never history's
+/// internal names), and any location name may be asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn by_location_is_bounded_and_lists_the_locations_of_every_location_checks() {
+    use bastion_agent::bus::Bus;
+    use bastion_agent::messages::{CheckResult, Payload, Response, Timings};
+    use bastion_agent::model::{CheckType, ErrorKind, ProbeError};
+    use std::sync::Arc;
+    let nats = crate::common::nats::NatsServer::start();
+    let backend = Backend::sqlite();
+    let named = |count: usize| {
+        (0..count)
+            .map(|n| format!("\"l{n:02}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let check = |name: &str, locations: &str| {
+        format!(
+            "[[checks]]\nname = \"{name}\"\ntype = \"http\"\nurl = \"http://127.0.0.1:9/\"\ninterval = \"24h\"\nlocations = [{locations}]\n"
+        )
+    };
+    let toml = format!(
+        "{}flush_interval = \"200ms\"\n[bus]\nkind = \"nats\"\n[bus.nats]\nurl = \"{}\"\n{}{}{}",
+        backend.toml(),
+        nats.url(),
+        check("ten", &named(10)),
+        check("eleven", &named(11)),
+        check("anywhere", "\"*\"")
+    );
+    let running = Running::start(&toml).await;
+    // 24 h at 44 s: 1,964 points a series.
+    // Once the database is open.
+    let ten = poll(
+        &running,
+        "/api/v1/checks/ten/history?from=24h&step=44s&by=location",
+        |body| body["locations"].is_array(),
+    )
+    .await;
+    let locations = ten["locations"].as_array().unwrap();
+    assert_eq!(locations.len(), 10);
+    assert_eq!(locations[0]["location"], "l00");
+    assert_eq!(locations[0]["points"].as_array().unwrap().len(), 1964);
+    assert_eq!(ten["points"].as_array().unwrap().len(), 1964);
+    let (status, eleven) = running
+        .get_json("/api/v1/checks/eleven/history?from=24h&step=44s&by=location")
+        .await;
+    assert_eq!(status, 400, "{}", short(&eleven));
+    let message = eleven["error"].as_str().unwrap();
+    assert!(
+        message.contains("11 locations × 1964 points") && message.contains("location=NAME"),
+        "{message}"
+    );
+    // The step it suggests answers.
+    let step = message
+        .split("a step of at least ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .unwrap_or_else(|| panic!("{message}"));
+    let (status, fits) = running
+        .get_json(&format!(
+            "/api/v1/checks/eleven/history?from=24h&step={step}&by=location"
+        ))
+        .await;
+    assert_eq!(status, 200, "{step}: {}", short(&fits));
+    // ["*"]: the locations with runs kept.
+    let bus = crate::common::nats::observer(&nats.url()).await;
+    let hour = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        / 3600
+        * 3600
+        - 2 * 3600;
+    for tick in 1..=2u64 {
+        for location in ["eu-west", "ap-south"] {
+            let at = SystemTime::UNIX_EPOCH + Duration::from_secs(hour + 60 * tick);
+            let result = CheckResult {
+                version: 1,
+                check: "anywhere".into(),
+                check_type: CheckType::Http,
+                agent: format!("runner-{location}"),
+                location: Some(location.to_string()),
+                run_id: tick,
+                scheduled_at: at,
+                finished_at: at,
+                passing: false,
+                responses: vec![Response::failed(
+                    "10.0.0.1:80".to_string(),
+                    ProbeError::new(ErrorKind::Connect, "refused"),
+                    Timings::default(),
+                )],
+                degraded: None,
+            };
+            bus.publish(
+                "bastion.results.anywhere",
+                Payload::Result(Arc::new(result)),
+            )
+            .await
+            .unwrap();
+        }
+    }
+    let range = format!(
+        "from={}&to={}&step=30m",
+        rfc3339(SystemTime::UNIX_EPOCH + Duration::from_secs(hour)),
+        rfc3339(SystemTime::UNIX_EPOCH + Duration::from_secs(hour + 3600))
+    );
+    let all = poll(
+        &running,
+        &format!("/api/v1/checks/anywhere/history?{range}&by=location"),
+        |body| {
+            body["locations"]
+                .as_array()
+                .is_some_and(|all| all.iter().filter(|l| l["points"][0]["runs"] == 2).count() == 2)
+        },
+    )
+    .await;
+    let names: Vec<&str> = all["locations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["location"].as_str().unwrap())
+        .collect();
+    // The agent's own runner may have run the check too, from its own location.
+    assert!(
+        names.contains(&"ap-south") && names.contains(&"eu-west"),
+        "{names:?}"
+    );
+    assert!(names.iter().all(|name| !name.contains('@')), "{names:?}");
+    let (status, nowhere) = running
+        .get_json(&format!(
+            "/api/v1/checks/anywhere/history?{range}&location=sa-east"
+        ))
+        .await;
+    assert_eq!(status, 200, "{nowhere}");
+    assert_eq!(nowhere["points"][0]["runs"], 0);
+    running.stop().await;
+}
+
 async fn timed(api: SocketAddr, path: &str) -> (u16, String, Duration) {
     let started = Instant::now();
     let (status, body) = http_get(api, path).await;
