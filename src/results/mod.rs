@@ -229,12 +229,15 @@ pub struct SinkContext {
 pub const SAVED_CHECKS: &str = "checks";
 
 /// Consumes results from `subscription` until `stop` is cancelled; results already delivered
-/// by then are still recorded, so the last runs of a shutdown are not lost.
-pub async fn consume(
+/// by then are still recorded, so the last runs of a shutdown are not lost. What the last run
+/// saved is taken back before this returns the future, so the store (the API, `/metrics`)
+/// shows resumed states from the moment the agent reports itself started, never a failing
+/// check as `OK` in between.
+pub fn consume(
     mut subscription: Subscription,
     context: SinkContext,
     stop: CancellationToken,
-) {
+) -> impl std::future::Future<Output = ()> + Send + 'static {
     let SinkContext {
         store,
         metrics,
@@ -245,7 +248,7 @@ pub async fn consume(
         saved,
         resumed,
     } = context;
-    let mut leadership = events.as_ref().and_then(|outlet| outlet.leadership.clone());
+    let leadership = events.as_ref().and_then(|outlet| outlet.leadership.clone());
     let mut sink = Sink {
         store,
         metrics,
@@ -273,38 +276,54 @@ pub async fn consume(
     if sink.leading {
         sink.reconcile();
     }
-    // Without a config owner (it went away) the checks stay as they are.
-    let mut watching = true;
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => break,
-            changed = checks.changed(), if watching => {
-                if changed.is_err() {
-                    watching = false;
-                    continue;
-                }
-                let current = Arc::clone(&checks.borrow_and_update());
-                sink.apply_checks(&current);
-            }
-            changed = async {
-                match leadership.as_mut() {
-                    Some(watch) => watch.changed().await,
-                    None => std::future::pending().await,
-                }
-            } => {
-                if changed.is_err() {
-                    leadership = None;
-                }
-                sink.follow_leadership();
-            }
-            message = subscription.next() => match message {
-                Some(message) => sink.handle(&message).await,
-                None => return,
-            },
-        }
+    async move {
+        sink.run(&mut subscription, &mut checks, leadership, &stop)
+            .await
     }
-    while let Some(message) = subscription.try_next() {
-        sink.handle(&message).await;
+}
+
+impl Sink {
+    async fn run(
+        &mut self,
+        subscription: &mut Subscription,
+        checks: &mut ChecksWatch,
+        mut leadership: Option<watch::Receiver<bool>>,
+        stop: &CancellationToken,
+    ) {
+        let sink = self;
+        // Without a config owner (it went away) the checks stay as they are.
+        let mut watching = true;
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                changed = checks.changed(), if watching => {
+                    if changed.is_err() {
+                        watching = false;
+                        continue;
+                    }
+                    let current = Arc::clone(&checks.borrow_and_update());
+                    sink.apply_checks(&current);
+                }
+                changed = async {
+                    match leadership.as_mut() {
+                        Some(watch) => watch.changed().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    if changed.is_err() {
+                        leadership = None;
+                    }
+                    sink.follow_leadership();
+                }
+                message = subscription.next() => match message {
+                    Some(message) => sink.handle(&message).await,
+                    None => return,
+                },
+            }
+        }
+        while let Some(message) = subscription.try_next() {
+            sink.handle(&message).await;
+        }
     }
 }
 

@@ -235,9 +235,10 @@ async fn netns_a_check_is_judged_across_three_locations_with_their_own_paths() {
     .await;
     // The check's page, in a real browser, shows each location beside the combined state.
     let page = format!("http://127.0.0.1:{listen}/checks/web");
-    let dom = tokio::task::spawn_blocking(move || crate::status_page::browse(&["--dump-dom"], &page))
-        .await
-        .unwrap();
+    let dom =
+        tokio::task::spawn_blocking(move || crate::status_page::browse(&["--dump-dom"], &page))
+            .await
+            .unwrap();
     for (location, state) in [("ap-south", "FAIL"), ("eu-west", "OK"), ("us-east", "FAIL")] {
         let row = format!("data-location=\"{location}\" data-state=\"{state}\"");
         assert!(dom.contains(&row), "{row} in\n{dom}");
@@ -601,6 +602,14 @@ fn a_restart_in_the_middle_of_an_episode_keeps_each_locations_state() {
 
     let mut second = Bastion::start("locations-restart-2", listen, &config, &["run"]);
     second.wait_ready();
+    // Ready means started: what the last run saved is taken back by then.
+    let deadline = Instant::now() + WAIT;
+    while common::process::http_get_blocking(listen, "/readyz").map(|(status, _)| status)
+        != Some(200)
+    {
+        assert!(Instant::now() < deadline, "never ready: {}", second.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
     // Before its first run: resumed, not started afresh.
     let check = api(listen);
     assert_eq!(check["state"], "FAIL", "{check}");
