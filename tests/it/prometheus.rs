@@ -63,6 +63,7 @@ fn promtool_accepts_the_scrape_config_and_the_rules() {
             "ProbeFailing",
             "CertificateExpiringSoon",
             "DispatchTimeouts",
+            "LocationWithoutRunners",
             "ScheduleLagHigh",
             "ConfigReloadFailed"
         ]
