@@ -69,7 +69,7 @@ fn promtool_accepts_the_scrape_config_and_the_rules() {
         ]
     );
     assert!(
-        String::from_utf8_lossy(&rules.stdout).contains("SUCCESS: 6 rules found"),
+        String::from_utf8_lossy(&rules.stdout).contains("SUCCESS: 7 rules found"),
         "{}",
         String::from_utf8_lossy(&rules.stdout)
     );
