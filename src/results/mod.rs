@@ -315,6 +315,12 @@ struct Followed {
     track: Track,
     /// For a check with `locations`: each location's own state and latest result.
     locations: BTreeMap<String, Place>,
+    /// For a check with `locations = ["*"]`: the locations that left its judgement (a
+    /// `no_runner` result), each with when that run was due. A result of an earlier run (one
+    /// a leaving runner drained, arriving after the `no_runner`) says nothing about now and
+    /// must not bring the location back, where no later `no_runner` would remove it again.
+    /// At most `MAX_LOCATIONS`: past it, the one that left longest ago is forgotten.
+    left: BTreeMap<String, SystemTime>,
 }
 
 impl Followed {
@@ -323,6 +329,7 @@ impl Followed {
             tracker,
             track,
             locations: BTreeMap::new(),
+            left: BTreeMap::new(),
         }
     }
 
@@ -384,7 +391,23 @@ fn observe_location(
             .all(|response| response.error_kind() == Some(crate::model::ErrorKind::NoRunner));
     if no_runner && config.every_location() {
         followed.locations.remove(location);
+        if !followed.left.contains_key(location)
+            && followed.left.len() >= crate::config::bounds::MAX_LOCATIONS
+        {
+            let oldest = followed
+                .left
+                .iter()
+                .min_by_key(|(_, at)| **at)
+                .map(|(name, _)| name.clone());
+            if let Some(oldest) = oldest {
+                followed.left.remove(&oldest);
+            }
+        }
+        followed
+            .left
+            .insert(location.to_string(), result.scheduled_at);
     } else {
+        followed.left.remove(location);
         if !followed.locations.contains_key(location)
             && followed.locations.len() >= crate::config::bounds::MAX_LOCATIONS
         {
@@ -742,7 +765,8 @@ impl Sink {
                 .locations
                 .get(location)
                 .and_then(|place| place.status.latest.as_ref())
-                .map(|latest| latest.scheduled_at),
+                .map(|latest| latest.scheduled_at)
+                .or_else(|| followed.left.get(location).copied()),
             None => self
                 .store
                 .latest(&result.check)
