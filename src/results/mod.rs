@@ -464,10 +464,34 @@ fn observe_location(
 /// so an incident's cause and a notification's failures say where each failure was seen.
 fn combined_view(followed: &Followed, result: &CheckResult) -> Arc<CheckResult> {
     let mut responses = Vec::new();
+    // A location's result reduced for the bus holds only some of its responses; its counts
+    // over every instance are in `degraded`. The view keeps those counts, summed over the
+    // locations, so that it says how many instances fail rather than how many responses fit.
+    let mut form: Option<crate::messages::DegradedForm> = None;
+    let mut totals = crate::messages::Degraded {
+        form: crate::messages::DegradedForm::DetailDropped,
+        instances: 0,
+        failing: 0,
+        omitted: 0,
+        unmeasured: 0,
+    };
     for (location, place) in &followed.locations {
         let Some(latest) = &place.status.latest else {
             continue;
         };
+        totals.instances += latest.instances();
+        totals.failing += latest.failing();
+        totals.unmeasured += latest.unmeasured();
+        totals.omitted += latest.instances().saturating_sub(latest.responses.len());
+        if let Some(reduced) = latest.degraded {
+            // The harsher form of any location's.
+            form = Some(match (form, reduced.form) {
+                (Some(crate::messages::DegradedForm::Summarised), _) => {
+                    crate::messages::DegradedForm::Summarised
+                }
+                (_, seen) => seen,
+            });
+        }
         for response in &latest.responses {
             let mut response = response.clone();
             response.target = format!("{location}/{}", response.target);
@@ -486,9 +510,9 @@ fn combined_view(followed: &Followed, result: &CheckResult) -> Arc<CheckResult> 
         run_id: result.run_id,
         scheduled_at: result.scheduled_at,
         finished_at: result.finished_at,
-        passing: responses.iter().all(|response| response.passing),
+        passing: totals.failing == 0 && responses.iter().all(|response| response.passing),
         responses,
-        degraded: None,
+        degraded: form.map(|form| crate::messages::Degraded { form, ..totals }),
     })
 }
 

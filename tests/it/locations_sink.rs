@@ -6,7 +6,7 @@ use crate::common::*;
 
 use bastion_agent::bus::memory::MemoryBus;
 use bastion_agent::bus::Bus;
-use bastion_agent::messages::{self, CheckResult, Response, Timings};
+use bastion_agent::messages::{self, CheckResult, Degraded, DegradedForm, Response, Timings};
 use bastion_agent::model::{CheckState, CheckType, ErrorKind, ProbeError};
 use bastion_agent::results::{consume, EventOutlet, ResultStore, SinkContext};
 use bastion_agent::subjects::Subjects;
@@ -167,4 +167,50 @@ async fn a_late_result_from_before_a_location_left_does_not_bring_it_back() {
     let locations: Vec<&String> = status.locations.as_ref().unwrap().keys().collect();
     assert_eq!(locations, ["us"], "eu left the check's judgement");
     assert_eq!(status.state, CheckState::Ok);
+}
+
+/// A location's result reduced for the bus (summarised: only some responses, the counts
+/// over every instance in `degraded`) counts with all its instances in the check's combined
+/// view: the state event (and the notification, built from the same view) says how many
+/// instances fail, not how many responses happened to fit.
+#[tokio::test]
+async fn a_summarised_location_result_counts_all_its_instances_in_the_combined_view() {
+    let harness = Harness::start(&format!(
+        "{NATS}[[checks]]\nname = \"web\"\ntype = \"http\"\nurl = \"http://web.internal/\"\n\
+         interval = \"10s\"\nlocations = [\"eu\", \"us\"]\nmin_failing_time = \"0s\"\n"
+    ))
+    .await;
+    let t0 = SystemTime::now();
+    harness
+        .send(result(
+            "us",
+            t0,
+            vec![response("10.0.0.1:80", true, ErrorKind::Http)],
+        ))
+        .await;
+    let mut summarised = result(
+        "eu",
+        t0,
+        vec![
+            response("10.0.0.1:80", false, ErrorKind::Connect),
+            response("10.0.0.2:80", false, ErrorKind::Connect),
+        ],
+    );
+    summarised.degraded = Some(Degraded {
+        form: DegradedForm::Summarised,
+        instances: 500,
+        failing: 300,
+        omitted: 498,
+        unmeasured: 0,
+    });
+    harness.send(summarised).await;
+    let (store, events) = harness.finish().await;
+    assert_eq!(store.status("web").unwrap().state, CheckState::Fail);
+    let event = events.last().expect("a transition to FAIL");
+    assert_eq!(event.to, CheckState::Fail);
+    assert_eq!(
+        (event.failing, event.responses),
+        (300, 501),
+        "300 of eu's 500 instances and none of us's 1 fail"
+    );
 }
