@@ -882,7 +882,9 @@ fn locations_table(body: &mut String, status: Option<&CheckStatus>) {
          <th>failing</th></tr></thead><tbody>",
     );
     if locations.is_empty() {
-        body.push_str("<tr><td colspan=\"5\" class=\"muted\">No location has reported yet.</td></tr>");
+        body.push_str(
+            "<tr><td colspan=\"5\" class=\"muted\">No location has reported yet.</td></tr>",
+        );
     }
     for (location, seen) in locations.iter() {
         let (latency, failing) = match &seen.latest {
@@ -934,9 +936,11 @@ fn instances_table(body: &mut String, status: Option<&CheckStatus>, public: bool
          <th>instance</th><th>result</th><th>total</th><th class=\"wide\">error</th></tr></thead><tbody>",
         when(last)
     );
-    let responses = runs
-        .iter()
-        .flat_map(|(location, run)| run.responses.iter().map(move |response| (*location, response)));
+    let responses = runs.iter().flat_map(|(location, run)| {
+        run.responses
+            .iter()
+            .map(move |response| (*location, response))
+    });
     for (index, (location, response)) in responses.enumerate() {
         let name = match (public, location) {
             (true, None) => format!("instance {}", index + 1),

@@ -235,9 +235,10 @@ async fn netns_a_check_is_judged_across_three_locations_with_their_own_paths() {
     .await;
     // The check's page, in a real browser, shows each location beside the combined state.
     let page = format!("http://127.0.0.1:{listen}/checks/web");
-    let dom = tokio::task::spawn_blocking(move || crate::status_page::browse(&["--dump-dom"], &page))
-        .await
-        .unwrap();
+    let dom =
+        tokio::task::spawn_blocking(move || crate::status_page::browse(&["--dump-dom"], &page))
+            .await
+            .unwrap();
     for (location, state) in [("ap-south", "FAIL"), ("eu-west", "OK"), ("us-east", "FAIL")] {
         let row = format!("data-location=\"{location}\" data-state=\"{state}\"");
         assert!(dom.contains(&row), "{row} in\n{dom}");
