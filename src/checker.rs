@@ -494,16 +494,29 @@ impl Checker {
             }
             _ => true,
         });
+        // At most `MAX_LOCATIONS`, as a check may name (the sink follows no more): the
+        // locations followed already keep their places, and new ones join in name order while
+        // there is room. The others are left out (policy `location_cap`), told once a tick.
+        let known: std::collections::HashSet<Arc<str>> = check
+            .places
+            .iter()
+            .filter_map(|place| place.location.clone())
+            .collect();
+        let mut left_out = 0usize;
         for location in live {
-            let known = check
-                .places
-                .iter()
-                .any(|place| place.location.as_deref() == Some(location.as_str()));
-            if !known {
-                check
-                    .places
-                    .push(Place::new(Some(&location), &check.config, &self.subjects));
+            if known.contains(location.as_str()) {
+                continue;
             }
+            if check.places.len() >= crate::config::bounds::MAX_LOCATIONS {
+                left_out += 1;
+                continue;
+            }
+            check
+                .places
+                .push(Place::new(Some(&location), &check.config, &self.subjects));
+        }
+        if left_out > 0 {
+            tracing::warn!(check = %check.config.name, left_out, followed = crate::config::bounds::MAX_LOCATIONS, "more live locations than a check follows; the others get no runs");
         }
         check
             .places

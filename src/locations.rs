@@ -75,6 +75,11 @@ impl LiveLocations {
         let Some(location) = &heartbeat.location else {
             return Heard::Ignored;
         };
+        // A name no runner could have been configured with (an agent of another build, a
+        // hostile peer) is no location: it would become a subject, a key and a label.
+        if crate::config::location_name(location).is_err() {
+            return Heard::Ignored;
+        }
         if now < self.presume_until
             && self.heard_during_presumption.len() < MAX_AGENTS
             && !self.heard_during_presumption.contains(location)
@@ -313,6 +318,22 @@ mod tests {
             live.live(later).into_iter().collect::<Vec<_>>(),
             vec!["here".to_string(), "y".to_string()]
         );
+    }
+
+    #[test]
+    fn a_heartbeat_with_a_name_no_runner_could_have_is_not_followed() {
+        let start = Instant::now();
+        let mut live = LiveLocations::new(Duration::from_secs(10), None, start);
+        let later = start + Duration::from_secs(20);
+        for bad in ["eu.west", "", "a b", &"x".repeat(65), "eu-west.>"] {
+            assert_eq!(
+                live.heard(&beat("r", Some(bad), false), later),
+                Heard::Ignored,
+                "{bad:?}"
+            );
+        }
+        assert!(live.live(later).is_empty());
+        assert_eq!(live.agents(), 0);
     }
 
     #[test]

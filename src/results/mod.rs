@@ -334,6 +334,12 @@ struct Followed {
     track: Track,
     /// For a check with `locations`: each location's own state and latest result.
     locations: BTreeMap<String, Place>,
+    /// For a check with `locations = ["*"]`: the locations that left its judgement (a
+    /// `no_runner` result), each with when that run was due. A result of an earlier run (one
+    /// a leaving runner drained, arriving after the `no_runner`) says nothing about now and
+    /// must not bring the location back, where no later `no_runner` would remove it again.
+    /// At most `MAX_LOCATIONS`: past it, the one that left longest ago is forgotten.
+    left: BTreeMap<String, SystemTime>,
 }
 
 impl Followed {
@@ -342,6 +348,7 @@ impl Followed {
             tracker,
             track,
             locations: BTreeMap::new(),
+            left: BTreeMap::new(),
         }
     }
 
@@ -403,7 +410,23 @@ fn observe_location(
             .all(|response| response.error_kind() == Some(crate::model::ErrorKind::NoRunner));
     if no_runner && config.every_location() {
         followed.locations.remove(location);
+        if !followed.left.contains_key(location)
+            && followed.left.len() >= crate::config::bounds::MAX_LOCATIONS
+        {
+            let oldest = followed
+                .left
+                .iter()
+                .min_by_key(|(_, at)| **at)
+                .map(|(name, _)| name.clone());
+            if let Some(oldest) = oldest {
+                followed.left.remove(&oldest);
+            }
+        }
+        followed
+            .left
+            .insert(location.to_string(), result.scheduled_at);
     } else {
+        followed.left.remove(location);
         if !followed.locations.contains_key(location)
             && followed.locations.len() >= crate::config::bounds::MAX_LOCATIONS
         {
@@ -460,10 +483,34 @@ fn observe_location(
 /// so an incident's cause and a notification's failures say where each failure was seen.
 fn combined_view(followed: &Followed, result: &CheckResult) -> Arc<CheckResult> {
     let mut responses = Vec::new();
+    // A location's result reduced for the bus holds only some of its responses; its counts
+    // over every instance are in `degraded`. The view keeps those counts, summed over the
+    // locations, so that it says how many instances fail rather than how many responses fit.
+    let mut form: Option<crate::messages::DegradedForm> = None;
+    let mut totals = crate::messages::Degraded {
+        form: crate::messages::DegradedForm::DetailDropped,
+        instances: 0,
+        failing: 0,
+        omitted: 0,
+        unmeasured: 0,
+    };
     for (location, place) in &followed.locations {
         let Some(latest) = &place.status.latest else {
             continue;
         };
+        totals.instances += latest.instances();
+        totals.failing += latest.failing();
+        totals.unmeasured += latest.unmeasured();
+        totals.omitted += latest.instances().saturating_sub(latest.responses.len());
+        if let Some(reduced) = latest.degraded {
+            // The harsher form of any location's.
+            form = Some(match (form, reduced.form) {
+                (Some(crate::messages::DegradedForm::Summarised), _) => {
+                    crate::messages::DegradedForm::Summarised
+                }
+                (_, seen) => seen,
+            });
+        }
         for response in &latest.responses {
             let mut response = response.clone();
             response.target = format!("{location}/{}", response.target);
@@ -482,9 +529,9 @@ fn combined_view(followed: &Followed, result: &CheckResult) -> Arc<CheckResult> 
         run_id: result.run_id,
         scheduled_at: result.scheduled_at,
         finished_at: result.finished_at,
-        passing: responses.iter().all(|response| response.passing),
+        passing: totals.failing == 0 && responses.iter().all(|response| response.passing),
         responses,
-        degraded: None,
+        degraded: form.map(|form| crate::messages::Degraded { form, ..totals }),
     })
 }
 
@@ -761,7 +808,8 @@ impl Sink {
                 .locations
                 .get(location)
                 .and_then(|place| place.status.latest.as_ref())
-                .map(|latest| latest.scheduled_at),
+                .map(|latest| latest.scheduled_at)
+                .or_else(|| followed.left.get(location).copied()),
             None => self
                 .store
                 .latest(&result.check)

@@ -210,3 +210,66 @@ async fn the_first_run_waits_for_the_names_phase_of_the_wall_clock() {
     assert!(waited < Duration::from_secs(10));
     harness.stop.cancel();
 }
+
+/// A heartbeat from `agent` in `location`, which beats every 30 s.
+async fn heartbeat(bus: &MemoryBus, agent: &str, location: &str) {
+    let beat = messages::Heartbeat {
+        version: MESSAGE_VERSION,
+        agent: agent.into(),
+        role: "runner".into(),
+        bastion_version: "0".into(),
+        sent_at: SystemTime::now(),
+        uptime_seconds: 1.0,
+        leader: None,
+        workers: Default::default(),
+        location: Some(location.into()),
+        leaving: false,
+        interval_seconds: Some(30.0),
+    };
+    let payload = messages::encode(&beat).unwrap();
+    bus.publish(&format!("bastion.heartbeat.{agent}"), payload.into())
+        .await
+        .unwrap();
+}
+
+/// `locations = ["*"]` follows every live location, but no more than a check may name
+/// (`MAX_LOCATIONS`): runners in 150 locations (a misconfigured fleet, each runner its own
+/// location) get one tick 100 requests, not 151, and the sink, which follows at most 100
+/// locations per check, is not sent runs whose results it must drop.
+#[tokio::test(start_paused = true)]
+async fn every_location_follows_at_most_max_locations() {
+    let config = bastion_agent::validate::parse(
+        "[[checks]]\nname = \"tick\"\ntype = \"http\"\ninterval = \"10s\"\n\
+         url = \"http://127.0.0.1:1/\"\nlocations = [\"*\"]\n",
+        Format::Toml,
+        Path::new("test.toml"),
+    )
+    .unwrap();
+    let mut harness = start(&config).await;
+    for index in 0..150 {
+        heartbeat(
+            &harness.bus,
+            &format!("r{index}"),
+            &format!("loc{index:03}"),
+        )
+        .await;
+        // The embedded bus's subscriptions are bounded: let the checker read as they come.
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    // The first tick may come before every heartbeat is in: count the next one's.
+    while harness.requests.try_next().is_some() {}
+    let first = harness.requests.next().await.unwrap();
+    let run_id = first.payload.request().unwrap().run_id;
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    let mut requests = 1;
+    while let Some(message) = harness.requests.try_next() {
+        assert_eq!(message.payload.request().unwrap().run_id, run_id);
+        requests += 1;
+    }
+    assert_eq!(
+        requests,
+        bastion_agent::config::bounds::MAX_LOCATIONS,
+        "one tick's requests"
+    );
+    harness.stop.cancel();
+}

@@ -37,6 +37,7 @@ mod http_options;
 mod http_proxy;
 mod icmp;
 mod locations;
+mod locations_sink;
 mod logs;
 mod nats;
 mod netns_harness;
