@@ -308,7 +308,10 @@ impl Checker {
                         Some(configs) = next_update(self.updates.as_mut()) => self.apply(&configs, None),
                         // Results keep arriving from the leader's runs; a standby reads and
                         // drops them so its subscription never backs up.
-                        message = self.results.next() => if message.is_none() { return },
+                        message = self.results.next() => match message {
+                            Some(message) => self.learn_from_result(&message.payload),
+                            None => return,
+                        },
                         // It follows the runners all the same, to know them when it leads.
                         message = self.heartbeats.next() => match message {
                             Some(message) => self.heard(&message.payload),
@@ -487,8 +490,11 @@ impl Checker {
         }
         let live = self.live.live(now);
         let mut left = Vec::new();
+        let locations = &self.live;
+        // A place stays while its location is live, or presumed so (a checker that just
+        // started has not heard every runner yet, and a place may come from the saved state).
         check.places.retain(|place| match &place.location {
-            Some(location) if !live.contains(&**location) => {
+            Some(location) if !locations.is_live(location, now) => {
                 left.push(Arc::clone(location));
                 false
             }
@@ -592,6 +598,64 @@ impl Checker {
         if let Err(error) = published {
             self.publish_errors.inc();
             tracing::warn!(check = %name, location, %error, "could not publish a no_runner result");
+        }
+    }
+
+    /// Gives each `["*"]` check a place for every location a saved state says it had (from
+    /// the last run of the agent), so that a location gone meanwhile gets one `no_runner` at
+    /// the first tick and leaves the check's judgement, as it would have without the restart.
+    pub fn seed_locations(mut self, saved: &[crate::episode::SavedCheck]) -> Checker {
+        for check in saved {
+            for location in check.locations.keys() {
+                self.learn_place(&check.check, location);
+            }
+        }
+        self
+    }
+
+    /// A place for `location` in `check`, if it runs in every location and lacks one.
+    fn learn_place(&mut self, check: &str, location: &str) {
+        let Some(&index) = self.by_name.get(check) else {
+            return;
+        };
+        let Some(scheduled) = self.checks.get_mut(index) else {
+            return;
+        };
+        let known = scheduled
+            .places
+            .iter()
+            .any(|place| place.location.as_deref() == Some(location));
+        if !scheduled.config.every_location()
+            || known
+            || scheduled.places.len() >= crate::config::bounds::MAX_LOCATIONS
+            || crate::config::location_name(location).is_err()
+        {
+            return;
+        }
+        scheduled.places.push(Place::new(
+            Some(location),
+            &scheduled.config,
+            &self.subjects,
+        ));
+    }
+
+    /// While standing by: the locations the leader's results come from become places of
+    /// their `["*"]` checks, so on taking over a location gone meanwhile gets its
+    /// `no_runner` rather than staying in the judgement for good.
+    fn learn_from_result(&mut self, payload: &Payload) {
+        let header = match payload {
+            Payload::Result(result) => ResultHeader {
+                check: result.check.clone(),
+                run_id: result.run_id,
+                location: result.location.clone(),
+            },
+            _ => match payload.decode::<ResultHeader>() {
+                Ok(header) => header,
+                Err(_) => return,
+            },
+        };
+        if let Some(location) = &header.location {
+            self.learn_place(&header.check, location);
         }
     }
 

@@ -201,14 +201,14 @@ pub fn split_host_port(text: &str) -> Result<(String, u16), String> {
 }
 
 /// The label bastion puts on the `probe_*` series of a check with `locations` (and on each
-/// response of a check's combined view across them).
+/// response of a check's combined view across them). Reserved for such checks only: a check
+/// without `locations`, or a discovered target, may carry a `location` label of its own.
 pub const LOCATION_LABEL: &str = "location";
 
 /// The labels bastion itself puts on `probe_*` series (and Prometheus adds at scrape): a
 /// check's or a discovered target's own labels may not use them.
-pub const RESERVED_LABEL_NAMES: [&str; 8] = [
+pub const RESERVED_LABEL_NAMES: [&str; 7] = [
     "check",
-    LOCATION_LABEL,
     "target",
     "phase",
     "version",

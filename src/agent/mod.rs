@@ -499,12 +499,6 @@ impl Agent {
         let dispatcher = runner.as_ref().map(Runner::dispatcher);
         let runner_task = runner.map(|runner| tokio::spawn(runner.run(intake.clone())));
         let (leadership, lease_task) = shared.start_lease(lease, &intake);
-        let checker_task = checker.map(|checker| {
-            thread::spawn_on_own_thread(
-                "bastion-checker",
-                checker.run_while_leading(intake.clone(), leadership.clone()),
-            )
-        });
         let notify_stop = CancellationToken::new();
         let notify_tasks = tokio_util::task::TaskTracker::new();
         // Without a scheduling role nothing is saved: the state lives in memory only.
@@ -534,6 +528,15 @@ impl Agent {
                 .remove(crate::results::SAVED_CHECKS)
                 .unwrap_or_default(),
         );
+        // A checker of `["*"]` checks starts with a place for each location the last run saw,
+        // so a location that is gone by now gets its `no_runner` and leaves their judgement.
+        let checker = checker.map(|checker| checker.seed_locations(&resumed));
+        let checker_task = checker.map(|checker| {
+            thread::spawn_on_own_thread(
+                "bastion-checker",
+                checker.run_while_leading(intake.clone(), leadership.clone()),
+            )
+        });
         let sink = results.map(|results| {
             shared.spawn_sink(
                 results,

@@ -377,6 +377,12 @@ impl Config {
             }
             return problems;
         };
+        if check.labels.contains_key(crate::model::LOCATION_LABEL) {
+            problems.push(format!(
+                "check `{name}`: label name `location` is one bastion sets itself on a check \
+                 with locations (the location each series was seen from); rename the label"
+            ));
+        }
         if locations.is_empty() {
             problems.push(format!(
                 "check `{name}`: locations is empty; name at least one (a runner.location), \

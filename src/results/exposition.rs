@@ -145,6 +145,8 @@ impl ScrapeFamilies {
             .labels
             .iter()
             .filter(|(name, value)| crate::model::label_problem(name, value).is_none())
+            // The location the response was seen from is bastion's to say.
+            .filter(|(name, _)| location.is_none() || name.as_str() != crate::model::LOCATION_LABEL)
             .map(|(name, value)| (name.clone(), value.clone()))
             .chain(location.map(|location| {
                 (

@@ -273,3 +273,102 @@ async fn every_location_follows_at_most_max_locations() {
     );
     harness.stop.cancel();
 }
+
+/// A restart while a `["*"]` location was failing, and that location's runners gone by the
+/// time the checker is back: seeded from the saved state, the checker has a place there, so
+/// once it has heard a round of heartbeats without that location (and the run it presumed it
+/// could send there is lost), it sends the location one `no_runner`, which takes it out of the
+/// check's judgement, and runs the others as usual. Without the seed it would never hear of
+/// it again, and the saved FAIL would hold the check for good.
+#[tokio::test(start_paused = true)]
+async fn a_saved_every_location_place_gets_its_no_runner_after_a_restart() {
+    use bastion_agent::episode::{SavedCheck, SavedLocation, Track};
+    use bastion_agent::model::CheckState;
+    let config = bastion_agent::validate::parse(
+        "[[checks]]\nname = \"tick\"\ntype = \"http\"\ninterval = \"10s\"\n\
+         url = \"http://127.0.0.1:1/\"\nlocations = [\"*\"]\n",
+        Format::Toml,
+        Path::new("test.toml"),
+    )
+    .unwrap();
+    let saved = SavedCheck {
+        check: "tick".into(),
+        fingerprint: config.checks[0].probe_fingerprint(),
+        state: CheckState::Fail,
+        since: SystemTime::now(),
+        track: Track::default(),
+        locations: [(
+            "gone".to_string(),
+            SavedLocation {
+                state: CheckState::Fail,
+                since: SystemTime::now(),
+            },
+        )]
+        .into(),
+    };
+    let bus = Arc::new(MemoryBus::default());
+    let mut requests = bus.subscribe("bastion.checks.>", None).await.unwrap();
+    let mut results = bus.subscribe("bastion.results.>", None).await.unwrap();
+    let checker = Checker::build(
+        &config.checks,
+        config.runner.dispatch_deadline,
+        bus.clone(),
+        &Subjects::default(),
+        Arc::new(Metrics::new()),
+        bastion_agent::checker::Whereabouts {
+            agent: "checker".into(),
+            heartbeat_interval: Duration::from_secs(10),
+            local_location: None,
+        },
+    )
+    .await
+    .unwrap()
+    .seed_locations(&[saved]);
+    let stop = CancellationToken::new();
+    tokio::spawn(checker.run(stop.clone()));
+    // Only `here` has a runner now, beating every 10 s.
+    let beats = {
+        let bus = Arc::clone(&bus);
+        tokio::spawn(async move {
+            loop {
+                heartbeat(&bus, "runner-here", "here").await;
+                tokio::time::sleep(Duration::from_secs(10)).await;
+            }
+        })
+    };
+    let mut no_runner = Vec::new();
+    let mut here = 0;
+    let mut gone = 0;
+    let until = tokio::time::Instant::now() + Duration::from_secs(120);
+    while tokio::time::Instant::now() < until {
+        tokio::select! {
+            Some(message) = requests.next() => {
+                let request = message.payload.request().unwrap();
+                match request.location.as_deref() {
+                    Some("here") => here += 1,
+                    // Presumed live until a round of heartbeats went by without it.
+                    Some("gone") => gone += 1,
+                    other => panic!("a run for {other:?}"),
+                }
+            }
+            Some(message) = results.next() => {
+                let result = message.payload.result().unwrap();
+                no_runner.push(result.location.clone());
+            }
+            _ = tokio::time::sleep_until(until) => {}
+        }
+    }
+    beats.abort();
+    stop.cancel();
+    assert_eq!(
+        no_runner,
+        vec![Some("gone".to_string())],
+        "one no_runner for the saved location, none for the live one"
+    );
+    // Nobody answers here, so each run stays in flight until it is lost (about 44 s).
+    assert!(here >= 2, "{here} runs in the live location");
+    assert!(
+        gone <= 1,
+        "{gone} runs sent to the gone location: at most its first tick's"
+    );
+}

@@ -489,11 +489,15 @@ fn location_settings_are_checked_with_clear_errors() {
                 "min_failing_locations",
             ),
             (
-                "labels = { location = \"x\" }\n",
-                "label name `location` is one bastion sets itself",
+                "locations = [\"eu\"]\nlabels = { location = \"x\" }\n",
+                "label name `location` is one bastion sets itself on a check with locations",
             ),
         ],
     );
+    // A check without locations keeps a `location` label of its own.
+    config(&format!(
+        "{nats}{check}labels = {{ location = \"rack-4\" }}\n"
+    ));
     // The bounds, on both sides.
     let many: Vec<String> = (0..101).map(|n| format!("\"l{n}\"")).collect();
     let error = config_error(&format!("{nats}{check}locations = [{}]\n", many.join(", ")));
