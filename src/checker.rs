@@ -545,7 +545,11 @@ impl Checker {
         if check.no_runner_seen.len() < crate::config::bounds::MAX_LOCATIONS
             || check.no_runner_seen.contains(location)
         {
-            check.no_runner_seen.insert(location.to_string());
+            if check.no_runner_seen.insert(location.to_string()) {
+                // Once per check and location (a typo in `locations` shows up here too);
+                // then the counter and the results say it.
+                tracing::warn!(check = %name, location, "no live runner in a location the check runs from; its runs there are reported as no_runner until one appears");
+            }
             self.metrics
                 .runs_no_runner
                 .get_or_create(&CheckLocationLabels {
