@@ -71,6 +71,21 @@ struct ResultHeader {
     location: Option<String>,
 }
 
+impl ResultHeader {
+    /// The header of a result: read from the typed result in process, else decoded as the
+    /// sink decodes it (size, then version, then shape); None for a result the sink refuses.
+    fn of(payload: &Payload) -> Option<ResultHeader> {
+        match payload {
+            Payload::Result(result) => Some(ResultHeader {
+                check: result.check.clone(),
+                run_id: result.run_id,
+                location: result.location.clone(),
+            }),
+            _ => payload.decode::<ResultHeader>().ok(),
+        }
+    }
+}
+
 /// The target a `no_runner` result names: nothing was resolved or probed.
 pub const NO_RUNNER_TARGET: &str = "(no runner)";
 
@@ -647,16 +662,8 @@ impl Checker {
     /// their `["*"]` checks, so on taking over a location gone meanwhile gets its
     /// `no_runner` rather than staying in the judgement for good.
     fn learn_from_result(&mut self, payload: &Payload) {
-        let header = match payload {
-            Payload::Result(result) => ResultHeader {
-                check: result.check.clone(),
-                run_id: result.run_id,
-                location: result.location.clone(),
-            },
-            _ => match payload.decode::<ResultHeader>() {
-                Ok(header) => header,
-                Err(_) => return,
-            },
+        let Some(header) = ResultHeader::of(payload) else {
+            return;
         };
         if let Some(location) = &header.location {
             self.learn_place(&header.check, location);
@@ -668,16 +675,8 @@ impl Checker {
         // the sink refuses does not end the run here either: the checker and the sink agree on
         // which runs ended, and a refused one is counted lost. The sink counts why. A result
         // from this process is typed already.
-        let header = match payload {
-            Payload::Result(result) => ResultHeader {
-                check: result.check.clone(),
-                run_id: result.run_id,
-                location: result.location.clone(),
-            },
-            _ => match payload.decode::<ResultHeader>() {
-                Ok(header) => header,
-                Err(_) => return,
-            },
+        let Some(header) = ResultHeader::of(payload) else {
+            return;
         };
         if let Some(&index) = self.by_name.get(&header.check) {
             let check = &mut self.checks[index];

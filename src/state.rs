@@ -110,17 +110,7 @@ impl StateTracker {
             CheckState::PassWait if waited => calm,
             CheckState::PassWait => CheckState::PassWait,
         };
-        if next == self.state {
-            return None;
-        }
-        let transition = Transition {
-            from: self.state,
-            to: next,
-        };
-        self.state = next;
-        self.entered = now;
-        self.since = wall;
-        Some(transition)
+        self.set(next, now, wall)
     }
 
     /// Moves to `next`, a state decided elsewhere (a check judged across its locations,

@@ -352,6 +352,23 @@ impl Followed {
         }
     }
 
+    /// The episode event, if any, of the check's state after `result` (already judged).
+    fn episode_after(
+        &mut self,
+        result: &CheckResult,
+        config: &CheckConfig,
+    ) -> Option<EpisodeEvent> {
+        self.track.observe(
+            &result.check,
+            warn_opens(config),
+            self.tracker.state(),
+            RunTimes {
+                scheduled_at: result.scheduled_at,
+                finished_at: result.finished_at,
+            },
+        )
+    }
+
     /// The locations as the store shows them; None for a check without `locations`.
     fn location_statuses(
         &self,
@@ -466,16 +483,7 @@ fn observe_location(
         config.min_failing_locations(),
     );
     let transition = followed.tracker.set(judged, now, result.finished_at);
-    let event = followed.track.observe(
-        &result.check,
-        warn_opens(config),
-        followed.tracker.state(),
-        RunTimes {
-            scheduled_at: result.scheduled_at,
-            finished_at: result.finished_at,
-        },
-    );
-    (transition, event)
+    (transition, followed.episode_after(result, config))
 }
 
 /// A check with `locations` as every location saw it last: one result holding each
@@ -850,16 +858,7 @@ impl Sink {
                     Instant::now(),
                     result.finished_at,
                 );
-                let event = followed.track.observe(
-                    &result.check,
-                    warn_opens(config),
-                    followed.tracker.state(),
-                    RunTimes {
-                        scheduled_at: result.scheduled_at,
-                        finished_at: result.finished_at,
-                    },
-                );
-                (transition, event)
+                (transition, followed.episode_after(&result, config))
             }
         };
         let (state, since) = (followed.tracker.state(), followed.tracker.since());
