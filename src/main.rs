@@ -290,7 +290,7 @@ fn completions_command(shell: clap_complete::Shell) -> ExitCode {
 fn schema_command() -> ExitCode {
     match serde_json::to_string_pretty(&bastion_agent::config::json_schema::json_schema()) {
         Ok(schema) => {
-            say_out!("{schema}");
+            say_out!("{schema}\n");
             ExitCode::SUCCESS
         }
         Err(error) => {

@@ -289,14 +289,19 @@ fn walk(prefix: &str, table: &toml::Table, keys: &mut ReferenceKeys) {
     }
 }
 
-fn reference_keys() -> ReferenceKeys {
+/// config/reference.toml with its commented-out config uncommented in place (so line numbers
+/// stay those of the file): every key it describes, set.
+pub(crate) fn uncommented_reference() -> String {
     let text = read(Path::new("config/reference.toml"));
-    // Uncomment the commented-out config in place, so line numbers stay those of the file.
     let uncommented: Vec<&str> = text
         .lines()
         .map(|line| commented_config(line).unwrap_or(line))
         .collect();
-    let uncommented = uncommented.join("\n");
+    uncommented.join("\n")
+}
+
+fn reference_keys() -> ReferenceKeys {
+    let uncommented = uncommented_reference();
     let table: toml::Table = toml::from_str(&uncommented).unwrap_or_else(|error| {
         panic!(
             "config/reference.toml with its commented-out keys uncommented is not valid TOML \
