@@ -144,10 +144,10 @@ fn without_null(schema: &mut Value) {
     }
 }
 
-/// JSON pointers to the property schemas a `bounds.rs` key names (`history.buffer`,
-/// `checks[].count`), through `$ref`s, array items and the variants of a tagged spec: one per
-/// variant that has the key.
-fn properties(root: &Value, key: &str) -> Vec<String> {
+/// JSON pointers to the property schemas a key path names (`history.buffer`, `checks[].count`,
+/// as `bounds.rs` and docs/configuration.md write them), through `$ref`s, array items and the
+/// variants of a tagged spec: one per variant that has the key.
+pub fn properties(root: &Value, key: &str) -> Vec<String> {
     let mut at = vec![String::new()];
     for segment in key.split('.') {
         let (name, many) = match segment.strip_suffix("[]") {
@@ -167,6 +167,7 @@ fn properties(root: &Value, key: &str) -> Vec<String> {
                 }
             }
         }
+        next.sort();
         next.dedup();
         at = next;
     }
@@ -318,5 +319,30 @@ mod tests {
         );
         assert_eq!(http["properties"]["enable_http2"]["default"], true);
         assert!(!serde_json::to_string(&schema).unwrap().contains("\"null\""));
+    }
+
+    /// The defaults a check applies in code (`CheckConfig::min_failing_count()`...) are the
+    /// ones the schema states.
+    #[test]
+    fn defaults_applied_in_code_are_the_schemas() {
+        let schema = json_schema();
+        let check: super::super::CheckConfig = toml::from_str(
+            "name = \"web\"\ntype = \"http\"\nurl = \"http://127.0.0.1/\"\ninterval = \"1m\"\n",
+        )
+        .unwrap();
+        let shared = &schema["$defs"]["CheckConfig"]["properties"];
+        assert_eq!(
+            shared["min_failing_count"]["default"],
+            json!(check.min_failing_count())
+        );
+        assert_eq!(
+            shared["min_failing_locations"]["default"],
+            json!(check.min_failing_locations())
+        );
+        let time = shared["min_failing_time"]["default"].as_str().unwrap();
+        assert_eq!(
+            humantime::parse_duration(time).unwrap(),
+            check.min_failing_time()
+        );
     }
 }

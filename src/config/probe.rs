@@ -37,9 +37,11 @@ pub struct TlsSettings {
     pub server_name: Option<String>,
     /// The oldest TLS version offered: `TLS12` or `TLS13`. Default: `TLS12`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = TlsVersion::Tls12))]
     pub min_version: Option<TlsVersion>,
     /// The newest TLS version offered: `TLS12` or `TLS13`. Default: `TLS13`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = TlsVersion::Tls13))]
     pub max_version: Option<TlsVersion>,
 }
 

@@ -154,7 +154,7 @@ pub struct WebConfig {
 }
 
 /// Who may see the status page and the badges.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum StatusPageMode {
     /// Served with the API's protection (basic auth when users are configured).
@@ -178,7 +178,7 @@ pub struct BusConfig {
     pub nats: Option<NatsConfig>,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum BusKind {
     /// In memory, inside this process: no broker needed.
@@ -407,6 +407,7 @@ pub struct CheckConfig {
     pub assertions: Vec<AssertionConfig>,
     /// Failing instances that make the check fail; fewer (but some) is a warning. Default: 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = 1))]
     pub min_failing_count: Option<usize>,
     /// How long the check must keep failing before it is FAIL, and keep passing before it is
     /// OK again. Default: 90s.
@@ -416,6 +417,7 @@ pub struct CheckConfig {
         skip_serializing_if = "Option::is_none"
     )]
     #[schemars(with = "Option<super::json_schema::Humantime>")]
+    #[schemars(extend("default" = humantime::format_duration(DEFAULT_MIN_FAILING_TIME).to_string()))]
     pub min_failing_time: Option<Duration>,
     /// Notifiers to tell when this check fails and recovers. Default: every notifier with
     /// `default = true`; `[]` for none.
@@ -423,14 +425,17 @@ pub struct CheckConfig {
     pub notify: Option<Vec<String>>,
     /// States that notify: `fail`, and `warn` too if listed. Default: `["fail"]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = [super::notify::NotifyOn::Fail]))]
     pub notify_on: Option<Vec<super::notify::NotifyOn>>,
     /// Which addresses the host resolves to are instances: `ip4`, `ip6` or `any`. Listed
     /// `instances` are kept as they are. Default: `any`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = IpProtocol::default()))]
     pub ip_protocol: Option<IpProtocol>,
     /// With `ip_protocol`, take the other family's addresses when the host has none of the
     /// one asked for. Default: true.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = true))]
     pub ip_protocol_fallback: Option<bool>,
     /// Where the check runs from: each named location (a `runner.location`) runs it on every
     /// tick and is judged on its own, or `["*"]` for every location with a live runner.
@@ -440,6 +445,7 @@ pub struct CheckConfig {
     /// With `locations`: how many must see the check failing for it to fail; fewer (but
     /// some) is a warning. Default: 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = 1))]
     pub min_failing_locations: Option<usize>,
     /// The type and its own settings.
     #[serde(flatten)]
@@ -795,6 +801,7 @@ pub struct DnsSpec {
     pub recursion_desired: bool,
     /// DNS over HTTPS: the path queries are POSTed to. Default: `/dns-query`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = "/dns-query"))]
     pub https_path: Option<String>,
     /// TLS settings for `transport = "tls"` and `"https"` (`[checks.tls]`).
     #[schemars(extend("default" = {}))]
