@@ -87,6 +87,11 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
     },
+    /// The configuration file's format.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
     /// Notifications: check a notifier's wiring before the first outage.
     Notify {
         #[command(subcommand)]
@@ -112,6 +117,14 @@ enum Command {
         #[arg(long, default_value = "1m", value_parser = humantime::parse_duration)]
         interval: Duration,
     },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print the JSON Schema (draft 2020-12) of the config file: every section and key with
+    /// its description, type, default and range, for editors (Even Better TOML, the YAML
+    /// language server) and CI. config/bastion.schema.json in the source is this output.
+    Schema,
 }
 
 #[derive(Subcommand)]
@@ -196,6 +209,9 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Completions { shell } => return completions_command(shell),
         Command::Man { dir } => return man_command(dir.as_deref()),
+        Command::Config {
+            command: ConfigCommand::Schema,
+        } => return schema_command(),
         _ => {}
     }
     telemetry::init(cli.log_format);
@@ -239,7 +255,9 @@ fn main() -> ExitCode {
                 bus,
             } => run_command(path.config, role, bus).await,
             // Answered above, before logging and the runtime start.
-            Command::Completions { .. } | Command::Man { .. } => ExitCode::SUCCESS,
+            Command::Completions { .. } | Command::Man { .. } | Command::Config { .. } => {
+                ExitCode::SUCCESS
+            }
             Command::Notify {
                 command: NotifyCommand::Test { config, notifier },
             } => notify_test_command(&config.config, &notifier).await,
@@ -266,6 +284,20 @@ fn completions_command(shell: clap_complete::Shell) -> ExitCode {
     clap_complete::generate(shell, &mut Cli::command(), "bastion", &mut script);
     say_out!("{}", String::from_utf8_lossy(&script));
     ExitCode::SUCCESS
+}
+
+/// `bastion config schema`.
+fn schema_command() -> ExitCode {
+    match serde_json::to_string_pretty(&bastion_agent::config::json_schema::json_schema()) {
+        Ok(schema) => {
+            say_out!("{schema}\n");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            say_err!("error: cannot render the schema: {error}");
+            ExitCode::from(EXIT_FAILING)
+        }
+    }
 }
 
 /// `bastion man [--dir DIR]`.

@@ -18,6 +18,7 @@ pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
 /// A check that is due, with its whole definition, so runners need no configuration of it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CheckRequest {
+    /// The message format, always `1` (`MESSAGE_VERSION`); a reader refuses any other.
     pub version: u32,
     /// Identifies this run; its result echoes it.
     pub run_id: u64,
@@ -32,6 +33,8 @@ pub struct CheckRequest {
         skip_serializing_if = "Option::is_none"
     )]
     pub dispatch_deadline: Option<std::time::Duration>,
+    /// The whole check definition (a `[[checks]]` entry, its secret files already read), so
+    /// the runner needs no configuration of its own.
     pub check: std::sync::Arc<CheckConfig>,
     /// For a check with `instances_from = { file }`: the target groups the checker read last
     /// (shared, never copied, in one process). Absent for other checks.
@@ -50,6 +53,7 @@ pub struct CheckRequest {
 pub struct TargetGroup {
     /// `ip`, `ip:port`, `[v6]:port` or `host:port`.
     pub targets: Vec<String>,
+    /// The group's labels, added to its targets' responses and series. Absent when empty.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
 }
@@ -58,25 +62,33 @@ pub struct TargetGroup {
 /// with its `CheckResult` (or a `TestFailure`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TestRequest {
+    /// The message format, always `1` (`MESSAGE_VERSION`); a reader refuses any other.
     pub version: u32,
+    /// The check definition to run, whole, as in a `CheckRequest`.
     pub check: CheckConfig,
 }
 
 /// The reply to a `TestRequest` that could not be run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TestFailure {
+    /// The message format, always `1` (`MESSAGE_VERSION`); a reader refuses any other.
     pub version: u32,
+    /// Why the check could not be run (an invalid definition, no worker for its type).
     pub error: String,
 }
 
 /// Published on `{prefix}.events.{check}` when a check changes state.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StateEvent {
+    /// The message format, always `1` (`MESSAGE_VERSION`); a reader refuses any other.
     pub version: u32,
+    /// The check's `name`.
     pub check: String,
+    /// The state it left: `OK`, `WARN`, `FAIL_WAIT`, `FAIL` or `PASS_WAIT`.
     pub from: crate::model::CheckState,
+    /// The state it entered (same values as `from`).
     pub to: crate::model::CheckState,
-    /// When the result that caused it was taken.
+    /// When the result that caused it was taken: RFC 3339, UTC, microseconds.
     #[serde(with = "crate::time_format")]
     pub at: SystemTime,
     /// Failing instances in that result (for a check with `locations`, in the latest run of
@@ -92,19 +104,24 @@ pub struct StateEvent {
 /// What each agent publishes on `{prefix}.heartbeat.{agent}` every 10 s.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Heartbeat {
+    /// The message format, always `1` (`MESSAGE_VERSION`); a reader refuses any other.
     pub version: u32,
+    /// The sending agent's `agent.id`, also the last token of the subject.
     pub agent: String,
     /// `all`, `checker` or `runner`.
     pub role: String,
     /// bastion's own version.
     pub bastion_version: String,
+    /// When it was sent: RFC 3339, UTC, microseconds.
     #[serde(with = "crate::time_format")]
     pub sent_at: SystemTime,
+    /// Seconds since the agent started.
     pub uptime_seconds: f64,
     /// For a checker with `ha = true`: whether it schedules now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub leader: Option<bool>,
-    /// Per check type, for agents that run probes.
+    /// Per check type (`http`, `tcp`...), for agents that run probes; empty (`{}`) for a
+    /// checker that probes nothing.
     #[serde(default)]
     pub workers: BTreeMap<CheckType, WorkerUsage>,
     /// For agents that run probes: the location they probe from (`runner.location`).
@@ -121,17 +138,24 @@ pub struct Heartbeat {
     pub interval_seconds: Option<f64>,
 }
 
+/// One check type's worker pool in a heartbeat.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkerUsage {
+    /// Workers probing when the heartbeat was sent.
     pub busy: usize,
+    /// The pool's size (`runner.workers.<type>`).
     pub total: usize,
 }
 
 /// Every instance's response to one run of one check.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CheckResult {
+    /// The message format, always `1` (`MESSAGE_VERSION`); a reader refuses any other.
     pub version: u32,
+    /// The check's `name`.
     pub check: String,
+    /// The check's type (`http`, `tcp`, `dns`, `tls`, `icmp`, `grpc`, `udp`, `websocket`),
+    /// in JSON as `type`.
     #[serde(rename = "type")]
     pub check_type: CheckType,
     /// The agent that ran the probes (the checker itself for a `no_runner` result).
@@ -139,9 +163,13 @@ pub struct CheckResult {
     /// For a check with `locations`: the location the run was for, whose runner ran it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub location: Option<String>,
+    /// The run's id, from its `CheckRequest`: increasing per checker (it starts from the
+    /// clock in microseconds, so a restarted checker does not reuse one).
     pub run_id: u64,
+    /// When the run was due: RFC 3339, UTC, microseconds.
     #[serde(with = "crate::time_format")]
     pub scheduled_at: SystemTime,
+    /// When its last probe ended: RFC 3339, UTC, microseconds.
     #[serde(with = "crate::time_format")]
     pub finished_at: SystemTime,
     /// True when every response passes.
@@ -157,6 +185,8 @@ pub struct CheckResult {
 /// How a result too large for the bus was reduced, and the counts over every instance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Degraded {
+    /// `detail_dropped` (every response, without details) or `summarised` (only those that
+    /// fit, failing ones first).
     pub form: DegradedForm,
     /// Instances probed in the run.
     pub instances: usize,
@@ -259,6 +289,7 @@ impl CheckResult {
 pub struct Response {
     /// The `ip:port` actually probed (or `host:port` when the host did not resolve).
     pub target: String,
+    /// True when the probe succeeded, every assertion held, and (http) the status was valid.
     pub passing: bool,
     /// Null when the transport succeeded.
     pub error: Option<ProbeError>,
@@ -285,7 +316,10 @@ pub struct Response {
     /// websocket checks: the upgrade and the message back. Absent for other types.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub websocket: Option<WebsocketDetails>,
+    /// How long each phase of the probe took, in seconds.
     pub timings: Timings,
+    /// Each of the check's assertions with its verdict, in the order configured; empty
+    /// when it has none, or when the probe failed before there was anything to judge.
     pub assertions: Vec<AssertionResult>,
     /// The check's `labels` and the instance's own (from discovery), as on its `probe_*`
     /// series. Absent when there are none.
@@ -293,8 +327,10 @@ pub struct Response {
     pub labels: BTreeMap<String, String>,
 }
 
+/// What an HTTP response carried (the last one, after any redirects).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HttpDetails {
+    /// The status code, e.g. 200.
     pub status: u16,
     /// `HTTP/1.1` or `HTTP/2`.
     pub version: String,
@@ -317,11 +353,12 @@ pub struct HttpDetails {
     pub redirects: u32,
 }
 
+/// The TLS session of a response.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TlsDetails {
     /// e.g. `TLSv1.3`.
     pub version: String,
-    /// The protocol chosen by ALPN, e.g. `h2`.
+    /// The protocol chosen by ALPN, e.g. `h2`; null when none was.
     pub alpn: Option<String>,
     /// The earliest not-after of the certificates the server sent; null if none could be read.
     #[serde(with = "crate::time_format::optional")]
@@ -343,19 +380,24 @@ pub struct ChainDetails {
     pub certificates: Vec<CertificateDetails>,
 }
 
+/// One certificate of a chain.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CertificateDetails {
     /// RFC 4514 text, e.g. `CN=svc.test,O=Example`.
     pub subject: String,
+    /// The issuer's name, RFC 4514 text like `subject`.
     pub issuer: String,
     /// Subject alternative names: DNS names and IPs.
     pub san: Vec<String>,
+    /// Start of its validity: RFC 3339, UTC.
     #[serde(with = "crate::time_format")]
     pub not_before: SystemTime,
+    /// End of its validity: RFC 3339, UTC.
     #[serde(with = "crate::time_format")]
     pub not_after: SystemTime,
 }
 
+/// What a tcp check's connection carried.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TcpDetails {
     /// True once the connection (and the TLS handshake, when on) succeeded.
@@ -373,6 +415,7 @@ pub struct TcpDetails {
     pub steps_done: usize,
 }
 
+/// A websocket check's upgrade and the message back.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct WebsocketDetails {
     /// The status the upgrade was answered with; absent before an answer.
@@ -389,6 +432,7 @@ pub struct WebsocketDetails {
     pub body_bytes: Option<usize>,
 }
 
+/// A udp check's datagram and the reply.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct UdpDetails {
     /// Bytes of the datagram sent.
@@ -404,13 +448,16 @@ pub struct UdpDetails {
     pub body_bytes: Option<usize>,
 }
 
+/// A dns check's answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DnsDetails {
     /// NOERROR, NXDOMAIN, SERVFAIL, REFUSED, ...
     pub rcode: String,
     /// Every answer record in presentation form (`name ttl class type data`).
     pub answers: Vec<String>,
+    /// How many records the authority section held.
     pub authorities: usize,
+    /// How many records the additional section held.
     pub additionals: usize,
     /// The AA flag.
     pub authoritative: bool,
@@ -418,20 +465,26 @@ pub struct DnsDetails {
     pub truncated: bool,
 }
 
+/// An icmp check's echo requests and replies.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct IcmpDetails {
+    /// Echo requests sent (`count`, unless the probe was cut short).
     pub sent: u16,
+    /// Echo replies received in time.
     pub received: u16,
     /// Percentage of echo requests left unanswered, 0 to 100.
     pub loss: f64,
     /// Seconds; 0 when no reply arrived.
     pub rtt_avg: f64,
+    /// The shortest round-trip time, in seconds; 0 when no reply arrived.
     pub rtt_min: f64,
+    /// The longest round-trip time, in seconds; 0 when no reply arrived.
     pub rtt_max: f64,
     /// `datagram` (unprivileged ICMP socket) or `raw` (CAP_NET_RAW).
     pub socket: String,
 }
 
+/// A grpc check's health answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GrpcDetails {
     /// SERVING, NOT_SERVING, UNKNOWN or SERVICE_UNKNOWN.
@@ -447,11 +500,15 @@ pub struct GrpcDetails {
 /// holds the time it ran for.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Timings {
+    /// Resolving the host to addresses; 0 when nothing was resolved (listed instances, IP
+    /// literals).
     pub resolve: f64,
+    /// Connecting to the instance; 0 when the probe makes no connection (udp, icmp).
     pub connect: f64,
     /// http through a proxy: the CONNECT request and the proxy's answer.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub proxy: f64,
+    /// The TLS handshake; 0 on plain connections.
     pub tls: f64,
     /// From the request being written to the response head arriving.
     pub processing: f64,
@@ -510,11 +567,19 @@ impl Response {
 /// One assertion's verdict, as it appears in results.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AssertionResult {
+    /// What was looked at, as configured (`code`, `header`, `json`, `latency`...).
     pub key: AssertionKey,
+    /// The configured `value`: the header name, the JSONPath; `""` for other keys.
     pub value: String,
+    /// The configured relationship (`equal`, `lessThan`...).
     pub relationship: Relationship,
+    /// The configured operand; `""` when the relationship takes none.
     pub operand: String,
+    /// True when the actual value satisfied the relationship.
     pub passing: bool,
+    /// The value found, as text (durations as seconds with a unit, `0.012345s`), cut to
+    /// 1024 characters; `""` when there was none (a missing header, a JSONPath that matched
+    /// nothing, a probe that failed first).
     pub actual: String,
     /// Why it failed, in words; absent when it passed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -689,5 +754,74 @@ mod tests {
         assert_eq!(json["responses"][0]["timings"]["total"], 0.0);
         let back: CheckResult = decode(&encode(&result).unwrap()).unwrap();
         assert_eq!(back, result);
+    }
+
+    /// The JSON of these messages is a contract (the bus, the API, `bastion once --json`):
+    /// every public field of every struct in this file says what it holds, its unit and when
+    /// it is absent, in a doc comment read from the source.
+    #[test]
+    fn every_field_of_the_contract_is_documented() {
+        let source = include_str!("messages.rs");
+        let source = &source[..source.find("#[cfg(test)]").unwrap()];
+        let lines: Vec<&str> = source.lines().collect();
+        let mut structs = Vec::new();
+        let mut current = "";
+        let mut fields = 0;
+        let mut undocumented = Vec::new();
+        for (index, line) in lines.iter().enumerate() {
+            if let Some(rest) = line.strip_prefix("pub struct ") {
+                current = rest.split([' ', '{', '(']).next().unwrap();
+                structs.push(current);
+            }
+            let Some(field) = line.strip_prefix("    pub ") else {
+                continue;
+            };
+            let name: String = field
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            if name.is_empty() || !field[name.len()..].starts_with(':') {
+                continue;
+            }
+            fields += 1;
+            // Above the field: its attributes (maybe over several lines), then its comment.
+            let above = lines[..index].iter().rev().find(|above| {
+                let trimmed = above.trim();
+                !(trimmed.starts_with("#[")
+                    || trimmed.starts_with(")]")
+                    || above.starts_with("        "))
+            });
+            if !above.is_some_and(|above| above.trim().starts_with("///")) {
+                undocumented.push(format!("{current}::{}", line.trim()));
+            }
+        }
+        for name in [
+            "CheckRequest",
+            "TestRequest",
+            "StateEvent",
+            "Heartbeat",
+            "CheckResult",
+            "Degraded",
+            "Response",
+            "HttpDetails",
+            "TlsDetails",
+            "CertificateDetails",
+            "TcpDetails",
+            "DnsDetails",
+            "IcmpDetails",
+            "GrpcDetails",
+            "UdpDetails",
+            "WebsocketDetails",
+            "Timings",
+            "AssertionResult",
+        ] {
+            assert!(structs.contains(&name), "{name} is not read: {structs:?}");
+        }
+        assert!(fields > 100, "only {fields} fields found");
+        assert!(
+            undocumented.is_empty(),
+            "fields without a doc comment:\n{}",
+            undocumented.join("\n")
+        );
     }
 }

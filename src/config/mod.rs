@@ -8,6 +8,7 @@ pub mod blackbox;
 pub mod blackbox_import;
 pub mod bounds;
 mod defaults;
+pub mod json_schema;
 mod locate;
 mod notify;
 mod probe;

@@ -6,13 +6,14 @@
 
 use super::bounds::*;
 use super::defaults::*;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::time::Duration;
 
 /// One `[[notifiers]]` entry: a receiver and how deliveries to it are retried.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 pub struct NotifierConfig {
     /// Unique name, used in a check's `notify` list, in logs and as the `notifier` label.
     pub name: String,
@@ -23,12 +24,14 @@ pub struct NotifierConfig {
     /// reminder). Default: never, except `alertmanager`, which is re-sent every 1m as
     /// Alertmanager expects of its clients.
     #[serde(default, with = "humantime_serde")]
+    #[schemars(with = "Option<super::json_schema::Humantime>")]
     pub repeat_interval: Option<Duration>,
     /// Also send a notification when the check recovers. Default: true.
     #[serde(default = "default_true")]
     pub send_resolved: bool,
     /// How long one request to the receiver may take. Default: 10s.
     #[serde(default = "default_notify_timeout", with = "humantime_serde")]
+    #[schemars(with = "super::json_schema::Humantime")]
     pub timeout: Duration,
     /// Notifications waiting for this receiver; when full, the oldest is dropped and counted.
     /// Default: 256.
@@ -40,9 +43,11 @@ pub struct NotifierConfig {
     pub max_attempts: u32,
     /// Wait before the first retry; it doubles at each retry, with jitter. Default: 1s.
     #[serde(default = "default_notify_retry_backoff", with = "humantime_serde")]
+    #[schemars(with = "super::json_schema::Humantime")]
     pub retry_backoff: Duration,
     /// The longest wait between two attempts, a receiver's `Retry-After` included. Default: 5m.
     #[serde(default = "default_notify_retry_backoff_max", with = "humantime_serde")]
+    #[schemars(with = "super::json_schema::Humantime")]
     pub retry_backoff_max: Duration,
     /// PEM file of CA certificates to trust for the receiver instead of the system's.
     #[serde(default)]
@@ -53,7 +58,7 @@ pub struct NotifierConfig {
 }
 
 /// The receiver-specific part of a notifier, chosen by its `type` key.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum NotifierSpec {
     Alertmanager(AlertmanagerSpec),
@@ -77,7 +82,7 @@ impl NotifierSpec {
 }
 
 /// Settings of a `type = "alertmanager"` notifier.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AlertmanagerSpec {
     /// Alertmanager's base URL, such as `http://127.0.0.1:9093`; alerts go to `/api/v2/alerts`.
@@ -89,7 +94,7 @@ pub struct AlertmanagerSpec {
 }
 
 /// Settings of a `type = "webhook"` notifier.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookSpec {
     /// Where the JSON body is POSTed. Use `url_file` instead when the URL holds a token.
@@ -104,7 +109,7 @@ pub struct WebhookSpec {
 }
 
 /// Settings of a `type = "slack"` notifier.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SlackSpec {
     /// The incoming-webhook URL. It embeds a token: prefer `url_file`.
@@ -116,7 +121,7 @@ pub struct SlackSpec {
 }
 
 /// Settings of a `type = "pagerduty"` notifier.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PagerdutySpec {
     /// File holding the integration's routing key (Events API v2).
@@ -127,7 +132,7 @@ pub struct PagerdutySpec {
 }
 
 /// Settings of a `type = "email"` notifier.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EmailSpec {
     /// The SMTP server's host name (also the name its certificate must carry).
@@ -160,7 +165,7 @@ impl EmailSpec {
 }
 
 /// Which states of a check notify.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum NotifyOn {
     /// The check is `FAIL` (after `min_failing_time`).
@@ -172,7 +177,7 @@ pub enum NotifyOn {
 /// One `[[maintenance]]` entry: a window during which the matching checks notify nobody.
 /// Either a one-off window (`start` and `end`) or a recurring one (`at` and `duration`, on
 /// `days`, in `time_zone`).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MaintenanceConfig {
     /// A name for logs.
@@ -190,6 +195,7 @@ pub struct MaintenanceConfig {
     pub at: Option<String>,
     /// Length of a recurring window (at most 7 days).
     #[serde(default, with = "humantime_serde")]
+    #[schemars(with = "Option<super::json_schema::Humantime>")]
     pub duration: Option<Duration>,
     /// Days a recurring window starts on (`mon` ... `sun`). Default: every day.
     #[serde(default)]

@@ -7,13 +7,14 @@
 
 use super::schema::{CheckSpec, GrpcSpec, HttpSpec};
 use super::Config;
+use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 /// `[checks.tls]`: the TLS settings of an http, tcp, tls or grpc check, one shape for all four.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TlsSettings {
     /// Accept any certificate chain (handshake signatures are still verified). For tests and
@@ -36,9 +37,11 @@ pub struct TlsSettings {
     pub server_name: Option<String>,
     /// The oldest TLS version offered: `TLS12` or `TLS13`. Default: `TLS12`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = TlsVersion::Tls12))]
     pub min_version: Option<TlsVersion>,
     /// The newest TLS version offered: `TLS12` or `TLS13`. Default: `TLS13`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = TlsVersion::Tls13))]
     pub max_version: Option<TlsVersion>,
 }
 
@@ -49,7 +52,9 @@ impl TlsSettings {
 }
 
 /// A TLS version a probe may offer. bastion speaks TLS 1.2 and 1.3 only.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 pub enum TlsVersion {
     #[serde(rename = "TLS12", alias = "TLSv1.2")]
     Tls12,
@@ -120,8 +125,20 @@ impl<'de> Deserialize<'de> for TlsOption {
     }
 }
 
+/// What `Deserialize` above takes: a boolean, or the settings table.
+impl JsonSchema for TlsOption {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "TlsOption".into()
+    }
+
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let settings = generator.subschema_for::<TlsSettings>();
+        schemars::json_schema!({ "oneOf": [{ "type": "boolean" }, settings] })
+    }
+}
+
 /// `ip_protocol` of a check: which of the addresses its host resolves to are instances.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum IpProtocol {
     /// IPv4 addresses only (the IPv6 ones with `ip_protocol_fallback` when there is none).
@@ -135,7 +152,7 @@ pub enum IpProtocol {
 
 /// `compression` of an http check: the content coding asked for (`Accept-Encoding`) and
 /// decoded before the body is judged.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Compression {
     Gzip,
@@ -158,7 +175,7 @@ impl Compression {
 
 /// `basic_auth = { username, password_file }` (and `proxy_basic_auth`): a user name and the
 /// file holding its password.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BasicAuth {
     /// The user name, sent as it is.
@@ -169,7 +186,7 @@ pub struct BasicAuth {
 
 /// `oauth2 = { ... }`: an access token from the client credentials grant (RFC 6749 4.4), sent
 /// as `Authorization: Bearer`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OAuth2Config {
     /// The token endpoint, `https://` (or `http://`).
@@ -179,6 +196,7 @@ pub struct OAuth2Config {
     /// File holding the client secret (its first line, without surrounding whitespace).
     pub client_secret_file: PathBuf,
     /// Scopes asked for, sent space-separated as `scope`. Default: none.
+    #[schemars(extend("default" = []))]
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub scopes: Vec<String>,
     /// Sent as the `audience` parameter, for servers that want one. Default: none.
@@ -188,7 +206,7 @@ pub struct OAuth2Config {
 
 /// A secret read from a file. `Debug` never shows it; it serializes as its text, since the
 /// check definition carries it to the runner that probes.
-#[derive(Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(transparent)]
 pub struct Secret(String);
 
@@ -210,7 +228,7 @@ impl fmt::Debug for Secret {
 
 /// What an HTTP check's `*_file` keys held when the config was loaded: filled in by
 /// [`Config::read_secret_files`], never written in a config file.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HttpSecrets {
     /// `headers_from_files`, by header name.

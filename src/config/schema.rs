@@ -7,6 +7,7 @@ use super::probe::{
     BasicAuth, Compression, HttpSecrets, IpProtocol, OAuth2Config, TlsOption, TlsSettings,
 };
 use crate::model::CheckType;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -14,7 +15,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 /// The whole configuration file.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// This agent's identity and its own HTTP endpoints.
@@ -48,7 +49,7 @@ pub struct Config {
 
 /// `[history]`: every run's outcome for a recent window, rollups beyond it, state changes and
 /// incidents; in SQLite (`path`) unless `url` names a PostgreSQL database.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HistoryConfig {
     /// Keep history. Only agents that record results keep it (roles `all` and `checker`).
@@ -58,6 +59,7 @@ pub struct HistoryConfig {
     /// `StateDirectory=`), else in `/var/lib/bastion`. Its directory must exist and be
     /// writable when a scheduling agent starts, or it refuses to (`validate::history`).
     #[serde(default = "default_history_path")]
+    #[schemars(transform = super::json_schema::machine_dependent)]
     pub path: PathBuf,
     /// A PostgreSQL URL (`postgres://user@host:5432/db`) to keep history there instead, shared
     /// by HA checkers. Put no password in it: use `password_file`.
@@ -69,6 +71,7 @@ pub struct HistoryConfig {
     /// How often buffered results are written, in one transaction: a crash loses at most
     /// this much history (plus what waits while the database cannot be written).
     #[serde(default = "default_history_flush_interval", with = "humantime_serde")]
+    #[schemars(with = "super::json_schema::Humantime")]
     pub flush_interval: Duration,
     /// Records (runs and state changes) waiting to be written at most; beyond it new ones
     /// are dropped and counted in `bastion_history_dropped_total`.
@@ -76,30 +79,36 @@ pub struct HistoryConfig {
     pub buffer: usize,
     /// How long every run's outcome and phase latencies are kept.
     #[serde(default = "default_history_raw_retention", with = "humantime_serde")]
+    #[schemars(with = "super::json_schema::Humantime")]
     pub raw_retention: Duration,
     /// How long the hourly rollups (runs, failures, latency buckets per phase) are kept.
     #[serde(default = "default_history_hourly_retention", with = "humantime_serde")]
+    #[schemars(with = "super::json_schema::Humantime")]
     pub hourly_retention: Duration,
     /// How long the daily rollups are kept.
     #[serde(default = "default_history_daily_retention", with = "humantime_serde")]
+    #[schemars(with = "super::json_schema::Humantime")]
     pub daily_retention: Duration,
     /// How long state changes and incidents are kept.
     #[serde(default = "default_history_event_retention", with = "humantime_serde")]
+    #[schemars(with = "super::json_schema::Humantime")]
     pub event_retention: Duration,
 }
 
 /// `[agent]`
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AgentConfig {
     /// The name this agent puts in every result. Default: the host name.
     #[serde(default = "default_agent_id")]
+    #[schemars(transform = super::json_schema::machine_dependent)]
     pub id: String,
     /// Address of the agent's own endpoints (`/metrics`, `/healthz`, `/readyz`, `/api/v1/checks`).
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
     /// How long in-flight probes may run on shutdown before they are abandoned.
     #[serde(default = "default_shutdown_grace", with = "humantime_serde")]
+    #[schemars(with = "super::json_schema::Humantime")]
     pub shutdown_grace: Duration,
     /// Protection of the agent's own endpoints.
     #[serde(default)]
@@ -116,12 +125,13 @@ pub struct AgentConfig {
     /// How often the agent says it is alive on the bus. Checkers count a location as live
     /// while one of its runners was heard from within one and a half of these.
     #[serde(default = "default_heartbeat_interval", with = "humantime_serde")]
+    #[schemars(with = "super::json_schema::Humantime")]
     pub heartbeat_interval: Duration,
 }
 
 /// `[agent.web]`: TLS and basic auth for `/metrics`, `/api` and `/-/reload`, the way
 /// Prometheus exporters do it. `/healthz` and `/readyz` stay open for probes.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WebConfig {
     /// PEM certificate (chain) to serve HTTPS with; goes with `tls_key_file`.
@@ -144,7 +154,7 @@ pub struct WebConfig {
 }
 
 /// Who may see the status page and the badges.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum StatusPageMode {
     /// Served with the API's protection (basic auth when users are configured).
@@ -157,7 +167,7 @@ pub enum StatusPageMode {
 }
 
 /// `[bus]`
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BusConfig {
     /// Which bus carries check requests and results.
@@ -168,7 +178,7 @@ pub struct BusConfig {
     pub nats: Option<NatsConfig>,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum BusKind {
     /// In memory, inside this process: no broker needed.
@@ -179,7 +189,7 @@ pub enum BusKind {
 }
 
 /// `[bus.nats]`. Secrets are named by file, never written in the config itself.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NatsConfig {
     /// Server URL, or a list of them (`nats://host:4222`, `tls://host:4222`).
@@ -208,12 +218,14 @@ pub struct NatsConfig {
     /// Give up and exit when no server answers within this long at start-up. Default: keep
     /// trying forever (`--bus-connect-timeout` overrides it).
     #[serde(default, with = "humantime_serde")]
+    #[schemars(with = "Option<super::json_schema::Humantime>")]
     pub connect_timeout: Option<Duration>,
     /// Publish results to the JetStream stream `BASTION_RESULTS`, acknowledged and retried.
     #[serde(default)]
     pub results_stream: bool,
     /// How long the results stream keeps a result.
     #[serde(default = "default_results_max_age", with = "humantime_serde")]
+    #[schemars(with = "super::json_schema::Humantime")]
     pub results_max_age: Duration,
     /// Results waiting for the stream's acknowledgement at most; beyond it they are dropped
     /// and counted.
@@ -222,7 +234,7 @@ pub struct NatsConfig {
 }
 
 /// `[bus.nats.tls]`
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NatsTlsConfig {
     /// PEM file of the CA that signed the server's certificate. Default: the system roots.
@@ -237,7 +249,7 @@ pub struct NatsTlsConfig {
 }
 
 /// A value that may be written once or as a list.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(untagged)]
 pub enum OneOrMany {
     One(String),
@@ -254,7 +266,7 @@ impl OneOrMany {
 }
 
 /// `[checker]`
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CheckerConfig {
     /// Let several checkers run at once; one holds a lease in NATS and schedules, the others
@@ -263,6 +275,7 @@ pub struct CheckerConfig {
     pub ha: bool,
     /// How long the lease lasts unless renewed; it is renewed every third of it.
     #[serde(default = "default_lease_ttl", with = "humantime_serde")]
+    #[schemars(with = "super::json_schema::Humantime")]
     pub lease_ttl: Duration,
     /// The JetStream key-value bucket holding the lease.
     #[serde(default = "default_lease_bucket")]
@@ -270,11 +283,12 @@ pub struct CheckerConfig {
 }
 
 /// `[runner]`
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RunnerConfig {
     /// The longest a task may wait for a free worker before it is cancelled, unrun.
     #[serde(default = "default_dispatch_deadline", with = "humantime_serde")]
+    #[schemars(with = "super::json_schema::Humantime")]
     pub dispatch_deadline: Duration,
     /// How many bytes of a response body a probe reads at most.
     #[serde(default = "default_max_body_bytes")]
@@ -289,6 +303,7 @@ pub struct RunnerConfig {
     /// here, and at least three of its intervals: a runner learns check names from the bus,
     /// so it forgets those that stop arriving.
     #[serde(default = "default_forget_checks_after", with = "humantime_serde")]
+    #[schemars(with = "super::json_schema::Humantime")]
     pub forget_checks_after: Duration,
     /// The most checks a runner (`--role runner`, which learns check names from the bus) keeps
     /// `bastion_check_duration_seconds` series for; a new name past it gets none (counted in
@@ -304,7 +319,7 @@ pub struct RunnerConfig {
 }
 
 /// `[runner.workers]`
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WorkersConfig {
     /// Concurrent HTTP probes.
@@ -353,7 +368,7 @@ pub const EVERY_LOCATION: &str = "*";
 
 /// One `[[checks]]` entry. This is also the check definition every `CheckRequest` carries, so a
 /// runner needs no configuration of its own to run it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct CheckConfig {
     /// Unique name, `[a-z0-9_-]+`.
     pub name: String,
@@ -362,6 +377,7 @@ pub struct CheckConfig {
     pub group: Option<String>,
     /// How often the check runs; at least 1s.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "super::json_schema::Humantime")]
     pub interval: Duration,
     /// How long one probe may take. Default: 10s, or nine tenths of the interval when that is less.
     #[serde(
@@ -369,8 +385,10 @@ pub struct CheckConfig {
         with = "humantime_serde",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schemars(with = "Option<super::json_schema::Humantime>")]
     pub timeout: Option<Duration>,
     /// Addresses to probe (`ip` or `ip:port`) instead of every address the host resolves to.
+    #[schemars(extend("default" = []))]
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub instances: Vec<String>,
     /// Where the instances come from instead: `{ file = "/etc/bastion/targets/web.json" }`
@@ -380,13 +398,16 @@ pub struct CheckConfig {
     pub instances_from: Option<InstancesFrom>,
     /// Labels added to the check's `probe_*` series and to each response of its results
     /// (`{ team = "payments" }`): Prometheus label names, none of bastion's own.
+    #[schemars(extend("default" = {}))]
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
     /// What a response must satisfy to pass. None: a 2xx status passes.
+    #[schemars(extend("default" = []))]
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub assertions: Vec<AssertionConfig>,
     /// Failing instances that make the check fail; fewer (but some) is a warning. Default: 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = 1))]
     pub min_failing_count: Option<usize>,
     /// How long the check must keep failing before it is FAIL, and keep passing before it is
     /// OK again. Default: 90s.
@@ -395,6 +416,8 @@ pub struct CheckConfig {
         with = "humantime_serde",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schemars(with = "Option<super::json_schema::Humantime>")]
+    #[schemars(extend("default" = humantime::format_duration(DEFAULT_MIN_FAILING_TIME).to_string()))]
     pub min_failing_time: Option<Duration>,
     /// Notifiers to tell when this check fails and recovers. Default: every notifier with
     /// `default = true`; `[]` for none.
@@ -402,14 +425,17 @@ pub struct CheckConfig {
     pub notify: Option<Vec<String>>,
     /// States that notify: `fail`, and `warn` too if listed. Default: `["fail"]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = [super::notify::NotifyOn::Fail]))]
     pub notify_on: Option<Vec<super::notify::NotifyOn>>,
     /// Which addresses the host resolves to are instances: `ip4`, `ip6` or `any`. Listed
     /// `instances` are kept as they are. Default: `any`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = IpProtocol::default()))]
     pub ip_protocol: Option<IpProtocol>,
     /// With `ip_protocol`, take the other family's addresses when the host has none of the
     /// one asked for. Default: true.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = true))]
     pub ip_protocol_fallback: Option<bool>,
     /// Where the check runs from: each named location (a `runner.location`) runs it on every
     /// tick and is judged on its own, or `["*"]` for every location with a live runner.
@@ -419,6 +445,7 @@ pub struct CheckConfig {
     /// With `locations`: how many must see the check failing for it to fail; fewer (but
     /// some) is a warning. Default: 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = 1))]
     pub min_failing_locations: Option<usize>,
     /// The type and its own settings.
     #[serde(flatten)]
@@ -502,7 +529,7 @@ impl CheckConfig {
 }
 
 /// Where a check's instances are discovered.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase", try_from = "InstancesFromTable")]
 pub enum InstancesFrom {
     /// A Prometheus file_sd file (JSON, or YAML for `.yaml`/`.yml`): a list of
@@ -515,10 +542,13 @@ pub enum InstancesFrom {
 }
 
 /// `instances_from` as written: a table with one of its keys.
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(extend("minProperties" = 1, "maxProperties" = 1))]
 struct InstancesFromTable {
+    /// A Prometheus file_sd file (JSON, or YAML for `.yaml`/`.yml`), watched by the checker.
     file: Option<PathBuf>,
+    /// A DNS SRV name, resolved on the runner that probes.
     srv: Option<String>,
 }
 
@@ -535,7 +565,7 @@ impl TryFrom<InstancesFromTable> for InstancesFrom {
 }
 
 /// The type-specific part of a check, chosen by its `type` key.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type", rename_all = "lowercase")]
 // A definition is made once per config load and shared behind an Arc: the size of its largest
 // variant costs nothing per probe, and a box would only add an indirection to every match.
@@ -567,7 +597,7 @@ impl CheckSpec {
 }
 
 /// Settings of a `type = "http"` check.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HttpSpec {
     /// `http://` or `https://` URL. Its host is resolved, and sent as Host and TLS SNI.
@@ -576,15 +606,18 @@ pub struct HttpSpec {
     #[serde(default = "default_method")]
     pub method: String,
     /// Extra request headers.
+    #[schemars(extend("default" = {}))]
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, String>,
     /// Request body.
+    #[schemars(extend("default" = ""))]
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub body: String,
     /// Follow up to 10 redirects. Default: false, so a 3xx is reported as it is.
     #[serde(default)]
     pub follow_redirects: bool,
     /// TLS settings for https URLs (`[checks.tls]`).
+    #[schemars(extend("default" = {}))]
     #[serde(default, skip_serializing_if = "TlsSettings::is_default")]
     pub tls: TlsSettings,
     /// The local address the probe's connections leave from (`10.0.0.7`, `::1`). Default: the
@@ -593,6 +626,7 @@ pub struct HttpSpec {
     pub source_ip: Option<std::net::IpAddr>,
     /// Request headers whose values are read from files at load and reload, by header name
     /// (`{ Authorization = "/etc/bastion/token" }`): each file's first line.
+    #[schemars(extend("default" = {}))]
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub headers_from_files: BTreeMap<String, PathBuf>,
     /// File whose content is the request body, read at load and reload; instead of `body`.
@@ -614,6 +648,7 @@ pub struct HttpSpec {
     pub proxy_url: Option<String>,
     /// Hosts reached directly instead of through `proxy_url`: a name (and its subdomains),
     /// `.domain`, an IP, a CIDR block (matched against the instance), or `*`.
+    #[schemars(extend("default" = []))]
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub no_proxy: Vec<String>,
     /// Credentials for `proxy_url`, sent as `Proxy-Authorization: Basic`.
@@ -621,16 +656,20 @@ pub struct HttpSpec {
     pub proxy_basic_auth: Option<BasicAuth>,
     /// Status codes that pass (`[200, 204, 404]`) instead of any 2xx; a status outside the
     /// list is an `http` error, whatever the assertions say. Default: any 2xx.
+    #[schemars(extend("default" = []))]
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub valid_status_codes: Vec<u16>,
     /// HTTP versions the final response may come over (`HTTP/1.0`, `HTTP/1.1`, `HTTP/2`);
     /// another is an `http` error. Default: any.
+    #[schemars(extend("default" = []))]
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub valid_http_versions: Vec<String>,
     /// Fail when the final response (after redirects) came over TLS. Default: false.
+    #[schemars(extend("default" = false))]
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub fail_if_ssl: bool,
     /// Fail when the final response (after redirects) did not come over TLS. Default: false.
+    #[schemars(extend("default" = false))]
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub fail_if_not_ssl: bool,
     /// Ask for this content coding (`gzip`, `deflate`, `br`, `zstd`) and decode the body
@@ -639,22 +678,25 @@ pub struct HttpSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compression: Option<Compression>,
     /// Offer HTTP/2 by ALPN to https URLs. false: HTTP/1.1 only. Default: true.
+    #[schemars(extend("default" = default_true()))]
     #[serde(default = "default_true", skip_serializing_if = "is_true")]
     pub enable_http2: bool,
     /// What the `*_file` keys held when the config was loaded; filled in by bastion, never
     /// written in a config file.
     #[serde(default, skip_serializing_if = "HttpSecrets::is_empty")]
+    #[schemars(skip)]
     pub secrets: HttpSecrets,
 }
 
 /// Settings of a `type = "tcp"` check.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TcpSpec {
     /// `host:port` (`[v6]:port`). The host is resolved unless instances are listed.
     pub address: String,
     /// Speak TLS over the connection before the steps: `true`, or a `[checks.tls]` table.
     /// Default: false.
+    #[schemars(extend("default" = false))]
     #[serde(default, skip_serializing_if = "TlsOption::is_off")]
     pub tls: TlsOption,
     /// Older spelling of `tls.server_name`, still accepted.
@@ -664,12 +706,14 @@ pub struct TcpSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<PathBuf>,
     /// Older spelling of `tls.insecure_skip_verify`, still accepted.
+    #[schemars(extend("default" = false))]
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub insecure_skip_verify: bool,
     /// The local address the probe's connection leaves from. Default: the system's choice.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_ip: Option<std::net::IpAddr>,
     /// What to send and what to expect back, in order. Default: none (connecting is enough).
+    #[schemars(extend("default" = []))]
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub steps: Vec<TcpStep>,
     /// Ask for TLS in this protocol's plaintext first (`smtp`, `imap`, `pop3`, `ftp`,
@@ -679,7 +723,7 @@ pub struct TcpSpec {
 }
 
 /// One `[[checks.steps]]` entry of a TCP check: exactly one of `send` and `expect`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TcpStep {
     /// Bytes to write, as text (escapes such as `\r\n` are TOML's own).
@@ -692,7 +736,7 @@ pub struct TcpStep {
 }
 
 /// Settings of a `type = "udp"` check: one datagram out, one reply expected.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UdpSpec {
     /// `host:port` (`[v6]:port`). The host is resolved unless instances are listed.
@@ -712,7 +756,7 @@ pub struct UdpSpec {
 }
 
 /// Settings of a `type = "websocket"` check: the upgrade, then optionally one message.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WebsocketSpec {
     /// `ws://` or `wss://` URL. Its host is resolved, and sent as Host and TLS SNI.
@@ -724,15 +768,17 @@ pub struct WebsocketSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expect: Option<String>,
     /// Extra headers of the upgrade request.
+    #[schemars(extend("default" = {}))]
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, String>,
     /// TLS settings for wss URLs (`[checks.tls]`).
+    #[schemars(extend("default" = {}))]
     #[serde(default, skip_serializing_if = "TlsSettings::is_default")]
     pub tls: TlsSettings,
 }
 
 /// Settings of a `type = "dns"` check.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DnsSpec {
     /// The name to ask for.
@@ -755,13 +801,15 @@ pub struct DnsSpec {
     pub recursion_desired: bool,
     /// DNS over HTTPS: the path queries are POSTed to. Default: `/dns-query`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = "/dns-query"))]
     pub https_path: Option<String>,
     /// TLS settings for `transport = "tls"` and `"https"` (`[checks.tls]`).
+    #[schemars(extend("default" = {}))]
     #[serde(default, skip_serializing_if = "TlsSettings::is_default")]
     pub tls: TlsSettings,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum DnsRecordType {
     #[default]
@@ -777,7 +825,7 @@ pub enum DnsRecordType {
     Caa,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum DnsTransport {
     #[default]
@@ -788,12 +836,13 @@ pub enum DnsTransport {
 }
 
 /// Settings of a `type = "tls"` check.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TlsSpec {
     /// `host:port` (`[v6]:port`). The host is resolved unless instances are listed.
     pub address: String,
     /// TLS settings (`[checks.tls]`).
+    #[schemars(extend("default" = {}))]
     #[serde(default, skip_serializing_if = "TlsSettings::is_default")]
     pub tls: TlsSettings,
     /// Older spelling of `tls.server_name`, still accepted.
@@ -812,7 +861,7 @@ pub struct TlsSpec {
 }
 
 /// The protocols whose STARTTLS a `tcp` or `tls` check speaks before its TLS handshake.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Starttls {
     Smtp,
@@ -837,7 +886,7 @@ impl Starttls {
 }
 
 /// Settings of a `type = "icmp"` check.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct IcmpSpec {
     /// Host name or IP to ping. A name is resolved and each address is an instance.
@@ -847,6 +896,7 @@ pub struct IcmpSpec {
     pub count: u16,
     /// Time between two echo requests. Default: 100ms.
     #[serde(default = "default_packet_interval", with = "humantime_serde")]
+    #[schemars(with = "super::json_schema::Humantime")]
     pub packet_interval: Duration,
     /// Bytes of payload per echo request, 0 to 65000. Default: 56.
     #[serde(default = "default_payload_size")]
@@ -857,7 +907,7 @@ pub struct IcmpSpec {
 }
 
 /// Settings of a `type = "grpc"` check.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GrpcSpec {
     /// `host:port` (`[v6]:port`). The host is resolved unless instances are listed.
@@ -867,6 +917,7 @@ pub struct GrpcSpec {
     pub service: String,
     /// Call over TLS (h2 by ALPN): `true`, or a `[checks.tls]` table. Default: false (h2c,
     /// HTTP/2 without TLS). `tls.server_name` is also the call's `:authority`.
+    #[schemars(extend("default" = false))]
     #[serde(default, skip_serializing_if = "TlsOption::is_off")]
     pub tls: TlsOption,
     /// Older spelling of `tls.server_name`, still accepted.
@@ -876,26 +927,31 @@ pub struct GrpcSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<PathBuf>,
     /// Older spelling of `tls.insecure_skip_verify`, still accepted.
+    #[schemars(extend("default" = false))]
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub insecure_skip_verify: bool,
     /// The local address the probe's connection leaves from. Default: the system's choice.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_ip: Option<std::net::IpAddr>,
     /// Metadata sent with the call (`{ "x-tenant" = "a" }`): lowercase gRPC metadata keys.
+    #[schemars(extend("default" = {}))]
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub metadata: BTreeMap<String, String>,
     /// Metadata whose values are read from files at load and reload, by key
     /// (`{ authorization = "/etc/bastion/grpc-token" }`): each file's first line.
+    #[schemars(extend("default" = {}))]
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub metadata_from_files: BTreeMap<String, PathBuf>,
     /// What `metadata_from_files` held when the config was loaded; filled in by bastion,
     /// never written in a config file.
+    #[schemars(extend("default" = {}))]
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(skip)]
     pub metadata_secrets: BTreeMap<String, super::probe::Secret>,
 }
 
 /// One `[[checks.assertions]]` entry.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AssertionConfig {
     /// What to look at: code, header, body, json or latency.
@@ -910,7 +966,7 @@ pub struct AssertionConfig {
     pub operand: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AssertionKey {
     Code,
@@ -948,7 +1004,7 @@ pub enum AssertionKey {
     Status,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum Relationship {
     Equal,

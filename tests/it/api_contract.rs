@@ -353,7 +353,7 @@ fn the_served_document_is_the_checked_in_one() {
 }
 
 /// Where schemathesis' `st` is: $SCHEMATHESIS, else the venv `.ci/test` installs it into.
-fn schemathesis() -> std::path::PathBuf {
+pub(crate) fn schemathesis() -> std::path::PathBuf {
     if let Some(path) = std::env::var_os("SCHEMATHESIS") {
         return path.into();
     }

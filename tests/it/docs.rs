@@ -289,14 +289,19 @@ fn walk(prefix: &str, table: &toml::Table, keys: &mut ReferenceKeys) {
     }
 }
 
-fn reference_keys() -> ReferenceKeys {
+/// config/reference.toml with its commented-out config uncommented in place (so line numbers
+/// stay those of the file): every key it describes, set.
+pub(crate) fn uncommented_reference() -> String {
     let text = read(Path::new("config/reference.toml"));
-    // Uncomment the commented-out config in place, so line numbers stay those of the file.
     let uncommented: Vec<&str> = text
         .lines()
         .map(|line| commented_config(line).unwrap_or(line))
         .collect();
-    let uncommented = uncommented.join("\n");
+    uncommented.join("\n")
+}
+
+fn reference_keys() -> ReferenceKeys {
+    let uncommented = uncommented_reference();
     let table: toml::Table = toml::from_str(&uncommented).unwrap_or_else(|error| {
         panic!(
             "config/reference.toml with its commented-out keys uncommented is not valid TOML \
@@ -482,4 +487,243 @@ fn key_names_are_told_from_file_names_and_prose() {
     );
     assert_eq!(header_in_span("[bus.nats]"), Some("bus.nats"));
     assert_eq!(header_in_span("[a-z0-9_-]+"), None);
+}
+
+/// A Default cell of docs/configuration.md, as far as it states a value.
+#[derive(Debug)]
+enum Documented {
+    /// `required`, `required with ...`, `(one of the two)`, `unset ...`: no default.
+    Nothing,
+    /// One value in backticks, maybe with a remark: `10s`, `[]` (any 2xx), `10` each.
+    Value(serde_json::Value),
+    /// A default that depends on something else (the host name, the interval): prose.
+    Prose,
+}
+
+fn documented_default(cell: &str) -> Documented {
+    let cell = cell.trim();
+    // "required for `alertmanager`; `https://...` for `pagerduty`" is a default per type.
+    let per_type = cell.starts_with("required for");
+    if !per_type
+        && (cell.starts_with("required")
+            || cell.starts_with("unset")
+            || cell.starts_with("(one of"))
+    {
+        return Documented::Nothing;
+    }
+    let Some(rest) = cell.strip_prefix('`') else {
+        return Documented::Prose;
+    };
+    let Some((value, remark)) = rest.split_once('`') else {
+        return Documented::Prose;
+    };
+    let remark = remark.trim();
+    if !(remark.is_empty() || remark.starts_with('(') || remark == "each") {
+        return Documented::Prose;
+    }
+    // TOML's reading of the value (`[]`, `"fail"`, `true`, `10`), else the bare text (`10s`).
+    let parsed = toml::from_str::<toml::Table>(&format!("v = {value}"))
+        .ok()
+        .and_then(|mut table| table.remove("v"));
+    Documented::Value(match parsed {
+        Some(value) => serde_json::to_value(value).unwrap(),
+        None => serde_json::Value::String(value.to_string()),
+    })
+}
+
+/// Whether a documented default is the schema's: durations compared as durations (`24h` is
+/// humantime's `1day`), numbers as numbers.
+fn same_default(documented: &serde_json::Value, schema: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match (documented, schema) {
+        (Value::String(a), Value::String(b)) => {
+            a == b
+                || matches!(
+                    (humantime::parse_duration(a), humantime::parse_duration(b)),
+                    (Ok(a), Ok(b)) if a == b
+                )
+        }
+        (Value::Number(a), Value::Number(b)) => a.as_f64() == b.as_f64(),
+        _ => documented == schema,
+    }
+}
+
+/// The leaf keys of the schema (those that take a value), as docs/configuration.md writes
+/// them: `agent.listen`, `checks[].tls.ca_file`, `checks[].assertions[].key`.
+fn schema_leaves(
+    root: &serde_json::Value,
+    pointer: &str,
+    path: &str,
+    leaves: &mut BTreeSet<String>,
+) {
+    let resolve = |pointer: &str| -> String {
+        match root
+            .pointer(&format!("{pointer}/$ref"))
+            .and_then(|reference| reference.as_str())
+        {
+            Some(reference) => reference.trim_start_matches('#').to_string(),
+            None => pointer.to_string(),
+        }
+    };
+    let at = resolve(pointer);
+    let schema = root.pointer(&at).unwrap();
+    // An array of tables is walked as `key[]`; a boolean-or-table (`tls`) as its table.
+    if schema.get("type").and_then(|t| t.as_str()) == Some("array") {
+        let items = resolve(&format!("{at}/items"));
+        let variants = root
+            .pointer(&format!("{items}/oneOf"))
+            .and_then(|variants| variants.as_array())
+            .map_or(0, Vec::len);
+        let tables = root.pointer(&format!("{items}/properties")).is_some()
+            || (0..variants).any(|i| {
+                root.pointer(&format!(
+                    "{}/properties",
+                    resolve(&format!("{items}/oneOf/{i}"))
+                ))
+                .is_some()
+            });
+        if tables {
+            return schema_leaves(root, &items, &format!("{path}[]"), leaves);
+        }
+    }
+    let mut objects = vec![at.clone()];
+    for combinator in ["oneOf", "anyOf"] {
+        if let Some(variants) = schema.get(combinator).and_then(|v| v.as_array()) {
+            objects.extend((0..variants.len()).map(|i| resolve(&format!("{at}/{combinator}/{i}"))));
+        }
+    }
+    let mut table = false;
+    for object in objects {
+        if let Some(properties) = root
+            .pointer(&format!("{object}/properties"))
+            .and_then(|p| p.as_object())
+        {
+            table = true;
+            for key in properties.keys() {
+                let child = if path.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{path}.{key}")
+                };
+                schema_leaves(root, &format!("{object}/properties/{key}"), &child, leaves);
+            }
+        }
+    }
+    if !table && !path.is_empty() {
+        leaves.insert(path.to_string());
+    }
+}
+
+/// docs/configuration.md's key tables say what the schema says (`bastion config schema`,
+/// derived from the config structs and `defaults.rs`): every documented default is the
+/// schema's, a key documented as unset or required has no default there, and every key of
+/// the schema has a row. The tables stay hand-written (their prose, links and remarks read
+/// better than generated text); this keeps their facts generated.
+#[test]
+fn the_key_tables_hold_the_schemas_keys_and_defaults() {
+    let schema = bastion_agent::config::json_schema::json_schema();
+    let configuration = Path::new("docs/configuration.md");
+    let mut problems = Vec::new();
+    let mut documented = BTreeSet::new();
+    let mut in_table = false;
+    let mut check_type: Option<String> = None;
+    let mut checked = 0;
+    for (number, line) in prose_lines(&read(configuration)) {
+        if line.starts_with("## ") {
+            check_type = None;
+        }
+        if let Some(heading) = line.strip_prefix("### ") {
+            check_type = heading
+                .strip_prefix("`type = \"")
+                .and_then(|rest| rest.split('"').next())
+                .map(str::to_string)
+                .or(check_type.filter(|_| heading.contains("[checks.tls]")));
+        }
+        if line.trim() == CONFIG_TABLE_HEADER {
+            in_table = true;
+            continue;
+        }
+        if !line.starts_with('|') {
+            in_table = false;
+        }
+        if !in_table || line.starts_with("|---") {
+            continue;
+        }
+        let cells: Vec<&str> = line.trim_start_matches('|').split(" | ").collect();
+        let default = documented_default(cells.get(1).copied().unwrap_or(""));
+        for key in code_spans(cells[0]).0 {
+            documented.insert(key.clone());
+            let mut pointers = bastion_agent::config::json_schema::properties(&schema, &key);
+            // Under `type = "tcp"`, `checks[].tls` is the tcp check's.
+            if let Some(check_type) = &check_type {
+                let variants = schema["$defs"]["CheckConfig"]["oneOf"].as_array().unwrap();
+                if let Some(index) = variants.iter().position(|variant| {
+                    variant["properties"]["type"]["const"] == check_type.as_str()
+                }) {
+                    let own = format!("/$defs/CheckConfig/oneOf/{index}/");
+                    if pointers.iter().any(|pointer| pointer.starts_with(&own)) {
+                        pointers.retain(|pointer| pointer.starts_with(&own));
+                    }
+                }
+            }
+            if pointers.is_empty() {
+                if key != "checks[].type" && key != "notifiers[].type" {
+                    problems.push(format!(
+                        "{}:{number}: `{key}` is not in the schema",
+                        configuration.display()
+                    ));
+                }
+                continue;
+            }
+            for pointer in pointers {
+                checked += 1;
+                let schema_default = schema.pointer(&pointer).unwrap().get("default");
+                let fine = match (&default, schema_default) {
+                    (Documented::Value(doc), Some(schema_default)) => {
+                        same_default(doc, schema_default)
+                    }
+                    (Documented::Value(_), None) | (Documented::Nothing, Some(_)) => false,
+                    (Documented::Nothing, None) | (Documented::Prose, None) => true,
+                    // A default in prose ("`10s`, or nine tenths of the interval") must still
+                    // name the schema's value.
+                    (Documented::Prose, Some(schema_default)) => {
+                        let shown = match schema_default {
+                            serde_json::Value::String(text) => text.clone(),
+                            other => other.to_string(),
+                        };
+                        cells[1].contains(&format!("`{shown}`"))
+                    }
+                };
+                if !fine {
+                    problems.push(format!(
+                        "{}:{number}: `{key}` is documented with default {:?} but the schema ({pointer}) says {}",
+                        configuration.display(),
+                        cells[1].trim(),
+                        schema_default.map_or("none".to_string(), |value| value.to_string()),
+                    ));
+                }
+            }
+        }
+    }
+    let mut leaves = BTreeSet::new();
+    schema_leaves(&schema, "", "", &mut leaves);
+    for leaf in &leaves {
+        if !documented.contains(leaf)
+            && !MAP_KEYS
+                .iter()
+                .any(|map| leaf.starts_with(&format!("{map}.")))
+        {
+            problems.push(format!("the schema has `{leaf}`, but no row of a key table in docs/configuration.md documents it"));
+        }
+    }
+    assert!(
+        checked > 100,
+        "only {checked} documented keys were found in the schema"
+    );
+    assert!(
+        leaves.len() > 100,
+        "only {} schema keys: {leaves:?}",
+        leaves.len()
+    );
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
 }

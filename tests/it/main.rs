@@ -8,19 +8,20 @@
 mod common;
 
 mod agent;
-mod api_contract;
+pub(crate) mod api_contract;
 mod architecture;
 mod blackbox_probe;
 mod build_script;
 mod checker;
 mod cli;
+mod config_schema;
 mod container;
 mod dashboard;
 mod delivery;
 mod deploy;
 mod discovery;
 mod dns;
-mod docs;
+pub(crate) mod docs;
 mod episodes;
 mod fair_share;
 mod faults;

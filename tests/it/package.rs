@@ -69,6 +69,7 @@ fn the_deb_installs_upgrades_keeping_a_changed_config_and_purges() {
         "/usr/share/bash-completion/completions/bastion",
         "/usr/share/zsh/vendor-completions/_bastion",
         "/usr/share/fish/vendor_completions.d/bastion.fish",
+        "/usr/share/bastion/bastion.schema.json",
     ] {
         assert!(root.file(path).is_file(), "{path} is missing");
     }
@@ -114,6 +115,14 @@ fn the_deb_installs_upgrades_keeping_a_changed_config_and_purges() {
     assert_eq!(valid.trim(), "/etc/bastion/bastion.toml: valid, 1 check(s)");
     let config = std::fs::read_to_string(root.file("/etc/bastion/bastion.toml")).unwrap();
     assert!(config.contains("listen = \"127.0.0.1:9464\""), "{config}");
+    // Editors find the installed schema from the config's first line, and it is the binary's.
+    assert!(
+        config.starts_with("#:schema file:///usr/share/bastion/bastion.schema.json\n"),
+        "{config}"
+    );
+    let schema =
+        std::fs::read_to_string(root.file("/usr/share/bastion/bastion.schema.json")).unwrap();
+    assert_eq!(schema, root.ok(&["bastion", "config", "schema"]));
 
     // systemd (the root's own) accepts the installed unit.
     let verify = Command::new(systemd_analyze())
