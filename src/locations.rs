@@ -15,6 +15,9 @@ use tokio::time::Instant;
 /// the caller), until others go quiet and make room.
 pub const MAX_AGENTS: usize = 10_000;
 
+/// How often a full map of agents is swept for quiet ones at most.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
 /// How long after its last heartbeat an agent still counts as alive, in heartbeat intervals.
 /// One and a half: one late heartbeat is not a death, two missing ones are.
 const ALIVE_FOR_INTERVALS: f64 = 1.5;
@@ -41,6 +44,8 @@ pub struct LiveLocations {
     presume_until: Instant,
     /// Locations heard from during that time: no longer presumed anything.
     heard_during_presumption: HashSet<String>,
+    /// When the map, full, was last swept of quiet agents.
+    swept: Option<Instant>,
     /// The interval assumed for heartbeats that do not say theirs.
     default_interval: Duration,
 }
@@ -66,6 +71,7 @@ impl LiveLocations {
             local,
             presume_until: now + interval.mul_f64(ALIVE_FOR_INTERVALS),
             heard_during_presumption: HashSet::new(),
+            swept: None,
             default_interval: interval,
         }
     }
@@ -112,7 +118,11 @@ impl LiveLocations {
             return Heard::Followed;
         }
         if self.agents.len() >= MAX_AGENTS {
-            self.forget_quiet(now);
+            // A sweep walks every agent: at most one a second, however many strangers beat.
+            if self.swept.is_none_or(|at| now.saturating_duration_since(at) >= SWEEP_EVERY) {
+                self.swept = Some(now);
+                self.forget_quiet(now);
+            }
             if self.agents.len() >= MAX_AGENTS {
                 return Heard::Refused;
             }
