@@ -119,7 +119,10 @@ impl LiveLocations {
         }
         if self.agents.len() >= MAX_AGENTS {
             // A sweep walks every agent: at most one a second, however many strangers beat.
-            if self.swept.is_none_or(|at| now.saturating_duration_since(at) >= SWEEP_EVERY) {
+            if self
+                .swept
+                .is_none_or(|at| now.saturating_duration_since(at) >= SWEEP_EVERY)
+            {
                 self.swept = Some(now);
                 self.forget_quiet(now);
             }

@@ -372,3 +372,59 @@ async fn a_saved_every_location_place_gets_its_no_runner_after_a_restart() {
         "{gone} runs sent to the gone location: at most its first tick's"
     );
 }
+
+/// Skip-on-overlap is per location: a location whose runs never come back has its ticks
+/// skipped (and its runs counted lost), while the other location runs at every tick.
+#[tokio::test(start_paused = true)]
+async fn a_slow_location_never_holds_up_another() {
+    let config = bastion_agent::validate::parse(
+        "[bus]\nkind = \"nats\"\n[bus.nats]\nurl = \"nats://127.0.0.1:4222\"\n\
+         [[checks]]\nname = \"tick\"\ntype = \"http\"\ninterval = \"10s\"\ntimeout = \"1s\"\n\
+         url = \"http://127.0.0.1:1/\"\nlocations = [\"fast\", \"slow\"]\n",
+        Format::Toml,
+        Path::new("test.toml"),
+    )
+    .unwrap();
+    let mut harness = start(&config).await;
+    let (mut fast, mut slow) = (0, 0);
+    let until = tokio::time::Instant::now() + Duration::from_secs(200);
+    while tokio::time::Instant::now() < until {
+        heartbeat(&harness.bus, "runner-fast", "fast").await;
+        heartbeat(&harness.bus, "runner-slow", "slow").await;
+        tokio::select! {
+            Some(message) = harness.requests.next() => {
+                let request = message.payload.request().unwrap();
+                match request.location.as_deref() {
+                    Some("fast") => {
+                        fast += 1;
+                        let result = bastion_agent::messages::CheckResult {
+                            version: MESSAGE_VERSION,
+                            check: request.check.name.clone(),
+                            check_type: request.check.check_type(),
+                            agent: "runner-fast".into(),
+                            location: Some("fast".into()),
+                            run_id: request.run_id,
+                            scheduled_at: request.scheduled_at,
+                            finished_at: SystemTime::now(),
+                            passing: true,
+                            responses: Vec::new(),
+                            degraded: None,
+                        };
+                        let payload = messages::encode(&result).unwrap();
+                        harness.bus.publish("bastion.results.tick", payload.into()).await.unwrap();
+                    }
+                    // The slow location takes its runs and never answers.
+                    Some("slow") => slow += 1,
+                    other => panic!("a run for {other:?}"),
+                }
+            }
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+    }
+    // 200 s at a 10 s interval: every tick ran in the fast location; in the slow one a run
+    // stays in flight until it is lost (dispatch deadline 30 s + timeout 1 s + 5 s).
+    assert!(fast >= 19, "{fast} runs in the fast location");
+    assert!((4..=6).contains(&slow), "{slow} runs in the slow location");
+    assert!(counter(&harness.metrics, "bastion_runs_lost_total{check=\"tick\"}") >= 4.0);
+    harness.stop.cancel();
+}
