@@ -121,14 +121,136 @@ fn latency_histogram() -> Histogram {
 /// Series derived afresh at each scrape instead of kept (the `probe_*` series, derived from
 /// the result store). The sink implements it; this module never learns where they come from.
 pub trait Exposition: Send + Sync + std::fmt::Debug {
-    /// Appends the series, in the classic text format, to `text`.
-    fn encode(&self, text: &mut String);
+    /// Appends the series of the checks `selection` includes, in the classic text format, to
+    /// `text`. Never called with `CheckSelection::None`.
+    fn encode(&self, text: &mut String, selection: &CheckSelection);
+}
+
+/// Which checks' series one scrape of `/metrics` carries (`?checks=` and `?group=`); the
+/// agent-wide series (those with no `check` label) are in every scrape.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum CheckSelection {
+    /// Every check's series: the full text.
+    #[default]
+    All,
+    /// No per-check series at all (`?checks=none`).
+    None,
+    /// The series of these checks only (those of the groups asked for), by name.
+    Only(Arc<std::collections::BTreeSet<String>>),
+}
+
+impl CheckSelection {
+    /// Whether `check`'s series are in.
+    pub fn includes(&self, check: &str) -> bool {
+        match self {
+            CheckSelection::All => true,
+            CheckSelection::None => false,
+            CheckSelection::Only(checks) => checks.contains(check),
+        }
+    }
+}
+
+/// The registered families in the order they are exposed, as runs of agent-wide families and
+/// of per-check ones (every one labelled `check`, which comes first in their label sets), so
+/// a scrape can leave the per-check runs out without encoding them.
+#[derive(Debug, Default)]
+struct Segments {
+    runs: Vec<Segment>,
+}
+
+#[derive(Debug)]
+struct Segment {
+    per_check: bool,
+    registry: Registry,
+}
+
+impl Segments {
+    /// Registers a family with no `check` label.
+    fn agent(&mut self, name: &str, help: &str, metric: impl prometheus_client::registry::Metric) {
+        self.run(false).register(name, help, metric);
+    }
+
+    /// Registers a family whose first label is `check`.
+    fn per_check(
+        &mut self,
+        name: &str,
+        help: &str,
+        metric: impl prometheus_client::registry::Metric,
+    ) {
+        self.run(true).register(name, help, metric);
+    }
+
+    fn run(&mut self, per_check: bool) -> &mut Registry {
+        let same = self
+            .runs
+            .last()
+            .is_some_and(|last| last.per_check == per_check);
+        if !same {
+            self.runs.push(Segment {
+                per_check,
+                registry: Registry::default(),
+            });
+        }
+        let at = self.runs.len() - 1;
+        &mut self.runs[at].registry
+    }
+}
+
+/// Appends to `out` the lines of `text` (per-check families) that describe a family or whose
+/// `check` label is one of `checks`: one pass, borrowing each line, allocating only for a
+/// label value that was escaped.
+fn keep_lines_of(text: &str, checks: &std::collections::BTreeSet<String>, out: &mut String) {
+    let mut unescaped = String::new();
+    for line in text.split_inclusive('\n') {
+        if line.starts_with('#') {
+            out.push_str(line);
+            continue;
+        }
+        let Some(start) = line.find("{check=\"").map(|at| at + "{check=\"".len()) else {
+            continue;
+        };
+        let value = &line.as_bytes()[start..];
+        let (mut at, mut escaped) = (0, false);
+        let end = loop {
+            match value.get(at) {
+                None => break None,
+                Some(b'\\') => {
+                    escaped = true;
+                    at += 2;
+                }
+                Some(b'"') => break Some(at),
+                Some(_) => at += 1,
+            }
+        };
+        let Some(end) = end else { continue };
+        let raw = &line[start..start + end];
+        let name = if escaped {
+            unescaped.clear();
+            let mut chars = raw.chars();
+            while let Some(c) = chars.next() {
+                if c != '\\' {
+                    unescaped.push(c);
+                } else if let Some(next) = chars.next() {
+                    unescaped.push(if next == 'n' { '\n' } else { next });
+                }
+            }
+            unescaped.as_str()
+        } else {
+            raw
+        };
+        if checks.contains(name) {
+            out.push_str(line);
+        }
+    }
 }
 
 /// Every metric the agent exports.
 #[derive(Debug)]
 pub struct Metrics {
-    registry: Registry,
+    /// The families in the order they are exposed, in runs of agent-wide and per-check ones.
+    registry: Segments,
+    /// The length of the last full render, to size the next one's buffer.
+    last_len: std::sync::atomic::AtomicUsize,
     pub checks_scheduled: Family<CheckLabels, Counter>,
     pub schedule_skipped: Family<CheckLabels, Counter>,
     pub runs_lost: Family<CheckLabels, Counter>,
@@ -198,7 +320,7 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Metrics {
-        let mut registry = Registry::default();
+        let mut registry = Segments::default();
         let metrics = Metrics {
             checks_scheduled: Family::default(),
             schedule_skipped: Family::default(),
@@ -243,7 +365,8 @@ impl Metrics {
                 crate::config::DEFAULT_MAX_CHECK_SERIES,
                 crate::config::DEFAULT_FORGET_CHECKS_AFTER,
             )),
-            registry: Registry::default(),
+            registry: Segments::default(),
+            last_len: std::sync::atomic::AtomicUsize::new(0),
         };
         metrics.register_scheduling(&mut registry);
         metrics.register_dispatch(&mut registry);
@@ -260,33 +383,33 @@ impl Metrics {
     }
 
     /// Registers the checker's scheduling: runs published, skipped and lost, and their lag.
-    fn register_scheduling(&self, registry: &mut Registry) {
-        registry.register(
+    fn register_scheduling(&self, registry: &mut Segments) {
+        registry.per_check(
             "bastion_checks_scheduled",
             "Check runs published by the checker",
             self.checks_scheduled.clone(),
         );
-        registry.register(
+        registry.per_check(
             "bastion_schedule_skipped",
             "Ticks skipped because the previous run of the check was still in flight",
             self.schedule_skipped.clone(),
         );
-        registry.register(
+        registry.per_check(
             "bastion_runs_lost",
             "Check runs whose result never arrived before the run could no longer be in flight",
             self.runs_lost.clone(),
         );
-        registry.register(
+        registry.per_check(
             "bastion_runs_no_runner",
             "Runs of a check with locations that a location could not take: no runner of it was alive when the run was due (the result says no_runner)",
             self.runs_no_runner.clone(),
         );
-        registry.register(
+        registry.per_check(
             "bastion_discovery_errors",
             "Times a check's discovery source could not be used (each distinct problem once); the last good instances stay",
             self.discovery_errors.clone(),
         );
-        registry.register(
+        registry.agent(
             "bastion_schedule_lag_seconds",
             "How late a check run was published against when it was due",
             self.schedule_lag_seconds.clone(),
@@ -294,43 +417,43 @@ impl Metrics {
     }
 
     /// Registers the runner's dispatch and worker pools: waits, timeouts, probe errors, run durations.
-    fn register_dispatch(&self, registry: &mut Registry) {
-        registry.register(
+    fn register_dispatch(&self, registry: &mut Segments) {
+        registry.agent(
             "bastion_dispatch_wait_seconds",
             "How long tasks waited for a free worker",
             self.dispatch_wait_seconds.clone(),
         );
-        registry.register(
+        registry.agent(
             "bastion_dispatch_timeouts",
             "Tasks cancelled unrun because no worker was free within the dispatch deadline",
             self.dispatch_timeouts.clone(),
         );
-        registry.register(
+        registry.agent(
             "bastion_probe_requests",
             "Requests to /probe (blackbox_exporter's endpoint) by outcome: probed, bad_request, refused (too many at once)",
             self.probe_requests.clone(),
         );
-        registry.register(
+        registry.agent(
             "bastion_task_timeouts",
             "Probes cancelled because they ran past the check's timeout",
             self.task_timeouts.clone(),
         );
-        registry.register(
+        registry.agent(
             "bastion_probe_errors",
             "Probes that failed at the transport, by error kind",
             self.probe_errors.clone(),
         );
-        registry.register(
+        registry.per_check(
             "bastion_check_duration_seconds",
             "How long a whole check run took, from dispatch to its last response",
             self.check_duration_seconds.clone(),
         );
-        registry.register(
+        registry.agent(
             "bastion_workers_busy",
             "Workers running a probe now",
             self.workers_busy.clone(),
         );
-        registry.register(
+        registry.agent(
             "bastion_workers",
             "Workers in the pool of each check type",
             self.workers.clone(),
@@ -338,33 +461,33 @@ impl Metrics {
     }
 
     /// Registers the bus: decoding, publishing, the connection and what was dropped.
-    fn register_bus(&self, registry: &mut Registry) {
-        registry.register(
+    fn register_bus(&self, registry: &mut Segments) {
+        registry.agent(
             "bastion_bus_decode_errors",
             "Bus messages dropped because they could not be decoded",
             self.bus_decode_errors.clone(),
         );
-        registry.register(
+        registry.agent(
             "bastion_bus_publish_errors",
             "Bus messages that could not be published",
             self.bus_publish_errors.clone(),
         );
-        registry.register(
+        registry.agent(
             "bastion_bus_connected",
             "Whether the bus is connected now (1) or not (0)",
             self.bus_connected.clone(),
         );
-        registry.register(
+        registry.agent(
             "bastion_bus_reconnects",
             "Times the bus connection was re-established after a loss",
             self.bus_reconnects.clone(),
         );
-        registry.register(
+        registry.agent(
             "bastion_bus_dropped",
             "Bus messages dropped inside bastion, by reason",
             self.bus_dropped.clone(),
         );
-        registry.register(
+        registry.agent(
             "bastion_bus_publish_retries",
             "Durable result publishes retried because the stream did not acknowledge them",
             self.bus_publish_retries.clone(),
@@ -372,28 +495,28 @@ impl Metrics {
     }
 
     /// Registers series, requests and results the agent forgot, refused or reduced.
-    fn register_dropped(&self, registry: &mut Registry) {
-        registry.register(
+    fn register_dropped(&self, registry: &mut Segments) {
+        registry.agent(
             "bastion_check_series_forgotten",
             "Checks whose bastion_check_duration_seconds series this runner removed: not run here for forget_checks_after and three intervals (expired)",
             self.check_series_forgotten.clone(),
         );
-        registry.register(
+        registry.agent(
             "bastion_check_series_refused",
             "Check runs that got no bastion_check_duration_seconds series: a runner already keeping runner.max_check_series checks (capacity), or a check this scheduling agent does not have configured (unconfigured)",
             self.check_series_refused.clone(),
         );
-        registry.register(
+        registry.agent(
             "bastion_requests_expired",
             "Check requests that reached the runner after their dispatch deadline and were not run",
             self.requests_expired.clone(),
         );
-        registry.register(
+        registry.agent(
             "bastion_results_degraded",
             "Results too large for the bus, published reduced, by the form they took",
             self.results_degraded.clone(),
         );
-        registry.register(
+        registry.agent(
             "bastion_results_expired",
             "Results finished after their run's window, which the checker had counted lost; not published",
             self.results_expired.clone(),
@@ -401,18 +524,18 @@ impl Metrics {
     }
 
     /// Registers the notifiers' deliveries.
-    fn register_notifications(&self, registry: &mut Registry) {
-        registry.register(
+    fn register_notifications(&self, registry: &mut Segments) {
+        registry.agent(
             "bastion_notifications",
             "Notifications by notifier and outcome: sent, failed (retries exhausted), rejected (a 4xx answer: fix the config), dropped (queue full, oldest first), suppressed (maintenance)",
             self.notifications.clone(),
         );
-        registry.register(
+        registry.agent(
             "bastion_notification_duration_seconds",
             "Time of each attempt to deliver a notification, by notifier",
             self.notification_duration_seconds.clone(),
         );
-        registry.register(
+        registry.agent(
             "bastion_notification_queue",
             "Notifications waiting for delivery, by notifier",
             self.notification_queue.clone(),
@@ -445,28 +568,28 @@ impl Metrics {
     }
 
     /// Registers the history writer's work: records written, dropped and buffered.
-    fn register_history(&self, registry: &mut Registry) {
-        registry.register(
+    fn register_history(&self, registry: &mut Segments) {
+        registry.agent(
             "bastion_history_dropped",
             "History records (runs, state changes, incident changes) dropped: their lane was full (the database is slow or cannot be written) or the writer had stopped",
             self.history_dropped.clone(),
         );
-        registry.register(
+        registry.agent(
             "bastion_history_written",
             "History records (runs, state changes) written to the history database",
             self.history_written.clone(),
         );
-        registry.register(
+        registry.agent(
             "bastion_history_write_errors",
             "Failed attempts to write a batch of history; the batch is kept and retried",
             self.history_write_errors.clone(),
         );
-        registry.register(
+        registry.agent(
             "bastion_history_buffered",
             "History records waiting to be written",
             self.history_buffered.clone(),
         );
-        registry.register(
+        registry.agent(
             "bastion_history_write_seconds",
             "Time to write one batch of history in one transaction",
             self.history_write_seconds.clone(),
@@ -475,28 +598,28 @@ impl Metrics {
 
     /// Registers the agent's own state: leadership, check states, config loads, the runtime
     /// and the version.
-    fn register_agent_state(&self, registry: &mut Registry) {
-        registry.register(
+    fn register_agent_state(&self, registry: &mut Segments) {
+        registry.agent(
             "bastion_checker_leader",
             "Whether this checker schedules now (1) or stands by (0)",
             self.checker_leader.clone(),
         );
-        registry.register(
+        registry.per_check(
             "bastion_check_transitions",
             "Changes of check state, by the state entered",
             self.check_transitions.clone(),
         );
-        registry.register(
+        registry.agent(
             "bastion_config_last_reload_successful",
             "Whether the last config load or reload succeeded (1) or not (0)",
             self.config_last_reload_successful.clone(),
         );
-        registry.register(
+        registry.agent(
             "bastion_config_last_reload_success_timestamp_seconds",
             "When the config was last loaded or reloaded successfully, in Unix seconds",
             self.config_last_reload_success_timestamp_seconds.clone(),
         );
-        registry.register(
+        registry.agent(
             "bastion_runtime_tasks_alive",
             "Tasks alive in the async runtime when /metrics was read; it follows the work in flight, not the number of checks",
             self.runtime_tasks_alive.clone(),
@@ -509,7 +632,7 @@ impl Metrics {
                 target: env!("BASTION_TARGET"),
             })
             .set(1);
-        registry.register(
+        registry.agent(
             "bastion_build_info",
             "The running bastion version, git commit and target, as labels; always 1",
             build_info,
@@ -540,19 +663,59 @@ impl Metrics {
         }
     }
 
-    /// The exposition text.
+    /// The exposition text, every series.
     pub fn render(&self) -> String {
+        self.render_selected(&CheckSelection::All)
+    }
+
+    /// The exposition text with the per-check series of the `selection` only; the agent-wide
+    /// series are always there. Per-check families are not encoded at all for
+    /// `CheckSelection::None`, and the store's series of checks left out are never built.
+    pub fn render_selected(&self, selection: &CheckSelection) -> String {
+        use std::sync::atomic::Ordering;
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let alive = runtime.metrics().num_alive_tasks();
             self.runtime_tasks_alive
                 .set(i64::try_from(alive).unwrap_or(i64::MAX));
         }
         self.tidy_check_series(Instant::now());
-        let mut text = String::with_capacity(16 * 1024);
-        // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::prometheus_text::encode(&mut text, &self.registry);
+        let full = *selection == CheckSelection::All;
+        // The last full text's size, and a little more: no doubling and copying on the way.
+        let hint = if full {
+            let last = self.last_len.load(Ordering::Relaxed);
+            last + last / 16
+        } else {
+            0
+        };
+        let mut text = String::with_capacity(hint.max(16 * 1024));
+        let mut scratch = String::new();
+        for segment in &self.registry.runs {
+            match (segment.per_check, selection) {
+                (false, _) | (true, CheckSelection::All) => {
+                    // Writing into a String cannot fail.
+                    let _ = prometheus_client::encoding::prometheus_text::encode(
+                        &mut text,
+                        &segment.registry,
+                    );
+                }
+                (true, CheckSelection::None) => {}
+                (true, CheckSelection::Only(checks)) => {
+                    scratch.clear();
+                    let _ = prometheus_client::encoding::prometheus_text::encode(
+                        &mut scratch,
+                        &segment.registry,
+                    );
+                    keep_lines_of(&scratch, checks, &mut text);
+                }
+            }
+        }
         if let Some(exposition) = self.exposition.get() {
-            exposition.encode(&mut text);
+            if *selection != CheckSelection::None {
+                exposition.encode(&mut text, selection);
+            }
+        }
+        if full {
+            self.last_len.store(text.len(), Ordering::Relaxed);
         }
         text
     }

@@ -95,6 +95,7 @@ impl Shared {
             history: self.history.clone(),
             status_page: self.config.agent.web.status_page,
             probe,
+            scrapes: Arc::default(),
         }
     }
 

@@ -1020,6 +1020,7 @@ mod tests {
             history: None,
             status_page: StatusPageMode::Private,
             probe: None,
+            scrapes: Arc::default(),
         };
         let params = OverviewParams {
             group: Some("g0007".into()),

@@ -1,68 +1,20 @@
 //! The `probe_*` series and `bastion_check_state`, derived from the result store at each
-//! scrape, and `bastion_check_info` from the configured checks (blackbox_exporter's names, seconds as units). They are built afresh and dropped after
-//! each render: a probe never updates a metric, removed checks and vanished instances leave no
-//! series behind, and memory holds each result once. The series every type has are declared
-//! here; each check type declares and writes its own (`checks::CheckKind::series`). Label values
-//! come from bounded sets only.
+//! scrape, and `bastion_check_info` from the configured checks (blackbox_exporter's names,
+//! seconds as units). They are written straight to text at each render and never kept: a
+//! probe never updates a metric, removed checks and vanished instances leave no series behind,
+//! and memory holds each result once. The series every type has are declared here; each check
+//! type declares and writes its own (`checks::CheckKind::series`). Label values come from
+//! bounded sets only. The text is what prometheus-client wrote for the same series (a test
+//! keeps it so), with the series of each family in the order of the check names.
 
 use super::ResultStore;
 use crate::checks::series::{SeriesOut, SeriesSpec};
 use crate::checks::KINDS;
 use crate::messages::Response;
-use crate::metrics::Exposition;
+use crate::metrics::{CheckSelection, Exposition};
 use crate::model::{CheckState, CheckType};
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry;
 use std::collections::HashMap;
-use std::sync::atomic::AtomicU64;
-use std::sync::Arc;
-
-type GaugeF64 = Gauge<f64, AtomicU64>;
-
-/// `check`, `target`, the response's `labels` (the check's and its instance's, names checked
-/// when they were configured or discovered), then at most one label of the series' own
-/// (`phase`, `version`, ...), whose key and value come from the fixed lists the check types
-/// declare.
-#[derive(Clone, Debug, Hash, PartialEq, Eq)]
-struct SeriesLabels {
-    check: String,
-    target: String,
-    extra: Arc<Vec<(String, String)>>,
-    own: Option<(&'static str, &'static str)>,
-}
-
-impl EncodeLabelSet for SeriesLabels {
-    fn encode(
-        &self,
-        encoder: &mut prometheus_client::encoding::LabelSetEncoder,
-    ) -> Result<(), std::fmt::Error> {
-        use prometheus_client::encoding::EncodeLabel;
-        ("check", self.check.as_str()).encode(encoder.encode_label())?;
-        ("target", self.target.as_str()).encode(encoder.encode_label())?;
-        for (name, value) in self.extra.iter() {
-            (name.as_str(), value.as_str()).encode(encoder.encode_label())?;
-        }
-        if let Some(own) = self.own {
-            own.encode(encoder.encode_label())?;
-        }
-        Ok(())
-    }
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct CheckInfoLabels {
-    check: String,
-    group: String,
-    r#type: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct CheckStateLabels {
-    check: String,
-    state: &'static str,
-}
+use std::sync::{Arc, OnceLock};
 
 /// The series every check type reports.
 const COMMON_SERIES: [SeriesSpec; 4] = [
@@ -87,79 +39,93 @@ const COMMON_SERIES: [SeriesSpec; 4] = [
 /// Every value of `probe_tls_version_info`'s `version` label.
 const TLS_VERSIONS: [&str; 2] = ["TLSv1.2", "TLSv1.3"];
 
-/// One scrape's derived series: a family per declared series, and the check states.
-#[derive(Debug)]
-struct ScrapeFamilies {
-    registry: Registry,
-    gauges: HashMap<&'static str, Family<SeriesLabels, GaugeF64>>,
-    check_state: Family<CheckStateLabels, Gauge>,
-    check_info: Family<CheckInfoLabels, Gauge>,
+const CHECK_STATE: SeriesSpec = SeriesSpec {
+    name: "bastion_check_state",
+    help: "Each check's state: 1 for the current one (OK, WARN, FAIL_WAIT, FAIL, PASS_WAIT), 0 for the others",
+};
+
+const CHECK_INFO: SeriesSpec = SeriesSpec {
+    name: "bastion_check_info",
+    help: "Each configured check's group (empty when none) and type; always 1. Join on check to filter by group",
+};
+
+/// Every family this module writes, in the order they are exposed: the common series, each
+/// type's in the order of `KINDS` (so every family is described even before any check of its
+/// type ran), then the check states and infos.
+fn declared() -> &'static [SeriesSpec] {
+    static DECLARED: OnceLock<Vec<SeriesSpec>> = OnceLock::new();
+    DECLARED.get_or_init(|| {
+        COMMON_SERIES
+            .iter()
+            .chain(KINDS.iter().flat_map(|kind| kind.series.iter()))
+            .copied()
+            .chain([CHECK_STATE, CHECK_INFO])
+            .collect()
+    })
 }
 
-impl ScrapeFamilies {
-    /// Registers the common series, then each type's in the order of `KINDS`, so every family
-    /// is described even before any check of its type ran.
-    fn new() -> ScrapeFamilies {
-        let mut registry = Registry::default();
-        let mut gauges = HashMap::new();
-        let declared = COMMON_SERIES
+/// Where each declared family is in `declared()`.
+fn family_index() -> &'static HashMap<&'static str, usize> {
+    static INDEX: OnceLock<HashMap<&'static str, usize>> = OnceLock::new();
+    INDEX.get_or_init(|| {
+        declared()
             .iter()
-            .chain(KINDS.iter().flat_map(|kind| kind.series.iter()));
-        for spec in declared {
-            let family = Family::<SeriesLabels, GaugeF64>::default();
-            registry.register(spec.name, spec.help, family.clone());
-            gauges.insert(spec.name, family);
+            .enumerate()
+            .map(|(at, spec)| (spec.name, at))
+            .collect()
+    })
+}
+
+/// One scrape's derived series as text, a buffer per family: the checks are walked once, each
+/// sample appended to its family's buffer, and the buffers joined in the declared order under
+/// their HELP and TYPE lines. No label set is built or hashed per series.
+struct ScrapeText {
+    lines: Vec<String>,
+}
+
+impl ScrapeText {
+    fn new() -> ScrapeText {
+        ScrapeText {
+            lines: vec![String::new(); declared().len()],
         }
-        let check_state = Family::<CheckStateLabels, Gauge>::default();
-        registry.register(
-            "bastion_check_state",
-            "Each check's state: 1 for the current one (OK, WARN, FAIL_WAIT, FAIL, PASS_WAIT), 0 for the others",
-            check_state.clone(),
-        );
-        let check_info = Family::<CheckInfoLabels, Gauge>::default();
-        registry.register(
-            "bastion_check_info",
-            "Each configured check's group (empty when none) and type; always 1. Join on check to filter by group",
-            check_info.clone(),
-        );
-        ScrapeFamilies {
-            registry,
-            gauges,
-            check_state,
-            check_info,
-        }
+    }
+
+    fn family(&mut self, name: &str) -> Option<&mut String> {
+        let at = *family_index().get(name)?;
+        self.lines.get_mut(at)
     }
 
     /// Records the last probe of one instance: the common series, then the type's own.
     /// `location` is the location the response was seen from, for a check with `locations`.
     fn record_response(
-        &self,
+        &mut self,
         check: &str,
         check_type: CheckType,
         response: &Response,
         location: Option<&str>,
     ) {
+        // The labels after `check` and `target`, written once and copied into each sample.
+        let mut extra = String::new();
         // A label from a result off the bus is checked again: one that breaks the rules (a
         // runner of another build, a hostile peer) is left out rather than break the page.
-        let extra = response
-            .labels
-            .iter()
-            .filter(|(name, value)| crate::model::label_problem(name, value).is_none())
+        for (name, value) in response.labels.iter() {
+            if crate::model::label_problem(name, value).is_some() {
+                continue;
+            }
             // The location the response was seen from is bastion's to say.
-            .filter(|(name, _)| location.is_none() || name.as_str() != crate::model::LOCATION_LABEL)
-            .map(|(name, value)| (name.clone(), value.clone()))
-            .chain(location.map(|location| {
-                (
-                    crate::model::LOCATION_LABEL.to_string(),
-                    location.to_string(),
-                )
-            }))
-            .collect();
+            if location.is_some() && name.as_str() == crate::model::LOCATION_LABEL {
+                continue;
+            }
+            push_label(&mut extra, name, value);
+        }
+        if let Some(location) = location {
+            push_label(&mut extra, crate::model::LOCATION_LABEL, location);
+        }
         let mut out = InstanceSeries {
-            families: self,
+            text: self,
             check,
             target: &response.target,
-            extra: Arc::new(extra),
+            extra: &extra,
         };
         out.gauge(
             "probe_success",
@@ -179,25 +145,101 @@ impl ScrapeFamilies {
         (crate::checks::kind(check_type).write_series)(response, &mut out);
     }
 
-    /// Sets `bastion_check_state` for `check`: 1 for `state`, 0 for the others.
-    fn set_check_state(&self, check: &str, state: CheckState) {
+    /// Writes `bastion_check_state` for `check`: 1 for `state`, 0 for the others.
+    fn check_state(&mut self, check: &str, state: CheckState) {
+        let Some(lines) = self.family(CHECK_STATE.name) else {
+            return;
+        };
         for each in CheckState::ALL {
-            self.check_state
-                .get_or_create(&CheckStateLabels {
-                    check: check.to_string(),
-                    state: each.as_str(),
-                })
-                .set(i64::from(each == state));
+            open_sample(lines, CHECK_STATE.name, check);
+            push_label(lines, "state", each.as_str());
+            lines.push_str(if each == state { "} 1\n" } else { "} 0\n" });
         }
+    }
+
+    /// Writes `bastion_check_info` for one configured check.
+    fn check_info(&mut self, check: &str, group: &str, check_type: CheckType) {
+        let Some(lines) = self.family(CHECK_INFO.name) else {
+            return;
+        };
+        open_sample(lines, CHECK_INFO.name, check);
+        push_label(lines, "group", group);
+        push_label(lines, "type", check_type.as_str());
+        lines.push_str("} 1\n");
+    }
+
+    /// Every family, described, with its samples, appended to `text`.
+    fn finish(self, text: &mut String) {
+        let size: usize = self.lines.iter().map(String::len).sum();
+        text.reserve(size + declared().len() * 160);
+        for (spec, lines) in declared().iter().zip(&self.lines) {
+            text.push_str("# HELP ");
+            text.push_str(spec.name);
+            text.push(' ');
+            push_escaped(text, spec.help, false);
+            text.push_str("\n# TYPE ");
+            text.push_str(spec.name);
+            text.push_str(" gauge\n");
+            text.push_str(lines);
+        }
+    }
+}
+
+/// Starts a sample of family `name`: `name{check="check"`.
+fn open_sample(out: &mut String, name: &str, check: &str) {
+    out.push_str(name);
+    out.push_str("{check=\"");
+    push_escaped(out, check, true);
+    out.push('"');
+}
+
+/// Appends `,name="value"`, the value escaped as the text format asks.
+fn push_label(out: &mut String, name: &str, value: &str) {
+    out.push(',');
+    out.push_str(name);
+    out.push_str("=\"");
+    push_escaped(out, value, true);
+    out.push('"');
+}
+
+/// `value` with backslashes and newlines escaped, and double quotes too in a label value.
+fn push_escaped(out: &mut String, value: &str, quotes: bool) {
+    let special = |byte: u8| byte == b'\\' || byte == b'\n' || (quotes && byte == b'"');
+    if !value.bytes().any(special) {
+        out.push_str(value);
+        return;
+    }
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '"' if quotes => out.push_str("\\\""),
+            other => out.push(other),
+        }
+    }
+}
+
+/// A gauge's value as prometheus-client writes an f64: shortest round-trip digits (`1.0`,
+/// `0.05`), `NaN`, `+Inf`, `-Inf`.
+fn push_f64(out: &mut String, value: f64) {
+    if value.is_finite() {
+        out.push_str(dtoa::Buffer::new().format_finite(value));
+    } else if value.is_nan() {
+        out.push_str("NaN");
+    } else if value.is_sign_positive() {
+        out.push_str("+Inf");
+    } else {
+        out.push_str("-Inf");
     }
 }
 
 /// The series of one check's one target, as a check type writes them.
 struct InstanceSeries<'a> {
-    families: &'a ScrapeFamilies,
+    text: &'a mut ScrapeText,
     check: &'a str,
     target: &'a str,
-    extra: Arc<Vec<(String, String)>>,
+    /// The labels after `target`, already written (`,name="value"`...), or empty.
+    extra: &'a str,
 }
 
 impl SeriesOut for InstanceSeries<'_> {
@@ -208,20 +250,22 @@ impl SeriesOut for InstanceSeries<'_> {
         value: f64,
     ) {
         // A series a type did not declare is a bug in that type; it is left out, not invented.
-        let Some(family) = self.families.gauges.get(name) else {
+        let Some(lines) = self.text.family(name) else {
             tracing::warn!(
                 series = name,
                 "a check type wrote a series it did not declare"
             );
             return;
         };
-        let labels = SeriesLabels {
-            check: self.check.to_string(),
-            target: self.target.to_string(),
-            extra: Arc::clone(&self.extra),
-            own: label,
-        };
-        family.get_or_create(&labels).set(value);
+        open_sample(lines, name, self.check);
+        push_label(lines, "target", self.target);
+        lines.push_str(self.extra);
+        if let Some((key, value)) = label {
+            push_label(lines, key, value);
+        }
+        lines.push_str("} ");
+        push_f64(lines, value);
+        lines.push('\n');
     }
 }
 
@@ -239,48 +283,85 @@ impl ProbeSeries {
     }
 }
 
-impl Exposition for ProbeSeries {
-    fn encode(&self, text: &mut String) {
-        let families = ScrapeFamilies::new();
-        let configured = std::sync::Arc::clone(&self.checks.borrow());
-        for check in configured.iter() {
-            families
-                .check_info
-                .get_or_create(&CheckInfoLabels {
-                    check: check.name.clone(),
-                    group: check.group.clone().unwrap_or_default(),
-                    r#type: check.check_type().as_str(),
-                })
-                .set(1);
+/// The responses of one check (or one location of it) whose series are written. Two that
+/// carry the same target and labels would write the same series twice: the later one is kept
+/// (a registry kept the later value of each series they shared).
+fn distinct(responses: &[Response]) -> impl Iterator<Item = &Response> {
+    let mut keep = vec![true; responses.len()];
+    if responses.len() > 1 {
+        // Most checks have one instance; only a check with several pays for the set.
+        let mut seen = std::collections::HashSet::with_capacity(responses.len());
+        for (at, response) in responses.iter().enumerate().rev() {
+            keep[at] = seen.insert((response.target.as_str(), &response.labels));
         }
-        for (check, status) in self.store.snapshot() {
-            families.set_check_state(&check, status.state);
-            match &status.locations {
-                // Each location's latest result, under its name.
-                Some(locations) => {
-                    for (location, seen) in locations.iter() {
-                        let Some(latest) = &seen.latest else { continue };
-                        for response in &latest.responses {
-                            families.record_response(
-                                &check,
-                                latest.check_type,
-                                response,
-                                Some(location),
-                            );
-                        }
+    }
+    responses
+        .iter()
+        .zip(keep)
+        .filter_map(|(response, kept)| kept.then_some(response))
+}
+
+impl ProbeSeries {
+    /// Writes one check's series from its status in the store.
+    fn record_check(families: &mut ScrapeText, check: &str, status: &super::CheckStatus) {
+        families.check_state(check, status.state);
+        match &status.locations {
+            // Each location's latest result, under its name.
+            Some(locations) => {
+                for (location, seen) in locations.iter() {
+                    let Some(latest) = &seen.latest else { continue };
+                    for response in distinct(&latest.responses) {
+                        families.record_response(
+                            check,
+                            latest.check_type,
+                            response,
+                            Some(location),
+                        );
                     }
                 }
-                None => {
-                    if let Some(latest) = &status.latest {
-                        for response in &latest.responses {
-                            families.record_response(&check, latest.check_type, response, None);
-                        }
+            }
+            None => {
+                if let Some(latest) = &status.latest {
+                    for response in distinct(&latest.responses) {
+                        families.record_response(check, latest.check_type, response, None);
                     }
                 }
             }
         }
-        // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::prometheus_text::encode(text, &families.registry);
+    }
+}
+
+impl Exposition for ProbeSeries {
+    fn encode(&self, text: &mut String, selection: &CheckSelection) {
+        let mut families = ScrapeText::new();
+        let configured = Arc::clone(&self.checks.borrow());
+        // Names are unique in a configuration: one series each.
+        for check in configured.iter() {
+            if selection.includes(&check.name) {
+                families.check_info(
+                    &check.name,
+                    check.group.as_deref().unwrap_or_default(),
+                    check.check_type(),
+                );
+            }
+        }
+        match selection {
+            CheckSelection::Only(checks) => {
+                // Only the checks asked for are looked up; the others are never read.
+                for check in checks.iter() {
+                    if let Some(status) = self.store.status(check) {
+                        ProbeSeries::record_check(&mut families, check, &status);
+                    }
+                }
+            }
+            CheckSelection::All => {
+                for (check, status) in self.store.snapshot() {
+                    ProbeSeries::record_check(&mut families, &check, &status);
+                }
+            }
+            CheckSelection::None => {}
+        }
+        families.finish(text);
     }
 }
 
