@@ -196,14 +196,24 @@ impl Segments {
     }
 }
 
-/// Appends to `out` the lines of `text` (per-check families) that describe a family or whose
-/// `check` label is one of `checks`: one pass, borrowing each line, allocating only for a
-/// label value that was escaped.
+/// Appends to `out` the samples of `text` (per-check families) whose `check` label is one of
+/// `checks`, each family's HELP and TYPE lines before its first kept sample (a family with none
+/// kept is left out, as prometheus-client leaves out an empty family): one pass, borrowing each
+/// line, allocating only for a label value that was escaped.
 fn keep_lines_of(text: &str, checks: &std::collections::BTreeSet<String>, out: &mut String) {
+    // The current family's description, written with its first kept sample.
+    let mut description: Option<(usize, usize)> = None;
     let mut unescaped = String::new();
     for line in text.split_inclusive('\n') {
+        let at = line.as_ptr() as usize - text.as_ptr() as usize;
+        if line.starts_with("# HELP ") {
+            description = Some((at, at + line.len()));
+            continue;
+        }
         if line.starts_with('#') {
-            out.push_str(line);
+            if let Some((_, end)) = description.as_mut() {
+                *end = at + line.len();
+            }
             continue;
         }
         let Some(start) = line.find("{check=\"").map(|at| at + "{check=\"".len()) else {
@@ -239,6 +249,9 @@ fn keep_lines_of(text: &str, checks: &std::collections::BTreeSet<String>, out: &
             raw
         };
         if checks.contains(name) {
+            if let Some((start, end)) = description.take() {
+                out.push_str(&text[start..end]);
+            }
             out.push_str(line);
         }
     }
@@ -922,6 +935,69 @@ mod tests {
             text.contains("bastion_dispatch_timeouts_total{type=\"http\"} 0"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_selection_keeps_the_per_check_series_of_its_checks_and_every_agent_wide_one() {
+        let metrics = Metrics::new();
+        metrics.register_pool(CheckType::Http, 4);
+        let names = ["a", "b", "odd \"one\" \\ here", "bb"];
+        for check in names {
+            let labels = CheckLabels {
+                check: check.to_string(),
+            };
+            metrics.checks_scheduled.get_or_create(&labels).inc();
+            metrics.runs_lost.get_or_create(&labels).inc();
+            metrics
+                .check_transitions
+                .get_or_create(&CheckToLabels {
+                    check: check.to_string(),
+                    to: "FAIL",
+                })
+                .inc();
+            metrics
+                .check_duration_seconds
+                .get_or_create(&CheckTypeLabels {
+                    check: check.to_string(),
+                    r#type: "http",
+                })
+                .observe(0.2);
+        }
+        let full = metrics.render();
+        assert_eq!(metrics.render_selected(&CheckSelection::All), full);
+        let chosen: std::collections::BTreeSet<String> =
+            ["b".to_string(), names[2].to_string()].into();
+        let some = metrics.render_selected(&CheckSelection::Only(Arc::new(chosen)));
+        let expected: String = full
+            .split_inclusive('\n')
+            .filter(|line| {
+                line.starts_with('#')
+                    || !line.contains("check=\"")
+                    || line.contains("{check=\"b\"")
+                    || line.contains("{check=\"odd \\\"one\\\" \\\\ here\"")
+            })
+            .collect();
+        assert_eq!(some, expected);
+        // A family none of whose checks is chosen is left out, description and all.
+        let nobody: std::collections::BTreeSet<String> = ["nobody".to_string()].into();
+        let none_chosen = metrics.render_selected(&CheckSelection::Only(Arc::new(nobody)));
+        assert!(
+            !none_chosen.contains("bastion_checks_scheduled"),
+            "{none_chosen}"
+        );
+        assert!(
+            some.contains("bastion_runs_lost_total{check=\"b\"} 1"),
+            "{some}"
+        );
+        let none = metrics.render_selected(&CheckSelection::None);
+        assert!(!none.contains("check=\""), "{none}");
+        assert!(!none.contains("bastion_checks_scheduled"), "{none}");
+        let agent_wide: Vec<&str> = full
+            .lines()
+            .filter(|line| !line.starts_with('#') && !line.contains("check=\""))
+            .collect();
+        let kept: Vec<&str> = none.lines().filter(|line| !line.starts_with('#')).collect();
+        assert_eq!(kept, agent_wide);
     }
 
     /// The checks that have a `bastion_check_duration_seconds` series in `text`.

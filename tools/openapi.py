@@ -132,7 +132,15 @@ paths = {
  "/readyz": {"get": {"operationId": "readyz", "summary": "Readiness: started and connected to its bus.", "tags": ["health"],
     "responses": {"200": {"description": "Ready.", "content": plain}, "503": {"description": "Starting, stopping, or the bus is disconnected.", "content": plain}}}},
  "/metrics": {"get": {"operationId": "metrics", "summary": "Prometheus text exposition of the probe_* and bastion_* series (docs/metrics.md).", "tags": ["metrics"], "security": secured,
-    "responses": {"200": {"description": "The series.", "content": {"text/plain": {"schema": text}}}, "401": unauth}}},
+    "description": "Without parameters, every series. `group` and `checks` let a scraper take less (docs/metrics.md, Scraping many checks); the agent-wide series (no `check` label) are in every answer.",
+    "parameters": [
+        {"name": "group", "in": "query", "required": False, "style": "form", "explode": True,
+         "schema": {"type": "array", "minItems": 1, "items": {"type": "string", "minLength": 1, "pattern": "^[^,]+(,[^,]+)*$"}},
+         "description": "Repeatable, or comma-separated: the per-check series of the checks in these groups only. A group no check has selects nothing (not an error)."},
+        q("checks", "`none`: the agent's own series only, no `check` label at all (not with `group`). `all`: every check (the default).", {"type": "string", "enum": ["all", "none"]})],
+    "responses": {"200": {"description": "The series.", "content": {"text/plain": {"schema": text}}},
+        "400": err("An unknown parameter, an empty value, or checks=none with group: the error says what is accepted."),
+        "401": unauth}}},
  "/probe": {"get": {"operationId": "probe", "summary": "blackbox_exporter's multi-target endpoint: probe one target now with a module of agent.blackbox_modules (docs/blackbox.md).", "tags": ["metrics"], "security": secured,
     "parameters": [
         {"name": "target", "in": "query", "required": True, "schema": text, "description": "What to probe: a URL for http modules, host:port for tcp and grpc, a host for icmp and dns."},

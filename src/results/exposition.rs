@@ -50,8 +50,8 @@ const CHECK_INFO: SeriesSpec = SeriesSpec {
 };
 
 /// Every family this module writes, in the order they are exposed: the common series, each
-/// type's in the order of `KINDS` (so every family is described even before any check of its
-/// type ran), then the check states and infos.
+/// type's in the order of `KINDS`, then the check states and infos. A family with no series
+/// is left out, HELP and TYPE too, as prometheus-client leaves out an empty family.
 fn declared() -> &'static [SeriesSpec] {
     static DECLARED: OnceLock<Vec<SeriesSpec>> = OnceLock::new();
     DECLARED.get_or_init(|| {
@@ -168,16 +168,20 @@ impl ScrapeText {
         lines.push_str("} 1\n");
     }
 
-    /// Every family, described, with its samples, appended to `text`.
+    /// Every family with samples, described, appended to `text`.
     fn finish(self, text: &mut String) {
         let size: usize = self.lines.iter().map(String::len).sum();
         text.reserve(size + declared().len() * 160);
         for (spec, lines) in declared().iter().zip(&self.lines) {
+            if lines.is_empty() {
+                continue;
+            }
             text.push_str("# HELP ");
             text.push_str(spec.name);
             text.push(' ');
             push_escaped(text, spec.help, false);
-            text.push_str("\n# TYPE ");
+            // prometheus-client ends every help text with a full stop.
+            text.push_str(".\n# TYPE ");
             text.push_str(spec.name);
             text.push_str(" gauge\n");
             text.push_str(lines);
@@ -369,6 +373,440 @@ impl Exposition for ProbeSeries {
 mod tests {
     use super::*;
     use std::collections::HashSet;
+
+    mod reference {
+        //! The text as prometheus-client wrote it before the series were written straight to
+        //! text: the reference the new writer must equal.
+        use super::super::{COMMON_SERIES, TLS_VERSIONS};
+        use crate::checks::series::SeriesOut;
+        use crate::checks::KINDS;
+        use crate::messages::Response;
+        use crate::model::{CheckState, CheckType};
+        use crate::results::ResultStore;
+        use prometheus_client::encoding::EncodeLabelSet;
+        use prometheus_client::metrics::family::Family;
+        use prometheus_client::metrics::gauge::Gauge;
+        use prometheus_client::registry::Registry;
+        use std::collections::HashMap;
+        use std::sync::atomic::AtomicU64;
+        use std::sync::Arc;
+
+        type GaugeF64 = Gauge<f64, AtomicU64>;
+
+        /// `check`, `target`, the response's `labels` (the check's and its instance's, names checked
+        /// when they were configured or discovered), then at most one label of the series' own
+        /// (`phase`, `version`, ...), whose key and value come from the fixed lists the check types
+        /// declare.
+        #[derive(Clone, Debug, Hash, PartialEq, Eq)]
+        struct SeriesLabels {
+            check: String,
+            target: String,
+            extra: Arc<Vec<(String, String)>>,
+            own: Option<(&'static str, &'static str)>,
+        }
+
+        impl EncodeLabelSet for SeriesLabels {
+            fn encode(
+                &self,
+                encoder: &mut prometheus_client::encoding::LabelSetEncoder,
+            ) -> Result<(), std::fmt::Error> {
+                use prometheus_client::encoding::EncodeLabel;
+                ("check", self.check.as_str()).encode(encoder.encode_label())?;
+                ("target", self.target.as_str()).encode(encoder.encode_label())?;
+                for (name, value) in self.extra.iter() {
+                    (name.as_str(), value.as_str()).encode(encoder.encode_label())?;
+                }
+                if let Some(own) = self.own {
+                    own.encode(encoder.encode_label())?;
+                }
+                Ok(())
+            }
+        }
+
+        #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+        struct CheckInfoLabels {
+            check: String,
+            group: String,
+            r#type: &'static str,
+        }
+
+        #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+        struct CheckStateLabels {
+            check: String,
+            state: &'static str,
+        }
+
+        /// One scrape's derived series: a family per declared series, and the check states.
+        #[derive(Debug)]
+        struct ScrapeFamilies {
+            registry: Registry,
+            gauges: HashMap<&'static str, Family<SeriesLabels, GaugeF64>>,
+            check_state: Family<CheckStateLabels, Gauge>,
+            check_info: Family<CheckInfoLabels, Gauge>,
+        }
+
+        impl ScrapeFamilies {
+            /// Registers the common series, then each type's in the order of `KINDS`, so every family
+            /// is described even before any check of its type ran.
+            fn new() -> ScrapeFamilies {
+                let mut registry = Registry::default();
+                let mut gauges = HashMap::new();
+                let declared = COMMON_SERIES
+                    .iter()
+                    .chain(KINDS.iter().flat_map(|kind| kind.series.iter()));
+                for spec in declared {
+                    let family = Family::<SeriesLabels, GaugeF64>::default();
+                    registry.register(spec.name, spec.help, family.clone());
+                    gauges.insert(spec.name, family);
+                }
+                let check_state = Family::<CheckStateLabels, Gauge>::default();
+                registry.register(
+                "bastion_check_state",
+                "Each check's state: 1 for the current one (OK, WARN, FAIL_WAIT, FAIL, PASS_WAIT), 0 for the others",
+                check_state.clone(),
+            );
+                let check_info = Family::<CheckInfoLabels, Gauge>::default();
+                registry.register(
+                "bastion_check_info",
+                "Each configured check's group (empty when none) and type; always 1. Join on check to filter by group",
+                check_info.clone(),
+            );
+                ScrapeFamilies {
+                    registry,
+                    gauges,
+                    check_state,
+                    check_info,
+                }
+            }
+
+            /// Records the last probe of one instance: the common series, then the type's own.
+            /// `location` is the location the response was seen from, for a check with `locations`.
+            fn record_response(
+                &self,
+                check: &str,
+                check_type: CheckType,
+                response: &Response,
+                location: Option<&str>,
+            ) {
+                // A label from a result off the bus is checked again: one that breaks the rules (a
+                // runner of another build, a hostile peer) is left out rather than break the page.
+                let extra = response
+                    .labels
+                    .iter()
+                    .filter(|(name, value)| crate::model::label_problem(name, value).is_none())
+                    // The location the response was seen from is bastion's to say.
+                    .filter(|(name, _)| {
+                        location.is_none() || name.as_str() != crate::model::LOCATION_LABEL
+                    })
+                    .map(|(name, value)| (name.clone(), value.clone()))
+                    .chain(location.map(|location| {
+                        (
+                            crate::model::LOCATION_LABEL.to_string(),
+                            location.to_string(),
+                        )
+                    }))
+                    .collect();
+                let mut out = InstanceSeries {
+                    families: self,
+                    check,
+                    target: &response.target,
+                    extra: Arc::new(extra),
+                };
+                out.gauge(
+                    "probe_success",
+                    None,
+                    if response.passing { 1.0 } else { 0.0 },
+                );
+                out.gauge("probe_duration_seconds", None, response.timings.total);
+                if let Some(tls) = &response.tls {
+                    if let Some(expiry) = tls.earliest_cert_expiry {
+                        let seconds = crate::time_format::unix_seconds(expiry);
+                        out.gauge("probe_ssl_earliest_cert_expiry", None, seconds);
+                    }
+                    if let Some(version) = TLS_VERSIONS.iter().find(|known| **known == tls.version)
+                    {
+                        out.gauge("probe_tls_version_info", Some(("version", version)), 1.0);
+                    }
+                }
+                (crate::checks::kind(check_type).write_series)(response, &mut out);
+            }
+
+            /// Sets `bastion_check_state` for `check`: 1 for `state`, 0 for the others.
+            fn set_check_state(&self, check: &str, state: CheckState) {
+                for each in CheckState::ALL {
+                    self.check_state
+                        .get_or_create(&CheckStateLabels {
+                            check: check.to_string(),
+                            state: each.as_str(),
+                        })
+                        .set(i64::from(each == state));
+                }
+            }
+        }
+
+        /// The series of one check's one target, as a check type writes them.
+        struct InstanceSeries<'a> {
+            families: &'a ScrapeFamilies,
+            check: &'a str,
+            target: &'a str,
+            extra: Arc<Vec<(String, String)>>,
+        }
+
+        impl SeriesOut for InstanceSeries<'_> {
+            fn gauge(
+                &mut self,
+                name: &'static str,
+                label: Option<(&'static str, &'static str)>,
+                value: f64,
+            ) {
+                // A series a type did not declare is a bug in that type; it is left out, not invented.
+                let Some(family) = self.families.gauges.get(name) else {
+                    tracing::warn!(
+                        series = name,
+                        "a check type wrote a series it did not declare"
+                    );
+                    return;
+                };
+                let labels = SeriesLabels {
+                    check: self.check.to_string(),
+                    target: self.target.to_string(),
+                    extra: Arc::clone(&self.extra),
+                    own: label,
+                };
+                family.get_or_create(&labels).set(value);
+            }
+        }
+
+        pub(super) fn encode(store: &ResultStore, checks: &crate::results::ChecksWatch) -> String {
+            let mut text = String::new();
+            let families = ScrapeFamilies::new();
+            let configured = std::sync::Arc::clone(&checks.borrow());
+            for check in configured.iter() {
+                families
+                    .check_info
+                    .get_or_create(&CheckInfoLabels {
+                        check: check.name.clone(),
+                        group: check.group.clone().unwrap_or_default(),
+                        r#type: check.check_type().as_str(),
+                    })
+                    .set(1);
+            }
+            for (check, status) in store.snapshot() {
+                families.set_check_state(&check, status.state);
+                match &status.locations {
+                    // Each location's latest result, under its name.
+                    Some(locations) => {
+                        for (location, seen) in locations.iter() {
+                            let Some(latest) = &seen.latest else { continue };
+                            for response in &latest.responses {
+                                families.record_response(
+                                    &check,
+                                    latest.check_type,
+                                    response,
+                                    Some(location),
+                                );
+                            }
+                        }
+                    }
+                    None => {
+                        if let Some(latest) = &status.latest {
+                            for response in &latest.responses {
+                                families.record_response(&check, latest.check_type, response, None);
+                            }
+                        }
+                    }
+                }
+            }
+            // Writing into a String cannot fail.
+            let _ =
+                prometheus_client::encoding::prometheus_text::encode(&mut text, &families.registry);
+            text
+        }
+    }
+
+    fn response(target: &str, passing: bool, total: f64) -> Response {
+        let mut response = Response::failed(
+            target.to_string(),
+            crate::model::ProbeError::new(crate::model::ErrorKind::Connect, "refused"),
+            crate::messages::Timings {
+                resolve: 1e-7,
+                connect: 0.000123,
+                processing: 12_345_678.9,
+                total,
+                ..Default::default()
+            },
+        );
+        response.passing = passing;
+        response
+    }
+
+    fn result(
+        check: &str,
+        check_type: CheckType,
+        responses: Vec<Response>,
+    ) -> Arc<crate::messages::CheckResult> {
+        Arc::new(crate::messages::CheckResult {
+            version: crate::messages::MESSAGE_VERSION,
+            check: check.to_string(),
+            check_type,
+            agent: "a".into(),
+            location: None,
+            run_id: 1,
+            scheduled_at: std::time::SystemTime::UNIX_EPOCH,
+            finished_at: std::time::SystemTime::UNIX_EPOCH,
+            passing: true,
+            responses,
+            degraded: None,
+        })
+    }
+
+    /// A store with a check of every shape: several instances with labels and TLS, the same
+    /// target twice, a DNS check, a check with locations, one with no result yet.
+    fn store_and_checks() -> (Arc<ResultStore>, crate::results::ChecksWatch) {
+        let store = Arc::new(ResultStore::default());
+        let since = std::time::SystemTime::UNIX_EPOCH;
+        let mut tls = response("10.0.0.1:443", true, 0.25);
+        tls.tls = Some(crate::messages::TlsDetails {
+            version: "TLSv1.3".into(),
+            alpn: None,
+            earliest_cert_expiry: Some(since + std::time::Duration::from_secs(1_900_000_000)),
+            chain: None,
+        });
+        tls.labels.insert("env".into(), "prod".into());
+        tls.labels.insert("quoted".into(), "a\"b\\c".into());
+        let web = result(
+            "web",
+            CheckType::Http,
+            vec![
+                tls,
+                response("10.0.0.2:443", false, 5.0),
+                response("10.0.0.2:443", true, 0.5),
+            ],
+        );
+        store.update(
+            "web",
+            super::super::CheckStatus::new(Some(web), CheckState::Ok, since),
+        );
+        let dns = result(
+            "dns",
+            CheckType::Dns,
+            vec![response("10.0.0.3:53", false, f64::NAN)],
+        );
+        store.update(
+            "dns",
+            super::super::CheckStatus::new(Some(dns), CheckState::Fail, since),
+        );
+        let mut located = super::super::CheckStatus::new(None, CheckState::Warn, since);
+        let mut locations = std::collections::BTreeMap::new();
+        for location in ["eu", "us"] {
+            let mut answer = response("10.0.0.4:80", true, 0.1);
+            answer
+                .labels
+                .insert(crate::model::LOCATION_LABEL.into(), "spoofed".into());
+            let latest = result("spread", CheckType::Tcp, vec![answer]);
+            locations.insert(
+                location.to_string(),
+                super::super::LocationStatus::new(Some(latest), CheckState::Ok, since),
+            );
+        }
+        located.locations = Some(Arc::new(locations));
+        store.update("spread", located);
+        store.update(
+            "waiting",
+            super::super::CheckStatus::new(None, CheckState::Ok, since),
+        );
+        let toml = "[[checks]]\nname = \"web\"\ntype = \"http\"\nurl = \"http://127.0.0.1:1/\"\ninterval = \"10s\"\ngroup = \"front\"\n\
+                    [[checks]]\nname = \"dns\"\ntype = \"tcp\"\naddress = \"127.0.0.1:1\"\ninterval = \"10s\"\n";
+        let config = crate::config::Config::parse(
+            toml,
+            crate::config::Format::Toml,
+            std::path::Path::new("t.toml"),
+        )
+        .unwrap();
+        // A receiver keeps the last list after its sender is gone.
+        let checks = tokio::sync::watch::channel(Arc::new(config.checks)).1;
+        (store, checks)
+    }
+
+    /// A text's families, each its HELP and TYPE lines and its samples in order of the text.
+    fn families(text: &str) -> Vec<(Vec<&str>, Vec<&str>)> {
+        let mut families: Vec<(Vec<&str>, Vec<&str>)> = Vec::new();
+        for line in text.lines() {
+            if line.starts_with("# HELP") {
+                families.push((vec![line], Vec::new()));
+            } else if line.starts_with('#') {
+                families.last_mut().unwrap().0.push(line);
+            } else {
+                families.last_mut().unwrap().1.push(line);
+            }
+        }
+        families
+    }
+
+    #[test]
+    fn the_text_is_what_prometheus_client_wrote_with_samples_in_the_order_of_the_names() {
+        let (store, checks) = store_and_checks();
+        let reference = reference::encode(&store, &checks);
+        let mut text = String::new();
+        ProbeSeries::new(Arc::clone(&store), checks.clone())
+            .encode(&mut text, &CheckSelection::All);
+        assert!(text.contains("probe_success{check=\"web\",target=\"10.0.0.1:443\",env=\"prod\",quoted=\"a\\\"b\\\\c\"} 1.0"), "{text}");
+        assert!(text.contains("location=\"eu\""), "{text}");
+        assert!(!text.contains("spoofed"), "{text}");
+        assert!(
+            text.contains("probe_success{check=\"web\",target=\"10.0.0.2:443\"} 1.0\n"),
+            "the later of two responses for one target: {text}"
+        );
+        assert!(
+            !text.contains("probe_success{check=\"web\",target=\"10.0.0.2:443\"} 0.0"),
+            "{text}"
+        );
+        let (ours, theirs) = (families(&text), families(&reference));
+        assert_eq!(ours.len(), theirs.len());
+        for ((our_head, our_samples), (their_head, their_samples)) in ours.iter().zip(&theirs) {
+            assert_eq!(our_head, their_head);
+            // prometheus-client wrote a family's samples in the order of a hash map.
+            let mut sorted = our_samples.clone();
+            sorted.sort_unstable();
+            let mut expected = their_samples.clone();
+            expected.sort_unstable();
+            assert_eq!(sorted, expected, "{our_head:?}");
+        }
+        assert_eq!(text.len(), reference.len());
+        // Within a family, the checks come in the order of their names.
+        let states: Vec<&str> = text
+            .lines()
+            .filter_map(|line| line.strip_prefix("bastion_check_state{check=\""))
+            .filter_map(|rest| rest.split('"').next())
+            .collect();
+        let mut sorted = states.clone();
+        sorted.sort();
+        assert_eq!(states, sorted);
+    }
+
+    #[test]
+    fn a_selection_writes_only_its_checks_and_the_families_they_have() {
+        let (store, checks) = store_and_checks();
+        let mut full = String::new();
+        let series = ProbeSeries::new(store, checks);
+        series.encode(&mut full, &CheckSelection::All);
+        let only: std::collections::BTreeSet<String> = ["web".to_string()].into();
+        let mut text = String::new();
+        series.encode(&mut text, &CheckSelection::Only(Arc::new(only)));
+        let mut expected = Vec::new();
+        for (head, samples) in families(&full) {
+            let kept: Vec<&str> = samples
+                .into_iter()
+                .filter(|line| line.contains("{check=\"web\""))
+                .collect();
+            if !kept.is_empty() {
+                expected.extend(head);
+                expected.extend(kept);
+            }
+        }
+        assert!(expected.len() > 10, "{full}");
+        assert_eq!(text.lines().collect::<Vec<_>>(), expected);
+    }
 
     #[test]
     fn every_declared_series_has_one_name() {

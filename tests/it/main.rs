@@ -40,6 +40,7 @@ mod icmp;
 mod locations;
 mod locations_sink;
 mod logs;
+mod metrics_scrape;
 mod nats;
 mod netns_harness;
 mod notify;
