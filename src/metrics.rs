@@ -162,6 +162,66 @@ struct Segments {
 struct Segment {
     per_check: bool,
     registry: Registry,
+    /// For a per-check run: how each of its families writes the chosen checks' series.
+    chosen: Vec<Chosen>,
+}
+
+/// Writes one per-check family's series of the chosen checks, in the text format.
+type ChosenFn = dyn Fn(&std::collections::BTreeSet<String>, &mut String) + Send + Sync;
+
+struct Chosen(Box<ChosenFn>);
+
+impl std::fmt::Debug for Chosen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Chosen")
+    }
+}
+
+/// Hands a per-scrape family, at each `get_or_create`, the metric put in `slot`: a clone of
+/// a chosen check's series, which shares its values.
+#[derive(Debug, Clone)]
+struct Given<M> {
+    slot: Arc<std::sync::Mutex<Option<M>>>,
+    fallback: fn() -> M,
+}
+
+impl<M> prometheus_client::metrics::family::MetricConstructor<M> for Given<M> {
+    fn new_metric(&self) -> M {
+        self.slot
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take()
+            .unwrap_or_else(self.fallback)
+    }
+}
+
+/// The label sets a check has in a per-check family, for looking its series up by name.
+type LabelsOf<L> = fn(&str) -> Vec<L>;
+
+fn check_labels(check: &str) -> Vec<CheckLabels> {
+    vec![CheckLabels {
+        check: check.to_string(),
+    }]
+}
+
+fn check_type_labels(check: &str) -> Vec<CheckTypeLabels> {
+    CheckType::ALL
+        .iter()
+        .map(|check_type| CheckTypeLabels {
+            check: check.to_string(),
+            r#type: check_type.as_str(),
+        })
+        .collect()
+}
+
+fn check_to_labels(check: &str) -> Vec<CheckToLabels> {
+    crate::model::CheckState::ALL
+        .iter()
+        .map(|state| CheckToLabels {
+            check: check.to_string(),
+            to: state.as_str(),
+        })
+        .collect()
 }
 
 impl Segments {
@@ -170,14 +230,70 @@ impl Segments {
         self.run(false).register(name, help, metric);
     }
 
-    /// Registers a family whose first label is `check`.
-    fn per_check(
+    /// Registers a family whose first label is `check`. A scrape of some checks looks their
+    /// series up by name (`labels`: every label set a check can have) and encodes clones of
+    /// them; without `labels` (label values the agent cannot list, such as a check's
+    /// locations), it encodes the family and keeps the chosen checks' lines.
+    fn per_check<L, M, C>(
         &mut self,
-        name: &str,
-        help: &str,
-        metric: impl prometheus_client::registry::Metric,
-    ) {
-        self.run(true).register(name, help, metric);
+        name: &'static str,
+        help: &'static str,
+        family: &Family<L, M, C>,
+        labels: Option<LabelsOf<L>>,
+        fallback: fn() -> M,
+    ) where
+        L: Clone + std::hash::Hash + Eq + EncodeLabelSet + std::fmt::Debug + Send + Sync + 'static,
+        M: Clone
+            + prometheus_client::encoding::EncodeMetric
+            + prometheus_client::metrics::TypedMetric
+            + std::fmt::Debug
+            + Send
+            + Sync
+            + 'static,
+        C: prometheus_client::metrics::family::MetricConstructor<M>
+            + Clone
+            + std::fmt::Debug
+            + Send
+            + Sync
+            + 'static,
+    {
+        self.run(true).register(name, help, family.clone());
+        let family = family.clone();
+        let chosen: Box<ChosenFn> = match labels {
+            Some(labels) => Box::new(move |checks, out| {
+                let slot = Arc::new(std::sync::Mutex::new(None));
+                let given = Given {
+                    slot: Arc::clone(&slot),
+                    fallback,
+                };
+                let picked = Family::<L, M, Given<M>>::new_with_constructor(given);
+                for check in checks {
+                    for label_set in labels(check) {
+                        let Some(metric) = family.get(&label_set).map(|metric| metric.clone())
+                        else {
+                            continue;
+                        };
+                        *slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) =
+                            Some(metric);
+                        let _ = picked.get_or_create(&label_set);
+                    }
+                }
+                let mut registry = Registry::default();
+                registry.register(name, help, picked);
+                // Writing into a String cannot fail.
+                let _ = prometheus_client::encoding::prometheus_text::encode(out, &registry);
+            }),
+            None => Box::new(move |checks, out| {
+                let mut registry = Registry::default();
+                registry.register(name, help, family.clone());
+                let mut all = String::new();
+                let _ = prometheus_client::encoding::prometheus_text::encode(&mut all, &registry);
+                keep_lines_of(&all, checks, out);
+            }),
+        };
+        if let Some(last) = self.runs.last_mut() {
+            last.chosen.push(Chosen(chosen));
+        }
     }
 
     fn run(&mut self, per_check: bool) -> &mut Registry {
@@ -189,6 +305,7 @@ impl Segments {
             self.runs.push(Segment {
                 per_check,
                 registry: Registry::default(),
+                chosen: Vec::new(),
             });
         }
         let at = self.runs.len() - 1;
@@ -400,27 +517,37 @@ impl Metrics {
         registry.per_check(
             "bastion_checks_scheduled",
             "Check runs published by the checker",
-            self.checks_scheduled.clone(),
+            &self.checks_scheduled,
+            Some(check_labels),
+            Counter::default,
         );
         registry.per_check(
             "bastion_schedule_skipped",
             "Ticks skipped because the previous run of the check was still in flight",
-            self.schedule_skipped.clone(),
+            &self.schedule_skipped,
+            Some(check_labels),
+            Counter::default,
         );
         registry.per_check(
             "bastion_runs_lost",
             "Check runs whose result never arrived before the run could no longer be in flight",
-            self.runs_lost.clone(),
+            &self.runs_lost,
+            Some(check_labels),
+            Counter::default,
         );
         registry.per_check(
             "bastion_runs_no_runner",
             "Runs of a check with locations that a location could not take: no runner of it was alive when the run was due (the result says no_runner)",
-            self.runs_no_runner.clone(),
+            &self.runs_no_runner,
+            None,
+            Counter::default,
         );
         registry.per_check(
             "bastion_discovery_errors",
             "Times a check's discovery source could not be used (each distinct problem once); the last good instances stay",
-            self.discovery_errors.clone(),
+            &self.discovery_errors,
+            Some(check_labels),
+            Counter::default,
         );
         registry.agent(
             "bastion_schedule_lag_seconds",
@@ -459,7 +586,9 @@ impl Metrics {
         registry.per_check(
             "bastion_check_duration_seconds",
             "How long a whole check run took, from dispatch to its last response",
-            self.check_duration_seconds.clone(),
+            &self.check_duration_seconds,
+            Some(check_type_labels),
+            latency_histogram,
         );
         registry.agent(
             "bastion_workers_busy",
@@ -620,7 +749,9 @@ impl Metrics {
         registry.per_check(
             "bastion_check_transitions",
             "Changes of check state, by the state entered",
-            self.check_transitions.clone(),
+            &self.check_transitions,
+            Some(check_to_labels),
+            Counter::default,
         );
         registry.agent(
             "bastion_config_last_reload_successful",
@@ -701,7 +832,6 @@ impl Metrics {
             0
         };
         let mut text = String::with_capacity(hint.max(16 * 1024));
-        let mut scratch = String::new();
         for segment in &self.registry.runs {
             match (segment.per_check, selection) {
                 (false, _) | (true, CheckSelection::All) => {
@@ -713,12 +843,10 @@ impl Metrics {
                 }
                 (true, CheckSelection::None) => {}
                 (true, CheckSelection::Only(checks)) => {
-                    scratch.clear();
-                    let _ = prometheus_client::encoding::prometheus_text::encode(
-                        &mut scratch,
-                        &segment.registry,
-                    );
-                    keep_lines_of(&scratch, checks, &mut text);
+                    // Only the chosen checks' series are looked up and encoded.
+                    for family in &segment.chosen {
+                        (family.0)(checks, &mut text);
+                    }
                 }
             }
         }
@@ -949,6 +1077,13 @@ mod tests {
             metrics.checks_scheduled.get_or_create(&labels).inc();
             metrics.runs_lost.get_or_create(&labels).inc();
             metrics
+                .runs_no_runner
+                .get_or_create(&CheckLocationLabels {
+                    check: check.to_string(),
+                    location: "eu".to_string(),
+                })
+                .inc();
+            metrics
                 .check_transitions
                 .get_or_create(&CheckToLabels {
                     check: check.to_string(),
@@ -977,7 +1112,8 @@ mod tests {
                     || line.contains("{check=\"odd \\\"one\\\" \\\\ here\"")
             })
             .collect();
-        assert_eq!(some, expected);
+        // A scrape of some checks writes each family's samples in an order of its own.
+        assert_eq!(by_family(&some), by_family(&expected));
         // A family none of whose checks is chosen is left out, description and all.
         let nobody: std::collections::BTreeSet<String> = ["nobody".to_string()].into();
         let none_chosen = metrics.render_selected(&CheckSelection::Only(Arc::new(nobody)));
@@ -998,6 +1134,27 @@ mod tests {
             .collect();
         let kept: Vec<&str> = none.lines().filter(|line| !line.starts_with('#')).collect();
         assert_eq!(kept, agent_wide);
+    }
+
+    /// Each family's description and its sorted samples.
+    fn by_family(text: &str) -> Vec<(Vec<&str>, Vec<&str>)> {
+        let mut families: Vec<(Vec<&str>, Vec<&str>)> = Vec::new();
+        for line in text.lines() {
+            match families.last_mut() {
+                Some(family) if !line.starts_with("# HELP") => {
+                    if line.starts_with('#') {
+                        family.0.push(line);
+                    } else {
+                        family.1.push(line);
+                    }
+                }
+                _ => families.push((vec![line], Vec::new())),
+            }
+        }
+        for family in &mut families {
+            family.1.sort_unstable();
+        }
+        families
     }
 
     /// The checks that have a `bastion_check_duration_seconds` series in `text`.
