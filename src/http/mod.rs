@@ -276,7 +276,12 @@ fn metrics_selection(
 /// How fresh a shared `/metrics` text must be for a scrape that did not wait for its render.
 const SHARED_FOR: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// `/metrics`'s renders: one at a time (a permit), and the last one's body, shared with a
+/// How many scrapes of groups may render at once; a full scrape takes every slot, so it
+/// renders alone (each holds a whole text, hundreds of MB at 100,000 checks); `checks=none`
+/// takes none (a few KB), so the agent's health scrape never waits behind a full one.
+const RENDER_SLOTS: u32 = 4;
+
+/// `/metrics`'s renders: bounded by `RENDER_SLOTS`, and the last one's body, shared with a
 /// scrape of the same selection and encoding that waited for it or came within `SHARED_FOR`.
 /// Only a weak reference is kept: the text lives as long as some answer is still sending it,
 /// never longer.
@@ -297,7 +302,7 @@ struct LastScrape {
 impl Default for Scrapes {
     fn default() -> Self {
         Scrapes {
-            permit: Arc::new(tokio::sync::Semaphore::new(1)),
+            permit: Arc::new(tokio::sync::Semaphore::new(RENDER_SLOTS as usize)),
             last: std::sync::Mutex::new(None),
         }
     }
@@ -352,8 +357,13 @@ async fn metrics(
     };
     let gzip = accepts_gzip(&headers);
     let scrapes = Arc::clone(&state.scrapes);
-    // One render at a time: concurrent scrapes wait here, then share what it made.
-    let Ok(permit) = Arc::clone(&scrapes.permit).acquire_owned().await else {
+    let slots = match &selection {
+        crate::metrics::CheckSelection::All => RENDER_SLOTS,
+        crate::metrics::CheckSelection::Only(_) => 1,
+        crate::metrics::CheckSelection::None => 0,
+    };
+    // A full render at a time: concurrent scrapes wait here, then share what it made.
+    let Ok(permit) = Arc::clone(&scrapes.permit).acquire_many_owned(slots).await else {
         return history_api::error(StatusCode::SERVICE_UNAVAILABLE, "the agent is stopping");
     };
     let rendered = match scrapes.shared(&selection, gzip, arrived) {
@@ -969,6 +979,66 @@ mod tests {
             .map(|s| s.as_str().to_string())
             .collect();
         assert_eq!(listed("CheckState"), states);
+    }
+
+    fn state() -> ApiState {
+        ApiState {
+            metrics: Arc::new(Metrics::new()),
+            store: Arc::new(ResultStore::default()),
+            checks: Checks::new(watch::channel(checks(&["a"])).1),
+            bus: Arc::new(crate::bus::memory::MemoryBus::new(16)),
+            started: Arc::new(AtomicBool::new(true)),
+            reloader: None,
+            reload_endpoint: false,
+            history: None,
+            status_page: StatusPageMode::Private,
+            probe: None,
+            scrapes: Arc::default(),
+        }
+    }
+
+    async fn scrape(state: &ApiState, query: Option<&str>, within: u64) -> Option<Response> {
+        let asked = metrics(
+            State(state.clone()),
+            HeaderMap::new(),
+            axum::extract::RawQuery(query.map(str::to_string)),
+        );
+        tokio::time::timeout(std::time::Duration::from_millis(within), asked)
+            .await
+            .ok()
+    }
+
+    #[tokio::test]
+    async fn a_full_render_runs_alone_and_the_health_scrape_never_waits_for_it() {
+        let state = state();
+        // A full render in progress holds every slot.
+        let rendering = Arc::clone(&state.scrapes.permit)
+            .acquire_many_owned(RENDER_SLOTS)
+            .await
+            .unwrap();
+        let none = scrape(&state, Some("checks=none"), 5_000).await;
+        assert_eq!(none.map(|answer| answer.status()), Some(StatusCode::OK));
+        assert!(
+            scrape(&state, None, 200).await.is_none(),
+            "a second full render waited"
+        );
+        assert!(scrape(&state, Some("group=g"), 200).await.is_none());
+        drop(rendering);
+        let full = scrape(&state, None, 5_000).await;
+        assert_eq!(full.map(|answer| answer.status()), Some(StatusCode::OK));
+        // Groups share the slots: several render at once.
+        let held = Arc::clone(&state.scrapes.permit)
+            .acquire_many_owned(RENDER_SLOTS - 1)
+            .await
+            .unwrap();
+        let group = scrape(&state, Some("group=g"), 5_000).await;
+        assert_eq!(group.map(|answer| answer.status()), Some(StatusCode::OK));
+        drop(held);
+        let bad = scrape(&state, Some("checks=some"), 5_000).await;
+        assert_eq!(
+            bad.map(|answer| answer.status()),
+            Some(StatusCode::BAD_REQUEST)
+        );
     }
 
     #[test]
