@@ -137,9 +137,9 @@ paths = {
         {"name": "group", "in": "query", "required": False, "style": "form", "explode": True,
          "schema": {"type": "array", "minItems": 1, "items": {"type": "string", "minLength": 1, "pattern": "^[^,]+(,[^,]+)*$"}},
          "description": "Repeatable, or comma-separated: the per-check series of the checks in these groups only. A group no check has selects nothing (not an error)."},
-        q("checks", "`none`: the agent's own series only, no `check` label at all (not with `group`). `all`: every check (the default).", {"type": "string", "enum": ["all", "none"]})],
+        q("checks", "`none`: the agent's own series only, no `check` label at all, whatever `group` says. `all`: every check (the default).", {"type": "string", "enum": ["all", "none"]})],
     "responses": {"200": {"description": "The series.", "content": {"text/plain": {"schema": text}}},
-        "400": err("An unknown parameter, an empty value, or checks=none with group: the error says what is accepted."),
+        "400": err("An unknown parameter, an empty value, or checks given as both all and none: the error says what is accepted."),
         "401": unauth}}},
  "/probe": {"get": {"operationId": "probe", "summary": "blackbox_exporter's multi-target endpoint: probe one target now with a module of agent.blackbox_modules (docs/blackbox.md).", "tags": ["metrics"], "security": secured,
     "parameters": [

@@ -249,10 +249,10 @@ fn metrics_selection(
         }
     }
     match (none == Some(true), groups.is_empty()) {
-        (true, false) => Err(format!(
-            "checks=none leaves every check out, group= asks for some: give one of them; {METRICS_PARAMS}"
-        )),
-        (true, true) => Ok(CheckSelection::None),
+        // `checks=none` leaves every check out, whatever groups are named with it: each
+        // parameter is valid alone, so their combination answers too (the contract's
+        // parameters are independent) and takes the narrower.
+        (true, _) => Ok(CheckSelection::None),
         (false, true) => Ok(CheckSelection::All),
         (false, false) => {
             // A group no check has selects nothing: it is not an error (groups come and go

@@ -136,6 +136,9 @@ fn a_scrape_chooses_its_checks_by_group_or_none_and_refuses_what_it_cannot_read(
 
     // The agent's own series only: no check label anywhere, not even in a description.
     let none = scrape(&agent, "?checks=none");
+    // With a group as well, none wins: no check's series.
+    let both = scrape(&agent, "?checks=none&group=payments");
+    assert!(!both.contains("check=\""), "{both}");
     assert!(!none.contains("check=\""), "{none}");
     assert!(!none.contains("probe_"), "{none}");
     assert_eq!(series(&none), of_checks(&full, &[]));
@@ -150,7 +153,6 @@ fn a_scrape_chooses_its_checks_by_group_or_none_and_refuses_what_it_cannot_read(
         "?group=payments,",
         "?checks=some",
         "?checks=",
-        "?checks=none&group=payments",
         "?checks=all&checks=none",
     ] {
         let answer = request(agent.listen, &format!("/metrics{bad}"), &[]);
