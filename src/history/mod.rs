@@ -24,6 +24,7 @@
 pub mod db;
 pub mod episodes;
 pub mod histogram;
+mod ids;
 pub mod query;
 pub mod ticks;
 pub mod writer;

@@ -13,6 +13,7 @@
 use super::db::{on_pool, Db};
 use super::episodes::IncidentOp;
 use super::histogram::{varint, Histograms};
+use super::ids::IdCache;
 use super::ticks::{Offered, Ticks};
 use super::{millis, HistoryConfig, Lanes, Outcome, RunRecord, TransitionRecord, ERROR_KINDS};
 use crate::episode::EndReason;
@@ -110,8 +111,7 @@ pub struct Writer {
     metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
     pending: Batch,
-    check_ids: HashMap<Arc<str>, i64>,
-    instance_ids: HashMap<(i64, String), i64>,
+    ids: IdCache,
     rollups: HashMap<RollupKey, Rollup>,
     /// Check ids still to expire in the current expiry pass.
     expiring: Vec<i64>,
@@ -144,8 +144,7 @@ impl Writer {
             metrics,
             ready,
             pending: Batch::default(),
-            check_ids: HashMap::new(),
-            instance_ids: HashMap::new(),
+            ids: IdCache::new(Instant::now()),
             rollups: HashMap::new(),
             expiring: Vec::new(),
             next_expiry: Instant::now(),
@@ -355,11 +354,8 @@ impl Writer {
 
     /// Ids for the checks and instances of the batch, created when new.
     async fn resolve_ids(&mut self) -> Result<(), super::HistoryError> {
-        // Renamed and removed checks would otherwise stay cached forever.
-        if self.check_ids.len() > 100_000 || self.instance_ids.len() > 1_000_000 {
-            self.check_ids.clear();
-            self.instance_ids.clear();
-        }
+        let now = Instant::now();
+        self.ids.sweep(now);
         let mut checks: Vec<Arc<str>> = Vec::new();
         let mut listed: HashSet<Arc<str>> = HashSet::new();
         for check in self
@@ -379,7 +375,7 @@ impl Writer {
                 }
             }))
         {
-            if !self.check_ids.contains_key(&check) && listed.insert(Arc::clone(&check)) {
+            if !self.ids.touch_check(&check, now) && listed.insert(Arc::clone(&check)) {
                 checks.push(check);
             }
         }
@@ -394,16 +390,18 @@ impl Writer {
                     .fetch_one(pool)
                     .await?
             });
-            self.check_ids.insert(check, id);
+            self.ids.insert_check(check, id, now);
         }
-        let mut instances: Vec<(i64, String)> = Vec::new();
-        let mut seen: HashSet<(i64, String)> = HashSet::new();
+        let mut instances: Vec<(i64, &str)> = Vec::new();
+        let mut seen: HashSet<(i64, &str)> = HashSet::new();
         for run in &self.pending.runs {
-            let check_id = self.check_ids.get(&run.check).copied().unwrap_or_default();
+            let check_id = self.ids.check(&run.check).unwrap_or_default();
             for sample in &run.samples {
-                let key = (check_id, sample.instance.clone());
-                if !self.instance_ids.contains_key(&key) && seen.insert(key.clone()) {
-                    instances.push(key);
+                let address = sample.instance.as_str();
+                if !self.ids.touch_instance(check_id, address, now)
+                    && seen.insert((check_id, address))
+                {
+                    instances.push((check_id, address));
                 }
             }
         }
@@ -414,31 +412,28 @@ impl Writer {
                      ON CONFLICT (check_id, address) DO NOTHING",
                 )
                 .bind(check_id)
-                .bind(&address)
+                .bind(address)
                 .execute(pool)
                 .await?;
                 sqlx::query_scalar::<_, i64>(
                     "SELECT id FROM instances WHERE check_id = $1 AND address = $2",
                 )
                 .bind(check_id)
-                .bind(&address)
+                .bind(address)
                 .fetch_one(pool)
                 .await?
             });
-            self.instance_ids.insert((check_id, address), id);
+            self.ids.insert_instance(check_id, address, id, now);
         }
         Ok(())
     }
 
     fn check_id(&self, check: &str) -> i64 {
-        self.check_ids.get(check).copied().unwrap_or_default()
+        self.ids.check(check).unwrap_or_default()
     }
 
     fn instance_id(&self, check_id: i64, address: &str) -> i64 {
-        self.instance_ids
-            .get(&(check_id, address.to_string()))
-            .copied()
-            .unwrap_or_default()
+        self.ids.instance(check_id, address).unwrap_or_default()
     }
 
     /// What `runs` add to each rollup row: per tier, the whole check (instance 0) and each
