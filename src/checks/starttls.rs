@@ -100,23 +100,18 @@ pub async fn negotiate(
             message.extend_from_slice(&body);
             session.send(&message).await?;
             let answer = session.ber_message().await?;
-            // ExtendedResponse [APPLICATION 24], whose first element is the resultCode.
-            let code = answer
-                .windows(4)
-                .find(|window| window[0] == 0x78)
-                .and_then(|_| {
-                    let at = answer.iter().position(|byte| *byte == 0x78)?;
-                    let rest = answer.get(at + 2..)?;
-                    (rest.first() == Some(&0x0a) && rest.get(1) == Some(&0x01))
-                        .then(|| rest.get(2).copied())
-                        .flatten()
-                });
-            match code {
-                Some(0) => {}
-                Some(code) => {
+            match ldap_extended_result(&answer) {
+                Some((0, _)) => {}
+                Some((code, diagnostic)) if diagnostic.is_empty() => {
                     return Err(
                         session.refused(&format!("it answered StartTLS with resultCode {code}"))
                     )
+                }
+                Some((code, diagnostic)) => {
+                    return Err(session.refused(&format!(
+                        "it answered StartTLS with resultCode {code} (`{}`)",
+                        first_line(&diagnostic)
+                    )))
                 }
                 None => return Err(session.refused("its answer is no LDAP ExtendedResponse")),
             }
@@ -124,6 +119,56 @@ pub async fn negotiate(
     }
     record.end();
     Ok(())
+}
+
+/// The resultCode and diagnosticMessage of an LDAP ExtendedResponse, from the content of its
+/// LDAPMessage SEQUENCE: the messageID INTEGER, then `[APPLICATION 24]`, whose first elements
+/// are the ENUMERATED resultCode, the matchedDN and the diagnosticMessage. None when the
+/// bytes are not that.
+fn ldap_extended_result(message: &[u8]) -> Option<(u8, String)> {
+    let (tag, _id, rest) = ber_element(message)?;
+    if tag != 0x02 {
+        return None;
+    }
+    let (tag, response, _) = ber_element(rest)?;
+    if tag != 0x78 {
+        return None;
+    }
+    let (tag, code, rest) = ber_element(response)?;
+    let [code] = code else {
+        return None;
+    };
+    if tag != 0x0a {
+        return None;
+    }
+    let diagnostic = ber_element(rest)
+        .and_then(|(_, _, rest)| ber_element(rest))
+        .filter(|(tag, _, _)| *tag == 0x04)
+        .map(|(_, text, _)| String::from_utf8_lossy(text).into_owned())
+        .unwrap_or_default();
+    Some((*code, diagnostic))
+}
+
+/// One BER element of `bytes`: its tag, its value, and the bytes after it. Short and long
+/// (up to 4 octets) definite lengths; None when truncated or indefinite.
+fn ber_element(bytes: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = bytes.split_first()?;
+    let (&first, mut rest) = rest.split_first()?;
+    let length = if first & 0x80 == 0 {
+        usize::from(first)
+    } else {
+        let octets = usize::from(first & 0x7f);
+        if octets == 0 || octets > 4 {
+            return None;
+        }
+        let (length, after) = rest.split_at_checked(octets)?;
+        rest = after;
+        length
+            .iter()
+            .fold(0usize, |length, byte| (length << 8) | usize::from(*byte))
+    };
+    let (value, after) = rest.split_at_checked(length)?;
+    Some((tag, value, after))
 }
 
 fn first_line(text: &str) -> String {
@@ -257,5 +302,54 @@ impl Session<'_> {
             .await
             .map_err(|error| self.io(error))?;
         Ok(body)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_ldap_extended_response_gives_its_result_code_and_diagnostic() {
+        // slapd's success: messageID 1, ExtendedResponse {0, "", ""}.
+        let success = [
+            0x02, 0x01, 0x01, 0x78, 0x07, 0x0a, 0x01, 0x00, 0x04, 0x00, 0x04, 0x00,
+        ];
+        assert_eq!(ldap_extended_result(&success), Some((0, String::new())));
+        // unavailable (52) with a diagnostic, the response's length in long form.
+        let mut refused = vec![
+            0x02, 0x01, 0x01, 0x78, 0x81, 0x11, 0x0a, 0x01, 52, 0x04, 0x00,
+        ];
+        refused.extend([0x04, 0x0a]);
+        refused.extend(b"no TLS yet");
+        assert_eq!(
+            ldap_extended_result(&refused),
+            Some((52, "no TLS yet".to_string()))
+        );
+    }
+
+    #[test]
+    fn bytes_that_are_no_extended_response_are_none() {
+        // A bind response ([APPLICATION 1]) instead.
+        let bind = [
+            0x02, 0x01, 0x01, 0x61, 0x07, 0x0a, 0x01, 0x00, 0x04, 0x00, 0x04, 0x00,
+        ];
+        assert_eq!(ldap_extended_result(&bind), None);
+        // Truncated anywhere.
+        let success = [
+            0x02, 0x01, 0x01, 0x78, 0x07, 0x0a, 0x01, 0x00, 0x04, 0x00, 0x04, 0x00,
+        ];
+        for cut in 0..8 {
+            assert_eq!(ldap_extended_result(&success[..cut]), None, "cut at {cut}");
+        }
+        // A length that claims more than there is, or too many length octets.
+        assert_eq!(ber_element(&[0x04, 0x84, 0xff, 0xff, 0xff, 0xff]), None);
+        assert_eq!(ber_element(&[0x04, 0x85, 0, 0, 0, 0, 1, 0]), None);
+        assert_eq!(ber_element(&[0x04, 0x80]), None);
+        // A resultCode of two bytes is not one bastion reads.
+        let wide = [
+            0x02, 0x01, 0x01, 0x78, 0x08, 0x0a, 0x02, 0x00, 0x01, 0x04, 0x00, 0x04, 0x00,
+        ];
+        assert_eq!(ldap_extended_result(&wide), None);
     }
 }

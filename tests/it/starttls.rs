@@ -1,7 +1,9 @@
-//! STARTTLS on `tls` and `tcp` checks: a real SMTP server (aiosmtpd, as the notifier tests
-//! run it) upgraded and its certificate verified, a PostgreSQL-speaking peer that accepts or
-//! refuses SSL, and an SMTP peer that does not offer STARTTLS; the `starttls` phase in the
-//! timings and in `/metrics`.
+//! STARTTLS on `tls` and `tcp` checks against real servers of every protocol: aiosmtpd (SMTP,
+//! as the notifier tests run it), Debian's dovecot (IMAP, POP3), vsftpd (FTP), slapd (LDAP)
+//! and the machine's PostgreSQL, each upgraded with its certificate verified and refused by
+//! another CA; dovecot, vsftpd and slapd without TLS, an SMTP peer that does not offer
+//! STARTTLS and a PostgreSQL-speaking peer that refuses SSL, each a `tls` error saying what
+//! the server answered; the `starttls` phase in the timings and in `/metrics`.
 
 use crate::common::process::scratch_dir;
 use crate::common::*;
@@ -173,66 +175,145 @@ async fn the_machines_postgresql_upgrades_to_tls() {
     assert!(response.timings.starttls > 0.0);
 }
 
-/// A real IMAP server (Debian's dovecot, $DOVECOT overrides it) on a free port with a
-/// certificate of `ca`; stopped when dropped.
-struct Dovecot {
+/// A real server of a STARTTLS protocol, Debian's, in the foreground on a free port with a
+/// config of its own and a certificate of `ca` (or none, `tls = false`); stopped (SIGTERM)
+/// when dropped. IMAP and POP3: dovecot ($DOVECOT overrides /usr/sbin/dovecot). FTP: vsftpd
+/// ($VSFTPD). LDAP: slapd ($SLAPD).
+struct RealServer {
     child: std::process::Child,
     port: u16,
 }
 
-impl Dovecot {
-    fn start(ca: &TestCa) -> Dovecot {
-        let binary = std::env::var("DOVECOT").unwrap_or_else(|_| "/usr/sbin/dovecot".to_string());
-        assert!(
-            std::path::Path::new(&binary).exists(),
-            "dovecot not found at {binary} ($DOVECOT): install dovecot-imapd, or run .ci/test, which installs it"
-        );
-        let dir = scratch_dir("starttls-dovecot");
-        for sub in ["run", "state", "home"] {
-            std::fs::create_dir_all(dir.join(sub)).unwrap();
-        }
+fn server_binary(variable: &str, default: &str, package: &str) -> String {
+    let binary = std::env::var(variable).unwrap_or_else(|_| default.to_string());
+    assert!(
+        std::path::Path::new(&binary).exists(),
+        "{binary} not found (${variable}): install {package}, or run .ci/test, which installs it"
+    );
+    binary
+}
+
+impl RealServer {
+    fn start(protocol: &str, ca: &TestCa, tls: bool) -> RealServer {
+        let dir = scratch_dir(&format!("starttls-{protocol}"));
         let (cert, key) =
             crate::common::tls_server::write_identity(&ca.leaf(&["127.0.0.1"], far_future()));
         let port = crate::common::nats::free_port();
         let d = dir.display();
-        let config = format!(
-            "base_dir = {d}/run\nstate_dir = {d}/state\nlog_path = {d}/dovecot.log\n\
-             protocols = imap\nlisten = 127.0.0.1\nssl = yes\n\
-             ssl_cert = <{}\nssl_key = <{}\ndisable_plaintext_auth = yes\n\
-             mail_location = maildir:{d}/home/Maildir\n\
-             passdb {{\n  driver = static\n  args = password=unused\n}}\n\
-             userdb {{\n  driver = static\n  args = uid=65534 gid=65534 home={d}/home\n}}\n\
-             service imap-login {{\n  chroot =\n  inet_listener imap {{\n    port = {port}\n  }}\n  inet_listener imaps {{\n    port = 0\n  }}\n}}\n\
-             service anvil {{\n  chroot =\n}}\n",
-            cert.display(),
-            key.display()
-        );
-        let path = dir.join("dovecot.conf");
-        std::fs::write(&path, config).unwrap();
+        let (cert, key) = (cert.display(), key.display());
+        let (binary, args, log) = match protocol {
+            "imap" | "pop3" => {
+                let binary = server_binary(
+                    "DOVECOT",
+                    "/usr/sbin/dovecot",
+                    "dovecot-imapd and dovecot-pop3d",
+                );
+                for sub in ["run", "state", "home"] {
+                    std::fs::create_dir_all(dir.join(sub)).unwrap();
+                }
+                let ssl = if tls {
+                    format!("ssl = yes\nssl_cert = <{cert}\nssl_key = <{key}\n")
+                } else {
+                    "ssl = no\n".to_string()
+                };
+                let config = format!(
+                    "base_dir = {d}/run\nstate_dir = {d}/state\nlog_path = {d}/server.log\n\
+                     protocols = {protocol}\nlisten = 127.0.0.1\n{ssl}disable_plaintext_auth = yes\n\
+                     mail_location = maildir:{d}/home/Maildir\n\
+                     passdb {{\n  driver = static\n  args = password=unused\n}}\n\
+                     userdb {{\n  driver = static\n  args = uid=65534 gid=65534 home={d}/home\n}}\n\
+                     service {protocol}-login {{\n  chroot =\n  inet_listener {protocol} {{\n    port = {port}\n  }}\n  inet_listener {protocol}s {{\n    port = 0\n  }}\n}}\n\
+                     service anvil {{\n  chroot =\n}}\n"
+                );
+                let path = dir.join("server.conf");
+                std::fs::write(&path, config).unwrap();
+                (
+                    binary,
+                    vec![
+                        "-F".to_string(),
+                        "-c".to_string(),
+                        path.display().to_string(),
+                    ],
+                    dir.join("server.log"),
+                )
+            }
+            "ftp" => {
+                let binary = server_binary("VSFTPD", "/usr/sbin/vsftpd", "vsftpd");
+                std::fs::create_dir_all(dir.join("empty")).unwrap();
+                let ssl = if tls {
+                    format!("ssl_enable=YES\nrsa_cert_file={cert}\nrsa_private_key_file={key}\n")
+                } else {
+                    "ssl_enable=NO\n".to_string()
+                };
+                // Standalone in the foreground; no data connections are ever opened.
+                let config = format!(
+                    "listen=YES\nlisten_address=127.0.0.1\nlisten_port={port}\nbackground=NO\n\
+                     anonymous_enable=NO\nlocal_enable=YES\n{ssl}secure_chroot_dir={d}/empty\n\
+                     pasv_enable=NO\nseccomp_sandbox=NO\nvsftpd_log_file={d}/server.log\n"
+                );
+                let path = dir.join("vsftpd.conf");
+                std::fs::write(&path, config).unwrap();
+                (
+                    binary,
+                    vec![path.display().to_string()],
+                    dir.join("server.log"),
+                )
+            }
+            "ldap" => {
+                let binary = server_binary("SLAPD", "/usr/sbin/slapd", "slapd");
+                std::fs::create_dir_all(dir.join("db")).unwrap();
+                let ssl = if tls {
+                    format!("TLSCertificateFile {cert}\nTLSCertificateKeyFile {key}\n")
+                } else {
+                    String::new()
+                };
+                let config = format!(
+                    "include /etc/ldap/schema/core.schema\npidfile {d}/slapd.pid\n\
+                     argsfile {d}/slapd.args\n{ssl}database ldif\ndirectory {d}/db\n\
+                     suffix \"dc=example,dc=org\"\n"
+                );
+                let path = dir.join("slapd.conf");
+                std::fs::write(&path, config).unwrap();
+                let args = vec![
+                    "-f".to_string(),
+                    path.display().to_string(),
+                    "-h".to_string(),
+                    format!("ldap://127.0.0.1:{port}/"),
+                    "-d".to_string(),
+                    "0".to_string(),
+                ];
+                (binary, args, dir.join("server.log"))
+            }
+            other => panic!("no real server for {other}"),
+        };
+        let output = std::fs::File::create(dir.join("output.log")).unwrap();
         let child = std::process::Command::new(&binary)
-            .arg("-F")
-            .arg("-c")
-            .arg(&path)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .args(&args)
+            .stdout(output.try_clone().unwrap())
+            .stderr(output)
             .spawn()
-            .expect("dovecot starts");
+            .unwrap_or_else(|error| panic!("{binary} starts: {error}"));
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(
                 std::time::Instant::now() < deadline,
-                "dovecot never listened: {}",
-                std::fs::read_to_string(dir.join("dovecot.log")).unwrap_or_default()
+                "{binary} never listened on {port}: {}{}",
+                std::fs::read_to_string(&log).unwrap_or_default(),
+                std::fs::read_to_string(dir.join("output.log")).unwrap_or_default()
             );
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
-        Dovecot { child, port }
+        RealServer { child, port }
+    }
+
+    fn address(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
     }
 }
 
-impl Drop for Dovecot {
+impl Drop for RealServer {
     fn drop(&mut self) {
-        // SIGTERM: the master stops its login and auth processes with it.
+        // SIGTERM: dovecot's master stops its login and auth processes with it.
         let _ = std::process::Command::new("kill")
             .arg("-TERM")
             .arg(self.child.id().to_string())
@@ -245,23 +326,27 @@ fn far_future() -> time::OffsetDateTime {
     time::OffsetDateTime::now_utc() + time::Duration::days(30)
 }
 
-/// IMAP STARTTLS against a real dovecot: the upgrade, the handshake timed as `tls`, the
-/// certificate verified against its CA; with another CA the same server is a `tls` failure.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_real_imap_server_upgrades_and_its_certificate_is_checked() {
-    let ca = TestCa::new("bastion test imap CA");
-    let dovecot = Dovecot::start(&ca);
-    let address: SocketAddr = format!("127.0.0.1:{}", dovecot.port).parse().unwrap();
-    let result = run_single(&config(&tls_check(address, "imap", &ca.ca_file))).await;
-    assert!(result.passing, "{result:?}");
+/// `protocol`'s STARTTLS against a real server: the upgrade, the handshake timed as `tls`,
+/// the certificate verified against its CA; with another CA the same server is a `tls`
+/// failure that names the certificate.
+async fn upgrades_and_its_certificate_is_checked(protocol: &str) {
+    let ca = TestCa::new(&format!("bastion test {protocol} CA"));
+    let server = RealServer::start(protocol, &ca, true);
+    let address = server.address();
+    let result = run_single(&config(&tls_check(address, protocol, &ca.ca_file))).await;
+    assert!(result.passing, "{protocol}: {result:?}");
     let response = &result.responses[0];
     let chain = response.tls.as_ref().unwrap().chain.as_ref().unwrap();
-    assert!(chain.valid, "{chain:?}");
-    assert!(response.timings.starttls > 0.0 && response.timings.tls > 0.0);
+    assert!(chain.valid, "{protocol}: {chain:?}");
+    assert!(
+        response.timings.starttls > 0.0 && response.timings.tls > 0.0,
+        "{protocol}: {:?}",
+        response.timings
+    );
 
     let stranger = TestCa::new("another CA");
-    let result = run_single(&config(&tls_check(address, "imap", &stranger.ca_file))).await;
-    assert!(!result.passing, "{result:?}");
+    let result = run_single(&config(&tls_check(address, protocol, &stranger.ca_file))).await;
+    assert!(!result.passing, "{protocol}: {result:?}");
     let chain = result.responses[0]
         .tls
         .as_ref()
@@ -269,6 +354,49 @@ async fn a_real_imap_server_upgrades_and_its_certificate_is_checked() {
         .chain
         .as_ref()
         .unwrap();
-    assert!(!chain.valid, "{chain:?}");
-    drop(dovecot);
+    assert!(!chain.valid, "{protocol}: {chain:?}");
+    drop(server);
+}
+
+/// `protocol`'s STARTTLS against a real server that has no TLS configured: a `tls` error
+/// whose message says the server refused STARTTLS and quotes what it answered.
+async fn a_server_without_tls_refuses(protocol: &str, answer: &str) {
+    let ca = TestCa::new(&format!("bastion test {protocol} CA"));
+    let server = RealServer::start(protocol, &ca, false);
+    let result = run_single(&config(&tls_check(server.address(), protocol, &ca.ca_file))).await;
+    assert!(!result.passing, "{protocol}: {result:?}");
+    let error = result.responses[0].error.as_ref().unwrap();
+    assert_eq!(error.kind, ErrorKind::Tls, "{protocol}: {error:?}");
+    assert!(
+        error.message.contains("refused STARTTLS") && error.message.contains(answer),
+        "{protocol}: {error:?}"
+    );
+    drop(server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_imap_server_upgrades_and_its_certificate_is_checked() {
+    upgrades_and_its_certificate_is_checked("imap").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_pop3_server_upgrades_and_its_certificate_is_checked() {
+    upgrades_and_its_certificate_is_checked("pop3").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_ftp_server_upgrades_and_its_certificate_is_checked() {
+    upgrades_and_its_certificate_is_checked("ftp").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_ldap_server_upgrades_and_its_certificate_is_checked() {
+    upgrades_and_its_certificate_is_checked("ldap").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_servers_without_tls_refuse_starttls_and_the_error_says_how() {
+    a_server_without_tls_refuses("pop3", "-ERR").await;
+    a_server_without_tls_refuses("ftp", "530").await;
+    a_server_without_tls_refuses("ldap", "resultCode").await;
 }
