@@ -43,7 +43,7 @@ use tokio::time::Instant;
 
 /// Every check type bastion has, in the order their series are registered. A new type is one
 /// module with its `KIND`, a line here and one in each match below, and its spec in
-/// `config/schema.rs` (the schema stays below the engine, so configs load alone).
+/// `config/check.rs` (the schema stays below the engine, so configs load alone).
 pub const KINDS: [&CheckKind; 8] = [
     &http::KIND,
     &tcp::KIND,

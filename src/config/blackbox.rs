@@ -5,7 +5,7 @@
 //! key, and so is a key neither knows. It never compiles a check or opens a socket:
 //! `validate.rs` compiles each module once at load.
 
-use super::schema::{CheckConfig, CheckSpec};
+use super::check::{CheckConfig, CheckSpec};
 use crate::model::CheckType;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -119,7 +119,7 @@ pub(super) fn read_into(config: &mut super::Config, config_path: &Path) -> Resul
     let mut problems = Vec::new();
     for (name, module) in &mut modules.modules {
         if let CheckSpec::Http(spec) = &mut module.template.spec {
-            super::probe::read_http_secrets(
+            super::check::read_http_secrets(
                 &format!("blackbox module {name}"),
                 spec,
                 &mut problems,

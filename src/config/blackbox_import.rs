@@ -4,7 +4,7 @@
 //! It reads files and writes text; it never compiles a check (the caller validates the output).
 
 use super::blackbox::{BlackboxError, BlackboxModules};
-use super::schema::CheckConfig;
+use super::check::CheckConfig;
 use serde_json::Value;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};

@@ -8,8 +8,13 @@
 //! `tests/it/fuzz.rs` reads this table and the reference, and fails on a numeric key without
 //! a range.
 
-use super::defaults::{MAX_BODY_BYTES_LIMIT, MAX_CHECK_SERIES_LIMIT, MIN_INTERVAL};
 use std::time::Duration;
+
+pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
+/// The most `runner.max_check_series` may be: each series is about 17 lines of `/metrics`.
+pub const MAX_CHECK_SERIES_LIMIT: usize = 1_000_000;
+/// Larger bodies would let one check hold this much memory per worker.
+pub const MAX_BODY_BYTES_LIMIT: usize = 64 * 1024 * 1024;
 
 const MS: Duration = Duration::from_millis(1);
 const SECOND: Duration = Duration::from_secs(1);

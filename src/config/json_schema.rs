@@ -1,6 +1,6 @@
 //! The JSON Schema (draft 2020-12) of the configuration file, derived from the serde structs
-//! of `schema.rs`, `probe.rs` and `notify.rs` with schemars: their doc comments become the
-//! descriptions, `defaults.rs` the defaults, `bounds.rs` the ranges. `bastion config schema`
+//! of the sections (`agent.rs` ... `check.rs`, `probe.rs`, `notify.rs`) with schemars: their doc
+//! comments become the descriptions, their serde defaults the defaults, `bounds.rs` the ranges. `bastion config schema`
 //! prints it, `config/bastion.schema.json` ships it for editors (Even Better TOML, the YAML
 //! language server), and the docs test checks docs/configuration.md's tables against it.
 //! It never holds a hand-written copy of a key: what it adds to schemars' output is how
@@ -313,7 +313,7 @@ mod tests {
         assert_eq!(
             schema["$defs"]["NatsConfig"]["properties"]["results_max_age"]["default"],
             json!(
-                humantime::format_duration(super::super::defaults::default_results_max_age())
+                humantime::format_duration(super::super::bus::default_results_max_age())
                     .to_string()
             )
         );

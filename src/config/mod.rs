@@ -1,32 +1,42 @@
-//! The configuration file: its shape (`schema.rs`), its defaults (`defaults.rs`, all of them,
-//! in one place), loading, and the checks the schema alone can make. Loading never panics: every
+//! The configuration file: the root `Config`, loading, and the checks that span sections.
+//! Each section is a file that owns its structs, their defaults and their validation
+//! (`agent.rs`, `bus.rs`, `checker.rs`, `runner.rs`, `history.rs`, `check.rs`, `notify.rs`);
+//! `probe.rs` the settings check types share, `bounds.rs` every range. Sections import only
+//! those two, `json_schema.rs` and this file, never each other (the architecture test keeps
+//! them free of circles). Loading never panics: every
 //! problem becomes a `ConfigError` that names the file, and the line and column where the
 //! parser knows them (`locate.rs`). What needs the probe engine or the bus is checked a layer
 //! up, by `validate`.
 
+mod agent;
 pub mod blackbox;
 pub mod blackbox_import;
 pub mod bounds;
-mod defaults;
+mod bus;
+mod check;
+mod checker;
+mod history;
 pub mod json_schema;
 mod locate;
 mod notify;
 mod probe;
-mod schema;
+mod runner;
 
-pub use defaults::{
-    default_history_path, ALERTMANAGER_RESEND, DEFAULT_FORGET_CHECKS_AFTER,
-    DEFAULT_MAX_CHECK_SERIES, MAX_BODY_BYTES_LIMIT, MIN_INTERVAL,
-};
+pub use agent::*;
+pub use bounds::{MAX_BODY_BYTES_LIMIT, MIN_INTERVAL};
+pub use bus::*;
+pub use check::*;
+pub use checker::*;
+pub use history::*;
 pub use notify::*;
 pub use probe::*;
-pub use schema::*;
+pub use runner::*;
 
-use crate::model::CheckType;
 use locate::{parse_toml_all, yaml_error};
+use schemars::JsonSchema;
+use serde::Deserialize;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 /// Why a configuration could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -156,6 +166,46 @@ impl Problems {
     }
 }
 
+/// The whole configuration file.
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// This agent's identity and its own HTTP endpoints.
+    #[serde(default)]
+    pub agent: AgentConfig,
+    /// The message bus between the checker and the runners.
+    #[serde(default)]
+    pub bus: BusConfig,
+    /// How the checker schedules.
+    #[serde(default)]
+    pub checker: CheckerConfig,
+    /// How this agent runs probes.
+    #[serde(default)]
+    pub runner: RunnerConfig,
+    /// The checks to schedule.
+    #[serde(default)]
+    pub checks: Vec<CheckConfig>,
+    /// Receivers of failure and recovery notifications.
+    #[serde(default)]
+    pub notifiers: Vec<notify::NotifierConfig>,
+    /// Windows during which notifications are held back.
+    #[serde(default)]
+    pub maintenance: Vec<notify::MaintenanceConfig>,
+    /// Where the history of runs, state changes and incidents is kept.
+    #[serde(default)]
+    pub history: HistoryConfig,
+    /// The modules of `agent.blackbox_modules`, read at every load; never written in a config.
+    #[serde(skip)]
+    pub blackbox: Option<std::sync::Arc<blackbox::BlackboxModules>>,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn is_true(value: &bool) -> bool {
+    *value
+}
+
 /// Which parser reads a file, chosen by its extension.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -218,7 +268,7 @@ impl Config {
         let Some(mut config) = config else {
             return Err(ConfigError::from_list(errors));
         };
-        let mut problems = Problems(config.read_secret_files());
+        let mut problems = Problems(check::read_secret_files(&mut config.checks));
         problems.check(blackbox::read_into(&mut config, path));
         problems.extend(config.validate().err().unwrap_or_default());
         problems.extend(more(&config).err().unwrap_or_default());
@@ -260,14 +310,15 @@ impl Config {
         if self.agent.id.trim().is_empty() {
             problems.push("agent.id must not be empty".to_string());
         }
-        problems.extend(self.validate_ranges());
-        problems.check(self.validate_bus());
-        problems.check(self.validate_web());
+        problems.extend(self.agent.validate_ranges());
+        problems.check(self.agent.web.validate());
+        problems.extend(self.checker.validate_ranges());
+        problems.extend(self.runner.validate());
+        problems.extend(self.bus.validate_ranges());
+        problems.check(self.bus.validate(self.checker.ha));
         problems.check(notify::validate(self));
-        problems.check(self.validate_history());
-        if let Err(message) = location_name(&self.runner.location) {
-            problems.push(format!("runner.location {message}"));
-        }
+        problems.extend(self.history.validate_ranges());
+        problems.check(self.history.validate());
         let mut seen: HashMap<&str, usize> = HashMap::new();
         for (index, check) in self.checks.iter().enumerate() {
             if let Some(first) = seen.insert(check.name.as_str(), index) {
@@ -278,8 +329,10 @@ impl Config {
                     index + 1
                 ));
             }
-            problems.extend(check_ranges(check));
-            problems.extend(self.check_locations(check));
+            problems.extend(check.validate_ranges());
+            let embedded_location =
+                (self.bus.kind == BusKind::Embedded).then_some(self.runner.location.as_str());
+            problems.extend(check.validate_locations(embedded_location));
             let check_type = check.check_type();
             if self.runner.workers.for_type(check_type) == 0 {
                 problems.push(format!(
@@ -321,294 +374,6 @@ impl Config {
             _ => "bastion",
         }
     }
-
-    /// Every numeric and duration key of the sections against its range (`bounds.rs`); the
-    /// keys of checks, notifiers and windows are checked with them.
-    fn validate_ranges(&self) -> Problems {
-        use bounds::*;
-        let mut problems = Problems::default();
-        let mut duration = |bound: &Bound, value: Duration| {
-            problems.check(bound.check_duration(None, value));
-        };
-        duration(&SHUTDOWN_GRACE, self.agent.shutdown_grace);
-        duration(&LEASE_TTL, self.checker.lease_ttl);
-        duration(&FLUSH_INTERVAL, self.history.flush_interval);
-        duration(&RAW_RETENTION, self.history.raw_retention);
-        duration(&HOURLY_RETENTION, self.history.hourly_retention);
-        duration(&DAILY_RETENTION, self.history.daily_retention);
-        duration(&EVENT_RETENTION, self.history.event_retention);
-        duration(&DISPATCH_DEADLINE, self.runner.dispatch_deadline);
-        duration(&HEARTBEAT_INTERVAL, self.agent.heartbeat_interval);
-        duration(&FORGET_CHECKS_AFTER, self.runner.forget_checks_after);
-        if let Some(nats) = &self.bus.nats {
-            duration(&RESULTS_MAX_AGE, nats.results_max_age);
-            if let Some(timeout) = nats.connect_timeout {
-                duration(&CONNECT_TIMEOUT, timeout);
-            }
-        }
-        let mut count = |bound: &Bound, value: usize| {
-            problems.check(bound.check_count(None, value as u64));
-        };
-        count(&HISTORY_BUFFER, self.history.buffer);
-        count(&MAX_BODY_BYTES, self.runner.max_body_bytes);
-        count(&MAX_CHECK_SERIES, self.runner.max_check_series);
-        if let Some(nats) = &self.bus.nats {
-            count(&RESULTS_BUFFER, nats.results_buffer);
-        }
-        for check_type in CheckType::ALL {
-            if let Some(bound) = bound(&format!("runner.workers.{check_type}")) {
-                count(bound, self.runner.workers.for_type(check_type));
-            }
-        }
-        problems
-    }
-
-    /// A check's `locations` and `min_failing_locations`: names a runner can have, each once,
-    /// `*` alone, and a threshold the named locations can reach. On the embedded bus the one
-    /// location is this agent's own runner's.
-    fn check_locations(&self, check: &CheckConfig) -> Problems {
-        let mut problems = Problems::default();
-        let name = &check.name;
-        let Some(locations) = &check.locations else {
-            if check.min_failing_locations.is_some() {
-                problems.push(format!(
-                    "check `{name}`: min_failing_locations needs locations; name the locations \
-                     the check runs from (locations = [\"eu-west\", \"us-east\"])"
-                ));
-            }
-            return problems;
-        };
-        if check.labels.contains_key(crate::model::LOCATION_LABEL) {
-            problems.push(format!(
-                "check `{name}`: label name `location` is one bastion sets itself on a check \
-                 with locations (the location each series was seen from); rename the label"
-            ));
-        }
-        if locations.is_empty() {
-            problems.push(format!(
-                "check `{name}`: locations is empty; name at least one (a runner.location), \
-                 [\"*\"] for every live location, or leave the key out"
-            ));
-        }
-        if locations.len() > bounds::MAX_LOCATIONS {
-            problems.push(format!(
-                "check `{name}`: locations names {} locations; at most {} are allowed",
-                locations.len(),
-                bounds::MAX_LOCATIONS
-            ));
-        }
-        let every = check.every_location();
-        if every && locations.len() > 1 {
-            problems.push(format!(
-                "check `{name}`: locations = [\"*\"] already means every live location; \
-                 give \"*\" alone or only names"
-            ));
-        }
-        let mut seen = std::collections::HashSet::new();
-        for location in locations
-            .iter()
-            .filter(|location| *location != EVERY_LOCATION)
-        {
-            if let Err(message) = location_name(location) {
-                problems.push(format!("check `{name}`: locations: {message}"));
-            } else if !seen.insert(location.as_str()) {
-                problems.push(format!(
-                    "check `{name}`: locations names `{location}` twice"
-                ));
-            }
-        }
-        if let Some(min) = check.min_failing_locations {
-            problems.check(
-                bounds::MIN_FAILING_LOCATIONS
-                    .check_count(Some(&format!("check `{name}`")), min as u64),
-            );
-            if !every && min > locations.len() && !locations.is_empty() {
-                problems.push(format!(
-                    "check `{name}`: min_failing_locations is {min} but the check runs from {} \
-                     location(s), so it could never fail; lower it or add locations",
-                    locations.len()
-                ));
-            }
-        }
-        if self.bus.kind == BusKind::Embedded {
-            let own = &self.runner.location;
-            if let Some(other) = locations
-                .iter()
-                .find(|location| *location != EVERY_LOCATION && *location != own)
-            {
-                problems.push(format!(
-                    "check `{name}`: locations names `{other}`, but on the embedded bus the only \
-                     location is this agent's runner.location `{own}`; run the check from \
-                     several locations over NATS (docs/distributed.md#locations), or name `{own}`"
-                ));
-            }
-        }
-        problems
-    }
-
-    fn validate_web(&self) -> Result<(), String> {
-        let web = &self.agent.web;
-        match (&web.tls_cert_file, &web.tls_key_file) {
-            (Some(cert), Some(key)) => {
-                for (what, path) in [("tls_cert_file", cert), ("tls_key_file", key)] {
-                    if let Err(error) = std::fs::metadata(path) {
-                        return Err(format!("agent.web.{what} {}: {error}", path.display()));
-                    }
-                }
-            }
-            (None, None) => {}
-            _ => {
-                return Err(
-                    "agent.web.tls_cert_file and tls_key_file go together; set both or neither"
-                        .to_string(),
-                )
-            }
-        }
-        for (user, hash) in &web.basic_auth_users {
-            if user.is_empty() || user.contains(':') {
-                return Err(format!(
-                    "agent.web.basic_auth_users: user name `{user}` must be non-empty and without `:`"
-                ));
-            }
-            check_hash(hash)
-                .map_err(|error| format!("agent.web.basic_auth_users.{user}: {error}"))?;
-        }
-        Ok(())
-    }
-
-    fn validate_history(&self) -> Result<(), String> {
-        let history = &self.history;
-        if let Some(url) = &history.url {
-            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-                return Err(
-                    "history.url must be a PostgreSQL URL (postgres://user@host:5432/db); leave it out to keep history in SQLite at history.path"
-                        .to_string(),
-                );
-            }
-            if url.split_once("://").is_some_and(|(_, rest)| {
-                rest.split('/').next().is_some_and(|authority| {
-                    authority.contains('@')
-                        && authority
-                            .split('@')
-                            .next()
-                            .is_some_and(|user| user.contains(':'))
-                })
-            }) || url.to_ascii_lowercase().contains("password=")
-            {
-                return Err(
-                    "history.url holds a password; put it in a file named by history.password_file"
-                        .to_string(),
-                );
-            }
-        }
-        Ok(())
-    }
-
-    fn validate_bus(&self) -> Result<(), String> {
-        let nats = match (self.bus.kind, &self.bus.nats) {
-            (BusKind::Embedded, None) => {
-                if self.checker.ha {
-                    return Err("checker.ha needs a shared bus: set [bus] kind = \"nats\" and [bus.nats] url".to_string());
-                }
-                return Ok(());
-            }
-            (BusKind::Embedded, Some(_)) => {
-                return Err("[bus.nats] is set but bus.kind is \"embedded\"; set kind = \"nats\" to use it, or remove [bus.nats]".to_string());
-            }
-            (BusKind::Nats, None) => {
-                return Err(
-                    "bus.kind is \"nats\" but [bus.nats] is missing; give at least its url"
-                        .to_string(),
-                );
-            }
-            (BusKind::Nats, Some(nats)) => nats,
-        };
-        let urls = nats.url.to_vec();
-        if urls.is_empty() {
-            return Err("bus.nats.url is an empty list; give at least one server".to_string());
-        }
-        let methods = [
-            nats.token_file.is_some(),
-            nats.user.is_some() || nats.password_file.is_some(),
-            nats.creds_file.is_some(),
-            nats.nkey_seed_file.is_some(),
-        ];
-        if methods.iter().filter(|set| **set).count() > 1 {
-            return Err("bus.nats sets more than one way to authenticate; use at most one of token_file, user + password_file, creds_file and nkey_seed_file".to_string());
-        }
-        if nats.user.is_some() != nats.password_file.is_some() {
-            return Err(
-                "bus.nats.user and bus.nats.password_file go together; set both or neither"
-                    .to_string(),
-            );
-        }
-        if let Some(tls) = &nats.tls {
-            if tls.cert_file.is_some() != tls.key_file.is_some() {
-                return Err(
-                    "bus.nats.tls.cert_file and key_file go together; set both or neither"
-                        .to_string(),
-                );
-            }
-        }
-        Ok(())
-    }
-}
-
-/// A check's numeric and duration keys against their ranges (`bounds.rs`). The least
-/// interval, timeout and the ICMP keys' lower ends are the check compiler's to refuse (it
-/// also refuses definitions from the bus), so only the side it leaves is checked here.
-fn check_ranges(check: &CheckConfig) -> Problems {
-    use bounds::*;
-    let owner = format!("check `{}`", check.name);
-    let owner = Some(owner.as_str());
-    let mut problems = Problems::default();
-    if check.interval >= MIN_INTERVAL {
-        problems.check(CHECK_INTERVAL.check_duration(owner, check.interval));
-    }
-    if let Some(timeout) = check
-        .timeout
-        .filter(|t| !t.is_zero() && *t < check.interval)
-    {
-        problems.check(CHECK_TIMEOUT.check_duration(owner, timeout));
-    }
-    if let Some(count) = check.min_failing_count {
-        problems.check(MIN_FAILING_COUNT.check_count(owner, count as u64));
-    }
-    if let Some(time) = check.min_failing_time {
-        problems.check(MIN_FAILING_TIME.check_duration(owner, time));
-    }
-    if let CheckSpec::Icmp(icmp) = &check.spec {
-        if icmp.packet_interval > PACKET_INTERVAL.cap_duration(icmp.packet_interval) {
-            problems.check(PACKET_INTERVAL.check_duration(owner, icmp.packet_interval));
-        }
-    }
-    problems
-}
-
-/// Whether `name` can be a location: one NATS subject token of letters, digits, `-` and `_`,
-/// at most 64 bytes. The error says why not, starting after the key.
-pub fn location_name(name: &str) -> Result<(), String> {
-    let valid = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_');
-    if valid {
-        Ok(())
-    } else {
-        Err(format!(
-            "`{name}` is not a location name; use 1 to 64 letters, digits, `-` and `_` (it is \
-             part of NATS subjects)"
-        ))
-    }
-}
-
-/// Whether `hash` is a bcrypt hash bastion can verify against.
-pub fn check_hash(hash: &str) -> Result<(), String> {
-    hash.parse::<bcrypt::HashParts>().map(|_| ()).map_err(|_| {
-        "is not a bcrypt hash; make one with `htpasswd -nBC 10 USER` and keep the part after the colon"
-            .to_string()
-    })
 }
 
 #[cfg(test)]
@@ -616,6 +381,7 @@ mod tests {
     use super::locate::line_and_column;
     use super::*;
     use crate::model::CheckType;
+    use std::time::Duration;
     use serde::Deserialize;
 
     #[test]

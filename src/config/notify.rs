@@ -5,7 +5,7 @@
 //! reads a secret.
 
 use super::bounds::*;
-use super::defaults::*;
+use super::default_true;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
@@ -407,3 +407,27 @@ pub fn parse_time_of_day(text: &str) -> Option<(i8, i8)> {
     let minute: i8 = minute.parse().ok()?;
     ((0..24).contains(&hour) && (0..60).contains(&minute)).then_some((hour, minute))
 }
+
+pub(super) fn default_notify_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+pub(super) fn default_notify_queue_size() -> usize {
+    256
+}
+pub(super) fn default_notify_max_attempts() -> u32 {
+    12
+}
+pub(super) fn default_notify_retry_backoff() -> Duration {
+    Duration::from_secs(1)
+}
+pub(super) fn default_notify_retry_backoff_max() -> Duration {
+    Duration::from_secs(300)
+}
+pub(super) fn default_pagerduty_url() -> String {
+    "https://events.pagerduty.com/v2/enqueue".to_string()
+}
+pub(super) fn default_time_zone() -> String {
+    "UTC".to_string()
+}
+/// How often an `alertmanager` notifier re-sends a firing alert unless `repeat_interval` says.
+pub const ALERTMANAGER_RESEND: Duration = Duration::from_secs(60);

@@ -5,13 +5,11 @@
 //! that probes it (a runner needs no files of its own); its `Debug` never shows it, and no
 //! message made here ever quotes it.
 
-use super::schema::{CheckSpec, GrpcSpec, HttpSpec};
-use super::Config;
 use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::collections::BTreeMap;
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// `[checks.tls]`: the TLS settings of an http, tcp, tls or grpc check, one shape for all four.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
@@ -227,7 +225,7 @@ impl fmt::Debug for Secret {
 }
 
 /// What an HTTP check's `*_file` keys held when the config was loaded: filled in by
-/// [`Config::read_secret_files`], never written in a config file.
+/// `check::read_secret_files`, never written in a config file.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HttpSecrets {
@@ -254,117 +252,6 @@ pub struct HttpSecrets {
 impl HttpSecrets {
     pub fn is_empty(&self) -> bool {
         *self == HttpSecrets::default()
-    }
-}
-
-/// Reads a one-line secret: the file's first line without surrounding whitespace. The error
-/// names the key and the file, never what the file holds.
-fn read_line_secret(key: &str, path: &Path) -> Result<Secret, String> {
-    let text = read_text(key, path)?;
-    let line = text.lines().next().unwrap_or("").trim();
-    if line.is_empty() {
-        return Err(format!(
-            "{key}: {} is empty; put the secret on its first line",
-            path.display()
-        ));
-    }
-    Ok(Secret(line.to_string()))
-}
-
-fn read_text(key: &str, path: &Path) -> Result<String, String> {
-    let bytes = std::fs::read(path)
-        .map_err(|error| format!("{key}: cannot read {}: {}", path.display(), error.kind()))?;
-    String::from_utf8(bytes).map_err(|_| format!("{key}: {} is not UTF-8 text", path.display()))
-}
-
-/// Reads every secret file of one HTTP check into its `secrets`, reporting each file that
-/// cannot be read (prefixed with the check, so it is placed at its key).
-pub(super) fn read_http_secrets(name: &str, spec: &mut HttpSpec, problems: &mut Vec<String>) {
-    if !spec.secrets.is_empty() {
-        problems.push(format!(
-            "check `{name}`: secrets is filled in by bastion from the *_file keys; remove it"
-        ));
-    }
-    let mut secrets = HttpSecrets::default();
-    // A file that cannot be read is reported here; an empty stand-in keeps the definition
-    // whole, so compiling it adds no second message about the same file.
-    let mut note = |outcome: Result<Secret, String>| -> Option<Secret> {
-        Some(outcome.unwrap_or_else(|message| {
-            problems.push(format!("check `{name}`: {message}"));
-            Secret::default()
-        }))
-    };
-    for (header, path) in &spec.headers_from_files {
-        if let Some(value) = note(read_line_secret(
-            &format!("headers_from_files.{header}"),
-            path,
-        )) {
-            secrets.headers.insert(header.clone(), value);
-        }
-    }
-    if let Some(path) = &spec.body_file {
-        // A body is sent exactly as the file holds it, final newline included.
-        secrets.body = note(read_text("body_file", path).map(Secret));
-    }
-    if let Some(path) = &spec.bearer_token_file {
-        secrets.bearer_token = note(read_line_secret("bearer_token_file", path));
-    }
-    if let Some(auth) = &spec.basic_auth {
-        secrets.basic_password = note(read_line_secret(
-            "basic_auth.password_file",
-            &auth.password_file,
-        ));
-    }
-    if let Some(auth) = &spec.proxy_basic_auth {
-        secrets.proxy_password = note(read_line_secret(
-            "proxy_basic_auth.password_file",
-            &auth.password_file,
-        ));
-    }
-    if let Some(oauth2) = &spec.oauth2 {
-        secrets.oauth2_client_secret = note(read_line_secret(
-            "oauth2.client_secret_file",
-            &oauth2.client_secret_file,
-        ));
-    }
-    spec.secrets = secrets;
-}
-
-/// Reads a gRPC check's `metadata_from_files` into its `metadata_secrets`.
-fn read_grpc_secrets(name: &str, spec: &mut GrpcSpec, problems: &mut Vec<String>) {
-    if !spec.metadata_secrets.is_empty() {
-        problems.push(format!(
-            "check `{name}`: metadata_secrets is filled in by bastion from metadata_from_files; remove it"
-        ));
-    }
-    let mut secrets = BTreeMap::new();
-    for (key, path) in &spec.metadata_from_files {
-        let value = read_line_secret(&format!("metadata_from_files.{key}"), path).unwrap_or_else(
-            |message| {
-                problems.push(format!("check `{name}`: {message}"));
-                Secret::default()
-            },
-        );
-        secrets.insert(key.clone(), value);
-    }
-    spec.metadata_secrets = secrets;
-}
-
-impl Config {
-    /// Reads the secret files of every check (`headers_from_files`, `body_file`,
-    /// `bearer_token_file`, `basic_auth`, `proxy_basic_auth`, `oauth2`) into the check's
-    /// definition: at load and at every reload, so a changed file is taken up by a reload.
-    /// Returns a message for each file that cannot be read.
-    pub fn read_secret_files(&mut self) -> Vec<String> {
-        let mut problems = Vec::new();
-        for check in &mut self.checks {
-            match &mut check.spec {
-                CheckSpec::Http(spec) => read_http_secrets(&check.name, spec, &mut problems),
-                CheckSpec::Grpc(spec) => read_grpc_secrets(&check.name, spec, &mut problems),
-                _ => {}
-            }
-        }
-        problems
     }
 }
 

@@ -615,7 +615,7 @@ fn schema_leaves(
 }
 
 /// docs/configuration.md's key tables say what the schema says (`bastion config schema`,
-/// derived from the config structs and `defaults.rs`): every documented default is the
+/// derived from the config structs and their serde defaults): every documented default is the
 /// schema's, a key documented as unset or required has no default there, and every key of
 /// the schema has a row. The tables stay hand-written (their prose, links and remarks read
 /// better than generated text); this keeps their facts generated.

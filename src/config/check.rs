@@ -1,367 +1,21 @@
-//! The configuration file's shape: serde structs with `deny_unknown_fields`, a doc comment on
-//! every field (it doubles as the reference in docs/configuration.md). Defaults live in
-//! `defaults.rs`; this file never decides a value itself.
+//! `[[checks]]`: one check's shared keys, its type's spec (`CheckSpec`), assertions and where
+//! its instances come from; the defaults of check keys, their validation, and the secret files
+//! a check names, read into its definition at every load. This is also the definition every
+//! `CheckRequest` carries, so a runner needs no configuration of its own to run it.
 
-use super::defaults::*;
+use super::bounds::*;
 use super::probe::{
-    BasicAuth, Compression, HttpSecrets, IpProtocol, OAuth2Config, TlsOption, TlsSettings,
+    BasicAuth, Compression, HttpSecrets, IpProtocol, OAuth2Config, Secret, TlsOption, TlsSettings,
 };
+use super::runner::location_name;
+use super::{default_true, is_true, Problems};
 use crate::model::CheckType;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::path::Path;
 use std::path::PathBuf;
 use std::time::Duration;
-
-/// The whole configuration file.
-#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Config {
-    /// This agent's identity and its own HTTP endpoints.
-    #[serde(default)]
-    pub agent: AgentConfig,
-    /// The message bus between the checker and the runners.
-    #[serde(default)]
-    pub bus: BusConfig,
-    /// How the checker schedules.
-    #[serde(default)]
-    pub checker: CheckerConfig,
-    /// How this agent runs probes.
-    #[serde(default)]
-    pub runner: RunnerConfig,
-    /// The checks to schedule.
-    #[serde(default)]
-    pub checks: Vec<CheckConfig>,
-    /// Receivers of failure and recovery notifications.
-    #[serde(default)]
-    pub notifiers: Vec<super::notify::NotifierConfig>,
-    /// Windows during which notifications are held back.
-    #[serde(default)]
-    pub maintenance: Vec<super::notify::MaintenanceConfig>,
-    /// Where the history of runs, state changes and incidents is kept.
-    #[serde(default)]
-    pub history: HistoryConfig,
-    /// The modules of `agent.blackbox_modules`, read at every load; never written in a config.
-    #[serde(skip)]
-    pub blackbox: Option<std::sync::Arc<super::blackbox::BlackboxModules>>,
-}
-
-/// `[history]`: every run's outcome for a recent window, rollups beyond it, state changes and
-/// incidents; in SQLite (`path`) unless `url` names a PostgreSQL database.
-#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct HistoryConfig {
-    /// Keep history. Only agents that record results keep it (roles `all` and `checker`).
-    #[serde(default = "default_true")]
-    pub enabled: bool,
-    /// The SQLite database file. Default: `history.db` in `$STATE_DIRECTORY` (systemd's
-    /// `StateDirectory=`), else in `/var/lib/bastion`. Its directory must exist and be
-    /// writable when a scheduling agent starts, or it refuses to (`validate::history`).
-    #[serde(default = "default_history_path")]
-    #[schemars(transform = super::json_schema::machine_dependent)]
-    pub path: PathBuf,
-    /// A PostgreSQL URL (`postgres://user@host:5432/db`) to keep history there instead, shared
-    /// by HA checkers. Put no password in it: use `password_file`.
-    #[serde(default)]
-    pub url: Option<String>,
-    /// File holding the PostgreSQL password.
-    #[serde(default)]
-    pub password_file: Option<PathBuf>,
-    /// How often buffered results are written, in one transaction: a crash loses at most
-    /// this much history (plus what waits while the database cannot be written).
-    #[serde(default = "default_history_flush_interval", with = "humantime_serde")]
-    #[schemars(with = "super::json_schema::Humantime")]
-    pub flush_interval: Duration,
-    /// Records (runs and state changes) waiting to be written at most; beyond it new ones
-    /// are dropped and counted in `bastion_history_dropped_total`.
-    #[serde(default = "default_history_buffer")]
-    pub buffer: usize,
-    /// How long every run's outcome and phase latencies are kept.
-    #[serde(default = "default_history_raw_retention", with = "humantime_serde")]
-    #[schemars(with = "super::json_schema::Humantime")]
-    pub raw_retention: Duration,
-    /// How long the hourly rollups (runs, failures, latency buckets per phase) are kept.
-    #[serde(default = "default_history_hourly_retention", with = "humantime_serde")]
-    #[schemars(with = "super::json_schema::Humantime")]
-    pub hourly_retention: Duration,
-    /// How long the daily rollups are kept.
-    #[serde(default = "default_history_daily_retention", with = "humantime_serde")]
-    #[schemars(with = "super::json_schema::Humantime")]
-    pub daily_retention: Duration,
-    /// How long state changes and incidents are kept.
-    #[serde(default = "default_history_event_retention", with = "humantime_serde")]
-    #[schemars(with = "super::json_schema::Humantime")]
-    pub event_retention: Duration,
-}
-
-/// `[agent]`
-#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct AgentConfig {
-    /// The name this agent puts in every result. Default: the host name.
-    #[serde(default = "default_agent_id")]
-    #[schemars(transform = super::json_schema::machine_dependent)]
-    pub id: String,
-    /// Address of the agent's own endpoints (`/metrics`, `/healthz`, `/readyz`, `/api/v1/checks`).
-    #[serde(default = "default_listen")]
-    pub listen: SocketAddr,
-    /// How long in-flight probes may run on shutdown before they are abandoned.
-    #[serde(default = "default_shutdown_grace", with = "humantime_serde")]
-    #[schemars(with = "super::json_schema::Humantime")]
-    pub shutdown_grace: Duration,
-    /// Protection of the agent's own endpoints.
-    #[serde(default)]
-    pub web: WebConfig,
-    /// The URL people reach this agent's API at, for links in notifications. Default:
-    /// `http://` and `listen`.
-    #[serde(default)]
-    pub external_url: Option<String>,
-    /// A blackbox_exporter module file (`blackbox.yml`) whose modules `GET /probe?target=…&module=…`
-    /// runs, as blackbox_exporter would; read again at every reload. Default: none (`/probe`
-    /// answers 404 for every module).
-    #[serde(default)]
-    pub blackbox_modules: Option<PathBuf>,
-    /// How often the agent says it is alive on the bus. Checkers count a location as live
-    /// while one of its runners was heard from within one and a half of these.
-    #[serde(default = "default_heartbeat_interval", with = "humantime_serde")]
-    #[schemars(with = "super::json_schema::Humantime")]
-    pub heartbeat_interval: Duration,
-}
-
-/// `[agent.web]`: TLS and basic auth for `/metrics`, `/api` and `/-/reload`, the way
-/// Prometheus exporters do it. `/healthz` and `/readyz` stay open for probes.
-#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct WebConfig {
-    /// PEM certificate (chain) to serve HTTPS with; goes with `tls_key_file`.
-    #[serde(default)]
-    pub tls_cert_file: Option<PathBuf>,
-    /// PEM private key of `tls_cert_file`.
-    #[serde(default)]
-    pub tls_key_file: Option<PathBuf>,
-    /// User name to bcrypt hash (`htpasswd -nBC 10 user`). Empty: no authentication.
-    #[serde(default)]
-    pub basic_auth_users: BTreeMap<String, String>,
-    /// Serve `POST /-/reload`. SIGHUP reloads either way.
-    #[serde(default = "default_true")]
-    pub reload_endpoint: bool,
-    /// The status page at `/` and the badges: `private` (behind `basic_auth_users`, like the
-    /// API), `public` (open to all, without targets, addresses, bodies or error messages) or
-    /// `off`.
-    #[serde(default)]
-    pub status_page: StatusPageMode,
-}
-
-/// Who may see the status page and the badges.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum StatusPageMode {
-    /// Served with the API's protection (basic auth when users are configured).
-    #[default]
-    Private,
-    /// Served to anyone, showing states, uptime and latency only.
-    Public,
-    /// Not served.
-    Off,
-}
-
-/// `[bus]`
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct BusConfig {
-    /// Which bus carries check requests and results.
-    #[serde(default)]
-    pub kind: BusKind,
-    /// The NATS connection; required when `kind = "nats"`.
-    #[serde(default)]
-    pub nats: Option<NatsConfig>,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum BusKind {
-    /// In memory, inside this process: no broker needed.
-    #[default]
-    Embedded,
-    /// A NATS server: a checker and any number of runners in separate processes.
-    Nats,
-}
-
-/// `[bus.nats]`. Secrets are named by file, never written in the config itself.
-#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct NatsConfig {
-    /// Server URL, or a list of them (`nats://host:4222`, `tls://host:4222`).
-    pub url: OneOrMany,
-    /// First token of every subject bastion uses.
-    #[serde(default = "default_subject_prefix")]
-    pub subject_prefix: String,
-    /// File holding the server's auth token.
-    #[serde(default)]
-    pub token_file: Option<PathBuf>,
-    /// User name; goes with `password_file`.
-    #[serde(default)]
-    pub user: Option<String>,
-    /// File holding the user's password.
-    #[serde(default)]
-    pub password_file: Option<PathBuf>,
-    /// A NATS `.creds` file (JWT and nkey seed).
-    #[serde(default)]
-    pub creds_file: Option<PathBuf>,
-    /// File holding an nkey seed (`SU...`).
-    #[serde(default)]
-    pub nkey_seed_file: Option<PathBuf>,
-    /// TLS to the server: a CA to trust, and a client certificate for mutual TLS.
-    #[serde(default)]
-    pub tls: Option<NatsTlsConfig>,
-    /// Give up and exit when no server answers within this long at start-up. Default: keep
-    /// trying forever (`--bus-connect-timeout` overrides it).
-    #[serde(default, with = "humantime_serde")]
-    #[schemars(with = "Option<super::json_schema::Humantime>")]
-    pub connect_timeout: Option<Duration>,
-    /// Publish results to the JetStream stream `BASTION_RESULTS`, acknowledged and retried.
-    #[serde(default)]
-    pub results_stream: bool,
-    /// How long the results stream keeps a result.
-    #[serde(default = "default_results_max_age", with = "humantime_serde")]
-    #[schemars(with = "super::json_schema::Humantime")]
-    pub results_max_age: Duration,
-    /// Results waiting for the stream's acknowledgement at most; beyond it they are dropped
-    /// and counted.
-    #[serde(default = "default_results_buffer")]
-    pub results_buffer: usize,
-}
-
-/// `[bus.nats.tls]`
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct NatsTlsConfig {
-    /// PEM file of the CA that signed the server's certificate. Default: the system roots.
-    #[serde(default)]
-    pub ca_file: Option<PathBuf>,
-    /// PEM client certificate, for servers that verify clients; goes with `key_file`.
-    #[serde(default)]
-    pub cert_file: Option<PathBuf>,
-    /// PEM private key of `cert_file`.
-    #[serde(default)]
-    pub key_file: Option<PathBuf>,
-}
-
-/// A value that may be written once or as a list.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
-#[serde(untagged)]
-pub enum OneOrMany {
-    One(String),
-    Many(Vec<String>),
-}
-
-impl OneOrMany {
-    pub fn to_vec(&self) -> Vec<String> {
-        match self {
-            OneOrMany::One(one) => vec![one.clone()],
-            OneOrMany::Many(many) => many.clone(),
-        }
-    }
-}
-
-/// `[checker]`
-#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CheckerConfig {
-    /// Let several checkers run at once; one holds a lease in NATS and schedules, the others
-    /// wait to take over. Needs `bus.kind = "nats"` with JetStream.
-    #[serde(default)]
-    pub ha: bool,
-    /// How long the lease lasts unless renewed; it is renewed every third of it.
-    #[serde(default = "default_lease_ttl", with = "humantime_serde")]
-    #[schemars(with = "super::json_schema::Humantime")]
-    pub lease_ttl: Duration,
-    /// The JetStream key-value bucket holding the lease.
-    #[serde(default = "default_lease_bucket")]
-    pub lease_bucket: String,
-}
-
-/// `[runner]`
-#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RunnerConfig {
-    /// The longest a task may wait for a free worker before it is cancelled, unrun.
-    #[serde(default = "default_dispatch_deadline", with = "humantime_serde")]
-    #[schemars(with = "super::json_schema::Humantime")]
-    pub dispatch_deadline: Duration,
-    /// How many bytes of a response body a probe reads at most.
-    #[serde(default = "default_max_body_bytes")]
-    pub max_body_bytes: usize,
-    /// Workers per check type: how many probes of that type run at once.
-    #[serde(default)]
-    pub workers: WorkersConfig,
-    /// DNS servers (`ip` or `ip:port`) used to resolve targets. Empty: the system resolver.
-    #[serde(default)]
-    pub dns_servers: Vec<String>,
-    /// How long a check's series (`bastion_check_duration_seconds`) stay after its last run
-    /// here, and at least three of its intervals: a runner learns check names from the bus,
-    /// so it forgets those that stop arriving.
-    #[serde(default = "default_forget_checks_after", with = "humantime_serde")]
-    #[schemars(with = "super::json_schema::Humantime")]
-    pub forget_checks_after: Duration,
-    /// The most checks a runner (`--role runner`, which learns check names from the bus) keeps
-    /// `bastion_check_duration_seconds` series for; a new name past it gets none (counted in
-    /// `bastion_check_series_refused_total{reason="capacity"}`) until others expire. An agent
-    /// that schedules (roles `all`, `checker`) keeps a series for every configured check.
-    #[serde(default = "default_max_check_series")]
-    pub max_check_series: usize,
-    /// Where this runner probes from: it takes the runs of checks whose `locations` name it
-    /// (and, as every runner does, the runs of checks without `locations`). Letters, digits,
-    /// `-` and `_`.
-    #[serde(default = "default_location")]
-    pub location: String,
-}
-
-/// `[runner.workers]`
-#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct WorkersConfig {
-    /// Concurrent HTTP probes.
-    #[serde(default = "default_workers")]
-    pub http: usize,
-    /// Concurrent TCP probes.
-    #[serde(default = "default_workers")]
-    pub tcp: usize,
-    /// Concurrent DNS probes.
-    #[serde(default = "default_workers")]
-    pub dns: usize,
-    /// Concurrent TLS certificate probes.
-    #[serde(default = "default_workers")]
-    pub tls: usize,
-    /// Concurrent ICMP echo probes.
-    #[serde(default = "default_workers")]
-    pub icmp: usize,
-    /// Concurrent gRPC health probes.
-    #[serde(default = "default_workers")]
-    pub grpc: usize,
-    /// Concurrent UDP probes.
-    #[serde(default = "default_workers")]
-    pub udp: usize,
-    /// Concurrent WebSocket probes.
-    #[serde(default = "default_workers")]
-    pub websocket: usize,
-}
-
-impl WorkersConfig {
-    pub fn for_type(&self, check_type: CheckType) -> usize {
-        match check_type {
-            CheckType::Http => self.http,
-            CheckType::Tcp => self.tcp,
-            CheckType::Dns => self.dns,
-            CheckType::Tls => self.tls,
-            CheckType::Icmp => self.icmp,
-            CheckType::Grpc => self.grpc,
-            CheckType::Udp => self.udp,
-            CheckType::Websocket => self.websocket,
-        }
-    }
-}
 
 /// `locations = ["*"]`: every location with a live runner.
 pub const EVERY_LOCATION: &str = "*";
@@ -1018,6 +672,246 @@ pub enum Relationship {
     NotRegExp,
     GreaterThan,
     LessThan,
+}
+
+pub(super) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+pub(super) const DEFAULT_MIN_FAILING_TIME: Duration = Duration::from_secs(90);
+
+pub(super) fn default_method() -> String {
+    "GET".to_string()
+}
+pub(super) fn default_icmp_count() -> u16 {
+    3
+}
+pub(super) fn default_packet_interval() -> Duration {
+    Duration::from_millis(100)
+}
+pub(super) fn default_payload_size() -> u16 {
+    56
+}
+
+impl CheckConfig {
+    /// A check's numeric and duration keys against their ranges (`bounds.rs`). The least
+    /// interval, timeout and the ICMP keys' lower ends are the check compiler's to refuse (it
+    /// also refuses definitions from the bus), so only the side it leaves is checked here.
+    pub(super) fn validate_ranges(&self) -> Problems {
+        let check = self;
+        let owner = format!("check `{}`", check.name);
+        let owner = Some(owner.as_str());
+        let mut problems = Problems::default();
+        if check.interval >= MIN_INTERVAL {
+            problems.check(CHECK_INTERVAL.check_duration(owner, check.interval));
+        }
+        if let Some(timeout) = check
+            .timeout
+            .filter(|t| !t.is_zero() && *t < check.interval)
+        {
+            problems.check(CHECK_TIMEOUT.check_duration(owner, timeout));
+        }
+        if let Some(count) = check.min_failing_count {
+            problems.check(MIN_FAILING_COUNT.check_count(owner, count as u64));
+        }
+        if let Some(time) = check.min_failing_time {
+            problems.check(MIN_FAILING_TIME.check_duration(owner, time));
+        }
+        if let CheckSpec::Icmp(icmp) = &check.spec {
+            if icmp.packet_interval > PACKET_INTERVAL.cap_duration(icmp.packet_interval) {
+                problems.check(PACKET_INTERVAL.check_duration(owner, icmp.packet_interval));
+            }
+        }
+        problems
+    }
+
+    /// A check's `locations` and `min_failing_locations`: names a runner can have, each once,
+    /// `*` alone, and a threshold the named locations can reach. On the embedded bus the one
+    /// location is this agent's own runner's, `embedded_location`.
+    pub(super) fn validate_locations(&self, embedded_location: Option<&str>) -> Problems {
+        let check = self;
+        let mut problems = Problems::default();
+        let name = &check.name;
+        let Some(locations) = &check.locations else {
+            if check.min_failing_locations.is_some() {
+                problems.push(format!(
+                    "check `{name}`: min_failing_locations needs locations; name the locations \
+                     the check runs from (locations = [\"eu-west\", \"us-east\"])"
+                ));
+            }
+            return problems;
+        };
+        if check.labels.contains_key(crate::model::LOCATION_LABEL) {
+            problems.push(format!(
+                "check `{name}`: label name `location` is one bastion sets itself on a check \
+                 with locations (the location each series was seen from); rename the label"
+            ));
+        }
+        if locations.is_empty() {
+            problems.push(format!(
+                "check `{name}`: locations is empty; name at least one (a runner.location), \
+                 [\"*\"] for every live location, or leave the key out"
+            ));
+        }
+        if locations.len() > MAX_LOCATIONS {
+            problems.push(format!(
+                "check `{name}`: locations names {} locations; at most {} are allowed",
+                locations.len(),
+                MAX_LOCATIONS
+            ));
+        }
+        let every = check.every_location();
+        if every && locations.len() > 1 {
+            problems.push(format!(
+                "check `{name}`: locations = [\"*\"] already means every live location; \
+                 give \"*\" alone or only names"
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for location in locations
+            .iter()
+            .filter(|location| *location != EVERY_LOCATION)
+        {
+            if let Err(message) = location_name(location) {
+                problems.push(format!("check `{name}`: locations: {message}"));
+            } else if !seen.insert(location.as_str()) {
+                problems.push(format!(
+                    "check `{name}`: locations names `{location}` twice"
+                ));
+            }
+        }
+        if let Some(min) = check.min_failing_locations {
+            problems.check(
+                MIN_FAILING_LOCATIONS.check_count(Some(&format!("check `{name}`")), min as u64),
+            );
+            if !every && min > locations.len() && !locations.is_empty() {
+                problems.push(format!(
+                    "check `{name}`: min_failing_locations is {min} but the check runs from {} \
+                     location(s), so it could never fail; lower it or add locations",
+                    locations.len()
+                ));
+            }
+        }
+        if let Some(own) = embedded_location {
+            if let Some(other) = locations
+                .iter()
+                .find(|location| *location != EVERY_LOCATION && location.as_str() != own)
+            {
+                problems.push(format!(
+                    "check `{name}`: locations names `{other}`, but on the embedded bus the only \
+                     location is this agent's runner.location `{own}`; run the check from \
+                     several locations over NATS (docs/distributed.md#locations), or name `{own}`"
+                ));
+            }
+        }
+        problems
+    }
+}
+
+/// Reads a one-line secret: the file's first line without surrounding whitespace. The error
+/// names the key and the file, never what the file holds.
+fn read_line_secret(key: &str, path: &Path) -> Result<Secret, String> {
+    let text = read_text(key, path)?;
+    let line = text.lines().next().unwrap_or("").trim();
+    if line.is_empty() {
+        return Err(format!(
+            "{key}: {} is empty; put the secret on its first line",
+            path.display()
+        ));
+    }
+    Ok(Secret::new(line))
+}
+
+fn read_text(key: &str, path: &Path) -> Result<String, String> {
+    let bytes = std::fs::read(path)
+        .map_err(|error| format!("{key}: cannot read {}: {}", path.display(), error.kind()))?;
+    String::from_utf8(bytes).map_err(|_| format!("{key}: {} is not UTF-8 text", path.display()))
+}
+
+/// Reads every secret file of one HTTP check into its `secrets`, reporting each file that
+/// cannot be read (prefixed with the check, so it is placed at its key).
+pub(super) fn read_http_secrets(name: &str, spec: &mut HttpSpec, problems: &mut Vec<String>) {
+    if !spec.secrets.is_empty() {
+        problems.push(format!(
+            "check `{name}`: secrets is filled in by bastion from the *_file keys; remove it"
+        ));
+    }
+    let mut secrets = HttpSecrets::default();
+    // A file that cannot be read is reported here; an empty stand-in keeps the definition
+    // whole, so compiling it adds no second message about the same file.
+    let mut note = |outcome: Result<Secret, String>| -> Option<Secret> {
+        Some(outcome.unwrap_or_else(|message| {
+            problems.push(format!("check `{name}`: {message}"));
+            Secret::default()
+        }))
+    };
+    for (header, path) in &spec.headers_from_files {
+        if let Some(value) = note(read_line_secret(
+            &format!("headers_from_files.{header}"),
+            path,
+        )) {
+            secrets.headers.insert(header.clone(), value);
+        }
+    }
+    if let Some(path) = &spec.body_file {
+        // A body is sent exactly as the file holds it, final newline included.
+        secrets.body = note(read_text("body_file", path).map(Secret::new));
+    }
+    if let Some(path) = &spec.bearer_token_file {
+        secrets.bearer_token = note(read_line_secret("bearer_token_file", path));
+    }
+    if let Some(auth) = &spec.basic_auth {
+        secrets.basic_password = note(read_line_secret(
+            "basic_auth.password_file",
+            &auth.password_file,
+        ));
+    }
+    if let Some(auth) = &spec.proxy_basic_auth {
+        secrets.proxy_password = note(read_line_secret(
+            "proxy_basic_auth.password_file",
+            &auth.password_file,
+        ));
+    }
+    if let Some(oauth2) = &spec.oauth2 {
+        secrets.oauth2_client_secret = note(read_line_secret(
+            "oauth2.client_secret_file",
+            &oauth2.client_secret_file,
+        ));
+    }
+    spec.secrets = secrets;
+}
+
+/// Reads a gRPC check's `metadata_from_files` into its `metadata_secrets`.
+fn read_grpc_secrets(name: &str, spec: &mut GrpcSpec, problems: &mut Vec<String>) {
+    if !spec.metadata_secrets.is_empty() {
+        problems.push(format!(
+            "check `{name}`: metadata_secrets is filled in by bastion from metadata_from_files; remove it"
+        ));
+    }
+    let mut secrets = BTreeMap::new();
+    for (key, path) in &spec.metadata_from_files {
+        let value = read_line_secret(&format!("metadata_from_files.{key}"), path).unwrap_or_else(
+            |message| {
+                problems.push(format!("check `{name}`: {message}"));
+                Secret::default()
+            },
+        );
+        secrets.insert(key.clone(), value);
+    }
+    spec.metadata_secrets = secrets;
+}
+
+/// Reads the secret files of every check (`headers_from_files`, `body_file`,
+/// `bearer_token_file`, `basic_auth`, `proxy_basic_auth`, `oauth2`) into the check's
+/// definition: at load and at every reload, so a changed file is taken up by a reload.
+/// Returns a message for each file that cannot be read.
+pub(super) fn read_secret_files(checks: &mut [CheckConfig]) -> Vec<String> {
+    let mut problems = Vec::new();
+    for check in checks.iter_mut() {
+        match &mut check.spec {
+            CheckSpec::Http(spec) => read_http_secrets(&check.name, spec, &mut problems),
+            CheckSpec::Grpc(spec) => read_grpc_secrets(&check.name, spec, &mut problems),
+            _ => {}
+        }
+    }
+    problems
 }
 
 #[cfg(test)]
