@@ -381,8 +381,8 @@ mod tests {
     use super::locate::line_and_column;
     use super::*;
     use crate::model::CheckType;
-    use std::time::Duration;
     use serde::Deserialize;
+    use std::time::Duration;
 
     #[test]
     fn a_history_url_with_a_password_is_refused_in_either_form() {

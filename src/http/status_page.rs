@@ -444,16 +444,7 @@ fn failing_instances(body: &mut String, status: Option<&CheckStatus>, public: bo
         return;
     }
     if public {
-        let mut kinds: Vec<&str> = failing.iter().map(|(_, r)| describe(r).0).collect();
-        kinds.sort_unstable();
-        kinds.dedup();
-        let _ = write!(
-            body,
-            "{} of {} instances: {}",
-            runs.iter().map(|(_, run)| run.failing()).sum::<usize>(),
-            runs.iter().map(|(_, run)| run.instances()).sum::<usize>(),
-            esc(&kinds.join(", "))
-        );
+        public_failures(body, &runs, &failing);
         return;
     }
     for (location, response) in failing.iter().take(3) {
@@ -475,6 +466,59 @@ fn failing_instances(body: &mut String, status: Option<&CheckStatus>, public: bo
             body,
             "<div class=\"muted\">and {} more</div>",
             failing.len() - 3
+        );
+    }
+}
+
+/// The public page's summary of failures: how many instances failed and the kinds, with no
+/// target or message. Instances that measured nothing (`no_runner`, `dispatch_timeout`) are
+/// not counted as failing: they are said apart, as the check's state treats them.
+fn public_failures(
+    body: &mut String,
+    runs: &[(Option<&str>, &crate::messages::CheckResult)],
+    failing: &[(Option<&str>, &crate::messages::Response)],
+) {
+    let unmeasured_kind = |response: &crate::messages::Response| {
+        response
+            .error_kind()
+            .is_some_and(crate::model::ErrorKind::is_unmeasured)
+    };
+    let kinds = |unmeasured: bool| {
+        let mut kinds: Vec<&str> = failing
+            .iter()
+            .filter(|(_, response)| unmeasured_kind(response) == unmeasured)
+            .map(|(_, response)| describe(response).0)
+            .collect();
+        kinds.sort_unstable();
+        kinds.dedup();
+        kinds.join(", ")
+    };
+    let counts = runs
+        .iter()
+        .fold((0, 0, 0), |(failing, unmeasured, measured), (_, run)| {
+            let counts = run.counts();
+            (
+                failing + counts.failing,
+                unmeasured + counts.unmeasured,
+                measured + counts.instances.saturating_sub(counts.unmeasured),
+            )
+        });
+    let (failing_count, unmeasured_count, measured_count) = counts;
+    if failing_count > 0 {
+        let _ = write!(
+            body,
+            "{failing_count} of {measured_count} instances: {}",
+            esc(&kinds(false))
+        );
+    }
+    if unmeasured_count > 0 {
+        if failing_count > 0 {
+            body.push_str("; ");
+        }
+        let _ = write!(
+            body,
+            "{unmeasured_count} not measured: {}",
+            esc(&kinds(true))
         );
     }
 }
@@ -986,6 +1030,85 @@ mod tests {
         assert_eq!(url_part("a b/c"), "a%20b%2Fc");
         assert_eq!(percent(Some(0.99951)), "99.95%");
         assert_eq!(percent(None), "–");
+    }
+
+    fn run(responses: Vec<crate::messages::Response>) -> crate::messages::CheckResult {
+        crate::messages::CheckResult {
+            version: crate::messages::MESSAGE_VERSION,
+            check: "web".into(),
+            check_type: crate::model::CheckType::Tcp,
+            agent: "a".into(),
+            location: None,
+            run_id: 1,
+            scheduled_at: std::time::UNIX_EPOCH,
+            finished_at: std::time::UNIX_EPOCH,
+            passing: responses.iter().all(|r| r.passing),
+            responses,
+            degraded: None,
+        }
+    }
+
+    fn response(kind: Option<crate::model::ErrorKind>) -> crate::messages::Response {
+        let mut response = crate::messages::Response::failed(
+            "10.0.0.1:80".into(),
+            crate::model::ProbeError::new(kind.unwrap_or(crate::model::ErrorKind::Connect), "x"),
+            crate::messages::Timings::default(),
+        );
+        if kind.is_none() {
+            response.passing = true;
+            response.error = None;
+        }
+        response
+    }
+
+    fn public_text(runs: Vec<(Option<&str>, crate::messages::CheckResult)>) -> String {
+        let runs: Vec<(Option<&str>, &crate::messages::CheckResult)> = runs
+            .iter()
+            .map(|(location, run)| (*location, run))
+            .collect();
+        let failing: Vec<_> = runs
+            .iter()
+            .flat_map(|(location, run)| {
+                run.responses
+                    .iter()
+                    .filter(|r| !r.passing)
+                    .map(move |response| (*location, response))
+            })
+            .collect();
+        let mut body = String::new();
+        public_failures(&mut body, &runs, &failing);
+        body
+    }
+
+    /// A location without a runner, or an instance that got no worker, measured nothing: the
+    /// public page says so apart and counts no failing instance for it.
+    #[test]
+    fn the_public_summary_counts_unmeasured_instances_apart_from_failing_ones() {
+        use crate::model::ErrorKind;
+        let no_runner = run(vec![response(Some(ErrorKind::NoRunner))]);
+        let healthy = run(vec![response(None), response(None)]);
+        assert_eq!(
+            public_text(vec![
+                (Some("eu"), healthy.clone()),
+                (Some("us"), no_runner.clone())
+            ]),
+            "1 not measured: no_runner"
+        );
+        let down = run(vec![response(Some(ErrorKind::Connect)), response(None)]);
+        assert_eq!(
+            public_text(vec![(Some("eu"), down.clone()), (Some("us"), no_runner)]),
+            "1 of 2 instances: connect; 1 not measured: no_runner"
+        );
+        let late = run(vec![
+            response(Some(ErrorKind::Timeout)),
+            response(Some(ErrorKind::DispatchTimeout)),
+            response(None),
+        ]);
+        assert_eq!(
+            public_text(vec![(None, late)]),
+            "1 of 2 instances: timeout; 1 not measured: dispatch_timeout"
+        );
+        assert_eq!(public_text(vec![(None, healthy)]), "");
     }
 
     /// 9,000 checks in 4,500 groups: the filter lists each group once, sorted (the groups
