@@ -177,7 +177,7 @@ pub struct CheckResult {
     /// One per instance; fewer only when `degraded` says some were left out.
     pub responses: Vec<Response>,
     /// Present when the result was too large for the bus and was published reduced (see
-    /// `delivery.rs`); it then holds the counts the state machine needs.
+    /// `message_bounds.rs`); it then holds the counts the state machine needs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub degraded: Option<Degraded>,
 }

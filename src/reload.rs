@@ -11,7 +11,7 @@
 use crate::config::blackbox::BlackboxModules;
 use crate::config::{CheckConfig, Config, ConfigError, MaintenanceConfig};
 use crate::metrics::Metrics;
-use crate::systemd::Notifier;
+use crate::systemd::ServiceManager;
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -66,7 +66,7 @@ pub struct Reloader {
     running: Mutex<Config>,
     checks: watch::Sender<Arc<Vec<CheckConfig>>>,
     metrics: Arc<Metrics>,
-    notifier: Option<Arc<Notifier>>,
+    service_manager: Option<Arc<ServiceManager>>,
     /// Where new maintenance windows go, when notifications follow them.
     maintenance: Option<watch::Sender<Arc<Vec<MaintenanceConfig>>>>,
     /// Where the modules of `agent.blackbox_modules` go, read again at every reload.
@@ -79,7 +79,7 @@ impl Reloader {
         running: Config,
         checks: watch::Sender<Arc<Vec<CheckConfig>>>,
         metrics: Arc<Metrics>,
-        notifier: Option<Arc<Notifier>>,
+        service_manager: Option<Arc<ServiceManager>>,
     ) -> Reloader {
         Reloader {
             path,
@@ -89,7 +89,7 @@ impl Reloader {
             }),
             checks,
             metrics,
-            notifier,
+            service_manager,
             maintenance: None,
             blackbox: None,
         }
@@ -118,8 +118,8 @@ impl Reloader {
     /// Reads the file again and applies it, or keeps everything as it is.
     pub async fn reload(&self) -> Result<ReloadSummary, ReloadError> {
         let mut running = self.running.lock().await;
-        if let Some(notifier) = &self.notifier {
-            notifier.reloading();
+        if let Some(service_manager) = &self.service_manager {
+            service_manager.reloading();
         }
         // Reading the file and validating it (every check compiled, its regexes and JSON paths
         // included) is blocking work: it must not hold one of the async workers.
@@ -172,8 +172,8 @@ impl Reloader {
                 Err(error)
             }
         };
-        if let Some(notifier) = &self.notifier {
-            notifier.ready(&format!("{} checks", self.checks.borrow().len()));
+        if let Some(service_manager) = &self.service_manager {
+            service_manager.ready(&format!("{} checks", self.checks.borrow().len()));
         }
         outcome
     }

@@ -16,14 +16,14 @@ enum Address {
 }
 
 #[derive(Debug)]
-pub struct Notifier {
+pub struct ServiceManager {
     socket: UnixDatagram,
     address: Address,
 }
 
-impl Notifier {
+impl ServiceManager {
     /// The notifier systemd asked for in `NOTIFY_SOCKET`, if any.
-    pub fn from_env() -> Option<Notifier> {
+    pub fn from_env() -> Option<ServiceManager> {
         let value = std::env::var_os("NOTIFY_SOCKET")?;
         let text = value.to_string_lossy().into_owned();
         let address = match text.strip_prefix('@') {
@@ -35,7 +35,7 @@ impl Notifier {
             }
         };
         match UnixDatagram::unbound() {
-            Ok(socket) => Some(Notifier { socket, address }),
+            Ok(socket) => Some(ServiceManager { socket, address }),
             Err(error) => {
                 tracing::warn!(%error, "cannot open a socket to notify systemd");
                 None

@@ -29,13 +29,13 @@ use crate::reload::Reloader;
 use crate::results::ResultStore;
 use crate::runner::{build_dispatcher, Runner, RunnerError};
 use crate::subjects::Subjects;
-use crate::systemd::Notifier;
+use crate::systemd::ServiceManager;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tasks::{Running, Shared};
+use tasks::{Components, Running};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -121,7 +121,7 @@ pub enum AgentError {
 
 /// A built agent, ready to run.
 pub struct Agent {
-    shared: Shared,
+    components: Components,
     listener: TcpListener,
     checker: Option<Checker>,
     lease: Option<Arc<dyn LeaseStore>>,
@@ -305,7 +305,7 @@ impl Agent {
             config.runner.forget_checks_after,
         );
         metrics.record_config_load(true);
-        let notifier = Notifier::from_env().map(Arc::new);
+        let service_manager = ServiceManager::from_env().map(Arc::new);
         // The check list lives in one place, the watch; `config` keeps the other sections.
         let (checks, _) = watch::channel(Arc::new(std::mem::take(&mut config.checks)));
         if role == Role::All {
@@ -322,7 +322,7 @@ impl Agent {
                 config.clone(),
                 checks.clone(),
                 Arc::clone(&metrics),
-                notifier.clone(),
+                service_manager.clone(),
             )
             .follow_blackbox(blackbox_updates);
             Arc::new(if notifies {
@@ -393,7 +393,7 @@ impl Agent {
             None
         };
         Ok(Agent {
-            shared: Shared {
+            components: Components {
                 config,
                 role,
                 bus,
@@ -401,7 +401,7 @@ impl Agent {
                 metrics,
                 store: Arc::new(ResultStore::default()),
                 checks,
-                notifier,
+                service_manager,
                 history: history_reader,
             },
             listener,
@@ -421,7 +421,7 @@ impl Agent {
 
     /// The bus this agent runs on, for embedding: watch results or events in process.
     pub fn bus(&self) -> Arc<dyn Bus> {
-        Arc::clone(&self.shared.bus)
+        Arc::clone(&self.components.bus)
     }
 
     /// Reloads the config file on demand (SIGHUP); None without a config path.
@@ -435,11 +435,11 @@ impl Agent {
     }
 
     pub fn metrics(&self) -> Arc<Metrics> {
-        Arc::clone(&self.shared.metrics)
+        Arc::clone(&self.components.metrics)
     }
 
     pub fn store(&self) -> Arc<ResultStore> {
-        Arc::clone(&self.shared.store)
+        Arc::clone(&self.components.store)
     }
 
     /// Runs until `shutdown` is cancelled, then shuts down gracefully.
@@ -466,7 +466,7 @@ impl Agent {
     /// events carry); the agent reports itself started at the end.
     fn start(self) -> Result<Running, AgentError> {
         let Agent {
-            shared,
+            components,
             listener,
             checker,
             lease,
@@ -487,18 +487,18 @@ impl Agent {
             Arc::new(crate::http::probe::ProbeEndpoint::new(
                 runner.dispatcher(),
                 blackbox,
-                Arc::clone(&shared.metrics),
+                Arc::clone(&components.metrics),
             ))
         });
         let router = crate::http::router(
-            shared.api_state(&started, reloader, probe),
-            &shared.config.agent.web,
+            components.api_state(&started, reloader, probe),
+            &components.config.agent.web,
         );
         let server = tasks::serve(listener, web_tls, router, outlets.clone())?;
         let runs = runner.as_ref().map(Runner::runs);
         let dispatcher = runner.as_ref().map(Runner::dispatcher);
         let runner_task = runner.map(|runner| tokio::spawn(runner.run(intake.clone())));
-        let (leadership, lease_task) = shared.start_lease(lease, &intake);
+        let (leadership, lease_task) = components.start_lease(lease, &intake);
         let notify_stop = CancellationToken::new();
         let notify_tasks = tokio_util::task::TaskTracker::new();
         // Without a scheduling role nothing is saved: the state lives in memory only.
@@ -511,7 +511,7 @@ impl Agent {
         let saved_stop = CancellationToken::new();
         let saver = tokio::spawn(Arc::clone(&saved).run(saved_stop.clone()));
         let notifications = notify.map(|setup| {
-            shared.start_notifications(
+            components.start_notifications(
                 setup,
                 leadership.clone(),
                 Arc::clone(&saved),
@@ -538,7 +538,7 @@ impl Agent {
             )
         });
         let sink = results.map(|results| {
-            shared.spawn_sink(
+            components.spawn_sink(
                 results,
                 leadership.clone(),
                 notifications.clone(),
@@ -547,21 +547,21 @@ impl Agent {
                 &outlets,
             )
         });
-        let systemd = shared.spawn_systemd_status(&outlets);
+        let systemd = components.spawn_systemd_status(&outlets);
         // Heartbeats stop with the intake: the last one says the agent is leaving, so checkers
         // stop sending runs to its location at once, while its runs in flight finish.
-        let heartbeat = shared.spawn_heartbeats(dispatcher, leadership, &intake);
+        let heartbeat = components.spawn_heartbeats(dispatcher, leadership, &intake);
         started.store(true, Ordering::Release);
-        let role = shared.role;
+        let role = components.role;
         tracing::info!(
-            agent = %shared.config.agent.id,
+            agent = %components.config.agent.id,
             role = role.as_str(),
-            listen = %shared.config.agent.listen,
-            checks = if role.schedules() { shared.checks.borrow().len() } else { 0 },
+            listen = %components.config.agent.listen,
+            checks = if role.schedules() { components.checks.borrow().len() } else { 0 },
             "bastion is running"
         );
         Ok(Running {
-            shared,
+            components,
             intake,
             outlets,
             started,

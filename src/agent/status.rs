@@ -4,7 +4,7 @@
 
 use super::Role;
 use crate::results::ResultStore;
-use crate::systemd::Notifier;
+use crate::systemd::ServiceManager;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 /// Tells systemd the agent is ready, then keeps its status line current and, when systemd
 /// watches, pets the watchdog at half its interval.
 pub(super) async fn report_to_systemd(
-    notifier: Arc<Notifier>,
+    service_manager: Arc<ServiceManager>,
     checks: watch::Receiver<Arc<Vec<crate::config::CheckConfig>>>,
     store: Arc<ResultStore>,
     role: Role,
@@ -34,7 +34,7 @@ pub(super) async fn report_to_systemd(
             .count();
         format!("{} checks, {failing} failing", checks.len())
     };
-    notifier.ready(&summary());
+    service_manager.ready(&summary());
     let watchdog = crate::systemd::watchdog_interval();
     let every = watchdog.map_or(Duration::from_secs(10), |half| {
         half.min(Duration::from_secs(10))
@@ -47,9 +47,9 @@ pub(super) async fn report_to_systemd(
             _ = ticks.tick() => {}
         }
         if watchdog.is_some() {
-            notifier.notify(&format!("WATCHDOG=1\nSTATUS={}", summary()));
+            service_manager.notify(&format!("WATCHDOG=1\nSTATUS={}", summary()));
         } else {
-            notifier.status(&summary());
+            service_manager.status(&summary());
         }
     }
 }

@@ -17,7 +17,7 @@ use crate::results::{EventOutlet, ResultStore, SinkContext};
 use crate::runner::dispatcher::Dispatcher;
 use crate::saved_state::SavedState;
 use crate::subjects::Subjects;
-use crate::systemd::Notifier;
+use crate::systemd::ServiceManager;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -56,7 +56,7 @@ pub(super) struct NotifySetup {
 }
 
 /// What the agent's components share while it runs; each task gets its own clone of a part.
-pub(super) struct Shared {
+pub(super) struct Components {
     pub(super) config: Config,
     pub(super) role: Role,
     pub(super) bus: Arc<dyn Bus>,
@@ -65,12 +65,12 @@ pub(super) struct Shared {
     pub(super) store: Arc<ResultStore>,
     /// The configured checks; reloads send new lists through it.
     pub(super) checks: watch::Sender<Arc<Vec<CheckConfig>>>,
-    pub(super) notifier: Option<Arc<Notifier>>,
+    pub(super) service_manager: Option<Arc<ServiceManager>>,
     /// Read access to history, for the endpoints.
     pub(super) history: Option<crate::history::HistoryReader>,
 }
 
-impl Shared {
+impl Components {
     /// What the endpoints read.
     pub(super) fn api_state(
         &self,
@@ -183,9 +183,9 @@ impl Shared {
 
     /// Reports this agent to systemd, when systemd started it.
     pub(super) fn spawn_systemd_status(&self, stop: &CancellationToken) -> Option<JoinHandle<()>> {
-        self.notifier.clone().map(|notifier| {
+        self.service_manager.clone().map(|service_manager| {
             tokio::spawn(super::status::report_to_systemd(
-                notifier,
+                service_manager,
                 self.checks.subscribe(),
                 Arc::clone(&self.store),
                 self.role,
@@ -248,7 +248,7 @@ pub(super) fn serve(
 /// A started agent: its tasks, and the two tokens that stop them in two steps. `intake` stops
 /// what takes new work (checker, lease, runner); `outlets` what carries results out.
 pub(super) struct Running {
-    pub(super) shared: Shared,
+    pub(super) components: Components,
     pub(super) intake: CancellationToken,
     pub(super) outlets: CancellationToken,
     /// Set while every component runs; `/readyz` reads it.
@@ -278,7 +278,7 @@ impl Running {
     /// results leave, then stops the outlets and the endpoints.
     pub(super) async fn shut_down(self) {
         let Running {
-            shared,
+            components,
             intake,
             outlets,
             started,
@@ -298,16 +298,16 @@ impl Running {
             saved_stop,
         } = self;
         tracing::info!("shutting down: scheduling stopped, waiting for runs in flight");
-        if let Some(notifier) = &shared.notifier {
-            notifier.stopping();
+        if let Some(service_manager) = &components.service_manager {
+            service_manager.stopping();
         }
         started.store(false, Ordering::Release);
         intake.cancel();
         for task in [checker, lease, runner].into_iter().flatten() {
             let _ = task.await;
         }
-        let grace =
-            crate::config::bounds::SHUTDOWN_GRACE.cap_duration(shared.config.agent.shutdown_grace);
+        let grace = crate::config::bounds::SHUTDOWN_GRACE
+            .cap_duration(components.config.agent.shutdown_grace);
         let grace_ends = Instant::now() + grace;
         if let Some(runs) = runs {
             if tokio::time::timeout(grace, runs.wait()).await.is_err() {
@@ -319,7 +319,7 @@ impl Running {
             }
         }
         // Results of the last runs may still be on their way to the server or the stream.
-        shared
+        components
             .bus
             .flush(
                 grace_ends

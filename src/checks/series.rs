@@ -26,14 +26,14 @@ pub trait SeriesOut {
 }
 
 /// A phase's label value and how to read its seconds from a response's timings.
-pub type Phase = (&'static str, fn(&Timings) -> f64);
+pub type PhaseGauge = (&'static str, fn(&Timings) -> f64);
 
 /// Writes one gauge per phase: `name{phase="..."}`, from `timings` through `pick`.
 pub fn write_phases(
     out: &mut dyn SeriesOut,
     name: &'static str,
     timings: &Timings,
-    phases: &[Phase],
+    phases: &[PhaseGauge],
 ) {
     for (phase, pick) in phases {
         out.gauge(name, Some(("phase", phase)), pick(timings));

@@ -4,7 +4,8 @@
 //! notifications and sends nothing.
 
 use super::{
-    Event, FailedAssertion, Failure, LocationLine, Notification, Severity, MAX_FAILURES_LISTED,
+    Event, FailedAssertion, FailingInstance, LocationLine, Notification, Severity,
+    MAX_FAILURES_LISTED,
 };
 use crate::episode::{EndReason, Episode};
 use crate::messages::CheckResult;
@@ -128,7 +129,7 @@ fn locations(result: &CheckResult) -> Vec<LocationLine> {
 }
 
 /// The failing instances of a result and why, at most `MAX_FAILURES_LISTED`.
-fn failures(result: &CheckResult) -> Vec<Failure> {
+fn failures(result: &CheckResult) -> Vec<FailingInstance> {
     result
         .responses
         .iter()
@@ -164,7 +165,7 @@ fn failures(result: &CheckResult) -> Vec<Failure> {
                     message: Some(format!("status {} is not a 2xx", http.status)),
                 });
             }
-            Failure {
+            FailingInstance {
                 instance: response.target.clone(),
                 error_kind: response.error.as_ref().map(|error| error.kind.as_str()),
                 error: response.error.as_ref().map(|error| error.message.clone()),

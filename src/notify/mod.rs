@@ -71,7 +71,7 @@ pub struct LocationLine {
 
 /// One failing instance: where, and why.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Failure {
+pub struct FailingInstance {
     /// The address probed (`ip:port`).
     pub instance: String,
     /// The probe error's kind (`connect`, `timeout`, ...), when the transport failed.
@@ -121,7 +121,7 @@ pub struct Notification {
     pub instances: usize,
     /// Up to `MAX_FAILURES_LISTED` failing instances of the latest result (for a check with
     /// `locations`, each named `location/ip:port`).
-    pub failures: Vec<Failure>,
+    pub failures: Vec<FailingInstance>,
     /// For a check with `locations`: what each location saw in its latest run, by name;
     /// empty otherwise.
     pub locations: Vec<LocationLine>,
@@ -192,7 +192,7 @@ impl Notification {
                     "{} of {} instances failing",
                     self.failing, self.instances
                 ));
-                if let Some(reason) = self.failures.first().map(Failure::reason) {
+                if let Some(reason) = self.failures.first().map(FailingInstance::reason) {
                     line.push_str(&format!(" ({reason})"));
                 }
                 line
@@ -234,7 +234,7 @@ impl Notification {
     }
 }
 
-impl Failure {
+impl FailingInstance {
     /// Why, in one line: the error, or the failed assertions with expected and actual values.
     pub fn reason(&self) -> String {
         if let Some(error) = &self.error {
@@ -548,7 +548,7 @@ pub(crate) fn firing_with_assertion(actual: &str, message: Option<&str>) -> Noti
         reason: None,
         failing: 1,
         instances: 1,
-        failures: vec![Failure {
+        failures: vec![FailingInstance {
             instance: "10.0.0.1:80".to_string(),
             error_kind: None,
             error: None,

@@ -140,7 +140,7 @@ pub(super) struct Resumed {
 pub(super) type Reminder = Reverse<(Instant, String, String)>;
 
 #[derive(Debug)]
-pub(super) struct State {
+pub(super) struct RoutingState {
     /// Open episodes, by check.
     pub(super) open: HashMap<String, Open>,
     /// Ended episodes whose resolve waits for receivers, by episode id, oldest first.
@@ -169,7 +169,7 @@ pub struct Notifications {
     pub(super) metrics: Arc<Metrics>,
     pub(super) leadership: Option<watch::Receiver<bool>>,
     pub(super) saved: Arc<SavedState>,
-    state: Mutex<State>,
+    state: Mutex<RoutingState>,
 }
 
 impl Notifications {
@@ -237,7 +237,7 @@ impl Notifications {
                 metrics,
                 leadership,
                 saved,
-                state: Mutex::new(State {
+                state: Mutex::new(RoutingState {
                     open: HashMap::new(),
                     resolving: HashMap::new(),
                     resolving_order: VecDeque::new(),
@@ -393,7 +393,7 @@ impl Notifications {
     #[allow(clippy::too_many_arguments)]
     fn close(
         &self,
-        guard: &mut State,
+        guard: &mut RoutingState,
         episode: &Episode,
         reason: EndReason,
         at: SystemTime,
@@ -475,7 +475,7 @@ impl Notifications {
     /// accepted (and is not about to get) its current severity, except while a maintenance
     /// window covers the check: then it is held back, counted `suppressed` once, and sent
     /// when the window ends.
-    pub(super) fn fire(&self, guard: &mut State, open: &mut Open) {
+    pub(super) fn fire(&self, guard: &mut RoutingState, open: &mut Open) {
         let severity = open.episode.severity;
         let windows = self.windows();
         let window = windows.in_force(&open.episode.check, SystemTime::now());
@@ -551,7 +551,7 @@ impl Notifications {
     }
 
     /// This checker just took the lease: repeat what the old leader may not have delivered.
-    pub(super) fn take_over(&self, guard: &mut State) {
+    pub(super) fn take_over(&self, guard: &mut RoutingState) {
         tracing::info!(
             open_episodes = guard.open.len(),
             recent_resolves = guard.recent.len(),
@@ -584,7 +584,7 @@ impl Notifications {
     }
 
     /// This checker no longer leads: the new leader tells everyone again.
-    pub(super) fn step_down(&self, guard: &mut State) {
+    pub(super) fn step_down(&self, guard: &mut RoutingState) {
         tracing::info!("no longer leading: notifications are left to the new leader");
         for open in guard.open.values_mut() {
             for receiver in open.receivers.values_mut() {
@@ -617,7 +617,7 @@ impl Notifications {
         }
     }
 
-    pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+    pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, RoutingState> {
         // Every update leaves the state consistent; a poisoned one is still usable.
         self.state
             .lock()

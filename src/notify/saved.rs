@@ -9,7 +9,7 @@
 use super::message::ResolveFacts;
 use super::queue::{Outcome, Outcomes};
 use super::routing::{
-    Notifications, Open, Receiver, Resolving, Resumed, State, MAX_RESOLVING, RESOLVE_FOR,
+    Notifications, Open, Receiver, Resolving, Resumed, RoutingState, MAX_RESOLVING, RESOLVE_FOR,
     RETRIGGER_AFTER,
 };
 use super::{Event, Notification, Severity};
@@ -167,7 +167,7 @@ impl Notifications {
     /// Keeps a resolve (saved) until every receiver in `pending` accepted it or gave up.
     pub(super) fn keep_resolving(
         &self,
-        guard: &mut State,
+        guard: &mut RoutingState,
         resolve: Arc<Notification>,
         saved: ResolveFacts,
         pending: BTreeSet<String>,

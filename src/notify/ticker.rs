@@ -101,7 +101,7 @@ impl Notifications {
     /// again to those that never did (it was given up), each with its next time; and
     /// resolves given up, again. Stale entries (the episode ended, the receiver was told
     /// afresh) are dropped as they come due, and in one go once they outnumber live ones.
-    fn remind(&self, guard: &mut super::routing::State) {
+    fn remind(&self, guard: &mut super::routing::RoutingState) {
         let now = Instant::now();
         let windows = self.windows();
         let wall = SystemTime::now();
@@ -190,7 +190,7 @@ impl Notifications {
     /// Rebuilds the reminders heap from the live entries once stale ones outnumber them
     /// (episodes that ended, receivers told afresh), so it stays within twice the live
     /// count: amortised O(1) per entry.
-    fn compact_reminders(&self, guard: &mut super::routing::State) {
+    fn compact_reminders(&self, guard: &mut super::routing::RoutingState) {
         // At most one live entry per receiver of an open episode: below twice that, nothing to
         // do, and nothing is counted (a tick stays O(1) in the open episodes).
         let most = guard.open.len().saturating_mul(self.routes.len().max(1));

@@ -7,8 +7,8 @@
 
 use super::post::post_json;
 use super::{
-    read_secret, url_or_file, Answer, BuildContext, EndReason, Event, Failure, Notification,
-    Notifier, NotifyError, Secret, SendError, Severity,
+    read_secret, url_or_file, Answer, BuildContext, EndReason, Event, FailingInstance,
+    Notification, Notifier, NotifyError, Secret, SendError, Severity,
 };
 use crate::config::{NotifierConfig, WebhookSpec};
 use futures_util::future::BoxFuture;
@@ -80,7 +80,7 @@ pub struct WebhookBody<'a> {
     pub end_reason: Option<EndReason>,
     pub failing: usize,
     pub instances: usize,
-    pub failures: &'a [Failure],
+    pub failures: &'a [FailingInstance],
     /// For a check with `locations`: what each location saw in its latest run. Absent
     /// otherwise.
     #[serde(skip_serializing_if = "<[_]>::is_empty")]

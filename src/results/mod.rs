@@ -13,11 +13,11 @@ pub mod exposition;
 use crate::bus::{Bus, Message, Subscription};
 
 use crate::config::{CheckConfig, NotifyOn};
-use crate::delivery::cut;
 use crate::episode::{EndReason, EpisodeEvent, RunTimes, SavedCheck, SavedLocation, Track};
 use crate::history::{IncidentOp, Recorder, TransitionRecord};
 use crate::lease::Leadership;
 use crate::locations::{across_locations, LocationCounts};
+use crate::message_bounds::cut;
 use crate::messages::{self, CheckResult, Payload, StateEvent, MESSAGE_VERSION};
 use crate::metrics::{CheckToLabels, Metrics, ReasonLabels, SubjectLabels};
 use crate::model::CheckState;
@@ -35,9 +35,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// Bytes of each response body kept with a check's latest result. Runners publish the first
-/// `delivery::BUS_BODY_BYTES` of each body; the store cuts again so that a result from a
+/// `message_bounds::BUS_BODY_BYTES` of each body; the store cuts again so that a result from a
 /// runner of another build cannot make many checks with large pages fill memory.
-pub const STORED_BODY_BYTES: usize = crate::delivery::BUS_BODY_BYTES;
+pub const STORED_BODY_BYTES: usize = crate::message_bounds::BUS_BODY_BYTES;
 
 /// The configured checks, as the current config says; reloads replace it.
 pub type ChecksWatch = watch::Receiver<Arc<Vec<CheckConfig>>>;

@@ -475,12 +475,12 @@ async fn publish_result(
     let outcome = if bus.in_process() {
         // The result never leaves the process: it travels as itself, with every field
         // bounded as on the network, and no size limit to reduce it for.
-        let result = crate::delivery::bound(result);
+        let result = crate::message_bounds::bound(result);
         bus.publish(subject, Payload::Result(Arc::new(result)))
             .await
             .map_err(|e| e.to_string())
     } else {
-        match crate::delivery::encode(result) {
+        match crate::message_bounds::encode(result) {
             Ok(encoded) => {
                 if let Some(form) = encoded.degraded {
                     tracing::warn!(%check, form = form.as_str(), "a result too large for the bus was published reduced");

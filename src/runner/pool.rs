@@ -45,19 +45,19 @@ pub const RESERVE_MEMORY: Duration = Duration::from_secs(15 * 60);
 pub struct WorkerPool {
     check_type: CheckType,
     size: usize,
-    shared: Arc<Shared>,
+    shared: Arc<PoolInner>,
     wait_seconds: Histogram,
     dispatch_timeouts: Counter,
 }
 
 #[derive(Debug)]
-struct Shared {
-    state: Mutex<State>,
+struct PoolInner {
+    state: Mutex<Ledger>,
     busy: Gauge,
 }
 
 #[derive(Debug)]
-struct State {
+struct Ledger {
     free: usize,
     reserved: usize,
     /// Checks that hold or wait for a worker; an entry goes when it does neither.
@@ -93,7 +93,7 @@ struct Waiter {
 /// worker for the next check in rotation.
 #[derive(Debug)]
 pub struct Worker {
-    shared: Arc<Shared>,
+    shared: Arc<PoolInner>,
     check: Arc<str>,
 }
 
@@ -109,7 +109,7 @@ impl Drop for Worker {
 /// A task in a check's queue. Dropped without being granted (timed out, or its run was
 /// cancelled), it leaves the queue; if a worker was handed to it meanwhile, it passes it on.
 struct Waiting {
-    shared: Arc<Shared>,
+    shared: Arc<PoolInner>,
     check: Arc<str>,
     id: u64,
     grant: oneshot::Receiver<()>,
@@ -132,8 +132,8 @@ impl Drop for Waiting {
     }
 }
 
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, State> {
+impl PoolInner {
+    fn lock(&self) -> MutexGuard<'_, Ledger> {
         // A panic while holding this lock leaves the counts as consistent as they were before
         // the statement that panicked: carry on rather than stop every probe of the type.
         self.state
@@ -142,7 +142,7 @@ impl Shared {
     }
 }
 
-impl State {
+impl Ledger {
     /// May `check` take a free worker now?
     fn may_take(&self, check: &str, now: Instant) -> bool {
         if self.free == 0 {
@@ -315,8 +315,8 @@ impl WorkerPool {
         WorkerPool {
             check_type,
             size,
-            shared: Arc::new(Shared {
-                state: Mutex::new(State {
+            shared: Arc::new(PoolInner {
+                state: Mutex::new(Ledger {
                     free: size,
                     reserved: RESERVED_WORKERS.min(size.saturating_sub(1)),
                     checks: HashMap::new(),

@@ -31,7 +31,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("episode", 3),
     ("metrics", 3),
     ("report", 3),
-    ("delivery", 3),
+    ("message_bounds", 3),
     ("checks", 4),
     // History: the store, its writer and queries (below the sink that feeds it).
     ("history", 4),
