@@ -119,28 +119,38 @@ pub enum AgentError {
     SavedState(#[from] crate::saved_state::SavedStateError),
 }
 
-/// A built agent, ready to run.
+/// A built agent, ready to run: what every role has, and the parts of the roles it runs.
 pub struct Agent {
     components: Components,
     listener: TcpListener,
-    checker: Option<Checker>,
-    lease: Option<Arc<dyn LeaseStore>>,
-    runner: Option<Runner>,
-    results: Option<crate::bus::Subscription>,
-    reloader: Option<Arc<Reloader>>,
     web_tls: Option<Arc<rustls::ServerConfig>>,
-    /// The notifiers, built (secrets read) for a scheduling role; started with the sink.
-    notify: Option<tasks::NotifySetup>,
-    /// The sink's side of history; moved into the sink, so the writer stops after it.
-    recorder: Option<crate::history::Recorder>,
-    history_writer: Option<crate::history::writer::Writer>,
+    /// Reloads the config file on demand; None without a config path.
+    reloader: Option<Arc<Reloader>>,
     /// The blackbox_exporter modules `/probe` runs, as the reloads send them.
     blackbox: watch::Receiver<Option<Arc<crate::config::blackbox::BlackboxModules>>>,
-    /// What a scheduling role keeps across restarts, and what the last run kept.
-    saved: Option<(
+    /// What a scheduling role (`all`, `checker`) runs; None on a runner.
+    scheduling: Option<Scheduling>,
+    /// What a probing role (`all`, `runner`) runs; None on a checker.
+    runner: Option<Runner>,
+}
+
+/// The parts of a scheduling role: the checker, and the sink's inputs and outlets.
+struct Scheduling {
+    checker: Checker,
+    /// The lease HA checkers take turns on; None without `checker.ha`.
+    lease: Option<Arc<dyn LeaseStore>>,
+    /// Every result on the bus, for the sink.
+    results: crate::bus::Subscription,
+    /// The notifiers, built (secrets read), started with the sink; None without notifiers.
+    notify: Option<tasks::NotifySetup>,
+    /// History's two ends, None with history off: the recorder is moved into the sink, so
+    /// the writer stops after it.
+    history: Option<(crate::history::Recorder, crate::history::writer::Writer)>,
+    /// What it keeps across restarts, and what the last run kept.
+    saved: (
         Arc<crate::saved_state::SavedState>,
         crate::saved_state::Loaded,
-    )>,
+    ),
 }
 
 /// Where a scheduling agent keeps its checks' states, failure episodes and who was told of
@@ -334,51 +344,42 @@ impl Agent {
         let (bus, lease) =
             connect_bus(&config, role, &metrics, options.bus_connect_timeout).await?;
         let subjects = Subjects::new(config.subject_prefix());
-        let results = if role.schedules() {
-            Some(bus.subscribe(&subjects.all_results(), None).await?)
-        } else {
-            None
-        };
         let runner = if role.probes() {
             Some(build_runner(&config, &bus, &subjects, &metrics).await?)
         } else {
             None
         };
-        let checker = if role.schedules() {
-            Some(build_checker(&config, &checks, &bus, &subjects, &metrics, role).await?)
-        } else {
-            None
-        };
-        // Runners never notify: the checker owns the states.
-        let notify = if notifies {
-            Some(tasks::NotifySetup {
-                notifiers: crate::notify::build_all(&config)?,
-                maintenance: crate::notify::Maintenance::compile(&config.maintenance)
-                    .map_err(AgentError::Maintenance)?,
-                maintenance_updates: window_updates,
-            })
-        } else {
-            None
-        };
-        // History is kept where results are recorded.
-        let history = if role.schedules() && config.history.enabled {
-            Some(crate::history::History::open(
-                &config.history,
-                Arc::clone(&metrics),
-                !config.checker.ha,
-            )?)
-        } else {
-            None
-        };
-        let (recorder, history_reader, history_writer) = match history {
-            Some(history) => (
-                Some(history.recorder),
-                Some(history.reader),
-                Some(history.writer),
-            ),
-            None => (None, None, None),
-        };
-        let saved = if role.schedules() {
+        let (scheduling, history_reader) = if role.schedules() {
+            let results = bus.subscribe(&subjects.all_results(), None).await?;
+            let checker = build_checker(&config, &checks, &bus, &subjects, &metrics, role).await?;
+            // Runners never notify: the checker owns the states.
+            let notify = if notifies {
+                Some(tasks::NotifySetup {
+                    notifiers: crate::notify::build_all(&config)?,
+                    maintenance: crate::notify::Maintenance::compile(&config.maintenance)
+                        .map_err(AgentError::Maintenance)?,
+                    maintenance_updates: window_updates,
+                })
+            } else {
+                None
+            };
+            // History is kept where results are recorded.
+            let history = if config.history.enabled {
+                Some(crate::history::History::open(
+                    &config.history,
+                    Arc::clone(&metrics),
+                    !config.checker.ha,
+                )?)
+            } else {
+                None
+            };
+            let (history, history_reader) = match history {
+                Some(history) => (
+                    Some((history.recorder, history.writer)),
+                    Some(history.reader),
+                ),
+                None => (None, None),
+            };
             let path = episodes_file(&config);
             let fresh = !path.exists();
             let (saved, loaded) = crate::saved_state::SavedState::open(Some(path.clone()))?;
@@ -388,9 +389,17 @@ impl Agent {
                 legacy::retire(&path);
                 None
             };
-            Some((saved, older.unwrap_or(loaded)))
+            let scheduling = Scheduling {
+                checker,
+                lease,
+                results,
+                notify,
+                history,
+                saved: (saved, older.unwrap_or(loaded)),
+            };
+            (Some(scheduling), history_reader)
         } else {
-            None
+            (None, None)
         };
         Ok(Agent {
             components: Components {
@@ -405,17 +414,11 @@ impl Agent {
                 history: history_reader,
             },
             listener,
-            checker,
-            lease,
-            runner,
-            results,
-            reloader,
             web_tls,
-            notify,
-            recorder,
-            history_writer,
+            reloader,
             blackbox,
-            saved,
+            scheduling,
+            runner,
         })
     }
 
@@ -468,18 +471,24 @@ impl Agent {
         let Agent {
             components,
             listener,
-            checker,
-            lease,
-            runner,
-            results,
-            reloader,
             web_tls,
-            notify,
-            recorder,
-            history_writer,
+            reloader,
             blackbox,
-            saved,
+            scheduling,
+            runner,
         } = self;
+        let (checker, lease, results, notify, history, saved) = match scheduling {
+            Some(scheduling) => (
+                Some(scheduling.checker),
+                scheduling.lease,
+                Some(scheduling.results),
+                scheduling.notify,
+                scheduling.history,
+                Some(scheduling.saved),
+            ),
+            None => (None, None, None, None, None, None),
+        };
+        let (recorder, history_writer) = history.unzip();
         let intake = CancellationToken::new();
         let outlets = CancellationToken::new();
         let started = Arc::new(AtomicBool::new(false));
