@@ -177,8 +177,32 @@ fn status_of(state: &ApiState, check: &CheckConfig) -> (CheckState, Option<Check
     )
 }
 
+/// What the overview shows, gathered before any HTML is written: the counts over every check,
+/// the groups to filter by, and the page of matching checks with their history.
+struct Overview<'a> {
+    total: usize,
+    by_state: HashMap<CheckState, usize>,
+    /// Sorted and without duplicates as they come: O(checks log groups).
+    groups: BTreeSet<&'a str>,
+    matching: usize,
+    page: usize,
+    pages: usize,
+    /// The checks of this page: failing first, then by name.
+    rows: Vec<OverviewRow<'a>>,
+    /// Why history could not be read, when it could not.
+    history_failure: Option<&'static str>,
+}
+
+/// One check's line on the overview.
+struct OverviewRow<'a> {
+    check: &'a CheckConfig,
+    state: CheckState,
+    status: Option<CheckStatus>,
+    uptime: Uptimes,
+    sparkline: Option<Vec<Option<f64>>>,
+}
+
 async fn overview(State(state): State<ApiState>, Query(params): Query<OverviewParams>) -> Response {
-    let public = state.status_page == StatusPageMode::Public;
     let filter = CheckFilter {
         state: params.state.clone().filter(|s| !s.is_empty()),
         check_type: params.check_type.clone().filter(|s| !s.is_empty()),
@@ -193,17 +217,27 @@ async fn overview(State(state): State<ApiState>, Query(params): Query<OverviewPa
         *response.status_mut() = StatusCode::BAD_REQUEST;
         return response;
     }
+    let checks = state.checks.current();
+    let view = gather_overview(&state, &checks, &params, &filter).await;
+    let public = state.status_page == StatusPageMode::Public;
+    page("bastion status", &render_overview(&view, &params, public))
+}
+
+async fn gather_overview<'a>(
+    state: &ApiState,
+    checks: &'a super::CheckIndex,
+    params: &OverviewParams,
+    filter: &CheckFilter,
+) -> Overview<'a> {
     let query = params.q.as_deref().unwrap_or("").trim().to_lowercase();
     let now = SystemTime::now();
     let deadline = Instant::now() + PAGE_HISTORY_BUDGET;
-    let checks = state.checks.current();
-    let mut counts: HashMap<CheckState, usize> = HashMap::new();
-    // Sorted and without duplicates as they come: O(checks log groups).
+    let mut by_state: HashMap<CheckState, usize> = HashMap::new();
     let mut groups: BTreeSet<&str> = BTreeSet::new();
     let mut matching: Vec<(&CheckConfig, CheckState, Option<CheckStatus>)> = Vec::new();
     for check in checks.all() {
-        let (current, status) = status_of(&state, check);
-        *counts.entry(current).or_default() += 1;
+        let (current, status) = status_of(state, check);
+        *by_state.entry(current).or_default() += 1;
         if let Some(group) = check.group.as_deref() {
             groups.insert(group);
         }
@@ -213,7 +247,6 @@ async fn overview(State(state): State<ApiState>, Query(params): Query<OverviewPa
             matching.push((check, current, status));
         }
     }
-    // Failing checks first, then by name.
     matching.sort_by(|a, b| {
         severity(b.1)
             .cmp(&severity(a.1))
@@ -221,17 +254,18 @@ async fn overview(State(state): State<ApiState>, Query(params): Query<OverviewPa
     });
     let per = params.per.unwrap_or(PER_PAGE).clamp(1, MAX_PER_PAGE);
     let pages = matching.len().div_ceil(per).max(1);
-    let current_page = params.page.unwrap_or(1).clamp(1, pages);
+    let page = params.page.unwrap_or(1).clamp(1, pages);
+    let count = matching.len();
     let shown: Vec<_> = matching
-        .iter()
-        .skip((current_page - 1) * per)
+        .into_iter()
+        .skip((page - 1) * per)
         .take(per)
         .collect();
     let names: Vec<String> = shown
         .iter()
         .map(|(check, _, _)| check.name.clone())
         .collect();
-    let (uptimes, sparks, failure) = match &state.history {
+    let (mut uptimes, mut sparks, history_failure) = match &state.history {
         Some(history) if !names.is_empty() => {
             let (uptimes, sparks) = tokio::join!(
                 for_page(deadline, history.uptimes(&names, now)),
@@ -246,43 +280,72 @@ async fn overview(State(state): State<ApiState>, Query(params): Query<OverviewPa
         }
         _ => (HashMap::new(), HashMap::new(), None),
     };
+    let rows = shown
+        .into_iter()
+        .map(|(check, state, status)| OverviewRow {
+            uptime: uptimes.remove(&check.name).unwrap_or_default(),
+            sparkline: sparks.remove(&check.name),
+            check,
+            state,
+            status,
+        })
+        .collect();
+    Overview {
+        total: checks.all().len(),
+        by_state,
+        groups,
+        matching: count,
+        page,
+        pages,
+        rows,
+        history_failure,
+    }
+}
 
-    let mut body = String::with_capacity(4096 + shown.len() * 1024);
+fn render_overview(view: &Overview<'_>, params: &OverviewParams, public: bool) -> String {
+    let mut body = String::with_capacity(4096 + view.rows.len() * 1024);
     body.push_str("<main>");
-    if let Some(reason) = failure {
+    if let Some(reason) = view.history_failure {
         history_notice(&mut body, reason);
     }
-    body.push_str("<ul class=\"counts\" aria-label=\"checks by state\">");
+    state_counts(&mut body, view);
+    filters_form(&mut body, params, &view.groups);
     let _ = write!(
         body,
-        "<li><a href=\"/\">all <b>{}</b></a></li>",
-        checks.all().len()
+        "<p class=\"muted\" id=\"matching\" data-matching=\"{0}\">{0} checks match; page {1} of {2}.</p>",
+        view.matching, view.page, view.pages
     );
+    checks_table(&mut body, &view.rows, public);
+    page_links(&mut body, view, params);
+    body.push_str("</main>");
+    body
+}
+
+/// The links to every state, each with its number of checks.
+fn state_counts(body: &mut String, view: &Overview<'_>) {
+    body.push_str("<ul class=\"counts\" aria-label=\"checks by state\">");
+    let _ = write!(body, "<li><a href=\"/\">all <b>{}</b></a></li>", view.total);
     for known in CheckState::ALL {
         let _ = write!(
             body,
             "<li><a href=\"/?state={0}\">{1} <b>{2}</b></a></li>",
             known.as_str(),
             state_html(known),
-            counts.get(&known).copied().unwrap_or(0)
+            view.by_state.get(&known).copied().unwrap_or(0)
         );
     }
     body.push_str("</ul>");
-    filters_form(&mut body, &params, &groups);
-    let _ = write!(
-        body,
-        "<p class=\"muted\" id=\"matching\" data-matching=\"{0}\">{0} checks match; page {1} of {2}.</p>",
-        matching.len(),
-        current_page,
-        pages
-    );
+}
+
+/// The table of the page's checks: state, uptimes, latency and what fails.
+fn checks_table(body: &mut String, rows: &[OverviewRow<'_>], public: bool) {
     body.push_str(
         "<div class=\"table\"><table id=\"checks\"><thead><tr><th>check</th><th>state</th>\
          <th>24 h</th><th>7 d</th><th>30 d</th><th class=\"wide\">latency, 24 h</th>\
          <th class=\"wide\">failing</th></tr></thead><tbody>",
     );
-    for (check, current, status) in shown {
-        let uptime = uptimes.get(&check.name).copied().unwrap_or_default();
+    for row in rows {
+        let check = row.check;
         let _ = write!(
             body,
             "<tr data-check=\"{name}\"><td><a href=\"/checks/{link}\">{name}</a>\
@@ -295,34 +358,38 @@ async fn overview(State(state): State<ApiState>, Query(params): Query<OverviewPa
                 .as_deref()
                 .map(|g| format!(" · {}", esc(g)))
                 .unwrap_or_default(),
-            state = state_html(*current),
+            state = state_html(row.state),
         );
-        uptime_cells(&mut body, &uptime);
+        uptime_cells(body, &row.uptime);
         body.push_str("<td class=\"wide\">");
-        if let Some(line) = sparks.get(&check.name) {
-            sparkline(&mut body, line);
+        if let Some(line) = &row.sparkline {
+            sparkline(body, line);
         }
         body.push_str("</td><td class=\"wide failing\">");
-        failing_instances(&mut body, status.as_ref(), public);
+        failing_instances(body, row.status.as_ref(), public);
         body.push_str("</td></tr>");
     }
-    body.push_str("</tbody></table></div><nav class=\"pages\">");
-    if current_page > 1 {
+    body.push_str("</tbody></table></div>");
+}
+
+/// Previous and next, keeping the filters.
+fn page_links(body: &mut String, view: &Overview<'_>, params: &OverviewParams) {
+    body.push_str("<nav class=\"pages\">");
+    if view.page > 1 {
         let _ = write!(
             body,
             "<a href=\"{}\" rel=\"prev\">← previous</a>",
-            params.link(current_page - 1)
+            params.link(view.page - 1)
         );
     }
-    if current_page < pages {
+    if view.page < view.pages {
         let _ = write!(
             body,
             "<a href=\"{}\" rel=\"next\">next →</a>",
-            params.link(current_page + 1)
+            params.link(view.page + 1)
         );
     }
-    body.push_str("</nav></main>");
-    page("bastion status", &body)
+    body.push_str("</nav>");
 }
 
 fn severity(state: CheckState) -> u8 {
@@ -585,40 +652,65 @@ pub(super) struct CheckParams {
 
 const RANGES: [&str; 6] = ["15m", "1h", "6h", "24h", "7d", "30d"];
 
+/// What a check's page shows, gathered before any HTML is written.
+struct CheckView<'a> {
+    check: &'a CheckConfig,
+    state: CheckState,
+    status: Option<CheckStatus>,
+    /// None on an agent that keeps no history.
+    history: Option<CheckHistory>,
+}
+
+/// A check's history as its page shows it; a part that could not be read is None.
+struct CheckHistory {
+    range: &'static str,
+    from: SystemTime,
+    now: SystemTime,
+    /// Why a part could not be read, when one could not.
+    failure: Option<&'static str>,
+    uptime: Uptimes,
+    latency: Option<Vec<Point>>,
+    bars: Option<Vec<DayBar>>,
+    incidents: Option<Vec<Incident>>,
+}
+
 async fn check_page(
     State(state): State<ApiState>,
     Path(name): Path<String>,
     Query(params): Query<CheckParams>,
 ) -> Response {
-    // One "now" for the whole page: the range, the retention horizons and every read.
-    let now = SystemTime::now();
-    let deadline = Instant::now() + PAGE_HISTORY_BUDGET;
-    let public = state.status_page == StatusPageMode::Public;
     let checks = state.checks.current();
     let Some(check) = checks.get(&name) else {
         return not_found(&format!("no check is named `{name}`"));
     };
-    let range = params
-        .range
-        .as_deref()
-        .filter(|range| RANGES.contains(range))
+    let range = RANGES
+        .iter()
+        .copied()
+        .find(|known| params.range.as_deref() == Some(*known))
         .unwrap_or("24h");
     let (current, status) = status_of(&state, check);
-    let mut body = String::with_capacity(16 * 1024);
-    let _ = write!(
-        body,
-        "<main><p><a href=\"/\">← all checks</a></p><h2 id=\"check\" data-check=\"{name}\">{name} {state}</h2>",
-        name = esc(&check.name),
-        state = state_html(current),
-    );
-    let Some(history) = &state.history else {
-        facts(&mut body, check, status.as_ref(), public);
-        body.push_str("</dl>");
-        locations_table(&mut body, status.as_ref());
-        instances_table(&mut body, status.as_ref(), public);
-        body.push_str("<p class=\"muted\">This agent keeps no history.</p></main>");
-        return page(&check.name, &body);
+    let history = match &state.history {
+        Some(history) => Some(gather_check_history(history, &name, range).await),
+        None => None,
     };
+    let view = CheckView {
+        check,
+        state: current,
+        status,
+        history,
+    };
+    let public = state.status_page == StatusPageMode::Public;
+    page(&check.name, &render_check(&view, public))
+}
+
+async fn gather_check_history(
+    history: &crate::history::HistoryReader,
+    name: &str,
+    range: &'static str,
+) -> CheckHistory {
+    // One "now" for the whole page: the range, the retention horizons and every read.
+    let now = SystemTime::now();
+    let deadline = Instant::now() + PAGE_HISTORY_BUDGET;
     let from = range_start(range, now, history.config());
     let series_query = SeriesQuery {
         from,
@@ -631,27 +723,57 @@ async fn check_page(
         .checked_sub(Duration::from_secs(90 * 86_400))
         .unwrap_or(now);
     // Every read at once, all within the page's one deadline.
-    let names = std::slice::from_ref(&name);
+    let names = [name.to_string()];
     let (uptime, series, bars, incidents) = tokio::join!(
-        for_page(deadline, history.uptimes(names, now)),
-        for_page(deadline, history.series(&name, &series_query)),
-        for_page(deadline, history.daily_bars(&name, 90, now)),
-        for_page(deadline, history.incidents(Some(&name), since, 50, now)),
+        for_page(deadline, history.uptimes(&names, now)),
+        for_page(deadline, history.series(name, &series_query)),
+        for_page(deadline, history.daily_bars(name, 90, now)),
+        for_page(deadline, history.incidents(Some(name), since, 50, now)),
     );
-    if let Some(reason) = first_failure([
+    let failure = first_failure([
         uptime.as_ref().err(),
         series.as_ref().err(),
         bars.as_ref().err(),
         incidents.as_ref().err(),
-    ]) {
+    ]);
+    CheckHistory {
+        range,
+        from,
+        now,
+        failure,
+        uptime: uptime
+            .ok()
+            .and_then(|mut all| all.remove(name))
+            .unwrap_or_default(),
+        latency: series.ok().map(|series| series.points),
+        bars: bars.ok(),
+        incidents: incidents.ok(),
+    }
+}
+
+fn render_check(view: &CheckView<'_>, public: bool) -> String {
+    let check = view.check;
+    let status = view.status.as_ref();
+    let mut body = String::with_capacity(16 * 1024);
+    let _ = write!(
+        body,
+        "<main><p><a href=\"/\">← all checks</a></p><h2 id=\"check\" data-check=\"{name}\">{name} {state}</h2>",
+        name = esc(&check.name),
+        state = state_html(view.state),
+    );
+    let Some(history) = &view.history else {
+        facts(&mut body, check, status, public);
+        body.push_str("</dl>");
+        locations_table(&mut body, status);
+        instances_table(&mut body, status, public);
+        body.push_str("<p class=\"muted\">This agent keeps no history.</p></main>");
+        return body;
+    };
+    if let Some(reason) = history.failure {
         history_notice(&mut body, reason);
     }
-    facts(&mut body, check, status.as_ref(), public);
-    let uptime = uptime
-        .ok()
-        .and_then(|mut all| all.remove(&name))
-        .unwrap_or_default();
-    for (window, value) in uptime.windows() {
+    facts(&mut body, check, status, public);
+    for (window, value) in history.uptime.windows() {
         let _ = write!(
             body,
             "<dt>uptime {window}</dt><dd data-uptime-{window}=\"{}\">{}</dd>",
@@ -660,43 +782,58 @@ async fn check_page(
         );
     }
     body.push_str("</dl>");
-    locations_table(&mut body, status.as_ref());
+    locations_table(&mut body, status);
+    latency_section(&mut body, &check.name, history);
+    body.push_str("<section><h2>Uptime per day, last 90 days</h2>");
+    match &history.bars {
+        Some(bars) => uptime_bars(&mut body, bars),
+        None => not_available(&mut body),
+    }
+    body.push_str("</section>");
+    incidents_section(&mut body, history.incidents.as_deref(), public);
+    instances_table(&mut body, status, public);
+    body.push_str("</main>");
+    body
+}
 
+/// The latency chart of the chosen range, with the links to the others.
+fn latency_section(body: &mut String, name: &str, history: &CheckHistory) {
     body.push_str("<section><h2>Latency, median per phase</h2><p class=\"ranges\">");
     for option in RANGES {
         let _ = write!(
             body,
             "<a href=\"/checks/{}?range={option}\"{}>{option}</a>",
-            url_part(&check.name),
-            if option == range { " class=\"on\"" } else { "" }
+            url_part(name),
+            if option == history.range {
+                " class=\"on\""
+            } else {
+                ""
+            }
         );
     }
     body.push_str("</p>");
-    match series {
-        Ok(series) => latency_chart(&mut body, &series.points, from, now),
-        Err(_) => not_available(&mut body),
+    match &history.latency {
+        Some(points) => latency_chart(body, points, history.from, history.now),
+        None => not_available(body),
     }
-    body.push_str("</section><section><h2>Uptime per day, last 90 days</h2>");
-    match bars {
-        Ok(bars) => uptime_bars(&mut body, &bars),
-        Err(_) => not_available(&mut body),
-    }
-    body.push_str("</section><section><h2>Incidents, last 90 days</h2>");
+    body.push_str("</section>");
+}
+
+/// The incidents of the last 90 days, newest first.
+fn incidents_section(body: &mut String, incidents: Option<&[Incident]>, public: bool) {
+    body.push_str("<section><h2>Incidents, last 90 days</h2>");
     match incidents {
-        Ok(incidents) if incidents.is_empty() => body.push_str("<p class=\"muted\">None.</p>"),
-        Ok(incidents) => {
+        Some([]) => body.push_str("<p class=\"muted\">None.</p>"),
+        Some(incidents) => {
             body.push_str("<div id=\"incidents\">");
-            for incident in &incidents {
-                incident_html(&mut body, incident, public);
+            for incident in incidents {
+                incident_html(body, incident, public);
             }
             body.push_str("</div>");
         }
-        Err(_) => not_available(&mut body),
+        None => not_available(body),
     }
     body.push_str("</section>");
-    instances_table(&mut body, status.as_ref(), public);
-    body.push_str("</main>");
-    page(&check.name, &body)
 }
 
 /// The start of a page's range: `range` before `now`, but never before the oldest history
