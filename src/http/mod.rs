@@ -873,6 +873,19 @@ where
         parts: &mut axum::http::request::Parts,
         state: &S,
     ) -> Result<Self, Response> {
+        // serde_urlencoded would read bytes that are not UTF-8 as U+FFFD, so `after=%FF`
+        // would quietly mean another name: refuse it instead.
+        if parts
+            .uri
+            .query()
+            .is_some_and(|query| !decodes_to_utf8(query))
+        {
+            return Err(history_api::error(
+                StatusCode::BAD_REQUEST,
+                "the query string is not UTF-8 once percent-decoded; encode parameters as UTF-8"
+                    .to_string(),
+            ));
+        }
         match Query::<T>::from_request_parts(parts, state).await {
             Ok(Query(value)) => Ok(ApiQuery(value)),
             Err(rejection) => Err(history_api::error(
@@ -881,6 +894,37 @@ where
             )),
         }
     }
+}
+
+/// Whether every parameter name and value of `query` is UTF-8 once percent-decoded (a `%`
+/// not followed by two hex digits stays as it is, as form decoding leaves it).
+fn decodes_to_utf8(query: &str) -> bool {
+    let hex = |byte: u8| char::from(byte).to_digit(16);
+    query
+        .split('&')
+        .flat_map(|pair| pair.split('='))
+        .all(|part| {
+            let bytes = part.as_bytes();
+            let mut decoded = Vec::with_capacity(bytes.len());
+            let mut at = 0;
+            while at < bytes.len() {
+                match (
+                    bytes[at],
+                    bytes.get(at + 1).copied().and_then(hex),
+                    bytes.get(at + 2).copied().and_then(hex),
+                ) {
+                    (b'%', Some(high), Some(low)) => {
+                        decoded.push((high * 16 + low) as u8);
+                        at += 3;
+                    }
+                    (byte, _, _) => {
+                        decoded.push(byte);
+                        at += 1;
+                    }
+                }
+            }
+            std::str::from_utf8(&decoded).is_ok()
+        })
 }
 
 /// `Path`, refusing what it cannot read (a name that is not UTF-8, say) with the API's
@@ -913,6 +957,16 @@ mod tests {
     use super::*;
     use crate::config::{Config, Format};
     use tokio::sync::watch;
+
+    #[test]
+    fn a_query_is_utf8_only_when_every_decoded_part_is() {
+        assert!(decodes_to_utf8("after=web-1&limit=10"));
+        assert!(decodes_to_utf8("q=caf%C3%A9&x=%zz&y=%"));
+        assert!(decodes_to_utf8(""));
+        assert!(!decodes_to_utf8("after=%FF"));
+        assert!(!decodes_to_utf8("limit=1&%C3=x"));
+        assert!(!decodes_to_utf8("q=%C3%28"));
+    }
 
     fn checks(names: &[&str]) -> Arc<Vec<CheckConfig>> {
         let toml: String = names

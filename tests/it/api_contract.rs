@@ -184,6 +184,9 @@ fn pages_follow_the_names_and_their_links_reach_every_check_once() {
         ("limit=99999999999999999999", 400),
         ("limit=ten", 400),
         ("after=c-020", 200),
+        // A name that is not UTF-8 is refused, not read as another one.
+        ("after=%FF", 400),
+        ("after=caf%C3%A9", 200),
     ] {
         let answer = request(agent.listen, &format!("/api/v1/checks?{query}"), &[]);
         assert_eq!(answer.status, status, "{query}");
