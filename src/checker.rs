@@ -96,11 +96,21 @@ struct Place {
     subject: String,
     /// The run waiting for its result, and when the checker stops waiting.
     in_flight: Option<(u64, Instant)>,
+    /// This place's `bastion_schedule_skipped_total` and `bastion_runs_lost_total`, with its
+    /// `location` label when it has one.
+    skipped: Counter,
+    lost: Counter,
 }
 
 impl Place {
-    fn new(location: Option<&str>, check: &CheckConfig, subjects: &Subjects) -> Place {
+    fn new(
+        location: Option<&str>,
+        check: &CheckConfig,
+        subjects: &Subjects,
+        metrics: &Metrics,
+    ) -> Place {
         let check_type = check.check_type();
+        let (skipped, lost) = metrics.place_series(&check.name, location);
         Place {
             location: location.map(Arc::from),
             subject: match location {
@@ -108,6 +118,8 @@ impl Place {
                 None => subjects.checks(check_type),
             },
             in_flight: None,
+            skipped,
+            lost,
         }
     }
 }
@@ -117,13 +129,11 @@ struct Scheduled {
     /// One place without `locations`; one per location with them (with `["*"]`, one per
     /// location that had a live runner at the last tick).
     places: Vec<Place>,
-    /// Locations whose `bastion_runs_no_runner_total` series exist, to forget with the check.
+    /// Locations told to have no live runner (logged once each), at most `MAX_LOCATIONS`.
     no_runner_seen: std::collections::BTreeSet<String>,
     /// How long after it was due a run can be in flight at most (`run_window::lost_after`).
     horizon: Duration,
     scheduled: Counter,
-    skipped: Counter,
-    lost: Counter,
     /// With `instances_from = { file }`: the target groups its watcher read last.
     discovered: Option<watch::Receiver<crate::discovery::TargetSet>>,
 }
@@ -259,13 +269,11 @@ impl Checker {
                 }
                 None => {
                     // A changed check starts over: its counters too.
-                    self.metrics.forget_check_schedule(&config.name);
-                    if let Some(before) = old.get(&config.name) {
-                        self.metrics.forget_no_runner(
-                            &config.name,
-                            before.no_runner_seen.iter().map(String::as_str),
-                        );
-                    }
+                    let seen = old.get(&config.name).map(|before| &before.no_runner_seen);
+                    self.metrics.forget_check_schedule(
+                        &config.name,
+                        seen.into_iter().flatten().map(String::as_str),
+                    );
                     let scheduled = Scheduled::new(
                         config,
                         self.dispatch_deadline,
@@ -281,9 +289,10 @@ impl Checker {
             next.push(scheduled);
         }
         for (removed, scheduled) in &old {
-            self.metrics.forget_check_schedule(removed);
-            self.metrics
-                .forget_no_runner(removed, scheduled.no_runner_seen.iter().map(String::as_str));
+            self.metrics.forget_check_schedule(
+                removed,
+                scheduled.no_runner_seen.iter().map(String::as_str),
+            );
         }
         tracing::info!(
             checks = next.len(),
@@ -426,7 +435,9 @@ impl Checker {
         // fired in a burst.
         let mut next_at = at + interval;
         while next_at <= now {
-            check.skipped.inc();
+            for place in &check.places {
+                place.skipped.inc();
+            }
             next_at += interval;
         }
         let mut requests = Vec::with_capacity(check.places.len());
@@ -434,11 +445,11 @@ impl Checker {
         for (place_index, place) in check.places.iter_mut().enumerate() {
             if let Some((_, expires)) = place.in_flight {
                 if expires > now {
-                    check.skipped.inc();
+                    place.skipped.inc();
                     tracing::debug!(check = %check.config.name, location = place.location.as_deref(), "previous run still in flight; tick skipped");
                     continue;
                 }
-                check.lost.inc();
+                place.lost.inc();
                 tracing::warn!(check = %check.config.name, location = place.location.as_deref(), "a run's result never arrived");
                 place.in_flight = None;
             }
@@ -532,9 +543,7 @@ impl Checker {
                 left_out += 1;
                 continue;
             }
-            check
-                .places
-                .push(Place::new(Some(&location), &check.config, &self.subjects));
+            check.add_place(&location, &self.subjects, &self.metrics);
         }
         if left_out > 0 {
             tracing::warn!(check = %check.config.name, left_out, followed = crate::config::bounds::MAX_LOCATIONS, "more live locations than a check follows; the others get no runs");
@@ -651,11 +660,7 @@ impl Checker {
         {
             return;
         }
-        scheduled.places.push(Place::new(
-            Some(location),
-            &scheduled.config,
-            &self.subjects,
-        ));
+        scheduled.add_place(location, &self.subjects, &self.metrics);
     }
 
     /// While standing by: the locations the leader's results come from become places of
@@ -736,18 +741,9 @@ impl Scheduled {
             )),
             _ => None,
         };
-        let places = match check.locations.as_deref() {
-            None => vec![Place::new(None, check, subjects)],
-            // Filled at each tick from the live locations.
-            Some(_) if check.every_location() => Vec::new(),
-            Some(locations) => locations
-                .iter()
-                .map(|location| Place::new(Some(location), check, subjects))
-                .collect(),
-        };
-        Scheduled {
+        let mut scheduled = Scheduled {
             discovered,
-            places,
+            places: Vec::new(),
             no_runner_seen: std::collections::BTreeSet::new(),
             // Capped as validation caps them, so `at + horizon` cannot overflow.
             horizon: crate::run_window::lost_after(
@@ -755,10 +751,27 @@ impl Scheduled {
                 crate::config::bounds::CHECK_TIMEOUT.cap_duration(check.timeout()),
             ),
             scheduled: metrics.checks_scheduled.get_or_create(&labels).clone(),
-            skipped: metrics.schedule_skipped.get_or_create(&labels).clone(),
-            lost: metrics.runs_lost.get_or_create(&labels).clone(),
             config: Arc::new(check.clone()),
+        };
+        match check.locations.as_deref() {
+            None => scheduled
+                .places
+                .push(Place::new(None, check, subjects, metrics)),
+            // Filled at each tick from the live locations.
+            Some(_) if check.every_location() => {}
+            Some(locations) => {
+                for location in locations {
+                    scheduled.add_place(location, subjects, metrics);
+                }
+            }
         }
+        scheduled
+    }
+
+    /// A place for `location`, with its series.
+    fn add_place(&mut self, location: &str, subjects: &Subjects, metrics: &Metrics) {
+        self.places
+            .push(Place::new(Some(location), &self.config, subjects, metrics));
     }
 }
 

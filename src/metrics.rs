@@ -14,6 +14,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +28,29 @@ type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CheckLabels {
     pub check: String,
+}
+
+/// A check's place in the schedule: the check, and its location when it has `locations`.
+/// Without one the series carries no `location` label at all (not an empty one), so a check
+/// without locations has the same series it always had.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct CheckPlaceLabels {
+    pub check: String,
+    pub location: Option<String>,
+}
+
+impl EncodeLabelSet for CheckPlaceLabels {
+    fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::LabelSetEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeLabel;
+        ("check", self.check.as_str()).encode(encoder.encode_label())?;
+        if let Some(location) = &self.location {
+            ("location", location.as_str()).encode(encoder.encode_label())?;
+        }
+        Ok(())
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -196,7 +220,7 @@ impl<M> prometheus_client::metrics::family::MetricConstructor<M> for Given<M> {
 }
 
 /// The label sets a check has in a per-check family, for looking its series up by name.
-type LabelsOf<L> = fn(&str) -> Vec<L>;
+type LabelsOf<L> = Arc<dyn Fn(&str) -> Vec<L> + Send + Sync>;
 
 fn check_labels(check: &str) -> Vec<CheckLabels> {
     vec![CheckLabels {
@@ -382,8 +406,11 @@ pub struct Metrics {
     /// The length of the last full render, to size the next one's buffer.
     last_len: std::sync::atomic::AtomicUsize,
     pub checks_scheduled: Family<CheckLabels, Counter>,
-    pub schedule_skipped: Family<CheckLabels, Counter>,
-    pub runs_lost: Family<CheckLabels, Counter>,
+    /// The locations each check with `locations` has schedule series in, so that a scrape of
+    /// some checks (`?group=`) finds their series without encoding every check's.
+    place_locations: Arc<std::sync::RwLock<HashMap<String, BTreeSet<String>>>>,
+    pub schedule_skipped: Family<CheckPlaceLabels, Counter>,
+    pub runs_lost: Family<CheckPlaceLabels, Counter>,
     /// Runs of a check with `locations` not made in a location with no live runner.
     pub runs_no_runner: Family<CheckLocationLabels, Counter>,
     /// Discovery sources of a check that could not be used (a broken file_sd file).
@@ -457,6 +484,7 @@ impl Metrics {
             discovery_errors: Family::default(),
             runs_lost: Family::default(),
             runs_no_runner: Family::default(),
+            place_locations: Arc::default(),
             schedule_lag_seconds: latency_histogram(),
             dispatch_wait_seconds: Family::new_with_constructor(latency_histogram),
             dispatch_timeouts: Family::default(),
@@ -518,21 +546,21 @@ impl Metrics {
             "bastion_checks_scheduled",
             "Check runs published by the checker",
             &self.checks_scheduled,
-            Some(check_labels),
+            Some(Arc::new(check_labels)),
             Counter::default,
         );
         registry.per_check(
             "bastion_schedule_skipped",
             "Ticks skipped because the previous run of the check was still in flight",
             &self.schedule_skipped,
-            Some(check_labels),
+            Some(self.place_labels()),
             Counter::default,
         );
         registry.per_check(
             "bastion_runs_lost",
             "Check runs whose result never arrived before the run could no longer be in flight",
             &self.runs_lost,
-            Some(check_labels),
+            Some(self.place_labels()),
             Counter::default,
         );
         registry.per_check(
@@ -546,7 +574,7 @@ impl Metrics {
             "bastion_discovery_errors",
             "Times a check's discovery source could not be used (each distinct problem once); the last good instances stay",
             &self.discovery_errors,
-            Some(check_labels),
+            Some(Arc::new(check_labels)),
             Counter::default,
         );
         registry.agent(
@@ -587,7 +615,7 @@ impl Metrics {
             "bastion_check_duration_seconds",
             "How long a whole check run took, from dispatch to its last response",
             &self.check_duration_seconds,
-            Some(check_type_labels),
+            Some(Arc::new(check_type_labels)),
             latency_histogram,
         );
         registry.agent(
@@ -750,7 +778,7 @@ impl Metrics {
             "bastion_check_transitions",
             "Changes of check state, by the state entered",
             &self.check_transitions,
-            Some(check_to_labels),
+            Some(Arc::new(check_to_labels)),
             Counter::default,
         );
         registry.agent(
@@ -1002,20 +1030,77 @@ impl Metrics {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Removes the series the checker keeps per check.
-    pub fn forget_check_schedule(&self, check: &str) {
+    /// The schedule series of a check's place: `location` is None for a check without
+    /// `locations`. Taken once per place, not per run.
+    pub fn place_series(&self, check: &str, location: Option<&str>) -> (Counter, Counter) {
+        if let Some(location) = location {
+            self.place_locations
+                .write()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .entry(check.to_string())
+                .or_default()
+                .insert(location.to_string());
+        }
+        let labels = CheckPlaceLabels {
+            check: check.to_string(),
+            location: location.map(str::to_string),
+        };
+        (
+            self.schedule_skipped.get_or_create(&labels).clone(),
+            self.runs_lost.get_or_create(&labels).clone(),
+        )
+    }
+
+    /// A check's place labels: the check's own, and one per location it has places in.
+    fn place_labels(&self) -> LabelsOf<CheckPlaceLabels> {
+        let table = Arc::clone(&self.place_locations);
+        Arc::new(move |check: &str| {
+            let mut labels = vec![CheckPlaceLabels {
+                check: check.to_string(),
+                location: None,
+            }];
+            let table = table
+                .read()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if let Some(locations) = table.get(check) {
+                labels.extend(locations.iter().map(|location| CheckPlaceLabels {
+                    check: check.to_string(),
+                    location: Some(location.clone()),
+                }));
+            }
+            labels
+        })
+    }
+
+    /// Removes the series the checker keeps per check: those of the check itself, of each
+    /// location it had a place in, and `bastion_runs_no_runner_total` of `no_runner_locations`.
+    pub fn forget_check_schedule<'a>(
+        &self,
+        check: &str,
+        no_runner_locations: impl IntoIterator<Item = &'a str>,
+    ) {
         let labels = CheckLabels {
             check: check.to_string(),
         };
         self.checks_scheduled.remove(&labels);
-        self.schedule_skipped.remove(&labels);
-        self.runs_lost.remove(&labels);
         self.discovery_errors.remove(&labels);
-    }
-
-    /// Forgets `bastion_runs_no_runner_total` of a check's locations.
-    pub fn forget_no_runner<'a>(&self, check: &str, locations: impl IntoIterator<Item = &'a str>) {
-        for location in locations {
+        let place = |location: Option<&str>| CheckPlaceLabels {
+            check: check.to_string(),
+            location: location.map(str::to_string),
+        };
+        self.schedule_skipped.remove(&place(None));
+        self.runs_lost.remove(&place(None));
+        let places = self
+            .place_locations
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(check)
+            .unwrap_or_default();
+        for location in &places {
+            self.schedule_skipped.remove(&place(Some(location)));
+            self.runs_lost.remove(&place(Some(location)));
+        }
+        for location in no_runner_locations {
             self.runs_no_runner.remove(&CheckLocationLabels {
                 check: check.to_string(),
                 location: location.to_string(),
@@ -1075,7 +1160,17 @@ mod tests {
                 check: check.to_string(),
             };
             metrics.checks_scheduled.get_or_create(&labels).inc();
-            metrics.runs_lost.get_or_create(&labels).inc();
+            metrics
+                .runs_lost
+                .get_or_create(&CheckPlaceLabels {
+                    check: check.to_string(),
+                    location: None,
+                })
+                .inc();
+            // A place in a location: its series is chosen with its check.
+            let (skipped, lost) = metrics.place_series(check, Some("eu"));
+            skipped.inc();
+            lost.inc();
             metrics
                 .runs_no_runner
                 .get_or_create(&CheckLocationLabels {

@@ -425,6 +425,30 @@ async fn a_slow_location_never_holds_up_another() {
     // stays in flight until it is lost (dispatch deadline 30 s + timeout 1 s + 5 s).
     assert!(fast >= 19, "{fast} runs in the fast location");
     assert!((4..=6).contains(&slow), "{slow} runs in the slow location");
-    assert!(counter(&harness.metrics, "bastion_runs_lost_total{check=\"tick\"}") >= 4.0);
+    // Each location counts its own: the slow one's skipped and lost runs, none in the fast
+    // one, and no series without a location for a check that has locations.
+    let slow_lost = "bastion_runs_lost_total{check=\"tick\",location=\"slow\"}";
+    let slow_skipped = "bastion_schedule_skipped_total{check=\"tick\",location=\"slow\"}";
+    assert!(counter(&harness.metrics, slow_lost) >= 4.0);
+    assert!(counter(&harness.metrics, slow_skipped) >= 10.0);
+    assert_eq!(
+        counter(
+            &harness.metrics,
+            "bastion_runs_lost_total{check=\"tick\",location=\"fast\"}"
+        ),
+        0.0
+    );
+    assert_eq!(
+        counter(
+            &harness.metrics,
+            "bastion_schedule_skipped_total{check=\"tick\",location=\"fast\"}"
+        ),
+        0.0
+    );
+    let text = harness.metrics.render();
+    assert!(
+        !text.contains("bastion_runs_lost_total{check=\"tick\"}"),
+        "{text}"
+    );
     harness.stop.cancel();
 }
