@@ -113,6 +113,7 @@ impl Place {
 }
 
 struct Scheduled {
+    /// The definition, shared with the config's list and every request (never a copy).
     config: Arc<CheckConfig>,
     /// One place without `locations`; one per location with them (with `["*"]`, one per
     /// location that had a live runner at the last tick).
@@ -145,7 +146,7 @@ pub struct Checker {
     dispatch_deadline: Duration,
     subjects: Subjects,
     /// New check lists from config reloads.
-    updates: Option<watch::Receiver<Arc<Vec<CheckConfig>>>>,
+    updates: Option<watch::Receiver<crate::config::CheckList>>,
     bus: Arc<dyn Bus>,
     results: Subscription,
     /// Every agent's heartbeats: which locations have live runners.
@@ -173,7 +174,7 @@ impl Checker {
     /// Subscribes to results now, so that no result of a run it publishes is missed, and to
     /// heartbeats, to learn where runners are.
     pub async fn build(
-        checks: &[CheckConfig],
+        checks: &[Arc<CheckConfig>],
         dispatch_deadline: Duration,
         bus: Arc<dyn Bus>,
         subjects: &Subjects,
@@ -219,7 +220,7 @@ impl Checker {
     }
 
     /// Follows the check lists sent on `updates` (config reloads).
-    pub fn follow(mut self, updates: watch::Receiver<Arc<Vec<CheckConfig>>>) -> Checker {
+    pub fn follow(mut self, updates: watch::Receiver<crate::config::CheckList>) -> Checker {
         self.updates = Some(updates);
         self
     }
@@ -228,7 +229,7 @@ impl Checker {
     /// their next due time; new and changed ones are due at their phase from now.
     fn apply(
         &mut self,
-        configs: &[CheckConfig],
+        configs: &[Arc<CheckConfig>],
         due: Option<&mut BinaryHeap<Reverse<(Instant, usize)>>>,
     ) {
         let mut due_at: HashMap<String, Instant> = HashMap::new();
@@ -251,9 +252,11 @@ impl Checker {
         for config in configs {
             let kept = old
                 .remove(&config.name)
-                .filter(|scheduled| *scheduled.config == *config);
+                .filter(|scheduled| *scheduled.config == **config);
             let (scheduled, at) = match kept {
-                Some(scheduled) => {
+                Some(mut scheduled) => {
+                    // The same definition: hold the new list's, so the old list can go.
+                    scheduled.config = Arc::clone(config);
                     let at = due_at.get(&config.name).copied();
                     (scheduled, at)
                 }
@@ -698,8 +701,8 @@ impl Checker {
 
 /// The next check list sent on `updates`; never, without updates or once their sender is gone.
 async fn next_update(
-    updates: Option<&mut watch::Receiver<Arc<Vec<CheckConfig>>>>,
-) -> Option<Arc<Vec<CheckConfig>>> {
+    updates: Option<&mut watch::Receiver<crate::config::CheckList>>,
+) -> Option<crate::config::CheckList> {
     if let Some(updates) = updates {
         if updates.changed().await.is_ok() {
             return Some(Arc::clone(&updates.borrow_and_update()));
@@ -718,7 +721,7 @@ fn index_by_name(checks: &[Scheduled]) -> HashMap<String, usize> {
 
 impl Scheduled {
     fn new(
-        check: &CheckConfig,
+        check: &Arc<CheckConfig>,
         dispatch_deadline: Duration,
         subjects: &Subjects,
         metrics: &Metrics,
@@ -757,7 +760,7 @@ impl Scheduled {
             scheduled: metrics.checks_scheduled.get_or_create(&labels).clone(),
             skipped: metrics.schedule_skipped.get_or_create(&labels).clone(),
             lost: metrics.runs_lost.get_or_create(&labels).clone(),
-            config: Arc::new(check.clone()),
+            config: Arc::clone(check),
         }
     }
 }

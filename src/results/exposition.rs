@@ -724,7 +724,7 @@ mod tests {
         )
         .unwrap();
         // A receiver keeps the last list after its sender is gone.
-        let checks = tokio::sync::watch::channel(Arc::new(config.checks)).1;
+        let checks = tokio::sync::watch::channel(crate::config::check_list(config.checks)).1;
         (store, checks)
     }
 
