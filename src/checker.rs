@@ -232,38 +232,36 @@ impl Checker {
         configs: &[Arc<CheckConfig>],
         due: Option<&mut BinaryHeap<Reverse<(Instant, usize)>>>,
     ) {
-        let mut due_at: HashMap<String, Instant> = HashMap::new();
+        // By the old position, found through `by_name`: a reload of a million checks builds
+        // no map of a million copied names here.
+        let mut due_at: Vec<Option<Instant>> = vec![None; self.checks.len()];
         if let Some(due) = &due {
             for Reverse((at, index)) in due.iter() {
-                if let Some(check) = self.checks.get(*index) {
-                    due_at.insert(check.config.name.clone(), *at);
+                if let Some(slot) = due_at.get_mut(*index) {
+                    *slot = Some(*at);
                 }
             }
         }
-        let mut old: HashMap<String, Scheduled> = self
-            .checks
-            .drain(..)
-            .map(|check| (check.config.name.clone(), check))
-            .collect();
+        let mut old: Vec<Option<Scheduled>> = self.checks.drain(..).map(Some).collect();
         let now = Instant::now();
         let wall = SystemTime::now();
         let mut next = Vec::with_capacity(configs.len());
         let mut heap = BinaryHeap::with_capacity(configs.len());
         for config in configs {
-            let kept = old
-                .remove(&config.name)
-                .filter(|scheduled| *scheduled.config == **config);
-            let (scheduled, at) = match kept {
-                Some(mut scheduled) => {
+            let before = self
+                .by_name
+                .get(&config.name)
+                .and_then(|index| Some((*index, old.get_mut(*index)?.take()?)));
+            let (scheduled, at) = match before {
+                Some((index, mut scheduled)) if *scheduled.config == **config => {
                     // The same definition: hold the new list's, so the old list can go.
                     scheduled.config = Arc::clone(config);
-                    let at = due_at.get(&config.name).copied();
-                    (scheduled, at)
+                    (scheduled, due_at.get(index).copied().flatten())
                 }
-                None => {
+                before => {
                     // A changed check starts over: its counters too.
                     self.metrics.forget_check_schedule(&config.name);
-                    if let Some(before) = old.get(&config.name) {
+                    if let Some((_, before)) = &before {
                         self.metrics.forget_no_runner(
                             &config.name,
                             before.no_runner_seen.iter().map(String::as_str),
@@ -283,7 +281,9 @@ impl Checker {
             heap.push(Reverse((at, next.len())));
             next.push(scheduled);
         }
-        for (removed, scheduled) in &old {
+        let old: Vec<Scheduled> = old.into_iter().flatten().collect();
+        for scheduled in &old {
+            let removed = &scheduled.config.name;
             self.metrics.forget_check_schedule(removed);
             self.metrics
                 .forget_no_runner(removed, scheduled.no_runner_seen.iter().map(String::as_str));
