@@ -125,6 +125,7 @@ impl Place {
 }
 
 struct Scheduled {
+    /// The definition, shared with the config's list and every request (never a copy).
     config: Arc<CheckConfig>,
     /// One place without `locations`; one per location with them (with `["*"]`, one per
     /// location that had a live runner at the last tick).
@@ -155,7 +156,7 @@ pub struct Checker {
     dispatch_deadline: Duration,
     subjects: Subjects,
     /// New check lists from config reloads.
-    updates: Option<watch::Receiver<Arc<Vec<CheckConfig>>>>,
+    updates: Option<watch::Receiver<crate::config::CheckList>>,
     bus: Arc<dyn Bus>,
     results: Subscription,
     /// Every agent's heartbeats: which locations have live runners.
@@ -183,7 +184,7 @@ impl Checker {
     /// Subscribes to results now, so that no result of a run it publishes is missed, and to
     /// heartbeats, to learn where runners are.
     pub async fn build(
-        checks: &[CheckConfig],
+        checks: &[Arc<CheckConfig>],
         dispatch_deadline: Duration,
         bus: Arc<dyn Bus>,
         subjects: &Subjects,
@@ -229,7 +230,7 @@ impl Checker {
     }
 
     /// Follows the check lists sent on `updates` (config reloads).
-    pub fn follow(mut self, updates: watch::Receiver<Arc<Vec<CheckConfig>>>) -> Checker {
+    pub fn follow(mut self, updates: watch::Receiver<crate::config::CheckList>) -> Checker {
         self.updates = Some(updates);
         self
     }
@@ -238,38 +239,38 @@ impl Checker {
     /// their next due time; new and changed ones are due at their phase from now.
     fn apply(
         &mut self,
-        configs: &[CheckConfig],
+        configs: &[Arc<CheckConfig>],
         due: Option<&mut BinaryHeap<Reverse<(Instant, usize)>>>,
     ) {
-        let mut due_at: HashMap<String, Instant> = HashMap::new();
+        // By the old position, found through `by_name`: a reload of a million checks builds
+        // no map of a million copied names here.
+        let mut due_at: Vec<Option<Instant>> = vec![None; self.checks.len()];
         if let Some(due) = &due {
             for Reverse((at, index)) in due.iter() {
-                if let Some(check) = self.checks.get(*index) {
-                    due_at.insert(check.config.name.clone(), *at);
+                if let Some(slot) = due_at.get_mut(*index) {
+                    *slot = Some(*at);
                 }
             }
         }
-        let mut old: HashMap<String, Scheduled> = self
-            .checks
-            .drain(..)
-            .map(|check| (check.config.name.clone(), check))
-            .collect();
+        let mut old: Vec<Option<Scheduled>> = self.checks.drain(..).map(Some).collect();
         let now = Instant::now();
         let wall = SystemTime::now();
         let mut next = Vec::with_capacity(configs.len());
         let mut heap = BinaryHeap::with_capacity(configs.len());
         for config in configs {
-            let kept = old
-                .remove(&config.name)
-                .filter(|scheduled| *scheduled.config == *config);
-            let (scheduled, at) = match kept {
-                Some(scheduled) => {
-                    let at = due_at.get(&config.name).copied();
-                    (scheduled, at)
+            let before = self
+                .by_name
+                .get(&config.name)
+                .and_then(|index| Some((*index, old.get_mut(*index)?.take()?)));
+            let (scheduled, at) = match before {
+                Some((index, mut scheduled)) if *scheduled.config == **config => {
+                    // The same definition: hold the new list's, so the old list can go.
+                    scheduled.config = Arc::clone(config);
+                    (scheduled, due_at.get(index).copied().flatten())
                 }
-                None => {
+                before => {
                     // A changed check starts over: its counters too.
-                    let seen = old.get(&config.name).map(|before| &before.no_runner_seen);
+                    let seen = before.as_ref().map(|(_, before)| &before.no_runner_seen);
                     self.metrics.forget_check_schedule(
                         &config.name,
                         seen.into_iter().flatten().map(String::as_str),
@@ -288,9 +289,10 @@ impl Checker {
             heap.push(Reverse((at, next.len())));
             next.push(scheduled);
         }
-        for (removed, scheduled) in &old {
+        let old: Vec<Scheduled> = old.into_iter().flatten().collect();
+        for scheduled in &old {
             self.metrics.forget_check_schedule(
-                removed,
+                &scheduled.config.name,
                 scheduled.no_runner_seen.iter().map(String::as_str),
             );
         }
@@ -703,8 +705,8 @@ impl Checker {
 
 /// The next check list sent on `updates`; never, without updates or once their sender is gone.
 async fn next_update(
-    updates: Option<&mut watch::Receiver<Arc<Vec<CheckConfig>>>>,
-) -> Option<Arc<Vec<CheckConfig>>> {
+    updates: Option<&mut watch::Receiver<crate::config::CheckList>>,
+) -> Option<crate::config::CheckList> {
     if let Some(updates) = updates {
         if updates.changed().await.is_ok() {
             return Some(Arc::clone(&updates.borrow_and_update()));
@@ -723,7 +725,7 @@ fn index_by_name(checks: &[Scheduled]) -> HashMap<String, usize> {
 
 impl Scheduled {
     fn new(
-        check: &CheckConfig,
+        check: &Arc<CheckConfig>,
         dispatch_deadline: Duration,
         subjects: &Subjects,
         metrics: &Metrics,
@@ -751,7 +753,7 @@ impl Scheduled {
                 crate::config::bounds::CHECK_TIMEOUT.cap_duration(check.timeout()),
             ),
             scheduled: metrics.checks_scheduled.get_or_create(&labels).clone(),
-            config: Arc::new(check.clone()),
+            config: Arc::clone(check),
         };
         match check.locations.as_deref() {
             None => scheduled

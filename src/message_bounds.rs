@@ -303,7 +303,7 @@ mod tests {
             target: format!("127.0.{}.{}:80", index / 250, index % 250),
             passing,
             error: (!passing).then(|| ProbeError::new(ErrorKind::Connect, "e".repeat(5000))),
-            http: Some(HttpDetails {
+            http: Some(Box::new(HttpDetails {
                 status: 200,
                 version: "HTTP/1.1".into(),
                 headers,
@@ -312,7 +312,7 @@ mod tests {
                 body_bytes: None,
                 headers_truncated: false,
                 redirects: 0,
-            }),
+            })),
             tls: None,
             tcp: None,
             dns: None,

@@ -294,28 +294,28 @@ pub struct Response {
     /// Null when the transport succeeded.
     pub error: Option<ProbeError>,
     /// Null when no HTTP response arrived.
-    pub http: Option<HttpDetails>,
+    pub http: Option<Box<HttpDetails>>,
     /// Null on plain connections.
     #[serde(default)]
-    pub tls: Option<TlsDetails>,
+    pub tls: Option<Box<TlsDetails>>,
     /// tcp checks: what the connection carried. Absent for other types.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tcp: Option<TcpDetails>,
+    pub tcp: Option<Box<TcpDetails>>,
     /// dns checks: the answer. Absent for other types, and when no answer arrived.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dns: Option<DnsDetails>,
+    pub dns: Option<Box<DnsDetails>>,
     /// icmp checks: echo requests and replies. Absent for other types.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub icmp: Option<IcmpDetails>,
+    pub icmp: Option<Box<IcmpDetails>>,
     /// grpc checks: the health answer. Absent for other types, and when no answer arrived.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub grpc: Option<GrpcDetails>,
+    pub grpc: Option<Box<GrpcDetails>>,
     /// udp checks: the datagram sent and the reply. Absent for other types.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub udp: Option<UdpDetails>,
+    pub udp: Option<Box<UdpDetails>>,
     /// websocket checks: the upgrade and the message back. Absent for other types.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub websocket: Option<WebsocketDetails>,
+    pub websocket: Option<Box<WebsocketDetails>>,
     /// How long each phase of the probe took, in seconds.
     pub timings: Timings,
     /// Each of the check's assertions with its verdict, in the order configured; empty
@@ -711,6 +711,15 @@ pub fn encode<T: Serialize>(message: &T) -> Result<bytes::Bytes, serde_json::Err
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The sink keeps each check's latest result: a response holds one box per type's
+    /// section it has, not room for every type's (issue 20; 768 bytes with the sections
+    /// inline).
+    #[test]
+    fn a_response_holds_its_sections_behind_boxes() {
+        let size = std::mem::size_of::<Response>();
+        assert!(size <= 320, "Response is {size} bytes");
+    }
 
     #[test]
     fn decode_refuses_bad_payloads_with_a_reason() {

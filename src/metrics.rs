@@ -5,7 +5,6 @@
 
 mod check_series;
 
-use crate::config::CheckConfig;
 use crate::model::{CheckType, ErrorKind};
 use check_series::{CheckSeries, Gone};
 use prometheus_client::encoding::EncodeLabelSet;
@@ -945,7 +944,7 @@ impl Metrics {
     /// go when a reload removes it. `checks` is the reload watch.
     pub fn follow_configured_checks(
         &self,
-        checks: tokio::sync::watch::Receiver<Arc<Vec<CheckConfig>>>,
+        checks: tokio::sync::watch::Receiver<crate::config::CheckList>,
     ) {
         *self.lock_check_series() = CheckSeries::configured(checks);
     }
@@ -1360,7 +1359,7 @@ mod tests {
         assert_eq!(refused(&text, "capacity"), "1");
     }
 
-    fn configured(names: std::ops::Range<usize>) -> Arc<Vec<CheckConfig>> {
+    fn configured(names: std::ops::Range<usize>) -> crate::config::CheckList {
         let text: String = names
             .map(|n| {
                 format!("[[checks]]\nname = \"c-{n}\"\ntype = \"http\"\nurl = \"http://127.0.0.1:1/\"\ninterval = \"10s\"\n")
@@ -1372,7 +1371,7 @@ mod tests {
             std::path::Path::new("t.toml"),
         )
         .unwrap();
-        Arc::new(config.checks)
+        crate::config::check_list(config.checks)
     }
 
     #[tokio::test(start_paused = true)]

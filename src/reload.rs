@@ -64,7 +64,7 @@ pub struct Reloader {
     /// The running config's sections other than the checks (those are in `checks`); the lock
     /// also keeps reloads from overlapping.
     running: Mutex<Config>,
-    checks: watch::Sender<Arc<Vec<CheckConfig>>>,
+    checks: watch::Sender<crate::config::CheckList>,
     metrics: Arc<Metrics>,
     service_manager: Option<Arc<ServiceManager>>,
     /// Where new maintenance windows go, when notifications follow them.
@@ -77,7 +77,7 @@ impl Reloader {
     pub fn new(
         path: PathBuf,
         running: Config,
-        checks: watch::Sender<Arc<Vec<CheckConfig>>>,
+        checks: watch::Sender<crate::config::CheckList>,
         metrics: Arc<Metrics>,
         service_manager: Option<Arc<ServiceManager>>,
     ) -> Reloader {
@@ -152,7 +152,8 @@ impl Reloader {
                     modules.send_replace(next.blackbox.clone());
                     running.agent.blackbox_modules = next.agent.blackbox_modules.clone();
                 }
-                self.checks.send_replace(Arc::new(next.checks));
+                self.checks
+                    .send_replace(crate::config::check_list(next.checks));
                 self.metrics.record_config_load(true);
                 tracing::info!(
                     added = summary.added.len(),
@@ -182,14 +183,14 @@ impl Reloader {
 /// What changed; `maintenance_follows`: maintenance windows apply on reload.
 fn diff(
     running: &Config,
-    current: &[CheckConfig],
+    current: &[Arc<CheckConfig>],
     next: &Config,
     maintenance_follows: bool,
 ) -> ReloadSummary {
     let mut summary = ReloadSummary::default();
     let before: std::collections::HashMap<&str, &CheckConfig> = current
         .iter()
-        .map(|check| (check.name.as_str(), check))
+        .map(|check| (check.name.as_str(), &**check))
         .collect();
     let after: std::collections::HashSet<&str> = next
         .checks
@@ -260,7 +261,7 @@ mod tests {
             .expect("mkfifo runs");
         assert!(made.success());
         let running = Config::parse(CONFIG, crate::config::Format::Toml, &path).unwrap();
-        let (checks, _) = watch::channel(Arc::new(running.checks.clone()));
+        let (checks, _) = watch::channel(crate::config::check_list(running.checks.clone()));
         let reloader = Arc::new(Reloader::new(
             path.clone(),
             running,

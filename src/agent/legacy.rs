@@ -36,7 +36,7 @@ struct Episode1 {
 
 /// What `notifications.json` beside `episodes` holds, as the sections of today's saved
 /// state; None when there is nothing to take over (or it cannot be read: logged).
-pub(super) fn take_over(episodes: &Path, checks: &[CheckConfig]) -> Option<Loaded> {
+pub(super) fn take_over(episodes: &Path, checks: &[std::sync::Arc<CheckConfig>]) -> Option<Loaded> {
     let old = episodes.with_file_name("notifications.json");
     let text = std::fs::read_to_string(&old).ok()?;
     let saved = match serde_json::from_str::<Version1>(&text) {

@@ -260,7 +260,7 @@ async fn build_runner(
 /// The checker, scheduling `checks` and following the reloads sent through the watch.
 async fn build_checker(
     config: &Config,
-    checks: &watch::Sender<Arc<Vec<crate::config::CheckConfig>>>,
+    checks: &watch::Sender<crate::config::CheckList>,
     bus: &Arc<dyn Bus>,
     subjects: &Subjects,
     metrics: &Arc<Metrics>,
@@ -317,7 +317,9 @@ impl Agent {
         metrics.record_config_load(true);
         let service_manager = ServiceManager::from_env().map(Arc::new);
         // The check list lives in one place, the watch; `config` keeps the other sections.
-        let (checks, _) = watch::channel(Arc::new(std::mem::take(&mut config.checks)));
+        let (checks, _) = watch::channel(crate::config::check_list(std::mem::take(
+            &mut config.checks,
+        )));
         if role == Role::All {
             // Run durations follow the configured checks here; a runner learns its from the bus.
             metrics.follow_configured_checks(checks.subscribe());

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 /// watches, pets the watchdog at half its interval.
 pub(super) async fn report_to_systemd(
     service_manager: Arc<ServiceManager>,
-    checks: watch::Receiver<Arc<Vec<crate::config::CheckConfig>>>,
+    checks: watch::Receiver<crate::config::CheckList>,
     store: Arc<ResultStore>,
     role: Role,
     stop: CancellationToken,

@@ -5,7 +5,7 @@
 
 use super::{AgentError, Role};
 use crate::bus::Bus;
-use crate::config::{CheckConfig, Config};
+use crate::config::Config;
 use crate::episode::SavedCheck;
 use crate::heartbeat::Heartbeats;
 use crate::http::ApiState;
@@ -64,7 +64,7 @@ pub(super) struct Components {
     pub(super) metrics: Arc<Metrics>,
     pub(super) store: Arc<ResultStore>,
     /// The configured checks; reloads send new lists through it.
-    pub(super) checks: watch::Sender<Arc<Vec<CheckConfig>>>,
+    pub(super) checks: watch::Sender<crate::config::CheckList>,
     pub(super) service_manager: Option<Arc<ServiceManager>>,
     /// Read access to history, for the endpoints.
     pub(super) history: Option<crate::history::HistoryReader>,

@@ -163,8 +163,9 @@ pub struct HttpPlan {
     follow_redirects: bool,
     /// TLS for the URL's origin (its `tls.server_name`, if any, applies to it alone).
     tls: TlsTarget,
-    proxy: Option<ProxyPlan>,
-    oauth2: Option<TokenSource>,
+    /// Boxed, as `oauth2`: most checks have neither, and a plan is kept per check (issue 20).
+    proxy: Option<Box<ProxyPlan>>,
+    oauth2: Option<Box<TokenSource>>,
     /// Secrets the check sends, which a result must never show (a server may echo them).
     secrets: Vec<String>,
     /// The check's timeout: a token must stay valid for this long to be sent.
@@ -235,7 +236,11 @@ impl HttpPlan {
                     )),
                     None => None,
                 };
-                Some(ProxyPlan::compile(url, &spec.no_proxy, credentials)?)
+                Some(Box::new(ProxyPlan::compile(
+                    url,
+                    &spec.no_proxy,
+                    credentials,
+                )?))
             }
             None => {
                 if !spec.no_proxy.is_empty() {
@@ -248,14 +253,14 @@ impl HttpPlan {
             }
         };
         let oauth2 = match &spec.oauth2 {
-            Some(config) => Some(TokenSource::compile(
+            Some(config) => Some(Box::new(TokenSource::compile(
                 config,
                 secret_of(
                     &spec.secrets.oauth2_client_secret,
                     "oauth2.client_secret_file",
                 )?,
                 &spec.tls,
-            )?),
+            )?)),
             None => None,
         };
         let mut secrets = secrets;
@@ -643,7 +648,7 @@ async fn exchange_once(
     };
     let proxy = plan
         .proxy
-        .as_ref()
+        .as_deref()
         .filter(|proxy| proxy.applies(&endpoint.host, address));
     let mut tcp = match proxy {
         Some(proxy) => proxy.connect(ctx, plan.source_ip, record).await?,

@@ -221,18 +221,18 @@ impl TryFrom<InstancesFromTable> for InstancesFrom {
 /// The type-specific part of a check, chosen by its `type` key.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type", rename_all = "lowercase")]
-// A definition is made once per config load and shared behind an Arc: the size of its largest
-// variant costs nothing per probe, and a box would only add an indirection to every match.
-#[allow(clippy::large_enum_variant)]
+// Each variant boxed: a check costs its own type's settings, not the largest type's (an
+// unboxed `CheckSpec` made every `CheckConfig` the size of an http check's, about a kilobyte,
+// in the config's list and in every copy of it; issue 20's million checks).
 pub enum CheckSpec {
-    Http(HttpSpec),
-    Tcp(TcpSpec),
-    Dns(DnsSpec),
-    Tls(TlsSpec),
-    Icmp(IcmpSpec),
-    Grpc(GrpcSpec),
-    Udp(UdpSpec),
-    Websocket(WebsocketSpec),
+    Http(Box<HttpSpec>),
+    Tcp(Box<TcpSpec>),
+    Dns(Box<DnsSpec>),
+    Tls(Box<TlsSpec>),
+    Icmp(Box<IcmpSpec>),
+    Grpc(Box<GrpcSpec>),
+    Udp(Box<UdpSpec>),
+    Websocket(Box<WebsocketSpec>),
 }
 
 impl CheckSpec {
@@ -956,5 +956,24 @@ mod tests {
         assert!(old.same_probe(&new));
         assert_eq!(old.probe_fingerprint(), new.probe_fingerprint());
         assert_eq!(old.probe_fingerprint(), check(WEB).probe_fingerprint());
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    use super::*;
+
+    /// A check costs its own type's settings (issue 20): `CheckSpec` is a tag and a box, so
+    /// a `CheckConfig` stays a few hundred bytes whatever its type (an http spec inline made
+    /// every check, tcp or dns too, over a kilobyte).
+    #[test]
+    fn a_check_definition_holds_its_type_settings_behind_one_box() {
+        assert_eq!(std::mem::size_of::<CheckSpec>(), 16);
+        let size = std::mem::size_of::<CheckConfig>();
+        assert!(size <= 400, "CheckConfig is {size} bytes");
+        assert!(
+            std::mem::size_of::<HttpSpec>() > size,
+            "the box is worth it"
+        );
     }
 }

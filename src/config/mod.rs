@@ -38,6 +38,20 @@ use serde::Deserialize;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+/// The configured checks as an agent shares them: each definition once, behind its own `Arc`,
+/// so the checker's schedule, the sink, the API and every run's request hold the same one
+/// instead of copies (issue 20: a copy per check was a kilobyte at a million checks).
+pub type CheckList = std::sync::Arc<Vec<std::sync::Arc<CheckConfig>>>;
+
+/// `checks` as a `CheckList`: each moved into its `Arc`, none copied; the list exactly sized.
+pub fn check_list(checks: Vec<CheckConfig>) -> CheckList {
+    // Not `collect()`: that reuses the parsed list's buffer in place (a `CheckConfig` per
+    // slot, with the parser's spare capacity) for the much smaller `Arc`s, and keeps all of it.
+    let mut list = Vec::with_capacity(checks.len());
+    list.extend(checks.into_iter().map(std::sync::Arc::new));
+    std::sync::Arc::new(list)
+}
+
 /// Why a configuration could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -380,6 +394,22 @@ impl Config {
 mod tests {
     use super::locate::line_and_column;
     use super::*;
+
+    /// The shared list holds one pointer per check and no spare room, and every definition
+    /// is the parsed one, moved, not copied.
+    #[test]
+    fn a_check_list_is_exactly_sized() {
+        let text: String = (0..5)
+            .map(|n| format!("[[checks]]\nname = \"c{n}\"\ntype = \"tcp\"\naddress = \"127.0.0.1:1\"\ninterval = \"10s\"\n"))
+            .collect();
+        let config = Config::parse(&text, Format::Toml, Path::new("t.toml")).unwrap();
+        let expected = config.checks.clone();
+        let list = check_list(config.checks);
+        assert_eq!(list.capacity(), 5);
+        let names: Vec<&str> = list.iter().map(|check| check.name.as_str()).collect();
+        assert_eq!(names, ["c0", "c1", "c2", "c3", "c4"]);
+        assert!(list.iter().zip(&expected).all(|(a, b)| **a == *b));
+    }
     use crate::model::CheckType;
     use serde::Deserialize;
     use std::time::Duration;

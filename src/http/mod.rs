@@ -43,7 +43,7 @@ pub struct Checks {
 /// One list of checks and where each name is in it.
 #[derive(Debug)]
 pub struct CheckIndex {
-    list: Arc<Vec<CheckConfig>>,
+    list: crate::config::CheckList,
     by_name: HashMap<String, usize>,
     /// Positions in `list`, in the order of the names: pages follow it, so a cursor (the
     /// last name of a page) stays meaningful across reloads.
@@ -58,7 +58,7 @@ pub struct CheckIndex {
 static NEXT_GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 impl CheckIndex {
-    fn new(list: Arc<Vec<CheckConfig>>) -> CheckIndex {
+    fn new(list: crate::config::CheckList) -> CheckIndex {
         let mut by_name = HashMap::with_capacity(list.len());
         for (at, check) in list.iter().enumerate() {
             by_name.entry(check.name.clone()).or_insert(at);
@@ -79,16 +79,19 @@ impl CheckIndex {
         let start = self
             .sorted
             .partition_point(|at| self.list[*at].name.as_str() <= after);
-        self.sorted[start..].iter().map(|at| &self.list[*at])
+        self.sorted[start..].iter().map(|at| &*self.list[*at])
     }
 
     /// The check of that name.
     pub fn get(&self, name: &str) -> Option<&CheckConfig> {
-        self.by_name.get(name).and_then(|at| self.list.get(*at))
+        self.by_name
+            .get(name)
+            .and_then(|at| self.list.get(*at))
+            .map(|check| &**check)
     }
 
     /// Every check, in the config's order.
-    pub fn all(&self) -> &[CheckConfig] {
+    pub fn all(&self) -> &[Arc<CheckConfig>] {
         &self.list
     }
 }
@@ -745,7 +748,7 @@ fn list_checks(
     let candidates: Box<dyn Iterator<Item = &CheckConfig>> = match filter.check.as_deref() {
         Some(name) => Box::new(checks.get(name).into_iter()),
         None if limit.is_some() => Box::new(checks.after(params.after.as_deref().unwrap_or(""))),
-        None => Box::new(checks.all().iter()),
+        None => Box::new(checks.all().iter().map(|check| &**check)),
     };
     let mut chosen: Vec<(&CheckConfig, Option<CheckStatus>)> = Vec::new();
     let mut more = false;
@@ -968,7 +971,7 @@ mod tests {
         assert!(!decodes_to_utf8("q=%C3%28"));
     }
 
-    fn checks(names: &[&str]) -> Arc<Vec<CheckConfig>> {
+    fn checks(names: &[&str]) -> crate::config::CheckList {
         let toml: String = names
             .iter()
             .map(|name| {
@@ -977,7 +980,7 @@ mod tests {
             .collect();
         let config = Config::parse(&toml, Format::Toml, std::path::Path::new("t.toml"))
             .unwrap_or_else(|error| panic!("{error}"));
-        Arc::new(config.checks)
+        crate::config::check_list(config.checks)
     }
 
     /// docs/openapi.json names every route the agent serves, and its enums are the code's.

@@ -1268,7 +1268,8 @@ mod tests {
             std::path::Path::new("t.toml"),
         )
         .unwrap_or_else(|error| panic!("{error}"));
-        let (_sender, receiver) = tokio::sync::watch::channel(Arc::new(config.checks));
+        let (_sender, receiver) =
+            tokio::sync::watch::channel(crate::config::check_list(config.checks));
         let state = ApiState {
             metrics: Arc::new(crate::metrics::Metrics::new()),
             store: Arc::new(crate::results::ResultStore::default()),

@@ -11,7 +11,6 @@
 //! It must never scan every check on an observation or a scrape, and never forget a check that
 //! still runs.
 
-use crate::config::CheckConfig;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::sync::Arc;
@@ -64,7 +63,7 @@ impl CheckSeries {
         })
     }
 
-    pub(super) fn configured(checks: watch::Receiver<Arc<Vec<CheckConfig>>>) -> CheckSeries {
+    pub(super) fn configured(checks: watch::Receiver<crate::config::CheckList>) -> CheckSeries {
         CheckSeries::Configured(Configured {
             checks,
             list: Arc::new(Vec::new()),
@@ -140,22 +139,22 @@ impl CheckSeries {
 /// The configured checks, followed through the reload watch.
 #[derive(Debug)]
 pub(super) struct Configured {
-    checks: watch::Receiver<Arc<Vec<CheckConfig>>>,
+    checks: watch::Receiver<crate::config::CheckList>,
     /// The list `names` was made from.
-    list: Arc<Vec<CheckConfig>>,
+    list: crate::config::CheckList,
     names: HashSet<String>,
 }
 
 /// A check list a reload sent that `Configured` has not taken up yet.
 pub(super) struct Reload {
-    old: Arc<Vec<CheckConfig>>,
-    new: Arc<Vec<CheckConfig>>,
+    old: crate::config::CheckList,
+    new: crate::config::CheckList,
 }
 
 /// A reload's names, made without holding the lock: O(n) once per reload.
 pub(super) struct Prepared {
-    old: Arc<Vec<CheckConfig>>,
-    new: Arc<Vec<CheckConfig>>,
+    old: crate::config::CheckList,
+    new: crate::config::CheckList,
     names: HashSet<String>,
     removed: Vec<String>,
 }
@@ -420,7 +419,7 @@ mod tests {
         assert_eq!(gone, ["a"]);
     }
 
-    fn checks(names: &[&str]) -> Arc<Vec<CheckConfig>> {
+    fn checks(names: &[&str]) -> crate::config::CheckList {
         let text: String = names
             .iter()
             .map(|name| {
@@ -433,7 +432,7 @@ mod tests {
             std::path::Path::new("t.toml"),
         )
         .unwrap();
-        Arc::new(config.checks)
+        crate::config::check_list(config.checks)
     }
 
     #[test]

@@ -666,12 +666,12 @@ mod tests {
         let store = Arc::new(ResultStore::default());
         let since = std::time::SystemTime::UNIX_EPOCH;
         let mut tls = response("10.0.0.1:443", true, 0.25);
-        tls.tls = Some(crate::messages::TlsDetails {
+        tls.tls = Some(Box::new(crate::messages::TlsDetails {
             version: "TLSv1.3".into(),
             alpn: None,
             earliest_cert_expiry: Some(since + std::time::Duration::from_secs(1_900_000_000)),
             chain: None,
-        });
+        }));
         tls.labels.insert("env".into(), "prod".into());
         tls.labels.insert("quoted".into(), "a\"b\\c".into());
         let web = result(
@@ -724,7 +724,7 @@ mod tests {
         )
         .unwrap();
         // A receiver keeps the last list after its sender is gone.
-        let checks = tokio::sync::watch::channel(Arc::new(config.checks)).1;
+        let checks = tokio::sync::watch::channel(crate::config::check_list(config.checks)).1;
         (store, checks)
     }
 

@@ -40,7 +40,7 @@ use tokio_util::sync::CancellationToken;
 pub const STORED_BODY_BYTES: usize = crate::message_bounds::BUS_BODY_BYTES;
 
 /// The configured checks, as the current config says; reloads replace it.
-pub type ChecksWatch = watch::Receiver<Arc<Vec<CheckConfig>>>;
+pub type ChecksWatch = watch::Receiver<crate::config::CheckList>;
 
 /// What the API shows of one check.
 #[derive(Debug, Clone)]
@@ -399,7 +399,7 @@ struct Sink {
     history: Option<Recorder>,
     saved: Arc<SavedState>,
     /// The configured checks, by name.
-    known: Arc<Vec<CheckConfig>>,
+    known: crate::config::CheckList,
     /// Index of each configured check in `known`.
     by_name: HashMap<String, usize>,
     followed: HashMap<String, Followed>,
@@ -555,11 +555,11 @@ impl Sink {
     /// Takes back what the last run saved: a check still configured to probe the same thing
     /// continues in its state and episode; the episode of one removed or changed while the
     /// agent was down ends now, for that reason.
-    fn resume(&mut self, checks: &[CheckConfig], resumed: Vec<SavedCheck>) {
+    fn resume(&mut self, checks: &[Arc<CheckConfig>], resumed: Vec<SavedCheck>) {
         let now = SystemTime::now();
         let by_name: HashMap<&str, &CheckConfig> = checks
             .iter()
-            .map(|check| (check.name.as_str(), check))
+            .map(|check| (check.name.as_str(), &**check))
             .collect();
         for saved in resumed {
             let config = by_name.get(saved.check.as_str()).copied();
@@ -608,7 +608,7 @@ impl Sink {
     /// something else are forgotten (their episodes end, and a changed one starts over);
     /// a check whose only changes are where it is filed, who is told, how often it runs or
     /// its thresholds keeps its state and episode. New ones start `OK`.
-    fn apply_checks(&mut self, checks: &Arc<Vec<CheckConfig>>) {
+    fn apply_checks(&mut self, checks: &crate::config::CheckList) {
         let next: HashMap<String, usize> = checks
             .iter()
             .enumerate()
@@ -634,7 +634,7 @@ impl Sink {
                 .get(&name)
                 .and_then(|index| self.known.get(*index))
                 .cloned();
-            self.forget(&name, config.as_ref(), reason);
+            self.forget(&name, config.as_deref(), reason);
         }
         for (name, index) in &next {
             if !self.followed.contains_key(name) {

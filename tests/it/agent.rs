@@ -316,7 +316,7 @@ async fn the_result_sink_removes_series_of_vanished_instances() {
         "[[checks]]\nname = \"lb\"\ntype = \"http\"\nurl = \"http://lb.internal/\"\ninterval = \"10s\"\n",
     )
     .checks;
-    let (_checks, watched) = tokio::sync::watch::channel(Arc::new(checks));
+    let (_checks, watched) = tokio::sync::watch::channel(bastion_agent::config::check_list(checks));
     let context = SinkContext {
         store: Arc::clone(&store),
         metrics: Arc::clone(&metrics),

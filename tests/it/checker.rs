@@ -43,7 +43,7 @@ async fn start(config: &Config) -> Harness {
     let metrics = Arc::new(Metrics::new());
     let requests = bus.subscribe("bastion.checks.>", None).await.unwrap();
     let checker = Checker::build(
-        &config.checks,
+        &bastion_agent::config::check_list(config.checks.clone()),
         config.runner.dispatch_deadline,
         bus.clone(),
         &subjects,
@@ -310,7 +310,7 @@ async fn a_saved_every_location_place_gets_its_no_runner_after_a_restart() {
     let mut requests = bus.subscribe("bastion.checks.>", None).await.unwrap();
     let mut results = bus.subscribe("bastion.results.>", None).await.unwrap();
     let checker = Checker::build(
-        &config.checks,
+        &bastion_agent::config::check_list(config.checks.clone()),
         config.runner.dispatch_deadline,
         bus.clone(),
         &Subjects::default(),

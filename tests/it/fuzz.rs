@@ -575,7 +575,7 @@ async fn tcp_expect(pattern: &str, sent: Vec<u8>) -> Option<bastion_agent::messa
         ip_protocol_fallback: None,
         locations: None,
         min_failing_locations: None,
-        spec: bastion_agent::config::CheckSpec::Tcp(bastion_agent::config::TcpSpec {
+        spec: bastion_agent::config::CheckSpec::Tcp(Box::new(bastion_agent::config::TcpSpec {
             address: address.to_string(),
             tls: bastion_agent::config::TlsOption::Off,
             server_name: None,
@@ -587,7 +587,7 @@ async fn tcp_expect(pattern: &str, sent: Vec<u8>) -> Option<bastion_agent::messa
                 expect: Some(pattern.to_string()),
             }],
             starttls: None,
-        }),
+        })),
     };
     let compiled = CompiledCheck::compile(&check).ok();
     let response = match compiled {

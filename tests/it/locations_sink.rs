@@ -63,7 +63,8 @@ impl Harness {
         let store = Arc::new(ResultStore::default());
         let stop = CancellationToken::new();
         let checks = config(toml).checks;
-        let (checks_tx, watched) = tokio::sync::watch::channel(Arc::new(checks));
+        let (checks_tx, watched) =
+            tokio::sync::watch::channel(bastion_agent::config::check_list(checks));
         std::mem::forget(checks_tx);
         let context = SinkContext {
             store: Arc::clone(&store),
