@@ -102,6 +102,8 @@ pub struct NatsBus {
     next_message_id: AtomicU64,
     /// Identifies this process in JetStream message ids.
     instance: String,
+    /// JetStream replicas of the streams bastion creates (`bus.nats.replicas`).
+    replicas: usize,
 }
 
 /// The server list with any credentials left out, for messages.
@@ -332,7 +334,8 @@ impl NatsBus {
         ));
         let durable = if config.results_stream {
             let pattern = format!("{}.results.>", config.subject_prefix);
-            ensure_results_stream(&jetstream, &pattern, config.results_max_age).await?;
+            ensure_results_stream(&jetstream, &pattern, config.results_max_age, config.replicas)
+                .await?;
             let (sender, receiver) = mpsc::channel(
                 crate::config::bounds::RESULTS_BUFFER.clamp_count(config.results_buffer),
             );
@@ -356,6 +359,7 @@ impl NatsBus {
             metrics,
             next_message_id: AtomicU64::new(1),
             instance,
+            replicas: config.replicas,
         })
     }
 
@@ -382,25 +386,19 @@ impl NatsBus {
             deny_delete: true,
             allow_direct: true,
             discard: stream::DiscardPolicy::New,
-            num_replicas: 1,
+            num_replicas: self.replicas,
             ..Default::default()
         };
-        let mut existing = get_or_create_stream(&self.jetstream, &wanted)
-            .await
-            .map_err(|error| BusError::JetStream(format!("lease bucket `{bucket}`: {error}")))?;
-        let info = existing
-            .info()
-            .await
-            .map_err(|error| BusError::JetStream(format!("lease bucket `{bucket}`: {error}")))?;
-        if info.config.max_age != ttl {
-            // Every checker must agree on the TTL; the latest configuration wins.
-            self.jetstream
-                .update_stream(wanted)
-                .await
-                .map_err(|error| {
-                    BusError::JetStream(format!("lease bucket `{bucket}`: {error}"))
-                })?;
-        }
+        // Every checker must agree on the TTL and the replicas; the latest configuration wins.
+        ensure_stream(
+            &self.jetstream,
+            wanted,
+            &format!("lease bucket `{bucket}`"),
+            |existing, wanted| {
+                existing.max_age != wanted.max_age || existing.num_replicas != wanted.num_replicas
+            },
+        )
+        .await?;
         let store = self
             .jetstream
             .get_key_value(bucket)
@@ -460,6 +458,7 @@ async fn ensure_results_stream(
     jetstream: &jetstream::Context,
     pattern: &str,
     max_age: Duration,
+    replicas: usize,
 ) -> Result<(), BusError> {
     let wanted = stream::Config {
         name: RESULTS_STREAM.to_string(),
@@ -468,23 +467,81 @@ async fn ensure_results_stream(
         max_age,
         duplicate_window: max_age.min(Duration::from_secs(120)),
         storage: stream::StorageType::File,
-        num_replicas: 1,
+        num_replicas: replicas,
         ..Default::default()
     };
+    // An existing stream keeps its other limits (an operator's `max_msg_size`, say).
+    ensure_stream(
+        jetstream,
+        wanted,
+        &format!("stream {RESULTS_STREAM}"),
+        |existing, wanted| {
+            existing.max_age != wanted.max_age
+                || existing.subjects != wanted.subjects
+                || existing.num_replicas != wanted.num_replicas
+        },
+    )
+    .await
+}
+
+/// Gets or creates the stream `wanted`, and updates it when `differs` says the existing one
+/// does not have what bastion needs (its max age, subjects or replicas). A server that refuses
+/// the replicas (a single server asked for 3, a cluster smaller than asked) gets an error
+/// saying what to set.
+async fn ensure_stream(
+    jetstream: &jetstream::Context,
+    wanted: stream::Config,
+    what: &str,
+    differs: impl Fn(&stream::Config, &stream::Config) -> bool,
+) -> Result<(), BusError> {
+    let replicas = wanted.num_replicas;
+    let failed = |error: String| stream_error(what, replicas, error);
     let mut existing = get_or_create_stream(jetstream, &wanted)
         .await
-        .map_err(|error| BusError::JetStream(format!("stream {RESULTS_STREAM}: {error}")))?;
+        .map_err(failed)?;
     let info = existing
         .info()
         .await
-        .map_err(|error| BusError::JetStream(format!("stream {RESULTS_STREAM}: {error}")))?;
-    if info.config.max_age != max_age || info.config.subjects != wanted.subjects {
+        .map_err(|error| failed(error.to_string()))?;
+    if differs(&info.config, &wanted) {
+        if info.config.num_replicas != replicas {
+            tracing::info!(
+                stream = %wanted.name,
+                from = info.config.num_replicas,
+                to = replicas,
+                "changing the stream's replicas"
+            );
+        }
         jetstream
             .update_stream(wanted)
             .await
-            .map_err(|error| BusError::JetStream(format!("stream {RESULTS_STREAM}: {error}")))?;
+            .map_err(|error| failed(error.to_string()))?;
     }
     Ok(())
+}
+
+/// The error for a stream bastion could not create or update: one that names
+/// `bus.nats.replicas` when the server refused the replicas.
+fn stream_error(what: &str, replicas: usize, reason: String) -> BusError {
+    if refuses_replicas(&reason) {
+        BusError::Replicas {
+            what: what.to_string(),
+            replicas,
+            reason,
+        }
+    } else {
+        BusError::JetStream(format!("{what}: {reason}"))
+    }
+}
+
+/// Whether a JetStream error says the server cannot place the replicas asked for: "replicas >
+/// 1 not supported in non-clustered mode" from a single server, "insufficient resources" or
+/// "no suitable peers for placement" from a cluster with fewer servers than replicas.
+fn refuses_replicas(reason: &str) -> bool {
+    let reason = reason.to_ascii_lowercase();
+    ["replicas", "insufficient resources", "no suitable peers"]
+        .iter()
+        .any(|sign| reason.contains(sign))
 }
 
 /// Hands queued messages to the connection, in order. While the connection is down the
@@ -820,6 +877,30 @@ mod tests {
         assert!(valid_bucket_name("bastion_checker-1"));
         assert!(!valid_bucket_name("a.b"));
         assert!(!valid_bucket_name(""));
+    }
+
+    #[test]
+    fn a_refusal_of_the_replicas_says_what_to_set() {
+        // What nats-server 2.9 and 2.1x answer a single server asked for 3 replicas, and a
+        // cluster too small for them.
+        for reason in [
+            "replicas > 1 not supported in non-clustered mode (error code 10074)",
+            "insufficient resources (error code 10023)",
+            "no suitable peers for placement (error code 10005)",
+        ] {
+            let message = stream_error("stream BASTION_RESULTS", 3, reason.to_string()).to_string();
+            assert!(
+                message.starts_with("stream BASTION_RESULTS: the NATS server refused 3 replicas"),
+                "{message}"
+            );
+            assert!(message.contains(reason), "{message}");
+            assert!(
+                message.contains("set bus.nats.replicas to the number of JetStream servers in the cluster (3 or 5), or to 1 for a single server"),
+                "{message}"
+            );
+        }
+        let other = stream_error("stream BASTION_RESULTS", 1, "timed out".to_string());
+        assert!(matches!(other, BusError::JetStream(_)), "{other}");
     }
 
     #[test]

@@ -72,6 +72,9 @@ pub(super) fn default_results_max_age() -> Duration {
 pub(super) fn default_results_buffer() -> usize {
     1024
 }
+pub(super) fn default_replicas() -> usize {
+    1
+}
 pub(super) fn default_lease_ttl() -> Duration {
     Duration::from_secs(10)
 }

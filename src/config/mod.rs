@@ -354,6 +354,7 @@ impl Config {
         count(&MAX_CHECK_SERIES, self.runner.max_check_series);
         if let Some(nats) = &self.bus.nats {
             count(&RESULTS_BUFFER, nats.results_buffer);
+            count(&REPLICAS, nats.replicas);
         }
         for check_type in CheckType::ALL {
             if let Some(bound) = bound(&format!("runner.workers.{check_type}")) {

@@ -231,6 +231,10 @@ pub struct NatsConfig {
     /// and counted.
     #[serde(default = "default_results_buffer")]
     pub results_buffer: usize,
+    /// JetStream replicas of the results stream and of the checker lease bucket: 1 for a
+    /// single server, the cluster's size (3 or 5) for a clustered one.
+    #[serde(default = "default_replicas")]
+    pub replicas: usize,
 }
 
 /// `[bus.nats.tls]`
