@@ -45,6 +45,9 @@ pub const RESULTS_IN_FLIGHT: usize = 64;
 /// stream's `max_msg_size`, say) before it is dropped and counted as `results_rejected`. With
 /// the backoff that is about 11 s, long enough for a stream leader election to pass.
 const REFUSED_ATTEMPTS: u32 = 8;
+/// How long start-up keeps asking a JetStream that does not answer (a cluster electing its
+/// leaders) to create or find a stream.
+const JETSTREAM_PATIENCE: Duration = Duration::from_secs(60);
 /// The first and the longest wait before a result is tried again.
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -334,8 +337,13 @@ impl NatsBus {
         ));
         let durable = if config.results_stream {
             let pattern = format!("{}.results.>", config.subject_prefix);
-            ensure_results_stream(&jetstream, &pattern, config.results_max_age, config.replicas)
-                .await?;
+            ensure_results_stream(
+                &jetstream,
+                &pattern,
+                config.results_max_age,
+                config.replicas,
+            )
+            .await?;
             let (sender, receiver) = mpsc::channel(
                 crate::config::bounds::RESULTS_BUFFER.clamp_count(config.results_buffer),
             );
@@ -435,23 +443,48 @@ impl NatsBus {
 }
 
 /// Gets the stream, or creates it. Several processes starting at once may race to create
-/// it; the loser of the race finds it on a second look.
+/// it; the loser of the race finds it on a second look. A JetStream that does not answer yet
+/// (a cluster still electing its leaders, or busy placing a stream's replicas) is asked again
+/// with backoff for up to `JETSTREAM_PATIENCE` before start-up gives up.
 async fn get_or_create_stream(
     jetstream: &jetstream::Context,
     wanted: &stream::Config,
 ) -> Result<stream::Stream, String> {
-    let mut attempt = 0;
+    let started = Instant::now();
+    let mut refusals = 0;
+    let mut backoff = Duration::from_millis(100);
     loop {
         match jetstream.get_or_create_stream(wanted.clone()).await {
             Ok(stream) => return Ok(stream),
-            Err(error) if attempt < 3 => {
-                tracing::debug!(%error, stream = %wanted.name, "creating the stream failed; looking again");
-                attempt += 1;
-                tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+            Err(error) => {
+                let error = error.to_string();
+                if unanswered(&error) {
+                    if started.elapsed() + backoff >= JETSTREAM_PATIENCE {
+                        return Err(format!(
+                            "{error} (JetStream did not answer for {})",
+                            humantime::format_duration(JETSTREAM_PATIENCE)
+                        ));
+                    }
+                    tracing::warn!(%error, stream = %wanted.name, retry_in = ?backoff, "JetStream does not answer yet (a cluster electing its leaders?); retrying");
+                } else if refusals < 3 {
+                    refusals += 1;
+                    tracing::debug!(%error, stream = %wanted.name, "creating the stream failed; looking again");
+                } else {
+                    return Err(error);
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
             }
-            Err(error) => return Err(error.to_string()),
         }
     }
+}
+
+/// Whether a JetStream API error means no answer yet rather than a refusal: a request that
+/// timed out, or a cluster without a meta leader ("JetStream system temporarily unavailable",
+/// error 10008). A server without JetStream ("no responders") is not waited for.
+fn unanswered(error: &str) -> bool {
+    let error = error.to_ascii_lowercase();
+    error.contains("timed out") || error.contains("temporarily unavailable")
 }
 
 async fn ensure_results_stream(
@@ -819,6 +852,45 @@ impl std::fmt::Debug for NatsLease {
     }
 }
 
+impl NatsLease {
+    /// A renewal found another revision than the one this holder last wrote. When a renewal
+    /// of its own reached the stream but its answer was lost (timed out while a NATS server
+    /// died), the lease still names this holder: it is still ours, at that later revision.
+    /// Anyone else's name, or none, means it is lost.
+    async fn renew_after_lost_answer(&self, holder: &str) -> Result<Option<u64>, BusError> {
+        // From the stream's leader (not a direct get, which a lagging replica may answer).
+        let subject = format!("{}{LEASE_KEY}", self.store.prefix);
+        let last = match self
+            .store
+            .stream
+            .get_last_raw_message_by_subject(&subject)
+            .await
+        {
+            Ok(last) => last,
+            Err(error)
+                if error.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound =>
+            {
+                return Ok(None)
+            }
+            Err(error) => return Err(BusError::JetStream(format!("checker lease: {error}"))),
+        };
+        // A delete or purge marker carries a `KV-Operation` header; a put carries none.
+        let deleted = last.headers.get("KV-Operation").is_some();
+        if deleted || last.payload.as_ref() != holder.as_bytes() {
+            return Ok(None);
+        }
+        match self
+            .store
+            .update(LEASE_KEY, Bytes::from(holder.to_string()), last.sequence)
+            .await
+        {
+            Ok(revision) => Ok(Some(revision)),
+            Err(error) if error.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(None),
+            Err(error) => Err(BusError::JetStream(format!("checker lease: {error}"))),
+        }
+    }
+}
+
 impl LeaseStore for NatsLease {
     fn acquire<'a>(&'a self, holder: &'a str) -> BoxFuture<'a, Result<Option<u64>, BusError>> {
         Box::pin(async move {
@@ -846,7 +918,9 @@ impl LeaseStore for NatsLease {
                 .await
             {
                 Ok(revision) => Ok(Some(revision)),
-                Err(error) if error.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(None),
+                Err(error) if error.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                    self.renew_after_lost_answer(holder).await
+                }
                 Err(error) => Err(BusError::JetStream(format!("checker lease: {error}"))),
             }
         })
@@ -901,6 +975,20 @@ mod tests {
         }
         let other = stream_error("stream BASTION_RESULTS", 1, "timed out".to_string());
         assert!(matches!(other, BusError::JetStream(_)), "{other}");
+    }
+
+    #[test]
+    fn a_jetstream_that_does_not_answer_yet_is_waited_for_and_a_refusal_is_not() {
+        assert!(unanswered(
+            "timed out: request timed out: deadline has elapsed"
+        ));
+        assert!(unanswered(
+            "JetStream system temporarily unavailable (error code 10008)"
+        ));
+        assert!(!unanswered("no responders"));
+        assert!(!unanswered(
+            "replicas > 1 not supported in non-clustered mode (error code 10074)"
+        ));
     }
 
     #[test]
