@@ -57,11 +57,14 @@ async fn tcp_target() -> std::net::SocketAddr {
     address
 }
 
+/// When the lease holder changed, and to which checker (`None`: no checker leads).
+type Holders = Vec<(Instant, Option<usize>)>;
+
 /// Which checker leads, sampled from their `/metrics` every 200 ms on a thread of its own,
-/// as changes of holder: `None` while no checker says it leads.
+/// as changes of holder.
 struct LeaseWatch {
     stop: Arc<AtomicBool>,
-    holders: Arc<Mutex<Vec<(Instant, Option<usize>)>>>,
+    holders: Arc<Mutex<Holders>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -105,7 +108,7 @@ impl LeaseWatch {
         self.holders.lock().unwrap().last().and_then(|(_, h)| *h)
     }
 
-    fn finish(mut self) -> Vec<(Instant, Option<usize>)> {
+    fn finish(mut self) -> Holders {
         self.stop.store(true, Ordering::Release);
         if let Some(thread) = self.thread.take() {
             thread.join().expect("the lease watch never fails");
