@@ -709,6 +709,7 @@ impl Checker {
     /// a run that ended, or a check a reload removed, is left alone.
     fn judge_last_term(&mut self, last_term: &mut Vec<InFlight>) {
         let now = Instant::now();
+        let mut lost = 0usize;
         for run in last_term.drain(..) {
             let Some(&index) = self.by_name.get(&run.check) else {
                 continue;
@@ -726,9 +727,16 @@ impl Checker {
                 .is_some_and(|(run_id, expires)| run_id == run.run_id && expires <= now)
             {
                 check.lost.inc();
-                tracing::warn!(check = %run.check, location = run.location.as_deref(), "a run's result never arrived (sent before the lease was lost)");
+                lost += 1;
                 place.in_flight = None;
             }
+        }
+        // One line for them all: after a lost lease they can be one per check.
+        if lost > 0 {
+            tracing::warn!(
+                runs = lost,
+                "results of runs sent before the lease was lost never arrived; counted lost"
+            );
         }
     }
 
