@@ -124,6 +124,14 @@ impl Place {
     }
 }
 
+/// A run in flight when the lease was lost.
+struct InFlight {
+    check: String,
+    location: Option<Arc<str>>,
+    run_id: u64,
+    expires: Instant,
+}
+
 struct Scheduled {
     /// The definition, shared with the config's list and every request (never a copy).
     config: Arc<CheckConfig>,
@@ -321,9 +329,13 @@ impl Checker {
         stop: CancellationToken,
         mut leadership: Option<crate::lease::Leadership>,
     ) {
+        // Runs this checker sent while it led and that were still in flight when it lost the
+        // lease: each still ends as a result or a counted loss.
+        let mut last_term: Vec<InFlight> = Vec::new();
         loop {
             if let Some(leadership) = leadership.as_mut() {
                 tracing::info!("checker standing by for the lease");
+                let mut judge_at = last_term.iter().map(|run| run.expires).max();
                 loop {
                     tokio::select! {
                         _ = stop.cancelled() => return,
@@ -332,12 +344,19 @@ impl Checker {
                             Err(_) => return,
                         },
                         Some(configs) = next_update(self.updates.as_mut()) => self.apply(&configs, None),
-                        // Results keep arriving from the leader's runs; a standby reads and
-                        // drops them so its subscription never backs up.
+                        // Results keep arriving from the leader's runs; a standby reads them
+                        // so its subscription never backs up, and closes its own last runs.
                         message = self.results.next() => match message {
-                            Some(message) => self.learn_from_result(&message.payload),
+                            Some(message) => {
+                                self.learn_from_result(&message.payload);
+                                self.close_run(&message.payload);
+                            }
                             None => return,
                         },
+                        _ = sleep_until_or_forever(judge_at) => {
+                            self.judge_last_term(&mut last_term);
+                            judge_at = None;
+                        }
                         // It follows the runners all the same, to know them when it leads.
                         message = self.heartbeats.next() => match message {
                             Some(message) => self.heard(&message.payload),
@@ -349,12 +368,10 @@ impl Checker {
             if !self.schedule(&stop, leadership.as_mut()).await {
                 break;
             }
-            // Leadership lost: whatever was in flight belongs to the past leader's term.
-            for check in &mut self.checks {
-                for place in &mut check.places {
-                    place.in_flight = None;
-                }
-            }
+            // Leadership lost. What is in flight stays so (a result closes it, standing by as
+            // when leading) and is judged once its window has passed: a run whose request
+            // died with a NATS server is counted lost, never forgotten.
+            last_term = self.in_flight_runs();
         }
         tracing::info!("checker stopped");
     }
@@ -674,6 +691,59 @@ impl Checker {
         };
         if let Some(location) = &header.location {
             self.learn_place(&header.check, location);
+        }
+    }
+
+    /// The runs in flight now (once per lost lease, not per probe).
+    fn in_flight_runs(&self) -> Vec<InFlight> {
+        self.checks
+            .iter()
+            .flat_map(|check| {
+                check.places.iter().filter_map(|place| {
+                    let (run_id, expires) = place.in_flight?;
+                    Some(InFlight {
+                        check: check.config.name.clone(),
+                        location: place.location.clone(),
+                        run_id,
+                        expires,
+                    })
+                })
+            })
+            .collect()
+    }
+
+    /// Counts as lost the runs of `last_term` still in flight once their window has passed;
+    /// a run that ended, or a check a reload removed, is left alone.
+    fn judge_last_term(&mut self, last_term: &mut Vec<InFlight>) {
+        let now = Instant::now();
+        let mut lost = 0usize;
+        for run in last_term.drain(..) {
+            let Some(&index) = self.by_name.get(&run.check) else {
+                continue;
+            };
+            let check = &mut self.checks[index];
+            let Some(place) = check
+                .places
+                .iter_mut()
+                .find(|place| place.location == run.location)
+            else {
+                continue;
+            };
+            if place
+                .in_flight
+                .is_some_and(|(run_id, expires)| run_id == run.run_id && expires <= now)
+            {
+                place.lost.inc();
+                lost += 1;
+                place.in_flight = None;
+            }
+        }
+        // One line for them all: after a lost lease they can be one per check.
+        if lost > 0 {
+            tracing::warn!(
+                runs = lost,
+                "results of runs sent before the lease was lost never arrived; counted lost"
+            );
         }
     }
 

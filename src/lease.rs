@@ -49,9 +49,12 @@ async fn hold(
                 }
             }
             Some((revision, since)) => {
+                // One attempt may not use up the lease: a request lost with a dying NATS
+                // server is never answered, and the next attempt must still come in time.
+                let until = (attempt_at + timing.attempt_timeout).min(since + timing.valid_for);
                 tokio::select! {
                     _ = stop.cancelled() => break,
-                    outcome = tokio::time::timeout_at(since + timing.valid_for, store.renew(&holder, revision)) => outcome,
+                    outcome = tokio::time::timeout_at(until, store.renew(&holder, revision)) => outcome,
                 }
             }
         };
@@ -80,10 +83,15 @@ async fn hold(
                     held = Some((revision, since));
                 }
             }
-            (Some(_), Err(_)) => {
-                tracing::warn!("checker lease renewal timed out; standing by");
-                held = None;
-                step_down(&leading, &metrics);
+            (Some((revision, since)), Err(_)) => {
+                if Instant::now() >= since + timing.valid_for {
+                    tracing::warn!("checker lease renewal timed out; standing by");
+                    held = None;
+                    step_down(&leading, &metrics);
+                } else {
+                    tracing::warn!("checker lease renewal timed out; retrying");
+                    held = Some((revision, since));
+                }
             }
             (None, Ok(Err(error))) => {
                 tracing::debug!(%error, "cannot reach the checker lease");
@@ -111,6 +119,9 @@ struct Timing {
     valid_for: Duration,
     /// A standby looks for a free lease this often; it bounds the takeover delay after expiry.
     poll_every: Duration,
+    /// The longest one renewal may take before it is tried again, so that a renewal lost on
+    /// the way (a NATS server died under it) leaves time for more within `valid_for`.
+    attempt_timeout: Duration,
 }
 
 impl Timing {
@@ -120,6 +131,7 @@ impl Timing {
             renew_every: ttl / 3,
             valid_for: ttl * 2 / 3,
             poll_every: (ttl / 10).clamp(Duration::from_millis(100), Duration::from_secs(1)),
+            attempt_timeout: ttl / 9,
         }
     }
 
@@ -170,6 +182,8 @@ mod tests {
         ttl: Duration,
         /// While set, every call fails, as when the server is unreachable.
         unreachable: bool,
+        /// Renewals that never get an answer, as one sent just before a server dies.
+        renewals_lost: usize,
     }
 
     impl MemoryLease {
@@ -222,6 +236,15 @@ mod tests {
             revision: u64,
         ) -> BoxFuture<'a, Result<Option<u64>, BusError>> {
             Box::pin(async move {
+                let lost = {
+                    let mut state = self.state.lock().unwrap();
+                    let lost = state.renewals_lost > 0;
+                    state.renewals_lost = state.renewals_lost.saturating_sub(1);
+                    lost
+                };
+                if lost {
+                    std::future::pending::<()>().await;
+                }
                 let mut state = self.state.lock().unwrap();
                 if state.unreachable {
                     return Err(BusError::Disconnected);
@@ -297,6 +320,34 @@ mod tests {
         task_b.await.unwrap();
         assert_eq!(store.holder(), None, "a stopping leader releases the lease");
         drop(stop_a);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_renewal_lost_on_the_way_is_tried_again_and_the_lease_holds() {
+        // Seen on a NATS cluster: the renewal sent just before the leader's server died got
+        // no answer, the leader waited for it until its lease ran out and stood down.
+        let store = Arc::new(MemoryLease::new(TTL));
+        let stop = CancellationToken::new();
+        let metrics = Arc::new(Metrics::new());
+        let (mut leading, task) = spawn(
+            store.clone(),
+            "a".into(),
+            TTL,
+            metrics.clone(),
+            stop.clone(),
+        );
+        leading.wait_for(|leading| *leading).await.unwrap();
+        store.state.lock().unwrap().renewals_lost = 1;
+        let mut changes = leading.clone();
+        changes.mark_unchanged();
+        // Several renewals later it still leads and never stood down in between.
+        tokio::time::sleep(TTL * 3).await;
+        assert!(*leading.borrow(), "still leading");
+        assert!(!changes.has_changed().unwrap(), "never stood down");
+        assert_eq!(store.state.lock().unwrap().renewals_lost, 0, "one was lost");
+        assert_eq!(store.holder().as_deref(), Some("a"));
+        stop.cancel();
+        task.await.unwrap();
     }
 
     #[tokio::test(start_paused = true)]

@@ -53,6 +53,12 @@ pub enum BusError {
     ConnectTimeout { servers: String, waited: String },
     #[error("JetStream: {0}; JetStream must be enabled on the server (nats-server -js)")]
     JetStream(String),
+    #[error("{what}: the NATS server refused {replicas} replicas ({reason}); set bus.nats.replicas to the number of JetStream servers in the cluster (3 or 5), or to 1 for a single server")]
+    Replicas {
+        what: String,
+        replicas: usize,
+        reason: String,
+    },
     #[error("NATS: {0}")]
     Nats(String),
 }

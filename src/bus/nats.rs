@@ -45,6 +45,9 @@ pub const RESULTS_IN_FLIGHT: usize = 64;
 /// stream's `max_msg_size`, say) before it is dropped and counted as `results_rejected`. With
 /// the backoff that is about 11 s, long enough for a stream leader election to pass.
 const REFUSED_ATTEMPTS: u32 = 8;
+/// How long start-up keeps asking a JetStream that does not answer (a cluster electing its
+/// leaders) to create or find a stream.
+const JETSTREAM_PATIENCE: Duration = Duration::from_secs(60);
 /// The first and the longest wait before a result is tried again.
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -102,6 +105,8 @@ pub struct NatsBus {
     next_message_id: AtomicU64,
     /// Identifies this process in JetStream message ids.
     instance: String,
+    /// JetStream replicas of the streams bastion creates (`bus.nats.replicas`).
+    replicas: usize,
 }
 
 /// The server list with any credentials left out, for messages.
@@ -332,7 +337,13 @@ impl NatsBus {
         ));
         let durable = if config.results_stream {
             let pattern = format!("{}.results.>", config.subject_prefix);
-            ensure_results_stream(&jetstream, &pattern, config.results_max_age).await?;
+            ensure_results_stream(
+                &jetstream,
+                &pattern,
+                config.results_max_age,
+                config.replicas,
+            )
+            .await?;
             let (sender, receiver) = mpsc::channel(
                 crate::config::bounds::RESULTS_BUFFER.clamp_count(config.results_buffer),
             );
@@ -356,6 +367,7 @@ impl NatsBus {
             metrics,
             next_message_id: AtomicU64::new(1),
             instance,
+            replicas: config.replicas,
         })
     }
 
@@ -382,25 +394,19 @@ impl NatsBus {
             deny_delete: true,
             allow_direct: true,
             discard: stream::DiscardPolicy::New,
-            num_replicas: 1,
+            num_replicas: self.replicas,
             ..Default::default()
         };
-        let mut existing = get_or_create_stream(&self.jetstream, &wanted)
-            .await
-            .map_err(|error| BusError::JetStream(format!("lease bucket `{bucket}`: {error}")))?;
-        let info = existing
-            .info()
-            .await
-            .map_err(|error| BusError::JetStream(format!("lease bucket `{bucket}`: {error}")))?;
-        if info.config.max_age != ttl {
-            // Every checker must agree on the TTL; the latest configuration wins.
-            self.jetstream
-                .update_stream(wanted)
-                .await
-                .map_err(|error| {
-                    BusError::JetStream(format!("lease bucket `{bucket}`: {error}"))
-                })?;
-        }
+        // Every checker must agree on the TTL and the replicas; the latest configuration wins.
+        ensure_stream(
+            &self.jetstream,
+            wanted,
+            &format!("lease bucket `{bucket}`"),
+            |existing, wanted| {
+                existing.max_age != wanted.max_age || existing.num_replicas != wanted.num_replicas
+            },
+        )
+        .await?;
         let store = self
             .jetstream
             .get_key_value(bucket)
@@ -437,29 +443,55 @@ impl NatsBus {
 }
 
 /// Gets the stream, or creates it. Several processes starting at once may race to create
-/// it; the loser of the race finds it on a second look.
+/// it; the loser of the race finds it on a second look. A JetStream that does not answer yet
+/// (a cluster still electing its leaders, or busy placing a stream's replicas) is asked again
+/// with backoff for up to `JETSTREAM_PATIENCE` before start-up gives up.
 async fn get_or_create_stream(
     jetstream: &jetstream::Context,
     wanted: &stream::Config,
 ) -> Result<stream::Stream, String> {
-    let mut attempt = 0;
+    let started = Instant::now();
+    let mut refusals = 0;
+    let mut backoff = Duration::from_millis(100);
     loop {
         match jetstream.get_or_create_stream(wanted.clone()).await {
             Ok(stream) => return Ok(stream),
-            Err(error) if attempt < 3 => {
-                tracing::debug!(%error, stream = %wanted.name, "creating the stream failed; looking again");
-                attempt += 1;
-                tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+            Err(error) => {
+                let error = error.to_string();
+                if unanswered(&error) {
+                    if started.elapsed() + backoff >= JETSTREAM_PATIENCE {
+                        return Err(format!(
+                            "{error} (JetStream did not answer for {})",
+                            humantime::format_duration(JETSTREAM_PATIENCE)
+                        ));
+                    }
+                    tracing::warn!(%error, stream = %wanted.name, retry_in = ?backoff, "JetStream does not answer yet (a cluster electing its leaders?); retrying");
+                } else if refusals < 3 {
+                    refusals += 1;
+                    tracing::debug!(%error, stream = %wanted.name, "creating the stream failed; looking again");
+                } else {
+                    return Err(error);
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
             }
-            Err(error) => return Err(error.to_string()),
         }
     }
+}
+
+/// Whether a JetStream API error means no answer yet rather than a refusal: a request that
+/// timed out, or a cluster without a meta leader ("JetStream system temporarily unavailable",
+/// error 10008). A server without JetStream ("no responders") is not waited for.
+fn unanswered(error: &str) -> bool {
+    let error = error.to_ascii_lowercase();
+    error.contains("timed out") || error.contains("temporarily unavailable")
 }
 
 async fn ensure_results_stream(
     jetstream: &jetstream::Context,
     pattern: &str,
     max_age: Duration,
+    replicas: usize,
 ) -> Result<(), BusError> {
     let wanted = stream::Config {
         name: RESULTS_STREAM.to_string(),
@@ -468,23 +500,81 @@ async fn ensure_results_stream(
         max_age,
         duplicate_window: max_age.min(Duration::from_secs(120)),
         storage: stream::StorageType::File,
-        num_replicas: 1,
+        num_replicas: replicas,
         ..Default::default()
     };
+    // An existing stream keeps its other limits (an operator's `max_msg_size`, say).
+    ensure_stream(
+        jetstream,
+        wanted,
+        &format!("stream {RESULTS_STREAM}"),
+        |existing, wanted| {
+            existing.max_age != wanted.max_age
+                || existing.subjects != wanted.subjects
+                || existing.num_replicas != wanted.num_replicas
+        },
+    )
+    .await
+}
+
+/// Gets or creates the stream `wanted`, and updates it when `differs` says the existing one
+/// does not have what bastion needs (its max age, subjects or replicas). A server that refuses
+/// the replicas (a single server asked for 3, a cluster smaller than asked) gets an error
+/// saying what to set.
+async fn ensure_stream(
+    jetstream: &jetstream::Context,
+    wanted: stream::Config,
+    what: &str,
+    differs: impl Fn(&stream::Config, &stream::Config) -> bool,
+) -> Result<(), BusError> {
+    let replicas = wanted.num_replicas;
+    let failed = |error: String| stream_error(what, replicas, error);
     let mut existing = get_or_create_stream(jetstream, &wanted)
         .await
-        .map_err(|error| BusError::JetStream(format!("stream {RESULTS_STREAM}: {error}")))?;
+        .map_err(failed)?;
     let info = existing
         .info()
         .await
-        .map_err(|error| BusError::JetStream(format!("stream {RESULTS_STREAM}: {error}")))?;
-    if info.config.max_age != max_age || info.config.subjects != wanted.subjects {
+        .map_err(|error| failed(error.to_string()))?;
+    if differs(&info.config, &wanted) {
+        if info.config.num_replicas != replicas {
+            tracing::info!(
+                stream = %wanted.name,
+                from = info.config.num_replicas,
+                to = replicas,
+                "changing the stream's replicas"
+            );
+        }
         jetstream
             .update_stream(wanted)
             .await
-            .map_err(|error| BusError::JetStream(format!("stream {RESULTS_STREAM}: {error}")))?;
+            .map_err(|error| failed(error.to_string()))?;
     }
     Ok(())
+}
+
+/// The error for a stream bastion could not create or update: one that names
+/// `bus.nats.replicas` when the server refused the replicas.
+fn stream_error(what: &str, replicas: usize, reason: String) -> BusError {
+    if refuses_replicas(&reason) {
+        BusError::Replicas {
+            what: what.to_string(),
+            replicas,
+            reason,
+        }
+    } else {
+        BusError::JetStream(format!("{what}: {reason}"))
+    }
+}
+
+/// Whether a JetStream error says the server cannot place the replicas asked for: "replicas >
+/// 1 not supported in non-clustered mode" from a single server, "insufficient resources" or
+/// "no suitable peers for placement" from a cluster with fewer servers than replicas.
+fn refuses_replicas(reason: &str) -> bool {
+    let reason = reason.to_ascii_lowercase();
+    ["replicas", "insufficient resources", "no suitable peers"]
+        .iter()
+        .any(|sign| reason.contains(sign))
 }
 
 /// Hands queued messages to the connection, in order. While the connection is down the
@@ -762,6 +852,45 @@ impl std::fmt::Debug for NatsLease {
     }
 }
 
+impl NatsLease {
+    /// A renewal found another revision than the one this holder last wrote. When a renewal
+    /// of its own reached the stream but its answer was lost (timed out while a NATS server
+    /// died), the lease still names this holder: it is still ours, at that later revision.
+    /// Anyone else's name, or none, means it is lost.
+    async fn renew_after_lost_answer(&self, holder: &str) -> Result<Option<u64>, BusError> {
+        // From the stream's leader (not a direct get, which a lagging replica may answer).
+        let subject = format!("{}{LEASE_KEY}", self.store.prefix);
+        let last = match self
+            .store
+            .stream
+            .get_last_raw_message_by_subject(&subject)
+            .await
+        {
+            Ok(last) => last,
+            Err(error)
+                if error.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound =>
+            {
+                return Ok(None)
+            }
+            Err(error) => return Err(BusError::JetStream(format!("checker lease: {error}"))),
+        };
+        // A delete or purge marker carries a `KV-Operation` header; a put carries none.
+        let deleted = last.headers.get("KV-Operation").is_some();
+        if deleted || last.payload.as_ref() != holder.as_bytes() {
+            return Ok(None);
+        }
+        match self
+            .store
+            .update(LEASE_KEY, Bytes::from(holder.to_string()), last.sequence)
+            .await
+        {
+            Ok(revision) => Ok(Some(revision)),
+            Err(error) if error.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(None),
+            Err(error) => Err(BusError::JetStream(format!("checker lease: {error}"))),
+        }
+    }
+}
+
 impl LeaseStore for NatsLease {
     fn acquire<'a>(&'a self, holder: &'a str) -> BoxFuture<'a, Result<Option<u64>, BusError>> {
         Box::pin(async move {
@@ -789,7 +918,9 @@ impl LeaseStore for NatsLease {
                 .await
             {
                 Ok(revision) => Ok(Some(revision)),
-                Err(error) if error.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(None),
+                Err(error) if error.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                    self.renew_after_lost_answer(holder).await
+                }
                 Err(error) => Err(BusError::JetStream(format!("checker lease: {error}"))),
             }
         })
@@ -820,6 +951,44 @@ mod tests {
         assert!(valid_bucket_name("bastion_checker-1"));
         assert!(!valid_bucket_name("a.b"));
         assert!(!valid_bucket_name(""));
+    }
+
+    #[test]
+    fn a_refusal_of_the_replicas_says_what_to_set() {
+        // What nats-server 2.9 and 2.1x answer a single server asked for 3 replicas, and a
+        // cluster too small for them.
+        for reason in [
+            "replicas > 1 not supported in non-clustered mode (error code 10074)",
+            "insufficient resources (error code 10023)",
+            "no suitable peers for placement (error code 10005)",
+        ] {
+            let message = stream_error("stream BASTION_RESULTS", 3, reason.to_string()).to_string();
+            assert!(
+                message.starts_with("stream BASTION_RESULTS: the NATS server refused 3 replicas"),
+                "{message}"
+            );
+            assert!(message.contains(reason), "{message}");
+            assert!(
+                message.contains("set bus.nats.replicas to the number of JetStream servers in the cluster (3 or 5), or to 1 for a single server"),
+                "{message}"
+            );
+        }
+        let other = stream_error("stream BASTION_RESULTS", 1, "timed out".to_string());
+        assert!(matches!(other, BusError::JetStream(_)), "{other}");
+    }
+
+    #[test]
+    fn a_jetstream_that_does_not_answer_yet_is_waited_for_and_a_refusal_is_not() {
+        assert!(unanswered(
+            "timed out: request timed out: deadline has elapsed"
+        ));
+        assert!(unanswered(
+            "JetStream system temporarily unavailable (error code 10008)"
+        ));
+        assert!(!unanswered("no responders"));
+        assert!(!unanswered(
+            "replicas > 1 not supported in non-clustered mode (error code 10074)"
+        ));
     }
 
     #[test]

@@ -157,6 +157,8 @@ pub const CONNECT_TIMEOUT: Bound = Bound::duration("bus.nats.connect_timeout", S
 pub const RESULTS_MAX_AGE: Bound =
     Bound::duration("bus.nats.results_max_age", SECOND, DAY.saturating_mul(30));
 pub const RESULTS_BUFFER: Bound = Bound::count("bus.nats.results_buffer", 1, 1 << 20);
+/// JetStream allows 1 to 5 replicas of a stream.
+pub const REPLICAS: Bound = Bound::count("bus.nats.replicas", 1, 5);
 pub const LEASE_TTL: Bound = Bound::duration(
     "checker.lease_ttl",
     Duration::from_secs(3),
@@ -250,6 +252,7 @@ pub const BOUNDS: &[Bound] = &[
     CONNECT_TIMEOUT,
     RESULTS_MAX_AGE,
     RESULTS_BUFFER,
+    REPLICAS,
     LEASE_TTL,
     FLUSH_INTERVAL,
     HISTORY_BUFFER,

@@ -73,6 +73,10 @@ pub struct NatsConfig {
     /// and counted.
     #[serde(default = "default_results_buffer")]
     pub results_buffer: usize,
+    /// JetStream replicas of the results stream and of the checker lease bucket: 1 for a
+    /// single server, the cluster's size (3 or 5) for a clustered one.
+    #[serde(default = "default_replicas")]
+    pub replicas: usize,
 }
 
 /// `[bus.nats.tls]`
@@ -115,6 +119,9 @@ pub(super) fn default_results_max_age() -> Duration {
 }
 pub(super) fn default_results_buffer() -> usize {
     1024
+}
+pub(super) fn default_replicas() -> usize {
+    1
 }
 
 impl BusConfig {
@@ -176,6 +183,7 @@ impl BusConfig {
                 problems.check(CONNECT_TIMEOUT.check_duration(None, timeout));
             }
             problems.check(RESULTS_BUFFER.check_count(None, nats.results_buffer as u64));
+            problems.check(REPLICAS.check_count(None, nats.replicas as u64));
         }
         problems
     }

@@ -1,5 +1,6 @@
 //! The checker's schedule under paused time: stable first offsets, no drift, skipped ticks
-//! while a run is in flight, and lost runs given up after their horizon.
+//! while a run is in flight, lost runs given up after their horizon, and runs in flight when
+//! the lease is lost still ending as a result or a counted loss.
 
 use crate::common::metric;
 use bastion_agent::bus::memory::MemoryBus;
@@ -38,6 +39,14 @@ struct Harness {
 }
 
 async fn start(config: &Config) -> Harness {
+    start_leading(config, None).await
+}
+
+/// A checker that schedules only while `leadership` says so (always, without one).
+async fn start_leading(
+    config: &Config,
+    leadership: Option<tokio::sync::watch::Receiver<bool>>,
+) -> Harness {
     let bus = Arc::new(MemoryBus::default());
     let subjects = Subjects::default();
     let metrics = Arc::new(Metrics::new());
@@ -57,7 +66,7 @@ async fn start(config: &Config) -> Harness {
     .await
     .unwrap();
     let stop = CancellationToken::new();
-    tokio::spawn(checker.run(stop.clone()));
+    tokio::spawn(checker.run_while_leading(stop.clone(), leadership));
     Harness {
         bus,
         metrics,
@@ -182,6 +191,46 @@ async fn ticks_are_skipped_while_a_run_is_in_flight_and_lost_runs_are_given_up()
             "bastion_checks_scheduled_total{check=\"tick\"}"
         ),
         3.0
+    );
+    harness.stop.cancel();
+}
+
+#[tokio::test(start_paused = true)]
+async fn runs_in_flight_when_the_lease_is_lost_end_as_results_or_counted_losses() {
+    // Two checks: one's run gets its result while the checker stands by, the other's never
+    // does (its request died with a NATS server). Seen on a cluster: the second was neither
+    // a result nor a counted loss, since a checker that lost the lease forgot its runs.
+    let mut config = config("1s", "500ms");
+    let mut second = config.checks[0].clone();
+    second.name = "tock".into();
+    config.checks.push(second);
+    let (leading, leadership) = tokio::sync::watch::channel(true);
+    let mut harness = start_leading(&config, Some(leadership)).await;
+    let mut sent = Vec::new();
+    while sent.len() < 2 {
+        let request = harness.requests.next().await.unwrap();
+        sent.push(request.payload.request().unwrap());
+    }
+    leading.send_replace(false);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let answered = sent.iter().find(|r| r.check.name == "tick").unwrap();
+    reply(&harness.bus, answered).await;
+    // Past the 7.5s horizon of both runs, still standing by.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(
+        counter(&harness.metrics, "bastion_runs_lost_total{check=\"tock\"}"),
+        1.0,
+        "the unanswered run is counted lost"
+    );
+    let tick_lost = harness
+        .metrics
+        .render()
+        .lines()
+        .any(|line| line.starts_with("bastion_runs_lost_total{check=\"tick\"} 1"));
+    assert!(!tick_lost, "the answered run is not lost");
+    assert!(
+        harness.requests.try_next().is_none(),
+        "a standby sends nothing"
     );
     harness.stop.cancel();
 }

@@ -42,6 +42,7 @@ mod locations_sink;
 mod logs;
 mod metrics_scrape;
 mod nats;
+mod nats_cluster;
 mod netns_harness;
 mod notify;
 mod operations;

@@ -1,7 +1,8 @@
 //! A real nats-server on a random port for one test, with JetStream on and its own store
 //! directory. It can be stopped and started again on the same port (the store survives), and
 //! it is killed on drop. The binary comes from `NATS_SERVER`, else `nats-server` on PATH, else
-//! Debian's `/usr/sbin/nats-server`.
+//! Debian's `/usr/sbin/nats-server`. `NatsCluster` starts several of them clustered (routes
+//! between them, JetStream in each), each with an HTTP monitoring port.
 
 use bastion_agent::bus::nats::NatsBus;
 use bastion_agent::config::NatsConfig;
@@ -18,6 +19,8 @@ pub struct NatsServer {
     pub host: String,
     pub port: u16,
     pub dir: PathBuf,
+    /// Its HTTP monitoring port (`/healthz`, `/jsz`, `/connz`), when it has one.
+    pub monitor: Option<u16>,
     conf: PathBuf,
     child: Option<Child>,
 }
@@ -70,6 +73,14 @@ impl NatsServer {
     }
 
     fn start_at(host: &str, extra: &str) -> NatsServer {
+        let port = free_port_on(host);
+        let mut server = NatsServer::prepare(host, port, None, extra);
+        server.resume();
+        server
+    }
+
+    /// Its directory and config file (JetStream in `<dir>/js`, then `extra`), not started.
+    fn prepare(host: &str, port: u16, monitor: Option<u16>, extra: &str) -> NatsServer {
         let dir = std::env::temp_dir().join(format!(
             "bastion-nats-{}-{}",
             std::process::id(),
@@ -77,22 +88,41 @@ impl NatsServer {
         ));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("nats dir");
-        let port = free_port_on(host);
         let conf = dir.join("nats.conf");
+        let http = monitor
+            .map(|port| format!("http: {host}:{port}\n"))
+            .unwrap_or_default();
         let text = format!(
-            "host: {host}\nport: {port}\njetstream {{\n  store_dir: \"{}\"\n}}\n{extra}\n",
+            "host: {host}\nport: {port}\n{http}jetstream {{\n  store_dir: \"{}\"\n}}\n{extra}\n",
             dir.join("js").display()
         );
         std::fs::write(&conf, text).expect("nats conf");
-        let mut server = NatsServer {
+        NatsServer {
             host: host.to_string(),
             port,
             dir,
+            monitor,
             conf,
             child: None,
-        };
-        server.resume();
-        server
+        }
+    }
+
+    /// A JSON document from its monitoring port (`/jsz`, `/connz`), or None while it does
+    /// not answer.
+    pub fn monitoring(&self, path: &str) -> Option<serde_json::Value> {
+        let (status, body) = super::process::http_get_blocking(self.monitor?, path)?;
+        if status != 200 {
+            return None;
+        }
+        // nats-server (Go's net/http) sends a body past 2 KiB in chunks.
+        serde_json::from_str(&body)
+            .ok()
+            .or_else(|| serde_json::from_str(&dechunk(&body)?).ok())
+    }
+
+    /// Whether the process is running (it may not accept connections yet).
+    pub fn running(&self) -> bool {
+        self.child.is_some()
     }
 
     pub fn url(&self) -> String {
@@ -145,6 +175,117 @@ impl Drop for NatsServer {
     fn drop(&mut self) {
         self.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The body of a chunked HTTP/1.1 response, or None when it is not one.
+fn dechunk(body: &str) -> Option<String> {
+    let mut rest = body;
+    let mut whole = String::new();
+    loop {
+        let (size, after) = rest.split_once("\r\n")?;
+        let size = usize::from_str_radix(size.split(';').next()?.trim(), 16).ok()?;
+        if size == 0 {
+            return Some(whole);
+        }
+        whole.push_str(after.get(..size)?);
+        rest = after.get(size..)?.strip_prefix("\r\n")?;
+    }
+}
+
+/// Nodes of one NATS cluster on 127.0.0.1: each with JetStream (its own store), a
+/// `server_name` (`n1`, `n2`, ...), a monitoring port, and routes to all the others. Each
+/// node can be stopped and resumed on its ports, with its store; all are killed on drop.
+pub struct NatsCluster {
+    pub nodes: Vec<NatsServer>,
+}
+
+impl NatsCluster {
+    /// `size` nodes, started, with a JetStream meta leader elected.
+    pub fn start(size: usize) -> NatsCluster {
+        let ports: Vec<(u16, u16, u16)> = (0..size)
+            .map(|_| (free_port(), free_port(), free_port()))
+            .collect();
+        let nodes = (0..size)
+            .map(|index| {
+                let (client, route, monitor) = ports[index];
+                let routes = ports
+                    .iter()
+                    .enumerate()
+                    .filter(|(other, _)| *other != index)
+                    .map(|(_, (_, route, _))| format!("nats-route://127.0.0.1:{route}"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let extra = format!(
+                    "server_name: {}\ncluster {{\n  name: bastion-test\n  host: 127.0.0.1\n  port: {route}\n  routes: [{routes}]\n}}\n",
+                    NatsCluster::name(index)
+                );
+                NatsServer::prepare("127.0.0.1", client, Some(monitor), &extra)
+            })
+            .collect();
+        let mut cluster = NatsCluster { nodes };
+        for node in &mut cluster.nodes {
+            node.resume();
+        }
+        cluster.wait_for_meta_leader(super::PATIENCE * 2);
+        cluster
+    }
+
+    /// The `server_name` of node `index`.
+    pub fn name(index: usize) -> String {
+        format!("n{}", index + 1)
+    }
+
+    /// Every node's URL, starting with node `first` and going round: a client given this list
+    /// knows them all.
+    pub fn urls_from(&self, first: usize) -> Vec<String> {
+        (0..self.nodes.len())
+            .map(|offset| self.nodes[(first + offset) % self.nodes.len()].url())
+            .collect()
+    }
+
+    /// The JetStream meta leader's name, as every running node reports it, once they agree.
+    pub fn meta_leader(&self) -> Option<String> {
+        let mut seen = None;
+        for node in self.nodes.iter().filter(|node| node.running()) {
+            let jsz = node.monitoring("/jsz")?;
+            let leader = jsz["meta_cluster"]["leader"].as_str()?.to_string();
+            if leader.is_empty() || seen.as_ref().is_some_and(|seen| *seen != leader) {
+                return None;
+            }
+            seen = Some(leader);
+        }
+        seen
+    }
+
+    /// Waits until the running nodes agree on a JetStream meta leader: only then can streams be
+    /// created. Polls instead of sleeping a fixed time.
+    pub fn wait_for_meta_leader(&self, within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(leader) = self.meta_leader() {
+                return leader;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the NATS cluster elected no JetStream meta leader; see the server.log files under {}",
+                self.nodes[0].dir.parent().map(|p| p.display().to_string()).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The index of the node whose clients include one named `name` (async-nats sends the
+    /// name bastion gives it, `bastion <agent id>`), from each running node's `/connz`.
+    pub fn node_of_client(&self, name: &str) -> Option<usize> {
+        self.nodes.iter().position(|node| {
+            node.running()
+                && node.monitoring("/connz?limit=1024").is_some_and(|connz| {
+                    connz["connections"].as_array().is_some_and(|connections| {
+                        connections.iter().any(|c| c["name"].as_str() == Some(name))
+                    })
+                })
+        })
     }
 }
 

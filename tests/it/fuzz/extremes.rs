@@ -657,8 +657,26 @@ fn fuzz_every_numeric_key_at_its_extremes_through_the_binary() {
         );
         let path = dir.join("case.toml");
         std::fs::write(&path, &text).expect("config file");
-        let outcome = run_and_stop(&path, &dir)
-            .map(|why| format!("{} = {}: {why}", case.place.describe(), case.value.text));
+        let outcome = run_and_stop(&path, &dir);
+        // More than one replica needs a JetStream cluster: against this single server, start-up
+        // must stop with the message that says what to set (the cluster runs are in
+        // tests/it/nats_cluster.rs).
+        let outcome = if case.place.bound.key == "bus.nats.replicas" && case.value.text != "1" {
+            match outcome {
+                Some(why)
+                    if why.contains("set bus.nats.replicas to the number of JetStream servers") =>
+                {
+                    None
+                }
+                Some(why) => Some(why),
+                None => {
+                    Some("ran on a single server; its replicas should have been refused".into())
+                }
+            }
+        } else {
+            outcome
+        }
+        .map(|why| format!("{} = {}: {why}", case.place.describe(), case.value.text));
         if outcome.is_none() {
             let _ = std::fs::remove_dir_all(&dir);
         }
