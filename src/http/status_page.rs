@@ -498,15 +498,7 @@ fn failing_instances(body: &mut String, status: Option<&CheckStatus>, public: bo
         body.push_str("<span class=\"muted\">no result yet</span>");
         return;
     }
-    let failing: Vec<_> = runs
-        .iter()
-        .flat_map(|(location, run)| {
-            run.responses
-                .iter()
-                .filter(|r| !r.passing)
-                .map(move |response| (*location, response))
-        })
-        .collect();
+    let failing = failing_of(&runs);
     if failing.is_empty() {
         return;
     }
@@ -535,6 +527,20 @@ fn failing_instances(body: &mut String, status: Option<&CheckStatus>, public: bo
             failing.len() - 3
         );
     }
+}
+
+/// The failing responses of `runs`, each with the location whose run it is.
+fn failing_of<'a>(
+    runs: &[(Option<&'a str>, &'a crate::messages::CheckResult)],
+) -> Vec<(Option<&'a str>, &'a crate::messages::Response)> {
+    runs.iter()
+        .flat_map(|(location, run)| {
+            run.responses
+                .iter()
+                .filter(|r| !r.passing)
+                .map(move |response| (*location, response))
+        })
+        .collect()
 }
 
 /// The public page's summary of failures: how many instances failed and the kinds, with no
@@ -1203,15 +1209,7 @@ mod tests {
             .iter()
             .map(|(location, run)| (*location, run))
             .collect();
-        let failing: Vec<_> = runs
-            .iter()
-            .flat_map(|(location, run)| {
-                run.responses
-                    .iter()
-                    .filter(|r| !r.passing)
-                    .map(move |response| (*location, response))
-            })
-            .collect();
+        let failing = failing_of(&runs);
         let mut body = String::new();
         public_failures(&mut body, &runs, &failing);
         body
