@@ -290,10 +290,9 @@ fn drop_detail(response: &mut Response) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::messages::{self, HttpDetails, Timings, MESSAGE_VERSION};
-    use crate::model::{CheckType, ErrorKind, ProbeError};
+    use crate::messages::{self, HttpDetails, Timings};
+    use crate::model::{ErrorKind, ProbeError};
     use std::collections::BTreeMap;
-    use std::time::SystemTime;
 
     fn response(index: usize, body: &str, passing: bool) -> Response {
         let mut headers = BTreeMap::new();
@@ -327,19 +326,7 @@ mod tests {
     }
 
     fn result(responses: Vec<Response>) -> CheckResult {
-        CheckResult {
-            version: MESSAGE_VERSION,
-            check: "web".into(),
-            check_type: CheckType::Http,
-            agent: "a".into(),
-            location: None,
-            run_id: 1,
-            scheduled_at: SystemTime::UNIX_EPOCH,
-            finished_at: SystemTime::UNIX_EPOCH,
-            passing: responses.iter().all(|r| r.passing),
-            responses,
-            degraded: None,
-        }
+        CheckResult::of_web(responses)
     }
 
     #[test]

@@ -709,6 +709,27 @@ pub fn encode<T: Serialize>(message: &T) -> Result<bytes::Bytes, serde_json::Err
 }
 
 #[cfg(test)]
+impl CheckResult {
+    /// For unit tests: run 1 of the http check `web` by agent `a` at the epoch, passing when
+    /// every response does.
+    pub(crate) fn of_web(responses: Vec<Response>) -> CheckResult {
+        CheckResult {
+            version: MESSAGE_VERSION,
+            check: "web".into(),
+            check_type: CheckType::Http,
+            agent: "a".into(),
+            location: None,
+            run_id: 1,
+            scheduled_at: SystemTime::UNIX_EPOCH,
+            finished_at: SystemTime::UNIX_EPOCH,
+            passing: responses.iter().all(|r| r.passing),
+            responses,
+            degraded: None,
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -444,23 +444,11 @@ impl History {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::messages::{Response, Timings, MESSAGE_VERSION};
-    use crate::model::{CheckType, ProbeError};
+    use crate::messages::{Response, Timings};
+    use crate::model::ProbeError;
 
     fn result(responses: Vec<Response>) -> CheckResult {
-        CheckResult {
-            version: MESSAGE_VERSION,
-            check: "web".into(),
-            check_type: CheckType::Http,
-            agent: "a".into(),
-            location: None,
-            run_id: 1,
-            scheduled_at: UNIX_EPOCH,
-            finished_at: UNIX_EPOCH,
-            passing: responses.iter().all(|r| r.passing),
-            responses,
-            degraded: None,
-        }
+        CheckResult::of_web(responses)
     }
 
     fn failed(kind: ErrorKind) -> Response {

@@ -956,6 +956,27 @@ where
 }
 
 #[cfg(test)]
+impl ApiState {
+    /// For unit tests: a started agent of `checks` on the embedded bus, without history,
+    /// reloads or `/probe`, with a private status page.
+    pub(crate) fn for_test(checks: crate::config::CheckList) -> ApiState {
+        ApiState {
+            metrics: Arc::new(Metrics::new()),
+            store: Arc::new(ResultStore::default()),
+            checks: Checks::new(tokio::sync::watch::channel(checks).1),
+            bus: Arc::new(crate::bus::memory::MemoryBus::new(16)),
+            started: Arc::new(AtomicBool::new(true)),
+            reloader: None,
+            reload_endpoint: false,
+            history: None,
+            status_page: StatusPageMode::Private,
+            probe: None,
+            scrapes: Arc::default(),
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::{Config, Format};
@@ -1039,19 +1060,7 @@ mod tests {
     }
 
     fn state() -> ApiState {
-        ApiState {
-            metrics: Arc::new(Metrics::new()),
-            store: Arc::new(ResultStore::default()),
-            checks: Checks::new(watch::channel(checks(&["a"])).1),
-            bus: Arc::new(crate::bus::memory::MemoryBus::new(16)),
-            started: Arc::new(AtomicBool::new(true)),
-            reloader: None,
-            reload_endpoint: false,
-            history: None,
-            status_page: StatusPageMode::Private,
-            probe: None,
-            scrapes: Arc::default(),
-        }
+        ApiState::for_test(checks(&["a"]))
     }
 
     async fn scrape(state: &ApiState, query: Option<&str>, within: u64) -> Option<Response> {

@@ -1176,19 +1176,7 @@ mod tests {
     }
 
     fn run(responses: Vec<crate::messages::Response>) -> crate::messages::CheckResult {
-        crate::messages::CheckResult {
-            version: crate::messages::MESSAGE_VERSION,
-            check: "web".into(),
-            check_type: crate::model::CheckType::Tcp,
-            agent: "a".into(),
-            location: None,
-            run_id: 1,
-            scheduled_at: std::time::UNIX_EPOCH,
-            finished_at: std::time::UNIX_EPOCH,
-            passing: responses.iter().all(|r| r.passing),
-            responses,
-            degraded: None,
-        }
+        crate::messages::CheckResult::of_web(responses)
     }
 
     fn response(kind: Option<crate::model::ErrorKind>) -> crate::messages::Response {
@@ -1250,8 +1238,6 @@ mod tests {
     /// are collected in a set, not searched in a list per check).
     #[tokio::test]
     async fn the_overview_lists_every_group_once_and_sorted() {
-        use std::sync::atomic::AtomicBool;
-        use std::sync::Arc;
         let toml: String = (0..9_000)
             .map(|i| {
                 format!(
@@ -1266,21 +1252,7 @@ mod tests {
             std::path::Path::new("t.toml"),
         )
         .unwrap_or_else(|error| panic!("{error}"));
-        let (_sender, receiver) =
-            tokio::sync::watch::channel(crate::config::check_list(config.checks));
-        let state = ApiState {
-            metrics: Arc::new(crate::metrics::Metrics::new()),
-            store: Arc::new(crate::results::ResultStore::default()),
-            checks: crate::http::Checks::new(receiver),
-            bus: Arc::new(crate::bus::memory::MemoryBus::new(16)),
-            started: Arc::new(AtomicBool::new(true)),
-            reloader: None,
-            reload_endpoint: false,
-            history: None,
-            status_page: StatusPageMode::Private,
-            probe: None,
-            scrapes: Arc::default(),
-        };
+        let state = ApiState::for_test(crate::config::check_list(config.checks));
         let params = OverviewParams {
             group: Some("g0007".into()),
             ..OverviewParams::default()

@@ -127,22 +127,7 @@ impl ScrapeText {
             target: &response.target,
             extra: &extra,
         };
-        out.gauge(
-            "probe_success",
-            None,
-            if response.passing { 1.0 } else { 0.0 },
-        );
-        out.gauge("probe_duration_seconds", None, response.timings.total);
-        if let Some(tls) = &response.tls {
-            if let Some(expiry) = tls.earliest_cert_expiry {
-                let seconds = crate::time_format::unix_seconds(expiry);
-                out.gauge("probe_ssl_earliest_cert_expiry", None, seconds);
-            }
-            if let Some(version) = TLS_VERSIONS.iter().find(|known| **known == tls.version) {
-                out.gauge("probe_tls_version_info", Some(("version", version)), 1.0);
-            }
-        }
-        (crate::checks::kind(check_type).write_series)(response, &mut out);
+        write_instance_series(&mut out, check_type, response);
     }
 
     /// Writes `bastion_check_state` for `check`: 1 for `state`, 0 for the others.
@@ -369,6 +354,27 @@ impl Exposition for ProbeSeries {
     }
 }
 
+/// The series of one instance's last probe: the common ones (success, duration, the TLS
+/// certificate and version), then its type's own.
+fn write_instance_series(out: &mut dyn SeriesOut, check_type: CheckType, response: &Response) {
+    out.gauge(
+        "probe_success",
+        None,
+        if response.passing { 1.0 } else { 0.0 },
+    );
+    out.gauge("probe_duration_seconds", None, response.timings.total);
+    if let Some(tls) = &response.tls {
+        if let Some(expiry) = tls.earliest_cert_expiry {
+            let seconds = crate::time_format::unix_seconds(expiry);
+            out.gauge("probe_ssl_earliest_cert_expiry", None, seconds);
+        }
+        if let Some(version) = TLS_VERSIONS.iter().find(|known| **known == tls.version) {
+            out.gauge("probe_tls_version_info", Some(("version", version)), 1.0);
+        }
+    }
+    (crate::checks::kind(check_type).write_series)(response, out);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -377,7 +383,7 @@ mod tests {
     mod reference {
         //! The text as prometheus-client wrote it before the series were written straight to
         //! text: the reference the new writer must equal.
-        use super::super::{COMMON_SERIES, TLS_VERSIONS};
+        use super::super::{write_instance_series, COMMON_SERIES};
         use crate::checks::series::SeriesOut;
         use crate::checks::KINDS;
         use crate::messages::Response;
@@ -512,23 +518,7 @@ mod tests {
                     target: &response.target,
                     extra: Arc::new(extra),
                 };
-                out.gauge(
-                    "probe_success",
-                    None,
-                    if response.passing { 1.0 } else { 0.0 },
-                );
-                out.gauge("probe_duration_seconds", None, response.timings.total);
-                if let Some(tls) = &response.tls {
-                    if let Some(expiry) = tls.earliest_cert_expiry {
-                        let seconds = crate::time_format::unix_seconds(expiry);
-                        out.gauge("probe_ssl_earliest_cert_expiry", None, seconds);
-                    }
-                    if let Some(version) = TLS_VERSIONS.iter().find(|known| **known == tls.version)
-                    {
-                        out.gauge("probe_tls_version_info", Some(("version", version)), 1.0);
-                    }
-                }
-                (crate::checks::kind(check_type).write_series)(response, &mut out);
+                write_instance_series(&mut out, check_type, response);
             }
 
             /// Sets `bastion_check_state` for `check`: 1 for `state`, 0 for the others.
