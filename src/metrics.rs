@@ -4,9 +4,11 @@
 //! text or a raw URL. Rendered in the classic text format that every Prometheus reads.
 
 mod check_series;
+mod chunked_text;
 
 use crate::model::{CheckType, ErrorKind};
 use check_series::{CheckSeries, Gone};
+pub use chunked_text::ChunkedText;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -146,7 +148,7 @@ fn latency_histogram() -> Histogram {
 pub trait Exposition: Send + Sync + std::fmt::Debug {
     /// Appends the series of the checks `selection` includes, in the classic text format, to
     /// `text`. Never called with `CheckSelection::None`.
-    fn encode(&self, text: &mut String, selection: &CheckSelection);
+    fn encode(&self, text: &mut ChunkedText, selection: &CheckSelection);
 }
 
 /// Which checks' series one scrape of `/metrics` carries (`?checks=` and `?group=`); the
@@ -190,7 +192,7 @@ struct Segment {
 }
 
 /// Writes one per-check family's series of the chosen checks, in the text format.
-type ChosenFn = dyn Fn(&std::collections::BTreeSet<String>, &mut String) + Send + Sync;
+type ChosenFn = dyn Fn(&std::collections::BTreeSet<String>, &mut ChunkedText) + Send + Sync;
 
 struct Chosen(Box<ChosenFn>);
 
@@ -303,7 +305,7 @@ impl Segments {
                 }
                 let mut registry = Registry::default();
                 registry.register(name, help, picked);
-                // Writing into a String cannot fail.
+                // Writing into a ChunkedText cannot fail.
                 let _ = prometheus_client::encoding::prometheus_text::encode(out, &registry);
             }),
             None => Box::new(move |checks, out| {
@@ -340,7 +342,7 @@ impl Segments {
 /// `checks`, each family's HELP and TYPE lines before its first kept sample (a family with none
 /// kept is left out, as prometheus-client leaves out an empty family): one pass, borrowing each
 /// line, allocating only for a label value that was escaped.
-fn keep_lines_of(text: &str, checks: &std::collections::BTreeSet<String>, out: &mut String) {
+fn keep_lines_of(text: &str, checks: &std::collections::BTreeSet<String>, out: &mut ChunkedText) {
     // The current family's description, written with its first kept sample.
     let mut description: Option<(usize, usize)> = None;
     let mut unescaped = String::new();
@@ -402,8 +404,6 @@ fn keep_lines_of(text: &str, checks: &std::collections::BTreeSet<String>, out: &
 pub struct Metrics {
     /// The families in the order they are exposed, in runs of agent-wide and per-check ones.
     registry: Segments,
-    /// The length of the last full render, to size the next one's buffer.
-    last_len: std::sync::atomic::AtomicUsize,
     pub checks_scheduled: Family<CheckLabels, Counter>,
     /// The locations each check with `locations` has schedule series in, so that a scrape of
     /// some checks (`?group=`) finds their series without encoding every check's.
@@ -523,7 +523,6 @@ impl Metrics {
                 crate::config::DEFAULT_FORGET_CHECKS_AFTER,
             )),
             registry: Segments::default(),
-            last_len: std::sync::atomic::AtomicUsize::new(0),
         };
         metrics.register_scheduling(&mut registry);
         metrics.register_dispatch(&mut registry);
@@ -839,30 +838,27 @@ impl Metrics {
         self.render_selected(&CheckSelection::All)
     }
 
+    /// The exposition text with the per-check series of the `selection` only, as one string.
+    pub fn render_selected(&self, selection: &CheckSelection) -> String {
+        self.render_chunks(selection).into_string()
+    }
+
     /// The exposition text with the per-check series of the `selection` only; the agent-wide
     /// series are always there. Per-check families are not encoded at all for
     /// `CheckSelection::None`, and the store's series of checks left out are never built.
-    pub fn render_selected(&self, selection: &CheckSelection) -> String {
-        use std::sync::atomic::Ordering;
+    /// In chunks: `/metrics` sends them as they are, never copying the text whole.
+    pub fn render_chunks(&self, selection: &CheckSelection) -> ChunkedText {
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let alive = runtime.metrics().num_alive_tasks();
             self.runtime_tasks_alive
                 .set(i64::try_from(alive).unwrap_or(i64::MAX));
         }
         self.tidy_check_series(Instant::now());
-        let full = *selection == CheckSelection::All;
-        // The last full text's size, and a little more: no doubling and copying on the way.
-        let hint = if full {
-            let last = self.last_len.load(Ordering::Relaxed);
-            last + last / 16
-        } else {
-            0
-        };
-        let mut text = String::with_capacity(hint.max(16 * 1024));
+        let mut text = ChunkedText::new();
         for segment in &self.registry.runs {
             match (segment.per_check, selection) {
                 (false, _) | (true, CheckSelection::All) => {
-                    // Writing into a String cannot fail.
+                    // Writing into a ChunkedText cannot fail.
                     let _ = prometheus_client::encoding::prometheus_text::encode(
                         &mut text,
                         &segment.registry,
@@ -881,9 +877,6 @@ impl Metrics {
             if *selection != CheckSelection::None {
                 exposition.encode(&mut text, selection);
             }
-        }
-        if full {
-            self.last_len.store(text.len(), Ordering::Relaxed);
         }
         text
     }

@@ -8,6 +8,7 @@ pub mod badge;
 pub mod history_api;
 pub mod html;
 pub mod probe;
+mod scrape;
 pub mod status_page;
 pub mod tls;
 
@@ -24,6 +25,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+pub use scrape::Scrapes;
 use serde::Serialize;
 use serde_json::value::RawValue;
 use std::collections::HashMap;
@@ -153,7 +155,7 @@ pub struct ApiState {
 /// The endpoints; `auth` (when users are configured) guards all but the health checks.
 pub fn router(state: ApiState, web: &WebConfig) -> Router {
     let mut protected = Router::new()
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(scrape::metrics))
         .route("/probe", get(probe::probe))
         .route("/api/v1/checks", get(checks))
         .route("/api/v1/checks/{name}", get(history_api::check))
@@ -200,222 +202,6 @@ async fn require_auth(
             "unauthorized\n",
         )
             .into_response()
-    }
-}
-
-/// What `/metrics` takes: `group=` (repeatable, or comma-separated) and `checks=all|none`.
-const METRICS_PARAMS: &str = "/metrics takes group=NAME (repeatable, or comma-separated: the per-check series of those groups' checks only) and checks=all|none (none: the agent's own series only)";
-
-/// The checks a scrape asks for, from its query (`None`: every check). Unknown parameters,
-/// empty values and `checks=none` with a group are refused with what is accepted.
-fn metrics_selection(
-    query: Option<&str>,
-    checks: &CheckIndex,
-) -> Result<crate::metrics::CheckSelection, String> {
-    use crate::metrics::CheckSelection;
-    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query.unwrap_or(""))
-        .map_err(|error| format!("the query cannot be read ({error}); {METRICS_PARAMS}"))?;
-    let mut groups: Vec<String> = Vec::new();
-    let mut none = None;
-    for (name, value) in pairs {
-        match name.as_str() {
-            "group" => {
-                for group in value.split(',') {
-                    if group.is_empty() {
-                        return Err(format!("group= has an empty value; {METRICS_PARAMS}"));
-                    }
-                    groups.push(group.to_string());
-                }
-            }
-            "checks" => {
-                let this = match value.as_str() {
-                    "all" => false,
-                    "none" => true,
-                    _ => {
-                        let shown: String = value.chars().take(40).collect();
-                        return Err(format!(
-                            "checks `{shown}` is not all or none; {METRICS_PARAMS}"
-                        ));
-                    }
-                };
-                if none.is_some_and(|before| before != this) {
-                    return Err(format!(
-                        "checks= is given as both all and none; {METRICS_PARAMS}"
-                    ));
-                }
-                none = Some(this);
-            }
-            other => {
-                let shown: String = other.chars().take(40).collect();
-                return Err(format!("unknown parameter `{shown}`; {METRICS_PARAMS}"));
-            }
-        }
-    }
-    match (none == Some(true), groups.is_empty()) {
-        // `checks=none` leaves every check out, whatever groups are named with it: each
-        // parameter is valid alone, so their combination answers too (the contract's
-        // parameters are independent) and takes the narrower.
-        (true, _) => Ok(CheckSelection::None),
-        (false, true) => Ok(CheckSelection::All),
-        (false, false) => {
-            // A group no check has selects nothing: it is not an error (groups come and go
-            // with reloads, and a scrape config should not break for it).
-            let chosen = checks
-                .all()
-                .iter()
-                .filter(|check| {
-                    check
-                        .group
-                        .as_deref()
-                        .is_some_and(|group| groups.iter().any(|asked| asked == group))
-                })
-                .map(|check| check.name.clone())
-                .collect();
-            Ok(CheckSelection::Only(Arc::new(chosen)))
-        }
-    }
-}
-
-/// How fresh a shared `/metrics` text must be for a scrape that did not wait for its render.
-const SHARED_FOR: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// How many scrapes of groups may render at once; a full scrape takes every slot, so it
-/// renders alone (each holds a whole text, hundreds of MB at 100,000 checks); `checks=none`
-/// takes none (a few KB), so the agent's health scrape never waits behind a full one.
-const RENDER_SLOTS: u32 = 4;
-
-/// `/metrics`'s renders: bounded by `RENDER_SLOTS`, and the last one's body, shared with a
-/// scrape of the same selection and encoding that waited for it or came within `SHARED_FOR`.
-/// Only a weak reference is kept: the text lives as long as some answer is still sending it,
-/// never longer.
-#[derive(Debug)]
-pub struct Scrapes {
-    permit: Arc<tokio::sync::Semaphore>,
-    last: std::sync::Mutex<Option<LastScrape>>,
-}
-
-#[derive(Debug)]
-struct LastScrape {
-    selection: crate::metrics::CheckSelection,
-    gzipped: bool,
-    done: tokio::time::Instant,
-    body: std::sync::Weak<Vec<u8>>,
-}
-
-impl Default for Scrapes {
-    fn default() -> Self {
-        Scrapes {
-            permit: Arc::new(tokio::sync::Semaphore::new(RENDER_SLOTS as usize)),
-            last: std::sync::Mutex::new(None),
-        }
-    }
-}
-
-impl Scrapes {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<LastScrape>> {
-        self.last
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// The last render's body, if it fits a scrape that arrived at `arrived`.
-    fn shared(
-        &self,
-        selection: &crate::metrics::CheckSelection,
-        gzip: bool,
-        arrived: tokio::time::Instant,
-    ) -> Option<(Arc<Vec<u8>>, bool)> {
-        let last = self.lock();
-        let last = last.as_ref()?;
-        let fresh = last.done >= arrived || last.done.elapsed() < SHARED_FOR;
-        // A gzipped body serves only a client that takes gzip; a plain one only one that
-        // does not (it asked for plain, or the body was too small to be worth it).
-        let fits = &last.selection == selection && last.gzipped == gzip;
-        if fresh && fits {
-            last.body.upgrade().map(|body| (body, last.gzipped))
-        } else {
-            None
-        }
-    }
-}
-
-/// The body of a `/metrics` answer, shared with concurrent scrapes.
-struct SharedBody(Arc<Vec<u8>>);
-
-impl AsRef<[u8]> for SharedBody {
-    fn as_ref(&self) -> &[u8] {
-        self.0.as_slice()
-    }
-}
-
-async fn metrics(
-    State(state): State<ApiState>,
-    headers: HeaderMap,
-    axum::extract::RawQuery(query): axum::extract::RawQuery,
-) -> Response {
-    let arrived = tokio::time::Instant::now();
-    let selection = match metrics_selection(query.as_deref(), &state.checks.current()) {
-        Ok(selection) => selection,
-        Err(message) => return history_api::error(StatusCode::BAD_REQUEST, message),
-    };
-    let gzip = accepts_gzip(&headers);
-    let scrapes = Arc::clone(&state.scrapes);
-    let slots = match &selection {
-        crate::metrics::CheckSelection::All => RENDER_SLOTS,
-        crate::metrics::CheckSelection::Only(_) => 1,
-        crate::metrics::CheckSelection::None => 0,
-    };
-    // A full render at a time: concurrent scrapes wait here, then share what it made.
-    let Ok(permit) = Arc::clone(&scrapes.permit).acquire_many_owned(slots).await else {
-        return history_api::error(StatusCode::SERVICE_UNAVAILABLE, "the agent is stopping");
-    };
-    let rendered = match scrapes.shared(&selection, gzip, arrived) {
-        Some(shared) => Ok(shared),
-        None => {
-            // Rendering thousands of checks' series (and gzipping them: Prometheus asks for
-            // gzip) is CPU work of tens to hundreds of milliseconds: on the blocking pool it
-            // cannot hold up the probes that share the async workers.
-            let metrics = Arc::clone(&state.metrics);
-            let scrapes = Arc::clone(&scrapes);
-            tokio::task::spawn_blocking(move || {
-                let _permit = permit;
-                let text = metrics.render_selected(&selection);
-                let encoded = encode(text.into_bytes(), gzip);
-                let body = Arc::new(encoded.body);
-                *scrapes.lock() = Some(LastScrape {
-                    selection,
-                    gzipped: encoded.gzipped,
-                    done: tokio::time::Instant::now(),
-                    body: Arc::downgrade(&body),
-                });
-                (body, encoded.gzipped)
-            })
-            .await
-        }
-    };
-    match rendered {
-        Ok((body, gzipped)) => {
-            let mut headers = HeaderMap::new();
-            headers.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
-            );
-            headers.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
-            if gzipped {
-                headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
-            }
-            let body = bytes::Bytes::from_owner(SharedBody(body));
-            (StatusCode::OK, headers, axum::body::Body::from(body)).into_response()
-        }
-        Err(error) => {
-            tracing::warn!(%error, "rendering /metrics failed");
-            (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-                "rendering the metrics failed; see the agent's log\n".to_string(),
-            )
-                .into_response()
-        }
     }
 }
 
@@ -978,6 +764,7 @@ impl ApiState {
 
 #[cfg(test)]
 mod tests {
+    use super::scrape::{metrics, RENDER_SLOTS};
     use super::*;
     use crate::config::{Config, Format};
     use tokio::sync::watch;

@@ -11,7 +11,7 @@ use super::ResultStore;
 use crate::checks::series::{SeriesOut, SeriesSpec};
 use crate::checks::KINDS;
 use crate::messages::Response;
-use crate::metrics::{CheckSelection, Exposition};
+use crate::metrics::{CheckSelection, ChunkedText, Exposition};
 use crate::model::{CheckState, CheckType};
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
@@ -80,17 +80,17 @@ fn family_index() -> &'static HashMap<&'static str, usize> {
 /// sample appended to its family's buffer, and the buffers joined in the declared order under
 /// their HELP and TYPE lines. No label set is built or hashed per series.
 struct ScrapeText {
-    lines: Vec<String>,
+    lines: Vec<ChunkedText>,
 }
 
 impl ScrapeText {
     fn new() -> ScrapeText {
         ScrapeText {
-            lines: vec![String::new(); declared().len()],
+            lines: declared().iter().map(|_| ChunkedText::new()).collect(),
         }
     }
 
-    fn family(&mut self, name: &str) -> Option<&mut String> {
+    fn family(&mut self, name: &str) -> Option<&mut ChunkedText> {
         let at = *family_index().get(name)?;
         self.lines.get_mut(at)
     }
@@ -153,11 +153,10 @@ impl ScrapeText {
         lines.push_str("} 1\n");
     }
 
-    /// Every family with samples, described, appended to `text`.
-    fn finish(self, text: &mut String) {
-        let size: usize = self.lines.iter().map(String::len).sum();
-        text.reserve(size + declared().len() * 160);
-        for (spec, lines) in declared().iter().zip(&self.lines) {
+    /// Every family with samples, described, appended to `text` (its chunks moved, not
+    /// copied).
+    fn finish(self, text: &mut ChunkedText) {
+        for (spec, lines) in declared().iter().zip(self.lines) {
             if lines.is_empty() {
                 continue;
             }
@@ -169,13 +168,38 @@ impl ScrapeText {
             text.push_str(".\n# TYPE ");
             text.push_str(spec.name);
             text.push_str(" gauge\n");
-            text.push_str(lines);
+            text.append(lines);
         }
     }
 }
 
+/// Where the text format's pieces are written: a family's chunks, or a short `String` (the
+/// labels shared by an instance's samples).
+trait TextOut {
+    fn push_str(&mut self, text: &str);
+    fn push(&mut self, c: char);
+}
+
+impl TextOut for String {
+    fn push_str(&mut self, text: &str) {
+        String::push_str(self, text);
+    }
+    fn push(&mut self, c: char) {
+        String::push(self, c);
+    }
+}
+
+impl TextOut for ChunkedText {
+    fn push_str(&mut self, text: &str) {
+        ChunkedText::push_str(self, text);
+    }
+    fn push(&mut self, c: char) {
+        ChunkedText::push(self, c);
+    }
+}
+
 /// Starts a sample of family `name`: `name{check="check"`.
-fn open_sample(out: &mut String, name: &str, check: &str) {
+fn open_sample(out: &mut impl TextOut, name: &str, check: &str) {
     out.push_str(name);
     out.push_str("{check=\"");
     push_escaped(out, check, true);
@@ -183,7 +207,7 @@ fn open_sample(out: &mut String, name: &str, check: &str) {
 }
 
 /// Appends `,name="value"`, the value escaped as the text format asks.
-fn push_label(out: &mut String, name: &str, value: &str) {
+fn push_label(out: &mut impl TextOut, name: &str, value: &str) {
     out.push(',');
     out.push_str(name);
     out.push_str("=\"");
@@ -192,7 +216,7 @@ fn push_label(out: &mut String, name: &str, value: &str) {
 }
 
 /// `value` with backslashes and newlines escaped, and double quotes too in a label value.
-fn push_escaped(out: &mut String, value: &str, quotes: bool) {
+fn push_escaped(out: &mut impl TextOut, value: &str, quotes: bool) {
     let special = |byte: u8| byte == b'\\' || byte == b'\n' || (quotes && byte == b'"');
     if !value.bytes().any(special) {
         out.push_str(value);
@@ -210,7 +234,7 @@ fn push_escaped(out: &mut String, value: &str, quotes: bool) {
 
 /// A gauge's value as prometheus-client writes an f64: shortest round-trip digits (`1.0`,
 /// `0.05`), `NaN`, `+Inf`, `-Inf`.
-fn push_f64(out: &mut String, value: f64) {
+fn push_f64(out: &mut impl TextOut, value: f64) {
     if value.is_finite() {
         out.push_str(dtoa::Buffer::new().format_finite(value));
     } else if value.is_nan() {
@@ -321,7 +345,7 @@ impl ProbeSeries {
 }
 
 impl Exposition for ProbeSeries {
-    fn encode(&self, text: &mut String, selection: &CheckSelection) {
+    fn encode(&self, text: &mut ChunkedText, selection: &CheckSelection) {
         let mut families = ScrapeText::new();
         let configured = Arc::clone(&self.checks.borrow());
         // Names are unique in a configuration: one series each.
@@ -737,9 +761,10 @@ mod tests {
     fn the_text_is_what_prometheus_client_wrote_with_samples_in_the_order_of_the_names() {
         let (store, checks) = store_and_checks();
         let reference = reference::encode(&store, &checks);
-        let mut text = String::new();
+        let mut text = ChunkedText::new();
         ProbeSeries::new(Arc::clone(&store), checks.clone())
             .encode(&mut text, &CheckSelection::All);
+        let text = text.into_string();
         assert!(text.contains("probe_success{check=\"web\",target=\"10.0.0.1:443\",env=\"prod\",quoted=\"a\\\"b\\\\c\"} 1.0"), "{text}");
         assert!(text.contains("location=\"eu\""), "{text}");
         assert!(!text.contains("spoofed"), "{text}");
@@ -777,12 +802,14 @@ mod tests {
     #[test]
     fn a_selection_writes_only_its_checks_and_the_families_they_have() {
         let (store, checks) = store_and_checks();
-        let mut full = String::new();
+        let mut full = ChunkedText::new();
         let series = ProbeSeries::new(store, checks);
         series.encode(&mut full, &CheckSelection::All);
+        let full = full.into_string();
         let only: std::collections::BTreeSet<String> = ["web".to_string()].into();
-        let mut text = String::new();
+        let mut text = ChunkedText::new();
         series.encode(&mut text, &CheckSelection::Only(Arc::new(only)));
+        let text = text.into_string();
         let mut expected = Vec::new();
         for (head, samples) in families(&full) {
             let kept: Vec<&str> = samples
