@@ -183,7 +183,7 @@ pub struct CheckResult {
 }
 
 /// How a result too large for the bus was reduced, and the counts over every instance.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Degraded {
     /// `detail_dropped` (every response, without details) or `summarised` (only those that
     /// fit, failing ones first).
@@ -197,6 +197,24 @@ pub struct Degraded {
     /// Of the instances, how many never ran for want of a worker (`dispatch_timeout`);
     /// they are among `failing`. Absent from runners of older builds (read as 0).
     #[serde(default)]
+    pub unmeasured: usize,
+    /// In the combined view of a check with `locations` (the sink's, which incidents and
+    /// notifications describe): the same counts for each location, since its responses alone
+    /// no longer say them. Absent from a runner's result.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub locations: Vec<LocationCounts>,
+}
+
+/// One location's counts over every instance of its latest run, in a combined view.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocationCounts {
+    /// The location's name, as in the check's `locations`.
+    pub location: String,
+    /// Instances probed from there.
+    pub instances: usize,
+    /// Of those, how many failed, including those that never ran (`unmeasured`).
+    pub failing: usize,
+    /// Of the instances, how many never ran for want of a worker.
     pub unmeasured: usize,
 }
 
@@ -248,13 +266,14 @@ impl CheckResult {
     /// Instances probed in the run, including any left out of a degraded result.
     pub fn instances(&self) -> usize {
         self.degraded
+            .as_ref()
             .map_or(self.responses.len(), |degraded| degraded.instances)
     }
 
     /// Failing instances in the run, including any left out of a degraded result, and
     /// including those that never ran (`dispatch_timeout`): what `passing` says.
     pub fn failing(&self) -> usize {
-        match self.degraded {
+        match &self.degraded {
             Some(degraded) => degraded.failing,
             None => self.responses.iter().filter(|r| !r.passing).count(),
         }
@@ -263,7 +282,7 @@ impl CheckResult {
     /// Instances that never ran for want of a worker, including any left out of a degraded
     /// result.
     pub fn unmeasured(&self) -> usize {
-        match self.degraded {
+        match &self.degraded {
             Some(degraded) => degraded.unmeasured,
             None => self
                 .responses

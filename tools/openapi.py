@@ -61,7 +61,11 @@ schemas = {
     "assertions": {"type": "array", "items": ref("AssertionResult")}},
     required=["target", "passing", "error", "http", "tls", "timings", "assertions"],
     desc="What one instance answered."),
- "Degraded": obj({"form": {"type": "string", "enum": ["detail_dropped", "summarised"]}, "instances": cnt, "failing": cnt, "omitted": cnt, "unmeasured": cnt}),
+ "Degraded": obj({"form": {"type": "string", "enum": ["detail_dropped", "summarised"]}, "instances": cnt, "failing": cnt, "omitted": cnt, "unmeasured": cnt,
+    "locations": {"type": "array", "items": ref("LocationCounts"),
+        "description": "In the combined view of a check with locations, which incidents and notifications describe: each location's counts. Absent otherwise."}},
+    required=["form", "instances", "failing", "omitted", "unmeasured"]),
+ "LocationCounts": obj({"location": text, "instances": cnt, "failing": cnt, "unmeasured": cnt}),
  "CheckResult": obj({
     "version": {"type": "integer", "minimum": 1},
     "check": text, "type": ref("CheckType"),

@@ -94,8 +94,27 @@ impl Origin {
 }
 
 /// For a check with `locations`: what each location saw, from the check's combined view (a
-/// result whose responses carry a `location` label, made by the sink); empty otherwise.
+/// result whose responses carry a `location` label, made by the sink); empty otherwise. A view
+/// reduced for the bus carries each location's counts over every instance: those are said,
+/// not the responses that happened to fit.
 fn locations(result: &CheckResult) -> Vec<LocationLine> {
+    if let Some(counted) = result
+        .degraded
+        .as_ref()
+        .map(|degraded| &degraded.locations)
+        .filter(|counted| !counted.is_empty())
+    {
+        return counted
+            .iter()
+            .take(crate::config::bounds::MAX_LOCATIONS)
+            .map(|counts| LocationLine {
+                location: counts.location.clone(),
+                // A location with no runner measured nothing: it is not seen failing.
+                failing: counts.failing.saturating_sub(counts.unmeasured),
+                instances: counts.instances,
+            })
+            .collect();
+    }
     let mut lines: Vec<LocationLine> = Vec::new();
     for response in &result.responses {
         let Some(location) = response.labels.get(crate::model::LOCATION_LABEL) else {
@@ -173,4 +192,72 @@ fn failures(result: &CheckResult) -> Vec<FailingInstance> {
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A combined view as the sink makes it: `eu`'s result was summarised for the bus (two of
+    /// its 500 instances carried, 300 failing, 20 of them unmeasured), `us` sent its one.
+    fn combined(with_counts: bool) -> CheckResult {
+        let response = |location: &str, target: &str, passing: bool| {
+            let mut response = crate::messages::Response::failed(
+                format!("{location}/{target}"),
+                crate::model::ProbeError::new(crate::model::ErrorKind::Connect, "refused"),
+                crate::messages::Timings::default(),
+            );
+            response.passing = passing;
+            response.labels.insert(
+                crate::model::LOCATION_LABEL.to_string(),
+                location.to_string(),
+            );
+            response
+        };
+        let counts =
+            |location: &str, instances, failing, unmeasured| crate::messages::LocationCounts {
+                location: location.to_string(),
+                instances,
+                failing,
+                unmeasured,
+            };
+        let mut result = CheckResult::of_web(vec![
+            response("eu", "10.0.0.1:80", false),
+            response("eu", "10.0.0.2:80", false),
+            response("us", "10.0.0.1:80", true),
+        ]);
+        result.degraded = Some(crate::messages::Degraded {
+            form: crate::messages::DegradedForm::Summarised,
+            instances: 501,
+            failing: 300,
+            omitted: 498,
+            unmeasured: 20,
+            locations: if with_counts {
+                vec![counts("eu", 500, 300, 20), counts("us", 1, 0, 0)]
+            } else {
+                Vec::new()
+            },
+        });
+        result
+    }
+
+    #[test]
+    fn a_location_line_says_every_instance_of_a_summarised_location_not_the_responses_kept() {
+        let lines = locations(&combined(true));
+        let said: Vec<(&str, usize, usize)> = lines
+            .iter()
+            .map(|line| (line.location.as_str(), line.failing, line.instances))
+            .collect();
+        assert_eq!(said, [("eu", 280, 500), ("us", 0, 1)]);
+    }
+
+    #[test]
+    fn without_counts_the_lines_count_the_responses() {
+        let lines = locations(&combined(false));
+        let said: Vec<(&str, usize, usize)> = lines
+            .iter()
+            .map(|line| (line.location.as_str(), line.failing, line.instances))
+            .collect();
+        assert_eq!(said, [("eu", 2, 2), ("us", 0, 1)]);
+    }
 }

@@ -501,16 +501,26 @@ fn combined_view(followed: &Followed, result: &CheckResult) -> Arc<CheckResult> 
         failing: 0,
         omitted: 0,
         unmeasured: 0,
+        locations: Vec::new(),
     };
     for (location, place) in &followed.locations {
         let Some(latest) = &place.status.latest else {
             continue;
         };
-        totals.instances += latest.instances();
-        totals.failing += latest.failing();
-        totals.unmeasured += latest.unmeasured();
-        totals.omitted += latest.instances().saturating_sub(latest.responses.len());
-        if let Some(reduced) = latest.degraded {
+        let counts = crate::messages::LocationCounts {
+            location: location.clone(),
+            instances: latest.instances(),
+            failing: latest.failing(),
+            unmeasured: latest.unmeasured(),
+        };
+        totals.instances += counts.instances;
+        totals.failing += counts.failing;
+        totals.unmeasured += counts.unmeasured;
+        totals.omitted += counts.instances.saturating_sub(latest.responses.len());
+        // Each location's own counts too: a notification's line per location would count
+        // only the responses that fit.
+        totals.locations.push(counts);
+        if let Some(reduced) = &latest.degraded {
             // The harsher form of any location's.
             form = Some(match (form, reduced.form) {
                 (Some(crate::messages::DegradedForm::Summarised), _) => {

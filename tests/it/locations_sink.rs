@@ -207,6 +207,7 @@ async fn a_summarised_location_result_counts_all_its_instances_in_the_combined_v
         failing: 300,
         omitted: 498,
         unmeasured: 0,
+        locations: Vec::new(),
     });
     harness.send(summarised).await;
     let (store, events) = harness.finish().await;
