@@ -20,6 +20,7 @@ pub mod json_schema;
 mod locate;
 mod notify;
 mod probe;
+mod problem;
 mod runner;
 
 pub use agent::*;
@@ -30,6 +31,7 @@ pub use checker::*;
 pub use history::*;
 pub use notify::*;
 pub use probe::*;
+pub use problem::{KeyPath, Segment};
 pub use runner::*;
 
 use locate::{parse_toml_all, yaml_error};
