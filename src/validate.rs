@@ -6,7 +6,7 @@
 //! never starts anything and never keeps what it built.
 
 use crate::checks::{CheckDefinitionError, CompiledCheck};
-use crate::config::{BusKind, Config, ConfigError, Format, Problems};
+use crate::config::{BusKind, Config, ConfigError, Entry, Format, KeyPath, Problem, Problems};
 use crate::model::CheckType;
 use std::path::Path;
 
@@ -30,8 +30,9 @@ pub fn parse(text: &str, format: Format, path: &Path) -> Result<Config, ConfigEr
 /// The schema-level checks (`Config::validate`) are separate.
 pub fn validate(config: &Config) -> Result<(), Problems> {
     let mut problems = Problems::default();
-    for server in &config.runner.dns_servers {
-        problems.check(
+    for (index, server) in config.runner.dns_servers.iter().enumerate() {
+        problems.check_at(
+            KeyPath::dotted("runner.dns_servers").index(index),
             crate::resolve::parse_dns_server(server)
                 .map(|_| ())
                 .map_err(|error| format!("runner.dns_servers: {error}")),
@@ -39,18 +40,25 @@ pub fn validate(config: &Config) -> Result<(), Problems> {
     }
     problems.check(validate_bus(config));
     for (index, check) in config.checks.iter().enumerate() {
-        problems.check(
-            CompiledCheck::compile(check)
-                .map(|_| ())
-                .map_err(|error| match error {
-                    CheckDefinitionError::Name(_) => format!("check #{}: {error}", index + 1),
-                    _ => format!("check `{}`: {error}", check.name),
-                }),
-        );
+        problems.check(CompiledCheck::compile(check).map(|_| ()).map_err(|error| {
+            let entry = match error {
+                // A name it cannot show is counted instead.
+                CheckDefinitionError::Name(_) => Entry {
+                    subject: format!("check #{}", index + 1),
+                    path: KeyPath::check(index),
+                },
+                _ => Entry::check(index, &check.name),
+            };
+            Problem::at(
+                entry.path.join(error.key()),
+                format!("{}: {error}", entry.subject),
+            )
+        }));
     }
     if let Some(blackbox) = &config.blackbox {
         for (name, module) in &blackbox.modules {
-            problems.check(
+            problems.check_at(
+                KeyPath::dotted("agent.blackbox_modules"),
                 CompiledCheck::compile(module.template())
                     .map(|_| ())
                     .map_err(|error| {
@@ -62,14 +70,21 @@ pub fn validate(config: &Config) -> Result<(), Problems> {
             );
         }
     }
-    problems.check(crate::notify::Maintenance::compile(&config.maintenance).map(|_| ()));
+    for (index, window) in config.maintenance.iter().enumerate() {
+        problems.check_at(
+            KeyPath::dotted("maintenance").index(index),
+            crate::notify::Maintenance::compile(std::slice::from_ref(window)).map(|_| ()),
+        );
+    }
     // ICMP needs a socket this process may open; find out now, not at the first probe.
-    if let Some(check) = config
+    if let Some((index, check)) = config
         .checks
         .iter()
-        .find(|check| check.check_type() == CheckType::Icmp)
+        .enumerate()
+        .find(|(_, check)| check.check_type() == CheckType::Icmp)
     {
-        problems.check(
+        problems.check_at(
+            KeyPath::check(index),
             crate::checks::icmp::ensure_sockets()
                 .map(|_| ())
                 .map_err(|error| format!("check `{}`: {error}", check.name)),
@@ -113,11 +128,14 @@ pub fn history(path: &Path, config: &Config) -> Result<(), ConfigError> {
             };
             Err(ConfigError::about_key(
                 path,
-                format!(
-                    "history.path {}{default}: {problem}; point history.path at a file in \
+                Problem::key(
+                    "history.path",
+                    format!(
+                        "history.path {}{default}: {problem}; point history.path at a file in \
                      a directory bastion can write (create it first), or set \
                      history.enabled = false",
-                    history.path.display()
+                        history.path.display()
+                    ),
                 ),
             ))
         }
@@ -182,7 +200,7 @@ fn sqlite_file_problem(file: &Path) -> Option<String> {
     }
 }
 
-fn validate_bus(config: &Config) -> Result<(), String> {
+fn validate_bus(config: &Config) -> Result<(), Problem> {
     let Some(nats) = config
         .bus
         .nats
@@ -192,18 +210,25 @@ fn validate_bus(config: &Config) -> Result<(), String> {
         return Ok(());
     };
     for url in &nats.url.to_vec() {
-        crate::bus::nats::check_url(url).map_err(|error| format!("bus.nats.url: {error}"))?;
+        crate::bus::nats::check_url(url)
+            .map_err(|error| Problem::key("bus.nats.url", format!("bus.nats.url: {error}")))?;
     }
     if !crate::subjects::valid_subject(&nats.subject_prefix, false) {
-        return Err(format!(
-            "bus.nats.subject_prefix `{}` is not a valid subject: use dot-separated tokens without spaces or wildcards",
-            nats.subject_prefix
+        return Err(Problem::key(
+            "bus.nats.subject_prefix",
+            format!(
+                "bus.nats.subject_prefix `{}` is not a valid subject: use dot-separated tokens without spaces or wildcards",
+                nats.subject_prefix
+            ),
         ));
     }
     if !crate::bus::nats::valid_bucket_name(&config.checker.lease_bucket) {
-        return Err(format!(
-            "checker.lease_bucket `{}` is not a valid bucket name: use letters, digits, `-` and `_`",
-            config.checker.lease_bucket
+        return Err(Problem::key(
+            "checker.lease_bucket",
+            format!(
+                "checker.lease_bucket `{}` is not a valid bucket name: use letters, digits, `-` and `_`",
+                config.checker.lease_bucket
+            ),
         ));
     }
     Ok(())

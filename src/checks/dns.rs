@@ -5,6 +5,7 @@
 //! error; NXDOMAIN or SERVFAIL is an answer, reported as its rcode.
 
 use super::{Phase, ProbeRecord};
+use crate::config::KeyPath;
 
 use super::series::{self, SeriesOut, SeriesSpec};
 use super::ProbeContext;
@@ -44,6 +45,19 @@ pub enum DnsDefinitionError {
     HttpsPath(String),
     #[error("{0}")]
     Tls(#[from] super::tls_client::TlsTargetError),
+}
+
+impl super::SpecError for DnsDefinitionError {
+    fn key(&self) -> KeyPath {
+        match self {
+            DnsDefinitionError::Query { .. } => KeyPath::dotted("query"),
+            DnsDefinitionError::Server { .. } => KeyPath::dotted("server"),
+            DnsDefinitionError::TlsWithoutServer => KeyPath::dotted("transport"),
+            DnsDefinitionError::TlsWithoutTransport => KeyPath::dotted("tls"),
+            DnsDefinitionError::HttpsPath(_) => KeyPath::dotted("https_path"),
+            DnsDefinitionError::Tls(error) => error.key(),
+        }
+    }
 }
 
 /// The port of a DNS over TLS server that names none (RFC 7858).

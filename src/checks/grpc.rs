@@ -13,6 +13,7 @@ use crate::assertions::Observation;
 use crate::assertions::Observed;
 use crate::config::AssertionKey;
 use crate::config::GrpcSpec;
+use crate::config::KeyPath;
 use crate::messages::GrpcDetails;
 use crate::messages::Response;
 use crate::model::CheckType;
@@ -47,6 +48,23 @@ pub enum GrpcDefinitionError {
     MetadataValue(String),
     #[error("metadata key `{0}` is set twice (metadata and metadata_from_files)")]
     MetadataTwice(String),
+}
+
+impl super::SpecError for GrpcDefinitionError {
+    fn key(&self) -> KeyPath {
+        match self {
+            GrpcDefinitionError::Address { .. } | GrpcDefinitionError::Authority(_) => {
+                KeyPath::dotted("address")
+            }
+            GrpcDefinitionError::Tls(error) => error.key(),
+            GrpcDefinitionError::MetadataKey(key)
+            | GrpcDefinitionError::MetadataReserved(key)
+            | GrpcDefinitionError::MetadataValue(key) => KeyPath::dotted("metadata").key(key),
+            GrpcDefinitionError::MetadataTwice(key) => {
+                KeyPath::dotted("metadata_from_files").key(key)
+            }
+        }
+    }
 }
 
 /// A compiled gRPC health check.

@@ -17,6 +17,7 @@ use super::{CheckKind, Probe, ProbeFuture};
 use super::{Phase, ProbeContext, ProbeRecord};
 use crate::assertions::Observation;
 use crate::config::AssertionKey;
+use crate::config::KeyPath;
 use crate::config::{Compression, HttpSpec, Secret};
 use crate::messages::HttpDetails;
 use crate::messages::Response;
@@ -81,6 +82,32 @@ pub enum HttpDefinitionError {
     SslBothWays,
     #[error("valid_http_versions lists only HTTP/2, but enable_http2 is false; allow HTTP/1.1 or enable HTTP/2")]
     Http2Disabled,
+}
+
+impl super::SpecError for HttpDefinitionError {
+    fn key(&self) -> KeyPath {
+        match self {
+            HttpDefinitionError::Url { .. } => KeyPath::dotted("url"),
+            HttpDefinitionError::Method(_) => KeyPath::dotted("method"),
+            HttpDefinitionError::Header { name, .. } => KeyPath::dotted("headers").key(name),
+            HttpDefinitionError::Tls(error) => error.key(),
+            HttpDefinitionError::Proxy(error) => error.key(),
+            HttpDefinitionError::OAuth2(error) => error.key(),
+            HttpDefinitionError::TwoAuthorizations(key, _)
+            | HttpDefinitionError::SecretMissing(key)
+            | HttpDefinitionError::SecretHeader(key) => KeyPath::dotted(key),
+            HttpDefinitionError::UsernameColon(key) => KeyPath::dotted(key).key("username"),
+            HttpDefinitionError::HeaderTwice(name) => {
+                KeyPath::dotted("headers_from_files").key(name)
+            }
+            HttpDefinitionError::TwoBodies => KeyPath::dotted("body"),
+            HttpDefinitionError::StatusCode(_) => KeyPath::dotted("valid_status_codes"),
+            HttpDefinitionError::HttpVersion(_) | HttpDefinitionError::Http2Disabled => {
+                KeyPath::dotted("valid_http_versions")
+            }
+            HttpDefinitionError::SslBothWays => KeyPath::dotted("fail_if_ssl"),
+        }
+    }
 }
 
 /// Where one request goes: the URL's parts, parsed once.

@@ -5,6 +5,7 @@
 //! code: the socket is made by socket2 and driven by tokio as a datagram socket.
 
 use super::{Phase, ProbeRecord};
+use crate::config::KeyPath;
 
 use super::series::{self, SeriesOut, SeriesSpec};
 use super::ProbeContext;
@@ -61,6 +62,20 @@ pub enum IcmpDefinitionError {
         sending: Duration,
         timeout: Duration,
     },
+}
+
+impl super::SpecError for IcmpDefinitionError {
+    fn key(&self) -> KeyPath {
+        KeyPath::dotted(match self {
+            IcmpDefinitionError::Host => "host",
+            IcmpDefinitionError::Count(_) | IcmpDefinitionError::TooSlow { .. } => "count",
+            IcmpDefinitionError::PayloadSize(_) => "payload_size",
+            IcmpDefinitionError::PacketInterval => "packet_interval",
+            IcmpDefinitionError::IpVersion(_) | IcmpDefinitionError::IpVersionMismatch { .. } => {
+                "ip_version"
+            }
+        })
+    }
 }
 
 /// Why this process cannot send ICMP echo requests at all.

@@ -24,7 +24,7 @@ pub mod websocket;
 
 use crate::assertions::{AssertionError, CompiledAssertion, Observation};
 use crate::config::{
-    AssertionKey, CheckConfig, CheckSpec, InstancesFrom, IpProtocol, MIN_INTERVAL,
+    AssertionKey, CheckConfig, CheckSpec, InstancesFrom, IpProtocol, KeyPath, MIN_INTERVAL,
 };
 use crate::messages::{
     DnsDetails, GrpcDetails, HttpDetails, IcmpDetails, Response, TcpDetails, Timings, TlsDetails,
@@ -76,7 +76,7 @@ fn compile_probe(
     spec: &CheckSpec,
     timeout: Duration,
 ) -> Result<Box<dyn Probe>, CheckDefinitionError> {
-    fn boxed<P: Probe + 'static, E: std::error::Error + Send + Sync + 'static>(
+    fn boxed<P: Probe + 'static, E: SpecError>(
         plan: Result<P, E>,
     ) -> Result<Box<dyn Probe>, CheckDefinitionError> {
         Ok(Box::new(plan.map_err(CheckDefinitionError::spec)?))
@@ -306,9 +306,10 @@ pub enum CheckDefinitionError {
     IntervalTooShort(Duration),
     #[error("timeout must be longer than 0s")]
     TimeoutZero,
-    /// The interval or timeout is beyond its range (a message from the bus).
-    #[error("{0}")]
-    OutOfRange(String),
+    /// The interval or timeout (the key named first) is beyond its range (a message from the
+    /// bus).
+    #[error("{1}")]
+    OutOfRange(&'static str, String),
     #[error("timeout {} must be shorter than interval {}", humantime::format_duration(*.timeout), humantime::format_duration(*.interval))]
     TimeoutNotBelowInterval {
         timeout: Duration,
@@ -318,7 +319,7 @@ pub enum CheckDefinitionError {
     Instance(String),
     /// The type's own definition error, as its module words it.
     #[error("{0}")]
-    Spec(Box<dyn std::error::Error + Send + Sync>),
+    Spec(Box<dyn SpecError>),
     #[error("ip_protocol_fallback only applies with ip_protocol = \"ip4\" or \"ip6\"; set one or remove it")]
     FallbackWithoutProtocol,
     #[error("labels: {0}")]
@@ -334,10 +335,41 @@ pub enum CheckDefinitionError {
     },
 }
 
+/// A check type's own definition error, which knows the key of the check it is about.
+pub trait SpecError: std::error::Error + Send + Sync + 'static {
+    /// The key of the check this error is about, as the file writes it (`url`,
+    /// `tls.ca_file`, `steps[1].expect`): where `bastion validate` places the message.
+    fn key(&self) -> KeyPath;
+}
+
 impl CheckDefinitionError {
     /// Wraps a type's own definition error.
-    pub fn spec(error: impl std::error::Error + Send + Sync + 'static) -> CheckDefinitionError {
+    pub fn spec(error: impl SpecError) -> CheckDefinitionError {
         CheckDefinitionError::Spec(Box::new(error))
+    }
+
+    /// The key of the check this error is about (`timeout`, `assertions[0]`, `url`).
+    pub fn key(&self) -> KeyPath {
+        match self {
+            CheckDefinitionError::Name(_) => KeyPath::dotted("name"),
+            CheckDefinitionError::IntervalTooShort(_) => KeyPath::dotted("interval"),
+            CheckDefinitionError::TimeoutZero
+            | CheckDefinitionError::TimeoutNotBelowInterval { .. } => KeyPath::dotted("timeout"),
+            CheckDefinitionError::OutOfRange(key, _) => KeyPath::dotted(key),
+            CheckDefinitionError::Instance(_) | CheckDefinitionError::InstancesTwice => {
+                KeyPath::dotted("instances")
+            }
+            CheckDefinitionError::Spec(error) => error.key(),
+            CheckDefinitionError::FallbackWithoutProtocol => {
+                KeyPath::dotted("ip_protocol_fallback")
+            }
+            CheckDefinitionError::Labels(_) => KeyPath::dotted("labels"),
+            CheckDefinitionError::InstancesFrom(_) => KeyPath::dotted("instances_from"),
+            // Assertions count from 1 in messages.
+            CheckDefinitionError::Assertion { index, .. } => {
+                KeyPath::dotted("assertions").index(index.saturating_sub(1))
+            }
+        }
     }
 }
 
@@ -380,6 +412,7 @@ impl CompiledCheck {
         ] {
             if value > bound.cap_duration(value) {
                 return Err(CheckDefinitionError::OutOfRange(
+                    bound.name(),
                     bound.check_entry_duration(value).err().unwrap_or_default(),
                 ));
             }
@@ -513,6 +546,43 @@ fn instances_from_problem(source: &InstancesFrom) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A definition error names the key of the check it is about, the type's own ones too.
+    #[test]
+    fn a_definition_error_names_its_key() {
+        let key = |toml: &str| {
+            let check: CheckConfig = toml::from_str(toml).expect("parses");
+            CompiledCheck::compile(&check)
+                .expect_err("does not compile")
+                .key()
+                .to_string()
+        };
+        let tcp = "name = \"t\"\ntype = \"tcp\"\ninterval = \"10s\"\naddress = \"h:1\"\n";
+        assert_eq!(key(&format!("{tcp}timeout = \"10s\"\n")), "timeout");
+        assert_eq!(
+            key(&format!(
+                "{tcp}[[steps]]\nsend = \"x\"\n[[steps]]\nexpect = \"(\"\n"
+            )),
+            "steps[1].expect"
+        );
+        assert_eq!(
+            key(&format!(
+                "{tcp}[[assertions]]\nkey = \"latency\"\nrelationship = \"regExp\"\noperand = \"(\"\n"
+            )),
+            "assertions[0]"
+        );
+        assert_eq!(
+            key(&format!(
+                "{tcp}tls = {{ ca_file = \"/x\", insecure_skip_verify = true }}\n"
+            )),
+            "tls.ca_file"
+        );
+        let http = "name = \"w\"\ntype = \"http\"\ninterval = \"10s\"\nurl = \"http://x/\"\n";
+        assert_eq!(
+            key(&format!("{http}valid_status_codes = [99]\n")),
+            "valid_status_codes"
+        );
+    }
 
     #[test]
     fn every_check_type_has_one_kind() {

@@ -9,6 +9,7 @@
 use super::net::{drive, error_chain};
 use super::tls_client::server_name;
 use super::ProbeContext;
+use crate::config::KeyPath;
 use crate::config::{OAuth2Config, Secret, TlsSettings};
 use crate::model::{ErrorKind, ProbeError};
 use bytes::Bytes;
@@ -42,6 +43,18 @@ pub enum OAuth2DefinitionError {
     Credentials,
     #[error("oauth2.client_id or the client secret holds characters a header cannot carry")]
     Credential,
+}
+
+impl OAuth2DefinitionError {
+    /// The key of the check this error is about.
+    pub fn key(&self) -> KeyPath {
+        KeyPath::dotted(match self {
+            OAuth2DefinitionError::TokenUrl { .. } | OAuth2DefinitionError::Credentials => {
+                "oauth2.token_url"
+            }
+            OAuth2DefinitionError::Credential => "oauth2.client_id",
+        })
+    }
 }
 
 /// A token in use: its `Authorization` value and until when it may be sent.

@@ -6,6 +6,7 @@
 
 use super::net::connect_tcp;
 use super::{Phase, ProbeContext, ProbeRecord};
+use crate::config::KeyPath;
 use crate::config::Secret;
 use crate::model::{ErrorKind, ProbeError};
 use http::header::HeaderValue;
@@ -30,6 +31,18 @@ pub enum ProxyDefinitionError {
     WithoutProxy(&'static str),
     #[error("proxy_basic_auth: the user name or password holds characters a header cannot carry")]
     Credential,
+}
+
+impl ProxyDefinitionError {
+    /// The key of the check this error is about.
+    pub fn key(&self) -> KeyPath {
+        KeyPath::dotted(match self {
+            ProxyDefinitionError::Url { .. } | ProxyDefinitionError::Credentials => "proxy_url",
+            ProxyDefinitionError::NoProxy(_) => "no_proxy",
+            ProxyDefinitionError::WithoutProxy(key) => key,
+            ProxyDefinitionError::Credential => "proxy_basic_auth",
+        })
+    }
 }
 
 /// One `no_proxy` entry.

@@ -12,6 +12,7 @@ use super::{CheckKind, Probe, ProbeFuture};
 use super::{Phase, ProbeContext, ProbeRecord};
 use crate::assertions::Observation;
 use crate::assertions::Observed;
+use crate::config::KeyPath;
 use crate::config::{AssertionKey, TcpSpec};
 use crate::messages::Response;
 use crate::messages::TcpDetails;
@@ -38,6 +39,22 @@ pub enum TcpDefinitionError {
     },
     #[error("{0}")]
     Tls(#[from] TlsTargetError),
+}
+
+impl super::SpecError for TcpDefinitionError {
+    fn key(&self) -> KeyPath {
+        match self {
+            TcpDefinitionError::Address { .. } => KeyPath::dotted("address"),
+            // Steps count from 1 in messages.
+            TcpDefinitionError::Step(number) => {
+                KeyPath::dotted("steps").index(number.saturating_sub(1))
+            }
+            TcpDefinitionError::Regex { index, .. } => KeyPath::dotted("steps")
+                .index(index.saturating_sub(1))
+                .key("expect"),
+            TcpDefinitionError::Tls(error) => error.key(),
+        }
+    }
 }
 
 #[derive(Debug)]

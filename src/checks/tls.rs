@@ -14,6 +14,7 @@ use super::{CheckKind, Probe, ProbeFuture};
 use super::{ProbeContext, ProbeRecord};
 use crate::assertions::Observation;
 use crate::assertions::Observed;
+use crate::config::KeyPath;
 use crate::config::{AssertionKey, TlsSpec};
 use crate::messages::Response;
 use crate::messages::{ChainDetails, TlsDetails};
@@ -33,6 +34,15 @@ pub enum TlsDefinitionError {
     Address { address: String, reason: String },
     #[error("{0}")]
     Tls(#[from] TlsTargetError),
+}
+
+impl super::SpecError for TlsDefinitionError {
+    fn key(&self) -> KeyPath {
+        match self {
+            TlsDefinitionError::Address { .. } => KeyPath::dotted("address"),
+            TlsDefinitionError::Tls(error) => error.key(),
+        }
+    }
 }
 
 /// A compiled TLS certificate check.

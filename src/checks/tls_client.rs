@@ -5,6 +5,7 @@
 //! off: a shared configuration must never carry one probe's session into the next.
 
 use super::{Phase, ProbeContext, ProbeRecord};
+use crate::config::KeyPath;
 
 use crate::config::{TlsSettings, TlsVersion};
 use crate::messages::{CertificateDetails, TlsDetails};
@@ -50,6 +51,21 @@ pub enum TlsSetupError {
     Rustls(#[from] rustls::Error),
     #[error("cannot build a certificate verifier: {0}")]
     Verifier(String),
+}
+
+impl TlsSetupError {
+    /// The key of the check this error is about.
+    pub fn key(&self) -> KeyPath {
+        KeyPath::dotted(match self {
+            TlsSetupError::CaFile { .. } | TlsSetupError::CaFileEmpty(_) => "tls.ca_file",
+            TlsSetupError::CertFile { .. } | TlsSetupError::CertFileEmpty(_) => "tls.cert_file",
+            TlsSetupError::KeyFile { .. } | TlsSetupError::KeyMismatch { .. } => "tls.key_file",
+            TlsSetupError::NoVersions => "tls.min_version",
+            TlsSetupError::NoRoots(_) | TlsSetupError::Rustls(_) | TlsSetupError::Verifier(_) => {
+                "tls"
+            }
+        })
+    }
 }
 
 /// What a file looked like when a configuration was built from it: a changed file (a renewed
@@ -601,6 +617,23 @@ pub enum TlsTargetError {
     ServerName(String, String),
     #[error("{0}")]
     Setup(#[from] TlsSetupError),
+}
+
+impl TlsTargetError {
+    /// The key of the check this error is about, as it was written (`tls.ca_file` in the
+    /// `[checks.tls]` table, `ca_file` at the top of the check).
+    pub fn key(&self) -> KeyPath {
+        match self {
+            TlsTargetError::TlsSettingWithoutTls(key) | TlsTargetError::Twice(key) => {
+                KeyPath::dotted(key)
+            }
+            TlsTargetError::CaFileWithoutVerification(key, _)
+            | TlsTargetError::File(key, _, _)
+            | TlsTargetError::ServerName(key, _) => KeyPath::dotted(key),
+            TlsTargetError::CertWithoutKey => KeyPath::dotted("tls.cert_file"),
+            TlsTargetError::Setup(error) => error.key(),
+        }
+    }
 }
 
 pub fn server_name(host: &str) -> Result<ServerName<'static>, ProbeError> {

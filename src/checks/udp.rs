@@ -8,6 +8,7 @@
 use super::series::{self, SeriesOut, SeriesSpec};
 use super::{CheckKind, Phase, Probe, ProbeContext, ProbeFuture, ProbeRecord};
 use crate::assertions::Observation;
+use crate::config::KeyPath;
 use crate::config::{AssertionKey, UdpSpec};
 use crate::messages::{Response, UdpDetails};
 use crate::model::{split_host_port, CheckType, ErrorKind, ProbeError};
@@ -31,6 +32,17 @@ pub enum UdpDefinitionError {
     TooLarge(usize),
     #[error("expect `{pattern}` is not a valid regex: {reason}")]
     Regex { pattern: String, reason: String },
+}
+
+impl super::SpecError for UdpDefinitionError {
+    fn key(&self) -> KeyPath {
+        KeyPath::dotted(match self {
+            UdpDefinitionError::Address { .. } => "address",
+            UdpDefinitionError::Payload | UdpDefinitionError::TooLarge(_) => "send",
+            UdpDefinitionError::Hex(_) => "send_hex",
+            UdpDefinitionError::Regex { .. } => "expect",
+        })
+    }
 }
 
 /// A compiled UDP check.

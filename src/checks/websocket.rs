@@ -11,6 +11,7 @@ use super::series::{self, SeriesOut, SeriesSpec};
 use super::tls_client::{handshake, TlsKeys, TlsTarget, TlsTargetError};
 use super::{CheckKind, Phase, Probe, ProbeContext, ProbeFuture, ProbeRecord};
 use crate::assertions::Observation;
+use crate::config::KeyPath;
 use crate::config::{AssertionKey, WebsocketSpec};
 use crate::messages::{Response, WebsocketDetails};
 use crate::model::{CheckType, ErrorKind, ProbeError};
@@ -41,6 +42,21 @@ pub enum WebsocketDefinitionError {
     TlsWithoutWss,
     #[error("{0}")]
     Tls(#[from] TlsTargetError),
+}
+
+impl super::SpecError for WebsocketDefinitionError {
+    fn key(&self) -> KeyPath {
+        match self {
+            WebsocketDefinitionError::Url { .. } => KeyPath::dotted("url"),
+            WebsocketDefinitionError::Header(name) | WebsocketDefinitionError::BadHeader(name) => {
+                KeyPath::dotted("headers").key(name)
+            }
+            WebsocketDefinitionError::Regex { .. }
+            | WebsocketDefinitionError::ExpectWithoutSend => KeyPath::dotted("expect"),
+            WebsocketDefinitionError::TlsWithoutWss => KeyPath::dotted("tls"),
+            WebsocketDefinitionError::Tls(error) => error.key(),
+        }
+    }
 }
 
 /// A compiled WebSocket check.

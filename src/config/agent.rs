@@ -2,7 +2,7 @@
 //! their defaults and their validation.
 
 use super::bounds::*;
-use super::{default_true, Problems};
+use super::{default_true, KeyPath, Problem, Problems};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -137,32 +137,43 @@ impl AgentConfig {
 }
 
 impl WebConfig {
-    pub(super) fn validate(&self) -> Result<(), String> {
+    pub(super) fn validate(&self) -> Result<(), Problem> {
         let web = self;
+        let users = || KeyPath::dotted("agent.web.basic_auth_users");
         match (&web.tls_cert_file, &web.tls_key_file) {
             (Some(cert), Some(key)) => {
                 for (what, path) in [("tls_cert_file", cert), ("tls_key_file", key)] {
                     if let Err(error) = std::fs::metadata(path) {
-                        return Err(format!("agent.web.{what} {}: {error}", path.display()));
+                        return Err(Problem::key(
+                            &format!("agent.web.{what}"),
+                            format!("agent.web.{what} {}: {error}", path.display()),
+                        ));
                     }
                 }
             }
             (None, None) => {}
             _ => {
-                return Err(
-                    "agent.web.tls_cert_file and tls_key_file go together; set both or neither"
-                        .to_string(),
-                )
+                return Err(Problem::key(
+                    "agent.web.tls_cert_file",
+                    "agent.web.tls_cert_file and tls_key_file go together; set both or neither",
+                ))
             }
         }
         for (user, hash) in &web.basic_auth_users {
             if user.is_empty() || user.contains(':') {
-                return Err(format!(
-                    "agent.web.basic_auth_users: user name `{user}` must be non-empty and without `:`"
+                return Err(Problem::at(
+                    users().key(user),
+                    format!(
+                        "agent.web.basic_auth_users: user name `{user}` must be non-empty and without `:`"
+                    ),
                 ));
             }
-            check_hash(hash)
-                .map_err(|error| format!("agent.web.basic_auth_users.{user}: {error}"))?;
+            check_hash(hash).map_err(|error| {
+                Problem::at(
+                    users().key(user),
+                    format!("agent.web.basic_auth_users.{user}: {error}"),
+                )
+            })?;
         }
         Ok(())
     }

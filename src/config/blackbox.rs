@@ -104,9 +104,13 @@ impl BlackboxModule {
 }
 
 /// Reads the file `agent.blackbox_modules` names (relative to the config file's directory)
-/// into `config.blackbox`, with the secret files its http modules name; a message starting
-/// with the key when it cannot.
-pub(super) fn read_into(config: &mut super::Config, config_path: &Path) -> Result<(), String> {
+/// into `config.blackbox`, with the secret files its http modules name; a problem about the
+/// key when it cannot.
+pub(super) fn read_into(
+    config: &mut super::Config,
+    config_path: &Path,
+) -> Result<(), super::Problem> {
+    let key = "agent.blackbox_modules";
     let Some(named) = &config.agent.blackbox_modules else {
         return Ok(());
     };
@@ -114,20 +118,24 @@ pub(super) fn read_into(config: &mut super::Config, config_path: &Path) -> Resul
         Some(directory) if named.is_relative() => directory.join(named),
         _ => named.clone(),
     };
-    let mut modules =
-        BlackboxModules::load(&path).map_err(|error| format!("agent.blackbox_modules: {error}"))?;
-    let mut problems = Vec::new();
+    let mut modules = BlackboxModules::load(&path)
+        .map_err(|error| super::Problem::key(key, format!("{key}: {error}")))?;
+    let mut problems = super::Problems::default();
     for (name, module) in &mut modules.modules {
         if let CheckSpec::Http(spec) = &mut module.template.spec {
-            super::check::read_http_secrets(
-                &format!("blackbox module {name}"),
-                spec,
-                &mut problems,
-            );
+            // Its secret files are the module file's, not this file's: placed at the key.
+            let entry = super::Entry {
+                subject: format!("check `blackbox module {name}`"),
+                path: super::KeyPath::dotted(key),
+            };
+            super::check::read_http_secrets(&entry, spec, &mut problems);
         }
     }
-    if let Some(problem) = problems.into_iter().next() {
-        return Err(format!("agent.blackbox_modules: {problem}"));
+    if let Some(problem) = problems.0.into_iter().next() {
+        return Err(super::Problem::key(
+            key,
+            format!("{key}: {}", problem.message),
+        ));
     }
     config.blackbox = Some(std::sync::Arc::new(modules));
     Ok(())

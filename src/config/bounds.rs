@@ -8,6 +8,7 @@
 //! `tests/it/fuzz.rs` reads this table and the reference, and fails on a numeric key without
 //! a range.
 
+use super::problem::{Entry, KeyPath, Problem};
 use std::time::Duration;
 
 pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
@@ -66,15 +67,28 @@ impl Bound {
 
     /// How a message names the key: the dotted key for a section's key, ``check `web`:
     /// timeout`` for a key of an entry (`owner` is ``check `web` `` then).
-    pub fn subject(&self, owner: Option<&str>) -> String {
+    pub fn subject(&self, owner: Option<&Entry>) -> String {
         match owner {
-            Some(owner) => format!("{owner}: {}", self.name()),
+            Some(owner) => format!("{}: {}", owner.subject, self.name()),
             None => self.key.to_string(),
         }
     }
 
-    /// Checks a count, naming it as [`Bound::subject`] does.
-    pub fn check_count(&self, owner: Option<&str>, value: u64) -> Result<(), String> {
+    /// Where the key stands: its dotted key for a section's key, the entry's key otherwise.
+    pub fn path(&self, owner: Option<&Entry>) -> KeyPath {
+        match owner {
+            Some(owner) => owner.path.clone().key(self.name()),
+            None => KeyPath::dotted(self.key),
+        }
+    }
+
+    /// Checks a count, naming it as [`Bound::subject`] does and placing it at the key.
+    pub fn check_count(&self, owner: Option<&Entry>, value: u64) -> Result<(), Problem> {
+        self.count_message(owner, value)
+            .map_err(|message| Problem::at(self.path(owner), message))
+    }
+
+    fn count_message(&self, owner: Option<&Entry>, value: u64) -> Result<(), String> {
         let Range::Count { min, max } = self.range else {
             return Err(format!("{}: internal error: not a count", self.key));
         };
@@ -90,8 +104,13 @@ impl Bound {
         }
     }
 
-    /// Checks a duration, naming it as [`Bound::subject`] does.
-    pub fn check_duration(&self, owner: Option<&str>, value: Duration) -> Result<(), String> {
+    /// Checks a duration, naming it as [`Bound::subject`] does and placing it at the key.
+    pub fn check_duration(&self, owner: Option<&Entry>, value: Duration) -> Result<(), Problem> {
+        self.duration_message(owner, value)
+            .map_err(|message| Problem::at(self.path(owner), message))
+    }
+
+    fn duration_message(&self, owner: Option<&Entry>, value: Duration) -> Result<(), String> {
         let Range::Duration { min, max } = self.range else {
             return Err(format!("{}: internal error: not a duration", self.key));
         };
@@ -120,7 +139,7 @@ impl Bound {
     /// Checks a duration of an entry, naming it by its own name alone (`timeout is 11m; ...`),
     /// for a message its owner prefixes (``check `web`: ``), as the config's own are.
     pub fn check_entry_duration(&self, value: Duration) -> Result<(), String> {
-        self.check_duration(None, value)
+        self.duration_message(None, value)
             .map_err(|message| message.replacen(self.key, self.name(), 1))
     }
 
@@ -321,37 +340,53 @@ mod tests {
 
     #[test]
     fn both_sides_of_a_bound() {
-        assert_eq!(HISTORY_BUFFER.check_count(None, 1 << 20), Ok(()));
+        let message = |outcome: Result<(), Problem>| outcome.map_err(|problem| problem.message);
+        let web = Entry::check(2, "web");
+        assert_eq!(message(HISTORY_BUFFER.check_count(None, 1 << 20)), Ok(()));
         assert_eq!(
-            HISTORY_BUFFER.check_count(None, (1 << 20) + 1),
+            message(HISTORY_BUFFER.check_count(None, (1 << 20) + 1)),
             Err("history.buffer is 1048577; the most allowed is 1048576".to_string())
         );
         assert_eq!(
-            HISTORY_BUFFER.check_count(None, 0),
+            message(HISTORY_BUFFER.check_count(None, 0)),
             Err("history.buffer must be at least 1".to_string())
         );
         assert_eq!(
-            CHECK_TIMEOUT.check_duration(Some("check `web`"), MINUTE * 10),
+            message(CHECK_TIMEOUT.check_duration(Some(&web), MINUTE * 10)),
             Ok(())
         );
         assert_eq!(
-            CHECK_TIMEOUT.check_duration(Some("check `web`"), MINUTE * 10 + POSITIVE),
+            message(CHECK_TIMEOUT.check_duration(Some(&web), MINUTE * 10 + POSITIVE)),
             Err("check `web`: timeout is 10m 1ns; the most allowed is 10m".to_string())
         );
         assert_eq!(
-            CHECK_TIMEOUT.check_duration(Some("check `web`"), Duration::ZERO),
+            message(CHECK_TIMEOUT.check_duration(Some(&web), Duration::ZERO)),
             Err("check `web`: timeout must be longer than 0s".to_string())
         );
         assert_eq!(
-            LEASE_TTL.check_duration(None, SECOND),
+            message(LEASE_TTL.check_duration(None, SECOND)),
             Err("checker.lease_ttl is 1s; the least allowed is 3s".to_string())
         );
         assert_eq!(
-            RAW_RETENTION.check_duration(None, Duration::MAX),
+            message(RAW_RETENTION.check_duration(None, Duration::MAX)),
             Err(format!(
                 "history.raw_retention is {}; the most allowed is 10years",
                 humantime::format_duration(Duration::MAX)
             ))
+        );
+    }
+
+    /// A problem stands at its key: the dotted key of a section's, the entry's own key else.
+    #[test]
+    fn a_range_problem_names_its_key_path() {
+        let path = |outcome: Result<(), Problem>| outcome.err().map(|problem| problem.path);
+        assert_eq!(
+            path(HISTORY_BUFFER.check_count(None, 0)),
+            Some(KeyPath::dotted("history.buffer"))
+        );
+        assert_eq!(
+            path(CHECK_TIMEOUT.check_duration(Some(&Entry::check(2, "web")), Duration::ZERO)),
+            Some(KeyPath::check(2).key("timeout"))
         );
     }
 

@@ -2,7 +2,7 @@
 //! defaults and their validation.
 
 use super::bounds::*;
-use super::Problems;
+use super::{Problem, Problems};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -125,28 +125,31 @@ pub(super) fn default_replicas() -> usize {
 }
 
 impl BusConfig {
-    pub(super) fn validate(&self, checker_ha: bool) -> Result<(), String> {
+    pub(super) fn validate(&self, checker_ha: bool) -> Result<(), Problem> {
         let nats = match (self.kind, &self.nats) {
             (BusKind::Embedded, None) => {
                 if checker_ha {
-                    return Err("checker.ha needs a shared bus: set [bus] kind = \"nats\" and [bus.nats] url".to_string());
+                    return Err(Problem::key("checker.ha", "checker.ha needs a shared bus: set [bus] kind = \"nats\" and [bus.nats] url"));
                 }
                 return Ok(());
             }
             (BusKind::Embedded, Some(_)) => {
-                return Err("[bus.nats] is set but bus.kind is \"embedded\"; set kind = \"nats\" to use it, or remove [bus.nats]".to_string());
+                return Err(Problem::key("bus.nats", "[bus.nats] is set but bus.kind is \"embedded\"; set kind = \"nats\" to use it, or remove [bus.nats]"));
             }
             (BusKind::Nats, None) => {
-                return Err(
-                    "bus.kind is \"nats\" but [bus.nats] is missing; give at least its url"
-                        .to_string(),
-                );
+                return Err(Problem::key(
+                    "bus.kind",
+                    "bus.kind is \"nats\" but [bus.nats] is missing; give at least its url",
+                ));
             }
             (BusKind::Nats, Some(nats)) => nats,
         };
         let urls = nats.url.to_vec();
         if urls.is_empty() {
-            return Err("bus.nats.url is an empty list; give at least one server".to_string());
+            return Err(Problem::key(
+                "bus.nats.url",
+                "bus.nats.url is an empty list; give at least one server",
+            ));
         }
         let methods = [
             nats.token_file.is_some(),
@@ -155,20 +158,20 @@ impl BusConfig {
             nats.nkey_seed_file.is_some(),
         ];
         if methods.iter().filter(|set| **set).count() > 1 {
-            return Err("bus.nats sets more than one way to authenticate; use at most one of token_file, user + password_file, creds_file and nkey_seed_file".to_string());
+            return Err(Problem::key("bus.nats", "bus.nats sets more than one way to authenticate; use at most one of token_file, user + password_file, creds_file and nkey_seed_file"));
         }
         if nats.user.is_some() != nats.password_file.is_some() {
-            return Err(
-                "bus.nats.user and bus.nats.password_file go together; set both or neither"
-                    .to_string(),
-            );
+            return Err(Problem::key(
+                "bus.nats.user",
+                "bus.nats.user and bus.nats.password_file go together; set both or neither",
+            ));
         }
         if let Some(tls) = &nats.tls {
             if tls.cert_file.is_some() != tls.key_file.is_some() {
-                return Err(
-                    "bus.nats.tls.cert_file and key_file go together; set both or neither"
-                        .to_string(),
-                );
+                return Err(Problem::key(
+                    "bus.nats.tls.cert_file",
+                    "bus.nats.tls.cert_file and key_file go together; set both or neither",
+                ));
             }
         }
         Ok(())

@@ -8,7 +8,7 @@ use super::probe::{
     BasicAuth, Compression, HttpSecrets, IpProtocol, OAuth2Config, Secret, TlsOption, TlsSettings,
 };
 use super::runner::location_name;
-use super::{default_true, is_true, Problems};
+use super::{default_true, is_true, Entry, KeyPath, Problem, Problems};
 use crate::model::CheckType;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -694,10 +694,9 @@ impl CheckConfig {
     /// A check's numeric and duration keys against their ranges (`bounds.rs`). The least
     /// interval, timeout and the ICMP keys' lower ends are the check compiler's to refuse (it
     /// also refuses definitions from the bus), so only the side it leaves is checked here.
-    pub(super) fn validate_ranges(&self) -> Problems {
+    pub(super) fn validate_ranges(&self, entry: &Entry) -> Problems {
         let check = self;
-        let owner = format!("check `{}`", check.name);
-        let owner = Some(owner.as_str());
+        let owner = Some(entry);
         let mut problems = Problems::default();
         if check.interval >= MIN_INTERVAL {
             problems.check(CHECK_INTERVAL.check_duration(owner, check.interval));
@@ -725,43 +724,53 @@ impl CheckConfig {
     /// A check's `locations` and `min_failing_locations`: names a runner can have, each once,
     /// `*` alone, and a threshold the named locations can reach. On the embedded bus the one
     /// location is this agent's own runner's, `embedded_location`.
-    pub(super) fn validate_locations(&self, embedded_location: Option<&str>) -> Problems {
+    pub(super) fn validate_locations(
+        &self,
+        entry: &Entry,
+        embedded_location: Option<&str>,
+    ) -> Problems {
         let check = self;
         let mut problems = Problems::default();
-        let name = &check.name;
         let Some(locations) = &check.locations else {
             if check.min_failing_locations.is_some() {
-                problems.push(format!(
-                    "check `{name}`: min_failing_locations needs locations; name the locations \
-                     the check runs from (locations = [\"eu-west\", \"us-east\"])"
+                problems.push(entry.problem(
+                    "min_failing_locations",
+                    "min_failing_locations needs locations; name the locations the check runs \
+                     from (locations = [\"eu-west\", \"us-east\"])",
                 ));
             }
             return problems;
         };
         if check.labels.contains_key(crate::model::LOCATION_LABEL) {
-            problems.push(format!(
-                "check `{name}`: label name `location` is one bastion sets itself on a check \
-                 with locations (the location each series was seen from); rename the label"
+            problems.push(entry.problem(
+                "labels.location",
+                "label name `location` is one bastion sets itself on a check with locations \
+                 (the location each series was seen from); rename the label",
             ));
         }
         if locations.is_empty() {
-            problems.push(format!(
-                "check `{name}`: locations is empty; name at least one (a runner.location), \
-                 [\"*\"] for every live location, or leave the key out"
+            problems.push(entry.problem(
+                "locations",
+                "locations is empty; name at least one (a runner.location), [\"*\"] for every \
+                 live location, or leave the key out",
             ));
         }
         if locations.len() > MAX_LOCATIONS {
-            problems.push(format!(
-                "check `{name}`: locations names {} locations; at most {} are allowed",
-                locations.len(),
-                MAX_LOCATIONS
+            problems.push(entry.problem(
+                "locations",
+                format!(
+                    "locations names {} locations; at most {} are allowed",
+                    locations.len(),
+                    MAX_LOCATIONS
+                ),
             ));
         }
         let every = check.every_location();
         if every && locations.len() > 1 {
-            problems.push(format!(
-                "check `{name}`: locations = [\"*\"] already means every live location; \
-                 give \"*\" alone or only names"
+            problems.push(entry.problem(
+                "locations",
+                "locations = [\"*\"] already means every live location; give \"*\" alone or \
+                 only names",
             ));
         }
         let mut seen = std::collections::HashSet::new();
@@ -770,22 +779,23 @@ impl CheckConfig {
             .filter(|location| *location != EVERY_LOCATION)
         {
             if let Err(message) = location_name(location) {
-                problems.push(format!("check `{name}`: locations: {message}"));
+                problems.push(entry.problem("locations", format!("locations: {message}")));
             } else if !seen.insert(location.as_str()) {
-                problems.push(format!(
-                    "check `{name}`: locations names `{location}` twice"
-                ));
+                problems.push(
+                    entry.problem("locations", format!("locations names `{location}` twice")),
+                );
             }
         }
         if let Some(min) = check.min_failing_locations {
-            problems.check(
-                MIN_FAILING_LOCATIONS.check_count(Some(&format!("check `{name}`")), min as u64),
-            );
+            problems.check(MIN_FAILING_LOCATIONS.check_count(Some(entry), min as u64));
             if !every && min > locations.len() && !locations.is_empty() {
-                problems.push(format!(
-                    "check `{name}`: min_failing_locations is {min} but the check runs from {} \
-                     location(s), so it could never fail; lower it or add locations",
-                    locations.len()
+                problems.push(entry.problem(
+                    "min_failing_locations",
+                    format!(
+                        "min_failing_locations is {min} but the check runs from {} location(s), \
+                         so it could never fail; lower it or add locations",
+                        locations.len()
+                    ),
                 ));
             }
         }
@@ -794,10 +804,13 @@ impl CheckConfig {
                 .iter()
                 .find(|location| *location != EVERY_LOCATION && location.as_str() != own)
             {
-                problems.push(format!(
-                    "check `{name}`: locations names `{other}`, but on the embedded bus the only \
-                     location is this agent's runner.location `{own}`; run the check from \
-                     several locations over NATS (docs/distributed.md#locations), or name `{own}`"
+                problems.push(entry.problem(
+                    "locations",
+                    format!(
+                        "locations names `{other}`, but on the embedded bus the only location is \
+                         this agent's runner.location `{own}`; run the check from several \
+                         locations over NATS (docs/distributed.md#locations), or name `{own}`"
+                    ),
                 ));
             }
         }
@@ -826,70 +839,92 @@ fn read_text(key: &str, path: &Path) -> Result<String, String> {
 }
 
 /// Reads every secret file of one HTTP check into its `secrets`, reporting each file that
-/// cannot be read (prefixed with the check, so it is placed at its key).
-pub(super) fn read_http_secrets(name: &str, spec: &mut HttpSpec, problems: &mut Vec<String>) {
+/// cannot be read at the key naming it.
+pub(super) fn read_http_secrets(entry: &Entry, spec: &mut HttpSpec, problems: &mut Problems) {
     if !spec.secrets.is_empty() {
-        problems.push(format!(
-            "check `{name}`: secrets is filled in by bastion from the *_file keys; remove it"
+        problems.push(entry.problem(
+            "secrets",
+            "secrets is filled in by bastion from the *_file keys; remove it",
         ));
     }
     let mut secrets = HttpSecrets::default();
     // A file that cannot be read is reported here; an empty stand-in keeps the definition
     // whole, so compiling it adds no second message about the same file.
-    let mut note = |outcome: Result<Secret, String>| -> Option<Secret> {
+    let mut note = |key: KeyPath, outcome: Result<Secret, String>| -> Option<Secret> {
         Some(outcome.unwrap_or_else(|message| {
-            problems.push(format!("check `{name}`: {message}"));
+            problems.push(Problem::at(
+                entry.path.clone().join(key),
+                format!("{}: {message}", entry.subject),
+            ));
             Secret::default()
         }))
     };
     for (header, path) in &spec.headers_from_files {
-        if let Some(value) = note(read_line_secret(
-            &format!("headers_from_files.{header}"),
-            path,
-        )) {
+        let key = KeyPath::dotted("headers_from_files").key(header.as_str());
+        if let Some(value) = note(
+            key,
+            read_line_secret(&format!("headers_from_files.{header}"), path),
+        ) {
             secrets.headers.insert(header.clone(), value);
         }
     }
     if let Some(path) = &spec.body_file {
         // A body is sent exactly as the file holds it, final newline included.
-        secrets.body = note(read_text("body_file", path).map(Secret::new));
+        secrets.body = note(
+            KeyPath::dotted("body_file"),
+            read_text("body_file", path).map(Secret::new),
+        );
     }
     if let Some(path) = &spec.bearer_token_file {
-        secrets.bearer_token = note(read_line_secret("bearer_token_file", path));
+        secrets.bearer_token = note(
+            KeyPath::dotted("bearer_token_file"),
+            read_line_secret("bearer_token_file", path),
+        );
     }
     if let Some(auth) = &spec.basic_auth {
-        secrets.basic_password = note(read_line_secret(
-            "basic_auth.password_file",
-            &auth.password_file,
-        ));
+        let key = "basic_auth.password_file";
+        secrets.basic_password = note(
+            KeyPath::dotted(key),
+            read_line_secret(key, &auth.password_file),
+        );
     }
     if let Some(auth) = &spec.proxy_basic_auth {
-        secrets.proxy_password = note(read_line_secret(
-            "proxy_basic_auth.password_file",
-            &auth.password_file,
-        ));
+        let key = "proxy_basic_auth.password_file";
+        secrets.proxy_password = note(
+            KeyPath::dotted(key),
+            read_line_secret(key, &auth.password_file),
+        );
     }
     if let Some(oauth2) = &spec.oauth2 {
-        secrets.oauth2_client_secret = note(read_line_secret(
-            "oauth2.client_secret_file",
-            &oauth2.client_secret_file,
-        ));
+        let key = "oauth2.client_secret_file";
+        secrets.oauth2_client_secret = note(
+            KeyPath::dotted(key),
+            read_line_secret(key, &oauth2.client_secret_file),
+        );
     }
     spec.secrets = secrets;
 }
 
 /// Reads a gRPC check's `metadata_from_files` into its `metadata_secrets`.
-fn read_grpc_secrets(name: &str, spec: &mut GrpcSpec, problems: &mut Vec<String>) {
+fn read_grpc_secrets(entry: &Entry, spec: &mut GrpcSpec, problems: &mut Problems) {
     if !spec.metadata_secrets.is_empty() {
-        problems.push(format!(
-            "check `{name}`: metadata_secrets is filled in by bastion from metadata_from_files; remove it"
+        problems.push(entry.problem(
+            "metadata_secrets",
+            "metadata_secrets is filled in by bastion from metadata_from_files; remove it",
         ));
     }
     let mut secrets = BTreeMap::new();
     for (key, path) in &spec.metadata_from_files {
         let value = read_line_secret(&format!("metadata_from_files.{key}"), path).unwrap_or_else(
             |message| {
-                problems.push(format!("check `{name}`: {message}"));
+                problems.push(Problem::at(
+                    entry
+                        .path
+                        .clone()
+                        .key("metadata_from_files")
+                        .key(key.as_str()),
+                    format!("{}: {message}", entry.subject),
+                ));
                 Secret::default()
             },
         );
@@ -901,13 +936,14 @@ fn read_grpc_secrets(name: &str, spec: &mut GrpcSpec, problems: &mut Vec<String>
 /// Reads the secret files of every check (`headers_from_files`, `body_file`,
 /// `bearer_token_file`, `basic_auth`, `proxy_basic_auth`, `oauth2`) into the check's
 /// definition: at load and at every reload, so a changed file is taken up by a reload.
-/// Returns a message for each file that cannot be read.
-pub(super) fn read_secret_files(checks: &mut [CheckConfig]) -> Vec<String> {
-    let mut problems = Vec::new();
-    for check in checks.iter_mut() {
+/// Returns a problem for each file that cannot be read.
+pub(super) fn read_secret_files(checks: &mut [CheckConfig]) -> Problems {
+    let mut problems = Problems::default();
+    for (index, check) in checks.iter_mut().enumerate() {
+        let entry = Entry::check(index, &check.name);
         match &mut check.spec {
-            CheckSpec::Http(spec) => read_http_secrets(&check.name, spec, &mut problems),
-            CheckSpec::Grpc(spec) => read_grpc_secrets(&check.name, spec, &mut problems),
+            CheckSpec::Http(spec) => read_http_secrets(&entry, spec, &mut problems),
+            CheckSpec::Grpc(spec) => read_grpc_secrets(&entry, spec, &mut problems),
             _ => {}
         }
     }

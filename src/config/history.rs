@@ -2,7 +2,7 @@
 //! defaults and validation.
 
 use super::bounds::*;
-use super::{default_true, Problems};
+use super::{default_true, Problem, Problems};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use std::path::PathBuf;
@@ -102,14 +102,14 @@ impl Default for HistoryConfig {
 }
 
 impl HistoryConfig {
-    pub(super) fn validate(&self) -> Result<(), String> {
+    pub(super) fn validate(&self) -> Result<(), Problem> {
         let history = self;
         if let Some(url) = &history.url {
             if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-                return Err(
-                    "history.url must be a PostgreSQL URL (postgres://user@host:5432/db); leave it out to keep history in SQLite at history.path"
-                        .to_string(),
-                );
+                return Err(Problem::key(
+                    "history.url",
+                    "history.url must be a PostgreSQL URL (postgres://user@host:5432/db); leave it out to keep history in SQLite at history.path",
+                ));
             }
             if url.split_once("://").is_some_and(|(_, rest)| {
                 rest.split('/').next().is_some_and(|authority| {
@@ -121,10 +121,10 @@ impl HistoryConfig {
                 })
             }) || url.to_ascii_lowercase().contains("password=")
             {
-                return Err(
-                    "history.url holds a password; put it in a file named by history.password_file"
-                        .to_string(),
-                );
+                return Err(Problem::key(
+                    "history.url",
+                    "history.url holds a password; put it in a file named by history.password_file",
+                ));
             }
         }
         Ok(())

@@ -1,10 +1,11 @@
 //! Where a configuration error stands: turns the TOML and YAML parsers' errors into
 //! `ConfigError`s with file, line and column, pointing at the offending key itself even where
 //! `serde(flatten)` hides its position from the parser. It also finds every mistake it can in
-//! one pass (`parse_toml_all`), and where a validation message's subject stands
-//! (`problem_offset`), so `bastion validate` lists them all, each with its line and column.
+//! one pass (`parse_toml_all`), and where a validation problem's key stands (`problem_place`,
+//! which walks the document along the problem's path and never reads its message), so
+//! `bastion validate` lists them all, each with its line and column.
 
-use super::{Config, ConfigError};
+use super::{Config, ConfigError, Format, KeyPath, Segment};
 use serde::Deserialize;
 use std::path::Path;
 use toml::de::{DeArray, DeString, DeTable, DeValue};
@@ -289,194 +290,157 @@ pub(super) fn renumber_checks(message: &str, positions: &[usize]) -> String {
     out
 }
 
-/// Where a validation message's subject stands in a TOML document, as a byte offset. The
-/// message names its subject the way every validation message here does: a dotted key in
-/// front (`agent.web.tls_cert_file ...`, `[bus.nats] is set ...`), a check by name
-/// (``check `web`: timeout 5s ...``, pointing at `timeout` inside that check when it is one of
-/// its keys), by position (`check #3: ...`), or a duplicated name (`(checks #1 and #2)`).
-/// New config sections get locations for free when their messages start with their key.
-pub(super) fn problem_offset(root: &DeTable<'_>, message: &str) -> Option<usize> {
-    let checks: Vec<&DeTable<'_>> = match root.get("checks").map(|value| value.get_ref()) {
-        Some(DeValue::Array(checks)) => checks
-            .iter()
-            .filter_map(|check| check.get_ref().as_table())
-            .collect(),
-        _ => Vec::new(),
-    };
-    let name_of = |table: &DeTable<'_>| {
-        table
-            .get("name")
-            .and_then(|name| name.get_ref().as_str().map(str::to_string))
-    };
-    if message.starts_with("check name `") {
-        // "check name `x` is used twice (checks #1 and #2)": the second one.
-        let second = message.rsplit("and #").next()?.split(')').next()?;
-        let check = checks.get(second.trim().parse::<usize>().ok()?.checked_sub(1)?)?;
-        return key_offset(check, "name");
-    }
-    if let Some(rest) = message.strip_prefix("check `") {
-        let (name, detail) = rest.split_once('`')?;
-        let check = checks
-            .iter()
-            .find(|check| name_of(check).as_deref() == Some(name))?;
-        let detail = detail.trim_start_matches(':').trim_start();
-        // "instance `x` is not an address" is about the `instances` list.
-        return assertion_offset(check, detail)
-            .or_else(|| path_offset(check, leading_key(detail)))
-            .or_else(|| key_offset(check, &format!("{}s", leading_key(detail))))
-            .or_else(|| key_offset(check, "name"));
-    }
-    if let Some(rest) = message.strip_prefix("check #") {
-        let (number, detail) = rest.split_once(':').unwrap_or((rest, ""));
-        let check = checks.get(number.trim().parse::<usize>().ok()?.checked_sub(1)?)?;
-        return path_offset(check, leading_key(detail.trim_start()))
-            .or_else(|| key_offset(check, "name"));
-    }
-    // "notifier `x`: queue_size ..." and "maintenance `x`: duration ...": the key in that entry.
-    for (prefix, section) in [
-        ("notifier `", "notifiers"),
-        ("maintenance `", "maintenance"),
-    ] {
-        if let Some(rest) = message.strip_prefix(prefix) {
-            let (name, detail) = rest.split_once('`')?;
-            let DeValue::Array(entries) = root.get(section)?.get_ref() else {
-                return None;
+/// Where the key at `path` stands in a config file, as (line, column): found by walking the
+/// parsed TOML document (`document` when the caller has it, else `text` parsed anew) or, for
+/// YAML, the text's block structure, along the path. Where the file does not write the whole
+/// path (a default left out), the deepest part it does write: the key's table, the check's
+/// `name`, the section's header. None when it writes not even the first key.
+pub(super) fn problem_place(
+    text: &str,
+    format: Format,
+    document: Option<&Spanned<DeTable<'_>>>,
+    path: &KeyPath,
+) -> Option<(usize, usize)> {
+    match format {
+        Format::Toml => {
+            let parsed;
+            let root = match document {
+                Some(document) => document.get_ref(),
+                None => {
+                    parsed = DeTable::parse(text).ok()?;
+                    parsed.get_ref()
+                }
             };
-            let entry = entries
-                .iter()
-                .filter_map(|entry| entry.get_ref().as_table())
-                .find(|entry| name_of(entry).as_deref() == Some(name))?;
-            let detail = detail.trim_start_matches(':').trim_start();
-            return path_offset(entry, leading_key(detail)).or_else(|| key_offset(entry, "name"));
+            toml_path_offset(root, path).map(|offset| line_and_column(text, offset))
         }
-    }
-    path_offset(root, leading_key(message))
-}
-
-/// "assertion #N: ...": the first key of the check's Nth assertion.
-fn assertion_offset(check: &DeTable<'_>, detail: &str) -> Option<usize> {
-    let number = detail.strip_prefix("assertion #")?.split(':').next()?;
-    let index = number.trim().parse::<usize>().ok()?.checked_sub(1)?;
-    let DeValue::Array(assertions) = check.get("assertions")?.get_ref() else {
-        return None;
-    };
-    let assertion = assertions.get(index)?.get_ref().as_table()?;
-    assertion.iter().map(|(key, _)| key.span().start).min()
-}
-
-/// The dotted key a message starts with (`[bus.nats]`, `agent.id`, `` `x` ``), or "".
-fn leading_key(message: &str) -> &str {
-    let word = message
-        .split([' ', ':', ','])
-        .next()
-        .unwrap_or_default()
-        .trim_matches(['[', ']', '`']);
-    if word
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
-    {
-        word
-    } else {
-        ""
+        Format::Yaml => yaml_path_place(text, path),
     }
 }
 
-/// The deepest key of `dotted` found in `table`, as the offset of that key.
-fn path_offset(table: &DeTable<'_>, dotted: &str) -> Option<usize> {
-    let mut table = table;
+/// The byte offset of the deepest part of `path` that `root` holds: a key at its name, an
+/// array's entry at [`entry_offset`].
+fn toml_path_offset(root: &DeTable<'_>, path: &KeyPath) -> Option<usize> {
     let mut found = None;
-    for segment in dotted.split('.').filter(|segment| !segment.is_empty()) {
-        let Some((key, value)) = table.iter().find(|(key, _)| key.get_ref() == segment) else {
+    let mut here: Option<&DeValue<'_>> = None;
+    for segment in &path.0 {
+        let table = match here {
+            None => Some(root),
+            Some(DeValue::Table(table)) => Some(table),
+            _ => None,
+        };
+        let items = match here {
+            Some(DeValue::Array(items)) => Some(items),
+            _ => None,
+        };
+        let next = match segment {
+            Segment::Key(name) => table.and_then(|table| {
+                table
+                    .iter()
+                    .find(|(key, _)| key.get_ref() == name)
+                    .map(|(key, value)| (key.span().start, value))
+            }),
+            Segment::Index(index) => items
+                .and_then(|items| items.get(*index))
+                .map(|item| (entry_offset(item), item)),
+            Segment::Named(name) => items
+                .and_then(|items| {
+                    items.iter().find(|item| {
+                        item.get_ref()
+                            .as_table()
+                            .and_then(|table| table.get("name"))
+                            .and_then(|value| value.get_ref().as_str())
+                            == Some(name.as_str())
+                    })
+                })
+                .map(|item| (entry_offset(item), item)),
+        };
+        let Some((offset, value)) = next else {
             break;
         };
-        found = Some(key.span().start);
-        match value.get_ref() {
-            DeValue::Table(inner) => table = inner,
-            _ => break,
-        }
+        found = Some(offset);
+        here = Some(value.get_ref());
     }
     found
 }
 
-fn key_offset(table: &DeTable<'_>, name: &str) -> Option<usize> {
+/// Where an array's entry stands: a table at its `name` key when it has one (a check, a
+/// notifier), else at its first key (an assertion); anything else at its value.
+fn entry_offset(item: &Spanned<DeValue<'_>>) -> usize {
+    let Some(table) = item.get_ref().as_table() else {
+        return item.span().start;
+    };
     table
         .iter()
-        .find(|(key, _)| key.get_ref() == name)
+        .find(|(key, _)| key.get_ref() == "name")
         .map(|(key, _)| key.span().start)
+        .or_else(|| table.iter().map(|(key, _)| key.span().start).min())
+        .unwrap_or(item.span().start)
 }
 
-/// Where a validation message's subject stands in a YAML file, as (line, column), found by
-/// reading the lines (serde-saphyr keeps no positions in a deserialized value): the same
-/// subjects as [`problem_offset`], for block-style YAML (`key: value` lines, checks as `- `
-/// items). None where the subject cannot be found that way.
-pub(super) fn yaml_problem_place(text: &str, message: &str) -> Option<(usize, usize)> {
+/// Where the key at `path` stands in a YAML file, as (line, column), found by reading the
+/// lines (serde-saphyr keeps no positions in a deserialized value): block-style YAML, a
+/// mapping's keys as `key:` lines at one indent, a list's entries as `- ` items. The deepest
+/// part found, as for TOML; a flow collection (`[a, b]`, `{a: 1}`) is not entered.
+fn yaml_path_place(text: &str, path: &KeyPath) -> Option<(usize, usize)> {
     let lines: Vec<&str> = text.lines().collect();
-    let checks = yaml_find(&lines, 0, lines.len(), None, "checks")?;
-    let items = yaml_items(&lines, checks + 1);
     let place = |line: usize| {
         let column = lines[line].len() - lines[line].trim_start_matches([' ', '-']).len() + 1;
         (line + 1, column)
     };
-    let check_by_number = |number: &str| {
-        let index = number.trim().parse::<usize>().ok()?.checked_sub(1)?;
-        items.get(index).copied()
-    };
-    let within = |(start, end): (usize, usize), detail: &str| {
-        let key = leading_key(detail);
-        let first = key.split('.').next().unwrap_or_default();
-        let fallback = format!("{first}s");
-        let keys = [first, fallback.as_str()];
-        let found = keys
-            .into_iter()
-            .filter(|key| !key.is_empty())
-            .find_map(|key| yaml_find(&lines, start, end, None, key));
-        found
-            .or_else(|| yaml_find(&lines, start, end, None, "name"))
-            .unwrap_or(start)
-    };
-    if message.starts_with("check name `") {
-        let second = message.rsplit("and #").next()?.split(')').next()?;
-        let item = check_by_number(second)?;
-        return Some(place(
-            yaml_find(&lines, item.0, item.1, None, "name").unwrap_or(item.0),
-        ));
-    }
-    if let Some(rest) = message.strip_prefix("check `") {
-        let (name, detail) = rest.split_once('`')?;
-        let item = items.iter().copied().find(|&(start, end)| {
-            yaml_find(&lines, start, end, None, "name").is_some_and(|line| {
-                let value = lines[line].split_once(':').map(|(_, value)| value.trim());
-                value.map(|value| value.trim_matches(['"', '\''])) == Some(name)
-            })
-        })?;
-        let detail = detail.trim_start_matches(':').trim_start();
-        return Some(place(within(item, detail)));
-    }
-    if let Some(rest) = message.strip_prefix("check #") {
-        let (number, detail) = rest.split_once(':').unwrap_or((rest, ""));
-        let item = check_by_number(number)?;
-        return Some(place(within(item, detail.trim_start())));
-    }
-    // A dotted key from the top.
     let mut found = None;
-    let (mut start, mut end, mut indent) = (0, lines.len(), Some(0));
-    for segment in leading_key(message).split('.').filter(|s| !s.is_empty()) {
-        let Some(line) = yaml_find(&lines, start, end, indent, segment) else {
+    let (mut start, mut end) = (0, lines.len());
+    for segment in &path.0 {
+        let next = match segment {
+            Segment::Key(key) => yaml_key(&lines, start, end, key).map(|line| {
+                let column = yaml_body_column(lines[line]);
+                let block_end = (line + 1..end)
+                    .find(|&next| {
+                        let own = yaml_indent(lines[next]);
+                        !yaml_blank(lines[next])
+                            && (own < column
+                                || (own == column && !lines[next].trim_start().starts_with('-')))
+                    })
+                    .unwrap_or(end);
+                (line, (line + 1, block_end))
+            }),
+            Segment::Index(index) => yaml_items(&lines, start, end)
+                .get(*index)
+                .map(|&item| (yaml_entry_line(&lines, item), item)),
+            Segment::Named(name) => yaml_items(&lines, start, end)
+                .into_iter()
+                .find(|&(item_start, item_end)| {
+                    yaml_key(&lines, item_start, item_end, "name").is_some_and(|line| {
+                        let value = lines[line].split_once(':').map(|(_, value)| value.trim());
+                        value.map(|value| value.trim_matches(['"', '\''])) == Some(name.as_str())
+                    })
+                })
+                .map(|item| (yaml_entry_line(&lines, item), item)),
+        };
+        let Some((line, (body_start, body_end))) = next else {
             break;
         };
         found = Some(line);
-        let own = yaml_indent(lines[line]);
-        start = line + 1;
-        end = (start..lines.len())
-            .find(|&next| !yaml_blank(lines[next]) && yaml_indent(lines[next]) <= own)
-            .unwrap_or(lines.len());
-        indent = None;
+        (start, end) = (body_start, body_end);
     }
     found.map(place)
 }
 
+/// The line an entry of a list stands at: its `name:` key when it has one, else its first.
+fn yaml_entry_line(lines: &[&str], (start, end): (usize, usize)) -> usize {
+    yaml_key(lines, start, end, "name").unwrap_or(start)
+}
+
 fn yaml_indent(line: &str) -> usize {
     line.len() - line.trim_start().len()
+}
+
+/// Where a line's content starts after its indent and any `- ` list markers.
+fn yaml_body_column(line: &str) -> usize {
+    let mut body = line.trim_start();
+    while let Some(rest) = body.strip_prefix("- ") {
+        body = rest.trim_start();
+    }
+    line.len() - body.len()
 }
 
 fn yaml_blank(line: &str) -> bool {
@@ -484,34 +448,31 @@ fn yaml_blank(line: &str) -> bool {
     trimmed.is_empty() || trimmed.starts_with('#')
 }
 
-/// The first line in `start..end` holding `key:` (after any `- `), at exactly `indent` when
-/// given.
-fn yaml_find(
-    lines: &[&str],
-    start: usize,
-    end: usize,
-    indent: Option<usize>,
-    key: &str,
-) -> Option<usize> {
-    (start..end.min(lines.len())).find(|&index| {
+/// The line in `start..end` holding `key:` (plain or quoted) at the indent of the block's
+/// keys: that of the first line's content, so a key of a nested block is not taken.
+fn yaml_key(lines: &[&str], start: usize, end: usize, key: &str) -> Option<usize> {
+    let end = end.min(lines.len());
+    let first = (start..end).find(|&index| !yaml_blank(lines[index]))?;
+    let column = yaml_body_column(lines[first]);
+    let written = [
+        format!("{key}:"),
+        format!("\"{key}\":"),
+        format!("'{key}':"),
+    ];
+    (first..end).find(|&index| {
         let line = lines[index];
-        let body = line.trim_start().trim_start_matches("- ").trim_start();
-        let at = line.len() - body.len();
-        let quoted = [
-            format!("{key}:"),
-            format!("\"{key}\":"),
-            format!("'{key}':"),
-        ];
-        quoted
-            .iter()
-            .any(|prefix| body.starts_with(prefix.as_str()))
-            && indent.is_none_or(|indent| at == indent || yaml_indent(line) == indent)
+        yaml_body_column(line) == column
+            && written
+                .iter()
+                .any(|prefix| line[column..].starts_with(prefix.as_str()))
     })
 }
 
-/// The `- ` items of the block list starting at `from`, as (first line, end) ranges.
-fn yaml_items(lines: &[&str], from: usize) -> Vec<(usize, usize)> {
-    let Some(first) = (from..lines.len()).find(|&index| !yaml_blank(lines[index])) else {
+/// The `- ` items of the block list that starts at the first line in `start..end`, as (first
+/// line, end) ranges; none when that line is not an item.
+fn yaml_items(lines: &[&str], start: usize, end: usize) -> Vec<(usize, usize)> {
+    let end = end.min(lines.len());
+    let Some(first) = (start..end).find(|&index| !yaml_blank(lines[index])) else {
         return Vec::new();
     };
     if !lines[first].trim_start().starts_with('-') {
@@ -519,14 +480,14 @@ fn yaml_items(lines: &[&str], from: usize) -> Vec<(usize, usize)> {
     }
     let indent = yaml_indent(lines[first]);
     let mut starts = Vec::new();
-    let mut end = lines.len();
-    for (index, line) in lines.iter().enumerate().skip(first) {
+    let mut list_end = end;
+    for (index, line) in lines.iter().enumerate().take(end).skip(first) {
         if yaml_blank(line) {
             continue;
         }
         let own = yaml_indent(line);
         if own < indent || (own == indent && !line.trim_start().starts_with('-')) {
-            end = index;
+            list_end = index;
             break;
         }
         if own == indent {
@@ -536,13 +497,143 @@ fn yaml_items(lines: &[&str], from: usize) -> Vec<(usize, usize)> {
     starts
         .iter()
         .enumerate()
-        .map(|(i, &start)| (start, starts.get(i + 1).copied().unwrap_or(end)))
+        .map(|(i, &start)| (start, starts.get(i + 1).copied().unwrap_or(list_end)))
         .collect()
 }
 
 #[cfg(test)]
 mod tests {
-    use super::renumber_checks;
+    use super::{problem_place, renumber_checks, Format, KeyPath};
+
+    const TOML: &str = r#"[agent]
+id = "a"
+
+[agent.web]
+status_page = "off"
+
+[[checks]]
+name = "web"
+type = "http"
+interval = "10s"
+url = "http://x/"
+
+[[checks]]
+type = "tcp"
+name = "db"
+interval = "10s"
+address = "db:5432"
+tls = { ca_file = "/ca.pem", insecure_skip_verify = true }
+[[checks.assertions]]
+key = "latency"
+relationship = "lessThan"
+operand = "1"
+
+[[maintenance]]
+name = "night"
+checks = ["*"]
+at = "02:00"
+duration = "1h"
+"#;
+
+    const YAML: &str = r#"agent:
+  id: a
+  web:
+    status_page: "off"
+checks:
+- name: web
+  type: http
+  interval: 10s
+  url: http://x/
+- type: tcp
+  name: db
+  interval: 10s
+  address: db:5432
+  steps:
+    - send: x
+    - expect: "y"
+  assertions:
+    - key: latency
+      relationship: lessThan
+maintenance:
+  - name: "night"
+    checks: ["*"]
+    at: "02:00"
+"#;
+
+    fn toml(path: KeyPath) -> Option<(usize, usize)> {
+        problem_place(TOML, Format::Toml, None, &path)
+    }
+
+    fn yaml(path: KeyPath) -> Option<(usize, usize)> {
+        problem_place(YAML, Format::Yaml, None, &path)
+    }
+
+    #[test]
+    fn a_toml_path_is_walked_key_by_key() {
+        // A nested key, and a key of a table inline in a check.
+        assert_eq!(toml(KeyPath::dotted("agent.web.status_page")), Some((5, 1)));
+        assert_eq!(
+            toml(KeyPath::check(1).key("tls").key("insecure_skip_verify")),
+            Some((18, 30))
+        );
+        // An entry by position: a check at its name, wherever the name is written.
+        assert_eq!(toml(KeyPath::check(1).key("address")), Some((17, 1)));
+        assert_eq!(toml(KeyPath::check(1)), Some((15, 1)));
+        // An entry without a name at its first key.
+        assert_eq!(
+            toml(KeyPath::check(1).key("assertions").index(0)),
+            Some((20, 1))
+        );
+        // An entry by name.
+        assert_eq!(
+            toml(KeyPath::dotted("maintenance").named("night").key("at")),
+            Some((27, 1))
+        );
+    }
+
+    #[test]
+    fn a_toml_key_not_written_stands_at_the_nearest_one_above_it() {
+        // `timeout` is left to its default: the check's name.
+        assert_eq!(toml(KeyPath::check(0).key("timeout")), Some((8, 1)));
+        // A check past the last, or a name nobody has: the `checks` key.
+        assert_eq!(toml(KeyPath::check(7).key("url")), Some((7, 3)));
+        assert_eq!(
+            toml(KeyPath::dotted("maintenance").named("day")),
+            Some((24, 3))
+        );
+        // A key below a value that is not a table.
+        assert_eq!(toml(KeyPath::dotted("agent.id.x")), Some((2, 1)));
+        // A section not written at all.
+        assert_eq!(toml(KeyPath::dotted("history.path")), None);
+    }
+
+    #[test]
+    fn a_yaml_path_is_walked_key_by_key() {
+        assert_eq!(yaml(KeyPath::dotted("agent.web.status_page")), Some((4, 5)));
+        assert_eq!(yaml(KeyPath::check(1).key("address")), Some((13, 3)));
+        // A check at its name, even when it is not the item's first key.
+        assert_eq!(yaml(KeyPath::check(1)), Some((11, 3)));
+        assert_eq!(yaml(KeyPath::check(1).key("steps").index(1)), Some((16, 7)));
+        assert_eq!(
+            yaml(KeyPath::check(1).key("assertions").index(0)),
+            Some((18, 7))
+        );
+        assert_eq!(
+            yaml(KeyPath::dotted("maintenance").named("night").key("at")),
+            Some((23, 5))
+        );
+        // `name` of the second check, not of the first: keys are looked for in their entry.
+        assert_eq!(yaml(KeyPath::check(1).key("name")), Some((11, 3)));
+    }
+
+    #[test]
+    fn a_yaml_key_not_written_stands_at_the_nearest_one_above_it() {
+        assert_eq!(yaml(KeyPath::check(0).key("timeout")), Some((6, 3)));
+        assert_eq!(yaml(KeyPath::check(9)), Some((5, 1)));
+        // `id` is a key of `agent`, not of `agent.web`.
+        assert_eq!(yaml(KeyPath::dotted("agent.web.id")), Some((3, 3)));
+        assert_eq!(yaml(KeyPath::dotted("history.path")), None);
+    }
 
     #[test]
     fn check_numbers_count_in_the_file() {

@@ -1,12 +1,13 @@
 //! The configuration file: the root `Config`, loading, and the checks that span sections.
 //! Each section is a file that owns its structs, their defaults and their validation
 //! (`agent.rs`, `bus.rs`, `checker.rs`, `runner.rs`, `history.rs`, `check.rs`, `notify.rs`);
-//! `probe.rs` the settings check types share, `bounds.rs` every range. Sections import only
-//! those two, `json_schema.rs` and this file, never each other (the architecture test keeps
-//! them free of circles). Loading never panics: every
-//! problem becomes a `ConfigError` that names the file, and the line and column where the
-//! parser knows them (`locate.rs`). What needs the probe engine or the bus is checked a layer
-//! up, by `validate`.
+//! `probe.rs` the settings check types share, `bounds.rs` every range, `problem.rs` what a
+//! validation problem is (a message and the path of its key). Sections import only those
+//! three, `json_schema.rs` and this file, never each other (the architecture test keeps them
+//! free of circles). Loading never panics: every problem becomes a `ConfigError` that names
+//! the file, and the line and column where the parser knows them or the problem's path leads
+//! (`locate.rs`). What needs the probe engine or the bus is checked a layer up, by
+//! `validate`.
 
 mod agent;
 pub mod blackbox;
@@ -20,6 +21,7 @@ pub mod json_schema;
 mod locate;
 mod notify;
 mod probe;
+mod problem;
 mod runner;
 
 pub use agent::*;
@@ -30,6 +32,7 @@ pub use checker::*;
 pub use history::*;
 pub use notify::*;
 pub use probe::*;
+pub use problem::{Entry, KeyPath, Problem, Problems, Segment};
 pub use runner::*;
 
 use locate::{parse_toml_all, yaml_error};
@@ -98,18 +101,17 @@ impl ConfigError {
         }
     }
 
-    /// `message` (which names its key first, as validation messages do) about the config
-    /// file at `path`, placed at that key's line and column when the file writes it: for the
-    /// checks that need more than the text, such as files the running agent must open.
-    pub fn about_key(path: &Path, message: String) -> ConfigError {
+    /// `problem` about the config file at `path`, placed at its key's line and column when
+    /// the file writes it (or at the nearest key above it that it does): for the checks that
+    /// need more than the text, such as files the running agent must open.
+    pub fn about_key(path: &Path, problem: Problem) -> ConfigError {
         let text = std::fs::read_to_string(path).unwrap_or_default();
-        let place = match Format::for_path(path) {
-            Format::Toml => toml::de::DeTable::parse(&text).ok().and_then(|document| {
-                locate::problem_offset(document.get_ref(), &message)
-                    .map(|offset| locate::line_and_column(&text, offset))
-            }),
-            Format::Yaml => locate::yaml_problem_place(&text, &message),
-        };
+        let place = locate::problem_place(&text, Format::for_path(path), None, &problem.path);
+        ConfigError::placed(path, place, problem.message)
+    }
+
+    /// `message` about the file at `path`, at `place` (line, column) when known.
+    fn placed(path: &Path, place: Option<(usize, usize)>, message: String) -> ConfigError {
         match place {
             Some((line, column)) => ConfigError::InvalidAt {
                 path: path.to_path_buf(),
@@ -138,44 +140,6 @@ impl ConfigError {
             errors.remove(0)
         } else {
             ConfigError::Several(errors)
-        }
-    }
-}
-
-/// Every validation message found, each naming its subject first (a dotted key such as
-/// `agent.id`, or ``check `name`:``), which is how `from_problems` finds its line. A function
-/// returning `Result<(), String>` adds its message with `?` (that stops at it) or, better,
-/// with [`Problems::check`] (which goes on to the next).
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Problems(pub Vec<String>);
-
-impl From<String> for Problems {
-    fn from(message: String) -> Problems {
-        Problems(vec![message])
-    }
-}
-
-impl Problems {
-    /// Keeps the message of a failed check and goes on.
-    pub fn check(&mut self, outcome: Result<(), String>) {
-        if let Err(message) = outcome {
-            self.0.push(message);
-        }
-    }
-
-    pub fn push(&mut self, message: String) {
-        self.0.push(message);
-    }
-
-    pub fn extend(&mut self, other: Problems) {
-        self.0.extend(other.0);
-    }
-
-    pub fn into_result(self) -> Result<(), Problems> {
-        if self.0.is_empty() {
-            Ok(())
-        } else {
-            Err(self)
         }
     }
 }
@@ -282,31 +246,16 @@ impl Config {
         let Some(mut config) = config else {
             return Err(ConfigError::from_list(errors));
         };
-        let mut problems = Problems(check::read_secret_files(&mut config.checks));
+        let mut problems = check::read_secret_files(&mut config.checks);
         problems.check(blackbox::read_into(&mut config, path));
         problems.extend(config.validate().err().unwrap_or_default());
         problems.extend(more(&config).err().unwrap_or_default());
-        for message in problems.0 {
-            let place = match format {
-                Format::Toml => document
-                    .as_ref()
-                    .and_then(|document| locate::problem_offset(document.get_ref(), &message))
-                    .map(|offset| locate::line_and_column(text, offset)),
-                Format::Yaml => locate::yaml_problem_place(text, &message),
-            };
-            let message = locate::renumber_checks(&message, &positions);
-            errors.push(match place {
-                Some((line, column)) => ConfigError::InvalidAt {
-                    path: path.to_path_buf(),
-                    line,
-                    column,
-                    message,
-                },
-                None => ConfigError::Invalid {
-                    path: path.to_path_buf(),
-                    message,
-                },
-            });
+        for problem in problems.0 {
+            // The TOML document holds exactly the checks that parsed, as the config does, so a
+            // path's check index is the same in both.
+            let place = locate::problem_place(text, format, document.as_ref(), &problem.path);
+            let message = locate::renumber_checks(&problem.message, &positions);
+            errors.push(ConfigError::placed(path, place, message));
         }
         if errors.is_empty() {
             Ok(config)
@@ -322,7 +271,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), Problems> {
         let mut problems = Problems::default();
         if self.agent.id.trim().is_empty() {
-            problems.push("agent.id must not be empty".to_string());
+            problems.push(Problem::key("agent.id", "agent.id must not be empty"));
         }
         problems.extend(self.agent.validate_ranges());
         problems.check(self.agent.web.validate());
@@ -336,23 +285,30 @@ impl Config {
         let mut seen: HashMap<&str, usize> = HashMap::new();
         for (index, check) in self.checks.iter().enumerate() {
             if let Some(first) = seen.insert(check.name.as_str(), index) {
-                problems.push(format!(
-                    "check name `{}` is used twice (checks #{} and #{}); names must be unique",
-                    check.name,
-                    first + 1,
-                    index + 1
+                problems.push(Problem::at(
+                    KeyPath::check(index).key("name"),
+                    format!(
+                        "check name `{}` is used twice (checks #{} and #{}); names must be unique",
+                        check.name,
+                        first + 1,
+                        index + 1
+                    ),
                 ));
             }
-            problems.extend(check.validate_ranges());
+            let entry = Entry::check(index, &check.name);
+            problems.extend(check.validate_ranges(&entry));
             let embedded_location =
                 (self.bus.kind == BusKind::Embedded).then_some(self.runner.location.as_str());
-            problems.extend(check.validate_locations(embedded_location));
+            problems.extend(check.validate_locations(&entry, embedded_location));
             let check_type = check.check_type();
             if self.runner.workers.for_type(check_type) == 0 {
-                problems.push(format!(
-                    "check `{}` is of type {check_type}, but runner.workers.{check_type} is 0; \
-                     give that type at least one worker",
-                    check.name
+                problems.push(Problem::at(
+                    entry.path.clone(),
+                    format!(
+                        "check `{}` is of type {check_type}, but runner.workers.{check_type} is 0; \
+                         give that type at least one worker",
+                        check.name
+                    ),
                 ));
             }
         }

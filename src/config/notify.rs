@@ -5,7 +5,7 @@
 //! reads a secret.
 
 use super::bounds::*;
-use super::default_true;
+use super::{default_true, Entry, KeyPath, Problem};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
@@ -208,27 +208,35 @@ pub struct MaintenanceConfig {
 /// The names `days` accepts, Monday first.
 pub const WEEKDAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
 
-/// Checks the notification sections against themselves and the checks.
-pub(super) fn validate(config: &super::Config) -> Result<(), String> {
+/// Checks the notification sections against themselves and the checks; stops at the first
+/// problem.
+pub(super) fn validate(config: &super::Config) -> Result<(), Problem> {
     let mut names = HashSet::new();
-    for notifier in &config.notifiers {
+    for (index, notifier) in config.notifiers.iter().enumerate() {
         let name = &notifier.name;
+        let entry = Entry {
+            subject: format!("notifier `{name}`"),
+            path: KeyPath::dotted("notifiers").index(index),
+        };
         if name.is_empty()
             || !name
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || "_-".contains(c))
         {
-            return Err(format!(
-                "notifier name `{name}` must be non-empty and made of letters, digits, `_` and `-`"
+            return Err(Problem::at(
+                entry.path.key("name"),
+                format!(
+                    "notifier name `{name}` must be non-empty and made of letters, digits, `_` and `-`"
+                ),
             ));
         }
         if !names.insert(name.as_str()) {
-            return Err(format!(
-                "notifier name `{name}` is used twice; names must be unique"
+            return Err(Problem::at(
+                entry.path.key("name"),
+                format!("notifier name `{name}` is used twice; names must be unique"),
             ));
         }
-        let owner = format!("notifier `{name}`");
-        let owner = Some(owner.as_str());
+        let owner = Some(&entry);
         QUEUE_SIZE.check_count(owner, notifier.queue_size as u64)?;
         MAX_ATTEMPTS.check_count(owner, u64::from(notifier.max_attempts))?;
         NOTIFY_TIMEOUT.check_duration(owner, notifier.timeout)?;
@@ -238,53 +246,63 @@ pub(super) fn validate(config: &super::Config) -> Result<(), String> {
             (notifier.repeat_interval, REPEAT_INTERVAL.range)
         {
             if every < min || every > max {
-                return Err(format!(
-                    "notifier `{name}`: repeat_interval must be between {} and {}; leave it out to send no reminders",
-                    humantime::format_duration(min),
-                    humantime::format_duration(max),
+                return Err(entry.problem(
+                    "repeat_interval",
+                    format!(
+                        "repeat_interval must be between {} and {}; leave it out to send no reminders",
+                        humantime::format_duration(min),
+                        humantime::format_duration(max),
+                    ),
                 ));
             }
         }
-        validate_spec(name, &notifier.spec)?;
+        validate_spec(&entry, &notifier.spec)?;
     }
-    for check in &config.checks {
+    for (index, check) in config.checks.iter().enumerate() {
+        let entry = Entry::check(index, &check.name);
         if let Some(states) = &check.notify_on {
             if !states.contains(&NotifyOn::Fail) {
-                return Err(format!(
-                    "check `{}`: notify_on must include \"fail\" (\"warn\" adds warnings to it)",
-                    check.name
+                return Err(entry.problem(
+                    "notify_on",
+                    "notify_on must include \"fail\" (\"warn\" adds warnings to it)",
                 ));
             }
         }
         for wanted in check.notify.iter().flatten() {
             if !names.contains(wanted.as_str()) {
-                return Err(format!(
-                    "check `{}` notifies `{wanted}`, but no [[notifiers]] entry has that name",
-                    check.name
+                return Err(Problem::at(
+                    entry.path.key("notify"),
+                    format!(
+                        "check `{}` notifies `{wanted}`, but no [[notifiers]] entry has that name",
+                        check.name
+                    ),
                 ));
             }
         }
     }
-    for window in &config.maintenance {
-        validate_window(window)?;
+    for (index, window) in config.maintenance.iter().enumerate() {
+        let entry = Entry {
+            subject: format!("maintenance `{}`", window.name),
+            path: KeyPath::dotted("maintenance").index(index),
+        };
+        validate_window(&entry, window)?;
     }
     Ok(())
 }
 
-fn validate_spec(name: &str, spec: &NotifierSpec) -> Result<(), String> {
+fn validate_spec(entry: &Entry, spec: &NotifierSpec) -> Result<(), Problem> {
     let one_url = |url: &Option<String>, file: &Option<PathBuf>| match (url, file) {
         (Some(_), None) | (None, Some(_)) => Ok(()),
-        _ => Err(format!(
-            "notifier `{name}`: set exactly one of url and url_file"
-        )),
+        _ => Err(entry.problem("url", "set exactly one of url and url_file")),
     };
     match spec {
         NotifierSpec::Alertmanager(am) => {
-            http_url(name, &am.url)?;
+            http_url(entry, &am.url)?;
             for reserved in ["alertname", "check", "type", "severity"] {
                 if am.labels.contains_key(reserved) {
-                    return Err(format!(
-                        "notifier `{name}`: labels.{reserved} is set by bastion; choose another label name"
+                    return Err(entry.problem(
+                        &format!("labels.{reserved}"),
+                        format!("labels.{reserved} is set by bastion; choose another label name"),
                     ));
                 }
             }
@@ -295,26 +313,27 @@ fn validate_spec(name: &str, spec: &NotifierSpec) -> Result<(), String> {
             webhook
                 .url
                 .as_deref()
-                .map_or(Ok(()), |url| http_url(name, url))
+                .map_or(Ok(()), |url| http_url(entry, url))
         }
         NotifierSpec::Slack(slack) => {
             one_url(&slack.url, &slack.url_file)?;
             slack
                 .url
                 .as_deref()
-                .map_or(Ok(()), |url| http_url(name, url))
+                .map_or(Ok(()), |url| http_url(entry, url))
         }
-        NotifierSpec::Pagerduty(pd) => http_url(name, &pd.url),
+        NotifierSpec::Pagerduty(pd) => http_url(entry, &pd.url),
         NotifierSpec::Email(email) => {
             if let Some(port) = email.smtp_port {
-                SMTP_PORT.check_count(Some(&format!("notifier `{name}`")), u64::from(port))?;
+                SMTP_PORT.check_count(Some(entry), u64::from(port))?;
             }
             if email.to.is_empty() {
-                return Err(format!("notifier `{name}`: to needs at least one address"));
+                return Err(entry.problem("to", "to needs at least one address"));
             }
             if email.username.is_some() != email.password_file.is_some() {
-                return Err(format!(
-                    "notifier `{name}`: username and password_file go together; set both or neither"
+                return Err(entry.problem(
+                    "username",
+                    "username and password_file go together; set both or neither",
                 ));
             }
             Ok(())
@@ -323,66 +342,87 @@ fn validate_spec(name: &str, spec: &NotifierSpec) -> Result<(), String> {
 }
 
 /// An `http://` or `https://` URL; the text is not repeated in the error, it may hold a token.
-fn http_url(name: &str, url: &str) -> Result<(), String> {
+fn http_url(entry: &Entry, url: &str) -> Result<(), Problem> {
     let lower = url.to_ascii_lowercase();
     if lower.starts_with("http://") || lower.starts_with("https://") {
         Ok(())
     } else {
-        Err(format!(
-            "notifier `{name}`: url must start with http:// or https://"
-        ))
+        Err(entry.problem("url", "url must start with http:// or https://"))
     }
 }
 
-fn validate_window(window: &MaintenanceConfig) -> Result<(), String> {
+fn validate_window(entry: &Entry, window: &MaintenanceConfig) -> Result<(), Problem> {
     let name = &window.name;
     if window.checks.is_empty() {
-        return Err(format!(
-            "maintenance `{name}`: checks is empty; list check names or globs (\"*\" for all)"
+        return Err(entry.problem(
+            "checks",
+            "checks is empty; list check names or globs (\"*\" for all)",
         ));
     }
     let one_off = window.start.is_some() || window.end.is_some();
     let recurring = window.at.is_some() || window.duration.is_some() || !window.days.is_empty();
     match (one_off, recurring) {
-        (true, true) => Err(format!(
-            "maintenance `{name}`: give start and end (one-off) or at and duration (recurring), not both"
+        (true, true) => Err(entry.problem(
+            "",
+            "give start and end (one-off) or at and duration (recurring), not both",
         )),
-        (false, false) => Err(format!(
-            "maintenance `{name}`: give start and end (one-off) or at and duration (recurring)"
+        (false, false) => Err(entry.problem(
+            "",
+            "give start and end (one-off) or at and duration (recurring)",
         )),
         (true, false) => {
             let (Some(start), Some(end)) = (&window.start, &window.end) else {
-                return Err(format!("maintenance `{name}`: start and end go together"));
+                return Err(entry.problem(
+                    if window.start.is_some() {
+                        "start"
+                    } else {
+                        "end"
+                    },
+                    "start and end go together",
+                ));
             };
-            let start = parse_timestamp(name, "start", start)?;
-            let end = parse_timestamp(name, "end", end)?;
+            let start = parse_timestamp(name, "start", start)
+                .map_err(|message| Problem::at(entry.path.clone().key("start"), message))?;
+            let end = parse_timestamp(name, "end", end)
+                .map_err(|message| Problem::at(entry.path.clone().key("end"), message))?;
             if end <= start {
-                return Err(format!("maintenance `{name}`: end must be after start"));
+                return Err(entry.problem("end", "end must be after start"));
             }
             Ok(())
         }
         (false, true) => {
             let (Some(at), Some(duration)) = (&window.at, window.duration) else {
-                return Err(format!("maintenance `{name}`: at and duration go together"));
+                return Err(entry.problem(
+                    if window.at.is_some() {
+                        "at"
+                    } else {
+                        "duration"
+                    },
+                    "at and duration go together",
+                ));
             };
             parse_time_of_day(at)
-                .ok_or_else(|| format!("maintenance `{name}`: at `{at}` is not a time HH:MM"))?;
+                .ok_or_else(|| entry.problem("at", format!("at `{at}` is not a time HH:MM")))?;
             if WINDOW_DURATION.check_duration(None, duration).is_err() {
-                return Err(format!(
-                    "maintenance `{name}`: duration must be longer than 0s and at most 7d"
-                ));
+                return Err(
+                    entry.problem("duration", "duration must be longer than 0s and at most 7d")
+                );
             }
             for day in &window.days {
                 if !WEEKDAYS.contains(&day.as_str()) {
-                    return Err(format!(
-                        "maintenance `{name}`: day `{day}` is not one of mon, tue, wed, thu, fri, sat, sun"
+                    return Err(entry.problem(
+                        "days",
+                        format!("day `{day}` is not one of mon, tue, wed, thu, fri, sat, sun"),
                     ));
                 }
             }
             jiff::tz::TimeZone::get(&window.time_zone).map_err(|_| {
-                format!(
-                    "maintenance `{name}`: time_zone `{}` is not a known IANA time zone (such as Europe/Berlin or UTC)",
-                    window.time_zone
+                entry.problem(
+                    "time_zone",
+                    format!(
+                        "time_zone `{}` is not a known IANA time zone (such as Europe/Berlin or UTC)",
+                        window.time_zone
+                    ),
                 )
             })?;
             Ok(())

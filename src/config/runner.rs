@@ -2,7 +2,7 @@
 //! and validation.
 
 use super::bounds::*;
-use super::Problems;
+use super::{Problem, Problems};
 use crate::model::CheckType;
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -156,7 +156,10 @@ impl RunnerConfig {
             }
         }
         if let Err(message) = location_name(&self.location) {
-            problems.push(format!("runner.location {message}"));
+            problems.push(Problem::key(
+                "runner.location",
+                format!("runner.location {message}"),
+            ));
         }
         problems
     }

@@ -358,6 +358,62 @@ url = \"http://y/\"
     assert!(message.contains("3 errors in the config"), "{message}");
 }
 
+/// A problem is placed by where its code says it is, not by its text: of two checks named
+/// `web`, the messages about the second one (which name it `web` too, or start with other
+/// words than their key) stand at its keys, and a check that did not parse before them does
+/// not shift them.
+#[test]
+fn validate_places_a_problem_by_its_path_not_its_text() {
+    let text = "\
+[[checks]]
+name = \"api\"
+type = \"http\"
+interval = \"10 parsecs\"
+url = \"http://x/\"
+
+[[checks]]
+name = \"web\"
+type = \"http\"
+interval = \"5s\"
+url = \"http://x/\"
+
+[[checks]]
+type = \"http\"
+url = \"http://y/\"
+interval = \"5s\"
+timeout = \"5s\"
+name = \"web\"
+notify = [\"pager\"]
+";
+    let path = write_config("twice.toml", text);
+    let output = bastion(&["validate", "--config", path.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    let shown = path.display().to_string();
+    let lines: Vec<String> = stderr(&output).lines().map(str::to_string).collect();
+    let expected = [
+        format!("error: {shown}:4:12: invalid value: string \"10 parsecs\", expected a duration"),
+        format!("error: {shown}:17:1: check `web`: timeout 5s must be shorter than interval 5s"),
+        format!("error: {shown}:18:1: check name `web` is used twice (checks #2 and #3); names must be unique"),
+        format!("error: {shown}:19:1: check `web` notifies `pager`, but no [[notifiers]] entry has that name"),
+        "4 errors in the config".to_string(),
+    ];
+    assert_eq!(lines, expected);
+    let path = write_config(
+        "twice.yaml",
+        "checks:\n  - name: web\n    type: http\n    interval: 5s\n    url: http://x/\n  - type: http\n    url: http://y/\n    interval: 5s\n    timeout: 5s\n    name: web\n    notify: [pager]\n",
+    );
+    let output = bastion(&["validate", "--config", path.to_str().unwrap()]);
+    let shown = path.display().to_string();
+    let lines: Vec<String> = stderr(&output).lines().map(str::to_string).collect();
+    let expected = [
+        format!("error: {shown}:9:5: check `web`: timeout 5s must be shorter than interval 5s"),
+        format!("error: {shown}:10:5: check name `web` is used twice (checks #1 and #2); names must be unique"),
+        format!("error: {shown}:11:5: check `web` notifies `pager`, but no [[notifiers]] entry has that name"),
+        "3 errors in the config".to_string(),
+    ];
+    assert_eq!(lines, expected);
+}
+
 #[test]
 fn version_names_the_commit_and_the_target() {
     let output = bastion(&["--version"]);
