@@ -1,6 +1,7 @@
 //! The history writer: one task that owns the database's write side. It takes records from
 //! the bounded channel the sink fills, and every `flush_interval` writes what it holds in one
-//! transaction: the runs (with their compact per-instance detail), the hourly and daily
+//! transaction (a backlog in parts of `RUNS_PER_TRANSACTION` runs, each committed on its own):
+//! the runs (with their compact per-instance detail), the hourly and daily
 //! rollups they change (merged with the stored row, kept in a cache of open buckets), the
 //! state changes and the incidents they open or close. A batch that fails is kept and retried
 //! with a backoff (1 s doubling to 30 s) while new records wait in the channel; once both are
@@ -49,6 +50,14 @@ pub const FINAL_FLUSH: Duration = Duration::from_secs(5);
 /// How long one attempt may take before it is given up (and retried): a database that
 /// hangs must not hold the batch, or the shutdown, for ever.
 const ATTEMPT_LIMIT: Duration = Duration::from_secs(30);
+/// Runs written in one transaction at most. A backlog (the database was away, or runs come
+/// faster than it takes them) is written in parts of this size, each committed on its own,
+/// so every attempt makes progress: one transaction of the whole 65,536-record buffer could
+/// outlast `ATTEMPT_LIMIT`, be rolled back, and be tried again whole, writing nothing ever.
+const RUNS_PER_TRANSACTION: usize = 8_192;
+/// After this long an attempt commits no further part: the rest waits for the next attempt,
+/// a flush interval later, so the writer takes in what waits in the lanes meanwhile.
+const ATTEMPT_BUDGET: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct RollupKey {
@@ -100,6 +109,41 @@ struct Batch {
 impl Batch {
     fn len(&self) -> usize {
         self.runs.len() + self.transitions.len() + self.incidents.len()
+    }
+
+    /// The next part to write: at most `RUNS_PER_TRANSACTION` runs from the front; the state
+    /// changes and incidents go with the part that holds the last run (an incident closed by
+    /// reconciliation ends at its check's last run written).
+    fn next_part(&self) -> Part {
+        let runs = self.runs.len().min(RUNS_PER_TRANSACTION);
+        let last = runs == self.runs.len();
+        Part {
+            runs,
+            transitions: if last { self.transitions.len() } else { 0 },
+            incidents: if last { self.incidents.len() } else { 0 },
+        }
+    }
+
+    /// Removes a part once it is committed.
+    fn remove(&mut self, part: Part) {
+        self.runs.drain(..part.runs);
+        self.transitions.drain(..part.transitions);
+        self.incidents.drain(..part.incidents);
+    }
+}
+
+/// How many records from the front of each list of the batch one transaction writes. The
+/// records stay in the batch until it commits: an attempt given up halfway loses nothing.
+#[derive(Debug, Clone, Copy)]
+struct Part {
+    runs: usize,
+    transitions: usize,
+    incidents: usize,
+}
+
+impl Part {
+    fn len(self) -> usize {
+        self.runs + self.transitions + self.incidents
     }
 }
 
@@ -214,10 +258,32 @@ impl Writer {
     /// to try next.
     async fn attempt_until_closed(&mut self, closed: &CancellationToken) -> Instant {
         let written = tokio::select! {
-            written = tokio::time::timeout(ATTEMPT_LIMIT, self.attempt()) => written.unwrap_or(false),
+            written = tokio::time::timeout(ATTEMPT_LIMIT, self.attempt()) => match written {
+                Ok(written) => written,
+                Err(_) => {
+                    // The database did not answer in time: a failed attempt like any other,
+                    // counted and logged; the parts committed before it stay written.
+                    self.failures += 1;
+                    self.metrics.history_write_errors.inc();
+                    if self.failures == 1 || self.failures.is_multiple_of(10) {
+                        tracing::warn!(
+                            backend = self.db.backend(),
+                            attempts = self.failures,
+                            records = self.pending.len(),
+                            "writing history took longer than {}s; keeping the rest of the batch and retrying",
+                            ATTEMPT_LIMIT.as_secs()
+                        );
+                    }
+                    false
+                }
+            },
             _ = closed.cancelled() => false,
         };
-        if written {
+        if written && self.pending.len() > 0 {
+            // A backlog the attempt's budget did not cover: on at once, after taking in
+            // what waits in the lanes.
+            Instant::now()
+        } else if written {
             Instant::now() + self.config.flush_interval
         } else {
             Instant::now() + self.backoff()
@@ -340,61 +406,82 @@ impl Writer {
             self.ready.store(true, Ordering::Release);
             tracing::info!(backend = self.db.backend(), "history database ready");
         }
-        let count = self.pending.len();
-        if count == 0 {
-            return Ok(0);
+        let started = Instant::now();
+        let mut written = 0;
+        while self.pending.len() > 0 {
+            let part = self.pending.next_part();
+            self.resolve_ids(part).await?;
+            let merged = self.write_part(part).await?;
+            self.rollups.extend(merged);
+            self.pending.remove(part);
+            written += part.len();
+            if started.elapsed() >= ATTEMPT_BUDGET {
+                break;
+            }
         }
-        self.resolve_ids().await?;
-        let merged = self.write_batch().await?;
-        self.rollups.extend(merged);
         self.evict_closed_buckets();
-        self.pending = Batch::default();
-        Ok(count)
+        Ok(written)
     }
 
-    /// Ids for the checks and instances of the batch, created when new.
-    async fn resolve_ids(&mut self) -> Result<(), super::HistoryError> {
+    /// Ids for the checks and instances of a part of the batch, created when new.
+    async fn resolve_ids(&mut self, part: Part) -> Result<(), super::HistoryError> {
         let now = Instant::now();
         self.ids.sweep(now);
         let mut checks: Vec<Arc<str>> = Vec::new();
         let mut listed: HashSet<Arc<str>> = HashSet::new();
-        for check in self
-            .pending
-            .runs
+        for check in self.pending.runs[..part.runs]
             .iter()
             .map(|run| &run.check)
-            .chain(self.pending.transitions.iter().map(|t| &t.check))
+            .chain(
+                self.pending.transitions[..part.transitions]
+                    .iter()
+                    .map(|t| &t.check),
+            )
             .cloned()
-            .chain(self.pending.incidents.iter().flat_map(|op| {
-                match op {
-                    IncidentOp::Reconcile { open } => open
-                        .iter()
-                        .map(|episode| Arc::from(episode.check.as_str()))
-                        .collect::<Vec<Arc<str>>>(),
-                    other => other.check().map(Arc::from).into_iter().collect(),
-                }
-            }))
+            .chain(
+                self.pending.incidents[..part.incidents]
+                    .iter()
+                    .flat_map(|op| match op {
+                        IncidentOp::Reconcile { open } => open
+                            .iter()
+                            .map(|episode| Arc::from(episode.check.as_str()))
+                            .collect::<Vec<Arc<str>>>(),
+                        other => other.check().map(Arc::from).into_iter().collect(),
+                    }),
+            )
         {
             if !self.ids.touch_check(&check, now) && listed.insert(Arc::clone(&check)) {
                 checks.push(check);
             }
         }
-        for check in checks {
-            let id = on_pool!(&self.db, pool => {
-                sqlx::query("INSERT INTO checks (name) VALUES ($1) ON CONFLICT (name) DO NOTHING")
-                    .bind(&*check)
-                    .execute(pool)
-                    .await?;
-                sqlx::query_scalar::<_, i64>("SELECT id FROM checks WHERE name = $1")
-                    .bind(&*check)
-                    .fetch_one(pool)
-                    .await?
+        // New names in one transaction: thousands of checks appear at once on a first start
+        // or a reload, and a commit per name would be most of the first batch's time.
+        if !checks.is_empty() {
+            let ids: Vec<i64> = on_pool!(&self.db, pool => {
+                let mut tx = pool.begin().await?;
+                let mut ids = Vec::with_capacity(checks.len());
+                for check in &checks {
+                    sqlx::query("INSERT INTO checks (name) VALUES ($1) ON CONFLICT (name) DO NOTHING")
+                        .bind(&**check)
+                        .execute(&mut *tx)
+                        .await?;
+                    ids.push(
+                        sqlx::query_scalar::<_, i64>("SELECT id FROM checks WHERE name = $1")
+                            .bind(&**check)
+                            .fetch_one(&mut *tx)
+                            .await?,
+                    );
+                }
+                tx.commit().await?;
+                ids
             });
-            self.ids.insert_check(check, id, now);
+            for (check, id) in checks.into_iter().zip(ids) {
+                self.ids.insert_check(check, id, now);
+            }
         }
         let mut instances: Vec<(i64, &str)> = Vec::new();
         let mut seen: HashSet<(i64, &str)> = HashSet::new();
-        for run in &self.pending.runs {
+        for run in &self.pending.runs[..part.runs] {
             let check_id = self.ids.check(&run.check).unwrap_or_default();
             for sample in &run.samples {
                 let address = sample.instance.as_str();
@@ -405,25 +492,35 @@ impl Writer {
                 }
             }
         }
-        for (check_id, address) in instances {
-            let id = on_pool!(&self.db, pool => {
-                sqlx::query(
-                    "INSERT INTO instances (check_id, address) VALUES ($1, $2) \
-                     ON CONFLICT (check_id, address) DO NOTHING",
-                )
-                .bind(check_id)
-                .bind(address)
-                .execute(pool)
-                .await?;
-                sqlx::query_scalar::<_, i64>(
-                    "SELECT id FROM instances WHERE check_id = $1 AND address = $2",
-                )
-                .bind(check_id)
-                .bind(address)
-                .fetch_one(pool)
-                .await?
+        if !instances.is_empty() {
+            let ids: Vec<i64> = on_pool!(&self.db, pool => {
+                let mut tx = pool.begin().await?;
+                let mut ids = Vec::with_capacity(instances.len());
+                for (check_id, address) in &instances {
+                    sqlx::query(
+                        "INSERT INTO instances (check_id, address) VALUES ($1, $2) \
+                         ON CONFLICT (check_id, address) DO NOTHING",
+                    )
+                    .bind(*check_id)
+                    .bind(*address)
+                    .execute(&mut *tx)
+                    .await?;
+                    ids.push(
+                        sqlx::query_scalar::<_, i64>(
+                            "SELECT id FROM instances WHERE check_id = $1 AND address = $2",
+                        )
+                        .bind(*check_id)
+                        .bind(*address)
+                        .fetch_one(&mut *tx)
+                        .await?,
+                    );
+                }
+                tx.commit().await?;
+                ids
             });
-            self.ids.insert_instance(check_id, address, id, now);
+            for ((check_id, address), id) in instances.into_iter().zip(ids) {
+                self.ids.insert_instance(check_id, address, id, now);
+            }
         }
         Ok(())
     }
@@ -487,10 +584,14 @@ impl Writer {
         deltas
     }
 
-    /// Writes the batch in one transaction; returns the merged rollups to cache. Only runs
-    /// actually inserted are rolled up: a result delivered twice (a JetStream publish retried
-    /// after a lost acknowledgement) is one run, in the runs and in the rollups.
-    async fn write_batch(&self) -> Result<HashMap<RollupKey, Rollup>, super::HistoryError> {
+    /// Writes a part of the batch in one transaction; returns the merged rollups to cache.
+    /// Only runs actually inserted are rolled up: a result delivered twice (a JetStream
+    /// publish retried after a lost acknowledgement, or a part written again after its
+    /// commit's answer was lost) is one run, in the runs and in the rollups.
+    async fn write_part(
+        &self,
+        part: Part,
+    ) -> Result<HashMap<RollupKey, Rollup>, super::HistoryError> {
         let mut merged: HashMap<RollupKey, Rollup> = HashMap::new();
         let lock = match &self.db {
             super::db::Db::Postgres(_) if !self.sole_writer => " FOR UPDATE",
@@ -502,8 +603,9 @@ impl Writer {
         );
         on_pool!(&self.db, pool => {
             let mut tx = pool.begin().await?;
-            let mut inserted: Vec<&RunRecord> = Vec::with_capacity(self.pending.runs.len());
-            for run in &self.pending.runs {
+            let runs = &self.pending.runs[..part.runs];
+            let mut inserted: Vec<&RunRecord> = Vec::with_capacity(runs.len());
+            for run in runs {
                 let check_id = self.check_id(&run.check);
                 let done = sqlx::query(
                     "INSERT INTO runs (check_id, at_ms, outcome, detail) VALUES ($1, $2, $3, $4) \
@@ -563,7 +665,7 @@ impl Writer {
                 .await?;
                 merged.insert(key, row);
             }
-            for transition in &self.pending.transitions {
+            for transition in &self.pending.transitions[..part.transitions] {
                 sqlx::query(
                     "INSERT INTO transitions (check_id, at_ms, from_state, to_state, failing, instances) \
                      VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (check_id, at_ms) DO NOTHING",
@@ -577,7 +679,7 @@ impl Writer {
                 .execute(&mut *tx)
                 .await?;
             }
-            for op in &self.pending.incidents {
+            for op in &self.pending.incidents[..part.incidents] {
                 match op {
                     IncidentOp::Open { episode, cause } => {
                         let check_id = self.check_id(&episode.check);
@@ -759,5 +861,116 @@ pub fn sample_code(outcome: Outcome, error: Option<crate::model::ErrorKind>) -> 
             .position(|known| *known == kind)
             .map_or(1, |at| 2 + at as u8),
         (_, None) => 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::history::{Sample, TransitionRecord};
+    use crate::model::CheckState;
+    use std::time::UNIX_EPOCH;
+
+    fn run(check: usize) -> RunRecord {
+        let at = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        RunRecord {
+            check: Arc::from(format!("c{check}")),
+            scheduled_at: at,
+            finished_at: at,
+            outcome: Outcome::Up,
+            samples: vec![Sample {
+                instance: "127.0.0.1:80".into(),
+                outcome: Outcome::Up,
+                error: None,
+                phases: [0.001; 6],
+                message: None,
+            }],
+            location: None,
+        }
+    }
+
+    fn transition(check: usize) -> TransitionRecord {
+        TransitionRecord {
+            check: Arc::from(format!("c{check}")),
+            from: CheckState::Ok,
+            to: CheckState::Fail,
+            at: UNIX_EPOCH + Duration::from_secs(1_800_000_000),
+            failing: 1,
+            instances: 1,
+        }
+    }
+
+    /// The parts a batch of `runs` runs and 3 state changes is written in: (runs, state
+    /// changes) of each.
+    fn parts(runs: usize) -> Vec<(usize, usize)> {
+        let mut batch = Batch {
+            runs: (0..runs).map(run).collect(),
+            transitions: (0..3).map(transition).collect(),
+            incidents: Vec::new(),
+        };
+        let mut parts = Vec::new();
+        while batch.len() > 0 {
+            let part = batch.next_part();
+            parts.push((part.runs, part.transitions));
+            batch.remove(part);
+        }
+        parts
+    }
+
+    #[test]
+    fn a_part_holds_at_most_a_transactions_runs_and_the_state_changes_go_with_the_last() {
+        let most = RUNS_PER_TRANSACTION;
+        assert_eq!(parts(0), [(0, 3)]);
+        assert_eq!(parts(most - 1), [(most - 1, 3)]);
+        assert_eq!(parts(most), [(most, 3)]);
+        assert_eq!(parts(most + 1), [(most, 0), (1, 3)]);
+        assert_eq!(parts(2 * most + 1), [(most, 0), (most, 0), (1, 3)]);
+    }
+
+    /// A backlog of more runs than one transaction holds, every run of another check (each
+    /// new to the database): every attempt commits at least one part (an attempt past its
+    /// budget leaves the rest to the next), and the whole backlog is written.
+    #[tokio::test]
+    async fn a_backlog_larger_than_a_transaction_is_written_whole_in_parts() {
+        let dir = std::env::temp_dir().join(format!(
+            "bastion-writer-parts-{}-{}",
+            std::process::id(),
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = HistoryConfig {
+            path: dir.join("history.db"),
+            ..HistoryConfig::default()
+        };
+        let metrics = Arc::new(Metrics::new());
+        let history = crate::history::History::open(&config, Arc::clone(&metrics), true).unwrap();
+        let mut writer = history.writer;
+        let runs = 2 * RUNS_PER_TRANSACTION + 1;
+        writer.pending.runs = (0..runs).map(run).collect();
+        writer.pending.transitions = vec![transition(0)];
+        let mut attempts = 0;
+        while writer.pending.len() > 0 {
+            let before = writer.pending.len();
+            assert!(writer.attempt().await, "the attempt wrote");
+            assert!(
+                before - writer.pending.len() >= RUNS_PER_TRANSACTION.min(before),
+                "an attempt committed at least a part"
+            );
+            attempts += 1;
+            assert!(attempts <= 3, "three parts, three attempts at most");
+        }
+        assert_eq!(metrics.history_written.get(), runs as u64 + 1);
+        let (stored, changes): (i64, i64) = on_pool!(&writer.db, pool => {
+            (
+                sqlx::query_scalar("SELECT COUNT(*) FROM runs").fetch_one(pool).await.unwrap(),
+                sqlx::query_scalar("SELECT COUNT(*) FROM transitions").fetch_one(pool).await.unwrap(),
+            )
+        });
+        assert_eq!((stored, changes), (runs as i64, 1));
+        writer.db.close().await;
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
