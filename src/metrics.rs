@@ -759,7 +759,7 @@ impl Metrics {
         );
         registry.agent(
             "bastion_history_write_seconds",
-            "Time to write one batch of history (a backlog: one attempt, in transactions of at most 8192 runs)",
+            "Time to write one transaction of history (a batch, or one part of at most 8192 runs of a backlog)",
             self.history_write_seconds.clone(),
         );
     }

@@ -111,16 +111,15 @@ impl Batch {
         self.runs.len() + self.transitions.len() + self.incidents.len()
     }
 
-    /// The next part to write: at most `RUNS_PER_TRANSACTION` runs from the front; the state
-    /// changes and incidents go with the part that holds the last run (an incident closed by
-    /// reconciliation ends at its check's last run written).
+    /// The next part to write: at most `RUNS_PER_TRANSACTION` runs, state changes and
+    /// incident operations each, from the front. State changes and incidents go with the
+    /// first parts, never behind a backlog of runs: they are few, and what an operator reads
+    /// first (a steady backlog of runs must not starve them until their lanes overflow).
     fn next_part(&self) -> Part {
-        let runs = self.runs.len().min(RUNS_PER_TRANSACTION);
-        let last = runs == self.runs.len();
         Part {
-            runs,
-            transitions: if last { self.transitions.len() } else { 0 },
-            incidents: if last { self.incidents.len() } else { 0 },
+            runs: self.runs.len().min(RUNS_PER_TRANSACTION),
+            transitions: self.transitions.len().min(RUNS_PER_TRANSACTION),
+            incidents: self.incidents.len().min(RUNS_PER_TRANSACTION),
         }
     }
 
@@ -263,6 +262,7 @@ impl Writer {
                 Err(_) => {
                     // The database did not answer in time: a failed attempt like any other,
                     // counted and logged; the parts committed before it stay written.
+                    self.forget_cached_rollups();
                     self.failures += 1;
                     self.metrics.history_write_errors.inc();
                     if self.failures == 1 || self.failures.is_multiple_of(10) {
@@ -277,7 +277,10 @@ impl Writer {
                     false
                 }
             },
-            _ = closed.cancelled() => false,
+            _ = closed.cancelled() => {
+                self.forget_cached_rollups();
+                false
+            }
         };
         if written && self.pending.len() > 0 {
             // A backlog the attempt's budget did not cover: on at once, after taking in
@@ -336,6 +339,14 @@ impl Writer {
         self.pending.runs.push(run);
     }
 
+    /// After an attempt that failed or was cut short: a part may have committed without this
+    /// writer knowing (its commit's answer lost with the attempt), so the cached rollup rows
+    /// may be behind the database, and a later part would write over the increments it
+    /// missed. The rows are read again instead.
+    fn forget_cached_rollups(&mut self) {
+        self.rollups.clear();
+    }
+
     fn backoff(&self) -> Duration {
         let exponent = self.failures.saturating_sub(1).min(5);
         Duration::from_secs(1u64 << exponent).min(MAX_BACKOFF)
@@ -359,13 +370,7 @@ impl Writer {
         self.ticks.expire(started, &mut self.pending.runs);
         let outcome = self.write_pending().await;
         match outcome {
-            Ok(written) => {
-                if written > 0 {
-                    self.metrics
-                        .history_write_seconds
-                        .observe(started.elapsed().as_secs_f64());
-                    self.metrics.history_written.inc_by(written as u64);
-                }
+            Ok(_) => {
                 if self.failures > 0 {
                     tracing::info!(
                         backend = self.db.backend(),
@@ -380,6 +385,7 @@ impl Writer {
                 true
             }
             Err(error) => {
+                self.forget_cached_rollups();
                 self.failures += 1;
                 self.metrics.history_write_errors.inc();
                 // Once, then every tenth attempt: a database that stays down must not flood
@@ -410,11 +416,17 @@ impl Writer {
         let mut written = 0;
         while self.pending.len() > 0 {
             let part = self.pending.next_part();
+            let part_started = Instant::now();
             self.resolve_ids(part).await?;
             let merged = self.write_part(part).await?;
             self.rollups.extend(merged);
             self.pending.remove(part);
             written += part.len();
+            // Counted per part committed: an attempt that fails later keeps these written.
+            self.metrics
+                .history_write_seconds
+                .observe(part_started.elapsed().as_secs_f64());
+            self.metrics.history_written.inc_by(part.len() as u64);
             if started.elapsed() >= ATTEMPT_BUDGET {
                 break;
             }
@@ -587,7 +599,8 @@ impl Writer {
     /// Writes a part of the batch in one transaction; returns the merged rollups to cache.
     /// Only runs actually inserted are rolled up: a result delivered twice (a JetStream
     /// publish retried after a lost acknowledgement, or a part written again after its
-    /// commit's answer was lost) is one run, in the runs and in the rollups.
+    /// commit's answer was lost) is one run, in the runs and in the rollups; the rollup rows
+    /// cached are dropped after such a loss (`forget_cached_rollups`), so they are read again.
     async fn write_part(
         &self,
         part: Part,
@@ -900,12 +913,12 @@ mod tests {
         }
     }
 
-    /// The parts a batch of `runs` runs and 3 state changes is written in: (runs, state
-    /// changes) of each.
-    fn parts(runs: usize) -> Vec<(usize, usize)> {
+    /// The parts a batch of `runs` runs and `changes` state changes is written in: (runs,
+    /// state changes) of each.
+    fn parts(runs: usize, changes: usize) -> Vec<(usize, usize)> {
         let mut batch = Batch {
             runs: (0..runs).map(run).collect(),
-            transitions: (0..3).map(transition).collect(),
+            transitions: (0..changes).map(transition).collect(),
             incidents: Vec::new(),
         };
         let mut parts = Vec::new();
@@ -918,13 +931,25 @@ mod tests {
     }
 
     #[test]
-    fn a_part_holds_at_most_a_transactions_runs_and_the_state_changes_go_with_the_last() {
+    fn a_part_holds_at_most_a_transactions_runs_and_the_state_changes_go_first() {
         let most = RUNS_PER_TRANSACTION;
-        assert_eq!(parts(0), [(0, 3)]);
-        assert_eq!(parts(most - 1), [(most - 1, 3)]);
-        assert_eq!(parts(most), [(most, 3)]);
-        assert_eq!(parts(most + 1), [(most, 0), (1, 3)]);
-        assert_eq!(parts(2 * most + 1), [(most, 0), (most, 0), (1, 3)]);
+        assert_eq!(parts(0, 3), [(0, 3)]);
+        assert_eq!(parts(most - 1, 3), [(most - 1, 3)]);
+        assert_eq!(parts(most, 3), [(most, 3)]);
+        // State changes never wait behind a backlog of runs.
+        assert_eq!(parts(most + 1, 3), [(most, 3), (1, 0)]);
+        assert_eq!(parts(2 * most + 1, 3), [(most, 3), (most, 0), (1, 0)]);
+        // And are bounded per part like the runs.
+        assert_eq!(parts(1, most + 1), [(1, most), (0, 1)]);
+    }
+
+    /// How many writes `bastion_history_write_seconds` observed, from the exposition.
+    fn histogram_count(metrics: &Metrics) -> u64 {
+        let text = metrics.render();
+        text.lines()
+            .find_map(|line| line.strip_prefix("bastion_history_write_seconds_count "))
+            .and_then(|value| value.trim().parse().ok())
+            .unwrap_or(u64::MAX)
     }
 
     /// A backlog of more runs than one transaction holds, every run of another check (each
@@ -963,6 +988,8 @@ mod tests {
             assert!(attempts <= 3, "three parts, three attempts at most");
         }
         assert_eq!(metrics.history_written.get(), runs as u64 + 1);
+        // One observation per part committed.
+        assert_eq!(histogram_count(&metrics), 3);
         let (stored, changes): (i64, i64) = on_pool!(&writer.db, pool => {
             (
                 sqlx::query_scalar("SELECT COUNT(*) FROM runs").fetch_one(pool).await.unwrap(),
