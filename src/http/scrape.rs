@@ -157,30 +157,30 @@ pub(super) struct ScrapeBody {
 impl ScrapeBody {
     /// `text` as the client takes it: gzipped (at the fastest level: the agent's CPU is for
     /// probes) when it accepts gzip and the text is large enough to be worth it. Each chunk
-    /// of text is dropped once it is compressed.
-    fn encode(text: ChunkedText, gzip: bool) -> ScrapeBody {
+    /// of text is dropped once it is compressed. None when gzip fails (it writes to memory,
+    /// so it should not): the answer is then an error, never a truncated body.
+    fn encode(text: ChunkedText, gzip: bool) -> Option<ScrapeBody> {
         if !gzip || text.len() < GZIP_FROM {
             let len = text.len() as u64;
-            return ScrapeBody {
+            return Some(ScrapeBody {
                 chunks: text.into_bytes(),
                 len,
                 gzipped: false,
-            };
+            });
         }
         use std::io::Write;
         let mut encoder =
             flate2::write::GzEncoder::new(GzipChunks::default(), flate2::Compression::fast());
         for chunk in text.into_chunks() {
-            // Writing into memory cannot fail: `GzipChunks::write` never errors.
-            let _ = encoder.write_all(chunk.as_bytes());
+            encoder.write_all(chunk.as_bytes()).ok()?;
         }
-        let mut out = encoder.finish().unwrap_or_default();
+        let mut out = encoder.finish().ok()?;
         out.close();
-        ScrapeBody {
+        Some(ScrapeBody {
             len: out.chunks.iter().map(|chunk| chunk.len() as u64).sum(),
             chunks: out.chunks,
             gzipped: true,
-        }
+        })
     }
 }
 
@@ -282,7 +282,7 @@ pub(super) async fn metrics(
         return history_api::error(StatusCode::SERVICE_UNAVAILABLE, "the agent is stopping");
     };
     let rendered = match scrapes.shared(&selection, gzip, arrived) {
-        Some(shared) => Ok(shared),
+        Some(shared) => Ok(Some(shared)),
         None => {
             // Rendering thousands of checks' series (and gzipping them: Prometheus asks for
             // gzip) is CPU work of tens to hundreds of milliseconds: on the blocking pool it
@@ -292,20 +292,20 @@ pub(super) async fn metrics(
             tokio::task::spawn_blocking(move || {
                 let _permit = permit;
                 let text = metrics.render_chunks(&selection);
-                let body = Arc::new(ScrapeBody::encode(text, gzip));
+                let body = Arc::new(ScrapeBody::encode(text, gzip)?);
                 *scrapes.lock() = Some(LastScrape {
                     selection,
                     gzipped: body.gzipped,
                     done: tokio::time::Instant::now(),
                     body: Arc::downgrade(&body),
                 });
-                body
+                Some(body)
             })
             .await
         }
     };
     match rendered {
-        Ok(body) => {
+        Ok(Some(body)) => {
             let mut headers = HeaderMap::new();
             headers.insert(
                 header::CONTENT_TYPE,
@@ -323,16 +323,25 @@ pub(super) async fn metrics(
             });
             (StatusCode::OK, headers, body).into_response()
         }
+        Ok(None) => {
+            tracing::warn!("gzipping /metrics failed");
+            render_failed()
+        }
         Err(error) => {
             tracing::warn!(%error, "rendering /metrics failed");
-            (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-                "rendering the metrics failed; see the agent's log\n".to_string(),
-            )
-                .into_response()
+            render_failed()
         }
     }
+}
+
+/// The answer when a render failed; the log says why.
+fn render_failed() -> Response {
+    (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        "rendering the metrics failed; see the agent's log\n".to_string(),
+    )
+        .into_response()
 }
 
 #[cfg(test)]
@@ -366,7 +375,7 @@ mod tests {
     #[tokio::test]
     async fn a_plain_answer_is_the_text_in_its_chunks_with_its_exact_length() {
         let (text, whole) = sample_text(5_000);
-        let body = ScrapeBody::encode(text, false);
+        let body = ScrapeBody::encode(text, false).unwrap();
         assert!(!body.gzipped);
         assert!(body.chunks.len() > 3, "{} chunks", body.chunks.len());
         let (exact, bytes) = sent(body).await;
@@ -377,7 +386,7 @@ mod tests {
     #[tokio::test]
     async fn a_gzipped_answer_unzips_to_the_text_and_small_ones_stay_plain() {
         let (text, whole) = sample_text(20_000);
-        let body = ScrapeBody::encode(text, true);
+        let body = ScrapeBody::encode(text, true).unwrap();
         assert!(body.gzipped);
         assert!(body.chunks.iter().all(|chunk| chunk.len() <= GZIP_CHUNK));
         let (exact, zipped) = sent(body).await;
@@ -391,7 +400,7 @@ mod tests {
         assert_eq!(unzipped, whole);
 
         let (small, whole) = sample_text(1);
-        let body = ScrapeBody::encode(small, true);
+        let body = ScrapeBody::encode(small, true).unwrap();
         assert!(!body.gzipped, "below GZIP_FROM nothing is gained");
         assert_eq!(sent(body).await.1, whole.as_bytes());
     }

@@ -15,6 +15,9 @@ use std::fmt;
 /// stay under glibc's default mmap threshold (128 KiB).
 const CHUNK: usize = 32 * 1024;
 
+/// The size of a text's first chunk.
+const FIRST_CHUNK: usize = 512;
+
 /// Append-only text held as a list of chunks of at most `CHUNK` bytes (a single write longer
 /// than that gets a chunk of its own), each chunk valid UTF-8 on its own.
 #[derive(Debug, Default)]
@@ -39,7 +42,13 @@ impl ChunkedText {
                 return;
             }
         }
-        let mut chunk = String::with_capacity(CHUNK.max(text.len()));
+        // The first chunks grow from small (a family of one sample, a scrape of one group,
+        // stays a few hundred bytes), then every chunk is `CHUNK`.
+        let next = self
+            .chunks
+            .last()
+            .map_or(FIRST_CHUNK, |last| (last.capacity() * 2).min(CHUNK));
+        let mut chunk = String::with_capacity(next.max(text.len()));
         chunk.push_str(text);
         self.chunks.push(chunk);
     }
@@ -99,15 +108,22 @@ mod tests {
     fn small_writes_fill_a_chunk_before_the_next_one_starts() {
         let mut text = ChunkedText::new();
         let line = "probe_success{check=\"web\"} 1\n";
-        let lines = CHUNK / line.len() + 1;
+        let lines = 4 * CHUNK / line.len();
         for _ in 0..lines {
             text.push_str(line);
         }
         assert_eq!(text.len(), lines * line.len());
         let chunks = text.into_chunks();
-        assert_eq!(chunks.len(), 2, "one line spilled into a second chunk");
         assert!(chunks.iter().all(|chunk| chunk.len() <= CHUNK));
-        assert_eq!(chunks[1], line);
+        // From small to `CHUNK`, each chunk filled before the next begins.
+        assert!(chunks[0].capacity() < 1024, "{}", chunks[0].capacity());
+        assert!(chunks
+            .iter()
+            .rev()
+            .skip(1)
+            .all(|chunk| chunk.len() + line.len() > chunk.capacity()));
+        assert_eq!(chunks[chunks.len() - 2].capacity(), CHUNK);
+        assert_eq!(chunks.concat(), line.repeat(lines));
     }
 
     #[test]
