@@ -184,9 +184,13 @@ fn to_keep(result: Arc<CheckResult>, payload: &Payload) -> Arc<CheckResult> {
     }
 }
 
-/// Cuts what a decoded result keeps to what the API holds: the vectors' slack, and bodies past
-/// `STORED_BODY_BYTES`.
+/// Cuts what a decoded result keeps to what the API holds: the vectors' slack, bodies past
+/// `STORED_BODY_BYTES`, and per-location counts no runner makes.
 fn trim(result: &mut CheckResult) {
+    // Per-location counts belong to the sink's combined view: a peer's are not taken.
+    if let Some(degraded) = result.degraded.as_mut() {
+        degraded.locations = Vec::new();
+    }
     result.responses.shrink_to_fit();
     for response in &mut result.responses {
         response.assertions.shrink_to_fit();
