@@ -131,6 +131,14 @@ impl Batch {
     }
 }
 
+/// How a backlog is written: resting between parts as long as each took (while the agent
+/// probes), or part after part (the last attempt at shutdown).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pace {
+    Rested,
+    Flat,
+}
+
 /// How many records from the front of each list of the batch one transaction writes. The
 /// records stay in the batch until it commits: an attempt given up halfway loses nothing.
 #[derive(Debug, Clone, Copy)]
@@ -232,7 +240,7 @@ impl Writer {
         self.take_waiting(true);
         self.ticks.drain(&mut self.pending.runs);
         if self.pending.len() > 0 {
-            let written = tokio::time::timeout(FINAL_FLUSH, self.attempt())
+            let written = tokio::time::timeout(FINAL_FLUSH, self.attempt(Pace::Flat))
                 .await
                 .unwrap_or(false);
             if !written {
@@ -257,7 +265,7 @@ impl Writer {
     /// to try next.
     async fn attempt_until_closed(&mut self, closed: &CancellationToken) -> Instant {
         let written = tokio::select! {
-            written = tokio::time::timeout(ATTEMPT_LIMIT, self.attempt()) => match written {
+            written = tokio::time::timeout(ATTEMPT_LIMIT, self.attempt(Pace::Rested)) => match written {
                 Ok(written) => written,
                 Err(_) => {
                     // The database did not answer in time: a failed attempt like any other,
@@ -364,11 +372,11 @@ impl Writer {
 
     /// One attempt: open the schema if needed, write the batch, expire a step. True on
     /// success (or nothing to do).
-    async fn attempt(&mut self) -> bool {
+    async fn attempt(&mut self, pace: Pace) -> bool {
         let started = Instant::now();
         // Ticks that waited their time go with this batch, with what they have.
         self.ticks.expire(started, &mut self.pending.runs);
-        let outcome = self.write_pending().await;
+        let outcome = self.write_pending(pace).await;
         match outcome {
             Ok(_) => {
                 if self.failures > 0 {
@@ -406,7 +414,7 @@ impl Writer {
         }
     }
 
-    async fn write_pending(&mut self) -> Result<usize, super::HistoryError> {
+    async fn write_pending(&mut self, pace: Pace) -> Result<usize, super::HistoryError> {
         if !self.ready.load(Ordering::Acquire) {
             self.db.ensure_schema().await?;
             self.ready.store(true, Ordering::Release);
@@ -429,6 +437,12 @@ impl Writer {
             self.metrics.history_written.inc_by(part.len() as u64);
             if started.elapsed() >= ATTEMPT_BUDGET {
                 break;
+            }
+            if pace == Pace::Rested && self.pending.len() > 0 {
+                // A backlog: rest as long as the part took before the next, so history takes
+                // at most half of a core from the probes; past that its buffer fills and
+                // what does not fit is dropped and counted, never the probing slowed.
+                tokio::time::sleep(part_started.elapsed()).await;
             }
         }
         self.evict_closed_buckets();
@@ -979,7 +993,7 @@ mod tests {
         let mut attempts = 0;
         while writer.pending.len() > 0 {
             let before = writer.pending.len();
-            assert!(writer.attempt().await, "the attempt wrote");
+            assert!(writer.attempt(Pace::Rested).await, "the attempt wrote");
             assert!(
                 before - writer.pending.len() >= RUNS_PER_TRANSACTION.min(before),
                 "an attempt committed at least a part"
