@@ -270,10 +270,7 @@ impl Writer {
                 Err(_) => {
                     // The database did not answer in time: a failed attempt like any other,
                     // counted and logged; the parts committed before it stay written.
-                    self.forget_cached_rollups();
-                    self.failures += 1;
-                    self.metrics.history_write_errors.inc();
-                    if self.failures == 1 || self.failures.is_multiple_of(10) {
+                    if self.count_failed_attempt() {
                         tracing::warn!(
                             backend = self.db.backend(),
                             attempts = self.failures,
@@ -355,6 +352,15 @@ impl Writer {
         self.rollups.clear();
     }
 
+    /// Counts an attempt that failed or timed out; true when it is to be logged: once, then
+    /// every tenth attempt, so a database that stays down does not flood the log.
+    fn count_failed_attempt(&mut self) -> bool {
+        self.forget_cached_rollups();
+        self.failures += 1;
+        self.metrics.history_write_errors.inc();
+        self.failures == 1 || self.failures.is_multiple_of(10)
+    }
+
     fn backoff(&self) -> Duration {
         let exponent = self.failures.saturating_sub(1).min(5);
         Duration::from_secs(1u64 << exponent).min(MAX_BACKOFF)
@@ -393,12 +399,7 @@ impl Writer {
                 true
             }
             Err(error) => {
-                self.forget_cached_rollups();
-                self.failures += 1;
-                self.metrics.history_write_errors.inc();
-                // Once, then every tenth attempt: a database that stays down must not flood
-                // the log.
-                if self.failures == 1 || self.failures.is_multiple_of(10) {
+                if self.count_failed_attempt() {
                     tracing::warn!(
                         backend = self.db.backend(),
                         attempts = self.failures,
