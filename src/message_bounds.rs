@@ -301,31 +301,26 @@ mod tests {
         let mut headers = BTreeMap::new();
         headers.insert("x-long".to_string(), "v".repeat(10_000));
         headers.insert("content-type".to_string(), "text/plain".to_string());
-        Response {
-            target: format!("127.0.{}.{}:80", index / 250, index % 250),
-            passing,
-            error: (!passing).then(|| ProbeError::new(ErrorKind::Connect, "e".repeat(5000))),
-            http: Some(Box::new(HttpDetails {
-                status: 200,
-                version: "HTTP/1.1".into(),
-                headers,
-                body: body.to_string(),
-                truncated: false,
-                body_bytes: None,
-                headers_truncated: false,
-                redirects: 0,
-            })),
-            tls: None,
-            tcp: None,
-            dns: None,
-            icmp: None,
-            grpc: None,
-            udp: None,
-            websocket: None,
-            timings: Timings::default(),
-            assertions: Vec::new(),
-            labels: BTreeMap::new(),
+        let mut response = Response::failed(
+            format!("127.0.{}.{}:80", index / 250, index % 250),
+            ProbeError::new(ErrorKind::Connect, "e".repeat(5000)),
+            Timings::default(),
+        );
+        response.passing = passing;
+        if passing {
+            response.error = None;
         }
+        response.http = Some(Box::new(HttpDetails {
+            status: 200,
+            version: "HTTP/1.1".into(),
+            headers,
+            body: body.to_string(),
+            truncated: false,
+            body_bytes: None,
+            headers_truncated: false,
+            redirects: 0,
+        }));
+        response
     }
 
     fn result(responses: Vec<Response>) -> CheckResult {

@@ -100,9 +100,8 @@ pub fn cause(result: &CheckResult) -> Vec<Cause> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::messages::{Response, Timings, MESSAGE_VERSION};
-    use crate::model::{CheckType, ProbeError};
-    use std::time::UNIX_EPOCH;
+    use crate::messages::{Response, Timings};
+    use crate::model::ProbeError;
 
     #[test]
     fn the_cause_lists_failures_before_instances_that_never_ran() {
@@ -113,22 +112,10 @@ mod tests {
                 Timings::default(),
             )
         };
-        let result = CheckResult {
-            version: MESSAGE_VERSION,
-            check: "web".into(),
-            check_type: CheckType::Http,
-            agent: "a".into(),
-            location: None,
-            run_id: 1,
-            scheduled_at: UNIX_EPOCH,
-            finished_at: UNIX_EPOCH,
-            passing: false,
-            responses: vec![
-                failed("10.0.0.1:80", ErrorKind::DispatchTimeout),
-                failed("10.0.0.2:80", ErrorKind::Connect),
-            ],
-            degraded: None,
-        };
+        let result = CheckResult::of_web(vec![
+            failed("10.0.0.1:80", ErrorKind::DispatchTimeout),
+            failed("10.0.0.2:80", ErrorKind::Connect),
+        ]);
         let cause = cause(&result);
         assert_eq!(cause[0].instance, "10.0.0.2:80");
         assert_eq!(cause[0].error_kind, Some(ErrorKind::Connect));
