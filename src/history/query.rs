@@ -912,6 +912,12 @@ impl HistoryReader {
         Arc::clone(&self.ready)
     }
 
+    /// A query no database could answer is refused as such (a 400) whether or not the
+    /// database is open yet; the same plan is made again when it is read.
+    fn check_query(&self, query: &SeriesQuery) -> Result<(), HistoryError> {
+        plan(&self.config, query, false).map(drop)
+    }
+
     fn check_ready(&self) -> Result<(), HistoryError> {
         if self.ready.load(Ordering::Acquire) {
             Ok(())
@@ -958,6 +964,7 @@ impl HistoryReader {
     /// `MAX_INSTANCE_POINTS` instance points, `MAX_RAW_BYTES` of raw runs read, and
     /// `READ_TIME_LIMIT`; past a bound the answer is refused with what to ask instead.
     pub async fn series(&self, check: &str, query: &SeriesQuery) -> Result<Series, HistoryError> {
+        self.check_query(query)?;
         self.check_ready()?;
         within(self.read_series(check, query)).await
     }
@@ -971,6 +978,7 @@ impl HistoryReader {
         location: &str,
         query: &SeriesQuery,
     ) -> Result<Series, HistoryError> {
+        self.check_query(query)?;
         self.check_ready()?;
         within(async {
             let mut series = self
@@ -994,6 +1002,7 @@ impl HistoryReader {
         locations: Option<&[String]>,
         query: &SeriesQuery,
     ) -> Result<Series, HistoryError> {
+        self.check_query(query)?;
         self.check_ready()?;
         within(self.read_by_location(check, locations, query)).await
     }
@@ -1704,6 +1713,38 @@ mod tests {
             ..query(Duration::ZERO, None)
         };
         assert!(refusal(plan(&config, &bad_order, false)).contains("before"));
+    }
+
+    /// A reader whose database is not open yet (the writer opens it) refuses a bad query as
+    /// bad, not as unavailable: an API client learns what to fix at once. A good query waits
+    /// for the database.
+    #[tokio::test]
+    async fn a_bad_query_is_refused_as_such_before_the_database_is_open() {
+        let config = HistoryConfig {
+            path: std::env::temp_dir()
+                .join("bastion-never-opened")
+                .join("history.db"),
+            ..HistoryConfig::default()
+        };
+        let reader = HistoryReader::new(Db::lazy(&config).unwrap(), config);
+        let backwards = SeriesQuery {
+            from: now(),
+            to: now() - Duration::from_secs(1),
+            ..query(Duration::ZERO, None)
+        };
+        for answer in [
+            reader.series("web", &backwards).await,
+            reader.location_series("web", "eu", &backwards).await,
+            reader.series_by_location("web", None, &backwards).await,
+        ] {
+            assert!(
+                matches!(answer, Err(HistoryError::BadQuery(_))),
+                "{answer:?}"
+            );
+        }
+        let good = query(Duration::from_secs(HOUR), None);
+        let answer = reader.series("web", &good).await;
+        assert!(matches!(answer, Err(HistoryError::NotReady)), "{answer:?}");
     }
 
     #[test]
