@@ -15,6 +15,7 @@
 use crate::bus::{Bus, BusError, Subscription};
 
 use crate::config::CheckConfig;
+use crate::discovery::changes::DirectoryChanges;
 use crate::locations::{Heard, LiveLocations};
 use crate::messages::{
     CheckRequest, CheckResult, Heartbeat, Payload, Response, Timings, MESSAGE_VERSION,
@@ -175,9 +176,9 @@ pub struct Checker {
     metrics: Arc<Metrics>,
     publish_errors: Counter,
     next_run_id: u64,
-    /// Where discovery watchers run: the runtime the checker was built on, not the
-    /// checker's own thread.
-    discovery: tokio::runtime::Handle,
+    /// Where discovery watchers run (the runtime the checker was built on, not the checker's
+    /// own thread) and the change notices they share.
+    discovery: DirectoryChanges,
 }
 
 impl std::fmt::Debug for Checker {
@@ -201,7 +202,7 @@ impl Checker {
     ) -> Result<Checker, BusError> {
         let results = bus.subscribe(&subjects.all_results(), None).await?;
         let heartbeats = bus.subscribe(&subjects.all_heartbeats(), None).await?;
-        let discovery = tokio::runtime::Handle::current();
+        let discovery = DirectoryChanges::new(tokio::runtime::Handle::current());
         let scheduled: Vec<Scheduled> = checks
             .iter()
             .map(|check| Scheduled::new(check, dispatch_deadline, subjects, &metrics, &discovery))
@@ -799,7 +800,7 @@ impl Scheduled {
         dispatch_deadline: Duration,
         subjects: &Subjects,
         metrics: &Metrics,
-        discovery: &tokio::runtime::Handle,
+        discovery: &DirectoryChanges,
     ) -> Scheduled {
         let labels = CheckLabels {
             check: check.name.clone(),

@@ -1,14 +1,15 @@
 //! File discovery: a Prometheus file_sd file (JSON, or YAML for `.yaml`/`.yml`: a list of
-//! `{targets, labels}`), read and checked whole (`read`), and watched by polling (`watch`):
-//! about every `POLL` the file is read (at most `MAX_FILE_BYTES`), and content that differs
-//! from what was last applied is taken once it has stayed the same over one more poll (the
-//! debounce, so a file caught half-written is not taken). A file that cannot be used keeps
-//! the last good set, is logged once per distinct problem and counted. Polling rather than
-//! inotify keeps it in std and tokio, works on every filesystem (NFS, bind mounts,
-//! ConfigMaps swapped by symlink) and costs one small read per check and poll. The watcher
+//! `{targets, labels}`), read and checked whole (`read`), and watched (`watch`). The file is
+//! read (at most `MAX_FILE_BYTES`) when inotify says its directory changed (`changes.rs`),
+//! and otherwise every `POLL_WITH_NOTICES` (a filesystem such as NFS sends no notice for a
+//! remote change), or every `POLL` where no notice can come at all. Content that differs
+//! from what was last applied is taken once a second read `SETTLE` later finds it the same
+//! (the debounce, so a file caught half-written is not taken). A file that cannot be used
+//! keeps the last good set, is logged once per distinct problem and counted. The watcher
 //! ends when the checker drops its receiver. It must never block the checker: reads run on
 //! the blocking pool of the runtime it was started on.
 
+use super::changes::{DirectoryChanges, Notices};
 use super::{DiscoveryError, TargetSet, MAX_ENCODED_BYTES, MAX_TARGETS};
 use crate::messages::TargetGroup;
 use crate::model::{labels_problem, split_host_port, InstanceAddr};
@@ -19,8 +20,14 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
-/// How often a watched file is looked at.
+/// How often a watched file is looked at when no change notice can come.
 pub const POLL: Duration = Duration::from_millis(500);
+/// How often a watched file is looked at when its directory sends change notices: only for
+/// the changes no notice tells of.
+pub const POLL_WITH_NOTICES: Duration = Duration::from_secs(5);
+/// How long after a notice (or a read that found a change) the file is read again: writes
+/// that come in a burst are read once, and a change is taken once it held this long.
+pub const SETTLE: Duration = Duration::from_millis(100);
 /// Larger files are refused (the targets travel in every run's request).
 pub const MAX_FILE_BYTES: u64 = 512 * 1024;
 
@@ -121,24 +128,50 @@ pub fn read(path: &Path) -> Result<Vec<TargetGroup>, DiscoveryError> {
     parse(path, &bytes)
 }
 
-/// Watches `path` for `check` on `runtime`: the receiver holds the groups last read well
-/// (none until the first good read); `errors` counts each distinct problem once.
+/// Watches `path` for `check` on the runtime of `changes`: the receiver holds the groups last
+/// read well (none until the first good read); `errors` counts each distinct problem once.
 pub fn watch(
-    runtime: &tokio::runtime::Handle,
+    changes: &DirectoryChanges,
     check: &str,
     path: PathBuf,
     errors: Counter,
+) -> watch::Receiver<TargetSet> {
+    let polls = Polls {
+        with_notices: POLL_WITH_NOTICES,
+        without: POLL,
+    };
+    watch_polling_every(changes, check, path, errors, polls)
+}
+
+/// How often a watcher reads its file when nothing told it to.
+#[derive(Clone, Copy)]
+struct Polls {
+    /// While its directory sends change notices.
+    with_notices: Duration,
+    /// While no notice can come.
+    without: Duration,
+}
+
+fn watch_polling_every(
+    changes: &DirectoryChanges,
+    check: &str,
+    path: PathBuf,
+    errors: Counter,
+    polls: Polls,
 ) -> watch::Receiver<TargetSet> {
     let (sender, receiver) = watch::channel(Arc::new(Vec::new()));
     let watcher = Watcher {
         check: check.to_string(),
         path,
         errors,
+        changes: changes.clone(),
+        notices: None,
+        polls,
         applied: None,
         candidate: None,
         last_problem: None,
     };
-    runtime.spawn(watcher.run(sender));
+    changes.runtime().spawn(watcher.run(sender));
     receiver
 }
 
@@ -146,9 +179,14 @@ struct Watcher {
     check: String,
     path: PathBuf,
     errors: Counter,
+    changes: DirectoryChanges,
+    /// Change notices for the file's directory, while they come.
+    notices: Option<Notices>,
+    /// `POLL_WITH_NOTICES` and `POLL`; longer in the tests that show notices alone suffice.
+    polls: Polls,
     /// The content whose groups the channel holds.
     applied: Option<Vec<u8>>,
-    /// Changed content seen at the last poll, taken if it is still the same at the next.
+    /// Changed content seen at the last read, taken if it is still the same at the next.
     candidate: Option<Vec<u8>>,
     /// The problem last logged, so a file that stays broken is logged and counted once.
     last_problem: Option<String>,
@@ -156,13 +194,12 @@ struct Watcher {
 
 impl Watcher {
     async fn run(mut self, sender: watch::Sender<TargetSet>) {
+        // Subscribed before the first read, so no change after it goes unnoticed.
+        self.notices = self.changes.subscribe(&self.path);
         let mut first = true;
         loop {
-            if !first {
-                tokio::select! {
-                    _ = sender.closed() => return,
-                    _ = tokio::time::sleep(POLL) => {}
-                }
+            if !first && !self.wait(&sender).await {
+                return;
             }
             let path = self.path.clone();
             let read = tokio::task::spawn_blocking(move || read_bytes(&path)).await;
@@ -183,7 +220,8 @@ impl Watcher {
                 first = false;
                 continue;
             }
-            // A change is taken once it has held for one poll; the very first read at once.
+            // A change is taken once a second read finds it the same; the very first read at
+            // once.
             if !first && self.candidate.as_ref() != Some(&bytes) {
                 self.candidate = Some(bytes);
                 continue;
@@ -207,6 +245,43 @@ impl Watcher {
         }
     }
 
+    /// Waits until the file is to be read again: a change notice (then `SETTLE`, so a burst
+    /// of writes is read once), `SETTLE` after a read that found a change, or the poll
+    /// interval. False once the checker dropped its receiver.
+    async fn wait(&mut self, sender: &watch::Sender<TargetSet>) -> bool {
+        if self
+            .notices
+            .as_ref()
+            .is_some_and(|notices| !notices.is_live())
+        {
+            self.notices = None;
+        }
+        if self.notices.is_none() {
+            // The directory may have come back (or been replaced).
+            self.notices = self.changes.subscribe(&self.path);
+        }
+        let pause = match (&self.candidate, &self.notices) {
+            (Some(_), _) => SETTLE,
+            (None, Some(_)) => self.polls.with_notices,
+            (None, None) => self.polls.without,
+        };
+        let noticed = async {
+            match &self.notices {
+                Some(notices) => notices.changed().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = sender.closed() => return false,
+            _ = tokio::time::sleep(pause) => return true,
+            _ = noticed => {}
+        }
+        tokio::select! {
+            _ = sender.closed() => false,
+            _ = tokio::time::sleep(SETTLE) => true,
+        }
+    }
+
     fn problem(&mut self, error: &DiscoveryError) {
         let text = error.to_string();
         if self.last_problem.as_deref() == Some(text.as_str()) {
@@ -224,6 +299,123 @@ mod tests {
 
     fn parsed(path: &str, text: &str) -> Result<Vec<TargetGroup>, String> {
         parse(Path::new(path), text.as_bytes()).map_err(|error| error.to_string())
+    }
+
+    /// Waits (generously) until the watched set holds `first_target` as its first target.
+    async fn until_first_target(receiver: &mut watch::Receiver<TargetSet>, first_target: &str) {
+        let seen = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                let now = receiver
+                    .borrow_and_update()
+                    .first()
+                    .and_then(|group| group.targets.first())
+                    .cloned();
+                if now.as_deref() == Some(first_target) {
+                    return;
+                }
+                receiver.changed().await.unwrap();
+            }
+        })
+        .await;
+        assert!(seen.is_ok(), "{first_target} was not taken");
+    }
+
+    /// A directory removed with the test.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn targets(address: &str) -> String {
+        format!(r#"[{{"targets": ["{address}"]}}]"#)
+    }
+
+    /// With polls an hour apart, only inotify's notices can bring these changes in: a write in
+    /// place, a replacement by rename, a ConfigMap-style symlink swap, and a directory that
+    /// is removed and made again (its watch ends; the watcher polls until it can watch again).
+    #[tokio::test]
+    async fn change_notices_bring_each_kind_of_change_without_polling() {
+        let root = std::env::temp_dir().join(format!("bastion-notices-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).unwrap();
+        let root = Scratch(root);
+        let changes = DirectoryChanges::new(tokio::runtime::Handle::current());
+        let hour = Duration::from_secs(3600);
+        let never = Polls {
+            with_notices: hour,
+            without: hour,
+        };
+
+        let in_place = root.path().join("in_place.json");
+        std::fs::write(&in_place, targets("10.0.0.1:80")).unwrap();
+        let mut receiver =
+            watch_polling_every(&changes, "a", in_place.clone(), Counter::default(), never);
+        until_first_target(&mut receiver, "10.0.0.1:80").await;
+        std::fs::write(&in_place, targets("10.0.0.2:80")).unwrap();
+        until_first_target(&mut receiver, "10.0.0.2:80").await;
+
+        let renamed = root.path().join("renamed.json");
+        std::fs::write(&renamed, targets("10.0.1.1:80")).unwrap();
+        let mut receiver =
+            watch_polling_every(&changes, "b", renamed.clone(), Counter::default(), never);
+        until_first_target(&mut receiver, "10.0.1.1:80").await;
+        let staged = root.path().join(".renamed.json.tmp");
+        std::fs::write(&staged, targets("10.0.1.2:80")).unwrap();
+        std::fs::rename(&staged, &renamed).unwrap();
+        until_first_target(&mut receiver, "10.0.1.2:80").await;
+
+        // A ConfigMap: web.json -> ..data/web.json, ..data -> ..v1, swapped to ..v2 by rename.
+        let mounted = root.path().join("configmap");
+        for version in ["..v1", "..v2"] {
+            std::fs::create_dir_all(mounted.join(version)).unwrap();
+        }
+        std::fs::write(mounted.join("..v1/web.json"), targets("10.0.2.1:80")).unwrap();
+        std::fs::write(mounted.join("..v2/web.json"), targets("10.0.2.2:80")).unwrap();
+        std::os::unix::fs::symlink("..v1", mounted.join("..data")).unwrap();
+        std::os::unix::fs::symlink("..data/web.json", mounted.join("web.json")).unwrap();
+        let mut receiver = watch_polling_every(
+            &changes,
+            "c",
+            mounted.join("web.json"),
+            Counter::default(),
+            never,
+        );
+        until_first_target(&mut receiver, "10.0.2.1:80").await;
+        std::os::unix::fs::symlink("..v2", mounted.join("..data_tmp")).unwrap();
+        std::fs::rename(mounted.join("..data_tmp"), mounted.join("..data")).unwrap();
+        until_first_target(&mut receiver, "10.0.2.2:80").await;
+
+        let directory = root.path().join("comes_and_goes");
+        std::fs::create_dir(&directory).unwrap();
+        let file = directory.join("web.json");
+        std::fs::write(&file, targets("10.0.3.1:80")).unwrap();
+        // Here polling must take over while the directory is gone, and only then.
+        let polls = Polls {
+            with_notices: hour,
+            without: POLL,
+        };
+        let mut receiver =
+            watch_polling_every(&changes, "d", file.clone(), Counter::default(), polls);
+        until_first_target(&mut receiver, "10.0.3.1:80").await;
+        std::fs::remove_dir_all(&directory).unwrap();
+        // Long enough for the watcher to see the watch end and poll the missing directory.
+        tokio::time::sleep(POLL * 3).await;
+        std::fs::create_dir(&directory).unwrap();
+        std::fs::write(&file, targets("10.0.3.2:80")).unwrap();
+        until_first_target(&mut receiver, "10.0.3.2:80").await;
+        // Watched again: a later write is noticed too.
+        tokio::time::sleep(POLL * 3).await;
+        std::fs::write(&file, targets("10.0.3.3:80")).unwrap();
+        until_first_target(&mut receiver, "10.0.3.3:80").await;
     }
 
     #[test]

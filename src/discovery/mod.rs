@@ -5,6 +5,7 @@
 //! with the dispatcher's resolver (`resolve::Resolver::srv`). It never probes, publishes or
 //! schedules anything, and bad input (a broken file) is an error value, never a panic.
 
+pub mod changes;
 pub mod file;
 
 use crate::messages::TargetGroup;
