@@ -3,7 +3,9 @@
 //! transaction (a backlog in parts of `RUNS_PER_TRANSACTION` runs, each committed on its own):
 //! the runs (with their compact per-instance detail), the hourly and daily
 //! rollups they change (merged with the stored row, kept in a cache of open buckets), the
-//! state changes and the incidents they open or close. A batch that fails is kept and retried
+//! state changes and the incidents they open or close. Runs and rollup rows go a thousand to a
+//! statement (`RUNS_PER_STATEMENT`): one statement per row was most of the writer's cost
+//! at high rates (issue 20). A batch that fails is kept and retried
 //! with a backoff (1 s doubling to 30 s) while new records wait in the channel; once both are
 //! full, new records are dropped and counted. So a crash loses at most the last
 //! `flush_interval` of history plus what waited while the database could not be written.
@@ -55,9 +57,25 @@ const ATTEMPT_LIMIT: Duration = Duration::from_secs(30);
 /// so every attempt makes progress: one transaction of the whole 65,536-record buffer could
 /// outlast `ATTEMPT_LIMIT`, be rolled back, and be tried again whole, writing nothing ever.
 const RUNS_PER_TRANSACTION: usize = 8_192;
+/// Runs inserted by one statement (4 values each), and rollup rows read or written by one
+/// (4 and 8 values): a statement's round trip and parse are paid per thousand rows, not per
+/// row, and its values stay well under SQLite's limit of 32,766 and PostgreSQL's 65,535.
+const RUNS_PER_STATEMENT: usize = 1_000;
+const ROLLUPS_PER_STATEMENT: usize = 1_000;
 /// After this long an attempt commits no further part: the rest waits for the next attempt,
 /// a flush interval later, so the writer takes in what waits in the lanes meanwhile.
 const ATTEMPT_BUDGET: Duration = Duration::from_secs(10);
+
+/// A rollup row as read: tier, check id, instance id, bucket, runs, down, unmeasured, hist.
+type StoredRollup = (i16, i64, i64, i64, i64, i64, i64, Vec<u8>);
+
+/// A run as its row: what one `INSERT INTO runs` binds.
+struct RunRow {
+    check_id: i64,
+    at_ms: i64,
+    outcome: i16,
+    detail: Vec<u8>,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct RollupKey {
@@ -620,78 +638,115 @@ impl Writer {
         &self,
         part: Part,
     ) -> Result<HashMap<RollupKey, Rollup>, super::HistoryError> {
-        let mut merged: HashMap<RollupKey, Rollup> = HashMap::new();
         let lock = match &self.db {
             super::db::Db::Postgres(_) if !self.sole_writer => " FOR UPDATE",
             _ => "",
         };
-        let rollup_select = format!(
-            "SELECT runs, down, unmeasured, hist FROM rollups \
-             WHERE tier = $1 AND check_id = $2 AND instance_id = $3 AND bucket = $4{lock}"
-        );
-        on_pool!(&self.db, pool => {
-            let mut tx = pool.begin().await?;
-            let runs = &self.pending.runs[..part.runs];
-            let mut inserted: Vec<&RunRecord> = Vec::with_capacity(runs.len());
-            for run in runs {
+        let runs = &self.pending.runs[..part.runs];
+        let run_rows: Vec<RunRow> = runs
+            .iter()
+            .map(|run| {
                 let check_id = self.check_id(&run.check);
-                let done = sqlx::query(
-                    "INSERT INTO runs (check_id, at_ms, outcome, detail) VALUES ($1, $2, $3, $4) \
-                     ON CONFLICT (check_id, at_ms) DO NOTHING",
-                )
-                .bind(check_id)
-                .bind(millis(run.scheduled_at))
-                .bind(run.outcome.code() as i16)
-                .bind(self.detail(check_id, run))
-                .execute(&mut *tx)
-                .await?;
-                if done.rows_affected() > 0 {
-                    inserted.push(run);
+                RunRow {
+                    check_id,
+                    at_ms: millis(run.scheduled_at),
+                    outcome: run.outcome.code() as i16,
+                    detail: self.detail(check_id, run),
+                }
+            })
+            .collect();
+        let merged = on_pool!(&self.db, pool => {
+            let mut tx = pool.begin().await?;
+            // The runs, many to a statement; the database answers which ones were new.
+            let mut new_runs: HashSet<(i64, i64)> = HashSet::with_capacity(run_rows.len());
+            for rows in run_rows.chunks(RUNS_PER_STATEMENT) {
+                let mut insert =
+                    sqlx::QueryBuilder::new("INSERT INTO runs (check_id, at_ms, outcome, detail) ");
+                insert.push_values(rows, |mut values, row| {
+                    values
+                        .push_bind(row.check_id)
+                        .push_bind(row.at_ms)
+                        .push_bind(row.outcome)
+                        .push_bind(row.detail.as_slice());
+                });
+                insert.push(" ON CONFLICT (check_id, at_ms) DO NOTHING RETURNING check_id, at_ms");
+                let inserted: Vec<(i64, i64)> = insert.build_query_as().fetch_all(&mut *tx).await?;
+                new_runs.extend(inserted);
+            }
+            // A run delivered twice in one part matches its key once: it counts once.
+            let inserted = runs
+                .iter()
+                .zip(&run_rows)
+                .filter(|(_, row)| new_runs.remove(&(row.check_id, row.at_ms)))
+                .map(|(run, _)| run);
+            let deltas = self.rollup_deltas(inserted);
+            // The cache holds what this writer wrote last. With HA checkers another one may
+            // have written since (the lease moved there and back), so the rows are read
+            // again, locked on PostgreSQL until the transaction ends.
+            let unread: Vec<RollupKey> = deltas
+                .keys()
+                .filter(|key| !(self.sole_writer && self.rollups.contains_key(key)))
+                .copied()
+                .collect();
+            let mut stored: HashMap<RollupKey, Rollup> = HashMap::with_capacity(unread.len());
+            for keys in unread.chunks(ROLLUPS_PER_STATEMENT) {
+                let mut select = sqlx::QueryBuilder::new(
+                    "SELECT tier, check_id, instance_id, bucket, runs, down, unmeasured, hist \
+                     FROM rollups WHERE (tier, check_id, instance_id, bucket) IN (",
+                );
+                select.push_values(keys, |mut values, key| {
+                    values
+                        .push_bind(key.tier as i16)
+                        .push_bind(key.check_id)
+                        .push_bind(key.instance_id)
+                        .push_bind(key.bucket);
+                });
+                select.push(")").push(lock);
+                let rows: Vec<StoredRollup> =
+                    select.build_query_as().fetch_all(&mut *tx).await?;
+                for (tier, check_id, instance_id, bucket, runs, down, unmeasured, hist) in rows {
+                    let key = RollupKey { tier: i64::from(tier), check_id, instance_id, bucket };
+                    let row = Rollup { runs, down, unmeasured, hist: Histograms::decode(&hist) };
+                    stored.insert(key, row);
                 }
             }
-            let deltas = self.rollup_deltas(inserted.into_iter());
-            merged.reserve(deltas.len());
-            for (key, delta) in deltas {
-                // The cache holds what this writer wrote last. With HA checkers another one
-                // may have written since (the lease moved there and back), so the row is read
-                // again, locked on PostgreSQL until the transaction ends.
-                let cached = if self.sole_writer { self.rollups.get(&key) } else { None };
-                let base = match cached {
-                    Some(cached) => Some(cached.clone()),
-                    None => sqlx::query_as::<_, (i64, i64, i64, Vec<u8>)>(&rollup_select)
-                    .bind(key.tier as i16)
-                    .bind(key.check_id)
-                    .bind(key.instance_id)
-                    .bind(key.bucket)
-                    .fetch_optional(&mut *tx)
-                    .await?
-                    .map(|(runs, down, unmeasured, hist)| Rollup {
-                        runs,
-                        down,
-                        unmeasured,
-                        hist: Histograms::decode(&hist),
-                    }),
-                };
-                let mut row = base.unwrap_or_default();
-                row.merge(&delta);
-                sqlx::query(
-                    "INSERT INTO rollups (tier, check_id, instance_id, bucket, runs, down, unmeasured, hist) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
-                     ON CONFLICT (tier, check_id, instance_id, bucket) DO UPDATE SET \
+            let mut merged: Vec<(RollupKey, Rollup, Vec<u8>)> = deltas
+                .into_iter()
+                .map(|(key, delta)| {
+                    let base = match stored.remove(&key) {
+                        Some(row) => Some(row),
+                        None if self.sole_writer => self.rollups.get(&key).cloned(),
+                        None => None,
+                    };
+                    let mut row = base.unwrap_or_default();
+                    row.merge(&delta);
+                    let hist = row.hist.encode();
+                    (key, row, hist)
+                })
+                .collect();
+            // One order for every writer, so two HA writers lock the rows in the same order.
+            merged.sort_unstable_by_key(|(key, _, _)| (key.tier, key.check_id, key.instance_id, key.bucket));
+            for rows in merged.chunks(ROLLUPS_PER_STATEMENT) {
+                let mut upsert = sqlx::QueryBuilder::new(
+                    "INSERT INTO rollups (tier, check_id, instance_id, bucket, runs, down, unmeasured, hist) ",
+                );
+                upsert.push_values(rows, |mut values, (key, row, hist)| {
+                    values
+                        .push_bind(key.tier as i16)
+                        .push_bind(key.check_id)
+                        .push_bind(key.instance_id)
+                        .push_bind(key.bucket)
+                        .push_bind(row.runs)
+                        .push_bind(row.down)
+                        .push_bind(row.unmeasured)
+                        .push_bind(hist.as_slice());
+                });
+                upsert.push(
+                    " ON CONFLICT (tier, check_id, instance_id, bucket) DO UPDATE SET \
                      runs = excluded.runs, down = excluded.down, \
                      unmeasured = excluded.unmeasured, hist = excluded.hist",
-                )
-                .bind(key.tier as i16)
-                .bind(key.check_id)
-                .bind(key.instance_id)
-                .bind(key.bucket)
-                .bind(row.runs)
-                .bind(row.down)
-                .bind(row.unmeasured)
-                .bind(row.hist.encode())
-                .execute(&mut *tx)
-                .await?;
-                merged.insert(key, row);
+                );
+                upsert.build().execute(&mut *tx).await?;
             }
             for transition in &self.pending.transitions[..part.transitions] {
                 sqlx::query(
@@ -800,8 +855,9 @@ impl Writer {
                 }
             }
             tx.commit().await?;
+            merged
         });
-        Ok(merged)
+        Ok(merged.into_iter().map(|(key, row, _)| (key, row)).collect())
     }
 
     /// A run's per-instance detail: instance id, outcome code, phases in microseconds.
