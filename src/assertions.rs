@@ -8,8 +8,6 @@ use crate::messages::AssertionResult;
 use crate::model::CheckType;
 
 use serde_json_path::JsonPath;
-use std::collections::BTreeMap;
-use std::time::Duration;
 
 /// Compiled regexes may not grow beyond this, so a hostile pattern cannot eat the memory.
 const REGEX_SIZE_LIMIT: usize = 1 << 20;
@@ -139,26 +137,7 @@ pub struct CompiledAssertion {
     operand: Operand,
 }
 
-/// What a probe saw, as assertions read it. Header names are lowercase; repeated headers are
-/// joined with ", ".
-#[derive(Debug, Default)]
-pub struct Observation<'a> {
-    pub status: Option<u16>,
-    pub headers: Option<&'a BTreeMap<String, String>>,
-    pub body: &'a str,
-    pub latency: Duration,
-    /// The values of the type-specific keys (everything but code, header, body, json and
-    /// latency); a key missing here reads as unavailable.
-    pub values: Vec<(AssertionKey, Observed)>,
-}
-
-/// A type-specific value as assertions read it.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Observed {
-    Text(String),
-    /// A duration in seconds (may be negative: a certificate that expired).
-    Seconds(f64),
-}
+pub use crate::checks::{Observation, Observed};
 
 impl CompiledAssertion {
     /// Compiles one assertion of a `check_type` check, whose own keys are `type_keys`
@@ -517,6 +496,8 @@ fn truncate_chars(text: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
+    use std::time::Duration;
 
     /// Compiles as a check of `check_type` does, with that type's registered keys.
     fn compile_for(

@@ -26,6 +26,7 @@ pub mod messages;
 pub mod metrics;
 pub mod model;
 pub mod notify;
+pub mod problem;
 pub mod reload;
 pub mod report;
 pub mod resolve;

@@ -5,16 +5,19 @@
 //! error; NXDOMAIN or SERVFAIL is an answer, reported as its rcode.
 
 use super::{Phase, ProbeRecord};
-use crate::config::KeyPath;
+use crate::problem::KeyPath;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
+use super::response::DnsDetails;
+use super::response::Response;
 use super::series::{self, SeriesOut, SeriesSpec};
+use super::AssertionKey;
+use super::Observation;
+use super::Observed;
 use super::ProbeContext;
 use super::{CheckKind, Probe, ProbeFuture};
-use crate::assertions::Observation;
-use crate::assertions::Observed;
-use crate::config::{AssertionKey, DnsRecordType, DnsSpec, DnsTransport};
-use crate::messages::DnsDetails;
-use crate::messages::Response;
+use crate::config::DnsSpec;
 use crate::model::CheckType;
 use crate::model::{split_host_port, ErrorKind, InstanceAddr, ProbeError};
 use hickory_proto::op::{Message, MessageType, OpCode, Query};
@@ -23,6 +26,32 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU16, Ordering};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum DnsRecordType {
+    #[default]
+    A,
+    Aaaa,
+    Cname,
+    Mx,
+    Txt,
+    Ns,
+    Soa,
+    Srv,
+    Ptr,
+    Caa,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DnsTransport {
+    #[default]
+    Udp,
+    Tcp,
+    Tls,
+    Https,
+}
 
 /// The port of `server` when it names none.
 const DNS_PORT: u16 = 53;

@@ -5,19 +5,19 @@
 //! The call's outcome is read from grpc-status in the trailers (or a trailers-only answer).
 
 use super::net::{connect_tcp, drive, error_chain, http_error};
+use super::response::GrpcDetails;
+use super::response::Response;
 use super::series::{self, SeriesOut, SeriesSpec};
 use super::tls_client::{handshake, TlsKeys, TlsTarget, TlsTargetError};
+use super::AssertionKey;
+use super::Observation;
+use super::Observed;
 use super::{CheckKind, Probe, ProbeFuture};
 use super::{Phase, ProbeContext, ProbeRecord};
-use crate::assertions::Observation;
-use crate::assertions::Observed;
-use crate::config::AssertionKey;
 use crate::config::GrpcSpec;
-use crate::config::KeyPath;
-use crate::messages::GrpcDetails;
-use crate::messages::Response;
 use crate::model::CheckType;
 use crate::model::{split_host_port, ErrorKind, ProbeError};
+use crate::problem::KeyPath;
 use bytes::{Bytes, BytesMut};
 use http::header::{HeaderValue, CONTENT_TYPE, TE, USER_AGENT};
 use http::{HeaderMap, Method, Request, Uri};

@@ -9,20 +9,21 @@
 use super::net::{connect_tcp, drive, error_chain, http_error};
 use super::oauth2::{AccessToken, OAuth2DefinitionError, TokenSource};
 use super::proxy::{basic_authorization, ProxyDefinitionError, ProxyPlan};
+use super::response::HttpDetails;
+use super::response::Response;
 use super::series::{self, SeriesOut, SeriesSpec};
+use super::settings::{Compression, Secret};
 use super::tls_client::{
     handshake, server_name, tls_setup_error, TlsKeys, TlsTarget, TlsTargetError,
 };
+use super::AssertionKey;
+use super::Observation;
 use super::{CheckKind, Probe, ProbeFuture};
 use super::{Phase, ProbeContext, ProbeRecord};
-use crate::assertions::Observation;
-use crate::config::AssertionKey;
-use crate::config::KeyPath;
-use crate::config::{Compression, HttpSpec, Secret};
-use crate::messages::HttpDetails;
-use crate::messages::Response;
+use crate::config::HttpSpec;
 use crate::model::CheckType;
 use crate::model::{ErrorKind, ProbeError};
+use crate::problem::KeyPath;
 use bytes::Bytes;
 use http::header::{
     HeaderName, HeaderValue, ACCEPT_ENCODING, AUTHORIZATION, CONTENT_ENCODING, HOST, LOCATION,

@@ -5,16 +5,17 @@
 //! code: the socket is made by socket2 and driven by tokio as a datagram socket.
 
 use super::{Phase, ProbeRecord};
-use crate::config::KeyPath;
+use crate::problem::KeyPath;
 
+use super::response::IcmpDetails;
+use super::response::Response;
 use super::series::{self, SeriesOut, SeriesSpec};
+use super::AssertionKey;
+use super::Observation;
+use super::Observed;
 use super::ProbeContext;
 use super::{CheckKind, Probe, ProbeFuture};
-use crate::assertions::Observation;
-use crate::assertions::Observed;
-use crate::config::{AssertionKey, IcmpSpec};
-use crate::messages::IcmpDetails;
-use crate::messages::Response;
+use crate::config::IcmpSpec;
 use crate::model::CheckType;
 use crate::model::{ErrorKind, ProbeError};
 use socket2::{Domain, Protocol, Socket, Type};

@@ -13,8 +13,11 @@ pub mod http;
 pub mod icmp;
 pub mod net;
 pub mod oauth2;
+mod observation;
 pub mod proxy;
+pub mod response;
 pub mod series;
+pub mod settings;
 pub mod starttls;
 pub mod tcp;
 pub mod tls;
@@ -22,17 +25,18 @@ pub mod tls_client;
 pub mod udp;
 pub mod websocket;
 
-use crate::assertions::{AssertionError, CompiledAssertion, Observation};
-use crate::config::{
-    AssertionKey, CheckConfig, CheckSpec, InstancesFrom, IpProtocol, KeyPath, MIN_INTERVAL,
-};
-use crate::messages::{
+use crate::assertions::{AssertionError, CompiledAssertion};
+use crate::config::{CheckConfig, CheckSpec, InstancesFrom, MIN_INTERVAL};
+use crate::model::{is_valid_check_name, labels_problem, CheckType, InstanceAddr, ProbeError};
+use crate::problem::KeyPath;
+use crate::resolve::Resolver;
+pub use observation::{AssertionKey, Observation, Observed, Relationship};
+use response::{
     DnsDetails, GrpcDetails, HttpDetails, IcmpDetails, Response, TcpDetails, Timings, TlsDetails,
     UdpDetails, WebsocketDetails,
 };
-use crate::model::{is_valid_check_name, labels_problem, CheckType, InstanceAddr, ProbeError};
-use crate::resolve::Resolver;
 use series::{SeriesOut, SeriesSpec};
+use settings::IpProtocol;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;

@@ -7,11 +7,11 @@
 //! their lifetime.
 
 use super::net::{drive, error_chain};
+use super::settings::{OAuth2Config, Secret, TlsSettings};
 use super::tls_client::server_name;
 use super::ProbeContext;
-use crate::config::KeyPath;
-use crate::config::{OAuth2Config, Secret, TlsSettings};
 use crate::model::{ErrorKind, ProbeError};
+use crate::problem::KeyPath;
 use bytes::Bytes;
 use http::header::{HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE, HOST, USER_AGENT};
 use http::{Method, Request, Uri};

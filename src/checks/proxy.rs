@@ -5,10 +5,10 @@
 //! never reads past the proxy's answer and never quotes the credentials it sends.
 
 use super::net::connect_tcp;
+use super::settings::Secret;
 use super::{Phase, ProbeContext, ProbeRecord};
-use crate::config::KeyPath;
-use crate::config::Secret;
 use crate::model::{ErrorKind, ProbeError};
+use crate::problem::KeyPath;
 use http::header::HeaderValue;
 use http::Uri;
 use std::net::{IpAddr, SocketAddr};

@@ -5,7 +5,7 @@
 //! target labels are added by the sink, and the one extra label a series may have takes its
 //! value from a fixed list the type declares.
 
-use crate::messages::Timings;
+use super::response::Timings;
 
 /// A series a check type reports: its name and its help text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -5,11 +5,38 @@
 //! most 4 KiB per answer, and quotes at most the first line of an answer it refuses.
 
 use super::{Phase, ProbeRecord};
-use crate::config::Starttls;
+
 use crate::model::{ErrorKind, ProbeError};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+/// The protocols whose STARTTLS a `tcp` or `tls` check speaks before its TLS handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Starttls {
+    Smtp,
+    Imap,
+    Pop3,
+    Ftp,
+    Postgres,
+    Ldap,
+}
+
+impl Starttls {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Starttls::Smtp => "smtp",
+            Starttls::Imap => "imap",
+            Starttls::Pop3 => "pop3",
+            Starttls::Ftp => "ftp",
+            Starttls::Postgres => "postgres",
+            Starttls::Ldap => "ldap",
+        }
+    }
+}
 
 /// An answer (all its lines) is read up to this.
 const MAX_ANSWER_BYTES: usize = 4096;

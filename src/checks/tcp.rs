@@ -4,20 +4,21 @@
 //! goes past that cap. One fresh connection per probe, one attempt.
 
 use super::net::{connect_tcp, is_tls_failure};
+use super::response::Response;
+use super::response::TcpDetails;
 use super::series::{self, SeriesOut, SeriesSpec};
 use super::tls_client::{
     await_client_auth_verdict, handshake, watch_client_auth, TlsKeys, TlsTarget, TlsTargetError,
 };
+use super::AssertionKey;
+use super::Observation;
+use super::Observed;
 use super::{CheckKind, Probe, ProbeFuture};
 use super::{Phase, ProbeContext, ProbeRecord};
-use crate::assertions::Observation;
-use crate::assertions::Observed;
-use crate::config::KeyPath;
-use crate::config::{AssertionKey, TcpSpec};
-use crate::messages::Response;
-use crate::messages::TcpDetails;
+use crate::config::TcpSpec;
 use crate::model::CheckType;
 use crate::model::{split_host_port, ErrorKind, ProbeError};
+use crate::problem::KeyPath;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -71,7 +72,7 @@ pub struct TcpPlan {
     tls: Option<TlsTarget>,
     steps: Vec<Step>,
     source_ip: Option<std::net::IpAddr>,
-    starttls: Option<crate::config::Starttls>,
+    starttls: Option<super::starttls::Starttls>,
 }
 
 impl TcpPlan {
@@ -82,7 +83,7 @@ impl TcpPlan {
                 reason,
             })?;
         // STARTTLS turns TLS on, with the default settings unless the table gives others.
-        let default_settings = crate::config::TlsSettings::default();
+        let default_settings = super::settings::TlsSettings::default();
         let table = match (spec.tls.settings(), spec.starttls) {
             (None, Some(_)) => Some(&default_settings),
             (table, _) => table,

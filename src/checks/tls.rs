@@ -5,21 +5,22 @@
 //! checked. One fresh connection per probe, one attempt.
 
 use super::net::connect_tcp;
+use super::response::Response;
+use super::response::{ChainDetails, TlsDetails};
 use super::series::{self, SeriesOut, SeriesSpec};
 use super::tls_client::{
     await_client_auth_verdict, certificate_details, handshake, tls_setup_error, watch_client_auth,
     TlsKeys, TlsTarget, TlsTargetError,
 };
+use super::AssertionKey;
+use super::Observation;
+use super::Observed;
 use super::{CheckKind, Probe, ProbeFuture};
 use super::{ProbeContext, ProbeRecord};
-use crate::assertions::Observation;
-use crate::assertions::Observed;
-use crate::config::KeyPath;
-use crate::config::{AssertionKey, TlsSpec};
-use crate::messages::Response;
-use crate::messages::{ChainDetails, TlsDetails};
+use crate::config::TlsSpec;
 use crate::model::CheckType;
 use crate::model::{split_host_port, ErrorKind, ProbeError};
+use crate::problem::KeyPath;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
@@ -52,7 +53,7 @@ pub struct TlsPlan {
     port: u16,
     tls: TlsTarget,
     source_ip: Option<std::net::IpAddr>,
-    starttls: Option<crate::config::Starttls>,
+    starttls: Option<super::starttls::Starttls>,
 }
 
 impl TlsPlan {

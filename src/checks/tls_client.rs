@@ -5,10 +5,10 @@
 //! off: a shared configuration must never carry one probe's session into the next.
 
 use super::{Phase, ProbeContext, ProbeRecord};
-use crate::config::KeyPath;
+use crate::problem::KeyPath;
 
-use crate::config::{TlsSettings, TlsVersion};
-use crate::messages::{CertificateDetails, TlsDetails};
+use super::response::{CertificateDetails, TlsDetails};
+use super::settings::{TlsSettings, TlsVersion};
 use crate::model::{ErrorKind, ProbeError};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::{ResolvesClientCert, Resumption, WebPkiServerVerifier};

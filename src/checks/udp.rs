@@ -5,13 +5,14 @@
 //! match is an `expect` error). It never reads more than one datagram, and keeps at most
 //! `runner.max_body_bytes` of it.
 
+use super::response::{Response, UdpDetails};
 use super::series::{self, SeriesOut, SeriesSpec};
+use super::AssertionKey;
+use super::Observation;
 use super::{CheckKind, Phase, Probe, ProbeContext, ProbeFuture, ProbeRecord};
-use crate::assertions::Observation;
-use crate::config::KeyPath;
-use crate::config::{AssertionKey, UdpSpec};
-use crate::messages::{Response, UdpDetails};
+use crate::config::UdpSpec;
 use crate::model::{split_host_port, CheckType, ErrorKind, ProbeError};
+use crate::problem::KeyPath;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use tokio::net::UdpSocket;
 

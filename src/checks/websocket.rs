@@ -7,14 +7,15 @@
 //! connection per probe; it never leaves a task behind.
 
 use super::net::connect_tcp;
+use super::response::{Response, WebsocketDetails};
 use super::series::{self, SeriesOut, SeriesSpec};
 use super::tls_client::{handshake, TlsKeys, TlsTarget, TlsTargetError};
+use super::AssertionKey;
+use super::Observation;
 use super::{CheckKind, Phase, Probe, ProbeContext, ProbeFuture, ProbeRecord};
-use crate::assertions::Observation;
-use crate::config::KeyPath;
-use crate::config::{AssertionKey, WebsocketSpec};
-use crate::messages::{Response, WebsocketDetails};
+use crate::config::WebsocketSpec;
 use crate::model::{CheckType, ErrorKind, ProbeError};
+use crate::problem::KeyPath;
 use base64::Engine;
 use std::net::SocketAddr;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};

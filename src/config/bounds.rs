@@ -8,7 +8,7 @@
 //! `tests/it/fuzz.rs` reads this table and the reference, and fails on a numeric key without
 //! a range.
 
-use super::problem::{Entry, KeyPath, Problem};
+use crate::problem::{Entry, KeyPath, Problem};
 use std::time::Duration;
 
 pub const MIN_INTERVAL: Duration = Duration::from_secs(1);

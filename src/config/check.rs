@@ -4,11 +4,14 @@
 //! `CheckRequest` carries, so a runner needs no configuration of its own to run it.
 
 use super::bounds::*;
-use super::probe::{
-    BasicAuth, Compression, HttpSecrets, IpProtocol, OAuth2Config, Secret, TlsOption, TlsSettings,
-};
 use super::runner::location_name;
 use super::{default_true, is_true, Entry, KeyPath, Problem, Problems};
+pub use crate::checks::dns::{DnsRecordType, DnsTransport};
+use crate::checks::settings::{
+    BasicAuth, Compression, HttpSecrets, IpProtocol, OAuth2Config, Secret, TlsOption, TlsSettings,
+};
+pub use crate::checks::starttls::Starttls;
+pub use crate::checks::{AssertionKey, Relationship};
 use crate::model::CheckType;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -463,32 +466,6 @@ pub struct DnsSpec {
     pub tls: TlsSettings,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "UPPERCASE")]
-pub enum DnsRecordType {
-    #[default]
-    A,
-    Aaaa,
-    Cname,
-    Mx,
-    Txt,
-    Ns,
-    Soa,
-    Srv,
-    Ptr,
-    Caa,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum DnsTransport {
-    #[default]
-    Udp,
-    Tcp,
-    Tls,
-    Https,
-}
-
 /// Settings of a `type = "tls"` check.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -512,31 +489,6 @@ pub struct TlsSpec {
     /// `postgres` or `ldap`. Default: TLS from the first byte.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub starttls: Option<Starttls>,
-}
-
-/// The protocols whose STARTTLS a `tcp` or `tls` check speaks before its TLS handshake.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Starttls {
-    Smtp,
-    Imap,
-    Pop3,
-    Ftp,
-    Postgres,
-    Ldap,
-}
-
-impl Starttls {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Starttls::Smtp => "smtp",
-            Starttls::Imap => "imap",
-            Starttls::Pop3 => "pop3",
-            Starttls::Ftp => "ftp",
-            Starttls::Postgres => "postgres",
-            Starttls::Ldap => "ldap",
-        }
-    }
 }
 
 /// Settings of a `type = "icmp"` check.
@@ -601,7 +553,7 @@ pub struct GrpcSpec {
     #[schemars(extend("default" = {}))]
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(skip)]
-    pub metadata_secrets: BTreeMap<String, super::probe::Secret>,
+    pub metadata_secrets: BTreeMap<String, crate::checks::settings::Secret>,
 }
 
 /// One `[[checks.assertions]]` entry.
@@ -618,60 +570,6 @@ pub struct AssertionConfig {
     /// The expected value. A humantime duration for `latency`.
     #[serde(default)]
     pub operand: String,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum AssertionKey {
-    Code,
-    Header,
-    Body,
-    Json,
-    Latency,
-    /// tcp: whether the connection (and TLS, when on) was made.
-    Connected,
-    /// dns: the response code (NOERROR, NXDOMAIN, SERVFAIL, ...).
-    Rcode,
-    /// dns: every answer record in presentation form, one per line.
-    Answer,
-    /// dns: how many answer records came back.
-    AnswerCount,
-    /// tls: time left before the earliest not-after of the chain.
-    CertExpiry,
-    /// tls: the leaf certificate's issuer.
-    Issuer,
-    /// tls: the leaf certificate's subject.
-    Subject,
-    /// tls: the leaf certificate's subject alternative names, one per line.
-    San,
-    /// tls: the negotiated version, e.g. TLSv1.3.
-    TlsVersion,
-    /// tls: whether the chain verified (true or false).
-    ChainValid,
-    /// icmp: the percentage of echo requests left unanswered.
-    Loss,
-    /// icmp: the mean round-trip time of the replies.
-    RttAvg,
-    /// icmp: the longest round-trip time of the replies.
-    RttMax,
-    /// grpc: the serving status (SERVING, NOT_SERVING, UNKNOWN, SERVICE_UNKNOWN).
-    Status,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub enum Relationship {
-    Equal,
-    NotEqual,
-    Empty,
-    NotEmpty,
-    Contain,
-    NotContain,
-    RegExp,
-    /// The regex does not match anywhere in the value.
-    NotRegExp,
-    GreaterThan,
-    LessThan,
 }
 
 pub(super) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);

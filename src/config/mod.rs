@@ -20,10 +20,10 @@ mod history;
 pub mod json_schema;
 mod locate;
 mod notify;
-mod probe;
-mod problem;
 mod runner;
 
+pub use crate::checks::settings::*;
+pub use crate::problem::{Entry, KeyPath, Problem, Problems, Segment};
 pub use agent::*;
 pub use bounds::{MAX_BODY_BYTES_LIMIT, MIN_INTERVAL};
 pub use bus::*;
@@ -31,8 +31,6 @@ pub use check::*;
 pub use checker::*;
 pub use history::*;
 pub use notify::*;
-pub use probe::*;
-pub use problem::{Entry, KeyPath, Problem, Problems, Segment};
 pub use runner::*;
 
 use locate::{parse_toml_all, yaml_error};
