@@ -85,6 +85,13 @@ struct RollupKey {
     bucket: i64,
 }
 
+impl RollupKey {
+    /// The one order every writer takes rows in: the table's primary key.
+    fn order(&self) -> (i64, i64, i64, i64) {
+        (self.tier, self.check_id, self.instance_id, self.bucket)
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq)]
 struct Rollup {
     runs: i64,
@@ -682,12 +689,38 @@ impl Writer {
             let deltas = self.rollup_deltas(inserted);
             // The cache holds what this writer wrote last. With HA checkers another one may
             // have written since (the lease moved there and back), so the rows are read
-            // again, locked on PostgreSQL until the transaction ends.
-            let unread: Vec<RollupKey> = deltas
+            // again, locked on PostgreSQL until the transaction ends: every writer locks them
+            // in one order (by key), so two never wait on each other in a circle.
+            let mut unread: Vec<RollupKey> = deltas
                 .keys()
                 .filter(|key| !(self.sole_writer && self.rollups.contains_key(key)))
                 .copied()
                 .collect();
+            unread.sort_unstable_by_key(RollupKey::order);
+            if !lock.is_empty() {
+                // A row not yet written has nothing to lock, so two writers would both start
+                // from zero and the later upsert would replace the other's counts: every row
+                // is made first (an empty one, which the upsert below overwrites).
+                let empty = Histograms::default().encode();
+                for keys in unread.chunks(ROLLUPS_PER_STATEMENT) {
+                    let mut insert = sqlx::QueryBuilder::new(
+                        "INSERT INTO rollups (tier, check_id, instance_id, bucket, runs, down, unmeasured, hist) ",
+                    );
+                    insert.push_values(keys, |mut values, key| {
+                        values
+                            .push_bind(key.tier as i16)
+                            .push_bind(key.check_id)
+                            .push_bind(key.instance_id)
+                            .push_bind(key.bucket)
+                            .push_bind(0_i64)
+                            .push_bind(0_i64)
+                            .push_bind(0_i64)
+                            .push_bind(empty.as_slice());
+                    });
+                    insert.push(" ON CONFLICT (tier, check_id, instance_id, bucket) DO NOTHING");
+                    insert.build().execute(&mut *tx).await?;
+                }
+            }
             let mut stored: HashMap<RollupKey, Rollup> = HashMap::with_capacity(unread.len());
             for keys in unread.chunks(ROLLUPS_PER_STATEMENT) {
                 let mut select = sqlx::QueryBuilder::new(
@@ -701,7 +734,9 @@ impl Writer {
                         .push_bind(key.instance_id)
                         .push_bind(key.bucket);
                 });
-                select.push(")").push(lock);
+                select
+                    .push(") ORDER BY tier, check_id, instance_id, bucket")
+                    .push(lock);
                 let rows: Vec<StoredRollup> =
                     select.build_query_as().fetch_all(&mut *tx).await?;
                 for (tier, check_id, instance_id, bucket, runs, down, unmeasured, hist) in rows {
@@ -724,8 +759,8 @@ impl Writer {
                     (key, row, hist)
                 })
                 .collect();
-            // One order for every writer, so two HA writers lock the rows in the same order.
-            merged.sort_unstable_by_key(|(key, _, _)| (key.tier, key.check_id, key.instance_id, key.bucket));
+            // Written in key order too, as the rows were locked.
+            merged.sort_unstable_by_key(|(key, _, _)| key.order());
             for rows in merged.chunks(ROLLUPS_PER_STATEMENT) {
                 let mut upsert = sqlx::QueryBuilder::new(
                     "INSERT INTO rollups (tier, check_id, instance_id, bucket, runs, down, unmeasured, hist) ",
