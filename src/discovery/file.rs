@@ -27,7 +27,7 @@ pub const POLL: Duration = Duration::from_millis(500);
 pub const POLL_WITH_NOTICES: Duration = Duration::from_secs(5);
 /// How long after a notice (or a read that found a change) the file is read again: writes
 /// that come in a burst are read once, and a change is taken once it held this long.
-pub const SETTLE: Duration = Duration::from_millis(100);
+pub const SETTLE: Duration = Duration::from_millis(250);
 /// Larger files are refused (the targets travel in every run's request).
 pub const MAX_FILE_BYTES: u64 = 512 * 1024;
 
@@ -122,6 +122,27 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<Vec<TargetGroup>, DiscoveryErr
     Ok(groups)
 }
 
+/// Where `path` really is when a symlink leads it out of its own directory (whose watch does
+/// not see the target change); `None` when it stays there or cannot be resolved.
+fn target_elsewhere(path: &Path) -> Option<PathBuf> {
+    let file = std::fs::canonicalize(path).ok()?;
+    let directory = std::fs::canonicalize(
+        path.parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new(".")),
+    )
+    .ok()?;
+    (file.parent() != Some(directory.as_path())).then_some(file)
+}
+
+/// Waits for the next notice of `notices`; never, when there are none.
+async fn changed(notices: &Option<Notices>) {
+    match notices {
+        Some(notices) => notices.changed().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Reads and checks the file once (`bastion once`, and each change the watcher takes).
 pub fn read(path: &Path) -> Result<Vec<TargetGroup>, DiscoveryError> {
     let bytes = read_bytes(path)?;
@@ -166,6 +187,8 @@ fn watch_polling_every(
         errors,
         changes: changes.clone(),
         notices: None,
+        target: None,
+        target_notices: None,
         polls,
         applied: None,
         candidate: None,
@@ -182,6 +205,10 @@ struct Watcher {
     changes: DirectoryChanges,
     /// Change notices for the file's directory, while they come.
     notices: Option<Notices>,
+    /// Where the file really is, when a symlink leads out of its directory (read at each
+    /// read), and change notices for that directory: an edit there is no event here.
+    target: Option<PathBuf>,
+    target_notices: Option<Notices>,
     /// `POLL_WITH_NOTICES` and `POLL`; longer in the tests that show notices alone suffice.
     polls: Polls,
     /// The content whose groups the channel holds.
@@ -195,14 +222,23 @@ struct Watcher {
 impl Watcher {
     async fn run(mut self, sender: watch::Sender<TargetSet>) {
         // Subscribed before the first read, so no change after it goes unnoticed.
-        self.notices = self.changes.subscribe(&self.path);
+        self.notices = self.subscribe(self.path.clone()).await;
         let mut first = true;
         loop {
             if !first && !self.wait(&sender).await {
                 return;
             }
             let path = self.path.clone();
-            let read = tokio::task::spawn_blocking(move || read_bytes(&path)).await;
+            let read =
+                tokio::task::spawn_blocking(move || (read_bytes(&path), target_elsewhere(&path)))
+                    .await;
+            let read = read.map(|(bytes, target)| {
+                if target != self.target {
+                    self.target = target;
+                    self.target_notices = None;
+                }
+                bytes
+            });
             let bytes = match read {
                 Ok(Ok(bytes)) => bytes,
                 Ok(Err(error)) => {
@@ -249,26 +285,27 @@ impl Watcher {
     /// of writes is read once), `SETTLE` after a read that found a change, or the poll
     /// interval. False once the checker dropped its receiver.
     async fn wait(&mut self, sender: &watch::Sender<TargetSet>) -> bool {
-        if self
-            .notices
-            .as_ref()
-            .is_some_and(|notices| !notices.is_live())
-        {
-            self.notices = None;
+        // A watch that ended (the directory was removed, moved or replaced) is made again
+        // if it can be; until then the file is polled.
+        if !self.notices.as_ref().is_some_and(Notices::is_live) {
+            self.notices = self.subscribe(self.path.clone()).await;
         }
-        if self.notices.is_none() {
-            // The directory may have come back (or been replaced).
-            self.notices = self.changes.subscribe(&self.path);
+        if let Some(target) = self.target.clone() {
+            if !self.target_notices.as_ref().is_some_and(Notices::is_live) {
+                self.target_notices = self.subscribe(target).await;
+            }
         }
-        let pause = match (&self.candidate, &self.notices) {
+        let watched =
+            self.notices.is_some() && (self.target.is_none() || self.target_notices.is_some());
+        let pause = match (&self.candidate, watched) {
             (Some(_), _) => SETTLE,
-            (None, Some(_)) => self.polls.with_notices,
-            (None, None) => self.polls.without,
+            (None, true) => self.polls.with_notices,
+            (None, false) => self.polls.without,
         };
         let noticed = async {
-            match &self.notices {
-                Some(notices) => notices.changed().await,
-                None => std::future::pending().await,
+            tokio::select! {
+                _ = changed(&self.notices) => {}
+                _ = changed(&self.target_notices) => {}
             }
         };
         tokio::select! {
@@ -280,6 +317,16 @@ impl Watcher {
             _ = sender.closed() => false,
             _ = tokio::time::sleep(SETTLE) => true,
         }
+    }
+
+    /// Notices for `path`, subscribed on the blocking pool: adding a watch resolves the path,
+    /// which a hung mount can stall.
+    async fn subscribe(&self, path: PathBuf) -> Option<Notices> {
+        let changes = self.changes.clone();
+        tokio::task::spawn_blocking(move || changes.subscribe(&path))
+            .await
+            .ok()
+            .flatten()
     }
 
     fn problem(&mut self, error: &DiscoveryError) {
@@ -340,8 +387,9 @@ mod tests {
     }
 
     /// With polls an hour apart, only inotify's notices can bring these changes in: a write in
-    /// place, a replacement by rename, a ConfigMap-style symlink swap, and a directory that
-    /// is removed and made again (its watch ends; the watcher polls until it can watch again).
+    /// place, a replacement by rename, a ConfigMap-style symlink swap, an edit behind a
+    /// symlink into another directory, and a directory that is removed or moved away and
+    /// made again (its watch ends; the watcher polls until it can watch again).
     #[tokio::test]
     async fn change_notices_bring_each_kind_of_change_without_polling() {
         let root = std::env::temp_dir().join(format!("bastion-notices-{}", std::process::id()));
@@ -416,6 +464,40 @@ mod tests {
         tokio::time::sleep(POLL * 3).await;
         std::fs::write(&file, targets("10.0.3.3:80")).unwrap();
         until_first_target(&mut receiver, "10.0.3.3:80").await;
+
+        // A directory moved away (its watch would follow it) and another made in its place.
+        let moved = root.path().join("moved_away");
+        std::fs::rename(&directory, &moved).unwrap();
+        tokio::time::sleep(POLL * 3).await;
+        std::fs::create_dir(&directory).unwrap();
+        std::fs::write(&file, targets("10.0.3.4:80")).unwrap();
+        until_first_target(&mut receiver, "10.0.3.4:80").await;
+        // The old directory's changes are not the file's any more; the new one's are.
+        std::fs::write(moved.join("web.json"), targets("10.9.9.9:80")).unwrap();
+        tokio::time::sleep(POLL * 3).await;
+        std::fs::write(&file, targets("10.0.3.5:80")).unwrap();
+        until_first_target(&mut receiver, "10.0.3.5:80").await;
+
+        // A symlink into another directory: an edit there is noticed, without polling.
+        let real = root.path().join("real");
+        let links = root.path().join("links");
+        std::fs::create_dir_all(&real).unwrap();
+        std::fs::create_dir_all(&links).unwrap();
+        std::fs::write(real.join("web.json"), targets("10.0.4.1:80")).unwrap();
+        std::os::unix::fs::symlink(real.join("web.json"), links.join("web.json")).unwrap();
+        let mut receiver = watch_polling_every(
+            &changes,
+            "e",
+            links.join("web.json"),
+            Counter::default(),
+            never,
+        );
+        until_first_target(&mut receiver, "10.0.4.1:80").await;
+        // The watcher learns where the link leads at its first read, and watches there at
+        // its next wait.
+        tokio::time::sleep(SETTLE * 2).await;
+        std::fs::write(real.join("web.json"), targets("10.0.4.2:80")).unwrap();
+        until_first_target(&mut receiver, "10.0.4.2:80").await;
     }
 
     #[test]
