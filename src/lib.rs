@@ -12,6 +12,7 @@ pub mod assertions;
 pub mod bus;
 pub mod checker;
 pub mod checks;
+pub mod compiled;
 pub mod config;
 pub mod discovery;
 pub mod episode;

@@ -5,7 +5,7 @@
 //! notifier. It sits above the probe engine and the bus so that `config` needs neither; it
 //! never starts anything and never keeps what it built.
 
-use crate::checks::{CheckDefinitionError, CompiledCheck};
+use crate::compiled::{CheckDefinitionError, CompiledCheck};
 use crate::config::{BusKind, Config, ConfigError, Entry, Format, KeyPath, Problem, Problems};
 use crate::model::CheckType;
 use std::path::Path;

@@ -6,7 +6,7 @@
 use super::AgentError;
 use crate::bus::nats::NatsBus;
 use crate::bus::{Bus, BusError};
-use crate::checks::CompiledCheck;
+use crate::compiled::CompiledCheck;
 use crate::config::{BusKind, Config};
 use crate::messages::{self, CheckResult, TestFailure, TestRequest, MESSAGE_VERSION};
 use crate::metrics::Metrics;

@@ -4,6 +4,8 @@
 //! (query written to answer read). An answer that is not a DNS response to the query is an
 //! error; NXDOMAIN or SERVFAIL is an answer, reported as its rcode.
 
+use super::settings::default_true;
+use super::settings::TlsSettings;
 use super::{Phase, ProbeRecord};
 use crate::problem::KeyPath;
 use schemars::JsonSchema;
@@ -17,7 +19,6 @@ use super::Observation;
 use super::Observed;
 use super::ProbeContext;
 use super::{CheckKind, Probe, ProbeFuture};
-use crate::config::DnsSpec;
 use crate::model::CheckType;
 use crate::model::{split_host_port, ErrorKind, InstanceAddr, ProbeError};
 use hickory_proto::op::{Message, MessageType, OpCode, Query};
@@ -26,6 +27,38 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU16, Ordering};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
+
+/// Settings of a `type = "dns"` check.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DnsSpec {
+    /// The name to ask for.
+    pub query: String,
+    /// A, AAAA, CNAME, MX, TXT, NS, SOA, SRV, PTR or CAA. Default: A.
+    #[serde(default)]
+    pub record_type: DnsRecordType,
+    /// The server to ask, `host`, `ip`, `host:port` or `ip:port` (port 53 by default); a host
+    /// name is resolved and each address is an instance. Default: the name servers of
+    /// /etc/resolv.conf, each an instance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<String>,
+    /// `udp`, `tcp`, `tls` (DNS over TLS, RFC 7858: port 853 unless the server names one)
+    /// or `https` (DNS over HTTPS, RFC 8484: a POST to `https_path` on port 443 unless the
+    /// server names one), the certificate verified as `[checks.tls]` says. Default: udp.
+    #[serde(default)]
+    pub transport: DnsTransport,
+    /// Ask the server to recurse (the RD flag). Default: true.
+    #[serde(default = "default_true")]
+    pub recursion_desired: bool,
+    /// DNS over HTTPS: the path queries are POSTed to. Default: `/dns-query`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = "/dns-query"))]
+    pub https_path: Option<String>,
+    /// TLS settings for `transport = "tls"` and `"https"` (`[checks.tls]`).
+    #[schemars(extend("default" = {}))]
+    #[serde(default, skip_serializing_if = "TlsSettings::is_default")]
+    pub tls: TlsSettings,
+}
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "UPPERCASE")]

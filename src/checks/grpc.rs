@@ -8,22 +8,103 @@ use super::net::{connect_tcp, drive, error_chain, http_error};
 use super::response::GrpcDetails;
 use super::response::Response;
 use super::series::{self, SeriesOut, SeriesSpec};
+use super::settings::read_line_secret;
+use super::settings::Secret;
+use super::settings::TlsOption;
 use super::tls_client::{handshake, TlsKeys, TlsTarget, TlsTargetError};
 use super::AssertionKey;
 use super::Observation;
 use super::Observed;
 use super::{CheckKind, Probe, ProbeFuture};
 use super::{Phase, ProbeContext, ProbeRecord};
-use crate::config::GrpcSpec;
 use crate::model::CheckType;
 use crate::model::{split_host_port, ErrorKind, ProbeError};
+use crate::problem::Entry;
 use crate::problem::KeyPath;
+use crate::problem::Problem;
+use crate::problem::Problems;
 use bytes::{Bytes, BytesMut};
 use http::header::{HeaderValue, CONTENT_TYPE, TE, USER_AGENT};
 use http::{HeaderMap, Method, Request, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Settings of a `type = "grpc"` check.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GrpcSpec {
+    /// `host:port` (`[v6]:port`). The host is resolved unless instances are listed.
+    pub address: String,
+    /// The service name asked about; "" asks about the server as a whole. Default: "".
+    #[serde(default)]
+    pub service: String,
+    /// Call over TLS (h2 by ALPN): `true`, or a `[checks.tls]` table. Default: false (h2c,
+    /// HTTP/2 without TLS). `tls.server_name` is also the call's `:authority`.
+    #[schemars(extend("default" = false))]
+    #[serde(default, skip_serializing_if = "TlsOption::is_off")]
+    pub tls: TlsOption,
+    /// Older spelling of `tls.server_name`, still accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+    /// Older spelling of `tls.ca_file`, still accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// Older spelling of `tls.insecure_skip_verify`, still accepted.
+    #[schemars(extend("default" = false))]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure_skip_verify: bool,
+    /// The local address the probe's connection leaves from. Default: the system's choice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_ip: Option<std::net::IpAddr>,
+    /// Metadata sent with the call (`{ "x-tenant" = "a" }`): lowercase gRPC metadata keys.
+    #[schemars(extend("default" = {}))]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
+    /// Metadata whose values are read from files at load and reload, by key
+    /// (`{ authorization = "/etc/bastion/grpc-token" }`): each file's first line.
+    #[schemars(extend("default" = {}))]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata_from_files: BTreeMap<String, PathBuf>,
+    /// What `metadata_from_files` held when the config was loaded; filled in by bastion,
+    /// never written in a config file.
+    #[schemars(extend("default" = {}))]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(skip)]
+    pub metadata_secrets: BTreeMap<String, crate::checks::settings::Secret>,
+}
+
+/// Reads a gRPC check's `metadata_from_files` into its `metadata_secrets`.
+pub fn read_secrets(entry: &Entry, spec: &mut GrpcSpec, problems: &mut Problems) {
+    if !spec.metadata_secrets.is_empty() {
+        problems.push(entry.problem(
+            "metadata_secrets",
+            "metadata_secrets is filled in by bastion from metadata_from_files; remove it",
+        ));
+    }
+    let mut secrets = BTreeMap::new();
+    for (key, path) in &spec.metadata_from_files {
+        let value = read_line_secret(&format!("metadata_from_files.{key}"), path).unwrap_or_else(
+            |message| {
+                problems.push(Problem::at(
+                    entry
+                        .path
+                        .clone()
+                        .key("metadata_from_files")
+                        .key(key.as_str()),
+                    format!("{}: {message}", entry.subject),
+                ));
+                Secret::default()
+            },
+        );
+        secrets.insert(key.clone(), value);
+    }
+    spec.metadata_secrets = secrets;
+}
 
 const HEALTH_CHECK_PATH: &str = "/grpc.health.v1.Health/Check";
 /// A health answer is a few bytes; anything longer than this is not one.

@@ -12,6 +12,14 @@ use super::proxy::{basic_authorization, ProxyDefinitionError, ProxyPlan};
 use super::response::HttpDetails;
 use super::response::Response;
 use super::series::{self, SeriesOut, SeriesSpec};
+use super::settings::default_true;
+use super::settings::is_true;
+use super::settings::read_line_secret;
+use super::settings::read_text;
+use super::settings::BasicAuth;
+use super::settings::HttpSecrets;
+use super::settings::OAuth2Config;
+use super::settings::TlsSettings;
 use super::settings::{Compression, Secret};
 use super::tls_client::{
     handshake, server_name, tls_setup_error, TlsKeys, TlsTarget, TlsTargetError,
@@ -20,10 +28,12 @@ use super::AssertionKey;
 use super::Observation;
 use super::{CheckKind, Probe, ProbeFuture};
 use super::{Phase, ProbeContext, ProbeRecord};
-use crate::config::HttpSpec;
 use crate::model::CheckType;
 use crate::model::{ErrorKind, ProbeError};
+use crate::problem::Entry;
 use crate::problem::KeyPath;
+use crate::problem::Problem;
+use crate::problem::Problems;
 use bytes::Bytes;
 use http::header::{
     HeaderName, HeaderValue, ACCEPT_ENCODING, AUTHORIZATION, CONTENT_ENCODING, HOST, LOCATION,
@@ -33,10 +43,176 @@ use http::{HeaderMap, Method, Request, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 use tokio::time::Instant;
+
+/// Settings of a `type = "http"` check.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSpec {
+    /// `http://` or `https://` URL. Its host is resolved, and sent as Host and TLS SNI.
+    pub url: String,
+    /// Request method. Default: GET.
+    #[serde(default = "default_method")]
+    pub method: String,
+    /// Extra request headers.
+    #[schemars(extend("default" = {}))]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    /// Request body.
+    #[schemars(extend("default" = ""))]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub body: String,
+    /// Follow up to 10 redirects. Default: false, so a 3xx is reported as it is.
+    #[serde(default)]
+    pub follow_redirects: bool,
+    /// TLS settings for https URLs (`[checks.tls]`).
+    #[schemars(extend("default" = {}))]
+    #[serde(default, skip_serializing_if = "TlsSettings::is_default")]
+    pub tls: TlsSettings,
+    /// The local address the probe's connections leave from (`10.0.0.7`, `::1`). Default: the
+    /// system's choice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_ip: Option<std::net::IpAddr>,
+    /// Request headers whose values are read from files at load and reload, by header name
+    /// (`{ Authorization = "/etc/bastion/token" }`): each file's first line.
+    #[schemars(extend("default" = {}))]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers_from_files: BTreeMap<String, PathBuf>,
+    /// File whose content is the request body, read at load and reload; instead of `body`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_file: Option<PathBuf>,
+    /// File holding a token sent as `Authorization: Bearer <token>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bearer_token_file: Option<PathBuf>,
+    /// HTTP basic auth, the password read from a file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub basic_auth: Option<BasicAuth>,
+    /// OAuth2 client credentials: a token fetched (and cached) before the probe, sent as
+    /// `Authorization: Bearer <token>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oauth2: Option<OAuth2Config>,
+    /// An `http://host:port` proxy: https targets are reached through a CONNECT tunnel,
+    /// http targets by forwarding. Default: none (connect directly).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_url: Option<String>,
+    /// Hosts reached directly instead of through `proxy_url`: a name (and its subdomains),
+    /// `.domain`, an IP, a CIDR block (matched against the instance), or `*`.
+    #[schemars(extend("default" = []))]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub no_proxy: Vec<String>,
+    /// Credentials for `proxy_url`, sent as `Proxy-Authorization: Basic`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_basic_auth: Option<BasicAuth>,
+    /// Status codes that pass (`[200, 204, 404]`) instead of any 2xx; a status outside the
+    /// list is an `http` error, whatever the assertions say. Default: any 2xx.
+    #[schemars(extend("default" = []))]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub valid_status_codes: Vec<u16>,
+    /// HTTP versions the final response may come over (`HTTP/1.0`, `HTTP/1.1`, `HTTP/2`);
+    /// another is an `http` error. Default: any.
+    #[schemars(extend("default" = []))]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub valid_http_versions: Vec<String>,
+    /// Fail when the final response (after redirects) came over TLS. Default: false.
+    #[schemars(extend("default" = false))]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fail_if_ssl: bool,
+    /// Fail when the final response (after redirects) did not come over TLS. Default: false.
+    #[schemars(extend("default" = false))]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fail_if_not_ssl: bool,
+    /// Ask for this content coding (`gzip`, `deflate`, `br`, `zstd`) and decode the body
+    /// before judging it, up to `runner.max_body_bytes` decoded. Default: none (the body is
+    /// judged as it comes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression: Option<Compression>,
+    /// Offer HTTP/2 by ALPN to https URLs. false: HTTP/1.1 only. Default: true.
+    #[schemars(extend("default" = default_true()))]
+    #[serde(default = "default_true", skip_serializing_if = "is_true")]
+    pub enable_http2: bool,
+    /// What the `*_file` keys held when the config was loaded; filled in by bastion, never
+    /// written in a config file.
+    #[serde(default, skip_serializing_if = "HttpSecrets::is_empty")]
+    #[schemars(skip)]
+    pub secrets: HttpSecrets,
+}
+
+fn default_method() -> String {
+    "GET".to_string()
+}
+
+/// Reads every secret file of one HTTP check into its `secrets`, reporting each file that
+/// cannot be read at the key naming it.
+pub fn read_secrets(entry: &Entry, spec: &mut HttpSpec, problems: &mut Problems) {
+    if !spec.secrets.is_empty() {
+        problems.push(entry.problem(
+            "secrets",
+            "secrets is filled in by bastion from the *_file keys; remove it",
+        ));
+    }
+    let mut secrets = HttpSecrets::default();
+    // A file that cannot be read is reported here; an empty stand-in keeps the definition
+    // whole, so compiling it adds no second message about the same file.
+    let mut note = |key: KeyPath, outcome: Result<Secret, String>| -> Option<Secret> {
+        Some(outcome.unwrap_or_else(|message| {
+            problems.push(Problem::at(
+                entry.path.clone().join(key),
+                format!("{}: {message}", entry.subject),
+            ));
+            Secret::default()
+        }))
+    };
+    for (header, path) in &spec.headers_from_files {
+        let key = KeyPath::dotted("headers_from_files").key(header.as_str());
+        if let Some(value) = note(
+            key,
+            read_line_secret(&format!("headers_from_files.{header}"), path),
+        ) {
+            secrets.headers.insert(header.clone(), value);
+        }
+    }
+    if let Some(path) = &spec.body_file {
+        // A body is sent exactly as the file holds it, final newline included.
+        secrets.body = note(
+            KeyPath::dotted("body_file"),
+            read_text("body_file", path).map(Secret::new),
+        );
+    }
+    if let Some(path) = &spec.bearer_token_file {
+        secrets.bearer_token = note(
+            KeyPath::dotted("bearer_token_file"),
+            read_line_secret("bearer_token_file", path),
+        );
+    }
+    if let Some(auth) = &spec.basic_auth {
+        let key = "basic_auth.password_file";
+        secrets.basic_password = note(
+            KeyPath::dotted(key),
+            read_line_secret(key, &auth.password_file),
+        );
+    }
+    if let Some(auth) = &spec.proxy_basic_auth {
+        let key = "proxy_basic_auth.password_file";
+        secrets.proxy_password = note(
+            KeyPath::dotted(key),
+            read_line_secret(key, &auth.password_file),
+        );
+    }
+    if let Some(oauth2) = &spec.oauth2 {
+        let key = "oauth2.client_secret_file";
+        secrets.oauth2_client_secret = note(
+            KeyPath::dotted(key),
+            read_line_secret(key, &oauth2.client_secret_file),
+        );
+    }
+    spec.secrets = secrets;
+}
 
 /// Redirects followed at most, when `follow_redirects` is on.
 pub const MAX_REDIRECTS: u32 = 10;

@@ -4,6 +4,7 @@
 //! otherwise; where neither opens, configs with icmp checks are refused at start-up. No unsafe
 //! code: the socket is made by socket2 and driven by tokio as a datagram socket.
 
+use super::settings::Humantime;
 use super::{Phase, ProbeRecord};
 use crate::problem::KeyPath;
 
@@ -15,15 +16,49 @@ use super::Observation;
 use super::Observed;
 use super::ProbeContext;
 use super::{CheckKind, Probe, ProbeFuture};
-use crate::config::IcmpSpec;
 use crate::model::CheckType;
 use crate::model::{ErrorKind, ProbeError};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 use socket2::{Domain, Protocol, Socket, Type};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
 use tokio::net::UdpSocket;
 use tokio::time::Instant;
+
+/// Settings of a `type = "icmp"` check.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IcmpSpec {
+    /// Host name or IP to ping. A name is resolved and each address is an instance.
+    pub host: String,
+    /// Echo requests sent per probe, 1 to 100. Default: 3.
+    #[serde(default = "default_icmp_count")]
+    pub count: u16,
+    /// Time between two echo requests. Default: 100ms.
+    #[serde(default = "default_packet_interval", with = "humantime_serde")]
+    #[schemars(with = "Humantime")]
+    pub packet_interval: Duration,
+    /// Bytes of payload per echo request, 0 to 65000. Default: 56.
+    #[serde(default = "default_payload_size")]
+    pub payload_size: u16,
+    /// 4 or 6: probe only the addresses of that family. Default: every address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_version: Option<u8>,
+}
+
+fn default_icmp_count() -> u16 {
+    3
+}
+
+fn default_packet_interval() -> Duration {
+    Duration::from_millis(100)
+}
+
+fn default_payload_size() -> u16 {
+    56
+}
 
 /// Echo requests per probe at most.
 pub const MAX_COUNT: u16 = 100;

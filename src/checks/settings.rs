@@ -5,10 +5,12 @@
 //! that probes it (a runner needs no files of its own); its `Debug` never shows it, and no
 //! message made here ever quotes it.
 
-use schemars::JsonSchema;
+use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
+use std::path::Path;
 use std::path::PathBuf;
 
 /// `[checks.tls]`: the TLS settings of an http, tcp, tls or grpc check, one shape for all four.
@@ -254,6 +256,56 @@ impl HttpSecrets {
         *self == HttpSecrets::default()
     }
 }
+
+/// Reads a one-line secret: the file's first line without surrounding whitespace. The error
+/// names the key and the file, never what the file holds.
+pub fn read_line_secret(key: &str, path: &Path) -> Result<Secret, String> {
+    let text = read_text(key, path)?;
+    let line = text.lines().next().unwrap_or("").trim();
+    if line.is_empty() {
+        return Err(format!(
+            "{key}: {} is empty; put the secret on its first line",
+            path.display()
+        ));
+    }
+    Ok(Secret::new(line))
+}
+
+pub fn read_text(key: &str, path: &Path) -> Result<String, String> {
+    let bytes = std::fs::read(path)
+        .map_err(|error| format!("{key}: cannot read {}: {}", path.display(), error.kind()))?;
+    String::from_utf8(bytes).map_err(|_| format!("{key}: {} is not UTF-8 text", path.display()))
+}
+
+/// The default of boolean keys that are on unless turned off.
+pub fn default_true() -> bool {
+    true
+}
+
+/// Leaves a key at its default (`true`) out of the serialized definition.
+pub fn is_true(value: &bool) -> bool {
+    *value
+}
+
+/// A duration as humantime reads it (`humantime_serde` fields): `#[schemars(with = "Humantime")]`.
+pub struct Humantime;
+
+impl JsonSchema for Humantime {
+    fn schema_name() -> Cow<'static, str> {
+        "Duration".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": "string",
+            "pattern": DURATION_PATTERN,
+            "description": "A duration: numbers with units, such as `10s`, `1m 30s`, `250ms`, `2h` or `7days` (ns, us, ms, s, m, h, d, w, M, y and their long names)."
+        })
+    }
+}
+
+/// What humantime's `parse_duration` takes: one or more `<number><unit>`, spaces allowed.
+pub const DURATION_PATTERN: &str = r"^\s*([0-9]+(\.[0-9]+)?\s*(nsec|ns|usec|us|µs|msec|ms|seconds|second|secs|sec|s|minutes|minute|mins|min|m|hours|hour|hrs|hr|h|days|day|d|weeks|week|w|months|month|M|years|year|y)\s*)+$";
 
 #[cfg(test)]
 mod tests {

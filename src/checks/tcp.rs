@@ -7,6 +7,8 @@ use super::net::{connect_tcp, is_tls_failure};
 use super::response::Response;
 use super::response::TcpDetails;
 use super::series::{self, SeriesOut, SeriesSpec};
+use super::settings::TlsOption;
+use super::starttls::Starttls;
 use super::tls_client::{
     await_client_auth_verdict, handshake, watch_client_auth, TlsKeys, TlsTarget, TlsTargetError,
 };
@@ -15,13 +17,62 @@ use super::Observation;
 use super::Observed;
 use super::{CheckKind, Probe, ProbeFuture};
 use super::{Phase, ProbeContext, ProbeRecord};
-use crate::config::TcpSpec;
 use crate::model::CheckType;
 use crate::model::{split_host_port, ErrorKind, ProbeError};
 use crate::problem::KeyPath;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Settings of a `type = "tcp"` check.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TcpSpec {
+    /// `host:port` (`[v6]:port`). The host is resolved unless instances are listed.
+    pub address: String,
+    /// Speak TLS over the connection before the steps: `true`, or a `[checks.tls]` table.
+    /// Default: false.
+    #[schemars(extend("default" = false))]
+    #[serde(default, skip_serializing_if = "TlsOption::is_off")]
+    pub tls: TlsOption,
+    /// Older spelling of `tls.server_name`, still accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+    /// Older spelling of `tls.ca_file`, still accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// Older spelling of `tls.insecure_skip_verify`, still accepted.
+    #[schemars(extend("default" = false))]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure_skip_verify: bool,
+    /// The local address the probe's connection leaves from. Default: the system's choice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_ip: Option<std::net::IpAddr>,
+    /// What to send and what to expect back, in order. Default: none (connecting is enough).
+    #[schemars(extend("default" = []))]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<TcpStep>,
+    /// Ask for TLS in this protocol's plaintext first (`smtp`, `imap`, `pop3`, `ftp`,
+    /// `postgres`, `ldap`); turns TLS on. Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub starttls: Option<Starttls>,
+}
+
+/// One `[[checks.steps]]` entry of a TCP check: exactly one of `send` and `expect`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TcpStep {
+    /// Bytes to write, as text (escapes such as `\r\n` are TOML's own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub send: Option<String>,
+    /// A regex (Rust syntax) that the bytes read since the last match must match; reading
+    /// stops at the first match, when the peer closes, or at `runner.max_body_bytes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect: Option<String>,
+}
 
 /// Compiled regexes may not grow beyond this, as for assertions.
 const REGEX_SIZE_LIMIT: usize = 1 << 20;

@@ -8,6 +8,8 @@ use super::net::connect_tcp;
 use super::response::Response;
 use super::response::{ChainDetails, TlsDetails};
 use super::series::{self, SeriesOut, SeriesSpec};
+use super::settings::TlsSettings;
+use super::starttls::Starttls;
 use super::tls_client::{
     await_client_auth_verdict, certificate_details, handshake, tls_setup_error, watch_client_auth,
     TlsKeys, TlsTarget, TlsTargetError,
@@ -17,7 +19,6 @@ use super::Observation;
 use super::Observed;
 use super::{CheckKind, Probe, ProbeFuture};
 use super::{ProbeContext, ProbeRecord};
-use crate::config::TlsSpec;
 use crate::model::CheckType;
 use crate::model::{split_host_port, ErrorKind, ProbeError};
 use crate::problem::KeyPath;
@@ -25,9 +26,37 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::client::WebPkiServerVerifier;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
+
+/// Settings of a `type = "tls"` check.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSpec {
+    /// `host:port` (`[v6]:port`). The host is resolved unless instances are listed.
+    pub address: String,
+    /// TLS settings (`[checks.tls]`).
+    #[schemars(extend("default" = {}))]
+    #[serde(default, skip_serializing_if = "TlsSettings::is_default")]
+    pub tls: TlsSettings,
+    /// Older spelling of `tls.server_name`, still accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+    /// Older spelling of `tls.ca_file`, still accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// The local address the probe's connection leaves from. Default: the system's choice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_ip: Option<std::net::IpAddr>,
+    /// Ask for TLS in this protocol's plaintext first: `smtp`, `imap`, `pop3`, `ftp`,
+    /// `postgres` or `ldap`. Default: TLS from the first byte.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub starttls: Option<Starttls>,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsDefinitionError {

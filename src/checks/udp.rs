@@ -10,11 +10,32 @@ use super::series::{self, SeriesOut, SeriesSpec};
 use super::AssertionKey;
 use super::Observation;
 use super::{CheckKind, Phase, Probe, ProbeContext, ProbeFuture, ProbeRecord};
-use crate::config::UdpSpec;
 use crate::model::{split_host_port, CheckType, ErrorKind, ProbeError};
 use crate::problem::KeyPath;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use tokio::net::UdpSocket;
+
+/// Settings of a `type = "udp"` check: one datagram out, one reply expected.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UdpSpec {
+    /// `host:port` (`[v6]:port`). The host is resolved unless instances are listed.
+    pub address: String,
+    /// The datagram to send, as text. Exactly one of `send` and `send_hex`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub send: Option<String>,
+    /// The datagram to send, as hex digits (`"deadbeef"`; spaces allowed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub send_hex: Option<String>,
+    /// A regex (Rust syntax) the reply must match. Default: any reply passes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect: Option<String>,
+    /// The local address the probe's datagram leaves from. Default: the system's choice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_ip: Option<std::net::IpAddr>,
+}
 
 /// Compiled regexes may not grow beyond this, as for assertions.
 const REGEX_SIZE_LIMIT: usize = 1 << 20;

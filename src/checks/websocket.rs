@@ -9,16 +9,41 @@
 use super::net::connect_tcp;
 use super::response::{Response, WebsocketDetails};
 use super::series::{self, SeriesOut, SeriesSpec};
+use super::settings::TlsSettings;
 use super::tls_client::{handshake, TlsKeys, TlsTarget, TlsTargetError};
 use super::AssertionKey;
 use super::Observation;
 use super::{CheckKind, Phase, Probe, ProbeContext, ProbeFuture, ProbeRecord};
-use crate::config::WebsocketSpec;
 use crate::model::{CheckType, ErrorKind, ProbeError};
 use crate::problem::KeyPath;
 use base64::Engine;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Settings of a `type = "websocket"` check: the upgrade, then optionally one message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WebsocketSpec {
+    /// `ws://` or `wss://` URL. Its host is resolved, and sent as Host and TLS SNI.
+    pub url: String,
+    /// A text message to send once upgraded. Default: none (the upgrade is enough).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub send: Option<String>,
+    /// A regex (Rust syntax) the first message back must match; needs `send`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect: Option<String>,
+    /// Extra headers of the upgrade request.
+    #[schemars(extend("default" = {}))]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    /// TLS settings for wss URLs (`[checks.tls]`).
+    #[schemars(extend("default" = {}))]
+    #[serde(default, skip_serializing_if = "TlsSettings::is_default")]
+    pub tls: TlsSettings,
+}
 
 /// Compiled regexes may not grow beyond this, as for assertions.
 const REGEX_SIZE_LIMIT: usize = 1 << 20;

@@ -91,8 +91,8 @@ impl BlackboxModule {
             }
             CheckSpec::Dns(spec) => spec.server = Some(target.to_string()),
             CheckSpec::Icmp(spec) => spec.host = target.to_string(),
-            // blackbox_exporter has no such probers: no module compiles into these.
-            CheckSpec::Tls(_) | CheckSpec::Udp(_) | CheckSpec::Websocket(_) => {}
+            // blackbox_exporter has no prober of any other type: no module compiles into one.
+            _ => {}
         }
         Ok(check)
     }
@@ -128,7 +128,7 @@ pub(super) fn read_into(
                 subject: format!("check `blackbox module {name}`"),
                 path: super::KeyPath::dotted(key),
             };
-            super::check::read_http_secrets(&entry, spec, &mut problems);
+            crate::checks::http::read_secrets(&entry, spec, &mut problems);
         }
     }
     if let Some(problem) = problems.0.into_iter().next() {
@@ -459,7 +459,8 @@ fn translate(raw: &Value) -> Result<BlackboxModule, String> {
         CheckType::Dns => dns(&mut inner, &mut check, target)?,
         CheckType::Icmp => icmp(&mut inner, &mut check, target)?,
         CheckType::Grpc => grpc(&mut inner, &mut check, target)?,
-        CheckType::Tls | CheckType::Udp | CheckType::Websocket => {}
+        // Not a blackbox_exporter prober: `Prober` never names another type.
+        _ => {}
     }
     let explicit_ip_protocol = inner.map.contains_key("preferred_ip_protocol");
     ip_protocol(&mut inner, &mut check)?;

@@ -5,18 +5,22 @@
 
 use super::bounds::*;
 use super::runner::location_name;
-use super::{default_true, is_true, Entry, KeyPath, Problem, Problems};
-pub use crate::checks::dns::{DnsRecordType, DnsTransport};
-use crate::checks::settings::{
-    BasicAuth, Compression, HttpSecrets, IpProtocol, OAuth2Config, Secret, TlsOption, TlsSettings,
-};
+use super::{Entry, Problems};
+pub use crate::checks::dns::{DnsRecordType, DnsSpec, DnsTransport};
+pub use crate::checks::grpc::GrpcSpec;
+pub use crate::checks::http::HttpSpec;
+pub use crate::checks::icmp::IcmpSpec;
+use crate::checks::settings::{HttpSecrets, IpProtocol};
 pub use crate::checks::starttls::Starttls;
-pub use crate::checks::{AssertionKey, Relationship};
+pub use crate::checks::tcp::{TcpSpec, TcpStep};
+pub use crate::checks::tls::TlsSpec;
+pub use crate::checks::udp::UdpSpec;
+pub use crate::checks::websocket::WebsocketSpec;
+pub use crate::checks::{AssertionKey, CheckSpec, Relationship};
 use crate::model::CheckType;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -221,341 +225,6 @@ impl TryFrom<InstancesFromTable> for InstancesFrom {
     }
 }
 
-/// The type-specific part of a check, chosen by its `type` key.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(tag = "type", rename_all = "lowercase")]
-// Each variant boxed: a check costs its own type's settings, not the largest type's (an
-// unboxed `CheckSpec` made every `CheckConfig` the size of an http check's, about a kilobyte,
-// in the config's list and in every copy of it; issue 20's million checks).
-pub enum CheckSpec {
-    Http(Box<HttpSpec>),
-    Tcp(Box<TcpSpec>),
-    Dns(Box<DnsSpec>),
-    Tls(Box<TlsSpec>),
-    Icmp(Box<IcmpSpec>),
-    Grpc(Box<GrpcSpec>),
-    Udp(Box<UdpSpec>),
-    Websocket(Box<WebsocketSpec>),
-}
-
-impl CheckSpec {
-    pub fn check_type(&self) -> CheckType {
-        match self {
-            CheckSpec::Http(_) => CheckType::Http,
-            CheckSpec::Tcp(_) => CheckType::Tcp,
-            CheckSpec::Dns(_) => CheckType::Dns,
-            CheckSpec::Tls(_) => CheckType::Tls,
-            CheckSpec::Icmp(_) => CheckType::Icmp,
-            CheckSpec::Grpc(_) => CheckType::Grpc,
-            CheckSpec::Udp(_) => CheckType::Udp,
-            CheckSpec::Websocket(_) => CheckType::Websocket,
-        }
-    }
-}
-
-/// Settings of a `type = "http"` check.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct HttpSpec {
-    /// `http://` or `https://` URL. Its host is resolved, and sent as Host and TLS SNI.
-    pub url: String,
-    /// Request method. Default: GET.
-    #[serde(default = "default_method")]
-    pub method: String,
-    /// Extra request headers.
-    #[schemars(extend("default" = {}))]
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub headers: BTreeMap<String, String>,
-    /// Request body.
-    #[schemars(extend("default" = ""))]
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub body: String,
-    /// Follow up to 10 redirects. Default: false, so a 3xx is reported as it is.
-    #[serde(default)]
-    pub follow_redirects: bool,
-    /// TLS settings for https URLs (`[checks.tls]`).
-    #[schemars(extend("default" = {}))]
-    #[serde(default, skip_serializing_if = "TlsSettings::is_default")]
-    pub tls: TlsSettings,
-    /// The local address the probe's connections leave from (`10.0.0.7`, `::1`). Default: the
-    /// system's choice.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub source_ip: Option<std::net::IpAddr>,
-    /// Request headers whose values are read from files at load and reload, by header name
-    /// (`{ Authorization = "/etc/bastion/token" }`): each file's first line.
-    #[schemars(extend("default" = {}))]
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub headers_from_files: BTreeMap<String, PathBuf>,
-    /// File whose content is the request body, read at load and reload; instead of `body`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub body_file: Option<PathBuf>,
-    /// File holding a token sent as `Authorization: Bearer <token>`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub bearer_token_file: Option<PathBuf>,
-    /// HTTP basic auth, the password read from a file.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub basic_auth: Option<BasicAuth>,
-    /// OAuth2 client credentials: a token fetched (and cached) before the probe, sent as
-    /// `Authorization: Bearer <token>`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub oauth2: Option<OAuth2Config>,
-    /// An `http://host:port` proxy: https targets are reached through a CONNECT tunnel,
-    /// http targets by forwarding. Default: none (connect directly).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub proxy_url: Option<String>,
-    /// Hosts reached directly instead of through `proxy_url`: a name (and its subdomains),
-    /// `.domain`, an IP, a CIDR block (matched against the instance), or `*`.
-    #[schemars(extend("default" = []))]
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub no_proxy: Vec<String>,
-    /// Credentials for `proxy_url`, sent as `Proxy-Authorization: Basic`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub proxy_basic_auth: Option<BasicAuth>,
-    /// Status codes that pass (`[200, 204, 404]`) instead of any 2xx; a status outside the
-    /// list is an `http` error, whatever the assertions say. Default: any 2xx.
-    #[schemars(extend("default" = []))]
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub valid_status_codes: Vec<u16>,
-    /// HTTP versions the final response may come over (`HTTP/1.0`, `HTTP/1.1`, `HTTP/2`);
-    /// another is an `http` error. Default: any.
-    #[schemars(extend("default" = []))]
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub valid_http_versions: Vec<String>,
-    /// Fail when the final response (after redirects) came over TLS. Default: false.
-    #[schemars(extend("default" = false))]
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub fail_if_ssl: bool,
-    /// Fail when the final response (after redirects) did not come over TLS. Default: false.
-    #[schemars(extend("default" = false))]
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub fail_if_not_ssl: bool,
-    /// Ask for this content coding (`gzip`, `deflate`, `br`, `zstd`) and decode the body
-    /// before judging it, up to `runner.max_body_bytes` decoded. Default: none (the body is
-    /// judged as it comes).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub compression: Option<Compression>,
-    /// Offer HTTP/2 by ALPN to https URLs. false: HTTP/1.1 only. Default: true.
-    #[schemars(extend("default" = default_true()))]
-    #[serde(default = "default_true", skip_serializing_if = "is_true")]
-    pub enable_http2: bool,
-    /// What the `*_file` keys held when the config was loaded; filled in by bastion, never
-    /// written in a config file.
-    #[serde(default, skip_serializing_if = "HttpSecrets::is_empty")]
-    #[schemars(skip)]
-    pub secrets: HttpSecrets,
-}
-
-/// Settings of a `type = "tcp"` check.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct TcpSpec {
-    /// `host:port` (`[v6]:port`). The host is resolved unless instances are listed.
-    pub address: String,
-    /// Speak TLS over the connection before the steps: `true`, or a `[checks.tls]` table.
-    /// Default: false.
-    #[schemars(extend("default" = false))]
-    #[serde(default, skip_serializing_if = "TlsOption::is_off")]
-    pub tls: TlsOption,
-    /// Older spelling of `tls.server_name`, still accepted.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub server_name: Option<String>,
-    /// Older spelling of `tls.ca_file`, still accepted.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ca_file: Option<PathBuf>,
-    /// Older spelling of `tls.insecure_skip_verify`, still accepted.
-    #[schemars(extend("default" = false))]
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub insecure_skip_verify: bool,
-    /// The local address the probe's connection leaves from. Default: the system's choice.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub source_ip: Option<std::net::IpAddr>,
-    /// What to send and what to expect back, in order. Default: none (connecting is enough).
-    #[schemars(extend("default" = []))]
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub steps: Vec<TcpStep>,
-    /// Ask for TLS in this protocol's plaintext first (`smtp`, `imap`, `pop3`, `ftp`,
-    /// `postgres`, `ldap`); turns TLS on. Default: none.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub starttls: Option<Starttls>,
-}
-
-/// One `[[checks.steps]]` entry of a TCP check: exactly one of `send` and `expect`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct TcpStep {
-    /// Bytes to write, as text (escapes such as `\r\n` are TOML's own).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub send: Option<String>,
-    /// A regex (Rust syntax) that the bytes read since the last match must match; reading
-    /// stops at the first match, when the peer closes, or at `runner.max_body_bytes`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub expect: Option<String>,
-}
-
-/// Settings of a `type = "udp"` check: one datagram out, one reply expected.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct UdpSpec {
-    /// `host:port` (`[v6]:port`). The host is resolved unless instances are listed.
-    pub address: String,
-    /// The datagram to send, as text. Exactly one of `send` and `send_hex`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub send: Option<String>,
-    /// The datagram to send, as hex digits (`"deadbeef"`; spaces allowed).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub send_hex: Option<String>,
-    /// A regex (Rust syntax) the reply must match. Default: any reply passes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub expect: Option<String>,
-    /// The local address the probe's datagram leaves from. Default: the system's choice.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub source_ip: Option<std::net::IpAddr>,
-}
-
-/// Settings of a `type = "websocket"` check: the upgrade, then optionally one message.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct WebsocketSpec {
-    /// `ws://` or `wss://` URL. Its host is resolved, and sent as Host and TLS SNI.
-    pub url: String,
-    /// A text message to send once upgraded. Default: none (the upgrade is enough).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub send: Option<String>,
-    /// A regex (Rust syntax) the first message back must match; needs `send`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub expect: Option<String>,
-    /// Extra headers of the upgrade request.
-    #[schemars(extend("default" = {}))]
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub headers: BTreeMap<String, String>,
-    /// TLS settings for wss URLs (`[checks.tls]`).
-    #[schemars(extend("default" = {}))]
-    #[serde(default, skip_serializing_if = "TlsSettings::is_default")]
-    pub tls: TlsSettings,
-}
-
-/// Settings of a `type = "dns"` check.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct DnsSpec {
-    /// The name to ask for.
-    pub query: String,
-    /// A, AAAA, CNAME, MX, TXT, NS, SOA, SRV, PTR or CAA. Default: A.
-    #[serde(default)]
-    pub record_type: DnsRecordType,
-    /// The server to ask, `host`, `ip`, `host:port` or `ip:port` (port 53 by default); a host
-    /// name is resolved and each address is an instance. Default: the name servers of
-    /// /etc/resolv.conf, each an instance.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub server: Option<String>,
-    /// `udp`, `tcp`, `tls` (DNS over TLS, RFC 7858: port 853 unless the server names one)
-    /// or `https` (DNS over HTTPS, RFC 8484: a POST to `https_path` on port 443 unless the
-    /// server names one), the certificate verified as `[checks.tls]` says. Default: udp.
-    #[serde(default)]
-    pub transport: DnsTransport,
-    /// Ask the server to recurse (the RD flag). Default: true.
-    #[serde(default = "default_true")]
-    pub recursion_desired: bool,
-    /// DNS over HTTPS: the path queries are POSTed to. Default: `/dns-query`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(extend("default" = "/dns-query"))]
-    pub https_path: Option<String>,
-    /// TLS settings for `transport = "tls"` and `"https"` (`[checks.tls]`).
-    #[schemars(extend("default" = {}))]
-    #[serde(default, skip_serializing_if = "TlsSettings::is_default")]
-    pub tls: TlsSettings,
-}
-
-/// Settings of a `type = "tls"` check.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct TlsSpec {
-    /// `host:port` (`[v6]:port`). The host is resolved unless instances are listed.
-    pub address: String,
-    /// TLS settings (`[checks.tls]`).
-    #[schemars(extend("default" = {}))]
-    #[serde(default, skip_serializing_if = "TlsSettings::is_default")]
-    pub tls: TlsSettings,
-    /// Older spelling of `tls.server_name`, still accepted.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub server_name: Option<String>,
-    /// Older spelling of `tls.ca_file`, still accepted.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ca_file: Option<PathBuf>,
-    /// The local address the probe's connection leaves from. Default: the system's choice.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub source_ip: Option<std::net::IpAddr>,
-    /// Ask for TLS in this protocol's plaintext first: `smtp`, `imap`, `pop3`, `ftp`,
-    /// `postgres` or `ldap`. Default: TLS from the first byte.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub starttls: Option<Starttls>,
-}
-
-/// Settings of a `type = "icmp"` check.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct IcmpSpec {
-    /// Host name or IP to ping. A name is resolved and each address is an instance.
-    pub host: String,
-    /// Echo requests sent per probe, 1 to 100. Default: 3.
-    #[serde(default = "default_icmp_count")]
-    pub count: u16,
-    /// Time between two echo requests. Default: 100ms.
-    #[serde(default = "default_packet_interval", with = "humantime_serde")]
-    #[schemars(with = "super::json_schema::Humantime")]
-    pub packet_interval: Duration,
-    /// Bytes of payload per echo request, 0 to 65000. Default: 56.
-    #[serde(default = "default_payload_size")]
-    pub payload_size: u16,
-    /// 4 or 6: probe only the addresses of that family. Default: every address.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ip_version: Option<u8>,
-}
-
-/// Settings of a `type = "grpc"` check.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct GrpcSpec {
-    /// `host:port` (`[v6]:port`). The host is resolved unless instances are listed.
-    pub address: String,
-    /// The service name asked about; "" asks about the server as a whole. Default: "".
-    #[serde(default)]
-    pub service: String,
-    /// Call over TLS (h2 by ALPN): `true`, or a `[checks.tls]` table. Default: false (h2c,
-    /// HTTP/2 without TLS). `tls.server_name` is also the call's `:authority`.
-    #[schemars(extend("default" = false))]
-    #[serde(default, skip_serializing_if = "TlsOption::is_off")]
-    pub tls: TlsOption,
-    /// Older spelling of `tls.server_name`, still accepted.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub server_name: Option<String>,
-    /// Older spelling of `tls.ca_file`, still accepted.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ca_file: Option<PathBuf>,
-    /// Older spelling of `tls.insecure_skip_verify`, still accepted.
-    #[schemars(extend("default" = false))]
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub insecure_skip_verify: bool,
-    /// The local address the probe's connection leaves from. Default: the system's choice.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub source_ip: Option<std::net::IpAddr>,
-    /// Metadata sent with the call (`{ "x-tenant" = "a" }`): lowercase gRPC metadata keys.
-    #[schemars(extend("default" = {}))]
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub metadata: BTreeMap<String, String>,
-    /// Metadata whose values are read from files at load and reload, by key
-    /// (`{ authorization = "/etc/bastion/grpc-token" }`): each file's first line.
-    #[schemars(extend("default" = {}))]
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub metadata_from_files: BTreeMap<String, PathBuf>,
-    /// What `metadata_from_files` held when the config was loaded; filled in by bastion,
-    /// never written in a config file.
-    #[schemars(extend("default" = {}))]
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    #[schemars(skip)]
-    pub metadata_secrets: BTreeMap<String, crate::checks::settings::Secret>,
-}
-
 /// One `[[checks.assertions]]` entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -574,19 +243,6 @@ pub struct AssertionConfig {
 
 pub(super) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 pub(super) const DEFAULT_MIN_FAILING_TIME: Duration = Duration::from_secs(90);
-
-pub(super) fn default_method() -> String {
-    "GET".to_string()
-}
-pub(super) fn default_icmp_count() -> u16 {
-    3
-}
-pub(super) fn default_packet_interval() -> Duration {
-    Duration::from_millis(100)
-}
-pub(super) fn default_payload_size() -> u16 {
-    56
-}
 
 impl CheckConfig {
     /// A check's numeric and duration keys against their ranges (`bounds.rs`). The least
@@ -716,121 +372,6 @@ impl CheckConfig {
     }
 }
 
-/// Reads a one-line secret: the file's first line without surrounding whitespace. The error
-/// names the key and the file, never what the file holds.
-fn read_line_secret(key: &str, path: &Path) -> Result<Secret, String> {
-    let text = read_text(key, path)?;
-    let line = text.lines().next().unwrap_or("").trim();
-    if line.is_empty() {
-        return Err(format!(
-            "{key}: {} is empty; put the secret on its first line",
-            path.display()
-        ));
-    }
-    Ok(Secret::new(line))
-}
-
-fn read_text(key: &str, path: &Path) -> Result<String, String> {
-    let bytes = std::fs::read(path)
-        .map_err(|error| format!("{key}: cannot read {}: {}", path.display(), error.kind()))?;
-    String::from_utf8(bytes).map_err(|_| format!("{key}: {} is not UTF-8 text", path.display()))
-}
-
-/// Reads every secret file of one HTTP check into its `secrets`, reporting each file that
-/// cannot be read at the key naming it.
-pub(super) fn read_http_secrets(entry: &Entry, spec: &mut HttpSpec, problems: &mut Problems) {
-    if !spec.secrets.is_empty() {
-        problems.push(entry.problem(
-            "secrets",
-            "secrets is filled in by bastion from the *_file keys; remove it",
-        ));
-    }
-    let mut secrets = HttpSecrets::default();
-    // A file that cannot be read is reported here; an empty stand-in keeps the definition
-    // whole, so compiling it adds no second message about the same file.
-    let mut note = |key: KeyPath, outcome: Result<Secret, String>| -> Option<Secret> {
-        Some(outcome.unwrap_or_else(|message| {
-            problems.push(Problem::at(
-                entry.path.clone().join(key),
-                format!("{}: {message}", entry.subject),
-            ));
-            Secret::default()
-        }))
-    };
-    for (header, path) in &spec.headers_from_files {
-        let key = KeyPath::dotted("headers_from_files").key(header.as_str());
-        if let Some(value) = note(
-            key,
-            read_line_secret(&format!("headers_from_files.{header}"), path),
-        ) {
-            secrets.headers.insert(header.clone(), value);
-        }
-    }
-    if let Some(path) = &spec.body_file {
-        // A body is sent exactly as the file holds it, final newline included.
-        secrets.body = note(
-            KeyPath::dotted("body_file"),
-            read_text("body_file", path).map(Secret::new),
-        );
-    }
-    if let Some(path) = &spec.bearer_token_file {
-        secrets.bearer_token = note(
-            KeyPath::dotted("bearer_token_file"),
-            read_line_secret("bearer_token_file", path),
-        );
-    }
-    if let Some(auth) = &spec.basic_auth {
-        let key = "basic_auth.password_file";
-        secrets.basic_password = note(
-            KeyPath::dotted(key),
-            read_line_secret(key, &auth.password_file),
-        );
-    }
-    if let Some(auth) = &spec.proxy_basic_auth {
-        let key = "proxy_basic_auth.password_file";
-        secrets.proxy_password = note(
-            KeyPath::dotted(key),
-            read_line_secret(key, &auth.password_file),
-        );
-    }
-    if let Some(oauth2) = &spec.oauth2 {
-        let key = "oauth2.client_secret_file";
-        secrets.oauth2_client_secret = note(
-            KeyPath::dotted(key),
-            read_line_secret(key, &oauth2.client_secret_file),
-        );
-    }
-    spec.secrets = secrets;
-}
-
-/// Reads a gRPC check's `metadata_from_files` into its `metadata_secrets`.
-fn read_grpc_secrets(entry: &Entry, spec: &mut GrpcSpec, problems: &mut Problems) {
-    if !spec.metadata_secrets.is_empty() {
-        problems.push(entry.problem(
-            "metadata_secrets",
-            "metadata_secrets is filled in by bastion from metadata_from_files; remove it",
-        ));
-    }
-    let mut secrets = BTreeMap::new();
-    for (key, path) in &spec.metadata_from_files {
-        let value = read_line_secret(&format!("metadata_from_files.{key}"), path).unwrap_or_else(
-            |message| {
-                problems.push(Problem::at(
-                    entry
-                        .path
-                        .clone()
-                        .key("metadata_from_files")
-                        .key(key.as_str()),
-                    format!("{}: {message}", entry.subject),
-                ));
-                Secret::default()
-            },
-        );
-        secrets.insert(key.clone(), value);
-    }
-    spec.metadata_secrets = secrets;
-}
-
 /// Reads the secret files of every check (`headers_from_files`, `body_file`,
 /// `bearer_token_file`, `basic_auth`, `proxy_basic_auth`, `oauth2`) into the check's
 /// definition: at load and at every reload, so a changed file is taken up by a reload.
@@ -840,8 +381,8 @@ pub(super) fn read_secret_files(checks: &mut [CheckConfig]) -> Problems {
     for (index, check) in checks.iter_mut().enumerate() {
         let entry = Entry::check(index, &check.name);
         match &mut check.spec {
-            CheckSpec::Http(spec) => read_http_secrets(&entry, spec, &mut problems),
-            CheckSpec::Grpc(spec) => read_grpc_secrets(&entry, spec, &mut problems),
+            CheckSpec::Http(spec) => crate::checks::http::read_secrets(&entry, spec, &mut problems),
+            CheckSpec::Grpc(spec) => crate::checks::grpc::read_secrets(&entry, spec, &mut problems),
             _ => {}
         }
     }

@@ -7,30 +7,11 @@
 //! editors need a `type`-tagged flattened spec, and the ranges of `bounds.rs`.
 
 use super::bounds::{Range, BOUNDS};
-use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
+use schemars::Schema;
 use serde_json::{json, Map, Value};
-use std::borrow::Cow;
 use std::time::Duration;
 
-/// A duration as humantime reads it (`humantime_serde` fields): `#[schemars(with = "Humantime")]`.
-pub struct Humantime;
-
-impl JsonSchema for Humantime {
-    fn schema_name() -> Cow<'static, str> {
-        "Duration".into()
-    }
-
-    fn json_schema(_: &mut SchemaGenerator) -> Schema {
-        json_schema!({
-            "type": "string",
-            "pattern": DURATION_PATTERN,
-            "description": "A duration: numbers with units, such as `10s`, `1m 30s`, `250ms`, `2h` or `7days` (ns, us, ms, s, m, h, d, w, M, y and their long names)."
-        })
-    }
-}
-
-/// What humantime's `parse_duration` takes: one or more `<number><unit>`, spaces allowed.
-pub const DURATION_PATTERN: &str = r"^\s*([0-9]+(\.[0-9]+)?\s*(nsec|ns|usec|us|µs|msec|ms|seconds|second|secs|sec|s|minutes|minute|mins|min|m|hours|hour|hrs|hr|h|days|day|d|weeks|week|w|months|month|M|years|year|y)\s*)+$";
+pub use crate::checks::settings::{Humantime, DURATION_PATTERN};
 
 /// For a key whose default depends on the machine (`agent.id`, the host name; `history.path`,
 /// under `$STATE_DIRECTORY`): the schema states no default rather than the build machine's.

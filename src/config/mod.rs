@@ -175,13 +175,6 @@ pub struct Config {
     pub blackbox: Option<std::sync::Arc<blackbox::BlackboxModules>>,
 }
 
-fn default_true() -> bool {
-    true
-}
-fn is_true(value: &bool) -> bool {
-    *value
-}
-
 /// Which parser reads a file, chosen by its extension.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {

@@ -7,7 +7,7 @@
 //! bound, or on bad parameters, it answers at once with a status and what to fix. It never
 //! panics on input, never records a result in the store, history or notifications.
 
-use crate::checks::CompiledCheck;
+use crate::compiled::CompiledCheck;
 use crate::config::blackbox::{BlackboxModule, BlackboxModules};
 use crate::config::AssertionKey;
 use crate::messages::{CheckResult, Response as ProbeResponse};
@@ -488,8 +488,8 @@ fn write_response(
             }
         }
         CheckType::Grpc => write_grpc(out, response),
-        // Not blackbox_exporter probers: /probe never runs them.
-        CheckType::Tls | CheckType::Udp | CheckType::Websocket => {}
+        // Not blackbox_exporter probers: /probe never runs another type.
+        _ => {}
     }
     write_tls(out, response);
 }

@@ -12,7 +12,7 @@
 use super::history_api::{for_page, parse_time, unavailable, PAGE_HISTORY_BUDGET};
 pub use super::html::{esc, percent};
 use super::{ApiState, CheckFilter};
-use crate::config::{CheckConfig, CheckSpec, HistoryConfig, StatusPageMode};
+use crate::config::{CheckConfig, HistoryConfig, StatusPageMode};
 use crate::history::query::{DayBar, Incident, Instances, Point, SeriesQuery, Uptimes};
 use crate::history::HistoryError;
 use crate::model::CheckState;
@@ -870,7 +870,7 @@ fn facts(body: &mut String, check: &CheckConfig, status: Option<&CheckStatus>, p
         let _ = write!(
             body,
             "<dt>target</dt><dd><code>{}</code></dd>",
-            esc(&target(check))
+            esc(&check.spec.target())
         );
     }
 }
@@ -878,20 +878,6 @@ fn facts(body: &mut String, check: &CheckConfig, status: Option<&CheckStatus>, p
 /// A section whose history did not come (the page's notice says why).
 fn not_available(body: &mut String) {
     body.push_str("<p class=\"muted\">Not available right now.</p>");
-}
-
-/// What a check probes, for private pages only.
-fn target(check: &CheckConfig) -> String {
-    match &check.spec {
-        CheckSpec::Http(spec) => spec.url.clone(),
-        CheckSpec::Tcp(spec) => spec.address.clone(),
-        CheckSpec::Dns(spec) => format!("{:?} {}", spec.record_type, spec.query),
-        CheckSpec::Tls(spec) => spec.address.clone(),
-        CheckSpec::Icmp(spec) => spec.host.clone(),
-        CheckSpec::Grpc(spec) => spec.address.clone(),
-        CheckSpec::Udp(spec) => spec.address.clone(),
-        CheckSpec::Websocket(spec) => spec.url.clone(),
-    }
 }
 
 /// A 720×220 chart of the p50 of each phase per step.

@@ -8,7 +8,8 @@
 
 use super::pool::{Worker, WorkerPool};
 use crate::assertions::{self, Observation};
-use crate::checks::{CompiledCheck, ProbeContext, ProbeRecord};
+use crate::checks::{ProbeContext, ProbeRecord};
+use crate::compiled::CompiledCheck;
 use crate::config::InstancesFrom;
 use crate::messages::{CheckResult, Response, TargetGroup, Timings, MESSAGE_VERSION};
 use crate::metrics::{Metrics, TypeLabels};

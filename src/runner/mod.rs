@@ -13,7 +13,8 @@ pub mod pool;
 
 use crate::bus::{Bus, BusError, Message, Subscription};
 
-use crate::checks::{CompiledCheck, ProbeContext};
+use crate::checks::ProbeContext;
+use crate::compiled::CompiledCheck;
 use crate::config::CheckConfig;
 use crate::config::Config;
 use crate::messages::{self, DecodeError, Payload, TestFailure, TestRequest, MESSAGE_VERSION};

@@ -410,7 +410,7 @@ fn dns_over_tls_and_https_need_a_server_and_take_their_ports() {
             ),
         ],
     );
-    let compiled = bastion_agent::checks::CompiledCheck::compile(
+    let compiled = bastion_agent::compiled::CompiledCheck::compile(
         &config(&format!(
             "{base}server = \"127.0.0.1\"\ntransport = \"tls\"\n"
         ))
@@ -418,7 +418,7 @@ fn dns_over_tls_and_https_need_a_server_and_take_their_ports() {
     )
     .unwrap();
     assert_eq!(compiled.probe.host_and_port(), ("127.0.0.1", 853));
-    let compiled = bastion_agent::checks::CompiledCheck::compile(
+    let compiled = bastion_agent::compiled::CompiledCheck::compile(
         &config(&format!(
             "{base}server = \"127.0.0.1\"\ntransport = \"https\"\n"
         ))

@@ -6,7 +6,7 @@
 use crate::common;
 
 use bastion_agent::bus::Bus;
-use bastion_agent::checks::CompiledCheck;
+use bastion_agent::compiled::CompiledCheck;
 use bastion_agent::messages::CheckResult;
 use bastion_agent::runner::dispatcher::RunOrder;
 use common::nats::{free_port, observer, NatsServer};

@@ -14,7 +14,7 @@ use crate::common;
 mod extremes;
 
 use bastion_agent::assertions::{evaluate_all, CompiledAssertion, Observation};
-use bastion_agent::checks::CompiledCheck;
+use bastion_agent::compiled::CompiledCheck;
 use bastion_agent::config::{AssertionConfig, AssertionKey, Config, Format, Relationship};
 use bastion_agent::messages::{
     self, CheckRequest, CheckResult, Heartbeat, TestRequest, MESSAGE_VERSION,

@@ -6,7 +6,7 @@
 
 use crate::common;
 
-use bastion_agent::checks::CompiledCheck;
+use bastion_agent::compiled::CompiledCheck;
 use bastion_agent::config::Config;
 use bastion_agent::messages::Response;
 use bastion_agent::model::ErrorKind;

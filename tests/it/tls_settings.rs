@@ -7,7 +7,7 @@
 
 use crate::common;
 
-use bastion_agent::checks::CompiledCheck;
+use bastion_agent::compiled::CompiledCheck;
 use bastion_agent::messages::Response;
 use bastion_agent::model::ErrorKind;
 use common::tls_server::{mtls_config, plain_config, write_identity, TlsServer};

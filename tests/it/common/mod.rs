@@ -14,7 +14,7 @@ pub mod tcp_relay;
 pub mod tls_server;
 pub mod tools;
 
-use bastion_agent::checks::CompiledCheck;
+use bastion_agent::compiled::CompiledCheck;
 use bastion_agent::config::{Config, Format};
 use bastion_agent::messages::CheckResult;
 use bastion_agent::metrics::Metrics;
