@@ -12,12 +12,13 @@
 //! is an upper bound), and the bytes per raw run and per rollup row measured with SQLite's
 //! dbstat, from which 30 days are extrapolated with the default retention.
 
+use bastion_agent::checks::CheckType;
 use bastion_agent::config::{CheckConfig, HistoryConfig};
 use bastion_agent::history::histogram::{varint, Histograms};
 use bastion_agent::history::{Db, History};
 use bastion_agent::messages::{CheckResult, Response, Timings, MESSAGE_VERSION};
 use bastion_agent::metrics::Metrics;
-use bastion_agent::model::{CheckType, ErrorKind, ProbeError};
+use bastion_agent::model::{ErrorKind, ProbeError};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 

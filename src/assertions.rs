@@ -3,9 +3,9 @@
 //! evaluated in process. Every result carries the expected and the actual value, and a failing one
 //! says why in words; evaluation never panics, whatever the body holds.
 
+use crate::checks::CheckType;
 use crate::config::{AssertionConfig, AssertionKey, Relationship};
 use crate::messages::AssertionResult;
-use crate::model::CheckType;
 
 use serde_json_path::JsonPath;
 

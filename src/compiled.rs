@@ -5,10 +5,11 @@
 //! tasks; `CheckDefinitionError` says why a definition cannot run, and at which key.
 
 use crate::assertions::{AssertionError, CompiledAssertion};
+use crate::checks::CheckType;
 use crate::checks::{compile_probe, kind, Probe, SpecError};
 use crate::config::bounds::{CHECK_INTERVAL, CHECK_TIMEOUT};
 use crate::config::{CheckConfig, InstancesFrom, IpProtocol, MIN_INTERVAL};
-use crate::model::{is_valid_check_name, labels_problem, CheckType, InstanceAddr};
+use crate::model::{is_valid_check_name, labels_problem, InstanceAddr};
 use crate::problem::KeyPath;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -8,8 +8,8 @@
 //! It warns rather than refuses: the pools are caps, not demand, and a config with many workers
 //! and few checks runs fine under a low limit. It never changes the limit itself.
 
+use crate::checks::CheckType;
 use crate::config::WorkersConfig;
-use crate::model::CheckType;
 
 /// Descriptors beyond the worker pools: the listener and its clients (the API, scrapes),
 /// the NATS connection, stdio, the runtime's own, certificate and config files being read.
@@ -122,7 +122,7 @@ Max locked memory         8388608              8388608              bytes
         assert_eq!(probe_sockets(&workers), 80);
         assert_eq!(shortfall(Limit::Files(144), 80), None);
         assert_eq!(shortfall(Limit::Unlimited, u64::MAX), None);
-        workers.http = 500;
+        workers.set(CheckType::Http, 500);
         let warning = shortfall(Limit::Files(64), probe_sockets(&workers)).unwrap();
         assert!(
             warning.starts_with(
@@ -132,7 +132,7 @@ Max locked memory         8388608              8388608              bytes
         );
         assert!(warning.contains("LimitNOFILE=634"), "{warning}");
         assert!(warning.contains("ulimit -n 634"), "{warning}");
-        workers.tcp = usize::MAX;
+        workers.set(CheckType::Tcp, usize::MAX);
         assert_eq!(probe_sockets(&workers), u64::MAX);
     }
 }

@@ -8,8 +8,9 @@ pub use crate::checks::response::{
     AssertionResult, CertificateDetails, ChainDetails, DnsDetails, GrpcDetails, HttpDetails,
     IcmpDetails, Response, TcpDetails, Timings, TlsDetails, UdpDetails, WebsocketDetails,
 };
+use crate::checks::CheckType;
 use crate::config::CheckConfig;
-use crate::model::{CheckType, ErrorKind};
+use crate::model::ErrorKind;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::SystemTime;

@@ -6,7 +6,8 @@
 mod check_series;
 mod chunked_text;
 
-use crate::model::{CheckType, ErrorKind};
+use crate::checks::CheckType;
+use crate::model::ErrorKind;
 use check_series::{CheckSeries, Gone};
 pub use chunked_text::ChunkedText;
 use prometheus_client::encoding::EncodeLabelSet;

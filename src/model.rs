@@ -1,56 +1,11 @@
-//! The vocabulary every layer shares: check types, the fixed set of probe error kinds, probe
-//! errors, check states, instance addresses and `host:port` parsing. It sits at the bottom of
-//! the crate and must never import anything from it: everything else may import it.
+//! The vocabulary every layer shares: the fixed set of probe error kinds, probe errors, check
+//! states, instance addresses and `host:port` parsing (the check types are declared by
+//! `checks`). It sits at the bottom of the crate and must never import anything from it:
+//! everything else may import it.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
-
-/// The kinds of check, each with its own worker pool and bus subject.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum CheckType {
-    Http,
-    Tcp,
-    Dns,
-    Tls,
-    Icmp,
-    Grpc,
-    Udp,
-    Websocket,
-}
-
-impl CheckType {
-    pub const ALL: [CheckType; 8] = [
-        CheckType::Http,
-        CheckType::Tcp,
-        CheckType::Dns,
-        CheckType::Tls,
-        CheckType::Icmp,
-        CheckType::Grpc,
-        CheckType::Udp,
-        CheckType::Websocket,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CheckType::Http => "http",
-            CheckType::Tcp => "tcp",
-            CheckType::Dns => "dns",
-            CheckType::Tls => "tls",
-            CheckType::Icmp => "icmp",
-            CheckType::Grpc => "grpc",
-            CheckType::Udp => "udp",
-            CheckType::Websocket => "websocket",
-        }
-    }
-}
-
-impl fmt::Display for CheckType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// The fixed set of ways a probe can fail. Each is both the JSON `error.kind` and a bounded
 /// metric label, so the set stays small and never carries free text.

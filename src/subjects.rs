@@ -2,7 +2,7 @@
 //! and validating them. They are part of the wire contract (docs/bus.md), shared by the bus,
 //! the checker, the runner and the sink; this module never sends anything.
 
-use crate::model::CheckType;
+use crate::checks::CheckType;
 
 /// The subject names, all under one prefix.
 #[derive(Debug, Clone)]

@@ -5,9 +5,9 @@
 //! notifier. It sits above the probe engine and the bus so that `config` needs neither; it
 //! never starts anything and never keeps what it built.
 
+use crate::checks::CheckType;
 use crate::compiled::{CheckDefinitionError, CompiledCheck};
 use crate::config::{BusKind, Config, ConfigError, Entry, Format, KeyPath, Problem, Problems};
-use crate::model::CheckType;
 use std::path::Path;
 
 /// Reads, parses and validates the file at `path`: what a daemon, a reload or `bastion

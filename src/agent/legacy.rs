@@ -6,9 +6,10 @@
 //! `notifications.json.migrated` by the first start that finds `episodes.json` written: a
 //! crash before the taken-over state was saved anew must not lose it.
 
+use crate::checks::CheckType;
 use crate::config::CheckConfig;
 use crate::episode::{Episode, RunTimes, SavedCheck, Severity, Track};
-use crate::model::{CheckState, CheckType};
+use crate::model::CheckState;
 use crate::saved_state::Loaded;
 use serde::Deserialize;
 use std::collections::BTreeSet;

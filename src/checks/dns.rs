@@ -19,7 +19,7 @@ use super::Observation;
 use super::Observed;
 use super::ProbeContext;
 use super::{CheckKind, Probe, ProbeFuture};
-use crate::model::CheckType;
+use crate::checks::CheckType;
 use crate::model::{split_host_port, ErrorKind, InstanceAddr, ProbeError};
 use hickory_proto::op::{Message, MessageType, OpCode, Query};
 use hickory_proto::rr::{Name, RecordType};
@@ -605,6 +605,7 @@ pub const KIND: CheckKind = CheckKind {
         },
     ],
     write_series,
+    workers_help: "Concurrent DNS probes.",
 };
 
 impl Probe for DnsPlan {
@@ -661,6 +662,19 @@ fn write_series(response: &Response, out: &mut dyn SeriesOut) {
     );
     if let Some(dns) = &response.dns {
         out.gauge("probe_dns_answer_rrs", None, dns.answers.len() as f64);
+    }
+}
+
+impl super::TypeSpec for DnsSpec {
+    type Plan = DnsPlan;
+    type Error = DnsDefinitionError;
+
+    fn compile(&self, _timeout: std::time::Duration) -> Result<DnsPlan, DnsDefinitionError> {
+        DnsPlan::compile(self)
+    }
+
+    fn target(&self) -> String {
+        format!("{:?} {}", self.record_type, self.query)
     }
 }
 

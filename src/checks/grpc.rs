@@ -17,7 +17,7 @@ use super::Observation;
 use super::Observed;
 use super::{CheckKind, Probe, ProbeFuture};
 use super::{Phase, ProbeContext, ProbeRecord};
-use crate::model::CheckType;
+use crate::checks::CheckType;
 use crate::model::{split_host_port, ErrorKind, ProbeError};
 use crate::problem::Entry;
 use crate::problem::KeyPath;
@@ -587,6 +587,7 @@ pub const KIND: CheckKind = CheckKind {
         },
     ],
     write_series,
+    workers_help: "Concurrent gRPC health probes.",
 };
 
 /// Every value of `probe_grpc_healthcheck_response`'s `serving_status` label.
@@ -657,6 +658,19 @@ fn write_series(response: &Response, out: &mut dyn SeriesOut) {
                 value,
             );
         }
+    }
+}
+
+impl super::TypeSpec for GrpcSpec {
+    type Plan = GrpcPlan;
+    type Error = GrpcDefinitionError;
+
+    fn compile(&self, _timeout: std::time::Duration) -> Result<GrpcPlan, GrpcDefinitionError> {
+        GrpcPlan::compile(self)
+    }
+
+    fn target(&self) -> String {
+        self.address.clone()
     }
 }
 

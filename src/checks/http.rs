@@ -28,7 +28,7 @@ use super::AssertionKey;
 use super::Observation;
 use super::{CheckKind, Probe, ProbeFuture};
 use super::{Phase, ProbeContext, ProbeRecord};
-use crate::model::CheckType;
+use crate::checks::CheckType;
 use crate::model::{ErrorKind, ProbeError};
 use crate::problem::Entry;
 use crate::problem::KeyPath;
@@ -1278,6 +1278,7 @@ pub const KIND: CheckKind = CheckKind {
         },
     ],
     write_series,
+    workers_help: "Concurrent HTTP probes.",
 };
 
 impl Probe for HttpPlan {
@@ -1340,6 +1341,19 @@ fn write_series(response: &Response, out: &mut dyn SeriesOut) {
             &response.timings,
             &[("proxy", |timings| timings.proxy)],
         );
+    }
+}
+
+impl super::TypeSpec for HttpSpec {
+    type Plan = HttpPlan;
+    type Error = HttpDefinitionError;
+
+    fn compile(&self, timeout: Duration) -> Result<HttpPlan, HttpDefinitionError> {
+        HttpPlan::compile(self, timeout)
+    }
+
+    fn target(&self) -> String {
+        self.url.clone()
     }
 }
 

@@ -16,7 +16,7 @@ use super::Observation;
 use super::Observed;
 use super::ProbeContext;
 use super::{CheckKind, Probe, ProbeFuture};
-use crate::model::CheckType;
+use crate::checks::CheckType;
 use crate::model::{ErrorKind, ProbeError};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -510,6 +510,7 @@ pub const KIND: CheckKind = CheckKind {
         },
     ],
     write_series,
+    workers_help: "Concurrent ICMP echo probes.",
 };
 
 impl Probe for IcmpPlan {
@@ -558,6 +559,19 @@ fn write_series(response: &Response, out: &mut dyn SeriesOut) {
     );
     if let Some(icmp) = &response.icmp {
         out.gauge("probe_icmp_packet_loss_ratio", None, icmp.loss / 100.0);
+    }
+}
+
+impl super::TypeSpec for IcmpSpec {
+    type Plan = IcmpPlan;
+    type Error = IcmpDefinitionError;
+
+    fn compile(&self, timeout: Duration) -> Result<IcmpPlan, IcmpDefinitionError> {
+        IcmpPlan::compile(self, timeout)
+    }
+
+    fn target(&self) -> String {
+        self.host.clone()
     }
 }
 

@@ -25,7 +25,7 @@ pub mod tls_client;
 pub mod udp;
 pub mod websocket;
 
-use crate::model::{CheckType, ProbeError};
+use crate::model::ProbeError;
 use crate::problem::KeyPath;
 use crate::resolve::Resolver;
 pub use observation::{AssertionKey, Observation, Observed, Relationship};
@@ -43,105 +43,129 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// Every check type bastion has, in the order their series are registered. A new type is one
-/// module with its `KIND`, a line here and one in each match below, and its spec in
-/// `config/check.rs` (the schema stays below the engine, so configs load alone).
-pub const KINDS: [&CheckKind; 8] = [
-    &http::KIND,
-    &tcp::KIND,
-    &dns::KIND,
-    &tls::KIND,
-    &icmp::KIND,
-    &grpc::KIND,
-    &udp::KIND,
-    &websocket::KIND,
-];
-
-/// The kind of `check_type`. Exhaustive: a new `CheckType` without its line here does not
-/// compile.
-pub fn kind(check_type: CheckType) -> &'static CheckKind {
-    match check_type {
-        CheckType::Http => &http::KIND,
-        CheckType::Tcp => &tcp::KIND,
-        CheckType::Dns => &dns::KIND,
-        CheckType::Tls => &tls::KIND,
-        CheckType::Icmp => &icmp::KIND,
-        CheckType::Grpc => &grpc::KIND,
-        CheckType::Udp => &udp::KIND,
-        CheckType::Websocket => &websocket::KIND,
-    }
-}
-
-/// The probe of `spec`, compiled with the check's timeout. Exhaustive over the specs: each
-/// type's plan is built from its own spec, and no type ever sees another's.
-pub fn compile_probe(
-    spec: &CheckSpec,
-    timeout: Duration,
-) -> Result<Box<dyn Probe>, Box<dyn SpecError>> {
-    fn boxed<P: Probe + 'static, E: SpecError>(
-        plan: Result<P, E>,
-    ) -> Result<Box<dyn Probe>, Box<dyn SpecError>> {
-        match plan {
-            Ok(plan) => Ok(Box::new(plan)),
-            Err(error) => Err(Box::new(error)),
+/// Declares the check types from one line each: `CheckType`, `CheckSpec` (the `type` key
+/// chooses the variant), `KINDS`, `kind()` and `compile_probe`. Each is an exhaustive match
+/// the macro writes, so a type is never left out of one, and no type's code ever receives
+/// another's spec. A line names the type as the file writes it, its variant, and its module's
+/// spec, which implements `TypeSpec`; the module also declares `KIND`.
+macro_rules! check_types {
+    ($($name:literal => $variant:ident($module:ident::$spec:ident),)*) => {
+        /// The kinds of check, each with its own worker pool and bus subject.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(rename_all = "lowercase")]
+        pub enum CheckType {
+            $($variant,)*
         }
-    }
-    match spec {
-        CheckSpec::Http(spec) => boxed(http::HttpPlan::compile(spec, timeout)),
-        CheckSpec::Tcp(spec) => boxed(tcp::TcpPlan::compile(spec)),
-        CheckSpec::Dns(spec) => boxed(dns::DnsPlan::compile(spec)),
-        CheckSpec::Tls(spec) => boxed(tls::TlsPlan::compile(spec)),
-        CheckSpec::Icmp(spec) => boxed(icmp::IcmpPlan::compile(spec, timeout)),
-        CheckSpec::Grpc(spec) => boxed(grpc::GrpcPlan::compile(spec)),
-        CheckSpec::Udp(spec) => boxed(udp::UdpPlan::compile(spec)),
-        CheckSpec::Websocket(spec) => boxed(websocket::WebsocketPlan::compile(spec)),
-    }
-}
 
-/// The type-specific part of a check, chosen by its `type` key.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(tag = "type", rename_all = "lowercase")]
-// Each variant boxed: a check costs its own type's settings, not the largest type's (an
-// unboxed `CheckSpec` made every `CheckConfig` the size of an http check's, about a kilobyte,
-// in the config's list and in every copy of it; issue 20's million checks).
-pub enum CheckSpec {
-    Http(Box<http::HttpSpec>),
-    Tcp(Box<tcp::TcpSpec>),
-    Dns(Box<dns::DnsSpec>),
-    Tls(Box<tls::TlsSpec>),
-    Icmp(Box<icmp::IcmpSpec>),
-    Grpc(Box<grpc::GrpcSpec>),
-    Udp(Box<udp::UdpSpec>),
-    Websocket(Box<websocket::WebsocketSpec>),
-}
+        /// How many check types there are.
+        pub const TYPE_COUNT: usize = [$($name),*].len();
 
-impl CheckSpec {
-    pub fn check_type(&self) -> CheckType {
-        match self {
-            CheckSpec::Http(_) => CheckType::Http,
-            CheckSpec::Tcp(_) => CheckType::Tcp,
-            CheckSpec::Dns(_) => CheckType::Dns,
-            CheckSpec::Tls(_) => CheckType::Tls,
-            CheckSpec::Icmp(_) => CheckType::Icmp,
-            CheckSpec::Grpc(_) => CheckType::Grpc,
-            CheckSpec::Udp(_) => CheckType::Udp,
-            CheckSpec::Websocket(_) => CheckType::Websocket,
+        /// Each type's name, in the order of `CheckType::ALL`.
+        pub const TYPE_NAMES: [&str; TYPE_COUNT] = [$($name),*];
+
+        /// The key of each type's worker count, in the order of `CheckType::ALL`.
+        pub const WORKER_KEYS: [&str; TYPE_COUNT] = [$(concat!("runner.workers.", $name)),*];
+
+        impl CheckType {
+            /// Every check type, in the order their series are registered.
+            pub const ALL: [CheckType; TYPE_COUNT] = [$(CheckType::$variant),*];
+
+            /// The type's place in `CheckType::ALL`.
+            pub fn index(self) -> usize {
+                self as usize
+            }
+
+            /// The type as the `type` key writes it.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(CheckType::$variant => $name,)*
+                }
+            }
         }
-    }
 
+        /// The type-specific part of a check, chosen by its `type` key.
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+        #[serde(tag = "type", rename_all = "lowercase")]
+        // Each variant boxed: a check costs its own type's settings, not the largest type's
+        // (an unboxed `CheckSpec` made every `CheckConfig` the size of an http check's, about a
+        // kilobyte, in the config's list and in every copy of it; issue 20's million checks).
+        pub enum CheckSpec {
+            $($variant(Box<$module::$spec>),)*
+        }
+
+        impl CheckSpec {
+            pub fn check_type(&self) -> CheckType {
+                match self {
+                    $(CheckSpec::$variant(_) => CheckType::$variant,)*
+                }
+            }
+
+            /// What the check probes, in the words of its own keys (its URL, `host:port`,
+            /// the question it asks): what a private status page shows beside its name.
+            pub fn target(&self) -> String {
+                match self {
+                    $(CheckSpec::$variant(spec) => spec.target(),)*
+                }
+            }
+        }
+
+        /// Every check type's kind, in the order of `CheckType::ALL`.
+        pub const KINDS: [&CheckKind; TYPE_COUNT] = [$(&$module::KIND),*];
+
+        /// The kind of `check_type`.
+        pub fn kind(check_type: CheckType) -> &'static CheckKind {
+            match check_type {
+                $(CheckType::$variant => &$module::KIND,)*
+            }
+        }
+
+        /// The probe of `spec`, compiled with the check's timeout by its own type.
+        pub fn compile_probe(
+            spec: &CheckSpec,
+            timeout: Duration,
+        ) -> Result<Box<dyn Probe>, Box<dyn SpecError>> {
+            match spec {
+                $(CheckSpec::$variant(spec) => boxed(spec.compile(timeout)),)*
+            }
+        }
+    };
+}
+
+// Every check type bastion has: a new type is its file under `src/checks/` and its line here.
+check_types! {
+    "http" => Http(http::HttpSpec),
+    "tcp" => Tcp(tcp::TcpSpec),
+    "dns" => Dns(dns::DnsSpec),
+    "tls" => Tls(tls::TlsSpec),
+    "icmp" => Icmp(icmp::IcmpSpec),
+    "grpc" => Grpc(grpc::GrpcSpec),
+    "udp" => Udp(udp::UdpSpec),
+    "websocket" => Websocket(websocket::WebsocketSpec),
+}
+
+impl std::fmt::Display for CheckType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a check type's spec gives the engine: its compiled plan and what it probes.
+pub trait TypeSpec {
+    type Plan: Probe + 'static;
+    type Error: SpecError;
+    /// The plan of this spec, for a check with `timeout`.
+    fn compile(&self, timeout: Duration) -> Result<Self::Plan, Self::Error>;
     /// What the check probes, in the words of its own keys (its URL, `host:port`, the
-    /// question it asks): what a private status page shows beside the check's name.
-    pub fn target(&self) -> String {
-        match self {
-            CheckSpec::Http(spec) => spec.url.clone(),
-            CheckSpec::Tcp(spec) => spec.address.clone(),
-            CheckSpec::Dns(spec) => format!("{:?} {}", spec.record_type, spec.query),
-            CheckSpec::Tls(spec) => spec.address.clone(),
-            CheckSpec::Icmp(spec) => spec.host.clone(),
-            CheckSpec::Grpc(spec) => spec.address.clone(),
-            CheckSpec::Udp(spec) => spec.address.clone(),
-            CheckSpec::Websocket(spec) => spec.url.clone(),
-        }
+    /// question it asks).
+    fn target(&self) -> String;
+}
+
+fn boxed<P: Probe + 'static, E: SpecError>(
+    plan: Result<P, E>,
+) -> Result<Box<dyn Probe>, Box<dyn SpecError>> {
+    match plan {
+        Ok(plan) => Ok(Box::new(plan)),
+        Err(error) => Err(Box::new(error)),
     }
 }
 
@@ -158,6 +182,8 @@ pub struct CheckKind {
     pub series: &'static [SeriesSpec],
     /// Writes those series for one response.
     pub write_series: fn(&Response, &mut dyn SeriesOut),
+    /// What its `runner.workers` count is, as the schema says it (`Concurrent HTTP probes.`).
+    pub workers_help: &'static str,
 }
 
 /// A boxed future that borrows what the probe uses.

@@ -17,7 +17,7 @@ use super::Observation;
 use super::Observed;
 use super::{CheckKind, Probe, ProbeFuture};
 use super::{Phase, ProbeContext, ProbeRecord};
-use crate::model::CheckType;
+use crate::checks::CheckType;
 use crate::model::{split_host_port, ErrorKind, ProbeError};
 use crate::problem::KeyPath;
 use schemars::JsonSchema;
@@ -346,6 +346,7 @@ pub const KIND: CheckKind = CheckKind {
         help: "Duration of each phase of the last TCP probe of the instance",
     }],
     write_series,
+    workers_help: "Concurrent TCP probes.",
 };
 
 impl Probe for TcpPlan {
@@ -385,4 +386,17 @@ fn write_series(response: &Response, out: &mut dyn SeriesOut) {
             ("exchange", |timings| timings.exchange),
         ],
     );
+}
+
+impl super::TypeSpec for TcpSpec {
+    type Plan = TcpPlan;
+    type Error = TcpDefinitionError;
+
+    fn compile(&self, _timeout: std::time::Duration) -> Result<TcpPlan, TcpDefinitionError> {
+        TcpPlan::compile(self)
+    }
+
+    fn target(&self) -> String {
+        self.address.clone()
+    }
 }

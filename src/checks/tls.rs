@@ -19,7 +19,7 @@ use super::Observation;
 use super::Observed;
 use super::{CheckKind, Probe, ProbeFuture};
 use super::{ProbeContext, ProbeRecord};
-use crate::model::CheckType;
+use crate::checks::CheckType;
 use crate::model::{split_host_port, ErrorKind, ProbeError};
 use crate::problem::KeyPath;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -295,6 +295,7 @@ pub const KIND: CheckKind = CheckKind {
         help: "Duration of each phase of the last TLS certificate probe of the instance",
     }],
     write_series,
+    workers_help: "Concurrent TLS certificate probes.",
 };
 
 impl Probe for TlsPlan {
@@ -333,4 +334,17 @@ fn write_series(response: &Response, out: &mut dyn SeriesOut) {
             ("tls", series::tls),
         ],
     );
+}
+
+impl super::TypeSpec for TlsSpec {
+    type Plan = TlsPlan;
+    type Error = TlsDefinitionError;
+
+    fn compile(&self, _timeout: std::time::Duration) -> Result<TlsPlan, TlsDefinitionError> {
+        TlsPlan::compile(self)
+    }
+
+    fn target(&self) -> String {
+        self.address.clone()
+    }
 }

@@ -10,7 +10,8 @@ use super::series::{self, SeriesOut, SeriesSpec};
 use super::AssertionKey;
 use super::Observation;
 use super::{CheckKind, Phase, Probe, ProbeContext, ProbeFuture, ProbeRecord};
-use crate::model::{split_host_port, CheckType, ErrorKind, ProbeError};
+use crate::checks::CheckType;
+use crate::model::{split_host_port, ErrorKind, ProbeError};
 use crate::problem::KeyPath;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -217,6 +218,7 @@ pub const KIND: CheckKind = CheckKind {
         help: "Duration of each phase of the last UDP probe of the instance",
     }],
     write_series,
+    workers_help: "Concurrent UDP probes.",
 };
 
 impl Probe for UdpPlan {
@@ -252,6 +254,19 @@ fn write_series(response: &Response, out: &mut dyn SeriesOut) {
             ("request", |timings| timings.request),
         ],
     );
+}
+
+impl super::TypeSpec for UdpSpec {
+    type Plan = UdpPlan;
+    type Error = UdpDefinitionError;
+
+    fn compile(&self, _timeout: std::time::Duration) -> Result<UdpPlan, UdpDefinitionError> {
+        UdpPlan::compile(self)
+    }
+
+    fn target(&self) -> String {
+        self.address.clone()
+    }
 }
 
 #[cfg(test)]

@@ -14,7 +14,8 @@ use super::tls_client::{handshake, TlsKeys, TlsTarget, TlsTargetError};
 use super::AssertionKey;
 use super::Observation;
 use super::{CheckKind, Phase, Probe, ProbeContext, ProbeFuture, ProbeRecord};
-use crate::model::{CheckType, ErrorKind, ProbeError};
+use crate::checks::CheckType;
+use crate::model::{ErrorKind, ProbeError};
 use crate::problem::KeyPath;
 use base64::Engine;
 use schemars::JsonSchema;
@@ -484,6 +485,7 @@ pub const KIND: CheckKind = CheckKind {
         help: "Duration of each phase of the last WebSocket probe of the instance",
     }],
     write_series,
+    workers_help: "Concurrent WebSocket probes.",
 };
 
 impl Probe for WebsocketPlan {
@@ -523,4 +525,20 @@ fn write_series(response: &Response, out: &mut dyn SeriesOut) {
             ("exchange", |timings| timings.exchange),
         ],
     );
+}
+
+impl super::TypeSpec for WebsocketSpec {
+    type Plan = WebsocketPlan;
+    type Error = WebsocketDefinitionError;
+
+    fn compile(
+        &self,
+        _timeout: std::time::Duration,
+    ) -> Result<WebsocketPlan, WebsocketDefinitionError> {
+        WebsocketPlan::compile(self)
+    }
+
+    fn target(&self) -> String {
+        self.url.clone()
+    }
 }

@@ -6,7 +6,7 @@
 //! `validate.rs` compiles each module once at load.
 
 use super::check::{CheckConfig, CheckSpec};
-use crate::model::CheckType;
+use crate::checks::CheckType;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;

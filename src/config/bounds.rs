@@ -8,6 +8,7 @@
 //! `tests/it/fuzz.rs` reads this table and the reference, and fails on a numeric key without
 //! a range.
 
+use crate::checks::{TYPE_COUNT, WORKER_KEYS};
 use crate::problem::{Entry, KeyPath, Problem};
 use std::time::Duration;
 
@@ -216,16 +217,15 @@ pub const FORGET_CHECKS_AFTER: Bound = Bound::duration(
 pub const MAX_CHECK_SERIES: Bound =
     Bound::count("runner.max_check_series", 0, MAX_CHECK_SERIES_LIMIT as u64);
 /// Every `runner.workers.<type>` key has this range; 0 is refused only for a type with checks.
-pub const WORKERS: [Bound; 8] = [
-    Bound::count("runner.workers.http", 0, MAX_WORKERS),
-    Bound::count("runner.workers.tcp", 0, MAX_WORKERS),
-    Bound::count("runner.workers.dns", 0, MAX_WORKERS),
-    Bound::count("runner.workers.tls", 0, MAX_WORKERS),
-    Bound::count("runner.workers.icmp", 0, MAX_WORKERS),
-    Bound::count("runner.workers.grpc", 0, MAX_WORKERS),
-    Bound::count("runner.workers.udp", 0, MAX_WORKERS),
-    Bound::count("runner.workers.websocket", 0, MAX_WORKERS),
-];
+pub const WORKERS: [Bound; TYPE_COUNT] = {
+    let mut workers = [Bound::count("", 0, MAX_WORKERS); TYPE_COUNT];
+    let mut index = 0;
+    while index < TYPE_COUNT {
+        workers[index] = Bound::count(WORKER_KEYS[index], 0, MAX_WORKERS);
+        index += 1;
+    }
+    workers
+};
 const MAX_WORKERS: u64 = 100_000;
 pub const CHECK_INTERVAL: Bound =
     Bound::duration("checks[].interval", MIN_INTERVAL, DAY.saturating_mul(30));
@@ -284,14 +284,6 @@ pub const BOUNDS: &[Bound] = &[
     MAX_BODY_BYTES,
     FORGET_CHECKS_AFTER,
     MAX_CHECK_SERIES,
-    WORKERS[0],
-    WORKERS[1],
-    WORKERS[2],
-    WORKERS[3],
-    WORKERS[4],
-    WORKERS[5],
-    WORKERS[6],
-    WORKERS[7],
     CHECK_INTERVAL,
     CHECK_TIMEOUT,
     MIN_FAILING_COUNT,
@@ -311,9 +303,14 @@ pub const BOUNDS: &[Bound] = &[
     WINDOW_DURATION,
 ];
 
+/// Every range: those listed in `BOUNDS`, then one per check type's worker count.
+pub fn all_bounds() -> impl Iterator<Item = &'static Bound> {
+    BOUNDS.iter().chain(WORKERS.iter())
+}
+
 /// The range of `key` (a path as in [`Bound::key`]).
 pub fn bound(key: &str) -> Option<&'static Bound> {
-    BOUNDS.iter().find(|bound| bound.key == key)
+    all_bounds().find(|bound| bound.key == key)
 }
 
 #[cfg(test)]
@@ -322,11 +319,11 @@ mod tests {
 
     #[test]
     fn every_key_once_and_every_range_ordered() {
-        let mut keys: Vec<&str> = BOUNDS.iter().map(|bound| bound.key).collect();
+        let mut keys: Vec<&str> = all_bounds().map(|bound| bound.key).collect();
         keys.sort_unstable();
         keys.dedup();
-        assert_eq!(keys.len(), BOUNDS.len(), "a key is listed twice");
-        for bound in BOUNDS {
+        assert_eq!(keys.len(), all_bounds().count(), "a key is listed twice");
+        for bound in all_bounds() {
             match bound.range {
                 Range::Count { min, max } => assert!(min <= max, "{}", bound.key),
                 Range::Duration { min, max } => {

@@ -6,7 +6,7 @@
 //! It never holds a hand-written copy of a key: what it adds to schemars' output is how
 //! editors need a `type`-tagged flattened spec, and the ranges of `bounds.rs`.
 
-use super::bounds::{Range, BOUNDS};
+use super::bounds::{all_bounds, Range};
 use schemars::Schema;
 use serde_json::{json, Map, Value};
 use std::time::Duration;
@@ -34,7 +34,7 @@ pub fn json_schema() -> Value {
             self_contained_variants(definition);
         }
     }
-    for bound in BOUNDS {
+    for bound in all_bounds() {
         for pointer in properties(&schema, bound.key) {
             if let Some(Value::Object(property)) = schema.pointer_mut(&pointer) {
                 apply_range(property, bound.range);
@@ -249,7 +249,7 @@ mod tests {
     #[test]
     fn every_bound_reaches_its_key() {
         let schema = json_schema();
-        for bound in BOUNDS {
+        for bound in all_bounds() {
             let found = properties(&schema, bound.key);
             assert!(!found.is_empty(), "{} is not in the schema", bound.key);
             for pointer in found {

@@ -357,7 +357,7 @@ mod tests {
         assert_eq!(names, ["c0", "c1", "c2", "c3", "c4"]);
         assert!(list.iter().zip(&expected).all(|(a, b)| **a == *b));
     }
-    use crate::model::CheckType;
+    use crate::checks::CheckType;
     use serde::Deserialize;
     use std::time::Duration;
 

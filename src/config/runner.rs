@@ -3,7 +3,7 @@
 
 use super::bounds::*;
 use super::{Problem, Problems};
-use crate::model::CheckType;
+use crate::checks::{CheckType, KINDS, TYPE_COUNT, TYPE_NAMES};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use std::time::Duration;
@@ -44,48 +44,106 @@ pub struct RunnerConfig {
     pub location: String,
 }
 
-/// `[runner.workers]`
-#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+/// `[runner.workers]`: how many probes of each check type run at once, one key per type
+/// (`http = 64`), each 10 unless set. Its keys are the check types `checks` declares, so a new
+/// type has its key here without a line of its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkersConfig {
-    /// Concurrent HTTP probes.
-    #[serde(default = "default_workers")]
-    pub http: usize,
-    /// Concurrent TCP probes.
-    #[serde(default = "default_workers")]
-    pub tcp: usize,
-    /// Concurrent DNS probes.
-    #[serde(default = "default_workers")]
-    pub dns: usize,
-    /// Concurrent TLS certificate probes.
-    #[serde(default = "default_workers")]
-    pub tls: usize,
-    /// Concurrent ICMP echo probes.
-    #[serde(default = "default_workers")]
-    pub icmp: usize,
-    /// Concurrent gRPC health probes.
-    #[serde(default = "default_workers")]
-    pub grpc: usize,
-    /// Concurrent UDP probes.
-    #[serde(default = "default_workers")]
-    pub udp: usize,
-    /// Concurrent WebSocket probes.
-    #[serde(default = "default_workers")]
-    pub websocket: usize,
+    /// Indexed by `CheckType::index`.
+    counts: [usize; TYPE_COUNT],
 }
 
 impl WorkersConfig {
     pub fn for_type(&self, check_type: CheckType) -> usize {
-        match check_type {
-            CheckType::Http => self.http,
-            CheckType::Tcp => self.tcp,
-            CheckType::Dns => self.dns,
-            CheckType::Tls => self.tls,
-            CheckType::Icmp => self.icmp,
-            CheckType::Grpc => self.grpc,
-            CheckType::Udp => self.udp,
-            CheckType::Websocket => self.websocket,
+        self.counts[check_type.index()]
+    }
+
+    /// Sets the count of one type (as `[runner.workers]` would).
+    pub fn set(&mut self, check_type: CheckType, count: usize) {
+        self.counts[check_type.index()] = count;
+    }
+}
+
+impl Default for WorkersConfig {
+    fn default() -> Self {
+        WorkersConfig {
+            counts: [default_workers(); TYPE_COUNT],
         }
+    }
+}
+
+impl<'de> Deserialize<'de> for WorkersConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Counts;
+        impl<'de> serde::de::Visitor<'de> for Counts {
+            type Value = WorkersConfig;
+            fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+                formatter.write_str("a table of worker counts by check type")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<WorkersConfig, A::Error> {
+                let mut workers = WorkersConfig::default();
+                let mut seen = [false; TYPE_COUNT];
+                while let Some(TypeKey(index)) = map.next_key()? {
+                    if std::mem::replace(&mut seen[index], true) {
+                        return Err(serde::de::Error::duplicate_field(TYPE_NAMES[index]));
+                    }
+                    workers.counts[index] = map.next_value()?;
+                }
+                Ok(workers)
+            }
+        }
+        deserializer.deserialize_map(Counts)
+    }
+}
+
+/// A `[runner.workers]` key: the place of its type in `TYPE_NAMES`. Refused as the key is
+/// read, so the parser's error points at the key itself.
+struct TypeKey(usize);
+
+impl<'de> Deserialize<'de> for TypeKey {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Name;
+        impl serde::de::Visitor<'_> for Name {
+            type Value = TypeKey;
+            fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+                formatter.write_str("a check type")
+            }
+            fn visit_str<E: serde::de::Error>(self, key: &str) -> Result<TypeKey, E> {
+                match TYPE_NAMES.iter().position(|name| *name == key) {
+                    Some(index) => Ok(TypeKey(index)),
+                    None => Err(E::unknown_field(key, &TYPE_NAMES)),
+                }
+            }
+        }
+        deserializer.deserialize_identifier(Name)
+    }
+}
+
+impl JsonSchema for WorkersConfig {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "WorkersConfig".into()
+    }
+
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let count = generator.subschema_for::<usize>();
+        let properties: serde_json::Map<String, serde_json::Value> = KINDS
+            .iter()
+            .map(|kind| {
+                let mut property = count.clone();
+                property.insert("default".into(), default_workers().into());
+                property.insert("description".into(), kind.workers_help.into());
+                (kind.check_type.as_str().to_string(), property.to_value())
+            })
+            .collect();
+        schemars::json_schema!({
+            "description": "`[runner.workers]`",
+            "type": "object",
+            "properties": properties,
+            "additionalProperties": false,
+        })
     }
 }
 
@@ -123,21 +181,6 @@ impl Default for RunnerConfig {
             forget_checks_after: default_forget_checks_after(),
             max_check_series: default_max_check_series(),
             location: default_location(),
-        }
-    }
-}
-
-impl Default for WorkersConfig {
-    fn default() -> Self {
-        WorkersConfig {
-            http: default_workers(),
-            tcp: default_workers(),
-            dns: default_workers(),
-            tls: default_workers(),
-            icmp: default_workers(),
-            grpc: default_workers(),
-            udp: default_workers(),
-            websocket: default_workers(),
         }
     }
 }

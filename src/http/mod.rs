@@ -13,10 +13,10 @@ pub mod status_page;
 pub mod tls;
 
 use crate::bus::Bus;
+use crate::checks::CheckType;
 use crate::config::{CheckConfig, StatusPageMode, WebConfig};
 use crate::metrics::Metrics;
 use crate::model::CheckState;
-use crate::model::CheckType;
 use crate::reload::Reloader;
 use crate::results::{CheckStatus, ChecksWatch, ResultStore};
 use axum::extract::{Query, Request, State};

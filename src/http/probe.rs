@@ -7,12 +7,13 @@
 //! bound, or on bad parameters, it answers at once with a status and what to fix. It never
 //! panics on input, never records a result in the store, history or notifications.
 
+use crate::checks::CheckType;
 use crate::compiled::CompiledCheck;
 use crate::config::blackbox::{BlackboxModule, BlackboxModules};
 use crate::config::AssertionKey;
 use crate::messages::{CheckResult, Response as ProbeResponse};
 use crate::metrics::{Metrics, ProbeRequestLabels};
-use crate::model::{CheckType, ErrorKind};
+use crate::model::ErrorKind;
 use crate::runner::dispatcher::{Dispatcher, OnDemand, RunOrder};
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, StatusCode};

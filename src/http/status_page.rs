@@ -422,7 +422,7 @@ fn filters_form(body: &mut String, params: &OverviewParams, groups: &BTreeSet<&s
     body.push_str(
         "</select></label><label>type<select name=\"type\"><option value=\"\">any</option>",
     );
-    for known in crate::model::CheckType::ALL {
+    for known in crate::checks::CheckType::ALL {
         let _ = write!(
             body,
             "<option{}>{}</option>",

@@ -7,9 +7,10 @@ use super::{
     Event, FailedAssertion, FailingInstance, LocationLine, Notification, Severity,
     MAX_FAILURES_LISTED,
 };
+use crate::checks::CheckType;
 use crate::episode::{EndReason, Episode};
 use crate::messages::CheckResult;
-use crate::model::{CheckState, CheckType};
+use crate::model::CheckState;
 use serde::{Deserialize, Serialize};
 use std::time::SystemTime;
 

@@ -29,8 +29,9 @@ pub use maintenance::Maintenance;
 pub use routing::{Notifications, NotificationsOptions};
 pub use saved::{open_delivery, SAVED_DELIVERIES};
 
+use crate::checks::CheckType;
 use crate::config::{Config, NotifierConfig, NotifierSpec};
-use crate::model::{CheckState, CheckType};
+use crate::model::CheckState;
 use futures_util::future::BoxFuture;
 use serde::Serialize;
 use std::fmt;

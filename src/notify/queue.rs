@@ -508,7 +508,7 @@ mod tests {
             reminder: false,
             episode_id: "e".to_string(),
             check: check.to_string(),
-            check_type: crate::model::CheckType::Http,
+            check_type: crate::checks::CheckType::Http,
             severity: super::super::Severity::Critical,
             previous_severity: None,
             state: crate::model::CheckState::Fail,

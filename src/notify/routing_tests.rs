@@ -1,8 +1,8 @@
 //! Routing's unit tests: episodes driven through the engine, receivers that accept or refuse.
 
 use super::*;
+use crate::checks::CheckType;
 use crate::episode::{episode_id, RunTimes, Track};
-use crate::model::CheckType;
 use crate::notify::{Answer, Event, Notifier, SendError};
 use futures_util::future::BoxFuture;
 use std::collections::BTreeSet;

@@ -13,9 +13,10 @@ use super::routing::{
     RETRIGGER_AFTER,
 };
 use super::{Event, Notification, Severity};
+use crate::checks::CheckType;
 use crate::config::CheckConfig;
 use crate::episode::Episode;
-use crate::model::{CheckState, CheckType};
+use crate::model::CheckState;
 use serde::{Deserialize, Serialize};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap};

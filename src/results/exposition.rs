@@ -9,10 +9,11 @@
 
 use super::ResultStore;
 use crate::checks::series::{SeriesOut, SeriesSpec};
+use crate::checks::CheckType;
 use crate::checks::KINDS;
 use crate::messages::Response;
 use crate::metrics::{CheckSelection, ChunkedText, Exposition};
-use crate::model::{CheckState, CheckType};
+use crate::model::CheckState;
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
@@ -409,9 +410,10 @@ mod tests {
         //! text: the reference the new writer must equal.
         use super::super::{write_instance_series, COMMON_SERIES};
         use crate::checks::series::SeriesOut;
+        use crate::checks::CheckType;
         use crate::checks::KINDS;
         use crate::messages::Response;
-        use crate::model::{CheckState, CheckType};
+        use crate::model::CheckState;
         use crate::results::ResultStore;
         use prometheus_client::encoding::EncodeLabelSet;
         use prometheus_client::metrics::family::Family;

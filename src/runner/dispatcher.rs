@@ -8,12 +8,13 @@
 
 use super::pool::{Worker, WorkerPool};
 use crate::assertions::{self, Observation};
+use crate::checks::CheckType;
 use crate::checks::{ProbeContext, ProbeRecord};
 use crate::compiled::CompiledCheck;
 use crate::config::InstancesFrom;
 use crate::messages::{CheckResult, Response, TargetGroup, Timings, MESSAGE_VERSION};
 use crate::metrics::{Metrics, TypeLabels};
-use crate::model::{split_host_port, CheckType, ErrorKind, InstanceAddr, ProbeError};
+use crate::model::{split_host_port, ErrorKind, InstanceAddr, ProbeError};
 use crate::resolve::SrvCache;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;

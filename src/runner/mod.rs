@@ -51,7 +51,7 @@ pub fn build_dispatcher(config: &Config, metrics: Arc<Metrics>) -> Result<Dispat
         tls: Arc::default(),
         max_body_bytes: config.runner.max_body_bytes,
     });
-    let pools = crate::model::CheckType::ALL
+    let pools = crate::checks::CheckType::ALL
         .into_iter()
         .map(|check_type| {
             WorkerPool::new(
@@ -86,10 +86,10 @@ pub struct Runner {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Intake {
     /// Scheduled runs; their results go to `{prefix}.results.{check}`.
-    Scheduled(crate::model::CheckType),
+    Scheduled(crate::checks::CheckType),
     /// Scheduled runs of checks with `locations`, for this runner's location only; their
     /// results say so.
-    Located(crate::model::CheckType),
+    Located(crate::checks::CheckType),
     /// Test requests; each result is the reply.
     Test,
 }

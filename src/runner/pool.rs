@@ -21,8 +21,8 @@
 //! or when stale places outnumber live ones; so a mass of waiters timing out costs O(1) each,
 //! not a scan of the rotation each.
 
+use crate::checks::CheckType;
 use crate::metrics::{Metrics, TypeLabels};
-use crate::model::CheckType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;

@@ -301,8 +301,8 @@ async fn the_runner_counts_and_drops_bad_messages_and_keeps_running() {
 async fn the_result_sink_removes_series_of_vanished_instances() {
     use bastion_agent::bus::memory::MemoryBus;
     use bastion_agent::bus::Bus;
+    use bastion_agent::checks::CheckType;
     use bastion_agent::messages::{self, CheckResult, Response, Timings};
-    use bastion_agent::model::CheckType;
     use bastion_agent::results::{consume, ResultStore, SinkContext};
     use std::sync::Arc;
     use std::time::{Duration, SystemTime};

@@ -14,12 +14,13 @@ use crate::common;
 mod extremes;
 
 use bastion_agent::assertions::{evaluate_all, CompiledAssertion, Observation};
+use bastion_agent::checks::CheckType;
 use bastion_agent::compiled::CompiledCheck;
 use bastion_agent::config::{AssertionConfig, AssertionKey, Config, Format, Relationship};
 use bastion_agent::messages::{
     self, CheckRequest, CheckResult, Heartbeat, TestRequest, MESSAGE_VERSION,
 };
-use bastion_agent::model::{CheckType, ErrorKind};
+use bastion_agent::model::ErrorKind;
 use bastion_agent::runner::dispatcher::RunOrder;
 use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, TestRunner};

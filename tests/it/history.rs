@@ -869,8 +869,9 @@ async fn a_long_database_outage_loses_runs_but_every_incident_opens_and_closes()
 /// real failure beside a dispatch timeout is a warning, not a failure.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dispatch_timeouts_count_the_same_for_the_state_and_for_uptime() {
+    use bastion_agent::checks::CheckType;
     use bastion_agent::messages::{Payload, Response, Timings};
-    use bastion_agent::model::{CheckType, ErrorKind, ProbeError};
+    use bastion_agent::model::{ErrorKind, ProbeError};
     let dir = scratch_dir("history-dispatch");
     let toml = format!(
         "[agent]\nid = \"history-test\"\nlisten = \"127.0.0.1:0\"\n\
@@ -979,8 +980,9 @@ async fn dispatch_timeouts_count_the_same_for_the_state_and_for_uptime() {
 /// one run: in the raw runs, and in the hourly rollup (before: counted twice there).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_result_delivered_twice_is_one_run_in_the_rollups_too() {
+    use bastion_agent::checks::CheckType;
     use bastion_agent::messages::{Payload, Response, Timings};
-    use bastion_agent::model::{CheckType, ErrorKind, ProbeError};
+    use bastion_agent::model::{ErrorKind, ProbeError};
     let dir = scratch_dir("history-twice");
     let toml = format!(
         "[agent]\nid = \"history-test\"\nlisten = \"127.0.0.1:0\"\n\
@@ -1151,8 +1153,9 @@ async fn the_incident_of_a_check_removed_while_the_agent_was_down_ends_at_start(
 /// `locations`, a location the check does not name, or history's internal name is a 400.
 async fn locations_keep_their_own_runs_and_uptime_follows_them_combined(backend: Backend) {
     use bastion_agent::bus::Bus;
+    use bastion_agent::checks::CheckType;
     use bastion_agent::messages::{Payload, Response, Timings};
-    use bastion_agent::model::{CheckType, ErrorKind, ProbeError};
+    use bastion_agent::model::{ErrorKind, ProbeError};
     let nats = crate::common::nats::NatsServer::start();
     let toml = format!(
         "{}flush_interval = \"200ms\"\n[bus]\nkind = \"nats\"\n[bus.nats]\nurl = \"{}\"\n\

@@ -339,8 +339,9 @@ impl Drop for WalReadLocks {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn by_location_is_bounded_and_lists_the_locations_of_every_location_checks() {
     use bastion_agent::bus::Bus;
+    use bastion_agent::checks::CheckType;
     use bastion_agent::messages::{CheckResult, Payload, Response, Timings};
-    use bastion_agent::model::{CheckType, ErrorKind, ProbeError};
+    use bastion_agent::model::{ErrorKind, ProbeError};
     use std::sync::Arc;
     let nats = crate::common::nats::NatsServer::start();
     let backend = Backend::sqlite();

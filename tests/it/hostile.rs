@@ -676,7 +676,7 @@ async fn a_thousand_hanging_instances_hold_the_pool_bounds_and_spare_other_check
     let mut bystander_runs = 0;
     while !run.is_finished() {
         let usage = dispatcher.usage();
-        most_busy = most_busy.max(usage[&bastion_agent::model::CheckType::Http].busy);
+        most_busy = most_busy.max(usage[&bastion_agent::checks::CheckType::Http].busy);
         let bystander_started = Instant::now();
         let bystander = run_check(&dispatcher, &config, "bystander").await;
         assert!(bystander.passing, "{bystander:?}");

@@ -6,8 +6,9 @@ use crate::common::*;
 
 use bastion_agent::bus::memory::MemoryBus;
 use bastion_agent::bus::Bus;
+use bastion_agent::checks::CheckType;
 use bastion_agent::messages::{self, CheckResult, Degraded, DegradedForm, Response, Timings};
-use bastion_agent::model::{CheckState, CheckType, ErrorKind, ProbeError};
+use bastion_agent::model::{CheckState, ErrorKind, ProbeError};
 use bastion_agent::results::{consume, EventOutlet, ResultStore, SinkContext};
 use bastion_agent::subjects::Subjects;
 use std::sync::Arc;

@@ -1,6 +1,6 @@
 //! Every numeric and duration key of the config at its extremes, through the real binary.
 //! The keys come from `config/reference.toml` (its commented-out keys included) and must be
-//! exactly the keys of `config::bounds::BOUNDS`, so a new key without a range fails here. Each
+//! exactly the keys of `config::bounds::all_bounds()`, so a new key without a range fails here. Each
 //! key gets a fixed set of values: 0, 1, -1, both ends of its range and one step past each,
 //! i64::MAX, u64::MAX and the longest durations humantime reads. Keys of a check are tried on
 //! every check type that has them, keys of a notifier on the first type that has them.
@@ -11,9 +11,9 @@
 
 use crate::common::nats::NatsServer;
 use crate::common::process::scratch_dir;
-use bastion_agent::config::bounds::{Bound, Range, BOUNDS};
+use bastion_agent::checks::CheckType;
+use bastion_agent::config::bounds::{all_bounds, Bound, Range};
 use bastion_agent::config::{Config, Format};
-use bastion_agent::model::CheckType;
 use proptest::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
@@ -111,8 +111,7 @@ fn fuzz_every_numeric_key_of_the_reference_has_a_range() {
         "found only {} numeric keys in the reference: {reference:?}",
         reference.len()
     );
-    let bounded: BTreeMap<String, Kind> = BOUNDS
-        .iter()
+    let bounded: BTreeMap<String, Kind> = all_bounds()
         .map(|bound| (bound.key.to_string(), kind(bound)))
         .collect();
     let missing: Vec<&String> = reference
@@ -449,7 +448,7 @@ fn places() -> Vec<Place> {
         }
     };
     let mut places = Vec::new();
-    for bound in BOUNDS {
+    for bound in all_bounds() {
         let sample = values(bound)
             .into_iter()
             .find(|value| value.in_range)
@@ -600,7 +599,7 @@ fn fuzz_every_numeric_key_at_its_extremes_through_the_binary() {
         })
         .collect();
     let keys: BTreeSet<&str> = places.iter().map(|place| place.bound.key).collect();
-    assert_eq!(keys.len(), BOUNDS.len(), "every key has a place");
+    assert_eq!(keys.len(), all_bounds().count(), "every key has a place");
     let accepted = Mutex::new(Vec::new());
     let count = cases.len();
     let failures = in_parallel(cases, 4, |case| {
@@ -836,10 +835,10 @@ fn fuzz_the_documented_ranges_are_the_enforced_ones() {
     }
     assert_eq!(
         documented.len(),
-        BOUNDS.len(),
+        all_bounds().count(),
         "docs/configuration.md, Ranges: one row per key of src/config/bounds.rs"
     );
-    for bound in BOUNDS {
+    for bound in all_bounds() {
         let expected = match bound.range {
             Range::Count { min, max } => (min.to_string(), max.to_string()),
             Range::Duration { min, max } => (
