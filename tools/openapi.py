@@ -6,6 +6,14 @@ what this writes, that the agent serves it, that its enums and routes are the co
 module's unit test), and schemathesis fuzzes it against a live agent. Rules: docs/api.md.
 """
 import json
+import os
+
+# The check types, in the code's order: the variants of `[[checks]]` in the shipped JSON Schema
+# (`bastion config schema`), so a new type reaches the contract without a line here.
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+with open(os.path.join(_ROOT, "config", "bastion.schema.json")) as _file:
+    TYPES = [variant["properties"]["type"]["const"]
+             for variant in json.load(_file)["$defs"]["CheckConfig"]["oneOf"]]
 T = {"type": "string", "format": "date-time", "description": "RFC 3339, UTC"}
 def ref(n): return {"$ref": f"#/components/schemas/{n}"}
 def nullable(s): return {"oneOf": [s, {"type": "null"}]}
@@ -24,7 +32,7 @@ plain = {"text/plain": {"schema": text}}
 schemas = {
  "Error": obj({"error": {"type": "string", "description": "What was wrong, and what to ask instead."}}, desc="The body of every JSON API error."),
  "CheckState": {"type": "string", "enum": ["OK", "WARN", "FAIL_WAIT", "FAIL", "PASS_WAIT"]},
- "CheckType": {"type": "string", "enum": ["http", "tcp", "dns", "tls", "icmp", "grpc", "udp", "websocket"]},
+ "CheckType": {"type": "string", "enum": TYPES},
  "ErrorKind": {"type": "string", "enum": ["resolve", "connect", "tls", "http", "body", "expect", "dns", "icmp", "grpc", "auth", "timeout", "dispatch_timeout", "no_runner", "internal"]},
  "ProbeError": obj({"kind": ref("ErrorKind"), "message": text}),
  "Timings": obj({
@@ -127,7 +135,6 @@ def csv_enum(name, values, desc, min_items=1):
     return {"name": name, "in": "query", "required": False, "style": "form", "explode": False,
             "schema": {"type": "array", "minItems": min_items, "items": {"type": "string", "enum": both}}, "description": desc}
 STATES = ["OK", "WARN", "FAIL_WAIT", "FAIL", "PASS_WAIT"]
-TYPES = ["http", "tcp", "dns", "tls", "icmp", "grpc", "udp", "websocket"]
 listq = lambda desc: {"type": "string", "description": desc}
 
 paths = {

@@ -52,9 +52,8 @@ macro_rules! check_types {
     ($($name:literal => $variant:ident($module:ident::$spec:ident),)*) => {
         /// The kinds of check, each with its own worker pool and bus subject.
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-        #[serde(rename_all = "lowercase")]
         pub enum CheckType {
-            $($variant,)*
+            $(#[serde(rename = $name)] $variant,)*
         }
 
         /// How many check types there are.
@@ -85,12 +84,12 @@ macro_rules! check_types {
 
         /// The type-specific part of a check, chosen by its `type` key.
         #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-        #[serde(tag = "type", rename_all = "lowercase")]
+        #[serde(tag = "type")]
         // Each variant boxed: a check costs its own type's settings, not the largest type's
         // (an unboxed `CheckSpec` made every `CheckConfig` the size of an http check's, about a
         // kilobyte, in the config's list and in every copy of it; issue 20's million checks).
         pub enum CheckSpec {
-            $($variant(Box<$module::$spec>),)*
+            $(#[serde(rename = $name)] $variant(Box<$module::$spec>),)*
         }
 
         impl CheckSpec {
@@ -131,7 +130,9 @@ macro_rules! check_types {
     };
 }
 
-// Every check type bastion has: a new type is its file under `src/checks/` and its line here.
+// Every check type bastion has: a new type is its file under `src/checks/` and its line here
+// (ARCHITECTURE.md, "Adding a check type", lists what else names every type: docs, the API
+// contract's tool and the tests that go through them all).
 check_types! {
     "http" => Http(http::HttpSpec),
     "tcp" => Tcp(tcp::TcpSpec),
@@ -385,6 +386,21 @@ pub trait SpecError: std::error::Error + Send + Sync + 'static {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The name a type has in files, messages, metrics and worker keys is one: its line's.
+    #[test]
+    fn every_check_type_has_one_name() {
+        for (check_type, name) in CheckType::ALL.iter().zip(TYPE_NAMES) {
+            assert_eq!(check_type.as_str(), name);
+            assert_eq!(serde_json::to_value(check_type).unwrap(), name);
+            let back: CheckType = serde_json::from_value(name.into()).unwrap();
+            assert_eq!(back, *check_type);
+            assert_eq!(
+                WORKER_KEYS[check_type.index()],
+                format!("runner.workers.{name}")
+            );
+        }
+    }
 
     #[test]
     fn every_check_type_has_one_kind() {

@@ -1,11 +1,13 @@
-//! The range of every numeric and duration key of the configuration file, in one table
-//! (`BOUNDS`), named by the key's path in `config/reference.toml`. Validation refuses a value
+//! The range of every numeric and duration key of the configuration file, named by the key's
+//! path in `config/reference.toml`: one table (`BOUNDS`) and one range per check type's
+//! worker count (`WORKERS`, from the check types' list), both reached through `all_bounds()`
+//! and `bound()`. Validation refuses a value
 //! outside its range with a message that names the key; the code that uses a value caps it
 //! to the same range (`cap_duration`, `clamp_count`) where arithmetic on it could overflow,
 //! so a value that slipped past validation (a library caller, a definition from the bus)
 //! never panics. The ranges are far beyond what an operator needs and far below what
 //! overflows anything: no duration past ten years, no queue past a million entries.
-//! `tests/it/fuzz.rs` reads this table and the reference, and fails on a numeric key without
+//! `tests/it/fuzz.rs` reads every range and the reference, and fails on a numeric key without
 //! a range.
 
 use crate::checks::{TYPE_COUNT, WORKER_KEYS};
@@ -265,8 +267,9 @@ pub const SMTP_PORT: Bound = Bound::count("notifiers[].smtp_port", 1, 65_535);
 pub const WINDOW_DURATION: Bound =
     Bound::duration("maintenance[].duration", POSITIVE, DAY.saturating_mul(7));
 
-/// Every numeric and duration key of the configuration file.
-pub const BOUNDS: &[Bound] = &[
+/// Every numeric and duration key of the configuration file but the worker counts; read it
+/// through `all_bounds()`.
+const BOUNDS: &[Bound] = &[
     SHUTDOWN_GRACE,
     CONNECT_TIMEOUT,
     RESULTS_MAX_AGE,

@@ -138,6 +138,7 @@ impl JsonSchema for WorkersConfig {
                 (kind.check_type.as_str().to_string(), property.to_value())
             })
             .collect();
+        // Written here, not derived: the keys are the check types, which no struct lists.
         schemars::json_schema!({
             "description": "`[runner.workers]`",
             "type": "object",
