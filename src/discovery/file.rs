@@ -122,17 +122,31 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<Vec<TargetGroup>, DiscoveryErr
     Ok(groups)
 }
 
-/// Where `path` really is when a symlink leads it out of its own directory (whose watch does
-/// not see the target change); `None` when it stays there or cannot be resolved.
-fn target_elsewhere(path: &Path) -> Option<PathBuf> {
-    let file = std::fs::canonicalize(path).ok()?;
+/// Where `path` leads: the directory it names, resolved (a directory reached through a
+/// symlink that is swapped, or an ancestor renamed, resolves elsewhere), and the file it
+/// really is when a symlink leads somewhere other than the name itself (an edit through the
+/// link is an event of the target's name, in the target's directory).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Resolved {
+    directory: Option<PathBuf>,
+    target: Option<PathBuf>,
+}
+
+fn resolve(path: &Path) -> Resolved {
     let directory = std::fs::canonicalize(
         path.parent()
-            .filter(|p| !p.as_os_str().is_empty())
+            .filter(|parent| !parent.as_os_str().is_empty())
             .unwrap_or(Path::new(".")),
     )
-    .ok()?;
-    (file.parent() != Some(directory.as_path())).then_some(file)
+    .ok();
+    let named = directory
+        .as_ref()
+        .zip(path.file_name())
+        .map(|(directory, name)| directory.join(name));
+    let target = std::fs::canonicalize(path)
+        .ok()
+        .filter(|file| Some(file) != named.as_ref());
+    Resolved { directory, target }
 }
 
 /// Waits for the next notice of `notices`; never, when there are none.
@@ -187,6 +201,7 @@ fn watch_polling_every(
         errors,
         changes: changes.clone(),
         notices: None,
+        directory: None,
         target: None,
         target_notices: None,
         polls,
@@ -205,8 +220,10 @@ struct Watcher {
     changes: DirectoryChanges,
     /// Change notices for the file's directory, while they come.
     notices: Option<Notices>,
-    /// Where the file really is, when a symlink leads out of its directory (read at each
-    /// read), and change notices for that directory: an edit there is no event here.
+    /// The file's directory, resolved at the last read (the watch follows it).
+    directory: Option<PathBuf>,
+    /// Where the file really is, when a symlink leads elsewhere (resolved at each read), and
+    /// change notices for that file: an edit through the link is an event of the target.
     target: Option<PathBuf>,
     target_notices: Option<Notices>,
     /// `POLL_WITH_NOTICES` and `POLL`; longer in the tests that show notices alone suffice.
@@ -230,13 +247,9 @@ impl Watcher {
             }
             let path = self.path.clone();
             let read =
-                tokio::task::spawn_blocking(move || (read_bytes(&path), target_elsewhere(&path)))
-                    .await;
-            let read = read.map(|(bytes, target)| {
-                if target != self.target {
-                    self.target = target;
-                    self.target_notices = None;
-                }
+                tokio::task::spawn_blocking(move || (read_bytes(&path), resolve(&path))).await;
+            let read = read.map(|(bytes, resolved)| {
+                self.follow(resolved);
                 bytes
             });
             let bytes = match read {
@@ -286,19 +299,24 @@ impl Watcher {
     /// interval. False once the checker dropped its receiver.
     async fn wait(&mut self, sender: &watch::Sender<TargetSet>) -> bool {
         // A watch that ended (the directory was removed, moved or replaced) is made again
-        // if it can be; until then the file is polled.
+        // if it can be; until then the file is polled. A watch made now did not see what
+        // changed since the last read: the file is read again soon.
+        let mut fresh = false;
         if !self.notices.as_ref().is_some_and(Notices::is_live) {
             self.notices = self.subscribe(self.path.clone()).await;
+            fresh |= self.notices.is_some();
         }
         if let Some(target) = self.target.clone() {
             if !self.target_notices.as_ref().is_some_and(Notices::is_live) {
                 self.target_notices = self.subscribe(target).await;
+                fresh |= self.target_notices.is_some();
             }
         }
         let watched =
             self.notices.is_some() && (self.target.is_none() || self.target_notices.is_some());
         let pause = match (&self.candidate, watched) {
             (Some(_), _) => SETTLE,
+            _ if fresh => SETTLE,
             (None, true) => self.polls.with_notices,
             (None, false) => self.polls.without,
         };
@@ -316,6 +334,19 @@ impl Watcher {
         tokio::select! {
             _ = sender.closed() => false,
             _ = tokio::time::sleep(SETTLE) => true,
+        }
+    }
+
+    /// Takes where the path leads now: a watch of a directory or target the path no longer
+    /// leads to is dropped, to be made again where it leads.
+    fn follow(&mut self, resolved: Resolved) {
+        if resolved.directory != self.directory {
+            self.directory = resolved.directory;
+            self.notices = None;
+        }
+        if resolved.target != self.target {
+            self.target = resolved.target;
+            self.target_notices = None;
         }
     }
 
@@ -460,7 +491,7 @@ mod tests {
         std::fs::create_dir(&directory).unwrap();
         std::fs::write(&file, targets("10.0.3.2:80")).unwrap();
         until_first_target(&mut receiver, "10.0.3.2:80").await;
-        // Watched again: a later write is noticed too.
+        // Watched again (or polled, were it not): a later write is taken too.
         tokio::time::sleep(POLL * 3).await;
         std::fs::write(&file, targets("10.0.3.3:80")).unwrap();
         until_first_target(&mut receiver, "10.0.3.3:80").await;
@@ -475,6 +506,8 @@ mod tests {
         // The old directory's changes are not the file's any more; the new one's are.
         std::fs::write(moved.join("web.json"), targets("10.9.9.9:80")).unwrap();
         tokio::time::sleep(POLL * 3).await;
+        let now = receiver.borrow()[0].targets[0].clone();
+        assert_eq!(now, "10.0.3.4:80", "the moved directory's file was taken");
         std::fs::write(&file, targets("10.0.3.5:80")).unwrap();
         until_first_target(&mut receiver, "10.0.3.5:80").await;
 
@@ -493,11 +526,25 @@ mod tests {
             never,
         );
         until_first_target(&mut receiver, "10.0.4.1:80").await;
-        // The watcher learns where the link leads at its first read, and watches there at
-        // its next wait.
-        tokio::time::sleep(SETTLE * 2).await;
         std::fs::write(real.join("web.json"), targets("10.0.4.2:80")).unwrap();
         until_first_target(&mut receiver, "10.0.4.2:80").await;
+
+        // A symlink to another file of the same directory, edited in place through the link:
+        // the event names the target.
+        let same = root.path().join("same");
+        std::fs::create_dir_all(&same).unwrap();
+        std::fs::write(same.join("web-prod.json"), targets("10.0.5.1:80")).unwrap();
+        std::os::unix::fs::symlink("web-prod.json", same.join("web.json")).unwrap();
+        let mut receiver = watch_polling_every(
+            &changes,
+            "f",
+            same.join("web.json"),
+            Counter::default(),
+            never,
+        );
+        until_first_target(&mut receiver, "10.0.5.1:80").await;
+        std::fs::write(same.join("web.json"), targets("10.0.5.2:80")).unwrap();
+        until_first_target(&mut receiver, "10.0.5.2:80").await;
     }
 
     #[test]

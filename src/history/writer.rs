@@ -636,6 +636,58 @@ impl Writer {
         deltas
     }
 
+    /// The runs as the rows `INSERT INTO runs` binds.
+    fn run_rows(&self, runs: &[RunRecord]) -> Vec<RunRow> {
+        runs.iter()
+            .map(|run| {
+                let check_id = self.check_id(&run.check);
+                RunRow {
+                    check_id,
+                    at_ms: millis(run.scheduled_at),
+                    outcome: run.outcome.code() as i16,
+                    detail: self.detail(check_id, run),
+                }
+            })
+            .collect()
+    }
+
+    /// The rollup rows to read before merging: those the cache cannot vouch for (all of them
+    /// unless this is the only writer), in key order, the order every writer locks them in.
+    fn rollups_to_read(&self, deltas: &HashMap<RollupKey, Rollup>) -> Vec<RollupKey> {
+        let mut unread: Vec<RollupKey> = deltas
+            .keys()
+            .filter(|key| !(self.sole_writer && self.rollups.contains_key(key)))
+            .copied()
+            .collect();
+        unread.sort_unstable_by_key(RollupKey::order);
+        unread
+    }
+
+    /// Each rollup row with its delta added: to the row read, else the cached one (when this
+    /// is the only writer), else a new one; in key order, with its histograms encoded.
+    fn merged_rollups(
+        &self,
+        deltas: HashMap<RollupKey, Rollup>,
+        mut stored: HashMap<RollupKey, Rollup>,
+    ) -> Vec<(RollupKey, Rollup, Vec<u8>)> {
+        let mut merged: Vec<(RollupKey, Rollup, Vec<u8>)> = deltas
+            .into_iter()
+            .map(|(key, delta)| {
+                let base = match stored.remove(&key) {
+                    Some(row) => Some(row),
+                    None if self.sole_writer => self.rollups.get(&key).cloned(),
+                    None => None,
+                };
+                let mut row = base.unwrap_or_default();
+                row.merge(&delta);
+                let hist = row.hist.encode();
+                (key, row, hist)
+            })
+            .collect();
+        merged.sort_unstable_by_key(|(key, _, _)| key.order());
+        merged
+    }
+
     /// Writes a part of the batch in one transaction; returns the merged rollups to cache.
     /// Only runs actually inserted are rolled up: a result delivered twice (a JetStream
     /// publish retried after a lost acknowledgement, or a part written again after its
@@ -650,20 +702,31 @@ impl Writer {
             _ => "",
         };
         let runs = &self.pending.runs[..part.runs];
-        let run_rows: Vec<RunRow> = runs
-            .iter()
-            .map(|run| {
-                let check_id = self.check_id(&run.check);
-                RunRow {
-                    check_id,
-                    at_ms: millis(run.scheduled_at),
-                    outcome: run.outcome.code() as i16,
-                    detail: self.detail(check_id, run),
-                }
-            })
-            .collect();
+        let run_rows = self.run_rows(runs);
         let merged = on_pool!(&self.db, pool => {
             let mut tx = pool.begin().await?;
+            // Rollup rows, a statement's worth, inserted; `$conflict` says what an existing
+            // row does.
+            macro_rules! insert_rollups {
+                ($rows:expr, $conflict:literal) => {{
+                    let mut insert = sqlx::QueryBuilder::new(
+                        "INSERT INTO rollups (tier, check_id, instance_id, bucket, runs, down, unmeasured, hist) ",
+                    );
+                    insert.push_values($rows, |mut values, (key, row, hist)| {
+                        values
+                            .push_bind(key.tier as i16)
+                            .push_bind(key.check_id)
+                            .push_bind(key.instance_id)
+                            .push_bind(key.bucket)
+                            .push_bind(row.runs)
+                            .push_bind(row.down)
+                            .push_bind(row.unmeasured)
+                            .push_bind(hist.as_slice());
+                    });
+                    insert.push(concat!(" ON CONFLICT (tier, check_id, instance_id, bucket) ", $conflict));
+                    insert.build().execute(&mut *tx).await?;
+                }};
+            }
             // The runs, many to a statement; the database answers which ones were new.
             let mut new_runs: HashSet<(i64, i64)> = HashSet::with_capacity(run_rows.len());
             for rows in run_rows.chunks(RUNS_PER_STATEMENT) {
@@ -691,34 +754,17 @@ impl Writer {
             // have written since (the lease moved there and back), so the rows are read
             // again, locked on PostgreSQL until the transaction ends: every writer locks them
             // in one order (by key), so two never wait on each other in a circle.
-            let mut unread: Vec<RollupKey> = deltas
-                .keys()
-                .filter(|key| !(self.sole_writer && self.rollups.contains_key(key)))
-                .copied()
-                .collect();
-            unread.sort_unstable_by_key(RollupKey::order);
+            let unread = self.rollups_to_read(&deltas);
             if !lock.is_empty() {
                 // A row not yet written has nothing to lock, so two writers would both start
                 // from zero and the later upsert would replace the other's counts: every row
                 // is made first (an empty one, which the upsert below overwrites).
-                let empty = Histograms::default().encode();
-                for keys in unread.chunks(ROLLUPS_PER_STATEMENT) {
-                    let mut insert = sqlx::QueryBuilder::new(
-                        "INSERT INTO rollups (tier, check_id, instance_id, bucket, runs, down, unmeasured, hist) ",
-                    );
-                    insert.push_values(keys, |mut values, key| {
-                        values
-                            .push_bind(key.tier as i16)
-                            .push_bind(key.check_id)
-                            .push_bind(key.instance_id)
-                            .push_bind(key.bucket)
-                            .push_bind(0_i64)
-                            .push_bind(0_i64)
-                            .push_bind(0_i64)
-                            .push_bind(empty.as_slice());
-                    });
-                    insert.push(" ON CONFLICT (tier, check_id, instance_id, bucket) DO NOTHING");
-                    insert.build().execute(&mut *tx).await?;
+                let empty: Vec<(RollupKey, Rollup, Vec<u8>)> = unread
+                    .iter()
+                    .map(|key| (*key, Rollup::default(), Histograms::default().encode()))
+                    .collect();
+                for rows in empty.chunks(ROLLUPS_PER_STATEMENT) {
+                    insert_rollups!(rows, "DO NOTHING");
                 }
             }
             let mut stored: HashMap<RollupKey, Rollup> = HashMap::with_capacity(unread.len());
@@ -745,43 +791,13 @@ impl Writer {
                     stored.insert(key, row);
                 }
             }
-            let mut merged: Vec<(RollupKey, Rollup, Vec<u8>)> = deltas
-                .into_iter()
-                .map(|(key, delta)| {
-                    let base = match stored.remove(&key) {
-                        Some(row) => Some(row),
-                        None if self.sole_writer => self.rollups.get(&key).cloned(),
-                        None => None,
-                    };
-                    let mut row = base.unwrap_or_default();
-                    row.merge(&delta);
-                    let hist = row.hist.encode();
-                    (key, row, hist)
-                })
-                .collect();
-            // Written in key order too, as the rows were locked.
-            merged.sort_unstable_by_key(|(key, _, _)| key.order());
+            let merged = self.merged_rollups(deltas, stored);
             for rows in merged.chunks(ROLLUPS_PER_STATEMENT) {
-                let mut upsert = sqlx::QueryBuilder::new(
-                    "INSERT INTO rollups (tier, check_id, instance_id, bucket, runs, down, unmeasured, hist) ",
+                insert_rollups!(
+                    rows,
+                    "DO UPDATE SET runs = excluded.runs, down = excluded.down, \
+                     unmeasured = excluded.unmeasured, hist = excluded.hist"
                 );
-                upsert.push_values(rows, |mut values, (key, row, hist)| {
-                    values
-                        .push_bind(key.tier as i16)
-                        .push_bind(key.check_id)
-                        .push_bind(key.instance_id)
-                        .push_bind(key.bucket)
-                        .push_bind(row.runs)
-                        .push_bind(row.down)
-                        .push_bind(row.unmeasured)
-                        .push_bind(hist.as_slice());
-                });
-                upsert.push(
-                    " ON CONFLICT (tier, check_id, instance_id, bucket) DO UPDATE SET \
-                     runs = excluded.runs, down = excluded.down, \
-                     unmeasured = excluded.unmeasured, hist = excluded.hist",
-                );
-                upsert.build().execute(&mut *tx).await?;
             }
             for transition in &self.pending.transitions[..part.transitions] {
                 sqlx::query(
