@@ -1,11 +1,11 @@
-//! Check types. Each type is one module that declares, in its `KIND`, everything bastion knows
-//! about it: its assertion keys, how it judges a response and which `probe_*` series it
-//! reports; its plan's `compile` turns its spec into a `Probe`. `kind()` and `compile_probe`
-//! below reach every type by an exhaustive match (`KINDS` lists them for iteration); the
-//! dispatcher, the sink and validation go through them and the `Probe` trait and never name a
-//! protocol.
-//! Check code never touches the bus, the metrics or the scheduler: it gets a target and
-//! returns what it saw.
+//! Check types. Each type is one file holding its spec (its keys of `[[checks]]`, which the
+//! configuration takes from here), its plan, its probe and its `KIND`: everything bastion
+//! knows about it (its assertion keys, how it judges a response, which `probe_*` series it
+//! reports). `check_types!` below registers each type in one line and writes from that list
+//! `CheckType`, `CheckSpec`, `KINDS` and the exhaustive matches `kind()` and
+//! `compile_probe`; the dispatcher, the sink and validation go through them and the `Probe`
+//! trait and never name a protocol. Check code never touches the bus, the metrics or the
+//! scheduler: it gets a target and returns what it saw.
 
 pub mod dns;
 pub mod grpc;
