@@ -3,7 +3,7 @@
 //! evaluated in process. Every result carries the expected and the actual value, and a failing one
 //! says why in words; evaluation never panics, whatever the body holds.
 
-use crate::checks::CheckType;
+use crate::checks::{CheckType, Observation, Observed};
 use crate::config::{AssertionConfig, AssertionKey, Relationship};
 use crate::messages::AssertionResult;
 
@@ -136,8 +136,6 @@ pub struct CompiledAssertion {
     selector: Selector,
     operand: Operand,
 }
-
-pub use crate::checks::{Observation, Observed};
 
 impl CompiledAssertion {
     /// Compiles one assertion of a `check_type` check, whose own keys are `type_keys`

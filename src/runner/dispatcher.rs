@@ -7,8 +7,9 @@
 //! each response is built from its own task's data and stored at its own task's index.
 
 use super::pool::{Worker, WorkerPool};
-use crate::assertions::{self, Observation};
+use crate::assertions;
 use crate::checks::CheckType;
+use crate::checks::Observation;
 use crate::checks::{ProbeContext, ProbeRecord};
 use crate::compiled::CompiledCheck;
 use crate::config::InstancesFrom;

@@ -13,8 +13,9 @@ use crate::common;
 
 mod extremes;
 
-use bastion_agent::assertions::{evaluate_all, CompiledAssertion, Observation};
+use bastion_agent::assertions::{evaluate_all, CompiledAssertion};
 use bastion_agent::checks::CheckType;
+use bastion_agent::checks::Observation;
 use bastion_agent::compiled::CompiledCheck;
 use bastion_agent::config::{AssertionConfig, AssertionKey, Config, Format, Relationship};
 use bastion_agent::messages::{
