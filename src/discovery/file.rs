@@ -238,8 +238,8 @@ struct Watcher {
 
 impl Watcher {
     async fn run(mut self, sender: watch::Sender<TargetSet>) {
-        // Subscribed before the first read, so no change after it goes unnoticed.
-        self.notices = self.subscribe(self.path.clone()).await;
+        // The first read comes at once; the watch is made at the first wait, where the path
+        // is known to lead, and a read follows it (`wait`), so no change is missed between.
         let mut first = true;
         loop {
             if !first && !self.wait(&sender).await {
