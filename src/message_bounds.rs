@@ -15,10 +15,11 @@
 //! Assertions were judged before any of this, on everything the probe read; this module must
 //! never change a verdict.
 
+use crate::checks::response::{bound_body, cut, TextBounds};
 use crate::messages::{CheckResult, Degraded, DegradedForm, Response, MAX_MESSAGE_BYTES};
 use bytes::Bytes;
 
-/// Bytes of each response body (http and tcp) a published result carries. The API keeps as
+/// Bytes of each response body (http, and each type's section's) a published result carries. The API keeps as
 /// much (`results::STORED_BODY_BYTES`), so nothing the API shows is lost on the way.
 pub const BUS_BODY_BYTES: usize = 4096;
 /// Bytes of all the headers of one response, names and values together.
@@ -28,6 +29,12 @@ pub const BUS_HEADER_BYTES: usize = 4096;
 pub const BUS_TEXT_BYTES: usize = 1024;
 /// Entries of any list a server decides: DNS answers, certificates, names per certificate.
 pub const BUS_LIST_ITEMS: usize = 64;
+/// What a type's own section keeps on the bus (`checks::response::Section`).
+pub const BUS_BOUNDS: TextBounds = TextBounds {
+    body_bytes: BUS_BODY_BYTES,
+    text_bytes: BUS_TEXT_BYTES,
+    list_items: BUS_LIST_ITEMS,
+};
 /// Bytes of each text in the `detail_dropped` and `summarised` forms.
 const SHORT_TEXT_BYTES: usize = 128;
 
@@ -36,17 +43,6 @@ const SHORT_TEXT_BYTES: usize = 128;
 pub struct Encoded {
     pub payload: Bytes,
     pub degraded: Option<DegradedForm>,
-}
-
-/// `text` cut to at most `limit` bytes, on a character boundary.
-pub fn cut(text: &mut String, limit: usize) {
-    if text.len() > limit {
-        let mut end = limit;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text.truncate(end);
-    }
 }
 
 /// Encodes `result` within `MAX_MESSAGE_BYTES`: bounded always, reduced when still too large.
@@ -169,11 +165,12 @@ fn bound_response(response: &mut Response) {
         cut(&mut error.message, BUS_TEXT_BYTES);
     }
     if let Some(http) = response.http.as_mut() {
-        http.body_bytes = Some(http.body_bytes.unwrap_or(http.body.len()));
-        if http.body.len() > BUS_BODY_BYTES {
-            cut(&mut http.body, BUS_BODY_BYTES);
-            http.truncated = true;
-        }
+        bound_body(
+            &mut http.body,
+            &mut http.truncated,
+            &mut http.body_bytes,
+            BUS_BODY_BYTES,
+        );
         let mut room = BUS_HEADER_BYTES;
         let headers = std::mem::take(&mut http.headers);
         for (name, mut value) in headers {
@@ -185,27 +182,6 @@ fn bound_response(response: &mut Response) {
             } else {
                 http.headers_truncated = true;
             }
-        }
-    }
-    if let Some(websocket) = response.websocket.as_mut() {
-        websocket.body_bytes = Some(websocket.body_bytes.unwrap_or(websocket.body.len()));
-        if websocket.body.len() > BUS_BODY_BYTES {
-            cut(&mut websocket.body, BUS_BODY_BYTES);
-            websocket.truncated = true;
-        }
-    }
-    if let Some(udp) = response.udp.as_mut() {
-        udp.body_bytes = Some(udp.body_bytes.unwrap_or(udp.body.len()));
-        if udp.body.len() > BUS_BODY_BYTES {
-            cut(&mut udp.body, BUS_BODY_BYTES);
-            udp.truncated = true;
-        }
-    }
-    if let Some(tcp) = response.tcp.as_mut() {
-        tcp.body_bytes = Some(tcp.body_bytes.unwrap_or(tcp.body.len()));
-        if tcp.body.len() > BUS_BODY_BYTES {
-            cut(&mut tcp.body, BUS_BODY_BYTES);
-            tcp.truncated = true;
         }
     }
     if let Some(chain) = response.tls.as_mut().and_then(|tls| tls.chain.as_mut()) {
@@ -222,19 +198,7 @@ fn bound_response(response: &mut Response) {
             }
         }
     }
-    if let Some(dns) = response.dns.as_mut() {
-        dns.answers.truncate(BUS_LIST_ITEMS);
-        for answer in &mut dns.answers {
-            cut(answer, BUS_TEXT_BYTES);
-        }
-    }
-    if let Some(message) = response
-        .grpc
-        .as_mut()
-        .and_then(|grpc| grpc.grpc_message.as_mut())
-    {
-        cut(message, BUS_TEXT_BYTES);
-    }
+    response.sections.bound(&BUS_BOUNDS);
     for assertion in &mut response.assertions {
         cut(&mut assertion.actual, BUS_TEXT_BYTES);
         if let Some(message) = assertion.message.as_mut() {
@@ -254,34 +218,13 @@ fn drop_detail(response: &mut Response) {
         http.headers_truncated |= !http.headers.is_empty();
         http.headers.clear();
     }
-    if let Some(websocket) = response.websocket.as_mut() {
-        websocket.body.clear();
-        websocket.truncated = true;
-    }
-    if let Some(udp) = response.udp.as_mut() {
-        udp.body.clear();
-        udp.truncated = true;
-    }
-    if let Some(tcp) = response.tcp.as_mut() {
-        tcp.body.clear();
-        tcp.truncated = true;
-    }
     if let Some(chain) = response.tls.as_mut().and_then(|tls| tls.chain.as_mut()) {
         if let Some(error) = chain.error.as_mut() {
             cut(error, SHORT_TEXT_BYTES);
         }
         chain.certificates.clear();
     }
-    if let Some(dns) = response.dns.as_mut() {
-        dns.answers.clear();
-    }
-    if let Some(message) = response
-        .grpc
-        .as_mut()
-        .and_then(|grpc| grpc.grpc_message.as_mut())
-    {
-        cut(message, SHORT_TEXT_BYTES);
-    }
+    response.sections.drop_detail(SHORT_TEXT_BYTES);
     for assertion in &mut response.assertions {
         cut(&mut assertion.actual, SHORT_TEXT_BYTES);
         if let Some(message) = assertion.message.as_mut() {

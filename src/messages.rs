@@ -5,8 +5,7 @@
 //! a bad message is an error value, never a panic.
 
 pub use crate::checks::response::{
-    AssertionResult, CertificateDetails, ChainDetails, DnsDetails, GrpcDetails, HttpDetails,
-    IcmpDetails, Response, TcpDetails, Timings, TlsDetails, UdpDetails, WebsocketDetails,
+    AssertionResult, CertificateDetails, ChainDetails, HttpDetails, Response, Timings, TlsDetails,
 };
 use crate::checks::CheckType;
 use crate::config::CheckConfig;
@@ -509,22 +508,67 @@ mod tests {
         assert_eq!(back, result);
     }
 
+    /// A type's own section is a key of the response named after the type, beside `http` and
+    /// `tls`, as before sections were registered with their type; a section of the wrong
+    /// shape is refused, not dropped.
+    #[test]
+    fn a_types_section_is_a_key_of_the_response_named_after_it() {
+        let mut response = Response::failed(
+            "127.0.0.2:53".into(),
+            ProbeError::new(ErrorKind::Expect, "no match"),
+            Timings::default(),
+        );
+        response.sections.udp = Some(Box::new(crate::checks::udp::UdpDetails {
+            sent_bytes: 4,
+            replied: true,
+            body: "pong".into(),
+            truncated: false,
+            body_bytes: Some(4),
+        }));
+        let json = serde_json::to_value(&response).unwrap();
+        assert_eq!(json["udp"]["replied"], true);
+        assert_eq!(json["udp"]["body_bytes"], 4);
+        assert_eq!(json["http"], serde_json::Value::Null);
+        let keys: Vec<&String> = json.as_object().unwrap().keys().collect();
+        for absent in ["sections", "tcp", "dns", "icmp", "grpc", "websocket"] {
+            assert!(!json.as_object().unwrap().contains_key(absent), "{keys:?}");
+        }
+        let back: Response = serde_json::from_value(json.clone()).unwrap();
+        assert_eq!(back, response);
+        let mut wrong = json;
+        wrong["udp"] = serde_json::Value::String("pong".into());
+        let error = serde_json::from_value::<Response>(wrong).unwrap_err();
+        assert!(error.to_string().contains("invalid type"), "{error}");
+    }
+
     /// The JSON of these messages is a contract (the bus, the API, `bastion once --json`):
     /// every public field of every struct in these files says what it holds, its unit and when
     /// it is absent, in a doc comment read from the source.
     #[test]
     fn every_field_of_the_contract_is_documented() {
-        // The contract's structs: these messages, and what one instance answered.
-        let sources = [
-            include_str!("messages.rs"),
-            include_str!("checks/response.rs"),
+        // The contract's structs: these messages, what one instance answered, and each check
+        // type's own section, read from its type's file.
+        let mut sources = vec![
+            include_str!("messages.rs").to_owned(),
+            include_str!("checks/response.rs").to_owned(),
         ];
+        for (name, section) in crate::checks::SECTIONS {
+            let path = format!("{}/src/checks/{name}.rs", env!("CARGO_MANIFEST_DIR"));
+            let source = std::fs::read_to_string(&path).unwrap();
+            let start = source
+                .find(&format!("pub struct {section} {{"))
+                .unwrap_or_else(|| panic!("{path} declares no `pub struct {section}`"));
+            // From the struct's doc comment to its closing brace.
+            let start = source[..start].rfind("\n\n").map_or(0, |blank| blank + 2);
+            let end = start + source[start..].find("\n}\n").unwrap() + 3;
+            sources.push(source[start..end].to_owned());
+        }
         let lines: Vec<&str> = sources
             .iter()
             .flat_map(|source| {
                 let code = source
                     .find("#[cfg(test)]")
-                    .map_or(*source, |end| &source[..end]);
+                    .map_or(source.as_str(), |end| &source[..end]);
                 code.lines()
             })
             .collect();
@@ -570,15 +614,12 @@ mod tests {
             "HttpDetails",
             "TlsDetails",
             "CertificateDetails",
-            "TcpDetails",
-            "DnsDetails",
-            "IcmpDetails",
-            "GrpcDetails",
-            "UdpDetails",
-            "WebsocketDetails",
             "Timings",
             "AssertionResult",
-        ] {
+        ]
+        .into_iter()
+        .chain(crate::checks::SECTIONS.iter().map(|(_, section)| *section))
+        {
             assert!(structs.contains(&name), "{name} is not read: {structs:?}");
         }
         assert!(fields > 100, "only {fields} fields found");

@@ -7,6 +7,7 @@ module's unit test), and schemathesis fuzzes it against a live agent. Rules: doc
 """
 import json
 import os
+import re
 
 # The check types, in the code's order: the variants of `[[checks]]` in the shipped JSON Schema
 # (`bastion config schema`), so a new type reaches the contract without a line here.
@@ -29,6 +30,50 @@ err_json = {"application/json": {"schema": ref("Error")}}
 def err(desc): return {"description": desc, "content": err_json}
 plain = {"text/plain": {"schema": text}}
 
+# Each check type's own section of a response, as its registration line in src/checks/mod.rs
+# names it (`"udp" => Udp(udp::UdpSpec, udp::UdpDetails)`), read with its doc comments from the
+# struct in its type's file: a new type reaches the contract without a line here.
+with open(os.path.join(_ROOT, "src", "checks", "mod.rs")) as _file:
+    SECTIONS = re.findall(r'^\s*"(\w+)" => \w+\(\w+::\w+, \w+::(\w+)\),$', _file.read(), re.M)
+# The Rust types sections use, as JSON.
+RUST_TYPES = {"bool": boolean, "String": text, "usize": cnt, "u32": cnt, "u64": cnt, "f64": num,
+              "u16": {"type": "integer", "minimum": 0, "maximum": 65535},
+              "Vec<String>": {"type": "array", "items": text}}
+# What a field's Rust type cannot say.
+REFINED = {("IcmpDetails", "loss"): {"maximum": 100},
+           ("IcmpDetails", "socket"): {"enum": ["datagram", "raw"]}}
+
+def section_schemas():
+    out = {}
+    for name, section in SECTIONS:
+        with open(os.path.join(_ROOT, "src", "checks", f"{name}.rs")) as file:
+            source = file.read()
+        found = re.search(r"((?:^///[^\n]*\n)*)(?:^#\[[^\n]*\n)*^pub struct " + section + r" \{\n(.*?)^\}", source, re.M | re.S)
+        if not found:
+            raise SystemExit(f"src/checks/{name}.rs declares no `pub struct {section}`")
+        props, required, doc, skip = {}, [], [], False
+        for line in found.group(2).splitlines():
+            line = line.strip()
+            if line.startswith("///"):
+                doc.append(line[3:].strip())
+            elif line.startswith("#["):
+                skip = skip or "skip_serializing_if" in line
+            elif line.startswith("pub "):
+                field, rust = (part.strip() for part in line[4:].rstrip(",").split(":", 1))
+                optional = rust.startswith("Option<")
+                rust = rust[len("Option<"):-1] if optional else rust
+                if rust not in RUST_TYPES:
+                    raise SystemExit(f"{section}.{field}: add its type {rust} to RUST_TYPES in tools/openapi.py")
+                schema = dict(RUST_TYPES[rust], **REFINED.get((section, field), {}))
+                schema["description"] = " ".join(doc)
+                props[field] = nullable(schema) if optional and not skip else schema
+                if not skip:
+                    required.append(field)
+                doc, skip = [], False
+        description = " ".join(line[3:].strip() for line in found.group(1).splitlines())
+        out[section] = obj(props, required=required, desc=description)
+    return out
+
 schemas = {
  "Error": obj({"error": {"type": "string", "description": "What was wrong, and what to ask instead."}}, desc="The body of every JSON API error."),
  "CheckState": {"type": "string", "enum": ["OK", "WARN", "FAIL_WAIT", "FAIL", "PASS_WAIT"]},
@@ -49,12 +94,6 @@ schemas = {
  "CertificateDetails": obj({"subject": text, "issuer": text, "san": {"type": "array", "items": text}, "not_before": T, "not_after": T}),
  "ChainDetails": obj({"valid": boolean, "error": text, "certificates": {"type": "array", "items": ref("CertificateDetails")}}, required=["valid", "certificates"]),
  "TlsDetails": obj({"version": text, "alpn": nullable(text), "earliest_cert_expiry": nullable(T), "chain": ref("ChainDetails")}, required=["version", "alpn", "earliest_cert_expiry"]),
- "TcpDetails": obj({"connected": boolean, "body": text, "truncated": boolean, "body_bytes": cnt, "steps_done": cnt}, required=["connected", "body", "truncated", "steps_done"]),
- "DnsDetails": obj({"rcode": text, "answers": {"type": "array", "items": text}, "authorities": cnt, "additionals": cnt, "authoritative": boolean, "truncated": boolean}),
- "IcmpDetails": obj({"sent": cnt, "received": cnt, "loss": {"type": "number", "minimum": 0, "maximum": 100}, "rtt_avg": num, "rtt_min": num, "rtt_max": num, "socket": {"type": "string", "enum": ["datagram", "raw"]}}),
- "UdpDetails": obj({"sent_bytes": cnt, "replied": boolean, "body": text, "truncated": boolean, "body_bytes": cnt}, required=["sent_bytes", "replied", "body", "truncated"]),
- "WebsocketDetails": obj({"status": {"type": "integer", "minimum": 0, "maximum": 65535}, "upgraded": boolean, "body": text, "truncated": boolean, "body_bytes": cnt}, required=["upgraded", "body", "truncated"]),
- "GrpcDetails": obj({"status": text, "grpc_status": cnt, "grpc_message": text}, required=["status", "grpc_status"]),
  "AssertionResult": obj({"key": text, "value": text, "relationship": text, "operand": text, "passing": boolean, "actual": text, "message": text}, required=["key", "value", "relationship", "operand", "passing", "actual"]),
  "Response": obj({
     "target": {"type": "string", "description": "The ip:port probed (host:port when the host did not resolve)."},
@@ -62,8 +101,7 @@ schemas = {
     "error": nullable(ref("ProbeError")),
     "http": nullable(ref("HttpDetails")),
     "tls": nullable(ref("TlsDetails")),
-    "tcp": ref("TcpDetails"), "dns": ref("DnsDetails"), "icmp": ref("IcmpDetails"), "grpc": ref("GrpcDetails"),
-    "udp": ref("UdpDetails"), "websocket": ref("WebsocketDetails"),
+    **{name: ref(section) for name, section in SECTIONS},
     "labels": {"type": "object", "additionalProperties": text, "description": "The check's labels and the instance's own (file discovery); absent when none."},
     "timings": ref("Timings"),
     "assertions": {"type": "array", "items": ref("AssertionResult")}},
@@ -122,6 +160,8 @@ schemas = {
     "episode_id": nullable(text),
     "cause": {"type": "array", "items": ref("Cause")}}),
 }
+
+schemas.update(section_schemas())
 
 name_param = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}, "description": "The check's name."}
 unauth = {"description": "Basic auth is configured and the request carries no valid credentials.", "content": plain,

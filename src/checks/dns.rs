@@ -11,8 +11,7 @@ use crate::problem::KeyPath;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::response::DnsDetails;
-use super::response::Response;
+use super::response::{cut, Response, Section, TextBounds};
 use super::series::{self, SeriesOut, SeriesSpec};
 use super::AssertionKey;
 use super::Observation;
@@ -367,14 +366,14 @@ pub async fn probe(
             format!("{target} answered with a message that is not the response to query id {id}"),
         ));
     }
-    record.dns = Some(DnsDetails {
+    record.sections.dns = Some(Box::new(DnsDetails {
         rcode: rcode_text(u16::from(message.metadata.response_code)),
         answers: message.answers.iter().map(ToString::to_string).collect(),
         authorities: message.authorities.len(),
         additionals: message.additionals.len(),
         authoritative: message.metadata.authoritative,
         truncated: message.metadata.truncation,
-    });
+    }));
     Ok(())
 }
 
@@ -585,6 +584,36 @@ pub fn observed(details: &DnsDetails) -> Vec<(AssertionKey, Observed)> {
     ]
 }
 
+/// A dns check's answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DnsDetails {
+    /// NOERROR, NXDOMAIN, SERVFAIL, REFUSED, ...
+    pub rcode: String,
+    /// Every answer record in presentation form (`name ttl class type data`).
+    pub answers: Vec<String>,
+    /// How many records the authority section held.
+    pub authorities: usize,
+    /// How many records the additional section held.
+    pub additionals: usize,
+    /// The AA flag.
+    pub authoritative: bool,
+    /// The TC flag (a UDP answer cut short; try transport tcp).
+    pub truncated: bool,
+}
+
+impl Section for DnsDetails {
+    fn bound(&mut self, bounds: &TextBounds) {
+        self.answers.truncate(bounds.list_items);
+        for answer in &mut self.answers {
+            cut(answer, bounds.text_bytes);
+        }
+    }
+
+    fn drop_detail(&mut self, _text_bytes: usize) {
+        self.answers.clear();
+    }
+}
+
 /// The `dns` check type, listed in `checks::KINDS`.
 pub const KIND: CheckKind = CheckKind {
     check_type: CheckType::Dns,
@@ -643,7 +672,7 @@ impl Probe for DnsPlan {
 
 /// The rcode and answers, for assertions; without them, NOERROR passes.
 fn judge<'a>(response: &'a Response, observation: &mut Observation<'a>) -> Option<bool> {
-    let dns = response.dns.as_ref()?;
+    let dns = response.sections.dns.as_ref()?;
     observation.values = observed(dns);
     Some(dns.rcode == "NOERROR")
 }
@@ -660,7 +689,7 @@ fn write_series(response: &Response, out: &mut dyn SeriesOut) {
             ("request", |timings| timings.request),
         ],
     );
-    if let Some(dns) = &response.dns {
+    if let Some(dns) = &response.sections.dns {
         out.gauge("probe_dns_answer_rrs", None, dns.answers.len() as f64);
     }
 }

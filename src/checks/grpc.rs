@@ -5,8 +5,7 @@
 //! The call's outcome is read from grpc-status in the trailers (or a trailers-only answer).
 
 use super::net::{connect_tcp, drive, error_chain, http_error};
-use super::response::GrpcDetails;
-use super::response::Response;
+use super::response::{cut, Response, Section, TextBounds};
 use super::series::{self, SeriesOut, SeriesSpec};
 use super::settings::read_line_secret;
 use super::settings::Secret;
@@ -281,7 +280,7 @@ pub async fn probe(
             .map_err(|error| with_hint(error, target))?,
     };
     let details = interpret(answer)?;
-    record.grpc = Some(details);
+    record.sections.grpc = Some(Box::new(details));
     Ok(())
 }
 
@@ -571,6 +570,32 @@ fn percent_decode(raw: &[u8]) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// A grpc check's health answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GrpcDetails {
+    /// SERVING, NOT_SERVING, UNKNOWN or SERVICE_UNKNOWN.
+    pub status: String,
+    /// The grpc-status of the call (0 is OK).
+    pub grpc_status: u32,
+    /// The grpc-message, when the server sent one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc_message: Option<String>,
+}
+
+impl Section for GrpcDetails {
+    fn bound(&mut self, bounds: &TextBounds) {
+        if let Some(message) = self.grpc_message.as_mut() {
+            cut(message, bounds.text_bytes);
+        }
+    }
+
+    fn drop_detail(&mut self, text_bytes: usize) {
+        if let Some(message) = self.grpc_message.as_mut() {
+            cut(message, text_bytes);
+        }
+    }
+}
+
 /// The `grpc` check type, listed in `checks::KINDS`.
 pub const KIND: CheckKind = CheckKind {
     check_type: CheckType::Grpc,
@@ -616,6 +641,7 @@ impl Probe for GrpcPlan {
                 }
             };
             if let Some(message) = record
+                .sections
                 .grpc
                 .as_mut()
                 .and_then(|grpc| grpc.grpc_message.as_mut())
@@ -632,7 +658,7 @@ impl Probe for GrpcPlan {
 
 /// The serving status, for assertions; without them, SERVING passes.
 fn judge<'a>(response: &'a Response, observation: &mut Observation<'a>) -> Option<bool> {
-    let grpc = response.grpc.as_ref()?;
+    let grpc = response.sections.grpc.as_ref()?;
     observation.values = vec![(AssertionKey::Status, Observed::Text(grpc.status.clone()))];
     Some(grpc.status == "SERVING")
 }
@@ -649,7 +675,7 @@ fn write_series(response: &Response, out: &mut dyn SeriesOut) {
             ("processing", series::processing),
         ],
     );
-    if let Some(grpc) = &response.grpc {
+    if let Some(grpc) = &response.sections.grpc {
         for status in SERVING_STATUSES {
             let value = if grpc.status == status { 1.0 } else { 0.0 };
             out.gauge(

@@ -8,8 +8,7 @@ use super::settings::Humantime;
 use super::{Phase, ProbeRecord};
 use crate::problem::KeyPath;
 
-use super::response::IcmpDetails;
-use super::response::Response;
+use super::response::{Response, Section, TextBounds};
 use super::series::{self, SeriesOut, SeriesSpec};
 use super::AssertionKey;
 use super::Observation;
@@ -330,7 +329,11 @@ pub async fn probe(
         }
     }
     record.end();
-    let average = record.icmp.as_ref().map_or(0.0, |icmp| icmp.rtt_avg);
+    let average = record
+        .sections
+        .icmp
+        .as_ref()
+        .map_or(0.0, |icmp| icmp.rtt_avg);
     record.timings.rtt = average;
     Ok(())
 }
@@ -405,7 +408,7 @@ fn update(
         .fold((f64::INFINITY, 0.0f64, 0.0), |(min, max, sum), &rtt| {
             (min.min(rtt), max.max(rtt), sum + rtt)
         });
-    record.icmp = Some(IcmpDetails {
+    record.sections.icmp = Some(Box::new(IcmpDetails {
         sent: u16::try_from(sent).unwrap_or(u16::MAX),
         received: u16::try_from(received).unwrap_or(u16::MAX),
         loss,
@@ -417,7 +420,7 @@ fn update(
         rtt_min: if received == 0 { 0.0 } else { min },
         rtt_max: max,
         socket: kind.as_str().to_string(),
-    });
+    }));
 }
 
 /// An echo request: type, code 0, checksum, identifier, sequence, payload.
@@ -494,6 +497,32 @@ pub fn observed(details: &IcmpDetails) -> Vec<(AssertionKey, Observed)> {
     values
 }
 
+/// An icmp check's echo requests and replies.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IcmpDetails {
+    /// Echo requests sent (`count`, unless the probe was cut short).
+    pub sent: u16,
+    /// Echo replies received in time.
+    pub received: u16,
+    /// Percentage of echo requests left unanswered, 0 to 100.
+    pub loss: f64,
+    /// Seconds; 0 when no reply arrived.
+    pub rtt_avg: f64,
+    /// The shortest round-trip time, in seconds; 0 when no reply arrived.
+    pub rtt_min: f64,
+    /// The longest round-trip time, in seconds; 0 when no reply arrived.
+    pub rtt_max: f64,
+    /// `datagram` (unprivileged ICMP socket) or `raw` (CAP_NET_RAW).
+    pub socket: String,
+}
+
+// Counts and times only: nothing a server decides the size of.
+impl Section for IcmpDetails {
+    fn bound(&mut self, _bounds: &TextBounds) {}
+
+    fn drop_detail(&mut self, _text_bytes: usize) {}
+}
+
 /// The `icmp` check type, listed in `checks::KINDS`.
 pub const KIND: CheckKind = CheckKind {
     check_type: CheckType::Icmp,
@@ -545,7 +574,7 @@ impl Probe for IcmpPlan {
 
 /// Loss and round trips, for assertions; without them, one reply passes.
 fn judge<'a>(response: &'a Response, observation: &mut Observation<'a>) -> Option<bool> {
-    let icmp = response.icmp.as_ref()?;
+    let icmp = response.sections.icmp.as_ref()?;
     observation.values = observed(icmp);
     Some(icmp.received > 0)
 }
@@ -557,7 +586,7 @@ fn write_series(response: &Response, out: &mut dyn SeriesOut) {
         &response.timings,
         &[("resolve", series::resolve), ("rtt", |timings| timings.rtt)],
     );
-    if let Some(icmp) = &response.icmp {
+    if let Some(icmp) = &response.sections.icmp {
         out.gauge("probe_icmp_packet_loss_ratio", None, icmp.loss / 100.0);
     }
 }
@@ -595,7 +624,7 @@ mod tests {
         let sent = [Some(now), Some(now), Some(now), Some(now), None];
         let rtts = [Some(0.002), None, Some(0.004), None, None];
         update(&mut record, SocketKind::Raw, &sent, &rtts);
-        let icmp = record.icmp.unwrap();
+        let icmp = record.sections.icmp.unwrap();
         assert_eq!((icmp.sent, icmp.received), (4, 2));
         assert_eq!(icmp.loss, 50.0);
         assert_eq!(
@@ -607,7 +636,7 @@ mod tests {
 
         let mut record = ProbeRecord::default();
         update(&mut record, SocketKind::Datagram, &sent, &[None; 5]);
-        let icmp = record.icmp.unwrap();
+        let icmp = record.sections.icmp.unwrap();
         assert_eq!((icmp.loss, icmp.rtt_avg, icmp.rtt_min), (100.0, 0.0, 0.0));
         // No reply, no round trip to judge.
         assert_eq!(observed(&icmp).len(), 1);

@@ -29,10 +29,7 @@ use crate::model::ProbeError;
 use crate::problem::KeyPath;
 use crate::resolve::Resolver;
 pub use observation::{AssertionKey, Observation, Observed, Relationship};
-use response::{
-    DnsDetails, GrpcDetails, HttpDetails, IcmpDetails, Response, TcpDetails, Timings, TlsDetails,
-    UdpDetails, WebsocketDetails,
-};
+use response::{HttpDetails, Response, Section, TextBounds, Timings, TlsDetails};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use series::{SeriesOut, SeriesSpec};
@@ -47,14 +44,24 @@ use tokio::time::Instant;
 /// chooses the variant), `KINDS`, `kind()` and `compile_probe`. Each is an exhaustive match
 /// the macro writes, so a type is never left out of one, and no type's code ever receives
 /// another's spec. A line names the type as the file writes it, its variant, and its module's
-/// spec, which implements `TypeSpec`; the module also declares `KIND`.
+/// spec, which implements `TypeSpec`; the module also declares `KIND`. A type whose response has
+/// a section of its own names that section's struct last: the macro gives it its field of
+/// `Sections`, named after the type (the module's name is the type's).
 macro_rules! check_types {
-    ($($name:literal => $variant:ident($module:ident::$spec:ident),)*) => {
+    ($($name:literal => $variant:ident(
+        $module:ident::$spec:ident $(, $section_module:ident::$section:ident)?
+    ),)*) => {
         /// The kinds of check, each with its own worker pool and bus subject.
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
         pub enum CheckType {
             $(#[serde(rename = $name)] $variant,)*
         }
+
+        // The module of a type is named as the type: its section's key is the module's name.
+        $(const _: () = assert!(
+            same_text(stringify!($module), $name),
+            concat!("check type ", $name, " must live in src/checks/", $name, ".rs"),
+        );)*
 
         /// How many check types there are.
         pub const TYPE_COUNT: usize = [$($name),*].len();
@@ -118,6 +125,44 @@ macro_rules! check_types {
             }
         }
 
+        /// The sections of a response that each belong to one check type, named after it:
+        /// what the probe saw, in its type's words. At most one is set, the check's own; a
+        /// probe fills it in as it learns, so a probe cut short still reports what it saw.
+        #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+        pub struct Sections {
+            $($(
+                #[doc = concat!($name, " checks: their own section. Absent for other types, and \
+                    when the probe failed before it.")]
+                #[serde(default, skip_serializing_if = "Option::is_none")]
+                pub $module: Option<Box<$section_module::$section>>,
+            )?)*
+        }
+
+        impl Sections {
+            /// Cuts, in whichever section is set, what a server decided to `bounds`.
+            pub fn bound(&mut self, bounds: &TextBounds) {
+                $($(
+                    if let Some(section) = self.$module.as_mut() {
+                        <$section_module::$section as Section>::bound(section, bounds);
+                    }
+                )?)*
+            }
+
+            /// Leaves out what the set section carried, keeping what it was, its texts cut to
+            /// `text_bytes`: a response's `detail_dropped` form.
+            pub fn drop_detail(&mut self, text_bytes: usize) {
+                $($(
+                    if let Some(section) = self.$module.as_mut() {
+                        <$section_module::$section as Section>::drop_detail(section, text_bytes);
+                    }
+                )?)*
+            }
+        }
+
+        /// Each type with a section of its own: its name (the section's key) and the section's
+        /// struct, for the contract's test and tool.
+        pub const SECTIONS: &[(&str, &str)] = &[$($(($name, stringify!($section)),)?)*];
+
         /// The probe of `spec`, compiled with the check's timeout by its own type.
         pub fn compile_probe(
             spec: &CheckSpec,
@@ -135,19 +180,35 @@ macro_rules! check_types {
 // contract's tool and the tests that go through them all).
 check_types! {
     "http" => Http(http::HttpSpec),
-    "tcp" => Tcp(tcp::TcpSpec),
-    "dns" => Dns(dns::DnsSpec),
+    "tcp" => Tcp(tcp::TcpSpec, tcp::TcpDetails),
+    "dns" => Dns(dns::DnsSpec, dns::DnsDetails),
     "tls" => Tls(tls::TlsSpec),
-    "icmp" => Icmp(icmp::IcmpSpec),
-    "grpc" => Grpc(grpc::GrpcSpec),
-    "udp" => Udp(udp::UdpSpec),
-    "websocket" => Websocket(websocket::WebsocketSpec),
+    "icmp" => Icmp(icmp::IcmpSpec, icmp::IcmpDetails),
+    "grpc" => Grpc(grpc::GrpcSpec, grpc::GrpcDetails),
+    "udp" => Udp(udp::UdpSpec, udp::UdpDetails),
+    "websocket" => Websocket(websocket::WebsocketSpec, websocket::WebsocketDetails),
 }
 
 impl std::fmt::Display for CheckType {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
     }
+}
+
+/// `a == b`, where the compiler can evaluate it.
+const fn same_text(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut index = 0;
+    while index < a.len() {
+        if a[index] != b[index] {
+            return false;
+        }
+        index += 1;
+    }
+    true
 }
 
 /// What a check type's spec gives the engine: its compiled plan and what it probes.
@@ -300,14 +361,9 @@ pub struct ProbeRecord {
     /// HTTP: the response, set once it was read.
     pub http: Option<HttpDetails>,
     pub tls: Option<TlsDetails>,
-    /// The type-specific sections, filled in as the probe learns them, so a probe that fails
-    /// (or times out) part-way still reports what it saw.
-    pub tcp: Option<TcpDetails>,
-    pub dns: Option<DnsDetails>,
-    pub icmp: Option<IcmpDetails>,
-    pub grpc: Option<GrpcDetails>,
-    pub udp: Option<UdpDetails>,
-    pub websocket: Option<WebsocketDetails>,
+    /// The type's own section, filled in as the probe learns it, so a probe that fails (or
+    /// times out) part-way still reports what it saw.
+    pub sections: Sections,
     current: Option<(Phase, Instant)>,
     /// When the record started, if it was started with `start`.
     started: Option<Instant>,

@@ -2,7 +2,7 @@
 //! its phases (`Timings`), its type's section and each assertion's verdict. It travels on the
 //! bus inside a `CheckResult` (`messages`), so its JSON is part of that contract.
 
-use super::{AssertionKey, Relationship};
+use super::{AssertionKey, Relationship, Sections};
 use crate::model::{ErrorKind, ProbeError};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -22,24 +22,10 @@ pub struct Response {
     /// Null on plain connections.
     #[serde(default)]
     pub tls: Option<Box<TlsDetails>>,
-    /// tcp checks: what the connection carried. Absent for other types.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tcp: Option<Box<TcpDetails>>,
-    /// dns checks: the answer. Absent for other types, and when no answer arrived.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dns: Option<Box<DnsDetails>>,
-    /// icmp checks: echo requests and replies. Absent for other types.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub icmp: Option<Box<IcmpDetails>>,
-    /// grpc checks: the health answer. Absent for other types, and when no answer arrived.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub grpc: Option<Box<GrpcDetails>>,
-    /// udp checks: the datagram sent and the reply. Absent for other types.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub udp: Option<Box<UdpDetails>>,
-    /// websocket checks: the upgrade and the message back. Absent for other types.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub websocket: Option<Box<WebsocketDetails>>,
+    /// The check type's own section (`tcp`, `dns`, `udp`...), under the type's name; absent
+    /// for the types that have none.
+    #[serde(flatten)]
+    pub sections: Sections,
     /// How long each phase of the probe took, in seconds.
     pub timings: Timings,
     /// Each of the check's assertions with its verdict, in the order configured; empty
@@ -121,105 +107,6 @@ pub struct CertificateDetails {
     pub not_after: SystemTime,
 }
 
-/// What a tcp check's connection carried.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TcpDetails {
-    /// True once the connection (and the TLS handshake, when on) succeeded.
-    pub connected: bool,
-    /// Every byte received during the steps, as text (invalid UTF-8 replaced); on the bus,
-    /// the first 4 KiB of it.
-    pub body: String,
-    /// True when `body` is not all that was received: reading stopped at
-    /// `runner.max_body_bytes`, or the text was cut for the bus.
-    pub truncated: bool,
-    /// On the bus: the length of what was received (as text), before any cut.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub body_bytes: Option<usize>,
-    /// How many steps completed.
-    pub steps_done: usize,
-}
-
-/// A websocket check's upgrade and the message back.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct WebsocketDetails {
-    /// The status the upgrade was answered with; absent before an answer.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub status: Option<u16>,
-    /// True once the server switched protocols with the right `Sec-WebSocket-Accept`.
-    pub upgraded: bool,
-    /// The first message back (as text), when a message was sent; on the bus, its first 4 KiB.
-    pub body: String,
-    /// True when `body` is not the whole message: cut at `runner.max_body_bytes` or for the bus.
-    pub truncated: bool,
-    /// On the bus: the length of the message (as text), before any cut.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub body_bytes: Option<usize>,
-}
-
-/// A udp check's datagram and the reply.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct UdpDetails {
-    /// Bytes of the datagram sent.
-    pub sent_bytes: usize,
-    /// True once a reply arrived.
-    pub replied: bool,
-    /// The reply as text (invalid UTF-8 replaced); on the bus, its first 4 KiB.
-    pub body: String,
-    /// True when `body` is not the whole reply: cut at `runner.max_body_bytes` or for the bus.
-    pub truncated: bool,
-    /// On the bus: the length of the reply (as text), before any cut.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub body_bytes: Option<usize>,
-}
-
-/// A dns check's answer.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DnsDetails {
-    /// NOERROR, NXDOMAIN, SERVFAIL, REFUSED, ...
-    pub rcode: String,
-    /// Every answer record in presentation form (`name ttl class type data`).
-    pub answers: Vec<String>,
-    /// How many records the authority section held.
-    pub authorities: usize,
-    /// How many records the additional section held.
-    pub additionals: usize,
-    /// The AA flag.
-    pub authoritative: bool,
-    /// The TC flag (a UDP answer cut short; try transport tcp).
-    pub truncated: bool,
-}
-
-/// An icmp check's echo requests and replies.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct IcmpDetails {
-    /// Echo requests sent (`count`, unless the probe was cut short).
-    pub sent: u16,
-    /// Echo replies received in time.
-    pub received: u16,
-    /// Percentage of echo requests left unanswered, 0 to 100.
-    pub loss: f64,
-    /// Seconds; 0 when no reply arrived.
-    pub rtt_avg: f64,
-    /// The shortest round-trip time, in seconds; 0 when no reply arrived.
-    pub rtt_min: f64,
-    /// The longest round-trip time, in seconds; 0 when no reply arrived.
-    pub rtt_max: f64,
-    /// `datagram` (unprivileged ICMP socket) or `raw` (CAP_NET_RAW).
-    pub socket: String,
-}
-
-/// A grpc check's health answer.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct GrpcDetails {
-    /// SERVING, NOT_SERVING, UNKNOWN or SERVICE_UNKNOWN.
-    pub status: String,
-    /// The grpc-status of the call (0 is OK).
-    pub grpc_status: u32,
-    /// The grpc-message, when the server sent one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub grpc_message: Option<String>,
-}
-
 /// Phase durations in seconds. A phase not reached is 0; a phase cut short by the timeout
 /// holds the time it ran for.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
@@ -271,12 +158,7 @@ impl Response {
             error: Some(error),
             http: None,
             tls: None,
-            tcp: None,
-            dns: None,
-            icmp: None,
-            grpc: None,
-            udp: None,
-            websocket: None,
+            sections: Sections::default(),
             timings,
             assertions: Vec::new(),
             labels: BTreeMap::new(),
@@ -285,6 +167,54 @@ impl Response {
 
     pub fn error_kind(&self) -> Option<ErrorKind> {
         self.error.as_ref().map(|error| error.kind)
+    }
+}
+
+/// How much of what a server decided a response keeps: on the bus, and in the API.
+#[derive(Debug, Clone, Copy)]
+pub struct TextBounds {
+    /// Bytes of a body (what a connection, a datagram or a message carried).
+    pub body_bytes: usize,
+    /// Bytes of any other text a server decides: messages, names, answers.
+    pub text_bytes: usize,
+    /// Entries of any list a server decides: answers, certificates.
+    pub list_items: usize,
+}
+
+/// A check type's own section of a response. Its type's file says how it is bounded, so the
+/// bounds on the bus (`message_bounds`) hold for a new type without a line there.
+pub trait Section {
+    /// Cuts what a server decided to `bounds`; a cut body sets `truncated` and keeps the
+    /// length it had in `body_bytes`.
+    fn bound(&mut self, bounds: &TextBounds);
+    /// Leaves out what the section carried (bodies, lists), keeping what it was; other texts
+    /// are cut to `text_bytes`.
+    fn drop_detail(&mut self, text_bytes: usize);
+}
+
+/// A section's `body` bounded: cut to `limit` bytes (then `truncated`), its length before any
+/// cut kept in `body_bytes`.
+pub fn bound_body(
+    body: &mut String,
+    truncated: &mut bool,
+    body_bytes: &mut Option<usize>,
+    limit: usize,
+) {
+    body_bytes.get_or_insert(body.len());
+    if body.len() > limit {
+        cut(body, limit);
+        *truncated = true;
+    }
+}
+
+/// `text` cut to at most `limit` bytes, on a character boundary.
+pub fn cut(text: &mut String, limit: usize) {
+    if text.len() > limit {
+        let mut end = limit;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
     }
 }
 

@@ -4,8 +4,7 @@
 //! goes past that cap. One fresh connection per probe, one attempt.
 
 use super::net::{connect_tcp, is_tls_failure};
-use super::response::Response;
-use super::response::TcpDetails;
+use super::response::{bound_body, Response, Section, TextBounds};
 use super::series::{self, SeriesOut, SeriesSpec};
 use super::settings::TlsOption;
 use super::starttls::Starttls;
@@ -205,13 +204,13 @@ pub async fn probe(
         }
         None => None,
     };
-    record.tcp = Some(TcpDetails {
+    record.sections.tcp = Some(Box::new(TcpDetails {
         connected: false,
         body: String::new(),
         truncated: false,
         body_bytes: None,
         steps_done: 0,
-    });
+    }));
     let mut tcp = connect_tcp(target, plan.source_ip, record).await?;
     if let Some(protocol) = plan.starttls {
         super::starttls::negotiate(&mut tcp, protocol, target, record).await?;
@@ -323,7 +322,7 @@ where
 }
 
 fn set_details(record: &mut ProbeRecord, change: impl FnOnce(&mut TcpDetails)) {
-    if let Some(details) = record.tcp.as_mut() {
+    if let Some(details) = record.sections.tcp.as_mut() {
         change(details);
     }
 }
@@ -334,6 +333,40 @@ pub fn observed(details: &TcpDetails) -> Vec<(AssertionKey, Observed)> {
         AssertionKey::Connected,
         Observed::Text(details.connected.to_string()),
     )]
+}
+
+/// What a tcp check's connection carried.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TcpDetails {
+    /// True once the connection (and the TLS handshake, when on) succeeded.
+    pub connected: bool,
+    /// Every byte received during the steps, as text (invalid UTF-8 replaced); on the bus,
+    /// the first 4 KiB of it.
+    pub body: String,
+    /// True when `body` is not all that was received: reading stopped at
+    /// `runner.max_body_bytes`, or the text was cut for the bus.
+    pub truncated: bool,
+    /// On the bus: the length of what was received (as text), before any cut.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_bytes: Option<usize>,
+    /// How many steps completed.
+    pub steps_done: usize,
+}
+
+impl Section for TcpDetails {
+    fn bound(&mut self, bounds: &TextBounds) {
+        bound_body(
+            &mut self.body,
+            &mut self.truncated,
+            &mut self.body_bytes,
+            bounds.body_bytes,
+        );
+    }
+
+    fn drop_detail(&mut self, _text_bytes: usize) {
+        self.body.clear();
+        self.truncated = true;
+    }
 }
 
 /// The `tcp` check type, listed in `checks::KINDS`.
@@ -367,7 +400,7 @@ impl Probe for TcpPlan {
 
 /// What arrived, for assertions; without them, a connection that opened passes.
 fn judge<'a>(response: &'a Response, observation: &mut Observation<'a>) -> Option<bool> {
-    let tcp = response.tcp.as_ref()?;
+    let tcp = response.sections.tcp.as_ref()?;
     observation.body = &tcp.body;
     observation.values = observed(tcp);
     Some(tcp.connected)

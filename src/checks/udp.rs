@@ -5,7 +5,7 @@
 //! match is an `expect` error). It never reads more than one datagram, and keeps at most
 //! `runner.max_body_bytes` of it.
 
-use super::response::{Response, UdpDetails};
+use super::response::{bound_body, Response, Section, TextBounds};
 use super::series::{self, SeriesOut, SeriesSpec};
 use super::AssertionKey;
 use super::Observation;
@@ -142,13 +142,13 @@ pub async fn probe(
     target: SocketAddr,
     record: &mut ProbeRecord,
 ) -> Result<(), ProbeError> {
-    record.udp = Some(UdpDetails {
+    record.sections.udp = Some(Box::new(UdpDetails {
         sent_bytes: plan.payload.len(),
         replied: false,
         body: String::new(),
         truncated: false,
         body_bytes: None,
-    });
+    }));
     let local = match (plan.source_ip, target) {
         (Some(ip), _) => SocketAddr::new(ip, 0),
         (None, SocketAddr::V4(_)) => SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
@@ -177,7 +177,7 @@ pub async fn probe(
     record.end();
     let reply = buffer.get(..read).unwrap_or_default();
     let kept = reply.get(..ctx.max_body_bytes).unwrap_or(reply);
-    if let Some(details) = record.udp.as_mut() {
+    if let Some(details) = record.sections.udp.as_mut() {
         details.replied = true;
         details.body = String::from_utf8_lossy(kept).into_owned();
         details.truncated = kept.len() < reply.len();
@@ -205,6 +205,38 @@ fn unreachable_or(error: std::io::Error, target: SocketAddr, doing: &str) -> Pro
         )
     } else {
         ProbeError::new(ErrorKind::Connect, format!("{doing} {target}: {error}"))
+    }
+}
+
+/// A udp check's datagram and the reply.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UdpDetails {
+    /// Bytes of the datagram sent.
+    pub sent_bytes: usize,
+    /// True once a reply arrived.
+    pub replied: bool,
+    /// The reply as text (invalid UTF-8 replaced); on the bus, its first 4 KiB.
+    pub body: String,
+    /// True when `body` is not the whole reply: cut at `runner.max_body_bytes` or for the bus.
+    pub truncated: bool,
+    /// On the bus: the length of the reply (as text), before any cut.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_bytes: Option<usize>,
+}
+
+impl Section for UdpDetails {
+    fn bound(&mut self, bounds: &TextBounds) {
+        bound_body(
+            &mut self.body,
+            &mut self.truncated,
+            &mut self.body_bytes,
+            bounds.body_bytes,
+        );
+    }
+
+    fn drop_detail(&mut self, _text_bytes: usize) {
+        self.body.clear();
+        self.truncated = true;
     }
 }
 
@@ -239,7 +271,7 @@ impl Probe for UdpPlan {
 
 /// The reply, for assertions; without them, a reply (that matched `expect`) passes.
 fn judge<'a>(response: &'a Response, observation: &mut Observation<'a>) -> Option<bool> {
-    let udp = response.udp.as_ref()?;
+    let udp = response.sections.udp.as_ref()?;
     observation.body = &udp.body;
     Some(udp.replied)
 }

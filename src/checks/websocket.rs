@@ -7,7 +7,7 @@
 //! connection per probe; it never leaves a task behind.
 
 use super::net::connect_tcp;
-use super::response::{Response, WebsocketDetails};
+use super::response::{bound_body, Response, Section, TextBounds};
 use super::series::{self, SeriesOut, SeriesSpec};
 use super::settings::TlsSettings;
 use super::tls_client::{handshake, TlsKeys, TlsTarget, TlsTargetError};
@@ -218,7 +218,7 @@ pub async fn probe(
         Some(tls) => Some(tls.client_config(ctx, &[b"http/1.1"])?),
         None => None,
     };
-    record.websocket = Some(WebsocketDetails::default());
+    record.sections.websocket = Some(Box::default());
     let tcp = connect_tcp(target, None, record).await?;
     match tls {
         Some((config, server_name)) => {
@@ -230,7 +230,7 @@ pub async fn probe(
 }
 
 fn details(record: &mut ProbeRecord, change: impl FnOnce(&mut WebsocketDetails)) {
-    if let Some(details) = record.websocket.as_mut() {
+    if let Some(details) = record.sections.websocket.as_mut() {
         change(details);
     }
 }
@@ -475,6 +475,39 @@ async fn read_message<S: AsyncRead + Unpin>(
     }
 }
 
+/// A websocket check's upgrade and the message back.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct WebsocketDetails {
+    /// The status the upgrade was answered with; absent before an answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// True once the server switched protocols with the right `Sec-WebSocket-Accept`.
+    pub upgraded: bool,
+    /// The first message back (as text), when a message was sent; on the bus, its first 4 KiB.
+    pub body: String,
+    /// True when `body` is not the whole message: cut at `runner.max_body_bytes` or for the bus.
+    pub truncated: bool,
+    /// On the bus: the length of the message (as text), before any cut.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_bytes: Option<usize>,
+}
+
+impl Section for WebsocketDetails {
+    fn bound(&mut self, bounds: &TextBounds) {
+        bound_body(
+            &mut self.body,
+            &mut self.truncated,
+            &mut self.body_bytes,
+            bounds.body_bytes,
+        );
+    }
+
+    fn drop_detail(&mut self, _text_bytes: usize) {
+        self.body.clear();
+        self.truncated = true;
+    }
+}
+
 /// The `websocket` check type, listed in `checks::KINDS`.
 pub const KIND: CheckKind = CheckKind {
     check_type: CheckType::Websocket,
@@ -507,7 +540,7 @@ impl Probe for WebsocketPlan {
 /// The message, for assertions; without them, an upgrade (and an answer that matched
 /// `expect`) passes.
 fn judge<'a>(response: &'a Response, observation: &mut Observation<'a>) -> Option<bool> {
-    let websocket = response.websocket.as_ref()?;
+    let websocket = response.sections.websocket.as_ref()?;
     observation.body = &websocket.body;
     Some(websocket.upgraded)
 }

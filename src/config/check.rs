@@ -6,16 +6,7 @@
 use super::bounds::*;
 use super::runner::location_name;
 use super::{Entry, Problems};
-pub use crate::checks::dns::{DnsRecordType, DnsSpec, DnsTransport};
-pub use crate::checks::grpc::GrpcSpec;
-pub use crate::checks::http::HttpSpec;
-pub use crate::checks::icmp::IcmpSpec;
 use crate::checks::settings::{HttpSecrets, IpProtocol};
-pub use crate::checks::starttls::Starttls;
-pub use crate::checks::tcp::{TcpSpec, TcpStep};
-pub use crate::checks::tls::TlsSpec;
-pub use crate::checks::udp::UdpSpec;
-pub use crate::checks::websocket::WebsocketSpec;
 use crate::checks::CheckType;
 pub use crate::checks::{AssertionKey, CheckSpec, Relationship};
 use schemars::JsonSchema;
@@ -447,7 +438,7 @@ mod size_tests {
         let size = std::mem::size_of::<CheckConfig>();
         assert!(size <= 400, "CheckConfig is {size} bytes");
         assert!(
-            std::mem::size_of::<HttpSpec>() > size,
+            std::mem::size_of::<crate::checks::http::HttpSpec>() > size,
             "the box is worth it"
         );
     }

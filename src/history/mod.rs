@@ -259,7 +259,7 @@ pub fn failure(response: &crate::messages::Response) -> (&'static str, String) {
     if let Some(http) = &response.http {
         return ("status", format!("HTTP status {}", http.status));
     }
-    if let Some(grpc) = &response.grpc {
+    if let Some(grpc) = &response.sections.grpc {
         return ("status", format!("health status {}", grpc.status));
     }
     (

@@ -471,6 +471,7 @@ fn write_response(
         CheckType::Dns => write_dns(out, response),
         CheckType::Icmp => {
             let rtt = response
+                .sections
                 .icmp
                 .as_ref()
                 .filter(|icmp| icmp.received > 0)
@@ -602,7 +603,7 @@ fn write_dns(out: &mut Out, response: &ProbeResponse) {
             seconds,
         );
     }
-    let dns = response.dns.as_ref();
+    let dns = response.sections.dns.as_ref();
     out.gauge(
         "probe_dns_answer_rrs",
         "Returns number of entries in the answer resource record list",
@@ -657,7 +658,7 @@ fn write_grpc(out: &mut Out, response: &ProbeResponse) {
             seconds,
         );
     }
-    let grpc = response.grpc.as_ref();
+    let grpc = response.sections.grpc.as_ref();
     for status in SERVING_STATUSES {
         out.labelled(
             "probe_grpc_healthcheck_response",

@@ -12,12 +12,12 @@ pub mod exposition;
 
 use crate::bus::{Bus, Message, Subscription};
 
+use crate::checks::response::cut;
 use crate::config::{CheckConfig, NotifyOn};
 use crate::episode::{EndReason, EpisodeEvent, RunTimes, SavedCheck, SavedLocation, Track};
 use crate::history::{IncidentOp, Recorder, TransitionRecord};
 use crate::lease::Leadership;
 use crate::locations::{across_locations, LocationCounts};
-use crate::message_bounds::cut;
 use crate::messages::{self, CheckResult, Payload, StateEvent, MESSAGE_VERSION};
 use crate::metrics::{CheckToLabels, Metrics, ReasonLabels, SubjectLabels};
 use crate::model::CheckState;
@@ -185,7 +185,7 @@ fn to_keep(result: Arc<CheckResult>, payload: &Payload) -> Arc<CheckResult> {
 }
 
 /// Cuts what a decoded result keeps to what the API holds: the vectors' slack, bodies past
-/// `STORED_BODY_BYTES`, and per-location counts no runner makes.
+/// `STORED_BODY_BYTES` (each type's section as the bus bounds it), and per-location counts no runner makes.
 fn trim(result: &mut CheckResult) {
     // Per-location counts belong to the sink's combined view: a peer's are not taken.
     if let Some(degraded) = result.degraded.as_mut() {
@@ -197,9 +197,7 @@ fn trim(result: &mut CheckResult) {
         if let Some(http) = response.http.as_mut() {
             cut(&mut http.body, STORED_BODY_BYTES);
         }
-        if let Some(tcp) = response.tcp.as_mut() {
-            cut(&mut tcp.body, STORED_BODY_BYTES);
-        }
+        response.sections.bound(&crate::message_bounds::BUS_BOUNDS);
     }
 }
 

@@ -56,7 +56,7 @@ async fn records_of_each_type_come_back_in_presentation_form_over_udp_and_tcp() 
     let response = &a.responses[0];
     assert_eq!(response.target, server.to_string());
     assert!(response.error.is_none(), "{response:?}");
-    let dns = response.dns.as_ref().unwrap();
+    let dns = response.sections.dns.as_ref().unwrap();
     assert_eq!(dns.rcode, "NOERROR");
     assert_eq!(
         dns.answers,
@@ -69,18 +69,18 @@ async fn records_of_each_type_come_back_in_presentation_form_over_udp_and_tcp() 
     assert_eq!(seen.tcp.load(Ordering::SeqCst), 0);
 
     let mx = run_check(&dispatcher, &config, "mx-tcp").await;
-    let dns = mx.responses[0].dns.as_ref().unwrap();
+    let dns = mx.responses[0].sections.dns.as_ref().unwrap();
     assert_eq!(dns.answers, ["svc.test. 300 IN MX 10 mail.svc.test."]);
     assert!(mx.passing);
     assert_eq!(seen.tcp.load(Ordering::SeqCst), 1, "transport tcp uses TCP");
     assert!(mx.responses[0].timings.connect > 0.0);
 
     let txt = run_check(&dispatcher, &config, "txt").await;
-    let dns = txt.responses[0].dns.as_ref().unwrap();
+    let dns = txt.responses[0].sections.dns.as_ref().unwrap();
     assert_eq!(dns.answers, ["svc.test. 300 IN TXT v=spf1 -all"]);
 
     let none = run_check(&dispatcher, &config, "aaaa-none").await;
-    let dns = none.responses[0].dns.as_ref().unwrap();
+    let dns = none.responses[0].sections.dns.as_ref().unwrap();
     assert_eq!((dns.rcode.as_str(), dns.answers.len()), ("NOERROR", 0));
     assert!(none.passing, "NOERROR with no records is an answer");
 }
@@ -106,7 +106,7 @@ async fn nxdomain_and_servfail_fail_by_default_and_can_be_asserted() {
         response.error.is_none(),
         "an rcode is an answer, not an error"
     );
-    assert_eq!(response.dns.as_ref().unwrap().rcode, "NXDOMAIN");
+    assert_eq!(response.sections.dns.as_ref().unwrap().rcode, "NXDOMAIN");
     assert!(!missing.passing);
 
     let expected = run_check(&dispatcher, &config, "missing-expected").await;
@@ -114,7 +114,10 @@ async fn nxdomain_and_servfail_fail_by_default_and_can_be_asserted() {
     assert_eq!(expected.responses[0].assertions[0].actual, "NXDOMAIN");
 
     let broken = run_check(&dispatcher, &config, "broken").await;
-    assert_eq!(broken.responses[0].dns.as_ref().unwrap().rcode, "SERVFAIL");
+    assert_eq!(
+        broken.responses[0].sections.dns.as_ref().unwrap().rcode,
+        "SERVFAIL"
+    );
     assert!(!broken.passing);
 }
 
@@ -139,7 +142,7 @@ async fn refused_silent_and_garbage_answers_are_errors() {
     let refused = run_check(&dispatcher, &config, "refused").await;
     let error = refused.responses[0].error.as_ref().unwrap();
     assert_eq!(error.kind, ErrorKind::Connect);
-    assert!(refused.responses[0].dns.is_none());
+    assert!(refused.responses[0].sections.dns.is_none());
 
     for name in ["silent-udp", "silent-tcp"] {
         let silent = run_check(&dispatcher, &config, name).await;
@@ -190,7 +193,7 @@ async fn a_server_name_behind_several_addresses_gives_one_response_each() {
         [format!("127.0.0.2:{port}"), format!("127.0.0.3:{port}")]
     );
     for response in &result.responses {
-        assert_eq!(response.dns.as_ref().unwrap().answers.len(), 2);
+        assert_eq!(response.sections.dns.as_ref().unwrap().answers.len(), 2);
         assert!(
             response.timings.resolve > 0.0,
             "the server's name was resolved"
@@ -367,7 +370,7 @@ async fn dns_over_tls_verifies_the_server_and_answers() {
     assert!(result.passing, "{result:?}");
     let response = &result.responses[0];
     assert_eq!(
-        response.dns.as_ref().unwrap().answers,
+        response.sections.dns.as_ref().unwrap().answers,
         ["svc.test. 60 IN A 127.0.0.2", "svc.test. 60 IN A 127.0.0.3"]
     );
     let tls = response.tls.as_ref().unwrap();
@@ -496,7 +499,7 @@ async fn dns_over_https_posts_the_query_and_reads_the_answer() {
     assert!(result.passing, "{result:?}");
     let response = &result.responses[0];
     assert_eq!(
-        response.dns.as_ref().unwrap().answers,
+        response.sections.dns.as_ref().unwrap().answers,
         ["svc.test. 60 IN A 127.0.0.2", "svc.test. 60 IN A 127.0.0.3"]
     );
     assert!(response.timings.tls > 0.0 && response.timings.request > 0.0);

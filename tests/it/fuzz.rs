@@ -577,19 +577,21 @@ async fn tcp_expect(pattern: &str, sent: Vec<u8>) -> Option<bastion_agent::messa
         ip_protocol_fallback: None,
         locations: None,
         min_failing_locations: None,
-        spec: bastion_agent::config::CheckSpec::Tcp(Box::new(bastion_agent::config::TcpSpec {
-            address: address.to_string(),
-            tls: bastion_agent::config::TlsOption::Off,
-            server_name: None,
-            ca_file: None,
-            insecure_skip_verify: false,
-            source_ip: None,
-            steps: vec![bastion_agent::config::TcpStep {
-                send: None,
-                expect: Some(pattern.to_string()),
-            }],
-            starttls: None,
-        })),
+        spec: bastion_agent::config::CheckSpec::Tcp(Box::new(
+            bastion_agent::checks::tcp::TcpSpec {
+                address: address.to_string(),
+                tls: bastion_agent::config::TlsOption::Off,
+                server_name: None,
+                ca_file: None,
+                insecure_skip_verify: false,
+                source_ip: None,
+                steps: vec![bastion_agent::checks::tcp::TcpStep {
+                    send: None,
+                    expect: Some(pattern.to_string()),
+                }],
+                starttls: None,
+            },
+        )),
     };
     let compiled = CompiledCheck::compile(&check).ok();
     let response = match compiled {
@@ -630,7 +632,7 @@ fn fuzz_tcp_expect_over_arbitrary_bytes() {
                 kind.is_none() || kind == Some(ErrorKind::Expect),
                 "{response:?}"
             );
-            let tcp = response.tcp.as_ref().expect("tcp details");
+            let tcp = response.sections.tcp.as_ref().expect("tcp details");
             prop_assert!(tcp.body.len() <= 3 * 1024, "read past the cap");
             Ok(())
         })
@@ -774,7 +776,7 @@ fn fuzz_dns_answers_never_panic_and_fail_as_dns_errors() {
             // answer, or a dns error (a short TCP stream included), never a hang.
             prop_assert!(matches!(kind, None | Some(ErrorKind::Dns)), "{response:?}");
             if kind.is_none() {
-                prop_assert!(response.dns.is_some(), "{response:?}");
+                prop_assert!(response.sections.dns.is_some(), "{response:?}");
             }
             if unchanged {
                 prop_assert!(response.passing, "{response:?}");

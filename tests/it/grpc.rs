@@ -73,7 +73,7 @@ async fn the_serving_status_follows_the_server_on_every_instance() {
     for (response, last) in result.responses.iter().zip(2..) {
         assert_eq!(response.target, format!("127.0.0.{last}:{port}"));
         assert!(response.error.is_none(), "{response:?}");
-        let grpc = response.grpc.as_ref().unwrap();
+        let grpc = response.sections.grpc.as_ref().unwrap();
         assert_eq!(grpc.status, "SERVING");
         assert_eq!(grpc.grpc_status, 0);
         assert!(response.timings.processing > 0.0, "{:?}", response.timings);
@@ -87,7 +87,10 @@ async fn the_serving_status_follows_the_server_on_every_instance() {
     let result = run_check(&dispatcher, &config, "db").await;
     for response in &result.responses {
         assert!(response.error.is_none(), "{response:?}");
-        assert_eq!(response.grpc.as_ref().unwrap().status, "NOT_SERVING");
+        assert_eq!(
+            response.sections.grpc.as_ref().unwrap().status,
+            "NOT_SERVING"
+        );
         assert!(!response.passing);
     }
     assert!(!result.passing);
@@ -102,7 +105,7 @@ async fn the_serving_status_follows_the_server_on_every_instance() {
     let result = run_check(&dispatcher, &config, "unknown").await;
     let response = &result.responses[0];
     assert!(response.error.is_none(), "{response:?}");
-    let grpc = response.grpc.as_ref().unwrap();
+    let grpc = response.sections.grpc.as_ref().unwrap();
     assert_eq!(grpc.status, "SERVICE_UNKNOWN");
     assert_eq!(grpc.grpc_status, 5);
     assert!(!result.passing);
@@ -179,7 +182,7 @@ async fn health_is_asked_over_tls_with_h2_by_alpn() {
     let result = run_single(&config).await;
     let response = &result.responses[0];
     assert!(response.error.is_none(), "{response:?}");
-    assert_eq!(response.grpc.as_ref().unwrap().status, "SERVING");
+    assert_eq!(response.sections.grpc.as_ref().unwrap().status, "SERVING");
     let tls = response.tls.as_ref().unwrap();
     assert_eq!(tls.alpn.as_deref(), Some("h2"));
     assert_eq!(tls.version, "TLSv1.3");
@@ -326,7 +329,7 @@ async fn refused_silent_and_wrong_peers_are_errors() {
                 error.message
             );
         }
-        assert!(response.grpc.is_none(), "{name}");
+        assert!(response.sections.grpc.is_none(), "{name}");
         assert!(!result.passing, "{name}");
     }
 }
@@ -485,7 +488,10 @@ async fn metadata_is_sent_with_the_call_and_secrets_stay_out_of_results() {
     };
     let result = run_single(&config(&with("blue"))).await;
     assert!(result.passing, "{result:?}");
-    assert_eq!(result.responses[0].grpc.as_ref().unwrap().status, "SERVING");
+    assert_eq!(
+        result.responses[0].sections.grpc.as_ref().unwrap().status,
+        "SERVING"
+    );
 
     // Refused: the server's message echoes the secret, which the result must not carry.
     let result = run_single(&config(&with("green"))).await;

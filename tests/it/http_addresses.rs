@@ -62,6 +62,7 @@ async fn ip_protocol_keeps_the_addresses_of_one_family() {
     assert!(result.passing, "{result:?}");
     assert_eq!(
         result.responses[0]
+            .sections
             .tcp
             .as_ref()
             .map(|tcp| tcp.body.as_str()),
@@ -110,6 +111,7 @@ async fn source_ip_binds_the_connection_to_a_local_address() {
     let result = tcp_check(dns, &v4, "source_ip = \"127.0.0.5\"").await;
     assert_eq!(
         result.responses[0]
+            .sections
             .tcp
             .as_ref()
             .map(|tcp| tcp.body.as_str()),
@@ -118,6 +120,7 @@ async fn source_ip_binds_the_connection_to_a_local_address() {
     let result = tcp_check(dns, &v4, "").await;
     assert_eq!(
         result.responses[0]
+            .sections
             .tcp
             .as_ref()
             .map(|tcp| tcp.body.as_str()),

@@ -50,7 +50,7 @@ async fn loopback_answers_every_echo_request_on_every_instance() {
     assert_eq!(targets, ["127.0.0.1", "127.0.0.2", "127.0.0.3"]);
     for response in &result.responses {
         assert!(response.error.is_none(), "{response:?}");
-        let icmp = response.icmp.as_ref().unwrap();
+        let icmp = response.sections.icmp.as_ref().unwrap();
         assert_eq!((icmp.sent, icmp.received), (3, 3), "{icmp:?}");
         assert_eq!(icmp.loss, 0.0);
         assert!(icmp.rtt_avg > 0.0 && icmp.rtt_min <= icmp.rtt_avg && icmp.rtt_avg <= icmp.rtt_max);

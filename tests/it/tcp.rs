@@ -79,7 +79,7 @@ async fn send_and_expect_steps_run_on_every_instance() {
         let target = format!("127.0.0.{last}:{port}");
         assert_eq!(response.target, target);
         assert!(response.error.is_none(), "{response:?}");
-        let tcp = response.tcp.as_ref().unwrap();
+        let tcp = response.sections.tcp.as_ref().unwrap();
         assert!(tcp.connected);
         // Each instance's own greeting: the response is built from its own connection.
         assert_eq!(tcp.body, format!("+OK {target}\r\nPONG\r\n"));
@@ -143,7 +143,10 @@ async fn tls_is_spoken_before_the_steps() {
     let result = run_check(&dispatcher, &config, "tls-lines").await;
     let response = &result.responses[0];
     assert!(response.error.is_none(), "{response:?}");
-    assert_eq!(response.tcp.as_ref().unwrap().body, "+OK tls\r\nPONG\r\n");
+    assert_eq!(
+        response.sections.tcp.as_ref().unwrap().body,
+        "+OK tls\r\nPONG\r\n"
+    );
     let tls = response.tls.as_ref().unwrap();
     assert_eq!(tls.version, "TLSv1.3");
     assert!(tls.earliest_cert_expiry.is_some());
@@ -159,7 +162,7 @@ async fn tls_is_spoken_before_the_steps() {
         "{}",
         error.message
     );
-    assert!(!wrong.responses[0].tcp.as_ref().unwrap().connected);
+    assert!(!wrong.responses[0].sections.tcp.as_ref().unwrap().connected);
 }
 
 #[tokio::test]
@@ -228,7 +231,7 @@ async fn failures_are_reported_with_their_kind() {
     let refused = run_check(&dispatcher, &config, "refused").await;
     let response = &refused.responses[0];
     assert_eq!(response.error.as_ref().unwrap().kind, ErrorKind::Connect);
-    assert!(!response.tcp.as_ref().unwrap().connected);
+    assert!(!response.sections.tcp.as_ref().unwrap().connected);
     assert!(!refused.passing);
 
     let closing = run_check(&dispatcher, &config, "closing").await;
@@ -239,7 +242,7 @@ async fn failures_are_reported_with_their_kind() {
         error.message,
         format!("step #1: expect `^\\+OK` found no match before {closing_address} closed the connection (7 bytes received)")
     );
-    let tcp = response.tcp.as_ref().unwrap();
+    let tcp = response.sections.tcp.as_ref().unwrap();
     assert!(tcp.connected);
     assert_eq!(tcp.body, "HELLO\r\n");
     assert_eq!(tcp.steps_done, 0);
@@ -253,7 +256,7 @@ async fn failures_are_reported_with_their_kind() {
         error.message,
         "no complete answer within 300ms during exchange"
     );
-    assert!(response.tcp.as_ref().unwrap().connected);
+    assert!(response.sections.tcp.as_ref().unwrap().connected);
 
     let chatty = run_check(&dispatcher, &config, "chatty").await;
     let response = &chatty.responses[0];
@@ -263,7 +266,7 @@ async fn failures_are_reported_with_their_kind() {
         error.message,
         "step #1: expect `OK` found no match in the first 4096 bytes (runner.max_body_bytes)"
     );
-    let tcp = response.tcp.as_ref().unwrap();
+    let tcp = response.sections.tcp.as_ref().unwrap();
     assert!(tcp.truncated);
     assert_eq!(tcp.body.len(), 4096);
 }

@@ -47,7 +47,7 @@ async fn an_echo_server_answers_text_and_hex_payloads() {
     let response = &result.responses[0];
     assert!(result.passing, "{result:?}");
     assert_eq!(response.target, address.to_string());
-    let udp = response.udp.as_ref().unwrap();
+    let udp = response.sections.udp.as_ref().unwrap();
     assert!(udp.replied);
     assert_eq!(udp.body, "echo:ping");
     assert_eq!(udp.sent_bytes, 4);
@@ -82,7 +82,7 @@ async fn a_reply_that_does_not_match_is_an_expect_error() {
         error.message.contains("did not match the 9-byte reply"),
         "{error:?}"
     );
-    assert_eq!(response.udp.as_ref().unwrap().body, "echo:ping");
+    assert_eq!(response.sections.udp.as_ref().unwrap().body, "echo:ping");
 }
 
 #[tokio::test]
@@ -97,7 +97,7 @@ async fn a_closed_port_is_a_connect_error() {
         started.elapsed() < Duration::from_millis(900),
         "not a timeout"
     );
-    assert!(!result.responses[0].udp.as_ref().unwrap().replied);
+    assert!(!result.responses[0].sections.udp.as_ref().unwrap().replied);
 }
 
 #[tokio::test]

@@ -124,7 +124,7 @@ async fn the_upgrade_alone_passes_and_a_message_comes_back() {
     let address = ws_server(Upgrade::Proper).await;
     let result = run_single(&config(&ws_check(address, ""))).await;
     assert!(result.passing, "{result:?}");
-    let websocket = result.responses[0].websocket.as_ref().unwrap();
+    let websocket = result.responses[0].sections.websocket.as_ref().unwrap();
     assert!(websocket.upgraded);
     assert_eq!(websocket.status, Some(101));
     assert!(result.responses[0].timings.processing > 0.0);
@@ -139,7 +139,10 @@ async fn the_upgrade_alone_passes_and_a_message_comes_back() {
     .await;
     assert!(result.passing, "{result:?}");
     let response = &result.responses[0];
-    assert_eq!(response.websocket.as_ref().unwrap().body, "echo:hello");
+    assert_eq!(
+        response.sections.websocket.as_ref().unwrap().body,
+        "echo:hello"
+    );
     assert!(response.timings.exchange > 0.0);
     let timings = &response.timings;
     let sum = timings.resolve + timings.connect + timings.processing + timings.exchange;
@@ -157,7 +160,12 @@ async fn an_answer_expect_refuses_is_an_expect_error() {
     let error = result.responses[0].error.as_ref().unwrap();
     assert_eq!(error.kind, ErrorKind::Expect, "{error:?}");
     assert_eq!(
-        result.responses[0].websocket.as_ref().unwrap().body,
+        result.responses[0]
+            .sections
+            .websocket
+            .as_ref()
+            .unwrap()
+            .body,
         "echo:hello"
     );
 }
@@ -170,7 +178,12 @@ async fn a_server_that_does_not_upgrade_properly_is_an_http_error() {
     assert_eq!(error.kind, ErrorKind::Http, "{error:?}");
     assert!(error.message.contains("with 200, not 101"), "{error:?}");
     assert_eq!(
-        result.responses[0].websocket.as_ref().unwrap().status,
+        result.responses[0]
+            .sections
+            .websocket
+            .as_ref()
+            .unwrap()
+            .status,
         Some(200)
     );
 
