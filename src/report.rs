@@ -91,22 +91,8 @@ fn seen(response: &Response) -> String {
     if let Some(http) = &response.http {
         return format!("{} {}", http.status, http.version);
     }
-    if let Some(tcp) = &response.sections.tcp {
-        return format!("connected, {} bytes received", tcp.body.len());
-    }
-    if let Some(dns) = &response.sections.dns {
-        return format!("{}, {} answers", dns.rcode, dns.answers.len());
-    }
-    if let Some(icmp) = &response.sections.icmp {
-        return format!(
-            "{}/{} replies, rtt avg {:.3}ms",
-            icmp.received,
-            icmp.sent,
-            icmp.rtt_avg * 1000.0
-        );
-    }
-    if let Some(grpc) = &response.sections.grpc {
-        return grpc.status.clone();
+    if let Some(seen) = response.sections.seen() {
+        return seen;
     }
     if let Some(tls) = &response.tls {
         let expiry = tls

@@ -31,10 +31,25 @@ def err(desc): return {"description": desc, "content": err_json}
 plain = {"text/plain": {"schema": text}}
 
 # Each check type's own section of a response, as its registration line in src/checks/mod.rs
-# names it (`"udp" => Udp(udp::UdpSpec, udp::UdpDetails)`), read with its doc comments from the
-# struct in its type's file: a new type reaches the contract without a line here.
-with open(os.path.join(_ROOT, "src", "checks", "mod.rs")) as _file:
-    SECTIONS = re.findall(r'^\s*"(\w+)" => \w+\(\w+::\w+, \w+::(\w+)\),$', _file.read(), re.M)
+# names it (`"udp" => Udp(udp::UdpSpec, UdpDetails)`), read with its doc comments from the
+# struct in its type's file: a new type reaches the contract without a line here. The reading
+# refuses what it does not understand rather than guess a schema.
+def _sections():
+    with open(os.path.join(_ROOT, "src", "checks", "mod.rs")) as file:
+        source = file.read()
+    block = source[source.index("\ncheck_types! {"):]
+    block = block[:block.index("\n}")]
+    found = []
+    for line in block.splitlines()[2:]:
+        if not line.strip() or line.strip().startswith("//"):
+            continue
+        match = re.fullmatch(r'\s*"(\w+)" => \w+\((\w+)::\w+(?:, (\w+))?\),', line)
+        if not match or match.group(1) != match.group(2):
+            raise SystemExit(f"tools/openapi.py cannot read this registration line: {line.strip()}")
+        if match.group(3):
+            found.append((match.group(1), match.group(3)))
+    return found
+SECTIONS = _sections()
 # The Rust types sections use, as JSON.
 RUST_TYPES = {"bool": boolean, "String": text, "usize": cnt, "u32": cnt, "u64": cnt, "f64": num,
               "u16": {"type": "integer", "minimum": 0, "maximum": 65535},
@@ -46,30 +61,49 @@ REFINED = {("IcmpDetails", "loss"): {"maximum": 100},
 def section_schemas():
     out = {}
     for name, section in SECTIONS:
-        with open(os.path.join(_ROOT, "src", "checks", f"{name}.rs")) as file:
+        where = f"src/checks/{name}.rs"
+        with open(os.path.join(_ROOT, where)) as file:
             source = file.read()
         found = re.search(r"((?:^///[^\n]*\n)*)(?:^#\[[^\n]*\n)*^pub struct " + section + r" \{\n(.*?)^\}", source, re.M | re.S)
         if not found:
-            raise SystemExit(f"src/checks/{name}.rs declares no `pub struct {section}`")
-        props, required, doc, skip = {}, [], [], False
+            raise SystemExit(f"{where} declares no `pub struct {section}`")
+        props, required, doc, attributes, pending = {}, [], [], [], ""
         for line in found.group(2).splitlines():
             line = line.strip()
+            if pending or line.startswith("#["):
+                pending += line
+                if pending.endswith("]"):
+                    attributes.append(pending)
+                    pending = ""
+                continue
+            if not line or line.startswith("//") and not line.startswith("///"):
+                continue
             if line.startswith("///"):
                 doc.append(line[3:].strip())
-            elif line.startswith("#["):
-                skip = skip or "skip_serializing_if" in line
-            elif line.startswith("pub "):
-                field, rust = (part.strip() for part in line[4:].rstrip(",").split(":", 1))
-                optional = rust.startswith("Option<")
-                rust = rust[len("Option<"):-1] if optional else rust
-                if rust not in RUST_TYPES:
-                    raise SystemExit(f"{section}.{field}: add its type {rust} to RUST_TYPES in tools/openapi.py")
-                schema = dict(RUST_TYPES[rust], **REFINED.get((section, field), {}))
-                schema["description"] = " ".join(doc)
-                props[field] = nullable(schema) if optional and not skip else schema
-                if not skip:
-                    required.append(field)
-                doc, skip = [], False
+                continue
+            field = re.fullmatch(r"pub (\w+): (.+),", line)
+            if not field:
+                raise SystemExit(f"{where}: `{line}` in {section}: every field of a section is in the contract; write it `pub name: Type,`")
+            name_, rust = field.groups()
+            skip = False
+            for attribute in attributes:
+                if not attribute.startswith("#[serde("):
+                    continue
+                for part in re.findall(r'(\w+)(?:\s*=\s*"[^"]*")?', attribute[len("#[serde("):]):
+                    if part == "skip_serializing_if":
+                        skip = True
+                    elif part not in ("default",):
+                        raise SystemExit(f"{where}: {section}.{name_}: tools/openapi.py does not understand #[serde({part} ...)]; teach it, or leave it out")
+            optional = rust.startswith("Option<")
+            rust = rust[len("Option<"):-1] if optional else rust
+            if rust not in RUST_TYPES:
+                raise SystemExit(f"{section}.{name_}: add its type {rust} to RUST_TYPES in tools/openapi.py")
+            schema = dict(RUST_TYPES[rust], **REFINED.get((section, name_), {}))
+            schema["description"] = " ".join(doc)
+            props[name_] = nullable(schema) if optional and not skip else schema
+            if not skip:
+                required.append(name_)
+            doc, attributes = [], []
         description = " ".join(line[3:].strip() for line in found.group(1).splitlines())
         out[section] = obj(props, required=required, desc=description)
     return out

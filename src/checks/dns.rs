@@ -612,6 +612,10 @@ impl Section for DnsDetails {
     fn drop_detail(&mut self, _text_bytes: usize) {
         self.answers.clear();
     }
+
+    fn seen(&self) -> String {
+        format!("{}, {} answers", self.rcode, self.answers.len())
+    }
 }
 
 /// The `dns` check type, listed in `checks::KINDS`.

@@ -594,6 +594,10 @@ impl Section for GrpcDetails {
             cut(message, text_bytes);
         }
     }
+
+    fn seen(&self) -> String {
+        format!("health status {}", self.status)
+    }
 }
 
 /// The `grpc` check type, listed in `checks::KINDS`.

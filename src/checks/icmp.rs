@@ -521,6 +521,15 @@ impl Section for IcmpDetails {
     fn bound(&mut self, _bounds: &TextBounds) {}
 
     fn drop_detail(&mut self, _text_bytes: usize) {}
+
+    fn seen(&self) -> String {
+        format!(
+            "{}/{} replies, rtt avg {:.3}ms",
+            self.received,
+            self.sent,
+            self.rtt_avg * 1000.0
+        )
+    }
 }
 
 /// The `icmp` check type, listed in `checks::KINDS`.

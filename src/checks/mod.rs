@@ -49,7 +49,7 @@ use tokio::time::Instant;
 /// `Sections`, named after the type (the module's name is the type's).
 macro_rules! check_types {
     ($($name:literal => $variant:ident(
-        $module:ident::$spec:ident $(, $section_module:ident::$section:ident)?
+        $module:ident::$spec:ident $(, $section:ident)?
     ),)*) => {
         /// The kinds of check, each with its own worker pool and bus subject.
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -57,11 +57,19 @@ macro_rules! check_types {
             $(#[serde(rename = $name)] $variant,)*
         }
 
-        // The module of a type is named as the type: its section's key is the module's name.
-        $(const _: () = assert!(
-            same_text(stringify!($module), $name),
-            concat!("check type ", $name, " must live in src/checks/", $name, ".rs"),
-        );)*
+        // The module of a type is named as the type: its section's key is the module's name,
+        // and must not be a key `Response` has of its own (serde would write it twice).
+        $(
+            const _: () = assert!(
+                same_text(stringify!($module), $name),
+                concat!("check type ", $name, " must live in src/checks/", $name, ".rs"),
+            );
+            $(const _: () = assert!(
+                !response::is_own_key(stringify!($module)),
+                concat!("the section of ", $name, " would share its key with a key of Response; ",
+                    stringify!($section), " must be that key's"),
+            );)?
+        )*
 
         /// How many check types there are.
         pub const TYPE_COUNT: usize = [$($name),*].len();
@@ -134,7 +142,7 @@ macro_rules! check_types {
                 #[doc = concat!($name, " checks: their own section. Absent for other types, and \
                     when the probe failed before it.")]
                 #[serde(default, skip_serializing_if = "Option::is_none")]
-                pub $module: Option<Box<$section_module::$section>>,
+                pub $module: Option<Box<$module::$section>>,
             )?)*
         }
 
@@ -143,9 +151,20 @@ macro_rules! check_types {
             pub fn bound(&mut self, bounds: &TextBounds) {
                 $($(
                     if let Some(section) = self.$module.as_mut() {
-                        <$section_module::$section as Section>::bound(section, bounds);
+                        <$module::$section as Section>::bound(section, bounds);
                     }
                 )?)*
+            }
+
+            /// What the set section saw, in a few words (`bastion once`, incidents); None when
+            /// none is set.
+            pub fn seen(&self) -> Option<String> {
+                $($(
+                    if let Some(section) = self.$module.as_ref() {
+                        return Some(<$module::$section as Section>::seen(section));
+                    }
+                )?)*
+                None
             }
 
             /// Leaves out what the set section carried, keeping what it was, its texts cut to
@@ -153,7 +172,7 @@ macro_rules! check_types {
             pub fn drop_detail(&mut self, text_bytes: usize) {
                 $($(
                     if let Some(section) = self.$module.as_mut() {
-                        <$section_module::$section as Section>::drop_detail(section, text_bytes);
+                        <$module::$section as Section>::drop_detail(section, text_bytes);
                     }
                 )?)*
             }
@@ -180,13 +199,13 @@ macro_rules! check_types {
 // contract's tool and the tests that go through them all).
 check_types! {
     "http" => Http(http::HttpSpec),
-    "tcp" => Tcp(tcp::TcpSpec, tcp::TcpDetails),
-    "dns" => Dns(dns::DnsSpec, dns::DnsDetails),
+    "tcp" => Tcp(tcp::TcpSpec, TcpDetails),
+    "dns" => Dns(dns::DnsSpec, DnsDetails),
     "tls" => Tls(tls::TlsSpec),
-    "icmp" => Icmp(icmp::IcmpSpec, icmp::IcmpDetails),
-    "grpc" => Grpc(grpc::GrpcSpec, grpc::GrpcDetails),
-    "udp" => Udp(udp::UdpSpec, udp::UdpDetails),
-    "websocket" => Websocket(websocket::WebsocketSpec, websocket::WebsocketDetails),
+    "icmp" => Icmp(icmp::IcmpSpec, IcmpDetails),
+    "grpc" => Grpc(grpc::GrpcSpec, GrpcDetails),
+    "udp" => Udp(udp::UdpSpec, UdpDetails),
+    "websocket" => Websocket(websocket::WebsocketSpec, WebsocketDetails),
 }
 
 impl std::fmt::Display for CheckType {

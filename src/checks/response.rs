@@ -170,6 +170,30 @@ impl Response {
     }
 }
 
+/// The keys a response has of its own, beside its type's section.
+pub const OWN_KEYS: [&str; 8] = [
+    "target",
+    "passing",
+    "error",
+    "http",
+    "tls",
+    "timings",
+    "assertions",
+    "labels",
+];
+
+/// `key` is one of `OWN_KEYS`, where the compiler can tell: a type's section may not take it.
+pub(super) const fn is_own_key(key: &str) -> bool {
+    let mut index = 0;
+    while index < OWN_KEYS.len() {
+        if super::same_text(OWN_KEYS[index], key) {
+            return true;
+        }
+        index += 1;
+    }
+    false
+}
+
 /// How much of what a server decided a response keeps: on the bus, and in the API.
 #[derive(Debug, Clone, Copy)]
 pub struct TextBounds {
@@ -190,6 +214,9 @@ pub trait Section {
     /// Leaves out what the section carried (bodies, lists), keeping what it was; other texts
     /// are cut to `text_bytes`.
     fn drop_detail(&mut self, text_bytes: usize);
+    /// What the probe saw, in a few words: `bastion once` shows it, and an incident says it
+    /// when the type's own verdict failed without an error or an assertion.
+    fn seen(&self) -> String;
 }
 
 /// A section's `body` bounded: cut to `limit` bytes (then `truncated`), its length before any
@@ -238,4 +265,33 @@ pub struct AssertionResult {
     /// Why it failed, in words; absent when it passed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ErrorKind;
+
+    /// `OWN_KEYS`, which the registration checks a section's key against, are the keys a
+    /// response writes without a section.
+    #[test]
+    fn own_keys_are_the_keys_a_response_writes() {
+        let mut response = Response::failed(
+            "127.0.0.1:80".into(),
+            ProbeError::new(ErrorKind::Connect, "refused"),
+            Timings::default(),
+        );
+        response.labels.insert("team".into(), "web".into());
+        let json = serde_json::to_value(&response).unwrap();
+        let mut written: Vec<&str> = json
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        written.sort_unstable();
+        let mut own = OWN_KEYS.to_vec();
+        own.sort_unstable();
+        assert_eq!(written, own);
+    }
 }

@@ -367,6 +367,14 @@ impl Section for TcpDetails {
         self.body.clear();
         self.truncated = true;
     }
+
+    fn seen(&self) -> String {
+        if self.connected {
+            format!("connected, {} bytes received", self.body.len())
+        } else {
+            "not connected".to_string()
+        }
+    }
 }
 
 /// The `tcp` check type, listed in `checks::KINDS`.

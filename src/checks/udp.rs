@@ -238,6 +238,18 @@ impl Section for UdpDetails {
         self.body.clear();
         self.truncated = true;
     }
+
+    fn seen(&self) -> String {
+        if self.replied {
+            format!(
+                "{} bytes sent, a reply of {} bytes",
+                self.sent_bytes,
+                self.body_bytes.unwrap_or(self.body.len())
+            )
+        } else {
+            format!("{} bytes sent, no reply", self.sent_bytes)
+        }
+    }
 }
 
 /// The `udp` check type, listed in `checks::KINDS`.

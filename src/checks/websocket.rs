@@ -506,6 +506,18 @@ impl Section for WebsocketDetails {
         self.body.clear();
         self.truncated = true;
     }
+
+    fn seen(&self) -> String {
+        match (self.upgraded, self.status) {
+            (true, _) if self.body.is_empty() => "upgraded".to_string(),
+            (true, _) => format!(
+                "upgraded, a message of {} bytes back",
+                self.body_bytes.unwrap_or(self.body.len())
+            ),
+            (false, Some(status)) => format!("upgrade answered {status}"),
+            (false, None) => "no answer to the upgrade".to_string(),
+        }
+    }
 }
 
 /// The `websocket` check type, listed in `checks::KINDS`.

@@ -259,8 +259,9 @@ pub fn failure(response: &crate::messages::Response) -> (&'static str, String) {
     if let Some(http) = &response.http {
         return ("status", format!("HTTP status {}", http.status));
     }
-    if let Some(grpc) = &response.sections.grpc {
-        return ("status", format!("health status {}", grpc.status));
+    // The type's own verdict (a gRPC health other than SERVING): what its section saw.
+    if let Some(seen) = response.sections.seen() {
+        return ("status", seen);
     }
     (
         "assertion",

@@ -844,6 +844,22 @@ mod tests {
             .map(|s| s.as_str().to_string())
             .collect();
         assert_eq!(listed("CheckState"), states);
+        // A response's keys: its own, and each type's section under the type's name, as the
+        // struct the type registered.
+        let properties = schemas["Response"]["properties"].as_object().unwrap();
+        let mut keys: Vec<&str> = properties.keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        let mut expected: Vec<&str> = crate::checks::response::OWN_KEYS.to_vec();
+        expected.extend(crate::checks::SECTIONS.iter().map(|(name, _)| *name));
+        expected.sort_unstable();
+        assert_eq!(keys, expected);
+        for (name, section) in crate::checks::SECTIONS {
+            assert_eq!(
+                properties[*name]["$ref"],
+                format!("#/components/schemas/{section}"),
+                "{name}"
+            );
+        }
     }
 
     fn state() -> ApiState {

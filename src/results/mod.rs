@@ -12,7 +12,7 @@ pub mod exposition;
 
 use crate::bus::{Bus, Message, Subscription};
 
-use crate::checks::response::cut;
+use crate::checks::response::{cut, TextBounds};
 use crate::config::{CheckConfig, NotifyOn};
 use crate::episode::{EndReason, EpisodeEvent, RunTimes, SavedCheck, SavedLocation, Track};
 use crate::history::{IncidentOp, Recorder, TransitionRecord};
@@ -38,6 +38,12 @@ use tokio_util::sync::CancellationToken;
 /// `message_bounds::BUS_BODY_BYTES` of each body; the store cuts again so that a result from a
 /// runner of another build cannot make many checks with large pages fill memory.
 pub const STORED_BODY_BYTES: usize = crate::message_bounds::BUS_BODY_BYTES;
+/// What a kept result's type section holds at most: a body of `STORED_BODY_BYTES`, and texts
+/// and lists as the bus bounds them.
+const STORED_SECTION_BOUNDS: TextBounds = TextBounds {
+    body_bytes: STORED_BODY_BYTES,
+    ..crate::message_bounds::BUS_BOUNDS
+};
 
 /// The configured checks, as the current config says; reloads replace it.
 pub type ChecksWatch = watch::Receiver<crate::config::CheckList>;
@@ -197,7 +203,7 @@ fn trim(result: &mut CheckResult) {
         if let Some(http) = response.http.as_mut() {
             cut(&mut http.body, STORED_BODY_BYTES);
         }
-        response.sections.bound(&crate::message_bounds::BUS_BOUNDS);
+        response.sections.bound(&STORED_SECTION_BOUNDS);
     }
 }
 
@@ -1010,5 +1016,30 @@ mod tests {
         let mut short = "ok".to_string();
         cut(&mut short, STORED_BODY_BYTES);
         assert_eq!(short, "ok");
+    }
+
+    /// A decoded result keeps no more of a body than the API holds, whichever type's section
+    /// carries it (a peer of another build may send more than this one's bus allows).
+    #[test]
+    fn a_decoded_result_keeps_each_sections_body_to_the_stored_bound() {
+        let mut response = messages::Response::failed(
+            "127.0.0.1:9".into(),
+            crate::model::ProbeError::new(crate::model::ErrorKind::Expect, "no match"),
+            messages::Timings::default(),
+        );
+        let reply = "x".repeat(STORED_BODY_BYTES * 3);
+        response.sections.udp = Some(Box::new(crate::checks::udp::UdpDetails {
+            sent_bytes: 4,
+            replied: true,
+            body: reply.clone(),
+            truncated: false,
+            body_bytes: Some(reply.len()),
+        }));
+        let mut result = CheckResult::of_web(vec![response]);
+        trim(&mut result);
+        let udp = result.responses[0].sections.udp.as_deref().unwrap();
+        assert_eq!(udp.body.len(), STORED_BODY_BYTES);
+        assert!(udp.truncated);
+        assert_eq!(udp.body_bytes, Some(reply.len()), "the length read is kept");
     }
 }
