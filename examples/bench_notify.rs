@@ -11,9 +11,8 @@ use bastion_agent::episode::{RunTimes, Track};
 use bastion_agent::messages::CheckResult;
 use bastion_agent::metrics::Metrics;
 use bastion_agent::model::CheckState;
-use bastion_agent::notify::{
-    Answer, Maintenance, Notification, Notifications, NotificationsOptions, Notifier, SendError,
-};
+use bastion_agent::notify::{Maintenance, Notifications, NotificationsOptions};
+use bastion_agent::receivers::{Answer, Notification, Notifier, SendError};
 use bastion_agent::saved_state::SavedState;
 use futures_util::future::BoxFuture;
 use std::collections::BTreeMap;

@@ -19,76 +19,10 @@
 //!
 //! Pure: callers pass the states and times in; it publishes, records and sends nothing.
 
-use crate::model::CheckState;
+use crate::model::{CheckState, EndReason, Severity};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::SystemTime;
-
-/// How bad an episode is: `critical` for `FAIL` (and `PASS_WAIT`), `warning` for `WARN`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Severity {
-    Critical,
-    Warning,
-}
-
-impl Severity {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Severity::Critical => "critical",
-            Severity::Warning => "warning",
-        }
-    }
-
-    /// The worse of two.
-    pub fn worst(self, other: Severity) -> Severity {
-        if self == Severity::Critical || other == Severity::Critical {
-            Severity::Critical
-        } else {
-            Severity::Warning
-        }
-    }
-}
-
-/// Why an episode ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum EndReason {
-    /// The check is calm again.
-    Recovered,
-    /// A reload changed what the check probes: how the old episode would have ended is
-    /// unknown, and the new definition starts afresh.
-    CheckChanged,
-    /// The check left the configuration.
-    CheckRemoved,
-    /// The agent stopped following it (history from before episodes were saved, or an HA
-    /// checker that took over without knowing it).
-    Interrupted,
-}
-
-impl EndReason {
-    pub const ALL: [EndReason; 4] = [
-        EndReason::Recovered,
-        EndReason::CheckChanged,
-        EndReason::CheckRemoved,
-        EndReason::Interrupted,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EndReason::Recovered => "recovered",
-            EndReason::CheckChanged => "check_changed",
-            EndReason::CheckRemoved => "check_removed",
-            EndReason::Interrupted => "interrupted",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<EndReason> {
-        EndReason::ALL
-            .into_iter()
-            .find(|reason| reason.as_str() == text)
-    }
-}
 
 /// The id of the episode of `check` whose first failing run was scheduled at `first_run`.
 pub fn episode_id(check: &str, first_run: SystemTime) -> String {

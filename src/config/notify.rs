@@ -1,14 +1,15 @@
 //! The notification sections of the configuration file: `[[notifiers]]` (who is told, over
 //! which receiver's API), `[[maintenance]]` (when nobody is told), and what a check adds
-//! (`notify`, `notify_on`). Shapes and the checks the schema alone can make; the notifiers
-//! themselves are built by `notify/`, which also reads their secret files. This file never
-//! reads a secret.
+//! (`notify`, `notify_on`). Shapes and the checks the schema alone can make; each receiver
+//! type's own settings, and their checks, are its file's in `receivers/`, which also reads
+//! their secret files. This file never reads a secret.
 
 use super::bounds::*;
 use super::{default_true, Entry, KeyPath, Problem};
+use crate::receivers::NotifierSpec;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -55,113 +56,6 @@ pub struct NotifierConfig {
     /// The receiver's type and its own settings.
     #[serde(flatten)]
     pub spec: NotifierSpec,
-}
-
-/// The receiver-specific part of a notifier, chosen by its `type` key.
-#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
-#[serde(tag = "type", rename_all = "lowercase")]
-pub enum NotifierSpec {
-    Alertmanager(AlertmanagerSpec),
-    Webhook(WebhookSpec),
-    Slack(SlackSpec),
-    Pagerduty(PagerdutySpec),
-    Email(EmailSpec),
-}
-
-impl NotifierSpec {
-    /// The `type` key's value.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            NotifierSpec::Alertmanager(_) => "alertmanager",
-            NotifierSpec::Webhook(_) => "webhook",
-            NotifierSpec::Slack(_) => "slack",
-            NotifierSpec::Pagerduty(_) => "pagerduty",
-            NotifierSpec::Email(_) => "email",
-        }
-    }
-}
-
-/// Settings of a `type = "alertmanager"` notifier.
-#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct AlertmanagerSpec {
-    /// Alertmanager's base URL, such as `http://127.0.0.1:9093`; alerts go to `/api/v2/alerts`.
-    pub url: String,
-    /// Extra labels on every alert (such as `team`); they cannot replace `alertname`, `check`,
-    /// `type` or `severity`.
-    #[serde(default)]
-    pub labels: BTreeMap<String, String>,
-}
-
-/// Settings of a `type = "webhook"` notifier.
-#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct WebhookSpec {
-    /// Where the JSON body is POSTed. Use `url_file` instead when the URL holds a token.
-    #[serde(default)]
-    pub url: Option<String>,
-    /// File holding the URL (one line), kept out of the config and the logs.
-    #[serde(default)]
-    pub url_file: Option<PathBuf>,
-    /// File holding the HMAC-SHA256 key; each body is then signed in `X-Bastion-Signature`.
-    #[serde(default)]
-    pub secret_file: Option<PathBuf>,
-}
-
-/// Settings of a `type = "slack"` notifier.
-#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct SlackSpec {
-    /// The incoming-webhook URL. It embeds a token: prefer `url_file`.
-    #[serde(default)]
-    pub url: Option<String>,
-    /// File holding the incoming-webhook URL (one line).
-    #[serde(default)]
-    pub url_file: Option<PathBuf>,
-}
-
-/// Settings of a `type = "pagerduty"` notifier.
-#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct PagerdutySpec {
-    /// File holding the integration's routing key (Events API v2).
-    pub routing_key_file: PathBuf,
-    /// The Events API v2 endpoint. Default: `https://events.pagerduty.com/v2/enqueue`.
-    #[serde(default = "default_pagerduty_url")]
-    pub url: String,
-}
-
-/// Settings of a `type = "email"` notifier.
-#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct EmailSpec {
-    /// The SMTP server's host name (also the name its certificate must carry).
-    pub smtp_host: String,
-    /// The SMTP server's port. Default: 587 with `starttls`, 465 without (TLS from the start).
-    #[serde(default)]
-    pub smtp_port: Option<u16>,
-    /// Upgrade a plain connection with STARTTLS (true), or speak TLS from the first byte
-    /// (false). Both require TLS: there is no clear-text mode. Default: true.
-    #[serde(default = "default_true")]
-    pub starttls: bool,
-    /// SMTP user name; goes with `password_file`.
-    #[serde(default)]
-    pub username: Option<String>,
-    /// File holding the SMTP password.
-    #[serde(default)]
-    pub password_file: Option<PathBuf>,
-    /// The sender address, such as `bastion <bastion@example.com>`.
-    pub from: String,
-    /// Recipient addresses.
-    pub to: Vec<String>,
-}
-
-impl EmailSpec {
-    /// The port, with its default applied.
-    pub fn port(&self) -> u16 {
-        self.smtp_port
-            .unwrap_or(if self.starttls { 587 } else { 465 })
-    }
 }
 
 /// Which states of a check notify.
@@ -256,7 +150,7 @@ pub(super) fn validate(config: &super::Config) -> Result<(), Problem> {
                 ));
             }
         }
-        validate_spec(&entry, &notifier.spec)?;
+        notifier.spec.validate(&entry)?;
     }
     for (index, check) in config.checks.iter().enumerate() {
         let entry = Entry::check(index, &check.name);
@@ -288,67 +182,6 @@ pub(super) fn validate(config: &super::Config) -> Result<(), Problem> {
         validate_window(&entry, window)?;
     }
     Ok(())
-}
-
-fn validate_spec(entry: &Entry, spec: &NotifierSpec) -> Result<(), Problem> {
-    let one_url = |url: &Option<String>, file: &Option<PathBuf>| match (url, file) {
-        (Some(_), None) | (None, Some(_)) => Ok(()),
-        _ => Err(entry.problem("url", "set exactly one of url and url_file")),
-    };
-    match spec {
-        NotifierSpec::Alertmanager(am) => {
-            http_url(entry, &am.url)?;
-            for reserved in ["alertname", "check", "type", "severity"] {
-                if am.labels.contains_key(reserved) {
-                    return Err(entry.problem(
-                        &format!("labels.{reserved}"),
-                        format!("labels.{reserved} is set by bastion; choose another label name"),
-                    ));
-                }
-            }
-            Ok(())
-        }
-        NotifierSpec::Webhook(webhook) => {
-            one_url(&webhook.url, &webhook.url_file)?;
-            webhook
-                .url
-                .as_deref()
-                .map_or(Ok(()), |url| http_url(entry, url))
-        }
-        NotifierSpec::Slack(slack) => {
-            one_url(&slack.url, &slack.url_file)?;
-            slack
-                .url
-                .as_deref()
-                .map_or(Ok(()), |url| http_url(entry, url))
-        }
-        NotifierSpec::Pagerduty(pd) => http_url(entry, &pd.url),
-        NotifierSpec::Email(email) => {
-            if let Some(port) = email.smtp_port {
-                SMTP_PORT.check_count(Some(entry), u64::from(port))?;
-            }
-            if email.to.is_empty() {
-                return Err(entry.problem("to", "to needs at least one address"));
-            }
-            if email.username.is_some() != email.password_file.is_some() {
-                return Err(entry.problem(
-                    "username",
-                    "username and password_file go together; set both or neither",
-                ));
-            }
-            Ok(())
-        }
-    }
-}
-
-/// An `http://` or `https://` URL; the text is not repeated in the error, it may hold a token.
-fn http_url(entry: &Entry, url: &str) -> Result<(), Problem> {
-    let lower = url.to_ascii_lowercase();
-    if lower.starts_with("http://") || lower.starts_with("https://") {
-        Ok(())
-    } else {
-        Err(entry.problem("url", "url must start with http:// or https://"))
-    }
 }
 
 fn validate_window(entry: &Entry, window: &MaintenanceConfig) -> Result<(), Problem> {
@@ -463,11 +296,6 @@ pub(super) fn default_notify_retry_backoff() -> Duration {
 pub(super) fn default_notify_retry_backoff_max() -> Duration {
     Duration::from_secs(300)
 }
-pub(super) fn default_pagerduty_url() -> String {
-    "https://events.pagerduty.com/v2/enqueue".to_string()
-}
 pub(super) fn default_time_zone() -> String {
     "UTC".to_string()
 }
-/// How often an `alertmanager` notifier re-sends a firing alert unless `repeat_interval` says.
-pub const ALERTMANAGER_RESEND: Duration = Duration::from_secs(60);

@@ -8,8 +8,9 @@
 //! to the table; `writer.rs` does it.
 
 use super::{failure, CAUSE_INSTANCES, CAUSE_MESSAGE_BYTES};
-use crate::episode::{EndReason, Episode, EpisodeEvent};
+use crate::episode::{Episode, EpisodeEvent};
 use crate::messages::CheckResult;
+use crate::model::EndReason;
 use crate::model::ErrorKind;
 use serde::{Deserialize, Serialize};
 use std::time::SystemTime;

@@ -3,14 +3,15 @@
 //! this agent signs them (`Origin`: its name and the base of its links). Pure: it builds
 //! notifications and sends nothing.
 
-use super::{
-    Event, FailedAssertion, FailingInstance, LocationLine, Notification, Severity,
-    MAX_FAILURES_LISTED,
-};
 use crate::checks::CheckType;
-use crate::episode::{EndReason, Episode};
+use crate::episode::Episode;
 use crate::messages::CheckResult;
 use crate::model::CheckState;
+use crate::model::EndReason;
+use crate::model::Severity;
+use crate::receivers::{
+    Event, FailedAssertion, FailingInstance, LocationLine, Notification, MAX_FAILURES_LISTED,
+};
 use serde::{Deserialize, Serialize};
 use std::time::SystemTime;
 

@@ -15,8 +15,8 @@
 //! still queued or being retried is logged and counted (`unsent`); routing has kept it as not
 //! yet accepted, so the next start sends it again.
 
-use super::{Notification, Notifier, SendError};
 use crate::metrics::{Metrics, NotifierLabels};
+use crate::receivers::{Notification, Notifier, SendError};
 use crate::saved_state::SavedState;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -23,13 +23,15 @@
 use super::maintenance::Maintenance;
 use super::message::{Origin, ResolveFacts};
 use super::queue::{Delivery, Outcomes, RetryPolicy};
-use super::{Notification, Severity};
 use crate::checks::CheckType;
 use crate::config::{CheckConfig, MaintenanceConfig};
-use crate::episode::{EndReason, Episode, EpisodeEvent};
+use crate::episode::{Episode, EpisodeEvent};
 use crate::messages::CheckResult;
 use crate::metrics::Metrics;
 use crate::model::CheckState;
+use crate::model::EndReason;
+use crate::model::Severity;
+use crate::receivers::Notification;
 use crate::saved_state::SavedState;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet, VecDeque};

@@ -3,7 +3,7 @@
 use super::*;
 use crate::checks::CheckType;
 use crate::episode::{episode_id, RunTimes, Track};
-use crate::notify::{Answer, Event, Notifier, SendError};
+use crate::receivers::{Answer, Event, Notifier, SendError};
 use futures_util::future::BoxFuture;
 use std::collections::BTreeSet;
 
@@ -434,7 +434,7 @@ async fn resolves_taken_back_go_only_to_receivers_that_still_exist() {
         episode: episode.clone(),
         check_type: CheckType::Http,
         state: CheckState::Ok,
-        reason: crate::episode::EndReason::Recovered,
+        reason: crate::model::EndReason::Recovered,
         at: start_of(95),
         failing: 0,
         instances: 2,

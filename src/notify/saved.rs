@@ -12,11 +12,12 @@ use super::routing::{
     Notifications, Open, Receiver, Resolving, Resumed, RoutingState, MAX_RESOLVING, RESOLVE_FOR,
     RETRIGGER_AFTER,
 };
-use super::{Event, Notification, Severity};
 use crate::checks::CheckType;
 use crate::config::CheckConfig;
 use crate::episode::Episode;
 use crate::model::CheckState;
+use crate::model::Severity;
+use crate::receivers::{Event, Notification};
 use serde::{Deserialize, Serialize};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap};

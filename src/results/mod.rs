@@ -14,13 +14,14 @@ use crate::bus::{Bus, Message, Subscription};
 
 use crate::checks::response::{cut, TextBounds};
 use crate::config::{CheckConfig, NotifyOn};
-use crate::episode::{EndReason, EpisodeEvent, RunTimes, SavedCheck, SavedLocation, Track};
+use crate::episode::{EpisodeEvent, RunTimes, SavedCheck, SavedLocation, Track};
 use crate::history::{IncidentOp, Recorder, TransitionRecord};
 use crate::lease::Leadership;
 use crate::locations::{across_locations, LocationCounts};
 use crate::messages::{self, CheckResult, Payload, StateEvent, MESSAGE_VERSION};
 use crate::metrics::{CheckToLabels, Metrics, ReasonLabels, SubjectLabels};
 use crate::model::CheckState;
+use crate::model::EndReason;
 use crate::notify::Notifications;
 use crate::saved_state::SavedState;
 use crate::state::{StatePolicy, StateTracker, Transition};

@@ -7,11 +7,14 @@
 
 use super::post::post_json;
 use super::{
-    Answer, BuildContext, Event, Notification, Notifier, NotifyError, SendError, Severity,
+    http_url, Answer, BuildContext, Event, Notification, Notifier, ReceiverError, ReceiverSpec,
+    SendError,
 };
-use crate::config::{AlertmanagerSpec, NotifierConfig, ALERTMANAGER_RESEND};
+use crate::model::Severity;
+use crate::problem::{Entry, Problem};
 use futures_util::future::BoxFuture;
-use serde::Serialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -35,20 +38,45 @@ struct Alertmanager {
     valid_for: Duration,
 }
 
-/// Builds the notifier `config` describes, from its alertmanager section.
-pub(super) fn build(
-    config: &NotifierConfig,
-    spec: &AlertmanagerSpec,
-    context: &BuildContext,
-) -> Result<Arc<dyn Notifier>, NotifyError> {
-    let resend = config.repeat_interval.unwrap_or(ALERTMANAGER_RESEND);
-    Ok(Arc::new(Alertmanager {
-        client: context.client_for(config)?,
-        endpoint: format!("{}/api/v2/alerts", spec.url.trim_end_matches('/')),
-        labels: spec.labels.clone(),
-        timeout: config.timeout,
-        valid_for: resend.saturating_mul(4),
-    }))
+/// Settings of a `type = "alertmanager"` notifier.
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AlertmanagerSpec {
+    /// Alertmanager's base URL, such as `http://127.0.0.1:9093`; alerts go to `/api/v2/alerts`.
+    pub url: String,
+    /// Extra labels on every alert (such as `team`); they cannot replace `alertname`, `check`,
+    /// `type` or `severity`.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// How often an `alertmanager` notifier re-sends a firing alert unless `repeat_interval` says.
+pub const ALERTMANAGER_RESEND: Duration = Duration::from_secs(60);
+
+impl ReceiverSpec for AlertmanagerSpec {
+    fn validate(&self, entry: &Entry) -> Result<(), Problem> {
+        http_url(entry, &self.url)?;
+        for reserved in ["alertname", "check", "type", "severity"] {
+            if self.labels.contains_key(reserved) {
+                return Err(entry.problem(
+                    &format!("labels.{reserved}"),
+                    format!("labels.{reserved} is set by bastion; choose another label name"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn build(&self, context: &BuildContext) -> Result<Arc<dyn Notifier>, ReceiverError> {
+        let resend = context.repeat_interval.unwrap_or(ALERTMANAGER_RESEND);
+        Ok(Arc::new(Alertmanager {
+            client: context.client()?,
+            endpoint: format!("{}/api/v2/alerts", self.url.trim_end_matches('/')),
+            labels: self.labels.clone(),
+            timeout: context.timeout,
+            valid_for: resend.saturating_mul(4),
+        }))
+    }
 }
 
 /// `now + after`, or now when that lies beyond what the clock can hold.

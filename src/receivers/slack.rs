@@ -5,12 +5,15 @@
 
 use super::post::post_json;
 use super::{
-    url_or_file, Answer, BuildContext, Event, Notification, Notifier, NotifyError, Secret,
-    SendError,
+    one_url, url_or_file, Answer, BuildContext, Event, Notification, Notifier, ReceiverError,
+    ReceiverSpec, Secret, SendError,
 };
-use crate::config::{NotifierConfig, SlackSpec};
+use crate::problem::{Entry, Problem};
 use futures_util::future::BoxFuture;
+use schemars::JsonSchema;
+use serde::Deserialize;
 use serde_json::json;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,18 +27,31 @@ struct Slack {
     timeout: Duration,
 }
 
-/// Builds the notifier `config` describes, from its slack section.
-pub(super) fn build(
-    config: &NotifierConfig,
-    spec: &SlackSpec,
-    context: &BuildContext,
-) -> Result<Arc<dyn Notifier>, NotifyError> {
-    let url = url_or_file(config, &spec.url, &spec.url_file)?;
-    Ok(Arc::new(Slack {
-        client: context.client_for(config)?,
-        url,
-        timeout: config.timeout,
-    }))
+/// Settings of a `type = "slack"` notifier.
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SlackSpec {
+    /// The incoming-webhook URL. It embeds a token: prefer `url_file`.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// File holding the incoming-webhook URL (one line).
+    #[serde(default)]
+    pub url_file: Option<PathBuf>,
+}
+
+impl ReceiverSpec for SlackSpec {
+    fn validate(&self, entry: &Entry) -> Result<(), Problem> {
+        one_url(entry, &self.url, &self.url_file)
+    }
+
+    fn build(&self, context: &BuildContext) -> Result<Arc<dyn Notifier>, ReceiverError> {
+        let url = url_or_file(context, &self.url, &self.url_file)?;
+        Ok(Arc::new(Slack {
+            client: context.client()?,
+            url,
+            timeout: context.timeout,
+        }))
+    }
 }
 
 /// Text as Slack shows it literally: `&`, `<` and `>` are Slack's control characters
@@ -125,7 +141,7 @@ mod tests {
     #[test]
     fn text_from_the_target_is_escaped() {
         let hostile = "<!channel> <https://evil.example|Reset password> & <@U123>";
-        let notification = crate::notify::firing_with_assertion(hostile, Some(hostile));
+        let notification = crate::receivers::firing_with_assertion(hostile, Some(hostile));
         let text = message(&notification).to_string();
         assert!(!text.contains("<!channel>"), "{text}");
         assert!(!text.contains("<https://evil"), "{text}");

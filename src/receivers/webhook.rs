@@ -7,12 +7,15 @@
 
 use super::post::post_json;
 use super::{
-    read_secret, url_or_file, Answer, BuildContext, EndReason, Event, FailingInstance,
-    Notification, Notifier, NotifyError, Secret, SendError, Severity,
+    one_url, read_secret, url_or_file, Answer, BuildContext, Event, FailingInstance, Notification,
+    Notifier, ReceiverError, ReceiverSpec, Secret, SendError,
 };
-use crate::config::{NotifierConfig, WebhookSpec};
+use crate::model::{EndReason, Severity};
+use crate::problem::{Entry, Problem};
 use futures_util::future::BoxFuture;
-use serde::Serialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -29,29 +32,45 @@ struct Webhook {
     timeout: Duration,
 }
 
-/// Builds the notifier `config` describes, from its webhook section.
-pub(super) fn build(
-    config: &NotifierConfig,
-    spec: &WebhookSpec,
-    context: &BuildContext,
-) -> Result<Arc<dyn Notifier>, NotifyError> {
-    let url = url_or_file(config, &spec.url, &spec.url_file)?;
-    let key = match &spec.secret_file {
-        Some(file) => {
-            let secret = read_secret(&config.name, file)?;
-            Some(ring::hmac::Key::new(
-                ring::hmac::HMAC_SHA256,
-                secret.expose().as_bytes(),
-            ))
-        }
-        None => None,
-    };
-    Ok(Arc::new(Webhook {
-        client: context.client_for(config)?,
-        url,
-        key,
-        timeout: config.timeout,
-    }))
+/// Settings of a `type = "webhook"` notifier.
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSpec {
+    /// Where the JSON body is POSTed. Use `url_file` instead when the URL holds a token.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// File holding the URL (one line), kept out of the config and the logs.
+    #[serde(default)]
+    pub url_file: Option<PathBuf>,
+    /// File holding the HMAC-SHA256 key; each body is then signed in `X-Bastion-Signature`.
+    #[serde(default)]
+    pub secret_file: Option<PathBuf>,
+}
+
+impl ReceiverSpec for WebhookSpec {
+    fn validate(&self, entry: &Entry) -> Result<(), Problem> {
+        one_url(entry, &self.url, &self.url_file)
+    }
+
+    fn build(&self, context: &BuildContext) -> Result<Arc<dyn Notifier>, ReceiverError> {
+        let url = url_or_file(context, &self.url, &self.url_file)?;
+        let key = match &self.secret_file {
+            Some(file) => {
+                let secret = read_secret(context.notifier, file)?;
+                Some(ring::hmac::Key::new(
+                    ring::hmac::HMAC_SHA256,
+                    secret.expose().as_bytes(),
+                ))
+            }
+            None => None,
+        };
+        Ok(Arc::new(Webhook {
+            client: context.client()?,
+            url,
+            key,
+            timeout: context.timeout,
+        }))
+    }
 }
 
 /// The webhook body, version 1.

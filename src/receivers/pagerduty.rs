@@ -8,12 +8,16 @@
 
 use super::post::post_json;
 use super::{
-    read_secret, Answer, BuildContext, Event, Notification, Notifier, NotifyError, Secret,
-    SendError, Severity,
+    http_url, read_secret, Answer, BuildContext, Event, Notification, Notifier, ReceiverError,
+    ReceiverSpec, Secret, SendError,
 };
-use crate::config::{NotifierConfig, PagerdutySpec};
+use crate::model::Severity;
+use crate::problem::{Entry, Problem};
 use futures_util::future::BoxFuture;
+use schemars::JsonSchema;
+use serde::Deserialize;
 use serde_json::json;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,18 +32,34 @@ struct Pagerduty {
     timeout: Duration,
 }
 
-/// Builds the notifier `config` describes, from its pagerduty section.
-pub(super) fn build(
-    config: &NotifierConfig,
-    spec: &PagerdutySpec,
-    context: &BuildContext,
-) -> Result<Arc<dyn Notifier>, NotifyError> {
-    Ok(Arc::new(Pagerduty {
-        client: context.client_for(config)?,
-        url: spec.url.clone(),
-        routing_key: read_secret(&config.name, &spec.routing_key_file)?,
-        timeout: config.timeout,
-    }))
+/// Settings of a `type = "pagerduty"` notifier.
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PagerdutySpec {
+    /// File holding the integration's routing key (Events API v2).
+    pub routing_key_file: PathBuf,
+    /// The Events API v2 endpoint. Default: `https://events.pagerduty.com/v2/enqueue`.
+    #[serde(default = "default_pagerduty_url")]
+    pub url: String,
+}
+
+fn default_pagerduty_url() -> String {
+    "https://events.pagerduty.com/v2/enqueue".to_string()
+}
+
+impl ReceiverSpec for PagerdutySpec {
+    fn validate(&self, entry: &Entry) -> Result<(), Problem> {
+        http_url(entry, &self.url)
+    }
+
+    fn build(&self, context: &BuildContext) -> Result<Arc<dyn Notifier>, ReceiverError> {
+        Ok(Arc::new(Pagerduty {
+            client: context.client()?,
+            url: self.url.clone(),
+            routing_key: read_secret(context.notifier, &self.routing_key_file)?,
+            timeout: context.timeout,
+        }))
+    }
 }
 
 /// The event body for `routing_key`.
