@@ -15,7 +15,7 @@
 //! Assertions were judged before any of this, on everything the probe read; this module must
 //! never change a verdict.
 
-use crate::checks::response::{bound_body, cut, TextBounds};
+use crate::checks::response::{cut, Body, TextBounds};
 use crate::messages::{CheckResult, Degraded, DegradedForm, Response, MAX_MESSAGE_BYTES};
 use bytes::Bytes;
 
@@ -165,12 +165,12 @@ fn bound_response(response: &mut Response) {
         cut(&mut error.message, BUS_TEXT_BYTES);
     }
     if let Some(http) = response.http.as_mut() {
-        bound_body(
-            &mut http.body,
-            &mut http.truncated,
-            &mut http.body_bytes,
-            BUS_BODY_BYTES,
-        );
+        Body {
+            text: &mut http.body,
+            truncated: &mut http.truncated,
+            bytes: &mut http.body_bytes,
+        }
+        .bound(BUS_BODY_BYTES);
         let mut room = BUS_HEADER_BYTES;
         let headers = std::mem::take(&mut http.headers);
         for (name, mut value) in headers {

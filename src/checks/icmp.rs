@@ -8,7 +8,7 @@ use super::settings::Humantime;
 use super::{Phase, ProbeRecord};
 use crate::problem::KeyPath;
 
-use super::response::{Response, Section, TextBounds};
+use super::response::{Response, Section};
 use super::series::{self, SeriesOut, SeriesSpec};
 use super::AssertionKey;
 use super::Observation;
@@ -518,10 +518,6 @@ pub struct IcmpDetails {
 
 // Counts and times only: nothing a server decides the size of.
 impl Section for IcmpDetails {
-    fn bound(&mut self, _bounds: &TextBounds) {}
-
-    fn drop_detail(&mut self, _text_bytes: usize) {}
-
     fn seen(&self) -> String {
         format!(
             "{}/{} replies, rtt avg {:.3}ms",

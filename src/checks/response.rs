@@ -208,29 +208,50 @@ pub struct TextBounds {
 /// A check type's own section of a response. Its type's file says how it is bounded, so the
 /// bounds on the bus (`message_bounds`) hold for a new type without a line there.
 pub trait Section {
-    /// Cuts what a server decided to `bounds`; a cut body sets `truncated` and keeps the
-    /// length it had in `body_bytes`.
-    fn bound(&mut self, bounds: &TextBounds);
-    /// Leaves out what the section carried (bodies, lists), keeping what it was; other texts
-    /// are cut to `text_bytes`.
-    fn drop_detail(&mut self, text_bytes: usize);
     /// What the probe saw, in a few words: `bastion once` shows it, and an incident says it
     /// when the type's own verdict failed without an error or an assertion.
     fn seen(&self) -> String;
+    /// The section's body, when it has one (what a connection, a datagram or a message
+    /// carried): the two methods below bound it and leave it out unless a type says more.
+    fn body(&mut self) -> Option<Body<'_>> {
+        None
+    }
+    /// Cuts what a server decided to `bounds`; a cut body sets `truncated` and keeps the
+    /// length it had in `body_bytes`.
+    fn bound(&mut self, bounds: &TextBounds) {
+        if let Some(body) = self.body() {
+            body.bound(bounds.body_bytes);
+        }
+    }
+    /// Leaves out what the section carried (bodies, lists), keeping what it was; other texts
+    /// are cut to `text_bytes`.
+    fn drop_detail(&mut self, _text_bytes: usize) {
+        if let Some(body) = self.body() {
+            body.text.clear();
+            *body.truncated = true;
+        }
+    }
 }
 
-/// A section's `body` bounded: cut to `limit` bytes (then `truncated`), its length before any
-/// cut kept in `body_bytes`.
-pub fn bound_body(
-    body: &mut String,
-    truncated: &mut bool,
-    body_bytes: &mut Option<usize>,
-    limit: usize,
-) {
-    body_bytes.get_or_insert(body.len());
-    if body.len() > limit {
-        cut(body, limit);
-        *truncated = true;
+/// A body in a section: its text, whether it is cut, and its length before any cut.
+#[derive(Debug)]
+pub struct Body<'a> {
+    /// The section's `body`.
+    pub text: &'a mut String,
+    /// Its `truncated`.
+    pub truncated: &'a mut bool,
+    /// Its `body_bytes`.
+    pub bytes: &'a mut Option<usize>,
+}
+
+impl Body<'_> {
+    /// Cut to `limit` bytes (then `truncated`), the length before any cut kept in `bytes`.
+    pub fn bound(self, limit: usize) {
+        self.bytes.get_or_insert(self.text.len());
+        if self.text.len() > limit {
+            cut(self.text, limit);
+            *self.truncated = true;
+        }
     }
 }
 

@@ -4,7 +4,7 @@
 //! goes past that cap. One fresh connection per probe, one attempt.
 
 use super::net::{connect_tcp, is_tls_failure};
-use super::response::{bound_body, Response, Section, TextBounds};
+use super::response::{Body, Response, Section};
 use super::series::{self, SeriesOut, SeriesSpec};
 use super::settings::TlsOption;
 use super::starttls::Starttls;
@@ -354,18 +354,12 @@ pub struct TcpDetails {
 }
 
 impl Section for TcpDetails {
-    fn bound(&mut self, bounds: &TextBounds) {
-        bound_body(
-            &mut self.body,
-            &mut self.truncated,
-            &mut self.body_bytes,
-            bounds.body_bytes,
-        );
-    }
-
-    fn drop_detail(&mut self, _text_bytes: usize) {
-        self.body.clear();
-        self.truncated = true;
+    fn body(&mut self) -> Option<Body<'_>> {
+        Some(Body {
+            text: &mut self.body,
+            truncated: &mut self.truncated,
+            bytes: &mut self.body_bytes,
+        })
     }
 
     fn seen(&self) -> String {

@@ -5,7 +5,7 @@
 //! match is an `expect` error). It never reads more than one datagram, and keeps at most
 //! `runner.max_body_bytes` of it.
 
-use super::response::{bound_body, Response, Section, TextBounds};
+use super::response::{Body, Response, Section};
 use super::series::{self, SeriesOut, SeriesSpec};
 use super::AssertionKey;
 use super::Observation;
@@ -225,18 +225,12 @@ pub struct UdpDetails {
 }
 
 impl Section for UdpDetails {
-    fn bound(&mut self, bounds: &TextBounds) {
-        bound_body(
-            &mut self.body,
-            &mut self.truncated,
-            &mut self.body_bytes,
-            bounds.body_bytes,
-        );
-    }
-
-    fn drop_detail(&mut self, _text_bytes: usize) {
-        self.body.clear();
-        self.truncated = true;
+    fn body(&mut self) -> Option<Body<'_>> {
+        Some(Body {
+            text: &mut self.body,
+            truncated: &mut self.truncated,
+            bytes: &mut self.body_bytes,
+        })
     }
 
     fn seen(&self) -> String {

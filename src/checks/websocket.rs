@@ -7,7 +7,7 @@
 //! connection per probe; it never leaves a task behind.
 
 use super::net::connect_tcp;
-use super::response::{bound_body, Response, Section, TextBounds};
+use super::response::{Body, Response, Section};
 use super::series::{self, SeriesOut, SeriesSpec};
 use super::settings::TlsSettings;
 use super::tls_client::{handshake, TlsKeys, TlsTarget, TlsTargetError};
@@ -493,18 +493,12 @@ pub struct WebsocketDetails {
 }
 
 impl Section for WebsocketDetails {
-    fn bound(&mut self, bounds: &TextBounds) {
-        bound_body(
-            &mut self.body,
-            &mut self.truncated,
-            &mut self.body_bytes,
-            bounds.body_bytes,
-        );
-    }
-
-    fn drop_detail(&mut self, _text_bytes: usize) {
-        self.body.clear();
-        self.truncated = true;
+    fn body(&mut self) -> Option<Body<'_>> {
+        Some(Body {
+            text: &mut self.body,
+            truncated: &mut self.truncated,
+            bytes: &mut self.body_bytes,
+        })
     }
 
     fn seen(&self) -> String {
