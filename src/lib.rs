@@ -27,7 +27,6 @@ pub mod messages;
 pub mod metrics;
 pub mod model;
 pub mod notify;
-
 pub mod problem;
 pub mod receivers;
 pub mod reload;

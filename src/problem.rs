@@ -4,6 +4,10 @@
 //! here or there ever reads a message's text to learn where it belongs.
 
 use std::fmt;
+use std::time::Duration;
+
+/// The least "longer than 0s", as a bound's minimum.
+pub const POSITIVE: Duration = Duration::from_nanos(1);
 
 /// One step of a [`KeyPath`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -168,6 +172,146 @@ impl Problems {
             Ok(())
         } else {
             Err(self)
+        }
+    }
+}
+
+/// What a key may hold, both ends included.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Range {
+    /// A whole number.
+    Count { min: u64, max: u64 },
+    /// A duration; a `min` of 1ns reads "longer than 0s".
+    Duration { min: Duration, max: Duration },
+}
+
+/// One key's range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bound {
+    /// The key's path as `config/reference.toml` writes it: `history.buffer`,
+    /// `checks[].timeout`, `notifiers[].queue_size`.
+    pub key: &'static str,
+    pub range: Range,
+}
+
+impl Bound {
+    pub const fn count(key: &'static str, min: u64, max: u64) -> Bound {
+        Bound {
+            key,
+            range: Range::Count { min, max },
+        }
+    }
+
+    pub const fn duration(key: &'static str, min: Duration, max: Duration) -> Bound {
+        Bound {
+            key,
+            range: Range::Duration { min, max },
+        }
+    }
+
+    /// The key's own name (`timeout` for `checks[].timeout`), for messages about one entry.
+    pub fn name(&self) -> &'static str {
+        self.key.rsplit('.').next().unwrap_or(self.key)
+    }
+
+    /// How a message names the key: the dotted key for a section's key, ``check `web`:
+    /// timeout`` for a key of an entry (`owner` is ``check `web` `` then).
+    pub fn subject(&self, owner: Option<&Entry>) -> String {
+        match owner {
+            Some(owner) => format!("{}: {}", owner.subject, self.name()),
+            None => self.key.to_string(),
+        }
+    }
+
+    /// Where the key stands: its dotted key for a section's key, the entry's key otherwise.
+    pub fn path(&self, owner: Option<&Entry>) -> KeyPath {
+        match owner {
+            Some(owner) => owner.path.clone().key(self.name()),
+            None => KeyPath::dotted(self.key),
+        }
+    }
+
+    /// Checks a count, naming it as [`Bound::subject`] does and placing it at the key.
+    pub fn check_count(&self, owner: Option<&Entry>, value: u64) -> Result<(), Problem> {
+        self.count_message(owner, value)
+            .map_err(|message| Problem::at(self.path(owner), message))
+    }
+
+    fn count_message(&self, owner: Option<&Entry>, value: u64) -> Result<(), String> {
+        let Range::Count { min, max } = self.range else {
+            return Err(format!("{}: internal error: not a count", self.key));
+        };
+        if value < min {
+            Err(format!("{} must be at least {min}", self.subject(owner)))
+        } else if value > max {
+            Err(format!(
+                "{} is {value}; the most allowed is {max}",
+                self.subject(owner)
+            ))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Checks a duration, naming it as [`Bound::subject`] does and placing it at the key.
+    pub fn check_duration(&self, owner: Option<&Entry>, value: Duration) -> Result<(), Problem> {
+        self.duration_message(owner, value)
+            .map_err(|message| Problem::at(self.path(owner), message))
+    }
+
+    fn duration_message(&self, owner: Option<&Entry>, value: Duration) -> Result<(), String> {
+        let Range::Duration { min, max } = self.range else {
+            return Err(format!("{}: internal error: not a duration", self.key));
+        };
+        let shown = |duration: Duration| humantime::format_duration(duration).to_string();
+        if value < min && min == POSITIVE {
+            Err(format!("{} must be longer than 0s", self.subject(owner)))
+        } else if value < min {
+            Err(format!(
+                "{} is {}; the least allowed is {}",
+                self.subject(owner),
+                shown(value),
+                shown(min)
+            ))
+        } else if value > max {
+            Err(format!(
+                "{} is {}; the most allowed is {}",
+                self.subject(owner),
+                shown(value),
+                shown(max)
+            ))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Checks a duration of an entry, naming it by its own name alone (`timeout is 11m; ...`),
+    /// for a message its owner prefixes (``check `web`: ``), as the config's own are.
+    pub fn check_entry_duration(&self, value: Duration) -> Result<(), String> {
+        self.duration_message(None, value)
+            .map_err(|message| message.replacen(self.key, self.name(), 1))
+    }
+
+    /// `value`, or the range's top when it is above it: where a duration is used, so one that
+    /// was never validated cannot overflow the arithmetic done on it. (Below the range
+    /// nothing overflows; the value is left as it is.)
+    pub fn cap_duration(&self, value: Duration) -> Duration {
+        match self.range {
+            Range::Duration { max, .. } => value.min(max),
+            Range::Count { .. } => value,
+        }
+    }
+
+    /// `value` brought into the range: where a size is used, so that neither 0 nor a size
+    /// no allocator can hold reaches a channel or a queue.
+    pub fn clamp_count(&self, value: usize) -> usize {
+        match self.range {
+            Range::Count { min, max } => {
+                let min = usize::try_from(min).unwrap_or(usize::MAX);
+                let max = usize::try_from(max).unwrap_or(usize::MAX);
+                value.clamp(min, max.max(min))
+            }
+            Range::Duration { .. } => value,
         }
     }
 }

@@ -9,8 +9,7 @@
 use crate::checks::CheckType;
 use crate::config::CheckConfig;
 use crate::episode::{Episode, RunTimes, SavedCheck, Track};
-use crate::model::CheckState;
-use crate::model::Severity;
+use crate::model::{CheckState, Severity};
 use crate::saved_state::Loaded;
 use serde::Deserialize;
 use std::collections::BTreeSet;

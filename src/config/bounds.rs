@@ -1,7 +1,8 @@
 //! The range of every numeric and duration key of the configuration file, named by the key's
-//! path in `config/reference.toml`: one table (`BOUNDS`) and one range per check type's
-//! worker count (`WORKERS`, from the check types' list), both reached through `all_bounds()`
-//! and `bound()`. Validation refuses a value
+//! path in `config/reference.toml`: one table (`BOUNDS`, which lists a receiver's ranges from
+//! its file, as `receivers::email::SMTP_PORT`) and one range per check type's worker count
+//! (`WORKERS`, from the check types' list), both reached through `all_bounds()` and
+//! `bound()`; a range is a `problem::Bound`. Validation refuses a value
 //! outside its range with a message that names the key; the code that uses a value caps it
 //! to the same range (`cap_duration`, `clamp_count`) where arithmetic on it could overflow,
 //! so a value that slipped past validation (a library caller, a definition from the bus)
@@ -11,7 +12,7 @@
 //! a range.
 
 use crate::checks::{TYPE_COUNT, WORKER_KEYS};
-use crate::problem::{Entry, KeyPath, Problem};
+use crate::problem::{Bound, POSITIVE};
 use std::time::Duration;
 
 pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
@@ -27,148 +28,6 @@ const HOUR: Duration = Duration::from_secs(3600);
 const DAY: Duration = Duration::from_secs(86_400);
 /// humantime's year (365.25 days), so that the bound prints as `10years`.
 const YEAR: Duration = Duration::from_secs(31_557_600);
-/// The least "longer than 0s".
-const POSITIVE: Duration = Duration::from_nanos(1);
-
-/// What a key may hold, both ends included.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Range {
-    /// A whole number.
-    Count { min: u64, max: u64 },
-    /// A duration; a `min` of 1ns reads "longer than 0s".
-    Duration { min: Duration, max: Duration },
-}
-
-/// One key's range.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Bound {
-    /// The key's path as `config/reference.toml` writes it: `history.buffer`,
-    /// `checks[].timeout`, `notifiers[].queue_size`.
-    pub key: &'static str,
-    pub range: Range,
-}
-
-impl Bound {
-    const fn count(key: &'static str, min: u64, max: u64) -> Bound {
-        Bound {
-            key,
-            range: Range::Count { min, max },
-        }
-    }
-
-    const fn duration(key: &'static str, min: Duration, max: Duration) -> Bound {
-        Bound {
-            key,
-            range: Range::Duration { min, max },
-        }
-    }
-
-    /// The key's own name (`timeout` for `checks[].timeout`), for messages about one entry.
-    pub fn name(&self) -> &'static str {
-        self.key.rsplit('.').next().unwrap_or(self.key)
-    }
-
-    /// How a message names the key: the dotted key for a section's key, ``check `web`:
-    /// timeout`` for a key of an entry (`owner` is ``check `web` `` then).
-    pub fn subject(&self, owner: Option<&Entry>) -> String {
-        match owner {
-            Some(owner) => format!("{}: {}", owner.subject, self.name()),
-            None => self.key.to_string(),
-        }
-    }
-
-    /// Where the key stands: its dotted key for a section's key, the entry's key otherwise.
-    pub fn path(&self, owner: Option<&Entry>) -> KeyPath {
-        match owner {
-            Some(owner) => owner.path.clone().key(self.name()),
-            None => KeyPath::dotted(self.key),
-        }
-    }
-
-    /// Checks a count, naming it as [`Bound::subject`] does and placing it at the key.
-    pub fn check_count(&self, owner: Option<&Entry>, value: u64) -> Result<(), Problem> {
-        self.count_message(owner, value)
-            .map_err(|message| Problem::at(self.path(owner), message))
-    }
-
-    fn count_message(&self, owner: Option<&Entry>, value: u64) -> Result<(), String> {
-        let Range::Count { min, max } = self.range else {
-            return Err(format!("{}: internal error: not a count", self.key));
-        };
-        if value < min {
-            Err(format!("{} must be at least {min}", self.subject(owner)))
-        } else if value > max {
-            Err(format!(
-                "{} is {value}; the most allowed is {max}",
-                self.subject(owner)
-            ))
-        } else {
-            Ok(())
-        }
-    }
-
-    /// Checks a duration, naming it as [`Bound::subject`] does and placing it at the key.
-    pub fn check_duration(&self, owner: Option<&Entry>, value: Duration) -> Result<(), Problem> {
-        self.duration_message(owner, value)
-            .map_err(|message| Problem::at(self.path(owner), message))
-    }
-
-    fn duration_message(&self, owner: Option<&Entry>, value: Duration) -> Result<(), String> {
-        let Range::Duration { min, max } = self.range else {
-            return Err(format!("{}: internal error: not a duration", self.key));
-        };
-        let shown = |duration: Duration| humantime::format_duration(duration).to_string();
-        if value < min && min == POSITIVE {
-            Err(format!("{} must be longer than 0s", self.subject(owner)))
-        } else if value < min {
-            Err(format!(
-                "{} is {}; the least allowed is {}",
-                self.subject(owner),
-                shown(value),
-                shown(min)
-            ))
-        } else if value > max {
-            Err(format!(
-                "{} is {}; the most allowed is {}",
-                self.subject(owner),
-                shown(value),
-                shown(max)
-            ))
-        } else {
-            Ok(())
-        }
-    }
-
-    /// Checks a duration of an entry, naming it by its own name alone (`timeout is 11m; ...`),
-    /// for a message its owner prefixes (``check `web`: ``), as the config's own are.
-    pub fn check_entry_duration(&self, value: Duration) -> Result<(), String> {
-        self.duration_message(None, value)
-            .map_err(|message| message.replacen(self.key, self.name(), 1))
-    }
-
-    /// `value`, or the range's top when it is above it: where a duration is used, so one that
-    /// was never validated cannot overflow the arithmetic done on it. (Below the range
-    /// nothing overflows; the value is left as it is.)
-    pub fn cap_duration(&self, value: Duration) -> Duration {
-        match self.range {
-            Range::Duration { max, .. } => value.min(max),
-            Range::Count { .. } => value,
-        }
-    }
-
-    /// `value` brought into the range: where a size is used, so that neither 0 nor a size
-    /// no allocator can hold reaches a channel or a queue.
-    pub fn clamp_count(&self, value: usize) -> usize {
-        match self.range {
-            Range::Count { min, max } => {
-                let min = usize::try_from(min).unwrap_or(usize::MAX);
-                let max = usize::try_from(max).unwrap_or(usize::MAX);
-                value.clamp(min, max.max(min))
-            }
-            Range::Duration { .. } => value,
-        }
-    }
-}
 
 pub const SHUTDOWN_GRACE: Bound = Bound::duration(
     "agent.shutdown_grace",
@@ -263,7 +122,6 @@ pub const MAX_ATTEMPTS: Bound = Bound::count("notifiers[].max_attempts", 1, 1_00
 pub const RETRY_BACKOFF: Bound = Bound::duration("notifiers[].retry_backoff", Duration::ZERO, HOUR);
 pub const RETRY_BACKOFF_MAX: Bound =
     Bound::duration("notifiers[].retry_backoff_max", Duration::ZERO, DAY);
-pub const SMTP_PORT: Bound = Bound::count("notifiers[].smtp_port", 1, 65_535);
 pub const WINDOW_DURATION: Bound =
     Bound::duration("maintenance[].duration", POSITIVE, DAY.saturating_mul(7));
 
@@ -302,7 +160,7 @@ const BOUNDS: &[Bound] = &[
     MAX_ATTEMPTS,
     RETRY_BACKOFF,
     RETRY_BACKOFF_MAX,
-    SMTP_PORT,
+    crate::receivers::email::SMTP_PORT,
     WINDOW_DURATION,
 ];
 
@@ -319,6 +177,7 @@ pub fn bound(key: &str) -> Option<&'static Bound> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::problem::{Entry, KeyPath, Problem, Range};
 
     #[test]
     fn every_key_once_and_every_range_ordered() {

@@ -6,7 +6,8 @@
 //! It never holds a hand-written copy of a key: what it adds to schemars' output is how
 //! editors need a `type`-tagged flattened spec, and the ranges of `bounds.rs`.
 
-use super::bounds::{all_bounds, Range};
+use super::bounds::all_bounds;
+use crate::problem::Range;
 use schemars::Schema;
 use serde_json::{json, Map, Value};
 use std::time::Duration;

@@ -6,6 +6,7 @@
 
 use super::bounds::*;
 use super::{default_true, Entry, KeyPath, Problem};
+use crate::problem::Range;
 use crate::receivers::NotifierSpec;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};

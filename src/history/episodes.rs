@@ -10,8 +10,7 @@
 use super::{failure, CAUSE_INSTANCES, CAUSE_MESSAGE_BYTES};
 use crate::episode::{Episode, EpisodeEvent};
 use crate::messages::CheckResult;
-use crate::model::EndReason;
-use crate::model::ErrorKind;
+use crate::model::{EndReason, ErrorKind};
 use serde::{Deserialize, Serialize};
 use std::time::SystemTime;
 

@@ -6,9 +6,7 @@
 use crate::checks::CheckType;
 use crate::episode::Episode;
 use crate::messages::CheckResult;
-use crate::model::CheckState;
-use crate::model::EndReason;
-use crate::model::Severity;
+use crate::model::{CheckState, EndReason, Severity};
 use crate::receivers::{
     Event, FailedAssertion, FailingInstance, LocationLine, Notification, MAX_FAILURES_LISTED,
 };

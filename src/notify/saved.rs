@@ -15,8 +15,7 @@ use super::routing::{
 use crate::checks::CheckType;
 use crate::config::CheckConfig;
 use crate::episode::Episode;
-use crate::model::CheckState;
-use crate::model::Severity;
+use crate::model::{CheckState, Severity};
 use crate::receivers::{Event, Notification};
 use serde::{Deserialize, Serialize};
 use std::cmp::Reverse;

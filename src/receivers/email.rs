@@ -8,7 +8,7 @@ use super::{
     read_secret, Answer, BuildContext, Notification, Notifier, ReceiverError, ReceiverSpec,
     SendError,
 };
-use crate::problem::{Entry, Problem};
+use crate::problem::{Bound, Entry, Problem};
 use futures_util::future::BoxFuture;
 use lettre::message::{header::ContentType, Mailbox};
 use lettre::transport::smtp::authentication::Credentials;
@@ -66,12 +66,13 @@ impl EmailSpec {
     }
 }
 
+/// The range of `smtp_port`, listed in the configuration's table of ranges.
+pub const SMTP_PORT: Bound = Bound::count("notifiers[].smtp_port", 1, 65_535);
+
 impl ReceiverSpec for EmailSpec {
     fn validate(&self, entry: &Entry) -> Result<(), Problem> {
-        // The range `notifiers[].smtp_port` has in the bounds table (1 to 65535): a u16 that
-        // is not 0.
-        if self.smtp_port == Some(0) {
-            return Err(entry.problem("smtp_port", "smtp_port must be at least 1"));
+        if let Some(port) = self.smtp_port {
+            SMTP_PORT.check_count(Some(entry), u64::from(port))?;
         }
         if self.to.is_empty() {
             return Err(entry.problem("to", "to needs at least one address"));

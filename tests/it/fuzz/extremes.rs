@@ -12,8 +12,9 @@
 use crate::common::nats::NatsServer;
 use crate::common::process::scratch_dir;
 use bastion_agent::checks::CheckType;
-use bastion_agent::config::bounds::{all_bounds, Bound, Range};
+use bastion_agent::config::bounds::all_bounds;
 use bastion_agent::config::{Config, Format};
+use bastion_agent::problem::{Bound, Range};
 use proptest::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
@@ -25,9 +26,6 @@ use std::time::{Duration, Instant};
 
 /// String keys whose values may look like durations but are not duration keys.
 const NOT_DURATION_KEYS: &[&str] = &["checks[].assertions[].operand"];
-
-/// Notifier types in the order a notifier key is tried on them (the first that has it).
-const NOTIFIER_TYPES: &[&str] = &["webhook", "alertmanager", "slack", "pagerduty", "email"];
 
 /// What a numeric or duration leaf of the reference holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -466,7 +464,8 @@ fn places() -> Vec<Place> {
                 }
             }
         } else if bound.key.starts_with("notifiers[].") {
-            let place = NOTIFIER_TYPES
+            // Tried on each receiver type in turn: the first that has the key.
+            let place = bastion_agent::receivers::RECEIVER_NAMES
                 .iter()
                 .map(|notifier_type| Place {
                     bound,
