@@ -19,6 +19,7 @@ use super::histogram::{varint, Histograms};
 use super::ids::IdCache;
 use super::ticks::{Offered, Ticks};
 use super::{millis, HistoryConfig, Lanes, Outcome, RunRecord, TransitionRecord, ERROR_KINDS};
+use crate::episode::Episode;
 use crate::metrics::{Metrics, ReasonLabels};
 use crate::model::EndReason;
 use std::collections::{HashMap, HashSet};
@@ -688,6 +689,100 @@ impl Writer {
         merged
     }
 
+    /// What a part writes after its runs and rollups, in order: its state changes, then its
+    /// incident operations.
+    fn later_steps(&self, part: &Part) -> Vec<Step> {
+        let mut steps = Vec::new();
+        for transition in &self.pending.transitions[..part.transitions] {
+            steps.push(Step::Statement(
+                "INSERT INTO transitions (check_id, at_ms, from_state, to_state, failing, instances) \
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (check_id, at_ms) DO NOTHING",
+                vec![
+                    Value::Int(self.check_id(&transition.check)),
+                    Value::Int(millis(transition.at)),
+                    Value::Text(transition.from.as_str().to_string()),
+                    Value::Text(transition.to.as_str().to_string()),
+                    Value::Int(i64::try_from(transition.failing).unwrap_or(i64::MAX)),
+                    Value::Int(i64::try_from(transition.instances).unwrap_or(i64::MAX)),
+                ],
+            ));
+        }
+        for op in &self.pending.incidents[..part.incidents] {
+            self.incident_steps(op, &mut steps);
+        }
+        steps
+    }
+
+    /// The statements of one incident operation.
+    fn incident_steps(&self, op: &IncidentOp, steps: &mut Vec<Step>) {
+        let open = |episode: &Episode, cause: String| {
+            Step::Statement(
+                "INSERT INTO incidents (check_id, episode_id, started_ms, confirmed_ms, ended_ms, \
+                 interrupted, cause, severity, end_reason) \
+                 VALUES ($1, $2, $3, $4, NULL, 0, $5, $6, NULL) ON CONFLICT (episode_id) DO NOTHING",
+                vec![
+                    Value::Int(self.check_id(&episode.check)),
+                    Value::Text(episode.id.clone()),
+                    Value::Int(millis(episode.started_at)),
+                    Value::Int(millis(episode.opened_at)),
+                    Value::Text(cause),
+                    Value::Text(episode.peak.as_str().to_string()),
+                ],
+            )
+        };
+        match op {
+            IncidentOp::Open { episode, cause } => {
+                // One open incident per check: another one left open (its end was lost) ends
+                // where this one starts.
+                steps.push(Step::Statement(
+                    "UPDATE incidents SET ended_ms = $1, interrupted = 1, end_reason = $2 \
+                     WHERE check_id = $3 AND ended_ms IS NULL \
+                     AND (episode_id IS NULL OR episode_id <> $4)",
+                    vec![
+                        Value::Int(millis(episode.started_at)),
+                        Value::Text(EndReason::Interrupted.as_str().to_string()),
+                        Value::Int(self.check_id(&episode.check)),
+                        Value::Text(episode.id.clone()),
+                    ],
+                ));
+                let cause = serde_json::to_string(cause).unwrap_or_else(|_| "[]".to_string());
+                steps.push(open(episode, cause));
+            }
+            IncidentOp::Severity { episode } => steps.push(Step::Statement(
+                "UPDATE incidents SET severity = $1 WHERE episode_id = $2",
+                vec![
+                    Value::Text(episode.peak.as_str().to_string()),
+                    Value::Text(episode.id.clone()),
+                ],
+            )),
+            IncidentOp::Close {
+                episode,
+                ended_at,
+                reason,
+            } => steps.push(Step::Statement(
+                "UPDATE incidents SET ended_ms = $1, interrupted = $2, end_reason = $3, \
+                 severity = $4 WHERE episode_id = $5 AND ended_ms IS NULL",
+                vec![
+                    Value::Int(millis(*ended_at)),
+                    Value::Small(i16::from(*reason != EndReason::Recovered)),
+                    Value::Text(reason.as_str().to_string()),
+                    Value::Text(episode.peak.as_str().to_string()),
+                    Value::Text(episode.id.clone()),
+                ],
+            )),
+            IncidentOp::Reconcile { open: episodes } => {
+                steps.extend(
+                    episodes
+                        .iter()
+                        .map(|episode| open(episode, "[]".to_string())),
+                );
+                steps.push(Step::EndUnfollowed(
+                    episodes.iter().map(|episode| episode.id.clone()).collect(),
+                ));
+            }
+        }
+    }
+
     /// Writes a part of the batch in one transaction; returns the merged rollups to cache.
     /// Only runs actually inserted are rolled up: a result delivered twice (a JetStream
     /// publish retried after a lost acknowledgement, or a part written again after its
@@ -703,6 +798,7 @@ impl Writer {
         };
         let runs = &self.pending.runs[..part.runs];
         let run_rows = self.run_rows(runs);
+        let later = self.later_steps(&part);
         let merged = on_pool!(&self.db, pool => {
             let mut tx = pool.begin().await?;
             // Rollup rows, a statement's worth, inserted; `$conflict` says what an existing
@@ -799,108 +895,24 @@ impl Writer {
                      unmeasured = excluded.unmeasured, hist = excluded.hist"
                 );
             }
-            for transition in &self.pending.transitions[..part.transitions] {
-                sqlx::query(
-                    "INSERT INTO transitions (check_id, at_ms, from_state, to_state, failing, instances) \
-                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (check_id, at_ms) DO NOTHING",
-                )
-                .bind(self.check_id(&transition.check))
-                .bind(millis(transition.at))
-                .bind(transition.from.as_str())
-                .bind(transition.to.as_str())
-                .bind(i64::try_from(transition.failing).unwrap_or(i64::MAX))
-                .bind(i64::try_from(transition.instances).unwrap_or(i64::MAX))
-                .execute(&mut *tx)
-                .await?;
-            }
-            for op in &self.pending.incidents[..part.incidents] {
-                match op {
-                    IncidentOp::Open { episode, cause } => {
-                        let check_id = self.check_id(&episode.check);
-                        // One open incident per check: another one left open (its end was
-                        // lost) ends where this one starts.
-                        sqlx::query(
-                            "UPDATE incidents SET ended_ms = $1, interrupted = 1, end_reason = $2 \
-                             WHERE check_id = $3 AND ended_ms IS NULL \
-                             AND (episode_id IS NULL OR episode_id <> $4)",
-                        )
-                        .bind(millis(episode.started_at))
-                        .bind(EndReason::Interrupted.as_str())
-                        .bind(check_id)
-                        .bind(&episode.id)
-                        .execute(&mut *tx)
-                        .await?;
-                        sqlx::query(
-                            "INSERT INTO incidents (check_id, episode_id, started_ms, confirmed_ms, ended_ms, \
-                             interrupted, cause, severity, end_reason) \
-                             VALUES ($1, $2, $3, $4, NULL, 0, $5, $6, NULL) ON CONFLICT (episode_id) DO NOTHING",
-                        )
-                        .bind(check_id)
-                        .bind(&episode.id)
-                        .bind(millis(episode.started_at))
-                        .bind(millis(episode.opened_at))
-                        .bind(serde_json::to_string(cause).unwrap_or_else(|_| "[]".to_string()))
-                        .bind(episode.peak.as_str())
-                        .execute(&mut *tx)
-                        .await?;
+            for step in &later {
+                match step {
+                    Step::Statement(sql, values) => {
+                        bind_values(sqlx::query(sql), values).execute(&mut *tx).await?;
                     }
-                    IncidentOp::Severity { episode } => {
-                        sqlx::query("UPDATE incidents SET severity = $1 WHERE episode_id = $2")
-                            .bind(episode.peak.as_str())
-                            .bind(&episode.id)
-                            .execute(&mut *tx)
-                            .await?;
-                    }
-                    IncidentOp::Close { episode, ended_at, reason } => {
-                        sqlx::query(
-                            "UPDATE incidents SET ended_ms = $1, interrupted = $2, end_reason = $3, \
-                             severity = $4 WHERE episode_id = $5 AND ended_ms IS NULL",
-                        )
-                        .bind(millis(*ended_at))
-                        .bind(i16::from(*reason != EndReason::Recovered))
-                        .bind(reason.as_str())
-                        .bind(episode.peak.as_str())
-                        .bind(&episode.id)
-                        .execute(&mut *tx)
-                        .await?;
-                    }
-                    IncidentOp::Reconcile { open } => {
-                        for episode in open {
-                            sqlx::query(
-                                "INSERT INTO incidents (check_id, episode_id, started_ms, confirmed_ms, \
-                                 ended_ms, interrupted, cause, severity, end_reason) \
-                                 VALUES ($1, $2, $3, $4, NULL, 0, '[]', $5, NULL) \
-                                 ON CONFLICT (episode_id) DO NOTHING",
-                            )
-                            .bind(self.check_id(&episode.check))
-                            .bind(&episode.id)
-                            .bind(millis(episode.started_at))
-                            .bind(millis(episode.opened_at))
-                            .bind(episode.peak.as_str())
-                            .execute(&mut *tx)
-                            .await?;
-                        }
-                        let known: HashSet<&str> = open.iter().map(|e| e.id.as_str()).collect();
+                    Step::EndUnfollowed(known) => {
                         let still_open: Vec<(i64, Option<String>)> = sqlx::query_as(
                             "SELECT id, episode_id FROM incidents WHERE ended_ms IS NULL",
                         )
                         .fetch_all(&mut *tx)
                         .await?;
                         for (row, episode_id) in still_open {
-                            if episode_id.as_deref().is_some_and(|id| known.contains(id)) {
-                                continue;
+                            if !episode_id.as_deref().is_some_and(|id| known.contains(id)) {
+                                let values = [interrupted(), Value::Int(row)];
+                                bind_values(sqlx::query(END_UNFOLLOWED), &values)
+                                    .execute(&mut *tx)
+                                    .await?;
                             }
-                            // Nobody follows it any more: it ends at its check's last run.
-                            sqlx::query(
-                                "UPDATE incidents SET interrupted = 1, end_reason = $1, ended_ms = COALESCE(\
-                                 (SELECT MAX(r.at_ms) FROM runs r WHERE r.check_id = incidents.check_id \
-                                 AND r.at_ms >= incidents.started_ms), incidents.confirmed_ms) \
-                                 WHERE id = $2",
-                            )
-                            .bind(EndReason::Interrupted.as_str())
-                            .bind(row)
-                            .execute(&mut *tx)
-                            .await?;
                         }
                     }
                 }
@@ -997,6 +1009,58 @@ pub fn sample_code(outcome: Outcome, error: Option<crate::model::ErrorKind>) -> 
             .map_or(1, |at| 2 + at as u8),
         (_, None) => 1,
     }
+}
+
+/// A value one of the writer's statements binds.
+#[derive(Debug, Clone, PartialEq)]
+enum Value {
+    Int(i64),
+    /// A SMALLINT column's (PostgreSQL takes no wider integer for it).
+    Small(i16),
+    Text(String),
+}
+
+/// What a part writes after its runs and rollups, in order.
+#[derive(Debug, Clone, PartialEq)]
+enum Step {
+    /// A statement and its values.
+    Statement(&'static str, Vec<Value>),
+    /// Every incident still open whose episode is none of these ends: nobody follows it any
+    /// more. It reads the open ones first, so it is not one statement.
+    EndUnfollowed(HashSet<String>),
+}
+
+/// How an incident nobody follows ends: interrupted, at its check's last run (or where it was
+/// confirmed, when no run came since).
+const END_UNFOLLOWED: &str =
+    "UPDATE incidents SET interrupted = 1, end_reason = $1, ended_ms = COALESCE(\
+     (SELECT MAX(r.at_ms) FROM runs r WHERE r.check_id = incidents.check_id \
+     AND r.at_ms >= incidents.started_ms), incidents.confirmed_ms) \
+     WHERE id = $2";
+
+fn interrupted() -> Value {
+    Value::Text(EndReason::Interrupted.as_str().to_string())
+}
+
+/// `query` with `values` bound in order, for either database.
+fn bind_values<'q, DB>(
+    mut query: sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>,
+    values: &'q [Value],
+) -> sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>
+where
+    DB: sqlx::Database,
+    i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    i16: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    for value in values {
+        query = match value {
+            Value::Int(value) => query.bind(*value),
+            Value::Small(value) => query.bind(*value),
+            Value::Text(value) => query.bind(value.as_str()),
+        };
+    }
+    query
 }
 
 #[cfg(test)]
