@@ -22,6 +22,7 @@ use super::{millis, HistoryConfig, Lanes, Outcome, RunRecord, TransitionRecord, 
 use crate::episode::Episode;
 use crate::metrics::{Metrics, ReasonLabels};
 use crate::model::EndReason;
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -690,97 +691,29 @@ impl Writer {
     }
 
     /// What a part writes after its runs and rollups, in order: its state changes, then its
-    /// incident operations.
-    fn later_steps(&self, part: &Part) -> Vec<Step> {
-        let mut steps = Vec::new();
-        for transition in &self.pending.transitions[..part.transitions] {
-            steps.push(Step::Statement(
-                "INSERT INTO transitions (check_id, at_ms, from_state, to_state, failing, instances) \
-                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (check_id, at_ms) DO NOTHING",
-                vec![
-                    Value::Int(self.check_id(&transition.check)),
-                    Value::Int(millis(transition.at)),
-                    Value::Text(transition.from.as_str().to_string()),
-                    Value::Text(transition.to.as_str().to_string()),
-                    Value::Int(i64::try_from(transition.failing).unwrap_or(i64::MAX)),
-                    Value::Int(i64::try_from(transition.instances).unwrap_or(i64::MAX)),
-                ],
-            ));
-        }
-        for op in &self.pending.incidents[..part.incidents] {
-            self.incident_steps(op, &mut steps);
-        }
-        steps
-    }
-
-    /// The statements of one incident operation.
-    fn incident_steps(&self, op: &IncidentOp, steps: &mut Vec<Step>) {
-        let open = |episode: &Episode, cause: String| {
-            Step::Statement(
-                "INSERT INTO incidents (check_id, episode_id, started_ms, confirmed_ms, ended_ms, \
-                 interrupted, cause, severity, end_reason) \
-                 VALUES ($1, $2, $3, $4, NULL, 0, $5, $6, NULL) ON CONFLICT (episode_id) DO NOTHING",
-                vec![
-                    Value::Int(self.check_id(&episode.check)),
-                    Value::Text(episode.id.clone()),
-                    Value::Int(millis(episode.started_at)),
-                    Value::Int(millis(episode.opened_at)),
-                    Value::Text(cause),
-                    Value::Text(episode.peak.as_str().to_string()),
-                ],
-            )
-        };
-        match op {
-            IncidentOp::Open { episode, cause } => {
-                // One open incident per check: another one left open (its end was lost) ends
-                // where this one starts.
-                steps.push(Step::Statement(
-                    "UPDATE incidents SET ended_ms = $1, interrupted = 1, end_reason = $2 \
-                     WHERE check_id = $3 AND ended_ms IS NULL \
-                     AND (episode_id IS NULL OR episode_id <> $4)",
+    /// incident operations. Made one at a time as they are written, borrowing what they bind,
+    /// so a part's statements are never all held at once.
+    fn later_steps(&self, part: Part) -> impl Iterator<Item = Step<'_>> + '_ {
+        let transitions = self.pending.transitions[..part.transitions]
+            .iter()
+            .map(|transition| {
+                Step::Statement(
+                    "INSERT INTO transitions (check_id, at_ms, from_state, to_state, failing, instances) \
+                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (check_id, at_ms) DO NOTHING",
                     vec![
-                        Value::Int(millis(episode.started_at)),
-                        Value::Text(EndReason::Interrupted.as_str().to_string()),
-                        Value::Int(self.check_id(&episode.check)),
-                        Value::Text(episode.id.clone()),
+                        Value::Int(self.check_id(&transition.check)),
+                        Value::Int(millis(transition.at)),
+                        Value::text(transition.from.as_str()),
+                        Value::text(transition.to.as_str()),
+                        Value::Int(i64::try_from(transition.failing).unwrap_or(i64::MAX)),
+                        Value::Int(i64::try_from(transition.instances).unwrap_or(i64::MAX)),
                     ],
-                ));
-                let cause = serde_json::to_string(cause).unwrap_or_else(|_| "[]".to_string());
-                steps.push(open(episode, cause));
-            }
-            IncidentOp::Severity { episode } => steps.push(Step::Statement(
-                "UPDATE incidents SET severity = $1 WHERE episode_id = $2",
-                vec![
-                    Value::Text(episode.peak.as_str().to_string()),
-                    Value::Text(episode.id.clone()),
-                ],
-            )),
-            IncidentOp::Close {
-                episode,
-                ended_at,
-                reason,
-            } => steps.push(Step::Statement(
-                "UPDATE incidents SET ended_ms = $1, interrupted = $2, end_reason = $3, \
-                 severity = $4 WHERE episode_id = $5 AND ended_ms IS NULL",
-                vec![
-                    Value::Int(millis(*ended_at)),
-                    Value::Small(i16::from(*reason != EndReason::Recovered)),
-                    Value::Text(reason.as_str().to_string()),
-                    Value::Text(episode.peak.as_str().to_string()),
-                    Value::Text(episode.id.clone()),
-                ],
-            )),
-            IncidentOp::Reconcile { open: episodes } => {
-                steps.extend(
-                    episodes
-                        .iter()
-                        .map(|episode| open(episode, "[]".to_string())),
-                );
-                steps.push(Step::EndUnfollowed(
-                    episodes.iter().map(|episode| episode.id.clone()).collect(),
-                ));
-            }
-        }
+                )
+            });
+        let incidents = self.pending.incidents[..part.incidents]
+            .iter()
+            .flat_map(|op| incident_steps(op, |check| self.check_id(check)));
+        transitions.chain(incidents)
     }
 
     /// Writes a part of the batch in one transaction; returns the merged rollups to cache.
@@ -798,7 +731,6 @@ impl Writer {
         };
         let runs = &self.pending.runs[..part.runs];
         let run_rows = self.run_rows(runs);
-        let later = self.later_steps(&part);
         let merged = on_pool!(&self.db, pool => {
             let mut tx = pool.begin().await?;
             // Rollup rows, a statement's worth, inserted; `$conflict` says what an existing
@@ -895,12 +827,14 @@ impl Writer {
                      unmeasured = excluded.unmeasured, hist = excluded.hist"
                 );
             }
-            for step in &later {
+            for step in self.later_steps(part) {
                 match step {
                     Step::Statement(sql, values) => {
-                        bind_values(sqlx::query(sql), values).execute(&mut *tx).await?;
+                        bind_values(sqlx::query(sql), &values).execute(&mut *tx).await?;
                     }
-                    Step::EndUnfollowed(known) => {
+                    Step::EndUnfollowed(followed) => {
+                        let known: HashSet<&str> =
+                            followed.iter().map(|episode| episode.id.as_str()).collect();
                         let still_open: Vec<(i64, Option<String>)> = sqlx::query_as(
                             "SELECT id, episode_id FROM incidents WHERE ended_ms IS NULL",
                         )
@@ -1011,23 +945,29 @@ pub fn sample_code(outcome: Outcome, error: Option<crate::model::ErrorKind>) -> 
     }
 }
 
-/// A value one of the writer's statements binds.
+/// A value one of the writer's statements binds, borrowed from what is written where it can.
 #[derive(Debug, Clone, PartialEq)]
-enum Value {
+enum Value<'a> {
     Int(i64),
     /// A SMALLINT column's (PostgreSQL takes no wider integer for it).
     Small(i16),
-    Text(String),
+    Text(Cow<'a, str>),
+}
+
+impl<'a> Value<'a> {
+    fn text(text: &'a str) -> Value<'a> {
+        Value::Text(Cow::Borrowed(text))
+    }
 }
 
 /// What a part writes after its runs and rollups, in order.
 #[derive(Debug, Clone, PartialEq)]
-enum Step {
+enum Step<'a> {
     /// A statement and its values.
-    Statement(&'static str, Vec<Value>),
+    Statement(&'static str, Vec<Value<'a>>),
     /// Every incident still open whose episode is none of these ends: nobody follows it any
     /// more. It reads the open ones first, so it is not one statement.
-    EndUnfollowed(HashSet<String>),
+    EndUnfollowed(&'a [Episode]),
 }
 
 /// How an incident nobody follows ends: interrupted, at its check's last run (or where it was
@@ -1038,14 +978,78 @@ const END_UNFOLLOWED: &str =
      AND r.at_ms >= incidents.started_ms), incidents.confirmed_ms) \
      WHERE id = $2";
 
-fn interrupted() -> Value {
-    Value::Text(EndReason::Interrupted.as_str().to_string())
+fn interrupted() -> Value<'static> {
+    Value::text(EndReason::Interrupted.as_str())
+}
+
+/// The statements of one incident operation, in order; `check_id` is the id of a check name.
+fn incident_steps<'a>(op: &'a IncidentOp, check_id: impl Fn(&str) -> i64) -> Vec<Step<'a>> {
+    let open = |episode: &'a Episode, cause: Cow<'a, str>| -> Step<'a> {
+        Step::Statement(
+            "INSERT INTO incidents (check_id, episode_id, started_ms, confirmed_ms, ended_ms, \
+             interrupted, cause, severity, end_reason) \
+             VALUES ($1, $2, $3, $4, NULL, 0, $5, $6, NULL) ON CONFLICT (episode_id) DO NOTHING",
+            vec![
+                Value::Int(check_id(&episode.check)),
+                Value::text(&episode.id),
+                Value::Int(millis(episode.started_at)),
+                Value::Int(millis(episode.opened_at)),
+                Value::Text(cause),
+                Value::text(episode.peak.as_str()),
+            ],
+        )
+    };
+    match op {
+        IncidentOp::Open { episode, cause } => {
+            let cause = serde_json::to_string(cause).unwrap_or_else(|_| "[]".to_string());
+            vec![
+                // One open incident per check: another one left open (its end was lost) ends
+                // where this one starts.
+                Step::Statement(
+                    "UPDATE incidents SET ended_ms = $1, interrupted = 1, end_reason = $2 \
+                     WHERE check_id = $3 AND ended_ms IS NULL \
+                     AND (episode_id IS NULL OR episode_id <> $4)",
+                    vec![
+                        Value::Int(millis(episode.started_at)),
+                        interrupted(),
+                        Value::Int(check_id(&episode.check)),
+                        Value::text(&episode.id),
+                    ],
+                ),
+                open(episode, Cow::Owned(cause)),
+            ]
+        }
+        IncidentOp::Severity { episode } => vec![Step::Statement(
+            "UPDATE incidents SET severity = $1 WHERE episode_id = $2",
+            vec![Value::text(episode.peak.as_str()), Value::text(&episode.id)],
+        )],
+        IncidentOp::Close {
+            episode,
+            ended_at,
+            reason,
+        } => vec![Step::Statement(
+            "UPDATE incidents SET ended_ms = $1, interrupted = $2, end_reason = $3, \
+             severity = $4 WHERE episode_id = $5 AND ended_ms IS NULL",
+            vec![
+                Value::Int(millis(*ended_at)),
+                Value::Small(i16::from(*reason != EndReason::Recovered)),
+                Value::text(reason.as_str()),
+                Value::text(episode.peak.as_str()),
+                Value::text(&episode.id),
+            ],
+        )],
+        IncidentOp::Reconcile { open: episodes } => episodes
+            .iter()
+            .map(|episode| open(episode, Cow::Borrowed("[]")))
+            .chain([Step::EndUnfollowed(episodes)])
+            .collect(),
+    }
 }
 
 /// `query` with `values` bound in order, for either database.
 fn bind_values<'q, DB>(
     mut query: sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>,
-    values: &'q [Value],
+    values: &'q [Value<'_>],
 ) -> sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>
 where
     DB: sqlx::Database,
@@ -1057,7 +1061,7 @@ where
         query = match value {
             Value::Int(value) => query.bind(*value),
             Value::Small(value) => query.bind(*value),
-            Value::Text(value) => query.bind(value.as_str()),
+            Value::Text(value) => query.bind(value.as_ref()),
         };
     }
     query
@@ -1069,6 +1073,78 @@ mod tests {
     use crate::history::{Sample, TransitionRecord};
     use crate::model::CheckState;
     use std::time::UNIX_EPOCH;
+
+    fn episode(id: &str, check: &str) -> Episode {
+        Episode {
+            id: id.to_string(),
+            check: check.to_string(),
+            started_at: UNIX_EPOCH + Duration::from_secs(10),
+            opened_at: UNIX_EPOCH + Duration::from_secs(20),
+            severity: crate::model::Severity::Critical,
+            peak: crate::model::Severity::Critical,
+        }
+    }
+
+    fn sql_of(step: &Step<'_>) -> &'static str {
+        match step {
+            Step::Statement(sql, _) => sql,
+            Step::EndUnfollowed(_) => "end unfollowed",
+        }
+    }
+
+    /// `interrupted` is a SMALLINT, which PostgreSQL binds only from a 16-bit integer, and a
+    /// close says whether the episode was interrupted by its reason.
+    #[test]
+    fn a_close_binds_interrupted_as_a_small_integer() {
+        for (reason, flag) in [(EndReason::Recovered, 0), (EndReason::CheckRemoved, 1)] {
+            let op = IncidentOp::Close {
+                episode: episode("e1", "web"),
+                ended_at: UNIX_EPOCH + Duration::from_secs(30),
+                reason,
+            };
+            let steps = incident_steps(&op, |_| 7);
+            let [Step::Statement(sql, values)] = steps.as_slice() else {
+                panic!("one statement: {steps:?}");
+            };
+            assert!(sql.starts_with("UPDATE incidents SET ended_ms"), "{sql}");
+            assert_eq!(values[0], Value::Int(30_000));
+            assert_eq!(values[1], Value::Small(flag));
+            assert_eq!(values[2], Value::text(reason.as_str()));
+            assert_eq!(values[4], Value::text("e1"));
+        }
+    }
+
+    /// An open first ends another incident left open for its check, then inserts its own; a
+    /// reconcile inserts each episode it follows before it ends the ones nobody follows.
+    #[test]
+    fn incident_operations_write_their_statements_in_order() {
+        let opened = IncidentOp::Open {
+            episode: episode("e1", "web"),
+            cause: Vec::new(),
+        };
+        let steps = incident_steps(&opened, |check| if check == "web" { 7 } else { 0 });
+        assert_eq!(steps.len(), 2);
+        assert!(
+            sql_of(&steps[0]).starts_with("UPDATE incidents SET ended_ms = $1, interrupted = 1")
+        );
+        assert!(sql_of(&steps[1]).starts_with("INSERT INTO incidents"));
+        let Step::Statement(_, values) = &steps[1] else {
+            panic!("an insert");
+        };
+        assert_eq!(values[0], Value::Int(7));
+        assert_eq!(values[4], Value::text("[]"));
+        let followed = vec![episode("e1", "web"), episode("e2", "api")];
+        let reconcile = IncidentOp::Reconcile {
+            open: followed.clone(),
+        };
+        let steps = incident_steps(&reconcile, |_| 1);
+        let order: Vec<&str> = steps.iter().map(sql_of).collect();
+        assert_eq!(order.len(), 3);
+        assert!(order[..2]
+            .iter()
+            .all(|sql| sql.starts_with("INSERT INTO incidents")));
+        assert_eq!(steps[2], Step::EndUnfollowed(&followed));
+    }
 
     fn run(check: usize) -> RunRecord {
         let at = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
