@@ -11,7 +11,7 @@ use crate::problem::KeyPath;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::response::{cut, Response, Section, TextBounds};
+use super::response::{cut, Body, Response, Section, TextBounds};
 use super::series::{self, SeriesOut, SeriesSpec};
 use super::AssertionKey;
 use super::Observation;
@@ -602,6 +602,10 @@ pub struct DnsDetails {
 }
 
 impl Section for DnsDetails {
+    fn body(&mut self) -> Option<Body<'_>> {
+        None
+    }
+
     fn bound(&mut self, bounds: &TextBounds) {
         self.answers.truncate(bounds.list_items);
         for answer in &mut self.answers {

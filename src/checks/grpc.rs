@@ -5,7 +5,7 @@
 //! The call's outcome is read from grpc-status in the trailers (or a trailers-only answer).
 
 use super::net::{connect_tcp, drive, error_chain, http_error};
-use super::response::{cut, Response, Section, TextBounds};
+use super::response::{cut, Body, Response, Section, TextBounds};
 use super::series::{self, SeriesOut, SeriesSpec};
 use super::settings::read_line_secret;
 use super::settings::Secret;
@@ -583,6 +583,10 @@ pub struct GrpcDetails {
 }
 
 impl Section for GrpcDetails {
+    fn body(&mut self) -> Option<Body<'_>> {
+        None
+    }
+
     fn bound(&mut self, bounds: &TextBounds) {
         if let Some(message) = self.grpc_message.as_mut() {
             cut(message, bounds.text_bytes);

@@ -8,7 +8,7 @@ use super::settings::Humantime;
 use super::{Phase, ProbeRecord};
 use crate::problem::KeyPath;
 
-use super::response::{Response, Section};
+use super::response::{Body, Response, Section};
 use super::series::{self, SeriesOut, SeriesSpec};
 use super::AssertionKey;
 use super::Observation;
@@ -518,6 +518,10 @@ pub struct IcmpDetails {
 
 // Counts and times only: nothing a server decides the size of.
 impl Section for IcmpDetails {
+    fn body(&mut self) -> Option<Body<'_>> {
+        None
+    }
+
     fn seen(&self) -> String {
         format!(
             "{}/{} replies, rtt avg {:.3}ms",

@@ -213,9 +213,9 @@ pub trait Section {
     fn seen(&self) -> String;
     /// The section's body, when it has one (what a connection, a datagram or a message
     /// carried): the two methods below bound it and leave it out unless a type says more.
-    fn body(&mut self) -> Option<Body<'_>> {
-        None
-    }
+    /// Required, so that every type says whether it carries one; a type with other text a
+    /// server decides (answers, messages) bounds it in its own `bound` and `drop_detail`.
+    fn body(&mut self) -> Option<Body<'_>>;
     /// Cuts what a server decided to `bounds`; a cut body sets `truncated` and keeps the
     /// length it had in `body_bytes`.
     fn bound(&mut self, bounds: &TextBounds) {
