@@ -1,7 +1,7 @@
 //! The vocabulary every layer shares: the fixed set of probe error kinds, probe errors, check
 //! states, how bad a failure episode is and why it ended, instance addresses and `host:port`
-//! parsing (the check types are declared by `checks`). It sits at the bottom of the crate and must never import anything from it:
-//! everything else may import it.
+//! parsing (the check types are declared by `checks`). It sits at the bottom of the crate and
+//! must never import anything from it: everything else may import it.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;

@@ -1,7 +1,9 @@
 //! A validation problem as a value: what is wrong (the message the user reads) and where (the
 //! path of the key it is about, `checks[3].tls.ca_file`), said by the code that finds it.
 //! `locate.rs` walks the parsed document along the path to give it a line and column; nothing
-//! here or there ever reads a message's text to learn where it belongs.
+//! here or there ever reads a message's text to learn where it belongs. And a key's range
+//! (`Bound`): what a count or a duration may hold, the problem a value outside it is, and the
+//! cap where a value is used; the configuration's table lists every range.
 
 use std::fmt;
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! The range of every numeric and duration key of the configuration file, named by the key's
-//! path in `config/reference.toml`: one table (`BOUNDS`, which lists a receiver's ranges from
-//! its file, as `receivers::email::SMTP_PORT`) and one range per check type's worker count
-//! (`WORKERS`, from the check types' list), both reached through `all_bounds()` and
+//! path in `config/reference.toml`: one table (`BOUNDS`), the ranges receiver types declare
+//! for their own keys (`receivers::BOUNDS`), and one range per check type's worker count
+//! (`WORKERS`, from the check types' list), all reached through `all_bounds()` and
 //! `bound()`; a range is a `problem::Bound`. Validation refuses a value
 //! outside its range with a message that names the key; the code that uses a value caps it
 //! to the same range (`cap_duration`, `clamp_count`) where arithmetic on it could overflow,
@@ -160,13 +160,20 @@ const BOUNDS: &[Bound] = &[
     MAX_ATTEMPTS,
     RETRY_BACKOFF,
     RETRY_BACKOFF_MAX,
-    crate::receivers::email::SMTP_PORT,
     WINDOW_DURATION,
 ];
 
-/// Every range: those listed in `BOUNDS`, then one per check type's worker count.
+/// Every range: those listed in `BOUNDS`, those of receiver types' own keys (each declared in
+/// its type's file), then one per check type's worker count.
 pub fn all_bounds() -> impl Iterator<Item = &'static Bound> {
-    BOUNDS.iter().chain(WORKERS.iter())
+    BOUNDS
+        .iter()
+        .chain(
+            crate::receivers::BOUNDS
+                .iter()
+                .flat_map(|bounds| bounds.iter()),
+        )
+        .chain(WORKERS.iter())
 }
 
 /// The range of `key` (a path as in [`Bound::key`]).

@@ -11,7 +11,7 @@ use super::{
     SendError,
 };
 use crate::model::Severity;
-use crate::problem::{Entry, Problem};
+use crate::problem::{Bound, Entry, Problem};
 use futures_util::future::BoxFuture;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -52,6 +52,9 @@ pub struct AlertmanagerSpec {
 
 /// How often an `alertmanager` notifier re-sends a firing alert unless `repeat_interval` says.
 pub const ALERTMANAGER_RESEND: Duration = Duration::from_secs(60);
+
+/// Its keys hold no number or duration.
+pub const BOUNDS: &[Bound] = &[];
 
 impl ReceiverSpec for AlertmanagerSpec {
     fn validate(&self, entry: &Entry) -> Result<(), Problem> {

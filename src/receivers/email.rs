@@ -66,8 +66,11 @@ impl EmailSpec {
     }
 }
 
-/// The range of `smtp_port`, listed in the configuration's table of ranges.
+/// The range of `smtp_port`.
 pub const SMTP_PORT: Bound = Bound::count("notifiers[].smtp_port", 1, 65_535);
+
+/// The ranges of its keys, which the configuration's table lists.
+pub const BOUNDS: &[Bound] = &[SMTP_PORT];
 
 impl ReceiverSpec for EmailSpec {
     fn validate(&self, entry: &Entry) -> Result<(), Problem> {

@@ -27,7 +27,7 @@ pub use notification::{
 };
 
 use crate::checks::settings::TlsSettings;
-use crate::problem::{Entry, Problem};
+use crate::problem::{Bound, Entry, Problem};
 use futures_util::future::BoxFuture;
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -37,9 +37,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Declares the receiver types from one line each: `NotifierSpec` (the `type` key chooses the
-/// variant) and its exhaustive matches `kind()`, `validate()` and `build()`. A line names the
-/// type as the file writes it, its variant, and its module's spec, which implements
-/// `ReceiverSpec`.
+/// variant) and its exhaustive matches `kind()`, `validate()` and `build()`, and `BOUNDS`. A
+/// line names the type as the file writes it, its variant, and its module's spec, which
+/// implements `ReceiverSpec`; the module also declares `BOUNDS`, the ranges of its own keys.
 macro_rules! receiver_types {
     ($($name:literal => $variant:ident($module:ident::$spec:ident),)*) => {
         /// The receiver-specific part of a notifier, chosen by its `type` key.
@@ -51,6 +51,10 @@ macro_rules! receiver_types {
 
         /// Each receiver type's name, as the `type` key writes it.
         pub const RECEIVER_NAMES: &[&str] = &[$($name),*];
+
+        /// The ranges of each receiver type's own numeric and duration keys, as its module
+        /// declares them (`BOUNDS`); the configuration's table of ranges lists them.
+        pub const BOUNDS: &[&[Bound]] = &[$($module::BOUNDS),*];
 
         impl NotifierSpec {
             /// The `type` key's value.

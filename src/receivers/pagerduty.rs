@@ -12,7 +12,7 @@ use super::{
     ReceiverSpec, Secret, SendError,
 };
 use crate::model::Severity;
-use crate::problem::{Entry, Problem};
+use crate::problem::{Bound, Entry, Problem};
 use futures_util::future::BoxFuture;
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -46,6 +46,9 @@ pub struct PagerdutySpec {
 fn default_pagerduty_url() -> String {
     "https://events.pagerduty.com/v2/enqueue".to_string()
 }
+
+/// Its keys hold no number or duration.
+pub const BOUNDS: &[Bound] = &[];
 
 impl ReceiverSpec for PagerdutySpec {
     fn validate(&self, entry: &Entry) -> Result<(), Problem> {

@@ -8,7 +8,7 @@ use super::{
     one_url, url_or_file, Answer, BuildContext, Event, Notification, Notifier, ReceiverError,
     ReceiverSpec, Secret, SendError,
 };
-use crate::problem::{Entry, Problem};
+use crate::problem::{Bound, Entry, Problem};
 use futures_util::future::BoxFuture;
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -38,6 +38,9 @@ pub struct SlackSpec {
     #[serde(default)]
     pub url_file: Option<PathBuf>,
 }
+
+/// Its keys hold no number or duration.
+pub const BOUNDS: &[Bound] = &[];
 
 impl ReceiverSpec for SlackSpec {
     fn validate(&self, entry: &Entry) -> Result<(), Problem> {

@@ -11,7 +11,7 @@ use super::{
     Notifier, ReceiverError, ReceiverSpec, Secret, SendError,
 };
 use crate::model::{EndReason, Severity};
-use crate::problem::{Entry, Problem};
+use crate::problem::{Bound, Entry, Problem};
 use futures_util::future::BoxFuture;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -46,6 +46,9 @@ pub struct WebhookSpec {
     #[serde(default)]
     pub secret_file: Option<PathBuf>,
 }
+
+/// Its keys hold no number or duration.
+pub const BOUNDS: &[Bound] = &[];
 
 impl ReceiverSpec for WebhookSpec {
     fn validate(&self, entry: &Entry) -> Result<(), Problem> {
