@@ -102,6 +102,38 @@ struct Rollup {
     hist: Histograms,
 }
 
+/// A rollup row as the cache keeps it: its counts and its histograms as the database stores
+/// them (varints), about a tenth of the decoded form. The cache holds two buckets of each
+/// tier for every check and instance (8 rows for a check of one instance), so the decoded
+/// form cost about 10 KB per check; a row is decoded only when a run adds to it.
+#[derive(Debug, Clone, PartialEq)]
+struct CachedRollup {
+    runs: i64,
+    down: i64,
+    unmeasured: i64,
+    hist: Box<[u8]>,
+}
+
+impl CachedRollup {
+    fn of(row: &Rollup, hist: &[u8]) -> CachedRollup {
+        CachedRollup {
+            runs: row.runs,
+            down: row.down,
+            unmeasured: row.unmeasured,
+            hist: hist.into(),
+        }
+    }
+
+    fn decode(&self) -> Rollup {
+        Rollup {
+            runs: self.runs,
+            down: self.down,
+            unmeasured: self.unmeasured,
+            hist: Histograms::decode(&self.hist),
+        }
+    }
+}
+
 impl Rollup {
     fn add(&mut self, outcome: Outcome, phases: &[f64; 6]) {
         match outcome {
@@ -190,7 +222,7 @@ pub struct Writer {
     ready: Arc<AtomicBool>,
     pending: Batch,
     ids: IdCache,
-    rollups: HashMap<RollupKey, Rollup>,
+    rollups: HashMap<RollupKey, CachedRollup>,
     /// Check ids still to expire in the current expiry pass.
     expiring: Vec<i64>,
     next_expiry: Instant,
@@ -677,7 +709,7 @@ impl Writer {
             .map(|(key, delta)| {
                 let base = match stored.remove(&key) {
                     Some(row) => Some(row),
-                    None if self.sole_writer => self.rollups.get(&key).cloned(),
+                    None if self.sole_writer => self.rollups.get(&key).map(CachedRollup::decode),
                     None => None,
                 };
                 let mut row = base.unwrap_or_default();
@@ -724,7 +756,7 @@ impl Writer {
     async fn write_part(
         &self,
         part: Part,
-    ) -> Result<HashMap<RollupKey, Rollup>, super::HistoryError> {
+    ) -> Result<Vec<(RollupKey, CachedRollup)>, super::HistoryError> {
         let lock = match &self.db {
             super::db::Db::Postgres(_) if !self.sole_writer => " FOR UPDATE",
             _ => "",
@@ -854,7 +886,10 @@ impl Writer {
             tx.commit().await?;
             merged
         });
-        Ok(merged.into_iter().map(|(key, row, _)| (key, row)).collect())
+        Ok(merged
+            .into_iter()
+            .map(|(key, row, hist)| (key, CachedRollup::of(&row, &hist)))
+            .collect())
     }
 
     /// A run's per-instance detail: instance id, outcome code, phases in microseconds.
