@@ -130,3 +130,52 @@ mod duration_tests {
         }
     }
 }
+
+#[cfg(test)]
+mod seen_tests {
+    use super::*;
+    use crate::checks::udp::UdpDetails;
+    use crate::checks::websocket::WebsocketDetails;
+    use crate::messages::Timings;
+    use crate::model::{ErrorKind, ProbeError};
+
+    fn response() -> Response {
+        let mut response = Response::failed(
+            "127.0.0.1:9".into(),
+            ProbeError::new(ErrorKind::Expect, "no match"),
+            Timings::default(),
+        );
+        response.error = None;
+        response
+    }
+
+    /// Every type's section says what it saw, udp and websocket as much as the older types.
+    #[test]
+    fn the_detail_column_tells_what_each_types_section_saw() {
+        let mut udp = response();
+        udp.sections.udp = Some(Box::new(UdpDetails {
+            sent_bytes: 4,
+            replied: true,
+            body: "pong".into(),
+            truncated: false,
+            body_bytes: None,
+        }));
+        assert_eq!(seen(&udp), "4 bytes sent, a reply of 4 bytes");
+        let mut silent = response();
+        silent.sections.udp = Some(Box::new(UdpDetails {
+            sent_bytes: 4,
+            replied: false,
+            body: String::new(),
+            truncated: false,
+            body_bytes: None,
+        }));
+        assert_eq!(seen(&silent), "4 bytes sent, no reply");
+        let mut websocket = response();
+        websocket.sections.websocket = Some(Box::new(WebsocketDetails {
+            status: Some(403),
+            ..WebsocketDetails::default()
+        }));
+        assert_eq!(seen(&websocket), "upgrade answered 403");
+        assert_eq!(seen(&response()), "");
+    }
+}

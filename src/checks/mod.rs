@@ -2,10 +2,10 @@
 //! configuration takes from here), its plan, its probe and its `KIND`: everything bastion
 //! knows about it (its assertion keys, how it judges a response, which `probe_*` series it
 //! reports). `check_types!` below registers each type in one line and writes from that list
-//! `CheckType`, `CheckSpec`, `KINDS` and the exhaustive matches `kind()` and
-//! `compile_probe`; the dispatcher, the sink and validation go through them and the `Probe`
-//! trait and never name a protocol. Check code never touches the bus, the metrics or the
-//! scheduler: it gets a target and returns what it saw.
+//! `CheckType`, `CheckSpec`, `KINDS`, the response's type `Sections` and the exhaustive
+//! matches `kind()` and `compile_probe`; the dispatcher, the sink and validation go through
+//! them and the `Probe` trait and never name a protocol. Check code never touches the bus,
+//! the metrics or the scheduler: it gets a target and returns what it saw.
 
 pub mod dns;
 pub mod grpc;
