@@ -19,7 +19,6 @@ use bastion_agent::history::{Db, History};
 use bastion_agent::messages::{CheckResult, Response, Timings, MESSAGE_VERSION};
 use bastion_agent::metrics::Metrics;
 use bastion_agent::model::{ErrorKind, ProbeError};
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 fn cpu_seconds() -> f64 {
@@ -310,8 +309,9 @@ async fn main() {
         flush_interval: Duration::from_millis(1),
         ..HistoryConfig::default()
     };
-    let metrics = Arc::new(Metrics::new());
-    let history = History::open(&config, Arc::clone(&metrics), true).expect("history opens");
+    let metrics = Metrics::new();
+    let history = History::open(&config, &metrics, true).expect("history opens");
+    let history_metrics: bastion_agent::history::HistoryMetrics = metrics.component();
     let writer = tokio::spawn(history.writer.run());
     let recorder = history.recorder;
     let definitions: Vec<CheckConfig> = (0..checks)
@@ -334,7 +334,7 @@ async fn main() {
             sent += 1;
         }
         // Wait for the writer to take this second's batch, as a live agent would.
-        while metrics.history_written.get() < sent {
+        while history_metrics.written() < sent {
             tokio::time::sleep(Duration::from_micros(200)).await;
         }
     }

@@ -5,11 +5,10 @@
 //! which locations have live runners (`checker/locations.rs`). It only reads shared state and
 //! publishes; a refused publish is counted, never retried.
 
-use crate::bus::Bus;
+use crate::bus::{Bus, BusMetrics};
 
 use crate::lease::Leadership;
 use crate::messages::{self, Heartbeat, MESSAGE_VERSION};
-use crate::metrics::{Metrics, SubjectLabels};
 use crate::runner::dispatcher::Dispatcher;
 use crate::subjects::Subjects;
 use std::sync::Arc;
@@ -31,7 +30,8 @@ pub struct Heartbeats {
     pub location: Option<String>,
     pub dispatcher: Option<Arc<Dispatcher>>,
     pub leadership: Option<Leadership>,
-    pub metrics: Arc<Metrics>,
+    /// Where a heartbeat that could not be published is counted.
+    pub metrics: BusMetrics,
 }
 
 impl Heartbeats {
@@ -84,12 +84,7 @@ impl Heartbeats {
         };
         if let Err(error) = published {
             tracing::debug!(%error, "heartbeat not published");
-            self.metrics
-                .bus_publish_errors
-                .get_or_create(&SubjectLabels {
-                    subject: "heartbeat",
-                })
-                .inc();
+            self.metrics.count_publish_error("heartbeat");
         }
     }
 }

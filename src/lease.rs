@@ -6,7 +6,8 @@
 //! never schedule at once. It never schedules anything itself.
 
 use crate::bus::LeaseStore;
-use crate::metrics::Metrics;
+use crate::metrics::{Component, Metrics, Registry};
+use prometheus_client::metrics::gauge::Gauge;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -16,14 +17,45 @@ use tokio_util::sync::CancellationToken;
 /// Whether this checker leads now; it changes as the lease is won and lost.
 pub type Leadership = watch::Receiver<bool>;
 
+/// `bastion_checker_leader`: whether this checker schedules now.
+#[derive(Clone, Debug)]
+pub struct LeaderMetrics {
+    leader: Gauge,
+}
+
+impl Component for LeaderMetrics {
+    fn register(registry: &mut Registry) -> LeaderMetrics {
+        let leader = Gauge::default();
+        registry.agent(
+            "bastion_checker_leader",
+            "Whether this checker schedules now (1) or stands by (0)",
+            leader.clone(),
+        );
+        LeaderMetrics { leader }
+    }
+}
+
+impl LeaderMetrics {
+    /// This checker schedules now (true) or stands by.
+    pub fn set_leading(&self, leading: bool) {
+        self.leader.set(i64::from(leading));
+    }
+
+    /// Whether the gauge says this checker leads.
+    pub fn leading(&self) -> bool {
+        self.leader.get() == 1
+    }
+}
+
 /// Holds the lease while `stop` is not cancelled, publishing leadership on the returned watch.
 pub fn spawn(
     store: Arc<dyn LeaseStore>,
     holder: String,
     ttl: Duration,
-    metrics: Arc<Metrics>,
+    metrics: &Metrics,
     stop: CancellationToken,
 ) -> (Leadership, tokio::task::JoinHandle<()>) {
+    let metrics: LeaderMetrics = metrics.component();
     let (leading, leadership) = watch::channel(false);
     let task = tokio::spawn(hold(store, holder, ttl, metrics, stop, leading));
     (leadership, task)
@@ -33,7 +65,7 @@ async fn hold(
     store: Arc<dyn LeaseStore>,
     holder: String,
     ttl: Duration,
-    metrics: Arc<Metrics>,
+    metrics: LeaderMetrics,
     stop: CancellationToken,
     leading: watch::Sender<bool>,
 ) {
@@ -62,7 +94,7 @@ async fn hold(
             (_, Ok(Ok(Some(revision)))) => {
                 if held.is_none() {
                     tracing::info!(holder = %holder, "checker lease taken: this checker schedules now");
-                    metrics.checker_leader.set(1);
+                    metrics.set_leading(true);
                     leading.send_replace(true);
                 }
                 held = Some((revision, attempt_at));
@@ -157,8 +189,8 @@ async fn release(store: &dyn LeaseStore, revision: u64) {
     }
 }
 
-fn step_down(leading: &watch::Sender<bool>, metrics: &Metrics) {
-    metrics.checker_leader.set(0);
+fn step_down(leading: &watch::Sender<bool>, metrics: &LeaderMetrics) {
+    metrics.set_leading(false);
     leading.send_replace(false);
 }
 
@@ -280,20 +312,14 @@ mod tests {
         let store = Arc::new(MemoryLease::new(TTL));
         let stop_a = CancellationToken::new();
         let stop_b = CancellationToken::new();
-        let metrics = Arc::new(Metrics::new());
-        let (a, task_a) = spawn(
-            store.clone(),
-            "a".into(),
-            TTL,
-            metrics.clone(),
-            stop_a.clone(),
-        );
+        let metrics = Metrics::new();
+        let (a, task_a) = spawn(store.clone(), "a".into(), TTL, &metrics, stop_a.clone());
         tokio::time::sleep(Duration::from_millis(10)).await;
         let (b, task_b) = spawn(
             store.clone(),
             "b".into(),
             TTL,
-            Arc::new(Metrics::new()),
+            &Metrics::new(),
             stop_b.clone(),
         );
         // Over many renewals, exactly one leads at every instant.
@@ -303,7 +329,7 @@ mod tests {
         }
         assert!(*a.borrow(), "the first to ask keeps the lease");
         assert_eq!(store.holder().as_deref(), Some("a"));
-        assert_eq!(metrics.checker_leader.get(), 1);
+        assert!(metrics.component::<LeaderMetrics>().leading());
 
         // The leader vanishes without releasing (killed): b waits for the TTL, then leads.
         task_a.abort();
@@ -328,14 +354,8 @@ mod tests {
         // no answer, the leader waited for it until its lease ran out and stood down.
         let store = Arc::new(MemoryLease::new(TTL));
         let stop = CancellationToken::new();
-        let metrics = Arc::new(Metrics::new());
-        let (mut leading, task) = spawn(
-            store.clone(),
-            "a".into(),
-            TTL,
-            metrics.clone(),
-            stop.clone(),
-        );
+        let metrics = Metrics::new();
+        let (mut leading, task) = spawn(store.clone(), "a".into(), TTL, &metrics, stop.clone());
         leading.wait_for(|leading| *leading).await.unwrap();
         store.state.lock().unwrap().renewals_lost = 1;
         let mut changes = leading.clone();
@@ -354,14 +374,8 @@ mod tests {
     async fn a_leader_that_cannot_renew_steps_down_before_its_lease_expires() {
         let store = Arc::new(MemoryLease::new(TTL));
         let stop = CancellationToken::new();
-        let metrics = Arc::new(Metrics::new());
-        let (mut leading, task) = spawn(
-            store.clone(),
-            "a".into(),
-            TTL,
-            metrics.clone(),
-            stop.clone(),
-        );
+        let metrics = Metrics::new();
+        let (mut leading, task) = spawn(store.clone(), "a".into(), TTL, &metrics, stop.clone());
         leading.wait_for(|leading| *leading).await.unwrap();
         tokio::time::sleep(Duration::from_secs(1)).await;
         store.state.lock().unwrap().unreachable = true;
@@ -375,7 +389,7 @@ mod tests {
             "stepped down before expiry"
         );
         assert!(cut.elapsed() <= TTL * 2 / 3);
-        assert_eq!(metrics.checker_leader.get(), 0);
+        assert!(!metrics.component::<LeaderMetrics>().leading());
         // Once the store is back and the old lease has expired, it leads again.
         store.state.lock().unwrap().unreachable = false;
         leading.wait_for(|leading| *leading).await.unwrap();

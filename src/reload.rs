@@ -10,10 +10,12 @@
 
 use crate::config::blackbox::BlackboxModules;
 use crate::config::{CheckConfig, Config, ConfigError, MaintenanceConfig};
-use crate::metrics::Metrics;
+use crate::metrics::{Component, Metrics, Registry};
 use crate::systemd::ServiceManager;
+use prometheus_client::metrics::gauge::Gauge;
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use tokio::sync::{watch, Mutex};
 
@@ -57,6 +59,46 @@ impl fmt::Display for ReloadSummary {
     }
 }
 
+/// Whether the last config load worked, and when one last did.
+#[derive(Clone, Debug)]
+pub struct ReloadMetrics {
+    successful: Gauge,
+    success_timestamp_seconds: Gauge<f64, AtomicU64>,
+}
+
+impl Component for ReloadMetrics {
+    fn register(registry: &mut Registry) -> ReloadMetrics {
+        let metrics = ReloadMetrics {
+            successful: Gauge::default(),
+            success_timestamp_seconds: Gauge::default(),
+        };
+        registry.agent(
+            "bastion_config_last_reload_successful",
+            "Whether the last config load or reload succeeded (1) or not (0)",
+            metrics.successful.clone(),
+        );
+        registry.agent(
+            "bastion_config_last_reload_success_timestamp_seconds",
+            "When the config was last loaded or reloaded successfully, in Unix seconds",
+            metrics.success_timestamp_seconds.clone(),
+        );
+        metrics
+    }
+}
+
+impl ReloadMetrics {
+    /// Records the outcome of a config load or reload.
+    pub fn record(&self, success: bool) {
+        self.successful.set(i64::from(success));
+        if success {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |since| since.as_secs_f64());
+            self.success_timestamp_seconds.set(now);
+        }
+    }
+}
+
 /// Reloads the config file and hands the new checks to whoever follows them.
 #[derive(Debug)]
 pub struct Reloader {
@@ -65,7 +107,7 @@ pub struct Reloader {
     /// also keeps reloads from overlapping.
     running: Mutex<Config>,
     checks: watch::Sender<crate::config::CheckList>,
-    metrics: Arc<Metrics>,
+    metrics: ReloadMetrics,
     service_manager: Option<Arc<ServiceManager>>,
     /// Where new maintenance windows go, when notifications follow them.
     maintenance: Option<watch::Sender<Arc<Vec<MaintenanceConfig>>>>,
@@ -78,7 +120,7 @@ impl Reloader {
         path: PathBuf,
         running: Config,
         checks: watch::Sender<crate::config::CheckList>,
-        metrics: Arc<Metrics>,
+        metrics: &Metrics,
         service_manager: Option<Arc<ServiceManager>>,
     ) -> Reloader {
         Reloader {
@@ -88,7 +130,7 @@ impl Reloader {
                 ..running
             }),
             checks,
-            metrics,
+            metrics: metrics.component(),
             service_manager,
             maintenance: None,
             blackbox: None,
@@ -154,7 +196,7 @@ impl Reloader {
                 }
                 self.checks
                     .send_replace(crate::config::check_list(next.checks));
-                self.metrics.record_config_load(true);
+                self.metrics.record(true);
                 tracing::info!(
                     added = summary.added.len(),
                     removed = summary.removed.len(),
@@ -168,7 +210,7 @@ impl Reloader {
                 Ok(summary)
             }
             Err(error) => {
-                self.metrics.record_config_load(false);
+                self.metrics.record(false);
                 tracing::error!(%error, "config reload failed; the running config stays");
                 Err(error)
             }
@@ -266,7 +308,7 @@ mod tests {
             path.clone(),
             running,
             checks,
-            Arc::new(Metrics::new()),
+            &Metrics::new(),
             None,
         ));
 

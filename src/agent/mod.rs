@@ -184,6 +184,25 @@ fn web_tls(config: &Config) -> Result<Option<Arc<rustls::ServerConfig>>, AgentEr
     }
 }
 
+/// The process's metrics, with every component's families registered now, in this order: the
+/// same families (at zero where unused) and order in every role, so a dashboard or an alert on
+/// any of them finds it whichever role the agent runs. Each component's own module declares
+/// its families (`metrics::Component`).
+pub fn register_metrics() -> Metrics {
+    let metrics = Metrics::new();
+    let _: crate::checker::ScheduleMetrics = metrics.component();
+    let _: crate::runner::RunnerMetrics = metrics.component();
+    let _: crate::runner::CheckDurations = metrics.component();
+    let _: crate::http::probe::ProbeEndpointMetrics = metrics.component();
+    let _: crate::bus::BusMetrics = metrics.component();
+    let _: crate::lease::LeaderMetrics = metrics.component();
+    let _: crate::results::SinkMetrics = metrics.component();
+    let _: crate::reload::ReloadMetrics = metrics.component();
+    let _: crate::notify::NotifyMetrics = metrics.component();
+    let _: crate::history::HistoryMetrics = metrics.component();
+    metrics
+}
+
 async fn bind(config: &Config) -> Result<TcpListener, AgentError> {
     TcpListener::bind(config.agent.listen)
         .await
@@ -203,7 +222,7 @@ async fn connect_nats(
         (BusKind::Nats, Some(nats)) => {
             let timeout = connect_timeout.or(nats.connect_timeout);
             Ok(Some(
-                NatsBus::connect(nats, &config.agent.id, Arc::clone(metrics), timeout).await?,
+                NatsBus::connect(nats, &config.agent.id, metrics, timeout).await?,
             ))
         }
         _ => Ok(None),
@@ -233,7 +252,9 @@ async fn connect_bus(
     let bus: Arc<dyn Bus> = match nats {
         Some(nats) => Arc::new(nats),
         None => {
-            metrics.bus_connected.set(1);
+            metrics
+                .component::<crate::bus::BusMetrics>()
+                .set_connected(true);
             Arc::new(MemoryBus::default())
         }
     };
@@ -246,12 +267,12 @@ async fn build_runner(
     subjects: &Subjects,
     metrics: &Arc<Metrics>,
 ) -> Result<Runner, AgentError> {
-    let dispatcher = build_dispatcher(config, Arc::clone(metrics))?;
+    let dispatcher = build_dispatcher(config, metrics)?;
     Ok(Runner::build(
         Arc::clone(bus),
         subjects.clone(),
         dispatcher,
-        Arc::clone(metrics),
+        metrics,
         &config.runner.location,
     )
     .await?)
@@ -278,7 +299,7 @@ async fn build_checker(
         config.runner.dispatch_deadline,
         Arc::clone(bus),
         subjects,
-        Arc::clone(metrics),
+        metrics,
         whereabouts,
     )
     .await?
@@ -309,12 +330,15 @@ impl Agent {
         }
         let web_tls = web_tls(&config)?;
         let listener = bind(&config).await?;
-        let metrics = Arc::new(Metrics::new());
-        metrics.limit_check_series(
+        let metrics = Arc::new(register_metrics());
+        let durations: crate::runner::CheckDurations = metrics.component();
+        durations.limit(
             config.runner.max_check_series,
             config.runner.forget_checks_after,
         );
-        metrics.record_config_load(true);
+        metrics
+            .component::<crate::reload::ReloadMetrics>()
+            .record(true);
         let service_manager = ServiceManager::from_env().map(Arc::new);
         // The check list lives in one place, the watch; `config` keeps the other sections.
         let (checks, _) = watch::channel(crate::config::check_list(std::mem::take(
@@ -322,7 +346,7 @@ impl Agent {
         )));
         if role == Role::All {
             // Run durations follow the configured checks here; a runner learns its from the bus.
-            metrics.follow_configured_checks(checks.subscribe());
+            durations.follow_configured(checks.subscribe());
         }
         // Notifications follow reloaded maintenance windows (a scheduling role with notifiers).
         let notifies = role.schedules() && !config.notifiers.is_empty();
@@ -333,7 +357,7 @@ impl Agent {
                 path,
                 config.clone(),
                 checks.clone(),
-                Arc::clone(&metrics),
+                &metrics,
                 service_manager.clone(),
             )
             .follow_blackbox(blackbox_updates);
@@ -369,7 +393,7 @@ impl Agent {
             let history = if config.history.enabled {
                 Some(crate::history::History::open(
                     &config.history,
-                    Arc::clone(&metrics),
+                    &metrics,
                     !config.checker.ha,
                 )?)
             } else {
@@ -498,7 +522,7 @@ impl Agent {
             Arc::new(crate::http::probe::ProbeEndpoint::new(
                 runner.dispatcher(),
                 blackbox,
-                Arc::clone(&components.metrics),
+                &components.metrics,
             ))
         });
         let router = crate::http::router(

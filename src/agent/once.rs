@@ -64,7 +64,7 @@ pub async fn run_once(config: &Config, only: Option<&str>) -> Result<Vec<CheckRe
             return Err(AgentError::NoSuchCheck(name.to_string()));
         }
     }
-    let dispatcher = Arc::new(build_dispatcher(config, Arc::new(Metrics::new()))?);
+    let dispatcher = Arc::new(build_dispatcher(config, &Metrics::new())?);
     let mut runs = tokio::task::JoinSet::new();
     for (position, check) in checks.into_iter().enumerate() {
         // Config::validate compiled every check already; a failure here is reported, not hidden.
@@ -127,7 +127,7 @@ pub async fn run_remote(
         .or(nats_config.connect_timeout)
         .unwrap_or(REMOTE_CONNECT_TIMEOUT);
     let bus: Arc<dyn Bus> =
-        Arc::new(NatsBus::connect(nats_config, &config.agent.id, metrics, Some(timeout)).await?);
+        Arc::new(NatsBus::connect(nats_config, &config.agent.id, &metrics, Some(timeout)).await?);
     let subjects = Subjects::new(config.subject_prefix());
     let mut requests = tokio::task::JoinSet::new();
     for (position, check) in checks.into_iter().enumerate() {

@@ -111,14 +111,16 @@ impl Components {
                     store,
                     self.config.agent.id.clone(),
                     self.config.checker.lease_ttl,
-                    Arc::clone(&self.metrics),
+                    &self.metrics,
                     stop.clone(),
                 );
                 (Some(leadership), Some(task))
             }
             None => {
                 if self.role.schedules() {
-                    self.metrics.checker_leader.set(1);
+                    self.metrics
+                        .component::<crate::lease::LeaderMetrics>()
+                        .set_leading(true);
                 }
                 (None, None)
             }
@@ -214,7 +216,7 @@ impl Components {
                 .map(|_| self.config.runner.location.clone()),
             dispatcher,
             leadership,
-            metrics: Arc::clone(&self.metrics),
+            metrics: self.metrics.component(),
         };
         tokio::spawn(heartbeats.run(stop.clone()))
     }

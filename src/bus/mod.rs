@@ -5,7 +5,10 @@
 //! every subscription is bounded, and what does not fit is refused and counted by the caller.
 
 pub mod memory;
+mod metrics;
 pub mod nats;
+
+pub use metrics::BusMetrics;
 
 use crate::messages::Payload;
 use bytes::Bytes;

@@ -10,11 +10,12 @@
 //! reconnects forever with backoff and subscriptions resume; only the first connection can
 //! fail, clearly, on bad credentials or after the connect timeout.
 
+use super::BusMetrics;
 use super::LeaseStore;
 use super::{BoxFuture, Bus, BusError, Message, Subscription};
 use crate::config::NatsConfig;
 use crate::messages::Payload;
-use crate::metrics::{Metrics, ReasonLabels};
+use crate::metrics::Metrics;
 use crate::subjects::{subject_matches, valid_subject};
 use async_nats::connection::State;
 use async_nats::jetstream::{self, kv, stream};
@@ -101,7 +102,7 @@ pub struct NatsBus {
     durable: Option<Durable>,
     /// Accepted publishes not yet handed to the server (or, for results, acknowledged).
     unsent: Arc<AtomicUsize>,
-    metrics: Arc<Metrics>,
+    metrics: BusMetrics,
     next_message_id: AtomicU64,
     /// Identifies this process in JetStream message ids.
     instance: String,
@@ -149,10 +150,10 @@ fn require_file(path: &Path, what: &'static str) -> Result<(), BusError> {
 async fn options(
     config: &NatsConfig,
     name: &str,
-    metrics: &Arc<Metrics>,
+    metrics: &BusMetrics,
     connected_before: &Arc<AtomicBool>,
 ) -> Result<ConnectOptions, BusError> {
-    let metrics = Arc::clone(metrics);
+    let metrics = metrics.clone();
     let connected_before = Arc::clone(connected_before);
     let mut options = ConnectOptions::new()
         .name(name)
@@ -160,7 +161,7 @@ async fn options(
         .subscription_capacity(SUBSCRIPTION_CAPACITY)
         .connection_timeout(ATTEMPT_TIMEOUT)
         .event_callback(move |event| {
-            let metrics = Arc::clone(&metrics);
+            let metrics = metrics.clone();
             let connected_before = Arc::clone(&connected_before);
             async move { on_event(event, &metrics, &connected_before) }
         });
@@ -198,26 +199,21 @@ async fn options(
     Ok(options)
 }
 
-fn on_event(event: Event, metrics: &Metrics, connected_before: &AtomicBool) {
+fn on_event(event: Event, metrics: &BusMetrics, connected_before: &AtomicBool) {
     match event {
         Event::Connected => {
-            metrics.bus_connected.set(1);
+            metrics.set_connected(true);
             if connected_before.swap(true, Ordering::AcqRel) {
-                metrics.bus_reconnects.inc();
+                metrics.count_reconnect();
                 tracing::info!("reconnected to NATS");
             }
         }
         Event::Disconnected => {
-            metrics.bus_connected.set(0);
+            metrics.set_connected(false);
             tracing::warn!("lost the NATS connection; reconnecting");
         }
         Event::SlowConsumer(_) => {
-            metrics
-                .bus_dropped
-                .get_or_create(&ReasonLabels {
-                    reason: "slow_consumer",
-                })
-                .inc();
+            metrics.count_dropped("slow_consumer");
             tracing::warn!("a subscription fell behind and NATS dropped messages for it");
         }
         Event::LameDuckMode => tracing::info!("the NATS server is shutting down (lame duck)"),
@@ -248,7 +244,7 @@ fn server_addrs(config: &NatsConfig) -> Result<Vec<ServerAddr>, BusError> {
 async fn connect_with_retry(
     config: &NatsConfig,
     agent_id: &str,
-    metrics: &Arc<Metrics>,
+    metrics: &BusMetrics,
     servers: &[ServerAddr],
     described: &str,
     connect_timeout: Option<Duration>,
@@ -309,9 +305,10 @@ impl NatsBus {
     pub async fn connect(
         config: &NatsConfig,
         agent_id: &str,
-        metrics: Arc<Metrics>,
+        metrics: &Metrics,
         connect_timeout: Option<Duration>,
     ) -> Result<NatsBus, BusError> {
+        let metrics: BusMetrics = metrics.component();
         let servers = server_addrs(config)?;
         let described = describe_servers(&servers);
         let client = connect_with_retry(
@@ -324,7 +321,7 @@ impl NatsBus {
         )
         .await?;
         // The first `Connected` event marks `connected_before`; later ones are reconnects.
-        metrics.bus_connected.set(1);
+        metrics.set_connected(true);
         tracing::info!(servers = %described, "connected to NATS");
         let jetstream = jetstream::new(client.clone());
         let unsent = Arc::new(AtomicUsize::new(0));
@@ -333,7 +330,7 @@ impl NatsBus {
             client.clone(),
             outbox_receiver,
             Arc::clone(&unsent),
-            Arc::clone(&metrics),
+            metrics.clone(),
         ));
         let durable = if config.results_stream {
             let pattern = format!("{}.results.>", config.subject_prefix);
@@ -351,7 +348,7 @@ impl NatsBus {
                 jetstream.clone(),
                 receiver,
                 Arc::clone(&unsent),
-                Arc::clone(&metrics),
+                metrics.clone(),
             ));
             Some(Durable { sender, pattern })
         } else {
@@ -585,7 +582,7 @@ async fn drain_outbox(
     client: Client,
     mut outbox: mpsc::Receiver<Outgoing>,
     unsent: Arc<AtomicUsize>,
-    metrics: Arc<Metrics>,
+    metrics: BusMetrics,
 ) {
     while let Some(outgoing) = outbox.recv().await {
         if let Err(error) = client
@@ -597,10 +594,7 @@ async fn drain_outbox(
                 _ => "outbox_failed",
             };
             tracing::warn!(subject = %outgoing.subject, %error, reason, "NATS refused a publish; the message is dropped");
-            metrics
-                .bus_dropped
-                .get_or_create(&ReasonLabels { reason })
-                .inc();
+            metrics.count_dropped(reason);
         }
         unsent.fetch_sub(1, Ordering::AcqRel);
     }
@@ -613,7 +607,7 @@ async fn drain_durable(
     jetstream: jetstream::Context,
     mut queue: mpsc::Receiver<Outgoing>,
     unsent: Arc<AtomicUsize>,
-    metrics: Arc<Metrics>,
+    metrics: BusMetrics,
 ) {
     let mut in_flight = futures_util::stream::FuturesUnordered::new();
     loop {
@@ -623,7 +617,7 @@ async fn drain_durable(
             }
             next = queue.recv(), if in_flight.len() < RESULTS_IN_FLIGHT => match next {
                 Some(outgoing) => {
-                    in_flight.push(deliver_durably(jetstream.clone(), outgoing, Arc::clone(&metrics)));
+                    in_flight.push(deliver_durably(jetstream.clone(), outgoing, metrics.clone()));
                 }
                 None => break,
             },
@@ -675,7 +669,7 @@ async fn publish_once(jetstream: &jetstream::Context, outgoing: &Outgoing) -> Re
 
 /// Publishes one result until the stream acknowledges it, or drops it, counted, once retrying
 /// cannot help. Its message id stays the same on every attempt, so the stream stores it once.
-async fn deliver_durably(jetstream: jetstream::Context, outgoing: Outgoing, metrics: Arc<Metrics>) {
+async fn deliver_durably(jetstream: jetstream::Context, outgoing: Outgoing, metrics: BusMetrics) {
     let mut backoff = FIRST_BACKOFF;
     let mut refusals = 0;
     loop {
@@ -698,15 +692,10 @@ async fn deliver_durably(jetstream: jetstream::Context, outgoing: Outgoing, metr
         };
         if let Some(error) = given_up {
             tracing::warn!(subject = %outgoing.subject, %error, "the results stream rejected a result; dropped");
-            metrics
-                .bus_dropped
-                .get_or_create(&ReasonLabels {
-                    reason: "results_rejected",
-                })
-                .inc();
+            metrics.count_dropped("results_rejected");
             return;
         }
-        metrics.bus_publish_retries.inc();
+        metrics.count_publish_retry();
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
@@ -754,12 +743,7 @@ impl Bus for NatsBus {
             // Results wait for the stream, within their buffer, even while disconnected.
             self.enqueue(&durable.sender, subject, payload)
                 .inspect_err(|_| {
-                    self.metrics
-                        .bus_dropped
-                        .get_or_create(&ReasonLabels {
-                            reason: "results_buffer_full",
-                        })
-                        .inc();
+                    self.metrics.count_dropped("results_buffer_full");
                 })
         } else if self.client.connection_state() != State::Connected {
             Err(BusError::Disconnected)

@@ -25,13 +25,16 @@ pub mod db;
 pub mod episodes;
 pub mod histogram;
 mod ids;
+mod metrics;
 pub mod query;
 pub mod ticks;
 pub mod writer;
 
+pub use metrics::HistoryMetrics;
+
 use crate::config::{CheckConfig, HistoryConfig};
 use crate::messages::CheckResult;
-use crate::metrics::{Metrics, ReasonLabels};
+use crate::metrics::Metrics;
 use crate::model::{CheckState, ErrorKind};
 pub use episodes::{Cause, IncidentOp};
 use std::sync::Arc;
@@ -289,7 +292,7 @@ pub struct Recorder {
     runs: mpsc::Sender<RunRecord>,
     transitions: mpsc::Sender<TransitionRecord>,
     incidents: mpsc::Sender<IncidentOp>,
-    metrics: Arc<Metrics>,
+    metrics: HistoryMetrics,
     /// Cancels `Lanes::closed` when the last clone is dropped.
     _closes: Arc<tokio_util::sync::DropGuard>,
 }
@@ -312,7 +315,7 @@ pub const MIN_INCIDENT_LANE: usize = 16_384;
 impl Recorder {
     /// The recorder and the lanes it fills: `buffer` runs and `buffer` state changes, and at
     /// least `MIN_INCIDENT_LANE` incident operations.
-    pub fn new(buffer: usize, metrics: Arc<Metrics>) -> (Recorder, Lanes) {
+    pub fn new(buffer: usize, metrics: HistoryMetrics) -> (Recorder, Lanes) {
         let buffer = buffer.max(1);
         let (runs, run_lane) = mpsc::channel(buffer);
         let (transitions, transition_lane) = mpsc::channel(buffer);
@@ -387,10 +390,7 @@ impl Recorder {
 
     fn count(&self, dropped: Option<&'static str>) {
         if let Some(reason) = dropped {
-            self.metrics
-                .history_dropped
-                .get_or_create(&ReasonLabels { reason })
-                .inc();
+            self.metrics.count_dropped(reason, 1);
         }
     }
 }
@@ -417,13 +417,14 @@ impl History {
     /// wrote; with HA another checker may have written them since.
     pub fn open(
         config: &HistoryConfig,
-        metrics: Arc<Metrics>,
+        metrics: &Metrics,
         sole_writer: bool,
     ) -> Result<History, HistoryError> {
+        let metrics: HistoryMetrics = metrics.component();
         let db = Db::lazy(config)?;
         let (recorder, lanes) = Recorder::new(
             crate::config::bounds::HISTORY_BUFFER.clamp_count(config.buffer),
-            Arc::clone(&metrics),
+            metrics.clone(),
         );
         let reader = HistoryReader::new(db.clone(), config.clone());
         let writer = writer::Writer::new(

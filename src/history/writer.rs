@@ -18,9 +18,9 @@ use super::episodes::IncidentOp;
 use super::histogram::{varint, Histograms};
 use super::ids::IdCache;
 use super::ticks::{Offered, Ticks};
+use super::HistoryMetrics;
 use super::{millis, HistoryConfig, Lanes, Outcome, RunRecord, TransitionRecord, ERROR_KINDS};
 use crate::episode::Episode;
-use crate::metrics::{Metrics, ReasonLabels};
 use crate::model::EndReason;
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
@@ -218,7 +218,7 @@ pub struct Writer {
     db: Db,
     config: HistoryConfig,
     lanes: Lanes,
-    metrics: Arc<Metrics>,
+    metrics: HistoryMetrics,
     ready: Arc<AtomicBool>,
     pending: Batch,
     ids: IdCache,
@@ -238,7 +238,7 @@ impl Writer {
         db: Db,
         config: HistoryConfig,
         lanes: Lanes,
-        metrics: Arc<Metrics>,
+        metrics: HistoryMetrics,
         ready: Arc<AtomicBool>,
         sole_writer: bool,
     ) -> Writer {
@@ -304,9 +304,7 @@ impl Writer {
                 .unwrap_or(false);
             if !written {
                 self.metrics
-                    .history_dropped
-                    .get_or_create(&ReasonLabels { reason: "stopped" })
-                    .inc_by(self.pending.len() as u64);
+                    .count_dropped("stopped", self.pending.len() as u64);
                 tracing::warn!(
                     records = self.pending.len(),
                     runs = self.pending.runs.len(),
@@ -316,7 +314,7 @@ impl Writer {
                 );
             }
         }
-        self.metrics.history_buffered.set(0);
+        self.metrics.set_buffered(0);
         self.db.close().await;
     }
 
@@ -392,12 +390,7 @@ impl Writer {
                 .offer(&run, place, Instant::now(), &mut self.pending.runs)
                 == Offered::Full
             {
-                self.metrics
-                    .history_dropped
-                    .get_or_create(&ReasonLabels {
-                        reason: "ticks_full",
-                    })
-                    .inc();
+                self.metrics.count_dropped("ticks_full", 1);
             }
         }
         self.pending.runs.push(run);
@@ -416,7 +409,7 @@ impl Writer {
     fn count_failed_attempt(&mut self) -> bool {
         self.forget_cached_rollups();
         self.failures += 1;
-        self.metrics.history_write_errors.inc();
+        self.metrics.count_write_error();
         self.failures == 1 || self.failures.is_multiple_of(10)
     }
 
@@ -430,9 +423,7 @@ impl Writer {
             + self.lanes.runs.len()
             + self.lanes.transitions.len()
             + self.lanes.incidents.len();
-        self.metrics
-            .history_buffered
-            .set(i64::try_from(waiting).unwrap_or(i64::MAX));
+        self.metrics.set_buffered(waiting);
     }
 
     /// One attempt: open the schema if needed, write the batch, expire a step. True on
@@ -492,9 +483,7 @@ impl Writer {
             written += part.len();
             // Counted per part committed: an attempt that fails later keeps these written.
             self.metrics
-                .history_write_seconds
-                .observe(part_started.elapsed().as_secs_f64());
-            self.metrics.history_written.inc_by(part.len() as u64);
+                .observe_written(part.len(), part_started.elapsed().as_secs_f64());
             if started.elapsed() >= ATTEMPT_BUDGET {
                 break;
             }
@@ -1106,6 +1095,7 @@ where
 mod tests {
     use super::*;
     use crate::history::{Sample, TransitionRecord};
+    use crate::metrics::Metrics;
     use crate::model::CheckState;
     use std::time::UNIX_EPOCH;
 
@@ -1267,8 +1257,8 @@ mod tests {
             path: dir.join("history.db"),
             ..HistoryConfig::default()
         };
-        let metrics = Arc::new(Metrics::new());
-        let history = crate::history::History::open(&config, Arc::clone(&metrics), true).unwrap();
+        let metrics = Metrics::new();
+        let history = crate::history::History::open(&config, &metrics, true).unwrap();
         let mut writer = history.writer;
         let runs = 2 * RUNS_PER_TRANSACTION + 1;
         writer.pending.runs = (0..runs).map(run).collect();
@@ -1284,7 +1274,10 @@ mod tests {
             attempts += 1;
             assert!(attempts <= 3, "three parts, three attempts at most");
         }
-        assert_eq!(metrics.history_written.get(), runs as u64 + 1);
+        assert_eq!(
+            metrics.component::<HistoryMetrics>().written(),
+            runs as u64 + 1
+        );
         // One observation per part committed.
         assert_eq!(histogram_count(&metrics), 3);
         let (stored, changes): (i64, i64) = on_pool!(&writer.db, pool => {

@@ -12,12 +12,14 @@ use crate::compiled::CompiledCheck;
 use crate::config::blackbox::{BlackboxModule, BlackboxModules};
 use crate::config::AssertionKey;
 use crate::messages::{CheckResult, Response as ProbeResponse};
-use crate::metrics::{Metrics, ProbeRequestLabels};
+use crate::metrics::{Component, Metrics, Registry};
 use crate::model::ErrorKind;
 use crate::runner::dispatcher::{Dispatcher, OnDemand, RunOrder};
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
@@ -42,6 +44,30 @@ pub fn request_limit(total_workers: usize) -> usize {
     total_workers.saturating_mul(4).max(256)
 }
 
+/// `outcome` of a `/probe` request: `probed`, `bad_request`, `refused` (too many at once).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProbeRequestLabels {
+    outcome: &'static str,
+}
+
+/// `bastion_probe_requests_total`, by outcome.
+#[derive(Clone, Debug)]
+pub struct ProbeEndpointMetrics {
+    requests: prometheus_client::metrics::family::Family<ProbeRequestLabels, Counter>,
+}
+
+impl Component for ProbeEndpointMetrics {
+    fn register(registry: &mut Registry) -> ProbeEndpointMetrics {
+        let requests = prometheus_client::metrics::family::Family::default();
+        registry.agent(
+            "bastion_probe_requests",
+            "Requests to /probe (blackbox_exporter's endpoint) by outcome: probed, bad_request, refused (too many at once)",
+            requests.clone(),
+        );
+        ProbeEndpointMetrics { requests }
+    }
+}
+
 /// What `/probe` needs: the runner's dispatcher, the modules the reloads send, the bound.
 #[derive(Debug)]
 pub struct ProbeEndpoint {
@@ -49,14 +75,14 @@ pub struct ProbeEndpoint {
     modules: watch::Receiver<Option<Arc<BlackboxModules>>>,
     permits: Arc<Semaphore>,
     limit: usize,
-    metrics: Arc<Metrics>,
+    metrics: ProbeEndpointMetrics,
 }
 
 impl ProbeEndpoint {
     pub fn new(
         dispatcher: Arc<Dispatcher>,
         modules: watch::Receiver<Option<Arc<BlackboxModules>>>,
-        metrics: Arc<Metrics>,
+        metrics: &Metrics,
     ) -> ProbeEndpoint {
         let workers = dispatcher.usage().values().map(|usage| usage.total).sum();
         let limit = request_limit(workers);
@@ -65,13 +91,13 @@ impl ProbeEndpoint {
             modules,
             permits: Arc::new(Semaphore::new(limit)),
             limit,
-            metrics,
+            metrics: metrics.component(),
         }
     }
 
     fn count(&self, outcome: &'static str) {
         self.metrics
-            .probe_requests
+            .requests
             .get_or_create(&ProbeRequestLabels { outcome })
             .inc();
     }

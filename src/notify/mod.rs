@@ -14,12 +14,14 @@
 
 mod maintenance;
 mod message;
+mod metrics;
 mod queue;
 mod routing;
 mod saved;
 mod ticker;
 
 pub use maintenance::Maintenance;
+pub use metrics::NotifyMetrics;
 pub use routing::{Notifications, NotificationsOptions};
 pub use saved::{open_delivery, SAVED_DELIVERIES};
 

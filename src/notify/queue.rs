@@ -15,7 +15,7 @@
 //! still queued or being retried is logged and counted (`unsent`); routing has kept it as not
 //! yet accepted, so the next start sends it again.
 
-use crate::metrics::{Metrics, NotifierLabels};
+use super::NotifyMetrics;
 use crate::receivers::{Notification, Notifier, SendError};
 use crate::saved_state::SavedState;
 use std::collections::VecDeque;
@@ -97,7 +97,7 @@ pub struct Delivery {
     wake: Notify,
     /// A notification is being delivered (it left the queue).
     busy: AtomicBool,
-    metrics: Arc<Metrics>,
+    metrics: NotifyMetrics,
     saved: Arc<SavedState>,
     outcomes: Weak<dyn Outcomes>,
 }
@@ -108,7 +108,7 @@ impl Delivery {
         notifier: Arc<dyn Notifier>,
         policy: RetryPolicy,
         capacity: usize,
-        metrics: Arc<Metrics>,
+        metrics: NotifyMetrics,
         saved: Arc<SavedState>,
         outcomes: Weak<dyn Outcomes>,
     ) -> Delivery {
@@ -148,7 +148,7 @@ impl Delivery {
         };
         if let Some(dropped) = dropped {
             tracing::warn!(notifier = %self.name, check = %dropped.notification.check, event = dropped.notification.event.as_str(), queue_size = self.capacity, "notification queue full; dropped the oldest notification");
-            self.metrics.count_notification(&self.name, "dropped");
+            self.metrics.count(&self.name, "dropped");
             self.dropped
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -212,7 +212,7 @@ impl Delivery {
                 .count();
             tracing::warn!(notifier = %self.name, unsent = left.len(), firing, resolved = left.len() - firing, "stopping with notifications not delivered; they are sent again after the next start");
             for notification in &left {
-                self.metrics.count_notification(&self.name, "unsent");
+                self.metrics.count(&self.name, "unsent");
                 self.report(notification, Outcome::Unsent);
             }
         }
@@ -229,9 +229,6 @@ impl Delivery {
                 }
             }
         }
-        let labels = NotifierLabels {
-            notifier: self.name.clone(),
-        };
         for attempt in 1..=self.policy.max_attempts {
             let started = Instant::now();
             let outcome = tokio::select! {
@@ -239,19 +236,17 @@ impl Delivery {
                 outcome = tokio::time::timeout(self.policy.timeout, self.notifier.send(notification)) => outcome,
             };
             self.metrics
-                .notification_duration_seconds
-                .get_or_create(&labels)
-                .observe(started.elapsed().as_secs_f64());
+                .observe_attempt(&self.name, started.elapsed().as_secs_f64());
             let (reason, retry_after) = match outcome {
                 Ok(Ok(answer)) => {
                     tracing::info!(notifier = %self.name, check = %notification.check, event = notification.event.as_str(), episode = %notification.episode_id, attempt, answer = %answer.0, "notification delivered");
-                    self.metrics.count_notification(&self.name, "sent");
+                    self.metrics.count(&self.name, "sent");
                     self.report(notification, Outcome::Accepted);
                     return true;
                 }
                 Ok(Err(SendError::Reject(reason))) => {
                     tracing::error!(notifier = %self.name, check = %notification.check, event = notification.event.as_str(), %reason, "the receiver refused the notification; not retrying: check this notifier's settings");
-                    self.metrics.count_notification(&self.name, "rejected");
+                    self.metrics.count(&self.name, "rejected");
                     self.report(notification, Outcome::Refused);
                     return true;
                 }
@@ -266,7 +261,7 @@ impl Delivery {
             };
             if attempt == self.policy.max_attempts {
                 tracing::error!(notifier = %self.name, check = %notification.check, event = notification.event.as_str(), attempts = attempt, %reason, "notification not delivered; giving up");
-                self.metrics.count_notification(&self.name, "failed");
+                self.metrics.count(&self.name, "failed");
                 self.report(notification, Outcome::GaveUp);
                 return true;
             }
@@ -300,12 +295,7 @@ impl Delivery {
     }
 
     fn set_gauge(&self, waiting: usize) {
-        self.metrics
-            .notification_queue
-            .get_or_create(&NotifierLabels {
-                notifier: self.name.clone(),
-            })
-            .set(i64::try_from(waiting).unwrap_or(i64::MAX));
+        self.metrics.set_queue(&self.name, waiting);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Queued>> {
@@ -329,6 +319,7 @@ fn jitter() -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metrics::Metrics;
 
     const POLICY: RetryPolicy = RetryPolicy {
         max_attempts: 8,
@@ -416,28 +407,22 @@ mod tests {
         }
     }
 
-    fn count(metrics: &Metrics, outcome: &'static str) -> u64 {
-        metrics
-            .notifications
-            .get_or_create(&crate::metrics::NotifierOutcomeLabels {
-                notifier: "gate".to_string(),
-                outcome,
-            })
-            .get()
+    fn count(metrics: &NotifyMetrics, outcome: &'static str) -> u64 {
+        metrics.counted("gate", outcome)
     }
 
     /// The one being retried and those queued behind it are counted and reported `unsent`
     /// at stop, never dropped silently; dropped ones are reported `lost`.
     #[tokio::test]
     async fn at_stop_the_notification_being_retried_and_the_queued_ones_are_unsent() {
-        let metrics = Arc::new(Metrics::new());
+        let metrics: NotifyMetrics = Metrics::new().component();
         let outcomes = Arc::new(Recorded::default());
         let delivery = Arc::new(Delivery::new(
             "gate".to_string(),
             Arc::new(Silent) as Arc<dyn Notifier>,
             POLICY,
             8,
-            Arc::clone(&metrics),
+            metrics.clone(),
             SavedState::in_memory(),
             Arc::downgrade(&outcomes) as Weak<dyn Outcomes>,
         ));
@@ -476,7 +461,7 @@ mod tests {
             Arc::clone(&gate) as Arc<dyn Notifier>,
             POLICY,
             8,
-            Arc::new(Metrics::new()),
+            Metrics::new().component(),
             Arc::clone(&saved),
             Arc::downgrade(&outcomes) as Weak<dyn Outcomes>,
         ));
@@ -530,14 +515,14 @@ mod tests {
             open: tokio::sync::Semaphore::new(0),
             taken: Mutex::new(Vec::new()),
         });
-        let metrics = Arc::new(Metrics::new());
+        let metrics: NotifyMetrics = Metrics::new().component();
         let outcomes = Arc::new(Recorded::default());
         let delivery = Arc::new(Delivery::new(
             "gate".to_string(),
             Arc::clone(&gate) as Arc<dyn Notifier>,
             POLICY,
             2,
-            Arc::clone(&metrics),
+            metrics.clone(),
             SavedState::in_memory(),
             Arc::downgrade(&outcomes) as Weak<dyn Outcomes>,
         ));

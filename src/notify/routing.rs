@@ -23,6 +23,7 @@
 use super::maintenance::Maintenance;
 use super::message::{Origin, ResolveFacts};
 use super::queue::{Delivery, Outcomes, RetryPolicy};
+use super::NotifyMetrics;
 use crate::checks::CheckType;
 use crate::config::{CheckConfig, MaintenanceConfig};
 use crate::episode::{Episode, EpisodeEvent};
@@ -167,7 +168,7 @@ pub struct Notifications {
     maintenance: Mutex<Arc<Maintenance>>,
     pub(super) maintenance_updates: Option<watch::Receiver<Arc<Vec<MaintenanceConfig>>>>,
     pub(super) origin: Origin,
-    pub(super) metrics: Arc<Metrics>,
+    pub(super) metrics: NotifyMetrics,
     pub(super) leadership: Option<watch::Receiver<bool>>,
     pub(super) saved: Arc<SavedState>,
     state: Mutex<RoutingState>,
@@ -197,6 +198,7 @@ impl Notifications {
             saved,
             resumed,
         } = options;
+        let metrics: NotifyMetrics = metrics.component();
         let notifications = Arc::new_cyclic(|weak: &Weak<Notifications>| {
             let outcomes: Weak<dyn Outcomes> = weak.clone();
             let mut routes = HashMap::new();
@@ -216,7 +218,7 @@ impl Notifications {
                     notifier,
                     policy,
                     config.queue_size,
-                    Arc::clone(&metrics),
+                    metrics.clone(),
                     Arc::clone(&saved),
                     outcomes.clone(),
                 ));
@@ -415,7 +417,7 @@ impl Notifications {
                         if receiver.accepted.is_none() && !receiver.maybe_told && receiver.held_back
                         {
                             // Never told of the firing (a window held it back): nothing to resolve.
-                            self.metrics.count_notification(name, "suppressed");
+                            self.metrics.count(name, "suppressed");
                         }
                     }
                     guard.held.remove(&episode.check);
@@ -495,7 +497,7 @@ impl Notifications {
                 if !receiver.held_back {
                     receiver.held_back = true;
                     tracing::info!(check = %open.episode.check, notifier = %name, maintenance = window, "notification suppressed by a maintenance window");
-                    self.metrics.count_notification(name, "suppressed");
+                    self.metrics.count(name, "suppressed");
                 }
                 held = true;
                 continue;

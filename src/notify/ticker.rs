@@ -139,7 +139,7 @@ impl Notifications {
             receiver.reminder_due = Some(next);
             if let Some(window) = windows.in_force(&check, wall) {
                 tracing::debug!(check = %check, notifier = %notifier, maintenance = window, "reminder suppressed by a maintenance window");
-                self.metrics.count_notification(&notifier, "suppressed");
+                self.metrics.count(&notifier, "suppressed");
             } else if told {
                 let mut reminder = self.origin.firing(
                     &open.episode,

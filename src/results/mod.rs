@@ -9,8 +9,11 @@
 //! with it, never shown as if it were still probed.
 
 pub mod exposition;
+mod metrics;
 
-use crate::bus::{Bus, Message, Subscription};
+pub use metrics::SinkMetrics;
+
+use crate::bus::{Bus, BusMetrics, Message, Subscription};
 
 use crate::checks::response::{cut, TextBounds};
 use crate::config::{CheckConfig, NotifyOn};
@@ -19,9 +22,10 @@ use crate::history::{IncidentOp, Recorder, TransitionRecord};
 use crate::lease::Leadership;
 use crate::locations::{across_locations, LocationCounts};
 use crate::messages::{self, CheckResult, Payload, StateEvent, MESSAGE_VERSION};
-use crate::metrics::{CheckToLabels, Metrics, ReasonLabels, SubjectLabels};
+use crate::metrics::Metrics;
 use crate::model::{CheckState, EndReason};
 use crate::notify::Notifications;
+use crate::runner::CheckDurations;
 use crate::saved_state::SavedState;
 use crate::state::{StatePolicy, StateTracker, Transition};
 use crate::subjects::Subjects;
@@ -257,9 +261,18 @@ pub fn consume(
         resumed,
     } = context;
     let leadership = events.as_ref().and_then(|outlet| outlet.leadership.clone());
+    // /metrics derives probe_* and bastion_check_state from the store at each scrape.
+    metrics.attach_exposition(Arc::new(exposition::ProbeSeries::new(
+        Arc::clone(&store),
+        checks.clone(),
+    )));
     let mut sink = Sink {
         store,
-        metrics,
+        metrics: SinkSeries {
+            sink: metrics.component(),
+            bus: metrics.component(),
+            durations: metrics.component(),
+        },
         events,
         notifications,
         history,
@@ -269,12 +282,6 @@ pub fn consume(
         followed: HashMap::new(),
         leading: false,
     };
-    // /metrics derives probe_* and bastion_check_state from the store at each scrape.
-    sink.metrics
-        .attach_exposition(Arc::new(exposition::ProbeSeries::new(
-            Arc::clone(&sink.store),
-            checks.clone(),
-        )));
     let current = Arc::clone(&checks.borrow_and_update());
     // Leading or not from the start, so that episodes the start ends reach history first;
     // then history learns which are open.
@@ -399,9 +406,26 @@ struct Place {
     status: LocationStatus,
 }
 
+/// The series the sink counts in: its own, the bus's, and the run durations it removes
+/// with a check.
+struct SinkSeries {
+    sink: SinkMetrics,
+    bus: BusMetrics,
+    durations: CheckDurations,
+}
+
+impl SinkSeries {
+    /// Removes the series kept per check by the sink (and the runner): its transitions and its
+    /// run durations. The `probe_*` series go with the check's results in the store.
+    fn forget(&self, check: &str) {
+        self.sink.forget(check);
+        self.durations.forget(check);
+    }
+}
+
 struct Sink {
     store: Arc<ResultStore>,
-    metrics: Arc<Metrics>,
+    metrics: SinkSeries,
     events: Option<EventOutlet>,
     notifications: Option<Arc<Notifications>>,
     history: Option<Recorder>,
@@ -673,7 +697,7 @@ impl Sink {
     /// A reload removed the check or changed what it probes: its series, state, result and
     /// saved state go, and its open episode ends for `reason`.
     fn forget(&mut self, check: &str, config: Option<&CheckConfig>, reason: EndReason) {
-        self.metrics.forget_check_results(check);
+        self.metrics.forget(check);
         if let Some(mut followed) = self.followed.remove(check) {
             if let Some(event) = followed.track.end(reason, SystemTime::now()) {
                 tracing::info!(
@@ -784,12 +808,7 @@ impl Sink {
             Ok(result) => result,
             Err(error) => {
                 tracing::warn!(subject = %message.subject, reason = error.reason(), %error, "dropping a bad result");
-                self.metrics
-                    .bus_decode_errors
-                    .get_or_create(&ReasonLabels {
-                        reason: error.reason(),
-                    })
-                    .inc();
+                self.metrics.bus.count_decode_error(error.reason());
                 return;
             }
         };
@@ -803,7 +822,7 @@ impl Sink {
             // elsewhere: its label values must not enter /metrics. The runner in this process
             // may have recorded the run's duration already; that goes too.
             tracing::debug!(check = %result.check, "result of a check that is not configured; dropped");
-            self.metrics.forget_check_results(&result.check);
+            self.metrics.forget(&result.check);
             return;
         };
         let policy = StatePolicy::for_check(config);
@@ -935,12 +954,8 @@ impl Sink {
         locations: BTreeMap<String, CheckState>,
     ) {
         self.metrics
-            .check_transitions
-            .get_or_create(&CheckToLabels {
-                check: result.check.clone(),
-                to: transition.to.as_str(),
-            })
-            .inc();
+            .sink
+            .count_transition(&result.check, transition.to);
         tracing::info!(check = %result.check, from = %transition.from, to = %transition.to, failing, "check state changed");
         if let Some(history) = self.history.as_ref().filter(|_| self.leading) {
             history.transition(TransitionRecord {
@@ -996,10 +1011,7 @@ impl Sink {
         };
         if let Err(error) = published {
             tracing::warn!(check = %event.check, %error, "could not publish a state event");
-            self.metrics
-                .bus_publish_errors
-                .get_or_create(&SubjectLabels { subject: "events" })
-                .inc();
+            self.metrics.bus.count_publish_error("events");
         }
     }
 }

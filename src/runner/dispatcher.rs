@@ -7,6 +7,7 @@
 //! each response is built from its own task's data and stored at its own task's index.
 
 use super::pool::{Worker, WorkerPool};
+use super::{CheckDurations, RunnerMetrics};
 use crate::assertions;
 use crate::checks::CheckType;
 use crate::checks::Observation;
@@ -14,7 +15,7 @@ use crate::checks::{ProbeContext, ProbeRecord};
 use crate::compiled::CompiledCheck;
 use crate::config::InstancesFrom;
 use crate::messages::{CheckResult, Response, TargetGroup, Timings, MESSAGE_VERSION};
-use crate::metrics::{Metrics, TypeLabels};
+use crate::metrics::Metrics;
 use crate::model::{split_host_port, ErrorKind, InstanceAddr, ProbeError};
 use crate::resolve::SrvCache;
 use std::collections::{BTreeMap, HashMap};
@@ -70,7 +71,7 @@ struct ProbeTask {
     resolve_seconds: f64,
     check: Arc<CompiledCheck>,
     context: Arc<ProbeContext>,
-    metrics: Arc<Metrics>,
+    metrics: Arc<RunnerMetrics>,
 }
 
 #[derive(Debug)]
@@ -79,7 +80,8 @@ pub struct Dispatcher {
     deadline: Duration,
     pools: HashMap<CheckType, WorkerPool>,
     context: Arc<ProbeContext>,
-    metrics: Arc<Metrics>,
+    metrics: Arc<RunnerMetrics>,
+    durations: CheckDurations,
     /// SRV answers of `instances_from = { srv }`, kept for their TTL.
     srv: SrvCache,
 }
@@ -90,7 +92,7 @@ impl Dispatcher {
         deadline: Duration,
         pools: Vec<WorkerPool>,
         context: Arc<ProbeContext>,
-        metrics: Arc<Metrics>,
+        metrics: &Metrics,
     ) -> Dispatcher {
         Dispatcher {
             agent_id,
@@ -100,7 +102,8 @@ impl Dispatcher {
                 .map(|pool| (pool.check_type(), pool))
                 .collect(),
             context,
-            metrics,
+            metrics: Arc::new(metrics.component()),
+            durations: metrics.component(),
             srv: SrvCache::default(),
         }
     }
@@ -183,12 +186,7 @@ impl Dispatcher {
                     .await
             }
             None => {
-                self.metrics
-                    .dispatch_timeouts
-                    .get_or_create(&TypeLabels {
-                        r#type: check_type.as_str(),
-                    })
-                    .inc();
+                self.metrics.count_dispatch_timeout(check_type);
                 vec![Response {
                     labels: order.check.labels.clone(),
                     ..Response::failed(
@@ -203,7 +201,7 @@ impl Dispatcher {
             }
         };
         if on_demand.is_none() {
-            self.metrics.observe_check_duration(
+            self.durations.observe(
                 &order.check.name,
                 check_type,
                 order.check.interval,
@@ -538,12 +536,7 @@ impl Dispatcher {
             }
             Ok(Err(error)) => Err((error, timings)),
             Err(_) => {
-                self.metrics
-                    .task_timeouts
-                    .get_or_create(&TypeLabels {
-                        r#type: check.check_type().as_str(),
-                    })
-                    .inc();
+                self.metrics.count_task_timeout(check.check_type());
                 Err((
                     ProbeError::new(
                         ErrorKind::Timeout,
@@ -645,12 +638,7 @@ async fn run_task(task: ProbeTask, worker: Worker) -> (usize, Response) {
     let label = check.probe.target_label(target);
     let error = match outcome {
         Err(_elapsed) => {
-            metrics
-                .task_timeouts
-                .get_or_create(&TypeLabels {
-                    r#type: check_type.as_str(),
-                })
-                .inc();
+            metrics.count_task_timeout(check_type);
             let during =
                 in_phase.map_or(String::new(), |phase| format!(" during {}", phase.as_str()));
             let error = ProbeError::new(

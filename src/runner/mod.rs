@@ -8,17 +8,24 @@
 //! was due (`run_window.rs`), so the checker's lost window always covers what the runner may
 //! still do; a result finished past that window is counted, not published.
 
+mod check_durations;
+mod check_series;
 pub mod dispatcher;
+mod metrics;
 pub mod pool;
+
+pub use check_durations::CheckDurations;
+pub use metrics::RunnerMetrics;
 
 use crate::bus::{Bus, BusError, Message, Subscription};
 
+use crate::bus::BusMetrics;
 use crate::checks::ProbeContext;
 use crate::compiled::CompiledCheck;
 use crate::config::CheckConfig;
 use crate::config::Config;
 use crate::messages::{self, DecodeError, Payload, TestFailure, TestRequest, MESSAGE_VERSION};
-use crate::metrics::{FormLabels, Metrics, ReasonLabels, SubjectLabels, TypeLabels};
+use crate::metrics::Metrics;
 use crate::resolve::{Resolver, ResolverSetupError};
 use crate::run_window;
 use crate::subjects::{location_queue_group, Subjects, RUNNER_QUEUE_GROUP};
@@ -45,7 +52,7 @@ pub enum RunnerError {
 }
 
 /// Builds the dispatcher described by `[runner]`.
-pub fn build_dispatcher(config: &Config, metrics: Arc<Metrics>) -> Result<Dispatcher, RunnerError> {
+pub fn build_dispatcher(config: &Config, metrics: &Metrics) -> Result<Dispatcher, RunnerError> {
     let context = Arc::new(ProbeContext {
         resolver: Arc::new(Resolver::from_servers(&config.runner.dns_servers)?),
         tls: Arc::default(),
@@ -57,7 +64,7 @@ pub fn build_dispatcher(config: &Config, metrics: Arc<Metrics>) -> Result<Dispat
             WorkerPool::new(
                 check_type,
                 config.runner.workers.for_type(check_type),
-                &metrics,
+                &metrics.component(),
             )
         })
         .collect();
@@ -70,12 +77,20 @@ pub fn build_dispatcher(config: &Config, metrics: Arc<Metrics>) -> Result<Dispat
     ))
 }
 
+/// The series a runner counts in: its own, and the bus's for what it could not decode or
+/// publish.
+#[derive(Debug)]
+struct RunnerSeries {
+    runner: RunnerMetrics,
+    bus: BusMetrics,
+}
+
 #[derive(Debug)]
 pub struct Runner {
     bus: Arc<dyn Bus>,
     subjects: Subjects,
     dispatcher: Arc<Dispatcher>,
-    metrics: Arc<Metrics>,
+    metrics: Arc<RunnerSeries>,
     subscriptions: Vec<(Intake, Subscription)>,
     runs: TaskTracker,
     /// Where this runner probes from (`runner.location`).
@@ -100,14 +115,9 @@ impl Runner {
         bus: Arc<dyn Bus>,
         subjects: Subjects,
         dispatcher: Dispatcher,
-        metrics: Arc<Metrics>,
+        metrics: &Metrics,
         location: &str,
     ) -> Result<Runner, RunnerError> {
-        for form in crate::messages::DegradedForm::ALL {
-            let _ = metrics.results_degraded.get_or_create(&FormLabels {
-                form: form.as_str(),
-            });
-        }
         let mut subscriptions = Vec::new();
         for check_type in dispatcher.check_types() {
             subscriptions.push((
@@ -133,7 +143,10 @@ impl Runner {
             bus,
             subjects,
             dispatcher: Arc::new(dispatcher),
-            metrics,
+            metrics: Arc::new(RunnerSeries {
+                runner: metrics.component(),
+                bus: metrics.component(),
+            }),
             subscriptions,
             runs: TaskTracker::new(),
             location: Arc::from(location),
@@ -271,7 +284,7 @@ struct Consumer {
     bus: Arc<dyn Bus>,
     subjects: Subjects,
     dispatcher: Arc<Dispatcher>,
-    metrics: Arc<Metrics>,
+    metrics: Arc<RunnerSeries>,
     runs: TaskTracker,
     slots: Arc<Semaphore>,
     location: Arc<str>,
@@ -321,12 +334,7 @@ impl Consumer {
                     result.location = location;
                     if scheduled && Instant::now() > run_window::publish_by(start_probes_by, timeout) {
                         tracing::warn!(check = %result.check, run_id = result.run_id, "a run finished after its window (the runner was held up); its result is not published");
-                        metrics
-                            .results_expired
-                            .get_or_create(&TypeLabels {
-                                r#type: check_type.as_str(),
-                            })
-                            .inc();
+                        metrics.runner.count_result_expired(check_type);
                         return;
                     }
                     tracing::debug!(
@@ -357,12 +365,7 @@ impl Consumer {
             Ok(order) => Some(order),
             Err(error) => {
                 tracing::warn!(subject = %message.subject, reason = error.reason(), %error, "dropping a bad check request");
-                self.metrics
-                    .bus_decode_errors
-                    .get_or_create(&ReasonLabels {
-                        reason: error.reason(),
-                    })
-                    .inc();
+                self.metrics.bus.count_decode_error(error.reason());
                 if let (Intake::Test, Some(reply)) = (self.intake, &message.reply) {
                     self.reply_failure(reply, &error).await;
                 }
@@ -391,12 +394,7 @@ impl Consumer {
                 );
                 if by.is_none() {
                     tracing::warn!(check = %order.check.name, run_id = order.run_id, "a check request arrived after its dispatch deadline; not run");
-                    self.metrics
-                        .requests_expired
-                        .get_or_create(&TypeLabels {
-                            r#type: check_type.as_str(),
-                        })
-                        .inc();
+                    self.metrics.runner.count_request_expired(check_type);
                 }
                 by
             }
@@ -470,7 +468,7 @@ async fn publish_result(
     bus: &dyn Bus,
     subject: &str,
     result: messages::CheckResult,
-    metrics: &Metrics,
+    metrics: &RunnerSeries,
 ) {
     let check = result.check.clone();
     let outcome = if bus.in_process() {
@@ -485,12 +483,7 @@ async fn publish_result(
             Ok(encoded) => {
                 if let Some(form) = encoded.degraded {
                     tracing::warn!(%check, form = form.as_str(), "a result too large for the bus was published reduced");
-                    metrics
-                        .results_degraded
-                        .get_or_create(&FormLabels {
-                            form: form.as_str(),
-                        })
-                        .inc();
+                    metrics.runner.count_degraded(form);
                 }
                 bus.publish(subject, encoded.payload.into())
                     .await
@@ -501,10 +494,7 @@ async fn publish_result(
     };
     if let Err(error) = outcome {
         tracing::warn!(%check, %error, "could not publish a result");
-        metrics
-            .bus_publish_errors
-            .get_or_create(&SubjectLabels { subject: "results" })
-            .inc();
+        metrics.bus.count_publish_error("results");
     }
 }
 

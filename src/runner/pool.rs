@@ -21,8 +21,8 @@
 //! or when stale places outnumber live ones; so a mass of waiters timing out costs O(1) each,
 //! not a scan of the rotation each.
 
+use super::RunnerMetrics;
 use crate::checks::CheckType;
-use crate::metrics::{Metrics, TypeLabels};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
@@ -307,11 +307,8 @@ impl Ledger {
 }
 
 impl WorkerPool {
-    pub fn new(check_type: CheckType, size: usize, metrics: &Metrics) -> WorkerPool {
-        metrics.register_pool(check_type, size);
-        let labels = TypeLabels {
-            r#type: check_type.as_str(),
-        };
+    pub fn new(check_type: CheckType, size: usize, metrics: &RunnerMetrics) -> WorkerPool {
+        let series = metrics.pool(check_type, size);
         WorkerPool {
             check_type,
             size,
@@ -326,10 +323,10 @@ impl WorkerPool {
                     latest: None,
                     other_since: None,
                 }),
-                busy: metrics.workers_busy.get_or_create(&labels).clone(),
+                busy: series.busy,
             }),
-            wait_seconds: metrics.dispatch_wait_seconds.get_or_create(&labels).clone(),
-            dispatch_timeouts: metrics.dispatch_timeouts.get_or_create(&labels).clone(),
+            wait_seconds: series.wait_seconds,
+            dispatch_timeouts: series.dispatch_timeouts,
         }
     }
 
@@ -403,13 +400,17 @@ impl WorkerPool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metrics::Metrics;
     use std::sync::Mutex as StdMutex;
 
     const HOUR: Duration = Duration::from_secs(3600);
 
     fn pool(size: usize) -> (WorkerPool, Metrics) {
         let metrics = Metrics::new();
-        (WorkerPool::new(CheckType::Http, size, &metrics), metrics)
+        (
+            WorkerPool::new(CheckType::Http, size, &metrics.component()),
+            metrics,
+        )
     }
 
     /// Lets every spawned task run as far as it can (time is paused: sleeping advances it).
@@ -446,7 +447,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_check_alone_uses_every_worker() {
-        let (pool, metrics) = pool(4);
+        let (pool, _metrics) = pool(4);
         let deadline = Instant::now() + Duration::from_secs(1);
         let mut workers = Vec::new();
         for _ in 0..4 {
@@ -458,10 +459,7 @@ mod tests {
         }
         assert_eq!(pool.busy(), 4);
         assert!(pool.acquire_until("many", deadline).await.is_none());
-        let timeouts = metrics
-            .dispatch_timeouts
-            .get_or_create(&TypeLabels { r#type: "http" })
-            .get();
+        let timeouts = pool.dispatch_timeouts.get();
         assert_eq!(timeouts, 1);
     }
 
@@ -497,7 +495,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_waiter_that_gives_up_as_its_worker_arrives_passes_it_on() {
-        let (pool, metrics) = pool(1);
+        let (pool, _metrics) = pool(1);
         let start = Instant::now();
         let holder = pool.acquire_until("a", start + HOUR).await.expect("free");
         // b waits until 1 s, c until an hour.
@@ -517,10 +515,7 @@ mod tests {
         assert_eq!(pool.busy(), 1);
         drop(c);
         assert_eq!(pool.busy(), 0);
-        let timeouts = metrics
-            .dispatch_timeouts
-            .get_or_create(&TypeLabels { r#type: "http" })
-            .get();
+        let timeouts = pool.dispatch_timeouts.get();
         assert_eq!(timeouts, 1);
     }
 

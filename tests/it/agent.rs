@@ -233,16 +233,10 @@ async fn the_runner_counts_and_drops_bad_messages_and_keeps_running() {
     let subjects = Subjects::default();
     let metrics = Arc::new(bastion_agent::metrics::Metrics::new());
     let mut results = bus.subscribe("bastion.results.>", None).await.unwrap();
-    let dispatcher = build_dispatcher(&config, Arc::clone(&metrics)).unwrap();
-    let runner = Runner::build(
-        bus.clone(),
-        subjects,
-        dispatcher,
-        Arc::clone(&metrics),
-        "default",
-    )
-    .await
-    .unwrap();
+    let dispatcher = build_dispatcher(&config, &metrics).unwrap();
+    let runner = Runner::build(bus.clone(), subjects, dispatcher, &metrics, "default")
+        .await
+        .unwrap();
     let stop = CancellationToken::new();
     let running = tokio::spawn(runner.run(stop.clone()));
 

@@ -63,6 +63,7 @@ const LAYERS: &[(&str, u8)] = &[
 const FOLDERS: &[&str] = &[
     "agent",
     "bus",
+    "checker",
     "checks",
     "config",
     "discovery",

@@ -56,7 +56,7 @@ async fn start_leading(
         config.runner.dispatch_deadline,
         bus.clone(),
         &subjects,
-        metrics.clone(),
+        &metrics,
         bastion_agent::checker::Whereabouts {
             agent: "test".into(),
             heartbeat_interval: Duration::from_secs(10),
@@ -363,7 +363,7 @@ async fn a_saved_every_location_place_gets_its_no_runner_after_a_restart() {
         config.runner.dispatch_deadline,
         bus.clone(),
         &Subjects::default(),
-        Arc::new(Metrics::new()),
+        &Metrics::new(),
         bastion_agent::checker::Whereabouts {
             agent: "checker".into(),
             heartbeat_interval: Duration::from_secs(10),

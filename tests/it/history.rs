@@ -724,8 +724,8 @@ async fn ha_writers_taking_turns_count_every_run_in_the_rollups() {
     let sample = crate::common::run_single(&config).await;
     assert!(sample.passing, "{sample:?}");
     let metrics = Arc::new(Metrics::new());
-    let a = History::open(&config.history, Arc::clone(&metrics), false).unwrap();
-    let b = History::open(&config.history, Arc::clone(&metrics), false).unwrap();
+    let a = History::open(&config.history, &metrics, false).unwrap();
+    let b = History::open(&config.history, &metrics, false).unwrap();
     let reader = a.reader.clone();
     let writers = [tokio::spawn(a.writer.run()), tokio::spawn(b.writer.run())];
     // Whole seconds into the current hour, so that every run lands in one hourly bucket.

@@ -860,7 +860,7 @@ async fn bus_with_metrics(
     let config: bastion_agent::config::NatsConfig =
         toml::from_str(&format!("url = \"{url}\"\n{extra}")).expect("nats config");
     let metrics = Arc::new(bastion_agent::metrics::Metrics::new());
-    let bus = NatsBus::connect(&config, "t", Arc::clone(&metrics), Some(PATIENCE))
+    let bus = NatsBus::connect(&config, "t", &metrics, Some(PATIENCE))
         .await
         .expect("the bus connects");
     (bus, metrics)

@@ -39,7 +39,7 @@ pub fn config(toml: &str) -> Config {
 
 pub fn dispatcher(config: &Config) -> (Arc<Dispatcher>, Arc<Metrics>) {
     let metrics = Arc::new(Metrics::new());
-    let dispatcher = build_dispatcher(config, Arc::clone(&metrics)).expect("dispatcher");
+    let dispatcher = build_dispatcher(config, &metrics).expect("dispatcher");
     (Arc::new(dispatcher), metrics)
 }
 

@@ -292,13 +292,8 @@ impl NatsCluster {
 /// A NATS connection the test watches the bus through.
 pub async fn observer(url: &str) -> Arc<NatsBus> {
     let config: NatsConfig = toml::from_str(&format!("url = \"{url}\"")).expect("nats config");
-    let bus = NatsBus::connect(
-        &config,
-        "observer",
-        Arc::new(Metrics::new()),
-        Some(super::PATIENCE),
-    )
-    .await
-    .expect("the observer connects");
+    let bus = NatsBus::connect(&config, "observer", &Metrics::new(), Some(super::PATIENCE))
+        .await
+        .expect("the observer connects");
     Arc::new(bus)
 }

@@ -12,7 +12,11 @@
 //! checker follows the runners' heartbeats (`locations.rs`); a location with no live runner
 //! gets no request but a `no_runner` result of its own, published as a runner would.
 
-use crate::bus::{Bus, BusError, Subscription};
+mod metrics;
+
+pub use metrics::ScheduleMetrics;
+
+use crate::bus::{Bus, BusError, BusMetrics, Subscription};
 
 use crate::config::CheckConfig;
 use crate::discovery::changes::DirectoryChanges;
@@ -20,7 +24,7 @@ use crate::locations::{Heard, LiveLocations};
 use crate::messages::{
     CheckRequest, CheckResult, Heartbeat, Payload, Response, Timings, MESSAGE_VERSION,
 };
-use crate::metrics::{CheckLabels, CheckLocationLabels, Metrics, SubjectLabels};
+use crate::metrics::Metrics;
 use crate::model::{ErrorKind, ProbeError};
 use crate::subjects::Subjects;
 use prometheus_client::metrics::counter::Counter;
@@ -108,7 +112,7 @@ impl Place {
         location: Option<&str>,
         check: &CheckConfig,
         subjects: &Subjects,
-        metrics: &Metrics,
+        metrics: &ScheduleMetrics,
     ) -> Place {
         let check_type = check.check_type();
         let (skipped, lost) = metrics.place_series(&check.name, location);
@@ -173,7 +177,7 @@ pub struct Checker {
     live: LiveLocations,
     /// This agent's id: the agent of its `no_runner` results.
     agent: String,
-    metrics: Arc<Metrics>,
+    metrics: ScheduleMetrics,
     publish_errors: Counter,
     next_run_id: u64,
     /// Where discovery watchers run (the runtime the checker was built on, not the checker's
@@ -197,9 +201,11 @@ impl Checker {
         dispatch_deadline: Duration,
         bus: Arc<dyn Bus>,
         subjects: &Subjects,
-        metrics: Arc<Metrics>,
+        metrics: &Metrics,
         whereabouts: Whereabouts,
     ) -> Result<Checker, BusError> {
+        let bus_metrics: BusMetrics = metrics.component();
+        let metrics: ScheduleMetrics = metrics.component();
         let results = bus.subscribe(&subjects.all_results(), None).await?;
         let heartbeats = bus.subscribe(&subjects.all_heartbeats(), None).await?;
         let discovery = DirectoryChanges::new(tokio::runtime::Handle::current());
@@ -212,10 +218,7 @@ impl Checker {
         let next_run_id = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(1, |since| u64::try_from(since.as_micros()).unwrap_or(1));
-        let publish_errors = metrics
-            .bus_publish_errors
-            .get_or_create(&SubjectLabels { subject: "checks" })
-            .clone();
+        let publish_errors = bus_metrics.publish_errors("checks");
         Ok(Checker {
             checks: scheduled,
             by_name,
@@ -280,10 +283,8 @@ impl Checker {
                 before => {
                     // A changed check starts over: its counters too.
                     let seen = before.as_ref().map(|(_, before)| &before.no_runner_seen);
-                    self.metrics.forget_check_schedule(
-                        &config.name,
-                        seen.into_iter().flatten().map(String::as_str),
-                    );
+                    self.metrics
+                        .forget(&config.name, seen.into_iter().flatten().map(String::as_str));
                     let scheduled = Scheduled::new(
                         config,
                         self.dispatch_deadline,
@@ -300,7 +301,7 @@ impl Checker {
         }
         let old: Vec<Scheduled> = old.into_iter().flatten().collect();
         for scheduled in &old {
-            self.metrics.forget_check_schedule(
+            self.metrics.forget(
                 &scheduled.config.name,
                 scheduled.no_runner_seen.iter().map(String::as_str),
             );
@@ -442,7 +443,7 @@ impl Checker {
     /// the check is next due.
     async fn fire(&mut self, index: usize, at: Instant, now: Instant) -> Instant {
         let lag = now.saturating_duration_since(at);
-        self.metrics.schedule_lag_seconds.observe(lag.as_secs_f64());
+        self.metrics.observe_lag(lag.as_secs_f64());
         let run_id = self.next_run_id;
         self.next_run_id += 1;
         let scheduled_at = SystemTime::now()
@@ -594,13 +595,7 @@ impl Checker {
                 // then the counter and the results say it.
                 tracing::warn!(check = %name, location, "no live runner in a location the check runs from; its runs there are reported as no_runner until one appears");
             }
-            self.metrics
-                .runs_no_runner
-                .get_or_create(&CheckLocationLabels {
-                    check: name.clone(),
-                    location: location.to_string(),
-                })
-                .inc();
+            self.metrics.count_no_runner(&name, location);
         }
         tracing::debug!(check = %name, location, "no live runner in the location; run not made");
         let result = CheckResult {
@@ -799,18 +794,15 @@ impl Scheduled {
         check: &Arc<CheckConfig>,
         dispatch_deadline: Duration,
         subjects: &Subjects,
-        metrics: &Metrics,
+        metrics: &ScheduleMetrics,
         discovery: &DirectoryChanges,
     ) -> Scheduled {
-        let labels = CheckLabels {
-            check: check.name.clone(),
-        };
         let discovered = match &check.instances_from {
             Some(crate::config::InstancesFrom::File(path)) => Some(crate::discovery::file::watch(
                 discovery,
                 &check.name,
                 path.clone(),
-                metrics.discovery_errors.get_or_create(&labels).clone(),
+                metrics.discovery_errors(&check.name),
             )),
             _ => None,
         };
@@ -823,7 +815,7 @@ impl Scheduled {
                 crate::config::bounds::DISPATCH_DEADLINE.cap_duration(dispatch_deadline),
                 crate::config::bounds::CHECK_TIMEOUT.cap_duration(check.timeout()),
             ),
-            scheduled: metrics.checks_scheduled.get_or_create(&labels).clone(),
+            scheduled: metrics.scheduled(&check.name),
             config: Arc::clone(check),
         };
         match check.locations.as_deref() {
@@ -842,7 +834,7 @@ impl Scheduled {
     }
 
     /// A place for `location`, with its series.
-    fn add_place(&mut self, location: &str, subjects: &Subjects, metrics: &Metrics) {
+    fn add_place(&mut self, location: &str, subjects: &Subjects, metrics: &ScheduleMetrics) {
         self.places
             .push(Place::new(Some(location), &self.config, subjects, metrics));
     }

@@ -1,0 +1,349 @@
+//! `bastion_check_duration_seconds`, the one family the runner keeps per check, and the
+//! series it forgot or refused. Which checks may have a series is `check_series.rs`'s policy:
+//! the configured checks where the agent schedules, at most `runner.max_check_series` learned
+//! ones on a runner. O(1) per observation, whatever the number of checks.
+
+use super::check_series::{CheckSeries, Gone};
+use crate::checks::CheckType;
+use crate::metrics::{
+    latency_histogram, Component, HistogramFamily, LabelsOf, ReasonLabels, Registry,
+};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::time::Instant;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CheckTypeLabels {
+    check: String,
+    r#type: &'static str,
+}
+
+/// Run durations per check, and the policy deciding which checks have them.
+#[derive(Clone, Debug)]
+pub struct CheckDurations {
+    seconds: HistogramFamily<CheckTypeLabels>,
+    /// Check names whose series a runner removed because they stopped running (`expired`).
+    forgotten: Family<ReasonLabels, Counter>,
+    /// Runs that got no duration series, by why: `capacity` (a runner at
+    /// `runner.max_check_series`) or `unconfigured` (an agent that schedules, for a check it
+    /// does not have).
+    refused: Family<ReasonLabels, Counter>,
+    /// Which checks have series (`check_series.rs`).
+    series: Arc<Mutex<CheckSeries>>,
+}
+
+fn check_type_labels(check: &str) -> Vec<CheckTypeLabels> {
+    CheckType::ALL
+        .iter()
+        .map(|check_type| CheckTypeLabels {
+            check: check.to_string(),
+            r#type: check_type.as_str(),
+        })
+        .collect()
+}
+
+impl Component for CheckDurations {
+    fn register(registry: &mut Registry) -> CheckDurations {
+        let durations = CheckDurations {
+            seconds: Family::new_with_constructor(latency_histogram),
+            forgotten: Family::default(),
+            refused: Family::default(),
+            series: Arc::new(Mutex::new(CheckSeries::learned(
+                crate::config::DEFAULT_MAX_CHECK_SERIES,
+                crate::config::DEFAULT_FORGET_CHECKS_AFTER,
+            ))),
+        };
+        let labels: LabelsOf<CheckTypeLabels> = Arc::new(check_type_labels);
+        registry.per_check(
+            "bastion_check_duration_seconds",
+            "How long a whole check run took, from dispatch to its last response",
+            &durations.seconds,
+            Some(labels),
+            latency_histogram,
+        );
+        registry.agent(
+            "bastion_check_series_forgotten",
+            "Checks whose bastion_check_duration_seconds series this runner removed: not run here for forget_checks_after and three intervals (expired)",
+            durations.forgotten.clone(),
+        );
+        registry.agent(
+            "bastion_check_series_refused",
+            "Check runs that got no bastion_check_duration_seconds series: a runner already keeping runner.max_check_series checks (capacity), or a check this scheduling agent does not have configured (unconfigured)",
+            durations.refused.clone(),
+        );
+        // Present at zero from the start, so rate() sees the first one.
+        let _ = durations
+            .forgotten
+            .get_or_create(&ReasonLabels { reason: "expired" });
+        for reason in ["capacity", "unconfigured"] {
+            let _ = durations.refused.get_or_create(&ReasonLabels { reason });
+        }
+        let tidied = durations.clone();
+        registry.before_scrape(move |now| tidied.tidy(now));
+        durations
+    }
+}
+
+impl CheckDurations {
+    /// A runner's bound on checks with run-duration series (`runner.max_check_series`) and how
+    /// long a check's series stay after its last run here (`runner.forget_checks_after`).
+    pub fn limit(&self, max_checks: usize, forget_after: Duration) {
+        self.lock().set_learned(max_checks, forget_after);
+    }
+
+    /// Makes the run-duration series follow the configured checks (an agent that schedules and
+    /// probes): every configured check gets one, with no bound and no expiry, and a check's
+    /// go when a reload removes it. `checks` is the reload watch.
+    pub fn follow_configured(
+        &self,
+        checks: tokio::sync::watch::Receiver<crate::config::CheckList>,
+    ) {
+        *self.lock() = CheckSeries::configured(checks);
+    }
+
+    /// Records a run of `check` that took `seconds`, if it may have a series (see
+    /// `check_series.rs`); a run refused one is counted. O(1) (amortised) whatever the number
+    /// of checks.
+    pub fn observe(&self, check: &str, check_type: CheckType, interval: Duration, seconds: f64) {
+        let now = Instant::now();
+        // Held while the series is created, so a concurrent expiry cannot remove it unseen.
+        let mut series = self.follow_reload(self.lock());
+        let admitted = series.admit(check, interval, now, &mut |gone, why| self.gone(gone, why));
+        match admitted {
+            Ok(()) => self
+                .seconds
+                .get_or_create(&CheckTypeLabels {
+                    check: check.to_string(),
+                    r#type: check_type.as_str(),
+                })
+                .observe(seconds),
+            Err(refusal) => {
+                self.refused
+                    .get_or_create(&ReasonLabels {
+                        reason: refusal.as_str(),
+                    })
+                    .inc();
+            }
+        }
+    }
+
+    /// Removes a check's series at once: the sink saw its check removed.
+    pub fn forget(&self, check: &str) {
+        let mut series = self.lock();
+        series.removed(check);
+        self.remove(check);
+    }
+
+    /// Removes the series that are due to go by `now`: those of checks that stopped running on
+    /// a runner, or that a reload removed.
+    pub fn tidy(&self, now: Instant) {
+        let mut series = self.follow_reload(self.lock());
+        series.tidy(now, &mut |gone, why| self.gone(gone, why));
+    }
+
+    /// Takes up a reloaded check list, building its names with the lock released: O(n) once
+    /// per reload, never with every run waiting on it.
+    fn follow_reload<'a>(
+        &'a self,
+        series: MutexGuard<'a, CheckSeries>,
+    ) -> MutexGuard<'a, CheckSeries> {
+        let Some(reload) = series.reloaded() else {
+            return series;
+        };
+        drop(series);
+        let prepared = reload.prepare();
+        let mut series = self.lock();
+        series.install(prepared, &mut |gone, why| self.gone(gone, why));
+        series
+    }
+
+    fn gone(&self, check: &str, why: Gone) {
+        self.remove(check);
+        if why == Gone::Expired {
+            self.forgotten
+                .get_or_create(&ReasonLabels { reason: "expired" })
+                .inc();
+        }
+    }
+
+    fn remove(&self, check: &str) {
+        for check_type in CheckType::ALL {
+            self.seconds.remove(&CheckTypeLabels {
+                check: check.to_string(),
+                r#type: check_type.as_str(),
+            });
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, CheckSeries> {
+        // The state stays consistent whatever panicked while holding it.
+        self.series
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+
+    /// The checks that have a `bastion_check_duration_seconds` series in `text`.
+    fn checks_with_durations(text: &str) -> std::collections::BTreeSet<String> {
+        text.lines()
+            .filter_map(|line| line.strip_prefix("bastion_check_duration_seconds_count{check=\""))
+            .filter_map(|rest| rest.split('"').next())
+            .map(str::to_string)
+            .collect()
+    }
+
+    fn forgotten(text: &str, reason: &str) -> String {
+        let prefix = format!("bastion_check_series_forgotten_total{{reason=\"{reason}\"}} ");
+        text.lines()
+            .find_map(|line| line.strip_prefix(prefix.as_str()))
+            .unwrap_or("absent")
+            .to_string()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn checks_that_stop_arriving_are_forgotten_after_the_expiry() {
+        let registry = Metrics::new();
+        let metrics: CheckDurations = registry.component();
+        metrics.limit(10_000, Duration::from_secs(600));
+        let minute = Duration::from_secs(60);
+        for n in 0..1000 {
+            metrics.observe(&format!("gone-{n}"), CheckType::Http, minute, 0.01);
+        }
+        assert_eq!(checks_with_durations(&registry.render()).len(), 1000);
+        // From now on only ten checks arrive, once a minute.
+        for _ in 0..10 {
+            tokio::time::advance(minute).await;
+            for n in 0..10 {
+                metrics.observe(&format!("kept-{n}"), CheckType::Tcp, minute, 0.01);
+            }
+        }
+        let text = registry.render();
+        let expected: std::collections::BTreeSet<String> =
+            (0..10).map(|n| format!("kept-{n}")).collect();
+        assert_eq!(checks_with_durations(&text), expected);
+        assert_eq!(forgotten(&text, "expired"), "1000");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_check_is_kept_for_three_of_its_intervals_at_least() {
+        let registry = Metrics::new();
+        let metrics: CheckDurations = registry.component();
+        metrics.limit(10_000, Duration::from_secs(600));
+        let hour = Duration::from_secs(3600);
+        metrics.observe("hourly", CheckType::Dns, hour, 0.01);
+        tokio::time::advance(2 * hour).await;
+        assert!(checks_with_durations(&registry.render()).contains("hourly"));
+        tokio::time::advance(hour).await;
+        assert!(checks_with_durations(&registry.render()).is_empty());
+    }
+
+    fn refused(text: &str, reason: &str) -> String {
+        let prefix = format!("bastion_check_series_refused_total{{reason=\"{reason}\"}} ");
+        text.lines()
+            .find_map(|line| line.strip_prefix(prefix.as_str()))
+            .unwrap_or("absent")
+            .to_string()
+    }
+
+    fn observe_all(metrics: &CheckDurations, names: impl Iterator<Item = String>) {
+        for name in names {
+            metrics.observe(&name, CheckType::Http, Duration::from_secs(60), 0.01);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_runner_at_its_bound_keeps_every_series_and_refuses_new_names() {
+        let registry = Metrics::new();
+        let metrics: CheckDurations = registry.component();
+        metrics.limit(10_000, Duration::from_secs(600));
+        // Exactly the bound: every check has its series, nothing is refused.
+        observe_all(&metrics, (0..10_000).map(|n| format!("c-{n}")));
+        let text = registry.render();
+        assert_eq!(checks_with_durations(&text).len(), 10_000);
+        assert_eq!(refused(&text, "capacity"), "0");
+        // One past it, run by run: the new name gets no series, and no kept check loses its.
+        for _ in 0..3 {
+            observe_all(&metrics, (0..10_001).map(|n| format!("c-{n}")));
+        }
+        let text = registry.render();
+        let kept = checks_with_durations(&text);
+        assert_eq!(kept.len(), 10_000);
+        assert!(kept.contains("c-0") && !kept.contains("c-10000"));
+        assert_eq!(refused(&text, "capacity"), "3");
+        assert_eq!(forgotten(&text, "expired"), "0");
+        assert!(
+            text.contains("bastion_check_duration_seconds_count{check=\"c-0\",type=\"http\"} 4")
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_runner_makes_room_only_as_checks_expire() {
+        let registry = Metrics::new();
+        let metrics: CheckDurations = registry.component();
+        metrics.limit(2, Duration::from_secs(600));
+        observe_all(&metrics, ["a", "b", "c"].map(String::from).into_iter());
+        tokio::time::advance(Duration::from_secs(300)).await;
+        observe_all(&metrics, ["a"].map(String::from).into_iter());
+        tokio::time::advance(Duration::from_secs(301)).await;
+        // b has not run for ten minutes and went; c takes its place, a stays.
+        observe_all(&metrics, ["c"].map(String::from).into_iter());
+        let text = registry.render();
+        let expected: std::collections::BTreeSet<String> =
+            ["a", "c"].map(String::from).into_iter().collect();
+        assert_eq!(checks_with_durations(&text), expected);
+        assert_eq!(forgotten(&text, "expired"), "1");
+        assert_eq!(refused(&text, "capacity"), "1");
+    }
+
+    fn configured(names: std::ops::Range<usize>) -> crate::config::CheckList {
+        let text: String = names
+            .map(|n| {
+                format!("[[checks]]\nname = \"c-{n}\"\ntype = \"http\"\nurl = \"http://127.0.0.1:1/\"\ninterval = \"10s\"\n")
+            })
+            .collect();
+        let config = crate::config::Config::parse(
+            &text,
+            crate::config::Format::Toml,
+            std::path::Path::new("t.toml"),
+        )
+        .unwrap();
+        crate::config::check_list(config.checks)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_agent_that_schedules_keeps_a_series_for_every_configured_check() {
+        let registry = Metrics::new();
+        let metrics: CheckDurations = registry.component();
+        let (checks, updates) = tokio::sync::watch::channel(configured(0..12_000));
+        metrics.follow_configured(updates);
+        observe_all(&metrics, (0..12_000).map(|n| format!("c-{n}")));
+        observe_all(&metrics, (0..12_000).map(|n| format!("c-{n}")));
+        observe_all(&metrics, ["stranger".to_string()].into_iter());
+        // A day without runs forgets nothing.
+        tokio::time::advance(Duration::from_secs(86_400)).await;
+        let text = registry.render();
+        assert_eq!(checks_with_durations(&text).len(), 12_000);
+        assert_eq!(forgotten(&text, "expired"), "0");
+        assert_eq!(refused(&text, "capacity"), "0");
+        assert_eq!(refused(&text, "unconfigured"), "1");
+        // A reload removes the first 2,000 and adds 8,000 more: the removed go at once (the
+        // next scrape), the added get series on their first run.
+        checks.send_replace(configured(2_000..20_000));
+        assert_eq!(checks_with_durations(&registry.render()).len(), 10_000);
+        observe_all(&metrics, (0..20_000).map(|n| format!("c-{n}")));
+        let text = registry.render();
+        let kept = checks_with_durations(&text);
+        assert_eq!(kept.len(), 18_000);
+        assert!(!kept.contains("c-1999") && kept.contains("c-2000") && kept.contains("c-19999"));
+        assert_eq!(refused(&text, "unconfigured"), "2001");
+        assert_eq!(forgotten(&text, "expired"), "0");
+    }
+}
