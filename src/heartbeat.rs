@@ -2,7 +2,7 @@
 //! `agent.heartbeat_interval` (10 s), with its role, version, uptime, whether it leads (HA
 //! checkers), and for agents that probe their location and how busy their workers are; the
 //! last one, as the agent stops taking work, says it is leaving. Checkers learn from them
-//! which locations have live runners (`checker/locations.rs`). It only reads shared state and
+//! which locations have live runners (`src/locations.rs`). It only reads shared state and
 //! publishes; a refused publish is counted, never retried.
 
 use crate::bus::{Bus, BusMetrics};

@@ -239,6 +239,12 @@ impl Registry {
         }
     }
 
+    /// Adds `other`'s families after this one's, and its hooks after this one's.
+    fn append(&mut self, other: Registry) {
+        self.runs.extend(other.runs);
+        self.before_scrape.extend(other.before_scrape);
+    }
+
     /// Runs `hook` before each scrape, with the scrape's time.
     pub fn before_scrape(&mut self, hook: impl Fn(Instant) + Send + Sync + 'static) {
         self.before_scrape.push(Arc::new(hook));
@@ -408,7 +414,10 @@ impl Metrics {
         {
             return component.clone();
         }
-        let component = C::register(&mut registered.registry);
+        // Registered apart, then taken whole: a `register` that panicked leaves nothing behind.
+        let mut own = Registry::default();
+        let component = C::register(&mut own);
+        registered.registry.append(own);
         registered
             .components
             .insert(key, Box::new(component.clone()));
@@ -416,7 +425,8 @@ impl Metrics {
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Registered> {
-        // Registration either completed or did not start; the state is whole either way.
+        // A component's families are added whole or not at all (`component`): whatever
+        // panicked while the lock was held, the state is whole.
         self.registered
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -583,6 +593,30 @@ mod tests {
             text.contains("bastion_sample_lag_seconds_count 2"),
             "{text}"
         );
+    }
+
+    /// A component whose registration panics half-way.
+    #[derive(Clone, Debug)]
+    struct Broken;
+
+    impl Component for Broken {
+        fn register(registry: &mut Registry) -> Broken {
+            registry.agent("bastion_broken_half", "Half", Gauge::<i64>::default());
+            panic!("registration failed half-way");
+        }
+    }
+
+    #[test]
+    fn a_registration_that_panics_leaves_no_family_behind() {
+        let metrics = Metrics::new();
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _: Broken = metrics.component();
+        }));
+        assert!(caught.is_err());
+        let _: Sample = metrics.component();
+        let text = metrics.render();
+        assert!(!text.contains("bastion_broken_half"), "{text}");
+        assert!(text.contains("bastion_sample_lag_seconds"), "{text}");
     }
 
     #[test]

@@ -185,9 +185,10 @@ fn web_tls(config: &Config) -> Result<Option<Arc<rustls::ServerConfig>>, AgentEr
 }
 
 /// The process's metrics, with every component's families registered now, in this order: the
-/// same families (at zero where unused) and order in every role, so a dashboard or an alert on
-/// any of them finds it whichever role the agent runs. Each component's own module declares
-/// its families (`metrics::Component`).
+/// same families in the same order in every role. A family with no series yet is left out of
+/// the text (prometheus-client writes no empty family); those a component presets at zero are
+/// there from the start. Each component's own module declares its families
+/// (`metrics::Component`).
 pub fn register_metrics() -> Metrics {
     let metrics = Metrics::new();
     let _: crate::checker::ScheduleMetrics = metrics.component();
@@ -619,5 +620,40 @@ impl Agent {
             saver,
             saved_stop,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every series a component presets at zero is in the text of an agent of any role from
+    /// the start, each family once.
+    #[test]
+    fn every_preset_series_is_there_from_the_start_and_every_family_once() {
+        let text = register_metrics().render();
+        for line in [
+            "bastion_bus_decode_errors_total{reason=\"json\"} 0",
+            "bastion_bus_dropped_total{reason=\"slow_consumer\"} 0",
+            "bastion_history_dropped_total{reason=\"ticks_full\"} 0",
+            "bastion_check_series_forgotten_total{reason=\"expired\"} 0",
+            "bastion_check_series_refused_total{reason=\"unconfigured\"} 0",
+            "bastion_checker_leader 0",
+            "bastion_config_last_reload_successful 0",
+            "bastion_history_written_total 0",
+            "bastion_schedule_lag_seconds_count 0",
+            "bastion_build_info{",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
+        let mut families: Vec<&str> = text
+            .lines()
+            .filter_map(|line| line.strip_prefix("# TYPE "))
+            .filter_map(|rest| rest.split(' ').next())
+            .collect();
+        let all = families.len();
+        families.sort_unstable();
+        families.dedup();
+        assert_eq!(families.len(), all, "{text}");
     }
 }

@@ -28,7 +28,7 @@ pub struct BusMetrics {
 /// Why a message that reached bastion was not decoded: `DecodeError::reason`'s values.
 const DECODE_REASONS: [&str; 4] = ["json", "version", "too_large", "invalid"];
 
-/// Why a message was dropped inside bastion.
+/// Why a message was dropped inside bastion, the reasons preset at zero.
 const DROP_REASONS: [&str; 3] = ["slow_consumer", "results_buffer_full", "results_rejected"];
 
 impl Component for BusMetrics {
@@ -92,7 +92,8 @@ impl BusMetrics {
             .inc();
     }
 
-    /// A message on `subject` (`results`, `checks`, `state`, ...) that could not be published.
+    /// A message on `subject` (`checks`, `results`, `events`, `heartbeat`) that could not be
+    /// published.
     pub fn count_publish_error(&self, subject: &'static str) {
         self.publish_errors
             .get_or_create(&SubjectLabels { subject })
@@ -116,7 +117,8 @@ impl BusMetrics {
         self.reconnects.inc();
     }
 
-    /// A message dropped inside bastion, by `reason` (`DROP_REASONS`).
+    /// A message dropped inside bastion, by `reason`: `DROP_REASONS` (preset at zero), or
+    /// `outbox_too_large` and `outbox_failed` (NATS refused a publish from the outbox).
     pub fn count_dropped(&self, reason: &'static str) {
         self.dropped.get_or_create(&ReasonLabels { reason }).inc();
     }

@@ -1,7 +1,8 @@
 //! The checker's series: runs published, skipped and lost per check (and per location for a
 //! check with `locations`), runs no location could take, discovery sources that could not be
 //! used, and how late runs were published. A check's series are taken once when it is
-//! scheduled, never looked up per run, and go when a reload removes or changes it.
+//! scheduled and go when a reload removes or changes it; only a run no location could take
+//! (`count_no_runner`) looks its series up.
 
 use crate::metrics::{check_labels, latency_histogram, CheckLabels, Component, LabelsOf, Registry};
 use prometheus_client::encoding::EncodeLabelSet;

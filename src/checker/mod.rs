@@ -9,7 +9,7 @@
 //! A check with `locations` is run at each tick in every location it names (or, with `["*"]`,
 //! in every location with a live runner), on that location's subject: each location has its
 //! own run in flight, skips and losses, so a slow location never holds up another. The
-//! checker follows the runners' heartbeats (`locations.rs`); a location with no live runner
+//! checker follows the runners' heartbeats (`src/locations.rs`); a location with no live runner
 //! gets no request but a `no_runner` result of its own, published as a runner would.
 
 mod metrics;

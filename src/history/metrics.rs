@@ -9,8 +9,9 @@ use prometheus_client::metrics::histogram::Histogram;
 
 /// Why history records were dropped: `buffer_full` (runs or state changes: the writer is
 /// behind or the database cannot be written), `incidents_full` (incident changes, whose lane
-/// holds at least 16,384), `ticks_full` (runs of a check faster than one a second, beyond the
-/// writer's per-check slots) or `stopped` (unwritten at shutdown).
+/// holds at least 16,384), `ticks_full` (a run of a check with `locations` whose tick could not
+/// be gathered: `MAX_OPEN_TICKS` ticks were being gathered already) or `stopped` (unwritten at
+/// shutdown).
 pub const DROP_REASONS: [&str; 4] = ["buffer_full", "incidents_full", "ticks_full", "stopped"];
 
 /// History's families (see the module doc).

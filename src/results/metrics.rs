@@ -65,3 +65,34 @@ impl SinkMetrics {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::{CheckSelection, Metrics};
+
+    #[test]
+    fn a_scrape_of_some_checks_finds_their_transitions_and_forgetting_removes_them() {
+        let registry = Metrics::new();
+        let metrics: SinkMetrics = registry.component();
+        for check in ["a", "b"] {
+            metrics.count_transition(check, CheckState::Fail);
+            metrics.count_transition(check, CheckState::Ok);
+        }
+        let chosen: std::collections::BTreeSet<String> = ["b".to_string()].into();
+        let some = registry.render_selected(&CheckSelection::Only(Arc::new(chosen)));
+        assert!(
+            some.contains("bastion_check_transitions_total{check=\"b\",to=\"FAIL\"} 1"),
+            "{some}"
+        );
+        assert!(
+            some.contains("bastion_check_transitions_total{check=\"b\",to=\"OK\"} 1"),
+            "{some}"
+        );
+        assert!(!some.contains("check=\"a\""), "{some}");
+        metrics.forget("b");
+        let full = registry.render();
+        assert!(!full.contains("check=\"b\""), "{full}");
+        assert!(full.contains("check=\"a\""), "{full}");
+    }
+}

@@ -191,6 +191,28 @@ mod tests {
     use super::*;
     use crate::metrics::Metrics;
 
+    #[test]
+    fn a_scrape_of_some_checks_finds_their_durations_of_any_type() {
+        let registry = Metrics::new();
+        let metrics: CheckDurations = registry.component();
+        let minute = Duration::from_secs(60);
+        metrics.observe("a", CheckType::Http, minute, 0.01);
+        metrics.observe("b", CheckType::Dns, minute, 0.01);
+        let chosen: std::collections::BTreeSet<String> = ["b".to_string()].into();
+        let some =
+            registry.render_selected(&crate::metrics::CheckSelection::Only(Arc::new(chosen)));
+        assert!(
+            some.contains("bastion_check_duration_seconds_count{check=\"b\",type=\"dns\"} 1"),
+            "{some}"
+        );
+        assert!(!some.contains("check=\"a\""), "{some}");
+        metrics.forget("b");
+        assert_eq!(
+            checks_with_durations(&registry.render()),
+            ["a".to_string()].into()
+        );
+    }
+
     /// The checks that have a `bastion_check_duration_seconds` series in `text`.
     fn checks_with_durations(text: &str) -> std::collections::BTreeSet<String> {
         text.lines()
@@ -304,18 +326,9 @@ mod tests {
     }
 
     fn configured(names: std::ops::Range<usize>) -> crate::config::CheckList {
-        let text: String = names
-            .map(|n| {
-                format!("[[checks]]\nname = \"c-{n}\"\ntype = \"http\"\nurl = \"http://127.0.0.1:1/\"\ninterval = \"10s\"\n")
-            })
-            .collect();
-        let config = crate::config::Config::parse(
-            &text,
-            crate::config::Format::Toml,
-            std::path::Path::new("t.toml"),
-        )
-        .unwrap();
-        crate::config::check_list(config.checks)
+        let names: Vec<String> = names.map(|n| format!("c-{n}")).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        super::super::check_series::tests::checks(&names)
     }
 
     #[tokio::test(start_paused = true)]

@@ -312,7 +312,7 @@ impl CheckSeries {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     const MINUTE: Duration = Duration::from_secs(60);
@@ -419,7 +419,8 @@ mod tests {
         assert_eq!(gone, ["a"]);
     }
 
-    fn checks(names: &[&str]) -> crate::config::CheckList {
+    /// A check list of tcp checks of these names.
+    pub(in crate::runner) fn checks(names: &[&str]) -> crate::config::CheckList {
         let text: String = names
             .iter()
             .map(|name| {

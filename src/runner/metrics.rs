@@ -109,12 +109,6 @@ impl Component for RunnerMetrics {
             "Results finished after their run's window, which the checker had counted lost; not published",
             metrics.results_expired.clone(),
         );
-        for form in crate::messages::DegradedForm::ALL {
-            // Present at zero from the start, so rate() sees the first one.
-            let _ = metrics.results_degraded.get_or_create(&FormLabels {
-                form: form.as_str(),
-            });
-        }
         metrics
     }
 }
@@ -134,6 +128,16 @@ impl RunnerMetrics {
             busy: self.workers_busy.get_or_create(&labels).clone(),
             wait_seconds: self.dispatch_wait_seconds.get_or_create(&labels).clone(),
             dispatch_timeouts: self.dispatch_timeouts.get_or_create(&labels).clone(),
+        }
+    }
+
+    /// Declares that this process publishes results on the bus, so the forms a result can be
+    /// reduced to have their series (at zero) before the first one: on agents that probe only.
+    pub fn publishes_results(&self) {
+        for form in crate::messages::DegradedForm::ALL {
+            let _ = self.results_degraded.get_or_create(&FormLabels {
+                form: form.as_str(),
+            });
         }
     }
 
@@ -174,5 +178,37 @@ impl RunnerMetrics {
                 form: form.as_str(),
             })
             .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+
+    #[test]
+    fn a_pool_has_its_series_at_zero_before_its_first_task() {
+        let registry = Metrics::new();
+        let metrics: RunnerMetrics = registry.component();
+        let text = registry.render();
+        assert!(!text.contains("bastion_results_degraded_total{"), "{text}");
+        let series = metrics.pool(CheckType::Http, 4);
+        metrics.publishes_results();
+        series.dispatch_timeouts.inc();
+        let text = registry.render();
+        for line in [
+            "bastion_workers{type=\"http\"} 4",
+            "bastion_workers_busy{type=\"http\"} 0",
+            "bastion_dispatch_timeouts_total{type=\"http\"} 1",
+            "bastion_task_timeouts_total{type=\"http\"} 0",
+            "bastion_requests_expired_total{type=\"http\"} 0",
+            "bastion_results_expired_total{type=\"http\"} 0",
+            "bastion_dispatch_wait_seconds_count{type=\"http\"} 0",
+            "bastion_results_degraded_total{form=\"detail_dropped\"} 0",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
+        // Only the pools this process has.
+        assert!(!text.contains("type=\"dns\""), "{text}");
     }
 }

@@ -118,6 +118,8 @@ impl Runner {
         metrics: &Metrics,
         location: &str,
     ) -> Result<Runner, RunnerError> {
+        let runner: RunnerMetrics = metrics.component();
+        runner.publishes_results();
         let mut subscriptions = Vec::new();
         for check_type in dispatcher.check_types() {
             subscriptions.push((
@@ -144,7 +146,7 @@ impl Runner {
             subjects,
             dispatcher: Arc::new(dispatcher),
             metrics: Arc::new(RunnerSeries {
-                runner: metrics.component(),
+                runner,
                 bus: metrics.component(),
             }),
             subscriptions,
