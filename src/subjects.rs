@@ -99,8 +99,17 @@ impl Default for Subjects {
 
 /// Whether `subject` (no wildcards) matches `pattern` (NATS rules).
 pub fn subject_matches(pattern: &str, subject: &str) -> bool {
-    let mut subject_tokens = subject.split('.');
-    for token in pattern.split('.') {
+    tokens_match(pattern.split('.'), subject.split('.'))
+}
+
+/// `subject_matches` on subjects already split into tokens, for a publish matched against
+/// many subscriptions: the subject is split once, not once per subscription.
+pub fn tokens_match<'a, 'b>(
+    pattern: impl IntoIterator<Item = &'a str>,
+    subject: impl IntoIterator<Item = &'b str>,
+) -> bool {
+    let mut subject_tokens = subject.into_iter();
+    for token in pattern {
         if token == ">" {
             return subject_tokens.next().is_some();
         }

@@ -4,7 +4,7 @@
 
 use super::{BoxFuture, Bus, BusError, Message, Subscription};
 use crate::messages::Payload;
-use crate::subjects::{subject_matches, valid_subject};
+use crate::subjects::{tokens_match, valid_subject};
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,7 +17,8 @@ pub const DEFAULT_SUBSCRIPTION_CAPACITY: usize = 4096;
 
 #[derive(Debug)]
 struct Subscriber {
-    pattern: String,
+    /// The subscription's subject pattern, split into its tokens once.
+    pattern: Vec<Box<str>>,
     queue_group: Option<String>,
     sender: mpsc::Sender<Message>,
 }
@@ -68,6 +69,7 @@ impl MemoryBus {
         inner
             .subscribers
             .retain(|subscriber| !subscriber.sender.is_closed());
+        let tokens: Vec<&str> = subject.split('.').collect();
         let message = Message {
             subject: subject.to_string(),
             payload,
@@ -75,35 +77,43 @@ impl MemoryBus {
         };
         let mut delivered_to_any = false;
         let mut full = false;
-        let mut groups: HashMap<&str, Vec<&mpsc::Sender<Message>>> = HashMap::new();
-        for subscriber in &inner.subscribers {
-            if !subject_matches(&subscriber.pattern, subject) {
+        let Inner {
+            subscribers,
+            next_in_group,
+        } = &mut *inner;
+        // The queue groups this subject reaches, each with its members in subscription order.
+        let mut groups: Vec<(&str, Vec<&mpsc::Sender<Message>>)> = Vec::new();
+        for subscriber in subscribers.iter() {
+            let pattern = subscriber.pattern.iter().map(|token| &**token);
+            if !tokens_match(pattern, tokens.iter().copied()) {
                 continue;
             }
             match &subscriber.queue_group {
-                Some(group) => groups.entry(group).or_default().push(&subscriber.sender),
+                Some(group) => match groups.iter_mut().find(|(name, _)| name == group) {
+                    Some((_, members)) => members.push(&subscriber.sender),
+                    None => groups.push((group, vec![&subscriber.sender])),
+                },
                 None => {
                     delivered_to_any = true;
                     full |= subscriber.sender.try_send(message.clone()).is_err();
                 }
             }
         }
-        let mut chosen: Vec<(String, usize)> = Vec::new();
         delivered_to_any |= !groups.is_empty();
         for (group, members) in groups {
-            let start = inner.next_in_group.get(group).copied().unwrap_or(0);
+            let start = next_in_group.get(group).copied().unwrap_or(0);
             // One member gets it: the next in turn that has room.
             let delivered = (0..members.len()).find(|offset| {
                 let index = (start + offset) % members.len();
                 members[index].try_send(message.clone()).is_ok()
             });
-            match delivered {
-                Some(offset) => chosen.push((group.to_string(), start + offset + 1)),
-                None => full = true,
+            match (delivered, next_in_group.get_mut(group)) {
+                (Some(offset), Some(next)) => *next = start + offset + 1,
+                (Some(offset), None) => {
+                    next_in_group.insert(group.to_string(), start + offset + 1);
+                }
+                (None, _) => full = true,
             }
-        }
-        for (group, next) in chosen {
-            inner.next_in_group.insert(group, next);
         }
         if full {
             return Err(BusError::Full(subject.to_string()));
@@ -124,7 +134,7 @@ impl MemoryBus {
         }
         let (sender, receiver) = mpsc::channel(self.capacity);
         self.lock().subscribers.push(Subscriber {
-            pattern: pattern.to_string(),
+            pattern: pattern.split('.').map(Box::from).collect(),
             queue_group: queue_group.map(str::to_string),
             sender,
         });
