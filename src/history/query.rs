@@ -890,7 +890,9 @@ fn decode_detail(bytes: &[u8]) -> Vec<RawSample> {
     samples
 }
 
-/// `$first`, `$first+1`, ... for an IN list of `count` values.
+/// `$first`, `$first+1`, ... for an IN list of `count` values. A statement with such a list is
+/// run with `persistent(false)`: its text changes with the list's length, and sqlx would keep
+/// each length's prepared program per connection.
 fn placeholders(first: usize, count: usize) -> String {
     (first..first + count)
         .map(|n| format!("${n}"))
@@ -939,7 +941,7 @@ impl HistoryReader {
                 placeholders(1, chunk.len())
             );
             let rows: Vec<(i64, String)> = on_pool!(&self.db, pool => {
-                let mut query = sqlx::query_as(&sql);
+                let mut query = sqlx::query_as(&sql).persistent(false);
                 for name in chunk {
                     query = query.bind(name);
                 }
@@ -1312,7 +1314,7 @@ impl HistoryReader {
         );
         type Row = (i64, i64, i64, i64, i64, i64, i64);
         let rows: Vec<Row> = on_pool!(&self.db, pool => {
-            let mut query = sqlx::query_as(&sql).bind(day_from).bind(week_from).bind(month_from);
+            let mut query = sqlx::query_as(&sql).persistent(false).bind(day_from).bind(week_from).bind(month_from);
             for id in &id_list {
                 query = query.bind(*id);
             }
@@ -1367,7 +1369,7 @@ impl HistoryReader {
             placeholders(2, id_list.len())
         );
         let rows: Vec<(i64, i64, Vec<u8>)> = on_pool!(&self.db, pool => {
-            let mut query = sqlx::query_as(&sql).bind(first);
+            let mut query = sqlx::query_as(&sql).persistent(false).bind(first);
             for id in &id_list {
                 query = query.bind(*id);
             }

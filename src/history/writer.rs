@@ -63,6 +63,10 @@ const RUNS_PER_TRANSACTION: usize = 8_192;
 /// (4 and 8 values): a statement's round trip and parse are paid per thousand rows, not per
 /// row, and its values stay well under SQLite's limit of 32,766 and PostgreSQL's 65,535.
 const RUNS_PER_STATEMENT: usize = 1_000;
+// A statement's text depends on how many rows it carries, so those statements are run once
+// and not kept prepared (`persistent(false)`): sqlx keeps up to 100 prepared statements per
+// connection, and a prepared insert of 1,000 rows is about 150 KB of SQLite program. Kept,
+// they took 55 MB at 10,000 checks (heaptrack, bench/RESULTS.md), most of history's memory.
 const ROLLUPS_PER_STATEMENT: usize = 1_000;
 /// After this long an attempt commits no further part: the rest waits for the next attempt,
 /// a flush interval later, so the writer takes in what waits in the lanes meanwhile.
@@ -773,7 +777,7 @@ impl Writer {
                             .push_bind(hist.as_slice());
                     });
                     insert.push(concat!(" ON CONFLICT (tier, check_id, instance_id, bucket) ", $conflict));
-                    insert.build().execute(&mut *tx).await?;
+                    insert.build().persistent(false).execute(&mut *tx).await?;
                 }};
             }
             // The runs, many to a statement; the database answers which ones were new.
@@ -789,7 +793,11 @@ impl Writer {
                         .push_bind(row.detail.as_slice());
                 });
                 insert.push(" ON CONFLICT (check_id, at_ms) DO NOTHING RETURNING check_id, at_ms");
-                let inserted: Vec<(i64, i64)> = insert.build_query_as().fetch_all(&mut *tx).await?;
+                let inserted: Vec<(i64, i64)> = insert
+                    .build_query_as()
+                    .persistent(false)
+                    .fetch_all(&mut *tx)
+                    .await?;
                 new_runs.extend(inserted);
             }
             // A run delivered twice in one part matches its key once: it counts once.
@@ -833,7 +841,11 @@ impl Writer {
                     .push(") ORDER BY tier, check_id, instance_id, bucket")
                     .push(lock);
                 let rows: Vec<StoredRollup> =
-                    select.build_query_as().fetch_all(&mut *tx).await?;
+                    select
+                        .build_query_as()
+                        .persistent(false)
+                        .fetch_all(&mut *tx)
+                        .await?;
                 for (tier, check_id, instance_id, bucket, runs, down, unmeasured, hist) in rows {
                     let key = RollupKey { tier: i64::from(tier), check_id, instance_id, bucket };
                     let row = Rollup { runs, down, unmeasured, hist: Histograms::decode(&hist) };
