@@ -15,13 +15,6 @@ use std::process::ExitCode;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-// Every probe allocates and frees its request, response and result across threads; glibc's
-// malloc spent about 15 % of the agent's CPU there at 1,000 probes/s, and mimalloc takes 8 %
-// less CPU per probe in all, with the same RSS at 10,000 checks (bench/RESULTS.md). The
-// library and its tests keep the system allocator; only the daemon uses this one.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     name = "bastion",

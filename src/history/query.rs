@@ -891,8 +891,8 @@ fn decode_detail(bytes: &[u8]) -> Vec<RawSample> {
 }
 
 /// `$first`, `$first+1`, ... for an IN list of `count` values. A statement with such a list is
-/// run with `persistent(false)`: its text changes with the list's length, and sqlx would keep
-/// each length's prepared program per connection.
+/// run with `persistent(false)` when the list's length is not bounded small: its text changes
+/// with the length, and sqlx would keep each length's prepared program per connection.
 fn placeholders(first: usize, count: usize) -> String {
     (first..first + count)
         .map(|n| format!("${n}"))
@@ -1115,6 +1115,7 @@ impl HistoryReader {
             );
             let bytes = on_pool!(&self.db, pool => {
                 let mut query = sqlx::query_scalar::<_, i64>(&sql)
+                    .persistent(false)
                     .bind(millis(from))
                     .bind(millis(to));
                 for id in chunk {

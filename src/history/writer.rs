@@ -63,11 +63,18 @@ const RUNS_PER_TRANSACTION: usize = 8_192;
 /// (4 and 8 values): a statement's round trip and parse are paid per thousand rows, not per
 /// row, and its values stay well under SQLite's limit of 32,766 and PostgreSQL's 65,535.
 const RUNS_PER_STATEMENT: usize = 1_000;
-// A statement's text depends on how many rows it carries, so those statements are run once
-// and not kept prepared (`persistent(false)`): sqlx keeps up to 100 prepared statements per
-// connection, and a prepared insert of 1,000 rows is about 150 KB of SQLite program. Kept,
-// they took 55 MB at 10,000 checks (heaptrack, bench/RESULTS.md), most of history's memory.
 const ROLLUPS_PER_STATEMENT: usize = 1_000;
+
+/// Whether a statement of `rows` rows is kept prepared: only a full one (`rows == full`),
+/// whose text is always the same. A statement's text grows with its rows, so one of any other
+/// size is prepared, run and forgotten: sqlx keeps up to 100 prepared statements per
+/// connection, a prepared insert of 1,000 rows is about 150 KB of SQLite program, and kept
+/// they took 56 MiB at 10,000 checks, most of history's memory (bench/RESULTS.md, "What
+/// history's memory was").
+fn kept_prepared(rows: usize, full: usize) -> bool {
+    rows == full
+}
+
 /// After this long an attempt commits no further part: the rest waits for the next attempt,
 /// a flush interval later, so the writer takes in what waits in the lanes meanwhile.
 const ATTEMPT_BUDGET: Duration = Duration::from_secs(10);
@@ -777,7 +784,11 @@ impl Writer {
                             .push_bind(hist.as_slice());
                     });
                     insert.push(concat!(" ON CONFLICT (tier, check_id, instance_id, bucket) ", $conflict));
-                    insert.build().persistent(false).execute(&mut *tx).await?;
+                    insert
+                        .build()
+                        .persistent(kept_prepared($rows.len(), ROLLUPS_PER_STATEMENT))
+                        .execute(&mut *tx)
+                        .await?;
                 }};
             }
             // The runs, many to a statement; the database answers which ones were new.
@@ -795,7 +806,7 @@ impl Writer {
                 insert.push(" ON CONFLICT (check_id, at_ms) DO NOTHING RETURNING check_id, at_ms");
                 let inserted: Vec<(i64, i64)> = insert
                     .build_query_as()
-                    .persistent(false)
+                    .persistent(kept_prepared(rows.len(), RUNS_PER_STATEMENT))
                     .fetch_all(&mut *tx)
                     .await?;
                 new_runs.extend(inserted);
@@ -843,7 +854,7 @@ impl Writer {
                 let rows: Vec<StoredRollup> =
                     select
                         .build_query_as()
-                        .persistent(false)
+                        .persistent(kept_prepared(keys.len(), ROLLUPS_PER_STATEMENT))
                         .fetch_all(&mut *tx)
                         .await?;
                 for (tier, check_id, instance_id, bucket, runs, down, unmeasured, hist) in rows {
