@@ -58,13 +58,14 @@ pub fn build_dispatcher(config: &Config, metrics: &Metrics) -> Result<Dispatcher
         tls: Arc::default(),
         max_body_bytes: config.runner.max_body_bytes,
     });
+    let runner: RunnerMetrics = metrics.component();
     let pools = crate::checks::CheckType::ALL
         .into_iter()
         .map(|check_type| {
             WorkerPool::new(
                 check_type,
                 config.runner.workers.for_type(check_type),
-                &metrics.component(),
+                &runner,
             )
         })
         .collect();
