@@ -158,7 +158,17 @@ impl ResultStore {
 
     fn update(&self, check: &str, mut status: CheckStatus) {
         status.version = self.next_version.fetch_add(1, Ordering::Relaxed) + 1;
-        self.write().insert(check.to_string(), status);
+        let replaced = {
+            let mut checks = self.write();
+            match checks.get_mut(check) {
+                // A check's every result after its first: no key to copy.
+                Some(slot) => Some(std::mem::replace(slot, status)),
+                None => checks.insert(check.to_string(), status),
+            }
+        };
+        // The replaced result (its responses, headers and body) is freed after the lock is
+        // released, so readers of the store never wait on the allocator.
+        drop(replaced);
     }
 
     fn remove(&self, check: &str) {
