@@ -292,9 +292,9 @@ pub struct Recorder {
     runs: mpsc::Sender<RunRecord>,
     transitions: mpsc::Sender<TransitionRecord>,
     incidents: mpsc::Sender<IncidentOp>,
-    /// Woken when the runs' lane is half full: the writer takes runs in at its flushes, not
-    /// one by one (see `Lanes::runs_half_full`).
-    runs_half_full: Arc<tokio::sync::Notify>,
+    /// Notified when the runs' lane is a quarter full: the writer takes runs in at its
+    /// flushes, not one by one (see `Lanes::runs_filling`).
+    runs_filling: Arc<tokio::sync::Notify>,
     metrics: HistoryMetrics,
     /// Cancels `Lanes::closed` when the last clone is dropped.
     _closes: Arc<tokio_util::sync::DropGuard>,
@@ -306,14 +306,21 @@ pub struct Lanes {
     pub runs: mpsc::Receiver<RunRecord>,
     pub transitions: mpsc::Receiver<TransitionRecord>,
     pub incidents: mpsc::Receiver<IncidentOp>,
-    /// Notified when the runs' lane is at least half full. The writer does not wait on the
-    /// runs' lane itself: a receiver parked on a channel is woken by every send, a thread
-    /// wake-up per probe (about a tenth of the agent's CPU at 1,000 probes/s, bench/RESULTS.md).
-    /// It takes the lane in at each flush, and early when this says the lane is filling, so a
-    /// long `flush_interval` at a high rate does not fill the lane between flushes.
-    pub runs_half_full: Arc<tokio::sync::Notify>,
+    /// Notified when the runs' lane is at least a quarter full (`filling_at`). The writer does
+    /// not wait on the runs' lane itself: a receiver parked on a channel is woken by every
+    /// send, a thread wake-up per probe (about 3 % of the agent's CPU at 1,000 probes/s,
+    /// bench/RESULTS.md). It takes the lane in at each flush, and early when this says the
+    /// lane is filling: a long `flush_interval` at a high rate does not fill the lane between
+    /// flushes, and a burst still finds three quarters of the lane free.
+    pub runs_filling: Arc<tokio::sync::Notify>,
     /// Cancelled when the last `Recorder` is gone: nothing more will arrive.
     pub closed: tokio_util::sync::CancellationToken,
+}
+
+/// Runs waiting in a lane of `capacity` at which the writer is woken to take them in: a
+/// quarter of the lane, at least one (a lane of one wakes it for every run, as it must).
+fn filling_at(capacity: usize) -> usize {
+    (capacity / 4).max(1)
 }
 
 /// Incident operations waiting at most, whatever `history.buffer` says: one open and one
@@ -330,13 +337,13 @@ impl Recorder {
         let (transitions, transition_lane) = mpsc::channel(buffer);
         let (incidents, incident_lane) = mpsc::channel(buffer.max(MIN_INCIDENT_LANE));
         let closed = tokio_util::sync::CancellationToken::new();
-        let runs_half_full = Arc::new(tokio::sync::Notify::new());
+        let runs_filling = Arc::new(tokio::sync::Notify::new());
         (
             Recorder {
                 runs,
                 transitions,
                 incidents,
-                runs_half_full: Arc::clone(&runs_half_full),
+                runs_filling: Arc::clone(&runs_filling),
                 metrics,
                 _closes: Arc::new(closed.clone().drop_guard()),
             },
@@ -344,7 +351,7 @@ impl Recorder {
                 runs: run_lane,
                 transitions: transition_lane,
                 incidents: incident_lane,
-                runs_half_full,
+                runs_filling,
                 closed,
             },
         )
@@ -381,10 +388,11 @@ impl Recorder {
     /// Puts a run into its lane, or counts it dropped when the lane is full.
     fn send_run(&self, record: RunRecord) {
         let sent = self.runs.try_send(record);
-        if self.runs.capacity() <= self.runs.max_capacity() / 2 {
+        let waiting = self.runs.max_capacity() - self.runs.capacity();
+        if waiting >= filling_at(self.runs.max_capacity()) {
             // The writer takes the lane in early; a stored permit makes this cheap while
             // the writer is busy writing.
-            self.runs_half_full.notify_one();
+            self.runs_filling.notify_one();
         }
         self.count(sent.err().map(|error| match error {
             mpsc::error::TrySendError::Full(_) => "buffer_full",

@@ -166,8 +166,9 @@ impl ResultStore {
                 None => checks.insert(check.to_string(), status),
             }
         };
-        // The replaced result (its responses, headers and body) is freed after the lock is
-        // released, so readers of the store never wait on the allocator.
+        // The replaced status is dropped after the lock is released: when it held the last
+        // reference to its result (responses, headers, body), freeing it never holds up the
+        // store's readers.
         drop(replaced);
     }
 
