@@ -1271,6 +1271,20 @@ mod tests {
             .unwrap_or(u64::MAX)
     }
 
+    /// A directory of this test's own for a history database.
+    fn scratch_dir(test: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "bastion-writer-{test}-{}-{}",
+            std::process::id(),
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
     /// How many runs were dropped for a full buffer, from the exposition.
     fn dropped_for_a_full_buffer(metrics: &Metrics) -> u64 {
         let text = metrics.render();
@@ -1302,15 +1316,7 @@ mod tests {
     /// hold 8 and drop the 9th; with a wake-up per run the first would be taken in at once.
     #[tokio::test]
     async fn a_filling_lane_is_taken_in_before_the_flush_and_the_bound_holds_past_it() {
-        let dir = std::env::temp_dir().join(format!(
-            "bastion-writer-lane-{}-{}",
-            std::process::id(),
-            SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap()
-                .as_nanos()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = scratch_dir("lane");
         let config = HistoryConfig {
             path: dir.join("history.db"),
             buffer: 8,
@@ -1373,15 +1379,7 @@ mod tests {
     /// budget leaves the rest to the next), and the whole backlog is written.
     #[tokio::test]
     async fn a_backlog_larger_than_a_transaction_is_written_whole_in_parts() {
-        let dir = std::env::temp_dir().join(format!(
-            "bastion-writer-parts-{}-{}",
-            std::process::id(),
-            SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap()
-                .as_nanos()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = scratch_dir("parts");
         let config = HistoryConfig {
             path: dir.join("history.db"),
             ..HistoryConfig::default()
