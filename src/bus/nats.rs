@@ -455,14 +455,14 @@ async fn get_or_create_stream(
             Ok(stream) => return Ok(stream),
             Err(error) => {
                 let error = error.to_string();
-                if unanswered(&error) {
+                if unanswered(&error) || being_created(&error) {
                     if started.elapsed() + backoff >= JETSTREAM_PATIENCE {
                         return Err(format!(
                             "{error} (JetStream did not answer for {})",
                             humantime::format_duration(JETSTREAM_PATIENCE)
                         ));
                     }
-                    tracing::warn!(%error, stream = %wanted.name, retry_in = ?backoff, "JetStream does not answer yet (a cluster electing its leaders?); retrying");
+                    tracing::warn!(%error, stream = %wanted.name, retry_in = ?backoff, "JetStream does not answer yet, or another process is creating the stream; retrying");
                 } else if refusals < 3 {
                     refusals += 1;
                     tracing::debug!(%error, stream = %wanted.name, "creating the stream failed; looking again");
@@ -474,6 +474,14 @@ async fn get_or_create_stream(
             }
         }
     }
+}
+
+/// Whether a JetStream API error says the stream is being created by another process: it is
+/// "not found" to one request and "already in use" to the next until its replicas have a
+/// leader (a cluster, an HA pair and its runners starting at once).
+fn being_created(error: &str) -> bool {
+    let error = error.to_ascii_lowercase();
+    error.contains("not found") || error.contains("already in use")
 }
 
 /// Whether a JetStream API error means no answer yet rather than a refusal: a request that
@@ -517,7 +525,11 @@ async fn ensure_results_stream(
 /// Gets or creates the stream `wanted`, and updates it when `differs` says the existing one
 /// does not have what bastion needs (its max age, subjects or replicas). A server that refuses
 /// the replicas (a single server asked for 3, a cluster smaller than asked) gets an error
-/// saying what to set.
+/// saying what to set. The stream's configuration is the one the get or create answered with,
+/// not asked for again: in a cluster, a stream another process created a moment ago can be
+/// "not found" to a second request until its replicas have a leader, and an HA pair with its
+/// runners starts at once. An update that meets such a stream, or no answer, is tried again
+/// with backoff for up to `JETSTREAM_PATIENCE`, like the get or create.
 async fn ensure_stream(
     jetstream: &jetstream::Context,
     wanted: stream::Config,
@@ -526,28 +538,37 @@ async fn ensure_stream(
 ) -> Result<(), BusError> {
     let replicas = wanted.num_replicas;
     let failed = |error: String| stream_error(what, replicas, error);
-    let mut existing = get_or_create_stream(jetstream, &wanted)
-        .await
-        .map_err(failed)?;
-    let info = existing
-        .info()
-        .await
-        .map_err(|error| failed(error.to_string()))?;
-    if differs(&info.config, &wanted) {
-        if info.config.num_replicas != replicas {
+    let started = Instant::now();
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let existing = get_or_create_stream(jetstream, &wanted)
+            .await
+            .map_err(failed)?;
+        let config = &existing.cached_info().config;
+        if !differs(config, &wanted) {
+            return Ok(());
+        }
+        if config.num_replicas != replicas {
             tracing::info!(
                 stream = %wanted.name,
-                from = info.config.num_replicas,
+                from = config.num_replicas,
                 to = replicas,
                 "changing the stream's replicas"
             );
         }
-        jetstream
-            .update_stream(wanted)
-            .await
-            .map_err(|error| failed(error.to_string()))?;
+        let error = match jetstream.update_stream(wanted.clone()).await {
+            Ok(_) => return Ok(()),
+            Err(error) => error.to_string(),
+        };
+        if !(unanswered(&error) || being_created(&error))
+            || started.elapsed() + backoff >= JETSTREAM_PATIENCE
+        {
+            return Err(failed(error));
+        }
+        tracing::warn!(%error, stream = %wanted.name, retry_in = ?backoff, "the stream is not ready for an update yet; retrying");
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
     }
-    Ok(())
 }
 
 /// The error for a stream bastion could not create or update: one that names
@@ -971,6 +992,25 @@ mod tests {
         ));
         assert!(!unanswered("no responders"));
         assert!(!unanswered(
+            "replicas > 1 not supported in non-clustered mode (error code 10074)"
+        ));
+    }
+
+    /// The texts a stream another process is still creating answers with (CI saw the first
+    /// from nats-server 2.15 when an HA pair and its runners started on a cluster at once).
+    #[test]
+    fn a_stream_another_process_is_creating_is_waited_for_and_a_refusal_is_not() {
+        assert!(being_created(
+            "request failed: stream not found (code 404, error code 10059)"
+        ));
+        assert!(being_created(
+            "stream name already in use with a different configuration (error code 10058)"
+        ));
+        assert!(!being_created("no responders"));
+        assert!(!being_created(
+            "jetstream not enabled (code 503, error code 10076)"
+        ));
+        assert!(!being_created(
             "replicas > 1 not supported in non-clustered mode (error code 10074)"
         ));
     }
