@@ -416,7 +416,7 @@ async fn once_command(
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(EXIT_FAILING),
         Err(error) => {
-            say_err!("error: {error:#}");
+            say_err!("error: {}", chain_text(&error));
             // Naming a check that is not there is a usage error; anything else
             // went wrong while running.
             let usage = matches!(
@@ -455,7 +455,7 @@ async fn run_command(config_path: PathBuf, role: RoleArg, bus: BusArgs) -> ExitC
     match run(config, options).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            say_err!("error: {error:#}");
+            say_err!("error: {}", chain_text(&error));
             let usage = matches!(
                 error.downcast_ref::<agent::AgentError>(),
                 Some(agent::AgentError::RoleNeedsNats(_) | agent::AgentError::SavedState(_))
@@ -489,6 +489,23 @@ async fn notify_test_command(path: &Path, notifier: &str) -> ExitCode {
             ExitCode::from(EXIT_CONFIG)
         }
     }
+}
+
+/// An error and its causes, each once: `{:#}` writes every cause after its parent, and a
+/// library error that says its cause in its own message (`bus: {0}`) would repeat it.
+fn chain_text(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let cause = cause.to_string();
+        if text.ends_with(&cause) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&cause);
+    }
+    text
 }
 
 /// Prints every mistake found, one per line, and exits 2.
@@ -581,5 +598,28 @@ async fn watch_signals(
             std::process::exit(130);
         }
         shutdown.cancel();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[derive(Debug, thiserror::Error)]
+    #[error("inner trouble")]
+    struct Inner;
+
+    /// Says its cause in its message and gives it as its source, as `AgentError::Bus` does.
+    #[derive(Debug, thiserror::Error)]
+    #[error("bus: {0}")]
+    struct Saying(#[from] Inner);
+
+    #[test]
+    fn a_cause_its_parent_already_says_is_written_once_and_others_are_kept() {
+        let repeated = anyhow::Error::from(Saying(Inner)).context("starting bastion");
+        assert_eq!(
+            super::chain_text(&repeated),
+            "starting bastion: bus: inner trouble"
+        );
+        let plain = anyhow::Error::from(Inner).context("starting bastion");
+        assert_eq!(super::chain_text(&plain), "starting bastion: inner trouble");
     }
 }
