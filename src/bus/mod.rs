@@ -54,7 +54,7 @@ pub enum BusError {
     Connect { servers: String, reason: String },
     #[error("no NATS server at {servers} answered within {waited}; start one, fix bus.nats.url, or raise the connect timeout")]
     ConnectTimeout { servers: String, waited: String },
-    #[error("JetStream: {0}; JetStream must be enabled on the server (nats-server -js)")]
+    #[error("JetStream: {0}{hint}", hint = jetstream_hint(.0))]
     JetStream(String),
     #[error("{what}: the NATS server refused {replicas} replicas ({reason}); set bus.nats.replicas to the number of JetStream servers in the cluster (3 or 5), or to 1 for a single server")]
     Replicas {
@@ -64,6 +64,22 @@ pub enum BusError {
     },
     #[error("NATS: {0}")]
     Nats(String),
+}
+
+/// What to fix, for a JetStream error that says the server has no JetStream: async-nats
+/// words a server started without `-js` "jetstream unavailable" (no responders), and an
+/// account without it "jetstream not enabled". Other JetStream errors (a lease renewal that
+/// timed out, a stream still being created) say nothing of the kind, so they get no hint.
+fn jetstream_hint(error: &str) -> &'static str {
+    let error = error.to_ascii_lowercase();
+    if ["jetstream unavailable", "not enabled", "no responders"]
+        .iter()
+        .any(|sign| error.contains(sign))
+    {
+        "; JetStream must be enabled on the server (nats-server -js)"
+    } else {
+        ""
+    }
 }
 
 /// A stream of messages for one subscription. Dropping it unsubscribes.

@@ -47,7 +47,8 @@ pub const RESULTS_IN_FLIGHT: usize = 64;
 /// the backoff that is about 11 s, long enough for a stream leader election to pass.
 const REFUSED_ATTEMPTS: u32 = 8;
 /// How long start-up keeps asking a JetStream that does not answer (a cluster electing its
-/// leaders) to create or find a stream.
+/// leaders), or waits for a stream another process is still creating, to create, find or
+/// update a stream (`Patience`).
 const JETSTREAM_PATIENCE: Duration = Duration::from_secs(60);
 /// The first and the longest wait before a result is tried again.
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
@@ -395,6 +396,7 @@ impl NatsBus {
             ..Default::default()
         };
         // Every checker must agree on the TTL and the replicas; the latest configuration wins.
+        let mut patience = Patience::new();
         ensure_stream(
             &self.jetstream,
             wanted,
@@ -402,13 +404,29 @@ impl NatsBus {
             |existing, wanted| {
                 existing.max_age != wanted.max_age || existing.num_replicas != wanted.num_replicas
             },
+            &mut patience,
         )
         .await?;
-        let store = self
-            .jetstream
-            .get_key_value(bucket)
-            .await
-            .map_err(|error| BusError::JetStream(format!("lease bucket `{bucket}`: {error}")))?;
+        // Reading the bucket asks for its stream again: as `ensure_stream` says, a stream
+        // another checker created a moment ago can be "not found" to it for a while.
+        let store = loop {
+            let error = match self.jetstream.get_key_value(bucket).await {
+                Ok(store) => break store,
+                Err(error) => error.to_string(),
+            };
+            let error = if not_ready(&error) {
+                tracing::warn!(%error, bucket, "the lease bucket is not ready yet; retrying");
+                if patience.wait().await {
+                    continue;
+                }
+                Patience::gave_up(&error)
+            } else {
+                error
+            };
+            return Err(BusError::JetStream(format!(
+                "lease bucket `{bucket}`: {error}"
+            )));
+        };
         Ok(NatsLease {
             store,
             holder: holder.to_string(),
@@ -439,39 +457,78 @@ impl NatsBus {
     }
 }
 
+/// Start-up's patience with a JetStream that does not answer yet (a cluster electing its
+/// leaders) or a stream another process is still creating: one deadline, `JETSTREAM_PATIENCE`
+/// from the start of a whole step (a stream and what is read of it after), whatever it retries
+/// inside, and a backoff doubling from `FIRST_BACKOFF` to `MAX_BACKOFF`.
+struct Patience {
+    deadline: Instant,
+    backoff: Duration,
+}
+
+impl Patience {
+    fn new() -> Patience {
+        Patience {
+            deadline: Instant::now() + JETSTREAM_PATIENCE,
+            backoff: FIRST_BACKOFF,
+        }
+    }
+
+    /// Waits before the next try; false, at once, when that try would start past the deadline.
+    async fn wait(&mut self) -> bool {
+        if Instant::now() + self.backoff >= self.deadline {
+            return false;
+        }
+        tokio::time::sleep(self.backoff).await;
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+        true
+    }
+
+    /// `error`, the last of a step given up on, with what was waited for.
+    fn gave_up(error: &str) -> String {
+        let waited = humantime::format_duration(JETSTREAM_PATIENCE);
+        if unanswered(error) {
+            format!("{error} (JetStream did not answer for {waited})")
+        } else {
+            format!("{error} (another process was still creating it after {waited})")
+        }
+    }
+}
+
+/// Whether a JetStream error at start-up is waited out: no answer yet, or a stream another
+/// process is still creating.
+fn not_ready(error: &str) -> bool {
+    unanswered(error) || being_created(error)
+}
+
 /// Gets the stream, or creates it. Several processes starting at once may race to create
 /// it; the loser of the race finds it on a second look. A JetStream that does not answer yet
-/// (a cluster still electing its leaders, or busy placing a stream's replicas) is asked again
-/// with backoff for up to `JETSTREAM_PATIENCE` before start-up gives up.
+/// (a cluster still electing its leaders, or busy placing a stream's replicas), or a stream
+/// another process is still creating, is asked again within `patience`.
 async fn get_or_create_stream(
     jetstream: &jetstream::Context,
     wanted: &stream::Config,
+    patience: &mut Patience,
 ) -> Result<stream::Stream, String> {
-    let started = Instant::now();
     let mut refusals = 0;
-    let mut backoff = Duration::from_millis(100);
     loop {
-        match jetstream.get_or_create_stream(wanted.clone()).await {
+        let error = match jetstream.get_or_create_stream(wanted.clone()).await {
             Ok(stream) => return Ok(stream),
-            Err(error) => {
-                let error = error.to_string();
-                if unanswered(&error) || being_created(&error) {
-                    if started.elapsed() + backoff >= JETSTREAM_PATIENCE {
-                        return Err(format!(
-                            "{error} (JetStream did not answer for {})",
-                            humantime::format_duration(JETSTREAM_PATIENCE)
-                        ));
-                    }
-                    tracing::warn!(%error, stream = %wanted.name, retry_in = ?backoff, "JetStream does not answer yet, or another process is creating the stream; retrying");
-                } else if refusals < 3 {
-                    refusals += 1;
-                    tracing::debug!(%error, stream = %wanted.name, "creating the stream failed; looking again");
-                } else {
-                    return Err(error);
-                }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
+            Err(error) => error.to_string(),
+        };
+        if not_ready(&error) {
+            tracing::warn!(%error, stream = %wanted.name, "JetStream does not answer yet, or another process is creating the stream; retrying");
+            if !patience.wait().await {
+                return Err(Patience::gave_up(&error));
             }
+        } else if refusals < 3 {
+            refusals += 1;
+            tracing::debug!(%error, stream = %wanted.name, "creating the stream failed; looking again");
+            if !patience.wait().await {
+                return Err(error);
+            }
+        } else {
+            return Err(error);
         }
     }
 }
@@ -518,6 +575,7 @@ async fn ensure_results_stream(
                 || existing.subjects != wanted.subjects
                 || existing.num_replicas != wanted.num_replicas
         },
+        &mut Patience::new(),
     )
     .await
 }
@@ -529,19 +587,18 @@ async fn ensure_results_stream(
 /// not asked for again: in a cluster, a stream another process created a moment ago can be
 /// "not found" to a second request until its replicas have a leader, and an HA pair with its
 /// runners starts at once. An update that meets such a stream, or no answer, is tried again
-/// with backoff for up to `JETSTREAM_PATIENCE`, like the get or create.
+/// within `patience`, like the get or create.
 async fn ensure_stream(
     jetstream: &jetstream::Context,
     wanted: stream::Config,
     what: &str,
     differs: impl Fn(&stream::Config, &stream::Config) -> bool,
+    patience: &mut Patience,
 ) -> Result<(), BusError> {
     let replicas = wanted.num_replicas;
     let failed = |error: String| stream_error(what, replicas, error);
-    let started = Instant::now();
-    let mut backoff = Duration::from_millis(100);
     loop {
-        let existing = get_or_create_stream(jetstream, &wanted)
+        let existing = get_or_create_stream(jetstream, &wanted, patience)
             .await
             .map_err(failed)?;
         let config = &existing.cached_info().config;
@@ -560,14 +617,13 @@ async fn ensure_stream(
             Ok(_) => return Ok(()),
             Err(error) => error.to_string(),
         };
-        if !(unanswered(&error) || being_created(&error))
-            || started.elapsed() + backoff >= JETSTREAM_PATIENCE
-        {
+        if !not_ready(&error) {
             return Err(failed(error));
         }
-        tracing::warn!(%error, stream = %wanted.name, retry_in = ?backoff, "the stream is not ready for an update yet; retrying");
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(MAX_BACKOFF);
+        tracing::warn!(%error, stream = %wanted.name, "the stream is not ready for an update yet; retrying");
+        if !patience.wait().await {
+            return Err(failed(Patience::gave_up(&error)));
+        }
     }
 }
 
@@ -996,23 +1052,42 @@ mod tests {
         ));
     }
 
-    /// The texts a stream another process is still creating answers with (CI saw the first
-    /// from nats-server 2.15 when an HA pair and its runners started on a cluster at once).
+    /// The texts a stream another process is still creating answers with, as async-nats
+    /// 0.51 words them: a create or update, a get of a KV bucket, and a create that lost the
+    /// race (CI saw a second info request answer "not found" when an HA pair and its runners
+    /// started on a cluster of nats-server 2.15 at once).
     #[test]
     fn a_stream_another_process_is_creating_is_waited_for_and_a_refusal_is_not() {
+        assert!(being_created("stream not found"));
         assert!(being_created(
-            "request failed: stream not found (code 404, error code 10059)"
+            "failed to get the bucket: jetstream error: stream not found (code 404, error code 10059)"
         ));
         assert!(being_created(
-            "stream name already in use with a different configuration (error code 10058)"
+            "jetstream error: stream name already in use with a different configuration (code 400, error code 10058)"
         ));
-        assert!(!being_created("no responders"));
+        assert!(!being_created("jetstream unavailable"));
         assert!(!being_created(
-            "jetstream not enabled (code 503, error code 10076)"
+            "jetstream error: jetstream not enabled for account (code 503, error code 10039)"
+        ));
+        assert!(!being_created(
+            "jetstream error: subjects overlap with an existing stream (code 400, error code 10065)"
         ));
         assert!(!being_created(
             "replicas > 1 not supported in non-clustered mode (error code 10074)"
         ));
+    }
+
+    #[test]
+    fn only_a_server_without_jetstream_is_told_to_enable_it() {
+        let hint = "JetStream must be enabled on the server (nats-server -js)";
+        let off = BusError::JetStream("stream BASTION_RESULTS: jetstream unavailable".into());
+        assert!(off.to_string().ends_with(hint), "{off}");
+        let account = BusError::JetStream(
+            "stream BASTION_RESULTS: jetstream error: jetstream not enabled for account (code 503, error code 10039)".into(),
+        );
+        assert!(account.to_string().ends_with(hint), "{account}");
+        let lease = BusError::JetStream("checker lease: timed out".into());
+        assert_eq!(lease.to_string(), "JetStream: checker lease: timed out");
     }
 
     #[test]
