@@ -66,13 +66,16 @@ pub enum BusError {
     Nats(String),
 }
 
-/// What to fix, for a JetStream error that says the server has no JetStream: async-nats
-/// words a server started without `-js` "jetstream unavailable" (no responders), and an
-/// account without it "jetstream not enabled". Other JetStream errors (a lease renewal that
+/// What to fix, for a JetStream error that says there is no JetStream to use: async-nats
+/// words a server started without `-js` "jetstream unavailable" (no responders), and a server
+/// with JetStream whose account has none "jetstream not enabled for account" (10039), which
+/// the account's configuration fixes, not `-js`. Other JetStream errors (a lease renewal that
 /// timed out, a stream still being created) say nothing of the kind, so they get no hint.
 fn jetstream_hint(error: &str) -> &'static str {
     let error = error.to_ascii_lowercase();
-    if ["jetstream unavailable", "not enabled", "no responders"]
+    if error.contains("not enabled for account") || error.contains("error code 10039") {
+        "; JetStream must be enabled for the account bastion connects as (`jetstream: enabled` in the account's block of the server's configuration)"
+    } else if ["jetstream unavailable", "not enabled", "no responders"]
         .iter()
         .any(|sign| error.contains(sign))
     {

@@ -48,7 +48,8 @@ pub const RESULTS_IN_FLIGHT: usize = 64;
 const REFUSED_ATTEMPTS: u32 = 8;
 /// How long start-up keeps asking a JetStream that does not answer (a cluster electing its
 /// leaders), or waits for a stream another process is still creating, to create, find or
-/// update a stream (`Patience`).
+/// update its streams and read the lease bucket: one deadline for all of it (`Patience`), so
+/// that start-up stays well inside systemd's `TimeoutStartSec` (90 s in the shipped unit).
 const JETSTREAM_PATIENCE: Duration = Duration::from_secs(60);
 /// The first and the longest wait before a result is tried again.
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
@@ -109,6 +110,9 @@ pub struct NatsBus {
     instance: String,
     /// JetStream replicas of the streams bastion creates (`bus.nats.replicas`).
     replicas: usize,
+    /// When start-up stops waiting for JetStream: `JETSTREAM_PATIENCE` after connecting,
+    /// shared by the results stream and the lease bucket.
+    jetstream_deadline: Instant,
 }
 
 /// The server list with any credentials left out, for messages.
@@ -325,6 +329,7 @@ impl NatsBus {
         metrics.set_connected(true);
         tracing::info!(servers = %described, "connected to NATS");
         let jetstream = jetstream::new(client.clone());
+        let jetstream_deadline = Instant::now() + JETSTREAM_PATIENCE;
         let unsent = Arc::new(AtomicUsize::new(0));
         let (outbox, outbox_receiver) = mpsc::channel(OUTBOX_CAPACITY);
         tokio::spawn(drain_outbox(
@@ -340,6 +345,7 @@ impl NatsBus {
                 &pattern,
                 config.results_max_age,
                 config.replicas,
+                &mut Patience::until(jetstream_deadline),
             )
             .await?;
             let (sender, receiver) = mpsc::channel(
@@ -366,6 +372,7 @@ impl NatsBus {
             next_message_id: AtomicU64::new(1),
             instance,
             replicas: config.replicas,
+            jetstream_deadline,
         })
     }
 
@@ -396,13 +403,19 @@ impl NatsBus {
             ..Default::default()
         };
         // Every checker must agree on the TTL and the replicas; the latest configuration wins.
-        let mut patience = Patience::new();
+        let mut patience = Patience::until(self.jetstream_deadline);
         ensure_stream(
             &self.jetstream,
             wanted,
             &format!("lease bucket `{bucket}`"),
             |existing, wanted| {
                 existing.max_age != wanted.max_age || existing.num_replicas != wanted.num_replicas
+            },
+            |existing, wanted| stream::Config {
+                max_age: wanted.max_age,
+                duplicate_window: wanted.duplicate_window,
+                num_replicas: wanted.num_replicas,
+                ..existing.clone()
             },
             &mut patience,
         )
@@ -419,7 +432,7 @@ impl NatsBus {
                 if patience.wait().await {
                     continue;
                 }
-                Patience::gave_up(&error)
+                patience.gave_up(&error)
             } else {
                 error
             };
@@ -459,17 +472,20 @@ impl NatsBus {
 
 /// Start-up's patience with a JetStream that does not answer yet (a cluster electing its
 /// leaders) or a stream another process is still creating: one deadline, `JETSTREAM_PATIENCE`
-/// from the start of a whole step (a stream and what is read of it after), whatever it retries
-/// inside, and a backoff doubling from `FIRST_BACKOFF` to `MAX_BACKOFF`.
+/// after connecting, for every step (each stream, and the lease bucket read after its
+/// stream), whatever they retry inside, and a backoff doubling from `FIRST_BACKOFF` to
+/// `MAX_BACKOFF`. A step that starts past the deadline still tries once.
 struct Patience {
+    started: Instant,
     deadline: Instant,
     backoff: Duration,
 }
 
 impl Patience {
-    fn new() -> Patience {
+    fn until(deadline: Instant) -> Patience {
         Patience {
-            deadline: Instant::now() + JETSTREAM_PATIENCE,
+            started: Instant::now(),
+            deadline,
             backoff: FIRST_BACKOFF,
         }
     }
@@ -484,13 +500,15 @@ impl Patience {
         true
     }
 
-    /// `error`, the last of a step given up on, with what was waited for.
-    fn gave_up(error: &str) -> String {
-        let waited = humantime::format_duration(JETSTREAM_PATIENCE);
+    /// `error`, the last of a step given up on, with how long this step waited for what.
+    fn gave_up(&self, error: &str) -> String {
+        // Whole seconds: the text is for a person, not a measurement.
+        let waited =
+            humantime::format_duration(Duration::from_secs(self.started.elapsed().as_secs()));
         if unanswered(error) {
             format!("{error} (JetStream did not answer for {waited})")
         } else {
-            format!("{error} (another process was still creating it after {waited})")
+            format!("{error} (the stream was still not ready after {waited}: another process may be creating it)")
         }
     }
 }
@@ -519,7 +537,7 @@ async fn get_or_create_stream(
         if not_ready(&error) {
             tracing::warn!(%error, stream = %wanted.name, "JetStream does not answer yet, or another process is creating the stream; retrying");
             if !patience.wait().await {
-                return Err(Patience::gave_up(&error));
+                return Err(patience.gave_up(&error));
             }
         } else if refusals < 3 {
             refusals += 1;
@@ -538,7 +556,10 @@ async fn get_or_create_stream(
 /// leader (a cluster, an HA pair and its runners starting at once).
 fn being_created(error: &str) -> bool {
     let error = error.to_ascii_lowercase();
-    error.contains("not found") || error.contains("already in use")
+    // The stream's own "not found" (10059) only: "account not found" is a refusal.
+    error.contains("stream not found")
+        || error.contains("error code 10059")
+        || error.contains("already in use")
 }
 
 /// Whether a JetStream API error means no answer yet rather than a refusal: a request that
@@ -554,6 +575,7 @@ async fn ensure_results_stream(
     pattern: &str,
     max_age: Duration,
     replicas: usize,
+    patience: &mut Patience,
 ) -> Result<(), BusError> {
     let wanted = stream::Config {
         name: RESULTS_STREAM.to_string(),
@@ -565,7 +587,6 @@ async fn ensure_results_stream(
         num_replicas: replicas,
         ..Default::default()
     };
-    // An existing stream keeps its other limits (an operator's `max_msg_size`, say).
     ensure_stream(
         jetstream,
         wanted,
@@ -575,13 +596,22 @@ async fn ensure_results_stream(
                 || existing.subjects != wanted.subjects
                 || existing.num_replicas != wanted.num_replicas
         },
-        &mut Patience::new(),
+        |existing, wanted| stream::Config {
+            max_age: wanted.max_age,
+            duplicate_window: wanted.duplicate_window,
+            subjects: wanted.subjects.clone(),
+            num_replicas: wanted.num_replicas,
+            ..existing.clone()
+        },
+        patience,
     )
     .await
 }
 
 /// Gets or creates the stream `wanted`, and updates it when `differs` says the existing one
-/// does not have what bastion needs (its max age, subjects or replicas). A server that refuses
+/// does not have what bastion needs (its max age, subjects or replicas): to `updated`, the
+/// existing configuration with only those changed, so an operator's own limits on the stream
+/// (`max_msg_size`, `max_bytes`, say) are kept. A server that refuses
 /// the replicas (a single server asked for 3, a cluster smaller than asked) gets an error
 /// saying what to set. The stream's configuration is the one the get or create answered with,
 /// not asked for again: in a cluster, a stream another process created a moment ago can be
@@ -593,6 +623,7 @@ async fn ensure_stream(
     wanted: stream::Config,
     what: &str,
     differs: impl Fn(&stream::Config, &stream::Config) -> bool,
+    updated: impl Fn(&stream::Config, &stream::Config) -> stream::Config,
     patience: &mut Patience,
 ) -> Result<(), BusError> {
     let replicas = wanted.num_replicas;
@@ -613,7 +644,7 @@ async fn ensure_stream(
                 "changing the stream's replicas"
             );
         }
-        let error = match jetstream.update_stream(wanted.clone()).await {
+        let error = match jetstream.update_stream(updated(config, &wanted)).await {
             Ok(_) => return Ok(()),
             Err(error) => error.to_string(),
         };
@@ -622,7 +653,7 @@ async fn ensure_stream(
         }
         tracing::warn!(%error, stream = %wanted.name, "the stream is not ready for an update yet; retrying");
         if !patience.wait().await {
-            return Err(failed(Patience::gave_up(&error)));
+            return Err(failed(patience.gave_up(&error)));
         }
     }
 }
@@ -1059,6 +1090,9 @@ mod tests {
     #[test]
     fn a_stream_another_process_is_creating_is_waited_for_and_a_refusal_is_not() {
         assert!(being_created("stream not found"));
+        assert!(!being_created(
+            "jetstream error: account not found (code 503, error code 10035)"
+        ));
         assert!(being_created(
             "failed to get the bucket: jetstream error: stream not found (code 404, error code 10059)"
         ));
@@ -1078,14 +1112,19 @@ mod tests {
     }
 
     #[test]
-    fn only_a_server_without_jetstream_is_told_to_enable_it() {
+    fn a_server_or_an_account_without_jetstream_is_told_where_to_enable_it() {
         let hint = "JetStream must be enabled on the server (nats-server -js)";
         let off = BusError::JetStream("stream BASTION_RESULTS: jetstream unavailable".into());
         assert!(off.to_string().ends_with(hint), "{off}");
         let account = BusError::JetStream(
             "stream BASTION_RESULTS: jetstream error: jetstream not enabled for account (code 503, error code 10039)".into(),
         );
-        assert!(account.to_string().ends_with(hint), "{account}");
+        assert!(
+            account.to_string().ends_with(
+                "`jetstream: enabled` in the account's block of the server's configuration)"
+            ),
+            "{account}"
+        );
         let lease = BusError::JetStream("checker lease: timed out".into());
         assert_eq!(lease.to_string(), "JetStream: checker lease: timed out");
     }

@@ -933,6 +933,47 @@ async fn a_result_the_stream_keeps_refusing_holds_back_no_later_result() {
     assert_eq!(stream.info().await.unwrap().state.messages, 20);
 }
 
+/// A stream whose age bastion changes keeps the limits an operator set on it: the update
+/// starts from the stream's own configuration, not from bastion's defaults.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_updated_results_stream_keeps_the_operators_own_limits() {
+    let server = NatsServer::start();
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let jetstream = async_nats::jetstream::new(client);
+    jetstream
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: "BASTION_RESULTS".to_string(),
+            subjects: vec!["bastion.results.>".to_string()],
+            max_age: Duration::from_secs(7200),
+            max_message_size: 65_536,
+            max_bytes: 64 * 1024 * 1024,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let (_bus, _metrics) = bus_with_metrics(
+        &server.url(),
+        "results_stream = true\nresults_max_age = \"1h\"",
+    )
+    .await;
+    let mut stream = jetstream.get_stream("BASTION_RESULTS").await.unwrap();
+    let config = stream.info().await.unwrap().config.clone();
+    assert_eq!(
+        config.max_age,
+        Duration::from_secs(3600),
+        "bastion's age applied"
+    );
+    assert_eq!(
+        config.max_message_size, 65_536,
+        "the operator's message limit kept"
+    );
+    assert_eq!(
+        config.max_bytes,
+        64 * 1024 * 1024,
+        "the operator's size limit kept"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_publish_the_client_refuses_after_the_outbox_is_counted() {
     let server = NatsServer::start_with("max_payload: 4096");
