@@ -492,14 +492,17 @@ async fn notify_test_command(path: &Path, notifier: &str) -> ExitCode {
 }
 
 /// An error and its causes, each once: `{:#}` writes every cause after its parent, and a
-/// library error that says its cause in its own message (`bus: {0}`) would repeat it.
+/// library error that says its cause in its own message (`bus: {0}`, or mid-sentence as in
+/// `cannot listen on X: {0}; set agent.listen ...`) would repeat it.
 fn chain_text(error: &anyhow::Error) -> String {
     let mut text = String::new();
+    let mut parent = String::new();
     for cause in error.chain() {
         let cause = cause.to_string();
-        if text.ends_with(&cause) {
+        if !parent.is_empty() && parent.contains(&cause) {
             continue;
         }
+        parent.clone_from(&cause);
         if !text.is_empty() {
             text.push_str(": ");
         }
@@ -612,6 +615,11 @@ mod tests {
     #[error("bus: {0}")]
     struct Saying(#[from] Inner);
 
+    /// Says its cause mid-sentence, as `AgentError::Listen` does.
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot listen: {0}; set agent.listen to a free address")]
+    struct Amid(#[source] Inner);
+
     #[test]
     fn a_cause_its_parent_already_says_is_written_once_and_others_are_kept() {
         let repeated = anyhow::Error::from(Saying(Inner)).context("starting bastion");
@@ -621,5 +629,10 @@ mod tests {
         );
         let plain = anyhow::Error::from(Inner).context("starting bastion");
         assert_eq!(super::chain_text(&plain), "starting bastion: inner trouble");
+        let amid = anyhow::Error::from(Amid(Inner)).context("starting bastion");
+        assert_eq!(
+            super::chain_text(&amid),
+            "starting bastion: cannot listen: inner trouble; set agent.listen to a free address"
+        );
     }
 }
