@@ -6,6 +6,8 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// Why history records were dropped: `buffer_full` (runs or state changes: the writer is
 /// behind or the database cannot be written), `incidents_full` (incident changes, whose lane
@@ -21,7 +23,21 @@ pub struct HistoryMetrics {
     written: Counter,
     write_errors: Counter,
     buffered: Gauge,
+    /// Records in the writer's batch, as the writer last said. With what waits in the lanes,
+    /// read at each scrape, it is `bastion_history_buffered`: the writer takes the lanes in
+    /// only at its flushes, so a gauge it set itself would miss what arrived since.
+    batched: Arc<AtomicUsize>,
+    lanes: Arc<Mutex<Option<LaneDepth>>>,
     write_seconds: Histogram,
+}
+
+/// How many records wait in the lanes now.
+pub struct LaneDepth(pub Box<dyn Fn() -> usize + Send + Sync>);
+
+impl std::fmt::Debug for LaneDepth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LaneDepth")
+    }
 }
 
 impl Component for HistoryMetrics {
@@ -31,6 +47,8 @@ impl Component for HistoryMetrics {
             written: Counter::default(),
             write_errors: Counter::default(),
             buffered: Gauge::default(),
+            batched: Arc::default(),
+            lanes: Arc::default(),
             write_seconds: latency_histogram(),
         };
         registry.agent(
@@ -58,6 +76,8 @@ impl Component for HistoryMetrics {
             "Time to write one transaction of history (a batch, or one part of at most 8192 runs of a backlog)",
             metrics.write_seconds.clone(),
         );
+        let gauge = metrics.clone();
+        registry.before_scrape(move |_| gauge.report_buffered());
         for reason in DROP_REASONS {
             // Present at zero from the start, so rate() sees the first one.
             let _ = metrics.dropped.get_or_create(&ReasonLabels { reason });
@@ -74,8 +94,31 @@ impl HistoryMetrics {
             .inc_by(records);
     }
 
-    /// Records waiting to be written now.
-    pub fn set_buffered(&self, records: usize) {
+    /// Records in the writer's batch now.
+    pub fn set_batched(&self, records: usize) {
+        self.batched.store(records, Ordering::Relaxed);
+    }
+
+    /// Where the records waiting in the lanes are counted from (the recorder's lanes).
+    pub fn watch_lanes(&self, depth: LaneDepth) {
+        *self
+            .lanes
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(depth);
+    }
+
+    /// `bastion_history_buffered`: the batch and the lanes, now.
+    fn report_buffered(&self) {
+        let in_lanes = self
+            .lanes
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .as_ref()
+            .map_or(0, |depth| (depth.0)());
+        let records = self
+            .batched
+            .load(Ordering::Relaxed)
+            .saturating_add(in_lanes);
         self.buffered
             .set(i64::try_from(records).unwrap_or(i64::MAX));
     }

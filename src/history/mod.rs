@@ -338,6 +338,32 @@ impl Recorder {
         let (incidents, incident_lane) = mpsc::channel(buffer.max(MIN_INCIDENT_LANE));
         let closed = tokio_util::sync::CancellationToken::new();
         let runs_filling = Arc::new(tokio::sync::Notify::new());
+        let watched = (
+            runs.downgrade(),
+            transitions.downgrade(),
+            incidents.downgrade(),
+        );
+        metrics.watch_lanes(metrics::LaneDepth(Box::new(move || {
+            // A lane whose recorder is gone holds nothing more than the writer took in.
+            let waiting =
+                |capacity: Option<(usize, usize)>| capacity.map_or(0, |(max, free)| max - free);
+            waiting(
+                watched
+                    .0
+                    .upgrade()
+                    .map(|s| (s.max_capacity(), s.capacity())),
+            ) + waiting(
+                watched
+                    .1
+                    .upgrade()
+                    .map(|s| (s.max_capacity(), s.capacity())),
+            ) + waiting(
+                watched
+                    .2
+                    .upgrade()
+                    .map(|s| (s.max_capacity(), s.capacity())),
+            )
+        })));
         (
             Recorder {
                 runs,

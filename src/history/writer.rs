@@ -331,7 +331,7 @@ impl Writer {
                 );
             }
         }
-        self.metrics.set_buffered(0);
+        self.metrics.set_batched(0);
         self.db.close().await;
     }
 
@@ -438,12 +438,9 @@ impl Writer {
         Duration::from_secs(1u64 << exponent).min(MAX_BACKOFF)
     }
 
+    /// Tells the metrics how many records the batch holds (the lanes are read at a scrape).
     fn report_buffered(&self) {
-        let waiting = self.pending.len()
-            + self.lanes.runs.len()
-            + self.lanes.transitions.len()
-            + self.lanes.incidents.len();
-        self.metrics.set_buffered(waiting);
+        self.metrics.set_batched(self.pending.len());
     }
 
     /// One attempt: open the schema if needed, write the batch, expire a step. True on
@@ -1296,6 +1293,15 @@ mod tests {
             .unwrap_or(u64::MAX)
     }
 
+    /// `bastion_history_buffered` as a scrape reads it.
+    fn buffered(metrics: &Metrics) -> u64 {
+        let text = metrics.render();
+        text.lines()
+            .find_map(|line| line.strip_prefix("bastion_history_buffered "))
+            .and_then(|value| value.trim().parse().ok())
+            .unwrap_or(u64::MAX)
+    }
+
     /// Waits until the runs' lane has `free` places (the writer took runs in).
     async fn lane_frees(recorder: &crate::history::Recorder, free: usize) {
         let waited = Instant::now();
@@ -1332,6 +1338,7 @@ mod tests {
         // would empty the lane.
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert_eq!(recorder.runs.capacity(), 7, "one run waits in the lane");
+        assert_eq!(buffered(&metrics), 1, "a scrape counts the run in the lane");
         recorder.send_run(run(1));
         lane_frees(&recorder, 8).await;
         for check in 2..12 {
@@ -1350,6 +1357,7 @@ mod tests {
             recorder.send_run(run(check));
         }
         assert_eq!(dropped_for_a_full_buffer(&metrics), 0, "16 runs wait");
+        assert_eq!(buffered(&metrics), 16, "the batch and the lane, counted");
         recorder.send_run(run(16));
         assert_eq!(
             dropped_for_a_full_buffer(&metrics),
@@ -1361,6 +1369,7 @@ mod tests {
         drop(history.reader);
         writer.await.unwrap();
         assert_eq!(metrics.component::<HistoryMetrics>().written(), 16);
+        assert_eq!(buffered(&metrics), 0, "nothing waits once written");
         let _ = std::fs::remove_dir_all(&dir);
     }
 
