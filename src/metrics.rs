@@ -152,6 +152,38 @@ impl<M> prometheus_client::metrics::family::MetricConstructor<M> for Given<M> {
     }
 }
 
+/// Per-check families a component writes itself at each scrape, from what it keeps per check
+/// (a struct of counters a check, say, where a `Family` would keep a hash entry, a label
+/// `String` and an `Arc` for every series): every check's series, or only the chosen ones'.
+/// A family with no series is left out, HELP and TYPE too, as prometheus-client leaves out an
+/// empty `Family`.
+pub trait PerCheckFamilies: std::fmt::Debug + Send + Sync + 'static {
+    /// Encodes the families with the series of every check (`chosen` None) or of the checks in
+    /// `chosen` only.
+    fn encode(
+        &self,
+        encoder: prometheus_client::encoding::DescriptorEncoder<'_>,
+        chosen: Option<&std::collections::BTreeSet<String>>,
+    ) -> Result<(), std::fmt::Error>;
+}
+
+/// Hands a `PerCheckFamilies` to prometheus-client's registry as a collector: every check, or
+/// the chosen ones.
+#[derive(Debug)]
+struct Collected {
+    families: Arc<dyn PerCheckFamilies>,
+    chosen: Option<std::collections::BTreeSet<String>>,
+}
+
+impl prometheus_client::collector::Collector for Collected {
+    fn encode(
+        &self,
+        encoder: prometheus_client::encoding::DescriptorEncoder<'_>,
+    ) -> Result<(), std::fmt::Error> {
+        self.families.encode(encoder, self.chosen.as_ref())
+    }
+}
+
 /// The label sets a check has in a per-check family, for looking its series up by name.
 pub type LabelsOf<L> = Arc<dyn Fn(&str) -> Vec<L> + Send + Sync>;
 
@@ -234,6 +266,27 @@ impl Registry {
                 keep_lines_of(&all, checks, out);
             }),
         };
+        if let Some(last) = self.runs.last_mut() {
+            last.chosen.push(Chosen(chosen));
+        }
+    }
+
+    /// Registers families a component writes itself from what it keeps per check (see
+    /// `PerCheckFamilies`); each is labelled `check` first, as every per-check family is.
+    pub fn per_check_families(&mut self, families: Arc<dyn PerCheckFamilies>) {
+        self.run(true).register_collector(Box::new(Collected {
+            families: Arc::clone(&families),
+            chosen: None,
+        }));
+        let chosen: Box<ChosenFn> = Box::new(move |checks, out| {
+            let mut registry = prometheus_client::registry::Registry::default();
+            registry.register_collector(Box::new(Collected {
+                families: Arc::clone(&families),
+                chosen: Some(checks.clone()),
+            }));
+            // Writing into a ChunkedText cannot fail.
+            let _ = prometheus_client::encoding::prometheus_text::encode(out, &registry);
+        });
         if let Some(last) = self.runs.last_mut() {
             last.chosen.push(Chosen(chosen));
         }

@@ -15,9 +15,11 @@
 mod metrics;
 
 pub use metrics::ScheduleMetrics;
+use metrics::{PlaceTally, ScheduleCounts};
 
 use crate::bus::{Bus, BusError, BusMetrics, Subscription};
 
+use crate::checks::CheckType;
 use crate::config::CheckConfig;
 use crate::discovery::changes::DirectoryChanges;
 use crate::locations::{Heard, LiveLocations};
@@ -98,34 +100,58 @@ pub const NO_RUNNER_TARGET: &str = "(no runner)";
 /// of one location.
 struct Place {
     location: Option<Arc<str>>,
-    subject: String,
+    /// Shared by every place with the same subject (`CheckSubjects`): cloned per run, never
+    /// copied.
+    subject: Arc<str>,
     /// The run waiting for its result, and when the checker stops waiting.
     in_flight: Option<(u64, Instant)>,
     /// This place's `bastion_schedule_skipped_total` and `bastion_runs_lost_total`, with its
     /// `location` label when it has one.
-    skipped: Counter,
-    lost: Counter,
+    tally: PlaceTally,
 }
 
 impl Place {
     fn new(
         location: Option<&str>,
         check: &CheckConfig,
-        subjects: &Subjects,
-        metrics: &ScheduleMetrics,
+        subjects: &mut CheckSubjects,
+        counts: &Arc<ScheduleCounts>,
     ) -> Place {
-        let check_type = check.check_type();
-        let (skipped, lost) = metrics.place_series(&check.name, location);
         Place {
             location: location.map(Arc::from),
-            subject: match location {
-                Some(location) => subjects.checks_at(location, check_type),
-                None => subjects.checks(check_type),
-            },
+            subject: subjects.of(location, check.check_type()),
             in_flight: None,
-            skipped,
-            lost,
+            tally: ScheduleMetrics::place_tally(counts, location),
         }
+    }
+}
+
+/// The subjects runs are published on, each made once and shared by every place with it.
+struct CheckSubjects {
+    subjects: Subjects,
+    made: HashMap<(Option<String>, CheckType), Arc<str>>,
+}
+
+impl CheckSubjects {
+    fn new(subjects: Subjects) -> CheckSubjects {
+        CheckSubjects {
+            subjects,
+            made: HashMap::new(),
+        }
+    }
+
+    /// The subject of `check_type`'s runs, for any runner or for one location's.
+    fn of(&mut self, location: Option<&str>, check_type: CheckType) -> Arc<str> {
+        let key = (location.map(str::to_string), check_type);
+        if let Some(subject) = self.made.get(&key) {
+            return Arc::clone(subject);
+        }
+        let subject: Arc<str> = Arc::from(match location {
+            Some(location) => self.subjects.checks_at(location, check_type),
+            None => self.subjects.checks(check_type),
+        });
+        self.made.insert(key, Arc::clone(&subject));
+        subject
     }
 }
 
@@ -147,7 +173,8 @@ struct Scheduled {
     no_runner_seen: std::collections::BTreeSet<String>,
     /// How long after it was due a run can be in flight at most (`run_window::lost_after`).
     horizon: Duration,
-    scheduled: Counter,
+    /// Runs published, and each place's skipped and lost (its places hold theirs).
+    counts: Arc<ScheduleCounts>,
     /// With `instances_from = { file }`: the target groups its watcher read last.
     discovered: Option<watch::Receiver<crate::discovery::TargetSet>>,
 }
@@ -168,6 +195,7 @@ pub struct Checker {
     by_name: HashMap<String, usize>,
     dispatch_deadline: Duration,
     subjects: Subjects,
+    check_subjects: CheckSubjects,
     /// New check lists from config reloads.
     updates: Option<watch::Receiver<crate::config::CheckList>>,
     bus: Arc<dyn Bus>,
@@ -209,9 +237,18 @@ impl Checker {
         let results = bus.subscribe(&subjects.all_results(), None).await?;
         let heartbeats = bus.subscribe(&subjects.all_heartbeats(), None).await?;
         let discovery = DirectoryChanges::new(tokio::runtime::Handle::current());
+        let mut check_subjects = CheckSubjects::new(subjects.clone());
         let scheduled: Vec<Scheduled> = checks
             .iter()
-            .map(|check| Scheduled::new(check, dispatch_deadline, subjects, &metrics, &discovery))
+            .map(|check| {
+                Scheduled::new(
+                    check,
+                    dispatch_deadline,
+                    &mut check_subjects,
+                    &metrics,
+                    &discovery,
+                )
+            })
             .collect();
         let by_name = index_by_name(&scheduled);
         // Run ids start from the clock so that a restarted checker does not reuse recent ones.
@@ -224,6 +261,7 @@ impl Checker {
             by_name,
             dispatch_deadline,
             subjects: subjects.clone(),
+            check_subjects,
             updates: None,
             bus,
             results,
@@ -288,7 +326,7 @@ impl Checker {
                     let scheduled = Scheduled::new(
                         config,
                         self.dispatch_deadline,
-                        &self.subjects,
+                        &mut self.check_subjects,
                         &self.metrics,
                         &self.discovery,
                     );
@@ -457,7 +495,7 @@ impl Checker {
         let mut next_at = at + interval;
         while next_at <= now {
             for place in &check.places {
-                place.skipped.inc();
+                place.tally.counts().count_skipped();
             }
             next_at += interval;
         }
@@ -466,11 +504,11 @@ impl Checker {
         for (place_index, place) in check.places.iter_mut().enumerate() {
             if let Some((_, expires)) = place.in_flight {
                 if expires > now {
-                    place.skipped.inc();
+                    place.tally.counts().count_skipped();
                     tracing::debug!(check = %check.config.name, location = place.location.as_deref(), "previous run still in flight; tick skipped");
                     continue;
                 }
-                place.lost.inc();
+                place.tally.counts().count_lost();
                 tracing::warn!(check = %check.config.name, location = place.location.as_deref(), "a run's result never arrived");
                 place.in_flight = None;
             }
@@ -495,7 +533,7 @@ impl Checker {
                     .as_ref()
                     .map(|set| Arc::clone(&set.borrow())),
             };
-            requests.push((place_index, place.subject.clone(), request));
+            requests.push((place_index, Arc::clone(&place.subject), request));
         }
         for (place_index, subject, request) in requests {
             let published = self
@@ -506,7 +544,7 @@ impl Checker {
             let check = &mut self.checks[index];
             match published {
                 Ok(()) => {
-                    check.scheduled.inc();
+                    check.counts.count_scheduled();
                     // The window runs from when the run was due, as `scheduled_at` says.
                     if let Some(place) = check.places.get_mut(place_index) {
                         place.in_flight = Some((run_id, at + check.horizon));
@@ -564,7 +602,7 @@ impl Checker {
                 left_out += 1;
                 continue;
             }
-            check.add_place(&location, &self.subjects, &self.metrics);
+            check.add_place(&location, &mut self.check_subjects);
         }
         if left_out > 0 {
             tracing::warn!(check = %check.config.name, left_out, followed = crate::config::bounds::MAX_LOCATIONS, "more live locations than a check follows; the others get no runs");
@@ -675,7 +713,7 @@ impl Checker {
         {
             return;
         }
-        scheduled.add_place(location, &self.subjects, &self.metrics);
+        scheduled.add_place(location, &mut self.check_subjects);
     }
 
     /// While standing by: the locations the leader's results come from become places of
@@ -729,7 +767,7 @@ impl Checker {
                 .in_flight
                 .is_some_and(|(run_id, expires)| run_id == run.run_id && expires <= now)
             {
-                place.lost.inc();
+                place.tally.counts().count_lost();
                 lost += 1;
                 place.in_flight = None;
             }
@@ -793,7 +831,7 @@ impl Scheduled {
     fn new(
         check: &Arc<CheckConfig>,
         dispatch_deadline: Duration,
-        subjects: &Subjects,
+        subjects: &mut CheckSubjects,
         metrics: &ScheduleMetrics,
         discovery: &DirectoryChanges,
     ) -> Scheduled {
@@ -815,18 +853,20 @@ impl Scheduled {
                 crate::config::bounds::DISPATCH_DEADLINE.cap_duration(dispatch_deadline),
                 crate::config::bounds::CHECK_TIMEOUT.cap_duration(check.timeout()),
             ),
-            scheduled: metrics.scheduled(&check.name),
+            counts: metrics.schedule_counts(&check.name, check.locations.is_some()),
             config: Arc::clone(check),
         };
         match check.locations.as_deref() {
-            None => scheduled
-                .places
-                .push(Place::new(None, check, subjects, metrics)),
+            // Exactly one: a first `push` would reserve four (about 240 bytes a check unused).
+            None => {
+                scheduled.places = vec![Place::new(None, check, subjects, &scheduled.counts)];
+            }
             // Filled at each tick from the live locations.
             Some(_) if check.every_location() => {}
             Some(locations) => {
+                scheduled.places.reserve_exact(locations.len());
                 for location in locations {
-                    scheduled.add_place(location, subjects, metrics);
+                    scheduled.add_place(location, subjects);
                 }
             }
         }
@@ -834,9 +874,13 @@ impl Scheduled {
     }
 
     /// A place for `location`, with its series.
-    fn add_place(&mut self, location: &str, subjects: &Subjects, metrics: &ScheduleMetrics) {
-        self.places
-            .push(Place::new(Some(location), &self.config, subjects, metrics));
+    fn add_place(&mut self, location: &str, subjects: &mut CheckSubjects) {
+        self.places.push(Place::new(
+            Some(location),
+            &self.config,
+            subjects,
+            &self.counts,
+        ));
     }
 }
 
