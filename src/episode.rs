@@ -97,8 +97,9 @@ pub struct Track {
     /// When the first passing run since the check last failed finished (`PASS_WAIT`).
     #[serde(default, with = "humantime_serde")]
     recovering_since: Option<SystemTime>,
+    /// Boxed: most checks never have one, and every configured check has a track.
     #[serde(default)]
-    open: Option<Episode>,
+    open: Option<Box<Episode>>,
 }
 
 impl Track {
@@ -107,13 +108,13 @@ impl Track {
         Track {
             failing_since: Some(first_run),
             recovering_since: None,
-            open: Some(episode),
+            open: Some(Box::new(episode)),
         }
     }
 
     /// The open episode, if any.
     pub fn open(&self) -> Option<&Episode> {
-        self.open.as_ref()
+        self.open.as_deref()
     }
 
     /// Nothing to remember: calm, no episode.
@@ -136,7 +137,7 @@ impl Track {
                 let ended = self.recovering_since.take().unwrap_or(run.finished_at);
                 self.failing_since = None;
                 return self.open.take().map(|episode| EpisodeEvent::Closed {
-                    episode,
+                    episode: *episode,
                     reason: EndReason::Recovered,
                     at: ended,
                 });
@@ -161,15 +162,15 @@ impl Track {
                     severity,
                     peak: severity,
                 };
-                self.open = Some(episode.clone());
+                self.open = Some(Box::new(episode.clone()));
                 Some(EpisodeEvent::Opened(episode))
             }
             Some(episode) if episode.severity != severity => {
                 episode.severity = severity;
                 episode.peak = episode.peak.worst(severity);
                 Some(match severity {
-                    Severity::Critical => EpisodeEvent::Escalated(episode.clone()),
-                    Severity::Warning => EpisodeEvent::DeEscalated(episode.clone()),
+                    Severity::Critical => EpisodeEvent::Escalated((**episode).clone()),
+                    Severity::Warning => EpisodeEvent::DeEscalated((**episode).clone()),
                 })
             }
             Some(_) => None,
@@ -181,7 +182,7 @@ impl Track {
         self.failing_since = None;
         self.recovering_since = None;
         self.open.take().map(|episode| EpisodeEvent::Closed {
-            episode,
+            episode: *episode,
             reason,
             at,
         })

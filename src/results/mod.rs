@@ -173,7 +173,9 @@ impl ResultStore {
     }
 
     fn remove(&self, check: &str) {
-        self.write().remove(check);
+        // Freed after the lock, as `update` frees what it replaced.
+        let removed = self.write().remove(check);
+        drop(removed);
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, CheckStatus>> {
@@ -289,7 +291,6 @@ pub fn consume(
         history,
         saved,
         known: Arc::new(Vec::new()),
-        by_name: HashMap::new(),
         followed: HashMap::new(),
         leading: false,
     };
@@ -356,9 +357,19 @@ impl Sink {
 /// A configured check as the sink follows it: its state and its failure episode.
 #[derive(Debug)]
 struct Followed {
+    /// Where the check's definition is in the configured list (`Sink::known`): the sink's one
+    /// index by name is `Sink::followed`.
+    index: usize,
     tracker: StateTracker,
     track: Track,
-    /// For a check with `locations`: each location's own state and latest result.
+    /// For a check with `locations` only, so every other check pays one pointer for it.
+    located: Option<Box<Located>>,
+}
+
+/// What the sink follows of a check with `locations`.
+#[derive(Debug, Default)]
+struct Located {
+    /// Each location's own state and latest result.
     locations: BTreeMap<String, Place>,
     /// For a check with `locations = ["*"]`: the locations that left its judgement (a
     /// `no_runner` result), each with when that run was due. A result of an earlier run (one
@@ -368,14 +379,34 @@ struct Followed {
     left: BTreeMap<String, SystemTime>,
 }
 
+/// The locations of a check without any.
+static NO_LOCATIONS: BTreeMap<String, Place> = BTreeMap::new();
+
 impl Followed {
-    fn new(tracker: StateTracker, track: Track) -> Followed {
+    fn new(index: usize, tracker: StateTracker, track: Track) -> Followed {
         Followed {
+            index,
             tracker,
             track,
-            locations: BTreeMap::new(),
-            left: BTreeMap::new(),
+            located: None,
         }
+    }
+
+    /// Each location's state and latest result (none for a check without `locations`).
+    fn locations(&self) -> &BTreeMap<String, Place> {
+        self.located
+            .as_ref()
+            .map_or(&NO_LOCATIONS, |located| &located.locations)
+    }
+
+    /// When the run that made `location` leave the judgement was due, if it left.
+    fn left_at(&self, location: &str) -> Option<SystemTime> {
+        self.located.as_ref()?.left.get(location).copied()
+    }
+
+    /// The locations followed, made on a first result of a check with `locations`.
+    fn located_mut(&mut self) -> &mut Located {
+        self.located.get_or_insert_with(Box::default)
     }
 
     /// The episode event, if any, of the check's state after `result` (already judged).
@@ -402,7 +433,7 @@ impl Followed {
     ) -> Option<Arc<BTreeMap<String, LocationStatus>>> {
         config.locations.as_ref()?;
         Some(Arc::new(
-            self.locations
+            self.locations()
                 .iter()
                 .map(|(name, place)| (name.clone(), place.status.clone()))
                 .collect(),
@@ -441,10 +472,9 @@ struct Sink {
     notifications: Option<Arc<Notifications>>,
     history: Option<Recorder>,
     saved: Arc<SavedState>,
-    /// The configured checks, by name.
+    /// The configured checks.
     known: crate::config::CheckList,
-    /// Index of each configured check in `known`.
-    by_name: HashMap<String, usize>,
+    /// Every configured check, by name (with its place in `known`).
     followed: HashMap<String, Followed>,
     /// Whether this sink's checker led when last looked at (history written, events sent).
     leading: bool,
@@ -468,31 +498,32 @@ fn observe_location(
             .responses
             .iter()
             .all(|response| response.error_kind() == Some(crate::model::ErrorKind::NoRunner));
+    let located = followed.located_mut();
     if no_runner && config.every_location() {
-        followed.locations.remove(location);
-        if !followed.left.contains_key(location)
-            && followed.left.len() >= crate::config::bounds::MAX_LOCATIONS
+        located.locations.remove(location);
+        if !located.left.contains_key(location)
+            && located.left.len() >= crate::config::bounds::MAX_LOCATIONS
         {
-            let oldest = followed
+            let oldest = located
                 .left
                 .iter()
                 .min_by_key(|(_, at)| **at)
                 .map(|(name, _)| name.clone());
             if let Some(oldest) = oldest {
-                followed.left.remove(&oldest);
+                located.left.remove(&oldest);
             }
         }
-        followed
+        located
             .left
             .insert(location.to_string(), result.scheduled_at);
     } else {
-        followed.left.remove(location);
-        if !followed.locations.contains_key(location)
-            && followed.locations.len() >= crate::config::bounds::MAX_LOCATIONS
+        located.left.remove(location);
+        if !located.locations.contains_key(location)
+            && located.locations.len() >= crate::config::bounds::MAX_LOCATIONS
         {
             return (None, None);
         }
-        let place = followed
+        let place = located
             .locations
             .entry(location.to_string())
             .or_insert_with(|| {
@@ -518,7 +549,7 @@ fn observe_location(
     }
     let judged = across_locations(
         LocationCounts::of(
-            followed
+            located
                 .locations
                 .values()
                 .map(|place| place.tracker.state()),
@@ -546,7 +577,7 @@ fn combined_view(followed: &Followed, result: &CheckResult) -> Arc<CheckResult> 
         unmeasured: 0,
         locations: Vec::new(),
     };
-    for (location, place) in &followed.locations {
+    for (location, place) in followed.locations() {
         let Some(latest) = &place.status.latest else {
             continue;
         };
@@ -610,14 +641,16 @@ impl Sink {
     /// agent was down ends now, for that reason.
     fn resume(&mut self, checks: &[Arc<CheckConfig>], resumed: Vec<SavedCheck>) {
         let now = SystemTime::now();
-        let by_name: HashMap<&str, &CheckConfig> = checks
+        let by_name: HashMap<&str, (usize, &CheckConfig)> = checks
             .iter()
-            .map(|check| (check.name.as_str(), &**check))
+            .enumerate()
+            .map(|(index, check)| (check.name.as_str(), (index, &**check)))
             .collect();
         for saved in resumed {
-            let config = by_name.get(saved.check.as_str()).copied();
-            let reason = match config {
-                Some(config) if config.probe_fingerprint() == saved.fingerprint => {
+            let found = by_name.get(saved.check.as_str()).copied();
+            let config = found.map(|(_, config)| config);
+            let reason = match found {
+                Some((index, config)) if config.probe_fingerprint() == saved.fingerprint => {
                     let tracker = StateTracker::resume(saved.state, Instant::now(), saved.since);
                     if let Some(episode) = saved.track.open() {
                         tracing::info!(check = %saved.check, episode = %episode.id, state = %saved.state, "failure episode resumed from the last run");
@@ -625,9 +658,9 @@ impl Sink {
                             notifications.resume(config, episode, saved.state);
                         }
                     }
-                    let mut followed = Followed::new(tracker, saved.track.clone());
+                    let mut followed = Followed::new(index, tracker, saved.track.clone());
                     for (location, kept) in &saved.locations {
-                        followed.locations.insert(
+                        followed.located_mut().locations.insert(
                             location.clone(),
                             Place {
                                 tracker: StateTracker::resume(
@@ -662,19 +695,20 @@ impl Sink {
     /// a check whose only changes are where it is filed, who is told, how often it runs or
     /// its thresholds keeps its state and episode. New ones start `OK`.
     fn apply_checks(&mut self, checks: &crate::config::CheckList) {
-        let next: HashMap<String, usize> = checks
+        // Only for this reload: the new list by name.
+        let next: HashMap<&str, usize> = checks
             .iter()
             .enumerate()
-            .map(|(index, check)| (check.name.clone(), index))
+            .map(|(index, check)| (check.name.as_str(), index))
             .collect();
         let stale: Vec<(String, EndReason)> = self
-            .by_name
+            .followed
             .iter()
-            .filter_map(|(name, index)| {
-                let before = self.known.get(*index)?;
-                match next.get(name).and_then(|index| checks.get(*index)) {
+            .filter_map(|(name, followed)| {
+                let before = self.known.get(followed.index);
+                match next.get(name.as_str()).and_then(|index| checks.get(*index)) {
                     None => Some((name.clone(), EndReason::CheckRemoved)),
-                    Some(after) if !before.same_probe(after) => {
+                    Some(after) if before.is_some_and(|before| !before.same_probe(after)) => {
                         Some((name.clone(), EndReason::CheckChanged))
                     }
                     Some(_) => None,
@@ -683,26 +717,25 @@ impl Sink {
             .collect();
         for (name, reason) in stale {
             let config = self
-                .by_name
+                .followed
                 .get(&name)
-                .and_then(|index| self.known.get(*index))
+                .and_then(|followed| self.known.get(followed.index))
                 .cloned();
             self.forget(&name, config.as_deref(), reason);
         }
-        for (name, index) in &next {
-            if !self.followed.contains_key(name) {
-                let tracker = StateTracker::new(Instant::now(), SystemTime::now());
-                let followed = Followed::new(tracker, Track::default());
-                let mut status = CheckStatus::new(None, tracker.state(), tracker.since());
-                if let Some(config) = checks.get(*index) {
-                    status.locations = followed.location_statuses(config);
-                }
-                self.store.update(name, status);
-                self.followed.insert(name.clone(), followed);
+        for (index, config) in checks.iter().enumerate() {
+            if let Some(followed) = self.followed.get_mut(config.name.as_str()) {
+                followed.index = index;
+                continue;
             }
+            let tracker = StateTracker::new(Instant::now(), SystemTime::now());
+            let followed = Followed::new(index, tracker, Track::default());
+            let mut status = CheckStatus::new(None, tracker.state(), tracker.since());
+            status.locations = followed.location_statuses(config);
+            self.store.update(&config.name, status);
+            self.followed.insert(config.name.clone(), followed);
         }
         self.known = Arc::clone(checks);
-        self.by_name = next;
     }
 
     /// A reload removed the check or changed what it probes: its series, state, result and
@@ -799,7 +832,7 @@ impl Sink {
                     since: followed.tracker.since(),
                     track: followed.track.clone(),
                     locations: followed
-                        .locations
+                        .locations()
                         .iter()
                         .map(|(name, place)| {
                             let saved = SavedLocation {
@@ -825,9 +858,9 @@ impl Sink {
         };
         let known = Arc::clone(&self.known);
         let Some(config) = self
-            .by_name
+            .followed
             .get(&result.check)
-            .and_then(|index| known.get(*index))
+            .and_then(|followed| known.get(followed.index))
         else {
             // A run that was in flight when its check was removed, or a check configured
             // elsewhere: its label values must not enter /metrics. The runner in this process
@@ -861,11 +894,11 @@ impl Sink {
         };
         let last_scheduled = match &location {
             Some(location) => followed
-                .locations
+                .locations()
                 .get(location)
                 .and_then(|place| place.status.latest.as_ref())
                 .map(|latest| latest.scheduled_at)
-                .or_else(|| followed.left.get(location).copied()),
+                .or_else(|| followed.left_at(location)),
             None => self
                 .store
                 .latest(&result.check)
@@ -887,12 +920,12 @@ impl Sink {
         let (transition, event) = match &location {
             Some(location) => {
                 let before = followed
-                    .locations
+                    .locations()
                     .get(location)
                     .map(|place| place.tracker.state());
                 let judged = observe_location(followed, config, location, &result, policy);
                 let after = followed
-                    .locations
+                    .locations()
                     .get(location)
                     .map(|place| place.tracker.state());
                 moved = before != after;
@@ -919,7 +952,7 @@ impl Sink {
             Some(_) if troubled => (
                 combined_view(followed, &result),
                 followed
-                    .locations
+                    .locations()
                     .iter()
                     .map(|(name, place)| (name.clone(), place.tracker.state()))
                     .collect(),
@@ -1030,6 +1063,15 @@ impl Sink {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every configured check has a `Followed` in the sink's one map by name: what only a
+    /// check with `locations` or an open episode needs is behind a box (issue 20: 224 bytes
+    /// inline, and a second map for the index, before).
+    #[test]
+    fn a_followed_check_holds_its_rare_parts_behind_boxes() {
+        let size = std::mem::size_of::<Followed>();
+        assert!(size <= 112, "Followed is {size} bytes");
+    }
 
     #[test]
     fn stored_bodies_are_cut_on_a_character_boundary() {
