@@ -71,27 +71,58 @@ pub fn first_wait(name: &str, interval: Duration, wall_now: SystemTime) -> Durat
 
 /// Only what the checker needs from a result: which run it closes, and where it ran.
 #[derive(Deserialize)]
-struct ResultHeader {
+struct DecodedHeader {
     check: String,
     run_id: u64,
     #[serde(default)]
     location: Option<String>,
 }
 
-impl ResultHeader {
+/// A result's header: borrowed from the typed result in process (no copy per result), else
+/// decoded as the sink decodes it.
+enum ResultHeader<'a> {
+    Typed(&'a crate::messages::CheckResult),
+    Decoded(DecodedHeader),
+}
+
+impl ResultHeader<'_> {
     /// The header of a result: read from the typed result in process, else decoded as the
     /// sink decodes it (size, then version, then shape); None for a result the sink refuses.
-    fn of(payload: &Payload) -> Option<ResultHeader> {
+    fn of(payload: &Payload) -> Option<ResultHeader<'_>> {
         match payload {
-            Payload::Result(result) => Some(ResultHeader {
-                check: result.check.clone(),
-                run_id: result.run_id,
-                location: result.location.clone(),
-            }),
-            _ => payload.decode::<ResultHeader>().ok(),
+            Payload::Result(result) => Some(ResultHeader::Typed(result)),
+            _ => payload
+                .decode::<DecodedHeader>()
+                .ok()
+                .map(ResultHeader::Decoded),
+        }
+    }
+
+    fn check(&self) -> &str {
+        match self {
+            ResultHeader::Typed(result) => &result.check,
+            ResultHeader::Decoded(header) => &header.check,
+        }
+    }
+
+    fn run_id(&self) -> u64 {
+        match self {
+            ResultHeader::Typed(result) => result.run_id,
+            ResultHeader::Decoded(header) => header.run_id,
+        }
+    }
+
+    fn location(&self) -> Option<&str> {
+        match self {
+            ResultHeader::Typed(result) => result.location.as_deref(),
+            ResultHeader::Decoded(header) => header.location.as_deref(),
         }
     }
 }
+
+/// How near the next tick must be for results to wait for it rather than wake the checker
+/// each: a subscription holds 4,096 messages, so results up to 400,000 a second fit.
+const RESULTS_WAIT: Duration = Duration::from_millis(10);
 
 /// The target a `no_runner` result names: nothing was resolved or probed.
 pub const NO_RUNNER_TARGET: &str = "(no runner)";
@@ -436,11 +467,19 @@ impl Checker {
         tracing::info!(checks = self.checks.len(), "checker scheduling");
         loop {
             let next = due.peek().map(|Reverse((at, _))| *at);
+            // A receiver parked on the results' channel is woken by every result: a thread
+            // wake-up per probe. While a tick is near, the results wait for it instead (taken
+            // in before any tick fires, so a run's result always closes it before its next
+            // tick), and a quiet schedule is woken by each result as it comes.
+            let tick_near = next.is_some_and(|at| at <= Instant::now() + RESULTS_WAIT);
             tokio::select! {
                 _ = stop.cancelled() => return false,
                 _ = until_lost(leadership.as_deref_mut()) => return true,
                 Some(configs) = next_update(self.updates.as_mut()) => self.apply(&configs, Some(&mut due)),
                 _ = sleep_until_or_forever(next) => {
+                    while let Some(message) = self.results.try_next() {
+                        self.close_run(&message.payload);
+                    }
                     let now = Instant::now();
                     while let Some(&Reverse((at, index))) = due.peek() {
                         if at > now {
@@ -451,7 +490,7 @@ impl Checker {
                         due.push(Reverse((next_at, index)));
                     }
                 }
-                message = self.results.next() => match message {
+                message = self.results.next(), if !tick_near => match message {
                     Some(message) => self.close_run(&message.payload),
                     None => return false,
                 },
@@ -723,8 +762,8 @@ impl Checker {
         let Some(header) = ResultHeader::of(payload) else {
             return;
         };
-        if let Some(location) = &header.location {
-            self.learn_place(&header.check, location);
+        if let Some(location) = header.location() {
+            self.learn_place(header.check(), location);
         }
     }
 
@@ -789,16 +828,16 @@ impl Checker {
         let Some(header) = ResultHeader::of(payload) else {
             return;
         };
-        if let Some(&index) = self.by_name.get(&header.check) {
+        if let Some(&index) = self.by_name.get(header.check()) {
             let check = &mut self.checks[index];
             let place = check
                 .places
                 .iter_mut()
-                .find(|place| place.location.as_deref() == header.location.as_deref());
+                .find(|place| place.location.as_deref() == header.location());
             if let Some(place) = place {
                 if place
                     .in_flight
-                    .is_some_and(|(run_id, _)| run_id == header.run_id)
+                    .is_some_and(|(run_id, _)| run_id == header.run_id())
                 {
                     place.in_flight = None;
                 }

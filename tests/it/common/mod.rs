@@ -177,10 +177,19 @@ pub fn serve_fixed(
     });
 }
 
-/// An address on 127.0.0.1 where nothing listens any more: connecting is refused.
+/// An address on 127.0.0.1 where nothing listens: connecting is refused. The port stays
+/// bound (a socket that never listens, kept for the test process's life), so no server a
+/// test starts later can be given it: a port merely freed was once handed to the next
+/// listener of the same test, which then answered where a refusal was expected.
 pub async fn refused_address() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    listener.local_addr().expect("listener address")
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind("127.0.0.1:0".parse().expect("address"))
+        .expect("bind");
+    let address = socket.local_addr().expect("socket address");
+    // Never listened on and never closed: each test runs in a process of its own.
+    std::mem::forget(socket);
+    address
 }
 
 /// Accepts forever and never says a word: every connection stays open, unread and silent.
