@@ -33,41 +33,54 @@ fn bucket_of(seconds: f64) -> u8 {
     u8::try_from(index.min(BOUNDS)).unwrap_or(u8::MAX)
 }
 
-/// One distribution per phase (`PHASES` order), each a sorted list of (bucket, count).
+/// One distribution per phase (`PHASES` order), all in one list of (phase, bucket, count)
+/// sorted by phase and bucket: the writer decodes, merges and encodes several of these per
+/// run, and one list is one allocation where a list per phase was six or more.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Histograms {
-    phases: [Vec<(u8, u64)>; PHASES.len()],
+    buckets: Vec<(u8, u8, u64)>,
 }
+
+/// Buckets a run's six phases fill: one each.
+const PHASE_COUNT: usize = PHASES.len();
 
 impl Histograms {
     pub fn observe(&mut self, phases: &[f64; PHASES.len()]) {
+        self.buckets.reserve(PHASE_COUNT);
         for (phase, value) in phases.iter().enumerate() {
-            add(&mut self.phases[phase], bucket_of(*value), 1);
+            self.add(phase_index(phase), bucket_of(*value), 1);
         }
     }
 
     pub fn merge(&mut self, other: &Histograms) {
-        for (mine, theirs) in self.phases.iter_mut().zip(&other.phases) {
-            for (bucket, count) in theirs {
-                add(mine, *bucket, *count);
-            }
+        self.buckets.reserve(other.buckets.len());
+        for &(phase, bucket, count) in &other.buckets {
+            self.add(phase, bucket, count);
         }
     }
 
+    /// The (bucket, count) pairs of one phase, in bucket order.
+    fn phase(&self, phase: usize) -> &[(u8, u8, u64)] {
+        let phase = phase_index(phase);
+        let start = self.buckets.partition_point(|(p, _, _)| *p < phase);
+        let end = self.buckets.partition_point(|(p, _, _)| *p <= phase);
+        &self.buckets[start..end]
+    }
+
     pub fn count(&self, phase: usize) -> u64 {
-        self.phases[phase].iter().map(|(_, count)| count).sum()
+        self.phase(phase).iter().map(|(_, _, count)| count).sum()
     }
 
     /// The `q` quantile (0..=1) of a phase, interpolated inside its bucket; None when empty.
     pub fn quantile(&self, phase: usize, q: f64) -> Option<f64> {
-        let buckets = &self.phases[phase];
+        let buckets = self.phase(phase);
         let total = self.count(phase);
         if total == 0 {
             return None;
         }
         let rank = (q * total as f64).ceil().max(1.0);
         let mut below = 0u64;
-        for (bucket, count) in buckets {
+        for (_, bucket, count) in buckets {
             if (below + count) as f64 >= rank {
                 let index = usize::from(*bucket);
                 let low = if index == 0 { 0.0 } else { upper(index - 1) };
@@ -83,11 +96,13 @@ impl Histograms {
         None
     }
 
+    /// Per phase: the number of its buckets, then each bucket and its count.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(32);
-        for buckets in &self.phases {
+        let mut out = Vec::with_capacity(PHASE_COUNT + self.buckets.len() * 3);
+        for phase in 0..PHASE_COUNT {
+            let buckets = self.phase(phase);
             varint(&mut out, buckets.len() as u64);
-            for (bucket, count) in buckets {
+            for (_, bucket, count) in buckets {
                 out.push(*bucket);
                 varint(&mut out, *count);
             }
@@ -96,26 +111,39 @@ impl Histograms {
     }
 
     pub fn decode(bytes: &[u8]) -> Histograms {
-        let mut histograms = Histograms::default();
+        // At least two bytes a bucket after the six lengths, and at most 256 buckets a phase
+        // are read: room for all of them at once, however long a damaged row is.
+        let most = (bytes.len().saturating_sub(PHASE_COUNT) / 2).min(PHASE_COUNT * 256);
+        let mut histograms = Histograms {
+            buckets: Vec::with_capacity(most),
+        };
         let mut reader = Reader { bytes, at: 0 };
-        for buckets in histograms.phases.iter_mut() {
+        for phase in 0..PHASE_COUNT {
             let Some(len) = reader.varint() else { break };
             for _ in 0..len.min(256) {
                 let (Some(bucket), Some(count)) = (reader.byte(), reader.varint()) else {
                     return histograms;
                 };
-                add(buckets, bucket.min(BOUNDS as u8), count);
+                histograms.add(phase_index(phase), bucket.min(BOUNDS as u8), count);
             }
         }
         histograms
     }
+
+    fn add(&mut self, phase: u8, bucket: u8, count: u64) {
+        match self
+            .buckets
+            .binary_search_by_key(&(phase, bucket), |(p, b, _)| (*p, *b))
+        {
+            Ok(at) => self.buckets[at].2 = self.buckets[at].2.saturating_add(count),
+            Err(at) => self.buckets.insert(at, (phase, bucket, count)),
+        }
+    }
 }
 
-fn add(buckets: &mut Vec<(u8, u64)>, bucket: u8, count: u64) {
-    match buckets.binary_search_by_key(&bucket, |(b, _)| *b) {
-        Ok(at) => buckets[at].1 = buckets[at].1.saturating_add(count),
-        Err(at) => buckets.insert(at, (bucket, count)),
-    }
+/// A phase's index as stored: there are six.
+fn phase_index(phase: usize) -> u8 {
+    u8::try_from(phase).unwrap_or(u8::MAX)
 }
 
 /// Appends `value` as a LEB128 varint.
@@ -208,6 +236,17 @@ mod tests {
         assert!(a.encode().len() < 40, "{}", a.encode().len());
         // Garbage decodes to something, without panicking.
         let _ = Histograms::decode(&[0xff, 0xff, 0x01, 0x02]);
+        let _ = Histograms::decode(&[]);
+        // Phases stay apart in the one list: each phase's count is its own.
+        let mut c = Histograms::default();
+        c.observe(&[0.001, 0.001, 0.001, 0.001, 0.001, 0.001]);
+        c.observe(&[0.5, 0.001, 0.001, 0.001, 0.001, 0.001]);
+        for phase in 0..PHASES.len() {
+            assert_eq!(c.count(phase), 2, "phase {phase}");
+        }
+        assert!(c.quantile(0, 1.0).unwrap() > 0.4);
+        assert!(c.quantile(1, 1.0).unwrap() < 0.002);
+        assert_eq!(Histograms::decode(&c.encode()), c);
     }
 
     #[test]
