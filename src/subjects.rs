@@ -123,16 +123,22 @@ pub fn tokens_match<'a, 'b>(
 
 /// Valid: non-empty dot-separated tokens without spaces; wildcards only where allowed.
 pub fn valid_subject(subject: &str, wildcards: bool) -> bool {
-    let tokens: Vec<&str> = subject.split('.').collect();
-    tokens.iter().enumerate().all(|(index, token)| {
-        !token.is_empty()
+    // Checked per message: no token list is built.
+    let mut tokens = subject.split('.').peekable();
+    while let Some(token) = tokens.next() {
+        let last = tokens.peek().is_none();
+        let valid = !token.is_empty()
             && !token.contains(char::is_whitespace)
-            && match *token {
+            && match token {
                 "*" => wildcards,
-                ">" => wildcards && index == tokens.len() - 1,
+                ">" => wildcards && last,
                 other => !other.contains(['*', '>']),
-            }
-    })
+            };
+        if !valid {
+            return false;
+        }
+    }
+    true
 }
 
 #[cfg(test)]
@@ -171,5 +177,9 @@ mod tests {
         assert!(!valid_subject("bastion..x", false));
         assert!(!valid_subject("bastion.a b", false));
         assert!(!valid_subject("bastion.a*", true));
+        assert!(valid_subject("bastion.*.http", true));
+        assert!(valid_subject(">", true));
+        assert!(!valid_subject("", false));
+        assert!(!valid_subject("bastion.results.", false));
     }
 }
