@@ -118,6 +118,10 @@ impl std::fmt::Debug for Registry {
 #[derive(Debug)]
 struct Segment {
     per_check: bool,
+    /// Holds a collector (`PerCheckFamilies`) and takes no more families: prometheus-client
+    /// writes a registry's collectors after its metrics, so a family registered after a
+    /// collector in the same registry would be written before it.
+    closed: bool,
     registry: prometheus_client::registry::Registry,
     /// For a per-check run: how each of its families writes the chosen checks' series.
     chosen: Vec<Chosen>,
@@ -273,7 +277,12 @@ impl Registry {
 
     /// Registers families a component writes itself from what it keeps per check (see
     /// `PerCheckFamilies`); each is labelled `check` first, as every per-check family is.
+    /// Its families are written where they are registered, in the full text and in a
+    /// scrape of chosen checks alike: the collector gets a run of its own.
     pub fn per_check_families(&mut self, families: Arc<dyn PerCheckFamilies>) {
+        if let Some(last) = self.runs.last_mut() {
+            last.closed = true;
+        }
         self.run(true).register_collector(Box::new(Collected {
             families: Arc::clone(&families),
             chosen: None,
@@ -289,6 +298,7 @@ impl Registry {
         });
         if let Some(last) = self.runs.last_mut() {
             last.chosen.push(Chosen(chosen));
+            last.closed = true;
         }
     }
 
@@ -307,10 +317,11 @@ impl Registry {
         let same = self
             .runs
             .last()
-            .is_some_and(|last| last.per_check == per_check);
+            .is_some_and(|last| last.per_check == per_check && !last.closed);
         if !same {
             self.runs.push(Segment {
                 per_check,
+                closed: false,
                 registry: prometheus_client::registry::Registry::default(),
                 chosen: Vec::new(),
             });

@@ -85,6 +85,10 @@ fn jetstream_hint(error: &str) -> &'static str {
     }
 }
 
+/// A subscription whose bus is gone: nothing more will arrive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SubscriptionClosed;
+
 /// A stream of messages for one subscription. Dropping it unsubscribes.
 #[derive(Debug)]
 pub struct Subscription {
@@ -99,6 +103,16 @@ impl Subscription {
     /// A message already delivered, without waiting.
     pub fn try_next(&mut self) -> Option<Message> {
         self.receiver.try_recv().ok()
+    }
+
+    /// A message already delivered, without waiting: `Ok(None)` when none waits, `Err` once
+    /// the bus is gone and none is left.
+    pub fn try_next_or_closed(&mut self) -> Result<Option<Message>, SubscriptionClosed> {
+        match self.receiver.try_recv() {
+            Ok(message) => Ok(Some(message)),
+            Err(mpsc::error::TryRecvError::Empty) => Ok(None),
+            Err(mpsc::error::TryRecvError::Disconnected) => Err(SubscriptionClosed),
+        }
     }
 
     /// The next message, or None once the bus is gone.

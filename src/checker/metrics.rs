@@ -141,24 +141,55 @@ impl ScheduleFamilies {
 /// One place's counter of a family: skipped or lost.
 type PlaceValue = fn(&PlaceCounts) -> &AtomicU64;
 
+impl ScheduleFamilies {
+    /// Calls `each` with every check's counts, or the chosen checks' (under the table's read
+    /// lock, taken once a family: a reload waits for one family's text at most).
+    fn each_check(
+        &self,
+        chosen: Option<&BTreeSet<String>>,
+        mut each: impl FnMut(&str, &ScheduleCounts) -> Result<(), std::fmt::Error>,
+    ) -> Result<(), std::fmt::Error> {
+        let table = self.table();
+        match chosen {
+            None => {
+                for (name, counts) in table.iter() {
+                    each(name, counts)?;
+                }
+            }
+            Some(chosen) => {
+                for name in chosen {
+                    if let Some(counts) = table.get(name.as_str()) {
+                        each(name, counts)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether any of the checks has a series in a place family.
+    fn any_place(&self, chosen: Option<&BTreeSet<String>>) -> bool {
+        let mut any = false;
+        let _ = self.each_check(chosen, |_, counts| {
+            any = any || !counts.has_locations || !counts.located().is_empty();
+            Ok(())
+        });
+        any
+    }
+}
+
 impl PerCheckFamilies for ScheduleFamilies {
     fn encode(
         &self,
         mut encoder: DescriptorEncoder<'_>,
         chosen: Option<&BTreeSet<String>>,
     ) -> Result<(), std::fmt::Error> {
-        let table = self.table();
-        let checks: Vec<(&str, &ScheduleCounts)> = match chosen {
-            None => table
-                .iter()
-                .map(|(name, counts)| (&**name, &**counts))
-                .collect(),
-            Some(chosen) => chosen
-                .iter()
-                .filter_map(|name| Some((name.as_str(), &**table.get(name.as_str())?)))
-                .collect(),
-        };
-        if checks.is_empty() {
+        let mut any_check = false;
+        let _ = self.each_check(chosen, |_, _| {
+            any_check = true;
+            Ok(())
+        });
+        if !any_check {
             return Ok(());
         }
         {
@@ -169,10 +200,10 @@ impl PerCheckFamilies for ScheduleFamilies {
                 None,
                 MetricType::Counter,
             )?;
-            for (check, counts) in &checks {
+            self.each_check(chosen, |check, counts| {
                 ConstCounter::new(counts.scheduled.load(Ordering::Relaxed))
-                    .encode(family.encode_family(&check_labels_of(check))?)?;
-            }
+                    .encode(family.encode_family(&check_labels_of(check))?)
+            })?;
         }
         let places: [(&str, &str, PlaceValue); 2] = [
             (
@@ -187,22 +218,18 @@ impl PerCheckFamilies for ScheduleFamilies {
             ),
         ];
         for (name, help, value) in places {
-            let any = checks
-                .iter()
-                .any(|(_, counts)| !counts.has_locations || !counts.located().is_empty());
-            if !any {
+            if !self.any_place(chosen) {
                 continue;
             }
             let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
-            for (check, counts) in &checks {
+            self.each_check(chosen, |check, counts| {
                 if !counts.has_locations {
                     let labels = PlaceLabels {
                         check,
                         location: None,
                     };
-                    ConstCounter::new(value(&counts.own).load(Ordering::Relaxed))
-                        .encode(family.encode_family(&labels)?)?;
-                    continue;
+                    return ConstCounter::new(value(&counts.own).load(Ordering::Relaxed))
+                        .encode(family.encode_family(&labels)?);
                 }
                 for (location, place) in counts.located().iter() {
                     let labels = PlaceLabels {
@@ -212,7 +239,8 @@ impl PerCheckFamilies for ScheduleFamilies {
                     ConstCounter::new(value(place).load(Ordering::Relaxed))
                         .encode(family.encode_family(&labels)?)?;
                 }
-            }
+                Ok(())
+            })?;
         }
         Ok(())
     }
@@ -409,6 +437,18 @@ mod tests {
             1,
             "{some}"
         );
+        // The families come in the order they were registered, in a full scrape as in a
+        // scrape of some checks.
+        let full = registry.render();
+        for text in [&some, &full] {
+            let at = |family: &str| {
+                text.find(&format!("# TYPE {family} counter"))
+                    .unwrap_or_else(|| panic!("{family} in {text}"))
+            };
+            assert!(at("bastion_checks_scheduled_total") < at("bastion_schedule_skipped_total"));
+            assert!(at("bastion_schedule_skipped_total") < at("bastion_runs_lost_total"));
+            assert!(at("bastion_runs_lost_total") < at("bastion_runs_no_runner_total"));
+        }
         // Forgetting a check removes every series of it, its places' in each location too.
         metrics.forget("lb", ["us"]);
         let full = registry.render();

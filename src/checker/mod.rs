@@ -124,6 +124,9 @@ impl ResultHeader<'_> {
 /// each: a subscription holds 4,096 messages, so results up to 400,000 a second fit.
 const RESULTS_WAIT: Duration = Duration::from_millis(10);
 
+/// Results taken in at one wake-up at most: as many as a subscription holds.
+const RESULTS_TAKEN_AT_ONCE: usize = 4096;
+
 /// The target a `no_runner` result names: nothing was resolved or probed.
 pub const NO_RUNNER_TARGET: &str = "(no runner)";
 
@@ -183,6 +186,13 @@ impl CheckSubjects {
         });
         self.made.insert(key, Arc::clone(&subject));
         subject
+    }
+
+    /// Drops the subjects no place holds any more (checks a reload removed, locations that
+    /// left a `["*"]` check): the cache holds what is in use, not every subject ever made.
+    fn forget_unused(&mut self) {
+        self.made
+            .retain(|_, subject| Arc::strong_count(subject) > 1);
     }
 }
 
@@ -380,7 +390,9 @@ impl Checker {
             removed = old.len(),
             "checker applied a new check list"
         );
+        drop(old);
         self.checks = next;
+        self.check_subjects.forget_unused();
         self.by_name = index_by_name(&self.checks);
         if let Some(due) = due {
             *due = heap;
@@ -477,8 +489,8 @@ impl Checker {
                 _ = until_lost(leadership.as_deref_mut()) => return true,
                 Some(configs) = next_update(self.updates.as_mut()) => self.apply(&configs, Some(&mut due)),
                 _ = sleep_until_or_forever(next) => {
-                    while let Some(message) = self.results.try_next() {
-                        self.close_run(&message.payload);
+                    if !self.take_waiting_results() {
+                        return false;
                     }
                     let now = Instant::now();
                     while let Some(&Reverse((at, index))) = due.peek() {
@@ -500,6 +512,19 @@ impl Checker {
                 },
             }
         }
+    }
+
+    /// Closes the runs of the results waiting, at most a subscription's worth (so due ticks
+    /// are not held up by a channel that keeps filling); false once the bus is gone.
+    fn take_waiting_results(&mut self) -> bool {
+        for _ in 0..RESULTS_TAKEN_AT_ONCE {
+            match self.results.try_next_or_closed() {
+                Ok(Some(message)) => self.close_run(&message.payload),
+                Ok(None) => return true,
+                Err(_) => return false,
+            }
+        }
+        true
     }
 
     /// Takes one heartbeat into the live locations.
@@ -624,6 +649,9 @@ impl Checker {
             }
             _ => true,
         });
+        if !left.is_empty() {
+            self.check_subjects.forget_unused();
+        }
         // At most `MAX_LOCATIONS`, as a check may name (the sink follows no more): the
         // locations followed already keep their places, and new ones join in name order while
         // there is room. The others are left out (policy `location_cap`), told once a tick.

@@ -68,7 +68,10 @@ impl Histograms {
     }
 
     pub fn count(&self, phase: usize) -> u64 {
-        self.phase(phase).iter().map(|(_, _, count)| count).sum()
+        // Saturating: counts decoded from a damaged row can be anything.
+        self.phase(phase)
+            .iter()
+            .fold(0u64, |total, (_, _, count)| total.saturating_add(*count))
     }
 
     /// The `q` quantile (0..=1) of a phase, interpolated inside its bucket; None when empty.
@@ -81,7 +84,7 @@ impl Histograms {
         let rank = (q * total as f64).ceil().max(1.0);
         let mut below = 0u64;
         for (_, bucket, count) in buckets {
-            if (below + count) as f64 >= rank {
+            if below.saturating_add(*count) as f64 >= rank {
                 let index = usize::from(*bucket);
                 let low = if index == 0 { 0.0 } else { upper(index - 1) };
                 if index >= BOUNDS {
@@ -91,7 +94,7 @@ impl Histograms {
                 let within = (rank - below as f64) / *count as f64;
                 return Some(low + (high - low) * within);
             }
-            below += count;
+            below = below.saturating_add(*count);
         }
         None
     }
@@ -237,6 +240,16 @@ mod tests {
         // Garbage decodes to something, without panicking.
         let _ = Histograms::decode(&[0xff, 0xff, 0x01, 0x02]);
         let _ = Histograms::decode(&[]);
+        // Counts that would overflow when added saturate instead of panicking.
+        let mut huge = Vec::new();
+        varint(&mut huge, 2);
+        for bucket in [1u8, 2] {
+            huge.push(bucket);
+            varint(&mut huge, u64::MAX - 1);
+        }
+        let huge = Histograms::decode(&huge);
+        assert_eq!(huge.count(0), u64::MAX);
+        assert!(huge.quantile(0, 0.99).is_some());
         // Phases stay apart in the one list: each phase's count is its own.
         let mut c = Histograms::default();
         c.observe(&[0.001, 0.001, 0.001, 0.001, 0.001, 0.001]);
