@@ -875,23 +875,39 @@ fn dropped(metrics: &bastion_agent::metrics::Metrics, reason: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_result_the_stream_keeps_refusing_holds_back_no_later_result() {
-    let server = NatsServer::start();
-    // The stream exists before bastion starts, with bastion's subjects and age but a message
-    // size limit that one result exceeds; bastion keeps an existing stream's other limits.
+/// Creates `BASTION_RESULTS` with bastion's name and subjects and `limits` before bastion
+/// starts, as an operator would; returns a JetStream context to read it back with.
+async fn results_stream_made_before(
+    server: &NatsServer,
+    limits: async_nats::jetstream::stream::Config,
+) -> async_nats::jetstream::Context {
     let client = async_nats::connect(server.url()).await.unwrap();
     let jetstream = async_nats::jetstream::new(client);
     jetstream
         .create_stream(async_nats::jetstream::stream::Config {
             name: "BASTION_RESULTS".to_string(),
             subjects: vec!["bastion.results.>".to_string()],
-            max_age: Duration::from_secs(3600),
-            max_message_size: 4096,
-            ..Default::default()
+            ..limits
         })
         .await
         .unwrap();
+    jetstream
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_the_stream_keeps_refusing_holds_back_no_later_result() {
+    let server = NatsServer::start();
+    // The stream exists before bastion starts, with bastion's subjects and age but a message
+    // size limit that one result exceeds; bastion keeps an existing stream's other limits.
+    let jetstream = results_stream_made_before(
+        &server,
+        async_nats::jetstream::stream::Config {
+            max_age: Duration::from_secs(3600),
+            max_message_size: 4096,
+            ..Default::default()
+        },
+    )
+    .await;
     let (bus, metrics) = bus_with_metrics(
         &server.url(),
         "results_stream = true\nresults_max_age = \"1h\"",
@@ -938,19 +954,16 @@ async fn a_result_the_stream_keeps_refusing_holds_back_no_later_result() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_updated_results_stream_keeps_the_operators_own_limits() {
     let server = NatsServer::start();
-    let client = async_nats::connect(server.url()).await.unwrap();
-    let jetstream = async_nats::jetstream::new(client);
-    jetstream
-        .create_stream(async_nats::jetstream::stream::Config {
-            name: "BASTION_RESULTS".to_string(),
-            subjects: vec!["bastion.results.>".to_string()],
+    let jetstream = results_stream_made_before(
+        &server,
+        async_nats::jetstream::stream::Config {
             max_age: Duration::from_secs(7200),
             max_message_size: 65_536,
             max_bytes: 64 * 1024 * 1024,
             ..Default::default()
-        })
-        .await
-        .unwrap();
+        },
+    )
+    .await;
     let (_bus, _metrics) = bus_with_metrics(
         &server.url(),
         "results_stream = true\nresults_max_age = \"1h\"",
