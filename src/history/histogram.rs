@@ -52,11 +52,42 @@ impl Histograms {
         }
     }
 
+    /// Adds `other`'s counts: one linear merge of the two sorted lists, from the back, in
+    /// place (an insert per bucket would shift every later one).
     pub fn merge(&mut self, other: &Histograms) {
-        self.buckets.reserve(other.buckets.len());
-        for &(phase, bucket, count) in &other.buckets {
-            self.add(phase, bucket, count);
+        let ours = self.buckets.len();
+        let theirs = other.buckets.len();
+        self.buckets.resize(ours + theirs, (0, 0, 0));
+        // Invariant: `write - mine >= left`, so writing never reaches an unread bucket of ours.
+        let (mut mine, mut left, mut write) = (ours, theirs, ours + theirs);
+        while left > 0 {
+            write -= 1;
+            let next = other.buckets[left - 1];
+            let key = (next.0, next.1);
+            if mine > 0 {
+                let have = self.buckets[mine - 1];
+                match (have.0, have.1).cmp(&key) {
+                    std::cmp::Ordering::Greater => {
+                        self.buckets[write] = have;
+                        mine -= 1;
+                        continue;
+                    }
+                    std::cmp::Ordering::Equal => {
+                        self.buckets[write] = (next.0, next.1, have.2.saturating_add(next.2));
+                        mine -= 1;
+                        left -= 1;
+                        continue;
+                    }
+                    std::cmp::Ordering::Less => {}
+                }
+            }
+            self.buckets[write] = next;
+            left -= 1;
         }
+        // Ours not yet passed stay at the front; the merged rest starts at `write`.
+        let merged = self.buckets.len() - write;
+        self.buckets.copy_within(write.., mine);
+        self.buckets.truncate(mine + merged);
     }
 
     /// The (bucket, count) pairs of one phase, in bucket order.
@@ -102,35 +133,47 @@ impl Histograms {
     /// Per phase: the number of its buckets, then each bucket and its count.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(PHASE_COUNT + self.buckets.len() * 3);
-        for phase in 0..PHASE_COUNT {
-            let buckets = self.phase(phase);
-            varint(&mut out, buckets.len() as u64);
-            for (_, bucket, count) in buckets {
-                out.push(*bucket);
-                varint(&mut out, *count);
-            }
-        }
+        self.encode_into(&mut out);
         out
     }
 
+    /// `encode` into `out`, replacing what it held: the writer encodes every row of a flush
+    /// into one buffer.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        out.clear();
+        for phase in 0..PHASE_COUNT {
+            let buckets = self.phase(phase);
+            varint(out, buckets.len() as u64);
+            for (_, bucket, count) in buckets {
+                out.push(*bucket);
+                varint(out, *count);
+            }
+        }
+    }
+
     pub fn decode(bytes: &[u8]) -> Histograms {
+        let mut histograms = Histograms::default();
+        histograms.decode_into(bytes);
+        histograms
+    }
+
+    /// `decode` into this one, replacing what it held and keeping its list's room.
+    pub fn decode_into(&mut self, bytes: &[u8]) {
+        self.buckets.clear();
         // At least two bytes a bucket after the six lengths, and at most 256 buckets a phase
         // are read: room for all of them at once, however long a damaged row is.
         let most = (bytes.len().saturating_sub(PHASE_COUNT) / 2).min(PHASE_COUNT * 256);
-        let mut histograms = Histograms {
-            buckets: Vec::with_capacity(most),
-        };
+        self.buckets.reserve(most);
         let mut reader = Reader { bytes, at: 0 };
         for phase in 0..PHASE_COUNT {
             let Some(len) = reader.varint() else { break };
             for _ in 0..len.min(256) {
                 let (Some(bucket), Some(count)) = (reader.byte(), reader.varint()) else {
-                    return histograms;
+                    return;
                 };
-                histograms.add(phase_index(phase), bucket.min(BOUNDS as u8), count);
+                self.add(phase_index(phase), bucket.min(BOUNDS as u8), count);
             }
         }
-        histograms
     }
 
     fn add(&mut self, phase: u8, bucket: u8, count: u64) {
@@ -260,6 +303,41 @@ mod tests {
         assert!(c.quantile(0, 1.0).unwrap() > 0.4);
         assert!(c.quantile(1, 1.0).unwrap() < 0.002);
         assert_eq!(Histograms::decode(&c.encode()), c);
+    }
+
+    /// The linear merge against the obvious one (each bucket added where it belongs), for
+    /// lists of every shape: empty, disjoint, interleaved, equal keys, saturating counts.
+    #[test]
+    fn the_linear_merge_adds_as_bucket_by_bucket_does() {
+        use proptest::prelude::*;
+        let list = || {
+            proptest::collection::btree_map(
+                (0u8..6, 0u8..=BOUNDS as u8),
+                prop_oneof![1u64..5, Just(u64::MAX - 1)],
+                0..40,
+            )
+            .prop_map(|buckets| Histograms {
+                buckets: buckets.into_iter().map(|((p, b), c)| (p, b, c)).collect(),
+            })
+        };
+        let mut runner = proptest::test_runner::TestRunner::default();
+        runner
+            .run(&(list(), list()), |(ours, theirs)| {
+                let mut expected = ours.clone();
+                for &(phase, bucket, count) in &theirs.buckets {
+                    expected.add(phase, bucket, count);
+                }
+                let mut merged = ours.clone();
+                merged.merge(&theirs);
+                prop_assert_eq!(&merged, &expected);
+                // And into a list that is reused: decoded over, then merged.
+                let mut reused = theirs.clone();
+                reused.decode_into(&ours.encode());
+                reused.merge(&theirs);
+                prop_assert_eq!(&reused, &expected);
+                Ok(())
+            })
+            .unwrap();
     }
 
     #[test]

@@ -126,21 +126,27 @@ struct CachedRollup {
 }
 
 impl CachedRollup {
-    fn of(row: &Rollup, hist: &[u8]) -> CachedRollup {
+    /// A row that holds nothing yet.
+    fn empty() -> CachedRollup {
         CachedRollup {
-            runs: row.runs,
-            down: row.down,
-            unmeasured: row.unmeasured,
-            hist: hist.into(),
+            runs: 0,
+            down: 0,
+            unmeasured: 0,
+            hist: Histograms::default().encode().into(),
         }
     }
 
-    fn decode(&self) -> Rollup {
-        Rollup {
-            runs: self.runs,
-            down: self.down,
-            unmeasured: self.unmeasured,
-            hist: Histograms::decode(&self.hist),
+    /// This row with `delta` added. `hist` and `bytes` are the caller's, reused from row to
+    /// row of a flush: only the new row's bytes are allocated.
+    fn plus(&self, delta: &Rollup, hist: &mut Histograms, bytes: &mut Vec<u8>) -> CachedRollup {
+        hist.decode_into(&self.hist);
+        hist.merge(&delta.hist);
+        hist.encode_into(bytes);
+        CachedRollup {
+            runs: self.runs.saturating_add(delta.runs),
+            down: self.down.saturating_add(delta.down),
+            unmeasured: self.unmeasured.saturating_add(delta.unmeasured),
+            hist: bytes.as_slice().into(),
         }
     }
 }
@@ -158,13 +164,6 @@ impl Rollup {
             }
             Outcome::Unmeasured => self.unmeasured += 1,
         }
-    }
-
-    fn merge(&mut self, other: &Rollup) {
-        self.runs += other.runs;
-        self.down += other.down;
-        self.unmeasured += other.unmeasured;
-        self.hist.merge(&other.hist);
     }
 }
 
@@ -708,23 +707,23 @@ impl Writer {
     fn merged_rollups(
         &self,
         deltas: HashMap<RollupKey, Rollup>,
-        mut stored: HashMap<RollupKey, Rollup>,
-    ) -> Vec<(RollupKey, Rollup, Vec<u8>)> {
-        let mut merged: Vec<(RollupKey, Rollup, Vec<u8>)> = deltas
-            .into_iter()
+        stored: HashMap<RollupKey, CachedRollup>,
+    ) -> Vec<(RollupKey, CachedRollup)> {
+        let empty = CachedRollup::empty();
+        let mut hist = Histograms::default();
+        let mut bytes = Vec::new();
+        let mut merged: Vec<(RollupKey, CachedRollup)> = deltas
+            .iter()
             .map(|(key, delta)| {
-                let base = match stored.remove(&key) {
-                    Some(row) => Some(row),
-                    None if self.sole_writer => self.rollups.get(&key).map(CachedRollup::decode),
-                    None => None,
+                let base = match stored.get(key) {
+                    Some(row) => row,
+                    None if self.sole_writer => self.rollups.get(key).unwrap_or(&empty),
+                    None => &empty,
                 };
-                let mut row = base.unwrap_or_default();
-                row.merge(&delta);
-                let hist = row.hist.encode();
-                (key, row, hist)
+                (*key, base.plus(delta, &mut hist, &mut bytes))
             })
             .collect();
-        merged.sort_unstable_by_key(|(key, _, _)| key.order());
+        merged.sort_unstable_by_key(|(key, _)| key.order());
         merged
     }
 
@@ -778,7 +777,7 @@ impl Writer {
                     let mut insert = sqlx::QueryBuilder::new(
                         "INSERT INTO rollups (tier, check_id, instance_id, bucket, runs, down, unmeasured, hist) ",
                     );
-                    insert.push_values($rows, |mut values, (key, row, hist)| {
+                    insert.push_values($rows, |mut values, (key, row)| {
                         values
                             .push_bind(key.tier as i16)
                             .push_bind(key.check_id)
@@ -787,7 +786,7 @@ impl Writer {
                             .push_bind(row.runs)
                             .push_bind(row.down)
                             .push_bind(row.unmeasured)
-                            .push_bind(hist.as_slice());
+                            .push_bind(&row.hist[..]);
                     });
                     insert.push(concat!(" ON CONFLICT (tier, check_id, instance_id, bucket) ", $conflict));
                     insert
@@ -833,15 +832,13 @@ impl Writer {
                 // A row not yet written has nothing to lock, so two writers would both start
                 // from zero and the later upsert would replace the other's counts: every row
                 // is made first (an empty one, which the upsert below overwrites).
-                let empty: Vec<(RollupKey, Rollup, Vec<u8>)> = unread
-                    .iter()
-                    .map(|key| (*key, Rollup::default(), Histograms::default().encode()))
-                    .collect();
+                let empty: Vec<(RollupKey, CachedRollup)> =
+                    unread.iter().map(|key| (*key, CachedRollup::empty())).collect();
                 for rows in empty.chunks(ROLLUPS_PER_STATEMENT) {
                     insert_rollups!(rows, "DO NOTHING");
                 }
             }
-            let mut stored: HashMap<RollupKey, Rollup> = HashMap::with_capacity(unread.len());
+            let mut stored: HashMap<RollupKey, CachedRollup> = HashMap::with_capacity(unread.len());
             for keys in unread.chunks(ROLLUPS_PER_STATEMENT) {
                 let mut select = sqlx::QueryBuilder::new(
                     "SELECT tier, check_id, instance_id, bucket, runs, down, unmeasured, hist \
@@ -865,7 +862,7 @@ impl Writer {
                         .await?;
                 for (tier, check_id, instance_id, bucket, runs, down, unmeasured, hist) in rows {
                     let key = RollupKey { tier: i64::from(tier), check_id, instance_id, bucket };
-                    let row = Rollup { runs, down, unmeasured, hist: Histograms::decode(&hist) };
+                    let row = CachedRollup { runs, down, unmeasured, hist: hist.into_boxed_slice() };
                     stored.insert(key, row);
                 }
             }
@@ -904,10 +901,7 @@ impl Writer {
             tx.commit().await?;
             merged
         });
-        Ok(merged
-            .into_iter()
-            .map(|(key, row, hist)| (key, CachedRollup::of(&row, &hist)))
-            .collect())
+        Ok(merged)
     }
 
     /// A run's per-instance detail: instance id, outcome code, phases in microseconds.
