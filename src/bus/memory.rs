@@ -8,7 +8,7 @@ use crate::subjects::{tokens_match, valid_subject};
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
@@ -28,6 +28,9 @@ struct Inner {
     subscribers: Vec<Subscriber>,
     /// Round-robin position per queue group.
     next_in_group: HashMap<String, usize>,
+    /// Scratch for `deliver`, kept for its room: the subscribers in a queue group that a
+    /// message's subject matches.
+    in_groups: Vec<usize>,
 }
 
 #[derive(Debug)]
@@ -69,9 +72,9 @@ impl MemoryBus {
         inner
             .subscribers
             .retain(|subscriber| !subscriber.sender.is_closed());
-        let tokens: Vec<&str> = subject.split('.').collect();
+        // One subject for every copy: a message is delivered to several subscribers.
         let message = Message {
-            subject: subject.to_string(),
+            subject: Arc::from(subject),
             payload,
             reply,
         };
@@ -80,32 +83,48 @@ impl MemoryBus {
         let Inner {
             subscribers,
             next_in_group,
+            in_groups,
         } = &mut *inner;
-        // The queue groups this subject reaches, each with its members in subscription order.
-        let mut groups: Vec<(&str, Vec<&mpsc::Sender<Message>>)> = Vec::new();
-        for subscriber in subscribers.iter() {
+        in_groups.clear();
+        for (index, subscriber) in subscribers.iter().enumerate() {
             let pattern = subscriber.pattern.iter().map(|token| &**token);
-            if !tokens_match(pattern, tokens.iter().copied()) {
+            if !tokens_match(pattern, subject.split('.')) {
                 continue;
             }
             match &subscriber.queue_group {
-                Some(group) => match groups.iter_mut().find(|(name, _)| name == group) {
-                    Some((_, members)) => members.push(&subscriber.sender),
-                    None => groups.push((group, vec![&subscriber.sender])),
-                },
+                Some(_) => in_groups.push(index),
                 None => {
                     delivered_to_any = true;
                     full |= subscriber.sender.try_send(message.clone()).is_err();
                 }
             }
         }
-        delivered_to_any |= !groups.is_empty();
-        for (group, members) in groups {
+        delivered_to_any |= !in_groups.is_empty();
+        // Each queue group the subject reaches, once, with its members in subscription order
+        // (a handful: a quadratic walk costs less than a list per group per message).
+        let group_of = |index: usize| subscribers[index].queue_group.as_deref();
+        for (position, &first) in in_groups.iter().enumerate() {
+            let group = group_of(first);
+            if in_groups[..position]
+                .iter()
+                .any(|&earlier| group_of(earlier) == group)
+            {
+                continue;
+            }
+            let Some(group) = group else { continue };
+            let members = || {
+                in_groups[position..]
+                    .iter()
+                    .filter(|&&index| group_of(index) == Some(group))
+                    .map(|&index| &subscribers[index].sender)
+            };
+            let count = members().count();
             let start = next_in_group.get(group).copied().unwrap_or(0);
             // One member gets it: the next in turn that has room.
-            let delivered = (0..members.len()).find(|offset| {
-                let index = (start + offset) % members.len();
-                members[index].try_send(message.clone()).is_ok()
+            let delivered = (0..count).find(|offset| {
+                members()
+                    .nth((start + offset) % count)
+                    .is_some_and(|member| member.try_send(message.clone()).is_ok())
             });
             match (delivered, next_in_group.get_mut(group)) {
                 (Some(offset), Some(next)) => *next = start + offset + 1,
@@ -233,7 +252,7 @@ mod tests {
             "each request reaches exactly one member"
         );
         let result = plain.next().await.unwrap();
-        assert_eq!(result.subject, "b.results.web");
+        assert_eq!(&*result.subject, "b.results.web");
     }
 
     #[tokio::test]

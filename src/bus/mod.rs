@@ -21,7 +21,8 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// One message as delivered to a subscriber.
 #[derive(Debug, Clone)]
 pub struct Message {
-    pub subject: String,
+    /// Shared: the embedded bus hands one message to several subscribers.
+    pub subject: std::sync::Arc<str>,
     /// Bytes, or on the embedded bus the typed value itself.
     pub payload: Payload,
     /// Where a request wants its reply, for request/reply subjects.

@@ -820,7 +820,7 @@ async fn forward(mut subscriber: async_nats::Subscriber, sender: mpsc::Sender<Me
             },
         };
         let message = Message {
-            subject: message.subject.to_string(),
+            subject: std::sync::Arc::from(message.subject.as_str()),
             payload: Payload::Bytes(message.payload),
             reply: message.reply.map(|reply| reply.to_string()),
         };

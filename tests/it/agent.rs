@@ -274,7 +274,7 @@ async fn the_runner_counts_and_drops_bad_messages_and_keeps_running() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(message.subject, "bastion.results.web");
+    assert_eq!(&*message.subject, "bastion.results.web");
     let result = message.payload.result().unwrap();
     assert_eq!(result.run_id, 42);
     assert!(result.passing, "{result:?}");

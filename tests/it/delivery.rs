@@ -246,7 +246,7 @@ impl Observed {
                 sink.0
                     .lock()
                     .unwrap()
-                    .push((SystemTime::now(), message.subject, json));
+                    .push((SystemTime::now(), message.subject.to_string(), json));
             }
         });
         seen

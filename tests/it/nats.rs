@@ -124,7 +124,7 @@ async fn the_nats_bus_carries_messages_queue_groups_and_requests() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(result.subject, "t.results.web");
+    assert_eq!(&*result.subject, "t.results.web");
     let mut got = Vec::new();
     tokio::time::timeout(PATIENCE, async {
         while got.len() < 20 {

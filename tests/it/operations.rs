@@ -58,7 +58,7 @@ async fn a_failing_check_walks_the_states_and_publishes_each_transition() {
     let sink = Arc::clone(&events);
     tokio::spawn(async move {
         while let Some(message) = subscription.next().await {
-            assert_eq!(message.subject, "bastion.events.flappy");
+            assert_eq!(&*message.subject, "bastion.events.flappy");
             sink.lock()
                 .unwrap()
                 .push(serde_json::from_slice(&message.payload.to_bytes().unwrap()).unwrap());
