@@ -18,6 +18,7 @@ use crate::messages::{CheckResult, Response, TargetGroup, Timings, MESSAGE_VERSI
 use crate::metrics::Metrics;
 use crate::model::{split_host_port, ErrorKind, InstanceAddr, ProbeError};
 use crate::resolve::SrvCache;
+use futures_util::FutureExt;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -407,85 +408,120 @@ impl Dispatcher {
     async fn dispatch(
         &self,
         check: &Arc<CompiledCheck>,
-        planned: Vec<Planned>,
+        mut planned: Vec<Planned>,
         pool: &WorkerPool,
         deadline: Instant,
         on_demand: OnDemand,
     ) -> Vec<Response> {
-        let mut responses: Vec<Option<Response>> = vec![None; planned.len()];
-        let mut running = JoinSet::new();
-        let mut index_of_task = HashMap::new();
-        for (index, entry) in planned.into_iter().enumerate() {
-            let Instance {
-                address: target,
-                labels,
-                resolve_seconds,
-            } = match entry {
-                Planned::Probe(instance) => instance,
-                Planned::Done(response) => {
-                    responses[index] = Some(*response);
-                    continue;
-                }
+        if planned.len() == 1 {
+            // One instance (most checks): its task runs in this run's own future, moved into
+            // it all the same; a spawned task would cost an allocation and two wake-ups.
+            let Some(entry) = planned.pop() else {
+                return Vec::new();
             };
-            // The worker is taken before the task is spawned and moves into it with the task.
-            // The wait for it starts here: not before the resolve, not shared with the instances
-            // before this one (`bastion_dispatch_wait_seconds` measures only this wait).
-            let Some(worker) = pool.acquire_until(&check.name, deadline).await else {
-                let message = format!(
-                    "no {} worker free within {}",
-                    pool.check_type(),
-                    humantime::format_duration(self.deadline)
-                );
-                responses[index] = Some(Response {
-                    labels,
-                    ..Response::failed(
-                        check.probe.target_label(target),
-                        ProbeError::new(ErrorKind::DispatchTimeout, message),
-                        Timings {
-                            resolve: resolve_seconds,
-                            total: resolve_seconds,
-                            ..Timings::default()
-                        },
-                    )
-                });
-                continue;
+            let response = match self
+                .task_for(check, 0, entry, pool, deadline, on_demand)
+                .await
+            {
+                Ok((task, worker)) => run_task_caught(task, worker).await.1,
+                Err(response) => response,
             };
-            let task = ProbeTask {
-                finish_by: on_demand.finish_by,
-                index,
-                target,
-                labels,
-                resolve_seconds,
-                check: Arc::clone(check),
-                context: Arc::clone(&self.context),
-                metrics: Arc::clone(&self.metrics),
-            };
-            let handle = running.spawn(run_task(task, worker));
-            index_of_task.insert(handle.id(), (index, target));
+            return vec![response];
         }
-        while let Some(joined) = running.join_next_with_id().await {
-            match joined {
-                Ok((_, (index, response))) => responses[index] = Some(response),
-                Err(error) => {
-                    // A panicking probe is a bug; report it on its own instance, keep the rest.
-                    if let Some(&(index, target)) = index_of_task.get(&error.id()) {
-                        tracing::error!(check = %check.name, %target, %error, "probe task failed");
-                        responses[index] = Some(Response {
-                            labels: check.labels.clone(),
-                            ..Response::failed(
-                                check.probe.target_label(target),
-                                ProbeError::new(
-                                    ErrorKind::Internal,
-                                    format!("probe task failed: {error}"),
-                                ),
-                                Timings::default(),
-                            )
-                        });
-                    }
+        let mut slots: Vec<Slot> = Vec::with_capacity(planned.len());
+        let mut running = JoinSet::new();
+        for (index, entry) in planned.into_iter().enumerate() {
+            match self
+                .task_for(check, index, entry, pool, deadline, on_demand)
+                .await
+            {
+                Ok((task, worker)) => {
+                    slots.push(Slot::Running(task.target));
+                    running.spawn(run_task_caught(task, worker));
+                }
+                Err(response) => slots.push(Slot::Done(response)),
+            }
+        }
+        while let Some(joined) = running.join_next().await {
+            // A task that did not finish (never: none is aborted) leaves its slot running.
+            if let Ok((index, response)) = joined {
+                if let Some(slot) = slots.get_mut(index) {
+                    *slot = Slot::Done(response);
                 }
             }
         }
-        responses.into_iter().flatten().collect()
+        slots
+            .into_iter()
+            .map(|slot| match slot {
+                Slot::Done(response) => response,
+                Slot::Running(target) => Response {
+                    labels: check.labels.clone(),
+                    ..Response::failed(
+                        check.probe.target_label(target),
+                        ProbeError::new(
+                            ErrorKind::Internal,
+                            "the probe task ended without an answer",
+                        ),
+                        Timings::default(),
+                    )
+                },
+            })
+            .collect()
+    }
+
+    /// The task that probes one planned entry, with the worker it runs on; or the entry's
+    /// response when there is nothing to run (its target did not resolve) or no worker came
+    /// free within the deadline.
+    async fn task_for(
+        &self,
+        check: &Arc<CompiledCheck>,
+        index: usize,
+        entry: Planned,
+        pool: &WorkerPool,
+        deadline: Instant,
+        on_demand: OnDemand,
+    ) -> Result<(ProbeTask, Worker), Response> {
+        let Instance {
+            address: target,
+            labels,
+            resolve_seconds,
+        } = match entry {
+            Planned::Probe(instance) => instance,
+            Planned::Done(response) => return Err(*response),
+        };
+        // The worker is taken before the task is made and moves into it with the task. The
+        // wait for it starts here: not before the resolve, not shared with the instances
+        // before this one (`bastion_dispatch_wait_seconds` measures only this wait).
+        let Some(worker) = pool.acquire_until(&check.name, deadline).await else {
+            let message = format!(
+                "no {} worker free within {}",
+                pool.check_type(),
+                humantime::format_duration(self.deadline)
+            );
+            return Err(Response {
+                labels,
+                ..Response::failed(
+                    check.probe.target_label(target),
+                    ProbeError::new(ErrorKind::DispatchTimeout, message),
+                    Timings {
+                        resolve: resolve_seconds,
+                        total: resolve_seconds,
+                        ..Timings::default()
+                    },
+                )
+            });
+        };
+        let task = ProbeTask {
+            finish_by: on_demand.finish_by,
+            index,
+            target,
+            labels,
+            resolve_seconds,
+            check: Arc::clone(check),
+            context: Arc::clone(&self.context),
+            metrics: Arc::clone(&self.metrics),
+        };
+        Ok((task, worker))
     }
 
     /// The addresses to probe and the time it took to find them.
@@ -600,6 +636,46 @@ async fn resolve_target(
             Ok((addresses, seconds))
         }
         Err(error) => Err((error, timings)),
+    }
+}
+
+/// Where one instance of a run stands while its task runs. Unboxed: every slot ends as a
+/// response, in place, so a box would only add an allocation per instance.
+#[allow(clippy::large_enum_variant)]
+enum Slot {
+    Running(SocketAddr),
+    Done(Response),
+}
+
+/// `run_task`, with a panic in the probe made that instance's response: a panic is a bug,
+/// and it costs its own instance the answer, not the run its other instances.
+async fn run_task_caught(task: ProbeTask, worker: Worker) -> (usize, Response) {
+    let (index, target, check) = (task.index, task.target, Arc::clone(&task.check));
+    match std::panic::AssertUnwindSafe(run_task(task, worker))
+        .catch_unwind()
+        .await
+    {
+        Ok(done) => done,
+        Err(panic) => {
+            let reason = panic
+                .downcast_ref::<&str>()
+                .map(|text| (*text).to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "no message".to_string());
+            tracing::error!(check = %check.name, %target, %reason, "probe task panicked");
+            let response = Response {
+                labels: check.labels.clone(),
+                ..Response::failed(
+                    check.probe.target_label(target),
+                    ProbeError::new(
+                        ErrorKind::Internal,
+                        format!("probe task failed: the probe panicked: {reason}"),
+                    ),
+                    Timings::default(),
+                )
+            };
+            (index, response)
+        }
     }
 }
 

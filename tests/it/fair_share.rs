@@ -250,3 +250,86 @@ async fn a_task_holds_its_worker_while_its_response_is_judged() {
         "the worker was free {early} s before big's run ended (judging takes {judging} s)"
     );
 }
+
+/// A probe that panics on the instance at `port` and succeeds on any other.
+#[derive(Debug)]
+struct PanicsOnPort {
+    port: u16,
+}
+
+impl bastion_agent::checks::Probe for PanicsOnPort {
+    fn host_and_port(&self) -> (&str, u16) {
+        ("127.0.0.1", self.port)
+    }
+
+    fn probe<'a>(
+        &'a self,
+        _context: &'a bastion_agent::checks::ProbeContext,
+        target: SocketAddr,
+        _deadline: tokio::time::Instant,
+        _record: &'a mut bastion_agent::checks::ProbeRecord,
+    ) -> bastion_agent::checks::ProbeFuture<'a> {
+        Box::pin(async move {
+            tokio::task::yield_now().await;
+            assert_ne!(target.port(), self.port, "a probe bug");
+            Ok(())
+        })
+    }
+}
+
+/// A probe that panics is a bug; it costs its own instance the answer (an `internal` error
+/// naming the panic) and nothing else: not the other instances of its run, not its worker, and
+/// not a run of one instance, whose task runs in the run's own future.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_probe_fails_its_own_instance_and_returns_its_worker() {
+    let config = config(
+        "[runner.workers]\ntcp = 1\n\
+         [[checks]]\nname = \"both\"\ntype = \"tcp\"\ninterval = \"60s\"\naddress = \"127.0.0.1:7\"\n\
+         instances = [\"127.0.0.1:7\", \"127.0.0.1:8\"]\n\
+         [[checks]]\nname = \"one\"\ntype = \"tcp\"\ninterval = \"60s\"\naddress = \"127.0.0.1:7\"\n",
+    );
+    let (dispatcher, _metrics) = dispatcher(&config);
+    let order = |name: &str| {
+        let mut check = CompiledCheck::compile(
+            config
+                .checks
+                .iter()
+                .find(|c| c.name == name)
+                .expect("check"),
+        )
+        .expect("compiles");
+        check.probe = Box::new(PanicsOnPort { port: 7 });
+        RunOrder {
+            check: Arc::new(check),
+            run_id: 1,
+            scheduled_at: SystemTime::now(),
+            discovered: None,
+        }
+    };
+    for _ in 0..2 {
+        let both = dispatcher.run(order("both")).await;
+        assert_eq!(both.responses.len(), 2, "{both:?}");
+        let panicked = &both.responses[0];
+        assert_eq!(panicked.target, "127.0.0.1:7");
+        let error = panicked
+            .error
+            .as_ref()
+            .expect("the panicking instance fails");
+        assert_eq!(error.kind.as_str(), "internal", "{error:?}");
+        assert!(error.message.contains("a probe bug"), "{}", error.message);
+        assert_eq!(both.responses[1].target, "127.0.0.1:8");
+        // Its neighbour was probed (this probe records nothing, so it is judged not passing).
+        assert!(both.responses[1].error.is_none(), "{both:?}");
+
+        let one = dispatcher.run(order("one")).await;
+        assert_eq!(one.responses.len(), 1, "{one:?}");
+        let error = one.responses[0].error.as_ref().expect("it fails");
+        assert!(error.message.contains("a probe bug"), "{}", error.message);
+        // The one worker came back each time: the next run did not wait out the deadline.
+        assert!(
+            dispatcher.usage().values().all(|usage| usage.busy == 0),
+            "{:?}",
+            dispatcher.usage()
+        );
+    }
+}
