@@ -15,7 +15,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 /// jemalloc, with the settings of `.cargo/config.toml`: a probe allocates on one thread and
-/// frees on another, which glibc's malloc paid for in CPU (about 7 % more per probe) and in
+/// frees on another, which glibc's malloc paid for in CPU (5 to 15 % more per probe) and in
 /// memory it kept after a scrape (about 35 MB at 10,000 checks). ARCHITECTURE.md says more.
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;

@@ -191,7 +191,7 @@ struct GzipChunks {
     current: Vec<u8>,
 }
 
-/// The size of a chunk of gzipped output (below glibc's mmap threshold, as the text's).
+/// The size of a chunk of gzipped output (the text's size, for the same reasons).
 const GZIP_CHUNK: usize = 32 * 1024;
 
 impl GzipChunks {

@@ -3,16 +3,17 @@
 //! (copying itself at each step and holding up to twice its size), was then copied once more
 //! into the answer, and each large buffer freed raised glibc's mmap threshold, so the next
 //! scrape's buffers came from the heap and stayed there: 30 to 50 MiB of RSS kept after a
-//! scrape at 10,000 checks. In chunks, nothing is copied after it is written, a family's
-//! samples join the answer by moving their chunks, no allocation is larger than a chunk (below
-//! glibc's default mmap threshold, so every scrape reuses the same freed chunks), and the
-//! answer is sent chunk by chunk.
+//! scrape at 10,000 checks (the daemon now allocates with jemalloc, which returns freed pages
+//! on its own). In chunks, nothing is copied after it is written, a family's samples join the
+//! answer by moving their chunks, no allocation is larger than a chunk (every scrape reuses
+//! the same size of allocation, whatever the allocator), and the answer is sent chunk by chunk.
 
 use bytes::Bytes;
 use std::fmt;
 
 /// The size of a chunk: large enough that a chunk holds hundreds of samples, small enough to
-/// stay under glibc's default mmap threshold (128 KiB).
+/// be an ordinary allocation (under glibc's mmap threshold of 128 KiB, jemalloc's small and
+/// large classes alike: the library is used with either).
 const CHUNK: usize = 32 * 1024;
 
 /// The size of a text's first chunk.

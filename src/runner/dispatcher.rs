@@ -651,6 +651,8 @@ enum Slot {
 /// and it costs its own instance the answer, not the run its other instances.
 async fn run_task_caught(task: ProbeTask, worker: Worker) -> (usize, Response) {
     let (index, target, check) = (task.index, task.target, Arc::clone(&task.check));
+    // The instance's own labels, for its response if it panics (an empty map costs nothing).
+    let labels = task.labels.clone();
     match std::panic::AssertUnwindSafe(run_task(task, worker))
         .catch_unwind()
         .await
@@ -664,7 +666,7 @@ async fn run_task_caught(task: ProbeTask, worker: Worker) -> (usize, Response) {
                 .unwrap_or_else(|| "no message".to_string());
             tracing::error!(check = %check.name, %target, %reason, "probe task panicked");
             let response = Response {
-                labels: check.labels.clone(),
+                labels,
                 ..Response::failed(
                     check.probe.target_label(target),
                     ProbeError::new(
