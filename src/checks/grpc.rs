@@ -4,6 +4,7 @@
 //! HealthCheckResponse: field 1, the serving status) rather than through a protobuf stack.
 //! The call's outcome is read from grpc-status in the trailers (or a trailers-only answer).
 
+use super::arrival::{Arrivals, StampedStream};
 use super::net::{connect_tcp, drive, error_chain, http_error};
 use super::response::{cut, Body, Response, Section, TextBounds};
 use super::series::{self, SeriesOut, SeriesSpec};
@@ -268,14 +269,15 @@ pub async fn probe(
     };
     let request = build_request(plan)?;
     let tcp = connect_tcp(target, plan.source_ip, record).await?;
+    let (tcp, arrivals) = StampedStream::new(tcp, ctx.max_arrival_correction);
     let answer = match tls {
         Some((config, server_name)) => {
             let stream = handshake(config, server_name, tcp, target, record).await?;
-            call(TokioIo::new(stream), request, record)
+            call(TokioIo::new(stream), request, record, &arrivals)
                 .await
                 .map_err(|error| with_hint(error, target))?
         }
-        None => call(TokioIo::new(tcp), request, record)
+        None => call(TokioIo::new(tcp), request, record, &arrivals)
             .await
             .map_err(|error| with_hint(error, target))?,
     };
@@ -325,10 +327,13 @@ struct Answer {
     trailers: Option<HeaderMap>,
 }
 
+/// One Health/Check call; processing ends when the last of the answer (its trailers) arrived,
+/// as `arrivals` has it from the kernel, not when this task got to it.
 async fn call<IO>(
     io: IO,
     request: Request<Full<Bytes>>,
     record: &mut ProbeRecord,
+    arrivals: &Arrivals,
 ) -> Result<Answer, ProbeError>
 where
     IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
@@ -367,7 +372,7 @@ where
                 }
             }
         }
-        record.end();
+        record.end_at(arrivals.latest());
         Ok(Answer {
             status: head.status,
             headers: head.headers,

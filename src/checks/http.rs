@@ -6,6 +6,7 @@
 //! up to a cap and no further. Credentials (from files, OAuth2) go only to the URL's own
 //! origin, and what the server echoes of them is redacted from the result.
 
+use super::arrival::{Arrivals, StampedStream};
 use super::net::{connect_tcp, drive, error_chain, http_error};
 use super::oauth2::{AccessToken, OAuth2DefinitionError, TokenSource};
 use super::proxy::{basic_authorization, ProxyDefinitionError, ProxyPlan};
@@ -858,36 +859,32 @@ async fn exchange_once(
         Some(proxy) => proxy.connect(ctx, plan.source_ip, record).await?,
         None => connect_tcp(address, plan.source_ip, record).await?,
     };
-    let max_body = ctx.max_body_bytes;
+    let limits = BodyLimits {
+        max_body: ctx.max_body_bytes,
+        compression: plan.compression,
+    };
     if let Some((config, server_name)) = tls {
         if let Some(proxy) = proxy {
             proxy.tunnel(&mut tcp, address, record).await?;
         }
+        let (tcp, arrivals) = StampedStream::new(tcp, ctx.max_arrival_correction);
         let stream = handshake(config, server_name, tcp, address, record).await?;
         let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
         let built = build_request(plan, request, own_origin, h2, None)?;
-        exchange(
-            TokioIo::new(stream),
-            h2,
-            built,
-            record,
-            max_body,
-            plan.compression,
-        )
-        .await
+        exchange(TokioIo::new(stream), h2, built, record, &arrivals, limits).await
     } else {
         // Through a proxy, plain http is forwarded: the request names the instance.
         let built = build_request(plan, request, own_origin, false, proxy)?;
-        exchange(
-            TokioIo::new(tcp),
-            false,
-            built,
-            record,
-            max_body,
-            plan.compression,
-        )
-        .await
+        let (tcp, arrivals) = StampedStream::new(tcp, ctx.max_arrival_correction);
+        exchange(TokioIo::new(tcp), false, built, record, &arrivals, limits).await
     }
+}
+
+/// How a response's body is read: up to `runner.max_body_bytes`, decoded if the check asks.
+#[derive(Clone, Copy)]
+struct BodyLimits {
+    max_body: usize,
+    compression: Option<Compression>,
 }
 
 fn build_request(
@@ -960,8 +957,8 @@ async fn exchange<IO>(
     h2: bool,
     request: Request<Full<Bytes>>,
     record: &mut ProbeRecord,
-    max_body: usize,
-    compression: Option<Compression>,
+    arrivals: &Arrivals,
+    limits: BodyLimits,
 ) -> Result<(http::response::Parts, Vec<u8>, bool), ProbeError>
 where
     IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
@@ -976,7 +973,7 @@ where
                 .map_err(http_error)?;
         drive(connection, async move {
             let response = sender.send_request(request).await.map_err(http_error)?;
-            read_response(response, record, max_body, compression).await
+            read_response(response, record, arrivals.latest(), limits).await
         })
         .await
     } else {
@@ -985,18 +982,25 @@ where
             .map_err(http_error)?;
         drive(connection, async move {
             let response = sender.send_request(request).await.map_err(http_error)?;
-            read_response(response, record, max_body, compression).await
+            read_response(response, record, arrivals.latest(), limits).await
         })
         .await
     }
 }
 
+/// Reads the body of `response`, whose head was complete with the read whose data arrived at
+/// `head_arrived`: processing ends there, and the transfer begins, however late this task got
+/// to the head (on a busy agent, milliseconds).
 async fn read_response(
     response: hyper::Response<Incoming>,
     record: &mut ProbeRecord,
-    max_body: usize,
-    compression: Option<Compression>,
+    head_arrived: Option<Instant>,
+    BodyLimits {
+        max_body,
+        compression,
+    }: BodyLimits,
 ) -> Result<(http::response::Parts, Vec<u8>, bool), ProbeError> {
+    record.end_at(head_arrived);
     record.begin(Phase::Transfer);
     let (head, mut body) = response.into_parts();
     let mut bytes: Vec<u8> = Vec::with_capacity(max_body.min(16 * 1024));

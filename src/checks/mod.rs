@@ -7,6 +7,7 @@
 //! them and the `Probe` trait and never name a protocol. Check code never touches the bus,
 //! the metrics or the scheduler: it gets a target and returns what it saw.
 
+pub mod arrival;
 pub mod dns;
 pub mod grpc;
 pub mod http;
@@ -327,6 +328,9 @@ pub struct ProbeContext {
     pub resolver: Arc<Resolver>,
     pub tls: Arc<tls_client::TlsClientConfigs>,
     pub max_body_bytes: usize,
+    /// `runner.max_arrival_correction`: how far before its read a receive stamp may end a
+    /// phase (`arrival`); zero turns stamping off.
+    pub max_arrival_correction: Duration,
 }
 
 /// The phases a probe passes through, in order.
@@ -416,9 +420,17 @@ impl ProbeRecord {
 
     /// Ends the phase in progress, adding its time (phases repeat across redirects).
     pub fn end(&mut self) {
+        self.end_at(None);
+    }
+
+    /// Ends the phase in progress at `at`, when the kernel says the answer that ends it
+    /// arrived (see `arrival`), rather than now, when the probe got to it. An instant before
+    /// the phase began (data read before it) or after now is not this phase's end: now is.
+    pub fn end_at(&mut self, at: Option<Instant>) {
         if let Some((phase, began)) = self.current.take() {
             let now = Instant::now();
-            let seconds = now.saturating_duration_since(began).as_secs_f64();
+            let ended = at.filter(|at| *at >= began && *at <= now).unwrap_or(now);
+            let seconds = ended.saturating_duration_since(began).as_secs_f64();
             let slot = match phase {
                 Phase::Resolve => &mut self.timings.resolve,
                 Phase::Connect => &mut self.timings.connect,
@@ -432,7 +444,7 @@ impl ProbeRecord {
                 Phase::Starttls => &mut self.timings.starttls,
             };
             *slot += seconds;
-            self.last_end = Some(now);
+            self.last_end = Some(ended);
         }
     }
 

@@ -499,6 +499,7 @@ mod tests {
             resolver: Arc::new(crate::resolve::Resolver::from_servers(&[]).unwrap()),
             tls: Arc::default(),
             max_body_bytes: 1024,
+            max_arrival_correction: Duration::ZERO,
         };
         let token = source
             .read_token(

@@ -3,6 +3,7 @@
 //! stops at the first match, when the peer closes, or at `runner.max_body_bytes`, and never
 //! goes past that cap. One fresh connection per probe, one attempt.
 
+use super::arrival::{Arrivals, StampedStream};
 use super::net::{connect_tcp, is_tls_failure};
 use super::response::{Body, Response, Section};
 use super::series::{self, SeriesOut, SeriesSpec};
@@ -25,6 +26,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
 
 /// Settings of a `type = "tcp"` check.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -216,11 +218,18 @@ pub async fn probe(
         super::starttls::negotiate(&mut tcp, protocol, target, record).await?;
     }
     let max_bytes = ctx.max_body_bytes;
+    let (tcp, arrivals) = StampedStream::new(tcp, ctx.max_arrival_correction);
+    let steps_target = StepsTarget {
+        plan,
+        target,
+        max_bytes,
+        arrivals: &arrivals,
+    };
     match tls {
         Some((config, server_name, watch)) => {
             let mut stream = handshake(config, server_name, tcp, target, record).await?;
             let handshake_seconds = record.timings.tls;
-            exchange(&mut stream, plan, target, record, max_bytes).await?;
+            exchange(&mut stream, steps_target, record).await?;
             // Without an expect step nothing was read: a TLS 1.3 server's refusal of the client
             // certificate would go unseen.
             if !plan
@@ -233,16 +242,30 @@ pub async fn probe(
             }
             Ok(())
         }
-        None => exchange(tcp, plan, target, record, max_bytes).await,
+        None => exchange(tcp, steps_target, record).await,
     }
+}
+
+/// What the send/expect steps run against.
+#[derive(Clone, Copy)]
+struct StepsTarget<'a> {
+    plan: &'a TcpPlan,
+    target: SocketAddr,
+    max_bytes: usize,
+    /// When the stream's reads arrived: a last expect step ends the exchange when the bytes it
+    /// matched arrived, not when the probe got to them.
+    arrivals: &'a Arrivals,
 }
 
 async fn exchange<S>(
     mut stream: S,
-    plan: &TcpPlan,
-    target: SocketAddr,
+    StepsTarget {
+        plan,
+        target,
+        max_bytes,
+        arrivals,
+    }: StepsTarget<'_>,
     record: &mut ProbeRecord,
-    max_bytes: usize,
 ) -> Result<(), ProbeError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -253,6 +276,7 @@ where
     // Where the next expect starts looking: just past the previous match.
     let mut search_from = 0;
     let mut chunk = vec![0u8; 16 * 1024];
+    let mut last_sent = None;
     for (index, step) in plan.steps.iter().enumerate() {
         match step {
             Step::Send(bytes) => {
@@ -268,6 +292,7 @@ where
                         format!("step #{}: sending to {target}: {error}", index + 1),
                     )
                 })?;
+                last_sent = Some(Instant::now());
             }
             Step::Expect(regex) => loop {
                 if let Some(found) = regex.find(&received[search_from..]) {
@@ -317,7 +342,15 @@ where
         }
         set_details(record, |details| details.steps_done = index + 1);
     }
-    record.end();
+    // After a last send the exchange ends now; after a last expect, when its match arrived,
+    // or when the last send went out if the match was already there.
+    let ended = match plan.steps.last() {
+        Some(Step::Expect(_)) => arrivals
+            .latest()
+            .map(|arrived| last_sent.map_or(arrived, |sent: Instant| arrived.max(sent))),
+        _ => None,
+    };
+    record.end_at(ended);
     Ok(())
 }
 

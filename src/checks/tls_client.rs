@@ -406,13 +406,16 @@ pub fn earliest_not_after(certs: &[CertificateDer<'_>]) -> Option<i64> {
 
 /// The TLS handshake over a probe's connection, timed as the tls phase; the session's details
 /// go into `record.tls` as soon as it succeeds.
-pub async fn handshake(
+pub async fn handshake<IO>(
     config: Arc<ClientConfig>,
     server_name: ServerName<'static>,
-    tcp: tokio::net::TcpStream,
+    tcp: IO,
     target: std::net::SocketAddr,
     record: &mut ProbeRecord,
-) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, ProbeError> {
+) -> Result<tokio_rustls::client::TlsStream<IO>, ProbeError>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     record.begin(Phase::Tls);
     let stream = tokio_rustls::TlsConnector::from(config)
         .connect(server_name, tcp)

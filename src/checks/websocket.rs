@@ -6,6 +6,7 @@
 //! `runner.max_body_bytes` of a message and 16 KiB of the upgrade's head. One fresh
 //! connection per probe; it never leaves a task behind.
 
+use super::arrival::{Arrivals, StampedStream};
 use super::net::connect_tcp;
 use super::response::{Body, Response, Section};
 use super::series::{self, SeriesOut, SeriesSpec};
@@ -220,12 +221,14 @@ pub async fn probe(
     };
     record.sections.websocket = Some(Box::default());
     let tcp = connect_tcp(target, None, record).await?;
+    let (tcp, arrivals) = StampedStream::new(tcp, ctx.max_arrival_correction);
+    let max_bytes = ctx.max_body_bytes;
     match tls {
         Some((config, server_name)) => {
             let stream = handshake(config, server_name, tcp, target, record).await?;
-            session(stream, plan, target, record, ctx.max_body_bytes).await
+            session(stream, plan, target, record, &arrivals, max_bytes).await
         }
-        None => session(tcp, plan, target, record, ctx.max_body_bytes).await,
+        None => session(tcp, plan, target, record, &arrivals, max_bytes).await,
     }
 }
 
@@ -235,11 +238,14 @@ fn details(record: &mut ProbeRecord, change: impl FnOnce(&mut WebsocketDetails))
     }
 }
 
+/// The upgrade and the optional exchange. Each phase ends when the answer that ends it arrived
+/// (`arrivals`, the kernel's receive stamps), not when this task got to it.
 async fn session<S: AsyncRead + AsyncWrite + Unpin>(
     mut stream: S,
     plan: &WebsocketPlan,
     target: SocketAddr,
     record: &mut ProbeRecord,
+    arrivals: &Arrivals,
     max_bytes: usize,
 ) -> Result<(), ProbeError> {
     let io = |doing: &str, error: std::io::Error| {
@@ -262,6 +268,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
         .await
         .map_err(|error| io("sending the upgrade to", error))?;
     let head = read_head(&mut stream, target).await?;
+    let head_arrived = arrivals.latest();
     let status = head
         .split_whitespace()
         .nth(1)
@@ -297,12 +304,14 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
         ));
     }
     details(record, |details| details.upgraded = true);
+    record.end_at(head_arrived);
     if let Some(message) = &plan.send {
         record.begin(Phase::Exchange);
         write_frame(&mut stream, 0x1, message.as_bytes())
             .await
             .map_err(|error| io("sending to", error))?;
         let reply = read_message(&mut stream, target, max_bytes).await?;
+        record.end_at(arrivals.latest());
         let truncated = reply.len() >= max_bytes;
         let text = String::from_utf8_lossy(&reply).into_owned();
         details(record, |details| {

@@ -70,6 +70,11 @@ pub const HEARTBEAT_INTERVAL: Bound =
     Bound::duration("agent.heartbeat_interval", SECOND, MINUTE.saturating_mul(5));
 pub const MAX_BODY_BYTES: Bound =
     Bound::count("runner.max_body_bytes", 0, MAX_BODY_BYTES_LIMIT as u64);
+pub const MAX_ARRIVAL_CORRECTION: Bound = Bound::duration(
+    "runner.max_arrival_correction",
+    Duration::ZERO,
+    SECOND.saturating_mul(10),
+);
 pub const FORGET_CHECKS_AFTER: Bound = Bound::duration(
     "runner.forget_checks_after",
     POSITIVE,
@@ -143,6 +148,7 @@ const BOUNDS: &[Bound] = &[
     DISPATCH_DEADLINE,
     HEARTBEAT_INTERVAL,
     MAX_BODY_BYTES,
+    MAX_ARRIVAL_CORRECTION,
     FORGET_CHECKS_AFTER,
     MAX_CHECK_SERIES,
     CHECK_INTERVAL,

@@ -19,6 +19,14 @@ pub struct RunnerConfig {
     /// How many bytes of a response body a probe reads at most.
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: usize,
+    /// The most a phase that ends on an answer may end before the read that saw it: the
+    /// kernel's receive stamp takes a busy worker's lateness out of the phase up to this much.
+    /// It is also the most such a phase can be short by when a segment of the answer was lost
+    /// and a later one arrived first (the kernel then stamps the later one). `0s`: no stamps,
+    /// every phase ends when the probe read its answer.
+    #[serde(default = "default_max_arrival_correction", with = "humantime_serde")]
+    #[schemars(with = "super::json_schema::Humantime")]
+    pub max_arrival_correction: Duration,
     /// Workers per check type: how many probes of that type run at once.
     #[serde(default)]
     pub workers: WorkersConfig,
@@ -165,6 +173,9 @@ pub(super) fn default_location() -> String {
 pub(super) fn default_max_check_series() -> usize {
     DEFAULT_MAX_CHECK_SERIES
 }
+pub(super) fn default_max_arrival_correction() -> Duration {
+    Duration::from_millis(50)
+}
 pub(super) fn default_max_body_bytes() -> usize {
     128 * 1024
 }
@@ -177,6 +188,7 @@ impl Default for RunnerConfig {
         RunnerConfig {
             dispatch_deadline: default_dispatch_deadline(),
             max_body_bytes: default_max_body_bytes(),
+            max_arrival_correction: default_max_arrival_correction(),
             workers: WorkersConfig::default(),
             dns_servers: Vec::new(),
             forget_checks_after: default_forget_checks_after(),
@@ -193,6 +205,7 @@ impl RunnerConfig {
         problems.check(DISPATCH_DEADLINE.check_duration(None, self.dispatch_deadline));
         problems.check(FORGET_CHECKS_AFTER.check_duration(None, self.forget_checks_after));
         problems.check(MAX_BODY_BYTES.check_count(None, self.max_body_bytes as u64));
+        problems.check(MAX_ARRIVAL_CORRECTION.check_duration(None, self.max_arrival_correction));
         problems.check(MAX_CHECK_SERIES.check_count(None, self.max_check_series as u64));
         for check_type in CheckType::ALL {
             if let Some(bound) = bound(&format!("runner.workers.{check_type}")) {

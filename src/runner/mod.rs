@@ -57,6 +57,7 @@ pub fn build_dispatcher(config: &Config, metrics: &Metrics) -> Result<Dispatcher
         resolver: Arc::new(Resolver::from_servers(&config.runner.dns_servers)?),
         tls: Arc::default(),
         max_body_bytes: config.runner.max_body_bytes,
+        max_arrival_correction: config.runner.max_arrival_correction,
     });
     let runner: RunnerMetrics = metrics.component();
     let pools = crate::checks::CheckType::ALL

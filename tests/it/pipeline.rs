@@ -231,6 +231,81 @@ async fn processing_holds_the_servers_think_time_and_plain_http_has_no_tls() {
     assert_eq!(response.http.as_ref().unwrap().version, "HTTP/1.1");
 }
 
+/// A server on its own thread, so it answers on time while the probe's runtime is blocked:
+/// each connection gets its response `delay` after the request's first bytes, and `asked` is
+/// notified when they came.
+fn answer_after_on_a_thread(
+    delay: Duration,
+    asked: Arc<tokio::sync::Notify>,
+) -> std::net::SocketAddr {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let asked = Arc::clone(&asked);
+            std::thread::spawn(move || {
+                let mut request = [0u8; 4096];
+                if stream.read(&mut request).is_ok() {
+                    asked.notify_one();
+                    std::thread::sleep(delay);
+                    let _ = stream.write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                    );
+                }
+            });
+        }
+    });
+    address
+}
+
+/// Honest latency on a busy agent: the answer arrives 300 ms after the request while the
+/// probe's worker is busy elsewhere for 800 ms. Processing is when the answer arrived (the
+/// kernel's receive stamp), not when the worker got to it; the wait shows in the transfer.
+#[tokio::test]
+async fn processing_ends_when_the_answer_arrived_not_when_a_busy_worker_read_it() {
+    let asked = Arc::new(tokio::sync::Notify::new());
+    let address = answer_after_on_a_thread(Duration::from_millis(300), Arc::clone(&asked));
+    let config = config(&format!(
+        r#"
+        [runner]
+        max_arrival_correction = "5s"
+        [[checks]]
+        name = "busy"
+        type = "http"
+        interval = "10s"
+        timeout = "5s"
+        url = "http://{address}/"
+        "#
+    ));
+    // This test's runtime has one thread: the probe and the hog share it. The hog takes it
+    // as soon as the server has the request.
+    let hog = tokio::spawn(async move {
+        asked.notified().await;
+        std::thread::sleep(Duration::from_millis(800));
+    });
+    let started = std::time::Instant::now();
+    let result = run_single(&config).await;
+    let elapsed = started.elapsed();
+    hog.await.unwrap();
+    let response = &result.responses[0];
+    assert!(response.error.is_none(), "{response:?}");
+    assert!(
+        elapsed >= Duration::from_millis(800),
+        "the hog held the worker past the answer: {elapsed:?}"
+    );
+    let timings = response.timings;
+    assert!(
+        (0.3..0.6).contains(&timings.processing),
+        "processing is the server's 300 ms, not the hog's 800: {timings:?}"
+    );
+    assert!(
+        timings.transfer >= 0.2,
+        "the worker's wait falls in the transfer: {timings:?}"
+    );
+}
+
 #[tokio::test]
 async fn an_endless_body_is_truncated_at_the_cap() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

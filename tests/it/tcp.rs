@@ -367,3 +367,67 @@ async fn tcp_series_appear_in_metrics() {
         "{text}"
     );
 }
+
+/// A last expect step ends the exchange when its match arrived (the kernel's receive stamp),
+/// not when a busy worker read it: the server answers 300 ms after the probe's line while the
+/// probe's only worker is held for 800 ms.
+#[tokio::test]
+async fn the_exchange_ends_when_the_expected_bytes_arrived_not_when_a_busy_worker_read_them() {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    let asked = Arc::new(tokio::sync::Notify::new());
+    let line_read = Arc::clone(&asked);
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let line_read = Arc::clone(&line_read);
+            std::thread::spawn(move || {
+                if stream.read(&mut [0u8; 64]).unwrap_or(0) == 0 {
+                    return;
+                }
+                line_read.notify_one();
+                std::thread::sleep(std::time::Duration::from_millis(300));
+                let _ = stream.write_all(b"+OK ready\r\n");
+                std::thread::sleep(std::time::Duration::from_secs(2));
+            });
+        }
+    });
+    let config = config(&format!(
+        r#"
+        [runner]
+        max_arrival_correction = "5s"
+        [[checks]]
+        name = "late-greeting"
+        type = "tcp"
+        interval = "10s"
+        timeout = "5s"
+        address = "{address}"
+        [[checks.steps]]
+        send = "HELLO\r\n"
+        [[checks.steps]]
+        expect = '^\+OK'
+        "#
+    ));
+    // This test's runtime has one thread: the probe and the hog share it. The hog takes it
+    // as soon as the server has the probe's line.
+    let hog = tokio::spawn(async move {
+        asked.notified().await;
+        std::thread::sleep(std::time::Duration::from_millis(800));
+    });
+    let started = std::time::Instant::now();
+    let result = run_single(&config).await;
+    let elapsed = started.elapsed();
+    hog.await.unwrap();
+    let response = &result.responses[0];
+    assert!(response.error.is_none(), "{response:?}");
+    assert!(
+        elapsed >= std::time::Duration::from_millis(800),
+        "the hog held the worker: {elapsed:?}"
+    );
+    let timings = response.timings;
+    assert!(
+        (0.3..0.6).contains(&timings.exchange),
+        "the exchange is the server's 300 ms, not the hog's 800: {timings:?}"
+    );
+}

@@ -245,3 +245,76 @@ async fn websocket_series_appear_in_metrics() {
         assert!(metric(&text, &series).is_some(), "{series} missing\n{text}");
     }
 }
+
+/// The upgrade's processing ends when the 101 arrived (the kernel's receive stamp), not when
+/// a busy worker read it: the server answers 300 ms after the request while the probe's only
+/// worker is held for 800 ms.
+#[tokio::test]
+async fn the_upgrade_ends_when_its_answer_arrived_not_when_a_busy_worker_read_it() {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    let asked = std::sync::Arc::new(tokio::sync::Notify::new());
+    let upgrade_read = std::sync::Arc::clone(&asked);
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let upgrade_read = std::sync::Arc::clone(&upgrade_read);
+            std::thread::spawn(move || {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if stream.read(&mut byte).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let head = String::from_utf8_lossy(&head).into_owned();
+                let key = head
+                    .lines()
+                    .find_map(|line| line.strip_prefix("Sec-WebSocket-Key: "))
+                    .unwrap_or_default()
+                    .trim()
+                    .to_string();
+                let accept = base64::engine::general_purpose::STANDARD.encode(
+                    ring::digest::digest(
+                        &ring::digest::SHA1_FOR_LEGACY_USE_ONLY,
+                        format!("{key}258EAFA5-E914-47DA-95CA-C5AB0DC85B11").as_bytes(),
+                    )
+                    .as_ref(),
+                );
+                upgrade_read.notify_one();
+                std::thread::sleep(std::time::Duration::from_millis(300));
+                let _ = stream.write_all(format!(
+                    "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+                ).as_bytes());
+                let _ = stream.read(&mut [0u8; 64]);
+            });
+        }
+    });
+    let config = config(&format!(
+        "[runner]\nmax_arrival_correction = \"5s\"\n{}",
+        ws_check(address, "").replace("timeout = \"2s\"", "timeout = \"4s\"")
+    ));
+    // This test's runtime has one thread: the probe and the hog share it. The hog takes it
+    // as soon as the server has the upgrade request.
+    let hog = tokio::spawn(async move {
+        asked.notified().await;
+        std::thread::sleep(std::time::Duration::from_millis(800));
+    });
+    let started = std::time::Instant::now();
+    let result = run_single(&config).await;
+    let elapsed = started.elapsed();
+    hog.await.unwrap();
+    let response = &result.responses[0];
+    assert!(response.error.is_none(), "{response:?}");
+    assert!(
+        elapsed >= std::time::Duration::from_millis(800),
+        "the hog held the worker: {elapsed:?}"
+    );
+    let timings = response.timings;
+    assert!(
+        (0.3..0.6).contains(&timings.processing),
+        "processing is the server's 300 ms, not the hog's 800: {timings:?}"
+    );
+}
