@@ -21,7 +21,7 @@ use nix::sys::socket::{recvmsg, setsockopt, sockopt, ControlMessageOwned, MsgFla
 use std::io::{self, IoSliceMut};
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -36,7 +36,7 @@ struct ControlRoom([u8; 64]);
 
 /// The most of hyper's read buffer one read fills: `ReadBuf` must be initialised before
 /// `recvmsg` writes into it, and hyper hands it over uninitialised on every read.
-const MOST_PER_READ: usize = 16 * 1024;
+const MOST_PER_READ: usize = 64 * 1024;
 
 /// When the latest read of a [`StampedStream`] arrived; shared with the probe, which gives
 /// the stream itself away (to hyper, to rustls).
@@ -124,28 +124,37 @@ impl StampedStream {
 }
 
 /// Holds one socket with receive stamping on for the life of the process (see the module
-/// comment); false if the kernel refused it, said once in the log, and then no probe asks.
+/// comment). Until that succeeds no probe asks for stamps, and the next probe tries again (a
+/// failure may pass: no file descriptor free at the first probe); the first failure is logged.
 fn host_stamping_held() -> bool {
-    static HOLDER: OnceLock<Option<socket2::Socket>> = OnceLock::new();
-    HOLDER
-        .get_or_init(|| {
-            let held = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)
-                .and_then(|socket| {
-                    setsockopt(&socket.as_fd(), sockopt::ReceiveTimestampns, &true)?;
-                    Ok(socket)
-                });
-            match held {
-                Ok(socket) => Some(socket),
-                Err(error) => {
-                    tracing::warn!(
-                        %error,
-                        "the kernel refused receive stamps (SO_TIMESTAMPNS): phases that end on an answer end when the probe reads it"
-                    );
-                    None
-                }
+    static HOLDER: OnceLock<socket2::Socket> = OnceLock::new();
+    static FAILURE_LOGGED: AtomicBool = AtomicBool::new(false);
+    if HOLDER.get().is_some() {
+        return true;
+    }
+    let held = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)
+        .map_err(|error| ("opening the socket that holds receive stamps on", error))
+        .and_then(|socket| {
+            setsockopt(&socket.as_fd(), sockopt::ReceiveTimestampns, &true)
+                .map_err(|errno| ("turning receive stamps (SO_TIMESTAMPNS) on", errno.into()))?;
+            Ok(socket)
+        });
+    match held {
+        // Two probes may race here; the loser's socket is closed, the winner's held.
+        Ok(socket) => {
+            let _ = HOLDER.set(socket);
+            true
+        }
+        Err((step, error)) => {
+            if !FAILURE_LOGGED.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    %error,
+                    "{step} failed: until it succeeds, phases that end on an answer end when the probe reads it"
+                );
             }
-        })
-        .is_some()
+            false
+        }
+    }
 }
 
 /// One `recvmsg` into `buf`: the bytes read and, if the kernel stamped them, when the last of

@@ -971,15 +971,20 @@ where
             hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
                 .await
                 .map_err(http_error)?;
+        // hyper reads an HTTP/2 connection in a task of its own, which goes on reading body
+        // frames (up to the flow-control window) while this one waits: its latest read says
+        // nothing of when the head came, so processing ends when this task has the head.
         drive(connection, async move {
             let response = sender.send_request(request).await.map_err(http_error)?;
-            read_response(response, record, arrivals.latest(), limits).await
+            read_response(response, record, None, limits).await
         })
         .await
     } else {
         let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
             .await
             .map_err(http_error)?;
+        // HTTP/1 is read in this task: the latest read when the head is handed over is the
+        // one that completed it (or one of body bytes right behind it).
         drive(connection, async move {
             let response = sender.send_request(request).await.map_err(http_error)?;
             read_response(response, record, arrivals.latest(), limits).await

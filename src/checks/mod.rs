@@ -474,6 +474,44 @@ pub trait SpecError: std::error::Error + Send + Sync + 'static {
 mod tests {
     use super::*;
 
+    /// A phase ended at an earlier instant (a receive stamp) still tiles: the next phase
+    /// begins there and the phases add up to the total; an instant before the phase began or
+    /// after now is not its end.
+    #[tokio::test(start_paused = true)]
+    async fn a_phase_ended_at_an_arrival_keeps_the_phases_tiled() {
+        let mut record = ProbeRecord::start();
+        record.begin(Phase::Connect);
+        tokio::time::advance(Duration::from_millis(10)).await;
+        record.end();
+        record.begin(Phase::Processing);
+        let began = Instant::now();
+        tokio::time::advance(Duration::from_millis(100)).await;
+        record.end_at(Some(began + Duration::from_millis(60)));
+        record.begin(Phase::Transfer);
+        tokio::time::advance(Duration::from_millis(5)).await;
+        let total = record.finish();
+        let timings = record.timings;
+        assert!((timings.processing - 0.060).abs() < 1e-9, "{timings:?}");
+        assert!((timings.transfer - 0.045).abs() < 1e-9, "{timings:?}");
+        let sum = timings.connect + timings.processing + timings.transfer;
+        assert!((sum - total).abs() < 1e-9, "{sum} against {total}");
+
+        for outside in [
+            began - Duration::from_millis(1),
+            Instant::now() + Duration::from_secs(1),
+        ] {
+            let mut record = ProbeRecord::start();
+            record.begin(Phase::Processing);
+            tokio::time::advance(Duration::from_millis(20)).await;
+            record.end_at(Some(outside));
+            assert!(
+                (record.timings.processing - 0.020).abs() < 1e-9,
+                "{:?}",
+                record.timings
+            );
+        }
+    }
+
     /// The name a type has in files, messages, metrics and worker keys is one: its line's.
     #[test]
     fn every_check_type_has_one_name() {

@@ -219,7 +219,7 @@ pub async fn probe(
     }
     let max_bytes = ctx.max_body_bytes;
     let (tcp, arrivals) = StampedStream::new(tcp, ctx.max_arrival_correction);
-    let steps_target = StepsTarget {
+    let setup = ExchangeSetup {
         plan,
         target,
         max_bytes,
@@ -229,7 +229,7 @@ pub async fn probe(
         Some((config, server_name, watch)) => {
             let mut stream = handshake(config, server_name, tcp, target, record).await?;
             let handshake_seconds = record.timings.tls;
-            exchange(&mut stream, steps_target, record).await?;
+            exchange(&mut stream, setup, record).await?;
             // Without an expect step nothing was read: a TLS 1.3 server's refusal of the client
             // certificate would go unseen.
             if !plan
@@ -242,13 +242,13 @@ pub async fn probe(
             }
             Ok(())
         }
-        None => exchange(tcp, steps_target, record).await,
+        None => exchange(tcp, setup, record).await,
     }
 }
 
 /// What the send/expect steps run against.
 #[derive(Clone, Copy)]
-struct StepsTarget<'a> {
+struct ExchangeSetup<'a> {
     plan: &'a TcpPlan,
     target: SocketAddr,
     max_bytes: usize,
@@ -259,12 +259,12 @@ struct StepsTarget<'a> {
 
 async fn exchange<S>(
     mut stream: S,
-    StepsTarget {
+    ExchangeSetup {
         plan,
         target,
         max_bytes,
         arrivals,
-    }: StepsTarget<'_>,
+    }: ExchangeSetup<'_>,
     record: &mut ProbeRecord,
 ) -> Result<(), ProbeError>
 where

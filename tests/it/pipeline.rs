@@ -306,6 +306,41 @@ async fn processing_ends_when_the_answer_arrived_not_when_a_busy_worker_read_it(
     );
 }
 
+/// By default a stamp takes at most 50 ms (`runner.max_arrival_correction`) off a phase: with
+/// the worker held 800 ms past the answer, processing keeps the rest of the wait.
+#[tokio::test]
+async fn by_default_a_stamp_takes_at_most_50ms_off_processing() {
+    let asked = Arc::new(tokio::sync::Notify::new());
+    let address = answer_after_on_a_thread(Duration::from_millis(300), Arc::clone(&asked));
+    let config = config(&format!(
+        r#"
+        [[checks]]
+        name = "busy"
+        type = "http"
+        interval = "10s"
+        timeout = "5s"
+        url = "http://{address}/"
+        "#
+    ));
+    let hog = tokio::spawn(async move {
+        asked.notified().await;
+        std::thread::sleep(Duration::from_millis(800));
+    });
+    let result = run_single(&config).await;
+    hog.await.unwrap();
+    let response = &result.responses[0];
+    assert!(response.error.is_none(), "{response:?}");
+    let timings = response.timings;
+    assert!(
+        timings.processing >= 0.7,
+        "only 50 ms of the 800 ms wait is taken off: {timings:?}"
+    );
+    assert!(
+        timings.transfer >= 0.045,
+        "the 50 ms taken off falls in the transfer: {timings:?}"
+    );
+}
+
 #[tokio::test]
 async fn an_endless_body_is_truncated_at_the_cap() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
