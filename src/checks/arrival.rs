@@ -263,12 +263,16 @@ mod tests {
     /// 300 ms after the answer arrived still reports the arrival.
     #[tokio::test]
     async fn a_late_read_reports_when_the_data_arrived() {
+        // The kernel turns stamping on for the host in the background, a moment after the
+        // first socket asks (until then reads carry no stamp): the answer comes 100 ms after
+        // the request, the first socket asked for stamps before it.
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let server = tokio::spawn(async move {
             let (mut socket, _) = listener.accept().await.unwrap();
             let mut request = [0u8; 4];
             socket.read_exact(&mut request).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
             socket.write_all(b"pong").await.unwrap();
             // Hold the connection open until the client has read.
             let _ = socket.read(&mut request).await;
@@ -282,13 +286,16 @@ mod tests {
         stream.write_all(b"ping").await.unwrap();
         let written = Instant::now();
         // Wait until the answer is surely here, then read it late.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        tokio::time::sleep(Duration::from_millis(400)).await;
         let mut answer = [0u8; 4];
         stream.read_exact(&mut answer).await.unwrap();
         let read = Instant::now();
         assert_eq!(&answer, b"pong");
         let arrived = arrivals.latest().expect("an arrival was recorded");
-        assert!(arrived >= written, "not before the request was written");
+        assert!(
+            arrived >= written + Duration::from_millis(100),
+            "not before the server answered"
+        );
         assert!(
             read - arrived >= Duration::from_millis(250),
             "the arrival ({:?} after the write) is the kernel's, not the read's ({:?})",
