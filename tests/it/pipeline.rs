@@ -279,23 +279,8 @@ async fn processing_ends_when_the_answer_arrived_not_when_a_busy_worker_read_it(
         url = "http://{address}/"
         "#
     ));
-    // This test's runtime has one thread: the probe and the hog share it. The hog takes it
-    // as soon as the server has the request.
-    let hog = tokio::spawn(async move {
-        asked.notified().await;
-        std::thread::sleep(Duration::from_millis(800));
-    });
-    let started = std::time::Instant::now();
-    let result = run_single(&config).await;
-    let elapsed = started.elapsed();
-    hog.await.unwrap();
-    let response = &result.responses[0];
-    assert!(response.error.is_none(), "{response:?}");
-    assert!(
-        elapsed >= Duration::from_millis(800),
-        "the hog held the worker past the answer: {elapsed:?}"
-    );
-    let timings = response.timings;
+    let (result, _) = run_single_with_worker_held(&config, asked).await;
+    let timings = result.responses[0].timings;
     assert!(
         (0.3..0.6).contains(&timings.processing),
         "processing is the server's 300 ms, not the hog's 800: {timings:?}"
@@ -322,15 +307,8 @@ async fn by_default_a_stamp_takes_at_most_50ms_off_processing() {
         url = "http://{address}/"
         "#
     ));
-    let hog = tokio::spawn(async move {
-        asked.notified().await;
-        std::thread::sleep(Duration::from_millis(800));
-    });
-    let result = run_single(&config).await;
-    hog.await.unwrap();
-    let response = &result.responses[0];
-    assert!(response.error.is_none(), "{response:?}");
-    let timings = response.timings;
+    let (result, _) = run_single_with_worker_held(&config, asked).await;
+    let timings = result.responses[0].timings;
     assert!(
         timings.processing >= 0.7,
         "only 50 ms of the 800 ms wait is taken off: {timings:?}"

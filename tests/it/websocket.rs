@@ -30,6 +30,17 @@ async fn read_head(stream: &mut TcpStream) -> String {
     String::from_utf8_lossy(&head).into_owned()
 }
 
+/// The `Sec-WebSocket-Accept` a server answers `key` with (RFC 6455).
+fn accept_for(key: &str) -> String {
+    base64::engine::general_purpose::STANDARD.encode(
+        ring::digest::digest(
+            &ring::digest::SHA1_FOR_LEGACY_USE_ONLY,
+            format!("{key}258EAFA5-E914-47DA-95CA-C5AB0DC85B11").as_bytes(),
+        )
+        .as_ref(),
+    )
+}
+
 /// One client frame: (opcode, unmasked payload).
 async fn read_frame(stream: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
     let mut header = [0u8; 2];
@@ -71,13 +82,7 @@ async fn ws_server(upgrade: Upgrade) -> SocketAddr {
                     .to_string();
                 let accept = match upgrade {
                     Upgrade::WrongAccept => "bm90IGl0".to_string(),
-                    _ => base64::engine::general_purpose::STANDARD.encode(
-                        ring::digest::digest(
-                            &ring::digest::SHA1_FOR_LEGACY_USE_ONLY,
-                            format!("{key}258EAFA5-E914-47DA-95CA-C5AB0DC85B11").as_bytes(),
-                        )
-                        .as_ref(),
-                    ),
+                    _ => accept_for(&key),
                 };
                 let answer = match upgrade {
                     Upgrade::Refuse => {
@@ -276,13 +281,7 @@ async fn the_upgrade_ends_when_its_answer_arrived_not_when_a_busy_worker_read_it
                     .unwrap_or_default()
                     .trim()
                     .to_string();
-                let accept = base64::engine::general_purpose::STANDARD.encode(
-                    ring::digest::digest(
-                        &ring::digest::SHA1_FOR_LEGACY_USE_ONLY,
-                        format!("{key}258EAFA5-E914-47DA-95CA-C5AB0DC85B11").as_bytes(),
-                    )
-                    .as_ref(),
-                );
+                let accept = accept_for(&key);
                 upgrade_read.notify_one();
                 std::thread::sleep(std::time::Duration::from_millis(300));
                 let _ = stream.write_all(format!(
@@ -296,23 +295,8 @@ async fn the_upgrade_ends_when_its_answer_arrived_not_when_a_busy_worker_read_it
         "[runner]\nmax_arrival_correction = \"5s\"\n{}",
         ws_check(address, "").replace("timeout = \"2s\"", "timeout = \"4s\"")
     ));
-    // This test's runtime has one thread: the probe and the hog share it. The hog takes it
-    // as soon as the server has the upgrade request.
-    let hog = tokio::spawn(async move {
-        asked.notified().await;
-        std::thread::sleep(std::time::Duration::from_millis(800));
-    });
-    let started = std::time::Instant::now();
-    let result = run_single(&config).await;
-    let elapsed = started.elapsed();
-    hog.await.unwrap();
-    let response = &result.responses[0];
-    assert!(response.error.is_none(), "{response:?}");
-    assert!(
-        elapsed >= std::time::Duration::from_millis(800),
-        "the hog held the worker: {elapsed:?}"
-    );
-    let timings = response.timings;
+    let (result, _) = run_single_with_worker_held(&config, asked).await;
+    let timings = result.responses[0].timings;
     assert!(
         (0.3..0.6).contains(&timings.processing),
         "processing is the server's 300 ms, not the hog's 800: {timings:?}"

@@ -466,3 +466,27 @@ pub async fn assert_assertion_table(
         }
     }
 }
+
+/// Runs `config`'s one check while this test's runtime thread is held for 800 ms from the
+/// moment `asked` is notified (the test's server has the probe's request, on a thread of its
+/// own): the probe's worker is busy when the answer arrives. The test's runtime must have one
+/// thread (plain `#[tokio::test]`). Returns the result, checked to be a success, and the
+/// run's wall time, checked to cover the hold.
+pub async fn run_single_with_worker_held(
+    config: &Config,
+    asked: Arc<tokio::sync::Notify>,
+) -> (CheckResult, Duration) {
+    let hold = Duration::from_millis(800);
+    let hog = tokio::spawn(async move {
+        asked.notified().await;
+        std::thread::sleep(hold);
+    });
+    let started = std::time::Instant::now();
+    let result = run_single(config).await;
+    let elapsed = started.elapsed();
+    hog.await.unwrap();
+    let response = &result.responses[0];
+    assert!(response.error.is_none(), "{response:?}");
+    assert!(elapsed >= hold, "the hog held the worker: {elapsed:?}");
+    (result, elapsed)
+}
