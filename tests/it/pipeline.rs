@@ -260,6 +260,13 @@ fn answer_after_on_a_thread(
     address
 }
 
+/// One http check of `address`, after the `runner` section given.
+fn busy_check(address: std::net::SocketAddr, runner: &str) -> bastion_agent::config::Config {
+    config(&format!(
+        "{runner}\n[[checks]]\nname = \"busy\"\ntype = \"http\"\ninterval = \"10s\"\ntimeout = \"5s\"\nurl = \"http://{address}/\"\n"
+    ))
+}
+
 /// Honest latency on a busy agent: the answer arrives 300 ms after the request while the
 /// probe's worker is busy elsewhere for 800 ms. Processing is when the answer arrived (the
 /// kernel's receive stamp), not when the worker got to it; the wait shows in the transfer.
@@ -267,18 +274,7 @@ fn answer_after_on_a_thread(
 async fn processing_ends_when_the_answer_arrived_not_when_a_busy_worker_read_it() {
     let asked = Arc::new(tokio::sync::Notify::new());
     let address = answer_after_on_a_thread(Duration::from_millis(300), Arc::clone(&asked));
-    let config = config(&format!(
-        r#"
-        [runner]
-        max_arrival_correction = "5s"
-        [[checks]]
-        name = "busy"
-        type = "http"
-        interval = "10s"
-        timeout = "5s"
-        url = "http://{address}/"
-        "#
-    ));
+    let config = busy_check(address, "[runner]\nmax_arrival_correction = \"5s\"");
     let (result, _) = run_single_with_worker_held(&config, asked).await;
     let timings = result.responses[0].timings;
     assert!(
@@ -297,16 +293,7 @@ async fn processing_ends_when_the_answer_arrived_not_when_a_busy_worker_read_it(
 async fn by_default_a_stamp_takes_at_most_50ms_off_processing() {
     let asked = Arc::new(tokio::sync::Notify::new());
     let address = answer_after_on_a_thread(Duration::from_millis(300), Arc::clone(&asked));
-    let config = config(&format!(
-        r#"
-        [[checks]]
-        name = "busy"
-        type = "http"
-        interval = "10s"
-        timeout = "5s"
-        url = "http://{address}/"
-        "#
-    ));
+    let config = busy_check(address, "");
     let (result, _) = run_single_with_worker_held(&config, asked).await;
     let timings = result.responses[0].timings;
     assert!(

@@ -30,8 +30,13 @@ async fn read_head(stream: &mut TcpStream) -> String {
     String::from_utf8_lossy(&head).into_owned()
 }
 
-/// The `Sec-WebSocket-Accept` a server answers `key` with (RFC 6455).
-fn accept_for(key: &str) -> String {
+/// The `Sec-WebSocket-Accept` a server answers an upgrade request's `head` with (RFC 6455).
+fn accept_for(head: &str) -> String {
+    let key = head
+        .lines()
+        .find_map(|line| line.strip_prefix("Sec-WebSocket-Key: "))
+        .unwrap_or_default()
+        .trim();
     base64::engine::general_purpose::STANDARD.encode(
         ring::digest::digest(
             &ring::digest::SHA1_FOR_LEGACY_USE_ONLY,
@@ -74,15 +79,9 @@ async fn ws_server(upgrade: Upgrade) -> SocketAddr {
         while let Ok((mut stream, _)) = listener.accept().await {
             tokio::spawn(async move {
                 let head = read_head(&mut stream).await;
-                let key = head
-                    .lines()
-                    .find_map(|line| line.strip_prefix("Sec-WebSocket-Key: "))
-                    .unwrap_or_default()
-                    .trim()
-                    .to_string();
                 let accept = match upgrade {
                     Upgrade::WrongAccept => "bm90IGl0".to_string(),
-                    _ => accept_for(&key),
+                    _ => accept_for(&head),
                 };
                 let answer = match upgrade {
                     Upgrade::Refuse => {
@@ -274,14 +273,7 @@ async fn the_upgrade_ends_when_its_answer_arrived_not_when_a_busy_worker_read_it
                     }
                     head.push(byte[0]);
                 }
-                let head = String::from_utf8_lossy(&head).into_owned();
-                let key = head
-                    .lines()
-                    .find_map(|line| line.strip_prefix("Sec-WebSocket-Key: "))
-                    .unwrap_or_default()
-                    .trim()
-                    .to_string();
-                let accept = accept_for(&key);
+                let accept = accept_for(&String::from_utf8_lossy(&head));
                 upgrade_read.notify_one();
                 std::thread::sleep(std::time::Duration::from_millis(300));
                 let _ = stream.write_all(format!(
