@@ -5,26 +5,134 @@
 
 use super::check_series::{CheckSeries, Gone};
 use crate::checks::CheckType;
-use crate::metrics::{
-    latency_histogram, Component, HistogramFamily, LabelsOf, ReasonLabels, Registry,
-};
-use prometheus_client::encoding::EncodeLabelSet;
+use crate::metrics::{Component, LatencyCounts, PerCheckFamilies, ReasonLabels, Registry};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use std::sync::{Arc, Mutex, MutexGuard};
+use prometheus_client::metrics::MetricType;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 use tokio::time::Instant;
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct CheckTypeLabels {
-    check: String,
+/// A series' labels, borrowed from the table at each scrape.
+struct CheckTypeLabels<'a> {
+    check: &'a str,
     r#type: &'static str,
+}
+
+impl EncodeLabelSet for CheckTypeLabels<'_> {
+    fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::LabelSetEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeLabel;
+        ("check", self.check).encode(encoder.encode_label())?;
+        ("type", self.r#type).encode(encoder.encode_label())
+    }
+}
+
+/// One check's series: its type (a label) and its run durations.
+#[derive(Debug)]
+struct RunDurations {
+    check_type: CheckType,
+    seconds: LatencyCounts,
+}
+
+/// The run durations of every check with a series, by name: a name and about 170 bytes a
+/// check, where a `Family` of histograms took about 800.
+#[derive(Debug, Default)]
+struct DurationTable {
+    checks: RwLock<HashMap<Box<str>, Box<RunDurations>>>,
+}
+
+impl DurationTable {
+    fn read(&self) -> RwLockReadGuard<'_, HashMap<Box<str>, Box<RunDurations>>> {
+        // Entries are inserted and removed whole; a poisoned table is still consistent.
+        self.checks
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, HashMap<Box<str>, Box<RunDurations>>> {
+        self.checks
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Adds a run of `check` to its series, made on its first run. A check whose type changed
+    /// (a reload) starts a new series: its type is one of its labels.
+    fn observe(&self, check: &str, check_type: CheckType, seconds: f64) {
+        if let Some(durations) = self.read().get(check) {
+            if durations.check_type == check_type {
+                durations.seconds.observe(seconds);
+                return;
+            }
+        }
+        let fresh = || {
+            Box::new(RunDurations {
+                check_type,
+                seconds: LatencyCounts::default(),
+            })
+        };
+        let mut table = self.write();
+        let durations = table.entry(check.into()).or_insert_with(fresh);
+        if durations.check_type != check_type {
+            *durations = fresh();
+        }
+        durations.seconds.observe(seconds);
+    }
+
+    fn remove(&self, check: &str) {
+        self.write().remove(check);
+    }
+}
+
+impl PerCheckFamilies for DurationTable {
+    fn encode(
+        &self,
+        mut encoder: DescriptorEncoder<'_>,
+        chosen: Option<&BTreeSet<String>>,
+    ) -> Result<(), std::fmt::Error> {
+        let table = self.read();
+        let mut series: Box<dyn Iterator<Item = (&str, &RunDurations)>> = match chosen {
+            None => Box::new(
+                table
+                    .iter()
+                    .map(|(name, durations)| (&**name, &**durations)),
+            ),
+            Some(chosen) => Box::new(chosen.iter().filter_map(|name| {
+                table
+                    .get_key_value(name.as_str())
+                    .map(|(name, durations)| (&**name, &**durations))
+            })),
+        };
+        // A family with no series is left out, HELP and TYPE too.
+        let Some(first) = series.next() else {
+            return Ok(());
+        };
+        let mut family = encoder.encode_descriptor(
+            "bastion_check_duration_seconds",
+            // Ended by a full stop, as prometheus-client ends every registered help.
+            "How long a whole check run took, from dispatch to its last response.",
+            None,
+            MetricType::Histogram,
+        )?;
+        for (check, durations) in std::iter::once(first).chain(series) {
+            let labels = CheckTypeLabels {
+                check,
+                r#type: durations.check_type.as_str(),
+            };
+            durations.seconds.encode(family.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
 }
 
 /// Run durations per check, and the policy deciding which checks have them.
 #[derive(Clone, Debug)]
 pub struct CheckDurations {
-    seconds: HistogramFamily<CheckTypeLabels>,
+    seconds: Arc<DurationTable>,
     /// Check names whose series a runner removed because they stopped running (`expired`).
     forgotten: Family<ReasonLabels, Counter>,
     /// Runs that got no duration series, by why: `capacity` (a runner at
@@ -35,20 +143,10 @@ pub struct CheckDurations {
     series: Arc<Mutex<CheckSeries>>,
 }
 
-fn check_type_labels(check: &str) -> Vec<CheckTypeLabels> {
-    CheckType::ALL
-        .iter()
-        .map(|check_type| CheckTypeLabels {
-            check: check.to_string(),
-            r#type: check_type.as_str(),
-        })
-        .collect()
-}
-
 impl Component for CheckDurations {
     fn register(registry: &mut Registry) -> CheckDurations {
         let durations = CheckDurations {
-            seconds: Family::new_with_constructor(latency_histogram),
+            seconds: Arc::default(),
             forgotten: Family::default(),
             refused: Family::default(),
             series: Arc::new(Mutex::new(CheckSeries::learned(
@@ -56,14 +154,7 @@ impl Component for CheckDurations {
                 crate::config::DEFAULT_FORGET_CHECKS_AFTER,
             ))),
         };
-        let labels: LabelsOf<CheckTypeLabels> = Arc::new(check_type_labels);
-        registry.per_check(
-            "bastion_check_duration_seconds",
-            "How long a whole check run took, from dispatch to its last response",
-            &durations.seconds,
-            Some(labels),
-            latency_histogram,
-        );
+        registry.per_check_families(Arc::clone(&durations.seconds) as Arc<dyn PerCheckFamilies>);
         registry.agent(
             "bastion_check_series_forgotten",
             "Checks whose bastion_check_duration_seconds series this runner removed: not run here for forget_checks_after and three intervals (expired)",
@@ -113,13 +204,7 @@ impl CheckDurations {
         let mut series = self.follow_reload(self.lock());
         let admitted = series.admit(check, interval, now, &mut |gone, why| self.gone(gone, why));
         match admitted {
-            Ok(()) => self
-                .seconds
-                .get_or_create(&CheckTypeLabels {
-                    check: check.to_string(),
-                    r#type: check_type.as_str(),
-                })
-                .observe(seconds),
+            Ok(()) => self.seconds.observe(check, check_type, seconds),
             Err(refusal) => {
                 self.refused
                     .get_or_create(&ReasonLabels {
@@ -170,12 +255,7 @@ impl CheckDurations {
     }
 
     fn remove(&self, check: &str) {
-        for check_type in CheckType::ALL {
-            self.seconds.remove(&CheckTypeLabels {
-                check: check.to_string(),
-                r#type: check_type.as_str(),
-            });
-        }
+        self.seconds.remove(check);
     }
 
     fn lock(&self) -> MutexGuard<'_, CheckSeries> {
