@@ -93,11 +93,11 @@ pub struct HttpSpec {
     pub bearer_token_file: Option<PathBuf>,
     /// HTTP basic auth, the password read from a file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub basic_auth: Option<BasicAuth>,
+    pub basic_auth: Option<Box<BasicAuth>>,
     /// OAuth2 client credentials: a token fetched (and cached) before the probe, sent as
     /// `Authorization: Bearer <token>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub oauth2: Option<OAuth2Config>,
+    pub oauth2: Option<Box<OAuth2Config>>,
     /// An `http://host:port` proxy: https targets are reached through a CONNECT tunnel,
     /// http targets by forwarding. Default: none (connect directly).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -109,7 +109,7 @@ pub struct HttpSpec {
     pub no_proxy: Vec<String>,
     /// Credentials for `proxy_url`, sent as `Proxy-Authorization: Basic`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub proxy_basic_auth: Option<BasicAuth>,
+    pub proxy_basic_auth: Option<Box<BasicAuth>>,
     /// Status codes that pass (`[200, 204, 404]`) instead of any 2xx; a status outside the
     /// list is an `http` error, whatever the assertions say. Default: any 2xx.
     #[schemars(extend("default" = []))]
@@ -138,10 +138,19 @@ pub struct HttpSpec {
     #[serde(default = "default_true", skip_serializing_if = "is_true")]
     pub enable_http2: bool,
     /// What the `*_file` keys held when the config was loaded; filled in by bastion, never
-    /// written in a config file.
-    #[serde(default, skip_serializing_if = "HttpSecrets::is_empty")]
+    /// written in a config file. None when there are none, as for most checks: the set takes
+    /// 144 bytes, and every check definition is kept for as long as the check exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(skip)]
-    pub secrets: HttpSecrets,
+    pub secrets: Option<Box<HttpSecrets>>,
+}
+
+impl HttpSpec {
+    /// What the `*_file` keys held (see `secrets`), empty when none.
+    pub fn secrets(&self) -> &HttpSecrets {
+        static NONE: HttpSecrets = HttpSecrets::NONE;
+        self.secrets.as_deref().unwrap_or(&NONE)
+    }
 }
 
 fn default_method() -> String {
@@ -151,7 +160,7 @@ fn default_method() -> String {
 /// Reads every secret file of one HTTP check into its `secrets`, reporting each file that
 /// cannot be read at the key naming it.
 pub fn read_secrets(entry: &Entry, spec: &mut HttpSpec, problems: &mut Problems) {
-    if !spec.secrets.is_empty() {
+    if !spec.secrets().is_empty() {
         problems.push(entry.problem(
             "secrets",
             "secrets is filled in by bastion from the *_file keys; remove it",
@@ -212,7 +221,7 @@ pub fn read_secrets(entry: &Entry, spec: &mut HttpSpec, problems: &mut Problems)
             read_line_secret(key, &oauth2.client_secret_file),
         );
     }
-    spec.secrets = secrets;
+    spec.secrets = (!secrets.is_empty()).then(|| Box::new(secrets));
 }
 
 /// Redirects followed at most, when `follow_redirects` is on.
@@ -412,7 +421,7 @@ impl HttpPlan {
         let body = match (&spec.body_file, spec.body.is_empty()) {
             (Some(_), false) => return Err(HttpDefinitionError::TwoBodies),
             (Some(_), true) => Bytes::from(
-                secret_of(&spec.secrets.body, "body_file")?
+                secret_of(&spec.secrets().body, "body_file")?
                     .expose()
                     .to_string(),
             ),
@@ -435,7 +444,7 @@ impl HttpPlan {
                     Some(auth) => Some((
                         auth.username.as_str(),
                         secret_of(
-                            &spec.secrets.proxy_password,
+                            &spec.secrets().proxy_password,
                             "proxy_basic_auth.password_file",
                         )?,
                     )),
@@ -461,7 +470,7 @@ impl HttpPlan {
             Some(config) => Some(Box::new(TokenSource::compile(
                 config,
                 secret_of(
-                    &spec.secrets.oauth2_client_secret,
+                    &spec.secrets().oauth2_client_secret,
                     "oauth2.client_secret_file",
                 )?,
                 &spec.tls,
@@ -470,19 +479,19 @@ impl HttpPlan {
         };
         let mut secrets = secrets;
         if let Some(auth) = &spec.proxy_basic_auth {
-            if let Some(password) = &spec.secrets.proxy_password {
+            if let Some(password) = &spec.secrets().proxy_password {
                 secrets.push(password.expose().to_string());
                 if let Some(value) = basic_authorization(&auth.username, password.expose()) {
                     secrets.push(credential_of(&value));
                 }
             }
         }
-        if let Some(secret) = &spec.secrets.oauth2_client_secret {
+        if let Some(secret) = &spec.secrets().oauth2_client_secret {
             secrets.push(secret.expose().to_string());
         }
         // A body file is redacted where it is long enough to hold a secret: a short one (`{}`,
         // `ping`) would erase ordinary answers that happen to contain it.
-        if let Some(body) = &spec.secrets.body {
+        if let Some(body) = &spec.secrets().body {
             if body.expose().trim().len() >= MIN_REDACTED_BODY {
                 secrets.push(body.expose().to_string());
             }
@@ -647,7 +656,7 @@ fn credentials(
             authorization.push(path_key.clone());
         }
         let secret = spec
-            .secrets
+            .secrets()
             .headers
             .get(name)
             .ok_or_else(|| HttpDefinitionError::SecretMissing(path_key.clone()))?;
@@ -662,7 +671,7 @@ fn credentials(
     }
     if spec.bearer_token_file.is_some() {
         authorization.push("bearer_token_file".to_string());
-        let token = secret_of(&spec.secrets.bearer_token, "bearer_token_file")?;
+        let token = secret_of(&spec.secrets().bearer_token, "bearer_token_file")?;
         let mut value = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
             .map_err(|_| HttpDefinitionError::SecretHeader("bearer_token_file".to_string()))?;
         value.set_sensitive(true);
@@ -674,7 +683,7 @@ fn credentials(
             return Err(HttpDefinitionError::UsernameColon("basic_auth"));
         }
         authorization.push("basic_auth".to_string());
-        let password = secret_of(&spec.secrets.basic_password, "basic_auth.password_file")?;
+        let password = secret_of(&spec.secrets().basic_password, "basic_auth.password_file")?;
         let value = basic_authorization(&auth.username, password.expose())
             .ok_or_else(|| HttpDefinitionError::SecretHeader("basic_auth".to_string()))?;
         secrets.push(password.expose().to_string());

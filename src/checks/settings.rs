@@ -252,6 +252,16 @@ pub struct HttpSecrets {
 }
 
 impl HttpSecrets {
+    /// No secrets at all.
+    pub const NONE: HttpSecrets = HttpSecrets {
+        headers: BTreeMap::new(),
+        body: None,
+        bearer_token: None,
+        basic_password: None,
+        proxy_password: None,
+        oauth2_client_secret: None,
+    };
+
     pub fn is_empty(&self) -> bool {
         *self == HttpSecrets::default()
     }

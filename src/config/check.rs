@@ -6,7 +6,7 @@
 use super::bounds::*;
 use super::runner::location_name;
 use super::{Entry, Problems};
-use crate::checks::settings::{HttpSecrets, IpProtocol};
+use crate::checks::settings::IpProtocol;
 use crate::checks::CheckType;
 pub use crate::checks::{AssertionKey, CheckSpec, Relationship};
 use schemars::JsonSchema;
@@ -146,7 +146,7 @@ impl CheckConfig {
     fn probed(&self) -> CheckConfig {
         let mut spec = self.spec.clone();
         if let CheckSpec::Http(http) = &mut spec {
-            http.secrets = HttpSecrets::default();
+            http.secrets = None;
         }
         CheckConfig {
             group: None,
@@ -414,7 +414,8 @@ mod tests {
         let with = |token: &str| {
             let mut config = check(WEB);
             if let CheckSpec::Http(http) = &mut config.spec {
-                http.secrets.bearer_token = Some(crate::config::Secret::new(token));
+                http.secrets.get_or_insert_with(Box::default).bearer_token =
+                    Some(crate::config::Secret::new(token));
             }
             config
         };

@@ -791,7 +791,7 @@ fn debug_output(prepared: &Prepared, result: &CheckResult, metrics: &str) -> Str
     // The definition carries the secrets its files held; the debug output never shows them.
     let mut definition = prepared.definition.clone();
     if let crate::config::CheckSpec::Http(spec) = &mut definition.spec {
-        spec.secrets = Default::default();
+        spec.secrets = None;
         // Credentials written into the module's headers are as secret as those in files.
         for (name, value) in spec.headers.iter_mut() {
             if is_sensitive_header(name) {
