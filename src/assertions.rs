@@ -318,8 +318,8 @@ pub fn evaluate_all(
                     observation
                         .headers
                         .and_then(|headers| headers.get(name))
-                        .cloned()
-                        .unwrap_or_default(),
+                        .unwrap_or_default()
+                        .to_string(),
                 ),
                 Selector::Body => Actual::Text(observation.body.to_string()),
                 Selector::Latency => Actual::Seconds(observation.latency.as_secs_f64()),
@@ -494,7 +494,6 @@ fn truncate_chars(text: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
     use std::time::Duration;
 
     /// Compiles as a check of `check_type` does, with that type's registered keys.
@@ -552,13 +551,12 @@ mod tests {
     // key and relationship pairs are covered.
     #[test]
     fn every_key_and_relationship() {
-        let headers: BTreeMap<String, String> = [
+        let headers: crate::checks::response::Headers = [
             ("content-type", "application/json; charset=utf-8"),
             ("x-multi", "a, b"),
             ("x-empty", ""),
         ]
         .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
         let body = r#"{"status":"UP","checks":[{"name":"db","ok":true},{"name":"cache","ok":false}],"count":3,"ratio":0.5}"#;
         let observation = Observation {

@@ -18,6 +18,7 @@
 use crate::checks::response::{cut, Body, TextBounds};
 use crate::messages::{CheckResult, Degraded, DegradedForm, Response, MAX_MESSAGE_BYTES};
 use bytes::Bytes;
+use std::borrow::Cow;
 
 /// Bytes of each response body (http, and each type's section's) a published result carries. The API keeps as
 /// much (`results::STORED_BODY_BYTES`), so nothing the API shows is lost on the way.
@@ -172,17 +173,24 @@ fn bound_response(response: &mut Response) {
         }
         .bound(BUS_BODY_BYTES);
         let mut room = BUS_HEADER_BYTES;
-        let headers = std::mem::take(&mut http.headers);
-        for (name, mut value) in headers {
-            cut(&mut value, BUS_TEXT_BYTES);
-            let size = name.len() + value.len();
-            if size <= room {
-                room -= size;
-                http.headers.insert(name, value);
-            } else {
-                http.headers_truncated = true;
-            }
-        }
+        let left_out = http.headers.rewrite(
+            |value| {
+                let mut value = Cow::Borrowed(value);
+                if value.len() > BUS_TEXT_BYTES {
+                    cut(value.to_mut(), BUS_TEXT_BYTES);
+                }
+                value
+            },
+            |name, value| {
+                let size = name.len() + value.len();
+                let fits = size <= room;
+                if fits {
+                    room -= size;
+                }
+                fits
+            },
+        );
+        http.headers_truncated |= left_out;
     }
     if let Some(chain) = response.tls.as_mut().and_then(|tls| tls.chain.as_mut()) {
         if let Some(error) = chain.error.as_mut() {
@@ -238,12 +246,12 @@ mod tests {
     use super::*;
     use crate::messages::{self, HttpDetails, Timings};
     use crate::model::{ErrorKind, ProbeError};
-    use std::collections::BTreeMap;
 
     fn response(index: usize, body: &str, passing: bool) -> Response {
-        let mut headers = BTreeMap::new();
-        headers.insert("x-long".to_string(), "v".repeat(10_000));
-        headers.insert("content-type".to_string(), "text/plain".to_string());
+        let long = "v".repeat(10_000);
+        let headers = [("x-long", long.as_str()), ("content-type", "text/plain")]
+            .into_iter()
+            .collect();
         let mut response = Response::failed(
             format!("127.0.{}.{}:80", index / 250, index % 250),
             ProbeError::new(ErrorKind::Connect, "e".repeat(5000)),
@@ -285,8 +293,11 @@ mod tests {
         );
         assert!(http.truncated);
         assert_eq!(http.body_bytes, Some(BUS_BODY_BYTES + 1));
-        assert_eq!(http.headers["x-long"].len(), BUS_TEXT_BYTES);
-        assert_eq!(http.headers["content-type"], "text/plain");
+        assert_eq!(
+            http.headers.get("x-long").map(str::len),
+            Some(BUS_TEXT_BYTES)
+        );
+        assert_eq!(http.headers.get("content-type"), Some("text/plain"));
         let message = &response.error.as_ref().unwrap().message;
         assert_eq!(message.len(), BUS_TEXT_BYTES);
         assert_eq!(back.degraded, None);

@@ -10,8 +10,8 @@ use super::arrival::{Arrivals, StampedStream};
 use super::net::{connect_tcp, drive, error_chain, http_error};
 use super::oauth2::{AccessToken, OAuth2DefinitionError, TokenSource};
 use super::proxy::{basic_authorization, ProxyDefinitionError, ProxyPlan};
-use super::response::HttpDetails;
 use super::response::Response;
+use super::response::{Headers, HttpDetails};
 use super::series::{self, SeriesOut, SeriesSpec};
 use super::settings::default_true;
 use super::settings::is_true;
@@ -46,6 +46,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -601,12 +602,26 @@ impl HttpPlan {
 
     /// Replaces every secret this probe sent (and `token`) in `text` with `[redacted]`.
     fn redact(&self, text: &mut String, token: Option<&AccessToken>) {
+        if let Cow::Owned(redacted) = self.redacted(text, token) {
+            *text = redacted;
+        }
+    }
+
+    /// `text` with every secret replaced, borrowed when it holds none.
+    fn redacted<'t>(&self, text: &'t str, token: Option<&AccessToken>) -> Cow<'t, str> {
         let token = token.map(|token| token.token.expose());
+        let mut text = Cow::Borrowed(text);
         for secret in self.secrets.iter().map(String::as_str).chain(token) {
             if !secret.is_empty() && text.contains(secret) {
-                *text = text.replace(secret, REDACTED);
+                text = Cow::Owned(text.replace(secret, REDACTED));
             }
         }
+        text
+    }
+
+    /// Whether a response may hold a secret of this check's (one it sends, or its token).
+    fn has_secrets(&self, token: Option<&AccessToken>) -> bool {
+        !self.secrets.is_empty() || token.is_some()
     }
 }
 
@@ -736,8 +751,10 @@ pub async fn probe(
         Ok(mut outcome) => {
             let details = &mut outcome.details;
             plan.redact(&mut details.body, token);
-            for value in details.headers.values_mut() {
-                plan.redact(value, token);
+            if plan.has_secrets(token) {
+                details
+                    .headers
+                    .rewrite(|value| plan.redacted(value, token), |_, _| true);
             }
             if let Some(violation) = outcome.violation.as_mut() {
                 plan.redact(&mut violation.message, token);
@@ -1261,18 +1278,12 @@ fn version_text(version: Version) -> &'static str {
     }
 }
 
-fn header_map_text(headers: &HeaderMap) -> BTreeMap<String, String> {
-    let mut map: BTreeMap<String, String> = BTreeMap::new();
-    for (name, value) in headers {
-        let value = String::from_utf8_lossy(value.as_bytes());
-        map.entry(name.as_str().to_string())
-            .and_modify(|joined| {
-                joined.push_str(", ");
-                joined.push_str(&value);
-            })
-            .or_insert_with(|| value.into_owned());
-    }
-    map
+fn header_map_text(headers: &HeaderMap) -> Headers {
+    Headers::collect(
+        headers
+            .iter()
+            .map(|(name, value)| (name.as_str(), String::from_utf8_lossy(value.as_bytes()))),
+    )
 }
 
 /// The `http` check type, listed in `checks::KINDS`.
@@ -1474,7 +1485,9 @@ mod tests {
         headers.append("set-cookie", HeaderValue::from_static("b=2"));
         headers.append("Content-Type", HeaderValue::from_static("text/plain"));
         let text = header_map_text(&headers);
-        assert_eq!(text["set-cookie"], "a=1, b=2");
-        assert_eq!(text["content-type"], "text/plain");
+        assert_eq!(text.get("set-cookie"), Some("a=1, b=2"));
+        assert_eq!(text.get("content-type"), Some("text/plain"));
+        let names: Vec<&str> = text.iter().map(|(name, _)| name).collect();
+        assert_eq!(names, ["content-type", "set-cookie"]);
     }
 }

@@ -5,7 +5,7 @@
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+
 use std::time::Duration;
 
 /// What an assertion looks at: `code`, `header`, `body`, `json` and `latency` apply to the
@@ -53,7 +53,7 @@ pub enum AssertionKey {
 #[derive(Debug, Default)]
 pub struct Observation<'a> {
     pub status: Option<u16>,
-    pub headers: Option<&'a BTreeMap<String, String>>,
+    pub headers: Option<&'a super::response::Headers>,
     pub body: &'a str,
     pub latency: Duration,
     /// The values of the type-specific keys (everything but code, header, body, json and

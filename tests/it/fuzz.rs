@@ -25,7 +25,6 @@ use bastion_agent::model::ErrorKind;
 use bastion_agent::runner::dispatcher::RunOrder;
 use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, TestRunner};
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -483,8 +482,8 @@ fn fuzz_assertions_never_panic_and_always_explain_failures() {
         body(),
         proptest::option::of(any::<u16>()),
     );
-    let headers: BTreeMap<String, String> =
-        [("content-type".to_string(), "application/json".to_string())].into();
+    let headers: bastion_agent::checks::response::Headers =
+        [("content-type", "application/json")].into_iter().collect();
     runner
         .run(
             &strategy,

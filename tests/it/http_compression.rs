@@ -132,10 +132,7 @@ async fn each_coding_is_asked_for_and_decoded_before_the_body_is_judged() {
         let decoded = probe(address, &format!("compression = \"{coding}\"")).await;
         assert!(decoded.passing, "{coding}: {decoded:?}");
         let http = decoded.http.as_ref().expect("a response");
-        assert_eq!(
-            http.headers.get("content-encoding").map(String::as_str),
-            Some(coding)
-        );
+        assert_eq!(http.headers.get("content-encoding"), Some(coding));
         assert!(http.body.starts_with("{\"status\":\"UP\""), "{coding}");
         assert_eq!(
             *asked.lock().unwrap(),
