@@ -8,7 +8,9 @@
 //! Cost: a lookup or a touch is a hash lookup with no allocation; a sweep walks every entry
 //! once per `SWEEP_EVERY`, so its cost per probe does not grow with the number of checks.
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -28,10 +30,70 @@ struct Cached {
 
 pub(super) struct IdCache {
     checks: HashMap<Arc<str>, Cached>,
-    /// Instances by check id, then address: looked up by `&str` without building a key.
-    instances: HashMap<i64, HashMap<Box<str>, Cached>>,
+    /// Instances by check id and address, in one table: a table per check took about 200
+    /// bytes for a check's one instance. Looked up by `(i64, &str)` without building a key.
+    instances: HashMap<InstanceKey, Cached>,
     next_sweep: Instant,
 }
+
+/// An instance's key: its check's id and its address.
+struct InstanceKey {
+    check_id: i64,
+    address: Box<str>,
+}
+
+/// A key's parts, borrowed: what the table hashes and compares, so a lookup by a check id and
+/// a `&str` finds an `InstanceKey` without building one.
+trait InstanceParts {
+    fn parts(&self) -> (i64, &str);
+}
+
+impl InstanceParts for InstanceKey {
+    fn parts(&self) -> (i64, &str) {
+        (self.check_id, &self.address)
+    }
+}
+
+impl InstanceParts for (i64, &str) {
+    fn parts(&self) -> (i64, &str) {
+        (self.0, self.1)
+    }
+}
+
+impl<'a> Borrow<dyn InstanceParts + 'a> for InstanceKey {
+    fn borrow(&self) -> &(dyn InstanceParts + 'a) {
+        self
+    }
+}
+
+// The key and its borrowed form hash and compare by the same parts, as `Borrow` requires.
+impl Hash for dyn InstanceParts + '_ {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.parts().hash(state);
+    }
+}
+
+impl PartialEq for dyn InstanceParts + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.parts() == other.parts()
+    }
+}
+
+impl Eq for dyn InstanceParts + '_ {}
+
+impl Hash for InstanceKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.parts().hash(state);
+    }
+}
+
+impl PartialEq for InstanceKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.parts() == other.parts()
+    }
+}
+
+impl Eq for InstanceKey {}
 
 impl IdCache {
     pub(super) fn new(now: Instant) -> IdCache {
@@ -50,8 +112,7 @@ impl IdCache {
     /// The instance's id, if cached.
     pub(super) fn instance(&self, check_id: i64, address: &str) -> Option<i64> {
         self.instances
-            .get(&check_id)
-            .and_then(|addresses| addresses.get(address))
+            .get(&(check_id, address) as &dyn InstanceParts)
             .map(|cached| cached.id)
     }
 
@@ -70,8 +131,7 @@ impl IdCache {
     pub(super) fn touch_instance(&mut self, check_id: i64, address: &str, now: Instant) -> bool {
         match self
             .instances
-            .get_mut(&check_id)
-            .and_then(|addresses| addresses.get_mut(address))
+            .get_mut(&(check_id, address) as &dyn InstanceParts)
         {
             Some(cached) => {
                 cached.used = now;
@@ -86,10 +146,11 @@ impl IdCache {
     }
 
     pub(super) fn insert_instance(&mut self, check_id: i64, address: &str, id: i64, now: Instant) {
-        self.instances
-            .entry(check_id)
-            .or_default()
-            .insert(Box::from(address), Cached { id, used: now });
+        let key = InstanceKey {
+            check_id,
+            address: Box::from(address),
+        };
+        self.instances.insert(key, Cached { id, used: now });
     }
 
     /// Forgets the entries no batch has used for `IDLE`, at most once per `SWEEP_EVERY`.
@@ -103,18 +164,12 @@ impl IdCache {
             return;
         };
         self.checks.retain(|_, cached| cached.used >= cutoff);
-        self.instances.retain(|_, addresses| {
-            addresses.retain(|_, cached| cached.used >= cutoff);
-            !addresses.is_empty()
-        });
+        self.instances.retain(|_, cached| cached.used >= cutoff);
     }
 
     #[cfg(test)]
     fn len(&self) -> (usize, usize) {
-        (
-            self.checks.len(),
-            self.instances.values().map(HashMap::len).sum(),
-        )
+        (self.checks.len(), self.instances.len())
     }
 }
 
