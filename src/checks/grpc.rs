@@ -181,7 +181,7 @@ impl GrpcPlan {
         )?;
         let authority_host = tls
             .as_ref()
-            .and_then(|tls| tls.settings.server_name.as_deref())
+            .and_then(|tls| tls.settings().server_name.as_deref())
             .unwrap_or(&host);
         let authority = if authority_host.contains(':') {
             format!("[{authority_host}]:{port}")

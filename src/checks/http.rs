@@ -372,8 +372,9 @@ pub struct HttpPlan {
     /// `headers`: sent on every request, redirects included.
     headers: HeaderMap,
     /// Headers that carry credentials (`headers_from_files`, `bearer_token_file`,
-    /// `basic_auth`), marked sensitive: sent only to the URL's own origin.
-    credential_headers: HeaderMap,
+    /// `basic_auth`), marked sensitive: sent only to the URL's own origin. None when there
+    /// are none, as for most checks: a compiled check is kept for as long as it exists.
+    credential_headers: Option<Box<HeaderMap>>,
     body: Bytes,
     follow_redirects: bool,
     /// TLS for the URL's origin (its `tls.server_name`, if any, applies to it alone).
@@ -532,7 +533,8 @@ impl HttpPlan {
             endpoint,
             method,
             headers,
-            credential_headers,
+            credential_headers: (!credential_headers.is_empty())
+                .then(|| Box::new(credential_headers)),
             body,
             follow_redirects: spec.follow_redirects,
             tls,
@@ -866,7 +868,7 @@ async fn exchange_once(
     let tls = if endpoint.https {
         let config = ctx
             .tls
-            .get_with_alpn(&plan.tls.settings, plan.alpn)
+            .get_with_alpn(plan.tls.settings(), plan.alpn)
             .map_err(tls_setup_error)?;
         let name = if own_origin {
             plan.tls.server_name.clone()
@@ -949,7 +951,7 @@ fn build_request(
     }
     // Credentials go to the URL's own origin only, never to where a redirect leads.
     if own_origin {
-        for (name, value) in &plan.credential_headers {
+        for (name, value) in plan.credential_headers.iter().flat_map(|own| own.iter()) {
             headers.append(name.clone(), value.clone());
         }
         if let Some(token) = request.token {

@@ -46,8 +46,19 @@ pub struct TlsSettings {
 }
 
 impl TlsSettings {
+    /// Every key at its default.
+    pub const DEFAULT: TlsSettings = TlsSettings {
+        insecure_skip_verify: false,
+        ca_file: None,
+        cert_file: None,
+        key_file: None,
+        server_name: None,
+        min_version: None,
+        max_version: None,
+    };
+
     pub fn is_default(&self) -> bool {
-        *self == TlsSettings::default()
+        *self == TlsSettings::DEFAULT
     }
 }
 

@@ -184,7 +184,7 @@ pub async fn probe(
     // recording verifier is per probe, since the verdict is this probe's own. It is the
     // check's shared configuration (versions, client certificate, no resumption) with the
     // verifier swapped in and no ALPN.
-    let settings = &plan.tls.settings;
+    let settings = plan.tls.settings();
     let verifier = Arc::new(RecordingVerifier {
         inner: ctx.tls.verifier(settings).map_err(tls_setup_error)?,
         verdict: Mutex::new(None),

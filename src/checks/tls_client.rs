@@ -677,11 +677,19 @@ pub struct TlsKeys<'a> {
 /// to present.
 #[derive(Debug, Clone)]
 pub struct TlsTarget {
-    pub settings: TlsSettings,
+    /// None for the default settings, as most checks have: every compiled check is kept, and
+    /// the settings take 104 bytes.
+    settings: Option<Box<TlsSettings>>,
     pub server_name: ServerName<'static>,
 }
 
 impl TlsTarget {
+    /// The check's TLS settings (the cache key of its client configuration).
+    pub fn settings(&self) -> &TlsSettings {
+        static DEFAULT: TlsSettings = TlsSettings::DEFAULT;
+        self.settings.as_deref().unwrap_or(&DEFAULT)
+    }
+
     /// Validates a check's TLS keys, `host` being the name presented unless
     /// `tls.server_name` says otherwise. None when TLS is off. The client certificate and key
     /// are read and matched here, so a key that does not belong to its certificate is a config
@@ -755,7 +763,7 @@ impl TlsTarget {
         // trusts nothing: no roots are loaded for it.
         client_config(Trust::Roots(RootCertStore::empty()), &settings)?;
         Ok(Some(TlsTarget {
-            settings,
+            settings: (!settings.is_default()).then(|| Box::new(settings)),
             server_name,
         }))
     }
@@ -769,7 +777,7 @@ impl TlsTarget {
     ) -> Result<(Arc<ClientConfig>, ServerName<'static>), ProbeError> {
         let config = ctx
             .tls
-            .get_with_alpn(&self.settings, alpn)
+            .get_with_alpn(self.settings(), alpn)
             .map_err(tls_setup_error)?;
         Ok((config, self.server_name.clone()))
     }
