@@ -32,57 +32,65 @@ impl EncodeLabelSet for CheckTypeLabels<'_> {
     }
 }
 
-/// One check's series: its type (a label) and its run durations.
+/// One series: the check's type (a label) and its run durations.
 #[derive(Debug)]
 struct RunDurations {
     check_type: CheckType,
     seconds: LatencyCounts,
 }
 
+/// A check's series: one per type its runs had, almost always one (a check a reload gave
+/// another type, or one name that two checkers or a remote test run as different types, has
+/// a series for each, as the type is a label).
+type CheckRuns = Vec<RunDurations>;
+
 /// The run durations of every check with a series, by name: a name and about 170 bytes a
 /// check, where a `Family` of histograms took about 800.
 #[derive(Debug, Default)]
 struct DurationTable {
-    checks: RwLock<HashMap<Box<str>, Box<RunDurations>>>,
+    checks: RwLock<HashMap<Box<str>, CheckRuns>>,
 }
 
 impl DurationTable {
-    fn read(&self) -> RwLockReadGuard<'_, HashMap<Box<str>, Box<RunDurations>>> {
+    fn read(&self) -> RwLockReadGuard<'_, HashMap<Box<str>, CheckRuns>> {
         // Entries are inserted and removed whole; a poisoned table is still consistent.
         self.checks
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn write(&self) -> RwLockWriteGuard<'_, HashMap<Box<str>, Box<RunDurations>>> {
+    fn write(&self) -> RwLockWriteGuard<'_, HashMap<Box<str>, CheckRuns>> {
         self.checks
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Adds a run of `check` to its series, made on its first run. A check whose type changed
-    /// (a reload) starts a new series: its type is one of its labels.
+    /// Adds a run of `check` to its series of `check_type`, made on its first such run.
     fn observe(&self, check: &str, check_type: CheckType, seconds: f64) {
-        if let Some(durations) = self.read().get(check) {
-            if durations.check_type == check_type {
-                durations.seconds.observe(seconds);
+        let of_type = |runs: &CheckRuns| {
+            runs.iter()
+                .position(|series| series.check_type == check_type)
+        };
+        if let Some(runs) = self.read().get(check) {
+            if let Some(at) = of_type(runs) {
+                runs[at].seconds.observe(seconds);
                 return;
             }
         }
-        let fresh = || {
-            Box::new(RunDurations {
+        let mut table = self.write();
+        let runs = table.entry(check.into()).or_default();
+        let at = of_type(runs).unwrap_or_else(|| {
+            runs.push(RunDurations {
                 check_type,
                 seconds: LatencyCounts::default(),
-            })
-        };
-        let mut table = self.write();
-        let durations = table.entry(check.into()).or_insert_with(fresh);
-        if durations.check_type != check_type {
-            *durations = fresh();
-        }
-        durations.seconds.observe(seconds);
+            });
+            runs.shrink_to_fit();
+            runs.len() - 1
+        });
+        runs[at].seconds.observe(seconds);
     }
 
+    /// Removes every series of `check`.
     fn remove(&self, check: &str) {
         self.write().remove(check);
     }
@@ -95,18 +103,16 @@ impl PerCheckFamilies for DurationTable {
         chosen: Option<&BTreeSet<String>>,
     ) -> Result<(), std::fmt::Error> {
         let table = self.read();
-        let mut series: Box<dyn Iterator<Item = (&str, &RunDurations)>> = match chosen {
-            None => Box::new(
-                table
+        let checks: Box<dyn Iterator<Item = (&str, &CheckRuns)>> = match chosen {
+            None => Box::new(table.iter().map(|(name, runs)| (&**name, runs))),
+            Some(chosen) => Box::new(
+                chosen
                     .iter()
-                    .map(|(name, durations)| (&**name, &**durations)),
+                    .filter_map(|name| table.get_key_value(name.as_str()))
+                    .map(|(name, runs)| (&**name, runs)),
             ),
-            Some(chosen) => Box::new(chosen.iter().filter_map(|name| {
-                table
-                    .get_key_value(name.as_str())
-                    .map(|(name, durations)| (&**name, &**durations))
-            })),
         };
+        let mut series = checks.flat_map(|(name, runs)| runs.iter().map(move |run| (name, run)));
         // A family with no series is left out, HELP and TYPE too.
         let Some(first) = series.next() else {
             return Ok(());
@@ -291,6 +297,39 @@ mod tests {
             checks_with_durations(&registry.render()),
             ["a".to_string()].into()
         );
+    }
+
+    #[test]
+    fn a_name_run_as_two_types_keeps_a_series_for_each() {
+        let registry = Metrics::new();
+        let metrics: CheckDurations = registry.component();
+        let minute = Duration::from_secs(60);
+        for _ in 0..3 {
+            metrics.observe("api", CheckType::Http, minute, 0.01);
+            metrics.observe("api", CheckType::Tcp, minute, 2.0);
+        }
+        for selection in [
+            registry.render(),
+            registry.render_selected(&crate::metrics::CheckSelection::Only(Arc::new(
+                ["api".to_string()].into(),
+            ))),
+        ] {
+            for (series, count) in [
+                ("_count{check=\"api\",type=\"http\"}", "3"),
+                ("_count{check=\"api\",type=\"tcp\"}", "3"),
+                ("_bucket{check=\"api\",type=\"tcp\",le=\"2.5\"}", "3"),
+                ("_bucket{check=\"api\",type=\"tcp\",le=\"1\"}", "0"),
+                ("_bucket{check=\"api\",type=\"http\",le=\"0.01\"}", "3"),
+            ] {
+                let line = format!("bastion_check_duration_seconds{series} {count}");
+                assert!(
+                    selection.lines().any(|l| l == line),
+                    "{line} in {selection}"
+                );
+            }
+        }
+        metrics.forget("api");
+        assert!(checks_with_durations(&registry.render()).is_empty());
     }
 
     /// The checks that have a `bastion_check_duration_seconds` series in `text`.
