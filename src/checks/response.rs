@@ -81,9 +81,14 @@ impl Headers {
     /// Headers from (lowercase name, value) pairs in any order: sorted by name, the values
     /// of a repeated name joined in the order given.
     pub fn collect<'a>(pairs: impl IntoIterator<Item = (&'a str, Cow<'a, str>)>) -> Headers {
-        let mut pairs: Vec<(&str, Cow<'_, str>)> = pairs.into_iter().collect();
+        // Names made clean before they are sorted and compared, so that the order and the
+        // joining hold for the names as kept.
+        let mut pairs: Vec<(Cow<'_, str>, Cow<'_, str>)> = pairs
+            .into_iter()
+            .map(|(name, value)| (clean(Cow::Borrowed(name)), clean(value)))
+            .collect();
         // Stable: a repeated header's values keep their order.
-        pairs.sort_by_key(|(name, _)| *name);
+        pairs.sort_by(|(one, _), (other, _)| one.cmp(other));
         let size: usize = pairs
             .iter()
             .map(|(name, value)| name.len() + value.len() + 4)
@@ -93,16 +98,16 @@ impl Headers {
         };
         let mut last: Option<&str> = None;
         for (name, value) in &pairs {
-            if last == Some(*name) {
+            if last == Some(name.as_ref()) {
                 // Joined onto the value just written: drop its end, add this one.
                 headers.packed.pop();
                 headers.packed.push_str(", ");
-                push_clean(&mut headers.packed, value);
+                headers.packed.push_str(value);
                 headers.packed.push(HEADER_END);
             } else {
                 headers.push(name, value);
             }
-            last = Some(name);
+            last = Some(name.as_ref());
         }
         headers.packed.shrink_to_fit();
         headers
@@ -162,10 +167,15 @@ impl Headers {
 
 /// Appends `text` with any NUL (which would end it early) as U+FFFD.
 fn push_clean(packed: &mut String, text: &str) {
+    packed.push_str(&clean(Cow::Borrowed(text)));
+}
+
+/// `text` with any NUL as U+FFFD.
+fn clean(text: Cow<'_, str>) -> Cow<'_, str> {
     if text.contains(HEADER_END) {
-        packed.push_str(&text.replace(HEADER_END, "\u{fffd}"));
+        Cow::Owned(text.replace(HEADER_END, "\u{fffd}"))
     } else {
-        packed.push_str(text);
+        text
     }
 }
 
@@ -464,6 +474,12 @@ mod tests {
         let headers: Headers = serde_json::from_str(r#"{"a\u0000b":"c\u0000d","e":"f"}"#).unwrap();
         let pairs: Vec<(&str, &str)> = headers.iter().collect();
         assert_eq!(pairs, [("a\u{fffd}b", "c\u{fffd}d"), ("e", "f")]);
+        // A name that becomes another once clean joins it, and the order holds for the names
+        // as kept (a raw NUL sorts before "A", its stand-in after it).
+        let headers: Headers =
+            serde_json::from_str(r#"{"a\u0000b":"1","a\ufffdb":"2","aA":"3"}"#).unwrap();
+        let pairs: Vec<(&str, &str)> = headers.iter().collect();
+        assert_eq!(pairs, [("aA", "3"), ("a\u{fffd}b", "1, 2")]);
     }
 
     #[test]
