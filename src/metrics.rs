@@ -672,19 +672,26 @@ mod tests {
             families: Arc::new(OneCheck(counts)),
             chosen: None,
         }));
-        let text = |registry: &prometheus_client::registry::Registry| {
+        // Through the classic text format `/metrics` writes, and through OpenMetrics.
+        let classic = |registry: &prometheus_client::registry::Registry| {
+            let mut text = String::new();
+            prometheus_client::encoding::prometheus_text::encode(&mut text, registry).unwrap();
+            text
+        };
+        let open_metrics = |registry: &prometheus_client::registry::Registry| {
             let mut text = String::new();
             prometheus_client::encoding::text::encode(&mut text, registry).unwrap();
             text
         };
-        let ours = text(&ours);
-        assert_eq!(ours, text(&expected));
+        assert_eq!(open_metrics(&ours), open_metrics(&expected));
+        let ours = classic(&ours);
+        assert_eq!(ours, classic(&expected));
         assert!(
-            ours.contains("latency_seconds_bucket{le=\"+Inf\",check=\"c\"} 11"),
+            ours.contains("latency_seconds_bucket{check=\"c\",le=\"+Inf\"} 11"),
             "{ours}"
         );
         assert!(
-            ours.contains("latency_seconds_bucket{le=\"0.0005\",check=\"c\"} 3"),
+            ours.contains("latency_seconds_bucket{check=\"c\",le=\"0.0005\"} 3"),
             "{ours}"
         );
         // NaN goes in +Inf, as prometheus-client counts it.
@@ -694,6 +701,8 @@ mod tests {
             nan.buckets[LATENCY_BUCKETS.len()].load(Ordering::Relaxed),
             1
         );
+        // What it is for: a series per check in 144 bytes.
+        assert_eq!(std::mem::size_of::<LatencyCounts>(), 144);
     }
 
     /// A component of two families: one agent-wide, one per check.

@@ -1480,6 +1480,15 @@ mod tests {
         assert_eq!(content_encoding(&headers).as_deref(), Some("gzip, br"));
     }
 
+    /// Every compiled check is kept for as long as it exists (issue 20): what most checks
+    /// leave at its default (TLS settings, credential headers) takes a pointer, not its size.
+    #[test]
+    fn a_compiled_http_check_keeps_its_defaults_small() {
+        let size = std::mem::size_of::<HttpPlan>();
+        assert!(size <= 500, "HttpPlan is {size} bytes");
+        assert_eq!(std::mem::size_of::<Headers>(), 24);
+    }
+
     #[test]
     fn repeated_headers_are_joined() {
         let mut headers = HeaderMap::new();
