@@ -1487,6 +1487,19 @@ mod tests {
         let size = std::mem::size_of::<HttpPlan>();
         assert!(size <= 500, "HttpPlan is {size} bytes");
         assert_eq!(std::mem::size_of::<Headers>(), 24);
+        let compile = |json: &str| {
+            let spec: HttpSpec = serde_json::from_str(json).unwrap();
+            HttpPlan::compile(&spec, Duration::from_secs(5)).unwrap()
+        };
+        let plain = compile(r#"{"url": "https://svc.example/"}"#);
+        assert!(plain.credential_headers.is_none());
+        // A header read from a file is a credential: kept, and sent.
+        let with_token = compile(
+            r#"{"url": "https://svc.example/", "headers_from_files": {"x-token": "/t"},
+                "secrets": {"headers": {"x-token": "abc"}}}"#,
+        );
+        let credentials = with_token.credential_headers.as_deref().unwrap();
+        assert_eq!(credentials.get("x-token").unwrap(), "abc");
     }
 
     #[test]

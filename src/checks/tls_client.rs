@@ -788,6 +788,42 @@ mod tests {
     use super::*;
 
     #[test]
+    fn default_settings_take_no_room_in_a_compiled_check_and_others_are_kept() {
+        let compile = |table: &TlsSettings, keys: TlsKeys<'_>| {
+            TlsTarget::compile(
+                TlsKeys {
+                    table: Some(table),
+                    ..keys
+                },
+                "svc.example",
+            )
+            .unwrap()
+            .unwrap()
+        };
+        let plain = compile(&TlsSettings::default(), TlsKeys::default());
+        assert!(plain.settings.is_none());
+        assert_eq!(plain.settings(), &TlsSettings::default());
+        // Set in the table, or by a key of the check's own top level: kept, and read back.
+        let skipping = TlsSettings {
+            insecure_skip_verify: true,
+            ..TlsSettings::default()
+        };
+        for target in [
+            compile(&skipping, TlsKeys::default()),
+            compile(
+                &TlsSettings::default(),
+                TlsKeys {
+                    insecure_skip_verify: true,
+                    ..TlsKeys::default()
+                },
+            ),
+        ] {
+            assert!(target.settings.is_some());
+            assert_eq!(target.settings(), &skipping);
+        }
+    }
+
+    #[test]
     fn checks_that_differ_only_in_server_name_share_one_configuration() {
         let configs = TlsClientConfigs::default();
         let settings = |name: &str| TlsSettings {
