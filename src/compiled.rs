@@ -189,6 +189,14 @@ impl CompiledCheck {
         self.check_type
     }
 
+    /// Whether a runner keeps it between runs (`Probe::worth_keeping`): when its probe or an
+    /// assertion would cost more to compile again than to keep. A plain http or tcp check is
+    /// compiled for each run instead: about a microsecond a run against about 800 bytes kept
+    /// for every check (bench/RESULTS.md, "A plain check compiled per run").
+    pub fn worth_keeping(&self) -> bool {
+        self.probe.worth_keeping() || self.assertions.iter().any(CompiledAssertion::worth_keeping)
+    }
+
     /// The labels of one instance's response: the check's, then the instance's own (from
     /// discovery), which win where both name the same label.
     pub fn labels_with(&self, instance: &BTreeMap<String, String>) -> BTreeMap<String, String> {

@@ -1317,6 +1317,13 @@ impl Probe for HttpPlan {
         (self.host(), self.port())
     }
 
+    /// An OAuth2 token is kept between runs, TLS settings of its own had their files read and
+    /// checked, and a proxy's exceptions were parsed; a plain definition compiles again in
+    /// about a microsecond.
+    fn worth_keeping(&self) -> bool {
+        self.oauth2.is_some() || !self.tls.has_default_settings() || self.proxy.is_some()
+    }
+
     fn probe<'a>(
         &'a self,
         context: &'a ProbeContext,

@@ -311,6 +311,15 @@ pub trait Probe: Send + Sync + std::fmt::Debug {
         }
     }
 
+    /// Whether a runner keeps this compiled probe between runs rather than compiling its
+    /// definition again for each run. Keeping costs memory for every check all the time;
+    /// compiling again costs CPU at every run. A type answers false only where compiling is
+    /// cheap (no regex, no file read: about a microsecond) and the probe keeps nothing from
+    /// one run to the next (an OAuth2 token does). The default keeps it.
+    fn worth_keeping(&self) -> bool {
+        true
+    }
+
     /// Probes one instance. `deadline` is when the probe's timeout ends (ICMP stops sending
     /// before it, so unanswered requests are loss rather than a timeout).
     fn probe<'a>(

@@ -422,6 +422,18 @@ impl Probe for TcpPlan {
         (self.host(), self.port())
     }
 
+    /// A step's regex, or TLS settings whose files were read and checked, cost more to compile
+    /// again than to keep; a plain connection compiles in a fraction of a microsecond.
+    fn worth_keeping(&self) -> bool {
+        self.tls
+            .as_ref()
+            .is_some_and(|tls| !tls.has_default_settings())
+            || self
+                .steps
+                .iter()
+                .any(|step| matches!(step, Step::Expect(_)))
+    }
+
     fn probe<'a>(
         &'a self,
         context: &'a ProbeContext,

@@ -690,6 +690,12 @@ impl TlsTarget {
         self.settings.as_deref().unwrap_or(&DEFAULT)
     }
 
+    /// Whether the check uses the default settings (no files of its own, no versions or name
+    /// other than the defaults).
+    pub fn has_default_settings(&self) -> bool {
+        self.settings.is_none()
+    }
+
     /// Validates a check's TLS keys, `host` being the name presented unless
     /// `tls.server_name` says otherwise. None when TLS is off. The client certificate and key
     /// are read and matched here, so a key that does not belong to its certificate is a config

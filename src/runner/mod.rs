@@ -197,11 +197,13 @@ impl Runner {
 /// kept, so a runner that sees more checks than this recompiles only the excess, never all.
 pub const MAX_COMPILED_CHECKS: usize = 64 * 1024;
 
-/// Each check compiled once per definition, not once per run: regexes, JSON paths, URLs and
-/// TLS settings are prepared the first time a definition arrives and reused while it stays the
-/// same. On the embedded bus a request shares the checker's definition, so the match is a
-/// pointer comparison; over NATS it is a comparison of the decoded definition. Entries are kept
-/// in order of last use (a linked hash map): a lookup, an insertion and an eviction are O(1).
+/// The compiled checks worth keeping (`CompiledCheck::worth_keeping`: a regex, a JSON path, an
+/// OAuth2 token, TLS files), compiled once per definition and reused while it stays the same;
+/// every other check is compiled for each run (about a microsecond) and not kept, since keeping
+/// it would cost about 800 bytes for every check, all the time. On the embedded bus a request
+/// shares the checker's definition, so the match is a pointer comparison; over NATS it is a
+/// comparison of the decoded definition. Entries are kept in order of last use (a linked hash
+/// map): a lookup, an insertion and an eviction are O(1).
 #[derive(Debug)]
 struct CompiledChecks {
     by_name: hashlink::LruCache<String, Compiled>,
@@ -250,7 +252,12 @@ impl CompiledChecks {
             Arc::new(CompiledCheck::compile(config).map_err(|error| {
                 DecodeError::Invalid(format!("check `{}`: {error}", config.name))
             })?);
-        self.keep(config, &compiled, now);
+        if compiled.worth_keeping() {
+            self.keep(config, &compiled, now);
+        } else if let Some(replaced) = self.by_name.remove(&config.name) {
+            // Its definition changed to one not worth keeping: the old one goes.
+            drop(replaced);
+        }
         Ok(compiled)
     }
 
@@ -507,17 +514,95 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    fn check(name: &str, url: &str) -> Arc<CheckConfig> {
-        let text = format!(
-            "[[checks]]\nname = \"{name}\"\ntype = \"http\"\nurl = \"{url}\"\ninterval = \"10s\"\n"
-        );
+    fn parsed(text: &str) -> Arc<CheckConfig> {
         let config = Config::parse(
-            &text,
+            text,
             crate::config::Format::Toml,
             std::path::Path::new("t.toml"),
         )
         .unwrap();
         Arc::new(config.checks[0].clone())
+    }
+
+    /// A check worth keeping compiled: its assertion has a regex.
+    fn check(name: &str, url: &str) -> Arc<CheckConfig> {
+        parsed(&format!(
+            "[[checks]]\nname = \"{name}\"\ntype = \"http\"\nurl = \"{url}\"\ninterval = \"10s\"\n\
+             [[checks.assertions]]\nkey = \"body\"\nrelationship = \"regExp\"\noperand = \"^ok\"\n"
+        ))
+    }
+
+    /// A check not worth keeping: compiled again for each run.
+    fn plain(name: &str, url: &str) -> Arc<CheckConfig> {
+        parsed(&format!(
+            "[[checks]]\nname = \"{name}\"\ntype = \"http\"\nurl = \"{url}\"\ninterval = \"10s\"\n\
+             [[checks.assertions]]\nkey = \"code\"\nrelationship = \"equal\"\noperand = \"200\"\n"
+        ))
+    }
+
+    #[test]
+    fn a_plain_check_is_compiled_for_each_run_and_not_kept() {
+        let mut compiled = CompiledChecks::default();
+        let shared = plain("web", "http://127.0.0.1:1/");
+        let first = compiled.get(&shared).unwrap();
+        let second = compiled.get(&shared).unwrap();
+        assert!(!Arc::ptr_eq(&first, &second));
+        assert_eq!(second.probe.host_and_port(), ("127.0.0.1", 1));
+        assert!(compiled.by_name.is_empty());
+        // A kept check whose definition changes to a plain one leaves the cache.
+        compiled.get(&check("web", "http://127.0.0.1:1/")).unwrap();
+        assert_eq!(kept(&compiled), ["web"]);
+        compiled.get(&plain("web", "http://127.0.0.1:2/")).unwrap();
+        assert!(compiled.by_name.is_empty());
+    }
+
+    #[test]
+    fn what_is_worth_keeping_compiled() {
+        let worth = |body: &str| {
+            let text = format!("[[checks]]\nname = \"c\"\ninterval = \"10s\"\n{body}");
+            CompiledCheck::compile(&parsed(&text))
+                .unwrap()
+                .worth_keeping()
+        };
+        let http = "type = \"http\"\nurl = \"https://127.0.0.1:1/\"\n";
+        assert!(!worth(http));
+        assert!(!worth(&format!(
+            "{http}headers = {{ accept = \"text/plain\" }}\n"
+        )));
+        assert!(worth(&format!(
+            "{http}proxy_url = \"http://127.0.0.1:3128\"\n"
+        )));
+        assert!(worth(&format!(
+            "{http}[checks.tls]\nmin_version = \"TLS13\"\n"
+        )));
+        let secret =
+            std::env::temp_dir().join(format!("bastion-worth-keeping-{}", std::process::id()));
+        std::fs::write(&secret, "s3cret").unwrap();
+        let with_oauth2 = worth(&format!(
+            "{http}[checks.oauth2]\nclient_id = \"bastion\"\ntoken_url = \"http://127.0.0.1:1/token\"\n\
+             client_secret_file = \"{}\"\n",
+            secret.display()
+        ));
+        std::fs::remove_file(&secret).unwrap();
+        assert!(with_oauth2);
+        assert!(worth(&format!(
+            "{http}[[checks.assertions]]\nkey = \"json\"\nvalue = \"$.status\"\nrelationship = \"equal\"\noperand = \"up\"\n"
+        )));
+        let tcp = "type = \"tcp\"\naddress = \"127.0.0.1:25\"\n";
+        assert!(!worth(tcp));
+        assert!(!worth(&format!(
+            "{tcp}[[checks.steps]]\nsend = \"QUIT\\r\\n\"\n"
+        )));
+        assert!(worth(&format!(
+            "{tcp}[[checks.steps]]\nexpect = \"^220\"\n"
+        )));
+        assert!(worth(&format!(
+            "{tcp}tls = true\nserver_name = \"mail.example\"\n"
+        )));
+        // Every other type keeps its compiled checks, as the trait's default says.
+        assert!(worth(
+            "type = \"dns\"\nquery = \"example.com\"\nserver = \"127.0.0.1\"\n"
+        ));
     }
 
     #[test]
