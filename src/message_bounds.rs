@@ -80,14 +80,14 @@ fn encode_within(result: CheckResult, limit: usize) -> Result<Encoded, serde_jso
     for response in &mut result.responses {
         drop_detail(response);
     }
-    result.degraded = Some(Degraded {
+    result.degraded = Some(Box::new(Degraded {
         form: DegradedForm::DetailDropped,
         instances,
         failing,
         omitted: 0,
         unmeasured,
         locations: Vec::new(),
-    });
+    }));
     let payload = serde_json::to_vec(&result)?;
     if payload.len() <= limit {
         return Ok(Encoded {
@@ -113,14 +113,14 @@ fn summarise(
     let responses = std::mem::take(&mut result.responses);
     // The frame is measured with the largest `omitted` it can hold, so the count never
     // outgrows the room left for it.
-    result.degraded = Some(Degraded {
+    result.degraded = Some(Box::new(Degraded {
         form: DegradedForm::Summarised,
         instances,
         failing,
         omitted: responses.len(),
         unmeasured,
         locations: Vec::new(),
-    });
+    }));
     let frame = serde_json::to_vec(&*result)?.len();
     let mut room = limit.saturating_sub(frame);
     let mut sizes = Vec::with_capacity(responses.len());
@@ -149,14 +149,14 @@ fn summarise(
         .filter_map(|(response, kept)| kept.then_some(response))
         .collect();
     let omitted = instances.saturating_sub(result.responses.len());
-    result.degraded = Some(Degraded {
+    result.degraded = Some(Box::new(Degraded {
         form: DegradedForm::Summarised,
         instances,
         failing,
         omitted,
         unmeasured,
         locations: Vec::new(),
-    });
+    }));
     Ok(())
 }
 
@@ -356,7 +356,10 @@ mod tests {
             .map(|n| {
                 let mut response = response(n, "ok", false);
                 if n % 4 != 0 {
-                    response.error = Some(ProbeError::new(ErrorKind::DispatchTimeout, "no worker"));
+                    response.error = Some(Box::new(ProbeError::new(
+                        ErrorKind::DispatchTimeout,
+                        "no worker",
+                    )));
                 }
                 response
             })

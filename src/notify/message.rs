@@ -226,7 +226,7 @@ mod tests {
             response("eu", "10.0.0.2:80", false),
             response("us", "10.0.0.1:80", true),
         ]);
-        result.degraded = Some(crate::messages::Degraded {
+        result.degraded = Some(Box::new(crate::messages::Degraded {
             form: crate::messages::DegradedForm::Summarised,
             instances: 501,
             failing: 300,
@@ -237,7 +237,7 @@ mod tests {
             } else {
                 Vec::new()
             },
-        });
+        }));
         result
     }
 

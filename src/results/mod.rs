@@ -623,7 +623,7 @@ fn combined_view(followed: &Followed, result: &CheckResult) -> Arc<CheckResult> 
         finished_at: result.finished_at,
         passing: totals.failing == 0 && responses.iter().all(|response| response.passing),
         responses,
-        degraded: form.map(|form| crate::messages::Degraded { form, ..totals }),
+        degraded: form.map(|form| Box::new(crate::messages::Degraded { form, ..totals })),
     })
 }
 

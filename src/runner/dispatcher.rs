@@ -737,7 +737,7 @@ async fn run_task(task: ProbeTask, worker: Worker) -> (usize, Response) {
     let mut response = Response {
         target: label,
         passing: false,
-        error,
+        error: error.map(Box::new),
         http: record.http.map(Box::new),
         tls: record.tls.map(Box::new),
         sections: record.sections,

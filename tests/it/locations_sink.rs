@@ -202,14 +202,14 @@ async fn a_summarised_location_result_counts_all_its_instances_in_the_combined_v
             response("10.0.0.2:80", false, ErrorKind::Connect),
         ],
     );
-    summarised.degraded = Some(Degraded {
+    summarised.degraded = Some(Box::new(Degraded {
         form: DegradedForm::Summarised,
         instances: 500,
         failing: 300,
         omitted: 498,
         unmeasured: 0,
         locations: Vec::new(),
-    });
+    }));
     harness.send(summarised).await;
     let (store, events) = harness.finish().await;
     assert_eq!(store.status("web").unwrap().state, CheckState::Fail);
