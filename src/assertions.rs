@@ -1,6 +1,6 @@
 //! Assertions on what a probe saw: keys (code, header, body, json, latency, and each check
-//! type's own) compared with an operand by a relationship. Compiled once per check run (regexes and JSON paths included) and
-//! evaluated in process. Every result carries the expected and the actual value, and a failing one
+//! type's own) compared with an operand by a relationship. Compiled with their check (a check
+//! with a regex or a JSON path is kept compiled between runs) and evaluated in process. Every result carries the expected and the actual value, and a failing one
 //! says why in words; evaluation never panics, whatever the body holds.
 
 use crate::checks::{CheckType, Observation, Observed};

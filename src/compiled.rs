@@ -79,6 +79,10 @@ impl CheckDefinitionError {
     }
 }
 
+/// A check listing more instances than this is worth keeping compiled: parsing them at every
+/// run would cost more than keeping them.
+const KEPT_INSTANCES: usize = 16;
+
 /// A check definition made ready to run: parsed, validated, regexes and paths compiled.
 /// Built once per run and shared by that run's tasks.
 #[derive(Debug)]
@@ -189,12 +193,15 @@ impl CompiledCheck {
         self.check_type
     }
 
-    /// Whether a runner keeps it between runs (`Probe::worth_keeping`): when its probe or an
-    /// assertion would cost more to compile again than to keep. A plain http or tcp check is
-    /// compiled for each run instead: about a microsecond a run against about 800 bytes kept
-    /// for every check (bench/RESULTS.md, "A plain check compiled per run").
+    /// Whether a runner keeps it between runs: when its probe (`Probe::worth_keeping`), an
+    /// assertion or its list of instances would cost more to compile again than to keep. A
+    /// plain http or tcp check is compiled for each run instead: about a microsecond a run
+    /// against about 860 bytes kept for every check (bench/RESULTS.md, "A plain check
+    /// compiled for each run").
     pub fn worth_keeping(&self) -> bool {
-        self.probe.worth_keeping() || self.assertions.iter().any(CompiledAssertion::worth_keeping)
+        self.probe.worth_keeping()
+            || self.instances.len() > KEPT_INSTANCES
+            || self.assertions.iter().any(CompiledAssertion::worth_keeping)
     }
 
     /// The labels of one instance's response: the check's, then the instance's own (from

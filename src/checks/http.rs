@@ -236,6 +236,10 @@ const REDACTED: &str = "[redacted]";
 /// The shortest `body_file` content searched for in results (credentials of any length are).
 const MIN_REDACTED_BODY: usize = 8;
 
+/// A request body longer than this makes its check worth keeping compiled: copying it at every
+/// run would cost more than keeping it.
+const KEPT_BODY_BYTES: usize = 1024;
+
 #[derive(Debug, thiserror::Error)]
 pub enum HttpDefinitionError {
     #[error("url `{url}` is not valid: {reason}")]
@@ -373,13 +377,13 @@ pub struct HttpPlan {
     headers: HeaderMap,
     /// Headers that carry credentials (`headers_from_files`, `bearer_token_file`,
     /// `basic_auth`), marked sensitive: sent only to the URL's own origin. None when there
-    /// are none, as for most checks: a compiled check is kept for as long as it exists.
+    /// are none, as for most checks: a runner may keep thousands of compiled checks.
     credential_headers: Option<Box<HeaderMap>>,
     body: Bytes,
     follow_redirects: bool,
     /// TLS for the URL's origin (its `tls.server_name`, if any, applies to it alone).
     tls: TlsTarget,
-    /// Boxed, as `oauth2`: most checks have neither, and a plan is kept per check (issue 20).
+    /// Boxed, as `oauth2`: most checks have neither, and a kept plan stays small (issue 20).
     proxy: Option<Box<ProxyPlan>>,
     oauth2: Option<Box<TokenSource>>,
     /// Secrets the check sends, which a result must never show (a server may echo them).
@@ -1317,11 +1321,17 @@ impl Probe for HttpPlan {
         (self.host(), self.port())
     }
 
-    /// An OAuth2 token is kept between runs, TLS settings of its own had their files read and
-    /// checked, and a proxy's exceptions were parsed; a plain definition compiles again in
-    /// about a microsecond.
+    /// A plain definition compiles again in about a microsecond. Kept: an OAuth2 token (held
+    /// between runs), TLS settings of its own (files read and checked, a client configuration
+    /// built), a proxy (its exceptions parsed), credentials (not copied again at every run)
+    /// and a body past `KEPT_BODY_BYTES` (not copied again either).
     fn worth_keeping(&self) -> bool {
-        self.oauth2.is_some() || !self.tls.has_default_settings() || self.proxy.is_some()
+        self.oauth2.is_some()
+            || !self.tls.has_default_settings()
+            || self.proxy.is_some()
+            || !self.secrets.is_empty()
+            || self.credential_headers.is_some()
+            || self.body.len() > KEPT_BODY_BYTES
     }
 
     fn probe<'a>(
@@ -1487,8 +1497,8 @@ mod tests {
         assert_eq!(content_encoding(&headers).as_deref(), Some("gzip, br"));
     }
 
-    /// Every compiled check is kept for as long as it exists (issue 20): what most checks
-    /// leave at its default (TLS settings, credential headers) takes a pointer, not its size.
+    /// A runner may keep thousands of compiled checks (issue 20): what most checks leave at
+    /// its default (TLS settings, credential headers) takes a pointer, not its size.
     #[test]
     fn a_compiled_http_check_keeps_its_defaults_small() {
         let size = std::mem::size_of::<HttpPlan>();

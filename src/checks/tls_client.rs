@@ -677,8 +677,8 @@ pub struct TlsKeys<'a> {
 /// to present.
 #[derive(Debug, Clone)]
 pub struct TlsTarget {
-    /// None for the default settings, as most checks have: every compiled check is kept, and
-    /// the settings take 104 bytes.
+    /// None for the default settings, as most checks have: a runner may keep thousands of
+    /// compiled checks, and the settings take 104 bytes.
     settings: Option<Box<TlsSettings>>,
     pub server_name: ServerName<'static>,
 }
@@ -690,8 +690,7 @@ impl TlsTarget {
         self.settings.as_deref().unwrap_or(&DEFAULT)
     }
 
-    /// Whether the check uses the default settings (no files of its own, no versions or name
-    /// other than the defaults).
+    /// Whether the check uses the default settings (no files, versions or name of its own).
     pub fn has_default_settings(&self) -> bool {
         self.settings.is_none()
     }
@@ -766,8 +765,11 @@ impl TlsTarget {
         let server_name = server_name(name)
             .map_err(|_| TlsTargetError::ServerName(key("server_name"), name.to_string()))?;
         // Versions and the client identity are checked by building a configuration that
-        // trusts nothing: no roots are loaded for it.
-        client_config(Trust::Roots(RootCertStore::empty()), &settings)?;
+        // trusts nothing: no roots are loaded for it. The defaults need no check, and a plain
+        // check is compiled at every run.
+        if !settings.is_default() {
+            client_config(Trust::Roots(RootCertStore::empty()), &settings)?;
+        }
         Ok(Some(TlsTarget {
             settings: (!settings.is_default()).then(|| Box::new(settings)),
             server_name,

@@ -198,9 +198,10 @@ impl Runner {
 pub const MAX_COMPILED_CHECKS: usize = 64 * 1024;
 
 /// The compiled checks worth keeping (`CompiledCheck::worth_keeping`: a regex, a JSON path, an
-/// OAuth2 token, TLS files), compiled once per definition and reused while it stays the same;
-/// every other check is compiled for each run (about a microsecond) and not kept, since keeping
-/// it would cost about 800 bytes for every check, all the time. On the embedded bus a request
+/// OAuth2 token, TLS settings of its own, a proxy, credentials, a large body, many listed
+/// instances, or a type other than http and tcp), compiled once per definition and reused while
+/// it stays the same; every other check is compiled for each run (about a microsecond) and not
+/// kept, since keeping it would cost about 860 bytes for every check, all the time. On the embedded bus a request
 /// shares the checker's definition, so the match is a pointer comparison; over NATS it is a
 /// comparison of the decoded definition. Entries are kept in order of last use (a linked hash
 /// map): a lookup, an insertion and an eviction are O(1).
@@ -575,16 +576,41 @@ mod tests {
         assert!(worth(&format!(
             "{http}[checks.tls]\nmin_version = \"TLS13\"\n"
         )));
+        // Files read when the definition is: an OAuth2 secret, a bearer token, a CA file.
         let secret =
             std::env::temp_dir().join(format!("bastion-worth-keeping-{}", std::process::id()));
         std::fs::write(&secret, "s3cret").unwrap();
-        let with_oauth2 = worth(&format!(
-            "{http}[checks.oauth2]\nclient_id = \"bastion\"\ntoken_url = \"http://127.0.0.1:1/token\"\n\
-             client_secret_file = \"{}\"\n",
-            secret.display()
-        ));
+        let with_files = [
+            "[checks.oauth2]\nclient_id = \"bastion\"\ntoken_url = \"http://127.0.0.1:1/token\"\n\
+             client_secret_file = \"FILE\"\n",
+            "bearer_token_file = \"FILE\"\n",
+            "[checks.tls]\nca_file = \"FILE\"\n",
+        ]
+        .map(|keys| {
+            worth(&format!(
+                "{http}{}",
+                keys.replace("FILE", &secret.to_string_lossy())
+            ))
+        });
         std::fs::remove_file(&secret).unwrap();
-        assert!(with_oauth2);
+        assert_eq!(with_files, [true; 3]);
+        // The plain scheme, a small body and a few instances compile again; a large body and
+        // a long list of instances are kept.
+        assert!(!worth(
+            "type = \"http\"\nurl = \"http://127.0.0.1:1/\"\nmethod = \"POST\"\nbody = \"{}\"\n"
+        ));
+        let large = "x".repeat(1025);
+        assert!(worth(&format!(
+            "{http}method = \"POST\"\nbody = \"{large}\"\n"
+        )));
+        let instances = |n: u16| {
+            let list: Vec<String> = (0..n)
+                .map(|i| format!("\"127.0.0.1:{}\"", 1000 + i))
+                .collect();
+            format!("{http}instances = [{}]\n", list.join(", "))
+        };
+        assert!(!worth(&instances(16)));
+        assert!(worth(&instances(17)));
         assert!(worth(&format!(
             "{http}[[checks.assertions]]\nkey = \"json\"\nvalue = \"$.status\"\nrelationship = \"equal\"\noperand = \"up\"\n"
         )));
@@ -596,6 +622,7 @@ mod tests {
         assert!(worth(&format!(
             "{tcp}[[checks.steps]]\nexpect = \"^220\"\n"
         )));
+        assert!(!worth(&format!("{tcp}tls = true\n")));
         assert!(worth(&format!(
             "{tcp}tls = true\nserver_name = \"mail.example\"\n"
         )));
