@@ -599,10 +599,14 @@ mod tests {
         assert!(!worth(
             "type = \"http\"\nurl = \"http://127.0.0.1:1/\"\nmethod = \"POST\"\nbody = \"{}\"\n"
         ));
-        let large = "x".repeat(1025);
-        assert!(worth(&format!(
-            "{http}method = \"POST\"\nbody = \"{large}\"\n"
-        )));
+        let body = |bytes: usize| {
+            format!(
+                "{http}method = \"POST\"\nbody = \"{}\"\n",
+                "x".repeat(bytes)
+            )
+        };
+        assert!(!worth(&body(1024)));
+        assert!(worth(&body(1025)));
         let instances = |n: u16| {
             let list: Vec<String> = (0..n)
                 .map(|i| format!("\"127.0.0.1:{}\"", 1000 + i))
