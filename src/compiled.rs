@@ -1,8 +1,9 @@
 //! A check definition compiled (`CompiledCheck`): checked as a definition from the bus is
 //! never checked otherwise (name, interval and timeout within their ranges, instances,
 //! labels, `instances_from`), its assertions compiled against its type's keys and its probe
-//! built by its type (`checks::compile_probe`). Built once per run and shared by that run's
-//! tasks; `CheckDefinitionError` says why a definition cannot run, and at which key.
+//! built by its type (`checks::compile_probe`). Shared by a run's tasks; a runner keeps the
+//! ones worth keeping (`worth_keeping`) between runs and builds the others for each run;
+//! `CheckDefinitionError` says why a definition cannot run, and at which key.
 
 use crate::assertions::{AssertionError, CompiledAssertion};
 use crate::checks::CheckType;
@@ -79,12 +80,12 @@ impl CheckDefinitionError {
     }
 }
 
-/// A check listing more instances than this is worth keeping compiled: parsing them at every
-/// run would cost more than keeping them.
-const KEPT_INSTANCES: usize = 16;
+/// A check with more instances, assertions or labels than this is worth keeping compiled:
+/// parsing and copying them at every run would cost more than keeping them.
+pub const KEPT_ENTRIES: usize = 16;
 
 /// A check definition made ready to run: parsed, validated, regexes and paths compiled.
-/// Built once per run and shared by that run's tasks.
+/// Shared by a run's tasks, and kept between runs when `worth_keeping` says so.
 #[derive(Debug)]
 pub struct CompiledCheck {
     pub name: String,
@@ -194,13 +195,16 @@ impl CompiledCheck {
     }
 
     /// Whether a runner keeps it between runs: when its probe (`Probe::worth_keeping`), an
-    /// assertion or its list of instances would cost more to compile again than to keep. A
+    /// assertion, or its lists of instances, assertions or labels would cost more to compile
+    /// again than to keep. A
     /// plain http or tcp check is compiled for each run instead: about a microsecond a run
     /// against about 860 bytes kept for every check (bench/RESULTS.md, "A plain check
     /// compiled for each run").
     pub fn worth_keeping(&self) -> bool {
         self.probe.worth_keeping()
-            || self.instances.len() > KEPT_INSTANCES
+            || self.instances.len() > KEPT_ENTRIES
+            || self.assertions.len() > KEPT_ENTRIES
+            || self.labels.len() > KEPT_ENTRIES
             || self.assertions.iter().any(CompiledAssertion::worth_keeping)
     }
 

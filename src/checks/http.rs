@@ -236,8 +236,8 @@ const REDACTED: &str = "[redacted]";
 /// The shortest `body_file` content searched for in results (credentials of any length are).
 const MIN_REDACTED_BODY: usize = 8;
 
-/// A request body longer than this makes its check worth keeping compiled: copying it at every
-/// run would cost more than keeping it.
+/// A request body (or all its headers) longer than this makes its check worth keeping compiled:
+/// copying it at every run would cost more than keeping it.
 const KEPT_BODY_BYTES: usize = 1024;
 
 #[derive(Debug, thiserror::Error)]
@@ -1324,7 +1324,8 @@ impl Probe for HttpPlan {
     /// A plain definition compiles again in about a microsecond. Kept: an OAuth2 token (held
     /// between runs), TLS settings of its own (files read and checked, a client configuration
     /// built), a proxy (its exceptions parsed), credentials (not copied again at every run)
-    /// and a body past `KEPT_BODY_BYTES` (not copied again either).
+    /// and a body or headers past `KEPT_BODY_BYTES` or `KEPT_ENTRIES` (not parsed and copied
+    /// again either).
     fn worth_keeping(&self) -> bool {
         self.oauth2.is_some()
             || !self.tls.has_default_settings()
@@ -1332,6 +1333,13 @@ impl Probe for HttpPlan {
             || !self.secrets.is_empty()
             || self.credential_headers.is_some()
             || self.body.len() > KEPT_BODY_BYTES
+            || self.headers.len() > crate::compiled::KEPT_ENTRIES
+            || self
+                .headers
+                .iter()
+                .map(|(name, value)| name.as_str().len() + value.len())
+                .sum::<usize>()
+                > KEPT_BODY_BYTES
     }
 
     fn probe<'a>(

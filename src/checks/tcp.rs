@@ -116,6 +116,10 @@ enum Step {
     Expect(regex::bytes::Regex),
 }
 
+/// Bytes sent by a check's steps past which it is worth keeping compiled: copying them at every
+/// run would cost more than keeping them.
+const KEPT_SENT_BYTES: usize = 1024;
+
 /// A compiled TCP check.
 #[derive(Debug)]
 pub struct TcpPlan {
@@ -422,16 +426,23 @@ impl Probe for TcpPlan {
         (self.host(), self.port())
     }
 
-    /// A step's regex, or TLS settings whose files were read and checked, cost more to compile
-    /// again than to keep; a plain connection compiles in a fraction of a microsecond.
+    /// A step's regex, TLS settings of its own (files read and checked), more than
+    /// `KEPT_ENTRIES` steps or more than `KEPT_SENT_BYTES` to send cost more to compile again
+    /// than to keep; a plain connection compiles in a fraction of a microsecond.
     fn worth_keeping(&self) -> bool {
-        self.tls
-            .as_ref()
-            .is_some_and(|tls| !tls.has_default_settings())
+        let mut sent = 0;
+        for step in &self.steps {
+            match step {
+                Step::Expect(_) => return true,
+                Step::Send(bytes) => sent += bytes.len(),
+            }
+        }
+        sent > KEPT_SENT_BYTES
+            || self.steps.len() > crate::compiled::KEPT_ENTRIES
             || self
-                .steps
-                .iter()
-                .any(|step| matches!(step, Step::Expect(_)))
+                .tls
+                .as_ref()
+                .is_some_and(|tls| !tls.has_default_settings())
     }
 
     fn probe<'a>(

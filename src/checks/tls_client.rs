@@ -690,7 +690,8 @@ impl TlsTarget {
         self.settings.as_deref().unwrap_or(&DEFAULT)
     }
 
-    /// Whether the check uses the default settings (no files, versions or name of its own).
+    /// Whether the check uses the default settings (no files, versions, name or skipped
+    /// verification of its own).
     pub fn has_default_settings(&self) -> bool {
         self.settings.is_none()
     }

@@ -615,6 +615,23 @@ mod tests {
         };
         assert!(!worth(&instances(16)));
         assert!(worth(&instances(17)));
+        let headers = |n: usize, bytes: usize| {
+            let list: Vec<String> = (0..n)
+                .map(|i| format!("x-h{i:02} = \"{}\"", "v".repeat(bytes)))
+                .collect();
+            format!("{http}headers = {{ {} }}\n", list.join(", "))
+        };
+        assert!(!worth(&headers(16, 1)));
+        assert!(worth(&headers(17, 1)));
+        // 5 bytes of name and 59 of value, 16 times: exactly 1 KiB; then 16 bytes more.
+        assert!(!worth(&headers(16, 59)));
+        assert!(worth(&headers(16, 60)));
+        let assertions = |n: usize| {
+            let one = "[[checks.assertions]]\nkey = \"code\"\nrelationship = \"equal\"\noperand = \"200\"\n";
+            format!("{http}{}", one.repeat(n))
+        };
+        assert!(!worth(&assertions(16)));
+        assert!(worth(&assertions(17)));
         assert!(worth(&format!(
             "{http}[[checks.assertions]]\nkey = \"json\"\nvalue = \"$.status\"\nrelationship = \"equal\"\noperand = \"up\"\n"
         )));
@@ -626,6 +643,13 @@ mod tests {
         assert!(worth(&format!(
             "{tcp}[[checks.steps]]\nexpect = \"^220\"\n"
         )));
+        let sends = |n: usize, bytes: usize| {
+            let step = format!("[[checks.steps]]\nsend = \"{}\"\n", "s".repeat(bytes));
+            format!("{tcp}{}", step.repeat(n))
+        };
+        assert!(!worth(&sends(16, 64)));
+        assert!(worth(&sends(16, 65)));
+        assert!(worth(&sends(17, 1)));
         assert!(!worth(&format!("{tcp}tls = true\n")));
         assert!(worth(&format!(
             "{tcp}tls = true\nserver_name = \"mail.example\"\n"
