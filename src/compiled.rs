@@ -80,8 +80,9 @@ impl CheckDefinitionError {
     }
 }
 
-/// A check with more instances, assertions or labels than this is worth keeping compiled:
-/// parsing and copying them at every run would cost more than keeping them.
+/// A check with more instances, assertions or labels than this (or, for its type, headers or
+/// tcp steps) is worth keeping compiled: parsing and copying them at every run would cost more
+/// than keeping them.
 pub const KEPT_ENTRIES: usize = 16;
 
 /// A check definition made ready to run: parsed, validated, regexes and paths compiled.
@@ -196,10 +197,9 @@ impl CompiledCheck {
 
     /// Whether a runner keeps it between runs: when its probe (`Probe::worth_keeping`), an
     /// assertion, or its lists of instances, assertions or labels would cost more to compile
-    /// again than to keep. A
-    /// plain http or tcp check is compiled for each run instead: about a microsecond a run
-    /// against about 860 bytes kept for every check (bench/RESULTS.md, "A plain check
-    /// compiled for each run").
+    /// again than to keep. A plain http or tcp check is compiled for each run instead: about
+    /// a microsecond a run against about 860 bytes kept for every check (bench/RESULTS.md,
+    /// "A plain check compiled for each run").
     pub fn worth_keeping(&self) -> bool {
         self.probe.worth_keeping()
             || self.instances.len() > KEPT_ENTRIES
