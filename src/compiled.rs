@@ -80,11 +80,6 @@ impl CheckDefinitionError {
     }
 }
 
-/// A check with more instances, assertions or labels than this (or, for its type, headers or
-/// tcp steps) is worth keeping compiled: parsing and copying them at every run would cost more
-/// than keeping them.
-pub const KEPT_ENTRIES: usize = 16;
-
 /// A check definition made ready to run: parsed, validated, regexes and paths compiled.
 /// Shared by a run's tasks, and kept between runs when `worth_keeping` says so.
 #[derive(Debug)]
@@ -202,9 +197,9 @@ impl CompiledCheck {
     /// "A plain check compiled for each run").
     pub fn worth_keeping(&self) -> bool {
         self.probe.worth_keeping()
-            || self.instances.len() > KEPT_ENTRIES
-            || self.assertions.len() > KEPT_ENTRIES
-            || self.labels.len() > KEPT_ENTRIES
+            || self.instances.len() > crate::checks::KEPT_ENTRIES
+            || self.assertions.len() > crate::checks::KEPT_ENTRIES
+            || self.labels.len() > crate::checks::KEPT_ENTRIES
             || self.assertions.iter().any(CompiledAssertion::worth_keeping)
     }
 

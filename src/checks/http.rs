@@ -1333,7 +1333,7 @@ impl Probe for HttpPlan {
             || !self.secrets.is_empty()
             || self.credential_headers.is_some()
             || self.body.len() > KEPT_BODY_BYTES
-            || self.headers.len() > crate::compiled::KEPT_ENTRIES
+            || self.headers.len() > super::KEPT_ENTRIES
             || self
                 .headers
                 .iter()

@@ -271,6 +271,11 @@ pub struct CheckKind {
 /// A boxed future that borrows what the probe uses.
 pub type ProbeFuture<'a> = Pin<Box<dyn Future<Output = Result<(), ProbeError>> + Send + 'a>>;
 
+/// A check with more instances, assertions or labels than this (or, for its type, headers or
+/// tcp steps) is worth keeping compiled: parsing and copying them at every run would cost more
+/// than keeping them (`Probe::worth_keeping`, `CompiledCheck::worth_keeping`).
+pub const KEPT_ENTRIES: usize = 16;
+
 /// A check's compiled, type-specific part: what the dispatcher calls. It records what it sees
 /// in the `ProbeRecord`, so a probe cut short by its timeout still reports it.
 pub trait Probe: Send + Sync + std::fmt::Debug {

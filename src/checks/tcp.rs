@@ -438,7 +438,7 @@ impl Probe for TcpPlan {
             }
         }
         sent > KEPT_SENT_BYTES
-            || self.steps.len() > crate::compiled::KEPT_ENTRIES
+            || self.steps.len() > super::KEPT_ENTRIES
             || self
                 .tls
                 .as_ref()
