@@ -168,7 +168,7 @@ impl Component for CheckDurations {
         );
         registry.agent(
             "bastion_check_series_refused",
-            "Check runs that got no bastion_check_duration_seconds series: a runner already keeping runner.max_check_series checks (capacity), or a check this scheduling agent does not have configured (unconfigured)",
+            "Check runs that got no bastion_check_duration_seconds series: a runner already keeping runner.max_check_series checks (capacity), or a check this scheduling agent does not have configured with that type (unconfigured)",
             durations.refused.clone(),
         );
         // Present at zero from the start, so rate() sees the first one.
@@ -208,7 +208,9 @@ impl CheckDurations {
         let now = Instant::now();
         // Held while the series is created, so a concurrent expiry cannot remove it unseen.
         let mut series = self.follow_reload(self.lock());
-        let admitted = series.admit(check, interval, now, &mut |gone, why| self.gone(gone, why));
+        let admitted = series.admit(check, check_type, interval, now, &mut |gone, why| {
+            self.gone(gone, why)
+        });
         match admitted {
             Ok(()) => self.seconds.observe(check, check_type, seconds),
             Err(refusal) => {
@@ -396,7 +398,8 @@ mod tests {
 
     fn observe_all(metrics: &CheckDurations, names: impl Iterator<Item = String>) {
         for name in names {
-            metrics.observe(&name, CheckType::Http, Duration::from_secs(60), 0.01);
+            // The type of `configured`'s checks.
+            metrics.observe(&name, CheckType::Tcp, Duration::from_secs(60), 0.01);
         }
     }
 
@@ -420,9 +423,7 @@ mod tests {
         assert!(kept.contains("c-0") && !kept.contains("c-10000"));
         assert_eq!(refused(&text, "capacity"), "3");
         assert_eq!(forgotten(&text, "expired"), "0");
-        assert!(
-            text.contains("bastion_check_duration_seconds_count{check=\"c-0\",type=\"http\"} 4")
-        );
+        assert!(text.contains("bastion_check_duration_seconds_count{check=\"c-0\",type=\"tcp\"} 4"));
     }
 
     #[tokio::test(start_paused = true)]
@@ -476,6 +477,49 @@ mod tests {
         assert_eq!(kept.len(), 18_000);
         assert!(!kept.contains("c-1999") && kept.contains("c-2000") && kept.contains("c-19999"));
         assert_eq!(refused(&text, "unconfigured"), "2001");
+        assert_eq!(forgotten(&text, "expired"), "0");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reload_that_retypes_a_check_leaves_only_its_new_types_series() {
+        let registry = Metrics::new();
+        let metrics: CheckDurations = registry.component();
+        let minute = Duration::from_secs(60);
+        let (checks, updates) = tokio::sync::watch::channel(configured(0..2));
+        metrics.follow_configured(updates);
+        metrics.observe("c-0", CheckType::Tcp, minute, 0.01);
+        metrics.observe("c-1", CheckType::Tcp, minute, 0.01);
+        // A run of another type than configured (a stray request) gets no series.
+        metrics.observe("c-0", CheckType::Http, minute, 0.01);
+        let text = registry.render();
+        assert!(!text.contains("type=\"http\""), "{text}");
+        assert_eq!(refused(&text, "unconfigured"), "1");
+        // c-0 becomes an http check: its tcp series goes at the next scrape, c-1 keeps its.
+        let mut retyped: Vec<crate::config::CheckConfig> = configured(0..2)
+            .iter()
+            .map(|check| (**check).clone())
+            .collect();
+        retyped[0].spec = crate::checks::CheckSpec::Http(Box::new(
+            serde_json::from_value(serde_json::json!({"url": "http://127.0.0.1:1/"}))
+                .expect("an http spec"),
+        ));
+        checks.send_replace(crate::config::check_list(retyped));
+        let text = registry.render();
+        assert!(!text.contains("check=\"c-0\""), "{text}");
+        assert!(
+            text.contains("bastion_check_duration_seconds_count{check=\"c-1\",type=\"tcp\"} 1"),
+            "{text}"
+        );
+        // A tcp run still in flight from before the reload gets none; the http runs do.
+        metrics.observe("c-0", CheckType::Tcp, minute, 0.01);
+        metrics.observe("c-0", CheckType::Http, minute, 0.02);
+        let text = registry.render();
+        assert!(
+            text.contains("bastion_check_duration_seconds_count{check=\"c-0\",type=\"http\"} 1"),
+            "{text}"
+        );
+        assert!(!text.contains("check=\"c-0\",type=\"tcp\""), "{text}");
+        assert_eq!(refused(&text, "unconfigured"), "2");
         assert_eq!(forgotten(&text, "expired"), "0");
     }
 }

@@ -1,7 +1,9 @@
 //! Which checks have `bastion_check_duration_seconds` series, decided at O(1) per observation.
 //!
 //! An agent that schedules (role `all`) knows its checks: their series follow the configured
-//! list, with no cap, and one goes only when a reload removes its check. A runner learns names
+//! list, with no cap, and one goes only when a reload removes its check or gives it another
+//! type (a run of a type the configuration no longer has, still in flight, gets none). A
+//! runner learns names
 //! from the bus: it keeps series for at most `runner.max_check_series` checks, gives a new name
 //! past that none (refused and counted, never another check's series forgotten to make room),
 //! and forgets a check only once it has not run here for `forget_checks_after` and three of its
@@ -11,8 +13,9 @@
 //! It must never scan every check on an observation or a scrape, and never forget a check that
 //! still runs.
 
+use crate::checks::CheckType;
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::collections::{BinaryHeap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -23,8 +26,9 @@ use tokio::time::Instant;
 pub(super) enum Refusal {
     /// A runner that already keeps series for `runner.max_check_series` checks.
     Capacity,
-    /// An agent that schedules, and this check is not configured here (a run of a check a
-    /// reload removed, a test request, a request from another checker on the same bus).
+    /// An agent that schedules, and this check is not configured here with this type (a run
+    /// of a check a reload removed or retyped, a test request, a request from another checker
+    /// on the same bus).
     Unconfigured,
 }
 
@@ -67,15 +71,16 @@ impl CheckSeries {
         CheckSeries::Configured(Configured {
             checks,
             list: Arc::new(Vec::new()),
-            names: HashSet::new(),
+            names: HashMap::new(),
         })
     }
 
-    /// May a run of `check` (every `interval`) that ended `now` be recorded? `forget` is told
-    /// of every check whose series go meanwhile.
+    /// May a run of `check` of `check_type` (every `interval`) that ended `now` be recorded?
+    /// `forget` is told of every check whose series go meanwhile.
     pub(super) fn admit(
         &mut self,
         check: &str,
+        check_type: CheckType,
         interval: Duration,
         now: Instant,
         forget: &mut dyn FnMut(&str, Gone),
@@ -83,7 +88,7 @@ impl CheckSeries {
         match self {
             CheckSeries::Configured(configured) => {
                 configured.follow(forget);
-                if configured.names.contains(check) {
+                if configured.names.get(check) == Some(&check_type) {
                     Ok(())
                 } else {
                     Err(Refusal::Unconfigured)
@@ -142,7 +147,8 @@ pub(super) struct Configured {
     checks: watch::Receiver<crate::config::CheckList>,
     /// The list `names` was made from.
     list: crate::config::CheckList,
-    names: HashSet<String>,
+    /// Each configured check's type.
+    names: HashMap<String, CheckType>,
 }
 
 /// A check list a reload sent that `Configured` has not taken up yet.
@@ -155,17 +161,22 @@ pub(super) struct Reload {
 pub(super) struct Prepared {
     old: crate::config::CheckList,
     new: crate::config::CheckList,
-    names: HashSet<String>,
+    names: HashMap<String, CheckType>,
+    /// Checks removed, or configured with another type (their old type's series go).
     removed: Vec<String>,
 }
 
 impl Reload {
     pub(super) fn prepare(self) -> Prepared {
-        let names: HashSet<String> = self.new.iter().map(|check| check.name.clone()).collect();
+        let names: HashMap<String, CheckType> = self
+            .new
+            .iter()
+            .map(|check| (check.name.clone(), check.check_type()))
+            .collect();
         let removed = self
             .old
             .iter()
-            .filter(|check| !names.contains(&check.name))
+            .filter(|check| names.get(&check.name) != Some(&check.check_type()))
             .map(|check| check.name.clone())
             .collect();
         Prepared {
@@ -327,7 +338,7 @@ pub(super) mod tests {
         now: Instant,
     ) -> (Result<(), Refusal>, Vec<String>) {
         let mut gone = Vec::new();
-        let admitted = series.admit(check, MINUTE, now, &mut |name, _| {
+        let admitted = series.admit(check, CheckType::Tcp, MINUTE, now, &mut |name, _| {
             gone.push(name.to_string())
         });
         (admitted, gone)
@@ -374,7 +385,9 @@ pub(super) mod tests {
         let start = Instant::now();
         let mut series = learned(3);
         let hour = Duration::from_secs(3600);
-        series.admit("hourly", hour, start, &mut |_, _| {}).unwrap();
+        series
+            .admit("hourly", CheckType::Tcp, hour, start, &mut |_, _| {})
+            .unwrap();
         let mut gone = Vec::new();
         series.tidy(start + hour * 2, &mut |name, why| {
             gone.push((name.to_string(), why))
