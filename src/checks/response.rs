@@ -144,24 +144,37 @@ impl Headers {
     }
 
     /// The same headers with each value `change`d (cut, redacted), and only as many, in name
-    /// order, as `keep` lets in; returns whether any was left out.
+    /// order, as `keep` lets in; returns whether any was left out. Headers that `change` and
+    /// `keep` leave as they are (a plain answer's, almost always) are not copied.
     pub fn rewrite(
         &mut self,
         mut change: impl FnMut(&str) -> Cow<'_, str>,
         mut keep: impl FnMut(&str, &str) -> bool,
     ) -> bool {
-        let mut rewritten = Headers::default();
+        let mut rewritten: Option<Headers> = None;
         let mut left_out = false;
-        for (name, value) in self.iter() {
-            let value = change(value);
-            if keep(name, &value) {
+        // Bytes of `packed` taken by the headers before this one.
+        let mut before = 0;
+        for (name, original) in self.iter() {
+            let length = name.len() + original.len() + 2 * HEADER_END.len_utf8();
+            let value = change(original);
+            let kept = keep(name, &value);
+            left_out |= !kept;
+            if rewritten.is_none() && !(kept && value == original) {
+                // The first header that differs: those before it are taken as they are.
+                rewritten = Some(Headers {
+                    packed: self.packed[..before].to_string(),
+                });
+            }
+            before += length;
+            if let Some(rewritten) = rewritten.as_mut().filter(|_| kept) {
                 rewritten.push(name, &value);
-            } else {
-                left_out = true;
             }
         }
-        rewritten.packed.shrink_to_fit();
-        *self = rewritten;
+        if let Some(mut rewritten) = rewritten {
+            rewritten.packed.shrink_to_fit();
+            *self = rewritten;
+        }
         left_out
     }
 }
@@ -502,6 +515,39 @@ mod tests {
         assert!(left_out);
         let pairs: Vec<(&str, &str)> = headers.iter().collect();
         assert_eq!(pairs, [("a", "11")]);
+    }
+
+    #[test]
+    fn rewriting_copies_only_from_the_first_header_that_differs() {
+        let original: Headers = [("a", "1"), ("b", "secret"), ("c", "333"), ("d", "4")]
+            .into_iter()
+            .collect();
+        // Nothing changes: the same text, no copy.
+        let mut same = original.clone();
+        let address = same.packed.as_ptr();
+        assert!(!same.rewrite(|value| Cow::Borrowed(value), |_, _| true));
+        assert_eq!((same.packed.as_ptr(), &same), (address, &original));
+        // A value replaced by other borrowed text is still a change; so is one left out.
+        let mut changed = original.clone();
+        let left_out = changed.rewrite(
+            |value| {
+                if value == "secret" {
+                    Cow::Borrowed("<redacted>")
+                } else {
+                    Cow::Borrowed(value)
+                }
+            },
+            |name, _| name != "c",
+        );
+        assert!(left_out);
+        let pairs: Vec<(&str, &str)> = changed.iter().collect();
+        assert_eq!(pairs, [("a", "1"), ("b", "<redacted>"), ("d", "4")]);
+        assert_eq!(changed.packed.len(), changed.packed.capacity());
+        // Only the last differs.
+        let mut last = original.clone();
+        assert!(last.rewrite(|value| Cow::Borrowed(value), |name, _| name != "d"));
+        let pairs: Vec<(&str, &str)> = last.iter().collect();
+        assert_eq!(pairs, [("a", "1"), ("b", "secret"), ("c", "333")]);
     }
 
     /// `OWN_KEYS`, which the registration checks a section's key against, are the keys a
