@@ -98,10 +98,17 @@ type Verifier = (FileStamps, Arc<WebPkiServerVerifier>);
 /// Distinct client configurations kept at most.
 const MAX_CLIENT_CONFIGS: usize = 1024;
 
-/// Shared cache of client configurations, keyed by the check's TLS settings.
+/// The protocols offered by ALPN when none are named: h2, then http/1.1.
+const DEFAULT_ALPN: &[&[u8]] = &[b"h2", b"http/1.1"];
+
+/// A client configuration's key: the TLS settings (without `server_name`) and the protocols
+/// it offers by ALPN.
+type ConfigKey = (TlsSettings, &'static [&'static [u8]]);
+
+/// Shared cache of client configurations, keyed by the check's TLS settings and ALPN.
 #[derive(Debug, Default)]
 pub struct TlsClientConfigs {
-    cache: Mutex<HashMap<TlsSettings, (FileStamps, Arc<ClientConfig>)>>,
+    cache: Mutex<HashMap<ConfigKey, (FileStamps, Arc<ClientConfig>)>>,
     /// Verifiers over the trusted roots, for probes that record the verdict on a chain
     /// instead of failing the handshake on it (the `tls` check type).
     verifiers: Mutex<HashMap<Option<std::path::PathBuf>, Verifier>>,
@@ -115,13 +122,26 @@ impl TlsClientConfigs {
     /// The configuration for `settings`, offering h2 and http/1.1 by ALPN. Built the first
     /// time, and again only when one of its files changed (a stat of each, no read).
     pub fn get(&self, settings: &TlsSettings) -> Result<Arc<ClientConfig>, TlsSetupError> {
+        self.get_with_alpn(settings, DEFAULT_ALPN)
+    }
+
+    /// The configuration for `settings`, offering `alpn` instead of h2 and http/1.1; cached
+    /// as `get`'s, so a probe neither copies nor builds one.
+    pub fn get_with_alpn(
+        &self,
+        settings: &TlsSettings,
+        alpn: &'static [&'static [u8]],
+    ) -> Result<Arc<ClientConfig>, TlsSetupError> {
         // The name sent as SNI is given per connection, not by the configuration: checks that
         // differ only in `server_name` share one configuration (and one load of the roots).
-        let key = TlsSettings {
-            server_name: None,
-            ..settings.clone()
-        };
-        let current = stamps(&key);
+        let key = (
+            TlsSettings {
+                server_name: None,
+                ..settings.clone()
+            },
+            alpn,
+        );
+        let current = stamps(&key.0);
         if let Some((built_from, config)) = self.lock().get(&key) {
             if *built_from == current {
                 return Ok(config.clone());
@@ -129,7 +149,7 @@ impl TlsClientConfigs {
         }
         // Built outside the lock: reading files must not stall other probes. Two probes may build
         // the same config at once; the second insert wins and both are equivalent.
-        let config = Arc::new(build(&key)?);
+        let config = Arc::new(build(&key.0, alpn)?);
         let mut cache = self.lock();
         if cache.len() >= MAX_CLIENT_CONFIGS && !cache.contains_key(&key) {
             // More distinct TLS settings than any real configuration holds (each is a set of
@@ -138,17 +158,6 @@ impl TlsClientConfigs {
         }
         cache.insert(key, (current, config.clone()));
         Ok(config)
-    }
-
-    /// The configuration for `settings`, offering `alpn` instead of h2 and http/1.1.
-    pub fn get_with_alpn(
-        &self,
-        settings: &TlsSettings,
-        alpn: &[&[u8]],
-    ) -> Result<Arc<ClientConfig>, TlsSetupError> {
-        let mut config = (*self.get(settings)?).clone();
-        config.alpn_protocols = alpn.iter().map(|protocol| protocol.to_vec()).collect();
-        Ok(Arc::new(config))
     }
 
     /// A verifier over the roots `settings` trust (the system's, or `ca_file`'s), built once.
@@ -185,7 +194,7 @@ impl TlsClientConfigs {
 
     fn lock(
         &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<TlsSettings, (FileStamps, Arc<ClientConfig>)>> {
+    ) -> std::sync::MutexGuard<'_, HashMap<ConfigKey, (FileStamps, Arc<ClientConfig>)>> {
         // A poisoned cache only means another thread panicked mid-insert; the map is still valid.
         self.cache
             .lock()
@@ -193,7 +202,10 @@ impl TlsClientConfigs {
     }
 }
 
-fn build(settings: &TlsSettings) -> Result<ClientConfig, TlsSetupError> {
+fn build(
+    settings: &TlsSettings,
+    alpn: &'static [&'static [u8]],
+) -> Result<ClientConfig, TlsSetupError> {
     let trust = if settings.insecure_skip_verify {
         Trust::Verifier(Arc::new(AcceptAnyCertificate {
             provider: provider(),
@@ -202,7 +214,7 @@ fn build(settings: &TlsSettings) -> Result<ClientConfig, TlsSetupError> {
         Trust::Roots(roots(settings)?)
     };
     let mut config = client_config(trust, settings)?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.alpn_protocols = alpn.iter().map(|protocol| protocol.to_vec()).collect();
     Ok(config)
 }
 
@@ -782,7 +794,7 @@ impl TlsTarget {
     pub fn client_config(
         &self,
         ctx: &ProbeContext,
-        alpn: &[&[u8]],
+        alpn: &'static [&'static [u8]],
     ) -> Result<(Arc<ClientConfig>, ServerName<'static>), ProbeError> {
         let config = ctx
             .tls
@@ -851,6 +863,31 @@ mod tests {
             );
         }
         assert_eq!(configs.lock().len(), 1);
+    }
+
+    #[test]
+    fn each_alpn_has_its_own_configuration_built_once() {
+        let configs = TlsClientConfigs::default();
+        let settings = TlsSettings::default();
+        let default = configs.get(&settings).unwrap();
+        let h1 = configs.get_with_alpn(&settings, &[b"http/1.1"]).unwrap();
+        let none = configs.get_with_alpn(&settings, &[]).unwrap();
+        assert_eq!(
+            default.alpn_protocols,
+            [b"h2".to_vec(), b"http/1.1".to_vec()]
+        );
+        assert_eq!(h1.alpn_protocols, [b"http/1.1".to_vec()]);
+        assert!(none.alpn_protocols.is_empty());
+        for _ in 0..3 {
+            let again = configs.get_with_alpn(&settings, &[b"http/1.1"]).unwrap();
+            assert!(Arc::ptr_eq(&h1, &again), "built again");
+            assert!(Arc::ptr_eq(&default, &configs.get(&settings).unwrap()));
+            let h2_first = configs
+                .get_with_alpn(&settings, &[b"h2", b"http/1.1"])
+                .unwrap();
+            assert!(Arc::ptr_eq(&default, &h2_first), "the same protocols");
+        }
+        assert_eq!(configs.lock().len(), 3);
     }
 
     /// Resumption is turned off in `client_config` only: a configuration built anywhere else
