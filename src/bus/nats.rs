@@ -877,6 +877,12 @@ impl Bus for NatsBus {
                 None => self.client.subscribe(pattern).await,
             }
             .map_err(|error| BusError::Nats(error.to_string()))?;
+            // The client only queues the SUB; written out before this returns, it reaches
+            // the server ahead of anything another client publishes once this agent is
+            // ready. Without it, a result published right after start could find no
+            // subscription yet and be lost. A failed flush is a lost connection, after
+            // which the client subscribes again itself.
+            let _ = self.client.flush().await;
             let (sender, receiver) = mpsc::channel(SUBSCRIPTION_CAPACITY);
             tokio::spawn(forward(subscriber, sender));
             Ok(Subscription::new(receiver))

@@ -270,10 +270,23 @@ pub async fn poll(running: &Running, path: &str, mut done: impl FnMut(&Value) ->
         if status == 200 && done(&body) {
             return body;
         }
-        assert!(
-            started.elapsed() < PATIENCE,
-            "{path} never gave the expected answer; last: {status} {body}"
-        );
+        if started.elapsed() >= PATIENCE {
+            // What the agent saw and what history did with it, to tell a lost result from
+            // one history never wrote.
+            let (_, metrics) = http_get(running.api, "/metrics?checks=none").await;
+            let history: Vec<&str> = metrics
+                .lines()
+                .filter(|line| {
+                    line.starts_with("bastion_history") || line.starts_with("bastion_bus")
+                })
+                .collect();
+            panic!(
+                "{path} never gave the expected answer; last: {status} {body}\n\
+                 results the agent's bus carried: {}\n{}",
+                running.results.lock().unwrap().len(),
+                history.join("\n")
+            );
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
