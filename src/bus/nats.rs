@@ -52,6 +52,8 @@ const REFUSED_ATTEMPTS: u32 = 8;
 /// that start-up stays well inside systemd's `TimeoutStartSec` (90 s in the shipped unit).
 const JETSTREAM_PATIENCE: Duration = Duration::from_secs(60);
 /// The first and the longest wait before a result is tried again.
+/// How long a subscription waits for its round trip to the server (`NatsBus::settle`).
+const SETTLE_PATIENCE: Duration = Duration::from_secs(1);
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -113,6 +115,12 @@ pub struct NatsBus {
     /// When start-up stops waiting for JetStream: `JETSTREAM_PATIENCE` after connecting,
     /// shared by the results stream and the lease bucket.
     jetstream_deadline: Instant,
+    /// Where a subscription's round trip asks (`settle`): under the subject prefix, which
+    /// an account's permissions allow.
+    settle_subject: String,
+    /// A round trip went unanswered once (a server that drops the request): not tried again,
+    /// so start-up waits `SETTLE_PATIENCE` at most once.
+    settle_unanswered: AtomicBool,
 }
 
 /// The server list with any credentials left out, for messages.
@@ -370,6 +378,8 @@ impl NatsBus {
             unsent,
             metrics,
             next_message_id: AtomicU64::new(1),
+            settle_subject: format!("{}.settle.{instance}", config.subject_prefix),
+            settle_unanswered: AtomicBool::new(false),
             instance,
             replicas: config.replicas,
             jetstream_deadline,
@@ -444,6 +454,40 @@ impl NatsBus {
             store,
             holder: holder.to_string(),
         })
+    }
+
+    /// Waits until the server has taken every command sent so far (a subscription above
+    /// all), by a request no one answers: the server handles a connection's commands in
+    /// order, so its "no responders" comes after them. The client only queues a SUB; without
+    /// this, a result another client published right after this agent started could reach
+    /// the server first and find no subscription. Bounded, and skipped while disconnected
+    /// (the client subscribes again itself once it reconnects), so it never holds up start.
+    async fn settle(&self) {
+        if self.client.connection_state() != State::Connected
+            || self.settle_unanswered.load(Ordering::Relaxed)
+        {
+            return;
+        }
+        let asked = tokio::time::timeout(
+            SETTLE_PATIENCE,
+            self.client
+                .request(self.settle_subject.clone(), Bytes::new()),
+        )
+        .await;
+        match asked {
+            // The expected answer; any answer at all proves the order as well.
+            Ok(Err(error)) if error.kind() == async_nats::RequestErrorKind::NoResponders => {}
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => {
+                tracing::debug!(%error, "a subscription's round trip failed; going on");
+            }
+            Err(_) => {
+                self.settle_unanswered.store(true, Ordering::Relaxed);
+                tracing::debug!(
+                    "a subscription's round trip went unanswered; not waiting for one again"
+                );
+            }
+        }
     }
 
     fn next_message_id(&self) -> String {
@@ -877,12 +921,7 @@ impl Bus for NatsBus {
                 None => self.client.subscribe(pattern).await,
             }
             .map_err(|error| BusError::Nats(error.to_string()))?;
-            // The client only queues the SUB; written out before this returns, it reaches
-            // the server ahead of anything another client publishes once this agent is
-            // ready. Without it, a result published right after start could find no
-            // subscription yet and be lost. A failed flush is a lost connection, after
-            // which the client subscribes again itself.
-            let _ = self.client.flush().await;
+            self.settle().await;
             let (sender, receiver) = mpsc::channel(SUBSCRIPTION_CAPACITY);
             tokio::spawn(forward(subscriber, sender));
             Ok(Subscription::new(receiver))
