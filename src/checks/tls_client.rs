@@ -95,8 +95,9 @@ fn stamps(settings: &TlsSettings) -> FileStamps {
 /// A verifier over the roots of one `ca_file` (or the system's), and what its file was like.
 type Verifier = (FileStamps, Arc<WebPkiServerVerifier>);
 
-/// Distinct client configurations kept at most.
-const MAX_CLIENT_CONFIGS: usize = 1024;
+/// Distinct client configurations kept at most: a few ALPN lists (h2 and http/1.1, one of
+/// them, `dot`, none) for each distinct setting.
+const MAX_CLIENT_CONFIGS: usize = 4096;
 
 /// The protocols offered by ALPN when none are named: h2, then http/1.1.
 const DEFAULT_ALPN: &[&[u8]] = &[b"h2", b"http/1.1"];
@@ -126,7 +127,8 @@ impl TlsClientConfigs {
     }
 
     /// The configuration for `settings`, offering `alpn` instead of h2 and http/1.1; cached
-    /// as `get`'s, so a probe neither copies nor builds one.
+    /// as `get`'s, so an http, gRPC or DoT probe neither copies nor builds one. Another ALPN
+    /// list is a copy of `get`'s configuration, so the roots are loaded once per settings.
     pub fn get_with_alpn(
         &self,
         settings: &TlsSettings,
@@ -149,7 +151,13 @@ impl TlsClientConfigs {
         }
         // Built outside the lock: reading files must not stall other probes. Two probes may build
         // the same config at once; the second insert wins and both are equivalent.
-        let config = Arc::new(build(&key.0, alpn)?);
+        let config = if alpn == DEFAULT_ALPN {
+            Arc::new(build(&key.0)?)
+        } else {
+            let mut config = (*self.get(settings)?).clone();
+            config.alpn_protocols = alpn.iter().map(|protocol| protocol.to_vec()).collect();
+            Arc::new(config)
+        };
         let mut cache = self.lock();
         if cache.len() >= MAX_CLIENT_CONFIGS && !cache.contains_key(&key) {
             // More distinct TLS settings than any real configuration holds (each is a set of
@@ -202,10 +210,7 @@ impl TlsClientConfigs {
     }
 }
 
-fn build(
-    settings: &TlsSettings,
-    alpn: &'static [&'static [u8]],
-) -> Result<ClientConfig, TlsSetupError> {
+fn build(settings: &TlsSettings) -> Result<ClientConfig, TlsSetupError> {
     let trust = if settings.insecure_skip_verify {
         Trust::Verifier(Arc::new(AcceptAnyCertificate {
             provider: provider(),
@@ -214,7 +219,10 @@ fn build(
         Trust::Roots(roots(settings)?)
     };
     let mut config = client_config(trust, settings)?;
-    config.alpn_protocols = alpn.iter().map(|protocol| protocol.to_vec()).collect();
+    config.alpn_protocols = DEFAULT_ALPN
+        .iter()
+        .map(|protocol| protocol.to_vec())
+        .collect();
     Ok(config)
 }
 
@@ -868,7 +876,11 @@ mod tests {
     #[test]
     fn each_alpn_has_its_own_configuration_built_once() {
         let configs = TlsClientConfigs::default();
-        let settings = TlsSettings::default();
+        // No system roots needed: the cache is what is tested.
+        let settings = TlsSettings {
+            insecure_skip_verify: true,
+            ..TlsSettings::default()
+        };
         let default = configs.get(&settings).unwrap();
         let h1 = configs.get_with_alpn(&settings, &[b"http/1.1"]).unwrap();
         let none = configs.get_with_alpn(&settings, &[]).unwrap();
