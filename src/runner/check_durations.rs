@@ -39,9 +39,10 @@ struct RunDurations {
     seconds: LatencyCounts,
 }
 
-/// A check's series: one per type its runs had, almost always one (a check a reload gave
-/// another type, or one name that two checkers or a remote test run as different types, has
-/// a series for each, as the type is a label).
+/// A check's series: one per type its runs had, almost always one (on a runner, a check
+/// retyped elsewhere, or one name that two checkers or a remote test run as different types,
+/// has a series for each, as the type is a label; where the agent schedules, only the
+/// configured type has one).
 type CheckRuns = Vec<RunDurations>;
 
 /// The run durations of every check with a series, by name: a name and about 200 bytes a
@@ -143,7 +144,7 @@ pub struct CheckDurations {
     forgotten: Family<ReasonLabels, Counter>,
     /// Runs that got no duration series, by why: `capacity` (a runner at
     /// `runner.max_check_series`) or `unconfigured` (an agent that schedules, for a check it
-    /// does not have).
+    /// does not have with that type).
     refused: Family<ReasonLabels, Counter>,
     /// Which checks have series (`check_series.rs`).
     series: Arc<Mutex<CheckSeries>>,
@@ -192,8 +193,9 @@ impl CheckDurations {
     }
 
     /// Makes the run-duration series follow the configured checks (an agent that schedules and
-    /// probes): every configured check gets one, with no bound and no expiry, and a check's
-    /// go when a reload removes it. `checks` is the reload watch.
+    /// probes): every configured check gets one, of its configured type, with no bound and no
+    /// expiry, and a check's go when a reload removes it or gives it another type. `checks`
+    /// is the reload watch.
     pub fn follow_configured(
         &self,
         checks: tokio::sync::watch::Receiver<crate::config::CheckList>,

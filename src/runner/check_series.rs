@@ -3,12 +3,13 @@
 //! An agent that schedules (role `all`) knows its checks: their series follow the configured
 //! list, with no cap, and one goes only when a reload removes its check or gives it another
 //! type (a run of a type the configuration no longer has, still in flight, gets none). A
-//! runner learns names
-//! from the bus: it keeps series for at most `runner.max_check_series` checks, gives a new name
-//! past that none (refused and counted, never another check's series forgotten to make room),
-//! and forgets a check only once it has not run here for `forget_checks_after` and three of its
-//! intervals. Expiry goes through a heap of due times holding one entry per check, popped only
-//! when due; a check that ran since is pushed back at its new expiry.
+//! runner learns names from the bus: it keeps series for at most `runner.max_check_series`
+//! checks, gives a new name past that none (refused and counted, never another check's series
+//! forgotten to make room), and forgets a check only once it has not run here for
+//! `forget_checks_after` and three of its intervals. Expiry goes through a heap of due times
+//! holding one entry per check, popped only when due; a check that ran since is pushed back at
+//! its new expiry. A runner does not know types: a check retyped elsewhere keeps its old
+//! type's series there until the name stops running.
 //!
 //! It must never scan every check on an observation or a scrape, and never forget a check that
 //! still runs.
@@ -46,7 +47,7 @@ impl Refusal {
 pub(super) enum Gone {
     /// Not run here for `forget_checks_after` and three of its intervals (counted).
     Expired,
-    /// A reload removed it from the configuration.
+    /// A reload removed it from the configuration, or gave it another type.
     Removed,
 }
 
@@ -147,8 +148,8 @@ pub(super) struct Configured {
     checks: watch::Receiver<crate::config::CheckList>,
     /// The list `names` was made from.
     list: crate::config::CheckList,
-    /// Each configured check's type.
-    names: HashMap<String, CheckType>,
+    /// Each configured check's type (a `Box<str>` key: a bucket as small as a set's was).
+    names: HashMap<Box<str>, CheckType>,
 }
 
 /// A check list a reload sent that `Configured` has not taken up yet.
@@ -161,29 +162,29 @@ pub(super) struct Reload {
 pub(super) struct Prepared {
     old: crate::config::CheckList,
     new: crate::config::CheckList,
-    names: HashMap<String, CheckType>,
-    /// Checks removed, or configured with another type (their old type's series go).
-    removed: Vec<String>,
+    names: HashMap<Box<str>, CheckType>,
+    /// Checks whose series go: removed, or configured with another type.
+    gone: Vec<String>,
 }
 
 impl Reload {
     pub(super) fn prepare(self) -> Prepared {
-        let names: HashMap<String, CheckType> = self
+        let names: HashMap<Box<str>, CheckType> = self
             .new
             .iter()
-            .map(|check| (check.name.clone(), check.check_type()))
+            .map(|check| (Box::from(check.name.as_str()), check.check_type()))
             .collect();
-        let removed = self
+        let gone = self
             .old
             .iter()
-            .filter(|check| names.get(&check.name) != Some(&check.check_type()))
+            .filter(|check| names.get(check.name.as_str()) != Some(&check.check_type()))
             .map(|check| check.name.clone())
             .collect();
         Prepared {
             old: self.old,
             new: self.new,
             names,
-            removed,
+            gone,
         }
     }
 }
@@ -201,12 +202,12 @@ impl Configured {
     }
 
     /// Takes up `prepared`, unless another list was taken up since it was made (then the
-    /// next run or scrape prepares again). O(checks removed).
+    /// next run or scrape prepares again). O(checks removed or retyped).
     fn install(&mut self, prepared: Prepared, forget: &mut dyn FnMut(&str, Gone)) {
         if !Arc::ptr_eq(&prepared.old, &self.list) {
             return;
         }
-        for gone in &prepared.removed {
+        for gone in &prepared.gone {
             forget(gone, Gone::Removed);
         }
         self.names = prepared.names;
