@@ -162,9 +162,10 @@ impl Headers {
             left_out |= !kept;
             if rewritten.is_none() && !(kept && value == original) {
                 // The first header that differs: those before it are taken as they are.
-                rewritten = Some(Headers {
-                    packed: self.packed[..before].to_string(),
-                });
+                // Sized for all of it, so the headers after are pushed without growing.
+                let mut packed = String::with_capacity(self.packed.len());
+                packed.push_str(&self.packed[..before]);
+                rewritten = Some(Headers { packed });
             }
             before += length;
             if let Some(rewritten) = rewritten.as_mut().filter(|_| kept) {
