@@ -271,20 +271,30 @@ pub async fn poll(running: &Running, path: &str, mut done: impl FnMut(&Value) ->
             return body;
         }
         if started.elapsed() >= PATIENCE {
-            // What the agent saw and what history did with it, to tell a lost result from
-            // one history never wrote.
-            let (_, metrics) = http_get(running.api, "/metrics?checks=none").await;
-            let history: Vec<&str> = metrics
-                .lines()
-                .filter(|line| {
-                    line.starts_with("bastion_history") || line.starts_with("bastion_bus")
-                })
-                .collect();
+            // What the agent's bus carried and what history did with it, to tell a lost
+            // result from one history never wrote; read in a task of its own, so an agent
+            // that no longer answers cannot hide the message above.
+            let api = running.api;
+            let metrics = tokio::time::timeout(
+                Duration::from_secs(10),
+                tokio::spawn(async move { http_get(api, "/metrics?checks=none").await.1 }),
+            )
+            .await;
+            let counters: Vec<String> = match metrics {
+                Ok(Ok(text)) => text
+                    .lines()
+                    .filter(|line| {
+                        line.starts_with("bastion_history") || line.starts_with("bastion_bus")
+                    })
+                    .map(str::to_string)
+                    .collect(),
+                _ => vec!["(no answer from /metrics)".to_string()],
+            };
             panic!(
                 "{path} never gave the expected answer; last: {status} {body}\n\
-                 results the agent's bus carried: {}\n{}",
+                 results of any check the agent's bus carried: {}\n{}",
                 running.results.lock().unwrap().len(),
-                history.join("\n")
+                counters.join("\n")
             );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
