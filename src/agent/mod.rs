@@ -428,6 +428,8 @@ impl Agent {
         } else {
             (None, None)
         };
+        // Every subscription is made: in effect before the agent reports ready.
+        bus.settle().await;
         Ok(Agent {
             components: Components {
                 config,

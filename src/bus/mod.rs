@@ -156,6 +156,14 @@ pub trait Bus: Send + Sync + std::fmt::Debug {
         let _ = within;
         Box::pin(async {})
     }
+
+    /// Waits until every subscription made so far is in effect where messages are routed, so
+    /// a message another process publishes from then on reaches them. Called once an agent
+    /// has made its subscriptions, before it reports ready. The embedded bus's take effect
+    /// when made.
+    fn settle(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
 }
 
 /// Where the lease is kept. Each write returns the lease's new revision; writes are

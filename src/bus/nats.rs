@@ -52,7 +52,7 @@ const REFUSED_ATTEMPTS: u32 = 8;
 /// that start-up stays well inside systemd's `TimeoutStartSec` (90 s in the shipped unit).
 const JETSTREAM_PATIENCE: Duration = Duration::from_secs(60);
 /// The first and the longest wait before a result is tried again.
-/// How long a subscription waits for its round trip to the server (`NatsBus::settle`).
+/// How long `settle` waits for its round trip to the server.
 const SETTLE_PATIENCE: Duration = Duration::from_secs(1);
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -119,7 +119,7 @@ pub struct NatsBus {
     /// an account's permissions allow.
     settle_subject: String,
     /// A round trip went unanswered once (a server that drops the request): not tried again,
-    /// so start-up waits `SETTLE_PATIENCE` at most once.
+    /// so `settle` waits `SETTLE_PATIENCE` at most once.
     settle_unanswered: AtomicBool,
 }
 
@@ -456,13 +456,13 @@ impl NatsBus {
         })
     }
 
-    /// Waits until the server has taken every command sent so far (a subscription above
-    /// all), by a request no one answers: the server handles a connection's commands in
-    /// order, so its "no responders" comes after them. The client only queues a SUB; without
-    /// this, a result another client published right after this agent started could reach
-    /// the server first and find no subscription. Bounded, and skipped while disconnected
-    /// (the client subscribes again itself once it reconnects), so it never holds up start.
-    async fn settle(&self) {
+    /// A request no one answers: the server handles a connection's commands in order, so its
+    /// "no responders" comes after every SUB sent before it. The client only queues a SUB;
+    /// without this, a result another client published right after this agent started could
+    /// reach the server first and find no subscription. Bounded, and skipped while
+    /// disconnected (the client subscribes again itself once it reconnects), so it never
+    /// holds up start for long.
+    async fn settle_now(&self) {
         if self.client.connection_state() != State::Connected
             || self.settle_unanswered.load(Ordering::Relaxed)
         {
@@ -921,7 +921,6 @@ impl Bus for NatsBus {
                 None => self.client.subscribe(pattern).await,
             }
             .map_err(|error| BusError::Nats(error.to_string()))?;
-            self.settle().await;
             let (sender, receiver) = mpsc::channel(SUBSCRIPTION_CAPACITY);
             tokio::spawn(forward(subscriber, sender));
             Ok(Subscription::new(receiver))
@@ -955,6 +954,10 @@ impl Bus for NatsBus {
 
     fn is_connected(&self) -> bool {
         self.client.connection_state() == State::Connected
+    }
+
+    fn settle(&self) -> BoxFuture<'_, ()> {
+        Box::pin(self.settle_now())
     }
 
     fn flush(&self, within: Duration) -> BoxFuture<'_, ()> {
