@@ -67,6 +67,12 @@ impl Subjects {
         format!("{}.heartbeat.>", self.prefix)
     }
 
+    /// A process's own subject for the round trip that shows its subscriptions are in
+    /// effect (`Bus::settle`); `process` is unique to it. Nothing else subscribes to it.
+    pub fn settle(&self, process: &str) -> String {
+        format!("{}.settle.{process}", self.prefix)
+    }
+
     pub fn prefix(&self) -> &str {
         &self.prefix
     }

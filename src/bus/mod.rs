@@ -158,11 +158,11 @@ pub trait Bus: Send + Sync + std::fmt::Debug {
     }
 
     /// Waits until every subscription made so far is in effect where messages are routed, so
-    /// a message another process publishes from then on reaches them. Called once an agent
-    /// has made its subscriptions, before it reports ready. The embedded bus's take effect
-    /// when made.
-    fn settle(&self) -> BoxFuture<'_, ()> {
-        Box::pin(async {})
+    /// a message another process publishes from then on reaches them (on a NATS cluster: on
+    /// this process's own server). Called once an agent has made its subscriptions, before it
+    /// reports ready. True once they are; the embedded bus's take effect when made.
+    fn settle(&self) -> BoxFuture<'_, bool> {
+        Box::pin(async { true })
     }
 }
 

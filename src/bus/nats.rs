@@ -16,7 +16,7 @@ use super::{BoxFuture, Bus, BusError, Message, Subscription};
 use crate::config::NatsConfig;
 use crate::messages::Payload;
 use crate::metrics::Metrics;
-use crate::subjects::{subject_matches, valid_subject};
+use crate::subjects::{subject_matches, valid_subject, Subjects};
 use async_nats::connection::State;
 use async_nats::jetstream::{self, kv, stream};
 use async_nats::{Client, ConnectErrorKind, ConnectOptions, Event, ServerAddr};
@@ -51,9 +51,9 @@ const REFUSED_ATTEMPTS: u32 = 8;
 /// update its streams and read the lease bucket: one deadline for all of it (`Patience`), so
 /// that start-up stays well inside systemd's `TimeoutStartSec` (90 s in the shipped unit).
 const JETSTREAM_PATIENCE: Duration = Duration::from_secs(60);
-/// The first and the longest wait before a result is tried again.
 /// How long `settle` waits for its round trip to the server.
 const SETTLE_PATIENCE: Duration = Duration::from_secs(1);
+/// The first and the longest wait before a result is tried again.
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -115,12 +115,9 @@ pub struct NatsBus {
     /// When start-up stops waiting for JetStream: `JETSTREAM_PATIENCE` after connecting,
     /// shared by the results stream and the lease bucket.
     jetstream_deadline: Instant,
-    /// Where a subscription's round trip asks (`settle`): under the subject prefix, which
-    /// an account's permissions allow.
+    /// Where `settle` sends itself a message: this process's own subject under the prefix,
+    /// so no permission beyond the prefix's is needed and no other agent is disturbed.
     settle_subject: String,
-    /// A round trip went unanswered once (a server that drops the request): not tried again,
-    /// so `settle` waits `SETTLE_PATIENCE` at most once.
-    settle_unanswered: AtomicBool,
 }
 
 /// The server list with any credentials left out, for messages.
@@ -378,8 +375,7 @@ impl NatsBus {
             unsent,
             metrics,
             next_message_id: AtomicU64::new(1),
-            settle_subject: format!("{}.settle.{instance}", config.subject_prefix),
-            settle_unanswered: AtomicBool::new(false),
+            settle_subject: Subjects::new(&config.subject_prefix).settle(&instance),
             instance,
             replicas: config.replicas,
             jetstream_deadline,
@@ -456,36 +452,36 @@ impl NatsBus {
         })
     }
 
-    /// A request no one answers: the server handles a connection's commands in order, so its
-    /// "no responders" comes after every SUB sent before it. The client only queues a SUB;
-    /// without this, a result another client published right after this agent started could
-    /// reach the server first and find no subscription. Bounded, and skipped while
-    /// disconnected (the client subscribes again itself once it reconnects), so it never
-    /// holds up start for long.
-    async fn settle_now(&self) {
-        if self.client.connection_state() != State::Connected
-            || self.settle_unanswered.load(Ordering::Relaxed)
-        {
-            return;
+    /// A message to itself, through the server: the server handles a connection's commands in
+    /// order, so the message comes back after every SUB sent before it has taken effect. The
+    /// client only queues a SUB; without this, a result another client published right after
+    /// this agent started could reach the server first and find no subscription. On a NATS
+    /// cluster it proves this server has the subscriptions, not yet every other node (their
+    /// interest travels on the routes). Bounded, and skipped while disconnected (the client
+    /// subscribes again itself once it reconnects), so it never holds up start for long.
+    async fn settle_now(&self) -> bool {
+        if self.client.connection_state() != State::Connected {
+            return false;
         }
-        let asked = tokio::time::timeout(
-            SETTLE_PATIENCE,
+        let started = Instant::now();
+        let came_back = async {
+            let mut own = self.client.subscribe(self.settle_subject.clone()).await?;
             self.client
-                .request(self.settle_subject.clone(), Bytes::new()),
-        )
-        .await;
-        match asked {
-            // The expected answer; any answer at all proves the order as well.
-            Ok(Err(error)) if error.kind() == async_nats::RequestErrorKind::NoResponders => {}
-            Ok(Ok(_)) => {}
-            Ok(Err(error)) => {
-                tracing::debug!(%error, "a subscription's round trip failed; going on");
-            }
-            Err(_) => {
-                self.settle_unanswered.store(true, Ordering::Relaxed);
-                tracing::debug!(
-                    "a subscription's round trip went unanswered; not waiting for one again"
+                .publish(self.settle_subject.clone(), Bytes::new())
+                .await?;
+            let message = own.next().await;
+            let _ = own.unsubscribe().await;
+            Ok::<bool, async_nats::Error>(message.is_some())
+        };
+        match tokio::time::timeout(SETTLE_PATIENCE, came_back).await {
+            Ok(Ok(true)) => true,
+            outcome => {
+                tracing::info!(
+                waited_ms = started.elapsed().as_millis() as u64,
+                came_back = ?outcome.ok().and_then(Result::ok),
+                "the bus's round trip after subscribing did not come back; going on (a result published in the next moments may find no subscription)"
                 );
+                false
             }
         }
     }
@@ -956,7 +952,7 @@ impl Bus for NatsBus {
         self.client.connection_state() == State::Connected
     }
 
-    fn settle(&self) -> BoxFuture<'_, ()> {
+    fn settle(&self) -> BoxFuture<'_, bool> {
         Box::pin(self.settle_now())
     }
 

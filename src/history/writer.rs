@@ -129,8 +129,8 @@ struct Rollup {
 
 /// A rollup row as the cache keeps it: its counts and its histograms as the database stores
 /// them (varints), about a tenth of the decoded form. The cache holds a bucket of each tier
-/// for every check and instance (4 rows for a check of one instance; 8 for the few minutes a
-/// closed bucket is kept), so the decoded form cost about 5 KB per check; a row is decoded
+/// for every check and instance (4 rows for a check of one instance; 6 for the first minutes of
+/// an hour, 8 of a day, while a closed bucket is kept), so the decoded form cost about 5 KB per check; a row is decoded
 /// only when a run adds to it.
 #[derive(Debug, Clone, PartialEq)]
 struct CachedRollup {

@@ -9,7 +9,7 @@
 //! `forget_checks_after` and three of its intervals. Expiry goes through a heap of due times
 //! holding one entry per check, popped only when due; a check that ran since is pushed back at
 //! its new expiry. A runner does not know types: a check retyped elsewhere keeps its old
-//! type's series there until the name stops running.
+//! type's series there until the name expires as above.
 //!
 //! It must never scan every check on an observation or a scrape, and never forget a check that
 //! still runs.

@@ -188,6 +188,8 @@ impl Running {
             .subscribe("bastion.results.>", None)
             .await
             .unwrap();
+        // In effect before the test publishes anything (the agent's own are, once built).
+        assert!(agent.bus().settle().await, "the subscription is in effect");
         let results = Arc::new(Mutex::new(Vec::new()));
         let seen = Arc::clone(&results);
         tokio::spawn(async move {

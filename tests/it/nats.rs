@@ -60,8 +60,8 @@ impl Seen {
                     .push((Instant::now(), message.payload.to_bytes().unwrap()));
             }
         });
-        // A round trip, so the subscription is known to the server before anything is sent.
-        bus.flush(PATIENCE).await;
+        // A round trip, so the subscription is in effect on the server before anything is sent.
+        assert!(bus.settle().await, "the subscription is in effect");
         seen
     }
 
@@ -111,7 +111,7 @@ async fn the_nats_bus_carries_messages_queue_groups_and_requests() {
     let mut plain = bus.subscribe("t.results.>", None).await.unwrap();
     let mut first = bus.subscribe("t.checks.http", Some("g")).await.unwrap();
     let mut second = bus.subscribe("t.checks.http", Some("g")).await.unwrap();
-    bus.flush(PATIENCE).await;
+    assert!(bus.settle().await, "the subscriptions are in effect");
     for n in 0..20u8 {
         bus.publish("t.checks.http", Bytes::from(vec![n]).into())
             .await
@@ -181,7 +181,7 @@ async fn the_nats_bus_carries_messages_queue_groups_and_requests() {
             .await
             .unwrap();
     });
-    bus.flush(PATIENCE).await;
+    assert!(bus.settle().await, "the subscriptions are in effect");
     let reply = bus
         .request("t.test.http", Bytes::from_static(b"ping"), PATIENCE)
         .await
@@ -1093,4 +1093,38 @@ async fn a_runner_forgets_the_series_of_checks_that_stop_arriving() {
         text.contains("bastion_check_series_forgotten_total{reason=\"expired\"} 990"),
         "{text}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settle_goes_through_the_server_and_a_message_published_after_it_arrives() {
+    let server = NatsServer::start();
+    // Another client sees the settle message pass: the round trip went through the server.
+    let watcher = observer(&server.url()).await;
+    let mut passing = watcher.subscribe("bastion.settle.>", None).await.unwrap();
+    assert!(watcher.settle().await, "the watcher's own round trip");
+    let _ = tokio::time::timeout(PATIENCE, passing.next()).await;
+    let bus = observer(&server.url()).await;
+    let mut results = bus.subscribe("bastion.results.>", None).await.unwrap();
+    assert!(bus.settle().await, "the round trip came back");
+    let seen = tokio::time::timeout(PATIENCE, passing.next())
+        .await
+        .expect("the settle message passed through the server")
+        .expect("a message");
+    assert!(
+        seen.subject.starts_with("bastion.settle."),
+        "{}",
+        seen.subject
+    );
+    assert!(seen.payload.to_bytes().unwrap().is_empty());
+    // A message another client publishes at once reaches the settled subscription.
+    let publisher = observer(&server.url()).await;
+    publisher
+        .publish("bastion.results.web", Bytes::from_static(b"r").into())
+        .await
+        .unwrap();
+    let result = tokio::time::timeout(PATIENCE, results.next())
+        .await
+        .expect("the result arrives")
+        .expect("a message");
+    assert_eq!(&*result.subject, "bastion.results.web");
 }

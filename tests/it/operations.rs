@@ -53,7 +53,7 @@ async fn a_failing_check_walks_the_states_and_publishes_each_transition() {
     status.store(500, Ordering::SeqCst);
     let observer = observer(&server.url()).await;
     let mut subscription = observer.subscribe("bastion.events.>", None).await.unwrap();
-    observer.flush(PATIENCE).await;
+    assert!(observer.settle().await, "the subscription is in effect");
     let events: Arc<Mutex<Vec<StateEvent>>> = Arc::default();
     let sink = Arc::clone(&events);
     tokio::spawn(async move {
