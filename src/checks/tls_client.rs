@@ -102,6 +102,11 @@ const MAX_CLIENT_CONFIGS: usize = 4096;
 /// The protocols offered by ALPN when none are named: h2, then http/1.1.
 const DEFAULT_ALPN: &[&[u8]] = &[b"h2", b"http/1.1"];
 
+/// `alpn` as rustls holds it.
+fn alpn_list(alpn: &[&[u8]]) -> Vec<Vec<u8>> {
+    alpn.iter().map(|protocol| protocol.to_vec()).collect()
+}
+
 /// A client configuration's key: the TLS settings (without `server_name`) and the protocols
 /// it offers by ALPN.
 type ConfigKey = (TlsSettings, &'static [&'static [u8]]);
@@ -155,7 +160,7 @@ impl TlsClientConfigs {
             Arc::new(build(&key.0)?)
         } else {
             let mut config = (*self.get(settings)?).clone();
-            config.alpn_protocols = alpn.iter().map(|protocol| protocol.to_vec()).collect();
+            config.alpn_protocols = alpn_list(alpn);
             Arc::new(config)
         };
         let mut cache = self.lock();
@@ -219,10 +224,7 @@ fn build(settings: &TlsSettings) -> Result<ClientConfig, TlsSetupError> {
         Trust::Roots(roots(settings)?)
     };
     let mut config = client_config(trust, settings)?;
-    config.alpn_protocols = DEFAULT_ALPN
-        .iter()
-        .map(|protocol| protocol.to_vec())
-        .collect();
+    config.alpn_protocols = alpn_list(DEFAULT_ALPN);
     Ok(config)
 }
 
